@@ -1,0 +1,180 @@
+//! Builds an indexed [`Snapshot`] from model objects.
+//!
+//! The builder trusts its input (validation with good messages is the job of
+//! the front-end, e.g. [`crate::yaml`]); conflicting input is resolved
+//! "first wins" with a warning.
+
+use crate::hosts::kube_aliases;
+use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
+use crate::model::{
+    DestinationRule, Endpoint, LbPolicy, Protocol, Service, ServicePort, VirtualService,
+};
+use crate::snapshot::{PortClusters, RouteEntry, Snapshot};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// Collects services, routing rules and warnings, then [`build`](Self::build)s.
+#[derive(Debug, Default)]
+pub struct SnapshotBuilder {
+    services: Vec<(Service, Vec<Arc<Endpoint>>)>,
+    aliases: Vec<(String, String)>,
+    virtual_services: Vec<VirtualService>,
+    destination_rules: Vec<DestinationRule>,
+    warnings: Vec<String>,
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn service(&mut self, service: Service, endpoints: Vec<Arc<Endpoint>>) -> &mut Self {
+        self.services.push((service, endpoints));
+        self
+    }
+
+    /// Make `service_by_host(alias)` find the service `hostname`.
+    pub fn alias(&mut self, alias: &str, hostname: &str) -> &mut Self {
+        self.aliases
+            .push((alias.to_ascii_lowercase(), hostname.to_string()));
+        self
+    }
+
+    /// Routes of several VirtualServices for one host are concatenated in the
+    /// order they are added.
+    pub fn virtual_service(&mut self, vs: VirtualService) -> &mut Self {
+        self.virtual_services.push(vs);
+        self
+    }
+
+    /// At most one per host is used (the first).
+    pub fn destination_rule(&mut self, dr: DestinationRule) -> &mut Self {
+        self.destination_rules.push(dr);
+        self
+    }
+
+    pub fn warning(&mut self, warning: impl Into<String>) -> &mut Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    pub fn build(self) -> Snapshot {
+        let mut snap = Snapshot {
+            version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
+            warnings: self.warnings,
+            ..Snapshot::default()
+        };
+        for (service, endpoints) in self.services {
+            if snap.by_host.contains_key(&service.hostname) {
+                snap.warnings
+                    .push(format!("duplicate service {}; ignored", service.hostname));
+                continue;
+            }
+            let si = snap.services.len();
+            snap.by_host.insert(service.hostname.clone(), si);
+            for (pi, port) in service.ports.iter().enumerate() {
+                for vip in &service.vips {
+                    snap.by_vip
+                        .entry(SocketAddr::new(*vip, port.number))
+                        .or_insert((si, pi));
+                }
+            }
+            for ep in &endpoints {
+                snap.by_pod_ip
+                    .entry(ep.address)
+                    .or_default()
+                    .push((si, ep.clone()));
+            }
+            snap.services.push(service);
+            snap.endpoints.push(endpoints);
+        }
+        let mut aliases = self.aliases;
+        for s in &snap.services {
+            aliases.extend(
+                kube_aliases(&s.hostname)
+                    .into_iter()
+                    .map(|a| (a, s.hostname.clone())),
+            );
+        }
+        for (alias, host) in aliases {
+            if let Some(&si) = snap.by_host.get(&host) {
+                snap.by_host.entry(alias).or_insert(si);
+            }
+        }
+        for vs in &self.virtual_services {
+            let id = vs.id();
+            for host in &vs.hosts {
+                let entries = snap.routes.entry(host.clone()).or_default();
+                entries.extend(vs.http.iter().enumerate().map(|(index, route)| RouteEntry {
+                    virtual_service: id.clone(),
+                    index,
+                    route: route.clone(),
+                }));
+            }
+        }
+        let mut rules: HashMap<&str, &DestinationRule> = HashMap::new();
+        for dr in &self.destination_rules {
+            rules.entry(dr.host.as_str()).or_insert(dr);
+        }
+        for (service, endpoints) in snap.services.iter().zip(&snap.endpoints) {
+            let dr = rules.get(service.hostname.as_str()).copied();
+            let per_port = service
+                .ports
+                .iter()
+                .map(|port| (port.number, port_clusters(service, port, endpoints, dr)))
+                .collect();
+            snap.clusters.insert(service.hostname.clone(), per_port);
+        }
+        snap.virtual_services = self.virtual_services;
+        snap.destination_rules = self.destination_rules;
+        snap
+    }
+}
+
+fn port_clusters(
+    service: &Service,
+    port: &ServicePort,
+    endpoints: &[Arc<Endpoint>],
+    dr: Option<&DestinationRule>,
+) -> PortClusters {
+    let proto = if port.protocol == Protocol::Tcp {
+        "tcp"
+    } else {
+        "http"
+    };
+    let top_lb = dr.and_then(|d| d.lb).unwrap_or_default();
+    let make = |subset: Option<&str>, lb: LbPolicy, labels: Option<&BTreeMap<String, String>>| {
+        let eps = endpoints
+            .iter()
+            .filter(|e| labels.is_none_or(|l| e.matches_labels(l)))
+            .map(|e| ClusterEndpoint::new(e.clone(), SocketAddr::new(e.address, port.target_port)))
+            .collect();
+        Cluster::new(
+            cluster_name(&service.hostname, port.number, proto, subset),
+            service.hostname.clone(),
+            port.number,
+            subset.map(str::to_string),
+            lb,
+            eps,
+        )
+    };
+    let subsets = dr
+        .map(|d| {
+            d.subsets
+                .iter()
+                .map(|s| {
+                    let lb = s.lb.unwrap_or(top_lb);
+                    (s.name.clone(), make(Some(&s.name), lb, Some(&s.labels)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    PortClusters {
+        all: make(None, top_lb, None),
+        subsets,
+    }
+}

@@ -1,0 +1,50 @@
+//! Routing model, matching, weighted choice, load balancing and the Istio YAML
+//! front-end for the waypoint proxy. Pure: no I/O besides reading config files.
+#![forbid(unsafe_code)]
+
+mod builder;
+mod error;
+mod hosts;
+mod lb;
+mod matching;
+mod model;
+mod snapshot;
+mod weighted;
+pub mod yaml;
+
+pub use builder::SnapshotBuilder;
+pub use error::{DocRef, LoadError, LoadErrors};
+pub use hosts::{expand_host, normalize_authority, CLUSTER_DOMAIN};
+pub use lb::{cluster_name, ActiveGuard, Cluster, ClusterEndpoint};
+pub use matching::{RequestView, SimpleRequest};
+pub use model::{
+    labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, Protocol,
+    RouteDestination, RouteMatch, Service, ServicePort, StringMatch, Subset, VirtualService,
+};
+pub use snapshot::{Destination, RouteDecision, Snapshot};
+pub use weighted::pick_weighted;
+pub use yaml::{load_dir, load_str};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Snapshot>();
+        assert_send_sync::<std::sync::Arc<Snapshot>>();
+        assert_send_sync::<ActiveGuard>();
+    }
+
+    #[test]
+    fn empty_snapshot() {
+        let s = Snapshot::empty();
+        assert_eq!(s.version(), 0);
+        assert_eq!(s.services().count(), 0);
+        assert!(s
+            .resolve_destination("10.0.0.1:80".parse().unwrap())
+            .is_none());
+        assert!(s.service_by_host("reviews").is_none());
+    }
+}

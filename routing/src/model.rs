@@ -1,0 +1,246 @@
+//! The proto-free routing model: services, endpoints, routes and policies.
+//!
+//! These are plain data types; the snapshot builder turns them into indexed
+//! lookup tables and precomputed [`crate::Cluster`]s.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Application protocol of a service port, derived from Istio's port `protocol`
+/// field or port-name prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+    /// Not declared (or not understood): the proxy must sniff.
+    Unknown,
+}
+
+impl Protocol {
+    /// True for protocols the waypoint handles at L7 (`Http`, `Http2`, `Grpc`).
+    pub fn is_http(&self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// Parse one Istio protocol name (case-insensitive).
+    ///
+    /// HTTP, HTTP2, GRPC map to themselves; GRPC-WEB → Http; TCP, TLS, HTTPS → Tcp;
+    /// anything else → Unknown.
+    pub fn from_istio_name(name: &str) -> Protocol {
+        match name.to_ascii_uppercase().as_str() {
+            "HTTP" => Protocol::Http,
+            "HTTP2" => Protocol::Http2,
+            "GRPC" => Protocol::Grpc,
+            "GRPC-WEB" => Protocol::Http,
+            "TCP" | "TLS" | "HTTPS" => Protocol::Tcp,
+            _ => Protocol::Unknown,
+        }
+    }
+
+    /// Protocol of a port: the explicit `protocol` field wins; otherwise the port
+    /// name's prefix before the first `-` (`http-web` → Http, `tcp-mongo` → Tcp;
+    /// `grpc-web…` → Http).
+    pub fn from_port(name: &str, protocol: Option<&str>) -> Protocol {
+        if let Some(p) = protocol {
+            return Protocol::from_istio_name(p);
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "grpc-web" || lower.starts_with("grpc-web-") {
+            return Protocol::Http;
+        }
+        let prefix = lower.split('-').next().unwrap_or("");
+        Protocol::from_istio_name(prefix)
+    }
+}
+
+/// One port of a [`Service`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub number: u16,
+    pub name: String,
+    pub protocol: Protocol,
+    /// Port on the endpoints (Istio `targetPort`, defaults to `number`).
+    pub target_port: u16,
+}
+
+/// A service (from a ServiceEntry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    /// Fully-qualified hostname, e.g. `reviews.default.svc.cluster.local`.
+    pub hostname: String,
+    pub namespace: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// The port with this service port number.
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// A workload instance (WorkloadEntry or inline ServiceEntry endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub namespace: String,
+    /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`
+    pub identity: String,
+    pub name: String,
+}
+
+impl Endpoint {
+    /// True when this endpoint's labels are a superset of `selector`.
+    pub fn matches_labels(&self, selector: &BTreeMap<String, String>) -> bool {
+        labels_superset(&self.labels, selector)
+    }
+}
+
+/// `labels ⊇ selector`.
+pub fn labels_superset(
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// SPIFFE identity of a service account.
+pub fn spiffe_identity(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+/// A string condition. More variants (e.g. regex) will be added, hence
+/// `#[non_exhaustive]`; use [`StringMatch::matches`] rather than matching on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// One `match` block of an HTTP route: all present conditions must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct RouteMatch {
+    pub uri: Option<StringMatch>,
+    /// (lowercased header name, condition)
+    pub headers: Vec<(String, StringMatch)>,
+    pub name: Option<String>,
+}
+
+/// A weighted destination of an HTTP route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteDestination {
+    /// FQDN of the destination service.
+    pub host: String,
+    pub subset: Option<String>,
+    /// Destination service port; `None` = the port the request came in on.
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+/// One entry of a VirtualService's `http` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpRoute {
+    /// Route `name`, or `"<vs-name>.<index>"` when unnamed.
+    pub name: String,
+    /// Alternatives (OR); empty = match everything.
+    pub matches: Vec<RouteMatch>,
+    pub destinations: Vec<RouteDestination>,
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+    /// Istio's default: power-of-two-choices on active requests.
+    #[default]
+    LeastRequest,
+}
+
+/// A compiled VirtualService (hosts already resolved to FQDNs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtualService {
+    pub namespace: String,
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub http: Vec<HttpRoute>,
+}
+
+impl VirtualService {
+    /// `"namespace/name"`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A subset of a DestinationRule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Overrides the rule's top-level policy when set.
+    pub lb: Option<LbPolicy>,
+}
+
+/// A compiled DestinationRule (host already resolved to an FQDN).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestinationRule {
+    pub namespace: String,
+    pub name: String,
+    pub host: String,
+    pub lb: Option<LbPolicy>,
+    pub subsets: Vec<Subset>,
+}
+
+impl DestinationRule {
+    pub fn subset(&self, name: &str) -> Option<&Subset> {
+        self.subsets.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_from_port() {
+        assert_eq!(Protocol::from_port("http", None), Protocol::Http);
+        assert_eq!(Protocol::from_port("http-web", None), Protocol::Http);
+        assert_eq!(Protocol::from_port("HTTP2", None), Protocol::Http2);
+        assert_eq!(Protocol::from_port("grpc", None), Protocol::Grpc);
+        assert_eq!(Protocol::from_port("grpc-web", None), Protocol::Http);
+        assert_eq!(Protocol::from_port("tcp-mongo", None), Protocol::Tcp);
+        assert_eq!(Protocol::from_port("tls", None), Protocol::Tcp);
+        assert_eq!(Protocol::from_port("https", None), Protocol::Tcp);
+        assert_eq!(Protocol::from_port("mongo", None), Protocol::Unknown);
+        assert_eq!(Protocol::from_port("web", None), Protocol::Unknown);
+        assert_eq!(Protocol::from_port("tcp", Some("HTTP")), Protocol::Http);
+        assert_eq!(Protocol::from_port("x", Some("GRPC-Web")), Protocol::Http);
+        assert!(Protocol::Grpc.is_http());
+        assert!(!Protocol::Tcp.is_http());
+        assert!(!Protocol::Unknown.is_http());
+    }
+
+    #[test]
+    fn label_superset() {
+        let mut l = BTreeMap::new();
+        l.insert("app".to_string(), "r".to_string());
+        l.insert("version".to_string(), "v1".to_string());
+        let mut s = BTreeMap::new();
+        assert!(labels_superset(&l, &s));
+        s.insert("app".to_string(), "r".to_string());
+        assert!(labels_superset(&l, &s));
+        s.insert("version".to_string(), "v2".to_string());
+        assert!(!labels_superset(&l, &s));
+    }
+}

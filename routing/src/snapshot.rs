@@ -1,0 +1,224 @@
+//! The immutable, indexed routing snapshot and its lookups.
+
+use crate::hosts::normalize_authority;
+use crate::lb::Cluster;
+use crate::matching::RequestView;
+use crate::model::{DestinationRule, Endpoint, HttpRoute, Service, ServicePort, VirtualService};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// What the CONNECT authority of an inbound tunnel addresses.
+#[derive(Debug, Clone)]
+pub enum Destination<'s> {
+    /// A service VIP:port.
+    Service {
+        service: &'s Service,
+        port: &'s ServicePort,
+    },
+    /// A pod (endpoint) IP:port; `services` are the services that contain this
+    /// endpoint and expose `port` (as target port or service port).
+    Pod {
+        endpoint: &'s Endpoint,
+        port: u16,
+        services: Vec<&'s Service>,
+    },
+}
+
+/// Result of [`Snapshot::route`].
+#[derive(Debug, Clone)]
+pub enum RouteDecision<'s> {
+    /// A VirtualService route matched. `route_index` is the index of the route
+    /// in that VirtualService's own `http` list.
+    Route {
+        /// `"namespace/name"`
+        virtual_service: &'s str,
+        route_index: usize,
+        route: &'s HttpRoute,
+    },
+    /// No VirtualService for this service: route to all endpoints (cluster
+    /// without subset).
+    Default,
+    /// A VirtualService exists but no route matched → 404, flag NR.
+    NoRoute,
+}
+
+#[derive(Debug)]
+pub(crate) struct RouteEntry {
+    pub(crate) virtual_service: String,
+    pub(crate) index: usize,
+    pub(crate) route: HttpRoute,
+}
+
+#[derive(Debug)]
+pub(crate) struct PortClusters {
+    pub(crate) all: Cluster,
+    pub(crate) subsets: BTreeMap<String, Cluster>,
+}
+
+/// Immutable routing state. `Send + Sync`; share it behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub(crate) version: u64,
+    pub(crate) services: Vec<Service>,
+    /// Endpoints per service (same index as `services`).
+    pub(crate) endpoints: Vec<Vec<Arc<Endpoint>>>,
+    /// FQDNs and aliases → service index.
+    pub(crate) by_host: HashMap<String, usize>,
+    pub(crate) by_vip: HashMap<SocketAddr, (usize, usize)>,
+    pub(crate) by_pod_ip: HashMap<IpAddr, Vec<(usize, Arc<Endpoint>)>>,
+    /// Service FQDN → routes of all its VirtualServices, in load order.
+    pub(crate) routes: HashMap<String, Vec<RouteEntry>>,
+    pub(crate) virtual_services: Vec<VirtualService>,
+    pub(crate) destination_rules: Vec<DestinationRule>,
+    pub(crate) clusters: HashMap<String, HashMap<u16, PortClusters>>,
+    pub(crate) warnings: Vec<String>,
+}
+
+impl Snapshot {
+    /// A snapshot with nothing in it (version 0).
+    pub fn empty() -> Self {
+        Snapshot::default()
+    }
+
+    /// Unique per build (process-wide counter starting at 1).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.iter()
+    }
+
+    /// Endpoints of a service (by FQDN or alias); empty if unknown.
+    pub fn endpoints(&self, host: &str) -> &[Arc<Endpoint>] {
+        self.service_index(host)
+            .map(|i| self.endpoints[i].as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn virtual_services(&self) -> &[VirtualService] {
+        &self.virtual_services
+    }
+
+    pub fn destination_rules(&self) -> &[DestinationRule] {
+        &self.destination_rules
+    }
+
+    /// Non-fatal notes from loading (unsupported fields, skipped kinds, …).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Service VIP:port first, then endpoint IP with a target port (or service
+    /// port) of a service containing it. `None`: the waypoint does not serve it.
+    pub fn resolve_destination(&self, dst: SocketAddr) -> Option<Destination<'_>> {
+        if let Some(&(si, pi)) = self.by_vip.get(&dst) {
+            let service = &self.services[si];
+            return Some(Destination::Service {
+                service,
+                port: &service.ports[pi],
+            });
+        }
+        let entries = self.by_pod_ip.get(&dst.ip())?;
+        let port = dst.port();
+        let mut endpoint = None;
+        let mut services: Vec<&Service> = Vec::new();
+        for (si, ep) in entries {
+            let svc = &self.services[*si];
+            if svc
+                .ports
+                .iter()
+                .any(|p| p.target_port == port || p.number == port)
+            {
+                endpoint.get_or_insert(ep.as_ref());
+                if !services.iter().any(|s| std::ptr::eq(*s, svc)) {
+                    services.push(svc);
+                }
+            }
+        }
+        Some(Destination::Pod {
+            endpoint: endpoint?,
+            port,
+            services,
+        })
+    }
+
+    fn service_index(&self, host: &str) -> Option<usize> {
+        self.by_host.get(&normalize_authority(host)).copied()
+    }
+
+    /// Look a service up by FQDN or by the short forms Istio accepts for
+    /// Kubernetes-style hosts (`reviews`, `reviews.default`,
+    /// `reviews.default.svc`), or any extra ServiceEntry host. A `:port` suffix
+    /// is ignored; matching is case-insensitive. An ambiguous short name
+    /// resolves to the service loaded first.
+    pub fn service_by_host(&self, host: &str) -> Option<&Service> {
+        self.service_index(host).map(|i| &self.services[i])
+    }
+
+    /// Route a request for `service`. `port` is the service port the request
+    /// arrived on (reserved for port-scoped matches; currently unused).
+    pub fn route(&self, service: &Service, port: u16, req: &dyn RequestView) -> RouteDecision<'_> {
+        let _ = port;
+        let Some(entries) = self.routes.get(&service.hostname) else {
+            return RouteDecision::Default;
+        };
+        entries
+            .iter()
+            .find(|e| e.route.matches(req))
+            .map(|e| RouteDecision::Route {
+                virtual_service: &e.virtual_service,
+                route_index: e.index,
+                route: &e.route,
+            })
+            .unwrap_or(RouteDecision::NoRoute)
+    }
+
+    /// The cluster for (service FQDN, service port, subset).
+    pub fn cluster(
+        &self,
+        service_hostname: &str,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Option<&Cluster> {
+        let pc = self.clusters.get(service_hostname)?.get(&port)?;
+        match subset {
+            None => Some(&pc.all),
+            Some(s) => pc.subsets.get(s),
+        }
+    }
+
+    /// All clusters, sorted by name.
+    pub fn clusters(&self) -> Vec<&Cluster> {
+        let mut v: Vec<&Cluster> = self
+            .clusters
+            .values()
+            .flat_map(|m| m.values())
+            .flat_map(|pc| std::iter::once(&pc.all).chain(pc.subsets.values()))
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// A JSON dump for `/config_dump`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let services: Vec<serde_json::Value> = self
+            .services
+            .iter()
+            .zip(&self.endpoints)
+            .map(|(s, eps)| {
+                let eps: Vec<&Endpoint> = eps.iter().map(|e| e.as_ref()).collect();
+                serde_json::json!({ "service": s, "endpoints": eps })
+            })
+            .collect();
+        serde_json::json!({
+            "version": self.version,
+            "services": services,
+            "virtual_services": self.virtual_services,
+            "destination_rules": self.destination_rules,
+            "clusters": self.clusters(),
+            "warnings": self.warnings,
+        })
+    }
+}

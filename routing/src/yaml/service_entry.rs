@@ -1,0 +1,187 @@
+//! `ServiceEntry` documents.
+
+use super::diag::{Diag, Extra};
+use super::{parse_spec, DocCtx};
+use crate::error::DocRef;
+use crate::hosts::expand_host;
+use crate::model::{spiffe_identity, Endpoint, Protocol, ServicePort};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    hosts: Option<Vec<String>>,
+    addresses: Option<Vec<String>>,
+    ports: Option<Vec<PortY>>,
+    workload_selector: Option<SelectorY>,
+    endpoints: Option<Vec<EndpointY>>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PortY {
+    number: Option<i64>,
+    name: Option<String>,
+    protocol: Option<String>,
+    target_port: Option<i64>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Debug, Deserialize)]
+struct SelectorY {
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointY {
+    address: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    service_account: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+/// A checked ServiceEntry.
+#[derive(Debug)]
+pub(crate) struct ServiceEntryIr {
+    pub at: DocRef,
+    pub namespace: String,
+    /// Expanded, lowercased; the first is the service hostname.
+    pub hosts: Vec<String>,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub selector: Option<BTreeMap<String, String>>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr> {
+    let spec: Spec = parse_spec(ctx, diag)?;
+    let at = &ctx.at;
+    let errors_before = diag.errors.len();
+    // `resolution` does not matter to a waypoint; `location` is informational.
+    diag.unsupported(at, "spec.", &spec.extra, &["resolution", "location"]);
+
+    let hosts: Vec<String> = spec.hosts.unwrap_or_default();
+    if hosts.is_empty() {
+        diag.error(at, Some("spec.hosts"), "at least one host is required");
+    }
+    let hosts: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let h = expand_host(h, &ctx.namespace);
+            if h.contains('*') || h.is_empty() {
+                diag.error(
+                    at,
+                    Some(&format!("spec.hosts[{i}]")),
+                    format!("host {h:?} is not supported (wildcard or empty)"),
+                );
+                None
+            } else {
+                Some(h)
+            }
+        })
+        .collect();
+
+    let vips = spec
+        .addresses
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| diag.ip(at, &format!("spec.addresses[{i}]"), a))
+        .collect();
+
+    let ports = parse_ports(at, spec.ports.unwrap_or_default(), diag);
+
+    if spec.workload_selector.is_some() && spec.endpoints.is_some() {
+        diag.error(
+            at,
+            Some("spec.workloadSelector"),
+            "only one of workloadSelector or endpoints may be set",
+        );
+    }
+    let selector = spec.workload_selector.map(|s| {
+        diag.unsupported(at, "spec.workloadSelector.", &s.extra, &[]);
+        s.labels.unwrap_or_default()
+    });
+
+    let endpoints = spec
+        .endpoints
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let f = format!("spec.endpoints[{i}]");
+            diag.unsupported(at, &format!("{f}."), &e.extra, &[]);
+            let addr = diag.required(at, &format!("{f}.address"), e.address)?;
+            let address = diag.ip(at, &format!("{f}.address"), &addr)?;
+            let sa = e.service_account.unwrap_or_else(|| "default".to_string());
+            Some(Endpoint {
+                address,
+                labels: e.labels.unwrap_or_default(),
+                identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa),
+                service_account: sa,
+                namespace: ctx.namespace.clone(),
+                name: format!("{}-ep{i}", ctx.name),
+            })
+        })
+        .collect();
+
+    if diag.errors.len() > errors_before {
+        return None;
+    }
+    Some(ServiceEntryIr {
+        at: at.clone(),
+        namespace: ctx.namespace.clone(),
+        hosts,
+        vips,
+        ports,
+        selector,
+        endpoints,
+    })
+}
+
+fn parse_ports(at: &DocRef, ports: Vec<PortY>, diag: &mut Diag) -> Vec<ServicePort> {
+    if ports.is_empty() {
+        diag.error(at, Some("spec.ports"), "at least one port is required");
+    }
+    let mut out: Vec<ServicePort> = Vec::new();
+    for (i, p) in ports.into_iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        diag.unsupported(at, &format!("{f}."), &p.extra, &[]);
+        let number = diag
+            .required(at, &format!("{f}.number"), p.number)
+            .and_then(|n| diag.port(at, &format!("{f}.number"), n));
+        let name = diag.required(at, &format!("{f}.name"), p.name);
+        let target = match p.target_port {
+            Some(t) => diag.port(at, &format!("{f}.targetPort"), t),
+            None => number,
+        };
+        let (Some(number), Some(name), Some(target_port)) = (number, name, target) else {
+            continue;
+        };
+        if out.iter().any(|o| o.number == number) {
+            diag.error(
+                at,
+                Some(&format!("{f}.number")),
+                format!("duplicate port {number}"),
+            );
+            continue;
+        }
+        out.push(ServicePort {
+            number,
+            protocol: Protocol::from_port(&name, p.protocol.as_deref()),
+            name,
+            target_port,
+        });
+    }
+    out
+}

@@ -1,0 +1,44 @@
+//! `WorkloadEntry` documents.
+
+use super::diag::{Diag, Extra};
+use super::{parse_spec, DocCtx};
+use crate::model::{spiffe_identity, Endpoint};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    address: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    service_account: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+/// A checked WorkloadEntry.
+#[derive(Debug)]
+pub(crate) struct WorkloadEntryIr {
+    pub endpoint: Endpoint,
+}
+
+pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<WorkloadEntryIr> {
+    let spec: Spec = parse_spec(ctx, diag)?;
+    let at = &ctx.at;
+    diag.unsupported(at, "spec.", &spec.extra, &[]);
+    let address = diag.required(at, "spec.address", spec.address)?;
+    let address = diag.ip(at, "spec.address", &address)?;
+    let sa = spec
+        .service_account
+        .unwrap_or_else(|| "default".to_string());
+    Some(WorkloadEntryIr {
+        endpoint: Endpoint {
+            address,
+            labels: spec.labels.unwrap_or_default(),
+            identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa),
+            service_account: sa,
+            namespace: ctx.namespace.clone(),
+            name: ctx.name.clone(),
+        },
+    })
+}

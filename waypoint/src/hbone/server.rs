@@ -1,0 +1,297 @@
+//! Inbound HBONE: mTLS (TLS 1.3, ALPN h2, client cert required) → HTTP/2 server → one CONNECT
+//! stream per tunnel. Each accepted tunnel is answered `200` before any tunnelled byte is read,
+//! then handed to the [`Inbound`] dispatcher.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Method, Request, Response, StatusCode};
+use pingora_core::server::ShutdownWatch;
+use routing::Destination;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use super::stream::H2Stream;
+use crate::identity::peer_identity;
+use crate::inbound::Inbound;
+use crate::tunnel::{parse_forwarded, TunnelInfo};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// ztunnel pings every 10 s and gives up after 20 s; the waypoint does the same to its peers.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+const MAX_FRAME: u32 = 1024 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub connections: AtomicU64,
+    pub tunnels: AtomicU64,
+    pub rejected_handshakes: AtomicU64,
+    pub rejected_streams: AtomicU64,
+}
+
+pub struct HboneServer {
+    tls: TlsAcceptor,
+    inbound: Arc<Inbound>,
+    pub stats: ServerStats,
+}
+
+struct ConnInfo {
+    peer: SocketAddr,
+    local: SocketAddr,
+    identity: crate::identity::SpiffeId,
+}
+
+impl HboneServer {
+    pub fn new(tls: Arc<rustls::ServerConfig>, inbound: Arc<Inbound>) -> Arc<Self> {
+        Arc::new(Self {
+            tls: TlsAcceptor::from(tls),
+            inbound,
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// Accept HBONE connections until `shutdown` turns true; then stop accepting and let every
+    /// connection send GOAWAY and drain.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: ShutdownWatch) {
+        let addr = listener.local_addr().ok();
+        info!(?addr, "HBONE listener accepting");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let server = self.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move { server.connection(tcp, peer, shutdown).await });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "HBONE accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        info!("HBONE listener stops accepting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: ShutdownWatch,
+    ) {
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _ = tcp.set_nodelay(true);
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.stats
+                    .rejected_handshakes
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, error = %e, "HBONE mTLS handshake rejected");
+                return;
+            }
+            Err(_) => {
+                self.stats
+                    .rejected_handshakes
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, "HBONE mTLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        if session.alpn_protocol() != Some(b"h2") {
+            self.stats
+                .rejected_handshakes
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "HBONE peer did not negotiate ALPN h2; closing");
+            return;
+        }
+        let identity = match session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(peer_identity)
+        {
+            Some(Ok(id)) => id,
+            Some(Err(reason)) => {
+                warn!(%peer, %reason, "HBONE peer certificate has no usable identity");
+                return;
+            }
+            None => {
+                warn!(%peer, "HBONE peer presented no certificate");
+                return;
+            }
+        };
+        let mut conn = match h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .handshake::<_, Bytes>(tls)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(%peer, %identity, error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        debug!(%peer, %identity, "HBONE connection established");
+        let info = Arc::new(ConnInfo {
+            peer,
+            local,
+            identity,
+        });
+        let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<()>();
+        let keepalive = conn.ping_pong().map(|mut pp| {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(PING_INTERVAL).await;
+                    match tokio::time::timeout(PING_TIMEOUT, pp.ping(h2::Ping::opaque())).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            let _ = dead_tx.send(());
+                            return;
+                        }
+                    }
+                }
+            })
+        });
+        let mut draining = *shutdown.borrow();
+        if draining {
+            conn.graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                next = conn.accept() => match next {
+                    Some(Ok((req, respond))) => {
+                        let server = self.clone();
+                        let info = info.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move { server.stream(req, respond, info, shutdown).await });
+                    }
+                    Some(Err(e)) => {
+                        debug!(%peer, error = %e, "HBONE connection error");
+                        break;
+                    }
+                    None => break,
+                },
+                changed = shutdown.changed(), if !draining => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        debug!(%peer, "sending GOAWAY");
+                        conn.graceful_shutdown();
+                        draining = true;
+                    }
+                }
+                _ = &mut dead_rx => {
+                    warn!(%peer, "HBONE peer missed keep-alive pings for {PING_TIMEOUT:?}; closing");
+                    break;
+                }
+            }
+        }
+        if let Some(k) = keepalive {
+            k.abort();
+        }
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        conn: Arc<ConnInfo>,
+        shutdown: ShutdownWatch,
+    ) {
+        let reject = |respond: &mut SendResponse<Bytes>, status: StatusCode| {
+            self.stats.rejected_streams.fetch_add(1, Ordering::Relaxed);
+            let resp = Response::builder()
+                .status(status)
+                .body(())
+                .expect("static response");
+            let _ = respond.send_response(resp, true);
+        };
+        if req.method() != Method::CONNECT {
+            debug!(peer = %conn.peer, method = %req.method(), "non-CONNECT request on HBONE");
+            return reject(&mut respond, StatusCode::BAD_REQUEST);
+        }
+        let Some(dst) = req
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        else {
+            warn!(peer = %conn.peer, uri = %req.uri(), "CONNECT without a valid ip:port authority");
+            return reject(&mut respond, StatusCode::BAD_REQUEST);
+        };
+        let snapshot = self.inbound.snapshot();
+        let protocol = match snapshot.resolve_destination(dst) {
+            Some(Destination::Service { port, .. }) => port.protocol,
+            Some(Destination::Pod { port, services, .. }) => services
+                .iter()
+                .find_map(|s| {
+                    s.ports
+                        .iter()
+                        .find(|p| p.target_port == port || p.number == port)
+                })
+                .map_or(routing::Protocol::Unknown, |p| p.protocol),
+            None => {
+                warn!(peer = %conn.peer, source = %conn.identity, %dst,
+                    "CONNECT to {dst}: no service VIP or workload at that address is served by this waypoint");
+                return reject(&mut respond, StatusCode::NOT_FOUND);
+            }
+        };
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (forwarded_for, forwarded_host) = header("forwarded")
+            .map(|f| parse_forwarded(&f))
+            .unwrap_or((None, None));
+        let info = TunnelInfo {
+            peer: conn.peer,
+            source_addr: forwarded_for.unwrap_or(conn.peer),
+            source_identity: conn.identity.clone(),
+            original_dst: dst,
+            local: conn.local,
+            forwarded_host,
+            baggage: header("baggage"),
+            traceparent: header("traceparent"),
+        };
+        let ok = Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .expect("static response");
+        let send = match respond.send_response(ok, false) {
+            Ok(send) => send,
+            Err(e) => {
+                debug!(peer = %conn.peer, error = %e, "tunnel closed before 200 was sent");
+                return;
+            }
+        };
+        self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+        let tunnel = H2Stream::new(send, req.into_body());
+        self.inbound
+            .serve_tunnel(tunnel, Arc::new(info), protocol, shutdown)
+            .await;
+    }
+}

@@ -1,0 +1,149 @@
+//! One HBONE tunnel: an HTTP/2 CONNECT stream seen as a byte stream (AsyncRead + AsyncWrite), usable
+//! as a pingora virtual socket.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest DATA frame payload we queue per write; h2 splits by the peer's max frame size.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pending: Bytes,
+    write_closed: bool,
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id().as_u32())
+            .field("write_closed", &self.write_closed)
+            .finish()
+    }
+}
+
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    match e.reason() {
+        Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL) => {
+            io::Error::new(io::ErrorKind::ConnectionReset, e)
+        }
+        _ => io::Error::other(e),
+    }
+}
+
+impl H2Stream {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+            write_closed: false,
+        }
+    }
+
+    /// True when the tunnel is idle and open: nothing buffered, peer has not ended or reset it.
+    /// Polls without waiting (used before reusing a pooled tunnel).
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.pending.is_empty() || self.write_closed || self.recv.is_end_stream() {
+            return false;
+        }
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let recv_idle = matches!(self.recv.poll_data(&mut cx), Poll::Pending);
+        let not_reset = matches!(self.send.poll_reset(&mut cx), Poll::Pending);
+        recv_idle && not_reset
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.pending.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    this.pending = data;
+                }
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        loop {
+            let capacity = this.send.capacity();
+            if capacity > 0 {
+                let n = capacity.min(buf.len());
+                this.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(h2_to_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            this.send.reserve_capacity(buf.len().min(WRITE_CHUNK));
+            if let Poll::Ready(reason) = this.send.poll_reset(cx) {
+                let reason = reason.map_err(h2_to_io)?;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("tunnel reset by peer: {reason}"),
+                )));
+            }
+            match ready!(this.send.poll_capacity(cx)) {
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.write_closed {
+            self.write_closed = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl VirtualSocket for H2Stream {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! Workload identity: the waypoint's own SPIFFE certificate, the trust bundle, and the rustls
+//! configurations for both HBONE legs (inbound server, outbound client).
+
+mod mint;
+mod spiffe;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+pub use mint::{Ca, MintedCert};
+pub use spiffe::{SpiffeId, SpiffeIdError};
+pub use tls::{client_config, peer_identity, server_config, ClientConfigs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {what} file {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} file {path} holds no PEM {expected}")]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("{what} file {path} is not valid PEM: {reason}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("certificate {path} carries no usable SPIFFE URI SAN: {reason}")]
+    NoSpiffeId { path: PathBuf, reason: String },
+    #[error("certificate and private key do not belong together: {0}")]
+    KeyMismatch(String),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("certificate minting failed: {0}")]
+    Mint(#[from] rcgen::Error),
+}
+
+/// The waypoint's own certificate chain, key and the roots it trusts.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    pub id: SpiffeId,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl Clone for WorkloadCert {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots: self.roots.clone(),
+        }
+    }
+}
+
+/// What `/config_dump` and startup logs show about the identity (never the key).
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentitySummary {
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after: String,
+    pub roots: usize,
+}
+
+impl WorkloadCert {
+    /// Load a PEM chain (leaf first), a PEM private key and a PEM bundle of trusted roots.
+    pub fn from_files(cert: &Path, key: &Path, bundle: &Path) -> Result<Self, IdentityError> {
+        let chain = read_certs("certificate chain", cert)?;
+        let roots = read_certs("trust bundle", bundle)?;
+        let key_pem = read("private key", key)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| IdentityError::Pem {
+            what: "private key",
+            path: key.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let id = peer_identity(&chain[0]).map_err(|reason| IdentityError::NoSpiffeId {
+            path: cert.to_path_buf(),
+            reason,
+        })?;
+        let loaded = Self {
+            id,
+            chain,
+            key,
+            roots,
+        };
+        loaded.check_key_matches()?;
+        Ok(loaded)
+    }
+
+    /// Reject a key that does not sign for the leaf certificate (a half-rotated pair).
+    fn check_key_matches(&self) -> Result<(), IdentityError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| IdentityError::KeyMismatch(e.to_string()))?;
+        let certified = rustls::sign::CertifiedKey::new(self.chain.clone(), signing);
+        certified
+            .keys_match()
+            .map_err(|e| IdentityError::KeyMismatch(e.to_string()))
+    }
+
+    pub fn summary(&self) -> IdentitySummary {
+        let (serial, not_after) = match x509_parser::parse_x509_certificate(&self.chain[0]) {
+            Ok((_, cert)) => (
+                cert.raw_serial_as_string(),
+                cert.validity().not_after.to_string(),
+            ),
+            Err(_) => ("unparsable".into(), "unparsable".into()),
+        };
+        IdentitySummary {
+            spiffe_id: self.id.to_string(),
+            serial,
+            not_after,
+            roots: self.roots.len(),
+        }
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let pem = read(what, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(IdentityError::Empty {
+            what,
+            path: path.to_path_buf(),
+            expected: "CERTIFICATE block",
+        });
+    }
+    Ok(certs)
+}
+
+/// Install ring as the process-wide rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,260 @@
+//! rustls configurations for HBONE: TLS 1.3 only, ALPN `h2`, SPIFFE identities in URI SANs.
+//! DNS and IP SANs play no part in identity.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use super::{provider, IdentityError, SpiffeId, WorkloadCert};
+
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The SPIFFE id in a certificate's URI SAN.
+pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("unparsable certificate: {e}"))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subjectAltName extension: {e}"))?
+        .ok_or_else(|| "no subjectAltName extension".to_string())?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] => one.parse::<SpiffeId>().map_err(|e| e.to_string()),
+        [] => Err("no URI SAN".into()),
+        _ => Err(format!("{} URI SANs, expected exactly one", uris.len())),
+    }
+}
+
+fn roots(cert: &WorkloadCert) -> Result<Arc<RootCertStore>, IdentityError> {
+    let mut store = RootCertStore::empty();
+    for root in &cert.roots {
+        store
+            .add(root.clone())
+            .map_err(|e| IdentityError::Tls(format!("bad trust bundle certificate: {e}")))?;
+    }
+    Ok(Arc::new(store))
+}
+
+fn reject(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+        std::io::Error::other(reason),
+    ))))
+}
+
+/// Inbound leg: mandatory client certificate chained to the bundle, peer trust domain accepted.
+pub fn server_config(
+    cert: &WorkloadCert,
+    trust_domains: &[String],
+) -> Result<Arc<ServerConfig>, IdentityError> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(cert)?, provider.clone())
+        .build()
+        .map_err(|e| IdentityError::Tls(e.to_string()))?;
+    let verifier = Arc::new(TrustDomainVerifier {
+        inner,
+        trust_domains: trust_domains.to_vec(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| IdentityError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+        .map_err(|e| IdentityError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct TrustDomainVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domains: Vec<String>,
+}
+
+impl ClientCertVerifier for TrustDomainVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id =
+            peer_identity(end_entity).map_err(|e| reject(format!("client certificate: {e}")))?;
+        if !self.trust_domains.iter().any(|td| *td == id.trust_domain) {
+            return Err(reject(format!(
+                "client {id} is in trust domain {:?}, accepted: {:?}",
+                id.trust_domain, self.trust_domains
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Outbound leg: present our certificate, verify the peer chain and that its URI SAN is exactly
+/// the identity expected for the endpoint.
+pub fn client_config(
+    cert: &WorkloadCert,
+    expected: &SpiffeId,
+) -> Result<Arc<ClientConfig>, IdentityError> {
+    let provider = provider();
+    let verifier = Arc::new(ExpectedIdentityVerifier {
+        roots: roots(cert)?,
+        expected: expected.clone(),
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| IdentityError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+        .map_err(|e| IdentityError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// Client configs per expected peer identity, built once and shared.
+pub struct ClientConfigs {
+    cert: WorkloadCert,
+    by_identity: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+}
+
+impl ClientConfigs {
+    pub fn new(cert: WorkloadCert) -> Self {
+        Self {
+            cert,
+            by_identity: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn own_identity(&self) -> &SpiffeId {
+        &self.cert.id
+    }
+
+    pub fn for_peer(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, IdentityError> {
+        if let Some(c) = self.by_identity.lock().get(expected) {
+            return Ok(c.clone());
+        }
+        let config = client_config(&self.cert, expected)?;
+        self.by_identity
+            .lock()
+            .insert(expected.clone(), config.clone());
+        Ok(config)
+    }
+}
+
+#[derive(Debug)]
+struct ExpectedIdentityVerifier {
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ExpectedIdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let id =
+            peer_identity(end_entity).map_err(|e| reject(format!("server certificate: {e}")))?;
+        if id != self.expected {
+            return Err(reject(format!(
+                "endpoint presented identity {id}, expected {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

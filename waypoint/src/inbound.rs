@@ -1,0 +1,236 @@
+//! What happens to one accepted tunnel: HTTP goes to pingora's `HttpProxy` (HTTP/1.1 or h2c,
+//! chosen by sniffing the first bytes), TCP is spliced to an endpoint over HBONE.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::l4::virt::VirtualSocketStream;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, SocketDigest};
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
+use pingora_proxy::HttpProxy;
+use routing::{Destination, Protocol, Snapshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+use crate::access_log::{timestamp, AccessLog, Entry};
+use crate::hbone::{H2Stream, Lease, TunnelPool};
+use crate::identity::SpiffeId;
+use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
+use crate::tunnel::TunnelInfo;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes of a tunnel say it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    Http1,
+    H2c,
+    Tcp,
+}
+
+pub struct Inbound {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub h1: Arc<HttpProxy<Waypoint>>,
+    pub h2c: Arc<HttpProxy<Waypoint>>,
+    pub pool: Arc<TunnelPool>,
+    pub access_log: Arc<AccessLog>,
+    /// How long a tunnel on a port of unknown protocol may stay silent before it is treated as TCP.
+    pub sniff_timeout: Duration,
+}
+
+impl Inbound {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub async fn serve_tunnel(
+        &self,
+        mut tunnel: H2Stream,
+        info: Arc<TunnelInfo>,
+        protocol: Protocol,
+        shutdown: ShutdownWatch,
+    ) {
+        let (kind, prefix) = if protocol == Protocol::Tcp {
+            (Sniffed::Tcp, Vec::new())
+        } else {
+            sniff(&mut tunnel, protocol, self.sniff_timeout).await
+        };
+        debug!(dst = %info.original_dst, ?protocol, ?kind, "tunnel accepted");
+        match kind {
+            Sniffed::Tcp => self.splice(tunnel, prefix, &info).await,
+            Sniffed::Http1 | Sniffed::H2c => {
+                let mut stream = Stream::from(VirtualSocketStream::new(Box::new(tunnel)));
+                stream.rewind(&prefix);
+                let digest = SocketDigest::from_raw_fd(-1);
+                let _ = digest
+                    .peer_addr
+                    .set(Some(PingoraAddr::Inet(info.source_addr)));
+                let _ = digest.local_addr.set(Some(PingoraAddr::Inet(info.local)));
+                let _ = digest
+                    .original_dst
+                    .set(Some(PingoraAddr::Inet(info.original_dst)));
+                stream.set_socket_digest(digest);
+                let ok = ResponseHeader::build(200, None).expect("static header");
+                stream
+                    .set_proxy_digest(ProxyDigest::new(Box::new(ok), Some(Box::new(info.clone()))));
+                let proxy = if kind == Sniffed::H2c {
+                    &self.h2c
+                } else {
+                    &self.h1
+                };
+                let _ = ServerApp::process_new(proxy, Box::new(stream), &shutdown).await;
+            }
+        }
+    }
+
+    /// TCP: pick an endpoint of the service and copy bytes both ways over an HBONE tunnel.
+    async fn splice(&self, mut down: H2Stream, prefix: Vec<u8>, info: &TunnelInfo) {
+        let started = Instant::now();
+        let start_time = SystemTime::now();
+        let snapshot = self.snapshot();
+        let mut entry = Entry {
+            start_time: timestamp(start_time),
+            downstream_local_address: info.original_dst.to_string(),
+            downstream_remote_address: info.source_addr.to_string(),
+            source_principal: info.source_identity.to_string(),
+            ..Default::default()
+        };
+        let candidates: Vec<(SocketAddr, SpiffeId)> =
+            match snapshot.resolve_destination(info.original_dst) {
+                Some(Destination::Service { service, port }) => {
+                    match snapshot.cluster(&service.hostname, port.number, None) {
+                        Some(cluster) => {
+                            entry.upstream_cluster = cluster.name.clone();
+                            let mut tried = Vec::new();
+                            let mut out = Vec::new();
+                            while let Some(ep) = cluster.pick(&tried) {
+                                tried.push(ep.target);
+                                if let Ok(id) = ep.endpoint.identity.parse() {
+                                    out.push((ep.target, id));
+                                }
+                                if out.len() > DEFAULT_RETRY_ATTEMPTS {
+                                    break;
+                                }
+                            }
+                            out
+                        }
+                        None => Vec::new(),
+                    }
+                }
+                Some(Destination::Pod { endpoint, port, .. }) => {
+                    entry.upstream_cluster = format!("inbound-pod|{port}||{}", endpoint.address);
+                    endpoint
+                        .identity
+                        .parse()
+                        .map(|id| vec![(SocketAddr::new(endpoint.address, port), id)])
+                        .unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+        if candidates.is_empty() {
+            entry.response_flags = "UH".into();
+            warn!(dst = %info.original_dst, "TCP tunnel: no endpoint to send it to");
+            self.access_log.write(&entry);
+            return;
+        }
+        let mut flags = Vec::new();
+        let mut upstream = None;
+        for (target, identity) in candidates {
+            match self
+                .pool
+                .checkout(target, &identity, Arc::new(Lease::default()))
+                .await
+            {
+                Ok(t) => {
+                    upstream = Some((target, t));
+                    break;
+                }
+                Err(e) => {
+                    warn!(%target, error = %e, "TCP upstream connect failed");
+                    entry.upstream_transport_failure_reason = e.short_reason().to_string();
+                    flags.push("UF");
+                }
+            }
+        }
+        let Some((target, up)) = upstream else {
+            entry.response_flags = flags.join(",");
+            self.access_log.write(&entry);
+            return;
+        };
+        entry.upstream_host = target.to_string();
+        let (mut up, _slot) = up.into_inner();
+        let result = async {
+            up.write_all(&prefix).await?;
+            tokio::io::copy_bidirectional(&mut down, &mut up).await
+        }
+        .await;
+        match result {
+            Ok((sent_up, sent_down)) => {
+                entry.bytes_received = sent_up + prefix.len() as u64;
+                entry.bytes_sent = sent_down;
+            }
+            Err(e) => {
+                debug!(%target, error = %e, "TCP tunnel ended with an error");
+                entry.response_flags = "UC".into();
+            }
+        }
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        self.access_log.write(&entry);
+    }
+}
+
+fn looks_like_http1(buf: &[u8]) -> bool {
+    let method_len = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    method_len >= 3 && buf.get(method_len) == Some(&b' ')
+}
+
+/// Read up to the 24 bytes of an HTTP/2 preface, with a timeout. Only an HTTP/2 preface (or a
+/// prefix of one) makes it wait for more; anything else decides at the first bytes.
+pub async fn sniff(
+    tunnel: &mut H2Stream,
+    declared: Protocol,
+    timeout: Duration,
+) -> (Sniffed, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 24];
+    loop {
+        let want = H2_PREFACE.len() - buf.len();
+        match tokio::time::timeout_at(deadline, tunnel.read(&mut chunk[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() == H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf) {
+            break;
+        }
+    }
+    let kind = if buf == H2_PREFACE {
+        Sniffed::H2c
+    } else if declared.is_http() || looks_like_http1(&buf) {
+        Sniffed::Http1
+    } else {
+        Sniffed::Tcp
+    };
+    (kind, buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http1_request_lines() {
+        assert!(looks_like_http1(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http1(b"OPTIONS *"));
+        assert!(!looks_like_http1(b"\x16\x03\x01"));
+        assert!(!looks_like_http1(b"GE"));
+        assert!(!looks_like_http1(b"get / HTTP/1.1"));
+    }
+}

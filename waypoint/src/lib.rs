@@ -1,0 +1,10 @@
+//! waypoint: an L7 waypoint proxy for Istio's ambient mesh on Cloudflare's Pingora.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod app;
+pub mod hbone;
+pub mod identity;
+pub mod inbound;
+pub mod proxy;
+pub mod tunnel;

@@ -1,0 +1,461 @@
+//! The L7 core: pingora `ProxyHttp` hooks that route each request of a tunnel and send it over
+//! HBONE to the chosen endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use routing::{Destination, Protocol, RequestView, RouteDecision, Snapshot};
+use tracing::{debug, warn};
+
+use crate::access_log::{timestamp, AccessLog, Entry};
+use crate::hbone::pool::TUNNEL_IDLE_TIMEOUT;
+use crate::hbone::{Lease, TunnelConnector, TunnelPool};
+use crate::identity::SpiffeId;
+use crate::tunnel::TunnelInfo;
+
+/// Istio's default when a route sets no retry policy: 2 retries on connect failures.
+pub const DEFAULT_RETRY_ATTEMPTS: usize = 2;
+
+pub struct Waypoint {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub pool: Arc<TunnelPool>,
+    pub access_log: Arc<AccessLog>,
+}
+
+/// Which cluster a request goes to.
+#[derive(Debug, Clone)]
+struct ClusterKey {
+    host: String,
+    port: u16,
+    subset: Option<String>,
+}
+
+/// Envoy response flags, in Envoy's order of reporting.
+#[derive(Debug, Default, Clone)]
+pub struct Flags(Vec<&'static str>);
+
+impl Flags {
+    pub fn add(&mut self, flag: &'static str) {
+        if !self.0.contains(&flag) {
+            self.0.push(flag);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+pub struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    tunnel: Option<Arc<TunnelInfo>>,
+    started: Instant,
+    start_time: SystemTime,
+    request_id: String,
+    route_name: String,
+    cluster: Option<ClusterKey>,
+    cluster_name: String,
+    /// Endpoint to use directly (pod-addressed traffic outside any routed service).
+    direct: Option<(SocketAddr, SpiffeId)>,
+    protocol: Protocol,
+    tried: Vec<SocketAddr>,
+    upstream: Option<SocketAddr>,
+    upstream_h2: bool,
+    upstream_started: Option<Instant>,
+    upstream_time: Option<Duration>,
+    lease: Option<Arc<Lease>>,
+    failure: Arc<Mutex<Option<String>>>,
+    flags: Flags,
+    details: &'static str,
+    _active: Option<routing::ActiveGuard>,
+}
+
+struct HeaderView<'a>(&'a RequestHeader);
+
+impl RequestView for HeaderView<'_> {
+    fn path(&self) -> &str {
+        self.0.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        if name == ":authority" || name == "host" {
+            return authority(self.0);
+        }
+        self.0.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn authority(req: &RequestHeader) -> Option<&str> {
+    req.uri.authority().map(|a| a.as_str()).or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn status_error(code: u16, why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(code), why)
+}
+
+impl Waypoint {
+    async fn reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        code: u16,
+        flag: &'static str,
+        details: &'static str,
+    ) -> Result<bool> {
+        ctx.flags.add(flag);
+        ctx.details = details;
+        session.respond_error(code).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Waypoint {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.snapshot.load_full(),
+            tunnel: None,
+            started: Instant::now(),
+            start_time: SystemTime::now(),
+            request_id: String::new(),
+            route_name: String::new(),
+            cluster: None,
+            cluster_name: String::new(),
+            direct: None,
+            protocol: Protocol::Unknown,
+            tried: Vec::new(),
+            upstream: None,
+            upstream_h2: false,
+            upstream_started: None,
+            upstream_time: None,
+            lease: None,
+            failure: Arc::new(Mutex::new(None)),
+            flags: Flags::default(),
+            details: "",
+            _active: None,
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.tunnel = TunnelInfo::from_digest(session.digest());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header_mut();
+        ctx.request_id = match req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => {
+                let id = uuid::Uuid::new_v4().to_string();
+                req.insert_header("x-request-id", &id)?;
+                id
+            }
+        };
+        let Some(tunnel) = ctx.tunnel.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request without tunnel metadata",
+            ));
+        };
+        let snapshot = ctx.snapshot.clone();
+        let (service, port) = match snapshot.resolve_destination(tunnel.original_dst) {
+            Some(Destination::Service { service, port }) => (service, port),
+            Some(Destination::Pod {
+                endpoint,
+                port,
+                services,
+            }) => {
+                // Pod-addressed: the Host header names the service whose routes apply.
+                let host = authority(session.req_header()).unwrap_or("");
+                let by_host = snapshot
+                    .service_by_host(host)
+                    .filter(|s| services.iter().any(|c| c.hostname == s.hostname));
+                let found = by_host.and_then(|s| {
+                    s.ports
+                        .iter()
+                        .find(|p| p.target_port == port || p.number == port)
+                        .map(|p| (s, p))
+                });
+                match found {
+                    Some(found) => found,
+                    None => {
+                        let identity = endpoint.identity.parse::<SpiffeId>().map_err(|e| {
+                            Error::explain(
+                                ErrorType::InternalError,
+                                format!("endpoint identity: {e}"),
+                            )
+                        })?;
+                        let target = SocketAddr::new(endpoint.address, port);
+                        ctx.direct = Some((target, identity));
+                        ctx.cluster_name = format!("inbound-pod|{port}||{}", endpoint.address);
+                        ctx.protocol = services
+                            .iter()
+                            .find_map(|s| s.ports.iter().find(|p| p.target_port == port))
+                            .map_or(Protocol::Unknown, |p| p.protocol);
+                        return Ok(false);
+                    }
+                }
+            }
+            None => {
+                warn!(dst = %tunnel.original_dst, "destination left the configuration while its tunnel was open");
+                return self
+                    .reply(session, ctx, 404, "NR", "destination_not_served")
+                    .await;
+            }
+        };
+        ctx.protocol = port.protocol;
+        let decision = snapshot.route(service, port.number, &HeaderView(session.req_header()));
+        match decision {
+            RouteDecision::Route { route, .. } => {
+                ctx.route_name = route.name.clone();
+                let Some(dest) =
+                    routing::pick_weighted(&route.destinations, &mut rand::thread_rng())
+                else {
+                    return self
+                        .reply(session, ctx, 503, "NR", "route_has_no_destination")
+                        .await;
+                };
+                ctx.cluster = Some(ClusterKey {
+                    host: dest.host.clone(),
+                    port: dest.port.unwrap_or(port.number),
+                    subset: dest.subset.clone(),
+                });
+            }
+            RouteDecision::Default => {
+                ctx.route_name = "default".into();
+                ctx.cluster = Some(ClusterKey {
+                    host: service.hostname.clone(),
+                    port: port.number,
+                    subset: None,
+                });
+            }
+            RouteDecision::NoRoute => {
+                return self.reply(session, ctx, 404, "NR", "route_not_found").await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (target, identity) = if let Some(direct) = ctx.direct.clone() {
+            if ctx.tried.contains(&direct.0) {
+                ctx.flags.add("URX");
+                return Err(status_error(503, "pod endpoint failed"));
+            }
+            direct
+        } else {
+            let key = ctx
+                .cluster
+                .clone()
+                .ok_or_else(|| status_error(500, "no cluster chosen"))?;
+            let snapshot = ctx.snapshot.clone();
+            let Some(cluster) = snapshot.cluster(&key.host, key.port, key.subset.as_deref()) else {
+                ctx.flags.add("NC");
+                ctx.details = "cluster_not_found";
+                return Err(status_error(503, "no cluster for route destination"));
+            };
+            ctx.cluster_name = cluster.name.clone();
+            let Some(ep) = cluster.pick(&ctx.tried) else {
+                if ctx.tried.is_empty() {
+                    ctx.flags.add("UH");
+                    ctx.details = "no_healthy_upstream";
+                } else {
+                    ctx.flags.add("URX");
+                }
+                return Err(status_error(503, "no healthy upstream"));
+            };
+            let identity = ep.endpoint.identity.parse::<SpiffeId>().map_err(|e| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    format!("endpoint {} identity: {e}", ep.target),
+                )
+            })?;
+            ctx._active = Some(ep.begin());
+            (ep.target, identity)
+        };
+        ctx.tried.push(target);
+        ctx.upstream = Some(target);
+        let lease = Arc::new(Lease::default());
+        ctx.lease = Some(lease.clone());
+        ctx.upstream_h2 = match ctx.protocol {
+            Protocol::Http2 | Protocol::Grpc => true,
+            Protocol::Http | Protocol::Tcp => false,
+            Protocol::Unknown => session.req_header().version == http::Version::HTTP_2,
+        };
+        let mut peer = HttpPeer::new(target, false, String::new());
+        peer.group_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            identity.hash(&mut h);
+            h.finish()
+        };
+        peer.options.idle_timeout = Some(TUNNEL_IDLE_TIMEOUT);
+        if ctx.upstream_h2 {
+            peer.options.set_http_version(2, 2);
+        }
+        peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
+            pool: self.pool.clone(),
+            identity,
+            lease,
+            failure: ctx.failure.clone(),
+        }));
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.flags.add("UF");
+        warn!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "upstream connect failed");
+        // Retry on another endpoint, as Istio's default policy does for connect failures.
+        if ctx.direct.is_none() && ctx.tried.len() <= DEFAULT_RETRY_ATTEMPTS {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut pingora_http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let code = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(code)) => *code,
+            (
+                ErrorSource::Upstream,
+                ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure
+                | ConnectError | ConnectProxyFailure,
+            ) => {
+                ctx.flags.add("UF");
+                503
+            }
+            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
+                ctx.flags.add("UT");
+                504
+            }
+            (ErrorSource::Upstream, ReadError | WriteError | ConnectionClosed) => {
+                ctx.flags.add("UC");
+                503
+            }
+            (ErrorSource::Upstream, _) => 502,
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => {
+                ctx.flags.add("DC");
+                0
+            }
+            (ErrorSource::Downstream, _) => 400,
+            _ => 500,
+        };
+        if code > 0 {
+            if let Err(write_err) = session.respond_error(code).await {
+                debug!(error = %write_err, "could not send error response downstream");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if e.is_none() && !ctx.upstream_h2 {
+            if let Some(lease) = &ctx.lease {
+                lease.mark_clean();
+            }
+        }
+        if let Some(e) = e {
+            debug!(request_id = %ctx.request_id, error = %e, "request failed");
+        }
+        let req = session.req_header();
+        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        let tunnel = ctx.tunnel.as_deref();
+        let entry = Entry {
+            start_time: timestamp(ctx.start_time),
+            method: req.method.to_string(),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            protocol: format!("{:?}", req.version),
+            response_code: code,
+            response_flags: ctx.flags.render(),
+            response_code_details: if ctx.details.is_empty() && ctx.upstream_time.is_some() {
+                "via_upstream".to_string()
+            } else {
+                ctx.details.to_string()
+            },
+            upstream_transport_failure_reason: ctx.failure.lock().clone().unwrap_or_default(),
+            bytes_received: session.body_bytes_read() as u64,
+            bytes_sent: session.body_bytes_sent() as u64,
+            duration_ms: ctx.started.elapsed().as_millis() as u64,
+            upstream_service_time_ms: ctx.upstream_time.map(|d| d.as_millis() as u64),
+            x_forwarded_for: header_str(req, "x-forwarded-for").to_string(),
+            user_agent: header_str(req, "user-agent").to_string(),
+            request_id: ctx.request_id.clone(),
+            authority: authority(req).unwrap_or("").to_string(),
+            upstream_host: ctx.upstream.map(|a| a.to_string()).unwrap_or_default(),
+            upstream_cluster: ctx.cluster_name.clone(),
+            downstream_local_address: tunnel
+                .map(|t| t.original_dst.to_string())
+                .unwrap_or_default(),
+            downstream_remote_address: tunnel
+                .map(|t| t.source_addr.to_string())
+                .unwrap_or_default(),
+            source_principal: tunnel
+                .map(|t| t.source_identity.to_string())
+                .unwrap_or_default(),
+            route_name: ctx.route_name.clone(),
+        };
+        self.access_log.write(&entry);
+    }
+}
