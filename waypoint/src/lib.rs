@@ -3,8 +3,11 @@
 
 pub mod access_log;
 pub mod app;
+pub mod cli;
+pub mod demo;
 pub mod hbone;
 pub mod identity;
 pub mod inbound;
 pub mod proxy;
+pub mod sim;
 pub mod tunnel;

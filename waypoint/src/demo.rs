@@ -1,0 +1,323 @@
+//! `waypoint demo`: the bookinfo reviews canary on loopback, in one process. Mints a CA, starts
+//! the pods of the config (apps plus HBONE terminators with their own identities), runs the real
+//! waypoint data path, drives requests through it the way ztunnel does, and prints what happened.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use parking_lot::Mutex;
+use routing::{Protocol, RouteDecision, SimpleRequest, Snapshot};
+use tokio::net::TcpListener;
+
+use crate::access_log::{AccessLog, Format, Sink};
+use crate::app::{App, Settings};
+use crate::identity::{Ca, SpiffeId};
+use crate::sim::{self, AppHandle, AppKind, PodHandle, ZtunnelClient};
+
+/// The example shipped in `examples/bookinfo/`, embedded so `waypoint demo` needs no files.
+pub const BOOKINFO: &[(&str, &str)] = &[
+    (
+        "services.yaml",
+        include_str!("../../examples/bookinfo/services.yaml"),
+    ),
+    (
+        "workloads.yaml",
+        include_str!("../../examples/bookinfo/workloads.yaml"),
+    ),
+    (
+        "reviews-destination-rule.yaml",
+        include_str!("../../examples/bookinfo/reviews-destination-rule.yaml"),
+    ),
+    (
+        "reviews-virtual-service.yaml",
+        include_str!("../../examples/bookinfo/reviews-virtual-service.yaml"),
+    ),
+];
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+pub fn bookinfo_snapshot() -> Result<Snapshot, routing::LoadErrors> {
+    let files: Vec<(String, String)> = BOOKINFO
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.to_string()))
+        .collect();
+    routing::load_str(&files, TRUST_DOMAIN)
+}
+
+/// Everything the demo (and the tests and benchmarks) run: pods, apps, the waypoint, a client.
+pub struct Bench {
+    pub ca: Ca,
+    pub app: Arc<App>,
+    pub waypoint_addr: SocketAddr,
+    pub waypoint_id: SpiffeId,
+    pub pods: Vec<PodHandle>,
+    pub apps: Vec<AppHandle>,
+    pub access_lines: Arc<Mutex<Vec<String>>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Bench {
+    /// Start every endpoint of `snapshot` (app on each target port, HBONE terminator on
+    /// `hbone_port`) and a waypoint on 127.0.0.1:0.
+    pub async fn start(
+        snapshot: Snapshot,
+        hbone_port: u16,
+        format: Format,
+    ) -> anyhow::Result<Self> {
+        crate::identity::install_crypto_provider();
+        let ca = Ca::new("waypoint demo mesh")?;
+        let mut pods = Vec::new();
+        let mut apps = Vec::new();
+        let mut started = std::collections::HashSet::new();
+        for service in snapshot.services() {
+            for endpoint in snapshot.endpoints(&service.hostname) {
+                for port in &service.ports {
+                    let addr = SocketAddr::new(endpoint.address, port.target_port);
+                    if !started.insert(addr) {
+                        continue;
+                    }
+                    let kind = if port.protocol == Protocol::Tcp {
+                        AppKind::TcpEcho
+                    } else {
+                        AppKind::Http
+                    };
+                    apps.push(
+                        sim::start_app(addr, &endpoint.name, kind)
+                            .await
+                            .with_context(|| format!("starting app {} on {addr}", endpoint.name))?,
+                    );
+                }
+                let hbone = SocketAddr::new(endpoint.address, hbone_port);
+                if started.insert(hbone) {
+                    let id: SpiffeId = endpoint.identity.parse()?;
+                    let cert = ca.issue(&id)?;
+                    pods.push(
+                        sim::start_pod(hbone, &cert.workload)
+                            .await
+                            .with_context(|| {
+                                format!(
+                                    "starting HBONE terminator for {} on {hbone}",
+                                    endpoint.name
+                                )
+                            })?,
+                    );
+                }
+            }
+        }
+        let waypoint_id = SpiffeId::new(TRUST_DOMAIN, "default", "waypoint");
+        let cert = ca.issue(&waypoint_id)?;
+        let mut settings = Settings::new(TRUST_DOMAIN);
+        settings.upstream_hbone_port = hbone_port;
+        let access_lines = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(AccessLog::new(format, Sink::Memory(access_lines.clone())));
+        let app = Arc::new(App::new(cert.workload, snapshot, &settings, log)?);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let waypoint_addr = listener.local_addr()?;
+        let (shutdown, watch) = tokio::sync::watch::channel(false);
+        let serving = app.clone();
+        tokio::spawn(async move { serving.serve(listener, watch).await });
+        Ok(Self {
+            ca,
+            app,
+            waypoint_addr,
+            waypoint_id,
+            pods,
+            apps,
+            access_lines,
+            shutdown,
+        })
+    }
+
+    /// A client ztunnel with the given workload identity.
+    pub fn client(&self, id: &SpiffeId) -> anyhow::Result<ZtunnelClient> {
+        let cert = self.ca.issue(id)?;
+        Ok(ZtunnelClient::new(
+            cert.workload,
+            self.waypoint_addr,
+            self.waypoint_id.clone(),
+        ))
+    }
+}
+
+pub struct DemoReport {
+    /// pod name → responses served.
+    pub by_pod: BTreeMap<String, u64>,
+    pub failures: u64,
+}
+
+/// Send `requests` GETs to `vip`, spread over `concurrency` keep-alive tunnels.
+pub async fn drive(
+    client: &ZtunnelClient,
+    vip: SocketAddr,
+    host: &str,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<DemoReport> {
+    let concurrency = concurrency.clamp(1, requests.max(1));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let mut send = client.http1(vip).await?;
+        let share = requests / concurrency + usize::from(worker < requests % concurrency);
+        let host = host.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut by_pod = BTreeMap::<String, u64>::new();
+            let mut failures = 0;
+            for i in 0..share {
+                match sim::get(
+                    &mut send,
+                    &host,
+                    &format!("/reviews/{i}"),
+                    &[("user-agent", "waypoint-demo")],
+                )
+                .await
+                {
+                    Ok((parts, _)) if parts.status == 200 => {
+                        let pod = parts
+                            .headers
+                            .get("x-pod")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?");
+                        *by_pod.entry(pod.to_string()).or_default() += 1;
+                    }
+                    _ => failures += 1,
+                }
+            }
+            (by_pod, failures)
+        }));
+    }
+    let mut report = DemoReport {
+        by_pod: BTreeMap::new(),
+        failures: 0,
+    };
+    for t in tasks {
+        let (by_pod, failures) = t.await?;
+        for (k, v) in by_pod {
+            *report.by_pod.entry(k).or_default() += v;
+        }
+        report.failures += failures;
+    }
+    Ok(report)
+}
+
+pub async fn run(
+    requests: usize,
+    concurrency: usize,
+    config: Option<&std::path::Path>,
+    hbone_port: u16,
+) -> anyhow::Result<()> {
+    let snapshot = match config {
+        Some(dir) => routing::load_dir(dir, TRUST_DOMAIN).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => bookinfo_snapshot().map_err(|e| anyhow::anyhow!("embedded example: {e}"))?,
+    };
+    let service = snapshot
+        .services()
+        .find(|s| s.hostname.starts_with("reviews."))
+        .context("the demo config has no reviews service")?;
+    let (host, port) = (service.hostname.clone(), service.ports[0].number);
+    let vip = SocketAddr::new(*service.vips.first().context("reviews has no VIP")?, port);
+    let configured: Vec<(String, u32)> =
+        match snapshot.route(service, port, &SimpleRequest::new("/reviews/0")) {
+            RouteDecision::Route { route, .. } => route
+                .destinations
+                .iter()
+                .map(|d| (d.subset.clone().unwrap_or_else(|| "(all)".into()), d.weight))
+                .collect(),
+            _ => vec![("(all)".into(), 100)],
+        };
+    let subsets: Vec<(String, Vec<String>)> = configured
+        .iter()
+        .map(|(subset, _)| {
+            let s = (subset != "(all)").then_some(subset.as_str());
+            let pods = snapshot
+                .cluster(&host, port, s)
+                .map(|c| {
+                    c.endpoints
+                        .iter()
+                        .map(|e| e.endpoint.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (subset.clone(), pods)
+        })
+        .collect();
+    let bench = Bench::start(snapshot, hbone_port, Format::Text)
+        .await
+        .context("starting the loopback mesh (are 127.0.10.x ports 9080/15008 free?)")?;
+    println!(
+        "waypoint demo: waypoint {} listening on {}",
+        bench.waypoint_id, bench.waypoint_addr
+    );
+    println!(
+        "  {} pods terminating HBONE on port {hbone_port}, each with its own SPIFFE certificate",
+        bench.pods.len()
+    );
+    let client = bench.client(&SpiffeId::new(
+        TRUST_DOMAIN,
+        "default",
+        "bookinfo-productpage",
+    ))?;
+    println!(
+        "  sending {requests} requests to {host} ({vip}) over {concurrency} HBONE tunnels as {}\n",
+        SpiffeId::new(TRUST_DOMAIN, "default", "bookinfo-productpage")
+    );
+    let report = drive(
+        &client,
+        vip,
+        &format!("{}:{port}", host.split('.').next().unwrap_or(&host)),
+        requests,
+        concurrency,
+    )
+    .await?;
+
+    println!(
+        "access log (first 3 of {}):",
+        bench.access_lines.lock().len()
+    );
+    for line in bench.access_lines.lock().iter().take(3) {
+        println!("  {line}");
+    }
+    let served: u64 = report.by_pod.values().sum();
+    println!("\nsplit for {host}:");
+    println!(
+        "  {:<8} {:>10} {:>10} {:>10}",
+        "subset", "configured", "observed", "requests"
+    );
+    for ((subset, weight), (_, pods)) in configured.iter().zip(&subsets) {
+        let n: u64 = pods
+            .iter()
+            .map(|p| report.by_pod.get(p).copied().unwrap_or(0))
+            .sum();
+        let share = if served > 0 {
+            100.0 * n as f64 / served as f64
+        } else {
+            0.0
+        };
+        println!("  {subset:<8} {weight:>9}% {share:>9.1}% {n:>10}");
+    }
+    let stats = &bench.app.pool;
+    println!(
+        "\n{served} served, {} failed; upstream tunnels opened: {}, reused: {}",
+        report.failures,
+        stats
+            .client()
+            .stats
+            .tunnels_opened
+            .load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .stats
+            .tunnels_reused
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    if report.failures > 0 {
+        bail!("{} requests failed", report.failures);
+    }
+    Ok(())
+}

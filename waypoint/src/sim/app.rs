@@ -1,0 +1,200 @@
+//! A workload "app" on a real TCP port: HTTP/1.1 and h2c (gRPC included), WebSocket-style
+//! upgrades echoed back, or a plain TCP echo. Counts its connections and requests.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the app answers: who it is and what it saw.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Echo {
+    pub pod: String,
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct AppStats {
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+pub struct AppHandle {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub stats: Arc<AppStats>,
+    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for AppHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppKind {
+    /// HTTP/1.1 or h2c (auto-detected), upgrades echoed.
+    Http,
+    /// Raw TCP echo.
+    TcpEcho,
+}
+
+pub async fn start_app(addr: SocketAddr, name: &str, kind: AppKind) -> std::io::Result<AppHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(AppStats::default());
+    let last_headers = Arc::new(Mutex::new(None));
+    let (st, lh, pod) = (stats.clone(), last_headers.clone(), name.to_string());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            st.connections.fetch_add(1, Ordering::Relaxed);
+            let (st, lh, pod) = (st.clone(), lh.clone(), pod.clone());
+            tokio::spawn(async move {
+                match kind {
+                    AppKind::TcpEcho => tcp_echo(tcp).await,
+                    AppKind::Http => {
+                        let svc = hyper::service::service_fn(move |req| {
+                            handle(req, pod.clone(), st.clone(), lh.clone())
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(AppHandle {
+        addr,
+        name: name.to_string(),
+        stats,
+        last_headers,
+        task,
+    })
+}
+
+async fn tcp_echo(mut tcp: tokio::net::TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tcp.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    pod: String,
+    stats: Arc<AppStats>,
+    last: Arc<Mutex<Option<HeaderMap>>>,
+) -> Result<Response<Body>, Infallible> {
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    *last.lock() = Some(req.headers().clone());
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let echo = Echo {
+        pod: pod.clone(),
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        headers,
+    };
+    let is_grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if req.headers().contains_key(http::header::UPGRADE) {
+        return Ok(upgrade(req));
+    }
+    if is_grpc {
+        return Ok(grpc_echo(req, pod).await);
+    }
+    let body = serde_json::to_vec(&echo).expect("echo serializes");
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .header("x-pod", pod)
+        .body(full(body))
+        .expect("valid response"))
+}
+
+/// Answer 101 and echo whatever the client sends after the upgrade.
+fn upgrade(req: Request<Incoming>) -> Response<Body> {
+    let proto = req.headers()[http::header::UPGRADE].clone();
+    tokio::spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, proto)
+        .body(full(Bytes::new()))
+        .expect("valid response")
+}
+
+/// A unary gRPC echo: the reply message is the request message prefixed with the pod name.
+async fn grpc_echo(req: Request<Incoming>, pod: String) -> Response<Body> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let message = body.get(5..).unwrap_or_default();
+    let mut reply = pod.into_bytes();
+    reply.push(b':');
+    reply.extend_from_slice(message);
+    let mut framed = BytesMut::with_capacity(reply.len() + 5);
+    framed.put_u8(0);
+    framed.put_u32(reply.len() as u32);
+    framed.put_slice(&reply);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().expect("static"));
+    let body = Full::new(framed.freeze())
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed();
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(body)
+        .expect("valid response")
+}

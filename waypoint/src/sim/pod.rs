@@ -1,0 +1,112 @@
+//! A pod's node-side HBONE terminator, as the destination ztunnel behaves: mTLS with the pod's
+//! identity, `CONNECT ip:port` where ip must be its own (else 400), dial the app (else 503), 200,
+//! then copy bytes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::hbone::H2Stream;
+use crate::identity::{peer_identity, server_config, WorkloadCert};
+
+#[derive(Debug, Default)]
+pub struct PodStats {
+    /// HBONE (mTLS h2) connections accepted.
+    pub connections: AtomicU64,
+    /// CONNECT tunnels accepted.
+    pub tunnels: AtomicU64,
+    /// Peer identities seen, last one.
+    pub last_peer: parking_lot::Mutex<Option<String>>,
+}
+
+pub struct PodHandle {
+    pub hbone_addr: SocketAddr,
+    pub stats: Arc<PodStats>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PodHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::Result<PodHandle> {
+    let tls =
+        server_config(cert, &[cert.id.trust_domain.clone()]).map_err(std::io::Error::other)?;
+    let acceptor = TlsAcceptor::from(tls);
+    let listener = TcpListener::bind(hbone_addr).await?;
+    let hbone_addr = listener.local_addr()?;
+    let stats = Arc::new(PodStats::default());
+    let st = stats.clone();
+    let own_ip = hbone_addr.ip();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, st) = (acceptor.clone(), st.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| peer_identity(c).ok());
+                *st.last_peer.lock() = peer.map(|p| p.to_string());
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                st.connections.fetch_add(1, Ordering::Relaxed);
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        let reply = |respond: &mut h2::server::SendResponse<Bytes>,
+                                     s: StatusCode| {
+                            let _ = respond.send_response(
+                                Response::builder().status(s).body(()).expect("static"),
+                                true,
+                            );
+                        };
+                        if req.method() != Method::CONNECT {
+                            return reply(&mut respond, StatusCode::BAD_REQUEST);
+                        }
+                        let Some(target) = req
+                            .uri()
+                            .authority()
+                            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+                        else {
+                            return reply(&mut respond, StatusCode::BAD_REQUEST);
+                        };
+                        if target.ip() != own_ip {
+                            return reply(&mut respond, StatusCode::BAD_REQUEST);
+                        }
+                        let Ok(mut app) = TcpStream::connect(target).await else {
+                            return reply(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+                        };
+                        let Ok(send) = respond.send_response(
+                            Response::builder().status(200).body(()).expect("static"),
+                            false,
+                        ) else {
+                            return;
+                        };
+                        st.tunnels.fetch_add(1, Ordering::Relaxed);
+                        let mut tunnel = H2Stream::new(send, req.into_body());
+                        let _ = tokio::io::copy_bidirectional(&mut tunnel, &mut app).await;
+                    });
+                }
+            });
+        }
+    });
+    Ok(PodHandle {
+        hbone_addr,
+        stats,
+        task,
+    })
+}
