@@ -46,6 +46,28 @@ pub fn bookinfo_snapshot() -> Result<Snapshot, routing::LoadErrors> {
     routing::load_str(&files, TRUST_DOMAIN)
 }
 
+/// How [`Bench::start_with`] deviates from a healthy mesh.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub hbone_port: u16,
+    pub format: Format,
+    /// Pods that present this identity instead of the one their WorkloadEntry declares.
+    pub pod_identity: std::collections::HashMap<std::net::IpAddr, SpiffeId>,
+    /// Endpoints whose HBONE terminator is not started (node down).
+    pub down: std::collections::HashSet<std::net::IpAddr>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            hbone_port: crate::hbone::HBONE_PORT,
+            format: Format::Text,
+            pod_identity: Default::default(),
+            down: Default::default(),
+        }
+    }
+}
+
 /// Everything the demo (and the tests and benchmarks) run: pods, apps, the waypoint, a client.
 pub struct Bench {
     pub ca: Ca,
@@ -72,6 +94,21 @@ impl Bench {
         hbone_port: u16,
         format: Format,
     ) -> anyhow::Result<Self> {
+        let opts = BenchOptions {
+            hbone_port,
+            format,
+            ..Default::default()
+        };
+        Self::start_with(snapshot, opts).await
+    }
+
+    pub async fn start_with(snapshot: Snapshot, opts: BenchOptions) -> anyhow::Result<Self> {
+        let BenchOptions {
+            hbone_port,
+            format,
+            ref pod_identity,
+            ref down,
+        } = opts;
         crate::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
         let mut pods = Vec::new();
@@ -96,8 +133,11 @@ impl Bench {
                     );
                 }
                 let hbone = SocketAddr::new(endpoint.address, hbone_port);
-                if started.insert(hbone) {
-                    let id: SpiffeId = endpoint.identity.parse()?;
+                if !down.contains(&endpoint.address) && started.insert(hbone) {
+                    let id: SpiffeId = match pod_identity.get(&endpoint.address) {
+                        Some(id) => id.clone(),
+                        None => endpoint.identity.parse()?,
+                    };
                     let cert = ca.issue(&id)?;
                     pods.push(
                         sim::start_pod(hbone, &cert.workload)

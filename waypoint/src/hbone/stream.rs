@@ -142,6 +142,17 @@ impl AsyncWrite for H2Stream {
     }
 }
 
+impl Drop for H2Stream {
+    /// End our half with END_STREAM instead of letting h2 reset the stream: bytes already queued
+    /// (an error response written just before the proxy lets go of the tunnel) still arrive.
+    fn drop(&mut self) {
+        if !self.write_closed {
+            self.write_closed = true;
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+    }
+}
+
 impl VirtualSocket for H2Stream {
     fn set_socket_option(&self, _opt: VirtualSockOpt) -> io::Result<()> {
         Ok(())

@@ -1,0 +1,109 @@
+//! What a tunnel can carry: h2c and gRPC, an HTTP/1.1 upgrade (WebSocket), and raw TCP on a TCP
+//! service port.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waypoint_tests::{service_yaml, workload_yaml, Mesh};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_inside_a_tunnel() {
+    let yaml = service_yaml("echo", "10.0.0.40", 9090, "grpc")
+        + &workload_yaml("echo-v1", "@1", "echo", "v1", "echo");
+    let mesh = Mesh::start(&yaml).await;
+    let tunnel = mesh
+        .client()
+        .tunnel("10.0.0.40:9090".parse().unwrap())
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tunnel))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut frame = BytesMut::new();
+    frame.put_u8(0);
+    frame.put_u32(5);
+    frame.put_slice(b"hello");
+    let req = http::Request::post("http://echo:9090/echo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(frame.freeze()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("gRPC trailers arrive through the waypoint");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    let body = collected.to_bytes();
+    assert_eq!(&body[5..], b"echo-v1:hello");
+    let log = mesh.wait_for_log_lines(1).await;
+    assert_eq!(log[0]["protocol"], "HTTP/2.0");
+    assert_eq!(
+        log[0]["upstream_cluster"],
+        "inbound-vip|9090|http|echo.default.svc.cluster.local"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_passed_through() {
+    let yaml = service_yaml("chat", "10.0.0.50", 8080, "http")
+        + &workload_yaml("chat-v1", "@1", "chat", "v1", "chat");
+    let mesh = Mesh::start(&yaml).await;
+    let mut send = mesh
+        .client()
+        .http1("10.0.0.50:8080".parse().unwrap())
+        .await
+        .unwrap();
+    let req = http::Request::get("/ws")
+        .header("host", "chat:8080")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    for msg in [&b"hello"[..], b"second frame"] {
+        io.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_port_is_spliced_without_http_parsing() {
+    let yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo")
+        + &workload_yaml("mongodb-v1", "@1", "mongodb", "v1", "mongodb");
+    let mesh = Mesh::start(&yaml).await;
+    let mut tunnel = mesh
+        .client()
+        .tunnel("10.0.0.30:27017".parse().unwrap())
+        .await
+        .unwrap();
+    // Not HTTP: binary bytes that an HTTP parser would reject.
+    let payload = b"\x3a\x00\x00\x00\xd4\x07\x00\x00ping-mongo";
+    tunnel.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, payload);
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tunnel.read_to_end(&mut rest).await;
+    let log = mesh.wait_for_log_lines(1).await;
+    let ip1 = mesh.net.ip(1);
+    assert_eq!(log[0]["upstream_host"], format!("{ip1}:27017"));
+    assert_eq!(
+        log[0]["upstream_cluster"],
+        "inbound-vip|27017|tcp|mongodb.default.svc.cluster.local"
+    );
+    assert_eq!(log[0]["bytes_received"], payload.len() as u64);
+    assert_eq!(log[0]["bytes_sent"], payload.len() as u64);
+    assert_eq!(log[0]["method"], "", "a TCP line has no HTTP fields");
+}

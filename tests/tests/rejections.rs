@@ -1,0 +1,309 @@
+//! What the waypoint refuses, and how it fails when endpoints do: mTLS without a client cert,
+//! from a foreign CA or trust domain; non-CONNECT; a bad authority; an unknown destination; an
+//! endpoint presenting another identity; endpoints down.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use waypoint::identity::{Ca, SpiffeId, WorkloadCert};
+use waypoint_tests::{client_tls, raw_h2, service_yaml, spiffe, workload_yaml, Mesh};
+
+fn two_subsets() -> String {
+    let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
+    y += &workload_yaml("reviews-v1a", "@1", "reviews", "v1", "bookinfo-reviews");
+    y += &workload_yaml("reviews-v1b", "@4", "reviews", "v1", "bookinfo-reviews");
+    y += &workload_yaml("reviews-v2", "@2", "reviews", "v2", "bookinfo-reviews");
+    y += "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n---\n";
+    y += "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - uri:\n        prefix: /v2\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    y
+}
+
+/// Accepts any server certificate: lets a test present whatever client certificate it wants.
+#[derive(Debug)]
+struct AnyServer;
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn insecure_client(cert: Option<WorkloadCert>) -> Arc<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyServer));
+    let mut config = match cert {
+        Some(c) => builder.with_client_auth_cert(c.chain, c.key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+async fn connect_status(
+    send: h2::client::SendRequest<Bytes>,
+    method: Method,
+    uri: &str,
+) -> anyhow::Result<StatusCode> {
+    let mut send = send.ready().await?;
+    let (resp, _stream) =
+        send.send_request(Request::builder().method(method).uri(uri).body(())?, false)?;
+    Ok(resp.await?.status())
+}
+
+/// The handshake (or the first stream) fails and the waypoint counts a rejected handshake.
+async fn assert_refused(mesh: &Mesh, config: Arc<rustls::ClientConfig>, what: &str) {
+    let before = mesh
+        .bench
+        .app
+        .server
+        .stats
+        .rejected_handshakes
+        .load(Ordering::Relaxed);
+    let result = async {
+        connect_status(
+            raw_h2(mesh.bench.waypoint_addr, config).await?,
+            Method::CONNECT,
+            "10.0.0.10:9080",
+        )
+        .await
+    }
+    .await;
+    assert!(result.is_err(), "{what}: expected refusal, got {result:?}");
+    for _ in 0..100 {
+        if mesh
+            .bench
+            .app
+            .server
+            .stats
+            .rejected_handshakes
+            .load(Ordering::Relaxed)
+            > before
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}: the waypoint did not record a rejected handshake");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refusals() {
+    let mesh = Mesh::start(&two_subsets()).await;
+    assert_refused(&mesh, insecure_client(None), "no client certificate").await;
+
+    let foreign_ca = Ca::new("someone else").unwrap();
+    let foreign = foreign_ca.issue(&spiffe("productpage")).unwrap().workload;
+    assert_refused(
+        &mesh,
+        insecure_client(Some(foreign)),
+        "client cert from a foreign CA",
+    )
+    .await;
+
+    let other_td = mesh
+        .bench
+        .ca
+        .issue(&SpiffeId::new("evil.local", "default", "productpage"))
+        .unwrap()
+        .workload;
+    assert_refused(
+        &mesh,
+        insecure_client(Some(other_td)),
+        "client from a foreign trust domain",
+    )
+    .await;
+
+    // The same path with a proper certificate succeeds: the refusals above are about identity.
+    let good = mesh
+        .bench
+        .ca
+        .issue(&spiffe("productpage"))
+        .unwrap()
+        .workload;
+    let send = raw_h2(mesh.bench.waypoint_addr, insecure_client(Some(good)))
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_status(send, Method::CONNECT, "10.0.0.10:9080")
+            .await
+            .unwrap(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_refusals_do_not_affect_the_connection() {
+    let mesh = Mesh::start(&two_subsets()).await;
+    let cert = mesh
+        .bench
+        .ca
+        .issue(&spiffe("productpage"))
+        .unwrap()
+        .workload;
+    let send = raw_h2(
+        mesh.bench.waypoint_addr,
+        client_tls(cert, &mesh.bench.waypoint_id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        connect_status(send.clone(), Method::GET, "https://10.0.0.10:9080/")
+            .await
+            .unwrap(),
+        400,
+        "non-CONNECT"
+    );
+    assert_eq!(
+        connect_status(send.clone(), Method::CONNECT, "reviews:9080")
+            .await
+            .unwrap(),
+        400,
+        "authority not ip:port"
+    );
+    assert_eq!(
+        connect_status(send.clone(), Method::CONNECT, "10.9.9.9:80")
+            .await
+            .unwrap(),
+        404,
+        "not served here"
+    );
+    assert_eq!(
+        connect_status(send.clone(), Method::CONNECT, "10.0.0.10:9999")
+            .await
+            .unwrap(),
+        404,
+        "VIP with a port the service lacks"
+    );
+    // Same HTTP/2 connection still serves a valid tunnel.
+    assert_eq!(
+        connect_status(send, Method::CONNECT, "10.0.0.10:9080")
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(
+        mesh.bench
+            .app
+            .server
+            .stats
+            .rejected_streams
+            .load(Ordering::Relaxed),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_with_unexpected_identity_gets_503() {
+    let mesh = Mesh::start_with(&two_subsets(), |net, opts| {
+        // The v2 pod answers with a certificate for another service account.
+        opts.pod_identity.insert(net.ip(2), spiffe("impostor"));
+    })
+    .await;
+    let mut send = mesh
+        .client()
+        .http1("10.0.0.10:9080".parse().unwrap())
+        .await
+        .unwrap();
+    let (parts, _) = waypoint_tests::sim::get(&mut send, "reviews:9080", "/v2/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(parts.status, 503);
+    let log = mesh.wait_for_log_lines(1).await;
+    assert!(
+        log[0]["response_flags"].as_str().unwrap().contains("UF"),
+        "{}",
+        log[0]
+    );
+    assert_eq!(
+        log[0]["upstream_transport_failure_reason"],
+        "tls_handshake_failure"
+    );
+    assert_eq!(log[0]["upstream_host"], format!("{}:9080", mesh.net.ip(2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_down_fails_over_and_all_down_is_503() {
+    let mesh = Mesh::start_with(&two_subsets(), |net, opts| {
+        opts.down.insert(net.ip(1)); // one of the two v1 pods
+        opts.down.insert(net.ip(2)); // the only v2 pod
+    })
+    .await;
+    let mut send = mesh
+        .client()
+        .http1("10.0.0.10:9080".parse().unwrap())
+        .await
+        .unwrap();
+    for i in 0..6 {
+        let (parts, body) =
+            waypoint_tests::sim::get(&mut send, "reviews:9080", &format!("/v1/{i}"), &[])
+                .await
+                .unwrap();
+        assert_eq!(
+            parts.status, 200,
+            "v1 request {i} must be served by the live v1 pod"
+        );
+        let echo: waypoint_tests::sim::Echo = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo.pod, "reviews-v1b");
+    }
+    let (parts, _) = waypoint_tests::sim::get(&mut send, "reviews:9080", "/v2/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(parts.status, 503);
+    let log = mesh.wait_for_log_lines(7).await;
+    let retried = log[..6]
+        .iter()
+        .filter(|l| l["response_flags"].as_str().unwrap().contains("UF"))
+        .count();
+    assert!(
+        retried >= 1,
+        "round robin sends some v1 requests to the dead pod first, then retries: {log:?}"
+    );
+    let last = &log[6];
+    assert_eq!(last["response_code"], 503);
+    assert!(
+        last["response_flags"].as_str().unwrap().contains("UF"),
+        "{last}"
+    );
+    assert_eq!(
+        last["upstream_transport_failure_reason"],
+        "connection_failure"
+    );
+}
