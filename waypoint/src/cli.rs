@@ -171,13 +171,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(%addr, "HBONE listener bound");
     eprintln!("waypoint listening on {addr}");
 
-    let mut conf = ServerConf::default();
-    conf.threads = args
+    let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(args.drain_seconds);
-    let threads = conf.threads;
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(args.drain_seconds),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut service = GenBackgroundService::new(

@@ -103,7 +103,7 @@ impl ClientCertVerifier for TrustDomainVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         let id =
             peer_identity(end_entity).map_err(|e| reject(format!("client certificate: {e}")))?;
-        if !self.trust_domains.iter().any(|td| *td == id.trust_domain) {
+        if !self.trust_domains.contains(&id.trust_domain) {
             return Err(reject(format!(
                 "client {id} is in trust domain {:?}, accepted: {:?}",
                 id.trust_domain, self.trust_domains

@@ -39,7 +39,7 @@ impl Drop for PodHandle {
 
 pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::Result<PodHandle> {
     let tls =
-        server_config(cert, &[cert.id.trust_domain.clone()]).map_err(std::io::Error::other)?;
+        server_config(cert, std::slice::from_ref(&cert.id.trust_domain)).map_err(std::io::Error::other)?;
     let acceptor = TlsAcceptor::from(tls);
     let listener = TcpListener::bind(hbone_addr).await?;
     let hbone_addr = listener.local_addr()?;
