@@ -39,11 +39,17 @@ fn broken_config_is_reported_with_file_and_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/cert.pem"), "identity error names the file: {stderr}");
+    assert!(
+        stderr.contains("/nonexistent/cert.pem"),
+        "identity error names the file: {stderr}"
+    );
 
     let certs = temp_dir("broken-certs");
     let ca = Ca::new("t").unwrap();
-    ca.issue(&spiffe("waypoint")).unwrap().write_to(&certs).unwrap();
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&certs)
+        .unwrap();
     let out = Command::new(binary())
         .args(["run", "--config"])
         .arg(&dir)
@@ -57,7 +63,12 @@ fn broken_config_is_reported_with_file_and_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml") && stderr.contains("spec.address") && stderr.contains("not-an-ip"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml")
+            && stderr.contains("spec.address")
+            && stderr.contains("not-an-ip"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,14 +76,26 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
     let net = Net::new();
     let ca = Ca::new("binary test mesh").unwrap();
     let config = temp_dir("run-config");
-    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http") + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
+    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
+        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
     std::fs::write(config.join("ratings.yaml"), net.render(&yaml)).unwrap();
     let certs = temp_dir("run-certs");
-    ca.issue(&spiffe("waypoint")).unwrap().write_to(&certs).unwrap();
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&certs)
+        .unwrap();
 
-    let _app = sim::start_app(SocketAddr::new(net.ip(1), 9080), "ratings-v1", sim::AppKind::Http).await.unwrap();
+    let _app = sim::start_app(
+        SocketAddr::new(net.ip(1), 9080),
+        "ratings-v1",
+        sim::AppKind::Http,
+    )
+    .await
+    .unwrap();
     let pod_cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
-    let _pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &pod_cert.workload).await.unwrap();
+    let _pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &pod_cert.workload)
+        .await
+        .unwrap();
 
     let mut child = Command::new(binary())
         .args(["run", "--listen", "127.0.0.1:0", "--config"])
@@ -91,16 +114,33 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr: SocketAddr = loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "waypoint exited before listening");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "waypoint exited before listening"
+        );
         if let Some(a) = line.trim().strip_prefix("waypoint listening on ") {
             break a.parse().unwrap();
         }
     };
     std::thread::spawn(move || for _ in stderr.lines() {});
 
-    let client = sim::ZtunnelClient::new(ca.issue(&spiffe("productpage")).unwrap().workload, addr, spiffe("waypoint"));
-    let mut send = client.http1("10.0.0.20:9080".parse().unwrap()).await.unwrap();
-    let (parts, body) = sim::get(&mut send, "ratings:9080", "/ratings/1", &[("x-request-id", "bin-1")]).await.unwrap();
+    let client = sim::ZtunnelClient::new(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        addr,
+        spiffe("waypoint"),
+    );
+    let mut send = client
+        .http1("10.0.0.20:9080".parse().unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = sim::get(
+        &mut send,
+        "ratings:9080",
+        "/ratings/1",
+        &[("x-request-id", "bin-1")],
+    )
+    .await
+    .unwrap();
     assert_eq!(parts.status, 200);
     let echo: sim::Echo = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo.pod, "ratings-v1");
@@ -111,16 +151,26 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
     stdout.read_line(&mut line).unwrap();
     let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(entry["request_id"], "bin-1");
-    assert_eq!(entry["upstream_cluster"], "inbound-vip|9080|http|ratings.default.svc.cluster.local");
+    assert_eq!(
+        entry["upstream_cluster"],
+        "inbound-vip|9080|http|ratings.default.svc.cluster.local"
+    );
 
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let exit = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "waypoint did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waypoint did not exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");

@@ -184,41 +184,28 @@ async fn stream_refusals_do_not_affect_the_connection() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        connect_status(send.clone(), Method::GET, "https://10.0.0.10:9080/")
-            .await
-            .unwrap(),
-        400,
-        "non-CONNECT"
-    );
-    assert_eq!(
-        connect_status(send.clone(), Method::CONNECT, "reviews:9080")
-            .await
-            .unwrap(),
-        400,
-        "authority not ip:port"
-    );
-    assert_eq!(
-        connect_status(send.clone(), Method::CONNECT, "10.9.9.9:80")
-            .await
-            .unwrap(),
-        404,
-        "not served here"
-    );
-    assert_eq!(
-        connect_status(send.clone(), Method::CONNECT, "10.0.0.10:9999")
-            .await
-            .unwrap(),
-        404,
-        "VIP with a port the service lacks"
-    );
-    // Same HTTP/2 connection still serves a valid tunnel.
-    assert_eq!(
-        connect_status(send, Method::CONNECT, "10.0.0.10:9080")
-            .await
-            .unwrap(),
-        200
-    );
+    let cases = [
+        (Method::GET, "https://10.0.0.10:9080/", 400, "non-CONNECT"),
+        (
+            Method::CONNECT,
+            "reviews:9080",
+            400,
+            "authority not ip:port",
+        ),
+        (Method::CONNECT, "10.9.9.9:80", 404, "not served here"),
+        (
+            Method::CONNECT,
+            "10.0.0.10:9999",
+            404,
+            "VIP with a port the service lacks",
+        ),
+        // The same HTTP/2 connection still serves a valid tunnel afterwards.
+        (Method::CONNECT, "10.0.0.10:9080", 200, "valid tunnel"),
+    ];
+    for (method, uri, expected, what) in cases {
+        let status = connect_status(send.clone(), method, uri).await.unwrap();
+        assert_eq!(status, expected, "{what}");
+    }
     assert_eq!(
         mesh.bench
             .app

@@ -25,9 +25,10 @@ use crate::identity::{install_crypto_provider, WorkloadCert};
     about = "An L7 waypoint proxy for Istio's ambient mesh, on Pingora"
 )]
 pub struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. `info`, `waypoint=debug`.
-    #[arg(long, env = "WAYPOINT_LOG", default_value = "info", global = true)]
-    pub log: String,
+    /// Log filter for stderr (tracing env-filter syntax), e.g. `info`, `waypoint=debug`.
+    /// Default: `info` for `run`, `warn` for `demo`.
+    #[arg(long, env = "WAYPOINT_LOG", global = true)]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -121,7 +122,11 @@ pub fn init_logging(filter: &str) {
 }
 
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
-    init_logging(&cli.log);
+    let default_log = match cli.command {
+        Command::Run(_) => "info",
+        Command::Demo(_) => "warn",
+    };
+    init_logging(cli.log.as_deref().unwrap_or(default_log));
     install_crypto_provider();
     match cli.command {
         Command::Demo(args) => {

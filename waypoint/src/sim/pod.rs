@@ -38,8 +38,8 @@ impl Drop for PodHandle {
 }
 
 pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::Result<PodHandle> {
-    let tls =
-        server_config(cert, std::slice::from_ref(&cert.id.trust_domain)).map_err(std::io::Error::other)?;
+    let tls = server_config(cert, std::slice::from_ref(&cert.id.trust_domain))
+        .map_err(std::io::Error::other)?;
     let acceptor = TlsAcceptor::from(tls);
     let listener = TcpListener::bind(hbone_addr).await?;
     let hbone_addr = listener.local_addr()?;
