@@ -48,6 +48,8 @@ pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::
     let own_ip = hbone_addr.ip();
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            // As ztunnel does: small HBONE frames must not wait for delayed ACKs (Nagle).
+            let _ = tcp.set_nodelay(true);
             let (acceptor, st) = (acceptor.clone(), st.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
