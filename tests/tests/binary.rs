@@ -16,6 +16,21 @@ fn binary() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().join("waypoint")
 }
 
+/// `--cert-chain … --key … --trust-bundle …` for files written by `MintedCert::write_to`.
+fn cert_args(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let files = [
+        ("--cert-chain", "cert-chain.pem"),
+        ("--key", "key.pem"),
+        ("--trust-bundle", "root-cert.pem"),
+    ];
+    let mut args = Vec::new();
+    for (flag, file) in files {
+        args.push(flag.into());
+        args.push(dir.join(file).into());
+    }
+    args
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("waypoint-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -53,12 +68,7 @@ fn broken_config_is_reported_with_file_and_field() {
     let out = Command::new(binary())
         .args(["run", "--config"])
         .arg(&dir)
-        .arg("--cert-chain")
-        .arg(certs.join("cert-chain.pem"))
-        .arg("--key")
-        .arg(certs.join("key.pem"))
-        .arg("--trust-bundle")
-        .arg(certs.join("root-cert.pem"))
+        .args(cert_args(&certs))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -100,12 +110,7 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
     let mut child = Command::new(binary())
         .args(["run", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
-        .arg("--cert-chain")
-        .arg(certs.join("cert-chain.pem"))
-        .arg("--key")
-        .arg(certs.join("key.pem"))
-        .arg("--trust-bundle")
-        .arg(certs.join("root-cert.pem"))
+        .args(cert_args(&certs))
         .args(["--access-log-format", "json", "--drain-seconds", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

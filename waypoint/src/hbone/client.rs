@@ -120,7 +120,7 @@ impl HboneClient {
                 }
                 Err(ConnectError::H2 { source, .. }) if !fresh && !fresh_tried => {
                     debug!(%node, error = %source, "pooled HBONE connection unusable, redialing");
-                    self.forget(node, identity);
+                    self.forget(node, identity, &slot);
                     fresh_tried = true;
                 }
                 Err(e) => return Err(e),
@@ -128,10 +128,11 @@ impl HboneClient {
         }
     }
 
-    fn forget(&self, node: SocketAddr, identity: &SpiffeId) {
+    /// Drop the connection that carried `slot` (it failed); others stay pooled.
+    fn forget(&self, node: SocketAddr, identity: &SpiffeId, slot: &StreamSlot) {
         let mut conns = self.conns.lock();
         if let Some(list) = conns.get_mut(&(node, identity.clone())) {
-            list.retain(|c| c.active.load(Ordering::Acquire) > 0);
+            list.retain(|c| !Arc::ptr_eq(&c.active, &slot.0));
         }
     }
 
