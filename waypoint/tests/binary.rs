@@ -10,10 +10,9 @@ use std::time::Duration;
 use waypoint::identity::Ca;
 use waypoint_tests::{service_yaml, sim, spiffe, workload_yaml, Net};
 
+/// Cargo builds the package's binary before its integration tests and names it here.
 fn binary() -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/waypoint
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("waypoint")
+    PathBuf::from(env!("CARGO_BIN_EXE_waypoint"))
 }
 
 /// `--cert-chain … --key … --trust-bundle …` for files written by `MintedCert::write_to`.
