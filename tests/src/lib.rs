@@ -61,6 +61,37 @@ pub fn workload_yaml(name: &str, ip: &str, app: &str, version: &str, sa: &str) -
     )
 }
 
+/// bookinfo's reviews service (VIP 10.0.0.10:9080) with pods v1..v3 at @1..@3, a DestinationRule
+/// with subsets v1..v3 and load balancer `lb`, and a VirtualService with `vs_routes` (if any).
+pub fn reviews_yaml(lb: &str, vs_routes: &str) -> String {
+    let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        y += &workload_yaml(
+            &format!("reviews-{v}"),
+            &format!("@{}", i + 1),
+            "reviews",
+            v,
+            "bookinfo-reviews",
+        );
+    }
+    y += &format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: {lb}\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n---\n"
+    );
+    if !vs_routes.is_empty() {
+        y += &format!("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts:\n    - reviews\n  http:\n{vs_routes}");
+    }
+    y
+}
+
+/// A VirtualService `http` entry splitting over reviews subsets by weight.
+pub fn weighted_routes(weights: &[(&str, u32)]) -> String {
+    let mut s = "  - route:\n".to_string();
+    for (subset, w) in weights {
+        s += &format!("    - destination:\n        host: reviews\n        subset: {subset}\n      weight: {w}\n");
+    }
+    s
+}
+
 pub struct Mesh {
     pub net: Net,
     pub bench: Bench,
@@ -158,4 +189,140 @@ pub fn client_tls(
     ClientConfigs::new(cert)
         .for_peer(waypoint_id)
         .expect("client config")
+}
+
+/// The admin endpoints of a [`Mesh`]'s waypoint, served on 127.0.0.1:0 while this lives.
+pub struct AdminEndpoint {
+    pub addr: SocketAddr,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Mesh {
+    pub async fn admin(&self) -> AdminEndpoint {
+        let admin = Arc::new(waypoint::admin::Admin {
+            telemetry: self.bench.app.telemetry.clone(),
+            logs: None,
+            access_log: None,
+            process: serde_json::json!({"harness": true}),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("admin listener");
+        let addr = listener.local_addr().expect("admin addr");
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(admin.serve(listener, waypoint::admin::Role::Admin, watch));
+        AdminEndpoint { addr, _stop: stop }
+    }
+}
+
+/// One plain HTTP/1.1 request (`Connection: close`); returns status and body.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut raw),
+    )
+    .await
+    .expect("response within 10s")
+    .expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// A parsed `/stats/prometheus` exposition (strict OpenMetrics parser).
+pub struct Scrape(
+    openmetrics_parser::MetricsExposition<
+        openmetrics_parser::OpenMetricsType,
+        openmetrics_parser::OpenMetricsValue,
+    >,
+);
+
+pub type Sample = openmetrics_parser::Sample<openmetrics_parser::OpenMetricsValue>;
+
+/// Scrape `/stats/prometheus` and parse it; malformed exposition fails the test.
+pub async fn scrape(addr: SocketAddr) -> Scrape {
+    let (status, body) = http_request(addr, "GET", "/stats/prometheus").await;
+    assert_eq!(status, 200, "{body}");
+    Scrape(
+        openmetrics_parser::openmetrics::parse_openmetrics(&body)
+            .unwrap_or_else(|e| panic!("unparsable exposition: {e:?}\n{body}")),
+    )
+}
+
+impl Scrape {
+    /// Samples of metric family `family` (the name in `# TYPE`, e.g. `istio_requests`) whose
+    /// labels include every pair of `labels`.
+    pub fn samples(&self, family: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        let Some(f) = self.0.families.get(family) else {
+            return Vec::new();
+        };
+        f.iter_samples()
+            .filter(|s| {
+                let set = s.get_labelset().expect("sample bound to its family");
+                labels
+                    .iter()
+                    .all(|(k, v)| set.get_label_value(k) == Some(*v))
+            })
+            .collect()
+    }
+
+    fn one(&self, family: &str, labels: &[(&str, &str)]) -> &Sample {
+        let found = self.samples(family, labels);
+        assert_eq!(
+            found.len(),
+            1,
+            "{family} {labels:?}: {:#?}",
+            self.samples(family, &[])
+        );
+        found[0]
+    }
+
+    /// The value of the one counter or gauge sample of `family` with `labels`.
+    pub fn value(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+        use openmetrics_parser::OpenMetricsValue as V;
+        match &self.one(family, labels).value {
+            V::Counter(c) => c.value.as_f64(),
+            V::Gauge(n) | V::Unknown(n) => n.as_f64(),
+            other => panic!("{family} is not a scalar: {other:?}"),
+        }
+    }
+
+    /// (count, sum, number of buckets) of the one histogram sample of `family` with `labels`.
+    pub fn histogram(&self, family: &str, labels: &[(&str, &str)]) -> (u64, f64, usize) {
+        match &self.one(family, labels).value {
+            openmetrics_parser::OpenMetricsValue::Histogram(h) => (
+                h.count.unwrap_or(0),
+                h.sum.as_ref().map_or(0.0, |s| s.as_f64()),
+                h.buckets.len(),
+            ),
+            other => panic!("{family} is not a histogram: {other:?}"),
+        }
+    }
+
+    /// Every (family, label name, label value) in the exposition.
+    pub fn labels(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for (name, f) in &self.0.families {
+            for s in f.iter_samples() {
+                for (k, v) in s.get_labelset().expect("bound").iter() {
+                    out.push((name.clone(), k.clone(), v.clone()));
+                }
+            }
+        }
+        out
+    }
 }

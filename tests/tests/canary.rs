@@ -3,37 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use waypoint_tests::{service_yaml, sim, workload_yaml, Mesh};
+use waypoint_tests::{reviews_yaml as reviews, sim, weighted_routes as weighted, Mesh};
 
 const VIP: &str = "10.0.0.10:9080";
-
-fn reviews(lb: &str, vs_routes: &str) -> String {
-    let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
-    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
-        y += &workload_yaml(
-            &format!("reviews-{v}"),
-            &format!("@{}", i + 1),
-            "reviews",
-            v,
-            "bookinfo-reviews",
-        );
-    }
-    y += &format!(
-        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: {lb}\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n---\n"
-    );
-    if !vs_routes.is_empty() {
-        y += &format!("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts:\n    - reviews\n  http:\n{vs_routes}");
-    }
-    y
-}
-
-fn weighted(weights: &[(&str, u32)]) -> String {
-    let mut s = "  - route:\n".to_string();
-    for (subset, w) in weights {
-        s += &format!("    - destination:\n        host: reviews\n        subset: {subset}\n      weight: {w}\n");
-    }
-    s
-}
 
 /// Send `n` requests over `tunnels` keep-alive tunnels; count responses per pod.
 async fn count_by_pod(mesh: &Mesh, n: usize, tunnels: usize) -> BTreeMap<String, u64> {

@@ -7,17 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use parking_lot::Mutex;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use pingora_proxy::http_proxy;
 use routing::Snapshot;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tracing::error;
 
 use crate::access_log::AccessLog;
 use crate::hbone::server::HboneServer;
@@ -25,6 +21,7 @@ use crate::hbone::{HboneClient, TunnelPool, HBONE_PORT};
 use crate::identity::{server_config, ClientConfigs, IdentityError, WorkloadCert};
 use crate::inbound::Inbound;
 use crate::proxy::Waypoint;
+use crate::status::{Dataplane, Telemetry};
 
 /// Settings of the data path (the CLI and the harness fill these).
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +50,7 @@ pub struct App {
     pub pool: Arc<TunnelPool>,
     pub server: Arc<HboneServer>,
     pub inbound: Arc<Inbound>,
+    pub telemetry: Telemetry,
 }
 
 impl App {
@@ -62,7 +60,29 @@ impl App {
         settings: &Settings,
         access_log: Arc<AccessLog>,
     ) -> Result<Self, IdentityError> {
+        Self::with_telemetry(
+            cert,
+            snapshot,
+            settings,
+            access_log,
+            Telemetry::default(),
+            "files",
+        )
+    }
+
+    /// `config_source` names where the snapshot came from (status and metrics show it).
+    pub fn with_telemetry(
+        cert: WorkloadCert,
+        snapshot: Snapshot,
+        settings: &Settings,
+        access_log: Arc<AccessLog>,
+        telemetry: Telemetry,
+        config_source: &str,
+    ) -> Result<Self, IdentityError> {
         let tls = server_config(&cert, &settings.trust_domains)?;
+        let status = telemetry.status.clone();
+        status.set_certificate(cert.summary());
+        status.set_config(&snapshot, config_source);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let client = Arc::new(HboneClient::new(
             Arc::new(ClientConfigs::new(cert)),
@@ -74,6 +94,7 @@ impl App {
             snapshot: snapshot.clone(),
             pool: pool.clone(),
             access_log: access_log.clone(),
+            telemetry: telemetry.clone(),
         };
         let h1 = http_proxy(&conf, waypoint());
         let mut h2c = http_proxy(&conf, waypoint());
@@ -86,51 +107,32 @@ impl App {
             h2c: Arc::new(h2c),
             pool: pool.clone(),
             access_log,
+            telemetry: telemetry.clone(),
             sniff_timeout: settings.sniff_timeout,
         });
         let server = HboneServer::new(tls, inbound.clone());
+        status.attach(Dataplane {
+            server: server.clone(),
+            pool: pool.clone(),
+            snapshot: snapshot.clone(),
+        });
         Ok(Self {
             snapshot,
             pool,
             server,
             inbound,
+            telemetry,
         })
     }
 
     /// Publish a new routing snapshot; requests in flight keep the one they started with.
-    pub fn publish(&self, snapshot: Snapshot) {
+    pub fn publish(&self, snapshot: Snapshot, source: &str) {
+        self.telemetry.status.set_config(&snapshot, source);
         self.snapshot.store(Arc::new(snapshot));
     }
 
     pub async fn serve(&self, listener: TcpListener, shutdown: ShutdownWatch) {
         self.server.clone().serve(listener, shutdown).await
-    }
-}
-
-/// The HBONE listener as a pingora background service (pingora owns runtime and signals).
-pub struct HboneService {
-    pub app: Arc<App>,
-    pub listener: Mutex<Option<std::net::TcpListener>>,
-}
-
-#[async_trait]
-impl BackgroundService for HboneService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().take() else {
-            error!("HBONE service started twice");
-            return;
-        };
-        let listener = match std_listener
-            .set_nonblocking(true)
-            .and_then(|()| TcpListener::from_std(std_listener))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                error!(error = %e, "cannot use the HBONE listening socket");
-                return;
-            }
-        };
-        self.app.serve(listener, shutdown).await;
     }
 }
 

@@ -3,20 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use parking_lot::Mutex;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
-use pingora_core::services::background::GenBackgroundService;
 use serde::Serialize;
-use tracing::{info, warn};
 
-use crate::access_log::{AccessLog, Format, Sink};
-use crate::app::{bind, App, HboneService, Settings};
-use crate::identity::{install_crypto_provider, WorkloadCert};
+use crate::access_log::Format;
+use crate::identity::install_crypto_provider;
+use crate::logging::LogControl;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the waypoint on local Istio YAML files.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the bookinfo reviews canary (v1 90% / v2 10%) on loopback, in one process, and print
     /// the access log and the observed split.
     Demo(DemoArgs),
@@ -86,12 +79,59 @@ pub struct RunArgs {
     /// Access log format.
     #[arg(long, env = "WAYPOINT_ACCESS_LOG_FORMAT", value_enum, default_value_t = Format::Text)]
     pub access_log_format: Format,
+    /// Access log template: Envoy command operators (`%REQ(:METHOD)%`, `%RESPONSE_CODE%`, ...)
+    /// for text; a json_format object (`{"code":"%RESPONSE_CODE%"}`) for json. Default: Istio's
+    /// text format / the built-in JSON object.
+    #[arg(long, env = "WAYPOINT_ACCESS_LOG_TEMPLATE", value_name = "FORMAT")]
+    pub access_log_template: Option<String>,
+    /// Fraction of access log lines written, 0..=1 (0 switches the log off).
+    #[arg(
+        long,
+        env = "WAYPOINT_ACCESS_LOG_SAMPLE_RATE",
+        default_value_t = 1.0,
+        value_parser = crate::access_log::parse_sample_rate
+    )]
+    pub access_log_sample_rate: f64,
     /// Worker threads (default: one per CPU).
     #[arg(long, env = "WAYPOINT_THREADS")]
     pub threads: Option<usize>,
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "WAYPOINT_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// Admin endpoints (/ready /config_dump /logging /access_log /splits /stats/prometheus);
+    /// keep it on loopback. `none` disables it.
+    #[arg(long, env = "WAYPOINT_ADMIN_LISTEN", default_value = "127.0.0.1:15000")]
+    pub admin_listen: Listen,
+    /// Prometheus scrape endpoint (/stats/prometheus), as on Istio's proxies. `none` disables it.
+    #[arg(long, env = "WAYPOINT_STATS_LISTEN", default_value = "0.0.0.0:15020")]
+    pub stats_listen: Listen,
+    /// Readiness probe endpoint (/healthz/ready). `none` disables it.
+    #[arg(long, env = "WAYPOINT_HEALTH_LISTEN", default_value = "0.0.0.0:15021")]
+    pub health_listen: Listen,
+    /// This cluster's id: the `destination_cluster` metric label.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// Sliding window of the split audit (/splits), in seconds.
+    #[arg(long, env = "WAYPOINT_SPLIT_WINDOW_SECONDS", default_value_t = 300)]
+    pub split_window_seconds: u64,
+}
+
+/// A listen address, or `none`/`off` for no listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" | "off" | "" => Ok(Self(None)),
+            _ => s
+                .parse()
+                .map(|a| Self(Some(a)))
+                .map_err(|e| format!("{s:?} is not ip:port or `none`: {e}")),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,23 +150,12 @@ pub struct DemoArgs {
     pub hbone_port: u16,
 }
 
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("invalid --log filter {filter:?}: {e}; using info");
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
     let default_log = match cli.command {
         Command::Run(_) => "info",
         Command::Demo(_) => "warn",
     };
-    init_logging(cli.log.as_deref().unwrap_or(default_log));
+    let logs = Arc::new(LogControl::init(cli.log.as_deref().unwrap_or(default_log)));
     install_crypto_provider();
     match cli.command {
         Command::Demo(args) => {
@@ -138,63 +167,54 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
                 args.hbone_port,
             ))
         }
-        Command::Run(args) => run(args),
+        Command::Run(args) => crate::run::run(*args, logs),
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    info!(config = %serde_json::to_string(&args).unwrap_or_default(), "starting waypoint");
-    let cert = WorkloadCert::from_files(&args.cert_chain, &args.key, &args.trust_bundle)
-        .context("loading the waypoint's identity")?;
-    info!(identity = ?cert.summary(), "identity loaded");
-    let snapshot = routing::load_dir(&args.config, &args.trust_domain).map_err(|errors| {
-        anyhow::anyhow!(
-            "{} problem(s) in {}:\n{errors}",
-            errors.len(),
-            args.config.display()
-        )
-    })?;
-    for w in snapshot.warnings() {
-        warn!("{w}");
-    }
-    info!(
-        version = snapshot.version(),
-        services = snapshot.services().count(),
-        "config loaded"
-    );
-    let mut settings = Settings::new(&args.trust_domain);
-    settings
-        .trust_domains
-        .extend(args.trust_domain_aliases.iter().cloned());
-    settings.upstream_hbone_port = args.upstream_hbone_port;
-    settings.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
-    let log = Arc::new(AccessLog::new(args.access_log_format, Sink::Stdout));
-    let app = Arc::new(App::new(cert, snapshot, &settings, log)?);
-    let listener =
-        bind(args.listen).with_context(|| format!("binding HBONE listener {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    info!(%addr, "HBONE listener bound");
-    eprintln!("waypoint listening on {addr}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
 
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let conf = ServerConf {
-        threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(args.drain_seconds),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut service = GenBackgroundService::new(
-        "HBONE listener".to_string(),
-        Arc::new(HboneService {
-            app,
-            listener: Mutex::new(Some(listener)),
-        }),
-    );
-    service.threads = Some(threads);
-    server.add_service(service);
-    server.run_forever()
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_and_disabled_listeners() {
+        let cli = Cli::try_parse_from([
+            "waypoint",
+            "run",
+            "--config",
+            "/c",
+            "--stats-listen",
+            "none",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
+        assert_eq!(
+            args.admin_listen,
+            Listen(Some("127.0.0.1:15000".parse().unwrap()))
+        );
+        assert_eq!(args.stats_listen, Listen(None));
+        assert_eq!(
+            args.health_listen,
+            Listen(Some("0.0.0.0:15021".parse().unwrap()))
+        );
+        assert_eq!(args.cluster_id, "Kubernetes");
+        let err = Cli::try_parse_from([
+            "waypoint",
+            "run",
+            "--config",
+            "/c",
+            "--admin-listen",
+            "nope",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"nope\" is not ip:port or `none`"), "{err}");
+    }
 }

@@ -55,6 +55,8 @@ pub struct BenchOptions {
     pub pod_identity: std::collections::HashMap<std::net::IpAddr, SpiffeId>,
     /// Endpoints whose HBONE terminator is not started (node down).
     pub down: std::collections::HashSet<std::net::IpAddr>,
+    /// Access log template (Envoy command operators; a json_format object for JSON).
+    pub access_log_template: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -64,6 +66,7 @@ impl Default for BenchOptions {
             format: Format::Text,
             pod_identity: Default::default(),
             down: Default::default(),
+            access_log_template: None,
         }
     }
 }
@@ -108,6 +111,7 @@ impl Bench {
             format,
             ref pod_identity,
             ref down,
+            ref access_log_template,
         } = opts;
         crate::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
@@ -157,7 +161,11 @@ impl Bench {
         let mut settings = Settings::new(TRUST_DOMAIN);
         settings.upstream_hbone_port = hbone_port;
         let access_lines = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(AccessLog::new(format, Sink::Memory(access_lines.clone())));
+        let log = Arc::new(AccessLog::with_template(
+            format,
+            access_log_template.as_deref(),
+            Sink::Memory(access_lines.clone()),
+        )?);
         let app = Arc::new(App::new(cert.workload, snapshot, &settings, log)?);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let waypoint_addr = listener.local_addr()?;

@@ -15,14 +15,16 @@ use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 use pingora_proxy::HttpProxy;
-use routing::{Destination, Protocol, Snapshot};
+use routing::{Destination, Endpoint, Protocol, Service, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::{H2Stream, Lease, TunnelPool};
 use crate::identity::SpiffeId;
+use crate::metrics::{DestinationLabels, IstioMetrics, SourceLabels};
 use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
+use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -41,6 +43,7 @@ pub struct Inbound {
     pub h2c: Arc<HttpProxy<Waypoint>>,
     pub pool: Arc<TunnelPool>,
     pub access_log: Arc<AccessLog>,
+    pub telemetry: Telemetry,
     /// How long a tunnel on a port of unknown protocol may stay silent before it is treated as TCP.
     pub sniff_timeout: Duration,
 }
@@ -102,9 +105,11 @@ impl Inbound {
             source_principal: info.source_identity.to_string(),
             ..Default::default()
         };
-        let candidates: Vec<(SocketAddr, SpiffeId)> =
+        let mut dest_service: Option<Service> = None;
+        let candidates: Vec<(SocketAddr, SpiffeId, Arc<Endpoint>)> =
             match snapshot.resolve_destination(info.original_dst) {
                 Some(Destination::Service { service, port }) => {
+                    dest_service = Some(service.clone());
                     match snapshot.cluster(&service.hostname, port.number, None) {
                         Some(cluster) => {
                             entry.upstream_cluster = cluster.name.clone();
@@ -113,7 +118,7 @@ impl Inbound {
                             while let Some(ep) = cluster.pick(&tried) {
                                 tried.push(ep.target);
                                 if let Ok(id) = ep.endpoint.identity.parse() {
-                                    out.push((ep.target, id));
+                                    out.push((ep.target, id, ep.endpoint.clone()));
                                 }
                                 if out.len() > DEFAULT_RETRY_ATTEMPTS {
                                     break;
@@ -124,32 +129,62 @@ impl Inbound {
                         None => Vec::new(),
                     }
                 }
-                Some(Destination::Pod { endpoint, port, .. }) => {
+                Some(Destination::Pod {
+                    endpoint,
+                    port,
+                    services,
+                }) => {
                     entry.upstream_cluster = format!("inbound-pod|{port}||{}", endpoint.address);
+                    dest_service = services.first().map(|s| (*s).clone());
                     endpoint
                         .identity
                         .parse()
-                        .map(|id| vec![(SocketAddr::new(endpoint.address, port), id)])
+                        .map(|id| {
+                            vec![(
+                                SocketAddr::new(endpoint.address, port),
+                                id,
+                                Arc::new(endpoint.clone()),
+                            )]
+                        })
                         .unwrap_or_default()
                 }
                 None => Vec::new(),
             };
+        let source = SourceLabels::from_tunnel(Some(info));
+        let cluster_id = self.telemetry.cluster_id.clone();
+        let metrics = &self.telemetry.metrics.istio;
+        let unserved = |flags: &str| {
+            let labels = IstioMetrics::tcp_labels(
+                source.clone(),
+                DestinationLabels::new(
+                    dest_service
+                        .as_ref()
+                        .map(|s| (s.hostname.as_str(), s.namespace.as_str())),
+                    None,
+                    &cluster_id,
+                ),
+                flags,
+            );
+            metrics.tcp_opened(&labels);
+            metrics.tcp_closed(&labels, 0, prefix.len() as u64);
+        };
         if candidates.is_empty() {
             entry.response_flags = "UH".into();
             warn!(dst = %info.original_dst, "TCP tunnel: no endpoint to send it to");
+            unserved("UH");
             self.access_log.write(&entry);
             return;
         }
         let mut flags = Vec::new();
         let mut upstream = None;
-        for (target, identity) in candidates {
+        for (target, identity, endpoint) in candidates {
             match self
                 .pool
                 .checkout(target, &identity, Arc::new(Lease::default()))
                 .await
             {
                 Ok(t) => {
-                    upstream = Some((target, t));
+                    upstream = Some((target, t, endpoint));
                     break;
                 }
                 Err(e) => {
@@ -159,12 +194,26 @@ impl Inbound {
                 }
             }
         }
-        let Some((target, up)) = upstream else {
+        let Some((target, up, endpoint)) = upstream else {
             entry.response_flags = flags.join(",");
+            unserved(&entry.response_flags);
             self.access_log.write(&entry);
             return;
         };
         entry.upstream_host = target.to_string();
+        entry.response_flags = flags.join(",");
+        let mut labels = IstioMetrics::tcp_labels(
+            source.clone(),
+            DestinationLabels::new(
+                dest_service
+                    .as_ref()
+                    .map(|s| (s.hostname.as_str(), s.namespace.as_str())),
+                Some(&endpoint),
+                &cluster_id,
+            ),
+            &flags.join(","),
+        );
+        metrics.tcp_opened(&labels);
         let (mut up, _slot) = up.into_inner();
         let result = async {
             up.write_all(&prefix).await?;
@@ -178,10 +227,16 @@ impl Inbound {
             }
             Err(e) => {
                 debug!(%target, error = %e, "TCP tunnel ended with an error");
-                entry.response_flags = "UC".into();
+                flags.push("UC");
+                entry.response_flags = flags.join(",");
             }
         }
         entry.duration_ms = started.elapsed().as_millis() as u64;
+        if flags.last() == Some(&"UC") {
+            // Reset mid-stream: the close is reported under the flag it ended with.
+            labels = IstioMetrics::tcp_labels(source, labels.destination, &entry.response_flags);
+        }
+        metrics.tcp_closed(&labels, entry.bytes_sent, entry.bytes_received);
         self.access_log.write(&entry);
     }
 }

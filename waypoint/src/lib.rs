@@ -2,12 +2,18 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod demo;
 pub mod hbone;
 pub mod identity;
 pub mod inbound;
+pub mod logging;
+pub mod metrics;
 pub mod proxy;
+pub mod run;
 pub mod sim;
+pub mod splits;
+pub mod status;
 pub mod tunnel;

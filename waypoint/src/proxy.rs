@@ -12,13 +12,16 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use routing::{Destination, Protocol, RequestView, RouteDecision, Snapshot};
+use routing::{Destination, Endpoint, Protocol, RequestView, RouteDecision, Snapshot};
 use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::pool::TUNNEL_IDLE_TIMEOUT;
 use crate::hbone::{Lease, TunnelConnector, TunnelPool};
 use crate::identity::SpiffeId;
+use crate::metrics::{DestinationLabels, RequestRecord, SourceLabels};
+use crate::splits::SplitAudit;
+use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
 
 /// Istio's default when a route sets no retry policy: 2 retries on connect failures.
@@ -28,6 +31,7 @@ pub struct Waypoint {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub pool: Arc<TunnelPool>,
     pub access_log: Arc<AccessLog>,
+    pub telemetry: Telemetry,
 }
 
 /// Which cluster a request goes to.
@@ -66,6 +70,11 @@ pub struct RequestCtx {
     /// Endpoint to use directly (pod-addressed traffic outside any routed service).
     direct: Option<(SocketAddr, SpiffeId)>,
     protocol: Protocol,
+    /// (hostname, namespace) of the service the request addressed.
+    service: Option<(String, String)>,
+    /// The endpoint the request was last sent to.
+    endpoint: Option<Arc<Endpoint>>,
+    grpc_status: Option<String>,
     tried: Vec<SocketAddr>,
     upstream: Option<SocketAddr>,
     upstream_h2: bool,
@@ -108,6 +117,17 @@ fn header_str<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// The headers an access log template asks for, by lowercase name.
+fn capture(headers: &http::HeaderMap, names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let v = headers.get(n.as_str())?.to_str().ok()?;
+            Some((n.clone(), v.to_string()))
+        })
+        .collect()
+}
+
 fn status_error(code: u16, why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(code), why)
 }
@@ -144,6 +164,9 @@ impl ProxyHttp for Waypoint {
             cluster_name: String::new(),
             direct: None,
             protocol: Protocol::Unknown,
+            service: None,
+            endpoint: None,
+            grpc_status: None,
             tried: Vec::new(),
             upstream: None,
             upstream_h2: false,
@@ -208,6 +231,10 @@ impl ProxyHttp for Waypoint {
                 match found {
                     Some(found) => found,
                     None => {
+                        ctx.service = services
+                            .first()
+                            .map(|s| (s.hostname.clone(), s.namespace.clone()));
+                        ctx.endpoint = Some(Arc::new(endpoint.clone()));
                         let identity = endpoint.identity.parse::<SpiffeId>().map_err(|e| {
                             Error::explain(
                                 ErrorType::InternalError,
@@ -233,6 +260,7 @@ impl ProxyHttp for Waypoint {
             }
         };
         ctx.protocol = port.protocol;
+        ctx.service = Some((service.hostname.clone(), service.namespace.clone()));
         let decision = snapshot.route(service, port.number, &HeaderView(session.req_header()));
         match decision {
             RouteDecision::Route { route, .. } => {
@@ -244,6 +272,14 @@ impl ProxyHttp for Waypoint {
                         .reply(session, ctx, 503, "NR", "route_has_no_destination")
                         .await;
                 };
+                if SplitAudit::audits(&route.destinations) {
+                    self.telemetry.splits.record(
+                        &service.hostname,
+                        &route.name,
+                        &route.destinations,
+                        dest,
+                    );
+                }
                 ctx.cluster = Some(ClusterKey {
                     host: dest.host.clone(),
                     port: dest.port.unwrap_or(port.number),
@@ -304,6 +340,7 @@ impl ProxyHttp for Waypoint {
                 )
             })?;
             ctx._active = Some(ep.begin());
+            ctx.endpoint = Some(ep.endpoint.clone());
             (ep.target, identity)
         };
         ctx.tried.push(target);
@@ -355,10 +392,26 @@ impl ProxyHttp for Waypoint {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut pingora_http::ResponseHeader,
+        upstream_response: &mut pingora_http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        // A trailers-only gRPC response carries its status in the headers.
+        if let Some(s) = upstream_response.headers.get("grpc-status") {
+            ctx.grpc_status = s.to_str().ok().map(String::from);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(s) = trailers.get("grpc-status") {
+            ctx.grpc_status = s.to_str().ok().map(String::from);
+        }
         Ok(())
     }
 
@@ -455,7 +508,44 @@ impl ProxyHttp for Waypoint {
                 .map(|t| t.source_identity.to_string())
                 .unwrap_or_default(),
             route_name: ctx.route_name.clone(),
+            tunnel_traceparent: tunnel
+                .and_then(|t| t.traceparent.clone())
+                .unwrap_or_default(),
+            request_headers: capture(&req.headers, self.access_log.request_headers()),
+            response_headers: session
+                .response_written()
+                .map(|r| capture(&r.headers, self.access_log.response_headers()))
+                .unwrap_or_default(),
+            attempt_count: ctx.tried.len().max(1) as u32,
+            ..Default::default()
         };
+        self.record_metrics(session, ctx, &entry);
         self.access_log.write(&entry);
+    }
+}
+
+impl Waypoint {
+    fn record_metrics(&self, session: &Session, ctx: &RequestCtx, entry: &Entry) {
+        let req = session.req_header();
+        let grpc = ctx.protocol == Protocol::Grpc
+            || header_str(req, "content-type").starts_with("application/grpc");
+        let t = &self.telemetry;
+        t.metrics.istio.record_request(RequestRecord {
+            source: SourceLabels::from_tunnel(ctx.tunnel.as_deref()),
+            destination: DestinationLabels::new(
+                ctx.service
+                    .as_ref()
+                    .map(|(host, ns)| (host.as_str(), ns.as_str())),
+                ctx.endpoint.as_deref(),
+                &t.cluster_id,
+            ),
+            grpc,
+            response_code: entry.response_code,
+            grpc_status: ctx.grpc_status.as_deref(),
+            response_flags: &entry.response_flags,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            request_bytes: entry.bytes_received,
+            response_bytes: entry.bytes_sent,
+        });
     }
 }

@@ -30,6 +30,16 @@ fn cert_args(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
     args
 }
 
+/// Admin, stats and health endpoints on ports the OS picks (tests run in parallel).
+const QUIET_PORTS: [&str; 6] = [
+    "--admin-listen",
+    "127.0.0.1:0",
+    "--stats-listen",
+    "127.0.0.1:0",
+    "--health-listen",
+    "127.0.0.1:0",
+];
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("waypoint-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -45,16 +55,24 @@ fn broken_config_is_reported_with_file_and_field() {
         "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: w\nspec:\n  address: not-an-ip\n",
     )
     .unwrap();
+    // A certificate file that exists but is not PEM is fatal at startup (a missing one is
+    // waited for; see the readiness test).
+    let garbage = temp_dir("broken-garbage");
+    std::fs::write(garbage.join("cert-chain.pem"), "not a certificate").unwrap();
+    std::fs::write(garbage.join("key.pem"), "not a key").unwrap();
+    std::fs::write(garbage.join("root-cert.pem"), "not a root").unwrap();
     let out = Command::new(binary())
         .args(["run", "--config"])
         .arg(&dir)
-        .args(["--cert-chain", "/nonexistent/cert.pem"])
+        .args(cert_args(&garbage))
+        .args(QUIET_PORTS)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let cert_path = garbage.join("cert-chain.pem");
     assert!(
-        stderr.contains("/nonexistent/cert.pem"),
+        stderr.contains(&*cert_path.to_string_lossy()),
         "identity error names the file: {stderr}"
     );
 
@@ -68,6 +86,7 @@ fn broken_config_is_reported_with_file_and_field() {
         .args(["run", "--config"])
         .arg(&dir)
         .args(cert_args(&certs))
+        .args(QUIET_PORTS)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -111,6 +130,7 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
         .arg(&config)
         .args(cert_args(&certs))
         .args(["--access-log-format", "json", "--drain-seconds", "2"])
+        .args(QUIET_PORTS)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

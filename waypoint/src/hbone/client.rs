@@ -101,6 +101,18 @@ impl HboneClient {
         }
     }
 
+    /// (pooled HBONE connections, CONNECT streams open on them) right now.
+    pub fn open_counts(&self) -> (usize, usize) {
+        let conns = self.conns.lock();
+        let mut connections = 0;
+        let mut streams = 0;
+        for c in conns.values().flatten() {
+            connections += 1;
+            streams += c.active.load(Ordering::Relaxed);
+        }
+        (connections, streams)
+    }
+
     /// Open a CONNECT tunnel to `target` through the node at `node` that must prove `identity`.
     pub async fn open(
         &self,

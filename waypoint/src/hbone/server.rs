@@ -36,6 +36,10 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 pub struct ServerStats {
     pub connections: AtomicU64,
     pub tunnels: AtomicU64,
+    /// HBONE connections open now.
+    pub connections_open: AtomicU64,
+    /// CONNECT tunnels open now.
+    pub tunnels_open: AtomicU64,
     pub rejected_handshakes: AtomicU64,
     pub rejected_streams: AtomicU64,
 }
@@ -155,6 +159,7 @@ impl HboneServer {
             }
         };
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenGauge::new(&self.stats.connections_open);
         debug!(%peer, %identity, "HBONE connection established");
         let info = Arc::new(ConnInfo {
             peer,
@@ -289,9 +294,26 @@ impl HboneServer {
             }
         };
         self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenGauge::new(&self.stats.tunnels_open);
         let tunnel = H2Stream::new(send, req.into_body());
         self.inbound
             .serve_tunnel(tunnel, Arc::new(info), protocol, shutdown)
             .await;
+    }
+}
+
+/// Counts one open connection or tunnel for as long as it lives.
+struct OpenGauge<'a>(&'a AtomicU64);
+
+impl<'a> OpenGauge<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -72,6 +72,8 @@ pub struct IdentitySummary {
     pub spiffe_id: String,
     pub serial: String,
     pub not_after: String,
+    /// `not_after` as seconds since the Unix epoch (0 when unparsable).
+    pub not_after_unix: i64,
     pub roots: usize,
 }
 
@@ -114,17 +116,20 @@ impl WorkloadCert {
     }
 
     pub fn summary(&self) -> IdentitySummary {
-        let (serial, not_after) = match x509_parser::parse_x509_certificate(&self.chain[0]) {
-            Ok((_, cert)) => (
-                cert.raw_serial_as_string(),
-                cert.validity().not_after.to_string(),
-            ),
-            Err(_) => ("unparsable".into(), "unparsable".into()),
-        };
+        let (serial, not_after, not_after_unix) =
+            match x509_parser::parse_x509_certificate(&self.chain[0]) {
+                Ok((_, cert)) => (
+                    cert.raw_serial_as_string(),
+                    cert.validity().not_after.to_string(),
+                    cert.validity().not_after.timestamp(),
+                ),
+                Err(_) => ("unparsable".into(), "unparsable".into(), 0),
+            };
         IdentitySummary {
             spiffe_id: self.id.to_string(),
             serial,
             not_after,
+            not_after_unix,
             roots: self.roots.len(),
         }
     }

@@ -1,0 +1,461 @@
+//! One access log line per request (and per TCP connection), in Envoy's format language.
+//!
+//! Text lines follow an Envoy format string ([`template`]); the default is Istio's
+//! ([`ISTIO_DEFAULT_FORMAT`]). JSON lines are either the built-in object (the [`Entry`] fields,
+//! one key each) or an Envoy `json_format` object. Lines can be sampled, or switched off, at
+//! runtime with [`AccessLog::set_sample_rate`].
+
+pub mod template;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+pub use template::{JsonTemplate, Template, TemplateError, ISTIO_DEFAULT_FORMAT};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// What one line is made of. Empty strings are "absent" (`-` in text, `null` for a lone operator
+/// in a json_format value). The default JSON object serializes every field except those marked
+/// `skip`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Entry {
+    pub start_time: String,
+    pub method: String,
+    pub path: String,
+    pub protocol: String,
+    pub response_code: u16,
+    pub response_flags: String,
+    pub response_code_details: String,
+    pub upstream_transport_failure_reason: String,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration_ms: u64,
+    pub upstream_service_time_ms: Option<u64>,
+    pub x_forwarded_for: String,
+    pub user_agent: String,
+    pub request_id: String,
+    pub authority: String,
+    pub upstream_host: String,
+    pub upstream_cluster: String,
+    pub downstream_local_address: String,
+    pub downstream_remote_address: String,
+    pub source_principal: String,
+    pub route_name: String,
+    /// The `traceparent` of the HBONE CONNECT that carried the request: links it to its tunnel.
+    pub tunnel_traceparent: String,
+    /// Request headers the template reads (names lowercase; [`AccessLog::request_headers`]).
+    #[serde(skip)]
+    pub request_headers: Vec<(String, String)>,
+    /// Response headers the template reads (names lowercase; [`AccessLog::response_headers`]).
+    #[serde(skip)]
+    pub response_headers: Vec<(String, String)>,
+    #[serde(skip)]
+    pub upstream_local_address: String,
+    /// SNI of the downstream TLS connection, if any.
+    #[serde(skip)]
+    pub requested_server_name: String,
+    #[serde(skip)]
+    pub connection_termination_details: String,
+    /// Upstream attempts made (1 + retries); 0 when none was made.
+    #[serde(skip)]
+    pub attempt_count: u32,
+}
+
+impl Entry {
+    /// Renders with the default template of `format` (Istio's text format, or the built-in JSON
+    /// object).
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Json => self.default_json(),
+            Format::Text => Template::istio_default().render(self),
+        }
+    }
+
+    fn default_json(&self) -> String {
+        // Plain data: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Where lines go.
+#[derive(Clone)]
+pub enum Sink {
+    Stdout,
+    /// Kept in memory (the demo prints a few; tests read them).
+    Memory(Arc<Mutex<Vec<String>>>),
+    Off,
+}
+
+enum Renderer {
+    Text(Template),
+    DefaultJson,
+    Json(JsonTemplate),
+}
+
+pub struct AccessLog {
+    format: Format,
+    renderer: Renderer,
+    sink: Sink,
+    request_headers: Vec<String>,
+    response_headers: Vec<String>,
+    /// `f64` bits of the sample rate, 0..=1.
+    sample_rate: AtomicU64,
+    written: AtomicU64,
+    sampled_out: AtomicU64,
+}
+
+/// Parses a sample rate for a command-line flag: a number in 0..=1.
+pub fn parse_sample_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{s} is not in 0..=1 (0 switches logs off, 1 logs every line)"
+        ))
+    }
+}
+
+impl AccessLog {
+    /// Istio's text format, or the built-in JSON object.
+    pub fn new(format: Format, sink: Sink) -> Self {
+        let renderer = match format {
+            Format::Text => Renderer::Text(Template::istio_default().clone()),
+            Format::Json => Renderer::DefaultJson,
+        };
+        Self::build(format, renderer, sink)
+    }
+
+    /// `template`: an Envoy format string for [`Format::Text`], a json_format object for
+    /// [`Format::Json`]; `None` or blank for the default. One trailing newline of a text format
+    /// is dropped (each line gets one).
+    pub fn with_template(
+        format: Format,
+        template: Option<&str>,
+        sink: Sink,
+    ) -> Result<Self, TemplateError> {
+        let template = template.filter(|t| !t.trim().is_empty());
+        let renderer = match (format, template) {
+            (Format::Text, None) => Renderer::Text(Template::istio_default().clone()),
+            (Format::Text, Some(t)) => {
+                let t = t
+                    .strip_suffix("\r\n")
+                    .or_else(|| t.strip_suffix('\n'))
+                    .unwrap_or(t);
+                Renderer::Text(Template::parse(t)?)
+            }
+            (Format::Json, None) => Renderer::DefaultJson,
+            (Format::Json, Some(t)) => Renderer::Json(JsonTemplate::parse(t)?),
+        };
+        Ok(Self::build(format, renderer, sink))
+    }
+
+    fn build(format: Format, renderer: Renderer, sink: Sink) -> Self {
+        let (request_headers, response_headers) = match &renderer {
+            Renderer::Text(t) => (t.request_headers(), t.response_headers()),
+            Renderer::Json(j) => (j.request_headers(), j.response_headers()),
+            Renderer::DefaultJson => (Vec::new(), Vec::new()),
+        };
+        Self {
+            format,
+            renderer,
+            sink,
+            request_headers,
+            response_headers,
+            sample_rate: AtomicU64::new(1.0f64.to_bits()),
+            written: AtomicU64::new(0),
+            sampled_out: AtomicU64::new(0),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Lowercase request header names the format reads that [`Entry`] has no field for: put
+    /// these (when present) in [`Entry::request_headers`]. A pseudo header such as `:scheme`
+    /// may be among them.
+    pub fn request_headers(&self) -> &[String] {
+        &self.request_headers
+    }
+
+    /// Lowercase response header names to put in [`Entry::response_headers`].
+    pub fn response_headers(&self) -> &[String] {
+        &self.response_headers
+    }
+
+    /// Fraction of lines written, clamped to 0..=1: 0 switches the log off, 1 writes every line.
+    /// Takes effect for the next line; NaN is ignored.
+    pub fn set_sample_rate(&self, rate: f64) {
+        if rate.is_nan() {
+            return;
+        }
+        self.sample_rate
+            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn sample_rate(&self) -> f64 {
+        f64::from_bits(self.sample_rate.load(Ordering::Relaxed))
+    }
+
+    /// Lines written, and lines dropped by sampling, since start (the `Off` sink counts neither).
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.sampled_out.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The line for `entry` in this log's format (no trailing newline).
+    pub fn render(&self, entry: &Entry) -> String {
+        match &self.renderer {
+            Renderer::Text(t) => t.render(entry),
+            Renderer::DefaultJson => entry.default_json(),
+            Renderer::Json(j) => j.render(entry),
+        }
+    }
+
+    fn sampled_in(&self) -> bool {
+        let rate = self.sample_rate();
+        rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate)
+    }
+
+    pub fn write(&self, entry: &Entry) {
+        if matches!(self.sink, Sink::Off) {
+            return;
+        }
+        if !self.sampled_in() {
+            self.sampled_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let line = self.render(entry);
+        self.written.fetch_add(1, Ordering::Relaxed);
+        match &self.sink {
+            Sink::Off => {}
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                // A closed stdout must not take the proxy down; the line is lost, not the request.
+                let _ignored = writeln!(out, "{line}");
+            }
+            Sink::Memory(lines) => lines.lock().push(line),
+        }
+    }
+}
+
+/// The timestamp format Envoy uses for `%START_TIME%`.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    let dt: chrono::DateTime<chrono::Utc> = t.into();
+    dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(format: Format, template: Option<&str>) -> (AccessLog, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::with_template(format, template, Sink::Memory(lines.clone())).unwrap();
+        (log, lines)
+    }
+
+    #[test]
+    fn text_marks_absent_fields_with_dash() {
+        let e = Entry {
+            start_time: "2026-01-01T00:00:00.000Z".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            protocol: "HTTP/1.1".into(),
+            response_code: 404,
+            response_flags: "NR".into(),
+            ..Default::default()
+        };
+        let line = e.render(Format::Text);
+        assert_eq!(
+            line,
+            "[2026-01-01T00:00:00.000Z] \"GET / HTTP/1.1\" 404 NR - - \"-\" 0 0 0 - \"-\" \"-\" \
+             \"-\" \"-\" \"-\" - - - - - -"
+        );
+        let json: serde_json::Value = serde_json::from_str(&e.render(Format::Json)).unwrap();
+        assert_eq!(json["response_flags"], "NR");
+        assert_eq!(json["upstream_service_time_ms"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn default_json_keys_unchanged() {
+        let e = Entry {
+            response_code: 200,
+            upstream_service_time_ms: Some(3),
+            tunnel_traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            request_headers: vec![("x-a".into(), "b".into())],
+            attempt_count: 1,
+            ..Default::default()
+        };
+        let (log, lines) = memory(Format::Json, None);
+        log.write(&e);
+        let line = lines.lock()[0].clone();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut want = vec![
+            "start_time",
+            "method",
+            "path",
+            "protocol",
+            "response_code",
+            "response_flags",
+            "response_code_details",
+            "upstream_transport_failure_reason",
+            "bytes_received",
+            "bytes_sent",
+            "duration_ms",
+            "upstream_service_time_ms",
+            "x_forwarded_for",
+            "user_agent",
+            "request_id",
+            "authority",
+            "upstream_host",
+            "upstream_cluster",
+            "downstream_local_address",
+            "downstream_remote_address",
+            "source_principal",
+            "route_name",
+            "tunnel_traceparent",
+        ];
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(v["response_code"], 200);
+        assert_eq!(v["bytes_sent"], 0);
+        assert_eq!(v["upstream_service_time_ms"], 3);
+        assert_eq!(
+            v["tunnel_traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&Entry::default().render(Format::Json)).unwrap();
+        assert_eq!(v["upstream_service_time_ms"], serde_json::Value::Null);
+        assert_eq!(v["duration_ms"], 0);
+        // Blank templates mean the default.
+        let (log, _) = memory(Format::Json, Some("  "));
+        assert_eq!(log.render(&e), line);
+        assert!(log.request_headers().is_empty());
+    }
+
+    #[test]
+    fn custom_templates() {
+        let (log, lines) = memory(
+            Format::Text,
+            Some("%REQ(:METHOD)% %RESPONSE_CODE% %REQ(X-TENANT)% %RESP(X-B)%\n"),
+        );
+        assert_eq!(log.request_headers(), ["x-tenant"]);
+        assert_eq!(log.response_headers(), ["x-b"]);
+        log.write(&Entry {
+            method: "POST".into(),
+            response_code: 201,
+            request_headers: vec![("x-tenant".into(), "acme".into())],
+            ..Default::default()
+        });
+        assert_eq!(*lines.lock(), ["POST 201 acme -"]);
+
+        let (log, lines) = memory(
+            Format::Json,
+            Some(r#"{"c":"%RESPONSE_CODE%","m":"%REQ(:METHOD)%"}"#),
+        );
+        log.write(&Entry::default());
+        assert_eq!(*lines.lock(), [r#"{"c":0,"m":null}"#]);
+
+        let err = AccessLog::with_template(Format::Text, Some("x %NOPE%"), Sink::Off)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unknown command operator %NOPE% at offset 2"
+        );
+        assert!(AccessLog::with_template(Format::Json, Some("%DURATION%"), Sink::Off).is_err());
+    }
+
+    #[test]
+    fn tcp_lines_render_in_both_formats() {
+        let e = Entry {
+            start_time: "2026-01-01T00:00:00.000Z".into(),
+            response_flags: "UF".into(),
+            upstream_transport_failure_reason: "connection refused".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            AccessLog::new(Format::Text, Sink::Off).render(&e),
+            "[2026-01-01T00:00:00.000Z] \"- - -\" 0 UF - - \"connection refused\" 0 0 0 - \"-\" \
+             \"-\" \"-\" \"-\" \"-\" - - - - - -"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&AccessLog::new(Format::Json, Sink::Off).render(&e)).unwrap();
+        assert_eq!(v["method"], "");
+        assert_eq!(v["response_flags"], "UF");
+    }
+
+    #[test]
+    fn sampling() {
+        let e = Entry::default();
+        let (log, lines) = memory(Format::Text, None);
+        assert_eq!(log.sample_rate(), 1.0);
+        for _ in 0..100 {
+            log.write(&e);
+        }
+        assert_eq!(lines.lock().len(), 100);
+        assert_eq!(log.stats(), (100, 0));
+
+        log.set_sample_rate(0.0);
+        for _ in 0..100 {
+            log.write(&e);
+        }
+        assert_eq!(lines.lock().len(), 100, "rate 0 writes nothing");
+        assert_eq!(log.stats(), (100, 100));
+
+        log.set_sample_rate(0.5);
+        for _ in 0..2000 {
+            log.write(&e);
+        }
+        let written = lines.lock().len() - 100;
+        // Binomial(2000, 0.5): sd ≈ 22; ±200 is > 8 sd.
+        assert!((800..=1200).contains(&written), "{written} of 2000");
+        let (w, s) = log.stats();
+        assert_eq!(w + s, 2200);
+        assert_eq!(w, 100 + written as u64);
+
+        log.set_sample_rate(7.0);
+        assert_eq!(log.sample_rate(), 1.0);
+        log.set_sample_rate(-1.0);
+        assert_eq!(log.sample_rate(), 0.0);
+        log.set_sample_rate(f64::NAN);
+        assert_eq!(log.sample_rate(), 0.0);
+        log.set_sample_rate(1.0);
+        log.write(&e);
+        assert_eq!(lines.lock().len(), 100 + written + 1);
+
+        let off = AccessLog::new(Format::Text, Sink::Off);
+        off.write(&e);
+        assert_eq!(off.stats(), (0, 0));
+    }
+
+    #[test]
+    fn sample_rate_flag() {
+        assert_eq!(parse_sample_rate("0.25"), Ok(0.25));
+        assert_eq!(parse_sample_rate("1"), Ok(1.0));
+        assert_eq!(parse_sample_rate("0"), Ok(0.0));
+        assert!(parse_sample_rate("1.5").is_err());
+        assert!(parse_sample_rate("-0.1").is_err());
+        assert!(parse_sample_rate("NaN").is_err());
+        assert!(parse_sample_rate("x").is_err());
+    }
+}

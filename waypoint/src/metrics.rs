@@ -1,0 +1,471 @@
+//! Istio's standard metrics (reporter `waypoint`) and the proxy's own health metrics, in one
+//! prometheus-client registry served on `/stats/prometheus`.
+//!
+//! Label values follow Istio's conventions: `unknown` when a value cannot be known, `latest` for
+//! a canonical revision that is not set, `-` for no response flags. No label carries a request
+//! id, a path or any other per-request value, so cardinality is bounded by workloads × codes.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use routing::Endpoint;
+
+use crate::tunnel::TunnelInfo;
+
+/// Istio's histogram buckets (its bootstrap applies them to every `istio_*` histogram).
+pub const ISTIO_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+pub const UNKNOWN: &str = "unknown";
+
+type Label = Arc<str>;
+
+fn label(v: &str) -> Label {
+    Arc::from(v)
+}
+
+fn or_unknown(v: Option<&str>) -> Label {
+    match v {
+        Some(v) if !v.is_empty() => label(v),
+        _ => label(UNKNOWN),
+    }
+}
+
+/// Who sent the request: the tunnel's SPIFFE id and the `baggage` ztunnel attaches.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source_workload: Label,
+    pub source_workload_namespace: Label,
+    pub source_principal: Label,
+    pub source_app: Label,
+    pub source_version: Label,
+    pub source_cluster: Label,
+    pub source_canonical_service: Label,
+    pub source_canonical_revision: Label,
+}
+
+impl SourceLabels {
+    pub fn unknown() -> Self {
+        Self::from_tunnel(None)
+    }
+
+    pub fn from_tunnel(tunnel: Option<&TunnelInfo>) -> Self {
+        let bag = |k: &str| tunnel.and_then(|t| t.baggage_value(k));
+        // ztunnel names the workload by its kind: k8s.deployment.name, k8s.statefulset.name, …
+        let workload = [
+            "k8s.deployment.name",
+            "k8s.statefulset.name",
+            "k8s.daemonset.name",
+            "k8s.job.name",
+            "k8s.cronjob.name",
+            "k8s.replicaset.name",
+            "k8s.pod.name",
+            "k8s.workload.name",
+        ]
+        .iter()
+        .find_map(|k| bag(k));
+        let id = tunnel.map(|t| &t.source_identity);
+        let app = bag("service.name").or(bag("app.kubernetes.io/name"));
+        let version = bag("service.version");
+        Self {
+            source_workload: or_unknown(workload),
+            source_workload_namespace: or_unknown(
+                bag("k8s.namespace.name").or(id.map(|i| i.namespace.as_str())),
+            ),
+            source_principal: or_unknown(id.map(|i| i.to_string()).as_deref()),
+            source_app: or_unknown(app),
+            source_version: or_unknown(version),
+            source_cluster: or_unknown(bag("k8s.cluster.name")),
+            source_canonical_service: or_unknown(app.or(workload)),
+            source_canonical_revision: label(version.unwrap_or("latest")),
+        }
+    }
+}
+
+/// Where the request went: the service it addressed and the endpoint that served it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub destination_workload: Label,
+    pub destination_workload_namespace: Label,
+    pub destination_principal: Label,
+    pub destination_app: Label,
+    pub destination_version: Label,
+    pub destination_service: Label,
+    pub destination_service_name: Label,
+    pub destination_service_namespace: Label,
+    pub destination_cluster: Label,
+    pub destination_canonical_service: Label,
+    pub destination_canonical_revision: Label,
+}
+
+impl DestinationLabels {
+    /// `service` is (hostname, namespace) of the addressed service.
+    pub fn new(
+        service: Option<(&str, &str)>,
+        endpoint: Option<&Endpoint>,
+        cluster_id: &str,
+    ) -> Self {
+        let l = |k: &str| endpoint.and_then(|e| e.labels.get(k)).map(String::as_str);
+        let workload = l("service.istio.io/workload-name")
+            .or(endpoint.map(|e| e.name.as_str()))
+            .filter(|w| !w.is_empty());
+        let app = l("app").or(l("app.kubernetes.io/name"));
+        let version = l("version").or(l("app.kubernetes.io/version"));
+        let canonical = l("service.istio.io/canonical-name").or(app).or(workload);
+        let revision = l("service.istio.io/canonical-revision")
+            .or(version)
+            .unwrap_or("latest");
+        Self {
+            destination_workload: or_unknown(workload),
+            destination_workload_namespace: or_unknown(endpoint.map(|e| e.namespace.as_str())),
+            destination_principal: or_unknown(endpoint.map(|e| e.identity.as_str())),
+            destination_app: or_unknown(app),
+            destination_version: or_unknown(version),
+            destination_service: or_unknown(service.map(|(host, _)| host)),
+            destination_service_name: or_unknown(
+                service.and_then(|(host, _)| host.split('.').next()),
+            ),
+            destination_service_namespace: or_unknown(service.map(|(_, ns)| ns)),
+            destination_cluster: if endpoint.is_some() {
+                label(cluster_id)
+            } else {
+                label(UNKNOWN)
+            },
+            destination_canonical_service: or_unknown(canonical),
+            destination_canonical_revision: label(if endpoint.is_some() {
+                revision
+            } else {
+                "latest"
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    #[prometheus(flatten)]
+    pub source: SourceLabels,
+    #[prometheus(flatten)]
+    pub destination: DestinationLabels,
+    pub request_protocol: &'static str,
+    pub response_code: Label,
+    pub grpc_response_status: Label,
+    pub response_flags: Label,
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    #[prometheus(flatten)]
+    pub source: SourceLabels,
+    #[prometheus(flatten)]
+    pub destination: DestinationLabels,
+    pub request_protocol: &'static str,
+    pub response_flags: Label,
+    pub connection_security_policy: &'static str,
+}
+
+/// One finished HTTP request, as the metrics see it.
+pub struct RequestRecord<'a> {
+    pub source: SourceLabels,
+    pub destination: DestinationLabels,
+    pub grpc: bool,
+    pub response_code: u16,
+    pub grpc_status: Option<&'a str>,
+    pub response_flags: &'a str,
+    pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct IstioMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram>,
+    request_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+}
+
+fn istio_histogram() -> Histogram {
+    Histogram::new(ISTIO_BUCKETS)
+}
+
+fn flags_label(flags: &str) -> Label {
+    label(if flags.is_empty() { "-" } else { flags })
+}
+
+pub const REPORTER: &str = "waypoint";
+pub const MUTUAL_TLS: &str = "mutual_tls";
+
+impl Default for IstioMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IstioMetrics {
+    pub fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(istio_histogram),
+            request_bytes: Family::new_with_constructor(istio_histogram),
+            response_bytes: Family::new_with_constructor(istio_histogram),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "istio_requests",
+            "Requests handled by the waypoint",
+            self.requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds",
+            self.duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body size in bytes",
+            self.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body size in bytes",
+            self.response_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened through the waypoint",
+            self.tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed through the waypoint",
+            self.tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the client on TCP connections",
+            self.tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the client on TCP connections",
+            self.tcp_received.clone(),
+        );
+    }
+
+    pub fn record_request(&self, r: RequestRecord<'_>) {
+        let labels = RequestLabels {
+            reporter: REPORTER,
+            source: r.source,
+            destination: r.destination,
+            request_protocol: if r.grpc { "grpc" } else { "http" },
+            response_code: label(&r.response_code.to_string()),
+            grpc_response_status: label(r.grpc_status.unwrap_or("")),
+            response_flags: flags_label(r.response_flags),
+            connection_security_policy: MUTUAL_TLS,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(r.duration_ms);
+        self.request_bytes
+            .get_or_create(&labels)
+            .observe(r.request_bytes as f64);
+        self.response_bytes
+            .get_or_create(&labels)
+            .observe(r.response_bytes as f64);
+    }
+
+    pub fn tcp_labels(
+        source: SourceLabels,
+        destination: DestinationLabels,
+        flags: &str,
+    ) -> TcpLabels {
+        TcpLabels {
+            reporter: REPORTER,
+            source,
+            destination,
+            request_protocol: "tcp",
+            response_flags: flags_label(flags),
+            connection_security_policy: MUTUAL_TLS,
+        }
+    }
+
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// A TCP connection ended: `sent` bytes went to the client, `received` came from it.
+    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+}
+
+/// The registry and everything registered in it.
+pub struct Metrics {
+    pub istio: IstioMetrics,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl Metrics {
+    /// `collectors` add metrics computed at scrape time (proxy health, split audit).
+    pub fn new(collectors: Vec<Box<dyn prometheus_client::collector::Collector>>) -> Self {
+        let mut registry = Registry::default();
+        let istio = IstioMetrics::new();
+        istio.register(&mut registry);
+        for c in collectors {
+            registry.register_collector(c);
+        }
+        Self { istio, registry }
+    }
+
+    /// The text exposition (OpenMetrics text, which Prometheus scrapes natively).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            let _ = writeln!(out, "# encoding failed: {e}");
+        }
+        out
+    }
+}
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn tunnel(baggage: Option<&str>) -> TunnelInfo {
+        TunnelInfo {
+            peer: "10.0.0.1:1234".parse().unwrap(),
+            source_addr: "10.0.0.2:4000".parse().unwrap(),
+            source_identity: "spiffe://cluster.local/ns/shop/sa/frontend"
+                .parse()
+                .unwrap(),
+            original_dst: "10.0.0.10:9080".parse().unwrap(),
+            local: "10.0.0.3:15008".parse().unwrap(),
+            forwarded_host: None,
+            baggage: baggage.map(String::from),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn source_labels_come_from_identity_and_baggage() {
+        let t = tunnel(Some(
+            "k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=frontend-v2,service.name=frontend,service.version=v2",
+        ));
+        let s = SourceLabels::from_tunnel(Some(&t));
+        assert_eq!(&*s.source_workload, "frontend-v2");
+        assert_eq!(&*s.source_workload_namespace, "shop");
+        assert_eq!(
+            &*s.source_principal,
+            "spiffe://cluster.local/ns/shop/sa/frontend"
+        );
+        assert_eq!(&*s.source_app, "frontend");
+        assert_eq!(&*s.source_version, "v2");
+        assert_eq!(&*s.source_cluster, "east");
+        assert_eq!(&*s.source_canonical_revision, "v2");
+
+        let bare = SourceLabels::from_tunnel(Some(&tunnel(None)));
+        assert_eq!(&*bare.source_workload, "unknown");
+        assert_eq!(
+            &*bare.source_workload_namespace, "shop",
+            "from the SPIFFE id"
+        );
+        assert_eq!(&*bare.source_canonical_revision, "latest");
+        assert_eq!(&*SourceLabels::unknown().source_principal, "unknown");
+    }
+
+    #[test]
+    fn destination_labels_from_endpoint_labels() {
+        let svc = ("reviews.bookinfo.svc.cluster.local", "bookinfo");
+        let ep = Endpoint {
+            address: "10.1.0.1".parse().unwrap(),
+            labels: BTreeMap::from([
+                ("app".to_string(), "reviews".to_string()),
+                ("version".to_string(), "v2".to_string()),
+            ]),
+            service_account: "bookinfo-reviews".into(),
+            namespace: "bookinfo".into(),
+            identity: "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
+            name: "reviews-v2".into(),
+        };
+        let d = DestinationLabels::new(Some(svc), Some(&ep), "Kubernetes");
+        assert_eq!(&*d.destination_workload, "reviews-v2");
+        assert_eq!(&*d.destination_service_name, "reviews");
+        assert_eq!(&*d.destination_canonical_service, "reviews");
+        assert_eq!(&*d.destination_canonical_revision, "v2");
+        assert_eq!(&*d.destination_cluster, "Kubernetes");
+        let none = DestinationLabels::new(Some(svc), None, "Kubernetes");
+        assert_eq!(&*none.destination_workload, "unknown");
+        assert_eq!(
+            &*none.destination_service,
+            "reviews.bookinfo.svc.cluster.local"
+        );
+        assert_eq!(&*none.destination_cluster, "unknown");
+    }
+
+    #[test]
+    fn exposition_has_istio_names_and_buckets() {
+        let m = Metrics::default();
+        m.istio.record_request(RequestRecord {
+            source: SourceLabels::unknown(),
+            destination: DestinationLabels::new(None, None, "Kubernetes"),
+            grpc: false,
+            response_code: 503,
+            grpc_status: None,
+            response_flags: "UF",
+            duration_ms: 7.0,
+            request_bytes: 0,
+            response_bytes: 19,
+        });
+        let text = m.render();
+        assert!(text.contains("# TYPE istio_requests counter"), "{text}");
+        assert!(
+            text.contains("istio_requests_total{reporter=\"waypoint\""),
+            "{text}"
+        );
+        assert!(text.contains("response_code=\"503\""), "{text}");
+        assert!(text.contains("response_flags=\"UF\""), "{text}");
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "istio_request_duration_milliseconds_bucket{{le=\"{le}\","
+                    ))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(String::from)
+        };
+        assert_eq!(bucket("5.0").as_deref(), Some("0"), "{text}");
+        assert_eq!(bucket("10.0").as_deref(), Some("1"), "{text}");
+    }
+}

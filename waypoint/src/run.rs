@@ -1,0 +1,317 @@
+//! `waypoint run`: bind every listener up front (a taken port fails at once), start the admin,
+//! stats and health endpoints, then wait for a certificate and a config before serving HBONE.
+//!
+//! Files that are *missing* at startup are waited for (a CSI driver or an agent may write them
+//! a moment later); readiness says what is missing. Files that are present but *invalid* at
+//! startup are fatal (exit 1, naming the file and the field). Once running, files that appear
+//! broken (half-written) are logged and waited out.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{BackgroundService, GenBackgroundService};
+use routing::Snapshot;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::access_log::{AccessLog, Sink};
+use crate::admin::{Admin, Role};
+use crate::app::{bind, App, Settings};
+use crate::cli::RunArgs;
+use crate::identity::{IdentityError, WorkloadCert};
+use crate::logging::LogControl;
+use crate::status::Telemetry;
+
+/// How often missing certificate or config files are looked for.
+const WAIT_POLL: Duration = Duration::from_millis(250);
+
+/// What one look at the files found.
+enum Found<T> {
+    Ready(T),
+    /// Not there (yet): the reason for readiness.
+    Missing(String),
+    /// There but unusable.
+    Invalid(String),
+}
+
+fn load_identity(args: &RunArgs) -> Found<WorkloadCert> {
+    match WorkloadCert::from_files(&args.cert_chain, &args.key, &args.trust_bundle) {
+        Ok(cert) => Found::Ready(cert),
+        Err(IdentityError::Read { source, path, what })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Found::Missing(format!("{what} file {} does not exist", path.display()))
+        }
+        Err(e) => Found::Invalid(format!("loading the waypoint's identity: {e}")),
+    }
+}
+
+fn load_config(dir: &Path, trust_domain: &str) -> Found<Snapshot> {
+    if !dir.is_dir() {
+        return Found::Missing(format!("config directory {} does not exist", dir.display()));
+    }
+    match routing::load_dir(dir, trust_domain) {
+        Ok(snapshot) => Found::Ready(snapshot),
+        Err(errors) => Found::Invalid(format!(
+            "{} problem(s) in {}:\n{errors}",
+            errors.len(),
+            dir.display()
+        )),
+    }
+}
+
+fn settings(args: &RunArgs) -> Settings {
+    let mut settings = Settings::new(&args.trust_domain);
+    settings
+        .trust_domains
+        .extend(args.trust_domain_aliases.iter().cloned());
+    settings.upstream_hbone_port = args.upstream_hbone_port;
+    settings.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
+    settings
+}
+
+fn announce(what: &str, listener: &std::net::TcpListener) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    info!(%addr, "{what} listener bound");
+    // Tests and scripts read these lines to learn ports chosen with :0.
+    eprintln!("waypoint {what} listening on {addr}");
+    Ok(addr)
+}
+
+pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
+    info!(config = %serde_json::to_string(&args).unwrap_or_default(), "starting waypoint");
+    let log = AccessLog::with_template(
+        args.access_log_format,
+        args.access_log_template.as_deref(),
+        Sink::Stdout,
+    )
+    .map_err(|e| anyhow::anyhow!("invalid --access-log-template: {e}"))?;
+    log.set_sample_rate(args.access_log_sample_rate);
+    let log = Arc::new(log);
+
+    // What is present must be valid; what is missing is waited for.
+    let cert = match load_identity(&args) {
+        Found::Ready(cert) => Some(cert),
+        Found::Missing(why) => {
+            warn!("waiting for the waypoint's identity: {why}");
+            None
+        }
+        Found::Invalid(e) => anyhow::bail!(e),
+    };
+    let snapshot = match load_config(&args.config, &args.trust_domain) {
+        Found::Ready(s) => Some(s),
+        Found::Missing(why) => {
+            warn!("waiting for config: {why}");
+            None
+        }
+        Found::Invalid(e) => anyhow::bail!(e),
+    };
+
+    let hbone =
+        bind(args.listen).with_context(|| format!("binding HBONE listener {}", args.listen))?;
+    let addr = hbone.local_addr()?;
+    info!(%addr, "HBONE listener bound");
+    eprintln!("waypoint listening on {addr}");
+    let mut admin_listeners = Vec::new();
+    for (role, what, addr) in [
+        (Role::Admin, "admin", args.admin_listen),
+        (Role::Stats, "stats", args.stats_listen),
+        (Role::Health, "health", args.health_listen),
+    ] {
+        let Some(addr) = addr.0 else { continue };
+        let l = bind(addr).with_context(|| format!("binding {what} listener {addr}"))?;
+        announce(what, &l)?;
+        admin_listeners.push((role, l));
+    }
+
+    let telemetry = Telemetry::new(
+        &args.cluster_id,
+        Duration::from_secs(args.split_window_seconds.max(1)),
+    );
+    let admin = Arc::new(Admin {
+        telemetry: telemetry.clone(),
+        logs: Some(logs),
+        access_log: Some(log.clone()),
+        process: serde_json::to_value(&args).unwrap_or_default(),
+    });
+
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(args.drain_seconds),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(GenBackgroundService::new(
+        "admin endpoints".to_string(),
+        Arc::new(AdminService {
+            admin,
+            listeners: Mutex::new(admin_listeners),
+        }),
+    ));
+    let mut service = GenBackgroundService::new(
+        "HBONE listener".to_string(),
+        Arc::new(DataplaneService {
+            settings: settings(&args),
+            args,
+            log,
+            telemetry,
+            initial: Mutex::new(Some((cert, snapshot))),
+            listener: Mutex::new(Some(hbone)),
+        }),
+    );
+    service.threads = Some(threads);
+    server.add_service(service);
+    server.run_forever()
+}
+
+fn tokio_listener(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+struct AdminService {
+    admin: Arc<Admin>,
+    listeners: Mutex<Vec<(Role, std::net::TcpListener)>>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let listeners = std::mem::take(&mut *self.listeners.lock());
+        let mut tasks = Vec::new();
+        for (role, l) in listeners {
+            match tokio_listener(l) {
+                Ok(l) => tasks.push(tokio::spawn(self.admin.clone().serve(
+                    l,
+                    role,
+                    shutdown.clone(),
+                ))),
+                Err(e) => error!(?role, error = %e, "cannot use the admin listening socket"),
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+type Initial = (Option<WorkloadCert>, Option<Snapshot>);
+
+/// Waits for identity and config, then runs the data path on the HBONE listener.
+struct DataplaneService {
+    args: RunArgs,
+    settings: Settings,
+    log: Arc<AccessLog>,
+    telemetry: Telemetry,
+    initial: Mutex<Option<Initial>>,
+    listener: Mutex<Option<std::net::TcpListener>>,
+}
+
+impl DataplaneService {
+    /// Poll until both are loaded; `None` when shutdown came first.
+    async fn wait_for_inputs(
+        &self,
+        initial: Initial,
+        shutdown: &mut ShutdownWatch,
+    ) -> Option<(WorkloadCert, Snapshot)> {
+        let (mut cert, mut snapshot) = initial;
+        let status = &self.telemetry.status;
+        let mut last_error: Option<String> = None;
+        loop {
+            if cert.is_none() {
+                match load_identity(&self.args) {
+                    Found::Ready(c) => {
+                        info!(identity = ?c.summary(), "identity loaded");
+                        status.set_certificate(c.summary());
+                        cert = Some(c);
+                    }
+                    Found::Missing(why) | Found::Invalid(why) => {
+                        if last_error.as_ref() != Some(&why) {
+                            warn!("waiting for the waypoint's identity: {why}");
+                        }
+                        status.waiting_for("certificate", why.clone());
+                        last_error = Some(why);
+                    }
+                }
+            }
+            if snapshot.is_none() {
+                match load_config(&self.args.config, &self.args.trust_domain) {
+                    Found::Ready(s) => snapshot = Some(s),
+                    Found::Missing(why) | Found::Invalid(why) => {
+                        if last_error.as_ref() != Some(&why) {
+                            warn!("waiting for config: {why}");
+                        }
+                        status.waiting_for("config", why.lines().next().unwrap_or("").to_string());
+                        last_error = Some(why);
+                    }
+                }
+            }
+            if let (Some(_), Some(_)) = (&cert, &snapshot) {
+                return cert.zip(snapshot);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(WAIT_POLL) => {}
+                _ = shutdown.changed() => return None,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for DataplaneService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (Some(initial), Some(listener)) =
+            (self.initial.lock().take(), self.listener.lock().take())
+        else {
+            error!("HBONE service started twice");
+            return;
+        };
+        let Some((cert, snapshot)) = self.wait_for_inputs(initial, &mut shutdown).await else {
+            return;
+        };
+        for w in snapshot.warnings() {
+            warn!("{w}");
+        }
+        info!(
+            version = snapshot.version(),
+            services = snapshot.services().count(),
+            "config loaded"
+        );
+        let app = match App::with_telemetry(
+            cert,
+            snapshot,
+            &self.settings,
+            self.log.clone(),
+            self.telemetry.clone(),
+            "files",
+        ) {
+            Ok(app) => app,
+            Err(e) => {
+                // Nothing would ever serve: say why and let the supervisor restart us.
+                error!(error = %e, "cannot start the data path; exiting");
+                std::process::exit(1);
+            }
+        };
+        let listener = match tokio_listener(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error = %e, "cannot use the HBONE listening socket");
+                return;
+            }
+        };
+        info!("ready: serving HBONE");
+        app.serve(listener, shutdown).await;
+    }
+}

@@ -1,0 +1,447 @@
+//! The canary audit: for every route with weighted destinations, the configured weight next to
+//! the share of requests that route actually sent to each destination — since start and over a
+//! sliding window. Served on the admin port at `/splits` and as metrics.
+//!
+//! A request is counted when the route picks its destination (before endpoint selection), so
+//! the audit shows the split decision itself, independent of endpoint health.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use routing::RouteDestination;
+use serde::Serialize;
+
+/// Buckets the window is cut into; the window slides by one bucket width.
+const BUCKETS: u32 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct RouteKey {
+    service: String,
+    route: String,
+}
+
+#[derive(Debug)]
+struct DestCount {
+    host: String,
+    subset: Option<String>,
+    port: Option<u16>,
+    weight: u32,
+    total: u64,
+    /// (bucket index since start, count), oldest first.
+    recent: VecDeque<(u64, u64)>,
+}
+
+impl DestCount {
+    fn same(&self, d: &RouteDestination) -> bool {
+        self.host == d.host && self.subset == d.subset && self.port == d.port
+    }
+
+    fn in_window(&self, oldest: u64) -> u64 {
+        self.recent
+            .iter()
+            .filter(|(b, _)| *b >= oldest)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+pub struct SplitAudit {
+    started: Instant,
+    window: Duration,
+    routes: Mutex<BTreeMap<RouteKey, Vec<DestCount>>>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct SplitReport {
+    pub window_seconds: u64,
+    pub routes: Vec<RouteReport>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RouteReport {
+    pub service: String,
+    pub route: String,
+    pub requests: u64,
+    pub requests_in_window: u64,
+    pub destinations: Vec<DestinationReport>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct DestinationReport {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+    pub weight: u32,
+    /// weight / sum of weights.
+    pub configured_share: f64,
+    pub requests: u64,
+    pub observed_share: Option<f64>,
+    pub requests_in_window: u64,
+    pub observed_share_in_window: Option<f64>,
+}
+
+fn share(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+impl SplitAudit {
+    pub fn new(window: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            window: window.max(Duration::from_secs(1)),
+            routes: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn bucket_width(&self) -> Duration {
+        self.window / BUCKETS
+    }
+
+    fn bucket(&self, now: Instant) -> u64 {
+        let width = self.bucket_width().as_nanos().max(1);
+        (now.saturating_duration_since(self.started).as_nanos() / width) as u64
+    }
+
+    /// Whether a route is audited: it splits over more than one destination.
+    pub fn audits(destinations: &[RouteDestination]) -> bool {
+        destinations.len() > 1
+    }
+
+    /// `picked` is the destination the route chose among `destinations`.
+    pub fn record(
+        &self,
+        service: &str,
+        route: &str,
+        destinations: &[RouteDestination],
+        picked: &RouteDestination,
+    ) {
+        self.record_at(service, route, destinations, picked, Instant::now());
+    }
+
+    pub fn record_at(
+        &self,
+        service: &str,
+        route: &str,
+        destinations: &[RouteDestination],
+        picked: &RouteDestination,
+        now: Instant,
+    ) {
+        let bucket = self.bucket(now);
+        let oldest = bucket.saturating_sub(u64::from(BUCKETS));
+        let key = RouteKey {
+            service: service.to_string(),
+            route: route.to_string(),
+        };
+        let mut routes = self.routes.lock();
+        let counts = routes.entry(key).or_default();
+        // Follow the configuration: new destinations appear, weights update, removed ones stay
+        // (their history is still part of the observed split) with weight 0.
+        for c in counts.iter_mut() {
+            c.weight = destinations
+                .iter()
+                .find(|d| c.same(d))
+                .map_or(0, |d| d.weight);
+        }
+        for d in destinations {
+            if !counts.iter().any(|c| c.same(d)) {
+                counts.push(DestCount {
+                    host: d.host.clone(),
+                    subset: d.subset.clone(),
+                    port: d.port,
+                    weight: d.weight,
+                    total: 0,
+                    recent: VecDeque::new(),
+                });
+            }
+        }
+        if let Some(c) = counts.iter_mut().find(|c| c.same(picked)) {
+            c.total += 1;
+            match c.recent.back_mut() {
+                Some((b, n)) if *b == bucket => *n += 1,
+                _ => c.recent.push_back((bucket, 1)),
+            }
+            while c.recent.front().is_some_and(|(b, _)| *b < oldest) {
+                c.recent.pop_front();
+            }
+        }
+    }
+
+    pub fn report(&self) -> SplitReport {
+        self.report_at(Instant::now())
+    }
+
+    pub fn report_at(&self, now: Instant) -> SplitReport {
+        let oldest = self.bucket(now).saturating_sub(u64::from(BUCKETS));
+        let routes = self.routes.lock();
+        let routes = routes
+            .iter()
+            .map(|(key, counts)| {
+                let requests: u64 = counts.iter().map(|c| c.total).sum();
+                let in_window: u64 = counts.iter().map(|c| c.in_window(oldest)).sum();
+                let weights: u64 = counts.iter().map(|c| u64::from(c.weight)).sum();
+                RouteReport {
+                    service: key.service.clone(),
+                    route: key.route.clone(),
+                    requests,
+                    requests_in_window: in_window,
+                    destinations: counts
+                        .iter()
+                        .map(|c| {
+                            let w = c.in_window(oldest);
+                            DestinationReport {
+                                host: c.host.clone(),
+                                subset: c.subset.clone(),
+                                port: c.port,
+                                weight: c.weight,
+                                configured_share: share(u64::from(c.weight), weights)
+                                    .unwrap_or(0.0),
+                                requests: c.total,
+                                observed_share: share(c.total, requests),
+                                requests_in_window: w,
+                                observed_share_in_window: share(w, in_window),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        SplitReport {
+            window_seconds: self.window.as_secs(),
+            routes,
+        }
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0))
+}
+
+impl SplitReport {
+    /// A table for people: one line per destination.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        if self.routes.is_empty() {
+            out.push_str("no weighted route has served a request yet\n");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<40} {:<16} {:<44} {:>7} {:>9} {:>10} {:>9} {:>10}",
+            "SERVICE",
+            "ROUTE",
+            "DESTINATION",
+            "WEIGHT",
+            "CONFIGURED",
+            "OBSERVED",
+            "REQUESTS",
+            format!("LAST {}s", self.window_seconds),
+        );
+        for r in &self.routes {
+            for d in &r.destinations {
+                let mut dest = d.host.clone();
+                if let Some(s) = &d.subset {
+                    let _ = write!(dest, " subset={s}");
+                }
+                if let Some(p) = d.port {
+                    let _ = write!(dest, " port={p}");
+                }
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:<16} {:<44} {:>7} {:>9} {:>10} {:>9} {:>10}",
+                    r.service,
+                    r.route,
+                    dest,
+                    d.weight,
+                    pct(Some(d.configured_share)),
+                    pct(d.observed_share),
+                    d.requests,
+                    pct(d.observed_share_in_window),
+                );
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SplitLabels {
+    destination_service: String,
+    route_name: String,
+    destination_host: String,
+    destination_subset: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WindowLabels {
+    #[prometheus(flatten)]
+    split: SplitLabels,
+    window: String,
+}
+
+/// Scrape-time metrics: requests per destination, configured weight share, observed share.
+#[derive(Debug)]
+pub struct SplitCollector(pub Arc<SplitAudit>);
+
+impl std::fmt::Debug for SplitAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitAudit")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for SplitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let report = self.0.report();
+        let window = format!("{}s", report.window_seconds);
+        let mut samples = Vec::new();
+        for r in &report.routes {
+            for d in &r.destinations {
+                let labels = SplitLabels {
+                    destination_service: r.service.clone(),
+                    route_name: r.route.clone(),
+                    destination_host: d.host.clone(),
+                    destination_subset: d.subset.clone().unwrap_or_default(),
+                };
+                samples.push((labels, d));
+            }
+        }
+        if samples.is_empty() {
+            // No weighted route has served yet: no families rather than empty ones.
+            return Ok(());
+        }
+        let mut enc = encoder.encode_descriptor(
+            "waypoint_route_split_requests",
+            "Requests a weighted route sent to each destination",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (labels, d) in &samples {
+            let m = enc.encode_family(labels)?;
+            ConstCounter::new(d.requests).encode(m)?;
+        }
+        let mut enc = encoder.encode_descriptor(
+            "waypoint_route_split_configured_ratio",
+            "Configured share of a weighted route's destination (weight / sum of weights)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, d) in &samples {
+            let m = enc.encode_family(labels)?;
+            ConstGauge::new(d.configured_share).encode(m)?;
+        }
+        let mut enc = encoder.encode_descriptor(
+            "waypoint_route_split_observed_ratio",
+            "Observed share of a weighted route's requests per destination",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, d) in &samples {
+            for (w, v) in [
+                ("since_start", d.observed_share),
+                (window.as_str(), d.observed_share_in_window),
+            ] {
+                if let Some(v) = v {
+                    let l = WindowLabels {
+                        split: labels.clone(),
+                        window: w.to_string(),
+                    };
+                    let m = enc.encode_family(&l)?;
+                    ConstGauge::new(v).encode(m)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(subset: &str, weight: u32) -> RouteDestination {
+        RouteDestination {
+            host: "reviews.default.svc.cluster.local".into(),
+            subset: Some(subset.into()),
+            port: None,
+            weight,
+        }
+    }
+
+    #[test]
+    fn shares_since_start_and_in_window() {
+        let audit = SplitAudit::new(Duration::from_secs(60));
+        let dests = [dest("v1", 90), dest("v2", 10)];
+        let t0 = audit.started;
+        for _ in 0..9 {
+            audit.record_at("reviews", "r.0", &dests, &dests[0], t0);
+        }
+        audit.record_at("reviews", "r.0", &dests, &dests[1], t0);
+        // Two minutes later only v2 gets traffic: the window forgets the old v1 requests.
+        let later = t0 + Duration::from_secs(120);
+        audit.record_at("reviews", "r.0", &dests, &dests[1], later);
+        let report = audit.report_at(later);
+        let r = &report.routes[0];
+        assert_eq!(r.requests, 11);
+        assert_eq!(r.requests_in_window, 1);
+        let v1 = &r.destinations[0];
+        assert_eq!(v1.configured_share, 0.9);
+        assert_eq!(v1.requests, 9);
+        assert_eq!(v1.observed_share, Some(9.0 / 11.0));
+        assert_eq!(v1.observed_share_in_window, Some(0.0));
+        assert_eq!(r.destinations[1].observed_share_in_window, Some(1.0));
+        let text = report.render_text();
+        assert!(text.contains("subset=v1"), "{text}");
+        assert!(text.contains("81.8%"), "{text}");
+    }
+
+    #[test]
+    fn weight_changes_follow_config_and_removed_destinations_keep_history() {
+        let audit = SplitAudit::new(Duration::from_secs(60));
+        let old = [dest("v1", 90), dest("v2", 10)];
+        audit.record("reviews", "r.0", &old, &old[0]);
+        let new = [dest("v2", 50), dest("v3", 50)];
+        audit.record("reviews", "r.0", &new, &new[1]);
+        let r = &audit.report().routes[0];
+        let by: Vec<_> = r
+            .destinations
+            .iter()
+            .map(|d| (d.subset.clone().unwrap(), d.weight, d.requests))
+            .collect();
+        assert_eq!(
+            by,
+            vec![
+                ("v1".to_string(), 0, 1),
+                ("v2".to_string(), 50, 0),
+                ("v3".to_string(), 50, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn metrics_expose_requests_and_ratios() {
+        let audit = SplitAudit::new(Duration::from_secs(300));
+        let dests = [dest("v1", 90), dest("v2", 10)];
+        audit.record("reviews", "r.0", &dests, &dests[0]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(SplitCollector(audit)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("waypoint_route_split_requests_total{destination_service=\"reviews\",route_name=\"r.0\",destination_host=\"reviews.default.svc.cluster.local\",destination_subset=\"v1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("waypoint_route_split_configured_ratio{"),
+            "{text}"
+        );
+        assert!(text.contains("window=\"300s\"} 1.0"), "{text}");
+    }
+}

@@ -1,0 +1,412 @@
+//! What the process knows about itself: whether it has a certificate and a first config (and so
+//! is ready), the numbers behind its health metrics, and the telemetry sinks every part shares.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use routing::Snapshot;
+use serde::Serialize;
+
+use crate::hbone::server::HboneServer;
+use crate::hbone::TunnelPool;
+use crate::identity::IdentitySummary;
+use crate::metrics::Metrics;
+use crate::splits::{SplitAudit, SplitCollector};
+
+/// Default sliding window of the split audit.
+pub const SPLIT_WINDOW: Duration = Duration::from_secs(300);
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigStatus {
+    pub version: u64,
+    pub source: String,
+    pub services: usize,
+    /// Seconds since the Unix epoch.
+    pub updated_at: f64,
+}
+
+/// The parts of a running data path the health metrics read.
+pub struct Dataplane {
+    pub server: Arc<HboneServer>,
+    pub pool: Arc<TunnelPool>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+#[derive(Default)]
+pub struct Status {
+    cert: ArcSwapOption<IdentitySummary>,
+    config: ArcSwapOption<ConfigStatus>,
+    /// Why the certificate or the config is not there yet (shown by the readiness endpoints).
+    waiting: Mutex<Vec<(&'static str, String)>>,
+    dataplane: OnceLock<Dataplane>,
+    pub config_updates: AtomicU64,
+    pub config_rejections: AtomicU64,
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Status")
+            .field("ready", &self.readiness().is_ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Status {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn set_certificate(&self, summary: IdentitySummary) {
+        self.clear_waiting("certificate");
+        self.cert.store(Some(Arc::new(summary)));
+    }
+
+    pub fn certificate(&self) -> Option<Arc<IdentitySummary>> {
+        self.cert.load_full()
+    }
+
+    /// A config was accepted and is serving.
+    pub fn set_config(&self, snapshot: &Snapshot, source: &str) {
+        self.clear_waiting("config");
+        self.config_updates.fetch_add(1, Ordering::Relaxed);
+        self.config.store(Some(Arc::new(ConfigStatus {
+            version: snapshot.version(),
+            source: source.to_string(),
+            services: snapshot.services().count(),
+            updated_at: unix_now(),
+        })));
+    }
+
+    pub fn config(&self) -> Option<Arc<ConfigStatus>> {
+        self.config.load_full()
+    }
+
+    /// `what` ("certificate" or "config") is not available yet, because of `why`.
+    pub fn waiting_for(&self, what: &'static str, why: String) {
+        let mut waiting = self.waiting.lock();
+        waiting.retain(|(w, _)| *w != what);
+        waiting.push((what, why));
+    }
+
+    fn clear_waiting(&self, what: &'static str) {
+        self.waiting.lock().retain(|(w, _)| *w != what);
+    }
+
+    pub fn attach(&self, dataplane: Dataplane) {
+        let _first_wins = self.dataplane.set(dataplane);
+    }
+
+    pub fn dataplane(&self) -> Option<&Dataplane> {
+        self.dataplane.get()
+    }
+
+    /// Ok when a certificate and a first config are loaded and the HBONE listener is serving;
+    /// otherwise one line per missing piece.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let waiting = self.waiting.lock();
+        let why = |what: &str| {
+            waiting
+                .iter()
+                .find(|(w, _)| *w == what)
+                .map(|(_, why)| why.clone())
+        };
+        let mut missing = Vec::new();
+        if self.cert.load().is_none() {
+            missing.push(format!(
+                "no certificate: {}",
+                why("certificate").unwrap_or_else(|| "not loaded yet".into())
+            ));
+        }
+        if self.config.load().is_none() {
+            missing.push(format!(
+                "no config: {}",
+                why("config").unwrap_or_else(|| "not loaded yet".into())
+            ));
+        }
+        if self.dataplane.get().is_none() && missing.is_empty() {
+            missing.push("HBONE listener not serving yet".into());
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+}
+
+/// Everything the data path reports to: metrics, the split audit, process status.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub splits: Arc<SplitAudit>,
+    pub status: Arc<Status>,
+    /// `destination_cluster` label value (Istio's default cluster id is `Kubernetes`).
+    pub cluster_id: Arc<str>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new("Kubernetes", SPLIT_WINDOW)
+    }
+}
+
+impl Telemetry {
+    pub fn new(cluster_id: &str, split_window: Duration) -> Self {
+        let status = Status::new();
+        let splits = SplitAudit::new(split_window);
+        let metrics = Arc::new(Metrics::new(vec![
+            Box::new(ProxyHealth(status.clone())),
+            Box::new(SplitCollector(splits.clone())),
+        ]));
+        Self {
+            metrics,
+            splits,
+            status,
+            cluster_id: Arc::from(cluster_id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfigInfo {
+    version: String,
+    source: String,
+}
+
+/// Proxy health metrics, computed from live counters at scrape time.
+#[derive(Debug)]
+pub struct ProxyHealth(pub Arc<Status>);
+
+fn counter<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(L, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut enc = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(*v).encode(enc.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(L, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut enc = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        ConstGauge::new(*v).encode(enc.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn scalar_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
+    let enc = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(enc)
+}
+
+fn scalar_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let enc = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(v).encode(enc)
+}
+
+impl Collector for ProxyHealth {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = &self.0;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        scalar_gauge(
+            &mut e,
+            "waypoint_ready",
+            "1 when a certificate and a first config are loaded and HBONE is serving",
+            if status.readiness().is_ok() { 1.0 } else { 0.0 },
+        )?;
+        if let Some(cert) = status.certificate() {
+            scalar_gauge(
+                &mut e,
+                "waypoint_certificate_expiry_timestamp_seconds",
+                "When the waypoint's workload certificate expires (Unix seconds)",
+                cert.not_after_unix as f64,
+            )?;
+        }
+        scalar_counter(
+            &mut e,
+            "waypoint_config_updates",
+            "Config snapshots accepted",
+            load(&status.config_updates),
+        )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_config_rejected",
+            "Config updates rejected (the last good config kept serving)",
+            load(&status.config_rejections),
+        )?;
+        if let Some(config) = status.config() {
+            scalar_gauge(
+                &mut e,
+                "waypoint_config_last_update_timestamp_seconds",
+                "When the serving config snapshot was accepted (Unix seconds)",
+                config.updated_at,
+            )?;
+            gauge(
+                &mut e,
+                "waypoint_config_info",
+                "The serving config snapshot: version and source",
+                &[(
+                    ConfigInfo {
+                        version: config.version.to_string(),
+                        source: config.source.clone(),
+                    },
+                    1.0,
+                )],
+            )?;
+        }
+        let Some(dp) = status.dataplane() else {
+            return Ok(());
+        };
+        let server = &dp.server.stats;
+        let client = &dp.pool.client().stats;
+        let (out_conns, out_streams) = dp.pool.client().open_counts();
+        let inbound = Direction {
+            direction: "inbound",
+        };
+        let outbound = Direction {
+            direction: "outbound",
+        };
+        counter(
+            &mut e,
+            "waypoint_hbone_connections_opened",
+            "HBONE (mTLS HTTP/2) connections established",
+            &[
+                (inbound.clone(), load(&server.connections)),
+                (outbound.clone(), load(&client.connections_opened)),
+            ],
+        )?;
+        gauge(
+            &mut e,
+            "waypoint_hbone_connections_open",
+            "HBONE connections open now",
+            &[
+                (inbound.clone(), load(&server.connections_open) as f64),
+                (outbound.clone(), out_conns as f64),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "waypoint_hbone_streams_opened",
+            "HBONE CONNECT streams (tunnels) established",
+            &[
+                (inbound.clone(), load(&server.tunnels)),
+                (outbound.clone(), load(&client.tunnels_opened)),
+            ],
+        )?;
+        gauge(
+            &mut e,
+            "waypoint_hbone_streams_open",
+            "HBONE CONNECT streams open now",
+            &[
+                (inbound, load(&server.tunnels_open) as f64),
+                (outbound, out_streams as f64),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "waypoint_hbone_rejected",
+            "Inbound HBONE connections or streams refused",
+            &[
+                (
+                    Reason {
+                        reason: "handshake",
+                    },
+                    load(&server.rejected_handshakes),
+                ),
+                (Reason { reason: "stream" }, load(&server.rejected_streams)),
+            ],
+        )?;
+        let reused = load(&dp.pool.stats.tunnels_reused);
+        let opened = load(&client.tunnels_opened);
+        scalar_counter(
+            &mut e,
+            "waypoint_upstream_tunnels_reused",
+            "Requests sent on an idle upstream tunnel instead of a new CONNECT",
+            reused,
+        )?;
+        scalar_gauge(
+            &mut e,
+            "waypoint_upstream_tunnel_reuse_ratio",
+            "reused / (reused + opened) upstream tunnels since start",
+            if reused + opened == 0 {
+                0.0
+            } else {
+                reused as f64 / (reused + opened) as f64
+            },
+        )?;
+        scalar_gauge(
+            &mut e,
+            "waypoint_upstream_tunnels_idle",
+            "Idle upstream tunnels in the pool",
+            dp.pool.idle_count() as f64,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        let status = Status::new();
+        status.waiting_for(
+            "certificate",
+            "/etc/certs/cert-chain.pem: No such file".into(),
+        );
+        let missing = status.readiness().unwrap_err();
+        assert_eq!(
+            missing,
+            vec![
+                "no certificate: /etc/certs/cert-chain.pem: No such file".to_string(),
+                "no config: not loaded yet".to_string(),
+            ]
+        );
+        status.set_config(&Snapshot::empty(), "files");
+        assert_eq!(status.readiness().unwrap_err().len(), 1);
+    }
+}
