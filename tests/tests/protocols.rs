@@ -48,6 +48,16 @@ async fn grpc_over_h2c_inside_a_tunnel() {
         log[0]["upstream_cluster"],
         "inbound-vip|9090|http|echo.default.svc.cluster.local"
     );
+    // Istio's metrics label it gRPC, with the status from the trailers.
+    let admin = mesh.admin().await;
+    let metrics = waypoint_tests::scrape(admin.addr).await;
+    let grpc = [
+        ("request_protocol", "grpc"),
+        ("response_code", "200"),
+        ("grpc_response_status", "0"),
+        ("destination_service", "echo.default.svc.cluster.local"),
+    ];
+    assert_eq!(metrics.value("istio_requests", &grpc), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

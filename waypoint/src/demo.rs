@@ -350,6 +350,10 @@ pub async fn run(
         };
         println!("  {subset:<8} {weight:>9}% {share:>9.1}% {n:>10}");
     }
+    println!("\nthe waypoint's own split audit (admin /splits):");
+    for line in bench.app.telemetry.splits.report().render_text().lines() {
+        println!("  {line}");
+    }
     let stats = &bench.app.pool;
     println!(
         "\n{served} served, {} failed; upstream tunnels opened: {}, reused: {}",

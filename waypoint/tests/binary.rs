@@ -199,3 +199,231 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
     };
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
 }
+
+async fn ok_request(send: &mut sim::Http1, id: &str) {
+    let (parts, _) = sim::get(send, "ratings:9080", "/ratings/1", &[("x-request-id", id)])
+        .await
+        .unwrap();
+    assert_eq!(parts.status, 200);
+}
+
+/// Lines a child process writes, collected by a thread.
+fn collect(
+    reader: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// Poll `path` on `addr` until `done(status, body)` (bounded: 10 s).
+async fn poll_until(
+    addr: SocketAddr,
+    path: &str,
+    done: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = waypoint_tests::http_request(addr, "GET", path).await;
+        if done(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never reached the expected state; last: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
+    let net = Net::new();
+    let ca = Ca::new("readiness test mesh").unwrap();
+    let certs = temp_dir("ready-certs");
+    let config = temp_dir("ready-config");
+    std::fs::remove_dir(&config).unwrap(); // appears later
+    let _app = sim::start_app(
+        SocketAddr::new(net.ip(1), 9080),
+        "ratings-v1",
+        sim::AppKind::Http,
+    )
+    .await
+    .unwrap();
+    let pod_cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
+    let _pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &pod_cert.workload)
+        .await
+        .unwrap();
+
+    let mut child = Command::new(binary())
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(cert_args(&certs))
+        .args([
+            "--access-log-format",
+            "json",
+            "--drain-seconds",
+            "2",
+            "--log",
+            "info",
+        ])
+        .args(QUIET_PORTS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addrs = std::collections::HashMap::new();
+    while addrs.len() < 4 {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "waypoint exited early"
+        );
+        if let Some(rest) = line.trim().strip_prefix("waypoint ") {
+            if let Some((what, addr)) = rest.split_once(" listening on ") {
+                let what = if what == "listening" { "hbone" } else { what };
+                addrs.insert(what.to_string(), addr.parse::<SocketAddr>().unwrap());
+            } else if let Some(addr) = rest.strip_prefix("listening on ") {
+                addrs.insert("hbone".to_string(), addr.parse::<SocketAddr>().unwrap());
+            }
+        }
+    }
+    let logs = collect(stderr.into_inner());
+    let stdout = collect(child.stdout.take().unwrap());
+    let (health, admin, stats) = (addrs["health"], addrs["admin"], addrs["stats"]);
+
+    // Nothing yet: not ready, and the body says what is missing.
+    let (status, body) = waypoint_tests::http_request(health, "GET", "/healthz/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no certificate") && body.contains("cert-chain.pem does not exist"),
+        "{body}"
+    );
+    assert!(
+        body.contains("no config") && body.contains("does not exist"),
+        "{body}"
+    );
+
+    // The certificate appears: only the config is missing.
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&certs)
+        .unwrap();
+    let (status, body) = poll_until(health, "/healthz/ready", |_, b| {
+        !b.contains("no certificate")
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no config"), "{body}");
+
+    // The config appears (atomically, as a ConfigMap mount swaps it): ready.
+    let staging = temp_dir("ready-staging");
+    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
+        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
+    std::fs::write(staging.join("ratings.yaml"), net.render(&yaml)).unwrap();
+    std::fs::rename(&staging, &config).unwrap();
+    let (status, body) = poll_until(health, "/healthz/ready", |s, _| s == 200).await;
+    assert_eq!(body.trim(), "ready");
+    let (status2, _) = waypoint_tests::http_request(admin, "GET", "/ready").await;
+    assert_eq!((status, status2), (200, 200));
+    let (_, metrics) = waypoint_tests::http_request(stats, "GET", "/stats/prometheus").await;
+    assert!(metrics.contains("\nwaypoint_ready 1"), "{metrics}");
+
+    // /config_dump: process flags, identity, the routing snapshot.
+    let (status, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["process"]["listen"], "127.0.0.1:0");
+    assert_eq!(
+        dump["identity"]["spiffe_id"],
+        spiffe("waypoint").to_string()
+    );
+    assert_eq!(dump["config"]["status"]["source"], "files");
+    assert!(dump["config"]["snapshot"]
+        .to_string()
+        .contains("ratings.default.svc.cluster.local"));
+
+    let client = sim::ZtunnelClient::new(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        addrs["hbone"],
+        spiffe("waypoint"),
+    );
+    let mut send = client
+        .http1("10.0.0.20:9080".parse().unwrap())
+        .await
+        .unwrap();
+    let logged = |id: &str| {
+        let needle = format!("\"request_id\":\"{id}\"");
+        stdout.lock().unwrap().iter().any(|l| l.contains(&needle))
+    };
+    let wait_logged = |id: &'static str| async move {
+        for _ in 0..100 {
+            if logged(id) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+
+    // /logging: debug lines appear only after the level is raised.
+    ok_request(&mut send, "before-debug").await;
+    assert!(wait_logged("before-debug").await);
+    let debug_lines = || {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("DEBUG"))
+            .count()
+    };
+    assert_eq!(debug_lines(), 0, "info level logs no debug lines");
+    let (status, body) =
+        waypoint_tests::http_request(admin, "POST", "/logging?level=verbose").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = waypoint_tests::http_request(admin, "POST", "/logging?level=debug").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("active filter: debug"), "{body}");
+    ok_request(&mut send, "after-debug").await;
+    assert!(wait_logged("after-debug").await);
+    assert!(
+        debug_lines() > 0,
+        "debug level takes effect without restart"
+    );
+
+    // /access_log: sampling to 0 switches lines off, 1 brings them back.
+    let (status, _) = waypoint_tests::http_request(admin, "POST", "/access_log?sample=0").await;
+    assert_eq!(status, 200);
+    ok_request(&mut send, "while-off").await;
+    let (status, _) = waypoint_tests::http_request(admin, "POST", "/access_log?sample=1").await;
+    assert_eq!(status, 200);
+    ok_request(&mut send, "back-on").await;
+    assert!(wait_logged("back-on").await);
+    assert!(!logged("while-off"), "no line while sampling is 0");
+    let (_, body) = waypoint_tests::http_request(admin, "GET", "/access_log").await;
+    assert!(body.contains("lines sampled out: 1"), "{body}");
+
+    drop(send);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}
