@@ -236,41 +236,51 @@ impl IstioMetrics {
             "Requests handled by the waypoint",
             self.requests.clone(),
         );
-        registry.register(
-            "istio_request_duration_milliseconds",
-            "Request duration in milliseconds",
-            self.duration.clone(),
-        );
-        registry.register(
-            "istio_request_bytes",
-            "Request body size in bytes",
-            self.request_bytes.clone(),
-        );
-        registry.register(
-            "istio_response_bytes",
-            "Response body size in bytes",
-            self.response_bytes.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_opened",
-            "TCP connections opened through the waypoint",
-            self.tcp_opened.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_closed",
-            "TCP connections closed through the waypoint",
-            self.tcp_closed.clone(),
-        );
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent to the client on TCP connections",
-            self.tcp_sent.clone(),
-        );
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from the client on TCP connections",
-            self.tcp_received.clone(),
-        );
+        let histograms = [
+            (
+                "istio_request_duration_milliseconds",
+                "Request duration in milliseconds",
+                &self.duration,
+            ),
+            (
+                "istio_request_bytes",
+                "Request body size in bytes",
+                &self.request_bytes,
+            ),
+            (
+                "istio_response_bytes",
+                "Response body size in bytes",
+                &self.response_bytes,
+            ),
+        ];
+        for (name, help, family) in histograms {
+            registry.register(name, help, family.clone());
+        }
+        let tcp = [
+            (
+                "istio_tcp_connections_opened",
+                "TCP connections opened through the waypoint",
+                &self.tcp_opened,
+            ),
+            (
+                "istio_tcp_connections_closed",
+                "TCP connections closed through the waypoint",
+                &self.tcp_closed,
+            ),
+            (
+                "istio_tcp_sent_bytes",
+                "Bytes sent to the client on TCP connections",
+                &self.tcp_sent,
+            ),
+            (
+                "istio_tcp_received_bytes",
+                "Bytes received from the client on TCP connections",
+                &self.tcp_received,
+            ),
+        ];
+        for (name, help, family) in tcp {
+            registry.register(name, help, family.clone());
+        }
     }
 
     pub fn record_request(&self, r: RequestRecord<'_>) {

@@ -104,59 +104,18 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
     let net = Net::new();
     let ca = Ca::new("binary test mesh").unwrap();
     let config = temp_dir("run-config");
-    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
-        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
-    std::fs::write(config.join("ratings.yaml"), net.render(&yaml)).unwrap();
+    write_ratings_config(&net, &config);
     let certs = temp_dir("run-certs");
     ca.issue(&spiffe("waypoint"))
         .unwrap()
         .write_to(&certs)
         .unwrap();
+    let _ratings = RatingsPod::start(&net, &ca).await;
 
-    let _app = sim::start_app(
-        SocketAddr::new(net.ip(1), 9080),
-        "ratings-v1",
-        sim::AppKind::Http,
-    )
-    .await
-    .unwrap();
-    let pod_cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
-    let _pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &pod_cert.workload)
-        .await
-        .unwrap();
-
-    let mut child = Command::new(binary())
-        .args(["run", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .args(cert_args(&certs))
-        .args(["--access-log-format", "json", "--drain-seconds", "2"])
-        .args(QUIET_PORTS)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr: SocketAddr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "waypoint exited before listening"
-        );
-        if let Some(a) = line.trim().strip_prefix("waypoint listening on ") {
-            break a.parse().unwrap();
-        }
-    };
+    let (mut child, addrs, stderr) = spawn_run(&config, &certs);
     std::thread::spawn(move || for _ in stderr.lines() {});
 
-    let client = sim::ZtunnelClient::new(
-        ca.issue(&spiffe("productpage")).unwrap().workload,
-        addr,
-        spiffe("waypoint"),
-    );
-    let mut send = client
-        .http1("10.0.0.20:9080".parse().unwrap())
-        .await
-        .unwrap();
+    let mut send = client(&ca, addrs["hbone"]).await;
     let (parts, body) = sim::get(
         &mut send,
         "ratings:9080",
@@ -179,7 +138,106 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
         entry["upstream_cluster"],
         "inbound-vip|9080|http|ratings.default.svc.cluster.local"
     );
+    sigterm_and_wait(child).await;
+}
 
+/// ratings-v1 at @1: the app on :9080 and its node's HBONE terminator on :15008.
+struct RatingsPod {
+    _app: sim::AppHandle,
+    _pod: sim::PodHandle,
+}
+
+impl RatingsPod {
+    async fn start(net: &Net, ca: &Ca) -> Self {
+        let app = sim::start_app(
+            SocketAddr::new(net.ip(1), 9080),
+            "ratings-v1",
+            sim::AppKind::Http,
+        )
+        .await
+        .unwrap();
+        let cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
+        let pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &cert.workload)
+            .await
+            .unwrap();
+        Self {
+            _app: app,
+            _pod: pod,
+        }
+    }
+}
+
+fn write_ratings_config(net: &Net, dir: &std::path::Path) {
+    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
+        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
+    std::fs::write(dir.join("ratings.yaml"), net.render(&yaml)).unwrap();
+}
+
+/// A ztunnel-like client (as productpage) with an HTTP/1.1 tunnel to the ratings VIP.
+async fn client(ca: &Ca, waypoint: SocketAddr) -> sim::Http1 {
+    sim::ZtunnelClient::new(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        waypoint,
+        spiffe("waypoint"),
+    )
+    .http1("10.0.0.20:9080".parse().unwrap())
+    .await
+    .unwrap()
+}
+
+/// `waypoint run` on `config` and `certs` with JSON access logs and OS-chosen ports. Returns the
+/// child, the addresses it announced on stderr ("hbone", "admin", "stats", "health") and the rest
+/// of its stderr.
+fn spawn_run(
+    config: &std::path::Path,
+    certs: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::collections::HashMap<String, SocketAddr>,
+    BufReader<std::process::ChildStderr>,
+) {
+    let mut child = Command::new(binary())
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(cert_args(certs))
+        .args([
+            "--access-log-format",
+            "json",
+            "--drain-seconds",
+            "2",
+            "--log",
+            "info",
+        ])
+        .args(QUIET_PORTS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addrs = std::collections::HashMap::new();
+    while addrs.len() < 4 {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "waypoint exited before listening"
+        );
+        let Some(rest) = line.trim().strip_prefix("waypoint ") else {
+            continue;
+        };
+        let (what, addr) = match rest.strip_prefix("listening on ") {
+            Some(addr) => ("hbone", addr),
+            None => match rest.split_once(" listening on ") {
+                Some(found) => found,
+                None => continue,
+            },
+        };
+        addrs.insert(what.to_string(), addr.parse::<SocketAddr>().unwrap());
+    }
+    (child, addrs, stderr)
+}
+
+/// SIGTERM, then the process must exit 0 within 20 s.
+async fn sigterm_and_wait(mut child: std::process::Child) {
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -248,52 +306,9 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
     let certs = temp_dir("ready-certs");
     let config = temp_dir("ready-config");
     std::fs::remove_dir(&config).unwrap(); // appears later
-    let _app = sim::start_app(
-        SocketAddr::new(net.ip(1), 9080),
-        "ratings-v1",
-        sim::AppKind::Http,
-    )
-    .await
-    .unwrap();
-    let pod_cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
-    let _pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &pod_cert.workload)
-        .await
-        .unwrap();
+    let _ratings = RatingsPod::start(&net, &ca).await;
 
-    let mut child = Command::new(binary())
-        .args(["run", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .args(cert_args(&certs))
-        .args([
-            "--access-log-format",
-            "json",
-            "--drain-seconds",
-            "2",
-            "--log",
-            "info",
-        ])
-        .args(QUIET_PORTS)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut addrs = std::collections::HashMap::new();
-    while addrs.len() < 4 {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "waypoint exited early"
-        );
-        if let Some(rest) = line.trim().strip_prefix("waypoint ") {
-            if let Some((what, addr)) = rest.split_once(" listening on ") {
-                let what = if what == "listening" { "hbone" } else { what };
-                addrs.insert(what.to_string(), addr.parse::<SocketAddr>().unwrap());
-            } else if let Some(addr) = rest.strip_prefix("listening on ") {
-                addrs.insert("hbone".to_string(), addr.parse::<SocketAddr>().unwrap());
-            }
-        }
-    }
+    let (mut child, addrs, stderr) = spawn_run(&config, &certs);
     let logs = collect(stderr.into_inner());
     let stdout = collect(child.stdout.take().unwrap());
     let (health, admin, stats) = (addrs["health"], addrs["admin"], addrs["stats"]);
@@ -324,9 +339,7 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
 
     // The config appears (atomically, as a ConfigMap mount swaps it): ready.
     let staging = temp_dir("ready-staging");
-    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
-        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
-    std::fs::write(staging.join("ratings.yaml"), net.render(&yaml)).unwrap();
+    write_ratings_config(&net, &staging);
     std::fs::rename(&staging, &config).unwrap();
     let (status, body) = poll_until(health, "/healthz/ready", |s, _| s == 200).await;
     assert_eq!(body.trim(), "ready");
@@ -349,15 +362,7 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
         .to_string()
         .contains("ratings.default.svc.cluster.local"));
 
-    let client = sim::ZtunnelClient::new(
-        ca.issue(&spiffe("productpage")).unwrap().workload,
-        addrs["hbone"],
-        spiffe("waypoint"),
-    );
-    let mut send = client
-        .http1("10.0.0.20:9080".parse().unwrap())
-        .await
-        .unwrap();
+    let mut send = client(&ca, addrs["hbone"]).await;
     let logged = |id: &str| {
         let needle = format!("\"request_id\":\"{id}\"");
         stdout.lock().unwrap().iter().any(|l| l.contains(&needle))
@@ -409,21 +414,5 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
     assert!(body.contains("lines sampled out: 1"), "{body}");
 
     drop(send);
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(exit.success(), "{exit:?}");
+    sigterm_and_wait(child).await;
 }
