@@ -96,11 +96,16 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
     log.set_sample_rate(args.access_log_sample_rate);
     let log = Arc::new(log);
 
-    // What is present must be valid; what is missing is waited for.
+    let telemetry = Telemetry::new(
+        &args.cluster_id,
+        Duration::from_secs(args.split_window_seconds.max(1)),
+    );
+    // What is present must be valid; what is missing is waited for (and readiness says why).
     let cert = match load_identity(&args) {
         Found::Ready(cert) => Some(cert),
         Found::Missing(why) => {
             warn!("waiting for the waypoint's identity: {why}");
+            telemetry.status.waiting_for("certificate", why);
             None
         }
         Found::Invalid(e) => anyhow::bail!(e),
@@ -109,6 +114,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         Found::Ready(s) => Some(s),
         Found::Missing(why) => {
             warn!("waiting for config: {why}");
+            telemetry.status.waiting_for("config", why);
             None
         }
         Found::Invalid(e) => anyhow::bail!(e),
@@ -131,10 +137,6 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         admin_listeners.push((role, l));
     }
 
-    let telemetry = Telemetry::new(
-        &args.cluster_id,
-        Duration::from_secs(args.split_window_seconds.max(1)),
-    );
     let admin = Arc::new(Admin {
         telemetry: telemetry.clone(),
         logs: Some(logs),
@@ -147,8 +149,9 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(args.drain_seconds),
+        // The data path exits the process once drained; this is only the upper bound.
+        grace_period_seconds: Some(args.drain_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -188,7 +191,10 @@ struct AdminService {
 
 #[async_trait]
 impl BackgroundService for AdminService {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // The endpoints outlive SIGTERM: during the drain, probes must see "draining" (503)
+        // rather than a refused connection. The process exit ends them.
+        let (_keep, shutdown) = tokio::sync::watch::channel(false);
         let listeners = std::mem::take(&mut *self.listeners.lock());
         let mut tasks = Vec::new();
         for (role, l) in listeners {
@@ -228,7 +234,18 @@ impl DataplaneService {
     ) -> Option<(WorkloadCert, Snapshot)> {
         let (mut cert, mut snapshot) = initial;
         let status = &self.telemetry.status;
-        let mut last_error: Option<String> = None;
+        // `run` has logged why each input is missing; log again only when the reason changes.
+        let mut first = true;
+        let mut last_cert: Option<String> = None;
+        let mut last_config: Option<String> = None;
+        let report =
+            |last: &mut Option<String>, what: &'static str, why: String, first: bool| {
+                if !first && last.as_ref() != Some(&why) {
+                    warn!("waiting for {what}: {why}");
+                }
+                status.waiting_for(what, why.lines().next().unwrap_or("").to_string());
+                *last = Some(why);
+            };
         loop {
             if cert.is_none() {
                 match load_identity(&self.args) {
@@ -238,11 +255,7 @@ impl DataplaneService {
                         cert = Some(c);
                     }
                     Found::Missing(why) | Found::Invalid(why) => {
-                        if last_error.as_ref() != Some(&why) {
-                            warn!("waiting for the waypoint's identity: {why}");
-                        }
-                        status.waiting_for("certificate", why.clone());
-                        last_error = Some(why);
+                        report(&mut last_cert, "certificate", why, first)
                     }
                 }
             }
@@ -250,14 +263,11 @@ impl DataplaneService {
                 match load_config(&self.args.config, &self.args.trust_domain) {
                     Found::Ready(s) => snapshot = Some(s),
                     Found::Missing(why) | Found::Invalid(why) => {
-                        if last_error.as_ref() != Some(&why) {
-                            warn!("waiting for config: {why}");
-                        }
-                        status.waiting_for("config", why.lines().next().unwrap_or("").to_string());
-                        last_error = Some(why);
+                        report(&mut last_config, "config", why, first)
                     }
                 }
             }
+            first = false;
             if let (Some(_), Some(_)) = (&cert, &snapshot) {
                 return cert.zip(snapshot);
             }
@@ -313,5 +323,28 @@ impl BackgroundService for DataplaneService {
         };
         info!("ready: serving HBONE");
         app.serve(listener, shutdown).await;
+        self.telemetry.status.set_draining();
+        // SIGTERM: the listener is closed and every connection has sent GOAWAY. Exit as soon as
+        // the last one has drained, or when the drain time is up (pingora's grace period, set
+        // to the same length, keeps the runtimes alive until then).
+        let drain = Duration::from_secs(self.args.drain_seconds);
+        let started = std::time::Instant::now();
+        let open = || {
+            app.server
+                .stats
+                .connections_open
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        while open() > 0 && started.elapsed() < drain {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match open() {
+            0 => info!(elapsed = ?started.elapsed(), "drained; exiting"),
+            n => warn!(
+                connections = n,
+                "drain time {drain:?} is up; exiting with connections open"
+            ),
+        }
+        std::process::exit(0);
     }
 }

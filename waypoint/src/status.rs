@@ -55,6 +55,7 @@ pub struct Status {
     dataplane: OnceLock<Dataplane>,
     pub config_updates: AtomicU64,
     pub config_rejections: AtomicU64,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Status {
@@ -106,6 +107,11 @@ impl Status {
         self.waiting.lock().retain(|(w, _)| *w != what);
     }
 
+    /// Shutting down: readiness fails so that no new traffic is sent here.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     pub fn attach(&self, dataplane: Dataplane) {
         let _first_wins = self.dataplane.set(dataplane);
     }
@@ -136,6 +142,9 @@ impl Status {
                 "no config: {}",
                 why("config").unwrap_or_else(|| "not loaded yet".into())
             ));
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            missing.push("draining: shutting down".into());
         }
         if self.dataplane.get().is_none() && missing.is_empty() {
             missing.push("HBONE listener not serving yet".into());

@@ -143,11 +143,19 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
 
 /// ratings-v1 at @1: the app on :9080 and its node's HBONE terminator on :15008.
 struct RatingsPod {
-    _app: sim::AppHandle,
+    app: sim::AppHandle,
     _pod: sim::PodHandle,
 }
 
 impl RatingsPod {
+    /// Requests the app has received.
+    fn requests(&self) -> u64 {
+        self.app
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn start(net: &Net, ca: &Ca) -> Self {
         let app = sim::start_app(
             SocketAddr::new(net.ip(1), 9080),
@@ -160,10 +168,7 @@ impl RatingsPod {
         let pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &cert.workload)
             .await
             .unwrap();
-        Self {
-            _app: app,
-            _pod: pod,
-        }
+        Self { app, _pod: pod }
     }
 }
 
@@ -415,4 +420,74 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
 
     drop(send);
     sigterm_and_wait(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
+    let net = Net::new();
+    let ca = Ca::new("drain test mesh").unwrap();
+    let config = temp_dir("drain-config");
+    write_ratings_config(&net, &config);
+    let certs = temp_dir("drain-certs");
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&certs)
+        .unwrap();
+    let ratings = RatingsPod::start(&net, &ca).await;
+    let (child, addrs, stderr) = spawn_run(&config, &certs);
+    let logs = collect(stderr.into_inner());
+    let client = std::sync::Arc::new(sim::ZtunnelClient::new(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        addrs["hbone"],
+        spiffe("waypoint"),
+    ));
+
+    // A bounded load: 8 requests, each held 1.5 s by the app, on 8 tunnels of one connection.
+    let in_flight = 8;
+    let mut load = Vec::new();
+    for i in 0..in_flight {
+        let client = client.clone();
+        load.push(tokio::spawn(async move {
+            let mut send = client.http1("10.0.0.20:9080".parse().unwrap()).await?;
+            let id = format!("drain-{i}");
+            let (parts, _) = sim::get(
+                &mut send,
+                "ratings:9080",
+                "/ratings/slow",
+                &[("x-delay-ms", "1500"), ("x-request-id", id.as_str())],
+            )
+            .await?;
+            anyhow::Ok(parts.status)
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ratings.requests() < in_flight {
+        assert!(std::time::Instant::now() < deadline, "load never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let terminated = std::time::Instant::now();
+    let exit = tokio::spawn(sigterm_and_wait(child));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New tunnels are refused: the open connection has sent GOAWAY and the listener is closed.
+    let refused = client.tunnel("10.0.0.20:9080".parse().unwrap()).await;
+    assert!(refused.is_err(), "a new tunnel was accepted while draining");
+    // Readiness fails while draining, so Kubernetes stops sending traffic here.
+    let (status, body) =
+        waypoint_tests::http_request(addrs["health"], "GET", "/healthz/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+
+    // Every in-flight request still completes.
+    for task in load {
+        assert_eq!(task.await.unwrap().unwrap(), 200);
+    }
+    exit.await.unwrap();
+    let took = terminated.elapsed();
+    assert!(
+        took < Duration::from_secs(2 + 1),
+        "exit took {took:?}, beyond the 2 s drain time"
+    );
+    let logs = logs.lock().unwrap().join("\n");
+    assert!(!logs.contains("panicked"), "{logs}");
 }

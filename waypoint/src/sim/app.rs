@@ -117,6 +117,14 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     *last.lock() = Some(req.headers().clone());
+    // `x-delay-ms: N` makes the app answer N ms later (bounded to 60 s): slow endpoints on demand.
+    if let Some(ms) = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
     let headers = req
         .headers()
         .iter()
