@@ -326,3 +326,26 @@ impl Scrape {
         out
     }
 }
+
+/// The serial of the certificate the waypoint presents to a new mTLS handshake.
+pub async fn presented_serial(
+    waypoint: SocketAddr,
+    client: waypoint::identity::WorkloadCert,
+    waypoint_id: &SpiffeId,
+) -> String {
+    let tcp = tokio::net::TcpStream::connect(waypoint)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(client_tls(client, waypoint_id))
+        .connect(ServerName::IpAddress(waypoint.ip().into()), tcp)
+        .await
+        .expect("mTLS handshake");
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("server certificate")
+        .clone();
+    waypoint::identity::serial(&leaf).expect("parsable serial")
+}

@@ -46,6 +46,7 @@ impl Settings {
 }
 
 pub struct App {
+    trust_domains: Vec<String>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub pool: Arc<TunnelPool>,
     pub server: Arc<HboneServer>,
@@ -117,12 +118,26 @@ impl App {
             snapshot: snapshot.clone(),
         });
         Ok(Self {
+            trust_domains: settings.trust_domains.clone(),
             snapshot,
             pool,
             server,
             inbound,
             telemetry,
         })
+    }
+
+    /// A new certificate (same or new roots): new inbound handshakes and new outbound
+    /// connections use it at once; established connections are not cut; pooled outbound
+    /// connections are recycled. Nothing changes if the new certificate cannot be used.
+    pub fn rotate(&self, cert: WorkloadCert) -> Result<(), IdentityError> {
+        let tls = server_config(&cert, &self.trust_domains)?;
+        let summary = cert.summary();
+        let client = Arc::new(ClientConfigs::new(cert));
+        self.server.set_tls(tls);
+        self.pool.rotate(client);
+        self.telemetry.status.set_certificate(summary);
+        Ok(())
     }
 
     /// Publish a new routing snapshot; requests in flight keep the one they started with.

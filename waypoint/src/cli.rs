@@ -30,12 +30,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the waypoint on local Istio YAML files.
     Run(Box<RunArgs>),
+    /// Istio's container interface: `proxy waypoint [agent flags]`, as istiod's waypoint
+    /// template runs the `istio-proxy` container. Reads the pod's environment (POD_NAMESPACE,
+    /// SERVICE_ACCOUNT, TRUST_DOMAIN, ISTIO_META_CLUSTER_ID, PROXY_CONFIG, WAYPOINT_*); agent
+    /// flags without meaning here are accepted and ignored.
+    Proxy(ProxyArgs),
     /// Run the bookinfo reviews canary (v1 90% / v2 10%) on loopback, in one process, and print
     /// the access log and the observed split.
     Demo(DemoArgs),
+    /// Print the Kubernetes manifests of one waypoint for one service account (YAML on stdout).
+    ///
+    /// ServiceAccount, example ConfigMap, Deployment, Service, PodDisruptionBudget and
+    /// HorizontalPodAutoscaler: `waypoint manifest ... | kubectl apply -f -`.
+    Manifest(crate::manifest::ManifestArgs),
 }
 
-#[derive(Debug, clap::Args, Serialize)]
+#[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct RunArgs {
     /// Directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule).
     #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
@@ -111,6 +121,14 @@ pub struct RunArgs {
     /// This cluster's id: the `destination_cluster` metric label.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
+    /// A second Prometheus endpoint, e.g. `0.0.0.0:15090` where Envoy-based waypoints serve
+    /// theirs. `none` (default) disables it.
+    #[arg(long, env = "WAYPOINT_PROM_LISTEN", default_value = "none")]
+    pub prom_listen: Listen,
+    /// Refuse a certificate whose SPIFFE id is not this one (`proxy waypoint` sets it from
+    /// TRUST_DOMAIN, POD_NAMESPACE and SERVICE_ACCOUNT).
+    #[arg(long, env = "WAYPOINT_EXPECTED_IDENTITY")]
+    pub expected_identity: Option<String>,
     /// Sliding window of the split audit (/splits), in seconds.
     #[arg(long, env = "WAYPOINT_SPLIT_WINDOW_SECONDS", default_value_t = 300)]
     pub split_window_seconds: u64,
@@ -135,6 +153,16 @@ impl std::str::FromStr for Listen {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The proxy type; only `waypoint`.
+    pub kind: String,
+    /// Istio agent flags (`--domain`, `--serviceCluster`, `--proxyLogLevel`, `--log_as_json`,
+    /// `--concurrency`, …).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Requests to send.
     #[arg(long, short = 'n', default_value_t = 1000)]
@@ -151,9 +179,21 @@ pub struct DemoArgs {
 }
 
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Proxy(proxy) = &cli.command {
+        let launch =
+            crate::istio::resolve(&proxy.kind, &proxy.agent_args, |k| std::env::var(k).ok())
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let filter = cli.log.clone().unwrap_or(launch.log_filter);
+        let logs = Arc::new(LogControl::init_with(&filter, launch.log_json));
+        for setting in &launch.ignored {
+            tracing::debug!("istio agent setting accepted and ignored: {setting}");
+        }
+        install_crypto_provider();
+        return crate::run::run(launch.run, logs);
+    }
     let default_log = match cli.command {
-        Command::Run(_) => "info",
         Command::Demo(_) => "warn",
+        _ => "info",
     };
     let logs = Arc::new(LogControl::init(cli.log.as_deref().unwrap_or(default_log)));
     install_crypto_provider();
@@ -168,6 +208,8 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
             ))
         }
         Command::Run(args) => crate::run::run(*args, logs),
+        Command::Manifest(args) => crate::manifest::print(&args),
+        Command::Proxy(_) => unreachable!("handled above"),
     }
 }
 

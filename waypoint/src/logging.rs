@@ -55,6 +55,11 @@ impl LogControl {
     /// Install the global subscriber. An invalid filter falls back to `info` with a warning
     /// on stderr (the process still starts).
     pub fn init(filter: &str) -> Self {
+        Self::init_with(filter, false)
+    }
+
+    /// Like [`LogControl::init`]; `json` writes one JSON object per log line.
+    pub fn init_with(filter: &str, json: bool) -> Self {
         let (filter, base) = match EnvFilter::try_new(filter) {
             Ok(f) => (f, filter.to_string()),
             Err(e) => {
@@ -63,11 +68,19 @@ impl LogControl {
             }
         };
         let (layer, handle) = reload::Layer::new(filter);
-        let installed = tracing_subscriber::registry()
-            .with(layer)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init()
-            .is_ok();
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let installed = if json {
+            tracing_subscriber::registry()
+                .with(layer)
+                .with(fmt.json())
+                .try_init()
+        } else {
+            tracing_subscriber::registry()
+                .with(layer)
+                .with(fmt)
+                .try_init()
+        }
+        .is_ok();
         Self {
             // When a subscriber already exists (tests), changes have nothing to act on.
             handle: installed.then_some(handle),

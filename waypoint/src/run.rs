@@ -43,7 +43,14 @@ enum Found<T> {
 
 fn load_identity(args: &RunArgs) -> Found<WorkloadCert> {
     match WorkloadCert::from_files(&args.cert_chain, &args.key, &args.trust_bundle) {
-        Ok(cert) => Found::Ready(cert),
+        Ok(cert) => match &args.expected_identity {
+            Some(expected) if cert.id.to_string() != *expected => Found::Invalid(format!(
+                "certificate {} is for {}, but this waypoint runs as {expected}",
+                args.cert_chain.display(),
+                cert.id
+            )),
+            _ => Found::Ready(cert),
+        },
         Err(IdentityError::Read { source, path, what })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
@@ -130,6 +137,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         (Role::Admin, "admin", args.admin_listen),
         (Role::Stats, "stats", args.stats_listen),
         (Role::Health, "health", args.health_listen),
+        (Role::Stats, "prometheus", args.prom_listen),
     ] {
         let Some(addr) = addr.0 else { continue };
         let l = bind(addr).with_context(|| format!("binding {what} listener {addr}"))?;
@@ -238,14 +246,13 @@ impl DataplaneService {
         let mut first = true;
         let mut last_cert: Option<String> = None;
         let mut last_config: Option<String> = None;
-        let report =
-            |last: &mut Option<String>, what: &'static str, why: String, first: bool| {
-                if !first && last.as_ref() != Some(&why) {
-                    warn!("waiting for {what}: {why}");
-                }
-                status.waiting_for(what, why.lines().next().unwrap_or("").to_string());
-                *last = Some(why);
-            };
+        let report = |last: &mut Option<String>, what: &'static str, why: String, first: bool| {
+            if !first && last.as_ref() != Some(&why) {
+                warn!("waiting for {what}: {why}");
+            }
+            status.waiting_for(what, why.lines().next().unwrap_or("").to_string());
+            *last = Some(why);
+        };
         loop {
             if cert.is_none() {
                 match load_identity(&self.args) {
@@ -307,7 +314,7 @@ impl BackgroundService for DataplaneService {
             self.telemetry.clone(),
             "files",
         ) {
-            Ok(app) => app,
+            Ok(app) => Arc::new(app),
             Err(e) => {
                 // Nothing would ever serve: say why and let the supervisor restart us.
                 error!(error = %e, "cannot start the data path; exiting");
@@ -322,7 +329,9 @@ impl BackgroundService for DataplaneService {
             }
         };
         info!("ready: serving HBONE");
+        let watcher = tokio::spawn(watch_identity(app.clone(), self.args.clone()));
         app.serve(listener, shutdown).await;
+        watcher.abort();
         self.telemetry.status.set_draining();
         // SIGTERM: the listener is closed and every connection has sent GOAWAY. Exit as soon as
         // the last one has drained, or when the drain time is up (pingora's grace period, set
@@ -346,5 +355,78 @@ impl BackgroundService for DataplaneService {
             ),
         }
         std::process::exit(0);
+    }
+}
+
+/// How often the identity files are read for changes.
+const IDENTITY_POLL: Duration = Duration::from_millis(250);
+
+/// What the identity files hold now: a hash of their contents, or why they cannot be read.
+fn identity_fingerprint(args: &RunArgs) -> Vec<Result<u64, std::io::ErrorKind>> {
+    use std::hash::{Hash, Hasher};
+    [&args.cert_chain, &args.key, &args.trust_bundle]
+        .iter()
+        .map(|path| {
+            std::fs::read(path)
+                .map(|bytes| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    bytes.hash(&mut h);
+                    h.finish()
+                })
+                .map_err(|e| e.kind())
+        })
+        .collect()
+}
+
+/// Files mode: pick up a rotated certificate, key or trust bundle within a second. A change is
+/// loaded once the files have been stable for one poll (writers update them one at a time); a
+/// half-written or mismatched set is rejected, logged once, and the current identity keeps
+/// serving until a valid set appears.
+async fn watch_identity(app: Arc<App>, args: RunArgs) {
+    let status = app.telemetry.status.clone();
+    let mut applied = identity_fingerprint(&args);
+    let mut previous = applied.clone();
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::time::sleep(IDENTITY_POLL).await;
+        let now = identity_fingerprint(&args);
+        let stable = now == previous;
+        previous = now.clone();
+        if !stable || now == applied {
+            continue;
+        }
+        applied = now;
+        let old = status.certificate();
+        let result = match load_identity(&args) {
+            Found::Ready(cert) => {
+                let summary = cert.summary();
+                app.rotate(cert)
+                    .map(|()| summary)
+                    .map_err(|e| e.to_string())
+            }
+            Found::Missing(why) | Found::Invalid(why) => Err(why),
+        };
+        match result {
+            Ok(new) => {
+                info!(
+                    old_serial = old.as_ref().map_or("-", |c| c.serial.as_str()),
+                    new_serial = %new.serial,
+                    not_after = %new.not_after,
+                    "certificate rotated"
+                );
+                last_error = None;
+            }
+            Err(why) => {
+                status
+                    .cert_rejections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if last_error.as_ref() != Some(&why) {
+                    warn!(
+                        "certificate update rejected, the current certificate keeps serving: {why}"
+                    );
+                }
+                last_error = Some(why);
+            }
+        }
     }
 }

@@ -55,6 +55,8 @@ pub struct Status {
     dataplane: OnceLock<Dataplane>,
     pub config_updates: AtomicU64,
     pub config_rejections: AtomicU64,
+    /// Certificate updates that could not be used (the current certificate kept serving).
+    pub cert_rejections: AtomicU64,
     draining: std::sync::atomic::AtomicBool,
 }
 
@@ -131,11 +133,16 @@ impl Status {
                 .map(|(_, why)| why.clone())
         };
         let mut missing = Vec::new();
-        if self.cert.load().is_none() {
-            missing.push(format!(
+        match self.cert.load().as_deref() {
+            None => missing.push(format!(
                 "no certificate: {}",
                 why("certificate").unwrap_or_else(|| "not loaded yet".into())
-            ));
+            )),
+            Some(cert) if (cert.not_after_unix as f64) < unix_now() => missing.push(format!(
+                "certificate {} expired at {}",
+                cert.spiffe_id, cert.not_after
+            )),
+            Some(_) => {}
         }
         if self.config.load().is_none() {
             missing.push(format!(
@@ -274,6 +281,12 @@ impl Collector for ProxyHealth {
                 cert.not_after_unix as f64,
             )?;
         }
+        scalar_counter(
+            &mut e,
+            "waypoint_certificate_rejected",
+            "Certificate updates rejected (the current certificate kept serving)",
+            load(&status.cert_rejections),
+        )?;
         scalar_counter(
             &mut e,
             "waypoint_config_updates",

@@ -1,51 +1,16 @@
 //! The `waypoint` binary itself: `run` on a config directory under pingora's Server, serving a
 //! request end to end and writing its access log line to stdout; clear errors for bad config.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::*;
 use waypoint::identity::Ca;
-use waypoint_tests::{service_yaml, sim, spiffe, workload_yaml, Net};
-
-/// Cargo builds the package's binary before its integration tests and names it here.
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_waypoint"))
-}
-
-/// `--cert-chain … --key … --trust-bundle …` for files written by `MintedCert::write_to`.
-fn cert_args(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
-    let files = [
-        ("--cert-chain", "cert-chain.pem"),
-        ("--key", "key.pem"),
-        ("--trust-bundle", "root-cert.pem"),
-    ];
-    let mut args = Vec::new();
-    for (flag, file) in files {
-        args.push(flag.into());
-        args.push(dir.join(file).into());
-    }
-    args
-}
-
-/// Admin, stats and health endpoints on ports the OS picks (tests run in parallel).
-const QUIET_PORTS: [&str; 6] = [
-    "--admin-listen",
-    "127.0.0.1:0",
-    "--stats-listen",
-    "127.0.0.1:0",
-    "--health-listen",
-    "127.0.0.1:0",
-];
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("waypoint-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use waypoint_tests::{sim, spiffe, Net};
 
 #[test]
 fn broken_config_is_reported_with_file_and_field() {
@@ -139,169 +104,6 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
         "inbound-vip|9080|http|ratings.default.svc.cluster.local"
     );
     sigterm_and_wait(child).await;
-}
-
-/// ratings-v1 at @1: the app on :9080 and its node's HBONE terminator on :15008.
-struct RatingsPod {
-    app: sim::AppHandle,
-    _pod: sim::PodHandle,
-}
-
-impl RatingsPod {
-    /// Requests the app has received.
-    fn requests(&self) -> u64 {
-        self.app
-            .stats
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    async fn start(net: &Net, ca: &Ca) -> Self {
-        let app = sim::start_app(
-            SocketAddr::new(net.ip(1), 9080),
-            "ratings-v1",
-            sim::AppKind::Http,
-        )
-        .await
-        .unwrap();
-        let cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
-        let pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &cert.workload)
-            .await
-            .unwrap();
-        Self { app, _pod: pod }
-    }
-}
-
-fn write_ratings_config(net: &Net, dir: &std::path::Path) {
-    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
-        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
-    std::fs::write(dir.join("ratings.yaml"), net.render(&yaml)).unwrap();
-}
-
-/// A ztunnel-like client (as productpage) with an HTTP/1.1 tunnel to the ratings VIP.
-async fn client(ca: &Ca, waypoint: SocketAddr) -> sim::Http1 {
-    sim::ZtunnelClient::new(
-        ca.issue(&spiffe("productpage")).unwrap().workload,
-        waypoint,
-        spiffe("waypoint"),
-    )
-    .http1("10.0.0.20:9080".parse().unwrap())
-    .await
-    .unwrap()
-}
-
-/// `waypoint run` on `config` and `certs` with JSON access logs and OS-chosen ports. Returns the
-/// child, the addresses it announced on stderr ("hbone", "admin", "stats", "health") and the rest
-/// of its stderr.
-fn spawn_run(
-    config: &std::path::Path,
-    certs: &std::path::Path,
-) -> (
-    std::process::Child,
-    std::collections::HashMap<String, SocketAddr>,
-    BufReader<std::process::ChildStderr>,
-) {
-    let mut child = Command::new(binary())
-        .args(["run", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .args(cert_args(certs))
-        .args([
-            "--access-log-format",
-            "json",
-            "--drain-seconds",
-            "2",
-            "--log",
-            "info",
-        ])
-        .args(QUIET_PORTS)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut addrs = std::collections::HashMap::new();
-    while addrs.len() < 4 {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "waypoint exited before listening"
-        );
-        let Some(rest) = line.trim().strip_prefix("waypoint ") else {
-            continue;
-        };
-        let (what, addr) = match rest.strip_prefix("listening on ") {
-            Some(addr) => ("hbone", addr),
-            None => match rest.split_once(" listening on ") {
-                Some(found) => found,
-                None => continue,
-            },
-        };
-        addrs.insert(what.to_string(), addr.parse::<SocketAddr>().unwrap());
-    }
-    (child, addrs, stderr)
-}
-
-/// SIGTERM, then the process must exit 0 within 20 s.
-async fn sigterm_and_wait(mut child: std::process::Child) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waypoint did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
-}
-
-async fn ok_request(send: &mut sim::Http1, id: &str) {
-    let (parts, _) = sim::get(send, "ratings:9080", "/ratings/1", &[("x-request-id", id)])
-        .await
-        .unwrap();
-    assert_eq!(parts.status, 200);
-}
-
-/// Lines a child process writes, collected by a thread.
-fn collect(
-    reader: impl std::io::Read + Send + 'static,
-) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
-/// Poll `path` on `addr` until `done(status, body)` (bounded: 10 s).
-async fn poll_until(
-    addr: SocketAddr,
-    path: &str,
-    done: impl Fn(u16, &str) -> bool,
-) -> (u16, String) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = waypoint_tests::http_request(addr, "GET", path).await;
-        if done(status, &body) {
-            return (status, body);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{path} never reached the expected state; last: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,4 +292,115 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
     );
     let logs = logs.lock().unwrap().join("\n");
     assert!(!logs.contains("panicked"), "{logs}");
+}
+
+/// The identity's serial as `/config_dump` shows it.
+async fn dumped_serial(admin: SocketAddr) -> String {
+    let (status, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    dump["identity"]["serial"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_files_are_watched_and_bad_updates_keep_the_old_certificate() {
+    let net = Net::new();
+    let ca = Ca::new("rotation test mesh").unwrap();
+    let config = temp_dir("rotate-config");
+    write_ratings_config(&net, &config);
+    let certs = temp_dir("rotate-certs");
+    let first = ca.issue(&spiffe("waypoint")).unwrap();
+    first.write_to(&certs).unwrap();
+    let _ratings = RatingsPod::start(&net, &ca).await;
+    let (child, addrs, stderr) = spawn_run(&config, &certs);
+    let logs = collect(stderr.into_inner());
+    let admin = addrs["admin"];
+    poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
+    let first_serial = dumped_serial(admin).await;
+    assert_eq!(first_serial, first.workload.summary().serial);
+
+    // Rotate the files the way a CSI driver does, one file after the other.
+    let second = ca.issue(&spiffe("waypoint")).unwrap();
+    let second_serial = second.workload.summary().serial;
+    let staged = temp_dir("rotate-staged");
+    second.write_to(&staged).unwrap();
+    let rotated_at = std::time::Instant::now();
+    for f in ["key.pem", "cert-chain.pem"] {
+        std::fs::copy(staged.join(f), certs.join(f)).unwrap();
+    }
+    let deadline = rotated_at + Duration::from_secs(5);
+    while dumped_serial(admin).await != second_serial {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotation not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = rotated_at.elapsed();
+    eprintln!("rotation picked up after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let mut send = client(&ca, addrs["hbone"]).await;
+    ok_request(&mut send, "after-rotation").await;
+
+    // A key that does not match the certificate: rejected once, the second cert keeps serving.
+    let third = ca.issue(&spiffe("waypoint")).unwrap();
+    std::fs::write(certs.join("key.pem"), &third.key_pem).unwrap();
+    let rejected = || {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("certificate update rejected"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rejected() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bad update not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rejected(), 1, "logged once");
+    assert_eq!(dumped_serial(admin).await, second_serial);
+    let (status, _) = waypoint_tests::http_request(addrs["health"], "GET", "/healthz/ready").await;
+    assert_eq!(status, 200, "still ready on the current certificate");
+    ok_request(&mut send, "after-bad-update").await;
+    let (_, metrics) =
+        waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
+    assert!(
+        metrics.contains("\nwaypoint_certificate_rejected_total 1"),
+        "{metrics}"
+    );
+
+    // An expired client certificate is refused, with the reason in the log.
+    let expired = ca
+        .issue_with(&spiffe("productpage"), |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        })
+        .unwrap();
+    let refused = sim::ZtunnelClient::new(expired.workload, addrs["hbone"], spiffe("waypoint"))
+        .http1("10.0.0.20:9080".parse().unwrap())
+        .await;
+    assert!(
+        refused.is_err(),
+        "an expired client certificate was accepted"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("handshake rejected") && l.to_lowercase().contains("expired"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no expiry reason logged: {:?}",
+            logs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(send);
+    sigterm_and_wait(child).await;
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
@@ -71,6 +72,8 @@ pub struct ClientStats {
 struct Conn {
     send: SendRequest<Bytes>,
     active: Arc<AtomicUsize>,
+    /// The certificate generation it was dialed with (see [`HboneClient::rotate`]).
+    generation: u64,
 }
 
 /// Decrements a connection's active stream count when the tunnel ends.
@@ -85,7 +88,8 @@ impl Drop for StreamSlot {
 type ConnKey = (SocketAddr, SpiffeId);
 
 pub struct HboneClient {
-    tls: Arc<ClientConfigs>,
+    tls: ArcSwap<ClientConfigs>,
+    generation: AtomicU64,
     conns: Mutex<HashMap<ConnKey, Vec<Conn>>>,
     connect_timeout: Duration,
     pub stats: ClientStats,
@@ -94,11 +98,21 @@ pub struct HboneClient {
 impl HboneClient {
     pub fn new(tls: Arc<ClientConfigs>, connect_timeout: Duration) -> Self {
         Self {
-            tls,
+            tls: ArcSwap::new(tls),
+            generation: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
             connect_timeout,
             stats: ClientStats::default(),
         }
+    }
+
+    /// A new own certificate: connections dialed from now on present it. Pooled connections
+    /// are forgotten, so none keeps an old certificate; streams open on them finish undisturbed
+    /// (the connection closes when its last stream ends).
+    pub fn rotate(&self, tls: Arc<ClientConfigs>) {
+        self.tls.store(tls);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.conns.lock().clear();
     }
 
     /// (pooled HBONE connections, CONNECT streams open on them) right now.
@@ -154,10 +168,11 @@ impl HboneClient {
         identity: &SpiffeId,
     ) -> Result<(SendRequest<Bytes>, StreamSlot, bool), ConnectError> {
         let key = (node, identity.clone());
+        let generation = self.generation.load(Ordering::Acquire);
         {
             let mut conns = self.conns.lock();
             if let Some(list) = conns.get_mut(&key) {
-                list.retain(|c| !c.send.is_closed_hint());
+                list.retain(|c| c.generation == generation && !c.send.is_closed_hint());
                 for conn in list.iter() {
                     let active = conn.active.load(Ordering::Acquire);
                     if active < MAX_STREAMS_PER_CONNECTION
@@ -178,10 +193,14 @@ impl HboneClient {
         }
         let send = self.dial(node, identity).await?;
         let active = Arc::new(AtomicUsize::new(1));
-        self.conns.lock().entry(key).or_default().push(Conn {
-            send: send.clone(),
-            active: active.clone(),
-        });
+        // Dialed with a certificate that was rotated meanwhile: use it once, do not pool it.
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.conns.lock().entry(key).or_default().push(Conn {
+                send: send.clone(),
+                active: active.clone(),
+                generation,
+            });
+        }
         Ok((send, StreamSlot(active), true))
     }
 
@@ -200,6 +219,7 @@ impl HboneClient {
         let _ = tcp.set_nodelay(true);
         let config = self
             .tls
+            .load()
             .for_peer(identity)
             .map_err(|e| ConnectError::Config(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(config);

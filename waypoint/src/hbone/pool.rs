@@ -84,6 +84,13 @@ impl TunnelPool {
         })
     }
 
+    /// A new own certificate: recycle pooled connections and idle tunnels (see
+    /// [`HboneClient::rotate`]).
+    pub fn rotate(&self, tls: Arc<crate::identity::ClientConfigs>) {
+        self.client.rotate(tls);
+        self.idle.lock().clear();
+    }
+
     pub fn client(&self) -> &HboneClient {
         &self.client
     }

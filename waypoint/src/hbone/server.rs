@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
@@ -45,7 +46,8 @@ pub struct ServerStats {
 }
 
 pub struct HboneServer {
-    tls: TlsAcceptor,
+    /// Swapped on certificate rotation; each handshake uses the config current at accept.
+    tls: ArcSwap<rustls::ServerConfig>,
     inbound: Arc<Inbound>,
     pub stats: ServerStats,
 }
@@ -57,9 +59,14 @@ struct ConnInfo {
 }
 
 impl HboneServer {
+    /// New handshakes present the certificate of `tls`; established connections keep theirs.
+    pub fn set_tls(&self, tls: Arc<rustls::ServerConfig>) {
+        self.tls.store(tls);
+    }
+
     pub fn new(tls: Arc<rustls::ServerConfig>, inbound: Arc<Inbound>) -> Arc<Self> {
         Arc::new(Self {
-            tls: TlsAcceptor::from(tls),
+            tls: ArcSwap::new(tls),
             inbound,
             stats: ServerStats::default(),
         })
@@ -103,7 +110,12 @@ impl HboneServer {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
+        let tls = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsAcceptor::from(self.tls.load_full()).accept(tcp),
+        )
+        .await
+        {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 self.stats

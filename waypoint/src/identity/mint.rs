@@ -102,3 +102,134 @@ impl MintedCert {
         Ok(())
     }
 }
+
+/// A PKCS#10 certificate signing request whose self-signature checked out: what an Istio CA
+/// receives in `IstioCertificateRequest.csr`.
+pub struct Csr {
+    public_key: CsrPublicKey,
+    uri_sans: Vec<String>,
+}
+
+struct CsrPublicKey {
+    alg: &'static rcgen::SignatureAlgorithm,
+    raw: Vec<u8>,
+}
+
+impl rcgen::PublicKeyData for CsrPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
+
+impl Csr {
+    /// Parse a PEM `CERTIFICATE REQUEST` and verify its signature. Keys: ECDSA P-256/P-384,
+    /// Ed25519, RSA.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        use x509_parser::oid_registry::{
+            OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+            OID_SIG_ED25519,
+        };
+        use x509_parser::prelude::FromDer;
+
+        let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("not a PEM CERTIFICATE REQUEST: {e}"))?;
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .map_err(|e| format!("unparsable certificate request: {e}"))?;
+        csr.verify_signature()
+            .map_err(|e| format!("certificate request signature does not verify: {e}"))?;
+        let spki = &csr.certification_request_info.subject_pki;
+        let key_oid = &spki.algorithm.algorithm;
+        let alg = if *key_oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            match curve {
+                Some(c) if c == OID_EC_P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+                Some(c) if c == OID_NIST_EC_P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+                other => return Err(format!("unsupported EC curve {other:?}")),
+            }
+        } else if *key_oid == OID_SIG_ED25519 {
+            &rcgen::PKCS_ED25519
+        } else if *key_oid == OID_PKCS1_RSAENCRYPTION {
+            &rcgen::PKCS_RSA_SHA256
+        } else {
+            return Err(format!("unsupported public key algorithm {key_oid}"));
+        };
+        let mut uri_sans = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    if let GeneralName::URI(uri) = name {
+                        uri_sans.push(uri.to_string());
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            public_key: CsrPublicKey {
+                alg,
+                raw: spki.subject_public_key.data.to_vec(),
+            },
+            uri_sans,
+        })
+    }
+
+    /// The URI SANs the request asks for.
+    pub fn uri_sans(&self) -> &[String] {
+        &self.uri_sans
+    }
+
+    /// The SPIFFE id the request asks for: exactly one URI SAN, a valid SPIFFE id.
+    pub fn spiffe_id(&self) -> Result<SpiffeId, String> {
+        match self.uri_sans.as_slice() {
+            [one] => one.parse::<SpiffeId>().map_err(|e| e.to_string()),
+            [] => Err("no URI SAN".into()),
+            many => Err(format!("{} URI SANs, expected exactly one", many.len())),
+        }
+    }
+}
+
+impl Ca {
+    /// Sign `csr` the way istiod does: the certificate carries the request's public key and
+    /// exactly `id` (the caller's authenticated identity) as its only SAN, serverAuth +
+    /// clientAuth, valid from two minutes ago (clock skew grace) until now + `validity`.
+    pub fn sign_csr(
+        &self,
+        csr: &Csr,
+        id: &SpiffeId,
+        validity: std::time::Duration,
+    ) -> Result<rcgen::Certificate, IdentityError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = std::time::Duration::from_secs(now.as_secs());
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = epoch + now.saturating_sub(std::time::Duration::from_secs(120));
+        params.not_after = epoch + now + validity;
+        let mut serial = [0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut serial[..]);
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?)
+    }
+}

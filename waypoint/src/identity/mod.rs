@@ -1,6 +1,7 @@
 //! Workload identity: the waypoint's own SPIFFE certificate, the trust bundle, and the rustls
 //! configurations for both HBONE legs (inbound server, outbound client).
 
+pub mod istio_ca;
 mod mint;
 mod spiffe;
 mod tls;
@@ -12,9 +13,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
+pub use istio_ca::{read_token, request_certificate, CaClientConfig, CaError};
+pub use mint::Csr;
 pub use mint::{Ca, MintedCert};
 pub use spiffe::{SpiffeId, SpiffeIdError};
-pub use tls::{client_config, peer_identity, server_config, ClientConfigs};
+pub use tls::{client_config, peer_identity, serial, server_config, ClientConfigs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -44,6 +47,8 @@ pub enum IdentityError {
     Tls(String),
     #[error("certificate minting failed: {0}")]
     Mint(#[from] rcgen::Error),
+    #[error("{what} is not valid: {reason}")]
+    Invalid { what: &'static str, reason: String },
 }
 
 /// The waypoint's own certificate chain, key and the roots it trusts.
@@ -100,6 +105,58 @@ impl WorkloadCert {
         };
         loaded.check_key_matches()?;
         Ok(loaded)
+    }
+
+    /// Build from an in-memory chain (leaf first) and key, as DER; the identity is the leaf's URI
+    /// SAN and the key must match the leaf.
+    pub fn from_parts(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, IdentityError> {
+        let leaf = chain.first().ok_or(IdentityError::Invalid {
+            what: "certificate chain",
+            reason: "no certificate".into(),
+        })?;
+        if roots.is_empty() {
+            return Err(IdentityError::Invalid {
+                what: "trust bundle",
+                reason: "no certificate".into(),
+            });
+        }
+        let id = peer_identity(leaf).map_err(|reason| IdentityError::Invalid {
+            what: "leaf certificate",
+            reason,
+        })?;
+        let built = Self {
+            id,
+            chain,
+            key,
+            roots,
+        };
+        built.check_key_matches()?;
+        Ok(built)
+    }
+
+    /// [`WorkloadCert::from_parts`] from PEM: a chain (leaf first), a private key, a root bundle.
+    pub fn from_pem(chain: &[u8], key: &[u8], roots: &[u8]) -> Result<Self, IdentityError> {
+        let certs = |what: &'static str, pem: &[u8]| {
+            CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| IdentityError::Invalid {
+                    what,
+                    reason: e.to_string(),
+                })
+        };
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| IdentityError::Invalid {
+            what: "private key",
+            reason: e.to_string(),
+        })?;
+        Self::from_parts(
+            certs("certificate chain", chain)?,
+            key,
+            certs("trust bundle", roots)?,
+        )
     }
 
     /// Reject a key that does not sign for the leaf certificate (a half-rotated pair).

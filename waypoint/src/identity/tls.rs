@@ -43,6 +43,13 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, String> {
     }
 }
 
+/// A certificate's serial number as hex (the form `IdentitySummary::serial` uses).
+pub fn serial(cert: &CertificateDer<'_>) -> Option<String> {
+    x509_parser::parse_x509_certificate(cert)
+        .ok()
+        .map(|(_, c)| c.raw_serial_as_string())
+}
+
 fn roots(cert: &WorkloadCert) -> Result<Arc<RootCertStore>, IdentityError> {
     let mut store = RootCertStore::empty();
     for root in &cert.roots {

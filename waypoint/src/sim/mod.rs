@@ -3,6 +3,7 @@
 //! does, and a client that tunnels to the waypoint the way a source ztunnel does.
 
 mod app;
+pub mod ca_server;
 mod client;
 mod pod;
 

@@ -23,6 +23,8 @@ pub struct PodStats {
     pub tunnels: AtomicU64,
     /// Peer identities seen, last one.
     pub last_peer: parking_lot::Mutex<Option<String>>,
+    /// Serial number (hex) of each accepted client certificate, in order.
+    pub peer_serials: parking_lot::Mutex<Vec<String>>,
 }
 
 pub struct PodHandle {
@@ -55,13 +57,12 @@ pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let peer = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| peer_identity(c).ok());
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let peer = leaf.and_then(|c| peer_identity(c).ok());
                 *st.last_peer.lock() = peer.map(|p| p.to_string());
+                if let Some(serial) = leaf.and_then(|c| crate::identity::serial(c)) {
+                    st.peer_serials.lock().push(serial);
+                }
                 let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
                 };

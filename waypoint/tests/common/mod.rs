@@ -1,0 +1,225 @@
+//! Helpers shared by the tests that run the real `waypoint` binary.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use waypoint::identity::Ca;
+use waypoint_tests::{service_yaml, sim, spiffe, workload_yaml, Net};
+
+/// Cargo builds the package's binary before its integration tests and names it here.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_waypoint"))
+}
+
+/// `--cert-chain … --key … --trust-bundle …` for files written by `MintedCert::write_to`.
+pub fn cert_args(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let files = [
+        ("--cert-chain", "cert-chain.pem"),
+        ("--key", "key.pem"),
+        ("--trust-bundle", "root-cert.pem"),
+    ];
+    let mut args = Vec::new();
+    for (flag, file) in files {
+        args.push(flag.into());
+        args.push(dir.join(file).into());
+    }
+    args
+}
+
+/// Admin, stats and health endpoints on ports the OS picks (tests run in parallel).
+pub const QUIET_PORTS: [&str; 6] = [
+    "--admin-listen",
+    "127.0.0.1:0",
+    "--stats-listen",
+    "127.0.0.1:0",
+    "--health-listen",
+    "127.0.0.1:0",
+];
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("waypoint-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// ratings-v1 at @1: the app on :9080 and its node's HBONE terminator on :15008.
+pub struct RatingsPod {
+    pub app: sim::AppHandle,
+    _pod: sim::PodHandle,
+}
+
+impl RatingsPod {
+    /// Requests the app has received.
+    pub fn requests(&self) -> u64 {
+        self.app
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn start(net: &Net, ca: &Ca) -> Self {
+        let app = sim::start_app(
+            SocketAddr::new(net.ip(1), 9080),
+            "ratings-v1",
+            sim::AppKind::Http,
+        )
+        .await
+        .unwrap();
+        let cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
+        let pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &cert.workload)
+            .await
+            .unwrap();
+        Self { app, _pod: pod }
+    }
+}
+
+pub fn write_ratings_config(net: &Net, dir: &std::path::Path) {
+    let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
+        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
+    std::fs::write(dir.join("ratings.yaml"), net.render(&yaml)).unwrap();
+}
+
+/// A ztunnel-like client (as productpage) with an HTTP/1.1 tunnel to the ratings VIP.
+pub async fn client(ca: &Ca, waypoint: SocketAddr) -> sim::Http1 {
+    sim::ZtunnelClient::new(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        waypoint,
+        spiffe("waypoint"),
+    )
+    .http1("10.0.0.20:9080".parse().unwrap())
+    .await
+    .unwrap()
+}
+
+/// `waypoint run` on `config` and `certs` with JSON access logs and OS-chosen ports. Returns the
+/// child, the addresses it announced on stderr ("hbone", "admin", "stats", "health") and the rest
+/// of its stderr.
+pub fn spawn_run(
+    config: &std::path::Path,
+    certs: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::collections::HashMap<String, SocketAddr>,
+    BufReader<std::process::ChildStderr>,
+) {
+    let mut cmd = Command::new(binary());
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(cert_args(certs))
+        .args([
+            "--access-log-format",
+            "json",
+            "--drain-seconds",
+            "2",
+            "--log",
+            "info",
+        ])
+        .args(QUIET_PORTS);
+    spawn_announcing(&mut cmd, 4)
+}
+
+/// Start `cmd` with piped stdout/stderr and read stderr until it has announced `listeners`
+/// addresses ("waypoint [<what>] listening on <addr>"; the HBONE one is named "hbone").
+pub fn spawn_announcing(
+    cmd: &mut Command,
+    listeners: usize,
+) -> (
+    std::process::Child,
+    std::collections::HashMap<String, SocketAddr>,
+    BufReader<std::process::ChildStderr>,
+) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addrs = std::collections::HashMap::new();
+    while addrs.len() < listeners {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "waypoint exited before listening"
+        );
+        let Some(rest) = line.trim().strip_prefix("waypoint ") else {
+            continue;
+        };
+        let (what, addr) = match rest.strip_prefix("listening on ") {
+            Some(addr) => ("hbone", addr),
+            None => match rest.split_once(" listening on ") {
+                Some(found) => found,
+                None => continue,
+            },
+        };
+        addrs.insert(what.to_string(), addr.parse::<SocketAddr>().unwrap());
+    }
+    (child, addrs, stderr)
+}
+
+/// SIGTERM, then the process must exit 0 within 20 s.
+pub async fn sigterm_and_wait(mut child: std::process::Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waypoint did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+}
+
+pub async fn ok_request(send: &mut sim::Http1, id: &str) {
+    let (parts, _) = sim::get(send, "ratings:9080", "/ratings/1", &[("x-request-id", id)])
+        .await
+        .unwrap();
+    assert_eq!(parts.status, 200);
+}
+
+/// Lines a child process writes, collected by a thread.
+pub fn collect(
+    reader: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// Poll `path` on `addr` until `done(status, body)` (bounded: 10 s).
+pub async fn poll_until(
+    addr: SocketAddr,
+    path: &str,
+    done: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = waypoint_tests::http_request(addr, "GET", path).await;
+        if done(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never reached the expected state; last: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
