@@ -194,12 +194,14 @@ impl Admin {
                 }
             }
         }
-        let (written, dropped) = log.stats();
+        let (written, sampled_out) = log.stats();
         text(
             StatusCode::OK,
             format!(
-                "sample rate: {}\nlines written: {written}\nlines sampled out: {dropped}",
-                log.sample_rate()
+                "sample rate: {}\nlines written: {written}\nlines sampled out: {sampled_out}\n\
+                 lines dropped (stdout reader too slow): {}",
+                log.sample_rate(),
+                log.dropped()
             ),
         )
     }

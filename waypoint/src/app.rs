@@ -84,6 +84,7 @@ impl App {
         let status = telemetry.status.clone();
         status.set_certificate(cert.summary());
         status.set_config(&snapshot, config_source);
+        status.attach_access_log(access_log.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let client = Arc::new(HboneClient::new(
             Arc::new(ClientConfigs::new(cert)),

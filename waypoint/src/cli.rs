@@ -121,6 +121,33 @@ pub struct RunArgs {
     /// This cluster's id: the `destination_cluster` metric label.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
+    /// Where the waypoint's certificate comes from: `files` (--cert-chain/--key/--trust-bundle,
+    /// watched for rotation) or `istiod` (requested from the Istio CA and renewed).
+    #[arg(long, env = "WAYPOINT_CERT_PROVIDER", value_enum, default_value_t = CertProvider::Files)]
+    pub cert_provider: CertProvider,
+    /// Istio CA address (istiod's gRPC port), for `--cert-provider istiod`.
+    #[arg(long, env = "CA_ADDR", default_value = crate::identity::istio_ca::DEFAULT_CA_ADDRESS)]
+    pub ca_address: String,
+    /// TLS server name the CA's certificate must carry (default: the address's host;
+    /// `istiod.istio-system.svc` for localhost).
+    #[arg(long, env = "WAYPOINT_CA_SERVER_NAME")]
+    pub ca_server_name: Option<String>,
+    /// PEM root(s) of the mesh: verify the CA, and the trust bundle in istiod mode.
+    #[arg(
+        long,
+        env = "WAYPOINT_CA_ROOT",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub ca_root: PathBuf,
+    /// Projected service-account token sent to the CA as `authorization: Bearer`.
+    #[arg(long, env = "WAYPOINT_CA_TOKEN", default_value = crate::identity::istio_ca::DEFAULT_TOKEN_PATH)]
+    pub ca_token: PathBuf,
+    /// Validity requested for CA-issued certificates, in seconds.
+    #[arg(long, env = "WAYPOINT_CERT_VALIDITY_SECONDS", default_value_t = 86_400)]
+    pub cert_validity_seconds: u64,
+    /// Renew when this fraction of the remaining lifetime has passed (0 < f < 1).
+    #[arg(long, env = "WAYPOINT_CERT_RENEW_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub cert_renew_fraction: f64,
     /// A second Prometheus endpoint, e.g. `0.0.0.0:15090` where Envoy-based waypoints serve
     /// theirs. `none` (default) disables it.
     #[arg(long, env = "WAYPOINT_PROM_LISTEN", default_value = "none")]
@@ -132,6 +159,20 @@ pub struct RunArgs {
     /// Sliding window of the split audit (/splits), in seconds.
     #[arg(long, env = "WAYPOINT_SPLIT_WINDOW_SECONDS", default_value_t = 300)]
     pub split_window_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CertProvider {
+    Files,
+    Istiod,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction strictly between 0 and 1")),
+    }
 }
 
 /// A listen address, or `none`/`off` for no listener.

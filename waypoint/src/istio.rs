@@ -198,8 +198,10 @@ pub fn resolve(
             ]);
         }
     }
-    if let Some(ca) = env("CA_ADDR") {
-        ignored.push(format!("CA_ADDR {ca} (identity comes from files for now)"));
+    // istiod's template always asks for istiod-issued certificates (PILOT_CERT_PROVIDER, CA_ADDR
+    // read by clap); file-mounted certificates (WAYPOINT_CERT_CHAIN) or an explicit provider win.
+    if !set("WAYPOINT_CERT_PROVIDER") && !set("WAYPOINT_CERT_CHAIN") {
+        argv.extend(["--cert-provider".into(), "istiod".into()]);
     }
     let run = RunOnly::try_parse_from(&argv)
         .map_err(|e| format!("`proxy waypoint` settings: {e}"))?
@@ -281,6 +283,7 @@ mod tests {
             launch.run.expected_identity.as_deref(),
             Some("spiffe://example.org/ns/bookinfo/sa/waypoint")
         );
+        assert_eq!(launch.run.cert_provider, crate::cli::CertProvider::Istiod);
         let ignored = launch.ignored.join("\n");
         for flag in [
             "--domain",

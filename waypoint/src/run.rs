@@ -24,8 +24,10 @@ use tracing::{error, info, warn};
 use crate::access_log::{AccessLog, Sink};
 use crate::admin::{Admin, Role};
 use crate::app::{bind, App, Settings};
-use crate::cli::RunArgs;
-use crate::identity::{IdentityError, WorkloadCert};
+use crate::cli::{CertProvider, RunArgs};
+use crate::identity::{
+    read_token, request_certificate, CaClientConfig, IdentityError, SpiffeId, WorkloadCert,
+};
 use crate::logging::LogControl;
 use crate::status::Telemetry;
 
@@ -108,14 +110,29 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         Duration::from_secs(args.split_window_seconds.max(1)),
     );
     // What is present must be valid; what is missing is waited for (and readiness says why).
-    let cert = match load_identity(&args) {
-        Found::Ready(cert) => Some(cert),
-        Found::Missing(why) => {
+    let cert = match (args.cert_provider, load_identity(&args)) {
+        (CertProvider::Istiod, _) => {
+            if args.expected_identity.is_none() {
+                anyhow::bail!(
+                    "--cert-provider istiod needs the identity to request: set \
+                     --expected-identity (or run as `proxy waypoint` with POD_NAMESPACE and \
+                     SERVICE_ACCOUNT)"
+                );
+            }
+            let why = format!(
+                "requesting a certificate from the Istio CA at {}",
+                args.ca_address
+            );
+            telemetry.status.waiting_for("certificate", why);
+            None
+        }
+        (CertProvider::Files, Found::Ready(cert)) => Some(cert),
+        (CertProvider::Files, Found::Missing(why)) => {
             warn!("waiting for the waypoint's identity: {why}");
             telemetry.status.waiting_for("certificate", why);
             None
         }
-        Found::Invalid(e) => anyhow::bail!(e),
+        (CertProvider::Files, Found::Invalid(e)) => anyhow::bail!(e),
     };
     let snapshot = match load_config(&args.config, &args.trust_domain) {
         Found::Ready(s) => Some(s),
@@ -253,8 +270,25 @@ impl DataplaneService {
             status.waiting_for(what, why.lines().next().unwrap_or("").to_string());
             *last = Some(why);
         };
+        let mut backoff = Backoff::new();
+        let mut next_ca_attempt = std::time::Instant::now();
         loop {
-            if cert.is_none() {
+            if cert.is_none() && self.args.cert_provider == CertProvider::Istiod {
+                if std::time::Instant::now() >= next_ca_attempt {
+                    match fetch_identity(&self.args).await {
+                        Ok(c) => {
+                            info!(identity = ?c.summary(), "certificate issued by the Istio CA");
+                            status.set_certificate(c.summary());
+                            cert = Some(c);
+                        }
+                        Err(why) => {
+                            let delay = backoff.delay();
+                            next_ca_attempt = std::time::Instant::now() + delay;
+                            report(&mut last_cert, "certificate", why, false);
+                        }
+                    }
+                }
+            } else if cert.is_none() {
                 match load_identity(&self.args) {
                     Found::Ready(c) => {
                         info!(identity = ?c.summary(), "identity loaded");
@@ -329,7 +363,10 @@ impl BackgroundService for DataplaneService {
             }
         };
         info!("ready: serving HBONE");
-        let watcher = tokio::spawn(watch_identity(app.clone(), self.args.clone()));
+        let watcher = match self.args.cert_provider {
+            CertProvider::Files => tokio::spawn(watch_identity(app.clone(), self.args.clone())),
+            CertProvider::Istiod => tokio::spawn(renew_identity(app.clone(), self.args.clone())),
+        };
         app.serve(listener, shutdown).await;
         watcher.abort();
         self.telemetry.status.set_draining();
@@ -426,6 +463,106 @@ async fn watch_identity(app: Arc<App>, args: RunArgs) {
                     );
                 }
                 last_error = Some(why);
+            }
+        }
+    }
+}
+
+/// Retry delays for the CA: 0.5 s doubling to 30 s, each ±20 % so that replicas spread out.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2))
+    }
+}
+
+/// Ask the Istio CA for a certificate for `--expected-identity`.
+async fn fetch_identity(args: &RunArgs) -> Result<WorkloadCert, String> {
+    let id: SpiffeId = args
+        .expected_identity
+        .as_deref()
+        .ok_or("no identity to request (--expected-identity)")?
+        .parse()
+        .map_err(|e| format!("--expected-identity: {e}"))?;
+    let root = std::fs::read(&args.ca_root)
+        .map_err(|e| format!("mesh root {}: {e}", args.ca_root.display()))?;
+    let mut cfg = CaClientConfig::new(&args.ca_address, root);
+    if let Some(name) = &args.ca_server_name {
+        cfg.server_name = name.clone();
+    }
+    cfg.token = Some(read_token(&args.ca_token).map_err(|e| e.to_string())?);
+    cfg.cluster_id = args.cluster_id.clone();
+    cfg.validity = Duration::from_secs(args.cert_validity_seconds.max(1));
+    request_certificate(&cfg, &id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// istiod mode: renew when `--cert-renew-fraction` of the remaining lifetime has passed; retry
+/// failures with backoff while the current certificate keeps serving (readiness fails only
+/// once it has expired).
+async fn renew_identity(app: Arc<App>, args: RunArgs) {
+    let status = app.telemetry.status.clone();
+    loop {
+        let Some(current) = status.certificate() else {
+            return;
+        };
+        let remaining = (current.not_after_unix as f64 - unix_now()).max(0.0);
+        tokio::time::sleep(Duration::from_secs_f64(
+            remaining * args.cert_renew_fraction,
+        ))
+        .await;
+        let mut backoff = Backoff::new();
+        loop {
+            let renewed = match fetch_identity(&args).await {
+                Ok(cert) => {
+                    let summary = cert.summary();
+                    app.rotate(cert)
+                        .map(|()| summary)
+                        .map_err(|e| e.to_string())
+                }
+                Err(why) => Err(why),
+            };
+            match renewed {
+                Ok(new) => {
+                    info!(
+                        old_serial = %current.serial,
+                        new_serial = %new.serial,
+                        not_after = %new.not_after,
+                        "certificate renewed by the Istio CA"
+                    );
+                    break;
+                }
+                Err(why) => {
+                    status
+                        .cert_rejections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let delay = backoff.delay();
+                    warn!(
+                        "certificate renewal failed, retrying in {delay:?}; the current \
+                         certificate keeps serving until {}: {why}",
+                        current.not_after
+                    );
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }

@@ -58,6 +58,7 @@ pub struct Status {
     /// Certificate updates that could not be used (the current certificate kept serving).
     pub cert_rejections: AtomicU64,
     draining: std::sync::atomic::AtomicBool,
+    access_log: OnceLock<Arc<crate::access_log::AccessLog>>,
 }
 
 impl std::fmt::Debug for Status {
@@ -112,6 +113,11 @@ impl Status {
     /// Shutting down: readiness fails so that no new traffic is sent here.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The access log whose line counts the health metrics report.
+    pub fn attach_access_log(&self, log: Arc<crate::access_log::AccessLog>) {
+        let _first_wins = self.access_log.set(log);
     }
 
     pub fn attach(&self, dataplane: Dataplane) {
@@ -317,6 +323,24 @@ impl Collector for ProxyHealth {
                     },
                     1.0,
                 )],
+            )?;
+        }
+        if let Some(log) = status.access_log.get() {
+            let (written, sampled_out) = log.stats();
+            counter(
+                &mut e,
+                "waypoint_access_log_lines",
+                "Access log lines by outcome (dropped: the stdout reader could not keep up)",
+                &[
+                    (Reason { reason: "written" }, written),
+                    (
+                        Reason {
+                            reason: "sampled_out",
+                        },
+                        sampled_out,
+                    ),
+                    (Reason { reason: "dropped" }, log.dropped()),
+                ],
             )?;
         }
         let Some(dp) = status.dataplane() else {

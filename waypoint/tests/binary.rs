@@ -404,3 +404,95 @@ async fn identity_files_are_watched_and_bad_updates_keep_the_old_certificate() {
     drop(send);
     sigterm_and_wait(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istiod_certificates_are_requested_and_renewed_without_failed_requests() {
+    use waypoint::sim::ca_server;
+    let net = Net::new();
+    let ca = ca_server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let own = spiffe("waypoint");
+    ca.add_token("waypoint-token", &own);
+    let dir = temp_dir("istiod-ca");
+    std::fs::write(dir.join("istio-token"), "waypoint-token\n").unwrap();
+    std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
+    let config = temp_dir("istiod-config");
+    write_ratings_config(&net, &config);
+    let _ratings = RatingsPod::start(&net, ca.ca()).await;
+
+    let args: Vec<std::ffi::OsString> = vec![
+        "--cert-provider".into(),
+        "istiod".into(),
+        "--ca-address".into(),
+        ca.address().into(),
+        "--ca-server-name".into(),
+        ca.server_name().into(),
+        "--ca-root".into(),
+        dir.join("root-cert.pem").into(),
+        "--ca-token".into(),
+        dir.join("istio-token").into(),
+        "--expected-identity".into(),
+        own.to_string().into(),
+        "--cert-validity-seconds".into(),
+        "6".into(),
+    ];
+    let (mut child, addrs, stderr) = spawn_run_with(&config, &args);
+    let logs = collect(stderr.into_inner());
+    let _access_log = collect(child.stdout.take().unwrap());
+    poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
+    assert_eq!(ca.stats().issued, 1);
+    assert_eq!(ca.stats().last_cluster_id.as_deref(), Some("Kubernetes"));
+    assert_eq!(ca.stats().last_requested_validity, Some(6));
+    let first_serial = dumped_serial(addrs["admin"]).await;
+
+    // Requests keep flowing while the certificate is renewed (at half its 6 s lifetime) — and
+    // once more after two refused renewal attempts, retried with backoff.
+    let mut send = sim::ZtunnelClient::new(
+        ca.ca().issue(&spiffe("productpage")).unwrap().workload,
+        addrs["hbone"],
+        own.clone(),
+    )
+    .http1("10.0.0.20:9080".parse().unwrap())
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut requests = 0;
+    let mut failed_renewals_injected = false;
+    while ca.stats().issued < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "renewals did not happen: {:?}",
+            ca.stats()
+        );
+        if ca.stats().issued == 2 && !failed_renewals_injected {
+            ca.fail_next(2);
+            failed_renewals_injected = true;
+        }
+        ok_request(&mut send, &format!("renewal-{requests}")).await;
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok_request(&mut send, "after-renewals").await;
+    assert!(ca.stats().injected_failures >= 2, "{:?}", ca.stats());
+    assert_ne!(dumped_serial(addrs["admin"]).await, first_serial);
+    let (status, _) = waypoint_tests::http_request(addrs["health"], "GET", "/healthz/ready").await;
+    assert_eq!(status, 200);
+    // New handshakes present the renewed certificate.
+    let presented = waypoint_tests::presented_serial(
+        addrs["hbone"],
+        ca.ca().issue(&spiffe("probe")).unwrap().workload,
+        &own,
+    )
+    .await;
+    assert_eq!(presented, dumped_serial(addrs["admin"]).await);
+    let log = logs.lock().unwrap().join("\n");
+    assert!(
+        log.contains("certificate renewal failed, retrying"),
+        "{log}"
+    );
+    assert!(log.contains("certificate renewed by the Istio CA"), "{log}");
+    eprintln!("{requests} requests across 2 renewals, none failed");
+    drop(send);
+    sigterm_and_wait(child).await;
+}

@@ -101,10 +101,17 @@ enum Renderer {
     Json(JsonTemplate),
 }
 
+/// Lines waiting for the stdout writer thread; beyond this, lines are dropped (and counted)
+/// rather than blocking requests on a stalled log reader.
+pub const STDOUT_QUEUE: usize = 16 * 1024;
+
 pub struct AccessLog {
     format: Format,
     renderer: Renderer,
     sink: Sink,
+    /// For [`Sink::Stdout`]: the queue to the writer thread.
+    stdout: Option<std::sync::mpsc::SyncSender<String>>,
+    dropped: AtomicU64,
     request_headers: Vec<String>,
     response_headers: Vec<String>,
     /// `f64` bits of the sample rate, 0..=1.
@@ -168,10 +175,13 @@ impl AccessLog {
             Renderer::Json(j) => (j.request_headers(), j.response_headers()),
             Renderer::DefaultJson => (Vec::new(), Vec::new()),
         };
+        let stdout = matches!(sink, Sink::Stdout).then(stdout_writer);
         Self {
             format,
             renderer,
             sink,
+            stdout,
+            dropped: AtomicU64::new(0),
             request_headers,
             response_headers,
             sample_rate: AtomicU64::new(1.0f64.to_bits()),
@@ -218,6 +228,11 @@ impl AccessLog {
         )
     }
 
+    /// Lines dropped because the stdout writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// The line for `entry` in this log's format (no trailing newline).
     pub fn render(&self, entry: &Entry) -> String {
         match &self.renderer {
@@ -245,13 +260,41 @@ impl AccessLog {
         match &self.sink {
             Sink::Off => {}
             Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                // A closed stdout must not take the proxy down; the line is lost, not the request.
-                let _ignored = writeln!(out, "{line}");
+                // Requests never wait on stdout: a full queue (a reader that stopped reading)
+                // drops the line and counts it.
+                let queued = self
+                    .stdout
+                    .as_ref()
+                    .is_some_and(|q| q.try_send(line).is_ok());
+                if !queued {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Sink::Memory(lines) => lines.lock().push(line),
         }
     }
+}
+
+/// A thread that writes queued lines to stdout, flushing whenever the queue runs empty. A closed
+/// stdout must not take the proxy down: lines are then lost, not requests.
+fn stdout_writer() -> std::sync::mpsc::SyncSender<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(STDOUT_QUEUE);
+    let spawned = std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            while let Ok(line) = rx.recv() {
+                let _ = writeln!(out, "{line}");
+                while let Ok(line) = rx.try_recv() {
+                    let _ = writeln!(out, "{line}");
+                }
+                let _ = out.flush();
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("cannot start the access log writer thread: {e}");
+    }
+    tx
 }
 
 /// The timestamp format Envoy uses for `%START_TIME%`.

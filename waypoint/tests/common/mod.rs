@@ -103,14 +103,27 @@ pub fn spawn_run(
     config: &std::path::Path,
     certs: &std::path::Path,
 ) -> (
-    std::process::Child,
+    Waypoint,
+    std::collections::HashMap<String, SocketAddr>,
+    BufReader<std::process::ChildStderr>,
+) {
+    spawn_run_with(config, &cert_args(certs))
+}
+
+/// `waypoint run` on `config` with `identity_args` (certificate flags) and the settings of
+/// [`spawn_run`].
+pub fn spawn_run_with(
+    config: &std::path::Path,
+    identity_args: &[std::ffi::OsString],
+) -> (
+    Waypoint,
     std::collections::HashMap<String, SocketAddr>,
     BufReader<std::process::ChildStderr>,
 ) {
     let mut cmd = Command::new(binary());
     cmd.args(["run", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
-        .args(cert_args(certs))
+        .args(identity_args)
         .args([
             "--access-log-format",
             "json",
@@ -129,15 +142,16 @@ pub fn spawn_announcing(
     cmd: &mut Command,
     listeners: usize,
 ) -> (
-    std::process::Child,
+    Waypoint,
     std::collections::HashMap<String, SocketAddr>,
     BufReader<std::process::ChildStderr>,
 ) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Waypoint(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut addrs = std::collections::HashMap::new();
     while addrs.len() < listeners {
@@ -162,7 +176,7 @@ pub fn spawn_announcing(
 }
 
 /// SIGTERM, then the process must exit 0 within 20 s.
-pub async fn sigterm_and_wait(mut child: std::process::Child) {
+pub async fn sigterm_and_wait(mut child: Waypoint) {
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -221,5 +235,30 @@ pub async fn poll_until(
             "{path} never reached the expected state; last: {status} {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A running `waypoint` process, killed if the test ends (or panics) before it exited.
+pub struct Waypoint(pub std::process::Child);
+
+impl std::ops::Deref for Waypoint {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Waypoint {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Waypoint {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
