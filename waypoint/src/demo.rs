@@ -57,6 +57,8 @@ pub struct BenchOptions {
     pub down: std::collections::HashSet<std::net::IpAddr>,
     /// Access log template (Envoy command operators; a json_format object for JSON).
     pub access_log_template: Option<String>,
+    /// Further client trust domains the waypoint accepts.
+    pub trust_domain_aliases: Vec<String>,
 }
 
 impl Default for BenchOptions {
@@ -67,6 +69,7 @@ impl Default for BenchOptions {
             pod_identity: Default::default(),
             down: Default::default(),
             access_log_template: None,
+            trust_domain_aliases: Vec::new(),
         }
     }
 }
@@ -112,6 +115,7 @@ impl Bench {
             ref pod_identity,
             ref down,
             ref access_log_template,
+            ref trust_domain_aliases,
         } = opts;
         crate::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
@@ -160,6 +164,9 @@ impl Bench {
         let cert = ca.issue(&waypoint_id)?;
         let mut settings = Settings::new(TRUST_DOMAIN);
         settings.upstream_hbone_port = hbone_port;
+        settings
+            .trust_domains
+            .extend(trust_domain_aliases.iter().cloned());
         let access_lines = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(AccessLog::with_template(
             format,

@@ -455,4 +455,22 @@ mod tests {
         status.set_config(&Snapshot::empty(), "files");
         assert_eq!(status.readiness().unwrap_err().len(), 1);
     }
+
+    #[test]
+    fn an_expired_certificate_is_not_ready() {
+        let status = Status::new();
+        status.set_config(&Snapshot::empty(), "files");
+        status.set_certificate(IdentitySummary {
+            spiffe_id: "spiffe://cluster.local/ns/default/sa/waypoint".into(),
+            serial: "01".into(),
+            not_after: "Jan  1 00:00:00 2021 +00:00".into(),
+            not_after_unix: 1_609_459_200,
+            roots: 1,
+        });
+        let missing = status.readiness().unwrap_err();
+        assert_eq!(
+            missing,
+            vec!["certificate spiffe://cluster.local/ns/default/sa/waypoint expired at Jan  1 00:00:00 2021 +00:00".to_string()]
+        );
+    }
 }

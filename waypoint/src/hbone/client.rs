@@ -77,7 +77,14 @@ struct Conn {
 }
 
 /// Decrements a connection's active stream count when the tunnel ends.
-pub struct StreamSlot(Arc<AtomicUsize>);
+pub struct StreamSlot(Arc<AtomicUsize>, u64);
+
+impl StreamSlot {
+    /// The certificate generation of the connection this stream rides on.
+    pub fn generation(&self) -> u64 {
+        self.1
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -113,6 +120,11 @@ impl HboneClient {
         self.tls.store(tls);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.conns.lock().clear();
+    }
+
+    /// Bumped by every [`HboneClient::rotate`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// (pooled HBONE connections, CONNECT streams open on them) right now.
@@ -186,7 +198,11 @@ impl HboneClient {
                             )
                             .is_ok()
                     {
-                        return Ok((conn.send.clone(), StreamSlot(conn.active.clone()), false));
+                        return Ok((
+                            conn.send.clone(),
+                            StreamSlot(conn.active.clone(), generation),
+                            false,
+                        ));
                     }
                 }
             }
@@ -201,7 +217,7 @@ impl HboneClient {
                 generation,
             });
         }
-        Ok((send, StreamSlot(active), true))
+        Ok((send, StreamSlot(active, generation), true))
     }
 
     async fn dial(

@@ -103,8 +103,12 @@ impl TunnelPool {
     fn take_idle(&self, key: &TunnelKey) -> Option<IdleTunnel> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(key)?;
+        let generation = self.client.generation();
         while let Some(mut t) = list.pop() {
-            if t.since.elapsed() < TUNNEL_IDLE_TIMEOUT && t.stream.is_reusable() {
+            if t.since.elapsed() < TUNNEL_IDLE_TIMEOUT
+                && t.slot.generation() == generation
+                && t.stream.is_reusable()
+            {
                 return Some(t);
             }
         }
@@ -112,6 +116,11 @@ impl TunnelPool {
     }
 
     fn put_idle(&self, key: TunnelKey, stream: H2Stream, slot: StreamSlot) {
+        // A tunnel on a connection from before a certificate rotation is not kept: it would keep
+        // that connection (and its old certificate) alive.
+        if slot.generation() != self.client.generation() {
+            return;
+        }
         let mut idle = self.idle.lock();
         let list = idle.entry(key).or_default();
         list.retain(|t| t.since.elapsed() < TUNNEL_IDLE_TIMEOUT);
