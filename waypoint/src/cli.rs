@@ -35,6 +35,9 @@ pub enum Command {
     /// SERVICE_ACCOUNT, TRUST_DOMAIN, ISTIO_META_CLUSTER_ID, PROXY_CONFIG, WAYPOINT_*); agent
     /// flags without meaning here are accepted and ignored.
     Proxy(ProxyArgs),
+    /// Check a config directory without running: one line per problem (file, document,
+    /// resource, field); exit 0 when valid, 1 when not.
+    Validate(crate::validate::ValidateArgs),
     /// Run the bookinfo reviews canary (v1 90% / v2 10%) on loopback, in one process, and print
     /// the access log and the observed split.
     Demo(DemoArgs),
@@ -156,6 +159,9 @@ pub struct RunArgs {
     /// TRUST_DOMAIN, POD_NAMESPACE and SERVICE_ACCOUNT).
     #[arg(long, env = "WAYPOINT_EXPECTED_IDENTITY")]
     pub expected_identity: Option<String>,
+    /// How often the config directory is read for changes (hot reload), in milliseconds.
+    #[arg(long, env = "WAYPOINT_RELOAD_INTERVAL_MS", default_value_t = 250)]
+    pub reload_interval_ms: u64,
     /// Sliding window of the split audit (/splits), in seconds.
     #[arg(long, env = "WAYPOINT_SPLIT_WINDOW_SECONDS", default_value_t = 300)]
     pub split_window_seconds: u64,
@@ -251,6 +257,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => crate::run::run(*args, logs),
         Command::Manifest(args) => crate::manifest::print(&args),
         Command::Proxy(_) => unreachable!("handled above"),
+        Command::Validate(args) => std::process::exit(crate::validate::run(&args)),
     }
 }
 

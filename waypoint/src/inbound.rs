@@ -103,6 +103,7 @@ impl Inbound {
             downstream_local_address: info.original_dst.to_string(),
             downstream_remote_address: info.source_addr.to_string(),
             source_principal: info.source_identity.to_string(),
+            config_version: snapshot.version(),
             ..Default::default()
         };
         let mut dest_service: Option<Service> = None;

@@ -19,3 +19,4 @@ pub mod sim;
 pub mod splits;
 pub mod status;
 pub mod tunnel;
+pub mod validate;

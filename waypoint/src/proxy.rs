@@ -517,6 +517,7 @@ impl ProxyHttp for Waypoint {
                 .map(|r| capture(&r.headers, self.access_log.response_headers()))
                 .unwrap_or_default(),
             attempt_count: ctx.tried.len().max(1) as u32,
+            config_version: ctx.snapshot.version(),
             ..Default::default()
         };
         self.record_metrics(session, ctx, &entry);

@@ -367,8 +367,10 @@ impl BackgroundService for DataplaneService {
             CertProvider::Files => tokio::spawn(watch_identity(app.clone(), self.args.clone())),
             CertProvider::Istiod => tokio::spawn(renew_identity(app.clone(), self.args.clone())),
         };
+        let reloader = tokio::spawn(watch_config(app.clone(), self.args.clone()));
         app.serve(listener, shutdown).await;
         watcher.abort();
+        reloader.abort();
         self.telemetry.status.set_draining();
         // SIGTERM: the listener is closed and every connection has sent GOAWAY. Exit as soon as
         // the last one has drained, or when the drain time is up (pingora's grace period, set
@@ -564,6 +566,78 @@ async fn renew_identity(app: Arc<App>, args: RunArgs) {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+}
+
+/// What the config directory holds now: (file name, content hash) of every YAML file, sorted.
+fn config_fingerprint(dir: &Path) -> Result<Vec<(String, u64)>, std::io::ErrorKind> {
+    use std::hash::{Hash, Hasher};
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.kind())? {
+        let path = entry.map_err(|e| e.kind())?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| e.kind())?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        out.push((name, h.finish()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Hot reload: the config directory is read every `--reload-interval-ms`; a change is loaded
+/// once the files have been stable for one read, off the request path, and published with one
+/// atomic swap (requests in flight finish on the snapshot they started with). An invalid edit
+/// is rejected, logged once, counted, and the last good config keeps serving.
+async fn watch_config(app: Arc<App>, args: RunArgs) {
+    let interval = Duration::from_millis(args.reload_interval_ms.max(10));
+    let status = app.telemetry.status.clone();
+    let mut applied = config_fingerprint(&args.config);
+    let mut previous = applied.clone();
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = config_fingerprint(&args.config);
+        let stable = now == previous;
+        previous = now.clone();
+        if !stable || now == applied {
+            continue;
+        }
+        applied = now;
+        let (dir, td) = (args.config.clone(), args.trust_domain.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &td)).await;
+        match loaded {
+            Ok(Found::Ready(snapshot)) => {
+                for w in snapshot.warnings() {
+                    warn!("{w}");
+                }
+                info!(
+                    version = snapshot.version(),
+                    services = snapshot.services().count(),
+                    "config reloaded"
+                );
+                app.publish(snapshot, "files");
+                last_error = None;
+            }
+            Ok(Found::Missing(why) | Found::Invalid(why)) => {
+                status
+                    .config_rejections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if last_error.as_ref() != Some(&why) {
+                    // One log line per rejection, however many problems it has.
+                    let problems = why.replace('\n', "; ");
+                    warn!("config update rejected, the last good config keeps serving: {problems}");
+                }
+                last_error = Some(why);
+            }
+            Err(e) => warn!(error = %e, "config reload task failed"),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Entry {
     pub route_name: String,
     /// The `traceparent` of the HBONE CONNECT that carried the request: links it to its tunnel.
     pub tunnel_traceparent: String,
+    /// Version of the routing snapshot the request was served by.
+    pub config_version: u64,
     /// Request headers the template reads (names lowercase; [`AccessLog::request_headers`]).
     #[serde(skip)]
     pub request_headers: Vec<(String, String)>,
@@ -375,6 +377,7 @@ mod tests {
             "source_principal",
             "route_name",
             "tunnel_traceparent",
+            "config_version",
         ];
         want.sort_unstable();
         assert_eq!(keys, want);

@@ -16,7 +16,8 @@
 //! `UPSTREAM_REMOTE_ADDRESS`), `UPSTREAM_CLUSTER` (alias `UPSTREAM_CLUSTER_RAW`),
 //! `UPSTREAM_LOCAL_ADDRESS`, `DOWNSTREAM_LOCAL_ADDRESS`, `DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT`,
 //! `DOWNSTREAM_REMOTE_ADDRESS`, `DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT`,
-//! `DOWNSTREAM_PEER_URI_SAN`, `REQUESTED_SERVER_NAME`, `ROUTE_NAME`, `HOSTNAME`,
+//! `DOWNSTREAM_PEER_URI_SAN`, `REQUESTED_SERVER_NAME`, `ROUTE_NAME`, `HOSTNAME`, `CONFIG_VERSION`
+//! (waypoint extension: the routing snapshot that served the request),
 //! `UPSTREAM_REQUEST_ATTEMPT_COUNT`, `TRACE_ID` (from the request's `traceparent`), and the
 //! waypoint extension `TUNNEL_TRACEPARENT` (the `traceparent` of the HBONE CONNECT that carried
 //! the request, linking it to its tunnel).
@@ -124,6 +125,7 @@ enum Op {
     UpstreamRequestAttemptCount,
     TraceId,
     TunnelTraceparent,
+    ConfigVersion,
 }
 
 /// Argument shape an operator takes.
@@ -178,6 +180,7 @@ fn lookup(name: &str) -> Option<(Op, Args)> {
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => (UpstreamRequestAttemptCount, Args::None),
         "TRACE_ID" => (TraceId, Args::None),
         "TUNNEL_TRACEPARENT" => (TunnelTraceparent, Args::None),
+        "CONFIG_VERSION" => (ConfigVersion, Args::None),
         _ => return None,
     })
 }
@@ -193,6 +196,7 @@ impl Op {
                 | Op::Duration
                 | Op::ResponseDuration
                 | Op::UpstreamRequestAttemptCount
+                | Op::ConfigVersion
         )
     }
 }
@@ -398,6 +402,7 @@ impl Op {
                 None => Val::Absent,
             },
             Op::TunnelTraceparent => opt_str(&e.tunnel_traceparent),
+            Op::ConfigVersion => Val::Num(e.config_version),
         }
     }
 }
@@ -975,6 +980,7 @@ mod tests {
             requested_server_name: "outbound_.9080_._.reviews.default.svc.cluster.local".into(),
             connection_termination_details: "".into(),
             attempt_count: 2,
+            config_version: 7,
             tunnel_traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
         }
     }
@@ -1052,6 +1058,7 @@ mod tests {
                 "outbound_.9080_._.reviews.default.svc.cluster.local",
             ),
             ("%ROUTE_NAME%", "reviews.0"),
+            ("%CONFIG_VERSION%", "7"),
             ("%HOSTNAME%", host),
             ("%UPSTREAM_REQUEST_ATTEMPT_COUNT%", "2"),
             ("%TRACE_ID%", "4bf92f3577b34da6a3ce929d0e0e4736"),

@@ -63,15 +63,20 @@ impl RatingsPod {
     }
 
     pub async fn start(net: &Net, ca: &Ca) -> Self {
+        Self::start_at(net, ca, 1, "ratings-v1").await
+    }
+
+    /// A ratings pod named `name` at `@host` (app on :9080, HBONE on :15008).
+    pub async fn start_at(net: &Net, ca: &Ca, host: u8, name: &str) -> Self {
         let app = sim::start_app(
-            SocketAddr::new(net.ip(1), 9080),
-            "ratings-v1",
+            SocketAddr::new(net.ip(host), 9080),
+            name,
             sim::AppKind::Http,
         )
         .await
         .unwrap();
         let cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
-        let pod = sim::start_pod(SocketAddr::new(net.ip(1), 15008), &cert.workload)
+        let pod = sim::start_pod(SocketAddr::new(net.ip(host), 15008), &cert.workload)
             .await
             .unwrap();
         Self { app, _pod: pod }
