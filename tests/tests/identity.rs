@@ -203,3 +203,53 @@ async fn several_roots_and_trust_domain_aliases() {
     }
     assert_eq!(rejected(), 2);
 }
+
+/// Outbound leg: an endpoint whose node presents an expired, not-yet-valid, foreign-CA or
+/// foreign-trust-domain certificate is refused (503, UF, tls_handshake_failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_endpoint_certificates_are_refused() {
+    use waypoint::sim::PodCert;
+    let cases = [
+        PodCert::Expired,
+        PodCert::NotYetValid,
+        PodCert::ForeignCa,
+        PodCert::TrustDomain("other.example".into()),
+    ];
+    let mut yaml = String::new();
+    for i in 0..cases.len() {
+        let name = format!("svc{i}");
+        yaml += &waypoint_tests::service_yaml(&name, &format!("10.0.0.{}", 60 + i), 9080, "http");
+        yaml += &waypoint_tests::workload_yaml(
+            &format!("{name}-v1"),
+            &format!("@{}", i + 1),
+            &name,
+            "v1",
+            &name,
+        );
+    }
+    let mesh = Mesh::start_with(&yaml, |net, o| {
+        for (i, case) in cases.iter().enumerate() {
+            o.pod_cert.insert(net.ip(i as u8 + 1), case.clone());
+        }
+    })
+    .await;
+    let client = mesh.client();
+    for (i, case) in cases.iter().enumerate() {
+        let vip = format!("10.0.0.{}:9080", 60 + i);
+        let mut send = client.http1(vip.parse().unwrap()).await.unwrap();
+        let (parts, _) = waypoint::sim::get(&mut send, &format!("svc{i}:9080"), "/", &[])
+            .await
+            .unwrap();
+        assert_eq!(parts.status, 503, "{case:?}");
+        let log = mesh.wait_for_log_lines(i + 1).await;
+        let line = &log[i];
+        assert!(
+            line["response_flags"].as_str().unwrap().contains("UF"),
+            "{case:?}: {line}"
+        );
+        assert_eq!(
+            line["upstream_transport_failure_reason"], "tls_handshake_failure",
+            "{case:?}"
+        );
+    }
+}

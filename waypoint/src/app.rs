@@ -138,6 +138,10 @@ impl App {
         self.server.set_tls(tls);
         self.pool.rotate(client);
         self.telemetry.status.set_certificate(summary);
+        self.telemetry
+            .status
+            .cert_rotations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -53,6 +53,8 @@ pub struct BenchOptions {
     pub format: Format,
     /// Pods that present this identity instead of the one their WorkloadEntry declares.
     pub pod_identity: std::collections::HashMap<std::net::IpAddr, SpiffeId>,
+    /// Pods whose node presents a faulty certificate instead of a good one.
+    pub pod_cert: std::collections::HashMap<std::net::IpAddr, sim::PodCert>,
     /// Endpoints whose HBONE terminator is not started (node down).
     pub down: std::collections::HashSet<std::net::IpAddr>,
     /// Access log template (Envoy command operators; a json_format object for JSON).
@@ -67,6 +69,7 @@ impl Default for BenchOptions {
             hbone_port: crate::hbone::HBONE_PORT,
             format: Format::Text,
             pod_identity: Default::default(),
+            pod_cert: Default::default(),
             down: Default::default(),
             access_log_template: None,
             trust_domain_aliases: Vec::new(),
@@ -113,6 +116,7 @@ impl Bench {
             hbone_port,
             format,
             ref pod_identity,
+            ref pod_cert,
             ref down,
             ref access_log_template,
             ref trust_domain_aliases,
@@ -146,7 +150,10 @@ impl Bench {
                         Some(id) => id.clone(),
                         None => endpoint.identity.parse()?,
                     };
-                    let cert = ca.issue(&id)?;
+                    let cert = match pod_cert.get(&endpoint.address) {
+                        Some(faulty) => faulty.mint(&ca, &id)?,
+                        None => ca.issue(&id)?,
+                    };
                     pods.push(
                         sim::start_pod(hbone, &cert.workload)
                             .await

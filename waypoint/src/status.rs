@@ -57,6 +57,8 @@ pub struct Status {
     pub config_rejections: AtomicU64,
     /// Certificate updates that could not be used (the current certificate kept serving).
     pub cert_rejections: AtomicU64,
+    /// Certificates replaced on a running data path.
+    pub cert_rotations: AtomicU64,
     draining: std::sync::atomic::AtomicBool,
     access_log: OnceLock<Arc<crate::access_log::AccessLog>>,
 }
@@ -287,6 +289,12 @@ impl Collector for ProxyHealth {
                 cert.not_after_unix as f64,
             )?;
         }
+        scalar_counter(
+            &mut e,
+            "waypoint_certificate_rotations",
+            "Certificates replaced while serving (files changed or renewed by the CA)",
+            load(&status.cert_rotations),
+        )?;
         scalar_counter(
             &mut e,
             "waypoint_certificate_rejected",

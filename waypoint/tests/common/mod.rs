@@ -50,7 +50,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// ratings-v1 at @1: the app on :9080 and its node's HBONE terminator on :15008.
 pub struct RatingsPod {
     pub app: sim::AppHandle,
-    _pod: sim::PodHandle,
+    pub pod: sim::PodHandle,
 }
 
 impl RatingsPod {
@@ -79,7 +79,7 @@ impl RatingsPod {
         let pod = sim::start_pod(SocketAddr::new(net.ip(host), 15008), &cert.workload)
             .await
             .unwrap();
-        Self { app, _pod: pod }
+        Self { app, pod }
     }
 }
 
