@@ -6,14 +6,14 @@
 
 use crate::hosts::kube_aliases;
 use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
-use crate::model::{
-    DestinationRule, Endpoint, LbPolicy, Protocol, Service, ServicePort, VirtualService,
-};
+use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
+use crate::policy::{ClusterPolicy, TrafficPolicy};
 use crate::snapshot::{PortClusters, RouteEntry, Snapshot};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
@@ -44,8 +44,9 @@ impl SnapshotBuilder {
         self
     }
 
-    /// Routes of several VirtualServices for one host are concatenated in the
-    /// order they are added.
+    /// Add in precedence order (istiod: creation time). Only the first
+    /// VirtualService with HTTP routes that names a host applies to it; later
+    /// ones for the same host are kept (config dump, explain) but not routed by.
     pub fn virtual_service(&mut self, vs: VirtualService) -> &mut Self {
         self.virtual_services.push(vs);
         self
@@ -63,6 +64,13 @@ impl SnapshotBuilder {
     }
 
     pub fn build(self) -> Snapshot {
+        self.build_at(Instant::now())
+    }
+
+    /// [`build`](Self::build) with an explicit clock: `now` is when the
+    /// clusters' endpoints joined (warmup start, unless carried over from the
+    /// previous snapshot) and the start of their outlier-detection intervals.
+    pub fn build_at(self, now: Instant) -> Snapshot {
         let mut snap = Snapshot {
             version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
             warnings: self.warnings,
@@ -105,15 +113,27 @@ impl SnapshotBuilder {
                 snap.by_host.entry(alias).or_insert(si);
             }
         }
-        for vs in &self.virtual_services {
+        // A waypoint uses the first VirtualService with HTTP routes for a service
+        // (istiod, pilot/pkg/networking/core/listener_waypoint.go:
+        // buildWaypointInboundHTTPRouteConfig); routes are never merged across them.
+        for vs in self
+            .virtual_services
+            .iter()
+            .filter(|vs| !vs.http.is_empty())
+        {
             let id = vs.id();
             for host in &vs.hosts {
-                let entries = snap.routes.entry(host.clone()).or_default();
-                entries.extend(vs.http.iter().enumerate().map(|(index, route)| RouteEntry {
-                    virtual_service: id.clone(),
-                    index,
-                    route: route.clone(),
-                }));
+                snap.routes.entry(host.clone()).or_insert_with(|| {
+                    vs.http
+                        .iter()
+                        .enumerate()
+                        .map(|(index, route)| RouteEntry {
+                            virtual_service: id.clone(),
+                            index,
+                            route: route.clone(),
+                        })
+                        .collect()
+                });
             }
         }
         let mut rules: HashMap<&str, &DestinationRule> = HashMap::new();
@@ -125,7 +145,12 @@ impl SnapshotBuilder {
             let per_port = service
                 .ports
                 .iter()
-                .map(|port| (port.number, port_clusters(service, port, endpoints, dr)))
+                .map(|port| {
+                    (
+                        port.number,
+                        port_clusters(service, port, endpoints, dr, now),
+                    )
+                })
                 .collect();
             snap.clusters.insert(service.hostname.clone(), per_port);
         }
@@ -140,26 +165,36 @@ fn port_clusters(
     port: &ServicePort,
     endpoints: &[Arc<Endpoint>],
     dr: Option<&DestinationRule>,
+    now: Instant,
 ) -> PortClusters {
     let proto = if port.protocol == Protocol::Tcp {
         "tcp"
     } else {
         "http"
     };
-    let top_lb = dr.and_then(|d| d.lb).unwrap_or_default();
-    let make = |subset: Option<&str>, lb: LbPolicy, labels: Option<&BTreeMap<String, String>>| {
+    let top = dr.and_then(|d| d.traffic_policy.as_ref());
+    let make = |subset: Option<&str>,
+                subset_policy: Option<&TrafficPolicy>,
+                labels: Option<&BTreeMap<String, String>>| {
         let eps = endpoints
             .iter()
             .filter(|e| labels.is_none_or(|l| e.matches_labels(l)))
-            .map(|e| ClusterEndpoint::new(e.clone(), SocketAddr::new(e.address, port.target_port)))
+            .map(|e| {
+                ClusterEndpoint::new_at(
+                    e.clone(),
+                    SocketAddr::new(e.address, port.target_port),
+                    now,
+                )
+            })
             .collect();
-        Cluster::new(
+        Cluster::with_policy(
             cluster_name(&service.hostname, port.number, proto, subset),
             service.hostname.clone(),
             port.number,
             subset.map(str::to_string),
-            lb,
+            ClusterPolicy::merge(top, subset_policy, port.number),
             eps,
+            now,
         )
     };
     let subsets = dr
@@ -167,14 +202,16 @@ fn port_clusters(
             d.subsets
                 .iter()
                 .map(|s| {
-                    let lb = s.lb.unwrap_or(top_lb);
-                    (s.name.clone(), make(Some(&s.name), lb, Some(&s.labels)))
+                    (
+                        s.name.clone(),
+                        make(Some(&s.name), s.traffic_policy.as_ref(), Some(&s.labels)),
+                    )
                 })
                 .collect()
         })
         .unwrap_or_default();
     PortClusters {
-        all: make(None, top_lb, None),
+        all: make(None, None, None),
         subsets,
     }
 }

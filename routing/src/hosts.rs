@@ -15,6 +15,19 @@ pub fn expand_host(host: &str, namespace: &str) -> String {
     }
 }
 
+/// Do two (possibly wildcarded) hostnames overlap? Istio's `host.Name.Matches`
+/// (`pkg/config/host/name.go`): `*.example.com` covers `a.example.com` and
+/// `a.b.example.com` but not `example.com`; `*` covers everything; two plain
+/// names must be equal. Both sides are expected lowercased.
+pub fn hosts_overlap(a: &str, b: &str) -> bool {
+    match (a.strip_prefix('*'), b.strip_prefix('*')) {
+        (Some(sa), Some(sb)) => sa.ends_with(sb) || sb.ends_with(sa),
+        (Some(sa), None) => b.ends_with(sa),
+        (None, Some(sb)) => a.ends_with(sb),
+        (None, None) => a == b,
+    }
+}
+
 /// Strip a trailing `:port` from a Host/authority value and lowercase it.
 /// `[v6]:port` and bare `[v6]` keep the bracketed address.
 pub fn normalize_authority(host: &str) -> String {
@@ -64,6 +77,17 @@ mod tests {
         );
         assert_eq!(expand_host("api.example.com", "x"), "api.example.com");
         assert_eq!(expand_host("*", "x"), "*");
+    }
+
+    #[test]
+    fn overlap() {
+        assert!(hosts_overlap("*.example.com", "a.example.com"));
+        assert!(hosts_overlap("a.b.example.com", "*.example.com"));
+        assert!(!hosts_overlap("*.example.com", "example.com"));
+        assert!(hosts_overlap("*", "reviews.default.svc.cluster.local"));
+        assert!(hosts_overlap("*.com", "*.example.com"));
+        assert!(!hosts_overlap("a.example.com", "b.example.com"));
+        assert!(hosts_overlap("a.example.com", "a.example.com"));
     }
 
     #[test]

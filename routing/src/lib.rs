@@ -4,23 +4,41 @@
 
 mod builder;
 mod error;
+mod explain;
+mod hash;
 mod hosts;
 mod lb;
 mod matching;
 mod model;
+mod outlier;
+mod policy;
+mod pool;
 mod snapshot;
 mod weighted;
 pub mod yaml;
 
 pub use builder::SnapshotBuilder;
 pub use error::{DocRef, LoadError, LoadErrors};
+pub use explain::{ExplainedDecision, RouteExplanation, RouteTrace};
+pub use hash::{
+    cookie_to_set, cookie_value, hash_bytes, hash_key, HashRequest, RequestHash, SetCookie,
+    SimpleHashRequest,
+};
 pub use hosts::{expand_host, normalize_authority, CLUSTER_DOMAIN};
 pub use lb::{cluster_name, ActiveGuard, Cluster, ClusterEndpoint};
-pub use matching::{RequestView, SimpleRequest};
+pub use matching::{query_param, Miss, RequestView, SimpleRequest};
 pub use model::{
-    labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, Protocol,
-    RouteDestination, RouteMatch, Service, ServicePort, StringMatch, Subset, VirtualService,
+    labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, MatchRegex,
+    Protocol, RouteDestination, RouteMatch, Service, ServicePort, StringMatch, Subset,
+    VirtualService,
 };
+pub use outlier::{Ejection, EjectionKind, Outcome};
+pub use policy::{
+    format_duration, ClusterPolicy, ConnectionPool, ConsistentHash, HashAlgorithm, HashKey,
+    HttpCookie, HttpSettings, LoadBalancer, OutlierDetection, OutlierSettings, PoolLimits,
+    PortTrafficPolicy, TcpSettings, TrafficPolicy, Warmup,
+};
+pub use pool::{Overflow, PoolGuard, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
 pub use weighted::pick_weighted;
 pub use yaml::{load_dir, load_str};
@@ -35,6 +53,7 @@ mod tests {
         assert_send_sync::<Snapshot>();
         assert_send_sync::<std::sync::Arc<Snapshot>>();
         assert_send_sync::<ActiveGuard>();
+        assert_send_sync::<PoolGuard>();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! These are plain data types; the snapshot builder turns them into indexed
 //! lookup tables and precomputed [`crate::Cluster`]s.
 
+use crate::policy::TrafficPolicy;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -116,23 +117,124 @@ pub fn spiffe_identity(trust_domain: &str, namespace: &str, service_account: &st
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
-/// A string condition. More variants (e.g. regex) will be added, hence
-/// `#[non_exhaustive]`; use [`StringMatch::matches`] rather than matching on it.
+/// A string condition (Istio `StringMatch`). `#[non_exhaustive]`: use
+/// [`StringMatch::matches`] rather than matching on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
+    /// RE2-style regex that must match the WHOLE value (Envoy `safe_regex`).
+    Regex(MatchRegex),
+    /// An empty StringMatch `{}`: the value only has to be present (Envoy
+    /// `present_match`); as a `uri` condition it matches every path.
+    Present,
 }
 
-/// One `match` block of an HTTP route: all present conditions must hold.
+/// A compiled regex of a [`StringMatch::Regex`], anchored to a full match
+/// (`^(?:source)$`). Compares and serializes as its source text.
+#[derive(Debug, Clone)]
+pub struct MatchRegex {
+    source: String,
+    anchored: regex::Regex,
+}
+
+impl MatchRegex {
+    /// Compile `source` for full matching. The error is the regex parser's
+    /// reason, without the pattern (e.g. `unclosed group`).
+    pub fn new(source: &str) -> Result<MatchRegex, String> {
+        // Check the pattern as written first, so a reason never shows our wrapper.
+        regex::Regex::new(source).map_err(|e| regex_reason(&e))?;
+        let anchored =
+            regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| regex_reason(&e))?;
+        Ok(MatchRegex {
+            source: source.to_string(),
+            anchored,
+        })
+    }
+
+    /// The regex as configured.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Does the regex match all of `value`?
+    pub fn is_match(&self, value: &str) -> bool {
+        self.anchored.is_match(value)
+    }
+}
+
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.lines().next().unwrap_or("invalid").trim().to_string())
+}
+
+impl PartialEq for MatchRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for MatchRegex {}
+
+impl Serialize for MatchRegex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+/// One `match` block of an HTTP route (Istio `HTTPMatchRequest`): all present
+/// conditions must hold. See `matching.rs` for the exact semantics.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct RouteMatch {
+    /// Against `:path`: `exact`/`regex` without the query string, `prefix` with it.
     pub uri: Option<StringMatch>,
-    /// (lowercased header name, condition)
+    /// `uri` `exact`/`prefix` compare ASCII case-insensitively (not `regex`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub ignore_uri_case: bool,
+    /// Against `:scheme`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StringMatch>,
+    /// Against `:method`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    /// Against `:authority` (Host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StringMatch>,
+    /// (lowercased header name, condition); an absent header never matches.
     pub headers: Vec<(String, StringMatch)>,
+    /// (lowercased header name, condition): holds when the condition does NOT;
+    /// an absent header counts as `""` (Envoy `treat_missing_header_as_empty`),
+    /// except for [`StringMatch::Present`], which then holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub without_headers: Vec<(String, StringMatch)>,
+    /// (name, condition) on the first value of a query parameter (raw, as
+    /// Envoy's router compares it); `?a` has the value `""`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<(String, StringMatch)>,
+    /// The service port the request came in on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Must be a subset of the source workload's labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
+    /// The source workload's namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
+    /// Istio `gateways`: when set, the block applies to a waypoint only if it
+    /// names `mesh`, and (as in istiod) source conditions are then not checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
     pub name: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A weighted destination of an HTTP route.
@@ -156,7 +258,9 @@ pub struct HttpRoute {
     pub destinations: Vec<RouteDestination>,
 }
 
-/// Load-balancing policy of a cluster.
+/// Load-balancing algorithm of a cluster. DestinationRule `simple` gives the
+/// first four; `consistentHash` gives `RingHash` or `Maglev` (with the key and
+/// table settings in [`crate::ConsistentHash`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LbPolicy {
@@ -165,6 +269,13 @@ pub enum LbPolicy {
     /// Istio's default: power-of-two-choices on active requests.
     #[default]
     LeastRequest,
+    /// Connect to the request's original destination, no load balancing
+    /// ([`crate::Cluster::passthrough`]).
+    Passthrough,
+    /// Consistent hashing on a ring (Envoy `RING_HASH`).
+    RingHash,
+    /// Consistent hashing with a Maglev table (Envoy `MAGLEV`).
+    Maglev,
 }
 
 /// A compiled VirtualService (hosts already resolved to FQDNs).
@@ -184,21 +295,21 @@ impl VirtualService {
 }
 
 /// A subset of a DestinationRule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Subset {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// Overrides the rule's top-level policy when set.
-    pub lb: Option<LbPolicy>,
+    /// Merged over the rule's policy (see [`crate::ClusterPolicy::merge`]).
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 /// A compiled DestinationRule (host already resolved to an FQDN).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DestinationRule {
     pub namespace: String,
     pub name: String,
     pub host: String,
-    pub lb: Option<LbPolicy>,
+    pub traffic_policy: Option<TrafficPolicy>,
     pub subsets: Vec<Subset>,
 }
 

@@ -36,8 +36,8 @@ pub enum RouteDecision<'s> {
         route_index: usize,
         route: &'s HttpRoute,
     },
-    /// No VirtualService for this service: route to all endpoints (cluster
-    /// without subset).
+    /// No VirtualService for this service, or none of its routes exists for
+    /// this port: route to all endpoints (cluster without subset).
     Default,
     /// A VirtualService exists but no route matched → 404, flag NR.
     NoRoute,
@@ -144,6 +144,11 @@ impl Snapshot {
         })
     }
 
+    /// The workload at `ip` (e.g. a request's source pod), if the config knows it.
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.by_pod_ip.get(&ip)?.first().map(|(_, ep)| ep.as_ref())
+    }
+
     fn service_index(&self, host: &str) -> Option<usize> {
         self.by_host.get(&normalize_authority(host)).copied()
     }
@@ -157,22 +162,31 @@ impl Snapshot {
         self.service_index(host).map(|i| &self.services[i])
     }
 
-    /// Route a request for `service`. `port` is the service port the request
-    /// arrived on (reserved for port-scoped matches; currently unused).
+    /// Route a request for `service` that arrived on service port `port`: the
+    /// first route (of the one VirtualService that applies, see
+    /// `SnapshotBuilder::virtual_service`) with a matching block. Routes whose
+    /// every block has another `port` (or `gateways` without `mesh`) do not
+    /// exist for this port; when none is left, the service's default route is
+    /// used, as istiod does when it builds a waypoint port's routes
+    /// (`listener_waypoint.go`: `waypointInboundRoute` fails with "no routes
+    /// matched" and `buildSidecarInboundHTTPRouteConfig` is used instead).
+    /// Allocation-free; see [`Snapshot::explain_route`] for the reasons.
     pub fn route(&self, service: &Service, port: u16, req: &dyn RequestView) -> RouteDecision<'_> {
-        let _ = port;
         let Some(entries) = self.routes.get(&service.hostname) else {
             return RouteDecision::Default;
         };
-        entries
-            .iter()
-            .find(|e| e.route.matches(req))
-            .map(|e| RouteDecision::Route {
+        if let Some(e) = entries.iter().find(|e| e.route.matches_on_port(req, port)) {
+            return RouteDecision::Route {
                 virtual_service: &e.virtual_service,
                 route_index: e.index,
                 route: &e.route,
-            })
-            .unwrap_or(RouteDecision::NoRoute)
+            };
+        }
+        if entries.iter().any(|e| e.route.applies_to_port(port)) {
+            RouteDecision::NoRoute
+        } else {
+            RouteDecision::Default
+        }
     }
 
     /// The cluster for (service FQDN, service port, subset).
@@ -199,6 +213,28 @@ impl Snapshot {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Carry the live cluster state of `previous` (the snapshot this one
+    /// replaces) into this one, before publishing it: for every cluster of the
+    /// same name, the circuit-breaker counters and outlier interval grid, and
+    /// per endpoint with the same `ip:port` and identity, the active-request
+    /// counter, the warmup start and the outlier state (ejections survive a
+    /// reload). Endpoints new to a cluster keep their build time and warm up;
+    /// clusters new to the snapshot start fresh.
+    pub fn carry_over_state(&mut self, previous: &Snapshot) {
+        let prev: HashMap<&str, &Cluster> = previous
+            .clusters()
+            .into_iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        for pc in self.clusters.values_mut().flat_map(|m| m.values_mut()) {
+            for c in std::iter::once(&mut pc.all).chain(pc.subsets.values_mut()) {
+                if let Some(p) = prev.get(c.name.as_str()) {
+                    c.carry_over(p);
+                }
+            }
+        }
     }
 
     /// A JSON dump for `/config_dump`.

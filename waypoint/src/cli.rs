@@ -38,6 +38,9 @@ pub enum Command {
     /// Check a config directory without running: one line per problem (file, document,
     /// resource, field); exit 0 when valid, 1 when not.
     Validate(crate::validate::ValidateArgs),
+    /// Show how one request would be routed: service, matching VirtualService route (and why
+    /// earlier routes did not match), destinations, subsets, clusters, endpoints and LB policy.
+    Explain(crate::explain::ExplainArgs),
     /// Run the bookinfo reviews canary (v1 90% / v2 10%) on loopback, in one process, and print
     /// the access log and the observed split.
     Demo(DemoArgs),
@@ -258,6 +261,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         Command::Manifest(args) => crate::manifest::print(&args),
         Command::Proxy(_) => unreachable!("handled above"),
         Command::Validate(args) => std::process::exit(crate::validate::run(&args)),
+        Command::Explain(args) => std::process::exit(crate::explain::run(&args)),
     }
 }
 

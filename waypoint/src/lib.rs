@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod explain;
 pub mod hbone;
 pub mod identity;
 pub mod inbound;

@@ -87,18 +87,49 @@ pub struct RequestCtx {
     _active: Option<routing::ActiveGuard>,
 }
 
-struct HeaderView<'a>(&'a RequestHeader);
+/// What routing sees of a request: its headers, the service port it came in on, and its source
+/// (namespace from the tunnel's SPIFFE id, labels of the source workload when the config knows it).
+struct HeaderView<'a> {
+    req: &'a RequestHeader,
+    port: u16,
+    source_namespace: Option<&'a str>,
+    source_labels: Option<&'a std::collections::BTreeMap<String, String>>,
+}
 
 impl RequestView for HeaderView<'_> {
     fn path(&self) -> &str {
-        self.0.uri.path_and_query().map_or("/", |p| p.as_str())
+        self.req.uri.path_and_query().map_or("/", |p| p.as_str())
     }
 
     fn header(&self, name: &str) -> Option<&str> {
         if name == ":authority" || name == "host" {
-            return authority(self.0);
+            return authority(self.req);
         }
-        self.0.headers.get(name).and_then(|v| v.to_str().ok())
+        self.req.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn method(&self) -> &str {
+        self.req.method.as_str()
+    }
+
+    fn scheme(&self) -> &str {
+        self.req.uri.scheme_str().unwrap_or("http")
+    }
+
+    fn authority(&self) -> Option<&str> {
+        authority(self.req)
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn source_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.source_labels
+    }
+
+    fn source_namespace(&self) -> Option<&str> {
+        self.source_namespace
     }
 }
 
@@ -261,7 +292,15 @@ impl ProxyHttp for Waypoint {
         };
         ctx.protocol = port.protocol;
         ctx.service = Some((service.hostname.clone(), service.namespace.clone()));
-        let decision = snapshot.route(service, port.number, &HeaderView(session.req_header()));
+        let view = HeaderView {
+            req: session.req_header(),
+            port: port.number,
+            source_namespace: Some(tunnel.source_identity.namespace.as_str()),
+            source_labels: snapshot
+                .endpoint_by_ip(tunnel.source_addr.ip())
+                .map(|e| &e.labels),
+        };
+        let decision = snapshot.route(service, port.number, &view);
         match decision {
             RouteDecision::Route { route, .. } => {
                 ctx.route_name = route.name.clone();

@@ -7,18 +7,19 @@ use super::virtual_service::VirtualServiceIr;
 use super::Parsed;
 use crate::builder::SnapshotBuilder;
 use crate::error::DocRef;
-use crate::hosts::kube_aliases;
+use crate::hosts::{hosts_overlap, kube_aliases};
 use crate::model::{labels_superset, DestinationRule, Endpoint, Service};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Host name (any SE host or Kubernetes short form) → canonical service FQDN,
-/// plus the services' port numbers.
+/// plus the services' port numbers and namespaces.
 struct Hosts {
     exact: HashMap<String, String>,
     alias: HashMap<String, String>,
     ports: HashMap<String, Vec<u16>>,
+    namespaces: HashMap<String, String>,
 }
 
 impl Hosts {
@@ -27,6 +28,24 @@ impl Hosts {
             .get(host)
             .or_else(|| self.alias.get(host))
             .map(String::as_str)
+    }
+
+    /// The services a VirtualService host applies to: the one it names, or
+    /// every service with an overlapping (wildcard) host, as istiod's
+    /// `host.Name.Matches` (sorted, deduplicated canonical FQDNs).
+    fn resolve_all(&self, host: &str) -> Vec<&str> {
+        if let Some(h) = self.resolve(host) {
+            return vec![h];
+        }
+        let mut v: Vec<&str> = self
+            .exact
+            .iter()
+            .filter(|(name, _)| hosts_overlap(host, name))
+            .map(|(_, canonical)| canonical.as_str())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
@@ -43,6 +62,7 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
         exact: HashMap::new(),
         alias: HashMap::new(),
         ports: HashMap::new(),
+        namespaces: HashMap::new(),
     };
     let mut owner: HashMap<String, DocRef> = HashMap::new();
     let mut vip_owner: HashMap<SocketAddr, DocRef> = HashMap::new();
@@ -98,6 +118,9 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
             hostname.clone(),
             se.ports.iter().map(|p| p.number).collect(),
         );
+        hosts
+            .namespaces
+            .insert(hostname.clone(), se.namespace.clone());
         let endpoints: Vec<Arc<Endpoint>> = match &se.selector {
             Some(sel) => workloads
                 .iter()
@@ -147,6 +170,8 @@ fn add_destination_rules(
             continue;
         }
         dr.host = host.to_string();
+        let ports = hosts.ports.get(host).map_or(&[][..], Vec::as_slice);
+        super::destination_rule::check_ports(&at, &dr, ports, diag);
         b.destination_rule(dr.clone());
         rules.insert(dr.host.clone(), (at, dr));
     }
@@ -154,29 +179,62 @@ fn add_destination_rules(
 }
 
 fn add_virtual_services(
-    vss: Vec<VirtualServiceIr>,
+    mut vss: Vec<VirtualServiceIr>,
     hosts: &Hosts,
     rules: &HashMap<String, DestinationRule>,
     b: &mut SnapshotBuilder,
     diag: &mut Diag,
 ) {
-    let mut per_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut first_at: HashMap<String, DocRef> = HashMap::new();
+    // Precedence as istiod's: creation time, then name, then namespace
+    // (pilot/pkg/model/config.go, configCompareByCreationTime). Files carry no
+    // creation time unless dumped from a cluster: documents with
+    // metadata.creationTimestamp come first in that order, the others after them
+    // in load order (file name, then document), i.e. as if created in that order.
+    vss.sort_by(|a, b| match (&a.created, &b.created) {
+        (Some(x), Some(y)) => x
+            .cmp(y)
+            .then_with(|| a.vs.name.cmp(&b.vs.name))
+            .then_with(|| a.vs.namespace.cmp(&b.vs.namespace)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    // Service FQDN → the VirtualService that applies to it.
+    let mut owner: HashMap<String, String> = HashMap::new();
     for VirtualServiceIr {
         at,
         mut vs,
         source_index,
+        created: _,
     } in vss
     {
-        let mut resolved = Vec::new();
+        let mut resolved: Vec<String> = Vec::new();
         for (j, h) in vs.hosts.iter().enumerate() {
-            match hosts.resolve(h) {
-                Some(s) => resolved.push(s.to_string()),
-                None => diag.warn(
+            let found = hosts.resolve_all(h);
+            if found.is_empty() {
+                let what = if h.starts_with('*') {
+                    "matches no known service"
+                } else {
+                    "is not a known service"
+                };
+                diag.warn(
                     &at,
                     Some(&format!("spec.hosts[{j}]")),
-                    format!("{h} is not a known service; ignored"),
-                ),
+                    format!("{h} {what}; ignored"),
+                );
+            }
+            for s in found {
+                if resolved.iter().any(|r| r == s) {
+                    continue;
+                }
+                if let Some(ns) = hosts.namespaces.get(s).filter(|ns| **ns != vs.namespace) {
+                    diag.warn(
+                        &at,
+                        Some(&format!("spec.hosts[{j}]")),
+                        format!("service {s} is in namespace {ns}: istiod applies a VirtualService at a waypoint only from the service's namespace or the waypoint's own"),
+                    );
+                }
+                resolved.push(s.to_string());
             }
         }
         for (route, &i) in vs.http.iter_mut().zip(&source_index) {
@@ -206,6 +264,9 @@ fn add_virtual_services(
                     }
                 }
             }
+            // istiod leaves zero-weight destinations out of the weighted clusters
+            // (route.go); a lone destination always has weight 100 here.
+            route.destinations.retain(|d| d.weight > 0);
         }
         if resolved.is_empty() {
             continue;
@@ -218,21 +279,26 @@ fn add_virtual_services(
             );
             continue;
         }
-        resolved.dedup();
-        for h in &resolved {
-            per_host.entry(h.clone()).or_default().push(vs.id());
-            first_at.entry(h.clone()).or_insert_with(|| at.clone());
+        // A waypoint uses only the first VirtualService (with HTTP routes) whose
+        // hosts match the service; routes are not merged (istiod,
+        // pilot/pkg/networking/core/listener_waypoint.go:
+        // buildWaypointInboundHTTPRouteConfig takes the first of
+        // getVirtualServiceForWaypoint's matches). Merging of several
+        // VirtualServices for one host exists only for gateways.
+        let id = vs.id();
+        for s in &resolved {
+            match owner.get(s) {
+                Some(prev) => diag.warn(
+                    &at,
+                    None,
+                    format!("service {s} already has VirtualService {prev}; only the first VirtualService for a host applies at a waypoint (routes are not merged), so this one is ignored for it"),
+                ),
+                None => {
+                    owner.insert(s.clone(), id.clone());
+                }
+            }
         }
         vs.hosts = resolved;
         b.virtual_service(vs);
-    }
-    for (host, ids) in per_host.iter().filter(|(_, ids)| ids.len() > 1) {
-        if let Some(at) = first_at.get(host) {
-            diag.warn(
-                at,
-                None,
-                format!("multiple VirtualServices for host {host} ({}): http routes concatenated in load order", ids.join(", ")),
-            );
-        }
     }
 }

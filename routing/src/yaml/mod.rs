@@ -18,6 +18,8 @@ mod workload_entry;
 mod tests;
 #[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_matching;
 
 use crate::error::{DocRef, LoadError, LoadErrors};
 use crate::snapshot::Snapshot;

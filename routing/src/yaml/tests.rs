@@ -304,9 +304,9 @@ fn no_virtual_service_is_default() {
 }
 
 #[test]
-fn multiple_virtual_services_concatenate() {
+fn first_virtual_service_for_a_host_wins() {
     let s = load(&[("z-match.yaml", MATCH_VS)]);
-    // reviews.yaml's catch-all comes first (file order)
+    // reviews.yaml comes first (file order); reviews-match is not merged in
     assert_eq!(
         decided(
             &s,
@@ -317,7 +317,8 @@ fn multiple_virtual_services_concatenate() {
     assert!(
         s.warnings()
             .iter()
-            .any(|w| w.contains("multiple VirtualServices") && w.contains("default/reviews-match")),
+            .any(|w| w.contains("default/reviews-match")
+                && w.contains("already has VirtualService default/reviews")),
         "{:?}",
         s.warnings()
     );
@@ -352,9 +353,6 @@ spec:
     for needle in [
         "reviews.yaml doc 0 VirtualService default/reviews: spec.http[0].timeout is not supported yet; ignored",
         "spec.http[0].retries is not supported yet",
-        "spec.http[0].match[0].uri.regex is not supported yet",
-        "spec.http[0].match[0].method is not supported yet",
-        "spec.gateways is not supported yet",
         "spec.tcp is not supported yet",
         "spec.http[1].redirect is not supported yet",
         "spec.http[1]: route has no destinations",
@@ -364,7 +362,12 @@ spec:
     let vs = &s.virtual_services()[0];
     assert_eq!(vs.http.len(), 1);
     assert_eq!(vs.http[0].matches.len(), 1);
-    assert!(vs.http[0].matches[0].uri.is_none());
+    let m = &vs.http[0].matches[0];
+    assert_eq!(
+        m.uri.as_ref().map(|u| u.to_string()),
+        Some("regex \"/x.*\"".into())
+    );
+    assert_eq!(m.method, Some(crate::StringMatch::Exact("GET".into())));
 }
 
 #[test]
@@ -402,20 +405,19 @@ spec:
     );
     assert_eq!(
         s.cluster(FQDN, 9080, Some("v2")).unwrap().lb,
-        LbPolicy::LeastRequest
+        LbPolicy::Passthrough
     );
+    assert!(s.cluster(FQDN, 9080, Some("v2")).unwrap().passthrough());
     assert_eq!(
         s.cluster(FQDN, 9080, Some("v3")).unwrap().lb,
         LbPolicy::LeastRequest
     );
-    let w = s.warnings().join("\n");
-    assert!(w.contains("reviews-dr.yaml doc 0 DestinationRule default/reviews: spec.trafficPolicy.connectionPool is not supported yet"), "{w}");
-    assert!(
-        w.contains(
-            "spec.subsets[1].trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported yet"
-        ),
-        "{w}"
-    );
+    // the top-level connectionPool applies to every subset (subsets set only loadBalancer)
+    for subset in [None, Some("v1"), Some("v2"), Some("v3")] {
+        let c = s.cluster(FQDN, 9080, subset).unwrap();
+        assert_eq!(c.limits().max_connections, 10, "{subset:?}");
+    }
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
 }
 
 #[test]
@@ -479,7 +481,11 @@ fn config_dump_json() {
     assert_eq!(j["services"][0]["service"]["hostname"], FQDN);
     assert_eq!(j["services"][0]["endpoints"].as_array().unwrap().len(), 3);
     assert_eq!(j["clusters"].as_array().unwrap().len(), 4);
-    assert_eq!(j["destination_rules"][0]["lb"], "RANDOM");
+    assert_eq!(
+        j["destination_rules"][0]["traffic_policy"]["load_balancer"]["simple"],
+        "RANDOM"
+    );
+    assert_eq!(j["clusters"][0]["lb"], "RANDOM");
 }
 
 #[test]

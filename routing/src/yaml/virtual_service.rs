@@ -1,16 +1,23 @@
 //! `VirtualService` documents (HTTP routes only).
+//!
+//! Validation follows istiod's (`pkg/config/validation/virtualservice.go`,
+//! `validation.go`): what istiod rejects is a load error here, naming the
+//! field; valid Istio that the waypoint does not enforce is a warning.
 
 use super::diag::{Diag, Extra};
-use super::{parse_spec, DocCtx};
+use super::{parse_spec, yaml_options, DocCtx};
 use crate::error::DocRef;
-use crate::hosts::expand_host;
-use crate::model::{HttpRoute, RouteDestination, RouteMatch, StringMatch, VirtualService};
+use crate::hosts::{expand_host, hosts_overlap};
+use crate::model::{
+    HttpRoute, MatchRegex, RouteDestination, RouteMatch, StringMatch, VirtualService,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 struct Spec {
     hosts: Option<Vec<String>>,
+    gateways: Option<Vec<String>>,
     http: Option<Vec<HttpY>>,
     #[serde(flatten)]
     extra: Extra,
@@ -27,10 +34,21 @@ struct HttpY {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct MatchY {
     name: Option<String>,
     uri: Option<StringMatchY>,
+    scheme: Option<StringMatchY>,
+    method: Option<StringMatchY>,
+    authority: Option<StringMatchY>,
     headers: Option<BTreeMap<String, StringMatchY>>,
+    without_headers: Option<BTreeMap<String, StringMatchY>>,
+    query_params: Option<BTreeMap<String, StringMatchY>>,
+    ignore_uri_case: Option<bool>,
+    port: Option<i64>,
+    source_labels: Option<BTreeMap<String, String>>,
+    source_namespace: Option<String>,
+    gateways: Option<Vec<String>>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -39,6 +57,7 @@ struct MatchY {
 struct StringMatchY {
     exact: Option<String>,
     prefix: Option<String>,
+    regex: Option<String>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -67,6 +86,17 @@ struct PortSelectorY {
     extra: Extra,
 }
 
+#[derive(Debug, Deserialize)]
+struct MetaDoc {
+    metadata: Option<CreatedY>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreatedY {
+    #[serde(rename = "creationTimestamp")]
+    creation_timestamp: Option<String>,
+}
+
 /// A checked VirtualService; hosts are expanded but not yet resolved.
 #[derive(Debug)]
 pub(crate) struct VirtualServiceIr {
@@ -74,29 +104,59 @@ pub(crate) struct VirtualServiceIr {
     pub vs: VirtualService,
     /// For each kept route of `vs.http`: its index in the document's `http` list.
     pub source_index: Vec<usize>,
+    /// `metadata.creationTimestamp` (`YYYY-MM-DDTHH:MM:SSZ`, so it orders as
+    /// text), when the document has one: istiod's precedence between
+    /// VirtualServices for the same host.
+    pub created: Option<String>,
 }
 
 /// Fields whose presence turns a route without `route` into a (skipped) non-forwarding route.
 const NON_FORWARDING: [&str; 3] = ["redirect", "directResponse", "delegate"];
+
+/// Istio's limit on a regex's length (Envoy's RE2 program size stand-in).
+const MAX_REGEX_LEN: usize = 1024;
 
 pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<VirtualServiceIr> {
     let spec: Spec = parse_spec(ctx, diag)?;
     let at = &ctx.at;
     let errors_before = diag.errors.len();
     diag.unsupported(at, "spec.", &spec.extra, &[]);
-    let hosts: Vec<String> = spec
+    // `gateways` empty or naming `mesh`: the VirtualService applies to sidecars and waypoints.
+    let gateways = spec.gateways.unwrap_or_default();
+    let applies_to_mesh = gateways.is_empty() || gateways.iter().any(|g| g == "mesh");
+    let raw_hosts: Vec<String> = spec
         .hosts
         .unwrap_or_default()
         .iter()
-        .map(|h| expand_host(h, &ctx.namespace))
+        .map(|h| h.trim().to_ascii_lowercase())
         .collect();
-    if hosts.is_empty() {
+    if raw_hosts.is_empty() {
         diag.error(at, Some("spec.hosts"), "at least one host is required");
     }
+    for (i, h) in raw_hosts.iter().enumerate() {
+        if applies_to_mesh && h == "*" {
+            diag.error(
+                at,
+                Some(&format!("spec.hosts[{i}]")),
+                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
+            );
+        }
+        if let Some(prev) = raw_hosts[..i].iter().find(|p| hosts_overlap(p, h)) {
+            diag.error(
+                at,
+                Some(&format!("spec.hosts[{i}]")),
+                format!("duplicate hosts in virtual service: {prev} & {h}"),
+            );
+        }
+    }
+    let hosts: Vec<String> = raw_hosts
+        .iter()
+        .map(|h| expand_host(h, &ctx.namespace))
+        .collect();
     let mut http = Vec::new();
     let mut source_index = Vec::new();
     for (i, h) in spec.http.unwrap_or_default().into_iter().enumerate() {
-        if let Some(route) = parse_route(ctx, i, h, diag) {
+        if let Some(route) = parse_route(ctx, i, h, applies_to_mesh, diag) {
             http.push(route);
             source_index.push(i);
         }
@@ -104,6 +164,18 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<VirtualServiceI
     if diag.errors.len() > errors_before {
         return None;
     }
+    if !applies_to_mesh {
+        diag.warn(
+            at,
+            Some("spec.gateways"),
+            format!(
+                "[{}] does not include mesh: the VirtualService applies to gateways only; skipped",
+                gateways.join(", ")
+            ),
+        );
+        return None;
+    }
+    warn_unreachable(at, &http, &source_index, diag);
     Some(VirtualServiceIr {
         at: at.clone(),
         vs: VirtualService {
@@ -113,10 +185,41 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<VirtualServiceI
             http,
         },
         source_index,
+        created: creation_timestamp(ctx, diag),
     })
 }
 
-fn parse_route(ctx: &DocCtx<'_>, i: usize, h: HttpY, diag: &mut Diag) -> Option<HttpRoute> {
+/// `metadata.creationTimestamp` in Kubernetes' form, or `None` (with a warning
+/// when it is there but in another form).
+fn creation_timestamp(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<String> {
+    let doc: Option<MetaDoc> =
+        serde_saphyr::from_str_with_options(ctx.text, yaml_options()).ok()?;
+    let ts = doc?.metadata?.creation_timestamp?;
+    let ts = ts.trim();
+    let shape = "dddd-dd-ddTdd:dd:ddZ";
+    let ok = ts.len() == shape.len()
+        && ts.bytes().zip(shape.bytes()).all(|(c, s)| match s {
+            b'd' => c.is_ascii_digit(),
+            _ => c == s,
+        });
+    if !ok {
+        diag.warn(
+            &ctx.at,
+            Some("metadata.creationTimestamp"),
+            format!("{ts:?} is not of the form 2006-01-02T15:04:05Z; ignored (load order applies)"),
+        );
+        return None;
+    }
+    Some(ts.to_string())
+}
+
+fn parse_route(
+    ctx: &DocCtx<'_>,
+    i: usize,
+    h: HttpY,
+    mesh: bool,
+    diag: &mut Diag,
+) -> Option<HttpRoute> {
     let at = &ctx.at;
     let f = format!("spec.http[{i}]");
     diag.unsupported(at, &format!("{f}."), &h.extra, &[]);
@@ -125,7 +228,7 @@ fn parse_route(ctx: &DocCtx<'_>, i: usize, h: HttpY, diag: &mut Diag) -> Option<
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(k, m)| parse_match(at, &format!("{f}.match[{k}]"), m, diag))
+        .map(|(k, m)| parse_match(at, &format!("{f}.match[{k}]"), m, mesh, diag))
         .collect();
     let routes = h.route.unwrap_or_default();
     if routes.is_empty() {
@@ -152,42 +255,271 @@ fn parse_route(ctx: &DocCtx<'_>, i: usize, h: HttpY, diag: &mut Diag) -> Option<
     })
 }
 
-fn parse_match(at: &DocRef, f: &str, m: MatchY, diag: &mut Diag) -> RouteMatch {
+/// Where a StringMatch sits: istiod allows an empty `prefix` only on `uri`,
+/// and `regex: "*"` (present) only in `withoutHeaders`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Uri,
+    WithoutHeaders,
+    Other,
+}
+
+fn parse_match(at: &DocRef, f: &str, m: MatchY, mesh: bool, diag: &mut Diag) -> RouteMatch {
     diag.unsupported(at, &format!("{f}."), &m.extra, &[]);
     let uri = m
         .uri
-        .and_then(|u| string_match(at, &format!("{f}.uri"), u, diag));
-    let headers = m
-        .headers
+        .and_then(|u| string_match(at, &format!("{f}.uri"), u, Place::Uri, diag));
+    let ignore_uri_case = m.ignore_uri_case.unwrap_or(false);
+    if ignore_uri_case && matches!(uri, Some(StringMatch::Regex(_))) {
+        diag.warn(
+            at,
+            Some(&format!("{f}.ignoreUriCase")),
+            "has no effect on uri.regex (as in Envoy); use (?i) in the regex",
+        );
+    }
+    let pseudo = |field: &str, sm: Option<StringMatchY>, diag: &mut Diag| {
+        sm.and_then(|s| string_match(at, &format!("{f}.{field}"), s, Place::Other, diag))
+    };
+    let scheme = pseudo("scheme", m.scheme, diag);
+    let method = pseudo("method", m.method, diag);
+    let authority = pseudo("authority", m.authority, diag);
+    let headers = header_matches(at, f, "headers", m.headers, mesh, diag);
+    let without_headers = header_matches(at, f, "withoutHeaders", m.without_headers, mesh, diag);
+    let query_params = m
+        .query_params
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, sm)| {
-            let cond = string_match(at, &format!("{f}.headers.{name}"), sm, diag)?;
-            Some((name.to_ascii_lowercase(), cond))
+            let cond = string_match(
+                at,
+                &format!("{f}.queryParams.{name}"),
+                sm,
+                Place::Other,
+                diag,
+            )?;
+            Some((name, cond))
         })
         .collect();
+    let port = m.port.and_then(|p| diag.port(at, &format!("{f}.port"), p));
+    let source_namespace = m.source_namespace.filter(|ns| !ns.is_empty());
+    if let Some(ns) = &source_namespace {
+        if !is_dns_label(ns) {
+            diag.error(
+                at,
+                Some(&format!("{f}.sourceNamespace")),
+                format!("sourceNamespace match {ns} is invalid (not a DNS-1123 label)"),
+            );
+        }
+    }
+    let source_labels = m.source_labels.unwrap_or_default();
+    if !source_labels.is_empty() {
+        diag.warn(
+            at,
+            Some(&format!("{f}.sourceLabels")),
+            "istiod drops match blocks with sourceLabels at waypoints (istio/istio#51565); \
+             here they match the source workload's labels when the proxy knows them",
+        );
+    }
+    let gateways = m.gateways.unwrap_or_default();
+    if !gateways.is_empty() && !gateways.iter().any(|g| g == "mesh") {
+        diag.warn(
+            at,
+            Some(&format!("{f}.gateways")),
+            format!(
+                "[{}] does not include mesh: this match block never applies to a waypoint",
+                gateways.join(", ")
+            ),
+        );
+    }
     RouteMatch {
         uri,
+        ignore_uri_case,
+        scheme,
+        method,
+        authority,
         headers,
+        without_headers,
+        query_params,
+        port,
+        source_labels,
+        source_namespace,
+        gateways,
         name: m.name,
     }
 }
 
-fn string_match(at: &DocRef, f: &str, s: StringMatchY, diag: &mut Diag) -> Option<StringMatch> {
-    diag.unsupported(at, &format!("{f}."), &s.extra, &[]);
-    match (s.exact, s.prefix) {
-        (Some(_), Some(_)) => {
-            diag.error(at, Some(f), "only one of exact or prefix may be set");
-            None
+/// RFC 7230 token characters (istiod's `validHeaderNameRegex`).
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+const PSEUDO_HEADERS: [&str; 5] = [":method", ":scheme", ":authority", ":path", ":status"];
+
+fn header_matches(
+    at: &DocRef,
+    f: &str,
+    field: &str,
+    map: Option<BTreeMap<String, StringMatchY>>,
+    mesh: bool,
+    diag: &mut Diag,
+) -> Vec<(String, StringMatch)> {
+    let place = if field == "withoutHeaders" {
+        Place::WithoutHeaders
+    } else {
+        Place::Other
+    };
+    let mut out = Vec::new();
+    for (name, sm) in map.unwrap_or_default() {
+        let hf = format!("{f}.{field}.{name}");
+        if name.is_empty() {
+            diag.error(at, Some(&hf), "header name cannot be empty");
+            continue;
         }
-        (Some(e), None) => Some(StringMatch::Exact(e)),
-        (None, Some(p)) => Some(StringMatch::Prefix(p)),
-        (None, None) => {
-            if s.extra.is_empty() {
-                diag.error(at, Some(f), "one of exact or prefix is required");
+        if name.starts_with("@request.auth.claims") {
+            if mesh {
+                diag.error(
+                    at,
+                    Some(&hf),
+                    "JWT claim based routing is only supported for gateways",
+                );
             }
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        if !PSEUDO_HEADERS.contains(&lower.as_str()) && !name.chars().all(is_tchar) {
+            diag.error(
+                at,
+                Some(&hf),
+                format!("header name {name} is not a valid header name"),
+            );
+            continue;
+        }
+        if let Some(cond) = string_match(at, &hf, sm, place, diag) {
+            out.push((lower, cond));
+        }
+    }
+    out
+}
+
+/// One StringMatch: `exact`, `prefix`, `regex`, or `{}` (present).
+fn string_match(
+    at: &DocRef,
+    f: &str,
+    s: StringMatchY,
+    place: Place,
+    diag: &mut Diag,
+) -> Option<StringMatch> {
+    let mut ok = true;
+    for key in s.extra.keys() {
+        // An unknown form would otherwise vanish and widen the match.
+        diag.error(
+            at,
+            Some(&format!("{f}.{key}")),
+            "unknown string match (use exact, prefix or regex)",
+        );
+        ok = false;
+    }
+    let set = [s.exact.is_some(), s.prefix.is_some(), s.regex.is_some()];
+    if set.iter().filter(|x| **x).count() > 1 {
+        diag.error(at, Some(f), "only one of exact, prefix or regex may be set");
+        return None;
+    }
+    if !ok {
+        return None;
+    }
+    if let Some(e) = s.exact {
+        return Some(StringMatch::Exact(e));
+    }
+    if let Some(p) = s.prefix {
+        if p.is_empty() && place != Place::Uri {
+            diag.error(
+                at,
+                Some(&format!("{f}.prefix")),
+                "prefix string match should not be empty",
+            );
+            return None;
+        }
+        return Some(StringMatch::Prefix(p));
+    }
+    let Some(r) = s.regex else {
+        return Some(StringMatch::Present);
+    };
+    let rf = format!("{f}.regex");
+    if place == Place::WithoutHeaders && r == "*" {
+        // istiod: `*` is not RE2; it becomes a present match (istio/istio#20629).
+        return Some(StringMatch::Present);
+    }
+    if r.is_empty() {
+        diag.error(at, Some(&rf), "regex string match should not be empty");
+        return None;
+    }
+    if r.len() > MAX_REGEX_LEN {
+        diag.error(
+            at,
+            Some(&rf),
+            format!("regex is too large, max length allowed is {MAX_REGEX_LEN}"),
+        );
+        return None;
+    }
+    match MatchRegex::new(&r) {
+        Ok(re) => Some(StringMatch::Regex(re)),
+        Err(reason) => {
+            diag.error(at, Some(&rf), format!("invalid regex {r:?}: {reason}"));
             None
         }
+    }
+}
+
+/// A DNS-1123 label: 1–63 of `[a-z0-9-]`, alphanumeric at both ends.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Does this block match every request on every port?
+fn is_catch_all(m: &RouteMatch) -> bool {
+    let any_uri = match &m.uri {
+        None | Some(StringMatch::Present) => true,
+        Some(StringMatch::Prefix(p)) => p.is_empty() || p == "/",
+        Some(StringMatch::Regex(r)) => r.as_str() == ".*",
+        Some(_) => false,
+    };
+    any_uri
+        && m.scheme.is_none()
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
+        && m.port.is_none()
+        && m.source_labels.is_empty()
+        && m.source_namespace.is_none()
+        && m.gateways.is_empty()
+}
+
+/// Routes after one that matches everything are never used (istiod warns too:
+/// `VirtualServiceUnreachableRule`).
+fn warn_unreachable(at: &DocRef, http: &[HttpRoute], source_index: &[usize], diag: &mut Diag) {
+    let Some(k) = http
+        .iter()
+        .position(|r| r.matches.is_empty() || r.matches.iter().any(is_catch_all))
+    else {
+        return;
+    };
+    for &i in &source_index[k + 1..] {
+        diag.warn(
+            at,
+            Some(&format!("spec.http[{i}]")),
+            format!(
+                "route not used: spec.http[{}] before it matches every request",
+                source_index[k]
+            ),
+        );
     }
 }
 
@@ -204,17 +536,29 @@ fn parse_destinations(
     for (j, r) in routes.into_iter().enumerate() {
         let rf = format!("{f}.route[{j}]");
         diag.unsupported(at, &format!("{rf}."), &r.extra, &[]);
+        // istiod (validateHTTPRouteDestinations): weights are int32 >= 0; a
+        // missing weight is 0; a lone destination gets all requests whatever
+        // its weight (route.go gives it a plain cluster, no weighted clusters).
         let weight = match r.weight {
-            None if n == 1 => Some(100),
-            None => Some(0),
-            Some(w) => u32::try_from(w).ok().or_else(|| {
+            Some(w) if !(0..=i64::from(i32::MAX)).contains(&w) => {
                 diag.error(
                     at,
                     Some(&format!("{rf}.weight")),
-                    format!("weight {w} out of range"),
+                    format!("weight {w} out of range 0..{}", i32::MAX),
                 );
                 None
-            }),
+            }
+            Some(w) if n == 1 && w != 100 => {
+                diag.warn(
+                    at,
+                    Some(&format!("{rf}.weight")),
+                    format!("weight {w} of the only destination has no effect; it receives all requests"),
+                );
+                Some(100)
+            }
+            _ if n == 1 => Some(100),
+            None => Some(0),
+            Some(w) => u32::try_from(w).ok(),
         };
         let Some(d) = diag.required(at, &format!("{rf}.destination"), r.destination) else {
             ok = false;
@@ -246,17 +590,21 @@ fn parse_destinations(
         return None;
     }
     let total: u64 = out.iter().map(|d| u64::from(d.weight)).sum();
-    if total == 0 {
-        diag.error(at, Some(&format!("{f}.route")), "all weights are zero");
-        return None;
-    }
-    if n > 1 && total != 100 {
+    if n > 1 && total == 0 {
         diag.error(
             at,
             Some(&format!("{f}.route")),
-            format!("weights sum to {total}, must sum to 100"),
+            "all weights are zero (total destination weight = 0)",
         );
         return None;
     }
+    if n > 1 && total != 100 {
+        diag.warn(
+            at,
+            Some(&format!("{f}.route")),
+            format!("weights sum to {total}, not 100: each destination receives weight/{total} of the requests"),
+        );
+    }
+    // Zero-weight destinations are dropped once their references are checked (assemble).
     Some(out)
 }

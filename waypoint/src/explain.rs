@@ -1,0 +1,378 @@
+//! `waypoint explain --config DIR [--source ID] [-H 'name: value']… METHOD URL`: how the
+//! waypoint would handle one request, offline — the service it addresses, the VirtualService and
+//! route that match (and why the earlier ones did not), the destinations with their weights,
+//! subsets, clusters, load-balancing policy and the endpoints behind each.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use routing::{Destination, RouteDecision, RouteExplanation, SimpleRequest, Snapshot};
+use serde::Serialize;
+
+use crate::identity::SpiffeId;
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Directory of Istio YAML, as given to `waypoint run --config`.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Mesh trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// SPIFFE id of the client workload (its namespace feeds `sourceNamespace` matches).
+    #[arg(long)]
+    pub source: Option<SpiffeId>,
+    /// IP of the client pod: its WorkloadEntry labels feed `sourceLabels` matches.
+    #[arg(long)]
+    pub source_ip: Option<IpAddr>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// `text` or `json`.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// HTTP method, e.g. GET.
+    pub method: String,
+    /// `http://host[:port]/path?query`; host is a service name, FQDN, VIP or pod IP.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not `name: value`"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty header name"));
+    }
+    Ok((k.to_ascii_lowercase(), v.trim().to_string()))
+}
+
+/// The parts of the URL explain needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?} has no host (use http://host[:port]/path)"))?;
+    Ok(Target {
+        scheme: uri.scheme_str().unwrap_or("http").to_string(),
+        host: authority.host().trim_matches(['[', ']']).to_string(),
+        port: authority.port_u16(),
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct DestinationReport {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: u16,
+    pub weight: u32,
+    /// Share of the route's traffic (weight / total).
+    pub share: f64,
+    pub cluster: Option<serde_json::Value>,
+    /// Why there is no cluster, if there is none.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub method: String,
+    pub url: String,
+    pub source: Option<String>,
+    pub source_labels: Option<BTreeMap<String, String>>,
+    pub service: String,
+    pub port: u16,
+    pub protocol: String,
+    pub routing: RouteExplanation,
+    pub destinations: Vec<DestinationReport>,
+    /// What applies to the request besides the destination (timeouts, retries, …).
+    pub policy: Vec<String>,
+}
+
+/// Explain `args` against `snapshot`.
+pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, String> {
+    let target = parse_url(&args.url)?;
+    let (service, port) = match target.host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let port = target.port.unwrap_or(80);
+            match snapshot.resolve_destination(SocketAddr::new(ip, port)) {
+                Some(Destination::Service { service, port }) => (service, port),
+                Some(Destination::Pod { services, port, .. }) => {
+                    let service = services.first().ok_or_else(|| {
+                        format!("{ip}:{port} is a pod that no service covers on that port")
+                    })?;
+                    let sp = service
+                        .ports
+                        .iter()
+                        .find(|p| p.target_port == port || p.number == port)
+                        .ok_or_else(|| format!("no port of {} covers {port}", service.hostname))?;
+                    (*service, sp)
+                }
+                None => {
+                    return Err(format!(
+                        "{ip}:{port} is neither a service VIP nor a known pod in {}",
+                        args.config.display()
+                    ))
+                }
+            }
+        }
+        Err(_) => {
+            let service = snapshot.service_by_host(&target.host).ok_or_else(|| {
+                let known: Vec<&str> = snapshot.services().map(|s| s.hostname.as_str()).collect();
+                format!(
+                    "no service {:?} in {} (services: {})",
+                    target.host,
+                    args.config.display(),
+                    known.join(", ")
+                )
+            })?;
+            let port = match target.port {
+                Some(p) => service.port(p).ok_or_else(|| {
+                    let ports: Vec<String> =
+                        service.ports.iter().map(|p| p.number.to_string()).collect();
+                    format!(
+                        "{} has no port {p} (ports: {})",
+                        service.hostname,
+                        ports.join(", ")
+                    )
+                })?,
+                None if service.ports.len() == 1 => &service.ports[0],
+                None => {
+                    return Err(format!(
+                        "{} has several ports; put one in the URL",
+                        service.hostname
+                    ))
+                }
+            };
+            (service, port)
+        }
+    };
+    let source_labels = args
+        .source_ip
+        .and_then(|ip| snapshot.endpoint_by_ip(ip))
+        .map(|e| e.labels.clone());
+    let mut req = SimpleRequest::new(target.path.clone())
+        .with_method(args.method.to_ascii_uppercase())
+        .with_scheme(target.scheme.clone())
+        .with_authority(match target.port {
+            Some(p) => format!("{}:{p}", target.host),
+            None => target.host.clone(),
+        })
+        .with_port(port.number);
+    for (k, v) in &args.headers {
+        req = req.with_header(k.clone(), v.clone());
+    }
+    if let Some(ns) = args.source.as_ref().map(|s| s.namespace.clone()) {
+        req = req.with_source_namespace(ns);
+    }
+    if let Some(labels) = &source_labels {
+        req = req.with_source_labels(labels.clone());
+    }
+    let routing = snapshot.explain_route(service, port.number, &req);
+    let mut destinations = Vec::new();
+    let mut targets: Vec<(String, Option<String>, u16, u32)> = Vec::new();
+    match snapshot.route(service, port.number, &req) {
+        RouteDecision::Route { route, .. } => {
+            for d in &route.destinations {
+                targets.push((
+                    d.host.clone(),
+                    d.subset.clone(),
+                    d.port.unwrap_or(port.number),
+                    d.weight,
+                ));
+            }
+        }
+        RouteDecision::Default => {
+            targets.push((service.hostname.clone(), None, port.number, 100));
+        }
+        RouteDecision::NoRoute => {}
+    }
+    let total: u64 = targets.iter().map(|t| u64::from(t.3)).sum();
+    for (host, subset, dport, weight) in targets {
+        let cluster = snapshot.cluster(&host, dport, subset.as_deref());
+        destinations.push(DestinationReport {
+            share: if total == 0 {
+                0.0
+            } else {
+                f64::from(weight) / total as f64
+            },
+            problem: cluster.is_none().then(|| {
+                format!(
+                    "no cluster for {host} port {dport}{} (unknown subset or port): 503 NC",
+                    subset
+                        .as_deref()
+                        .map(|s| format!(" subset {s}"))
+                        .unwrap_or_default()
+                )
+            }),
+            cluster: cluster.map(|c| serde_json::to_value(c).unwrap_or_default()),
+            host,
+            subset,
+            port: dport,
+            weight,
+        });
+    }
+    let mut policy = Vec::new();
+    if !destinations.is_empty() {
+        policy.push("timeout: none (Istio's default for HTTP routes)".to_string());
+        policy.push(
+            "retries: 2 on connect failure, to another endpoint (Istio's default)".to_string(),
+        );
+    }
+    Ok(Explanation {
+        method: args.method.to_ascii_uppercase(),
+        url: args.url.clone(),
+        source: args.source.as_ref().map(|s| s.to_string()),
+        source_labels,
+        service: service.hostname.clone(),
+        port: port.number,
+        protocol: format!("{:?}", port.protocol).to_ascii_lowercase(),
+        routing,
+        destinations,
+        policy,
+    })
+}
+
+impl Explanation {
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "request    {} {}", self.method, self.url);
+        if let Some(s) = &self.source {
+            let _ = writeln!(out, "source     {s}");
+        }
+        let _ = writeln!(
+            out,
+            "service    {} port {} ({})",
+            self.service, self.port, self.protocol
+        );
+        let _ = writeln!(out, "\nrouting");
+        for line in self.routing.to_string().lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+        if self.destinations.is_empty() {
+            let _ = writeln!(out, "\nno destination: the request gets 404 (flag NR)");
+            return out;
+        }
+        let _ = writeln!(out, "\ndestinations");
+        for d in &self.destinations {
+            let subset = d
+                .subset
+                .as_deref()
+                .map(|s| format!(" subset {s}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:>5.1}%  weight {:<4} {}{subset} port {}",
+                d.share * 100.0,
+                d.weight,
+                d.host,
+                d.port
+            );
+            if let Some(p) = &d.problem {
+                let _ = writeln!(out, "           {p}");
+            }
+            if let Some(c) = &d.cluster {
+                let _ = writeln!(
+                    out,
+                    "           cluster {}  lb {}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["lb"].as_str().unwrap_or("?")
+                );
+                let eps = c["endpoints"].as_array().cloned().unwrap_or_default();
+                if eps.is_empty() {
+                    let _ = writeln!(out, "           no endpoints: 503 UH");
+                }
+                for e in eps {
+                    let _ = writeln!(
+                        out,
+                        "           endpoint {} {} {}",
+                        e["name"].as_str().unwrap_or("?"),
+                        e["target"].as_str().unwrap_or("?"),
+                        e["identity"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "\npolicy");
+        for p in &self.policy {
+            let _ = writeln!(out, "  {p}");
+        }
+        out
+    }
+}
+
+/// Load the config, explain, print. Returns the exit code (1 for bad config or input).
+pub fn run(args: &ExplainArgs) -> i32 {
+    let snapshot = match routing::load_dir(&args.config, &args.trust_domain) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!(
+                "{} problem(s) in {}:\n{errors}",
+                errors.len(),
+                args.config.display()
+            );
+            return 1;
+        }
+    };
+    match explain(&snapshot, args) {
+        Ok(e) => {
+            match args.output {
+                Output::Text => print!("{}", e.render_text()),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&e)
+                        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+                ),
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_headers() {
+        assert_eq!(
+            parse_url("http://reviews:9080/r/1?x=2").unwrap(),
+            Target {
+                scheme: "http".into(),
+                host: "reviews".into(),
+                port: Some(9080),
+                path: "/r/1?x=2".into()
+            }
+        );
+        assert_eq!(parse_url("http://10.0.0.10").unwrap().port, None);
+        assert!(parse_url("/no/host").unwrap_err().contains("no host"));
+        assert_eq!(
+            parse_header("End-User: jason").unwrap(),
+            ("end-user".to_string(), "jason".to_string())
+        );
+        assert!(parse_header("nocolon").is_err());
+    }
+}
