@@ -146,7 +146,10 @@ impl App {
     }
 
     /// Publish a new routing snapshot; requests in flight keep the one they started with.
-    pub fn publish(&self, snapshot: Snapshot, source: &str) {
+    /// Pool counters, active requests, warm-up clocks and outlier ejections carry over to the
+    /// same clusters and endpoints of the new snapshot.
+    pub fn publish(&self, mut snapshot: Snapshot, source: &str) {
+        snapshot.carry_over_state(&self.snapshot.load());
         self.telemetry.status.set_config(&snapshot, source);
         self.snapshot.store(Arc::new(snapshot));
     }

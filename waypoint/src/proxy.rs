@@ -1,7 +1,7 @@
 //! The L7 core: pingora `ProxyHttp` hooks that route each request of a tunnel and send it over
 //! HBONE to the chosen endpoint.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,6 +75,14 @@ pub struct RequestCtx {
     /// The endpoint the request was last sent to.
     endpoint: Option<Arc<Endpoint>>,
     grpc_status: Option<String>,
+    /// Consistent-hash key of this request, when its cluster hashes.
+    hash: Option<u64>,
+    /// `set-cookie` value for a consistent-hash cookie the client did not send.
+    set_cookie: Option<String>,
+    /// The request's slot in its cluster's connection pool (`http2MaxRequests`).
+    _request_slot: Option<routing::PoolGuard>,
+    /// Retry slots (`maxRetries`), held until the request ends.
+    retry_slots: Vec<routing::PoolGuard>,
     tried: Vec<SocketAddr>,
     upstream: Option<SocketAddr>,
     upstream_h2: bool,
@@ -174,7 +182,15 @@ impl Waypoint {
     ) -> Result<bool> {
         ctx.flags.add(flag);
         ctx.details = details;
-        session.respond_error(code).await?;
+        // A local reply keeps the client's connection (as Envoy's do), unless a request body is
+        // still unread on it.
+        if session.is_body_empty() {
+            let mut resp = pingora_http::ResponseHeader::build(code, Some(1))?;
+            resp.insert_header("content-length", "0")?;
+            session.write_response_header(Box::new(resp), true).await?;
+        } else {
+            session.respond_error(code).await?;
+        }
         Ok(true)
     }
 }
@@ -198,6 +214,10 @@ impl ProxyHttp for Waypoint {
             service: None,
             endpoint: None,
             grpc_status: None,
+            hash: None,
+            set_cookie: None,
+            _request_slot: None,
+            retry_slots: Vec::new(),
             tried: Vec::new(),
             upstream: None,
             upstream_h2: false,
@@ -337,7 +357,7 @@ impl ProxyHttp for Waypoint {
                 return self.reply(session, ctx, 404, "NR", "route_not_found").await;
             }
         }
-        Ok(false)
+        self.admit(session, ctx, &tunnel).await
     }
 
     async fn upstream_peer(
@@ -363,7 +383,22 @@ impl ProxyHttp for Waypoint {
                 return Err(status_error(503, "no cluster for route destination"));
             };
             ctx.cluster_name = cluster.name.clone();
-            let Some(ep) = cluster.pick(&ctx.tried) else {
+            if !ctx.tried.is_empty() {
+                // A retry: it needs a slot in the cluster's retry budget (maxRetries).
+                match cluster.try_acquire(routing::PoolResource::Retry) {
+                    Ok(slot) => ctx.retry_slots.push(slot),
+                    Err(overflow) => {
+                        debug!(cluster = %cluster.name, %overflow, "retry budget exhausted");
+                        ctx.flags.add("URX");
+                        return Err(status_error(503, "retry budget exhausted"));
+                    }
+                }
+            }
+            let picked = match ctx.hash {
+                Some(h) => cluster.pick_hashed(h, &ctx.tried),
+                None => cluster.pick(&ctx.tried),
+            };
+            let Some(ep) = picked else {
                 if ctx.tried.is_empty() {
                     ctx.flags.add("UH");
                     ctx.details = "no_healthy_upstream";
@@ -421,6 +456,9 @@ impl ProxyHttp for Waypoint {
     ) -> Box<Error> {
         ctx.flags.add("UF");
         warn!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "upstream connect failed");
+        if let Some(target) = ctx.upstream {
+            self.report(ctx, target, routing::Outcome::ConnectFailure);
+        }
         // Retry on another endpoint, as Istio's default policy does for connect failures.
         if ctx.direct.is_none() && ctx.tried.len() <= DEFAULT_RETRY_ATTEMPTS {
             e.set_retry(true);
@@ -435,9 +473,28 @@ impl ProxyHttp for Waypoint {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        if let Some(target) = ctx.upstream {
+            self.report(
+                ctx,
+                target,
+                routing::Outcome::Status(upstream_response.status.as_u16()),
+            );
+        }
         // A trailers-only gRPC response carries its status in the headers.
         if let Some(s) = upstream_response.headers.get("grpc-status") {
             ctx.grpc_status = s.to_str().ok().map(String::from);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut pingora_http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(cookie) = ctx.set_cookie.take() {
+            response.append_header("set-cookie", cookie)?;
         }
         Ok(())
     }
@@ -473,10 +530,16 @@ impl ProxyHttp for Waypoint {
             }
             (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
                 ctx.flags.add("UT");
+                if let Some(target) = ctx.upstream {
+                    self.report(ctx, target, routing::Outcome::Timeout);
+                }
                 504
             }
             (ErrorSource::Upstream, ReadError | WriteError | ConnectionClosed) => {
                 ctx.flags.add("UC");
+                if let Some(target) = ctx.upstream {
+                    self.report(ctx, target, routing::Outcome::Reset);
+                }
                 503
             }
             (ErrorSource::Upstream, _) => 502,
@@ -564,7 +627,86 @@ impl ProxyHttp for Waypoint {
     }
 }
 
+/// What consistent hashing reads of a request.
+struct HashView<'a> {
+    req: &'a RequestHeader,
+    source: IpAddr,
+}
+
+impl routing::HashRequest for HashView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.req.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn path(&self) -> &str {
+        self.req.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn source_ip(&self) -> Option<IpAddr> {
+        Some(self.source)
+    }
+}
+
 impl Waypoint {
+    /// The chosen cluster's DestinationRule policy at admission: a slot in its connection pool
+    /// (overflow → 503 UO) and the consistent-hash key.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tunnel: &TunnelInfo,
+    ) -> Result<bool> {
+        let Some(key) = ctx.cluster.clone() else {
+            return Ok(false);
+        };
+        let snapshot = ctx.snapshot.clone();
+        let Some(cluster) = snapshot.cluster(&key.host, key.port, key.subset.as_deref()) else {
+            return Ok(false); // upstream_peer answers 503 NC
+        };
+        match cluster.try_acquire(routing::PoolResource::Request) {
+            Ok(slot) => ctx._request_slot = Some(slot),
+            Err(overflow) => {
+                ctx.cluster_name = cluster.name.clone();
+                debug!(cluster = %cluster.name, %overflow, "connection pool overflow");
+                return self
+                    .reply(session, ctx, 503, "UO", "upstream_overflow")
+                    .await;
+            }
+        }
+        if cluster.consistent_hash().is_some() {
+            let view = HashView {
+                req: session.req_header(),
+                source: tunnel.source_addr.ip(),
+            };
+            let rh = cluster.request_hash(&view, tunnel.source_addr, tunnel.original_dst);
+            ctx.hash = rh.hash;
+            ctx.set_cookie = rh.set_cookie.map(|c| c.header_value());
+        }
+        Ok(false)
+    }
+
+    /// Feed an attempt's outcome to the cluster's outlier detection.
+    fn report(&self, ctx: &RequestCtx, target: SocketAddr, outcome: routing::Outcome) {
+        let Some(key) = &ctx.cluster else {
+            return;
+        };
+        if let Some(cluster) = ctx
+            .snapshot
+            .cluster(&key.host, key.port, key.subset.as_deref())
+        {
+            if let Some(ejection) = cluster.report(target, outcome, Instant::now()) {
+                warn!(
+                    cluster = %cluster.name,
+                    endpoint = %ejection.target,
+                    kind = ?ejection.kind,
+                    ejections = ejection.ejections,
+                    duration = ?ejection.duration,
+                    "outlier detection ejected an endpoint"
+                );
+            }
+        }
+    }
+
     fn record_metrics(&self, session: &Session, ctx: &RequestCtx, entry: &Entry) {
         let req = session.req_header();
         let grpc = ctx.protocol == Protocol::Grpc

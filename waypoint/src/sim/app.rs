@@ -140,6 +140,18 @@ async fn handle(
             .to_string(),
         headers,
     };
+    // `x-fail-on: <pod>`: that pod answers 500 (an unhealthy endpoint on demand).
+    if req
+        .headers()
+        .get("x-fail-on")
+        .is_some_and(|v| v.as_bytes() == pod.as_bytes())
+    {
+        return Ok(Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .header("x-pod", pod)
+            .body(full("failing on request"))
+            .expect("valid response"));
+    }
     let is_grpc = req
         .headers()
         .get("content-type")

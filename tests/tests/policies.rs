@@ -1,0 +1,169 @@
+//! DestinationRule traffic policies enforced on live traffic: consistent hashing (header and
+//! cookie), connection-pool overflow (503 UO) and outlier ejection and return.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use waypoint_tests::{service_yaml, sim, workload_yaml, Mesh};
+
+/// reviews (VIP 10.0.0.10:9080) with pods v1..v3 at @1..@3 and a DestinationRule `policy`
+/// (YAML under `trafficPolicy:`, indented by 4).
+fn reviews_with_policy(policy: &str) -> String {
+    let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        y += &workload_yaml(
+            &format!("reviews-{v}"),
+            &format!("@{}", i + 1),
+            "reviews",
+            v,
+            "bookinfo-reviews",
+        );
+    }
+    y + &format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n{policy}"
+    )
+}
+
+async fn get(send: &mut sim::Http1, headers: &[(&str, &str)]) -> (u16, String, http::HeaderMap) {
+    let (parts, _) = sim::get(send, "reviews:9080", "/reviews/1", headers)
+        .await
+        .unwrap();
+    let pod = parts
+        .headers
+        .get("x-pod")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (parts.status.as_u16(), pod, parts.headers)
+}
+
+async fn tunnel(mesh: &Mesh) -> sim::Http1 {
+    mesh.client()
+        .http1("10.0.0.10:9080".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_a_header_is_sticky() {
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n",
+    ))
+    .await;
+    let mut send = tunnel(&mesh).await;
+    let mut pod_of = BTreeMap::new();
+    for round in 0..5 {
+        for user in 0..12 {
+            let u = format!("user-{user}");
+            let (status, pod, _) = get(&mut send, &[("x-user", &u)]).await;
+            assert_eq!(status, 200);
+            let first = pod_of.entry(u.clone()).or_insert(pod.clone());
+            assert_eq!(*first, pod, "{u} moved in round {round}");
+        }
+    }
+    let pods: BTreeSet<_> = pod_of.values().collect();
+    assert!(pods.len() >= 2, "12 keys all on one endpoint: {pod_of:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_cookie_is_set_and_honoured() {
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    loadBalancer:\n      consistentHash:\n        httpCookie:\n          name: session\n          path: /\n          ttl: 60s\n",
+    ))
+    .await;
+    let mut send = tunnel(&mesh).await;
+    let (status, first_pod, headers) = get(&mut send, &[]).await;
+    assert_eq!(status, 200);
+    let set_cookie = headers
+        .get("set-cookie")
+        .expect("the waypoint sets the hash cookie")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(set_cookie.starts_with("session="), "{set_cookie}");
+    assert!(set_cookie.contains("Max-Age=60"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    for _ in 0..10 {
+        let (status, pod, headers) = get(&mut send, &[("cookie", &cookie)]).await;
+        assert_eq!(status, 200);
+        assert_eq!(pod, first_pod, "the cookie pins the endpoint");
+        assert!(headers.get("set-cookie").is_none(), "set only when absent");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_overflow_is_503_uo() {
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    connectionPool:\n      http:\n        http2MaxRequests: 1\n",
+    ))
+    .await;
+    let mut slow = tunnel(&mesh).await;
+    let held = tokio::spawn(async move { get(&mut slow, &[("x-delay-ms", "800")]).await.0 });
+    // Wait until the slow request holds the only slot.
+    for _ in 0..200 {
+        let busy: u64 = mesh
+            .bench
+            .apps
+            .iter()
+            .map(|a| a.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if busy == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut other = tunnel(&mesh).await;
+    let (status, _, _) = get(&mut other, &[]).await;
+    assert_eq!(status, 503, "the second concurrent request overflows");
+    assert_eq!(held.await.unwrap(), 200, "the first one completes");
+    // The slot is released when the first request's processing ends (just after its response).
+    let mut freed = false;
+    for _ in 0..100 {
+        if get(&mut other, &[]).await.0 == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(freed, "the slot is free again");
+    let log = mesh.wait_for_log_lines(3).await;
+    let overflowed: Vec<_> = log.iter().filter(|l| l["response_code"] == 503).collect();
+    assert!(!overflowed.is_empty());
+    assert_eq!(overflowed[0]["response_flags"], "UO");
+    assert_eq!(overflowed[0]["upstream_host"], "", "no endpoint was tried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_and_returns_an_endpoint() {
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    loadBalancer:\n      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 1s\n      baseEjectionTime: 2s\n      maxEjectionPercent: 100\n",
+    ))
+    .await;
+    let mut send = tunnel(&mesh).await;
+    let fail_v2 = [("x-fail-on", "reviews-v2")];
+    // Round robin reaches v2 every third request: 6 requests give it 2 consecutive 500s.
+    let mut v2_failures = 0;
+    for _ in 0..6 {
+        let (status, pod, _) = get(&mut send, &fail_v2).await;
+        if pod == "reviews-v2" {
+            assert_eq!(status, 500);
+            v2_failures += 1;
+        }
+    }
+    assert_eq!(v2_failures, 2);
+    // Ejected: v2 gets nothing now.
+    let mut served = BTreeMap::new();
+    for _ in 0..12 {
+        let (status, pod, _) = get(&mut send, &fail_v2).await;
+        assert_eq!(status, 200, "only healthy endpoints are picked");
+        *served.entry(pod).or_insert(0) += 1;
+    }
+    assert!(!served.contains_key("reviews-v2"), "{served:?}");
+    // After the base ejection time (and the next interval tick) it returns.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let mut back = false;
+    for _ in 0..6 {
+        let (_, pod, _) = get(&mut send, &[]).await;
+        back |= pod == "reviews-v2";
+    }
+    assert!(back, "v2 returned after its ejection time");
+}
