@@ -167,3 +167,24 @@ async fn outlier_detection_ejects_and_returns_an_endpoint() {
     }
     assert!(back, "v2 returned after its ejection time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_keeps_the_pod_the_client_addressed() {
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    loadBalancer:\n      simple: PASSTHROUGH\n",
+    ))
+    .await;
+    let pod2 = std::net::SocketAddr::new(mesh.net.ip(2), 9080);
+    let mut send = mesh.client().http1(pod2).await.unwrap();
+    for _ in 0..6 {
+        let (status, pod, _) = get(&mut send, &[]).await;
+        assert_eq!((status, pod.as_str()), (200, "reviews-v2"));
+    }
+    // Through the VIP there is no single addressed pod: the cluster's own pick applies.
+    let mut vip = tunnel(&mesh).await;
+    let mut pods = BTreeSet::new();
+    for _ in 0..30 {
+        pods.insert(get(&mut vip, &[]).await.1);
+    }
+    assert!(pods.len() > 1, "{pods:?}");
+}

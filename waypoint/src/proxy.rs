@@ -394,9 +394,19 @@ impl ProxyHttp for Waypoint {
                     }
                 }
             }
-            let picked = match ctx.hash {
-                Some(h) => cluster.pick_hashed(h, &ctx.tried),
-                None => cluster.pick(&ctx.tried),
+            // PASSTHROUGH: the endpoint the client addressed, when it addressed a pod of this
+            // cluster (a service VIP has no single endpoint: fall back to the cluster's pick).
+            let passthrough = cluster.passthrough().then(|| {
+                let dst = ctx.tunnel.as_ref()?.original_dst;
+                cluster
+                    .endpoints
+                    .iter()
+                    .find(|e| e.target.ip() == dst.ip() && !ctx.tried.contains(&e.target))
+            });
+            let picked = match (passthrough.flatten(), ctx.hash) {
+                (Some(ep), _) => Some(ep),
+                (None, Some(h)) => cluster.pick_hashed(h, &ctx.tried),
+                (None, None) => cluster.pick(&ctx.tried),
             };
             let Some(ep) = picked else {
                 if ctx.tried.is_empty() {
