@@ -61,9 +61,8 @@ pub fn workload_yaml(name: &str, ip: &str, app: &str, version: &str, sa: &str) -
     )
 }
 
-/// bookinfo's reviews service (VIP 10.0.0.10:9080) with pods v1..v3 at @1..@3, a DestinationRule
-/// with subsets v1..v3 and load balancer `lb`, and a VirtualService with `vs_routes` (if any).
-pub fn reviews_yaml(lb: &str, vs_routes: &str) -> String {
+/// bookinfo's reviews service (VIP 10.0.0.10:9080) and its pods v1..v3 at @1..@3.
+pub fn reviews_service_and_pods() -> String {
     let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
     for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
         y += &workload_yaml(
@@ -74,6 +73,13 @@ pub fn reviews_yaml(lb: &str, vs_routes: &str) -> String {
             "bookinfo-reviews",
         );
     }
+    y
+}
+
+/// bookinfo's reviews service (VIP 10.0.0.10:9080) with pods v1..v3 at @1..@3, a DestinationRule
+/// with subsets v1..v3 and load balancer `lb`, and a VirtualService with `vs_routes` (if any).
+pub fn reviews_yaml(lb: &str, vs_routes: &str) -> String {
+    let mut y = reviews_service_and_pods();
     y += &format!(
         "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: {lb}\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n---\n"
     );

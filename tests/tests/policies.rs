@@ -4,22 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use waypoint_tests::{service_yaml, sim, workload_yaml, Mesh};
+use waypoint_tests::{reviews_service_and_pods, sim, Mesh};
 
 /// reviews (VIP 10.0.0.10:9080) with pods v1..v3 at @1..@3 and a DestinationRule `policy`
 /// (YAML under `trafficPolicy:`, indented by 4).
 fn reviews_with_policy(policy: &str) -> String {
-    let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
-    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
-        y += &workload_yaml(
-            &format!("reviews-{v}"),
-            &format!("@{}", i + 1),
-            "reviews",
-            v,
-            "bookinfo-reviews",
-        );
-    }
-    y + &format!(
+    reviews_service_and_pods()
+        + &format!(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n{policy}"
     )
 }

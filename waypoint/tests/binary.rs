@@ -422,61 +422,33 @@ async fn identity_files_are_watched_and_bad_updates_keep_the_old_certificate() {
         "{metrics}"
     );
 
-    // An expired client certificate is refused, with the reason in the log.
-    let expired = ca
-        .issue_with(&spiffe("productpage"), |p| {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        })
-        .unwrap();
-    let refused = sim::ZtunnelClient::new(expired.workload, addrs["hbone"], spiffe("waypoint"))
-        .http1("10.0.0.20:9080".parse().unwrap())
-        .await;
-    assert!(
-        refused.is_err(),
-        "an expired client certificate was accepted"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !logs
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("handshake rejected") && l.to_lowercase().contains("expired"))
-    {
+    // Expired and not-yet-valid client certificates are refused, with the reason in the log.
+    for (faulty, reason) in [
+        (sim::PodCert::Expired, "expired"),
+        (sim::PodCert::NotYetValid, "not valid yet"),
+    ] {
+        let cert = faulty.mint(&ca, &spiffe("productpage")).unwrap();
+        let refused = sim::ZtunnelClient::new(cert.workload, addrs["hbone"], spiffe("waypoint"))
+            .http1("10.0.0.20:9080".parse().unwrap())
+            .await;
         assert!(
-            std::time::Instant::now() < deadline,
-            "no expiry reason logged: {:?}",
-            logs.lock().unwrap()
+            refused.is_err(),
+            "a client certificate that is {reason} was accepted"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Likewise a client certificate that is not valid yet.
-    let future = ca
-        .issue_with(&spiffe("productpage"), |p| {
-            p.not_before = rcgen::date_time_ymd(2090, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2091, 1, 1);
-        })
-        .unwrap();
-    let refused = sim::ZtunnelClient::new(future.workload, addrs["hbone"], spiffe("waypoint"))
-        .http1("10.0.0.20:9080".parse().unwrap())
-        .await;
-    assert!(
-        refused.is_err(),
-        "a not-yet-valid client certificate was accepted"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !logs
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("handshake rejected") && l.to_lowercase().contains("not valid yet"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no not-yet-valid reason logged: {:?}",
-            logs.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("handshake rejected") && l.to_lowercase().contains(reason))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no '{reason}' reason logged: {:?}",
+                logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     drop(send);
     sigterm_and_wait(child).await;
