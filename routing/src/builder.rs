@@ -8,7 +8,7 @@ use crate::hosts::kube_aliases;
 use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
 use crate::policy::{ClusterPolicy, TrafficPolicy};
-use crate::snapshot::{PortClusters, RouteEntry, Snapshot};
+use crate::snapshot::{PortClusters, RouteEntry, Snapshot, TcpRouteEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,6 +136,21 @@ impl SnapshotBuilder {
                 });
             }
         }
+        // TCP routes: every VirtualService naming the service, in precedence
+        // order (istiod, listener_waypoint.go: getWaypointTCPRoutes).
+        for vs in &self.virtual_services {
+            let id = vs.id();
+            for host in &vs.hosts {
+                snap.tcp_routes
+                    .entry(host.clone())
+                    .or_default()
+                    .extend(vs.tcp.iter().map(|route| TcpRouteEntry {
+                        virtual_service: id.clone(),
+                        route: route.clone(),
+                    }));
+            }
+        }
+        snap.tcp_routes.retain(|_, v| !v.is_empty());
         let mut rules: HashMap<&str, &DestinationRule> = HashMap::new();
         for dr in &self.destination_rules {
             rules.entry(dr.host.as_str()).or_insert(dr);

@@ -2,8 +2,10 @@
 //! sends it, in words (for `waypoint explain` and the admin endpoints).
 //! Off the hot path: this allocates freely; `route()` does not.
 
+use crate::actions::{RetryPolicy, Rewrite, RouteAction};
 use crate::matching::RequestView;
-use crate::model::Service;
+use crate::model::{HttpRoute, RouteDestination, RouteMatch, Service};
+use crate::policy::format_duration;
 use crate::snapshot::{RouteDecision, Snapshot};
 use serde::Serialize;
 use std::fmt;
@@ -23,6 +25,11 @@ pub struct RouteExplanation {
     /// Its routes in order, up to and including the first that matched.
     pub routes: Vec<RouteTrace>,
     pub decision: ExplainedDecision,
+    /// What the decided route does to this request, one `"<what>: <how>"`
+    /// line each: `action`, `rewrite`, `timeout`, `retries` (effective,
+    /// Istio's default included), `fault`, `mirror`, `request headers`,
+    /// `response headers`, `cors`. Empty for `NoRoute`.
+    pub actions: Vec<String>,
 }
 
 /// One HTTP route as evaluated.
@@ -83,6 +90,9 @@ impl fmt::Display for RouteExplanation {
     ///   match[0]: header end-user: absent
     /// http[1] reviews.1: matched (no match conditions)
     /// decision: route default/reviews http[1] reviews.1
+    ///   action: forward to reviews.default.svc.cluster.local subset v1 (weight 100)
+    ///   timeout: none (Istio's default)
+    ///   retries: 2 retries on connect-failure,… (Istio's default)
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}:{}", self.service, self.port)?;
@@ -107,7 +117,11 @@ impl fmt::Display for RouteExplanation {
                 writeln!(f, "  {why}")?;
             }
         }
-        write!(f, "decision: {}", self.decision)
+        write!(f, "decision: {}", self.decision)?;
+        for line in &self.actions {
+            write!(f, "\n  {line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -157,23 +171,35 @@ impl Snapshot {
                 break;
             }
         }
-        let decision = match self.route(service, port, req) {
+        let (decision, matched) = self.route_with_match(service, port, req);
+        let mut actions = Vec::new();
+        let decision = match decision {
             RouteDecision::Route {
                 virtual_service,
                 route_index,
                 route,
-            } => ExplainedDecision::Route {
-                virtual_service: virtual_service.to_string(),
-                route_index,
-                route_name: route.name.clone(),
-            },
+            } => {
+                actions = explain_actions(route, matched, port, req);
+                ExplainedDecision::Route {
+                    virtual_service: virtual_service.to_string(),
+                    route_index,
+                    route_name: route.name.clone(),
+                }
+            }
             RouteDecision::NoRoute => ExplainedDecision::NoRoute,
-            RouteDecision::Default => ExplainedDecision::Default {
-                reason: match &applied {
-                    None => "no VirtualService".to_string(),
-                    Some(vs) => format!("no route of {vs} exists for port {port}"),
-                },
-            },
+            RouteDecision::Default => {
+                actions = vec![
+                    format!("action: forward to {host} (all endpoints)"),
+                    "timeout: none (Istio's default)".to_string(),
+                    format!("retries: {}", RetryPolicy::istio_default()),
+                ];
+                ExplainedDecision::Default {
+                    reason: match &applied {
+                        None => "no VirtualService".to_string(),
+                        Some(vs) => format!("no route of {vs} exists for port {port}"),
+                    },
+                }
+            }
         };
         RouteExplanation {
             service: host.clone(),
@@ -182,6 +208,102 @@ impl Snapshot {
             applied,
             routes,
             decision,
+            actions,
         }
     }
+}
+
+fn destination_name(d: &RouteDestination) -> String {
+    let mut s = d.host.clone();
+    if let Some(sub) = &d.subset {
+        s += &format!(" subset {sub}");
+    }
+    if let Some(p) = d.port {
+        s += &format!(" port {p}");
+    }
+    s
+}
+
+/// The `actions` lines of a matched route for this request.
+fn explain_actions(
+    route: &HttpRoute,
+    matched: Option<&RouteMatch>,
+    port: u16,
+    req: &dyn RequestView,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let path = req.path();
+    match &route.action {
+        RouteAction::Route => {
+            let dests: Vec<String> = route
+                .destinations
+                .iter()
+                .map(|d| format!("{} (weight {})", destination_name(d), d.weight))
+                .collect();
+            out.push(format!("action: forward to {}", dests.join(", ")));
+        }
+        RouteAction::Redirect(r) => {
+            let (code, location) = r.location(
+                req.scheme(),
+                req.authority().unwrap_or(""),
+                path,
+                port,
+                Rewrite::matched_prefix(matched),
+            );
+            out.push(format!("action: redirect {r} → {code} {location}"));
+        }
+        RouteAction::DirectResponse(d) => out.push(format!("action: direct response {d}")),
+    }
+    let forwards = route.action.is_route();
+    if let Some(r) = route.rewrite.as_ref().filter(|_| forwards) {
+        let mut line = format!("rewrite: {r}");
+        if let Some(new_path) = route.rewritten_path(matched, path) {
+            line += &format!(" (path {path:?} becomes {new_path:?})");
+        }
+        out.push(line);
+    }
+    if forwards {
+        out.push(match route.timeout {
+            Some(t) => format!("timeout: {}", format_duration(t)),
+            None => "timeout: none (Istio's default)".to_string(),
+        });
+        out.push(format!("retries: {}", route.retries));
+    }
+    if let Some(fault) = &route.fault {
+        out.push(format!("fault: {fault}"));
+    }
+    for m in route.mirrors.iter().filter(|_| forwards) {
+        out.push(format!("mirror: {m}"));
+    }
+    if let Some(a) = route.headers.authority.as_deref() {
+        out.push(format!("authority: {a:?} (headers.request)"));
+    }
+    if !route.headers.request.is_empty() {
+        out.push(format!("request headers: {}", route.headers.request));
+    }
+    if !route.headers.response.is_empty() {
+        out.push(format!("response headers: {}", route.headers.response));
+    }
+    for d in route.destinations.iter().filter(|d| !d.headers.is_empty()) {
+        let name = destination_name(d);
+        if let Some(a) = d.headers.authority.as_deref() {
+            out.push(format!("authority (to {name}): {a:?}"));
+        }
+        if !d.headers.request.is_empty() {
+            out.push(format!(
+                "request headers (to {name}): {}",
+                d.headers.request
+            ));
+        }
+        if !d.headers.response.is_empty() {
+            out.push(format!(
+                "response headers (from {name}): {}",
+                d.headers.response
+            ));
+        }
+    }
+    if let Some(c) = &route.cors {
+        out.push(format!("cors: {c}"));
+    }
+    out
 }

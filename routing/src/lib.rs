@@ -2,6 +2,7 @@
 //! front-end for the waypoint proxy. Pure: no I/O besides reading config files.
 #![forbid(unsafe_code)]
 
+mod actions;
 mod builder;
 mod error;
 mod explain;
@@ -14,9 +15,16 @@ mod outlier;
 mod policy;
 mod pool;
 mod snapshot;
+mod tcp;
 mod weighted;
 pub mod yaml;
 
+pub use actions::{
+    Abort, Cors, DirectResponse, Fault, FaultAbort, FaultDecision, FaultDelay, HeaderOp,
+    HeaderOpKind, HeaderOps, HeaderSink, Headers, Mirror, Percent, Redirect, RedirectPath,
+    RedirectPort, RegexRewrite, RetryFailure, RetryOn, RetryPolicy, Rewrite, RouteAction,
+    UnmatchedPreflights, UriRewrite, GRPC_STATUS_CODES,
+};
 pub use builder::SnapshotBuilder;
 pub use error::{DocRef, LoadError, LoadErrors};
 pub use explain::{ExplainedDecision, RouteExplanation, RouteTrace};
@@ -40,6 +48,7 @@ pub use policy::{
 };
 pub use pool::{Overflow, PoolGuard, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
+pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
 pub use weighted::pick_weighted;
 pub use yaml::{load_dir, load_str};
 

@@ -589,9 +589,9 @@ mod tests {
         assert!(and.matches(&SimpleRequest::new("/a").with_header("x", "1")));
         assert!(!and.matches(&SimpleRequest::new("/a")));
         assert!(!and.matches(&SimpleRequest::new("/b").with_header("x", "1")));
-        let route = HttpRoute {
-            name: "r".into(),
-            matches: vec![
+        let route = HttpRoute::new(
+            "r",
+            vec![
                 RouteMatch {
                     uri: Some(ex("/a")),
                     ..Default::default()
@@ -601,15 +601,11 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            destinations: vec![],
-        };
+            vec![],
+        );
         assert!(route.matches(&SimpleRequest::new("/b")));
         assert!(!route.matches(&SimpleRequest::new("/c")));
-        let all = HttpRoute {
-            name: "all".into(),
-            matches: vec![],
-            destinations: vec![],
-        };
+        let all = HttpRoute::new("all", vec![], vec![]);
         assert!(all.matches(&SimpleRequest::new("/anything")));
     }
 

@@ -3,10 +3,15 @@
 //! These are plain data types; the snapshot builder turns them into indexed
 //! lookup tables and precomputed [`crate::Cluster`]s.
 
+use crate::actions::{
+    Cors, Fault, HeaderOps, HeaderSink, Headers, Mirror, RetryPolicy, Rewrite, RouteAction,
+};
 use crate::policy::TrafficPolicy;
+use crate::tcp::TcpRoute;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Application protocol of a service port, derived from Istio's port `protocol`
 /// field or port-name prefix.
@@ -237,7 +242,7 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// A weighted destination of an HTTP route.
+/// A weighted destination of an HTTP (or TCP) route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteDestination {
     /// FQDN of the destination service.
@@ -246,6 +251,10 @@ pub struct RouteDestination {
     /// Destination service port; `None` = the port the request came in on.
     pub port: Option<u16>,
     pub weight: u32,
+    /// Header operations for requests sent to this destination (HTTP only),
+    /// applied after the route's (see [`HttpRoute::apply_request_headers`]).
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
 }
 
 /// One entry of a VirtualService's `http` list.
@@ -255,7 +264,108 @@ pub struct HttpRoute {
     pub name: String,
     /// Alternatives (OR); empty = match everything.
     pub matches: Vec<RouteMatch>,
+    /// The weighted destinations when `action` is [`RouteAction::Route`];
+    /// empty for redirects and direct responses.
     pub destinations: Vec<RouteDestination>,
+    /// Forward, redirect or answer directly.
+    pub action: RouteAction,
+    /// `rewrite` (forwarded requests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Route-level header operations (all actions).
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+    /// Request timeout; `None` = no timeout (Istio's default; also `0s`).
+    #[serde(serialize_with = "crate::policy::serialize_opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Effective retry policy: Istio's default when `retries` is unset;
+    /// disabled for redirects and direct responses (nothing is forwarded).
+    pub retries: RetryPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// `mirror` (+ `mirrorPercentage`) or `mirrors`; 0 % mirrors are left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+impl HttpRoute {
+    /// A forwarding route with Istio's defaults for everything else (no
+    /// rewrite, header operations, timeout, fault, mirror or CORS; Istio's
+    /// default retry policy).
+    pub fn new(
+        name: impl Into<String>,
+        matches: Vec<RouteMatch>,
+        destinations: Vec<RouteDestination>,
+    ) -> HttpRoute {
+        HttpRoute {
+            name: name.into(),
+            matches,
+            destinations,
+            action: RouteAction::Route,
+            rewrite: None,
+            headers: Headers::default(),
+            timeout: None,
+            retries: RetryPolicy::istio_default(),
+            fault: None,
+            mirrors: Vec::new(),
+            cors: None,
+        }
+    }
+
+    /// The new `:path` of a forwarded request, when the route rewrites it
+    /// (`None`: keep the path). `matched` is the block
+    /// [`crate::Snapshot::route_with_match`] reports.
+    pub fn rewritten_path(
+        &self,
+        matched: Option<&RouteMatch>,
+        path_and_query: &str,
+    ) -> Option<String> {
+        let rewrite = self.rewrite.as_ref().filter(|r| r.uri.is_some())?;
+        Some(rewrite.apply(path_and_query, Rewrite::matched_prefix(matched)))
+    }
+
+    /// The new `:authority` of a request forwarded to `destination`:
+    /// `rewrite.authority` or the route's `headers.request` host, else the
+    /// destination's (istiod gives the route level precedence).
+    pub fn authority_rewrite<'a>(
+        &'a self,
+        destination: Option<&'a RouteDestination>,
+    ) -> Option<&'a str> {
+        self.rewrite
+            .as_ref()
+            .and_then(|r| r.authority.as_deref())
+            .or(self.headers.authority.as_deref())
+            .or_else(|| destination.and_then(|d| d.headers.authority.as_deref()))
+    }
+
+    /// Apply the route's and then the destination's request header
+    /// operations, as one Envoy list (see [`HeaderOps::apply_layered`]).
+    pub fn apply_request_headers<S: HeaderSink + ?Sized>(
+        &self,
+        destination: Option<&RouteDestination>,
+        sink: &mut S,
+    ) {
+        match destination {
+            Some(d) => HeaderOps::apply_layered(&[&self.headers.request, &d.headers.request], sink),
+            None => self.headers.request.apply(sink),
+        }
+    }
+
+    /// Apply the route's and then the destination's response header operations.
+    pub fn apply_response_headers<S: HeaderSink + ?Sized>(
+        &self,
+        destination: Option<&RouteDestination>,
+        sink: &mut S,
+    ) {
+        match destination {
+            Some(d) => {
+                HeaderOps::apply_layered(&[&self.headers.response, &d.headers.response], sink)
+            }
+            None => self.headers.response.apply(sink),
+        }
+    }
 }
 
 /// Load-balancing algorithm of a cluster. DestinationRule `simple` gives the
@@ -285,6 +395,9 @@ pub struct VirtualService {
     pub name: String,
     pub hosts: Vec<String>,
     pub http: Vec<HttpRoute>,
+    /// `tcp` routes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpRoute>,
 }
 
 impl VirtualService {

@@ -29,7 +29,10 @@ pub(crate) fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S:
     s.serialize_str(&format_duration(*d))
 }
 
-fn serialize_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_opt_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => serialize_duration(d, s),
         None => s.serialize_none(),

@@ -3,7 +3,10 @@
 use crate::hosts::normalize_authority;
 use crate::lb::Cluster;
 use crate::matching::RequestView;
-use crate::model::{DestinationRule, Endpoint, HttpRoute, Service, ServicePort, VirtualService};
+use crate::model::{
+    DestinationRule, Endpoint, HttpRoute, RouteMatch, Service, ServicePort, VirtualService,
+};
+use crate::tcp::{TcpConnection, TcpRoute};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -51,6 +54,12 @@ pub(crate) struct RouteEntry {
 }
 
 #[derive(Debug)]
+pub(crate) struct TcpRouteEntry {
+    pub(crate) virtual_service: String,
+    pub(crate) route: TcpRoute,
+}
+
+#[derive(Debug)]
 pub(crate) struct PortClusters {
     pub(crate) all: Cluster,
     pub(crate) subsets: BTreeMap<String, Cluster>,
@@ -69,6 +78,9 @@ pub struct Snapshot {
     pub(crate) by_pod_ip: HashMap<IpAddr, Vec<(usize, Arc<Endpoint>)>>,
     /// Service FQDN → routes of all its VirtualServices, in load order.
     pub(crate) routes: HashMap<String, Vec<RouteEntry>>,
+    /// Service FQDN → `tcp` routes of every VirtualService naming it, in
+    /// precedence order.
+    pub(crate) tcp_routes: HashMap<String, Vec<TcpRouteEntry>>,
     pub(crate) virtual_services: Vec<VirtualService>,
     pub(crate) destination_rules: Vec<DestinationRule>,
     pub(crate) clusters: HashMap<String, HashMap<u16, PortClusters>>,
@@ -172,21 +184,73 @@ impl Snapshot {
     /// matched" and `buildSidecarInboundHTTPRouteConfig` is used instead).
     /// Allocation-free; see [`Snapshot::explain_route`] for the reasons.
     pub fn route(&self, service: &Service, port: u16, req: &dyn RequestView) -> RouteDecision<'_> {
+        self.route_with_match(service, port, req).0
+    }
+
+    /// [`Snapshot::route`], plus the match block that matched: `None` for a
+    /// route without match blocks (and for `Default` / `NoRoute`). The block
+    /// gives the matched prefix a `rewrite.uri` or `redirect.prefixRewrite`
+    /// replaces ([`crate::Rewrite::matched_prefix`]). Allocation-free.
+    pub fn route_with_match(
+        &self,
+        service: &Service,
+        port: u16,
+        req: &dyn RequestView,
+    ) -> (RouteDecision<'_>, Option<&RouteMatch>) {
         let Some(entries) = self.routes.get(&service.hostname) else {
-            return RouteDecision::Default;
+            return (RouteDecision::Default, None);
         };
-        if let Some(e) = entries.iter().find(|e| e.route.matches_on_port(req, port)) {
-            return RouteDecision::Route {
-                virtual_service: &e.virtual_service,
-                route_index: e.index,
-                route: &e.route,
+        for e in entries {
+            let matched = if e.route.matches.is_empty() {
+                Some(None)
+            } else {
+                e.route
+                    .matches
+                    .iter()
+                    .find(|m| m.matches_on_port(req, port))
+                    .map(Some)
             };
+            if let Some(block) = matched {
+                let decision = RouteDecision::Route {
+                    virtual_service: &e.virtual_service,
+                    route_index: e.index,
+                    route: &e.route,
+                };
+                return (decision, block);
+            }
         }
         if entries.iter().any(|e| e.route.applies_to_port(port)) {
-            RouteDecision::NoRoute
+            (RouteDecision::NoRoute, None)
         } else {
-            RouteDecision::Default
+            (RouteDecision::Default, None)
         }
+    }
+
+    /// The `tcp` route for a connection to `service` on service port
+    /// `port`: the first (VirtualServices in precedence order, routes in
+    /// order) without match blocks or with a matching block; `None` = no
+    /// VirtualService routes it (use the service's own endpoints).
+    pub fn tcp_route(
+        &self,
+        service: &Service,
+        port: u16,
+        conn: &TcpConnection<'_>,
+    ) -> Option<&TcpRoute> {
+        self.tcp_routes
+            .get(&service.hostname)?
+            .iter()
+            .map(|e| &e.route)
+            .find(|r| r.matches(port, conn))
+    }
+
+    /// `"namespace/name"` of the VirtualService a TCP route of this
+    /// snapshot came from.
+    pub fn tcp_route_virtual_service(&self, service: &Service, route: &TcpRoute) -> Option<&str> {
+        self.tcp_routes
+            .get(&service.hostname)?
+            .iter()
+            .find(|e| std::ptr::eq(&e.route, route))
+            .map(|e| e.virtual_service.as_str())
     }
 
     /// The cluster for (service FQDN, service port, subset).

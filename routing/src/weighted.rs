@@ -42,6 +42,7 @@ mod tests {
             subset: Some(subset.into()),
             port: None,
             weight,
+            headers: Default::default(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod istio;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod run;
 pub mod sim;

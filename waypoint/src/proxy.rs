@@ -75,6 +75,14 @@ pub struct RequestCtx {
     /// The endpoint the request was last sent to.
     endpoint: Option<Arc<Endpoint>>,
     grpc_status: Option<String>,
+    /// The matched VirtualService route (its timeout, retries, header operations, CORS).
+    route: Option<Arc<routing::HttpRoute>>,
+    /// The weighted destination picked (for its header operations).
+    destination: Option<routing::RouteDestination>,
+    /// `rewrite.uri` applied to the request's path.
+    rewrite_path: Option<String>,
+    /// Headers added to the response (CORS).
+    extra_response_headers: Vec<(String, String)>,
     /// Consistent-hash key of this request, when its cluster hashes.
     hash: Option<u64>,
     /// `set-cookie` value for a consistent-hash cookie the client did not send.
@@ -172,6 +180,37 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
 }
 
 impl Waypoint {
+    /// A response of the waypoint's own (redirect, direct response, CORS preflight, fault).
+    #[allow(clippy::too_many_arguments)]
+    async fn local_reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        code: u16,
+        headers: &[(String, String)],
+        body: Option<bytes::Bytes>,
+        flag: &'static str,
+        details: &'static str,
+    ) -> Result<bool> {
+        if !flag.is_empty() {
+            ctx.flags.add(flag);
+        }
+        ctx.details = details;
+        let mut resp = pingora_http::ResponseHeader::build(code, Some(headers.len() + 1))?;
+        for (k, v) in headers {
+            resp.append_header(k.clone(), v.as_str())?;
+        }
+        let len = body.as_ref().map_or(0, |b| b.len());
+        resp.insert_header("content-length", len.to_string())?;
+        if body.is_some() {
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(body, true).await?;
+        } else {
+            session.write_response_header(Box::new(resp), true).await?;
+        }
+        Ok(true)
+    }
+
     async fn reply(
         &self,
         session: &mut Session,
@@ -214,6 +253,10 @@ impl ProxyHttp for Waypoint {
             service: None,
             endpoint: None,
             grpc_status: None,
+            route: None,
+            destination: None,
+            rewrite_path: None,
+            extra_response_headers: Vec::new(),
             hash: None,
             set_cookie: None,
             _request_slot: None,
@@ -320,10 +363,88 @@ impl ProxyHttp for Waypoint {
                 .endpoint_by_ip(tunnel.source_addr.ip())
                 .map(|e| &e.labels),
         };
-        let decision = snapshot.route(service, port.number, &view);
+        let (decision, matched) = snapshot.route_with_match(service, port.number, &view);
         match decision {
             RouteDecision::Route { route, .. } => {
                 ctx.route_name = route.name.clone();
+                // Everything the actions need from the request, computed before replying.
+                let path = view.path().to_string();
+                let origin = view.header("origin").map(String::from);
+                let preflight = route.cors.as_ref().and_then(|c| c.preflight_request(&view));
+                let fault = route
+                    .fault
+                    .as_ref()
+                    .map(|f| f.decide(&mut rand::thread_rng()));
+                let redirect = match &route.action {
+                    routing::RouteAction::Redirect(r) => Some(r.location(
+                        view.scheme(),
+                        view.authority().unwrap_or(""),
+                        &path,
+                        port.number,
+                        matched.and_then(|m| match &m.uri {
+                            Some(routing::StringMatch::Prefix(p)) => Some(p.as_str()),
+                            _ => None,
+                        }),
+                    )),
+                    _ => None,
+                };
+                ctx.rewrite_path = route.rewritten_path(matched, &path);
+                ctx.route = Some(Arc::new(route.clone()));
+                if let Some(cors) = &route.cors {
+                    ctx.extra_response_headers = cors.response_headers(origin.as_deref());
+                }
+                if let Some(headers) = preflight {
+                    return self
+                        .local_reply(session, ctx, 200, &headers, None, "", "cors_preflight")
+                        .await;
+                }
+                if let Some(fault) = fault {
+                    if let Some(delay) = fault.delay {
+                        ctx.flags.add("DI");
+                        tokio::time::sleep(delay).await;
+                    }
+                    match fault.abort {
+                        Some(routing::Abort::Http(code)) => {
+                            return self
+                                .reply(session, ctx, code, "FI", "fault_filter_abort")
+                                .await;
+                        }
+                        Some(routing::Abort::Grpc { code, .. }) => {
+                            let headers = [
+                                ("content-type".to_string(), "application/grpc".to_string()),
+                                ("grpc-status".to_string(), code.to_string()),
+                            ];
+                            return self
+                                .local_reply(
+                                    session,
+                                    ctx,
+                                    200,
+                                    &headers,
+                                    None,
+                                    "FI",
+                                    "fault_filter_abort",
+                                )
+                                .await;
+                        }
+                        None => {}
+                    }
+                }
+                match &route.action {
+                    routing::RouteAction::Redirect(_) => {
+                        let (code, location) = redirect.expect("computed for redirects");
+                        let headers = [("location".to_string(), location)];
+                        return self
+                            .local_reply(session, ctx, code, &headers, None, "", "redirect")
+                            .await;
+                    }
+                    routing::RouteAction::DirectResponse(d) => {
+                        let body = d.body.clone().map(bytes::Bytes::from);
+                        return self
+                            .local_reply(session, ctx, d.status, &[], body, "", "direct_response")
+                            .await;
+                    }
+                    routing::RouteAction::Route => {}
+                }
                 let Some(dest) =
                     routing::pick_weighted(&route.destinations, &mut rand::thread_rng())
                 else {
@@ -339,11 +460,13 @@ impl ProxyHttp for Waypoint {
                         dest,
                     );
                 }
+                ctx.destination = Some(dest.clone());
                 ctx.cluster = Some(ClusterKey {
                     host: dest.host.clone(),
                     port: dest.port.unwrap_or(port.number),
                     subset: dest.subset.clone(),
                 });
+                self.mirror(session, ctx, route, port.number);
             }
             RouteDecision::Default => {
                 ctx.route_name = "default".into();
@@ -444,6 +567,27 @@ impl ProxyHttp for Waypoint {
             h.finish()
         };
         peer.options.idle_timeout = Some(TUNNEL_IDLE_TIMEOUT);
+        // The route's timeout bounds the wait for the response (504 UT); a per-try timeout
+        // bounds each attempt within it.
+        if let Some(route) = &ctx.route {
+            let remaining = route
+                .timeout
+                .map(|t| t.saturating_sub(ctx.started.elapsed()));
+            let limit = match (remaining, route.retries.per_try_timeout) {
+                (Some(r), Some(p)) => Some(r.min(p)),
+                (r, p) => r.or(p),
+            };
+            if let Some(limit) = limit {
+                if limit.is_zero() {
+                    ctx.flags.add("UT");
+                    return Err(status_error(
+                        504,
+                        "route timeout elapsed before the attempt",
+                    ));
+                }
+                peer.options.read_timeout = Some(limit);
+            }
+        }
         if ctx.upstream_h2 {
             peer.options.set_http_version(2, 2);
         }
@@ -469,8 +613,18 @@ impl ProxyHttp for Waypoint {
         if let Some(target) = ctx.upstream {
             self.report(ctx, target, routing::Outcome::ConnectFailure);
         }
-        // Retry on another endpoint, as Istio's default policy does for connect failures.
-        if ctx.direct.is_none() && ctx.tried.len() <= DEFAULT_RETRY_ATTEMPTS {
+        // Retry on another endpoint when the route's policy (Istio's default: 2 retries on
+        // connect-failure) allows.
+        let (attempts, retriable) = match &ctx.route {
+            Some(route) => (
+                route.retries.attempts as usize,
+                route
+                    .retries
+                    .should_retry(None, routing::RetryFailure::ConnectFailure, None),
+            ),
+            None => (DEFAULT_RETRY_ATTEMPTS, true),
+        };
+        if ctx.direct.is_none() && retriable && ctx.tried.len() <= attempts {
             e.set_retry(true);
         }
         e
@@ -494,6 +648,25 @@ impl ProxyHttp for Waypoint {
         if let Some(s) = upstream_response.headers.get("grpc-status") {
             ctx.grpc_status = s.to_str().ok().map(String::from);
         }
+        // retryOn for responses (5xx, gateway-error, retriable-status-codes, gRPC codes): drop
+        // this response and try another endpoint while attempts remain.
+        if let Some(route) = &ctx.route {
+            let status = upstream_response.status.as_u16();
+            if ctx.direct.is_none()
+                && ctx.tried.len() <= route.retries.attempts as usize
+                && route.retries.should_retry(
+                    Some(status),
+                    routing::RetryFailure::Response,
+                    ctx.grpc_status.as_deref(),
+                )
+            {
+                debug!(route = %route.name, status, attempt = ctx.tried.len(), "retrying on response status");
+                let mut e =
+                    Error::explain(ErrorType::HTTPStatus(status), "retriable upstream response");
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -506,6 +679,36 @@ impl ProxyHttp for Waypoint {
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header("set-cookie", cookie)?;
         }
+        if let Some(route) = &ctx.route {
+            route.apply_response_headers(ctx.destination.as_ref(), &mut ResponseSink(response));
+        }
+        for (k, v) in std::mem::take(&mut ctx.extra_response_headers) {
+            response.append_header(k, v.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        if let Some(path) = &ctx.rewrite_path {
+            match path.parse::<http::Uri>() {
+                Ok(uri) => upstream_request.set_uri(uri),
+                Err(e) => {
+                    warn!(route = %route.name, %path, error = %e, "rewritten path is not a valid URI; sent unchanged")
+                }
+            }
+        }
+        if let Some(authority) = route.authority_rewrite(ctx.destination.as_ref()) {
+            upstream_request.insert_header(http::header::HOST, authority)?;
+        }
+        route.apply_request_headers(ctx.destination.as_ref(), &mut RequestSink(upstream_request));
         Ok(())
     }
 
@@ -637,6 +840,39 @@ impl ProxyHttp for Waypoint {
     }
 }
 
+/// Route header operations applied to a pingora request or response header.
+struct RequestSink<'a>(&'a mut RequestHeader);
+
+impl routing::HeaderSink for RequestSink<'_> {
+    fn set_header(&mut self, name: &str, value: &str) {
+        let _ = self.0.insert_header(name.to_string(), value);
+    }
+
+    fn append_header(&mut self, name: &str, value: &str) {
+        let _ = self.0.append_header(name.to_string(), value);
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        let _ = self.0.remove_header(name);
+    }
+}
+
+struct ResponseSink<'a>(&'a mut pingora_http::ResponseHeader);
+
+impl routing::HeaderSink for ResponseSink<'_> {
+    fn set_header(&mut self, name: &str, value: &str) {
+        let _ = self.0.insert_header(name.to_string(), value);
+    }
+
+    fn append_header(&mut self, name: &str, value: &str) {
+        let _ = self.0.append_header(name.to_string(), value);
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        let _ = self.0.remove_header(name);
+    }
+}
+
 /// What consistent hashing reads of a request.
 struct HashView<'a> {
     req: &'a RequestHeader,
@@ -693,6 +929,61 @@ impl Waypoint {
             ctx.set_cookie = rh.set_cookie.map(|c| c.header_value());
         }
         Ok(false)
+    }
+
+    /// Send copies of the request to the route's mirrors that this request is sampled for. Only
+    /// requests without a body are mirrored (a body would have to be buffered first).
+    fn mirror(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &routing::HttpRoute,
+        port: u16,
+    ) {
+        if route.mirrors.is_empty() || !session.is_body_empty() {
+            return;
+        }
+        let req = session.req_header();
+        for m in &route.mirrors {
+            if !m.sampled(&mut rand::thread_rng()) {
+                continue;
+            }
+            let Some(cluster) =
+                ctx.snapshot
+                    .cluster(&m.host, m.port.unwrap_or(port), m.subset.as_deref())
+            else {
+                debug!(mirror = %m.host, "mirror destination has no cluster");
+                continue;
+            };
+            let Some(ep) = cluster.pick(&[]) else {
+                continue;
+            };
+            let Ok(identity) = ep.endpoint.identity.parse::<SpiffeId>() else {
+                continue;
+            };
+            let mut headers = req.headers.clone();
+            if let Some(a) = authority(req) {
+                if let Ok(v) = http::HeaderValue::from_str(&crate::mirror::shadow_authority(a)) {
+                    headers.insert(http::header::HOST, v);
+                }
+            }
+            crate::mirror::spawn(
+                self.pool.clone(),
+                self.telemetry.mirrors.clone(),
+                ep.target,
+                identity,
+                crate::mirror::MirrorRequest {
+                    method: req.method.clone(),
+                    path_and_query: req
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string(),
+                    headers,
+                    body: bytes::Bytes::new(),
+                },
+            );
+        }
     }
 
     /// Feed an attempt's outcome to the cluster's outlier detection.

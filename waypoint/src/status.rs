@@ -180,6 +180,8 @@ pub struct Telemetry {
     pub status: Arc<Status>,
     /// `destination_cluster` label value (Istio's default cluster id is `Kubernetes`).
     pub cluster_id: Arc<str>,
+    /// Mirrored requests sent and failed.
+    pub mirrors: Arc<crate::mirror::MirrorStats>,
 }
 
 impl Default for Telemetry {
@@ -201,6 +203,7 @@ impl Telemetry {
             splits,
             status,
             cluster_id: Arc::from(cluster_id),
+            mirrors: Arc::default(),
         }
     }
 }

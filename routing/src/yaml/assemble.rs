@@ -205,6 +205,7 @@ fn add_virtual_services(
         at,
         mut vs,
         source_index,
+        mirror_fields,
         created: _,
     } in vss
     {
@@ -237,45 +238,65 @@ fn add_virtual_services(
                 resolved.push(s.to_string());
             }
         }
-        for (route, &i) in vs.http.iter_mut().zip(&source_index) {
-            for (j, d) in route.destinations.iter_mut().enumerate() {
-                let f = format!("spec.http[{i}].route[{j}].destination");
-                let Some(host) = hosts.resolve(&d.host) else {
+        // A destination's host, subset and port must exist.
+        let mut check = |f: &str, host: &mut String, subset: &Option<String>, port: Option<u16>| {
+            let Some(h) = hosts.resolve(host) else {
+                diag.error(
+                    &at,
+                    Some(&format!("{f}.host")),
+                    format!("host {host} is not a known service"),
+                );
+                return;
+            };
+            *host = h.to_string();
+            if let Some(subset) = subset {
+                if rules.get(h).and_then(|r| r.subset(subset)).is_none() {
                     diag.error(
                         &at,
-                        Some(&format!("{f}.host")),
-                        format!("host {} is not a known service", d.host),
+                        Some(&format!("{f}.subset")),
+                        format!(
+                            "unknown subset {subset} for host {h} (no DestinationRule defines it)"
+                        ),
                     );
-                    continue;
-                };
-                d.host = host.to_string();
-                if let Some(subset) = &d.subset {
-                    if rules.get(host).and_then(|r| r.subset(subset)).is_none() {
-                        diag.error(&at, Some(&format!("{f}.subset")), format!("unknown subset {subset} for host {host} (no DestinationRule defines it)"));
-                    }
                 }
-                if let Some(port) = d.port {
-                    if !hosts.ports.get(host).is_some_and(|ps| ps.contains(&port)) {
-                        diag.error(
-                            &at,
-                            Some(&format!("{f}.port.number")),
-                            format!("port {port} is not a port of {host}"),
-                        );
-                    }
+            }
+            if let Some(port) = port {
+                if !hosts.ports.get(h).is_some_and(|ps| ps.contains(&port)) {
+                    diag.error(
+                        &at,
+                        Some(&format!("{f}.port.number")),
+                        format!("port {port} is not a port of {h}"),
+                    );
                 }
+            }
+        };
+        for ((route, &i), fields) in vs.http.iter_mut().zip(&source_index).zip(&mirror_fields) {
+            for (j, d) in route.destinations.iter_mut().enumerate() {
+                let f = format!("spec.http[{i}].route[{j}].destination");
+                check(&f, &mut d.host, &d.subset, d.port);
             }
             // istiod leaves zero-weight destinations out of the weighted clusters
             // (route.go); a lone destination always has weight 100 here.
+            route.destinations.retain(|d| d.weight > 0);
+            for (m, f) in route.mirrors.iter_mut().zip(fields) {
+                check(f, &mut m.host, &m.subset, m.port);
+            }
+        }
+        for (i, route) in vs.tcp.iter_mut().enumerate() {
+            for (j, d) in route.destinations.iter_mut().enumerate() {
+                let f = format!("spec.tcp[{i}].route[{j}].destination");
+                check(&f, &mut d.host, &d.subset, d.port);
+            }
             route.destinations.retain(|d| d.weight > 0);
         }
         if resolved.is_empty() {
             continue;
         }
-        if vs.http.is_empty() {
+        if vs.http.is_empty() && vs.tcp.is_empty() {
             diag.warn(
                 &at,
                 Some("spec.http"),
-                "no HTTP routes; VirtualService has no effect",
+                "no HTTP or TCP routes; VirtualService has no effect",
             );
             continue;
         }
@@ -286,12 +307,15 @@ fn add_virtual_services(
         // getVirtualServiceForWaypoint's matches). Merging of several
         // VirtualServices for one host exists only for gateways.
         let id = vs.id();
-        for s in &resolved {
+        for s in resolved.iter().filter(|_| !vs.http.is_empty()) {
             match owner.get(s) {
                 Some(prev) => diag.warn(
                     &at,
                     None,
-                    format!("service {s} already has VirtualService {prev}; only the first VirtualService for a host applies at a waypoint (routes are not merged), so this one is ignored for it"),
+                    format!(
+                        "service {s} already has VirtualService {prev}; only the first VirtualService for a host applies at a waypoint (routes are not merged), so this one is ignored for it{}",
+                        if vs.tcp.is_empty() { "" } else { " (its tcp routes still apply, after those of earlier VirtualServices)" }
+                    ),
                 ),
                 None => {
                     owner.insert(s.clone(), id.clone());

@@ -6,16 +6,20 @@
 //! Errors fail the load; unsupported-but-valid Istio fields and unknown kinds
 //! become [`Snapshot::warnings`].
 
+mod actions;
 mod assemble;
 mod destination_rule;
 mod diag;
 mod docs;
+mod fields;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_actions;
 #[cfg(test)]
 mod tests_errors;
 #[cfg(test)]

@@ -85,6 +85,13 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
                     format!("host {h:?} is not supported (wildcard or empty)"),
                 );
                 None
+            } else if !is_dns_name(&h) {
+                diag.error(
+                    at,
+                    Some(&format!("spec.hosts[{i}]")),
+                    format!("host {h:?} is not a valid DNS name (RFC 1123 labels of letters, digits and '-', separated by single dots)"),
+                );
+                None
             } else {
                 Some(h)
             }
@@ -184,4 +191,32 @@ fn parse_ports(at: &DocRef, ports: Vec<PortY>, diag: &mut Diag) -> Vec<ServicePo
         });
     }
     out
+}
+
+/// An RFC 1123 DNS name: labels of 1..=63 letters, digits or '-', not starting or ending with
+/// '-', separated by single dots, 253 characters at most, no trailing dot.
+fn is_dns_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::is_dns_name;
+
+    #[test]
+    fn dns_names() {
+        for ok in ["reviews.default.svc.cluster.local", "a", "x-1.example.com"] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        for bad in ["b.", "a:80", "c d", "x..y", "-", "@", "-a.b", "a-.b"] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
 }

@@ -333,15 +333,20 @@ metadata: {name: reviews, namespace: default}
 spec:
   hosts: [reviews]
   gateways: [mesh]
+  exportTo: ['.']
   http:
   - timeout: 5s
     retries: {attempts: 3}
     match:
     - uri: {regex: '/x.*'}
       method: {exact: GET}
+      statPrefix: x
     route:
     - destination: {host: reviews, subset: v1}
   - redirect: {uri: /elsewhere}
+  tls:
+  - match: [{sniHosts: [reviews]}]
+    route: [{destination: {host: reviews}}]
   tcp:
   - route: [{destination: {host: reviews}}]
 ";
@@ -351,17 +356,26 @@ spec:
     let s = load_str(&f, "cluster.local").unwrap_or_else(|e| panic!("{e}"));
     let w = s.warnings().join("\n");
     for needle in [
-        "reviews.yaml doc 0 VirtualService default/reviews: spec.http[0].timeout is not supported yet; ignored",
-        "spec.http[0].retries is not supported yet",
-        "spec.tcp is not supported yet",
-        "spec.http[1].redirect is not supported yet",
-        "spec.http[1]: route has no destinations",
+        "reviews.yaml doc 0 VirtualService default/reviews: spec.exportTo is not supported yet; ignored",
+        "spec.tls is not supported yet",
+        "spec.http[0].match[0].statPrefix is not supported yet",
     ] {
         assert!(w.contains(needle), "missing {needle:?} in\n{w}");
     }
+    for parsed in ["timeout", "retries", "redirect", "spec.tcp"] {
+        assert!(
+            !w.lines()
+                .any(|l| l.contains(parsed) && l.contains("not supported")),
+            "{parsed} warned in\n{w}"
+        );
+    }
     let vs = &s.virtual_services()[0];
-    assert_eq!(vs.http.len(), 1);
+    assert_eq!(vs.http.len(), 2);
+    assert_eq!(vs.tcp.len(), 1);
     assert_eq!(vs.http[0].matches.len(), 1);
+    assert_eq!(vs.http[0].timeout, Some(std::time::Duration::from_secs(5)));
+    assert_eq!(vs.http[0].retries.attempts, 3);
+    assert!(matches!(vs.http[1].action, crate::RouteAction::Redirect(_)));
     let m = &vs.http[0].matches[0];
     assert_eq!(
         m.uri.as_ref().map(|u| u.to_string()),

@@ -680,7 +680,10 @@ http[1] v2-api: no match
   match[0]: uri prefix \"/v2\" does not match \"/v1/reviews\"
   match[1]: method exact \"POST\" does not match \"GET\"
 http[2] default: matched by match[0]
-decision: route default/r http[2] default"
+decision: route default/r http[2] default
+  action: forward to reviews.default.svc.cluster.local subset v1 (weight 100)
+  timeout: none (Istio's default)
+  retries: 2 retries on connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (Istio's default)"
     );
     assert_eq!(x.routes[1].failures.len(), 2);
     assert_eq!(
@@ -733,7 +736,10 @@ decision: no route: 404 NR"
     let x = s.explain_route(svc, 9080, &req("/"));
     assert_eq!(
         x.to_string(),
-        "reviews.default.svc.cluster.local:9080\ndecision: default: no VirtualService"
+        "reviews.default.svc.cluster.local:9080\ndecision: default: no VirtualService
+  action: forward to reviews.default.svc.cluster.local (all endpoints)
+  timeout: none (Istio's default)
+  retries: 2 retries on connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (Istio's default)"
     );
 }
 

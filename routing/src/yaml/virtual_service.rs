@@ -1,34 +1,86 @@
-//! `VirtualService` documents (HTTP routes only).
+//! `VirtualService` documents: `http` routes (matches, destinations and the
+//! actions of [`super::actions`]) and `tcp` routes.
 //!
 //! Validation follows istiod's (`pkg/config/validation/virtualservice.go`,
 //! `validation.go`): what istiod rejects is a load error here, naming the
 //! field; valid Istio that the waypoint does not enforce is a warning.
 
+use super::actions::{
+    CorsY, DirectResponseY, FaultY, HeadersY, PercentRule, PercentY, RedirectY, RetriesY, RewriteY,
+};
 use super::diag::{Diag, Extra};
+use super::fields::{present, DurationRule, Fields, Scalar};
 use super::{parse_spec, yaml_options, DocCtx};
+use crate::actions::{Headers, Mirror, Percent, RetryPolicy, RouteAction, UriRewrite};
 use crate::error::DocRef;
 use crate::hosts::{expand_host, hosts_overlap};
 use crate::model::{
     HttpRoute, MatchRegex, RouteDestination, RouteMatch, StringMatch, VirtualService,
 };
+use crate::tcp::{Cidr, TcpMatch, TcpRoute};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 struct Spec {
     hosts: Option<Vec<String>>,
     gateways: Option<Vec<String>>,
     http: Option<Vec<HttpY>>,
+    tcp: Option<Vec<TcpY>>,
     #[serde(flatten)]
     extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct HttpY {
     name: Option<String>,
     #[serde(rename = "match")]
     matches: Option<Vec<MatchY>>,
     route: Option<Vec<RouteY>>,
+    redirect: Option<RedirectY>,
+    direct_response: Option<DirectResponseY>,
+    delegate: Option<serde_json::Value>,
+    rewrite: Option<RewriteY>,
+    timeout: Scalar,
+    retries: Option<RetriesY>,
+    fault: Option<FaultY>,
+    mirror: Option<DestinationY>,
+    mirrors: Option<Vec<MirrorPolicyY>>,
+    mirror_percent: Scalar,
+    mirror_percentage: Option<PercentY>,
+    cors_policy: Option<CorsY>,
+    headers: Option<HeadersY>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Debug, Deserialize)]
+struct MirrorPolicyY {
+    destination: Option<DestinationY>,
+    percentage: Option<PercentY>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Debug, Deserialize)]
+struct TcpY {
+    #[serde(rename = "match")]
+    matches: Option<Vec<L4MatchY>>,
+    route: Option<Vec<RouteY>>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct L4MatchY {
+    destination_subnets: Option<Vec<String>>,
+    port: Option<i64>,
+    source_labels: Option<BTreeMap<String, String>>,
+    source_namespace: Option<String>,
+    gateways: Option<Vec<String>>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -54,7 +106,7 @@ struct MatchY {
 }
 
 #[derive(Debug, Deserialize)]
-struct StringMatchY {
+pub(super) struct StringMatchY {
     exact: Option<String>,
     prefix: Option<String>,
     regex: Option<String>,
@@ -66,6 +118,7 @@ struct StringMatchY {
 struct RouteY {
     destination: Option<DestinationY>,
     weight: Option<i64>,
+    headers: Option<HeadersY>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -104,14 +157,14 @@ pub(crate) struct VirtualServiceIr {
     pub vs: VirtualService,
     /// For each kept route of `vs.http`: its index in the document's `http` list.
     pub source_index: Vec<usize>,
+    /// For each kept route of `vs.http`: the field of each of its mirrors
+    /// (`spec.http[i].mirror` or `spec.http[i].mirrors[k].destination`).
+    pub mirror_fields: Vec<Vec<String>>,
     /// `metadata.creationTimestamp` (`YYYY-MM-DDTHH:MM:SSZ`, so it orders as
     /// text), when the document has one: istiod's precedence between
     /// VirtualServices for the same host.
     pub created: Option<String>,
 }
-
-/// Fields whose presence turns a route without `route` into a (skipped) non-forwarding route.
-const NON_FORWARDING: [&str; 3] = ["redirect", "directResponse", "delegate"];
 
 /// Istio's limit on a regex's length (Envoy's RE2 program size stand-in).
 const MAX_REGEX_LEN: usize = 1024;
@@ -155,10 +208,18 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<VirtualServiceI
         .collect();
     let mut http = Vec::new();
     let mut source_index = Vec::new();
+    let mut mirror_fields = Vec::new();
     for (i, h) in spec.http.unwrap_or_default().into_iter().enumerate() {
-        if let Some(route) = parse_route(ctx, i, h, applies_to_mesh, diag) {
+        if let Some((route, mirrors)) = parse_route(ctx, i, h, applies_to_mesh, diag) {
             http.push(route);
             source_index.push(i);
+            mirror_fields.push(mirrors);
+        }
+    }
+    let mut tcp = Vec::new();
+    for (i, t) in spec.tcp.unwrap_or_default().into_iter().enumerate() {
+        if let Some(route) = parse_tcp_route(ctx, i, t, diag) {
+            tcp.push(route);
         }
     }
     if diag.errors.len() > errors_before {
@@ -183,8 +244,10 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<VirtualServiceI
             name: ctx.name.clone(),
             hosts,
             http,
+            tcp,
         },
         source_index,
+        mirror_fields,
         created: creation_timestamp(ctx, diag),
     })
 }
@@ -219,11 +282,11 @@ fn parse_route(
     h: HttpY,
     mesh: bool,
     diag: &mut Diag,
-) -> Option<HttpRoute> {
+) -> Option<(HttpRoute, Vec<String>)> {
     let at = &ctx.at;
     let f = format!("spec.http[{i}]");
     diag.unsupported(at, &format!("{f}."), &h.extra, &[]);
-    let matches = h
+    let matches: Vec<RouteMatch> = h
         .matches
         .unwrap_or_default()
         .into_iter()
@@ -231,25 +294,308 @@ fn parse_route(
         .map(|(k, m)| parse_match(at, &format!("{f}.match[{k}]"), m, mesh, diag))
         .collect();
     let routes = h.route.unwrap_or_default();
-    if routes.is_empty() {
-        if let Some(kind) = NON_FORWARDING.iter().find(|k| h.extra.contains_key(**k)) {
-            diag.warn(
-                at,
-                Some(&f),
-                format!("route has no destinations ({kind} is not supported yet); route skipped"),
-            );
-        } else {
+    let errors_before = diag.errors.len();
+    let redirect = h.redirect.is_some();
+    let direct = h.direct_response.is_some();
+    if h.delegate.is_some() {
+        // istiod validateHTTPRouteConflict (root route)
+        if redirect {
             diag.error(
                 at,
-                Some(&format!("{f}.route")),
-                "at least one destination is required",
+                Some(&f),
+                "a route with delegate must not specify redirect",
+            );
+        }
+        if !routes.is_empty() {
+            diag.error(at, Some(&f), "a route with delegate must not specify route");
+        }
+        if diag.errors.len() == errors_before {
+            diag.warn(
+                at,
+                Some(&format!("{f}.delegate")),
+                "delegation is not supported at a waypoint; route skipped",
             );
         }
         return None;
     }
-    let destinations = parse_destinations(ctx, &f, routes, diag)?;
-    Some(HttpRoute {
+    // istiod validateHTTPRouteConflict
+    let exclusive = |diag: &mut Diag, what: &str| {
+        diag.error(at, Some(&f), format!("{what} are exclusive"));
+    };
+    if redirect && !routes.is_empty() {
+        exclusive(diag, "redirect and route");
+    }
+    if direct && !routes.is_empty() {
+        exclusive(diag, "directResponse and route");
+    }
+    if redirect && direct {
+        exclusive(diag, "redirect and directResponse");
+    }
+    let answer = if redirect {
+        "redirect"
+    } else {
+        "directResponse"
+    };
+    if (redirect || direct) && h.fault.is_some() {
+        exclusive(diag, &format!("fault and {answer}"));
+    }
+    if (redirect || direct) && h.rewrite.is_some() {
+        exclusive(diag, &format!("rewrite and {answer}"));
+    }
+    if !redirect && !direct && routes.is_empty() {
+        diag.error(
+            at,
+            Some(&format!("{f}.route")),
+            "at least one destination is required (or a redirect or directResponse)",
+        );
+    }
+    if h.mirror.is_some() && h.mirrors.as_ref().is_some_and(|m| !m.is_empty()) {
+        exclusive(diag, "mirror and mirrors");
+    }
+    if diag.errors.len() > errors_before {
+        return None;
+    }
+    let forwards = !redirect && !direct;
+    let mut fl = Fields { at, diag };
+    if !forwards {
+        for (field, set) in [
+            ("timeout", present(h.timeout.clone()).is_some()),
+            ("retries", h.retries.is_some()),
+            ("mirror", h.mirror.is_some()),
+            ("mirrors", h.mirrors.is_some()),
+        ] {
+            if set {
+                fl.warn(
+                    &format!("{f}.{field}"),
+                    format!("has no effect on a {answer} (nothing is forwarded); ignored"),
+                );
+            }
+        }
+    }
+    let action = if let Some(r) = h.redirect {
+        fl.redirect(&format!("{f}.redirect"), r, &matches)
+            .map(RouteAction::Redirect)
+    } else if let Some(d) = h.direct_response {
+        fl.direct_response(&format!("{f}.directResponse"), d)
+            .map(RouteAction::DirectResponse)
+    } else {
+        Some(RouteAction::Route)
+    };
+    let rewrite = h
+        .rewrite
+        .and_then(|r| fl.rewrite(&format!("{f}.rewrite"), r));
+    let headers = match h.headers {
+        Some(hy) => fl.headers(&format!("{f}.headers"), hy, true),
+        None => Some(Headers::default()),
+    };
+    if let (Some(r), Some(hd)) = (&rewrite, &headers) {
+        if let (Some(a), Some(b)) = (&r.authority, &hd.authority) {
+            fl.error(
+                &f,
+                format!("authority header cannot be set multiple times: have {a:?} (rewrite.authority), attempting to set {b:?} (headers.request)"),
+            );
+        }
+        if let Some(UriRewrite::Prefix(p)) = &r.uri {
+            let implicit = matches.is_empty()
+                || matches
+                    .iter()
+                    .any(|m| matches!(m.uri, None | Some(StringMatch::Present)));
+            if implicit && !p.ends_with('/') {
+                fl.warn(
+                    &format!("{f}.rewrite.uri"),
+                    format!("replaces the prefix \"/\" of requests matched without a uri condition (Envoy prefix_rewrite): /a becomes {p}a"),
+                );
+            }
+        }
+    }
+    let timeout = if forwards {
+        route_timeout(&mut fl, &format!("{f}.timeout"), h.timeout)
+    } else {
+        None
+    };
+    let retries = if forwards {
+        fl.retries(&format!("{f}.retries"), h.retries)
+    } else {
+        Some(RetryPolicy::disabled())
+    };
+    let fault = h.fault.and_then(|fy| fl.fault(&format!("{f}.fault"), fy));
+    let cors = h
+        .cors_policy
+        .and_then(|c| fl.cors(&format!("{f}.corsPolicy"), c));
+    let mut mirrors = Vec::new();
+    let mut mirror_fields = Vec::new();
+    let pct_set = h.mirror_percentage.is_some() || present(h.mirror_percent.clone()).is_some();
+    if let (Some(m), true) = (h.mirror, forwards) {
+        let mf = format!("{f}.mirror");
+        let pct = if let Some(p) = h.mirror_percentage {
+            fl.percentage(&format!("{f}.mirrorPercentage"), p, PercentRule::Range)
+        } else if present(h.mirror_percent.clone()).is_some() {
+            let pf = format!("{f}.mirrorPercent");
+            fl.warn(&pf, "deprecated; use mirrorPercentage");
+            fl.uint(&pf, h.mirror_percent, 100)
+                .map(|n| Percent::from_int(n as u32))
+        } else {
+            Some(Percent::HUNDRED)
+        };
+        let dest = parse_destination(ctx, &mf, m, fl.diag);
+        if let (Some((host, subset, port)), Some(percentage)) = (dest, pct) {
+            if push_mirror(&mut fl, &mf, &mut mirrors, host, subset, port, percentage) {
+                mirror_fields.push(mf);
+            }
+        }
+    } else if pct_set && forwards {
+        fl.warn(
+            &format!("{f}.mirrorPercentage"),
+            "has no effect without mirror; ignored",
+        );
+    }
+    for (k, mp) in h.mirrors.unwrap_or_default().into_iter().enumerate() {
+        if !forwards {
+            break;
+        }
+        let mf = format!("{f}.mirrors[{k}]");
+        fl.unsupported(&mf, &mp.extra);
+        let df = format!("{mf}.destination");
+        let Some(d) = fl.diag.required(at, &df, mp.destination) else {
+            continue;
+        };
+        let dest = parse_destination(ctx, &df, d, fl.diag);
+        let pct = match mp.percentage {
+            Some(p) => fl.percentage(&format!("{mf}.percentage"), p, PercentRule::Range),
+            None => Some(Percent::HUNDRED),
+        };
+        if let (Some((host, subset, port)), Some(percentage)) = (dest, pct) {
+            if push_mirror(&mut fl, &mf, &mut mirrors, host, subset, port, percentage) {
+                mirror_fields.push(df);
+            }
+        }
+    }
+    let destinations = if routes.is_empty() {
+        Vec::new()
+    } else {
+        parse_destinations(ctx, &f, routes, false, diag)?
+    };
+    if diag.errors.len() > errors_before {
+        return None;
+    }
+    let route = HttpRoute {
         name: h.name.unwrap_or_else(|| format!("{}.{i}", ctx.name)),
+        matches,
+        destinations,
+        action: action?,
+        rewrite,
+        headers: headers?,
+        timeout,
+        retries: retries?,
+        fault,
+        mirrors,
+        cors,
+    };
+    Some((route, mirror_fields))
+}
+
+/// A mirror, unless its percentage is 0 (istiod builds no mirror policy
+/// then). True when it was added.
+fn push_mirror(
+    fl: &mut Fields<'_, '_>,
+    f: &str,
+    mirrors: &mut Vec<Mirror>,
+    host: String,
+    subset: Option<String>,
+    port: Option<u16>,
+    percentage: Percent,
+) -> bool {
+    if percentage.is_zero() {
+        fl.warn(f, "percentage 0: nothing is mirrored; ignored");
+        return false;
+    }
+    mirrors.push(Mirror {
+        host,
+        subset,
+        port,
+        percentage,
+    });
+    true
+}
+
+/// `timeout`: ≥ 1ms at millisecond precision (the CRD and istiod), or `0s`,
+/// accepted with a warning as "no timeout" (what Envoy makes of 0).
+fn route_timeout(fl: &mut Fields<'_, '_>, f: &str, v: Scalar) -> Option<Duration> {
+    let d = fl.duration(f, v.clone(), DurationRule::NonNegative)?;
+    if d.is_zero() {
+        fl.warn(
+            f,
+            "0s: no timeout (Envoy's reading of 0; Kubernetes rejects it: the CRD requires ≥ 1ms — leave timeout out instead)",
+        );
+        return None;
+    }
+    fl.duration(f, v, DurationRule::AtLeastMillis)
+}
+
+fn parse_tcp_route(ctx: &DocCtx<'_>, i: usize, t: TcpY, diag: &mut Diag) -> Option<TcpRoute> {
+    let at = &ctx.at;
+    let f = format!("spec.tcp[{i}]");
+    diag.unsupported(at, &format!("{f}."), &t.extra, &[]);
+    let errors_before = diag.errors.len();
+    let mut matches = Vec::new();
+    for (k, m) in t.matches.unwrap_or_default().into_iter().enumerate() {
+        let mf = format!("{f}.match[{k}]");
+        diag.unsupported(at, &format!("{mf}."), &m.extra, &[]);
+        let port = m.port.and_then(|p| diag.port(at, &format!("{mf}.port"), p));
+        let mut destination_subnets = Vec::new();
+        for (j, s) in m.destination_subnets.unwrap_or_default().iter().enumerate() {
+            match Cidr::parse(s.trim()) {
+                Ok(c) => destination_subnets.push(c),
+                Err(e) => diag.error(at, Some(&format!("{mf}.destinationSubnets[{j}]")), e),
+            }
+        }
+        if !destination_subnets.is_empty() {
+            diag.warn(
+                at,
+                Some(&format!("{mf}.destinationSubnets")),
+                "istiod ignores destinationSubnets at waypoints; here they match the connection's original destination IP",
+            );
+        }
+        let source_labels = m.source_labels.unwrap_or_default();
+        let source_namespace = m.source_namespace.filter(|ns| !ns.is_empty());
+        if !source_labels.is_empty() || source_namespace.is_some() {
+            diag.warn(
+                at,
+                Some(&mf),
+                "istiod never matches tcp blocks with sourceLabels or sourceNamespace at waypoints; \
+                 here they match the source workload when the proxy knows it",
+            );
+        }
+        let gateways = m.gateways.unwrap_or_default();
+        if !gateways.is_empty() && !gateways.iter().any(|g| g == "mesh") {
+            diag.warn(
+                at,
+                Some(&format!("{mf}.gateways")),
+                format!(
+                    "[{}] does not include mesh: this match block never applies to a waypoint",
+                    gateways.join(", ")
+                ),
+            );
+        }
+        matches.push(TcpMatch {
+            port,
+            destination_subnets,
+            source_labels,
+            source_namespace,
+            gateways,
+        });
+    }
+    let routes = t.route.unwrap_or_default();
+    if routes.is_empty() {
+        diag.error(at, Some(&format!("{f}.route")), "TCP route is required");
+        return None;
+    }
+    let destinations = parse_destinations(ctx, &f, routes, true, diag)?;
+    if diag.errors.len() > errors_before {
+        return None;
+    }
+    Some(TcpRoute {
+        name: format!("{}.tcp.{i}", ctx.name),
         matches,
         destinations,
     })
@@ -258,7 +604,7 @@ fn parse_route(
 /// Where a StringMatch sits: istiod allows an empty `prefix` only on `uri`,
 /// and `regex: "*"` (present) only in `withoutHeaders`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Place {
+pub(super) enum Place {
     Uri,
     WithoutHeaders,
     Other,
@@ -402,7 +748,7 @@ fn header_matches(
 }
 
 /// One StringMatch: `exact`, `prefix`, `regex`, or `{}` (present).
-fn string_match(
+pub(super) fn string_match(
     at: &DocRef,
     f: &str,
     s: StringMatchY,
@@ -523,10 +869,42 @@ fn warn_unreachable(at: &DocRef, http: &[HttpRoute], source_index: &[usize], dia
     }
 }
 
+/// A `Destination`: (expanded host, subset, port).
+fn parse_destination(
+    ctx: &DocCtx<'_>,
+    df: &str,
+    d: DestinationY,
+    diag: &mut Diag,
+) -> Option<(String, Option<String>, Option<u16>)> {
+    let at = &ctx.at;
+    diag.unsupported(at, &format!("{df}."), &d.extra, &[]);
+    let host = diag.required(at, &format!("{df}.host"), d.host);
+    if host.as_deref() == Some("*") {
+        diag.error(
+            at,
+            Some(&format!("{df}.host")),
+            "invalid destination host *",
+        );
+        return None;
+    }
+    let port = match d.port {
+        None => Some(None),
+        Some(p) => {
+            diag.unsupported(at, &format!("{df}.port."), &p.extra, &[]);
+            let n = diag.required(at, &format!("{df}.port.number"), p.number);
+            n.and_then(|n| diag.port(at, &format!("{df}.port.number"), n))
+                .map(Some)
+        }
+    };
+    Some((expand_host(&host?, &ctx.namespace), d.subset, port?))
+}
+
+/// `route` of an http (`tcp == false`) or tcp route.
 fn parse_destinations(
     ctx: &DocCtx<'_>,
     f: &str,
     routes: Vec<RouteY>,
+    tcp: bool,
     diag: &mut Diag,
 ) -> Option<Vec<RouteDestination>> {
     let at = &ctx.at;
@@ -560,29 +938,33 @@ fn parse_destinations(
             None => Some(0),
             Some(w) => u32::try_from(w).ok(),
         };
+        let headers = match r.headers {
+            None => Some(Headers::default()),
+            Some(_) if tcp => {
+                diag.warn(
+                    at,
+                    Some(&format!("{rf}.headers")),
+                    "is not supported on tcp routes; ignored",
+                );
+                Some(Headers::default())
+            }
+            Some(hy) => Fields { at, diag }.headers(&format!("{rf}.headers"), hy, false),
+        };
         let Some(d) = diag.required(at, &format!("{rf}.destination"), r.destination) else {
             ok = false;
             continue;
         };
-        let df = format!("{rf}.destination");
-        diag.unsupported(at, &format!("{df}."), &d.extra, &[]);
-        let host = diag.required(at, &format!("{df}.host"), d.host);
-        let port = match d.port {
-            None => Some(None),
-            Some(p) => {
-                diag.unsupported(at, &format!("{df}.port."), &p.extra, &[]);
-                let n = diag.required(at, &format!("{df}.port.number"), p.number);
-                n.and_then(|n| diag.port(at, &format!("{df}.port.number"), n))
-                    .map(Some)
+        let dest = parse_destination(ctx, &format!("{rf}.destination"), d, diag);
+        match (dest, weight, headers) {
+            (Some((host, subset, port)), Some(weight), Some(headers)) => {
+                out.push(RouteDestination {
+                    host,
+                    subset,
+                    port,
+                    weight,
+                    headers,
+                })
             }
-        };
-        match (host, port, weight) {
-            (Some(host), Some(port), Some(weight)) => out.push(RouteDestination {
-                host: expand_host(&host, &ctx.namespace),
-                subset: d.subset,
-                port,
-                weight,
-            }),
             _ => ok = false,
         }
     }

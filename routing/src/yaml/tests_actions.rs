@@ -1,0 +1,946 @@
+//! VirtualService route actions (`redirect`, `directResponse`, `rewrite`,
+//! `headers`, `timeout`, `retries`, `fault`, `mirror(s)`, `corsPolicy`) and
+//! `tcp` routes: parsing, errors and warnings, as table tests; plus the
+//! snapshot lookups (`route_with_match`, `tcp_route`) and `explain_route`.
+
+use super::tests::files;
+use crate::{
+    load_str, Abort, Cidr, HeaderOpKind, Percent, RedirectPath, RedirectPort, RetryOn, RetryPolicy,
+    RouteAction, RouteDecision, SimpleRequest, Snapshot, StringMatch, TcpConnection,
+    UnmatchedPreflights, UriRewrite,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const FQDN: &str = "reviews.default.svc.cluster.local";
+const AT: &str = "reviews.yaml doc 0 VirtualService default/reviews: ";
+
+/// `ratings` (HTTP, namespace default) for mirrors and `mongo` (TCP) for tcp routes.
+const MORE_SERVICES: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  addresses: [10.0.0.20]
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 127.0.10.4, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mongo}
+spec:
+  hosts: [mongo]
+  addresses: [10.0.0.30]
+  ports: [{number: 27017, name: tcp-mongo}, {number: 27018, name: tcp-other}]
+  endpoints: [{address: 127.0.10.5}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  subsets: [{name: v2, labels: {version: v2}}]
+";
+
+fn try_load(vs_yaml: &str) -> Result<Snapshot, String> {
+    let mut f = files(&[("more.yaml", MORE_SERVICES)]);
+    f.retain(|(n, _)| n != "reviews.yaml");
+    f.push(("reviews.yaml".into(), vs_yaml.into()));
+    load_str(&f, "cluster.local").map_err(|e| e.to_string())
+}
+
+fn load(vs_yaml: &str) -> Snapshot {
+    try_load(vs_yaml).unwrap_or_else(|e| panic!("load failed:\n{e}\n---\n{vs_yaml}"))
+}
+
+fn error(vs_yaml: &str) -> String {
+    match try_load(vs_yaml) {
+        Ok(_) => panic!("load unexpectedly succeeded:\n{vs_yaml}"),
+        Err(e) => e,
+    }
+}
+
+/// The `reviews` VirtualService with this `http` list (YAML lines, indented by 2).
+fn vs(http: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
+}
+
+/// One http entry: `- <fields>` plus a route to subset v1 when `route`.
+fn entry(fields: &str, route: bool) -> String {
+    let mut s = format!("  - {fields}\n");
+    if route {
+        s += "    route: [{destination: {host: reviews, subset: v1}}]\n";
+    }
+    s
+}
+
+/// Like [`entry`]; `{a: .., b: ..}` (several fields) becomes one flow mapping.
+fn item(fields: &str, route: bool) -> String {
+    let Some(inner) = fields.strip_prefix('{') else {
+        return entry(fields, route);
+    };
+    let inner = &inner[..inner.len() - 1];
+    let route = if route {
+        ", route: [{destination: {host: reviews, subset: v1}}]"
+    } else {
+        ""
+    };
+    format!("  - {{{inner}{route}}}\n")
+}
+
+/// The first http route of the reviews VirtualService.
+fn first(s: &Snapshot) -> &crate::HttpRoute {
+    &s.virtual_services()[0].http[0]
+}
+
+#[test]
+fn redirects_parse() {
+    // (http entry fields, path, authority, scheme, port, code)
+    type Want<'a> = (
+        &'a str,
+        Option<RedirectPath>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<RedirectPort>,
+        u16,
+    );
+    let uri = |s: &str| Some(RedirectPath::Uri(s.into()));
+    let cases: Vec<Want> = vec![
+        (
+            "redirect: {uri: /v1/bookRatings, authority: newratings.default.svc.cluster.local}",
+            uri("/v1/bookRatings"),
+            Some("newratings.default.svc.cluster.local"),
+            None,
+            None,
+            301,
+        ),
+        (
+            "redirect: {scheme: https, redirectCode: 308}",
+            None,
+            None,
+            Some("https"),
+            None,
+            308,
+        ),
+        (
+            "redirect: {port: 8443}",
+            None,
+            None,
+            None,
+            Some(RedirectPort::Port(8443)),
+            301,
+        ),
+        (
+            "redirect: {derivePort: FROM_REQUEST_PORT}",
+            None,
+            None,
+            None,
+            Some(RedirectPort::FromRequestPort),
+            301,
+        ),
+        (
+            "redirect: {derivePort: FROM_PROTOCOL_DEFAULT, scheme: http}",
+            None,
+            None,
+            Some("http"),
+            Some(RedirectPort::FromProtocolDefault),
+            301,
+        ),
+        (
+            "redirect: {uri: /x, redirectCode: 302}",
+            uri("/x"),
+            None,
+            None,
+            None,
+            302,
+        ),
+        (
+            "redirect: {uri: /x, redirectCode: 303}",
+            uri("/x"),
+            None,
+            None,
+            None,
+            303,
+        ),
+        (
+            "redirect: {uri: /x, redirectCode: 307}",
+            uri("/x"),
+            None,
+            None,
+            None,
+            307,
+        ),
+        (
+            "{match: [{uri: {prefix: /old}}], redirect: {prefixRewrite: /new}}",
+            Some(RedirectPath::Prefix("/new".into())),
+            None,
+            None,
+            None,
+            301,
+        ),
+    ];
+    for (fields, path, authority, scheme, port, code) in cases {
+        let body = item(fields, false);
+        let s = load(&vs(&body));
+        let RouteAction::Redirect(r) = &first(&s).action else {
+            panic!("{fields}: not a redirect");
+        };
+        assert_eq!(r.path, path, "{fields}");
+        assert_eq!(r.authority.as_deref(), authority, "{fields}");
+        assert_eq!(r.scheme.as_deref(), scheme, "{fields}");
+        assert_eq!(r.port, port, "{fields}");
+        assert_eq!(r.code, code, "{fields}");
+        assert!(first(&s).destinations.is_empty());
+        assert!(!first(&s).retries.is_enabled(), "no retries on a redirect");
+    }
+}
+
+#[test]
+fn redirect_through_the_snapshot() {
+    let s = load(&vs(
+        "  - match: [{uri: {prefix: /old/}}]\n    redirect: {prefixRewrite: /new/, derivePort: FROM_REQUEST_PORT, redirectCode: 307}\n",
+    ));
+    let svc = s.service_by_host(FQDN).unwrap();
+    let req = SimpleRequest::new("/old/page?x=1").with_authority("reviews:9080");
+    let (decision, matched) = s.route_with_match(svc, 9080, &req);
+    let RouteDecision::Route { route, .. } = decision else {
+        panic!("{decision:?}");
+    };
+    let RouteAction::Redirect(r) = &route.action else {
+        panic!()
+    };
+    let prefix = crate::Rewrite::matched_prefix(matched);
+    assert_eq!(prefix, Some("/old/"));
+    assert_eq!(
+        r.location("http", "reviews:9080", "/old/page?x=1", 9080, prefix),
+        (307, "http://reviews:9080/new/page?x=1".to_string())
+    );
+    let x = s.explain_route(svc, 9080, &req);
+    assert!(
+        x.actions
+            .iter()
+            .any(|l| l == "action: redirect 307 port FROM_REQUEST_PORT, prefixRewrite \"/new/\" → 307 http://reviews:9080/new/page?x=1"),
+        "{:?}",
+        x.actions
+    );
+}
+
+#[test]
+fn direct_responses_parse() {
+    let cases: &[(&str, u16, Option<&[u8]>)] = &[
+        (
+            "directResponse: {status: 503, body: {string: unavailable}}",
+            503,
+            Some(b"unavailable"),
+        ),
+        (
+            "directResponse: {status: 200, body: {bytes: aGVsbG8=}}",
+            200,
+            Some(b"hello"),
+        ),
+        ("directResponse: {status: 204}", 204, None),
+        ("directResponse: {status: '404'}", 404, None),
+    ];
+    for (fields, status, body) in cases {
+        let s = load(&vs(&entry(fields, false)));
+        let RouteAction::DirectResponse(d) = &first(&s).action else {
+            panic!("{fields}");
+        };
+        assert_eq!(d.status, *status, "{fields}");
+        assert_eq!(d.body.as_deref(), *body, "{fields}");
+    }
+    // a large body is a warning
+    let big = "x".repeat(200 * 1024);
+    let s = load(&vs(&entry(
+        &format!("directResponse: {{status: 200, body: {{string: {big}}}}}"),
+        false,
+    )));
+    assert!(s.warnings().iter().any(|w| w.contains(
+        "spec.http[0].directResponse.body: body of 204800 bytes: large direct responses"
+    )));
+}
+
+#[test]
+fn rewrites_parse_and_apply() {
+    let s = load(&vs("  - match: [{uri: {prefix: /v1/}}]\n    rewrite: {uri: /v2/, authority: reviews-v2}\n    route: [{destination: {host: reviews, subset: v1}}]\n"));
+    let r = first(&s);
+    let rw = r.rewrite.as_ref().unwrap();
+    assert_eq!(rw.uri, Some(UriRewrite::Prefix("/v2/".into())));
+    assert_eq!(rw.authority.as_deref(), Some("reviews-v2"));
+    let svc = s.service_by_host(FQDN).unwrap();
+    let req = SimpleRequest::new("/v1/reviews?id=1");
+    let (_, matched) = s.route_with_match(svc, 9080, &req);
+    assert_eq!(
+        r.rewritten_path(matched, "/v1/reviews?id=1").as_deref(),
+        Some("/v2/reviews?id=1")
+    );
+    assert_eq!(
+        r.authority_rewrite(r.destinations.first()),
+        Some("reviews-v2")
+    );
+
+    let s = load(&vs(&entry(
+        "rewrite: {uriRegexRewrite: {match: '^/service/([^/]+)/(.*)$', rewrite: '/x/\\2/\\1'}}",
+        true,
+    )));
+    let r = first(&s);
+    assert_eq!(
+        r.rewritten_path(None, "/service/a/b/c?q").as_deref(),
+        Some("/x/b/c/a?q")
+    );
+    // exact match: the whole path is replaced
+    let s = load(&vs(
+        "  - match: [{uri: {exact: /old}}]\n    rewrite: {uri: /new}\n    route: [{destination: {host: reviews}}]\n",
+    ));
+    let svc = s.service_by_host(FQDN).unwrap();
+    let (_, matched) = s.route_with_match(svc, 9080, &SimpleRequest::new("/old?a"));
+    assert_eq!(
+        first(&s).rewritten_path(matched, "/old?a").as_deref(),
+        Some("/new?a")
+    );
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+    // no uri condition: the implicit prefix "/" is replaced (with a warning)
+    let s = load(&vs(&entry("rewrite: {uri: /v2}", true)));
+    assert_eq!(
+        first(&s).rewritten_path(None, "/a").as_deref(),
+        Some("/v2a")
+    );
+    assert!(s.warnings().iter().any(|w| w.contains(
+        "spec.http[0].rewrite.uri: replaces the prefix \"/\" of requests matched without a uri condition"
+    )), "{:?}", s.warnings());
+}
+
+#[test]
+fn headers_parse_route_and_destination() {
+    let yaml = vs("  - headers:
+      request:
+        set: {X-Env: prod, host: reviews.internal}
+        add: {x-trace: 'on'}
+        remove: [x-debug]
+      response:
+        set: {x-served-by: waypoint, x-pct: '100%%'}
+        remove: [server]
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 90
+      headers:
+        request: {set: {x-version: v1}}
+        response: {add: {x-from: v1}}
+    - destination: {host: reviews, subset: v2}
+      weight: 10
+");
+    let s = load(&yaml);
+    let r = first(&s);
+    assert_eq!(r.headers.authority.as_deref(), Some("reviews.internal"));
+    assert_eq!(
+        r.headers.request.to_string(),
+        "remove x-debug; set x-env: prod; add x-trace: on"
+    );
+    assert_eq!(
+        r.headers.response.to_string(),
+        "remove server; set x-pct: 100%; set x-served-by: waypoint"
+    );
+    let v1 = &r.destinations[0];
+    assert_eq!(v1.headers.request.to_string(), "set x-version: v1");
+    assert_eq!(v1.headers.response.ops[0].kind, HeaderOpKind::Add);
+    assert!(r.destinations[1].headers.is_empty());
+    assert_eq!(r.authority_rewrite(Some(v1)), Some("reviews.internal"));
+    let mut h: Vec<(String, String)> = vec![("x-debug".into(), "1".into())];
+    r.apply_request_headers(Some(v1), &mut h);
+    let h: Vec<(&str, &str)> = h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(
+        h,
+        [("x-env", "prod"), ("x-trace", "on"), ("x-version", "v1")]
+    );
+    // a destination's own authority applies when the route sets none
+    let s = load(&vs("  - route:\n    - destination: {host: reviews}\n      headers: {request: {add: {':authority': other}}}\n"));
+    let r = first(&s);
+    assert_eq!(r.authority_rewrite(r.destinations.first()), Some("other"));
+    // command operators are kept as written, with a warning
+    let s = load(&vs(&entry(
+        "headers: {request: {set: {x-host: '%HOSTNAME%'}}}",
+        true,
+    )));
+    assert_eq!(first(&s).headers.request.ops[0].value, "%HOSTNAME%");
+    assert!(s.warnings().iter().any(|w| w.contains("are not expanded")));
+}
+
+#[test]
+fn timeouts_parse() {
+    let cases: &[(&str, Option<Duration>)] = &[
+        ("timeout: 5s", Some(Duration::from_secs(5))),
+        ("timeout: 1m30s", Some(Duration::from_secs(90))),
+        ("timeout: 250ms", Some(Duration::from_millis(250))),
+        ("timeout: 0s", None),
+        ("name: x", None),
+    ];
+    for (fields, want) in cases {
+        let s = load(&vs(&entry(fields, true)));
+        assert_eq!(first(&s).timeout, *want, "{fields}");
+    }
+    let s = load(&vs(&entry("timeout: 0s", true)));
+    assert!(s
+        .warnings()
+        .iter()
+        .any(|w| w.contains("spec.http[0].timeout: 0s: no timeout")));
+}
+
+#[test]
+fn retries_parse() {
+    use RetryOn::*;
+    // (fields, attempts, per try, conditions, codes, default?)
+    type Want<'a> = (&'a str, u32, Option<Duration>, Vec<RetryOn>, Vec<u16>, bool);
+    let default_on = RetryPolicy::DEFAULT_RETRY_ON.to_vec();
+    let cases: Vec<Want> = vec![
+        ("name: unset", 2, None, default_on.clone(), vec![], true),
+        ("retries: {attempts: 3}", 3, None, default_on.clone(), vec![], false),
+        ("retries: {attempts: 3, perTryTimeout: 2s, retryOn: '5xx,reset'}", 3, Some(Duration::from_secs(2)), vec![FiveXx, Reset], vec![], false),
+        ("retries: {attempts: 1, retryOn: '503,gateway-error,429'}", 1, None, vec![GatewayError, RetriableStatusCodes], vec![503, 429], false),
+        ("retries: {attempts: 2, retryOn: 'retriable-status-codes,504'}", 2, None, vec![RetriableStatusCodes], vec![504], false),
+        ("retries: {attempts: 2, retryOn: 'cancelled,deadline-exceeded,internal,resource-exhausted,unavailable'}", 2, None, vec![Cancelled, DeadlineExceeded, Internal, ResourceExhausted, Unavailable], vec![], false),
+        ("retries: {attempts: 0}", 0, None, vec![], vec![], false),
+        ("retries: {}", 0, None, vec![], vec![], false),
+    ];
+    for (fields, attempts, per_try, on, codes, default) in cases {
+        let s = load(&vs(&entry(fields, true)));
+        let r = &first(&s).retries;
+        assert_eq!(r.attempts, attempts, "{fields}");
+        assert_eq!(r.per_try_timeout, per_try, "{fields}");
+        assert_eq!(r.retry_on, on, "{fields}");
+        assert_eq!(r.retriable_status_codes, codes, "{fields}");
+        assert_eq!(r.is_default, default, "{fields}");
+    }
+    let s = load(&vs(&entry(
+        "retries: {attempts: 4, retryRemoteLocalities: true, retryIgnorePreviousHosts: false, backoff: 100ms}",
+        true,
+    )));
+    let r = &first(&s).retries;
+    assert!(r.retry_remote_localities && !r.retry_ignore_previous_hosts);
+    assert_eq!(r.backoff, Some(Duration::from_millis(100)));
+    assert_eq!(
+        r,
+        &RetryPolicy {
+            attempts: 4,
+            retry_remote_localities: true,
+            retry_ignore_previous_hosts: false,
+            backoff: Some(Duration::from_millis(100)),
+            is_default: false,
+            ..RetryPolicy::istio_default()
+        }
+    );
+}
+
+#[test]
+fn faults_parse() {
+    let s = load(&vs(&entry(
+        "fault: {delay: {fixedDelay: 5s, percentage: {value: 10}}, abort: {httpStatus: 500, percentage: {value: 0.5}}}",
+        true,
+    )));
+    let f = first(&s).fault.as_ref().unwrap();
+    let d = f.delay.as_ref().unwrap();
+    assert_eq!(d.fixed_delay, Duration::from_secs(5));
+    assert_eq!(d.percentage, Percent::from_value(10.0).unwrap());
+    let a = f.abort.as_ref().unwrap();
+    assert_eq!(a.abort, Abort::Http(500));
+    assert_eq!(a.percentage.per_million(), 5_000);
+    assert_eq!(f.to_string(), "delay 5s for 10%, abort HTTP 500 for 0.5%");
+
+    let s = load(&vs(&entry(
+        "fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}",
+        true,
+    )));
+    let a = first(&s).fault.clone().unwrap().abort.unwrap();
+    assert_eq!(
+        a.abort,
+        Abort::Grpc {
+            code: 14,
+            name: "UNAVAILABLE"
+        }
+    );
+    // deprecated integer percent, with a warning
+    let s = load(&vs(&entry(
+        "fault: {delay: {fixedDelay: 2s, percent: 30}}",
+        true,
+    )));
+    let d = first(&s).fault.as_ref().unwrap().delay.clone().unwrap();
+    assert_eq!(d.percentage, Percent::from_int(30));
+    assert!(s
+        .warnings()
+        .iter()
+        .any(|w| w.contains("spec.http[0].fault.delay.percent: deprecated")));
+    // no percentage: 0 %, with a warning
+    let s = load(&vs(&entry("fault: {abort: {httpStatus: 503}}", true)));
+    assert_eq!(
+        first(&s).fault.clone().unwrap().abort.unwrap().percentage,
+        Percent::ZERO
+    );
+    assert!(
+        s.warnings()
+            .iter()
+            .any(|w| w.contains("spec.http[0].fault.abort: no percentage: no request is aborted")),
+        "{:?}",
+        s.warnings()
+    );
+}
+
+#[test]
+fn mirrors_parse() {
+    type Got<'a> = (&'a str, Option<&'a str>, Option<u16>, f64);
+    let cases: &[(&str, &[Got])] = &[
+        ("mirror: {host: ratings}", &[("ratings.default.svc.cluster.local", None, None, 100.0)]),
+        ("{mirror: {host: ratings, subset: v2}, mirrorPercentage: {value: 12.5}}", &[("ratings.default.svc.cluster.local", Some("v2"), None, 12.5)]),
+        ("{mirror: {host: ratings, port: {number: 9080}}, mirrorPercent: 40}", &[("ratings.default.svc.cluster.local", None, Some(9080), 40.0)]),
+        ("mirrors: [{destination: {host: ratings}}, {destination: {host: reviews, subset: v2}, percentage: {value: 5}}]",
+            &[("ratings.default.svc.cluster.local", None, None, 100.0), ("reviews.default.svc.cluster.local", Some("v2"), None, 5.0)]),
+        ("{mirror: {host: ratings}, mirrorPercentage: {value: 0}}", &[]),
+        ("mirrors: [{destination: {host: ratings}, percentage: {value: 0}}]", &[]),
+    ];
+    for (fields, want) in cases {
+        let body = item(fields, true);
+        let s = load(&vs(&body));
+        let got: Vec<Got> = first(&s)
+            .mirrors
+            .iter()
+            .map(|m| {
+                (
+                    m.host.as_str(),
+                    m.subset.as_deref(),
+                    m.port,
+                    m.percentage.value(),
+                )
+            })
+            .collect();
+        assert_eq!(got, *want, "{fields}");
+    }
+}
+
+#[test]
+fn cors_parses() {
+    let s = load(&vs(&entry(
+        "corsPolicy: {allowOrigins: [{exact: 'https://a.example'}, {regex: 'https://.*\\.b\\.example'}], allowMethods: [GET, POST], allowHeaders: [x-token], exposeHeaders: ['*'], maxAge: 24h, allowCredentials: true, unmatchedPreflights: IGNORE}",
+        true,
+    )));
+    let c = first(&s).cors.as_ref().unwrap();
+    assert_eq!(
+        c.allow_origins[0],
+        StringMatch::Exact("https://a.example".into())
+    );
+    assert!(c.origin_allowed("https://x.b.example"));
+    assert_eq!(c.allow_methods, ["GET", "POST"]);
+    assert_eq!(c.max_age, Some(Duration::from_secs(86400)));
+    assert!(c.allow_credentials);
+    assert_eq!(c.unmatched_preflights, UnmatchedPreflights::Ignore);
+    // deprecated allowOrigin: exact matches
+    let s = load(&vs(&entry(
+        "corsPolicy: {allowOrigin: ['https://old.example']}",
+        true,
+    )));
+    let c = first(&s).cors.as_ref().unwrap();
+    assert_eq!(
+        c.allow_origins,
+        [StringMatch::Exact("https://old.example".into())]
+    );
+    assert_eq!(c.unmatched_preflights, UnmatchedPreflights::Forward);
+    assert!(s
+        .warnings()
+        .iter()
+        .any(|w| w.contains("corsPolicy.allowOrigin: deprecated")));
+}
+
+#[test]
+fn action_errors() {
+    let route = true;
+    // (http entry fields, with a route?, expected error after AT)
+    let cases: &[(&str, bool, &str)] = &[
+        // exclusivity
+        ("redirect: {uri: /x}", route, "spec.http[0]: redirect and route are exclusive"),
+        ("directResponse: {status: 503}", route, "spec.http[0]: directResponse and route are exclusive"),
+        ("{redirect: {uri: /x}, directResponse: {status: 503}}", !route, "spec.http[0]: redirect and directResponse are exclusive"),
+        ("{redirect: {uri: /x}, fault: {abort: {httpStatus: 500}}}", !route, "spec.http[0]: fault and redirect are exclusive"),
+        ("{directResponse: {status: 503}, rewrite: {uri: /x}}", !route, "spec.http[0]: rewrite and directResponse are exclusive"),
+        ("{mirror: {host: ratings}, mirrors: [{destination: {host: ratings}}]}", route, "spec.http[0]: mirror and mirrors are exclusive"),
+        ("name: nothing", !route, "spec.http[0].route: at least one destination is required"),
+        // redirect
+        ("redirect: {uri: /a, prefixRewrite: /b}", !route, "spec.http[0].redirect: redirect may only specify one of uri or prefixRewrite"),
+        ("redirect: {redirectCode: 302}", !route, "spec.http[0].redirect: redirect must specify uri, prefixRewrite, authority, scheme, port or derivePort"),
+        ("redirect: {uri: /x, redirectCode: 404}", !route, "spec.http[0].redirect.redirectCode: 404 is not a valid redirect code, must be 3xx"),
+        ("redirect: {uri: /x, redirectCode: 300}", !route, "spec.http[0].redirect.redirectCode: redirect code 300 is not supported"),
+        ("redirect: {scheme: ftp}", !route, "spec.http[0].redirect.scheme: invalid redirect scheme \"ftp\", must be \"http\" or \"https\""),
+        ("redirect: {port: 70000}", !route, "spec.http[0].redirect.port: port number 70000 must be in the range 1..65535"),
+        ("redirect: {port: 80, derivePort: FROM_REQUEST_PORT}", !route, "spec.http[0].redirect: redirect may only specify one of port or derivePort"),
+        ("redirect: {derivePort: SOMEWHERE}", !route, "spec.http[0].redirect.derivePort: unknown derivePort \"SOMEWHERE\""),
+        ("{match: [{uri: {exact: /a}}], redirect: {prefixRewrite: /b}}", !route, "spec.http[0].redirect.prefixRewrite: requires every match block's uri to be a prefix match"),
+        // direct response
+        ("directResponse: {status: 100}", !route, "spec.http[0].directResponse.status: HTTP status 100 is not in range 200..=599"),
+        ("directResponse: {status: 600}", !route, "spec.http[0].directResponse.status: HTTP status 600 is not in range 200..=599"),
+        ("directResponse: {body: {string: x}}", !route, "spec.http[0].directResponse.status: missing required field"),
+        ("directResponse: {status: 200, body: {string: a, bytes: YQ==}}", !route, "spec.http[0].directResponse.body: only one of string or bytes may be set"),
+        ("directResponse: {status: 200, body: {bytes: 'not base64!'}}", !route, "spec.http[0].directResponse.body.bytes: invalid base64: invalid base64 character ' ' at 3"),
+        // rewrite
+        ("rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}", route, "spec.http[0].rewrite: rewrite may only contain one of uri or uriRegexRewrite"),
+        ("rewrite: {}", route, "spec.http[0].rewrite: rewrite must specify at least one of uri, uriRegexRewrite or authority"),
+        ("rewrite: {uriRegexRewrite: {match: '^/a'}}", route, "spec.http[0].rewrite.uriRegexRewrite: uriRegexRewrite requires both match and rewrite"),
+        ("rewrite: {uriRegexRewrite: {match: '(', rewrite: /b}}", route, "spec.http[0].rewrite.uriRegexRewrite.match: invalid regex \"(\": unclosed group"),
+        ("rewrite: {uriRegexRewrite: {match: '^/(a)', rewrite: '/\\2'}}", route, "spec.http[0].rewrite.uriRegexRewrite.rewrite: rewrite \"/\\\\2\" uses \\2 but the pattern has 1 capture group"),
+        // headers
+        ("headers: {request: {set: {':path': /x}}}", route, "spec.http[0].headers.request.set.:path: invalid header \":path\": header cannot have \":\" prefix"),
+        ("headers: {response: {set: {host: x}}}", route, "spec.http[0].headers.response.set.host: invalid header \"host\": cannot set Host header"),
+        ("headers: {request: {remove: [Host]}}", route, "spec.http[0].headers.request.remove[0]: invalid header \"Host\": cannot set Host header"),
+        ("headers: {request: {remove: ['']}}", route, "spec.http[0].headers.request.remove[0]: header name cannot be empty"),
+        ("headers: {request: {set: {'bad name': x}}}", route, "spec.http[0].headers.request.set.bad name: header name bad name is not a valid header name"),
+        ("headers: {request: {set: {x-a: \"a\\nb\"}}}", route, "spec.http[0].headers.request.set.x-a: header value configuration \"a\\nb\" is invalid"),
+        ("headers: {request: {set: {x-a: '100%'}}}", route, "spec.http[0].headers.request.set.x-a: header value configuration \"100%\": invalid header configuration. Un-escaped %"),
+        ("headers: {request: {set: {x-a: 1}}}", route, "spec.http[0].headers.request.set.x-a: header value must be a string, got 1"),
+        ("headers: {request: {set: {host: a}, add: {':authority': b}}}", route, "spec.http[0].headers.request: authority header cannot be set multiple times"),
+        ("{rewrite: {authority: a}, headers: {request: {set: {host: b}}}}", route, "spec.http[0]: authority header cannot be set multiple times: have \"a\" (rewrite.authority)"),
+        // timeout
+        ("timeout: 5", route, "spec.http[0].timeout: invalid duration \"5\": missing unit"),
+        ("timeout: -1s", route, "spec.http[0].timeout: invalid duration \"-1s\": must not be negative"),
+        ("timeout: 500us", route, "spec.http[0].timeout: must be ≥ 1ms, got \"500us\""),
+        ("timeout: 1.0005s", route, "spec.http[0].timeout: only millisecond precision is supported"),
+        // retries
+        ("retries: {attempts: 3, perTryTimeout: 5}", route, "spec.http[0].retries.perTryTimeout: invalid duration \"5\""),
+        ("retries: {attempts: -1}", route, "spec.http[0].retries.attempts: attempts cannot be negative, got -1"),
+        ("retries: {attempts: 0, retryOn: 5xx}", route, "spec.http[0].retries: http retry policy configured when attempts are set to 0 (disabled)"),
+        ("retries: {perTryTimeout: 1s}", route, "spec.http[0].retries: http retry policy configured when attempts are set to 0 (disabled)"),
+        ("retries: {attempts: 2, retryOn: '5xx,bogus'}", route, "spec.http[0].retries.retryOn: \"bogus\" is not a valid retryOn policy"),
+        ("retries: {attempts: 2, retryOn: '5xx, reset'}", route, "spec.http[0].retries.retryOn: \" reset\" is not a valid retryOn policy"),
+        ("retries: {attempts: 2, retryOn: '599'}", route, "spec.http[0].retries.retryOn: \"599\" is not a valid retryOn policy"),
+        ("retries: {attempts: 2, retryOn: '5xx,'}", route, "spec.http[0].retries.retryOn: \"\" is not a valid retryOn policy"),
+        ("retries: {attempts: 2, backoff: 0s}", route, "spec.http[0].retries.backoff: must be ≥ 1ms"),
+        ("retries: {attempts: 2, retryRemoteLocalities: maybe}", route, "spec.http[0].retries.retryRemoteLocalities: must be true or false"),
+        // fault
+        ("fault: {}", route, "spec.http[0].fault: HTTP fault injection must have an abort and/or a delay"),
+        ("fault: {abort: {percentage: {value: 10}}}", route, "spec.http[0].fault.abort: needs httpStatus or grpcStatus"),
+        ("fault: {abort: {httpStatus: 600}}", route, "spec.http[0].fault.abort.httpStatus: HTTP status 600 is not in range 200..=599"),
+        ("fault: {abort: {grpcStatus: '14'}}", route, "spec.http[0].fault.abort.grpcStatus: gRPC status \"14\" is not supported"),
+        ("fault: {abort: {http2Error: REFUSED}}", route, "spec.http[0].fault.abort.http2Error: HTTP/2 abort fault injection not supported yet"),
+        ("fault: {abort: {httpStatus: 500, grpcStatus: INTERNAL}}", route, "spec.http[0].fault.abort: only one of httpStatus, grpcStatus or http2Error may be set"),
+        ("fault: {abort: {httpStatus: 500, percentage: {value: 150}}}", route, "spec.http[0].fault.abort.percentage.value: must be a percentage in 0 or 0.0001..=100, got 150"),
+        ("fault: {abort: {httpStatus: 500, percentage: {value: 0.00001}}}", route, "spec.http[0].fault.abort.percentage.value: must be a percentage in 0 or 0.0001..=100"),
+        ("fault: {delay: {percentage: {value: 10}}}", route, "spec.http[0].fault.delay: needs fixedDelay"),
+        ("fault: {delay: {fixedDelay: 0s, percentage: {value: 10}}}", route, "spec.http[0].fault.delay.fixedDelay: must be ≥ 1ms"),
+        ("fault: {delay: {exponentialDelay: 1s}}", route, "spec.http[0].fault.delay.exponentialDelay: exponentialDelay not supported yet"),
+        ("fault: {delay: {fixedDelay: 1s, percent: 101}}", route, "spec.http[0].fault.delay.percent: must be ≤ 100, got 101"),
+        // mirrors
+        ("{mirror: {host: ratings}, mirrorPercentage: {value: 101}}", route, "spec.http[0].mirrorPercentage.value: must be a percentage in 0..=100, got 101"),
+        ("{mirror: {host: ratings}, mirrorPercent: 101}", route, "spec.http[0].mirrorPercent: must be ≤ 100, got 101"),
+        ("mirrors: [{percentage: {value: 5}}]", route, "spec.http[0].mirrors[0].destination: missing required field"),
+        ("mirrors: [{destination: {host: ratings}, percentage: {value: -1}}]", route, "spec.http[0].mirrors[0].percentage.value: must be a percentage in 0..=100, got -1"),
+        ("mirror: {host: nowhere}", route, "spec.http[0].mirror.host: host nowhere.default.svc.cluster.local is not a known service"),
+        ("mirror: {host: ratings, subset: v9}", route, "spec.http[0].mirror.subset: unknown subset v9 for host ratings.default.svc.cluster.local"),
+        ("mirrors: [{destination: {host: ratings, port: {number: 1}}}]", route, "spec.http[0].mirrors[0].destination.port.number: port 1 is not a port of ratings.default.svc.cluster.local"),
+        ("mirror: {host: '*'}", route, "spec.http[0].mirror.host: invalid destination host *"),
+        // cors
+        ("corsPolicy: {allowOrigins: [{}]}", route, "spec.http[0].corsPolicy.allowOrigins[0]: '' is not a valid match type for CORS allow origins"),
+        ("corsPolicy: {allowOrigins: [{exact: ''}]}", route, "spec.http[0].corsPolicy.allowOrigins[0]: '' is not a valid match type"),
+        ("corsPolicy: {allowOrigins: [{regex: '('}]}", route, "spec.http[0].corsPolicy.allowOrigins[0].regex: invalid regex \"(\""),
+        ("corsPolicy: {allowMethods: [FETCH]}", route, "spec.http[0].corsPolicy.allowMethods[0]: \"FETCH\" is not a supported HTTP method"),
+        ("corsPolicy: {allowHeaders: ['bad header']}", route, "spec.http[0].corsPolicy.allowHeaders[0]: header name bad header is not a valid header name"),
+        ("corsPolicy: {exposeHeaders: ['']}", route, "spec.http[0].corsPolicy.exposeHeaders[0]: header name cannot be empty"),
+        ("corsPolicy: {maxAge: 1500ms}", route, "spec.http[0].corsPolicy.maxAge: max_age duration is accurate only to seconds precision"),
+        ("corsPolicy: {unmatchedPreflights: DROP}", route, "spec.http[0].corsPolicy.unmatchedPreflights: unknown value \"DROP\" (use FORWARD or IGNORE)"),
+        ("corsPolicy: {allowCredentials: 'yes'}", route, "spec.http[0].corsPolicy.allowCredentials: must be true or false"),
+        // destinations' headers are checked too
+        ("name: d", false, ""),
+    ];
+    for (fields, with_route, want) in cases {
+        if want.is_empty() {
+            continue;
+        }
+        let body = item(fields, *with_route);
+        let e = error(&vs(&body));
+        let want = format!("{AT}{want}");
+        assert!(e.contains(&want), "{fields}\n  want: {want}\n  got:  {e}");
+    }
+    let e = error(&vs("  - route:\n    - destination: {host: reviews}\n      headers: {response: {remove: [':status']}}\n"));
+    assert!(
+        e.contains(&format!(
+            "{AT}spec.http[0].route[0].headers.response.remove[0]: invalid header \":status\""
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn action_warnings() {
+    let cases: &[(&str, &str)] = &[
+        ("  - redirect: {uri: /x}\n    timeout: 5s\n", "spec.http[0].timeout: has no effect on a redirect (nothing is forwarded); ignored"),
+        ("  - directResponse: {status: 503}\n    retries: {attempts: 3}\n", "spec.http[0].retries: has no effect on a directResponse"),
+        ("  - mirrorPercentage: {value: 10}\n    route: [{destination: {host: reviews}}]\n", "spec.http[0].mirrorPercentage: has no effect without mirror; ignored"),
+        ("  - mirror: {host: ratings}\n    mirrorPercentage: {value: 0}\n    route: [{destination: {host: reviews}}]\n", "spec.http[0].mirror: percentage 0: nothing is mirrored; ignored"),
+        ("  - delegate: {name: other}\n", "spec.http[0].delegate: delegation is not supported at a waypoint; route skipped"),
+        ("  - route:\n    - destination: {host: reviews}\n      headers: {request: {set: {host: a, ':authority': b}}}\n", "spec.http[0].route[0].headers.request: authority is set more than once"),
+    ];
+    for (body, want) in cases {
+        let s = load(&vs(body));
+        let want = format!("{AT}{want}");
+        assert!(
+            s.warnings().iter().any(|w| w.contains(&want)),
+            "want: {want}\n  got: {:#?}",
+            s.warnings()
+        );
+    }
+    // delegate together with a route is an error (istiod: root routes)
+    let e = error(&vs(
+        "  - delegate: {name: other}\n    route: [{destination: {host: reviews}}]\n",
+    ));
+    assert!(
+        e.contains(&format!(
+            "{AT}spec.http[0]: a route with delegate must not specify route"
+        )),
+        "{e}"
+    );
+}
+
+const TCP_VS: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mongo}
+spec:
+  hosts: [mongo]
+  tcp:
+  - match:
+    - port: 27017
+      sourceNamespace: batch
+    route:
+    - destination: {host: mongo, port: {number: 27018}}
+  - match:
+    - destinationSubnets: [10.0.0.30/32]
+      port: 27017
+    route:
+    - destination: {host: mongo}
+      weight: 75
+    - destination: {host: ratings, port: {number: 9080}}
+      weight: 25
+    - destination: {host: reviews}
+      weight: 0
+  - route:
+    - destination: {host: mongo}
+";
+
+fn load_tcp(extra: &[(&str, &str)]) -> Result<Snapshot, String> {
+    let mut f = files(&[("more.yaml", MORE_SERVICES), ("mongo-vs.yaml", TCP_VS)]);
+    f.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    load_str(&f, "cluster.local").map_err(|e| e.to_string())
+}
+
+#[test]
+fn tcp_routes_parse_and_route() {
+    let s = load_tcp(&[]).unwrap_or_else(|e| panic!("{e}"));
+    let vs = s
+        .virtual_services()
+        .iter()
+        .find(|v| v.name == "mongo")
+        .unwrap();
+    assert!(vs.http.is_empty());
+    assert_eq!(vs.tcp.len(), 3);
+    assert_eq!(vs.tcp[0].name, "mongo.tcp.0");
+    assert_eq!(
+        vs.tcp[1].matches[0].destination_subnets,
+        [Cidr::parse("10.0.0.30").unwrap()]
+    );
+    // zero weights dropped, hosts resolved
+    let hosts: Vec<(&str, u32)> = vs.tcp[1]
+        .destinations
+        .iter()
+        .map(|d| (d.host.as_str(), d.weight))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("mongo.default.svc.cluster.local", 75),
+            ("ratings.default.svc.cluster.local", 25)
+        ]
+    );
+    let svc = s.service_by_host("mongo").unwrap();
+    let batch = TcpConnection {
+        destination: Some("10.0.0.30".parse().unwrap()),
+        source_namespace: Some("batch"),
+        source_labels: None,
+    };
+    assert_eq!(s.tcp_route(svc, 27017, &batch).unwrap().name, "mongo.tcp.0");
+    let other = TcpConnection {
+        source_namespace: Some("default"),
+        ..batch
+    };
+    assert_eq!(s.tcp_route(svc, 27017, &other).unwrap().name, "mongo.tcp.1");
+    let pod = TcpConnection {
+        destination: Some("127.0.10.5".parse().unwrap()),
+        ..other
+    };
+    assert_eq!(s.tcp_route(svc, 27017, &pod).unwrap().name, "mongo.tcp.2");
+    assert_eq!(s.tcp_route(svc, 27018, &other).unwrap().name, "mongo.tcp.2");
+    let r = s.tcp_route(svc, 27018, &other).unwrap();
+    assert_eq!(s.tcp_route_virtual_service(svc, r), Some("default/mongo"));
+    // a service without tcp routes
+    let reviews = s.service_by_host(FQDN).unwrap();
+    assert!(s.tcp_route(reviews, 9080, &other).is_none());
+    // tcp-only VirtualServices neither warn "no effect" nor claim http routing
+    assert!(
+        !s.warnings()
+            .iter()
+            .any(|w| w.contains("mongo-vs.yaml") && w.contains("no effect")),
+        "{:?}",
+        s.warnings()
+    );
+    let req = SimpleRequest::new("/");
+    assert!(matches!(s.route(svc, 27017, &req), RouteDecision::Default));
+    for w in [
+        "mongo-vs.yaml doc 0 VirtualService default/mongo: spec.tcp[0].match[0]: istiod never matches tcp blocks with sourceLabels or sourceNamespace at waypoints",
+        "spec.tcp[1].match[0].destinationSubnets: istiod ignores destinationSubnets at waypoints",
+    ] {
+        assert!(s.warnings().iter().any(|x| x.contains(w)), "{w}\n{:?}", s.warnings());
+    }
+}
+
+#[test]
+fn tcp_routes_of_several_virtual_services_in_order() {
+    let second = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mongo-b}
+spec:
+  hosts: [mongo]
+  tcp:
+  - match: [{port: 27018}]
+    route: [{destination: {host: ratings, port: {number: 9080}}}]
+";
+    let s = load_tcp(&[("z.yaml", second)]).unwrap_or_else(|e| panic!("{e}"));
+    let svc = s.service_by_host("mongo").unwrap();
+    let conn = TcpConnection::default();
+    // mongo's catch-all tcp[2] comes first (load order)
+    assert_eq!(s.tcp_route(svc, 27018, &conn).unwrap().name, "mongo.tcp.2");
+    let labels: BTreeMap<String, String> = BTreeMap::new();
+    let conn = TcpConnection {
+        source_labels: Some(&labels),
+        ..conn
+    };
+    assert_eq!(s.tcp_route(svc, 27017, &conn).unwrap().name, "mongo.tcp.2");
+}
+
+#[test]
+fn tcp_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("  - match: [{port: 27017}]\n", "spec.tcp[0].route: TCP route is required"),
+        ("  - match: [{destinationSubnets: [10.0.0.0/40]}]\n    route: [{destination: {host: mongo}}]\n", "spec.tcp[0].match[0].destinationSubnets[0]: 10.0.0.0/40 is not a valid CIDR block"),
+        ("  - match: [{port: 0}]\n    route: [{destination: {host: mongo}}]\n", "spec.tcp[0].match[0].port: port 0 out of range"),
+        ("  - route: [{destination: {host: nowhere}}]\n", "spec.tcp[0].route[0].destination.host: host nowhere.default.svc.cluster.local is not a known service"),
+        ("  - route: [{destination: {host: mongo}, weight: 0}, {destination: {host: mongo}, weight: 0}]\n", "spec.tcp[0].route: all weights are zero"),
+    ];
+    for (tcp, want) in cases {
+        let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: mongo}}\nspec:\n  hosts: [mongo]\n  tcp:\n{tcp}");
+        let mut f = files(&[("more.yaml", MORE_SERVICES), ("mongo-vs.yaml", &vs)]);
+        f.sort_by_key(|(n, _)| n == "mongo-vs.yaml");
+        let e = load_str(&f, "cluster.local")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        let want = format!("mongo-vs.yaml doc 0 VirtualService default/mongo: {want}");
+        assert!(e.contains(&want), "want: {want}\n  got: {e}");
+    }
+    // headers on a tcp destination: warned and ignored
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: mongo}\nspec:\n  hosts: [mongo]\n  tcp:\n  - route: [{destination: {host: mongo}, headers: {request: {set: {a: b}}}}]\n";
+    let s = load_str(
+        &files(&[("more.yaml", MORE_SERVICES), ("mongo-vs.yaml", vs)]),
+        "cluster.local",
+    )
+    .unwrap();
+    assert!(s.warnings().iter().any(
+        |w| w.contains("spec.tcp[0].route[0].headers: is not supported on tcp routes; ignored")
+    ));
+}
+
+#[test]
+fn explain_shows_actions() {
+    let s = load(&vs("  - name: main
+    match: [{uri: {prefix: /v1/}}]
+    rewrite: {uri: /v2/}
+    timeout: 3s
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: '5xx,503'}
+    fault: {delay: {fixedDelay: 100ms, percentage: {value: 5}}}
+    mirror: {host: ratings, subset: v2}
+    mirrorPercentage: {value: 50}
+    headers:
+      request: {set: {x-env: prod}}
+      response: {remove: [server]}
+    corsPolicy: {allowOrigins: [{exact: 'https://a.example'}], allowMethods: [GET]}
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+      headers: {request: {add: {x-v: '1'}}}
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+  - name: gone
+    directResponse: {status: 410, body: {string: gone}}
+"));
+    let svc = s.service_by_host(FQDN).unwrap();
+    let x = s.explain_route(svc, 9080, &SimpleRequest::new("/v1/reviews?id=2"));
+    assert_eq!(
+        x.actions,
+        [
+            "action: forward to reviews.default.svc.cluster.local subset v1 (weight 80), reviews.default.svc.cluster.local subset v2 (weight 20)",
+            "rewrite: uri → \"/v2/\" (path \"/v1/reviews?id=2\" becomes \"/v2/reviews?id=2\")",
+            "timeout: 3s",
+            "retries: 3 retries on 5xx,retriable-status-codes [503], per try 1s",
+            "fault: delay 100ms for 5%",
+            "mirror: ratings.default.svc.cluster.local subset v2 (50%)",
+            "request headers: set x-env: prod",
+            "response headers: remove server",
+            "request headers (to reviews.default.svc.cluster.local subset v1): add x-v: 1",
+            "cors: origins [exact \"https://a.example\"], methods GET",
+        ]
+    );
+    assert!(x
+        .to_string()
+        .contains("decision: route default/reviews http[0] main\n  action: forward to"));
+    let x = s.explain_route(svc, 9080, &SimpleRequest::new("/other"));
+    assert_eq!(x.actions, ["action: direct response 410, body \"gone\""]);
+    let j = serde_json::to_value(&x).unwrap();
+    assert_eq!(
+        j["actions"][0],
+        "action: direct response 410, body \"gone\""
+    );
+    // the config dump carries the actions
+    let dump = s.to_json();
+    let http = &dump["virtual_services"][0]["http"];
+    assert_eq!(http[0]["timeout"], "3s");
+    assert_eq!(
+        http[0]["retries"]["retry_on"],
+        serde_json::json!(["5xx", "retriable-status-codes"])
+    );
+    assert_eq!(
+        http[1]["action"],
+        serde_json::json!({"kind": "direct_response", "status": 410, "body": "gone"})
+    );
+}
+
+#[test]
+fn route_with_match_reports_the_block() {
+    let s = load(&vs("  - match: [{uri: {exact: /a}}, {uri: {prefix: /b/}}]
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+"));
+    let svc = s.service_by_host(FQDN).unwrap();
+    let (_, m) = s.route_with_match(svc, 9080, &SimpleRequest::new("/b/x"));
+    assert_eq!(
+        m.and_then(|m| m.uri.clone()),
+        Some(StringMatch::Prefix("/b/".into()))
+    );
+    let (_, m) = s.route_with_match(svc, 9080, &SimpleRequest::new("/a"));
+    assert_eq!(
+        m.and_then(|m| m.uri.clone()),
+        Some(StringMatch::Exact("/a".into()))
+    );
+    let (d, m) = s.route_with_match(svc, 9080, &SimpleRequest::new("/zzz"));
+    assert!(matches!(d, RouteDecision::Route { route_index: 1, .. }));
+    assert!(m.is_none());
+    // the same decision as route()
+    for p in ["/a", "/b/1", "/c"] {
+        let req = SimpleRequest::new(p);
+        let a = format!("{:?}", s.route(svc, 9080, &req));
+        let b = format!("{:?}", s.route_with_match(svc, 9080, &req).0);
+        assert_eq!(a, b);
+    }
+}
