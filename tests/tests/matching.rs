@@ -114,7 +114,8 @@ async fn every_match_kind_routes_live_traffic() {
         parts.headers["x-pod"], "reviews-v2",
         "sourceNamespace: other"
     );
-    let log = mesh.wait_for_log_lines(cases.len()).await;
+    // One line per case plus the sourceNamespace request (logging runs after each response).
+    let log = mesh.wait_for_log_lines(cases.len() + 1).await;
     let names: Vec<&str> = log
         .iter()
         .map(|l| l["route_name"].as_str().unwrap())

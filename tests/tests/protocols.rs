@@ -117,3 +117,31 @@ async fn tcp_port_is_spliced_without_http_parsing() {
     assert_eq!(log[0]["bytes_sent"], payload.len() as u64);
     assert_eq!(log[0]["method"], "", "a TCP line has no HTTP fields");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_service_tcp_route_picks_the_subset() {
+    let yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo")
+        + &workload_yaml("mongodb-v1", "@1", "mongodb", "v1", "mongodb")
+        + &workload_yaml("mongodb-v2", "@2", "mongodb", "v2", "mongodb")
+        + "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: mongodb\nspec:\n  host: mongodb\n  subsets:\n  - name: v1\n    labels: {version: v1}\n  - name: v2\n    labels: {version: v2}\n---\n"
+        + "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: mongodb\nspec:\n  hosts: [mongodb]\n  tcp:\n  - match: [{port: 27017}]\n    route:\n    - destination: {host: mongodb, subset: v2}\n";
+    let mesh = Mesh::start(&yaml).await;
+    for i in 0..4 {
+        let mut tunnel = mesh
+            .client()
+            .tunnel("10.0.0.30:27017".parse().unwrap())
+            .await
+            .unwrap();
+        tunnel.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tunnel.read_exact(&mut back).await.unwrap();
+        tunnel.shutdown().await.unwrap();
+        let _ = tunnel.read_to_end(&mut Vec::new()).await;
+        let log = mesh.wait_for_log_lines(i + 1).await;
+        assert_eq!(log[i]["upstream_host"], format!("{}:27017", mesh.net.ip(2)));
+        assert_eq!(
+            log[i]["upstream_cluster"],
+            "inbound-vip|27017|tcp/v2|mongodb.default.svc.cluster.local"
+        );
+    }
+}

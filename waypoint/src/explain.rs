@@ -231,13 +231,15 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
             weight,
         });
     }
-    let mut policy = Vec::new();
-    if !destinations.is_empty() {
-        policy.push("timeout: none (Istio's default for HTTP routes)".to_string());
-        policy.push(
-            "retries: 2 on connect failure, to another endpoint (Istio's default)".to_string(),
-        );
-    }
+    // The route's timeout, retries, faults, mirrors and header operations are in
+    // `routing.actions`; the default route has Istio's defaults.
+    let policy = match &routing.decision {
+        routing::ExplainedDecision::Default { .. } => vec![
+            "timeout: none (Istio's default for HTTP routes)".to_string(),
+            "retries: 2 on connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (Istio's default)".to_string(),
+        ],
+        _ => Vec::new(),
+    };
     Ok(Explanation {
         method: args.method.to_ascii_uppercase(),
         url: args.url.clone(),
@@ -312,9 +314,11 @@ impl Explanation {
                 }
             }
         }
-        let _ = writeln!(out, "\npolicy");
-        for p in &self.policy {
-            let _ = writeln!(out, "  {p}");
+        if !self.policy.is_empty() {
+            let _ = writeln!(out, "\npolicy");
+            for p in &self.policy {
+                let _ = writeln!(out, "  {p}");
+            }
         }
         out
     }

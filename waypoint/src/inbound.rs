@@ -107,50 +107,70 @@ impl Inbound {
             ..Default::default()
         };
         let mut dest_service: Option<Service> = None;
-        let candidates: Vec<(SocketAddr, SpiffeId, Arc<Endpoint>)> =
-            match snapshot.resolve_destination(info.original_dst) {
-                Some(Destination::Service { service, port }) => {
-                    dest_service = Some(service.clone());
-                    match snapshot.cluster(&service.hostname, port.number, None) {
-                        Some(cluster) => {
-                            entry.upstream_cluster = cluster.name.clone();
-                            let mut tried = Vec::new();
-                            let mut out = Vec::new();
-                            while let Some(ep) = cluster.pick(&tried) {
-                                tried.push(ep.target);
-                                if let Ok(id) = ep.endpoint.identity.parse() {
-                                    out.push((ep.target, id, ep.endpoint.clone()));
-                                }
-                                if out.len() > DEFAULT_RETRY_ATTEMPTS {
-                                    break;
-                                }
+        let candidates: Vec<(SocketAddr, SpiffeId, Arc<Endpoint>)> = match snapshot
+            .resolve_destination(info.original_dst)
+        {
+            Some(Destination::Service { service, port }) => {
+                dest_service = Some(service.clone());
+                // A VirtualService `tcp` route may send the connection elsewhere (weighted).
+                let conn = routing::TcpConnection {
+                    destination: Some(info.original_dst.ip()),
+                    source_namespace: Some(info.source_identity.namespace.as_str()),
+                    source_labels: snapshot
+                        .endpoint_by_ip(info.source_addr.ip())
+                        .map(|e| &e.labels),
+                };
+                let (host, cport, subset) = match snapshot
+                    .tcp_route(service, port.number, &conn)
+                    .and_then(|r| routing::pick_weighted(&r.destinations, &mut rand::thread_rng()))
+                {
+                    Some(d) => (
+                        d.host.as_str(),
+                        d.port.unwrap_or(port.number),
+                        d.subset.as_deref(),
+                    ),
+                    None => (service.hostname.as_str(), port.number, None),
+                };
+                match snapshot.cluster(host, cport, subset) {
+                    Some(cluster) => {
+                        entry.upstream_cluster = cluster.name.clone();
+                        let mut tried = Vec::new();
+                        let mut out = Vec::new();
+                        while let Some(ep) = cluster.pick(&tried) {
+                            tried.push(ep.target);
+                            if let Ok(id) = ep.endpoint.identity.parse() {
+                                out.push((ep.target, id, ep.endpoint.clone()));
                             }
-                            out
+                            if out.len() > DEFAULT_RETRY_ATTEMPTS {
+                                break;
+                            }
                         }
-                        None => Vec::new(),
+                        out
                     }
+                    None => Vec::new(),
                 }
-                Some(Destination::Pod {
-                    endpoint,
-                    port,
-                    services,
-                }) => {
-                    entry.upstream_cluster = format!("inbound-pod|{port}||{}", endpoint.address);
-                    dest_service = services.first().map(|s| (*s).clone());
-                    endpoint
-                        .identity
-                        .parse()
-                        .map(|id| {
-                            vec![(
-                                SocketAddr::new(endpoint.address, port),
-                                id,
-                                Arc::new(endpoint.clone()),
-                            )]
-                        })
-                        .unwrap_or_default()
-                }
-                None => Vec::new(),
-            };
+            }
+            Some(Destination::Pod {
+                endpoint,
+                port,
+                services,
+            }) => {
+                entry.upstream_cluster = format!("inbound-pod|{port}||{}", endpoint.address);
+                dest_service = services.first().map(|s| (*s).clone());
+                endpoint
+                    .identity
+                    .parse()
+                    .map(|id| {
+                        vec![(
+                            SocketAddr::new(endpoint.address, port),
+                            id,
+                            Arc::new(endpoint.clone()),
+                        )]
+                    })
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
         let source = SourceLabels::from_tunnel(Some(info));
         let cluster_id = self.telemetry.cluster_id.clone();
         let metrics = &self.telemetry.metrics.istio;

@@ -585,6 +585,49 @@ impl Fields<'_, '_> {
                 ),
             }
         });
+        // Parsed and validated, but the data path enforces only http2MaxRequests and
+        // maxRetries so far: say so rather than accept the rest silently.
+        let not_enforced: [(&str, bool); 7] = [
+            (
+                "tcp.maxConnections",
+                tcp.as_ref().is_some_and(|t| t.max_connections.is_some()),
+            ),
+            (
+                "tcp.connectTimeout",
+                tcp.as_ref().is_some_and(|t| t.connect_timeout.is_some()),
+            ),
+            (
+                "tcp.maxConnectionDuration",
+                tcp.as_ref()
+                    .is_some_and(|t| t.max_connection_duration.is_some()),
+            ),
+            (
+                "tcp.idleTimeout",
+                tcp.as_ref().is_some_and(|t| t.idle_timeout.is_some()),
+            ),
+            (
+                "http.http1MaxPendingRequests",
+                http.as_ref()
+                    .is_some_and(|h| h.http1_max_pending_requests.is_some()),
+            ),
+            (
+                "http.maxRequestsPerConnection",
+                http.as_ref()
+                    .is_some_and(|h| h.max_requests_per_connection.is_some()),
+            ),
+            (
+                "http.idleTimeout",
+                http.as_ref().is_some_and(|h| h.idle_timeout.is_some()),
+            ),
+        ];
+        for (field, set) in not_enforced {
+            if set {
+                self.warn(
+                    &format!("{f}.{field}"),
+                    "not enforced yet (accepted and ignored)",
+                );
+            }
+        }
         ConnectionPool { tcp, http }
     }
 
