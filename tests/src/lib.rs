@@ -355,3 +355,38 @@ pub async fn presented_serial(
         .clone();
     waypoint::identity::serial(&leaf).expect("parsable serial")
 }
+
+impl Mesh {
+    /// One request to the reviews VIP (10.0.0.10:9080, `Host: reviews:9080`) on a new tunnel;
+    /// returns the response head and the whole body.
+    pub async fn reviews_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (http::response::Parts, Bytes) {
+        use http_body_util::BodyExt;
+        let mut send = self
+            .client()
+            .http1("10.0.0.10:9080".parse().expect("static"))
+            .await
+            .expect("tunnel to the reviews VIP");
+        send.ready().await.expect("session ready");
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "reviews:9080");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = send
+            .send_request(
+                req.body(http_body_util::Full::new(Bytes::new()))
+                    .expect("valid request"),
+            )
+            .await
+            .expect("response");
+        let (parts, body) = resp.into_parts();
+        (parts, body.collect().await.expect("body").to_bytes())
+    }
+}

@@ -12,29 +12,7 @@ async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (http::response::Parts, bytes::Bytes) {
-    use http_body_util::BodyExt;
-    let mut send = mesh
-        .client()
-        .http1("10.0.0.10:9080".parse().unwrap())
-        .await
-        .unwrap();
-    send.ready().await.unwrap();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "reviews:9080");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = send
-        .send_request(
-            req.body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    (parts, body.collect().await.unwrap().to_bytes())
+    mesh.reviews_request(method, path, headers).await
 }
 
 const ROUTES: &str = "  - name: moved

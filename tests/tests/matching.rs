@@ -46,28 +46,9 @@ const ROUTES: &str = "  - name: by-method
 type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
 async fn served_by(mesh: &Mesh, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
-    let mut send = mesh
-        .client()
-        .http1("10.0.0.10:9080".parse().unwrap())
-        .await
-        .unwrap();
-    send.ready().await.unwrap();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "reviews:9080");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = send
-        .send_request(
-            req.body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{method} {path} {headers:?}");
-    resp.headers()["x-pod"].to_str().unwrap().to_string()
+    let (parts, _) = mesh.reviews_request(method, path, headers).await;
+    assert_eq!(parts.status, 200, "{method} {path} {headers:?}");
+    parts.headers["x-pod"].to_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

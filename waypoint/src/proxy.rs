@@ -840,38 +840,30 @@ impl ProxyHttp for Waypoint {
     }
 }
 
-/// Route header operations applied to a pingora request or response header.
-struct RequestSink<'a>(&'a mut RequestHeader);
+/// Route header operations applied to a pingora request or response header (the two types have
+/// the same inherent methods but no common trait).
+macro_rules! header_sink {
+    ($name:ident, $header:ty) => {
+        struct $name<'a>(&'a mut $header);
 
-impl routing::HeaderSink for RequestSink<'_> {
-    fn set_header(&mut self, name: &str, value: &str) {
-        let _ = self.0.insert_header(name.to_string(), value);
-    }
+        impl routing::HeaderSink for $name<'_> {
+            fn set_header(&mut self, name: &str, value: &str) {
+                let _ = self.0.insert_header(name.to_string(), value);
+            }
 
-    fn append_header(&mut self, name: &str, value: &str) {
-        let _ = self.0.append_header(name.to_string(), value);
-    }
+            fn append_header(&mut self, name: &str, value: &str) {
+                let _ = self.0.append_header(name.to_string(), value);
+            }
 
-    fn remove_header(&mut self, name: &str) {
-        let _ = self.0.remove_header(name);
-    }
+            fn remove_header(&mut self, name: &str) {
+                let _ = self.0.remove_header(name);
+            }
+        }
+    };
 }
 
-struct ResponseSink<'a>(&'a mut pingora_http::ResponseHeader);
-
-impl routing::HeaderSink for ResponseSink<'_> {
-    fn set_header(&mut self, name: &str, value: &str) {
-        let _ = self.0.insert_header(name.to_string(), value);
-    }
-
-    fn append_header(&mut self, name: &str, value: &str) {
-        let _ = self.0.append_header(name.to_string(), value);
-    }
-
-    fn remove_header(&mut self, name: &str) {
-        let _ = self.0.remove_header(name);
-    }
-}
+header_sink!(RequestSink, RequestHeader);
+header_sink!(ResponseSink, pingora_http::ResponseHeader);
 
 /// What consistent hashing reads of a request.
 struct HashView<'a> {
