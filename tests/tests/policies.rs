@@ -179,3 +179,57 @@ async fn passthrough_keeps_the_pod_the_client_addressed() {
     }
     assert!(pods.len() > 1, "{pods:?}");
 }
+
+/// Share of `n` requests (over 8 concurrent tunnels) that `pod` served while reviews-v1 answers
+/// 150 ms late and v2 at once.
+async fn share_with_slow_v1(lb: &str, n: usize) -> f64 {
+    let yaml = format!(
+        "{}apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: {lb}\n",
+        waypoint_tests::service_yaml("reviews", "10.0.0.10", 9080, "http")
+            + &waypoint_tests::workload_yaml("reviews-v1", "@1", "reviews", "v1", "bookinfo-reviews")
+            + &waypoint_tests::workload_yaml("reviews-v2", "@2", "reviews", "v2", "bookinfo-reviews")
+    );
+    let mesh = std::sync::Arc::new(Mesh::start(&yaml).await);
+    let per_worker = n / 8;
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let mesh = mesh.clone();
+        workers.push(tokio::spawn(async move {
+            let mut send = tunnel(&mesh).await;
+            let mut fast = 0usize;
+            for _ in 0..per_worker {
+                let (status, pod, _) = get(
+                    &mut send,
+                    &[("x-delay-ms", "150"), ("x-delay-on", "reviews-v1")],
+                )
+                .await;
+                assert_eq!(status, 200);
+                fast += usize::from(pod == "reviews-v2");
+            }
+            fast
+        }));
+    }
+    let mut fast = 0;
+    for w in workers {
+        fast += w.await.unwrap();
+    }
+    fast as f64 / (per_worker * 8) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_prefers_the_idle_endpoint_under_skewed_latency() {
+    // With 8 requests in flight and v1 slow, power-of-two-choices on active requests sends most
+    // of them to v2; RANDOM stays near one half.
+    let least = share_with_slow_v1("LEAST_REQUEST", 160).await;
+    let random = share_with_slow_v1("RANDOM", 160).await;
+    eprintln!("share served by the fast endpoint: LEAST_REQUEST {least:.2}, RANDOM {random:.2}");
+    assert!(
+        least > 0.75,
+        "LEAST_REQUEST sent only {least:.2} to the fast endpoint"
+    );
+    assert!(
+        random < 0.75,
+        "RANDOM sent {random:.2} to the fast endpoint"
+    );
+    assert!(least > random + 0.15, "{least:.2} vs {random:.2}");
+}

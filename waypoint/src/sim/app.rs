@@ -117,11 +117,17 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     *last.lock() = Some(req.headers().clone());
-    // `x-delay-ms: N` makes the app answer N ms later (bounded to 60 s): slow endpoints on demand.
+    // `x-delay-ms: N` makes the app answer N ms later (bounded to 60 s): slow endpoints on demand;
+    // with `x-delay-on: <pod>` only that pod is slow.
+    let delayed_here = req
+        .headers()
+        .get("x-delay-on")
+        .is_none_or(|v| v.as_bytes() == pod.as_bytes());
     if let Some(ms) = req
         .headers()
         .get("x-delay-ms")
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .filter(|_| delayed_here)
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     }
