@@ -53,7 +53,11 @@ pub(super) fn assemble(p: Parsed, diag: &mut Diag) -> SnapshotBuilder {
     let mut b = SnapshotBuilder::new();
     let hosts = add_services(&p, &mut b, diag);
     let rules = add_destination_rules(p.destination_rules, &hosts, &mut b, diag);
-    add_virtual_services(p.virtual_services, &hosts, &rules, &mut b, diag);
+    let vs_owner = add_virtual_services(p.virtual_services, &hosts, &rules, &mut b, diag);
+    let resolve = |h: &str| hosts.resolve(h).map(str::to_string);
+    for vs in super::http_route::resolve(p.http_routes, &resolve, &vs_owner, diag) {
+        b.virtual_service(vs);
+    }
     b
 }
 
@@ -184,7 +188,7 @@ fn add_virtual_services(
     rules: &HashMap<String, DestinationRule>,
     b: &mut SnapshotBuilder,
     diag: &mut Diag,
-) {
+) -> HashMap<String, String> {
     // Precedence as istiod's: creation time, then name, then namespace
     // (pilot/pkg/model/config.go, configCompareByCreationTime). Files carry no
     // creation time unless dumped from a cluster: documents with
@@ -325,4 +329,5 @@ fn add_virtual_services(
         vs.hosts = resolved;
         b.virtual_service(vs);
     }
+    owner
 }

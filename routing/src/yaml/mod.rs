@@ -12,6 +12,7 @@ mod destination_rule;
 mod diag;
 mod docs;
 mod fields;
+mod http_route;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
@@ -22,6 +23,8 @@ mod tests;
 mod tests_actions;
 #[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_http_route;
 #[cfg(test)]
 mod tests_matching;
 
@@ -35,6 +38,9 @@ use std::path::Path;
 /// API versions accepted for the `networking.istio.io` kinds.
 const ISTIO_GROUP: &str = "networking.istio.io";
 const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+/// API versions accepted for Gateway API `HTTPRoute`.
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+const GATEWAY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
 /// Everything parsed from all documents, before cross-referencing.
 #[derive(Debug, Default)]
@@ -43,6 +49,7 @@ struct Parsed {
     workload_entries: Vec<workload_entry::WorkloadEntryIr>,
     virtual_services: Vec<virtual_service::VirtualServiceIr>,
     destination_rules: Vec<destination_rule::DestinationRuleIr>,
+    http_routes: Vec<http_route::HttpRouteIr>,
 }
 
 /// One document about to be parsed as a known kind.
@@ -177,7 +184,7 @@ fn parse_document(
     at.kind = Some(kind.clone());
     let known = matches!(
         kind.as_str(),
-        "ServiceEntry" | "WorkloadEntry" | "VirtualService" | "DestinationRule"
+        "ServiceEntry" | "WorkloadEntry" | "VirtualService" | "DestinationRule" | "HTTPRoute"
     );
     if !known {
         diag.warn(
@@ -202,8 +209,17 @@ fn parse_document(
             diag.error(&at, Some("apiVersion"), "missing required field");
             return;
         }
-        Some(Some((ISTIO_GROUP, v))) if ISTIO_VERSIONS.contains(&v) => {}
-        Some(Some((ISTIO_GROUP, v))) => {
+        Some(Some((GATEWAY_GROUP, v))) if kind == "HTTPRoute" && GATEWAY_VERSIONS.contains(&v) => {}
+        Some(Some((GATEWAY_GROUP, v))) if kind == "HTTPRoute" => {
+            diag.error(
+                &at,
+                Some("apiVersion"),
+                format!("unsupported version {v} (use v1 or v1beta1)"),
+            );
+            return;
+        }
+        Some(Some((ISTIO_GROUP, v))) if kind != "HTTPRoute" && ISTIO_VERSIONS.contains(&v) => {}
+        Some(Some((ISTIO_GROUP, v))) if kind != "HTTPRoute" => {
             diag.error(
                 &at,
                 Some("apiVersion"),
@@ -216,7 +232,7 @@ fn parse_document(
             diag.warn(
                 &at,
                 Some("apiVersion"),
-                format!("{v} is not {ISTIO_GROUP}; document skipped"),
+                format!("{v} is not supported for {kind}; document skipped"),
             );
             return;
         }
@@ -238,6 +254,7 @@ fn parse_document(
         "VirtualService" => parsed
             .virtual_services
             .extend(virtual_service::parse(&ctx, diag)),
+        "HTTPRoute" => parsed.http_routes.extend(http_route::parse(&ctx, diag)),
         _ => parsed
             .destination_rules
             .extend(destination_rule::parse(&ctx, diag)),
