@@ -116,7 +116,7 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
     let _ratings = RatingsPod::start(&net, &ca).await;
 
     let (mut child, addrs, stderr) = spawn_run(&config, &certs);
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let stdout = collect(child.stdout.take().unwrap());
     let (health, admin, stats) = (addrs["health"], addrs["admin"], addrs["stats"]);
 
@@ -237,7 +237,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
         .unwrap();
     let ratings = RatingsPod::start(&net, &ca).await;
     let (child, addrs, stderr) = spawn_run(&config, &certs);
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let client = std::sync::Arc::new(sim::ZtunnelClient::new(
         ca.issue(&spiffe("productpage")).unwrap().workload,
         addrs["hbone"],
@@ -313,7 +313,7 @@ async fn identity_files_are_watched_and_bad_updates_keep_the_old_certificate() {
     first.write_to(&certs).unwrap();
     let _ratings = RatingsPod::start(&net, &ca).await;
     let (child, addrs, stderr) = spawn_run(&config, &certs);
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let admin = addrs["admin"];
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
     let first_serial = dumped_serial(admin).await;
@@ -501,7 +501,7 @@ async fn istiod_certificates_are_requested_and_renewed_without_failed_requests()
     // 10-second certificates, renewed when 30 % of the remaining lifetime has passed.
     let args = istiod_args(&ca.address(), &dir, 10, 0.3);
     let (mut child, addrs, stderr) = spawn_run_with(&config, &args);
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let _access_log = collect(child.stdout.take().unwrap());
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
     assert_eq!(ca.stats().issued, 1);
@@ -587,7 +587,7 @@ async fn ca_down_at_start_is_retried_and_a_bad_token_is_named() {
 
     let (mut child, addrs, stderr) =
         spawn_run_with(&config, &istiod_args(&ca_addr.to_string(), &dir, 3600, 0.5));
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let _access_log = collect(child.stdout.take().unwrap());
     let (status, body) = poll_until(addrs["health"], "/healthz/ready", |_, b| {
         b.contains("cannot connect")
@@ -620,7 +620,7 @@ async fn ca_down_at_start_is_retried_and_a_bad_token_is_named() {
     write_ratings_config(&net, &config);
     let (child, addrs, stderr) =
         spawn_run_with(&config, &istiod_args(&server.address(), &dir, 3600, 0.5));
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let (status, body) = poll_until(addrs["health"], "/healthz/ready", |_, b| {
         b.contains("Unauthenticated")
     })

@@ -126,7 +126,7 @@ async fn fifty_reloads_under_load_fail_nothing_and_bad_edits_keep_the_last_good_
     let mut args = cert_args(&certs);
     args.extend(["--reload-interval-ms".into(), "40".into()]);
     let (mut child, addrs, stderr) = spawn_run_with(&config, &args);
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let access = collect(child.stdout.take().unwrap());
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
     let mut pod_of_version = HashMap::new();

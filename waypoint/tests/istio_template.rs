@@ -86,7 +86,7 @@ async fn istiod_waypoint_template_runs_unchanged() {
     cmd.env_clear().envs(&env).args(&args);
     // hbone, admin (15000), stats (15020), health (15021), prometheus (15090)
     let (child, addrs, stderr) = spawn_announcing(&mut cmd, 5);
-    let logs = collect(stderr.into_inner());
+    let logs = collect(stderr);
     let probe = &container["readinessProbe"]["httpGet"];
     let probe_port = probe["port"].as_u64().unwrap() as u16;
     assert_eq!(addrs["health"].port(), probe_port, "{addrs:?}");
