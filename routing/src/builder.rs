@@ -130,7 +130,7 @@ impl SnapshotBuilder {
                         .map(|(index, route)| RouteEntry {
                             virtual_service: id.clone(),
                             index,
-                            route: route.clone(),
+                            route: Arc::new(route.clone()),
                         })
                         .collect()
                 });

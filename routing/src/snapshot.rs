@@ -37,7 +37,7 @@ pub enum RouteDecision<'s> {
         /// `"namespace/name"`
         virtual_service: &'s str,
         route_index: usize,
-        route: &'s HttpRoute,
+        route: &'s Arc<HttpRoute>,
     },
     /// No VirtualService for this service, or none of its routes exists for
     /// this port: route to all endpoints (cluster without subset).
@@ -50,7 +50,8 @@ pub enum RouteDecision<'s> {
 pub(crate) struct RouteEntry {
     pub(crate) virtual_service: String,
     pub(crate) index: usize,
-    pub(crate) route: HttpRoute,
+    /// Shared so that a request can keep its route past the lookup without copying it.
+    pub(crate) route: Arc<HttpRoute>,
 }
 
 #[derive(Debug)]

@@ -1047,7 +1047,7 @@ fn check_route(s: &Snapshot, r: &Rendered, host: &str, port: u16, req: &SimpleRe
             );
             assert_eq!(
                 vs.http.get(route_index),
-                Some(route),
+                Some(&**route),
                 "route index {route_index}"
             );
             assert!(

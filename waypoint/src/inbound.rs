@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::{H2Stream, Lease, TunnelPool};
 use crate::identity::SpiffeId;
-use crate::metrics::{DestinationLabels, IstioMetrics, SourceLabels};
+use crate::metrics::{DestinationLabels, IstioMetrics};
 use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
 use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
@@ -171,7 +171,7 @@ impl Inbound {
             }
             None => Vec::new(),
         };
-        let source = SourceLabels::from_tunnel(Some(info));
+        let source = info.source_labels().clone();
         let cluster_id = self.telemetry.cluster_id.clone();
         let metrics = &self.telemetry.metrics.istio;
         let unserved = |flags: &str| {

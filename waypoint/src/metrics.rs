@@ -384,6 +384,7 @@ mod tests {
             forwarded_host: None,
             baggage: baggage.map(String::from),
             traceparent: None,
+            metric_labels: Default::default(),
         }
     }
 

@@ -180,7 +180,9 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
 }
 
 impl Waypoint {
-    /// A response of the waypoint's own (redirect, direct response, CORS preflight, fault).
+    /// A response of the waypoint's own (no route, overflow, redirect, direct response, CORS
+    /// preflight, fault). It keeps the client's connection, as Envoy's local replies do, unless
+    /// a request body is still unread on it.
     #[allow(clippy::too_many_arguments)]
     async fn local_reply(
         &self,
@@ -196,21 +198,25 @@ impl Waypoint {
             ctx.flags.add(flag);
         }
         ctx.details = details;
+        if !session.is_body_empty() {
+            // The unread body would be taken for the next request: close after this response.
+            session.set_keepalive(None);
+        }
         let mut resp = pingora_http::ResponseHeader::build(code, Some(headers.len() + 1))?;
         for (k, v) in headers {
             resp.append_header(k.clone(), v.as_str())?;
         }
         let len = body.as_ref().map_or(0, |b| b.len());
         resp.insert_header("content-length", len.to_string())?;
-        if body.is_some() {
-            session.write_response_header(Box::new(resp), false).await?;
+        let end = body.is_none();
+        session.write_response_header(Box::new(resp), end).await?;
+        if !end {
             session.write_response_body(body, true).await?;
-        } else {
-            session.write_response_header(Box::new(resp), true).await?;
         }
         Ok(true)
     }
 
+    /// An empty local reply with a response flag.
     async fn reply(
         &self,
         session: &mut Session,
@@ -219,18 +225,8 @@ impl Waypoint {
         flag: &'static str,
         details: &'static str,
     ) -> Result<bool> {
-        ctx.flags.add(flag);
-        ctx.details = details;
-        // A local reply keeps the client's connection (as Envoy's do), unless a request body is
-        // still unread on it.
-        if session.is_body_empty() {
-            let mut resp = pingora_http::ResponseHeader::build(code, Some(1))?;
-            resp.insert_header("content-length", "0")?;
-            session.write_response_header(Box::new(resp), true).await?;
-        } else {
-            session.respond_error(code).await?;
-        }
-        Ok(true)
+        self.local_reply(session, ctx, code, &[], None, flag, details)
+            .await
     }
 }
 
@@ -389,7 +385,7 @@ impl ProxyHttp for Waypoint {
                     _ => None,
                 };
                 ctx.rewrite_path = route.rewritten_path(matched, &path);
-                ctx.route = Some(Arc::new(route.clone()));
+                ctx.route = Some(route.clone());
                 if let Some(cors) = &route.cors {
                     ctx.extra_response_headers = cors.response_headers(origin.as_deref());
                 }
@@ -1006,7 +1002,10 @@ impl Waypoint {
             || header_str(req, "content-type").starts_with("application/grpc");
         let t = &self.telemetry;
         t.metrics.istio.record_request(RequestRecord {
-            source: SourceLabels::from_tunnel(ctx.tunnel.as_deref()),
+            source: ctx
+                .tunnel
+                .as_deref()
+                .map_or_else(SourceLabels::unknown, |t| t.source_labels().clone()),
             destination: DestinationLabels::new(
                 ctx.service
                     .as_ref()

@@ -397,6 +397,33 @@ impl BackgroundService for DataplaneService {
     }
 }
 
+/// Watches a fingerprint of some files: a change counts once the files have stayed the same for
+/// one more read (writers update them one at a time).
+struct Settled<F> {
+    previous: F,
+    applied: F,
+}
+
+impl<F: PartialEq + Clone> Settled<F> {
+    fn new(initial: F) -> Self {
+        Self {
+            previous: initial.clone(),
+            applied: initial,
+        }
+    }
+
+    /// Feed the latest reading; true when it differs from the last one acted on and is stable.
+    fn changed(&mut self, now: F) -> bool {
+        let stable = now == self.previous;
+        self.previous = now.clone();
+        if !stable || now == self.applied {
+            return false;
+        }
+        self.applied = now;
+        true
+    }
+}
+
 /// How often the identity files are read for changes.
 const IDENTITY_POLL: Duration = Duration::from_millis(250);
 
@@ -423,18 +450,13 @@ fn identity_fingerprint(args: &RunArgs) -> Vec<Result<u64, std::io::ErrorKind>> 
 /// serving until a valid set appears.
 async fn watch_identity(app: Arc<App>, args: RunArgs) {
     let status = app.telemetry.status.clone();
-    let mut applied = identity_fingerprint(&args);
-    let mut previous = applied.clone();
+    let mut files = Settled::new(identity_fingerprint(&args));
     let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(IDENTITY_POLL).await;
-        let now = identity_fingerprint(&args);
-        let stable = now == previous;
-        previous = now.clone();
-        if !stable || now == applied {
+        if !files.changed(identity_fingerprint(&args)) {
             continue;
         }
-        applied = now;
         let old = status.certificate();
         let result = match load_identity(&args) {
             Found::Ready(cert) => {
@@ -599,18 +621,13 @@ fn config_fingerprint(dir: &Path) -> Result<Vec<(String, u64)>, std::io::ErrorKi
 async fn watch_config(app: Arc<App>, args: RunArgs) {
     let interval = Duration::from_millis(args.reload_interval_ms.max(10));
     let status = app.telemetry.status.clone();
-    let mut applied = config_fingerprint(&args.config);
-    let mut previous = applied.clone();
+    let mut files = Settled::new(config_fingerprint(&args.config));
     let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
-        let now = config_fingerprint(&args.config);
-        let stable = now == previous;
-        previous = now.clone();
-        if !stable || now == applied {
+        if !files.changed(config_fingerprint(&args.config)) {
             continue;
         }
-        applied = now;
         let (dir, td) = (args.config.clone(), args.trust_domain.clone());
         let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &td)).await;
         match loaded {

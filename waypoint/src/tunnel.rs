@@ -22,9 +22,17 @@ pub struct TunnelInfo {
     pub forwarded_host: Option<String>,
     pub baggage: Option<String>,
     pub traceparent: Option<String>,
+    /// The `source_*` metric labels, built on first use and shared by every request of the tunnel.
+    pub metric_labels: std::sync::OnceLock<crate::metrics::SourceLabels>,
 }
 
 impl TunnelInfo {
+    /// Istio's source labels for this tunnel's client (computed once per tunnel).
+    pub fn source_labels(&self) -> &crate::metrics::SourceLabels {
+        self.metric_labels
+            .get_or_init(|| crate::metrics::SourceLabels::from_tunnel(Some(self)))
+    }
+
     /// The tunnel a pingora session was accepted on (stored in the proxy digest's user data).
     pub fn from_digest(digest: Option<&Digest>) -> Option<Arc<TunnelInfo>> {
         digest?
@@ -91,6 +99,7 @@ mod tests {
             forwarded_host: None,
             baggage: Some("k8s.namespace.name=default, service.version=v1;p=1".into()),
             traceparent: None,
+            metric_labels: Default::default(),
         };
         assert_eq!(t.baggage_value("k8s.namespace.name"), Some("default"));
         assert_eq!(t.baggage_value("service.version"), Some("v1"));

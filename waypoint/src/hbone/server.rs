@@ -293,6 +293,7 @@ impl HboneServer {
             forwarded_host,
             baggage: header("baggage"),
             traceparent: header("traceparent"),
+            metric_labels: Default::default(),
         };
         let ok = Response::builder()
             .status(StatusCode::OK)
