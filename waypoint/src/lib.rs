@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
+pub mod reload;
 pub mod run;
 pub mod sim;
 pub mod splits;

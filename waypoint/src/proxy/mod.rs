@@ -1,7 +1,7 @@
 //! The L7 core: pingora `ProxyHttp` hooks that route each request of a tunnel and send it over
 //! HBONE to the chosen endpoint.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,10 +19,16 @@ use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::pool::TUNNEL_IDLE_TIMEOUT;
 use crate::hbone::{Lease, TunnelConnector, TunnelPool};
 use crate::identity::SpiffeId;
-use crate::metrics::{DestinationLabels, RequestRecord, SourceLabels};
 use crate::splits::SplitAudit;
 use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
+
+mod policy;
+mod request;
+
+use request::{
+    authority, capture, header_str, status_error, HeaderView, RequestSink, ResponseSink,
+};
 
 /// Istio's default when a route sets no retry policy: 2 retries on connect failures.
 pub const DEFAULT_RETRY_ATTEMPTS: usize = 2;
@@ -101,133 +107,6 @@ pub struct RequestCtx {
     flags: Flags,
     details: &'static str,
     _active: Option<routing::ActiveGuard>,
-}
-
-/// What routing sees of a request: its headers, the service port it came in on, and its source
-/// (namespace from the tunnel's SPIFFE id, labels of the source workload when the config knows it).
-struct HeaderView<'a> {
-    req: &'a RequestHeader,
-    port: u16,
-    source_namespace: Option<&'a str>,
-    source_labels: Option<&'a std::collections::BTreeMap<String, String>>,
-}
-
-impl RequestView for HeaderView<'_> {
-    fn path(&self) -> &str {
-        self.req.uri.path_and_query().map_or("/", |p| p.as_str())
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        if name == ":authority" || name == "host" {
-            return authority(self.req);
-        }
-        self.req.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn method(&self) -> &str {
-        self.req.method.as_str()
-    }
-
-    fn scheme(&self) -> &str {
-        self.req.uri.scheme_str().unwrap_or("http")
-    }
-
-    fn authority(&self) -> Option<&str> {
-        authority(self.req)
-    }
-
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn source_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
-        self.source_labels
-    }
-
-    fn source_namespace(&self) -> Option<&str> {
-        self.source_namespace
-    }
-}
-
-fn authority(req: &RequestHeader) -> Option<&str> {
-    req.uri.authority().map(|a| a.as_str()).or_else(|| {
-        req.headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-    })
-}
-
-fn header_str<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
-    req.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
-/// The headers an access log template asks for, by lowercase name.
-fn capture(headers: &http::HeaderMap, names: &[String]) -> Vec<(String, String)> {
-    names
-        .iter()
-        .filter_map(|n| {
-            let v = headers.get(n.as_str())?.to_str().ok()?;
-            Some((n.clone(), v.to_string()))
-        })
-        .collect()
-}
-
-fn status_error(code: u16, why: &'static str) -> Box<Error> {
-    Error::explain(ErrorType::HTTPStatus(code), why)
-}
-
-impl Waypoint {
-    /// A response of the waypoint's own (no route, overflow, redirect, direct response, CORS
-    /// preflight, fault). It keeps the client's connection, as Envoy's local replies do, unless
-    /// a request body is still unread on it.
-    #[allow(clippy::too_many_arguments)]
-    async fn local_reply(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        code: u16,
-        headers: &[(String, String)],
-        body: Option<bytes::Bytes>,
-        flag: &'static str,
-        details: &'static str,
-    ) -> Result<bool> {
-        if !flag.is_empty() {
-            ctx.flags.add(flag);
-        }
-        ctx.details = details;
-        if !session.is_body_empty() {
-            // The unread body would be taken for the next request: close after this response.
-            session.set_keepalive(None);
-        }
-        let mut resp = pingora_http::ResponseHeader::build(code, Some(headers.len() + 1))?;
-        for (k, v) in headers {
-            resp.append_header(k.clone(), v.as_str())?;
-        }
-        let len = body.as_ref().map_or(0, |b| b.len());
-        resp.insert_header("content-length", len.to_string())?;
-        let end = body.is_none();
-        session.write_response_header(Box::new(resp), end).await?;
-        if !end {
-            session.write_response_body(body, true).await?;
-        }
-        Ok(true)
-    }
-
-    /// An empty local reply with a response flag.
-    async fn reply(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        code: u16,
-        flag: &'static str,
-        details: &'static str,
-    ) -> Result<bool> {
-        self.local_reply(session, ctx, code, &[], None, flag, details)
-            .await
-    }
 }
 
 #[async_trait]
@@ -833,193 +712,5 @@ impl ProxyHttp for Waypoint {
         };
         self.record_metrics(session, ctx, &entry);
         self.access_log.write(&entry);
-    }
-}
-
-/// Route header operations applied to a pingora request or response header (the two types have
-/// the same inherent methods but no common trait).
-macro_rules! header_sink {
-    ($name:ident, $header:ty) => {
-        struct $name<'a>(&'a mut $header);
-
-        impl routing::HeaderSink for $name<'_> {
-            fn set_header(&mut self, name: &str, value: &str) {
-                let _ = self.0.insert_header(name.to_string(), value);
-            }
-
-            fn append_header(&mut self, name: &str, value: &str) {
-                let _ = self.0.append_header(name.to_string(), value);
-            }
-
-            fn remove_header(&mut self, name: &str) {
-                let _ = self.0.remove_header(name);
-            }
-        }
-    };
-}
-
-header_sink!(RequestSink, RequestHeader);
-header_sink!(ResponseSink, pingora_http::ResponseHeader);
-
-/// What consistent hashing reads of a request.
-struct HashView<'a> {
-    req: &'a RequestHeader,
-    source: IpAddr,
-}
-
-impl routing::HashRequest for HashView<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.req.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn path(&self) -> &str {
-        self.req.uri.path_and_query().map_or("/", |p| p.as_str())
-    }
-
-    fn source_ip(&self) -> Option<IpAddr> {
-        Some(self.source)
-    }
-}
-
-impl Waypoint {
-    /// The chosen cluster's DestinationRule policy at admission: a slot in its connection pool
-    /// (overflow → 503 UO) and the consistent-hash key.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        tunnel: &TunnelInfo,
-    ) -> Result<bool> {
-        let Some(key) = ctx.cluster.clone() else {
-            return Ok(false);
-        };
-        let snapshot = ctx.snapshot.clone();
-        let Some(cluster) = snapshot.cluster(&key.host, key.port, key.subset.as_deref()) else {
-            return Ok(false); // upstream_peer answers 503 NC
-        };
-        match cluster.try_acquire(routing::PoolResource::Request) {
-            Ok(slot) => ctx._request_slot = Some(slot),
-            Err(overflow) => {
-                ctx.cluster_name = cluster.name.clone();
-                debug!(cluster = %cluster.name, %overflow, "connection pool overflow");
-                return self
-                    .reply(session, ctx, 503, "UO", "upstream_overflow")
-                    .await;
-            }
-        }
-        if cluster.consistent_hash().is_some() {
-            let view = HashView {
-                req: session.req_header(),
-                source: tunnel.source_addr.ip(),
-            };
-            let rh = cluster.request_hash(&view, tunnel.source_addr, tunnel.original_dst);
-            ctx.hash = rh.hash;
-            ctx.set_cookie = rh.set_cookie.map(|c| c.header_value());
-        }
-        Ok(false)
-    }
-
-    /// Send copies of the request to the route's mirrors that this request is sampled for. Only
-    /// requests without a body are mirrored (a body would have to be buffered first).
-    fn mirror(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        route: &routing::HttpRoute,
-        port: u16,
-    ) {
-        if route.mirrors.is_empty() || !session.is_body_empty() {
-            return;
-        }
-        let req = session.req_header();
-        for m in &route.mirrors {
-            if !m.sampled(&mut rand::thread_rng()) {
-                continue;
-            }
-            let Some(cluster) =
-                ctx.snapshot
-                    .cluster(&m.host, m.port.unwrap_or(port), m.subset.as_deref())
-            else {
-                debug!(mirror = %m.host, "mirror destination has no cluster");
-                continue;
-            };
-            let Some(ep) = cluster.pick(&[]) else {
-                continue;
-            };
-            let Ok(identity) = ep.endpoint.identity.parse::<SpiffeId>() else {
-                continue;
-            };
-            let mut headers = req.headers.clone();
-            if let Some(a) = authority(req) {
-                if let Ok(v) = http::HeaderValue::from_str(&crate::mirror::shadow_authority(a)) {
-                    headers.insert(http::header::HOST, v);
-                }
-            }
-            crate::mirror::spawn(
-                self.pool.clone(),
-                self.telemetry.mirrors.clone(),
-                ep.target,
-                identity,
-                crate::mirror::MirrorRequest {
-                    method: req.method.clone(),
-                    path_and_query: req
-                        .uri
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .to_string(),
-                    headers,
-                    body: bytes::Bytes::new(),
-                },
-            );
-        }
-    }
-
-    /// Feed an attempt's outcome to the cluster's outlier detection.
-    fn report(&self, ctx: &RequestCtx, target: SocketAddr, outcome: routing::Outcome) {
-        let Some(key) = &ctx.cluster else {
-            return;
-        };
-        if let Some(cluster) = ctx
-            .snapshot
-            .cluster(&key.host, key.port, key.subset.as_deref())
-        {
-            if let Some(ejection) = cluster.report(target, outcome, Instant::now()) {
-                warn!(
-                    cluster = %cluster.name,
-                    endpoint = %ejection.target,
-                    kind = ?ejection.kind,
-                    ejections = ejection.ejections,
-                    duration = ?ejection.duration,
-                    "outlier detection ejected an endpoint"
-                );
-            }
-        }
-    }
-
-    fn record_metrics(&self, session: &Session, ctx: &RequestCtx, entry: &Entry) {
-        let req = session.req_header();
-        let grpc = ctx.protocol == Protocol::Grpc
-            || header_str(req, "content-type").starts_with("application/grpc");
-        let t = &self.telemetry;
-        t.metrics.istio.record_request(RequestRecord {
-            source: ctx
-                .tunnel
-                .as_deref()
-                .map_or_else(SourceLabels::unknown, |t| t.source_labels().clone()),
-            destination: DestinationLabels::new(
-                ctx.service
-                    .as_ref()
-                    .map(|(host, ns)| (host.as_str(), ns.as_str())),
-                ctx.endpoint.as_deref(),
-                &t.cluster_id,
-            ),
-            grpc,
-            response_code: entry.response_code,
-            grpc_status: ctx.grpc_status.as_deref(),
-            response_flags: &entry.response_flags,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            request_bytes: entry.bytes_received,
-            response_bytes: entry.bytes_sent,
-        });
     }
 }

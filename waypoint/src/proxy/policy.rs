@@ -1,0 +1,211 @@
+//! The route and cluster policy the proxy hooks apply: local replies, admission to the cluster's
+//! connection pool and consistent hashing, mirroring, outlier reports and Istio metrics.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use pingora_error::Result;
+use pingora_proxy::Session;
+use tracing::{debug, warn};
+
+use super::request::{authority, header_str, HashView};
+use super::{RequestCtx, Waypoint};
+use crate::access_log::Entry;
+use crate::identity::SpiffeId;
+use crate::metrics::{DestinationLabels, RequestRecord, SourceLabels};
+use crate::tunnel::TunnelInfo;
+use routing::Protocol;
+
+impl Waypoint {
+    /// A response of the waypoint's own (no route, overflow, redirect, direct response, CORS
+    /// preflight, fault). It keeps the client's connection, as Envoy's local replies do, unless
+    /// a request body is still unread on it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn local_reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        code: u16,
+        headers: &[(String, String)],
+        body: Option<bytes::Bytes>,
+        flag: &'static str,
+        details: &'static str,
+    ) -> Result<bool> {
+        if !flag.is_empty() {
+            ctx.flags.add(flag);
+        }
+        ctx.details = details;
+        if !session.is_body_empty() {
+            // The unread body would be taken for the next request: close after this response.
+            session.set_keepalive(None);
+        }
+        let mut resp = pingora_http::ResponseHeader::build(code, Some(headers.len() + 1))?;
+        for (k, v) in headers {
+            resp.append_header(k.clone(), v.as_str())?;
+        }
+        let len = body.as_ref().map_or(0, |b| b.len());
+        resp.insert_header("content-length", len.to_string())?;
+        let end = body.is_none();
+        session.write_response_header(Box::new(resp), end).await?;
+        if !end {
+            session.write_response_body(body, true).await?;
+        }
+        Ok(true)
+    }
+
+    /// An empty local reply with a response flag.
+    pub(super) async fn reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        code: u16,
+        flag: &'static str,
+        details: &'static str,
+    ) -> Result<bool> {
+        self.local_reply(session, ctx, code, &[], None, flag, details)
+            .await
+    }
+}
+
+impl Waypoint {
+    /// The chosen cluster's DestinationRule policy at admission: a slot in its connection pool
+    /// (overflow → 503 UO) and the consistent-hash key.
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tunnel: &TunnelInfo,
+    ) -> Result<bool> {
+        let Some(key) = ctx.cluster.clone() else {
+            return Ok(false);
+        };
+        let snapshot = ctx.snapshot.clone();
+        let Some(cluster) = snapshot.cluster(&key.host, key.port, key.subset.as_deref()) else {
+            return Ok(false); // upstream_peer answers 503 NC
+        };
+        match cluster.try_acquire(routing::PoolResource::Request) {
+            Ok(slot) => ctx._request_slot = Some(slot),
+            Err(overflow) => {
+                ctx.cluster_name = cluster.name.clone();
+                debug!(cluster = %cluster.name, %overflow, "connection pool overflow");
+                return self
+                    .reply(session, ctx, 503, "UO", "upstream_overflow")
+                    .await;
+            }
+        }
+        if cluster.consistent_hash().is_some() {
+            let view = HashView {
+                req: session.req_header(),
+                source: tunnel.source_addr.ip(),
+            };
+            let rh = cluster.request_hash(&view, tunnel.source_addr, tunnel.original_dst);
+            ctx.hash = rh.hash;
+            ctx.set_cookie = rh.set_cookie.map(|c| c.header_value());
+        }
+        Ok(false)
+    }
+
+    /// Send copies of the request to the route's mirrors that this request is sampled for. Only
+    /// requests without a body are mirrored (a body would have to be buffered first).
+    pub(super) fn mirror(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &routing::HttpRoute,
+        port: u16,
+    ) {
+        if route.mirrors.is_empty() || !session.is_body_empty() {
+            return;
+        }
+        let req = session.req_header();
+        for m in &route.mirrors {
+            if !m.sampled(&mut rand::thread_rng()) {
+                continue;
+            }
+            let Some(cluster) =
+                ctx.snapshot
+                    .cluster(&m.host, m.port.unwrap_or(port), m.subset.as_deref())
+            else {
+                debug!(mirror = %m.host, "mirror destination has no cluster");
+                continue;
+            };
+            let Some(ep) = cluster.pick(&[]) else {
+                continue;
+            };
+            let Ok(identity) = ep.endpoint.identity.parse::<SpiffeId>() else {
+                continue;
+            };
+            let mut headers = req.headers.clone();
+            if let Some(a) = authority(req) {
+                if let Ok(v) = http::HeaderValue::from_str(&crate::mirror::shadow_authority(a)) {
+                    headers.insert(http::header::HOST, v);
+                }
+            }
+            crate::mirror::spawn(
+                self.pool.clone(),
+                self.telemetry.mirrors.clone(),
+                ep.target,
+                identity,
+                crate::mirror::MirrorRequest {
+                    method: req.method.clone(),
+                    path_and_query: req
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string(),
+                    headers,
+                    body: bytes::Bytes::new(),
+                },
+            );
+        }
+    }
+
+    /// Feed an attempt's outcome to the cluster's outlier detection.
+    pub(super) fn report(&self, ctx: &RequestCtx, target: SocketAddr, outcome: routing::Outcome) {
+        let Some(key) = &ctx.cluster else {
+            return;
+        };
+        if let Some(cluster) = ctx
+            .snapshot
+            .cluster(&key.host, key.port, key.subset.as_deref())
+        {
+            if let Some(ejection) = cluster.report(target, outcome, Instant::now()) {
+                warn!(
+                    cluster = %cluster.name,
+                    endpoint = %ejection.target,
+                    kind = ?ejection.kind,
+                    ejections = ejection.ejections,
+                    duration = ?ejection.duration,
+                    "outlier detection ejected an endpoint"
+                );
+            }
+        }
+    }
+
+    pub(super) fn record_metrics(&self, session: &Session, ctx: &RequestCtx, entry: &Entry) {
+        let req = session.req_header();
+        let grpc = ctx.protocol == Protocol::Grpc
+            || header_str(req, "content-type").starts_with("application/grpc");
+        let t = &self.telemetry;
+        t.metrics.istio.record_request(RequestRecord {
+            source: ctx
+                .tunnel
+                .as_deref()
+                .map_or_else(SourceLabels::unknown, |t| t.source_labels().clone()),
+            destination: DestinationLabels::new(
+                ctx.service
+                    .as_ref()
+                    .map(|(host, ns)| (host.as_str(), ns.as_str())),
+                ctx.endpoint.as_deref(),
+                &t.cluster_id,
+            ),
+            grpc,
+            response_code: entry.response_code,
+            grpc_status: ctx.grpc_status.as_deref(),
+            response_flags: &entry.response_flags,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            request_bytes: entry.bytes_received,
+            response_bytes: entry.bytes_sent,
+        });
+    }
+}
