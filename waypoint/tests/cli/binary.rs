@@ -1,14 +1,12 @@
 //! The `waypoint` binary itself: `run` on a config directory under pingora's Server, serving a
 //! request end to end and writing its access log line to stdout; clear errors for bad config.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, Net};
 

@@ -1,5 +1,5 @@
 //! Helpers shared by the tests that run the real `waypoint` binary.
-#![allow(dead_code)] // each test file uses its own subset
+#![allow(dead_code)] // each test module uses its own subset
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

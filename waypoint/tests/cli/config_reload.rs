@@ -2,15 +2,13 @@
 //! reloads under a bounded load with zero failed requests, each request served by the snapshot it
 //! started with, and an invalid edit that leaves the last good config serving.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use waypoint::identity::Ca;
 use waypoint_tests::{service_yaml, sim, spiffe, workload_yaml, Net};
 

@@ -3,16 +3,14 @@
 //! `manifests/charts/istio-control/istio-discovery/files/waypoint.yaml`), in local-files mode with
 //! file-based identity, comes up ready on the probe's port and path and serves traffic.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use waypoint::identity::{Ca, SpiffeId};
 use waypoint_tests::{sim, Net};
 
-const FIXTURE: &str = include_str!("fixtures/istiod-waypoint-container.json");
+const FIXTURE: &str = include_str!("../fixtures/istiod-waypoint-container.json");
 
 /// What the kubelet would put in the container's environment for a fieldRef/resourceFieldRef.
 fn downward(source: &serde_json::Value) -> String {

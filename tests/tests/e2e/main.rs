@@ -1,0 +1,12 @@
+//! End-to-end tests through a live waypoint on loopback, as one test binary (one link of pingora
+//! instead of one per file).
+
+mod actions;
+mod canary;
+mod http_route;
+mod identity;
+mod matching;
+mod observability;
+mod policies;
+mod protocols;
+mod rejections;

@@ -1,0 +1,10 @@
+//! The `waypoint` binary and process-level behaviour, as one test binary (one link of pingora
+//! instead of one per file).
+
+mod common;
+
+mod binary;
+mod config_reload;
+mod istio_ca;
+mod istio_template;
+mod manifests;
