@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
-use crate::hbone::{H2Stream, Lease, TunnelPool};
+use crate::hbone::{ConnectError, H2Stream, Lease, TunnelPolicy, TunnelPool};
 use crate::identity::SpiffeId;
 use crate::metrics::{DestinationLabels, IstioMetrics};
 use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
@@ -107,6 +107,7 @@ impl Inbound {
             ..Default::default()
         };
         let mut dest_service: Option<Service> = None;
+        let mut policy = TunnelPolicy::default();
         let candidates: Vec<(SocketAddr, SpiffeId, Arc<Endpoint>)> = match snapshot
             .resolve_destination(info.original_dst)
         {
@@ -134,6 +135,7 @@ impl Inbound {
                 match snapshot.cluster(host, cport, subset) {
                     Some(cluster) => {
                         entry.upstream_cluster = cluster.name.clone();
+                        policy = TunnelPolicy::for_cluster(&snapshot, cluster);
                         let mut tried = Vec::new();
                         let mut out = Vec::new();
                         while let Some(ep) = cluster.pick(&tried) {
@@ -201,11 +203,17 @@ impl Inbound {
         for (target, identity, endpoint) in candidates {
             match self
                 .pool
-                .checkout(target, &identity, Arc::new(Lease::default()))
+                .checkout(target, &identity, Arc::new(Lease::default()), &policy)
                 .await
             {
                 Ok(t) => {
                     upstream = Some((target, t, endpoint));
+                    break;
+                }
+                Err(e @ ConnectError::Overflow { .. }) => {
+                    warn!(%target, error = %e, "TCP upstream: connection pool overflow");
+                    entry.upstream_transport_failure_reason = e.short_reason().to_string();
+                    flags.push("UO");
                     break;
                 }
                 Err(e) => {

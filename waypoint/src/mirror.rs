@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::hbone::{Lease, TunnelPool};
+use crate::hbone::{Lease, TunnelPolicy, TunnelPool};
 use crate::identity::SpiffeId;
 
 /// A mirrored request may take this long in total; then it is abandoned.
@@ -80,7 +80,12 @@ async fn send(
     req: MirrorRequest,
 ) -> anyhow::Result<http::StatusCode> {
     let tunnel = pool
-        .checkout(target, identity, Arc::new(Lease::default()))
+        .checkout(
+            target,
+            identity,
+            Arc::new(Lease::default()),
+            &TunnelPolicy::default(),
+        )
         .await?;
     let (stream, _slot) = tunnel.into_inner();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

@@ -585,17 +585,11 @@ impl Fields<'_, '_> {
                 ),
             }
         });
-        // Parsed and validated, but the data path enforces only http2MaxRequests and
-        // maxRetries so far: say so rather than accept the rest silently.
-        let not_enforced: [(&str, bool); 7] = [
-            (
-                "tcp.maxConnections",
-                tcp.as_ref().is_some_and(|t| t.max_connections.is_some()),
-            ),
-            (
-                "tcp.connectTimeout",
-                tcp.as_ref().is_some_and(|t| t.connect_timeout.is_some()),
-            ),
+        // Parsed and validated, but not enforced by the data path yet: say so rather than
+        // accept them silently. (maxConnections, connectTimeout, http1MaxPendingRequests,
+        // maxRequestsPerConnection and http.idleTimeout apply to the HBONE tunnels, see the
+        // waypoint's hbone/pool.rs; http2MaxRequests and maxRetries to requests.)
+        let not_enforced: [(&str, bool); 2] = [
             (
                 "tcp.maxConnectionDuration",
                 tcp.as_ref()
@@ -604,20 +598,6 @@ impl Fields<'_, '_> {
             (
                 "tcp.idleTimeout",
                 tcp.as_ref().is_some_and(|t| t.idle_timeout.is_some()),
-            ),
-            (
-                "http.http1MaxPendingRequests",
-                http.as_ref()
-                    .is_some_and(|h| h.http1_max_pending_requests.is_some()),
-            ),
-            (
-                "http.maxRequestsPerConnection",
-                http.as_ref()
-                    .is_some_and(|h| h.max_requests_per_connection.is_some()),
-            ),
-            (
-                "http.idleTimeout",
-                http.as_ref().is_some_and(|h| h.idle_timeout.is_some()),
             ),
         ];
         for (field, set) in not_enforced {

@@ -431,11 +431,8 @@ spec:
         let c = s.cluster(FQDN, 9080, subset).unwrap();
         assert_eq!(c.limits().max_connections, 10, "{subset:?}");
     }
-    // maxConnections is parsed (above) but not enforced by the data path yet: one warning.
-    assert_eq!(
-        s.warnings(),
-        ["reviews-dr.yaml doc 0 DestinationRule default/reviews: spec.trafficPolicy.connectionPool.tcp.maxConnections: not enforced yet (accepted and ignored)"],
-    );
+    // maxConnections is enforced on the tunnels: no warning.
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! DestinationRule traffic policies enforced on live traffic: consistent hashing (header and
-//! cookie), connection-pool overflow (503 UO) and outlier ejection and return.
+//! cookie), connection-pool limits (overflow → 503 UO, connect timeout, tunnel reuse limits) and
+//! outlier ejection and return.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -121,6 +122,180 @@ async fn connection_pool_overflow_is_503_uo() {
     assert!(!overflowed.is_empty());
     assert_eq!(overflowed[0]["response_flags"], "UO");
     assert_eq!(overflowed[0]["upstream_host"], "", "no endpoint was tried");
+}
+
+fn reuses(mesh: &Mesh) -> u64 {
+    mesh.bench
+        .app
+        .pool
+        .stats
+        .tunnels_reused
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn in_use(mesh: &Mesh, resource: routing::PoolResource) -> u64 {
+    mesh.bench
+        .app
+        .snapshot
+        .load()
+        .cluster("reviews.default.svc.cluster.local", 9080, None)
+        .expect("reviews cluster")
+        .in_use(resource)
+}
+
+async fn poll(mut ready: impl FnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if ready() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_queues_pending_requests_and_overflows_the_rest() {
+    use routing::PoolResource::{Connection, PendingRequest};
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n",
+    ))
+    .await;
+    let slow = [("x-delay-ms", "600")];
+    let mut first = tunnel(&mesh).await;
+    let first = tokio::spawn(async move { get(&mut first, &slow).await.0 });
+    assert!(
+        poll(|| in_use(&mesh, Connection) == 1).await,
+        "the first request holds the only tunnel"
+    );
+    let mut second = tunnel(&mesh).await;
+    let second = tokio::spawn(async move { get(&mut second, &[]).await.0 });
+    assert!(
+        poll(|| in_use(&mesh, PendingRequest) == 1).await,
+        "the second request waits as pending"
+    );
+    // No tunnel and no room in the pending queue: overflow at once.
+    let mut third = tunnel(&mesh).await;
+    let (status, _, _) = get(&mut third, &[]).await;
+    assert_eq!(status, 503, "the third request overflows");
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(
+        second.await.unwrap(),
+        200,
+        "the pending request is served once the tunnel frees up"
+    );
+    let log = mesh.wait_for_log_lines(3).await;
+    let flags: Vec<_> = log
+        .iter()
+        .map(|l| {
+            (
+                l["response_code"].as_u64().unwrap(),
+                l["response_flags"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags.iter().filter(|(c, f)| *c == 503 && f == "UO").count(),
+        1,
+        "{flags:?}"
+    );
+    assert_eq!(
+        flags.iter().filter(|(c, f)| *c == 200 && f.is_empty()).count(),
+        2,
+        "{flags:?}"
+    );
+    assert!(poll(|| in_use(&mesh, PendingRequest) == 0).await);
+    assert!(
+        in_use(&mesh, Connection) <= 1,
+        "never more than one tunnel open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_bounds_opening_a_tunnel() {
+    // reviews-v1's node accepts TCP but never answers the TLS handshake.
+    let mesh = Mesh::start_with(
+        &(reviews_service_and_pods()
+            + "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        connectTimeout: 300ms\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n    retries:\n      attempts: 0\n"),
+        |net, opts| {
+            opts.down.insert(net.ip(1));
+        },
+    )
+    .await;
+    let black_hole = tokio::net::TcpListener::bind((mesh.net.ip(1), waypoint::hbone::HBONE_PORT))
+        .await
+        .unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut send = tunnel(&mesh).await;
+    let started = std::time::Instant::now();
+    let (status, _, _) = get(&mut send, &[]).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503);
+    // The waypoint's own bound on a connect is 10 s; the DestinationRule's 300 ms must win.
+    assert!(
+        took < Duration::from_secs(5),
+        "connect gave up after {took:?}"
+    );
+    let log = mesh.wait_for_log_lines(1).await;
+    assert_eq!(log[0]["response_flags"], "UF");
+    assert_eq!(
+        log[0]["upstream_transport_failure_reason"],
+        "connection_timeout"
+    );
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_and_idle_timeout_retire_tunnels() {
+    // Baseline: sequential requests on one inbound tunnel reuse upstream tunnels.
+    let reused = {
+        let mesh = Mesh::start(&reviews_with_policy(
+            "    loadBalancer:\n      simple: ROUND_ROBIN\n",
+        ))
+        .await;
+        let mut send = tunnel(&mesh).await;
+        for _ in 0..9 {
+            assert_eq!(get(&mut send, &[]).await.0, 200);
+        }
+        reuses(&mesh)
+    };
+    assert!(
+        reused >= 5,
+        "round robin over 3 pods reuses tunnels: {reused}"
+    );
+
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    loadBalancer:\n      simple: ROUND_ROBIN\n    connectionPool:\n      http:\n        maxRequestsPerConnection: 1\n",
+    ))
+    .await;
+    let mut send = tunnel(&mesh).await;
+    for _ in 0..9 {
+        assert_eq!(get(&mut send, &[]).await.0, 200);
+    }
+    assert_eq!(
+        reuses(&mesh),
+        0,
+        "maxRequestsPerConnection: 1 never reuses a tunnel"
+    );
+
+    let mesh = Mesh::start(&reviews_with_policy(
+        "    loadBalancer:\n      simple: ROUND_ROBIN\n    connectionPool:\n      http:\n        idleTimeout: 100ms\n",
+    ))
+    .await;
+    let mut send = tunnel(&mesh).await;
+    for _ in 0..6 {
+        assert_eq!(get(&mut send, &[]).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        reuses(&mesh),
+        0,
+        "idle tunnels older than idleTimeout are not reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

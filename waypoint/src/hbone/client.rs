@@ -47,9 +47,14 @@ pub enum ConnectError {
     },
     #[error("no client TLS config for {0}")]
     Config(String),
+    #[error("no tunnel to {target}: {reason}")]
+    Overflow { target: SocketAddr, reason: String },
 }
 
 impl ConnectError {
+    /// [`Self::short_reason`] of a connection-pool overflow.
+    pub const OVERFLOW: &'static str = "upstream_overflow";
+
     /// Short reason for the access log's upstream transport failure field.
     pub fn short_reason(&self) -> &'static str {
         match self {
@@ -59,6 +64,7 @@ impl ConnectError {
             ConnectError::H2 { .. } => "http2_failure",
             ConnectError::Status { .. } => "connect_refused",
             ConnectError::Config(_) => "tls_config",
+            ConnectError::Overflow { .. } => Self::OVERFLOW,
         }
     }
 }

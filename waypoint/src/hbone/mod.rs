@@ -6,7 +6,7 @@ pub mod server;
 pub mod stream;
 
 pub use client::{ConnectError, HboneClient};
-pub use pool::{Lease, TunnelConnector, TunnelPool};
+pub use pool::{Lease, TunnelConnector, TunnelPolicy, TunnelPool};
 pub use stream::H2Stream;
 
 /// The HBONE port of every ztunnel and waypoint.

@@ -6,19 +6,27 @@
 //!
 //! The way around it, with public pingora APIs only: the L4 connector we hand pingora
 //! ([`TunnelConnector`], via `PeerOptions::custom_l4`) returns a [`PooledTunnel`] that carries a
-//! [`Lease`]. When the proxy has finished a request cleanly over HTTP/1.1 it marks the lease clean
-//! (in the `logging` hook, which runs after pingora decided about reuse). When pingora later drops
-//! the stream — at once if it judged the session not reusable (before `logging`, so never clean),
-//! or from its idle pool on the next lookup — the tunnel goes back to *our* idle list, keyed by
-//! (endpoint, identity), still holding the app's keep-alive HTTP/1.1 session. The next
-//! `connect()` for that endpoint takes it from there.
+//! [`Lease`]. When the proxy has finished a request cleanly over HTTP/1.1 it gives the tunnel
+//! back through the lease (in the `logging` hook, which runs after pingora decided about reuse:
+//! a session it would not reuse is already dropped, one it would reuse sits in its pool). The
+//! tunnel goes back to *our* idle list, keyed by (endpoint, identity), still holding the app's
+//! keep-alive HTTP/1.1 session, and pingora keeps an empty husk that it discards on its next
+//! lookup. The next `connect()` for that endpoint takes it from there.
+//!
+//! A cluster's DestinationRule `connectionPool` applies here ([`TunnelPolicy`]): `tcp.connectTimeout`
+//! bounds opening a tunnel; `tcp.maxConnections` caps the cluster's open tunnels (in use or idle);
+//! a request that finds the cap reached waits as one of `http.http1MaxPendingRequests` pending
+//! requests until a tunnel of the cluster is returned or closed (an idle tunnel of the cluster to
+//! another endpoint is closed to make room), and overflows with 503 `UO` when the pending queue is
+//! full or nothing frees up within the connect timeout; `http.maxRequestsPerConnection` retires a
+//! tunnel after that many requests; `http.idleTimeout` bounds how long an idle tunnel is kept.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,21 +39,116 @@ use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSo
 use pingora_error::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use routing::{Overflow, PoolGuard, PoolResource};
+use tokio::sync::Notify;
+
 use super::client::{ConnectError, HboneClient, StreamSlot};
 use super::stream::H2Stream;
 use crate::identity::SpiffeId;
 
-/// Idle tunnels older than this are closed instead of reused.
+/// Idle tunnels older than this are closed instead of reused (unless the cluster's
+/// `http.idleTimeout` says otherwise).
 pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pending request waits for a tunnel slot when the cluster sets no `connectTimeout`
+/// (Istio's default connect timeout).
+const DEFAULT_PENDING_WAIT: Duration = Duration::from_secs(10);
 /// At most this many idle tunnels are kept per (endpoint, identity).
 const MAX_IDLE_PER_KEY: usize = 256;
 
 type TunnelKey = (SocketAddr, SpiffeId);
 
+/// Takes one unit of a cluster's circuit-breaker resource (`Cluster::try_acquire`).
+pub type Breaker = Arc<dyn Fn(PoolResource) -> Result<PoolGuard, Overflow> + Send + Sync>;
+
+/// A cluster's `connectionPool` settings as they apply to its tunnels. The default (no cluster,
+/// e.g. a mirror copy) has no limits.
+#[derive(Clone, Default)]
+pub struct TunnelPolicy {
+    /// The cluster's name: idle tunnels of the same cluster may be closed to make room.
+    pub cluster: Arc<str>,
+    /// `tcp.connectTimeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `http.idleTimeout` (else [`TUNNEL_IDLE_TIMEOUT`]).
+    pub idle_timeout: Option<Duration>,
+    /// `http.maxRequestsPerConnection` (0 or unset: unlimited).
+    pub max_requests_per_tunnel: Option<u32>,
+    /// `tcp.maxConnections` and `http.http1MaxPendingRequests`.
+    pub breaker: Option<Breaker>,
+}
+
+impl TunnelPolicy {
+    /// The tunnel policy of `cluster`, a cluster of `snapshot` (which the breaker keeps alive).
+    pub fn for_cluster(snapshot: &Arc<routing::Snapshot>, cluster: &routing::Cluster) -> Self {
+        let pool = cluster.policy.connection_pool.as_ref();
+        let tcp = pool.and_then(|p| p.tcp.as_ref());
+        let http = pool.and_then(|p| p.http.as_ref());
+        let limits = cluster.limits();
+        let limited = limits.max_connections != u32::MAX || limits.max_pending_requests != u32::MAX;
+        let breaker: Option<Breaker> = limited.then(|| {
+            let snapshot = snapshot.clone();
+            let (host, port, subset) = (
+                cluster.service_hostname.clone(),
+                cluster.port,
+                cluster.subset.clone(),
+            );
+            Arc::new(
+                move |resource| match snapshot.cluster(&host, port, subset.as_deref()) {
+                    Some(c) => c.try_acquire(resource),
+                    None => Err(Overflow { resource, limit: 0 }),
+                },
+            ) as Breaker
+        });
+        TunnelPolicy {
+            cluster: cluster.name.as_str().into(),
+            connect_timeout: tcp.and_then(|t| t.connect_timeout).filter(|t| !t.is_zero()),
+            idle_timeout: http.and_then(|h| h.idle_timeout).filter(|t| !t.is_zero()),
+            max_requests_per_tunnel: http.and_then(|h| h.max_requests_per_connection),
+            breaker,
+        }
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(TUNNEL_IDLE_TIMEOUT)
+    }
+}
+
+/// The limits a tunnel keeps from the request that opened it.
+#[derive(Debug, Clone)]
+struct TunnelTerms {
+    cluster: Arc<str>,
+    idle_timeout: Duration,
+    max_requests: Option<u32>,
+    /// Requests served so far, the current one included.
+    served: u32,
+    /// The cluster's `tcp.maxConnections` unit, released (and waiters woken) when the tunnel closes.
+    _connection: Option<Arc<ConnectionSlot>>,
+}
+
+impl TunnelTerms {
+    fn retired(&self) -> bool {
+        self.max_requests
+            .is_some_and(|max| max > 0 && self.served >= max)
+    }
+}
+
+/// One unit of a cluster's `tcp.maxConnections`; dropping it wakes requests waiting for a slot.
+#[derive(Debug)]
+struct ConnectionSlot {
+    _guard: PoolGuard,
+    freed: Arc<Notify>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.freed.notify_waiters();
+    }
+}
+
 struct IdleTunnel {
     stream: H2Stream,
     slot: StreamSlot,
     since: Instant,
+    terms: TunnelTerms,
 }
 
 #[derive(Debug, Default)]
@@ -58,19 +161,49 @@ pub struct TunnelPool {
     client: Arc<HboneClient>,
     hbone_port: u16,
     idle: Mutex<HashMap<TunnelKey, Vec<IdleTunnel>>>,
+    /// Signalled when a tunnel goes idle or a connection slot is released.
+    freed: Arc<Notify>,
     pub stats: PoolStats,
 }
 
 /// Shared between one request's context and the tunnel it was served on.
 #[derive(Debug, Default)]
 pub struct Lease {
-    clean: AtomicBool,
+    loan: Mutex<Weak<Loan>>,
 }
 
 impl Lease {
-    /// The HTTP/1.1 exchange on this tunnel completed; it may carry the next request.
+    /// The HTTP/1.1 exchange on this tunnel completed and pingora kept the session for reuse:
+    /// the tunnel goes back to our idle list now (pingora would hold it in its own pool until
+    /// its next lookup for that peer, which cannot reuse it; meanwhile it would count against
+    /// the cluster's `maxConnections`). Called from the `logging` hook, after pingora has either
+    /// dropped a session it would not reuse (then there is nothing left to give back) or put it
+    /// in its pool.
     pub fn mark_clean(&self) {
-        self.clean.store(true, Ordering::Release);
+        let loan = self.loan.lock().upgrade();
+        if let Some(loan) = loan {
+            loan.give_back();
+        }
+    }
+}
+
+/// A tunnel lent to one pingora upstream session, reachable from the request's [`Lease`].
+struct Loan {
+    tunnel: Mutex<Option<(H2Stream, StreamSlot)>>,
+    terms: TunnelTerms,
+    key: TunnelKey,
+    pool: Arc<TunnelPool>,
+}
+
+impl Loan {
+    fn give_back(&self) {
+        let taken = self.tunnel.lock().take();
+        if let Some((mut stream, slot)) = taken {
+            if stream.is_reusable() {
+                self.pool
+                    .put_idle(self.key.clone(), stream, slot, self.terms.clone());
+            }
+        }
     }
 }
 
@@ -80,6 +213,7 @@ impl TunnelPool {
             client,
             hbone_port,
             idle: Mutex::new(HashMap::new()),
+            freed: Arc::new(Notify::new()),
             stats: PoolStats::default(),
         })
     }
@@ -105,7 +239,7 @@ impl TunnelPool {
         let list = idle.get_mut(key)?;
         let generation = self.client.generation();
         while let Some(mut t) = list.pop() {
-            if t.since.elapsed() < TUNNEL_IDLE_TIMEOUT
+            if t.since.elapsed() < t.terms.idle_timeout
                 && t.slot.generation() == generation
                 && t.stream.is_reusable()
             {
@@ -115,50 +249,134 @@ impl TunnelPool {
         None
     }
 
-    fn put_idle(&self, key: TunnelKey, stream: H2Stream, slot: StreamSlot) {
+    /// Close one idle tunnel of `cluster` (to another endpoint), releasing its connection slot.
+    fn evict_idle_of(&self, cluster: &str) -> bool {
+        let mut idle = self.idle.lock();
+        for list in idle.values_mut() {
+            if let Some(i) = list.iter().position(|t| &*t.terms.cluster == cluster) {
+                list.swap_remove(i);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn put_idle(&self, key: TunnelKey, stream: H2Stream, slot: StreamSlot, terms: TunnelTerms) {
         // A tunnel on a connection from before a certificate rotation is not kept: it would keep
         // that connection (and its old certificate) alive.
-        if slot.generation() != self.client.generation() {
+        if slot.generation() != self.client.generation() || terms.retired() {
             return;
         }
         let mut idle = self.idle.lock();
         let list = idle.entry(key).or_default();
-        list.retain(|t| t.since.elapsed() < TUNNEL_IDLE_TIMEOUT);
+        list.retain(|t| t.since.elapsed() < t.terms.idle_timeout);
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(IdleTunnel {
                 stream,
                 slot,
                 since: Instant::now(),
+                terms,
             });
             self.stats.tunnels_returned.fetch_add(1, Ordering::Relaxed);
+            drop(idle);
+            self.freed.notify_waiters();
         }
     }
 
-    /// An idle tunnel to `target` if one is open, else a new CONNECT stream.
+    /// An idle tunnel to `target` if one is open, else a new CONNECT stream within `policy`'s
+    /// limits.
     pub async fn checkout(
         self: &Arc<Self>,
         target: SocketAddr,
         identity: &SpiffeId,
         lease: Arc<Lease>,
+        policy: &TunnelPolicy,
     ) -> std::result::Result<PooledTunnel, ConnectError> {
         let key = (target, identity.clone());
-        let (stream, slot) = match self.take_idle(&key) {
-            Some(t) => {
+        let wait_until = Instant::now() + policy.connect_timeout.unwrap_or(DEFAULT_PENDING_WAIT);
+        let mut pending: Option<PoolGuard> = None;
+        let connection = loop {
+            // Registered before looking, so a slot freed in between still wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(mut t) = self.take_idle(&key) {
                 self.stats.tunnels_reused.fetch_add(1, Ordering::Relaxed);
-                (t.stream, t.slot)
+                t.terms.served += 1;
+                return Ok(self.lend(key, t.stream, t.slot, t.terms, &lease));
             }
-            None => {
-                self.client
-                    .open(self.node_for(target), identity, target, &[])
-                    .await?
+            let Some(breaker) = &policy.breaker else {
+                break None;
+            };
+            match breaker(PoolResource::Connection) {
+                Ok(guard) => {
+                    break Some(Arc::new(ConnectionSlot {
+                        _guard: guard,
+                        freed: self.freed.clone(),
+                    }))
+                }
+                Err(overflow) => {
+                    if self.evict_idle_of(&policy.cluster) {
+                        continue;
+                    }
+                    if pending.is_none() {
+                        pending = Some(breaker(PoolResource::PendingRequest).map_err(|o| {
+                            ConnectError::Overflow {
+                                target,
+                                reason: o.to_string(),
+                            }
+                        })?);
+                    }
+                    let left = wait_until.saturating_duration_since(Instant::now());
+                    if left.is_zero() || tokio::time::timeout(left, freed).await.is_err() {
+                        return Err(ConnectError::Overflow {
+                            target,
+                            reason: format!("{overflow}; no tunnel freed up in time"),
+                        });
+                    }
+                }
             }
         };
-        Ok(PooledTunnel {
-            inner: Some((stream, slot)),
+        let open = self
+            .client
+            .open(self.node_for(target), identity, target, &[]);
+        let (stream, slot) =
+            match policy.connect_timeout {
+                Some(timeout) => tokio::time::timeout(timeout, open).await.map_err(|_| {
+                    ConnectError::Timeout {
+                        addr: self.node_for(target),
+                        timeout,
+                    }
+                })??,
+                None => open.await?,
+            };
+        drop(pending);
+        let terms = TunnelTerms {
+            cluster: policy.cluster.clone(),
+            idle_timeout: policy.idle_timeout(),
+            max_requests: policy.max_requests_per_tunnel,
+            served: 1,
+            _connection: connection,
+        };
+        Ok(self.lend(key, stream, slot, terms, &lease))
+    }
+
+    fn lend(
+        self: &Arc<Self>,
+        key: TunnelKey,
+        stream: H2Stream,
+        slot: StreamSlot,
+        terms: TunnelTerms,
+        lease: &Lease,
+    ) -> PooledTunnel {
+        let loan = Arc::new(Loan {
+            tunnel: Mutex::new(Some((stream, slot))),
+            terms,
             key,
             pool: self.clone(),
-            lease,
-        })
+        });
+        *lease.loan.lock() = Arc::downgrade(&loan);
+        PooledTunnel { loan }
     }
 
     pub fn idle_count(&self) -> usize {
@@ -166,75 +384,96 @@ impl TunnelPool {
     }
 }
 
-/// A tunnel on loan to one pingora upstream session.
+/// Keeps a tunnel's resources (HTTP/2 stream slot, cluster connection slot) until dropped.
+pub struct TunnelHold {
+    _slot: StreamSlot,
+    _connection: Option<Arc<ConnectionSlot>>,
+}
+
+/// A tunnel on loan to one pingora upstream session. Once the request's lease has given it back,
+/// what pingora still holds is an empty husk that reads EOF and refuses writes.
 pub struct PooledTunnel {
-    inner: Option<(H2Stream, StreamSlot)>,
-    key: TunnelKey,
-    pool: Arc<TunnelPool>,
-    lease: Arc<Lease>,
+    loan: Arc<Loan>,
 }
 
 impl std::fmt::Debug for PooledTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledTunnel")
-            .field("target", &self.key.0)
-            .field("identity", &self.key.1.to_string())
+            .field("target", &self.loan.key.0)
+            .field("identity", &self.loan.key.1.to_string())
             .finish()
     }
 }
 
-impl PooledTunnel {
-    fn stream(&mut self) -> &mut H2Stream {
-        &mut self.inner.as_mut().expect("tunnel present until drop").0
-    }
-
-    pub fn into_inner(mut self) -> (H2Stream, StreamSlot) {
-        self.inner.take().expect("tunnel present until drop")
-    }
+fn given_back() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "tunnel returned to the pool")
 }
 
-impl Drop for PooledTunnel {
-    fn drop(&mut self) {
-        if let Some((mut stream, slot)) = self.inner.take() {
-            if self.lease.clean.load(Ordering::Acquire) && stream.is_reusable() {
-                self.pool.put_idle(self.key.clone(), stream, slot);
-            }
+impl PooledTunnel {
+    /// Run `f` on the stream, or fail when the tunnel was given back.
+    fn with_stream<T>(
+        &self,
+        f: impl FnOnce(Pin<&mut H2Stream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match self.loan.tunnel.lock().as_mut() {
+            Some((stream, _)) => f(Pin::new(stream)),
+            None => Poll::Ready(Err(given_back())),
         }
+    }
+
+    /// The tunnel for a caller that keeps it to the end (a TCP splice, a mirror copy); the
+    /// returned hold keeps its HTTP/2 stream slot and its cluster connection slot.
+    pub fn into_inner(self) -> (H2Stream, TunnelHold) {
+        let (stream, slot) = self
+            .loan
+            .tunnel
+            .lock()
+            .take()
+            .expect("a tunnel is only given back through a lease, after its exchange");
+        let hold = TunnelHold {
+            _slot: slot,
+            _connection: self.loan.terms._connection.clone(),
+        };
+        (stream, hold)
     }
 }
 
 impl AsyncRead for PooledTunnel {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let result = Pin::new(self.stream()).poll_read(cx, buf);
-        if result.is_ready() {
-            // Anything arriving after the exchange finished (data, EOF, error) makes the
-            // tunnel unfit for reuse: the app's HTTP/1.1 session is no longer idle.
-            self.lease.clean.store(false, Ordering::Release);
+        match self.loan.tunnel.lock().as_mut() {
+            Some((stream, _)) => Pin::new(stream).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())), // EOF
         }
-        result
     }
 }
 
 impl AsyncWrite for PooledTunnel {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.stream()).poll_write(cx, buf)
+        self.with_stream(|s| s.poll_write(cx, buf))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.stream()).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with_stream(|s| s.poll_flush(cx))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.lease.clean.store(false, Ordering::Release);
-        Pin::new(self.stream()).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut tunnel = self.loan.tunnel.lock();
+        let Some((stream, _)) = tunnel.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = Pin::new(stream).poll_shutdown(cx);
+        if result.is_ready() {
+            tunnel.take(); // a shut-down tunnel is never given back
+        }
+        result
     }
 }
 
@@ -250,6 +489,7 @@ pub struct TunnelConnector {
     pub pool: Arc<TunnelPool>,
     pub identity: SpiffeId,
     pub lease: Arc<Lease>,
+    pub policy: TunnelPolicy,
     /// Why the last connect failed, for the access log and the status mapping.
     pub failure: Arc<Mutex<Option<String>>>,
 }
@@ -276,13 +516,15 @@ impl L4Connect for TunnelConnector {
         };
         match self
             .pool
-            .checkout(target, &self.identity, self.lease.clone())
+            .checkout(target, &self.identity, self.lease.clone(), &self.policy)
             .await
         {
             Ok(tunnel) => Ok(Stream::from(VirtualSocketStream::new(Box::new(tunnel)))),
             Err(e) => {
                 *self.failure.lock() = Some(e.short_reason().to_string());
                 let etype = match e {
+                    // A circuit breaker, not a failed connect: 503 UO, never retried.
+                    ConnectError::Overflow { .. } => ErrorType::HTTPStatus(503),
                     ConnectError::Timeout { .. } => ErrorType::ConnectTimedout,
                     ConnectError::Tcp { .. } => ErrorType::ConnectRefused,
                     ConnectError::Tls { .. } => ErrorType::TLSHandshakeFailure,

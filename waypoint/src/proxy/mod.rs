@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::pool::TUNNEL_IDLE_TIMEOUT;
-use crate::hbone::{Lease, TunnelConnector, TunnelPool};
+use crate::hbone::{ConnectError, Lease, TunnelConnector, TunnelPolicy, TunnelPool};
 use crate::identity::SpiffeId;
 use crate::splits::SplitAudit;
 use crate::status::Telemetry;
@@ -363,6 +363,7 @@ impl ProxyHttp for Waypoint {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let mut policy = TunnelPolicy::default();
         let (target, identity) = if let Some(direct) = ctx.direct.clone() {
             if ctx.tried.contains(&direct.0) {
                 ctx.flags.add("URX");
@@ -381,6 +382,7 @@ impl ProxyHttp for Waypoint {
                 return Err(status_error(503, "no cluster for route destination"));
             };
             ctx.cluster_name = cluster.name.clone();
+            policy = TunnelPolicy::for_cluster(&snapshot, cluster);
             if !ctx.tried.is_empty() {
                 // A retry: it needs a slot in the cluster's retry budget (maxRetries).
                 match cluster.try_acquire(routing::PoolResource::Retry) {
@@ -470,6 +472,7 @@ impl ProxyHttp for Waypoint {
             pool: self.pool.clone(),
             identity,
             lease,
+            policy,
             failure: ctx.failure.clone(),
         }));
         ctx.upstream_started = Some(Instant::now());
@@ -483,6 +486,13 @@ impl ProxyHttp for Waypoint {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if ctx.failure.lock().as_deref() == Some(ConnectError::OVERFLOW) {
+            // tcp.maxConnections / http1MaxPendingRequests: 503 UO, no retry.
+            ctx.flags.add("UO");
+            ctx.details = "upstream_overflow";
+            debug!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "connection pool overflow");
+            return e;
+        }
         ctx.flags.add("UF");
         warn!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "upstream connect failed");
         if let Some(target) = ctx.upstream {
