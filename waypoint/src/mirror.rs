@@ -2,15 +2,23 @@
 //! cluster, fire and forget. The copy is sent from its own task after the original was admitted;
 //! its response is read and dropped; its failures are logged at debug level and counted. It never
 //! delays or changes the original response. As Envoy does, the copy's `Host` gets `-shadow`.
+//!
+//! A request body is copied chunk by chunk as the original streams through ([`BodyTap`]), never
+//! buffered whole and never waited for: a copy whose queue is full (its destination is slower than
+//! the original's) is abandoned, and an abandoned or cut-short copy ends with a body error, so its
+//! destination never sees a truncated body as complete.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::hbone::{Lease, TunnelPolicy, TunnelPool};
@@ -18,13 +26,100 @@ use crate::identity::SpiffeId;
 
 /// A mirrored request may take this long in total; then it is abandoned.
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request bodies larger than this are not mirrored (the copy would have to be buffered).
-pub const MIRROR_BODY_LIMIT: usize = 64 * 1024;
+/// Body chunks a copy may fall behind the original before it is abandoned.
+pub const MIRROR_QUEUE_CHUNKS: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct MirrorStats {
     pub sent: AtomicU64,
     pub failed: AtomicU64,
+    /// Copies abandoned because they fell behind the original's body.
+    pub abandoned: AtomicU64,
+}
+
+/// The original request's end of a copied body.
+pub struct BodyTap {
+    tx: Option<mpsc::Sender<Bytes>>,
+    aborted: Arc<AtomicBool>,
+    stats: Arc<MirrorStats>,
+}
+
+impl BodyTap {
+    /// Copy `chunk` without waiting; false when the copy is abandoned (its queue is full or its
+    /// request already ended), after which this tap should be dropped.
+    pub fn push(&mut self, chunk: &Bytes) -> bool {
+        let Some(tx) = &self.tx else {
+            return false;
+        };
+        if tx.try_send(chunk.clone()).is_ok() {
+            return true;
+        }
+        self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.abort();
+        false
+    }
+
+    /// The original body ended: so does the copy.
+    pub fn finish(mut self) {
+        self.tx = None;
+    }
+
+    fn abort(&mut self) {
+        self.aborted.store(true, Ordering::Release);
+        self.tx = None;
+    }
+}
+
+impl Drop for BodyTap {
+    /// Dropped before [`BodyTap::finish`]: the original was cut short, so is the copy.
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            self.abort();
+        }
+    }
+}
+
+/// A copy's body: none, or the chunks a [`BodyTap`] passes on.
+pub enum MirrorBody {
+    Empty,
+    Tapped {
+        rx: mpsc::Receiver<Bytes>,
+        aborted: Arc<AtomicBool>,
+    },
+}
+
+impl MirrorBody {
+    /// A body fed by the returned tap.
+    pub fn tapped(stats: Arc<MirrorStats>) -> (BodyTap, MirrorBody) {
+        let (tx, rx) = mpsc::channel(MIRROR_QUEUE_CHUNKS);
+        let aborted = Arc::new(AtomicBool::new(false));
+        let tap = BodyTap {
+            tx: Some(tx),
+            aborted: aborted.clone(),
+            stats,
+        };
+        (tap, MirrorBody::Tapped { rx, aborted })
+    }
+
+    fn into_http(self) -> BoxBody<Bytes, std::io::Error> {
+        match self {
+            MirrorBody::Empty => Empty::new().map_err(|never| match never {}).boxed(),
+            MirrorBody::Tapped { rx, aborted } => {
+                let frames = futures::stream::unfold(Some((rx, aborted)), |state| async move {
+                    let (mut rx, aborted) = state?;
+                    match rx.recv().await {
+                        Some(chunk) => Some((Ok(Frame::data(chunk)), Some((rx, aborted)))),
+                        None if aborted.load(Ordering::Acquire) => Some((
+                            Err(std::io::Error::other("original request body cut short")),
+                            None,
+                        )),
+                        None => None,
+                    }
+                });
+                StreamBody::new(frames).boxed()
+            }
+        }
+    }
 }
 
 /// What to send: the original request's head (already rewritten for the copy) and body.
@@ -32,7 +127,7 @@ pub struct MirrorRequest {
     pub method: http::Method,
     pub path_and_query: String,
     pub headers: http::HeaderMap,
-    pub body: Bytes,
+    pub body: MirrorBody,
 }
 
 /// `host:port` → `host-shadow:port`, as Envoy names mirrored authorities.
@@ -99,7 +194,7 @@ async fn send(
         *h = req.headers;
     }
     let resp = send
-        .send_request(builder.body(Full::new(req.body))?)
+        .send_request(builder.body(req.body.into_http())?)
         .await?;
     let status = resp.status();
     // Read and drop the body so the exchange completes.

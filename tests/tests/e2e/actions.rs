@@ -160,6 +160,63 @@ async fn route_actions_on_live_traffic() {
     let mirrored = mesh.app("reviews-v3").last_headers.lock().clone().unwrap();
     assert_eq!(mirrored["host"], "reviews-shadow:9080");
 
+    // A request body reaches the copy whole, streamed chunk by chunk (256 KiB: many chunks).
+    let payload: bytes::Bytes = (0..256 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let v3_before = mesh
+        .app("reviews-v3")
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut send = mesh
+        .client()
+        .http1("10.0.0.10:9080".parse().unwrap())
+        .await
+        .unwrap();
+    let req = http::Request::post("/mirror")
+        .header("host", "reviews:9080")
+        .body(http_body_util::Full::new(payload.clone()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-pod"], "reviews-v1");
+    drop(resp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh
+        .app("reviews-v3")
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == v3_before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the mirrored POST never reached v3"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let copied = mesh.app("reviews-v3").last_body.lock().clone();
+        if copied.as_ref().is_some_and(|b| !b.is_empty()) {
+            assert!(
+                copied.unwrap() == payload,
+                "the copy's body equals the original's"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirrored body never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        mesh.app("reviews-v1").last_body.lock().as_deref(),
+        Some(&payload[..])
+    );
+
     let log = mesh.access_log();
     let flags_of = |route: &str| -> Vec<String> {
         log.iter()

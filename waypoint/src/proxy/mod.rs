@@ -103,6 +103,8 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
     lease: Option<Arc<Lease>>,
+    /// Copies of the request body on their way to mirrors.
+    mirror_taps: Vec<crate::mirror::BodyTap>,
     failure: Arc<Mutex<Option<String>>>,
     flags: Flags,
     details: &'static str,
@@ -142,6 +144,7 @@ impl ProxyHttp for Waypoint {
             upstream_started: None,
             upstream_time: None,
             lease: None,
+            mirror_taps: Vec::new(),
             failure: Arc::new(Mutex::new(None)),
             flags: Flags::default(),
             details: "",
@@ -569,6 +572,26 @@ impl ProxyHttp for Waypoint {
         }
         for (k, v) in std::mem::take(&mut ctx.extra_response_headers) {
             response.append_header(k, v.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !ctx.mirror_taps.is_empty() {
+            if let Some(chunk) = body.as_ref().filter(|c| !c.is_empty()) {
+                ctx.mirror_taps.retain_mut(|tap| tap.push(chunk));
+            }
+            if end_of_stream {
+                ctx.mirror_taps
+                    .drain(..)
+                    .for_each(crate::mirror::BodyTap::finish);
+            }
         }
         Ok(())
     }

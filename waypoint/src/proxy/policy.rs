@@ -105,18 +105,19 @@ impl Waypoint {
         Ok(false)
     }
 
-    /// Send copies of the request to the route's mirrors that this request is sampled for. Only
-    /// requests without a body are mirrored (a body would have to be buffered first).
+    /// Send copies of the request to the route's mirrors that this request is sampled for. A
+    /// request body reaches the copies through taps fed by `request_body_filter`.
     pub(super) fn mirror(
         &self,
         session: &mut Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         route: &routing::HttpRoute,
         port: u16,
     ) {
-        if route.mirrors.is_empty() || !session.is_body_empty() {
+        if route.mirrors.is_empty() {
             return;
         }
+        let has_body = !session.is_body_empty();
         let req = session.req_header();
         for m in &route.mirrors {
             if !m.sampled(&mut rand::thread_rng()) {
@@ -141,6 +142,13 @@ impl Waypoint {
                     headers.insert(http::header::HOST, v);
                 }
             }
+            let body = if has_body {
+                let (tap, body) = crate::mirror::MirrorBody::tapped(self.telemetry.mirrors.clone());
+                ctx.mirror_taps.push(tap);
+                body
+            } else {
+                crate::mirror::MirrorBody::Empty
+            };
             crate::mirror::spawn(
                 self.pool.clone(),
                 self.telemetry.mirrors.clone(),
@@ -154,7 +162,7 @@ impl Waypoint {
                         .map_or("/", |p| p.as_str())
                         .to_string(),
                     headers,
-                    body: bytes::Bytes::new(),
+                    body,
                 },
             );
         }

@@ -38,6 +38,8 @@ pub struct AppHandle {
     pub name: String,
     pub stats: Arc<AppStats>,
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    /// The body of the last plain HTTP request (not upgrades or gRPC).
+    pub last_body: Arc<Mutex<Option<Bytes>>>,
     task: JoinHandle<()>,
 }
 
@@ -60,7 +62,12 @@ pub async fn start_app(addr: SocketAddr, name: &str, kind: AppKind) -> std::io::
     let addr = listener.local_addr()?;
     let stats = Arc::new(AppStats::default());
     let last_headers = Arc::new(Mutex::new(None));
-    let (st, lh, pod) = (stats.clone(), last_headers.clone(), name.to_string());
+    let last_body = Arc::new(Mutex::new(None));
+    let (st, lh, pod) = (
+        stats.clone(),
+        (last_headers.clone(), last_body.clone()),
+        name.to_string(),
+    );
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             st.connections.fetch_add(1, Ordering::Relaxed);
@@ -85,6 +92,7 @@ pub async fn start_app(addr: SocketAddr, name: &str, kind: AppKind) -> std::io::
         name: name.to_string(),
         stats,
         last_headers,
+        last_body,
         task,
     })
 }
@@ -113,7 +121,7 @@ async fn handle(
     req: Request<Incoming>,
     pod: String,
     stats: Arc<AppStats>,
-    last: Arc<Mutex<Option<HeaderMap>>>,
+    (last, last_body): (Arc<Mutex<Option<HeaderMap>>>, Arc<Mutex<Option<Bytes>>>),
 ) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     *last.lock() = Some(req.headers().clone());
@@ -167,6 +175,17 @@ async fn handle(
     }
     if is_grpc {
         return Ok(grpc_echo(req, pod).await);
+    }
+    match req.into_body().collect().await {
+        Ok(body) => *last_body.lock() = Some(body.to_bytes()),
+        Err(_) => {
+            *last_body.lock() = None;
+            return Ok(Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .header("x-pod", pod)
+                .body(full("request body aborted"))
+                .expect("valid response"));
+        }
     }
     let body = serde_json::to_vec(&echo).expect("echo serializes");
     Ok(Response::builder()
