@@ -117,11 +117,14 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
+/// Where the app records the last request's headers and body.
+type LastSeen = (Arc<Mutex<Option<HeaderMap>>>, Arc<Mutex<Option<Bytes>>>);
+
 async fn handle(
     req: Request<Incoming>,
     pod: String,
     stats: Arc<AppStats>,
-    (last, last_body): (Arc<Mutex<Option<HeaderMap>>>, Arc<Mutex<Option<Bytes>>>),
+    (last, last_body): LastSeen,
 ) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     *last.lock() = Some(req.headers().clone());
