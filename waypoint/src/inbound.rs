@@ -23,6 +23,7 @@ use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::{ConnectError, H2Stream, Lease, TunnelPolicy, TunnelPool};
 use crate::identity::SpiffeId;
 use crate::metrics::{DestinationLabels, IstioMetrics};
+use crate::splice::{splice, SpliceEnd, Spliced};
 use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
 use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
@@ -244,18 +245,32 @@ impl Inbound {
         );
         metrics.tcp_opened(&labels);
         let (mut up, _slot) = up.into_inner();
-        let result = async {
-            up.write_all(&prefix).await?;
-            tokio::io::copy_bidirectional(&mut down, &mut up).await
-        }
-        .await;
-        match result {
-            Ok((sent_up, sent_down)) => {
-                entry.bytes_received = sent_up + prefix.len() as u64;
-                entry.bytes_sent = sent_down;
-            }
+        let spliced = match up.write_all(&prefix).await {
+            Ok(()) => Some(splice(&mut down, &mut up, policy.splice_limits()).await),
             Err(e) => {
+                debug!(%target, error = %e, "TCP tunnel: upstream write failed");
+                None
+            }
+        };
+        match spliced {
+            Some(Spliced {
+                a_to_b,
+                b_to_a,
+                end,
+                result: Ok(()),
+            }) => {
+                entry.bytes_received = a_to_b + prefix.len() as u64;
+                entry.bytes_sent = b_to_a;
+                if end != SpliceEnd::Closed {
+                    debug!(%target, ?end, "TCP tunnel closed by its DestinationRule limit");
+                }
+            }
+            Some(Spliced { result: Err(e), .. }) => {
                 debug!(%target, error = %e, "TCP tunnel ended with an error");
+                flags.push("UC");
+                entry.response_flags = flags.join(",");
+            }
+            None => {
                 flags.push("UC");
                 entry.response_flags = flags.join(",");
             }

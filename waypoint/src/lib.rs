@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod reload;
 pub mod run;
 pub mod sim;
+pub mod splice;
 pub mod splits;
 pub mod status;
 pub mod tunnel;

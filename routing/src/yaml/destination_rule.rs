@@ -585,29 +585,6 @@ impl Fields<'_, '_> {
                 ),
             }
         });
-        // Parsed and validated, but not enforced by the data path yet: say so rather than
-        // accept them silently. (maxConnections, connectTimeout, http1MaxPendingRequests,
-        // maxRequestsPerConnection and http.idleTimeout apply to the HBONE tunnels, see the
-        // waypoint's hbone/pool.rs; http2MaxRequests and maxRetries to requests.)
-        let not_enforced: [(&str, bool); 2] = [
-            (
-                "tcp.maxConnectionDuration",
-                tcp.as_ref()
-                    .is_some_and(|t| t.max_connection_duration.is_some()),
-            ),
-            (
-                "tcp.idleTimeout",
-                tcp.as_ref().is_some_and(|t| t.idle_timeout.is_some()),
-            ),
-        ];
-        for (field, set) in not_enforced {
-            if set {
-                self.warn(
-                    &format!("{f}.{field}"),
-                    "not enforced yet (accepted and ignored)",
-                );
-            }
-        }
         ConnectionPool { tcp, http }
     }
 

@@ -1,6 +1,8 @@
 //! What a tunnel can carry: h2c and gRPC, an HTTP/1.1 upgrade (WebSocket), and raw TCP on a TCP
 //! service port.
 
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -116,6 +118,37 @@ async fn tcp_port_is_spliced_without_http_parsing() {
     assert_eq!(log[0]["bytes_received"], payload.len() as u64);
     assert_eq!(log[0]["bytes_sent"], payload.len() as u64);
     assert_eq!(log[0]["method"], "", "a TCP line has no HTTP fields");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_idle_timeout_closes_a_quiet_splice() {
+    let yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo")
+        + &workload_yaml("mongodb-v1", "@1", "mongodb", "v1", "mongodb")
+        + "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: mongodb\nspec:\n  host: mongodb\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        idleTimeout: 400ms\n";
+    let mesh = Mesh::start(&yaml).await;
+    assert!(
+        mesh.bench.app.snapshot.load().warnings().is_empty(),
+        "tcp.idleTimeout is enforced, not warned about"
+    );
+    let mut tunnel = mesh
+        .client()
+        .tunnel("10.0.0.30:27017".parse().unwrap())
+        .await
+        .unwrap();
+    // Bytes every 200 ms keep it open past the idle timeout...
+    for _ in 0..4 {
+        tunnel.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tunnel.read_exact(&mut back).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...then silence: the waypoint closes it.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the quiet splice was closed");
+    let log = mesh.wait_for_log_lines(1).await;
+    assert_eq!(log[0]["bytes_received"], 16);
+    assert_eq!(log[0]["bytes_sent"], 16);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,10 @@ pub struct TunnelPolicy {
     pub idle_timeout: Option<Duration>,
     /// `http.maxRequestsPerConnection` (0 or unset: unlimited).
     pub max_requests_per_tunnel: Option<u32>,
+    /// `tcp.maxConnectionDuration`: a tunnel older than this is not reused; a TCP splice ends.
+    pub max_duration: Option<Duration>,
+    /// `tcp.idleTimeout`: a TCP splice without a byte for this long ends.
+    pub tcp_idle_timeout: Option<Duration>,
     /// `tcp.maxConnections` and `http.http1MaxPendingRequests`.
     pub breaker: Option<Breaker>,
 }
@@ -103,7 +107,19 @@ impl TunnelPolicy {
             connect_timeout: tcp.and_then(|t| t.connect_timeout).filter(|t| !t.is_zero()),
             idle_timeout: http.and_then(|h| h.idle_timeout).filter(|t| !t.is_zero()),
             max_requests_per_tunnel: http.and_then(|h| h.max_requests_per_connection),
+            max_duration: tcp
+                .and_then(|t| t.max_connection_duration)
+                .filter(|t| !t.is_zero()),
+            tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).filter(|t| !t.is_zero()),
             breaker,
+        }
+    }
+
+    /// The limits of a TCP splice over a tunnel of this cluster.
+    pub fn splice_limits(&self) -> crate::splice::SpliceLimits {
+        crate::splice::SpliceLimits {
+            idle_timeout: self.tcp_idle_timeout,
+            max_duration: self.max_duration,
         }
     }
 
@@ -120,6 +136,8 @@ struct TunnelTerms {
     max_requests: Option<u32>,
     /// Requests served so far, the current one included.
     served: u32,
+    opened: Instant,
+    max_duration: Option<Duration>,
     /// The cluster's `tcp.maxConnections` unit, released (and waiters woken) when the tunnel closes.
     _connection: Option<Arc<ConnectionSlot>>,
 }
@@ -128,6 +146,9 @@ impl TunnelTerms {
     fn retired(&self) -> bool {
         self.max_requests
             .is_some_and(|max| max > 0 && self.served >= max)
+            || self
+                .max_duration
+                .is_some_and(|max| self.opened.elapsed() >= max)
     }
 }
 
@@ -240,6 +261,7 @@ impl TunnelPool {
         let generation = self.client.generation();
         while let Some(mut t) = list.pop() {
             if t.since.elapsed() < t.terms.idle_timeout
+                && !t.terms.retired()
                 && t.slot.generation() == generation
                 && t.stream.is_reusable()
             {
@@ -356,6 +378,8 @@ impl TunnelPool {
             idle_timeout: policy.idle_timeout(),
             max_requests: policy.max_requests_per_tunnel,
             served: 1,
+            opened: Instant::now(),
+            max_duration: policy.max_duration,
             _connection: connection,
         };
         Ok(self.lend(key, stream, slot, terms, &lease))
