@@ -210,8 +210,9 @@ impl Lease {
 
 /// A tunnel lent to one pingora upstream session, reachable from the request's [`Lease`].
 struct Loan {
-    tunnel: Mutex<Option<(H2Stream, StreamSlot)>>,
-    terms: TunnelTerms,
+    /// The tunnel and its terms (which hold the cluster connection slot): all of it leaves the
+    /// loan when it is given back, so a husk left in pingora's pool holds nothing.
+    tunnel: Mutex<Option<(H2Stream, StreamSlot, TunnelTerms)>>,
     key: TunnelKey,
     pool: Arc<TunnelPool>,
 }
@@ -219,10 +220,9 @@ struct Loan {
 impl Loan {
     fn give_back(&self) {
         let taken = self.tunnel.lock().take();
-        if let Some((mut stream, slot)) = taken {
+        if let Some((mut stream, slot, terms)) = taken {
             if stream.is_reusable() {
-                self.pool
-                    .put_idle(self.key.clone(), stream, slot, self.terms.clone());
+                self.pool.put_idle(self.key.clone(), stream, slot, terms);
             }
         }
     }
@@ -394,8 +394,7 @@ impl TunnelPool {
         lease: &Lease,
     ) -> PooledTunnel {
         let loan = Arc::new(Loan {
-            tunnel: Mutex::new(Some((stream, slot))),
-            terms,
+            tunnel: Mutex::new(Some((stream, slot, terms))),
             key,
             pool: self.clone(),
         });
@@ -415,7 +414,7 @@ pub struct TunnelHold {
 }
 
 /// A tunnel on loan to one pingora upstream session. Once the request's lease has given it back,
-/// what pingora still holds is an empty husk that reads EOF and refuses writes.
+/// what pingora still holds is an empty husk that never reads and refuses writes.
 pub struct PooledTunnel {
     loan: Arc<Loan>,
 }
@@ -440,7 +439,7 @@ impl PooledTunnel {
         f: impl FnOnce(Pin<&mut H2Stream>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         match self.loan.tunnel.lock().as_mut() {
-            Some((stream, _)) => f(Pin::new(stream)),
+            Some((stream, _, _)) => f(Pin::new(stream)),
             None => Poll::Ready(Err(given_back())),
         }
     }
@@ -448,7 +447,7 @@ impl PooledTunnel {
     /// The tunnel for a caller that keeps it to the end (a TCP splice, a mirror copy); the
     /// returned hold keeps its HTTP/2 stream slot and its cluster connection slot.
     pub fn into_inner(self) -> (H2Stream, TunnelHold) {
-        let (stream, slot) = self
+        let (stream, slot, terms) = self
             .loan
             .tunnel
             .lock()
@@ -456,7 +455,7 @@ impl PooledTunnel {
             .expect("a tunnel is only given back through a lease, after its exchange");
         let hold = TunnelHold {
             _slot: slot,
-            _connection: self.loan.terms._connection.clone(),
+            _connection: terms._connection,
         };
         (stream, hold)
     }
@@ -469,8 +468,11 @@ impl AsyncRead for PooledTunnel {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.loan.tunnel.lock().as_mut() {
-            Some((stream, _)) => Pin::new(stream).poll_read(cx, buf),
-            None => Poll::Ready(Ok(())), // EOF
+            Some((stream, _, _)) => Pin::new(stream).poll_read(cx, buf),
+            // Only pingora's idle watch reads a husk: it stays quiet, as the idle tunnel did
+            // before it was given back, so the husk leaves pingora's pool by one path (the next
+            // lookup, or the idle timeout) rather than racing an "idle connection closed".
+            None => Poll::Pending,
         }
     }
 }
@@ -490,7 +492,7 @@ impl AsyncWrite for PooledTunnel {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut tunnel = self.loan.tunnel.lock();
-        let Some((stream, _)) = tunnel.as_mut() else {
+        let Some((stream, _, _)) = tunnel.as_mut() else {
             return Poll::Ready(Ok(()));
         };
         let result = Pin::new(stream).poll_shutdown(cx);
