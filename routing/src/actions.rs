@@ -83,6 +83,13 @@ impl Percent {
         }
     }
 
+    /// Parts per million (capped at 100 %).
+    pub fn from_per_million(per_million: u32) -> Percent {
+        Percent {
+            per_million: per_million.min(1_000_000),
+        }
+    }
+
     pub fn per_million(self) -> u32 {
         self.per_million
     }

@@ -1,5 +1,6 @@
-//! Routing model, matching, weighted choice, load balancing and the Istio YAML
-//! front-end for the waypoint proxy. Pure: no I/O besides reading config files.
+//! Routing model, matching, weighted choice, load balancing and the two
+//! front-ends for the waypoint proxy: Istio YAML ([`yaml`]) and Envoy xDS
+//! ([`xds`]). Pure: no I/O besides reading config files.
 #![forbid(unsafe_code)]
 
 mod actions;
@@ -17,6 +18,7 @@ mod pool;
 mod snapshot;
 mod tcp;
 mod weighted;
+pub mod xds;
 pub mod yaml;
 
 pub use actions::{

@@ -1,0 +1,598 @@
+//! Cross-resource assembly: services from chains and clusters, endpoints
+//! from assignments, one DestinationRule and one VirtualService per service,
+//! then [`SnapshotBuilder`].
+
+use super::cluster::{self, EndpointSource, ServiceCluster};
+use super::endpoint::{self, PodEndpoint};
+use super::listener::{self, ChainKind};
+use super::names::{ClusterName, Direction};
+use super::route::{self, RouteCtx};
+use super::{
+    At, Diag, Rejection, Resources, TranslateOptions, Translation, CLUSTER_TYPE, ENDPOINT_TYPE,
+    LISTENER_TYPE, ROUTE_TYPE, SUBSET_LABEL_PREFIX,
+};
+use crate::builder::SnapshotBuilder;
+use crate::model::{
+    spiffe_identity, DestinationRule, Endpoint, HttpRoute, Protocol, RouteDestination, Service,
+    ServicePort, Subset, VirtualService,
+};
+use crate::policy::{ClusterPolicy, HashKey, PortTrafficPolicy, TrafficPolicy};
+use crate::tcp::{TcpMatch, TcpRoute};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpSpecifier;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Clusters istiod sends a waypoint that are not services.
+const INFRA_CLUSTERS: &[&str] = &[
+    "main_internal",
+    "encap",
+    "connect_originate",
+    "inner_connect_originate",
+    "outer_connect_originate",
+    "forward_inner_connect",
+    "BlackHoleCluster",
+    "PassthroughCluster",
+    "InboundPassthroughCluster",
+    "InboundPassthroughClusterIpv4",
+    "InboundPassthroughClusterIpv6",
+    "agent",
+    "prometheus_stats",
+    "sds-grpc",
+    "xds-grpc",
+];
+
+#[derive(Default)]
+struct PortAcc {
+    chains: BTreeSet<String>,
+    http2: bool,
+}
+
+#[derive(Default)]
+struct ServiceAcc {
+    namespace: Option<String>,
+    vips: BTreeSet<IpAddr>,
+    ports: BTreeMap<u16, PortAcc>,
+    http: Vec<HttpRoute>,
+    tcp: Vec<TcpRoute>,
+    virtual_service: Option<(String, String)>,
+}
+
+fn index<'a, T>(
+    items: &'a [T],
+    name: impl Fn(&T) -> &str,
+    type_url: &str,
+    diag: &mut Diag,
+) -> BTreeMap<&'a str, &'a T> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let n = name(item);
+        if out.insert(n, item).is_some() {
+            diag.reject(type_url, n, "duplicate resource name");
+        }
+    }
+    out
+}
+
+pub(crate) fn translate(
+    res: &Resources,
+    opts: &TranslateOptions,
+) -> Result<Translation, Vec<Rejection>> {
+    let mut diag = Diag::default();
+    let clusters = index(&res.clusters, |c| c.name.as_str(), CLUSTER_TYPE, &mut diag);
+    let clas = index(
+        &res.endpoints,
+        |c| c.cluster_name.as_str(),
+        ENDPOINT_TYPE,
+        &mut diag,
+    );
+    let rcs = index(&res.routes, |r| r.name.as_str(), ROUTE_TYPE, &mut diag);
+    let known: BTreeSet<String> = clusters.keys().map(|k| k.to_string()).collect();
+
+    // Clusters.
+    let mut upstream = UpstreamIdentity {
+        trust_domain: opts.trust_domain.clone(),
+        namespace: None,
+    };
+    let mut svc_clusters: BTreeMap<String, ServiceCluster> = BTreeMap::new();
+    for (name, c) in &clusters {
+        match ClusterName::parse(name) {
+            Some(cn) if cn.direction == Direction::InboundVip => {
+                if let Some(sc) = cluster::service_cluster(c, cn, &mut diag) {
+                    svc_clusters.insert(name.to_string(), sc);
+                }
+            }
+            Some(_) => diag.warn(
+                CLUSTER_TYPE,
+                name,
+                "outbound cluster (a service this waypoint does not serve) is not supported; ignored",
+            ),
+            None if *name == "connect_originate" => {
+                if let Some((td, ns)) = cluster::connect_originate_san(c) {
+                    upstream = UpstreamIdentity {
+                        trust_domain: td,
+                        namespace: Some(ns),
+                    };
+                }
+            }
+            None if INFRA_CLUSTERS.contains(name) => {}
+            None => diag.warn(CLUSTER_TYPE, name, "not an istiod waypoint cluster; ignored"),
+        }
+    }
+
+    // Endpoints of each service cluster.
+    let mut used_clas = BTreeSet::new();
+    let mut pods: BTreeMap<String, Vec<PodEndpoint>> = BTreeMap::new();
+    for (name, sc) in &svc_clusters {
+        let list = match &sc.source {
+            EndpointSource::Eds(eds) => match clas.get(eds.as_str()) {
+                Some(cla) => {
+                    used_clas.insert(eds.clone());
+                    let at = At {
+                        type_url: ENDPOINT_TYPE,
+                        name: eds,
+                    };
+                    endpoint::pods(cla, at, &mut diag)
+                }
+                None => {
+                    diag.warn(
+                        CLUSTER_TYPE,
+                        name,
+                        format!("endpoints {eds} not received yet"),
+                    );
+                    Vec::new()
+                }
+            },
+            EndpointSource::Inline => match clusters
+                .get(name.as_str())
+                .and_then(|c| c.load_assignment.as_ref())
+            {
+                Some(cla) => endpoint::pods(
+                    cla,
+                    At {
+                        type_url: CLUSTER_TYPE,
+                        name,
+                    },
+                    &mut diag,
+                ),
+                None => Vec::new(),
+            },
+            EndpointSource::None => Vec::new(),
+        };
+        pods.insert(name.clone(), list);
+    }
+    for name in clas.keys() {
+        if !used_clas.contains(*name) {
+            diag.warn(
+                ENDPOINT_TYPE,
+                name,
+                "no service cluster uses this assignment; ignored",
+            );
+        }
+    }
+
+    // Listeners and routes.
+    let main = listener::translate(&res.listeners, &rcs, &mut diag);
+    let mut services: BTreeMap<String, ServiceAcc> = BTreeMap::new();
+    for ((ip, port), chains) in &main.vips {
+        for chain in chains {
+            let Some(cn) = ClusterName::parse(chain) else {
+                continue;
+            };
+            let acc = services.entry(cn.host.clone()).or_default();
+            acc.vips.insert(*ip);
+            acc.ports
+                .entry(*port)
+                .or_default()
+                .chains
+                .insert(chain.clone());
+        }
+    }
+    for sc in svc_clusters.values() {
+        let acc = services.entry(sc.name.host.clone()).or_default();
+        if acc.namespace.is_none() {
+            acc.namespace.clone_from(&sc.namespace);
+        }
+        acc.ports.entry(sc.name.port).or_default();
+    }
+    let mut hash_keys: Vec<(String, HashKey)> = Vec::new();
+    for (chain, kind) in &main.chains {
+        let Some(cn) = ClusterName::parse(chain) else {
+            continue;
+        };
+        let acc = services.entry(cn.host.clone()).or_default();
+        let port_acc = acc.ports.entry(cn.port).or_default();
+        port_acc.chains.insert(chain.clone());
+        match kind {
+            ChainKind::Http {
+                routes: Some(rc),
+                rds,
+                http2,
+                default_fault,
+            } => {
+                port_acc.http2 |= *http2;
+                let at = if *rds {
+                    At {
+                        type_url: ROUTE_TYPE,
+                        name: &rc.name,
+                    }
+                } else {
+                    At {
+                        type_url: LISTENER_TYPE,
+                        name: listener::MAIN_INTERNAL,
+                    }
+                };
+                if rc.virtual_hosts.len() > 1 {
+                    at.warn(
+                        &mut diag,
+                        format!("chain {chain}: only the first virtual host is used"),
+                    );
+                }
+                let Some(vh) = rc.virtual_hosts.first() else {
+                    at.warn(
+                        &mut diag,
+                        format!("chain {chain}: no virtual host; no routes"),
+                    );
+                    continue;
+                };
+                let ctx = RouteCtx {
+                    known_clusters: &known,
+                    // Envoy: true for inline route configs unless set; istiod sets false.
+                    validate_clusters: rc.validate_clusters.as_ref().map_or(!*rds, |v| v.value),
+                    port: cn.port,
+                    default_fault: default_fault.as_ref(),
+                    vhost_retry: vh.retry_policy.as_ref(),
+                };
+                for (i, r) in vh.routes.iter().enumerate() {
+                    if route::is_default_route(r, chain) && vh.routes.len() == 1 {
+                        if let Some(key) = route::default_route_hash(r) {
+                            hash_keys.push((chain.clone(), key));
+                        }
+                        continue;
+                    }
+                    let fallback = format!("{chain}.{i}");
+                    if let Some(t) = route::translate(r, &fallback, &ctx, at, &mut diag) {
+                        if acc.virtual_service.is_none() {
+                            acc.virtual_service = t.virtual_service;
+                        }
+                        hash_keys.extend(t.hash_keys);
+                        acc.http.push(t.route);
+                    }
+                }
+            }
+            ChainKind::Http { routes: None, .. } => {}
+            ChainKind::Tcp(tcp) => {
+                let at = At {
+                    type_url: LISTENER_TYPE,
+                    name: listener::MAIN_INTERNAL,
+                };
+                let mut dests = Vec::new();
+                match &tcp.cluster_specifier {
+                    Some(TcpSpecifier::Cluster(c)) if c == chain => {}
+                    Some(TcpSpecifier::Cluster(c)) => {
+                        dests.push(tcp_destination(c, 100, &known, at, &mut diag))
+                    }
+                    Some(TcpSpecifier::WeightedClusters(w)) => {
+                        let sum: u64 = w.clusters.iter().map(|c| u64::from(c.weight)).sum();
+                        if sum == 0 || sum > u64::from(u32::MAX) {
+                            at.reject(
+                                &mut diag,
+                                format!("chain {chain}: tcp_proxy weights sum to {sum}"),
+                            );
+                        }
+                        for c in w.clusters.iter().filter(|c| c.weight > 0) {
+                            dests.push(tcp_destination(&c.name, c.weight, &known, at, &mut diag));
+                        }
+                    }
+                    None => at.reject(
+                        &mut diag,
+                        format!("chain {chain}: tcp_proxy without cluster"),
+                    ),
+                }
+                if let Some(key) = tcp.hash_policy.first().and_then(|h| {
+                    use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier;
+                    matches!(h.policy_specifier, Some(PolicySpecifier::SourceIp(_)))
+                        .then_some(HashKey::SourceIp)
+                }) {
+                    hash_keys.push((chain.clone(), key));
+                }
+                if !dests.is_empty() {
+                    acc.tcp.push(TcpRoute {
+                        name: format!("{chain}.tcp"),
+                        matches: vec![TcpMatch {
+                            port: Some(cn.port),
+                            ..TcpMatch::default()
+                        }],
+                        destinations: dests,
+                    });
+                }
+            }
+        }
+    }
+
+    // Hash keys from the routes onto consistent-hash clusters.
+    for (cluster, key) in hash_keys {
+        if let Some(ch) = svc_clusters
+            .get_mut(&cluster)
+            .and_then(|sc| sc.policy.load_balancer.as_mut())
+            .and_then(|lb| lb.consistent_hash.as_mut())
+        {
+            if ch.key.is_none() {
+                ch.key = Some(key);
+            }
+        }
+    }
+
+    let mut builder = SnapshotBuilder::new();
+    for (host, acc) in services {
+        build_service(
+            &host,
+            acc,
+            &svc_clusters,
+            &pods,
+            &upstream,
+            opts,
+            &mut diag,
+            &mut builder,
+        );
+    }
+    if !diag.rejections.is_empty() {
+        return Err(diag.rejections);
+    }
+    for w in &diag.warnings {
+        builder.warning(w.to_string());
+    }
+    Ok(Translation {
+        snapshot: builder.build(),
+        warnings: diag.warnings,
+    })
+}
+
+fn tcp_destination(
+    cluster: &str,
+    weight: u32,
+    known: &BTreeSet<String>,
+    at: At<'_>,
+    diag: &mut Diag,
+) -> RouteDestination {
+    if !known.contains(cluster) {
+        at.warn(
+            diag,
+            format!("tcp_proxy cluster {cluster} is not (yet) known"),
+        );
+    }
+    let (host, subset, port) = match ClusterName::parse(cluster) {
+        Some(c) => (c.host, c.subset, Some(c.port)),
+        None => (cluster.to_string(), None, None),
+    };
+    RouteDestination {
+        host,
+        subset,
+        port,
+        weight,
+        headers: Default::default(),
+    }
+}
+
+/// Kubernetes namespace of `name.ns.svc…`, else `default`.
+fn namespace_of_host(host: &str) -> String {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() >= 3 && parts[2] == "svc" {
+        parts[1].to_string()
+    } else {
+        "default".to_string()
+    }
+}
+
+/// What the waypoint verifies on a pod's HBONE certificate when the caller does not know the
+/// pod's service account: `spiffe://<trust_domain>/ns/<namespace>/sa/*`, as `connect_originate`'s
+/// URI SAN prefix matcher does in istiod's config (`cluster_waypoint.go`).
+struct UpstreamIdentity {
+    trust_domain: String,
+    namespace: Option<String>,
+}
+
+/// The service account of an identity that admits any service account of its namespace (the
+/// waypoint's HBONE client honours it).
+pub const ANY_SERVICE_ACCOUNT: &str = "*";
+
+#[allow(clippy::too_many_arguments)]
+fn build_service(
+    host: &str,
+    acc: ServiceAcc,
+    svc_clusters: &BTreeMap<String, ServiceCluster>,
+    pods: &BTreeMap<String, Vec<PodEndpoint>>,
+    upstream: &UpstreamIdentity,
+    opts: &TranslateOptions,
+    diag: &mut Diag,
+    builder: &mut SnapshotBuilder,
+) {
+    let namespace = acc
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace_of_host(host));
+    let mine: Vec<(&String, &ServiceCluster)> = svc_clusters
+        .iter()
+        .filter(|(_, sc)| sc.name.host == host)
+        .collect();
+    // Ports.
+    let mut ports = Vec::new();
+    for (number, p) in &acc.ports {
+        let kinds: BTreeSet<bool> = p
+            .chains
+            .iter()
+            .filter_map(|c| ClusterName::parse(c))
+            .chain(
+                mine.iter()
+                    .filter(|(_, sc)| sc.name.port == *number && sc.name.subset.is_none())
+                    .map(|(_, sc)| sc.name.clone()),
+            )
+            .map(|c| c.is_tcp())
+            .collect();
+        let protocol = match (kinds.contains(&false), kinds.contains(&true)) {
+            (true, true) => Protocol::Unknown,
+            (false, true) => Protocol::Tcp,
+            _ if p.http2 => Protocol::Http2,
+            _ => Protocol::Http,
+        };
+        // Target port: the pods' port in this port's own (no subset) cluster.
+        let mut targets = BTreeSet::new();
+        for (name, sc) in &mine {
+            if sc.name.port == *number {
+                targets.extend(pods.get(*name).into_iter().flatten().map(|p| p.addr.port()));
+            }
+        }
+        if targets.len() > 1 {
+            diag.warn(
+                CLUSTER_TYPE,
+                &format!("inbound-vip|{number}|…|{host}"),
+                format!("pods use different target ports {targets:?}; the first is used"),
+            );
+        }
+        let target_port = targets.first().copied().unwrap_or(*number);
+        let name = match protocol {
+            Protocol::Tcp => format!("tcp-{number}"),
+            Protocol::Http2 => format!("http2-{number}"),
+            Protocol::Unknown => format!("port-{number}"),
+            _ => format!("http-{number}"),
+        };
+        ports.push(ServicePort {
+            number: *number,
+            name,
+            protocol,
+            target_port,
+        });
+    }
+    // Endpoints: union over the service's clusters; subset membership as labels.
+    struct Acc {
+        labels: BTreeMap<String, String>,
+        namespace: Option<String>,
+        workload: Option<String>,
+    }
+    let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
+    for (name, sc) in &mine {
+        for p in pods.get(*name).into_iter().flatten() {
+            let e = eps.entry(p.addr.ip()).or_insert_with(|| Acc {
+                labels: BTreeMap::new(),
+                namespace: None,
+                workload: None,
+            });
+            e.labels.extend(p.labels.clone());
+            if e.namespace.is_none() {
+                e.namespace.clone_from(&p.namespace);
+            }
+            if e.workload.is_none() {
+                e.workload.clone_from(&p.workload);
+            }
+            if let Some(s) = &sc.name.subset {
+                e.labels
+                    .insert(format!("{SUBSET_LABEL_PREFIX}{s}"), "true".to_string());
+            }
+        }
+    }
+    let endpoints: Vec<Arc<Endpoint>> = eps
+        .into_iter()
+        .map(|(ip, a)| {
+            let ns = a.namespace.unwrap_or_else(|| namespace.clone());
+            // Unless the caller knows the pod's identity, verify what istiod's Envoy verifies: any
+            // service account of the namespace `connect_originate` names (or the pod's).
+            let identity = match opts.identities.get(&ip) {
+                Some(id) => id.clone(),
+                None => spiffe_identity(
+                    &upstream.trust_domain,
+                    upstream.namespace.as_deref().unwrap_or(&ns),
+                    ANY_SERVICE_ACCOUNT,
+                ),
+            };
+            let sa = match identity.rsplit_once("/sa/") {
+                Some((_, sa)) if sa != ANY_SERVICE_ACCOUNT => sa.to_string(),
+                _ => "unknown".to_string(),
+            };
+            Arc::new(Endpoint {
+                address: ip,
+                labels: a.labels,
+                service_account: sa,
+                namespace: ns,
+                identity,
+                name: a.workload.unwrap_or_else(|| ip.to_string()),
+            })
+        })
+        .collect();
+    // DestinationRule from the clusters' effective policies.
+    let mut top = TrafficPolicy::default();
+    let mut subsets: BTreeMap<String, TrafficPolicy> = BTreeMap::new();
+    for (_, sc) in &mine {
+        let p = &sc.policy;
+        match &sc.name.subset {
+            None => {
+                if *p != ClusterPolicy::default()
+                    && !top
+                        .port_level_settings
+                        .iter()
+                        .any(|x| x.port == sc.name.port)
+                {
+                    top.port_level_settings.push(port_policy(sc.name.port, p));
+                }
+            }
+            Some(s) => {
+                let tp = subsets.entry(s.clone()).or_default();
+                if !tp
+                    .port_level_settings
+                    .iter()
+                    .any(|x| x.port == sc.name.port)
+                {
+                    tp.port_level_settings.push(port_policy(sc.name.port, p));
+                }
+            }
+        }
+    }
+    if !top.port_level_settings.is_empty() || !subsets.is_empty() {
+        builder.destination_rule(DestinationRule {
+            namespace: namespace.clone(),
+            name: format!("xds-{host}"),
+            host: host.to_string(),
+            traffic_policy: (!top.port_level_settings.is_empty()).then_some(top),
+            subsets: subsets
+                .into_iter()
+                .map(|(name, tp)| Subset {
+                    labels: [(format!("{SUBSET_LABEL_PREFIX}{name}"), "true".to_string())]
+                        .into_iter()
+                        .collect(),
+                    name,
+                    traffic_policy: Some(tp),
+                })
+                .collect(),
+        });
+    }
+    if !acc.http.is_empty() || !acc.tcp.is_empty() {
+        let (vs_ns, vs_name) = acc
+            .virtual_service
+            .clone()
+            .unwrap_or_else(|| (namespace.clone(), format!("xds-{host}")));
+        builder.virtual_service(VirtualService {
+            namespace: vs_ns,
+            name: vs_name,
+            hosts: vec![host.to_string()],
+            http: acc.http,
+            tcp: acc.tcp,
+        });
+    }
+    builder.service(
+        Service {
+            hostname: host.to_string(),
+            namespace,
+            vips: acc.vips.into_iter().collect(),
+            ports,
+        },
+        endpoints,
+    );
+}
+
+fn port_policy(port: u16, p: &ClusterPolicy) -> PortTrafficPolicy {
+    PortTrafficPolicy {
+        port,
+        load_balancer: p.load_balancer.clone(),
+        connection_pool: p.connection_pool.clone(),
+        outlier_detection: p.outlier_detection.clone(),
+    }
+}

@@ -1,0 +1,166 @@
+//! `ClusterLoadAssignment` → pod endpoints.
+//!
+//! istiod (`xds/endpoints/endpoint_builder.go` `buildEnvoyLbEndpoint`, with
+//! `toServiceWaypoint` false and HBONE always on for `inbound-vip`) writes
+//! each pod as `envoy_internal_address{server_listener_name:
+//! "connect_originate", endpoint_id: "<podIP>:<targetPort>"}`, metadata
+//! `envoy.filters.listener.original_dst.local = "<podIP>:<port>"` and
+//! `istio.workload = "<workload>;<ns>;<canonical svc>;<canonical rev>;<cluster>"`
+//! (`util.go` `AppendLbEndpointMetadata`). A plain socket address is accepted
+//! too. Neither pod labels nor the service account are sent: labels here are
+//! the canonical service / revision (`service.istio.io/canonical-name`,
+//! `service.istio.io/canonical-revision`) plus the synthetic subset labels,
+//! and the identity comes from [`super::TranslateOptions::identities`].
+
+use super::{At, Diag};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::envoy_internal_address::AddressNameSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// One pod of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PodEndpoint {
+    pub(crate) addr: SocketAddr,
+    /// From `istio.workload`.
+    pub(crate) workload: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+}
+
+// HealthStatus: UNKNOWN = 0, HEALTHY = 1, UNHEALTHY = 2, DRAINING = 3,
+// TIMEOUT = 4, DEGRADED = 5.
+fn routable(status: i32) -> bool {
+    matches!(status, 0 | 1 | 5)
+}
+
+/// The routable pods of an assignment. Malformed addresses are rejections
+/// of the assignment (`at`); what cannot be expressed is warned about.
+pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> Vec<PodEndpoint> {
+    let mut out = Vec::new();
+    let mut skipped = 0usize;
+    for locality in &cla.endpoints {
+        if locality.priority > 0 {
+            at.warn(
+                diag,
+                format!(
+                    "priority {} endpoints (locality failover) are treated like priority 0",
+                    locality.priority
+                ),
+            );
+        }
+        for ep in &locality.lb_endpoints {
+            if !routable(ep.health_status) {
+                skipped += 1;
+                continue;
+            }
+            if ep
+                .load_balancing_weight
+                .as_ref()
+                .is_some_and(|w| w.value != 1)
+            {
+                at.warn(
+                    diag,
+                    "endpoint load_balancing_weight is not supported; equal weights used",
+                );
+            }
+            match pod(ep) {
+                Ok(p) => out.push(p),
+                Err(reason) => at.reject(diag, reason),
+            }
+        }
+    }
+    if skipped > 0 {
+        at.warn(
+            diag,
+            format!("{skipped} unhealthy/draining endpoint(s) left out (as Envoy does)"),
+        );
+    }
+    if !cla.named_endpoints.is_empty() {
+        at.warn(diag, "named_endpoints are not supported; ignored");
+    }
+    out
+}
+
+fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
+    let endpoint = match &ep.host_identifier {
+        Some(HostIdentifier::Endpoint(e)) => e,
+        Some(HostIdentifier::EndpointName(n)) => {
+            return Err(format!("named endpoint {n} is not supported"))
+        }
+        None => return Err("endpoint without address".into()),
+    };
+    let addr = match endpoint.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(AddressKind::EnvoyInternalAddress(i)) => {
+            let listener = match &i.address_name_specifier {
+                Some(AddressNameSpecifier::ServerListenerName(n)) => n.as_str(),
+                None => "",
+            };
+            if listener != "connect_originate" {
+                return Err(format!(
+                    "internal address to listener {listener:?} (expected connect_originate)"
+                ));
+            }
+            i.endpoint_id
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("endpoint_id {:?} is not ip:port", i.endpoint_id))?
+        }
+        Some(AddressKind::SocketAddress(s)) => {
+            let ip: IpAddr = s
+                .address
+                .parse()
+                .map_err(|_| format!("endpoint address {:?} is not an IP", s.address))?;
+            let port = match s.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => {
+                    u16::try_from(p).map_err(|_| format!("endpoint port {p} out of range"))?
+                }
+                _ => return Err("endpoint without a port value".into()),
+            };
+            SocketAddr::new(ip, port)
+        }
+        Some(AddressKind::Pipe(_)) => return Err("pipe endpoints are not supported".into()),
+        None => return Err("endpoint without address".into()),
+    };
+    let (workload, namespace, labels) = workload_meta(ep);
+    Ok(PodEndpoint {
+        addr,
+        workload,
+        namespace,
+        labels,
+    })
+}
+
+/// `istio.workload` = `<workload>;<ns>;<canonical svc>;<canonical rev>;<cluster>`.
+fn workload_meta(ep: &LbEndpoint) -> (Option<String>, Option<String>, BTreeMap<String, String>) {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let mut labels = BTreeMap::new();
+    let text = ep
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|s| s.fields.get("workload"))
+        .and_then(|v| match v.kind.as_ref() {
+            Some(Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        });
+    let Some(text) = text else {
+        return (None, None, labels);
+    };
+    let parts: Vec<&str> = text.split(';').collect();
+    let get = |i: usize| {
+        parts
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_string())
+    };
+    if let Some(c) = get(2) {
+        labels.insert("service.istio.io/canonical-name".into(), c);
+    }
+    if let Some(r) = get(3) {
+        labels.insert("service.istio.io/canonical-revision".into(), r);
+    }
+    (get(0), get(1), labels)
+}

@@ -1,0 +1,335 @@
+//! xDS front-end: the Envoy v3 resources istiod sends a waypoint (LDS, CDS,
+//! EDS, RDS) → model objects → [`SnapshotBuilder`] → [`Snapshot`], so routing
+//! behaves exactly as with the Istio YAML front-end ([`crate::yaml`]).
+//!
+//! Input is decoded prost structs ([`Resources`]); [`Resources::from_any`]
+//! decodes `google.protobuf.Any` resources as they arrive on the wire. Typed
+//! extension configs inside them (HCM, tcp_proxy, fault, matchers, …) are
+//! decoded here by their type URL.
+//!
+//! What istiod sends (istio/istio `pilot/pkg/networking/core/`):
+//! - `listener_waypoint.go` `buildWaypointInternal`: internal listener
+//!   `main_internal`, one filter chain per service port named after its
+//!   cluster (`inbound-vip|9080|http|reviews.default.svc.cluster.local`, or
+//!   `…|tcp|…`), selected by a `filter_chain_matcher` tree: destination IP
+//!   (custom `xds.type.matcher.v3.IPMatcher`, the VIPs) → destination port
+//!   (exact map) → action `StringValue{chain name}` (or an application
+//!   protocol matcher when the port must be sniffed). Chains `direct-tcp` /
+//!   `direct-http` serve pod IPs. `connect_terminate` (:15008) terminates
+//!   HBONE and routes CONNECT to `main_internal`.
+//! - HTTP chains: HCM with an inline `route_config` named after the chain
+//!   (`buildWaypointInboundHTTPRouteConfig`), one virtual host
+//!   `inbound|http|<port>`; without VirtualService a single route `default`
+//!   to the chain's own cluster (`httproute.go`
+//!   `buildSidecarInboundHTTPRouteConfig`). VirtualService routes carry
+//!   `metadata.filter_metadata.istio.config =
+//!   /apis/networking.istio.io/v1/namespaces/<ns>/virtual-service/<name>`
+//!   (`util.go` `AddConfigInfoMetadata`), one Envoy route per match block
+//!   (`route/route.go` `TranslateRoute`).
+//! - TCP chains: `tcp_proxy` to the chain's cluster or `weighted_clusters`
+//!   (`buildWaypointNetworkFilters`).
+//! - `cluster_waypoint.go` `buildWaypointInboundVIP`: EDS clusters
+//!   `inbound-vip|<port>|<http|tcp>[/<subset>]|<host>` with the
+//!   DestinationRule policy merged per port and subset.
+//! - `xds/endpoints/endpoint_builder.go` `buildEnvoyLbEndpoint`: endpoints
+//!   `envoy_internal_address{server_listener_name: connect_originate,
+//!   endpoint_id: "podIP:port"}`, metadata
+//!   `envoy.filters.listener.original_dst.local = "podIP:port"` and
+//!   `istio.workload = "<workload>;<ns>;<canonical svc>;<revision>;<cluster>"`.
+//!   No labels and no service account: a subset's members are the endpoints
+//!   of the subset cluster's own assignment (see [`SUBSET_LABEL_PREFIX`]).
+//! - Upstream identity: the `connect_originate` cluster verifies only the URI
+//!   SAN prefix `spiffe://<td>/ns/<waypoint ns>/sa/`
+//!   (`cluster_waypoint.go` `buildWaypointConnectOriginate`); the exact
+//!   identity per pod comes from [`TranslateOptions::identities`] when the
+//!   caller knows it (see [`endpoint`]).
+//!
+//! Anything not expressible becomes a [`Warning`] (also a Snapshot
+//! warning); input Envoy would reject becomes a [`Rejection`] and no
+//! snapshot is built, so the caller NACKs and keeps its last good one.
+
+mod assemble;
+mod cluster;
+mod endpoint;
+mod listener;
+mod matchers;
+mod names;
+mod route;
+
+#[cfg(feature = "json")]
+pub mod json;
+
+#[cfg(test)]
+mod tests;
+
+use crate::snapshot::Snapshot;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+pub use assemble::ANY_SERVICE_ACCOUNT;
+pub use names::{ClusterName, Direction};
+
+/// `type.googleapis.com/envoy.config.listener.v3.Listener`
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// `type.googleapis.com/envoy.config.cluster.v3.Cluster`
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// `type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment`
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// `type.googleapis.com/envoy.config.route.v3.RouteConfiguration`
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// Label key prefix of the synthetic labels that carry subset membership:
+/// an endpoint listed by the assignment of `inbound-vip|P|http/v1|H` gets
+/// `xds.subset/v1: "true"`, and subset `v1` of the translated
+/// DestinationRule selects that label. (xDS endpoints carry no pod labels.)
+pub const SUBSET_LABEL_PREFIX: &str = "xds.subset/";
+
+/// The xDS resources of one state of the world, decoded.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    pub routes: Vec<RouteConfiguration>,
+}
+
+impl Resources {
+    /// Decode resources by their type URL (the four types above). A
+    /// malformed or unknown resource is a [`Rejection`]; the others are kept.
+    pub fn from_any<'a>(
+        resources: impl IntoIterator<Item = &'a Any>,
+    ) -> Result<Resources, Vec<Rejection>> {
+        let mut out = Resources::default();
+        let mut rejections = Vec::new();
+        for any in resources {
+            if let Err(r) = out.push_any(any) {
+                rejections.push(r);
+            }
+        }
+        if rejections.is_empty() {
+            Ok(out)
+        } else {
+            Err(rejections)
+        }
+    }
+
+    /// Decode one resource and add it.
+    pub fn push_any(&mut self, any: &Any) -> Result<(), Rejection> {
+        use prost::Message;
+        let bad = |e: prost::DecodeError| Rejection {
+            type_url: any.type_url.clone(),
+            name: String::new(),
+            reason: format!("cannot decode resource: {e}"),
+        };
+        match any.type_url.as_str() {
+            LISTENER_TYPE => self
+                .listeners
+                .push(Listener::decode(any.value.as_slice()).map_err(bad)?),
+            CLUSTER_TYPE => self
+                .clusters
+                .push(Cluster::decode(any.value.as_slice()).map_err(bad)?),
+            ENDPOINT_TYPE => self
+                .endpoints
+                .push(ClusterLoadAssignment::decode(any.value.as_slice()).map_err(bad)?),
+            ROUTE_TYPE => self
+                .routes
+                .push(RouteConfiguration::decode(any.value.as_slice()).map_err(bad)?),
+            other => {
+                return Err(Rejection {
+                    type_url: other.to_string(),
+                    name: String::new(),
+                    reason: "not a resource type the waypoint subscribes to".into(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+            && self.clusters.is_empty()
+            && self.endpoints.is_empty()
+            && self.routes.is_empty()
+    }
+}
+
+/// Knowledge the xDS resources do not carry.
+#[derive(Debug, Clone)]
+pub struct TranslateOptions {
+    /// Trust domain when the `connect_originate` cluster names none.
+    pub trust_domain: String,
+    /// SPIFFE identity per pod IP, when the caller knows it (e.g. from the
+    /// Kubernetes API or ztunnel's workload discovery). Pods not listed get
+    /// `spiffe://<td>/ns/<ns>/sa/*`: any service account of the namespace
+    /// `connect_originate` verifies (else the pod's), as istiod's Envoy does.
+    pub identities: BTreeMap<IpAddr, String>,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        TranslateOptions {
+            trust_domain: "cluster.local".into(),
+            identities: BTreeMap::new(),
+        }
+    }
+}
+
+/// A translated state of the world.
+#[derive(Debug)]
+pub struct Translation {
+    pub snapshot: Snapshot,
+    /// Also in [`Snapshot::warnings`].
+    pub warnings: Vec<Warning>,
+}
+
+/// Something the translator could not express; the rest was translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Type URL of the resource.
+    pub type_url: &'static str,
+    /// Resource name.
+    pub name: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            short_type(self.type_url),
+            self.name,
+            self.message
+        )
+    }
+}
+
+/// A resource Envoy would reject (NACK it with [`Rejection::reason`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub type_url: String,
+    pub name: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            short_type(&self.type_url),
+            self.name,
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+/// The EDS and RDS names the current listeners and clusters need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// `ClusterLoadAssignment` names (EDS service names) of EDS clusters.
+    pub endpoints: BTreeSet<String>,
+    /// `RouteConfiguration` names referenced through RDS.
+    pub routes: BTreeSet<String>,
+}
+
+/// Which EDS assignments and RDS route configurations to subscribe to.
+/// Malformed typed configs are skipped (translation reports them).
+pub fn required_resources(listeners: &[Listener], clusters: &[Cluster]) -> Subscriptions {
+    let mut out = Subscriptions::default();
+    for c in clusters {
+        if let Some(name) = cluster::eds_name(c) {
+            out.endpoints.insert(name);
+        }
+    }
+    for l in listeners {
+        out.routes.extend(listener::rds_names(l));
+    }
+    out
+}
+
+/// Translate one state of the world into a [`Snapshot`].
+pub fn translate(
+    resources: &Resources,
+    options: &TranslateOptions,
+) -> Result<Translation, Vec<Rejection>> {
+    assemble::translate(resources, options)
+}
+
+/// Warnings and rejections of one translation.
+#[derive(Debug, Default)]
+pub(crate) struct Diag {
+    pub(crate) warnings: Vec<Warning>,
+    pub(crate) rejections: Vec<Rejection>,
+}
+
+impl Diag {
+    pub(crate) fn warn(&mut self, type_url: &'static str, name: &str, message: impl Into<String>) {
+        self.warnings.push(Warning {
+            type_url,
+            name: name.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn reject(&mut self, type_url: &str, name: &str, reason: impl Into<String>) {
+        self.rejections.push(Rejection {
+            type_url: type_url.to_string(),
+            name: name.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Where a warning or rejection is reported: the resource being translated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At<'a> {
+    pub(crate) type_url: &'static str,
+    pub(crate) name: &'a str,
+}
+
+impl At<'_> {
+    pub(crate) fn warn(&self, diag: &mut Diag, message: impl Into<String>) {
+        diag.warn(self.type_url, self.name, message);
+    }
+
+    pub(crate) fn reject(&self, diag: &mut Diag, reason: impl Into<String>) {
+        diag.reject(self.type_url, self.name, reason);
+    }
+}
+
+/// Decode a typed config of a known type, or report why not.
+pub(crate) fn decode_any<M: prost::Message + Default + prost::Name>(
+    any: &Any,
+) -> Option<Result<M, String>> {
+    if any.type_url != M::type_url() {
+        return None;
+    }
+    Some(M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::NAME)))
+}
+
+/// A protobuf `Duration` as a std one (negative → `None`).
+pub(crate) fn duration(
+    d: &envoy_types::pb::google::protobuf::Duration,
+) -> Option<std::time::Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return None;
+    }
+    Some(
+        std::time::Duration::new(d.seconds as u64, 0)
+            + std::time::Duration::from_nanos(d.nanos as u64 % 1_000_000_000),
+    )
+}
