@@ -1,0 +1,228 @@
+//! Delta ADS (`DeltaAggregatedResources`) on one stream.
+//!
+//! istiod's rules (`pilot/pkg/xds/delta.go`): the first request of a type with no
+//! `resource_names_subscribe` is a wildcard subscription; `initial_resource_versions` on the
+//! first request tells it what the client already holds; a request carrying `error_detail` is a
+//! NACK and gets no answer; and an ACK (non-empty `response_nonce`) must not change
+//! subscriptions, so subscription changes go in a separate request with an empty nonce.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use futures::channel::mpsc;
+use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+
+use crate::client::{stopped, StreamError};
+use crate::config::Mode;
+use crate::resource::{Handler, Rejection, Resource};
+use crate::session::{nack_detail, payload_name, Core, Outcome};
+
+struct Stream<'a, H> {
+    core: &'a mut Core<H>,
+    tx: mpsc::UnboundedSender<DeltaDiscoveryRequest>,
+    /// The node goes on the first request of the stream only.
+    node_sent: bool,
+    /// Named types: the names subscribed on this stream.
+    sent: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Run one stream until it fails (`Err`) or shutdown is asked (`Ok`).
+pub(crate) async fn run<H: Handler>(
+    core: &mut Core<H>,
+    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    metadata: MetadataMap,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let (tx, rx) = mpsc::unbounded();
+    let mut stream = Stream {
+        core,
+        tx,
+        node_sent: false,
+        sent: BTreeMap::new(),
+    };
+    stream.initial_requests()?;
+    let mut request = tonic::Request::new(rx);
+    *request.metadata_mut() = metadata;
+    let response = tokio::select! {
+        _ = stopped(shutdown) => return Ok(()),
+        response = client.delta_aggregated_resources(request) => response.map_err(StreamError::from_status)?,
+    };
+    stream.core.set_connected(Mode::Delta);
+    let mut inbound = response.into_inner();
+    loop {
+        tokio::select! {
+            _ = stopped(shutdown) => return Ok(()),
+            message = inbound.message() => match message {
+                Ok(Some(response)) => stream.on_response(response)?,
+                Ok(None) => return Err(StreamError::Closed),
+                Err(status) => return Err(StreamError::from_status(status)),
+            },
+        }
+    }
+}
+
+impl<H: Handler> Stream<'_, H> {
+    fn send(&mut self, mut request: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+        if !self.node_sent {
+            request.node = Some(self.core.cfg.node.to_node());
+            self.node_sent = true;
+        }
+        self.tx
+            .unbounded_send(request)
+            .map_err(|_| StreamError::Closed)
+    }
+
+    /// Wildcard types in configured order (CDS, LDS) with what we hold, then named types.
+    fn initial_requests(&mut self) -> Result<(), StreamError> {
+        for type_url in self.core.cfg.wildcard_types.clone() {
+            let initial_resource_versions = self.core.accepted.versions(&type_url);
+            self.send(DeltaDiscoveryRequest {
+                type_url,
+                initial_resource_versions,
+                ..Default::default()
+            })?;
+        }
+        self.sync_subscriptions()
+    }
+
+    /// Bring the stream's named subscriptions to what the handler last asked for.
+    fn sync_subscriptions(&mut self) -> Result<(), StreamError> {
+        let mut types: BTreeSet<String> = self.sent.keys().cloned().collect();
+        types.extend(self.core.subs.iter().map(|(t, _)| t.to_string()));
+        for type_url in types {
+            if self.core.is_wildcard(&type_url) {
+                continue;
+            }
+            let want = self.core.subs.names(&type_url).cloned().unwrap_or_default();
+            let first = !self.sent.contains_key(&type_url);
+            let had = self.sent.get(&type_url).cloned().unwrap_or_default();
+            let subscribe: Vec<String> = want.difference(&had).cloned().collect();
+            let unsubscribe: Vec<String> = had.difference(&want).cloned().collect();
+            // An empty first subscribe would be a wildcard.
+            if subscribe.is_empty() && unsubscribe.is_empty() {
+                continue;
+            }
+            let initial_resource_versions: HashMap<String, String> = if first {
+                self.core
+                    .accepted
+                    .resources(&type_url)
+                    .filter(|r| want.contains(&r.name))
+                    .map(|r| (r.name.clone(), r.version.clone()))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
+            self.sent.insert(type_url.clone(), want);
+            self.send(DeltaDiscoveryRequest {
+                type_url,
+                resource_names_subscribe: subscribe,
+                resource_names_unsubscribe: unsubscribe,
+                initial_resource_versions,
+                ..Default::default()
+            })?;
+        }
+        Ok(())
+    }
+
+    fn on_response(&mut self, response: DeltaDiscoveryResponse) -> Result<(), StreamError> {
+        let type_url = response.type_url.clone();
+        let nonce = response.nonce.clone();
+        let sent_types: BTreeSet<String> = self.sent.keys().cloned().collect();
+        if !self.core.is_known(&type_url, &sent_types) {
+            let rejection = Rejection::new(&type_url, "*", "type URL was not subscribed");
+            return self.nack(&type_url, &nonce, &[rejection]);
+        }
+        let mut candidate = self.core.accepted.clone();
+        let held = candidate.type_mut(&type_url);
+        let mut rejections = Vec::new();
+        let mut updated = Vec::new();
+        for (i, resource) in response.resources.into_iter().enumerate() {
+            let name = if resource.name.is_empty() {
+                resource.resource_name.map(|n| n.name).unwrap_or_default()
+            } else {
+                resource.name
+            };
+            if name.is_empty() {
+                rejections.push(Rejection::new(&type_url, &format!("#{i}"), "no name"));
+                continue;
+            }
+            let Some(value) = resource.resource else {
+                // A TTL heartbeat for something held changes nothing.
+                if !held.resources.contains_key(&name) {
+                    rejections.push(Rejection::new(&type_url, &name, "no resource payload"));
+                }
+                continue;
+            };
+            if value.type_url != type_url {
+                rejections.push(Rejection::new(
+                    &type_url,
+                    &name,
+                    format!("payload is {} in a {type_url} response", value.type_url),
+                ));
+                continue;
+            }
+            if let Err(reason) = payload_name(&value.value) {
+                rejections.push(Rejection::new(&type_url, &name, reason));
+                continue;
+            }
+            updated.push(name.clone());
+            held.resources.insert(
+                name.clone(),
+                Arc::new(Resource {
+                    name,
+                    version: resource.version,
+                    value,
+                }),
+            );
+        }
+        let removed_names = response
+            .removed_resources
+            .into_iter()
+            .chain(response.removed_resource_names.into_iter().map(|n| n.name));
+        let mut removed = Vec::new();
+        for name in removed_names {
+            if held.resources.remove(&name).is_some() {
+                removed.push(name);
+            }
+        }
+        held.version_info = response.system_version_info.clone();
+        match self
+            .core
+            .offer(&type_url, candidate, &updated, &removed, rejections)
+        {
+            Outcome::Accepted => {
+                self.send(DeltaDiscoveryRequest {
+                    type_url: type_url.clone(),
+                    response_nonce: nonce.clone(),
+                    ..Default::default()
+                })?;
+                self.core
+                    .record_ack(&type_url, &response.system_version_info, &nonce);
+                self.sync_subscriptions()
+            }
+            Outcome::Rejected(rejections) => self.nack(&type_url, &nonce, &rejections),
+        }
+    }
+
+    fn nack(
+        &mut self,
+        type_url: &str,
+        nonce: &str,
+        rejections: &[Rejection],
+    ) -> Result<(), StreamError> {
+        let detail = nack_detail(rejections);
+        self.core.record_nack(type_url, &detail);
+        self.send(DeltaDiscoveryRequest {
+            type_url: type_url.to_string(),
+            response_nonce: nonce.to_string(),
+            error_detail: Some(detail),
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,279 @@
+//! Resources as the client holds them, the state offered to the handler, and the handler's
+//! contract.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Any;
+
+/// Type URLs of the resources a waypoint asks istiod for.
+pub mod type_url {
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    pub const CLUSTER_LOAD_ASSIGNMENT: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const ROUTE_CONFIGURATION: &str =
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    /// The wrapper a state-of-the-world server may put around a resource to carry its name and
+    /// version (`envoy.service.discovery.v3.Resource`).
+    pub const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+    /// The last segment of a type URL (`Cluster`, `Listener`), for logs and messages.
+    pub fn short(type_url: &str) -> &str {
+        type_url.rsplit(['.', '/']).next().unwrap_or(type_url)
+    }
+}
+
+/// One resource as received: its name, the version the server gave it, and the payload as it
+/// came (`type_url` + bytes). The caller decodes it, e.g. with [`Resource::decode`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    /// Delta: the resource's own version. State-of-the-world: the response's `version_info`.
+    pub version: String,
+    pub value: Any,
+}
+
+impl Resource {
+    /// Decode the payload as `M`, checking its type URL. The error is a [`Rejection`] naming this
+    /// resource, ready to hand back from [`Handler::apply`].
+    pub fn decode<M: prost::Message + prost::Name + Default>(&self) -> Result<M, Rejection> {
+        let expected = M::type_url();
+        if self.value.type_url != expected {
+            return Err(Rejection::new(
+                &self.value.type_url,
+                &self.name,
+                format!("payload is {}, expected {expected}", self.value.type_url),
+            ));
+        }
+        M::decode(self.value.value.as_slice()).map_err(|e| {
+            Rejection::new(
+                &self.value.type_url,
+                &self.name,
+                format!("cannot decode {}: {e}", M::full_name()),
+            )
+        })
+    }
+}
+
+/// The resources of one type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeState {
+    /// State-of-the-world: `version_info` of the last accepted response. Delta:
+    /// `system_version_info` of the last accepted response (informational).
+    pub version_info: String,
+    pub resources: BTreeMap<String, Arc<Resource>>,
+}
+
+/// Everything the client holds, by type URL. Cheap to clone: each type is shared until changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceState {
+    types: BTreeMap<String, Arc<TypeState>>,
+}
+
+impl ResourceState {
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&Resource> {
+        self.types
+            .get(type_url)
+            .and_then(|t| t.resources.get(name))
+            .map(|r| r.as_ref())
+    }
+
+    /// The resources of `type_url`, by name.
+    pub fn resources<'a>(&'a self, type_url: &str) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.types
+            .get(type_url)
+            .into_iter()
+            .flat_map(|t| t.resources.values().map(|r| r.as_ref()))
+    }
+
+    pub fn len(&self, type_url: &str) -> usize {
+        self.types.get(type_url).map_or(0, |t| t.resources.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.values().all(|t| t.resources.is_empty())
+    }
+
+    pub fn version_info(&self, type_url: &str) -> &str {
+        self.types
+            .get(type_url)
+            .map_or("", |t| t.version_info.as_str())
+    }
+
+    /// Type URLs with state (possibly empty).
+    pub fn type_urls(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    /// `name -> version` of `type_url`: Delta's `initial_resource_versions` on reconnect.
+    pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        self.resources(type_url)
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect()
+    }
+
+    pub(crate) fn type_mut(&mut self, type_url: &str) -> &mut TypeState {
+        Arc::make_mut(self.types.entry(type_url.to_string()).or_default())
+    }
+}
+
+/// A resource the client or the handler refuses, and why. NACKs carry these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub type_url: String,
+    /// The resource name; for a payload whose name could not be read, `#<index>` in the response.
+    pub name: String,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(type_url: &str, name: &str, reason: impl Into<String>) -> Self {
+        Self {
+            type_url: type_url.to_string(),
+            name: name.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            type_url::short(&self.type_url),
+            self.name,
+            self.reason
+        )
+    }
+}
+
+/// Named subscriptions the handler wants: for each non-wildcard type (EDS, RDS), the exact set of
+/// names. Types absent have no names subscribed. Wildcard types are set in the client config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    named: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Subscriptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribe `type_url` to exactly `names` (replacing any earlier set).
+    pub fn with<I, S>(mut self, type_url: &str, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.set(type_url, names);
+        self
+    }
+
+    pub fn set<I, S>(&mut self, type_url: &str, names: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.named.insert(
+            type_url.to_string(),
+            names.into_iter().map(Into::into).collect(),
+        );
+    }
+
+    pub fn names(&self, type_url: &str) -> Option<&BTreeSet<String>> {
+        self.named.get(type_url)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &BTreeSet<String>)> {
+        self.named.iter().map(|(t, n)| (t.as_str(), n))
+    }
+}
+
+/// What one response changed, with the candidate state to judge.
+#[derive(Debug)]
+pub struct Update<'a> {
+    pub type_url: &'a str,
+    /// Names added or changed by this response.
+    pub updated: &'a [String],
+    /// Names removed by this response.
+    pub removed: &'a [String],
+    /// The candidate: the last accepted state with this response applied.
+    pub state: &'a ResourceState,
+}
+
+/// Judges candidate states. Called on the client's task after each response, one at a time.
+pub trait Handler: Send + 'static {
+    /// Accept the candidate (returning the named subscriptions wanted from now on, e.g. EDS names
+    /// = the EDS clusters in the candidate), or reject it naming each bad resource and why.
+    /// Resource extension types the handler does not know are its own decision: ignore, or reject.
+    fn apply(&mut self, update: &Update<'_>) -> Result<Subscriptions, Vec<Rejection>>;
+
+    /// Named subscriptions before any response (e.g. restored from elsewhere). None by default.
+    fn initial_subscriptions(&self) -> Subscriptions {
+        Subscriptions::new()
+    }
+}
+
+/// Reads field 1 of a message, which is the name in every xDS resource type a waypoint uses
+/// (`Listener.name`, `Cluster.name`, `ClusterLoadAssignment.cluster_name`,
+/// `RouteConfiguration.name`, `Secret.name`). Other fields are skipped unread.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct NameField {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_type_names() {
+        assert_eq!(type_url::short(type_url::CLUSTER), "Cluster");
+        assert_eq!(
+            type_url::short(type_url::CLUSTER_LOAD_ASSIGNMENT),
+            "ClusterLoadAssignment"
+        );
+        assert_eq!(type_url::short("weird"), "weird");
+    }
+
+    #[test]
+    fn decode_checks_type_and_bytes() {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use prost::Message;
+        let cluster = Cluster {
+            name: "c1".into(),
+            ..Default::default()
+        };
+        let good = Resource {
+            name: "c1".into(),
+            version: "1".into(),
+            value: Any {
+                type_url: type_url::CLUSTER.into(),
+                value: cluster.encode_to_vec(),
+            },
+        };
+        assert_eq!(good.decode::<Cluster>().unwrap().name, "c1");
+        let wrong_type = Resource {
+            value: Any {
+                type_url: type_url::LISTENER.into(),
+                value: vec![],
+            },
+            ..good.clone()
+        };
+        let err = wrong_type.decode::<Cluster>().unwrap_err();
+        assert!(err.reason.contains("expected"), "{err}");
+        let garbage = Resource {
+            value: Any {
+                type_url: type_url::CLUSTER.into(),
+                value: vec![0x0a, 0xff],
+            },
+            ..good
+        };
+        assert!(garbage.decode::<Cluster>().is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! What outlives a stream: the accepted state, the handler, the named subscriptions it asked for,
+//! and the status. Both protocol flavours build a candidate and call [`Core::offer`].
+
+use std::collections::BTreeSet;
+
+use envoy_types::pb::google::rpc;
+use tokio::sync::watch;
+
+use crate::config::{ClientConfig, Mode};
+use crate::resource::{type_url, Handler, Rejection, ResourceState, Subscriptions, Update};
+use crate::status::Status;
+
+/// gRPC `INVALID_ARGUMENT`, the code a NACK's `error_detail` carries.
+const INVALID_ARGUMENT: i32 = 3;
+
+pub(crate) struct Core<H> {
+    pub cfg: ClientConfig,
+    pub handler: H,
+    pub accepted: ResourceState,
+    /// Named subscriptions from the last accepted update.
+    pub subs: Subscriptions,
+    pub status: watch::Sender<Status>,
+}
+
+pub(crate) enum Outcome {
+    Accepted,
+    Rejected(Vec<Rejection>),
+}
+
+impl<H: Handler> Core<H> {
+    pub fn new(cfg: ClientConfig, handler: H, status: watch::Sender<Status>) -> Self {
+        let subs = handler.initial_subscriptions();
+        Self {
+            cfg,
+            handler,
+            accepted: ResourceState::default(),
+            subs,
+            status,
+        }
+    }
+
+    pub fn is_wildcard(&self, type_url: &str) -> bool {
+        self.cfg.wildcard_types.iter().any(|t| t == type_url)
+    }
+
+    /// A type this client asked for (wildcard, or named now or earlier: a response may cross an
+    /// unsubscribe).
+    pub fn is_known(&self, type_url: &str, sent_named: &BTreeSet<String>) -> bool {
+        self.is_wildcard(type_url)
+            || self.subs.names(type_url).is_some()
+            || sent_named.contains(type_url)
+    }
+
+    /// Offer `candidate` (built from the accepted state and one response of `type_url`). Problems
+    /// the client found itself (`rejections`) reject without asking the handler.
+    pub fn offer(
+        &mut self,
+        type_url: &str,
+        candidate: ResourceState,
+        updated: &[String],
+        removed: &[String],
+        rejections: Vec<Rejection>,
+    ) -> Outcome {
+        if !rejections.is_empty() {
+            return Outcome::Rejected(rejections);
+        }
+        let update = Update {
+            type_url,
+            updated,
+            removed,
+            state: &candidate,
+        };
+        match self.handler.apply(&update) {
+            Ok(subs) => {
+                self.accepted = candidate;
+                self.subs = subs;
+                self.drop_unsubscribed();
+                Outcome::Accepted
+            }
+            Err(rejections) if rejections.is_empty() => Outcome::Rejected(vec![Rejection::new(
+                type_url,
+                "*",
+                "rejected by the handler without a reason",
+            )]),
+            Err(rejections) => Outcome::Rejected(rejections),
+        }
+    }
+
+    /// Resources of named types that are no longer subscribed: the handler asked not to have them.
+    fn drop_unsubscribed(&mut self) {
+        let named: Vec<String> = self
+            .accepted
+            .type_urls()
+            .filter(|t| !self.is_wildcard(t))
+            .map(str::to_string)
+            .collect();
+        for t in named {
+            let keep = self.subs.names(&t).cloned().unwrap_or_default();
+            let held = self.accepted.type_mut(&t);
+            held.resources.retain(|name, _| keep.contains(name));
+        }
+    }
+
+    pub fn record_ack(&self, type_url: &str, version: &str, nonce: &str) {
+        let resources = self.accepted.len(type_url);
+        self.status.send_modify(|s| {
+            s.acks += 1;
+            let t = s.types.entry(type_url.to_string()).or_default();
+            t.acks += 1;
+            t.acked_version = version.to_string();
+            t.acked_nonce = nonce.to_string();
+            t.resources = resources;
+            t.last_nack = None;
+        });
+    }
+
+    pub fn record_nack(&self, type_url: &str, detail: &rpc::Status) {
+        tracing::warn!(
+            type_url,
+            "xDS: rejecting {} update: {}",
+            type_url::short(type_url),
+            detail.message
+        );
+        self.status.send_modify(|s| {
+            s.nacks += 1;
+            let t = s.types.entry(type_url.to_string()).or_default();
+            t.nacks += 1;
+            t.last_nack = Some(detail.message.clone());
+        });
+    }
+
+    pub fn set_connected(&self, mode: Mode) {
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.mode = Some(mode);
+        });
+    }
+}
+
+/// `error_detail` of a NACK: `INVALID_ARGUMENT`, one `Type name: reason` per rejection.
+pub(crate) fn nack_detail(rejections: &[Rejection]) -> rpc::Status {
+    let message = rejections
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    rpc::Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}
+
+/// Field 1 must decode as a string: a cheap check that the payload is a protobuf message of an
+/// xDS resource type, and its name for state-of-the-world responses.
+pub(crate) fn payload_name(bytes: &[u8]) -> Result<String, String> {
+    use prost::Message;
+    crate::resource::NameField::decode(bytes)
+        .map(|f| f.name)
+        .map_err(|e| format!("payload does not decode: {e}"))
+}

@@ -1,0 +1,265 @@
+//! State-of-the-world ADS (`StreamAggregatedResources`) on one stream.
+//!
+//! Per type: an ACK echoes the response's `version_info` and `nonce`; a NACK echoes the nonce
+//! with the *previous* accepted `version_info` and an `error_detail`. A response of a wildcard
+//! type (CDS, LDS) holds the whole set, so names missing from it are removed; a response of a
+//! named type (EDS, RDS) holds some of the requested names and removes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DiscoveryRequest, DiscoveryResponse, Resource as WrappedResource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures::channel::mpsc;
+use prost::Message;
+use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+
+use crate::client::{stopped, StreamError};
+use crate::config::Mode;
+use crate::resource::{type_url as urls, Handler, Rejection, Resource};
+use crate::session::{nack_detail, payload_name, Core, Outcome};
+
+struct Stream<'a, H> {
+    core: &'a mut Core<H>,
+    tx: mpsc::UnboundedSender<DiscoveryRequest>,
+    node_sent: bool,
+    /// Named types: the names requested on this stream.
+    sent: BTreeMap<String, BTreeSet<String>>,
+    /// Last nonce received per type (echoed by subscription changes).
+    nonces: BTreeMap<String, String>,
+}
+
+pub(crate) async fn run<H: Handler>(
+    core: &mut Core<H>,
+    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    metadata: MetadataMap,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let (tx, rx) = mpsc::unbounded();
+    let mut stream = Stream {
+        core,
+        tx,
+        node_sent: false,
+        sent: BTreeMap::new(),
+        nonces: BTreeMap::new(),
+    };
+    stream.initial_requests()?;
+    let mut request = tonic::Request::new(rx);
+    *request.metadata_mut() = metadata;
+    let response = tokio::select! {
+        _ = stopped(shutdown) => return Ok(()),
+        response = client.stream_aggregated_resources(request) => response.map_err(StreamError::from_status)?,
+    };
+    stream.core.set_connected(Mode::StateOfTheWorld);
+    let mut inbound = response.into_inner();
+    loop {
+        tokio::select! {
+            _ = stopped(shutdown) => return Ok(()),
+            message = inbound.message() => match message {
+                Ok(Some(response)) => stream.on_response(response)?,
+                Ok(None) => return Err(StreamError::Closed),
+                Err(status) => return Err(StreamError::from_status(status)),
+            },
+        }
+    }
+}
+
+impl<H: Handler> Stream<'_, H> {
+    fn send(&mut self, mut request: DiscoveryRequest) -> Result<(), StreamError> {
+        if !self.node_sent {
+            request.node = Some(self.core.cfg.node.to_node());
+            self.node_sent = true;
+        }
+        self.tx
+            .unbounded_send(request)
+            .map_err(|_| StreamError::Closed)
+    }
+
+    fn names_for(&self, type_url: &str) -> Vec<String> {
+        self.sent
+            .get(type_url)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Wildcard types in configured order, with the version we hold, then named types.
+    fn initial_requests(&mut self) -> Result<(), StreamError> {
+        for type_url in self.core.cfg.wildcard_types.clone() {
+            let version_info = self.core.accepted.version_info(&type_url).to_string();
+            self.send(DiscoveryRequest {
+                type_url,
+                version_info,
+                ..Default::default()
+            })?;
+        }
+        self.sync_subscriptions()
+    }
+
+    fn sync_subscriptions(&mut self) -> Result<(), StreamError> {
+        let mut types: BTreeSet<String> = self.sent.keys().cloned().collect();
+        types.extend(self.core.subs.iter().map(|(t, _)| t.to_string()));
+        for type_url in types {
+            if self.core.is_wildcard(&type_url) {
+                continue;
+            }
+            let want = self.core.subs.names(&type_url).cloned().unwrap_or_default();
+            match self.sent.get(&type_url) {
+                Some(had) if *had == want => continue,
+                // An empty first request would be a wildcard.
+                None if want.is_empty() => continue,
+                _ => {}
+            }
+            self.sent.insert(type_url.clone(), want);
+            let request = DiscoveryRequest {
+                version_info: self.core.accepted.version_info(&type_url).to_string(),
+                response_nonce: self.nonces.get(&type_url).cloned().unwrap_or_default(),
+                resource_names: self.names_for(&type_url),
+                type_url,
+                ..Default::default()
+            };
+            self.send(request)?;
+        }
+        Ok(())
+    }
+
+    fn on_response(&mut self, response: DiscoveryResponse) -> Result<(), StreamError> {
+        let type_url = response.type_url.clone();
+        let nonce = response.nonce.clone();
+        self.nonces.insert(type_url.clone(), nonce.clone());
+        let sent_types: BTreeSet<String> = self.sent.keys().cloned().collect();
+        if !self.core.is_known(&type_url, &sent_types) {
+            let rejection = Rejection::new(&type_url, "*", "type URL was not subscribed");
+            return self.nack(&type_url, &nonce, &[rejection]);
+        }
+        let wildcard = self.core.is_wildcard(&type_url);
+        let mut candidate = self.core.accepted.clone();
+        let held = candidate.type_mut(&type_url);
+        let mut rejections = Vec::new();
+        let mut incoming = BTreeMap::new();
+        for (i, any) in response.resources.into_iter().enumerate() {
+            match unwrap_resource(&type_url, any) {
+                Ok((name, value)) => {
+                    let resource = Resource {
+                        name: name.clone(),
+                        version: response.version_info.clone(),
+                        value,
+                    };
+                    if incoming.insert(name.clone(), Arc::new(resource)).is_some() {
+                        rejections.push(Rejection::new(&type_url, &name, "duplicate name"));
+                    }
+                }
+                Err((name, reason)) => {
+                    let name = name.unwrap_or_else(|| format!("#{i}"));
+                    rejections.push(Rejection::new(&type_url, &name, reason));
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        if wildcard {
+            removed = held
+                .resources
+                .keys()
+                .filter(|n| !incoming.contains_key(*n))
+                .cloned()
+                .collect();
+            for name in &removed {
+                held.resources.remove(name);
+            }
+        }
+        let mut updated = Vec::new();
+        for (name, resource) in incoming {
+            let same = held
+                .resources
+                .get(&name)
+                .is_some_and(|old| old.value == resource.value);
+            if !same {
+                updated.push(name.clone());
+            }
+            held.resources.insert(name, resource);
+        }
+        held.version_info = response.version_info.clone();
+        match self
+            .core
+            .offer(&type_url, candidate, &updated, &removed, rejections)
+        {
+            Outcome::Accepted => {
+                let request = DiscoveryRequest {
+                    version_info: response.version_info.clone(),
+                    response_nonce: nonce.clone(),
+                    resource_names: self.names_for(&type_url),
+                    type_url: type_url.clone(),
+                    ..Default::default()
+                };
+                self.send(request)?;
+                self.core
+                    .record_ack(&type_url, &response.version_info, &nonce);
+                self.sync_subscriptions()
+            }
+            Outcome::Rejected(rejections) => self.nack(&type_url, &nonce, &rejections),
+        }
+    }
+
+    fn nack(
+        &mut self,
+        type_url: &str,
+        nonce: &str,
+        rejections: &[Rejection],
+    ) -> Result<(), StreamError> {
+        let detail = nack_detail(rejections);
+        self.core.record_nack(type_url, &detail);
+        let request = DiscoveryRequest {
+            version_info: self.core.accepted.version_info(type_url).to_string(),
+            response_nonce: nonce.to_string(),
+            resource_names: self.names_for(type_url),
+            type_url: type_url.to_string(),
+            error_detail: Some(detail),
+            ..Default::default()
+        };
+        self.send(request)
+    }
+}
+
+/// The name and payload of one state-of-the-world resource: a bare resource of `type_url` (name
+/// read from field 1), or one wrapped in `envoy.service.discovery.v3.Resource`.
+fn unwrap_resource(type_url: &str, any: Any) -> Result<(String, Any), (Option<String>, String)> {
+    let any = if any.type_url == urls::RESOURCE_WRAPPER {
+        let wrapped = WrappedResource::decode(any.value.as_slice())
+            .map_err(|e| (None, format!("wrapped resource does not decode: {e}")))?;
+        let name = wrapped.name.clone();
+        let inner = wrapped.resource.ok_or_else(|| {
+            (
+                Some(name.clone()),
+                "wrapped resource has no payload".to_string(),
+            )
+        })?;
+        if inner.type_url != type_url {
+            return Err((
+                Some(name),
+                format!("payload is {} in a {type_url} response", inner.type_url),
+            ));
+        }
+        payload_name(&inner.value).map_err(|reason| (Some(name.clone()), reason))?;
+        if name.is_empty() {
+            return Err((None, "wrapped resource has no name".into()));
+        }
+        return Ok((name, inner));
+    } else {
+        any
+    };
+    if any.type_url != type_url {
+        return Err((
+            None,
+            format!("payload is {} in a {type_url} response", any.type_url),
+        ));
+    }
+    let name = payload_name(&any.value).map_err(|reason| (None, reason))?;
+    if name.is_empty() {
+        return Err((None, "resource has no name".into()));
+    }
+    Ok((name, any))
+}

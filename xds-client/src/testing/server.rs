@@ -1,0 +1,777 @@
+//! An ADS server for tests: Delta and state-of-the-world, over TLS, with istiod's
+//! authentication shape (bearer token, optional client certificate), a mutable resource set per
+//! type URL pushed to connected streams, and a log of every request received.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc;
+use futures::channel::mpsc;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tonic::{Request, Response, Status, Streaming};
+use tower::Service;
+
+use super::pki::TestPki;
+use crate::config::DEFAULT_SERVER_NAME;
+
+/// How the server authenticates and which flavours it speaks.
+#[derive(Debug, Clone)]
+pub struct AdsServerOptions {
+    /// Required `authorization: Bearer <token>`; `None` accepts any caller.
+    pub token: Option<String>,
+    /// Refuse TLS handshakes without a client certificate from the test CA (always *asked* for).
+    pub require_client_cert: bool,
+    /// Answer `DeltaAggregatedResources` (else `Unimplemented`).
+    pub delta: bool,
+    /// Answer `StreamAggregatedResources` (else `Unimplemented`).
+    pub sotw: bool,
+    /// The DNS name in the serving certificate.
+    pub server_name: String,
+}
+
+impl Default for AdsServerOptions {
+    fn default() -> Self {
+        Self {
+            token: None,
+            require_client_cert: false,
+            delta: true,
+            sotw: true,
+            server_name: DEFAULT_SERVER_NAME.to_string(),
+        }
+    }
+}
+
+impl AdsServerOptions {
+    pub fn with_token(token: &str) -> Self {
+        Self {
+            token: Some(token.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+/// One request as the server received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// Stream number (1, 2, ...), in order of stream start.
+    pub stream: u64,
+    pub delta: bool,
+    pub type_url: String,
+    /// Present on the requests that carried it (the first of each stream).
+    pub node: Option<Node>,
+    pub response_nonce: String,
+    /// As sent (state of the world only).
+    pub version_info: String,
+    /// The version of the response `response_nonce` refers to (both flavours).
+    pub responded_version: Option<String>,
+    pub error_detail: Option<rpc::Status>,
+    /// State of the world.
+    pub resource_names: Vec<String>,
+    /// Delta.
+    pub subscribe: Vec<String>,
+    pub unsubscribe: Vec<String>,
+    pub initial_resource_versions: HashMap<String, String>,
+    /// `clusterid` metadata of the stream.
+    pub cluster_id: Option<String>,
+    /// Whether the connection presented a client certificate.
+    pub client_cert: bool,
+}
+
+impl Received {
+    pub fn is_nack(&self) -> bool {
+        self.error_detail.is_some()
+    }
+
+    pub fn is_ack(&self) -> bool {
+        !self.response_nonce.is_empty() && self.error_detail.is_none()
+    }
+}
+
+#[derive(Default)]
+struct TypeSet {
+    version: u64,
+    items: BTreeMap<String, (String, Any)>,
+}
+
+struct State {
+    options: Mutex<AdsServerOptions>,
+    resources: Mutex<BTreeMap<String, TypeSet>>,
+    /// Bumped on every resource change; streams push on change.
+    generation: watch::Sender<u64>,
+    log: Mutex<Vec<Received>>,
+    /// Length of `log`, for waiters.
+    logged: watch::Sender<usize>,
+    nonce_versions: Mutex<HashMap<String, String>>,
+    nonces: AtomicU64,
+    streams: AtomicU64,
+    refused: AtomicU64,
+    /// Bumped on stop: stream tasks end.
+    epoch: watch::Sender<u64>,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// A running (or stopped, restartable) ADS server. Dropping it stops it.
+pub struct AdsServer {
+    addr: SocketAddr,
+    tls: Arc<ServerConfig>,
+    root_pem: String,
+    state: Arc<State>,
+    running: Mutex<Option<Running>>,
+}
+
+impl std::fmt::Debug for AdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection's client certificate, handed to the gRPC handlers.
+#[derive(Clone)]
+struct PeerCert(bool);
+
+impl AdsServer {
+    /// Listen on `addr` (port 0 picks one) with a serving certificate from `pki`.
+    pub async fn start(
+        addr: SocketAddr,
+        pki: &TestPki,
+        options: AdsServerOptions,
+    ) -> std::io::Result<Self> {
+        let tls = Arc::new(serving_config(pki, &options)?);
+        let state = Arc::new(State {
+            options: Mutex::new(options),
+            resources: Mutex::new(BTreeMap::new()),
+            generation: watch::channel(0).0,
+            log: Mutex::new(Vec::new()),
+            logged: watch::channel(0).0,
+            nonce_versions: Mutex::new(HashMap::new()),
+            nonces: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            epoch: watch::channel(0).0,
+        });
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let server = Self {
+            addr,
+            tls,
+            root_pem: pki.root_pem().to_string(),
+            state,
+            running: Mutex::new(None),
+        };
+        server.serve(listener);
+        Ok(server)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            self.tls.clone(),
+            self.state.clone(),
+            stopped,
+        ));
+        *self.running.lock() = Some(Running { stop, task });
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ip:port` to dial.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The root the serving certificate chains to.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    pub fn server_name(&self) -> String {
+        self.state.options.lock().server_name.clone()
+    }
+
+    /// Require `token` from now on (`None`: no check). Streams already up are unaffected.
+    pub fn set_token(&self, token: Option<&str>) {
+        self.state.options.lock().token = token.map(str::to_string);
+    }
+
+    /// Add or replace a resource; returns the type's new version (also the resource's version).
+    pub fn set(&self, type_url: &str, name: &str, value: Any) -> String {
+        self.change(type_url, |set, version| {
+            set.items
+                .insert(name.to_string(), (version.to_string(), value));
+        })
+    }
+
+    /// Remove a resource; returns the type's new version.
+    pub fn remove(&self, type_url: &str, name: &str) -> String {
+        self.change(type_url, |set, _| {
+            set.items.remove(name);
+        })
+    }
+
+    fn change(&self, type_url: &str, f: impl FnOnce(&mut TypeSet, &str)) -> String {
+        let version = {
+            let mut resources = self.state.resources.lock();
+            let set = resources.entry(type_url.to_string()).or_default();
+            set.version += 1;
+            let version = set.version.to_string();
+            f(set, &version);
+            version
+        };
+        self.state.generation.send_modify(|g| *g += 1);
+        version
+    }
+
+    /// The type's current version ("0" before any change).
+    pub fn version(&self, type_url: &str) -> String {
+        self.state
+            .resources
+            .lock()
+            .get(type_url)
+            .map_or(0, |s| s.version)
+            .to_string()
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.state.log.lock().clone()
+    }
+
+    pub fn acks(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(Received::is_ack)
+            .collect()
+    }
+
+    pub fn nacks(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(Received::is_nack)
+            .collect()
+    }
+
+    /// Streams accepted (authenticated) so far.
+    pub fn streams(&self) -> u64 {
+        self.state.streams.load(Ordering::SeqCst)
+    }
+
+    /// Streams refused for authentication so far.
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// Wait for a request matching `pred`; the first such, or `None` after `timeout`.
+    pub async fn wait_for_request(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Received) -> bool,
+    ) -> Option<Received> {
+        let mut rx = self.state.logged.subscribe();
+        let found = || self.state.log.lock().iter().find(|r| pred(r)).cloned();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|_| found().is_some())).await;
+        match waited {
+            Ok(Ok(_)) => found(),
+            _ => None,
+        }
+    }
+
+    /// Wait for an ACK of `version` of `type_url`.
+    pub async fn wait_for_ack(&self, type_url: &str, version: &str, timeout: Duration) -> bool {
+        self.wait_for_request(timeout, |r| {
+            r.is_ack() && r.type_url == type_url && r.responded_version.as_deref() == Some(version)
+        })
+        .await
+        .is_some()
+    }
+
+    /// Wait for a NACK of `type_url`.
+    pub async fn wait_for_nack(&self, type_url: &str, timeout: Duration) -> Option<Received> {
+        self.wait_for_request(timeout, |r| r.is_nack() && r.type_url == type_url)
+            .await
+    }
+
+    /// Stop listening and close every connection and stream. Resources and the log are kept.
+    pub async fn stop(&self) {
+        let running = self.running.lock().take();
+        if let Some(running) = running {
+            // The accept loop may already be gone; then there is nothing to stop.
+            let _ = running.stop.send(());
+            if let Err(e) = running.task.await {
+                tracing::debug!("test ADS server task ended: {e}");
+            }
+        }
+        self.state.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Listen again on the same address (after [`AdsServer::stop`]).
+    pub async fn restart(&self) -> std::io::Result<()> {
+        self.stop().await;
+        let listener = TcpListener::bind(self.addr).await?;
+        self.serve(listener);
+        Ok(())
+    }
+}
+
+impl Drop for AdsServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.lock().take() {
+            running.task.abort();
+        }
+        self.state.epoch.send_modify(|e| *e += 1);
+    }
+}
+
+fn serving_config(pki: &TestPki, options: &AdsServerOptions) -> std::io::Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let issued = pki.issue(&[options.server_name.as_str()]);
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(pki.root_der().clone())
+        .map_err(std::io::Error::other)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let verifier = if options.require_client_cert {
+        verifier.build()
+    } else {
+        verifier.allow_unauthenticated().build()
+    }
+    .map_err(std::io::Error::other)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(issued.chain, issued.key)
+        .map_err(std::io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: Arc<State>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Dropped with this task: aborts every connection.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    connections.spawn(serve_connection(acceptor.clone(), tcp, state.clone()));
+                }
+                Err(e) => {
+                    tracing::debug!("test ADS server accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, state: Arc<State>) {
+    let tls = match acceptor.accept(tcp).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::debug!("test ADS server TLS handshake failed: {e}");
+            return;
+        }
+    };
+    let peer = PeerCert(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c: &[CertificateDer<'_>]| !c.is_empty()),
+    );
+    let grpc = AggregatedDiscoveryServiceServer::new(Ads { state })
+        .max_decoding_message_size(crate::transport::MAX_MESSAGE_SIZE);
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            let mut grpc = grpc.clone();
+            async move { grpc.call(req).await }
+        });
+    if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!("test ADS server connection ended: {e}");
+    }
+}
+
+struct Ads {
+    state: Arc<State>,
+}
+
+/// What a stream knows about its caller.
+struct Caller {
+    stream: u64,
+    cluster_id: Option<String>,
+    client_cert: bool,
+}
+
+impl State {
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let metadata = request.metadata();
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let required = self.options.lock().token.clone();
+        if let Some(required) = required {
+            if token != Some(required.as_str()) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(Status::unauthenticated("authentication failure"));
+            }
+        }
+        let stream = self.streams.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Caller {
+            stream,
+            cluster_id: metadata
+                .get("clusterid")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            client_cert: request.extensions().get::<PeerCert>().is_some_and(|p| p.0),
+        })
+    }
+
+    fn record(&self, received: Received) {
+        let len = {
+            let mut log = self.log.lock();
+            log.push(received);
+            log.len()
+        };
+        self.logged.send_replace(len);
+    }
+
+    fn next_nonce(&self, version: &str) -> String {
+        let nonce = format!("n{}", self.nonces.fetch_add(1, Ordering::SeqCst) + 1);
+        self.nonce_versions
+            .lock()
+            .insert(nonce.clone(), version.to_string());
+        nonce
+    }
+
+    fn responded_version(&self, nonce: &str) -> Option<String> {
+        self.nonce_versions.lock().get(nonce).cloned()
+    }
+
+    /// `(type version, name -> (version, payload))` of one type.
+    fn snapshot(&self, type_url: &str) -> (String, BTreeMap<String, (String, Any)>) {
+        let resources = self.resources.lock();
+        match resources.get(type_url) {
+            Some(set) => (set.version.to_string(), set.items.clone()),
+            None => ("0".to_string(), BTreeMap::new()),
+        }
+    }
+}
+
+type ResponseStream<T> = mpsc::UnboundedReceiver<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        if !self.state.options.lock().sotw {
+            return Err(Status::unimplemented("state-of-the-world ADS is off"));
+        }
+        let caller = self.state.authenticate(&request)?;
+        let (tx, rx) = mpsc::unbounded();
+        let stream = SotwStream {
+            state: self.state.clone(),
+            caller,
+            tx,
+            subs: BTreeMap::new(),
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(rx))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        if !self.state.options.lock().delta {
+            return Err(Status::unimplemented("delta ADS is off"));
+        }
+        let caller = self.state.authenticate(&request)?;
+        let (tx, rx) = mpsc::unbounded();
+        let stream = DeltaStream {
+            state: self.state.clone(),
+            caller,
+            tx,
+            subs: BTreeMap::new(),
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(rx))
+    }
+}
+
+/// Delta: per type, the subscription and what the server believes the client holds.
+#[derive(Default)]
+struct DeltaSub {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    known: BTreeMap<String, String>,
+}
+
+struct DeltaStream {
+    state: Arc<State>,
+    caller: Caller,
+    tx: mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>,
+    subs: BTreeMap<String, DeltaSub>,
+}
+
+impl DeltaStream {
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let mut generation = self.state.generation.subscribe();
+        let mut epoch = self.state.epoch.subscribe();
+        loop {
+            tokio::select! {
+                _ = epoch.changed() => return,
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let types: Vec<String> = self.subs.keys().cloned().collect();
+                    for type_url in types {
+                        if !self.push(&type_url, false) {
+                            return;
+                        }
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        if !self.on_request(request) {
+                            return;
+                        }
+                    }
+                    _ => return,
+                },
+            }
+        }
+    }
+
+    /// False when the stream is gone.
+    fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
+        self.state.record(Received {
+            stream: self.caller.stream,
+            delta: true,
+            type_url: request.type_url.clone(),
+            node: request.node.clone(),
+            response_nonce: request.response_nonce.clone(),
+            version_info: String::new(),
+            responded_version: self.state.responded_version(&request.response_nonce),
+            error_detail: request.error_detail.clone(),
+            resource_names: Vec::new(),
+            subscribe: request.resource_names_subscribe.clone(),
+            unsubscribe: request.resource_names_unsubscribe.clone(),
+            initial_resource_versions: request.initial_resource_versions.clone(),
+            cluster_id: self.caller.cluster_id.clone(),
+            client_cert: self.caller.client_cert,
+        });
+        if request.error_detail.is_some() {
+            return true;
+        }
+        let first = !self.subs.contains_key(&request.type_url);
+        let sub = self.subs.entry(request.type_url.clone()).or_default();
+        if first {
+            sub.wildcard = request.resource_names_subscribe.is_empty()
+                || request.resource_names_subscribe.iter().any(|n| n == "*");
+            sub.known = request.initial_resource_versions.into_iter().collect();
+        }
+        let changed = !request.resource_names_subscribe.is_empty()
+            || !request.resource_names_unsubscribe.is_empty();
+        for name in request.resource_names_subscribe {
+            if name != "*" {
+                sub.names.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            sub.names.remove(&name);
+            sub.known.remove(&name);
+        }
+        if first || changed {
+            return self.push(&request.type_url, first);
+        }
+        true
+    }
+
+    /// Send what `type_url`'s subscriber lacks; `always` sends even an empty response.
+    fn push(&mut self, type_url: &str, always: bool) -> bool {
+        let (version, items) = self.state.snapshot(type_url);
+        let Some(sub) = self.subs.get_mut(type_url) else {
+            return true;
+        };
+        let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
+        let mut resources = Vec::new();
+        for (name, (resource_version, value)) in &items {
+            if wanted(name) && sub.known.get(name) != Some(resource_version) {
+                resources.push(DeltaResource {
+                    name: name.clone(),
+                    version: resource_version.clone(),
+                    resource: Some(value.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let removed: Vec<String> = sub
+            .known
+            .keys()
+            .filter(|name| !items.contains_key(*name) || !wanted(name))
+            .cloned()
+            .collect();
+        if resources.is_empty() && removed.is_empty() && !always {
+            return true;
+        }
+        for r in &resources {
+            sub.known.insert(r.name.clone(), r.version.clone());
+        }
+        for name in &removed {
+            sub.known.remove(name);
+        }
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce: self.state.next_nonce(&version),
+            ..Default::default()
+        };
+        self.tx.unbounded_send(Ok(response)).is_ok()
+    }
+}
+
+/// State of the world: per type, the names asked for (empty: all) and the version last sent.
+#[derive(Default)]
+struct SotwSub {
+    names: BTreeSet<String>,
+    sent_version: Option<String>,
+}
+
+struct SotwStream {
+    state: Arc<State>,
+    caller: Caller,
+    tx: mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>,
+    subs: BTreeMap<String, SotwSub>,
+}
+
+impl SotwStream {
+    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
+        let mut generation = self.state.generation.subscribe();
+        let mut epoch = self.state.epoch.subscribe();
+        loop {
+            tokio::select! {
+                _ = epoch.changed() => return,
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let types: Vec<String> = self.subs.keys().cloned().collect();
+                    for type_url in types {
+                        if !self.push(&type_url, false) {
+                            return;
+                        }
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        if !self.on_request(request) {
+                            return;
+                        }
+                    }
+                    _ => return,
+                },
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest) -> bool {
+        self.state.record(Received {
+            stream: self.caller.stream,
+            delta: false,
+            type_url: request.type_url.clone(),
+            node: request.node.clone(),
+            response_nonce: request.response_nonce.clone(),
+            version_info: request.version_info.clone(),
+            responded_version: self.state.responded_version(&request.response_nonce),
+            error_detail: request.error_detail.clone(),
+            resource_names: request.resource_names.clone(),
+            subscribe: Vec::new(),
+            unsubscribe: Vec::new(),
+            initial_resource_versions: HashMap::new(),
+            cluster_id: self.caller.cluster_id.clone(),
+            client_cert: self.caller.client_cert,
+        });
+        if request.error_detail.is_some() {
+            return true;
+        }
+        let names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        let first = !self.subs.contains_key(&request.type_url);
+        let sub = self.subs.entry(request.type_url.clone()).or_default();
+        let changed = sub.names != names;
+        sub.names = names;
+        if first || changed {
+            return self.push(&request.type_url, true);
+        }
+        true
+    }
+
+    fn push(&mut self, type_url: &str, always: bool) -> bool {
+        let (version, items) = self.state.snapshot(type_url);
+        let Some(sub) = self.subs.get_mut(type_url) else {
+            return true;
+        };
+        if !always && sub.sent_version.as_deref() == Some(version.as_str()) {
+            return true;
+        }
+        sub.sent_version = Some(version.clone());
+        let resources = items
+            .into_iter()
+            .filter(|(name, _)| sub.names.is_empty() || sub.names.contains(name))
+            .map(|(_, (_, value))| value)
+            .collect();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce: self.state.next_nonce(&version),
+            ..Default::default()
+        };
+        self.tx.unbounded_send(Ok(response)).is_ok()
+    }
+}
