@@ -83,6 +83,7 @@ impl App {
         let tls = server_config(&cert, &settings.trust_domains)?;
         let status = telemetry.status.clone();
         status.set_certificate(cert.summary());
+        telemetry.own_cert.set(&cert);
         status.set_config(&snapshot, config_source);
         status.attach_access_log(access_log.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -134,6 +135,7 @@ impl App {
     pub fn rotate(&self, cert: WorkloadCert) -> Result<(), IdentityError> {
         let tls = server_config(&cert, &self.trust_domains)?;
         let summary = cert.summary();
+        self.telemetry.own_cert.set(&cert);
         let client = Arc::new(ClientConfigs::new(cert));
         self.server.set_tls(tls);
         self.pool.rotate(client);

@@ -53,9 +53,36 @@ pub enum Command {
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct RunArgs {
-    /// Directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule).
-    #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
-    pub config: PathBuf,
+    /// Directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule),
+    /// watched for changes. Either this or --xds.
+    #[arg(
+        long,
+        env = "WAYPOINT_CONFIG_DIR",
+        required_unless_present = "xds",
+        conflicts_with = "xds"
+    )]
+    pub config: Option<PathBuf>,
+    /// Take the config from istiod over xDS (Delta ADS) at this address, e.g.
+    /// `istiod.istio-system.svc:15012`, as an Envoy waypoint would. The node identity comes from
+    /// POD_NAME, POD_NAMESPACE, INSTANCE_IP, SERVICE_ACCOUNT and ISTIO_META_* as in istiod's
+    /// waypoint template.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds: Option<String>,
+    /// PEM root(s) that istiod's serving certificate must chain to (default: --ca-root).
+    #[arg(long, env = "XDS_ROOT_CA")]
+    pub xds_root_ca: Option<PathBuf>,
+    /// TLS server name istiod's certificate must carry (default: the address's host;
+    /// `istiod.istio-system.svc` for an IP or localhost).
+    #[arg(long, env = "XDS_SERVER_NAME")]
+    pub xds_server_name: Option<String>,
+    /// Projected service-account token sent to istiod as `authorization: Bearer`, re-read on
+    /// every connect; `none` sends no token (then the workload certificate authenticates).
+    #[arg(long, env = "XDS_TOKEN", default_value = crate::identity::istio_ca::DEFAULT_TOKEN_PATH)]
+    pub xds_token: PathBuf,
+    /// xDS protocol: `delta` (what istiod uses for waypoints), `sotw` (state of the world), or
+    /// `auto` (delta, falling back to sotw when istiod does not implement it).
+    #[arg(long, env = "XDS_MODE", value_enum, default_value_t = XdsMode::Auto)]
+    pub xds_mode: XdsMode,
     /// HBONE listen address.
     #[arg(long, env = "WAYPOINT_LISTEN", default_value = "0.0.0.0:15008")]
     pub listen: SocketAddr,
@@ -168,6 +195,14 @@ pub struct RunArgs {
     /// Sliding window of the split audit (/splits), in seconds.
     #[arg(long, env = "WAYPOINT_SPLIT_WINDOW_SECONDS", default_value_t = 300)]
     pub split_window_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdsMode {
+    Delta,
+    Sotw,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

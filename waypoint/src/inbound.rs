@@ -23,8 +23,8 @@ use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::{ConnectError, H2Stream, Lease, TunnelPolicy, TunnelPool};
 use crate::identity::SpiffeId;
 use crate::metrics::{DestinationLabels, IstioMetrics};
-use crate::splice::{splice, SpliceEnd, Spliced};
 use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
+use crate::splice::{splice, SpliceEnd, Spliced};
 use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
 

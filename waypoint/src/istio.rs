@@ -112,19 +112,15 @@ pub fn resolve(
         ));
     }
     let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
-    if !set("WAYPOINT_CONFIG_DIR") {
-        return Err(
-            "no config source: configuration from istiod over xDS is not supported yet; set \
-             WAYPOINT_CONFIG_DIR (e.g. through proxyMetadata in the mesh config or the \
-             proxy.istio.io/config annotation) to a directory of Istio YAML"
-                .to_string(),
-        );
+    // Local Istio YAML when WAYPOINT_CONFIG_DIR is set; else istiod over xDS, at XDS_ADDRESS,
+    // PROXY_CONFIG's discoveryAddress or istiod's default address (as the Istio agent).
+    let mut argv: Vec<String> = vec!["waypoint".into()];
+    if set("WAYPOINT_CONFIG_DIR") {
+        argv.extend([
+            "--config".into(),
+            env("WAYPOINT_CONFIG_DIR").unwrap_or_default(),
+        ]);
     }
-    let mut argv: Vec<String> = vec![
-        "waypoint".into(),
-        "--config".into(),
-        env("WAYPOINT_CONFIG_DIR").unwrap_or_default(),
-    ];
     let mut log_filter = "info".to_string();
     let mut log_json = false;
     let mut ignored = Vec::new();
@@ -174,11 +170,18 @@ pub fn resolve(
                 argv.extend(["--threads".into(), n.to_string()]);
             }
         }
-        if let Some(addr) = pc.discovery_address {
-            ignored.push(format!(
-                "PROXY_CONFIG discoveryAddress {addr} (xDS not supported yet)"
-            ));
+        if let Some(addr) = pc.discovery_address.filter(|a| !a.is_empty()) {
+            if set("WAYPOINT_CONFIG_DIR") {
+                ignored.push(format!(
+                    "PROXY_CONFIG discoveryAddress {addr} (config comes from WAYPOINT_CONFIG_DIR)"
+                ));
+            } else if !set("XDS_ADDRESS") {
+                argv.extend(["--xds".into(), addr]);
+            }
         }
+    }
+    if !set("WAYPOINT_CONFIG_DIR") && !set("XDS_ADDRESS") && !argv.iter().any(|a| a == "--xds") {
+        argv.extend(["--xds".into(), xds_client::DEFAULT_ADDRESS.into()]);
     }
     // Envoy's Prometheus port in istiod's template; scrapers may point at it.
     if !set("WAYPOINT_PROM_LISTEN") {
@@ -318,9 +321,30 @@ mod tests {
         assert!(resolve("waypoint", &[], env(&bad))
             .unwrap_err()
             .contains("soon"));
-        assert!(resolve("waypoint", &[], env(&[]))
-            .unwrap_err()
-            .contains("WAYPOINT_CONFIG_DIR"));
+    }
+
+    #[test]
+    fn without_a_config_dir_config_comes_from_istiod() {
+        let launch = resolve("waypoint", &[], env(&[])).unwrap();
+        assert_eq!(launch.run.config, None);
+        assert_eq!(
+            launch.run.xds.as_deref(),
+            Some("istiod.istio-system.svc:15012")
+        );
+        let mut e: Vec<_> = BASE[1..].to_vec();
+        e.push((
+            "PROXY_CONFIG",
+            r#"{"discoveryAddress":"istiod-canary.istio-system.svc:15012"}"#,
+        ));
+        let launch = resolve("waypoint", &[], env(&e)).unwrap();
+        assert_eq!(
+            launch.run.xds.as_deref(),
+            Some("istiod-canary.istio-system.svc:15012")
+        );
+        assert!(launch
+            .ignored
+            .iter()
+            .all(|i| !i.contains("discoveryAddress")));
     }
 
     #[test]

@@ -24,3 +24,4 @@ pub mod splits;
 pub mod status;
 pub mod tunnel;
 pub mod validate;
+pub mod xds;

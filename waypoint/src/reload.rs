@@ -280,16 +280,19 @@ fn config_fingerprint(dir: &Path) -> Result<Vec<(String, u64)>, std::io::ErrorKi
 /// atomic swap (requests in flight finish on the snapshot they started with). An invalid edit
 /// is rejected, logged once, counted, and the last good config keeps serving.
 pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
+    let Some(config) = args.config.clone() else {
+        return;
+    };
     let interval = Duration::from_millis(args.reload_interval_ms.max(10));
     let status = app.telemetry.status.clone();
-    let mut files = Settled::new(config_fingerprint(&args.config));
+    let mut files = Settled::new(config_fingerprint(&config));
     let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
-        if !files.changed(config_fingerprint(&args.config)) {
+        if !files.changed(config_fingerprint(&config)) {
             continue;
         }
-        let (dir, td) = (args.config.clone(), args.trust_domain.clone());
+        let (dir, td) = (config.clone(), args.trust_domain.clone());
         let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &td)).await;
         match loaded {
             Ok(Found::Ready(snapshot)) => {

@@ -31,6 +31,7 @@ use crate::reload::{
     Backoff, Found,
 };
 use crate::status::Telemetry;
+use crate::xds::{SnapshotSink, XdsRuntime};
 
 /// How often missing certificate or config files are looked for.
 const WAIT_POLL: Duration = Duration::from_millis(250);
@@ -93,14 +94,25 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         }
         (CertProvider::Files, Found::Invalid(e)) => anyhow::bail!(e),
     };
-    let snapshot = match load_config(&args.config, &args.trust_domain) {
-        Found::Ready(s) => Some(s),
-        Found::Missing(why) => {
-            warn!("waiting for config: {why}");
-            telemetry.status.waiting_for("config", why);
-            None
+    let (snapshot, xds) = match (&args.config, &args.xds) {
+        (Some(dir), _) => match load_config(dir, &args.trust_domain) {
+            Found::Ready(s) => (Some(s), None),
+            Found::Missing(why) => {
+                warn!("waiting for config: {why}");
+                telemetry.status.waiting_for("config", why);
+                (None, None)
+            }
+            Found::Invalid(e) => anyhow::bail!(e),
+        },
+        (None, Some(address)) => {
+            let xds = XdsRuntime::new(&args, &telemetry)?;
+            info!(%address, "config from istiod over xDS");
+            telemetry
+                .status
+                .waiting_for("config", format!("waiting for istiod at {address}"));
+            (None, Some(xds))
         }
-        Found::Invalid(e) => anyhow::bail!(e),
+        (None, None) => anyhow::bail!("no config source: give --config DIR or --xds ADDRESS"),
     };
 
     let hbone =
@@ -155,6 +167,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
             log,
             telemetry,
             initial: Mutex::new(Some((cert, snapshot))),
+            xds: Mutex::new(xds),
             listener: Mutex::new(Some(hbone)),
         }),
     );
@@ -206,6 +219,8 @@ struct DataplaneService {
     log: Arc<AccessLog>,
     telemetry: Telemetry,
     initial: Mutex<Option<Initial>>,
+    /// In xDS mode: the client (taken when the service starts) and where its snapshots arrive.
+    xds: Mutex<Option<XdsRuntime>>,
     listener: Mutex<Option<std::net::TcpListener>>,
 }
 
@@ -214,6 +229,7 @@ impl DataplaneService {
     async fn wait_for_inputs(
         &self,
         initial: Initial,
+        sink: Option<&SnapshotSink>,
         shutdown: &mut ShutdownWatch,
     ) -> Option<(WorkloadCert, Snapshot)> {
         let (mut cert, mut snapshot) = initial;
@@ -260,19 +276,30 @@ impl DataplaneService {
                 }
             }
             if snapshot.is_none() {
-                match load_config(&self.args.config, &self.args.trust_domain) {
-                    Found::Ready(s) => snapshot = Some(s),
-                    Found::Missing(why) | Found::Invalid(why) => {
-                        report(&mut last_config, "config", why, first)
-                    }
+                match (sink, &self.args.config) {
+                    // The xDS handler reports what it waits for itself.
+                    (Some(sink), _) => snapshot = sink.take(),
+                    (None, Some(dir)) => match load_config(dir, &self.args.trust_domain) {
+                        Found::Ready(s) => snapshot = Some(s),
+                        Found::Missing(why) | Found::Invalid(why) => {
+                            report(&mut last_config, "config", why, first)
+                        }
+                    },
+                    (None, None) => {}
                 }
             }
             first = false;
             if let (Some(_), Some(_)) = (&cert, &snapshot) {
                 return cert.zip(snapshot);
             }
+            let arrived = async {
+                match sink {
+                    Some(sink) if cert.is_some() => sink.wait(WAIT_POLL).await,
+                    _ => tokio::time::sleep(WAIT_POLL).await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(WAIT_POLL) => {}
+                _ = arrived => {}
                 _ = shutdown.changed() => return None,
             }
         }
@@ -288,7 +315,19 @@ impl BackgroundService for DataplaneService {
             error!("HBONE service started twice");
             return;
         };
-        let Some((cert, snapshot)) = self.wait_for_inputs(initial, &mut shutdown).await else {
+        // In xDS mode the stream to istiod starts now and lives as long as the process (config
+        // keeps flowing through the drain; the exit ends it).
+        let xds = self.xds.lock().take();
+        let (_xds_stop, xds_stopped) = tokio::sync::watch::channel(false);
+        let sink = xds.map(|xds| {
+            let sink = xds.sink.clone();
+            tokio::spawn(xds.run(xds_stopped));
+            sink
+        });
+        let Some((cert, snapshot)) = self
+            .wait_for_inputs(initial, sink.as_deref(), &mut shutdown)
+            .await
+        else {
             return;
         };
         for w in snapshot.warnings() {
@@ -305,7 +344,7 @@ impl BackgroundService for DataplaneService {
             &self.settings,
             self.log.clone(),
             self.telemetry.clone(),
-            "files",
+            if sink.is_some() { "xds" } else { "files" },
         ) {
             Ok(app) => Arc::new(app),
             Err(e) => {
@@ -326,10 +365,18 @@ impl BackgroundService for DataplaneService {
             CertProvider::Files => tokio::spawn(watch_identity(app.clone(), self.args.clone())),
             CertProvider::Istiod => tokio::spawn(renew_identity(app.clone(), self.args.clone())),
         };
-        let reloader = tokio::spawn(watch_config(app.clone(), self.args.clone()));
+        let reloader = match &sink {
+            Some(sink) => {
+                sink.attach(app.clone());
+                None
+            }
+            None => Some(tokio::spawn(watch_config(app.clone(), self.args.clone()))),
+        };
         app.serve(listener, shutdown).await;
         watcher.abort();
-        reloader.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         self.telemetry.status.set_draining();
         // SIGTERM: the listener is closed and every connection has sent GOAWAY. Exit as soon as
         // the last one has drained, or when the drain time is up (pingora's grace period, set

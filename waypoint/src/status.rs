@@ -61,6 +61,8 @@ pub struct Status {
     pub cert_rotations: AtomicU64,
     draining: std::sync::atomic::AtomicBool,
     access_log: OnceLock<Arc<crate::access_log::AccessLog>>,
+    /// The xDS client's state, in xDS mode.
+    xds: OnceLock<xds_client::StatusHandle>,
 }
 
 impl std::fmt::Debug for Status {
@@ -74,6 +76,15 @@ impl std::fmt::Debug for Status {
 impl Status {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    pub fn attach_xds(&self, handle: xds_client::StatusHandle) {
+        let _ = self.xds.set(handle);
+    }
+
+    /// The xDS client's connection, versions and ACK/NACK counts (xDS mode only).
+    pub fn xds(&self) -> Option<xds_client::Status> {
+        self.xds.get().map(|h| h.get())
     }
 
     pub fn set_certificate(&self, summary: IdentitySummary) {
@@ -180,6 +191,8 @@ pub struct Telemetry {
     pub status: Arc<Status>,
     /// `destination_cluster` label value (Istio's default cluster id is `Kubernetes`).
     pub cluster_id: Arc<str>,
+    /// The waypoint's certificate as a client certificate for istiod's xDS port.
+    pub own_cert: Arc<crate::identity::OwnCert>,
     /// Mirrored requests sent and failed.
     pub mirrors: Arc<crate::mirror::MirrorStats>,
 }
@@ -203,6 +216,7 @@ impl Telemetry {
             splits,
             status,
             cluster_id: Arc::from(cluster_id),
+            own_cert: Arc::default(),
             mirrors: Arc::default(),
         }
     }

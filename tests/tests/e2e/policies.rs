@@ -199,7 +199,10 @@ async fn max_connections_queues_pending_requests_and_overflows_the_rest() {
         "{flags:?}"
     );
     assert_eq!(
-        flags.iter().filter(|(c, f)| *c == 200 && f.is_empty()).count(),
+        flags
+            .iter()
+            .filter(|(c, f)| *c == 200 && f.is_empty())
+            .count(),
         2,
         "{flags:?}"
     );

@@ -19,6 +19,37 @@ pub use mint::{Ca, MintedCert};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tls::{client_config, peer_identity, serial, server_config, ClientConfigs};
 
+/// The waypoint's own certificate, offered as a TLS client certificate to other servers (istiod's
+/// xDS port), following every rotation.
+#[derive(Debug, Default)]
+pub struct OwnCert(arc_swap::ArcSwapOption<rustls::sign::CertifiedKey>);
+
+impl OwnCert {
+    /// Present `cert` from the next handshake on. A key the crypto provider cannot load leaves the
+    /// previous certificate in place (the data path has already refused such a certificate).
+    pub fn set(&self, cert: &WorkloadCert) {
+        let provider = rustls::crypto::ring::default_provider();
+        if let Ok(signing) = provider.key_provider.load_private_key(cert.key.clone_key()) {
+            let certified = rustls::sign::CertifiedKey::new(cert.chain.clone(), signing);
+            self.0.store(Some(Arc::new(certified)));
+        }
+    }
+}
+
+impl rustls::client::ResolvesClientCert for OwnCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.load_full()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot read {what} file {path}: {source}")]

@@ -27,6 +27,21 @@ impl SpiffeId {
             service_account: service_account.to_string(),
         }
     }
+
+    /// The service account of an expected identity that admits any service account of its
+    /// namespace: `spiffe://<td>/ns/<ns>/sa/*`. Istiod's waypoint config verifies endpoints this
+    /// way (the `connect_originate` cluster matches the URI SAN prefix `spiffe://<td>/ns/<ns>/sa/`)
+    /// when it does not name each pod's service account.
+    pub const ANY_SERVICE_ACCOUNT: &'static str = "*";
+
+    /// Whether a peer presenting `presented` satisfies this expected identity.
+    pub fn admits(&self, presented: &SpiffeId) -> bool {
+        if self.service_account == Self::ANY_SERVICE_ACCOUNT {
+            self.trust_domain == presented.trust_domain && self.namespace == presented.namespace
+        } else {
+            self == presented
+        }
+    }
 }
 
 impl FromStr for SpiffeId {
@@ -73,6 +88,20 @@ impl fmt::Display for SpiffeId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_service_account_admits_only_its_namespace() {
+        let any: SpiffeId = "spiffe://cluster.local/ns/bookinfo/sa/*".parse().unwrap();
+        let ok = SpiffeId::new("cluster.local", "bookinfo", "bookinfo-reviews");
+        assert!(any.admits(&ok));
+        assert!(!any.admits(&SpiffeId::new("cluster.local", "other", "bookinfo-reviews")));
+        assert!(!any.admits(&SpiffeId::new("evil.local", "bookinfo", "bookinfo-reviews")));
+        let exact = SpiffeId::new("cluster.local", "bookinfo", "bookinfo-ratings");
+        assert!(exact.admits(&exact.clone()));
+        assert!(!exact.admits(&ok));
+        // A peer presenting the literal `*` is an exact match only for `*` expectations.
+        assert!(!ok.admits(&SpiffeId::new("cluster.local", "bookinfo", "*")));
+    }
 
     #[test]
     fn parses_and_prints() {

@@ -222,7 +222,7 @@ impl ServerCertVerifier for ExpectedIdentityVerifier {
         )?;
         let id =
             peer_identity(end_entity).map_err(|e| reject(format!("server certificate: {e}")))?;
-        if id != self.expected {
+        if !self.expected.admits(&id) {
             return Err(reject(format!(
                 "endpoint presented identity {id}, expected {}",
                 self.expected

@@ -8,3 +8,4 @@ mod config_reload;
 mod istio_ca;
 mod istio_template;
 mod manifests;
+mod xds;

@@ -1,0 +1,272 @@
+//! Config from istiod over xDS (`waypoint run --xds ADDRESS`): the [`xds_client`] keeps the ADS
+//! stream, [`XdsHandler`] turns each candidate state of the world into a routing snapshot with
+//! [`routing::xds::translate`], and [`SnapshotSink`] hands it to the data path.
+//!
+//! - A candidate Envoy would reject (bad regex, weights that do not add up, a typed config that
+//!   does not decode…) is NACKed naming each resource and why; the last good snapshot keeps
+//!   serving and the rejection is counted and logged once.
+//! - A state is published only once it is complete, as Envoy warms clusters: listeners have
+//!   arrived and every EDS assignment and RDS route configuration they need is there. Until then
+//!   the previous snapshot serves (at start-up: readiness says what is awaited).
+//! - Disconnects keep the last snapshot serving; the client reconnects with backoff and resyncs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use routing::xds::{Resources, TranslateOptions};
+use routing::Snapshot;
+use tracing::{info, warn};
+use xds_client::{type_url, Handler, Rejection, ResourceState, Subscriptions, Update};
+
+use crate::app::App;
+use crate::status::Status;
+
+/// Where translated snapshots go: held until the data path exists, then published to it.
+#[derive(Default)]
+pub struct SnapshotSink {
+    state: Mutex<SinkState>,
+    arrived: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+enum SinkState {
+    #[default]
+    Waiting,
+    Held(Box<Snapshot>),
+    Live(Arc<App>),
+}
+
+impl SnapshotSink {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A new complete snapshot: published at once when the data path runs, else held (the
+    /// newest one wins).
+    pub fn offer(&self, snapshot: Snapshot) {
+        let mut state = self.state.lock();
+        match &*state {
+            SinkState::Live(app) => app.publish(snapshot, "xds"),
+            _ => {
+                *state = SinkState::Held(Box::new(snapshot));
+                self.arrived.notify_waiters();
+            }
+        }
+    }
+
+    /// The held snapshot, if one arrived (for starting the data path).
+    pub fn take(&self) -> Option<Snapshot> {
+        let mut state = self.state.lock();
+        match std::mem::take(&mut *state) {
+            SinkState::Held(s) => Some(*s),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    /// Wait at most `timeout` for a snapshot to be held.
+    pub async fn wait(&self, timeout: Duration) {
+        let arrived = self.arrived.notified();
+        if matches!(&*self.state.lock(), SinkState::Held(_)) {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, arrived).await;
+    }
+
+    /// The data path runs: publish from now on (and what arrived since it was started).
+    pub fn attach(&self, app: Arc<App>) {
+        let mut state = self.state.lock();
+        if let SinkState::Held(s) = std::mem::take(&mut *state) {
+            app.publish(*s, "xds");
+        }
+        *state = SinkState::Live(app);
+    }
+}
+
+/// The xDS types a waypoint's config is made of.
+const TYPES: [&str; 4] = [
+    type_url::LISTENER,
+    type_url::CLUSTER,
+    type_url::CLUSTER_LOAD_ASSIGNMENT,
+    type_url::ROUTE_CONFIGURATION,
+];
+
+/// Translates candidate states for the xDS client.
+pub struct XdsHandler {
+    pub sink: Arc<SnapshotSink>,
+    pub options: TranslateOptions,
+    pub status: Arc<Status>,
+    /// Warnings already logged (each is logged once, when it first appears).
+    logged: BTreeSet<String>,
+    /// What the last publish was waiting for, to log a change once.
+    awaiting: Option<String>,
+    /// A snapshot was offered: readiness no longer waits for config.
+    published: bool,
+}
+
+impl XdsHandler {
+    pub fn new(sink: Arc<SnapshotSink>, options: TranslateOptions, status: Arc<Status>) -> Self {
+        Self {
+            sink,
+            options,
+            status,
+            logged: BTreeSet::new(),
+            awaiting: None,
+            published: false,
+        }
+    }
+
+    fn reject(&self, rejections: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
+        self.status
+            .config_rejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let problems: Vec<String> = rejections.iter().map(|r| r.to_string()).collect();
+        warn!(
+            "xDS update rejected (NACK), the last good config keeps serving: {}",
+            problems.join("; ")
+        );
+        rejections
+            .into_iter()
+            .map(|r| Rejection::new(&r.type_url, &r.name, r.reason))
+            .collect()
+    }
+}
+
+/// What a state still lacks before it can serve, if anything.
+fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Option<String> {
+    if state.len(type_url::LISTENER) == 0 {
+        return Some("listeners (LDS)".into());
+    }
+    let absent = |type_url: &str, names: &BTreeSet<String>| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| state.get(type_url, n).is_none())
+            .cloned()
+            .collect()
+    };
+    let eds = absent(type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints);
+    let rds = absent(type_url::ROUTE_CONFIGURATION, &needed.routes);
+    match (eds.is_empty(), rds.is_empty()) {
+        (true, true) => None,
+        _ => Some(
+            [("EDS", eds), ("RDS", rds)]
+                .into_iter()
+                .filter(|(_, names)| !names.is_empty())
+                .map(|(what, names)| format!("{what} {}", names.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+impl Handler for XdsHandler {
+    fn apply(&mut self, update: &Update<'_>) -> Result<Subscriptions, Vec<Rejection>> {
+        let state = update.state;
+        let anys = TYPES
+            .iter()
+            .flat_map(|t| state.resources(t))
+            .map(|r| &r.value);
+        let resources = Resources::from_any(anys).map_err(|r| self.reject(r))?;
+        let needed = routing::xds::required_resources(&resources.listeners, &resources.clusters);
+        let translation =
+            routing::xds::translate(&resources, &self.options).map_err(|r| self.reject(r))?;
+        let subscriptions = Subscriptions::new()
+            .with(
+                type_url::CLUSTER_LOAD_ASSIGNMENT,
+                needed.endpoints.iter().cloned(),
+            )
+            .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned());
+        if let Some(what) = missing(state, &needed) {
+            if self.awaiting.as_deref() != Some(what.as_str()) {
+                info!(awaiting = %what, "xDS config incomplete; the current config keeps serving");
+                if !self.published {
+                    self.status
+                        .waiting_for("config", format!("waiting for istiod to send {what}"));
+                }
+                self.awaiting = Some(what);
+            }
+            return Ok(subscriptions);
+        }
+        self.awaiting = None;
+        for w in &translation.warnings {
+            let line = w.to_string();
+            if !self.logged.contains(&line) {
+                warn!("xDS: {line}");
+                self.logged.insert(line);
+            }
+        }
+        let snapshot = translation.snapshot;
+        info!(
+            version = snapshot.version(),
+            services = snapshot.services().count(),
+            listeners = resources.listeners.len(),
+            clusters = resources.clusters.len(),
+            "xDS config translated"
+        );
+        self.sink.offer(snapshot);
+        self.published = true;
+        Ok(subscriptions)
+    }
+}
+
+/// The xDS client of `waypoint run --xds`, ready to run.
+pub struct XdsRuntime {
+    client: xds_client::Client,
+    handler: XdsHandler,
+    pub sink: Arc<SnapshotSink>,
+}
+
+impl XdsRuntime {
+    /// Check the settings (node identity in the environment, istiod's roots) without connecting.
+    pub fn new(
+        args: &crate::cli::RunArgs,
+        telemetry: &crate::status::Telemetry,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let address = args.xds.clone().unwrap_or_default();
+        let node = xds_client::NodeInfo::from_env()
+            .context("--xds needs the pod's identity in its environment (istiod's waypoint template sets it)")?;
+        let root_path = args.xds_root_ca.as_ref().unwrap_or(&args.ca_root);
+        let root = std::fs::read(root_path).with_context(|| {
+            format!(
+                "reading istiod's root certificate {} (--xds-root-ca / XDS_ROOT_CA)",
+                root_path.display()
+            )
+        })?;
+        let mut cfg = xds_client::ClientConfig::new(address, root, node);
+        if let Some(name) = &args.xds_server_name {
+            cfg.server_name = name.clone();
+        }
+        if args.xds_token.as_os_str() != "none" {
+            cfg.token_path = Some(args.xds_token.clone());
+        }
+        cfg.mode = match args.xds_mode {
+            crate::cli::XdsMode::Delta => xds_client::Mode::Delta,
+            crate::cli::XdsMode::Sotw => xds_client::Mode::StateOfTheWorld,
+            crate::cli::XdsMode::Auto => xds_client::Mode::DeltaWithFallback,
+        };
+        cfg.client_cert = Some(telemetry.own_cert.clone());
+        let client = xds_client::Client::new(cfg).context("xDS client settings")?;
+        telemetry.status.attach_xds(client.status());
+        let sink = SnapshotSink::new();
+        let options = TranslateOptions {
+            trust_domain: args.trust_domain.clone(),
+            ..TranslateOptions::default()
+        };
+        let handler = XdsHandler::new(sink.clone(), options, telemetry.status.clone());
+        Ok(Self {
+            client,
+            handler,
+            sink,
+        })
+    }
+
+    /// Keep the stream to istiod until `shutdown` turns true.
+    pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        self.client.run(self.handler, shutdown).await;
+    }
+}

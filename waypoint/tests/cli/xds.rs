@@ -1,0 +1,403 @@
+//! `waypoint run --xds`: config from an in-test ADS server (TLS, bearer token) serving what istiod
+//! serves an Envoy waypoint for bookinfo (routing/tests/fixtures/xds/bookinfo.json: reviews
+//! v1 90 % / v2 10 %). The real binary, real pods behind real HBONE, on loopback.
+//!
+//! One scenario, in order: the split converges to 90/10; a push to 50/50 takes effect without a
+//! restart and without a failed request under load; an invalid resource is NACKed naming it while
+//! traffic keeps the last good split; a push adding then removing a ratings endpoint moves traffic
+//! onto it and off it again; the server going away and coming back is survived (last config keeps
+//! serving, the client reconnects with the versions it holds and resyncs).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::Value;
+use waypoint::identity::Ca;
+use waypoint_tests::{sim, spiffe, Net, TRUST_DOMAIN};
+use xds_client::testing::{any, AdsServer, AdsServerOptions, TestPki};
+use xds_client::type_url;
+
+const FIXTURE: &str = include_str!("../../../routing/tests/fixtures/xds/bookinfo.json");
+const TOKEN: &str = "istio-token-for-the-test";
+const REVIEWS_VIP: &str = "10.96.0.12:9080";
+const RATINGS_VIP: &str = "10.96.0.11:9080";
+
+/// The fixture on this test's net: pod IPs 10.244.1.N → @N, trust domain → the test mesh's.
+fn bookinfo(net: &Net) -> Value {
+    let mut text = FIXTURE.replace("example.org", TRUST_DOMAIN);
+    for n in 5..=9 {
+        text = text.replace(&format!("10.244.1.{n}"), &net.ip(n).to_string());
+    }
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every JSON object in `v`, depth first.
+fn objects_mut(v: &mut Value, f: &mut impl FnMut(&mut serde_json::Map<String, Value>)) {
+    match v {
+        Value::Object(map) => {
+            f(map);
+            for child in map.values_mut() {
+                objects_mut(child, f);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| objects_mut(c, f)),
+        _ => {}
+    }
+}
+
+/// Set the reviews route's subset weights.
+fn set_weights(doc: &mut Value, v1: u64, v2: u64) {
+    let mut found = 0;
+    objects_mut(doc, &mut |o| {
+        if let Some(Value::Array(clusters)) = o.get_mut("clusters") {
+            for c in clusters {
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                if name.contains("http/v1|reviews") {
+                    c["weight"] = v1.into();
+                    found += 1;
+                } else if name.contains("http/v2|reviews") {
+                    c["weight"] = v2.into();
+                    found += 1;
+                }
+            }
+        }
+    });
+    assert_eq!(found, 2, "the reviews route has weighted v1 and v2");
+}
+
+/// Make the reviews route match on a regex Envoy would refuse.
+fn break_reviews_route(doc: &mut Value) {
+    let mut found = 0;
+    objects_mut(doc, &mut |o| {
+        let weighted = o
+            .get("route")
+            .and_then(|r| r.get("weighted_clusters"))
+            .is_some();
+        if weighted && o.contains_key("match") {
+            o.insert(
+                "match".into(),
+                serde_json::json!({"safe_regex": {"regex": "/reviews/(unclosed"}}),
+            );
+            found += 1;
+        }
+    });
+    assert_eq!(found, 1);
+}
+
+/// Give ratings' assignment the endpoints at these hosts of the net (the fixture has @6).
+fn set_ratings_endpoints(doc: &mut Value, net: &Net, hosts: &[u8]) {
+    let template_ip = net.ip(6).to_string();
+    let mut found = 0;
+    objects_mut(doc, &mut |o| {
+        let is_ratings_cla = o.get("cluster_name").and_then(Value::as_str)
+            == Some("inbound-vip|9080|http|ratings.default.svc.cluster.local");
+        if !is_ratings_cla {
+            return;
+        }
+        let template = o["endpoints"][0]["lb_endpoints"][0].to_string();
+        let endpoints: Vec<Value> = hosts
+            .iter()
+            .map(|h| {
+                let text = template
+                    .replace(&template_ip, &net.ip(*h).to_string())
+                    .replace("ratings-v1;", &format!("ratings-{h};"));
+                serde_json::from_str(&text).unwrap()
+            })
+            .collect();
+        o["endpoints"][0]["lb_endpoints"] = Value::Array(endpoints);
+        found += 1;
+    });
+    assert_eq!(found, 1);
+}
+
+/// Serve `doc`'s resources (all of them, replacing what the server holds of each name).
+fn serve(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, String> {
+    let res = routing::xds::json::load_resources(&doc.to_string()).unwrap();
+    let mut versions = BTreeMap::new();
+    for l in &res.listeners {
+        versions.insert(
+            type_url::LISTENER,
+            server.set(type_url::LISTENER, &l.name, any(l)),
+        );
+    }
+    for c in &res.clusters {
+        versions.insert(
+            type_url::CLUSTER,
+            server.set(type_url::CLUSTER, &c.name, any(c)),
+        );
+    }
+    for e in &res.endpoints {
+        versions.insert(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            server.set(type_url::CLUSTER_LOAD_ASSIGNMENT, &e.cluster_name, any(e)),
+        );
+    }
+    versions
+}
+
+/// A bookinfo pod: app on :9080 and its node's HBONE terminator on :15008 at `@host`.
+struct Pod {
+    app: sim::AppHandle,
+    _pod: sim::PodHandle,
+}
+
+async fn pod(net: &Net, ca: &Ca, host: u8, name: &str, sa: &str) -> Pod {
+    let app = sim::start_app(
+        SocketAddr::new(net.ip(host), 9080),
+        name,
+        sim::AppKind::Http,
+    )
+    .await
+    .unwrap();
+    let cert = ca.issue(&spiffe(sa)).unwrap();
+    let pod = sim::start_pod(SocketAddr::new(net.ip(host), 15008), &cert.workload)
+        .await
+        .unwrap();
+    Pod { app, _pod: pod }
+}
+
+impl Pod {
+    fn requests(&self) -> u64 {
+        self.app.stats.requests.load(Ordering::Relaxed)
+    }
+}
+
+async fn tunnel(ca: &Ca, waypoint: SocketAddr, vip: &str) -> sim::Http1 {
+    sim::ZtunnelClient::new(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        waypoint,
+        spiffe("waypoint"),
+    )
+    .http1(vip.parse().unwrap())
+    .await
+    .unwrap()
+}
+
+/// `n` requests to reviews; the pods that answered, counted.
+async fn reviews_split(send: &mut sim::Http1, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let (parts, _) = sim::get(send, "reviews:9080", "/reviews/1", &[])
+            .await
+            .unwrap();
+        assert_eq!(parts.status, 200);
+        let pod = parts.headers["x-pod"].to_str().unwrap().to_string();
+        *seen.entry(pod).or_default() += 1;
+    }
+    seen
+}
+
+fn share(seen: &BTreeMap<String, usize>, pod: &str) -> f64 {
+    let total: usize = seen.values().sum();
+    *seen.get(pod).unwrap_or(&0) as f64 / total as f64
+}
+
+async fn wait_ack(server: &AdsServer, versions: &BTreeMap<&'static str, String>) {
+    for (t, v) in versions {
+        assert!(
+            server.wait_for_ack(t, v, Duration::from_secs(10)).await,
+            "{t} version {v} was never ACKed; NACKs: {:?}",
+            server.nacks()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_mode_follows_istiod_pushes() {
+    let net = Net::new();
+    let ca = Ca::new("xds test mesh").unwrap();
+    let dir = temp_dir("xds");
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&dir)
+        .unwrap();
+    let pki = TestPki::new();
+    let server = AdsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki,
+        AdsServerOptions::with_token(TOKEN),
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+
+    let _productpage = pod(&net, &ca, 5, "productpage-v1", "bookinfo-productpage").await;
+    let ratings = pod(&net, &ca, 6, "ratings-v1", "bookinfo-ratings").await;
+    let ratings2 = pod(&net, &ca, 4, "ratings-v2", "bookinfo-ratings").await;
+    let _v1 = pod(&net, &ca, 7, "reviews-v1", "bookinfo-reviews").await;
+    let _v2 = pod(&net, &ca, 8, "reviews-v2", "bookinfo-reviews").await;
+    let _v3 = pod(&net, &ca, 9, "reviews-v3", "bookinfo-reviews").await;
+    let mut doc = bookinfo(&net);
+    let first = serve(&server, &doc);
+
+    let mut cmd = Command::new(binary());
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--xds"])
+        .arg(server.address())
+        .arg("--xds-root-ca")
+        .arg(dir.join("istiod-root.pem"))
+        .arg("--xds-token")
+        .arg(dir.join("token"))
+        .args(cert_args(&dir))
+        .args(["--log", "info", "--drain-seconds", "1"])
+        .args(QUIET_PORTS)
+        .envs([
+            ("POD_NAME", "waypoint-7d4c9b-x2x"),
+            ("POD_NAMESPACE", "default"),
+            ("INSTANCE_IP", "127.0.0.1"),
+            ("SERVICE_ACCOUNT", "waypoint"),
+            ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
+        ]);
+    let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
+    let logs = collect(stderr);
+    let waypoint = addrs["hbone"];
+    let admin = addrs["admin"];
+    poll_until(admin, "/ready", |s, _| s == 200).await;
+    wait_ack(&server, &first).await;
+
+    // The node istiod sees, on the first request only, with the token's cluster.
+    let hello = &server.requests()[0];
+    let node = hello.node.as_ref().expect("node on the first request");
+    assert_eq!(
+        node.id,
+        "waypoint~127.0.0.1~waypoint-7d4c9b-x2x.default~default.svc.cluster.local"
+    );
+
+    // 90/10.
+    let mut reviews = tunnel(&ca, waypoint, REVIEWS_VIP).await;
+    let seen = reviews_split(&mut reviews, 300).await;
+    assert!(!seen.contains_key("reviews-v3"), "{seen:?}");
+    assert!(
+        (0.03..0.2).contains(&share(&seen, "reviews-v2")),
+        "{seen:?}"
+    );
+
+    // Push 50/50 under load: no request fails, the new split shows.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, failed, served) = (stop.clone(), failed.clone(), served.clone());
+        let mut send = tunnel(&ca, waypoint, REVIEWS_VIP).await;
+        tokio::spawn(async move {
+            for _ in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match sim::get(&mut send, "reviews:9080", "/reviews/2", &[]).await {
+                    Ok((p, _)) if p.status == 200 => served.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    set_weights(&mut doc, 50, 50);
+    let pushed = serve(&server, &doc);
+    wait_ack(&server, &pushed).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed across the push"
+    );
+    assert!(served.load(Ordering::Relaxed) > 20);
+    let seen = reviews_split(&mut reviews, 300).await;
+    assert!(
+        (0.35..0.65).contains(&share(&seen, "reviews-v2")),
+        "{seen:?}"
+    );
+
+    // An invalid resource: NACKed naming it and why; the 50/50 config keeps serving.
+    let mut broken = doc.clone();
+    break_reviews_route(&mut broken);
+    serve(&server, &broken);
+    let nack = server
+        .wait_for_nack(type_url::LISTENER, Duration::from_secs(10))
+        .await
+        .expect("the bad listener is NACKed");
+    let detail = nack.error_detail.expect("error_detail").message;
+    assert!(detail.contains("main_internal"), "{detail}");
+    assert!(detail.contains("regex"), "{detail}");
+    let seen = reviews_split(&mut reviews, 200).await;
+    assert!((0.3..0.7).contains(&share(&seen, "reviews-v2")), "{seen:?}");
+    let (_, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    assert!(
+        dump["config"]["xds"]["nacks"].as_u64().unwrap() >= 1,
+        "{}",
+        dump["config"]["xds"]
+    );
+    assert_eq!(dump["config"]["status"]["source"], "xds");
+    serve(&server, &doc); // fixed again
+
+    // A second ratings endpoint: traffic reaches it; removed: traffic leaves it.
+    set_ratings_endpoints(&mut doc, &net, &[6, 4]);
+    wait_ack(&server, &serve(&server, &doc)).await;
+    let mut ratings_tunnel = tunnel(&ca, waypoint, RATINGS_VIP).await;
+    let before = ratings2.requests();
+    for _ in 0..60 {
+        let (p, _) = sim::get(&mut ratings_tunnel, "ratings:9080", "/ratings/1", &[])
+            .await
+            .unwrap();
+        assert_eq!(p.status, 200);
+    }
+    assert!(
+        ratings2.requests() > before,
+        "the added endpoint gets traffic"
+    );
+    set_ratings_endpoints(&mut doc, &net, &[6]);
+    wait_ack(&server, &serve(&server, &doc)).await;
+    let (before2, before1) = (ratings2.requests(), ratings.requests());
+    for _ in 0..60 {
+        let (p, _) = sim::get(&mut ratings_tunnel, "ratings:9080", "/ratings/1", &[])
+            .await
+            .unwrap();
+        assert_eq!(p.status, 200);
+    }
+    assert_eq!(
+        ratings2.requests(),
+        before2,
+        "the removed endpoint is drained"
+    );
+    assert_eq!(ratings.requests(), before1 + 60);
+
+    // istiod goes away: the last config keeps serving; it comes back: reconnect and resync.
+    let streams = server.streams();
+    server.stop().await;
+    let seen = reviews_split(&mut reviews, 100).await;
+    assert!(seen.contains_key("reviews-v2"), "{seen:?}");
+    set_weights(&mut doc, 100, 0);
+    let resynced = serve(&server, &doc);
+    server.restart().await.unwrap();
+    wait_ack(&server, &resynced).await;
+    assert!(server.streams() > streams);
+    let reconnect = server
+        .requests()
+        .into_iter()
+        .find(|r| r.stream > 1 && r.type_url == type_url::CLUSTER)
+        .expect("a CDS request on the new stream");
+    assert!(
+        reconnect
+            .initial_resource_versions
+            .contains_key("inbound-vip|9080|http|reviews.default.svc.cluster.local"),
+        "the new stream carries the versions the waypoint holds: {:?}",
+        reconnect.initial_resource_versions
+    );
+    let seen = reviews_split(&mut reviews, 100).await;
+    assert_eq!(seen.get("reviews-v1"), Some(&100), "{seen:?}");
+
+    let logs = logs.lock().unwrap().join("\n");
+    assert_eq!(
+        logs.matches("xDS update rejected").count(),
+        1,
+        "the rejection is logged once:\n{logs}"
+    );
+}
