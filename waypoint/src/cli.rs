@@ -41,6 +41,11 @@ pub enum Command {
     /// Show how one request would be routed: service, matching VirtualService route (and why
     /// earlier routes did not match), destinations, subsets, clusters, endpoints and LB policy.
     Explain(crate::explain::ExplainArgs),
+    /// Translate what istiod sends a waypoint (saved as JSON: an Envoy waypoint's /config_dump
+    /// or `istioctl proxy-config all <pod> -o json`) and print the routing snapshot this
+    /// waypoint would serve; warnings name what it cannot express, exit 1 on resources Envoy
+    /// would reject.
+    Translate(crate::xds::TranslateArgs),
     /// Run the bookinfo reviews canary (v1 90% / v2 10%) on loopback, in one process, and print
     /// the access log and the observed split.
     Demo(DemoArgs),
@@ -297,6 +302,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         Command::Proxy(_) => unreachable!("handled above"),
         Command::Validate(args) => std::process::exit(crate::validate::run(&args)),
         Command::Explain(args) => std::process::exit(crate::explain::run(&args)),
+        Command::Translate(args) => std::process::exit(crate::xds::translate_command(&args)),
     }
 }
 

@@ -16,8 +16,16 @@ use crate::identity::SpiffeId;
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
     /// Directory of Istio YAML, as given to `waypoint run --config`.
-    #[arg(long)]
-    pub config: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "xds_dump",
+        conflicts_with = "xds_dump"
+    )]
+    pub config: Option<PathBuf>,
+    /// Instead of YAML: what istiod sends the waypoint, saved as JSON (an Envoy waypoint's
+    /// `/config_dump`, or `istioctl proxy-config all <waypoint-pod> -o json`).
+    #[arg(long, value_name = "FILE")]
+    pub xds_dump: Option<PathBuf>,
     /// Mesh trust domain.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
@@ -37,6 +45,17 @@ pub struct ExplainArgs {
     pub method: String,
     /// `http://host[:port]/path?query`; host is a service name, FQDN, VIP or pod IP.
     pub url: String,
+}
+
+impl ExplainArgs {
+    /// The config the request is explained against, for messages.
+    fn source_name(&self) -> String {
+        match (&self.config, &self.xds_dump) {
+            (Some(dir), _) => dir.display().to_string(),
+            (None, Some(file)) => file.display().to_string(),
+            (None, None) => "(no config)".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -130,7 +149,7 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
                 None => {
                     return Err(format!(
                         "{ip}:{port} is neither a service VIP nor a known pod in {}",
-                        args.config.display()
+                        args.source_name()
                     ))
                 }
             }
@@ -141,7 +160,7 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
                 format!(
                     "no service {:?} in {} (services: {})",
                     target.host,
-                    args.config.display(),
+                    args.source_name(),
                     known.join(", ")
                 )
             })?;
@@ -326,14 +345,27 @@ impl Explanation {
 
 /// Load the config, explain, print. Returns the exit code (1 for bad config or input).
 pub fn run(args: &ExplainArgs) -> i32 {
-    let snapshot = match routing::load_dir(&args.config, &args.trust_domain) {
-        Ok(s) => s,
-        Err(errors) => {
-            eprintln!(
-                "{} problem(s) in {}:\n{errors}",
-                errors.len(),
-                args.config.display()
-            );
+    let snapshot = match (&args.config, &args.xds_dump) {
+        (Some(dir), _) => match routing::load_dir(dir, &args.trust_domain) {
+            Ok(s) => s,
+            Err(errors) => {
+                eprintln!(
+                    "{} problem(s) in {}:\n{errors}",
+                    errors.len(),
+                    dir.display()
+                );
+                return 1;
+            }
+        },
+        (None, Some(file)) => match crate::xds::load_dump(file, &args.trust_domain) {
+            Ok(t) => t.snapshot,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        },
+        (None, None) => {
+            eprintln!("error: give --config DIR or --xds-dump FILE");
             return 1;
         }
     };

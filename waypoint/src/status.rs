@@ -223,6 +223,11 @@ impl Telemetry {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdsType {
+    type_url: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Direction {
     direction: &'static str,
 }
@@ -330,6 +335,41 @@ impl Collector for ProxyHealth {
             "Config updates rejected (the last good config kept serving)",
             load(&status.config_rejections),
         )?;
+        if let Some(xds) = status.xds() {
+            scalar_gauge(
+                &mut e,
+                "waypoint_xds_connected",
+                "1 while the ADS stream to istiod is up",
+                if xds.connected { 1.0 } else { 0.0 },
+            )?;
+            scalar_counter(
+                &mut e,
+                "waypoint_xds_reconnects",
+                "Connections to istiod established after the first",
+                xds.reconnects,
+            )?;
+            let per_type = |f: fn(&xds_client::TypeStatus) -> u64| -> Vec<(XdsType, u64)> {
+                xds.types
+                    .iter()
+                    .map(|(t, ts)| {
+                        let short = t.rsplit('.').next().unwrap_or(t).to_string();
+                        (XdsType { type_url: short }, f(ts))
+                    })
+                    .collect()
+            };
+            counter(
+                &mut e,
+                "waypoint_xds_acks",
+                "xDS responses accepted (ACKed), per resource type",
+                &per_type(|t| t.acks),
+            )?;
+            counter(
+                &mut e,
+                "waypoint_xds_nacks",
+                "xDS responses rejected (NACKed, the last good config kept serving), per resource type",
+                &per_type(|t| t.nacks),
+            )?;
+        }
         if let Some(config) = status.config() {
             scalar_gauge(
                 &mut e,

@@ -123,7 +123,8 @@ async fn explain_agrees_with_the_data_path() {
     let mesh = Mesh::start(&yaml).await;
     let snapshot = mesh.bench.app.snapshot.load_full();
     let args = |method: &str, url: &str, headers: &[(&str, &str)]| ExplainArgs {
-        config: PathBuf::from("(in-process)"),
+        config: Some(PathBuf::from("(in-process)")),
+        xds_dump: None,
         trust_domain: TRUST_DOMAIN.into(),
         source: Some(waypoint_tests::spiffe("productpage")),
         source_ip: None,

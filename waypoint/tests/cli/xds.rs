@@ -336,6 +336,14 @@ async fn xds_mode_follows_istiod_pushes() {
         dump["config"]["xds"]
     );
     assert_eq!(dump["config"]["status"]["source"], "xds");
+    let stats = waypoint_tests::http_request(admin, "GET", "/stats/prometheus")
+        .await
+        .1;
+    assert!(stats.contains("waypoint_xds_connected 1"), "{stats}");
+    assert!(
+        stats.contains(r#"waypoint_xds_nacks_total{type_url="Listener"} 1"#),
+        "{stats}"
+    );
     serve(&server, &doc); // fixed again
 
     // A second ratings endpoint: traffic reaches it; removed: traffic leaves it.
@@ -399,5 +407,58 @@ async fn xds_mode_follows_istiod_pushes() {
         logs.matches("xDS update rejected").count(),
         1,
         "the rejection is logged once:\n{logs}"
+    );
+}
+
+#[test]
+fn translate_and_explain_read_a_saved_xds_config() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../routing/tests/fixtures/xds/bookinfo.json"
+    );
+    let out = Command::new(binary())
+        .args(["translate", fixture])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let snapshot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = snapshot.to_string();
+    for needle in [
+        "reviews.default.svc.cluster.local",
+        "inbound-vip|9080|http/v2|reviews.default.svc.cluster.local",
+        "10.96.0.12",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+
+    let out = Command::new(binary())
+        .args(["explain", "--xds-dump", fixture, "--output", "json"])
+        .args([
+            "GET",
+            "http://reviews.default.svc.cluster.local:9080/reviews/1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(explained.contains("http/v1|reviews"), "{explained}");
+    assert!(explained.contains("90"), "{explained}");
+
+    // A config Envoy would reject: exit 1, the resource and the reason named.
+    let net = Net::new();
+    let mut broken = bookinfo(&net);
+    break_reviews_route(&mut broken);
+    let dir = temp_dir("xds-translate");
+    std::fs::write(dir.join("broken.json"), broken.to_string()).unwrap();
+    let out = Command::new(binary())
+        .arg("translate")
+        .arg(dir.join("broken.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("main_internal") && stderr.contains("regex"),
+        "{stderr}"
     );
 }
