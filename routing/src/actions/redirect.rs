@@ -24,6 +24,10 @@ pub enum RedirectPath {
     Uri(String),
     /// Istio `prefixRewrite` (Envoy `prefix_rewrite`): the matched prefix.
     Prefix(String),
+    /// Gateway API `ReplacePrefixMatch` (the rule's PathPrefix, matched by
+    /// path segment) and Envoy `regex_rewrite`: the path rewritten, the
+    /// query kept.
+    Regex(super::RegexRewrite),
 }
 
 /// Istio `redirectPort`: `port` or `derivePort`.
@@ -98,6 +102,7 @@ impl Redirect {
                 None => u.clone(),
             },
             Some(RedirectPath::Prefix(p)) => replace_matched(path_and_query, matched_prefix, p),
+            Some(RedirectPath::Regex(r)) => r.apply(path_and_query),
         };
         if !path.starts_with('/') {
             path.insert(0, '/');
@@ -129,6 +134,11 @@ impl fmt::Display for Redirect {
         match &self.path {
             Some(RedirectPath::Uri(u)) => parts.push(format!("uri {u:?}")),
             Some(RedirectPath::Prefix(p)) => parts.push(format!("prefixRewrite {p:?}")),
+            Some(RedirectPath::Regex(r)) => parts.push(format!(
+                "path rewrite {:?} -> {:?}",
+                r.pattern(),
+                r.substitution()
+            )),
             None => {}
         }
         if !parts.is_empty() {

@@ -455,13 +455,21 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
                         .as_ref()
                         .map(|_| RedirectPort::FromProtocolDefault),
                 };
+                let pf = format!("{ff}.requestRedirect.path");
                 let path = match rd.path {
-                    Some(p) => path_mod(at, &format!("{ff}.requestRedirect.path"), p, diag).and_then(|(full, v)| {
+                    Some(p) => path_mod(at, &pf, p, diag).and_then(|(full, v)| {
                         if full {
                             Some(crate::actions::RedirectPath::Uri(v))
                         } else {
-                            diag.warn(at, Some(&format!("{ff}.requestRedirect.path")), "ReplacePrefixMatch in a redirect is not supported; the path is kept");
-                            None
+                            let rewrite = prefix_rewrite(&route.matches, &v);
+                            if rewrite.is_none() {
+                                diag.error(
+                                    at,
+                                    Some(&pf),
+                                    "ReplacePrefixMatch needs the rule to match one PathPrefix",
+                                );
+                            }
+                            rewrite.map(crate::actions::RedirectPath::Regex)
                         }
                     }),
                     None => None,

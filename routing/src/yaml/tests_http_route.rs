@@ -162,6 +162,18 @@ fn redirect_filter() {
 }
 
 #[test]
+fn redirect_replace_prefix_match() {
+    let s = load("  - matches: [{path: {value: /foo}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /bar}, statusCode: 301}\n");
+    let RouteAction::Redirect(rd) = &first(&s).action else {
+        panic!("not a redirect")
+    };
+    let loc = |path: &str| rd.location("http", "reviews:9080", path, 9080, None).1;
+    assert_eq!(loc("/foo/x?q=1"), "http://reviews:9080/bar/x?q=1");
+    assert_eq!(loc("/foo"), "http://reviews:9080/bar");
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+}
+
+#[test]
 fn url_rewrite_filter() {
     let s = load(&format!("  - matches: [{{path: {{value: /foo}}}}]\n    filters:\n    - type: URLRewrite\n      urlRewrite: {{hostname: other, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /bar}}}}\n{BACKEND}"));
     let r = first(&s);
