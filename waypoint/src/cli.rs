@@ -167,7 +167,7 @@ pub struct RunArgs {
     #[arg(long, env = "CA_ADDR", default_value = crate::identity::istio_ca::DEFAULT_CA_ADDRESS)]
     pub ca_address: String,
     /// TLS server name the CA's certificate must carry (default: the address's host;
-    /// `istiod.istio-system.svc` for localhost).
+    /// `istiod.istio-system.svc` for an IP or localhost).
     #[arg(long, env = "WAYPOINT_CA_SERVER_NAME")]
     pub ca_server_name: Option<String>,
     /// PEM root(s) of the mesh: verify the CA, and the trust bundle in istiod mode.

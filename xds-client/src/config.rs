@@ -123,22 +123,27 @@ impl fmt::Debug for ClientConfig {
     }
 }
 
+/// The name istiod's certificate is checked for when only its address is known: the address's
+/// host, or `istiod.istio-system.svc` for an IP or `localhost` (a port-forward).
+pub fn istiod_server_name(address: &str) -> String {
+    let host = match address.rsplit_once(':') {
+        Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => address,
+    };
+    if host.contains("localhost") || host.parse::<std::net::IpAddr>().is_ok() {
+        DEFAULT_SERVER_NAME.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
 impl ClientConfig {
     /// Delta ADS to `address`, verified against `root_pem`, CDS and LDS as wildcards, the node's
     /// cluster id as `ClusterID`, server name `istiod.istio-system.svc` when the host is an IP or
     /// `localhost` (port-forwards), else the host.
     pub fn new(address: impl Into<String>, root_pem: impl Into<Vec<u8>>, node: NodeInfo) -> Self {
         let address = address.into();
-        let host = match address.rsplit_once(':') {
-            Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
-            None => address.as_str(),
-        };
-        let server_name = if host.contains("localhost") || host.parse::<std::net::IpAddr>().is_ok()
-        {
-            DEFAULT_SERVER_NAME.to_string()
-        } else {
-            host.to_string()
-        };
+        let server_name = istiod_server_name(&address);
         Self {
             server_name,
             address,

@@ -32,7 +32,10 @@ mod tests;
 
 pub use client::Client;
 pub use client::StreamError;
-pub use config::{Backoff, ClientConfig, ConfigError, Mode, DEFAULT_ADDRESS, DEFAULT_SERVER_NAME};
+pub use config::{
+    istiod_server_name, Backoff, ClientConfig, ConfigError, Mode, DEFAULT_ADDRESS,
+    DEFAULT_SERVER_NAME,
+};
 pub use node::{
     env, labels_from_downward_api, NodeError, NodeInfo, DEFAULT_CLUSTER_DOMAIN, DEFAULT_CLUSTER_ID,
     DEFAULT_LABELS_PATH, WAYPOINT_NODE_TYPE,

@@ -159,3 +159,32 @@ pub(crate) fn payload_name(bytes: &[u8]) -> Result<String, String> {
         .map(|f| f.name)
         .map_err(|e| format!("payload does not decode: {e}"))
 }
+
+/// Wait for the ADS call to be answered; `Ok(None)` when shutdown comes first.
+pub(crate) async fn open<R>(
+    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<tonic::Streaming<R>>, crate::client::StreamError> {
+    use crate::client::{stopped, StreamError};
+    tokio::select! {
+        _ = stopped(shutdown) => Ok(None),
+        response = call => Ok(Some(response.map_err(StreamError::from_status)?.into_inner())),
+    }
+}
+
+/// The next response of the stream; `Ok(None)` when shutdown comes first, an error when the
+/// stream ends or fails.
+pub(crate) async fn next<R>(
+    inbound: &mut tonic::Streaming<R>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<R>, crate::client::StreamError> {
+    use crate::client::{stopped, StreamError};
+    tokio::select! {
+        _ = stopped(shutdown) => Ok(None),
+        message = inbound.message() => match message {
+            Ok(Some(response)) => Ok(Some(response)),
+            Ok(None) => Err(StreamError::Closed),
+            Err(status) => Err(StreamError::from_status(status)),
+        },
+    }
+}

@@ -19,10 +19,10 @@ use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 
-use crate::client::{stopped, StreamError};
+use crate::client::StreamError;
 use crate::config::Mode;
 use crate::resource::{type_url as urls, Handler, Rejection, Resource};
-use crate::session::{nack_detail, payload_name, Core, Outcome};
+use crate::session::{nack_detail, next, open, payload_name, Core, Outcome};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
@@ -51,22 +51,15 @@ pub(crate) async fn run<H: Handler>(
     stream.initial_requests()?;
     let mut request = tonic::Request::new(rx);
     *request.metadata_mut() = metadata;
-    let response = tokio::select! {
-        _ = stopped(shutdown) => return Ok(()),
-        response = client.stream_aggregated_resources(request) => response.map_err(StreamError::from_status)?,
+    let Some(mut inbound) = open(client.stream_aggregated_resources(request), shutdown).await?
+    else {
+        return Ok(());
     };
     stream.core.set_connected(Mode::StateOfTheWorld);
-    let mut inbound = response.into_inner();
-    loop {
-        tokio::select! {
-            _ = stopped(shutdown) => return Ok(()),
-            message = inbound.message() => match message {
-                Ok(Some(response)) => stream.on_response(response)?,
-                Ok(None) => return Err(StreamError::Closed),
-                Err(status) => return Err(StreamError::from_status(status)),
-            },
-        }
+    while let Some(response) = next(&mut inbound, shutdown).await? {
+        stream.on_response(response)?;
     }
+    Ok(())
 }
 
 impl<H: Handler> Stream<'_, H> {

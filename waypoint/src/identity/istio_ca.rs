@@ -100,15 +100,7 @@ impl CaClientConfig {
     /// `Kubernetes`, 24 h validity, a 10 s timeout, no token.
     pub fn new(address: impl Into<String>, root_pem: impl Into<Vec<u8>>) -> Self {
         let address = address.into();
-        let host = match address.rsplit_once(':') {
-            Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
-            None => address.as_str(),
-        };
-        let server_name = if host.contains("localhost") {
-            DEFAULT_CA_SERVER_NAME.to_string()
-        } else {
-            host.to_string()
-        };
+        let server_name = xds_client::istiod_server_name(&address);
         Self {
             server_name,
             address,
@@ -565,11 +557,14 @@ mod tests {
             CaClientConfig::new("istiod.istio-system.svc:15012", "").server_name,
             "istiod.istio-system.svc"
         );
-        assert_eq!(
-            CaClientConfig::new("10.0.0.7:15012", "").server_name,
-            "10.0.0.7"
-        );
-        assert_eq!(CaClientConfig::new("[::1]:15012", "").server_name, "::1");
+        // istiod's serving certificate names DNS names only: an IP gets istiod's name.
+        for address in ["10.0.0.7:15012", "[::1]:15012", "localhost:15012"] {
+            assert_eq!(
+                CaClientConfig::new(address, "").server_name,
+                DEFAULT_CA_SERVER_NAME,
+                "{address}"
+            );
+        }
         assert_eq!(
             CaClientConfig::new("localhost:15012", "").server_name,
             DEFAULT_CA_SERVER_NAME

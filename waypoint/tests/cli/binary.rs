@@ -73,7 +73,7 @@ async fn run_serves_traffic_and_exits_on_sigterm() {
         .unwrap()
         .write_to(&certs)
         .unwrap();
-    let _ratings = RatingsPod::start(&net, &ca).await;
+    let _ratings = Pod::start(&net, &ca).await;
 
     let (mut child, addrs, stderr) = spawn_run(&config, &certs);
     std::thread::spawn(move || for _ in stderr.lines() {});
@@ -111,7 +111,7 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
     let certs = temp_dir("ready-certs");
     let config = temp_dir("ready-config");
     std::fs::remove_dir(&config).unwrap(); // appears later
-    let _ratings = RatingsPod::start(&net, &ca).await;
+    let _ratings = Pod::start(&net, &ca).await;
 
     let (mut child, addrs, stderr) = spawn_run(&config, &certs);
     let logs = collect(stderr);
@@ -233,7 +233,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
         .unwrap()
         .write_to(&certs)
         .unwrap();
-    let ratings = RatingsPod::start(&net, &ca).await;
+    let ratings = Pod::start(&net, &ca).await;
     let (child, addrs, stderr) = spawn_run(&config, &certs);
     let logs = collect(stderr);
     let client = std::sync::Arc::new(sim::ZtunnelClient::new(
@@ -309,7 +309,7 @@ async fn identity_files_are_watched_and_bad_updates_keep_the_old_certificate() {
     let certs = temp_dir("rotate-certs");
     let first = ca.issue(&spiffe("waypoint")).unwrap();
     first.write_to(&certs).unwrap();
-    let _ratings = RatingsPod::start(&net, &ca).await;
+    let _ratings = Pod::start(&net, &ca).await;
     let (child, addrs, stderr) = spawn_run(&config, &certs);
     let logs = collect(stderr);
     let admin = addrs["admin"];
@@ -494,7 +494,7 @@ async fn istiod_certificates_are_requested_and_renewed_without_failed_requests()
     std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).unwrap();
     let config = temp_dir("istiod-config");
     write_ratings_config(&net, &config);
-    let ratings = RatingsPod::start(&net, ca.ca()).await;
+    let ratings = Pod::start(&net, ca.ca()).await;
 
     // 10-second certificates, renewed when 30 % of the remaining lifetime has passed.
     let args = istiod_args(&ca.address(), &dir, 10, 0.3);
@@ -576,7 +576,7 @@ async fn ca_down_at_start_is_retried_and_a_bad_token_is_named() {
     std::fs::write(dir.join("istio-token"), "good-token").unwrap();
     let config = temp_dir("late-ca-config");
     write_ratings_config(&net, &config);
-    let _ratings = RatingsPod::start(&net, &ca).await;
+    let _ratings = Pod::start(&net, &ca).await;
     // A port nobody listens on yet.
     let ca_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

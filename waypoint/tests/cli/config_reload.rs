@@ -112,8 +112,8 @@ async fn config_version(admin: std::net::SocketAddr) -> u64 {
 async fn fifty_reloads_under_load_fail_nothing_and_bad_edits_keep_the_last_good_config() {
     let net = Net::new();
     let ca = Ca::new("reload test mesh").unwrap();
-    let _v1 = RatingsPod::start_at(&net, &ca, 1, "ratings-v1").await;
-    let _v2 = RatingsPod::start_at(&net, &ca, 2, "ratings-v2").await;
+    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
+    let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
     let config = temp_dir("reload-config");
     write_config(&config, &ratings_routed_to(&net, "v1"));
     let certs = temp_dir("reload-certs");

@@ -52,7 +52,7 @@ async fn istiod_waypoint_template_runs_unchanged() {
         .parse()
         .unwrap();
     ca.issue(&own_id).unwrap().write_to(&certs).unwrap();
-    let _ratings = RatingsPod::start(&net, &ca).await;
+    let _ratings = Pod::start(&net, &ca).await;
 
     let fill = |s: &str| {
         s.replace("@CONFIG_DIR@", &config.to_string_lossy())

@@ -140,33 +140,6 @@ fn serve(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, String> {
     versions
 }
 
-/// A bookinfo pod: app on :9080 and its node's HBONE terminator on :15008 at `@host`.
-struct Pod {
-    app: sim::AppHandle,
-    _pod: sim::PodHandle,
-}
-
-async fn pod(net: &Net, ca: &Ca, host: u8, name: &str, sa: &str) -> Pod {
-    let app = sim::start_app(
-        SocketAddr::new(net.ip(host), 9080),
-        name,
-        sim::AppKind::Http,
-    )
-    .await
-    .unwrap();
-    let cert = ca.issue(&spiffe(sa)).unwrap();
-    let pod = sim::start_pod(SocketAddr::new(net.ip(host), 15008), &cert.workload)
-        .await
-        .unwrap();
-    Pod { app, _pod: pod }
-}
-
-impl Pod {
-    fn requests(&self) -> u64 {
-        self.app.stats.requests.load(Ordering::Relaxed)
-    }
-}
-
 async fn tunnel(ca: &Ca, waypoint: SocketAddr, vip: &str) -> sim::Http1 {
     sim::ZtunnelClient::new(
         ca.issue(&spiffe("productpage")).unwrap().workload,
@@ -227,12 +200,12 @@ async fn xds_mode_follows_istiod_pushes() {
     std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
     std::fs::write(dir.join("token"), TOKEN).unwrap();
 
-    let _productpage = pod(&net, &ca, 5, "productpage-v1", "bookinfo-productpage").await;
-    let ratings = pod(&net, &ca, 6, "ratings-v1", "bookinfo-ratings").await;
-    let ratings2 = pod(&net, &ca, 4, "ratings-v2", "bookinfo-ratings").await;
-    let _v1 = pod(&net, &ca, 7, "reviews-v1", "bookinfo-reviews").await;
-    let _v2 = pod(&net, &ca, 8, "reviews-v2", "bookinfo-reviews").await;
-    let _v3 = pod(&net, &ca, 9, "reviews-v3", "bookinfo-reviews").await;
+    let _productpage = Pod::start_as(&net, &ca, 5, "productpage-v1", "bookinfo-productpage").await;
+    let ratings = Pod::start_as(&net, &ca, 6, "ratings-v1", "bookinfo-ratings").await;
+    let ratings2 = Pod::start_as(&net, &ca, 4, "ratings-v2", "bookinfo-ratings").await;
+    let _v1 = Pod::start_as(&net, &ca, 7, "reviews-v1", "bookinfo-reviews").await;
+    let _v2 = Pod::start_as(&net, &ca, 8, "reviews-v2", "bookinfo-reviews").await;
+    let _v3 = Pod::start_as(&net, &ca, 9, "reviews-v3", "bookinfo-reviews").await;
     let mut doc = bookinfo(&net);
     let first = serve(&server, &doc);
 

@@ -517,7 +517,7 @@ impl AggregatedDiscoveryService for Ads {
             tx,
             subs: BTreeMap::new(),
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(serve_stream(stream, request.into_inner()));
         Ok(Response::new(rx))
     }
 
@@ -536,8 +536,49 @@ impl AggregatedDiscoveryService for Ads {
             tx,
             subs: BTreeMap::new(),
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(serve_stream(stream, request.into_inner()));
         Ok(Response::new(rx))
+    }
+}
+
+/// One ADS stream of either flavour, as [`serve_stream`] drives it.
+trait AdsStream {
+    type Request;
+    fn state(&self) -> &Arc<State>;
+    /// The types this stream has asked for.
+    fn types(&self) -> Vec<String>;
+    /// Send what changed of `type_url`; false when the stream is gone.
+    fn push(&mut self, type_url: &str, force: bool) -> bool;
+    /// False when the stream is gone.
+    fn on_request(&mut self, request: Self::Request) -> bool;
+}
+
+/// Answer requests and push resource changes until the client goes or the server stops.
+async fn serve_stream<S: AdsStream>(mut stream: S, mut inbound: Streaming<S::Request>) {
+    let mut generation = stream.state().generation.subscribe();
+    let mut epoch = stream.state().epoch.subscribe();
+    loop {
+        tokio::select! {
+            _ = epoch.changed() => return,
+            changed = generation.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                for type_url in stream.types() {
+                    if !stream.push(&type_url, false) {
+                        return;
+                    }
+                }
+            }
+            message = inbound.message() => match message {
+                Ok(Some(request)) => {
+                    if !stream.on_request(request) {
+                        return;
+                    }
+                }
+                _ => return,
+            },
+        }
     }
 }
 
@@ -556,36 +597,27 @@ struct DeltaStream {
     subs: BTreeMap<String, DeltaSub>,
 }
 
-impl DeltaStream {
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let mut generation = self.state.generation.subscribe();
-        let mut epoch = self.state.epoch.subscribe();
-        loop {
-            tokio::select! {
-                _ = epoch.changed() => return,
-                changed = generation.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let types: Vec<String> = self.subs.keys().cloned().collect();
-                    for type_url in types {
-                        if !self.push(&type_url, false) {
-                            return;
-                        }
-                    }
-                }
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        if !self.on_request(request) {
-                            return;
-                        }
-                    }
-                    _ => return,
-                },
-            }
-        }
+impl AdsStream for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+
+    fn state(&self) -> &Arc<State> {
+        &self.state
     }
 
+    fn types(&self) -> Vec<String> {
+        self.subs.keys().cloned().collect()
+    }
+
+    fn push(&mut self, type_url: &str, force: bool) -> bool {
+        DeltaStream::push(self, type_url, force)
+    }
+
+    fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
+        DeltaStream::on_request(self, request)
+    }
+}
+
+impl DeltaStream {
     /// False when the stream is gone.
     fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
         self.state.record(Received {
@@ -690,36 +722,27 @@ struct SotwStream {
     subs: BTreeMap<String, SotwSub>,
 }
 
-impl SotwStream {
-    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
-        let mut generation = self.state.generation.subscribe();
-        let mut epoch = self.state.epoch.subscribe();
-        loop {
-            tokio::select! {
-                _ = epoch.changed() => return,
-                changed = generation.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let types: Vec<String> = self.subs.keys().cloned().collect();
-                    for type_url in types {
-                        if !self.push(&type_url, false) {
-                            return;
-                        }
-                    }
-                }
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        if !self.on_request(request) {
-                            return;
-                        }
-                    }
-                    _ => return,
-                },
-            }
-        }
+impl AdsStream for SotwStream {
+    type Request = DiscoveryRequest;
+
+    fn state(&self) -> &Arc<State> {
+        &self.state
     }
 
+    fn types(&self) -> Vec<String> {
+        self.subs.keys().cloned().collect()
+    }
+
+    fn push(&mut self, type_url: &str, force: bool) -> bool {
+        SotwStream::push(self, type_url, force)
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest) -> bool {
+        SotwStream::on_request(self, request)
+    }
+}
+
+impl SotwStream {
     fn on_request(&mut self, request: DiscoveryRequest) -> bool {
         self.state.record(Received {
             stream: self.caller.stream,

@@ -48,12 +48,12 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 /// ratings-v1 at @1: the app on :9080 and its node's HBONE terminator on :15008.
-pub struct RatingsPod {
+pub struct Pod {
     pub app: sim::AppHandle,
     pub pod: sim::PodHandle,
 }
 
-impl RatingsPod {
+impl Pod {
     /// Requests the app has received.
     pub fn requests(&self) -> u64 {
         self.app
@@ -68,6 +68,11 @@ impl RatingsPod {
 
     /// A ratings pod named `name` at `@host` (app on :9080, HBONE on :15008).
     pub async fn start_at(net: &Net, ca: &Ca, host: u8, name: &str) -> Self {
+        Self::start_as(net, ca, host, name, "bookinfo-ratings").await
+    }
+
+    /// A pod named `name` at `@host` with service account `sa`.
+    pub async fn start_as(net: &Net, ca: &Ca, host: u8, name: &str, sa: &str) -> Self {
         let app = sim::start_app(
             SocketAddr::new(net.ip(host), 9080),
             name,
@@ -75,7 +80,7 @@ impl RatingsPod {
         )
         .await
         .unwrap();
-        let cert = ca.issue(&spiffe("bookinfo-ratings")).unwrap();
+        let cert = ca.issue(&spiffe(sa)).unwrap();
         let pod = sim::start_pod(SocketAddr::new(net.ip(host), 15008), &cert.workload)
             .await
             .unwrap();
