@@ -5,7 +5,8 @@
 //! One scenario, in order: the split converges to 90/10; a push to 50/50 takes effect without a
 //! restart and without a failed request under load; an invalid resource is NACKed naming it while
 //! traffic keeps the last good split; a push adding then removing a ratings endpoint moves traffic
-//! onto it and off it again; the server going away and coming back is survived (last config keeps
+//! onto it and off it again (a request in flight on it when it goes still completes); the server
+//! going away and coming back is survived (last config keeps
 //! serving, the client reconnects with the versions it holds and resyncs).
 
 use std::collections::BTreeMap;
@@ -334,8 +335,36 @@ async fn xds_mode_follows_istiod_pushes() {
         ratings2.requests() > before,
         "the added endpoint gets traffic"
     );
+    // A request in flight on ratings-v2 when it is removed still completes.
+    let mut in_flight = None;
+    for _ in 0..40 {
+        let seen = ratings2.requests();
+        let mut send = tunnel(&ca, waypoint, RATINGS_VIP).await;
+        let slow = tokio::spawn(async move {
+            let slow_on_v2 = [("x-delay-ms", "1500"), ("x-delay-on", "ratings-v2")];
+            sim::get(&mut send, "ratings:9080", "/ratings/1", &slow_on_v2)
+                .await
+                .map(|(p, _)| p.status.as_u16())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if ratings2.requests() > seen {
+            in_flight = Some(slow);
+            break;
+        }
+        assert_eq!(slow.await.unwrap().unwrap(), 200);
+    }
+    let in_flight = in_flight.expect("a request reached ratings-v2");
     set_ratings_endpoints(&mut doc, &net, &[6]);
     wait_ack(&server, &serve(&server, &doc)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "still in flight after the removal"
+    );
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the request in flight on the removed endpoint completes"
+    );
     let (before2, before1) = (ratings2.requests(), ratings.requests());
     for _ in 0..60 {
         let (p, _) = sim::get(&mut ratings_tunnel, "ratings:9080", "/ratings/1", &[])
