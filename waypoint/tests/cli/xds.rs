@@ -6,8 +6,8 @@
 //! restart and without a failed request under load; an invalid resource is NACKed naming it while
 //! traffic keeps the last good split; a push adding then removing a ratings endpoint moves traffic
 //! onto it and off it again (a request in flight on it when it goes still completes); the server
-//! going away and coming back is survived (last config keeps
-//! serving, the client reconnects with the versions it holds and resyncs).
+//! going away and coming back is survived (the last config keeps serving, the client reconnects
+//! with the versions it holds and resyncs).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
