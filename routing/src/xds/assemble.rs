@@ -323,12 +323,21 @@ pub(crate) fn translate(
         }
     }
 
+    // Each service's clusters, grouped once (a scan per service was quadratic in services).
+    let mut by_host: BTreeMap<&str, Vec<(&String, &ServiceCluster)>> = BTreeMap::new();
+    for (name, sc) in &svc_clusters {
+        by_host
+            .entry(sc.name.host.as_str())
+            .or_default()
+            .push((name, sc));
+    }
     let mut builder = SnapshotBuilder::new();
     for (host, acc) in services {
+        let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
         build_service(
             &host,
             acc,
-            &svc_clusters,
+            mine,
             &pods,
             &upstream,
             opts,
@@ -400,7 +409,7 @@ pub const ANY_SERVICE_ACCOUNT: &str = "*";
 fn build_service(
     host: &str,
     acc: ServiceAcc,
-    svc_clusters: &BTreeMap<String, ServiceCluster>,
+    mine: &[(&String, &ServiceCluster)],
     pods: &BTreeMap<String, Vec<PodEndpoint>>,
     upstream: &UpstreamIdentity,
     opts: &TranslateOptions,
@@ -411,10 +420,6 @@ fn build_service(
         .namespace
         .clone()
         .unwrap_or_else(|| namespace_of_host(host));
-    let mine: Vec<(&String, &ServiceCluster)> = svc_clusters
-        .iter()
-        .filter(|(_, sc)| sc.name.host == host)
-        .collect();
     // Ports.
     let mut ports = Vec::new();
     for (number, p) in &acc.ports {
@@ -437,7 +442,7 @@ fn build_service(
         };
         // Target port: the pods' port in this port's own (no subset) cluster.
         let mut targets = BTreeSet::new();
-        for (name, sc) in &mine {
+        for (name, sc) in mine {
             if sc.name.port == *number {
                 targets.extend(pods.get(*name).into_iter().flatten().map(|p| p.addr.port()));
             }
@@ -470,7 +475,7 @@ fn build_service(
         workload: Option<String>,
     }
     let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
-    for (name, sc) in &mine {
+    for (name, sc) in mine {
         for p in pods.get(*name).into_iter().flatten() {
             let e = eps.entry(p.addr.ip()).or_insert_with(|| Acc {
                 labels: BTreeMap::new(),
@@ -521,7 +526,7 @@ fn build_service(
     // DestinationRule from the clusters' effective policies.
     let mut top = TrafficPolicy::default();
     let mut subsets: BTreeMap<String, TrafficPolicy> = BTreeMap::new();
-    for (_, sc) in &mine {
+    for (_, sc) in mine {
         let p = &sc.policy;
         match &sc.name.subset {
             None => {
