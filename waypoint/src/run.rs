@@ -321,7 +321,22 @@ impl BackgroundService for DataplaneService {
         let (_xds_stop, xds_stopped) = tokio::sync::watch::channel(false);
         let sink = xds.map(|xds| {
             let sink = xds.sink.clone();
-            tokio::spawn(xds.run(xds_stopped));
+            // Its own thread and runtime: translating a large state takes a while (about 0.9 s
+            // for 10 000 services) and must not hold up a data-path worker.
+            let spawned = std::thread::Builder::new()
+                .name("xds".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(xds.run(xds_stopped)),
+                        Err(e) => error!(error = %e, "cannot start the xDS client's runtime"),
+                    }
+                });
+            if let Err(e) = spawned {
+                error!(error = %e, "cannot start the xDS client's thread");
+            }
             sink
         });
         let Some((cert, snapshot)) = self

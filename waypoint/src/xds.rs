@@ -9,6 +9,8 @@
 //!   arrived and every EDS assignment and RDS route configuration they need is there. Until then
 //!   the previous snapshot serves (at start-up: readiness says what is awaited).
 //! - Disconnects keep the last snapshot serving; the client reconnects with backoff and resyncs.
+//! - The client and the translations run on their own thread (`run.rs`), off the data path's
+//!   workers.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
