@@ -1,7 +1,8 @@
 //! Drop-in for istiod's waypoint template: the binary started with exactly the arguments and
 //! environment istiod renders for the `istio-proxy` container (fixture written from
 //! `manifests/charts/istio-control/istio-discovery/files/waypoint.yaml`), in local-files mode with
-//! file-based identity, comes up ready on the probe's port and path and serves traffic.
+//! file-based identity, comes up ready on the probe's port and path and serves traffic; and the
+//! same container without the config overlay takes its routing config from istiod over xDS.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -9,6 +10,7 @@ use std::process::Command;
 use crate::common::*;
 use waypoint::identity::{Ca, SpiffeId};
 use waypoint_tests::{sim, Net};
+use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 const FIXTURE: &str = include_str!("../fixtures/istiod-waypoint-container.json");
 
@@ -148,4 +150,72 @@ async fn istiod_waypoint_template_runs_unchanged() {
             && stderr.contains(&own_id.to_string()),
         "{stderr}"
     );
+
+    // The same container without the files overlay: routing config from istiod over xDS. The
+    // test ADS server stands in for istiod at XDS_ADDRESS (PROXY_CONFIG's discoveryAddress names
+    // the real one), verified with XDS_ROOT_CA, authenticated by the token at XDS_TOKEN.
+    let pki = TestPki::new();
+    let server = AdsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki,
+        AdsServerOptions::with_token("template-token"),
+    )
+    .await
+    .unwrap();
+    std::fs::write(certs.join("istiod-root.pem"), pki.root_pem()).unwrap();
+    std::fs::write(certs.join("istio-token"), "template-token").unwrap();
+    let mut pods = Vec::new();
+    for (host, name, sa) in [
+        (6, "ratings-v1", "bookinfo-ratings"),
+        (7, "reviews-v1", "bookinfo-reviews"),
+        (8, "reviews-v2", "bookinfo-reviews"),
+    ] {
+        pods.push(Pod::start_as(&net, &ca, host, name, sa).await);
+    }
+    crate::xds::serve(&server, &crate::xds::bookinfo(&net));
+    let mut xds_env = env.clone();
+    xds_env.remove("WAYPOINT_CONFIG_DIR");
+    let mut proxy_config: serde_json::Value =
+        serde_json::from_str(&xds_env["PROXY_CONFIG"]).unwrap();
+    proxy_config["proxyMetadata"] = serde_json::json!({});
+    xds_env.insert("PROXY_CONFIG".into(), proxy_config.to_string());
+    xds_env.insert("XDS_ADDRESS".into(), server.address());
+    xds_env.insert(
+        "XDS_ROOT_CA".into(),
+        certs.join("istiod-root.pem").to_string_lossy().into(),
+    );
+    xds_env.insert(
+        "XDS_TOKEN".into(),
+        certs.join("istio-token").to_string_lossy().into(),
+    );
+    let mut cmd = Command::new(binary());
+    cmd.env_clear().envs(&xds_env).args(&args);
+    let (child, addrs, _stderr) = spawn_announcing(&mut cmd, 5);
+    let (status, _) = poll_until(health, path, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    let node = server.requests()[0].node.clone().expect("node");
+    assert_eq!(
+        node.id,
+        "waypoint~127.0.0.1~waypoint-5c7d9f8b6-x2k4q.bookinfo~bookinfo.svc.cluster.local"
+    );
+    let mut send = sim::ZtunnelClient::new(
+        ca.issue(&waypoint_tests::spiffe("productpage"))
+            .unwrap()
+            .workload,
+        addrs["hbone"],
+        own_id.clone(),
+    )
+    .http1("10.96.0.12:9080".parse().unwrap())
+    .await
+    .unwrap();
+    let (parts, _) = sim::get(&mut send, "reviews:9080", "/reviews/1", &[])
+        .await
+        .unwrap();
+    assert_eq!(parts.status, 200);
+    assert!(parts.headers["x-pod"]
+        .to_str()
+        .unwrap()
+        .starts_with("reviews-v"));
+    drop(send);
+    sigterm_and_wait(child).await;
 }

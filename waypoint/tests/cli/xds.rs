@@ -29,7 +29,7 @@ const REVIEWS_VIP: &str = "10.96.0.12:9080";
 const RATINGS_VIP: &str = "10.96.0.11:9080";
 
 /// The fixture on this test's net: pod IPs 10.244.1.N → @N, trust domain → the test mesh's.
-fn bookinfo(net: &Net) -> Value {
+pub(crate) fn bookinfo(net: &Net) -> Value {
     let mut text = FIXTURE.replace("example.org", TRUST_DOMAIN);
     for n in 5..=9 {
         text = text.replace(&format!("10.244.1.{n}"), &net.ip(n).to_string());
@@ -117,7 +117,7 @@ fn set_ratings_endpoints(doc: &mut Value, net: &Net, hosts: &[u8]) {
 }
 
 /// Serve `doc`'s resources (all of them, replacing what the server holds of each name).
-fn serve(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, String> {
+pub(crate) fn serve(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, String> {
     let res = routing::xds::json::load_resources(&doc.to_string()).unwrap();
     let mut versions = BTreeMap::new();
     for l in &res.listeners {
