@@ -106,16 +106,7 @@ async fn istiod_waypoint_template_runs_unchanged() {
     let (status, body) = poll_until(health, path, |s, _| s == 200).await;
     assert_eq!((status, body.trim()), (200, "ready"));
 
-    let mut send = sim::ZtunnelClient::new(
-        ca.issue(&waypoint_tests::spiffe("productpage"))
-            .unwrap()
-            .workload,
-        addrs["hbone"],
-        own_id.clone(),
-    )
-    .http1("10.0.0.20:9080".parse().unwrap())
-    .await
-    .unwrap();
+    let mut send = client_to(&ca, addrs["hbone"], &own_id, "10.0.0.20:9080").await;
     ok_request(&mut send, "template-1").await;
     drop(send);
     for port in [15020, 15090] {
@@ -198,16 +189,7 @@ async fn istiod_waypoint_template_runs_unchanged() {
         node.id,
         "waypoint~127.0.0.1~waypoint-5c7d9f8b6-x2k4q.bookinfo~bookinfo.svc.cluster.local"
     );
-    let mut send = sim::ZtunnelClient::new(
-        ca.issue(&waypoint_tests::spiffe("productpage"))
-            .unwrap()
-            .workload,
-        addrs["hbone"],
-        own_id.clone(),
-    )
-    .http1("10.96.0.12:9080".parse().unwrap())
-    .await
-    .unwrap();
+    let mut send = client_to(&ca, addrs["hbone"], &own_id, "10.96.0.12:9080").await;
     let (parts, _) = sim::get(&mut send, "reviews:9080", "/reviews/1", &[])
         .await
         .unwrap();

@@ -142,14 +142,7 @@ pub(crate) fn serve(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, S
 }
 
 async fn tunnel(ca: &Ca, waypoint: SocketAddr, vip: &str) -> sim::Http1 {
-    sim::ZtunnelClient::new(
-        ca.issue(&spiffe("productpage")).unwrap().workload,
-        waypoint,
-        spiffe("waypoint"),
-    )
-    .http1(vip.parse().unwrap())
-    .await
-    .unwrap()
+    client_to(ca, waypoint, &spiffe("waypoint"), vip).await
 }
 
 /// `n` requests to reviews; the pods that answered, counted.

@@ -608,16 +608,6 @@ impl AdsStream for DeltaStream {
         self.subs.keys().cloned().collect()
     }
 
-    fn push(&mut self, type_url: &str, force: bool) -> bool {
-        DeltaStream::push(self, type_url, force)
-    }
-
-    fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
-        DeltaStream::on_request(self, request)
-    }
-}
-
-impl DeltaStream {
     /// False when the stream is gone.
     fn on_request(&mut self, request: DeltaDiscoveryRequest) -> bool {
         self.state.record(Received {
@@ -733,16 +723,6 @@ impl AdsStream for SotwStream {
         self.subs.keys().cloned().collect()
     }
 
-    fn push(&mut self, type_url: &str, force: bool) -> bool {
-        SotwStream::push(self, type_url, force)
-    }
-
-    fn on_request(&mut self, request: DiscoveryRequest) -> bool {
-        SotwStream::on_request(self, request)
-    }
-}
-
-impl SotwStream {
     fn on_request(&mut self, request: DiscoveryRequest) -> bool {
         self.state.record(Received {
             stream: self.caller.stream,

@@ -96,12 +96,23 @@ pub fn write_ratings_config(net: &Net, dir: &std::path::Path) {
 
 /// A ztunnel-like client (as productpage) with an HTTP/1.1 tunnel to the ratings VIP.
 pub async fn client(ca: &Ca, waypoint: SocketAddr) -> sim::Http1 {
+    client_to(ca, waypoint, &spiffe("waypoint"), "10.0.0.20:9080").await
+}
+
+/// A tunnel from productpage (as its ztunnel would open it) through the waypoint `waypoint_id`
+/// at `waypoint` to `dst` (a VIP:port).
+pub async fn client_to(
+    ca: &Ca,
+    waypoint: SocketAddr,
+    waypoint_id: &waypoint::identity::SpiffeId,
+    dst: &str,
+) -> sim::Http1 {
     sim::ZtunnelClient::new(
         ca.issue(&spiffe("productpage")).unwrap().workload,
         waypoint,
-        spiffe("waypoint"),
+        waypoint_id.clone(),
     )
-    .http1("10.0.0.20:9080".parse().unwrap())
+    .http1(dst.parse().unwrap())
     .await
     .unwrap()
 }
