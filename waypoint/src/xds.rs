@@ -5,16 +5,18 @@
 //! - A candidate Envoy would reject (bad regex, weights that do not add up, a typed config that
 //!   does not decode…) is NACKed naming each resource and why; the last good snapshot keeps
 //!   serving and the rejection is counted and logged once.
-//! - A state is published only once it is complete, as Envoy warms clusters: listeners have
-//!   arrived and every EDS assignment and RDS route configuration they need is there. Until then
-//!   the previous snapshot serves (at start-up: readiness says what is awaited).
+//! - A state is published once it is complete, as Envoy warms clusters: listeners have arrived and
+//!   every EDS assignment and RDS route configuration they need is there. Until then the previous
+//!   snapshot serves (at start-up: readiness says what is awaited). As Envoy's
+//!   `initial_fetch_timeout` (15 s), an incomplete state is published anyway once it has waited
+//!   that long, with a warning naming what never came (those clusters have no endpoints).
 //! - Disconnects keep the last snapshot serving; the client reconnects with backoff and resyncs.
 //! - The client and the translations run on their own thread (`run.rs`), off the data path's
 //!   workers.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use routing::xds::{Resources, TranslateOptions};
@@ -25,11 +27,33 @@ use xds_client::{type_url, Handler, Rejection, ResourceState, Subscriptions, Upd
 use crate::app::App;
 use crate::status::Status;
 
+/// How long an incomplete state waits for what it lacks before it is published anyway (Envoy's
+/// default `initial_fetch_timeout`).
+pub const WARM_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Where translated snapshots go: held until the data path exists, then published to it.
-#[derive(Default)]
 pub struct SnapshotSink {
     state: Mutex<SinkState>,
     arrived: tokio::sync::Notify,
+    /// The newest incomplete state, published by [`SnapshotSink::warm_timeouts`] when it has
+    /// waited [`WARM_TIMEOUT`] and nothing complete came.
+    incomplete: Mutex<Option<Incomplete>>,
+    warm_timeout: Duration,
+}
+
+struct Incomplete {
+    snapshot: Snapshot,
+    /// What it lacks, for the warning.
+    missing: String,
+    /// When the first of a run of incomplete states arrived plus the warm timeout: a stream of
+    /// incomplete pushes does not postpone it.
+    deadline: Instant,
+}
+
+impl Default for SnapshotSink {
+    fn default() -> Self {
+        Self::with_warm_timeout(WARM_TIMEOUT)
+    }
 }
 
 #[derive(Default)]
@@ -45,9 +69,61 @@ impl SnapshotSink {
         Arc::new(Self::default())
     }
 
+    pub fn with_warm_timeout(warm_timeout: Duration) -> Self {
+        Self {
+            state: Mutex::new(SinkState::Waiting),
+            arrived: tokio::sync::Notify::new(),
+            incomplete: Mutex::new(None),
+            warm_timeout,
+        }
+    }
+
+    /// A state that still lacks `missing`: kept, and published by [`Self::warm_timeouts`] if
+    /// nothing complete replaces it within the warm timeout.
+    pub fn offer_incomplete(&self, snapshot: Snapshot, missing: String) {
+        let mut incomplete = self.incomplete.lock();
+        let deadline = incomplete
+            .as_ref()
+            .map_or_else(|| Instant::now() + self.warm_timeout, |i| i.deadline);
+        *incomplete = Some(Incomplete {
+            snapshot,
+            missing,
+            deadline,
+        });
+    }
+
+    /// Publish an incomplete state that has waited long enough (run for the client's lifetime).
+    pub async fn warm_timeouts(self: Arc<Self>) {
+        let tick = (self.warm_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let due = {
+                let mut incomplete = self.incomplete.lock();
+                match &*incomplete {
+                    Some(i) if Instant::now() >= i.deadline => incomplete.take(),
+                    _ => None,
+                }
+            };
+            if let Some(i) = due {
+                warn!(
+                    missing = %i.missing,
+                    "xDS: published without what istiod has not sent within {:?} (as Envoy's \
+                     initial_fetch_timeout); those clusters have no endpoints",
+                    self.warm_timeout
+                );
+                self.publish(i.snapshot);
+            }
+        }
+    }
+
     /// A new complete snapshot: published at once when the data path runs, else held (the
-    /// newest one wins).
+    /// newest one wins). It replaces any incomplete one waiting.
     pub fn offer(&self, snapshot: Snapshot) {
+        self.incomplete.lock().take();
+        self.publish(snapshot);
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
         let mut state = self.state.lock();
         match &*state {
             SinkState::Live(app) => app.publish(snapshot, "xds"),
@@ -189,8 +265,9 @@ impl Handler for XdsHandler {
                     self.status
                         .waiting_for("config", format!("waiting for istiod to send {what}"));
                 }
-                self.awaiting = Some(what);
+                self.awaiting = Some(what.clone());
             }
+            self.sink.offer_incomplete(translation.snapshot, what);
             return Ok(subscriptions);
         }
         self.awaiting = None;
@@ -269,7 +346,9 @@ impl XdsRuntime {
 
     /// Keep the stream to istiod until `shutdown` turns true.
     pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let timer = tokio::spawn(self.sink.clone().warm_timeouts());
         self.client.run(self.handler, shutdown).await;
+        timer.abort();
     }
 }
 
@@ -328,5 +407,52 @@ pub fn translate_command(args: &TranslateArgs) -> i32 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        routing::SnapshotBuilder::new().build()
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_state_is_published_after_the_warm_timeout() {
+        let sink = Arc::new(SnapshotSink::with_warm_timeout(Duration::from_millis(200)));
+        let timer = tokio::spawn(sink.clone().warm_timeouts());
+        sink.offer_incomplete(snapshot(), "EDS a".into());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A newer incomplete state keeps the first one's deadline.
+        let newer = snapshot();
+        let newer_version = newer.version();
+        sink.offer_incomplete(newer, "EDS a, b".into());
+        assert!(sink.take().is_none(), "not before the timeout");
+        sink.wait(Duration::from_secs(2)).await;
+        let published = sink.take().expect("published at the timeout");
+        assert_eq!(
+            published.version(),
+            newer_version,
+            "the newest incomplete state"
+        );
+        timer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_complete_state_cancels_the_incomplete_one() {
+        let sink = Arc::new(SnapshotSink::with_warm_timeout(Duration::from_millis(100)));
+        let timer = tokio::spawn(sink.clone().warm_timeouts());
+        sink.offer_incomplete(snapshot(), "EDS a".into());
+        let complete = snapshot();
+        let version = complete.version();
+        sink.offer(complete);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(sink.take().map(|s| s.version()), Some(version));
+        assert!(
+            sink.take().is_none(),
+            "nothing published after the complete state"
+        );
+        timer.abort();
     }
 }
