@@ -88,6 +88,16 @@ async fn one_inbound_tunnel_reuses_one_upstream_tunnel() {
         1,
         "200 sequential requests must share one upstream tunnel"
     );
+    assert_eq!(
+        mesh.bench
+            .app
+            .pool
+            .stats
+            .returned_late
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "every tunnel came back at pingora's reuse test, none through pingora's own pool"
+    );
     let app = mesh.app("reviews-v1");
     assert_eq!(
         app.stats

@@ -6,12 +6,17 @@
 //!
 //! The way around it, with public pingora APIs only: the L4 connector we hand pingora
 //! ([`TunnelConnector`], via `PeerOptions::custom_l4`) returns a [`PooledTunnel`] that carries a
-//! [`Lease`]. When the proxy has finished a request cleanly over HTTP/1.1 it gives the tunnel
-//! back through the lease (in the `logging` hook, which runs after pingora decided about reuse:
-//! a session it would not reuse is already dropped, one it would reuse sits in its pool). The
-//! tunnel goes back to *our* idle list, keyed by (endpoint, identity), still holding the app's
-//! keep-alive HTTP/1.1 session, and pingora keeps an empty husk that it discards on its next
-//! lookup. The next `connect()` for that endpoint takes it from there.
+//! [`Lease`]. Once pingora has read the whole upstream response (the proxy marks the lease
+//! complete from its body filter, or from its header filter for a response without a body),
+//! pingora's next step for a keep-alive session is to test it for reuse with a one-shot read:
+//! that read gives the tunnel back to *our* idle list, keyed by (endpoint, identity), still
+//! holding the app's keep-alive HTTP/1.1 session, and answers EOF, so pingora discards what it
+//! holds instead of pooling it. (pingora-pool keys its LRU by file descriptor, and a virtual
+//! stream's is always -1: pooled tunnels would share one LRU slot and race its length counter,
+//! which panics in debug builds.) A session pingora will not reuse is shut down instead, and a
+//! shut-down tunnel is never given back. Should neither happen, the `logging` hook gives a
+//! cleanly finished tunnel back as a fallback.
+//! The next `connect()` for that endpoint takes it from there.
 //!
 //! A cluster's DestinationRule `connectionPool` applies here ([`TunnelPolicy`]): `tcp.connectTimeout`
 //! bounds opening a tunnel; `tcp.maxConnections` caps the cluster's open tunnels (in use or idle);
@@ -25,7 +30,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -176,6 +181,9 @@ struct IdleTunnel {
 pub struct PoolStats {
     pub tunnels_reused: AtomicU64,
     pub tunnels_returned: AtomicU64,
+    /// Tunnels given back only from the `logging` hook: pingora had pooled their session (the
+    /// fallback; the reuse test normally gives them back first).
+    pub returned_late: AtomicU64,
 }
 
 pub struct TunnelPool {
@@ -203,7 +211,21 @@ impl Lease {
     pub fn mark_clean(&self) {
         let loan = self.loan.lock().upgrade();
         if let Some(loan) = loan {
-            loan.give_back();
+            if loan.give_back() {
+                loan.pool
+                    .stats
+                    .returned_late
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// pingora has read the whole upstream response: its next read of the tunnel is its reuse
+    /// test, which gives the tunnel back.
+    pub fn mark_complete(&self) {
+        let loan = self.loan.lock().upgrade();
+        if let Some(loan) = loan {
+            loan.complete.store(true, Ordering::Release);
         }
     }
 }
@@ -213,18 +235,23 @@ struct Loan {
     /// The tunnel and its terms (which hold the cluster connection slot): all of it leaves the
     /// loan when it is given back, so a husk left in pingora's pool holds nothing.
     tunnel: Mutex<Option<(H2Stream, StreamSlot, TunnelTerms)>>,
+    /// The response has been read to its end (see [`Lease::mark_complete`]).
+    complete: AtomicBool,
     key: TunnelKey,
     pool: Arc<TunnelPool>,
 }
 
 impl Loan {
-    fn give_back(&self) {
+    /// Return the tunnel to the idle list if it is still lent (and fit); whether it was lent.
+    fn give_back(&self) -> bool {
         let taken = self.tunnel.lock().take();
+        let lent = taken.is_some();
         if let Some((mut stream, slot, terms)) = taken {
             if stream.is_reusable() {
                 self.pool.put_idle(self.key.clone(), stream, slot, terms);
             }
         }
+        lent
     }
 }
 
@@ -395,6 +422,7 @@ impl TunnelPool {
     ) -> PooledTunnel {
         let loan = Arc::new(Loan {
             tunnel: Mutex::new(Some((stream, slot, terms))),
+            complete: AtomicBool::new(false),
             key,
             pool: self.clone(),
         });
@@ -467,6 +495,12 @@ impl AsyncRead for PooledTunnel {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.loan.complete.load(Ordering::Acquire) {
+            // pingora's reuse test of a finished keep-alive session: the tunnel goes back to our
+            // pool and pingora sees a closed stream, which it drops rather than pools.
+            self.loan.give_back();
+            return Poll::Ready(Ok(()));
+        }
         match self.loan.tunnel.lock().as_mut() {
             Some((stream, _, _)) => Pin::new(stream).poll_read(cx, buf),
             // Only pingora's idle watch reads a husk: it stays quiet, as the idle tunnel did

@@ -105,6 +105,8 @@ pub struct RequestCtx {
     lease: Option<Arc<Lease>>,
     /// Copies of the request body on their way to mirrors.
     mirror_taps: Vec<crate::mirror::BodyTap>,
+    /// The upstream answered 101: its tunnel carries the upgraded protocol and is never reused.
+    upgraded: bool,
     failure: Arc<Mutex<Option<String>>>,
     flags: Flags,
     details: &'static str,
@@ -145,6 +147,7 @@ impl ProxyHttp for Waypoint {
             upstream_time: None,
             lease: None,
             mirror_taps: Vec::new(),
+            upgraded: false,
             failure: Arc::new(Mutex::new(None)),
             flags: Flags::default(),
             details: "",
@@ -520,7 +523,7 @@ impl ProxyHttp for Waypoint {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut pingora_http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -555,6 +558,19 @@ impl ProxyHttp for Waypoint {
                 return Err(e);
             }
         }
+        // A response without a body is complete with its header. (1xx: the final response
+        // follows, or, for 101, the tunnel now carries the upgraded protocol.)
+        let status = upstream_response.status.as_u16();
+        ctx.upgraded |= status == 101;
+        let no_body = matches!(status, 204 | 304)
+            || session.req_header().method == http::Method::HEAD
+            || upstream_response
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() == b"0");
+        if no_body {
+            self.response_complete(ctx);
+        }
         Ok(())
     }
 
@@ -574,6 +590,19 @@ impl ProxyHttp for Waypoint {
             response.append_header(k, v.as_str())?;
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            self.response_complete(ctx);
+        }
+        Ok(None)
     }
 
     async fn request_body_filter(

@@ -17,6 +17,16 @@ use crate::tunnel::TunnelInfo;
 use routing::Protocol;
 
 impl Waypoint {
+    /// The upstream HTTP/1.1 response has been read to its end: the tunnel can go back to the
+    /// pool at pingora's reuse test (see hbone/pool.rs). h2 upstreams are pingora's own.
+    pub(super) fn response_complete(&self, ctx: &RequestCtx) {
+        if !ctx.upstream_h2 && !ctx.upgraded {
+            if let Some(lease) = &ctx.lease {
+                lease.mark_complete();
+            }
+        }
+    }
+
     /// A response of the waypoint's own (no route, overflow, redirect, direct response, CORS
     /// preflight, fault). It keeps the client's connection, as Envoy's local replies do, unless
     /// a request body is still unread on it.
