@@ -13,7 +13,6 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use futures::channel::mpsc;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -21,13 +20,11 @@ use tonic::transport::Channel;
 use crate::client::StreamError;
 use crate::config::Mode;
 use crate::resource::{Handler, Rejection, Resource};
-use crate::session::{nack_detail, next, open, payload_name, Core, Outcome};
+use crate::session::{drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
-    tx: mpsc::UnboundedSender<DeltaDiscoveryRequest>,
-    /// The node goes on the first request of the stream only.
-    node_sent: bool,
+    out: Outbox<DeltaDiscoveryRequest>,
     /// Named types: the names subscribed on this stream.
     sent: BTreeMap<String, BTreeSet<String>>,
 }
@@ -39,43 +36,38 @@ pub(crate) async fn run<H: Handler>(
     metadata: MetadataMap,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), StreamError> {
-    let (tx, rx) = mpsc::unbounded();
+    let (out, rx) = Outbox::new(core.cfg.node.to_node());
     let mut stream = Stream {
         core,
-        tx,
-        node_sent: false,
+        out,
         sent: BTreeMap::new(),
     };
-    stream.initial_requests()?;
-    let mut request = tonic::Request::new(rx);
-    *request.metadata_mut() = metadata;
-    let Some(mut inbound) = open(client.delta_aggregated_resources(request), shutdown).await?
-    else {
-        return Ok(());
-    };
-    stream.core.set_connected(Mode::Delta);
-    while let Some(response) = next(&mut inbound, shutdown).await? {
-        stream.on_response(response)?;
+    let call = |request| async move { client.delta_aggregated_resources(request).await };
+    drive(&mut stream, rx, metadata, call, shutdown).await
+}
+
+impl<H: Handler> Flavour for Stream<'_, H> {
+    type Response = DeltaDiscoveryResponse;
+
+    fn initial_requests(&mut self) -> Result<(), StreamError> {
+        Stream::initial_requests(self)
     }
-    Ok(())
+
+    fn connected(&mut self) {
+        self.core.set_connected(Mode::Delta);
+    }
+
+    fn on_response(&mut self, response: DeltaDiscoveryResponse) -> Result<(), StreamError> {
+        Stream::on_response(self, response)
+    }
 }
 
 impl<H: Handler> Stream<'_, H> {
-    fn send(&mut self, mut request: DeltaDiscoveryRequest) -> Result<(), StreamError> {
-        if !self.node_sent {
-            request.node = Some(self.core.cfg.node.to_node());
-            self.node_sent = true;
-        }
-        self.tx
-            .unbounded_send(request)
-            .map_err(|_| StreamError::Closed)
-    }
-
     /// Wildcard types in configured order (CDS, LDS) with what we hold, then named types.
     fn initial_requests(&mut self) -> Result<(), StreamError> {
         for type_url in self.core.cfg.wildcard_types.clone() {
             let initial_resource_versions = self.core.accepted.versions(&type_url);
-            self.send(DeltaDiscoveryRequest {
+            self.out.send(DeltaDiscoveryRequest {
                 type_url,
                 initial_resource_versions,
                 ..Default::default()
@@ -112,7 +104,7 @@ impl<H: Handler> Stream<'_, H> {
                 HashMap::new()
             };
             self.sent.insert(type_url.clone(), want);
-            self.send(DeltaDiscoveryRequest {
+            self.out.send(DeltaDiscoveryRequest {
                 type_url,
                 resource_names_subscribe: subscribe,
                 resource_names_unsubscribe: unsubscribe,
@@ -190,7 +182,7 @@ impl<H: Handler> Stream<'_, H> {
             .offer(&type_url, candidate, &updated, &removed, rejections)
         {
             Outcome::Accepted => {
-                self.send(DeltaDiscoveryRequest {
+                self.out.send(DeltaDiscoveryRequest {
                     type_url: type_url.clone(),
                     response_nonce: nonce.clone(),
                     ..Default::default()
@@ -211,7 +203,7 @@ impl<H: Handler> Stream<'_, H> {
     ) -> Result<(), StreamError> {
         let detail = nack_detail(rejections);
         self.core.record_nack(type_url, &detail);
-        self.send(DeltaDiscoveryRequest {
+        self.out.send(DeltaDiscoveryRequest {
             type_url: type_url.to_string(),
             response_nonce: nonce.to_string(),
             error_detail: Some(detail),

@@ -3,8 +3,14 @@
 
 use std::collections::BTreeSet;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::rpc;
+use futures::channel::mpsc;
 use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
+
+use crate::client::StreamError;
 
 use crate::config::{ClientConfig, Mode};
 use crate::resource::{type_url, Handler, Rejection, ResourceState, Subscriptions, Update};
@@ -160,12 +166,95 @@ pub(crate) fn payload_name(bytes: &[u8]) -> Result<String, String> {
         .map_err(|e| format!("payload does not decode: {e}"))
 }
 
+/// A request type that carries the node on the first request of a stream.
+pub(crate) trait NodeRequest {
+    fn set_node(&mut self, node: Node);
+}
+
+impl NodeRequest for DeltaDiscoveryRequest {
+    fn set_node(&mut self, node: Node) {
+        self.node = Some(node);
+    }
+}
+
+impl NodeRequest for DiscoveryRequest {
+    fn set_node(&mut self, node: Node) {
+        self.node = Some(node);
+    }
+}
+
+/// The sending half of one ADS stream: the node goes on its first request only.
+pub(crate) struct Outbox<R> {
+    tx: mpsc::UnboundedSender<R>,
+    node: Option<Node>,
+}
+
+impl<R: NodeRequest> Outbox<R> {
+    pub(crate) fn new(node: Node) -> (Self, mpsc::UnboundedReceiver<R>) {
+        let (tx, rx) = mpsc::unbounded();
+        (
+            Self {
+                tx,
+                node: Some(node),
+            },
+            rx,
+        )
+    }
+
+    pub(crate) fn send(&mut self, mut request: R) -> Result<(), StreamError> {
+        if let Some(node) = self.node.take() {
+            request.set_node(node);
+        }
+        self.tx
+            .unbounded_send(request)
+            .map_err(|_| StreamError::Closed)
+    }
+}
+
+/// How one ADS flavour (Delta, state of the world) handles its stream.
+pub(crate) trait Flavour {
+    type Response;
+    /// Queue the requests that open the stream.
+    fn initial_requests(&mut self) -> Result<(), StreamError>;
+    /// The server answered the call.
+    fn connected(&mut self);
+    fn on_response(&mut self, response: Self::Response) -> Result<(), StreamError>;
+}
+
+/// Open the ADS call with the queued requests `rx` and feed every response to `flavour` until the
+/// stream fails (`Err`) or shutdown is asked (`Ok`).
+pub(crate) async fn drive<F, Req, Fut>(
+    flavour: &mut F,
+    rx: mpsc::UnboundedReceiver<Req>,
+    metadata: MetadataMap,
+    call: impl FnOnce(tonic::Request<mpsc::UnboundedReceiver<Req>>) -> Fut,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), StreamError>
+where
+    F: Flavour,
+    Fut: std::future::Future<
+        Output = Result<tonic::Response<tonic::Streaming<F::Response>>, tonic::Status>,
+    >,
+{
+    flavour.initial_requests()?;
+    let mut request = tonic::Request::new(rx);
+    *request.metadata_mut() = metadata;
+    let Some(mut inbound) = open(call(request), shutdown).await? else {
+        return Ok(());
+    };
+    flavour.connected();
+    while let Some(response) = next(&mut inbound, shutdown).await? {
+        flavour.on_response(response)?;
+    }
+    Ok(())
+}
+
 /// Wait for the ADS call to be answered; `Ok(None)` when shutdown comes first.
 pub(crate) async fn open<R>(
     call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<tonic::Streaming<R>>, crate::client::StreamError> {
-    use crate::client::{stopped, StreamError};
+    use crate::client::stopped;
     tokio::select! {
         _ = stopped(shutdown) => Ok(None),
         response = call => Ok(Some(response.map_err(StreamError::from_status)?.into_inner())),
@@ -178,7 +267,7 @@ pub(crate) async fn next<R>(
     inbound: &mut tonic::Streaming<R>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<R>, crate::client::StreamError> {
-    use crate::client::{stopped, StreamError};
+    use crate::client::stopped;
     tokio::select! {
         _ = stopped(shutdown) => Ok(None),
         message = inbound.message() => match message {

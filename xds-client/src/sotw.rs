@@ -13,7 +13,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse, Resource as WrappedResource,
 };
 use envoy_types::pb::google::protobuf::Any;
-use futures::channel::mpsc;
 use prost::Message;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
@@ -22,12 +21,11 @@ use tonic::transport::Channel;
 use crate::client::StreamError;
 use crate::config::Mode;
 use crate::resource::{type_url as urls, Handler, Rejection, Resource};
-use crate::session::{nack_detail, next, open, payload_name, Core, Outcome};
+use crate::session::{drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
-    tx: mpsc::UnboundedSender<DiscoveryRequest>,
-    node_sent: bool,
+    out: Outbox<DiscoveryRequest>,
     /// Named types: the names requested on this stream.
     sent: BTreeMap<String, BTreeSet<String>>,
     /// Last nonce received per type (echoed by subscription changes).
@@ -40,39 +38,34 @@ pub(crate) async fn run<H: Handler>(
     metadata: MetadataMap,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), StreamError> {
-    let (tx, rx) = mpsc::unbounded();
+    let (out, rx) = Outbox::new(core.cfg.node.to_node());
     let mut stream = Stream {
         core,
-        tx,
-        node_sent: false,
+        out,
         sent: BTreeMap::new(),
         nonces: BTreeMap::new(),
     };
-    stream.initial_requests()?;
-    let mut request = tonic::Request::new(rx);
-    *request.metadata_mut() = metadata;
-    let Some(mut inbound) = open(client.stream_aggregated_resources(request), shutdown).await?
-    else {
-        return Ok(());
-    };
-    stream.core.set_connected(Mode::StateOfTheWorld);
-    while let Some(response) = next(&mut inbound, shutdown).await? {
-        stream.on_response(response)?;
+    let call = |request| async move { client.stream_aggregated_resources(request).await };
+    drive(&mut stream, rx, metadata, call, shutdown).await
+}
+
+impl<H: Handler> Flavour for Stream<'_, H> {
+    type Response = DiscoveryResponse;
+
+    fn initial_requests(&mut self) -> Result<(), StreamError> {
+        Stream::initial_requests(self)
     }
-    Ok(())
+
+    fn connected(&mut self) {
+        self.core.set_connected(Mode::StateOfTheWorld);
+    }
+
+    fn on_response(&mut self, response: DiscoveryResponse) -> Result<(), StreamError> {
+        Stream::on_response(self, response)
+    }
 }
 
 impl<H: Handler> Stream<'_, H> {
-    fn send(&mut self, mut request: DiscoveryRequest) -> Result<(), StreamError> {
-        if !self.node_sent {
-            request.node = Some(self.core.cfg.node.to_node());
-            self.node_sent = true;
-        }
-        self.tx
-            .unbounded_send(request)
-            .map_err(|_| StreamError::Closed)
-    }
-
     fn names_for(&self, type_url: &str) -> Vec<String> {
         self.sent
             .get(type_url)
@@ -84,7 +77,7 @@ impl<H: Handler> Stream<'_, H> {
     fn initial_requests(&mut self) -> Result<(), StreamError> {
         for type_url in self.core.cfg.wildcard_types.clone() {
             let version_info = self.core.accepted.version_info(&type_url).to_string();
-            self.send(DiscoveryRequest {
+            self.out.send(DiscoveryRequest {
                 type_url,
                 version_info,
                 ..Default::default()
@@ -115,7 +108,7 @@ impl<H: Handler> Stream<'_, H> {
                 type_url,
                 ..Default::default()
             };
-            self.send(request)?;
+            self.out.send(request)?;
         }
         Ok(())
     }
@@ -188,7 +181,7 @@ impl<H: Handler> Stream<'_, H> {
                     type_url: type_url.clone(),
                     ..Default::default()
                 };
-                self.send(request)?;
+                self.out.send(request)?;
                 self.core
                     .record_ack(&type_url, &response.version_info, &nonce);
                 self.sync_subscriptions()
@@ -213,7 +206,7 @@ impl<H: Handler> Stream<'_, H> {
             error_detail: Some(detail),
             ..Default::default()
         };
-        self.send(request)
+        self.out.send(request)
     }
 }
 
