@@ -47,7 +47,7 @@ use crate::policy::{
     ClusterPolicy, ConsistentHash, HashAlgorithm, OutlierSettings, PoolLimits, Warmup,
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE,
 };
-use crate::pool::{Overflow, PoolCounters, PoolGuard, PoolResource};
+use crate::pool::{Overflow, PoolCounters, PoolGuard, PoolHandle, PoolResource};
 use rand::Rng;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
@@ -521,6 +521,11 @@ impl Cluster {
         self.shared
             .pool
             .try_acquire(resource, resource.limit(&self.limits))
+    }
+
+    /// The circuit breakers alone, for resources taken after the snapshot lookup.
+    pub fn pool_handle(&self) -> PoolHandle {
+        PoolHandle::new(self.shared.pool.clone(), self.limits)
     }
 
     /// Units of `resource` currently held.

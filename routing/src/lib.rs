@@ -48,7 +48,7 @@ pub use policy::{
     HttpCookie, HttpSettings, LoadBalancer, OutlierDetection, OutlierSettings, PoolLimits,
     PortTrafficPolicy, TcpSettings, TrafficPolicy, Warmup,
 };
-pub use pool::{Overflow, PoolGuard, PoolResource};
+pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
 pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
 pub use weighted::pick_weighted;

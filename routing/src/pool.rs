@@ -111,6 +111,32 @@ impl PoolCounters {
     }
 }
 
+/// A cluster's circuit breakers apart from its snapshot, cheap to clone: for a resource taken
+/// after the request that chose the cluster (a tunnel opened later, under `tcp.maxConnections`).
+/// Like the cluster's own counters, it counts across config reloads.
+#[derive(Debug, Clone)]
+pub struct PoolHandle {
+    counters: Arc<PoolCounters>,
+    limits: PoolLimits,
+}
+
+impl PoolHandle {
+    pub(crate) fn new(counters: Arc<PoolCounters>, limits: PoolLimits) -> Self {
+        PoolHandle { counters, limits }
+    }
+
+    /// Take one unit of `resource`, or [`Overflow`] at the limit.
+    pub fn try_acquire(&self, resource: PoolResource) -> Result<PoolGuard, Overflow> {
+        self.counters
+            .try_acquire(resource, resource.limit(&self.limits))
+    }
+
+    /// Whether both count for the same cluster.
+    pub fn same_cluster(&self, other: &PoolHandle) -> bool {
+        Arc::ptr_eq(&self.counters, &other.counters)
+    }
+}
+
 /// Holds one unit of a cluster resource until dropped.
 #[derive(Debug)]
 #[must_use = "the resource is held only while the guard lives"]

@@ -136,7 +136,7 @@ impl Inbound {
                 match snapshot.cluster(host, cport, subset) {
                     Some(cluster) => {
                         entry.upstream_cluster = cluster.name.clone();
-                        policy = TunnelPolicy::for_cluster(&snapshot, cluster);
+                        policy = TunnelPolicy::for_cluster(cluster);
                         let mut tried = Vec::new();
                         let mut out = Vec::new();
                         while let Some(ep) = cluster.pick(&tried) {

@@ -44,7 +44,7 @@ use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSo
 use pingora_error::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use routing::{Overflow, PoolGuard, PoolResource};
+use routing::{PoolGuard, PoolHandle, PoolResource};
 use tokio::sync::Notify;
 
 use super::client::{ConnectError, HboneClient, StreamSlot};
@@ -62,15 +62,10 @@ const MAX_IDLE_PER_KEY: usize = 256;
 
 type TunnelKey = (SocketAddr, SpiffeId);
 
-/// Takes one unit of a cluster's circuit-breaker resource (`Cluster::try_acquire`).
-pub type Breaker = Arc<dyn Fn(PoolResource) -> Result<PoolGuard, Overflow> + Send + Sync>;
-
 /// A cluster's `connectionPool` settings as they apply to its tunnels. The default (no cluster,
 /// e.g. a mirror copy) has no limits.
 #[derive(Clone, Default)]
 pub struct TunnelPolicy {
-    /// The cluster's name: idle tunnels of the same cluster may be closed to make room.
-    pub cluster: Arc<str>,
     /// `tcp.connectTimeout`.
     pub connect_timeout: Option<Duration>,
     /// `http.idleTimeout` (else [`TUNNEL_IDLE_TIMEOUT`]).
@@ -81,34 +76,20 @@ pub struct TunnelPolicy {
     pub max_duration: Option<Duration>,
     /// `tcp.idleTimeout`: a TCP splice without a byte for this long ends.
     pub tcp_idle_timeout: Option<Duration>,
-    /// `tcp.maxConnections` and `http.http1MaxPendingRequests`.
-    pub breaker: Option<Breaker>,
+    /// `tcp.maxConnections` and `http.http1MaxPendingRequests`, when the cluster limits them;
+    /// idle tunnels of the same cluster may be closed to make room.
+    pub breaker: Option<PoolHandle>,
 }
 
 impl TunnelPolicy {
-    /// The tunnel policy of `cluster`, a cluster of `snapshot` (which the breaker keeps alive).
-    pub fn for_cluster(snapshot: &Arc<routing::Snapshot>, cluster: &routing::Cluster) -> Self {
+    /// The tunnel policy of `cluster`.
+    pub fn for_cluster(cluster: &routing::Cluster) -> Self {
         let pool = cluster.policy.connection_pool.as_ref();
         let tcp = pool.and_then(|p| p.tcp.as_ref());
         let http = pool.and_then(|p| p.http.as_ref());
         let limits = cluster.limits();
         let limited = limits.max_connections != u32::MAX || limits.max_pending_requests != u32::MAX;
-        let breaker: Option<Breaker> = limited.then(|| {
-            let snapshot = snapshot.clone();
-            let (host, port, subset) = (
-                cluster.service_hostname.clone(),
-                cluster.port,
-                cluster.subset.clone(),
-            );
-            Arc::new(
-                move |resource| match snapshot.cluster(&host, port, subset.as_deref()) {
-                    Some(c) => c.try_acquire(resource),
-                    None => Err(Overflow { resource, limit: 0 }),
-                },
-            ) as Breaker
-        });
         TunnelPolicy {
-            cluster: cluster.name.as_str().into(),
             connect_timeout: tcp.and_then(|t| t.connect_timeout).filter(|t| !t.is_zero()),
             idle_timeout: http.and_then(|h| h.idle_timeout).filter(|t| !t.is_zero()),
             max_requests_per_tunnel: http.and_then(|h| h.max_requests_per_connection),
@@ -116,7 +97,7 @@ impl TunnelPolicy {
                 .and_then(|t| t.max_connection_duration)
                 .filter(|t| !t.is_zero()),
             tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).filter(|t| !t.is_zero()),
-            breaker,
+            breaker: limited.then(|| cluster.pool_handle()),
         }
     }
 
@@ -134,9 +115,10 @@ impl TunnelPolicy {
 }
 
 /// The limits a tunnel keeps from the request that opened it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct TunnelTerms {
-    cluster: Arc<str>,
+    /// The cluster's breakers, when it limits its connections (to find its idle tunnels).
+    breaker: Option<PoolHandle>,
     idle_timeout: Duration,
     max_requests: Option<u32>,
     /// Requests served so far, the current one included.
@@ -299,10 +281,16 @@ impl TunnelPool {
     }
 
     /// Close one idle tunnel of `cluster` (to another endpoint), releasing its connection slot.
-    fn evict_idle_of(&self, cluster: &str) -> bool {
+    fn evict_idle_of(&self, cluster: &PoolHandle) -> bool {
         let mut idle = self.idle.lock();
         for list in idle.values_mut() {
-            if let Some(i) = list.iter().position(|t| &*t.terms.cluster == cluster) {
+            let same = |t: &IdleTunnel| {
+                t.terms
+                    .breaker
+                    .as_ref()
+                    .is_some_and(|b| b.same_cluster(cluster))
+            };
+            if let Some(i) = list.iter().position(same) {
                 list.swap_remove(i);
                 return true;
             }
@@ -357,7 +345,7 @@ impl TunnelPool {
             let Some(breaker) = &policy.breaker else {
                 break None;
             };
-            match breaker(PoolResource::Connection) {
+            match breaker.try_acquire(PoolResource::Connection) {
                 Ok(guard) => {
                     break Some(Arc::new(ConnectionSlot {
                         _guard: guard,
@@ -365,16 +353,16 @@ impl TunnelPool {
                     }))
                 }
                 Err(overflow) => {
-                    if self.evict_idle_of(&policy.cluster) {
+                    if self.evict_idle_of(breaker) {
                         continue;
                     }
                     if pending.is_none() {
-                        pending = Some(breaker(PoolResource::PendingRequest).map_err(|o| {
-                            ConnectError::Overflow {
+                        pending = Some(breaker.try_acquire(PoolResource::PendingRequest).map_err(
+                            |o| ConnectError::Overflow {
                                 target,
                                 reason: o.to_string(),
-                            }
-                        })?);
+                            },
+                        )?);
                     }
                     let left = wait_until.saturating_duration_since(Instant::now());
                     if left.is_zero() || tokio::time::timeout(left, freed).await.is_err() {
@@ -401,7 +389,7 @@ impl TunnelPool {
             };
         drop(pending);
         let terms = TunnelTerms {
-            cluster: policy.cluster.clone(),
+            breaker: policy.breaker.clone(),
             idle_timeout: policy.idle_timeout(),
             max_requests: policy.max_requests_per_tunnel,
             served: 1,

@@ -388,7 +388,7 @@ impl ProxyHttp for Waypoint {
                 return Err(status_error(503, "no cluster for route destination"));
             };
             ctx.cluster_name = cluster.name.clone();
-            policy = TunnelPolicy::for_cluster(&snapshot, cluster);
+            policy = TunnelPolicy::for_cluster(cluster);
             if !ctx.tried.is_empty() {
                 // A retry: it needs a slot in the cluster's retry budget (maxRetries).
                 match cluster.try_acquire(routing::PoolResource::Retry) {
