@@ -52,8 +52,6 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// [`Self::short_reason`] of a connection-pool overflow.
-    pub const OVERFLOW: &'static str = "upstream_overflow";
 
     /// Short reason for the access log's upstream transport failure field.
     pub fn short_reason(&self) -> &'static str {
@@ -64,7 +62,7 @@ impl ConnectError {
             ConnectError::H2 { .. } => "http2_failure",
             ConnectError::Status { .. } => "connect_refused",
             ConnectError::Config(_) => "tls_config",
-            ConnectError::Overflow { .. } => Self::OVERFLOW,
+            ConnectError::Overflow { .. } => "upstream_overflow",
         }
     }
 }

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::pool::TUNNEL_IDLE_TIMEOUT;
-use crate::hbone::{ConnectError, Lease, TunnelConnector, TunnelPolicy, TunnelPool};
+use crate::hbone::{Lease, TunnelConnector, TunnelPolicy, TunnelPool};
 use crate::identity::SpiffeId;
 use crate::splits::SplitAudit;
 use crate::status::Telemetry;
@@ -492,8 +492,9 @@ impl ProxyHttp for Waypoint {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if ctx.failure.lock().as_deref() == Some(ConnectError::OVERFLOW) {
-            // tcp.maxConnections / http1MaxPendingRequests: 503 UO, no retry.
+        if matches!(e.etype(), ErrorType::HTTPStatus(503)) {
+            // The connector's answer to tcp.maxConnections / http1MaxPendingRequests overflow
+            // (a failed connect is a connect error type): 503 UO, no retry.
             ctx.flags.add("UO");
             ctx.details = "upstream_overflow";
             debug!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "connection pool overflow");
