@@ -390,3 +390,39 @@ impl Mesh {
         (parts, body.collect().await.expect("body").to_bytes())
     }
 }
+
+/// `waypoint run` in xDS mode against `xds_address`, as the xDS tests and the xDS bench start it:
+/// istiod's root (`istiod-root.pem`), the token (`token`) and the waypoint's certificate files
+/// (as `MintedCert::write_to` writes them) in `dir`; listeners on OS-chosen loopback ports; the
+/// pod environment istiod's waypoint template sets, for pod `pod_name` in namespace `default`.
+pub fn xds_run_command(
+    exe: &std::path::Path,
+    xds_address: &str,
+    dir: &std::path::Path,
+    pod_name: &str,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--xds", xds_address])
+        .arg("--xds-root-ca")
+        .arg(dir.join("istiod-root.pem"))
+        .arg("--xds-token")
+        .arg(dir.join("token"))
+        .arg("--cert-chain")
+        .arg(dir.join("cert-chain.pem"))
+        .arg("--key")
+        .arg(dir.join("key.pem"))
+        .arg("--trust-bundle")
+        .arg(dir.join("root-cert.pem"))
+        .args(["--log", "info", "--drain-seconds", "1"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--stats-listen", "127.0.0.1:0"])
+        .args(["--health-listen", "127.0.0.1:0"])
+        .envs([
+            ("POD_NAME", pod_name),
+            ("POD_NAMESPACE", "default"),
+            ("INSTANCE_IP", "127.0.0.1"),
+            ("SERVICE_ACCOUNT", "waypoint"),
+            ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
+        ]);
+    cmd
+}

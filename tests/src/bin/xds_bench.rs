@@ -908,31 +908,8 @@ async fn spawn_waypoint(
     server: &AdsServer,
     dir: &Path,
 ) -> anyhow::Result<WaypointProcess> {
-    let mut cmd = Command::new(exe);
-    cmd.args(["run", "--listen", "127.0.0.1:0", "--xds"])
-        .arg(server.address())
-        .arg("--xds-root-ca")
-        .arg(dir.join("istiod-root.pem"))
-        .arg("--xds-token")
-        .arg(dir.join("token"))
-        .arg("--cert-chain")
-        .arg(dir.join("cert-chain.pem"))
-        .arg("--key")
-        .arg(dir.join("key.pem"))
-        .arg("--trust-bundle")
-        .arg(dir.join("root-cert.pem"))
-        .args(["--log", "info", "--drain-seconds", "1"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--stats-listen", "127.0.0.1:0"])
-        .args(["--health-listen", "127.0.0.1:0"])
-        .envs([
-            ("POD_NAME", "waypoint-bench-0"),
-            ("POD_NAMESPACE", "default"),
-            ("INSTANCE_IP", "127.0.0.1"),
-            ("SERVICE_ACCOUNT", "waypoint"),
-            ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
-        ])
-        .stdin(Stdio::null())
+    let mut cmd = waypoint_tests::xds_run_command(exe, &server.address(), dir, "waypoint-bench-0");
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd

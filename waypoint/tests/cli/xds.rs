@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::Value;
 use waypoint::identity::Ca;
-use waypoint_tests::{sim, spiffe, Net, TRUST_DOMAIN};
+use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 use xds_client::testing::{any, AdsServer, AdsServerOptions, TestPki};
 use xds_client::type_url;
 
@@ -203,23 +203,7 @@ async fn xds_mode_follows_istiod_pushes() {
     let mut doc = bookinfo(&net);
     let first = serve(&server, &doc);
 
-    let mut cmd = Command::new(binary());
-    cmd.args(["run", "--listen", "127.0.0.1:0", "--xds"])
-        .arg(server.address())
-        .arg("--xds-root-ca")
-        .arg(dir.join("istiod-root.pem"))
-        .arg("--xds-token")
-        .arg(dir.join("token"))
-        .args(cert_args(&dir))
-        .args(["--log", "info", "--drain-seconds", "1"])
-        .args(QUIET_PORTS)
-        .envs([
-            ("POD_NAME", "waypoint-7d4c9b-x2x"),
-            ("POD_NAMESPACE", "default"),
-            ("INSTANCE_IP", "127.0.0.1"),
-            ("SERVICE_ACCOUNT", "waypoint"),
-            ("ISTIO_META_CLUSTER_ID", "Kubernetes"),
-        ]);
+    let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-7d4c9b-x2x");
     let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
     let logs = collect(stderr);
     let waypoint = addrs["hbone"];
