@@ -9,6 +9,7 @@
 
 mod pki;
 mod server;
+mod streams;
 
 pub use pki::{Issued, TestPki};
 pub use server::{AdsServer, AdsServerOptions, Received};
