@@ -52,7 +52,6 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-
     /// Short reason for the access log's upstream transport failure field.
     pub fn short_reason(&self) -> &'static str {
         match self {
