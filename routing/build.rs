@@ -2,7 +2,8 @@
 //! (listener, cluster, endpoint, route, HCM, tcp_proxy, fault, …) into one
 //! `FileDescriptorSet` in `OUT_DIR`, which `src/xds/json.rs` embeds. The
 //! `.proto` files come from the `proto/` folder the envoy-types crate ships
-//! (found through `cargo metadata`), so nothing is vendored here. Without the
+//! (found by asking `cargo metadata` about a probe package that depends on
+//! envoy-types alone), so nothing is vendored here. Without the
 //! feature this script does nothing.
 
 fn main() {
@@ -84,24 +85,56 @@ message IPMatcher {
         std::fs::write(out.join("envoy_descriptors.bin"), bytes).expect("write descriptors");
     }
 
-    /// The envoy-types package directory, from `cargo metadata` (its
-    /// `manifest_path`), so the registry location is never guessed.
+    /// The envoy-types package directory, as cargo itself reports it.
+    ///
+    /// `cargo metadata` on this workspace would need every package of the
+    /// workspace graph, dev-dependencies of every member included, and a
+    /// build of one package (`cargo run -p waypoint`) downloads only its own.
+    /// So cargo is asked about a probe package in OUT_DIR whose only
+    /// dependency is envoy-types, resolved offline against a copy of this
+    /// workspace's Cargo.lock, which pins the version this build uses (and
+    /// every package that resolution needs was downloaded for this build).
+    /// Source replacement (`cargo vendor`) applies, since cargo reads the
+    /// configuration from this package's directory. `ENVOY_TYPES_DIR` overrides the lookup.
     fn envoy_types_dir() -> PathBuf {
+        println!("cargo:rerun-if-env-changed=ENVOY_TYPES_DIR");
+        if let Some(dir) = std::env::var_os("ENVOY_TYPES_DIR") {
+            let dir = PathBuf::from(dir);
+            println!("cargo:rerun-if-changed={}", dir.join("proto").display());
+            return dir;
+        }
+        let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+        let manifest_dir =
+            PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
+        let probe = out.join("envoy-types-probe");
+        std::fs::create_dir_all(probe.join("src")).expect("create probe dir");
+        std::fs::write(probe.join("src/lib.rs"), "").expect("write probe lib.rs");
+        std::fs::write(
+            probe.join("Cargo.toml"),
+            "[package]\nname = \"envoy-types-probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+             [dependencies]\nenvoy-types = \"*\"\n\
+             # its own workspace root, not a member of the project's\n[workspace]\n",
+        )
+        .expect("write probe Cargo.toml");
+        if let Some(lock) = workspace_lock(&manifest_dir) {
+            std::fs::copy(&lock, probe.join("Cargo.lock")).expect("copy Cargo.lock to the probe");
+            println!("cargo:rerun-if-changed={}", lock.display());
+        }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
         let mut cmd = Command::new(cargo);
-        // Offline: the build that runs this script has already fetched every package.
-        cmd.args(["metadata", "--format-version", "1", "--offline"])
+        cmd.current_dir(&manifest_dir)
+            .args(["metadata", "--format-version", "1", "--offline"])
             .arg("--manifest-path")
-            .arg(manifest.join("Cargo.toml"));
-        // Only this platform's packages: the others need not be downloaded.
+            .arg(probe.join("Cargo.toml"));
         if let Some(target) = std::env::var_os("TARGET") {
             cmd.arg("--filter-platform").arg(target);
         }
         let output = cmd.output().expect("run cargo metadata");
         assert!(
             output.status.success(),
-            "cargo metadata failed: {}",
+            "cargo metadata on the envoy-types probe ({}) failed; set ENVOY_TYPES_DIR to the \
+             envoy-types package directory to skip the lookup: {}",
+            probe.display(),
             String::from_utf8_lossy(&output.stderr)
         );
         let meta: serde_json::Value =
@@ -115,5 +148,13 @@ message IPMatcher {
         let dir = path.parent().expect("envoy-types dir").to_path_buf();
         println!("cargo:rerun-if-changed={}", dir.join("proto").display());
         dir
+    }
+
+    /// The workspace's Cargo.lock: the nearest one above this package.
+    fn workspace_lock(manifest_dir: &Path) -> Option<PathBuf> {
+        manifest_dir
+            .ancestors()
+            .map(|d| d.join("Cargo.lock"))
+            .find(|p| p.is_file())
     }
 }
