@@ -14,13 +14,14 @@ use serde::Serialize;
 use crate::identity::SpiffeId;
 
 #[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("config_source")
+        .required(true)
+        .args(["config", "xds_dump"])
+))]
 pub struct ExplainArgs {
-    /// Directory of Istio YAML, as given to `waypoint run --config`.
-    #[arg(
-        long,
-        required_unless_present = "xds_dump",
-        conflicts_with = "xds_dump"
-    )]
+    /// Directory of Istio YAML, as given to `waypoint run --config`. Either this or --xds-dump.
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Instead of YAML: what istiod sends the waypoint, saved as JSON (an Envoy waypoint's
     /// `/config_dump`, or `istioctl proxy-config all <waypoint-pod> -o json`).
@@ -372,8 +373,8 @@ pub fn run(args: &ExplainArgs) -> i32 {
     match explain(&snapshot, args) {
         Ok(e) => {
             match args.output {
-                Output::Text => print!("{}", e.render_text()),
-                Output::Json => println!(
+                Output::Text => crate::output::write(e.render_text()),
+                Output::Json => crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&e)
                         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))

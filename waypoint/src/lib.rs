@@ -15,6 +15,7 @@ pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;
+pub mod output;
 pub mod proxy;
 pub mod reload;
 pub mod run;

@@ -7,7 +7,6 @@
 //! output for the bookinfo example. `docker/README.md` explains the choices (labels, resources).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use serde_json::{json, Value};
 
@@ -667,9 +666,7 @@ pub fn render(args: &ManifestArgs) -> Result<String, ManifestError> {
 pub fn print(args: &ManifestArgs) -> anyhow::Result<()> {
     match render(args) {
         Ok(yaml) => {
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(yaml.as_bytes())?;
-            stdout.flush()?;
+            crate::output::write(yaml);
             Ok(())
         }
         Err(ManifestError::Invalid(e)) => {

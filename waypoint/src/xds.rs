@@ -396,7 +396,7 @@ pub fn translate_command(args: &TranslateArgs) -> i32 {
             for w in &t.warnings {
                 eprintln!("warning: {w}");
             }
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&t.snapshot.to_json())
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
