@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the waypoint on local Istio YAML files.
+    /// Run the waypoint: config from local Istio YAML files (--config DIR) or from istiod over
+    /// xDS (--xds ADDRESS). `waypoint certs` mints test certificates for it.
     Run(Box<RunArgs>),
     /// Istio's container interface: `proxy waypoint [agent flags]`, as istiod's waypoint
     /// template runs the `istio-proxy` container. Reads the pod's environment (POD_NAMESPACE,
@@ -57,15 +58,15 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
+#[command(group(
+    clap::ArgGroup::new("config_source")
+        .required(true)
+        .args(["config", "xds"])
+))]
 pub struct RunArgs {
     /// Directory of Istio YAML (ServiceEntry, WorkloadEntry, VirtualService, DestinationRule),
     /// watched for changes. Either this or --xds.
-    #[arg(
-        long,
-        env = "WAYPOINT_CONFIG_DIR",
-        required_unless_present = "xds",
-        conflicts_with = "xds"
-    )]
+    #[arg(long, env = "WAYPOINT_CONFIG_DIR")]
     pub config: Option<PathBuf>,
     /// Take the config from istiod over xDS (Delta ADS) at this address, e.g.
     /// `istiod.istio-system.svc:15012`, as an Envoy waypoint would. The node identity comes from
@@ -263,9 +264,10 @@ pub struct DemoArgs {
     /// Use this config directory instead of the embedded examples/bookinfo.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// HBONE port the demo pods listen on (on their own 127.0.10.x addresses).
-    #[arg(long, default_value_t = crate::hbone::HBONE_PORT)]
-    pub hbone_port: u16,
+    /// HBONE port the demo pods listen on (on their own 127.0.10.x addresses). Default: 15008,
+    /// or a free port when 15008 is taken there.
+    #[arg(long)]
+    pub hbone_port: Option<u16>,
 }
 
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {

@@ -269,11 +269,102 @@ pub async fn drive(
     Ok(report)
 }
 
+/// One line of the demo's split table: a destination of the route, its configured weight and the
+/// pods behind it.
+struct SplitRow {
+    /// As the split audit names the destination: the subset, else the service's short name.
+    label: String,
+    weight: u32,
+    pods: Vec<String>,
+}
+
+impl SplitRow {
+    fn new(snapshot: &Snapshot, host: &str, port: u16, subset: Option<&str>, weight: u32) -> Self {
+        let label = match subset {
+            Some(s) => s.to_string(),
+            None => host.split('.').next().unwrap_or(host).to_string(),
+        };
+        let pods = snapshot
+            .cluster(host, port, subset)
+            .map(|c| {
+                c.endpoints
+                    .iter()
+                    .map(|e| e.endpoint.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            label,
+            weight,
+            pods,
+        }
+    }
+}
+
+/// The HBONE port the demo's pods listen on, and why it is not the one asked for.
+struct HbonePort {
+    port: u16,
+    note: Option<String>,
+}
+
+/// `--hbone-port` when given; otherwise 15008, or a free port when 15008 is taken on a pod's
+/// address (a ztunnel or another demo on this machine): every pod must share one port, since
+/// the waypoint dials `podIP:<port>` for all of them.
+fn pick_hbone_port(snapshot: &Snapshot, requested: Option<u16>) -> anyhow::Result<HbonePort> {
+    let ips: std::collections::BTreeSet<std::net::IpAddr> = snapshot
+        .services()
+        .flat_map(|s| snapshot.endpoints(&s.hostname))
+        .map(|e| e.address)
+        .collect();
+    let taken = |port: u16| {
+        ips.iter().find_map(|ip| {
+            std::net::TcpListener::bind((*ip, port))
+                .err()
+                .map(|e| (*ip, e))
+        })
+    };
+    if let Some(port) = requested {
+        return match taken(port) {
+            None => Ok(HbonePort { port, note: None }),
+            Some((ip, e)) => bail!(
+                "--hbone-port {port}: cannot listen on {ip}:{port} ({e}); choose another \
+                 --hbone-port, or leave it out to let the demo pick a free one"
+            ),
+        };
+    }
+    let default = crate::hbone::HBONE_PORT;
+    let Some((ip, e)) = taken(default) else {
+        return Ok(HbonePort {
+            port: default,
+            note: None,
+        });
+    };
+    let first = *ips
+        .iter()
+        .next()
+        .context("the demo config has no endpoints")?;
+    for _ in 0..16 {
+        let port = std::net::TcpListener::bind((first, 0))?
+            .local_addr()?
+            .port();
+        if taken(port).is_none() {
+            return Ok(HbonePort {
+                port,
+                note: Some(format!(
+                    "  port {default} is taken on {ip} ({e}); the pods terminate HBONE on {port} \
+                     instead (--hbone-port chooses)"
+                )),
+            });
+        }
+    }
+    bail!("no port is free on every pod address for HBONE ({ip}:{default}: {e}); pass --hbone-port")
+}
+
 pub async fn run(
     requests: usize,
     concurrency: usize,
     config: Option<&std::path::Path>,
-    hbone_port: u16,
+    hbone_port: Option<u16>,
 ) -> anyhow::Result<()> {
     let snapshot = match config {
         Some(dir) => routing::load_dir(dir, TRUST_DOMAIN).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -285,48 +376,49 @@ pub async fn run(
         .context("the demo config has no reviews service")?;
     let (host, port) = (service.hostname.clone(), service.ports[0].number);
     let vip = SocketAddr::new(*service.vips.first().context("reviews has no VIP")?, port);
-    let configured: Vec<(String, u32)> =
-        match snapshot.route(service, port, &SimpleRequest::new("/reviews/0")) {
-            RouteDecision::Route { route, .. } => route
-                .destinations
-                .iter()
-                .map(|d| (d.subset.clone().unwrap_or_else(|| "(all)".into()), d.weight))
-                .collect(),
-            _ => vec![("(all)".into(), 100)],
-        };
-    let subsets: Vec<(String, Vec<String>)> = configured
-        .iter()
-        .map(|(subset, _)| {
-            let s = (subset != "(all)").then_some(subset.as_str());
-            let pods = snapshot
-                .cluster(&host, port, s)
-                .map(|c| {
-                    c.endpoints
-                        .iter()
-                        .map(|e| e.endpoint.name.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            (subset.clone(), pods)
-        })
-        .collect();
-    let bench = Bench::start(snapshot, hbone_port, Format::Text)
+    // One row per destination of the route the demo's requests take, labelled as the split
+    // audit labels it, with the pods of that destination's own cluster (an HTTPRoute splits
+    // over Services, a VirtualService over subsets of one).
+    let rows: Vec<SplitRow> = match snapshot.route(service, port, &SimpleRequest::new("/reviews/0"))
+    {
+        RouteDecision::Route { route, .. } => route
+            .destinations
+            .iter()
+            .map(|d| {
+                SplitRow::new(
+                    &snapshot,
+                    &d.host,
+                    d.port.unwrap_or(port),
+                    d.subset.as_deref(),
+                    d.weight,
+                )
+            })
+            .collect(),
+        _ => vec![SplitRow::new(&snapshot, &host, port, None, 100)],
+    };
+    let hbone_port = pick_hbone_port(&snapshot, hbone_port)?;
+    let bench = Bench::start(snapshot, hbone_port.port, Format::Text)
         .await
-        .context("starting the loopback mesh (are 127.0.10.x ports 9080/15008 free?)")?;
-    println!(
+        .context("starting the loopback mesh (are the pods' app ports free?)")?;
+    if let Some(note) = hbone_port.note {
+        crate::outln!("{note}");
+    }
+    crate::outln!(
         "waypoint demo: waypoint {} listening on {}",
-        bench.waypoint_id, bench.waypoint_addr
+        bench.waypoint_id,
+        bench.waypoint_addr
     );
-    println!(
-        "  {} pods terminating HBONE on port {hbone_port}, each with its own SPIFFE certificate",
-        bench.pods.len()
+    crate::outln!(
+        "  {} pods terminating HBONE on port {}, each with its own SPIFFE certificate",
+        bench.pods.len(),
+        hbone_port.port
     );
     let client = bench.client(&SpiffeId::new(
         TRUST_DOMAIN,
         "default",
         "bookinfo-productpage",
     ))?;
-    println!(
+    crate::outln!(
         "  sending {requests} requests to {host} ({vip}) over {concurrency} HBONE tunnels as {}\n",
         SpiffeId::new(TRUST_DOMAIN, "default", "bookinfo-productpage")
     );
@@ -339,21 +431,31 @@ pub async fn run(
     )
     .await?;
 
-    println!(
+    crate::outln!(
         "access log (first 3 of {}):",
         bench.access_lines.lock().len()
     );
     for line in bench.access_lines.lock().iter().take(3) {
-        println!("  {line}");
+        crate::outln!("  {line}");
     }
     let served: u64 = report.by_pod.values().sum();
-    println!("\nsplit for {host}:");
-    println!(
-        "  {:<8} {:>10} {:>10} {:>10}",
-        "subset", "configured", "observed", "requests"
+    crate::outln!("\nsplit for {host}:");
+    let width = rows
+        .iter()
+        .map(|r| r.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(11);
+    crate::outln!(
+        "  {:<width$} {:>10} {:>10} {:>10}",
+        "destination",
+        "configured",
+        "observed",
+        "requests"
     );
-    for ((subset, weight), (_, pods)) in configured.iter().zip(&subsets) {
-        let n: u64 = pods
+    for row in &rows {
+        let n: u64 = row
+            .pods
             .iter()
             .map(|p| report.by_pod.get(p).copied().unwrap_or(0))
             .sum();
@@ -362,14 +464,15 @@ pub async fn run(
         } else {
             0.0
         };
-        println!("  {subset:<8} {weight:>9}% {share:>9.1}% {n:>10}");
+        let (label, weight) = (&row.label, row.weight);
+        crate::outln!("  {label:<width$} {weight:>9}% {share:>9.1}% {n:>10}");
     }
-    println!("\nthe waypoint's own split audit (admin /splits):");
+    crate::outln!("\nthe waypoint's own split audit (admin /splits):");
     for line in bench.app.telemetry.splits.report().render_text().lines() {
-        println!("  {line}");
+        crate::outln!("  {line}");
     }
     let stats = &bench.app.pool;
-    println!(
+    crate::outln!(
         "\n{served} served, {} failed; upstream tunnels opened: {}, reused: {}",
         report.failures,
         stats

@@ -5,6 +5,7 @@ mod common;
 
 mod binary;
 mod config_reload;
+mod first_contact;
 mod istio_ca;
 mod istio_template;
 mod manifests;
