@@ -50,6 +50,12 @@ pub enum Command {
     /// Run the bookinfo reviews canary (v1 90% / v2 10%) on loopback, in one process, and print
     /// the access log and the observed split.
     Demo(DemoArgs),
+    /// Mint a test CA and SPIFFE workload certificates (Istio's file names) for `run` on files
+    /// and for `curl`.
+    Certs(crate::certs::CertsArgs),
+    /// Send one HTTP request through a running waypoint the way ztunnel does: mTLS with a
+    /// workload certificate, HTTP/2 CONNECT to the service VIP:port, HTTP/1.1 inside.
+    Curl(crate::curl::CurlArgs),
     /// Print the Kubernetes manifests of one waypoint for one service account (YAML on stdout).
     ///
     /// ServiceAccount, example ConfigMap, Deployment, Service, PodDisruptionBudget and
@@ -284,7 +290,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         return crate::run::run(launch.run, logs);
     }
     let default_log = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Curl(_) | Command::Certs(_) => "warn",
         _ => "info",
     };
     let logs = Arc::new(LogControl::init(cli.log.as_deref().unwrap_or(default_log)));
@@ -301,6 +307,8 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => crate::run::run(*args, logs),
         Command::Manifest(args) => crate::manifest::print(&args),
+        Command::Certs(args) => crate::certs::run(&args),
+        Command::Curl(args) => std::process::exit(crate::curl::run(&args)),
         Command::Proxy(_) => unreachable!("handled above"),
         Command::Validate(args) => std::process::exit(crate::validate::run(&args)),
         Command::Explain(args) => std::process::exit(crate::explain::run(&args)),

@@ -65,7 +65,7 @@ pub enum Output {
     Json,
 }
 
-fn parse_header(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?} is not `name: value`"))?;
@@ -76,16 +76,16 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((k.to_ascii_lowercase(), v.trim().to_string()))
 }
 
-/// The parts of the URL explain needs.
+/// The parts of the URL explain (and curl) need.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    scheme: String,
-    host: String,
-    port: Option<u16>,
-    path: String,
+pub(crate) struct Target {
+    pub scheme: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
 }
 
-fn parse_url(url: &str) -> Result<Target, String> {
+pub(crate) fn parse_url(url: &str) -> Result<Target, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;

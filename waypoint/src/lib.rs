@@ -4,7 +4,9 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod certs;
 pub mod cli;
+pub mod curl;
 pub mod demo;
 pub mod explain;
 pub mod hbone;

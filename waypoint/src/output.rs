@@ -13,6 +13,14 @@ pub fn write(text: impl fmt::Display) {
     }
 }
 
+/// Write raw bytes (a response body) to stdout and flush them.
+pub fn bytes(data: &[u8]) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
+        closed(e)
+    }
+}
+
 /// Write `text` and a newline to stdout.
 pub fn line(text: impl fmt::Display) {
     write(format_args!("{text}\n"))

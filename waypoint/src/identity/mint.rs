@@ -7,6 +7,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::{IdentityError, SpiffeId, WorkloadCert};
@@ -28,18 +29,48 @@ pub struct MintedCert {
 impl Ca {
     pub fn new(name: &str) -> Result<Self, IdentityError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let params = Self::params(name)?;
         let cert = params.self_signed(&key)?;
         Ok(Self {
             cert_der: cert.der().clone(),
             cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// A CA saved by [`Ca::write_to`] under `name` (the subject it was created with: leaves
+    /// name it as their issuer).
+    pub fn from_pem(name: &str, cert_pem: &str, key_pem: &str) -> Result<Self, IdentityError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
+            IdentityError::Invalid {
+                what: "CA certificate",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Self {
+            cert_der,
+            cert_pem: cert_pem.to_string(),
+            issuer: Issuer::new(Self::params(name)?, key),
+        })
+    }
+
+    /// Write `root-cert.pem` and `ca-key.pem` into `dir`.
+    pub fn write_to(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("root-cert.pem"), &self.cert_pem)?;
+        std::fs::write(dir.join("ca-key.pem"), self.issuer.key().serialize_pem())?;
+        Ok(())
+    }
+
+    fn params(name: &str) -> Result<CertificateParams, IdentityError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ok(params)
     }
 
     pub fn root_der(&self) -> CertificateDer<'static> {

@@ -4,6 +4,7 @@
 mod common;
 
 mod binary;
+mod certs_curl;
 mod config_reload;
 mod first_contact;
 mod istio_ca;
