@@ -85,8 +85,10 @@ fn demo_picks_a_free_hbone_port_when_15008_is_taken_and_names_the_flag() {
     // Whatever holds 127.0.10.1:15008 (this listener, or something else on the machine), the
     // default port is taken for the demo's first pod.
     let _held = std::net::TcpListener::bind("127.0.10.1:15008");
+    // From an empty directory: the demo's config is in the binary (the image ships nothing else).
     let out = Command::new(binary())
         .args(["demo", "-n", "20"])
+        .current_dir(temp_dir("demo-empty-cwd"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -6,6 +6,7 @@ mod common;
 mod binary;
 mod certs_curl;
 mod config_reload;
+mod docker;
 mod first_contact;
 mod istio_ca;
 mod istio_template;
