@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod actions;
+pub mod authz;
 mod builder;
 mod error;
 mod explain;

@@ -1,0 +1,220 @@
+//! The decision for one request against a [`PolicySet`], in Istio's order.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::expr::Tri;
+use super::{Action, Policy, PolicySet, Rule};
+
+/// The validated JWT of a request, as RequestAuthentication leaves it.
+pub enum Jwt<'a> {
+    /// No token (or no RequestAuthentication): `request.auth.*` are absent.
+    None,
+    /// A verified token's claims.
+    Claims(&'a serde_json::Value),
+    /// Tokens are configured but the waypoint cannot verify them: `request.auth.*` are unknown.
+    Unverifiable,
+}
+
+/// What authorization reads of a request or a TCP connection.
+pub trait AuthzView {
+    /// An HTTP request (false: a TCP connection, where HTTP attributes are unknown).
+    fn is_http(&self) -> bool;
+    /// The client's SPIFFE id (`spiffe://…`).
+    fn principal(&self) -> Option<&str>;
+    fn source_ip(&self) -> Option<IpAddr>;
+    fn remote_ip(&self) -> Option<IpAddr> {
+        self.source_ip()
+    }
+    fn destination_ip(&self) -> Option<IpAddr>;
+    fn destination_port(&self) -> u16;
+    fn sni(&self) -> Option<&str> {
+        None
+    }
+    fn method(&self) -> &str {
+        ""
+    }
+    fn host(&self) -> Option<&str> {
+        None
+    }
+    /// `:path`, query included.
+    fn path(&self) -> &str {
+        ""
+    }
+    /// A request header by lowercased name (several values joined with `,`, as Envoy does).
+    fn header(&self, _lowercase_name: &str) -> Option<&str> {
+        None
+    }
+    fn jwt(&self) -> Jwt<'_> {
+        Jwt::None
+    }
+}
+
+/// Allowed or denied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// No policy applies to this destination.
+    NoPolicy,
+    /// Policies apply, none denied, and there is no ALLOW policy.
+    AllowedNoAllowPolicy,
+    /// An ALLOW rule matched.
+    Allowed { policy: String, rule: String },
+    /// A DENY rule matched.
+    Denied { policy: String, rule: String },
+    /// ALLOW policies exist and none matched.
+    NoAllowMatched,
+    /// A CUSTOM rule matched and the external authorizer cannot be consulted: fails closed.
+    CustomUnavailable {
+        policy: String,
+        rule: String,
+        provider: String,
+    },
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        matches!(
+            self,
+            Verdict::NoPolicy | Verdict::AllowedNoAllowPolicy | Verdict::Allowed { .. }
+        )
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for a denial (None when allowed).
+    pub fn response_code_details(&self) -> Option<String> {
+        match self {
+            Verdict::Denied { rule, .. } => {
+                Some(format!("rbac_access_denied_matched_policy[{rule}]"))
+            }
+            Verdict::NoAllowMatched => Some("rbac_access_denied_matched_policy[none]".into()),
+            Verdict::CustomUnavailable { .. } => Some("ext_authz_error".into()),
+            _ => None,
+        }
+    }
+
+    /// The `policy` label of the decision metric: `NS/NAME`, `none`, or `-`.
+    pub fn policy(&self) -> &str {
+        match self {
+            Verdict::Allowed { policy, .. }
+            | Verdict::Denied { policy, .. }
+            | Verdict::CustomUnavailable { policy, .. } => policy,
+            Verdict::NoAllowMatched => "none",
+            Verdict::NoPolicy | Verdict::AllowedNoAllowPolicy => "-",
+        }
+    }
+
+    /// The `action` label of the decision metric.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Verdict::NoPolicy | Verdict::AllowedNoAllowPolicy | Verdict::Allowed { .. } => "allow",
+            Verdict::Denied { .. } | Verdict::NoAllowMatched => "deny",
+            Verdict::CustomUnavailable { .. } => "custom_deny",
+        }
+    }
+}
+
+/// The decision and what the policies that do not decide (AUDIT, dry-run) said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// AUDIT rules that matched (`NS/NAME rule`).
+    pub audited: Vec<String>,
+    /// What the dry-run policies would have decided, when any apply.
+    pub dry_run: Option<Verdict>,
+}
+
+/// The first rule of `policy` whose principal and permission both hold (`strict`: unknown
+/// counts as a match, for DENY and CUSTOM) — or, for ALLOW and AUDIT, are both true.
+fn matching_rule<'p>(policy: &'p Policy, req: &dyn AuthzView, strict: bool) -> Option<&'p Rule> {
+    policy.rules.iter().find(|rule| {
+        let t = match rule.principal.eval(req) {
+            Tri::False => Tri::False,
+            p => match (p, rule.permission.eval(req)) {
+                (_, Tri::False) => Tri::False,
+                (Tri::True, Tri::True) => Tri::True,
+                _ => Tri::Unknown,
+            },
+        };
+        match t {
+            Tri::True => true,
+            Tri::Unknown => strict,
+            Tri::False => false,
+        }
+    })
+}
+
+fn full_name(p: &Policy) -> String {
+    format!("{}/{}", p.namespace, p.name)
+}
+
+/// CUSTOM, DENY, ALLOW over `policies` (one kind: enforced, or dry-run).
+fn verdict<'p>(policies: impl Iterator<Item = &'p Policy> + Clone, req: &dyn AuthzView) -> Verdict {
+    for p in policies.clone() {
+        if let Action::Custom { provider } = &p.action {
+            if let Some(rule) = matching_rule(p, req, true) {
+                return Verdict::CustomUnavailable {
+                    policy: full_name(p),
+                    rule: rule.name.clone(),
+                    provider: provider.clone(),
+                };
+            }
+        }
+    }
+    for p in policies.clone().filter(|p| p.action == Action::Deny) {
+        if let Some(rule) = matching_rule(p, req, true) {
+            return Verdict::Denied {
+                policy: full_name(p),
+                rule: rule.name.clone(),
+            };
+        }
+    }
+    let mut any_allow = false;
+    for p in policies.filter(|p| p.action == Action::Allow) {
+        any_allow = true;
+        if let Some(rule) = matching_rule(p, req, false) {
+            return Verdict::Allowed {
+                policy: full_name(p),
+                rule: rule.name.clone(),
+            };
+        }
+    }
+    if any_allow {
+        Verdict::NoAllowMatched
+    } else {
+        Verdict::AllowedNoAllowPolicy
+    }
+}
+
+impl PolicySet {
+    /// The decision for `req`. With no policy this is one branch, no allocation.
+    pub fn evaluate(&self, req: &dyn AuthzView) -> Decision {
+        if self.policies.is_empty() {
+            return Decision {
+                verdict: Verdict::NoPolicy,
+                audited: Vec::new(),
+                dry_run: None,
+            };
+        }
+        let enforced = self.policies.iter().map(|p| &**p).filter(|p| !p.dry_run);
+        let shadow = self.policies.iter().map(|p| &**p).filter(|p| p.dry_run);
+        let audited = enforced
+            .clone()
+            .filter(|p| p.action == Action::Audit)
+            .filter_map(|p| {
+                matching_rule(p, req, false).map(|r| format!("{} {}", full_name(p), r.name))
+            })
+            .collect();
+        let dry_run = shadow
+            .clone()
+            .next()
+            .is_some()
+            .then(|| verdict(shadow, req));
+        Decision {
+            verdict: verdict(enforced, req),
+            audited,
+            dry_run,
+        }
+    }
+}
