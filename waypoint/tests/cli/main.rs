@@ -8,4 +8,5 @@ mod config_reload;
 mod istio_ca;
 mod istio_template;
 mod manifests;
+mod validate;
 mod xds;
