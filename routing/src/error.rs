@@ -49,6 +49,34 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// One configuration warning, with the same parts as a [`LoadError`]. It
+/// displays as `<file> doc <n> <Kind> <ns>/<name>: <field>: <message>`, or
+/// `…: <field> <message>` when the message is a sentence about the field
+/// (`spec.tls is not supported yet; ignored`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadWarning {
+    pub at: DocRef,
+    /// Dotted field path, e.g. `spec.http[0].timeout`.
+    pub field: Option<String>,
+    pub message: String,
+    /// The field is the subject of `message` (`<field> <message>`).
+    pub subject: bool,
+}
+
+impl fmt::Display for LoadWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.at.file.is_empty() {
+            // Not from a document (the snapshot builder's own warnings).
+            return f.write_str(&self.message);
+        }
+        match (&self.field, self.subject) {
+            (Some(field), true) => write!(f, "{}: {} {}", self.at, field, self.message),
+            (Some(field), false) => write!(f, "{}: {}: {}", self.at, field, self.message),
+            (None, _) => write!(f, "{}: {}", self.at, self.message),
+        }
+    }
+}
+
 /// All errors of one load; `Display` prints one per line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoadErrors(pub Vec<LoadError>);

@@ -29,7 +29,7 @@ pub use actions::{
     UnmatchedPreflights, UriRewrite, GRPC_STATUS_CODES,
 };
 pub use builder::SnapshotBuilder;
-pub use error::{DocRef, LoadError, LoadErrors};
+pub use error::{DocRef, LoadError, LoadErrors, LoadWarning};
 pub use explain::{ExplainedDecision, RouteExplanation, RouteTrace};
 pub use hash::{
     cookie_to_set, cookie_value, hash_bytes, hash_key, HashRequest, RequestHash, SetCookie,
@@ -53,7 +53,7 @@ pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
 pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
 pub use weighted::pick_weighted;
-pub use yaml::{load_dir, load_str};
+pub use yaml::{check_path, check_str, load_dir, load_str, Report};
 
 #[cfg(test)]
 mod tests {

@@ -1,15 +1,17 @@
-//! `waypoint validate DIR`: check a config directory the way `waypoint run` would load it, without
-//! starting anything — one line per problem naming file, document, resource and field, like
-//! `istioctl analyze`. Exit 0 when the config loads (warnings allowed), 1 when it does not.
+//! `waypoint validate PATH`: check a config directory (or one file) the way `waypoint run` would
+//! load it, without starting anything — one line per problem naming file, document, resource and
+//! field, like `istioctl analyze`. Exit 0 when the config loads (warnings allowed), 1 when it does
+//! not.
 
 use std::path::PathBuf;
 
-use serde_json::json;
+use routing::DocRef;
+use serde_json::{json, Value};
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// Directory of Istio YAML, as given to `waypoint run --config`.
-    pub dir: PathBuf,
+    /// Directory of Istio YAML, as given to `waypoint run --config`, or a single YAML file.
+    pub path: PathBuf,
     /// Mesh trust domain (endpoint identities are minted in it).
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
@@ -24,60 +26,65 @@ pub enum Output {
     Json,
 }
 
+/// One error or warning as a JSON object (the same keys for both).
+fn problem(at: &DocRef, field: &Option<String>, message: &str, text: String) -> Value {
+    json!({
+        "file": at.file,
+        "doc": at.doc,
+        "kind": at.kind,
+        "name": at.name,
+        "field": field,
+        "message": message,
+        "text": text,
+    })
+}
+
 /// Prints the verdict; returns the process exit code.
 pub fn run(args: &ValidateArgs) -> i32 {
-    if !args.dir.is_dir() {
-        eprintln!("{}: not a directory", args.dir.display());
-        return 1;
-    }
-    let result = routing::load_dir(&args.dir, &args.trust_domain);
-    match (&result, args.output) {
-        (Ok(snapshot), Output::Text) => {
-            for w in snapshot.warnings() {
+    let report = routing::check_path(&args.path, &args.trust_domain);
+    let path = args.path.display();
+    match args.output {
+        Output::Text => {
+            for w in &report.warnings {
                 println!("warning: {w}");
             }
-            println!(
-                "{}: valid ({} services, {} warnings)",
-                args.dir.display(),
-                snapshot.services().count(),
-                snapshot.warnings().len()
-            );
-        }
-        (Err(errors), Output::Text) => {
-            for e in errors.iter() {
-                println!("error: {e}");
+            match &report.result {
+                Ok(snapshot) => println!(
+                    "{path}: valid ({} services, {} warnings)",
+                    snapshot.services().count(),
+                    report.warnings.len()
+                ),
+                Err(errors) => {
+                    for e in errors.iter() {
+                        println!("error: {e}");
+                    }
+                    println!("{path}: {} problem(s)", errors.len());
+                }
             }
-            println!("{}: {} problem(s)", args.dir.display(), errors.len());
         }
-        (Ok(snapshot), Output::Json) => println!(
-            "{}",
-            json!({
-                "valid": true,
-                "services": snapshot.services().count(),
-                "warnings": snapshot.warnings(),
-                "errors": [],
-            })
-        ),
-        (Err(errors), Output::Json) => {
-            let list: Vec<_> = errors
+        Output::Json => {
+            let warnings: Vec<Value> = report
+                .warnings
                 .iter()
-                .map(|e| {
-                    json!({
-                        "file": e.at.file,
-                        "doc": e.at.doc,
-                        "kind": e.at.kind,
-                        "name": e.at.name,
-                        "field": e.field,
-                        "message": e.message,
-                        "text": e.to_string(),
-                    })
-                })
+                .map(|w| problem(&w.at, &w.field, &w.message, w.to_string()))
                 .collect();
-            println!(
-                "{}",
-                json!({"valid": false, "errors": list, "warnings": []})
-            );
+            let verdict = match &report.result {
+                Ok(snapshot) => json!({
+                    "valid": true,
+                    "services": snapshot.services().count(),
+                    "warnings": warnings,
+                    "errors": [],
+                }),
+                Err(errors) => {
+                    let errors: Vec<Value> = errors
+                        .iter()
+                        .map(|e| problem(&e.at, &e.field, &e.message, e.to_string()))
+                        .collect();
+                    json!({"valid": false, "errors": errors, "warnings": warnings})
+                }
+            };
+            println!("{verdict}");
         }
     }
-    i32::from(result.is_err())
+    i32::from(report.result.is_err())
 }

@@ -9,6 +9,7 @@
 
 use super::diag::Extra;
 use super::fields::{present, DurationRule, Fields, Scalar};
+use super::schema;
 use super::virtual_service::{string_match, Place, StringMatchY};
 use crate::actions::{
     Abort, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOps, Headers, Percent,
@@ -175,7 +176,7 @@ impl Fields<'_, '_> {
         p: PercentY,
         rule: PercentRule,
     ) -> Option<Percent> {
-        self.unsupported(f, &p.extra);
+        self.unsupported(f, &p.extra, schema::PERCENT);
         let vf = format!("{f}.value");
         let Some(raw) = present(p.value) else {
             return Some(Percent::ZERO);
@@ -211,7 +212,7 @@ impl Fields<'_, '_> {
         r: RedirectY,
         matches: &[RouteMatch],
     ) -> Option<Redirect> {
-        self.unsupported(f, &r.extra);
+        self.unsupported(f, &r.extra, schema::HTTP_REDIRECT);
         let uri = r.uri.filter(|s| !s.is_empty());
         let prefix = r.prefix_rewrite.filter(|s| !s.is_empty());
         let authority = r.authority.filter(|s| !s.is_empty());
@@ -321,7 +322,7 @@ impl Fields<'_, '_> {
         f: &str,
         d: DirectResponseY,
     ) -> Option<DirectResponse> {
-        self.unsupported(f, &d.extra);
+        self.unsupported(f, &d.extra, schema::HTTP_DIRECT_RESPONSE);
         let sf = format!("{f}.status");
         let status = match present(d.status.clone()) {
             None => {
@@ -341,7 +342,7 @@ impl Fields<'_, '_> {
             None => None,
             Some(b) => {
                 let bf = format!("{f}.body");
-                self.unsupported(&bf, &b.extra);
+                self.unsupported(&bf, &b.extra, schema::HTTP_BODY);
                 match (b.string, b.bytes) {
                     (Some(_), Some(_)) => {
                         self.error(&bf, "only one of string or bytes may be set");
@@ -381,7 +382,7 @@ impl Fields<'_, '_> {
 
     /// `rewrite`.
     pub(super) fn rewrite(&mut self, f: &str, r: RewriteY) -> Option<Rewrite> {
-        self.unsupported(f, &r.extra);
+        self.unsupported(f, &r.extra, schema::HTTP_REWRITE);
         let uri = r.uri.filter(|s| !s.is_empty());
         let authority = r.authority.filter(|s| !s.is_empty());
         if uri.is_some() && r.uri_regex_rewrite.is_some() {
@@ -392,7 +393,7 @@ impl Fields<'_, '_> {
             (Some(u), _) => Some(UriRewrite::Prefix(u)),
             (None, Some(rr)) => {
                 let rf = format!("{f}.uriRegexRewrite");
-                self.unsupported(&rf, &rr.extra);
+                self.unsupported(&rf, &rr.extra, schema::REGEX_REWRITE);
                 let (Some(pattern), Some(rewrite)) = (
                     rr.pattern.filter(|s| !s.is_empty()),
                     rr.rewrite.filter(|s| !s.is_empty()),
@@ -436,14 +437,14 @@ impl Fields<'_, '_> {
 
     /// `headers` of a route (`route_level`) or of a destination.
     pub(super) fn headers(&mut self, f: &str, h: HeadersY, route_level: bool) -> Option<Headers> {
-        self.unsupported(f, &h.extra);
+        self.unsupported(f, &h.extra, schema::HEADERS);
         let mut ok = true;
         let mut authority: Option<String> = None;
         let mut authorities: Vec<(String, String)> = Vec::new();
         let mut request = HeaderOps::default();
         if let Some(r) = h.request {
             let rf = format!("{f}.request");
-            self.unsupported(&rf, &r.extra);
+            self.unsupported(&rf, &r.extra, schema::HEADER_OPERATIONS);
             let set = self.header_values(&rf, "set", r.set, true, &mut authorities, &mut ok);
             let add = self.header_values(&rf, "add", r.add, true, &mut authorities, &mut ok);
             let remove = self.header_removals(&rf, r.remove, &mut ok);
@@ -478,7 +479,7 @@ impl Fields<'_, '_> {
         let mut response = HeaderOps::default();
         if let Some(r) = h.response {
             let rf = format!("{f}.response");
-            self.unsupported(&rf, &r.extra);
+            self.unsupported(&rf, &r.extra, schema::HEADER_OPERATIONS);
             let mut ignored = Vec::new();
             let set = self.header_values(&rf, "set", r.set, false, &mut ignored, &mut ok);
             let add = self.header_values(&rf, "add", r.add, false, &mut ignored, &mut ok);
@@ -574,7 +575,7 @@ impl Fields<'_, '_> {
         let Some(r) = r else {
             return Some(RetryPolicy::istio_default());
         };
-        self.unsupported(f, &r.extra);
+        self.unsupported(f, &r.extra, schema::HTTP_RETRY);
         let errors = self.diag.errors.len();
         let af = format!("{f}.attempts");
         let attempts = match present(r.attempts) {
@@ -670,7 +671,7 @@ impl Fields<'_, '_> {
 
     /// `fault`.
     pub(super) fn fault(&mut self, f: &str, fy: FaultY) -> Option<Fault> {
-        self.unsupported(f, &fy.extra);
+        self.unsupported(f, &fy.extra, schema::HTTP_FAULT_INJECTION);
         if fy.delay.is_none() && fy.abort.is_none() {
             self.error(f, "HTTP fault injection must have an abort and/or a delay");
             return None;
@@ -678,7 +679,7 @@ impl Fields<'_, '_> {
         let errors = self.diag.errors.len();
         let delay = fy.delay.and_then(|d| {
             let df = format!("{f}.delay");
-            self.unsupported(&df, &d.extra);
+            self.unsupported(&df, &d.extra, schema::FAULT_DELAY);
             if present(d.exponential_delay).is_some() {
                 self.error(
                     &format!("{df}.exponentialDelay"),
@@ -703,7 +704,7 @@ impl Fields<'_, '_> {
         });
         let abort = fy.abort.and_then(|a| {
             let af = format!("{f}.abort");
-            self.unsupported(&af, &a.extra);
+            self.unsupported(&af, &a.extra, schema::FAULT_ABORT);
             let http = present(a.http_status.clone()).is_some();
             let grpc = present(a.grpc_status.clone()).is_some();
             let h2 = present(a.http2_error).is_some();
@@ -773,7 +774,7 @@ impl Fields<'_, '_> {
 
     /// `corsPolicy`.
     pub(super) fn cors(&mut self, f: &str, c: CorsY) -> Option<Cors> {
-        self.unsupported(f, &c.extra);
+        self.unsupported(f, &c.extra, schema::CORS_POLICY);
         let errors = self.diag.errors.len();
         let mut allow_origins = Vec::new();
         if let Some(list) = c.allow_origins {

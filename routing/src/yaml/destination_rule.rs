@@ -11,6 +11,7 @@
 
 use super::diag::{Diag, Extra};
 use super::fields::{present, DurationRule, Fields, Scalar};
+use super::schema;
 use super::{parse_spec, DocCtx};
 use crate::error::DocRef;
 use crate::hash::is_prime;
@@ -190,7 +191,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<DestinationRule
     let spec: Spec = parse_spec(ctx, diag)?;
     let at = &ctx.at;
     let errors_before = diag.errors.len();
-    diag.unsupported(at, "spec.", &spec.extra, &[]);
+    diag.unsupported(at, "spec.", &spec.extra, schema::DESTINATION_RULE, &[]);
     let host = diag.required(at, "spec.host", spec.host);
     let traffic_policy = spec
         .traffic_policy
@@ -198,7 +199,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<DestinationRule
     let mut subsets: Vec<Subset> = Vec::new();
     for (i, s) in spec.subsets.unwrap_or_default().into_iter().enumerate() {
         let f = format!("spec.subsets[{i}]");
-        diag.unsupported(at, &format!("{f}."), &s.extra, &[]);
+        diag.unsupported(at, &format!("{f}."), &s.extra, schema::SUBSET, &[]);
         let traffic_policy = s
             .traffic_policy
             .map(|tp| Fields { at, diag }.traffic_policy(&format!("{f}.trafficPolicy"), tp));
@@ -236,7 +237,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<DestinationRule
 
 impl Fields<'_, '_> {
     fn traffic_policy(&mut self, f: &str, tp: TrafficPolicyY) -> TrafficPolicy {
-        self.unsupported(f, &tp.extra);
+        self.unsupported(f, &tp.extra, schema::TRAFFIC_POLICY);
         let empty = tp.load_balancer.is_none()
             && tp.connection_pool.is_none()
             && tp.outlier_detection.is_none()
@@ -289,14 +290,14 @@ impl Fields<'_, '_> {
         pf: &str,
         p: PortTrafficPolicyY,
     ) -> Option<PortTrafficPolicy> {
-        self.unsupported(pf, &p.extra);
+        self.unsupported(pf, &p.extra, schema::PORT_TRAFFIC_POLICY);
         let port = match p.port {
             None => {
                 self.error(&format!("{pf}.port"), "missing required field");
                 None
             }
             Some(sel) => {
-                self.unsupported(&format!("{pf}.port"), &sel.extra);
+                self.unsupported(&format!("{pf}.port"), &sel.extra, schema::PORT_SELECTOR);
                 let nf = format!("{pf}.port.number");
                 if present(sel.number.clone()).is_none() {
                     self.error(&nf, "missing required field");
@@ -335,7 +336,7 @@ impl Fields<'_, '_> {
     }
 
     fn load_balancer(&mut self, f: &str, lb: LoadBalancerY) -> LoadBalancer {
-        self.unsupported(f, &lb.extra);
+        self.unsupported(f, &lb.extra, schema::LOAD_BALANCER_SETTINGS);
         if lb.simple.is_some() && lb.consistent_hash.is_some() {
             self.error(f, "simple and consistentHash are mutually exclusive");
         }
@@ -391,7 +392,7 @@ impl Fields<'_, '_> {
     }
 
     fn warmup(&mut self, f: &str, w: WarmupY) -> Option<Warmup> {
-        self.unsupported(f, &w.extra);
+        self.unsupported(f, &w.extra, schema::WARMUP_CONFIGURATION);
         let duration = if present(w.duration.clone()).is_none() {
             self.error(&format!("{f}.duration"), "missing required field");
             None
@@ -428,14 +429,14 @@ impl Fields<'_, '_> {
     }
 
     fn consistent_hash(&mut self, f: &str, ch: ConsistentHashY) -> ConsistentHash {
-        self.unsupported(f, &ch.extra);
+        self.unsupported(f, &ch.extra, schema::CONSISTENT_HASH_LB);
         let mut keys: Vec<HashKey> = Vec::new();
         if let Some(h) = ch.http_header_name.filter(|h| !h.is_empty()) {
             keys.push(HashKey::Header(h.to_ascii_lowercase()));
         }
         if let Some(c) = ch.http_cookie {
             let cf = format!("{f}.httpCookie");
-            self.unsupported(&cf, &c.extra);
+            self.unsupported(&cf, &c.extra, schema::HTTP_COOKIE);
             let name = c.name.filter(|n| !n.is_empty());
             if name.is_none() {
                 self.error(&format!("{cf}.name"), "missing required field");
@@ -481,7 +482,7 @@ impl Fields<'_, '_> {
         }
         let algorithm = if let Some(m) = ch.maglev {
             let mf = format!("{f}.maglev");
-            self.unsupported(&mf, &m.extra);
+            self.unsupported(&mf, &m.extra, schema::MAGLEV);
             let tf = format!("{mf}.tableSize");
             let size = match self.uint(&tf, m.table_size, u64::MAX) {
                 None | Some(0) => DEFAULT_MAGLEV_TABLE_SIZE,
@@ -501,7 +502,7 @@ impl Fields<'_, '_> {
             HashAlgorithm::Maglev { table_size: size }
         } else if let Some(r) = ch.ring_hash {
             let rf = format!("{f}.ringHash");
-            self.unsupported(&rf, &r.extra);
+            self.unsupported(&rf, &r.extra, schema::RING_HASH);
             let size = self
                 .uint(
                     &format!("{rf}.minimumRingSize"),
@@ -533,13 +534,13 @@ impl Fields<'_, '_> {
     }
 
     fn connection_pool(&mut self, f: &str, cp: ConnectionPoolY) -> ConnectionPool {
-        self.unsupported(f, &cp.extra);
+        self.unsupported(f, &cp.extra, schema::CONNECTION_POOL_SETTINGS);
         if cp.tcp.is_none() && cp.http.is_none() {
             self.error(f, "must set tcp or http");
         }
         let tcp = cp.tcp.map(|t| {
             let tf = format!("{f}.tcp");
-            self.unsupported(&tf, &t.extra);
+            self.unsupported(&tf, &t.extra, schema::TCP_SETTINGS);
             TcpSettings {
                 max_connections: self.int32(&format!("{tf}.maxConnections"), t.max_connections),
                 connect_timeout: self.duration(
@@ -561,7 +562,7 @@ impl Fields<'_, '_> {
         });
         let http = cp.http.map(|h| {
             let hf = format!("{f}.http");
-            self.unsupported(&hf, &h.extra);
+            self.unsupported(&hf, &h.extra, schema::HTTP_SETTINGS);
             HttpSettings {
                 http1_max_pending_requests: self.int32(
                     &format!("{hf}.http1MaxPendingRequests"),
@@ -589,7 +590,7 @@ impl Fields<'_, '_> {
     }
 
     fn outlier_detection(&mut self, f: &str, od: OutlierDetectionY) -> OutlierDetection {
-        self.unsupported(f, &od.extra);
+        self.unsupported(f, &od.extra, schema::OUTLIER_DETECTION);
         OutlierDetection {
             consecutive_5xx_errors: self.uint32(
                 &format!("{f}.consecutive5xxErrors"),

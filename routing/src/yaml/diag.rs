@@ -1,16 +1,17 @@
 //! Error/warning collection with document context, and small field checks.
 
-use crate::error::{DocRef, LoadError};
+use super::schema;
+use crate::error::{DocRef, LoadError, LoadWarning};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-/// Fields that are valid in Istio but not (yet) interpreted.
+/// The keys of a YAML mapping that its struct does not handle.
 pub(crate) type Extra = BTreeMap<String, serde_json::Value>;
 
 #[derive(Debug, Default)]
 pub(crate) struct Diag {
     pub errors: Vec<LoadError>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<LoadWarning>,
 }
 
 impl Diag {
@@ -23,27 +24,41 @@ impl Diag {
     }
 
     pub fn warn(&mut self, at: &DocRef, field: Option<&str>, message: impl Into<String>) {
-        let message = message.into();
-        self.warnings.push(match field {
-            Some(f) => format!("{at}: {f}: {message}"),
-            None => format!("{at}: {message}"),
+        self.warnings.push(LoadWarning {
+            at: at.clone(),
+            field: field.map(str::to_string),
+            message: message.into(),
+            subject: false,
         });
     }
 
-    /// One warning per unknown field: `<at>: <prefix><key> is not supported yet; ignored`.
+    /// The keys the struct did not handle (`extra`) of a message whose
+    /// fields are `known` (a list of [`schema`]): a known field is a warning
+    /// `<prefix><key> is not supported yet; ignored` (none for
+    /// `silently_ignored`), any other key an error `unknown field`.
     pub fn unsupported(
         &mut self,
         at: &DocRef,
         prefix: &str,
         extra: &Extra,
+        known: &[&str],
         silently_ignored: &[&str],
     ) {
         for key in extra
             .keys()
             .filter(|k| !silently_ignored.contains(&k.as_str()))
         {
-            self.warnings
-                .push(format!("{at}: {prefix}{key} is not supported yet; ignored"));
+            let field = format!("{prefix}{key}");
+            if known.contains(&key.as_str()) {
+                self.warnings.push(LoadWarning {
+                    at: at.clone(),
+                    field: Some(field),
+                    message: "is not supported yet; ignored".to_string(),
+                    subject: true,
+                });
+            } else {
+                self.error(at, Some(&field), schema::unknown_field(key, known));
+            }
         }
     }
 

@@ -104,9 +104,10 @@ impl Fields<'_, '_> {
         self.diag.warn(self.at, Some(field), message);
     }
 
-    pub(crate) fn unsupported(&mut self, prefix: &str, extra: &Extra) {
+    /// See [`Diag::unsupported`]; `known` are the message's fields.
+    pub(crate) fn unsupported(&mut self, prefix: &str, extra: &Extra, known: &[&str]) {
         self.diag
-            .unsupported(self.at, &format!("{prefix}."), extra, &[]);
+            .unsupported(self.at, &format!("{prefix}."), extra, known, &[]);
     }
 
     /// An integer in `0..=max` (YAML number or numeric string, as protobuf

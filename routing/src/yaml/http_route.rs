@@ -15,6 +15,7 @@
 //! Istio docs advise against mixing both APIs for one service.
 
 use super::diag::{Diag, Extra};
+use super::schema;
 use super::{parse_spec, DocCtx};
 use crate::actions::{
     DirectResponse, HeaderOps, Headers, Mirror, Percent, Redirect, RedirectPort, RegexRewrite,
@@ -48,6 +49,8 @@ struct ParentRefY {
     namespace: Option<String>,
     port: Option<i64>,
     section_name: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +72,8 @@ struct MatchY {
     headers: Option<Vec<NamedMatchY>>,
     query_params: Option<Vec<NamedMatchY>>,
     method: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +81,8 @@ struct PathMatchY {
     #[serde(rename = "type")]
     kind: Option<String>,
     value: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +91,8 @@ struct NamedMatchY {
     kind: Option<String>,
     name: Option<String>,
     value: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +105,8 @@ struct FilterY {
     request_redirect: Option<RedirectY>,
     url_rewrite: Option<UrlRewriteY>,
     request_mirror: Option<MirrorY>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,12 +114,16 @@ struct HeaderModY {
     set: Option<Vec<HeaderValueY>>,
     add: Option<Vec<HeaderValueY>>,
     remove: Option<Vec<String>>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
 struct HeaderValueY {
     name: String,
     value: String,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,12 +134,16 @@ struct RedirectY {
     path: Option<PathModY>,
     port: Option<i64>,
     status_code: Option<i64>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
 struct UrlRewriteY {
     hostname: Option<String>,
     path: Option<PathModY>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +153,8 @@ struct PathModY {
     kind: Option<String>,
     replace_full_path: Option<String>,
     replace_prefix_match: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +162,8 @@ struct PathModY {
 struct MirrorY {
     backend_ref: Option<BackendRefY>,
     percent: Option<f64>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +175,8 @@ struct BackendRefY {
     port: Option<i64>,
     weight: Option<i64>,
     filters: Option<Vec<FilterY>>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +184,8 @@ struct BackendRefY {
 struct TimeoutsY {
     request: Option<String>,
     backend_request: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 /// A checked HTTPRoute; service names are FQDNs, not yet resolved.
@@ -182,7 +209,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<HttpRouteIr> {
     let spec: Spec = parse_spec(ctx, diag)?;
     let at = &ctx.at;
     let errors_before = diag.errors.len();
-    diag.unsupported(at, "spec.", &spec.extra, &[]);
+    diag.unsupported(at, "spec.", &spec.extra, schema::HTTP_ROUTE_SPEC, &[]);
     if spec.hostnames.as_ref().is_some_and(|h| !h.is_empty()) {
         diag.warn(
             at,
@@ -193,6 +220,13 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<HttpRouteIr> {
     let mut parents = Vec::new();
     for (i, p) in spec.parent_refs.unwrap_or_default().into_iter().enumerate() {
         let f = format!("spec.parentRefs[{i}]");
+        diag.unsupported(
+            at,
+            &format!("{f}."),
+            &p.extra,
+            schema::PARENT_REFERENCE,
+            &[],
+        );
         let kind = p.kind.as_deref().unwrap_or("Gateway");
         if kind != "Service" || !is_core(&p.group) {
             diag.warn(
@@ -275,14 +309,30 @@ pub(crate) fn path_prefix(value: &str) -> StringMatch {
 fn parse_match(ctx: &DocCtx<'_>, f: &str, m: MatchY, diag: &mut Diag) -> RouteMatch {
     let at = &ctx.at;
     let mut out = RouteMatch::default();
+    diag.unsupported(
+        at,
+        &format!("{f}."),
+        &m.extra,
+        schema::HTTP_ROUTE_MATCH,
+        &[],
+    );
+    let pf = format!("{f}.path");
     let (kind, value) = match m.path {
-        Some(p) => (
-            p.kind.unwrap_or_else(|| "PathPrefix".into()),
-            p.value.unwrap_or_else(|| "/".into()),
-        ),
+        Some(p) => {
+            diag.unsupported(
+                at,
+                &format!("{pf}."),
+                &p.extra,
+                schema::HTTP_PATH_MATCH,
+                &[],
+            );
+            (
+                p.kind.unwrap_or_else(|| "PathPrefix".into()),
+                p.value.unwrap_or_else(|| "/".into()),
+            )
+        }
         None => ("PathPrefix".to_string(), "/".to_string()),
     };
-    let pf = format!("{f}.path");
     if !value.starts_with('/') && kind != "RegularExpression" {
         diag.error(
             at,
@@ -311,6 +361,13 @@ fn parse_match(ctx: &DocCtx<'_>, f: &str, m: MatchY, diag: &mut Diag) -> RouteMa
     ] {
         for (k, h) in list.unwrap_or_default().into_iter().enumerate() {
             let hf = format!("{f}.{what}[{k}]");
+            diag.unsupported(
+                at,
+                &format!("{hf}."),
+                &h.extra,
+                schema::HTTP_NAMED_MATCH,
+                &[],
+            );
             let Some(name) = diag.required(at, &format!("{hf}.name"), h.name) else {
                 continue;
             };
@@ -369,18 +426,27 @@ fn duration(s: &str) -> Option<Duration> {
     (1..=4).contains(&parts).then_some(total)
 }
 
-fn header_ops(h: HeaderModY) -> HeaderOps {
-    HeaderOps::new(
-        h.set
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| (v.name, v.value)),
-        h.add
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| (v.name, v.value)),
-        h.remove.unwrap_or_default(),
-    )
+/// An `HTTPHeaderFilter` at `f`.
+fn header_ops(at: &DocRef, f: &str, h: HeaderModY, diag: &mut Diag) -> HeaderOps {
+    diag.unsupported(
+        at,
+        &format!("{f}."),
+        &h.extra,
+        schema::HTTP_HEADER_FILTER,
+        &[],
+    );
+    let mut pairs = |list: Option<Vec<HeaderValueY>>, what: &str| -> Vec<(String, String)> {
+        let list = list.unwrap_or_default().into_iter().enumerate();
+        list.map(|(k, v)| {
+            let vf = format!("{f}.{what}[{k}].");
+            diag.unsupported(at, &vf, &v.extra, schema::HTTP_HEADER, &[]);
+            (v.name, v.value)
+        })
+        .collect()
+    };
+    let set = pairs(h.set, "set");
+    let add = pairs(h.add, "add");
+    HeaderOps::new(set, add, h.remove.unwrap_or_default())
 }
 
 /// A backend reference → (FQDN, port); reports missing fields.
@@ -407,7 +473,7 @@ type RuleOut = (HttpRoute, (Vec<String>, Vec<String>));
 fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<RuleOut> {
     let at = &ctx.at;
     let f = format!("spec.rules[{i}]");
-    diag.unsupported(at, &format!("{f}."), &r.extra, &[]);
+    diag.unsupported(at, &format!("{f}."), &r.extra, schema::HTTP_ROUTE_RULE, &[]);
     let matches: Vec<RouteMatch> = r
         .matches
         .unwrap_or_default()
@@ -421,22 +487,34 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
     let mut redirect = None;
     for (k, flt) in r.filters.unwrap_or_default().into_iter().enumerate() {
         let ff = format!("{f}.filters[{k}]");
+        diag.unsupported(
+            at,
+            &format!("{ff}."),
+            &flt.extra,
+            schema::HTTP_ROUTE_FILTER,
+            &[],
+        );
         let kind = flt.kind.clone().unwrap_or_default();
         match kind.as_str() {
             "RequestHeaderModifier" => {
                 if let Some(h) = flt.request_header_modifier {
-                    route.headers.request = header_ops(h);
+                    let hf = format!("{ff}.requestHeaderModifier");
+                    route.headers.request = header_ops(at, &hf, h, diag);
                 }
             }
             "ResponseHeaderModifier" => {
                 if let Some(h) = flt.response_header_modifier {
-                    route.headers.response = header_ops(h);
+                    let hf = format!("{ff}.responseHeaderModifier");
+                    route.headers.response = header_ops(at, &hf, h, diag);
                 }
             }
             "RequestRedirect" => {
                 let Some(rd) = flt.request_redirect else {
                     continue;
                 };
+                let rf = format!("{ff}.requestRedirect");
+                let known = schema::HTTP_REQUEST_REDIRECT_FILTER;
+                diag.unsupported(at, &format!("{rf}."), &rd.extra, known, &[]);
                 let code = rd.status_code.unwrap_or(302);
                 if ![301, 302, 303, 307, 308].contains(&code) {
                     diag.error(
@@ -484,6 +562,9 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
             }
             "URLRewrite" => {
                 let Some(u) = flt.url_rewrite else { continue };
+                let uf = format!("{ff}.urlRewrite");
+                let known = schema::HTTP_URL_REWRITE_FILTER;
+                diag.unsupported(at, &format!("{uf}."), &u.extra, known, &[]);
                 let uri = match u.path {
                     Some(p) => path_mod(at, &format!("{ff}.urlRewrite.path"), p, diag).and_then(
                         |(full, v)| {
@@ -510,10 +591,14 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
                 let Some(m) = flt.request_mirror else {
                     continue;
                 };
+                let known = schema::HTTP_REQUEST_MIRROR_FILTER;
+                diag.unsupported(at, &format!("{ff}.requestMirror."), &m.extra, known, &[]);
                 let mf = format!("{ff}.requestMirror.backendRef");
                 let Some(b) = diag.required(at, &mf, m.backend_ref) else {
                     continue;
                 };
+                let known = schema::BACKEND_OBJECT_REFERENCE;
+                diag.unsupported(at, &format!("{mf}."), &b.extra, known, &[]);
                 let Some((host, port)) = backend(ctx, &mf, &b, diag) else {
                     continue;
                 };
@@ -537,6 +622,8 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
         }
     }
     if let Some(t) = r.timeouts {
+        let known = schema::HTTP_ROUTE_TIMEOUTS;
+        diag.unsupported(at, &format!("{f}.timeouts."), &t.extra, known, &[]);
         for (v, which) in [
             (&t.request, "request"),
             (&t.backend_request, "backendRequest"),
@@ -565,6 +652,13 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
     } else {
         for (j, b) in r.backend_refs.unwrap_or_default().into_iter().enumerate() {
             let bf = format!("{f}.backendRefs[{j}]");
+            diag.unsupported(
+                at,
+                &format!("{bf}."),
+                &b.extra,
+                schema::HTTP_BACKEND_REF,
+                &[],
+            );
             let Some((host, port)) = backend(ctx, &bf, &b, diag) else {
                 continue;
             };
@@ -579,16 +673,30 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
             }
             let mut headers = Headers::default();
             for (k, flt) in b.filters.unwrap_or_default().into_iter().enumerate() {
+                let ff = format!("{bf}.filters[{k}]");
+                diag.unsupported(
+                    at,
+                    &format!("{ff}."),
+                    &flt.extra,
+                    schema::HTTP_ROUTE_FILTER,
+                    &[],
+                );
                 match (
                     flt.kind.as_deref().unwrap_or(""),
                     flt.request_header_modifier,
                     flt.response_header_modifier,
                 ) {
-                    ("RequestHeaderModifier", Some(h), _) => headers.request = header_ops(h),
-                    ("ResponseHeaderModifier", _, Some(h)) => headers.response = header_ops(h),
+                    ("RequestHeaderModifier", Some(h), _) => {
+                        let hf = format!("{ff}.requestHeaderModifier");
+                        headers.request = header_ops(at, &hf, h, diag);
+                    }
+                    ("ResponseHeaderModifier", _, Some(h)) => {
+                        let hf = format!("{ff}.responseHeaderModifier");
+                        headers.response = header_ops(at, &hf, h, diag);
+                    }
                     (other, _, _) => diag.warn(
                         at,
-                        Some(&format!("{bf}.filters[{k}].type")),
+                        Some(&format!("{ff}.type")),
                         format!("backend filter {other} is not supported; ignored"),
                     ),
                 }
@@ -619,6 +727,13 @@ fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) -> Option<R
 
 /// `(true, ReplaceFullPath)` or `(false, ReplacePrefixMatch)`.
 fn path_mod(at: &DocRef, f: &str, p: PathModY, diag: &mut Diag) -> Option<(bool, String)> {
+    diag.unsupported(
+        at,
+        &format!("{f}."),
+        &p.extra,
+        schema::HTTP_PATH_MODIFIER,
+        &[],
+    );
     match p.kind.as_deref() {
         Some("ReplaceFullPath") => diag
             .required(at, &format!("{f}.replaceFullPath"), p.replace_full_path)

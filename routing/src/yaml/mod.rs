@@ -3,8 +3,10 @@
 //!
 //! Loading is two-phase: every document is parsed and checked on its own
 //! (field errors), then cross-references are resolved ([`assemble`]).
-//! Errors fail the load; unsupported-but-valid Istio fields and unknown kinds
-//! become [`Snapshot::warnings`].
+//! Errors fail the load: invalid values, unknown fields and kinds, and kinds
+//! the waypoint should enforce but cannot ([`kinds`]). Valid Istio fields the
+//! waypoint does not interpret ([`schema`]) and kinds it does not apply
+//! become [`Snapshot::warnings`] ([`Report::warnings`] keeps their parts).
 
 mod actions;
 mod assemble;
@@ -12,7 +14,10 @@ mod destination_rule;
 mod diag;
 mod docs;
 mod fields;
+mod files;
 mod http_route;
+mod kinds;
+mod schema;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
@@ -27,12 +32,16 @@ mod tests_errors;
 mod tests_http_route;
 #[cfg(test)]
 mod tests_matching;
+#[cfg(test)]
+mod tests_schema;
 
-use crate::error::{DocRef, LoadError, LoadErrors};
+use crate::error::{DocRef, LoadErrors, LoadWarning};
 use crate::snapshot::Snapshot;
 use diag::Diag;
-use serde::de::DeserializeOwned;
+use kinds::Class;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// API versions accepted for the `networking.istio.io` kinds.
@@ -67,6 +76,14 @@ struct Header {
     api_version: Option<String>,
     kind: Option<String>,
     metadata: Option<Metadata>,
+    /// Read by [`parse_spec`].
+    #[allow(dead_code)]
+    spec: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    status: Option<IgnoredAny>,
+    /// Any other top-level key: an unknown field.
+    #[serde(flatten)]
+    extra: BTreeMap<String, IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,61 +101,43 @@ fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! { with_snippet: false }
 }
 
+/// The outcome of loading a configuration, with its warnings whether or not
+/// it loaded (what `waypoint validate` reports).
+#[derive(Debug)]
+pub struct Report {
+    pub result: Result<Snapshot, LoadErrors>,
+    pub warnings: Vec<LoadWarning>,
+}
+
 /// Load every `*.yaml` / `*.yml` file of `dir` (sorted by name, not recursive).
 pub fn load_dir(dir: &Path, trust_domain: &str) -> Result<Snapshot, LoadErrors> {
-    let dir_err = |message: String| {
-        LoadErrors(vec![LoadError {
-            at: DocRef {
-                file: dir.display().to_string(),
-                ..DocRef::default()
-            },
-            field: None,
-            message,
-        }])
-    };
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| dir_err(format!("cannot read directory: {e}")))?;
-    let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| dir_err(format!("cannot read directory: {e}")))?
-            .path();
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
-        if is_yaml && path.is_file() {
-            paths.push(path);
-        }
-    }
-    paths.sort();
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => files.push((name, text)),
-            Err(e) => errors.push(LoadError {
-                at: DocRef {
-                    file: name,
-                    ..DocRef::default()
-                },
-                field: None,
-                message: format!("cannot read file: {e}"),
-            }),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(LoadErrors(errors));
-    }
-    load_str(&files, trust_domain)
+    files::read_dir(dir).and_then(|files| load_str(&files, trust_domain))
 }
 
 /// Load `(file name, content)` pairs, in the given order.
 pub fn load_str(files: &[(String, String)], trust_domain: &str) -> Result<Snapshot, LoadErrors> {
+    check_str(files, trust_domain).result
+}
+
+/// [`load_dir`] when `path` is a directory, else load the one file `path`
+/// (whatever its extension); with the structured warnings.
+pub fn check_path(path: &Path, trust_domain: &str) -> Report {
+    let files = if path.is_dir() {
+        files::read_dir(path)
+    } else {
+        files::read_file(path)
+    };
+    match files {
+        Ok(files) => check_str(&files, trust_domain),
+        Err(e) => Report {
+            result: Err(e),
+            warnings: Vec::new(),
+        },
+    }
+}
+
+/// [`load_str`] with the structured warnings.
+pub fn check_str(files: &[(String, String)], trust_domain: &str) -> Report {
     let mut diag = Diag::default();
     let mut parsed = Parsed::default();
     for (file, text) in files {
@@ -151,15 +150,31 @@ pub fn load_str(files: &[(String, String)], trust_domain: &str) -> Result<Snapsh
             parse_document(at, &doc.text, trust_domain, &mut parsed, &mut diag);
         }
     }
-    let builder = assemble::assemble(parsed, &mut diag);
+    let mut builder = assemble::assemble(parsed, &mut diag);
+    let mut warnings = diag.warnings;
     if !diag.errors.is_empty() {
-        return Err(LoadErrors(diag.errors));
+        return Report {
+            result: Err(LoadErrors(diag.errors)),
+            warnings,
+        };
     }
-    let mut builder = builder;
-    for w in diag.warnings {
-        builder.warning(w);
+    for w in &warnings {
+        builder.warning(w.to_string());
     }
-    Ok(builder.build())
+    let snapshot = builder.build();
+    // Warnings of the snapshot builder itself (no document to name).
+    for w in &snapshot.warnings()[warnings.len()..] {
+        warnings.push(LoadWarning {
+            at: DocRef::default(),
+            field: None,
+            message: w.clone(),
+            subject: false,
+        });
+    }
+    Report {
+        result: Ok(snapshot),
+        warnings,
+    }
 }
 
 fn parse_document(
@@ -182,28 +197,35 @@ fn parse_document(
         return;
     };
     at.kind = Some(kind.clone());
-    let known = matches!(
-        kind.as_str(),
-        "ServiceEntry" | "WorkloadEntry" | "VirtualService" | "DestinationRule" | "HTTPRoute"
-    );
-    if !known {
-        diag.warn(
-            &at,
-            None,
-            format!("kind {kind} is not supported; document skipped"),
-        );
-        return;
-    }
     let meta = header.metadata.unwrap_or(Metadata {
         name: None,
         namespace: None,
     });
     let namespace = meta.namespace.unwrap_or_else(|| "default".to_string());
+    match kinds::classify(header.api_version.as_deref(), &kind) {
+        Class::Enforced => {}
+        Class::Skip(message) => {
+            diag.warn(&at, None, message);
+            return;
+        }
+        Class::Refuse {
+            message,
+            kind_field,
+        } => {
+            at.name = meta.name.map(|n| format!("{namespace}/{n}"));
+            diag.error(&at, kind_field.then_some("kind"), message);
+            return;
+        }
+    }
     let Some(name) = meta.name else {
         diag.error(&at, Some("metadata.name"), "missing required field");
         return;
     };
     at.name = Some(format!("{namespace}/{name}"));
+    for key in header.extra.keys() {
+        // Every key of `schema::DOCUMENT` is a field of `Header`.
+        diag.error(&at, Some(key), schema::unknown_field(key, schema::DOCUMENT));
+    }
     match header.api_version.as_deref().map(|v| v.split_once('/')) {
         None => {
             diag.error(&at, Some("apiVersion"), "missing required field");
@@ -262,15 +284,27 @@ fn parse_document(
 }
 
 /// Parse the `spec` of a document as `S`; reports and returns `None` on error.
+/// A type error names the field it is in (`spec.http[0].route[0].weight`).
 fn parse_spec<S: DeserializeOwned>(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<S> {
-    match serde_saphyr::from_str_with_options::<Option<SpecDoc<S>>>(ctx.text, yaml_options()) {
+    let mut path = None;
+    let parsed =
+        serde_saphyr::with_deserializer_from_str_with_options(ctx.text, yaml_options(), |de| {
+            serde_path_to_error::deserialize::<_, Option<SpecDoc<S>>>(de).map_err(|e| {
+                path = Some(e.path().to_string());
+                e.into_inner()
+            })
+        });
+    match parsed {
         Ok(Some(SpecDoc { spec: Some(s) })) => Some(s),
         Ok(_) => {
             diag.error(&ctx.at, Some("spec"), "missing required field");
             None
         }
         Err(e) => {
-            diag.error(&ctx.at, Some("spec"), format!("invalid: {e}"));
+            let field = path
+                .filter(|p| p.starts_with("spec"))
+                .unwrap_or_else(|| "spec".to_string());
+            diag.error(&ctx.at, Some(&field), format!("invalid: {e}"));
             None
         }
     }

@@ -1,6 +1,7 @@
 //! `ServiceEntry` documents.
 
 use super::diag::{Diag, Extra};
+use super::schema;
 use super::{parse_spec, DocCtx};
 use crate::error::DocRef;
 use crate::hosts::expand_host;
@@ -67,7 +68,13 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
     let at = &ctx.at;
     let errors_before = diag.errors.len();
     // `resolution` does not matter to a waypoint; `location` is informational.
-    diag.unsupported(at, "spec.", &spec.extra, &["resolution", "location"]);
+    diag.unsupported(
+        at,
+        "spec.",
+        &spec.extra,
+        schema::SERVICE_ENTRY,
+        &["resolution", "location"],
+    );
 
     let hosts: Vec<String> = spec.hosts.unwrap_or_default();
     if hosts.is_empty() {
@@ -116,7 +123,13 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
         );
     }
     let selector = spec.workload_selector.map(|s| {
-        diag.unsupported(at, "spec.workloadSelector.", &s.extra, &[]);
+        diag.unsupported(
+            at,
+            "spec.workloadSelector.",
+            &s.extra,
+            schema::WORKLOAD_SELECTOR,
+            &[],
+        );
         s.labels.unwrap_or_default()
     });
 
@@ -127,7 +140,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
         .enumerate()
         .filter_map(|(i, e)| {
             let f = format!("spec.endpoints[{i}]");
-            diag.unsupported(at, &format!("{f}."), &e.extra, &[]);
+            diag.unsupported(at, &format!("{f}."), &e.extra, schema::WORKLOAD_ENTRY, &[]);
             let addr = diag.required(at, &format!("{f}.address"), e.address)?;
             let address = diag.ip(at, &format!("{f}.address"), &addr)?;
             let sa = e.service_account.unwrap_or_else(|| "default".to_string());
@@ -163,7 +176,7 @@ fn parse_ports(at: &DocRef, ports: Vec<PortY>, diag: &mut Diag) -> Vec<ServicePo
     let mut out: Vec<ServicePort> = Vec::new();
     for (i, p) in ports.into_iter().enumerate() {
         let f = format!("spec.ports[{i}]");
-        diag.unsupported(at, &format!("{f}."), &p.extra, &[]);
+        diag.unsupported(at, &format!("{f}."), &p.extra, schema::SERVICE_PORT, &[]);
         let number = diag
             .required(at, &format!("{f}.number"), p.number)
             .and_then(|n| diag.port(at, &format!("{f}.number"), n));

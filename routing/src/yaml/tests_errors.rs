@@ -44,7 +44,7 @@ fn wrong_type_names_doc_and_line() {
     assert_has(
         &e,
         &[
-            "x.yaml doc 0 ServiceEntry default/x: spec: invalid",
+            "x.yaml doc 0 ServiceEntry default/x: spec.ports[0].number: invalid",
             "line 7",
         ],
     );

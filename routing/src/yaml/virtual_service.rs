@@ -10,6 +10,7 @@ use super::actions::{
 };
 use super::diag::{Diag, Extra};
 use super::fields::{present, DurationRule, Fields, Scalar};
+use super::schema;
 use super::{parse_spec, yaml_options, DocCtx};
 use crate::actions::{Headers, Mirror, Percent, RetryPolicy, RouteAction, UriRewrite};
 use crate::error::DocRef;
@@ -173,7 +174,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<VirtualServiceI
     let spec: Spec = parse_spec(ctx, diag)?;
     let at = &ctx.at;
     let errors_before = diag.errors.len();
-    diag.unsupported(at, "spec.", &spec.extra, &[]);
+    diag.unsupported(at, "spec.", &spec.extra, schema::VIRTUAL_SERVICE, &[]);
     // `gateways` empty or naming `mesh`: the VirtualService applies to sidecars and waypoints.
     let gateways = spec.gateways.unwrap_or_default();
     let applies_to_mesh = gateways.is_empty() || gateways.iter().any(|g| g == "mesh");
@@ -285,7 +286,7 @@ fn parse_route(
 ) -> Option<(HttpRoute, Vec<String>)> {
     let at = &ctx.at;
     let f = format!("spec.http[{i}]");
-    diag.unsupported(at, &format!("{f}."), &h.extra, &[]);
+    diag.unsupported(at, &format!("{f}."), &h.extra, schema::VS_HTTP_ROUTE, &[]);
     let matches: Vec<RouteMatch> = h
         .matches
         .unwrap_or_default()
@@ -454,7 +455,7 @@ fn parse_route(
             break;
         }
         let mf = format!("{f}.mirrors[{k}]");
-        fl.unsupported(&mf, &mp.extra);
+        fl.unsupported(&mf, &mp.extra, schema::HTTP_MIRROR_POLICY);
         let df = format!("{mf}.destination");
         let Some(d) = fl.diag.required(at, &df, mp.destination) else {
             continue;
@@ -535,12 +536,18 @@ fn route_timeout(fl: &mut Fields<'_, '_>, f: &str, v: Scalar) -> Option<Duration
 fn parse_tcp_route(ctx: &DocCtx<'_>, i: usize, t: TcpY, diag: &mut Diag) -> Option<TcpRoute> {
     let at = &ctx.at;
     let f = format!("spec.tcp[{i}]");
-    diag.unsupported(at, &format!("{f}."), &t.extra, &[]);
+    diag.unsupported(at, &format!("{f}."), &t.extra, schema::TCP_ROUTE, &[]);
     let errors_before = diag.errors.len();
     let mut matches = Vec::new();
     for (k, m) in t.matches.unwrap_or_default().into_iter().enumerate() {
         let mf = format!("{f}.match[{k}]");
-        diag.unsupported(at, &format!("{mf}."), &m.extra, &[]);
+        diag.unsupported(
+            at,
+            &format!("{mf}."),
+            &m.extra,
+            schema::L4_MATCH_ATTRIBUTES,
+            &[],
+        );
         let port = m.port.and_then(|p| diag.port(at, &format!("{mf}.port"), p));
         let mut destination_subnets = Vec::new();
         for (j, s) in m.destination_subnets.unwrap_or_default().iter().enumerate() {
@@ -611,7 +618,13 @@ pub(super) enum Place {
 }
 
 fn parse_match(at: &DocRef, f: &str, m: MatchY, mesh: bool, diag: &mut Diag) -> RouteMatch {
-    diag.unsupported(at, &format!("{f}."), &m.extra, &[]);
+    diag.unsupported(
+        at,
+        &format!("{f}."),
+        &m.extra,
+        schema::HTTP_MATCH_REQUEST,
+        &[],
+    );
     let uri = m
         .uri
         .and_then(|u| string_match(at, &format!("{f}.uri"), u, Place::Uri, diag));
@@ -761,7 +774,10 @@ pub(super) fn string_match(
         diag.error(
             at,
             Some(&format!("{f}.{key}")),
-            "unknown string match (use exact, prefix or regex)",
+            match schema::suggest(key, schema::STRING_MATCH) {
+                Some(k) => format!("unknown string match (did you mean `{k}`?)"),
+                None => "unknown string match (use exact, prefix or regex)".to_string(),
+            },
         );
         ok = false;
     }
@@ -877,7 +893,7 @@ fn parse_destination(
     diag: &mut Diag,
 ) -> Option<(String, Option<String>, Option<u16>)> {
     let at = &ctx.at;
-    diag.unsupported(at, &format!("{df}."), &d.extra, &[]);
+    diag.unsupported(at, &format!("{df}."), &d.extra, schema::DESTINATION, &[]);
     let host = diag.required(at, &format!("{df}.host"), d.host);
     if host.as_deref() == Some("*") {
         diag.error(
@@ -890,7 +906,13 @@ fn parse_destination(
     let port = match d.port {
         None => Some(None),
         Some(p) => {
-            diag.unsupported(at, &format!("{df}.port."), &p.extra, &[]);
+            diag.unsupported(
+                at,
+                &format!("{df}.port."),
+                &p.extra,
+                schema::PORT_SELECTOR,
+                &[],
+            );
             let n = diag.required(at, &format!("{df}.port.number"), p.number);
             n.and_then(|n| diag.port(at, &format!("{df}.port.number"), n))
                 .map(Some)
@@ -913,7 +935,12 @@ fn parse_destinations(
     let mut ok = true;
     for (j, r) in routes.into_iter().enumerate() {
         let rf = format!("{f}.route[{j}]");
-        diag.unsupported(at, &format!("{rf}."), &r.extra, &[]);
+        let known = if tcp {
+            schema::ROUTE_DESTINATION
+        } else {
+            schema::HTTP_ROUTE_DESTINATION
+        };
+        diag.unsupported(at, &format!("{rf}."), &r.extra, known, &[]);
         // istiod (validateHTTPRouteDestinations): weights are int32 >= 0; a
         // missing weight is 0; a lone destination gets all requests whatever
         // its weight (route.go gives it a plain cluster, no weighted clusters).

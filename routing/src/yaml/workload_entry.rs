@@ -1,6 +1,7 @@
 //! `WorkloadEntry` documents.
 
 use super::diag::{Diag, Extra};
+use super::schema;
 use super::{parse_spec, DocCtx};
 use crate::model::{spiffe_identity, Endpoint};
 use serde::Deserialize;
@@ -25,7 +26,7 @@ pub(crate) struct WorkloadEntryIr {
 pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<WorkloadEntryIr> {
     let spec: Spec = parse_spec(ctx, diag)?;
     let at = &ctx.at;
-    diag.unsupported(at, "spec.", &spec.extra, &[]);
+    diag.unsupported(at, "spec.", &spec.extra, schema::WORKLOAD_ENTRY, &[]);
     let address = diag.required(at, "spec.address", spec.address)?;
     let address = diag.ip(at, "spec.address", &address)?;
     let sa = spec

@@ -11,4 +11,5 @@ mod first_contact;
 mod istio_ca;
 mod istio_template;
 mod manifests;
+mod validate;
 mod xds;

@@ -1,0 +1,134 @@
+//! `waypoint validate` on bad input: misspelled fields and kinds, kinds the waypoint refuses,
+//! type errors with their field path, a single file, and structured warnings in JSON.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::*;
+
+const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n";
+
+fn validate(args: &[&str], path: &Path) -> (Option<i32>, String) {
+    let out: Output = Command::new(binary())
+        .arg("validate")
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+const SERVICES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/bookinfo/services.yaml"
+);
+
+/// A new directory holding bookinfo's services (the VirtualServices' hosts).
+fn config_dir(tag: &str) -> std::path::PathBuf {
+    let dir = temp_dir(tag);
+    std::fs::copy(SERVICES, dir.join("services.yaml")).unwrap();
+    dir
+}
+
+/// `dir/name` holding `yaml`.
+fn file(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn misspelled_field_in_a_directory_suggests_the_real_one() {
+    let dir = config_dir("validate-weigth");
+    file(&dir, "vs.yaml", &format!("{VS}      weigth: 10\n"));
+    let (code, stdout) = validate(&[], &dir);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error: vs.yaml doc 0 VirtualService default/reviews: spec.http[0].route[0].weigth: unknown field `weigth` (did you mean `weight`?)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn misspelled_kind_in_a_file_suggests_the_real_one() {
+    let dir = temp_dir("validate-kind");
+    let path = file(
+        &dir,
+        "vs.yaml",
+        &VS.replace("VirtualService", "VirtualSevice"),
+    );
+    let (code, stdout) = validate(&[], &path);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("unknown kind VirtualSevice (did you mean VirtualService?)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn authorization_policy_is_refused() {
+    let dir = temp_dir("validate-authz");
+    let path = file(
+        &dir,
+        "authz.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-all\n  namespace: bookinfo\nspec: {}\n",
+    );
+    let (code, stdout) = validate(&[], &path);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error: authz.yaml doc 0 AuthorizationPolicy bookinfo/deny-all: kind AuthorizationPolicy is not enforced by this waypoint yet"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn type_error_names_the_field_path() {
+    let dir = temp_dir("validate-type");
+    let path = file(&dir, "vs.yaml", &format!("{VS}      weight: \"ten\"\n"));
+    let (code, stdout) = validate(&[], &path);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("VirtualService default/reviews: spec.http[0].route[0].weight: invalid"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_valid_single_file_passes() {
+    let (code, stdout) = validate(&[], Path::new(SERVICES));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("services.yaml: valid ("), "{stdout}");
+}
+
+#[test]
+fn json_warnings_are_objects_like_errors() {
+    let dir = config_dir("validate-json");
+    file(
+        &dir,
+        "vs.yaml",
+        &VS.replace(
+            "  hosts: [reviews]\n",
+            "  hosts: [reviews]\n  exportTo: ['.']\n",
+        ),
+    );
+    let (code, stdout) = validate(&["--output", "json"], &dir);
+    assert_eq!(code, Some(0), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let w = &v["warnings"][0];
+    assert_eq!(w["file"], "vs.yaml", "{v}");
+    assert_eq!(w["field"], "spec.exportTo", "{v}");
+    assert_eq!(w["kind"], "VirtualService", "{v}");
+    assert_eq!(w["message"], "is not supported yet; ignored", "{v}");
+
+    // An invalid config still lists its warnings.
+    file(&dir, "authz.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec: {}\n");
+    let (code, stdout) = validate(&["--output", "json"], &dir);
+    assert_eq!(code, Some(1), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["warnings"][0]["field"], "spec.exportTo", "{v}");
+    assert_eq!(v["errors"][0]["kind"], "AuthorizationPolicy", "{v}");
+}
