@@ -46,19 +46,19 @@ pub fn run(args: &ValidateArgs) -> i32 {
     match args.output {
         Output::Text => {
             for w in &report.warnings {
-                println!("warning: {w}");
+                crate::outln!("warning: {w}");
             }
             match &report.result {
-                Ok(snapshot) => println!(
+                Ok(snapshot) => crate::outln!(
                     "{path}: valid ({} services, {} warnings)",
                     snapshot.services().count(),
                     report.warnings.len()
                 ),
                 Err(errors) => {
                     for e in errors.iter() {
-                        println!("error: {e}");
+                        crate::outln!("error: {e}");
                     }
-                    println!("{path}: {} problem(s)", errors.len());
+                    crate::outln!("{path}: {} problem(s)", errors.len());
                 }
             }
         }
@@ -83,7 +83,7 @@ pub fn run(args: &ValidateArgs) -> i32 {
                     json!({"valid": false, "errors": errors, "warnings": warnings})
                 }
             };
-            println!("{verdict}");
+            crate::outln!("{verdict}");
         }
     }
     i32::from(report.result.is_err())

@@ -169,6 +169,7 @@ fn no_command_panics_on_a_closed_stdout() {
             "waypoint",
         ],
         &["demo", "-n", "5", "--config", demo_config],
+        &["validate", "examples/bookinfo"],
         &["--help"],
     ];
     for args in commands {
