@@ -102,16 +102,19 @@ pub enum StrMatch {
     Contains(String),
     /// A full match (Envoy `safe_regex`).
     Regex(MatchRegex),
-    /// Any value, as long as there is one (Istio's `*`; Envoy `present_match`).
+    /// Any value, as long as there is one, empty included (Envoy `present_match`; Istio's `*`
+    /// for headers, hosts and methods).
     Present,
+    /// A non-empty value (istiod's `*` elsewhere: `safe_regex: ".+"`).
+    NonEmpty,
 }
 
 impl StrMatch {
-    /// Istio's string value syntax in AuthorizationPolicy fields: `*` (present), `abc*`
-    /// (prefix), `*abc` (suffix), otherwise exact.
+    /// Istio's string value syntax in AuthorizationPolicy fields (istiod `StringMatcher`): `*`
+    /// (non-empty), `abc*` (prefix), `*abc` (suffix), otherwise exact.
     pub fn istio(value: &str) -> StrMatch {
         if value == "*" {
-            StrMatch::Present
+            StrMatch::NonEmpty
         } else if let Some(p) = value.strip_suffix('*') {
             StrMatch::Prefix(p.to_string())
         } else if let Some(s) = value.strip_prefix('*') {
@@ -150,6 +153,7 @@ impl StrMatch {
             }
             StrMatch::Regex(r) => r.is_match(value),
             StrMatch::Present => true,
+            StrMatch::NonEmpty => !value.is_empty(),
         }
     }
 }

@@ -184,7 +184,8 @@ impl Builder<'_> {
         ))
     }
 
-    /// `serviceAccounts`: `SA` (the policy's namespace) or `NS/SA`, any trust domain.
+    /// `serviceAccounts` (Istio 1.25+): `SA` (the policy's namespace) or `NS/SA`, any trust
+    /// domain (istiod `serviceAccountRegex`).
     fn service_account(&mut self, field: &str, v: &str) -> Option<Expr> {
         let (ns, sa) = v.split_once('/').unwrap_or((self.namespace, v));
         if ns.is_empty() || sa.is_empty() || sa.contains('/') || v.contains('*') {
@@ -194,10 +195,16 @@ impl Builder<'_> {
             );
             return None;
         }
+        let pattern = format!(
+            "spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?",
+            regex_escape(ns),
+            regex_escape(sa)
+        );
+        let m = StrMatch::Regex(MatchRegex::new(&pattern).ok()?);
         Some(Expr::Test(
             Attr::SourcePrincipal,
             Matcher::Str {
-                m: StrMatch::Suffix(format!("/ns/{ns}/sa/{sa}")),
+                m,
                 ignore_case: false,
             },
         ))
@@ -226,28 +233,20 @@ impl Builder<'_> {
         }
     }
 
-    /// `hosts`: case-insensitive on `:authority`; a host without a port also matches the
-    /// authority with any port.
+    /// `hosts` (istiod `HostMatcher`): `:authority`, case-insensitive, `*` present; the port is
+    /// part of the authority (`reviews` does not match `reviews:9080`).
     fn host(&mut self, field: &str, v: &str) -> Option<Expr> {
-        let m = self.string(field, v)?;
-        let with_port = match &m {
-            StrMatch::Exact(h) | StrMatch::Suffix(h) if !h.contains(':') => {
-                let escaped = regex_escape(h);
-                let pattern = match &m {
-                    StrMatch::Exact(_) => format!("(?i){escaped}(:[0-9]+)?"),
-                    _ => format!("(?i).*{escaped}(:[0-9]+)?"),
-                };
-                MatchRegex::new(&pattern).ok().map(StrMatch::Regex)
-            }
-            _ => None,
+        self.header_test(Attr::Host, field, v, true)
+    }
+
+    /// Header-like values (istiod `HeaderMatcher`): as [`StrMatch::istio`], but `*` is
+    /// `present_match`.
+    fn header_test(&mut self, attr: Attr, field: &str, v: &str, ignore_case: bool) -> Option<Expr> {
+        let m = match self.string(field, v)? {
+            StrMatch::NonEmpty => StrMatch::Present,
+            m => m,
         };
-        Some(Expr::Test(
-            Attr::Host,
-            Matcher::Str {
-                m: with_port.unwrap_or(m),
-                ignore_case: true,
-            },
-        ))
+        Some(Expr::Test(attr, Matcher::Str { m, ignore_case }))
     }
 
     /// `paths`: Istio's string syntax, or a template with `{*}` (one segment) and `{**}` (any
@@ -417,7 +416,10 @@ impl Builder<'_> {
             })
         };
         let one: One<'_> = if let Some(name) = bracketed(key, "request.headers") {
-            str_attr(Attr::Header(name.to_ascii_lowercase()))
+            let attr = Attr::Header(name.to_ascii_lowercase());
+            Box::new(move |b: &mut Builder<'_>, f: &str, v: &str| {
+                b.header_test(attr.clone(), f, v, false)
+            })
         } else if let Some(path) = claim_path(key) {
             str_attr(Attr::RequestClaim(path))
         } else {

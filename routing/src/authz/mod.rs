@@ -96,43 +96,76 @@ impl PolicySet {
     }
 }
 
+/// One destination's policies for HTTP requests and for TCP connections. From YAML the two are
+/// the same set (evaluation gives HTTP-only attributes their TCP meaning); from istiod they are
+/// the HTTP chain's `envoy.filters.http.rbac` and the TCP chain's `envoy.filters.network.rbac`.
+#[derive(Debug, Clone, Default)]
+pub struct ServicePolicies {
+    pub http: Arc<PolicySet>,
+    pub tcp: Arc<PolicySet>,
+}
+
+impl ServicePolicies {
+    /// The same policies for both protocols.
+    pub fn both(set: PolicySet) -> Self {
+        let set = Arc::new(set);
+        Self {
+            http: set.clone(),
+            tcp: set,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.http.is_empty() && self.tcp.is_empty()
+    }
+}
+
 /// Every destination's policies, built once per snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Authorization {
     /// Service FQDN → its policies (the waypoint-wide ones included).
-    by_service: HashMap<String, Arc<PolicySet>>,
+    by_service: HashMap<String, ServicePolicies>,
     /// Traffic that reached no service (pod-addressed traffic of a workload waypoint): the
     /// waypoint-wide policies.
-    waypoint: Arc<PolicySet>,
+    waypoint: ServicePolicies,
 }
 
 impl Authorization {
-    pub fn new(waypoint: PolicySet, by_service: HashMap<String, PolicySet>) -> Self {
+    pub fn new(waypoint: ServicePolicies, by_service: HashMap<String, ServicePolicies>) -> Self {
         Self {
-            by_service: by_service
-                .into_iter()
-                .map(|(k, v)| (k, Arc::new(v)))
-                .collect(),
-            waypoint: Arc::new(waypoint),
+            by_service,
+            waypoint,
         }
     }
 
-    /// The policies for a service (by FQDN), or the waypoint-wide ones.
-    pub fn for_service(&self, hostname: Option<&str>) -> &Arc<PolicySet> {
-        hostname
+    /// The policies for a service (by FQDN; the waypoint-wide ones for none or an unknown one),
+    /// for an HTTP request or a TCP connection.
+    pub fn for_service(&self, hostname: Option<&str>, http: bool) -> &Arc<PolicySet> {
+        let p = hostname
             .and_then(|h| self.by_service.get(h))
-            .unwrap_or(&self.waypoint)
+            .unwrap_or(&self.waypoint);
+        if http {
+            &p.http
+        } else {
+            &p.tcp
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.waypoint.is_empty() && self.by_service.values().all(|s| s.is_empty())
+        self.waypoint.is_empty() && self.by_service.values().all(ServicePolicies::is_empty)
+    }
+
+    fn sets(&self) -> impl Iterator<Item = &Arc<PolicySet>> {
+        std::iter::once(&self.waypoint)
+            .chain(self.by_service.values())
+            .flat_map(|p| [&p.http, &p.tcp])
     }
 
     /// Every distinct policy in force, for `/config_dump`.
     pub fn policies(&self) -> Vec<Arc<Policy>> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for set in std::iter::once(&self.waypoint).chain(self.by_service.values()) {
+        for set in self.sets() {
             for p in &set.policies {
                 if seen.insert(Arc::as_ptr(p)) {
                     out.push(p.clone());
@@ -143,13 +176,19 @@ impl Authorization {
         out
     }
 
-    /// Service FQDN → names of the policies that apply to it, for `/config_dump`.
+    /// Service FQDN → names of the policies that apply to its HTTP traffic, for
+    /// `/config_dump` (`(waypoint)`: pod-addressed traffic).
     pub fn attachments(&self) -> std::collections::BTreeMap<String, Vec<String>> {
-        let names = |s: &PolicySet| {
-            s.policies
+        let names = |s: &ServicePolicies| {
+            let mut v: Vec<String> = s
+                .http
+                .policies
                 .iter()
+                .chain(&s.tcp.policies)
                 .map(|p| format!("{}/{}", p.namespace, p.name))
-                .collect::<Vec<_>>()
+                .collect();
+            v.dedup();
+            v
         };
         let mut out: std::collections::BTreeMap<String, Vec<String>> = self
             .by_service
