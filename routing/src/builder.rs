@@ -4,6 +4,7 @@
 //! the front-end, e.g. [`crate::yaml`]); conflicting input is resolved
 //! "first wins" with a warning.
 
+use crate::authz::Authorization;
 use crate::hosts::kube_aliases;
 use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
@@ -25,6 +26,7 @@ pub struct SnapshotBuilder {
     virtual_services: Vec<VirtualService>,
     destination_rules: Vec<DestinationRule>,
     warnings: Vec<String>,
+    authorization: Authorization,
 }
 
 impl SnapshotBuilder {
@@ -58,6 +60,12 @@ impl SnapshotBuilder {
         self
     }
 
+    /// The authorization policies in force (per service, HTTP and TCP).
+    pub fn authorization(&mut self, authorization: Authorization) -> &mut Self {
+        self.authorization = authorization;
+        self
+    }
+
     pub fn warning(&mut self, warning: impl Into<String>) -> &mut Self {
         self.warnings.push(warning.into());
         self
@@ -74,6 +82,7 @@ impl SnapshotBuilder {
         let mut snap = Snapshot {
             version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
             warnings: self.warnings,
+            authorization: self.authorization,
             ..Snapshot::default()
         };
         for (service, endpoints) in self.services {

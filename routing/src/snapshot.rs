@@ -86,6 +86,7 @@ pub struct Snapshot {
     pub(crate) destination_rules: Vec<DestinationRule>,
     pub(crate) clusters: HashMap<String, HashMap<u16, PortClusters>>,
     pub(crate) warnings: Vec<String>,
+    pub(crate) authorization: crate::authz::Authorization,
 }
 
 impl Snapshot {
@@ -108,6 +109,11 @@ impl Snapshot {
         self.service_index(host)
             .map(|i| self.endpoints[i].as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The authorization policies in force.
+    pub fn authorization(&self) -> &crate::authz::Authorization {
+        &self.authorization
     }
 
     pub fn virtual_services(&self) -> &[VirtualService] {
