@@ -1,6 +1,7 @@
 //! Cross-document resolution: workload selection, host/subset references,
 //! duplicates; feeds a [`SnapshotBuilder`].
 
+use super::authorization_policy::WaypointRef;
 use super::destination_rule::DestinationRuleIr;
 use super::diag::Diag;
 use super::virtual_service::VirtualServiceIr;
@@ -49,9 +50,29 @@ impl Hosts {
     }
 }
 
-pub(super) fn assemble(p: Parsed, diag: &mut Diag) -> SnapshotBuilder {
+pub(super) fn assemble(p: Parsed, waypoint: &WaypointRef, diag: &mut Diag) -> SnapshotBuilder {
     let mut b = SnapshotBuilder::new();
     let hosts = add_services(&p, &mut b, diag);
+    let service_entries: HashMap<String, Vec<String>> = p
+        .service_entries
+        .iter()
+        .filter_map(|se| {
+            let canonical = hosts.resolve(se.hosts.first()?)?;
+            Some((se.at.name.clone()?, vec![canonical.to_string()]))
+        })
+        .collect();
+    let resolve_service = |name: &str, ns: &str| {
+        hosts
+            .resolve(&format!("{name}.{ns}.svc.{}", crate::hosts::CLUSTER_DOMAIN))
+            .map(str::to_string)
+    };
+    b.authorization(super::authorization_policy::attach(
+        p.authorization_policies,
+        waypoint,
+        &resolve_service,
+        &service_entries,
+        diag,
+    ));
     let rules = add_destination_rules(p.destination_rules, &hosts, &mut b, diag);
     let vs_owner = add_virtual_services(p.virtual_services, &hosts, &rules, &mut b, diag);
     let resolve = |h: &str| hosts.resolve(h).map(str::to_string);

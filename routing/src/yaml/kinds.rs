@@ -16,6 +16,7 @@ pub(super) const ENFORCED: &[&str] = &[
     "VirtualService",
     "DestinationRule",
     "HTTPRoute",
+    "AuthorizationPolicy",
 ];
 
 /// Istio kinds a waypoint does not apply by design, and why.
@@ -29,7 +30,7 @@ const BY_DESIGN: &[(&str, &str)] = &[
 ];
 
 /// Kinds that decide who may talk to whom: ignoring one would fail open.
-const SECURITY: &[&str] = &["AuthorizationPolicy", "RequestAuthentication"];
+const SECURITY: &[&str] = &["RequestAuthentication"];
 
 /// Kinds a waypoint would have to apply but this one cannot yet.
 const NOT_YET: &[&str] = &[

@@ -10,6 +10,7 @@
 
 mod actions;
 mod assemble;
+mod authorization_policy;
 mod destination_rule;
 mod diag;
 mod docs;
@@ -27,6 +28,8 @@ mod tests;
 #[cfg(test)]
 mod tests_actions;
 #[cfg(test)]
+mod tests_authz;
+#[cfg(test)]
 mod tests_errors;
 #[cfg(test)]
 mod tests_http_route;
@@ -37,6 +40,7 @@ mod tests_schema;
 
 use crate::error::{DocRef, LoadErrors, LoadWarning};
 use crate::snapshot::Snapshot;
+pub use authorization_policy::WaypointRef;
 use diag::Diag;
 use kinds::Class;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -47,6 +51,9 @@ use std::path::Path;
 /// API versions accepted for the `networking.istio.io` kinds.
 const ISTIO_GROUP: &str = "networking.istio.io";
 const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+/// API versions accepted for `security.istio.io` AuthorizationPolicy.
+const SECURITY_GROUP: &str = "security.istio.io";
+const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 /// API versions accepted for Gateway API `HTTPRoute`.
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 const GATEWAY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
@@ -59,6 +66,7 @@ struct Parsed {
     virtual_services: Vec<virtual_service::VirtualServiceIr>,
     destination_rules: Vec<destination_rule::DestinationRuleIr>,
     http_routes: Vec<http_route::HttpRouteIr>,
+    authorization_policies: Vec<authorization_policy::AuthorizationPolicyIr>,
 }
 
 /// One document about to be parsed as a known kind.
@@ -68,6 +76,7 @@ struct DocCtx<'a> {
     name: String,
     text: &'a str,
     trust_domain: &'a str,
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +99,7 @@ struct Header {
 struct Metadata {
     name: Option<String>,
     namespace: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,9 +119,32 @@ pub struct Report {
     pub warnings: Vec<LoadWarning>,
 }
 
+/// What loading needs besides the files: the trust domain endpoint identities are minted in,
+/// and which waypoint this is (AuthorizationPolicy `targetRefs` attach to it).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub trust_domain: String,
+    pub waypoint: WaypointRef,
+}
+
+impl LoadOptions {
+    /// `trust_domain`, and the waypoint `default/waypoint` with root namespace `istio-system`.
+    pub fn new(trust_domain: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_string(),
+            waypoint: WaypointRef::default(),
+        }
+    }
+}
+
 /// Load every `*.yaml` / `*.yml` file of `dir` (sorted by name, not recursive).
 pub fn load_dir(dir: &Path, trust_domain: &str) -> Result<Snapshot, LoadErrors> {
-    files::read_dir(dir).and_then(|files| load_str(&files, trust_domain))
+    load_dir_with(dir, &LoadOptions::new(trust_domain))
+}
+
+/// [`load_dir`] with every option.
+pub fn load_dir_with(dir: &Path, options: &LoadOptions) -> Result<Snapshot, LoadErrors> {
+    files::read_dir(dir).and_then(|files| check_str_with(&files, options).result)
 }
 
 /// Load `(file name, content)` pairs, in the given order.
@@ -122,13 +155,18 @@ pub fn load_str(files: &[(String, String)], trust_domain: &str) -> Result<Snapsh
 /// [`load_dir`] when `path` is a directory, else load the one file `path`
 /// (whatever its extension); with the structured warnings.
 pub fn check_path(path: &Path, trust_domain: &str) -> Report {
+    check_path_with(path, &LoadOptions::new(trust_domain))
+}
+
+/// [`check_path`] with every option.
+pub fn check_path_with(path: &Path, options: &LoadOptions) -> Report {
     let files = if path.is_dir() {
         files::read_dir(path)
     } else {
         files::read_file(path)
     };
     match files {
-        Ok(files) => check_str(&files, trust_domain),
+        Ok(files) => check_str_with(&files, options),
         Err(e) => Report {
             result: Err(e),
             warnings: Vec::new(),
@@ -138,6 +176,11 @@ pub fn check_path(path: &Path, trust_domain: &str) -> Report {
 
 /// [`load_str`] with the structured warnings.
 pub fn check_str(files: &[(String, String)], trust_domain: &str) -> Report {
+    check_str_with(files, &LoadOptions::new(trust_domain))
+}
+
+/// [`check_str`] with every option.
+pub fn check_str_with(files: &[(String, String)], options: &LoadOptions) -> Report {
     let mut diag = Diag::default();
     let mut parsed = Parsed::default();
     for (file, text) in files {
@@ -147,10 +190,10 @@ pub fn check_str(files: &[(String, String)], trust_domain: &str) -> Report {
                 doc: Some(doc.index),
                 ..DocRef::default()
             };
-            parse_document(at, &doc.text, trust_domain, &mut parsed, &mut diag);
+            parse_document(at, &doc.text, &options.trust_domain, &mut parsed, &mut diag);
         }
     }
-    let mut builder = assemble::assemble(parsed, &mut diag);
+    let mut builder = assemble::assemble(parsed, &options.waypoint, &mut diag);
     let mut warnings = diag.warnings;
     if !diag.errors.is_empty() {
         return Report {
@@ -200,6 +243,7 @@ fn parse_document(
     let meta = header.metadata.unwrap_or(Metadata {
         name: None,
         namespace: None,
+        annotations: None,
     });
     let namespace = meta.namespace.unwrap_or_else(|| "default".to_string());
     match kinds::classify(header.api_version.as_deref(), &kind) {
@@ -240,6 +284,25 @@ fn parse_document(
             );
             return;
         }
+        Some(Some((SECURITY_GROUP, v)))
+            if kind == "AuthorizationPolicy" && SECURITY_VERSIONS.contains(&v) => {}
+        Some(Some((SECURITY_GROUP, v))) if kind == "AuthorizationPolicy" => {
+            diag.error(
+                &at,
+                Some("apiVersion"),
+                format!("unsupported version {v} (use v1 or v1beta1)"),
+            );
+            return;
+        }
+        // Never skipped: a policy the loader would not apply fails open.
+        _ if kind == "AuthorizationPolicy" => {
+            diag.error(
+                &at,
+                Some("apiVersion"),
+                "AuthorizationPolicy is security.istio.io/v1 (or v1beta1)",
+            );
+            return;
+        }
         Some(Some((ISTIO_GROUP, v))) if kind != "HTTPRoute" && ISTIO_VERSIONS.contains(&v) => {}
         Some(Some((ISTIO_GROUP, v))) if kind != "HTTPRoute" => {
             diag.error(
@@ -265,6 +328,7 @@ fn parse_document(
         name,
         text,
         trust_domain,
+        annotations: meta.annotations.unwrap_or_default(),
     };
     match kind.as_str() {
         "ServiceEntry" => parsed
@@ -277,6 +341,9 @@ fn parse_document(
             .virtual_services
             .extend(virtual_service::parse(&ctx, diag)),
         "HTTPRoute" => parsed.http_routes.extend(http_route::parse(&ctx, diag)),
+        "AuthorizationPolicy" => parsed
+            .authorization_policies
+            .extend(authorization_policy::parse(&ctx, diag)),
         _ => parsed
             .destination_rules
             .extend(destination_rule::parse(&ctx, diag)),
@@ -286,6 +353,21 @@ fn parse_document(
 /// Parse the `spec` of a document as `S`; reports and returns `None` on error.
 /// A type error names the field it is in (`spec.http[0].route[0].weight`).
 fn parse_spec<S: DeserializeOwned>(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<S> {
+    match parse_optional_spec(ctx, diag) {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            diag.error(&ctx.at, Some("spec"), "missing required field");
+            None
+        }
+        Err(()) => None,
+    }
+}
+
+/// The `spec` of a document, `None` when it has none; errors are reported (field path kept).
+fn parse_optional_spec<S: DeserializeOwned>(
+    ctx: &DocCtx<'_>,
+    diag: &mut Diag,
+) -> Result<Option<S>, ()> {
     let mut path = None;
     let parsed =
         serde_saphyr::with_deserializer_from_str_with_options(ctx.text, yaml_options(), |de| {
@@ -295,17 +377,13 @@ fn parse_spec<S: DeserializeOwned>(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<
             })
         });
     match parsed {
-        Ok(Some(SpecDoc { spec: Some(s) })) => Some(s),
-        Ok(_) => {
-            diag.error(&ctx.at, Some("spec"), "missing required field");
-            None
-        }
+        Ok(doc) => Ok(doc.and_then(|d| d.spec)),
         Err(e) => {
             let field = path
                 .filter(|p| p.starts_with("spec"))
                 .unwrap_or_else(|| "spec".to_string());
             diag.error(&ctx.at, Some(&field), format!("invalid: {e}"));
-            None
+            Err(())
         }
     }
 }
