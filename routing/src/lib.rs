@@ -53,7 +53,10 @@ pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
 pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
 pub use weighted::pick_weighted;
-pub use yaml::{check_path, check_str, load_dir, load_str, Report};
+pub use yaml::{
+    check_path, check_path_with, check_str, load_dir, load_dir_with, load_str, LoadOptions, Report,
+    WaypointRef,
+};
 
 #[cfg(test)]
 mod tests {

@@ -118,6 +118,8 @@ pub struct RunArgs {
     /// Mesh trust domain: identities of endpoints in the config are minted in it.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    #[command(flatten)]
+    pub waypoint: WaypointArgs,
     /// Further trust domains whose clients are accepted.
     #[arg(
         long = "trust-domain-alias",
@@ -207,6 +209,59 @@ pub struct RunArgs {
     /// Sliding window of the split audit (/splits), in seconds.
     #[arg(long, env = "WAYPOINT_SPLIT_WINDOW_SECONDS", default_value_t = 300)]
     pub split_window_seconds: u64,
+}
+
+/// Which waypoint this is, for AuthorizationPolicy `targetRefs` in YAML config (under istiod,
+/// istiod attaches policies itself).
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct WaypointArgs {
+    /// This waypoint's Gateway, NAMESPACE/NAME: policies whose targetRefs name it (from its
+    /// namespace) apply to every service it serves.
+    #[arg(
+        long = "waypoint-gateway",
+        env = "WAYPOINT_GATEWAY",
+        default_value = "default/waypoint",
+        value_name = "NS/NAME",
+        value_parser = parse_gateway
+    )]
+    pub gateway: (String, String),
+    /// The mesh's root namespace: a policy there targeting GatewayClass istio-waypoint applies
+    /// to every waypoint.
+    #[arg(long, env = "WAYPOINT_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+}
+
+impl Default for WaypointArgs {
+    fn default() -> Self {
+        let w = routing::WaypointRef::default();
+        Self {
+            gateway: (w.namespace, w.name),
+            root_namespace: w.root_namespace,
+        }
+    }
+}
+
+impl WaypointArgs {
+    /// What the YAML loader needs, with `trust_domain`.
+    pub fn load_options(&self, trust_domain: &str) -> routing::LoadOptions {
+        routing::LoadOptions {
+            trust_domain: trust_domain.to_string(),
+            waypoint: routing::WaypointRef {
+                namespace: self.gateway.0.clone(),
+                name: self.gateway.1.clone(),
+                root_namespace: self.root_namespace.clone(),
+            },
+        }
+    }
+}
+
+fn parse_gateway(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

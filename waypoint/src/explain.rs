@@ -30,6 +30,8 @@ pub struct ExplainArgs {
     /// Mesh trust domain.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    #[command(flatten)]
+    pub waypoint: crate::cli::WaypointArgs,
     /// SPIFFE id of the client workload (its namespace feeds `sourceNamespace` matches).
     #[arg(long)]
     pub source: Option<SpiffeId>,
@@ -126,17 +128,76 @@ pub struct Explanation {
     pub destinations: Vec<DestinationReport>,
     /// What applies to the request besides the destination (timeouts, retries, …).
     pub policy: Vec<String>,
+    /// The authorization decision, when policies apply to the destination.
+    pub authorization: Option<AuthzExplanation>,
+}
+
+/// Which policies applied, how each rule evaluated, and the decision — what the data path
+/// decides for the same request.
+#[derive(Debug, Serialize)]
+pub struct AuthzExplanation {
+    pub decision: routing::authz::Decision,
+    /// 403 `RBAC: access denied` with these response code details, when denied.
+    pub response_code_details: Option<String>,
+    pub policies: Vec<routing::authz::PolicyTrace>,
+}
+
+/// The request of `explain` as authorization reads it.
+struct ExplainAuthz<'a> {
+    principal: Option<String>,
+    source_ip: Option<IpAddr>,
+    destination: SocketAddr,
+    method: String,
+    authority: String,
+    path: &'a str,
+    headers: &'a [(String, String)],
+}
+
+impl routing::authz::AuthzView for ExplainAuthz<'_> {
+    fn is_http(&self) -> bool {
+        true
+    }
+    fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        self.source_ip
+    }
+    fn destination_ip(&self) -> Option<IpAddr> {
+        Some(self.destination.ip())
+    }
+    fn destination_port(&self) -> u16 {
+        self.destination.port()
+    }
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn host(&self) -> Option<&str> {
+        Some(&self.authority)
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Explain `args` against `snapshot`.
 pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, String> {
     let target = parse_url(&args.url)?;
+    // Pod-addressed requests get the waypoint-wide policies (istiod's direct chains).
+    let mut pod_addressed = false;
     let (service, port) = match target.host.parse::<IpAddr>() {
         Ok(ip) => {
             let port = target.port.unwrap_or(80);
             match snapshot.resolve_destination(SocketAddr::new(ip, port)) {
                 Some(Destination::Service { service, port }) => (service, port),
                 Some(Destination::Pod { services, port, .. }) => {
+                    pod_addressed = true;
                     let service = services.first().ok_or_else(|| {
                         format!("{ip}:{port} is a pod that no service covers on that port")
                     })?;
@@ -207,6 +268,26 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
     if let Some(labels) = &source_labels {
         req = req.with_source_labels(labels.clone());
     }
+    let authority = match target.port {
+        Some(p) => format!("{}:{p}", target.host),
+        None => target.host.clone(),
+    };
+    let authorization = explain_authz(
+        snapshot,
+        args,
+        (!pod_addressed).then_some(service.hostname.as_str()),
+        SocketAddr::new(
+            target
+                .host
+                .parse()
+                .ok()
+                .or_else(|| service.vips.first().copied())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            target.port.unwrap_or(port.number),
+        ),
+        &authority,
+        &target.path,
+    );
     let routing = snapshot.explain_route(service, port.number, &req);
     let mut destinations = Vec::new();
     let mut targets: Vec<(String, Option<String>, u16, u32)> = Vec::new();
@@ -271,6 +352,36 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
         routing,
         destinations,
         policy,
+        authorization,
+    })
+}
+
+fn explain_authz(
+    snapshot: &Snapshot,
+    args: &ExplainArgs,
+    service: Option<&str>,
+    destination: SocketAddr,
+    authority: &str,
+    path: &str,
+) -> Option<AuthzExplanation> {
+    let set = snapshot.authorization().for_service(service, true);
+    if set.is_empty() {
+        return None;
+    }
+    let view = ExplainAuthz {
+        principal: args.source.as_ref().map(|s| s.to_string()),
+        source_ip: args.source_ip,
+        destination,
+        method: args.method.to_ascii_uppercase(),
+        authority: authority.to_string(),
+        path,
+        headers: &args.headers,
+    };
+    let decision = set.evaluate(&view);
+    Some(AuthzExplanation {
+        response_code_details: decision.verdict.response_code_details(),
+        policies: set.trace(&view),
+        decision,
     })
 }
 
@@ -286,6 +397,45 @@ impl Explanation {
             "service    {} port {} ({})",
             self.service, self.port, self.protocol
         );
+        if let Some(a) = &self.authorization {
+            let _ = writeln!(out, "\nauthorization");
+            for p in &a.policies {
+                let dry = if p.dry_run { " (dry-run)" } else { "" };
+                let _ = writeln!(out, "  {} {}{dry}", p.action, p.policy);
+                if p.rules.is_empty() {
+                    let _ = writeln!(out, "    no rules: matches nothing");
+                }
+                for r in &p.rules {
+                    let _ = writeln!(
+                        out,
+                        "    {} {}  (from: {:?}, to/when: {:?})",
+                        if r.matched { "MATCH" } else { "-    " },
+                        r.name,
+                        r.principal,
+                        r.permission
+                    );
+                }
+            }
+            let v = &a.decision.verdict;
+            let _ = match &a.response_code_details {
+                Some(details) => writeln!(out, "  => DENIED: 403 RBAC: access denied ({details})"),
+                None => writeln!(out, "  => allowed ({} {})", v.action(), v.policy()),
+            };
+            if let Some(d) = &a.decision.dry_run {
+                let _ = writeln!(
+                    out,
+                    "  dry-run policies would: {} {}",
+                    d.action(),
+                    d.policy()
+                );
+            }
+            if !a.decision.audited.is_empty() {
+                let _ = writeln!(out, "  audited by: {}", a.decision.audited.join(", "));
+            }
+            if !v.allowed() {
+                return out;
+            }
+        }
         let _ = writeln!(out, "\nrouting");
         for line in self.routing.to_string().lines() {
             let _ = writeln!(out, "  {line}");
@@ -347,17 +497,19 @@ impl Explanation {
 /// Load the config, explain, print. Returns the exit code (1 for bad config or input).
 pub fn run(args: &ExplainArgs) -> i32 {
     let snapshot = match (&args.config, &args.xds_dump) {
-        (Some(dir), _) => match routing::load_dir(dir, &args.trust_domain) {
-            Ok(s) => s,
-            Err(errors) => {
-                eprintln!(
-                    "{} problem(s) in {}:\n{errors}",
-                    errors.len(),
-                    dir.display()
-                );
-                return 1;
+        (Some(dir), _) => {
+            match routing::load_dir_with(dir, &args.waypoint.load_options(&args.trust_domain)) {
+                Ok(s) => s,
+                Err(errors) => {
+                    eprintln!(
+                        "{} problem(s) in {}:\n{errors}",
+                        errors.len(),
+                        dir.display()
+                    );
+                    return 1;
+                }
             }
-        },
+        }
         (None, Some(file)) => match crate::xds::load_dump(file, &args.trust_domain) {
             Ok(t) => t.snapshot,
             Err(e) => {

@@ -108,12 +108,15 @@ impl Inbound {
             ..Default::default()
         };
         let mut dest_service: Option<Service> = None;
+        // The service whose policies apply (none for pod-addressed traffic: the waypoint's).
+        let mut authz_service: Option<String> = None;
         let mut policy = TunnelPolicy::default();
         let candidates: Vec<(SocketAddr, SpiffeId, Arc<Endpoint>)> = match snapshot
             .resolve_destination(info.original_dst)
         {
             Some(Destination::Service { service, port }) => {
                 dest_service = Some(service.clone());
+                authz_service = Some(service.hostname.clone());
                 // A VirtualService `tcp` route may send the connection elsewhere (weighted).
                 let conn = routing::TcpConnection {
                     destination: Some(info.original_dst.ip()),
@@ -192,6 +195,24 @@ impl Inbound {
             metrics.tcp_opened(&labels);
             metrics.tcp_closed(&labels, 0, prefix.len() as u64);
         };
+        let policies = snapshot
+            .authorization()
+            .for_service(authz_service.as_deref(), false);
+        if !policies.is_empty() {
+            let decision = policies.evaluate(&crate::proxy::TcpAuthz(info));
+            self.telemetry.metrics.authz.record(&decision, false);
+            let note = crate::proxy::AuthzNote::from(&decision);
+            (entry.authz, entry.authz_dry_run, entry.authz_audit) =
+                (note.decision, note.dry_run, note.audit);
+            if let Some(details) = decision.verdict.response_code_details() {
+                // Envoy's network RBAC: the connection is closed, its termination details say why.
+                debug!(dst = %info.original_dst, %details, "TCP connection denied");
+                entry.connection_termination_details = details;
+                unserved("-");
+                self.access_log.write(&entry);
+                return;
+            }
+        }
         if candidates.is_empty() {
             entry.response_flags = "UH".into();
             warn!(dst = %info.original_dst, "TCP tunnel: no endpoint to send it to");

@@ -334,7 +334,56 @@ impl IstioMetrics {
 /// The registry and everything registered in it.
 pub struct Metrics {
     pub istio: IstioMetrics,
+    pub authz: AuthzMetrics,
     registry: Registry,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `allow`, `deny` or `custom_deny` (a CUSTOM rule matched; the authorizer is not called).
+    pub action: &'static str,
+    /// `NS/NAME` of the deciding policy, `none` (no ALLOW matched) or `-`.
+    pub policy: String,
+    /// `http` or `tcp`.
+    pub protocol: &'static str,
+}
+
+/// Authorization decisions: enforced ones, and what dry-run policies would have decided.
+#[derive(Debug, Default)]
+pub struct AuthzMetrics {
+    pub decisions: Family<AuthzLabels, Counter>,
+    pub dry_run: Family<AuthzLabels, Counter>,
+}
+
+impl AuthzMetrics {
+    /// Count `decision` (made for a destination that has policies).
+    pub fn record(&self, decision: &routing::authz::Decision, http: bool) {
+        let protocol = if http { "http" } else { "tcp" };
+        let labels = |v: &routing::authz::Verdict| AuthzLabels {
+            action: v.action(),
+            policy: v.policy().to_string(),
+            protocol,
+        };
+        self.decisions
+            .get_or_create(&labels(&decision.verdict))
+            .inc();
+        if let Some(v) = &decision.dry_run {
+            self.dry_run.get_or_create(&labels(v)).inc();
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "waypoint_authz_decisions",
+            "Authorization decisions by action and deciding policy",
+            self.decisions.clone(),
+        );
+        registry.register(
+            "waypoint_authz_dry_run_decisions",
+            "What dry-run (istio.io/dry-run) policies would have decided",
+            self.dry_run.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -349,10 +398,16 @@ impl Metrics {
         let mut registry = Registry::default();
         let istio = IstioMetrics::new();
         istio.register(&mut registry);
+        let authz = AuthzMetrics::default();
+        authz.register(&mut registry);
         for c in collectors {
             registry.register_collector(c);
         }
-        Self { istio, registry }
+        Self {
+            istio,
+            authz,
+            registry,
+        }
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus scrapes natively).
@@ -385,6 +440,7 @@ mod tests {
             baggage: baggage.map(String::from),
             traceparent: None,
             metric_labels: Default::default(),
+            principal: Default::default(),
         }
     }
 

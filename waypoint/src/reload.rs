@@ -44,11 +44,11 @@ pub(crate) fn load_identity(args: &RunArgs) -> Found<WorkloadCert> {
     }
 }
 
-pub(crate) fn load_config(dir: &Path, trust_domain: &str) -> Found<Snapshot> {
+pub(crate) fn load_config(dir: &Path, options: &routing::LoadOptions) -> Found<Snapshot> {
     if !dir.is_dir() {
         return Found::Missing(format!("config directory {} does not exist", dir.display()));
     }
-    match routing::load_dir(dir, trust_domain) {
+    match routing::load_dir_with(dir, options) {
         Ok(snapshot) => Found::Ready(snapshot),
         Err(errors) => Found::Invalid(format!(
             "{} problem(s) in {}:\n{errors}",
@@ -292,8 +292,11 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
         if !files.changed(config_fingerprint(&config)) {
             continue;
         }
-        let (dir, td) = (config.clone(), args.trust_domain.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &td)).await;
+        let (dir, options) = (
+            config.clone(),
+            args.waypoint.load_options(&args.trust_domain),
+        );
+        let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &options)).await;
         match loaded {
             Ok(Found::Ready(snapshot)) => {
                 for w in snapshot.warnings() {

@@ -95,7 +95,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         (CertProvider::Files, Found::Invalid(e)) => anyhow::bail!(e),
     };
     let (snapshot, xds) = match (&args.config, &args.xds) {
-        (Some(dir), _) => match load_config(dir, &args.trust_domain) {
+        (Some(dir), _) => match load_config(dir, &args.waypoint.load_options(&args.trust_domain)) {
             Found::Ready(s) => (Some(s), None),
             Found::Missing(why) => {
                 warn!("waiting for config: {why}");
@@ -279,7 +279,10 @@ impl DataplaneService {
                 match (sink, &self.args.config) {
                     // The xDS handler reports what it waits for itself.
                     (Some(sink), _) => snapshot = sink.take(),
-                    (None, Some(dir)) => match load_config(dir, &self.args.trust_domain) {
+                    (None, Some(dir)) => match load_config(
+                        dir,
+                        &self.args.waypoint.load_options(&self.args.trust_domain),
+                    ) {
                         Found::Ready(s) => snapshot = Some(s),
                         Found::Missing(why) | Found::Invalid(why) => {
                             report(&mut last_config, "config", why, first)

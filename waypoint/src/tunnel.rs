@@ -24,6 +24,9 @@ pub struct TunnelInfo {
     pub traceparent: Option<String>,
     /// The `source_*` metric labels, built on first use and shared by every request of the tunnel.
     pub metric_labels: std::sync::OnceLock<crate::metrics::SourceLabels>,
+    /// `source_identity` as a URI (`spiffe://…`), built on first use: what authorization
+    /// matches principals against.
+    pub principal: std::sync::OnceLock<String>,
 }
 
 impl TunnelInfo {
@@ -31,6 +34,12 @@ impl TunnelInfo {
     pub fn source_labels(&self) -> &crate::metrics::SourceLabels {
         self.metric_labels
             .get_or_init(|| crate::metrics::SourceLabels::from_tunnel(Some(self)))
+    }
+
+    /// The client's SPIFFE id as a URI (computed once per tunnel).
+    pub fn principal(&self) -> &str {
+        self.principal
+            .get_or_init(|| self.source_identity.to_string())
     }
 
     /// The tunnel a pingora session was accepted on (stored in the proxy digest's user data).
@@ -100,6 +109,7 @@ mod tests {
             baggage: Some("k8s.namespace.name=default, service.version=v1;p=1".into()),
             traceparent: None,
             metric_labels: Default::default(),
+            principal: Default::default(),
         };
         assert_eq!(t.baggage_value("k8s.namespace.name"), Some("default"));
         assert_eq!(t.baggage_value("service.version"), Some("v1"));

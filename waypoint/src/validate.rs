@@ -15,6 +15,8 @@ pub struct ValidateArgs {
     /// Mesh trust domain (endpoint identities are minted in it).
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    #[command(flatten)]
+    pub waypoint: crate::cli::WaypointArgs,
     /// `text` (one line per problem) or `json`.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -41,7 +43,8 @@ fn problem(at: &DocRef, field: &Option<String>, message: &str, text: String) -> 
 
 /// Prints the verdict; returns the process exit code.
 pub fn run(args: &ValidateArgs) -> i32 {
-    let report = routing::check_path(&args.path, &args.trust_domain);
+    let report =
+        routing::check_path_with(&args.path, &args.waypoint.load_options(&args.trust_domain));
     let path = args.path.display();
     match args.output {
         Output::Text => {

@@ -128,21 +128,27 @@ pub struct Decision {
 /// The first rule of `policy` whose principal and permission both hold (`strict`: unknown
 /// counts as a match, for DENY and CUSTOM) — or, for ALLOW and AUDIT, are both true.
 fn matching_rule<'p>(policy: &'p Policy, req: &dyn AuthzView, strict: bool) -> Option<&'p Rule> {
-    policy.rules.iter().find(|rule| {
-        let t = match rule.principal.eval(req) {
-            Tri::False => Tri::False,
-            p => match (p, rule.permission.eval(req)) {
-                (_, Tri::False) => Tri::False,
-                (Tri::True, Tri::True) => Tri::True,
-                _ => Tri::Unknown,
-            },
-        };
-        match t {
+    policy
+        .rules
+        .iter()
+        .find(|rule| match rule_truth(rule, req) {
             Tri::True => true,
             Tri::Unknown => strict,
             Tri::False => false,
-        }
-    })
+        })
+}
+
+/// A rule holds when its principal and its permission both do (the permission is not
+/// evaluated when the principal is false).
+fn rule_truth(rule: &Rule, req: &dyn AuthzView) -> Tri {
+    match rule.principal.eval(req) {
+        Tri::False => Tri::False,
+        p => match (p, rule.permission.eval(req)) {
+            (_, Tri::False) => Tri::False,
+            (Tri::True, Tri::True) => Tri::True,
+            _ => Tri::Unknown,
+        },
+    }
 }
 
 fn full_name(p: &Policy) -> String {
@@ -216,5 +222,57 @@ impl PolicySet {
             audited,
             dry_run,
         }
+    }
+}
+
+/// How one rule evaluated, for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleTrace {
+    pub name: String,
+    pub principal: Tri,
+    pub permission: Tri,
+    /// Whether the rule counts as matched for its policy's action (unknown matches DENY and
+    /// CUSTOM rules, never ALLOW or AUDIT ones).
+    pub matched: bool,
+}
+
+/// How one policy evaluated, for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyTrace {
+    pub policy: String,
+    pub action: &'static str,
+    pub dry_run: bool,
+    pub rules: Vec<RuleTrace>,
+}
+
+impl PolicySet {
+    /// Every rule of every policy against `req`, in order.
+    pub fn trace(&self, req: &dyn AuthzView) -> Vec<PolicyTrace> {
+        self.policies
+            .iter()
+            .map(|p| {
+                let strict = matches!(p.action, Action::Deny | Action::Custom { .. });
+                PolicyTrace {
+                    policy: full_name(p),
+                    action: p.action.as_str(),
+                    dry_run: p.dry_run,
+                    rules: p
+                        .rules
+                        .iter()
+                        .map(|r| {
+                            let (principal, permission) =
+                                (r.principal.eval(req), r.permission.eval(req));
+                            let t = rule_truth(r, req);
+                            RuleTrace {
+                                name: r.name.clone(),
+                                principal,
+                                permission,
+                                matched: t == Tri::True || (strict && t == Tri::Unknown),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 }

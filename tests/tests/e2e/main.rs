@@ -2,6 +2,7 @@
 //! instead of one per file).
 
 mod actions;
+mod authz;
 mod canary;
 mod http_route;
 mod identity;

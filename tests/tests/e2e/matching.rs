@@ -126,6 +126,7 @@ async fn explain_agrees_with_the_data_path() {
         config: Some(PathBuf::from("(in-process)")),
         xds_dump: None,
         trust_domain: TRUST_DOMAIN.into(),
+        waypoint: Default::default(),
         source: Some(waypoint_tests::spiffe("productpage")),
         source_ip: None,
         headers: headers

@@ -54,6 +54,15 @@ pub struct Entry {
     pub tunnel_traceparent: String,
     /// Version of the routing snapshot the request was served by.
     pub config_version: u64,
+    /// The authorization decision (`allow|deny|custom_deny <policy>`), when policies applied.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub authz: String,
+    /// What dry-run policies would have decided (`istio.io/dry-run`), when any applied.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub authz_dry_run: String,
+    /// AUDIT rules the request matched.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub authz_audit: String,
     /// Request headers the template reads (names lowercase; [`AccessLog::request_headers`]).
     #[serde(skip)]
     pub request_headers: Vec<(String, String)>,
@@ -65,7 +74,9 @@ pub struct Entry {
     /// SNI of the downstream TLS connection, if any.
     #[serde(skip)]
     pub requested_server_name: String,
-    #[serde(skip)]
+    /// Why the waypoint closed the connection (a TCP policy denial), Envoy's
+    /// `%CONNECTION_TERMINATION_DETAILS%`.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub connection_termination_details: String,
     /// Upstream attempts made (1 + retries); 0 when none was made.
     #[serde(skip)]

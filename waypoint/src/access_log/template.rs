@@ -982,6 +982,9 @@ mod tests {
             attempt_count: 2,
             config_version: 7,
             tunnel_traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            authz: String::new(),
+            authz_dry_run: String::new(),
+            authz_audit: String::new(),
         }
     }
 

@@ -294,6 +294,7 @@ impl HboneServer {
             baggage: header("baggage"),
             traceparent: header("traceparent"),
             metric_labels: Default::default(),
+            principal: Default::default(),
         };
         let ok = Response::builder()
             .status(StatusCode::OK)

@@ -23,8 +23,11 @@ use crate::splits::SplitAudit;
 use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
 
+mod authz;
 mod policy;
 mod request;
+
+pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};
 
 use request::{
     authority, capture, header_str, status_error, HeaderView, RequestSink, ResponseSink,
@@ -109,7 +112,9 @@ pub struct RequestCtx {
     upgraded: bool,
     failure: Arc<Mutex<Option<String>>>,
     flags: Flags,
-    details: &'static str,
+    details: std::borrow::Cow<'static, str>,
+    /// The authorization decision, for the access log.
+    authz: AuthzNote,
     _active: Option<routing::ActiveGuard>,
 }
 
@@ -150,7 +155,8 @@ impl ProxyHttp for Waypoint {
             upgraded: false,
             failure: Arc::new(Mutex::new(None)),
             flags: Flags::default(),
-            details: "",
+            details: "".into(),
+            authz: AuthzNote::default(),
             _active: None,
         }
     }
@@ -223,7 +229,7 @@ impl ProxyHttp for Waypoint {
                             .iter()
                             .find_map(|s| s.ports.iter().find(|p| p.target_port == port))
                             .map_or(Protocol::Unknown, |p| p.protocol);
-                        return Ok(false);
+                        return self.authorize(session, ctx, &tunnel, None).await;
                     }
                 }
             }
@@ -236,6 +242,12 @@ impl ProxyHttp for Waypoint {
         };
         ctx.protocol = port.protocol;
         ctx.service = Some((service.hostname.clone(), service.namespace.clone()));
+        if self
+            .authorize(session, ctx, &tunnel, Some(&service.hostname))
+            .await?
+        {
+            return Ok(true);
+        }
         let view = HeaderView {
             req: session.req_header(),
             port: port.number,
@@ -384,7 +396,7 @@ impl ProxyHttp for Waypoint {
             let snapshot = ctx.snapshot.clone();
             let Some(cluster) = snapshot.cluster(&key.host, key.port, key.subset.as_deref()) else {
                 ctx.flags.add("NC");
-                ctx.details = "cluster_not_found";
+                ctx.details = "cluster_not_found".into();
                 return Err(status_error(503, "no cluster for route destination"));
             };
             ctx.cluster_name = cluster.name.clone();
@@ -417,7 +429,7 @@ impl ProxyHttp for Waypoint {
             let Some(ep) = picked else {
                 if ctx.tried.is_empty() {
                     ctx.flags.add("UH");
-                    ctx.details = "no_healthy_upstream";
+                    ctx.details = "no_healthy_upstream".into();
                 } else {
                     ctx.flags.add("URX");
                 }
@@ -496,7 +508,7 @@ impl ProxyHttp for Waypoint {
             // The connector's answer to tcp.maxConnections / http1MaxPendingRequests overflow
             // (a failed connect is a connect error type): 503 UO, no retry.
             ctx.flags.add("UO");
-            ctx.details = "upstream_overflow";
+            ctx.details = "upstream_overflow".into();
             debug!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "connection pool overflow");
             return e;
         }
@@ -771,6 +783,9 @@ impl ProxyHttp for Waypoint {
                 .unwrap_or_default(),
             attempt_count: ctx.tried.len().max(1) as u32,
             config_version: ctx.snapshot.version(),
+            authz: std::mem::take(&mut ctx.authz.decision),
+            authz_dry_run: std::mem::take(&mut ctx.authz.dry_run),
+            authz_audit: std::mem::take(&mut ctx.authz.audit),
             ..Default::default()
         };
         self.record_metrics(session, ctx, &entry);

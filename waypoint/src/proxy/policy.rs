@@ -39,12 +39,12 @@ impl Waypoint {
         headers: &[(String, String)],
         body: Option<bytes::Bytes>,
         flag: &'static str,
-        details: &'static str,
+        details: impl Into<std::borrow::Cow<'static, str>>,
     ) -> Result<bool> {
         if !flag.is_empty() {
             ctx.flags.add(flag);
         }
-        ctx.details = details;
+        ctx.details = details.into();
         if !session.is_body_empty() {
             // The unread body would be taken for the next request: close after this response.
             session.set_keepalive(None);

@@ -1,0 +1,142 @@
+//! Authorization on the HTTP path: the destination's policies decide before any route action
+//! (Envoy runs the RBAC filters ahead of the router). A denial is Envoy's: 403,
+//! `RBAC: access denied`, `%RESPONSE_CODE_DETAILS%`
+//! `rbac_access_denied_matched_policy[<rule>|none]`.
+
+use std::net::IpAddr;
+
+use pingora_error::Result;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use routing::authz::{AuthzView, Decision, Verdict};
+
+use super::request::authority;
+use super::{RequestCtx, Waypoint};
+use crate::tunnel::TunnelInfo;
+
+/// Envoy's RBAC local reply body.
+pub const DENIED_BODY: &str = "RBAC: access denied";
+
+/// A request as authorization reads it.
+pub struct HttpAuthz<'a> {
+    pub req: &'a RequestHeader,
+    pub tunnel: &'a TunnelInfo,
+}
+
+impl AuthzView for HttpAuthz<'_> {
+    fn is_http(&self) -> bool {
+        true
+    }
+    fn principal(&self) -> Option<&str> {
+        Some(self.tunnel.principal())
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        Some(self.tunnel.source_addr.ip())
+    }
+    fn destination_ip(&self) -> Option<IpAddr> {
+        Some(self.tunnel.original_dst.ip())
+    }
+    fn destination_port(&self) -> u16 {
+        self.tunnel.original_dst.port()
+    }
+    fn method(&self) -> &str {
+        self.req.method.as_str()
+    }
+    fn host(&self) -> Option<&str> {
+        authority(self.req)
+    }
+    fn path(&self) -> &str {
+        self.req.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.req.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A TCP connection as authorization reads it: HTTP attributes are unknown.
+pub struct TcpAuthz<'a>(pub &'a TunnelInfo);
+
+impl AuthzView for TcpAuthz<'_> {
+    fn is_http(&self) -> bool {
+        false
+    }
+    fn principal(&self) -> Option<&str> {
+        Some(self.0.principal())
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        Some(self.0.source_addr.ip())
+    }
+    fn destination_ip(&self) -> Option<IpAddr> {
+        Some(self.0.original_dst.ip())
+    }
+    fn destination_port(&self) -> u16 {
+        self.0.original_dst.port()
+    }
+}
+
+/// What the access log says about the decision (empty when no policy applied).
+#[derive(Debug, Default, Clone)]
+pub struct AuthzNote {
+    /// `allow|deny|custom_deny <policy>`.
+    pub decision: String,
+    /// The dry-run policies' verdict, `allow|deny <policy>`.
+    pub dry_run: String,
+    /// Matched AUDIT rules.
+    pub audit: String,
+}
+
+impl AuthzNote {
+    pub fn from(d: &Decision) -> Self {
+        let verdict = |v: &Verdict| format!("{} {}", v.action(), v.policy());
+        Self {
+            decision: verdict(&d.verdict),
+            dry_run: d.dry_run.as_ref().map(verdict).unwrap_or_default(),
+            audit: d.audited.join(","),
+        }
+    }
+}
+
+impl Waypoint {
+    /// Decide `session`'s request against the policies of `service` (the FQDN; `None` for
+    /// pod-addressed traffic). Returns true when the request was answered (denied).
+    pub(super) async fn authorize(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        tunnel: &TunnelInfo,
+        service: Option<&str>,
+    ) -> Result<bool> {
+        let set = ctx
+            .snapshot
+            .authorization()
+            .for_service(service, true)
+            .clone();
+        if set.is_empty() {
+            return Ok(false);
+        }
+        let decision = set.evaluate(&HttpAuthz {
+            req: session.req_header(),
+            tunnel,
+        });
+        self.telemetry.metrics.authz.record(&decision, true);
+        ctx.authz = AuthzNote::from(&decision);
+        let Some(details) = decision.verdict.response_code_details() else {
+            return Ok(false);
+        };
+        let flag = match decision.verdict {
+            Verdict::CustomUnavailable { .. } => "UAEX",
+            _ => "",
+        };
+        let headers = [("content-type".to_string(), "text/plain".to_string())];
+        self.local_reply(
+            session,
+            ctx,
+            403,
+            &headers,
+            Some(bytes::Bytes::from_static(DENIED_BODY.as_bytes())),
+            flag,
+            details,
+        )
+        .await
+    }
+}
