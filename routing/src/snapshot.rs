@@ -325,6 +325,10 @@ impl Snapshot {
             "virtual_services": self.virtual_services,
             "destination_rules": self.destination_rules,
             "clusters": self.clusters(),
+            "authorization": {
+                "policies": self.authorization.policies().iter().map(|p| &**p).collect::<Vec<_>>(),
+                "attachments": self.authorization.attachments(),
+            },
             "warnings": self.warnings,
         })
     }

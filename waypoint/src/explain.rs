@@ -408,7 +408,7 @@ impl Explanation {
                 for r in &p.rules {
                     let _ = writeln!(
                         out,
-                        "    {} {}  (from: {:?}, to/when: {:?})",
+                        "    {} {}  (from: {}, to/when: {})",
                         if r.matched { "MATCH" } else { "-    " },
                         r.name,
                         r.principal,

@@ -30,6 +30,16 @@ impl Tri {
     }
 }
 
+impl std::fmt::Display for Tri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tri::True => "true",
+            Tri::False => "false",
+            Tri::Unknown => "unknown",
+        })
+    }
+}
+
 impl From<bool> for Tri {
     fn from(b: bool) -> Tri {
         if b {

@@ -180,14 +180,13 @@ impl Authorization {
     /// `/config_dump` (`(waypoint)`: pod-addressed traffic).
     pub fn attachments(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         let names = |s: &ServicePolicies| {
-            let mut v: Vec<String> = s
-                .http
-                .policies
-                .iter()
-                .chain(&s.tcp.policies)
-                .map(|p| format!("{}/{}", p.namespace, p.name))
-                .collect();
-            v.dedup();
+            let mut v: Vec<String> = Vec::new();
+            for p in s.http.policies.iter().chain(&s.tcp.policies) {
+                let name = format!("{}/{}", p.namespace, p.name);
+                if !v.contains(&name) {
+                    v.push(name);
+                }
+            }
             v
         };
         let mut out: std::collections::BTreeMap<String, Vec<String>> = self

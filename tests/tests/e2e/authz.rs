@@ -180,6 +180,34 @@ async fn allow_and_deny_on_live_traffic_agree_with_explain() {
     assert_eq!(log[4]["authz_dry_run"], "deny default/would-deny-v2");
     assert_eq!(log[0]["authz_dry_run"], "allow -");
 
+    // /config_dump shows the policies in force and where they apply.
+    let (status, body) = waypoint_tests::http_request(admin.addr, "GET", "/config_dump").await;
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let authz = &dump["config"]["snapshot"]["authorization"];
+    let names: Vec<&str> = authz["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "audit-reads",
+            "deny-admin",
+            "productpage-reads",
+            "would-deny-v2"
+        ]
+    );
+    assert_eq!(
+        authz["attachments"]["reviews.default.svc.cluster.local"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
     let m = scrape(admin.addr).await;
     let decisions = |action: &str, policy: &str| {
         m.value(

@@ -69,17 +69,30 @@ fn misspelled_kind_in_a_file_suggests_the_real_one() {
 }
 
 #[test]
-fn authorization_policy_is_refused() {
+fn policies_the_waypoint_cannot_enforce_are_refused() {
     let dir = temp_dir("validate-authz");
+    // RequestAuthentication: JWTs are not validated yet, so the kind is refused.
     let path = file(
         &dir,
-        "authz.yaml",
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-all\n  namespace: bookinfo\nspec: {}\n",
+        "authn.yaml",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: bookinfo\nspec: {}\n",
     );
     let (code, stdout) = validate(&[], &path);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
-        stdout.contains("error: authz.yaml doc 0 AuthorizationPolicy bookinfo/deny-all: kind AuthorizationPolicy is not enforced by this waypoint yet"),
+        stdout.contains("error: authn.yaml doc 0 RequestAuthentication bookinfo/jwt: kind RequestAuthentication is not enforced by this waypoint yet"),
+        "{stdout}"
+    );
+    // An AuthorizationPolicy is enforced; a field it does not know is refused, never ignored.
+    let path = file(
+        &dir,
+        "authz.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: bookinfo\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: reviews}]\n  rules:\n  - to: [{operation: {pahts: [/admin]}}]\n",
+    );
+    let (code, stdout) = validate(&[], &path);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("AuthorizationPolicy bookinfo/p: spec.rules[0].to[0].operation.pahts"),
         "{stdout}"
     );
 }
