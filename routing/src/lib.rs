@@ -14,6 +14,7 @@ mod lb;
 mod matching;
 mod model;
 mod outlier;
+pub mod path;
 mod policy;
 mod pool;
 mod snapshot;

@@ -32,6 +32,8 @@ pub struct Settings {
     pub upstream_hbone_port: u16,
     pub connect_timeout: Duration,
     pub sniff_timeout: Duration,
+    /// meshConfig `pathNormalization`: applied before authorization and routing.
+    pub path_normalization: routing::path::PathNormalization,
 }
 
 impl Settings {
@@ -41,6 +43,7 @@ impl Settings {
             upstream_hbone_port: HBONE_PORT,
             connect_timeout: Duration::from_secs(10),
             sniff_timeout: Duration::from_secs(5),
+            path_normalization: Default::default(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl App {
             pool: pool.clone(),
             access_log: access_log.clone(),
             telemetry: telemetry.clone(),
+            path_normalization: settings.path_normalization,
         };
         let h1 = http_proxy(&conf, waypoint());
         let mut h2c = http_proxy(&conf, waypoint());

@@ -229,6 +229,15 @@ pub struct WaypointArgs {
     /// to every waypoint.
     #[arg(long, env = "WAYPOINT_ROOT_NAMESPACE", default_value = "istio-system")]
     pub root_namespace: String,
+    /// meshConfig pathNormalization, applied before authorization and routing: NONE, BASE
+    /// (RFC 3986 dot segments; Istio's default), MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
+    #[arg(
+        long,
+        env = "WAYPOINT_PATH_NORMALIZATION",
+        default_value = "BASE",
+        value_parser = |s: &str| s.parse::<routing::path::PathNormalization>()
+    )]
+    pub path_normalization: routing::path::PathNormalization,
 }
 
 impl Default for WaypointArgs {
@@ -237,6 +246,7 @@ impl Default for WaypointArgs {
         Self {
             gateway: (w.namespace, w.name),
             root_namespace: w.root_namespace,
+            path_normalization: Default::default(),
         }
     }
 }

@@ -188,7 +188,11 @@ impl routing::authz::AuthzView for ExplainAuthz<'_> {
 
 /// Explain `args` against `snapshot`.
 pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, String> {
-    let target = parse_url(&args.url)?;
+    let mut target = parse_url(&args.url)?;
+    // As the data path: normalized before authorization and routing.
+    if let Some(p) = routing::path::normalize(&target.path, args.waypoint.path_normalization) {
+        target.path = p;
+    }
     // Pod-addressed requests get the waypoint-wide policies (istiod's direct chains).
     let mut pod_addressed = false;
     let (service, port) = match target.host.parse::<IpAddr>() {

@@ -43,6 +43,7 @@ fn settings(args: &RunArgs) -> Settings {
         .extend(args.trust_domain_aliases.iter().cloned());
     settings.upstream_hbone_port = args.upstream_hbone_port;
     settings.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
+    settings.path_normalization = args.waypoint.path_normalization;
     settings
 }
 

@@ -142,6 +142,15 @@ async fn allow_and_deny_on_live_traffic_agree_with_explain() {
             200,
             "via_upstream",
         ),
+        // Normalized (meshConfig pathNormalization BASE) before the policies see it.
+        (
+            &productpage,
+            "productpage",
+            "GET",
+            "/reviews/.%2E/admin/%2e/users",
+            403,
+            "rbac_access_denied_matched_policy[ns[default]-policy[deny-admin]-rule[0]]",
+        ),
     ];
     for (i, (client, who, method, path, status, details)) in cases.iter().enumerate() {
         let (got, body) = send(client, method, path).await;
@@ -178,6 +187,8 @@ async fn allow_and_deny_on_live_traffic_agree_with_explain() {
     );
     // The dry-run DENY on /v2* would have denied, and is only reported.
     assert_eq!(log[4]["authz_dry_run"], "deny default/would-deny-v2");
+    assert_eq!(log.len(), 6, "{log:#?}");
+    assert_eq!(log[5]["path"], "/admin/users");
     assert_eq!(log[0]["authz_dry_run"], "allow -");
 
     // /config_dump shows the policies in force and where they apply.
@@ -215,7 +226,7 @@ async fn allow_and_deny_on_live_traffic_agree_with_explain() {
             &[("action", action), ("policy", policy), ("protocol", "http")],
         )
     };
-    assert_eq!(decisions("deny", "default/deny-admin"), 1.0);
+    assert_eq!(decisions("deny", "default/deny-admin"), 2.0);
     assert_eq!(decisions("deny", "none"), 2.0);
     assert_eq!(decisions("allow", "default/productpage-reads"), 2.0);
     assert_eq!(
@@ -233,7 +244,7 @@ async fn allow_and_deny_on_live_traffic_agree_with_explain() {
             _ => 0.0,
         })
         .sum();
-    assert_eq!(denied, 3.0);
+    assert_eq!(denied, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,7 @@ pub struct Waypoint {
     pub pool: Arc<TunnelPool>,
     pub access_log: Arc<AccessLog>,
     pub telemetry: Telemetry,
+    pub path_normalization: routing::path::PathNormalization,
 }
 
 /// Which cluster a request goes to.
@@ -171,6 +172,23 @@ impl ProxyHttp for Waypoint {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header_mut();
+        // Normalized before authorization and routing see it, as Envoy's connection manager
+        // does: `/x/../admin` meets the policies and routes of `/admin`.
+        if let Some(normal) = req
+            .uri
+            .path_and_query()
+            .and_then(|p| routing::path::normalize(p.as_str(), self.path_normalization))
+        {
+            match normal.parse::<http::Uri>() {
+                Ok(uri) => req.set_uri(uri),
+                Err(_) => {
+                    return self
+                        .reply(session, ctx, 400, "", "path_normalization_failed")
+                        .await
+                }
+            }
+        }
         let req = session.req_header_mut();
         ctx.request_id = match req
             .headers
