@@ -96,12 +96,14 @@ impl App {
         ));
         let pool = TunnelPool::new(client, settings.upstream_hbone_port);
         let conf = Arc::new(ServerConf::default());
+        let jwks = Arc::new(crate::proxy::JwksCache::default());
         let waypoint = || Waypoint {
             snapshot: snapshot.clone(),
             pool: pool.clone(),
             access_log: access_log.clone(),
             telemetry: telemetry.clone(),
             path_normalization: settings.path_normalization,
+            jwks: jwks.clone(),
         };
         let h1 = http_proxy(&conf, waypoint());
         let mut h2c = http_proxy(&conf, waypoint());

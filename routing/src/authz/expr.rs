@@ -226,7 +226,7 @@ impl Expr {
         }
     }
 
-    pub fn not(e: Expr) -> Expr {
+    pub fn negate(e: Expr) -> Expr {
         Expr::Not(Box::new(e))
     }
 

@@ -159,7 +159,7 @@ impl Builder<'_> {
             .filter_map(|(i, v)| one(self, &format!("{field}[{i}]"), v))
             .collect();
         let any = Expr::or(parts);
-        Some(if not { Expr::not(any) } else { any })
+        Some(if not { Expr::negate(any) } else { any })
     }
 
     fn str_test(&mut self, attr: Attr, field: &str, v: &str, ignore_case: bool) -> Option<Expr> {

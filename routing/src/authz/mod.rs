@@ -17,6 +17,7 @@
 mod eval;
 mod expr;
 pub mod istio;
+pub mod jwt;
 
 #[cfg(test)]
 mod tests;
@@ -84,15 +85,24 @@ impl Rule {
     }
 }
 
-/// The policies that apply to one destination, in the order they were given.
+/// The policies that apply to one destination, in the order they were given, and the JWT
+/// providers (RequestAuthentication) whose tokens it verifies.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     pub policies: Vec<Arc<Policy>>,
+    pub jwt: Vec<Arc<jwt::JwtProvider>>,
 }
 
 impl PolicySet {
+    pub fn new(policies: Vec<Arc<Policy>>) -> Self {
+        Self {
+            policies,
+            jwt: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.policies.is_empty()
+        self.policies.is_empty() && self.jwt.is_empty()
     }
 }
 

@@ -120,7 +120,7 @@ fn policy_with(name: &str, yaml: &str, dry_run: bool) -> Arc<Policy> {
 }
 
 fn set(policies: Vec<Arc<Policy>>) -> PolicySet {
-    PolicySet { policies }
+    PolicySet::new(policies)
 }
 
 /// Each `(request, expected verdict allowed?)` against `policies`, with the request's index in

@@ -1,7 +1,8 @@
-//! `AuthorizationPolicy` documents (security.istio.io): the spec through
-//! [`crate::authz::istio`], the `istio.io/dry-run` annotation, and the
-//! `targetRefs` that attach the policy to this waypoint (resolved in
-//! [`attach`] once every service is known).
+//! `AuthorizationPolicy` and `RequestAuthentication` documents
+//! (security.istio.io): the specs through [`crate::authz::istio`] and
+//! [`crate::authz::jwt`], the `istio.io/dry-run` annotation, and the
+//! `targetRefs` that attach them to this waypoint (resolved in [`attach`] once
+//! every service is known; both kinds attach alike).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,19 +10,53 @@ use std::sync::Arc;
 use super::diag::Diag;
 use super::DocCtx;
 use crate::authz::istio::{translate, AuthorizationPolicySpec, TargetRef};
+use crate::authz::jwt::{JwtProvider, RequestAuthenticationSpec};
 use crate::authz::{Authorization, Policy, PolicySet, ServicePolicies};
 use crate::error::DocRef;
 
 /// Istio's annotation for policies that are evaluated and logged, not enforced.
 const DRY_RUN: &str = "istio.io/dry-run";
 
+/// What a security document contributes.
+#[derive(Debug)]
+pub(crate) enum Security {
+    Policy(Arc<Policy>),
+    Jwt(Vec<Arc<JwtProvider>>),
+}
+
 #[derive(Debug)]
 pub(crate) struct AuthorizationPolicyIr {
     pub at: DocRef,
     pub namespace: String,
-    pub policy: Arc<Policy>,
+    pub item: Security,
     pub target_refs: Vec<TargetRef>,
     pub selector: bool,
+}
+
+pub(crate) fn parse_authn(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<AuthorizationPolicyIr> {
+    let spec: RequestAuthenticationSpec = super::parse_optional_spec(ctx, diag)
+        .ok()?
+        .unwrap_or_default();
+    match crate::authz::jwt::translate(&ctx.namespace, &ctx.name, &spec) {
+        Ok(providers) => Some(AuthorizationPolicyIr {
+            at: ctx.at.clone(),
+            namespace: ctx.namespace.clone(),
+            item: Security::Jwt(providers.into_iter().map(Arc::new).collect()),
+            target_refs: spec
+                .target_refs
+                .into_iter()
+                .flatten()
+                .chain(spec.target_ref)
+                .collect(),
+            selector: spec.selector.is_some(),
+        }),
+        Err(errors) => {
+            for e in errors {
+                diag.error(&ctx.at, Some(&e.field), e.message);
+            }
+            None
+        }
+    }
 }
 
 pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<AuthorizationPolicyIr> {
@@ -46,7 +81,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<AuthorizationPo
         Ok(policy) => Some(AuthorizationPolicyIr {
             at: ctx.at.clone(),
             namespace: ctx.namespace.clone(),
-            policy: Arc::new(policy),
+            item: Security::Policy(Arc::new(policy)),
             target_refs: spec
                 .target_refs
                 .into_iter()
@@ -100,15 +135,15 @@ enum Attached {
 /// `services`: Kubernetes Service name (`name.ns`) → FQDN; `service_entries`:
 /// `ns/name` → the entry's service FQDNs.
 pub(crate) fn attach(
-    policies: Vec<AuthorizationPolicyIr>,
+    items: Vec<AuthorizationPolicyIr>,
     waypoint: &WaypointRef,
     resolve_service: &dyn Fn(&str, &str) -> Option<String>,
     service_entries: &HashMap<String, Vec<String>>,
     diag: &mut Diag,
 ) -> Authorization {
-    let mut waypoint_wide: Vec<Arc<Policy>> = Vec::new();
-    let mut per_service: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
-    for ir in policies {
+    let mut waypoint_wide = PolicySet::default();
+    let mut per_service: HashMap<String, PolicySet> = HashMap::new();
+    for ir in items {
         if ir.selector {
             diag.warn(
                 &ir.at,
@@ -130,10 +165,10 @@ pub(crate) fn attach(
         for (i, t) in ir.target_refs.iter().enumerate() {
             let field = format!("spec.targetRefs[{i}]");
             match target(t, &ir.namespace, waypoint, resolve_service, service_entries) {
-                Attached::Waypoint => waypoint_wide.push(ir.policy.clone()),
+                Attached::Waypoint => add(&mut waypoint_wide, &ir.item),
                 Attached::Services(hosts) => {
                     for h in hosts {
-                        per_service.entry(h).or_default().push(ir.policy.clone());
+                        add(per_service.entry(h).or_default(), &ir.item);
                     }
                 }
                 Attached::Elsewhere(why) => diag.warn(&ir.at, Some(&field), why),
@@ -145,22 +180,27 @@ pub(crate) fn attach(
         .into_iter()
         .map(|(host, own)| {
             let mut all = waypoint_wide.clone();
-            all.extend(own);
+            all.policies.extend(own.policies);
+            all.jwt.extend(own.jwt);
             dedup(&mut all);
-            (host, ServicePolicies::both(PolicySet { policies: all }))
+            (host, ServicePolicies::both(all))
         })
         .collect();
-    Authorization::new(
-        ServicePolicies::both(PolicySet {
-            policies: waypoint_wide,
-        }),
-        by_service,
-    )
+    Authorization::new(ServicePolicies::both(waypoint_wide), by_service)
 }
 
-fn dedup(v: &mut Vec<Arc<Policy>>) {
+fn add(set: &mut PolicySet, item: &Security) {
+    match item {
+        Security::Policy(p) => set.policies.push(p.clone()),
+        Security::Jwt(providers) => set.jwt.extend(providers.iter().cloned()),
+    }
+}
+
+fn dedup(set: &mut PolicySet) {
     let mut seen = std::collections::HashSet::new();
-    v.retain(|p| seen.insert(Arc::as_ptr(p)));
+    set.policies.retain(|p| seen.insert(Arc::as_ptr(p)));
+    let mut seen = std::collections::HashSet::new();
+    set.jwt.retain(|p| seen.insert(Arc::as_ptr(p)));
 }
 
 fn target(

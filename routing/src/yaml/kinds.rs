@@ -17,6 +17,7 @@ pub(super) const ENFORCED: &[&str] = &[
     "DestinationRule",
     "HTTPRoute",
     "AuthorizationPolicy",
+    "RequestAuthentication",
 ];
 
 /// Istio kinds a waypoint does not apply by design, and why.
@@ -28,9 +29,6 @@ const BY_DESIGN: &[(&str, &str)] = &[
         "it is the template istiod creates WorkloadEntries from; give the WorkloadEntries instead",
     ),
 ];
-
-/// Kinds that decide who may talk to whom: ignoring one would fail open.
-const SECURITY: &[&str] = &["RequestAuthentication"];
 
 /// Kinds a waypoint would have to apply but this one cannot yet.
 const NOT_YET: &[&str] = &[
@@ -137,12 +135,6 @@ fn lookup(kind: &str, family: Family) -> Option<Class> {
     if let Some((_, why)) = BY_DESIGN.iter().find(|(k, _)| *k == kind) {
         return Some(Class::Skip(format!(
             "kind {kind} is not applied by a waypoint ({why}); document skipped"
-        )));
-    }
-    if SECURITY.contains(&kind) {
-        return Some(refuse(format!(
-            "kind {kind} is not enforced by this waypoint yet; it refuses to run with one \
-             rather than fail open"
         )));
     }
     if NOT_YET.contains(&kind) {

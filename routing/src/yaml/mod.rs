@@ -42,6 +42,7 @@ use crate::error::{DocRef, LoadErrors, LoadWarning};
 use crate::snapshot::Snapshot;
 pub use authorization_policy::WaypointRef;
 use diag::Diag;
+pub(crate) use fields::parse_duration as parse_go_duration;
 use kinds::Class;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
@@ -270,6 +271,10 @@ fn parse_document(
         // Every key of `schema::DOCUMENT` is a field of `Header`.
         diag.error(&at, Some(key), schema::unknown_field(key, schema::DOCUMENT));
     }
+    let security = matches!(
+        kind.as_str(),
+        "AuthorizationPolicy" | "RequestAuthentication"
+    );
     match header.api_version.as_deref().map(|v| v.split_once('/')) {
         None => {
             diag.error(&at, Some("apiVersion"), "missing required field");
@@ -284,9 +289,8 @@ fn parse_document(
             );
             return;
         }
-        Some(Some((SECURITY_GROUP, v)))
-            if kind == "AuthorizationPolicy" && SECURITY_VERSIONS.contains(&v) => {}
-        Some(Some((SECURITY_GROUP, v))) if kind == "AuthorizationPolicy" => {
+        Some(Some((SECURITY_GROUP, v))) if security && SECURITY_VERSIONS.contains(&v) => {}
+        Some(Some((SECURITY_GROUP, v))) if security => {
             diag.error(
                 &at,
                 Some("apiVersion"),
@@ -295,11 +299,11 @@ fn parse_document(
             return;
         }
         // Never skipped: a policy the loader would not apply fails open.
-        _ if kind == "AuthorizationPolicy" => {
+        _ if security => {
             diag.error(
                 &at,
                 Some("apiVersion"),
-                "AuthorizationPolicy is security.istio.io/v1 (or v1beta1)",
+                format!("{kind} is security.istio.io/v1 (or v1beta1)"),
             );
             return;
         }
@@ -344,6 +348,9 @@ fn parse_document(
         "AuthorizationPolicy" => parsed
             .authorization_policies
             .extend(authorization_policy::parse(&ctx, diag)),
+        "RequestAuthentication" => parsed
+            .authorization_policies
+            .extend(authorization_policy::parse_authn(&ctx, diag)),
         _ => parsed
             .destination_rules
             .extend(destination_rule::parse(&ctx, diag)),

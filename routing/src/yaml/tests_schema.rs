@@ -165,17 +165,6 @@ fn kinds_not_applied_by_design_are_skipped_with_the_reason() {
 }
 
 #[test]
-fn security_kinds_are_refused_rather_than_failing_open() {
-    for (api, kind) in [("security.istio.io/v1", "RequestAuthentication")] {
-        let e = errors(&check_with(&[("k.yaml", &doc(api, kind))]));
-        assert!(
-            e.contains(&format!("k.yaml doc 0 {kind} ns/x: kind {kind} is not enforced by this waypoint yet; it refuses to run with one rather than fail open")),
-            "{e}"
-        );
-    }
-}
-
-#[test]
 fn kinds_not_supported_yet_are_errors() {
     for (api, kind) in [
         ("networking.istio.io/v1", "Gateway"),

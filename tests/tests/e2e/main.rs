@@ -6,6 +6,7 @@ mod authz;
 mod canary;
 mod http_route;
 mod identity;
+mod jwt;
 mod matching;
 mod observability;
 mod policies;

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
-use routing::authz::{AuthzView, Decision, Verdict};
+use routing::authz::{AuthzView, Decision, Jwt, Verdict};
 
 use super::request::authority;
 use super::{RequestCtx, Waypoint};
@@ -21,6 +21,8 @@ pub const DENIED_BODY: &str = "RBAC: access denied";
 pub struct HttpAuthz<'a> {
     pub req: &'a RequestHeader,
     pub tunnel: &'a TunnelInfo,
+    /// The claims of the request's verified JWT.
+    pub jwt: Option<&'a serde_json::Value>,
 }
 
 impl AuthzView for HttpAuthz<'_> {
@@ -50,6 +52,9 @@ impl AuthzView for HttpAuthz<'_> {
     }
     fn header(&self, name: &str) -> Option<&str> {
         self.req.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn jwt(&self) -> Jwt<'_> {
+        self.jwt.map_or(Jwt::None, Jwt::Claims)
     }
 }
 
@@ -114,9 +119,58 @@ impl Waypoint {
         if set.is_empty() {
             return Ok(false);
         }
+        // RequestAuthentication first (Envoy's jwt_authn runs before the RBAC filters).
+        let mut claims = None;
+        if !set.jwt.is_empty() {
+            match super::jwt::authenticate(&set.jwt, session.req_header(), &self.jwks).await {
+                super::jwt::Authn::NoToken => {}
+                super::jwt::Authn::Rejected(message) => {
+                    let req = session.req_header();
+                    let realm =
+                        format!("http://{}{}", authority(req).unwrap_or(""), req.uri.path());
+                    let headers = [
+                        ("content-type".to_string(), "text/plain".to_string()),
+                        (
+                            "www-authenticate".to_string(),
+                            format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+                        ),
+                    ];
+                    return self
+                        .local_reply(
+                            session,
+                            ctx,
+                            401,
+                            &headers,
+                            Some(bytes::Bytes::from_static(message.as_bytes())),
+                            "",
+                            super::jwt::details(message),
+                        )
+                        .await;
+                }
+                super::jwt::Authn::Verified {
+                    claims: verified,
+                    provider,
+                    location,
+                    payload_b64,
+                } => {
+                    super::jwt::apply_headers(
+                        session.req_header_mut(),
+                        &verified,
+                        &provider,
+                        &location,
+                        &payload_b64,
+                    );
+                    claims = Some(verified);
+                }
+            }
+        }
+        if set.policies.is_empty() {
+            return Ok(false);
+        }
         let decision = set.evaluate(&HttpAuthz {
             req: session.req_header(),
             tunnel,
+            jwt: claims.as_ref(),
         });
         self.telemetry.metrics.authz.record(&decision, true);
         ctx.authz = AuthzNote::from(&decision);

@@ -24,10 +24,12 @@ use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
 
 mod authz;
+mod jwt;
 mod policy;
 mod request;
 
 pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};
+pub use jwt::JwksCache;
 
 use request::{
     authority, capture, header_str, status_error, HeaderView, RequestSink, ResponseSink,
@@ -42,6 +44,8 @@ pub struct Waypoint {
     pub access_log: Arc<AccessLog>,
     pub telemetry: Telemetry,
     pub path_normalization: routing::path::PathNormalization,
+    /// Keys of RequestAuthentication providers (fetched jwksUri cached across requests).
+    pub jwks: Arc<JwksCache>,
 }
 
 /// Which cluster a request goes to.

@@ -71,16 +71,17 @@ fn misspelled_kind_in_a_file_suggests_the_real_one() {
 #[test]
 fn policies_the_waypoint_cannot_enforce_are_refused() {
     let dir = temp_dir("validate-authz");
-    // RequestAuthentication: JWTs are not validated yet, so the kind is refused.
+    // A JWT rule without keys (istiod would discover them from the issuer; this waypoint
+    // does not): refused rather than accept tokens it cannot verify.
     let path = file(
         &dir,
         "authn.yaml",
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: bookinfo\nspec: {}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: bookinfo\nspec:\n  jwtRules:\n  - issuer: https://issuer.test\n",
     );
     let (code, stdout) = validate(&[], &path);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
-        stdout.contains("error: authn.yaml doc 0 RequestAuthentication bookinfo/jwt: kind RequestAuthentication is not enforced by this waypoint yet"),
+        stdout.contains("error: authn.yaml doc 0 RequestAuthentication bookinfo/jwt: spec.jwtRules[0].jwksUri: give jwksUri or jwks"),
         "{stdout}"
     );
     // An AuthorizationPolicy is enforced; a field it does not know is refused, never ignored.
