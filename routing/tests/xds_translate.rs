@@ -484,8 +484,13 @@ fn unsupported_things_are_warnings() {
     );
     assert!(has("rate_limits is not supported"), "{text:#?}");
     assert!(has("acme.filters.Special"), "{text:#?}");
-    assert!(has("RBAC) is not enforced"), "{text:#?}");
-    assert!(has("udpa.type.v1.TypedStruct"), "{text:#?}");
+    // The (empty) RBAC filter is translated; nothing says "not enforced" any more.
+    assert!(!has("not enforced"), "{text:#?}");
+    // A Wasm filter the proxy does not run makes the chain deny (never fail open).
+    assert!(
+        has("filter acme.wasm (type.googleapis.com/udpa.type.v1.TypedStruct) is not run by this proxy: all traffic of this chain is denied"),
+        "{text:#?}"
+    );
     assert!(has("active health checks"), "{text:#?}");
     assert!(has("Listener something_else"), "{text:#?}");
     assert!(

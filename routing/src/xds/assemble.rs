@@ -2,6 +2,7 @@
 //! from assignments, one DestinationRule and one VirtualService per service,
 //! then [`SnapshotBuilder`].
 
+use super::access;
 use super::cluster::{self, EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
 use super::listener::{self, ChainKind};
@@ -332,6 +333,7 @@ pub(crate) fn translate(
             .push((name, sc));
     }
     let mut builder = SnapshotBuilder::new();
+    builder.authorization(access::authorization(&main.authz));
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
         build_service(

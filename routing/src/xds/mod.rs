@@ -48,12 +48,14 @@
 //! warning); input Envoy would reject becomes a [`Rejection`] and no
 //! snapshot is built, so the caller NACKs and keeps its last good one.
 
+mod access;
 mod assemble;
 mod cluster;
 mod endpoint;
 mod listener;
 mod matchers;
 mod names;
+mod rbac;
 mod route;
 
 #[cfg(feature = "json")]
