@@ -99,6 +99,7 @@ mod rbac_translation {
     struct Req {
         path: &'static str,
         headers: Vec<(&'static str, &'static str)>,
+        port: u16,
     }
 
     impl AuthzView for Req {
@@ -115,7 +116,7 @@ mod rbac_translation {
             None
         }
         fn destination_port(&self) -> u16 {
-            80
+            self.port
         }
         fn path(&self) -> &str {
             self.path
@@ -132,6 +133,7 @@ mod rbac_translation {
         Req {
             path: "/a?q=1",
             headers,
+            port: 80,
         }
     }
 
@@ -211,6 +213,7 @@ mod rbac_translation {
     }
 
     #[test]
+    #[allow(deprecated)] // prefix_match: what older control planes send
     fn header_conditions_as_envoy() {
         let (e, _) = translate(header("x-a", "1", false, false), false);
         assert_eq!(e.eval(&req(vec![("x-a", "1")])), Tri::True);
@@ -261,5 +264,107 @@ mod rbac_translation {
             false,
         );
         assert_eq!(f.invalid.len(), 1, "{f:?}");
+    }
+}
+
+mod per_service_sets {
+    use super::super::access::{authorization, ChainAuthz};
+    use crate::authz::{Action, Attr, AuthzView, Expr, Matcher, Policy, Rule, StrMatch, Verdict};
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+
+    struct Req(u16, &'static str);
+
+    impl AuthzView for Req {
+        fn is_http(&self) -> bool {
+            true
+        }
+        fn principal(&self) -> Option<&str> {
+            None
+        }
+        fn source_ip(&self) -> Option<IpAddr> {
+            None
+        }
+        fn destination_ip(&self) -> Option<IpAddr> {
+            None
+        }
+        fn destination_port(&self) -> u16 {
+            self.0
+        }
+        fn path(&self) -> &str {
+            self.1
+        }
+    }
+
+    fn policy(action: Action, name: &str, path: &str) -> Policy {
+        Policy {
+            namespace: "ns".into(),
+            name: name.into(),
+            action,
+            rules: vec![Rule {
+                name: format!("ns[ns]-policy[{name}]-rule[0]"),
+                principal: Expr::Any,
+                permission: Expr::Test(
+                    Attr::Path,
+                    Matcher::Str {
+                        m: StrMatch::Exact(path.into()),
+                        ignore_case: false,
+                    },
+                ),
+            }],
+            dry_run: false,
+        }
+    }
+
+    const HOST: &str = "s.ns.svc.cluster.local";
+
+    fn chains(p80: Vec<Policy>, p81: Vec<Policy>) -> BTreeMap<String, ChainAuthz> {
+        [(80, p80), (81, p81)]
+            .into_iter()
+            .map(|(port, policies)| {
+                (
+                    format!("inbound-vip|{port}|http|{HOST}"),
+                    ChainAuthz {
+                        http: true,
+                        policies,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn verdict(a: &crate::authz::Authorization, req: Req) -> Verdict {
+        a.for_service(Some(HOST), true).evaluate(&req).verdict
+    }
+
+    #[test]
+    fn identical_chains_share_one_unscoped_set() {
+        let p = || vec![policy(Action::Allow, "a", "/a")];
+        let a = authorization(&chains(p(), p()));
+        let set = a.for_service(Some(HOST), true);
+        assert_eq!(set.policies.len(), 1);
+        assert!(verdict(&a, Req(81, "/a")).allowed());
+        // No TCP chain: TCP uses the HTTP set.
+        assert!(std::sync::Arc::ptr_eq(
+            set,
+            a.for_service(Some(HOST), false)
+        ));
+    }
+
+    #[test]
+    fn differing_chains_are_scoped_to_their_ports() {
+        let a = authorization(&chains(
+            vec![policy(Action::Allow, "a", "/a")],
+            vec![policy(Action::Deny, "d", "/d")],
+        ));
+        assert!(verdict(&a, Req(80, "/a")).allowed());
+        assert_eq!(verdict(&a, Req(80, "/b")), Verdict::NoAllowMatched);
+        assert_eq!(
+            verdict(&a, Req(80, "/d")),
+            Verdict::NoAllowMatched,
+            "port 81's DENY does not apply"
+        );
+        assert!(verdict(&a, Req(81, "/b")).allowed(), "port 81 has no ALLOW");
+        assert!(!verdict(&a, Req(81, "/d")).allowed());
     }
 }
