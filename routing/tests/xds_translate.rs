@@ -1081,3 +1081,32 @@ fn authz_rbac_matcher_tree_denies_the_chain() {
     });
     assert!(!verdict(&t, "f2", &AuthzReq::get("/")).allowed());
 }
+
+#[test]
+fn authz_per_route_rbac_override_answers_403() {
+    let mut doc: serde_json::Value = serde_json::from_str(&fixture("authz.json")).unwrap();
+    let chain = format!("inbound-vip|8000|http|{}", svc("f2"));
+    let chains = doc["resources"][0]["filterChains"].as_array_mut().unwrap();
+    let c = chains
+        .iter_mut()
+        .find(|c| c["name"] == chain.as_str())
+        .unwrap();
+    c["filters"][0]["typedConfig"]["routeConfig"]["virtualHosts"][0]["routes"][0]
+        ["typedPerFilterConfig"] = serde_json::json!({"envoy.filters.http.rbac": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+            "rbac": {"rules": {"policies": {}}}}});
+    let t = translate(&load_resources(&doc.to_string()).unwrap());
+    let r = routed(route_of(
+        &t.snapshot,
+        "10.96.3.2:8000",
+        &SimpleRequest::new("/"),
+    ));
+    match &r.action {
+        RouteAction::DirectResponse(d) => {
+            assert_eq!(d.status, 403);
+            assert_eq!(d.body.as_deref(), Some(&b"RBAC: access denied"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(warned(&t, "the route answers 403"));
+}

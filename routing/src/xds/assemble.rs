@@ -243,9 +243,14 @@ pub(crate) fn translate(
                     port: cn.port,
                     default_fault: default_fault.as_ref(),
                     vhost_retry: vh.retry_policy.as_ref(),
+                    vhost_filters: Some(&vh.typed_per_filter_config),
                 };
+                let vhost_authz = vh
+                    .typed_per_filter_config
+                    .iter()
+                    .any(|(f, any)| route::authz_override(f, any).is_some());
                 for (i, r) in vh.routes.iter().enumerate() {
-                    if route::is_default_route(r, chain) && vh.routes.len() == 1 {
+                    if route::is_default_route(r, chain) && vh.routes.len() == 1 && !vhost_authz {
                         if let Some(key) = route::default_route_hash(r) {
                             hash_keys.push((chain.clone(), key));
                         }
