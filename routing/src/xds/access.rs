@@ -104,12 +104,35 @@ fn is_authz_type(type_url: &str) -> bool {
     .any(|p| type_url.contains(p))
 }
 
-/// Known filters that neither decide access nor change what it sees.
-fn known_inert(type_url: &str) -> bool {
+/// Known filters that neither decide access nor change what it sees (by
+/// type, or by istiod's name for its TypedStruct-wrapped telemetry filters,
+/// e.g. `istio.metadata_exchange` before the network RBAC filters).
+fn known_inert(name: &str, type_url: &str) -> bool {
     harmless(type_url)
+        || harmless(name)
         || type_url.ends_with(".HttpConnectionManager")
         || type_url.ends_with(".TcpProxy")
         || type_url.ends_with(".HTTPFault")
+}
+
+/// `udpa.type.v1.TypedStruct` / `xds.type.v3.TypedStruct` (not among
+/// envoy-types' generated types): field 1 is the wrapped config's type URL.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStruct {
+    #[prost(string, tag = "1")]
+    type_url: String,
+}
+
+/// The type URL of a filter's config, looking inside a TypedStruct.
+fn effective_type(any: &Any) -> String {
+    if any.type_url.ends_with(".TypedStruct") {
+        if let Ok(ts) = <TypedStruct as prost::Message>::decode(any.value.as_slice()) {
+            if !ts.type_url.is_empty() {
+                return ts.type_url;
+            }
+        }
+    }
+    any.type_url.clone()
 }
 
 struct Walk<'a> {
@@ -264,25 +287,15 @@ impl Walk<'_> {
     }
 
     fn other(&mut self, name: &str, any: &Any, before_authz: bool, diag: &mut Diag) {
-        if known_inert(&any.type_url) {
+        let inner = effective_type(any);
+        let why = if access_control(name, &any.type_url) || access_control(name, &inner) {
+            "is not run by this proxy"
+        } else if known_inert(name, &inner) || !before_authz {
             return;
-        }
-        if access_control(name, &any.type_url) {
-            self.deny_all(
-                name,
-                &format!("({}) is not run by this proxy", any.type_url),
-                diag,
-            );
-        } else if before_authz {
-            self.deny_all(
-                name,
-                &format!(
-                    "({}) runs before authorization and is not run by this proxy",
-                    any.type_url
-                ),
-                diag,
-            );
-        }
+        } else {
+            "runs before authorization and is not run by this proxy"
+        };
+        self.deny_all(name, &format!("({inner}) {why}"), diag);
     }
 
     /// A DENY policy matching everything on this chain.

@@ -391,7 +391,8 @@ fn classic_match(chain: &FilterChain, at: At<'_>, diag: &mut Diag, out: &mut Mai
 }
 
 /// Filters that carry no routing meaning for this proxy (telemetry, filter
-/// state plumbing).
+/// state plumbing), by type URL or by name (istiod wraps its own filters,
+/// e.g. `istio.metadata_exchange`, in a TypedStruct).
 pub(crate) fn harmless(type_url: &str) -> bool {
     const PARTS: &[&str] = &[
         "set_filter_state",
@@ -471,7 +472,7 @@ fn chain_kind(
 fn other_filter(chain: &str, f: &Filter, any: &Any, at: At<'_>, diag: &mut Diag) {
     if policy_filter(&f.name, &any.type_url) {
         // Translated or made to deny by `access`, which reports it.
-    } else if !harmless(&any.type_url) {
+    } else if !harmless(&any.type_url) && !harmless(&f.name) {
         at.warn(
             diag,
             format!(
@@ -524,7 +525,7 @@ fn http_chain(
             }
         } else if policy_filter(&hf.name, &any.type_url) {
             // Translated or made to deny by `access`, which reports it.
-        } else if !harmless(&any.type_url) {
+        } else if !harmless(&any.type_url) && !harmless(&hf.name) {
             at.warn(
                 diag,
                 format!(
