@@ -571,7 +571,12 @@ fn mutated_resources_never_panic() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
-    for f in ["bookinfo.json", "rules.json", "unsupported.json"] {
+    for f in [
+        "bookinfo.json",
+        "rules.json",
+        "unsupported.json",
+        "authz.json",
+    ] {
         let r = load_resources(&fixture(f)).unwrap();
         seeds.extend(
             r.listeners
@@ -617,6 +622,13 @@ fn mutated_resources_never_panic() {
             for svc in t.snapshot.services() {
                 for p in &svc.ports {
                     let _ = t.snapshot.route(svc, p.number, &SimpleRequest::new("/x"));
+                }
+                for req in [AuthzReq::get("/admin").from(BAD), AuthzReq::tcp(8080)] {
+                    let d = decide(&t, Some(&svc.hostname), &req);
+                    assert_eq!(
+                        d.verdict.allowed(),
+                        d.verdict.response_code_details().is_none()
+                    );
                 }
             }
         }
