@@ -1122,3 +1122,23 @@ fn authz_per_route_rbac_override_answers_403() {
     }
     assert!(warned(&t, "the route answers 403"));
 }
+
+#[test]
+fn authz_unknown_network_filter_before_the_hcm_denies() {
+    let mut doc: serde_json::Value = serde_json::from_str(&fixture("authz.json")).unwrap();
+    let chain = format!("inbound-vip|8000|http|{}", svc("f2"));
+    let chains = doc["resources"][0]["filterChains"].as_array_mut().unwrap();
+    let c = chains
+        .iter_mut()
+        .find(|c| c["name"] == chain.as_str())
+        .unwrap();
+    c["filters"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"name": "acme.sni_rewrite", "typedConfig": {"@type": "type.googleapis.com/acme.SniRewrite"}}),
+    );
+    let t = translate(&load_resources(&doc.to_string()).unwrap());
+    assert!(matches!(
+        verdict(&t, "f2", &AuthzReq::get("/")),
+        Verdict::Denied { rule, .. } if rule == "unenforced-filter[acme.sni_rewrite]"
+    ));
+}

@@ -159,10 +159,20 @@ pub(crate) fn chain(chain: &FilterChain, at: At<'_>, diag: &mut Diag) -> ChainAu
         Some(ConfigType::TypedConfig(a)) => Some(a.type_url.clone()),
         _ => None,
     };
-    let last_authz = chain
-        .filters
-        .iter()
-        .rposition(|f| type_of(&f.config_type).is_some_and(|t| is_authz_type(&t)));
+    // The last network filter that authorizes: an RBAC / ext_authz one, or
+    // the HCM when its HTTP filters do.
+    let authorizes = |f: &envoy_types::pb::envoy::config::listener::v3::Filter| {
+        if type_of(&f.config_type).is_some_and(|t| is_authz_type(&t)) {
+            return true;
+        }
+        let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+            return false;
+        };
+        matches!(decode_any::<HttpConnectionManager>(any), Some(Ok(hcm))
+            if hcm.http_filters.iter().any(|hf| matches!(&hf.config_type,
+                Some(http_filter::ConfigType::TypedConfig(a)) if is_authz_type(&a.type_url))))
+    };
+    let last_authz = chain.filters.iter().rposition(authorizes);
     for (i, f) in chain.filters.iter().enumerate() {
         let any = match &f.config_type {
             Some(ConfigType::TypedConfig(a)) => a,

@@ -204,7 +204,9 @@ fn permission(p: &Permission, cx: &mut Cx) -> Expr {
         PermRule::DestinationPortRange(r) => {
             let clamp = |v: i32| v.clamp(0, 65536) as u32;
             let (start, end) = (clamp(r.start), clamp(r.end));
-            if end > 65535 {
+            if start > 65535 {
+                never()
+            } else if end > 65535 {
                 // [start, 65536): every port from start (u16 cannot say 65536).
                 Expr::or(vec![
                     Expr::Test(
