@@ -484,8 +484,13 @@ fn unsupported_things_are_warnings() {
     );
     assert!(has("rate_limits is not supported"), "{text:#?}");
     assert!(has("acme.filters.Special"), "{text:#?}");
-    assert!(has("RBAC) is not enforced"), "{text:#?}");
-    assert!(has("udpa.type.v1.TypedStruct"), "{text:#?}");
+    // The (empty) RBAC filter is translated; nothing says "not enforced" any more.
+    assert!(!has("not enforced"), "{text:#?}");
+    // A Wasm filter the proxy does not run makes the chain deny (never fail open).
+    assert!(
+        has("filter acme.wasm (type.googleapis.com/udpa.type.v1.TypedStruct) is not run by this proxy: all traffic of this chain is denied"),
+        "{text:#?}"
+    );
     assert!(has("active health checks"), "{text:#?}");
     assert!(has("Listener something_else"), "{text:#?}");
     assert!(
@@ -493,6 +498,14 @@ fn unsupported_things_are_warnings() {
         "telemetry filters are not noise: {text:#?}"
     );
     assert_eq!(s.warnings().len(), t.warnings.len());
+    let d = s
+        .authorization()
+        .for_service(Some("shop.default.svc.cluster.local"), true)
+        .evaluate(&AuthzReq::get("/r"));
+    assert!(
+        matches!(&d.verdict, Verdict::Denied { rule, .. } if rule == "unenforced-filter[acme.wasm]"),
+        "{d:?}"
+    );
     // The route with the unsupported header condition is gone; the rest works.
     let r = routed(route_of(s, "10.96.2.1:9080", &SimpleRequest::new("/r")));
     assert_eq!(r.name, "ok");
@@ -558,7 +571,12 @@ fn mutated_resources_never_panic() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
-    for f in ["bookinfo.json", "rules.json", "unsupported.json"] {
+    for f in [
+        "bookinfo.json",
+        "rules.json",
+        "unsupported.json",
+        "authz.json",
+    ] {
         let r = load_resources(&fixture(f)).unwrap();
         seeds.extend(
             r.listeners
@@ -605,7 +623,522 @@ fn mutated_resources_never_panic() {
                 for p in &svc.ports {
                     let _ = t.snapshot.route(svc, p.number, &SimpleRequest::new("/x"));
                 }
+                for req in [AuthzReq::get("/admin").from(BAD), AuthzReq::tcp(8080)] {
+                    let d = decide(&t, Some(&svc.hostname), &req);
+                    assert_eq!(
+                        d.verdict.allowed(),
+                        d.verdict.response_code_details().is_none()
+                    );
+                }
             }
         }
     }
+}
+
+// ---- Authorization: istiod's RBAC / ext_authz / jwt_authn filters (fixture authz.json) ----
+
+use routing::authz::{AuthzView, Decision, Verdict};
+use std::net::IpAddr;
+
+/// A request (or a TCP connection) as authorization sees it.
+#[derive(Clone)]
+struct AuthzReq {
+    http: bool,
+    principal: Option<&'static str>,
+    port: u16,
+    method: &'static str,
+    host: &'static str,
+    path: &'static str,
+}
+
+impl AuthzReq {
+    fn get(path: &'static str) -> AuthzReq {
+        AuthzReq {
+            http: true,
+            principal: Some(SLEEP),
+            port: 8000,
+            method: "GET",
+            host: "svc:8000",
+            path,
+        }
+    }
+    fn tcp(port: u16) -> AuthzReq {
+        AuthzReq {
+            http: false,
+            port,
+            ..AuthzReq::get("")
+        }
+    }
+    fn from(mut self, p: &'static str) -> AuthzReq {
+        self.principal = Some(p);
+        self
+    }
+    fn method(mut self, m: &'static str) -> AuthzReq {
+        self.method = m;
+        self
+    }
+    fn host(mut self, h: &'static str) -> AuthzReq {
+        self.host = h;
+        self
+    }
+}
+
+impl AuthzView for AuthzReq {
+    fn is_http(&self) -> bool {
+        self.http
+    }
+    fn principal(&self) -> Option<&str> {
+        self.principal
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        Some("10.244.0.9".parse().unwrap())
+    }
+    fn destination_ip(&self) -> Option<IpAddr> {
+        None
+    }
+    fn destination_port(&self) -> u16 {
+        self.port
+    }
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn host(&self) -> Option<&str> {
+        Some(self.host)
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+}
+
+const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
+const BAD: &str = "spiffe://cluster.local/ns/bad/sa/x";
+
+fn authz_fixture() -> Translation {
+    load("authz.json")
+}
+
+fn svc(name: &str) -> String {
+    format!("{name}.foo.svc.cluster.local")
+}
+
+fn decide(t: &Translation, service: Option<&str>, req: &AuthzReq) -> Decision {
+    t.snapshot
+        .authorization()
+        .for_service(service, req.http)
+        .evaluate(req)
+}
+
+fn verdict(t: &Translation, service: &str, req: &AuthzReq) -> Verdict {
+    decide(t, Some(&svc(service)), req).verdict
+}
+
+fn denied_by(rule: &str) -> Verdict {
+    Verdict::Denied {
+        policy: policy_of(rule),
+        rule: rule.to_string(),
+    }
+}
+
+fn allowed_by(rule: &str) -> Verdict {
+    Verdict::Allowed {
+        policy: policy_of(rule),
+        rule: rule.to_string(),
+    }
+}
+
+/// `ns[NS]-policy[NAME]-rule[I]` → `NS/NAME`.
+fn policy_of(rule: &str) -> String {
+    let ns = rule.split("ns[").nth(1).unwrap().split(']').next().unwrap();
+    let name = rule
+        .split("policy[")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    format!("{ns}/{name}")
+}
+
+#[test]
+fn authz_f1_allow_principal_method_path() {
+    let t = authz_fixture();
+    let rule = "ns[foo]-policy[allow-sleep]-rule[0]";
+    assert_eq!(
+        verdict(&t, "f1", &AuthzReq::get("/info/x?q=1")),
+        allowed_by(rule)
+    );
+    for req in [
+        AuthzReq::get("/info").method("POST"),
+        AuthzReq::get("/other"),
+        AuthzReq::get("/info").from("spiffe://cluster.local/ns/foo/sa/other"),
+        AuthzReq::get("/info").from("cluster.local/ns/foo/sa/sleep"),
+    ] {
+        let v = verdict(&t, "f1", &req);
+        assert_eq!(v, Verdict::NoAllowMatched, "{} {}", req.method, req.path);
+        assert_eq!(
+            v.response_code_details().as_deref(),
+            Some("rbac_access_denied_matched_policy[none]")
+        );
+    }
+}
+
+#[test]
+fn authz_f2_allow_all_and_f3_allow_nothing() {
+    let t = authz_fixture();
+    let all = "ns[foo]-policy[allow-all]-rule[0]";
+    assert_eq!(verdict(&t, "f2", &AuthzReq::get("/")), allowed_by(all));
+    assert_eq!(
+        verdict(&t, "f2", &AuthzReq::get("/x").from(BAD).method("DELETE")),
+        allowed_by(all)
+    );
+    for req in [AuthzReq::get("/"), AuthzReq::get("/info").from(BAD)] {
+        assert_eq!(verdict(&t, "f3", &req), Verdict::NoAllowMatched);
+    }
+}
+
+#[test]
+fn authz_f4_deny_other_namespaces_except_healthz() {
+    let t = authz_fixture();
+    let rule = "ns[foo]-policy[deny-other-ns]-rule[0]";
+    let v = verdict(&t, "f4", &AuthzReq::get("/data").from(BAD));
+    assert_eq!(v, denied_by(rule));
+    assert_eq!(
+        v.response_code_details().unwrap(),
+        format!("rbac_access_denied_matched_policy[{rule}]")
+    );
+    assert_eq!(
+        verdict(&t, "f4", &AuthzReq::get("/healthz").from(BAD)),
+        Verdict::AllowedNoAllowPolicy
+    );
+    assert_eq!(
+        verdict(&t, "f4", &AuthzReq::get("/data")),
+        Verdict::AllowedNoAllowPolicy
+    );
+}
+
+#[test]
+fn authz_f5_dry_run_is_not_enforced() {
+    let t = authz_fixture();
+    let d = decide(&t, Some(&svc("f5")), &AuthzReq::get("/").host("evil.test"));
+    assert!(d.verdict.allowed(), "{d:?}");
+    assert_eq!(d.dry_run, Some(Verdict::NoAllowMatched));
+    let d = decide(
+        &t,
+        Some(&svc("f5")),
+        &AuthzReq::get("/").host("API.Example.COM"),
+    );
+    assert_eq!(
+        d.dry_run,
+        Some(allowed_by("ns[foo]-policy[try-it]-rule[0]")),
+        "hosts ignore case"
+    );
+}
+
+#[test]
+fn authz_f6_jwt_claims_are_unknown_behind_jwt_authn() {
+    let t = authz_fixture();
+    // The waypoint does not validate tokens: the JWT rule can never allow…
+    assert_eq!(
+        verdict(&t, "f6", &AuthzReq::get("/api/v1/items/7")),
+        Verdict::NoAllowMatched
+    );
+    // …while rules without claims still do, with the {*}/{**} template.
+    assert_eq!(
+        verdict(&t, "f6", &AuthzReq::get("/public/v1/items/a/b?x=1")),
+        allowed_by("ns[foo]-policy[public-items]-rule[0]")
+    );
+    assert_eq!(
+        verdict(&t, "f6", &AuthzReq::get("/public/v1/v2/items/a")),
+        Verdict::NoAllowMatched
+    );
+    let text: Vec<String> = t.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        text.iter().any(|w| w.contains(&svc("f6"))
+            && w.contains("ns[foo]-policy[jwt]-rule[0]")
+            && w.contains("JWT claim groups")),
+        "{text:#?}"
+    );
+}
+
+#[test]
+fn authz_f7_audit_deny_allow() {
+    let t = authz_fixture();
+    let d = decide(&t, Some(&svc("f7")), &AuthzReq::get("/"));
+    assert_eq!(d.verdict, allowed_by("ns[foo]-policy[allow-get]-rule[0]"));
+    assert_eq!(
+        d.audited,
+        vec!["foo/audit-all ns[foo]-policy[audit-all]-rule[0]".to_string()]
+    );
+    assert_eq!(
+        verdict(&t, "f7", &AuthzReq::get("/").method("POST")),
+        denied_by("ns[foo]-policy[deny-post]-rule[0]")
+    );
+    assert_eq!(
+        verdict(&t, "f7", &AuthzReq::get("/").method("PUT")),
+        Verdict::NoAllowMatched
+    );
+}
+
+#[test]
+fn authz_f8_network_rbac_on_tcp_chains() {
+    let t = authz_fixture();
+    // ALLOW whose HTTP-only rule istiod dropped: `rules: {}` denies every connection.
+    assert_eq!(
+        verdict(&t, "f8a", &AuthzReq::tcp(5432)),
+        Verdict::NoAllowMatched
+    );
+    // DENY namespaces [bad] ports [8080].
+    assert_eq!(
+        verdict(&t, "f8b", &AuthzReq::tcp(8080).from(BAD)),
+        denied_by("ns[foo]-policy[d]-rule[0]")
+    );
+    assert_eq!(
+        verdict(&t, "f8b", &AuthzReq::tcp(8080)),
+        Verdict::AllowedNoAllowPolicy
+    );
+    // A service with TCP chains only uses the same set for HTTP.
+    assert_eq!(
+        verdict(&t, "f8b", &AuthzReq::get("/").from(BAD).method("GET")),
+        Verdict::AllowedNoAllowPolicy,
+        "port 8000 is not 8080"
+    );
+    // An HTTP-only service's TCP set is its HTTP set: F1's ALLOW on a TCP connection is unknown.
+    assert_eq!(
+        verdict(&t, "f1", &AuthzReq::tcp(8000)),
+        Verdict::NoAllowMatched
+    );
+}
+
+#[test]
+fn authz_f10_custom_denies_matching_requests_only() {
+    let t = authz_fixture();
+    let v = verdict(&t, "f10", &AuthzReq::get("/admin/users"));
+    assert_eq!(
+        v,
+        Verdict::CustomUnavailable {
+            policy: "foo/ext".into(),
+            rule: "istio-ext-authz-ext-authz-http-ns[foo]-policy[ext]-rule[0]".into(),
+            provider: "outbound|8000||ext-authz.foo.svc.cluster.local".into(),
+        }
+    );
+    assert!(!v.allowed());
+    assert_eq!(
+        verdict(&t, "f10", &AuthzReq::get("/public")),
+        Verdict::AllowedNoAllowPolicy
+    );
+}
+
+#[test]
+fn authz_unknown_principal_kinds_never_fail_open() {
+    let t = authz_fixture();
+    // DENY on a principal kind the waypoint cannot evaluate: denies what the rest matches…
+    assert_eq!(
+        verdict(&t, "unk", &AuthzReq::get("/admin")),
+        denied_by("ns[foo]-policy[deny-admin-by-tag]-rule[0]")
+    );
+    // …and ALLOW on one never allows: only rule 1 (path /public) can.
+    assert_eq!(
+        verdict(&t, "unk", &AuthzReq::get("/private")),
+        Verdict::NoAllowMatched
+    );
+    assert_eq!(
+        verdict(&t, "unk", &AuthzReq::get("/public/x")),
+        allowed_by("ns[foo]-policy[allow-local]-rule[1]")
+    );
+    let text: Vec<String> = t.warnings.iter().map(|w| w.to_string()).collect();
+    for (key, construct) in [
+        (
+            "ns[foo]-policy[deny-admin-by-tag]-rule[0]",
+            "sourced_metadata",
+        ),
+        (
+            "ns[foo]-policy[allow-local]-rule[0]",
+            "io.istio.local_principal",
+        ),
+    ] {
+        assert!(
+            text.iter()
+                .any(|w| w.contains(&svc("unk")) && w.contains(key) && w.contains(construct)),
+            "{key}: {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn authz_direct_chain_is_the_waypoint_wide_set() {
+    let t = authz_fixture();
+    let rule = "ns[foo]-policy[deny-bad-ns]-rule[0]";
+    assert_eq!(
+        decide(&t, None, &AuthzReq::get("/").from(BAD)).verdict,
+        denied_by(rule)
+    );
+    assert_eq!(
+        decide(&t, None, &AuthzReq::tcp(80).from(BAD)).verdict,
+        denied_by(rule)
+    );
+    assert_eq!(
+        decide(&t, None, &AuthzReq::get("/")).verdict,
+        Verdict::AllowedNoAllowPolicy
+    );
+    // Services have their own chains' sets, not the waypoint's.
+    assert_eq!(
+        verdict(&t, "f2", &AuthzReq::get("/").from(BAD)),
+        allowed_by("ns[foo]-policy[allow-all]-rule[0]")
+    );
+    // Only the expected warnings: unknown constructs and endpoint identities.
+    for w in &t.warnings {
+        assert!(
+            w.message.contains("without a known identity")
+                || w.message.contains("treated as unknown"),
+            "{w}"
+        );
+    }
+}
+
+/// authz.json with `edit` applied to the `httpFilters` of `service`'s HTTP chain.
+fn authz_edited(service: &str, edit: impl FnOnce(&mut Vec<serde_json::Value>)) -> Translation {
+    let mut doc: serde_json::Value = serde_json::from_str(&fixture("authz.json")).unwrap();
+    let chain = format!("inbound-vip|8000|http|{}", svc(service));
+    let chains = doc["resources"][0]["filterChains"].as_array_mut().unwrap();
+    let c = chains
+        .iter_mut()
+        .find(|c| c["name"] == chain.as_str())
+        .unwrap();
+    let filters = c["filters"][0]["typedConfig"]["httpFilters"]
+        .as_array_mut()
+        .unwrap();
+    edit(filters);
+    translate(&load_resources(&doc.to_string()).unwrap())
+}
+
+fn warned(t: &Translation, needle: &str) -> bool {
+    t.warnings.iter().any(|w| w.to_string().contains(needle))
+}
+
+#[test]
+fn authz_ext_authz_without_shadow_rules_denies_everything() {
+    let t = authz_edited("f10", |f| {
+        f.remove(0);
+    });
+    let v = verdict(&t, "f10", &AuthzReq::get("/public"));
+    assert!(
+        matches!(&v, Verdict::CustomUnavailable { provider, .. } if provider == "outbound|8000||ext-authz.foo.svc.cluster.local"),
+        "{v:?}"
+    );
+    assert!(warned(&t, "applies to every request"));
+}
+
+#[test]
+fn authz_second_allow_filter_must_also_allow() {
+    // F7 plus a second ALLOW filter for path /ok: Envoy runs both, so GET must also be /ok.
+    let t = authz_edited("f7", |f| {
+        f.insert(
+            3,
+            serde_json::json!({"name": "envoy.filters.http.rbac", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {"policies": {"ns[foo]-policy[allow-ok]-rule[0]": {
+                    "permissions": [{"urlPath": {"path": {"exact": "/ok"}}}],
+                    "principals": [{"any": true}]}}}}}),
+        );
+    });
+    assert_eq!(
+        verdict(&t, "f7", &AuthzReq::get("/ok")),
+        allowed_by("ns[foo]-policy[allow-get]-rule[0]")
+    );
+    assert!(matches!(
+        verdict(&t, "f7", &AuthzReq::get("/other")),
+        Verdict::Denied { rule, .. } if rule == "allow-filter[2]-none-matched"
+    ));
+}
+
+#[test]
+fn authz_unrunnable_filters_deny_the_chain() {
+    let wasm = serde_json::json!({"name": "istio.acme_plugin", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"}});
+    let ecds = serde_json::json!({"name": "istio.ecds_plugin", "configDiscovery": {
+        "configSource": {"ads": {}}, "typeUrls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]}});
+    let unknown_first = serde_json::json!({"name": "acme.rewrite", "typedConfig": {
+        "@type": "type.googleapis.com/acme.Rewrite"}});
+    for (name, filter, at) in [
+        ("istio.acme_plugin", wasm, 5),
+        ("istio.ecds_plugin", ecds, 0),
+        ("acme.rewrite", unknown_first, 0),
+    ] {
+        let t = authz_edited("f2", |f| f.insert(at, filter));
+        let rule = format!("unenforced-filter[{name}]");
+        assert!(
+            matches!(verdict(&t, "f2", &AuthzReq::get("/")), Verdict::Denied { rule: r, .. } if r == rule),
+            "{name}"
+        );
+        assert!(warned(&t, "all traffic of this chain is denied"), "{name}");
+    }
+    // An unknown filter after the authorization filters only warns.
+    let t = authz_edited("f2", |f| {
+        f.insert(
+            3,
+            serde_json::json!({"name": "acme.compress", "typedConfig": {"@type": "type.googleapis.com/acme.Compress"}}),
+        )
+    });
+    assert!(verdict(&t, "f2", &AuthzReq::get("/")).allowed());
+    assert!(warned(&t, "acme.Compress) is not supported; ignored"));
+}
+
+#[test]
+fn authz_rbac_matcher_tree_denies_the_chain() {
+    let t = authz_edited("f2", |f| {
+        f[0]["typedConfig"] = serde_json::json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "matcher": {"onNoMatch": {"action": {"name": "allow", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "name": "allow"}}}}});
+    });
+    assert!(!verdict(&t, "f2", &AuthzReq::get("/")).allowed());
+}
+
+#[test]
+fn authz_per_route_rbac_override_answers_403() {
+    let mut doc: serde_json::Value = serde_json::from_str(&fixture("authz.json")).unwrap();
+    let chain = format!("inbound-vip|8000|http|{}", svc("f2"));
+    let chains = doc["resources"][0]["filterChains"].as_array_mut().unwrap();
+    let c = chains
+        .iter_mut()
+        .find(|c| c["name"] == chain.as_str())
+        .unwrap();
+    c["filters"][0]["typedConfig"]["routeConfig"]["virtualHosts"][0]["routes"][0]
+        ["typedPerFilterConfig"] = serde_json::json!({"envoy.filters.http.rbac": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+            "rbac": {"rules": {"policies": {}}}}});
+    let t = translate(&load_resources(&doc.to_string()).unwrap());
+    let r = routed(route_of(
+        &t.snapshot,
+        "10.96.3.2:8000",
+        &SimpleRequest::new("/"),
+    ));
+    match &r.action {
+        RouteAction::DirectResponse(d) => {
+            assert_eq!(d.status, 403);
+            assert_eq!(d.body.as_deref(), Some(&b"RBAC: access denied"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(warned(&t, "the route answers 403"));
+}
+
+#[test]
+fn authz_unknown_network_filter_before_the_hcm_denies() {
+    let mut doc: serde_json::Value = serde_json::from_str(&fixture("authz.json")).unwrap();
+    let chain = format!("inbound-vip|8000|http|{}", svc("f2"));
+    let chains = doc["resources"][0]["filterChains"].as_array_mut().unwrap();
+    let c = chains
+        .iter_mut()
+        .find(|c| c["name"] == chain.as_str())
+        .unwrap();
+    c["filters"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"name": "acme.sni_rewrite", "typedConfig": {"@type": "type.googleapis.com/acme.SniRewrite"}}),
+    );
+    let t = translate(&load_resources(&doc.to_string()).unwrap());
+    assert!(matches!(
+        verdict(&t, "f2", &AuthzReq::get("/")),
+        Verdict::Denied { rule, .. } if rule == "unenforced-filter[acme.sni_rewrite]"
+    ));
 }

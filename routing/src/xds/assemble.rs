@@ -2,6 +2,7 @@
 //! from assignments, one DestinationRule and one VirtualService per service,
 //! then [`SnapshotBuilder`].
 
+use super::access;
 use super::cluster::{self, EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
 use super::listener::{self, ChainKind};
@@ -242,9 +243,14 @@ pub(crate) fn translate(
                     port: cn.port,
                     default_fault: default_fault.as_ref(),
                     vhost_retry: vh.retry_policy.as_ref(),
+                    vhost_filters: Some(&vh.typed_per_filter_config),
                 };
+                let vhost_authz = vh
+                    .typed_per_filter_config
+                    .iter()
+                    .any(|(f, any)| route::authz_override(f, any).is_some());
                 for (i, r) in vh.routes.iter().enumerate() {
-                    if route::is_default_route(r, chain) && vh.routes.len() == 1 {
+                    if route::is_default_route(r, chain) && vh.routes.len() == 1 && !vhost_authz {
                         if let Some(key) = route::default_route_hash(r) {
                             hash_keys.push((chain.clone(), key));
                         }
@@ -332,6 +338,7 @@ pub(crate) fn translate(
             .push((name, sc));
     }
     let mut builder = SnapshotBuilder::new();
+    builder.authorization(access::authorization(&main.authz));
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
         build_service(

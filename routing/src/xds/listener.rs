@@ -12,6 +12,7 @@
 //! first with the IP tree as `on_no_match`. Classic `filter_chain_match`
 //! (`prefix_ranges` + `destination_port`) is read as well.
 
+use super::access::{self, ChainAuthz};
 use super::matchers::Issue;
 use super::route;
 use super::{decode_any, At, Diag};
@@ -90,6 +91,8 @@ pub(crate) struct MainListener {
     pub(crate) vips: BTreeMap<(IpAddr, u16), BTreeSet<String>>,
     /// Chain name → content (chains named like istiod's clusters only).
     pub(crate) chains: BTreeMap<String, ChainKind>,
+    /// Chain name → its authorization (service chains and `direct-*`).
+    pub(crate) authz: BTreeMap<String, ChainAuthz>,
 }
 
 /// RDS names the listener's HCMs reference.
@@ -169,7 +172,10 @@ fn main_internal(
             classic_match(chain, at, diag, out);
         }
         if chain.name == "direct-tcp" || chain.name == "direct-http" {
-            // Pod-IP access: the snapshot routes pod IPs from the endpoints.
+            // Pod-IP access: the snapshot routes pod IPs from the endpoints;
+            // the chain's policies are the waypoint-wide ones.
+            out.authz
+                .insert(chain.name.clone(), access::chain(chain, at, diag));
             continue;
         }
         if super::names::ClusterName::parse(&chain.name).is_none() {
@@ -185,6 +191,8 @@ fn main_internal(
         if let Some(kind) = chain_kind(chain, routes, at, diag) {
             out.chains.insert(chain.name.clone(), kind);
         }
+        out.authz
+            .insert(chain.name.clone(), access::chain(chain, at, diag));
     }
     if l.default_filter_chain.is_some() {
         at.warn(diag, "default_filter_chain is not supported; ignored");
@@ -383,8 +391,9 @@ fn classic_match(chain: &FilterChain, at: At<'_>, diag: &mut Diag, out: &mut Mai
 }
 
 /// Filters that carry no routing meaning for this proxy (telemetry, filter
-/// state plumbing).
-fn harmless(type_url: &str) -> bool {
+/// state plumbing), by type URL or by name (istiod wraps its own filters,
+/// e.g. `istio.metadata_exchange`, in a TypedStruct).
+pub(crate) fn harmless(type_url: &str) -> bool {
     const PARTS: &[&str] = &[
         "set_filter_state",
         "metadata_exchange",
@@ -400,10 +409,11 @@ fn harmless(type_url: &str) -> bool {
     PARTS.iter().any(|p| type_url.contains(p))
 }
 
-fn policy_filter(type_url: &str) -> bool {
-    ["rbac", "authz", "jwt_authn", "ext_proc"]
-        .iter()
-        .any(|p| type_url.contains(p))
+/// Filters whose authorization meaning [`access`] translates or enforces
+/// (RBAC, ext_authz, jwt_authn, and access-control filters it makes deny):
+/// no "not supported" warning here.
+fn policy_filter(name: &str, type_url: &str) -> bool {
+    access::access_control(name, type_url)
 }
 
 fn chain_kind(
@@ -416,16 +426,8 @@ fn chain_kind(
     for f in &chain.filters {
         let any = match &f.config_type {
             Some(ConfigType::TypedConfig(any)) => any,
-            Some(ConfigType::ConfigDiscovery(_)) => {
-                at.warn(
-                    diag,
-                    format!(
-                        "chain {}: filter {} from ECDS is not supported",
-                        chain.name, f.name
-                    ),
-                );
-                continue;
-            }
+            // ECDS filters: the chain denies (see `access`).
+            Some(ConfigType::ConfigDiscovery(_)) => continue,
             None => {
                 at.reject(
                     diag,
@@ -468,15 +470,9 @@ fn chain_kind(
 }
 
 fn other_filter(chain: &str, f: &Filter, any: &Any, at: At<'_>, diag: &mut Diag) {
-    if policy_filter(&any.type_url) {
-        at.warn(
-            diag,
-            format!(
-                "chain {chain}: filter {} ({}) is not enforced by this proxy",
-                f.name, any.type_url
-            ),
-        );
-    } else if !harmless(&any.type_url) {
+    if policy_filter(&f.name, &any.type_url) {
+        // Translated or made to deny by `access`, which reports it.
+    } else if !harmless(&any.type_url) && !harmless(&f.name) {
         at.warn(
             diag,
             format!(
@@ -501,7 +497,10 @@ fn http_chain(
         }
         let any = match &hf.config_type {
             Some(http_filter::ConfigType::TypedConfig(a)) => a,
-            _ => {
+            // ECDS filters: the chain denies (see `access`).
+            Some(http_filter::ConfigType::ConfigDiscovery(_)) => continue,
+            None if policy_filter(&hf.name, "") => continue,
+            None => {
                 at.warn(
                     diag,
                     format!(
@@ -524,15 +523,9 @@ fn http_chain(
                     format!("chain {chain}: fault filter {e} is not supported"),
                 ),
             }
-        } else if policy_filter(&any.type_url) {
-            at.warn(
-                diag,
-                format!(
-                    "chain {chain}: http filter {} ({}) is not enforced by this proxy",
-                    hf.name, any.type_url
-                ),
-            );
-        } else if !harmless(&any.type_url) {
+        } else if policy_filter(&hf.name, &any.type_url) {
+            // Translated or made to deny by `access`, which reports it.
+        } else if !harmless(&any.type_url) && !harmless(&hf.name) {
             at.warn(
                 diag,
                 format!(

@@ -44,16 +44,25 @@
 //!   identity per pod comes from [`TranslateOptions::identities`] when the
 //!   caller knows it (see [`endpoint`]).
 //!
+//! - Authorization: each chain's `envoy.filters.http.rbac` /
+//!   `envoy.filters.network.rbac` filters (plus CUSTOM's `ext_authz` and
+//!   `jwt_authn`) become `routing::authz` policies per service, the
+//!   `direct-*` chains' the waypoint-wide ones (`access.rs`, `rbac.rs`).
+//!   Nothing fails open: untranslatable matchers are unknown (strict), and
+//!   access-control filters the proxy cannot run make their chain deny.
+//!
 //! Anything not expressible becomes a [`Warning`] (also a Snapshot
 //! warning); input Envoy would reject becomes a [`Rejection`] and no
 //! snapshot is built, so the caller NACKs and keeps its last good one.
 
+mod access;
 mod assemble;
 mod cluster;
 mod endpoint;
 mod listener;
 mod matchers;
 mod names;
+mod rbac;
 mod route;
 
 #[cfg(feature = "json")]

@@ -49,6 +49,9 @@ pub(crate) struct RouteCtx<'a> {
     pub(crate) default_fault: Option<&'a Fault>,
     /// The virtual host's retry policy (used when a route has none).
     pub(crate) vhost_retry: Option<&'a EnvoyRetryPolicy>,
+    /// The virtual host's `typed_per_filter_config` (authorization overrides
+    /// in it make every route answer 403, see [`authz_override`]).
+    pub(crate) vhost_filters: Option<&'a HashMap<String, Any>>,
 }
 
 /// One translated route.
@@ -131,7 +134,17 @@ pub(crate) fn translate(
         }
         None => return skip(diag, Issue::Invalid("route without action".into())),
     }
+    let mut overrides = Vec::new();
+    for (filter, any) in ctx.vhost_filters.map(sorted).unwrap_or_default() {
+        if let Some(what) = authz_override(filter, any) {
+            overrides.push(format!("virtual host {what}"));
+        }
+    }
     for (filter, any) in sorted(&r.typed_per_filter_config) {
+        if let Some(what) = authz_override(filter, any) {
+            overrides.push(what);
+            continue;
+        }
         match per_filter(any) {
             Ok(PerFilter::Fault(f)) => route.fault = f,
             Ok(PerFilter::Ignored(what)) => at.warn(
@@ -147,6 +160,9 @@ pub(crate) fn translate(
     if route.fault.is_none() && r.typed_per_filter_config.is_empty() {
         route.fault = ctx.default_fault.cloned();
     }
+    if !overrides.is_empty() {
+        deny_route(&mut route, &name, &overrides.join(", "), at, diag);
+    }
     if !r.route_specifiers.is_empty() {
         at.warn(
             diag,
@@ -158,6 +174,38 @@ pub(crate) fn translate(
         virtual_service: virtual_service_of(r),
         hash_keys,
     })
+}
+
+/// A per-route (or per-virtual-host) config of an access-control filter
+/// (`RBACPerRoute`, `ExtAuthzPerRoute`, jwt_authn's `PerRouteConfig`, Wasm,
+/// …) that is not just `disabled`: it can replace the filter's policies for
+/// this route, which this proxy cannot do. `Some(what)` names it.
+pub(crate) fn authz_override(filter: &str, any: &Any) -> Option<String> {
+    if !super::access::access_control(filter, &any.type_url) {
+        return None;
+    }
+    if let Some(Ok(fc)) = decode_any::<FilterConfig>(any) {
+        if fc.disabled {
+            // Disabling authorization for a route: enforcing it anyway is stricter.
+            return None;
+        }
+    }
+    Some(format!("per-filter config of {filter} ({})", any.type_url))
+}
+
+/// Never fail open: a route whose authorization this proxy cannot reproduce
+/// answers as an Envoy RBAC denial does (403 `RBAC: access denied`).
+fn deny_route(route: &mut HttpRoute, name: &str, what: &str, at: At<'_>, diag: &mut Diag) {
+    at.warn(
+        diag,
+        format!("route {name}: {what} cannot be enforced by this proxy; the route answers 403 (never fail open)"),
+    );
+    route.action = RouteAction::DirectResponse(DirectResponse {
+        status: 403,
+        body: Some(b"RBAC: access denied".to_vec()),
+    });
+    route.retries = RetryPolicy::disabled();
+    route.fault = None;
 }
 
 fn sorted(map: &HashMap<String, Any>) -> Vec<(&String, &Any)> {

@@ -83,3 +83,288 @@ fn duplicate_names_are_rejected() {
     );
     assert!(errs[0].reason.contains("duplicate"));
 }
+
+mod rbac_translation {
+    use super::super::rbac::{self, parse_key, template_regex, Cx};
+    use crate::authz::{Action, AuthzView, Expr, Tri};
+    use envoy_types::pb::envoy::config::rbac::v3::permission::Rule as PermRule;
+    use envoy_types::pb::envoy::config::rbac::v3::principal::Identifier;
+    use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy, Principal, Rbac};
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+    use std::net::IpAddr;
+
+    struct Req {
+        path: &'static str,
+        headers: Vec<(&'static str, &'static str)>,
+        port: u16,
+    }
+
+    impl AuthzView for Req {
+        fn is_http(&self) -> bool {
+            true
+        }
+        fn principal(&self) -> Option<&str> {
+            None
+        }
+        fn source_ip(&self) -> Option<IpAddr> {
+            None
+        }
+        fn destination_ip(&self) -> Option<IpAddr> {
+            None
+        }
+        fn destination_port(&self) -> u16 {
+            self.port
+        }
+        fn path(&self) -> &str {
+            self.path
+        }
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| *v)
+        }
+    }
+
+    fn req(headers: Vec<(&'static str, &'static str)>) -> Req {
+        Req {
+            path: "/a?q=1",
+            headers,
+            port: 80,
+        }
+    }
+
+    /// The permission of a one-policy RBAC with `perm`, and what was found.
+    fn translate(perm: PermRule, jwt: bool) -> (Expr, rbac::Findings) {
+        let rbac = Rbac {
+            policies: [(
+                "ns[foo]-policy[p]-rule[0]".to_string(),
+                Policy {
+                    permissions: vec![Permission { rule: Some(perm) }],
+                    principals: vec![Principal {
+                        identifier: Some(Identifier::Any(true)),
+                    }],
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let mut cx = Cx::new(jwt);
+        let mut ps = rbac::policies(&rbac, &Action::Deny, false, &mut cx);
+        let rule = ps.pop().unwrap().rules.pop().unwrap();
+        (rule.permission, cx.findings.pop().unwrap().1)
+    }
+
+    fn header(name: &str, exact: &str, invert: bool, missing_empty: bool) -> PermRule {
+        PermRule::Header(HeaderMatcher {
+            name: name.into(),
+            invert_match: invert,
+            treat_missing_header_as_empty: missing_empty,
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(exact.into())),
+                ignore_case: false,
+            })),
+        })
+    }
+
+    #[test]
+    fn policy_keys() {
+        assert_eq!(
+            parse_key("ns[foo]-policy[httpbin]-rule[12]"),
+            Some(("foo", "httpbin", 12))
+        );
+        assert_eq!(
+            parse_key("istio-ext-authz-ext-authz-http-ns[foo]-policy[ext]-rule[0]"),
+            Some(("foo", "ext", 0))
+        );
+        assert_eq!(
+            parse_key("istio-ext-authz-ns[foo]-policy[ext]-rule[1]"),
+            Some(("foo", "ext", 1))
+        );
+        for bad in [
+            "ns[foo]-policy[x]-rule[0]-deny-due-to-bad-CUSTOM-action",
+            "xns[foo]-policy[x]-rule[0]",
+            "ns[foo]-policy[x]-rule[a]",
+            "anything",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_templates() {
+        let m = |t: &str, path: &str| {
+            let re = crate::model::MatchRegex::new(&template_regex(t).unwrap()).unwrap();
+            re.is_match(path)
+        };
+        assert!(m("/api/*/items/**", "/api/v1/items/"));
+        assert!(m("/api/*/items/**", "/api/v1/items/a/b"));
+        assert!(!m("/api/*/items/**", "/api/v1/v2/items/a"));
+        assert!(!m("/api/*/items/**", "/api//items/a"));
+        assert!(!m("/api/*/items/**", "/api/v1/items"));
+        assert!(m("/**.mpd", "/content/123/manifest.mpd"));
+        assert!(!m("/a.b", "/aXb"), "literals are escaped");
+        assert_eq!(template_regex("/a/{id}"), None);
+        assert_eq!(template_regex("/**/a/*"), None, "** must be last");
+    }
+
+    #[test]
+    #[allow(deprecated)] // prefix_match: what older control planes send
+    fn header_conditions_as_envoy() {
+        let (e, _) = translate(header("x-a", "1", false, false), false);
+        assert_eq!(e.eval(&req(vec![("x-a", "1")])), Tri::True);
+        assert_eq!(e.eval(&req(vec![])), Tri::False);
+        // Inverted: a missing header does not match (Envoy matchHeaders).
+        let (e, _) = translate(header("X-A", "1", true, false), false);
+        assert_eq!(e.eval(&req(vec![("x-a", "2")])), Tri::True);
+        assert_eq!(e.eval(&req(vec![("x-a", "1")])), Tri::False);
+        assert_eq!(e.eval(&req(vec![])), Tri::False);
+        // treat_missing_header_as_empty: missing is "".
+        let (e, _) = translate(header("x-a", "", false, true), false);
+        assert_eq!(e.eval(&req(vec![])), Tri::True);
+        let (e, _) = translate(header("x-a", "", true, true), false);
+        assert_eq!(e.eval(&req(vec![])), Tri::False);
+        assert_eq!(e.eval(&req(vec![("x-a", "z")])), Tri::True);
+        // :path includes the query: an exact match on it is unknown, a prefix is the path's.
+        let (e, f) = translate(header(":path", "/a", false, false), false);
+        assert_eq!(e.eval(&req(vec![])), Tri::Unknown);
+        assert_eq!(f.unknown.len(), 1, "{f:?}");
+        let (e, f) = translate(
+            PermRule::Header(HeaderMatcher {
+                name: ":path".into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::PrefixMatch("/a".into())),
+                ..Default::default()
+            }),
+            false,
+        );
+        assert_eq!(e.eval(&req(vec![])), Tri::True);
+        assert!(f.unknown.is_empty());
+    }
+
+    #[test]
+    fn bad_regex_is_invalid() {
+        let (_, f) = translate(
+            PermRule::Header(HeaderMatcher {
+                name: "x".into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                    match_pattern: Some(MatchPattern::SafeRegex(
+                        envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                            regex: "(".into(),
+                            ..Default::default()
+                        },
+                    )),
+                    ignore_case: false,
+                })),
+                ..Default::default()
+            }),
+            false,
+        );
+        assert_eq!(f.invalid.len(), 1, "{f:?}");
+    }
+}
+
+mod per_service_sets {
+    use super::super::access::{authorization, ChainAuthz};
+    use crate::authz::{Action, Attr, AuthzView, Expr, Matcher, Policy, Rule, StrMatch, Verdict};
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+
+    struct Req(u16, &'static str);
+
+    impl AuthzView for Req {
+        fn is_http(&self) -> bool {
+            true
+        }
+        fn principal(&self) -> Option<&str> {
+            None
+        }
+        fn source_ip(&self) -> Option<IpAddr> {
+            None
+        }
+        fn destination_ip(&self) -> Option<IpAddr> {
+            None
+        }
+        fn destination_port(&self) -> u16 {
+            self.0
+        }
+        fn path(&self) -> &str {
+            self.1
+        }
+    }
+
+    fn policy(action: Action, name: &str, path: &str) -> Policy {
+        Policy {
+            namespace: "ns".into(),
+            name: name.into(),
+            action,
+            rules: vec![Rule {
+                name: format!("ns[ns]-policy[{name}]-rule[0]"),
+                principal: Expr::Any,
+                permission: Expr::Test(
+                    Attr::Path,
+                    Matcher::Str {
+                        m: StrMatch::Exact(path.into()),
+                        ignore_case: false,
+                    },
+                ),
+            }],
+            dry_run: false,
+        }
+    }
+
+    const HOST: &str = "s.ns.svc.cluster.local";
+
+    fn chains(p80: Vec<Policy>, p81: Vec<Policy>) -> BTreeMap<String, ChainAuthz> {
+        [(80, p80), (81, p81)]
+            .into_iter()
+            .map(|(port, policies)| {
+                (
+                    format!("inbound-vip|{port}|http|{HOST}"),
+                    ChainAuthz {
+                        http: true,
+                        policies,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn verdict(a: &crate::authz::Authorization, req: Req) -> Verdict {
+        a.for_service(Some(HOST), true).evaluate(&req).verdict
+    }
+
+    #[test]
+    fn identical_chains_share_one_unscoped_set() {
+        let p = || vec![policy(Action::Allow, "a", "/a")];
+        let a = authorization(&chains(p(), p()));
+        let set = a.for_service(Some(HOST), true);
+        assert_eq!(set.policies.len(), 1);
+        assert!(verdict(&a, Req(81, "/a")).allowed());
+        // No TCP chain: TCP uses the HTTP set.
+        assert!(std::sync::Arc::ptr_eq(
+            set,
+            a.for_service(Some(HOST), false)
+        ));
+    }
+
+    #[test]
+    fn differing_chains_are_scoped_to_their_ports() {
+        let a = authorization(&chains(
+            vec![policy(Action::Allow, "a", "/a")],
+            vec![policy(Action::Deny, "d", "/d")],
+        ));
+        assert!(verdict(&a, Req(80, "/a")).allowed());
+        assert_eq!(verdict(&a, Req(80, "/b")), Verdict::NoAllowMatched);
+        assert_eq!(
+            verdict(&a, Req(80, "/d")),
+            Verdict::NoAllowMatched,
+            "port 81's DENY does not apply"
+        );
+        assert!(verdict(&a, Req(81, "/b")).allowed(), "port 81 has no ALLOW");
+        assert!(!verdict(&a, Req(81, "/d")).allowed());
+    }
+}

@@ -1,0 +1,600 @@
+//! Authorization of each `main_internal` filter chain, and the per-service
+//! [`Authorization`] built from them.
+//!
+//! Per chain, in filter order (istiod `listener_waypoint.go`
+//! `buildWaypointHTTPFilters` / `networkfilter.go`
+//! `buildCompleteNetworkFilters`): CUSTOM (a shadow `rbac` whose
+//! `shadow_rules_stat_prefix` is `istio_ext_authz_`, then `ext_authz`),
+//! `jwt_authn`, then one `rbac` filter each for LOG, DENY and ALLOW.
+//!
+//! - `rules` → enforced policies with the filter's action; `shadow_rules` →
+//!   dry-run policies; `rules` with no policy on an ALLOW filter → an ALLOW
+//!   policy without rules (denies everything, istiod's "every ALLOW rule
+//!   dropped" shape); no `rules` → nothing enforced.
+//! - Envoy runs each RBAC filter on its own, so two enforced ALLOW filters
+//!   both have to allow; the model ORs ALLOW policies, so every ALLOW filter
+//!   after the first becomes a DENY policy "none of this filter's rules
+//!   matched" (exact, and strict on unknowns).
+//! - CUSTOM: the waypoint does not call external authorizers, so the shadow
+//!   rules before an `ext_authz` filter become enforced
+//!   [`Action::Custom`] policies, which the evaluator denies on match. An
+//!   `ext_authz` filter without them (or without `filter_enabled_metadata`,
+//!   i.e. called for every request) is a CUSTOM policy matching everything.
+//!
+//! **Never fail open.** A filter this proxy does not run and that can deny or
+//! rewrite what authorization sees — Wasm, Lua, ext_proc and other
+//! access-control extensions anywhere in the chain, filters delivered through
+//! ECDS (istiod's WasmPlugins), an RBAC `matcher` tree, and any other unknown
+//! filter placed before the chain's last authorization filter — makes the
+//! chain deny all its traffic (a DENY policy matching everything, with a
+//! warning). Rejecting the listener instead would NACK every service's update
+//! and keep serving the previous, possibly more permissive, configuration.
+
+use super::listener::harmless;
+use super::names::ClusterName;
+use super::rbac::{self, Cx};
+use super::{decode_any, At, Diag};
+use crate::authz::{
+    Action, Attr, Authorization, Expr, Matcher, Policy, PolicySet, Rule, ServicePolicies,
+};
+use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
+use envoy_types::pb::envoy::config::core::v3::GrpcService;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+use envoy_types::pb::envoy::config::rbac::v3::Rbac as EnvoyRbac;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ext_authz::Services;
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz as HttpExtAuthz;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz as NetExtAuthz;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetRbac;
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// `shadow_rules_stat_prefix` of istiod's CUSTOM shadow filter
+/// (`RBACExtAuthzShadowRulesStatPrefix`).
+pub(crate) const EXT_AUTHZ_SHADOW_PREFIX: &str = "istio_ext_authz_";
+/// Namespace-less name of the policies this translator makes up.
+const SYNTHETIC: &str = "waypoint";
+
+/// One chain's authorization.
+#[derive(Debug, Default)]
+pub(crate) struct ChainAuthz {
+    /// An HCM chain (else a TCP one).
+    pub(crate) http: bool,
+    pub(crate) policies: Vec<Policy>,
+}
+
+/// Filters that can deny or rewrite a request and that this proxy does not
+/// run (those it translates are recognised by type before this is asked).
+pub(crate) fn access_control(name: &str, type_url: &str) -> bool {
+    const PARTS: &[&str] = &[
+        "wasm",
+        "lua",
+        "ext_proc",
+        "golang",
+        "dynamic_modules",
+        "rbac",
+        "authz",
+        "authn",
+        "jwt",
+        "oauth",
+        "basic_auth",
+        "api_key_auth",
+    ];
+    let (name, type_url) = (name.to_ascii_lowercase(), type_url.to_ascii_lowercase());
+    PARTS
+        .iter()
+        .any(|p| type_url.contains(p) || name.contains(p))
+}
+
+fn is_authz_type(type_url: &str) -> bool {
+    [
+        "filters.http.rbac.",
+        "filters.network.rbac.",
+        "filters.http.ext_authz.",
+        "filters.network.ext_authz.",
+        "filters.http.jwt_authn.",
+    ]
+    .iter()
+    .any(|p| type_url.contains(p))
+}
+
+/// Known filters that neither decide access nor change what it sees (by
+/// type, or by istiod's name for its TypedStruct-wrapped telemetry filters,
+/// e.g. `istio.metadata_exchange` before the network RBAC filters).
+fn known_inert(name: &str, type_url: &str) -> bool {
+    harmless(type_url)
+        || harmless(name)
+        || type_url.ends_with(".HttpConnectionManager")
+        || type_url.ends_with(".TcpProxy")
+        || type_url.ends_with(".HTTPFault")
+}
+
+/// `udpa.type.v1.TypedStruct` / `xds.type.v3.TypedStruct` (not among
+/// envoy-types' generated types): field 1 is the wrapped config's type URL.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStruct {
+    #[prost(string, tag = "1")]
+    type_url: String,
+}
+
+/// The type URL of a filter's config, looking inside a TypedStruct.
+fn effective_type(any: &Any) -> String {
+    if any.type_url.ends_with(".TypedStruct") {
+        if let Ok(ts) = <TypedStruct as prost::Message>::decode(any.value.as_slice()) {
+            if !ts.type_url.is_empty() {
+                return ts.type_url;
+            }
+        }
+    }
+    any.type_url.clone()
+}
+
+struct Walk<'a> {
+    chain: &'a str,
+    at: At<'a>,
+    out: ChainAuthz,
+    /// CUSTOM shadow policies waiting for their ext_authz filter.
+    pending_custom: Option<Vec<Policy>>,
+    allow_filters: usize,
+    jwt: bool,
+}
+
+/// The authorization of one `main_internal` chain.
+pub(crate) fn chain(chain: &FilterChain, at: At<'_>, diag: &mut Diag) -> ChainAuthz {
+    let mut w = Walk {
+        chain: &chain.name,
+        at,
+        out: ChainAuthz::default(),
+        pending_custom: None,
+        allow_filters: 0,
+        jwt: false,
+    };
+    let type_of = |c: &Option<ConfigType>| match c {
+        Some(ConfigType::TypedConfig(a)) => Some(a.type_url.clone()),
+        _ => None,
+    };
+    // The last network filter that authorizes: an RBAC / ext_authz one, or
+    // the HCM when its HTTP filters do.
+    let authorizes = |f: &envoy_types::pb::envoy::config::listener::v3::Filter| {
+        if type_of(&f.config_type).is_some_and(|t| is_authz_type(&t)) {
+            return true;
+        }
+        let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+            return false;
+        };
+        matches!(decode_any::<HttpConnectionManager>(any), Some(Ok(hcm))
+            if hcm.http_filters.iter().any(|hf| matches!(&hf.config_type,
+                Some(http_filter::ConfigType::TypedConfig(a)) if is_authz_type(&a.type_url))))
+    };
+    let last_authz = chain.filters.iter().rposition(authorizes);
+    for (i, f) in chain.filters.iter().enumerate() {
+        let any = match &f.config_type {
+            Some(ConfigType::TypedConfig(a)) => a,
+            Some(ConfigType::ConfigDiscovery(_)) => {
+                w.deny_all(&f.name, "is delivered through ECDS", diag);
+                continue;
+            }
+            None => continue, // rejected by the listener translation
+        };
+        if let Some(hcm) = decode_any::<HttpConnectionManager>(any) {
+            w.out.http = true;
+            if let Ok(hcm) = hcm {
+                w.http_filters(&hcm, diag);
+            }
+        } else if let Some(r) = decode_any::<NetRbac>(any) {
+            match r {
+                Ok(r) => w.rbac(
+                    &f.name,
+                    r.rules.as_ref(),
+                    r.shadow_rules.as_ref(),
+                    &r.shadow_rules_stat_prefix,
+                    r.matcher.is_some(),
+                    diag,
+                ),
+                Err(e) => at.reject(diag, format!("chain {}: {e}", w.chain)),
+            }
+        } else if let Some(x) = decode_any::<NetExtAuthz>(any) {
+            match x {
+                Ok(x) => w.ext_authz(
+                    &f.name,
+                    x.grpc_service.as_ref().map(grpc_provider),
+                    x.filter_enabled_metadata.is_some(),
+                    false,
+                    diag,
+                ),
+                Err(e) => at.reject(diag, format!("chain {}: {e}", w.chain)),
+            }
+        } else {
+            let before_authz = last_authz.is_some_and(|l| i < l);
+            w.other(&f.name, any, before_authz, diag);
+        }
+    }
+    w.finish()
+}
+
+impl Walk<'_> {
+    fn http_filters(&mut self, hcm: &HttpConnectionManager, diag: &mut Diag) {
+        fn typed(hf: &http_filter::ConfigType) -> Option<&Any> {
+            match hf {
+                http_filter::ConfigType::TypedConfig(a) => Some(a),
+                _ => None,
+            }
+        }
+        let active = hcm.http_filters.iter().filter(|f| !f.disabled);
+        let last_authz = active.clone().enumerate().fold(None, |acc, (i, f)| {
+            match f.config_type.as_ref().and_then(typed) {
+                Some(a) if is_authz_type(&a.type_url) => Some(i),
+                _ => acc,
+            }
+        });
+        for (i, hf) in active.enumerate() {
+            let any = match &hf.config_type {
+                Some(http_filter::ConfigType::TypedConfig(a)) => a,
+                Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
+                    self.deny_all(&hf.name, "is delivered through ECDS", diag);
+                    continue;
+                }
+                None => {
+                    if access_control(&hf.name, "") {
+                        self.deny_all(&hf.name, "has no typed_config", diag);
+                    }
+                    continue;
+                }
+            };
+            if let Some(r) = decode_any::<HttpRbac>(any) {
+                match r {
+                    Ok(r) => self.rbac(
+                        &hf.name,
+                        r.rules.as_ref(),
+                        r.shadow_rules.as_ref(),
+                        &r.shadow_rules_stat_prefix,
+                        r.matcher.is_some(),
+                        diag,
+                    ),
+                    Err(e) => self.at.reject(diag, format!("chain {}: {e}", self.chain)),
+                }
+            } else if let Some(x) = decode_any::<HttpExtAuthz>(any) {
+                match x {
+                    Ok(x) => {
+                        let provider = match &x.services {
+                            Some(Services::GrpcService(g)) => Some(grpc_provider(g)),
+                            Some(Services::HttpService(h)) => {
+                                h.server_uri.as_ref().map(|u| match &u.http_upstream_type {
+                                    Some(HttpUpstreamType::Cluster(c)) if !c.is_empty() => {
+                                        c.clone()
+                                    }
+                                    _ => uri_host(&u.uri),
+                                })
+                            }
+                            None => None,
+                        };
+                        self.ext_authz(
+                            &hf.name,
+                            provider,
+                            x.filter_enabled_metadata.is_some(),
+                            x.shadow_mode,
+                            diag,
+                        )
+                    }
+                    Err(e) => self.at.reject(diag, format!("chain {}: {e}", self.chain)),
+                }
+            } else if let Some(j) = decode_any::<JwtAuthentication>(any) {
+                match j {
+                    Ok(_) => self.jwt = true,
+                    Err(e) => self.at.reject(diag, format!("chain {}: {e}", self.chain)),
+                }
+            } else {
+                let before_authz = last_authz.is_some_and(|l| i < l);
+                self.other(&hf.name, any, before_authz, diag);
+            }
+        }
+    }
+
+    fn other(&mut self, name: &str, any: &Any, before_authz: bool, diag: &mut Diag) {
+        let inner = effective_type(any);
+        let why = if access_control(name, &any.type_url) || access_control(name, &inner) {
+            "is not run by this proxy"
+        } else if known_inert(name, &inner) || !before_authz {
+            return;
+        } else {
+            "runs before authorization and is not run by this proxy"
+        };
+        self.deny_all(name, &format!("({inner}) {why}"), diag);
+    }
+
+    /// A DENY policy matching everything on this chain.
+    fn deny_all(&mut self, filter: &str, why: &str, diag: &mut Diag) {
+        self.at.warn(
+            diag,
+            format!(
+                "chain {}: filter {filter} {why}: all traffic of this chain is denied (never fail open)",
+                self.chain
+            ),
+        );
+        self.out.policies.push(Policy {
+            namespace: String::new(),
+            name: SYNTHETIC.into(),
+            action: Action::Deny,
+            rules: vec![Rule {
+                name: format!("unenforced-filter[{filter}]"),
+                principal: Expr::Any,
+                permission: Expr::Any,
+            }],
+            dry_run: false,
+        });
+    }
+
+    fn report(&self, cx: Cx, diag: &mut Diag) {
+        for (key, f) in cx.findings {
+            for u in f.unknown {
+                self.at.warn(
+                    diag,
+                    format!(
+                        "chain {}: policy {key}: {u} cannot be evaluated by this proxy; treated as unknown (ALLOW does not match, DENY and CUSTOM match)",
+                        self.chain
+                    ),
+                );
+            }
+            for i in f.invalid {
+                self.at
+                    .reject(diag, format!("chain {}: policy {key}: {i}", self.chain));
+            }
+        }
+    }
+
+    fn rbac(
+        &mut self,
+        name: &str,
+        rules: Option<&EnvoyRbac>,
+        shadow: Option<&EnvoyRbac>,
+        shadow_prefix: &str,
+        matcher: bool,
+        diag: &mut Diag,
+    ) {
+        if matcher {
+            self.deny_all(
+                name,
+                "uses an RBAC matcher tree, which is not supported",
+                diag,
+            );
+        }
+        let mut cx = Cx::new(self.jwt);
+        if let Some(r) = rules {
+            let Some(action) = rbac::action(r.action) else {
+                self.at.reject(
+                    diag,
+                    format!("chain {}: filter {name}: action {}", self.chain, r.action),
+                );
+                return;
+            };
+            let mut policies = rbac::policies(r, &action, false, &mut cx);
+            if action == Action::Allow {
+                self.allow_filters += 1;
+                if policies.is_empty() {
+                    // Envoy: an ALLOW filter without policies denies everything.
+                    policies.push(Policy {
+                        namespace: String::new(),
+                        name: SYNTHETIC.into(),
+                        action: Action::Allow,
+                        rules: Vec::new(),
+                        dry_run: false,
+                    });
+                }
+                if self.allow_filters > 1 {
+                    policies = vec![allow_as_deny(policies, self.allow_filters)];
+                }
+            }
+            self.out.policies.extend(policies);
+        }
+        if let Some(s) = shadow {
+            let Some(action) = rbac::action(s.action) else {
+                self.at.reject(
+                    diag,
+                    format!("chain {}: filter {name}: action {}", self.chain, s.action),
+                );
+                return;
+            };
+            let policies = rbac::policies(s, &action, true, &mut cx);
+            if shadow_prefix == EXT_AUTHZ_SHADOW_PREFIX {
+                if let Some(unused) = self.pending_custom.replace(policies) {
+                    self.out.policies.extend(unused);
+                }
+            } else {
+                self.out.policies.extend(policies);
+            }
+        }
+        self.report(cx, diag);
+    }
+
+    fn ext_authz(
+        &mut self,
+        name: &str,
+        provider: Option<String>,
+        enabled_by_metadata: bool,
+        shadow_mode: bool,
+        diag: &mut Diag,
+    ) {
+        let provider = provider.unwrap_or_else(|| name.to_string());
+        let pending = self.pending_custom.take();
+        if shadow_mode {
+            // The authorizer's answer is never enforced: the shadow rules stay dry-run.
+            self.out.policies.extend(pending.unwrap_or_default());
+            return;
+        }
+        match pending {
+            Some(policies) if enabled_by_metadata => {
+                for mut p in policies {
+                    p.action = Action::Custom {
+                        provider: provider.clone(),
+                    };
+                    p.dry_run = false;
+                    self.out.policies.push(p);
+                }
+            }
+            other => {
+                self.out.policies.extend(other.unwrap_or_default());
+                self.at.warn(
+                    diag,
+                    format!(
+                        "chain {}: filter {name} (CUSTOM provider {provider}) applies to every request and this proxy does not call external authorizers: all traffic of this chain is denied",
+                        self.chain
+                    ),
+                );
+                self.out.policies.push(Policy {
+                    namespace: String::new(),
+                    name: SYNTHETIC.into(),
+                    action: Action::Custom {
+                        provider: provider.clone(),
+                    },
+                    rules: vec![Rule {
+                        name: format!("ext-authz[{provider}]"),
+                        principal: Expr::Any,
+                        permission: Expr::Any,
+                    }],
+                    dry_run: false,
+                });
+            }
+        }
+    }
+
+    fn finish(mut self) -> ChainAuthz {
+        // A CUSTOM shadow filter without ext_authz only reports.
+        self.out
+            .policies
+            .extend(self.pending_custom.take().unwrap_or_default());
+        self.out
+    }
+}
+
+/// Every ALLOW filter after the first must allow too: a DENY policy that
+/// matches when none of `policies`' rules does.
+fn allow_as_deny(policies: Vec<Policy>, n: usize) -> Policy {
+    let any_rule = Expr::or(
+        policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .map(|r| Expr::and(vec![r.principal.clone(), r.permission.clone()]))
+            .collect(),
+    );
+    Policy {
+        namespace: String::new(),
+        name: SYNTHETIC.into(),
+        action: Action::Deny,
+        rules: vec![Rule {
+            name: format!("allow-filter[{n}]-none-matched"),
+            principal: Expr::Any,
+            permission: Expr::not(any_rule),
+        }],
+        dry_run: false,
+    }
+}
+
+fn grpc_provider(g: &GrpcService) -> String {
+    match &g.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => e.cluster_name.clone(),
+        Some(TargetSpecifier::GoogleGrpc(gg)) => gg.target_uri.clone(),
+        None => String::new(),
+    }
+}
+
+/// `http://host:port/path` → `host:port`.
+fn uri_host(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_string()
+}
+
+/// The [`Authorization`] of the translated chains: per service FQDN its HTTP
+/// chains' policies and its TCP chains' (a service with chains of one kind
+/// only uses them for both: the other kind of traffic cannot reach it);
+/// `direct-http` / `direct-tcp` give the waypoint-wide set.
+pub(crate) fn authorization(chains: &BTreeMap<String, ChainAuthz>) -> Authorization {
+    type PerPort<'a> = Vec<(u16, &'a [Policy])>;
+    let mut services: BTreeMap<String, (PerPort<'_>, PerPort<'_>)> = BTreeMap::new();
+    let mut direct: (PerPort<'_>, PerPort<'_>) = Default::default();
+    for (name, c) in chains {
+        let slot = match name.as_str() {
+            "direct-http" | "direct-tcp" => &mut direct,
+            _ => match ClusterName::parse(name) {
+                Some(cn) => services.entry(cn.host).or_default(),
+                None => continue,
+            },
+        };
+        let port = ClusterName::parse(name).map_or(0, |cn| cn.port);
+        if c.http {
+            slot.0.push((port, &c.policies));
+        } else {
+            slot.1.push((port, &c.policies));
+        }
+    }
+    let pair = |(http, tcp): (PerPort<'_>, PerPort<'_>)| {
+        let http = combine(&http);
+        let tcp = combine(&tcp);
+        match (http, tcp) {
+            (Some(h), Some(t)) => ServicePolicies {
+                http: Arc::new(h),
+                tcp: Arc::new(t),
+            },
+            (Some(s), None) | (None, Some(s)) => ServicePolicies::both(s),
+            (None, None) => ServicePolicies::default(),
+        }
+    };
+    let by_service: HashMap<String, ServicePolicies> = services
+        .into_iter()
+        .map(|(host, v)| (host, pair(v)))
+        .collect();
+    Authorization::new(pair(direct), by_service)
+}
+
+/// One set from the chains of one kind. istiod builds a service's policies
+/// per service, so its chains normally carry the same set; when they differ
+/// (a port with an unenforceable filter, …) each chain's policies are scoped
+/// to its port, and a port without ALLOW policies next to ports with some
+/// gets an ALLOW policy for any request on it, so no port's set leaks into
+/// another's.
+fn combine(chains: &[(u16, &[Policy])]) -> Option<PolicySet> {
+    let (first, rest) = chains.split_first()?;
+    let key = |p: &[Policy]| serde_json::to_string(p).unwrap_or_default();
+    let first_key = key(first.1);
+    if rest.iter().all(|(_, p)| key(p) == first_key) {
+        return Some(PolicySet {
+            policies: first.1.iter().cloned().map(Arc::new).collect(),
+        });
+    }
+    let has_allow = |ps: &[Policy], dry: bool| {
+        ps.iter()
+            .any(|p| p.action == Action::Allow && p.dry_run == dry)
+    };
+    let mut out = Vec::new();
+    for (port, policies) in chains {
+        let on_port = Expr::Test(Attr::DestinationPort, Matcher::Port(*port));
+        for p in policies.iter() {
+            let mut p = p.clone();
+            for r in &mut p.rules {
+                r.permission = Expr::and(vec![on_port.clone(), r.permission.clone()]);
+            }
+            out.push(Arc::new(p));
+        }
+        for dry in [false, true] {
+            if !has_allow(policies, dry) && chains.iter().any(|(_, ps)| has_allow(ps, dry)) {
+                out.push(Arc::new(Policy {
+                    namespace: String::new(),
+                    name: SYNTHETIC.into(),
+                    action: Action::Allow,
+                    rules: vec![Rule {
+                        name: format!("port[{port}]-has-no-allow-policy"),
+                        principal: Expr::Any,
+                        permission: on_port.clone(),
+                    }],
+                    dry_run: dry,
+                }));
+            }
+        }
+    }
+    Some(PolicySet { policies: out })
+}
