@@ -489,7 +489,7 @@ fn allow_as_deny(policies: Vec<Policy>, n: usize) -> Policy {
         rules: vec![Rule {
             name: format!("allow-filter[{n}]-none-matched"),
             principal: Expr::Any,
-            permission: Expr::not(any_rule),
+            permission: Expr::negate(any_rule),
         }],
         dry_run: false,
     }
@@ -562,9 +562,9 @@ fn combine(chains: &[(u16, &[Policy])]) -> Option<PolicySet> {
     let key = |p: &[Policy]| serde_json::to_string(p).unwrap_or_default();
     let first_key = key(first.1);
     if rest.iter().all(|(_, p)| key(p) == first_key) {
-        return Some(PolicySet {
-            policies: first.1.iter().cloned().map(Arc::new).collect(),
-        });
+        return Some(PolicySet::new(
+            first.1.iter().cloned().map(Arc::new).collect(),
+        ));
     }
     let has_allow = |ps: &[Policy], dry: bool| {
         ps.iter()
@@ -596,5 +596,5 @@ fn combine(chains: &[(u16, &[Policy])]) -> Option<PolicySet> {
             }
         }
     }
-    Some(PolicySet { policies: out })
+    Some(PolicySet::new(out))
 }

@@ -192,7 +192,7 @@ fn permission(p: &Permission, cx: &mut Cx) -> Expr {
         PermRule::Any(false) => cx.invalid("permission any: false"),
         PermRule::AndRules(s) => Expr::And(s.rules.iter().map(|r| permission(r, cx)).collect()),
         PermRule::OrRules(s) => Expr::or(s.rules.iter().map(|r| permission(r, cx)).collect()),
-        PermRule::NotRule(r) => Expr::not(permission(r, cx)),
+        PermRule::NotRule(r) => Expr::negate(permission(r, cx)),
         PermRule::Header(h) => header(h, cx),
         PermRule::UrlPath(m) => url_path(m, cx),
         PermRule::UriTemplate(t) => uri_template(t, cx),
@@ -239,7 +239,7 @@ fn principal(p: &Principal, cx: &mut Cx) -> Expr {
         Identifier::Any(false) => cx.invalid("principal any: false"),
         Identifier::AndIds(s) => Expr::And(s.ids.iter().map(|i| principal(i, cx)).collect()),
         Identifier::OrIds(s) => Expr::or(s.ids.iter().map(|i| principal(i, cx)).collect()),
-        Identifier::NotId(i) => Expr::not(principal(i, cx)),
+        Identifier::NotId(i) => Expr::negate(principal(i, cx)),
         // The peer certificate's URI SAN. istiod uses it only where the mTLS
         // peer is on the connection itself (1.30's layered termination
         // filters); on `main_internal` it sends `filter_state` instead.
@@ -444,7 +444,7 @@ fn header(h: &HeaderMatcher, cx: &mut Cx) -> Expr {
             return if h.invert_match {
                 present(&attr)
             } else {
-                Expr::not(present(&attr))
+                Expr::negate(present(&attr))
             };
         }
     };
@@ -456,19 +456,19 @@ fn header(h: &HeaderMatcher, cx: &mut Cx) -> Expr {
         let e = Expr::or(vec![
             Expr::Test(attr.clone(), cond),
             Expr::and(vec![
-                Expr::not(present(&attr)),
+                Expr::negate(present(&attr)),
                 if empty { Expr::Any } else { never() },
             ]),
         ]);
-        return if h.invert_match { Expr::not(e) } else { e };
+        return if h.invert_match { Expr::negate(e) } else { e };
     }
     if !h.invert_match {
         Expr::Test(attr, cond)
     } else if is_present {
-        Expr::not(present(&attr))
+        Expr::negate(present(&attr))
     } else {
         // Inverted: the header must be there and not match.
-        Expr::and(vec![present(&attr), Expr::not(Expr::Test(attr, cond))])
+        Expr::and(vec![present(&attr), Expr::negate(Expr::Test(attr, cond))])
     }
 }
 
@@ -504,7 +504,7 @@ fn metadata(m: &MetadataMatcher, cx: &mut Cx) -> Expr {
     let any_element = matches!(claim.as_slice(), [c] if c == "iss" || c == "sub");
     let e = value(&Attr::RequestClaim(claim), v, any_element, &described, cx);
     if m.invert {
-        Expr::not(e)
+        Expr::negate(e)
     } else {
         e
     }
