@@ -37,26 +37,16 @@ pub(crate) fn parse_authn(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<Authoriza
     let spec: RequestAuthenticationSpec = super::parse_optional_spec(ctx, diag)
         .ok()?
         .unwrap_or_default();
-    match crate::authz::jwt::translate(&ctx.namespace, &ctx.name, &spec) {
-        Ok(providers) => Some(AuthorizationPolicyIr {
-            at: ctx.at.clone(),
-            namespace: ctx.namespace.clone(),
-            item: Security::Jwt(providers.into_iter().map(Arc::new).collect()),
-            target_refs: spec
-                .target_refs
-                .into_iter()
-                .flatten()
-                .chain(spec.target_ref)
-                .collect(),
-            selector: spec.selector.is_some(),
-        }),
-        Err(errors) => {
-            for e in errors {
-                diag.error(&ctx.at, Some(&e.field), e.message);
-            }
-            None
-        }
-    }
+    let item = crate::authz::jwt::translate(&ctx.namespace, &ctx.name, &spec)
+        .map(|p| Security::Jwt(p.into_iter().map(Arc::new).collect()));
+    ir(
+        ctx,
+        diag,
+        item,
+        spec.target_refs,
+        spec.target_ref,
+        spec.selector,
+    )
 }
 
 pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<AuthorizationPolicyIr> {
@@ -77,18 +67,38 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<AuthorizationPo
             return None;
         }
     };
-    match translate(&ctx.namespace, &ctx.name, &spec, dry_run) {
-        Ok(policy) => Some(AuthorizationPolicyIr {
+    let item =
+        translate(&ctx.namespace, &ctx.name, &spec, dry_run).map(|p| Security::Policy(Arc::new(p)));
+    ir(
+        ctx,
+        diag,
+        item,
+        spec.target_refs,
+        spec.target_ref,
+        spec.selector,
+    )
+}
+
+/// The document's contribution with its targets, or its errors reported.
+fn ir(
+    ctx: &DocCtx<'_>,
+    diag: &mut Diag,
+    item: Result<Security, Vec<crate::authz::istio::SpecError>>,
+    target_refs: Option<Vec<TargetRef>>,
+    target_ref: Option<TargetRef>,
+    selector: Option<serde_json::Value>,
+) -> Option<AuthorizationPolicyIr> {
+    match item {
+        Ok(item) => Some(AuthorizationPolicyIr {
             at: ctx.at.clone(),
             namespace: ctx.namespace.clone(),
-            item: Security::Policy(Arc::new(policy)),
-            target_refs: spec
-                .target_refs
+            item,
+            target_refs: target_refs
                 .into_iter()
                 .flatten()
-                .chain(spec.target_ref)
+                .chain(target_ref)
                 .collect(),
-            selector: spec.selector.is_some(),
+            selector: selector.is_some(),
         }),
         Err(errors) => {
             for e in errors {

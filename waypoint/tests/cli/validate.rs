@@ -138,11 +138,11 @@ fn json_warnings_are_objects_like_errors() {
     assert_eq!(w["message"], "is not supported yet; ignored", "{v}");
 
     // An invalid config still lists its warnings.
-    file(&dir, "authz.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec: {}\n");
+    file(&dir, "ef.yaml", "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata:\n  name: a\nspec: {}\n");
     let (code, stdout) = validate(&["--output", "json"], &dir);
     assert_eq!(code, Some(1), "{stdout}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["valid"], false);
     assert_eq!(v["warnings"][0]["field"], "spec.exportTo", "{v}");
-    assert_eq!(v["errors"][0]["kind"], "AuthorizationPolicy", "{v}");
+    assert_eq!(v["errors"][0]["kind"], "EnvoyFilter", "{v}");
 }
