@@ -34,6 +34,9 @@ pub struct Settings {
     pub sniff_timeout: Duration,
     /// meshConfig `pathNormalization`: applied before authorization and routing.
     pub path_normalization: routing::path::PathNormalization,
+    /// meshConfig `extensionProviders` that CUSTOM policies name.
+    #[serde(skip)]
+    pub authorizers: std::collections::HashMap<String, crate::proxy::ext_authz::Provider>,
 }
 
 impl Settings {
@@ -44,6 +47,7 @@ impl Settings {
             connect_timeout: Duration::from_secs(10),
             sniff_timeout: Duration::from_secs(5),
             path_normalization: Default::default(),
+            authorizers: Default::default(),
         }
     }
 }
@@ -97,6 +101,7 @@ impl App {
         let pool = TunnelPool::new(client, settings.upstream_hbone_port);
         let conf = Arc::new(ServerConf::default());
         let jwks = Arc::new(crate::proxy::JwksCache::default());
+        let authorizers = Arc::new(settings.authorizers.clone());
         let waypoint = || Waypoint {
             snapshot: snapshot.clone(),
             pool: pool.clone(),
@@ -104,6 +109,7 @@ impl App {
             telemetry: telemetry.clone(),
             path_normalization: settings.path_normalization,
             jwks: jwks.clone(),
+            authorizers: authorizers.clone(),
         };
         let h1 = http_proxy(&conf, waypoint());
         let mut h2c = http_proxy(&conf, waypoint());

@@ -120,6 +120,10 @@ pub struct RunArgs {
     pub trust_domain: String,
     #[command(flatten)]
     pub waypoint: WaypointArgs,
+    /// meshConfig YAML whose `extensionProviders` (envoyExtAuthzHttp, envoyExtAuthzGrpc) CUSTOM
+    /// AuthorizationPolicies name. Without it a request matching a CUSTOM rule is denied.
+    #[arg(long, env = "WAYPOINT_MESH_CONFIG", value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
     /// Further trust domains whose clients are accepted.
     #[arg(
         long = "trust-domain-alias",

@@ -61,6 +61,8 @@ pub struct BenchOptions {
     pub access_log_template: Option<String>,
     /// Further client trust domains the waypoint accepts.
     pub trust_domain_aliases: Vec<String>,
+    /// meshConfig extensionProviders for CUSTOM policies.
+    pub authorizers: std::collections::HashMap<String, crate::proxy::ext_authz::Provider>,
 }
 
 impl Default for BenchOptions {
@@ -73,6 +75,7 @@ impl Default for BenchOptions {
             down: Default::default(),
             access_log_template: None,
             trust_domain_aliases: Vec::new(),
+            authorizers: Default::default(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl Bench {
             ref down,
             ref access_log_template,
             ref trust_domain_aliases,
+            ref authorizers,
         } = opts;
         crate::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
@@ -174,6 +178,7 @@ impl Bench {
         settings
             .trust_domains
             .extend(trust_domain_aliases.iter().cloned());
+        settings.authorizers = authorizers.clone();
         let access_lines = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(AccessLog::with_template(
             format,

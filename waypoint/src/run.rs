@@ -36,7 +36,7 @@ use crate::xds::{SnapshotSink, XdsRuntime};
 /// How often missing certificate or config files are looked for.
 const WAIT_POLL: Duration = Duration::from_millis(250);
 
-fn settings(args: &RunArgs) -> Settings {
+fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
     let mut settings = Settings::new(&args.trust_domain);
     settings
         .trust_domains
@@ -44,7 +44,11 @@ fn settings(args: &RunArgs) -> Settings {
     settings.upstream_hbone_port = args.upstream_hbone_port;
     settings.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
     settings.path_normalization = args.waypoint.path_normalization;
-    settings
+    if let Some(mesh) = &args.mesh_config {
+        settings.authorizers =
+            crate::proxy::ext_authz::load_providers(mesh).map_err(anyhow::Error::msg)?;
+    }
+    Ok(settings)
 }
 
 fn announce(what: &str, listener: &std::net::TcpListener) -> anyhow::Result<SocketAddr> {
@@ -163,7 +167,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
     let mut service = GenBackgroundService::new(
         "HBONE listener".to_string(),
         Arc::new(DataplaneService {
-            settings: settings(&args),
+            settings: settings(&args)?,
             args,
             log,
             telemetry,

@@ -71,6 +71,12 @@ pub enum Verdict {
         rule: String,
         provider: String,
     },
+    /// A CUSTOM rule matched and the external authorizer denied.
+    CustomDenied {
+        policy: String,
+        rule: String,
+        provider: String,
+    },
 }
 
 impl Verdict {
@@ -89,6 +95,7 @@ impl Verdict {
             }
             Verdict::NoAllowMatched => Some("rbac_access_denied_matched_policy[none]".into()),
             Verdict::CustomUnavailable { .. } => Some("ext_authz_error".into()),
+            Verdict::CustomDenied { .. } => Some("ext_authz_denied".into()),
             _ => None,
         }
     }
@@ -98,7 +105,8 @@ impl Verdict {
         match self {
             Verdict::Allowed { policy, .. }
             | Verdict::Denied { policy, .. }
-            | Verdict::CustomUnavailable { policy, .. } => policy,
+            | Verdict::CustomUnavailable { policy, .. }
+            | Verdict::CustomDenied { policy, .. } => policy,
             Verdict::NoAllowMatched => "none",
             Verdict::NoPolicy | Verdict::AllowedNoAllowPolicy => "-",
         }
@@ -109,7 +117,7 @@ impl Verdict {
         match self {
             Verdict::NoPolicy | Verdict::AllowedNoAllowPolicy | Verdict::Allowed { .. } => "allow",
             Verdict::Denied { .. } | Verdict::NoAllowMatched => "deny",
-            Verdict::CustomUnavailable { .. } => "custom_deny",
+            Verdict::CustomUnavailable { .. } | Verdict::CustomDenied { .. } => "custom_deny",
         }
     }
 }
@@ -155,9 +163,22 @@ fn full_name(p: &Policy) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
 
-/// CUSTOM, DENY, ALLOW over `policies` (one kind: enforced, or dry-run).
-fn verdict<'p>(policies: impl Iterator<Item = &'p Policy> + Clone, req: &dyn AuthzView) -> Verdict {
-    for p in policies.clone() {
+/// A CUSTOM rule that matched: the request goes to `provider`'s external authorizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomMatch {
+    pub policy: String,
+    pub rule: String,
+    pub provider: String,
+}
+
+/// CUSTOM (unless `skip_custom`: already decided by the authorizer), DENY, ALLOW over
+/// `policies` (one kind: enforced, or dry-run).
+fn verdict<'p>(
+    policies: impl Iterator<Item = &'p Policy> + Clone,
+    req: &dyn AuthzView,
+    skip_custom: bool,
+) -> Verdict {
+    for p in policies.clone().filter(|_| !skip_custom) {
         if let Action::Custom { provider } = &p.action {
             if let Some(rule) = matching_rule(p, req, true) {
                 return Verdict::CustomUnavailable {
@@ -194,8 +215,14 @@ fn verdict<'p>(policies: impl Iterator<Item = &'p Policy> + Clone, req: &dyn Aut
 }
 
 impl PolicySet {
-    /// The decision for `req`. With no policy this is one branch, no allocation.
+    /// The decision for `req`. With no policy this is one branch, no allocation. A matching
+    /// CUSTOM rule denies ([`Verdict::CustomUnavailable`]): callers that can consult the
+    /// authorizer use [`PolicySet::custom`] and [`PolicySet::evaluate_after_custom`].
     pub fn evaluate(&self, req: &dyn AuthzView) -> Decision {
+        self.decide(req, false)
+    }
+
+    fn decide(&self, req: &dyn AuthzView, skip_custom: bool) -> Decision {
         if self.policies.is_empty() {
             return Decision {
                 verdict: Verdict::NoPolicy,
@@ -216,12 +243,33 @@ impl PolicySet {
             .clone()
             .next()
             .is_some()
-            .then(|| verdict(shadow, req));
+            .then(|| verdict(shadow, req, false));
         Decision {
-            verdict: verdict(enforced, req),
+            verdict: verdict(enforced, req, skip_custom),
             audited,
             dry_run,
         }
+    }
+
+    /// The first enforced CUSTOM rule `req` matches (unknown counts: strict), which sends it to
+    /// an external authorizer before DENY and ALLOW are looked at.
+    pub fn custom(&self, req: &dyn AuthzView) -> Option<CustomMatch> {
+        self.policies.iter().filter(|p| !p.dry_run).find_map(|p| {
+            let Action::Custom { provider } = &p.action else {
+                return None;
+            };
+            matching_rule(p, req, true).map(|rule| CustomMatch {
+                policy: full_name(p),
+                rule: rule.name.clone(),
+                provider: provider.clone(),
+            })
+        })
+    }
+
+    /// The decision once an external authorizer allowed the request: CUSTOM policies are
+    /// skipped, DENY and ALLOW decide.
+    pub fn evaluate_after_custom(&self, req: &dyn AuthzView) -> Decision {
+        self.decide(req, true)
     }
 }
 

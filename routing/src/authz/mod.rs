@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use eval::{AuthzView, Decision, Jwt, PolicyTrace, RuleTrace, Verdict};
+pub use eval::{AuthzView, CustomMatch, Decision, Jwt, PolicyTrace, RuleTrace, Verdict};
 pub use expr::{Attr, Expr, Matcher, StrMatch, Tri};
 
 /// What a policy does when one of its rules matches.

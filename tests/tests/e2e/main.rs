@@ -4,6 +4,7 @@
 mod actions;
 mod authz;
 mod canary;
+mod ext_authz;
 mod http_route;
 mod identity;
 mod jwt;

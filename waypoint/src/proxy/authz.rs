@@ -167,18 +167,93 @@ impl Waypoint {
         if set.policies.is_empty() {
             return Ok(false);
         }
-        let decision = set.evaluate(&HttpAuthz {
+        let custom = set.custom(&HttpAuthz {
             req: session.req_header(),
             tunnel,
             jwt: claims.as_ref(),
         });
+        let decision = match custom.and_then(|m| Some((self.authorizers.get(&m.provider)?, m))) {
+            // No CUSTOM rule matched, or its provider is not configured (fails closed).
+            None => set.evaluate(&HttpAuthz {
+                req: session.req_header(),
+                tunnel,
+                jwt: claims.as_ref(),
+            }),
+            Some((provider, m)) => {
+                let check =
+                    super::ext_authz::check(provider, session.req_header(), tunnel.principal())
+                        .await;
+                let denial = match check {
+                    super::ext_authz::Check::Allow {
+                        upstream,
+                        downstream,
+                    } => {
+                        let req = session.req_header_mut();
+                        for (k, v) in upstream {
+                            let _ = req.insert_header(k, v);
+                        }
+                        ctx.extra_response_headers.extend(downstream);
+                        None
+                    }
+                    super::ext_authz::Check::Error(e) if provider.fail_open => {
+                        tracing::debug!(provider = %provider.name, error = %e, "authorizer failed; failOpen");
+                        None
+                    }
+                    super::ext_authz::Check::Error(e) => {
+                        tracing::debug!(provider = %provider.name, error = %e, "authorizer failed");
+                        Some((
+                            provider.status_on_error,
+                            Vec::new(),
+                            bytes::Bytes::new(),
+                            Verdict::CustomUnavailable {
+                                policy: m.policy.clone(),
+                                rule: m.rule.clone(),
+                                provider: m.provider.clone(),
+                            },
+                        ))
+                    }
+                    super::ext_authz::Check::Deny {
+                        status,
+                        headers,
+                        body,
+                    } => Some((
+                        status,
+                        headers,
+                        body,
+                        Verdict::CustomDenied {
+                            policy: m.policy.clone(),
+                            rule: m.rule.clone(),
+                            provider: m.provider.clone(),
+                        },
+                    )),
+                };
+                if let Some((status, headers, body, verdict)) = denial {
+                    let decision = Decision {
+                        verdict,
+                        audited: Vec::new(),
+                        dry_run: None,
+                    };
+                    self.telemetry.metrics.authz.record(&decision, true);
+                    ctx.authz = AuthzNote::from(&decision);
+                    let details = decision.verdict.response_code_details().unwrap_or_default();
+                    return self
+                        .local_reply(session, ctx, status, &headers, Some(body), "UAEX", details)
+                        .await;
+                }
+                set.evaluate_after_custom(&HttpAuthz {
+                    req: session.req_header(),
+                    tunnel,
+                    jwt: claims.as_ref(),
+                })
+            }
+        };
         self.telemetry.metrics.authz.record(&decision, true);
         ctx.authz = AuthzNote::from(&decision);
         let Some(details) = decision.verdict.response_code_details() else {
             return Ok(false);
         };
         let flag = match decision.verdict {
-            Verdict::CustomUnavailable { .. } => "UAEX",
+            Verdict::CustomUnavailable { .. } | Verdict::CustomDenied { .. } => "UAEX",
             _ => "",
         };
         let headers = [("content-type".to_string(), "text/plain".to_string())];

@@ -24,6 +24,7 @@ use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
 
 mod authz;
+pub mod ext_authz;
 mod jwt;
 mod policy;
 mod request;
@@ -46,6 +47,8 @@ pub struct Waypoint {
     pub path_normalization: routing::path::PathNormalization,
     /// Keys of RequestAuthentication providers (fetched jwksUri cached across requests).
     pub jwks: Arc<JwksCache>,
+    /// meshConfig extensionProviders that CUSTOM policies name.
+    pub authorizers: Arc<std::collections::HashMap<String, ext_authz::Provider>>,
 }
 
 /// Which cluster a request goes to.

@@ -1,0 +1,273 @@
+//! CUSTOM authorization through external authorizers, both kinds meshConfig offers: an HTTP one
+//! (`envoyExtAuthzHttp`) and a gRPC one (`envoyExtAuthzGrpc`, Envoy's
+//! `envoy.service.auth.v3.Authorization/Check`), both run in the test. Allowed requests carry the
+//! authorizer's headers upstream; denials are the authorizer's answer; a provider that is not
+//! configured or cannot be reached denies (`failOpen: false`, the default) unless `failOpen`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
+};
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use waypoint::demo::BenchOptions;
+use waypoint::proxy::ext_authz::load_providers;
+use waypoint_tests::{service_yaml, workload_yaml, Mesh};
+
+/// The in-test HTTP authorizer: allows when `x-ext-authz: allow`; records method and path.
+async fn http_authorizer() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    log.lock().push(format!("{} {}", req.method(), req.uri()));
+                    let allow = req
+                        .headers()
+                        .get("x-ext-authz")
+                        .is_some_and(|v| v == "allow");
+                    let resp = if allow {
+                        http::Response::builder()
+                            .header("x-ext-authz-check-result", "allowed")
+                            .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    } else {
+                        http::Response::builder()
+                            .status(403)
+                            .header("x-ext-authz-check-result", "denied")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(
+                                "denied by the http authorizer",
+                            )))
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(resp.unwrap()) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+struct GrpcAuthorizer(Arc<Mutex<Vec<String>>>);
+
+#[tonic::async_trait]
+impl Authorization for GrpcAuthorizer {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let http = request
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .unwrap_or_default();
+        self.0.lock().push(format!("{} {}", http.method, http.path));
+        let allow = http
+            .headers
+            .get("x-ext-authz")
+            .is_some_and(|v| v == "allow");
+        use envoy_types::ext_authz::v3::pb;
+        let response = if allow {
+            CheckResponse {
+                status: Some(envoy_types::pb::google::rpc::Status {
+                    code: 0,
+                    ..Default::default()
+                }),
+                http_response: Some(pb::HttpResponse::OkResponse(pb::OkHttpResponse {
+                    headers: vec![pb::HeaderValueOption {
+                        header: Some(pb::HeaderValue {
+                            key: "x-grpc-check".into(),
+                            value: "allowed".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        } else {
+            CheckResponse {
+                // PERMISSION_DENIED
+                status: Some(envoy_types::pb::google::rpc::Status {
+                    code: 7,
+                    ..Default::default()
+                }),
+                http_response: Some(pb::HttpResponse::DeniedResponse(pb::DeniedHttpResponse {
+                    status: Some(pb::HttpStatus { code: 401 }),
+                    body: "denied by the grpc authorizer".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        };
+        Ok(tonic::Response::new(response))
+    }
+}
+
+async fn grpc_authorizer() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = AuthorizationServer::new(GrpcAuthorizer(seen.clone()));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tcp),
+                            hyper_util::service::TowerToHyperService::new(server),
+                        )
+                        .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn custom(name: &str, provider: &str, prefix: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  targetRefs: [{{kind: Service, group: \"\", name: reviews}}]\n  action: CUSTOM\n  provider: {{name: {provider}}}\n  rules:\n  - to: [{{operation: {{paths: [\"{prefix}*\"]}}}}]\n---\n"
+    )
+}
+
+async fn get(mesh: &Mesh, path: &str, allow: bool) -> (u16, http::HeaderMap, String) {
+    let mut http = mesh
+        .client()
+        .http1("10.0.0.10:9080".parse().unwrap())
+        .await
+        .unwrap();
+    http.ready().await.unwrap();
+    let mut req = http::Request::get(path).header("host", "reviews:9080");
+    if allow {
+        req = req.header("x-ext-authz", "allow");
+    }
+    let resp = http
+        .send_request(
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_policies_ask_http_and_grpc_authorizers() {
+    let (http_addr, http_seen) = http_authorizer().await;
+    let (grpc_addr, grpc_seen) = grpc_authorizer().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mesh_config =
+        std::env::temp_dir().join(format!("ext-authz-mesh-{}.yaml", std::process::id()));
+    std::fs::write(
+        &mesh_config,
+        format!(
+            "extensionProviders:\n\
+             - name: http-authz\n  envoyExtAuthzHttp:\n    service: 127.0.0.1\n    port: {}\n    pathPrefix: /check\n    timeout: 5s\n    includeRequestHeadersInCheck: [x-ext-authz]\n    headersToUpstreamOnAllow: [x-ext-authz-check-result]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result]\n\
+             - name: grpc-authz\n  envoyExtAuthzGrpc:\n    service: 127.0.0.1\n    port: {}\n    timeout: 5s\n\
+             - name: down\n  envoyExtAuthzHttp:\n    service: 127.0.0.1\n    port: {closed}\n    timeout: 2s\n\
+             - name: down-open\n  envoyExtAuthzHttp:\n    service: 127.0.0.1\n    port: {closed}\n    timeout: 2s\n    failOpen: true\n\
+             - name: tracing\n  zipkin: {{service: zipkin.istio-system.svc.cluster.local, port: 9411}}\n",
+            http_addr.port(),
+            grpc_addr.port()
+        ),
+    )
+    .unwrap();
+    let authorizers: HashMap<_, _> = load_providers(&mesh_config).unwrap();
+    assert_eq!(
+        authorizers.len(),
+        4,
+        "tracing providers are not authorizers"
+    );
+
+    let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
+    y += &workload_yaml("reviews-v1", "@1", "reviews", "v1", "bookinfo-reviews");
+    y += &custom("http", "http-authz", "/http");
+    y += &custom("grpc", "grpc-authz", "/grpc");
+    y += &custom("missing", "not-configured", "/missing");
+    y += &custom("down", "down", "/down");
+    y += &custom("open", "down-open", "/open");
+    let mesh = Mesh::start_with(&y, |_, opts: &mut BenchOptions| {
+        opts.authorizers = authorizers;
+    })
+    .await;
+
+    // HTTP authorizer: allowed with its header upstream; denied with its own answer.
+    let (status, _, body) = get(&mesh, "/http/1", true).await;
+    assert_eq!(status, 200, "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        echo["headers"]["x-ext-authz-check-result"], "allowed",
+        "{echo}"
+    );
+    let (status, headers, body) = get(&mesh, "/http/2", false).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "denied by the http authorizer")
+    );
+    assert_eq!(headers["x-ext-authz-check-result"], "denied");
+    assert_eq!(
+        *http_seen.lock(),
+        ["GET /check/http/1", "GET /check/http/2"]
+    );
+
+    // gRPC authorizer.
+    let (status, _, body) = get(&mesh, "/grpc/1", true).await;
+    assert_eq!(status, 200, "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["x-grpc-check"], "allowed", "{echo}");
+    let (status, _, body) = get(&mesh, "/grpc/2", false).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (401, "denied by the grpc authorizer")
+    );
+    assert_eq!(*grpc_seen.lock(), ["GET /grpc/1", "GET /grpc/2"]);
+
+    // Not configured, or unreachable: closed; unreachable with failOpen: open.
+    assert_eq!(get(&mesh, "/missing", true).await.0, 403);
+    assert_eq!(get(&mesh, "/down", true).await.0, 403);
+    assert_eq!(get(&mesh, "/open", true).await.0, 200);
+    // No CUSTOM rule matches: no authorizer is asked.
+    assert_eq!(get(&mesh, "/elsewhere", false).await.0, 200);
+    assert_eq!(http_seen.lock().len(), 2);
+
+    let log = mesh.wait_for_log_lines(8).await;
+    let details: Vec<&str> = log
+        .iter()
+        .map(|l| l["response_code_details"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "via_upstream",
+            "ext_authz_denied",
+            "via_upstream",
+            "ext_authz_denied",
+            "ext_authz_error",
+            "ext_authz_error",
+            "via_upstream",
+            "via_upstream"
+        ]
+    );
+    assert_eq!(log[1]["response_flags"], "UAEX");
+}

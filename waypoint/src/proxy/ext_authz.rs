@@ -1,0 +1,443 @@
+//! CUSTOM authorization: meshConfig `extensionProviders` (`envoyExtAuthzHttp`,
+//! `envoyExtAuthzGrpc`) and the check a request matching a CUSTOM rule goes through, as
+//! istiod configures Envoy's `ext_authz` (`pilot/pkg/security/authz/builder/extauthz.go`):
+//! HTTP — the original method, `pathPrefix` + path, the allowed headers; 2xx allows (with
+//! `headersToUpstreamOnAllow`), anything else is the answer the client gets (with
+//! `headersToDownstreamOnDeny`). gRPC — `envoy.service.auth.v3.Authorization/Check`; OK allows
+//! with the ok response's headers, otherwise the denied response. A failed check (connection,
+//! timeout) follows `failOpen` (default closed: `statusOnError`, 403 unless set).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::auth::v3 as auth;
+use http_body_util::{BodyExt, Full, Limited};
+use pingora_http::RequestHeader;
+use serde::Deserialize;
+
+/// Istio's default check timeout (`timeoutOrDefault`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bodies of denials larger than this are cut.
+const MAX_DENY_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MeshConfigY {
+    #[serde(default)]
+    extension_providers: Vec<ProviderY>,
+    /// Other meshConfig fields are not this file's business here.
+    #[serde(flatten)]
+    _rest: HashMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderY {
+    name: String,
+    envoy_ext_authz_http: Option<HttpY>,
+    envoy_ext_authz_grpc: Option<GrpcY>,
+    #[serde(flatten)]
+    other: HashMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpY {
+    service: String,
+    port: u16,
+    timeout: Option<String>,
+    path_prefix: Option<String>,
+    #[serde(default)]
+    fail_open: bool,
+    status_on_error: Option<String>,
+    #[serde(default)]
+    include_request_headers_in_check: Vec<String>,
+    #[serde(default)]
+    include_headers_in_check: Vec<String>,
+    #[serde(default)]
+    include_additional_headers_in_check: HashMap<String, String>,
+    #[serde(default)]
+    headers_to_upstream_on_allow: Vec<String>,
+    #[serde(default)]
+    headers_to_downstream_on_deny: Vec<String>,
+    #[serde(default)]
+    headers_to_downstream_on_allow: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcY {
+    service: String,
+    port: u16,
+    timeout: Option<String>,
+    #[serde(default)]
+    fail_open: bool,
+    status_on_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Http {
+        path_prefix: String,
+        /// Lowercased names (exact; a trailing `*` is a prefix, a leading one a suffix).
+        request_headers: Vec<String>,
+        additional_headers: Vec<(String, String)>,
+        upstream_on_allow: Vec<String>,
+        downstream_on_deny: Vec<String>,
+        downstream_on_allow: Vec<String>,
+    },
+    Grpc,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    /// `host:port` dialled directly (the waypoint's own network).
+    pub address: String,
+    pub timeout: Duration,
+    pub fail_open: bool,
+    pub status_on_error: u16,
+    pub kind: Kind,
+}
+
+/// The providers of a meshConfig YAML file (`extensionProviders`), by name. Providers of other
+/// kinds (tracing, logging) are ignored; malformed ext_authz ones are errors naming them.
+pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading mesh config {}: {e}", path.display()))?;
+    let mesh: MeshConfigY = serde_saphyr::from_str(&text)
+        .map_err(|e| format!("mesh config {}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    for p in mesh.extension_providers {
+        let at = |what: &str| {
+            format!(
+                "mesh config {} extensionProviders {}: {what}",
+                path.display(),
+                p.name
+            )
+        };
+        let timeout = |t: &Option<String>| match t {
+            None => Ok(DEFAULT_TIMEOUT),
+            Some(t) => {
+                parse_seconds(t).ok_or_else(|| at(&format!("timeout {t:?} is not a duration")))
+            }
+        };
+        let status = |s: &Option<String>| match s {
+            None => Ok(403),
+            Some(s) => s
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| at(&format!("statusOnError {s:?} is not an HTTP status"))),
+        };
+        let provider = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
+            (Some(h), None) => Provider {
+                name: p.name.clone(),
+                address: format!("{}:{}", h.service, h.port),
+                timeout: timeout(&h.timeout)?,
+                fail_open: h.fail_open,
+                status_on_error: status(&h.status_on_error)?,
+                kind: Kind::Http {
+                    path_prefix: h.path_prefix.clone().unwrap_or_default(),
+                    request_headers: h
+                        .include_request_headers_in_check
+                        .iter()
+                        .chain(&h.include_headers_in_check)
+                        .map(|s| s.to_ascii_lowercase())
+                        .collect(),
+                    additional_headers: h
+                        .include_additional_headers_in_check
+                        .iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect(),
+                    upstream_on_allow: lower(&h.headers_to_upstream_on_allow),
+                    downstream_on_deny: lower(&h.headers_to_downstream_on_deny),
+                    downstream_on_allow: lower(&h.headers_to_downstream_on_allow),
+                },
+            },
+            (None, Some(g)) => Provider {
+                name: p.name.clone(),
+                address: format!("{}:{}", g.service, g.port),
+                timeout: timeout(&g.timeout)?,
+                fail_open: g.fail_open,
+                status_on_error: status(&g.status_on_error)?,
+                kind: Kind::Grpc,
+            },
+            (Some(_), Some(_)) => return Err(at("both envoyExtAuthzHttp and envoyExtAuthzGrpc")),
+            (None, None) => {
+                tracing::debug!(provider = %p.name, kinds = ?p.other.keys().collect::<Vec<_>>(), "extension provider is not an authorizer");
+                continue;
+            }
+        };
+        out.insert(p.name.clone(), provider);
+    }
+    Ok(out)
+}
+
+fn lower(v: &[String]) -> Vec<String> {
+    v.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+/// `2s`, `500ms`, `1m` (the forms meshConfig durations take).
+fn parse_seconds(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);
+    let n: f64 = n.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Whether `name` is in `patterns` (exact, `prefix*`, `*suffix`).
+fn listed(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| {
+        if let Some(prefix) = p.strip_suffix('*') {
+            name.starts_with(prefix)
+        } else if let Some(suffix) = p.strip_prefix('*') {
+            name.ends_with(suffix)
+        } else {
+            p == name
+        }
+    })
+}
+
+/// What the authorizer decided.
+#[derive(Debug)]
+pub enum Check {
+    /// Go on, with these headers set on the upstream request and these added to the response.
+    Allow {
+        upstream: Vec<(String, String)>,
+        downstream: Vec<(String, String)>,
+    },
+    /// Answer the client with this.
+    Deny {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+    /// The check itself failed (connection, timeout, malformed answer).
+    Error(String),
+}
+
+/// Ask `provider` about `req`.
+pub async fn check(provider: &Provider, req: &RequestHeader, source: &str) -> Check {
+    let call = async {
+        match &provider.kind {
+            Kind::Http { .. } => check_http(provider, req).await,
+            Kind::Grpc => check_grpc(provider, req, source).await,
+        }
+    };
+    match tokio::time::timeout(provider.timeout, call).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => Check::Error(e),
+        Err(_) => Check::Error(format!("no answer within {:?}", provider.timeout)),
+    }
+}
+
+async fn check_http(provider: &Provider, req: &RequestHeader) -> Result<Check, String> {
+    let Kind::Http {
+        path_prefix,
+        request_headers,
+        additional_headers,
+        upstream_on_allow,
+        downstream_on_deny,
+        downstream_on_allow,
+    } = &provider.kind
+    else {
+        return Err("not an HTTP provider".into());
+    };
+    let tcp = tokio::net::TcpStream::connect(&provider.address)
+        .await
+        .map_err(|e| format!("connect {}: {e}", provider.address))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = format!(
+        "{path_prefix}{}",
+        req.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut check = http::Request::builder()
+        .method(req.method.clone())
+        .uri(path);
+    // Envoy always sends these, then the allowed ones.
+    for (name, value) in req.headers.iter() {
+        let n = name.as_str();
+        if matches!(n, "host" | "authorization" | "content-length") || listed(request_headers, n) {
+            let n = if n == "content-length" {
+                "x-original-content-length"
+            } else {
+                n
+            };
+            check = check.header(n, value.clone());
+        }
+    }
+    if !req.headers.contains_key("host") {
+        if let Some(a) = req.uri.authority() {
+            check = check.header("host", a.as_str());
+        }
+    }
+    for (k, v) in additional_headers {
+        check = check.header(k.as_str(), v.as_str());
+    }
+    let response = sender
+        .send_request(
+            check
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|e| format!("check request: {e}"))?;
+    let (parts, body) = response.into_parts();
+    let pick = |names: &[String]| -> Vec<(String, String)> {
+        parts
+            .headers
+            .iter()
+            .filter(|(k, _)| listed(names, k.as_str()))
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect()
+    };
+    if parts.status.is_success() {
+        return Ok(Check::Allow {
+            upstream: pick(upstream_on_allow),
+            downstream: pick(downstream_on_allow),
+        });
+    }
+    let body = Limited::new(body, MAX_DENY_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok(Check::Deny {
+        status: parts.status.as_u16(),
+        headers: pick(downstream_on_deny),
+        body,
+    })
+}
+
+async fn check_grpc(
+    provider: &Provider,
+    req: &RequestHeader,
+    source: &str,
+) -> Result<Check, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", provider.address))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect {}: {e}", provider.address))?;
+    let mut client = auth::authorization_client::AuthorizationClient::new(channel);
+    let headers: HashMap<String, String> = req
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let http_request = auth::attribute_context::HttpRequest {
+        method: req.method.to_string(),
+        path: req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        host: req
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_string(),
+        headers,
+        protocol: "HTTP/1.1".into(),
+        ..Default::default()
+    };
+    let request = auth::CheckRequest {
+        attributes: Some(auth::AttributeContext {
+            source: Some(auth::attribute_context::Peer {
+                principal: source.to_string(),
+                ..Default::default()
+            }),
+            request: Some(auth::attribute_context::Request {
+                http: Some(http_request),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let response = client
+        .check(request)
+        .await
+        .map_err(|e| format!("Check: {e}"))?
+        .into_inner();
+    let header_pairs = |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+        hs.iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| {
+                let v = if h.raw_value.is_empty() {
+                    h.value.clone()
+                } else {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                };
+                (h.key.to_ascii_lowercase(), v)
+            })
+            .collect::<Vec<_>>()
+    };
+    use auth::check_response::HttpResponse;
+    let ok = response.status.as_ref().is_some_and(|s| s.code == 0);
+    if ok {
+        let (upstream, downstream) = match &response.http_response {
+            Some(HttpResponse::OkResponse(r)) => (
+                header_pairs(&r.headers),
+                header_pairs(&r.response_headers_to_add),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        return Ok(Check::Allow {
+            upstream,
+            downstream,
+        });
+    }
+    Ok(match &response.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => Check::Deny {
+            status: d
+                .status
+                .as_ref()
+                .map(|s| s.code as u16)
+                .filter(|c| (100..600).contains(c))
+                .unwrap_or(403),
+            headers: header_pairs(&d.headers),
+            body: Bytes::from(d.body.clone()),
+        },
+        _ => Check::Deny {
+            status: 403,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lists_and_durations() {
+        let p = vec!["x-ext-authz".to_string(), "x-b3-*".into(), "*-id".into()];
+        assert!(
+            listed(&p, "x-ext-authz") && listed(&p, "x-b3-traceid") && listed(&p, "x-request-id")
+        );
+        assert!(!listed(&p, "cookie"));
+        assert_eq!(parse_seconds("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_seconds("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("0s"), None);
+        assert_eq!(parse_seconds("soon"), None);
+    }
+}
