@@ -67,6 +67,8 @@ pub(crate) struct ChainAuthz {
     /// An HCM chain (else a TCP one).
     pub(crate) http: bool,
     pub(crate) policies: Vec<Policy>,
+    /// The chain's `jwt_authn` providers, when the waypoint verifies its tokens itself.
+    pub(crate) jwt: Vec<crate::authz::jwt::JwtProvider>,
 }
 
 /// Filters that can deny or rewrite a request and that this proxy does not
@@ -285,8 +287,21 @@ impl Walk<'_> {
                     Err(e) => self.at.reject(diag, format!("chain {}: {e}", self.chain)),
                 }
             } else if let Some(j) = decode_any::<JwtAuthentication>(any) {
-                match j {
-                    Ok(_) => self.jwt = true,
+                match j.map(|j| super::jwt::providers(&j)) {
+                    // Verified here: the RBAC filters' claim tests are exact.
+                    Ok(Ok(providers)) => self.out.jwt.extend(providers),
+                    // A shape this proxy cannot reproduce: its claims stay unknown.
+                    Ok(Err(why)) => {
+                        self.at.warn(
+                            diag,
+                            format!(
+                                "chain {}: filter {}: {why}; JWT claims are unknown to \
+                                 authorization (ALLOW rules on them never match, DENY rules do)",
+                                self.chain, hf.name
+                            ),
+                        );
+                        self.jwt = true;
+                    }
                     Err(e) => self.at.reject(diag, format!("chain {}: {e}", self.chain)),
                 }
             } else {
@@ -517,6 +532,8 @@ pub(crate) fn authorization(chains: &BTreeMap<String, ChainAuthz>) -> Authorizat
     type PerPort<'a> = Vec<(u16, &'a [Policy])>;
     let mut services: BTreeMap<String, (PerPort<'_>, PerPort<'_>)> = BTreeMap::new();
     let mut direct: (PerPort<'_>, PerPort<'_>) = Default::default();
+    // JWT providers of a service's HTTP chains (the same for each, as istiod builds them).
+    let mut jwt: HashMap<String, Vec<Arc<crate::authz::jwt::JwtProvider>>> = HashMap::new();
     for (name, c) in chains {
         let slot = match name.as_str() {
             "direct-http" | "direct-tcp" => &mut direct,
@@ -526,14 +543,24 @@ pub(crate) fn authorization(chains: &BTreeMap<String, ChainAuthz>) -> Authorizat
             },
         };
         let port = ClusterName::parse(name).map_or(0, |cn| cn.port);
+        let host = ClusterName::parse(name).map_or_else(String::new, |cn| cn.host);
+        let providers = jwt.entry(host).or_default();
+        for p in &c.jwt {
+            if !providers.iter().any(|q| **q == *p) {
+                providers.push(Arc::new(p.clone()));
+            }
+        }
         if c.http {
             slot.0.push((port, &c.policies));
         } else {
             slot.1.push((port, &c.policies));
         }
     }
-    let pair = |(http, tcp): (PerPort<'_>, PerPort<'_>)| {
-        let http = combine(&http);
+    let pair = |host: &str, (http, tcp): (PerPort<'_>, PerPort<'_>)| {
+        let mut http = combine(&http);
+        if let (Some(set), Some(providers)) = (http.as_mut(), jwt.get(host)) {
+            set.jwt = providers.clone();
+        }
         let tcp = combine(&tcp);
         match (http, tcp) {
             (Some(h), Some(t)) => ServicePolicies {
@@ -546,9 +573,12 @@ pub(crate) fn authorization(chains: &BTreeMap<String, ChainAuthz>) -> Authorizat
     };
     let by_service: HashMap<String, ServicePolicies> = services
         .into_iter()
-        .map(|(host, v)| (host, pair(v)))
+        .map(|(host, v)| {
+            let set = pair(&host, v);
+            (host, set)
+        })
         .collect();
-    Authorization::new(pair(direct), by_service)
+    Authorization::new(pair("", direct), by_service)
 }
 
 /// One set from the chains of one kind. istiod builds a service's policies

@@ -327,6 +327,7 @@ mod per_service_sets {
                     ChainAuthz {
                         http: true,
                         policies,
+                        jwt: Vec::new(),
                     },
                 )
             })

@@ -1,0 +1,208 @@
+//! istiod's `envoy.filters.http.jwt_authn` → [`JwtProvider`]s the waypoint verifies tokens for
+//! (`pilot/pkg/security/authn/policy_applier.go`, `convertToEnvoyJwtConfig`): providers with
+//! `payload_in_metadata: payload`, inline (`local_jwks`) or remote (`remote_jwks`) keys, and
+//! rules that all apply to `/` and allow a missing token (istiod's
+//! `requires_any[provider…, allow_missing]`). Any other shape returns the reason, and the
+//! chain's JWT claims stay unknown (never fail open).
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+    jwt_provider::JwksSourceSpecifier, jwt_requirement::RequiresType,
+    requirement_rule::RequirementType, JwtAuthentication, JwtRequirement,
+};
+
+use crate::authz::jwt::{Jwks, JwtProvider, TokenLocation, DEFAULT_JWKS_TIMEOUT};
+
+/// Whether a requirement only names providers and lets a missing token through.
+fn allows_missing(r: &JwtRequirement) -> Result<bool, String> {
+    Ok(match &r.requires_type {
+        Some(RequiresType::ProviderName(_)) => false,
+        Some(RequiresType::AllowMissing(_)) => true,
+        Some(RequiresType::RequiresAny(list)) => {
+            let mut any = false;
+            for r in &list.requirements {
+                any |= allows_missing(r)?;
+            }
+            any
+        }
+        Some(RequiresType::RequiresAll(list)) => {
+            let mut all = !list.requirements.is_empty();
+            for r in &list.requirements {
+                all &= allows_missing(r)?;
+            }
+            all
+        }
+        other => return Err(format!("requirement {other:?}")),
+    })
+}
+
+pub(crate) fn providers(j: &JwtAuthentication) -> Result<Vec<JwtProvider>, String> {
+    for rule in &j.rules {
+        let prefix_root = matches!(
+            rule.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()),
+            Some(PathSpecifier::Prefix(p)) if p == "/"
+        );
+        if !prefix_root {
+            return Err("a rule that does not match every path".into());
+        }
+        match &rule.requirement_type {
+            Some(RequirementType::Requires(r)) if allows_missing(r)? => {}
+            _ => return Err("a rule that requires a token".into()),
+        }
+    }
+    let mut names: Vec<&String> = j.providers.keys().collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let p = &j.providers[name];
+        if p.payload_in_metadata != "payload" {
+            return Err(format!(
+                "provider {name}: payload_in_metadata {:?} (istiod uses \"payload\")",
+                p.payload_in_metadata
+            ));
+        }
+        let jwks = match &p.jwks_source_specifier {
+            Some(JwksSourceSpecifier::LocalJwks(d)) => match &d.specifier {
+                Some(Specifier::InlineString(s)) => Jwks::Inline(s.clone()),
+                Some(Specifier::InlineBytes(b)) => {
+                    Jwks::Inline(String::from_utf8_lossy(b).into_owned())
+                }
+                other => return Err(format!("provider {name}: local_jwks {other:?}")),
+            },
+            Some(JwksSourceSpecifier::RemoteJwks(r)) => {
+                let uri = r
+                    .http_uri
+                    .as_ref()
+                    .ok_or(format!("provider {name}: remote_jwks without http_uri"))?;
+                let timeout = uri
+                    .timeout
+                    .as_ref()
+                    .and_then(|t| {
+                        let secs = u64::try_from(t.seconds).ok()?;
+                        let nanos = u32::try_from(t.nanos).ok()?;
+                        Some(Duration::new(secs, nanos))
+                    })
+                    .filter(|t| !t.is_zero())
+                    .unwrap_or(DEFAULT_JWKS_TIMEOUT);
+                Jwks::Uri {
+                    uri: uri.uri.clone(),
+                    timeout,
+                }
+            }
+            None => return Err(format!("provider {name}: no JWKS")),
+        };
+        let mut locations: Vec<TokenLocation> = p
+            .from_headers
+            .iter()
+            .map(|h| TokenLocation::Header {
+                name: h.name.to_ascii_lowercase(),
+                prefix: h.value_prefix.clone(),
+            })
+            .chain(p.from_params.iter().cloned().map(TokenLocation::Param))
+            .chain(p.from_cookies.iter().cloned().map(TokenLocation::Cookie))
+            .collect();
+        if locations.is_empty() {
+            // Envoy's defaults.
+            locations = vec![
+                TokenLocation::Header {
+                    name: "authorization".into(),
+                    prefix: "Bearer ".into(),
+                },
+                TokenLocation::Param("access_token".into()),
+            ];
+        }
+        out.push(JwtProvider {
+            source: format!("jwt_authn provider {name}"),
+            issuer: p.issuer.clone(),
+            audiences: p.audiences.clone(),
+            jwks,
+            locations,
+            output_payload_to_header: Some(p.forward_payload_header.clone())
+                .filter(|h| !h.is_empty()),
+            forward_original_token: p.forward,
+            output_claim_to_headers: p
+                .claim_to_headers
+                .iter()
+                .map(|c| (c.header_name.to_ascii_lowercase(), c.claim_name.clone()))
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::DataSource;
+    use envoy_types::pb::envoy::config::route::v3::RouteMatch;
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+        JwtProvider as EnvoyProvider, JwtRequirementOrList, RequirementRule,
+    };
+
+    fn provider(payload: &str) -> EnvoyProvider {
+        EnvoyProvider {
+            issuer: "https://issuer.example".into(),
+            payload_in_metadata: payload.into(),
+            jwks_source_specifier: Some(JwksSourceSpecifier::LocalJwks(DataSource {
+                specifier: Some(Specifier::InlineString("{\"keys\":[]}".into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn rule(requires: RequiresType) -> RequirementRule {
+        RequirementRule {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            requirement_type: Some(RequirementType::Requires(JwtRequirement {
+                requires_type: Some(requires),
+            })),
+        }
+    }
+
+    fn name(p: &str) -> JwtRequirement {
+        JwtRequirement {
+            requires_type: Some(RequiresType::ProviderName(p.into())),
+        }
+    }
+
+    #[test]
+    fn only_istiods_allow_missing_shape_is_verified_here() {
+        let allow_missing = JwtRequirement {
+            requires_type: Some(RequiresType::AllowMissing(Default::default())),
+        };
+        let istiod = JwtAuthentication {
+            providers: [("origins-0".to_string(), provider("payload"))].into(),
+            rules: vec![rule(RequiresType::RequiresAny(JwtRequirementOrList {
+                requirements: vec![name("origins-0"), allow_missing],
+            }))],
+            ..Default::default()
+        };
+        let got = providers(&istiod).unwrap();
+        assert_eq!(got[0].issuer, "https://issuer.example");
+        assert_eq!(got[0].jwks, Jwks::Inline("{\"keys\":[]}".into()));
+        assert_eq!(got[0].locations.len(), 2, "Envoy's default locations");
+
+        // A token required (no allow_missing), or the payload elsewhere: not reproduced.
+        let required = JwtAuthentication {
+            rules: vec![rule(RequiresType::ProviderName("origins-0".into()))],
+            ..istiod.clone()
+        };
+        assert!(providers(&required)
+            .unwrap_err()
+            .contains("requires a token"));
+        let elsewhere = JwtAuthentication {
+            providers: [("origins-0".to_string(), provider("claims"))].into(),
+            ..istiod
+        };
+        assert!(providers(&elsewhere)
+            .unwrap_err()
+            .contains("payload_in_metadata"));
+    }
+}
