@@ -136,8 +136,14 @@ pub struct Explanation {
 /// decides for the same request.
 #[derive(Debug, Serialize)]
 pub struct AuthzExplanation {
-    pub decision: routing::authz::Decision,
-    /// 403 `RBAC: access denied` with these response code details, when denied.
+    /// RequestAuthentication: the token's outcome (`verified iss/sub`, `no token`, or Envoy's
+    /// rejection message), when the destination has JWT providers.
+    pub authentication: Option<String>,
+    /// The policies' decision (none when the token was rejected first).
+    pub decision: Option<routing::authz::Decision>,
+    /// The status the request gets when refused: 401 (token) or 403 (policy).
+    pub status: Option<u16>,
+    /// The response code details when refused.
     pub response_code_details: Option<String>,
     pub policies: Vec<routing::authz::PolicyTrace>,
 }
@@ -151,6 +157,7 @@ struct ExplainAuthz<'a> {
     authority: String,
     path: &'a str,
     headers: &'a [(String, String)],
+    claims: Option<&'a serde_json::Value>,
 }
 
 impl routing::authz::AuthzView for ExplainAuthz<'_> {
@@ -184,6 +191,41 @@ impl routing::authz::AuthzView for ExplainAuthz<'_> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+    fn jwt(&self) -> routing::authz::Jwt<'_> {
+        self.claims
+            .map_or(routing::authz::Jwt::None, routing::authz::Jwt::Claims)
+    }
+}
+
+/// The request's token verified as the data path does (keys fetched when they are remote), on
+/// a thread of its own so that it works from any context.
+fn authenticate(
+    providers: &[std::sync::Arc<routing::authz::jwt::JwtProvider>],
+    method: &str,
+    path: &str,
+    authority: &str,
+    headers: &[(String, String)],
+) -> Result<crate::proxy::jwt::Authn, String> {
+    let mut req = pingora_http::RequestHeader::build(method, path.as_bytes(), None)
+        .map_err(|e| e.to_string())?;
+    req.insert_header("host", authority)
+        .map_err(|e| e.to_string())?;
+    for (k, v) in headers {
+        req.append_header(k.clone(), v.as_str())
+            .map_err(|e| e.to_string())?;
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let cache = crate::proxy::JwksCache::default();
+            Ok(rt.block_on(crate::proxy::jwt::authenticate(providers, &req, &cache)))
+        })
+        .join()
+        .map_err(|_| "token verification panicked".to_string())?
+    })
 }
 
 /// Explain `args` against `snapshot`.
@@ -372,20 +414,52 @@ fn explain_authz(
     if set.is_empty() {
         return None;
     }
+    let method = args.method.to_ascii_uppercase();
+    let mut claims = None;
+    let mut authentication = None;
+    if !set.jwt.is_empty() {
+        use crate::proxy::jwt::Authn;
+        match authenticate(&set.jwt, &method, path, authority, &args.headers) {
+            Ok(Authn::NoToken) => authentication = Some("no token".to_string()),
+            Ok(Authn::Verified { claims: c, .. }) => {
+                let principal = format!(
+                    "{}/{}",
+                    c["iss"].as_str().unwrap_or(""),
+                    c["sub"].as_str().unwrap_or("")
+                );
+                authentication = Some(format!("verified {principal}"));
+                claims = Some(c);
+            }
+            Ok(Authn::Rejected(message)) => {
+                return Some(AuthzExplanation {
+                    authentication: Some(format!("rejected: {message}")),
+                    decision: None,
+                    status: Some(401),
+                    response_code_details: Some(crate::proxy::jwt::details(message)),
+                    policies: Vec::new(),
+                })
+            }
+            Err(e) => authentication = Some(format!("not checked: {e}")),
+        }
+    }
     let view = ExplainAuthz {
         principal: args.source.as_ref().map(|s| s.to_string()),
         source_ip: args.source_ip,
         destination,
-        method: args.method.to_ascii_uppercase(),
+        method,
         authority: authority.to_string(),
         path,
         headers: &args.headers,
+        claims: claims.as_ref(),
     };
     let decision = set.evaluate(&view);
+    let details = decision.verdict.response_code_details();
     Some(AuthzExplanation {
-        response_code_details: decision.verdict.response_code_details(),
+        authentication,
+        status: details.is_some().then_some(403),
+        response_code_details: details,
         policies: set.trace(&view),
-        decision,
+        decision: Some(decision),
     })
 }
 
@@ -403,6 +477,9 @@ impl Explanation {
         );
         if let Some(a) = &self.authorization {
             let _ = writeln!(out, "\nauthorization");
+            if let Some(authn) = &a.authentication {
+                let _ = writeln!(out, "  token: {authn}");
+            }
             for p in &a.policies {
                 let dry = if p.dry_run { " (dry-run)" } else { "" };
                 let _ = writeln!(out, "  {} {}{dry}", p.action, p.policy);
@@ -420,21 +497,26 @@ impl Explanation {
                     );
                 }
             }
-            let v = &a.decision.verdict;
+            let Some(d) = &a.decision else {
+                let details = a.response_code_details.as_deref().unwrap_or("");
+                let _ = writeln!(out, "  => DENIED: 401 ({details})");
+                return out;
+            };
+            let v = &d.verdict;
             let _ = match &a.response_code_details {
                 Some(details) => writeln!(out, "  => DENIED: 403 RBAC: access denied ({details})"),
                 None => writeln!(out, "  => allowed ({} {})", v.action(), v.policy()),
             };
-            if let Some(d) = &a.decision.dry_run {
+            if let Some(dry) = &d.dry_run {
                 let _ = writeln!(
                     out,
                     "  dry-run policies would: {} {}",
-                    d.action(),
-                    d.policy()
+                    dry.action(),
+                    dry.policy()
                 );
             }
-            if !a.decision.audited.is_empty() {
-                let _ = writeln!(out, "  audited by: {}", a.decision.audited.join(", "));
+            if !d.audited.is_empty() {
+                let _ = writeln!(out, "  audited by: {}", d.audited.join(", "));
             }
             if !v.allowed() {
                 return out;

@@ -206,4 +206,64 @@ async fn request_authentication_verifies_tokens_and_feeds_authorization() {
             .load(Ordering::Relaxed),
         2
     );
+
+    // explain verifies the token the same way and decides the same.
+    let snapshot = mesh.bench.app.snapshot.load_full();
+    let expired = bearer(signer.token(
+        "k1",
+        claims("https://issuer.test", "alice", "bookinfo", now() - 3600),
+    ));
+    for (authorization, status, details) in [
+        (alice.as_str(), None, None),
+        (
+            bob.as_str(),
+            Some(403),
+            Some("rbac_access_denied_matched_policy[none]"),
+        ),
+        (
+            expired.as_str(),
+            Some(401),
+            Some("jwt_authn_access_denied{Jwt_is_expired}"),
+        ),
+    ] {
+        let args = waypoint::explain::ExplainArgs {
+            config: Some(std::path::PathBuf::from("(in-process)")),
+            xds_dump: None,
+            trust_domain: waypoint_tests::TRUST_DOMAIN.into(),
+            waypoint: Default::default(),
+            source: Some(waypoint_tests::spiffe("productpage")),
+            source_ip: None,
+            headers: vec![("authorization".into(), authorization.into())],
+            output: waypoint::explain::Output::Json,
+            method: "GET".into(),
+            url: "http://reviews:9080/reviews/1".into(),
+        };
+        let a = waypoint::explain::explain(&snapshot, &args)
+            .unwrap()
+            .authorization
+            .unwrap();
+        assert_eq!(a.status, status, "{:?}", a.authentication);
+        assert_eq!(a.response_code_details.as_deref(), details);
+    }
+    let text = waypoint::explain::explain(
+        &snapshot,
+        &waypoint::explain::ExplainArgs {
+            config: Some(std::path::PathBuf::from("(in-process)")),
+            xds_dump: None,
+            trust_domain: waypoint_tests::TRUST_DOMAIN.into(),
+            waypoint: Default::default(),
+            source: None,
+            source_ip: None,
+            headers: vec![("authorization".into(), alice.clone())],
+            output: waypoint::explain::Output::Text,
+            method: "GET".into(),
+            url: "http://reviews:9080/reviews/1".into(),
+        },
+    )
+    .unwrap()
+    .render_text();
+    assert!(
+        text.contains("token: verified https://issuer.test/alice"),
+        "{text}"
+    );
 }

@@ -25,7 +25,7 @@ use crate::tunnel::TunnelInfo;
 
 mod authz;
 pub mod ext_authz;
-mod jwt;
+pub(crate) mod jwt;
 mod policy;
 mod request;
 
