@@ -965,6 +965,21 @@ fn authz_f10_custom_denies_matching_requests_only() {
         verdict(&t, "f10", &AuthzReq::get("/public")),
         Verdict::AllowedNoAllowPolicy
     );
+    // The ext_authz filter's service is what the waypoint calls for those requests: the
+    // cluster's host and port, istiod's timeout, failOpen as failure_mode_allow.
+    let p = t
+        .snapshot
+        .authorization()
+        .provider("outbound|8000||ext-authz.foo.svc.cluster.local")
+        .expect("the authorizer is translated");
+    assert_eq!(p.address, "ext-authz.foo.svc.cluster.local:8000");
+    assert_eq!(p.timeout, std::time::Duration::from_secs(600));
+    assert!(p.fail_open);
+    assert_eq!(p.status_on_error, 403);
+    assert!(matches!(
+        p.kind,
+        routing::authz::ext::ExtAuthzKind::Http { .. }
+    ));
 }
 
 #[test]

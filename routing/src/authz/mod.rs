@@ -16,6 +16,7 @@
 
 mod eval;
 mod expr;
+pub mod ext;
 pub mod istio;
 pub mod jwt;
 
@@ -135,6 +136,8 @@ impl ServicePolicies {
 pub struct Authorization {
     /// Service FQDN → its policies (the waypoint-wide ones included).
     by_service: HashMap<String, ServicePolicies>,
+    /// External authorizers by the name CUSTOM policies give (istiod's `ext_authz` filters).
+    providers: HashMap<String, Arc<ext::ExtAuthzProvider>>,
     /// Traffic that reached no service (pod-addressed traffic of a workload waypoint): the
     /// waypoint-wide policies.
     waypoint: ServicePolicies,
@@ -145,7 +148,22 @@ impl Authorization {
         Self {
             by_service,
             waypoint,
+            providers: HashMap::new(),
         }
+    }
+
+    /// With the external authorizers CUSTOM policies name.
+    pub fn with_providers(
+        mut self,
+        providers: HashMap<String, Arc<ext::ExtAuthzProvider>>,
+    ) -> Self {
+        self.providers = providers;
+        self
+    }
+
+    /// The external authorizer named `name`, when the config brought one.
+    pub fn provider(&self, name: &str) -> Option<&Arc<ext::ExtAuthzProvider>> {
+        self.providers.get(name)
     }
 
     /// The policies for a service (by FQDN; the waypoint-wide ones for none or an unknown one),

@@ -69,6 +69,8 @@ pub(crate) struct ChainAuthz {
     pub(crate) policies: Vec<Policy>,
     /// The chain's `jwt_authn` providers, when the waypoint verifies its tokens itself.
     pub(crate) jwt: Vec<crate::authz::jwt::JwtProvider>,
+    /// External authorizers of the chain's `ext_authz` filters, by provider name.
+    pub(crate) ext_authz: Vec<crate::authz::ext::ExtAuthzProvider>,
 }
 
 /// Filters that can deny or rewrite a request and that this proxy does not
@@ -276,6 +278,20 @@ impl Walk<'_> {
                             }
                             None => None,
                         };
+                        if let Some(name) = &provider {
+                            match super::ext_authz::provider(name, &x) {
+                                Ok(p) => self.out.ext_authz.push(p),
+                                // Its CUSTOM policies stay without an authorizer: they deny.
+                                Err(why) => self.at.warn(
+                                    diag,
+                                    format!(
+                                        "chain {}: filter {}: {why}; requests its CUSTOM rules \
+                                         match are denied",
+                                        self.chain, hf.name
+                                    ),
+                                ),
+                            }
+                        }
                         self.ext_authz(
                             &hf.name,
                             provider,
@@ -534,7 +550,13 @@ pub(crate) fn authorization(chains: &BTreeMap<String, ChainAuthz>) -> Authorizat
     let mut direct: (PerPort<'_>, PerPort<'_>) = Default::default();
     // JWT providers of a service's HTTP chains (the same for each, as istiod builds them).
     let mut jwt: HashMap<String, Vec<Arc<crate::authz::jwt::JwtProvider>>> = HashMap::new();
+    let mut ext_authz: HashMap<String, Arc<crate::authz::ext::ExtAuthzProvider>> = HashMap::new();
     for (name, c) in chains {
+        for p in &c.ext_authz {
+            ext_authz
+                .entry(p.name.clone())
+                .or_insert_with(|| Arc::new(p.clone()));
+        }
         let slot = match name.as_str() {
             "direct-http" | "direct-tcp" => &mut direct,
             _ => match ClusterName::parse(name) {
@@ -578,7 +600,7 @@ pub(crate) fn authorization(chains: &BTreeMap<String, ChainAuthz>) -> Authorizat
             (host, set)
         })
         .collect();
-    Authorization::new(pair("", direct), by_service)
+    Authorization::new(pair("", direct), by_service).with_providers(ext_authz)
 }
 
 /// One set from the chains of one kind. istiod builds a service's policies

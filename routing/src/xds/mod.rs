@@ -59,6 +59,7 @@ mod access;
 mod assemble;
 mod cluster;
 mod endpoint;
+mod ext_authz;
 mod jwt;
 mod listener;
 mod matchers;

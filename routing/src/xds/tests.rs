@@ -328,6 +328,7 @@ mod per_service_sets {
                         http: true,
                         policies,
                         jwt: Vec::new(),
+                        ext_authz: Vec::new(),
                     },
                 )
             })

@@ -172,7 +172,16 @@ impl Waypoint {
             tunnel,
             jwt: claims.as_ref(),
         });
-        let decision = match custom.and_then(|m| Some((self.authorizers.get(&m.provider)?, m))) {
+        // The authorizer istiod configured with the policy, else the mesh config file's.
+        let snapshot = ctx.snapshot.clone();
+        let provider = |name: &str| {
+            snapshot
+                .authorization()
+                .provider(name)
+                .map(|p| &**p)
+                .or_else(|| self.authorizers.get(name))
+        };
+        let decision = match custom.and_then(|m| Some((provider(&m.provider)?, m))) {
             // No CUSTOM rule matched, or its provider is not configured (fails closed).
             None => set.evaluate(&HttpAuthz {
                 req: session.req_header(),

@@ -77,30 +77,7 @@ struct GrpcY {
     status_on_error: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-pub enum Kind {
-    Http {
-        path_prefix: String,
-        /// Lowercased names (exact; a trailing `*` is a prefix, a leading one a suffix).
-        request_headers: Vec<String>,
-        additional_headers: Vec<(String, String)>,
-        upstream_on_allow: Vec<String>,
-        downstream_on_deny: Vec<String>,
-        downstream_on_allow: Vec<String>,
-    },
-    Grpc,
-}
-
-#[derive(Debug, Clone)]
-pub struct Provider {
-    pub name: String,
-    /// `host:port` dialled directly (the waypoint's own network).
-    pub address: String,
-    pub timeout: Duration,
-    pub fail_open: bool,
-    pub status_on_error: u16,
-    pub kind: Kind,
-}
+pub use routing::authz::ext::{ExtAuthzKind as Kind, ExtAuthzProvider as Provider};
 
 /// The providers of a meshConfig YAML file (`extensionProviders`), by name. Providers of other
 /// kinds (tracing, logging) are ignored; malformed ext_authz ones are errors naming them.
