@@ -426,3 +426,47 @@ pub fn xds_run_command(
         ]);
     cmd
 }
+
+/// What [`reviews_request`] got back.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// One request to bookinfo's reviews VIP (10.0.0.10:9080, `Host: reviews:9080`) through a fresh
+/// tunnel of `client`, the whole body read.
+pub async fn reviews_request(
+    client: &sim::ZtunnelClient,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    use http_body_util::BodyExt;
+    let mut http = client
+        .http1("10.0.0.10:9080".parse().expect("static"))
+        .await
+        .expect("tunnel to reviews");
+    http.ready().await.expect("tunnel ready");
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "reviews:9080");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = http
+        .send_request(
+            req.body(http_body_util::Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}

@@ -93,7 +93,7 @@ pub const DEFAULT_JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default locations (Envoy's, when a rule names none): `Authorization: Bearer …` and the
 /// `access_token` query parameter.
-fn default_locations() -> Vec<TokenLocation> {
+pub fn default_locations() -> Vec<TokenLocation> {
     vec![
         TokenLocation::Header {
             name: "authorization".into(),

@@ -105,14 +105,7 @@ pub(crate) fn providers(j: &JwtAuthentication) -> Result<Vec<JwtProvider>, Strin
             .chain(p.from_cookies.iter().cloned().map(TokenLocation::Cookie))
             .collect();
         if locations.is_empty() {
-            // Envoy's defaults.
-            locations = vec![
-                TokenLocation::Header {
-                    name: "authorization".into(),
-                    prefix: "Bearer ".into(),
-                },
-                TokenLocation::Param("access_token".into()),
-            ];
+            locations = crate::authz::jwt::default_locations();
         }
         out.push(JwtProvider {
             source: format!("jwt_authn provider {name}"),

@@ -60,22 +60,8 @@ fn config() -> String {
 }
 
 async fn send(client: &sim::ZtunnelClient, method: &str, path: &str) -> (u16, String) {
-    let mut http = client
-        .http1("10.0.0.10:9080".parse().unwrap())
-        .await
-        .unwrap();
-    http.ready().await.unwrap();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "reviews:9080")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let resp = http.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    use http_body_util::BodyExt;
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let r = waypoint_tests::reviews_request(client, method, path, &[]).await;
+    (r.status, r.body)
 }
 
 fn explain_args(source: &str, method: &str, path: &str) -> ExplainArgs {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
-use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use waypoint::demo::BenchOptions;
 use waypoint::proxy::ext_authz::load_providers;
@@ -143,30 +142,13 @@ fn custom(name: &str, provider: &str, prefix: &str) -> String {
 }
 
 async fn get(mesh: &Mesh, path: &str, allow: bool) -> (u16, http::HeaderMap, String) {
-    let mut http = mesh
-        .client()
-        .http1("10.0.0.10:9080".parse().unwrap())
-        .await
-        .unwrap();
-    http.ready().await.unwrap();
-    let mut req = http::Request::get(path).header("host", "reviews:9080");
-    if allow {
-        req = req.header("x-ext-authz", "allow");
-    }
-    let resp = http
-        .send_request(
-            req.body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status.as_u16(),
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    let headers: &[(&str, &str)] = if allow {
+        &[("x-ext-authz", "allow")]
+    } else {
+        &[]
+    };
+    let r = waypoint_tests::reviews_request(&mesh.client(), "GET", path, headers).await;
+    (r.status, r.headers, r.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

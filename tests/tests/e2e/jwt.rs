@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use waypoint_tests::{service_yaml, workload_yaml, Mesh};
 
@@ -85,30 +84,8 @@ async fn jwks_server(jwks: serde_json::Value) -> (SocketAddr, Arc<AtomicU64>) {
 }
 
 async fn get(mesh: &Mesh, headers: &[(&str, &str)]) -> (u16, String, http::HeaderMap) {
-    let mut http = mesh
-        .client()
-        .http1("10.0.0.10:9080".parse().unwrap())
-        .await
-        .unwrap();
-    http.ready().await.unwrap();
-    let mut req = http::Request::get("/reviews/1").header("host", "reviews:9080");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = http
-        .send_request(
-            req.body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status.as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
-        parts.headers,
-    )
+    let r = waypoint_tests::reviews_request(&mesh.client(), "GET", "/reviews/1", headers).await;
+    (r.status, r.body, r.headers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,14 +181,20 @@ impl Waypoint {
                 .map(|p| &**p)
                 .or_else(|| self.authorizers.get(name))
         };
-        let decision = match custom.and_then(|m| Some((provider(&m.provider)?, m))) {
-            // No CUSTOM rule matched, or its provider is not configured (fails closed).
-            None => set.evaluate(&HttpAuthz {
+        let decision = match custom.map(|m| (provider(&m.provider), m)) {
+            // No CUSTOM rule matched: DENY and ALLOW decide (CUSTOM is not looked at twice).
+            None => set.evaluate_after_custom(&HttpAuthz {
                 req: session.req_header(),
                 tunnel,
                 jwt: claims.as_ref(),
             }),
-            Some((provider, m)) => {
+            // Its provider is not configured: the evaluation denies (fails closed).
+            Some((None, _)) => set.evaluate(&HttpAuthz {
+                req: session.req_header(),
+                tunnel,
+                jwt: claims.as_ref(),
+            }),
+            Some((Some(provider), m)) => {
                 let check =
                     super::ext_authz::check(provider, session.req_header(), tunnel.principal())
                         .await;
