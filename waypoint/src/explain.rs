@@ -3,6 +3,7 @@
 //! route that match (and why the earlier ones did not), the destinations with their weights,
 //! subsets, clusters, load-balancing policy and the endpoints behind each.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -185,11 +186,13 @@ impl routing::authz::AuthzView for ExplainAuthz<'_> {
     fn path(&self) -> &str {
         self.path
     }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        routing::authz::joined_header(
+            self.headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_bytes()),
+        )
     }
     fn jwt(&self) -> routing::authz::Jwt<'_> {
         self.claims

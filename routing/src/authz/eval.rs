@@ -1,5 +1,6 @@
 //! The decision for one request against a [`PolicySet`], in Istio's order.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -42,8 +43,10 @@ pub trait AuthzView {
     fn path(&self) -> &str {
         ""
     }
-    /// A request header by lowercased name (several values joined with `,`, as Envoy does).
-    fn header(&self, _lowercase_name: &str) -> Option<&str> {
+    /// A request header by lowercased name: several values joined with `,`, as Envoy's
+    /// `HeaderUtility::getAllOfHeaderAsString` does for header matchers, so a DENY on one value
+    /// cannot be dodged by sending the header twice.
+    fn header(&self, _lowercase_name: &str) -> Option<Cow<'_, str>> {
         None
     }
     fn jwt(&self) -> Jwt<'_> {
@@ -323,4 +326,20 @@ impl PolicySet {
             })
             .collect()
     }
+}
+
+/// The values of one header as a matcher sees them: one value as it is, several joined with `,`
+/// (Envoy's `getAllOfHeaderAsString`). Bytes that are not UTF-8 are replaced rather than
+/// hiding the header, so a DENY on its presence still matches.
+pub fn joined_header<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<Cow<'a, str>> {
+    let first = String::from_utf8_lossy(values.next()?);
+    let Some(second) = values.next() else {
+        return Some(first);
+    };
+    let mut all = first.into_owned();
+    for v in std::iter::once(second).chain(values) {
+        all.push(',');
+        all.push_str(&String::from_utf8_lossy(v));
+    }
+    Some(Cow::Owned(all))
 }

@@ -1,6 +1,7 @@
 //! Authorization expressions: attributes of a request, matchers on them, and the and/or/not
 //! tree Envoy's RBAC principals and permissions are made of, evaluated in three values.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -278,7 +279,11 @@ fn value<'a>(attr: &Attr, req: &'a dyn AuthzView) -> Value<'a> {
         Attr::Host => opt(req.host()),
         Attr::Method => Value::Str(req.method()),
         Attr::Path => Value::Str(req.path().split('?').next().unwrap_or("")),
-        Attr::Header(name) => opt(req.header(name)),
+        Attr::Header(name) => match req.header(name) {
+            None => Value::Absent,
+            Some(Cow::Borrowed(v)) => Value::Str(v),
+            Some(Cow::Owned(v)) => Value::Owned(v),
+        },
         Attr::RequestPrincipal
         | Attr::RequestAudiences
         | Attr::RequestPresenter

@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use eval::{AuthzView, CustomMatch, Decision, Jwt, PolicyTrace, RuleTrace, Verdict};
+pub use eval::{
+    joined_header, AuthzView, CustomMatch, Decision, Jwt, PolicyTrace, RuleTrace, Verdict,
+};
 pub use expr::{Attr, Expr, Matcher, StrMatch, Tri};
 
 /// What a policy does when one of its rules matches.

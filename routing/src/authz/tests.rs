@@ -3,6 +3,7 @@
 //! (istio.io/latest/docs/reference/config/security/authorization-policy/) and its "Using HTTP-only
 //! fields on TCP traffic" and dry-run sections.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -95,11 +96,13 @@ impl AuthzView for Req {
     fn path(&self) -> &str {
         self.path
     }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| *v)
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        joined_header(
+            self.headers
+                .iter()
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_bytes()),
+        )
     }
     fn jwt(&self) -> Jwt<'_> {
         match (&self.claims, self.unverifiable) {
@@ -406,6 +409,34 @@ rules:
             (Req::get("/").header("version", "v1"), false),
         ],
     );
+}
+
+#[test]
+fn repeated_headers_are_matched_joined_with_commas() {
+    // Envoy matches `request.headers[...]` against every value joined with `,`
+    // (HeaderUtility::getAllOfHeaderAsString); the first value alone is not what it sees.
+    let deny = set(vec![policy(
+        "d",
+        "action: DENY\nrules:\n- when:\n  - key: request.headers[x-tag]\n    values: [\"*,admin\"]\n",
+    )]);
+    check(
+        &deny,
+        &[
+            (
+                Req::get("/")
+                    .header("x-tag", "user")
+                    .header("x-tag", "admin"),
+                false,
+            ),
+            (Req::get("/").header("x-tag", "user"), true),
+            (Req::get("/").header("x-tag", "admin"), true),
+        ],
+    );
+    assert_eq!(
+        joined_header([b"a".as_slice(), b"b", b"\xffc"].into_iter()).as_deref(),
+        Some("a,b,\u{fffd}c")
+    );
+    assert_eq!(joined_header(std::iter::empty()), None);
 }
 
 #[test]

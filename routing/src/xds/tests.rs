@@ -121,11 +121,13 @@ mod rbac_translation {
         fn path(&self) -> &str {
             self.path
         }
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| *v)
+        fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+            crate::authz::joined_header(
+                self.headers
+                    .iter()
+                    .filter(|(k, _)| *k == name)
+                    .map(|(_, v)| v.as_bytes()),
+            )
         }
     }
 

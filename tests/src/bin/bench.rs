@@ -511,10 +511,10 @@ impl AuthzView for BenchRequest {
     fn path(&self) -> &str {
         PATH
     }
-    fn header(&self, name: &str) -> Option<&str> {
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
         match name {
-            "user-agent" => Some(USER_AGENT),
-            "host" => Some(HOST),
+            "user-agent" => Some(USER_AGENT.into()),
+            "host" => Some(HOST.into()),
             _ => None,
         }
     }

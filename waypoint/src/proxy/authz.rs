@@ -3,12 +3,13 @@
 //! `RBAC: access denied`, `%RESPONSE_CODE_DETAILS%`
 //! `rbac_access_denied_matched_policy[<rule>|none]`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
-use routing::authz::{AuthzView, Decision, Jwt, Verdict};
+use routing::authz::{joined_header, AuthzView, Decision, Jwt, Verdict};
 
 use super::request::authority;
 use super::{RequestCtx, Waypoint};
@@ -50,8 +51,8 @@ impl AuthzView for HttpAuthz<'_> {
     fn path(&self) -> &str {
         self.req.uri.path_and_query().map_or("/", |p| p.as_str())
     }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.req.headers.get(name).and_then(|v| v.to_str().ok())
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        joined_header(self.req.headers.get_all(name).iter().map(|v| v.as_bytes()))
     }
     fn jwt(&self) -> Jwt<'_> {
         self.jwt.map_or(Jwt::None, Jwt::Claims)
