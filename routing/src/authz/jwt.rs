@@ -57,6 +57,10 @@ pub enum Jwks {
     Inline(String),
     /// Fetched over HTTP(S), cached and refreshed by the waypoint.
     Uri { uri: String, timeout: Duration },
+    /// Neither given: the `jwks_uri` of the issuer's OpenID configuration
+    /// (`<issuer>/.well-known/openid-configuration`), as istiod's JWKS resolver finds it
+    /// (`pilot/pkg/model/jwks_resolver.go`, `resolveJwksURIUsingOpenID`), then fetched as `Uri`.
+    Discovery { issuer: String, timeout: Duration },
 }
 
 /// Where a token is read from.
@@ -152,13 +156,21 @@ pub fn translate(
                 );
                 continue;
             }
+            (None, None) if issuer.starts_with("http://") || issuer.starts_with("https://") => {
+                Jwks::Discovery {
+                    issuer: issuer.clone(),
+                    timeout,
+                }
+            }
             (None, None) => {
-                // istiod would discover it from the issuer's OpenID configuration; this
-                // waypoint does not, and refuses rather than accept every token unverified.
+                // istiod's discovery of such an issuer fails and it installs a key nobody can
+                // sign with; refusing the rule says so where an operator looks.
                 err(
                     format!("{at}.jwksUri"),
-                    "give jwksUri or jwks (OpenID discovery from the issuer is not supported)"
-                        .into(),
+                    format!(
+                        "issuer {issuer:?} is not an http(s) URL, so its keys cannot be found by \
+                         OpenID discovery: give jwksUri or jwks"
+                    ),
                 );
                 continue;
             }
@@ -213,5 +225,45 @@ pub fn translate(
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(rule: serde_json::Value) -> Result<Vec<JwtProvider>, Vec<SpecError>> {
+        let spec: RequestAuthenticationSpec =
+            serde_json::from_value(serde_json::json!({"jwtRules": [rule]})).unwrap();
+        translate("default", "jwt", &spec)
+    }
+
+    #[test]
+    fn keys_come_from_the_rule_or_from_openid_discovery() {
+        let p = rules(serde_json::json!({"issuer": "https://idp.test", "jwks": "{\"keys\":[]}"}));
+        assert_eq!(p.unwrap()[0].jwks, Jwks::Inline("{\"keys\":[]}".into()));
+        let p = rules(
+            serde_json::json!({"issuer": "https://idp.test", "jwksUri": "https://idp.test/k"}),
+        );
+        assert!(
+            matches!(&p.unwrap()[0].jwks, Jwks::Uri { uri, .. } if uri == "https://idp.test/k")
+        );
+        // Neither: discovered from the issuer, within the rule's timeout.
+        let p = rules(serde_json::json!({"issuer": "https://idp.test", "timeout": "2s"}));
+        assert_eq!(
+            p.unwrap()[0].jwks,
+            Jwks::Discovery {
+                issuer: "https://idp.test".into(),
+                timeout: Duration::from_secs(2)
+            }
+        );
+        // An issuer that is no URL cannot be discovered: refused, naming the field.
+        let e = rules(serde_json::json!({"issuer": "testing@secure.istio.io"})).unwrap_err();
+        assert_eq!(e[0].field, "spec.jwtRules[0].jwksUri");
+        assert!(
+            e[0].message.contains("OpenID discovery"),
+            "{}",
+            e[0].message
+        );
     }
 }

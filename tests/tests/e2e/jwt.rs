@@ -46,28 +46,35 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// Serves `jwks` at `/jwks` on 127.0.0.1:0 and counts the fetches.
+/// Serves `jwks` at `/jwks` on 127.0.0.1:0 and counts the fetches; as an OpenID provider whose
+/// issuer is `http://ADDR`, it serves `/.well-known/openid-configuration` pointing there.
 async fn jwks_server(jwks: serde_json::Value) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fetches = Arc::new(AtomicU64::new(0));
     let counter = fetches.clone();
-    let body = jwks.to_string();
+    let jwks = jwks.to_string();
+    let openid = serde_json::json!({"issuer": format!("http://{addr}"), "jwks_uri": format!("http://{addr}/jwks")}).to_string();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (body, counter) = (body.clone(), counter.clone());
+            let (jwks, openid, counter) = (jwks.clone(), openid.clone(), counter.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: http::Request<_>| {
-                    let body = body.clone();
-                    if req.uri().path() == "/jwks" {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let (status, body) = match req.uri().path() {
+                        "/jwks" => {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            (200, jwks.clone())
+                        }
+                        "/.well-known/openid-configuration" => (200, openid.clone()),
+                        _ => (404, String::new()),
+                    };
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
+                                .status(status)
                                 .header("content-type", "application/json")
                                 .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                                 .unwrap(),
@@ -243,4 +250,34 @@ async fn request_authentication_verifies_tokens_and_feeds_authorization() {
         text.contains("token: verified https://issuer.test/alice"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_found_by_openid_discovery_when_no_jwks_is_given() {
+    // A jwtRule with neither jwks nor jwksUri: the keys are the `jwks_uri` of the issuer's
+    // `/.well-known/openid-configuration`, as istiod's JWKS resolver finds them.
+    let signer = Signer::new("k1");
+    let stranger = Signer::new("k1");
+    let (addr, fetches) = jwks_server(serde_json::json!({"keys": [signer.jwk]})).await;
+    let issuer = format!("http://{addr}");
+    let mut y = service_yaml("reviews", "10.0.0.10", 9080, "http");
+    y += &workload_yaml("reviews-v1", "@1", "reviews", "v1", "bookinfo-reviews");
+    y += &format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  targetRefs: [{{kind: Service, group: \"\", name: reviews}}]\n  jwtRules:\n  - issuer: {issuer}/\n---\n"
+    );
+    let mesh = Mesh::start(&y).await;
+    // The trailing `/` of the configured issuer is dropped for discovery, as istiod does;
+    // the token's `iss` must still equal the configured issuer.
+    let claims =
+        serde_json::json!({"iss": format!("{issuer}/"), "sub": "alice", "exp": now() + 600});
+    let good = format!("Bearer {}", signer.token("k1", claims.clone()));
+    let forged = format!("Bearer {}", stranger.token("k1", claims));
+    let (status, body, _) = get(&mesh, &[("authorization", &good)]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = get(&mesh, &[("authorization", &forged)]).await;
+    assert_eq!((status, body.as_str()), (401, "Jwt verification fails"));
+    let (status, body, _) = get(&mesh, &[("authorization", &good)]).await;
+    assert_eq!(status, 200, "{body}");
+    // Discovered and fetched once, then cached.
+    assert_eq!(fetches.load(Ordering::Relaxed), 1);
 }

@@ -63,40 +63,90 @@ impl JwksCache {
                 self.inline.lock().insert(doc.clone(), set.clone());
                 Ok(set)
             }
-            Jwks::Uri { uri, timeout } => {
-                let slot = self.remote.lock().entry(uri.clone()).or_default().clone();
-                let mut cached = slot.lock().await;
-                if let Some((at, keys)) = cached.as_ref() {
-                    if at.elapsed() < JWKS_CACHE_DURATION {
-                        return Ok(keys.clone());
-                    }
-                }
-                match tokio::time::timeout(*timeout, fetch(uri)).await {
-                    Ok(Ok(keys)) => {
-                        let keys = Arc::new(keys);
-                        *cached = Some((Instant::now(), keys.clone()));
-                        Ok(keys)
-                    }
-                    failed => {
-                        let why = match failed {
-                            Ok(Err(e)) => e,
-                            _ => format!("no answer within {timeout:?}"),
-                        };
-                        tracing::warn!(%uri, error = %why, "jwksUri fetch failed");
-                        // The last keys stay usable until a fetch succeeds.
-                        cached
-                            .as_ref()
-                            .map(|(_, k)| k.clone())
-                            .ok_or(format!("fetching {uri}: {why}"))
-                    }
-                }
+            Jwks::Uri { uri, timeout } => self.remote(uri, *timeout, fetch_jwks(uri)).await,
+            Jwks::Discovery { issuer, timeout } => {
+                let keys = async {
+                    let uri = discover_jwks_uri(issuer).await?;
+                    fetch_jwks(&uri).await
+                };
+                self.remote(issuer, *timeout, keys).await
+            }
+        }
+    }
+
+    /// Keys fetched by `fetch` under the cache slot `key`: cached for
+    /// [`JWKS_CACHE_DURATION`], one fetch at a time, the last keys kept when a fetch fails.
+    async fn remote(
+        &self,
+        key: &str,
+        timeout: Duration,
+        fetch: impl std::future::Future<Output = Result<JwkSet, String>>,
+    ) -> Result<Arc<JwkSet>, String> {
+        let slot = self
+            .remote
+            .lock()
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().await;
+        if let Some((at, keys)) = cached.as_ref() {
+            if at.elapsed() < JWKS_CACHE_DURATION {
+                return Ok(keys.clone());
+            }
+        }
+        match tokio::time::timeout(timeout, fetch).await {
+            Ok(Ok(keys)) => {
+                let keys = Arc::new(keys);
+                *cached = Some((Instant::now(), keys.clone()));
+                Ok(keys)
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e,
+                    _ => format!("no answer within {timeout:?}"),
+                };
+                tracing::warn!(source = %key, error = %why, "JWKS fetch failed");
+                // The last keys stay usable until a fetch succeeds.
+                cached
+                    .as_ref()
+                    .map(|(_, k)| k.clone())
+                    .ok_or(format!("fetching the keys of {key}: {why}"))
             }
         }
     }
 }
 
-/// GET `uri` (http or https, verified against the system's roots) and parse the JWKS.
-async fn fetch(uri: &str) -> Result<JwkSet, String> {
+/// GET `uri` and parse the JWKS.
+async fn fetch_jwks(uri: &str) -> Result<JwkSet, String> {
+    let body = fetch(uri).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("{uri}: not a JWKS document: {e}"))
+}
+
+/// The `jwks_uri` of `issuer`'s OpenID configuration (a trailing `/` of the issuer dropped,
+/// as istiod does).
+async fn discover_jwks_uri(issuer: &str) -> Result<String, String> {
+    let config = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let body = fetch(&config).await?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("{config}: not a JSON document: {e}"))?;
+    match doc.get("jwks_uri") {
+        Some(serde_json::Value::String(uri))
+            if uri.starts_with("http://") || uri.starts_with("https://") =>
+        {
+            Ok(uri.clone())
+        }
+        other => Err(format!(
+            "{config}: no http(s) jwks_uri in the OpenID configuration (found {other:?})"
+        )),
+    }
+}
+
+/// GET `uri` (http or https, verified against the system's roots): the body of a 2xx answer,
+/// at most [`MAX_JWKS_BYTES`].
+async fn fetch(uri: &str) -> Result<bytes::Bytes, String> {
     use http_body_util::{BodyExt, Empty, Limited};
     let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
     let https = parsed.scheme_str() == Some("https");
@@ -131,12 +181,11 @@ async fn fetch(uri: &str) -> Result<JwkSet, String> {
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
     }
-    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+    Ok(Limited::new(response.into_body(), MAX_JWKS_BYTES)
         .collect()
         .await
         .map_err(|e| format!("reading the body: {e}"))?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))
+        .to_bytes())
 }
 
 async fn send<S>(
