@@ -13,3 +13,4 @@ mod istio_template;
 mod manifests;
 mod validate;
 mod xds;
+mod xds_path;
