@@ -27,6 +27,7 @@ pub struct SnapshotBuilder {
     destination_rules: Vec<DestinationRule>,
     warnings: Vec<String>,
     authorization: Authorization,
+    pod_path: Option<crate::path::PathPolicy>,
 }
 
 impl SnapshotBuilder {
@@ -66,6 +67,12 @@ impl SnapshotBuilder {
         self
     }
 
+    /// Path handling for pod-addressed requests (xDS: the `direct-http` chain's).
+    pub fn pod_path(&mut self, policy: crate::path::PathPolicy) -> &mut Self {
+        self.pod_path = Some(policy);
+        self
+    }
+
     pub fn warning(&mut self, warning: impl Into<String>) -> &mut Self {
         self.warnings.push(warning.into());
         self
@@ -83,6 +90,7 @@ impl SnapshotBuilder {
             version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
             warnings: self.warnings,
             authorization: self.authorization,
+            pod_path: self.pod_path,
             ..Snapshot::default()
         };
         for (service, endpoints) in self.services {

@@ -71,6 +71,10 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Port on the endpoints (Istio `targetPort`, defaults to `number`).
     pub target_port: u16,
+    /// This port's own path handling (xDS: its chain's connection manager); `None` = the
+    /// process-wide `--path-normalization`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<crate::path::PathPolicy>,
 }
 
 /// A service (from a ServiceEntry).

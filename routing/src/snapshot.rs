@@ -87,6 +87,8 @@ pub struct Snapshot {
     pub(crate) clusters: HashMap<String, HashMap<u16, PortClusters>>,
     pub(crate) warnings: Vec<String>,
     pub(crate) authorization: crate::authz::Authorization,
+    /// Path handling for pod-addressed requests; `None` = the process default.
+    pub(crate) pod_path: Option<crate::path::PathPolicy>,
 }
 
 impl Snapshot {
@@ -109,6 +111,12 @@ impl Snapshot {
         self.service_index(host)
             .map(|i| self.endpoints[i].as_slice())
             .unwrap_or(&[])
+    }
+
+    /// Path handling of pod-addressed requests outside any service port (xDS: `direct-http`);
+    /// `None` = the process default.
+    pub fn pod_path(&self) -> Option<crate::path::PathPolicy> {
+        self.pod_path
     }
 
     /// The authorization policies in force.
@@ -329,6 +337,7 @@ impl Snapshot {
                 "policies": self.authorization.policies().iter().map(|p| &**p).collect::<Vec<_>>(),
                 "attachments": self.authorization.attachments(),
             },
+            "pod_path": self.pod_path,
             "warnings": self.warnings,
         })
     }

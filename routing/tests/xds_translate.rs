@@ -1196,3 +1196,117 @@ fn authz_unknown_network_filter_before_the_hcm_denies() {
         Verdict::Denied { rule, .. } if rule == "unenforced-filter[acme.sni_rewrite]"
     ));
 }
+
+/// Each chain's HCM path fields (istiod `buildHTTPConnectionManager`, per meshConfig
+/// `pathNormalization`) become its service port's path handling, and authorization meets the
+/// path as that handling leaves it.
+#[test]
+fn hcm_path_fields_are_per_service() {
+    use routing::path::{apply, EscapedSlashes::*, PathOutcome, PathPolicy};
+    let t = load("path_normalization.json");
+    assert!(
+        t.warnings.iter().all(|w| !w.message.contains("path")),
+        "{:?}",
+        t.warnings
+    );
+    let policy = |n: u8| -> PathPolicy {
+        let vip = format!("10.96.4.{n}:9080");
+        let Some(Destination::Service { port, .. }) = t.snapshot.resolve_destination(addr(&vip))
+        else {
+            panic!("{vip} is not a service VIP");
+        };
+        port.path.expect("the chain's HCM sets the path handling")
+    };
+    let p = |normalize_path, merge_slashes, escaped_slashes| PathPolicy {
+        normalize_path,
+        merge_slashes,
+        escaped_slashes,
+    };
+    assert_eq!(policy(1), p(true, false, KeepUnchanged), "BASE");
+    assert_eq!(policy(2), p(false, false, KeepUnchanged), "NONE");
+    assert_eq!(policy(3), p(true, true, KeepUnchanged), "MERGE_SLASHES");
+    assert_eq!(
+        policy(4),
+        p(true, true, UnescapeAndForward),
+        "DECODE_AND_MERGE"
+    );
+    assert_eq!(policy(5), p(true, true, RejectRequest));
+    assert_eq!(policy(6), p(true, true, UnescapeAndRedirect));
+    // The meshConfig modes are what istiod writes for them.
+    for (mode, n) in [("BASE", 1), ("NONE", 2), ("MERGE_SLASHES", 3)] {
+        let m: routing::path::PathNormalization = mode.parse().unwrap();
+        assert_eq!(PathPolicy::from(m), policy(n), "{mode}");
+    }
+    let m: routing::path::PathNormalization = "DECODE_AND_MERGE_SLASHES".parse().unwrap();
+    assert_eq!(PathPolicy::from(m), policy(4));
+
+    // What the DENY on /admin decides for the path as each service's HCM leaves it.
+    let rule = "ns[default]-policy[deny-admin]-rule[0]";
+    let decide_at = |n: u8, raw: &str| -> String {
+        match apply(raw, &policy(n)) {
+            PathOutcome::Reject => "400".to_string(),
+            PathOutcome::Redirect(to) => format!("307 {to}"),
+            outcome => {
+                let path = match outcome {
+                    PathOutcome::Rewrite(p) => p,
+                    _ => raw.to_string(),
+                };
+                let req = AuthzReq::get(Box::leak(path.into_boxed_str()));
+                let host = format!("p{n}.default.svc.cluster.local");
+                match decide(&t, Some(&host), &req).verdict {
+                    v if v == denied_by(rule) => "403".to_string(),
+                    v if v.allowed() => "allowed".to_string(),
+                    v => format!("{v:?}"),
+                }
+            }
+        }
+    };
+    for (raw, expect) in [
+        ("/admin", ["403", "403", "403", "403", "403", "403"]),
+        (
+            "/x/../admin",
+            ["403", "allowed", "403", "403", "403", "403"],
+        ),
+        (
+            "//admin",
+            ["allowed", "allowed", "403", "403", "403", "403"],
+        ),
+        (
+            "/x%2F..%2Fadmin",
+            ["allowed", "allowed", "allowed", "403", "400", "307 /admin"],
+        ),
+        (
+            "/ok",
+            [
+                "allowed", "allowed", "allowed", "allowed", "allowed", "allowed",
+            ],
+        ),
+    ] {
+        for (i, want) in expect.iter().enumerate() {
+            assert_eq!(decide_at(i as u8 + 1, raw), *want, "p{} {raw}", i + 1);
+        }
+    }
+
+    // `/config_dump` shows each port's handling.
+    let dump = t.snapshot.to_json();
+    let p3 = dump["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"]["hostname"] == "p3.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(
+        p3["service"]["ports"][0]["path"],
+        serde_json::json!({"normalize_path": true, "merge_slashes": true, "escaped_slashes": "KEEP_UNCHANGED"})
+    );
+
+    // An HCM without the fields (not istiod's: it always sets normalize_path) is Envoy's
+    // defaults: no normalization, escaped slashes kept.
+    let b = load("bookinfo.json");
+    let Some(Destination::Service { port, .. }) =
+        b.snapshot.resolve_destination(addr("10.96.0.12:9080"))
+    else {
+        panic!("reviews VIP");
+    };
+    assert_eq!(port.path, Some(PathPolicy::default()));
+}

@@ -129,8 +129,20 @@ pub struct Explanation {
     pub destinations: Vec<DestinationReport>,
     /// What applies to the request besides the destination (timeouts, retries, …).
     pub policy: Vec<String>,
+    /// How the destination's connection manager handles the path, and what became of it.
+    pub path: PathReport,
     /// The authorization decision, when policies apply to the destination.
     pub authorization: Option<AuthzExplanation>,
+}
+
+/// The path handling the request meets before authorization and routing.
+#[derive(Debug, Serialize)]
+pub struct PathReport {
+    pub policy: routing::path::PathPolicy,
+    /// The path authorization and routing see, when it differs from the request's.
+    pub normalized: Option<String>,
+    /// The waypoint answers itself (escaped slashes rejected or redirected).
+    pub local_reply: Option<String>,
 }
 
 /// Which policies applied, how each rule evaluated, and the decision — what the data path
@@ -234,10 +246,6 @@ fn authenticate(
 /// Explain `args` against `snapshot`.
 pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, String> {
     let mut target = parse_url(&args.url)?;
-    // As the data path: normalized before authorization and routing.
-    if let Some(p) = routing::path::normalize(&target.path, args.waypoint.path_normalization) {
-        target.path = p;
-    }
     // Pod-addressed requests get the waypoint-wide policies (istiod's direct chains).
     let mut pod_addressed = false;
     let (service, port) = match target.host.parse::<IpAddr>() {
@@ -296,6 +304,35 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
             (service, port)
         }
     };
+    // As the data path: the destination's path handling (its connection manager under xDS,
+    // else the process-wide setting), before authorization and routing.
+    let path_policy = if pod_addressed {
+        snapshot.pod_path()
+    } else {
+        port.path
+    }
+    .unwrap_or_else(|| args.waypoint.path_normalization.into());
+    let mut path_report = PathReport {
+        policy: path_policy,
+        normalized: None,
+        local_reply: None,
+    };
+    match routing::path::apply(&target.path, &path_policy) {
+        routing::path::PathOutcome::Unchanged => {}
+        routing::path::PathOutcome::Rewrite(p) => {
+            path_report.normalized = Some(p.clone());
+            target.path = p;
+        }
+        routing::path::PathOutcome::Reject => {
+            path_report.local_reply = Some("400 path_normalization_failed".to_string());
+        }
+        routing::path::PathOutcome::Redirect(p) => {
+            // What the client meets when it follows the redirect is explained below.
+            path_report.local_reply = Some(format!("307 location: {p}"));
+            path_report.normalized = Some(p.clone());
+            target.path = p;
+        }
+    }
     let source_labels = args
         .source_ip
         .and_then(|ip| snapshot.endpoint_by_ip(ip))
@@ -401,6 +438,7 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
         routing,
         destinations,
         policy,
+        path: path_report,
         authorization,
     })
 }
@@ -478,6 +516,12 @@ impl Explanation {
             "service    {} port {} ({})",
             self.service, self.port, self.protocol
         );
+        if let Some(p) = &self.path.normalized {
+            let _ = writeln!(out, "path       {p} (normalized)");
+        }
+        if let Some(r) = &self.path.local_reply {
+            let _ = writeln!(out, "path       => answered by the waypoint: {r}");
+        }
         if let Some(a) = &self.authorization {
             let _ = writeln!(out, "\nauthorization");
             if let Some(authn) = &a.authentication {

@@ -17,6 +17,7 @@ use crate::model::{
     spiffe_identity, DestinationRule, Endpoint, HttpRoute, Protocol, RouteDestination, Service,
     ServicePort, Subset, VirtualService,
 };
+use crate::path::PathPolicy;
 use crate::policy::{ClusterPolicy, HashKey, PortTrafficPolicy, TrafficPolicy};
 use crate::tcp::{TcpMatch, TcpRoute};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpSpecifier;
@@ -47,6 +48,8 @@ const INFRA_CLUSTERS: &[&str] = &[
 struct PortAcc {
     chains: BTreeSet<String>,
     http2: bool,
+    /// The HTTP chain's path handling.
+    path: Option<PathPolicy>,
 }
 
 #[derive(Default)]
@@ -210,8 +213,10 @@ pub(crate) fn translate(
                 rds,
                 http2,
                 default_fault,
+                path,
             } => {
                 port_acc.http2 |= *http2;
+                set_path(port_acc, chain, *path, &mut diag);
                 let at = if *rds {
                     At {
                         type_url: ROUTE_TYPE,
@@ -266,7 +271,9 @@ pub(crate) fn translate(
                     }
                 }
             }
-            ChainKind::Http { routes: None, .. } => {}
+            ChainKind::Http {
+                routes: None, path, ..
+            } => set_path(port_acc, chain, *path, &mut diag),
             ChainKind::Tcp(tcp) => {
                 let at = At {
                     type_url: LISTENER_TYPE,
@@ -339,6 +346,9 @@ pub(crate) fn translate(
     }
     let mut builder = SnapshotBuilder::new();
     builder.authorization(access::authorization(&main.authz));
+    if let Some(p) = main.direct_path {
+        builder.pod_path(p);
+    }
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
         build_service(
@@ -362,6 +372,31 @@ pub(crate) fn translate(
         snapshot: builder.build(),
         warnings: diag.warnings,
     })
+}
+
+/// One path handling per service port: two HTTP chains that disagree get the stricter of each
+/// setting (escaped slashes that differ: rejected), so no path passes less normalized.
+fn set_path(acc: &mut PortAcc, chain: &str, path: PathPolicy, diag: &mut Diag) {
+    match acc.path {
+        None => acc.path = Some(path),
+        Some(p) if p == path => {}
+        Some(p) => {
+            diag.warn(
+                LISTENER_TYPE,
+                listener::MAIN_INTERNAL,
+                format!("chain {chain}: path handling differs from another chain of its port; the stricter of each is used"),
+            );
+            acc.path = Some(PathPolicy {
+                normalize_path: p.normalize_path || path.normalize_path,
+                merge_slashes: p.merge_slashes || path.merge_slashes,
+                escaped_slashes: if p.escaped_slashes == path.escaped_slashes {
+                    p.escaped_slashes
+                } else {
+                    crate::path::EscapedSlashes::RejectRequest
+                },
+            });
+        }
+    }
 }
 
 fn tcp_destination(
@@ -473,6 +508,7 @@ fn build_service(
             name,
             protocol,
             target_port,
+            path: p.path,
         });
     }
     // Endpoints: union over the service's clusters; subset membership as labels.

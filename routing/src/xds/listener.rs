@@ -17,11 +17,12 @@ use super::matchers::Issue;
 use super::route;
 use super::{decode_any, At, Diag};
 use crate::actions::Fault;
+use crate::path::{EscapedSlashes, PathPolicy};
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{PathWithEscapedSlashesAction, RouteSpecifier};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
@@ -80,6 +81,8 @@ pub(crate) enum ChainKind {
         rds: bool,
         http2: bool,
         default_fault: Option<Fault>,
+        /// The HCM's path handling.
+        path: PathPolicy,
     },
     Tcp(Box<TcpProxy>),
 }
@@ -93,6 +96,8 @@ pub(crate) struct MainListener {
     pub(crate) chains: BTreeMap<String, ChainKind>,
     /// Chain name → its authorization (service chains and `direct-*`).
     pub(crate) authz: BTreeMap<String, ChainAuthz>,
+    /// `direct-http`'s path handling (pod-addressed requests).
+    pub(crate) direct_path: Option<PathPolicy>,
 }
 
 /// RDS names the listener's HCMs reference.
@@ -176,6 +181,10 @@ fn main_internal(
             // the chain's policies are the waypoint-wide ones.
             out.authz
                 .insert(chain.name.clone(), access::chain(chain, at, diag));
+            if chain.name == "direct-http" {
+                out.direct_path =
+                    chain_hcm(chain).and_then(|hcm| path_policy(&chain.name, &hcm, at, diag));
+            }
             continue;
         }
         if super::names::ClusterName::parse(&chain.name).is_none() {
@@ -483,6 +492,63 @@ fn other_filter(chain: &str, f: &Filter, any: &Any, at: At<'_>, diag: &mut Diag)
     }
 }
 
+/// The chain's connection manager, if it has one that decodes.
+fn chain_hcm(chain: &FilterChain) -> Option<HttpConnectionManager> {
+    chain.filters.iter().find_map(|f| match &f.config_type {
+        Some(ConfigType::TypedConfig(any)) => decode_any::<HttpConnectionManager>(any)?.ok(),
+        _ => None,
+    })
+}
+
+/// The HCM's `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action`.
+/// `normalize_path` unset is Envoy's runtime default (`false`); istiod always sets it
+/// (`buildHTTPConnectionManager`: `false` only for meshConfig `pathNormalization: NONE`).
+fn path_policy(
+    chain: &str,
+    hcm: &HttpConnectionManager,
+    at: At<'_>,
+    diag: &mut Diag,
+) -> Option<PathPolicy> {
+    let escaped_slashes =
+        match PathWithEscapedSlashesAction::try_from(hcm.path_with_escaped_slashes_action) {
+            Ok(
+                PathWithEscapedSlashesAction::ImplementationSpecificDefault
+                | PathWithEscapedSlashesAction::KeepUnchanged,
+            ) => EscapedSlashes::KeepUnchanged,
+            Ok(PathWithEscapedSlashesAction::RejectRequest) => EscapedSlashes::RejectRequest,
+            Ok(PathWithEscapedSlashesAction::UnescapeAndRedirect) => {
+                EscapedSlashes::UnescapeAndRedirect
+            }
+            Ok(PathWithEscapedSlashesAction::UnescapeAndForward) => {
+                EscapedSlashes::UnescapeAndForward
+            }
+            Err(_) => {
+                at.reject(
+                    diag,
+                    format!(
+                        "chain {chain}: path_with_escaped_slashes_action {} is not a known action",
+                        hcm.path_with_escaped_slashes_action
+                    ),
+                );
+                return None;
+            }
+        };
+    if hcm.typed_header_validation_config.is_some() {
+        at.warn(
+            diag,
+            format!(
+                "chain {chain}: typed_header_validation_config is not supported; the path is \
+                 handled by normalize_path, merge_slashes and path_with_escaped_slashes_action"
+            ),
+        );
+    }
+    Some(PathPolicy {
+        normalize_path: hcm.normalize_path.as_ref().is_some_and(|b| b.value),
+        merge_slashes: hcm.merge_slashes,
+        escaped_slashes,
+    })
+}
+
 fn http_chain(
     chain: &str,
     hcm: &HttpConnectionManager,
@@ -490,6 +556,7 @@ fn http_chain(
     at: At<'_>,
     diag: &mut Diag,
 ) -> Option<ChainKind> {
+    let path = path_policy(chain, hcm, at, diag)?;
     let mut default_fault = None;
     for hf in &hcm.http_filters {
         if hf.disabled {
@@ -570,5 +637,6 @@ fn http_chain(
         rds,
         http2: hcm.http2_protocol_options.is_some(),
         default_fault,
+        path,
     })
 }

@@ -201,6 +201,7 @@ fn parse_ports(at: &DocRef, ports: Vec<PortY>, diag: &mut Diag) -> Vec<ServicePo
             protocol: Protocol::from_port(&name, p.protocol.as_deref()),
             name,
             target_port,
+            path: None,
         });
     }
     out

@@ -180,23 +180,6 @@ impl ProxyHttp for Waypoint {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header_mut();
-        // Normalized before authorization and routing see it, as Envoy's connection manager
-        // does: `/x/../admin` meets the policies and routes of `/admin`.
-        if let Some(normal) = req
-            .uri
-            .path_and_query()
-            .and_then(|p| routing::path::normalize(p.as_str(), self.path_normalization))
-        {
-            match normal.parse::<http::Uri>() {
-                Ok(uri) => req.set_uri(uri),
-                Err(_) => {
-                    return self
-                        .reply(session, ctx, 400, "", "path_normalization_failed")
-                        .await
-                }
-            }
-        }
-        let req = session.req_header_mut();
         ctx.request_id = match req
             .headers
             .get("x-request-id")
@@ -217,12 +200,26 @@ impl ProxyHttp for Waypoint {
         };
         let snapshot = ctx.snapshot.clone();
         let (service, port) = match snapshot.resolve_destination(tunnel.original_dst) {
-            Some(Destination::Service { service, port }) => (service, port),
+            Some(Destination::Service { service, port }) => {
+                // The service's own connection manager setting (xDS), else the process-wide one.
+                let policy = port.path.unwrap_or_else(|| self.path_normalization.into());
+                if let Some(replied) = self.normalize_path(session, ctx, &policy).await? {
+                    return Ok(replied);
+                }
+                (service, port)
+            }
             Some(Destination::Pod {
                 endpoint,
                 port,
                 services,
             }) => {
+                // istiod's `direct-http` chain serves pod-addressed requests, whatever their Host.
+                let policy = snapshot
+                    .pod_path()
+                    .unwrap_or_else(|| self.path_normalization.into());
+                if let Some(replied) = self.normalize_path(session, ctx, &policy).await? {
+                    return Ok(replied);
+                }
                 // Pod-addressed: the Host header names the service whose routes apply.
                 let host = authority(session.req_header()).unwrap_or("");
                 let by_host = snapshot

@@ -17,6 +17,52 @@ use crate::tunnel::TunnelInfo;
 use routing::Protocol;
 
 impl Waypoint {
+    /// The request's path as the destination's connection manager leaves it, before
+    /// authorization and routing see it (`/x/../admin` meets the policies and routes of
+    /// `/admin`). `Some(replied)` when the request was answered here: 400 for a path the
+    /// policy rejects, 307 to the unescaped path for `UNESCAPE_AND_REDIRECT` (gRPC: rejected,
+    /// as Envoy does, with grpc-status 13).
+    pub(super) async fn normalize_path(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: &routing::path::PathPolicy,
+    ) -> Result<Option<bool>> {
+        use routing::path::PathOutcome;
+        const DETAILS: &str = "path_normalization_failed";
+        let req = session.req_header_mut();
+        let Some(pq) = req.uri.path_and_query() else {
+            return Ok(None);
+        };
+        let grpc = header_str(req, "content-type").starts_with("application/grpc");
+        let outcome = routing::path::apply(pq.as_str(), policy);
+        let replied = match outcome {
+            PathOutcome::Unchanged => return Ok(None),
+            PathOutcome::Rewrite(p) => match p.parse::<http::Uri>() {
+                Ok(uri) => {
+                    req.set_uri(uri);
+                    return Ok(None);
+                }
+                Err(_) => self.reply(session, ctx, 400, "", DETAILS).await?,
+            },
+            PathOutcome::Reject | PathOutcome::Redirect(_) if grpc => {
+                let headers = [
+                    ("content-type".to_string(), "application/grpc".to_string()),
+                    ("grpc-status".to_string(), "13".to_string()),
+                ];
+                self.local_reply(session, ctx, 200, &headers, None, "", DETAILS)
+                    .await?
+            }
+            PathOutcome::Reject => self.reply(session, ctx, 400, "", DETAILS).await?,
+            PathOutcome::Redirect(location) => {
+                let headers = [("location".to_string(), location)];
+                self.local_reply(session, ctx, 307, &headers, None, "", DETAILS)
+                    .await?
+            }
+        };
+        Ok(Some(replied))
+    }
+
     /// The upstream HTTP/1.1 response has been read to its end: the tunnel can go back to the
     /// pool at pingora's reuse test (see hbone/pool.rs). h2 upstreams are pingora's own.
     pub(super) fn response_complete(&self, ctx: &RequestCtx) {

@@ -13,3 +13,5 @@ mod istio_template;
 mod manifests;
 mod validate;
 mod xds;
+mod xds_authz;
+mod xds_path;

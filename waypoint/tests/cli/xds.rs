@@ -164,7 +164,7 @@ fn share(seen: &BTreeMap<String, usize>, pod: &str) -> f64 {
     *seen.get(pod).unwrap_or(&0) as f64 / total as f64
 }
 
-async fn wait_ack(server: &AdsServer, versions: &BTreeMap<&'static str, String>) {
+pub(crate) async fn wait_ack(server: &AdsServer, versions: &BTreeMap<&'static str, String>) {
     for (t, v) in versions {
         assert!(
             server.wait_for_ack(t, v, Duration::from_secs(10)).await,
