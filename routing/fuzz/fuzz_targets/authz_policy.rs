@@ -153,11 +153,13 @@ impl AuthzView for Req<'_> {
     fn path(&self) -> &str {
         self.path
     }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        routing::authz::joined_header(
+            self.headers
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_bytes()),
+        )
     }
     fn jwt(&self) -> Jwt<'_> {
         match (self.unverifiable, self.jwt) {

@@ -99,8 +99,8 @@ impl AuthzView for View {
     fn path(&self) -> &str {
         self.path
     }
-    fn header(&self, name: &str) -> Option<&str> {
-        (name == "x-a").then_some("1")
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        (name == "x-a").then_some("1".into())
     }
 }
 
