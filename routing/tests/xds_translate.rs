@@ -980,6 +980,15 @@ fn authz_f10_custom_denies_matching_requests_only() {
         p.kind,
         routing::authz::ext::ExtAuthzKind::Http { .. }
     ));
+    // includeRequestBodyInCheck (istiod's `withRequestBody`): the body buffer.
+    assert_eq!(
+        p.body,
+        Some(routing::authz::ext::BodyBuffer {
+            max_bytes: 4096,
+            allow_partial: true,
+            pack_as_bytes: false,
+        })
+    );
 }
 
 #[test]
@@ -1080,6 +1089,68 @@ fn authz_ext_authz_without_shadow_rules_denies_everything() {
         "{v:?}"
     );
     assert!(warned(&t, "applies to every request"));
+}
+
+/// F10's ext_authz filter with `edit` applied.
+fn f10_ext_authz_edited(edit: impl FnOnce(&mut serde_json::Value)) -> Translation {
+    authz_edited("f10", |f| {
+        let x = f
+            .iter_mut()
+            .find(|x| x["name"] == "envoy.filters.http.ext_authz")
+            .unwrap();
+        edit(&mut x["typedConfig"]);
+    })
+}
+
+#[test]
+fn authz_ext_authz_request_body_grpc_and_limits() {
+    use routing::authz::ext::{BodyBuffer, ExtAuthzKind};
+    // istiod's generateGRPCConfig shape, with includeRequestBodyInCheck packAsBytes.
+    let grpc = "outbound|9000||ext-authz-grpc.foo.svc.cluster.local";
+    let t = f10_ext_authz_edited(|x| {
+        x.as_object_mut().unwrap().remove("httpService");
+        x["grpcService"] = serde_json::json!({
+            "envoyGrpc": {"clusterName": grpc,
+                          "authority": "outbound_.9000_._.ext-authz-grpc.foo.svc.cluster.local"},
+            "timeout": "600s"});
+        x["withRequestBody"] = serde_json::json!({"maxRequestBytes": 1024, "packAsBytes": true});
+    });
+    let p = t
+        .snapshot
+        .authorization()
+        .provider(grpc)
+        .expect("translated");
+    assert_eq!(p.kind, ExtAuthzKind::Grpc);
+    assert_eq!(p.body, Some(BodyBuffer::new(1024, false, true).unwrap()));
+
+    // More than the waypoint can buffer and replay (64 KiB), or zero (Envoy's `gt: 0`): no
+    // authorizer, so the CUSTOM rules deny; a warning says why.
+    let http = "outbound|8000||ext-authz.foo.svc.cluster.local";
+    for (max, why) in [
+        (serde_json::json!(65537), "more than this proxy can buffer"),
+        (serde_json::json!(0), "at least 1"),
+    ] {
+        let t = f10_ext_authz_edited(|x| x["withRequestBody"]["maxRequestBytes"] = max);
+        assert!(t.snapshot.authorization().provider(http).is_none());
+        assert!(
+            matches!(
+                verdict(&t, "f10", &AuthzReq::get("/admin")),
+                Verdict::CustomUnavailable { .. }
+            ),
+            "{why}"
+        );
+        assert!(
+            warned(&t, why) && warned(&t, "with_request_body"),
+            "{why}: {:?}",
+            t.warnings
+        );
+    }
+    // Exactly the limit is fine.
+    let t = f10_ext_authz_edited(|x| x["withRequestBody"]["maxRequestBytes"] = 65536.into());
+    assert_eq!(
+        t.snapshot.authorization().provider(http).unwrap().body,
+        Some(BodyBuffer::new(65536, true, false).unwrap())
+    );
 }
 
 #[test]

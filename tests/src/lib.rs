@@ -442,6 +442,17 @@ pub async fn reviews_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    reviews_request_with_body(client, method, path, headers, Bytes::new()).await
+}
+
+/// [`reviews_request`] with a request body (sent with its content-length).
+pub async fn reviews_request_with_body(
+    client: &sim::ZtunnelClient,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
     use http_body_util::BodyExt;
     let mut http = client
         .http1("10.0.0.10:9080".parse().expect("static"))
@@ -456,10 +467,7 @@ pub async fn reviews_request(
         req = req.header(*k, *v);
     }
     let resp = http
-        .send_request(
-            req.body(http_body_util::Full::new(Bytes::new()))
-                .expect("request"),
-        )
+        .send_request(req.body(http_body_util::Full::new(body)).expect("request"))
         .await
         .expect("response");
     let (parts, body) = resp.into_parts();

@@ -1,10 +1,11 @@
 //! istiod's `envoy.filters.http.ext_authz` (`pilot/pkg/security/authz/builder/extauthz.go`,
 //! `generateHTTPConfig` / `generateGRPCConfig`) → the external authorizer the waypoint calls
 //! for CUSTOM rules: the service from the `outbound|PORT||HOST` cluster (or the URI), the
-//! timeout, `failure_mode_allow` (the provider's `failOpen`), `status_on_error`, and for HTTP
-//! the path prefix and the header lists. What this proxy cannot do as Envoy would (a request
-//! body in the check, header matchers other than exact/prefix/suffix) returns the reason: the
-//! CUSTOM rules then deny.
+//! timeout, `failure_mode_allow` (the provider's `failOpen`), `status_on_error`, for HTTP the
+//! path prefix and the header lists, and `with_request_body` (istiod's `withBodyRequest` of
+//! `includeRequestBodyInCheck`) as the body buffer. What this proxy cannot do as Envoy would (a
+//! body buffer over [`crate::authz::ext::MAX_BODY_BYTES`], header matchers other than
+//! exact/prefix/suffix) returns the reason: the CUSTOM rules then deny.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher;
 
 use super::names::ClusterName;
-use crate::authz::ext::{ExtAuthzKind, ExtAuthzProvider};
+use crate::authz::ext::{BodyBuffer, ExtAuthzKind, ExtAuthzProvider};
 
 /// Envoy's default check timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
@@ -78,9 +79,17 @@ fn names(list: Option<&ListStringMatcher>) -> Result<Vec<String>, String> {
 }
 
 pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, String> {
-    if x.with_request_body.is_some() {
-        return Err("the request body in the check is not supported".into());
-    }
+    let body = x
+        .with_request_body
+        .map(|b| {
+            BodyBuffer::new(
+                b.max_request_bytes,
+                b.allow_partial_message,
+                b.pack_as_bytes,
+            )
+        })
+        .transpose()
+        .map_err(|e| format!("with_request_body: {e}"))?;
     let status_on_error = x
         .status_on_error
         .as_ref()
@@ -151,6 +160,7 @@ pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, Str
         timeout,
         fail_open: x.failure_mode_allow,
         status_on_error,
+        body,
         kind,
     })
 }

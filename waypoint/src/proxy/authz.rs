@@ -11,12 +11,17 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use routing::authz::{joined_header, AuthzView, Decision, Jwt, Verdict};
 
+use super::ext_authz;
 use super::request::authority;
 use super::{RequestCtx, Waypoint};
 use crate::tunnel::TunnelInfo;
 
 /// Envoy's RBAC local reply body.
 pub const DENIED_BODY: &str = "RBAC: access denied";
+
+/// `%RESPONSE_CODE_DETAILS%` of a request whose body, read for an ext_authz check, went past
+/// what can be replayed to the upstream (pingora's 64 KiB retry buffer): answered 413, closed.
+pub const UNREPLAYABLE_DETAILS: &str = "ext_authz_request_body_over_replay_buffer";
 
 /// A request as authorization reads it.
 pub struct HttpAuthz<'a> {
@@ -196,11 +201,64 @@ impl Waypoint {
                 jwt: claims.as_ref(),
             }),
             Some((Some(provider), m)) => {
-                let check =
-                    super::ext_authz::check(provider, session.req_header(), tunnel.principal())
-                        .await;
+                // The body first, when the provider takes it (Envoy buffers before the call).
+                let body = match provider.body {
+                    None => None,
+                    Some(settings) => match ext_authz::body::read(session, settings).await? {
+                        ext_authz::BodyRead::Ready(body) => body,
+                        // Envoy's buffer limit: 413 before any call, whatever failOpen says.
+                        ext_authz::BodyRead::TooLarge => {
+                            let headers = [("content-type".to_string(), "text/plain".to_string())];
+                            return self
+                                .local_reply(
+                                    session,
+                                    ctx,
+                                    413,
+                                    &headers,
+                                    Some(bytes::Bytes::from_static(b"Payload Too Large")),
+                                    "",
+                                    "request_payload_too_large",
+                                )
+                                .await;
+                        }
+                        // The body could not be forwarded whole: closed, whatever failOpen says.
+                        ext_authz::BodyRead::Unreplayable { read } => {
+                            ext_authz::body::warn_unreplayable(&provider.name, read);
+                            let decision = Decision {
+                                verdict: Verdict::CustomUnavailable {
+                                    policy: m.policy.clone(),
+                                    rule: m.rule.clone(),
+                                    provider: m.provider.clone(),
+                                },
+                                audited: Vec::new(),
+                                dry_run: None,
+                            };
+                            self.telemetry.metrics.authz.record(&decision, true);
+                            ctx.authz = AuthzNote::from(&decision);
+                            let headers = [("content-type".to_string(), "text/plain".to_string())];
+                            return self
+                                .local_reply(
+                                    session,
+                                    ctx,
+                                    413,
+                                    &headers,
+                                    Some(bytes::Bytes::from_static(b"Payload Too Large")),
+                                    "UAEX",
+                                    UNREPLAYABLE_DETAILS,
+                                )
+                                .await;
+                        }
+                    },
+                };
+                let check = ext_authz::check(
+                    provider,
+                    session.req_header(),
+                    body.as_ref(),
+                    tunnel.principal(),
+                )
+                .await;
                 let denial = match check {
-                    super::ext_authz::Check::Allow {
+                    ext_authz::Check::Allow {
                         upstream,
                         downstream,
                     } => {
@@ -211,11 +269,11 @@ impl Waypoint {
                         ctx.extra_response_headers.extend(downstream);
                         None
                     }
-                    super::ext_authz::Check::Error(e) if provider.fail_open => {
+                    ext_authz::Check::Error(e) if provider.fail_open => {
                         tracing::debug!(provider = %provider.name, error = %e, "authorizer failed; failOpen");
                         None
                     }
-                    super::ext_authz::Check::Error(e) => {
+                    ext_authz::Check::Error(e) => {
                         tracing::debug!(provider = %provider.name, error = %e, "authorizer failed");
                         Some((
                             provider.status_on_error,
@@ -228,7 +286,7 @@ impl Waypoint {
                             },
                         ))
                     }
-                    super::ext_authz::Check::Deny {
+                    ext_authz::Check::Deny {
                         status,
                         headers,
                         body,

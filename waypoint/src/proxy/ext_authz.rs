@@ -6,6 +6,9 @@
 //! `headersToDownstreamOnDeny`). gRPC — `envoy.service.auth.v3.Authorization/Check`; OK allows
 //! with the ok response's headers, otherwise the denied response. A failed check (connection,
 //! timeout) follows `failOpen` (default closed: `statusOnError`, 403 unless set).
+//! `includeRequestBodyInCheck` sends the request body too (see [`body`]): HTTP — as the check
+//! request's body; gRPC — `attributes.request.http.body` (or `raw_body` with `packAsBytes`); both
+//! with `x-envoy-auth-partial-body`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +19,10 @@ use envoy_types::pb::envoy::service::auth::v3 as auth;
 use http_body_util::{BodyExt, Full, Limited};
 use pingora_http::RequestHeader;
 use serde::Deserialize;
+
+pub mod body;
+
+pub use body::{BodyRead, CheckBody, PARTIAL_BODY_HEADER};
 
 /// Istio's default check timeout (`timeoutOrDefault`).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -64,6 +71,7 @@ struct HttpY {
     headers_to_downstream_on_deny: Vec<String>,
     #[serde(default)]
     headers_to_downstream_on_allow: Vec<String>,
+    include_request_body_in_check: Option<BodyY>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,9 +83,22 @@ struct GrpcY {
     #[serde(default)]
     fail_open: bool,
     status_on_error: Option<String>,
+    include_request_body_in_check: Option<BodyY>,
 }
 
-pub use routing::authz::ext::{ExtAuthzKind as Kind, ExtAuthzProvider as Provider};
+/// `includeRequestBodyInCheck` (meshConfig `EnvoyExternalAuthorizationRequestBody`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BodyY {
+    #[serde(default)]
+    max_request_bytes: u32,
+    #[serde(default)]
+    allow_partial_message: bool,
+    #[serde(default)]
+    pack_as_bytes: bool,
+}
+
+pub use routing::authz::ext::{BodyBuffer, ExtAuthzKind as Kind, ExtAuthzProvider as Provider};
 
 /// The providers of a meshConfig YAML file (`extensionProviders`), by name. Providers of other
 /// kinds (tracing, logging) are ignored; malformed ext_authz ones are errors naming them.
@@ -109,6 +130,18 @@ pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> 
                 .filter(|c| (100..600).contains(c))
                 .ok_or_else(|| at(&format!("statusOnError {s:?} is not an HTTP status"))),
         };
+        let body = |b: &Option<BodyY>| {
+            b.as_ref()
+                .map(|b| {
+                    BodyBuffer::new(
+                        b.max_request_bytes,
+                        b.allow_partial_message,
+                        b.pack_as_bytes,
+                    )
+                })
+                .transpose()
+                .map_err(|e| at(&format!("includeRequestBodyInCheck: {e}")))
+        };
         let provider = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
             (Some(h), None) => Provider {
                 name: p.name.clone(),
@@ -116,6 +149,7 @@ pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> 
                 timeout: timeout(&h.timeout)?,
                 fail_open: h.fail_open,
                 status_on_error: status(&h.status_on_error)?,
+                body: body(&h.include_request_body_in_check)?,
                 kind: Kind::Http {
                     path_prefix: h.path_prefix.clone().unwrap_or_default(),
                     request_headers: h
@@ -140,6 +174,7 @@ pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> 
                 timeout: timeout(&g.timeout)?,
                 fail_open: g.fail_open,
                 status_on_error: status(&g.status_on_error)?,
+                body: body(&g.include_request_body_in_check)?,
                 kind: Kind::Grpc,
             },
             (Some(_), Some(_)) => return Err(at("both envoyExtAuthzHttp and envoyExtAuthzGrpc")),
@@ -170,6 +205,14 @@ fn parse_seconds(s: &str) -> Option<Duration> {
         _ => return None,
     };
     (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+fn partial_value(b: &CheckBody) -> &'static str {
+    if b.partial {
+        "true"
+    } else {
+        "false"
+    }
 }
 
 /// Whether `name` is in `patterns` (exact, `prefix*`, `*suffix`).
@@ -203,12 +246,17 @@ pub enum Check {
     Error(String),
 }
 
-/// Ask `provider` about `req`.
-pub async fn check(provider: &Provider, req: &RequestHeader, source: &str) -> Check {
+/// Ask `provider` about `req` (with its body when the provider takes it).
+pub async fn check(
+    provider: &Provider,
+    req: &RequestHeader,
+    body: Option<&CheckBody>,
+    source: &str,
+) -> Check {
     let call = async {
         match &provider.kind {
-            Kind::Http { .. } => check_http(provider, req).await,
-            Kind::Grpc => check_grpc(provider, req, source).await,
+            Kind::Http { .. } => check_http(provider, req, body).await,
+            Kind::Grpc => check_grpc(provider, req, body, source).await,
         }
     };
     match tokio::time::timeout(provider.timeout, call).await {
@@ -218,7 +266,11 @@ pub async fn check(provider: &Provider, req: &RequestHeader, source: &str) -> Ch
     }
 }
 
-async fn check_http(provider: &Provider, req: &RequestHeader) -> Result<Check, String> {
+async fn check_http(
+    provider: &Provider,
+    req: &RequestHeader,
+    body: Option<&CheckBody>,
+) -> Result<Check, String> {
     let Kind::Http {
         path_prefix,
         request_headers,
@@ -267,12 +319,16 @@ async fn check_http(provider: &Provider, req: &RequestHeader) -> Result<Check, S
     for (k, v) in additional_headers {
         check = check.header(k.as_str(), v.as_str());
     }
+    // The buffered body is the check's (hyper sets its content-length).
+    let payload = match body {
+        Some(b) => {
+            check = check.header(PARTIAL_BODY_HEADER, partial_value(b));
+            b.bytes.clone()
+        }
+        None => Bytes::new(),
+    };
     let response = sender
-        .send_request(
-            check
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?,
-        )
+        .send_request(check.body(Full::new(payload)).map_err(|e| e.to_string())?)
         .await
         .map_err(|e| format!("check request: {e}"))?;
     let (parts, body) = response.into_parts();
@@ -305,6 +361,7 @@ async fn check_http(provider: &Provider, req: &RequestHeader) -> Result<Check, S
 async fn check_grpc(
     provider: &Provider,
     req: &RequestHeader,
+    body: Option<&CheckBody>,
     source: &str,
 ) -> Result<Check, String> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", provider.address))
@@ -313,11 +370,21 @@ async fn check_grpc(
         .await
         .map_err(|e| format!("connect {}: {e}", provider.address))?;
     let mut client = auth::authorization_client::AuthorizationClient::new(channel);
-    let headers: HashMap<String, String> = req
+    let mut headers: HashMap<String, String> = req
         .headers
         .iter()
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
         .collect();
+    let (mut text, mut raw) = (String::new(), Vec::new());
+    if let Some(b) = body {
+        headers.insert(PARTIAL_BODY_HEADER.into(), partial_value(b).into());
+        if provider.body.is_some_and(|s| s.pack_as_bytes) {
+            raw = b.bytes.to_vec();
+        } else {
+            // A protobuf string is UTF-8: other bytes need packAsBytes.
+            text = String::from_utf8_lossy(&b.bytes).into_owned();
+        }
+    }
     let http_request = auth::attribute_context::HttpRequest {
         method: req.method.to_string(),
         path: req
@@ -334,6 +401,8 @@ async fn check_grpc(
             .to_string(),
         headers,
         protocol: "HTTP/1.1".into(),
+        body: text,
+        raw_body: raw,
         ..Default::default()
     };
     let request = auth::CheckRequest {
@@ -416,5 +485,58 @@ mod tests {
         assert_eq!(parse_seconds("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_seconds("0s"), None);
         assert_eq!(parse_seconds("soon"), None);
+    }
+
+    fn load(yaml: &str) -> Result<HashMap<String, Provider>, String> {
+        let path = std::env::temp_dir().join(format!(
+            "ext-authz-body-{}-{:?}.yaml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, yaml).unwrap();
+        let out = load_providers(&path);
+        std::fs::remove_file(&path).unwrap();
+        out
+    }
+
+    #[test]
+    fn request_body_in_check() {
+        let p = load(
+            "extensionProviders:\n\
+             - name: h\n  envoyExtAuthzHttp:\n    service: a\n    port: 80\n    includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true}\n\
+             - name: g\n  envoyExtAuthzGrpc:\n    service: b\n    port: 90\n    includeRequestBodyInCheck: {maxRequestBytes: 65536, packAsBytes: true}\n\
+             - name: none\n  envoyExtAuthzGrpc: {service: c, port: 91}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p["h"].body,
+            Some(BodyBuffer::new(1024, true, false).unwrap())
+        );
+        assert_eq!(
+            p["g"].body,
+            Some(BodyBuffer::new(65536, false, true).unwrap())
+        );
+        assert_eq!(p["none"].body, None);
+        // Errors name the provider and say why.
+        for (body, why) in [
+            (
+                "{maxRequestBytes: 65537}",
+                "more than this proxy can buffer",
+            ),
+            ("{allowPartialMessage: true}", "at least 1"),
+            ("{maxRequestBytes: -1}", "maxRequestBytes"),
+            ("{maxRequestBytes: 10, maxBytes: 10}", "maxBytes"),
+        ] {
+            for kind in ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"] {
+                let e = load(&format!(
+                    "extensionProviders:\n- name: big\n  {kind}:\n    service: a\n    port: 80\n    includeRequestBodyInCheck: {body}\n"
+                ))
+                .unwrap_err();
+                assert!(e.contains(why), "{kind} {body}: {e}");
+                if why.contains(' ') {
+                    assert!(e.contains("extensionProviders big"), "{e}");
+                }
+            }
+        }
     }
 }

@@ -91,8 +91,9 @@ impl Waypoint {
             ctx.flags.add(flag);
         }
         ctx.details = details.into();
-        if !session.is_body_empty() {
+        if !session.is_body_done() {
             // The unread body would be taken for the next request: close after this response.
+            // (A body read whole, for an ext_authz check, leaves nothing behind.)
             session.set_keepalive(None);
         }
         let mut resp = pingora_http::ResponseHeader::build(code, Some(headers.len() + 1))?;
