@@ -2,9 +2,11 @@
 //! stream, [`XdsHandler`] turns each candidate state of the world into a routing snapshot with
 //! [`routing::xds::translate`], and [`SnapshotSink`] hands it to the data path.
 //!
-//! - A candidate Envoy would reject (bad regex, weights that do not add up, a typed config that
-//!   does not decode…) is NACKed naming each resource and why; the last good snapshot keeps
-//!   serving and the rejection is counted and logged once.
+//! - A resource Envoy would reject (bad regex, weights that do not add up, a typed config that
+//!   does not decode…) is refused alone: NACKed naming it and why, counted and logged once, its
+//!   last good version (if any) standing in; the rest of the candidate serves (Envoy's partial
+//!   acceptance). A rejection naming no resource rejects the candidate whole: the last good
+//!   snapshot keeps serving.
 //! - A state is published once it is complete, as Envoy warms clusters: listeners have arrived and
 //!   every EDS assignment and RDS route configuration they need is there. Until then the previous
 //!   snapshot serves (at start-up: readiness says what is awaited). As Envoy's
@@ -22,7 +24,7 @@ use parking_lot::Mutex;
 use routing::xds::{Resources, TranslateOptions};
 use routing::Snapshot;
 use tracing::{info, warn};
-use xds_client::{type_url, Handler, Rejection, ResourceState, Subscriptions, Update};
+use xds_client::{type_url, Applied, Handler, Rejection, ResourceState, Subscriptions, Update};
 
 use crate::app::App;
 use crate::status::Status;
@@ -184,7 +186,16 @@ pub struct XdsHandler {
     awaiting: Option<String>,
     /// A snapshot was offered: readiness no longer waits for config.
     published: bool,
+    /// The resources of the last state that translated (refused ones replaced by their
+    /// previous version or left out): a later version of one of them that cannot be used is
+    /// refused alone and the version here serves in its place. Cheap to clone and to keep, it
+    /// shares the resources with the client's state.
+    last_good: ResourceState,
 }
+
+/// How many times a candidate is translated again with its refused resources set aside before
+/// it is rejected whole (each round sets aside at least one more resource).
+const REFUSAL_ROUNDS: usize = 8;
 
 impl XdsHandler {
     pub fn new(sink: Arc<SnapshotSink>, options: TranslateOptions, status: Arc<Status>) -> Self {
@@ -195,7 +206,107 @@ impl XdsHandler {
             logged: BTreeSet::new(),
             awaiting: None,
             published: false,
+            last_good: ResourceState::default(),
         }
+    }
+
+    /// Translate `state`, setting aside each resource the translation rejects (its last good
+    /// version takes its place, or it is left out) and translating again, as Envoy applies the
+    /// valid resources of an update and rejects the others. `Err` when a rejection names no
+    /// resource that can be set aside: the candidate is rejected whole.
+    fn translate_tolerant(
+        &mut self,
+        state: &ResourceState,
+    ) -> Result<
+        (
+            routing::xds::Translation,
+            Resources,
+            Vec<routing::xds::Rejection>,
+        ),
+        Vec<routing::xds::Rejection>,
+    > {
+        let mut set_aside: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut refused = Vec::new();
+        for _ in 0..REFUSAL_ROUNDS {
+            let mut resources = Resources::default();
+            let mut newly = Vec::new();
+            for t in TYPES {
+                for r in state.resources(t) {
+                    let key = (t.to_string(), r.name.clone());
+                    let any = if set_aside.contains(&key) {
+                        match self.last_good.get(t, &r.name) {
+                            Some(previous) => &previous.value,
+                            None => continue,
+                        }
+                    } else {
+                        &r.value
+                    };
+                    match resources.push_any(any) {
+                        Ok(()) => {}
+                        Err(mut rejection) => {
+                            rejection.name.clone_from(&r.name);
+                            newly.push(rejection);
+                        }
+                    }
+                }
+            }
+            if newly.is_empty() {
+                match routing::xds::translate(&resources, &self.options) {
+                    Ok(translation) => {
+                        // What translated is the new last good.
+                        let mut good = state.clone();
+                        for (t, n) in &set_aside {
+                            match self.last_good.get_shared(t, n) {
+                                Some(previous) => good.insert(t, previous.clone()),
+                                None => {
+                                    good.remove(t, n);
+                                }
+                            }
+                        }
+                        self.last_good = good;
+                        return Ok((translation, resources, refused));
+                    }
+                    Err(rejections) => newly = rejections,
+                }
+            }
+            let mut progress = false;
+            for r in &newly {
+                let key = (r.type_url.clone(), r.name.clone());
+                if state.get(&key.0, &key.1).is_some() && set_aside.insert(key) {
+                    progress = true;
+                }
+            }
+            if !progress {
+                refused.extend(newly);
+                return Err(refused);
+            }
+            refused.extend(newly);
+        }
+        Err(refused)
+    }
+
+    /// Resources set aside while the rest of the candidate serves: counted, logged once per
+    /// distinct refusal, NACKed.
+    fn refuse(&mut self, refused: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
+        self.status
+            .config_rejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let problems = refused
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.logged.insert(format!("refused: {problems}")) {
+            warn!(
+                "xDS: refused (NACK) {} resource(s); the rest of the update serves, each refused \
+                 resource's last good version (if any) in its place: {problems}",
+                refused.len()
+            );
+        }
+        refused
+            .into_iter()
+            .map(|r| Rejection::new(&r.type_url, &r.name, r.reason))
+            .collect()
     }
 
     fn reject(&self, rejections: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
@@ -242,22 +353,44 @@ fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Optio
 }
 
 impl Handler for XdsHandler {
-    fn apply(&mut self, update: &Update<'_>) -> Result<Subscriptions, Vec<Rejection>> {
+    fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
         let state = update.state;
-        let anys = TYPES
-            .iter()
-            .flat_map(|t| state.resources(t))
-            .map(|r| &r.value);
-        let resources = Resources::from_any(anys).map_err(|r| self.reject(r))?;
+        let (translation, resources, refused) = match self.translate_tolerant(state) {
+            Ok(t) => t,
+            Err(rejections) => return Err(self.reject(rejections)),
+        };
+        // The NACK names this response's own resources; one of another type set aside again
+        // (still broken since its own response was NACKed, or broken by this one's content) is
+        // logged, and its last good version keeps serving.
+        let (own, others): (Vec<_>, Vec<_>) = refused
+            .into_iter()
+            .partition(|r| r.type_url == update.type_url);
+        if !others.is_empty() {
+            let line = others
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if self.logged.insert(format!("set aside: {line}")) {
+                warn!("xDS: still set aside, their last good version (if any) serving: {line}");
+            }
+        }
+        let refused = if own.is_empty() {
+            Vec::new()
+        } else {
+            self.refuse(own)
+        };
         let needed = routing::xds::required_resources(&resources.listeners, &resources.clusters);
-        let translation =
-            routing::xds::translate(&resources, &self.options).map_err(|r| self.reject(r))?;
         let subscriptions = Subscriptions::new()
             .with(
                 type_url::CLUSTER_LOAD_ASSIGNMENT,
                 needed.endpoints.iter().cloned(),
             )
             .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned());
+        let applied = |subscriptions| Applied {
+            subscriptions,
+            refused: refused.clone(),
+        };
         if let Some(what) = missing(state, &needed) {
             if self.awaiting.as_deref() != Some(what.as_str()) {
                 info!(awaiting = %what, "xDS config incomplete; the current config keeps serving");
@@ -268,7 +401,7 @@ impl Handler for XdsHandler {
                 self.awaiting = Some(what.clone());
             }
             self.sink.offer_incomplete(translation.snapshot, what);
-            return Ok(subscriptions);
+            return Ok(applied(subscriptions));
         }
         self.awaiting = None;
         for w in &translation.warnings {
@@ -284,11 +417,12 @@ impl Handler for XdsHandler {
             services = snapshot.services().count(),
             listeners = resources.listeners.len(),
             clusters = resources.clusters.len(),
+            refused = refused.len(),
             "xDS config translated"
         );
         self.sink.offer(snapshot);
         self.published = true;
-        Ok(subscriptions)
+        Ok(applied(subscriptions))
     }
 }
 

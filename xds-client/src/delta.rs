@@ -181,7 +181,13 @@ impl<H: Handler> Stream<'_, H> {
             .core
             .offer(&type_url, candidate, &updated, &removed, rejections)
         {
-            Outcome::Accepted => {
+            Outcome::Accepted { refused } if !refused.is_empty() => {
+                // Applied in part: what could be used serves, the response is NACKed naming the
+                // rest (Envoy's partial acceptance).
+                self.nack(&type_url, &nonce, &refused)?;
+                self.sync_subscriptions()
+            }
+            Outcome::Accepted { .. } => {
                 self.out.send(DeltaDiscoveryRequest {
                     type_url: type_url.clone(),
                     response_nonce: nonce.clone(),

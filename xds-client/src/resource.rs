@@ -118,6 +118,22 @@ impl ResourceState {
     pub(crate) fn type_mut(&mut self, type_url: &str) -> &mut TypeState {
         Arc::make_mut(self.types.entry(type_url.to_string()).or_default())
     }
+
+    /// The shared resource `name` of `type_url`.
+    pub fn get_shared(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
+        self.types.get(type_url).and_then(|t| t.resources.get(name))
+    }
+
+    /// Put `resource` in place of the resource of that name (a handler's own copy of a state).
+    pub fn insert(&mut self, type_url: &str, resource: Arc<Resource>) {
+        self.type_mut(type_url)
+            .resources
+            .insert(resource.name.clone(), resource);
+    }
+
+    pub fn remove(&mut self, type_url: &str, name: &str) -> Option<Arc<Resource>> {
+        self.type_mut(type_url).resources.remove(name)
+    }
 }
 
 /// A resource the client or the handler refuses, and why. NACKs carry these.
@@ -205,12 +221,33 @@ pub struct Update<'a> {
     pub state: &'a ResourceState,
 }
 
+/// A candidate the handler took: the named subscriptions wanted from now on, and the resources
+/// it could not use. When some were refused the response is still NACKed naming them, but the
+/// candidate becomes the accepted state, as Envoy applies the valid resources of an update and
+/// rejects the others: one bad resource does not freeze the rest.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub subscriptions: Subscriptions,
+    /// Resources the handler left out of what it serves (NACKed, each with its reason).
+    pub refused: Vec<Rejection>,
+}
+
+impl From<Subscriptions> for Applied {
+    fn from(subscriptions: Subscriptions) -> Self {
+        Self {
+            subscriptions,
+            refused: Vec::new(),
+        }
+    }
+}
+
 /// Judges candidate states. Called on the client's task after each response, one at a time.
 pub trait Handler: Send + 'static {
-    /// Accept the candidate (returning the named subscriptions wanted from now on, e.g. EDS names
-    /// = the EDS clusters in the candidate), or reject it naming each bad resource and why.
+    /// Accept the candidate, whole or in part (returning the named subscriptions wanted from now
+    /// on, e.g. EDS names = the EDS clusters in the candidate, and the resources it refused), or
+    /// reject it whole naming each bad resource and why (the last accepted state stays).
     /// Resource extension types the handler does not know are its own decision: ignore, or reject.
-    fn apply(&mut self, update: &Update<'_>) -> Result<Subscriptions, Vec<Rejection>>;
+    fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>>;
 
     /// Named subscriptions before any response (e.g. restored from elsewhere). None by default.
     fn initial_subscriptions(&self) -> Subscriptions {

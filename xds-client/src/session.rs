@@ -29,7 +29,10 @@ pub(crate) struct Core<H> {
 }
 
 pub(crate) enum Outcome {
-    Accepted,
+    /// The candidate is the accepted state; `refused` (NACKed when not empty) are the
+    /// resources the handler left out of it.
+    Accepted { refused: Vec<Rejection> },
+    /// The last accepted state stays.
     Rejected(Vec<Rejection>),
 }
 
@@ -77,11 +80,13 @@ impl<H: Handler> Core<H> {
             state: &candidate,
         };
         match self.handler.apply(&update) {
-            Ok(subs) => {
+            Ok(applied) => {
                 self.accepted = candidate;
-                self.subs = subs;
+                self.subs = applied.subscriptions;
                 self.drop_unsubscribed();
-                Outcome::Accepted
+                Outcome::Accepted {
+                    refused: applied.refused,
+                }
             }
             Err(rejections) if rejections.is_empty() => Outcome::Rejected(vec![Rejection::new(
                 type_url,

@@ -169,11 +169,19 @@ impl<H: Handler> Stream<'_, H> {
             held.resources.insert(name, resource);
         }
         held.version_info = response.version_info.clone();
+        let previous_version = self.core.accepted.version_info(&type_url).to_string();
         match self
             .core
             .offer(&type_url, candidate, &updated, &removed, rejections)
         {
-            Outcome::Accepted => {
+            Outcome::Accepted { refused } if !refused.is_empty() => {
+                // Applied in part: what could be used serves; the NACK carries the version
+                // accepted before, as Envoy's does after a partly invalid update.
+                self.core.accepted.type_mut(&type_url).version_info = previous_version.clone();
+                self.nack_at(&type_url, &nonce, &previous_version, &refused)?;
+                self.sync_subscriptions()
+            }
+            Outcome::Accepted { .. } => {
                 let request = DiscoveryRequest {
                     version_info: response.version_info.clone(),
                     response_nonce: nonce.clone(),
@@ -196,10 +204,21 @@ impl<H: Handler> Stream<'_, H> {
         nonce: &str,
         rejections: &[Rejection],
     ) -> Result<(), StreamError> {
+        let version = self.core.accepted.version_info(type_url).to_string();
+        self.nack_at(type_url, nonce, &version, rejections)
+    }
+
+    fn nack_at(
+        &mut self,
+        type_url: &str,
+        nonce: &str,
+        version: &str,
+        rejections: &[Rejection],
+    ) -> Result<(), StreamError> {
         let detail = nack_detail(rejections);
         self.core.record_nack(type_url, &detail);
         let request = DiscoveryRequest {
-            version_info: self.core.accepted.version_info(type_url).to_string(),
+            version_info: version.to_string(),
             response_nonce: nonce.to_string(),
             resource_names: self.names_for(type_url),
             type_url: type_url.to_string(),

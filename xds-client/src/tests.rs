@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 
 use crate::testing::{any, AdsServer, AdsServerOptions, Received, TestPki};
 use crate::{
-    type_url, Backoff, Client, ClientConfig, Handler, Mode, NodeInfo, Rejection, ResourceState,
-    Status, StatusHandle, Subscriptions, Update,
+    type_url, Applied, Backoff, Client, ClientConfig, Handler, Mode, NodeInfo, Rejection,
+    ResourceState, Status, StatusHandle, Subscriptions, Update,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -33,6 +33,9 @@ struct Shared {
     offered: Vec<(String, Vec<String>, Vec<String>)>,
     /// Cluster names to reject.
     reject: BTreeSet<String>,
+    /// Refuse those clusters alone and accept the rest (partial acceptance) instead of
+    /// rejecting the whole candidate.
+    partial: bool,
 }
 
 /// Rejects clusters named in `reject`; subscribes EDS to every EDS cluster.
@@ -54,10 +57,16 @@ impl TestHandler {
     fn reject(&self, name: &str) {
         self.0.lock().reject.insert(name.to_string());
     }
+
+    fn refuse_alone(&self, name: &str) {
+        let mut shared = self.0.lock();
+        shared.reject.insert(name.to_string());
+        shared.partial = true;
+    }
 }
 
 impl Handler for TestHandler {
-    fn apply(&mut self, update: &Update<'_>) -> Result<Subscriptions, Vec<Rejection>> {
+    fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
         let mut shared = self.0.lock();
         shared.offered.push((
             update.type_url.to_string(),
@@ -83,11 +92,14 @@ impl Handler for TestHandler {
                 Err(rejection) => rejections.push(rejection),
             }
         }
-        if !rejections.is_empty() {
+        if !rejections.is_empty() && !shared.partial {
             return Err(rejections);
         }
         shared.accepted.push(update.state.clone());
-        Ok(Subscriptions::new().with(type_url::CLUSTER_LOAD_ASSIGNMENT, eds))
+        Ok(Applied {
+            subscriptions: Subscriptions::new().with(type_url::CLUSTER_LOAD_ASSIGNMENT, eds),
+            refused: rejections,
+        })
     }
 }
 
@@ -317,6 +329,44 @@ async fn delta_rejection_nacks_and_keeps_the_last_good_state() {
         .await;
     assert_eq!(status.types[type_url::CLUSTER].acked_version, v4);
     client.shutdown().await;
+}
+
+/// One resource the handler cannot use is refused alone: the response is NACKed naming it, and
+/// the rest of it is applied (Envoy's partial acceptance), in both protocol flavours.
+#[tokio::test]
+async fn a_refused_resource_does_not_freeze_the_others() {
+    for mode in [Mode::Delta, Mode::StateOfTheWorld] {
+        let (_pki, server) = server(AdsServerOptions::with_token(TOKEN)).await;
+        let v1 = server.set(type_url::CLUSTER, "c1", cluster("c1", false));
+        let token = TokenFile::new(TOKEN);
+        let client = start_client(config(&server, mode, &token), token);
+        ack(&server, type_url::CLUSTER, &v1).await;
+
+        client.handler.refuse_alone("bad");
+        server.set(type_url::CLUSTER, "bad", cluster("bad", false));
+        let v3 = server.set(type_url::CLUSTER, "c2", cluster("c2", false));
+        let nack = server
+            .wait_for_request(WAIT, |r| {
+                r.type_url == type_url::CLUSTER
+                    && r.responded_version.as_deref() == Some(v3.as_str())
+                    && r.error_detail.is_some()
+            })
+            .await
+            .unwrap_or_else(|| panic!("{mode:?}: NACK of the response carrying c2"));
+        let detail = nack.error_detail.unwrap().message;
+        assert!(
+            detail.contains("bad") && detail.contains("refused by the test"),
+            "{detail}"
+        );
+        if mode == Mode::StateOfTheWorld {
+            // The NACK names the version accepted before, as Envoy's does.
+            assert_eq!(nack.version_info, v1, "{mode:?}");
+        }
+        // c2 arrived with the bad one and is served; the state holds all three for the
+        // handler to refuse again on the next push.
+        assert_eq!(client.handler.names(type_url::CLUSTER), ["bad", "c1", "c2"]);
+        client.shutdown().await;
+    }
 }
 
 #[tokio::test]

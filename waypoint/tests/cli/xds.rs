@@ -4,7 +4,8 @@
 //!
 //! One scenario, in order: the split converges to 90/10; a push to 50/50 takes effect without a
 //! restart and without a failed request under load; an invalid resource is NACKed naming it while
-//! traffic keeps the last good split; a push adding then removing a ratings endpoint moves traffic
+//! traffic keeps the last good split; a bad cluster is refused alone and a later push of new
+//! weights still applies; a push adding then removing a ratings endpoint moves traffic
 //! onto it and off it again (a request in flight on it when it goes still completes); the server
 //! going away and coming back is survived (the last config keeps serving, the client reconnects
 //! with the versions it holds and resyncs).
@@ -83,6 +84,25 @@ fn break_reviews_route(doc: &mut Value) {
             o.insert(
                 "match".into(),
                 serde_json::json!({"safe_regex": {"regex": "/reviews/(unclosed"}}),
+            );
+            found += 1;
+        }
+    });
+    assert_eq!(found, 1);
+}
+
+/// Give ratings' cluster a Maglev table size Envoy would refuse.
+fn break_ratings_cluster(doc: &mut Value) {
+    let mut found = 0;
+    objects_mut(doc, &mut |o| {
+        if o.get("name").and_then(Value::as_str)
+            == Some("inbound-vip|9080|http|ratings.default.svc.cluster.local")
+            && o.contains_key("type")
+        {
+            o.insert("lb_policy".into(), "MAGLEV".into());
+            o.insert(
+                "maglev_lb_config".into(),
+                serde_json::json!({"table_size": 0}),
             );
             found += 1;
         }
@@ -297,6 +317,52 @@ async fn xds_mode_follows_istiod_pushes() {
     );
     serve(&server, &doc); // fixed again
 
+    // One bad resource does not freeze the others: ratings' cluster is refused alone (NACK
+    // naming it, its last good version keeps serving ratings), and a later push of new
+    // weights is applied although the bad cluster is still in what istiod sends.
+    let mut bad = doc.clone();
+    break_ratings_cluster(&mut bad);
+    serve(&server, &bad);
+    let refusal = server
+        .wait_for_request(Duration::from_secs(10), |r| {
+            r.type_url == type_url::CLUSTER
+                && r.error_detail
+                    .as_ref()
+                    .is_some_and(|d| d.message.contains("ratings") && d.message.contains("maglev"))
+        })
+        .await
+        .expect("the bad cluster is NACKed by name");
+    assert!(refusal
+        .error_detail
+        .unwrap()
+        .message
+        .contains("inbound-vip|9080|http|ratings"));
+    set_weights(&mut bad, 10, 90);
+    let pushed = serve(&server, &bad);
+    assert!(
+        server
+            .wait_for_ack(
+                type_url::LISTENER,
+                &pushed[type_url::LISTENER],
+                Duration::from_secs(10)
+            )
+            .await,
+        "the listener with the new weights is ACKed; NACKs: {:?}",
+        server.nacks()
+    );
+    let seen = reviews_split(&mut reviews, 300).await;
+    assert!(
+        (0.78..0.98).contains(&share(&seen, "reviews-v2")),
+        "the new weights serve despite the refused cluster: {seen:?}"
+    );
+    let mut ratings_tunnel = tunnel(&ca, waypoint, RATINGS_VIP).await;
+    let (p, _) = sim::get(&mut ratings_tunnel, "ratings:9080", "/ratings/1", &[])
+        .await
+        .unwrap();
+    assert_eq!(p.status, 200, "ratings keeps its last good cluster");
+    drop(ratings_tunnel);
+    wait_ack(&server, &serve(&server, &doc)).await; // fixed again
+
     // A second ratings endpoint: traffic reaches it; removed: traffic leaves it.
     set_ratings_endpoints(&mut doc, &net, &[6, 4]);
     wait_ack(&server, &serve(&server, &doc)).await;
@@ -381,12 +447,15 @@ async fn xds_mode_follows_istiod_pushes() {
     let seen = reviews_split(&mut reviews, 100).await;
     assert_eq!(seen.get("reviews-v1"), Some(&100), "{seen:?}");
 
+    // Each refusal is logged once, however many pushes repeated it.
     let logs = logs.lock().unwrap().join("\n");
-    assert_eq!(
-        logs.matches("xDS update rejected").count(),
-        1,
-        "the rejection is logged once:\n{logs}"
-    );
+    for what in ["main_internal: route reviews-split", "maglev table_size 0"] {
+        let lines = logs
+            .lines()
+            .filter(|l| l.contains("refused (NACK)") && l.contains(what))
+            .count();
+        assert_eq!(lines, 1, "{what}: logged once:\n{logs}");
+    }
 }
 
 #[test]
