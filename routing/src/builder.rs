@@ -28,6 +28,8 @@ pub struct SnapshotBuilder {
     warnings: Vec<String>,
     authorization: Authorization,
     pod_path: Option<crate::path::PathPolicy>,
+    workloads: Vec<(Arc<Endpoint>, Protocol)>,
+    authorities: Vec<(String, u16)>,
 }
 
 impl SnapshotBuilder {
@@ -70,6 +72,21 @@ impl SnapshotBuilder {
     /// Path handling for pod-addressed requests (xDS: the `direct-http` chain's).
     pub fn pod_path(&mut self, policy: crate::path::PathPolicy) -> &mut Self {
         self.pod_path = Some(policy);
+        self
+    }
+
+    /// A pod whose workload uses this waypoint (xDS: the `direct-http` / `direct-tcp` range):
+    /// served on every port and forwarded to the pod whatever the request's Host. `protocol`:
+    /// `Unknown` = detected per connection, `Http`/`Tcp` = only that chain exists. First wins.
+    pub fn workload(&mut self, endpoint: Arc<Endpoint>, protocol: Protocol) -> &mut Self {
+        self.workloads.push((endpoint, protocol));
+        self
+    }
+
+    /// A CONNECT authority `<hostname>:<port>` this waypoint serves (xDS multi-network authority
+    /// map): it resolves to the service's VIP on that port.
+    pub fn authority(&mut self, hostname: &str, port: u16) -> &mut Self {
+        self.authorities.push((hostname.to_ascii_lowercase(), port));
         self
     }
 
@@ -116,6 +133,27 @@ impl SnapshotBuilder {
             }
             snap.services.push(service);
             snap.endpoints.push(endpoints);
+        }
+        for (ep, protocol) in self.workloads {
+            snap.workloads.entry(ep.address).or_insert((ep, protocol));
+        }
+        for (host, port) in self.authorities {
+            let vip = snap.by_host.get(&host).and_then(|&si| {
+                let s = &snap.services[si];
+                let vip = s.vips.first()?;
+                s.ports
+                    .iter()
+                    .any(|p| p.number == port)
+                    .then(|| SocketAddr::new(*vip, port))
+            });
+            match vip {
+                Some(vip) => {
+                    snap.by_authority.insert((host, port), vip);
+                }
+                None => snap.warnings.push(format!(
+                    "authority {host}:{port} names no service port with an address; ignored"
+                )),
+            }
         }
         let mut aliases = self.aliases;
         for s in &snap.services {

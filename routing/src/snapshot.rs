@@ -4,7 +4,8 @@ use crate::hosts::normalize_authority;
 use crate::lb::Cluster;
 use crate::matching::RequestView;
 use crate::model::{
-    DestinationRule, Endpoint, HttpRoute, RouteMatch, Service, ServicePort, VirtualService,
+    DestinationRule, Endpoint, HttpRoute, Protocol, RouteMatch, Service, ServicePort,
+    VirtualService,
 };
 use crate::tcp::{TcpConnection, TcpRoute};
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,11 @@ pub enum Destination<'s> {
         endpoint: &'s Endpoint,
         port: u16,
         services: Vec<&'s Service>,
+        /// `Some` when the pod's workload uses this waypoint (xDS `direct-http` /
+        /// `direct-tcp`): served on any port and forwarded to the pod whatever the Host, the
+        /// protocol detected (`Unknown`) or fixed when only one of the chains exists.
+        /// `None`: an endpoint of `services` addressed on one of their ports.
+        bound: Option<Protocol>,
     },
 }
 
@@ -89,6 +95,10 @@ pub struct Snapshot {
     pub(crate) authorization: crate::authz::Authorization,
     /// Path handling for pod-addressed requests; `None` = the process default.
     pub(crate) pod_path: Option<crate::path::PathPolicy>,
+    /// Pods whose workloads use this waypoint, with the protocol their chains allow.
+    pub(crate) workloads: HashMap<IpAddr, (Arc<Endpoint>, Protocol)>,
+    /// CONNECT authority `(hostname, port)` → the service VIP:port it stands for.
+    pub(crate) by_authority: HashMap<(String, u16), SocketAddr>,
 }
 
 impl Snapshot {
@@ -137,8 +147,9 @@ impl Snapshot {
         &self.warnings
     }
 
-    /// Service VIP:port first, then endpoint IP with a target port (or service
-    /// port) of a service containing it. `None`: the waypoint does not serve it.
+    /// Service VIP:port first, then a pod bound to this waypoint (any port), then endpoint IP
+    /// with a target port (or service port) of a service containing it. `None`: the waypoint
+    /// does not serve it.
     pub fn resolve_destination(&self, dst: SocketAddr) -> Option<Destination<'_>> {
         if let Some(&(si, pi)) = self.by_vip.get(&dst) {
             let service = &self.services[si];
@@ -147,8 +158,23 @@ impl Snapshot {
                 port: &service.ports[pi],
             });
         }
-        let entries = self.by_pod_ip.get(&dst.ip())?;
         let port = dst.port();
+        if let Some((endpoint, protocol)) = self.workloads.get(&dst.ip()) {
+            let mut services: Vec<&Service> = Vec::new();
+            for (si, _) in self.by_pod_ip.get(&dst.ip()).into_iter().flatten() {
+                let svc = &self.services[*si];
+                if !services.iter().any(|s| std::ptr::eq(*s, svc)) {
+                    services.push(svc);
+                }
+            }
+            return Some(Destination::Pod {
+                endpoint,
+                port,
+                services,
+                bound: Some(*protocol),
+            });
+        }
+        let entries = self.by_pod_ip.get(&dst.ip())?;
         let mut endpoint = None;
         let mut services: Vec<&Service> = Vec::new();
         for (si, ep) in entries {
@@ -168,7 +194,16 @@ impl Snapshot {
             endpoint: endpoint?,
             port,
             services,
+            bound: None,
         })
+    }
+
+    /// The service VIP:port a CONNECT authority `<hostname>:<port>` stands for (xDS
+    /// multi-network authority map); `None` when the waypoint serves no such authority.
+    pub fn resolve_authority(&self, hostname: &str, port: u16) -> Option<SocketAddr> {
+        self.by_authority
+            .get(&(hostname.to_ascii_lowercase(), port))
+            .copied()
     }
 
     /// The workload at `ip` (e.g. a request's source pod), if the config knows it.

@@ -160,6 +160,7 @@ impl Inbound {
                 endpoint,
                 port,
                 services,
+                ..
             }) => {
                 entry.upstream_cluster = format!("inbound-pod|{port}||{}", endpoint.address);
                 dest_service = services.first().map(|s| (*s).clone());

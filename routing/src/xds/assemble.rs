@@ -349,9 +349,10 @@ pub(crate) fn translate(
     if let Some(p) = main.direct_path {
         builder.pod_path(p);
     }
+    let mut known_pods: BTreeMap<IpAddr, Arc<Endpoint>> = BTreeMap::new();
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
-        build_service(
+        let eps = build_service(
             &host,
             acc,
             mine,
@@ -361,6 +362,24 @@ pub(crate) fn translate(
             &mut diag,
             &mut builder,
         );
+        for ep in eps {
+            known_pods.entry(ep.address).or_insert(ep);
+        }
+    }
+    bound_workloads(&main, &known_pods, &upstream, opts, &mut diag, &mut builder);
+    for ((host, port), chains) in &main.authorities {
+        let other = chains
+            .iter()
+            .filter(|c| ClusterName::parse(c).is_none_or(|cn| cn.host != *host || cn.port != *port))
+            .collect::<Vec<_>>();
+        if !other.is_empty() {
+            diag.warn(
+                LISTENER_TYPE,
+                listener::MAIN_INTERNAL,
+                format!("authority {host}:{port} leads to chains of another service port {other:?}; the authority is served as {host}:{port}"),
+            );
+        }
+        builder.authority(host, *port);
     }
     if !diag.rejections.is_empty() {
         return Err(diag.rejections);
@@ -447,6 +466,65 @@ struct UpstreamIdentity {
 /// waypoint's HBONE client honours it).
 pub const ANY_SERVICE_ACCOUNT: &str = "*";
 
+/// Pods bound to the waypoint (the `direct-*` range): served on every port, with the protocol
+/// the application-protocol matcher allows (a chain it names that the listener lacks cannot
+/// serve). The endpoint is the pod's service endpoint when it has one, else a pod of its own
+/// with the identity the caller knows or the one `connect_originate` verifies.
+fn bound_workloads(
+    main: &listener::MainListener,
+    known: &BTreeMap<IpAddr, Arc<Endpoint>>,
+    upstream: &UpstreamIdentity,
+    opts: &TranslateOptions,
+    diag: &mut Diag,
+    builder: &mut SnapshotBuilder,
+) {
+    for (ip, pc) in &main.pods {
+        let present = |c: &Option<String>| c.as_ref().is_some_and(|c| main.authz.contains_key(c));
+        let protocol = match (present(&pc.http), present(&pc.tcp)) {
+            (true, true) => Protocol::Unknown,
+            (true, false) => Protocol::Http,
+            (false, true) => Protocol::Tcp,
+            (false, false) => {
+                diag.warn(
+                    LISTENER_TYPE,
+                    listener::MAIN_INTERNAL,
+                    format!("pod {ip}: no direct chain to serve it; ignored"),
+                );
+                continue;
+            }
+        };
+        let endpoint = match known.get(ip) {
+            Some(ep) => ep.clone(),
+            None => {
+                let namespace = upstream
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_string());
+                let identity = opts.identities.get(ip).cloned().unwrap_or_else(|| {
+                    spiffe_identity(&upstream.trust_domain, &namespace, ANY_SERVICE_ACCOUNT)
+                });
+                let (ns, sa) = match identity
+                    .split_once("/ns/")
+                    .and_then(|(_, r)| r.split_once("/sa/"))
+                {
+                    Some((ns, sa)) if sa != ANY_SERVICE_ACCOUNT => (ns.to_string(), sa.to_string()),
+                    Some((ns, _)) => (ns.to_string(), "unknown".to_string()),
+                    None => (namespace, "unknown".to_string()),
+                };
+                Arc::new(Endpoint {
+                    address: *ip,
+                    labels: BTreeMap::new(),
+                    service_account: sa,
+                    namespace: ns,
+                    identity,
+                    name: ip.to_string(),
+                })
+            }
+        };
+        builder.workload(endpoint, protocol);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_service(
     host: &str,
@@ -457,7 +535,7 @@ fn build_service(
     opts: &TranslateOptions,
     diag: &mut Diag,
     builder: &mut SnapshotBuilder,
-) {
+) -> Vec<Arc<Endpoint>> {
     let namespace = acc
         .namespace
         .clone()
@@ -632,8 +710,9 @@ fn build_service(
             vips: acc.vips.into_iter().collect(),
             ports,
         },
-        endpoints,
+        endpoints.clone(),
     );
+    endpoints
 }
 
 fn port_policy(port: u16, p: &ClusterPolicy) -> PortTrafficPolicy {

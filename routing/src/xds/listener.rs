@@ -8,8 +8,14 @@
 //! `DestinationPortInput` (exact map `"9080"` → action
 //! `google.protobuf.StringValue{chain name}`, or, for ports that must be
 //! sniffed, an application-protocol tree whose actions name the tcp and the
-//! http chain). With multi-network on, an authority (filter state) map comes
-//! first with the IP tree as `on_no_match`. Classic `filter_chain_match`
+//! http chain). One more range lists the pod IPs of workloads bound to the
+//! waypoint, with an application-protocol tree on `direct-http` /
+//! `direct-tcp` (any port). With multi-network on, an authority (filter
+//! state `io.istio.connect_authority`) map `"<host>:<port>"` is the IP tree's
+//! `on_no_match` (1.25–1.28) or the root with the IP tree as its
+//! `on_no_match` (1.29+); both are read. Chain names are istiod's cluster
+//! names (1.24+) or, in 1.22/1.23, `inbound-vip|<port>||<host>-http` /
+//! `-tcp`, read as the same cluster names. Classic `filter_chain_match`
 //! (`prefix_ranges` + `destination_port`) is read as well.
 
 use super::access::{self, ChainAuthz};
@@ -26,6 +32,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::FilterStateInput;
 use envoy_types::pb::google::protobuf::{Any, StringValue};
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::TreeType;
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::on_match::OnMatch as OnMatchKind;
@@ -52,6 +59,38 @@ const IP_INPUT: &str =
 const PORT_INPUT: &str =
     "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput";
 const IP_MATCHER: &str = "type.googleapis.com/xds.type.matcher.v3.IPMatcher";
+const APP_PROTOCOL_INPUT: &str =
+    "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ApplicationProtocolInput";
+const FILTER_STATE_INPUT: &str =
+    "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.FilterStateInput";
+/// The filter state `connect_terminate` fills with the CONNECT authority (1.25+).
+const AUTHORITY_KEY: &str = "io.istio.connect_authority";
+/// Pod-addressed chains (`buildWaypointInternal` "Direct pod access chain").
+pub(crate) const DIRECT_HTTP: &str = "direct-http";
+pub(crate) const DIRECT_TCP: &str = "direct-tcp";
+/// Application protocols `http_inspector` reports (the keys carry the quotes).
+const HTTP_PROTOCOLS: &[&str] = &["'h2c'", "'http/1.1'", "'http/1.0'"];
+
+/// istiod 1.22/1.23 name a service port's chains `inbound-vip|<port>||<host>-http` / `-tcp`
+/// (`model.BuildSubsetKey` with no subset, plus a suffix); 1.24+ name them after their cluster,
+/// `inbound-vip|<port>|http|<host>`. The older names are read as the newer ones, so both
+/// releases translate through the same path.
+pub(crate) fn chain_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let legacy = name.strip_prefix("inbound-vip|").and_then(|rest| {
+        let (port, rest) = rest.split_once('|')?;
+        let hosted = rest.strip_prefix('|')?;
+        let (host, proto) = hosted
+            .strip_suffix("-http")
+            .map(|h| (h, "http"))
+            .or_else(|| hosted.strip_suffix("-tcp").map(|h| (h, "tcp")))?;
+        (!host.is_empty() && !host.contains('|') && port.parse::<u16>().is_ok())
+            .then(|| format!("inbound-vip|{port}|{proto}|{host}"))
+    });
+    match legacy {
+        Some(n) => std::borrow::Cow::Owned(n),
+        None => std::borrow::Cow::Borrowed(name),
+    }
+}
 
 /// `xds.type.matcher.v3.IPMatcher` (not among envoy-types' generated types;
 /// field numbers of cncf/xds `xds/type/matcher/v3/ip.proto`).
@@ -98,6 +137,19 @@ pub(crate) struct MainListener {
     pub(crate) authz: BTreeMap<String, ChainAuthz>,
     /// `direct-http`'s path handling (pod-addressed requests).
     pub(crate) direct_path: Option<PathPolicy>,
+    /// Pod IPs of workloads bound to the waypoint → the direct chains the
+    /// application-protocol matcher selects for them (any port).
+    pub(crate) pods: BTreeMap<IpAddr, ProtocolChains>,
+    /// Multi-network authority map: (`hostname`, port) → chain names.
+    pub(crate) authorities: BTreeMap<(String, u16), BTreeSet<String>>,
+}
+
+/// What an application-protocol matcher selects: the chain for HTTP
+/// (`'h2c'`, `'http/1.1'`, `'http/1.0'`) and the one for anything else.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ProtocolChains {
+    pub(crate) http: Option<String>,
+    pub(crate) tcp: Option<String>,
 }
 
 /// RDS names the listener's HCMs reference.
@@ -166,28 +218,30 @@ fn main_internal(
     out: &mut MainListener,
 ) {
     if let Some(m) = &l.filter_chain_matcher {
-        ip_tree(m, at, diag, out, 0);
+        tree(m, at, diag, out, 0);
     }
+    let mut seen = BTreeSet::new();
     for chain in &l.filter_chains {
-        if !chain.name.is_empty() && out.chains.contains_key(&chain.name) {
+        let name = chain_name(&chain.name);
+        if !name.is_empty() && !seen.insert(name.to_string()) {
             at.reject(diag, format!("duplicate filter chain {}", chain.name));
             continue;
         }
         if l.filter_chain_matcher.is_none() {
-            classic_match(chain, at, diag, out);
+            classic_match(chain, &name, at, diag, out);
         }
-        if chain.name == "direct-tcp" || chain.name == "direct-http" {
-            // Pod-IP access: the snapshot routes pod IPs from the endpoints;
+        if name == DIRECT_TCP || name == DIRECT_HTTP {
+            // Pod-IP access: the pods come from the matcher's workload range;
             // the chain's policies are the waypoint-wide ones.
             out.authz
-                .insert(chain.name.clone(), access::chain(chain, at, diag));
-            if chain.name == "direct-http" {
+                .insert(name.to_string(), access::chain(chain, at, diag));
+            if name == DIRECT_HTTP {
                 out.direct_path =
-                    chain_hcm(chain).and_then(|hcm| path_policy(&chain.name, &hcm, at, diag));
+                    chain_hcm(chain).and_then(|hcm| path_policy(&name, &hcm, at, diag));
             }
             continue;
         }
-        if super::names::ClusterName::parse(&chain.name).is_none() {
+        if super::names::ClusterName::parse(&name).is_none() {
             at.warn(
                 diag,
                 format!(
@@ -198,106 +252,290 @@ fn main_internal(
             continue;
         }
         if let Some(kind) = chain_kind(chain, routes, at, diag) {
-            out.chains.insert(chain.name.clone(), kind);
+            out.chains.insert(name.to_string(), kind);
         }
         out.authz
-            .insert(chain.name.clone(), access::chain(chain, at, diag));
+            .insert(name.to_string(), access::chain(chain, at, diag));
+    }
+    for (ip, pc) in &out.pods {
+        for c in pc.http.iter().chain(&pc.tcp) {
+            if !seen.contains(c) {
+                at.warn(
+                    diag,
+                    format!(
+                        "pod {ip}: the matcher selects chain {c}, which is not in the listener"
+                    ),
+                );
+            }
+        }
     }
     if l.default_filter_chain.is_some() {
         at.warn(diag, "default_filter_chain is not supported; ignored");
     }
 }
 
-/// The IP level: an IPMatcher tree, or (multi-network) a tree on another
-/// input whose `on_no_match` leads to it.
-fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener, depth: usize) {
+/// The input type URL of a matcher tree, or `None` with a warning when the
+/// matcher is no tree.
+fn tree_input<'m>(m: &'m Matcher, what: &str, at: At<'_>, diag: &mut Diag) -> Option<&'m str> {
+    let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
+        at.warn(
+            diag,
+            format!("{what}: matcher_list is not supported; ignored"),
+        );
+        return None;
+    };
+    Some(
+        tree.input
+            .as_ref()
+            .and_then(|i| i.typed_config.as_ref())
+            .map_or("", |a| a.type_url.as_str()),
+    )
+}
+
+/// The listener's matcher: the IP tree, and (multi-network) the authority
+/// map, whichever is the root; each one's `on_no_match` leads to the other.
+fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener, depth: usize) {
     if depth > 8 {
         at.warn(diag, "filter_chain_matcher nested too deep; rest ignored");
         return;
     }
-    let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
-        at.warn(
-            diag,
-            "filter_chain_matcher matcher_list is not supported; ignored",
-        );
+    let Some(input) = tree_input(m, "filter_chain_matcher", at, diag) else {
         return;
     };
-    let input = tree
+    match input {
+        IP_INPUT => ip_tree(m, at, diag, out),
+        FILTER_STATE_INPUT => authority_tree(m, at, diag, out),
+        other => at.warn(
+            diag,
+            format!("filter_chain_matcher on input {other:?} is not supported; ignored"),
+        ),
+    }
+    match m.on_no_match.as_ref().and_then(|o| o.on_match.as_ref()) {
+        Some(OnMatchKind::Matcher(next)) => tree(next, at, diag, out, depth + 1),
+        Some(OnMatchKind::Action(a)) => at.warn(
+            diag,
+            format!(
+                "filter_chain_matcher on_no_match action {:?} is not supported; ignored",
+                action_name(a)
+            ),
+        ),
+        None => {}
+    }
+}
+
+/// The IP level: the IPMatcher's ranges, each a service's VIPs with a port
+/// tree, or bound pods' IPs with an application-protocol tree.
+fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener) {
+    let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
+        return;
+    };
+    let Some(TreeType::CustomMatch(custom)) = &tree.tree_type else {
+        at.warn(diag, "destination IP matcher without IPMatcher; ignored");
+        return;
+    };
+    let Some(any) = &custom.typed_config else {
+        at.reject(diag, "IP matcher without typed_config");
+        return;
+    };
+    if any.type_url != IP_MATCHER {
+        at.warn(
+            diag,
+            format!("IP matcher type {} is not supported", any.type_url),
+        );
+        return;
+    }
+    let ipm = match <IpMatcher as prost::Message>::decode(any.value.as_slice()) {
+        Ok(m) => m,
+        Err(e) => {
+            at.reject(diag, format!("cannot decode IPMatcher: {e}"));
+            return;
+        }
+    };
+    for rm in &ipm.range_matchers {
+        let mut ips = Vec::new();
+        for r in &rm.ranges {
+            let Ok(ip) = r.address_prefix.parse::<IpAddr>() else {
+                at.reject(
+                    diag,
+                    format!("IP range {:?} is not an address", r.address_prefix),
+                );
+                continue;
+            };
+            let full = if ip.is_ipv4() { 32 } else { 128 };
+            let len = r.prefix_len.as_ref().map_or(full, |p| p.value);
+            if len != full {
+                at.warn(
+                    diag,
+                    format!("IP range {ip}/{len} is not one address; treated as {ip}"),
+                );
+            }
+            ips.push(ip);
+        }
+        match rm.on_match.as_ref().and_then(|o| o.on_match.as_ref()) {
+            Some(OnMatchKind::Matcher(next)) => match tree_input(next, "IP range", at, diag) {
+                Some(PORT_INPUT) => {
+                    for (port, chains) in port_tree(next, at, diag) {
+                        for ip in &ips {
+                            out.vips
+                                .entry((*ip, port))
+                                .or_default()
+                                .extend(chains.iter().cloned());
+                        }
+                    }
+                }
+                Some(APP_PROTOCOL_INPUT) => {
+                    if let Some(pc) = app_protocol(next, at, diag) {
+                        bind_pods(&ips, pc, at, diag, out);
+                    }
+                }
+                Some(other) => at.warn(
+                    diag,
+                    format!("matcher on input {other:?} under an IP range; ignored"),
+                ),
+                None => {}
+            },
+            Some(OnMatchKind::Action(a)) => {
+                // No port or protocol level: one chain for every port and protocol.
+                let name = chain_name(&action_name(a)).into_owned();
+                let pc = ProtocolChains {
+                    http: (name != DIRECT_TCP).then(|| name.clone()),
+                    tcp: (name != DIRECT_HTTP).then_some(name),
+                };
+                bind_pods(&ips, pc, at, diag, out);
+            }
+            None => at.warn(diag, format!("IP range {ips:?} without on_match; ignored")),
+        }
+        if rm.exclusive {
+            at.warn(diag, "IP range `exclusive` is not supported; ignored");
+        }
+    }
+}
+
+/// Pod IPs (any port) → the direct chains; other chains there are not pod chains.
+fn bind_pods(
+    ips: &[IpAddr],
+    pc: ProtocolChains,
+    at: At<'_>,
+    diag: &mut Diag,
+    out: &mut MainListener,
+) {
+    let direct = |c: &Option<String>| {
+        c.as_deref()
+            .is_none_or(|c| c == DIRECT_HTTP || c == DIRECT_TCP)
+    };
+    if !direct(&pc.http) || !direct(&pc.tcp) {
+        at.warn(
+            diag,
+            format!(
+                "IP range {ips:?} selects chains {pc:?} for every port; only {DIRECT_HTTP} and {DIRECT_TCP} serve every port; ignored"
+            ),
+        );
+        return;
+    }
+    for ip in ips {
+        out.pods.insert(*ip, pc.clone());
+    }
+}
+
+/// `ApplicationProtocolInput` exact map: HTTP keys → the HTTP chain,
+/// `on_no_match` → the TCP chain (`match.NewAppProtocol`).
+fn app_protocol(m: &Matcher, at: At<'_>, diag: &mut Diag) -> Option<ProtocolChains> {
+    let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
+        return None;
+    };
+    let Some(TreeType::ExactMatchMap(map)) = &tree.tree_type else {
+        at.warn(
+            diag,
+            "application-protocol matcher without exact_match_map; ignored",
+        );
+        return None;
+    };
+    let leaf = |o: &OnMatch, diag: &mut Diag| match &o.on_match {
+        Some(OnMatchKind::Action(a)) => Some(chain_name(&action_name(a)).into_owned()),
+        _ => {
+            at.warn(
+                diag,
+                "application-protocol matcher: a nested matcher is not supported; ignored",
+            );
+            None
+        }
+    };
+    let mut out = ProtocolChains::default();
+    for (key, o) in &map.map {
+        if !HTTP_PROTOCOLS.contains(&key.as_str()) {
+            at.warn(
+                diag,
+                format!("application protocol {key} is not detected by this proxy; ignored"),
+            );
+            continue;
+        }
+        let Some(chain) = leaf(o, diag) else { continue };
+        match &out.http {
+            Some(c) if *c != chain => at.warn(
+                diag,
+                format!("application protocols lead to {c} and {chain}; {c} serves HTTP"),
+            ),
+            Some(_) => {}
+            None => out.http = Some(chain),
+        }
+    }
+    if let Some(o) = &m.on_no_match {
+        out.tcp = leaf(o, diag);
+    }
+    Some(out)
+}
+
+/// The multi-network authority map: `"<hostname>:<port>"` → chain(s).
+fn authority_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener) {
+    let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
+        return;
+    };
+    let key = tree
         .input
         .as_ref()
         .and_then(|i| i.typed_config.as_ref())
-        .map_or("", |a| a.type_url.as_str());
-    if input == IP_INPUT {
-        let Some(TreeType::CustomMatch(custom)) = &tree.tree_type else {
-            at.warn(diag, "destination IP matcher without IPMatcher; ignored");
-            return;
-        };
-        let Some(any) = &custom.typed_config else {
-            at.reject(diag, "IP matcher without typed_config");
-            return;
-        };
-        if any.type_url != IP_MATCHER {
-            at.warn(
-                diag,
-                format!("IP matcher type {} is not supported", any.type_url),
-            );
-            return;
-        }
-        let ipm = match <IpMatcher as prost::Message>::decode(any.value.as_slice()) {
-            Ok(m) => m,
-            Err(e) => {
-                at.reject(diag, format!("cannot decode IPMatcher: {e}"));
-                return;
-            }
-        };
-        for rm in &ipm.range_matchers {
-            let mut ips = Vec::new();
-            for r in &rm.ranges {
-                let Ok(ip) = r.address_prefix.parse::<IpAddr>() else {
-                    at.reject(
-                        diag,
-                        format!("IP range {:?} is not an address", r.address_prefix),
-                    );
-                    continue;
-                };
-                let full = if ip.is_ipv4() { 32 } else { 128 };
-                let len = r.prefix_len.as_ref().map_or(full, |p| p.value);
-                if len != full {
-                    at.warn(
-                        diag,
-                        format!("IP range {ip}/{len} is not one address; treated as {ip}"),
-                    );
-                }
-                ips.push(ip);
-            }
-            let ports = match rm.on_match.as_ref().and_then(|o| o.on_match.as_ref()) {
-                Some(OnMatchKind::Matcher(pm)) => port_tree(pm, at, diag),
-                Some(OnMatchKind::Action(a)) => {
-                    // No port level: the chain serves every port (a pod-IP
-                    // range, handled from the endpoints).
-                    let _ = a;
-                    continue;
-                }
-                None => continue,
-            };
-            for ip in &ips {
-                for (port, chains) in &ports {
-                    out.vips
-                        .entry((*ip, *port))
-                        .or_default()
-                        .extend(chains.iter().cloned());
-                }
-            }
-        }
+        .and_then(decode_any::<FilterStateInput>)
+        .and_then(Result::ok)
+        .map(|f| f.key);
+    if key.as_deref() != Some(AUTHORITY_KEY) {
+        at.warn(
+            diag,
+            format!(
+                "filter state matcher on {key:?} is not supported (only {AUTHORITY_KEY}); ignored"
+            ),
+        );
         return;
     }
-    // Another input (authority filter state): follow on_no_match to the IPs.
-    match m.on_no_match.as_ref().and_then(|o| o.on_match.as_ref()) {
-        Some(OnMatchKind::Matcher(next)) => ip_tree(next, at, diag, out, depth + 1),
-        _ => at.warn(
-            diag,
-            format!("filter_chain_matcher on input {input:?} is not supported; ignored"),
-        ),
+    let Some(TreeType::ExactMatchMap(map)) = &tree.tree_type else {
+        at.warn(diag, "authority matcher without exact_match_map; ignored");
+        return;
+    };
+    for (authority, o) in &map.map {
+        let parsed = authority
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty());
+        let Some((host, port)) = parsed else {
+            at.reject(
+                diag,
+                format!("authority matcher key {authority:?} is not <hostname>:<port>"),
+            );
+            continue;
+        };
+        let mut names = BTreeSet::new();
+        actions(o, &mut names, at, diag, 0);
+        out.authorities
+            .entry((host.to_ascii_lowercase(), port))
+            .or_default()
+            .extend(names);
+    }
+}
+
+/// The chain an action names: its `StringValue`, else the action's name.
+fn action_name(a: &envoy_types::pb::xds::core::v3::TypedExtensionConfig) -> String {
+    match a.typed_config.as_ref().map(decode_any::<StringValue>) {
+        Some(Some(Ok(v))) => v.value,
+        _ => a.name.clone(),
     }
 }
 
@@ -305,21 +543,8 @@ fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener, dep
 fn port_tree(m: &Matcher, at: At<'_>, diag: &mut Diag) -> BTreeMap<u16, BTreeSet<String>> {
     let mut out = BTreeMap::new();
     let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
-        at.warn(diag, "port matcher is not a matcher tree; ignored");
         return out;
     };
-    let input = tree
-        .input
-        .as_ref()
-        .and_then(|i| i.typed_config.as_ref())
-        .map_or("", |a| a.type_url.as_str());
-    if input != PORT_INPUT {
-        at.warn(
-            diag,
-            format!("matcher on input {input:?} under an IP range; ignored"),
-        );
-        return out;
-    }
     let Some(TreeType::ExactMatchMap(map)) = &tree.tree_type else {
         at.warn(diag, "port matcher without exact_match_map; ignored");
         return out;
@@ -333,50 +558,62 @@ fn port_tree(m: &Matcher, at: At<'_>, diag: &mut Diag) -> BTreeMap<u16, BTreeSet
         actions(on_match, &mut names, at, diag, 0);
         out.insert(port, names);
     }
+    if m.on_no_match.is_some() {
+        at.warn(
+            diag,
+            "port matcher on_no_match (other ports) is not supported; ignored",
+        );
+    }
     out
 }
 
-/// Every chain name an `OnMatch` can lead to.
+/// Every chain name a port's `OnMatch` can lead to: a chain, or an
+/// application-protocol matcher over an HTTP and a TCP chain (a sniffed port).
 fn actions(o: &OnMatch, names: &mut BTreeSet<String>, at: At<'_>, diag: &mut Diag, depth: usize) {
     if depth > 8 {
+        at.warn(diag, "port matcher nested too deep; rest ignored");
         return;
     }
     match &o.on_match {
         Some(OnMatchKind::Action(a)) => {
-            match a.typed_config.as_ref().map(decode_any::<StringValue>) {
-                Some(Some(Ok(v))) => {
-                    names.insert(v.value);
-                }
-                Some(Some(Err(e))) => at.reject(diag, e),
-                _ => {
-                    names.insert(a.name.clone());
-                }
+            if let Some(Some(Err(e))) = a.typed_config.as_ref().map(decode_any::<StringValue>) {
+                at.reject(diag, e);
+                return;
             }
+            names.insert(chain_name(&action_name(a)).into_owned());
         }
-        Some(OnMatchKind::Matcher(m)) => {
-            if let Some(MatcherType::MatcherTree(t)) = &m.matcher_type {
-                if let Some(TreeType::ExactMatchMap(map) | TreeType::PrefixMatchMap(map)) =
-                    &t.tree_type
-                {
-                    for o in map.map.values() {
-                        actions(o, names, at, diag, depth + 1);
-                    }
+        Some(OnMatchKind::Matcher(m)) => match tree_input(m, "port matcher", at, diag) {
+            Some(APP_PROTOCOL_INPUT) => {
+                if let Some(pc) = app_protocol(m, at, diag) {
+                    names.extend(pc.http.into_iter().chain(pc.tcp));
                 }
             }
-            if let Some(o) = &m.on_no_match {
-                actions(o, names, at, diag, depth + 1);
-            }
-        }
+            Some(other) => at.warn(
+                diag,
+                format!("matcher on input {other:?} under a port; ignored"),
+            ),
+            None => {}
+        },
         None => {}
     }
 }
 
 /// Classic `filter_chain_match`: `prefix_ranges` × `destination_port`.
-fn classic_match(chain: &FilterChain, at: At<'_>, diag: &mut Diag, out: &mut MainListener) {
+fn classic_match(
+    chain: &FilterChain,
+    name: &str,
+    at: At<'_>,
+    diag: &mut Diag,
+    out: &mut MainListener,
+) {
     let Some(m) = &chain.filter_chain_match else {
         return;
     };
     let Some(port) = m.destination_port.as_ref().map(|p| p.value) else {
+        at.warn(
+            diag,
+            format!("chain {name}: filter_chain_match without destination_port; ignored"),
+        );
         return;
     };
     let Ok(port) = u16::try_from(port) else {
@@ -389,7 +626,7 @@ fn classic_match(chain: &FilterChain, at: At<'_>, diag: &mut Diag, out: &mut Mai
                 out.vips
                     .entry((ip, port))
                     .or_default()
-                    .insert(chain.name.clone());
+                    .insert(name.to_string());
             }
             Err(_) => at.reject(
                 diag,
@@ -639,4 +876,51 @@ fn http_chain(
         default_fault,
         path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_name;
+
+    #[test]
+    fn chain_names_of_every_release() {
+        let h = "reviews.default.svc.cluster.local";
+        let cases = [
+            // 1.22/1.23
+            (
+                format!("inbound-vip|9080||{h}-http"),
+                format!("inbound-vip|9080|http|{h}"),
+            ),
+            (
+                format!("inbound-vip|27017||{h}-tcp"),
+                format!("inbound-vip|27017|tcp|{h}"),
+            ),
+            // 1.24+: unchanged
+            (
+                format!("inbound-vip|9080|http|{h}"),
+                format!("inbound-vip|9080|http|{h}"),
+            ),
+            ("direct-http".into(), "direct-http".into()),
+            // Not a legacy name: left as is (and reported as not a service chain).
+            (
+                format!("inbound-vip|x||{h}-http"),
+                format!("inbound-vip|x||{h}-http"),
+            ),
+            (
+                "inbound-vip|9080||-http".into(),
+                "inbound-vip|9080||-http".into(),
+            ),
+            (
+                format!("inbound-vip|9080||{h}-udp"),
+                format!("inbound-vip|9080||{h}-udp"),
+            ),
+            (
+                format!("outbound|9080||{h}-http"),
+                format!("outbound|9080||{h}-http"),
+            ),
+        ];
+        for (name, want) in cases {
+            assert_eq!(chain_name(&name), want, "{name}");
+        }
+    }
 }

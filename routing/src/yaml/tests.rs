@@ -138,6 +138,7 @@ fn bookinfo_resolves_pod() {
             endpoint,
             port,
             services,
+            bound: None,
         }) => {
             assert_eq!(endpoint.name, "reviews-v2");
             assert_eq!(

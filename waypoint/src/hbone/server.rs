@@ -250,17 +250,27 @@ impl HboneServer {
             debug!(peer = %conn.peer, method = %req.method(), "non-CONNECT request on HBONE");
             return reject(&mut respond, StatusCode::BAD_REQUEST);
         }
-        let Some(dst) = req
-            .uri()
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-        else {
-            warn!(peer = %conn.peer, uri = %req.uri(), "CONNECT without a valid ip:port authority");
+        let snapshot = self.inbound.snapshot();
+        // `ip:port`, or (multi-network) a `hostname:port` the config's authority map serves,
+        // which stands for that service's VIP.
+        let Some(dst) = req.uri().authority().and_then(|a| {
+            a.as_str()
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| snapshot.resolve_authority(a.host(), a.port_u16()?))
+        }) else {
+            warn!(peer = %conn.peer, uri = %req.uri(),
+                "CONNECT without an ip:port authority or a hostname:port this waypoint serves");
             return reject(&mut respond, StatusCode::BAD_REQUEST);
         };
-        let snapshot = self.inbound.snapshot();
         let protocol = match snapshot.resolve_destination(dst) {
             Some(Destination::Service { port, .. }) => port.protocol,
+            // A pod bound to this waypoint: its direct chains decide (istiod's
+            // application-protocol matcher: HTTP detected, else TCP).
+            Some(Destination::Pod {
+                bound: Some(protocol),
+                ..
+            }) => protocol,
             Some(Destination::Pod { port, services, .. }) => services
                 .iter()
                 .find_map(|s| {

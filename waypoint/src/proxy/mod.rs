@@ -212,6 +212,7 @@ impl ProxyHttp for Waypoint {
                 endpoint,
                 port,
                 services,
+                bound,
             }) => {
                 // istiod's `direct-http` chain serves pod-addressed requests, whatever their Host.
                 let policy = snapshot
@@ -220,10 +221,12 @@ impl ProxyHttp for Waypoint {
                 if let Some(replied) = self.normalize_path(session, ctx, &policy).await? {
                     return Ok(replied);
                 }
-                // Pod-addressed: the Host header names the service whose routes apply.
+                // Pod-addressed: the Host header names the service whose routes apply, unless the
+                // pod's workload uses this waypoint (istiod's `direct-http` forwards to the pod).
                 let host = authority(session.req_header()).unwrap_or("");
                 let by_host = snapshot
                     .service_by_host(host)
+                    .filter(|_| bound.is_none())
                     .filter(|s| services.iter().any(|c| c.hostname == s.hostname));
                 let found = by_host.and_then(|s| {
                     s.ports
@@ -247,10 +250,14 @@ impl ProxyHttp for Waypoint {
                         let target = SocketAddr::new(endpoint.address, port);
                         ctx.direct = Some((target, identity));
                         ctx.cluster_name = format!("inbound-pod|{port}||{}", endpoint.address);
-                        ctx.protocol = services
-                            .iter()
-                            .find_map(|s| s.ports.iter().find(|p| p.target_port == port))
-                            .map_or(Protocol::Unknown, |p| p.protocol);
+                        ctx.protocol = match bound {
+                            // The upstream speaks what the client spoke.
+                            Some(_) => Protocol::Unknown,
+                            None => services
+                                .iter()
+                                .find_map(|s| s.ports.iter().find(|p| p.target_port == port))
+                                .map_or(Protocol::Unknown, |p| p.protocol),
+                        };
                         return self.authorize(session, ctx, &tunnel, None).await;
                     }
                 }
