@@ -28,6 +28,7 @@ pub struct SnapshotBuilder {
     warnings: Vec<String>,
     authorization: Authorization,
     pod_path: Option<crate::path::PathPolicy>,
+    hbone_peer_sans: Option<Vec<crate::upstream::SanMatcher>>,
 }
 
 impl SnapshotBuilder {
@@ -73,6 +74,13 @@ impl SnapshotBuilder {
         self
     }
 
+    /// Verify HBONE peers against these SAN matchers (any of them; empty: the chain only)
+    /// instead of each endpoint's identity.
+    pub fn hbone_peer_sans(&mut self, matchers: Vec<crate::upstream::SanMatcher>) -> &mut Self {
+        self.hbone_peer_sans = Some(matchers);
+        self
+    }
+
     pub fn warning(&mut self, warning: impl Into<String>) -> &mut Self {
         self.warnings.push(warning.into());
         self
@@ -91,6 +99,7 @@ impl SnapshotBuilder {
             warnings: self.warnings,
             authorization: self.authorization,
             pod_path: self.pod_path,
+            hbone_peer_sans: self.hbone_peer_sans.map(Arc::new),
             ..Snapshot::default()
         };
         for (service, endpoints) in self.services {

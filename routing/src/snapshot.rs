@@ -89,6 +89,10 @@ pub struct Snapshot {
     pub(crate) authorization: crate::authz::Authorization,
     /// Path handling for pod-addressed requests; `None` = the process default.
     pub(crate) pod_path: Option<crate::path::PathPolicy>,
+    /// What an HBONE peer's certificate must show: `None` = the endpoint's own identity (files);
+    /// `Some(matchers)` = istiod's `connect_originate` SAN matchers, any of them (empty: the
+    /// chain only).
+    pub(crate) hbone_peer_sans: Option<Arc<Vec<crate::upstream::SanMatcher>>>,
 }
 
 impl Snapshot {
@@ -117,6 +121,12 @@ impl Snapshot {
     /// `None` = the process default.
     pub fn pod_path(&self) -> Option<crate::path::PathPolicy> {
         self.pod_path
+    }
+
+    /// The SAN matchers HBONE peers are verified against (xDS: `connect_originate`'s), or
+    /// `None` when each endpoint's own identity is required (files).
+    pub fn hbone_peer_sans(&self) -> Option<&Arc<Vec<crate::upstream::SanMatcher>>> {
+        self.hbone_peer_sans.as_ref()
     }
 
     /// The authorization policies in force.
@@ -338,6 +348,7 @@ impl Snapshot {
                 "attachments": self.authorization.attachments(),
             },
             "pod_path": self.pod_path,
+            "hbone_peer_sans": self.hbone_peer_sans.as_deref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "warnings": self.warnings,
         })
     }
