@@ -557,6 +557,7 @@ mod tests {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
             port_level_settings,
         }
     }
@@ -572,6 +573,7 @@ mod tests {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
         }
     }
 
@@ -584,6 +586,7 @@ mod tests {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
         }
     }
 

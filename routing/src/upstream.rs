@@ -126,7 +126,8 @@ mod tests {
         let pod = sans(&[(SanKind::Uri, "spiffe://cluster.local/ns/default/sa/reviews")]);
         let foreign = sans(&[(SanKind::Uri, "spiffe://other.td/ns/default/sa/reviews")]);
         let both = [td.clone(), ns.clone()];
-        let table: &[(&[SanMatcher], &[(SanKind, String)], bool)] = &[
+        type Case<'a> = (&'a [SanMatcher], &'a [(SanKind, String)], bool);
+        let table: &[Case<'_>] = &[
             (&both, &pod, true),
             (&both, &foreign, false),
             (std::slice::from_ref(&ns), &pod, false),
