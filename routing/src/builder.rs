@@ -30,6 +30,7 @@ pub struct SnapshotBuilder {
     pod_path: Option<crate::path::PathPolicy>,
     workloads: Vec<(Arc<Endpoint>, Protocol)>,
     authorities: Vec<(String, u16)>,
+    hbone_peer_sans: Option<Vec<crate::upstream::SanMatcher>>,
 }
 
 impl SnapshotBuilder {
@@ -90,6 +91,13 @@ impl SnapshotBuilder {
         self
     }
 
+    /// Verify HBONE peers against these SAN matchers (any of them; empty: the chain only)
+    /// instead of each endpoint's identity.
+    pub fn hbone_peer_sans(&mut self, matchers: Vec<crate::upstream::SanMatcher>) -> &mut Self {
+        self.hbone_peer_sans = Some(matchers);
+        self
+    }
+
     pub fn warning(&mut self, warning: impl Into<String>) -> &mut Self {
         self.warnings.push(warning.into());
         self
@@ -108,6 +116,7 @@ impl SnapshotBuilder {
             warnings: self.warnings,
             authorization: self.authorization,
             pod_path: self.pod_path,
+            hbone_peer_sans: self.hbone_peer_sans.map(Arc::new),
             ..Snapshot::default()
         };
         for (service, endpoints) in self.services {

@@ -620,6 +620,7 @@ mod tests {
             service_account: "sa".into(),
             namespace: "default".into(),
             identity: "spiffe://cluster.local/ns/default/sa/sa".into(),
+            transport: Default::default(),
             name: format!("ep{i}"),
         })
     }

@@ -19,6 +19,7 @@ mod policy;
 mod pool;
 mod snapshot;
 mod tcp;
+mod upstream;
 mod weighted;
 pub mod xds;
 pub mod yaml;
@@ -53,6 +54,7 @@ pub use policy::{
 pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
 pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
+pub use upstream::{SanKind, SanMatcher, TlsMode, Transport, UpstreamTls};
 pub use weighted::pick_weighted;
 pub use yaml::{
     check_path, check_path_with, check_str, load_dir, load_dir_with, load_str, LoadOptions, Report,

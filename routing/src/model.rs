@@ -101,9 +101,12 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     pub namespace: String,
-    /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`
+    /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`; empty when not known ahead of the connection
+    /// (xDS without workload discovery: the peer certificate tells).
     pub identity: String,
     pub name: String,
+    /// HBONE, or a direct connection for a workload outside the mesh.
+    pub transport: crate::upstream::Transport,
 }
 
 impl Endpoint {
@@ -119,6 +122,19 @@ pub fn labels_superset(
     selector: &BTreeMap<String, String>,
 ) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Label that takes a workload out of ambient (`istio.io/dataplane-mode: none`).
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// How the files front-end reaches a WorkloadEntry / ServiceEntry endpoint: over HBONE (the
+/// simulated mesh's default), or directly when its labels opt it out of ambient
+/// (`istio.io/dataplane-mode: none`), as ztunnel leaves such a workload uncaptured.
+pub fn transport_of(labels: &BTreeMap<String, String>) -> crate::upstream::Transport {
+    match labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+        Some("none") => crate::upstream::Transport::Direct,
+        _ => crate::upstream::Transport::Hbone,
+    }
 }
 
 /// SPIFFE identity of a service account.

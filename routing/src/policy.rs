@@ -69,6 +69,8 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// `tls` SIMPLE / MUTUAL: TLS originated to endpoints dialled directly.
+    pub tls: Option<crate::upstream::UpstreamTls>,
     /// Per service port; an entry *replaces* this policy for its port.
     pub port_level_settings: Vec<PortTrafficPolicy>,
 }
@@ -81,6 +83,7 @@ pub struct PortTrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<crate::upstream::UpstreamTls>,
 }
 
 /// `loadBalancer`.
@@ -343,6 +346,8 @@ pub struct ClusterPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS originated to endpoints dialled directly (never inside HBONE).
+    pub tls: Option<crate::upstream::UpstreamTls>,
 }
 
 impl ClusterPolicy {
@@ -381,6 +386,11 @@ impl ClusterPolicy {
                 sub.outlier_detection
             } else {
                 base.outlier_detection
+            },
+            tls: if pick(sub.tls.is_some()) {
+                sub.tls
+            } else {
+                base.tls
             },
         }
     }
@@ -496,6 +506,7 @@ fn port_level(policy: &TrafficPolicy, port: u16) -> (ClusterPolicy, bool) {
                 load_balancer: p.load_balancer.clone(),
                 connection_pool: p.connection_pool.clone(),
                 outlier_detection: p.outlier_detection.clone(),
+                tls: p.tls.clone(),
             },
             true,
         ),
@@ -504,6 +515,7 @@ fn port_level(policy: &TrafficPolicy, port: u16) -> (ClusterPolicy, bool) {
                 load_balancer: policy.load_balancer.clone(),
                 connection_pool: policy.connection_pool.clone(),
                 outlier_detection: policy.outlier_detection.clone(),
+                tls: policy.tls.clone(),
             },
             false,
         ),
@@ -545,6 +557,7 @@ mod tests {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
             port_level_settings,
         }
     }
@@ -560,6 +573,7 @@ mod tests {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
         }
     }
 
@@ -572,6 +586,7 @@ mod tests {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
         }
     }
 

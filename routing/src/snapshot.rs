@@ -99,6 +99,10 @@ pub struct Snapshot {
     pub(crate) workloads: HashMap<IpAddr, (Arc<Endpoint>, Protocol)>,
     /// CONNECT authority `(hostname, port)` → the service VIP:port it stands for.
     pub(crate) by_authority: HashMap<(String, u16), SocketAddr>,
+    /// What an HBONE peer's certificate must show: `None` = the endpoint's own identity (files);
+    /// `Some(matchers)` = istiod's `connect_originate` SAN matchers, any of them (empty: the
+    /// chain only).
+    pub(crate) hbone_peer_sans: Option<Arc<Vec<crate::upstream::SanMatcher>>>,
 }
 
 impl Snapshot {
@@ -127,6 +131,12 @@ impl Snapshot {
     /// `None` = the process default.
     pub fn pod_path(&self) -> Option<crate::path::PathPolicy> {
         self.pod_path
+    }
+
+    /// The SAN matchers HBONE peers are verified against (xDS: `connect_originate`'s), or
+    /// `None` when each endpoint's own identity is required (files).
+    pub fn hbone_peer_sans(&self) -> Option<&Arc<Vec<crate::upstream::SanMatcher>>> {
+        self.hbone_peer_sans.as_ref()
     }
 
     /// The authorization policies in force.
@@ -373,6 +383,7 @@ impl Snapshot {
                 "attachments": self.authorization.attachments(),
             },
             "pod_path": self.pod_path,
+            "hbone_peer_sans": self.hbone_peer_sans.as_deref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "warnings": self.warnings,
         })
     }

@@ -134,10 +134,18 @@ fn bookinfo_reviews_split_subsets_and_identity() {
         assert_eq!(c.name, format!("inbound-vip|9080|http/{subset}|{REVIEWS}"));
     }
     assert_eq!(s.cluster(REVIEWS, 9080, None).unwrap().endpoints.len(), 3);
-    // Identity: what connect_originate's SAN prefix verifies (trust domain and
-    // namespace, any service account), since xDS names no service account.
+    // Identity: xDS names no service account, so it is unknown until the handshake; the peer is
+    // verified against connect_originate's SAN matchers, all of them.
     let ep = &s.endpoints(REVIEWS)[0];
-    assert_eq!(ep.identity, "spiffe://example.org/ns/default/sa/*");
+    assert_eq!(ep.identity, "");
+    assert_eq!(ep.transport, routing::Transport::Hbone);
+    let sans: Vec<String> = s
+        .hbone_peer_sans()
+        .expect("xDS verifies by SAN matchers")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(!sans.is_empty(), "{sans:?}");
     assert_eq!(ep.service_account, "unknown");
     assert_eq!(ep.name, "reviews-v1");
     assert_eq!(ep.labels["service.istio.io/canonical-revision"], "v1");
@@ -1380,4 +1388,78 @@ fn hcm_path_fields_are_per_service() {
         panic!("reviews VIP");
     };
     assert_eq!(port.path, Some(PathPolicy::default()));
+}
+
+/// bookinfo.json with upstreams.json laid over it (same-named resources replaced).
+fn bookinfo_with_upstreams() -> Translation {
+    let mut res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let over = load_resources(&fixture("upstreams.json")).unwrap();
+    res.clusters
+        .retain(|c| !over.clusters.iter().any(|o| o.name == c.name));
+    res.endpoints.retain(|e| {
+        !over
+            .endpoints
+            .iter()
+            .any(|o| o.cluster_name == e.cluster_name)
+    });
+    res.clusters.extend(over.clusters);
+    res.endpoints.extend(over.endpoints);
+    translate(&res)
+}
+
+#[test]
+fn cross_namespace_waypoint_verifies_by_every_san_matcher() {
+    let t = bookinfo_with_upstreams();
+    let sans = t.snapshot.hbone_peer_sans().expect("SAN matchers").clone();
+    assert_eq!(sans.len(), 2, "{sans:?}");
+    let pod = |id: &str| vec![(routing::SanKind::Uri, id.to_string())];
+    // The backend in `default` passes on the trust-domain prefix, as with Envoy (any-of); the
+    // namespace matcher alone (what was kept before) would refuse it.
+    assert!(routing::SanMatcher::any_matches(
+        &sans,
+        &pod("spiffe://example.org/ns/default/sa/bookinfo-ratings")
+    ));
+    assert!(!sans[1].matches(&pod("spiffe://example.org/ns/default/sa/bookinfo-ratings")));
+    assert!(!routing::SanMatcher::any_matches(
+        &sans,
+        &pod("spiffe://evil.org/ns/istio-waypoint/sa/x")
+    ));
+}
+
+#[test]
+fn mixed_cluster_dials_plain_endpoints_directly_with_dr_tls() {
+    let t = bookinfo_with_upstreams();
+    let s = &t.snapshot;
+    let c = s
+        .cluster("ratings.default.svc.cluster.local", 9080, None)
+        .unwrap();
+    let mut eps: Vec<(String, routing::Transport)> = c
+        .endpoints
+        .iter()
+        .map(|e| (e.target.to_string(), e.endpoint.transport))
+        .collect();
+    eps.sort();
+    assert_eq!(
+        eps,
+        vec![
+            ("10.0.0.5:9080".to_string(), routing::Transport::Direct),
+            ("10.244.1.6:9080".to_string(), routing::Transport::Hbone),
+        ]
+    );
+    let tls = c.policy.tls.as_ref().expect("DestinationRule tls SIMPLE");
+    assert_eq!(tls.mode, routing::TlsMode::Simple);
+    assert_eq!(tls.sni.as_deref(), Some("ratings.example.com"));
+    assert_eq!(
+        tls.ca_certificates.as_deref(),
+        Some("/etc/certs/ratings-ca.pem")
+    );
+    assert_eq!(tls.subject_alt_names.len(), 1);
+    assert!(tls.subject_alt_names[0]
+        .matches(&[(routing::SanKind::Dns, "ratings.example.com".to_string())]));
+    assert!(!tls.alpn_h2);
+    // raw_buffer inside internal_upstream: no TLS.
+    let plain = s
+        .cluster("productpage.default.svc.cluster.local", 9080, None)
+        .unwrap();
+    assert!(plain.policy.tls.is_none());
 }

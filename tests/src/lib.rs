@@ -193,7 +193,7 @@ pub fn client_tls(
     waypoint_id: &SpiffeId,
 ) -> Arc<rustls::ClientConfig> {
     ClientConfigs::new(cert)
-        .for_peer(waypoint_id)
+        .for_peer(&waypoint_id.clone().into())
         .expect("client config")
 }
 

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::{ConnectError, H2Stream, Lease, TunnelPolicy, TunnelPool};
-use crate::identity::SpiffeId;
+use crate::identity::PeerCheck;
 use crate::metrics::{DestinationLabels, IstioMetrics};
 use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
 use crate::splice::{splice, SpliceEnd, Spliced};
@@ -111,7 +111,7 @@ impl Inbound {
         // The service whose policies apply (none for pod-addressed traffic: the waypoint's).
         let mut authz_service: Option<String> = None;
         let mut policy = TunnelPolicy::default();
-        let candidates: Vec<(SocketAddr, SpiffeId, Arc<Endpoint>)> = match snapshot
+        let candidates: Vec<(SocketAddr, PeerCheck, Arc<Endpoint>)> = match snapshot
             .resolve_destination(info.original_dst)
         {
             Some(Destination::Service { service, port }) => {
@@ -144,7 +144,7 @@ impl Inbound {
                         let mut out = Vec::new();
                         while let Some(ep) = cluster.pick(&tried) {
                             tried.push(ep.target);
-                            if let Ok(id) = ep.endpoint.identity.parse() {
+                            if let Ok(id) = PeerCheck::for_endpoint(&snapshot, &ep.endpoint) {
                                 out.push((ep.target, id, ep.endpoint.clone()));
                             }
                             if out.len() > DEFAULT_RETRY_ATTEMPTS {
@@ -164,9 +164,7 @@ impl Inbound {
             }) => {
                 entry.upstream_cluster = format!("inbound-pod|{port}||{}", endpoint.address);
                 dest_service = services.first().map(|s| (*s).clone());
-                endpoint
-                    .identity
-                    .parse()
+                PeerCheck::for_endpoint(&snapshot, endpoint)
                     .map(|id| {
                         vec![(
                             SocketAddr::new(endpoint.address, port),

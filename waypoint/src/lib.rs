@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod curl;
 pub mod demo;
+pub mod direct;
 pub mod explain;
 pub mod hbone;
 pub mod identity;

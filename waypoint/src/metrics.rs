@@ -27,7 +27,7 @@ pub const UNKNOWN: &str = "unknown";
 
 type Label = Arc<str>;
 
-fn label(v: &str) -> Label {
+pub(crate) fn label(v: &str) -> Label {
     Arc::from(v)
 }
 
@@ -483,6 +483,7 @@ mod tests {
             service_account: "bookinfo-reviews".into(),
             namespace: "bookinfo".into(),
             identity: "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
+            transport: Default::default(),
             name: "reviews-v2".into(),
         };
         let d = DestinationLabels::new(Some(svc), Some(&ep), "Kubernetes");

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::hbone::{Lease, TunnelPolicy, TunnelPool};
-use crate::identity::SpiffeId;
+use crate::identity::PeerCheck;
 
 /// A mirrored request may take this long in total; then it is abandoned.
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,7 +145,7 @@ pub fn spawn(
     pool: Arc<TunnelPool>,
     stats: Arc<MirrorStats>,
     target: SocketAddr,
-    identity: SpiffeId,
+    identity: PeerCheck,
     req: MirrorRequest,
 ) {
     tokio::spawn(async move {
@@ -171,7 +171,7 @@ pub fn spawn(
 async fn send(
     pool: &Arc<TunnelPool>,
     target: SocketAddr,
-    identity: &SpiffeId,
+    identity: &PeerCheck,
     req: MirrorRequest,
 ) -> anyhow::Result<http::StatusCode> {
     let tunnel = pool

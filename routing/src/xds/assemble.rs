@@ -13,13 +13,15 @@ use super::{
     LISTENER_TYPE, ROUTE_TYPE, SUBSET_LABEL_PREFIX,
 };
 use crate::builder::SnapshotBuilder;
+use crate::model::StringMatch;
 use crate::model::{
-    spiffe_identity, DestinationRule, Endpoint, HttpRoute, Protocol, RouteDestination, Service,
-    ServicePort, Subset, VirtualService,
+    DestinationRule, Endpoint, HttpRoute, Protocol, RouteDestination, Service, ServicePort, Subset,
+    VirtualService,
 };
 use crate::path::PathPolicy;
 use crate::policy::{ClusterPolicy, HashKey, PortTrafficPolicy, TrafficPolicy};
 use crate::tcp::{TcpMatch, TcpRoute};
+use crate::upstream::{SanMatcher, Transport};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpSpecifier;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -94,10 +96,7 @@ pub(crate) fn translate(
     let known: BTreeSet<String> = clusters.keys().map(|k| k.to_string()).collect();
 
     // Clusters.
-    let mut upstream = UpstreamIdentity {
-        trust_domain: opts.trust_domain.clone(),
-        namespace: None,
-    };
+    let mut hbone_peer_sans = None;
     let mut svc_clusters: BTreeMap<String, ServiceCluster> = BTreeMap::new();
     for (name, c) in &clusters {
         match ClusterName::parse(name) {
@@ -112,12 +111,11 @@ pub(crate) fn translate(
                 "outbound cluster (a service this waypoint does not serve) is not supported; ignored",
             ),
             None if *name == "connect_originate" => {
-                if let Some((td, ns)) = cluster::connect_originate_san(c) {
-                    upstream = UpstreamIdentity {
-                        trust_domain: td,
-                        namespace: Some(ns),
-                    };
-                }
+                let at = At {
+                    type_url: CLUSTER_TYPE,
+                    name,
+                };
+                hbone_peer_sans = Some(cluster::connect_originate_sans(c, at, &mut diag));
             }
             None if INFRA_CLUSTERS.contains(name) => {}
             None => diag.warn(CLUSTER_TYPE, name, "not an istiod waypoint cluster; ignored"),
@@ -349,24 +347,31 @@ pub(crate) fn translate(
     if let Some(p) = main.direct_path {
         builder.pod_path(p);
     }
+    // Without a `connect_originate` cluster, what istiod writes by default: the trust domain.
+    let hbone_peer_sans = hbone_peer_sans.unwrap_or_else(|| {
+        vec![SanMatcher::uri(StringMatch::Prefix(format!(
+            "spiffe://{}/",
+            opts.trust_domain
+        )))]
+    });
+    let waypoint_namespace = waypoint_namespace(&hbone_peer_sans);
+    builder.hbone_peer_sans(hbone_peer_sans);
     let mut known_pods: BTreeMap<IpAddr, Arc<Endpoint>> = BTreeMap::new();
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
-        let eps = build_service(
-            &host,
-            acc,
-            mine,
-            &pods,
-            &upstream,
-            opts,
-            &mut diag,
-            &mut builder,
-        );
+        let eps = build_service(&host, acc, mine, &pods, opts, &mut diag, &mut builder);
         for ep in eps {
             known_pods.entry(ep.address).or_insert(ep);
         }
     }
-    bound_workloads(&main, &known_pods, &upstream, opts, &mut diag, &mut builder);
+    bound_workloads(
+        &main,
+        &known_pods,
+        waypoint_namespace.as_deref(),
+        opts,
+        &mut diag,
+        &mut builder,
+    );
     for ((host, port), chains) in &main.authorities {
         let other = chains
             .iter()
@@ -454,12 +459,16 @@ fn namespace_of_host(host: &str) -> String {
     }
 }
 
-/// What the waypoint verifies on a pod's HBONE certificate when the caller does not know the
-/// pod's service account: `spiffe://<trust_domain>/ns/<namespace>/sa/*`, as `connect_originate`'s
-/// URI SAN prefix matcher does in istiod's config (`cluster_waypoint.go`).
-struct UpstreamIdentity {
-    trust_domain: String,
-    namespace: Option<String>,
+/// The waypoint's namespace as `connect_originate` names it (its `spiffe://<td>/ns/<ns>/sa/`
+/// matcher), for pods whose own is not known.
+fn waypoint_namespace(sans: &[SanMatcher]) -> Option<String> {
+    sans.iter().find_map(|m| match &m.matcher {
+        StringMatch::Prefix(p) => {
+            let ns = p.split_once("/ns/")?.1.strip_suffix("/sa/")?;
+            (!ns.is_empty() && !ns.contains('/')).then(|| ns.to_string())
+        }
+        _ => None,
+    })
 }
 
 /// The service account of an identity that admits any service account of its namespace (the
@@ -473,7 +482,7 @@ pub const ANY_SERVICE_ACCOUNT: &str = "*";
 fn bound_workloads(
     main: &listener::MainListener,
     known: &BTreeMap<IpAddr, Arc<Endpoint>>,
-    upstream: &UpstreamIdentity,
+    waypoint_namespace: Option<&str>,
     opts: &TranslateOptions,
     diag: &mut Diag,
     builder: &mut SnapshotBuilder,
@@ -496,13 +505,10 @@ fn bound_workloads(
         let endpoint = match known.get(ip) {
             Some(ep) => ep.clone(),
             None => {
-                let namespace = upstream
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".to_string());
-                let identity = opts.identities.get(ip).cloned().unwrap_or_else(|| {
-                    spiffe_identity(&upstream.trust_domain, &namespace, ANY_SERVICE_ACCOUNT)
-                });
+                // Unknown until the HBONE handshake shows it, like service endpoints; the peer is
+                // verified against `connect_originate`'s SAN matchers.
+                let namespace = waypoint_namespace.unwrap_or("default").to_string();
+                let identity = opts.identities.get(ip).cloned().unwrap_or_default();
                 let (ns, sa) = match identity
                     .split_once("/ns/")
                     .and_then(|(_, r)| r.split_once("/sa/"))
@@ -518,6 +524,8 @@ fn bound_workloads(
                     namespace: ns,
                     identity,
                     name: ip.to_string(),
+                    // A workload that uses the waypoint is in the ambient mesh.
+                    transport: Transport::Hbone,
                 })
             }
         };
@@ -531,7 +539,6 @@ fn build_service(
     acc: ServiceAcc,
     mine: &[(&String, &ServiceCluster)],
     pods: &BTreeMap<String, Vec<PodEndpoint>>,
-    upstream: &UpstreamIdentity,
     opts: &TranslateOptions,
     diag: &mut Diag,
     builder: &mut SnapshotBuilder,
@@ -557,7 +564,13 @@ fn build_service(
         let protocol = match (kinds.contains(&false), kinds.contains(&true)) {
             (true, true) => Protocol::Unknown,
             (false, true) => Protocol::Tcp,
-            _ if p.http2 => Protocol::Http2,
+            _ if p.http2
+                || mine
+                    .iter()
+                    .any(|(_, sc)| sc.name.port == *number && sc.http2) =>
+            {
+                Protocol::Http2
+            }
             _ => Protocol::Http,
         };
         // Target port: the pods' port in this port's own (no subset) cluster.
@@ -594,6 +607,7 @@ fn build_service(
         labels: BTreeMap<String, String>,
         namespace: Option<String>,
         workload: Option<String>,
+        tunnel: bool,
     }
     let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
     for (name, sc) in mine {
@@ -602,6 +616,7 @@ fn build_service(
                 labels: BTreeMap::new(),
                 namespace: None,
                 workload: None,
+                tunnel: p.tunnel,
             });
             e.labels.extend(p.labels.clone());
             if e.namespace.is_none() {
@@ -620,16 +635,10 @@ fn build_service(
         .into_iter()
         .map(|(ip, a)| {
             let ns = a.namespace.unwrap_or_else(|| namespace.clone());
-            // Unless the caller knows the pod's identity, verify what istiod's Envoy verifies: any
-            // service account of the namespace `connect_originate` names (or the pod's).
-            let identity = match opts.identities.get(&ip) {
-                Some(id) => id.clone(),
-                None => spiffe_identity(
-                    &upstream.trust_domain,
-                    upstream.namespace.as_deref().unwrap_or(&ns),
-                    ANY_SERVICE_ACCOUNT,
-                ),
-            };
+            // The pod's identity when the caller knows it (workload discovery); else unknown
+            // until the HBONE handshake shows it. Either way the peer is verified against
+            // `connect_originate`'s SAN matchers (the snapshot's `hbone_peer_sans`).
+            let identity = opts.identities.get(&ip).cloned().unwrap_or_default();
             let sa = match identity.rsplit_once("/sa/") {
                 Some((_, sa)) if sa != ANY_SERVICE_ACCOUNT => sa.to_string(),
                 _ => "unknown".to_string(),
@@ -641,6 +650,11 @@ fn build_service(
                 namespace: ns,
                 identity,
                 name: a.workload.unwrap_or_else(|| ip.to_string()),
+                transport: if a.tunnel {
+                    Transport::Hbone
+                } else {
+                    Transport::Direct
+                },
             })
         })
         .collect();
@@ -721,5 +735,6 @@ fn port_policy(port: u16, p: &ClusterPolicy) -> PortTrafficPolicy {
         load_balancer: p.load_balancer.clone(),
         connection_pool: p.connection_pool.clone(),
         outlier_detection: p.outlier_detection.clone(),
+        tls: p.tls.clone(),
     }
 }

@@ -11,19 +11,27 @@
 //! | `circuit_breakers.thresholds[0]` `max_connections` / `max_pending_requests` / `max_requests` / `max_retries` (2^32-1 = unset) | `tcp.maxConnections`, `http.http1MaxPendingRequests` / `http2MaxRequests` / `maxRetries` |
 //! | `connect_timeout` (10 s = mesh default, unset) | `tcp.connectTimeout` |
 //! | `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` `common_http_protocol_options` `idle_timeout` / `max_requests_per_connection` / `max_connection_duration` | `http.idleTimeout`, `http.maxRequestsPerConnection`, `tcp.maxConnectionDuration` |
+//! | `transport_socket` `internal_upstream` wrapping `tls` (SNI, SAN matchers, `file-root:` / `file-cert:` secrets) or `raw_buffer` | `tls` SIMPLE / MUTUAL (ISTIO_MUTUAL, DISABLE: none) |
 //! | `outlier_detection` `consecutive_5xx` (+ enforcing), `consecutive_gateway_failure`, `interval`, `base_ejection_time`, `max_ejection_percent`; `common_lb_config.healthy_panic_threshold` | `outlierDetection` (`minHealthPercent`) |
 
 use super::names::ClusterName;
 use super::{decode_any, duration, At, Diag};
 use crate::model::LbPolicy;
+use crate::model::StringMatch;
 use crate::policy::{
     ClusterPolicy, ConnectionPool, ConsistentHash, HashAlgorithm, HttpSettings, LoadBalancer,
     OutlierDetection, TcpSettings, Warmup, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE,
 };
+use crate::upstream::{SanKind, SanMatcher, TlsMode, UpstreamTls};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, LbConfig, SlowStartConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use std::time::Duration;
 
@@ -75,6 +83,8 @@ pub(crate) struct ServiceCluster {
     pub(crate) name: ClusterName,
     pub(crate) policy: ClusterPolicy,
     pub(crate) source: EndpointSource,
+    /// The protocol options ask for HTTP/2 upstream.
+    pub(crate) http2: bool,
     /// `istio.services[0].namespace` of the cluster metadata.
     pub(crate) namespace: Option<String>,
 }
@@ -122,6 +132,7 @@ pub(crate) fn service_cluster(
     let load_balancer = load_balancer(c, passthrough, at, diag);
     let connection_pool = connection_pool(c, at, diag);
     let outlier_detection = outlier_detection(c, at, diag);
+    let tls = upstream_tls(c, at, diag);
     if c.load_balancing_policy.is_some() {
         at.warn(
             diag,
@@ -143,7 +154,9 @@ pub(crate) fn service_cluster(
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls,
         },
+        http2: explicit_http2(c),
         source,
         namespace: service_namespace(c),
     })
@@ -353,28 +366,243 @@ fn outlier_detection(c: &Cluster, at: At<'_>, diag: &mut Diag) -> Option<Outlier
     })
 }
 
-/// The trust domain and namespace of `connect_originate`'s URI SAN prefix
-/// matcher (`spiffe://<td>/ns/<ns>/sa/`), if any.
-pub(crate) fn connect_originate_san(c: &Cluster) -> Option<(String, String)> {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
-    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-    let ts = c.transport_socket.as_ref()?;
-    let envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any) =
-        ts.config_type.as_ref()?;
-    let tls: UpstreamTlsContext = decode_any(any)?.ok()?;
-    let vc = match tls.common_tls_context?.validation_context_type? {
-        ValidationContextType::CombinedValidationContext(c) => c.default_validation_context?,
-        ValidationContextType::ValidationContext(v) => v,
-        _ => return None,
-    };
-    vc.match_typed_subject_alt_names.iter().find_map(|m| {
-        let Some(MatchPattern::Prefix(p)) = m.matcher.as_ref()?.match_pattern.as_ref() else {
-            return None;
+/// The upstream TLS context of a transport socket named `tls` (or `envoy.transport_sockets.tls`).
+fn upstream_tls_context(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+) -> Option<Result<UpstreamTlsContext, String>> {
+    let ConfigType::TypedConfig(any) = ts.config_type.as_ref()?;
+    decode_any::<UpstreamTlsContext>(any)
+}
+
+/// The SAN matchers of a TLS context's default validation context: the typed ones, then the
+/// untyped (deprecated) ones, which look at every SAN kind. `Err` names a matcher that cannot
+/// be translated (the caller decides whether that fails closed).
+fn issue(e: super::matchers::Issue) -> String {
+    match e {
+        super::matchers::Issue::Unsupported(s) | super::matchers::Issue::Invalid(s) => s,
+    }
+}
+
+fn san_matchers(vc: &CertificateValidationContext) -> Result<Vec<SanMatcher>, String> {
+    let mut out = Vec::new();
+    for m in &vc.match_typed_subject_alt_names {
+        let kind = match m.san_type {
+            1 => SanKind::Email,
+            2 => SanKind::Dns,
+            3 => SanKind::Uri,
+            4 => SanKind::IpAddress,
+            other => return Err(format!("SAN matcher type {other} is not supported")),
         };
-        let rest = p.strip_prefix("spiffe://")?;
-        let (td, rest) = rest.split_once("/ns/")?;
-        let ns = rest.strip_suffix("/sa/")?;
-        Some((td.to_string(), ns.to_string()))
+        let sm = m.matcher.as_ref().ok_or("SAN matcher without a matcher")?;
+        let matcher = super::matchers::string_matcher(sm).map_err(issue)?;
+        out.push(SanMatcher { kind, matcher });
+    }
+    #[allow(deprecated)]
+    for sm in &vc.match_subject_alt_names {
+        let matcher = super::matchers::string_matcher(sm).map_err(issue)?;
+        out.push(SanMatcher {
+            kind: SanKind::Any,
+            matcher,
+        });
+    }
+    Ok(out)
+}
+
+fn default_validation(c: &CommonTlsContext) -> Option<&CertificateValidationContext> {
+    match c.validation_context_type.as_ref()? {
+        ValidationContextType::CombinedValidationContext(c) => {
+            c.default_validation_context.as_ref()
+        }
+        ValidationContextType::ValidationContext(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// `connect_originate`'s URI SAN matchers exactly as istiod wrote them
+/// (`cluster_waypoint.go` `buildConnectOriginate` → `buildCommonConnectTLSContext`): one prefix
+/// `spiffe://<td>/` per trust domain plus `spiffe://<td>/ns/<waypoint ns>/sa/`; Envoy accepts a
+/// peer when ANY matches, so a cross-namespace backend passes on the trust-domain prefix. With
+/// `PILOT_SKIP_VALIDATE_TRUST_DOMAIN` (1.26.5 / 1.27.2 / 1.28+) the list is empty and only the
+/// chain is checked. A matcher that cannot be translated is a warning and is left out; if it
+/// was the only one, nothing matches (fail closed).
+pub(crate) fn connect_originate_sans(c: &Cluster, at: At<'_>, diag: &mut Diag) -> Vec<SanMatcher> {
+    let tls = match c.transport_socket.as_ref().and_then(upstream_tls_context) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            at.reject(diag, format!("transport socket: {e}"));
+            return Vec::new();
+        }
+        None => {
+            at.warn(
+                diag,
+                "no upstream TLS context; HBONE peers are checked against the CA only",
+            );
+            return Vec::new();
+        }
+    };
+    let Some(vc) = tls.common_tls_context.as_ref().and_then(default_validation) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut dropped = false;
+    for m in &vc.match_typed_subject_alt_names {
+        let one = CertificateValidationContext {
+            match_typed_subject_alt_names: vec![m.clone()],
+            ..Default::default()
+        };
+        match san_matchers(&one) {
+            Ok(v) => out.extend(v),
+            Err(e) => {
+                dropped = true;
+                at.warn(diag, format!("SAN matcher left out: {e}"));
+            }
+        }
+    }
+    #[allow(deprecated)]
+    for m in &vc.match_subject_alt_names {
+        match super::matchers::string_matcher(m) {
+            Ok(matcher) => out.push(SanMatcher {
+                kind: SanKind::Any,
+                matcher,
+            }),
+            Err(e) => {
+                dropped = true;
+                at.warn(diag, format!("SAN matcher left out: {}", issue(e)));
+            }
+        }
+    }
+    if dropped && out.is_empty() {
+        // Never widen to "CA only" because a matcher was not understood.
+        out.push(SanMatcher {
+            kind: SanKind::Uri,
+            matcher: StringMatch::Exact(String::new()),
+        });
+    }
+    out
+}
+
+/// `file-root:<path>` / `file-cert:<cert>~<key>` (istiod's SDS names for DestinationRule files,
+/// `model.GetOrDefault` / `ConstructSdsSecretConfig`); `system` means the system roots.
+fn file_root(name: &str) -> Option<Option<String>> {
+    let path = name.strip_prefix("file-root:")?;
+    Some((path != "system").then(|| path.to_string()))
+}
+
+/// The TLS an `inbound-vip` cluster originates to endpoints it dials directly: istiod wraps it
+/// in `internal_upstream` (`cluster_waypoint.go` `buildWaypointInboundVIPCluster`,
+/// `buildWaypointTLSContext`: DestinationRule SIMPLE / MUTUAL only; ISTIO_MUTUAL and DISABLE
+/// leave `raw_buffer`).
+fn upstream_tls(c: &Cluster, at: At<'_>, diag: &mut Diag) -> Option<UpstreamTls> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+    let ts = c.transport_socket.as_ref()?;
+    let ConfigType::TypedConfig(any) = ts.config_type.as_ref()?;
+    let inner = match decode_any::<InternalUpstreamTransport>(any) {
+        Some(Ok(iu)) => iu.transport_socket?,
+        Some(Err(e)) => {
+            at.reject(diag, format!("transport socket: {e}"));
+            return None;
+        }
+        None => ts.clone(),
+    };
+    let tls = match upstream_tls_context(&inner) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            at.reject(diag, format!("transport socket: {e}"));
+            return None;
+        }
+        None => {
+            let ConfigType::TypedConfig(any) = inner.config_type.as_ref()?;
+            if !any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
+                at.warn(
+                    diag,
+                    format!(
+                        "transport socket {} is not supported; plaintext used",
+                        any.type_url
+                    ),
+                );
+            }
+            return None;
+        }
+    };
+    let common = tls.common_tls_context.unwrap_or_default();
+    let mut out = UpstreamTls {
+        mode: TlsMode::Simple,
+        sni: (!tls.sni.is_empty()).then(|| tls.sni.clone()),
+        subject_alt_names: Vec::new(),
+        ca_certificates: None,
+        client_certificate: None,
+        private_key: None,
+        insecure_skip_verify: false,
+        alpn_h2: common.alpn_protocols.iter().any(|p| p == "h2"),
+    };
+    match common.validation_context_type.as_ref() {
+        Some(ValidationContextType::CombinedValidationContext(cv)) => {
+            if let Some(name) = cv
+                .validation_context_sds_secret_config
+                .as_ref()
+                .map(|s| &s.name)
+            {
+                match file_root(name) {
+                    Some(root) => out.ca_certificates = root,
+                    None => at.warn(
+                        diag,
+                        format!("validation secret {name:?} is not a file root; system roots used"),
+                    ),
+                }
+            }
+        }
+        // istiod's `insecureSkipVerify: true`: a bare validation context.
+        Some(ValidationContextType::ValidationContext(v))
+            if v.trusted_ca.is_none() && v.match_typed_subject_alt_names.is_empty() && {
+                #[allow(deprecated)]
+                v.match_subject_alt_names.is_empty()
+            } =>
+        {
+            out.insecure_skip_verify = true;
+        }
+        _ => {}
+    }
+    if let Some(vc) = default_validation(&common) {
+        match san_matchers(vc) {
+            Ok(m) => out.subject_alt_names = m,
+            Err(e) => {
+                at.reject(diag, format!("upstream TLS: {e}"));
+                return None;
+            }
+        }
+    }
+    if let Some(cert) = common.tls_certificate_sds_secret_configs.first() {
+        out.mode = TlsMode::Mutual;
+        match cert.name.strip_prefix("file-cert:").and_then(|p| p.split_once('~')) {
+            Some((chain, key)) => {
+                out.client_certificate = Some(chain.to_string());
+                out.private_key = Some(key.to_string());
+            }
+            None => at.warn(
+                diag,
+                format!(
+                    "client certificate secret {:?} (credentialName) is not supported; no client certificate sent",
+                    cert.name
+                ),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// True when the cluster's protocol options ask for HTTP/2 upstream (`explicit_http_config`
+/// `http2_protocol_options`, istiod's `setUpstreamProtocol` / `h2UpgradePolicy: UPGRADE`).
+pub(crate) fn explicit_http2(c: &Cluster) -> bool {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
+    };
+    c.typed_extension_protocol_options.values().any(|any| {
+        matches!(
+            decode_any::<HttpProtocolOptions>(any),
+            Some(Ok(HttpProtocolOptions {
+                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)),
+                ..
+            })) if matches!(e.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)))
+        )
     })
 }

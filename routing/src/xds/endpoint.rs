@@ -6,8 +6,10 @@
 //! "connect_originate", endpoint_id: "<podIP>:<targetPort>"}`, metadata
 //! `envoy.filters.listener.original_dst.local = "<podIP>:<port>"` and
 //! `istio.workload = "<workload>;<ns>;<canonical svc>;<canonical rev>;<cluster>"`
-//! (`util.go` `AppendLbEndpointMetadata`). A plain socket address is accepted
-//! too. Neither pod labels nor the service account are sent: labels here are
+//! (`util.go` `AppendLbEndpointMetadata`). An endpoint that does not speak
+//! HBONE (`supportTunnel` false: a pod outside ambient, a WorkloadEntry
+//! without tunnel, a STATIC ServiceEntry address) is a plain `socket_address`;
+//! the waypoint dials it directly ([`crate::Transport::Direct`]). Neither pod labels nor the service account are sent: labels here are
 //! the canonical service / revision (`service.istio.io/canonical-name`,
 //! `service.istio.io/canonical-revision`) plus the synthetic subset labels,
 //! and the identity comes from [`super::TranslateOptions::identities`].
@@ -29,6 +31,8 @@ pub(crate) struct PodEndpoint {
     pub(crate) workload: Option<String>,
     pub(crate) namespace: Option<String>,
     pub(crate) labels: BTreeMap<String, String>,
+    /// Reached through `connect_originate` (HBONE), else directly.
+    pub(crate) tunnel: bool,
 }
 
 // HealthStatus: UNKNOWN = 0, HEALTHY = 1, UNHEALTHY = 2, DRAINING = 3,
@@ -93,6 +97,10 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
         }
         None => return Err("endpoint without address".into()),
     };
+    let tunnel = matches!(
+        endpoint.address.as_ref().and_then(|a| a.address.as_ref()),
+        Some(AddressKind::EnvoyInternalAddress(_))
+    );
     let addr = match endpoint.address.as_ref().and_then(|a| a.address.as_ref()) {
         Some(AddressKind::EnvoyInternalAddress(i)) => {
             let listener = match &i.address_name_specifier {
@@ -130,6 +138,7 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
         workload,
         namespace,
         labels,
+        tunnel,
     })
 }
 

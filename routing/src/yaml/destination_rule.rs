@@ -281,6 +281,7 @@ impl Fields<'_, '_> {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
             port_level_settings,
         }
     }
@@ -332,6 +333,7 @@ impl Fields<'_, '_> {
             load_balancer,
             connection_pool,
             outlier_detection,
+            tls: None,
         })
     }
 

@@ -144,13 +144,15 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
             let addr = diag.required(at, &format!("{f}.address"), e.address)?;
             let address = diag.ip(at, &format!("{f}.address"), &addr)?;
             let sa = e.service_account.unwrap_or_else(|| "default".to_string());
+            let labels = e.labels.unwrap_or_default();
             Some(Endpoint {
                 address,
-                labels: e.labels.unwrap_or_default(),
                 identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa),
                 service_account: sa,
                 namespace: ctx.namespace.clone(),
                 name: format!("{}-ep{i}", ctx.name),
+                transport: crate::model::transport_of(&labels),
+                labels,
             })
         })
         .collect();

@@ -32,10 +32,12 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<WorkloadEntryIr
     let sa = spec
         .service_account
         .unwrap_or_else(|| "default".to_string());
+    let labels = spec.labels.unwrap_or_default();
     Some(WorkloadEntryIr {
         endpoint: Endpoint {
             address,
-            labels: spec.labels.unwrap_or_default(),
+            transport: crate::model::transport_of(&labels),
+            labels,
             identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa),
             service_account: sa,
             namespace: ctx.namespace.clone(),

@@ -49,6 +49,10 @@ pub struct Entry {
     pub downstream_local_address: String,
     pub downstream_remote_address: String,
     pub source_principal: String,
+    /// The upstream's identity: the SPIFFE URI SAN its HBONE certificate proved, else the
+    /// endpoint's known identity (Envoy `%UPSTREAM_PEER_URI_SAN%`, Istio `destination_principal`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub destination_principal: String,
     pub route_name: String,
     /// The `traceparent` of the HBONE CONNECT that carried the request: links it to its tunnel.
     pub tunnel_traceparent: String,

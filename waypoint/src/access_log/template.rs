@@ -966,6 +966,7 @@ mod tests {
             downstream_local_address: "10.96.0.10:9080".into(),
             downstream_remote_address: "10.244.1.5:40280".into(),
             source_principal: "spiffe://cluster.local/ns/default/sa/productpage".into(),
+            destination_principal: "spiffe://cluster.local/ns/default/sa/reviews".into(),
             route_name: "reviews.0".into(),
             request_headers: vec![
                 ("x-tenant".into(), "acme".into()),

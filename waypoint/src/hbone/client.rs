@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::stream::H2Stream;
-use crate::identity::{ClientConfigs, SpiffeId};
+use crate::identity::{ClientConfigs, PeerCheck, SpiffeId};
 
 /// ztunnel pools at most 100 streams on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
@@ -77,12 +77,19 @@ struct Conn {
     active: Arc<AtomicUsize>,
     /// The certificate generation it was dialed with (see [`HboneClient::rotate`]).
     generation: u64,
+    /// The identity the peer's certificate showed.
+    peer: Option<SpiffeId>,
 }
 
 /// Decrements a connection's active stream count when the tunnel ends.
-pub struct StreamSlot(Arc<AtomicUsize>, u64);
+pub struct StreamSlot(Arc<AtomicUsize>, u64, Option<SpiffeId>);
 
 impl StreamSlot {
+    /// The SPIFFE identity the connection's peer proved in its handshake.
+    pub fn peer(&self) -> Option<&SpiffeId> {
+        self.2.as_ref()
+    }
+
     /// The certificate generation of the connection this stream rides on.
     pub fn generation(&self) -> u64 {
         self.1
@@ -95,7 +102,7 @@ impl Drop for StreamSlot {
     }
 }
 
-type ConnKey = (SocketAddr, SpiffeId);
+type ConnKey = (SocketAddr, PeerCheck);
 
 pub struct HboneClient {
     tls: ArcSwap<ClientConfigs>,
@@ -146,7 +153,7 @@ impl HboneClient {
     pub async fn open(
         &self,
         node: SocketAddr,
-        identity: &SpiffeId,
+        identity: &PeerCheck,
         target: SocketAddr,
         headers: &[(&str, String)],
     ) -> Result<(H2Stream, StreamSlot), ConnectError> {
@@ -170,7 +177,7 @@ impl HboneClient {
     }
 
     /// Drop the connection that carried `slot` (it failed); others stay pooled.
-    fn forget(&self, node: SocketAddr, identity: &SpiffeId, slot: &StreamSlot) {
+    fn forget(&self, node: SocketAddr, identity: &PeerCheck, slot: &StreamSlot) {
         let mut conns = self.conns.lock();
         if let Some(list) = conns.get_mut(&(node, identity.clone())) {
             list.retain(|c| !Arc::ptr_eq(&c.active, &slot.0));
@@ -180,7 +187,7 @@ impl HboneClient {
     async fn connection(
         &self,
         node: SocketAddr,
-        identity: &SpiffeId,
+        identity: &PeerCheck,
     ) -> Result<(SendRequest<Bytes>, StreamSlot, bool), ConnectError> {
         let key = (node, identity.clone());
         let generation = self.generation.load(Ordering::Acquire);
@@ -203,14 +210,14 @@ impl HboneClient {
                     {
                         return Ok((
                             conn.send.clone(),
-                            StreamSlot(conn.active.clone(), generation),
+                            StreamSlot(conn.active.clone(), generation, conn.peer.clone()),
                             false,
                         ));
                     }
                 }
             }
         }
-        let send = self.dial(node, identity).await?;
+        let (send, peer) = self.dial(node, identity).await?;
         let active = Arc::new(AtomicUsize::new(1));
         // Dialed with a certificate that was rotated meanwhile: use it once, do not pool it.
         if self.generation.load(Ordering::Acquire) == generation {
@@ -218,16 +225,17 @@ impl HboneClient {
                 send: send.clone(),
                 active: active.clone(),
                 generation,
+                peer: peer.clone(),
             });
         }
-        Ok((send, StreamSlot(active, generation), true))
+        Ok((send, StreamSlot(active, generation, peer), true))
     }
 
     async fn dial(
         &self,
         node: SocketAddr,
-        identity: &SpiffeId,
-    ) -> Result<SendRequest<Bytes>, ConnectError> {
+        identity: &PeerCheck,
+    ) -> Result<(SendRequest<Bytes>, Option<SpiffeId>), ConnectError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(node))
             .await
             .map_err(|_| ConnectError::Timeout {
@@ -255,6 +263,12 @@ impl HboneClient {
             addr: node,
             reason: e.to_string(),
         })?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::identity::peer_identity(c).ok());
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(ConnectError::Tls {
                 addr: node,
@@ -278,8 +292,8 @@ impl HboneClient {
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
-        debug!(%node, %identity, "outbound HBONE connection established");
-        Ok(send)
+        debug!(%node, expected = %identity, peer = ?peer, "outbound HBONE connection established");
+        Ok((send, peer))
     }
 
     async fn connect_stream(

@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 
 use super::client::{ConnectError, HboneClient, StreamSlot};
 use super::stream::H2Stream;
-use crate::identity::SpiffeId;
+use crate::identity::{PeerCheck, SpiffeId};
 
 /// Idle tunnels older than this are closed instead of reused (unless the cluster's
 /// `http.idleTimeout` says otherwise).
@@ -60,7 +60,7 @@ const DEFAULT_PENDING_WAIT: Duration = Duration::from_secs(10);
 /// At most this many idle tunnels are kept per (endpoint, identity).
 const MAX_IDLE_PER_KEY: usize = 256;
 
-type TunnelKey = (SocketAddr, SpiffeId);
+type TunnelKey = (SocketAddr, PeerCheck);
 
 /// A cluster's `connectionPool` settings as they apply to its tunnels. The default (no cluster,
 /// e.g. a mirror copy) has no limits.
@@ -181,9 +181,17 @@ pub struct TunnelPool {
 #[derive(Debug, Default)]
 pub struct Lease {
     loan: Mutex<Weak<Loan>>,
+    /// The identity the tunnel's peer proved (its certificate's SPIFFE URI SAN).
+    peer: Mutex<Option<SpiffeId>>,
 }
 
 impl Lease {
+    /// The identity the upstream proved in the HBONE handshake: the request's
+    /// `destination_principal`.
+    pub fn peer(&self) -> Option<SpiffeId> {
+        self.peer.lock().clone()
+    }
+
     /// The HTTP/1.1 exchange on this tunnel completed and pingora kept the session for reuse:
     /// the tunnel goes back to our idle list now (pingora would hold it in its own pool until
     /// its next lookup for that peer, which cannot reuse it; meanwhile it would count against
@@ -325,7 +333,7 @@ impl TunnelPool {
     pub async fn checkout(
         self: &Arc<Self>,
         target: SocketAddr,
-        identity: &SpiffeId,
+        identity: &PeerCheck,
         lease: Arc<Lease>,
         policy: &TunnelPolicy,
     ) -> std::result::Result<PooledTunnel, ConnectError> {
@@ -408,6 +416,7 @@ impl TunnelPool {
         terms: TunnelTerms,
         lease: &Lease,
     ) -> PooledTunnel {
+        *lease.peer.lock() = slot.peer().cloned();
         let loan = Arc::new(Loan {
             tunnel: Mutex::new(Some((stream, slot, terms))),
             complete: AtomicBool::new(false),
@@ -535,7 +544,7 @@ impl VirtualSocket for PooledTunnel {
 #[derive(Clone)]
 pub struct TunnelConnector {
     pub pool: Arc<TunnelPool>,
-    pub identity: SpiffeId,
+    pub identity: PeerCheck,
     pub lease: Arc<Lease>,
     pub policy: TunnelPolicy,
     /// Why the last connect failed, for the access log and the status mapping.

@@ -3,6 +3,7 @@
 
 pub mod istio_ca;
 mod mint;
+mod peer;
 mod spiffe;
 mod tls;
 
@@ -16,6 +17,7 @@ use serde::Serialize;
 pub use istio_ca::{read_token, request_certificate, CaClientConfig, CaError};
 pub use mint::Csr;
 pub use mint::{Ca, MintedCert};
+pub use peer::{cert_sans, PeerCheck};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tls::{client_config, peer_identity, serial, server_config, ClientConfigs};
 
@@ -258,6 +260,6 @@ pub fn install_crypto_provider() {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

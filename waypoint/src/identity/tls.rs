@@ -15,7 +15,7 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 
-use super::{provider, IdentityError, SpiffeId, WorkloadCert};
+use super::{cert_sans, provider, IdentityError, PeerCheck, SpiffeId, WorkloadCert};
 
 pub const ALPN_H2: &[u8] = b"h2";
 
@@ -142,11 +142,11 @@ impl ClientCertVerifier for TrustDomainVerifier {
     }
 }
 
-/// Outbound leg: present our certificate, verify the peer chain and that its URI SAN is exactly
-/// the identity expected for the endpoint.
+/// Outbound leg: present our certificate, verify the peer chain and that the peer passes
+/// `expected` (its exact identity, or istiod's SAN matchers).
 pub fn client_config(
     cert: &WorkloadCert,
-    expected: &SpiffeId,
+    expected: &PeerCheck,
 ) -> Result<Arc<ClientConfig>, IdentityError> {
     let provider = provider();
     let verifier = Arc::new(ExpectedIdentityVerifier {
@@ -169,7 +169,7 @@ pub fn client_config(
 /// Client configs per expected peer identity, built once and shared.
 pub struct ClientConfigs {
     cert: WorkloadCert,
-    by_identity: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    by_identity: Mutex<HashMap<PeerCheck, Arc<ClientConfig>>>,
 }
 
 impl ClientConfigs {
@@ -184,7 +184,7 @@ impl ClientConfigs {
         &self.cert.id
     }
 
-    pub fn for_peer(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, IdentityError> {
+    pub fn for_peer(&self, expected: &PeerCheck) -> Result<Arc<ClientConfig>, IdentityError> {
         if let Some(c) = self.by_identity.lock().get(expected) {
             return Ok(c.clone());
         }
@@ -199,7 +199,7 @@ impl ClientConfigs {
 #[derive(Debug)]
 struct ExpectedIdentityVerifier {
     roots: Arc<RootCertStore>,
-    expected: SpiffeId,
+    expected: PeerCheck,
     provider: Arc<CryptoProvider>,
 }
 
@@ -220,11 +220,18 @@ impl ServerCertVerifier for ExpectedIdentityVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let id =
-            peer_identity(end_entity).map_err(|e| reject(format!("server certificate: {e}")))?;
-        if !self.expected.admits(&id) {
+        let id = peer_identity(end_entity);
+        let sans = match &self.expected {
+            PeerCheck::Identity(_) => Vec::new(),
+            PeerCheck::Sans(_) => cert_sans(end_entity),
+        };
+        if !self.expected.admits(id.as_ref().ok(), &sans) {
+            let shown = match &id {
+                Ok(id) => id.to_string(),
+                Err(e) => format!("no SPIFFE identity ({e})"),
+            };
             return Err(reject(format!(
-                "endpoint presented identity {id}, expected {}",
+                "endpoint presented {shown}, expected {}",
                 self.expected
             )));
         }

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::pool::TUNNEL_IDLE_TIMEOUT;
 use crate::hbone::{Lease, TunnelConnector, TunnelPolicy, TunnelPool};
-use crate::identity::SpiffeId;
+use crate::identity::PeerCheck;
 use crate::splits::SplitAudit;
 use crate::status::Telemetry;
 use crate::tunnel::TunnelInfo;
@@ -85,7 +85,7 @@ pub struct RequestCtx {
     cluster: Option<ClusterKey>,
     cluster_name: String,
     /// Endpoint to use directly (pod-addressed traffic outside any routed service).
-    direct: Option<(SocketAddr, SpiffeId)>,
+    direct: Option<(SocketAddr, PeerCheck)>,
     protocol: Protocol,
     /// (hostname, namespace) of the service the request addressed.
     service: Option<(String, String)>,
@@ -241,12 +241,8 @@ impl ProxyHttp for Waypoint {
                             .first()
                             .map(|s| (s.hostname.clone(), s.namespace.clone()));
                         ctx.endpoint = Some(Arc::new(endpoint.clone()));
-                        let identity = endpoint.identity.parse::<SpiffeId>().map_err(|e| {
-                            Error::explain(
-                                ErrorType::InternalError,
-                                format!("endpoint identity: {e}"),
-                            )
-                        })?;
+                        let identity = PeerCheck::for_endpoint(&ctx.snapshot, endpoint)
+                            .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
                         let target = SocketAddr::new(endpoint.address, port);
                         ctx.direct = Some((target, identity));
                         ctx.cluster_name = format!("inbound-pod|{port}||{}", endpoint.address);
@@ -411,6 +407,8 @@ impl ProxyHttp for Waypoint {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let mut policy = TunnelPolicy::default();
+        // A workload outside the mesh: dialled directly, with the cluster's DestinationRule TLS.
+        let mut direct_tls: Option<Option<routing::UpstreamTls>> = None;
         let (target, identity) = if let Some(direct) = ctx.direct.clone() {
             if ctx.tried.contains(&direct.0) {
                 ctx.flags.add("URX");
@@ -464,12 +462,14 @@ impl ProxyHttp for Waypoint {
                 }
                 return Err(status_error(503, "no healthy upstream"));
             };
-            let identity = ep.endpoint.identity.parse::<SpiffeId>().map_err(|e| {
-                Error::explain(
-                    ErrorType::InternalError,
-                    format!("endpoint {} identity: {e}", ep.target),
-                )
-            })?;
+            let identity = match ep.endpoint.transport {
+                routing::Transport::Hbone => PeerCheck::for_endpoint(&snapshot, &ep.endpoint)
+                    .map_err(|e| Error::explain(ErrorType::InternalError, e))?,
+                routing::Transport::Direct => {
+                    direct_tls = Some(cluster.policy.tls.clone());
+                    PeerCheck::Sans(Default::default())
+                }
+            };
             ctx._active = Some(ep.begin());
             ctx.endpoint = Some(ep.endpoint.clone());
             (ep.target, identity)
@@ -511,6 +511,35 @@ impl ProxyHttp for Waypoint {
                 }
                 peer.options.read_timeout = Some(limit);
             }
+        }
+        if let Some(tls) = direct_tls {
+            // No HBONE: pingora dials the endpoint itself, or our TLS connector does.
+            ctx.upstream_h2 |= tls.as_ref().is_some_and(|t| t.alpn_h2);
+            if ctx.upstream_h2 {
+                peer.options.set_http_version(2, 2);
+            }
+            peer.group_key = 0;
+            peer.options.connection_timeout = policy.connect_timeout;
+            if let Some(tls) = tls {
+                let config = crate::direct::tls_config(&tls).map_err(|e| {
+                    *ctx.failure.lock() = Some(e.clone());
+                    Error::explain(ErrorType::TLSHandshakeFailure, e)
+                })?;
+                // Envoy's auto_sni: the request's host when the DestinationRule names no sni.
+                let sni = tls.sni.clone().or_else(|| {
+                    authority(session.req_header())
+                        .map(routing::normalize_authority)
+                        .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+                });
+                peer.options.custom_l4 = Some(Arc::new(crate::direct::TlsConnector {
+                    config,
+                    sni,
+                    connect_timeout: policy.connect_timeout,
+                    failure: ctx.failure.clone(),
+                }));
+            }
+            ctx.upstream_started = Some(Instant::now());
+            return Ok(Box::new(peer));
         }
         if ctx.upstream_h2 {
             peer.options.set_http_version(2, 2);
@@ -800,6 +829,13 @@ impl ProxyHttp for Waypoint {
                 .unwrap_or_default(),
             source_principal: tunnel
                 .map(|t| t.source_identity.to_string())
+                .unwrap_or_default(),
+            destination_principal: ctx
+                .lease
+                .as_ref()
+                .and_then(|l| l.peer())
+                .map(|p| p.to_string())
+                .or_else(|| ctx.endpoint.as_ref().map(|e| e.identity.clone()))
                 .unwrap_or_default(),
             route_name: ctx.route_name.clone(),
             tunnel_traceparent: tunnel

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::request::{authority, header_str, HashView};
 use super::{RequestCtx, Waypoint};
 use crate::access_log::Entry;
-use crate::identity::SpiffeId;
+use crate::identity::PeerCheck;
 use crate::metrics::{DestinationLabels, RequestRecord, SourceLabels};
 use crate::tunnel::TunnelInfo;
 use routing::Protocol;
@@ -190,7 +190,11 @@ impl Waypoint {
             let Some(ep) = cluster.pick(&[]) else {
                 continue;
             };
-            let Ok(identity) = ep.endpoint.identity.parse::<SpiffeId>() else {
+            // Mirrors go over HBONE only; a directly dialled endpoint is not mirrored to.
+            if ep.endpoint.transport != routing::Transport::Hbone {
+                continue;
+            }
+            let Ok(identity) = PeerCheck::for_endpoint(&ctx.snapshot, &ep.endpoint) else {
                 continue;
             };
             let mut headers = req.headers.clone();
@@ -257,13 +261,20 @@ impl Waypoint {
                 .tunnel
                 .as_deref()
                 .map_or_else(SourceLabels::unknown, |t| t.source_labels().clone()),
-            destination: DestinationLabels::new(
-                ctx.service
-                    .as_ref()
-                    .map(|(host, ns)| (host.as_str(), ns.as_str())),
-                ctx.endpoint.as_deref(),
-                &t.cluster_id,
-            ),
+            destination: {
+                let mut d = DestinationLabels::new(
+                    ctx.service
+                        .as_ref()
+                        .map(|(host, ns)| (host.as_str(), ns.as_str())),
+                    ctx.endpoint.as_deref(),
+                    &t.cluster_id,
+                );
+                // The identity the upstream proved beats what the snapshot knew ahead.
+                if !entry.destination_principal.is_empty() {
+                    d.destination_principal = crate::metrics::label(&entry.destination_principal);
+                }
+                d
+            },
             grpc,
             response_code: entry.response_code,
             grpc_status: ctx.grpc_status.as_deref(),

@@ -43,7 +43,12 @@ impl ZtunnelClient {
         ];
         let (stream, _slot) = self
             .hbone
-            .open(self.waypoint, &self.waypoint_identity, dst, &headers)
+            .open(
+                self.waypoint,
+                &self.waypoint_identity.clone().into(),
+                dst,
+                &headers,
+            )
             .await?;
         Ok(stream)
     }

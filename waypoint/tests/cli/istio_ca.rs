@@ -83,7 +83,9 @@ async fn issues_working_certificates_with_the_requested_identity_and_validity() 
         tls.shutdown().await.unwrap();
         (peer_identity(&client_cert).unwrap(), buf)
     });
-    let connector = tokio_rustls::TlsConnector::from(client_config(&reviews, &ratings.id).unwrap());
+    let connector = tokio_rustls::TlsConnector::from(
+        client_config(&reviews, &ratings.id.clone().into()).unwrap(),
+    );
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = connector
         .connect(ServerName::try_from("ratings").unwrap(), tcp)

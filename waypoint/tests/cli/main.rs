@@ -16,3 +16,4 @@ mod xds;
 mod xds_authz;
 mod xds_path;
 mod xds_releases;
+mod xds_upstreams;

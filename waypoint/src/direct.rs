@@ -1,0 +1,267 @@
+//! Endpoints outside the mesh (no HBONE): dialled directly over TCP, with TLS originated when
+//! the cluster's DestinationRule says SIMPLE / MUTUAL (istiod: `internal_upstream` wrapping
+//! `tls` on a `socket_address` endpoint).
+//!
+//! The TLS session is handed to pingora as a virtual stream (pingora never reuses one), so
+//! every request to a TLS endpoint opens its own connection; plaintext direct connections are
+//! ordinary pingora TCP peers and pooled by pingora.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora_core::connectors::L4Connect;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora_error::{Error, ErrorType, Result};
+use routing::{SanMatcher, UpstreamTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::identity::{cert_sans, provider};
+
+/// Istio's default connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A rustls client config for a cluster's [`UpstreamTls`].
+pub fn tls_config(tls: &UpstreamTls) -> std::result::Result<Arc<ClientConfig>, String> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    match &tls.ca_certificates {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("caCertificates {path}: {e}"))?;
+            for cert in rustls_pemfile_certs(&pem)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("caCertificates {path}: {e}"))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let roots = Arc::new(roots);
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = if tls.insecure_skip_verify || !tls.subject_alt_names.is_empty() {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SanVerifier {
+                roots,
+                sans: tls.subject_alt_names.clone(),
+                skip: tls.insecure_skip_verify,
+                provider,
+            }))
+    } else {
+        // No SAN list: the certificate must name the SNI host (Envoy's auto_san_validation).
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&tls.client_certificate, &tls.private_key) {
+        (Some(chain), Some(key)) => {
+            let chain_pem = std::fs::read(chain).map_err(|e| format!("{chain}: {e}"))?;
+            let key_pem = std::fs::read(key).map_err(|e| format!("{key}: {e}"))?;
+            let key = {
+                use rustls::pki_types::pem::PemObject;
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("{key}: {e}"))?
+            };
+            builder
+                .with_client_auth_cert(rustls_pemfile_certs(&chain_pem)?, key)
+                .map_err(|e| e.to_string())?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    if tls.alpn_h2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))
+}
+
+/// Chain to the roots, then DestinationRule `subjectAltNames` (any of them) instead of the
+/// host name; or nothing at all for `insecureSkipVerify`.
+#[derive(Debug)]
+struct SanVerifier {
+    roots: Arc<RootCertStore>,
+    sans: Vec<SanMatcher>,
+    skip: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if self.skip {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        if !SanMatcher::any_matches(&self.sans, &cert_sans(end_entity)) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The `custom_l4` connector of a TLS-originating direct attempt.
+#[derive(Clone)]
+pub struct TlsConnector {
+    pub config: Arc<ClientConfig>,
+    /// SNI; `None` sends none (the endpoint is addressed by IP).
+    pub sni: Option<String>,
+    pub connect_timeout: Option<Duration>,
+    /// Why the last connect failed, for the access log.
+    pub failure: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("sni", &self.sni)
+            .finish()
+    }
+}
+
+struct TlsSocket(TlsStream<TcpStream>);
+
+impl tokio::io::AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl VirtualSocket for TlsSocket {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for TlsSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSocket")
+    }
+}
+
+#[async_trait]
+impl L4Connect for TlsConnector {
+    async fn connect(&self, addr: &PingoraAddr) -> Result<Stream> {
+        let PingoraAddr::Inet(target) = addr else {
+            return Error::e_explain(ErrorType::ConnectError, "direct TLS needs an IP endpoint");
+        };
+        let target: SocketAddr = *target;
+        let timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let fail = |etype: ErrorType, reason: String| {
+            *self.failure.lock() = Some(reason.clone());
+            Error::e_explain(etype, format!("{target}: {reason}"))
+        };
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+            Err(_) => return fail(ErrorType::ConnectTimedout, "connect timeout".into()),
+            Ok(Err(e)) => return fail(ErrorType::ConnectRefused, e.to_string()),
+            Ok(Ok(t)) => t,
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = match &self.sni {
+            Some(sni) => ServerName::try_from(sni.clone())
+                .map_err(|e| Error::explain(ErrorType::ConnectError, format!("SNI {sni}: {e}")))?,
+            None => ServerName::IpAddress(target.ip().into()),
+        };
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+            Err(_) => fail(ErrorType::ConnectTimedout, "TLS handshake timeout".into()),
+            Ok(Err(e)) => fail(ErrorType::TLSHandshakeFailure, e.to_string()),
+            Ok(Ok(tls)) => Ok(Stream::from(VirtualSocketStream::new(Box::new(TlsSocket(
+                tls,
+            ))))),
+        }
+    }
+}
