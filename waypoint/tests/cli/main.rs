@@ -15,3 +15,4 @@ mod validate;
 mod xds;
 mod xds_authz;
 mod xds_path;
+mod xds_retry;
