@@ -21,7 +21,7 @@ pub use fault::{Abort, Fault, FaultAbort, FaultDecision, FaultDelay, GRPC_STATUS
 pub use headers::{HeaderOp, HeaderOpKind, HeaderOps, HeaderSink, Headers};
 pub use mirror::Mirror;
 pub use redirect::{DirectResponse, Redirect, RedirectPath, RedirectPort};
-pub use retry::{RetryFailure, RetryOn, RetryPolicy};
+pub use retry::{RetryFailure, RetryOn, RetryPolicy, ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS};
 pub use rewrite::{RegexRewrite, Rewrite, UriRewrite};
 
 pub(crate) use redirect::base64_decode;

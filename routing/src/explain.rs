@@ -191,7 +191,14 @@ impl Snapshot {
                 actions = vec![
                     format!("action: forward to {host} (all endpoints)"),
                     "timeout: none (Istio's default)".to_string(),
-                    format!("retries: {}", RetryPolicy::istio_default()),
+                    format!(
+                        "retries: {}",
+                        service
+                            .port(port)
+                            .map_or_else(RetryPolicy::istio_default, |p| p
+                                .default_retry_policy()
+                                .into_owned())
+                    ),
                 ];
                 ExplainedDecision::Default {
                     reason: match &applied {

@@ -26,8 +26,9 @@
 //!    503, flag `UO`.
 //! 4. Per attempt: for a retry, `try_acquire(Retry)` for the attempt
 //!    (`Overflow` → stop retrying, keep the last failure); then
-//!    [`Cluster::pick_hashed`]`(hash, &tried)` when the request has a hash,
-//!    else [`Cluster::pick`]`(&tried)`; `None` → 503 `UH` (`URX` on a retry);
+//!    [`Cluster::pick_attempt`]`(hash, &tried, avoid_tried)` (the retry
+//!    policy's `previous_hosts`: tried endpoints only while others are
+//!    left); `None` → 503 `UH` (nothing usable);
 //!    then [`ClusterEndpoint::begin`] for LEAST_REQUEST.
 //! 5. When an attempt must open a new upstream connection (tunnel):
 //!    `try_acquire(PendingRequest)` while dialing, `try_acquire(Connection)`
@@ -334,6 +335,30 @@ impl Cluster {
     /// policies ignore the hash.
     pub fn pick_hashed(&self, hash: u64, exclude: &[SocketAddr]) -> Option<&ClusterEndpoint> {
         self.pick_at(Some(hash), exclude, Instant::now(), &mut rand::thread_rng())
+    }
+
+    /// The pick for an attempt of a request that already `tried` these
+    /// endpoints. With `avoid_tried` (Envoy's `previous_hosts` retry
+    /// predicate) the tried ones are skipped while another is usable;
+    /// otherwise — or when every usable endpoint was tried — any may be
+    /// picked again, as Envoy's load balancer falls back to the last host it
+    /// picked. So a retry to a one-endpoint cluster goes to that endpoint.
+    /// (Envoy re-picks at most `host_selection_retry_max_attempts` times and
+    /// may, rarely, return to a tried host while another exists; skipping
+    /// them outright is that loop's likely outcome without the chance.)
+    pub fn pick_attempt(
+        &self,
+        hash: Option<u64>,
+        tried: &[SocketAddr],
+        avoid_tried: bool,
+    ) -> Option<&ClusterEndpoint> {
+        let (now, rng) = (Instant::now(), &mut rand::thread_rng());
+        if avoid_tried && !tried.is_empty() {
+            if let Some(e) = self.pick_at(hash, tried, now, rng) {
+                return Some(e);
+            }
+        }
+        self.pick_at(hash, &[], now, rng)
     }
 
     /// The general pick: explicit hash, time (outlier un-ejection, warmup)
@@ -703,6 +728,38 @@ mod tests {
             assert!(c.pick_hashed(7, &all).is_none(), "{lb:?}");
             assert!(cluster(lb, 0).pick(&[]).is_none(), "{lb:?}");
         }
+    }
+
+    #[test]
+    fn retry_picks_prefer_untried_then_return_to_tried() {
+        for lb in [
+            LbPolicy::RoundRobin,
+            LbPolicy::Random,
+            LbPolicy::LeastRequest,
+            LbPolicy::RingHash,
+        ] {
+            // One endpoint: a retry goes back to it, with or without previous_hosts.
+            let one = cluster(lb, 1);
+            let only = one.endpoints[0].target;
+            for avoid in [true, false] {
+                let e = one.pick_attempt(Some(7), &[only], avoid).map(|e| e.target);
+                assert_eq!(e, Some(only), "{lb:?} avoid={avoid}");
+            }
+            // Several: previous_hosts skips the tried ones while others are left.
+            let c = cluster(lb, 3);
+            let tried = [c.endpoints[0].target, c.endpoints[2].target];
+            for _ in 0..30 {
+                let e = c.pick_attempt(Some(7), &tried, true).unwrap().target;
+                assert_eq!(e, c.endpoints[1].target, "{lb:?}");
+            }
+            let all: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.target).collect();
+            assert!(c.pick_attempt(None, &all, true).is_some(), "{lb:?}");
+            assert!(cluster(lb, 0).pick_attempt(None, &all, true).is_none());
+        }
+        // Without the predicate a retry may land on a tried endpoint.
+        let c = cluster(LbPolicy::Random, 2);
+        let tried = [c.endpoints[0].target];
+        assert!((0..200).any(|_| c.pick_attempt(None, &tried, false).unwrap().target == tried[0]));
     }
 
     #[test]

@@ -75,6 +75,32 @@ pub struct ServicePort {
     /// process-wide `--path-normalization`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<crate::path::PathPolicy>,
+    /// The retry policy of this port's default route (used when no
+    /// VirtualService route applies), as the front-end states it (xDS: the
+    /// default route's `retry_policy`, disabled when it has none); `None` =
+    /// Istio's default ([`RetryPolicy::istio_default`]).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_arc"
+    )]
+    pub default_retries: Option<std::sync::Arc<RetryPolicy>>,
+}
+
+impl ServicePort {
+    /// The retry policy of requests that take this port's default route.
+    pub fn default_retry_policy(&self) -> std::borrow::Cow<'_, RetryPolicy> {
+        match &self.default_retries {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => std::borrow::Cow::Owned(RetryPolicy::istio_default()),
+        }
+    }
+}
+
+fn serialize_opt_arc<T: Serialize, S: serde::Serializer>(
+    v: &Option<std::sync::Arc<T>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    v.as_deref().serialize(s)
 }
 
 /// A service (from a ServiceEntry).

@@ -7,7 +7,8 @@
 use routing::xds::{self, json::load_resources, Resources, TranslateOptions, Translation};
 use routing::{
     Abort, Destination, HashKey, HeaderOpKind, LbPolicy, Protocol, RedirectPath, RedirectPort,
-    RetryOn, RouteAction, RouteDecision, SimpleRequest, Snapshot, StringMatch, UriRewrite,
+    RetryFailure, RetryOn, RouteAction, RouteDecision, SimpleRequest, Snapshot, StringMatch,
+    UnmatchedPreflights, UriRewrite,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -1462,4 +1463,86 @@ fn mixed_cluster_dials_plain_endpoints_directly_with_dr_tls() {
         .cluster("productpage.default.svc.cluster.local", 9080, None)
         .unwrap();
     assert!(plain.policy.tls.is_none());
+}
+
+/// route_fields.json (istiod 1.24.6): the default route's retry policy and a VirtualService's
+/// retries, CORS and fault exactly as istiod writes them.
+#[test]
+fn route_fields_are_taken_as_written() {
+    let t = load("route_fields.json");
+    let s = &t.snapshot;
+    assert!(
+        t.warnings
+            .iter()
+            .all(|w| w.message.contains("without a known identity")),
+        "{:?}",
+        t.warnings
+    );
+    // No VirtualService: the default route, with its own retry policy (not Istio's default).
+    for vip in ["10.96.6.1:9080", "10.96.6.2:9080"] {
+        let Some(Destination::Service { service, port }) = s.resolve_destination(addr(vip)) else {
+            panic!("{vip}");
+        };
+        assert!(matches!(
+            s.route(service, port.number, &SimpleRequest::new("/")),
+            RouteDecision::Default
+        ));
+        let p = port.default_retry_policy();
+        assert_eq!(p.attempts, 2, "{vip}");
+        assert_eq!(p.retry_on, vec![RetryOn::ResetBeforeRequest]);
+        assert!(!p.is_default && !p.avoids_tried_endpoints());
+        assert!(p.should_retry(None, RetryFailure::ConnectFailure, None));
+        assert!(!p.should_retry(Some(503), RetryFailure::Response, None));
+    }
+    const WEB: &str = "10.96.6.3:9080";
+    // retries {attempts: 3, perTryTimeout: 2s, retryOn: "5xx,503,gateway-error"} + corsPolicy.
+    let r = routed(route_of(s, WEB, &SimpleRequest::new("/api/x")));
+    assert_eq!(r.name, "api");
+    assert_eq!(r.retries.attempts, 3);
+    assert_eq!(r.retries.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        r.retries.retry_on,
+        vec![
+            RetryOn::FiveXx,
+            RetryOn::GatewayError,
+            RetryOn::RetriableStatusCodes
+        ]
+    );
+    assert_eq!(r.retries.retriable_status_codes, vec![503]);
+    assert!(r.retries.retry_ignore_previous_hosts);
+    assert_eq!(r.retries.host_selection_retry_max_attempts, 5);
+    let cors = r.cors.as_ref().expect("CORS from typed_per_filter_config");
+    assert_eq!(
+        cors.allow_origins,
+        vec![
+            StringMatch::Exact("https://app.example".into()),
+            StringMatch::Prefix("https://dev.".into())
+        ]
+    );
+    assert_eq!(cors.allow_methods, vec!["GET", "POST"]);
+    assert_eq!(cors.allow_headers, vec!["x-token", "content-type"]);
+    assert_eq!(cors.expose_headers, vec!["x-trace"]);
+    assert_eq!(cors.max_age, Some(Duration::from_secs(600)));
+    assert!(cors.allow_credentials);
+    assert_eq!(cors.unmatched_preflights, UnmatchedPreflights::Forward);
+    assert!(r.fault.is_none());
+    // fault {abort: {httpStatus: 418, percentage: 100}}, no retries: the mesh default.
+    let r = routed(route_of(s, WEB, &SimpleRequest::new("/teapot")));
+    let abort = r.fault.as_ref().and_then(|f| f.abort.as_ref()).unwrap();
+    assert_eq!(abort.abort, Abort::Http(418));
+    assert_eq!(abort.percentage.per_million(), 1_000_000);
+    assert!(r.retries.is_default, "{:?}", r.retries);
+    assert!(r.cors.is_none());
+    // retries {attempts: 1, retryOn: "reset,retriable-4xx", retryRemoteLocalities: true}.
+    let r = routed(route_of(s, WEB, &SimpleRequest::new("/other")));
+    assert_eq!(r.name, "rest");
+    assert_eq!(r.retries.attempts, 1);
+    assert_eq!(
+        r.retries.retry_on,
+        vec![RetryOn::Reset, RetryOn::Retriable4xx]
+    );
+    assert!(r.retries.retry_remote_localities);
+    assert!(r
+        .retries
+        .should_retry(Some(409), RetryFailure::Response, None));
 }

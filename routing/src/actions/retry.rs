@@ -8,7 +8,14 @@
 //! - `retryOn` unset: the default conditions; numbers in `retryOn` are
 //!   retriable status codes (and add `retriable-status-codes`);
 //! - previously tried hosts are avoided unless `retryIgnorePreviousHosts:
-//!   false`; the backoff base is 25 ms (Envoy) unless `backoff` is set.
+//!   false` (Envoy's `previous_hosts` predicate with
+//!   `host_selection_retry_max_attempts: 5`); the backoff base is 25 ms
+//!   (Envoy) unless `backoff` is set.
+//!
+//! Avoiding tried hosts only biases the pick: Envoy re-picks while the
+//! predicate rejects the host, at most `host_selection_retry_max_attempts`
+//! times, then uses the last host picked — so with one endpoint a retry goes
+//! to that same endpoint again ([`RetryPolicy::avoids_tried_endpoints`]).
 //!
 //! When an attempt counts as failed is Envoy's router logic
 //! (`RetryStateImpl::wouldRetryFromHeaders` / `wouldRetryFromReset`):
@@ -166,9 +173,14 @@ pub struct RetryPolicy {
     pub retriable_status_codes: Vec<u16>,
     /// `retryRemoteLocalities`.
     pub retry_remote_localities: bool,
-    /// `retryIgnorePreviousHosts` (default true): retries avoid the
-    /// endpoints already tried.
+    /// `retryIgnorePreviousHosts` (default true; Envoy's `previous_hosts`
+    /// retry host predicate): retries avoid the endpoints already tried
+    /// while others are left.
     pub retry_ignore_previous_hosts: bool,
+    /// Envoy `host_selection_retry_max_attempts`: how often a retry's pick
+    /// is redone while the predicate rejects it (istiod: 5). 0 (the proto
+    /// default) leaves no re-pick, so the predicate has no effect.
+    pub host_selection_retry_max_attempts: u32,
     /// `backoff`: base interval of the jittered exponential backoff; `None`
     /// = Envoy's 25 ms.
     #[serde(serialize_with = "crate::policy::serialize_opt_duration")]
@@ -176,6 +188,9 @@ pub struct RetryPolicy {
     /// True when this is Istio's default (the route has no `retries`).
     pub is_default: bool,
 }
+
+/// istiod's `hostSelectionRetryMaxAttempts` (`retry.go` `DefaultPolicy`).
+pub const ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS: u32 = 5;
 
 /// Envoy's default base backoff interval (`upstream.base_retry_backoff_ms`).
 const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -202,6 +217,7 @@ impl RetryPolicy {
             retriable_status_codes: Vec::new(),
             retry_remote_localities: false,
             retry_ignore_previous_hosts: true,
+            host_selection_retry_max_attempts: ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
             backoff: None,
             is_default: true,
         }
@@ -219,6 +235,15 @@ impl RetryPolicy {
 
     pub fn is_enabled(&self) -> bool {
         self.attempts > 0
+    }
+
+    /// Does a retry prefer endpoints not tried yet (Envoy's `previous_hosts`
+    /// predicate with at least one re-pick)? Only a preference: when every
+    /// usable endpoint was tried, the retry goes to one of them again, as
+    /// Envoy's load balancer returns the last host it picked once its
+    /// re-picks are used up (one endpoint: the same endpoint).
+    pub fn avoids_tried_endpoints(&self) -> bool {
+        self.retry_ignore_previous_hosts && self.host_selection_retry_max_attempts > 0
     }
 
     fn has(&self, c: RetryOn) -> bool {

@@ -52,6 +52,8 @@ struct PortAcc {
     http2: bool,
     /// The HTTP chain's path handling.
     path: Option<PathPolicy>,
+    /// The retry policy of the HTTP chain's default route.
+    default_retries: Option<Arc<crate::actions::RetryPolicy>>,
 }
 
 #[derive(Default)]
@@ -252,11 +254,15 @@ pub(crate) fn translate(
                     .typed_per_filter_config
                     .iter()
                     .any(|(f, any)| route::authz_override(f, any).is_some());
+                let mut default_retries = None;
                 for (i, r) in vh.routes.iter().enumerate() {
                     if route::is_default_route(r, chain) && vh.routes.len() == 1 && !vhost_authz {
                         if let Some(key) = route::default_route_hash(r) {
                             hash_keys.push((chain.clone(), key));
                         }
+                        // Its retry policy as written (istiod 1.24+: reset-before-request).
+                        default_retries =
+                            route::default_route_retries(r, &ctx, at, &mut diag).map(Arc::new);
                         continue;
                     }
                     let fallback = format!("{chain}.{i}");
@@ -267,6 +273,9 @@ pub(crate) fn translate(
                         hash_keys.extend(t.hash_keys);
                         acc.http.push(t.route);
                     }
+                }
+                if let (Some(d), Some(p)) = (default_retries, acc.ports.get_mut(&cn.port)) {
+                    p.default_retries = Some(d);
                 }
             }
             ChainKind::Http {
@@ -600,6 +609,7 @@ fn build_service(
             protocol,
             target_port,
             path: p.path,
+            default_retries: p.default_retries.clone(),
         });
     }
     // Endpoints: union over the service's clusters; subset membership as labels.

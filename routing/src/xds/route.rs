@@ -5,9 +5,9 @@ use super::matchers::{self, Issue};
 use super::names::{ClusterName, Direction};
 use super::{decode_any, duration, At, Diag};
 use crate::actions::{
-    Abort, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOps, Headers, Mirror, Percent,
-    Redirect, RedirectPath, RedirectPort, RegexRewrite, RetryOn, RetryPolicy, Rewrite, RouteAction,
-    UriRewrite, GRPC_STATUS_CODES,
+    Abort, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOps, Headers, Mirror,
+    Percent, Redirect, RedirectPath, RedirectPort, RegexRewrite, RetryOn, RetryPolicy, Rewrite,
+    RouteAction, UnmatchedPreflights, UriRewrite, GRPC_STATUS_CODES,
 };
 use crate::model::{HttpRoute, RouteDestination};
 use crate::policy::{HashKey, HttpCookie};
@@ -27,6 +27,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteAction as EnvoyRouteAction,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
@@ -147,6 +148,15 @@ pub(crate) fn translate(
         }
         match per_filter(any) {
             Ok(PerFilter::Fault(f)) => route.fault = f,
+            Ok(PerFilter::Cors(c)) => {
+                for note in &c.ignored {
+                    at.warn(
+                        diag,
+                        format!("route {name}: CORS {note} is not supported; ignored"),
+                    );
+                }
+                route.cors = c.policy;
+            }
             Ok(PerFilter::Ignored(what)) => at.warn(
                 diag,
                 format!(
@@ -230,6 +240,7 @@ fn virtual_service_of(r: &Route) -> Option<(String, String)> {
 
 enum PerFilter {
     Fault(Option<Fault>),
+    Cors(CorsTranslated),
     Disabled,
     Ignored(String),
 }
@@ -248,7 +259,89 @@ fn per_filter(any: &Any) -> Result<PerFilter, Issue> {
     if let Some(f) = decode_any::<HttpFault>(any) {
         return Ok(PerFilter::Fault(fault(&f.map_err(Issue::Invalid)?)?));
     }
+    if let Some(c) = decode_any::<CorsPolicy>(any) {
+        return Ok(PerFilter::Cors(cors(&c.map_err(Issue::Invalid)?)?));
+    }
     Ok(PerFilter::Ignored(any.type_url.clone()))
+}
+
+/// A per-route `CorsPolicy` translated: the policy (`None`: the filter is
+/// off for this route) and the fields that had to be left out.
+struct CorsTranslated {
+    policy: Option<Cors>,
+    ignored: Vec<&'static str>,
+}
+
+/// The CORS filter's per-route `CorsPolicy` (istiod `TranslateCORSPolicy`
+/// writes it under `envoy.filters.http.cors`) → [`Cors`]. Envoy's list
+/// fields are comma-joined strings; `max_age` is whole seconds; an unset
+/// `forward_not_matching_preflights` forwards (Envoy's default).
+fn cors(c: &CorsPolicy) -> Result<CorsTranslated, Issue> {
+    let mut ignored = Vec::new();
+    let enabled = match &c.filter_enabled {
+        None => Percent::HUNDRED,
+        Some(f) => {
+            if !f.runtime_key.is_empty() {
+                ignored.push("filter_enabled runtime_key");
+            }
+            fraction(f.default_value.as_ref()).min(Percent::HUNDRED)
+        }
+    };
+    // shadow_enabled only evaluates without enforcing: nothing to do here.
+    if enabled.is_zero() {
+        return Ok(CorsTranslated {
+            policy: None,
+            ignored,
+        });
+    }
+    if enabled != Percent::HUNDRED {
+        return Err(Issue::Unsupported(format!(
+            "CORS enabled for {enabled} of requests"
+        )));
+    }
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let max_age = match c.max_age.trim() {
+        "" => None,
+        secs => match secs.parse::<u64>() {
+            Ok(n) => Some(Duration::from_secs(n)),
+            Err(_) => {
+                ignored.push("max_age that is not whole seconds");
+                None
+            }
+        },
+    };
+    if c.allow_private_network_access
+        .as_ref()
+        .is_some_and(|b| b.value)
+    {
+        ignored.push("allow_private_network_access");
+    }
+    let policy = Cors {
+        allow_origins: c
+            .allow_origin_string_match
+            .iter()
+            .map(matchers::string_matcher)
+            .collect::<Result<_, _>>()?,
+        allow_methods: list(&c.allow_methods),
+        allow_headers: list(&c.allow_headers),
+        expose_headers: list(&c.expose_headers),
+        max_age,
+        allow_credentials: c.allow_credentials.as_ref().is_some_and(|b| b.value),
+        unmatched_preflights: match &c.forward_not_matching_preflights {
+            Some(b) if !b.value => UnmatchedPreflights::Ignore,
+            _ => UnmatchedPreflights::Forward,
+        },
+    };
+    Ok(CorsTranslated {
+        policy: Some(policy),
+        ignored,
+    })
 }
 
 /// An `HTTPFault` (route or filter level) → [`Fault`]; `None` when it has
@@ -525,7 +618,7 @@ fn route_action(
     };
     route.retries = match a.retry_policy.as_ref().or(ctx.vhost_retry) {
         None => RetryPolicy::disabled(),
-        Some(p) => retry_policy(p, name, at, diag)?,
+        Some(p) => retry_policy(p, name, at, diag),
     };
     let mut rewrite = Rewrite {
         uri: None,
@@ -631,12 +724,16 @@ fn hash_key(h: &HashPolicy) -> Result<HashKey, String> {
     }
 }
 
-fn retry_policy(
-    p: &EnvoyRetryPolicy,
-    name: &str,
-    at: At<'_>,
-    diag: &mut Diag,
-) -> Result<RetryPolicy, Issue> {
+/// Envoy's retry host predicate that avoids hosts already tried.
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+/// Envoy's retry priority that moves retries to other priorities (localities).
+const PREVIOUS_PRIORITIES: &str = "envoy.retry_priorities.previous_priorities";
+
+/// The route's `retry_policy` as written (the virtual host's when the route
+/// has none); neither → no retries. Envoy's `retry_on` words, `num_retries`
+/// (default 1), `per_try_timeout`, `retriable_status_codes`, the
+/// `previous_hosts` predicate and `host_selection_retry_max_attempts`.
+fn retry_policy(p: &EnvoyRetryPolicy, name: &str, at: At<'_>, diag: &mut Diag) -> RetryPolicy {
     let mut out = RetryPolicy {
         attempts: p.num_retries.as_ref().map_or(1, |n| n.value),
         per_try_timeout: p.per_try_timeout.as_ref().and_then(duration),
@@ -645,11 +742,15 @@ fn retry_policy(
         retry_remote_localities: p
             .retry_priority
             .as_ref()
-            .is_some_and(|r| r.name == "envoy.retry_priorities.previous_priorities"),
+            .is_some_and(|r| r.name == PREVIOUS_PRIORITIES),
         retry_ignore_previous_hosts: p
             .retry_host_predicate
             .iter()
-            .any(|h| h.name == "envoy.retry_host_predicates.previous_hosts"),
+            .any(|h| h.name == PREVIOUS_HOSTS),
+        host_selection_retry_max_attempts: u32::try_from(
+            p.host_selection_retry_max_attempts.max(0),
+        )
+        .unwrap_or(u32::MAX),
         backoff: p
             .retry_back_off
             .as_ref()
@@ -694,12 +795,36 @@ fn retry_policy(
             ),
         );
     }
+    for h in &p.retry_host_predicate {
+        if h.name != PREVIOUS_HOSTS {
+            at.warn(
+                diag,
+                format!(
+                    "route {name}: retry host predicate {} is not supported; ignored",
+                    h.name
+                ),
+            );
+        }
+    }
+    if let Some(r) = p
+        .retry_priority
+        .as_ref()
+        .filter(|r| r.name != PREVIOUS_PRIORITIES)
+    {
+        at.warn(
+            diag,
+            format!(
+                "route {name}: retry priority {} is not supported; ignored",
+                r.name
+            ),
+        );
+    }
     let default = RetryPolicy::istio_default();
     out.is_default = RetryPolicy {
         is_default: true,
         ..out.clone()
     } == default;
-    Ok(out)
+    out
 }
 
 fn redirect_action(r: &RedirectAction) -> Result<Redirect, Issue> {
@@ -791,11 +916,262 @@ pub(crate) fn is_default_route(r: &Route, own_cluster: &str) -> bool {
         && r.typed_per_filter_config.is_empty()
 }
 
+/// Only for the default route: its retry policy as written (istiod 1.24 …
+/// 1.30.2: `reset-before-request`, 2 retries; 1.22/1.23: none; 1.30.3+: the
+/// mesh default). `None` for a route that forwards nowhere.
+pub(crate) fn default_route_retries(
+    r: &Route,
+    ctx: &RouteCtx<'_>,
+    at: At<'_>,
+    diag: &mut Diag,
+) -> Option<RetryPolicy> {
+    let Some(Action::Route(a)) = &r.action else {
+        return None;
+    };
+    match a.retry_policy.as_ref().or(ctx.vhost_retry) {
+        None => Some(RetryPolicy::disabled()),
+        Some(p) => Some(retry_policy(p, "default", at, diag)),
+    }
+}
+
 /// Only for the default route: its hash policy (a DestinationRule
 /// `consistentHash` applied to the service's own cluster).
 pub(crate) fn default_route_hash(r: &Route) -> Option<HashKey> {
     match &r.action {
         Some(Action::Route(a)) => a.hash_policy.first().and_then(|h| hash_key(h).ok()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::RetryFailure;
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::{
+        RetryHostPredicate, RetryPriority,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
+    use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+
+    const AT: At<'static> = At {
+        type_url: super::super::ROUTE_TYPE,
+        name: "test",
+    };
+
+    fn envoy(retry_on: &str, retries: Option<u32>) -> EnvoyRetryPolicy {
+        EnvoyRetryPolicy {
+            retry_on: retry_on.into(),
+            num_retries: retries.map(|value| UInt32Value { value }),
+            ..Default::default()
+        }
+    }
+
+    /// Every `retry_on` string istiod writes, parsed word by word in order.
+    #[test]
+    fn retry_on_words_istiod_writes() {
+        use RetryOn::*;
+        let table: &[(&str, &[RetryOn])] = &[
+            // 1.24+ default route (BuildDefaultHTTPInboundRoute).
+            ("reset-before-request", &[ResetBeforeRequest]),
+            // Mesh default (retry.go DefaultPolicy).
+            (
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                &[
+                    ConnectFailure,
+                    RefusedStream,
+                    Unavailable,
+                    Cancelled,
+                    RetriableStatusCodes,
+                ],
+            ),
+            // VirtualService retryOn "5xx,503,gateway-error" (codes moved out).
+            (
+                "5xx,gateway-error,retriable-status-codes",
+                &[FiveXx, GatewayError, RetriableStatusCodes],
+            ),
+            (
+                "reset,retriable-4xx,envoy-ratelimited",
+                &[Reset, Retriable4xx, EnvoyRateLimited],
+            ),
+            (
+                "deadline-exceeded,internal,resource-exhausted",
+                &[DeadlineExceeded, Internal, ResourceExhausted],
+            ),
+            (
+                "http3-post-connect-failure,retriable-headers",
+                &[Http3PostConnectFailure, RetriableHeaders],
+            ),
+            // Whitespace around a word is trimmed; duplicates count once.
+            ("5xx, reset ,5xx", &[FiveXx, Reset]),
+            ("", &[]),
+        ];
+        for (text, want) in table {
+            let mut diag = Diag::default();
+            let p = retry_policy(&envoy(text, Some(2)), "r", AT, &mut diag);
+            assert_eq!(p.retry_on, *want, "{text:?}");
+            assert!(diag.warnings.is_empty(), "{text:?}: {:?}", diag.warnings);
+        }
+        let mut diag = Diag::default();
+        let p = retry_policy(&envoy("5xx,bogus", Some(2)), "r", AT, &mut diag);
+        assert_eq!(p.retry_on, vec![FiveXx]);
+        assert!(diag.warnings[0].message.contains("\"bogus\""), "{diag:?}");
+    }
+
+    #[test]
+    fn the_1_24_default_route_policy_as_written() {
+        let mut diag = Diag::default();
+        let p = retry_policy(
+            &envoy("reset-before-request", Some(2)),
+            "default",
+            AT,
+            &mut diag,
+        );
+        assert_eq!(p.attempts, 2);
+        assert_eq!(p.retry_on, vec![RetryOn::ResetBeforeRequest]);
+        // No predicate: a retry may reuse the endpoint; nothing is Istio's default here.
+        assert!(!p.retry_ignore_previous_hosts && !p.avoids_tried_endpoints());
+        assert!(!p.is_default);
+        assert!(p.should_retry(None, RetryFailure::ConnectFailure, None));
+        assert!(p.should_retry(None, RetryFailure::ResetBeforeRequest, None));
+        assert!(!p.should_retry(None, RetryFailure::Reset, None));
+        assert!(!p.should_retry(Some(503), RetryFailure::Response, None));
+        // num_retries unset: Envoy's 1.
+        assert_eq!(
+            retry_policy(&envoy("reset", None), "r", AT, &mut diag).attempts,
+            1
+        );
+    }
+
+    #[test]
+    fn the_mesh_default_policy_is_istios_default() {
+        let mut e = envoy(
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            Some(2),
+        );
+        e.host_selection_retry_max_attempts = 5;
+        e.retry_host_predicate = vec![RetryHostPredicate {
+            name: PREVIOUS_HOSTS.into(),
+            config_type: None,
+        }];
+        let mut diag = Diag::default();
+        let p = retry_policy(&e, "r", AT, &mut diag);
+        assert!(p.is_default, "{p:?}");
+        assert_eq!(p.host_selection_retry_max_attempts, 5);
+        assert!(p.avoids_tried_endpoints());
+        // The VirtualService fields: per-try timeout, codes, remote localities.
+        e.per_try_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 2,
+            nanos: 0,
+        });
+        e.retriable_status_codes = vec![503, 429, 1000];
+        e.retry_priority = Some(RetryPriority {
+            name: PREVIOUS_PRIORITIES.into(),
+            config_type: None,
+        });
+        let p = retry_policy(&e, "r", AT, &mut diag);
+        assert!(!p.is_default);
+        assert_eq!(p.per_try_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(p.retriable_status_codes, vec![503, 429]);
+        assert!(p.retry_remote_localities);
+        assert!(diag.warnings[0].message.contains("1000"), "{diag:?}");
+        // A predicate without re-picks has no effect; other predicates are reported.
+        e.host_selection_retry_max_attempts = 0;
+        e.retry_host_predicate.push(RetryHostPredicate {
+            name: "envoy.retry_host_predicates.omit_canary_hosts".into(),
+            config_type: None,
+        });
+        let mut diag = Diag::default();
+        assert!(!retry_policy(&e, "r", AT, &mut diag).avoids_tried_endpoints());
+        assert!(
+            diag.warnings
+                .iter()
+                .any(|w| w.message.contains("omit_canary_hosts")),
+            "{diag:?}"
+        );
+    }
+
+    fn exact(s: &str) -> StringMatcher {
+        StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Exact(s.into())),
+            ignore_case: false,
+        }
+    }
+
+    #[test]
+    fn cors_policy_as_istiod_writes_it() {
+        let c = CorsPolicy {
+            allow_origin_string_match: vec![
+                exact("https://a.example"),
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Prefix("https://b.".into())),
+                    ignore_case: false,
+                },
+            ],
+            allow_methods: "GET,POST".into(),
+            allow_headers: "x-a,x-b".into(),
+            expose_headers: "x-c".into(),
+            max_age: "86400".into(),
+            allow_credentials: Some(BoolValue { value: true }),
+            filter_enabled: Some(RuntimeFractionalPercent {
+                default_value: Some(FractionalPercent {
+                    numerator: 100,
+                    denominator: 0,
+                }),
+                runtime_key: String::new(),
+            }),
+            forward_not_matching_preflights: Some(BoolValue { value: true }),
+            ..Default::default()
+        };
+        let t = cors(&c).unwrap();
+        assert!(t.ignored.is_empty());
+        let p = t.policy.unwrap();
+        assert_eq!(p.allow_methods, vec!["GET", "POST"]);
+        assert_eq!(p.allow_headers, vec!["x-a", "x-b"]);
+        assert_eq!(p.expose_headers, vec!["x-c"]);
+        assert_eq!(p.max_age, Some(Duration::from_secs(86400)));
+        assert!(p.allow_credentials);
+        assert_eq!(p.unmatched_preflights, UnmatchedPreflights::Forward);
+        assert!(p.origin_allowed("https://a.example") && p.origin_allowed("https://b.x"));
+        assert!(!p.origin_allowed("https://c.example"));
+        let pre = p
+            .preflight("OPTIONS", Some("https://a.example"), Some("PUT"), None)
+            .unwrap();
+        assert!(pre.contains(&("access-control-max-age".into(), "86400".into())));
+
+        // unmatchedPreflights: IGNORE; 1.22 leaves the field out (forward).
+        let ignore = CorsPolicy {
+            forward_not_matching_preflights: Some(BoolValue { value: false }),
+            ..c.clone()
+        };
+        let p = cors(&ignore).unwrap().policy.unwrap();
+        assert_eq!(p.unmatched_preflights, UnmatchedPreflights::Ignore);
+        let old = CorsPolicy {
+            forward_not_matching_preflights: None,
+            filter_enabled: None,
+            ..c.clone()
+        };
+        let p = cors(&old).unwrap().policy.unwrap();
+        assert_eq!(p.unmatched_preflights, UnmatchedPreflights::Forward);
+
+        // Disabled (0 %) → no CORS; a fraction → the route is left out.
+        let mut off = c.clone();
+        off.filter_enabled.as_mut().unwrap().default_value = Some(FractionalPercent {
+            numerator: 0,
+            denominator: 0,
+        });
+        assert!(cors(&off).unwrap().policy.is_none());
+        let mut half = c.clone();
+        half.filter_enabled.as_mut().unwrap().default_value = Some(FractionalPercent {
+            numerator: 50,
+            denominator: 0,
+        });
+        assert!(matches!(cors(&half), Err(Issue::Unsupported(_))));
+        let odd = CorsPolicy {
+            max_age: "1h".into(),
+            ..c
+        };
+        let t = cors(&odd).unwrap();
+        assert_eq!(t.policy.unwrap().max_age, None);
+        assert_eq!(t.ignored, vec!["max_age that is not whole seconds"]);
     }
 }

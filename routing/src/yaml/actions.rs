@@ -664,6 +664,8 @@ impl Fields<'_, '_> {
             retriable_status_codes: codes,
             retry_remote_localities,
             retry_ignore_previous_hosts,
+            host_selection_retry_max_attempts:
+                crate::actions::ISTIO_HOST_SELECTION_RETRY_MAX_ATTEMPTS,
             backoff,
             is_default: false,
         })

@@ -204,6 +204,7 @@ fn parse_ports(at: &DocRef, ports: Vec<PortY>, diag: &mut Diag) -> Vec<ServicePo
             name,
             target_port,
             path: None,
+            default_retries: None,
         });
     }
     out

@@ -36,8 +36,13 @@ use request::{
     authority, capture, header_str, status_error, HeaderView, RequestSink, ResponseSink,
 };
 
-/// Istio's default when a route sets no retry policy: 2 retries on connect failures.
+/// Connect attempts after the first for TCP connections (HTTP requests follow their route's
+/// retry policy, [`RequestCtx::retry_policy`]).
 pub const DEFAULT_RETRY_ATTEMPTS: usize = 2;
+
+/// The retry policy of a default route the front-end did not describe (files mode).
+static ISTIO_DEFAULT_RETRIES: std::sync::LazyLock<Arc<routing::RetryPolicy>> =
+    std::sync::LazyLock::new(|| Arc::new(routing::RetryPolicy::istio_default()));
 
 pub struct Waypoint {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -94,6 +99,8 @@ pub struct RequestCtx {
     grpc_status: Option<String>,
     /// The matched VirtualService route (its timeout, retries, header operations, CORS).
     route: Option<Arc<routing::HttpRoute>>,
+    /// The retry policy of the port's default route, when the request took it.
+    default_retries: Option<Arc<routing::RetryPolicy>>,
     /// The weighted destination picked (for its header operations).
     destination: Option<routing::RouteDestination>,
     /// `rewrite.uri` applied to the request's path.
@@ -126,6 +133,18 @@ pub struct RequestCtx {
     _active: Option<routing::ActiveGuard>,
 }
 
+impl RequestCtx {
+    /// The retry policy of the request's route as configured: the matched route's, or its
+    /// port's default route's. `None` for pod-addressed requests outside any routed service.
+    fn retry_policy(&self) -> Option<&routing::RetryPolicy> {
+        match (&self.route, &self.default_retries) {
+            (Some(route), _) => Some(&route.retries),
+            (None, Some(p)) => Some(p),
+            (None, None) => None,
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Waypoint {
     type CTX = RequestCtx;
@@ -146,6 +165,7 @@ impl ProxyHttp for Waypoint {
             endpoint: None,
             grpc_status: None,
             route: None,
+            default_retries: None,
             destination: None,
             rewrite_path: None,
             extra_response_headers: Vec::new(),
@@ -388,6 +408,13 @@ impl ProxyHttp for Waypoint {
             }
             RouteDecision::Default => {
                 ctx.route_name = "default".into();
+                // The default route's retry policy as the configuration states it (xDS: what
+                // istiod wrote on the route), else Istio's default.
+                ctx.default_retries = Some(
+                    port.default_retries
+                        .clone()
+                        .unwrap_or_else(|| ISTIO_DEFAULT_RETRIES.clone()),
+                );
                 ctx.cluster = Some(ClusterKey {
                     host: service.hostname.clone(),
                     port: port.number,
@@ -448,10 +475,14 @@ impl ProxyHttp for Waypoint {
                     .iter()
                     .find(|e| e.target.ip() == dst.ip() && !ctx.tried.contains(&e.target))
             });
-            let picked = match (passthrough.flatten(), ctx.hash) {
-                (Some(ep), _) => Some(ep),
-                (None, Some(h)) => cluster.pick_hashed(h, &ctx.tried),
-                (None, None) => cluster.pick(&ctx.tried),
+            // A retry avoids the endpoints tried while others are left (previous_hosts), else
+            // goes back to one of them, as Envoy does.
+            let avoid_tried = ctx
+                .retry_policy()
+                .is_none_or(routing::RetryPolicy::avoids_tried_endpoints);
+            let picked = match passthrough.flatten() {
+                Some(ep) => Some(ep),
+                None => cluster.pick_attempt(ctx.hash, &ctx.tried, avoid_tried),
             };
             let Some(ep) = picked else {
                 if ctx.tried.is_empty() {
@@ -575,16 +606,14 @@ impl ProxyHttp for Waypoint {
         if let Some(target) = ctx.upstream {
             self.report(ctx, target, routing::Outcome::ConnectFailure);
         }
-        // Retry on another endpoint when the route's policy (Istio's default: 2 retries on
-        // connect-failure) allows.
-        let (attempts, retriable) = match &ctx.route {
-            Some(route) => (
-                route.retries.attempts as usize,
-                route
-                    .retries
-                    .should_retry(None, routing::RetryFailure::ConnectFailure, None),
+        // Retry when the route's policy allows: connect-failure, reset-before-request (istiod's
+        // default route), reset, 5xx, gateway-error.
+        let (attempts, retriable) = match ctx.retry_policy() {
+            Some(p) => (
+                p.attempts as usize,
+                p.should_retry(None, routing::RetryFailure::ConnectFailure, None),
             ),
-            None => (DEFAULT_RETRY_ATTEMPTS, true),
+            None => (0, false),
         };
         if ctx.direct.is_none() && retriable && ctx.tried.len() <= attempts {
             e.set_retry(true);
@@ -612,17 +641,17 @@ impl ProxyHttp for Waypoint {
         }
         // retryOn for responses (5xx, gateway-error, retriable-status-codes, gRPC codes): drop
         // this response and try another endpoint while attempts remain.
-        if let Some(route) = &ctx.route {
+        if let Some(retries) = ctx.retry_policy() {
             let status = upstream_response.status.as_u16();
             if ctx.direct.is_none()
-                && ctx.tried.len() <= route.retries.attempts as usize
-                && route.retries.should_retry(
+                && ctx.tried.len() <= retries.attempts as usize
+                && retries.should_retry(
                     Some(status),
                     routing::RetryFailure::Response,
                     ctx.grpc_status.as_deref(),
                 )
             {
-                debug!(route = %route.name, status, attempt = ctx.tried.len(), "retrying on response status");
+                debug!(route = %ctx.route_name, status, attempt = ctx.tried.len(), "retrying on response status");
                 let mut e =
                     Error::explain(ErrorType::HTTPStatus(status), "retriable upstream response");
                 e.set_retry(true);

@@ -75,8 +75,22 @@ pub async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(http::response::Parts, Bytes)> {
+    request(send, http::Method::GET, host, path, headers).await
+}
+
+/// One request with any method and an empty body; the response's head and whole body.
+pub async fn request(
+    send: &mut Http1,
+    method: http::Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(http::response::Parts, Bytes)> {
     send.ready().await?;
-    let mut req = Request::get(path).header("host", host);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

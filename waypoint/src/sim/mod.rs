@@ -8,7 +8,7 @@ mod client;
 mod pod;
 
 pub use app::{start_app, AppHandle, AppKind, AppStats, Echo};
-pub use client::{get, Http1, ZtunnelClient};
+pub use client::{get, request, Http1, ZtunnelClient};
 pub use pod::{start_pod, PodHandle, PodStats};
 
 /// A faulty certificate for a simulated pod's node.

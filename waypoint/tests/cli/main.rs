@@ -16,4 +16,5 @@ mod xds;
 mod xds_authz;
 mod xds_path;
 mod xds_releases;
+mod xds_retry;
 mod xds_upstreams;
