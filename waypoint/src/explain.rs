@@ -644,7 +644,12 @@ pub fn run(args: &ExplainArgs) -> i32 {
             }
         }
         (None, Some(file)) => match crate::xds::load_dump(file, &args.trust_domain) {
-            Ok(t) => t.snapshot,
+            Ok(dump) => {
+                for r in &dump.refused {
+                    eprintln!("warning: left out, Envoy would reject it: {r}");
+                }
+                dump.translation.snapshot
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return 1;

@@ -193,10 +193,6 @@ pub struct XdsHandler {
     last_good: ResourceState,
 }
 
-/// How many times a candidate is translated again with its refused resources set aside before
-/// it is rejected whole (each round sets aside at least one more resource).
-const REFUSAL_ROUNDS: usize = 8;
-
 impl XdsHandler {
     pub fn new(sink: Arc<SnapshotSink>, options: TranslateOptions, status: Arc<Status>) -> Self {
         Self {
@@ -210,10 +206,10 @@ impl XdsHandler {
         }
     }
 
-    /// Translate `state`, setting aside each resource the translation rejects (its last good
-    /// version takes its place, or it is left out) and translating again, as Envoy applies the
-    /// valid resources of an update and rejects the others. `Err` when a rejection names no
-    /// resource that can be set aside: the candidate is rejected whole.
+    /// Translate `state`, refusing alone each resource the translation rejects (or that does
+    /// not decode): its last good version stands in for it, or it is left out, and the rest is
+    /// translated (Envoy applies the valid resources of an update). `Err` when a rejection
+    /// names no resource that can be set aside: the candidate is rejected whole.
     fn translate_tolerant(
         &mut self,
         state: &ResourceState,
@@ -227,62 +223,70 @@ impl XdsHandler {
     > {
         let mut set_aside: BTreeSet<(String, String)> = BTreeSet::new();
         let mut refused = Vec::new();
-        for _ in 0..REFUSAL_ROUNDS {
-            let mut resources = Resources::default();
-            let mut newly = Vec::new();
-            for t in TYPES {
-                for r in state.resources(t) {
-                    let key = (t.to_string(), r.name.clone());
-                    let any = if set_aside.contains(&key) {
-                        match self.last_good.get(t, &r.name) {
-                            Some(previous) => &previous.value,
-                            None => continue,
-                        }
-                    } else {
-                        &r.value
-                    };
-                    match resources.push_any(any) {
-                        Ok(()) => {}
-                        Err(mut rejection) => {
-                            rejection.name.clone_from(&r.name);
-                            newly.push(rejection);
-                        }
-                    }
-                }
+        let mut resources = self.decode(state, &set_aside, &mut refused);
+        set_aside.extend(refused.iter().map(|r| (r.type_url.clone(), r.name.clone())));
+        let (mut translation, rejected) =
+            routing::xds::translate_refusing(&resources, &self.options)?;
+        if !set_aside.is_empty() || !rejected.is_empty() {
+            // The refused new versions: their last good versions stand in, translated again.
+            set_aside.extend(
+                rejected
+                    .iter()
+                    .map(|r| (r.type_url.clone(), r.name.clone())),
+            );
+            refused.extend(rejected);
+            resources = self.decode(state, &set_aside, &mut Vec::new());
+            let (again, stale) = routing::xds::translate_refusing(&resources, &self.options)?;
+            // A last good version that no longer fits the rest is left out as well.
+            for r in &stale {
+                resources.remove(&r.type_url, &r.name);
+                set_aside.insert((r.type_url.clone(), r.name.clone()));
             }
-            if newly.is_empty() {
-                match routing::xds::translate(&resources, &self.options) {
-                    Ok(translation) => {
-                        // What translated is the new last good.
-                        let mut good = state.clone();
-                        for (t, n) in &set_aside {
-                            match self.last_good.get_shared(t, n) {
-                                Some(previous) => good.insert(t, previous.clone()),
-                                None => {
-                                    good.remove(t, n);
-                                }
-                            }
-                        }
-                        self.last_good = good;
-                        return Ok((translation, resources, refused));
-                    }
-                    Err(rejections) => newly = rejections,
-                }
-            }
-            let mut progress = false;
-            for r in &newly {
-                let key = (r.type_url.clone(), r.name.clone());
-                if state.get(&key.0, &key.1).is_some() && set_aside.insert(key) {
-                    progress = true;
-                }
-            }
-            if !progress {
-                refused.extend(newly);
-                return Err(refused);
-            }
-            refused.extend(newly);
+            refused.extend(stale);
+            translation = again;
         }
-        Err(refused)
+        // What translated is the new last good.
+        let mut good = state.clone();
+        for (t, n) in &set_aside {
+            match self.last_good.get_shared(t, n) {
+                Some(previous) if resources.names().contains(&(t.as_str(), n.as_str())) => {
+                    good.insert(t, previous.clone())
+                }
+                _ => {
+                    good.remove(t, n);
+                }
+            }
+        }
+        self.last_good = good;
+        Ok((translation, resources, refused))
+    }
+
+    /// Decode `state`'s resources, those in `set_aside` taken from the last good state (or
+    /// left out); one that does not decode is left out and added to `refused`.
+    fn decode(
+        &self,
+        state: &ResourceState,
+        set_aside: &BTreeSet<(String, String)>,
+        refused: &mut Vec<routing::xds::Rejection>,
+    ) -> Resources {
+        let mut resources = Resources::default();
+        for t in TYPES {
+            for r in state.resources(t) {
+                let any = if set_aside.contains(&(t.to_string(), r.name.clone())) {
+                    match self.last_good.get(t, &r.name) {
+                        Some(previous) => &previous.value,
+                        None => continue,
+                    }
+                } else {
+                    &r.value
+                };
+                if let Err(mut rejection) = resources.push_any(any) {
+                    rejection.name.clone_from(&r.name);
+                    refused.push(rejection);
+                }
+            }
+        }
+        resources
     }
 
     /// Resources set aside while the rest of the candidate serves: counted, logged once per
@@ -487,12 +491,10 @@ impl XdsRuntime {
 }
 
 /// Translate Envoy resources saved as JSON (an Envoy waypoint's `/config_dump`, `istioctl
-/// proxy-config all <pod> -o json`, or a list of resources) into a snapshot, offline. Rejections
-/// are returned as one message per resource.
-pub fn load_dump(
-    path: &std::path::Path,
-    trust_domain: &str,
-) -> Result<routing::xds::Translation, String> {
+/// proxy-config all <pod> -o json`, or a list of resources) into a snapshot, offline, as the
+/// xDS client would: a resource Envoy would reject is refused alone and the rest translated.
+/// `Err` only when the file cannot be read or the state cannot be used at all.
+pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let resources = routing::xds::json::load_resources(&text)
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -500,15 +502,71 @@ pub fn load_dump(
         trust_domain: trust_domain.to_string(),
         ..TranslateOptions::default()
     };
-    routing::xds::translate(&resources, &options).map_err(|rejections| {
-        let lines: Vec<String> = rejections.iter().map(|r| format!("  {r}")).collect();
-        format!(
-            "{}: {} resource(s) Envoy would reject:\n{}",
-            path.display(),
-            rejections.len(),
-            lines.join("\n")
-        )
+    let (translation, refused) =
+        routing::xds::translate_refusing(&resources, &options).map_err(|rejections| {
+            let lines: Vec<String> = rejections.iter().map(|r| format!("  {r}")).collect();
+            format!(
+                "{}: the config cannot be used; Envoy would reject:\n{}",
+                path.display(),
+                lines.join("\n")
+            )
+        })?;
+    Ok(Dump {
+        resources,
+        translation,
+        refused,
     })
+}
+
+/// A saved xDS config, translated.
+pub struct Dump {
+    pub resources: Resources,
+    pub translation: routing::xds::Translation,
+    /// Resources Envoy would reject, left out of the translation.
+    pub refused: Vec<routing::xds::Rejection>,
+}
+
+impl Dump {
+    /// One line per resource: `translated`, `warned` (with each warning) or `rejected` (why),
+    /// then warnings that name no resource of the file.
+    pub fn report(&self) -> String {
+        use std::fmt::Write as _;
+        let short = |t: &str| t.rsplit('.').next().unwrap_or(t).to_string();
+        let mut out = String::new();
+        let mut named = BTreeSet::new();
+        for (t, name) in self.resources.names() {
+            named.insert((t, name));
+            let rejected: Vec<_> = self
+                .refused
+                .iter()
+                .filter(|r| r.type_url == t && r.name == name)
+                .collect();
+            let warned: Vec<_> = self
+                .translation
+                .warnings
+                .iter()
+                .filter(|w| w.type_url == t && w.name == name)
+                .collect();
+            let status = match (rejected.is_empty(), warned.is_empty()) {
+                (false, _) => "rejected",
+                (true, false) => "warned",
+                (true, true) => "translated",
+            };
+            let _ = writeln!(out, "{status:<10} {} {name}", short(t));
+            for r in rejected {
+                let _ = writeln!(out, "           rejected: {}", r.reason);
+            }
+            for w in warned {
+                let _ = writeln!(out, "           warning: {}", w.message);
+            }
+        }
+        for w in &self.translation.warnings {
+            if !named.contains(&(w.type_url, w.name.as_str())) {
+                let _ = writeln!(out, "warning    {w}");
+            }
+        }
+        out
+    }
 }
 
 /// `waypoint translate`: print the snapshot a saved xDS config translates to.
@@ -520,22 +578,31 @@ pub struct TranslateArgs {
     /// Mesh trust domain (when connect_originate names none).
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// Exit 1 on any warning too, not only on resources Envoy would reject.
+    #[arg(long)]
+    pub strict: bool,
 }
 
-/// Print the snapshot JSON (the shape of `/config_dump`'s `config.snapshot`) on stdout and the
-/// warnings on stderr; exit 1 when a resource would be rejected.
+/// Print the snapshot JSON (the shape of `/config_dump`'s `config.snapshot`) on stdout and, on
+/// stderr, every resource's status: translated, warned (why) or rejected (why). Exit 1 when a
+/// resource would be rejected (with `--strict`: also on a warning); the rest is still printed.
 pub fn translate_command(args: &TranslateArgs) -> i32 {
     match load_dump(&args.file, &args.trust_domain) {
-        Ok(t) => {
-            for w in &t.warnings {
-                eprintln!("warning: {w}");
-            }
+        Ok(dump) => {
+            eprint!("{}", dump.report());
+            let warned = !dump.translation.warnings.is_empty();
+            eprintln!(
+                "{} resources: {} rejected, {} warning(s)",
+                dump.resources.len(),
+                dump.refused.len(),
+                dump.translation.warnings.len()
+            );
             crate::outln!(
                 "{}",
-                serde_json::to_string_pretty(&t.snapshot.to_json())
+                serde_json::to_string_pretty(&dump.translation.snapshot.to_json())
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
             );
-            0
+            i32::from(!dump.refused.is_empty() || (args.strict && warned))
         }
         Err(e) => {
             eprintln!("error: {e}");

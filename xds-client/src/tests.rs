@@ -369,6 +369,41 @@ async fn a_refused_resource_does_not_freeze_the_others() {
     }
 }
 
+/// A type the waypoint never asked for (ECDS here, which istiod sends only to a proxy that
+/// subscribes) is NACKed naming the type; the subscribed types keep flowing.
+#[tokio::test]
+async fn an_unexpected_type_is_nacked_and_the_others_keep_flowing() {
+    const ECDS: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+    let mut options = AdsServerOptions::with_token(TOKEN);
+    options.unsolicited = vec![ECDS.to_string()];
+    let (_pki, server) = server(options).await;
+    let v1 = server.set(type_url::CLUSTER, "c1", cluster("c1", false));
+    let token = TokenFile::new(TOKEN);
+    let client = start_client(config(&server, Mode::Delta, &token), token);
+    ack(&server, type_url::CLUSTER, &v1).await;
+
+    server.set(
+        ECDS,
+        "wasm-filter",
+        any(
+            &envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
+                name: "wasm-filter".into(),
+                typed_config: None,
+            },
+        ),
+    );
+    let nack = server.wait_for_nack(ECDS, WAIT).await.expect("ECDS NACKed");
+    let detail = nack.error_detail.unwrap().message;
+    assert!(
+        detail.contains("TypedExtensionConfig") && detail.contains("not subscribed"),
+        "{detail}"
+    );
+    let v2 = server.set(type_url::CLUSTER, "c2", cluster("c2", false));
+    ack(&server, type_url::CLUSTER, &v2).await;
+    assert_eq!(client.handler.names(type_url::CLUSTER), ["c1", "c2"]);
+    client.shutdown().await;
+}
+
 #[tokio::test]
 async fn delta_pushes_updates_and_removals() {
     let (_pki, server) = server(AdsServerOptions::with_token(TOKEN)).await;

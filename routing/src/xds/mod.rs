@@ -112,6 +112,39 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Every resource as (type URL, name), in type order.
+    pub fn names(&self) -> Vec<(&'static str, &str)> {
+        let l = self
+            .listeners
+            .iter()
+            .map(|r| (LISTENER_TYPE, r.name.as_str()));
+        let c = self
+            .clusters
+            .iter()
+            .map(|r| (CLUSTER_TYPE, r.name.as_str()));
+        let e = self
+            .endpoints
+            .iter()
+            .map(|r| (ENDPOINT_TYPE, r.cluster_name.as_str()));
+        let r = self.routes.iter().map(|r| (ROUTE_TYPE, r.name.as_str()));
+        l.chain(c).chain(e).chain(r).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.listeners.len() + self.clusters.len() + self.endpoints.len() + self.routes.len()
+    }
+
+    /// Leave out the resource of that type and name (all of them, if the name repeats).
+    pub fn remove(&mut self, type_url: &str, name: &str) {
+        match type_url {
+            LISTENER_TYPE => self.listeners.retain(|r| r.name != name),
+            CLUSTER_TYPE => self.clusters.retain(|r| r.name != name),
+            ENDPOINT_TYPE => self.endpoints.retain(|r| r.cluster_name != name),
+            ROUTE_TYPE => self.routes.retain(|r| r.name != name),
+            _ => {}
+        }
+    }
+
     /// Decode resources by their type URL (the four types above). A
     /// malformed or unknown resource is a [`Rejection`]; the others are kept.
     pub fn from_any<'a>(
@@ -278,6 +311,37 @@ pub fn translate(
     options: &TranslateOptions,
 ) -> Result<Translation, Vec<Rejection>> {
     assemble::translate(resources, options)
+}
+
+/// How many times [`translate_refusing`] translates again with refused resources left out.
+const REFUSAL_ROUNDS: usize = 8;
+
+/// [`translate`], with each resource Envoy would reject refused alone: it is left out and the
+/// rest translated again, as Envoy applies the valid resources of an update. Returns the
+/// translation of what remained and the refusals; `Err` when a rejection names no resource
+/// that can be left out (the state cannot be used at all).
+pub fn translate_refusing(
+    resources: &Resources,
+    options: &TranslateOptions,
+) -> Result<(Translation, Vec<Rejection>), Vec<Rejection>> {
+    let mut kept = resources.clone();
+    let mut refused = Vec::new();
+    for _ in 0..REFUSAL_ROUNDS {
+        let rejections = match translate(&kept, options) {
+            Ok(translation) => return Ok((translation, refused)),
+            Err(rejections) => rejections,
+        };
+        let before = kept.len();
+        for r in &rejections {
+            kept.remove(&r.type_url, &r.name);
+        }
+        let progress = kept.len() < before;
+        refused.extend(rejections);
+        if !progress {
+            return Err(refused);
+        }
+    }
+    Err(refused)
 }
 
 /// Warnings and rejections of one translation.

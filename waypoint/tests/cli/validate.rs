@@ -71,17 +71,18 @@ fn misspelled_kind_in_a_file_suggests_the_real_one() {
 #[test]
 fn policies_the_waypoint_cannot_enforce_are_refused() {
     let dir = temp_dir("validate-authz");
-    // A JWT rule without keys (istiod would discover them from the issuer; this waypoint
-    // does not): refused rather than accept tokens it cannot verify.
+    // A JWT rule without keys whose issuer is no URL: its keys cannot be discovered (OpenID
+    // discovery needs an http(s) issuer), so it is refused rather than accept tokens it cannot
+    // verify.
     let path = file(
         &dir,
         "authn.yaml",
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: bookinfo\nspec:\n  jwtRules:\n  - issuer: https://issuer.test\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: bookinfo\nspec:\n  jwtRules:\n  - issuer: testing@secure.istio.io\n",
     );
     let (code, stdout) = validate(&[], &path);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
-        stdout.contains("error: authn.yaml doc 0 RequestAuthentication bookinfo/jwt: spec.jwtRules[0].jwksUri: give jwksUri or jwks"),
+        stdout.contains("error: authn.yaml doc 0 RequestAuthentication bookinfo/jwt: spec.jwtRules[0].jwksUri: issuer \"testing@secure.istio.io\" is not an http(s) URL"),
         "{stdout}"
     );
     // An AuthorizationPolicy is enforced; a field it does not know is refused, never ignored.

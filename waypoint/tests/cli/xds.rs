@@ -509,4 +509,77 @@ fn translate_and_explain_read_a_saved_xds_config() {
         stderr.contains("main_internal") && stderr.contains("regex"),
         "{stderr}"
     );
+
+    // Every resource's status; a rejected one is left out and the rest still translated.
+    let mut bad_cluster = bookinfo(&net);
+    break_ratings_cluster(&mut bad_cluster);
+    std::fs::write(dir.join("bad-cluster.json"), bad_cluster.to_string()).unwrap();
+    let out = Command::new(binary())
+        .arg("translate")
+        .arg(dir.join("bad-cluster.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = |status: &str, what: &str| {
+        stderr
+            .lines()
+            .any(|l| l.starts_with(status) && l.ends_with(what))
+    };
+    assert!(
+        line(
+            "rejected",
+            "Cluster inbound-vip|9080|http|ratings.default.svc.cluster.local"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rejected: maglev table_size 0"), "{stderr}");
+    assert!(
+        line(
+            "translated",
+            "Cluster inbound-vip|9080|http/v2|reviews.default.svc.cluster.local"
+        ),
+        "{stderr}"
+    );
+    assert!(line("translated", "Listener main_internal"), "{stderr}");
+    let snapshot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        snapshot.to_string().contains("http/v2|reviews"),
+        "the rest is translated"
+    );
+
+    // A warning: exit 0, or 1 with --strict.
+    let mut warned = bookinfo(&net);
+    let mut found = 0;
+    objects_mut(&mut warned, &mut |o| {
+        if o.get("name").and_then(Value::as_str)
+            == Some("inbound-vip|9080|http|ratings.default.svc.cluster.local")
+            && o.contains_key("type")
+        {
+            o.insert(
+                "lb_subset_config".into(),
+                serde_json::json!({"fallback_policy": "ANY_ENDPOINT"}),
+            );
+            found += 1;
+        }
+    });
+    assert_eq!(found, 1);
+    std::fs::write(dir.join("warned.json"), warned.to_string()).unwrap();
+    let run = |strict: bool| {
+        let mut cmd = Command::new(binary());
+        cmd.arg("translate").arg(dir.join("warned.json"));
+        if strict {
+            cmd.arg("--strict");
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(false);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warned     Cluster inbound-vip|9080|http|ratings")
+            && stderr.contains("warning: lb_subset_config"),
+        "{stderr}"
+    );
+    assert_eq!(run(true).status.code(), Some(1));
 }

@@ -46,6 +46,9 @@ pub struct AdsServerOptions {
     pub sotw: bool,
     /// The DNS name in the serving certificate.
     pub server_name: String,
+    /// Types pushed to every Delta stream although it never asked for them (as a server that
+    /// misbehaves, or a newer one, might), wildcard, on every change.
+    pub unsolicited: Vec<String>,
 }
 
 impl Default for AdsServerOptions {
@@ -56,6 +59,7 @@ impl Default for AdsServerOptions {
             delta: true,
             sotw: true,
             server_name: DEFAULT_SERVER_NAME.to_string(),
+            unsolicited: Vec::new(),
         }
     }
 }
@@ -113,7 +117,7 @@ struct TypeSet {
 }
 
 pub(super) struct State {
-    options: Mutex<AdsServerOptions>,
+    pub(super) options: Mutex<AdsServerOptions>,
     resources: Mutex<BTreeMap<String, TypeSet>>,
     /// Bumped on every resource change; streams push on change.
     pub(super) generation: watch::Sender<u64>,

@@ -77,7 +77,13 @@ impl AdsStream for DeltaStream {
     }
 
     fn types(&self) -> Vec<String> {
-        self.subs.keys().cloned().collect()
+        let mut types: Vec<String> = self.subs.keys().cloned().collect();
+        for t in &self.state.options.lock().unsolicited {
+            if !types.contains(t) {
+                types.push(t.clone());
+            }
+        }
+        types
     }
 
     /// False when the stream is gone.
@@ -128,6 +134,21 @@ impl AdsStream for DeltaStream {
     /// Send what `type_url`'s subscriber lacks; `always` sends even an empty response.
     fn push(&mut self, type_url: &str, always: bool) -> bool {
         let (version, items) = self.state.snapshot(type_url);
+        if !self.subs.contains_key(type_url)
+            && self
+                .state
+                .options
+                .lock()
+                .unsolicited
+                .iter()
+                .any(|t| t == type_url)
+        {
+            let unasked = DeltaSub {
+                wildcard: true,
+                ..DeltaSub::default()
+            };
+            self.subs.insert(type_url.to_string(), unasked);
+        }
         let Some(sub) = self.subs.get_mut(type_url) else {
             return true;
         };
