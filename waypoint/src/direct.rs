@@ -18,13 +18,12 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, ErrorType, Result};
 use routing::{SanMatcher, UpstreamTls};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::identity::{cert_sans, provider};
+use crate::identity::{cert_sans, provider, ChainVerifier, EndEntityCheck};
 
 /// Istio's default connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,10 +54,10 @@ pub fn tls_config(tls: &UpstreamTls) -> std::result::Result<Arc<ClientConfig>, S
     let builder = if tls.insecure_skip_verify || !tls.subject_alt_names.is_empty() {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SanVerifier {
-                roots,
-                sans: tls.subject_alt_names.clone(),
-                skip: tls.insecure_skip_verify,
+            .with_custom_certificate_verifier(Arc::new(ChainVerifier {
+                // insecureSkipVerify: nothing is verified.
+                roots: (!tls.insecure_skip_verify).then_some(roots),
+                check: DrSans(tls.subject_alt_names.clone()),
                 provider,
             }))
     } else {
@@ -92,76 +91,20 @@ fn rustls_pemfile_certs(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'s
         .map_err(|e| format!("bad PEM: {e}"))
 }
 
-/// Chain to the roots, then DestinationRule `subjectAltNames` (any of them) instead of the
-/// host name; or nothing at all for `insecureSkipVerify`.
+/// DestinationRule `subjectAltNames` (any of them), checked instead of the host name once the
+/// chain verified.
 #[derive(Debug)]
-struct SanVerifier {
-    roots: Arc<RootCertStore>,
-    sans: Vec<SanMatcher>,
-    skip: bool,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
+struct DrSans(Vec<SanMatcher>);
 
-impl ServerCertVerifier for SanVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        if self.skip {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        if !SanMatcher::any_matches(&self.sans, &cert_sans(end_entity)) {
-            return Err(rustls::Error::InvalidCertificate(
+impl EndEntityCheck for DrSans {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> std::result::Result<(), rustls::Error> {
+        if SanMatcher::any_matches(&self.0, &cert_sans(end_entity)) {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName,
-            ));
+            ))
         }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

@@ -20,6 +20,7 @@ pub use mint::{Ca, MintedCert};
 pub use peer::{cert_sans, PeerCheck};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tls::{client_config, peer_identity, serial, server_config, ClientConfigs};
+pub(crate) use tls::{ChainVerifier, EndEntityCheck};
 
 /// The waypoint's own certificate, offered as a TLS client certificate to other servers (istiod's
 /// xDS port), following every rotation.
