@@ -1439,7 +1439,9 @@ mod tests {
     #[test]
     fn priority_spill_math() {
         // (healthy, hosts) per level → load %, panic per level.
-        let cases: &[(&[(usize, usize)], u8, &[u32], &[bool])] = &[
+        /// (healthy, hosts) per level, panic threshold, expected load, expected panic.
+        type Case<'a> = (&'a [(usize, usize)], u8, &'a [u32], &'a [bool]);
+        let cases: &[Case] = &[
             (&[(4, 4), (2, 2)], 50, &[100, 0], &[false, false]),
             (&[(2, 4), (2, 2)], 50, &[70, 30], &[false, false]),
             // ≥ 5/7 healthy is enough for 100 % (1.4 × 75 % = 105, capped).
