@@ -158,3 +158,38 @@ async fn xds_locality_failover_to_the_next_priority() {
         "the ejected P0 pod got traffic"
     );
 }
+
+#[test]
+fn explain_shows_endpoint_priority_and_locality() {
+    let net = Net::new();
+    let mut doc = bookinfo(&net);
+    let over = failover_resources(&doc, &net, 1, 2);
+    let list = doc.as_array_mut().unwrap();
+    for r in over {
+        let ty = r["@type"].clone();
+        list.retain(|o| !(o["@type"] == ty && name_of(o) == name_of(&r)));
+        list.push(r);
+    }
+    let dir = temp_dir("xds-locality-explain");
+    std::fs::write(dir.join("dump.json"), doc.to_string()).unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("explain")
+        .arg("--xds-dump")
+        .arg(dir.join("dump.json"))
+        .args([
+            "GET",
+            "http://ratings.default.svc.cluster.local:9080/ratings/1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        format!("{}:9080 ", net.ip(1)),
+        "priority 0 locality \"us-east1/us-east1-b\"".to_string(),
+        format!("{}:9080 ", net.ip(2)),
+        "priority 1 locality \"us-east1/us-east1-c\"".to_string(),
+    ] {
+        assert!(text.contains(&needle), "{needle} missing from\n{text}");
+    }
+}
