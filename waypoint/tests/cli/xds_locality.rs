@@ -119,11 +119,31 @@ async fn xds_locality_failover_to_the_next_priority() {
     }
     let versions = serve(&server, &doc);
 
+    // The pod's labels as the waypoint template's downward API writes them.
+    std::fs::write(
+        dir.join("labels"),
+        "gateway.networking.k8s.io/gateway-name=\"waypoint\"\ntopology.istio.io/locality=\"us-east1.us-east1-b\"\n",
+    )
+    .unwrap();
     let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-5f6d7c-abcde");
+    cmd.env("XDS_POD_LABELS", dir.join("labels"));
     let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
     let _logs = collect(stderr);
     poll_until(addrs["admin"], "/ready", |s, _| s == 200).await;
     wait_ack(&server, &versions).await;
+    // istiod learns the waypoint's locality from the node (and its labels).
+    let node = server
+        .requests()
+        .into_iter()
+        .find_map(|r| r.node)
+        .expect("a request with the node");
+    let locality = node.locality.expect("node.locality");
+    assert_eq!(
+        (locality.region.as_str(), locality.zone.as_str()),
+        ("us-east1", "us-east1-b")
+    );
+    let meta = node.metadata.unwrap().fields;
+    assert!(format!("{:?}", meta["LABELS"]).contains("us-east1.us-east1-b"));
 
     // Healthy P0: all of it, the P1 pod sees nothing.
     let mut send = client_to(&ca, addrs["hbone"], &spiffe("waypoint"), "10.96.0.11:9080").await;
