@@ -238,3 +238,54 @@ fn workload_meta(ep: &LbEndpoint) -> (Option<String>, Option<String>, BTreeMap<S
     }
     (get(0), get(1), labels)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Locality;
+    use crate::policy::Placement;
+
+    fn pod(ip: &str, priority: u32, zone: &str) -> PodEndpoint {
+        PodEndpoint {
+            addr: format!("{ip}:9080").parse().unwrap(),
+            workload: None,
+            namespace: None,
+            labels: BTreeMap::new(),
+            tunnel: true,
+            placement: Placement {
+                priority,
+                locality: Locality {
+                    region: "r".into(),
+                    zone: zone.into(),
+                    sub_zone: String::new(),
+                },
+                locality_weight: 1,
+            },
+        }
+    }
+
+    fn locality_of(p: &ClusterPolicy) -> Option<&LocalityLb> {
+        p.load_balancer.as_ref()?.locality.as_ref()
+    }
+
+    #[test]
+    fn placement_only_when_it_changes_picks() {
+        let base = ClusterPolicy::default();
+        // One priority, one locality: nothing to choose, the policy stays as it was.
+        let one = [pod("10.0.0.1", 0, "a"), pod("10.0.0.2", 0, "a")];
+        assert_eq!(with_placement(&base, true, &one), base);
+        // Several localities count only under locality-weighted LB.
+        let two = [pod("10.0.0.1", 0, "a"), pod("10.0.0.2", 0, "b")];
+        assert_eq!(with_placement(&base, false, &two), base);
+        let p = with_placement(&base, true, &two);
+        let l = locality_of(&p).unwrap();
+        assert!(l.weighted);
+        assert_eq!(l.endpoints.len(), 2);
+        // A second priority always.
+        let levels = [pod("10.0.0.1", 0, "a"), pod("10.0.0.2", 1, "a")];
+        let p = with_placement(&base, false, &levels);
+        let l = locality_of(&p).unwrap();
+        assert!(!l.weighted);
+        assert_eq!(l.endpoints[&"10.0.0.2".parse().unwrap()].priority, 1);
+    }
+}
