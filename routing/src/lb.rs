@@ -42,10 +42,10 @@
 //! [`crate::Snapshot::carry_over_state`] with the old one, then publish it.
 
 use crate::hash::{HashRequest, HashTable, RequestHash};
-use crate::model::{Endpoint, LbPolicy};
+use crate::model::{Endpoint, LbPolicy, Locality};
 use crate::outlier::{in_panic, may_eject, Ejection, EjectionKind, HostOutlier, Outcome};
 use crate::policy::{
-    ClusterPolicy, ConsistentHash, HashAlgorithm, OutlierSettings, PoolLimits, Warmup,
+    ClusterPolicy, ConsistentHash, HashAlgorithm, OutlierSettings, Placement, PoolLimits, Warmup,
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE,
 };
 use crate::pool::{Overflow, PoolCounters, PoolGuard, PoolHandle, PoolResource};
@@ -75,6 +75,11 @@ pub struct ClusterEndpoint {
     pub endpoint: Arc<Endpoint>,
     /// Endpoint IP : service port's target port.
     pub target: SocketAddr,
+    /// Priority level (0 = preferred; higher levels take the load P0 cannot).
+    pub priority: u32,
+    pub locality: Locality,
+    /// The locality group's weight (used with locality-weighted LB).
+    pub locality_weight: u32,
     active: Arc<AtomicUsize>,
     state: Arc<EndpointState>,
 }
@@ -90,12 +95,23 @@ impl ClusterEndpoint {
         ClusterEndpoint {
             endpoint,
             target,
+            priority: 0,
+            locality: Locality::default(),
+            locality_weight: 1,
             active: Arc::new(AtomicUsize::new(0)),
             state: Arc::new(EndpointState {
                 added,
                 outlier: Mutex::new(HostOutlier::default()),
             }),
         }
+    }
+
+    /// Placed in an assignment's priority level and locality.
+    pub fn placed(mut self, p: &Placement) -> Self {
+        self.priority = p.priority;
+        self.locality = p.locality.clone();
+        self.locality_weight = p.locality_weight;
+        self
     }
 
     /// Requests currently in flight to this endpoint (as counted by guards).
@@ -126,9 +142,18 @@ impl ClusterEndpoint {
 
 impl Serialize for ClusterEndpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("ClusterEndpoint", 5)?;
+        let mut st = s.serialize_struct("ClusterEndpoint", 8)?;
         st.serialize_field("name", &self.endpoint.name)?;
         st.serialize_field("target", &self.target.to_string())?;
+        if self.priority == 0 && self.locality == Locality::default() {
+            st.skip_field("priority")?;
+            st.skip_field("locality")?;
+            st.skip_field("locality_weight")?;
+        } else {
+            st.serialize_field("priority", &self.priority)?;
+            st.serialize_field("locality", &self.locality.to_string())?;
+            st.serialize_field("locality_weight", &self.locality_weight)?;
+        }
         st.serialize_field("identity", &self.endpoint.identity)?;
         st.serialize_field("active", &self.active())?;
         st.serialize_field("ejections", &lock(&self.state.outlier).num_ejections())?;
@@ -192,8 +217,123 @@ pub struct Cluster {
     outlier: Option<OutlierSettings>,
     #[serde(skip)]
     warmup: Option<Warmup>,
+    /// Priority levels and localities; `None`: one level, localities ignored.
+    #[serde(skip)]
+    levels: Option<Levels>,
     #[serde(skip)]
     shared: Arc<ClusterShared>,
+}
+
+/// Envoy's default overprovisioning factor (istiod sends no
+/// `policy.overprovisioning_factor`), in percent.
+pub const OVERPROVISIONING_FACTOR: u64 = 140;
+
+/// The endpoints of a cluster by priority level (ascending) and, within a
+/// level, by locality: indices into [`Cluster::endpoints`], computed once.
+#[derive(Debug)]
+struct Levels {
+    /// `locality_weighted_lb_config`: pick a locality by weight first.
+    weighted: bool,
+    levels: Vec<Level>,
+}
+
+#[derive(Debug)]
+struct Level {
+    hosts: Vec<usize>,
+    /// (weight, hosts) per locality.
+    localities: Vec<(u32, Vec<usize>)>,
+}
+
+impl Levels {
+    /// `None` when there is nothing to choose: one level and no locality weighting.
+    fn new(endpoints: &[ClusterEndpoint], weighted: bool) -> Option<Self> {
+        use std::collections::BTreeMap;
+        let mut by: BTreeMap<u32, BTreeMap<&Locality, (u32, Vec<usize>)>> = BTreeMap::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            by.entry(e.priority)
+                .or_default()
+                .entry(&e.locality)
+                .or_insert((e.locality_weight, Vec::new()))
+                .1
+                .push(i);
+        }
+        if by.len() <= 1 && !weighted {
+            return None;
+        }
+        let levels = by
+            .into_values()
+            .map(|locs| {
+                let localities: Vec<(u32, Vec<usize>)> = locs.into_values().collect();
+                Level {
+                    hosts: localities.iter().flat_map(|(_, h)| h.clone()).collect(),
+                    localities,
+                }
+            })
+            .collect();
+        Some(Levels { weighted, levels })
+    }
+}
+
+/// Load per priority level (percent, summing to 100, or all 0 when nothing
+/// can take load) and whether each level is in panic, from each level's
+/// `(healthy, hosts)`, as Envoy computes them (`LoadBalancerBase`
+/// `recalculatePerPriorityState` / `recalculatePerPriorityPanic`):
+///
+/// - a level's health is `min(100, 1.4 × healthy %)`;
+/// - load fills P0 up to its health, the rest spills to P1, and so on; when the
+///   healths add up to less than 100 they are scaled up to 100 (rounding
+///   remainder to the first level with health);
+/// - a level is in panic when its healthy % is below `panic_threshold` (then
+///   it balances over all its hosts); when every level is, the load follows
+///   the host counts instead.
+pub fn priority_loads(levels: &[(usize, usize)], panic_threshold: u8) -> (Vec<u32>, Vec<bool>) {
+    let n = levels.len();
+    let mut load = vec![0u32; n];
+    let health: Vec<u64> = levels
+        .iter()
+        .map(|&(healthy, hosts)| {
+            if hosts == 0 {
+                0
+            } else {
+                (OVERPROVISIONING_FACTOR * healthy as u64 / hosts as u64).min(100)
+            }
+        })
+        .collect();
+    let total: u64 = health.iter().sum::<u64>().min(100);
+    let threshold = panic_threshold.min(100);
+    if total == 0 && threshold == 0 {
+        // Panic disabled and nothing healthy: no host at all.
+        return (load, vec![false; n]);
+    }
+    let panic: Vec<bool> = levels
+        .iter()
+        .map(|&(healthy, hosts)| total == 0 || in_panic(healthy, hosts, threshold))
+        .collect();
+    if panic.iter().all(|p| *p) {
+        let all: usize = levels.iter().map(|l| l.1).sum();
+        if all == 0 {
+            return (load, panic);
+        }
+        let mut left = 100u32;
+        for (i, &(_, hosts)) in levels.iter().enumerate() {
+            load[i] = (100 * hosts / all) as u32;
+            left -= load[i];
+        }
+        if let Some(first) = levels.iter().position(|l| l.1 > 0) {
+            load[first] += left;
+        }
+        return (load, panic);
+    }
+    let mut left = 100u64;
+    for (i, h) in health.iter().enumerate() {
+        let share = (h * 100 / total).min(left);
+        load[i] = share as u32;
+        left -= share;
+    }
+    if let Some(first) = health.iter().position(|h| *h > 0) {
+        load[first] += left as u32;
+    }
+    (load, panic)
 }
 
 /// Istio's inbound-VIP cluster name; `proto` is `"http"` or `"tcp"`.
@@ -259,10 +399,24 @@ impl Cluster {
         port: u16,
         subset: Option<String>,
         policy: ClusterPolicy,
-        endpoints: Vec<ClusterEndpoint>,
+        mut endpoints: Vec<ClusterEndpoint>,
         now: Instant,
     ) -> Self {
         let lb = policy.lb_policy();
+        let locality = policy
+            .load_balancer
+            .as_ref()
+            .and_then(|l| l.locality.as_ref());
+        if let Some(loc) = locality {
+            endpoints = endpoints
+                .into_iter()
+                .map(|e| match loc.endpoints.get(&e.target.ip()) {
+                    Some(p) => e.placed(p),
+                    None => e,
+                })
+                .collect();
+        }
+        let levels = Levels::new(&endpoints, locality.is_some_and(|l| l.weighted));
         let targets: Vec<SocketAddr> = endpoints.iter().map(|e| e.target).collect();
         let algorithm = policy.consistent_hash().map(|c| c.algorithm);
         let table = match (lb, algorithm) {
@@ -290,6 +444,7 @@ impl Cluster {
             limits: policy.limits(),
             outlier: policy.outlier(),
             warmup: policy.warmup(),
+            levels,
             policy,
             endpoints,
             rr: AtomicUsize::new(0),
@@ -374,9 +529,12 @@ impl Cluster {
         if n == 0 {
             return None;
         }
-        let usable = self.usable(now);
+        let mask = match &self.levels {
+            None => self.usable(now),
+            Some(levels) => Some(self.level_candidates(levels, exclude, now, rng)?),
+        };
         let allowed = |i: usize| {
-            usable.as_ref().is_none_or(|u| u[i]) && !exclude.contains(&self.endpoints[i].target)
+            mask.as_ref().is_none_or(|u| u[i]) && !exclude.contains(&self.endpoints[i].target)
         };
         if !(0..n).any(allowed) {
             return None;
@@ -398,6 +556,87 @@ impl Cluster {
         Some(&self.endpoints[i])
     }
 
+    /// The endpoints this pick may use, as Envoy narrows them: a priority level
+    /// by the health-based spill ([`priority_loads`]), then, unless the level is
+    /// in panic, its healthy endpoints — of one locality picked by
+    /// `weight × min(1, 1.4 × healthy share)` when locality-weighted. When the
+    /// request's `exclude` leaves nothing there, the level's other usable
+    /// endpoints, then those of every level with load. `None`: no level
+    /// can take load.
+    fn level_candidates<R: Rng + ?Sized>(
+        &self,
+        levels: &Levels,
+        exclude: &[SocketAddr],
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<Vec<bool>> {
+        let healthy: Vec<bool> = match self.outlier.as_ref() {
+            Some(s) => self
+                .endpoints
+                .iter()
+                .map(|e| !e.ejected_at(now, self.shared.origin, s))
+                .collect(),
+            None => vec![true; self.endpoints.len()],
+        };
+        let count = |hosts: &[usize]| hosts.iter().filter(|&&i| healthy[i]).count();
+        let per_level: Vec<(usize, usize)> = levels
+            .levels
+            .iter()
+            .map(|l| (count(&l.hosts), l.hosts.len()))
+            .collect();
+        let threshold = self.outlier.as_ref().map_or(0, |s| s.min_health_percent);
+        let (load, panic) = priority_loads(&per_level, threshold);
+        let mut x = rng.gen_range(0..100u32);
+        let chosen = load.iter().position(|&l| {
+            if x < l {
+                true
+            } else {
+                x -= l;
+                false
+            }
+        })?;
+        let usable_in = |p: usize, i: usize| panic[p] || healthy[i];
+        let open = |i: &usize| !exclude.contains(&self.endpoints[*i].target);
+        let level = &levels.levels[chosen];
+        let mut mask = vec![false; self.endpoints.len()];
+        if levels.weighted && !panic[chosen] {
+            let weights: Vec<f64> = level
+                .localities
+                .iter()
+                .map(|(w, hosts)| {
+                    let share = count(hosts) as f64 / hosts.len() as f64;
+                    f64::from(*w) * (OVERPROVISIONING_FACTOR as f64 / 100.0 * share).min(1.0)
+                })
+                .collect();
+            if let Some(k) = weighted_index(&weights, rng.gen()) {
+                let hosts = &level.localities[k].1;
+                if hosts.iter().any(|i| healthy[*i] && open(i)) {
+                    for &i in hosts.iter().filter(|i| healthy[**i]) {
+                        mask[i] = true;
+                    }
+                    return Some(mask);
+                }
+            }
+        }
+        if level.hosts.iter().any(|i| usable_in(chosen, *i) && open(i)) {
+            for &i in level.hosts.iter().filter(|i| usable_in(chosen, **i)) {
+                mask[i] = true;
+            }
+            return Some(mask);
+        }
+        for (p, l) in levels
+            .levels
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| load[*p] > 0)
+        {
+            for &i in l.hosts.iter().filter(|i| usable_in(p, **i)) {
+                mask[i] = true;
+            }
+        }
+        Some(mask)
+    }
+
     /// Plain rotation; while endpoints warm up, a weighted rotation (an evenly
     /// spread sequence over the cumulative weights).
     fn pick_round_robin(&self, allowed: &dyn Fn(usize) -> bool, now: Instant) -> Option<usize> {
@@ -406,7 +645,13 @@ impl Cluster {
         if let Some(w) = self.warm_weights(allowed, now) {
             return weighted_index(&w, golden(tick));
         }
-        (0..n).map(|k| (tick + k) % n).find(|&i| allowed(i))
+        if self.levels.is_none() {
+            return (0..n).map(|k| (tick + k) % n).find(|&i| allowed(i));
+        }
+        // A level or locality is a subset: rotate over it alone, so skipped
+        // endpoints do not hand their turn to the next allowed one.
+        let cands: Vec<usize> = (0..n).filter(|&i| allowed(i)).collect();
+        (!cands.is_empty()).then(|| cands[tick % cands.len()])
     }
 
     /// Power of two choices on active requests (Istio's default). While
@@ -909,6 +1154,7 @@ mod tests {
                 simple: p,
                 consistent_hash: None,
                 warmup: Some(Warmup::linear(Duration::from_secs(secs))),
+                locality: None,
             }),
             ..Default::default()
         }
@@ -1186,5 +1432,190 @@ mod tests {
         assert_eq!(weighted_index(&[1.0, 3.0], 0.3), Some(1));
         let g: Vec<f64> = (0..5).map(golden).collect();
         assert!(g.iter().all(|x| (0.0..1.0).contains(x)));
+    }
+
+    // ---- Priority levels and localities ----
+
+    #[test]
+    fn priority_spill_math() {
+        // (healthy, hosts) per level → load %, panic per level.
+        /// (healthy, hosts) per level, panic threshold, expected load, expected panic.
+        type Case<'a> = (&'a [(usize, usize)], u8, &'a [u32], &'a [bool]);
+        let cases: &[Case] = &[
+            (&[(4, 4), (2, 2)], 50, &[100, 0], &[false, false]),
+            (&[(2, 4), (2, 2)], 50, &[70, 30], &[false, false]),
+            // ≥ 5/7 healthy is enough for 100 % (1.4 × 75 % = 105, capped).
+            (&[(3, 4), (2, 2)], 50, &[100, 0], &[false, false]),
+            (&[(0, 4), (2, 2)], 50, &[0, 100], &[true, false]),
+            // P0 in panic still takes its share (over all its hosts).
+            (&[(1, 4), (2, 2)], 50, &[35, 65], &[true, false]),
+            (
+                &[(1, 4), (4, 4), (1, 1)],
+                0,
+                &[35, 65, 0],
+                &[false, false, false],
+            ),
+            // Healths below 100 in total are scaled up: 70 + 28 = 98.
+            (&[(1, 2), (1, 5)], 0, &[72, 28], &[false, false]),
+            // Every level in panic: by host count.
+            (
+                &[(0, 2), (0, 1), (0, 1)],
+                50,
+                &[50, 25, 25],
+                &[true, true, true],
+            ),
+            (
+                &[(0, 3), (0, 3), (0, 3)],
+                50,
+                &[34, 33, 33],
+                &[true, true, true],
+            ),
+            // Panic disabled and nothing healthy: no load anywhere.
+            (&[(0, 2), (0, 2)], 0, &[0, 0], &[false, false]),
+        ];
+        for (levels, threshold, load, panic) in cases {
+            let (l, p) = priority_loads(levels, *threshold);
+            assert_eq!(
+                (&l[..], &p[..]),
+                (*load, *panic),
+                "{levels:?} @ {threshold}"
+            );
+        }
+    }
+
+    fn placement(priority: u32, zone: &str, locality_weight: u32) -> Placement {
+        Placement {
+            priority,
+            locality: Locality {
+                region: "r1".into(),
+                zone: zone.into(),
+                sub_zone: String::new(),
+            },
+            locality_weight,
+        }
+    }
+
+    /// `eps(n)` placed by `places[i]` (endpoint i+1), with outlier detection.
+    fn placed_cluster(places: &[Placement], weighted: bool, t0: Instant) -> Cluster {
+        let mut policy = od(100, 50);
+        policy.load_balancer.as_mut().unwrap().locality = Some(crate::policy::LocalityLb {
+            weighted,
+            endpoints: places
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (endpoint(i as u8 + 1).address, p.clone()))
+                .collect(),
+        });
+        with_policy(policy, eps(places.len() as u8, t0), t0)
+    }
+
+    fn share(v: &[usize], idx: std::ops::Range<usize>) -> f64 {
+        v[idx].iter().sum::<usize>() as f64 / v.iter().sum::<usize>() as f64
+    }
+
+    #[test]
+    fn priority_failover_follows_health() {
+        let t0 = Instant::now();
+        let mut places = vec![placement(0, "a", 4); 4];
+        places.extend(vec![placement(1, "b", 2); 2]);
+        let c = placed_cluster(&places, false, t0);
+        // All healthy: P0 only.
+        let v = counts_at(&c, 2000, t0, 1);
+        assert_eq!(share(&v, 4..6), 0.0, "{v:?}");
+        assert!(v[..4].iter().all(|n| *n > 400), "{v:?}");
+        // 2 of 4 P0 endpoints ejected: 70 % P0 (its two healthy ones), 30 % P1.
+        let at = t0 + Duration::from_millis(10);
+        assert!(fail(&c, 0, 3, at).is_some());
+        assert!(fail(&c, 1, 3, at).is_some());
+        let v = counts_at(&c, 10_000, at, 2);
+        assert_eq!(v[0] + v[1], 0, "{v:?}");
+        assert!((share(&v, 2..4) - 0.70).abs() < 0.02, "{v:?}");
+        assert!((share(&v, 4..6) - 0.30).abs() < 0.02, "{v:?}");
+        // The whole of P0 ejected: everything to P1.
+        assert!(fail(&c, 2, 3, at).is_some());
+        assert!(fail(&c, 3, 3, at).is_some());
+        let v = counts_at(&c, 1000, at, 3);
+        assert_eq!(share(&v, 4..6), 1.0, "{v:?}");
+        // Back after the ejection time: P0 again.
+        let later = t0 + Duration::from_secs(31);
+        let v = counts_at(&c, 1000, later, 4);
+        assert_eq!(share(&v, 0..4), 1.0, "{v:?}");
+    }
+
+    #[test]
+    fn retry_exclusion_stays_in_the_level_then_spills() {
+        let t0 = Instant::now();
+        let places = [
+            placement(0, "a", 2),
+            placement(0, "a", 2),
+            placement(1, "b", 1),
+        ];
+        let c = placed_cluster(&places, false, t0);
+        let (a, b) = (c.endpoints[0].target, c.endpoints[1].target);
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..50 {
+            let t = c.pick_at(None, &[a], t0, &mut rng).unwrap().target;
+            assert_eq!(t, b);
+        }
+        // Both P0 endpoints tried: another usable endpoint of a loaded level, else none.
+        assert!(c.pick_at(None, &[a, b], t0, &mut rng).is_none());
+        assert_eq!(
+            c.pick_attempt(None, &[a, b], true).map(|e| e.priority),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn locality_weights_split_a_level() {
+        let t0 = Instant::now();
+        // Zone a weight 1 (one endpoint), zone b weight 3 (two endpoints), zone c weight 0.
+        let places = [
+            placement(0, "a", 1),
+            placement(0, "b", 3),
+            placement(0, "b", 3),
+            placement(0, "c", 0),
+        ];
+        let c = placed_cluster(&places, true, t0);
+        let v = counts_at(&c, 20_000, t0, 7);
+        assert!((share(&v, 0..1) - 0.25).abs() < 0.02, "{v:?}");
+        assert!((share(&v, 1..3) - 0.75).abs() < 0.02, "{v:?}");
+        assert_eq!(v[3], 0, "{v:?}");
+        // Without locality_weighted_lb_config the weights are ignored: one set.
+        let c = placed_cluster(&places, false, t0);
+        let v = counts_at(&c, 20_000, t0, 7);
+        for n in &v {
+            assert!((*n as f64 / 20_000.0 - 0.25).abs() < 0.02, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn locality_weight_scales_with_locality_health() {
+        let t0 = Instant::now();
+        // Two localities of weight 1; one of zone a's two endpoints ejected:
+        // a's effective weight is 1 × min(1, 1.4 × 0.5) = 0.7.
+        let places = [
+            placement(0, "a", 1),
+            placement(0, "a", 1),
+            placement(0, "b", 1),
+            placement(0, "b", 1),
+        ];
+        let c = placed_cluster(&places, true, t0);
+        let at = t0 + Duration::from_millis(10);
+        assert!(fail(&c, 0, 3, at).is_some());
+        let v = counts_at(&c, 20_000, at, 8);
+        assert_eq!(v[0], 0, "{v:?}");
+        assert!((share(&v, 1..2) - 0.7 / 1.7).abs() < 0.02, "{v:?}");
+    }
+
+    #[test]
+    fn placement_is_serialized() {
+        let t0 = Instant::now();
+        let c = placed_cluster(&[placement(1, "a", 3)], true, t0);
+        let v = serde_json::to_value(&c.endpoints[0]).unwrap();
+        assert_eq!(v["priority"], 1);
+        assert_eq!(v["locality"], "r1/a");
+        assert_eq!(v["locality_weight"], 3);
+        let plain = serde_json::to_value(&cluster(LbPolicy::RoundRobin, 1).endpoints[0]).unwrap();
+        assert!(plain.get("priority").is_none(), "{plain}");
     }
 }

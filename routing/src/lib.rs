@@ -41,15 +41,15 @@ pub use hosts::{expand_host, normalize_authority, CLUSTER_DOMAIN};
 pub use lb::{cluster_name, ActiveGuard, Cluster, ClusterEndpoint};
 pub use matching::{query_param, Miss, RequestView, SimpleRequest};
 pub use model::{
-    labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, MatchRegex,
-    Protocol, RouteDestination, RouteMatch, Service, ServicePort, StringMatch, Subset,
+    labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, Locality,
+    MatchRegex, Protocol, RouteDestination, RouteMatch, Service, ServicePort, StringMatch, Subset,
     VirtualService,
 };
 pub use outlier::{Ejection, EjectionKind, Outcome};
 pub use policy::{
     format_duration, ClusterPolicy, ConnectionPool, ConsistentHash, HashAlgorithm, HashKey,
-    HttpCookie, HttpSettings, LoadBalancer, OutlierDetection, OutlierSettings, PoolLimits,
-    PortTrafficPolicy, TcpSettings, TrafficPolicy, Warmup,
+    HttpCookie, HttpSettings, LoadBalancer, LocalityLb, OutlierDetection, OutlierSettings,
+    Placement, PoolLimits, PortTrafficPolicy, TcpSettings, TrafficPolicy, Warmup,
 };
 pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};

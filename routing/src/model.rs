@@ -135,6 +135,33 @@ pub struct Endpoint {
     pub transport: crate::upstream::Transport,
 }
 
+/// Where a workload runs (`region/zone/sub_zone`, Envoy's `core.Locality`); empty parts are
+/// unknown.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+impl std::fmt::Display for Locality {
+    /// `region/zone/sub_zone`, as Istio writes a locality (`""` when unknown).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [&self.region, &self.zone, &self.sub_zone];
+        let n = parts
+            .iter()
+            .rposition(|p| !p.is_empty())
+            .map_or(0, |i| i + 1);
+        for (i, p) in parts[..n].iter().enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            f.write_str(p)?;
+        }
+        Ok(())
+    }
+}
+
 impl Endpoint {
     /// True when this endpoint's labels are a superset of `selector`.
     pub fn matches_labels(&self, selector: &BTreeMap<String, String>) -> bool {

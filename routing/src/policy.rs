@@ -97,6 +97,34 @@ pub struct LoadBalancer {
     /// `warmup` / `warmupDurationSecs`: slow start for ROUND_ROBIN and
     /// LEAST_REQUEST.
     pub warmup: Option<Warmup>,
+    /// Priorities and localities of the endpoints (Envoy's priority levels
+    /// and locality-weighted LB); `None`: one level, one locality.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityLb>,
+}
+
+/// How a cluster's endpoints are spread over priority levels and localities, as istiod wrote
+/// them into the `ClusterLoadAssignment` (its `localityLbSetting` failover / `failoverPriority`
+/// / `distribute` already applied relative to the waypoint's own locality).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct LocalityLb {
+    /// `common_lb_config.locality_weighted_lb_config` is set: within a priority a locality is
+    /// picked by its weight first. Otherwise Envoy ignores locality weights.
+    pub weighted: bool,
+    /// Placement per endpoint address; an endpoint not listed is priority 0 in the unnamed
+    /// locality with weight 1.
+    pub endpoints: std::collections::BTreeMap<std::net::IpAddr, Placement>,
+}
+
+/// One endpoint's place in its cluster's assignment (`LocalityLbEndpoints`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Placement {
+    /// 0 = most preferred.
+    pub priority: u32,
+    pub locality: crate::model::Locality,
+    /// The locality group's `load_balancing_weight` (0 = the group gets no load when
+    /// locality-weighted LB is on).
+    pub locality_weight: u32,
 }
 
 impl LoadBalancer {
@@ -738,6 +766,7 @@ mod tests {
                     simple: p,
                     consistent_hash: None,
                     warmup: Some(w),
+                    locality: None,
                 }),
                 None,
                 None,

@@ -87,6 +87,11 @@ pub struct RunArgs {
     /// `istiod.istio-system.svc` for an IP or localhost).
     #[arg(long, env = "XDS_SERVER_NAME")]
     pub xds_server_name: Option<String>,
+    /// The pod's labels (downward API file, `key="value"` lines), sent to istiod as node
+    /// `LABELS`; `topology.istio.io/locality` / `istio-locality` also give the node's locality.
+    /// Skipped when the file does not exist.
+    #[arg(long, env = "XDS_POD_LABELS", default_value = xds_client::DEFAULT_LABELS_PATH)]
+    pub xds_pod_labels: PathBuf,
     /// Projected service-account token sent to istiod as `authorization: Bearer`, re-read on
     /// every connect; `none` sends no token (then the workload certificate authenticates).
     #[arg(long, env = "XDS_TOKEN", default_value = crate::identity::istio_ca::DEFAULT_TOKEN_PATH)]

@@ -607,9 +607,17 @@ impl Explanation {
                     let _ = writeln!(out, "           no endpoints: 503 UH");
                 }
                 for e in eps {
+                    // EDS priority and locality, when the cluster has them (locality failover).
+                    let placed = match e["priority"].as_u64() {
+                        Some(p) => format!(
+                            " priority {p} locality {:?}",
+                            e["locality"].as_str().unwrap_or("")
+                        ),
+                        None => String::new(),
+                    };
                     let _ = writeln!(
                         out,
-                        "           endpoint {} {} {}",
+                        "           endpoint {} {} {}{placed}",
                         e["name"].as_str().unwrap_or("?"),
                         e["target"].as_str().unwrap_or("?"),
                         e["identity"].as_str().unwrap_or("")

@@ -445,8 +445,20 @@ impl XdsRuntime {
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let address = args.xds.clone().unwrap_or_default();
-        let node = xds_client::NodeInfo::from_env()
+        let mut node = xds_client::NodeInfo::from_env()
             .context("--xds needs the pod's identity in its environment (istiod's waypoint template sets it)")?;
+        match std::fs::read_to_string(&args.xds_pod_labels) {
+            Ok(text) => node.labels = xds_client::labels_from_downward_api(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading the pod's labels {} (--xds-pod-labels / XDS_POD_LABELS)",
+                        args.xds_pod_labels.display()
+                    )
+                })
+            }
+        }
         let root_path = args.xds_root_ca.as_ref().unwrap_or(&args.ca_root);
         let root = std::fs::read(root_path).with_context(|| {
             format!(

@@ -13,13 +13,19 @@
 //!   (a string); `POD_NAME`, `POD_NAMESPACE`, `SERVICE_ACCOUNT` fill `NAME`, `NAMESPACE`,
 //!   `SERVICE_ACCOUNT`; pod labels come from the downward-API file (`/etc/istio/pod/labels`),
 //!   without `pod-template-hash`.
+//! - `node.locality` (`pkg/bootstrap/config.go` `getNodeMetaData`, `pkg/model/proxy.go`
+//!   `GetLocalityLabel` / `SanitizeLocalityLabel`): the pod label `topology.istio.io/locality`,
+//!   else `istio-locality`, with `.` standing for `/` when the value has no `/`, split into
+//!   region / zone / sub-zone (`SplitLocalityLabel`). istiod prefers the pod's Kubernetes node
+//!   topology labels and falls back to this (`pilot/pkg/xds/ads.go` `setTopologyLabels`); it
+//!   places endpoints into failover priorities relative to the result.
 //! - istiod (`pilot/pkg/xds/auth.go`) checks the authenticated identity's namespace and service
 //!   account against `NAMESPACE`/the id's namespace and `SERVICE_ACCOUNT`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
 /// Node type istiod knows waypoints by.
@@ -27,6 +33,8 @@ pub const WAYPOINT_NODE_TYPE: &str = "waypoint";
 /// `CLUSTER_ID` when none is configured (Istio's default cluster name).
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Pod labels that carry the proxy's locality, in the order Istio reads them.
+pub const LOCALITY_LABELS: [&str; 2] = ["topology.istio.io/locality", "istio-locality"];
 /// Where the waypoint template mounts the pod's labels (downward API).
 pub const DEFAULT_LABELS_PATH: &str = "/etc/istio/pod/labels";
 
@@ -229,8 +237,28 @@ impl NodeInfo {
             cluster: format!("{}.{}", self.service_account, self.namespace),
             metadata: Some(self.metadata_struct()),
             user_agent_name: "waypoint".to_string(),
+            locality: self.locality(),
             ..Default::default()
         }
+    }
+
+    /// `node.locality` from the locality labels ([`LOCALITY_LABELS`]); `None` without one.
+    pub fn locality(&self) -> Option<Locality> {
+        let value = LOCALITY_LABELS
+            .iter()
+            .find_map(|l| self.labels.get(*l))
+            .filter(|v| !v.is_empty())?;
+        let value = if value.contains('/') {
+            value.clone()
+        } else {
+            value.replace('.', "/")
+        };
+        let mut parts = value.split('/').map(str::to_string);
+        Some(Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            sub_zone: parts.next().unwrap_or_default(),
+        })
     }
 }
 
@@ -374,6 +402,29 @@ mod tests {
         assert_eq!(
             labels.fields["gateway.networking.k8s.io/gateway-name"].kind,
             Some(Kind::StringValue("wp".into()))
+        );
+    }
+
+    #[test]
+    fn locality_from_labels() {
+        let mut node = NodeInfo::new("w", "ns", "10.0.0.1".parse().unwrap());
+        assert_eq!(node.to_node().locality, None);
+        node.labels
+            .insert("istio-locality".into(), "us-east1.us-east1-b".into());
+        let l = node.to_node().locality.unwrap();
+        assert_eq!(
+            (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()),
+            ("us-east1", "us-east1-b", "")
+        );
+        // The newer label wins; a value with `/` is taken as is (dots kept).
+        node.labels.insert(
+            "topology.istio.io/locality".into(),
+            "eu/eu-west1.a/rack-1".into(),
+        );
+        let l = node.locality().unwrap();
+        assert_eq!(
+            (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()),
+            ("eu", "eu-west1.a", "rack-1")
         );
     }
 }

@@ -671,8 +671,13 @@ fn build_service(
     // DestinationRule from the clusters' effective policies.
     let mut top = TrafficPolicy::default();
     let mut subsets: BTreeMap<String, TrafficPolicy> = BTreeMap::new();
-    for (_, sc) in mine {
-        let p = &sc.policy;
+    for (name, sc) in mine {
+        let placed = endpoint::with_placement(
+            &sc.policy,
+            sc.locality_weighted,
+            pods.get(*name).map_or(&[], Vec::as_slice),
+        );
+        let p = &placed;
         match &sc.name.subset {
             None => {
                 if *p != ClusterPolicy::default()

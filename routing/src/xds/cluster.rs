@@ -87,6 +87,8 @@ pub(crate) struct ServiceCluster {
     pub(crate) http2: bool,
     /// `istio.services[0].namespace` of the cluster metadata.
     pub(crate) namespace: Option<String>,
+    /// `common_lb_config.locality_weighted_lb_config` is set (locality weights count).
+    pub(crate) locality_weighted: bool,
 }
 
 /// Translate an `inbound-vip` cluster; `None` when rejected.
@@ -159,7 +161,21 @@ pub(crate) fn service_cluster(
         http2: explicit_http2(c),
         source,
         namespace: service_namespace(c),
+        locality_weighted: locality_weighted(c),
     })
+}
+
+/// istiod sets it with a locality setting in effect (always in 1.22/1.23; from 1.24 only with
+/// `distribute`, or failover with outlier detection; `cluster_traffic_policy.go`
+/// `applyLocalityLoadBalancer`).
+fn locality_weighted(c: &Cluster) -> bool {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
+    matches!(
+        c.common_lb_config
+            .as_ref()
+            .and_then(|l| l.locality_config_specifier.as_ref()),
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+    )
 }
 
 fn service_namespace(c: &Cluster) -> Option<String> {

@@ -13,8 +13,17 @@
 //! the canonical service / revision (`service.istio.io/canonical-name`,
 //! `service.istio.io/canonical-revision`) plus the synthetic subset labels,
 //! and the identity comes from [`super::TranslateOptions::identities`].
+//!
+//! Each pod keeps its `LocalityLbEndpoints` group's `priority`, `locality` and
+//! `load_balancing_weight` ([`crate::Placement`]): istiod groups endpoints by
+//! locality (`endpoint_builder.go` `generate`) and, for a DestinationRule
+//! `localityLbSetting` (`loadbalancer.go` `ApplyLocalityLoadBalancer`), sets
+//! failover priorities and `distribute` weights relative to the waypoint's
+//! locality; the load balancer ([`crate::Cluster`]) spills across the
+//! priorities and weighs the localities as Envoy does.
 
 use super::{At, Diag};
+use crate::policy::{ClusterPolicy, LocalityLb};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::envoy_internal_address::AddressNameSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -33,6 +42,8 @@ pub(crate) struct PodEndpoint {
     pub(crate) labels: BTreeMap<String, String>,
     /// Reached through `connect_originate` (HBONE), else directly.
     pub(crate) tunnel: bool,
+    /// Its group's priority, locality and locality weight.
+    pub(crate) placement: crate::policy::Placement,
 }
 
 // HealthStatus: UNKNOWN = 0, HEALTHY = 1, UNHEALTHY = 2, DRAINING = 3,
@@ -47,15 +58,23 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
     let mut out = Vec::new();
     let mut skipped = 0usize;
     for locality in &cla.endpoints {
-        if locality.priority > 0 {
-            at.warn(
-                diag,
-                format!(
-                    "priority {} endpoints (locality failover) are treated like priority 0",
-                    locality.priority
-                ),
-            );
-        }
+        let placement = crate::policy::Placement {
+            priority: locality.priority,
+            locality: locality
+                .locality
+                .as_ref()
+                .map(|l| crate::model::Locality {
+                    region: l.region.clone(),
+                    zone: l.zone.clone(),
+                    sub_zone: l.sub_zone.clone(),
+                })
+                .unwrap_or_default(),
+            // Unset: Envoy gives the group no load under locality-weighted LB.
+            locality_weight: locality
+                .load_balancing_weight
+                .as_ref()
+                .map_or(0, |w| w.value),
+        };
         for ep in &locality.lb_endpoints {
             if !routable(ep.health_status) {
                 skipped += 1;
@@ -72,7 +91,10 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
                 );
             }
             match pod(ep) {
-                Ok(p) => out.push(p),
+                Ok(mut p) => {
+                    p.placement = placement.clone();
+                    out.push(p)
+                }
                 Err(reason) => at.reject(diag, reason),
             }
         }
@@ -83,8 +105,50 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
             format!("{skipped} unhealthy/draining endpoint(s) left out (as Envoy does)"),
         );
     }
+    if let Some(f) = cla
+        .policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+        .filter(|f| f.value != 140)
+    {
+        at.warn(
+            diag,
+            format!(
+                "overprovisioning_factor {} is not supported; 140 (Envoy's default) used",
+                f.value
+            ),
+        );
+    }
     if !cla.named_endpoints.is_empty() {
         at.warn(diag, "named_endpoints are not supported; ignored");
+    }
+    out
+}
+
+/// `policy` with the pods' priorities and localities, when they matter: more
+/// than one priority, or several localities under locality-weighted LB
+/// (`weighted`: the cluster's `locality_weighted_lb_config`).
+pub(crate) fn with_placement(
+    policy: &ClusterPolicy,
+    weighted: bool,
+    pods: &[PodEndpoint],
+) -> ClusterPolicy {
+    let mut out = policy.clone();
+    let first = pods.first().map(|p| &p.placement);
+    let levels = pods.iter().any(|p| p.placement.priority != 0);
+    let localities = pods
+        .iter()
+        .any(|p| Some(&p.placement.locality) != first.map(|f| &f.locality));
+    if levels || (weighted && localities) {
+        out.load_balancer
+            .get_or_insert_with(Default::default)
+            .locality = Some(LocalityLb {
+            weighted,
+            endpoints: pods
+                .iter()
+                .map(|p| (p.addr.ip(), p.placement.clone()))
+                .collect(),
+        });
     }
     out
 }
@@ -139,6 +203,7 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
         namespace,
         labels,
         tunnel,
+        placement: Default::default(),
     })
 }
 
@@ -172,4 +237,55 @@ fn workload_meta(ep: &LbEndpoint) -> (Option<String>, Option<String>, BTreeMap<S
         labels.insert("service.istio.io/canonical-revision".into(), r);
     }
     (get(0), get(1), labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Locality;
+    use crate::policy::Placement;
+
+    fn pod(ip: &str, priority: u32, zone: &str) -> PodEndpoint {
+        PodEndpoint {
+            addr: format!("{ip}:9080").parse().unwrap(),
+            workload: None,
+            namespace: None,
+            labels: BTreeMap::new(),
+            tunnel: true,
+            placement: Placement {
+                priority,
+                locality: Locality {
+                    region: "r".into(),
+                    zone: zone.into(),
+                    sub_zone: String::new(),
+                },
+                locality_weight: 1,
+            },
+        }
+    }
+
+    fn locality_of(p: &ClusterPolicy) -> Option<&LocalityLb> {
+        p.load_balancer.as_ref()?.locality.as_ref()
+    }
+
+    #[test]
+    fn placement_only_when_it_changes_picks() {
+        let base = ClusterPolicy::default();
+        // One priority, one locality: nothing to choose, the policy stays as it was.
+        let one = [pod("10.0.0.1", 0, "a"), pod("10.0.0.2", 0, "a")];
+        assert_eq!(with_placement(&base, true, &one), base);
+        // Several localities count only under locality-weighted LB.
+        let two = [pod("10.0.0.1", 0, "a"), pod("10.0.0.2", 0, "b")];
+        assert_eq!(with_placement(&base, false, &two), base);
+        let p = with_placement(&base, true, &two);
+        let l = locality_of(&p).unwrap();
+        assert!(l.weighted);
+        assert_eq!(l.endpoints.len(), 2);
+        // A second priority always.
+        let levels = [pod("10.0.0.1", 0, "a"), pod("10.0.0.2", 1, "a")];
+        let p = with_placement(&base, false, &levels);
+        let l = locality_of(&p).unwrap();
+        assert!(!l.weighted);
+        assert_eq!(l.endpoints[&"10.0.0.2".parse().unwrap()].priority, 1);
+    }
 }

@@ -378,6 +378,7 @@ impl Fields<'_, '_> {
             simple,
             consistent_hash,
             warmup,
+            locality: None,
         };
         if out.warmup.is_some()
             && !matches!(out.policy(), LbPolicy::RoundRobin | LbPolicy::LeastRequest)
