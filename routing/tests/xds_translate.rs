@@ -1645,34 +1645,52 @@ fn outbound_cluster_is_a_route_destination_with_hbone_and_direct_endpoints() {
 }
 
 #[test]
-fn outbound_sidecar_endpoint_is_left_out_not_sent_plaintext() {
+fn outbound_sidecar_endpoint_is_istio_mutual_and_odd_ones_left_out() {
     let res = bookinfo_with_outbound(|added| {
         let cla = added
             .iter_mut()
             .find(|r| r.get("cluster_name").is_some())
             .unwrap();
         let eps = cla["endpoints"][0]["lb_endpoints"].as_array_mut().unwrap();
-        eps.push(serde_json::json!({
-            "endpoint": {"address": {"socket_address": {"address": "10.0.1.21", "port_value": 9080}}},
-            "metadata": {"filter_metadata": {
-                "envoy.transport_socket_match": {"tlsMode": "istio"},
-                "istio": {"workload": "ratings-ext-sidecar;external;ratings-ext;v1;Kubernetes"}}},
-            "load_balancing_weight": 1, "health_status": "HEALTHY"}));
+        let ep = |ip: &str, keys: serde_json::Value| {
+            serde_json::json!({
+                "endpoint": {"address": {"socket_address": {"address": ip, "port_value": 9080}}},
+                "metadata": {"filter_metadata": {"envoy.transport_socket_match": keys}},
+                "load_balancing_weight": 1, "health_status": "HEALTHY"})
+        };
+        // A sidecar pod (tlsMode-istio).
+        eps.push(ep("10.0.1.21", serde_json::json!({"tlsMode": "istio"})));
+        // Tunnel metadata on a socket address: the hbone socket cannot reach it.
+        eps.push(ep("10.0.1.22", serde_json::json!({"tunnel": "http"})));
     });
     let t = translate(&res);
-    let w = t
+    let warned: Vec<&str> = t
         .warnings
         .iter()
-        .find(|w| w.name == RATINGS_EXT_CLUSTER)
-        .expect("a warning naming the assignment");
+        .filter(|w| w.name == RATINGS_EXT_CLUSTER)
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(
-        w.message.contains("10.0.1.21:9080") && w.message.contains("Istio mutual TLS"),
-        "{w:?}"
+        warned[0].contains("10.0.1.22:9080") && warned[0].contains("\"hbone\""),
+        "{warned:?}"
     );
     let c = t.snapshot.cluster(RATINGS_EXT, 9080, None).unwrap();
-    assert_eq!(c.endpoints.len(), 2);
-    assert!(c
+    let mut eps: Vec<(String, routing::Transport)> = c
         .endpoints
         .iter()
-        .all(|e| e.target.to_string() != "10.0.1.21:9080"));
+        .map(|e| (e.target.to_string(), e.endpoint.transport))
+        .collect();
+    eps.sort();
+    assert_eq!(
+        eps,
+        vec![
+            ("10.0.1.20:9080".to_string(), routing::Transport::Direct),
+            (
+                "10.0.1.21:9080".to_string(),
+                routing::Transport::IstioMutual
+            ),
+            ("10.244.2.10:9080".to_string(), routing::Transport::Hbone),
+        ]
+    );
 }

@@ -643,6 +643,7 @@ fn build_service(
         namespace: Option<String>,
         workload: Option<String>,
         tunnel: bool,
+        istio_mtls: bool,
     }
     let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
     for (name, sc) in mine {
@@ -652,6 +653,7 @@ fn build_service(
                 namespace: None,
                 workload: None,
                 tunnel: p.tunnel,
+                istio_mtls: p.istio_mtls,
             });
             e.labels.extend(p.labels.clone());
             if e.namespace.is_none() {
@@ -687,6 +689,8 @@ fn build_service(
                 name: a.workload.unwrap_or_else(|| ip.to_string()),
                 transport: if a.tunnel {
                     Transport::Hbone
+                } else if a.istio_mtls {
+                    Transport::IstioMutual
                 } else {
                     Transport::Direct
                 },

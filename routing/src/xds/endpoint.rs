@@ -33,6 +33,8 @@ pub(crate) struct PodEndpoint {
     pub(crate) labels: BTreeMap<String, String>,
     /// Reached through `connect_originate` (HBONE), else directly.
     pub(crate) tunnel: bool,
+    /// Not tunnelled, dialled in Istio mutual TLS (outbound `tlsMode-istio`, see `outbound.rs`).
+    pub(crate) istio_mtls: bool,
 }
 
 // HealthStatus: UNKNOWN = 0, HEALTHY = 1, UNHEALTHY = 2, DRAINING = 3,
@@ -139,6 +141,7 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
         namespace,
         labels,
         tunnel,
+        istio_mtls: false,
     })
 }
 

@@ -8,7 +8,7 @@
 //! | match name | `match` | socket | here |
 //! | --- | --- | --- | --- |
 //! | `hbone` | `{tunnel: http}` | `envoy.transport_sockets.internal_upstream` (raw buffer) | HBONE to the pod's node |
-//! | `tlsMode-istio` | `{tlsMode: istio}` | `tls`, SDS `default` / `ROOTCA` (ISTIO_MUTUAL) | not originated: the endpoint is left out |
+//! | `tlsMode-istio` | `{tlsMode: istio}` | `tls`, SDS `default` / `ROOTCA` (ISTIO_MUTUAL) | Istio mutual TLS, dialled directly ([`crate::Transport::IstioMutual`]) |
 //! | `tlsMode-disabled` | `{}` | `raw_buffer` | plaintext, dialled directly |
 //!
 //! An endpoint picks the first match whose keys its `envoy.transport_socket_match` metadata
@@ -16,7 +16,10 @@
 //! `{tunnel: http}` and an `envoy_internal_address` to `connect_originate`; sidecar pods
 //! `{tlsMode: istio}` on a `socket_address`; plain pods nothing). Nothing is ever sent in
 //! plaintext where istiod asked for TLS: an endpoint whose socket this proxy cannot originate
-//! is left out with a warning naming it.
+//! (DestinationRule SIMPLE / MUTUAL on an outbound cluster, TLS inside HBONE) is left out with
+//! a warning naming it. For `tlsMode-istio` the waypoint presents its own certificate and
+//! checks the peer as it checks HBONE peers (`connect_originate`'s SAN matchers, the trust
+//! domain), not the service-account SANs of the match's context.
 
 use super::cluster::{self, ServiceCluster};
 use super::endpoint::PodEndpoint;
@@ -201,7 +204,7 @@ pub(crate) fn reachable(
     let meta = match_metadata(cla);
     let empty = BTreeMap::new();
     let mut out = Vec::new();
-    for pod in pods {
+    for mut pod in pods {
         let keys = meta.get(&pod.addr).unwrap_or(&empty);
         let (name, socket) = match pick(matches, keys) {
             Some(m) => (m.name.as_str(), &m.socket),
@@ -214,9 +217,11 @@ pub(crate) fn reachable(
             (Socket::Hbone, false) => Some(format!(
                 "transport socket {name:?} is HBONE but the endpoint is not an internal address to connect_originate"
             )),
-            (Socket::IstioMutual, _) => Some(format!(
-                "transport socket {name:?} asks for Istio mutual TLS (a sidecar endpoint), which this waypoint does not originate; not sent in plaintext instead"
-            )),
+            (Socket::IstioMutual, true) => None,
+            (Socket::IstioMutual, false) => {
+                pod.istio_mtls = true;
+                None
+            }
             (Socket::Unsupported(what), _) => {
                 Some(format!("transport socket {name:?} ({what}) is not supported"))
             }

@@ -3,13 +3,17 @@
 //! ratings-ext, a service this waypoint does not serve. That share reaches ratings-ext's pods
 //! as istiod's transport socket matches say: the ambient pod through its node's HBONE port
 //! (a CONNECT tunnel is counted there), the pod outside the mesh directly (it has no HBONE port
-//! at all).
+//! at all), and a sidecar pod (`{tlsMode: istio}`, added here) directly in Istio mutual TLS: the
+//! waypoint's certificate, SNI `outbound_.9080_._.<host>`, ALPN `istio-peer-exchange`, `istio`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use crate::common::*;
 use crate::xds::{bookinfo, reviews_split, serve, tunnel, wait_ack};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
@@ -51,6 +55,75 @@ fn bookinfo_with_outbound(net: &Net) -> Value {
     doc
 }
 
+/// What the sidecar saw per connection: SNI, ALPN, the client's URI SANs.
+#[derive(Debug, Default)]
+struct Handshakes(Vec<(Option<String>, Option<String>, Vec<String>)>);
+
+/// A sidecar-injected pod's inbound (Istio mutual TLS, client certificate of the mesh required)
+/// in front of an HTTP/1.1 app answering `x-pod: <name>`.
+async fn sidecar_app(
+    addr: SocketAddr,
+    ca: &Ca,
+    sa: &str,
+    name: &'static str,
+) -> Arc<Mutex<Handshakes>> {
+    let cert = ca.issue(&spiffe(sa)).unwrap().workload;
+    let base = waypoint::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
+    let mut config = (*base).clone();
+    config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(Mutex::new(Handshakes::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, record) = (acceptor.clone(), record.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                {
+                    let conn = tls.get_ref().1;
+                    let sans = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| waypoint::identity::cert_sans(c))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(_, v)| v)
+                        .collect();
+                    let alpn = conn
+                        .alpn_protocol()
+                        .map(|a| String::from_utf8_lossy(a).into());
+                    record.lock().unwrap().0.push((
+                        conn.server_name().map(String::from),
+                        alpn,
+                        sans,
+                    ));
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let resp =
+                        format!("HTTP/1.1 200 OK\r\nx-pod: {name}\r\ncontent-length: 2\r\n\r\nok");
+                    if tls.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_outbound_cluster_share_reaches_its_pods() {
     let net = Net::new();
@@ -81,7 +154,16 @@ async fn xds_outbound_cluster_share_reaches_its_pods() {
     )
     .await
     .unwrap();
-    let doc = bookinfo_with_outbound(&net);
+    let sidecar_addr = SocketAddr::new(net.ip(12), 9080);
+    let sidecar = sidecar_app(
+        sidecar_addr,
+        &ca,
+        "ratings-ext-sidecar",
+        "ratings-ext-sidecar",
+    )
+    .await;
+    let mut doc = bookinfo_with_outbound(&net);
+    add_sidecar_endpoint(&mut doc, sidecar_addr);
     let first = serve(&server, &doc);
 
     let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-7d4c9b-out");
@@ -95,10 +177,26 @@ async fn xds_outbound_cluster_share_reaches_its_pods() {
     let seen = reviews_split(&mut reviews, n).await;
     let count = |pod: &str| *seen.get(pod).unwrap_or(&0);
     let (hbone, direct) = (count("ratings-ext-v1"), count("ratings-ext-legacy"));
-    assert_eq!(count("reviews-v1") + hbone + direct, n, "{seen:?}");
-    let share = (hbone + direct) as f64 / n as f64;
+    let mtls = count("ratings-ext-sidecar");
+    assert_eq!(count("reviews-v1") + hbone + direct + mtls, n, "{seen:?}");
+    let share = (hbone + direct + mtls) as f64 / n as f64;
     assert!((0.1..0.3).contains(&share), "20 % expected: {seen:?}");
-    assert!(hbone > 0 && direct > 0, "both ratings-ext pods: {seen:?}");
+    assert!(
+        hbone > 0 && direct > 0 && mtls > 0,
+        "all three ratings-ext pods: {seen:?}"
+    );
+    // The sidecar pod in Istio mutual TLS with the waypoint's identity.
+    let handshakes = sidecar.lock().unwrap();
+    assert!(!handshakes.0.is_empty());
+    for (sni, alpn, sans) in &handshakes.0 {
+        assert_eq!(
+            sni.as_deref(),
+            Some("outbound_.9080_._.ratings-ext.external.svc.cluster.local")
+        );
+        assert_eq!(alpn.as_deref(), Some("istio-peer-exchange"));
+        assert_eq!(sans, &vec![spiffe("waypoint").to_string()]);
+    }
+    drop(handshakes);
     // The ambient pod through its HBONE port: CONNECT tunnels counted there.
     assert!(
         ambient.pod.stats.tunnels.load(Ordering::Relaxed) > 0,
@@ -112,4 +210,25 @@ async fn xds_outbound_cluster_share_reaches_its_pods() {
         !logs.contains("outbound cluster"),
         "no outbound warning expected:\n{logs}"
     );
+}
+
+/// A sidecar pod of ratings-ext at `addr` in the outbound EDS, as istiod writes it
+/// (`socket_address`, `envoy.transport_socket_match: {tlsMode: istio}`).
+fn add_sidecar_endpoint(doc: &mut Value, addr: SocketAddr) {
+    let cla = doc
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["cluster_name"] == "outbound|9080||ratings-ext.external.svc.cluster.local")
+        .unwrap();
+    cla["endpoints"][0]["lb_endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "endpoint": {"address": {"socket_address": {
+                "address": addr.ip().to_string(), "port_value": addr.port()}}},
+            "metadata": {"filter_metadata": {
+                "envoy.transport_socket_match": {"tlsMode": "istio"},
+                "istio": {"workload": "ratings-ext-sidecar;external;ratings-ext;v1;Kubernetes"}}},
+            "load_balancing_weight": 1, "health_status": "HEALTHY"}));
 }
