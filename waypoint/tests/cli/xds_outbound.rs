@@ -232,3 +232,88 @@ fn add_sidecar_endpoint(doc: &mut Value, addr: SocketAddr) {
                 "istio": {"workload": "ratings-ext-sidecar;external;ratings-ext;v1;Kubernetes"}}},
             "load_balancing_weight": 1, "health_status": "HEALTHY"}));
 }
+
+/// In xDS mode the CUSTOM provider's `outbound|PORT||HOST` cluster, when istiod sends it with
+/// endpoints, is where checks go: here its only endpoint is in the mesh, so the check goes
+/// through that pod's HBONE port (the host name itself does not resolve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_ext_authz_provider_dialled_through_its_outbound_cluster() {
+    use crate::xds_authz::{authorizer_at, DENIED, FIXTURE as AUTHZ_FIXTURE, VIP};
+    const AUTHZ: &str = "outbound|8000||ext-authz.default.svc.cluster.local";
+    let net = Net::new();
+    let ca = Ca::new("xds outbound ext_authz mesh").unwrap();
+    let dir = temp_dir("xds-outbound-authz");
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&dir)
+        .unwrap();
+    let pki = TestPki::new();
+    let server = AdsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki,
+        AdsServerOptions::with_token(TOKEN),
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let app = Pod::start_as(&net, &ca, 1, "reviews-v1", "bookinfo-reviews").await;
+    let authz_addr = SocketAddr::new(net.ip(13), 8000);
+    let (_, checks, _authz) = authorizer_at(authz_addr).await;
+    let authz_pod = sim::start_pod(
+        SocketAddr::new(net.ip(13), 15008),
+        &ca.issue(&spiffe("ext-authz")).unwrap().workload,
+    )
+    .await
+    .unwrap();
+
+    let text = AUTHZ_FIXTURE
+        .replace("example.org", TRUST_DOMAIN)
+        .replace("10.244.5.1:", &format!("{}:", net.ip(1)));
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    // The provider's cluster and EDS as istiod writes an outbound cluster (the fixture's shape).
+    let over: Value = serde_json::from_str(&OVERLAY.replace("example.org", TRUST_DOMAIN)).unwrap();
+    let mut cluster = over["resources"][0].clone();
+    cluster["name"] = AUTHZ.into();
+    cluster["eds_cluster_config"]["service_name"] = AUTHZ.into();
+    let hbone = authz_addr.to_string();
+    let cla = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "cluster_name": AUTHZ,
+        "endpoints": [{"locality": {}, "lb_endpoints": [{
+            "endpoint": {"address": {"envoy_internal_address": {
+                "server_listener_name": "connect_originate", "endpoint_id": hbone}}},
+            "metadata": {"filter_metadata": {
+                "envoy.filters.listener.original_dst": {"local": hbone},
+                "envoy.transport_socket_match": {"tunnel": "http"},
+                "istio": {"workload": "ext-authz;default;ext-authz;v1;Kubernetes"}}},
+            "load_balancing_weight": 1, "health_status": "HEALTHY"}]}]
+    });
+    let resources = doc["resources"].as_array_mut().unwrap();
+    resources.push(cluster);
+    resources.push(cla);
+    let versions = serve(&server, &doc["resources"]);
+    let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-authz-out");
+    let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
+    let _logs = collect(stderr);
+    poll_until(addrs["admin"], "/ready", |s, _| s == 200).await;
+    wait_ack(&server, &versions).await;
+
+    let mut send = tunnel(&ca, addrs["hbone"], VIP).await;
+    let (parts, _) = sim::get(
+        &mut send,
+        "reviews:9080",
+        "/admin/users",
+        &[("x-ext-authz", "allow")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(parts.status, 200);
+    let (parts, body) = sim::get(&mut send, "reviews:9080", "/admin/users", &[])
+        .await
+        .unwrap();
+    assert_eq!((parts.status.as_u16(), &body[..]), (403, DENIED.as_bytes()));
+    assert_eq!(checks.load(Ordering::Relaxed), 2);
+    assert_eq!(app.requests(), 1);
+    assert!(authz_pod.stats.tunnels.load(Ordering::Relaxed) >= 1);
+}
