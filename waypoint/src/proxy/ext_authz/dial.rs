@@ -45,6 +45,14 @@ impl Route {
         else {
             return Route::Resolve;
         };
+        // Only a service known as a route destination alone (istiod's `outbound|…` clusters have
+        // no VIP on the waypoint); a service the waypoint serves keeps the resolver, as before.
+        if snapshot
+            .service_by_host(host)
+            .is_none_or(|s| !s.vips.is_empty())
+        {
+            return Route::Resolve;
+        }
         let Some(cluster) = snapshot.cluster(host, port, None) else {
             return Route::Resolve;
         };
