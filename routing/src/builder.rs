@@ -31,6 +31,7 @@ pub struct SnapshotBuilder {
     workloads: Vec<(Arc<Endpoint>, Protocol)>,
     authorities: Vec<(String, u16)>,
     hbone_peer_sans: Option<Vec<crate::upstream::SanMatcher>>,
+    route_only: std::collections::HashSet<String>,
 }
 
 impl SnapshotBuilder {
@@ -40,6 +41,13 @@ impl SnapshotBuilder {
 
     pub fn service(&mut self, service: Service, endpoints: Vec<Arc<Endpoint>>) -> &mut Self {
         self.services.push((service, endpoints));
+        self
+    }
+
+    /// The service `hostname` is only a route destination (istiod's `outbound|…` clusters on a
+    /// waypoint): its endpoints are not addressable through this waypoint as pods.
+    pub fn route_only(&mut self, hostname: &str) -> &mut Self {
+        self.route_only.insert(hostname.to_string());
         self
     }
 
@@ -134,7 +142,8 @@ impl SnapshotBuilder {
                         .or_insert((si, pi));
                 }
             }
-            for ep in &endpoints {
+            let addressable = !self.route_only.contains(&service.hostname);
+            for ep in endpoints.iter().filter(|_| addressable) {
                 snap.by_pod_ip
                     .entry(ep.address)
                     .or_default()

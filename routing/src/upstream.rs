@@ -18,6 +18,11 @@ pub enum Transport {
     /// workload outside ambient; files: a WorkloadEntry / ServiceEntry endpoint without
     /// `networking.istio.io/tunnel: http` or `ambient.istio.io/redirection: enabled`).
     Direct,
+    /// A direct connection in Istio mutual TLS (istiod: a `socket_address` endpoint of an
+    /// `outbound|…` cluster whose `{tlsMode: istio}` metadata selects the `tlsMode-istio`
+    /// transport socket, a sidecar pod): the waypoint's own certificate, the peer verified like
+    /// an HBONE peer, SNI `outbound_.<port>_.<subset>_.<host>`, ALPN `istio-peer-exchange`, `istio`.
+    IstioMutual,
 }
 
 /// Which subject alternative names a [`SanMatcher`] looks at (Envoy `SubjectAltNameMatcher.SanType`;

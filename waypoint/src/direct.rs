@@ -84,6 +84,34 @@ pub fn tls_config(tls: &UpstreamTls) -> std::result::Result<Arc<ClientConfig>, S
     Ok(Arc::new(config))
 }
 
+/// Istio's ALPN for mutual TLS between proxies (istiod `util.go` `ALPNInMeshWithMxc`; with
+/// `h2` appended for HTTP/2 clusters, `ALPNInMeshH2WithMxc`).
+const ALPN_ISTIO: [&[u8]; 2] = [b"istio-peer-exchange", b"istio"];
+
+/// A rustls client config for Istio mutual TLS to a sidecar endpoint (istiod's ISTIO_MUTUAL
+/// `tlsMode-istio` socket): the waypoint's own certificate and peer check (`expected`, as for
+/// HBONE peers), with SNI and Istio's ALPN instead of HBONE's.
+pub fn istio_mutual_config(
+    configs: &crate::identity::ClientConfigs,
+    expected: &crate::identity::PeerCheck,
+    h2: bool,
+) -> std::result::Result<Arc<ClientConfig>, String> {
+    let base = configs.for_peer(expected).map_err(|e| e.to_string())?;
+    let mut config = (*base).clone();
+    config.enable_sni = true;
+    config.alpn_protocols = ALPN_ISTIO.iter().map(|p| p.to_vec()).collect();
+    if h2 {
+        config.alpn_protocols.push(b"h2".to_vec());
+    }
+    Ok(Arc::new(config))
+}
+
+/// The SNI istiod gives an outbound cluster's ISTIO_MUTUAL socket
+/// (`model.BuildDNSSrvSubsetKey`): `outbound_.<port>_.<subset>_.<host>`.
+pub fn istio_sni(host: &str, port: u16, subset: Option<&str>) -> String {
+    format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or(""))
+}
+
 fn rustls_pemfile_certs(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem)

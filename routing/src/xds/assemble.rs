@@ -7,6 +7,7 @@ use super::cluster::{self, EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
 use super::listener::{self, ChainKind};
 use super::names::{ClusterName, Direction};
+use super::outbound;
 use super::route::{self, RouteCtx};
 use super::{
     At, Diag, Rejection, Resources, TranslateOptions, Translation, CLUSTER_TYPE, ENDPOINT_TYPE,
@@ -100,6 +101,8 @@ pub(crate) fn translate(
     // Clusters.
     let mut hbone_peer_sans = None;
     let mut svc_clusters: BTreeMap<String, ServiceCluster> = BTreeMap::new();
+    // `outbound|…` clusters' transport socket matches (see [`outbound`]).
+    let mut socket_matches: BTreeMap<String, Vec<outbound::SocketMatch>> = BTreeMap::new();
     for (name, c) in &clusters {
         match ClusterName::parse(name) {
             Some(cn) if cn.direction == Direction::InboundVip => {
@@ -107,11 +110,12 @@ pub(crate) fn translate(
                     svc_clusters.insert(name.to_string(), sc);
                 }
             }
-            Some(_) => diag.warn(
-                CLUSTER_TYPE,
-                name,
-                "outbound cluster (a service this waypoint does not serve) is not supported; ignored",
-            ),
+            Some(cn) => {
+                if let Some(oc) = outbound::outbound_cluster(c, cn, &mut diag) {
+                    svc_clusters.insert(name.to_string(), oc.cluster);
+                    socket_matches.insert(name.to_string(), oc.matches);
+                }
+            }
             None if *name == "connect_originate" => {
                 let at = At {
                     type_url: CLUSTER_TYPE,
@@ -120,7 +124,11 @@ pub(crate) fn translate(
                 hbone_peer_sans = Some(cluster::connect_originate_sans(c, at, &mut diag));
             }
             None if INFRA_CLUSTERS.contains(name) => {}
-            None => diag.warn(CLUSTER_TYPE, name, "not an istiod waypoint cluster; ignored"),
+            None => diag.warn(
+                CLUSTER_TYPE,
+                name,
+                "not an istiod waypoint cluster; ignored",
+            ),
         }
     }
 
@@ -136,7 +144,11 @@ pub(crate) fn translate(
                         type_url: ENDPOINT_TYPE,
                         name: eds,
                     };
-                    endpoint::pods(cla, at, &mut diag)
+                    let list = endpoint::pods(cla, at, &mut diag);
+                    match socket_matches.get(name) {
+                        Some(m) => outbound::reachable(list, cla, m, at, &mut diag),
+                        None => list,
+                    }
                 }
                 None => {
                     diag.warn(
@@ -368,6 +380,9 @@ pub(crate) fn translate(
     let mut known_pods: BTreeMap<IpAddr, Arc<Endpoint>> = BTreeMap::new();
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
+        if is_route_only(&acc, mine, &socket_matches) {
+            builder.route_only(&host);
+        }
         let eps = build_service(&host, acc, mine, &pods, opts, &mut diag, &mut builder);
         for ep in eps {
             known_pods.entry(ep.address).or_insert(ep);
@@ -405,6 +420,16 @@ pub(crate) fn translate(
         snapshot: builder.build(),
         warnings: diag.warnings,
     })
+}
+
+/// A service known only from `outbound|…` clusters (no VIP, no `inbound-vip` cluster of it):
+/// this waypoint routes to it but does not serve it.
+fn is_route_only(
+    acc: &ServiceAcc,
+    mine: &[(&String, &ServiceCluster)],
+    outbound: &BTreeMap<String, Vec<outbound::SocketMatch>>,
+) -> bool {
+    acc.vips.is_empty() && !mine.is_empty() && mine.iter().all(|(n, _)| outbound.contains_key(*n))
 }
 
 /// One path handling per service port: two HTTP chains that disagree get the stricter of each
@@ -618,6 +643,7 @@ fn build_service(
         namespace: Option<String>,
         workload: Option<String>,
         tunnel: bool,
+        istio_mtls: bool,
     }
     let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
     for (name, sc) in mine {
@@ -627,6 +653,7 @@ fn build_service(
                 namespace: None,
                 workload: None,
                 tunnel: p.tunnel,
+                istio_mtls: p.istio_mtls,
             });
             e.labels.extend(p.labels.clone());
             if e.namespace.is_none() {
@@ -662,6 +689,8 @@ fn build_service(
                 name: a.workload.unwrap_or_else(|| ip.to_string()),
                 transport: if a.tunnel {
                     Transport::Hbone
+                } else if a.istio_mtls {
+                    Transport::IstioMutual
                 } else {
                     Transport::Direct
                 },

@@ -44,6 +44,8 @@ pub(crate) struct PodEndpoint {
     pub(crate) tunnel: bool,
     /// Its group's priority, locality and locality weight.
     pub(crate) placement: crate::policy::Placement,
+    /// Not tunnelled, dialled in Istio mutual TLS (outbound `tlsMode-istio`, see `outbound.rs`).
+    pub(crate) istio_mtls: bool,
 }
 
 // HealthStatus: UNKNOWN = 0, HEALTHY = 1, UNHEALTHY = 2, DRAINING = 3,
@@ -204,6 +206,7 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
         labels,
         tunnel,
         placement: Default::default(),
+        istio_mtls: false,
     })
 }
 
@@ -252,6 +255,7 @@ mod tests {
             namespace: None,
             labels: BTreeMap::new(),
             tunnel: true,
+            istio_mtls: false,
             placement: Placement {
                 priority,
                 locality: Locality {

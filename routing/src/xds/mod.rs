@@ -64,6 +64,7 @@ mod jwt;
 mod listener;
 mod matchers;
 mod names;
+mod outbound;
 mod rbac;
 mod route;
 

@@ -2,7 +2,7 @@
 //! block, as istiod's `route/route.go` `TranslateRoute` emits them).
 
 use super::matchers::{self, Issue};
-use super::names::{ClusterName, Direction};
+use super::names::ClusterName;
 use super::{decode_any, duration, At, Diag};
 use crate::actions::{
     Abort, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOps, Headers, Mirror,
@@ -510,18 +510,8 @@ fn destination(
         );
     }
     let (host, subset, port) = match ClusterName::parse(cluster) {
-        Some(c) => {
-            if c.direction == Direction::Outbound {
-                at.warn(
-                    diag,
-                    format!(
-                        "route {route}: {cluster} is a service this waypoint does not serve; \
-                         only its own services are routable"
-                    ),
-                );
-            }
-            (c.host, c.subset, Some(c.port))
-        }
+        // `outbound|…` (a service this waypoint does not serve) is routable like its own.
+        Some(c) => (c.host, c.subset, Some(c.port)),
         None => {
             at.warn(
                 diag,

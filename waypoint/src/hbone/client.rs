@@ -132,6 +132,11 @@ impl HboneClient {
         self.conns.lock().clear();
     }
 
+    /// The waypoint's own certificate's client configs (the current ones).
+    pub fn configs(&self) -> Arc<ClientConfigs> {
+        self.tls.load_full()
+    }
+
     /// Bumped by every [`HboneClient::rotate`].
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -250,11 +250,17 @@ impl Waypoint {
                         }
                     },
                 };
+                let route = ext_authz::dial::Route::for_provider(
+                    &ctx.snapshot,
+                    &provider.address,
+                    &self.pool,
+                );
                 let check = ext_authz::check(
                     provider,
                     session.req_header(),
                     body.as_ref(),
                     tunnel.principal(),
+                    &route,
                 )
                 .await;
                 let denial = match check {

@@ -21,6 +21,7 @@ use pingora_http::RequestHeader;
 use serde::Deserialize;
 
 pub mod body;
+pub mod dial;
 
 pub use body::{BodyRead, CheckBody, PARTIAL_BODY_HEADER};
 
@@ -252,11 +253,12 @@ pub async fn check(
     req: &RequestHeader,
     body: Option<&CheckBody>,
     source: &str,
+    route: &dial::Route,
 ) -> Check {
     let call = async {
         match &provider.kind {
-            Kind::Http { .. } => check_http(provider, req, body).await,
-            Kind::Grpc => check_grpc(provider, req, body, source).await,
+            Kind::Http { .. } => check_http(provider, req, body, route).await,
+            Kind::Grpc => check_grpc(provider, req, body, source, route).await,
         }
     };
     match tokio::time::timeout(provider.timeout, call).await {
@@ -270,6 +272,7 @@ async fn check_http(
     provider: &Provider,
     req: &RequestHeader,
     body: Option<&CheckBody>,
+    route: &dial::Route,
 ) -> Result<Check, String> {
     let Kind::Http {
         path_prefix,
@@ -282,11 +285,9 @@ async fn check_http(
     else {
         return Err("not an HTTP provider".into());
     };
-    let tcp = tokio::net::TcpStream::connect(&provider.address)
-        .await
-        .map_err(|e| format!("connect {}: {e}", provider.address))?;
+    let conn = route.connect(&provider.address).await?;
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
@@ -363,10 +364,22 @@ async fn check_grpc(
     req: &RequestHeader,
     body: Option<&CheckBody>,
     source: &str,
+    route: &dial::Route,
 ) -> Result<Check, String> {
+    let (route, address) = (route.clone(), provider.address.clone());
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (route, address) = (route.clone(), address.clone());
+        async move {
+            route
+                .connect(&address)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+                .map_err(std::io::Error::other)
+        }
+    });
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", provider.address))
         .map_err(|e| e.to_string())?
-        .connect()
+        .connect_with_connector(connector)
         .await
         .map_err(|e| format!("connect {}: {e}", provider.address))?;
     let mut client = auth::authorization_client::AuthorizationClient::new(channel);

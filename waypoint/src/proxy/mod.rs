@@ -436,6 +436,8 @@ impl ProxyHttp for Waypoint {
         let mut policy = TunnelPolicy::default();
         // A workload outside the mesh: dialled directly, with the cluster's DestinationRule TLS.
         let mut direct_tls: Option<Option<routing::UpstreamTls>> = None;
+        // A sidecar endpoint: Istio mutual TLS (peer check, SNI).
+        let mut istio_mtls: Option<(PeerCheck, String)> = None;
         let (target, identity) = if let Some(direct) = ctx.direct.clone() {
             if ctx.tried.contains(&direct.0) {
                 ctx.flags.add("URX");
@@ -500,6 +502,13 @@ impl ProxyHttp for Waypoint {
                     direct_tls = Some(cluster.policy.tls.clone());
                     PeerCheck::Sans(Default::default())
                 }
+                routing::Transport::IstioMutual => {
+                    let expected = PeerCheck::for_endpoint(&snapshot, &ep.endpoint)
+                        .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
+                    let sni = crate::direct::istio_sni(&key.host, key.port, key.subset.as_deref());
+                    istio_mtls = Some((expected, sni));
+                    PeerCheck::Sans(Default::default())
+                }
             };
             ctx._active = Some(ep.begin());
             ctx.endpoint = Some(ep.endpoint.clone());
@@ -542,6 +551,31 @@ impl ProxyHttp for Waypoint {
                 }
                 peer.options.read_timeout = Some(limit);
             }
+        }
+        if let Some((expected, sni)) = istio_mtls {
+            // Dialled directly in Istio mutual TLS with the waypoint's own certificate.
+            if ctx.upstream_h2 {
+                peer.options.set_http_version(2, 2);
+            }
+            let config = crate::direct::istio_mutual_config(
+                &self.pool.client().configs(),
+                &expected,
+                ctx.upstream_h2,
+            )
+            .map_err(|e| {
+                *ctx.failure.lock() = Some(e.clone());
+                Error::explain(ErrorType::TLSHandshakeFailure, e)
+            })?;
+            peer.group_key = 0;
+            peer.options.connection_timeout = policy.connect_timeout;
+            peer.options.custom_l4 = Some(Arc::new(crate::direct::TlsConnector {
+                config,
+                sni: Some(sni),
+                connect_timeout: policy.connect_timeout,
+                failure: ctx.failure.clone(),
+            }));
+            ctx.upstream_started = Some(Instant::now());
+            return Ok(Box::new(peer));
         }
         if let Some(tls) = direct_tls {
             // No HBONE: pingora dials the endpoint itself, or our TLS connector does.

@@ -15,6 +15,7 @@ mod validate;
 mod xds;
 mod xds_authz;
 mod xds_locality;
+mod xds_outbound;
 mod xds_path;
 mod xds_releases;
 mod xds_retry;

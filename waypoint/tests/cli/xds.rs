@@ -161,12 +161,12 @@ pub(crate) fn serve(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, S
     versions
 }
 
-async fn tunnel(ca: &Ca, waypoint: SocketAddr, vip: &str) -> sim::Http1 {
+pub(crate) async fn tunnel(ca: &Ca, waypoint: SocketAddr, vip: &str) -> sim::Http1 {
     client_to(ca, waypoint, &spiffe("waypoint"), vip).await
 }
 
 /// `n` requests to reviews; the pods that answered, counted.
-async fn reviews_split(send: &mut sim::Http1, n: usize) -> BTreeMap<String, usize> {
+pub(crate) async fn reviews_split(send: &mut sim::Http1, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
         let (parts, _) = sim::get(send, "reviews:9080", "/reviews/1", &[])

@@ -22,15 +22,23 @@ use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
-const FIXTURE: &str = include_str!("../../../routing/tests/fixtures/xds/ext_authz_custom.json");
+pub(crate) const FIXTURE: &str =
+    include_str!("../../../routing/tests/fixtures/xds/ext_authz_custom.json");
 const TOKEN: &str = "istio-token-for-the-ext-authz-test";
-const VIP: &str = "10.96.5.1:9080";
-const DENIED: &str = "denied by the test authorizer";
+pub(crate) const VIP: &str = "10.96.5.1:9080";
+pub(crate) const DENIED: &str = "denied by the test authorizer";
 
 /// An HTTP authorizer: `x-ext-authz: allow` → 200, anything else → 403 with [`DENIED`].
 /// Counts the checks it answers.
 async fn authorizer() -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    authorizer_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`authorizer`] on `addr`.
+pub(crate) async fn authorizer_at(
+    addr: SocketAddr,
+) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let checks = Arc::new(AtomicU64::new(0));
     let counted = checks.clone();

@@ -1,0 +1,319 @@
+//! `waypoint run --xds` with an `outbound|…` cluster (routing/tests/fixtures/xds/outbound_1_24.json,
+//! istiod 1.24.6, laid over bookinfo.json): the reviews VirtualService sends 20 % to
+//! ratings-ext, a service this waypoint does not serve. That share reaches ratings-ext's pods
+//! as istiod's transport socket matches say: the ambient pod through its node's HBONE port
+//! (a CONNECT tunnel is counted there), the pod outside the mesh directly (it has no HBONE port
+//! at all), and a sidecar pod (`{tlsMode: istio}`, added here) directly in Istio mutual TLS: the
+//! waypoint's certificate, SNI `outbound_.9080_._.<host>`, ALPN `istio-peer-exchange`, `istio`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::common::*;
+use crate::xds::{bookinfo, reviews_split, serve, tunnel, wait_ack};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waypoint::identity::Ca;
+use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
+use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
+
+const OVERLAY: &str = include_str!("../../../routing/tests/fixtures/xds/outbound_1_24.json");
+const TOKEN: &str = "istio-token-for-the-test";
+const REVIEWS_VIP: &str = "10.96.0.12:9080";
+
+/// bookinfo with the fixture's outbound cluster and EDS added and its 80 / 20 reviews split
+/// in place of bookinfo's, on this test's net (ambient pod @10, plain pod @11).
+fn bookinfo_with_outbound(net: &Net) -> Value {
+    let text = OVERLAY
+        .replace("example.org", TRUST_DOMAIN)
+        .replace("10.244.2.10", &net.ip(10).to_string())
+        .replace("10.0.1.20", &net.ip(11).to_string());
+    let over: Value = serde_json::from_str(&text).unwrap();
+    let mut doc = bookinfo(net);
+    let mut replaced = 0;
+    fn walk(v: &mut Value, f: &mut impl FnMut(&mut serde_json::Map<String, Value>)) {
+        match v {
+            Value::Object(m) => {
+                f(m);
+                m.values_mut().for_each(|c| walk(c, f));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|c| walk(c, f)),
+            _ => {}
+        }
+    }
+    walk(&mut doc, &mut |o| {
+        if o.get("name").and_then(Value::as_str) == Some("reviews-split") {
+            o["route"]["weighted_clusters"]["clusters"] = over["reviews_split"].clone();
+            replaced += 1;
+        }
+    });
+    assert_eq!(replaced, 1);
+    doc.as_array_mut()
+        .unwrap()
+        .extend(over["resources"].as_array().unwrap().iter().cloned());
+    doc
+}
+
+/// What the sidecar saw per connection: SNI, ALPN, the client's URI SANs.
+#[derive(Debug, Default)]
+struct Handshakes(Vec<(Option<String>, Option<String>, Vec<String>)>);
+
+/// A sidecar-injected pod's inbound (Istio mutual TLS, client certificate of the mesh required)
+/// in front of an HTTP/1.1 app answering `x-pod: <name>`.
+async fn sidecar_app(
+    addr: SocketAddr,
+    ca: &Ca,
+    sa: &str,
+    name: &'static str,
+) -> Arc<Mutex<Handshakes>> {
+    let cert = ca.issue(&spiffe(sa)).unwrap().workload;
+    let base = waypoint::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
+    let mut config = (*base).clone();
+    config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(Mutex::new(Handshakes::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, record) = (acceptor.clone(), record.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                {
+                    let conn = tls.get_ref().1;
+                    let sans = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| waypoint::identity::cert_sans(c))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(_, v)| v)
+                        .collect();
+                    let alpn = conn
+                        .alpn_protocol()
+                        .map(|a| String::from_utf8_lossy(a).into());
+                    record.lock().unwrap().0.push((
+                        conn.server_name().map(String::from),
+                        alpn,
+                        sans,
+                    ));
+                }
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let resp =
+                        format!("HTTP/1.1 200 OK\r\nx-pod: {name}\r\ncontent-length: 2\r\n\r\nok");
+                    if tls.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_outbound_cluster_share_reaches_its_pods() {
+    let net = Net::new();
+    let ca = Ca::new("xds outbound mesh").unwrap();
+    let dir = temp_dir("xds-outbound");
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&dir)
+        .unwrap();
+    let pki = TestPki::new();
+    let server = AdsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki,
+        AdsServerOptions::with_token(TOKEN),
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+
+    let _v1 = Pod::start_as(&net, &ca, 7, "reviews-v1", "bookinfo-reviews").await;
+    // ratings-ext in another namespace: an ambient pod (HBONE on :15008) and a plain one.
+    let ambient = Pod::start_as(&net, &ca, 10, "ratings-ext-v1", "ratings-ext").await;
+    let plain = sim::start_app(
+        std::net::SocketAddr::new(net.ip(11), 9080),
+        "ratings-ext-legacy",
+        sim::AppKind::Http,
+    )
+    .await
+    .unwrap();
+    let sidecar_addr = SocketAddr::new(net.ip(12), 9080);
+    let sidecar = sidecar_app(
+        sidecar_addr,
+        &ca,
+        "ratings-ext-sidecar",
+        "ratings-ext-sidecar",
+    )
+    .await;
+    let mut doc = bookinfo_with_outbound(&net);
+    add_sidecar_endpoint(&mut doc, sidecar_addr);
+    let first = serve(&server, &doc);
+
+    let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-7d4c9b-out");
+    let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
+    let logs = collect(stderr);
+    poll_until(addrs["admin"], "/ready", |s, _| s == 200).await;
+    wait_ack(&server, &first).await;
+
+    let mut reviews = tunnel(&ca, addrs["hbone"], REVIEWS_VIP).await;
+    let n = 300;
+    let seen = reviews_split(&mut reviews, n).await;
+    let count = |pod: &str| *seen.get(pod).unwrap_or(&0);
+    let (hbone, direct) = (count("ratings-ext-v1"), count("ratings-ext-legacy"));
+    let mtls = count("ratings-ext-sidecar");
+    assert_eq!(count("reviews-v1") + hbone + direct + mtls, n, "{seen:?}");
+    let share = (hbone + direct + mtls) as f64 / n as f64;
+    assert!((0.1..0.3).contains(&share), "20 % expected: {seen:?}");
+    assert!(
+        hbone > 0 && direct > 0 && mtls > 0,
+        "all three ratings-ext pods: {seen:?}"
+    );
+    // The sidecar pod in Istio mutual TLS with the waypoint's identity.
+    let handshakes = sidecar.lock().unwrap();
+    assert!(!handshakes.0.is_empty());
+    for (sni, alpn, sans) in &handshakes.0 {
+        assert_eq!(
+            sni.as_deref(),
+            Some("outbound_.9080_._.ratings-ext.external.svc.cluster.local")
+        );
+        assert_eq!(alpn.as_deref(), Some("istio-peer-exchange"));
+        assert_eq!(sans, &vec![spiffe("waypoint").to_string()]);
+    }
+    drop(handshakes);
+    // The ambient pod through its HBONE port: CONNECT tunnels counted there.
+    assert!(
+        ambient.pod.stats.tunnels.load(Ordering::Relaxed) > 0,
+        "{seen:?}"
+    );
+    assert_eq!(ambient.requests(), hbone as u64);
+    // The plain pod directly (nothing listens on its :15008).
+    assert_eq!(plain.stats.requests.load(Ordering::Relaxed), direct as u64);
+    let logs = logs.lock().unwrap().join("\n");
+    assert!(
+        !logs.contains("outbound cluster"),
+        "no outbound warning expected:\n{logs}"
+    );
+}
+
+/// A sidecar pod of ratings-ext at `addr` in the outbound EDS, as istiod writes it
+/// (`socket_address`, `envoy.transport_socket_match: {tlsMode: istio}`).
+fn add_sidecar_endpoint(doc: &mut Value, addr: SocketAddr) {
+    let cla = doc
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["cluster_name"] == "outbound|9080||ratings-ext.external.svc.cluster.local")
+        .unwrap();
+    cla["endpoints"][0]["lb_endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "endpoint": {"address": {"socket_address": {
+                "address": addr.ip().to_string(), "port_value": addr.port()}}},
+            "metadata": {"filter_metadata": {
+                "envoy.transport_socket_match": {"tlsMode": "istio"},
+                "istio": {"workload": "ratings-ext-sidecar;external;ratings-ext;v1;Kubernetes"}}},
+            "load_balancing_weight": 1, "health_status": "HEALTHY"}));
+}
+
+/// In xDS mode the CUSTOM provider's `outbound|PORT||HOST` cluster, when istiod sends it with
+/// endpoints, is where checks go: here its only endpoint is in the mesh, so the check goes
+/// through that pod's HBONE port (the host name itself does not resolve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_ext_authz_provider_dialled_through_its_outbound_cluster() {
+    use crate::xds_authz::{authorizer_at, DENIED, FIXTURE as AUTHZ_FIXTURE, VIP};
+    const AUTHZ: &str = "outbound|8000||ext-authz.default.svc.cluster.local";
+    let net = Net::new();
+    let ca = Ca::new("xds outbound ext_authz mesh").unwrap();
+    let dir = temp_dir("xds-outbound-authz");
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&dir)
+        .unwrap();
+    let pki = TestPki::new();
+    let server = AdsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &pki,
+        AdsServerOptions::with_token(TOKEN),
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let app = Pod::start_as(&net, &ca, 1, "reviews-v1", "bookinfo-reviews").await;
+    let authz_addr = SocketAddr::new(net.ip(13), 8000);
+    let (_, checks, _authz) = authorizer_at(authz_addr).await;
+    let authz_pod = sim::start_pod(
+        SocketAddr::new(net.ip(13), 15008),
+        &ca.issue(&spiffe("ext-authz")).unwrap().workload,
+    )
+    .await
+    .unwrap();
+
+    let text = AUTHZ_FIXTURE
+        .replace("example.org", TRUST_DOMAIN)
+        .replace("10.244.5.1:", &format!("{}:", net.ip(1)));
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    // The provider's cluster and EDS as istiod writes an outbound cluster (the fixture's shape).
+    let over: Value = serde_json::from_str(&OVERLAY.replace("example.org", TRUST_DOMAIN)).unwrap();
+    let mut cluster = over["resources"][0].clone();
+    cluster["name"] = AUTHZ.into();
+    cluster["eds_cluster_config"]["service_name"] = AUTHZ.into();
+    let hbone = authz_addr.to_string();
+    let cla = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "cluster_name": AUTHZ,
+        "endpoints": [{"locality": {}, "lb_endpoints": [{
+            "endpoint": {"address": {"envoy_internal_address": {
+                "server_listener_name": "connect_originate", "endpoint_id": hbone}}},
+            "metadata": {"filter_metadata": {
+                "envoy.filters.listener.original_dst": {"local": hbone},
+                "envoy.transport_socket_match": {"tunnel": "http"},
+                "istio": {"workload": "ext-authz;default;ext-authz;v1;Kubernetes"}}},
+            "load_balancing_weight": 1, "health_status": "HEALTHY"}]}]
+    });
+    let resources = doc["resources"].as_array_mut().unwrap();
+    resources.push(cluster);
+    resources.push(cla);
+    let versions = serve(&server, &doc["resources"]);
+    let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-authz-out");
+    let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
+    let _logs = collect(stderr);
+    poll_until(addrs["admin"], "/ready", |s, _| s == 200).await;
+    wait_ack(&server, &versions).await;
+
+    let mut send = tunnel(&ca, addrs["hbone"], VIP).await;
+    let (parts, _) = sim::get(
+        &mut send,
+        "reviews:9080",
+        "/admin/users",
+        &[("x-ext-authz", "allow")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(parts.status, 200);
+    let (parts, body) = sim::get(&mut send, "reviews:9080", "/admin/users", &[])
+        .await
+        .unwrap();
+    assert_eq!((parts.status.as_u16(), &body[..]), (403, DENIED.as_bytes()));
+    assert_eq!(checks.load(Ordering::Relaxed), 2);
+    assert_eq!(app.requests(), 1);
+    assert!(authz_pod.stats.tunnels.load(Ordering::Relaxed) >= 1);
+}
