@@ -127,6 +127,7 @@ pub(crate) fn translate(
     // Endpoints of each service cluster.
     let mut used_clas = BTreeSet::new();
     let mut pods: BTreeMap<String, Vec<PodEndpoint>> = BTreeMap::new();
+    let mut dns_targets = BTreeMap::new();
     for (name, sc) in &svc_clusters {
         let list = match &sc.source {
             EndpointSource::Eds(eds) => match clas.get(eds.as_str()) {
@@ -161,6 +162,19 @@ pub(crate) fn translate(
                 ),
                 None => Vec::new(),
             },
+            EndpointSource::Dns(d) => super::dns::endpoints(
+                clusters
+                    .get(name.as_str())
+                    .and_then(|c| c.load_assignment.as_ref()),
+                d,
+                &opts.dns,
+                &mut dns_targets,
+                At {
+                    type_url: CLUSTER_TYPE,
+                    name,
+                },
+                &mut diag,
+            ),
             EndpointSource::None => Vec::new(),
         };
         pods.insert(name.clone(), list);
@@ -404,6 +418,7 @@ pub(crate) fn translate(
     Ok(Translation {
         snapshot: builder.build(),
         warnings: diag.warnings,
+        dns: dns_targets.into_values().collect(),
     })
 }
 
