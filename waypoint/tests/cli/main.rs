@@ -14,6 +14,7 @@ mod manifests;
 mod validate;
 mod xds;
 mod xds_authz;
+mod xds_dns;
 mod xds_path;
 mod xds_releases;
 mod xds_retry;
