@@ -31,6 +31,7 @@ pub struct SnapshotBuilder {
     workloads: Vec<(Arc<Endpoint>, Protocol)>,
     authorities: Vec<(String, u16)>,
     hbone_peer_sans: Option<Vec<crate::upstream::SanMatcher>>,
+    dns_targets: Vec<crate::dns::DnsTarget>,
 }
 
 impl SnapshotBuilder {
@@ -98,6 +99,19 @@ impl SnapshotBuilder {
         self
     }
 
+    /// A hostname the caller must keep resolved (its answers are an input of the next load).
+    pub fn dns_target(&mut self, target: crate::dns::DnsTarget) -> &mut Self {
+        match self
+            .dns_targets
+            .iter_mut()
+            .find(|t| t.query == target.query)
+        {
+            Some(t) => t.merge(&target),
+            None => self.dns_targets.push(target),
+        }
+        self
+    }
+
     pub fn warning(&mut self, warning: impl Into<String>) -> &mut Self {
         self.warnings.push(warning.into());
         self
@@ -117,6 +131,7 @@ impl SnapshotBuilder {
             authorization: self.authorization,
             pod_path: self.pod_path,
             hbone_peer_sans: self.hbone_peer_sans.map(Arc::new),
+            dns_targets: self.dns_targets,
             ..Snapshot::default()
         };
         for (service, endpoints) in self.services {

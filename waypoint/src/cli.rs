@@ -269,6 +269,7 @@ impl WaypointArgs {
                 name: self.gateway.1.clone(),
                 root_namespace: self.root_namespace.clone(),
             },
+            dns: Default::default(),
         }
     }
 }

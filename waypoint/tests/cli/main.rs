@@ -7,6 +7,7 @@ mod binary;
 mod certs_curl;
 mod config_reload;
 mod docker;
+mod files_dns;
 mod first_contact;
 mod istio_ca;
 mod istio_template;
