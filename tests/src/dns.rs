@@ -15,6 +15,8 @@ struct Zone {
     /// name (lower case, no trailing dot) → (addresses, TTL seconds)
     records: HashMap<String, (Vec<Ipv4Addr>, u32)>,
     queries: HashMap<String, u64>,
+    /// Names answered SERVFAIL.
+    failing: std::collections::HashSet<String>,
 }
 
 /// See the module docs. Stops when dropped.
@@ -74,6 +76,12 @@ impl DnsServer {
             .unwrap()
             .records
             .insert(key(name), (addrs.to_vec(), ttl));
+        self.zone.lock().unwrap().failing.remove(&key(name));
+    }
+
+    /// Answer SERVFAIL for `name` (a broken upstream resolver) until [`DnsServer::set`] again.
+    pub fn fail(&self, name: &str) {
+        self.zone.lock().unwrap().failing.insert(key(name));
     }
 
     /// How many queries (any type) for `name` arrived so far.
@@ -115,6 +123,10 @@ fn answer(query: &Message, zone: &Mutex<Zone>) -> Message {
         reply.add_query(q.clone());
         let name = key(&q.name().to_utf8());
         *zone.queries.entry(name.clone()).or_default() += 1;
+        if zone.failing.contains(&name) {
+            reply.set_response_code(ResponseCode::ServFail);
+            continue;
+        }
         match zone.records.get(&name) {
             None => {
                 reply.set_response_code(ResponseCode::NXDomain);

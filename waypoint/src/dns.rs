@@ -71,6 +71,20 @@ impl Dns {
         }))
     }
 
+    /// [`Dns::new`], or when the system's configuration cannot be read, a resolver without
+    /// servers (said once here; each lookup then fails and DNS clusters get no endpoints).
+    pub fn new_or_unconfigured(server: Option<SocketAddr>) -> Arc<Self> {
+        Self::new(server).unwrap_or_else(|e| {
+            warn!(error = %e, "no DNS resolver: DNS clusters / ServiceEntries with resolution DNS get no endpoints");
+            Arc::new(Self {
+                config: ResolverConfig::from_parts(None, vec![], NameServerConfigGroup::new()),
+                base: ResolverOpts::default(),
+                state: Mutex::new(State::default()),
+                changed: tokio::sync::watch::channel(0).0,
+            })
+        })
+    }
+
     /// The last good addresses of every question asked.
     pub fn answers(&self) -> DnsAnswers {
         self.state.lock().answers.clone()
@@ -103,7 +117,7 @@ impl Dns {
         }
         for (q, t) in wanted {
             if !state.tasks.contains_key(q) {
-                let task = tokio::spawn(self.clone().resolve_loop((*t).clone()));
+                let task = tokio::spawn(Self::resolve_loop(Arc::downgrade(self), (*t).clone()));
                 state.tasks.insert(q.clone(), ((*t).clone(), task));
             }
         }
@@ -121,24 +135,31 @@ impl Dns {
             .build()
     }
 
-    async fn resolve_loop(self: Arc<Self>, target: DnsTarget) {
-        let resolver = self.resolver(target.query.family);
+    /// Holds the [`Dns`] weakly: dropping it (and so its tasks' handles) ends the loop.
+    async fn resolve_loop(dns: std::sync::Weak<Self>, target: DnsTarget) {
+        let Some(resolver) = dns.upgrade().map(|d| d.resolver(target.query.family)) else {
+            return;
+        };
         // Fully qualified: no search domains (Envoy's c-ares resolves the name as written).
         let name = format!("{}.", target.query.hostname);
         loop {
-            let wait = match resolver.lookup_ip(name.as_str()).await {
+            let lookup = resolver.lookup_ip(name.as_str()).await;
+            let Some(this) = dns.upgrade() else {
+                return;
+            };
+            let wait = match lookup {
                 Ok(lookup) => {
                     let ttl = lookup
                         .valid_until()
                         .saturating_duration_since(Instant::now());
                     let addrs: Vec<IpAddr> = lookup.iter().take(MAX_ADDRESSES_PER_HOST).collect();
-                    self.set(&target.query, addrs);
+                    this.set(&target.query, addrs);
                     target.next_refresh(Some(ttl))
                 }
-                Err(e) if e.is_no_records_found() => {
+                Err(e) if authoritative_empty(&e) => {
                     // An authoritative "no such name / no records": no endpoints, as Envoy.
                     debug!(host = %target.query.hostname, "DNS: no records");
-                    self.set(&target.query, Vec::new());
+                    this.set(&target.query, Vec::new());
                     target.next_refresh(None)
                 }
                 Err(e) => {
@@ -146,6 +167,7 @@ impl Dns {
                     target.next_refresh(None)
                 }
             };
+            drop(this);
             tokio::time::sleep(wait + jitter(target.jitter)).await;
         }
     }
@@ -163,6 +185,20 @@ impl Dns {
         drop(state);
         self.changed.send_modify(|n| *n += 1);
     }
+}
+
+/// NXDOMAIN or an empty NOERROR answer (SERVFAIL, REFUSED … are failures: the last good
+/// addresses stay).
+fn authoritative_empty(e: &hickory_resolver::ResolveError) -> bool {
+    use hickory_resolver::proto::op::ResponseCode;
+    use hickory_resolver::proto::ProtoErrorKind;
+    matches!(
+        e.proto().map(|p| p.kind()),
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        })
+    )
 }
 
 fn jitter(max: Duration) -> Duration {

@@ -285,13 +285,7 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
     let Some(config) = args.config.clone() else {
         return;
     };
-    let dns = match crate::dns::Dns::new(args.dns_server) {
-        Ok(dns) => dns,
-        Err(e) => {
-            warn!(error = %e, "no DNS resolver: ServiceEntries with resolution DNS get no endpoints");
-            crate::dns::Dns::new(Some(([127, 0, 0, 1], 53).into())).expect("a fixed server")
-        }
-    };
+    let dns = crate::dns::Dns::new_or_unconfigured(args.dns_server);
     dns.sync(app.snapshot.load().dns_targets());
     let mut dns_changed = dns.changed();
     let interval = Duration::from_millis(args.reload_interval_ms.max(10));

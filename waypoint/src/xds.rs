@@ -489,7 +489,7 @@ impl XdsRuntime {
             trust_domain: args.trust_domain.clone(),
             ..TranslateOptions::default()
         };
-        let dns = crate::dns::Dns::new(args.dns_server)?;
+        let dns = crate::dns::Dns::new_or_unconfigured(args.dns_server);
         let handler = XdsHandler::new(sink.clone(), options, telemetry.status.clone(), dns);
         Ok(Self {
             client,

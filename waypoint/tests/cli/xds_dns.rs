@@ -136,5 +136,30 @@ async fn xds_dns_service_entry_follows_the_dns_answer() {
         "not asked again within the TTL"
     );
     until_answered_by(&ca, waypoint, "dns-second").await;
+
+    // The resolver fails (SERVFAIL): the last good addresses keep serving.
+    for host in ["ratings-a.example.com", "ratings-b.example.com"] {
+        dns.fail(host);
+    }
+    let asked = dns.queries("ratings-a.example.com");
+    assert!(
+        dns.wait_queries("ratings-a.example.com", asked + 1, Duration::from_secs(10))
+            .await,
+        "not asked again within the TTL"
+    );
+    // Handled as a failure (not as "no such name"), logged when the lookup returns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("DNS lookup failed"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lookup failure logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(ratings(&ca, waypoint).await, Ok("dns-second".to_string()));
 }
