@@ -391,6 +391,7 @@ impl Snapshot {
                 "attachments": self.authorization.attachments(),
             },
             "pod_path": self.pod_path,
+            "dns_targets": self.dns_targets,
             "hbone_peer_sans": self.hbone_peer_sans.as_deref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "warnings": self.warnings,
         })

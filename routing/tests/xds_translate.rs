@@ -1611,6 +1611,7 @@ fn dns_service_entry_clusters_resolve_through_the_answers_given() {
             .find(|d| d.query.hostname == "ratings-a.example.com");
         let ratings_a = ratings_a.unwrap();
         assert_eq!(ratings_a.refresh, Duration::from_secs(60));
+        assert_eq!(t.snapshot.dns_targets(), &t.dns[..]);
         assert!(ratings_a.respect_ttl);
         assert!(
             t.warnings

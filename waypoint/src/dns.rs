@@ -90,6 +90,11 @@ impl Dns {
         self.state.lock().answers.clone()
     }
 
+    /// The questions being kept resolved (one task each).
+    pub fn resolving(&self) -> Vec<DnsQuery> {
+        self.state.lock().tasks.keys().cloned().collect()
+    }
+
     /// Bumped whenever an answer changes.
     pub fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()

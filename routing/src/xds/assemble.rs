@@ -415,6 +415,9 @@ pub(crate) fn translate(
     for w in &diag.warnings {
         builder.warning(w.to_string());
     }
+    for t in dns_targets.values() {
+        builder.dns_target(t.clone());
+    }
     Ok(Translation {
         snapshot: builder.build(),
         warnings: diag.warnings,

@@ -163,3 +163,42 @@ async fn xds_dns_service_entry_follows_the_dns_answer() {
     }
     assert_eq!(ratings(&ca, waypoint).await, Ok("dns-second".to_string()));
 }
+
+/// The resolver on its own: a question is answered from the in-test server, re-asked after the
+/// TTL, and forgotten (task stopped, answer dropped) once no cluster asks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_tasks_follow_the_config() {
+    use routing::dns::{DnsFamily, DnsQuery, DnsTarget};
+    let server = DnsServer::start().await;
+    server.set("one.example.com", &["192.0.2.1".parse().unwrap()], 1);
+    let dns = waypoint::dns::Dns::new(Some(server.addr)).unwrap();
+    let query = DnsQuery {
+        hostname: "one.example.com".into(),
+        family: DnsFamily::V4,
+    };
+    let target = DnsTarget {
+        query: query.clone(),
+        refresh: Duration::from_secs(60),
+        respect_ttl: true,
+        jitter: Duration::ZERO,
+    };
+    let mut changed = dns.changed();
+    dns.sync(std::slice::from_ref(&target));
+    tokio::time::timeout(Duration::from_secs(10), changed.changed())
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(
+        dns.answers().get(&query),
+        Some(&vec!["192.0.2.1".parse::<IpAddr>().unwrap()])
+    );
+    // TTL 1 s (not the 60 s refresh): asked again.
+    assert!(
+        server
+            .wait_queries("one.example.com", 2, Duration::from_secs(10))
+            .await
+    );
+    dns.sync(&[]);
+    assert!(dns.resolving().is_empty());
+    assert!(dns.answers().is_empty());
+}
