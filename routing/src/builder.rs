@@ -32,6 +32,7 @@ pub struct SnapshotBuilder {
     authorities: Vec<(String, u16)>,
     hbone_peer_sans: Option<Vec<crate::upstream::SanMatcher>>,
     route_only: std::collections::HashSet<String>,
+    dns_targets: Vec<crate::dns::DnsTarget>,
 }
 
 impl SnapshotBuilder {
@@ -106,6 +107,19 @@ impl SnapshotBuilder {
         self
     }
 
+    /// A hostname the caller must keep resolved (its answers are an input of the next load).
+    pub fn dns_target(&mut self, target: crate::dns::DnsTarget) -> &mut Self {
+        match self
+            .dns_targets
+            .iter_mut()
+            .find(|t| t.query == target.query)
+        {
+            Some(t) => t.merge(&target),
+            None => self.dns_targets.push(target),
+        }
+        self
+    }
+
     pub fn warning(&mut self, warning: impl Into<String>) -> &mut Self {
         self.warnings.push(warning.into());
         self
@@ -125,6 +139,7 @@ impl SnapshotBuilder {
             authorization: self.authorization,
             pod_path: self.pod_path,
             hbone_peer_sans: self.hbone_peer_sans.map(Arc::new),
+            dns_targets: self.dns_targets,
             ..Snapshot::default()
         };
         for (service, endpoints) in self.services {

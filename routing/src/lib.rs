@@ -6,6 +6,7 @@
 mod actions;
 pub mod authz;
 mod builder;
+pub mod dns;
 mod error;
 mod explain;
 mod hash;

@@ -103,6 +103,9 @@ pub struct Snapshot {
     /// `Some(matchers)` = istiod's `connect_originate` SAN matchers, any of them (empty: the
     /// chain only).
     pub(crate) hbone_peer_sans: Option<Arc<Vec<crate::upstream::SanMatcher>>>,
+    /// Hostnames whose answers this snapshot's endpoints were built from (files mode:
+    /// ServiceEntries with `resolution: DNS`); the loader's caller keeps them resolved.
+    pub(crate) dns_targets: Vec<crate::dns::DnsTarget>,
 }
 
 impl Snapshot {
@@ -137,6 +140,11 @@ impl Snapshot {
     /// `None` when each endpoint's own identity is required (files).
     pub fn hbone_peer_sans(&self) -> Option<&Arc<Vec<crate::upstream::SanMatcher>>> {
         self.hbone_peer_sans.as_ref()
+    }
+
+    /// Hostnames to keep resolved for this config (see [`crate::dns`]).
+    pub fn dns_targets(&self) -> &[crate::dns::DnsTarget] {
+        &self.dns_targets
     }
 
     /// The authorization policies in force.
@@ -383,6 +391,7 @@ impl Snapshot {
                 "attachments": self.authorization.attachments(),
             },
             "pod_path": self.pod_path,
+            "dns_targets": self.dns_targets,
             "hbone_peer_sans": self.hbone_peer_sans.as_deref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "warnings": self.warnings,
         })

@@ -1,6 +1,7 @@
 //! End-to-end harness: a loopback mesh per test (own 127.x.y.0/24 addresses, certificates minted
 //! at test time, OS-chosen ports for the waypoint), built from Istio YAML written by the test.
 
+pub mod dns;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

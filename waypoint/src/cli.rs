@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// `auto` (delta, falling back to sotw when istiod does not implement it).
     #[arg(long, env = "XDS_MODE", value_enum, default_value_t = XdsMode::Auto)]
     pub xds_mode: XdsMode,
+    /// DNS server (`IP:PORT`) that resolves the hostnames of DNS clusters (ServiceEntry
+    /// `resolution: DNS`); default: the system's (/etc/resolv.conf).
+    #[arg(long, env = "WAYPOINT_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
     /// HBONE listen address.
     #[arg(long, env = "WAYPOINT_LISTEN", default_value = "0.0.0.0:15008")]
     pub listen: SocketAddr,
@@ -270,6 +274,7 @@ impl WaypointArgs {
                 name: self.gateway.1.clone(),
                 root_namespace: self.root_namespace.clone(),
             },
+            dns: Default::default(),
         }
     }
 }

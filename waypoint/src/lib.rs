@@ -9,6 +9,7 @@ pub mod cli;
 pub mod curl;
 pub mod demo;
 pub mod direct;
+pub mod dns;
 pub mod explain;
 pub mod hbone;
 pub mod identity;

@@ -278,24 +278,33 @@ fn config_fingerprint(dir: &Path) -> Result<Vec<(String, u64)>, std::io::ErrorKi
 /// Hot reload: the config directory is read every `--reload-interval-ms`; a change is loaded
 /// once the files have been stable for one read, off the request path, and published with one
 /// atomic swap (requests in flight finish on the snapshot they started with). An invalid edit
-/// is rejected, logged once, counted, and the last good config keeps serving.
+/// is rejected, logged once, counted, and the last good config keeps serving. The hostnames of
+/// ServiceEntries with `resolution: DNS` are kept resolved ([`crate::dns`]); a changed answer
+/// loads the files again with it.
 pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
     let Some(config) = args.config.clone() else {
         return;
     };
+    let dns = crate::dns::Dns::new_or_unconfigured(args.dns_server);
+    dns.sync(app.snapshot.load().dns_targets());
+    let mut dns_changed = dns.changed();
     let interval = Duration::from_millis(args.reload_interval_ms.max(10));
     let status = app.telemetry.status.clone();
     let mut files = Settled::new(config_fingerprint(&config));
     let mut last_error: Option<String> = None;
     loop {
-        tokio::time::sleep(interval).await;
-        if !files.changed(config_fingerprint(&config)) {
+        let answered = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            r = dns_changed.changed() => r.is_ok(),
+        };
+        if !files.changed(config_fingerprint(&config)) && !answered {
             continue;
         }
-        let (dir, options) = (
+        let (dir, mut options) = (
             config.clone(),
             args.waypoint.load_options(&args.trust_domain),
         );
+        options.dns = dns.answers();
         let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &options)).await;
         match loaded {
             Ok(Found::Ready(snapshot)) => {
@@ -307,6 +316,7 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
                     services = snapshot.services().count(),
                     "config reloaded"
                 );
+                dns.sync(snapshot.dns_targets());
                 app.publish(snapshot, "files");
                 last_error = None;
             }

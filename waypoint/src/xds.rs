@@ -191,10 +191,21 @@ pub struct XdsHandler {
     /// refused alone and the version here serves in its place. Cheap to clone and to keep, it
     /// shares the resources with the client's state.
     last_good: ResourceState,
+    /// Resolves the hostnames of DNS clusters; a changed answer rebuilds [`Self::rebuild`]'s.
+    pub dns: Arc<crate::dns::Dns>,
+    /// The resources of the last complete state published, translated again when a DNS answer
+    /// changes. Held while a snapshot is translated and offered, so an older state never
+    /// replaces a newer one.
+    pub rebuild: Arc<Mutex<Option<Resources>>>,
 }
 
 impl XdsHandler {
-    pub fn new(sink: Arc<SnapshotSink>, options: TranslateOptions, status: Arc<Status>) -> Self {
+    pub fn new(
+        sink: Arc<SnapshotSink>,
+        options: TranslateOptions,
+        status: Arc<Status>,
+        dns: Arc<crate::dns::Dns>,
+    ) -> Self {
         Self {
             sink,
             options,
@@ -203,6 +214,8 @@ impl XdsHandler {
             awaiting: None,
             published: false,
             last_good: ResourceState::default(),
+            dns,
+            rebuild: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -359,6 +372,9 @@ fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Optio
 impl Handler for XdsHandler {
     fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
         let state = update.state;
+        let rebuild = self.rebuild.clone();
+        let mut rebuild = rebuild.lock();
+        self.options.dns = self.dns.answers();
         let (translation, resources, refused) = match self.translate_tolerant(state) {
             Ok(t) => t,
             Err(rejections) => return Err(self.reject(rejections)),
@@ -384,6 +400,8 @@ impl Handler for XdsHandler {
         } else {
             self.refuse(own)
         };
+        // Resolution starts at once (an incomplete state's DNS clusters warm meanwhile).
+        self.dns.sync(&translation.dns);
         let needed = routing::xds::required_resources(&resources.listeners, &resources.clusters);
         let subscriptions = Subscriptions::new()
             .with(
@@ -425,6 +443,7 @@ impl Handler for XdsHandler {
             "xDS config translated"
         );
         self.sink.offer(snapshot);
+        *rebuild = Some(resources);
         self.published = true;
         Ok(applied(subscriptions))
     }
@@ -486,7 +505,8 @@ impl XdsRuntime {
             trust_domain: args.trust_domain.clone(),
             ..TranslateOptions::default()
         };
-        let handler = XdsHandler::new(sink.clone(), options, telemetry.status.clone());
+        let dns = crate::dns::Dns::new_or_unconfigured(args.dns_server);
+        let handler = XdsHandler::new(sink.clone(), options, telemetry.status.clone(), dns);
         Ok(Self {
             client,
             handler,
@@ -497,8 +517,45 @@ impl XdsRuntime {
     /// Keep the stream to istiod until `shutdown` turns true.
     pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
         let timer = tokio::spawn(self.sink.clone().warm_timeouts());
+        let dns = tokio::spawn(dns_rebuilds(
+            self.handler.dns.clone(),
+            self.handler.rebuild.clone(),
+            self.handler.options.clone(),
+            self.sink.clone(),
+        ));
         self.client.run(self.handler, shutdown).await;
         timer.abort();
+        dns.abort();
+    }
+}
+
+/// Translate the last complete state again whenever a DNS answer changes, and publish it.
+async fn dns_rebuilds(
+    dns: Arc<crate::dns::Dns>,
+    rebuild: Arc<Mutex<Option<Resources>>>,
+    mut options: TranslateOptions,
+    sink: Arc<SnapshotSink>,
+) {
+    let mut changed = dns.changed();
+    while changed.changed().await.is_ok() {
+        let resources = rebuild.lock();
+        let Some(resources) = resources.as_ref() else {
+            continue;
+        };
+        options.dns = dns.answers();
+        match routing::xds::translate(resources, &options) {
+            Ok(t) => {
+                info!(
+                    version = t.snapshot.version(),
+                    "DNS answers changed; config translated again"
+                );
+                sink.offer(t.snapshot);
+            }
+            Err(rejections) => warn!(
+                ?rejections,
+                "DNS answers changed but the config no longer translates; the current one serves"
+            ),
+        }
     }
 }
 

@@ -135,6 +135,7 @@ pub(crate) fn translate(
     // Endpoints of each service cluster.
     let mut used_clas = BTreeSet::new();
     let mut pods: BTreeMap<String, Vec<PodEndpoint>> = BTreeMap::new();
+    let mut dns_targets = BTreeMap::new();
     for (name, sc) in &svc_clusters {
         let list = match &sc.source {
             EndpointSource::Eds(eds) => match clas.get(eds.as_str()) {
@@ -173,6 +174,19 @@ pub(crate) fn translate(
                 ),
                 None => Vec::new(),
             },
+            EndpointSource::Dns(d) => super::dns::endpoints(
+                clusters
+                    .get(name.as_str())
+                    .and_then(|c| c.load_assignment.as_ref()),
+                d,
+                &opts.dns,
+                &mut dns_targets,
+                At {
+                    type_url: CLUSTER_TYPE,
+                    name,
+                },
+                &mut diag,
+            ),
             EndpointSource::None => Vec::new(),
         };
         pods.insert(name.clone(), list);
@@ -416,9 +430,13 @@ pub(crate) fn translate(
     for w in &diag.warnings {
         builder.warning(w.to_string());
     }
+    for t in dns_targets.values() {
+        builder.dns_target(t.clone());
+    }
     Ok(Translation {
         snapshot: builder.build(),
         warnings: diag.warnings,
+        dns: dns_targets.into_values().collect(),
     })
 }
 

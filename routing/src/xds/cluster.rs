@@ -41,6 +41,7 @@ const MESH_DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 // Cluster.DiscoveryType
 const STATIC: i32 = 0;
 const STRICT_DNS: i32 = 1;
+const LOGICAL_DNS: i32 = 2;
 const EDS: i32 = 3;
 const ORIGINAL_DST: i32 = 4;
 // Cluster.LbPolicy
@@ -71,8 +72,10 @@ pub(crate) fn eds_name(c: &Cluster) -> Option<String> {
 pub(crate) enum EndpointSource {
     /// From the named EDS assignment.
     Eds(String),
-    /// Inline `load_assignment` (STATIC / STRICT_DNS).
+    /// Inline `load_assignment` (STATIC).
     Inline,
+    /// Inline `load_assignment` of hostnames, resolved by the caller (STRICT_DNS / LOGICAL_DNS).
+    Dns(super::dns::DnsCluster),
     /// ORIGINAL_DST (passthrough): none.
     None,
 }
@@ -106,7 +109,10 @@ pub(crate) fn service_cluster(
         Some(ClusterDiscoveryType::Type(EDS)) => {
             EndpointSource::Eds(eds_name(c).unwrap_or_else(|| c.name.clone()))
         }
-        Some(ClusterDiscoveryType::Type(STATIC | STRICT_DNS)) => EndpointSource::Inline,
+        Some(ClusterDiscoveryType::Type(STATIC)) => EndpointSource::Inline,
+        Some(ClusterDiscoveryType::Type(t @ (STRICT_DNS | LOGICAL_DNS))) => {
+            EndpointSource::Dns(super::dns::settings(c, *t == LOGICAL_DNS, at, diag))
+        }
         Some(ClusterDiscoveryType::Type(ORIGINAL_DST)) => EndpointSource::None,
         Some(ClusterDiscoveryType::Type(t)) => {
             at.warn(

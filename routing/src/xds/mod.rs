@@ -58,6 +58,7 @@
 mod access;
 mod assemble;
 mod cluster;
+mod dns;
 mod endpoint;
 mod ext_authz;
 mod jwt;
@@ -215,6 +216,9 @@ pub struct TranslateOptions {
     /// `spiffe://<td>/ns/<ns>/sa/*`: any service account of the namespace
     /// `connect_originate` verifies (else the pod's), as istiod's Envoy does.
     pub identities: BTreeMap<IpAddr, String>,
+    /// The addresses resolved so far for the hostnames of DNS clusters
+    /// ([`Translation::dns`]); a hostname not in it has no endpoints yet.
+    pub dns: crate::dns::DnsAnswers,
 }
 
 impl Default for TranslateOptions {
@@ -222,6 +226,7 @@ impl Default for TranslateOptions {
         TranslateOptions {
             trust_domain: "cluster.local".into(),
             identities: BTreeMap::new(),
+            dns: crate::dns::DnsAnswers::new(),
         }
     }
 }
@@ -232,6 +237,9 @@ pub struct Translation {
     pub snapshot: Snapshot,
     /// Also in [`Snapshot::warnings`].
     pub warnings: Vec<Warning>,
+    /// Hostnames of STRICT_DNS / LOGICAL_DNS clusters to keep resolved; their answers go in
+    /// [`TranslateOptions::dns`] of the next translation.
+    pub dns: Vec<crate::dns::DnsTarget>,
 }
 
 /// Something the translator could not express; the rest was translated.

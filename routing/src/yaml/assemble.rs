@@ -154,7 +154,10 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
                 .collect(),
             None => se.endpoints.iter().cloned().map(Arc::new).collect(),
         };
-        if endpoints.is_empty() {
+        for t in &se.dns_targets {
+            b.dns_target(t.clone());
+        }
+        if endpoints.is_empty() && se.dns_targets.is_empty() {
             diag.warn(at, None, format!("service {hostname} has no endpoints"));
         }
         b.service(

@@ -77,6 +77,7 @@ struct DocCtx<'a> {
     name: String,
     text: &'a str,
     trust_domain: &'a str,
+    dns: &'a crate::dns::DnsAnswers,
     annotations: BTreeMap<String, String>,
 }
 
@@ -126,6 +127,9 @@ pub struct Report {
 pub struct LoadOptions {
     pub trust_domain: String,
     pub waypoint: WaypointRef,
+    /// Addresses resolved so far for ServiceEntries with `resolution: DNS`
+    /// ([`Snapshot::dns_targets`]).
+    pub dns: crate::dns::DnsAnswers,
 }
 
 impl LoadOptions {
@@ -134,6 +138,7 @@ impl LoadOptions {
         Self {
             trust_domain: trust_domain.to_string(),
             waypoint: WaypointRef::default(),
+            dns: Default::default(),
         }
     }
 }
@@ -191,7 +196,7 @@ pub fn check_str_with(files: &[(String, String)], options: &LoadOptions) -> Repo
                 doc: Some(doc.index),
                 ..DocRef::default()
             };
-            parse_document(at, &doc.text, &options.trust_domain, &mut parsed, &mut diag);
+            parse_document(at, &doc.text, options, &mut parsed, &mut diag);
         }
     }
     let mut builder = assemble::assemble(parsed, &options.waypoint, &mut diag);
@@ -224,7 +229,7 @@ pub fn check_str_with(files: &[(String, String)], options: &LoadOptions) -> Repo
 fn parse_document(
     mut at: DocRef,
     text: &str,
-    trust_domain: &str,
+    options: &LoadOptions,
     parsed: &mut Parsed,
     diag: &mut Diag,
 ) {
@@ -331,7 +336,8 @@ fn parse_document(
         namespace,
         name,
         text,
-        trust_domain,
+        trust_domain: &options.trust_domain,
+        dns: &options.dns,
         annotations: meta.annotations.unwrap_or_default(),
     };
     match kind.as_str() {

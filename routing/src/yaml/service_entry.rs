@@ -10,6 +10,11 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::dns::{normalize_hostname, DnsFamily, DnsQuery, DnsTarget, MAX_ADDRESSES_PER_HOST};
+
+/// Mesh `dnsRefreshRate` default (istiod's `dns_refresh_rate` for DNS clusters).
+const MESH_DNS_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Spec {
@@ -18,6 +23,7 @@ struct Spec {
     ports: Option<Vec<PortY>>,
     workload_selector: Option<SelectorY>,
     endpoints: Option<Vec<EndpointY>>,
+    resolution: Option<String>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -61,20 +67,29 @@ pub(crate) struct ServiceEntryIr {
     pub ports: Vec<ServicePort>,
     pub selector: Option<BTreeMap<String, String>>,
     pub endpoints: Vec<Endpoint>,
+    /// `resolution: DNS` / `DNS_ROUND_ROBIN`: the hostnames resolved for `endpoints`.
+    pub dns_targets: Vec<DnsTarget>,
 }
 
 pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr> {
     let spec: Spec = parse_spec(ctx, diag)?;
     let at = &ctx.at;
     let errors_before = diag.errors.len();
-    // `resolution` does not matter to a waypoint; `location` is informational.
+    // `location` is informational.
     diag.unsupported(
         at,
         "spec.",
         &spec.extra,
         schema::SERVICE_ENTRY,
-        &["resolution", "location"],
+        &["location"],
     );
+    // DNS: hostname endpoints (or, without endpoints, the hosts) are resolved; DNS_ROUND_ROBIN
+    // uses the first address (Envoy LOGICAL_DNS). NONE / STATIC: addresses as written.
+    let dns = match spec.resolution.as_deref() {
+        Some("DNS") => Some(false),
+        Some("DNS_ROUND_ROBIN") => Some(true),
+        _ => None,
+    };
 
     let hosts: Vec<String> = spec.hosts.unwrap_or_default();
     if hosts.is_empty() {
@@ -133,15 +148,56 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
         s.labels.unwrap_or_default()
     });
 
-    let endpoints = spec
-        .endpoints
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, e)| {
-            let f = format!("spec.endpoints[{i}]");
-            diag.unsupported(at, &format!("{f}."), &e.extra, schema::WORKLOAD_ENTRY, &[]);
-            let addr = diag.required(at, &format!("{f}.address"), e.address)?;
+    let mut dns_targets = Vec::new();
+    let mut endpoints_y = spec.endpoints.unwrap_or_default();
+    if dns.is_some() && endpoints_y.is_empty() && selector.is_none() {
+        // istiod (`convertServiceEntryToInstances`): one endpoint per host, its address the host.
+        endpoints_y = hosts
+            .iter()
+            .map(|h| EndpointY {
+                address: Some(h.clone()),
+                labels: None,
+                service_account: None,
+                extra: Extra::default(),
+            })
+            .collect();
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for (i, e) in endpoints_y.into_iter().enumerate() {
+        let f = format!("spec.endpoints[{i}]");
+        diag.unsupported(at, &format!("{f}."), &e.extra, schema::WORKLOAD_ENTRY, &[]);
+        let Some(addr) = diag.required(at, &format!("{f}.address"), e.address) else {
+            continue;
+        };
+        if let (Some(logical), Err(_)) = (dns, addr.parse::<IpAddr>()) {
+            let query = DnsQuery {
+                hostname: normalize_hostname(&addr),
+                family: DnsFamily::V4,
+            };
+            let answers = ctx.dns.get(&query).cloned().unwrap_or_default();
+            dns_targets.push(DnsTarget {
+                query,
+                refresh: MESH_DNS_REFRESH,
+                respect_ttl: true,
+                jitter: std::time::Duration::ZERO,
+            });
+            let labels = e.labels.unwrap_or_default();
+            let take = if logical { 1 } else { MAX_ADDRESSES_PER_HOST };
+            for (k, ip) in answers.into_iter().take(take).enumerate() {
+                endpoints.push(Endpoint {
+                    address: ip,
+                    identity: String::new(),
+                    service_account: "unknown".to_string(),
+                    namespace: ctx.namespace.clone(),
+                    name: format!("{}-ep{i}-{k}", ctx.name),
+                    // Hostnames are reached directly (istiod: no tunnel, TLSMode disabled).
+                    transport: crate::upstream::Transport::Direct,
+                    labels: labels.clone(),
+                });
+            }
+            continue;
+        }
+        let endpoint = (|| {
             let address = diag.ip(at, &format!("{f}.address"), &addr)?;
             let sa = e.service_account.unwrap_or_else(|| "default".to_string());
             let labels = e.labels.unwrap_or_default();
@@ -154,8 +210,9 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
                 transport: crate::model::transport_of(&labels),
                 labels,
             })
-        })
-        .collect();
+        })();
+        endpoints.extend(endpoint);
+    }
 
     if diag.errors.len() > errors_before {
         return None;
@@ -168,6 +225,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
         ports,
         selector,
         endpoints,
+        dns_targets,
     })
 }
 

@@ -559,3 +559,67 @@ fn example_directory_loads() {
         RouteDecision::Route { .. }
     ));
 }
+
+#[test]
+fn service_entry_resolution_dns_uses_the_answers_given() {
+    use crate::dns::{DnsAnswers, DnsFamily, DnsQuery};
+    let se = |resolution: &str, endpoints: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: ext\n  namespace: default\nspec:\n  hosts: [ext.example.com]\n  addresses: [10.9.0.1]\n  ports:\n  - number: 443\n    name: tls\n    protocol: TLS\n    targetPort: 8443\n  resolution: {resolution}\n{endpoints}"
+        )
+    };
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let q = |h: &str| DnsQuery {
+        hostname: h.to_string(),
+        family: DnsFamily::V4,
+    };
+    let answers: DnsAnswers = [
+        (q("ext.example.com"), vec![ip("192.0.2.1"), ip("192.0.2.2")]),
+        (q("a.example.net"), vec![ip("192.0.2.9")]),
+    ]
+    .into_iter()
+    .collect();
+    let load = |yaml: String, answers: &DnsAnswers| {
+        let mut opts = crate::yaml::LoadOptions::new("cluster.local");
+        opts.dns = answers.clone();
+        crate::yaml::check_str_with(&[("se.yaml".to_string(), yaml)], &opts).result
+    };
+    let eps = |s: &Snapshot| {
+        let mut v: Vec<(String, crate::Transport)> = s
+            .endpoints("ext.example.com")
+            .iter()
+            .map(|e| (e.address.to_string(), e.transport))
+            .collect();
+        v.sort();
+        v
+    };
+    let direct = crate::Transport::Direct;
+    // No endpoints: the host itself, every address.
+    let s = load(se("DNS", ""), &answers).unwrap();
+    assert_eq!(
+        eps(&s),
+        vec![("192.0.2.1".into(), direct), ("192.0.2.2".into(), direct)]
+    );
+    assert_eq!(s.dns_targets().len(), 1);
+    assert_eq!(s.dns_targets()[0].query, q("ext.example.com"));
+    assert_eq!(
+        s.service_by_host("ext.example.com").unwrap().ports[0].target_port,
+        8443
+    );
+    // Not answered yet: no endpoints, still a target.
+    let s = load(se("DNS", ""), &DnsAnswers::new()).unwrap();
+    assert!(eps(&s).is_empty());
+    assert_eq!(s.dns_targets().len(), 1);
+    // A hostname endpoint beside an IP one; DNS_ROUND_ROBIN takes the first address only.
+    let listed = "  endpoints:\n  - address: a.example.net\n  - address: 192.0.2.50\n";
+    let s = load(se("DNS", listed), &answers).unwrap();
+    assert_eq!(eps(&s).len(), 2);
+    let s = load(se("DNS_ROUND_ROBIN", ""), &answers).unwrap();
+    assert_eq!(eps(&s), vec![("192.0.2.1".into(), direct)]);
+    // STATIC: a hostname is still not an address.
+    assert!(load(
+        se("STATIC", "  endpoints:\n  - address: a.example.net\n"),
+        &answers
+    )
+    .is_err());
+}

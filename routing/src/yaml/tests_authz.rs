@@ -42,6 +42,7 @@ fn load(policies: &[String]) -> Report {
             name: "waypoint".into(),
             root_namespace: "istio-system".into(),
         },
+        dns: Default::default(),
     };
     check_str_with(&files(&refs), &options)
 }

@@ -24,14 +24,14 @@ const RATINGS: &str = "inbound-vip|9080|http|ratings.default.svc.cluster.local";
 
 /// What a plain upstream saw: the first bytes of each connection and the SNI (TLS only).
 #[derive(Default)]
-struct Seen {
-    first_bytes: Vec<String>,
+pub(crate) struct Seen {
+    pub(crate) first_bytes: Vec<String>,
     sni: Vec<Option<String>>,
 }
 
 /// An HTTP/1.1 app outside the mesh on `addr` (TLS when `tls` is given): answers 200 with
 /// `x-pod: <name>` and records what it saw.
-async fn plain_app(
+pub(crate) async fn plain_app(
     addr: SocketAddr,
     name: &'static str,
     tls: Option<Arc<rustls::ServerConfig>>,
