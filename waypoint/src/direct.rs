@@ -136,6 +136,39 @@ impl EndEntityCheck for DrSans {
     }
 }
 
+/// A direct connection for a TCP splice: plaintext, or TLS with `tls` (config and SNI).
+pub async fn connect_stream(
+    target: SocketAddr,
+    tls: Option<(Arc<ClientConfig>, Option<String>)>,
+    connect_timeout: Option<Duration>,
+) -> std::result::Result<Stream, String> {
+    match tls {
+        Some((config, sni)) => {
+            let connector = TlsConnector {
+                config,
+                sni,
+                connect_timeout,
+                failure: Default::default(),
+            };
+            connector
+                .connect(&PingoraAddr::Inet(target))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            let timeout = connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+                Err(_) => Err(format!("{target}: connect timeout")),
+                Ok(Err(e)) => Err(format!("{target}: {e}")),
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    Ok(Stream::from(tcp))
+                }
+            }
+        }
+    }
+}
+
 /// The `custom_l4` connector of a TLS-originating direct attempt.
 #[derive(Clone)]
 pub struct TlsConnector {

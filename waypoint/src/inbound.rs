@@ -111,6 +111,10 @@ impl Inbound {
         // The service whose policies apply (none for pod-addressed traffic: the waypoint's).
         let mut authz_service: Option<String> = None;
         let mut policy = TunnelPolicy::default();
+        // How endpoints that do not speak HBONE are dialled: the cluster's TLS, and the SNI of
+        // istiod's ISTIO_MUTUAL socket.
+        let mut direct_tls: Option<routing::UpstreamTls> = None;
+        let mut istio_sni = String::new();
         let candidates: Vec<(SocketAddr, PeerCheck, Arc<Endpoint>)> = match snapshot
             .resolve_destination(info.original_dst)
         {
@@ -140,6 +144,8 @@ impl Inbound {
                     Some(cluster) => {
                         entry.upstream_cluster = cluster.name.clone();
                         policy = TunnelPolicy::for_cluster(cluster);
+                        direct_tls = cluster.policy.tls.clone();
+                        istio_sni = crate::direct::istio_sni(host, cport, subset);
                         let mut tried = Vec::new();
                         let mut out = Vec::new();
                         while let Some(ep) = cluster.pick(&tried) {
@@ -222,11 +228,25 @@ impl Inbound {
         let mut flags = Vec::new();
         let mut upstream = None;
         for (target, identity, endpoint) in candidates {
-            match self
-                .pool
-                .checkout(target, &identity, Arc::new(Lease::default()), &policy)
-                .await
-            {
+            let attempt = match endpoint.transport {
+                routing::Transport::Hbone => self
+                    .pool
+                    .checkout(target, &identity, Arc::new(Lease::default()), &policy)
+                    .await
+                    .map(Upstream::Tunnel),
+                transport => self
+                    .dial_direct(
+                        target,
+                        transport,
+                        &identity,
+                        &direct_tls,
+                        &istio_sni,
+                        &policy,
+                    )
+                    .await
+                    .map(Upstream::Direct),
+            };
+            match attempt {
                 Ok(t) => {
                     upstream = Some((target, t, endpoint));
                     break;
@@ -264,13 +284,13 @@ impl Inbound {
             &flags.join(","),
         );
         metrics.tcp_opened(&labels);
-        let (mut up, _slot) = up.into_inner();
-        let spliced = match up.write_all(&prefix).await {
-            Ok(()) => Some(splice(&mut down, &mut up, policy.splice_limits()).await),
-            Err(e) => {
-                debug!(%target, error = %e, "TCP tunnel: upstream write failed");
-                None
+        let limits = policy.splice_limits();
+        let spliced = match up {
+            Upstream::Tunnel(t) => {
+                let (mut up, _slot) = t.into_inner();
+                forward(&mut down, &mut up, &prefix, limits, target).await
             }
+            Upstream::Direct(mut up) => forward(&mut down, &mut up, &prefix, limits, target).await,
         };
         match spliced {
             Some(Spliced {
@@ -302,6 +322,75 @@ impl Inbound {
         }
         metrics.tcp_closed(&labels, entry.bytes_sent, entry.bytes_received);
         self.access_log.write(&entry);
+    }
+}
+
+/// Where a TCP splice goes: an HBONE tunnel, or a direct connection to an endpoint that does
+/// not speak HBONE.
+enum Upstream {
+    Tunnel(crate::hbone::pool::PooledTunnel),
+    Direct(Stream),
+}
+
+/// Write what was read of the connection already, then splice both ways.
+async fn forward<U>(
+    down: &mut H2Stream,
+    up: &mut U,
+    prefix: &[u8],
+    limits: crate::splice::SpliceLimits,
+    target: SocketAddr,
+) -> Option<Spliced>
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match up.write_all(prefix).await {
+        Ok(()) => Some(splice(down, up, limits).await),
+        Err(e) => {
+            debug!(%target, error = %e, "TCP upstream: write failed");
+            None
+        }
+    }
+}
+
+impl Inbound {
+    /// Dial an endpoint outside HBONE for a TCP splice, as the HTTP path does: plaintext or the
+    /// cluster's TLS (`Direct`), or Istio mutual TLS with the waypoint's certificate
+    /// (`IstioMutual`, a sidecar pod of an outbound cluster).
+    async fn dial_direct(
+        &self,
+        target: SocketAddr,
+        transport: routing::Transport,
+        identity: &PeerCheck,
+        tls: &Option<routing::UpstreamTls>,
+        istio_sni: &str,
+        policy: &TunnelPolicy,
+    ) -> Result<Stream, ConnectError> {
+        let tls_failed = |reason: String| ConnectError::Tls {
+            addr: target,
+            reason,
+        };
+        let tls = match (transport, tls) {
+            (routing::Transport::IstioMutual, _) => {
+                let config = crate::direct::istio_mutual_config(
+                    &self.pool.client().configs(),
+                    identity,
+                    false,
+                )
+                .map_err(tls_failed)?;
+                Some((config, Some(istio_sni.to_string())))
+            }
+            (_, Some(tls)) => {
+                let config = crate::direct::tls_config(tls).map_err(tls_failed)?;
+                Some((config, tls.sni.clone()))
+            }
+            (_, None) => None,
+        };
+        crate::direct::connect_stream(target, tls, policy.connect_timeout)
+            .await
+            .map_err(|reason| ConnectError::Tcp {
+                addr: target,
+                source: std::io::Error::other(reason),
+            })
     }
 }
 

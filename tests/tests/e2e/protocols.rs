@@ -120,6 +120,38 @@ async fn tcp_port_is_spliced_without_http_parsing() {
     assert_eq!(log[0]["method"], "", "a TCP line has no HTTP fields");
 }
 
+/// A TCP service whose endpoint is outside the mesh (`istio.io/dataplane-mode: none`): the
+/// splice dials it directly, as the HTTP path does, and its node's HBONE port sees no tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_to_an_endpoint_outside_the_mesh_is_dialled_directly() {
+    let yaml = service_yaml("legacy-db", "10.0.0.31", 27017, "tcp-mongo")
+        + "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: legacy-db-v1\nspec:\n  address: @1\n  serviceAccount: legacy-db\n  labels:\n    app: legacy-db\n    version: v1\n    istio.io/dataplane-mode: none\n---\n";
+    let mesh = Mesh::start(&yaml).await;
+    let mut tunnel = mesh
+        .client()
+        .tunnel("10.0.0.31:27017".parse().unwrap())
+        .await
+        .unwrap();
+    let payload = b"\x3a\x00\x00\x00\xd4\x07\x00\x00ping-direct";
+    tunnel.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, payload);
+    tunnel.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tunnel.read_to_end(&mut rest).await;
+    let log = mesh.wait_for_log_lines(1).await;
+    assert_eq!(log[0]["upstream_host"], format!("{}:27017", mesh.net.ip(1)));
+    assert_eq!(log[0]["bytes_sent"], payload.len() as u64);
+    let hbone_tunnels: u64 = mesh
+        .bench
+        .pods
+        .iter()
+        .map(|p| p.stats.tunnels.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(hbone_tunnels, 0, "reached without HBONE");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_idle_timeout_closes_a_quiet_splice() {
     let yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo")
