@@ -244,7 +244,7 @@ impl Inbound {
                         &policy,
                     )
                     .await
-                    .map(Upstream::Direct),
+                    .map(|s| Upstream::Direct(Box::new(s))),
             };
             match attempt {
                 Ok(t) => {
@@ -329,7 +329,7 @@ impl Inbound {
 /// not speak HBONE.
 enum Upstream {
     Tunnel(crate::hbone::pool::PooledTunnel),
-    Direct(Stream),
+    Direct(Box<Stream>),
 }
 
 /// Write what was read of the connection already, then splice both ways.
