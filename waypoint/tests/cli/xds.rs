@@ -21,7 +21,7 @@ use crate::common::*;
 use serde_json::Value;
 use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
-use xds_client::testing::{any, AdsServer, AdsServerOptions, TestPki};
+use xds_client::testing::{any, AdsServer};
 use xds_client::type_url;
 
 const FIXTURE: &str = include_str!("../../../routing/tests/fixtures/xds/bookinfo.json");
@@ -197,22 +197,9 @@ pub(crate) async fn wait_ack(server: &AdsServer, versions: &BTreeMap<&'static st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_mode_follows_istiod_pushes() {
     let net = Net::new();
-    let ca = Ca::new("xds test mesh").unwrap();
-    let dir = temp_dir("xds");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds test mesh", "xds", TOKEN).await;
 
     let _productpage = Pod::start_as(&net, &ca, 5, "productpage-v1", "bookinfo-productpage").await;
     let ratings = Pod::start_as(&net, &ca, 6, "ratings-v1", "bookinfo-ratings").await;

@@ -18,9 +18,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
-use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 pub(crate) const FIXTURE: &str =
     include_str!("../../../routing/tests/fixtures/xds/ext_authz_custom.json");
@@ -74,22 +72,9 @@ pub(crate) async fn authorizer_at(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_custom_policy_calls_the_ext_authz_provider() {
     let net = Net::new();
-    let ca = Ca::new("xds ext_authz test mesh").unwrap();
-    let dir = temp_dir("xds-authz");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds ext_authz test mesh", "xds-authz", TOKEN).await;
     let (authz_addr, checks, authz) = authorizer().await;
     let app = Pod::start_as(&net, &ca, 1, "reviews-v1", "bookinfo-reviews").await;
 

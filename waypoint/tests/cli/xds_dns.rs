@@ -14,7 +14,6 @@ use serde_json::Value;
 use waypoint::identity::Ca;
 use waypoint_tests::dns::DnsServer;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
-use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 const OVERLAY: &str =
     include_str!("../../../routing/tests/fixtures/xds/dns_serviceentry_1_24.json");
@@ -78,22 +77,9 @@ async fn until_answered_by(ca: &Ca, waypoint: SocketAddr, pod: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_dns_service_entry_follows_the_dns_answer() {
     let net = Net::new();
-    let ca = Ca::new("xds dns mesh").unwrap();
-    let dir = temp_dir("xds-dns");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds dns mesh", "xds-dns", TOKEN).await;
     let _ = TRUST_DOMAIN;
 
     // Two apps outside the mesh; DNS first answers with the first.

@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use crate::common::*;
 use crate::xds::{bookinfo, serve, wait_ack};
 use serde_json::Value;
-use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net};
-use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 const OVERLAY: &str = include_str!("../../../routing/tests/fixtures/xds/locality_1_24.json");
 const TOKEN: &str = "istio-token-for-the-test";
@@ -89,22 +87,9 @@ async fn ratings_answers(send: &mut sim::Http1, n: usize) -> BTreeMap<String, us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_locality_failover_to_the_next_priority() {
     let net = Net::new();
-    let ca = Ca::new("xds locality mesh").unwrap();
-    let dir = temp_dir("xds-locality");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds locality mesh", "xds-locality", TOKEN).await;
 
     let near = Pod::start_at(&net, &ca, 1, "ratings-near").await;
     let far = Pod::start_at(&net, &ca, 2, "ratings-far").await;

@@ -16,7 +16,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
-use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 const OVERLAY: &str = include_str!("../../../routing/tests/fixtures/xds/outbound_1_24.json");
 const TOKEN: &str = "istio-token-for-the-test";
@@ -127,22 +126,9 @@ async fn sidecar_app(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_outbound_cluster_share_reaches_its_pods() {
     let net = Net::new();
-    let ca = Ca::new("xds outbound mesh").unwrap();
-    let dir = temp_dir("xds-outbound");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds outbound mesh", "xds-outbound", TOKEN).await;
 
     let _v1 = Pod::start_as(&net, &ca, 7, "reviews-v1", "bookinfo-reviews").await;
     // ratings-ext in another namespace: an ambient pod (HBONE on :15008) and a plain one.
@@ -241,22 +227,9 @@ async fn xds_ext_authz_provider_dialled_through_its_outbound_cluster() {
     use crate::xds_authz::{authorizer_at, DENIED, FIXTURE as AUTHZ_FIXTURE, VIP};
     const AUTHZ: &str = "outbound|8000||ext-authz.default.svc.cluster.local";
     let net = Net::new();
-    let ca = Ca::new("xds outbound ext_authz mesh").unwrap();
-    let dir = temp_dir("xds-outbound-authz");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds outbound ext_authz mesh", "xds-outbound-authz", TOKEN).await;
     let app = Pod::start_as(&net, &ca, 1, "reviews-v1", "bookinfo-reviews").await;
     let authz_addr = SocketAddr::new(net.ip(13), 8000);
     let (_, checks, _authz) = authorizer_at(authz_addr).await;

@@ -10,7 +10,6 @@ use crate::xds::{serve, wait_ack};
 use serde_json::Value;
 use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
-use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 const FIXTURE: &str = include_str!("../../../routing/tests/fixtures/xds/path_normalization.json");
 const TOKEN: &str = "istio-token-for-the-path-test";
@@ -56,22 +55,9 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_hcm_path_handling_is_per_service() {
     let net = Net::new();
-    let ca = Ca::new("xds path test mesh").unwrap();
-    let dir = temp_dir("xds-path");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds path test mesh", "xds-path", TOKEN).await;
     let mut pods = Vec::new();
     for n in 1..=6 {
         pods.push(Pod::start_as(&net, &ca, n, &format!("p{n}-v1"), "app").await);

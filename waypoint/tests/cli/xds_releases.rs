@@ -13,7 +13,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
-use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 const FIXTURE: &str = include_str!("../../../routing/tests/fixtures/xds/releases_1_23.json");
 const TOKEN: &str = "istio-token-for-the-releases-test";
@@ -58,22 +57,9 @@ async fn echo(ca: &Ca, waypoint: SocketAddr, dst: SocketAddr, msg: &[u8]) -> Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_istio_1_23_services_and_bound_pods() {
     let net = Net::new();
-    let ca = Ca::new("xds releases test mesh").unwrap();
-    let dir = temp_dir("xds-releases");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds releases test mesh", "xds-releases", TOKEN).await;
     let web = Pod::start_as(&net, &ca, 1, "web-v1", "web").await;
     let _mixed = Pod::start_as(&net, &ca, 3, "mixed-v1", "mixed").await;
     let solo = Pod::start_as(&net, &ca, 9, "solo", "solo").await;

@@ -19,7 +19,6 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use waypoint::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
-use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
 const FIXTURE: &str = include_str!("../../../routing/tests/fixtures/xds/route_fields.json");
 const TOKEN: &str = "istio-token-for-the-route-fields-test";
@@ -132,22 +131,9 @@ fn header<'a>(parts: &'a http::response::Parts, name: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xds_route_retries_cors_and_fault_as_istiod_writes_them() {
     let net = Net::new();
-    let ca = Ca::new("xds route fields test mesh").unwrap();
-    let dir = temp_dir("xds-route-fields");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&dir)
-        .unwrap();
-    let pki = TestPki::new();
-    let server = AdsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        &pki,
-        AdsServerOptions::with_token(TOKEN),
-    )
-    .await
-    .unwrap();
-    std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let Istiod {
+        ca, dir, server, ..
+    } = Istiod::start("xds route fields test mesh", "xds-route-fields", TOKEN).await;
     let one = FlakyPod::start(&net, &ca, 1, "one-v1").await;
     let two = FlakyPod::start(&net, &ca, 2, "two-v1").await;
     let web = Pod::start_as(&net, &ca, 3, "web-v1", "web").await;

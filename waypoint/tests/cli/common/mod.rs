@@ -283,3 +283,40 @@ impl Drop for Waypoint {
         }
     }
 }
+
+/// The istiod side of a live xDS test: a test mesh CA that issued the waypoint's certificate
+/// (in `dir`), an in-test ADS server asking for istiod's bearer `token`, and istiod's root and
+/// the token written in `dir` where [`waypoint_tests::xds_run_command`] points the waypoint.
+pub struct Istiod {
+    pub ca: waypoint::identity::Ca,
+    pub dir: PathBuf,
+    pub pki: xds_client::testing::TestPki,
+    pub server: xds_client::testing::AdsServer,
+}
+
+impl Istiod {
+    pub async fn start(mesh: &str, tag: &str, token: &str) -> Istiod {
+        let ca = waypoint::identity::Ca::new(mesh).unwrap();
+        let dir = temp_dir(tag);
+        ca.issue(&waypoint_tests::spiffe("waypoint"))
+            .unwrap()
+            .write_to(&dir)
+            .unwrap();
+        let pki = xds_client::testing::TestPki::new();
+        let server = xds_client::testing::AdsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            &pki,
+            xds_client::testing::AdsServerOptions::with_token(token),
+        )
+        .await
+        .unwrap();
+        std::fs::write(dir.join("istiod-root.pem"), pki.root_pem()).unwrap();
+        std::fs::write(dir.join("token"), token).unwrap();
+        Istiod {
+            ca,
+            dir,
+            pki,
+            server,
+        }
+    }
+}
