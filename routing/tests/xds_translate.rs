@@ -1392,10 +1392,11 @@ fn hcm_path_fields_are_per_service() {
     assert_eq!(port.path, Some(PathPolicy::default()));
 }
 
-/// bookinfo.json with upstreams.json laid over it (same-named resources replaced).
-fn bookinfo_with_upstreams() -> Translation {
+/// bookinfo.json with the fixture `overlay` laid over it: its clusters and EDS assignments
+/// replace bookinfo's of the same name.
+fn bookinfo_with_overlay(overlay: &str) -> Translation {
     let mut res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let over = load_resources(&fixture("upstreams.json")).unwrap();
+    let over = load_resources(&fixture(overlay)).unwrap();
     res.clusters
         .retain(|c| !over.clusters.iter().any(|o| o.name == c.name));
     res.endpoints.retain(|e| {
@@ -1407,6 +1408,11 @@ fn bookinfo_with_upstreams() -> Translation {
     res.clusters.extend(over.clusters);
     res.endpoints.extend(over.endpoints);
     translate(&res)
+}
+
+/// bookinfo.json with upstreams.json laid over it.
+fn bookinfo_with_upstreams() -> Translation {
+    bookinfo_with_overlay("upstreams.json")
 }
 
 #[test]
@@ -1550,21 +1556,9 @@ fn route_fields_are_taken_as_written() {
 
 // ---- Locality: EDS priorities and locality weights (fixture locality_1_24.json) ----
 
-/// bookinfo.json with locality_1_24.json laid over it (same-named resources replaced).
+/// bookinfo.json with locality_1_24.json laid over it.
 fn bookinfo_with_localities() -> Translation {
-    let mut res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let over = load_resources(&fixture("locality_1_24.json")).unwrap();
-    res.clusters
-        .retain(|c| !over.clusters.iter().any(|o| o.name == c.name));
-    res.endpoints.retain(|e| {
-        !over
-            .endpoints
-            .iter()
-            .any(|o| o.cluster_name == e.cluster_name)
-    });
-    res.clusters.extend(over.clusters);
-    res.endpoints.extend(over.endpoints);
-    translate(&res)
+    bookinfo_with_overlay("locality_1_24.json")
 }
 
 /// Picks per target over `n` seeded picks at `now`.
