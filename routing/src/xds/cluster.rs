@@ -535,12 +535,11 @@ fn upstream_tls(c: &Cluster, at: At<'_>, diag: &mut Diag) -> Option<UpstreamTls>
         None => {
             let ConfigType::TypedConfig(any) = inner.config_type.as_ref()?;
             if !any.type_url.ends_with("raw_buffer.v3.RawBuffer") {
-                at.warn(
+                // Never plaintext where istiod asked for something else: the cluster is refused
+                // alone (its last good version, if any, keeps serving).
+                at.reject(
                     diag,
-                    format!(
-                        "transport socket {} is not supported; plaintext used",
-                        any.type_url
-                    ),
+                    format!("transport socket {} is not supported", any.type_url),
                 );
             }
             return None;

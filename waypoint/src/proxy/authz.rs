@@ -108,6 +108,27 @@ impl AuthzNote {
 }
 
 impl Waypoint {
+    /// 413 `Payload Too Large` for a body the CUSTOM check cannot take.
+    async fn payload_too_large(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        flags: &'static str,
+        details: &'static str,
+    ) -> Result<bool> {
+        let headers = [("content-type".to_string(), "text/plain".to_string())];
+        self.local_reply(
+            session,
+            ctx,
+            413,
+            &headers,
+            Some(bytes::Bytes::from_static(b"Payload Too Large")),
+            flags,
+            details,
+        )
+        .await
+    }
+
     /// Decide `session`'s request against the policies of `service` (the FQDN; `None` for
     /// pod-addressed traffic). Returns true when the request was answered (denied).
     pub(super) async fn authorize(
@@ -208,17 +229,8 @@ impl Waypoint {
                         ext_authz::BodyRead::Ready(body) => body,
                         // Envoy's buffer limit: 413 before any call, whatever failOpen says.
                         ext_authz::BodyRead::TooLarge => {
-                            let headers = [("content-type".to_string(), "text/plain".to_string())];
                             return self
-                                .local_reply(
-                                    session,
-                                    ctx,
-                                    413,
-                                    &headers,
-                                    Some(bytes::Bytes::from_static(b"Payload Too Large")),
-                                    "",
-                                    "request_payload_too_large",
-                                )
+                                .payload_too_large(session, ctx, "", "request_payload_too_large")
                                 .await;
                         }
                         // The body could not be forwarded whole: closed, whatever failOpen says.
@@ -235,17 +247,8 @@ impl Waypoint {
                             };
                             self.telemetry.metrics.authz.record(&decision, true);
                             ctx.authz = AuthzNote::from(&decision);
-                            let headers = [("content-type".to_string(), "text/plain".to_string())];
                             return self
-                                .local_reply(
-                                    session,
-                                    ctx,
-                                    413,
-                                    &headers,
-                                    Some(bytes::Bytes::from_static(b"Payload Too Large")),
-                                    "UAEX",
-                                    UNREPLAYABLE_DETAILS,
-                                )
+                                .payload_too_large(session, ctx, "UAEX", UNREPLAYABLE_DETAILS)
                                 .await;
                         }
                     },
