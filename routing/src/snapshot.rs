@@ -370,6 +370,23 @@ impl Snapshot {
     }
 
     /// A JSON dump for `/config_dump`.
+    /// Pods served through the direct chains, sorted by address.
+    fn workloads_json(&self) -> Vec<serde_json::Value> {
+        let mut w: Vec<_> = self.workloads.iter().collect();
+        w.sort_by_key(|(ip, _)| **ip);
+        w.into_iter()
+            .map(|(_, (ep, protocol))| serde_json::json!({ "endpoint": ep.as_ref(), "protocol": protocol }))
+            .collect()
+    }
+
+    /// The authority map, sorted: `"<hostname>:<port>"` → the VIP:port it stands for.
+    fn authorities_json(&self) -> std::collections::BTreeMap<String, String> {
+        self.by_authority
+            .iter()
+            .map(|((h, p), vip)| (format!("{h}:{p}"), vip.to_string()))
+            .collect()
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let services: Vec<serde_json::Value> = self
             .services
@@ -391,6 +408,8 @@ impl Snapshot {
                 "attachments": self.authorization.attachments(),
             },
             "pod_path": self.pod_path,
+            "workloads": self.workloads_json(),
+            "authorities": self.authorities_json(),
             "dns_targets": self.dns_targets,
             "hbone_peer_sans": self.hbone_peer_sans.as_deref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "warnings": self.warnings,

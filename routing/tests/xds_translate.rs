@@ -497,7 +497,7 @@ fn unsupported_things_are_warnings() {
     assert!(!has("not enforced"), "{text:#?}");
     // A Wasm filter the proxy does not run makes the chain deny (never fail open).
     assert!(
-        has("filter acme.wasm (type.googleapis.com/udpa.type.v1.TypedStruct) is not run by this proxy: all traffic of this chain is denied"),
+        has("filter acme.wasm (type.googleapis.com/udpa.type.v1.TypedStruct wrapping x) is not run by this proxy: all traffic of this chain is denied"),
         "{text:#?}"
     );
     assert!(has("active health checks"), "{text:#?}");

@@ -127,8 +127,6 @@ pub struct Explanation {
     pub protocol: String,
     pub routing: RouteExplanation,
     pub destinations: Vec<DestinationReport>,
-    /// What applies to the request besides the destination (timeouts, retries, …).
-    pub policy: Vec<String>,
     /// How the destination's connection manager handles the path, and what became of it.
     pub path: PathReport,
     /// The authorization decision, when policies apply to the destination.
@@ -419,14 +417,8 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
         });
     }
     // The route's timeout, retries, faults, mirrors and header operations are in
-    // `routing.actions`; the default route has Istio's defaults.
-    let policy = match &routing.decision {
-        routing::ExplainedDecision::Default { .. } => vec![
-            "timeout: none (Istio's default for HTTP routes)".to_string(),
-            "retries: 2 on connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (Istio's default)".to_string(),
-        ],
-        _ => Vec::new(),
-    };
+    // `routing.actions` (the default route's too: its retries are the port's, as istiod wrote them
+    // or Istio's default in files mode).
     Ok(Explanation {
         method: args.method.to_ascii_uppercase(),
         url: args.url.clone(),
@@ -437,7 +429,6 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
         protocol: format!("{:?}", port.protocol).to_ascii_lowercase(),
         routing,
         destinations,
-        policy,
         path: path_report,
         authorization,
     })
@@ -623,12 +614,6 @@ impl Explanation {
                         e["identity"].as_str().unwrap_or("")
                     );
                 }
-            }
-        }
-        if !self.policy.is_empty() {
-            let _ = writeln!(out, "\npolicy");
-            for p in &self.policy {
-                let _ = writeln!(out, "  {p}");
             }
         }
         out

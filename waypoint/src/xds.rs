@@ -565,8 +565,8 @@ async fn dns_rebuilds(
 /// `Err` only when the file cannot be read or the state cannot be used at all.
 pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let resources = routing::xds::json::load_resources(&text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let routing::xds::json::Loaded { resources, skipped } =
+        routing::xds::json::load(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let options = TranslateOptions {
         trust_domain: trust_domain.to_string(),
         ..TranslateOptions::default()
@@ -582,6 +582,7 @@ pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, Str
         })?;
     Ok(Dump {
         resources,
+        skipped,
         translation,
         refused,
     })
@@ -590,6 +591,9 @@ pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, Str
 /// A saved xDS config, translated.
 pub struct Dump {
     pub resources: Resources,
+    /// Entries of a config dump that are not istiod's waypoint resources (bootstrap, secrets,
+    /// inline copies…), each with why.
+    pub skipped: Vec<routing::xds::json::Skipped>,
     pub translation: routing::xds::Translation,
     /// Resources Envoy would reject, left out of the translation.
     pub refused: Vec<routing::xds::Rejection>,
@@ -634,6 +638,11 @@ impl Dump {
                 let _ = writeln!(out, "warning    {w}");
             }
         }
+        for s in &self.skipped {
+            let what = format!("{} {}", s.kind, s.name);
+            let _ = writeln!(out, "skipped    {}", what.trim_end());
+            let _ = writeln!(out, "           why: {}", s.why);
+        }
         out
     }
 }
@@ -661,10 +670,11 @@ pub fn translate_command(args: &TranslateArgs) -> i32 {
             eprint!("{}", dump.report());
             let warned = !dump.translation.warnings.is_empty();
             eprintln!(
-                "{} resources: {} rejected, {} warning(s)",
+                "{} resources: {} rejected, {} warning(s); {} dump entries not translated",
                 dump.resources.len(),
                 dump.refused.len(),
-                dump.translation.warnings.len()
+                dump.translation.warnings.len(),
+                dump.skipped.len()
             );
             crate::outln!(
                 "{}",

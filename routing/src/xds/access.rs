@@ -127,8 +127,18 @@ struct TypedStruct {
     type_url: String,
 }
 
+/// A filter config's type for messages: its type URL, and the wrapped one of a TypedStruct.
+pub(crate) fn type_label(any: &Any) -> String {
+    let inner = effective_type(any);
+    if inner == any.type_url {
+        inner
+    } else {
+        format!("{} wrapping {inner}", any.type_url)
+    }
+}
+
 /// The type URL of a filter's config, looking inside a TypedStruct.
-fn effective_type(any: &Any) -> String {
+pub(crate) fn effective_type(any: &Any) -> String {
     if any.type_url.ends_with(".TypedStruct") {
         if let Ok(ts) = <TypedStruct as prost::Message>::decode(any.value.as_slice()) {
             if !ts.type_url.is_empty() {
@@ -336,7 +346,7 @@ impl Walk<'_> {
         } else {
             "runs before authorization and is not run by this proxy"
         };
-        self.deny_all(name, &format!("({inner}) {why}"), diag);
+        self.deny_all(name, &format!("({}) {why}", type_label(any)), diag);
     }
 
     /// A DENY policy matching everything on this chain.

@@ -625,6 +625,17 @@ fn build_service(
             }
             _ => Protocol::Http,
         };
+        if !mine
+            .iter()
+            .any(|(_, sc)| sc.name.port == *number && sc.name.subset.is_none())
+        {
+            let chains: Vec<&String> = p.chains.iter().collect();
+            diag.warn(
+                LISTENER_TYPE,
+                listener::MAIN_INTERNAL,
+                format!("{host}:{number} (chains {chains:?}): its cluster was not sent (CDS); requests to this port get 503 until it is"),
+            );
+        }
         // Target port: the pods' port in this port's own (no subset) cluster.
         let mut targets = BTreeSet::new();
         for (name, sc) in mine {

@@ -718,12 +718,13 @@ fn chain_kind(
 fn other_filter(chain: &str, f: &Filter, any: &Any, at: At<'_>, diag: &mut Diag) {
     if policy_filter(&f.name, &any.type_url) {
         // Translated or made to deny by `access`, which reports it.
-    } else if !harmless(&any.type_url) && !harmless(&f.name) {
+    } else if !harmless(&access::effective_type(any)) && !harmless(&f.name) {
         at.warn(
             diag,
             format!(
                 "chain {chain}: filter {} ({}) is not supported; ignored",
-                f.name, any.type_url
+                f.name,
+                access::type_label(any)
             ),
         );
     }
@@ -829,12 +830,13 @@ fn http_chain(
             }
         } else if policy_filter(&hf.name, &any.type_url) {
             // Translated or made to deny by `access`, which reports it.
-        } else if !harmless(&any.type_url) && !harmless(&hf.name) {
+        } else if !harmless(&access::effective_type(any)) && !harmless(&hf.name) {
             at.warn(
                 diag,
                 format!(
                     "chain {chain}: http filter {} ({}) is not supported; ignored",
-                    hf.name, any.type_url
+                    hf.name,
+                    access::type_label(any)
                 ),
             );
         }

@@ -16,6 +16,7 @@ mod validate;
 mod xds;
 mod xds_authz;
 mod xds_dns;
+mod xds_dump;
 mod xds_locality;
 mod xds_outbound;
 mod xds_path;
