@@ -39,6 +39,14 @@ const ROUTES: &str = "  - name: moved
     match: [{uri: {prefix: /flaky}}]
     retries: {attempts: 2, retryOn: 5xx}
     route: [{destination: {host: reviews}}]
+  - name: reset-retried
+    match: [{uri: {prefix: /reset-retried}}]
+    retries: {attempts: 2, retryOn: reset}
+    route: [{destination: {host: reviews}}]
+  - name: reset-not-retried
+    match: [{uri: {prefix: /reset-kept}}]
+    retries: {attempts: 2, retryOn: connect-failure}
+    route: [{destination: {host: reviews}}]
   - name: aborted
     match: [{uri: {prefix: /abort}}]
     fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
@@ -106,6 +114,36 @@ async fn route_actions_on_live_traffic() {
         assert_eq!(p.status, 200);
         assert_ne!(p.headers["x-pod"], "reviews-v1");
     }
+
+    // reviews-v1 reads the whole request, then drops the connection (a reset after the request
+    // was sent). `retryOn: reset` retries it on another endpoint, body replayed, whatever the
+    // method; `connect-failure` alone does not.
+    for i in 0..6 {
+        let body = format!("order-{i}");
+        let r = waypoint_tests::reviews_request_with_body(
+            &mesh.client(),
+            "POST",
+            "/reset-retried",
+            &[("x-reset-on", "reviews-v1")],
+            body.clone().into(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let pod = r.headers["x-pod"].to_str().unwrap().to_string();
+        assert_ne!(pod, "reviews-v1");
+        assert_eq!(
+            mesh.app(&pod).last_body.lock().as_deref(),
+            Some(body.as_bytes()),
+            "the retried request carries the body"
+        );
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let (p, _) = request(&mesh, "GET", "/reset-kept", &[("x-reset-on", "reviews-v1")]).await;
+        statuses.push(p.status.as_u16());
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
 
     let (p, _) = request(&mesh, "GET", "/abort", &[]).await;
     assert_eq!(p.status, 503);

@@ -33,7 +33,8 @@ pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};
 pub use jwt::JwksCache;
 
 use request::{
-    authority, capture, header_str, status_error, HeaderView, RequestSink, ResponseSink,
+    authority, capture, header_str, retry_failure, status_error, HeaderView, RequestSink,
+    ResponseSink,
 };
 
 /// Connect attempts after the first for TCP connections (HTTP requests follow their route's
@@ -467,6 +468,12 @@ impl ProxyHttp for Waypoint {
                         return Err(status_error(503, "retry budget exhausted"));
                     }
                 }
+                // Envoy's fully jittered exponential backoff before each retry (25 ms base, or
+                // the route's `retry_back_off`).
+                if let Some(p) = ctx.retry_policy() {
+                    let delay = p.backoff_delay(ctx.tried.len() as u32, &mut rand::thread_rng());
+                    tokio::time::sleep(delay).await;
+                }
             }
             // PASSTHROUGH: the endpoint the client addressed, when it addressed a pod of this
             // cluster (a service VIP has no single endpoint: fall back to the cluster's pick).
@@ -652,6 +659,45 @@ impl ProxyHttp for Waypoint {
         if ctx.direct.is_none() && retriable && ctx.tried.len() <= attempts {
             e.set_retry(true);
         }
+        e
+    }
+
+    /// An error after the upstream connection was made (a reset, a closed connection, a per-try
+    /// timeout): retried as the route's `retry_on` says, as Envoy does — `reset` (and `5xx`,
+    /// `gateway-error`, which include it) retries a reset before a response whatever the method,
+    /// `refused-stream` an HTTP/2 `REFUSED_STREAM` — when the body could be replayed (at most
+    /// pingora's 64 KiB retry buffer) and attempts remain. pingora's own rule stays too: an
+    /// idempotent request that failed on a reused (possibly stale) connection is retried.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let stale_reuse = replayable && session.req_header().method.is_idempotent() && {
+            e.retry.decide_reuse(client_reused);
+            e.retry()
+        };
+        let failure = retry_failure(&e);
+        let by_policy = match (ctx.retry_policy(), failure) {
+            (Some(p), Some(f)) => {
+                ctx.direct.is_none()
+                    // Before the response: once headers are forwarded, nothing can be retried.
+                    && ctx.upstream_time.is_none()
+                    && replayable
+                    && ctx.tried.len() <= p.attempts as usize
+                    && p.should_retry(None, f, None)
+            }
+            _ => false,
+        };
+        if by_policy {
+            debug!(route = %ctx.route_name, ?failure, attempt = ctx.tried.len(), error = %e, "retrying after an upstream reset");
+        }
+        e.set_retry(stale_reuse || by_policy);
         e
     }
 

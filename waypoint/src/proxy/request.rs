@@ -83,6 +83,22 @@ pub(super) fn status_error(code: u16, why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(code), why)
 }
 
+/// What kind of failure an error after connecting is, for `retry_on`; `None` for errors no
+/// `retry_on` word covers.
+pub(super) fn retry_failure(e: &Error) -> Option<routing::RetryFailure> {
+    use ErrorType::*;
+    let refused = e
+        .root_cause()
+        .downcast_ref::<h2::Error>()
+        .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM));
+    match e.etype() {
+        _ if refused => Some(routing::RetryFailure::RefusedStream),
+        ReadTimedout | WriteTimedout => Some(routing::RetryFailure::Timeout),
+        ReadError | WriteError | ConnectionClosed | H2Error => Some(routing::RetryFailure::Reset),
+        _ => None,
+    }
+}
+
 /// Route header operations applied to a pingora request or response header (the two types have
 /// the same inherent methods but no common trait).
 macro_rules! header_sink {

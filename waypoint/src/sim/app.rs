@@ -117,6 +117,18 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
+/// The app's answer to `x-reset-on`: hyper drops the connection without a response.
+#[derive(Debug)]
+pub struct ResetRequested;
+
+impl std::fmt::Display for ResetRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset requested by x-reset-on")
+    }
+}
+
+impl std::error::Error for ResetRequested {}
+
 /// Where the app records the last request's headers and body.
 type LastSeen = (Arc<Mutex<Option<HeaderMap>>>, Arc<Mutex<Option<Bytes>>>);
 
@@ -125,7 +137,7 @@ async fn handle(
     pod: String,
     stats: Arc<AppStats>,
     (last, last_body): LastSeen,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, ResetRequested> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
     *last.lock() = Some(req.headers().clone());
     // `x-delay-ms: N` makes the app answer N ms later (bounded to 60 s): slow endpoints on demand;
@@ -179,7 +191,14 @@ async fn handle(
     if is_grpc {
         return Ok(grpc_echo(req, pod).await);
     }
+    // `x-reset-on: <pod>`: that pod reads the whole request, then drops the connection without
+    // answering (a reset after the request was sent).
+    let reset_here = req
+        .headers()
+        .get("x-reset-on")
+        .is_some_and(|v| v.as_bytes() == pod.as_bytes());
     match req.into_body().collect().await {
+        Ok(_) if reset_here => return Err(ResetRequested),
         Ok(body) => *last_body.lock() = Some(body.to_bytes()),
         Err(_) => {
             *last_body.lock() = None;
