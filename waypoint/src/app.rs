@@ -30,7 +30,8 @@ pub struct Settings {
     pub trust_domains: Vec<String>,
     /// Port of the HBONE listener on endpoint nodes (15008 in a mesh).
     pub upstream_hbone_port: u16,
-    pub connect_timeout: Duration,
+    /// Connect timeout, per-endpoint connection cap, idle and keep-alive of upstream HBONE.
+    pub upstream: crate::hbone::UpstreamLimits,
     pub sniff_timeout: Duration,
     /// meshConfig `pathNormalization`: applied before authorization and routing.
     pub path_normalization: routing::path::PathNormalization,
@@ -44,7 +45,7 @@ impl Settings {
         Self {
             trust_domains: vec![trust_domain.to_string()],
             upstream_hbone_port: HBONE_PORT,
-            connect_timeout: Duration::from_secs(10),
+            upstream: crate::hbone::UpstreamLimits::default(),
             sniff_timeout: Duration::from_secs(5),
             path_normalization: Default::default(),
             authorizers: Default::default(),
@@ -94,9 +95,9 @@ impl App {
         status.set_config(&snapshot, config_source);
         status.attach_access_log(access_log.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-        let client = Arc::new(HboneClient::new(
+        let client = Arc::new(HboneClient::with_limits(
             Arc::new(ClientConfigs::new(cert)),
-            settings.connect_timeout,
+            settings.upstream,
         ));
         let pool = TunnelPool::new(client, settings.upstream_hbone_port);
         let conf = Arc::new(ServerConf::default());

@@ -146,6 +146,24 @@ pub struct RunArgs {
     /// Timeout for dialing an endpoint and its CONNECT (milliseconds).
     #[arg(long, env = "WAYPOINT_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// Upstream HBONE connections per endpoint node (and expected identity) at most; beyond
+    /// them tunnels share the least loaded connection (HTTP/2 multiplexing).
+    #[arg(long, env = "WAYPOINT_UPSTREAM_MAX_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub upstream_max_connections: u16,
+    /// Close an upstream HBONE connection without tunnels, and an idle pooled tunnel, after
+    /// this long (milliseconds; a DestinationRule `http.idleTimeout` overrides it for tunnels).
+    #[arg(long, env = "WAYPOINT_UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_idle_timeout_ms: u64,
+    /// PING each upstream HBONE connection this often (milliseconds)…
+    #[arg(long, env = "WAYPOINT_UPSTREAM_KEEPALIVE_INTERVAL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_keepalive_interval_ms: u64,
+    /// …and close it when the answer takes longer than this (milliseconds): a hung peer.
+    #[arg(long, env = "WAYPOINT_UPSTREAM_KEEPALIVE_TIMEOUT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_keepalive_timeout_ms: u64,
     /// Access log format.
     #[arg(long, env = "WAYPOINT_ACCESS_LOG_FORMAT", value_enum, default_value_t = Format::Text)]
     pub access_log_format: Format,

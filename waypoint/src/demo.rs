@@ -63,6 +63,8 @@ pub struct BenchOptions {
     pub trust_domain_aliases: Vec<String>,
     /// meshConfig extensionProviders for CUSTOM policies.
     pub authorizers: std::collections::HashMap<String, crate::proxy::ext_authz::Provider>,
+    /// Upstream HBONE connection bounds.
+    pub upstream: crate::hbone::UpstreamLimits,
 }
 
 impl Default for BenchOptions {
@@ -76,6 +78,7 @@ impl Default for BenchOptions {
             access_log_template: None,
             trust_domain_aliases: Vec::new(),
             authorizers: Default::default(),
+            upstream: Default::default(),
         }
     }
 }
@@ -124,6 +127,7 @@ impl Bench {
             ref access_log_template,
             ref trust_domain_aliases,
             ref authorizers,
+            upstream,
         } = opts;
         crate::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
@@ -179,6 +183,7 @@ impl Bench {
             .trust_domains
             .extend(trust_domain_aliases.iter().cloned());
         settings.authorizers = authorizers.clone();
+        settings.upstream = upstream;
         let access_lines = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(AccessLog::with_template(
             format,

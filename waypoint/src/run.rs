@@ -42,7 +42,13 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         .trust_domains
         .extend(args.trust_domain_aliases.iter().cloned());
     settings.upstream_hbone_port = args.upstream_hbone_port;
-    settings.connect_timeout = Duration::from_millis(args.connect_timeout_ms);
+    settings.upstream = crate::hbone::UpstreamLimits {
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        max_connections_per_endpoint: usize::from(args.upstream_max_connections),
+        idle_timeout: Duration::from_millis(args.upstream_idle_timeout_ms),
+        keepalive_interval: Duration::from_millis(args.upstream_keepalive_interval_ms),
+        keepalive_timeout: Duration::from_millis(args.upstream_keepalive_timeout_ms),
+    };
     settings.path_normalization = args.waypoint.path_normalization;
     if let Some(mesh) = &args.mesh_config {
         settings.authorizers =

@@ -494,6 +494,26 @@ impl Collector for ProxyHealth {
             "Idle upstream tunnels in the pool",
             dp.pool.idle_count() as f64,
         )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_upstream_dials_coalesced",
+            "Requests that waited on another request's dial to the same node instead of dialing",
+            load(&client.dials_coalesced),
+        )?;
+        counter(
+            &mut e,
+            "waypoint_upstream_connections_closed",
+            "Upstream HBONE connections closed by the waypoint: idle past the idle timeout, or a keep-alive PING unanswered (a hung node)",
+            &[
+                (Reason { reason: "idle" }, load(&client.closed_idle)),
+                (
+                    Reason {
+                        reason: "keepalive",
+                    },
+                    load(&client.closed_keepalive),
+                ),
+            ],
+        )?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ pub mod pool;
 pub mod server;
 pub mod stream;
 
-pub use client::{ConnectError, HboneClient};
+pub use client::{ConnectError, HboneClient, UpstreamLimits};
 pub use pool::{Lease, TunnelConnector, TunnelPolicy, TunnelPool};
 pub use stream::H2Stream;
 

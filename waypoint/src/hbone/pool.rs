@@ -51,8 +51,8 @@ use super::client::{ConnectError, HboneClient, StreamSlot};
 use super::stream::H2Stream;
 use crate::identity::{PeerCheck, SpiffeId};
 
-/// Idle tunnels older than this are closed instead of reused (unless the cluster's
-/// `http.idleTimeout` says otherwise).
+/// pingora's idle bound for an upstream session on a tunnel. Idle tunnels in this pool are
+/// closed after the cluster's `http.idleTimeout`, else [`super::UpstreamLimits::idle_timeout`].
 pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a pending request waits for a tunnel slot when the cluster sets no `connectTimeout`
 /// (Istio's default connect timeout).
@@ -68,7 +68,7 @@ type TunnelKey = (SocketAddr, PeerCheck);
 pub struct TunnelPolicy {
     /// `tcp.connectTimeout`.
     pub connect_timeout: Option<Duration>,
-    /// `http.idleTimeout` (else [`TUNNEL_IDLE_TIMEOUT`]).
+    /// `http.idleTimeout` (else the client's [`super::UpstreamLimits::idle_timeout`]).
     pub idle_timeout: Option<Duration>,
     /// `http.maxRequestsPerConnection` (0 or unset: unlimited).
     pub max_requests_per_tunnel: Option<u32>,
@@ -107,10 +107,6 @@ impl TunnelPolicy {
             idle_timeout: self.tcp_idle_timeout,
             max_duration: self.max_duration,
         }
-    }
-
-    fn idle_timeout(&self) -> Duration {
-        self.idle_timeout.unwrap_or(TUNNEL_IDLE_TIMEOUT)
     }
 }
 
@@ -174,6 +170,9 @@ pub struct TunnelPool {
     idle: Mutex<HashMap<TunnelKey, Vec<IdleTunnel>>>,
     /// Signalled when a tunnel goes idle or a connection slot is released.
     freed: Arc<Notify>,
+    /// The sweeper of idle tunnels and connections runs (started by the first checkout, on the
+    /// data path's runtime).
+    maintained: AtomicBool,
     pub stats: PoolStats,
 }
 
@@ -252,8 +251,41 @@ impl TunnelPool {
             hbone_port,
             idle: Mutex::new(HashMap::new()),
             freed: Arc::new(Notify::new()),
+            maintained: AtomicBool::new(false),
             stats: PoolStats::default(),
         })
+    }
+
+    /// Close idle tunnels past their idle timeout and let the client close connections left
+    /// without streams ([`HboneClient::sweep`]), so nothing outlives the traffic that opened it.
+    pub fn sweep(&self) {
+        {
+            let mut idle = self.idle.lock();
+            for list in idle.values_mut() {
+                list.retain(|t| t.since.elapsed() < t.terms.idle_timeout && !t.terms.retired());
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+        self.client.sweep();
+    }
+
+    /// Start the periodic [`TunnelPool::sweep`] (once; it ends with the pool).
+    fn maintain(self: &Arc<Self>) {
+        if self.maintained.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tick = (self.client.limits().idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                match pool.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        });
     }
 
     /// A new own certificate: recycle pooled connections and idle tunnels (see
@@ -337,6 +369,7 @@ impl TunnelPool {
         lease: Arc<Lease>,
         policy: &TunnelPolicy,
     ) -> std::result::Result<PooledTunnel, ConnectError> {
+        self.maintain();
         let key = (target, identity.clone());
         let wait_until = Instant::now() + policy.connect_timeout.unwrap_or(DEFAULT_PENDING_WAIT);
         let mut pending: Option<PoolGuard> = None;
@@ -398,7 +431,9 @@ impl TunnelPool {
         drop(pending);
         let terms = TunnelTerms {
             breaker: policy.breaker.clone(),
-            idle_timeout: policy.idle_timeout(),
+            idle_timeout: policy
+                .idle_timeout
+                .unwrap_or(self.client.limits().idle_timeout),
             max_requests: policy.max_requests_per_tunnel,
             served: 1,
             opened: Instant::now(),

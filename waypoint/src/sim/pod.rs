@@ -25,6 +25,27 @@ pub struct PodStats {
     pub last_peer: parking_lot::Mutex<Option<String>>,
     /// Serial number (hex) of each accepted client certificate, in order.
     pub peer_serials: parking_lot::Mutex<Vec<String>>,
+    /// HBONE connections open now.
+    pub open: AtomicU64,
+    /// `true`: the node stops answering, as a SIGSTOPped ztunnel: open connections are no
+    /// longer served (no PING answer, no data) and new ones get no TLS handshake.
+    pub frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl PodStats {
+    async fn until_frozen(&self) {
+        let mut rx = self.frozen.subscribe();
+        let _ = rx.wait_for(|f| *f).await;
+    }
+}
+
+/// Counts an open HBONE connection in [`PodStats::open`] while it lives.
+struct Open(Arc<PodStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct PodHandle {
@@ -54,6 +75,11 @@ pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::
             let _ = tcp.set_nodelay(true);
             let (acceptor, st) = (acceptor.clone(), st.clone());
             tokio::spawn(async move {
+                if *st.frozen.borrow() {
+                    // Hung: the connection is accepted by the kernel and never answered.
+                    let _held = tcp;
+                    return std::future::pending().await;
+                }
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
@@ -67,7 +93,17 @@ pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::
                     return;
                 };
                 st.connections.fetch_add(1, Ordering::Relaxed);
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                st.open.fetch_add(1, Ordering::Relaxed);
+                let _open = Open(st.clone());
+                loop {
+                    let (req, mut respond) = tokio::select! {
+                        next = conn.accept() => match next {
+                            Some(Ok(stream)) => stream,
+                            _ => break,
+                        },
+                        // Hung: the connection is held, never polled again.
+                        _ = st.until_frozen() => return std::future::pending().await,
+                    };
                     let st = st.clone();
                     tokio::spawn(async move {
                         let reply = |respond: &mut h2::server::SendResponse<Bytes>,

@@ -1,0 +1,123 @@
+//! Upstream HBONE connections stay bounded: a burst to a cold endpoint shares one dial and at
+//! most the per-endpoint cap of connections, connections and idle tunnels close after the idle
+//! timeout once the traffic ends, and a hung node (it stops answering, as a SIGSTOPped ztunnel)
+//! is found by the keep-alive PING and its connection closed.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use waypoint::hbone::UpstreamLimits;
+use waypoint_tests::{reviews_request, reviews_yaml, Mesh};
+
+const TO_V1: &str = "  - route: [{destination: {host: reviews, subset: v1}}]\n";
+
+fn limits() -> UpstreamLimits {
+    UpstreamLimits {
+        connect_timeout: Duration::from_millis(500),
+        max_connections_per_endpoint: 2,
+        idle_timeout: Duration::from_millis(400),
+        keepalive_interval: Duration::from_millis(100),
+        keepalive_timeout: Duration::from_millis(300),
+    }
+}
+
+/// Wait (bounded) until `cond` holds; there is no event to wait on for a connection's end.
+async fn eventually(what: &str, within: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_shares_bounded_connections_that_close_when_idle() {
+    let mesh = Mesh::start_with(&reviews_yaml("ROUND_ROBIN", TO_V1), |_, o| {
+        o.upstream = limits()
+    })
+    .await;
+    let v1 = mesh.net.ip(1);
+    let pod = mesh
+        .bench
+        .pods
+        .iter()
+        .find(|p| p.hbone_addr.ip() == v1)
+        .expect("reviews-v1's node");
+    let client = mesh.client();
+    // 300 concurrent requests to the cold endpoint, each held 300 ms by the app so they overlap.
+    let burst = (0..300).map(|_| reviews_request(&client, "GET", "/", &[("x-delay-ms", "300")]));
+    let replies = futures::future::join_all(burst).await;
+    assert!(replies.iter().all(|r| r.status == 200), "all served");
+    let opened = pod.stats.connections.load(Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} HBONE connections to one node for 300 concurrent requests (cap 2)"
+    );
+    let stats = &mesh.bench.app.pool.client().stats;
+    assert!(stats.dials_coalesced.load(Ordering::Relaxed) > 0);
+
+    // Traffic over: idle tunnels and then their connection close after the idle timeout.
+    eventually(
+        "upstream connections closed",
+        Duration::from_secs(5),
+        || {
+            pod.stats.open.load(Ordering::Relaxed) == 0
+                && mesh.bench.app.pool.client().open_counts() == (0, 0)
+        },
+    )
+    .await;
+    assert!(stats.closed_idle.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_found_by_keepalive_and_its_failure_shared() {
+    let mesh = Mesh::start_with(&reviews_yaml("ROUND_ROBIN", TO_V1), |_, o| {
+        o.upstream = UpstreamLimits {
+            // Long enough that only the keep-alive can close the connection here.
+            idle_timeout: Duration::from_secs(60),
+            ..limits()
+        }
+    })
+    .await;
+    let v1 = mesh.net.ip(1);
+    let pod = mesh
+        .bench
+        .pods
+        .iter()
+        .find(|p| p.hbone_addr.ip() == v1)
+        .expect("reviews-v1's node");
+    let client = mesh.client();
+    assert_eq!(reviews_request(&client, "GET", "/", &[]).await.status, 200);
+    let upstream = mesh.bench.app.pool.client();
+    assert_eq!(upstream.open_counts().0, 1);
+
+    pod.stats.frozen.send_replace(true);
+    eventually(
+        "the hung connection closed by keep-alive",
+        Duration::from_secs(5),
+        || upstream.open_counts().0 == 0,
+    )
+    .await;
+    assert_eq!(upstream.stats.closed_keepalive.load(Ordering::Relaxed), 1);
+    let admin = mesh.admin().await;
+    let scrape = waypoint_tests::scrape(admin.addr).await;
+    assert_eq!(
+        scrape.value(
+            "waypoint_upstream_connections_closed",
+            &[("reason", "keepalive")]
+        ),
+        1.0
+    );
+
+    // New requests meet a node that accepts TCP and never handshakes: one dial at a time, the
+    // requests that waited share its failure; every one gets 503 within the connect timeout.
+    let before = upstream.stats.connections_opened.load(Ordering::Relaxed);
+    let burst = (0..20).map(|_| reviews_request(&client, "GET", "/", &[]));
+    let replies = futures::future::join_all(burst).await;
+    assert!(replies.iter().all(|r| r.status == 503), "all 503");
+    assert!(upstream.stats.dials_coalesced.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        upstream.stats.connections_opened.load(Ordering::Relaxed),
+        before
+    );
+}
