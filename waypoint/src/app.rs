@@ -23,6 +23,9 @@ use crate::inbound::Inbound;
 use crate::proxy::Waypoint;
 use crate::status::{Dataplane, Telemetry};
 
+/// Default total deadline for an HTTP/1.1 request's headers inside a tunnel.
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Settings of the data path (the CLI and the harness fill these).
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -33,6 +36,8 @@ pub struct Settings {
     /// Connect timeout, per-endpoint connection cap, idle and keep-alive of upstream HBONE.
     pub upstream: crate::hbone::UpstreamLimits,
     pub sniff_timeout: Duration,
+    /// Total time for an HTTP/1.1 request's headers inside a tunnel; `None`: no total bound.
+    pub request_headers_timeout: Option<Duration>,
     /// meshConfig `pathNormalization`: applied before authorization and routing.
     pub path_normalization: routing::path::PathNormalization,
     /// meshConfig `extensionProviders` that CUSTOM policies name.
@@ -47,6 +52,7 @@ impl Settings {
             upstream_hbone_port: HBONE_PORT,
             upstream: crate::hbone::UpstreamLimits::default(),
             sniff_timeout: Duration::from_secs(5),
+            request_headers_timeout: Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
             path_normalization: Default::default(),
             authorizers: Default::default(),
         }
@@ -125,6 +131,7 @@ impl App {
             access_log,
             telemetry: telemetry.clone(),
             sniff_timeout: settings.sniff_timeout,
+            request_headers_timeout: settings.request_headers_timeout,
         });
         let server = HboneServer::new(tls, inbound.clone());
         status.attach(Dataplane {

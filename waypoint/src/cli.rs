@@ -146,6 +146,15 @@ pub struct RunArgs {
     /// Timeout for dialing an endpoint and its CONNECT (milliseconds).
     #[arg(long, env = "WAYPOINT_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// Total time an HTTP/1.1 request's headers may take inside a tunnel, from their first byte
+    /// (milliseconds; 0: no total bound, only the 60 s per-read timeout). A slower client's
+    /// tunnel is closed.
+    #[arg(
+        long,
+        env = "WAYPOINT_REQUEST_HEADERS_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_headers_timeout_ms: u64,
     /// Upstream HBONE connections per endpoint node (and expected identity) at most; beyond
     /// them tunnels share the least loaded connection (HTTP/2 multiplexing).
     #[arg(long, env = "WAYPOINT_UPSTREAM_MAX_CONNECTIONS", default_value_t = 8,

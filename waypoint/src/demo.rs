@@ -65,6 +65,8 @@ pub struct BenchOptions {
     pub authorizers: std::collections::HashMap<String, crate::proxy::ext_authz::Provider>,
     /// Upstream HBONE connection bounds.
     pub upstream: crate::hbone::UpstreamLimits,
+    /// Total deadline of HTTP/1.1 request headers inside a tunnel.
+    pub request_headers_timeout: Option<std::time::Duration>,
 }
 
 impl Default for BenchOptions {
@@ -79,6 +81,7 @@ impl Default for BenchOptions {
             trust_domain_aliases: Vec::new(),
             authorizers: Default::default(),
             upstream: Default::default(),
+            request_headers_timeout: Some(crate::app::DEFAULT_REQUEST_HEADERS_TIMEOUT),
         }
     }
 }
@@ -128,6 +131,7 @@ impl Bench {
             ref trust_domain_aliases,
             ref authorizers,
             upstream,
+            request_headers_timeout,
         } = opts;
         crate::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
@@ -184,6 +188,7 @@ impl Bench {
             .extend(trust_domain_aliases.iter().cloned());
         settings.authorizers = authorizers.clone();
         settings.upstream = upstream;
+        settings.request_headers_timeout = request_headers_timeout;
         let access_lines = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(AccessLog::with_template(
             format,

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream;
-use pingora_core::protocols::l4::virt::VirtualSocketStream;
+use pingora_core::protocols::l4::virt::{VirtualSocket, VirtualSocketStream};
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
@@ -21,12 +21,13 @@ use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
 use crate::hbone::{ConnectError, H2Stream, Lease, TunnelPolicy, TunnelPool};
+use crate::header_deadline::{HeaderClock, HeaderDeadline};
 use crate::identity::PeerCheck;
 use crate::metrics::{DestinationLabels, IstioMetrics};
 use crate::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
 use crate::splice::{splice, SpliceEnd, Spliced};
 use crate::status::Telemetry;
-use crate::tunnel::TunnelInfo;
+use crate::tunnel::{TunnelData, TunnelInfo};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -47,6 +48,9 @@ pub struct Inbound {
     pub telemetry: Telemetry,
     /// How long a tunnel on a port of unknown protocol may stay silent before it is treated as TCP.
     pub sniff_timeout: Duration,
+    /// Total time for an HTTP/1.1 request's headers inside a tunnel (`None`: pingora's per-read
+    /// timeout only).
+    pub request_headers_timeout: Option<Duration>,
 }
 
 impl Inbound {
@@ -70,7 +74,18 @@ impl Inbound {
         match kind {
             Sniffed::Tcp => self.splice(tunnel, prefix, &info).await,
             Sniffed::Http1 | Sniffed::H2c => {
-                let mut stream = Stream::from(VirtualSocketStream::new(Box::new(tunnel)));
+                // HTTP/1.1: request headers must complete within the deadline (HTTP/2 inside
+                // the tunnel is bounded by its own header limits and stream handling).
+                let (socket, header_clock): (Box<dyn VirtualSocket>, _) =
+                    match (kind, self.request_headers_timeout) {
+                        (Sniffed::Http1, Some(limit)) => {
+                            let clock = Arc::new(HeaderClock::default());
+                            let socket = HeaderDeadline::new(tunnel, clock.clone(), limit);
+                            (Box::new(socket), Some(clock))
+                        }
+                        _ => (Box::new(tunnel), None),
+                    };
+                let mut stream = Stream::from(VirtualSocketStream::new(socket));
                 stream.rewind(&prefix);
                 let digest = SocketDigest::from_raw_fd(-1);
                 let _ = digest
@@ -82,8 +97,11 @@ impl Inbound {
                     .set(Some(PingoraAddr::Inet(info.original_dst)));
                 stream.set_socket_digest(digest);
                 let ok = ResponseHeader::build(200, None).expect("static header");
-                stream
-                    .set_proxy_digest(ProxyDigest::new(Box::new(ok), Some(Box::new(info.clone()))));
+                let data = TunnelData {
+                    info: info.clone(),
+                    header_clock,
+                };
+                stream.set_proxy_digest(ProxyDigest::new(Box::new(ok), Some(Box::new(data))));
                 let proxy = if kind == Sniffed::H2c {
                     &self.h2c
                 } else {

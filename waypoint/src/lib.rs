@@ -12,6 +12,7 @@ pub mod direct;
 pub mod dns;
 pub mod explain;
 pub mod hbone;
+pub mod header_deadline;
 pub mod identity;
 pub mod inbound;
 pub mod istio;

@@ -496,6 +496,12 @@ impl Collector for ProxyHealth {
         )?;
         scalar_counter(
             &mut e,
+            "waypoint_request_headers_timeouts",
+            "Tunnels closed because an HTTP/1.1 request's headers did not complete within --request-headers-timeout-ms",
+            crate::header_deadline::TIMED_OUT.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        scalar_counter(
+            &mut e,
             "waypoint_upstream_dials_coalesced",
             "Requests that waited on another request's dial to the same node instead of dialing",
             load(&client.dials_coalesced),

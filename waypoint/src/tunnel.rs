@@ -44,13 +44,7 @@ impl TunnelInfo {
 
     /// The tunnel a pingora session was accepted on (stored in the proxy digest's user data).
     pub fn from_digest(digest: Option<&Digest>) -> Option<Arc<TunnelInfo>> {
-        digest?
-            .proxy_digest
-            .as_ref()?
-            .user_data
-            .as_ref()?
-            .downcast_ref::<Arc<TunnelInfo>>()
-            .cloned()
+        TunnelData::from_digest(digest).map(|d| d.info.clone())
     }
 
     /// A `baggage` member (`k8s.namespace.name`, `service.version`, …).
@@ -80,6 +74,24 @@ pub fn parse_forwarded(value: &str) -> (Option<SocketAddr>, Option<String>) {
         }
     }
     (addr, host)
+}
+
+/// What the proxy digest of a tunnel's pingora session carries: the tunnel, and for HTTP/1.1
+/// the clock of its request-header deadline.
+pub struct TunnelData {
+    pub info: Arc<TunnelInfo>,
+    pub header_clock: Option<Arc<crate::header_deadline::HeaderClock>>,
+}
+
+impl TunnelData {
+    pub fn from_digest(digest: Option<&Digest>) -> Option<&TunnelData> {
+        digest?
+            .proxy_digest
+            .as_ref()?
+            .user_data
+            .as_ref()?
+            .downcast_ref::<TunnelData>()
+    }
 }
 
 #[cfg(test)]

@@ -121,3 +121,76 @@ async fn a_hung_node_is_found_by_keepalive_and_its_failure_shared() {
         before
     );
 }
+
+/// Slowloris inside a tunnel: request headers trickled a byte at a time are cut at the total
+/// header deadline (pingora's per-read timeout alone restarts on every byte), while a
+/// keep-alive tunnel that waits between requests is not on the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_headers_are_cut_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start_with(&reviews_yaml("ROUND_ROBIN", ""), |_, o| {
+        o.request_headers_timeout = Some(Duration::from_millis(600));
+    })
+    .await;
+    let client = mesh.client();
+    let vip = "10.0.0.10:9080".parse().unwrap();
+
+    // An honest keep-alive client idles longer than the deadline between two requests.
+    let mut t = client.tunnel(vip).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nhost: reviews:9080\r\n\r\n";
+    for _ in 0..2 {
+        t.write_all(request).await.unwrap();
+        // The whole response: its head, then content-length bytes.
+        let mut got = Vec::new();
+        let complete = |got: &[u8]| {
+            let end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            (got.len() >= end + len).then_some(())
+        };
+        while complete(&got).is_none() {
+            let mut b = [0u8; 1024];
+            let n = t.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+
+    // A trickler: one byte every 100 ms never completes its headers; the tunnel ends at the
+    // deadline (pingora's 60 s read timeout would never fire: every byte restarts it), with no
+    // request forwarded.
+    let mut t = client.tunnel(vip).await.unwrap();
+    let mut cut = false;
+    for byte in b"GET / HTTP/1.1\r\nhost: reviews:9080\r\nx-slow: "
+        .iter()
+        .cycle()
+        .take(100)
+    {
+        if t.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut b = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(100), t.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Ok(Ok(_)) => panic!("an answer to an incomplete request"),
+            Err(_) => {}
+        }
+    }
+    assert!(cut, "the trickling tunnel was never cut within 10 s");
+    assert!(waypoint::header_deadline::TIMED_OUT.load(Ordering::Relaxed) >= 1);
+}

@@ -132,6 +132,8 @@ pub struct RequestCtx {
     /// The authorization decision, for the access log.
     authz: AuthzNote,
     _active: Option<routing::ActiveGuard>,
+    /// The tunnel's HTTP/1.1 request-header deadline, restarted when this exchange ends.
+    header_clock: Option<Arc<crate::header_deadline::HeaderClock>>,
 }
 
 impl RequestCtx {
@@ -187,6 +189,7 @@ impl ProxyHttp for Waypoint {
             details: "".into(),
             authz: AuthzNote::default(),
             _active: None,
+            header_clock: None,
         }
     }
 
@@ -195,7 +198,14 @@ impl ProxyHttp for Waypoint {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.tunnel = TunnelInfo::from_digest(session.digest());
+        if let Some(data) = crate::tunnel::TunnelData::from_digest(session.digest()) {
+            ctx.tunnel = Some(data.info.clone());
+            // The request's headers are in: the tunnel's header deadline stops.
+            if let Some(clock) = &data.header_clock {
+                clock.headers_done();
+                ctx.header_clock = Some(clock.clone());
+            }
+        }
         Ok(())
     }
 
@@ -892,6 +902,9 @@ impl ProxyHttp for Waypoint {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(clock) = &ctx.header_clock {
+            clock.await_next();
+        }
         if e.is_none() && !ctx.upstream_h2 {
             if let Some(lease) = &ctx.lease {
                 lease.mark_clean();
