@@ -1454,7 +1454,10 @@ fn mixed_cluster_dials_plain_endpoints_directly_with_dr_tls() {
             ("10.244.1.6:9080".to_string(), routing::Transport::Hbone),
         ]
     );
-    let tls = c.policy.tls.as_ref().expect("DestinationRule tls SIMPLE");
+    let tls = c
+        .policy
+        .originate_tls()
+        .expect("DestinationRule tls SIMPLE");
     assert_eq!(tls.mode, routing::TlsMode::Simple);
     assert_eq!(tls.sni.as_deref(), Some("ratings.example.com"));
     assert_eq!(

@@ -162,7 +162,7 @@ pub(crate) fn service_cluster(
             load_balancer,
             connection_pool,
             outlier_detection,
-            tls,
+            tls: tls.map(crate::upstream::ClientTls::Originate),
         },
         http2: explicit_http2(c),
         source,
