@@ -95,6 +95,17 @@ fn server_config(ca: &TestCa, clients: Option<&TestCa>) -> Arc<rustls::ServerCon
 /// A ServiceEntry `host` at `vip`:80 whose one endpoint, outside the mesh, is `target`, and its
 /// DestinationRule with `tls`.
 fn service(host: &str, vip: SocketAddr, target: SocketAddr, tls: &str) -> String {
+    service_on(host, "HTTP", vip, target, tls)
+}
+
+/// [`service`] with port protocol `protocol`.
+fn service_on(
+    host: &str,
+    protocol: &str,
+    vip: SocketAddr,
+    target: SocketAddr,
+    tls: &str,
+) -> String {
     let name = host.split('.').next().unwrap();
     format!(
         "apiVersion: networking.istio.io/v1
@@ -104,7 +115,7 @@ spec:
   hosts: [{host}]
   addresses: [{}]
   ports:
-  - {{number: 80, name: http, protocol: HTTP, targetPort: {}}}
+  - {{number: 80, name: port, protocol: {protocol}, targetPort: {}}}
   endpoints:
   - address: {}
     serviceAccount: {name}
@@ -240,6 +251,7 @@ async fn files_destination_rule_tls_to_endpoints_outside_the_mesh() {
             "{mode: SIMPLE, credentialName: ext-secret}",
         ),
         service("plain.example.com", vip(7), plain_addr, "{mode: DISABLE}"),
+        service_on("tcp.example.com", "TCP", vip(8), simple_addr, &simple_tls),
     ]
     .concat();
     std::fs::write(config.join("ext.yaml"), yaml).unwrap();
@@ -336,6 +348,19 @@ async fn files_destination_rule_tls_to_endpoints_outside_the_mesh() {
         get(&client, vip(7), "plain.example.com").await,
         (200, "ext-plain".into())
     );
+
+    // A TCP port: the splice originates the same TLS (the rule's SNI; the bytes inside are the
+    // client's own HTTP request).
+    let before = simple.lock().unwrap().0.len();
+    assert_eq!(
+        get(&client, vip(8), "tcp.example.com").await,
+        (200, "ext-tls".into())
+    );
+    {
+        let seen = simple.lock().unwrap();
+        assert_eq!(seen.0.len(), before + 1);
+        assert_eq!(seen.0[before].0.as_deref(), Some("ext.example.com"));
+    }
 
     // /config_dump: each cluster endpoint's transport and the cluster's tls.
     let (_, dump) = poll_until(addrs["admin"], "/config_dump", |s, _| s == 200).await;
