@@ -1,8 +1,8 @@
 //! DestinationRule `tls` (`ClientTLSSettings`, istio/api `networking/v1alpha3/destination_rule.proto`)
 //! → [`ClientTls`], as istiod builds it for a waypoint's `inbound-vip` cluster (istio/istio
-//! 1.31.0-alpha.0, `pilot/pkg/networking/core/cluster_waypoint.go` `buildWaypointTLSContext`,
-//! `cluster_tls.go` `constructUpstreamTLS`), so the data path dials what the xDS front-end
-//! would translate from istiod's cluster:
+//! 1.24.0 … 1.30.0 and master 86c9f01: `pilot/pkg/networking/core/cluster_waypoint.go`
+//! `buildWaypointTLSContext`, `cluster_tls.go` `constructUpstreamTLS`), so the data path dials
+//! what the xDS front-end would translate from istiod's cluster:
 //!
 //! | field | becomes |
 //! | --- | --- |
