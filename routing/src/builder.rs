@@ -279,15 +279,19 @@ fn port_clusters(
     let make = |subset: Option<&str>,
                 subset_policy: Option<&TrafficPolicy>,
                 labels: Option<&BTreeMap<String, String>>| {
+        let mut policy = ClusterPolicy::merge(top, subset_policy, port.number);
+        if let Some(crate::upstream::ClientTls::Originate(tls)) = &mut policy.tls {
+            // istiod advertises h2 on an HTTP/2 cluster's TLS (`cluster_tls.go`
+            // `isHttp2Cluster` → `ALPNH2Only`).
+            tls.alpn_h2 |= matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+        }
         let eps = endpoints
             .iter()
             .filter(|e| labels.is_none_or(|l| e.matches_labels(l)))
+            .filter_map(|e| direct_transport(e, policy.tls.as_ref()))
             .map(|e| {
-                ClusterEndpoint::new_at(
-                    e.clone(),
-                    SocketAddr::new(e.address, port.target_port),
-                    now,
-                )
+                let target = SocketAddr::new(e.address, port.target_port);
+                ClusterEndpoint::new_at(e, target, now)
             })
             .collect();
         Cluster::with_policy(
@@ -295,7 +299,7 @@ fn port_clusters(
             service.hostname.clone(),
             port.number,
             subset.map(str::to_string),
-            ClusterPolicy::merge(top, subset_policy, port.number),
+            policy,
             eps,
             now,
         )
@@ -316,5 +320,28 @@ fn port_clusters(
     PortClusters {
         all: make(None, None, None),
         subsets,
+    }
+}
+
+/// An endpoint as one cluster dials it, by the cluster's DestinationRule `tls`. Only endpoints
+/// dialled directly are affected: `ISTIO_MUTUAL` makes them [`Transport::IstioMutual`] (the
+/// waypoint's own certificate, the peer checked against the endpoint's identity, as the xDS
+/// path does for a sidecar pod of an outbound cluster); a refused `tls` leaves them out, so
+/// they are never reached in plaintext. HBONE endpoints are kept as they are.
+fn direct_transport(
+    e: &Arc<Endpoint>,
+    tls: Option<&crate::upstream::ClientTls>,
+) -> Option<Arc<Endpoint>> {
+    use crate::upstream::{ClientTls, Transport};
+    if e.transport != Transport::Direct {
+        return Some(e.clone());
+    }
+    match tls {
+        Some(ClientTls::IstioMutual) => Some(Arc::new(Endpoint {
+            transport: Transport::IstioMutual,
+            ..(**e).clone()
+        })),
+        Some(ClientTls::Refused(_)) => None,
+        _ => Some(e.clone()),
     }
 }

@@ -142,9 +142,12 @@ impl ClusterEndpoint {
 
 impl Serialize for ClusterEndpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("ClusterEndpoint", 8)?;
+        let mut st = s.serialize_struct("ClusterEndpoint", 9)?;
         st.serialize_field("name", &self.endpoint.name)?;
         st.serialize_field("target", &self.target.to_string())?;
+        // How this cluster dials it (a DestinationRule ISTIO_MUTUAL makes a direct endpoint
+        // istio_mutual here; the cluster's `policy.tls` says which TLS a direct one gets).
+        st.serialize_field("transport", &self.endpoint.transport)?;
         if self.priority == 0 && self.locality == Locality::default() {
             st.skip_field("priority")?;
             st.skip_field("locality")?;

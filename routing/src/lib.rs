@@ -55,7 +55,7 @@ pub use policy::{
 pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
 pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
-pub use upstream::{SanKind, SanMatcher, TlsMode, Transport, UpstreamTls};
+pub use upstream::{ClientTls, SanKind, SanMatcher, TlsMode, Transport, UpstreamTls};
 pub use weighted::pick_weighted;
 pub use yaml::{
     check_path, check_path_with, check_str, load_dir, load_dir_with, load_str, LoadOptions, Report,

@@ -69,8 +69,8 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
-    /// `tls` SIMPLE / MUTUAL: TLS originated to endpoints dialled directly.
-    pub tls: Option<crate::upstream::UpstreamTls>,
+    /// `tls`: how endpoints dialled directly are reached (never HBONE ones).
+    pub tls: Option<crate::upstream::ClientTls>,
     /// Per service port; an entry *replaces* this policy for its port.
     pub port_level_settings: Vec<PortTrafficPolicy>,
 }
@@ -83,7 +83,7 @@ pub struct PortTrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
-    pub tls: Option<crate::upstream::UpstreamTls>,
+    pub tls: Option<crate::upstream::ClientTls>,
 }
 
 /// `loadBalancer`.
@@ -374,8 +374,8 @@ pub struct ClusterPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
-    /// TLS originated to endpoints dialled directly (never inside HBONE).
-    pub tls: Option<crate::upstream::UpstreamTls>,
+    /// How endpoints dialled directly are reached (never inside HBONE); `None`: plaintext.
+    pub tls: Option<crate::upstream::ClientTls>,
 }
 
 impl ClusterPolicy {
@@ -388,7 +388,7 @@ impl ClusterPolicy {
     ///    defaults, they are not inherited from the top level).
     /// 2. Subset level: the same port lookup inside the subset's policy.
     /// 3. Each component (`loadBalancer`, `connectionPool`,
-    ///    `outlierDetection`) is taken as a whole from the subset when the
+    ///    `outlierDetection`, `tls`) is taken as a whole from the subset when the
     ///    subset sets it — or always, when the subset has a port-level entry
     ///    for `port` — otherwise from step 1. Components are never merged
     ///    field by field.
@@ -421,6 +421,11 @@ impl ClusterPolicy {
                 base.tls
             },
         }
+    }
+
+    /// The TLS to originate to endpoints dialled directly (`SIMPLE` / `MUTUAL`).
+    pub fn originate_tls(&self) -> Option<&crate::upstream::UpstreamTls> {
+        self.tls.as_ref()?.originate()
     }
 
     /// A policy with only a `simple` load balancer.

@@ -83,8 +83,8 @@ impl std::fmt::Display for SanMatcher {
     }
 }
 
-/// DestinationRule `tls.mode` values that originate TLS on a direct connection.
-/// (`ISTIO_MUTUAL` is what HBONE already is; `DISABLE` is no TLS.)
+/// DestinationRule `tls.mode` values that originate TLS on a direct connection
+/// (`ISTIO_MUTUAL` and `DISABLE`: [`ClientTls`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TlsMode {
@@ -112,6 +112,35 @@ pub struct UpstreamTls {
     pub insecure_skip_verify: bool,
     /// ALPN `h2` offered (the cluster speaks HTTP/2).
     pub alpn_h2: bool,
+}
+
+/// A DestinationRule `tls` block (`ClientTLSSettings`) as it applies to the endpoints of one
+/// cluster that are dialled directly. HBONE endpoints ignore it: the tunnel is the mesh's mutual
+/// TLS and what the app speaks inside is the request as received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientTls {
+    /// `DISABLE`: plaintext. Set (unlike no `tls` at all) so that a subset or port-level
+    /// `DISABLE` overrides a `SIMPLE` above it.
+    Disable,
+    /// `SIMPLE` / `MUTUAL`: TLS originated by the waypoint.
+    Originate(UpstreamTls),
+    /// `ISTIO_MUTUAL`: the endpoint is dialled in Istio mutual TLS ([`Transport::IstioMutual`]).
+    IstioMutual,
+    /// The rule asked for TLS the waypoint cannot originate (files mode: `credentialName`,
+    /// `caCrl`): the cluster's directly dialled endpoints are left out, never reached in
+    /// plaintext. The reason names the DestinationRule and the field.
+    Refused(String),
+}
+
+impl ClientTls {
+    /// The TLS to originate, for `SIMPLE` / `MUTUAL`.
+    pub fn originate(&self) -> Option<&UpstreamTls> {
+        match self {
+            ClientTls::Originate(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

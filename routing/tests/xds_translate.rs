@@ -1395,8 +1395,13 @@ fn hcm_path_fields_are_per_service() {
 /// bookinfo.json with the fixture `overlay` laid over it: its clusters and EDS assignments
 /// replace bookinfo's of the same name.
 fn bookinfo_with_overlay(overlay: &str) -> Translation {
+    bookinfo_with_overlay_text(&fixture(overlay)).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// [`bookinfo_with_overlay`] with the overlay's text; the rejections when there are any.
+fn bookinfo_with_overlay_text(overlay: &str) -> Result<Translation, Vec<xds::Rejection>> {
     let mut res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let over = load_resources(&fixture(overlay)).unwrap();
+    let over = load_resources(overlay).unwrap();
     res.clusters
         .retain(|c| !over.clusters.iter().any(|o| o.name == c.name));
     res.endpoints.retain(|e| {
@@ -1407,7 +1412,7 @@ fn bookinfo_with_overlay(overlay: &str) -> Translation {
     });
     res.clusters.extend(over.clusters);
     res.endpoints.extend(over.endpoints);
-    translate(&res)
+    xds::translate(&res, &TranslateOptions::default())
 }
 
 /// bookinfo.json with upstreams.json laid over it.
@@ -1454,7 +1459,10 @@ fn mixed_cluster_dials_plain_endpoints_directly_with_dr_tls() {
             ("10.244.1.6:9080".to_string(), routing::Transport::Hbone),
         ]
     );
-    let tls = c.policy.tls.as_ref().expect("DestinationRule tls SIMPLE");
+    let tls = c
+        .policy
+        .originate_tls()
+        .expect("DestinationRule tls SIMPLE");
     assert_eq!(tls.mode, routing::TlsMode::Simple);
     assert_eq!(tls.sni.as_deref(), Some("ratings.example.com"));
     assert_eq!(
@@ -1470,6 +1478,91 @@ fn mixed_cluster_dials_plain_endpoints_directly_with_dr_tls() {
         .cluster("productpage.default.svc.cluster.local", 9080, None)
         .unwrap();
     assert!(plain.policy.tls.is_none());
+}
+
+/// Files-mode parity: the DestinationRule istiod 1.30.3 turned into upstreams.json's ratings
+/// cluster (`tls: {mode: SIMPLE, sni, subjectAltNames, caCertificates}`), loaded from YAML with
+/// the same endpoints, gives the same cluster TLS and the same transports.
+#[test]
+fn files_destination_rule_tls_matches_what_istiods_cluster_translates_to() {
+    let t = bookinfo_with_upstreams();
+    let host = "ratings.default.svc.cluster.local";
+    let from_xds = t.snapshot.cluster(host, 9080, None).unwrap();
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  addresses: [10.96.0.11]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.0.0.5, labels: {istio.io/dataplane-mode: none}}
+  - {address: 10.244.1.6}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: default}
+spec:
+  host: ratings.default.svc.cluster.local
+  trafficPolicy:
+    tls:
+      mode: SIMPLE
+      sni: ratings.example.com
+      subjectAltNames: [ratings.example.com]
+      caCertificates: /etc/certs/ratings-ca.pem
+";
+    let files = routing::load_str(&[("r.yaml".into(), yaml.into())], "cluster.local").unwrap();
+    let from_files = files.cluster(host, 9080, None).unwrap();
+    assert!(from_xds.policy.tls.is_some());
+    assert_eq!(from_files.policy.tls, from_xds.policy.tls);
+    let transports = |c: &routing::Cluster| {
+        let mut v: Vec<(String, routing::Transport)> = c
+            .endpoints
+            .iter()
+            .map(|e| (e.target.to_string(), e.endpoint.transport))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(transports(from_files), transports(from_xds));
+}
+
+/// A DestinationRule `credentialName` (istiod: SDS `kubernetes://…` secrets) or `caCrl` on the
+/// waypoint's cluster cannot be honoured: the cluster is refused, never dialled with the system
+/// roots, without the client certificate or without the revocation check.
+#[test]
+fn credential_name_and_crl_refuse_the_cluster() {
+    let ratings = "inbound-vip|9080|http|ratings.default.svc.cluster.local";
+    let text = fixture("upstreams.json");
+    let cases = [
+        (
+            text.replace("file-root:/etc/certs/ratings-ca.pem", "kubernetes://ratings-cacert"),
+            "validation secret \"kubernetes://ratings-cacert\" (a DestinationRule credentialName)",
+        ),
+        (
+            text.replace(
+                r#""match_subject_alt_names""#,
+                r#""crl": {"filename": "/etc/certs/ratings.crl"}, "match_subject_alt_names""#,
+            ),
+            "certificate revocation list (DestinationRule caCrl)",
+        ),
+        (
+            text.replace(
+                r#""combined_validation_context""#,
+                r#""tls_certificate_sds_secret_configs": [{"name": "kubernetes://ratings-cred"}], "combined_validation_context""#,
+            ),
+            "client certificate secret \"kubernetes://ratings-cred\"",
+        ),
+    ];
+    for (overlay, reason) in cases {
+        assert_ne!(overlay, text, "{reason}: the fixture changed");
+        let errs = bookinfo_with_overlay_text(&overlay).expect_err(reason);
+        assert!(
+            errs.iter()
+                .any(|r| r.name == ratings && r.reason.contains(reason)),
+            "{reason}: {errs:?}"
+        );
+    }
 }
 
 /// route_fields.json (istiod 1.24.6): the default route's retry policy and a VirtualService's

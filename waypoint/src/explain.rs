@@ -593,6 +593,10 @@ impl Explanation {
                     c["name"].as_str().unwrap_or("?"),
                     c["lb"].as_str().unwrap_or("?")
                 );
+                // DestinationRule `tls`, for the endpoints dialled directly.
+                if let Some(tls) = c["policy"].get("tls").filter(|t| !t.is_null()) {
+                    let _ = writeln!(out, "           tls (direct endpoints) {tls}");
+                }
                 let eps = c["endpoints"].as_array().cloned().unwrap_or_default();
                 if eps.is_empty() {
                     let _ = writeln!(out, "           no endpoints: 503 UH");
@@ -608,10 +612,11 @@ impl Explanation {
                     };
                     let _ = writeln!(
                         out,
-                        "           endpoint {} {} {}{placed}",
+                        "           endpoint {} {} {} via {}{placed}",
                         e["name"].as_str().unwrap_or("?"),
                         e["target"].as_str().unwrap_or("?"),
-                        e["identity"].as_str().unwrap_or("")
+                        e["identity"].as_str().unwrap_or(""),
+                        e["transport"].as_str().unwrap_or("?")
                     );
                 }
             }

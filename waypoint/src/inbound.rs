@@ -162,7 +162,7 @@ impl Inbound {
                     Some(cluster) => {
                         entry.upstream_cluster = cluster.name.clone();
                         policy = TunnelPolicy::for_cluster(cluster);
-                        direct_tls = cluster.policy.tls.clone();
+                        direct_tls = cluster.policy.originate_tls().cloned();
                         istio_sni = crate::direct::istio_sni(host, cport, subset);
                         let mut tried = Vec::new();
                         let mut out = Vec::new();

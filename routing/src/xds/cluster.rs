@@ -162,7 +162,7 @@ pub(crate) fn service_cluster(
             load_balancer,
             connection_pool,
             outlier_detection,
-            tls,
+            tls: tls.map(crate::upstream::ClientTls::Originate),
         },
         http2: explicit_http2(c),
         source,
@@ -565,10 +565,17 @@ fn upstream_tls(c: &Cluster, at: At<'_>, diag: &mut Diag) -> Option<UpstreamTls>
             {
                 match file_root(name) {
                     Some(root) => out.ca_certificates = root,
-                    None => at.warn(
-                        diag,
-                        format!("validation secret {name:?} is not a file root; system roots used"),
-                    ),
+                    None => {
+                        // A DestinationRule credentialName: verifying with the system roots
+                        // instead would accept what istiod's CA secret does not.
+                        at.reject(
+                            diag,
+                            format!(
+                                "validation secret {name:?} (a DestinationRule credentialName) is not supported: the waypoint fetches no SDS secrets"
+                            ),
+                        );
+                        return None;
+                    }
                 }
             }
         }
@@ -584,6 +591,14 @@ fn upstream_tls(c: &Cluster, at: At<'_>, diag: &mut Diag) -> Option<UpstreamTls>
         _ => {}
     }
     if let Some(vc) = default_validation(&common) {
+        if vc.crl.is_some() {
+            // DestinationRule caCrl: ignoring it would accept revoked certificates.
+            at.reject(
+                diag,
+                "certificate revocation list (DestinationRule caCrl) is not checked by the waypoint",
+            );
+            return None;
+        }
         match san_matchers(vc) {
             Ok(m) => out.subject_alt_names = m,
             Err(e) => {
@@ -594,18 +609,25 @@ fn upstream_tls(c: &Cluster, at: At<'_>, diag: &mut Diag) -> Option<UpstreamTls>
     }
     if let Some(cert) = common.tls_certificate_sds_secret_configs.first() {
         out.mode = TlsMode::Mutual;
-        match cert.name.strip_prefix("file-cert:").and_then(|p| p.split_once('~')) {
+        match cert
+            .name
+            .strip_prefix("file-cert:")
+            .and_then(|p| p.split_once('~'))
+        {
             Some((chain, key)) => {
                 out.client_certificate = Some(chain.to_string());
                 out.private_key = Some(key.to_string());
             }
-            None => at.warn(
-                diag,
-                format!(
-                    "client certificate secret {:?} (credentialName) is not supported; no client certificate sent",
-                    cert.name
-                ),
-            ),
+            None => {
+                at.reject(
+                    diag,
+                    format!(
+                        "client certificate secret {:?} (a DestinationRule credentialName) is not supported: the waypoint fetches no SDS secrets",
+                        cert.name
+                    ),
+                );
+                return None;
+            }
         }
     }
     Some(out)

@@ -21,6 +21,8 @@ struct Hosts {
     alias: HashMap<String, String>,
     ports: HashMap<String, Vec<u16>>,
     namespaces: HashMap<String, String>,
+    /// Services with at least one endpoint reached over HBONE.
+    hbone: std::collections::HashSet<String>,
 }
 
 impl Hosts {
@@ -88,6 +90,7 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
         alias: HashMap::new(),
         ports: HashMap::new(),
         namespaces: HashMap::new(),
+        hbone: Default::default(),
     };
     let mut owner: HashMap<String, DocRef> = HashMap::new();
     let mut vip_owner: HashMap<SocketAddr, DocRef> = HashMap::new();
@@ -154,6 +157,12 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
                 .collect(),
             None => se.endpoints.iter().cloned().map(Arc::new).collect(),
         };
+        if endpoints
+            .iter()
+            .any(|e| e.transport == crate::upstream::Transport::Hbone)
+        {
+            hosts.hbone.insert(hostname.clone());
+        }
         for t in &se.dns_targets {
             b.dns_target(t.clone());
         }
@@ -200,6 +209,9 @@ fn add_destination_rules(
         dr.host = host.to_string();
         let ports = hosts.ports.get(host).map_or(&[][..], Vec::as_slice);
         super::destination_rule::check_ports(&at, &dr, ports, diag);
+        if hosts.hbone.contains(host) {
+            super::destination_rule::warn_tls_on_hbone(&at, &dr, diag);
+        }
         b.destination_rule(dr.clone());
         rules.insert(dr.host.clone(), (at, dr));
     }

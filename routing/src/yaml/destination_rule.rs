@@ -1,14 +1,15 @@
 //! `DestinationRule` documents: subsets and traffic policies (load balancer,
 //! consistent hash, warmup, connection pool, outlier detection, port-level
-//! settings).
+//! settings, `tls` in [`super::client_tls`]).
 //!
 //! Validation follows Istio's (`pkg/config/validation`) plus what Envoy
 //! would reject (Maglev table sizes that are not prime, ring sizes above
 //! Envoy's maximum). Zero limits mean "default" as in Istio; negative values,
 //! out-of-range percentages and malformed durations are errors. Valid Istio
-//! fields the waypoint does not enforce (`tls`, `tcpKeepalive`,
+//! fields the waypoint does not enforce (`tcpKeepalive`,
 //! `localityLbSetting`, …) are warnings.
 
+use super::client_tls::ClientTlsY;
 use super::diag::{Diag, Extra};
 use super::fields::{present, DurationRule, Fields, Scalar};
 use super::schema;
@@ -22,6 +23,7 @@ use crate::policy::{
     OutlierDetection, PortTrafficPolicy, TcpSettings, TrafficPolicy, Warmup,
     DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MINIMUM_RING_SIZE, MAGLEV_TABLE_SIZE_LIMIT, MAX_RING_SIZE,
 };
+use crate::upstream::ClientTls;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -41,6 +43,7 @@ struct TrafficPolicyY {
     load_balancer: Option<LoadBalancerY>,
     connection_pool: Option<ConnectionPoolY>,
     outlier_detection: Option<OutlierDetectionY>,
+    tls: Option<ClientTlsY>,
     port_level_settings: Option<Vec<PortTrafficPolicyY>>,
     #[serde(flatten)]
     extra: Extra,
@@ -53,6 +56,7 @@ struct PortTrafficPolicyY {
     load_balancer: Option<LoadBalancerY>,
     connection_pool: Option<ConnectionPoolY>,
     outlier_detection: Option<OutlierDetectionY>,
+    tls: Option<ClientTlsY>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -223,16 +227,51 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<DestinationRule
     if diag.errors.len() > errors_before {
         return None;
     }
-    Some(DestinationRuleIr {
-        at: at.clone(),
-        dr: DestinationRule {
-            namespace: ctx.namespace.clone(),
-            name: ctx.name.clone(),
-            host: expand_host(&host?, &ctx.namespace),
-            traffic_policy,
-            subsets,
-        },
-    })
+    let mut dr = DestinationRule {
+        namespace: ctx.namespace.clone(),
+        name: ctx.name.clone(),
+        host: expand_host(&host?, &ctx.namespace),
+        traffic_policy,
+        subsets,
+    };
+    if let Some(reason) = refusal(&dr) {
+        // Rejected alone (the rest of the config loads), and never in plaintext: every cluster
+        // of the host leaves its directly dialled endpoints out. The subsets stay defined (as
+        // names and labels) so that routes naming them still resolve.
+        diag.warn(
+            at,
+            None,
+            format!(
+                "rejected: {reason}; none of its traffic policies apply and the endpoints of {} outside the mesh are left out (503), never dialled in plaintext",
+                dr.host
+            ),
+        );
+        let refused = Some(TrafficPolicy {
+            tls: Some(ClientTls::Refused(reason)),
+            ..Default::default()
+        });
+        dr.traffic_policy.clone_from(&refused);
+        for s in &mut dr.subsets {
+            s.traffic_policy.clone_from(&refused);
+        }
+    }
+    Some(DestinationRuleIr { at: at.clone(), dr })
+}
+
+/// The first `tls` of the rule the waypoint cannot honour ([`ClientTls::Refused`]).
+fn refusal(dr: &DestinationRule) -> Option<String> {
+    dr.traffic_policy
+        .iter()
+        .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()))
+        .flat_map(|tp| {
+            std::iter::once(tp.tls.as_ref())
+                .chain(tp.port_level_settings.iter().map(|p| p.tls.as_ref()))
+        })
+        .flatten()
+        .find_map(|t| match t {
+            ClientTls::Refused(reason) => Some(reason.clone()),
+            _ => None,
+        })
 }
 
 impl Fields<'_, '_> {
@@ -242,7 +281,7 @@ impl Fields<'_, '_> {
             && tp.connection_pool.is_none()
             && tp.outlier_detection.is_none()
             && tp.port_level_settings.is_none()
-            && !tp.extra.contains_key("tls");
+            && tp.tls.is_none();
         if empty {
             self.error(
                 f,
@@ -258,6 +297,7 @@ impl Fields<'_, '_> {
         let outlier_detection = tp
             .outlier_detection
             .map(|od| self.outlier_detection(&format!("{f}.outlierDetection"), od));
+        let tls = tp.tls.and_then(|t| self.client_tls(&format!("{f}.tls"), t));
         let mut port_level_settings: Vec<PortTrafficPolicy> = Vec::new();
         for (i, p) in tp
             .port_level_settings
@@ -281,7 +321,7 @@ impl Fields<'_, '_> {
             load_balancer,
             connection_pool,
             outlier_detection,
-            tls: None,
+            tls,
             port_level_settings,
         }
     }
@@ -312,7 +352,7 @@ impl Fields<'_, '_> {
         if p.load_balancer.is_none()
             && p.connection_pool.is_none()
             && p.outlier_detection.is_none()
-            && !p.extra.contains_key("tls")
+            && p.tls.is_none()
         {
             self.error(
                 pf,
@@ -328,12 +368,13 @@ impl Fields<'_, '_> {
         let outlier_detection = p
             .outlier_detection
             .map(|od| self.outlier_detection(&format!("{pf}.outlierDetection"), od));
+        let tls = p.tls.and_then(|t| self.client_tls(&format!("{pf}.tls"), t));
         Some(PortTrafficPolicy {
             port: port?,
             load_balancer,
             connection_pool,
             outlier_detection,
-            tls: None,
+            tls,
         })
     }
 
@@ -645,6 +686,41 @@ pub(crate) fn check_ports(at: &DocRef, dr: &DestinationRule, ports: &[u16], diag
     }
 }
 
+/// A SIMPLE / MUTUAL `tls` on a service with HBONE endpoints: it applies only to its endpoints
+/// dialled directly. istiod's waypoint would originate it inside the HBONE tunnel too
+/// (`cluster_waypoint.go`: the TLS socket wrapped in `internal_upstream` for every endpoint);
+/// the waypoint sends HBONE endpoints the request as received.
+pub(crate) fn warn_tls_on_hbone(at: &DocRef, dr: &DestinationRule, diag: &mut Diag) {
+    let policies = std::iter::once(("spec.trafficPolicy".to_string(), dr.traffic_policy.as_ref()))
+        .chain(dr.subsets.iter().enumerate().map(|(i, s)| {
+            (
+                format!("spec.subsets[{i}].trafficPolicy"),
+                s.traffic_policy.as_ref(),
+            )
+        }));
+    for (f, tp) in policies {
+        let Some(tp) = tp else { continue };
+        let tls = std::iter::once((format!("{f}.tls"), tp.tls.as_ref())).chain(
+            tp.port_level_settings
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("{f}.portLevelSettings[{i}].tls"), p.tls.as_ref())),
+        );
+        for (field, t) in tls {
+            if t.and_then(ClientTls::originate).is_some() {
+                diag.warn(
+                    at,
+                    Some(&field),
+                    format!(
+                        "applies only to the endpoints of {} outside the mesh; those reached over HBONE get the request inside the tunnel without this TLS",
+                        dr.host
+                    ),
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -942,13 +1018,11 @@ mod tests {
         let w = s.warnings().join("\n");
         let at = "reviews-dr.yaml doc 0 DestinationRule default/reviews: spec.trafficPolicy";
         for want in [
-            ".tls is not supported yet; ignored",
             ".loadBalancer.localityLbSetting is not supported yet; ignored",
             ".loadBalancer.warmup: applies only to ROUND_ROBIN and LEAST_REQUEST, not Random; ignored",
             ".connectionPool.tcp.tcpKeepalive is not supported yet; ignored",
             ".connectionPool.http.h2UpgradePolicy is not supported yet; ignored",
             ".outlierDetection.consecutiveErrors is not supported yet; ignored",
-            ".portLevelSettings[0].tls is not supported yet; ignored",
             ".portLevelSettings[1].port.number: duplicate port 9080; the first entry applies",
             ".portLevelSettings[2].loadBalancer.consistentHash: no hash key",
             ".portLevelSettings[2].port.number: port 8080 is not a port of reviews.default.svc.cluster.local; ignored",

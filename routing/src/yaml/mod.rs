@@ -11,6 +11,7 @@
 mod actions;
 mod assemble;
 mod authorization_policy;
+mod client_tls;
 mod destination_rule;
 mod diag;
 mod docs;
@@ -37,6 +38,8 @@ mod tests_http_route;
 mod tests_matching;
 #[cfg(test)]
 mod tests_schema;
+#[cfg(test)]
+mod tests_tls;
 
 use crate::error::{DocRef, LoadErrors, LoadWarning};
 use crate::snapshot::Snapshot;

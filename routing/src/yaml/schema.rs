@@ -162,6 +162,18 @@ pub(crate) const PORT_TRAFFIC_POLICY: &[&str] = &[
 ];
 /// `Subset`
 pub(crate) const SUBSET: &[&str] = &["name", "labels", "trafficPolicy"];
+/// `ClientTLSSettings`
+pub(crate) const CLIENT_TLS_SETTINGS: &[&str] = &[
+    "mode",
+    "clientCertificate",
+    "privateKey",
+    "caCertificates",
+    "credentialName",
+    "subjectAltNames",
+    "sni",
+    "insecureSkipVerify",
+    "caCrl",
+];
 /// `LoadBalancerSettings`
 pub(crate) const LOAD_BALANCER_SETTINGS: &[&str] = &[
     "simple",

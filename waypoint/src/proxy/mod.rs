@@ -516,7 +516,7 @@ impl ProxyHttp for Waypoint {
                 routing::Transport::Hbone => PeerCheck::for_endpoint(&snapshot, &ep.endpoint)
                     .map_err(|e| Error::explain(ErrorType::InternalError, e))?,
                 routing::Transport::Direct => {
-                    direct_tls = Some(cluster.policy.tls.clone());
+                    direct_tls = Some(cluster.policy.originate_tls().cloned());
                     PeerCheck::Sans(Default::default())
                 }
                 routing::Transport::IstioMutual => {

@@ -8,6 +8,7 @@ mod certs_curl;
 mod config_reload;
 mod docker;
 mod files_dns;
+mod files_tls;
 mod first_contact;
 mod istio_ca;
 mod istio_template;

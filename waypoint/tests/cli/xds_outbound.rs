@@ -54,13 +54,13 @@ fn bookinfo_with_outbound(net: &Net) -> Value {
     doc
 }
 
-/// What the sidecar saw per connection: SNI, ALPN, the client's URI SANs.
+/// What a TLS app saw per connection: SNI, ALPN, the client certificate's SANs.
 #[derive(Debug, Default)]
-struct Handshakes(Vec<(Option<String>, Option<String>, Vec<String>)>);
+pub(crate) struct Handshakes(pub(crate) Vec<(Option<String>, Option<String>, Vec<String>)>);
 
 /// A sidecar-injected pod's inbound (Istio mutual TLS, client certificate of the mesh required)
 /// in front of an HTTP/1.1 app answering `x-pod: <name>`.
-async fn sidecar_app(
+pub(crate) async fn sidecar_app(
     addr: SocketAddr,
     ca: &Ca,
     sa: &str,
@@ -70,7 +70,17 @@ async fn sidecar_app(
     let base = waypoint::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
     let mut config = (*base).clone();
     config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tls_app(addr, Arc::new(config), name).await
+}
+
+/// An HTTP/1.1 app behind TLS with `config` on `addr`, answering `x-pod: <name>` and recording
+/// each completed handshake.
+pub(crate) async fn tls_app(
+    addr: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+    name: &'static str,
+) -> Arc<Mutex<Handshakes>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let seen = Arc::new(Mutex::new(Handshakes::default()));
     let record = seen.clone();

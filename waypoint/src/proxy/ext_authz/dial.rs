@@ -68,7 +68,9 @@ impl Route {
                 },
                 Err(_) => Route::Resolve,
             },
-            routing::Transport::Direct if cluster.policy.tls.is_none() => Route::Direct(ep.target),
+            routing::Transport::Direct if cluster.policy.originate_tls().is_none() => {
+                Route::Direct(ep.target)
+            }
             _ => Route::Resolve,
         }
     }
