@@ -333,9 +333,16 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
             target.path = p;
         }
     }
+    // As on the data path, a workload's labels are the source's only when the source proves
+    // that workload's identity (without --source, the workload's own identity is assumed).
     let source_labels = args
         .source_ip
-        .and_then(|ip| snapshot.endpoint_by_ip(ip))
+        .and_then(|ip| snapshot.source_workload(ip))
+        .filter(|w| {
+            args.source
+                .as_ref()
+                .is_none_or(|id| crate::source::identity_matches(w, id))
+        })
         .map(|e| e.labels.clone());
     let mut req = SimpleRequest::new(target.path.clone())
         .with_method(args.method.to_ascii_uppercase())

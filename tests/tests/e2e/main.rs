@@ -13,3 +13,4 @@ mod observability;
 mod policies;
 mod protocols;
 mod rejections;
+mod trust;

@@ -297,9 +297,7 @@ impl ProxyHttp for Waypoint {
             req: session.req_header(),
             port: port.number,
             source_namespace: Some(tunnel.source_identity.namespace.as_str()),
-            source_labels: snapshot
-                .endpoint_by_ip(tunnel.source_addr.ip())
-                .map(|e| &e.labels),
+            source_labels: tunnel.source_workload(&snapshot).map(|e| &e.labels),
         };
         let (decision, matched) = snapshot.route_with_match(service, port.number, &view);
         match decision {
@@ -889,6 +887,10 @@ impl ProxyHttp for Waypoint {
                 .unwrap_or_default(),
             downstream_remote_address: tunnel
                 .map(|t| t.source_addr.to_string())
+                .unwrap_or_default(),
+            downstream_claimed_address: tunnel
+                .and_then(|t| t.claimed_source)
+                .map(|a| a.to_string())
                 .unwrap_or_default(),
             source_principal: tunnel
                 .map(|t| t.source_identity.to_string())
