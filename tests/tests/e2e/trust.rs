@@ -41,6 +41,19 @@ spec:
   - from: [{source: {ipBlocks: [\"@1/32\"]}}]
 ---
 ";
+    // details (@5) refuses the reviews-v1 pod's address.
+    y += &service_yaml("details", "10.0.0.12", 9080, "http");
+    y += &workload_yaml("details-v1", "@5", "details", "v1", "bookinfo-details");
+    y += "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: not-reviews-v1, namespace: default}
+spec:
+  targetRefs: [{kind: Service, group: \"\", name: details}]
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: [\"@1/32\"]}}]
+---
+";
     y
 }
 
@@ -102,7 +115,18 @@ async fn a_forwarded_address_counts_only_for_the_identity_of_its_workload() {
     .await;
     assert_eq!(honest.status, 200, "ipBlocks ALLOW on the verified address");
 
-    let log = mesh.wait_for_log_lines(4).await;
+    // A DENY on the claimed address still denies (the claim may be true); a claim elsewhere
+    // does not.
+    let denied = get_as(&mesh, "sleep", reviews_v1, "10.0.0.12:9080", "details:9080").await;
+    assert_eq!(
+        denied.status, 403,
+        "DENY ipBlocks matches the claimed address"
+    );
+    let elsewhere = SocketAddr::new(mesh.net.ip(9), 40000);
+    let passed = get_as(&mesh, "sleep", elsewhere, "10.0.0.12:9080", "details:9080").await;
+    assert_eq!(passed.status, 200);
+
+    let log = mesh.wait_for_log_lines(6).await;
     let by_principal = |sa: &str| -> Vec<&serde_json::Value> {
         log.iter()
             .filter(|l| l["source_principal"] == spiffe(sa).to_string())
@@ -119,19 +143,24 @@ async fn a_forwarded_address_counts_only_for_the_identity_of_its_workload() {
             remote.ip().is_loopback() && remote.ip() != mesh.net.ip(1),
             "{l}"
         );
-        assert_eq!(l["downstream_claimed_address"], reviews_v1.to_string());
+        let claimed = l["downstream_claimed_address"].as_str().unwrap();
+        assert!(
+            claimed == reviews_v1.to_string() || claimed == elsewhere.to_string(),
+            "{l}"
+        );
     }
     for l in by_principal("bookinfo-reviews") {
         assert_eq!(l["downstream_remote_address"], reviews_v1.to_string());
         assert!(l.get("downstream_claimed_address").is_none(), "{l}");
     }
-    assert_eq!(by_principal("sleep").len(), 2);
+    assert_eq!(by_principal("sleep").len(), 4);
     assert_eq!(by_principal("bookinfo-reviews").len(), 2);
 
     let admin = mesh.admin().await;
     let m = scrape(admin.addr).await;
     let unverified = |reason: &str| m.value("waypoint_source_unverified", &[("reason", reason)]);
-    assert_eq!(unverified("identity_mismatch"), 2.0);
+    assert_eq!(unverified("identity_mismatch"), 3.0);
+    assert_eq!(unverified("unknown_workload"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
