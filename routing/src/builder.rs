@@ -29,6 +29,7 @@ pub struct SnapshotBuilder {
     authorization: Authorization,
     pod_path: Option<crate::path::PathPolicy>,
     workloads: Vec<(Arc<Endpoint>, Protocol)>,
+    known_workloads: Vec<Arc<Endpoint>>,
     authorities: Vec<(String, u16)>,
     hbone_peer_sans: Option<Vec<crate::upstream::SanMatcher>>,
     route_only: std::collections::HashSet<String>,
@@ -90,6 +91,13 @@ impl SnapshotBuilder {
     /// `Unknown` = detected per connection, `Http`/`Tcp` = only that chain exists. First wins.
     pub fn workload(&mut self, endpoint: Arc<Endpoint>, protocol: Protocol) -> &mut Self {
         self.workloads.push((endpoint, protocol));
+        self
+    }
+
+    /// A workload the config declares (whether or not a service selects it): what a request
+    /// coming from its address may be recognised as (its labels, its identity). First wins.
+    pub fn known_workload(&mut self, endpoint: Arc<Endpoint>) -> &mut Self {
+        self.known_workloads.push(endpoint);
         self
     }
 
@@ -169,6 +177,9 @@ impl SnapshotBuilder {
         }
         for (ep, protocol) in self.workloads {
             snap.workloads.entry(ep.address).or_insert((ep, protocol));
+        }
+        for ep in self.known_workloads {
+            snap.known_workloads.entry(ep.address).or_insert(ep);
         }
         for (host, port) in self.authorities {
             let vip = snap.by_host.get(&host).and_then(|&si| {

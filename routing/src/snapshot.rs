@@ -97,6 +97,9 @@ pub struct Snapshot {
     pub(crate) pod_path: Option<crate::path::PathPolicy>,
     /// Pods whose workloads use this waypoint, with the protocol their chains allow.
     pub(crate) workloads: HashMap<IpAddr, (Arc<Endpoint>, Protocol)>,
+    /// Every workload the config declares (files mode: each WorkloadEntry, selected or not), for
+    /// recognising a request's source.
+    pub(crate) known_workloads: HashMap<IpAddr, Arc<Endpoint>>,
     /// CONNECT authority `(hostname, port)` → the service VIP:port it stands for.
     pub(crate) by_authority: HashMap<(String, u16), SocketAddr>,
     /// What an HBONE peer's certificate must show: `None` = the endpoint's own identity (files);
@@ -227,6 +230,14 @@ impl Snapshot {
     /// The workload at `ip` (e.g. a request's source pod), if the config knows it.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
         self.by_pod_ip.get(&ip)?.first().map(|(_, ep)| ep.as_ref())
+    }
+
+    /// The workload at `ip` as a request's source: a service's pod, a pod bound to this waypoint,
+    /// or any other workload the config declares. Its `identity` says who may claim the address.
+    pub fn source_workload(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.endpoint_by_ip(ip)
+            .or_else(|| self.workloads.get(&ip).map(|(ep, _)| ep.as_ref()))
+            .or_else(|| self.known_workloads.get(&ip).map(|ep| ep.as_ref()))
     }
 
     fn service_index(&self, host: &str) -> Option<usize> {

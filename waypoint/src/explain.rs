@@ -246,13 +246,21 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
     let mut target = parse_url(&args.url)?;
     // Pod-addressed requests get the waypoint-wide policies (istiod's direct chains).
     let mut pod_addressed = false;
+    // The pod a pod-addressed request goes to: (name, identity).
+    let mut pod = (String::new(), String::new());
     let (service, port) = match target.host.parse::<IpAddr>() {
         Ok(ip) => {
             let port = target.port.unwrap_or(80);
             match snapshot.resolve_destination(SocketAddr::new(ip, port)) {
                 Some(Destination::Service { service, port }) => (service, port),
-                Some(Destination::Pod { services, port, .. }) => {
+                Some(Destination::Pod {
+                    services,
+                    port,
+                    endpoint,
+                    ..
+                }) => {
                     pod_addressed = true;
+                    pod = (endpoint.name.clone(), endpoint.identity.clone());
                     let service = services.first().ok_or_else(|| {
                         format!("{ip}:{port} is a pod that no service covers on that port")
                     })?;
@@ -331,9 +339,16 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
             target.path = p;
         }
     }
+    // As on the data path, a workload's labels are the source's only when the source proves
+    // that workload's identity (without --source, the workload's own identity is assumed).
     let source_labels = args
         .source_ip
-        .and_then(|ip| snapshot.endpoint_by_ip(ip))
+        .and_then(|ip| snapshot.source_workload(ip))
+        .filter(|w| {
+            args.source
+                .as_ref()
+                .is_none_or(|id| crate::source::identity_matches(w, id))
+        })
         .map(|e| e.labels.clone());
     let mut req = SimpleRequest::new(target.path.clone())
         .with_method(args.method.to_ascii_uppercase())
@@ -372,6 +387,54 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
         &authority,
         &target.path,
     );
+    if pod_addressed {
+        // istiod's `direct-http`: the pod the client addressed, whatever the Host; no
+        // VirtualService route applies.
+        let ip = target.host.clone();
+        let dport = target.port.unwrap_or(port.number);
+        return Ok(Explanation {
+            method: args.method.to_ascii_uppercase(),
+            url: args.url.clone(),
+            source: args.source.as_ref().map(|s| s.to_string()),
+            source_labels,
+            service: service.hostname.clone(),
+            port: port.number,
+            protocol: format!("{:?}", port.protocol).to_ascii_lowercase(),
+            routing: routing::RouteExplanation {
+                service: service.hostname.clone(),
+                port: port.number,
+                virtual_services: Vec::new(),
+                applied: None,
+                routes: Vec::new(),
+                decision: routing::ExplainedDecision::Default {
+                    reason: format!(
+                        "pod-addressed: forwarded to {ip}:{dport} whatever the Host \
+                         (istiod's direct-http); routes do not apply"
+                    ),
+                },
+                actions: Vec::new(),
+            },
+            destinations: vec![DestinationReport {
+                host: ip.clone(),
+                subset: None,
+                port: dport,
+                weight: 100,
+                share: 1.0,
+                cluster: Some(serde_json::json!({
+                    "name": format!("inbound-pod|{dport}||{ip}"),
+                    "lb": "none (the addressed pod)",
+                    "endpoints": [{
+                        "name": pod.0,
+                        "target": format!("{ip}:{dport}"),
+                        "identity": pod.1,
+                    }],
+                })),
+                problem: None,
+            }],
+            path: path_report,
+            authorization,
+        });
+    }
     let routing = snapshot.explain_route(service, port.number, &req);
     let mut destinations = Vec::new();
     let mut targets: Vec<(String, Option<String>, u16, u32)> = Vec::new();

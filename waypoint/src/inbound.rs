@@ -121,6 +121,10 @@ impl Inbound {
             start_time: timestamp(start_time),
             downstream_local_address: info.original_dst.to_string(),
             downstream_remote_address: info.source_addr.to_string(),
+            downstream_claimed_address: info
+                .claimed_source
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             source_principal: info.source_identity.to_string(),
             config_version: snapshot.version(),
             ..Default::default()
@@ -143,9 +147,7 @@ impl Inbound {
                 let conn = routing::TcpConnection {
                     destination: Some(info.original_dst.ip()),
                     source_namespace: Some(info.source_identity.namespace.as_str()),
-                    source_labels: snapshot
-                        .endpoint_by_ip(info.source_addr.ip())
-                        .map(|e| &e.labels),
+                    source_labels: info.source_workload(&snapshot).map(|e| &e.labels),
                 };
                 let (host, cport, subset) = match snapshot
                     .tcp_route(service, port.number, &conn)

@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod reload;
 pub mod run;
 pub mod sim;
+pub mod source;
 pub mod splice;
 pub mod splits;
 pub mod status;

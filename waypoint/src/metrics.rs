@@ -431,6 +431,7 @@ mod tests {
         TunnelInfo {
             peer: "10.0.0.1:1234".parse().unwrap(),
             source_addr: "10.0.0.2:4000".parse().unwrap(),
+            claimed_source: None,
             source_identity: "spiffe://cluster.local/ns/shop/sa/frontend"
                 .parse()
                 .unwrap(),

@@ -470,6 +470,26 @@ impl Collector for ProxyHealth {
                 (Reason { reason: "stream" }, load(&server.rejected_streams)),
             ],
         )?;
+        counter(
+            &mut e,
+            "waypoint_source_unverified",
+            "Tunnels whose forwarded source address was not used: a workload of another identity \
+             (identity_mismatch) or none the config knows (unknown_workload)",
+            &[
+                (
+                    Reason {
+                        reason: "identity_mismatch",
+                    },
+                    load(&server.sources.mismatch),
+                ),
+                (
+                    Reason {
+                        reason: "unknown_workload",
+                    },
+                    load(&server.sources.unknown),
+                ),
+            ],
+        )?;
         let reused = load(&dp.pool.stats.tunnels_reused);
         let opened = load(&client.tunnels_opened);
         scalar_counter(

@@ -11,8 +11,13 @@ use crate::identity::SpiffeId;
 pub struct TunnelInfo {
     /// The ztunnel's socket address (the TCP peer of the HBONE connection).
     pub peer: SocketAddr,
-    /// The original client: `forwarded: for=` when present, else the peer.
+    /// The client's address as the waypoint vouches for it: `forwarded: for=` when it is the
+    /// peer's own address or a workload of the peer's identity, else the peer
+    /// ([`crate::source::resolve`]).
     pub source_addr: SocketAddr,
+    /// A `forwarded: for=` address that could not be verified (shown in the access log, seen
+    /// by DENY rules only).
+    pub claimed_source: Option<SocketAddr>,
     /// The SPIFFE id of the client's workload, from its mTLS certificate.
     pub source_identity: SpiffeId,
     /// The CONNECT `:authority`: service VIP:port or pod IP:port.
@@ -45,6 +50,17 @@ impl TunnelInfo {
     /// The tunnel a pingora session was accepted on (stored in the proxy digest's user data).
     pub fn from_digest(digest: Option<&Digest>) -> Option<Arc<TunnelInfo>> {
         TunnelData::from_digest(digest).map(|d| d.info.clone())
+    }
+
+    /// The workload the request comes from: the one at the source address, if it carries the
+    /// peer certificate's identity. Its labels are what `sourceLabels` match.
+    pub fn source_workload<'a>(
+        &self,
+        snapshot: &'a routing::Snapshot,
+    ) -> Option<&'a routing::Endpoint> {
+        snapshot
+            .source_workload(self.source_addr.ip())
+            .filter(|w| crate::source::identity_matches(w, &self.source_identity))
     }
 
     /// A `baggage` member (`k8s.namespace.name`, `service.version`, …).
@@ -114,6 +130,7 @@ mod tests {
         let t = TunnelInfo {
             peer: "127.0.0.1:1".parse().unwrap(),
             source_addr: "127.0.0.1:1".parse().unwrap(),
+            claimed_source: None,
             source_identity: SpiffeId::new("td", "ns", "sa"),
             original_dst: "127.0.0.1:2".parse().unwrap(),
             local: "127.0.0.1:3".parse().unwrap(),

@@ -24,9 +24,18 @@ pub trait AuthzView {
     fn is_http(&self) -> bool;
     /// The client's SPIFFE id (`spiffe://…`).
     fn principal(&self) -> Option<&str>;
+    /// The client's address as far as the waypoint can vouch for it (`source.ip`).
     fn source_ip(&self) -> Option<IpAddr>;
     fn remote_ip(&self) -> Option<IpAddr> {
         self.source_ip()
+    }
+    /// Another address the client *claims* to come from and the waypoint could not verify
+    /// (ztunnel's `forwarded: for=` naming a workload whose identity is not the peer's
+    /// certificate, or no workload the config knows). The true source is one of the two: a
+    /// `source.ip` / `remote.ip` test that gives different answers for them is unknown, so an
+    /// ALLOW rule cannot be satisfied by a claim and a DENY rule matching either address denies.
+    fn unverified_source_ip(&self) -> Option<IpAddr> {
+        None
     }
     fn destination_ip(&self) -> Option<IpAddr>;
     fn destination_port(&self) -> u16;

@@ -341,7 +341,20 @@ fn claim_value<'a>(attr: &Attr, claims: &'a serde_json::Value) -> Value<'a> {
 }
 
 fn test(attr: &Attr, m: &Matcher, req: &dyn AuthzView) -> Tri {
-    let v = value(attr, req);
+    if matches!(attr, Attr::SourceIp | Attr::RemoteIp) {
+        if let Some(claimed) = req.unverified_source_ip() {
+            // Two possible sources: the test is known only when both agree.
+            let vouched = test_value(value(attr, req), m);
+            return match test_value(Value::Ip(claimed), m) {
+                t if t == vouched => t,
+                _ => Tri::Unknown,
+            };
+        }
+    }
+    test_value(value(attr, req), m)
+}
+
+fn test_value(v: Value<'_>, m: &Matcher) -> Tri {
     let str_test = |s: &str| match m {
         Matcher::Str { m, ignore_case } => m.matches(s, *ignore_case),
         _ => false,

@@ -22,6 +22,8 @@ struct Req {
     headers: Vec<(&'static str, &'static str)>,
     claims: Option<serde_json::Value>,
     unverifiable: bool,
+    /// An address the client claims and the waypoint could not verify.
+    claimed_ip: Option<&'static str>,
 }
 
 impl Req {
@@ -37,6 +39,7 @@ impl Req {
             headers: Vec::new(),
             claims: None,
             unverifiable: false,
+            claimed_ip: None,
         }
     }
     fn tcp() -> Req {
@@ -65,6 +68,10 @@ impl Req {
         self.source_ip = ip;
         self
     }
+    fn claims_ip(mut self, ip: &'static str) -> Req {
+        self.claimed_ip = Some(ip);
+        self
+    }
     fn jwt(mut self, claims: serde_json::Value) -> Req {
         self.claims = Some(claims);
         self
@@ -80,6 +87,9 @@ impl AuthzView for Req {
     }
     fn source_ip(&self) -> Option<IpAddr> {
         self.source_ip.parse().ok()
+    }
+    fn unverified_source_ip(&self) -> Option<IpAddr> {
+        self.claimed_ip.and_then(|ip| ip.parse().ok())
     }
     fn destination_ip(&self) -> Option<IpAddr> {
         "10.96.0.10".parse().ok()
@@ -141,6 +151,60 @@ fn check(policies: &PolicySet, cases: &[(Req, bool)]) {
             d.verdict
         );
     }
+}
+
+#[test]
+fn an_unverified_claimed_source_never_grants_and_still_denies() {
+    // The vouched-for address is 192.0.2.1 (the HBONE peer); the client claims 10.0.0.5.
+    let forged = || Req::get("/").ip("192.0.2.1").claims_ip("10.0.0.5");
+    let allow_block = set(vec![policy(
+        "a",
+        "action: ALLOW\nrules:\n- from:\n  - source:\n      ipBlocks: [\"10.0.0.0/24\"]\n",
+    )]);
+    let allow_not_block = set(vec![policy(
+        "a",
+        "action: ALLOW\nrules:\n- from:\n  - source:\n      notIpBlocks: [\"192.0.2.0/24\"]\n",
+    )]);
+    let allow_remote = set(vec![policy(
+        "a",
+        "action: ALLOW\nrules:\n- when:\n  - key: remote.ip\n    values: [\"10.0.0.0/24\"]\n",
+    )]);
+    let deny_block = set(vec![policy(
+        "d",
+        "action: DENY\nrules:\n- from:\n  - source:\n      ipBlocks: [\"10.0.0.0/24\"]\n",
+    )]);
+    let deny_not_block = set(vec![policy(
+        "d",
+        "action: DENY\nrules:\n- from:\n  - source:\n      notIpBlocks: [\"192.0.2.0/24\"]\n",
+    )]);
+    let deny_other = set(vec![policy(
+        "d",
+        "action: DENY\nrules:\n- from:\n  - source:\n      ipBlocks: [\"172.16.0.0/12\"]\n",
+    )]);
+    // ALLOW: the claim satisfies no rule; the address itself still does when verified.
+    check(
+        &allow_block,
+        &[
+            (forged(), false),
+            (Req::get("/").ip("10.0.0.5"), true),
+            // Claim and vouched address agree on the rule: it is known.
+            (Req::get("/").ip("10.0.0.9").claims_ip("10.0.0.5"), true),
+        ],
+    );
+    check(&allow_not_block, &[(forged(), false)]);
+    check(&allow_remote, &[(forged(), false)]);
+    // DENY: the claimed address is denied as if it were verified, and claiming another
+    // address does not dodge a rule on the real one.
+    check(
+        &deny_block,
+        &[(forged(), false), (Req::get("/").ip("192.0.2.1"), true)],
+    );
+    check(
+        &deny_not_block,
+        &[(forged(), false), (Req::get("/").ip("192.0.2.1"), true)],
+    );
+    // A DENY neither address matches leaves the request alone.
+    check(&deny_other, &[(forged(), true)]);
 }
 
 #[test]

@@ -99,6 +99,9 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
         .iter()
         .map(|w| Arc::new(w.endpoint.clone()))
         .collect();
+    for w in &workloads {
+        b.known_workload(w.clone());
+    }
     for se in &p.service_entries {
         let at = &se.at;
         let mut duplicate = false;

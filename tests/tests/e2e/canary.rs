@@ -116,7 +116,18 @@ async fn one_inbound_tunnel_reuses_one_upstream_tunnel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_line_of_a_known_request() {
-    let mesh = Mesh::start(&reviews("RANDOM", &weighted(&[("v1", 100)]))).await;
+    // The client pod (the harness's `forwarded: for=` address) is a workload of the client's
+    // identity, so its address is believed.
+    let yaml = reviews("RANDOM", &weighted(&[("v1", 100)]))
+        + "---\n"
+        + &waypoint_tests::workload_yaml(
+            "productpage-v1",
+            "10.244.1.5",
+            "productpage",
+            "v1",
+            "productpage",
+        );
+    let mesh = Mesh::start(&yaml).await;
     let client = mesh.client();
     let mut send = client.http1(VIP.parse().unwrap()).await.unwrap();
     let (parts, body) = sim::get(
@@ -166,7 +177,7 @@ async fn access_log_line_of_a_known_request() {
     assert_eq!(l["downstream_local_address"], VIP);
     assert_eq!(
         l["downstream_remote_address"], "10.244.1.5:40280",
-        "from the forwarded header"
+        "from the forwarded header, verified against the workload's identity"
     );
     assert_eq!(
         l["source_principal"],

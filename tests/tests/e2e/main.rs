@@ -13,4 +13,5 @@ mod observability;
 mod policies;
 mod protocols;
 mod rejections;
+mod trust;
 mod upstream_pool;

@@ -298,7 +298,9 @@ async fn trace_headers_reach_the_app_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_access_log_template_renders_live_requests() {
     let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
-        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
+        + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings")
+        // The client pod the harness claims to be, with the client's identity.
+        + &workload_yaml("productpage-v1", "10.244.1.5", "productpage", "v1", "productpage");
     let template = "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RESPONSE_CODE% \
         [%RESPONSE_FLAGS%] %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% \
         %DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_PEER_URI_SAN% %ROUTE_NAME% %REQ(X-TENANT):4% \

@@ -48,6 +48,10 @@ pub struct Entry {
     pub upstream_cluster: String,
     pub downstream_local_address: String,
     pub downstream_remote_address: String,
+    /// A `forwarded: for=` address the waypoint could not verify against the peer's identity
+    /// (`downstream_remote_address` is then the HBONE peer's own address).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub downstream_claimed_address: String,
     pub source_principal: String,
     /// The upstream's identity: the SPIFFE URI SAN its HBONE certificate proved, else the
     /// endpoint's known identity (Envoy `%UPSTREAM_PEER_URI_SAN%`, Istio `destination_principal`).

@@ -965,6 +965,7 @@ mod tests {
             upstream_cluster: "inbound-vip|9080|http/v1|reviews.default.svc.cluster.local".into(),
             downstream_local_address: "10.96.0.10:9080".into(),
             downstream_remote_address: "10.244.1.5:40280".into(),
+            downstream_claimed_address: String::new(),
             source_principal: "spiffe://cluster.local/ns/default/sa/productpage".into(),
             destination_principal: "spiffe://cluster.local/ns/default/sa/reviews".into(),
             route_name: "reviews.0".into(),

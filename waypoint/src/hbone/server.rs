@@ -43,6 +43,8 @@ pub struct ServerStats {
     pub tunnels_open: AtomicU64,
     pub rejected_handshakes: AtomicU64,
     pub rejected_streams: AtomicU64,
+    /// `forwarded: for=` claims that could not be verified.
+    pub sources: crate::source::SourceStats,
 }
 
 pub struct HboneServer {
@@ -294,9 +296,17 @@ impl HboneServer {
         let (forwarded_for, forwarded_host) = header("forwarded")
             .map(|f| parse_forwarded(&f))
             .unwrap_or((None, None));
+        let source = crate::source::resolve(
+            &snapshot,
+            conn.peer,
+            forwarded_for,
+            &conn.identity,
+            &self.stats.sources,
+        );
         let info = TunnelInfo {
             peer: conn.peer,
-            source_addr: forwarded_for.unwrap_or(conn.peer),
+            source_addr: source.addr,
+            claimed_source: source.claimed,
             source_identity: conn.identity.clone(),
             original_dst: dst,
             local: conn.local,

@@ -41,6 +41,9 @@ impl AuthzView for HttpAuthz<'_> {
     fn source_ip(&self) -> Option<IpAddr> {
         Some(self.tunnel.source_addr.ip())
     }
+    fn unverified_source_ip(&self) -> Option<IpAddr> {
+        self.tunnel.claimed_source.map(|a| a.ip())
+    }
     fn destination_ip(&self) -> Option<IpAddr> {
         Some(self.tunnel.original_dst.ip())
     }
@@ -76,6 +79,9 @@ impl AuthzView for TcpAuthz<'_> {
     }
     fn source_ip(&self) -> Option<IpAddr> {
         Some(self.0.source_addr.ip())
+    }
+    fn unverified_source_ip(&self) -> Option<IpAddr> {
+        self.0.claimed_source.map(|a| a.ip())
     }
     fn destination_ip(&self) -> Option<IpAddr> {
         Some(self.0.original_dst.ip())

@@ -28,6 +28,7 @@ pub mod ext_authz;
 pub(crate) mod jwt;
 mod policy;
 mod request;
+pub mod sanitize;
 
 pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};
 pub use jwt::JwksCache;
@@ -229,6 +230,15 @@ impl ProxyHttp for Waypoint {
                 "request without tunnel metadata",
             ));
         };
+        // Envoy's connection manager: no Host (HTTP/1) / `:authority` (h2) is 400
+        // `missing_host_header`, before any routing or policy.
+        if authority(session.req_header()).is_none_or(str::is_empty) {
+            debug!(dst = %tunnel.original_dst, "request without Host");
+            return self
+                .reply(session, ctx, 400, "", "missing_host_header")
+                .await;
+        }
+        sanitize::request_headers(session.req_header_mut());
         let snapshot = ctx.snapshot.clone();
         let (service, port) = match snapshot.resolve_destination(tunnel.original_dst) {
             Some(Destination::Service { service, port }) => {
@@ -252,42 +262,27 @@ impl ProxyHttp for Waypoint {
                 if let Some(replied) = self.normalize_path(session, ctx, &policy).await? {
                     return Ok(replied);
                 }
-                // Pod-addressed: the Host header names the service whose routes apply, unless the
-                // pod's workload uses this waypoint (istiod's `direct-http` forwards to the pod).
-                let host = authority(session.req_header()).unwrap_or("");
-                let by_host = snapshot
-                    .service_by_host(host)
-                    .filter(|_| bound.is_none())
-                    .filter(|s| services.iter().any(|c| c.hostname == s.hostname));
-                let found = by_host.and_then(|s| {
-                    s.ports
+                // Pod-addressed: istiod's `direct-http` chain forwards to the pod the client
+                // addressed, whatever the Host, under the waypoint-wide policies; a service's
+                // VirtualService never re-routes it.
+                ctx.service = services
+                    .first()
+                    .map(|s| (s.hostname.clone(), s.namespace.clone()));
+                ctx.endpoint = Some(Arc::new(endpoint.clone()));
+                let identity = PeerCheck::for_endpoint(&ctx.snapshot, endpoint)
+                    .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
+                let target = SocketAddr::new(endpoint.address, port);
+                ctx.direct = Some((target, identity));
+                ctx.cluster_name = format!("inbound-pod|{port}||{}", endpoint.address);
+                ctx.protocol = match bound {
+                    // The upstream speaks what the client spoke.
+                    Some(_) => Protocol::Unknown,
+                    None => services
                         .iter()
-                        .find(|p| p.target_port == port || p.number == port)
-                        .map(|p| (s, p))
-                });
-                match found {
-                    Some(found) => found,
-                    None => {
-                        ctx.service = services
-                            .first()
-                            .map(|s| (s.hostname.clone(), s.namespace.clone()));
-                        ctx.endpoint = Some(Arc::new(endpoint.clone()));
-                        let identity = PeerCheck::for_endpoint(&ctx.snapshot, endpoint)
-                            .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
-                        let target = SocketAddr::new(endpoint.address, port);
-                        ctx.direct = Some((target, identity));
-                        ctx.cluster_name = format!("inbound-pod|{port}||{}", endpoint.address);
-                        ctx.protocol = match bound {
-                            // The upstream speaks what the client spoke.
-                            Some(_) => Protocol::Unknown,
-                            None => services
-                                .iter()
-                                .find_map(|s| s.ports.iter().find(|p| p.target_port == port))
-                                .map_or(Protocol::Unknown, |p| p.protocol),
-                        };
-                        return self.authorize(session, ctx, &tunnel, None).await;
-                    }
-                }
+                        .find_map(|s| s.ports.iter().find(|p| p.target_port == port))
+                        .map_or(Protocol::Unknown, |p| p.protocol),
+                };
+                return self.authorize(session, ctx, &tunnel, None).await;
             }
             None => {
                 warn!(dst = %tunnel.original_dst, "destination left the configuration while its tunnel was open");
@@ -308,9 +303,7 @@ impl ProxyHttp for Waypoint {
             req: session.req_header(),
             port: port.number,
             source_namespace: Some(tunnel.source_identity.namespace.as_str()),
-            source_labels: snapshot
-                .endpoint_by_ip(tunnel.source_addr.ip())
-                .map(|e| &e.labels),
+            source_labels: tunnel.source_workload(&snapshot).map(|e| &e.labels),
         };
         let (decision, matched) = snapshot.route_with_match(service, port.number, &view);
         match decision {
@@ -948,6 +941,10 @@ impl ProxyHttp for Waypoint {
                 .unwrap_or_default(),
             downstream_remote_address: tunnel
                 .map(|t| t.source_addr.to_string())
+                .unwrap_or_default(),
+            downstream_claimed_address: tunnel
+                .and_then(|t| t.claimed_source)
+                .map(|a| a.to_string())
                 .unwrap_or_default(),
             source_principal: tunnel
                 .map(|t| t.source_identity.to_string())
