@@ -32,6 +32,8 @@ pub struct Settings {
     pub upstream_hbone_port: u16,
     pub connect_timeout: Duration,
     pub sniff_timeout: Duration,
+    /// Inbound HBONE: from accept to the client's HTTP/2 preface (TLS handshake included).
+    pub handshake_timeout: Duration,
     /// meshConfig `pathNormalization`: applied before authorization and routing.
     pub path_normalization: routing::path::PathNormalization,
     /// meshConfig `extensionProviders` that CUSTOM policies name.
@@ -46,6 +48,7 @@ impl Settings {
             upstream_hbone_port: HBONE_PORT,
             connect_timeout: Duration::from_secs(10),
             sniff_timeout: Duration::from_secs(5),
+            handshake_timeout: crate::hbone::server::HANDSHAKE_TIMEOUT,
             path_normalization: Default::default(),
             authorizers: Default::default(),
         }
@@ -125,7 +128,7 @@ impl App {
             telemetry: telemetry.clone(),
             sniff_timeout: settings.sniff_timeout,
         });
-        let server = HboneServer::new(tls, inbound.clone());
+        let server = HboneServer::new(tls, inbound.clone(), settings.handshake_timeout);
         status.attach(Dataplane {
             server: server.clone(),
             pool: pool.clone(),
@@ -173,7 +176,7 @@ impl App {
     }
 }
 
-/// Bind the HBONE listener before the server starts, so a bad address fails loudly at once.
+/// Bind a listener before the server starts, so a bad address fails loudly at once.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(addr)
+    crate::listen::bind(addr, crate::listen::ENDPOINT_BACKLOG)
 }
