@@ -150,7 +150,7 @@ impl HboneServer {
         {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                return self.refuse("tls", |suppressed| {
+                return self.refuse(tls_failure(&e), |suppressed| {
                     warn!(%peer, error = %e, suppressed,
                         "HBONE mTLS handshake rejected")
                 });
@@ -378,6 +378,32 @@ impl HboneServer {
     }
 }
 
+/// The kind of a failed TLS handshake: failures are logged at most once per interval per kind,
+/// so that one peer repeating one failure cannot hide a different one.
+fn tls_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::InvalidCertificate(c)) => match c {
+            C::Expired | C::ExpiredContext { .. } => "tls_certificate_expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "tls_certificate_not_valid_yet",
+            C::UnknownIssuer => "tls_certificate_unknown_issuer",
+            C::BadSignature | C::BadEncoding => "tls_certificate_bad",
+            _ => "tls_certificate_other",
+        },
+        Some(E::NoCertificatesPresented) => "tls_no_certificate",
+        Some(E::InvalidMessage(_) | E::InappropriateMessage { .. }) => "tls_bad_message",
+        Some(E::InappropriateHandshakeMessage { .. } | E::PeerMisbehaved(_)) => "tls_misbehaved",
+        Some(E::PeerIncompatible(_) | E::NoApplicationProtocol) => "tls_incompatible",
+        Some(E::AlertReceived(_)) => "tls_alert",
+        Some(_) => "tls_other",
+        None => match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "tls_eof",
+            std::io::ErrorKind::ConnectionReset => "tls_reset",
+            _ => "tls_io",
+        },
+    }
+}
+
 /// Counts one open connection or tunnel for as long as it lives.
 struct OpenGauge<'a>(&'a AtomicU64);
 
@@ -391,5 +417,32 @@ impl<'a> OpenGauge<'a> {
 impl Drop for OpenGauge<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_told_apart_for_rate_limited_logging() {
+        let wrap = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let cert = |c| wrap(rustls::Error::InvalidCertificate(c));
+        assert_eq!(
+            tls_failure(&cert(rustls::CertificateError::Expired)),
+            "tls_certificate_expired"
+        );
+        assert_eq!(
+            tls_failure(&cert(rustls::CertificateError::NotValidYet)),
+            "tls_certificate_not_valid_yet"
+        );
+        assert_eq!(
+            tls_failure(&wrap(rustls::Error::NoCertificatesPresented)),
+            "tls_no_certificate"
+        );
+        assert_eq!(
+            tls_failure(&std::io::ErrorKind::UnexpectedEof.into()),
+            "tls_eof"
+        );
     }
 }
