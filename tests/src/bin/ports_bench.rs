@@ -112,28 +112,32 @@ async fn main() -> anyhow::Result<()> {
     )?;
 
     let mut cmd = Command::new("bash");
-    cmd.args(["-c", &format!("ulimit -n {} && exec \"$0\" \"$@\"", args.fds)])
-        .arg(&args.binary)
-        .args(["run", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .args(["--cert-chain", "--key", "--trust-bundle"].iter().zip([
-            "cert-chain.pem",
-            "key.pem",
-            "root-cert.pem",
-        ]).flat_map(|(flag, file)| [flag.to_string(), certs.join(file).display().to_string()]))
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--stats-listen",
-            "127.0.0.1:0",
-            "--health-listen",
-            "127.0.0.1:0",
-            "--log",
-            "info",
-        ])
-        .args(&args.extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-c",
+        &format!("ulimit -n {} && exec \"$0\" \"$@\"", args.fds),
+    ])
+    .arg(&args.binary)
+    .args(["run", "--listen", "127.0.0.1:0", "--config"])
+    .arg(&config)
+    .args(
+        ["--cert-chain", "--key", "--trust-bundle"]
+            .iter()
+            .zip(["cert-chain.pem", "key.pem", "root-cert.pem"])
+            .flat_map(|(flag, file)| [flag.to_string(), certs.join(file).display().to_string()]),
+    )
+    .args([
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--stats-listen",
+        "127.0.0.1:0",
+        "--health-listen",
+        "127.0.0.1:0",
+        "--log",
+        "info",
+    ])
+    .args(&args.extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("starting the waypoint")?;
     let pid = child.id();
     let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
@@ -206,7 +210,9 @@ async fn main() -> anyhow::Result<()> {
     let mut closed = 0;
     for c in &mut idle {
         let mut b = [0u8; 1];
-        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), c.read(&mut b)).await {
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), c.read(&mut b)).await
+        {
             closed += 1;
         }
     }
