@@ -9,19 +9,26 @@
 //! Changes (`/logging`, `/access_log`) take POST; GET shows the current setting.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use pingora_core::server::ShutdownWatch;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tracing::debug;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
 
 use crate::access_log::AccessLog;
+use crate::listen::ListenerStats;
 use crate::logging::LogControl;
 use crate::metrics::CONTENT_TYPE;
 use crate::status::Telemetry;
@@ -240,38 +247,239 @@ impl Admin {
         }
     }
 
-    /// Serve `role`'s endpoints on `listener` until shutdown.
+    /// Serve `role`'s endpoints on `listener` until shutdown, with the default
+    /// [`EndpointLimits`], counted as listener `admin`, `stats` or `health`.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         role: Role,
+        shutdown: ShutdownWatch,
+    ) {
+        let name = match role {
+            Role::Admin => "admin",
+            Role::Stats => "stats",
+            Role::Health => "health",
+        };
+        self.serve_with(listener, role, name, EndpointLimits::default(), shutdown)
+            .await
+    }
+
+    /// Serve `role`'s endpoints on `listener` (counted as listener `name`) until shutdown. Each
+    /// listener has its own connection cap, so that a flood of one port leaves the others
+    /// answering.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        role: Role,
+        name: &'static str,
+        limits: EndpointLimits,
         mut shutdown: ShutdownWatch,
     ) {
+        let listeners = self.telemetry.listeners.clone();
+        let stats = listeners.get(name);
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
         loop {
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        debug!(error = %e, "admin accept failed");
-                        continue;
-                    }
-                },
+                accepted = listeners.accept(name, &listener, &stats) => accepted,
                 _ = shutdown.changed() => return,
             };
-            let admin = self.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let resp = admin.handle(role, &req);
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await
-                {
-                    debug!(%peer, error = %e, "admin connection ended");
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closed at once: the descriptor is freed now, not when the peer gives up.
+                stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = listeners.full_log.allow(name) {
+                    warn!(listener = name, %peer, suppressed,
+                        "{name} listener has its maximum of {} connections open; closing new \
+                         ones",
+                        limits.max_connections);
                 }
+                drop(tcp);
+                continue;
+            };
+            let admin = self.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                admin.connection(tcp, peer, role, limits, &stats).await;
             });
         }
+    }
+
+    /// One HTTP/1.1 connection: request headers must arrive within the header timeout (which
+    /// also bounds the wait between keep-alive requests), and a connection on which nothing is
+    /// read or written for the idle timeout is closed.
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: std::net::SocketAddr,
+        role: Role,
+        limits: EndpointLimits,
+        stats: &ListenerStats,
+    ) {
+        let _open = OpenGuard::new(&stats.open);
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched {
+            inner: tcp,
+            activity: activity.clone(),
+        });
+        let admin = self.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let resp = admin.handle(role, &req);
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        loop {
+            let idle_until = activity.last() + limits.idle_timeout;
+            tokio::select! {
+                // The connection first: after a stall of the whole runtime, bytes that are
+                // waiting count as activity before the idle clock is read.
+                biased;
+                ended = conn.as_mut() => {
+                    match ended {
+                        Ok(()) => {}
+                        Err(e) if e.is_timeout() => {
+                            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                            debug!(%peer, "admin connection closed: no request headers within {:?}",
+                                limits.header_timeout);
+                        }
+                        Err(e) => debug!(%peer, error = %e, "admin connection ended"),
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep_until(idle_until) => {
+                    if activity.last() + limits.idle_timeout <= tokio::time::Instant::now() {
+                        stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                        debug!(%peer, "admin connection closed: idle for {:?}", limits.idle_timeout);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a peer of the admin, stats or health listener may hold (each listener separately).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointLimits {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// From the connection's start (and after each response) to a request's complete headers.
+    pub header_timeout: Duration,
+    /// Nothing read or written for this long closes the connection (a peer that stops reading
+    /// a response or sending a body).
+    pub idle_timeout: Duration,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counts one open connection for as long as it lives.
+struct OpenGuard<'a>(&'a AtomicU64);
+
+impl<'a> OpenGuard<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// When a connection last moved a byte (milliseconds after it started).
+struct Activity {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that records when it last read or wrote a byte.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Settings {
     pub sniff_timeout: Duration,
     /// Total time for an HTTP/1.1 request's headers inside a tunnel; `None`: no total bound.
     pub request_headers_timeout: Option<Duration>,
+    /// Inbound HBONE: from accept to the client's HTTP/2 preface (TLS handshake included).
+    pub handshake_timeout: Duration,
     /// meshConfig `pathNormalization`: applied before authorization and routing.
     pub path_normalization: routing::path::PathNormalization,
     /// meshConfig `extensionProviders` that CUSTOM policies name.
@@ -53,6 +55,7 @@ impl Settings {
             upstream: crate::hbone::UpstreamLimits::default(),
             sniff_timeout: Duration::from_secs(5),
             request_headers_timeout: Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            handshake_timeout: crate::hbone::server::HANDSHAKE_TIMEOUT,
             path_normalization: Default::default(),
             authorizers: Default::default(),
         }
@@ -133,7 +136,7 @@ impl App {
             sniff_timeout: settings.sniff_timeout,
             request_headers_timeout: settings.request_headers_timeout,
         });
-        let server = HboneServer::new(tls, inbound.clone());
+        let server = HboneServer::new(tls, inbound.clone(), settings.handshake_timeout);
         status.attach(Dataplane {
             server: server.clone(),
             pool: pool.clone(),
@@ -181,7 +184,7 @@ impl App {
     }
 }
 
-/// Bind the HBONE listener before the server starts, so a bad address fails loudly at once.
+/// Bind a listener before the server starts, so a bad address fails loudly at once.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    std::net::TcpListener::bind(addr)
+    crate::listen::bind(addr, crate::listen::ENDPOINT_BACKLOG)
 }

@@ -205,6 +205,35 @@ pub struct RunArgs {
     /// Readiness probe endpoint (/healthz/ready). `none` disables it.
     #[arg(long, env = "WAYPOINT_HEALTH_LISTEN", default_value = "0.0.0.0:15021")]
     pub health_listen: Listen,
+    /// Connections each of the admin, stats, health and prometheus listeners serves at once;
+    /// beyond it a new connection is closed as soon as it is accepted (counted in
+    /// `waypoint_listener_connections_closed{reason="limit"}`). Each listener has its own
+    /// budget, so a flood of one leaves the others answering.
+    #[arg(long, env = "WAYPOINT_ENDPOINT_MAX_CONNECTIONS", default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub endpoint_max_connections: u32,
+    /// Admin, stats and health listeners: time for a request's headers to arrive, counted from
+    /// the connection's start or the previous response (so also the keep-alive idle limit), in
+    /// milliseconds.
+    #[arg(long, env = "WAYPOINT_ENDPOINT_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub endpoint_header_timeout_ms: u64,
+    /// Admin, stats and health listeners: a connection on which nothing is read or written for
+    /// this long is closed (a peer that stops reading a response), in milliseconds.
+    #[arg(long, env = "WAYPOINT_ENDPOINT_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub endpoint_idle_timeout_ms: u64,
+    /// HBONE listen backlog: connections the kernel completes before the waypoint accepts
+    /// them (capped by the kernel's net.core.somaxconn).
+    #[arg(long, env = "WAYPOINT_HBONE_BACKLOG", default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub hbone_backlog: u32,
+    /// Inbound HBONE: time from accept to the client's HTTP/2 preface, the mTLS handshake
+    /// included, in milliseconds. A peer that is slower, or that completes TLS and stays
+    /// silent, is closed (`waypoint_hbone_handshake_timeouts`).
+    #[arg(long, env = "WAYPOINT_HBONE_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub hbone_handshake_timeout_ms: u64,
     /// This cluster's id: the `destination_cluster` metric label.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
@@ -287,6 +316,17 @@ impl Default for WaypointArgs {
             gateway: (w.namespace, w.name),
             root_namespace: w.root_namespace,
             path_normalization: Default::default(),
+        }
+    }
+}
+
+impl RunArgs {
+    /// The per-listener limits of the admin, stats and health endpoints.
+    pub fn endpoint_limits(&self) -> crate::admin::EndpointLimits {
+        crate::admin::EndpointLimits {
+            max_connections: self.endpoint_max_connections as usize,
+            header_timeout: std::time::Duration::from_millis(self.endpoint_header_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(self.endpoint_idle_timeout_ms),
         }
     }
 }
@@ -456,6 +496,12 @@ mod tests {
             Listen(Some("0.0.0.0:15021".parse().unwrap()))
         );
         assert_eq!(args.cluster_id, "Kubernetes");
+        assert_eq!(args.hbone_backlog, 1024);
+        assert_eq!(args.hbone_handshake_timeout_ms, 10_000);
+        assert_eq!(
+            args.endpoint_limits(),
+            crate::admin::EndpointLimits::default()
+        );
         let err = Cli::try_parse_from([
             "waypoint",
             "run",

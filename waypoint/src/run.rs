@@ -51,6 +51,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         keepalive_interval: Duration::from_millis(args.upstream_keepalive_interval_ms),
         keepalive_timeout: Duration::from_millis(args.upstream_keepalive_timeout_ms),
     };
+    settings.handshake_timeout = Duration::from_millis(args.hbone_handshake_timeout_ms);
     settings.path_normalization = args.waypoint.path_normalization;
     if let Some(mesh) = &args.mesh_config {
         settings.authorizers =
@@ -128,8 +129,8 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("no config source: give --config DIR or --xds ADDRESS"),
     };
 
-    let hbone =
-        bind(args.listen).with_context(|| format!("binding HBONE listener {}", args.listen))?;
+    let hbone = crate::listen::bind(args.listen, args.hbone_backlog)
+        .with_context(|| format!("binding HBONE listener {}", args.listen))?;
     let addr = hbone.local_addr()?;
     info!(%addr, "HBONE listener bound");
     eprintln!("waypoint listening on {addr}");
@@ -143,7 +144,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         let Some(addr) = addr.0 else { continue };
         let l = bind(addr).with_context(|| format!("binding {what} listener {addr}"))?;
         announce(what, &l)?;
-        admin_listeners.push((role, l));
+        admin_listeners.push((role, what, l));
     }
 
     let admin = Arc::new(Admin {
@@ -169,6 +170,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         "admin endpoints".to_string(),
         Arc::new(AdminService {
             admin,
+            limits: args.endpoint_limits(),
             listeners: Mutex::new(admin_listeners),
         }),
     ));
@@ -196,7 +198,8 @@ fn tokio_listener(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
 
 struct AdminService {
     admin: Arc<Admin>,
-    listeners: Mutex<Vec<(Role, std::net::TcpListener)>>,
+    limits: crate::admin::EndpointLimits,
+    listeners: Mutex<Vec<(Role, &'static str, std::net::TcpListener)>>,
 }
 
 #[async_trait]
@@ -207,11 +210,13 @@ impl BackgroundService for AdminService {
         let (_keep, shutdown) = tokio::sync::watch::channel(false);
         let listeners = std::mem::take(&mut *self.listeners.lock());
         let mut tasks = Vec::new();
-        for (role, l) in listeners {
+        for (role, name, l) in listeners {
             match tokio_listener(l) {
-                Ok(l) => tasks.push(tokio::spawn(self.admin.clone().serve(
+                Ok(l) => tasks.push(tokio::spawn(self.admin.clone().serve_with(
                     l,
                     role,
+                    name,
+                    self.limits,
                     shutdown.clone(),
                 ))),
                 Err(e) => error!(?role, error = %e, "cannot use the admin listening socket"),

@@ -195,6 +195,8 @@ pub struct Telemetry {
     pub own_cert: Arc<crate::identity::OwnCert>,
     /// Mirrored requests sent and failed.
     pub mirrors: Arc<crate::mirror::MirrorStats>,
+    /// Per-listener connection counters (admin, stats, health, HBONE).
+    pub listeners: Arc<crate::listen::Listeners>,
 }
 
 impl Default for Telemetry {
@@ -207,9 +209,11 @@ impl Telemetry {
     pub fn new(cluster_id: &str, split_window: Duration) -> Self {
         let status = Status::new();
         let splits = SplitAudit::new(split_window);
+        let listeners = Arc::new(crate::listen::Listeners::default());
         let metrics = Arc::new(Metrics::new(vec![
             Box::new(ProxyHealth(status.clone())),
             Box::new(SplitCollector(splits.clone())),
+            Box::new(crate::listen::ListenerCollector(listeners.clone())),
         ]));
         Self {
             metrics,
@@ -218,6 +222,7 @@ impl Telemetry {
             cluster_id: Arc::from(cluster_id),
             own_cert: Arc::default(),
             mirrors: Arc::default(),
+            listeners,
         }
     }
 }
@@ -235,6 +240,16 @@ struct Direction {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Stage {
+    stage: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -487,6 +502,45 @@ impl Collector for ProxyHealth {
                         reason: "unknown_workload",
                     },
                     load(&server.sources.unknown),
+                ),
+            ],
+        )?;
+        gauge(
+            &mut e,
+            "waypoint_hbone_inbound_connections",
+            "Inbound HBONE connections now, by state: `tls_handshake`, `http2_handshake` \
+             (authenticated, waiting for the client's HTTP/2 preface), `established`",
+            &[
+                (
+                    State {
+                        state: "tls_handshake",
+                    },
+                    load(&server.tls_handshaking) as f64,
+                ),
+                (
+                    State {
+                        state: "http2_handshake",
+                    },
+                    load(&server.h2_handshaking) as f64,
+                ),
+                (
+                    State {
+                        state: "established",
+                    },
+                    load(&server.connections_open) as f64,
+                ),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "waypoint_hbone_handshake_timeouts",
+            "Inbound HBONE connections closed because the handshake timeout passed, by stage: \
+             `tls`, or `http2` (TLS done, no HTTP/2 preface)",
+            &[
+                (Stage { stage: "tls" }, load(&server.tls_handshake_timeouts)),
+                (
+                    Stage { stage: "http2" },
+                    load(&server.h2_handshake_timeouts),
                 ),
             ],
         )?;

@@ -21,9 +21,11 @@ use tracing::{debug, info, warn};
 use super::stream::H2Stream;
 use crate::identity::peer_identity;
 use crate::inbound::Inbound;
+use crate::throttle::LogThrottle;
 use crate::tunnel::{parse_forwarded, TunnelInfo};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time from accept to the end of the handshake: TLS, then the client's HTTP/2 preface.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ztunnel pings every 10 s and gives up after 20 s; the waypoint does the same to its peers.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,6 +47,14 @@ pub struct ServerStats {
     pub rejected_streams: AtomicU64,
     /// `forwarded: for=` claims that could not be verified.
     pub sources: crate::source::SourceStats,
+    /// Connections in the TLS handshake now.
+    pub tls_handshaking: AtomicU64,
+    /// Connections past TLS, waiting for the client's HTTP/2 preface now.
+    pub h2_handshaking: AtomicU64,
+    /// Connections closed because the TLS handshake did not finish in time.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Authenticated connections closed because the HTTP/2 preface did not arrive in time.
+    pub h2_handshake_timeouts: AtomicU64,
 }
 
 pub struct HboneServer {
@@ -52,6 +62,10 @@ pub struct HboneServer {
     tls: ArcSwap<rustls::ServerConfig>,
     inbound: Arc<Inbound>,
     pub stats: ServerStats,
+    /// From accept to the client's HTTP/2 preface.
+    handshake_timeout: Duration,
+    /// Failed handshakes are logged at most once per interval per reason.
+    log: LogThrottle,
 }
 
 struct ConnInfo {
@@ -66,12 +80,30 @@ impl HboneServer {
         self.tls.store(tls);
     }
 
-    pub fn new(tls: Arc<rustls::ServerConfig>, inbound: Arc<Inbound>) -> Arc<Self> {
+    /// `handshake_timeout` bounds the time from accept to the client's HTTP/2 preface.
+    pub fn new(
+        tls: Arc<rustls::ServerConfig>,
+        inbound: Arc<Inbound>,
+        handshake_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             tls: ArcSwap::new(tls),
             inbound,
             stats: ServerStats::default(),
+            handshake_timeout,
+            log: LogThrottle::default(),
         })
+    }
+
+    /// Count a connection refused during its handshake; log it unless `reason` was logged
+    /// within the throttle's interval.
+    fn refuse(&self, reason: &'static str, log: impl FnOnce(u64)) {
+        self.stats
+            .rejected_handshakes
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.log.allow(reason) {
+            log(suppressed);
+        }
     }
 
     /// Accept HBONE connections until `shutdown` turns true; then stop accepting and let every
@@ -79,18 +111,14 @@ impl HboneServer {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: ShutdownWatch) {
         let addr = listener.local_addr().ok();
         info!(?addr, "HBONE listener accepting");
+        let listeners = self.inbound.telemetry.listeners.clone();
+        let stats = listeners.get("hbone");
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let server = self.clone();
-                        let shutdown = shutdown.clone();
-                        tokio::spawn(async move { server.connection(tcp, peer, shutdown).await });
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "HBONE accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                (tcp, peer) = listeners.accept("hbone", &listener, &stats) => {
+                    let server = self.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move { server.connection(tcp, peer, shutdown).await });
                 },
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
@@ -112,35 +140,41 @@ impl HboneServer {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
+        // One deadline from accept to the HTTP/2 preface: a peer that completes TLS and then
+        // stays silent is held no longer than one that stalls the TLS handshake.
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let handshaking = OpenGauge::new(&self.stats.tls_handshaking);
+        let tls = match tokio::time::timeout_at(
+            deadline,
             TlsAcceptor::from(self.tls.load_full()).accept(tcp),
         )
         .await
         {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.stats
-                    .rejected_handshakes
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(%peer, error = %e, "HBONE mTLS handshake rejected");
-                return;
+                return self.refuse(tls_failure(&e), |suppressed| {
+                    warn!(%peer, error = %e, suppressed,
+                        "HBONE mTLS handshake rejected")
+                });
             }
             Err(_) => {
                 self.stats
-                    .rejected_handshakes
+                    .tls_handshake_timeouts
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(%peer, "HBONE mTLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
-                return;
+                let timeout = self.handshake_timeout;
+                return self.refuse("tls_timeout", |suppressed| {
+                    warn!(%peer, suppressed,
+                        "HBONE mTLS handshake timed out after {timeout:?}")
+                });
             }
         };
+        drop(handshaking);
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(b"h2") {
-            self.stats
-                .rejected_handshakes
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, "HBONE peer did not negotiate ALPN h2; closing");
-            return;
+            return self.refuse("alpn", |suppressed| {
+                warn!(%peer, suppressed,
+                    "HBONE peer did not negotiate ALPN h2; closing")
+            });
         }
         let identity = match session
             .peer_certificates()
@@ -149,29 +183,47 @@ impl HboneServer {
         {
             Some(Ok(id)) => id,
             Some(Err(reason)) => {
-                warn!(%peer, %reason, "HBONE peer certificate has no usable identity");
-                return;
+                return self.refuse("identity", |suppressed| {
+                    warn!(%peer, %reason, suppressed,
+                        "HBONE peer certificate has no usable identity")
+                });
             }
             None => {
-                warn!(%peer, "HBONE peer presented no certificate");
-                return;
+                return self.refuse("no_certificate", |suppressed| {
+                    warn!(%peer, suppressed,
+                        "HBONE peer presented no certificate")
+                });
             }
         };
-        let mut conn = match h2::server::Builder::new()
+        let handshaking = OpenGauge::new(&self.stats.h2_handshaking);
+        let handshake = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(MAX_HEADER_LIST)
-            .handshake::<_, Bytes>(tls)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(%peer, %identity, error = %e, "HTTP/2 handshake failed");
-                return;
+            .handshake::<_, Bytes>(tls);
+        let mut conn = match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return self.refuse("http2", |suppressed| {
+                    warn!(%peer, %identity, error = %e, suppressed,
+                        "HTTP/2 handshake failed")
+                });
+            }
+            Err(_) => {
+                self.stats
+                    .h2_handshake_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                let timeout = self.handshake_timeout;
+                return self.refuse("http2_timeout", |suppressed| {
+                    warn!(%peer, %identity, suppressed,
+                        "HBONE peer sent no HTTP/2 preface within {timeout:?} of connecting; \
+                         closing")
+                });
             }
         };
+        drop(handshaking);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let _open = OpenGauge::new(&self.stats.connections_open);
         debug!(%peer, %identity, "HBONE connection established");
@@ -336,6 +388,32 @@ impl HboneServer {
     }
 }
 
+/// The kind of a failed TLS handshake: failures are logged at most once per interval per kind,
+/// so that one peer repeating one failure cannot hide a different one.
+fn tls_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::InvalidCertificate(c)) => match c {
+            C::Expired | C::ExpiredContext { .. } => "tls_certificate_expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "tls_certificate_not_valid_yet",
+            C::UnknownIssuer => "tls_certificate_unknown_issuer",
+            C::BadSignature | C::BadEncoding => "tls_certificate_bad",
+            _ => "tls_certificate_other",
+        },
+        Some(E::NoCertificatesPresented) => "tls_no_certificate",
+        Some(E::InvalidMessage(_) | E::InappropriateMessage { .. }) => "tls_bad_message",
+        Some(E::InappropriateHandshakeMessage { .. } | E::PeerMisbehaved(_)) => "tls_misbehaved",
+        Some(E::PeerIncompatible(_) | E::NoApplicationProtocol) => "tls_incompatible",
+        Some(E::AlertReceived(_)) => "tls_alert",
+        Some(_) => "tls_other",
+        None => match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "tls_eof",
+            std::io::ErrorKind::ConnectionReset => "tls_reset",
+            _ => "tls_io",
+        },
+    }
+}
+
 /// Counts one open connection or tunnel for as long as it lives.
 struct OpenGauge<'a>(&'a AtomicU64);
 
@@ -349,5 +427,32 @@ impl<'a> OpenGauge<'a> {
 impl Drop for OpenGauge<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_told_apart_for_rate_limited_logging() {
+        let wrap = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let cert = |c| wrap(rustls::Error::InvalidCertificate(c));
+        assert_eq!(
+            tls_failure(&cert(rustls::CertificateError::Expired)),
+            "tls_certificate_expired"
+        );
+        assert_eq!(
+            tls_failure(&cert(rustls::CertificateError::NotValidYet)),
+            "tls_certificate_not_valid_yet"
+        );
+        assert_eq!(
+            tls_failure(&wrap(rustls::Error::NoCertificatesPresented)),
+            "tls_no_certificate"
+        );
+        assert_eq!(
+            tls_failure(&std::io::ErrorKind::UnexpectedEof.into()),
+            "tls_eof"
+        );
     }
 }

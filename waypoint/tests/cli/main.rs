@@ -13,6 +13,7 @@ mod first_contact;
 mod istio_ca;
 mod istio_template;
 mod manifests;
+mod ports;
 mod validate;
 mod xds;
 mod xds_authz;
