@@ -544,6 +544,18 @@ impl Collector for ProxyHealth {
                 ),
             ],
         )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_hbone_premature_resets",
+            "Inbound tunnels the client reset within 1 s of acceptance, before any byte was sent back",
+            load(&server.premature_resets),
+        )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_hbone_connections_closed_for_resets",
+            "Inbound HBONE connections closed (GOAWAY ENHANCE_YOUR_CALM) after 500 tunnels, more than half reset prematurely",
+            load(&server.closed_for_resets),
+        )?;
         let reused = load(&dp.pool.stats.tunnels_reused);
         let opened = load(&client.tunnels_opened);
         scalar_counter(

@@ -633,7 +633,7 @@ fn build_service(
             diag.warn(
                 LISTENER_TYPE,
                 listener::MAIN_INTERNAL,
-                format!("{host}:{number} (chains {chains:?}): its cluster was not sent (CDS); requests to this port get 503 until it is"),
+                format!("{host}:{number} (chains {chains:?}): its cluster is not in this config (never sent by CDS, or refused); requests to this port get 503 until it is"),
             );
         }
         // Target port: the pods' port in this port's own (no subset) cluster.

@@ -294,3 +294,78 @@ async fn endpoint_down_fails_over_and_all_down_is_503() {
         "connection_failure"
     );
 }
+
+/// Rapid reset after acceptance (CVE-2023-44487, as Envoy mitigates it): a client that resets
+/// each tunnel right after its 200 gets its connection closed with GOAWAY ENHANCE_YOUR_CALM once
+/// 500 tunnels were carried and more than half were reset within 1 s; a client that lets its
+/// tunnels finish is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_reset_right_after_acceptance_close_the_connection() {
+    let mesh = Mesh::start(&two_subsets()).await;
+    let cert = || {
+        mesh.bench
+            .ca
+            .issue(&spiffe("productpage"))
+            .unwrap()
+            .workload
+    };
+    let connect = || {
+        http::Request::builder()
+            .method(Method::CONNECT)
+            .uri("10.0.0.10:9080")
+            .body(())
+            .unwrap()
+    };
+    let mut send = raw_h2(
+        mesh.bench.waypoint_addr,
+        client_tls(cert(), &mesh.bench.waypoint_id),
+    )
+    .await
+    .unwrap();
+    let mut accepted = 0;
+    let mut closed = None;
+    for _ in 0..2000 {
+        let opened = async {
+            send = send.clone().ready().await?;
+            let (response, mut stream) = send.send_request(connect(), false)?;
+            let response = response.await?;
+            anyhow::Ok((response.status(), {
+                stream.send_reset(h2::Reason::CANCEL);
+            }))
+        };
+        match opened.await {
+            Ok((status, ())) => {
+                assert_eq!(status, 200);
+                accepted += 1;
+            }
+            Err(e) => {
+                closed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = closed.expect("the connection survived 2000 reset tunnels");
+    let reason = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason);
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "{e:#}");
+    assert!(accepted >= 500, "closed after {accepted} tunnels");
+    let stats = &mesh.bench.app.server.stats;
+    assert_eq!(stats.closed_for_resets.load(Ordering::Relaxed), 1);
+    assert!(stats.premature_resets.load(Ordering::Relaxed) >= 250);
+
+    // An honest client: 600 short tunnels on one connection, each closed (or reset) by the
+    // client once it has its answer. None is premature; the connection stays.
+    let client = mesh.client();
+    for _ in 0..600 {
+        let r = waypoint_tests::reviews_request(&client, "GET", "/", &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        client
+            .hbone()
+            .stats
+            .connections_opened
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(stats.closed_for_resets.load(Ordering::Relaxed), 1);
+}

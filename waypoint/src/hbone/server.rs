@@ -55,6 +55,41 @@ pub struct ServerStats {
     pub tls_handshake_timeouts: AtomicU64,
     /// Authenticated connections closed because the HTTP/2 preface did not arrive in time.
     pub h2_handshake_timeouts: AtomicU64,
+    /// Accepted tunnels the client reset within [`PREMATURE_RESET_LIFETIME`], before any byte
+    /// was sent back.
+    pub premature_resets: AtomicU64,
+    /// Connections closed because most of their tunnels were reset prematurely.
+    pub closed_for_resets: AtomicU64,
+}
+
+/// A tunnel the client resets within this long after it was accepted, before the waypoint sent
+/// it a byte (Envoy: before the response completed), counts as a premature reset (Envoy's
+/// `overload.premature_reset_min_stream_lifetime_seconds`, 1 s)…
+pub const PREMATURE_RESET_LIFETIME: Duration = Duration::from_secs(1);
+/// …and once a connection has carried this many tunnels (Envoy's
+/// `overload.premature_reset_total_stream_count`, 500), it is closed when more than half of
+/// them were reset prematurely (rapid reset after acceptance, CVE-2023-44487).
+pub const PREMATURE_RESET_MIN_STREAMS: u64 = 500;
+
+/// One connection's tunnels and premature resets.
+#[derive(Debug, Default)]
+struct ResetTracker {
+    streams: AtomicU64,
+    premature: AtomicU64,
+    /// Wakes the connection loop to close the connection.
+    trip: tokio::sync::Notify,
+}
+
+impl ResetTracker {
+    /// Record a tunnel's end; true when the connection should now be closed.
+    fn ended(&self, reset_by_client: bool, lifetime: Duration) -> bool {
+        if !(reset_by_client && lifetime < PREMATURE_RESET_LIFETIME) {
+            return false;
+        }
+        let premature = self.premature.fetch_add(1, Ordering::AcqRel) + 1;
+        let streams = self.streams.load(Ordering::Acquire);
+        streams >= PREMATURE_RESET_MIN_STREAMS && premature * 2 > streams
+    }
 }
 
 pub struct HboneServer {
@@ -72,6 +107,7 @@ struct ConnInfo {
     peer: SocketAddr,
     local: SocketAddr,
     identity: crate::identity::SpiffeId,
+    resets: ResetTracker,
 }
 
 impl HboneServer {
@@ -231,6 +267,7 @@ impl HboneServer {
             peer,
             local,
             identity,
+            resets: ResetTracker::default(),
         });
         let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<()>();
         let keepalive = conn.ping_pong().map(|mut pp| {
@@ -273,6 +310,23 @@ impl HboneServer {
                         conn.graceful_shutdown();
                         draining = true;
                     }
+                }
+                _ = info.resets.trip.notified() => {
+                    self.stats.closed_for_resets.fetch_add(1, Ordering::Relaxed);
+                    let (streams, premature) = (
+                        info.resets.streams.load(Ordering::Relaxed),
+                        info.resets.premature.load(Ordering::Relaxed),
+                    );
+                    if let Some(suppressed) = self.log.allow("premature_resets") {
+                        warn!(%peer, identity = %info.identity, streams, premature, suppressed,
+                            "HBONE connection closed: most of its tunnels were reset within \
+                             {PREMATURE_RESET_LIFETIME:?} of acceptance");
+                    }
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    // Flush the GOAWAY (bounded), then drop the connection and its tunnels.
+                    let flush = async { while conn.accept().await.is_some() {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+                    break;
                 }
                 _ = &mut dead_rx => {
                     warn!(%peer, "HBONE peer missed keep-alive pings for {PING_TIMEOUT:?}; closing");
@@ -381,10 +435,21 @@ impl HboneServer {
         };
         self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
         let _open = OpenGauge::new(&self.stats.tunnels_open);
-        let tunnel = H2Stream::new(send, req.into_body());
+        let mut tunnel = H2Stream::new(send, req.into_body());
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tunnel.watch_remote_reset(reset.clone());
+        let accepted = std::time::Instant::now();
+        conn.resets.streams.fetch_add(1, Ordering::AcqRel);
         self.inbound
             .serve_tunnel(tunnel, Arc::new(info), protocol, shutdown)
             .await;
+        let reset_by_client = reset.load(Ordering::Acquire);
+        if reset_by_client && accepted.elapsed() < PREMATURE_RESET_LIFETIME {
+            self.stats.premature_resets.fetch_add(1, Ordering::Relaxed);
+        }
+        if conn.resets.ended(reset_by_client, accepted.elapsed()) {
+            conn.resets.trip.notify_one();
+        }
     }
 }
 

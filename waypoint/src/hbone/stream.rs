@@ -3,6 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -18,6 +20,11 @@ pub struct H2Stream {
     recv: RecvStream,
     pending: Bytes,
     write_closed: bool,
+    /// Set at drop when the peer reset the stream before it was sent a byte (see
+    /// [`H2Stream::watch_remote_reset`]).
+    reset_watch: Option<Arc<AtomicBool>>,
+    /// A byte was sent on this stream.
+    wrote: bool,
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -50,7 +57,16 @@ impl H2Stream {
             recv,
             pending: Bytes::new(),
             write_closed: false,
+            reset_watch: None,
+            wrote: false,
         }
+    }
+
+    /// When the tunnel ends, `flag` tells whether the peer reset the stream (RST_STREAM) before
+    /// any byte was sent to it: it gave up without an answer. (A client that resets once it has
+    /// its answer, as an h2 client dropping a finished tunnel does, is not flagged.)
+    pub fn watch_remote_reset(&mut self, flag: Arc<AtomicBool>) {
+        self.reset_watch = Some(flag);
     }
 
     /// True when the tunnel is idle and open: nothing buffered, peer has not ended or reset it.
@@ -111,6 +127,7 @@ impl AsyncWrite for H2Stream {
                 this.send
                     .send_data(Bytes::copy_from_slice(&buf[..n]), false)
                     .map_err(h2_to_io)?;
+                this.wrote = true;
                 return Poll::Ready(Ok(n));
             }
             this.send.reserve_capacity(buf.len().min(WRITE_CHUNK));
@@ -146,6 +163,13 @@ impl Drop for H2Stream {
     /// End our half with END_STREAM instead of letting h2 reset the stream: bytes already queued
     /// (an error response written just before the proxy lets go of the tunnel) still arrive.
     fn drop(&mut self) {
+        if let Some(flag) = self.reset_watch.as_ref().filter(|_| !self.wrote) {
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            if let Poll::Ready(Ok(_)) = self.send.poll_reset(&mut cx) {
+                flag.store(true, Ordering::Release);
+            }
+        }
         if !self.write_closed {
             self.write_closed = true;
             let _ = self.send.send_data(Bytes::new(), true);

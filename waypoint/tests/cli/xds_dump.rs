@@ -67,7 +67,7 @@ fn a_real_waypoint_config_dump_is_accounted_for_entry_by_entry() {
     // The warnings say what is wrong with the dump: CDS has port 8000's cluster, EDS port 8100's.
     for needle in [
         "httpbin.default.svc.cluster.local:8100",
-        "its cluster was not sent (CDS); requests to this port get 503",
+        "its cluster is not in this config (never sent by CDS, or refused); requests to this port get 503",
         "endpoints inbound-vip|8000|http|httpbin.default.svc.cluster.local not received yet",
         "no service cluster uses this assignment",
         "why: static, from the Envoy bootstrap",
