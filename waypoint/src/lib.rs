@@ -29,4 +29,5 @@ pub mod splits;
 pub mod status;
 pub mod tunnel;
 pub mod validate;
+mod watch;
 pub mod xds;

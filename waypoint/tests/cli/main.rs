@@ -9,6 +9,7 @@ mod config_reload;
 mod docker;
 mod files_dns;
 mod first_contact;
+mod identity_reload;
 mod istio_ca;
 mod istio_template;
 mod manifests;
