@@ -51,22 +51,16 @@ pub(crate) fn load_identity(args: &RunArgs) -> Found<WorkloadCert> {
     }
 }
 
-/// What one load of the config directory gave, for the watcher: a temporary read failure
-/// (EMFILE) is neither a config nor a rejection.
-pub(crate) enum Loaded {
-    Found(Found<Snapshot>),
-    Transient(String),
-}
-
 /// Load the config directory. A directory that holds no services is `Missing` unless
-/// `allow_empty`: waited for at startup, rejected at a reload.
+/// `allow_empty`: waited for at startup, rejected at a reload. `Err`: a temporary read failure
+/// (EMFILE), which is neither a config nor a rejection.
 pub(crate) fn load_config_checked(
     dir: &Path,
     options: &routing::LoadOptions,
     allow_empty: bool,
-) -> Loaded {
+) -> Result<Found<Snapshot>, String> {
     if !dir.is_dir() {
-        return Loaded::Found(Found::Missing(format!(
+        return Ok(Found::Missing(format!(
             "config directory {} does not exist",
             dir.display()
         )));
@@ -74,11 +68,11 @@ pub(crate) fn load_config_checked(
     let files = match routing::read_config_dir(dir, &options.limits) {
         Ok(files) => files,
         Err(routing::ReadError::Io { file, error }) if is_transient(&error) => {
-            return Loaded::Transient(format!("{file}: {error}"))
+            return Err(format!("{file}: {error}"))
         }
-        Err(e) => return Loaded::Found(invalid(dir, routing::LoadErrors::from(e))),
+        Err(e) => return Ok(invalid(dir, routing::LoadErrors::from(e))),
     };
-    Loaded::Found(match routing::check_files_with(&files, options).result {
+    Ok(match routing::check_files_with(&files, options).result {
         Ok(snapshot) if snapshot.services().count() == 0 && !allow_empty => {
             Found::Missing(format!(
                 "config directory {} holds no services ({} file(s) loaded); an empty config \
@@ -106,10 +100,8 @@ pub(crate) fn load_config(
     options: &routing::LoadOptions,
     allow_empty: bool,
 ) -> Found<Snapshot> {
-    match load_config_checked(dir, options, allow_empty) {
-        Loaded::Found(found) => found,
-        Loaded::Transient(why) => Found::Missing(format!("cannot read the config now: {why}")),
-    }
+    load_config_checked(dir, options, allow_empty)
+        .unwrap_or_else(|why| Found::Missing(format!("cannot read the config now: {why}")))
 }
 
 /// What the identity files hold now: a hash of each one's contents, or why it cannot be read;
@@ -443,7 +435,7 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
             tokio::task::spawn_blocking(move || load_config_checked(&dir, &options, allow_empty))
                 .await;
         match loaded {
-            Ok(Loaded::Found(Found::Ready(snapshot))) => {
+            Ok(Ok(Found::Ready(snapshot))) => {
                 for w in snapshot.warnings() {
                     warn!("{w}");
                 }
@@ -457,7 +449,7 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
                 files.served();
                 last_error = None;
             }
-            Ok(Loaded::Found(Found::Missing(why) | Found::Invalid(why))) => {
+            Ok(Ok(Found::Missing(why) | Found::Invalid(why))) => {
                 status
                     .config_rejections
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -468,7 +460,7 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
                 }
                 last_error = Some(why);
             }
-            Ok(Loaded::Transient(why)) => {
+            Ok(Err(why)) => {
                 debug!("config not readable now, trying again: {why}");
                 files.retry();
             }
