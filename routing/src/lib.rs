@@ -58,8 +58,10 @@ pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
 pub use upstream::{ClientTls, SanKind, SanMatcher, TlsMode, Transport, UpstreamTls};
 pub use weighted::pick_weighted;
 pub use yaml::{
-    check_path, check_path_with, check_str, load_dir, load_dir_with, load_str, LoadOptions, Report,
-    WaypointRef,
+    check_files_with, check_path, check_path_with, check_str, config_entries, is_config_name,
+    load_dir, load_dir_with, load_str, read_config_dir, ConfigEntry, ConfigFiles, InputLimits,
+    LoadOptions, ReadError, Report, Unreadable, WaypointRef, DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_TOTAL_BYTES,
 };
 
 #[cfg(test)]

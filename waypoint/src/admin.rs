@@ -133,6 +133,7 @@ impl Admin {
             "identity": status.certificate().map(|c| serde_json::to_value(&*c).unwrap_or_default()),
             "config": {
                 "status": status.config().map(|c| serde_json::to_value(&*c).unwrap_or_default()),
+                "unreadable": status.config_unreadable().iter().map(|u| u.to_string()).collect::<Vec<_>>(),
                 "xds": status.xds().map(|x| serde_json::to_value(&x).unwrap_or_default()),
                 "snapshot": snapshot,
             },

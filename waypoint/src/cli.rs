@@ -272,9 +272,16 @@ pub struct RunArgs {
     /// TRUST_DOMAIN, POD_NAMESPACE and SERVICE_ACCOUNT).
     #[arg(long, env = "WAYPOINT_EXPECTED_IDENTITY")]
     pub expected_identity: Option<String>,
-    /// How often the config directory is read for changes (hot reload), in milliseconds.
+    /// Hot reload: how often the config directory and the identity files are looked at besides
+    /// change notifications (inotify), in milliseconds. A look reads metadata only; a file is
+    /// read again only when its size, times or inode changed.
     #[arg(long, env = "WAYPOINT_RELOAD_INTERVAL_MS", default_value_t = 250)]
     pub reload_interval_ms: u64,
+    /// Serve a config directory that holds no services. Without it an empty directory keeps the
+    /// waypoint not ready at startup, and replacing a served config by an empty one is rejected
+    /// (the last good config keeps serving).
+    #[arg(long, env = "WAYPOINT_ALLOW_EMPTY_CONFIG")]
+    pub allow_empty_config: bool,
     /// Sliding window of the split audit (/splits), in seconds.
     #[arg(long, env = "WAYPOINT_SPLIT_WINDOW_SECONDS", default_value_t = 300)]
     pub split_window_seconds: u64,
@@ -307,6 +314,13 @@ pub struct WaypointArgs {
         value_parser = |s: &str| s.parse::<routing::path::PathNormalization>()
     )]
     pub path_normalization: routing::path::PathNormalization,
+    /// Most bytes of YAML read from a config directory, all files together; over it the config
+    /// is refused naming the file (at a reload, the last good config keeps serving).
+    #[arg(long, env = "WAYPOINT_CONFIG_MAX_BYTES", default_value_t = routing::DEFAULT_MAX_TOTAL_BYTES)]
+    pub config_max_bytes: u64,
+    /// Most bytes of one config file.
+    #[arg(long, env = "WAYPOINT_CONFIG_MAX_FILE_BYTES", default_value_t = routing::DEFAULT_MAX_FILE_BYTES)]
+    pub config_max_file_bytes: u64,
 }
 
 impl Default for WaypointArgs {
@@ -316,6 +330,8 @@ impl Default for WaypointArgs {
             gateway: (w.namespace, w.name),
             root_namespace: w.root_namespace,
             path_normalization: Default::default(),
+            config_max_bytes: routing::DEFAULT_MAX_TOTAL_BYTES,
+            config_max_file_bytes: routing::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -342,6 +358,10 @@ impl WaypointArgs {
                 root_namespace: self.root_namespace.clone(),
             },
             dns: Default::default(),
+            limits: routing::InputLimits {
+                max_total_bytes: self.config_max_bytes,
+                max_file_bytes: self.config_max_file_bytes,
+            },
         }
     }
 }

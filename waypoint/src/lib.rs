@@ -33,4 +33,5 @@ pub mod status;
 pub mod throttle;
 pub mod tunnel;
 pub mod validate;
+mod watch;
 pub mod xds;

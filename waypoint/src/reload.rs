@@ -8,18 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use routing::Snapshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::cli::RunArgs;
 use crate::identity::{
     read_token, request_certificate, CaClientConfig, IdentityError, SpiffeId, WorkloadCert,
 };
+use crate::watch::{is_transient, parents, Change, Changes, Hashes, Settled};
 
 /// What one look at the files found.
 pub(crate) enum Found<T> {
     Ready(T),
-    /// Not there (yet): the reason for readiness.
+    /// Not there (yet), or not usable now (an expired certificate, a config without services):
+    /// waited for at startup, the reason for readiness; rejected at a reload.
     Missing(String),
     /// There but unusable.
     Invalid(String),
@@ -33,7 +35,12 @@ pub(crate) fn load_identity(args: &RunArgs) -> Found<WorkloadCert> {
                 args.cert_chain.display(),
                 cert.id
             )),
-            _ => Found::Ready(cert),
+            // Valid files, but not usable now: waited for at startup (not ready, this reason),
+            // rejected at a rotation.
+            _ => match cert.check_validity(std::time::SystemTime::now()) {
+                Ok(()) => Found::Ready(cert),
+                Err(why) => Found::Missing(format!("{}: {why}", args.cert_chain.display())),
+            },
         },
         Err(IdentityError::Read { source, path, what })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -44,79 +51,107 @@ pub(crate) fn load_identity(args: &RunArgs) -> Found<WorkloadCert> {
     }
 }
 
-pub(crate) fn load_config(dir: &Path, options: &routing::LoadOptions) -> Found<Snapshot> {
+/// Load the config directory. A directory that holds no services is `Missing` unless
+/// `allow_empty`: waited for at startup, rejected at a reload. `Err`: a temporary read failure
+/// (EMFILE), which is neither a config nor a rejection.
+pub(crate) fn load_config_checked(
+    dir: &Path,
+    options: &routing::LoadOptions,
+    allow_empty: bool,
+) -> Result<Found<Snapshot>, String> {
     if !dir.is_dir() {
-        return Found::Missing(format!("config directory {} does not exist", dir.display()));
-    }
-    match routing::load_dir_with(dir, options) {
-        Ok(snapshot) => Found::Ready(snapshot),
-        Err(errors) => Found::Invalid(format!(
-            "{} problem(s) in {}:\n{errors}",
-            errors.len(),
+        return Ok(Found::Missing(format!(
+            "config directory {} does not exist",
             dir.display()
-        )),
+        )));
     }
+    let files = match routing::read_config_dir(dir, &options.limits) {
+        Ok(files) => files,
+        Err(routing::ReadError::Io { file, error }) if is_transient(&error) => {
+            return Err(format!("{file}: {error}"))
+        }
+        Err(e) => return Ok(invalid(dir, routing::LoadErrors::from(e))),
+    };
+    Ok(match routing::check_files_with(&files, options).result {
+        Ok(snapshot) if snapshot.services().count() == 0 && !allow_empty => {
+            Found::Missing(format!(
+                "config directory {} holds no services ({} file(s) loaded); an empty config \
+                 is served only with --allow-empty-config",
+                dir.display(),
+                files.files.len()
+            ))
+        }
+        Ok(snapshot) => Found::Ready(snapshot),
+        Err(errors) => invalid(dir, errors),
+    })
 }
 
-/// Watches a fingerprint of some files: a change counts once the files have stayed the same for
-/// one more read (writers update them one at a time).
-struct Settled<F> {
-    previous: F,
-    applied: F,
+fn invalid(dir: &Path, errors: routing::LoadErrors) -> Found<Snapshot> {
+    Found::Invalid(format!(
+        "{} problem(s) in {}:\n{errors}",
+        errors.len(),
+        dir.display()
+    ))
 }
 
-impl<F: PartialEq + Clone> Settled<F> {
-    fn new(initial: F) -> Self {
-        Self {
-            previous: initial.clone(),
-            applied: initial,
+/// [`load_config_checked`] at startup: a temporary failure is waited out like a missing input.
+pub(crate) fn load_config(
+    dir: &Path,
+    options: &routing::LoadOptions,
+    allow_empty: bool,
+) -> Found<Snapshot> {
+    load_config_checked(dir, options, allow_empty)
+        .unwrap_or_else(|why| Found::Missing(format!("cannot read the config now: {why}")))
+}
+
+/// What the identity files hold now: a hash of each one's contents, or why it cannot be read;
+/// `None` when a read failed for a temporary reason (nothing observed).
+fn identity_fingerprint(
+    args: &RunArgs,
+    hashes: &mut Hashes,
+) -> Option<Vec<Result<u64, std::io::ErrorKind>>> {
+    let mut out = Vec::new();
+    for path in [&args.cert_chain, &args.key, &args.trust_bundle] {
+        match hashes.hash(path, None) {
+            Ok(h) => out.push(Ok(h)),
+            Err(e) if is_transient(&e) => return None,
+            Err(e) => out.push(Err(e.kind())),
         }
     }
-
-    /// Feed the latest reading; true when it differs from the last one acted on and is stable.
-    fn changed(&mut self, now: F) -> bool {
-        let stable = now == self.previous;
-        self.previous = now.clone();
-        if !stable || now == self.applied {
-            return false;
-        }
-        self.applied = now;
-        true
-    }
+    Some(out)
 }
 
-/// How often the identity files are read for changes.
-const IDENTITY_POLL: Duration = Duration::from_millis(250);
-
-/// What the identity files hold now: a hash of their contents, or why they cannot be read.
-fn identity_fingerprint(args: &RunArgs) -> Vec<Result<u64, std::io::ErrorKind>> {
-    use std::hash::{Hash, Hasher};
-    [&args.cert_chain, &args.key, &args.trust_bundle]
-        .iter()
-        .map(|path| {
-            std::fs::read(path)
-                .map(|bytes| {
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    bytes.hash(&mut h);
-                    h.finish()
-                })
-                .map_err(|e| e.kind())
-        })
-        .collect()
-}
-
-/// Files mode: pick up a rotated certificate, key or trust bundle within a second. A change is
-/// loaded once the files have been stable for one poll (writers update them one at a time); a
-/// half-written or mismatched set is rejected, logged once, and the current identity keeps
-/// serving until a valid set appears.
+/// Files mode: pick up a rotated certificate, key or trust bundle at once (change
+/// notifications on their directories, and a look every `--reload-interval-ms`). A change is
+/// loaded once the files have been stable for one look (writers update them one at a time); a
+/// half-written, mismatched, expired or not yet valid set is rejected, logged once, counted, and
+/// the current identity keeps serving until a valid set appears. Files that come back to what
+/// serves (or a temporary read failure) rotate nothing.
 pub(crate) async fn watch_identity(app: Arc<App>, args: RunArgs) {
     let status = app.telemetry.status.clone();
-    let mut files = Settled::new(identity_fingerprint(&args));
+    let interval = Duration::from_millis(args.reload_interval_ms.max(10));
+    let changes = Changes::watch(
+        "identity files",
+        &parents(&[&args.cert_chain, &args.key, &args.trust_bundle]),
+        interval,
+    );
+    let mut hashes = Hashes::default();
+    let mut files = Settled::new(identity_fingerprint(&args, &mut hashes));
     let mut last_error: Option<String> = None;
     loop {
-        tokio::time::sleep(IDENTITY_POLL).await;
-        if !files.changed(identity_fingerprint(&args)) {
+        changes.next(files.settling()).await;
+        let Some(now) = identity_fingerprint(&args, &mut hashes) else {
             continue;
+        };
+        match files.look(now) {
+            Change::None => continue,
+            Change::BackToServing => {
+                if last_error.take().is_some() {
+                    info!("identity files are back to the serving certificate");
+                }
+                continue;
+            }
+            Change::New => {}
         }
         let old = status.certificate();
         let result = match load_identity(&args) {
@@ -130,6 +165,7 @@ pub(crate) async fn watch_identity(app: Arc<App>, args: RunArgs) {
         };
         match result {
             Ok(new) => {
+                files.served();
                 info!(
                     old_serial = old.as_ref().map_or("-", |c| c.serial.as_str()),
                     new_serial = %new.serial,
@@ -253,34 +289,102 @@ pub(crate) async fn renew_identity(app: Arc<App>, args: RunArgs) {
     }
 }
 
-/// What the config directory holds now: (file name, content hash) of every YAML file, sorted.
-fn config_fingerprint(dir: &Path) -> Result<Vec<(String, u64)>, std::io::ErrorKind> {
-    use std::hash::{Hash, Hasher};
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| e.kind())? {
-        let path = entry.map_err(|e| e.kind())?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
-            continue;
-        }
-        let bytes = std::fs::read(&path).map_err(|e| e.kind())?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        out.push((name, h.finish()));
-    }
-    out.sort();
-    Ok(out)
+/// One look at a config entry: its content hash, or why it is not loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EntryState {
+    Content(u64),
+    /// A regular file that cannot be read (the load fails naming it).
+    ReadError(std::io::ErrorKind),
+    /// Not a file: left out of the load, reported.
+    NotAFile(String),
 }
 
-/// Hot reload: the config directory is read every `--reload-interval-ms`; a change is loaded
-/// once the files have been stable for one read, off the request path, and published with one
-/// atomic swap (requests in flight finish on the snapshot they started with). An invalid edit
-/// is rejected, logged once, counted, and the last good config keeps serving. The hostnames of
-/// ServiceEntries with `resolution: DNS` are kept resolved ([`crate::dns`]); a changed answer
-/// loads the files again with it.
+/// What the config directory holds now: every config entry with its state, sorted; `None` when
+/// a read failed for a temporary reason (nothing observed).
+fn config_fingerprint(
+    dir: &Path,
+    hashes: &mut Hashes,
+) -> Option<Result<Vec<(String, EntryState)>, std::io::ErrorKind>> {
+    let entries = match routing::config_entries(dir) {
+        Ok(entries) => entries,
+        Err(e) if is_transient(&e) => return None,
+        Err(e) => return Some(Err(e.kind())),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        out.push(match entry {
+            routing::ConfigEntry::File {
+                name,
+                path,
+                metadata,
+            } => match hashes.hash(&path, Some(&metadata)) {
+                Ok(h) => (name, EntryState::Content(h)),
+                Err(e) if is_transient(&e) => return None,
+                Err(e) => (name, EntryState::ReadError(e.kind())),
+            },
+            routing::ConfigEntry::Unreadable(u) => (u.name, EntryState::NotAFile(u.reason)),
+        });
+    }
+    hashes.retain(|p| {
+        p.file_name()
+            .is_some_and(|n| out.iter().any(|(name, _)| n.to_string_lossy() == *name))
+    });
+    Some(Ok(out))
+}
+
+/// Reports config entries that are not files: each one is logged when it appears (or its
+/// reason changes), at most [`UNREADABLE_LOGS`] lines per [`UNREADABLE_WINDOW`] (the next line
+/// says how many were left out); the status and metrics always show the current set.
+#[derive(Default)]
+struct UnreadableReport {
+    window_start: Option<std::time::Instant>,
+    logged_in_window: u32,
+    suppressed: u64,
+    any: bool,
+}
+
+const UNREADABLE_LOGS: u32 = 10;
+const UNREADABLE_WINDOW: Duration = Duration::from_secs(10);
+
+impl UnreadableReport {
+    fn update(&mut self, status: &crate::status::Status, now: Vec<routing::Unreadable>) {
+        let empty = now.is_empty();
+        for u in status.set_config_unreadable(now) {
+            let started = *self
+                .window_start
+                .get_or_insert_with(std::time::Instant::now);
+            if started.elapsed() >= UNREADABLE_WINDOW {
+                self.window_start = Some(std::time::Instant::now());
+                self.logged_in_window = 0;
+            }
+            if self.logged_in_window >= UNREADABLE_LOGS {
+                self.suppressed += 1;
+                continue;
+            }
+            self.logged_in_window += 1;
+            warn!(
+                suppressed = std::mem::take(&mut self.suppressed),
+                "config entry {} not loaded: {}; the other files are, and later edits apply",
+                u.name,
+                u.reason
+            );
+        }
+        if empty && self.any {
+            info!("every config entry is a readable file again");
+        }
+        self.any = !empty;
+    }
+}
+
+/// Hot reload: the config directory is watched (change notifications, and a look every
+/// `--reload-interval-ms` that reads metadata only); a change is loaded once the files have
+/// been stable for one look, off the request path, and published with one atomic swap
+/// (requests in flight finish on the snapshot they started with). An invalid edit, input over
+/// the size limits, or a directory left without services (unless `--allow-empty-config`) is
+/// rejected, logged once, counted, and the last good config keeps serving. Entries that are
+/// not files do not stop later edits: they are left out and reported. A temporary read
+/// failure changes nothing. The hostnames of ServiceEntries with `resolution: DNS` are kept
+/// resolved ([`crate::dns`]); a changed answer loads the files again with it.
 pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
     let Some(config) = args.config.clone() else {
         return;
@@ -289,15 +393,36 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
     dns.sync(app.snapshot.load().dns_targets());
     let mut dns_changed = dns.changed();
     let interval = Duration::from_millis(args.reload_interval_ms.max(10));
+    let changes = Changes::watch("config directory", std::slice::from_ref(&config), interval);
     let status = app.telemetry.status.clone();
-    let mut files = Settled::new(config_fingerprint(&config));
+    let mut hashes = Hashes::default();
+    let mut unreadable = UnreadableReport::default();
+    let mut files = Settled::new(config_fingerprint(&config, &mut hashes));
     let mut last_error: Option<String> = None;
     loop {
         let answered = tokio::select! {
-            _ = tokio::time::sleep(interval) => false,
+            _ = changes.next(files.settling()) => false,
             r = dns_changed.changed() => r.is_ok(),
         };
-        if !files.changed(config_fingerprint(&config)) && !answered {
+        let look = config_fingerprint(&config, &mut hashes);
+        if let Some(Ok(entries)) = &look {
+            let now = entries
+                .iter()
+                .filter_map(|(name, state)| match state {
+                    EntryState::NotAFile(reason) => Some(routing::Unreadable {
+                        name: name.clone(),
+                        reason: reason.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            unreadable.update(&status, now);
+        }
+        let change = look.map_or(Change::None, |now| files.look(now));
+        if change == Change::BackToServing && last_error.take().is_some() {
+            info!("config files are back to the serving config");
+        }
+        if change != Change::New && !answered {
             continue;
         }
         let (dir, mut options) = (
@@ -305,9 +430,12 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
             args.waypoint.load_options(&args.trust_domain),
         );
         options.dns = dns.answers();
-        let loaded = tokio::task::spawn_blocking(move || load_config(&dir, &options)).await;
+        let allow_empty = args.allow_empty_config;
+        let loaded =
+            tokio::task::spawn_blocking(move || load_config_checked(&dir, &options, allow_empty))
+                .await;
         match loaded {
-            Ok(Found::Ready(snapshot)) => {
+            Ok(Ok(Found::Ready(snapshot))) => {
                 for w in snapshot.warnings() {
                     warn!("{w}");
                 }
@@ -318,9 +446,10 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
                 );
                 dns.sync(snapshot.dns_targets());
                 app.publish(snapshot, "files");
+                files.served();
                 last_error = None;
             }
-            Ok(Found::Missing(why) | Found::Invalid(why)) => {
+            Ok(Ok(Found::Missing(why) | Found::Invalid(why))) => {
                 status
                     .config_rejections
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -331,7 +460,14 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
                 }
                 last_error = Some(why);
             }
-            Err(e) => warn!(error = %e, "config reload task failed"),
+            Ok(Err(why)) => {
+                debug!("config not readable now, trying again: {why}");
+                files.retry();
+            }
+            Err(e) => {
+                warn!(error = %e, "config reload task failed");
+                files.retry();
+            }
         }
     }
 }

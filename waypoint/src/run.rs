@@ -109,7 +109,11 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         (CertProvider::Files, Found::Invalid(e)) => anyhow::bail!(e),
     };
     let (snapshot, xds) = match (&args.config, &args.xds) {
-        (Some(dir), _) => match load_config(dir, &args.waypoint.load_options(&args.trust_domain)) {
+        (Some(dir), _) => match load_config(
+            dir,
+            &args.waypoint.load_options(&args.trust_domain),
+            args.allow_empty_config,
+        ) {
             Found::Ready(s) => (Some(s), None),
             Found::Missing(why) => {
                 warn!("waiting for config: {why}");
@@ -300,6 +304,7 @@ impl DataplaneService {
                     (None, Some(dir)) => match load_config(
                         dir,
                         &self.args.waypoint.load_options(&self.args.trust_domain),
+                        self.args.allow_empty_config,
                     ) {
                         Found::Ready(s) => snapshot = Some(s),
                         Found::Missing(why) | Found::Invalid(why) => {

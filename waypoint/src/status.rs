@@ -59,6 +59,11 @@ pub struct Status {
     pub cert_rejections: AtomicU64,
     /// Certificates replaced on a running data path.
     pub cert_rotations: AtomicU64,
+    /// Config directory entries named like config that are not files (a directory, a dangling
+    /// symlink, a loop), as the watcher last saw them.
+    config_unreadable: Mutex<Vec<routing::Unreadable>>,
+    /// Such entries reported (each time an entry starts being unreadable or changes reason).
+    pub config_unreadable_reports: AtomicU64,
     draining: std::sync::atomic::AtomicBool,
     access_log: OnceLock<Arc<crate::access_log::AccessLog>>,
     /// The xDS client's state, in xDS mode.
@@ -110,6 +115,25 @@ impl Status {
 
     pub fn config(&self) -> Option<Arc<ConfigStatus>> {
         self.config.load_full()
+    }
+
+    /// The config entries that are not loaded because they are not files; returns the ones
+    /// that are new since the last call (and counts them).
+    pub fn set_config_unreadable(&self, now: Vec<routing::Unreadable>) -> Vec<routing::Unreadable> {
+        let mut current = self.config_unreadable.lock();
+        let new: Vec<_> = now
+            .iter()
+            .filter(|u| !current.contains(u))
+            .cloned()
+            .collect();
+        self.config_unreadable_reports
+            .fetch_add(new.len() as u64, Ordering::Relaxed);
+        *current = now;
+        new
+    }
+
+    pub fn config_unreadable(&self) -> Vec<routing::Unreadable> {
+        self.config_unreadable.lock().clone()
     }
 
     /// `what` ("certificate" or "config") is not available yet, because of `why`.
@@ -349,6 +373,18 @@ impl Collector for ProxyHealth {
             "waypoint_config_rejected",
             "Config updates rejected (the last good config kept serving)",
             load(&status.config_rejections),
+        )?;
+        scalar_gauge(
+            &mut e,
+            "waypoint_config_unreadable_entries",
+            "Config directory entries named like config that are not files (not loaded)",
+            status.config_unreadable.lock().len() as f64,
+        )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_config_unreadable_reported",
+            "Config directory entries reported as not files (each time one appears)",
+            load(&status.config_unreadable_reports),
         )?;
         if let Some(xds) = status.xds() {
             scalar_gauge(

@@ -46,6 +46,10 @@ use crate::snapshot::Snapshot;
 pub use authorization_policy::WaypointRef;
 use diag::Diag;
 pub(crate) use fields::parse_duration as parse_go_duration;
+pub use files::{
+    config_entries, is_config_name, read_config_dir, ConfigEntry, ConfigFiles, InputLimits,
+    ReadError, Unreadable, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TOTAL_BYTES,
+};
 use kinds::Class;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
@@ -79,6 +83,8 @@ struct DocCtx<'a> {
     namespace: String,
     name: String,
     text: &'a str,
+    /// Lines of the file before `text` (added to the line numbers of parse errors).
+    line_offset: usize,
     trust_domain: &'a str,
     dns: &'a crate::dns::DnsAnswers,
     annotations: BTreeMap<String, String>,
@@ -116,6 +122,12 @@ fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! { with_snippet: false }
 }
 
+/// A parse error of a document whose first line is file line `line_offset + 1`, with file line
+/// numbers.
+fn render(e: &serde_saphyr::Error, line_offset: usize) -> String {
+    e.render_with_options(serde_saphyr::render_options! { line_offset: line_offset as u64 })
+}
+
 /// The outcome of loading a configuration, with its warnings whether or not
 /// it loaded (what `waypoint validate` reports).
 #[derive(Debug)]
@@ -133,6 +145,8 @@ pub struct LoadOptions {
     /// Addresses resolved so far for ServiceEntries with `resolution: DNS`
     /// ([`Snapshot::dns_targets`]).
     pub dns: crate::dns::DnsAnswers,
+    /// How many bytes of config one load reads at most.
+    pub limits: InputLimits,
 }
 
 impl LoadOptions {
@@ -142,18 +156,21 @@ impl LoadOptions {
             trust_domain: trust_domain.to_string(),
             waypoint: WaypointRef::default(),
             dns: Default::default(),
+            limits: InputLimits::default(),
         }
     }
 }
 
-/// Load every `*.yaml` / `*.yml` file of `dir` (sorted by name, not recursive).
+/// Load every `*.yaml` / `*.yml` file of `dir` (sorted by name, not recursive; dot entries
+/// and entries that are not files are left out, the latter with a warning).
 pub fn load_dir(dir: &Path, trust_domain: &str) -> Result<Snapshot, LoadErrors> {
     load_dir_with(dir, &LoadOptions::new(trust_domain))
 }
 
 /// [`load_dir`] with every option.
 pub fn load_dir_with(dir: &Path, options: &LoadOptions) -> Result<Snapshot, LoadErrors> {
-    files::read_dir(dir).and_then(|files| check_str_with(&files, options).result)
+    let files = read_config_dir(dir, &options.limits)?;
+    check_files_with(&files, options).result
 }
 
 /// Load `(file name, content)` pairs, in the given order.
@@ -170,12 +187,12 @@ pub fn check_path(path: &Path, trust_domain: &str) -> Report {
 /// [`check_path`] with every option.
 pub fn check_path_with(path: &Path, options: &LoadOptions) -> Report {
     let files = if path.is_dir() {
-        files::read_dir(path)
+        read_config_dir(path, &options.limits).map_err(LoadErrors::from)
     } else {
-        files::read_file(path)
+        files::read_file(path, &options.limits)
     };
     match files {
-        Ok(files) => check_str_with(&files, options),
+        Ok(files) => check_files_with(&files, options),
         Err(e) => Report {
             result: Err(e),
             warnings: Vec::new(),
@@ -190,7 +207,23 @@ pub fn check_str(files: &[(String, String)], trust_domain: &str) -> Report {
 
 /// [`check_str`] with every option.
 pub fn check_str_with(files: &[(String, String)], options: &LoadOptions) -> Report {
-    let mut diag = Diag::default();
+    check(files, Vec::new(), options)
+}
+
+/// Load files read by [`read_config_dir`]; entries it could not read are warnings.
+pub fn check_files_with(files: &ConfigFiles, options: &LoadOptions) -> Report {
+    check(
+        &files.files,
+        files::unreadable_warnings(&files.unreadable),
+        options,
+    )
+}
+
+fn check(files: &[(String, String)], warnings: Vec<LoadWarning>, options: &LoadOptions) -> Report {
+    let mut diag = Diag {
+        warnings,
+        ..Diag::default()
+    };
     let mut parsed = Parsed::default();
     for (file, text) in files {
         for doc in docs::split_documents(text) {
@@ -199,7 +232,7 @@ pub fn check_str_with(files: &[(String, String)], options: &LoadOptions) -> Repo
                 doc: Some(doc.index),
                 ..DocRef::default()
             };
-            parse_document(at, &doc.text, options, &mut parsed, &mut diag);
+            parse_document(at, &doc, options, &mut parsed, &mut diag);
         }
     }
     let mut builder = assemble::assemble(parsed, &options.waypoint, &mut diag);
@@ -231,14 +264,16 @@ pub fn check_str_with(files: &[(String, String)], options: &LoadOptions) -> Repo
 
 fn parse_document(
     mut at: DocRef,
-    text: &str,
+    doc: &docs::RawDoc<'_>,
     options: &LoadOptions,
     parsed: &mut Parsed,
     diag: &mut Diag,
 ) {
+    let (text, line_offset) = (doc.text, doc.line_offset);
     let header: Option<Header> = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(h) => h,
         Err(e) => {
+            let e = render(&e, line_offset);
             diag.error(&at, None, format!("invalid YAML: {e}"));
             return;
         }
@@ -339,6 +374,7 @@ fn parse_document(
         namespace,
         name,
         text,
+        line_offset,
         trust_domain: &options.trust_domain,
         dns: &options.dns,
         annotations: meta.annotations.unwrap_or_default(),
@@ -398,6 +434,7 @@ fn parse_optional_spec<S: DeserializeOwned>(
             let field = path
                 .filter(|p| p.starts_with("spec"))
                 .unwrap_or_else(|| "spec".to_string());
+            let e = render(&e, ctx.line_offset);
             diag.error(&ctx.at, Some(&field), format!("invalid: {e}"));
             Err(())
         }

@@ -43,6 +43,7 @@ fn load(policies: &[String]) -> Report {
             root_namespace: "istio-system".into(),
         },
         dns: Default::default(),
+        limits: Default::default(),
     };
     check_str_with(&files(&refs), &options)
 }

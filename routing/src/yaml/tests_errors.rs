@@ -195,3 +195,21 @@ fn all_errors_reported_one_per_line() {
     assert_eq!(e.lines().count(), 2, "{e}");
     assert!(e.lines().next().unwrap().starts_with("a.yaml doc 0"));
 }
+
+/// Line numbers are the file's, in any document, with no padding of documents (each is parsed
+/// from its own slice of the file and the lines before it are added back).
+#[test]
+fn type_error_in_a_later_document_names_the_file_line() {
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec:\n  hosts: [x]\n  ports:\n  - number: [1]\n    name: http\n";
+    let ok = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w0}\nspec: {address: 10.0.0.1}\n";
+    // Two 5-line documents (marker + 4 lines) before: the bad `number` is on line 10 + 8.
+    let file = format!("---\n{ok}---\n{ok}---\n{se}");
+    let e = errors_with(&[("x.yaml", &file)]);
+    assert_has(
+        &e,
+        &[
+            "x.yaml doc 2 ServiceEntry default/x: spec.ports[0].number: invalid",
+            "line 18",
+        ],
+    );
+}

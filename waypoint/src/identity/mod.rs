@@ -206,6 +206,32 @@ impl WorkloadCert {
             .map_err(|e| IdentityError::KeyMismatch(e.to_string()))
     }
 
+    /// Whether the leaf certificate is valid at `now`: an expired or not yet valid certificate
+    /// would fail every handshake, so it is never put in service.
+    pub fn check_validity(&self, now: std::time::SystemTime) -> Result<(), String> {
+        let (_, leaf) = x509_parser::parse_x509_certificate(&self.chain[0])
+            .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let validity = leaf.validity();
+        if now < validity.not_before.timestamp() {
+            return Err(format!(
+                "certificate {} is not valid yet: not before {}",
+                leaf.raw_serial_as_string(),
+                validity.not_before
+            ));
+        }
+        if now > validity.not_after.timestamp() {
+            return Err(format!(
+                "certificate {} expired at {}",
+                leaf.raw_serial_as_string(),
+                validity.not_after
+            ));
+        }
+        Ok(())
+    }
+
     pub fn summary(&self) -> IdentitySummary {
         let (serial, not_after, not_after_unix) =
             match x509_parser::parse_x509_certificate(&self.chain[0]) {

@@ -96,9 +96,13 @@ fn write_config(dir: &std::path::Path, yaml: &str) {
     std::fs::rename(tmp, dir.join("ratings.yaml")).unwrap();
 }
 
+/// A counter or gauge without labels (gauges print as `1.0`).
 fn metric(body: &str, name: &str) -> u64 {
     body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .find_map(|l| {
+            let v: f64 = l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()?;
+            Some(v as u64)
+        })
         .unwrap_or_else(|| panic!("no {name} in\n{body}"))
 }
 
@@ -268,5 +272,311 @@ async fn fifty_reloads_under_load_fail_nothing_and_bad_edits_keep_the_last_good_
     let (status, _) = waypoint_tests::http_request(addrs["health"], "GET", "/healthz/ready").await;
     assert_eq!(status, 200);
     drop(send);
+    sigterm_and_wait(child).await;
+}
+
+/// The stats endpoint's value of `name` once `done(value)` (bounded: 10 s).
+async fn wait_metric(stats: std::net::SocketAddr, name: &str, done: impl Fn(u64) -> bool) -> u64 {
+    let (_, m) = poll_until(stats, "/stats/prometheus", |_, m| done(metric(m, name))).await;
+    metric(&m, name)
+}
+
+/// A waypoint on `config` with a fresh certificate, reloading every 40 ms; ready.
+async fn start_ready(
+    ca: &Ca,
+    config: &std::path::Path,
+    tag: &str,
+    extra: &[&str],
+) -> (
+    Waypoint,
+    HashMap<String, std::net::SocketAddr>,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let certs = temp_dir(tag);
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&certs)
+        .unwrap();
+    let mut args = cert_args(&certs);
+    args.extend(["--reload-interval-ms".into(), "40".into()]);
+    args.extend(extra.iter().map(|a| a.into()));
+    let (mut child, addrs, stderr) = spawn_run_with(config, &args);
+    let logs = collect(stderr);
+    let _access = collect(child.stdout.take().unwrap());
+    poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
+    (child, addrs, logs)
+}
+
+/// The pod a request to ratings is served by, on a new tunnel.
+async fn served_by(ca: &Ca, hbone: std::net::SocketAddr) -> String {
+    let mut send = client(ca, hbone).await;
+    let (parts, _) = sim::get(&mut send, "ratings:9080", "/", &[]).await.unwrap();
+    assert_eq!(parts.status, 200);
+    parts.headers["x-pod"].to_str().unwrap().to_string()
+}
+
+fn logged(logs: &std::sync::Mutex<Vec<String>>, needle: &str) -> Vec<String> {
+    logs.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
+
+/// Issue 13 item 10: entries named like config that are not files (a directory `x.yaml`, a
+/// dangling symlink, a symlink loop) used to pin the change fingerprint, so no later edit was
+/// ever applied and nothing was logged. Now each is reported (log, metric, /config_dump) and a
+/// later valid edit applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_are_not_files_are_reported_and_do_not_freeze_reloads() {
+    let net = Net::new();
+    let ca = Ca::new("unreadable test mesh").unwrap();
+    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
+    let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
+    let config = temp_dir("unreadable-config");
+    write_config(&config, &ratings_routed_to(&net, "v1"));
+    let (child, addrs, logs) = start_ready(&ca, &config, "unreadable-certs", &[]).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v1");
+
+    std::fs::create_dir(config.join("dir.yaml")).unwrap();
+    std::os::unix::fs::symlink(config.join("gone"), config.join("dangling.yaml")).unwrap();
+    // Each entry is what it is from the start (a two-link loop would be dangling for a moment).
+    std::os::unix::fs::symlink(config.join("loop.yaml"), config.join("loop.yaml")).unwrap();
+    std::os::unix::fs::symlink(config.join("self.yml"), config.join("self.yml")).unwrap();
+    write_config(&config, &ratings_routed_to(&net, "v2"));
+    wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n == 2).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v2");
+
+    let unreadable = wait_metric(addrs["stats"], "waypoint_config_unreadable_entries", |n| {
+        n == 4
+    })
+    .await;
+    assert_eq!(unreadable, 4);
+    let (_, m) = waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
+    assert_eq!(metric(&m, "waypoint_config_unreadable_reported_total"), 4);
+    assert_eq!(metric(&m, "waypoint_config_rejected_total"), 0);
+    let (_, dump) = waypoint_tests::http_request(addrs["admin"], "GET", "/config_dump").await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let listed: Vec<&str> = dump["config"]["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert!(
+        listed.contains(&"dir.yaml: is a directory, not a file"),
+        "{listed:?}"
+    );
+    for name in ["dir.yaml", "dangling.yaml", "loop.yaml", "self.yml"] {
+        let lines = logged(&logs, &format!("config entry {name} not loaded"));
+        assert_eq!(lines.len(), 1, "{name} reported once: {lines:?}");
+    }
+    let (status, _) = waypoint_tests::http_request(addrs["health"], "GET", "/healthz/ready").await;
+    assert_eq!(status, 200);
+    sigterm_and_wait(child).await;
+}
+
+/// Set the soft limit of open files of process `pid` (its hard limit unchanged); returns the
+/// previous soft limit.
+fn set_open_files_limit(pid: u32, soft: Option<libc::rlim_t>) -> libc::rlim_t {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit writes `old`, valid for the call; no new limit is passed.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    if let Some(soft) = soft {
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: prlimit reads `new`, valid for the call.
+        let rc = unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &new,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+    old.rlim_cur
+}
+
+/// Issue 13 item 10: a temporary read error (EMFILE: the waypoint out of file descriptors)
+/// used to count as a change: the config was rejected, then reloaded, and the certificate
+/// "rotated" (which flushes the upstream pool). Now it observes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_reloads_and_rotates_nothing() {
+    let net = Net::new();
+    let ca = Ca::new("emfile test mesh").unwrap();
+    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
+    let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
+    let config = temp_dir("emfile-config");
+    write_config(&config, &ratings_routed_to(&net, "v1"));
+    let (child, addrs, logs) = start_ready(&ca, &config, "emfile-certs", &[]).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v1");
+
+    // Every open fails with EMFILE for a second: 25 looks at the config and the certificate.
+    let old = set_open_files_limit(child.id(), Some(3));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    set_open_files_limit(child.id(), Some(old));
+
+    // A positive signal after the window: a real edit applies, as the second config.
+    write_config(&config, &ratings_routed_to(&net, "v2"));
+    wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n >= 2).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v2");
+    let (_, m) = waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
+    assert_eq!(metric(&m, "waypoint_config_updates_total"), 2, "{m}");
+    assert_eq!(metric(&m, "waypoint_config_rejected_total"), 0);
+    assert_eq!(metric(&m, "waypoint_certificate_rotations_total"), 0);
+    assert_eq!(metric(&m, "waypoint_certificate_rejected_total"), 0);
+    assert!(
+        logged(&logs, "rejected").is_empty(),
+        "{:?}",
+        logs.lock().unwrap()
+    );
+    sigterm_and_wait(child).await;
+}
+
+/// Issue 13 item 10: a ConfigMap volume (keys are symlinks into `..data`, itself a symlink to a
+/// timestamped dot directory, swapped atomically by kubelet). Dot entries are not loaded (a
+/// broken `.hidden.yaml` does not matter; each key loads once) and a swap is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_swaps_apply_and_dot_entries_are_not_loaded() {
+    let net = Net::new();
+    let ca = Ca::new("configmap test mesh").unwrap();
+    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
+    let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
+    let config = temp_dir("configmap-config");
+    let first = config.join("..2024_01_01_00_00_00.1");
+    std::fs::create_dir(&first).unwrap();
+    std::fs::write(first.join("ratings.yaml"), ratings_routed_to(&net, "v1")).unwrap();
+    std::os::unix::fs::symlink("..2024_01_01_00_00_00.1", config.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/ratings.yaml", config.join("ratings.yaml")).unwrap();
+    std::fs::write(
+        config.join(".hidden.yaml"),
+        "kind: VirtualService\nspec: [\n",
+    )
+    .unwrap();
+    let (child, addrs, _logs) = start_ready(&ca, &config, "configmap-certs", &[]).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v1");
+
+    // kubelet's swap: a new timestamped directory, `..data` replaced by a rename, the old one
+    // removed.
+    let second = config.join("..2024_01_01_00_01_00.2");
+    std::fs::create_dir(&second).unwrap();
+    std::fs::write(second.join("ratings.yaml"), ratings_routed_to(&net, "v2")).unwrap();
+    std::os::unix::fs::symlink("..2024_01_01_00_01_00.2", config.join("..data_tmp")).unwrap();
+    std::fs::rename(config.join("..data_tmp"), config.join("..data")).unwrap();
+    std::fs::remove_dir_all(&first).unwrap();
+    wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n == 2).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v2");
+    let (_, m) = waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
+    assert_eq!(metric(&m, "waypoint_config_rejected_total"), 0);
+    sigterm_and_wait(child).await;
+}
+
+/// Issue 13 item 11: an empty config directory used to be served (0 services: every CONNECT
+/// 404) with readiness 200. Now it keeps the waypoint not ready at startup, naming why, and an
+/// edit that empties the directory is rejected; `--allow-empty-config` serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_config_is_not_served_without_allow_empty_config() {
+    let net = Net::new();
+    let ca = Ca::new("empty test mesh").unwrap();
+    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
+    let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
+    let config = temp_dir("empty-config");
+    let certs = temp_dir("empty-certs");
+    ca.issue(&spiffe("waypoint"))
+        .unwrap()
+        .write_to(&certs)
+        .unwrap();
+    let mut args = cert_args(&certs);
+    args.extend(["--reload-interval-ms".into(), "40".into()]);
+    let (mut child, addrs, stderr) = spawn_run_with(&config, &args);
+    let logs = collect(stderr);
+    let _access = collect(child.stdout.take().unwrap());
+    let (_, why) = poll_until(addrs["health"], "/healthz/ready", |s, body| {
+        s == 503 && body.contains("holds no services")
+    })
+    .await;
+    assert!(why.contains(&*config.to_string_lossy()), "{why}");
+
+    write_config(&config, &ratings_routed_to(&net, "v1"));
+    poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v1");
+
+    // Emptied: rejected, the last good config keeps serving.
+    std::fs::remove_file(config.join("ratings.yaml")).unwrap();
+    wait_metric(addrs["stats"], "waypoint_config_rejected_total", |n| n == 1).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v1");
+    let rejected = logged(&logs, "config update rejected");
+    assert!(
+        rejected.len() == 1 && rejected[0].contains("holds no services"),
+        "{rejected:?}"
+    );
+    let (status, _) = waypoint_tests::http_request(addrs["health"], "GET", "/healthz/ready").await;
+    assert_eq!(status, 200, "still serving the last good config");
+    write_config(&config, &ratings_routed_to(&net, "v2"));
+    wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n == 2).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v2");
+    sigterm_and_wait(child).await;
+
+    // Asked for explicitly: an empty directory is served.
+    let empty = temp_dir("empty-allowed");
+    let (child, addrs, _logs) = start_ready(
+        &ca,
+        &empty,
+        "empty-allowed-certs",
+        &["--allow-empty-config"],
+    )
+    .await;
+    let (_, m) = waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
+    assert_eq!(metric(&m, "waypoint_ready"), 1);
+    sigterm_and_wait(child).await;
+}
+
+/// Issue 13 item 9: config input over the size limit is refused naming the file; at a reload
+/// the last good config keeps serving, and later edits apply once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_over_the_size_limit_is_rejected_naming_the_file() {
+    let net = Net::new();
+    let ca = Ca::new("limit test mesh").unwrap();
+    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
+    let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
+    let config = temp_dir("limit-config");
+    write_config(&config, &ratings_routed_to(&net, "v1"));
+    let (child, addrs, logs) = start_ready(
+        &ca,
+        &config,
+        "limit-certs",
+        &["--config-max-file-bytes", "100000"],
+    )
+    .await;
+    std::fs::write(config.join("big.yaml"), "# padding\n".repeat(10_001)).unwrap();
+    wait_metric(addrs["stats"], "waypoint_config_rejected_total", |n| n == 1).await;
+    let rejected = logged(&logs, "config update rejected");
+    assert!(
+        rejected.len() == 1
+            && rejected[0].contains("big.yaml: file is 100010 bytes, over the limit of 100000"),
+        "{rejected:?}"
+    );
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v1");
+    std::fs::remove_file(config.join("big.yaml")).unwrap();
+    write_config(&config, &ratings_routed_to(&net, "v2"));
+    wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n == 2).await;
+    assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v2");
     sigterm_and_wait(child).await;
 }

@@ -10,6 +10,7 @@ mod docker;
 mod files_dns;
 mod files_tls;
 mod first_contact;
+mod identity_reload;
 mod istio_ca;
 mod istio_template;
 mod manifests;
