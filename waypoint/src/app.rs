@@ -23,6 +23,10 @@ use crate::inbound::Inbound;
 use crate::proxy::Waypoint;
 use crate::status::{Dataplane, Telemetry};
 
+/// Default bound on a write to a client that keeps its window shut (Envoy's default
+/// `stream_idle_timeout`, 5 min).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Default total deadline for an HTTP/1.1 request's headers inside a tunnel.
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,6 +42,8 @@ pub struct Settings {
     pub sniff_timeout: Duration,
     /// Total time for an HTTP/1.1 request's headers inside a tunnel; `None`: no total bound.
     pub request_headers_timeout: Option<Duration>,
+    /// How long a write to a client may wait for its flow-control window; `None`: forever.
+    pub send_timeout: Option<Duration>,
     /// Inbound HBONE: from accept to the client's HTTP/2 preface (TLS handshake included).
     pub handshake_timeout: Duration,
     /// meshConfig `pathNormalization`: applied before authorization and routing.
@@ -55,6 +61,7 @@ impl Settings {
             upstream: crate::hbone::UpstreamLimits::default(),
             sniff_timeout: Duration::from_secs(5),
             request_headers_timeout: Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            send_timeout: Some(DEFAULT_SEND_TIMEOUT),
             handshake_timeout: crate::hbone::server::HANDSHAKE_TIMEOUT,
             path_normalization: Default::default(),
             authorizers: Default::default(),
@@ -135,6 +142,7 @@ impl App {
             telemetry: telemetry.clone(),
             sniff_timeout: settings.sniff_timeout,
             request_headers_timeout: settings.request_headers_timeout,
+            send_timeout: settings.send_timeout,
         });
         let server = HboneServer::new(tls, inbound.clone(), settings.handshake_timeout);
         status.attach(Dataplane {

@@ -155,6 +155,15 @@ pub struct RunArgs {
         default_value_t = 10_000
     )]
     pub request_headers_timeout_ms: u64,
+    /// How long a write to a client may wait for the client to read (its HTTP/2 flow-control
+    /// window shut), in milliseconds; then the tunnel is closed and what it held upstream
+    /// released (0: wait forever).
+    #[arg(
+        long,
+        env = "WAYPOINT_STREAM_SEND_TIMEOUT_MS",
+        default_value_t = 300_000
+    )]
+    pub stream_send_timeout_ms: u64,
     /// Upstream HBONE connections per endpoint node (and expected identity) at most; beyond
     /// them tunnels share the least loaded connection (HTTP/2 multiplexing).
     #[arg(long, env = "WAYPOINT_UPSTREAM_MAX_CONNECTIONS", default_value_t = 8,

@@ -67,6 +67,8 @@ pub struct BenchOptions {
     pub upstream: crate::hbone::UpstreamLimits,
     /// Total deadline of HTTP/1.1 request headers inside a tunnel.
     pub request_headers_timeout: Option<std::time::Duration>,
+    /// How long a write to a client may wait for its window.
+    pub send_timeout: Option<std::time::Duration>,
 }
 
 impl Default for BenchOptions {
@@ -82,6 +84,7 @@ impl Default for BenchOptions {
             authorizers: Default::default(),
             upstream: Default::default(),
             request_headers_timeout: Some(crate::app::DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            send_timeout: Some(crate::app::DEFAULT_SEND_TIMEOUT),
         }
     }
 }
@@ -132,6 +135,7 @@ impl Bench {
             ref authorizers,
             upstream,
             request_headers_timeout,
+            send_timeout,
         } = opts;
         crate::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
@@ -189,6 +193,7 @@ impl Bench {
         settings.authorizers = authorizers.clone();
         settings.upstream = upstream;
         settings.request_headers_timeout = request_headers_timeout;
+        settings.send_timeout = send_timeout;
         let access_lines = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(AccessLog::with_template(
             format,

@@ -51,6 +51,8 @@ pub struct Inbound {
     /// Total time for an HTTP/1.1 request's headers inside a tunnel (`None`: pingora's per-read
     /// timeout only).
     pub request_headers_timeout: Option<Duration>,
+    /// How long a write to the client may wait for its flow-control window.
+    pub send_timeout: Option<Duration>,
 }
 
 impl Inbound {

@@ -44,6 +44,8 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
     settings.upstream_hbone_port = args.upstream_hbone_port;
     settings.request_headers_timeout = (args.request_headers_timeout_ms > 0)
         .then(|| Duration::from_millis(args.request_headers_timeout_ms));
+    settings.send_timeout = (args.stream_send_timeout_ms > 0)
+        .then(|| Duration::from_millis(args.stream_send_timeout_ms));
     settings.upstream = crate::hbone::UpstreamLimits {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         max_connections_per_endpoint: usize::from(args.upstream_max_connections),

@@ -582,6 +582,12 @@ impl Collector for ProxyHealth {
         )?;
         scalar_counter(
             &mut e,
+            "waypoint_hbone_send_timeouts",
+            "Tunnels closed because the client kept its flow-control window shut past --stream-send-timeout-ms",
+            crate::hbone::stream::SEND_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        scalar_counter(
+            &mut e,
             "waypoint_hbone_premature_resets",
             "Inbound tunnels the client reset within 1 s of acceptance, before any byte was sent back",
             load(&server.premature_resets),

@@ -369,3 +369,61 @@ async fn tunnels_reset_right_after_acceptance_close_the_connection() {
     );
     assert_eq!(stats.closed_for_resets.load(Ordering::Relaxed), 1);
 }
+
+/// A client that stops reading (its HTTP/2 window shut) does not hold its tunnel forever: the
+/// waypoint's write gives up after the send timeout, the tunnel closes and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let mesh = Mesh::start_with(&two_subsets(), |_, o| {
+        o.send_timeout = Some(std::time::Duration::from_millis(500));
+    })
+    .await;
+    let before = waypoint::hbone::stream::SEND_TIMEOUTS.load(Ordering::Relaxed);
+    let cert = mesh
+        .bench
+        .ca
+        .issue(&spiffe("productpage"))
+        .unwrap()
+        .workload;
+    let addr = mesh.bench.waypoint_addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls(cert, &mesh.bench.waypoint_id))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    // A 16-byte window, never reopened: the tunnel body is never read.
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(16)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("10.0.0.10:9080")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    stream
+        .send_data(
+            Bytes::from_static(b"GET / HTTP/1.1\r\nhost: reviews:9080\r\n\r\n"),
+            false,
+        )
+        .unwrap();
+    let tunnels = &mesh.bench.app.server.stats.tunnels_open;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tunnels.load(Ordering::Relaxed) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled tunnel is still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waypoint::hbone::stream::SEND_TIMEOUTS.load(Ordering::Relaxed) > before);
+    drop(response);
+}

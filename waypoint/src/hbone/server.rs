@@ -435,7 +435,8 @@ impl HboneServer {
         };
         self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
         let _open = OpenGauge::new(&self.stats.tunnels_open);
-        let mut tunnel = H2Stream::new(send, req.into_body());
+        let mut tunnel =
+            H2Stream::new(send, req.into_body()).with_send_timeout(self.inbound.send_timeout);
         let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tunnel.watch_remote_reset(reset.clone());
         let accepted = std::time::Instant::now();

@@ -1,16 +1,19 @@
 //! One HBONE tunnel: an HTTP/2 CONNECT stream seen as a byte stream (AsyncRead + AsyncWrite), usable
 //! as a pingora virtual socket.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// Largest DATA frame payload we queue per write; h2 splits by the peer's max frame size.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -25,7 +28,15 @@ pub struct H2Stream {
     reset_watch: Option<Arc<AtomicBool>>,
     /// A byte was sent on this stream.
     wrote: bool,
+    /// How long a write may wait for the peer to open its flow-control window.
+    send_timeout: Option<Duration>,
+    /// Running while a write waits for window.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
+
+/// Writes that failed because the peer kept its window shut past the send timeout
+/// (process-wide, for metrics).
+pub static SEND_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,7 +70,17 @@ impl H2Stream {
             write_closed: false,
             reset_watch: None,
             wrote: false,
+            send_timeout: None,
+            stalled: None,
         }
+    }
+
+    /// A write that waits longer than `timeout` for the peer's flow-control window (a client
+    /// that stopped reading) fails with `TimedOut`, so the tunnel and what it holds upstream are
+    /// released instead of waiting forever.
+    pub fn with_send_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.send_timeout = timeout;
+        self
     }
 
     /// When the tunnel ends, `flag` tells whether the peer reset the stream (RST_STREAM) before
@@ -128,7 +149,20 @@ impl AsyncWrite for H2Stream {
                     .send_data(Bytes::copy_from_slice(&buf[..n]), false)
                     .map_err(h2_to_io)?;
                 this.wrote = true;
+                this.stalled = None;
                 return Poll::Ready(Ok(n));
+            }
+            if let Some(limit) = this.send_timeout {
+                let stalled = this
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    SEND_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("peer kept its flow-control window shut for {limit:?}"),
+                    )));
+                }
             }
             this.send.reserve_capacity(buf.len().min(WRITE_CHUNK));
             if let Poll::Ready(reason) = this.send.poll_reset(cx) {
