@@ -127,6 +127,25 @@ impl Mesh {
         Mesh { net, bench }
     }
 
+    /// A workload certificate for service account `sa`, from the mesh's CA.
+    pub fn cert(&self, sa: &str) -> waypoint::identity::WorkloadCert {
+        self.bench
+            .ca
+            .issue(&spiffe(sa))
+            .expect("certificate from the test CA")
+            .workload
+    }
+
+    /// The simulated node (HBONE terminator) of the pod at `@n`.
+    pub fn node(&self, n: u8) -> &sim::PodHandle {
+        let ip = self.net.ip(n);
+        self.bench
+            .pods
+            .iter()
+            .find(|p| p.hbone_addr.ip() == ip)
+            .unwrap_or_else(|| panic!("no node at {ip}"))
+    }
+
     pub fn client(&self) -> sim::ZtunnelClient {
         self.bench
             .client(&spiffe("productpage"))

@@ -152,12 +152,7 @@ async fn mtls_refusals() {
     .await;
 
     // The same path with a proper certificate succeeds: the refusals above are about identity.
-    let good = mesh
-        .bench
-        .ca
-        .issue(&spiffe("productpage"))
-        .unwrap()
-        .workload;
+    let good = mesh.cert("productpage");
     let send = raw_h2(mesh.bench.waypoint_addr, insecure_client(Some(good)))
         .await
         .unwrap();
@@ -172,12 +167,7 @@ async fn mtls_refusals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_refusals_do_not_affect_the_connection() {
     let mesh = Mesh::start(&two_subsets()).await;
-    let cert = mesh
-        .bench
-        .ca
-        .issue(&spiffe("productpage"))
-        .unwrap()
-        .workload;
+    let cert = mesh.cert("productpage");
     let send = raw_h2(
         mesh.bench.waypoint_addr,
         client_tls(cert, &mesh.bench.waypoint_id),
@@ -302,13 +292,7 @@ async fn endpoint_down_fails_over_and_all_down_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_reset_right_after_acceptance_close_the_connection() {
     let mesh = Mesh::start(&two_subsets()).await;
-    let cert = || {
-        mesh.bench
-            .ca
-            .issue(&spiffe("productpage"))
-            .unwrap()
-            .workload
-    };
+    let cert = || mesh.cert("productpage");
     let connect = || {
         http::Request::builder()
             .method(Method::CONNECT)
@@ -379,12 +363,7 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     })
     .await;
     let before = waypoint::hbone::stream::SEND_TIMEOUTS.load(Ordering::Relaxed);
-    let cert = mesh
-        .bench
-        .ca
-        .issue(&spiffe("productpage"))
-        .unwrap()
-        .workload;
+    let cert = mesh.cert("productpage");
     let addr = mesh.bench.waypoint_addr;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(client_tls(cert, &mesh.bench.waypoint_id))

@@ -36,13 +36,7 @@ async fn a_burst_shares_bounded_connections_that_close_when_idle() {
         o.upstream = limits()
     })
     .await;
-    let v1 = mesh.net.ip(1);
-    let pod = mesh
-        .bench
-        .pods
-        .iter()
-        .find(|p| p.hbone_addr.ip() == v1)
-        .expect("reviews-v1's node");
+    let pod = mesh.node(1);
     let client = mesh.client();
     // 300 concurrent requests to the cold endpoint, each held 300 ms by the app so they overlap.
     let burst = (0..300).map(|_| reviews_request(&client, "GET", "/", &[("x-delay-ms", "300")]));
@@ -79,13 +73,7 @@ async fn a_hung_node_is_found_by_keepalive_and_its_failure_shared() {
         }
     })
     .await;
-    let v1 = mesh.net.ip(1);
-    let pod = mesh
-        .bench
-        .pods
-        .iter()
-        .find(|p| p.hbone_addr.ip() == v1)
-        .expect("reviews-v1's node");
+    let pod = mesh.node(1);
     let client = mesh.client();
     assert_eq!(reviews_request(&client, "GET", "/", &[]).await.status, 200);
     let upstream = mesh.bench.app.pool.client();

@@ -120,16 +120,7 @@ async fn fifty_reloads_under_load_fail_nothing_and_bad_edits_keep_the_last_good_
     let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
     let config = temp_dir("reload-config");
     write_config(&config, &ratings_routed_to(&net, "v1"));
-    let certs = temp_dir("reload-certs");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&certs)
-        .unwrap();
-    let mut args = cert_args(&certs);
-    args.extend(["--reload-interval-ms".into(), "40".into()]);
-    let (mut child, addrs, stderr) = spawn_run_with(&config, &args);
-    let logs = collect(stderr);
-    let access = collect(child.stdout.take().unwrap());
+    let (child, addrs, logs, access) = start(&ca, &config, "reload-certs", &[]);
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
     let mut pod_of_version = HashMap::new();
     pod_of_version.insert(config_version(addrs["admin"]).await, net.ip(1));
@@ -281,17 +272,16 @@ async fn wait_metric(stats: std::net::SocketAddr, name: &str, done: impl Fn(u64)
     metric(&m, name)
 }
 
-/// A waypoint on `config` with a fresh certificate, reloading every 40 ms; ready.
-async fn start_ready(
+type Logs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A waypoint on `config` with a fresh certificate (in a new directory named after `tag`),
+/// reloading every 40 ms: the process, its addresses, its stderr lines and its access log lines.
+fn start(
     ca: &Ca,
     config: &std::path::Path,
     tag: &str,
     extra: &[&str],
-) -> (
-    Waypoint,
-    HashMap<String, std::net::SocketAddr>,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
+) -> (Waypoint, HashMap<String, std::net::SocketAddr>, Logs, Logs) {
     let certs = temp_dir(tag);
     ca.issue(&spiffe("waypoint"))
         .unwrap()
@@ -302,7 +292,18 @@ async fn start_ready(
     args.extend(extra.iter().map(|a| a.into()));
     let (mut child, addrs, stderr) = spawn_run_with(config, &args);
     let logs = collect(stderr);
-    let _access = collect(child.stdout.take().unwrap());
+    let access = collect(child.stdout.take().unwrap());
+    (child, addrs, logs, access)
+}
+
+/// [`start`], then ready.
+async fn start_ready(
+    ca: &Ca,
+    config: &std::path::Path,
+    tag: &str,
+    extra: &[&str],
+) -> (Waypoint, HashMap<String, std::net::SocketAddr>, Logs) {
+    let (child, addrs, logs, _access) = start(ca, config, tag, extra);
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
     (child, addrs, logs)
 }
@@ -498,16 +499,7 @@ async fn an_empty_config_is_not_served_without_allow_empty_config() {
     let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
     let _v2 = Pod::start_at(&net, &ca, 2, "ratings-v2").await;
     let config = temp_dir("empty-config");
-    let certs = temp_dir("empty-certs");
-    ca.issue(&spiffe("waypoint"))
-        .unwrap()
-        .write_to(&certs)
-        .unwrap();
-    let mut args = cert_args(&certs);
-    args.extend(["--reload-interval-ms".into(), "40".into()]);
-    let (mut child, addrs, stderr) = spawn_run_with(&config, &args);
-    let logs = collect(stderr);
-    let _access = collect(child.stdout.take().unwrap());
+    let (child, addrs, logs, _access) = start(&ca, &config, "empty-certs", &[]);
     let (_, why) = poll_until(addrs["health"], "/healthz/ready", |s, body| {
         s == 503 && body.contains("holds no services")
     })
