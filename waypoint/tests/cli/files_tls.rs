@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::common::*;
 use crate::xds_outbound::{sidecar_app, tls_app};
@@ -149,25 +148,6 @@ async fn get(client: &sim::ZtunnelClient, vip: SocketAddr, host: &str) -> (u16, 
         .map(|p| p.to_str().unwrap().to_string())
         .unwrap_or_default();
     (parts.status.as_u16(), pod)
-}
-
-/// The access log line for `authority` (bounded wait).
-async fn access_line(access: &std::sync::Mutex<Vec<String>>, authority: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = access.lock().unwrap().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["authority"] == authority).then_some(v)
-        });
-        if let Some(v) = found {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access log line for {authority}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

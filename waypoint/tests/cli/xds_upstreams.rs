@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::common::*;
 use crate::xds::{bookinfo, serve, wait_ack};
@@ -145,24 +144,6 @@ fn plain_eds(cluster: &str, addr: SocketAddr) -> Value {
             "metadata": {"filter_metadata": {"istio": {"workload": "vm;default;app;v1;Kubernetes"}}},
             "load_balancing_weight": 1, "health_status": "HEALTHY"}]}]
     })
-}
-
-async fn access_line(access: &Arc<Mutex<Vec<String>>>, authority: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = access.lock().unwrap().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["authority"] == authority).then_some(v)
-        });
-        if let Some(v) = found {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access log line for {authority}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

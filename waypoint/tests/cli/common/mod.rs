@@ -320,3 +320,25 @@ impl Istiod {
         }
     }
 }
+
+/// The JSON access log line for `authority` among `access`'s lines (bounded wait).
+pub async fn access_line(
+    access: &std::sync::Mutex<Vec<String>>,
+    authority: &str,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = access.lock().unwrap().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["authority"] == authority).then_some(v)
+        });
+        if let Some(v) = found {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line for {authority}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
