@@ -263,6 +263,7 @@ impl Waypoint {
                     &ctx.snapshot,
                     &provider.address,
                     &self.pool,
+                    matches!(provider.kind, ext_authz::Kind::Grpc),
                 );
                 let check = ext_authz::check(
                     provider,

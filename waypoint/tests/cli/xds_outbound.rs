@@ -73,6 +73,22 @@ pub(crate) async fn sidecar_app(
     tls_app(addr, Arc::new(config), name).await
 }
 
+/// What a server connection's handshake showed: SNI, ALPN, the client certificate's SANs.
+fn handshake_of(conn: &rustls::ServerConnection) -> (Option<String>, Option<String>, Vec<String>) {
+    let sans = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| waypoint::identity::cert_sans(c))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let alpn = conn
+        .alpn_protocol()
+        .map(|a| String::from_utf8_lossy(a).into());
+    (conn.server_name().map(String::from), alpn, sans)
+}
+
 /// An HTTP/1.1 app behind TLS with `config` on `addr`, answering `x-pod: <name>` and recording
 /// each completed handshake.
 pub(crate) async fn tls_app(
@@ -91,25 +107,7 @@ pub(crate) async fn tls_app(
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                {
-                    let conn = tls.get_ref().1;
-                    let sans = conn
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| waypoint::identity::cert_sans(c))
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(_, v)| v)
-                        .collect();
-                    let alpn = conn
-                        .alpn_protocol()
-                        .map(|a| String::from_utf8_lossy(a).into());
-                    record.lock().unwrap().0.push((
-                        conn.server_name().map(String::from),
-                        alpn,
-                        sans,
-                    ));
-                }
+                record.lock().unwrap().0.push(handshake_of(tls.get_ref().1));
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
                 loop {
@@ -229,60 +227,47 @@ fn add_sidecar_endpoint(doc: &mut Value, addr: SocketAddr) {
             "load_balancing_weight": 1, "health_status": "HEALTHY"}));
 }
 
-/// In xDS mode the CUSTOM provider's `outbound|PORT||HOST` cluster, when istiod sends it with
-/// endpoints, is where checks go: here its only endpoint is in the mesh, so the check goes
-/// through that pod's HBONE port (the host name itself does not resolve).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xds_ext_authz_provider_dialled_through_its_outbound_cluster() {
+const AUTHZ: &str = "outbound|8000||ext-authz.default.svc.cluster.local";
+
+/// The authz fixture with the CUSTOM provider's `outbound|8000||ext-authz…` cluster (the
+/// outbound fixture's shape) and one EDS endpoint, `lb_endpoint`, served to a real waypoint.
+/// A request the authorizer allows gets 200, one it denies 403; returns the number of checks.
+async fn checks_through_outbound_cluster(
+    net: &Net,
+    istiod: &Istiod,
+    lb_endpoint: Value,
+    tag: &str,
+) -> u64 {
     use crate::xds_authz::{authorizer_at, DENIED, FIXTURE as AUTHZ_FIXTURE, VIP};
-    const AUTHZ: &str = "outbound|8000||ext-authz.default.svc.cluster.local";
-    let net = Net::new();
     let Istiod {
         ca, dir, server, ..
-    } = Istiod::start("xds outbound ext_authz mesh", "xds-outbound-authz", TOKEN).await;
-    let app = Pod::start_as(&net, &ca, 1, "reviews-v1", "bookinfo-reviews").await;
-    let authz_addr = SocketAddr::new(net.ip(13), 8000);
-    let (_, checks, _authz) = authorizer_at(authz_addr).await;
-    let authz_pod = sim::start_pod(
-        SocketAddr::new(net.ip(13), 15008),
-        &ca.issue(&spiffe("ext-authz")).unwrap().workload,
-    )
-    .await
-    .unwrap();
-
+    } = istiod;
+    let app = Pod::start_as(net, ca, 1, "reviews-v1", "bookinfo-reviews").await;
+    let (_, checks, _authz) = authorizer_at(SocketAddr::new(net.ip(13), 8000)).await;
     let text = AUTHZ_FIXTURE
         .replace("example.org", TRUST_DOMAIN)
         .replace("10.244.5.1:", &format!("{}:", net.ip(1)));
     let mut doc: Value = serde_json::from_str(&text).unwrap();
-    // The provider's cluster and EDS as istiod writes an outbound cluster (the fixture's shape).
     let over: Value = serde_json::from_str(&OVERLAY.replace("example.org", TRUST_DOMAIN)).unwrap();
     let mut cluster = over["resources"][0].clone();
     cluster["name"] = AUTHZ.into();
     cluster["eds_cluster_config"]["service_name"] = AUTHZ.into();
-    let hbone = authz_addr.to_string();
     let cla = serde_json::json!({
         "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
         "cluster_name": AUTHZ,
-        "endpoints": [{"locality": {}, "lb_endpoints": [{
-            "endpoint": {"address": {"envoy_internal_address": {
-                "server_listener_name": "connect_originate", "endpoint_id": hbone}}},
-            "metadata": {"filter_metadata": {
-                "envoy.filters.listener.original_dst": {"local": hbone},
-                "envoy.transport_socket_match": {"tunnel": "http"},
-                "istio": {"workload": "ext-authz;default;ext-authz;v1;Kubernetes"}}},
-            "load_balancing_weight": 1, "health_status": "HEALTHY"}]}]
+        "endpoints": [{"locality": {}, "lb_endpoints": [lb_endpoint]}]
     });
     let resources = doc["resources"].as_array_mut().unwrap();
     resources.push(cluster);
     resources.push(cla);
-    let versions = serve(&server, &doc["resources"]);
-    let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-authz-out");
+    let versions = serve(server, &doc["resources"]);
+    let mut cmd = xds_run_command(&binary(), &server.address(), dir, tag);
     let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
     let _logs = collect(stderr);
     poll_until(addrs["admin"], "/ready", |s, _| s == 200).await;
-    wait_ack(&server, &versions).await;
+    wait_ack(server, &versions).await;
 
-    let mut send = tunnel(&ca, addrs["hbone"], VIP).await;
+    let mut send = tunnel(ca, addrs["hbone"], VIP).await;
     let (parts, _) = sim::get(
         &mut send,
         "reviews:9080",
@@ -296,7 +281,109 @@ async fn xds_ext_authz_provider_dialled_through_its_outbound_cluster() {
         .await
         .unwrap();
     assert_eq!((parts.status.as_u16(), &body[..]), (403, DENIED.as_bytes()));
-    assert_eq!(checks.load(Ordering::Relaxed), 2);
     assert_eq!(app.requests(), 1);
+    checks.load(Ordering::Relaxed)
+}
+
+/// In xDS mode the CUSTOM provider's `outbound|PORT||HOST` cluster, when istiod sends it with
+/// endpoints, is where checks go: here its only endpoint is in the mesh, so the check goes
+/// through that pod's HBONE port (the host name itself does not resolve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_ext_authz_provider_dialled_through_its_outbound_cluster() {
+    let net = Net::new();
+    let istiod = Istiod::start("xds outbound ext_authz mesh", "xds-outbound-authz", TOKEN).await;
+    let authz_addr = SocketAddr::new(net.ip(13), 8000);
+    let authz_pod = sim::start_pod(
+        SocketAddr::new(net.ip(13), 15008),
+        &istiod.ca.issue(&spiffe("ext-authz")).unwrap().workload,
+    )
+    .await
+    .unwrap();
+    let hbone = authz_addr.to_string();
+    let endpoint = serde_json::json!({
+        "endpoint": {"address": {"envoy_internal_address": {
+            "server_listener_name": "connect_originate", "endpoint_id": hbone}}},
+        "metadata": {"filter_metadata": {
+            "envoy.filters.listener.original_dst": {"local": hbone},
+            "envoy.transport_socket_match": {"tunnel": "http"},
+            "istio": {"workload": "ext-authz;default;ext-authz;v1;Kubernetes"}}},
+        "load_balancing_weight": 1, "health_status": "HEALTHY"});
+    let checks =
+        checks_through_outbound_cluster(&net, &istiod, endpoint, "waypoint-authz-out").await;
+    assert_eq!(checks, 2);
     assert!(authz_pod.stats.tunnels.load(Ordering::Relaxed) >= 1);
+}
+
+/// The provider is a sidecar pod (`{tlsMode: istio}`): checks go to it directly in Istio mutual
+/// TLS with the waypoint's certificate, as HTTP requests to such pods do — never in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_ext_authz_provider_in_a_sidecar_pod_gets_istio_mutual_tls() {
+    let net = Net::new();
+    let istiod = Istiod::start("xds sidecar ext_authz mesh", "xds-sidecar-authz", TOKEN).await;
+    // The sidecar's inbound: Istio mTLS on @14:8000, relayed to the plaintext authorizer on @13.
+    let sidecar_addr = SocketAddr::new(net.ip(14), 8000);
+    let handshakes = sidecar_relay(
+        sidecar_addr,
+        &istiod.ca,
+        "ext-authz",
+        SocketAddr::new(net.ip(13), 8000),
+    )
+    .await;
+    let endpoint = serde_json::json!({
+        "endpoint": {"address": {"socket_address": {
+            "address": sidecar_addr.ip().to_string(), "port_value": sidecar_addr.port()}}},
+        "metadata": {"filter_metadata": {
+            "envoy.transport_socket_match": {"tlsMode": "istio"},
+            "istio": {"workload": "ext-authz;default;ext-authz;v1;Kubernetes"}}},
+        "load_balancing_weight": 1, "health_status": "HEALTHY"});
+    let checks =
+        checks_through_outbound_cluster(&net, &istiod, endpoint, "waypoint-authz-sidecar").await;
+    assert_eq!(checks, 2);
+    let seen = handshakes.lock().unwrap();
+    assert!(!seen.0.is_empty(), "no TLS handshake at the sidecar");
+    for (sni, alpn, sans) in &seen.0 {
+        assert_eq!(
+            sni.as_deref(),
+            Some("outbound_.8000_._.ext-authz.default.svc.cluster.local")
+        );
+        assert_eq!(alpn.as_deref(), Some("istio-peer-exchange"));
+        assert!(
+            sans.iter().any(|s| s.ends_with("/sa/waypoint")),
+            "the waypoint's certificate: {sans:?}"
+        );
+    }
+}
+
+/// A sidecar's inbound in front of a plaintext server: Istio mutual TLS (mesh client
+/// certificate required) on `addr`, each connection relayed to `to`; records each handshake.
+async fn sidecar_relay(
+    addr: SocketAddr,
+    ca: &Ca,
+    sa: &str,
+    to: SocketAddr,
+) -> Arc<Mutex<Handshakes>> {
+    let cert = ca.issue(&spiffe(sa)).unwrap().workload;
+    let base = waypoint::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
+    let mut config = (*base).clone();
+    config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(Mutex::new(Handshakes::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, record) = (acceptor.clone(), record.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                record.lock().unwrap().0.push(handshake_of(tls.get_ref().1));
+                let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    seen
 }

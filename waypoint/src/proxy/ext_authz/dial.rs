@@ -1,10 +1,12 @@
-//! Where a check goes. Files mode, and xDS mode while the snapshot has no endpoint for the
+//! Where a check goes. Files mode, and xDS mode while the snapshot has no cluster for the
 //! provider's service: its `host:port`, through the system resolver. When istiod sent the
-//! provider's `outbound|PORT||HOST` cluster with endpoints (see `routing/src/xds/outbound.rs`),
-//! an endpoint of it, picked by the cluster's load balancer: over HBONE to its node when it is
-//! in the mesh, directly when it is a plain endpoint. An endpoint that wants Istio mutual TLS (a
-//! sidecar pod) or a cluster with DestinationRule TLS is not dialled here: the check falls back
-//! to `host:port`, as before.
+//! provider's `outbound|PORT||HOST` cluster (see `routing/src/xds/outbound.rs`), an endpoint of
+//! it, picked by the cluster's load balancer, reached as the cluster says: over HBONE to its node
+//! when it is in the mesh; directly when it is a plain endpoint, in plaintext or with the
+//! cluster's DestinationRule TLS; in Istio mutual TLS with the waypoint's certificate when it is
+//! a sidecar pod. A cluster with no endpoint, or one whose socket cannot be built, fails the
+//! check (the provider's `failOpen` / status decide), as Envoy's would: never a plaintext
+//! fallback by name.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,6 +26,15 @@ pub enum Route {
     Resolve,
     /// A plain endpoint of the provider's cluster.
     Direct(SocketAddr),
+    /// An endpoint dialled directly in TLS: the cluster's DestinationRule TLS, or Istio mutual
+    /// TLS to a sidecar pod.
+    DirectTls {
+        target: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        sni: Option<String>,
+    },
+    /// The provider's cluster cannot be reached from here: the check fails with this reason.
+    Refused(String),
     /// An endpoint in the mesh: a CONNECT tunnel through its node.
     Hbone {
         target: SocketAddr,
@@ -33,11 +44,13 @@ pub enum Route {
 }
 
 impl Route {
-    /// The route the snapshot gives the provider at `address` (`host:port`).
+    /// The route the snapshot gives the provider at `address` (`host:port`); `h2` for a gRPC
+    /// provider (Istio's ALPN then offers `h2`).
     pub fn for_provider(
         snapshot: &routing::Snapshot,
         address: &str,
         pool: &Arc<TunnelPool>,
+        h2: bool,
     ) -> Route {
         let Some((host, port)) = address
             .rsplit_once(':')
@@ -57,8 +70,9 @@ impl Route {
             return Route::Resolve;
         };
         let Some(ep) = cluster.pick(&[]) else {
-            return Route::Resolve;
+            return Route::Refused(format!("cluster {} has no healthy endpoint", cluster.name));
         };
+        let refused = |why: String| Route::Refused(format!("{address} at {}: {why}", ep.target));
         match ep.endpoint.transport {
             routing::Transport::Hbone => match PeerCheck::for_endpoint(snapshot, &ep.endpoint) {
                 Ok(identity) => Route::Hbone {
@@ -66,12 +80,36 @@ impl Route {
                     identity,
                     pool: pool.clone(),
                 },
-                Err(_) => Route::Resolve,
+                Err(e) => refused(e.to_string()),
             },
-            routing::Transport::Direct if cluster.policy.originate_tls().is_none() => {
-                Route::Direct(ep.target)
+            routing::Transport::Direct => {
+                match cluster.policy.tls.as_ref().and_then(|t| t.originate()) {
+                    None => Route::Direct(ep.target),
+                    Some(tls) => match crate::direct::tls_config(tls) {
+                        Ok(config) => Route::DirectTls {
+                            target: ep.target,
+                            config,
+                            sni: tls.sni.clone().or_else(|| Some(host.to_string())),
+                        },
+                        Err(e) => refused(e),
+                    },
+                }
             }
-            _ => Route::Resolve,
+            routing::Transport::IstioMutual => {
+                let config = PeerCheck::for_endpoint(snapshot, &ep.endpoint)
+                    .map_err(|e| e.to_string())
+                    .and_then(|expected| {
+                        crate::direct::istio_mutual_config(&pool.client().configs(), &expected, h2)
+                    });
+                match config {
+                    Ok(config) => Route::DirectTls {
+                        target: ep.target,
+                        config,
+                        sni: Some(crate::direct::istio_sni(host, port, None)),
+                    },
+                    Err(e) => refused(e),
+                }
+            }
         }
     }
 
@@ -86,6 +124,15 @@ impl Route {
                 .await
                 .map(Conn::Tcp)
                 .map_err(|e| format!("connect {address} at {target}: {e}")),
+            Route::DirectTls {
+                target,
+                config,
+                sni,
+            } => crate::direct::connect_stream(*target, Some((config.clone(), sni.clone())), None)
+                .await
+                .map(|s| Conn::Tls(Box::new(s)))
+                .map_err(|e| format!("connect {address} at {target}: {e}")),
+            Route::Refused(why) => Err(why.clone()),
             Route::Hbone {
                 target,
                 identity,
@@ -110,6 +157,7 @@ impl Route {
 /// A connection to the provider; the tunnel's slots are held while it lives.
 pub enum Conn {
     Tcp(tokio::net::TcpStream),
+    Tls(Box<pingora_core::protocols::l4::stream::Stream>),
     Hbone(H2Stream, TunnelHold),
 }
 
@@ -121,6 +169,7 @@ impl AsyncRead for Conn {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::Hbone(s, _) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -134,6 +183,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::Hbone(s, _) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -141,6 +191,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Conn::Hbone(s, _) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -148,6 +199,7 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::Hbone(s, _) => Pin::new(s).poll_shutdown(cx),
         }
     }
