@@ -115,15 +115,15 @@ impl AsyncRead for H2Stream {
             match ready!(this.recv.poll_data(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.pending = data;
-                }
+                Some(Ok(data)) => this.pending = data,
             }
         }
         let n = this.pending.len().min(buf.remaining());
         buf.put_slice(&this.pending[..n]);
         this.pending.advance(n);
+        // The window reopens by what the reader took, not by what arrived: a slow reader keeps
+        // the peer's window shut instead of letting a frame per read pile up here.
+        let _ = this.recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
     }
 }

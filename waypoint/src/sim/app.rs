@@ -209,6 +209,17 @@ async fn handle(
                 .expect("valid response"));
         }
     }
+    // `x-response-bytes: N`: a body of N bytes (bounded to 64 MiB) instead of the echo.
+    if let Some(n) = echo
+        .headers
+        .get("x-response-bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return Ok(Response::builder()
+            .header("x-pod", pod)
+            .body(full(vec![b'x'; n.min(64 << 20)]))
+            .expect("valid response"));
+    }
     let body = serde_json::to_vec(&echo).expect("echo serializes");
     Ok(Response::builder()
         .header("content-type", "application/json")

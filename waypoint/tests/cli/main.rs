@@ -3,6 +3,7 @@
 
 mod common;
 
+mod abuse;
 mod binary;
 mod certs_curl;
 mod config_reload;
