@@ -28,8 +28,11 @@ use crate::identity::{ClientConfigs, PeerCheck, SpiffeId};
 
 /// ztunnel pools at most 100 streams on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// What an upstream may send ahead of the waypoint's reader, per tunnel and per connection: the
+/// data a slow downstream reader can make the waypoint hold (measured in
+/// `waypoint/tests/cli/abuse.rs`). A LAN's bandwidth-delay product is far below either.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 const MAX_FRAME: u32 = 1024 * 1024;
 
 /// Bounds on the upstream HBONE connections a waypoint keeps.
