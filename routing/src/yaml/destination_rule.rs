@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Spec {
+pub(super) struct Spec {
     host: Option<String>,
     traffic_policy: Option<TrafficPolicyY>,
     subsets: Option<Vec<SubsetY>>,

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Spec {
+pub(super) struct Spec {
     parent_refs: Option<Vec<ParentRefY>>,
     hostnames: Option<Vec<String>>,
     rules: Option<Vec<RuleY>>,

@@ -17,7 +17,7 @@ const MESH_DNS_REFRESH: std::time::Duration = std::time::Duration::from_secs(60)
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Spec {
+pub(super) struct Spec {
     hosts: Option<Vec<String>>,
     addresses: Option<Vec<String>>,
     ports: Option<Vec<PortY>>,

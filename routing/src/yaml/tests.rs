@@ -623,3 +623,33 @@ fn service_entry_resolution_dns_uses_the_answers_given() {
     )
     .is_err());
 }
+
+/// A document whose `kind` precedes its `spec` is parsed once, the spec as its kind's type;
+/// one with the spec first, an unknown top-level key or a spec error takes the two-pass path,
+/// which words the diagnostics (so errors keep their field path and file line).
+#[test]
+fn one_pass_for_kind_before_spec_two_passes_otherwise() {
+    let pass = super::one_pass(SERVICE_ENTRY)
+        .expect("one pass")
+        .expect("not empty");
+    let spec = pass.spec.expect("spec parsed with the header");
+    assert!(spec.is::<Option<super::service_entry::Spec>>());
+    let spec_first = "spec: {hosts: [a]}\nkind: ServiceEntry\n";
+    assert!(super::one_pass(spec_first).unwrap().unwrap().spec.is_none());
+    assert!(super::one_pass("kind: ServiceEntry\nextra: 1\nspec: {}\n").is_none());
+    let bad = SERVICE_ENTRY.replace("number: 9080", "number: [1]");
+    assert!(super::one_pass(&bad).is_none());
+    let err = load_str(&[("a.yaml".into(), format!("---\n{bad}"))], "cluster.local")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.ports[0].number"), "{err}");
+    assert!(err.contains("at line 10, column 13"), "{err}");
+    // Both paths load the same service.
+    let reordered = "spec:\n  hosts: [reviews]\n  addresses: [10.0.0.10]\n  ports:\n  - {number: 9080, name: http}\n  resolution: STATIC\n  workloadSelector: {labels: {app: reviews}}\napiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: reviews}\n";
+    for text in [SERVICE_ENTRY, reordered] {
+        let s = load_str(&[("a.yaml".into(), text.to_string())], "cluster.local").unwrap();
+        assert!(s
+            .service_by_host("reviews.default.svc.cluster.local")
+            .is_some());
+    }
+}

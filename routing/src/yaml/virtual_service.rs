@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
-struct Spec {
+pub(super) struct Spec {
     hosts: Option<Vec<String>>,
     gateways: Option<Vec<String>>,
     http: Option<Vec<HttpY>>,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Spec {
+pub(super) struct Spec {
     address: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     service_account: Option<String>,
