@@ -387,98 +387,12 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
         &authority,
         &target.path,
     );
-    if pod_addressed {
-        // istiod's `direct-http`: the pod the client addressed, whatever the Host; no
-        // VirtualService route applies.
-        let ip = target.host.clone();
+    let (routing, destinations) = if pod_addressed {
         let dport = target.port.unwrap_or(port.number);
-        return Ok(Explanation {
-            method: args.method.to_ascii_uppercase(),
-            url: args.url.clone(),
-            source: args.source.as_ref().map(|s| s.to_string()),
-            source_labels,
-            service: service.hostname.clone(),
-            port: port.number,
-            protocol: format!("{:?}", port.protocol).to_ascii_lowercase(),
-            routing: routing::RouteExplanation {
-                service: service.hostname.clone(),
-                port: port.number,
-                virtual_services: Vec::new(),
-                applied: None,
-                routes: Vec::new(),
-                decision: routing::ExplainedDecision::Default {
-                    reason: format!(
-                        "pod-addressed: forwarded to {ip}:{dport} whatever the Host \
-                         (istiod's direct-http); routes do not apply"
-                    ),
-                },
-                actions: Vec::new(),
-            },
-            destinations: vec![DestinationReport {
-                host: ip.clone(),
-                subset: None,
-                port: dport,
-                weight: 100,
-                share: 1.0,
-                cluster: Some(serde_json::json!({
-                    "name": format!("inbound-pod|{dport}||{ip}"),
-                    "lb": "none (the addressed pod)",
-                    "endpoints": [{
-                        "name": pod.0,
-                        "target": format!("{ip}:{dport}"),
-                        "identity": pod.1,
-                    }],
-                })),
-                problem: None,
-            }],
-            path: path_report,
-            authorization,
-        });
-    }
-    let routing = snapshot.explain_route(service, port.number, &req);
-    let mut destinations = Vec::new();
-    let mut targets: Vec<(String, Option<String>, u16, u32)> = Vec::new();
-    match snapshot.route(service, port.number, &req) {
-        RouteDecision::Route { route, .. } => {
-            for d in &route.destinations {
-                targets.push((
-                    d.host.clone(),
-                    d.subset.clone(),
-                    d.port.unwrap_or(port.number),
-                    d.weight,
-                ));
-            }
-        }
-        RouteDecision::Default => {
-            targets.push((service.hostname.clone(), None, port.number, 100));
-        }
-        RouteDecision::NoRoute => {}
-    }
-    let total: u64 = targets.iter().map(|t| u64::from(t.3)).sum();
-    for (host, subset, dport, weight) in targets {
-        let cluster = snapshot.cluster(&host, dport, subset.as_deref());
-        destinations.push(DestinationReport {
-            share: if total == 0 {
-                0.0
-            } else {
-                f64::from(weight) / total as f64
-            },
-            problem: cluster.is_none().then(|| {
-                format!(
-                    "no cluster for {host} port {dport}{} (unknown subset or port): 503 NC",
-                    subset
-                        .as_deref()
-                        .map(|s| format!(" subset {s}"))
-                        .unwrap_or_default()
-                )
-            }),
-            cluster: cluster.map(|c| serde_json::to_value(c).unwrap_or_default()),
-            host,
-            subset,
-            port: dport,
-            weight,
-        });
-    }
+        pod_route(service, port.number, &target.host, dport, &pod)
+    } else {
+        service_route(snapshot, service, port.number, &req)
+    };
     // The route's timeout, retries, faults, mirrors and header operations are in
     // `routing.actions` (the default route's too: its retries are the port's, as istiod wrote them
     // or Istio's default in files mode).
@@ -495,6 +409,105 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
         path: path_report,
         authorization,
     })
+}
+
+/// istiod's `direct-http`: the pod the client addressed (`ip:dport`, named `pod.0` with
+/// identity `pod.1`), whatever the Host; no VirtualService route applies.
+fn pod_route(
+    service: &routing::Service,
+    port: u16,
+    ip: &str,
+    dport: u16,
+    pod: &(String, String),
+) -> (routing::RouteExplanation, Vec<DestinationReport>) {
+    let routing = routing::RouteExplanation {
+        service: service.hostname.clone(),
+        port,
+        virtual_services: Vec::new(),
+        applied: None,
+        routes: Vec::new(),
+        decision: routing::ExplainedDecision::Default {
+            reason: format!(
+                "pod-addressed: forwarded to {ip}:{dport} whatever the Host \
+                 (istiod's direct-http); routes do not apply"
+            ),
+        },
+        actions: Vec::new(),
+    };
+    let destination = DestinationReport {
+        host: ip.to_string(),
+        subset: None,
+        port: dport,
+        weight: 100,
+        share: 1.0,
+        cluster: Some(serde_json::json!({
+            "name": format!("inbound-pod|{dport}||{ip}"),
+            "lb": "none (the addressed pod)",
+            "endpoints": [{
+                "name": pod.0,
+                "target": format!("{ip}:{dport}"),
+                "identity": pod.1,
+            }],
+        })),
+        problem: None,
+    };
+    (routing, vec![destination])
+}
+
+/// The route `req` takes on `service:port` and the weighted destinations it leads to.
+fn service_route(
+    snapshot: &Snapshot,
+    service: &routing::Service,
+    port: u16,
+    req: &routing::SimpleRequest,
+) -> (routing::RouteExplanation, Vec<DestinationReport>) {
+    let routing = snapshot.explain_route(service, port, req);
+    let mut targets: Vec<(String, Option<String>, u16, u32)> = Vec::new();
+    match snapshot.route(service, port, req) {
+        RouteDecision::Route { route, .. } => {
+            for d in &route.destinations {
+                targets.push((
+                    d.host.clone(),
+                    d.subset.clone(),
+                    d.port.unwrap_or(port),
+                    d.weight,
+                ));
+            }
+        }
+        RouteDecision::Default => {
+            targets.push((service.hostname.clone(), None, port, 100));
+        }
+        RouteDecision::NoRoute => {}
+    }
+    let total: u64 = targets.iter().map(|t| u64::from(t.3)).sum();
+    let destinations = targets
+        .into_iter()
+        .map(|(host, subset, dport, weight)| {
+            let cluster = snapshot.cluster(&host, dport, subset.as_deref());
+            DestinationReport {
+                share: if total == 0 {
+                    0.0
+                } else {
+                    f64::from(weight) / total as f64
+                },
+                problem: cluster.is_none().then(|| {
+                    format!(
+                        "no cluster for {host} port {dport}{} (unknown subset or port): 503 NC",
+                        subset
+                            .as_deref()
+                            .map(|s| format!(" subset {s}"))
+                            .unwrap_or_default()
+                    )
+                }),
+                cluster: cluster.map(|c| serde_json::to_value(c).unwrap_or_default()),
+                host,
+                subset,
+                port: dport,
+                weight,
+            }
+        })
+        .collect();
+    (routing, destinations)
 }
 
 fn explain_authz(
