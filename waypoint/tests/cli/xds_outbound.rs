@@ -66,11 +66,48 @@ pub(crate) async fn sidecar_app(
     sa: &str,
     name: &'static str,
 ) -> Arc<Mutex<Handshakes>> {
+    tls_app(addr, sidecar_config(ca, sa), name).await
+}
+
+/// A sidecar's inbound TLS: the pod's certificate for `sa`, a mesh client certificate required,
+/// Istio's ALPN.
+fn sidecar_config(ca: &Ca, sa: &str) -> Arc<rustls::ServerConfig> {
     let cert = ca.issue(&spiffe(sa)).unwrap().workload;
     let base = waypoint::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
     let mut config = (*base).clone();
     config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
-    tls_app(addr, Arc::new(config), name).await
+    Arc::new(config)
+}
+
+/// Accept TLS with `config` on `addr`, record each completed handshake, and hand each
+/// connection to `serve`.
+async fn tls_server<F, Fut>(
+    addr: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+    serve: F,
+) -> Arc<Mutex<Handshakes>>
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(Mutex::new(Handshakes::default()));
+    let record = seen.clone();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, record, serve) = (acceptor.clone(), record.clone(), serve.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                record.lock().unwrap().0.push(handshake_of(tls.get_ref().1));
+                serve(tls).await;
+            });
+        }
+    });
+    seen
 }
 
 /// What a server connection's handshake showed: SNI, ALPN, the client certificate's SANs.
@@ -96,39 +133,25 @@ pub(crate) async fn tls_app(
     config: Arc<rustls::ServerConfig>,
     name: &'static str,
 ) -> Arc<Mutex<Handshakes>> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let seen = Arc::new(Mutex::new(Handshakes::default()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, record) = (acceptor.clone(), record.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                record.lock().unwrap().0.push(handshake_of(tls.get_ref().1));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
-                    let resp =
-                        format!("HTTP/1.1 200 OK\r\nx-pod: {name}\r\ncontent-length: 2\r\n\r\nok");
-                    if tls.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
+    tls_server(addr, config, move |mut tls| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-            });
+            }
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            buf.drain(..end);
+            let resp = format!("HTTP/1.1 200 OK\r\nx-pod: {name}\r\ncontent-length: 2\r\n\r\nok");
+            if tls.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
         }
-    });
-    seen
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,28 +385,11 @@ async fn sidecar_relay(
     sa: &str,
     to: SocketAddr,
 ) -> Arc<Mutex<Handshakes>> {
-    let cert = ca.issue(&spiffe(sa)).unwrap().workload;
-    let base = waypoint::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
-    let mut config = (*base).clone();
-    config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let seen = Arc::new(Mutex::new(Handshakes::default()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, record) = (acceptor.clone(), record.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                record.lock().unwrap().0.push(handshake_of(tls.get_ref().1));
-                let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    seen
+    tls_server(addr, sidecar_config(ca, sa), move |mut tls| async move {
+        let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+            return;
+        };
+        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+    })
+    .await
 }
