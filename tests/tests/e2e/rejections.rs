@@ -329,8 +329,15 @@ async fn tunnels_reset_right_after_acceptance_close_the_connection() {
         }
     }
     let e = closed.expect("the connection survived 2000 reset tunnels");
+    // The client sees the GOAWAY's reason, or, when the socket closed before its connection
+    // task read the GOAWAY, a broken pipe; the server's counter below is what proves the cause.
     let reason = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason);
-    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "{e:#}");
+    assert!(
+        reason == Some(h2::Reason::ENHANCE_YOUR_CALM)
+            || e.downcast_ref::<h2::Error>().is_some_and(h2::Error::is_io)
+            || format!("{e:#}").contains("broken pipe"),
+        "{e:#}"
+    );
     assert!(accepted >= 500, "closed after {accepted} tunnels");
     let stats = &mesh.bench.app.server.stats;
     assert_eq!(stats.closed_for_resets.load(Ordering::Relaxed), 1);
