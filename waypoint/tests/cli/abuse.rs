@@ -37,6 +37,59 @@ async fn sample(stats: SocketAddr, family: &str, labels: &[(&str, &str)]) -> f64
         .unwrap_or(0.0)
 }
 
+/// One HBONE connection to the waypoint at `addr` as productpage's ztunnel, with an initial
+/// stream window of `window` bytes.
+async fn hbone_connection(
+    ca: &Ca,
+    addr: SocketAddr,
+    waypoint_id: &waypoint::identity::SpiffeId,
+    window: u32,
+) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        waypoint_id,
+    ))
+    .connect(
+        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+        tcp,
+    )
+    .await
+    .unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// Open a CONNECT tunnel to the ratings VIP on `send` and write `request` into it.
+async fn tunnel_with(
+    send: &h2::client::SendRequest<Bytes>,
+    request: &'static [u8],
+) -> (http::Response<h2::RecvStream>, h2::SendStream<Bytes>) {
+    let mut send = send.clone().ready().await.unwrap();
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("10.0.0.20:9080")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("CONNECT answered")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    stream
+        .send_data(Bytes::from_static(request), false)
+        .unwrap();
+    (response, stream)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
     const TUNNELS: usize = 200;
@@ -65,50 +118,16 @@ async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
     let idle = rss_kib(pid);
 
     // 200 tunnels on one HBONE connection, each with a zero window the client never reopens.
-    let tcp = tokio::net::TcpStream::connect(addrs["hbone"])
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client_tls(
-        ca.issue(&spiffe("productpage")).unwrap().workload,
-        &waypoint_id,
-    ))
-    .connect(
-        rustls::pki_types::ServerName::IpAddress(addrs["hbone"].ip().into()),
-        tcp,
-    )
-    .await
-    .unwrap();
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let send = hbone_connection(&ca, addrs["hbone"], &waypoint_id, 0).await;
     let mut held = Vec::new();
     for _ in 0..TUNNELS {
-        let mut send = send.clone().ready().await.unwrap();
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri("10.0.0.20:9080")
-            .body(())
-            .unwrap();
-        let (response, mut stream) = send.send_request(req, false).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), response)
-            .await
-            .expect("CONNECT answered")
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        stream
-            .send_data(
-                Bytes::from_static(
-                    b"GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: 4194304\r\n\r\n",
-                ),
-                false,
+        held.push(
+            tunnel_with(
+                &send,
+                b"GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: 4194304\r\n\r\n",
             )
-            .unwrap();
-        held.push((response, stream));
+            .await,
+        );
     }
 
     // While the responses are stuck: the peak growth over idle, sampled for 2 s.
@@ -154,5 +173,110 @@ async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
     let timeouts = sample(addrs["stats"], "waypoint_hbone_send_timeouts", &[]).await;
     assert!(timeouts >= TUNNELS as f64, "{timeouts} send timeouts");
     drop(held);
+    sigterm_and_wait(child).await;
+}
+
+/// A burst of 500 concurrent requests to one cold endpoint: the waypoint opens at most
+/// `--upstream-max-connections` HBONE connections to its node (dials coalesced, streams
+/// multiplexed), and once the traffic is over every one of them is closed by the idle timeout,
+/// on both sides. Before, each concurrent request dialled its own connection and none expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_a_cold_endpoint_stays_within_the_connection_cap_and_then_closes() {
+    const REQUESTS: usize = 500;
+    const CAP: u64 = 4;
+    const IDLE_MS: u64 = 1_500;
+    let net = Net::new();
+    let ca = Ca::new("abuse mesh").unwrap();
+    let pod = Pod::start(&net, &ca).await;
+    let config = temp_dir("abuse-burst-config");
+    write_ratings_config(&net, &config);
+    let certs = temp_dir("abuse-burst-certs");
+    let waypoint_id = spiffe("waypoint");
+    ca.issue(&waypoint_id).unwrap().write_to(&certs).unwrap();
+    let mut args = cert_args(&certs);
+    args.extend([
+        "--upstream-max-connections".into(),
+        CAP.to_string().into(),
+        "--upstream-idle-timeout-ms".into(),
+        IDLE_MS.to_string().into(),
+    ]);
+    let (child, addrs, stderr) = spawn_run_with(&config, &args);
+    let _logs = collect(stderr);
+    poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
+
+    // 500 tunnels on one client connection, opened at once, each asking for a response the app
+    // holds 300 ms, so that all of them wait for the cold endpoint together.
+    let send = hbone_connection(&ca, addrs["hbone"], &waypoint_id, 65_535).await;
+    // Each tunnel reads its response as it comes (a client that leaves many small DATA frames
+    // unread is closed by its own h2 library with ENHANCE_YOUR_CALM).
+    let tunnels = (0..REQUESTS).map(|_| {
+        let send = send.clone();
+        tokio::spawn(async move {
+            let (response, stream) = tunnel_with(
+                &send,
+                b"GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-delay-ms: 300\r\n\r\n",
+            )
+            .await;
+            let mut body = response.into_body();
+            let first = tokio::time::timeout(Duration::from_secs(30), body.data())
+                .await
+                .expect("a response within 30 s")
+                .expect("response bytes")
+                .unwrap();
+            let _ = body.flow_control().release_capacity(first.len());
+            drop(stream);
+            first.starts_with(b"HTTP/1.1 200")
+        })
+    });
+    let replies: Vec<bool> = futures::future::join_all(tunnels)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let served = replies.iter().filter(|ok| **ok).count();
+    assert_eq!(served, REQUESTS, "{served} of {REQUESTS} served");
+    let opened = pod
+        .pod
+        .stats
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "burst: {REQUESTS} concurrent requests opened {opened} HBONE connections (cap {CAP})"
+    );
+    assert!(
+        (1..=CAP).contains(&opened),
+        "{opened} HBONE connections to one node for {REQUESTS} concurrent requests (cap {CAP})"
+    );
+    let coalesced = sample(addrs["stats"], "waypoint_upstream_dials_coalesced", &[]).await;
+    assert!(coalesced > 0.0, "concurrent dials were coalesced");
+
+    // Traffic over: within the idle timeout (plus margin) no upstream connection is left open,
+    // as the node and the waypoint's own gauge both say.
+    drop(send);
+    let outbound = [("direction", "outbound")];
+    let deadline = Instant::now() + Duration::from_millis(IDLE_MS * 2) + Duration::from_secs(10);
+    loop {
+        let node = pod
+            .pod
+            .stats
+            .open
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let gauge = sample(addrs["stats"], "waypoint_hbone_connections_open", &outbound).await;
+        if node == 0 && gauge == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} connections still open at the node ({gauge} by the waypoint's gauge)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let idle = sample(
+        addrs["stats"],
+        "waypoint_upstream_connections_closed",
+        &[("reason", "idle")],
+    )
+    .await;
+    assert!(idle >= 1.0, "closed as idle: {idle}");
     sigterm_and_wait(child).await;
 }
