@@ -209,6 +209,26 @@ async fn handle(
                 .expect("valid response"));
         }
     }
+    // `x-response-chunks: N`: a body of N one-byte chunks (bounded to 1 M), one per millisecond:
+    // a chatty streaming response that reaches the client in tiny HTTP/2 frames.
+    if let Some(n) = echo
+        .headers
+        .get("x-response-chunks")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let chunks = futures::stream::unfold(n.min(1 << 20), |left| async move {
+            if left == 0 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let frame = hyper::body::Frame::data(Bytes::from_static(b"x"));
+            Some((Ok::<_, Infallible>(frame), left - 1))
+        });
+        return Ok(Response::builder()
+            .header("x-pod", pod)
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(chunks)))
+            .expect("valid response"));
+    }
     // `x-response-bytes: N`: a body of N bytes (bounded to 64 MiB) instead of the echo.
     if let Some(n) = echo
         .headers
