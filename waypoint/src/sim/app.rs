@@ -209,6 +209,33 @@ async fn handle(
                 .expect("valid response"));
         }
     }
+    // `x-trickle-ms: N`: the response header at once, then a 1 KiB chunk every N ms (at least
+    // 1) for 60 s: a response that is still streaming when something cuts it.
+    if let Some(ms) = echo
+        .headers
+        .get("x-trickle-ms")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let every = std::time::Duration::from_millis(ms.max(1));
+        let chunks = (60_000 / ms.max(1)).max(1);
+        let body = futures::stream::unfold(0u64, move |sent| async move {
+            if sent == chunks {
+                return None;
+            }
+            if sent > 0 {
+                tokio::time::sleep(every).await;
+            }
+            let chunk = Bytes::from_static(&[b'x'; 1024]);
+            Some((
+                Ok::<_, Infallible>(hyper::body::Frame::data(chunk)),
+                sent + 1,
+            ))
+        });
+        return Ok(Response::builder()
+            .header("x-pod", pod)
+            .body(http_body_util::StreamBody::new(body).boxed())
+            .expect("valid response"));
+    }
     // `x-response-bytes: N`: a body of N bytes (bounded to 64 MiB) instead of the echo.
     if let Some(n) = echo
         .headers

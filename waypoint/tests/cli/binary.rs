@@ -242,7 +242,8 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
         spiffe("waypoint"),
     ));
 
-    // A bounded load: 8 requests, each held 1.5 s by the app, on 8 tunnels of one connection.
+    // A bounded load: 8 requests, each held 1 s by the app, on 8 tunnels of one connection
+    // (well before the drain's cut, 1.5 s after SIGTERM).
     let in_flight = 8;
     let mut load = Vec::new();
     for i in 0..in_flight {
@@ -254,7 +255,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
                 &mut send,
                 "ratings:9080",
                 "/ratings/slow",
-                &[("x-delay-ms", "1500"), ("x-request-id", id.as_str())],
+                &[("x-delay-ms", "1000"), ("x-request-id", id.as_str())],
             )
             .await?;
             anyhow::Ok(parts.status)
