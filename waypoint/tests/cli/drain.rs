@@ -2,7 +2,8 @@
 //! so the cut comes 0.5 s before the end): what finishes in time gets its response with
 //! `connection: close`, idle keep-alive tunnels are closed, a request still waiting for its
 //! response at the deadline is answered 503 `LR`, a response cut mid-body ends in RST_STREAM on
-//! its tunnel, new tunnels are refused, and the process exits 0 within the drain time.
+//! its tunnel, a TCP splice open at the deadline is reset the same way, new tunnels are refused,
+//! and the process exits 0 within the drain time.
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,23 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
         .write_to(&certs)
         .unwrap();
     let ratings = Pod::start(&net, &ca).await;
+    // A TCP echo service (VIP 10.0.0.30:9000) on its own pod at @2.
+    let tcp_yaml = waypoint_tests::service_yaml("echo", "10.0.0.30", 9000, "tcp")
+        + &waypoint_tests::workload_yaml("echo-v1", "@2", "echo", "v1", "echo");
+    std::fs::write(config.join("echo.yaml"), net.render(&tcp_yaml)).unwrap();
+    let _echo_app = sim::start_app(
+        std::net::SocketAddr::new(net.ip(2), 9000),
+        "echo",
+        sim::AppKind::TcpEcho,
+    )
+    .await
+    .unwrap();
+    let _echo_pod = sim::start_pod(
+        std::net::SocketAddr::new(net.ip(2), 15008),
+        &ca.issue(&spiffe("echo")).unwrap().workload,
+    )
+    .await
+    .unwrap();
     let (mut child, addrs, stderr) = spawn_run(&config, &certs);
     let access = collect(child.stdout.take().unwrap());
     let logs = collect(stderr);
@@ -110,6 +128,18 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
         .unwrap();
     let head = read_head_and(&mut trickle, 2048).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // A TCP connection spliced to the echo, open across the drain.
+    let mut tcp = client
+        .tunnel("10.0.0.30:9000".parse().unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
     let deadline = Instant::now() + Duration::from_secs(10);
     while ratings.requests() < 4 {
         assert!(
@@ -127,10 +157,14 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
     .await;
 
     // Drain start: the idle keep-alive tunnel is closed (not held until the process exits).
-    tokio::time::timeout(Duration::from_secs(1), idle.ready())
-        .await
-        .expect("the idle keep-alive tunnel is closed at drain start")
-        .expect_err("no further request is taken on it");
+    let draining = Instant::now();
+    while !idle.is_closed() {
+        assert!(
+            draining.elapsed() < Duration::from_secs(1),
+            "the idle keep-alive tunnel is still open after drain start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // New tunnels are refused (GOAWAY, listener closed).
     assert!(
         client.tunnel(VIP.parse().unwrap()).await.is_err(),
@@ -172,6 +206,18 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
     assert!(h2.is_reset(), "a stream reset, not {h2:?}");
     assert_eq!(h2.reason(), Some(h2::Reason::INTERNAL_ERROR), "{h2:?}");
 
+    // The TCP splice open at the deadline: reset the same way.
+    let ended = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("the TCP tunnel ends at the deadline");
+    let e = ended.expect_err("a reset, not a clean end of the TCP tunnel");
+    let h2 = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<h2::Error>())
+        .unwrap_or_else(|| panic!("not an HTTP/2 error: {e:?}"));
+    assert!(h2.is_reset(), "a stream reset, not {h2:?}");
+    assert_eq!(h2.reason(), Some(h2::Reason::INTERNAL_ERROR), "{h2:?}");
+
     exit.await.unwrap();
     let took = terminated.elapsed();
     assert!(
@@ -200,7 +246,7 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
         .map(strip_ansi)
         .unwrap_or_else(|| panic!("no exit line:\n{logs}"));
     assert!(
-        last.contains("responded_503=1") && last.contains("reset=1"),
+        last.contains("responded_503=1") && last.contains("reset=2"),
         "{last}"
     );
 }
