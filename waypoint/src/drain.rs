@@ -97,8 +97,11 @@ impl Drain {
     pub fn cut_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.cut_tx.subscribe();
         async move {
-            // An error means the sender is gone: the app is gone too, nothing left to cut.
-            let _ = rx.wait_for(|cut| *cut).await;
+            // An error means the `Drain` is gone (a client dropped while its connections live
+            // on): there will be no cut.
+            if rx.wait_for(|cut| *cut).await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -149,5 +152,18 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), drain.cut_signal())
             .await
             .expect("a waiter from after the cut returns at once");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_drain_never_cuts() {
+        let drain = Drain::default();
+        let signal = drain.cut_signal();
+        drop(drain);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), signal)
+                .await
+                .is_err(),
+            "connections outliving their client's Drain must not be cut"
+        );
     }
 }
