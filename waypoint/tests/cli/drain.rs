@@ -245,6 +245,7 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
         .find(|l| l.contains("exiting"))
         .map(strip_ansi)
         .unwrap_or_else(|| panic!("no exit line:\n{logs}"));
+    eprintln!("{last}");
     assert!(
         last.contains("responded_503=1") && last.contains("reset=2"),
         "{last}"
