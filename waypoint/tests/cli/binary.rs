@@ -269,7 +269,10 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
 
     let terminated = std::time::Instant::now();
     let exit = tokio::spawn(sigterm_and_wait(child));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    poll_until(addrs["health"], "/healthz/ready", |status, body| {
+        status == 503 && body.contains("draining")
+    })
+    .await;
     // New tunnels are refused: the open connection has sent GOAWAY and the listener is closed.
     let refused = client.tunnel("10.0.0.20:9080".parse().unwrap()).await;
     assert!(refused.is_err(), "a new tunnel was accepted while draining");
