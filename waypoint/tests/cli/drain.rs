@@ -162,6 +162,15 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // The outcomes are exported (all 0 before SIGTERM).
+    let (status, metrics) =
+        waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
+    assert_eq!(status, 200);
+    for outcome in ["completed", "responded_503", "reset"] {
+        let series = format!("waypoint_drain_requests_total{{outcome=\"{outcome}\"}} 0");
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
+
     let terminated = Instant::now();
     let exit = tokio::spawn(sigterm_and_wait(child));
     poll_until(addrs["health"], "/healthz/ready", |status, body| {
