@@ -328,7 +328,8 @@ impl Inbound {
             } => spliced,
             _ = cut => None,
         };
-        if self.drain.is_cut() {
+        let cut = self.drain.is_cut();
+        if cut {
             // Reset, not a clean end: the client must not take a cut stream for a complete one.
             down.reset();
             self.drain.record(Outcome::Reset);
@@ -359,8 +360,14 @@ impl Inbound {
                 entry.response_flags = flags.join(",");
             }
         }
+        if cut {
+            // Ended by the drain deadline, not by the endpoint (as `LR` for HTTP requests).
+            flags.retain(|f| *f != "UC");
+            flags.push("LR");
+            entry.response_flags = flags.join(",");
+        }
         entry.duration_ms = started.elapsed().as_millis() as u64;
-        if flags.last() == Some(&"UC") {
+        if matches!(flags.last(), Some(&"UC" | &"LR")) {
             // Reset mid-stream: the close is reported under the flag it ended with.
             labels = IstioMetrics::tcp_labels(source, labels.destination, &entry.response_flags);
         }

@@ -56,16 +56,28 @@ fn strip_ansi(line: &str) -> String {
 
 /// The JSON access log line of the request to `path` (bounded wait).
 async fn line_for(access: &std::sync::Mutex<Vec<String>>, path: &str) -> serde_json::Value {
+    line_where(access, "path", path).await
+}
+
+/// The JSON access log line whose `key` is `value` (bounded wait).
+async fn line_where(
+    access: &std::sync::Mutex<Vec<String>>,
+    key: &str,
+    value: &str,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let found = access.lock().unwrap().iter().find_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["path"] == path).then_some(v)
+            (v[key] == value).then_some(v)
         });
         if let Some(v) = found {
             return v;
         }
-        assert!(Instant::now() < deadline, "no access log line for {path}");
+        assert!(
+            Instant::now() < deadline,
+            "no access log line with {key} {value}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -255,6 +267,8 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
     let line = line_for(&access, "/ratings/trickle").await;
     assert_eq!(line["response_code"], 200, "{line}");
     assert_eq!(line["response_flags"], "LR", "{line}");
+    let tcp_line = line_where(&access, "downstream_local_address", "10.0.0.30:9000").await;
+    assert_eq!(tcp_line["response_flags"], "LR", "{tcp_line}");
     let line = line_for(&access, "/ratings/quick").await;
     assert_eq!(line["response_code"], 200, "{line}");
     assert!(!line["response_flags"].to_string().contains("LR"), "{line}");
