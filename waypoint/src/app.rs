@@ -76,6 +76,8 @@ pub struct App {
     pub server: Arc<HboneServer>,
     pub inbound: Arc<Inbound>,
     pub telemetry: Telemetry,
+    /// The SIGTERM drain and its deadline ([`App::start_drain`], [`App::cut_drain`]).
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl App {
@@ -111,10 +113,11 @@ impl App {
         status.set_config(&snapshot, config_source);
         status.attach_access_log(access_log.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-        let client = Arc::new(HboneClient::with_limits(
-            Arc::new(ClientConfigs::new(cert)),
-            settings.upstream,
-        ));
+        let drain = Arc::new(crate::drain::Drain::default());
+        let client = Arc::new(
+            HboneClient::with_limits(Arc::new(ClientConfigs::new(cert)), settings.upstream)
+                .with_drain(drain.clone()),
+        );
         let pool = TunnelPool::new(client, settings.upstream_hbone_port);
         let conf = Arc::new(ServerConf::default());
         let jwks = Arc::new(crate::proxy::JwksCache::default());
@@ -127,6 +130,7 @@ impl App {
             path_normalization: settings.path_normalization,
             jwks: jwks.clone(),
             authorizers: authorizers.clone(),
+            drain: drain.clone(),
         };
         let h1 = http_proxy(&conf, waypoint());
         let mut h2c = http_proxy(&conf, waypoint());
@@ -143,6 +147,7 @@ impl App {
             sniff_timeout: settings.sniff_timeout,
             request_headers_timeout: settings.request_headers_timeout,
             send_timeout: settings.send_timeout,
+            drain: drain.clone(),
         });
         let server = HboneServer::new(tls, inbound.clone(), settings.handshake_timeout);
         status.attach(Dataplane {
@@ -157,6 +162,7 @@ impl App {
             server,
             inbound,
             telemetry,
+            drain,
         })
     }
 
@@ -189,6 +195,22 @@ impl App {
 
     pub async fn serve(&self, listener: TcpListener, shutdown: ShutdownWatch) {
         self.server.clone().serve(listener, shutdown).await
+    }
+
+    /// The drain starts (after `serve` returned on shutdown): HTTP/1.1 sessions waiting for
+    /// their next request inside tunnels are closed, and responses from now on carry
+    /// `connection: close` (pingora's shutdown flag, which `response_filter` reads).
+    pub async fn start_drain(&self) {
+        use pingora_core::apps::ServerApp;
+        self.drain.start();
+        self.inbound.h1.cleanup().await;
+        self.inbound.h2c.cleanup().await;
+    }
+
+    /// The drain deadline: what is still in flight is answered 503 or reset, and inbound
+    /// connections still open `force_close_after` later are closed (see [`crate::drain`]).
+    pub fn cut_drain(&self, force_close_after: std::time::Duration) {
+        self.drain.cut(force_close_after);
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::access_log::{timestamp, AccessLog, Entry};
+use crate::drain::{Drain, Outcome};
 use crate::hbone::{ConnectError, H2Stream, Lease, TunnelPolicy, TunnelPool};
 use crate::header_deadline::{HeaderClock, HeaderDeadline};
 use crate::identity::PeerCheck;
@@ -53,6 +54,8 @@ pub struct Inbound {
     pub request_headers_timeout: Option<Duration>,
     /// How long a write to the client may wait for its flow-control window.
     pub send_timeout: Option<Duration>,
+    /// The SIGTERM drain: TCP splices still open at its cut are reset.
+    pub drain: Arc<Drain>,
 }
 
 impl Inbound {
@@ -76,6 +79,7 @@ impl Inbound {
         match kind {
             Sniffed::Tcp => self.splice(tunnel, prefix, &info).await,
             Sniffed::Http1 | Sniffed::H2c => {
+                let end = tunnel.end().cloned();
                 // HTTP/1.1: request headers must complete within the deadline (HTTP/2 inside
                 // the tunnel is bounded by its own header limits and stream handling).
                 let (socket, header_clock): (Box<dyn VirtualSocket>, _) =
@@ -102,6 +106,7 @@ impl Inbound {
                 let data = TunnelData {
                     info: info.clone(),
                     header_clock,
+                    end,
                 };
                 stream.set_proxy_digest(ProxyDigest::new(Box::new(ok), Some(Box::new(data))));
                 let proxy = if kind == Sniffed::H2c {
@@ -307,13 +312,31 @@ impl Inbound {
         );
         metrics.tcp_opened(&labels);
         let limits = policy.splice_limits();
-        let spliced = match up {
-            Upstream::Tunnel(t) => {
-                let (mut up, _slot) = t.into_inner();
-                forward(&mut down, &mut up, &prefix, limits, target).await
-            }
-            Upstream::Direct(mut up) => forward(&mut down, &mut up, &prefix, limits, target).await,
+        // The drain's cut ends the splice whatever its upstream (one signal per connection).
+        let cut = self.drain.cut_signal();
+        let spliced = tokio::select! {
+            spliced = async {
+                match up {
+                    Upstream::Tunnel(t) => {
+                        let (mut up, _slot) = t.into_inner();
+                        forward(&mut down, &mut up, &prefix, limits, target).await
+                    }
+                    Upstream::Direct(mut up) => {
+                        forward(&mut down, &mut up, &prefix, limits, target).await
+                    }
+                }
+            } => spliced,
+            _ = cut => None,
         };
+        let cut = self.drain.is_cut();
+        if cut {
+            // Reset, not a clean end: the client must not take a cut stream for a complete one.
+            down.reset();
+            self.drain.record(Outcome::Reset);
+            debug!(%target, "TCP tunnel reset at the drain deadline");
+        } else if self.drain.is_draining() {
+            self.drain.record(Outcome::Completed);
+        }
         match spliced {
             Some(Spliced {
                 a_to_b,
@@ -337,8 +360,14 @@ impl Inbound {
                 entry.response_flags = flags.join(",");
             }
         }
+        if cut {
+            // Ended by the drain deadline, not by the endpoint (as `LR` for HTTP requests).
+            flags.retain(|f| *f != "UC");
+            flags.push("LR");
+            entry.response_flags = flags.join(",");
+        }
         entry.duration_ms = started.elapsed().as_millis() as u64;
-        if flags.last() == Some(&"UC") {
+        if matches!(flags.last(), Some(&"UC" | &"LR")) {
             // Reset mid-stream: the close is reported under the flag it ended with.
             labels = IstioMetrics::tcp_labels(source, labels.destination, &entry.response_flags);
         }

@@ -10,6 +10,7 @@ pub mod curl;
 pub mod demo;
 pub mod direct;
 pub mod dns;
+pub mod drain;
 pub mod explain;
 pub mod hbone;
 pub mod header_deadline;

@@ -421,24 +421,50 @@ impl BackgroundService for DataplaneService {
             reloader.abort();
         }
         self.telemetry.status.set_draining();
-        // SIGTERM: the listener is closed and every connection has sent GOAWAY. Exit as soon as
-        // the last one has drained, or when the drain time is up (pingora's grace period, set
-        // to the same length, keeps the runtimes alive until then).
+        app.start_drain().await;
+        // SIGTERM: the listener is closed, every connection has sent GOAWAY, HTTP/1.1 inside
+        // tunnels is no longer kept alive. Exit as soon as the last connection has drained;
+        // otherwise, `cut_margin` before the drain time is up, end what is still in flight
+        // deliberately (503 or reset, see `crate::drain`), then exit at the drain time.
+        // (pingora's grace period, set to the same length, keeps the runtimes alive until then.)
         let drain = Duration::from_secs(self.args.drain_seconds);
-        let started = std::time::Instant::now();
+        let margin = crate::drain::cut_margin(drain);
+        let started = tokio::time::Instant::now();
         let open = || {
             app.server
                 .stats
                 .connections_open
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
-        while open() > 0 && started.elapsed() < drain {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let wait_until = |deadline: tokio::time::Instant| async move {
+            while open() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        wait_until(started + drain - margin).await;
+        let left = open();
+        if left > 0 {
+            info!(
+                connections = left,
+                "drain deadline in {margin:?}: ending the requests still in flight"
+            );
+            app.cut_drain(crate::drain::force_close_after(drain));
+            wait_until(started + drain).await;
         }
+        let (completed, responded_503, reset) = app.drain.counts();
         match open() {
-            0 => info!(elapsed = ?started.elapsed(), "drained; exiting"),
+            0 => info!(
+                elapsed = ?started.elapsed(),
+                completed,
+                responded_503,
+                reset,
+                "drained; exiting"
+            ),
             n => warn!(
                 connections = n,
+                completed,
+                responded_503,
+                reset,
                 "drain time {drain:?} is up; exiting with connections open"
             ),
         }

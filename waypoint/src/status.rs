@@ -277,6 +277,11 @@ struct Stage {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConfigInfo {
     version: String,
     source: String,
@@ -578,6 +583,29 @@ impl Collector for ProxyHealth {
                     Stage { stage: "http2" },
                     load(&server.h2_handshake_timeouts),
                 ),
+            ],
+        )?;
+        let (completed, responded_503, reset) = dp.server.drain().counts();
+        counter(
+            &mut e,
+            "waypoint_drain_requests",
+            "Requests and TCP connections in flight during the SIGTERM drain, by outcome: \
+             `completed` (ended on their own), `responded_503` (answered 503 LR at the drain \
+             deadline), `reset` (tunnel reset at the deadline: response started, or TCP)",
+            &[
+                (
+                    Outcome {
+                        outcome: "completed",
+                    },
+                    completed,
+                ),
+                (
+                    Outcome {
+                        outcome: "responded_503",
+                    },
+                    responded_503,
+                ),
+                (Outcome { outcome: "reset" }, reset),
             ],
         )?;
         scalar_counter(

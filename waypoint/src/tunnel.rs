@@ -92,11 +92,13 @@ pub fn parse_forwarded(value: &str) -> (Option<SocketAddr>, Option<String>) {
     (addr, host)
 }
 
-/// What the proxy digest of a tunnel's pingora session carries: the tunnel, and for HTTP/1.1
-/// the clock of its request-header deadline.
+/// What the proxy digest of a tunnel's pingora session carries: the tunnel, for HTTP/1.1 the
+/// clock of its request-header deadline, and how the tunnel is to end (reset at the drain
+/// deadline when a response was cut short).
 pub struct TunnelData {
     pub info: Arc<TunnelInfo>,
     pub header_clock: Option<Arc<crate::header_deadline::HeaderClock>>,
+    pub end: Option<Arc<crate::hbone::stream::TunnelEnd>>,
 }
 
 impl TunnelData {

@@ -213,6 +213,8 @@ pub struct HboneClient {
     limits: UpstreamLimits,
     epoch: Instant,
     pub stats: Arc<ClientStats>,
+    /// At its cut every connection is dropped: the streams on it fail at once.
+    drain: Arc<crate::drain::Drain>,
 }
 
 impl HboneClient {
@@ -235,7 +237,14 @@ impl HboneClient {
             limits,
             epoch: Instant::now(),
             stats: Arc::new(ClientStats::default()),
+            drain: Arc::default(),
         }
+    }
+
+    /// Connections drop when `drain` is cut (the end of the SIGTERM drain).
+    pub fn with_drain(mut self, drain: Arc<crate::drain::Drain>) -> Self {
+        self.drain = drain;
+        self
     }
 
     pub fn limits(&self) -> &UpstreamLimits {
@@ -502,6 +511,7 @@ impl HboneClient {
             self.limits.keepalive_timeout,
         );
         let stats = self.stats.clone();
+        let cut = self.drain.cut_signal();
         tokio::spawn(async move {
             let keepalive = async {
                 match ping {
@@ -519,6 +529,12 @@ impl HboneClient {
                     usage.dead.store(true, Ordering::Release);
                     stats.closed_keepalive.fetch_add(1, Ordering::Relaxed);
                     warn!(%node, %why, "outbound HBONE connection closed: keep-alive PING unanswered");
+                }
+                _ = cut => {
+                    // The drain deadline: the streams fail now, so that the requests on them
+                    // are answered (503) or reset deliberately before the process exits.
+                    usage.dead.store(true, Ordering::Release);
+                    debug!(%node, "outbound HBONE connection dropped at the drain deadline");
                 }
             }
         });

@@ -111,6 +111,11 @@ struct ConnInfo {
 }
 
 impl HboneServer {
+    /// The SIGTERM drain this server's tunnels follow.
+    pub fn drain(&self) -> &crate::drain::Drain {
+        &self.inbound.drain
+    }
+
     /// New handshakes present the certificate of `tls`; established connections keep theirs.
     pub fn set_tls(&self, tls: Arc<rustls::ServerConfig>) {
         self.tls.store(tls);
@@ -289,8 +294,25 @@ impl HboneServer {
         if draining {
             conn.graceful_shutdown();
         }
+        // The drain deadline: its cut answers or resets the tunnels through their upstreams;
+        // a connection still open a moment later is closed (GOAWAY INTERNAL_ERROR), so that
+        // what the cut could not reach fails explicitly rather than by the process exit.
+        let cut = self.inbound.drain.cut_signal();
+        tokio::pin!(cut);
+        let mut force_close: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
+                _ = &mut cut, if force_close.is_none() => {
+                    let after = self.inbound.drain.force_close_after();
+                    force_close = Some(Box::pin(tokio::time::sleep(after)));
+                }
+                _ = async { force_close.as_mut().expect("guarded").await }, if force_close.is_some() => {
+                    debug!(%peer, "closing HBONE connection at the drain deadline");
+                    conn.abrupt_shutdown(super::stream::RESET_REASON);
+                    let flush = async { while conn.accept().await.is_some() {} };
+                    let _ = tokio::time::timeout(Duration::from_millis(200), flush).await;
+                    break;
+                }
                 next = conn.accept() => match next {
                     Some(Ok((req, respond))) => {
                         let server = self.clone();
@@ -437,14 +459,14 @@ impl HboneServer {
         let _open = OpenGauge::new(&self.stats.tunnels_open);
         let mut tunnel =
             H2Stream::new(send, req.into_body()).with_send_timeout(self.inbound.send_timeout);
-        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tunnel.watch_remote_reset(reset.clone());
+        let end = Arc::new(super::stream::TunnelEnd::default());
+        tunnel.track_end(end.clone());
         let accepted = std::time::Instant::now();
         conn.resets.streams.fetch_add(1, Ordering::AcqRel);
         self.inbound
             .serve_tunnel(tunnel, Arc::new(info), protocol, shutdown)
             .await;
-        let reset_by_client = reset.load(Ordering::Acquire);
+        let reset_by_client = end.reset_by_peer();
         if reset_by_client && accepted.elapsed() < PREMATURE_RESET_LIFETIME {
             self.stats.premature_resets.fetch_add(1, Ordering::Relaxed);
         }

@@ -23,9 +23,9 @@ pub struct H2Stream {
     recv: RecvStream,
     pending: Bytes,
     write_closed: bool,
-    /// Set at drop when the peer reset the stream before it was sent a byte (see
-    /// [`H2Stream::watch_remote_reset`]).
-    reset_watch: Option<Arc<AtomicBool>>,
+    /// Shared with whoever must learn how the tunnel ended, or end it with a reset (see
+    /// [`H2Stream::track_end`]).
+    end: Option<Arc<TunnelEnd>>,
     /// A byte was sent on this stream.
     wrote: bool,
     /// How long a write may wait for the peer to open its flow-control window.
@@ -33,6 +33,33 @@ pub struct H2Stream {
     /// Running while a write waits for window.
     stalled: Option<Pin<Box<Sleep>>>,
 }
+
+/// How an inbound tunnel ends, shared between its [`H2Stream`] and the HTTP layer.
+#[derive(Debug, Default)]
+pub struct TunnelEnd {
+    /// Set when the stream ends if the peer reset it before it was sent a byte.
+    reset_by_peer: AtomicBool,
+    /// End the stream with RST_STREAM instead of END_STREAM.
+    reset_on_close: AtomicBool,
+}
+
+impl TunnelEnd {
+    /// The peer reset the tunnel before it was sent a byte: it gave up without an answer. (A
+    /// client that resets once it has its answer, as an h2 client dropping a finished tunnel
+    /// does, is not counted.)
+    pub fn reset_by_peer(&self) -> bool {
+        self.reset_by_peer.load(Ordering::Acquire)
+    }
+
+    /// Reset the tunnel instead of ending it cleanly: what was sent is incomplete (a response
+    /// cut at the drain deadline), and a clean END_STREAM would pass for a complete one.
+    pub fn reset_on_close(&self) {
+        self.reset_on_close.store(true, Ordering::Release);
+    }
+}
+
+/// The reason of a tunnel reset by the waypoint: it abandoned what the tunnel carried.
+pub const RESET_REASON: h2::Reason = h2::Reason::INTERNAL_ERROR;
 
 /// Writes that failed because the peer kept its window shut past the send timeout
 /// (process-wide, for metrics).
@@ -68,7 +95,7 @@ impl H2Stream {
             recv,
             pending: Bytes::new(),
             write_closed: false,
-            reset_watch: None,
+            end: None,
             wrote: false,
             send_timeout: None,
             stalled: None,
@@ -83,11 +110,40 @@ impl H2Stream {
         self
     }
 
-    /// When the tunnel ends, `flag` tells whether the peer reset the stream (RST_STREAM) before
-    /// any byte was sent to it: it gave up without an answer. (A client that resets once it has
-    /// its answer, as an h2 client dropping a finished tunnel does, is not flagged.)
-    pub fn watch_remote_reset(&mut self, flag: Arc<AtomicBool>) {
-        self.reset_watch = Some(flag);
+    /// `end` learns whether the peer reset the stream before it was sent a byte, and can ask
+    /// for the stream to be reset instead of ended cleanly.
+    pub fn track_end(&mut self, end: Arc<TunnelEnd>) {
+        self.end = Some(end);
+    }
+
+    /// The tunnel's [`TunnelEnd`], when one is tracked.
+    pub fn end(&self) -> Option<&Arc<TunnelEnd>> {
+        self.end.as_ref()
+    }
+
+    /// End the stream now with RST_STREAM ([`RESET_REASON`]) instead of END_STREAM.
+    pub fn reset(&mut self) {
+        if !self.write_closed {
+            self.write_closed = true;
+            self.send.send_reset(RESET_REASON);
+        }
+    }
+
+    /// END_STREAM, or RST_STREAM when [`TunnelEnd::reset_on_close`] was asked for.
+    fn close(&mut self) -> io::Result<()> {
+        if self
+            .end
+            .as_ref()
+            .is_some_and(|e| e.reset_on_close.load(Ordering::Acquire))
+        {
+            self.reset();
+            return Ok(());
+        }
+        if !self.write_closed {
+            self.write_closed = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Ok(())
     }
 
     /// True when the tunnel is idle and open: nothing buffered, peer has not ended or reset it.
@@ -185,29 +241,23 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.write_closed {
-            self.write_closed = true;
-            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
-        }
-        Poll::Ready(Ok(()))
+        Poll::Ready(self.close())
     }
 }
 
 impl Drop for H2Stream {
     /// End our half with END_STREAM instead of letting h2 reset the stream: bytes already queued
     /// (an error response written just before the proxy lets go of the tunnel) still arrive.
+    /// Unless a reset was asked for ([`TunnelEnd::reset_on_close`]).
     fn drop(&mut self) {
-        if let Some(flag) = self.reset_watch.as_ref().filter(|_| !self.wrote) {
+        if let Some(end) = self.end.as_ref().filter(|_| !self.wrote) {
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             if let Poll::Ready(Ok(_)) = self.send.poll_reset(&mut cx) {
-                flag.store(true, Ordering::Release);
+                end.reset_by_peer.store(true, Ordering::Release);
             }
         }
-        if !self.write_closed {
-            self.write_closed = true;
-            let _ = self.send.send_data(Bytes::new(), true);
-        }
+        let _ = self.close();
     }
 }
 

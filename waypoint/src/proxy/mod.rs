@@ -56,6 +56,8 @@ pub struct Waypoint {
     pub jwks: Arc<JwksCache>,
     /// meshConfig extensionProviders that CUSTOM policies name.
     pub authorizers: Arc<std::collections::HashMap<String, ext_authz::Provider>>,
+    /// The SIGTERM drain: at its cut, requests in flight are answered 503 `LR` or reset.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// Which cluster a request goes to.
@@ -79,6 +81,10 @@ impl Flags {
 
     pub fn render(&self) -> String {
         self.0.join(",")
+    }
+
+    pub fn has(&self, flag: &str) -> bool {
+        self.0.contains(&flag)
     }
 }
 
@@ -659,7 +665,8 @@ impl ProxyHttp for Waypoint {
             ),
             None => (0, false),
         };
-        if ctx.direct.is_none() && retriable && ctx.tried.len() <= attempts {
+        if ctx.direct.is_none() && retriable && ctx.tried.len() <= attempts && !self.drain.is_cut()
+        {
             e.set_retry(true);
         }
         e
@@ -700,7 +707,8 @@ impl ProxyHttp for Waypoint {
         if by_policy {
             debug!(route = %ctx.route_name, ?failure, attempt = ctx.tried.len(), error = %e, "retrying after an upstream reset");
         }
-        e.set_retry(stale_reuse || by_policy);
+        // At the drain deadline the upstream was dropped on purpose: nothing is retried.
+        e.set_retry((stale_reuse || by_policy) && !self.drain.is_cut());
         e
     }
 
@@ -759,10 +767,15 @@ impl ProxyHttp for Waypoint {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut pingora_http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Draining (`App::start_drain`): the HTTP/1.1 client gets `connection: close` and
+            // its tunnel ends after this response.
+            session.set_keepalive(None);
+        }
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header("set-cookie", cookie)?;
         }
@@ -851,6 +864,9 @@ impl ProxyHttp for Waypoint {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         use ErrorType::*;
+        if self.drain.is_cut() && e.esource() != &ErrorSource::Downstream {
+            return self.cut_at_drain_deadline(session, ctx).await;
+        }
         let code = match (e.esource(), e.etype()) {
             (_, HTTPStatus(code)) => *code,
             (
@@ -895,6 +911,9 @@ impl ProxyHttp for Waypoint {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if self.drain.is_draining() && !ctx.flags.has("LR") {
+            self.drain.record(crate::drain::Outcome::Completed);
+        }
         if let Some(clock) = &ctx.header_clock {
             clock.await_next();
         }
@@ -974,5 +993,44 @@ impl ProxyHttp for Waypoint {
         };
         self.record_metrics(session, ctx, &entry);
         self.access_log.write(&entry);
+    }
+}
+
+impl Waypoint {
+    /// A request still in flight at the drain deadline (its upstream was dropped): answered
+    /// `503` with `connection: close` when no response header was sent yet, else its tunnel is
+    /// reset so that the client sees a failure rather than a response that merely stops. Flag
+    /// `LR` (Envoy's "connection local reset": the waypoint itself ended the upstream stream).
+    async fn cut_at_drain_deadline(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        ctx.flags.add("LR");
+        ctx.details = "drain_deadline".into();
+        if session.response_written().is_none() {
+            // `respond_error` turns keep-alive off: the 503 carries `connection: close`.
+            if let Err(write_err) = session.respond_error(503).await {
+                debug!(error = %write_err, "could not send the drain 503 downstream");
+            }
+            self.drain.record(crate::drain::Outcome::Responded503);
+            return FailToProxy {
+                error_code: 503,
+                can_reuse_downstream: false,
+            };
+        }
+        // HTTP/2 inside the tunnel: pingora resets the inner stream; the tunnel carries others.
+        if session.req_header().version != http::Version::HTTP_2 {
+            if let Some(end) = crate::tunnel::TunnelData::from_digest(session.digest())
+                .and_then(|d| d.end.as_ref())
+            {
+                end.reset_on_close();
+            }
+        }
+        self.drain.record(crate::drain::Outcome::Reset);
+        FailToProxy {
+            error_code: session.response_written().map_or(0, |r| r.status.as_u16()),
+            can_reuse_downstream: false,
+        }
     }
 }

@@ -214,19 +214,29 @@ async fn handle(
     if let Some(n) = echo
         .headers
         .get("x-response-chunks")
-        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|v| v.parse::<u64>().ok())
     {
-        let chunks = futures::stream::unfold(n.min(1 << 20), |left| async move {
-            if left == 0 {
-                return None;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            let frame = hyper::body::Frame::data(Bytes::from_static(b"x"));
-            Some((Ok::<_, Infallible>(frame), left - 1))
-        });
+        let body = paced(b"x", n.min(1 << 20), std::time::Duration::from_millis(1));
         return Ok(Response::builder()
             .header("x-pod", pod)
-            .body(BodyExt::boxed(http_body_util::StreamBody::new(chunks)))
+            .body(body)
+            .expect("valid response"));
+    }
+    // `x-trickle-ms: N`: the response header at once, then a 1 KiB chunk every N ms (at least
+    // 1) for 60 s: a response that is still streaming when something cuts it.
+    if let Some(ms) = echo
+        .headers
+        .get("x-trickle-ms")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let body = paced(
+            &[b'x'; 1024],
+            (60_000 / ms.max(1)).max(1),
+            std::time::Duration::from_millis(ms.max(1)),
+        );
+        return Ok(Response::builder()
+            .header("x-pod", pod)
+            .body(body)
             .expect("valid response"));
     }
     // `x-response-bytes: N`: a body of N bytes (bounded to 64 MiB) instead of the echo.
@@ -246,6 +256,21 @@ async fn handle(
         .header("x-pod", pod)
         .body(full(body))
         .expect("valid response"))
+}
+
+/// A body of `count` copies of `chunk`, the first at once and each next one `every` later.
+fn paced(chunk: &'static [u8], count: u64, every: std::time::Duration) -> Body {
+    let chunks = futures::stream::unfold(0u64, move |sent| async move {
+        if sent == count {
+            return None;
+        }
+        if sent > 0 {
+            tokio::time::sleep(every).await;
+        }
+        let frame = hyper::body::Frame::data(Bytes::from_static(chunk));
+        Some((Ok::<_, Infallible>(frame), sent + 1))
+    });
+    http_body_util::StreamBody::new(chunks).boxed()
 }
 
 /// Answer 101 and echo whatever the client sends after the upgrade.

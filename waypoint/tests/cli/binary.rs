@@ -242,7 +242,8 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
         spiffe("waypoint"),
     ));
 
-    // A bounded load: 8 requests, each held 1.5 s by the app, on 8 tunnels of one connection.
+    // A bounded load: 8 requests, each held 1 s by the app, on 8 tunnels of one connection
+    // (well before the drain's cut, 1.5 s after SIGTERM).
     let in_flight = 8;
     let mut load = Vec::new();
     for i in 0..in_flight {
@@ -254,7 +255,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
                 &mut send,
                 "ratings:9080",
                 "/ratings/slow",
-                &[("x-delay-ms", "1500"), ("x-request-id", id.as_str())],
+                &[("x-delay-ms", "1000"), ("x-request-id", id.as_str())],
             )
             .await?;
             anyhow::Ok(parts.status)
@@ -268,7 +269,10 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_tunnels() {
 
     let terminated = std::time::Instant::now();
     let exit = tokio::spawn(sigterm_and_wait(child));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    poll_until(addrs["health"], "/healthz/ready", |status, body| {
+        status == 503 && body.contains("draining")
+    })
+    .await;
     // New tunnels are refused: the open connection has sent GOAWAY and the listener is closed.
     let refused = client.tunnel("10.0.0.20:9080".parse().unwrap()).await;
     assert!(refused.is_err(), "a new tunnel was accepted while draining");

@@ -8,6 +8,7 @@ mod binary;
 mod certs_curl;
 mod config_reload;
 mod docker;
+mod drain;
 mod files_dns;
 mod files_tls;
 mod first_contact;
