@@ -233,6 +233,7 @@ struct Mesh {
     waypoint: Proc,
     waypoint_nolog: Proc,
     terminator_stats: SocketAddr,
+    originator_stats: SocketAddr,
     /// Originator listeners by route: l4, l7, l7nolog, grpc.
     routes: BTreeMap<String, SocketAddr>,
     _app: sim::AppHandle,
@@ -429,6 +430,7 @@ impl Mesh {
             Stdio::null(),
             5,
         )?;
+        let originator_stats = find(&routes, "hop stats")?;
         let routes = routes
             .into_iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("hop ")?.to_string(), v)))
@@ -440,6 +442,7 @@ impl Mesh {
             waypoint,
             waypoint_nolog,
             terminator_stats,
+            originator_stats,
             routes,
             _app: app,
         })
@@ -1159,6 +1162,11 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    println!(
+        "\nhop counters at the end: originator {:?}; terminator {:?}",
+        hop_counters(mesh.originator_stats)?,
+        hop_counters(mesh.terminator_stats)?
+    );
     match perf {
         None => {}
         Some(Ok(top)) => println!("\nperf: the waypoint at c={c} (top symbols, self):\n{top}"),
