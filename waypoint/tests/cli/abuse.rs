@@ -7,35 +7,12 @@
 //! at most `--upstream-max-connections` connections whose windows bound what is buffered, the
 //! window reopens only by what was read, and every tunnel is closed by the send timeout.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request};
 use waypoint::identity::Ca;
-use waypoint_tests::{client_tls, spiffe, Net};
+use waypoint_tests::{spiffe, Net};
 
 use crate::common::*;
-
-/// The process's resident set, in KiB (`VmRSS` of /proc/PID/status).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// One sample of a metric family with `labels` from the stats port (0 when absent).
-async fn sample(stats: SocketAddr, family: &str, labels: &[(&str, &str)]) -> f64 {
-    let scrape = waypoint_tests::scrape(stats).await;
-    scrape
-        .samples(family, labels)
-        .first()
-        .map(|_| scrape.value(family, labels))
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
@@ -65,50 +42,9 @@ async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
     let idle = rss_kib(pid);
 
     // 200 tunnels on one HBONE connection, each with a zero window the client never reopens.
-    let tcp = tokio::net::TcpStream::connect(addrs["hbone"])
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client_tls(
-        ca.issue(&spiffe("productpage")).unwrap().workload,
-        &waypoint_id,
-    ))
-    .connect(
-        rustls::pki_types::ServerName::IpAddress(addrs["hbone"].ip().into()),
-        tcp,
-    )
-    .await
-    .unwrap();
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut held = Vec::new();
+    let mut readers = SlowReaders::connect(&ca, addrs["hbone"], &waypoint_id).await;
     for _ in 0..TUNNELS {
-        let mut send = send.clone().ready().await.unwrap();
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri("10.0.0.20:9080")
-            .body(())
-            .unwrap();
-        let (response, mut stream) = send.send_request(req, false).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), response)
-            .await
-            .expect("CONNECT answered")
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        stream
-            .send_data(
-                Bytes::from_static(
-                    b"GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: 4194304\r\n\r\n",
-                ),
-                false,
-            )
-            .unwrap();
-        held.push((response, stream));
+        assert_eq!(readers.open(4 << 20).await, 200);
     }
 
     // While the responses are stuck: the peak growth over idle, sampled for 2 s.
@@ -153,6 +89,6 @@ async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
     }
     let timeouts = sample(addrs["stats"], "waypoint_hbone_send_timeouts", &[]).await;
     assert!(timeouts >= TUNNELS as f64, "{timeouts} send timeouts");
-    drop(held);
+    drop(readers);
     sigterm_and_wait(child).await;
 }

@@ -342,3 +342,88 @@ pub async fn access_line(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The process's resident set, in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One sample of a metric family with `labels` from the stats port (0 when absent).
+pub async fn sample(stats: SocketAddr, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = waypoint_tests::scrape(stats).await;
+    scrape
+        .samples(family, labels)
+        .first()
+        .map(|_| scrape.value(family, labels))
+        .unwrap_or(0.0)
+}
+
+/// Slow readers: one HBONE connection (as productpage) whose HTTP/2 windows start at zero and
+/// are never reopened; each tunnel on it asks ratings for a large response it never reads.
+pub struct SlowReaders {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    /// The tunnels opened, both halves held (dropping them would cancel the stream).
+    pub held: Vec<(http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>)>,
+}
+
+impl SlowReaders {
+    pub async fn connect(
+        ca: &Ca,
+        hbone: SocketAddr,
+        waypoint_id: &waypoint::identity::SpiffeId,
+    ) -> Self {
+        let tcp = tokio::net::TcpStream::connect(hbone).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(waypoint_tests::client_tls(
+            ca.issue(&spiffe("productpage")).unwrap().workload,
+            waypoint_id,
+        ))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(hbone.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap();
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Self {
+            send,
+            held: Vec::new(),
+        }
+    }
+
+    /// One more tunnel to ratings asking for `bytes` of response. Returns the CONNECT's status;
+    /// only a tunnel answered 200 sends its request and is held.
+    pub async fn open(&mut self, bytes: usize) -> http::StatusCode {
+        let mut send = self.send.clone().ready().await.unwrap();
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.20:9080")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = send.send_request(req, false).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("CONNECT answered")
+            .unwrap();
+        let status = response.status();
+        if status == http::StatusCode::OK {
+            let request = format!(
+                "GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: {bytes}\r\n\r\n"
+            );
+            stream.send_data(request.into(), false).unwrap();
+            self.held.push((response, stream));
+        }
+        status
+    }
+}
