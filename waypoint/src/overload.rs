@@ -275,21 +275,40 @@ impl Overload {
             return Ok(());
         }
         let measure = Measure::detect();
-        let mib = budget.bytes as f64 / f64::from(1 << 20);
-        match &budget.source {
-            BudgetSource::Cgroup { file, limit_bytes } => info!(
-                budget_mib = format!("{mib:.1}"),
-                measure = measure.name(),
-                "memory budget: {DEFAULT_BUDGET_PERCENT_OF_CGROUP}% of the cgroup limit \
-                 {limit_bytes} bytes in {file}"
-            ),
-            _ => info!(
-                budget_mib = format!("{mib:.1}"),
-                measure = measure.name(),
-                "memory budget from --memory-budget-mib"
-            ),
-        }
-        self.budget.store(budget.bytes, Ordering::Relaxed);
+        let mib = |b: u64| format!("{:.1}", b as f64 / f64::from(1 << 20));
+        let bytes = match &budget.source {
+            BudgetSource::Cgroup { file, limit_bytes } => {
+                // The cgroup limit counts the whole resident set; the heap measure leaves out
+                // what is resident outside it (code, stacks, the allocator's own pages), so that
+                // part, as found now, comes off the default budget.
+                let outside = match (measure, rss(), heap_allocated()) {
+                    (Measure::Heap, Some(rss), Some(heap)) => rss.saturating_sub(heap),
+                    _ => 0,
+                };
+                let bytes = budget.bytes.saturating_sub(outside);
+                info!(
+                    budget_mib = mib(bytes),
+                    measure = measure.name(),
+                    resident_outside_heap_mib = mib(outside),
+                    "memory budget: {DEFAULT_BUDGET_PERCENT_OF_CGROUP}% of the cgroup limit \
+                     {limit_bytes} bytes in {file}, less what is resident outside the heap"
+                );
+                if bytes == 0 {
+                    warn!("the cgroup memory limit leaves no heap budget: overload actions off");
+                    return Ok(());
+                }
+                bytes
+            }
+            _ => {
+                info!(
+                    budget_mib = mib(budget.bytes),
+                    measure = measure.name(),
+                    "memory budget from --memory-budget-mib"
+                );
+                budget.bytes
+            }
+        };
+        self.budget.store(bytes, Ordering::Relaxed);
         let me = self.clone();
         std::thread::Builder::new()
             .name("overload".into())
