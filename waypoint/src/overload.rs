@@ -9,12 +9,15 @@
 //! | ≥ 95 % | `stop_accepting_requests`: new requests get a local 503 (flag `OM`), new CONNECTs 503 |
 //! | ≥ 98 % | `reset_high_memory_streams`: tunnels stalled on a client that does not read are reset |
 //!
+//! Once on, the reset action stays on until memory is below the first threshold (90 %): a tunnel
+//! that had not stalled long enough at the first reset is reset when it has.
+//!
 //! The measure is the heap the allocator has handed out (jemalloc's `stats.allocated`, when the
 //! binary runs on jemalloc, as `waypoint` does); it falls as soon as buffers are freed, so the
 //! actions turn off again once the pressure is gone. Where jemalloc is not the allocator (the
 //! library inside another program) the resident set (/proc/self/statm) is used instead.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,6 +206,8 @@ pub struct Overload {
     budget: AtomicU64,
     memory: AtomicU64,
     level: AtomicU8,
+    /// `reset_high_memory_streams` is on: from ≥ 98 % until below 90 %.
+    resetting: AtomicBool,
     rejected_requests: AtomicU64,
     rejected_tunnels: AtomicU64,
     streams_reset: AtomicU64,
@@ -250,7 +255,7 @@ impl Overload {
 
     /// Stalled tunnels are to be reset now.
     pub fn resetting(&self) -> bool {
-        self.level() >= RESET
+        self.resetting.load(Ordering::Relaxed)
     }
 
     /// What a tunnel stalled on its client waits on besides the window: woken at every sample
@@ -326,30 +331,50 @@ impl Overload {
             }
             return;
         };
+        self.step(memory);
+    }
+
+    /// One sample: the new level and actions, logged when they change.
+    fn step(&self, memory: u64) {
         self.memory.store(memory, Ordering::Relaxed);
         let budget = self.budget();
         let new = level(memory, budget);
         let old = self.level.swap(new, Ordering::Relaxed);
-        if new != old {
-            self.report(old, new, memory, budget);
+        let was_resetting = self.resetting();
+        let resetting = new >= RESET || (was_resetting && new >= NO_KEEPALIVE);
+        self.resetting.store(resetting, Ordering::Relaxed);
+        if (new, resetting) != (old, was_resetting) {
+            let more = new > old || (resetting && !was_resetting);
+            self.report(more, Self::actions(new, resetting), memory, budget);
         }
-        if new >= RESET {
+        if resetting {
             self.reset.notify_waiters();
         }
     }
 
-    fn report(&self, old: u8, new: u8, memory: u64, budget: u64) {
-        let Some(suppressed) = self.logs.allow(if new > old { "on" } else { "off" }) else {
+    /// The names of the actions on.
+    fn actions(level: u8, resetting: bool) -> Vec<&'static str> {
+        let mut on: Vec<&str> = ACTIONS[..usize::from(level.min(REJECT))]
+            .iter()
+            .map(|a| a.0)
+            .collect();
+        if resetting {
+            on.push(ACTIONS[2].0);
+        }
+        on
+    }
+
+    fn report(&self, more: bool, on: Vec<&'static str>, memory: u64, budget: u64) {
+        let Some(suppressed) = self.logs.allow(if more { "on" } else { "off" }) else {
             return;
         };
-        let on = |l: u8| -> Vec<&str> { ACTIONS[..usize::from(l)].iter().map(|a| a.0).collect() };
         let percent = memory as f64 * 100.0 / budget as f64;
         let memory_mib = format!("{:.1}", memory as f64 / f64::from(1 << 20));
-        if new > old {
-            warn!(memory_mib, percent = format!("{percent:.1}"), actions = ?on(new), suppressed,
+        if more {
+            warn!(memory_mib, percent = format!("{percent:.1}"), actions = ?on, suppressed,
                 "memory near the budget: overload actions on");
         } else {
-            warn!(memory_mib, percent = format!("{percent:.1}"), actions = ?on(new), suppressed,
+            warn!(memory_mib, percent = format!("{percent:.1}"), actions = ?on, suppressed,
                 "memory pressure eased: overload actions now");
         }
     }
@@ -393,10 +418,10 @@ impl Collector for OverloadCollector {
             None,
             MetricType::Gauge,
         )?;
-        let level = o.level();
-        for (i, (action, _)) in ACTIONS.iter().enumerate() {
-            let on = if usize::from(level) > i { 1.0 } else { 0.0 };
-            ConstGauge::new(on).encode(enc.encode_family(&Action { action })?)?;
+        let on = Overload::actions(o.level(), o.resetting());
+        for (action, _) in ACTIONS {
+            let v = if on.contains(&action) { 1.0 } else { 0.0 };
+            ConstGauge::new(v).encode(enc.encode_family(&Action { action })?)?;
         }
         let mut enc = e.encode_descriptor(
             "waypoint_overload_rejected",
@@ -462,6 +487,32 @@ mod tests {
         assert_eq!(Budget::resolve(Some(0)).source, BudgetSource::Off);
         let b = Budget::resolve(Some(64));
         assert_eq!((b.bytes, b.source), (64 << 20, BudgetSource::Flag));
+    }
+
+    #[test]
+    fn resets_go_on_at_98_and_stay_on_until_under_90() {
+        let o = Overload::default();
+        o.budget.store(1000, Ordering::Relaxed);
+        // Rss: any sample works; the levels are driven through `step`.
+        for (memory, resetting, level) in [
+            (950, false, REJECT),
+            (980, true, RESET),
+            (950, true, REJECT),
+            (900, true, NO_KEEPALIVE),
+            (899, false, 0),
+            (960, false, REJECT),
+        ] {
+            o.step(memory);
+            assert_eq!((o.resetting(), o.level()), (resetting, level), "{memory}");
+        }
+        assert_eq!(
+            Overload::actions(REJECT, true),
+            [
+                "disable_http_keepalive",
+                "stop_accepting_requests",
+                "reset_high_memory_streams"
+            ]
+        );
     }
 
     #[test]

@@ -13,9 +13,12 @@ use crate::common::*;
 
 const MIB: f64 = (1 << 20) as f64;
 
-/// ratings, and a DENY policy on its `/admin`.
+/// ratings, a DENY policy on its `/admin`, and a TCP echo service at 10.0.0.30:9000 (@2).
 fn write_config(net: &Net, dir: &std::path::Path) {
     write_ratings_config(net, dir);
+    let echo = waypoint_tests::service_yaml("echo", "10.0.0.30", 9000, "tcp")
+        + &waypoint_tests::workload_yaml("echo-v1", "@2", "echo", "v1", "echo");
+    std::fs::write(dir.join("echo.yaml"), net.render(&echo)).unwrap();
     let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: ratings}]\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/admin]}}]\n";
     std::fs::write(dir.join("policy.yaml"), policy).unwrap();
 }
@@ -63,6 +66,19 @@ async fn poll_metric(
     }
 }
 
+/// Tunnels opened before the pressure, for one request each while it lasts (keep-alive goes off
+/// at 90 %, and new CONNECTs are refused at 95 %), and one for the policed path.
+async fn open_probes(
+    ca: &Ca,
+    hbone: SocketAddr,
+) -> (Vec<waypoint::sim::Http1>, waypoint::sim::Http1) {
+    let mut probes = Vec::new();
+    for _ in 0..10 {
+        probes.push(client(ca, hbone).await);
+    }
+    (probes, client(ca, hbone).await)
+}
+
 /// One request on a new tunnel: status and body.
 async fn get(ca: &Ca, hbone: SocketAddr, path: &str, id: &str) -> (u16, String) {
     let mut tunnel = client(ca, hbone).await;
@@ -101,6 +117,19 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
     let net = Net::new();
     let ca = Ca::new("overload mesh").unwrap();
     let _pod = Pod::start(&net, &ca).await;
+    let _echo = waypoint::sim::start_app(
+        SocketAddr::new(net.ip(2), 9000),
+        "echo-v1",
+        waypoint::sim::AppKind::TcpEcho,
+    )
+    .await
+    .unwrap();
+    let _echo_node = waypoint::sim::start_pod(
+        SocketAddr::new(net.ip(2), 15008),
+        &ca.issue(&spiffe("echo")).unwrap().workload,
+    )
+    .await
+    .unwrap();
     let config = temp_dir("overload-config");
     write_config(&net, &config);
     let certs = temp_dir("overload-certs");
@@ -123,7 +152,18 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
     let _logs = collect(stderr);
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
     assert_eq!(get(&ca, addrs["hbone"], "/ratings/1", "warm").await.0, 200);
-    let idle = first_memory(addrs["stats"]).await;
+    // Idle includes the probe tunnels the second run holds through the pressure.
+    let before = first_memory(addrs["stats"]).await;
+    let probes = open_probes(&ca, addrs["hbone"]).await;
+    // A sample taken with the probes open.
+    let idle = poll_metric(
+        addrs["stats"],
+        "waypoint_overload_memory_bytes",
+        &[],
+        Duration::from_secs(5),
+        |m| m != before,
+    )
+    .await;
     let mut readers = SlowReaders::connect(&ca, addrs["hbone"], &waypoint_id).await;
     for _ in 0..TUNNELS {
         assert_eq!(readers.open(4 << 20).await, 200);
@@ -141,7 +181,7 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
         growth / MIB
     );
     assert!(growth > 4.0 * MIB, "slow readers added only {growth} bytes");
-    drop(readers);
+    drop((readers, probes));
     drop(child);
 
     // 2. A budget that half of that pressure exceeds.
@@ -171,19 +211,25 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
         );
     }
     // Tunnels opened before the pressure, each for one request while it lasts.
-    let mut probes = Vec::new();
-    for _ in 0..30 {
-        probes.push(client(&ca, addrs["hbone"]).await);
+    let (mut probes, mut admin_probe) = open_probes(&ca, addrs["hbone"]).await;
+    // TCP tunnels to the echo service, opened now and fed later: once CONNECTs are refused
+    // (95 %) they are the pressure that still gets in, and what they echo back is never read.
+    let mut echoes = SlowReaders::connect(&ca, addrs["hbone"], &waypoint_id).await;
+    for _ in 0..40 {
+        assert_eq!(echoes.open_to("10.0.0.30:9000", None).await, 200);
     }
-    let mut admin_probe = client(&ca, addrs["hbone"]).await;
 
-    // Pressure, in batches, until a request is refused (CONNECTs are refused too from 95 %).
+    // Pressure, in batches, until both a CONNECT and a request were refused (from 95 %).
     let mut readers = SlowReaders::connect(&ca, addrs["hbone"], &waypoint_id).await;
     let mut refused_connects = 0;
     let mut shed = None;
+    let mut probes = probes.iter_mut().enumerate();
     let deadline = Instant::now() + Duration::from_secs(60);
-    for (round, probe) in probes.iter_mut().enumerate() {
-        assert!(Instant::now() < deadline, "no request was shed in 60 s");
+    for _ in 0..100 {
+        if shed.is_some() && refused_connects > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pressure built for 60 s");
         for _ in 0..20 {
             if readers.open(4 << 20).await == 503 {
                 refused_connects += 1;
@@ -196,9 +242,10 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
             &action("stop_accepting_requests"),
         )
         .await;
-        if rejecting == 0.0 {
+        if rejecting == 0.0 || shed.is_some() {
             continue;
         }
+        let (round, probe) = probes.next().expect("a tunnel left to probe with");
         let id = format!("probe-{round}");
         let (status, body) = get_on(probe, "/ratings/1", &id).await;
         assert!(status == 503 || status == 200, "{status} {body}");
@@ -208,7 +255,6 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
             // A request the policy denies is denied under pressure too (never let through).
             let (status, _) = get_on(&mut admin_probe, "/admin", "admin-shed").await;
             assert!(status == 503 || status == 403, "/admin answered {status}");
-            break;
         }
     }
     let shed = shed.expect("a request refused with 503 while over 95 % of the budget");
@@ -221,8 +267,15 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
     );
     eprintln!("overload: {refused_connects} CONNECTs refused while building pressure");
 
-    // The stalled slow readers are reset (they held the memory) and memory falls back below
-    // the first threshold; no more pressure is added.
+    // Past 98 %: 1 MiB into every echo tunnel.
+    for (_, stream) in echoes.held.iter_mut() {
+        stream
+            .send_data(bytes::Bytes::from(vec![b'x'; 1 << 20]), false)
+            .unwrap();
+    }
+
+    // The stalled tunnels are reset (they held the memory) and memory falls back below the
+    // first threshold; no more pressure is added.
     poll_metric(
         stats,
         "waypoint_overload_streams_reset",
@@ -257,16 +310,14 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
     }
     let reset = sample(stats, "waypoint_overload_streams_reset", &[]).await;
     let tunnels = sample(stats, "waypoint_overload_rejected", &[("what", "tunnel")]).await;
-    eprintln!(
-        "overload: {reset} of {} slow readers reset, {tunnels} CONNECTs refused",
-        readers.held.len()
-    );
-    assert!(reset <= readers.held.len() as f64, "{reset} resets");
+    let held = readers.held.len() + echoes.held.len();
+    eprintln!("overload: {reset} of {held} stalled tunnels reset, {tunnels} CONNECTs refused");
+    assert!(reset <= held as f64, "{reset} resets");
     assert!(
         tunnels >= refused_connects as f64,
         "{tunnels} refused CONNECTs counted"
     );
-    drop(readers);
+    drop((readers, echoes));
 
     // Pressure gone: requests succeed again, and policy still denies.
     assert_eq!(get(&ca, addrs["hbone"], "/ratings/1", "after").await.0, 200);

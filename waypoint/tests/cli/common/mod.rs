@@ -405,10 +405,17 @@ impl SlowReaders {
     /// One more tunnel to ratings asking for `bytes` of response. Returns the CONNECT's status;
     /// only a tunnel answered 200 sends its request and is held.
     pub async fn open(&mut self, bytes: usize) -> http::StatusCode {
+        let request =
+            format!("GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: {bytes}\r\n\r\n");
+        self.open_to("10.0.0.20:9080", Some(request.into())).await
+    }
+
+    /// One more tunnel to `dst`; when answered 200 it sends `first` (if any) and is held.
+    pub async fn open_to(&mut self, dst: &str, first: Option<bytes::Bytes>) -> http::StatusCode {
         let mut send = self.send.clone().ready().await.unwrap();
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
-            .uri("10.0.0.20:9080")
+            .uri(dst)
             .body(())
             .unwrap();
         let (response, mut stream) = send.send_request(req, false).unwrap();
@@ -418,10 +425,9 @@ impl SlowReaders {
             .unwrap();
         let status = response.status();
         if status == http::StatusCode::OK {
-            let request = format!(
-                "GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: {bytes}\r\n\r\n"
-            );
-            stream.send_data(request.into(), false).unwrap();
+            if let Some(first) = first {
+                stream.send_data(first, false).unwrap();
+            }
             self.held.push((response, stream));
         }
         status
