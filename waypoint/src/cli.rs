@@ -164,6 +164,13 @@ pub struct RunArgs {
         default_value_t = 300_000
     )]
     pub stream_send_timeout_ms: u64,
+    /// Process-wide memory budget in MiB (heap allocated). At 90 % of it HTTP keep-alive inside
+    /// tunnels stops, at 95 % new requests and CONNECTs get 503 (flag OM), from 98 % until
+    /// back under 90 % tunnels stalled on a client that does not read are reset. Default: 90 % of the cgroup's memory
+    /// limit (v2 memory.max, v1 memory.limit_in_bytes) less what is resident outside the heap at
+    /// start, when there is a limit; else off. 0: off. The start-up log gives the budget.
+    #[arg(long, env = "WAYPOINT_MEMORY_BUDGET_MIB")]
+    pub memory_budget_mib: Option<u64>,
     /// Upstream HBONE connections per endpoint node (and expected identity) at most; beyond
     /// them tunnels share the least loaded connection (HTTP/2 multiplexing).
     #[arg(long, env = "WAYPOINT_UPSTREAM_MAX_CONNECTIONS", default_value_t = 8,

@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod mirror;
 pub mod output;
+pub mod overload;
 pub mod proxy;
 pub mod reload;
 pub mod run;

@@ -1,5 +1,10 @@
 use clap::Parser;
 
+/// jemalloc: its `stats.allocated` is the overload manager's memory measure (overload.rs), and
+/// freed memory counts as freed at once, so the overload actions turn off when pressure is gone.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     if let Err(e) = waypoint::cli::main_with(waypoint::cli::Cli::parse()) {
         eprintln!("error: {e:#}");

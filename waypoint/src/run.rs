@@ -85,6 +85,10 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         &args.cluster_id,
         Duration::from_secs(args.split_window_seconds.max(1)),
     );
+    telemetry
+        .overload
+        .start(&crate::overload::Budget::resolve(args.memory_budget_mib))
+        .context("starting the memory monitor")?;
     // What is present must be valid; what is missing is waited for (and readiness says why).
     let cert = match (args.cert_provider, load_identity(&args)) {
         (CertProvider::Istiod, _) => {

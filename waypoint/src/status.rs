@@ -221,6 +221,8 @@ pub struct Telemetry {
     pub mirrors: Arc<crate::mirror::MirrorStats>,
     /// Per-listener connection counters (admin, stats, health, HBONE).
     pub listeners: Arc<crate::listen::Listeners>,
+    /// The process-wide memory budget and its actions (off until started).
+    pub overload: Arc<crate::overload::Overload>,
 }
 
 impl Default for Telemetry {
@@ -234,10 +236,12 @@ impl Telemetry {
         let status = Status::new();
         let splits = SplitAudit::new(split_window);
         let listeners = Arc::new(crate::listen::Listeners::default());
+        let overload = Arc::new(crate::overload::Overload::default());
         let metrics = Arc::new(Metrics::new(vec![
             Box::new(ProxyHealth(status.clone())),
             Box::new(SplitCollector(splits.clone())),
             Box::new(crate::listen::ListenerCollector(listeners.clone())),
+            Box::new(crate::overload::OverloadCollector(overload.clone())),
         ]));
         Self {
             metrics,
@@ -247,6 +251,7 @@ impl Telemetry {
             own_cert: Arc::default(),
             mirrors: Arc::default(),
             listeners,
+            overload,
         }
     }
 }

@@ -380,6 +380,11 @@ impl HboneServer {
             debug!(peer = %conn.peer, method = %req.method(), "non-CONNECT request on HBONE");
             return reject(&mut respond, StatusCode::BAD_REQUEST);
         }
+        // Over the memory budget: no new tunnel (the overload manager counts it).
+        if self.inbound.telemetry.overload.reject_tunnel() {
+            debug!(peer = %conn.peer, "CONNECT refused: memory over the overload threshold");
+            return reject(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+        }
         let snapshot = self.inbound.snapshot();
         // `ip:port`, or (multi-network) a `hostname:port` the config's authority map serves,
         // which stands for that service's VIP.
@@ -457,8 +462,9 @@ impl HboneServer {
         };
         self.stats.tunnels.fetch_add(1, Ordering::Relaxed);
         let _open = OpenGauge::new(&self.stats.tunnels_open);
-        let mut tunnel =
-            H2Stream::new(send, req.into_body()).with_send_timeout(self.inbound.send_timeout);
+        let mut tunnel = H2Stream::new(send, req.into_body())
+            .with_send_timeout(self.inbound.send_timeout)
+            .with_overload(&self.inbound.telemetry.overload);
         let end = Arc::new(super::stream::TunnelEnd::default());
         tunnel.track_end(end.clone());
         let accepted = std::time::Instant::now();

@@ -7,13 +7,17 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 use tokio::time::Sleep;
+
+use crate::overload::{Overload, RESET_MIN_STALL};
 
 /// Largest DATA frame payload we queue per write; h2 splits by the peer's max frame size.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -32,6 +36,18 @@ pub struct H2Stream {
     send_timeout: Option<Duration>,
     /// Running while a write waits for window.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// The overload manager, when it is on: a write stalled long enough is reset under pressure.
+    shed: Option<Box<Shed>>,
+}
+
+/// What a stalled write needs to be reset by the overload manager.
+struct Shed {
+    overload: Arc<Overload>,
+    signal: Arc<Notify>,
+    /// Since when a write waits for window.
+    stalled_at: Option<Instant>,
+    /// Polled while stalled: woken at each overload sample that resets streams.
+    wait: Option<Pin<Box<OwnedNotified>>>,
 }
 
 /// How an inbound tunnel ends, shared between its [`H2Stream`] and the HTTP layer.
@@ -99,6 +115,51 @@ impl H2Stream {
             wrote: false,
             send_timeout: None,
             stalled: None,
+            shed: None,
+        }
+    }
+
+    /// Under memory pressure (the overload manager's `reset_high_memory_streams`), a write that
+    /// has waited [`RESET_MIN_STALL`] for the peer's window resets the stream (RST_STREAM), so
+    /// that what it holds here and upstream is freed. Nothing when the manager is off.
+    pub fn with_overload(mut self, overload: &Arc<Overload>) -> Self {
+        self.shed = overload.reset_signal().map(|signal| {
+            Box::new(Shed {
+                overload: overload.clone(),
+                signal,
+                stalled_at: None,
+                wait: None,
+            })
+        });
+        self
+    }
+
+    /// Stalled long enough while the overload manager resets streams: reset this one.
+    fn shed(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let shed = self.shed.as_mut()?;
+        let stalled_at = *shed.stalled_at.get_or_insert_with(Instant::now);
+        loop {
+            let signal = &shed.signal;
+            let wait = shed
+                .wait
+                .get_or_insert_with(|| Box::pin(signal.clone().notified_owned()));
+            if wait.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            shed.wait = None;
+            let stalled_for = stalled_at.elapsed();
+            if shed.overload.resetting() && stalled_for >= RESET_MIN_STALL {
+                shed.overload.count_reset();
+                self.send.send_reset(h2::Reason::INTERNAL_ERROR);
+                self.write_closed = true;
+                return Some(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!(
+                        "tunnel reset: process memory over the overload threshold while the \
+                         peer kept its window shut for {stalled_for:?}"
+                    ),
+                ));
+            }
         }
     }
 
@@ -206,7 +267,14 @@ impl AsyncWrite for H2Stream {
                     .map_err(h2_to_io)?;
                 this.wrote = true;
                 this.stalled = None;
+                if let Some(shed) = this.shed.as_mut() {
+                    shed.stalled_at = None;
+                    shed.wait = None;
+                }
                 return Poll::Ready(Ok(n));
+            }
+            if let Some(e) = this.shed(cx) {
+                return Poll::Ready(Err(e));
             }
             if let Some(limit) = this.send_timeout {
                 let stalled = this

@@ -236,6 +236,18 @@ impl ProxyHttp for Waypoint {
                 "request without tunnel metadata",
             ));
         };
+        // The overload manager (overload.rs), before any routing or policy: shedding only denies.
+        let overload = &self.telemetry.overload;
+        if overload.keepalive_disabled() {
+            session.set_keepalive(None);
+        }
+        if overload.reject_request() {
+            let text = [("content-type".to_string(), "text/plain".to_string())];
+            let body = Some(bytes::Bytes::from_static(b"waypoint overloaded"));
+            return self
+                .local_reply(session, ctx, 503, &text, body, "OM", "overload")
+                .await;
+        }
         // Envoy's connection manager: no Host (HTTP/1) / `:authority` (h2) is 400
         // `missing_host_header`, before any routing or policy.
         if authority(session.req_header()).is_none_or(str::is_empty) {

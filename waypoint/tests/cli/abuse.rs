@@ -7,88 +7,13 @@
 //! at most `--upstream-max-connections` connections whose windows bound what is buffered, the
 //! window reopens only by what was read, and every tunnel is closed by the send timeout.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request};
 use waypoint::identity::Ca;
-use waypoint_tests::{client_tls, spiffe, Net};
+use waypoint_tests::{spiffe, Net};
 
 use crate::common::*;
-
-/// The process's resident set, in KiB (`VmRSS` of /proc/PID/status).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// One sample of a metric family with `labels` from the stats port (0 when absent).
-async fn sample(stats: SocketAddr, family: &str, labels: &[(&str, &str)]) -> f64 {
-    let scrape = waypoint_tests::scrape(stats).await;
-    scrape
-        .samples(family, labels)
-        .first()
-        .map(|_| scrape.value(family, labels))
-        .unwrap_or(0.0)
-}
-
-/// One HBONE connection to the waypoint at `addr` as productpage's ztunnel, with an initial
-/// stream window of `window` bytes.
-async fn hbone_connection(
-    ca: &Ca,
-    addr: SocketAddr,
-    waypoint_id: &waypoint::identity::SpiffeId,
-    window: u32,
-) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client_tls(
-        ca.issue(&spiffe("productpage")).unwrap().workload,
-        waypoint_id,
-    ))
-    .connect(
-        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
-        tcp,
-    )
-    .await
-    .unwrap();
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(window)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
-/// Open a CONNECT tunnel to the ratings VIP on `send` and write `request` into it.
-async fn tunnel_with(
-    send: &h2::client::SendRequest<Bytes>,
-    request: &'static [u8],
-) -> (http::Response<h2::RecvStream>, h2::SendStream<Bytes>) {
-    let mut send = send.clone().ready().await.unwrap();
-    let req = Request::builder()
-        .method(Method::CONNECT)
-        .uri("10.0.0.20:9080")
-        .body(())
-        .unwrap();
-    let (response, mut stream) = send.send_request(req, false).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .expect("CONNECT answered")
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    stream
-        .send_data(Bytes::from_static(request), false)
-        .unwrap();
-    (response, stream)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
@@ -118,16 +43,9 @@ async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
     let idle = rss_kib(pid);
 
     // 200 tunnels on one HBONE connection, each with a zero window the client never reopens.
-    let send = hbone_connection(&ca, addrs["hbone"], &waypoint_id, 0).await;
-    let mut held = Vec::new();
+    let mut readers = SlowReaders::connect(&ca, addrs["hbone"], &waypoint_id).await;
     for _ in 0..TUNNELS {
-        held.push(
-            tunnel_with(
-                &send,
-                b"GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: 4194304\r\n\r\n",
-            )
-            .await,
-        );
+        assert_eq!(readers.open(4 << 20).await, 200);
     }
 
     // While the responses are stuck: the peak growth over idle, sampled for 2 s.
@@ -172,7 +90,7 @@ async fn slow_readers_hold_bounded_memory_and_are_closed_by_the_send_timeout() {
     }
     let timeouts = sample(addrs["stats"], "waypoint_hbone_send_timeouts", &[]).await;
     assert!(timeouts >= TUNNELS as f64, "{timeouts} send timeouts");
-    drop(held);
+    drop(readers);
     sigterm_and_wait(child).await;
 }
 
@@ -212,11 +130,15 @@ async fn a_burst_to_a_cold_endpoint_stays_within_the_connection_cap_and_then_clo
     let tunnels = (0..REQUESTS).map(|_| {
         let send = send.clone();
         tokio::spawn(async move {
-            let (response, stream) = tunnel_with(
+            let (response, stream) = open_tunnel(
                 &send,
-                b"GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-delay-ms: 300\r\n\r\n",
+                "10.0.0.20:9080",
+                Some(Bytes::from_static(
+                    b"GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-delay-ms: 300\r\n\r\n",
+                )),
             )
             .await;
+            assert_eq!(response.status(), 200);
             let mut body = response.into_body();
             let first = tokio::time::timeout(Duration::from_secs(30), body.data())
                 .await

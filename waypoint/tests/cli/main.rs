@@ -16,6 +16,7 @@ mod identity_reload;
 mod istio_ca;
 mod istio_template;
 mod manifests;
+mod overload;
 mod ports;
 mod validate;
 mod xds;

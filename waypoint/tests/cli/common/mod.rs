@@ -342,3 +342,118 @@ pub async fn access_line(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The process's resident set, in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One sample of a metric family with `labels` from the stats port (0 when absent).
+pub async fn sample(stats: SocketAddr, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = waypoint_tests::scrape(stats).await;
+    scrape
+        .samples(family, labels)
+        .first()
+        .map(|_| scrape.value(family, labels))
+        .unwrap_or(0.0)
+}
+
+/// Slow readers: one HBONE connection (as productpage) whose HTTP/2 windows start at zero and
+/// are never reopened; each tunnel on it asks ratings for a large response it never reads.
+pub struct SlowReaders {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    /// The tunnels opened, both halves held (dropping them would cancel the stream).
+    pub held: Vec<(http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>)>,
+}
+
+impl SlowReaders {
+    pub async fn connect(
+        ca: &Ca,
+        hbone: SocketAddr,
+        waypoint_id: &waypoint::identity::SpiffeId,
+    ) -> Self {
+        let send = hbone_connection(ca, hbone, waypoint_id, 0).await;
+        Self {
+            send,
+            held: Vec::new(),
+        }
+    }
+
+    /// One more tunnel to ratings asking for `bytes` of response. Returns the CONNECT's status;
+    /// only a tunnel answered 200 sends its request and is held.
+    pub async fn open(&mut self, bytes: usize) -> http::StatusCode {
+        let request =
+            format!("GET / HTTP/1.1\r\nhost: ratings:9080\r\nx-response-bytes: {bytes}\r\n\r\n");
+        self.open_to("10.0.0.20:9080", Some(request.into())).await
+    }
+
+    /// One more tunnel to `dst`; when answered 200 it sends `first` (if any) and is held.
+    pub async fn open_to(&mut self, dst: &str, first: Option<bytes::Bytes>) -> http::StatusCode {
+        let (response, stream) = open_tunnel(&self.send, dst, first).await;
+        let status = response.status();
+        if status == http::StatusCode::OK {
+            self.held.push((response, stream));
+        }
+        status
+    }
+}
+
+/// One HBONE connection to the waypoint at `hbone` as productpage's ztunnel, with an initial
+/// stream window of `window` bytes.
+pub async fn hbone_connection(
+    ca: &Ca,
+    hbone: SocketAddr,
+    waypoint_id: &waypoint::identity::SpiffeId,
+    window: u32,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(hbone).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(waypoint_tests::client_tls(
+        ca.issue(&spiffe("productpage")).unwrap().workload,
+        waypoint_id,
+    ))
+    .connect(
+        rustls::pki_types::ServerName::IpAddress(hbone.ip().into()),
+        tcp,
+    )
+    .await
+    .unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// A CONNECT tunnel to `dst` on `send`; when answered 200 it sends `first` (if any).
+pub async fn open_tunnel(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    dst: &str,
+    first: Option<bytes::Bytes>,
+) -> (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>) {
+    let mut send = send.clone().ready().await.unwrap();
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(dst)
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("CONNECT answered")
+        .unwrap();
+    if response.status() == http::StatusCode::OK {
+        if let Some(first) = first {
+            stream.send_data(first, false).unwrap();
+        }
+    }
+    (response, stream)
+}
