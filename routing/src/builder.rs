@@ -262,7 +262,7 @@ impl SnapshotBuilder {
                 .map(|port| {
                     (
                         port.number,
-                        port_clusters(service, port, endpoints, dr, now),
+                        Box::new(port_clusters(service, port, endpoints, dr, now)),
                     )
                 })
                 .collect();

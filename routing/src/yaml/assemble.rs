@@ -4,7 +4,9 @@
 use super::authorization_policy::WaypointRef;
 use super::destination_rule::DestinationRuleIr;
 use super::diag::Diag;
+use super::service_entry::ServiceEntryIr;
 use super::virtual_service::VirtualServiceIr;
+use super::workload_entry::WorkloadEntryIr;
 use super::Parsed;
 use crate::builder::SnapshotBuilder;
 use crate::error::DocRef;
@@ -52,15 +54,26 @@ impl Hosts {
     }
 }
 
-pub(super) fn assemble(p: Parsed, waypoint: &WaypointRef, diag: &mut Diag) -> SnapshotBuilder {
+pub(super) fn assemble(mut p: Parsed, waypoint: &WaypointRef, diag: &mut Diag) -> SnapshotBuilder {
     let mut b = SnapshotBuilder::new();
-    let hosts = add_services(&p, &mut b, diag);
-    let service_entries: HashMap<String, Vec<String>> = p
+    // `namespace/name` and first host of every ServiceEntry (duplicates too), for
+    // AuthorizationPolicy `targetRefs`; taken before the entries are moved into the builder.
+    let se_names: Vec<(String, String)> = p
         .service_entries
         .iter()
-        .filter_map(|se| {
-            let canonical = hosts.resolve(se.hosts.first()?)?;
-            Some((se.at.name.clone()?, vec![canonical.to_string()]))
+        .filter_map(|se| Some((se.at.name.clone()?, se.hosts.first()?.clone())))
+        .collect();
+    let hosts = add_services(
+        std::mem::take(&mut p.service_entries),
+        std::mem::take(&mut p.workload_entries),
+        &mut b,
+        diag,
+    );
+    let service_entries: HashMap<String, Vec<String>> = se_names
+        .into_iter()
+        .filter_map(|(name, host)| {
+            let canonical = hosts.resolve(&host)?;
+            Some((name, vec![canonical.to_string()]))
         })
         .collect();
     let resolve_service = |name: &str, ns: &str| {
@@ -84,7 +97,14 @@ pub(super) fn assemble(p: Parsed, waypoint: &WaypointRef, diag: &mut Diag) -> Sn
     b
 }
 
-fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
+/// Adds the services, moving their endpoints (and the workloads) into the builder: the parsed
+/// entries are not held beside their copies (peak memory of a large config).
+fn add_services(
+    service_entries: Vec<ServiceEntryIr>,
+    workload_entries: Vec<WorkloadEntryIr>,
+    b: &mut SnapshotBuilder,
+    diag: &mut Diag,
+) -> Hosts {
     let mut hosts = Hosts {
         exact: HashMap::new(),
         alias: HashMap::new(),
@@ -94,15 +114,14 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
     };
     let mut owner: HashMap<String, DocRef> = HashMap::new();
     let mut vip_owner: HashMap<SocketAddr, DocRef> = HashMap::new();
-    let workloads: Vec<Arc<Endpoint>> = p
-        .workload_entries
-        .iter()
-        .map(|w| Arc::new(w.endpoint.clone()))
+    let workloads: Vec<Arc<Endpoint>> = workload_entries
+        .into_iter()
+        .map(|w| Arc::new(w.endpoint))
         .collect();
     for w in &workloads {
         b.known_workload(w.clone());
     }
-    for se in &p.service_entries {
+    for se in service_entries {
         let at = &se.at;
         let mut duplicate = false;
         for (i, h) in se.hosts.iter().enumerate() {
@@ -158,7 +177,7 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
                 .filter(|w| w.namespace == se.namespace && labels_superset(&w.labels, sel))
                 .cloned()
                 .collect(),
-            None => se.endpoints.iter().cloned().map(Arc::new).collect(),
+            None => se.endpoints.into_iter().map(Arc::new).collect(),
         };
         if endpoints
             .iter()
@@ -166,18 +185,19 @@ fn add_services(p: &Parsed, b: &mut SnapshotBuilder, diag: &mut Diag) -> Hosts {
         {
             hosts.hbone.insert(hostname.clone());
         }
-        for t in &se.dns_targets {
-            b.dns_target(t.clone());
+        let no_dns = se.dns_targets.is_empty();
+        for t in se.dns_targets {
+            b.dns_target(t);
         }
-        if endpoints.is_empty() && se.dns_targets.is_empty() {
+        if endpoints.is_empty() && no_dns {
             diag.warn(at, None, format!("service {hostname} has no endpoints"));
         }
         b.service(
             Service {
                 hostname,
-                namespace: se.namespace.clone(),
-                vips: se.vips.clone(),
-                ports: se.ports.clone(),
+                namespace: se.namespace,
+                vips: se.vips,
+                ports: se.ports,
             },
             endpoints,
         );

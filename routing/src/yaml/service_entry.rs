@@ -233,7 +233,8 @@ fn parse_ports(at: &DocRef, ports: Vec<PortY>, diag: &mut Diag) -> Vec<ServicePo
     if ports.is_empty() {
         diag.error(at, Some("spec.ports"), "at least one port is required");
     }
-    let mut out: Vec<ServicePort> = Vec::new();
+    // Exact capacity: the vector is moved into the snapshot's `Service`.
+    let mut out: Vec<ServicePort> = Vec::with_capacity(ports.len());
     for (i, p) in ports.into_iter().enumerate() {
         let f = format!("spec.ports[{i}]");
         diag.unsupported(at, &format!("{f}."), &p.extra, schema::SERVICE_PORT, &[]);

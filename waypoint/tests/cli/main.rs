@@ -6,6 +6,7 @@ mod common;
 mod abuse;
 mod binary;
 mod certs_curl;
+mod config_load;
 mod config_reload;
 mod docker;
 mod drain;
