@@ -31,6 +31,8 @@ pub struct Echo {
 pub struct AppStats {
     pub connections: AtomicU64,
     pub requests: AtomicU64,
+    /// Chunks of `x-response-chunks` bodies handed to the connection.
+    pub chunks_sent: AtomicU64,
 }
 
 pub struct AppHandle {
@@ -216,13 +218,14 @@ async fn handle(
         .get("x-response-chunks")
         .and_then(|v| v.parse::<usize>().ok())
     {
-        let chunks = futures::stream::unfold(n.min(1 << 20), |left| async move {
+        let chunks = futures::stream::unfold((n.min(1 << 20), stats), |(left, stats)| async move {
             if left == 0 {
                 return None;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
             let frame = hyper::body::Frame::data(Bytes::from_static(b"x"));
-            Some((Ok::<_, Infallible>(frame), left - 1))
+            Some((Ok::<_, Infallible>(frame), (left - 1, stats)))
         });
         return Ok(Response::builder()
             .header("x-pod", pod)
