@@ -62,12 +62,12 @@ impl Shared {
         self.frames.is_empty() && self.small.is_empty()
     }
 
-    fn push(&mut self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
+    /// Append a frame; `busy`: the reader is not the one taking it (counted in the metric).
+    fn push(&mut self, data: Bytes, busy: bool) {
         if data.len() < SMALL_FRAME {
-            SMALL_FRAMES_COALESCED.fetch_add(1, Ordering::Relaxed);
+            if busy {
+                SMALL_FRAMES_COALESCED.fetch_add(1, Ordering::Relaxed);
+            }
             self.small.extend_from_slice(&data);
         } else {
             if !self.small.is_empty() {
@@ -79,7 +79,8 @@ impl Shared {
     }
 
     /// Take every frame h2 has ready for this stream; on `Pending`, h2 wakes `cx` when more
-    /// arrives. With `coalesce` false the first frame into an empty inbox is kept whole.
+    /// arrives. `coalesce` false: the reader itself takes them, and the first frame into an empty
+    /// inbox is kept whole.
     fn drain(&mut self, cx: &mut Context<'_>, coalesce: bool) {
         while matches!(self.end, End::Open) {
             let Some(recv) = self.recv.as_mut() else {
@@ -93,7 +94,7 @@ impl Shared {
                 Poll::Ready(Some(Ok(data))) if !coalesce && self.is_empty() => {
                     self.frames.push_back(data)
                 }
-                Poll::Ready(Some(Ok(data))) => self.push(data),
+                Poll::Ready(Some(Ok(data))) => self.push(data, coalesce),
             }
         }
     }
@@ -236,5 +237,100 @@ impl Future for Pump {
         } else {
             Poll::Pending
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::hbone::H2Stream;
+
+    /// With a 16 MiB connection window (the inbound one) h2's small-frame budget is ~33,000
+    /// one-byte frames. 40,000 of them left unread would close the connection; taken out by the
+    /// pump between bursts, they all arrive in order, with a large frame among them, and the
+    /// connection serves on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiny_frames_left_unread_are_held_in_order_without_closing_the_connection() {
+        const TINY: usize = 40_000;
+        const BURST: usize = 1_000;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::Builder::new()
+                .initial_connection_window_size(16 << 20)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .unwrap();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let send = respond
+                        .send_response(http::Response::new(()), false)
+                        .unwrap();
+                    let _ = tx.send(H2Stream::new(send, req.into_body()));
+                }
+            });
+            rx
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+        let mut ping = conn.ping_pong().unwrap();
+        let driver = tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let mut tunnels = server.await.unwrap();
+        let open = |send: &mut h2::client::SendRequest<Bytes>| {
+            let req = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("10.0.0.1:80")
+                .body(())
+                .unwrap();
+            send.send_request(req, false).unwrap().1
+        };
+
+        let before = SMALL_FRAMES_COALESCED.load(Ordering::Relaxed);
+        let mut stream = open(&mut send);
+        let mut sent = Vec::new();
+        for i in 0..TINY {
+            let b = [b'a' + (i % 26) as u8];
+            sent.extend_from_slice(&b);
+            stream.send_data(Bytes::copy_from_slice(&b), false).unwrap();
+            if i % BURST == BURST - 1 {
+                // A pause between bursts: h2 handles a whole burst before any task runs.
+                ping.ping(h2::Ping::opaque())
+                    .await
+                    .expect("the connection is still up (no GOAWAY)");
+            }
+            if i == TINY / 2 {
+                let big = Bytes::from(vec![b'Z'; 1000]);
+                sent.extend_from_slice(&big);
+                stream.send_data(big, false).unwrap();
+            }
+        }
+        stream.send_data(Bytes::new(), true).unwrap();
+        let mut tunnel = tunnels.recv().await.unwrap();
+        // Other tests count too: at least ours.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while SMALL_FRAMES_COALESCED.load(Ordering::Relaxed) - before < TINY as u64 - 1 {
+            assert!(Instant::now() < deadline, "frames not taken out of h2");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let mut got = Vec::new();
+        tunnel.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, sent);
+        // The connection is still up: another tunnel carries data.
+        let mut again = open(&mut send);
+        again.send_data(Bytes::from_static(b"ok"), true).unwrap();
+        let mut tunnel = tunnels.recv().await.unwrap();
+        let mut got = Vec::new();
+        tunnel.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ok");
+        assert!(!driver.is_finished());
     }
 }
