@@ -621,6 +621,12 @@ impl Collector for ProxyHealth {
         )?;
         scalar_counter(
             &mut e,
+            "waypoint_hbone_small_frames_coalesced",
+            "DATA frames under 256 bytes taken out of HTTP/2 buffers and copied together while the tunnel's reader was busy, so they do not count against h2's small-frame budget",
+            crate::hbone::recv::SMALL_FRAMES_COALESCED.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        scalar_counter(
+            &mut e,
             "waypoint_hbone_premature_resets",
             "Inbound tunnels the client reset within 1 s of acceptance, before any byte was sent back",
             load(&server.premature_resets),

@@ -5,6 +5,7 @@ mod actions;
 mod authz;
 mod canary;
 mod ext_authz;
+mod frames;
 mod http_route;
 mod identity;
 mod jwt;

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod pool;
+pub mod recv;
 pub mod server;
 pub mod stream;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,6 +17,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
+use super::recv::Inbox;
 use crate::overload::{Overload, RESET_MIN_STALL};
 
 /// Largest DATA frame payload we queue per write; h2 splits by the peer's max frame size.
@@ -24,8 +25,7 @@ const WRITE_CHUNK: usize = 256 * 1024;
 
 pub struct H2Stream {
     send: SendStream<Bytes>,
-    recv: RecvStream,
-    pending: Bytes,
+    recv: Inbox,
     write_closed: bool,
     /// Shared with whoever must learn how the tunnel ended, or end it with a reset (see
     /// [`H2Stream::track_end`]).
@@ -108,8 +108,7 @@ impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         Self {
             send,
-            recv,
-            pending: Bytes::new(),
+            recv: Inbox::new(recv),
             write_closed: false,
             end: None,
             wrote: false,
@@ -210,38 +209,23 @@ impl H2Stream {
     /// True when the tunnel is idle and open: nothing buffered, peer has not ended or reset it.
     /// Polls without waiting (used before reusing a pooled tunnel).
     pub fn is_reusable(&mut self) -> bool {
-        if !self.pending.is_empty() || self.write_closed || self.recv.is_end_stream() {
+        if self.write_closed || !self.recv.is_idle() {
             return false;
         }
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let recv_idle = matches!(self.recv.poll_data(&mut cx), Poll::Pending);
-        let not_reset = matches!(self.send.poll_reset(&mut cx), Poll::Pending);
-        recv_idle && not_reset
+        matches!(self.send.poll_reset(&mut cx), Poll::Pending)
     }
 }
 
 impl AsyncRead for H2Stream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        while this.pending.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                Some(Ok(data)) => this.pending = data,
-            }
-        }
-        let n = this.pending.len().min(buf.remaining());
-        buf.put_slice(&this.pending[..n]);
-        this.pending.advance(n);
-        // The window reopens by what the reader took, not by what arrived: a slow reader keeps
-        // the peer's window shut instead of letting a frame per read pile up here.
-        let _ = this.recv.flow_control().release_capacity(n);
-        Poll::Ready(Ok(()))
+        // Frames the reader leaves wait in the inbox, not in h2 (see `recv.rs`).
+        self.recv.poll_read(cx, buf).map_err(h2_to_io)
     }
 }
 

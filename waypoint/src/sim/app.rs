@@ -31,6 +31,8 @@ pub struct Echo {
 pub struct AppStats {
     pub connections: AtomicU64,
     pub requests: AtomicU64,
+    /// Chunks of `x-response-chunks` bodies handed to the connection.
+    pub chunks_sent: AtomicU64,
 }
 
 pub struct AppHandle {
@@ -216,7 +218,12 @@ async fn handle(
         .get("x-response-chunks")
         .and_then(|v| v.parse::<u64>().ok())
     {
-        let body = paced(b"x", n.min(1 << 20), std::time::Duration::from_millis(1));
+        let body = paced(
+            b"x",
+            n.min(1 << 20),
+            std::time::Duration::from_millis(1),
+            stats.clone(),
+        );
         return Ok(Response::builder()
             .header("x-pod", pod)
             .body(body)
@@ -233,6 +240,7 @@ async fn handle(
             &[b'x'; 1024],
             (60_000 / ms.max(1)).max(1),
             std::time::Duration::from_millis(ms.max(1)),
+            stats.clone(),
         );
         return Ok(Response::builder()
             .header("x-pod", pod)
@@ -258,17 +266,27 @@ async fn handle(
         .expect("valid response"))
 }
 
-/// A body of `count` copies of `chunk`, the first at once and each next one `every` later.
-fn paced(chunk: &'static [u8], count: u64, every: std::time::Duration) -> Body {
-    let chunks = futures::stream::unfold(0u64, move |sent| async move {
-        if sent == count {
-            return None;
+/// A body of `count` copies of `chunk`, the first at once and each next one `every` later; each
+/// chunk handed to hyper is counted in `stats.chunks_sent`.
+fn paced(
+    chunk: &'static [u8],
+    count: u64,
+    every: std::time::Duration,
+    stats: Arc<AppStats>,
+) -> Body {
+    let chunks = futures::stream::unfold(0u64, move |sent| {
+        let stats = stats.clone();
+        async move {
+            if sent == count {
+                return None;
+            }
+            if sent > 0 {
+                tokio::time::sleep(every).await;
+            }
+            stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
+            let frame = hyper::body::Frame::data(Bytes::from_static(chunk));
+            Some((Ok::<_, Infallible>(frame), sent + 1))
         }
-        if sent > 0 {
-            tokio::time::sleep(every).await;
-        }
-        let frame = hyper::body::Frame::data(Bytes::from_static(chunk));
-        Some((Ok::<_, Infallible>(frame), sent + 1))
     });
     http_body_util::StreamBody::new(chunks).boxed()
 }

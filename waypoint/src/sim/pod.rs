@@ -3,11 +3,14 @@
 //! then copy bytes.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +30,9 @@ pub struct PodStats {
     pub peer_serials: parking_lot::Mutex<Vec<String>>,
     /// HBONE connections open now.
     pub open: AtomicU64,
+    /// Writes (each one DATA frame) and bytes sent to HBONE peers from apps.
+    pub writes_to_peers: AtomicU64,
+    pub bytes_to_peers: AtomicU64,
     /// `true`: the node stops answering, as a SIGSTOPped ztunnel: open connections are no
     /// longer served (no PING answer, no data) and new ones get no TLS handshake.
     pub frozen: tokio::sync::watch::Sender<bool>,
@@ -136,7 +142,7 @@ pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::
                             return;
                         };
                         st.tunnels.fetch_add(1, Ordering::Relaxed);
-                        let mut tunnel = H2Stream::new(send, req.into_body());
+                        let mut tunnel = Counted(H2Stream::new(send, req.into_body()), st);
                         let _ = tokio::io::copy_bidirectional(&mut tunnel, &mut app).await;
                     });
                 }
@@ -148,4 +154,40 @@ pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::
         stats,
         task,
     })
+}
+
+/// A tunnel that counts what is written into it in [`PodStats`].
+struct Counted(H2Stream, Arc<PodStats>);
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.0).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n @ 1..)) = written {
+            self.1.writes_to_peers.fetch_add(1, Ordering::Relaxed);
+            self.1.bytes_to_peers.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
