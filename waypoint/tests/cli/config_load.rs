@@ -11,8 +11,10 @@ const SERVICES: usize = 8000;
 /// The largest peak RSS, in KiB, the test binary's `waypoint` (a debug build) may reach
 /// validating the file. Measured on the debug build, same file: 96–97 MiB before the snapshot's
 /// per-port clusters were boxed and the parsed entries moved into it, 85 MiB after (a release
-/// build: 69 → 58 MiB of load peak). The bound sits between the two.
-const MAX_PEAK_KIB: i64 = 91 * 1024;
+/// build: 69 → 58 MiB of load peak), both on glibc's allocator. On jemalloc (the binary's
+/// allocator since the overload manager) the same debug validation peaks at 87.0–87.7 MiB: its
+/// freed pages are returned after a decay, not at once. The bound sits between before and after.
+const MAX_PEAK_KIB: i64 = 93 * 1024;
 
 /// ServiceEntry `i` as `config_bench` writes it: a VIP, an HTTP port, two inline endpoints.
 fn service_entry(i: usize) -> String {
@@ -68,6 +70,7 @@ fn validating_8000_service_entries_stays_within_the_memory_bound() {
         stdout.contains(&format!("valid ({SERVICES} services, 0 warnings)")),
         "{stdout}"
     );
+    eprintln!("validate {SERVICES} ServiceEntries: peak RSS {peak_kib} KiB");
     assert!(
         peak_kib <= MAX_PEAK_KIB,
         "peak RSS {peak_kib} KiB over the bound of {MAX_PEAK_KIB} KiB"
