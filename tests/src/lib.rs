@@ -2,6 +2,7 @@
 //! at test time, OS-chosen ports for the waypoint), built from Istio YAML written by the test.
 
 pub mod dns;
+pub mod load;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

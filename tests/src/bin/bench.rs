@@ -41,6 +41,7 @@ use waypoint::demo::{bookinfo_snapshot, Bench, BOOKINFO, TRUST_DOMAIN};
 use waypoint::identity::{install_crypto_provider, Ca, SpiffeId};
 use waypoint::metrics::AuthzLabels;
 use waypoint::sim::{self, AppHandle, AppKind, Http1, PodHandle, ZtunnelClient};
+use waypoint_tests::load::{percentile, worker, Get};
 
 #[derive(Parser, Debug)]
 #[command(about = "Loopback benchmark: direct vs one HBONE hop vs the waypoint data path")]
@@ -83,6 +84,12 @@ const APP_PORT: u16 = 9080;
 const HOST: &str = "reviews:9080";
 const PATH: &str = "/reviews/0";
 const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const GET: Get = Get {
+    host: HOST,
+    path: PATH,
+    user_agent: "waypoint-bench",
+    timeout: PER_REQUEST_TIMEOUT,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
@@ -124,15 +131,6 @@ impl Target {
     }
 }
 
-#[derive(Default)]
-struct WorkerOut {
-    latencies_us: Vec<u32>,
-    ok: u64,
-    warmup_sent: u64,
-    measured_sent: u64,
-    failures: BTreeMap<String, u64>,
-}
-
 struct RunResult {
     scenario: Scenario,
     concurrency: usize,
@@ -155,95 +153,6 @@ struct RunResult {
     access_lines: Option<u64>,
     /// Waypoint only: CONNECT tunnels each pod accepted, as "ip=n".
     per_pod: Vec<String>,
-}
-
-/// One request; `Err` carries a short description of what went wrong.
-async fn one_request(send: &mut Http1) -> Result<(), String> {
-    match tokio::time::timeout(
-        PER_REQUEST_TIMEOUT,
-        sim::get(send, HOST, PATH, &[("user-agent", "waypoint-bench")]),
-    )
-    .await
-    {
-        Err(_) => Err(format!("timeout after {PER_REQUEST_TIMEOUT:?}")),
-        Ok(Err(e)) => Err(format!("error: {e:#}")),
-        Ok(Ok((parts, _body))) if parts.status == 200 => Ok(()),
-        Ok(Ok((parts, _body))) => Err(format!("HTTP {}", parts.status.as_u16())),
-    }
-}
-
-fn record(failures: &mut BTreeMap<String, u64>, what: String) {
-    let what: String = what.chars().take(200).collect();
-    *failures.entry(what).or_default() += 1;
-}
-
-async fn worker(
-    target: Arc<Target>,
-    warmup: usize,
-    share: usize,
-    max: Duration,
-    barrier: Arc<Barrier>,
-) -> WorkerOut {
-    let mut out = WorkerOut {
-        latencies_us: Vec::with_capacity(share),
-        ..Default::default()
-    };
-    let mut send = match target.connect().await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            record(&mut out.failures, format!("connect: {e:#}"));
-            None
-        }
-    };
-    // Warm-up: same session, not measured.
-    let deadline = Instant::now() + max;
-    if let Some(s) = send.as_mut() {
-        for _ in 0..warmup {
-            if Instant::now() >= deadline {
-                break;
-            }
-            out.warmup_sent += 1;
-            if let Err(e) = one_request(s).await {
-                record(&mut out.failures, format!("warm-up {e}"));
-                break;
-            }
-        }
-    }
-    // All warmed up → main samples CPU → go.
-    barrier.wait().await;
-    barrier.wait().await;
-    let deadline = Instant::now() + max;
-    let mut i = 0;
-    while i < share && Instant::now() < deadline {
-        let Some(s) = send.as_mut() else {
-            break;
-        };
-        i += 1;
-        out.measured_sent += 1;
-        let start = Instant::now();
-        match one_request(s).await {
-            Ok(()) => {
-                out.ok += 1;
-                let us = start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                out.latencies_us.push(us);
-            }
-            Err(e) => {
-                let broken = !e.starts_with("HTTP ");
-                record(&mut out.failures, e);
-                if broken {
-                    // The session is unusable: one fresh one, else this worker stops.
-                    send = match target.connect().await {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            record(&mut out.failures, format!("reconnect: {e:#}"));
-                            None
-                        }
-                    };
-                }
-            }
-        }
-    }
-    out
 }
 
 /// CPU time of the whole process (every thread, exited ones included: utime + stime), in
@@ -275,14 +184,6 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 /// Retry a bind-ish start for a moment: the previous run's listeners are dropped asynchronously.
@@ -688,13 +589,11 @@ async fn run(
     for w in 0..c {
         let share = args.requests / c + usize::from(w < args.requests % c);
         let warm = args.warmup / c + usize::from(w < args.warmup % c);
-        tasks.push(tokio::spawn(worker(
-            target.clone(),
-            warm,
-            share,
-            max,
-            barrier.clone(),
-        )));
+        let (target, barrier) = (target.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let connect = || target.connect();
+            worker(connect, GET, warm, share, max, None, barrier).await
+        }));
     }
     barrier.wait().await;
     let cpu0 = cpu_seconds()?;

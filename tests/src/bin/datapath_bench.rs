@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use waypoint::identity::{install_crypto_provider, Ca, SpiffeId};
 use waypoint::sim::{self, AppKind, Http1};
+use waypoint_tests::load::{percentile, record, worker, Get};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -99,6 +100,12 @@ struct Args {
 const HOST: &str = "reviews:9080";
 const PATH: &str = "/reviews/0";
 const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const GET: Get = Get {
+    host: HOST,
+    path: PATH,
+    user_agent: "datapath-bench",
+    timeout: PER_REQUEST_TIMEOUT,
+};
 const TRUST_DOMAIN: &str = "cluster.local";
 
 fn spiffe(sa: &str) -> SpiffeId {
@@ -493,13 +500,6 @@ impl Load {
     }
 }
 
-#[derive(Default)]
-struct WorkerOut {
-    latencies_us: Vec<u32>,
-    ok: u64,
-    failures: BTreeMap<String, u64>,
-}
-
 async fn http1(addr: SocketAddr) -> anyhow::Result<Http1> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
@@ -508,96 +508,6 @@ async fn http1(addr: SocketAddr) -> anyhow::Result<Http1> {
         let _ = conn.await;
     });
     Ok(send)
-}
-
-async fn one_request(send: &mut Http1) -> Result<(), String> {
-    match tokio::time::timeout(
-        PER_REQUEST_TIMEOUT,
-        sim::get(send, HOST, PATH, &[("user-agent", "datapath-bench")]),
-    )
-    .await
-    {
-        Err(_) => Err(format!("timeout after {PER_REQUEST_TIMEOUT:?}")),
-        Ok(Err(e)) => Err(format!("error: {e:#}")),
-        Ok(Ok((parts, _))) if parts.status == 200 => Ok(()),
-        Ok(Ok((parts, _))) => Err(format!("HTTP {}", parts.status.as_u16())),
-    }
-}
-
-fn record(failures: &mut BTreeMap<String, u64>, what: String) {
-    *failures
-        .entry(what.chars().take(160).collect())
-        .or_default() += 1;
-}
-
-async fn worker(
-    addr: SocketAddr,
-    load: Load,
-    warmup: usize,
-    share: usize,
-    max: Duration,
-    barrier: Arc<Barrier>,
-) -> WorkerOut {
-    let mut out = WorkerOut {
-        latencies_us: Vec::with_capacity(share),
-        ..Default::default()
-    };
-    let mut send = match http1(addr).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            record(&mut out.failures, format!("connect: {e:#}"));
-            None
-        }
-    };
-    let deadline = Instant::now() + max;
-    if let Some(s) = send.as_mut() {
-        for _ in 0..warmup {
-            if Instant::now() >= deadline {
-                break;
-            }
-            if let Err(e) = one_request(s).await {
-                record(&mut out.failures, format!("warm-up {e}"));
-                break;
-            }
-        }
-    }
-    barrier.wait().await;
-    barrier.wait().await;
-    let mut ticker = match load {
-        Load::Paced { conns, rate } => {
-            let period = Duration::from_secs_f64(conns as f64 / rate.max(1) as f64);
-            let mut t = tokio::time::interval(period);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            Some(t)
-        }
-        Load::Max(_) => None,
-    };
-    let deadline = Instant::now() + max;
-    for _ in 0..share {
-        if Instant::now() >= deadline {
-            break;
-        }
-        if let Some(t) = ticker.as_mut() {
-            t.tick().await;
-        }
-        let Some(s) = send.as_mut() else { break };
-        let start = Instant::now();
-        match one_request(s).await {
-            Ok(()) => {
-                out.ok += 1;
-                out.latencies_us
-                    .push(start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-            }
-            Err(e) => {
-                let broken = !e.starts_with("HTTP ");
-                record(&mut out.failures, e);
-                if broken {
-                    send = http1(addr).await.ok();
-                }
-            }
-        }
-    }
-    out
 }
 
 /// One measured run: per-process CPU per 1000 requests, RSS, throughput, latency.
@@ -632,14 +542,6 @@ impl Run {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 async fn run(
     mesh: &Mesh,
     label: &str,
@@ -656,12 +558,19 @@ async fn run(
     let mut tasks = Vec::with_capacity(conns);
     for i in 0..conns {
         let share = requests / conns + usize::from(i < requests % conns);
+        let pace = match load {
+            Load::Paced { conns, rate } => {
+                Some(Duration::from_secs_f64(conns as f64 / rate.max(1) as f64))
+            }
+            Load::Max(_) => None,
+        };
         tasks.push(tokio::spawn(worker(
-            addr,
-            load,
+            move || http1(addr),
+            GET,
             warmup,
             share,
             max,
+            pace,
             barrier.clone(),
         )));
     }
@@ -814,7 +723,7 @@ async fn open_idle(mesh: &Mesh, n: usize, max: Duration) -> anyhow::Result<Vec<H
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut s = http1(addr).await.ok()?;
-            one_request(&mut s).await.ok()?;
+            GET.send(&mut s).await.ok()?;
             Some(s)
         }));
     }
