@@ -89,7 +89,9 @@ async fn status_in(recv: &mut h2::RecvStream) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chatty_response_to_a_stalled_client_keeps_the_shared_upstream_connection() {
-    const CHUNKS: u64 = 12_000;
+    // 16,000 chunks, one per ms: enough separate frames (> 9,000) even when a loaded machine
+    // delays the node's reads and some chunks share a frame.
+    const CHUNKS: u64 = 16_000;
     let mesh = Mesh::start_with(&reviews_yaml("ROUND_ROBIN", TO_V1), |_, o| {
         o.upstream = UpstreamLimits {
             max_connections_per_endpoint: 1,
@@ -122,7 +124,7 @@ async fn a_chatty_response_to_a_stalled_client_keeps_the_shared_upstream_connect
     )
     .await;
 
-    // The stalled client: a zero stream window, asking for 12,000 one-byte chunks, one per ms.
+    // The stalled client: a zero stream window, asking for 16,000 one-byte chunks, one per ms.
     // Its tunnel's writes block at once, so the waypoint stops reading the upstream stream.
     let (mut stalled, _ping, _driver) = hbone_connection(&mesh, 0).await;
     let (mut chatty, _chatty_recv) = tunnel(&mut stalled).await;
@@ -131,7 +133,7 @@ async fn a_chatty_response_to_a_stalled_client_keeps_the_shared_upstream_connect
     chatty
         .send_data(
             Bytes::from_static(
-                b"GET / HTTP/1.1\r\nhost: reviews:9080\r\nx-response-chunks: 12000\r\n\r\n",
+                b"GET / HTTP/1.1\r\nhost: reviews:9080\r\nx-response-chunks: 16000\r\n\r\n",
             ),
             false,
         )
