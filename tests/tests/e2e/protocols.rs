@@ -45,7 +45,7 @@ async fn grpc_over_h2c_inside_a_tunnel() {
     let body = collected.to_bytes();
     assert_eq!(&body[5..], b"echo-v1:hello");
     let log = mesh.wait_for_log_lines(1).await;
-    assert_eq!(log[0]["protocol"], "HTTP/2.0");
+    assert_eq!(log[0]["protocol"], "HTTP/2");
     assert_eq!(
         log[0]["upstream_cluster"],
         "inbound-vip|9090|http|echo.default.svc.cluster.local"

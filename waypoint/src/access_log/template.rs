@@ -939,9 +939,39 @@ impl JsonTemplate {
     }
 }
 
+/// `%PROTOCOL%` as Envoy writes it (`Http::Utility::getProtocolString`): `HTTP/1.0`, `HTTP/1.1`,
+/// `HTTP/2`, `HTTP/3` (not `http::Version`'s `Debug`, which says `HTTP/2.0`).
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_is_named_as_envoy_names_it() {
+        use http::Version;
+        for (v, name) in [
+            (Version::HTTP_10, "HTTP/1.0"),
+            (Version::HTTP_11, "HTTP/1.1"),
+            (Version::HTTP_2, "HTTP/2"),
+            (Version::HTTP_3, "HTTP/3"),
+        ] {
+            assert_eq!(protocol_name(v), name);
+            let e = Entry {
+                protocol: protocol_name(v).into(),
+                ..Entry::default()
+            };
+            assert_eq!(render("%PROTOCOL%", &e), name);
+        }
+    }
 
     fn known() -> Entry {
         Entry {

@@ -948,7 +948,7 @@ impl ProxyHttp for Waypoint {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            protocol: format!("{:?}", req.version),
+            protocol: crate::access_log::template::protocol_name(req.version).into(),
             response_code: code,
             response_flags: ctx.flags.render(),
             response_code_details: if ctx.details.is_empty() && ctx.upstream_time.is_some() {
