@@ -6,6 +6,7 @@ mod authz;
 mod canary;
 mod ext_authz;
 mod frames;
+mod http1;
 mod http_route;
 mod identity;
 mod jwt;

@@ -25,6 +25,7 @@ use crate::tunnel::TunnelInfo;
 
 mod authz;
 pub mod ext_authz;
+mod http1;
 pub(crate) mod jwt;
 mod policy;
 mod request;
@@ -205,6 +206,10 @@ impl ProxyHttp for Waypoint {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): bytes read past this request are kept for the
+        // next one, answered after this response (pingora's opt-in, see docs/architecture.md;
+        // without it they are dropped with the connection).
+        session.set_pipelining_enabled(true);
         if let Some(data) = crate::tunnel::TunnelData::from_digest(session.digest()) {
             ctx.tunnel = Some(data.info.clone());
             // The request's headers are in: the tunnel's header deadline stops.
@@ -783,6 +788,7 @@ impl ProxyHttp for Waypoint {
         response: &mut pingora_http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        http1::fit_response(session, response);
         if session.is_process_shutting_down() {
             // Draining (`App::start_drain`): the HTTP/1.1 client gets `connection: close` and
             // its tunnel ends after this response.

@@ -259,6 +259,24 @@ async fn handle(
             .expect("valid response"));
     }
     let body = serde_json::to_vec(&echo).expect("echo serializes");
+    // `x-http10: length | close`: answer as an HTTP/1.0 server that does not keep connections
+    // alive: an `HTTP/1.0` status line, the echo with a content-length (`length`) or delimited
+    // by closing the connection (`close`).
+    if let Some(mode) = echo.headers.get("x-http10") {
+        let body = if mode == "close" {
+            let frame = Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(body)));
+            http_body_util::StreamBody::new(futures::stream::iter([frame])).boxed()
+        } else {
+            full(body)
+        };
+        return Ok(Response::builder()
+            .version(http::Version::HTTP_10)
+            .header("content-type", "application/json")
+            .header("x-pod", pod)
+            .header(http::header::CONNECTION, "close")
+            .body(body)
+            .expect("valid response"));
+    }
     Ok(Response::builder()
         .header("content-type", "application/json")
         .header("x-pod", pod)
