@@ -19,6 +19,7 @@ mod fields;
 mod files;
 mod http_route;
 mod kinds;
+mod parallel;
 mod schema;
 mod service_entry;
 mod virtual_service;
@@ -371,17 +372,16 @@ fn check(files: &[(String, String)], warnings: Vec<LoadWarning>, options: &LoadO
         warnings,
         ..Diag::default()
     };
-    let mut parsed = Parsed::default();
-    for (file, text) in files {
-        for doc in docs::split_documents(text) {
-            let at = DocRef {
-                file: file.clone(),
-                doc: Some(doc.index),
-                ..DocRef::default()
-            };
-            parse_document(at, &doc, options, &mut parsed, &mut diag);
-        }
-    }
+    let docs: Vec<(&str, docs::RawDoc<'_>)> = files
+        .iter()
+        .flat_map(|(file, text)| {
+            docs::split_documents(text)
+                .into_iter()
+                .map(move |doc| (file.as_str(), doc))
+        })
+        .collect();
+    let parsed = parallel::parse_documents(&docs, options, &mut diag);
+    drop(docs);
     let mut builder = assemble::assemble(parsed, &options.waypoint, &mut diag);
     let mut warnings = diag.warnings;
     if !diag.errors.is_empty() {
