@@ -8,21 +8,28 @@
 //! copy padded with as many newlines as precede it in the file, all copies held at once (built
 //! here from the same file, then loaded as one file per document).
 //!
+//! `load ms` is wall time; `CPU ms` is the child's user + system time over the load (from
+//! `/proc/self/stat`, 10 ms ticks). A large load parses its documents on one thread per
+//! available core; `--one-core` adds a row per layout whose child runs under `taskset -c 0`
+//! (one core available, so one parsing thread): the serial cost on the same binary.
+//!
 //! ```sh
-//! cargo run --release -p routing --example config_bench -- --services 8000 --files 1,50
+//! cargo run --release -p routing --example config_bench -- --services 8000 --files 1,50 --one-core
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const USAGE: &str = "config_bench [--services N] [--files 1,50] [--runs R] [--emulate-padding]";
+const USAGE: &str =
+    "config_bench [--services N] [--files 1,50] [--runs R] [--emulate-padding] [--one-core]";
 
 struct Args {
     services: usize,
     files: Vec<usize>,
     runs: usize,
     emulate_padding: bool,
+    one_core: bool,
 }
 
 fn parse_args() -> Result<Option<(String, PathBuf)>, String> {
@@ -42,6 +49,7 @@ fn args() -> Result<Args, String> {
         files: vec![1, 50],
         runs: 3,
         emulate_padding: false,
+        one_core: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,6 +67,7 @@ fn args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--emulate-padding" => out.emulate_padding = true,
+            "--one-core" => out.one_core = true,
             _ => return Err(USAGE.to_string()),
         }
     }
@@ -107,9 +116,25 @@ fn status_kib(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// In the child: load `dir` once, print `probe ms=… peak_kib=… services=…`.
+/// This process's user + system CPU time in ms (`/proc/self/stat`, fields 14 and 15, at the
+/// usual 100 ticks per second).
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 * 10.0
+}
+
+/// In the child: load `dir` once, print `probe ms=… cpu_ms=… peak_kib=… services=…`.
 fn probe(mode: &str, dir: &Path) -> Result<(), String> {
     let before = status_kib("VmRSS");
+    let cpu_before = cpu_ms();
     let started = Instant::now();
     let services = if mode == "--probe" {
         routing::load_dir(dir, "cluster.local")
@@ -138,17 +163,27 @@ fn probe(mode: &str, dir: &Path) -> Result<(), String> {
             .count()
     };
     let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let cpu = cpu_ms() - cpu_before;
     let peak = status_kib("VmHWM").saturating_sub(before);
-    println!("probe ms={ms:.1} peak_kib={peak} services={services}");
+    println!("probe ms={ms:.1} cpu_ms={cpu:.0} peak_kib={peak} services={services}");
     Ok(())
 }
 
-fn run_probe(mode: &str, dir: &Path) -> Result<(f64, u64), String> {
-    let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+/// One child load: (wall ms, CPU ms, peak KiB).
+fn run_probe(mode: &str, dir: &Path, one_core: bool) -> Result<(f64, f64, u64), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = if one_core {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    let out = cmd
         .arg(mode)
         .arg(dir)
         .output()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{e} (--one-core needs taskset)"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
@@ -162,6 +197,7 @@ fn run_probe(mode: &str, dir: &Path) -> Result<(f64, u64), String> {
     };
     Ok((
         field("ms").parse().unwrap_or(0.0),
+        field("cpu_ms").parse().unwrap_or(0.0),
         field("peak_kib").parse().unwrap_or(0),
     ))
 }
@@ -177,32 +213,41 @@ fn main() -> Result<(), String> {
         args.services, args.runs
     );
     println!(
-        "{:>22} {:>6} {:>9} {:>10} {:>14}",
-        "loader", "files", "MiB", "load ms", "peak RSS MiB"
+        "{:>22} {:>6} {:>9} {:>10} {:>8} {:>14}",
+        "loader", "files", "MiB", "load ms", "CPU ms", "peak RSS MiB"
     );
-    let mut layouts: Vec<(&str, usize)> = args.files.iter().map(|f| ("--probe", *f)).collect();
-    if args.emulate_padding {
-        layouts.extend(args.files.iter().map(|f| ("--probe-padded", *f)));
+    let mut layouts: Vec<(&str, usize, bool)> = Vec::new();
+    for &f in &args.files {
+        layouts.push(("--probe", f, false));
+        if args.one_core {
+            layouts.push(("--probe", f, true));
+        }
     }
-    for (mode, files) in layouts {
+    if args.emulate_padding {
+        layouts.extend(args.files.iter().map(|f| ("--probe-padded", *f, false)));
+    }
+    for (mode, files, one_core) in layouts {
         let (dir, bytes) = write_config(&root, args.services, files).map_err(|e| e.to_string())?;
-        let mut times = Vec::new();
+        let (mut times, mut cpus) = (Vec::new(), Vec::new());
         let mut peak = 0;
         for _ in 0..args.runs.max(1) {
-            let (ms, kib) = run_probe(mode, &dir)?;
+            let (ms, cpu, kib) = run_probe(mode, &dir, one_core)?;
             times.push(ms);
+            cpus.push(cpu);
             peak = peak.max(kib);
         }
         times.sort_by(f64::total_cmp);
-        let label = if mode == "--probe" {
-            "linear (now)"
-        } else {
-            "padded (before, emul.)"
+        cpus.sort_by(f64::total_cmp);
+        let label = match (mode, one_core) {
+            ("--probe", false) => "linear (now)",
+            ("--probe", true) => "linear, one core",
+            _ => "padded (before, emul.)",
         };
         println!(
-            "{label:>22} {files:>6} {:>9.1} {:>10.0} {:>14.1}",
+            "{label:>22} {files:>6} {:>9.1} {:>10.0} {:>8.0} {:>14.1}",
             bytes as f64 / (1 << 20) as f64,
             times[times.len() / 2],
+            cpus[cpus.len() / 2],
             peak as f64 / 1024.0
         );
     }
