@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 use waypoint::sim::{self, Http1};
 
+/// How much load one run sends and how long it may take: the bounds every benchmark program
+/// takes (flattened into its arguments).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunBounds {
+    /// Measured requests per run, split evenly over the connections.
+    #[arg(long, default_value_t = 20_000)]
+    pub requests: usize,
+    /// Unmeasured warm-up requests per run, on the same connections, before measuring.
+    #[arg(long, default_value_t = 1_000)]
+    pub warmup: usize,
+    /// Hard time cap per phase (warm-up and measured part each); workers stop when it passes.
+    #[arg(long, default_value_t = 30)]
+    pub max_seconds: u64,
+}
+
 /// The request every worker sends.
 #[derive(Debug, Clone, Copy)]
 pub struct Get {

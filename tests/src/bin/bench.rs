@@ -41,20 +41,13 @@ use waypoint::demo::{bookinfo_snapshot, Bench, BOOKINFO, TRUST_DOMAIN};
 use waypoint::identity::{install_crypto_provider, Ca, SpiffeId};
 use waypoint::metrics::AuthzLabels;
 use waypoint::sim::{self, AppHandle, AppKind, Http1, PodHandle, ZtunnelClient};
-use waypoint_tests::load::{percentile, worker, Get};
+use waypoint_tests::load::{percentile, worker, Get, RunBounds};
 
 #[derive(Parser, Debug)]
 #[command(about = "Loopback benchmark: direct vs one HBONE hop vs the waypoint data path")]
 struct Args {
-    /// Measured requests per run (scenario × concurrency), split evenly over the workers.
-    #[arg(long, default_value_t = 20_000)]
-    requests: usize,
-    /// Unmeasured warm-up requests per run (same connections, before measuring).
-    #[arg(long, default_value_t = 1_000)]
-    warmup: usize,
-    /// Hard time cap per run (warm-up and measured phase each); workers stop when it passes.
-    #[arg(long, default_value_t = 30)]
-    max_seconds: u64,
+    #[command(flatten)]
+    run: RunBounds,
     /// Concurrency levels (connections/tunnels, one task each).
     #[arg(long, value_delimiter = ',', default_value = "1,50")]
     concurrency: Vec<usize>,
@@ -582,13 +575,13 @@ async fn run(
         _ => None,
     };
 
-    let c = concurrency.clamp(1, args.requests.max(1));
-    let max = Duration::from_secs(args.max_seconds);
+    let c = concurrency.clamp(1, args.run.requests.max(1));
+    let max = Duration::from_secs(args.run.max_seconds);
     let barrier = Arc::new(Barrier::new(c + 1));
     let mut tasks = Vec::with_capacity(c);
     for w in 0..c {
-        let share = args.requests / c + usize::from(w < args.requests % c);
-        let warm = args.warmup / c + usize::from(w < args.warmup % c);
+        let share = args.run.requests / c + usize::from(w < args.run.requests % c);
+        let warm = args.run.warmup / c + usize::from(w < args.run.warmup % c);
         let (target, barrier) = (target.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             let connect = || target.connect();
@@ -606,7 +599,7 @@ async fn run(
     let wall = t0.elapsed();
     let cpu1 = cpu_seconds()?;
 
-    let mut lat = Vec::with_capacity(args.requests);
+    let mut lat = Vec::with_capacity(args.run.requests);
     let (mut ok, mut measured, mut sent) = (0u64, 0u64, 0u64);
     let mut failures = BTreeMap::new();
     for o in outs {
@@ -836,7 +829,7 @@ fn fmt_us(us: u32) -> String {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.requests == 0 || args.concurrency.is_empty() {
+    if args.run.requests == 0 || args.concurrency.is_empty() {
         bail!("--requests and --concurrency must be non-empty/positive");
     }
     install_crypto_provider();
@@ -844,7 +837,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "waypoint bench: {} measured requests per run (+{} warm-up), cap {}s per phase, \
          concurrency {:?}, {cores} cores, HBONE port {}",
-        args.requests, args.warmup, args.max_seconds, args.concurrency, args.hbone_port
+        args.run.requests, args.run.warmup, args.run.max_seconds, args.concurrency, args.hbone_port
     );
     println!(
         "note: client load generator, apps, pods and waypoint share one process and all cores; \

@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use waypoint::identity::{install_crypto_provider, Ca, SpiffeId};
 use waypoint::sim::{self, AppKind, Http1};
-use waypoint_tests::load::{percentile, record, worker, Get};
+use waypoint_tests::load::{percentile, record, worker, Get, RunBounds};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,15 +43,8 @@ use waypoint_tests::load::{percentile, record, worker, Get};
              tunnels, gRPC tunnel reuse, access-log cost; printed next to issue 14's targets"
 )]
 struct Args {
-    /// Measured requests per max-rate run (each path × concurrency), split over the connections.
-    #[arg(long, default_value_t = 20_000)]
-    requests: usize,
-    /// Unmeasured warm-up requests per run, on the same connections, before measuring.
-    #[arg(long, default_value_t = 1_000)]
-    warmup: usize,
-    /// Hard cap per phase (warm-up and measured part each; opening the idle tunnels).
-    #[arg(long, default_value_t = 30)]
-    max_seconds: u64,
+    #[command(flatten)]
+    run: RunBounds,
     /// Connections of the max-rate run (the other one is 1 connection).
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -553,8 +546,8 @@ async fn run(
     let addr = mesh.route(route)?;
     let conns = load.conns().max(1);
     let barrier = Arc::new(Barrier::new(conns + 1));
-    let max = Duration::from_secs(args.max_seconds);
-    let warmup = (args.warmup / conns).max(1);
+    let max = Duration::from_secs(args.run.max_seconds);
+    let warmup = (args.run.warmup / conns).max(1);
     let mut tasks = Vec::with_capacity(conns);
     for i in 0..conns {
         let share = requests / conns + usize::from(i < requests % conns);
@@ -754,7 +747,7 @@ async fn profile(mesh: &Mesh, args: &Args) -> anyhow::Result<String> {
         "perf (not measured)",
         "l7",
         Load::Max(args.connections),
-        args.requests,
+        args.run.requests,
         args,
     )
     .await;
@@ -850,7 +843,7 @@ fn print_runs(runs: &[&Run]) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.requests == 0 || args.connections == 0 || args.paced_requests == 0 {
+    if args.run.requests == 0 || args.connections == 0 || args.paced_requests == 0 {
         bail!("--requests, --connections and --paced-requests must be positive");
     }
     install_crypto_provider();
@@ -859,12 +852,12 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "datapath_bench: {cores} cores; {} measured requests per max-rate run (+{} warm-up), \
          paced {} req/s × {} requests over {} connections, cap {}s per phase; files in {}",
-        args.requests,
-        args.warmup,
+        args.run.requests,
+        args.run.warmup,
         args.rate,
         args.paced_requests,
         args.paced_connections,
-        args.max_seconds,
+        args.run.max_seconds,
         mesh.dir.display()
     );
     println!(
@@ -880,7 +873,7 @@ async fn main() -> anyhow::Result<()> {
         conns: args.paced_connections,
         rate: args.rate,
     };
-    let n = args.requests;
+    let n = args.run.requests;
     let c = args.connections;
     let l4_1 = run(&mesh, "L4 c=1", "l4", Load::Max(1), n, &args).await?;
     let l7_1 = run(&mesh, "L7 c=1", "l7", Load::Max(1), n, &args).await?;
@@ -923,7 +916,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let max = Duration::from_secs(args.max_seconds);
+    let max = Duration::from_secs(args.run.max_seconds);
     let grpc_out = if args.grpc_requests > 0 {
         let (ok, tunnels, failures) =
             grpc(&mesh, args.grpc_requests, args.grpc_streams, max).await?;

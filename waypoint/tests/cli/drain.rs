@@ -233,24 +233,14 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
         }
     };
     let e = ended.expect("a reset, not a clean end of the tunnel");
-    let h2 = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<h2::Error>())
-        .unwrap_or_else(|| panic!("not an HTTP/2 error: {e:?}"));
-    assert!(h2.is_reset(), "a stream reset, not {h2:?}");
-    assert_eq!(h2.reason(), Some(h2::Reason::INTERNAL_ERROR), "{h2:?}");
+    assert_reset_internal_error(&e);
 
     // The TCP splice open at the deadline: reset the same way.
     let ended = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
         .await
         .expect("the TCP tunnel ends at the deadline");
     let e = ended.expect_err("a reset, not a clean end of the TCP tunnel");
-    let h2 = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<h2::Error>())
-        .unwrap_or_else(|| panic!("not an HTTP/2 error: {e:?}"));
-    assert!(h2.is_reset(), "a stream reset, not {h2:?}");
-    assert_eq!(h2.reason(), Some(h2::Reason::INTERNAL_ERROR), "{h2:?}");
+    assert_reset_internal_error(&e);
 
     exit.await.unwrap();
     let took = terminated.elapsed();
@@ -286,4 +276,15 @@ async fn sigterm_answers_or_resets_what_outlives_the_drain_and_exits_in_time() {
         last.contains("responded_503=1") && last.contains("reset=2"),
         "{last}"
     );
+}
+
+/// `e` is a tunnel's stream reset with `INTERNAL_ERROR` (how the drain cut ends a started
+/// response or a TCP splice), not a clean end or a connection error.
+fn assert_reset_internal_error(e: &std::io::Error) {
+    let h2 = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<h2::Error>())
+        .unwrap_or_else(|| panic!("not an HTTP/2 error: {e:?}"));
+    assert!(h2.is_reset(), "a stream reset, not {h2:?}");
+    assert_eq!(h2.reason(), Some(h2::Reason::INTERNAL_ERROR), "{h2:?}");
 }
