@@ -197,15 +197,41 @@ pub async fn raw_h2(
     waypoint: SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+    Ok(raw_h2_with(waypoint, config, &h2::client::Builder::new())
+        .await?
+        .send)
+}
+
+/// A raw h2 client connection made with the test's `builder` (windows, limits).
+pub struct RawH2 {
+    pub send: h2::client::SendRequest<Bytes>,
+    pub ping: h2::PingPong,
+    /// The connection task: finished once the connection has ended.
+    pub driver: tokio::task::JoinHandle<()>,
+}
+
+/// [`raw_h2`] with the test's h2 `builder`, keeping the connection's ping handle and task.
+pub async fn raw_h2_with(
+    waypoint: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    builder: &h2::client::Builder,
+) -> anyhow::Result<RawH2> {
     let tcp = tokio::net::TcpStream::connect(waypoint).await?;
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::IpAddress(waypoint.ip().into()), tcp)
         .await?;
-    let (send, conn) = h2::client::handshake(tls).await?;
-    tokio::spawn(async move {
+    let (send, mut conn) = builder.handshake::<_, Bytes>(tls).await?;
+    let ping = conn
+        .ping_pong()
+        .ok_or_else(|| anyhow::anyhow!("ping_pong taken"))?;
+    let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(send.ready().await?)
+    Ok(RawH2 {
+        send: send.ready().await?,
+        ping,
+        driver,
+    })
 }
 
 /// A client TLS config carrying `cert`, expecting the waypoint's identity.

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request};
-use rustls::pki_types::ServerName;
 use waypoint::hbone::UpstreamLimits;
-use waypoint_tests::{client_tls, reviews_request, reviews_yaml, Mesh};
+use waypoint_tests::{client_tls, raw_h2_with, reviews_request, reviews_yaml, Mesh};
 
 const TO_V1: &str = "  - route: [{destination: {host: reviews, subset: v1}}]\n";
 
@@ -32,25 +31,14 @@ async fn hbone_connection(
     h2::PingPong,
     tokio::task::JoinHandle<()>,
 ) {
-    let addr = mesh.bench.waypoint_addr;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client_tls(
-        mesh.cert("productpage"),
-        &mesh.bench.waypoint_id,
-    ))
-    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+    let c = raw_h2_with(
+        mesh.bench.waypoint_addr,
+        client_tls(mesh.cert("productpage"), &mesh.bench.waypoint_id),
+        h2::client::Builder::new().initial_window_size(window),
+    )
     .await
-    .unwrap();
-    let (send, mut conn) = h2::client::Builder::new()
-        .initial_window_size(window)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .unwrap();
-    let ping = conn.ping_pong().expect("ping_pong once");
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (send.ready().await.unwrap(), ping, driver)
+    .expect("an HBONE connection to the waypoint");
+    (c.send, c.ping, c.driver)
 }
 
 /// A CONNECT tunnel to reviews' VIP on `send`'s connection.
