@@ -156,11 +156,18 @@ impl Measure {
         }
     }
 
-    /// Heap when jemalloc is the allocator: then it has handed out far more than this by the
-    /// time the data path starts; when it is not, it has handed out next to nothing.
+    /// Heap when jemalloc is the global allocator, else the resident set. A fresh 1 MiB
+    /// allocation shows in jemalloc's statistics only when jemalloc is the global allocator
+    /// (what was handed out before varies with the build: the access log no longer
+    /// preallocates a 16 Ki-slot channel, and the heap at start fell under the old 1 MiB test).
     fn detect() -> Self {
-        match heap_allocated() {
-            Some(b) if b >= 1 << 20 => Measure::Heap,
+        const PROBE: usize = 1 << 20;
+        let before = heap_allocated();
+        let probe = std::hint::black_box(vec![1u8; PROBE]);
+        let after = heap_allocated();
+        drop(probe);
+        match (before, after) {
+            (Some(b), Some(a)) if a >= b + PROBE as u64 => Measure::Heap,
             _ => Measure::Rss,
         }
     }

@@ -472,6 +472,8 @@ impl BackgroundService for DataplaneService {
                 "drain time {drain:?} is up; exiting with connections open"
             ),
         }
+        // The access log's last batch (lines wait up to FLUSH_INTERVAL in its buffer).
+        self.log.flush();
         std::process::exit(0);
     }
 }

@@ -5,11 +5,13 @@
 //! A request is counted when the route picks its destination (before endpoint selection), so
 //! the audit shows the split decision itself, independent of endpoint health.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -20,42 +22,135 @@ use serde::Serialize;
 
 /// Buckets the window is cut into; the window slides by one bucket width.
 const BUCKETS: u32 = 30;
+/// Ring slots per destination: the window's buckets and the current one.
+const SLOTS: usize = BUCKETS as usize + 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct RouteKey {
-    service: String,
-    route: String,
-}
-
+/// One destination's counters: atomics, so that requests never wait on each other.
 #[derive(Debug)]
 struct DestCount {
     host: String,
     subset: Option<String>,
     port: Option<u16>,
-    weight: u32,
-    total: u64,
-    /// (bucket index since start, count), oldest first.
-    recent: VecDeque<(u64, u64)>,
+    total: AtomicU64,
+    /// Slot `b % SLOTS` holds bucket `b`: its index (low 32 bits) in the high half, its count in
+    /// the low half, swapped in one compare-and-swap when a newer bucket reuses the slot.
+    ring: [AtomicU64; SLOTS],
 }
 
 impl DestCount {
+    fn new(d: &RouteDestination) -> Self {
+        Self {
+            host: d.host.clone(),
+            subset: d.subset.clone(),
+            port: d.port,
+            total: AtomicU64::new(0),
+            ring: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
     fn same(&self, d: &RouteDestination) -> bool {
         self.host == d.host && self.subset == d.subset && self.port == d.port
     }
 
-    fn in_window(&self, oldest: u64) -> u64 {
-        self.recent
-            .iter()
-            .filter(|(b, _)| *b >= oldest)
-            .map(|(_, n)| n)
+    fn hit(&self, bucket: u64) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.ring[(bucket % SLOTS as u64) as usize];
+        let tag = (bucket as u32 as u64) << 32;
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            let next = if cur & !0xffff_ffff == tag {
+                cur.wrapping_add(1) & 0xffff_ffff | tag
+            } else if ((cur >> 32) as u32).wrapping_sub(bucket as u32) as i32 > 0 {
+                // This thread stalled for a whole ring: the slot holds a newer bucket already,
+                // and this bucket has left the window.
+                return;
+            } else {
+                tag | 1
+            };
+            match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Requests in buckets `oldest..=newest`.
+    fn in_window(&self, oldest: u64, newest: u64) -> u64 {
+        (oldest..=newest)
+            .map(|b| {
+                let v = self.ring[(b % SLOTS as u64) as usize].load(Ordering::Relaxed);
+                if v >> 32 == u64::from(b as u32) {
+                    v & 0xffff_ffff
+                } else {
+                    0
+                }
+            })
             .sum()
     }
 }
 
+/// A route's destinations as last configured: changes only when the configuration does.
+#[derive(Debug, Default)]
+struct Layout {
+    /// Every destination the route has had, first seen first, with its weight (0 once removed:
+    /// its history is still part of the observed split).
+    dests: Vec<(Arc<DestCount>, u32)>,
+    /// Per configured destination, in configuration order: its index in `dests`.
+    config: Vec<usize>,
+}
+
+impl Layout {
+    fn matches(&self, destinations: &[RouteDestination]) -> bool {
+        self.config.len() == destinations.len()
+            && self.config.iter().zip(destinations).all(|(&i, d)| {
+                let (c, w) = &self.dests[i];
+                *w == d.weight && c.same(d)
+            })
+    }
+
+    /// Follows the configuration: new destinations appear, weights update, removed ones stay.
+    fn follow(&self, destinations: &[RouteDestination]) -> Layout {
+        let mut dests: Vec<(Arc<DestCount>, u32)> = self
+            .dests
+            .iter()
+            .map(|(c, _)| {
+                let w = destinations
+                    .iter()
+                    .find(|d| c.same(d))
+                    .map_or(0, |d| d.weight);
+                (c.clone(), w)
+            })
+            .collect();
+        for d in destinations {
+            if !dests.iter().any(|(c, _)| c.same(d)) {
+                dests.push((Arc::new(DestCount::new(d)), d.weight));
+            }
+        }
+        let config = destinations
+            .iter()
+            .map(|d| dests.iter().position(|(c, _)| c.same(d)).unwrap_or(0))
+            .collect();
+        Layout { dests, config }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RouteCounts {
+    layout: ArcSwap<Layout>,
+    /// Serializes layout changes (configuration changes, not requests).
+    change: Mutex<()>,
+}
+
+type Routes = BTreeMap<String, BTreeMap<String, Arc<RouteCounts>>>;
+
 pub struct SplitAudit {
     started: Instant,
     window: Duration,
-    routes: Mutex<BTreeMap<RouteKey, Vec<DestCount>>>,
+    /// service → route → counters. Read without a lock; copied on write when a route is first
+    /// seen.
+    routes: ArcSwap<Routes>,
+    /// Serializes adding routes.
+    insert: Mutex<()>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -96,7 +191,8 @@ impl SplitAudit {
         Arc::new(Self {
             started: Instant::now(),
             window: window.max(Duration::from_secs(1)),
-            routes: Mutex::new(BTreeMap::new()),
+            routes: ArcSwap::default(),
+            insert: Mutex::new(()),
         })
     }
 
@@ -125,6 +221,24 @@ impl SplitAudit {
         self.record_at(service, route, destinations, picked, Instant::now());
     }
 
+    fn counts(&self, service: &str, route: &str) -> Arc<RouteCounts> {
+        if let Some(c) = self.routes.load().get(service).and_then(|r| r.get(route)) {
+            return c.clone();
+        }
+        let _only_writer = self.insert.lock();
+        let mut routes = Routes::clone(&self.routes.load());
+        let counts = routes
+            .entry(service.to_string())
+            .or_default()
+            .entry(route.to_string())
+            .or_default()
+            .clone();
+        self.routes.store(Arc::new(routes));
+        counts
+    }
+
+    /// Counts one request: two atomic adds once the route has been seen with this
+    /// configuration (no lock is taken).
     pub fn record_at(
         &self,
         service: &str,
@@ -134,42 +248,21 @@ impl SplitAudit {
         now: Instant,
     ) {
         let bucket = self.bucket(now);
-        let oldest = bucket.saturating_sub(u64::from(BUCKETS));
-        let key = RouteKey {
-            service: service.to_string(),
-            route: route.to_string(),
-        };
-        let mut routes = self.routes.lock();
-        let counts = routes.entry(key).or_default();
-        // Follow the configuration: new destinations appear, weights update, removed ones stay
-        // (their history is still part of the observed split) with weight 0.
-        for c in counts.iter_mut() {
-            c.weight = destinations
-                .iter()
-                .find(|d| c.same(d))
-                .map_or(0, |d| d.weight);
+        let counts = self.counts(service, route);
+        let mut layout = counts.layout.load_full();
+        if !layout.matches(destinations) {
+            let _only_writer = counts.change.lock();
+            let next = Arc::new(counts.layout.load().follow(destinations));
+            counts.layout.store(next.clone());
+            layout = next;
         }
-        for d in destinations {
-            if !counts.iter().any(|c| c.same(d)) {
-                counts.push(DestCount {
-                    host: d.host.clone(),
-                    subset: d.subset.clone(),
-                    port: d.port,
-                    weight: d.weight,
-                    total: 0,
-                    recent: VecDeque::new(),
-                });
-            }
-        }
-        if let Some(c) = counts.iter_mut().find(|c| c.same(picked)) {
-            c.total += 1;
-            match c.recent.back_mut() {
-                Some((b, n)) if *b == bucket => *n += 1,
-                _ => c.recent.push_back((bucket, 1)),
-            }
-            while c.recent.front().is_some_and(|(b, _)| *b < oldest) {
-                c.recent.pop_front();
-            }
+        let index = destinations
+            .iter()
+            .position(|d| std::ptr::eq(d, picked))
+            .and_then(|i| layout.config.get(i).copied())
+            .or_else(|| layout.dests.iter().position(|(c, _)| c.same(picked)));
+        if let Some((c, _)) = index.and_then(|i| layout.dests.get(i)) {
+            c.hit(bucket);
         }
     }
 
@@ -178,35 +271,42 @@ impl SplitAudit {
     }
 
     pub fn report_at(&self, now: Instant) -> SplitReport {
-        let oldest = self.bucket(now).saturating_sub(u64::from(BUCKETS));
-        let routes = self.routes.lock();
+        let newest = self.bucket(now);
+        let oldest = newest.saturating_sub(u64::from(BUCKETS));
+        let routes = self.routes.load();
         let routes = routes
             .iter()
-            .map(|(key, counts)| {
-                let requests: u64 = counts.iter().map(|c| c.total).sum();
-                let in_window: u64 = counts.iter().map(|c| c.in_window(oldest)).sum();
-                let weights: u64 = counts.iter().map(|c| u64::from(c.weight)).sum();
+            .flat_map(|(service, routes)| routes.iter().map(move |(r, c)| (service, r, c)))
+            .map(|(service, route, counts)| {
+                let layout = counts.layout.load();
+                let counted: Vec<(&DestCount, u32, u64, u64)> = layout
+                    .dests
+                    .iter()
+                    .map(|(c, w)| {
+                        let total = c.total.load(Ordering::Relaxed);
+                        (&**c, *w, total, c.in_window(oldest, newest))
+                    })
+                    .collect();
+                let requests: u64 = counted.iter().map(|c| c.2).sum();
+                let in_window: u64 = counted.iter().map(|c| c.3).sum();
+                let weights: u64 = counted.iter().map(|c| u64::from(c.1)).sum();
                 RouteReport {
-                    service: key.service.clone(),
-                    route: key.route.clone(),
+                    service: service.clone(),
+                    route: route.clone(),
                     requests,
                     requests_in_window: in_window,
-                    destinations: counts
+                    destinations: counted
                         .iter()
-                        .map(|c| {
-                            let w = c.in_window(oldest);
-                            DestinationReport {
-                                host: c.host.clone(),
-                                subset: c.subset.clone(),
-                                port: c.port,
-                                weight: c.weight,
-                                configured_share: share(u64::from(c.weight), weights)
-                                    .unwrap_or(0.0),
-                                requests: c.total,
-                                observed_share: share(c.total, requests),
-                                requests_in_window: w,
-                                observed_share_in_window: share(w, in_window),
-                            }
+                        .map(|&(c, weight, total, w)| DestinationReport {
+                            host: c.host.clone(),
+                            subset: c.subset.clone(),
+                            port: c.port,
+                            weight,
+                            configured_share: share(u64::from(weight), weights).unwrap_or(0.0),
+                            requests: total,
+                            observed_share: share(total, requests),
+                            requests_in_window: w,
+                            observed_share_in_window: share(w, in_window),
                         })
                         .collect(),
                 }
@@ -424,6 +524,45 @@ mod tests {
                 ("v3".to_string(), 50, 1)
             ]
         );
+    }
+
+    /// The counters are atomics: concurrent requests on one route are all counted, exactly, and
+    /// a configuration change in the middle loses none.
+    #[test]
+    fn concurrent_counts_are_exact() {
+        let audit = SplitAudit::new(Duration::from_secs(60));
+        let dests = [dest("v1", 50), dest("v2", 50)];
+        let t0 = audit.started;
+        const THREADS: u64 = 8;
+        const EACH: u64 = 20_000;
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (audit, dests) = (&audit, &dests);
+                s.spawn(move || {
+                    for i in 0..EACH {
+                        // Every thread changes the weights once, half-way through.
+                        let now = t0 + Duration::from_millis(i / 100);
+                        let w = if i < EACH / 2 { 50 } else { 60 };
+                        let d = [dest("v1", w), dest("v2", 100 - w)];
+                        let d = if t % 2 == 0 { &d[..] } else { &dests[..] };
+                        audit.record_at("reviews", "r.0", d, &d[(i % 2) as usize], now);
+                    }
+                });
+            }
+        });
+        let r = &audit
+            .report_at(t0 + Duration::from_millis(EACH / 100))
+            .routes[0];
+        assert_eq!(r.requests, THREADS * EACH);
+        assert_eq!(r.requests_in_window, THREADS * EACH, "all within 60 s");
+        assert_eq!(r.destinations.len(), 2);
+        for d in &r.destinations {
+            assert_eq!(d.requests, THREADS * EACH / 2);
+            assert_eq!(d.requests_in_window, THREADS * EACH / 2);
+        }
+        // The window still slides: 2 minutes on, nothing is in it.
+        let r = &audit.report_at(t0 + Duration::from_secs(120)).routes[0];
+        assert_eq!((r.requests, r.requests_in_window), (THREADS * EACH, 0));
     }
 
     #[test]

@@ -4,14 +4,20 @@
 //! ([`ISTIO_DEFAULT_FORMAT`]). JSON lines are either the built-in object (the [`Entry`] fields,
 //! one key each) or an Envoy `json_format` object. Lines can be sampled, or switched off, at
 //! runtime with [`AccessLog::set_sample_rate`].
+//!
+//! Off the request path: sampling is decided before a line is built ([`AccessLog::log_with`]),
+//! and stdout lines are appended to a shared buffer that a writer thread empties in batches
+//! ([`FLUSH_INTERVAL`], [`FLUSH_BYTES`]) rather than being woken for every line.
 
+mod batch;
 pub mod template;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+pub use batch::{FLUSH_BYTES, FLUSH_INTERVAL};
 use serde::Serialize;
 
 pub use template::{JsonTemplate, Template, TemplateError, ISTIO_DEFAULT_FORMAT};
@@ -124,15 +130,14 @@ enum Renderer {
 
 /// Lines waiting for the stdout writer thread; beyond this, lines are dropped (and counted)
 /// rather than blocking requests on a stalled log reader.
-pub const STDOUT_QUEUE: usize = 16 * 1024;
+pub const STDOUT_QUEUE: usize = batch::QUEUE_LINES;
 
 pub struct AccessLog {
     format: Format,
     renderer: Renderer,
     sink: Sink,
-    /// For [`Sink::Stdout`]: the queue to the writer thread.
-    stdout: Option<std::sync::mpsc::SyncSender<String>>,
-    dropped: AtomicU64,
+    /// For [`Sink::Stdout`]: the buffer the writer thread empties.
+    stdout: Option<batch::Batcher>,
     request_headers: Vec<String>,
     response_headers: Vec<String>,
     /// `f64` bits of the sample rate, 0..=1.
@@ -196,13 +201,12 @@ impl AccessLog {
             Renderer::Json(j) => (j.request_headers(), j.response_headers()),
             Renderer::DefaultJson => (Vec::new(), Vec::new()),
         };
-        let stdout = matches!(sink, Sink::Stdout).then(stdout_writer);
+        let stdout = matches!(sink, Sink::Stdout).then(|| batch::Batcher::spawn(std::io::stdout()));
         Self {
             format,
             renderer,
             sink,
             stdout,
-            dropped: AtomicU64::new(0),
             request_headers,
             response_headers,
             sample_rate: AtomicU64::new(1.0f64.to_bits()),
@@ -251,7 +255,19 @@ impl AccessLog {
 
     /// Lines dropped because the stdout writer could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.stdout.as_ref().map_or(0, batch::Batcher::dropped)
+    }
+
+    /// `write` calls the stdout writer has made (each carries a batch of lines).
+    pub fn batches(&self) -> u64 {
+        self.stdout.as_ref().map_or(0, batch::Batcher::writes)
+    }
+
+    /// Writes the lines still buffered, now (before the process exits).
+    pub fn flush(&self) {
+        if let Some(b) = &self.stdout {
+            b.flush();
+        }
     }
 
     /// The line for `entry` in this log's format (no trailing newline).
@@ -268,54 +284,48 @@ impl AccessLog {
         rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate)
     }
 
-    pub fn write(&self, entry: &Entry) {
+    /// Whether the next line is to be written (the sink is on and the sample takes it); a line
+    /// sampled out is counted here. Build the [`Entry`] only when this is true.
+    pub fn sample(&self) -> bool {
         if matches!(self.sink, Sink::Off) {
-            return;
+            return false;
         }
         if !self.sampled_in() {
             self.sampled_out.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
+        true
+    }
+
+    /// Writes the line `build` makes, calling it only when the line is sampled in.
+    pub fn log_with(&self, build: impl FnOnce() -> Entry) {
+        if self.sample() {
+            self.emit(&build());
+        }
+    }
+
+    pub fn write(&self, entry: &Entry) {
+        if self.sample() {
+            self.emit(entry);
+        }
+    }
+
+    /// Renders and hands over a line already sampled in.
+    fn emit(&self, entry: &Entry) {
         let line = self.render(entry);
         self.written.fetch_add(1, Ordering::Relaxed);
         match &self.sink {
             Sink::Off => {}
+            // Requests never wait on stdout: a full buffer (a reader that stopped reading) drops
+            // the line and counts it.
             Sink::Stdout => {
-                // Requests never wait on stdout: a full queue (a reader that stopped reading)
-                // drops the line and counts it.
-                let queued = self
-                    .stdout
-                    .as_ref()
-                    .is_some_and(|q| q.try_send(line).is_ok());
-                if !queued {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(b) = &self.stdout {
+                    b.push(&line);
                 }
             }
             Sink::Memory(lines) => lines.lock().push(line),
         }
     }
-}
-
-/// A thread that writes queued lines to stdout, flushing whenever the queue runs empty. A closed
-/// stdout must not take the proxy down: lines are then lost, not requests.
-fn stdout_writer() -> std::sync::mpsc::SyncSender<String> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(STDOUT_QUEUE);
-    let spawned = std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || {
-            let mut out = std::io::BufWriter::new(std::io::stdout());
-            while let Ok(line) = rx.recv() {
-                let _ = writeln!(out, "{line}");
-                while let Ok(line) = rx.try_recv() {
-                    let _ = writeln!(out, "{line}");
-                }
-                let _ = out.flush();
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("cannot start the access log writer thread: {e}");
-    }
-    tx
 }
 
 /// The timestamp format Envoy uses for `%START_TIME%`.
@@ -511,6 +521,32 @@ mod tests {
         let off = AccessLog::new(Format::Text, Sink::Off);
         off.write(&e);
         assert_eq!(off.stats(), (0, 0));
+    }
+
+    /// A sampled-out line is never built nor rendered: sampling is decided first.
+    #[test]
+    fn sampled_out_lines_are_not_built() {
+        let (log, lines) = memory(Format::Text, None);
+        let builds = std::cell::Cell::new(0u32);
+        let build = || {
+            builds.set(builds.get() + 1);
+            Entry::default()
+        };
+        log.set_sample_rate(0.0);
+        for _ in 0..100 {
+            log.log_with(build);
+        }
+        assert_eq!(builds.get(), 0, "no Entry built for a sampled-out line");
+        assert_eq!(log.stats(), (0, 100), "no line rendered");
+        assert!(lines.lock().is_empty());
+        log.set_sample_rate(1.0);
+        log.log_with(build);
+        assert_eq!(builds.get(), 1);
+        assert_eq!(log.stats(), (1, 100));
+        assert_eq!(lines.lock().len(), 1);
+        let off = AccessLog::new(Format::Text, Sink::Off);
+        off.log_with(build);
+        assert_eq!(builds.get(), 1, "the Off sink builds nothing");
     }
 
     #[test]

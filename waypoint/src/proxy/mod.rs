@@ -29,6 +29,7 @@ mod http1;
 pub(crate) mod jwt;
 mod policy;
 mod request;
+mod request_id;
 pub mod sanitize;
 
 pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};
@@ -230,7 +231,7 @@ impl ProxyHttp for Waypoint {
         {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => {
-                let id = uuid::Uuid::new_v4().to_string();
+                let id = request_id::new_request_id();
                 req.insert_header("x-request-id", &id)?;
                 id
             }
@@ -945,72 +946,77 @@ impl ProxyHttp for Waypoint {
         }
         let req = session.req_header();
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        let tunnel = ctx.tunnel.as_deref();
-        let entry = Entry {
-            start_time: timestamp(ctx.start_time),
-            method: req.method.to_string(),
-            path: req
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            protocol: crate::access_log::template::protocol_name(req.version).into(),
-            response_code: code,
-            response_flags: ctx.flags.render(),
-            response_code_details: if ctx.details.is_empty() && ctx.upstream_time.is_some() {
-                "via_upstream".to_string()
-            } else {
-                ctx.details.to_string()
-            },
-            upstream_transport_failure_reason: ctx.failure.lock().clone().unwrap_or_default(),
-            bytes_received: session.body_bytes_read() as u64,
-            bytes_sent: session.body_bytes_sent() as u64,
-            duration_ms: ctx.started.elapsed().as_millis() as u64,
-            upstream_service_time_ms: ctx.upstream_time.map(|d| d.as_millis() as u64),
-            x_forwarded_for: header_str(req, "x-forwarded-for").to_string(),
-            user_agent: header_str(req, "user-agent").to_string(),
-            request_id: ctx.request_id.clone(),
-            authority: authority(req).unwrap_or("").to_string(),
-            upstream_host: ctx.upstream.map(|a| a.to_string()).unwrap_or_default(),
-            upstream_cluster: ctx.cluster_name.clone(),
-            downstream_local_address: tunnel
-                .map(|t| t.original_dst.to_string())
-                .unwrap_or_default(),
-            downstream_remote_address: tunnel
-                .map(|t| t.source_addr.to_string())
-                .unwrap_or_default(),
-            downstream_claimed_address: tunnel
-                .and_then(|t| t.claimed_source)
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            source_principal: tunnel
-                .map(|t| t.source_identity.to_string())
-                .unwrap_or_default(),
-            destination_principal: ctx
-                .lease
-                .as_ref()
-                .and_then(|l| l.peer())
-                .map(|p| p.to_string())
-                .or_else(|| ctx.endpoint.as_ref().map(|e| e.identity.clone()))
-                .unwrap_or_default(),
-            route_name: ctx.route_name.clone(),
-            tunnel_traceparent: tunnel
-                .and_then(|t| t.traceparent.clone())
-                .unwrap_or_default(),
-            request_headers: capture(&req.headers, self.access_log.request_headers()),
-            response_headers: session
-                .response_written()
-                .map(|r| capture(&r.headers, self.access_log.response_headers()))
-                .unwrap_or_default(),
-            attempt_count: ctx.tried.len().max(1) as u32,
-            config_version: ctx.snapshot.version(),
-            authz: std::mem::take(&mut ctx.authz.decision),
-            authz_dry_run: std::mem::take(&mut ctx.authz.dry_run),
-            authz_audit: std::mem::take(&mut ctx.authz.audit),
-            ..Default::default()
-        };
-        self.record_metrics(session, ctx, &entry);
-        self.access_log.write(&entry);
+        let flags = ctx.flags.render();
+        // The identity the upstream proved (beats the one the snapshot knew ahead).
+        let proved = ctx
+            .lease
+            .as_ref()
+            .and_then(|l| l.peer())
+            .map(|p| p.to_string());
+        self.record_metrics(session, ctx, code, &flags, proved.as_deref());
+        // The line is built only when it is sampled in.
+        self.access_log.log_with(|| {
+            let tunnel = ctx.tunnel.as_deref();
+            Entry {
+                start_time: timestamp(ctx.start_time),
+                method: req.method.to_string(),
+                path: req
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                protocol: crate::access_log::template::protocol_name(req.version).into(),
+                response_code: code,
+                response_flags: flags,
+                response_code_details: if ctx.details.is_empty() && ctx.upstream_time.is_some() {
+                    "via_upstream".to_string()
+                } else {
+                    ctx.details.to_string()
+                },
+                upstream_transport_failure_reason: ctx.failure.lock().clone().unwrap_or_default(),
+                bytes_received: session.body_bytes_read() as u64,
+                bytes_sent: session.body_bytes_sent() as u64,
+                duration_ms: ctx.started.elapsed().as_millis() as u64,
+                upstream_service_time_ms: ctx.upstream_time.map(|d| d.as_millis() as u64),
+                x_forwarded_for: header_str(req, "x-forwarded-for").to_string(),
+                user_agent: header_str(req, "user-agent").to_string(),
+                request_id: ctx.request_id.clone(),
+                authority: authority(req).unwrap_or("").to_string(),
+                upstream_host: ctx.upstream.map(|a| a.to_string()).unwrap_or_default(),
+                upstream_cluster: ctx.cluster_name.clone(),
+                downstream_local_address: tunnel
+                    .map(|t| t.original_dst.to_string())
+                    .unwrap_or_default(),
+                downstream_remote_address: tunnel
+                    .map(|t| t.source_addr.to_string())
+                    .unwrap_or_default(),
+                downstream_claimed_address: tunnel
+                    .and_then(|t| t.claimed_source)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                source_principal: tunnel
+                    .map(|t| t.source_identity.to_string())
+                    .unwrap_or_default(),
+                destination_principal: proved
+                    .or_else(|| ctx.endpoint.as_ref().map(|e| e.identity.clone()))
+                    .unwrap_or_default(),
+                route_name: ctx.route_name.clone(),
+                tunnel_traceparent: tunnel
+                    .and_then(|t| t.traceparent.clone())
+                    .unwrap_or_default(),
+                request_headers: capture(&req.headers, self.access_log.request_headers()),
+                response_headers: session
+                    .response_written()
+                    .map(|r| capture(&r.headers, self.access_log.response_headers()))
+                    .unwrap_or_default(),
+                attempt_count: ctx.tried.len().max(1) as u32,
+                config_version: ctx.snapshot.version(),
+                authz: std::mem::take(&mut ctx.authz.decision),
+                authz_dry_run: std::mem::take(&mut ctx.authz.dry_run),
+                authz_audit: std::mem::take(&mut ctx.authz.audit),
+                ..Default::default()
+            }
+        });
     }
 }
 

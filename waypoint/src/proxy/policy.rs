@@ -10,9 +10,8 @@ use tracing::{debug, warn};
 
 use super::request::{authority, header_str, HashView};
 use super::{RequestCtx, Waypoint};
-use crate::access_log::Entry;
 use crate::identity::PeerCheck;
-use crate::metrics::{DestinationLabels, RequestRecord, SourceLabels};
+use crate::metrics::RequestKey;
 use crate::tunnel::TunnelInfo;
 use routing::Protocol;
 
@@ -251,37 +250,36 @@ impl Waypoint {
         }
     }
 
-    pub(super) fn record_metrics(&self, session: &Session, ctx: &RequestCtx, entry: &Entry) {
+    pub(super) fn record_metrics(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        code: u16,
+        flags: &str,
+        proved_principal: Option<&str>,
+    ) {
         let req = session.req_header();
         let grpc = ctx.protocol == Protocol::Grpc
             || header_str(req, "content-type").starts_with("application/grpc");
         let t = &self.telemetry;
-        t.metrics.istio.record_request(RequestRecord {
-            source: ctx
-                .tunnel
-                .as_deref()
-                .map_or_else(SourceLabels::unknown, |t| t.source_labels().clone()),
-            destination: {
-                let mut d = DestinationLabels::new(
-                    ctx.service
-                        .as_ref()
-                        .map(|(host, ns)| (host.as_str(), ns.as_str())),
-                    ctx.endpoint.as_deref(),
-                    &t.cluster_id,
-                );
-                // The identity the upstream proved beats what the snapshot knew ahead.
-                if !entry.destination_principal.is_empty() {
-                    d.destination_principal = crate::metrics::label(&entry.destination_principal);
-                }
-                d
+        t.metrics.istio.record_request_key(
+            RequestKey {
+                tunnel: ctx.tunnel.as_ref(),
+                service: ctx
+                    .service
+                    .as_ref()
+                    .map(|(host, ns)| (host.as_str(), ns.as_str())),
+                endpoint: ctx.endpoint.as_ref(),
+                principal: proved_principal,
+                cluster_id: &t.cluster_id,
+                grpc,
+                response_code: code,
+                grpc_status: ctx.grpc_status.as_deref(),
+                response_flags: flags,
             },
-            grpc,
-            response_code: entry.response_code,
-            grpc_status: ctx.grpc_status.as_deref(),
-            response_flags: &entry.response_flags,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            request_bytes: entry.bytes_received,
-            response_bytes: entry.bytes_sent,
-        });
+            ctx.started.elapsed().as_secs_f64() * 1000.0,
+            session.body_bytes_read() as u64,
+            session.body_bytes_sent() as u64,
+        );
     }
 }
