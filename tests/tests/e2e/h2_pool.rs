@@ -217,3 +217,25 @@ async fn a_loop_of_grpc_calls_has_no_failure() {
     );
     assert_eq!(mesh.node(1).stats.tunnels.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_frees_its_stream_on_the_shared_connection() {
+    let yaml = echo_yaml()
+        + "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: echo\nspec:\n  hosts: [echo]\n  http:\n  - timeout: 300ms\n    route: [{destination: {host: echo}}]\n";
+    let mesh = Mesh::start(&yaml).await;
+    let mut send = h2c(&mesh).await;
+    let started = Instant::now();
+    // The app would answer after 20 s; the route gives up after 300 ms.
+    let err = call(&mut send, 20_000).await.unwrap_err();
+    assert!(err.starts_with("HTTP 504"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // pingora's reset reaches the upstream stream: the connection carries no stream any more.
+    eventually(
+        "the timed-out stream released",
+        Duration::from_secs(5),
+        || mesh.bench.app.pool.mux.open_counts() == (1, 0),
+    )
+    .await;
+    call(&mut send, 0).await.expect("the next call is served");
+    assert_eq!(mesh.node(1).stats.tunnels.load(Ordering::Relaxed), 1);
+}

@@ -155,7 +155,13 @@ async fn forward(
         }
     };
     let answer = async {
-        let response = match response.await {
+        let response = tokio::select! {
+            response = response => response,
+            // pingora gave up waiting (a timeout, a client gone): the upstream stream is dropped,
+            // which resets it.
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+        };
+        let response = match response {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "upstream h2c stream failed before its response");
@@ -178,9 +184,16 @@ async fn forward(
     drop(slot);
 }
 
-/// DATA and trailers from `from` to `to`, as `to`'s window allows.
+/// DATA and trailers from `from` to `to`, as `to`'s window allows. Ends early when `to` is
+/// reset (pingora gave up on its stream: a timeout, a client gone), so that `from` is dropped
+/// and its side reset too, instead of waiting on a silent peer.
 async fn pump(mut from: RecvStream, to: &mut SendStream<Bytes>) -> Result<(), h2::Error> {
-    while let Some(chunk) = from.data().await {
+    loop {
+        let next = tokio::select! {
+            next = from.data() => next,
+            reset = poll_fn(|cx| to.poll_reset(cx)) => return Err(reset_error(reset)),
+        };
+        let Some(chunk) = next else { break };
         let mut chunk = chunk?;
         let len = chunk.len();
         while !chunk.is_empty() {
@@ -189,17 +202,25 @@ async fn pump(mut from: RecvStream, to: &mut SendStream<Bytes>) -> Result<(), h2
                 Some(room) => room?,
                 None => return Err(h2::Error::from(h2::Reason::STREAM_CLOSED)),
             };
-            if room == 0 {
-                continue;
+            if room > 0 {
+                to.send_data(chunk.split_to(room.min(chunk.len())), false)?;
             }
-            to.send_data(chunk.split_to(room.min(chunk.len())), false)?;
         }
         from.flow_control().release_capacity(len)?;
     }
-    match from.trailers().await? {
+    let trailers = tokio::select! {
+        trailers = from.trailers() => trailers?,
+        reset = poll_fn(|cx| to.poll_reset(cx)) => return Err(reset_error(reset)),
+    };
+    match trailers {
         Some(trailers) => to.send_trailers(trailers),
         None => to.send_data(Bytes::new(), true),
     }
+}
+
+/// The peer reset its stream (with this reason), or its connection failed.
+fn reset_error(reset: Result<h2::Reason, h2::Error>) -> h2::Error {
+    reset.map_or_else(|e| e, h2::Error::from)
 }
 
 /// A copy of a request head (`http::Request` is not `Clone`), to send it again elsewhere.
