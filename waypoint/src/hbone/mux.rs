@@ -34,6 +34,8 @@ pub const MAX_STREAMS: usize = 100;
 /// Receive windows of the h2c connection to the app: those of the HBONE tunnel it rides on.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Writes of the h2c connection gathered into one HBONE DATA frame, at most.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 type Key = (SocketAddr, PeerCheck);
 
@@ -227,7 +229,11 @@ impl MuxPool {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_header_list_size(64 * 1024)
             .enable_push(false)
-            .handshake::<_, Bytes>(stream);
+            // h2 writes a frame's 9-byte header and its payload separately on a non-vectored
+            // stream: unbuffered, each would be its own DATA frame on the HBONE connection, and a
+            // node's h2 server closes a connection flooded with tiny frames (ENHANCE_YOUR_CALM,
+            // "too_many_data_frames"). Buffered, each flush is one frame.
+            .handshake::<_, Bytes>(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream));
         let node = tunnels.node_for(target);
         let (send, conn) = tokio::time::timeout(timeout, handshake)
             .await
