@@ -217,8 +217,10 @@ impl MuxPool {
         lease: &Arc<Lease>,
         policy: &TunnelPolicy,
     ) -> Result<MuxConn, ConnectError> {
+        // A fresh tunnel: an idle one from the HTTP/1 pool leads to an app connection that has
+        // already spoken HTTP/1.
         let tunnel = tunnels
-            .checkout(target, identity, lease.clone(), policy)
+            .checkout_new(target, identity, lease.clone(), policy)
             .await?;
         let (stream, hold) = tunnel.into_inner();
         let peer = lease.peer();

@@ -374,6 +374,33 @@ impl TunnelPool {
         lease: Arc<Lease>,
         policy: &TunnelPolicy,
     ) -> std::result::Result<PooledTunnel, ConnectError> {
+        self.checkout_as(target, identity, lease, policy, true)
+            .await
+    }
+
+    /// Always a new CONNECT stream within `policy`'s limits, never an idle tunnel: for a caller
+    /// that starts its own protocol on the app connection (the h2c pool). An idle tunnel's app
+    /// connection has already spoken HTTP/1, and an h2c preface written on it makes the app
+    /// close it.
+    pub async fn checkout_new(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        identity: &PeerCheck,
+        lease: Arc<Lease>,
+        policy: &TunnelPolicy,
+    ) -> std::result::Result<PooledTunnel, ConnectError> {
+        self.checkout_as(target, identity, lease, policy, false)
+            .await
+    }
+
+    async fn checkout_as(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        identity: &PeerCheck,
+        lease: Arc<Lease>,
+        policy: &TunnelPolicy,
+        reuse: bool,
+    ) -> std::result::Result<PooledTunnel, ConnectError> {
         self.maintain();
         let key = (target, identity.clone());
         let wait_until = Instant::now() + policy.connect_timeout.unwrap_or(DEFAULT_PENDING_WAIT);
@@ -383,7 +410,7 @@ impl TunnelPool {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(mut t) = self.take_idle(&key) {
+            if let Some(mut t) = reuse.then(|| self.take_idle(&key)).flatten() {
                 self.stats.tunnels_reused.fetch_add(1, Ordering::Relaxed);
                 t.terms.served += 1;
                 return Ok(self.lend(key, t.stream, t.slot, t.terms, &lease));
