@@ -176,8 +176,9 @@ pub struct RunArgs {
     #[arg(long, env = "WAYPOINT_UPSTREAM_MAX_CONNECTIONS", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub upstream_max_connections: u16,
-    /// Close an upstream HBONE connection without tunnels, and an idle pooled tunnel, after
-    /// this long (milliseconds; a DestinationRule `http.idleTimeout` overrides it for tunnels).
+    /// Close an upstream HBONE connection without tunnels, an idle pooled tunnel and an h2c
+    /// upstream connection without streams, after this long (milliseconds; a DestinationRule
+    /// `http.idleTimeout` overrides it for tunnels and h2c connections).
     #[arg(long, env = "WAYPOINT_UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_idle_timeout_ms: u64,

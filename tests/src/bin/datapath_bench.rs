@@ -918,9 +918,19 @@ async fn main() -> anyhow::Result<()> {
 
     let max = Duration::from_secs(args.run.max_seconds);
     let grpc_out = if args.grpc_requests > 0 {
+        let (cpu0, t0) = (mesh.cpu()?, Instant::now());
         let (ok, tunnels, failures) =
             grpc(&mesh, args.grpc_requests, args.grpc_streams, max).await?;
+        let (cpu1, secs) = (mesh.cpu()?, t0.elapsed().as_secs_f64());
         eprintln!("  done: gRPC {ok} ok, {tunnels} tunnels at the terminator");
+        // CPU ms per 1000 calls of the waypoint (index 1) and the terminator (3), and calls/s.
+        let per_1k = |i: usize| (cpu1[i] - cpu0[i]) * 1e6 / ok.max(1) as f64;
+        println!(
+            "gRPC phase: {:.0} calls/s; CPU ms per 1000 calls: waypoint {:.1}, terminator {:.1}",
+            ok as f64 / secs,
+            per_1k(1),
+            per_1k(3)
+        );
         Some((ok, tunnels, failures))
     } else {
         None

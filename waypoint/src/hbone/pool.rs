@@ -35,13 +35,8 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
-use pingora_core::connectors::L4Connect;
-use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora_core::protocols::l4::stream::Stream;
-use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
-use pingora_error::{Error, ErrorType, Result};
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use routing::{PoolGuard, PoolHandle, PoolResource};
@@ -174,6 +169,8 @@ pub struct TunnelPool {
     /// data path's runtime).
     maintained: AtomicBool,
     pub stats: PoolStats,
+    /// h2c upstreams: connections multiplexed on tunnels of this pool.
+    pub mux: super::mux::MuxPool,
 }
 
 /// Shared between one request's context and the tunnel it was served on.
@@ -189,6 +186,11 @@ impl Lease {
     /// `destination_principal`.
     pub fn peer(&self) -> Option<SpiffeId> {
         self.peer.lock().clone()
+    }
+
+    /// The identity of the connection a request's stream was put on.
+    pub fn set_peer(&self, peer: Option<SpiffeId>) {
+        *self.peer.lock() = peer;
     }
 
     /// The HTTP/1.1 exchange on this tunnel completed and pingora kept the session for reuse:
@@ -253,6 +255,7 @@ impl TunnelPool {
             freed: Arc::new(Notify::new()),
             maintained: AtomicBool::new(false),
             stats: PoolStats::default(),
+            mux: super::mux::MuxPool::default(),
         })
     }
 
@@ -266,11 +269,12 @@ impl TunnelPool {
             }
             idle.retain(|_, list| !list.is_empty());
         }
+        self.mux.sweep(self.client.generation());
         self.client.sweep();
     }
 
     /// Start the periodic [`TunnelPool::sweep`] (once; it ends with the pool).
-    fn maintain(self: &Arc<Self>) {
+    pub(super) fn maintain(self: &Arc<Self>) {
         if self.maintained.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -293,6 +297,7 @@ impl TunnelPool {
     pub fn rotate(&self, tls: Arc<crate::identity::ClientConfigs>) {
         self.client.rotate(tls);
         self.idle.lock().clear();
+        self.mux.clear();
     }
 
     pub fn client(&self) -> &HboneClient {
@@ -369,6 +374,33 @@ impl TunnelPool {
         lease: Arc<Lease>,
         policy: &TunnelPolicy,
     ) -> std::result::Result<PooledTunnel, ConnectError> {
+        self.checkout_as(target, identity, lease, policy, true)
+            .await
+    }
+
+    /// Always a new CONNECT stream within `policy`'s limits, never an idle tunnel: for a caller
+    /// that starts its own protocol on the app connection (the h2c pool). An idle tunnel's app
+    /// connection has already spoken HTTP/1, and an h2c preface written on it makes the app
+    /// close it.
+    pub async fn checkout_new(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        identity: &PeerCheck,
+        lease: Arc<Lease>,
+        policy: &TunnelPolicy,
+    ) -> std::result::Result<PooledTunnel, ConnectError> {
+        self.checkout_as(target, identity, lease, policy, false)
+            .await
+    }
+
+    async fn checkout_as(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        identity: &PeerCheck,
+        lease: Arc<Lease>,
+        policy: &TunnelPolicy,
+        reuse: bool,
+    ) -> std::result::Result<PooledTunnel, ConnectError> {
         self.maintain();
         let key = (target, identity.clone());
         let wait_until = Instant::now() + policy.connect_timeout.unwrap_or(DEFAULT_PENDING_WAIT);
@@ -378,7 +410,7 @@ impl TunnelPool {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(mut t) = self.take_idle(&key) {
+            if let Some(mut t) = reuse.then(|| self.take_idle(&key)).flatten() {
                 self.stats.tunnels_reused.fetch_add(1, Ordering::Relaxed);
                 t.terms.served += 1;
                 return Ok(self.lend(key, t.stream, t.slot, t.terms, &lease));
@@ -572,58 +604,5 @@ impl AsyncWrite for PooledTunnel {
 impl VirtualSocket for PooledTunnel {
     fn set_socket_option(&self, _opt: VirtualSockOpt) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// The `custom_l4` connector of one upstream attempt: dials over HBONE instead of TCP.
-#[derive(Clone)]
-pub struct TunnelConnector {
-    pub pool: Arc<TunnelPool>,
-    pub identity: PeerCheck,
-    pub lease: Arc<Lease>,
-    pub policy: TunnelPolicy,
-    /// Why the last connect failed, for the access log and the status mapping.
-    pub failure: Arc<Mutex<Option<String>>>,
-}
-
-impl std::fmt::Debug for TunnelConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelConnector")
-            .field("identity", &self.identity.to_string())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl L4Connect for TunnelConnector {
-    async fn connect(&self, addr: &PingoraAddr) -> Result<Stream> {
-        let target = match addr {
-            PingoraAddr::Inet(a) => *a,
-            other => {
-                return Error::e_explain(
-                    ErrorType::ConnectError,
-                    format!("HBONE needs an IP endpoint, got {other}"),
-                )
-            }
-        };
-        match self
-            .pool
-            .checkout(target, &self.identity, self.lease.clone(), &self.policy)
-            .await
-        {
-            Ok(tunnel) => Ok(Stream::from(VirtualSocketStream::new(Box::new(tunnel)))),
-            Err(e) => {
-                *self.failure.lock() = Some(e.short_reason().to_string());
-                let etype = match e {
-                    // A circuit breaker, not a failed connect: 503 UO, never retried.
-                    ConnectError::Overflow { .. } => ErrorType::HTTPStatus(503),
-                    ConnectError::Timeout { .. } => ErrorType::ConnectTimedout,
-                    ConnectError::Tcp { .. } => ErrorType::ConnectRefused,
-                    ConnectError::Tls { .. } => ErrorType::TLSHandshakeFailure,
-                    _ => ErrorType::ConnectError,
-                };
-                Error::e_explain(etype, e.to_string())
-            }
-        }
     }
 }

@@ -649,6 +649,7 @@ impl ProxyHttp for Waypoint {
             lease,
             policy,
             failure: ctx.failure.clone(),
+            h2: ctx.upstream_h2,
         }));
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
