@@ -258,7 +258,7 @@ impl Inbound {
             let attempt = match endpoint.transport {
                 routing::Transport::Hbone => self
                     .pool
-                    .checkout(target, &identity, Arc::new(Lease::default()), &policy)
+                    .checkout_new(target, &identity, Arc::new(Lease::default()), &policy)
                     .await
                     .map(Upstream::Tunnel),
                 transport => self

@@ -301,3 +301,45 @@ async fn grpc_calls_do_not_take_idle_http1_tunnels_to_the_same_app() {
     let mux = &mesh.bench.app.pool.mux.stats;
     assert_eq!(mux.connections_opened.load(Ordering::Relaxed), 1);
 }
+
+/// A TCP tunnel to a port whose app also serves HTTP/1 behind another service gets a CONNECT of
+/// its own: splicing its bytes onto an idle pooled tunnel would continue an app connection that
+/// another client's HTTP/1 requests used (found with the h2c case above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_tunnels_do_not_take_idle_http1_tunnels_to_the_same_app() {
+    let web = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: echo-web\nspec:\n  hosts: [echo-web.default.svc.cluster.local]\n  addresses: [10.0.0.42]\n  ports:\n  - number: 9080\n    name: http\n    targetPort: 9090\n  workloadSelector:\n    labels:\n      app: echo\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: echo-tcp\nspec:\n  hosts: [echo-tcp.default.svc.cluster.local]\n  addresses: [10.0.0.43]\n  ports:\n  - number: 9100\n    name: tcp\n    protocol: TCP\n    targetPort: 9090\n  workloadSelector:\n    labels:\n      app: echo\n---\n";
+    let mesh = Mesh::start(&(echo_yaml() + web)).await;
+    let client = mesh.client();
+    let mut send = client
+        .http1("10.0.0.42:9080".parse().unwrap())
+        .await
+        .expect("a tunnel to echo-web");
+    let (parts, _) = waypoint::sim::get(&mut send, "echo-web", "/", &[])
+        .await
+        .expect("an HTTP/1 answer");
+    assert_eq!(parts.status, 200);
+    let pool = &mesh.bench.app.pool;
+    eventually(
+        "the HTTP/1 tunnel pooled idle",
+        Duration::from_secs(5),
+        || pool.idle_count() >= 1,
+    )
+    .await;
+    let idle = pool.idle_count();
+
+    // HTTP/1 spoken over the TCP service: spliced as bytes, so an answer proves the splice
+    // reached the app.
+    let mut tcp = client
+        .http1("10.0.0.43:9100".parse().unwrap())
+        .await
+        .expect("a tunnel to echo-tcp");
+    let (parts, _) = waypoint::sim::get(&mut tcp, "echo-tcp", "/", &[])
+        .await
+        .expect("an answer through the TCP splice");
+    assert_eq!(parts.status, 200);
+    assert_eq!(
+        pool.idle_count(),
+        idle,
+        "the TCP splice took the idle HTTP/1 tunnel instead of a CONNECT of its own"
+    );
+}

@@ -379,9 +379,10 @@ impl TunnelPool {
     }
 
     /// Always a new CONNECT stream within `policy`'s limits, never an idle tunnel: for a caller
-    /// that starts its own protocol on the app connection (the h2c pool). An idle tunnel's app
-    /// connection has already spoken HTTP/1, and an h2c preface written on it makes the app
-    /// close it.
+    /// that starts its own protocol on the app connection (the h2c pool, ext_authz's gRPC
+    /// client, the TCP splice). An idle tunnel's app connection has already spoken HTTP/1: an
+    /// h2c preface written on it makes the app close it, and a TCP client's bytes would continue
+    /// another client's connection.
     pub async fn checkout_new(
         self: &Arc<Self>,
         target: SocketAddr,

@@ -138,8 +138,10 @@ impl Route {
                 identity,
                 pool,
             } => {
+                // A CONNECT of its own: gRPC's preface on an idle tunnel whose app connection
+                // served HTTP/1 makes the provider close it.
                 let tunnel = pool
-                    .checkout(
+                    .checkout_new(
                         *target,
                         identity,
                         Arc::new(Lease::default()),
