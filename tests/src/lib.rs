@@ -192,6 +192,19 @@ impl Mesh {
     }
 }
 
+/// Wait, bounded, until `cond` holds: for states with no event to wait on (a connection's end,
+/// a pool's idle count). Fails the test naming `what` when `within` passes first.
+pub async fn eventually(what: &str, within: std::time::Duration, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A raw h2 connection to the waypoint with a client config of the test's choosing.
 pub async fn raw_h2(
     waypoint: SocketAddr,

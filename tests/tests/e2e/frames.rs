@@ -4,22 +4,14 @@
 //! stopped must not take the other tunnels on that connection down (issue 13).
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use waypoint::hbone::UpstreamLimits;
-use waypoint_tests::{client_tls, raw_h2_with, reviews_request, reviews_yaml, Mesh};
+use waypoint_tests::{client_tls, eventually, raw_h2_with, reviews_request, reviews_yaml, Mesh};
 
 const TO_V1: &str = "  - route: [{destination: {host: reviews, subset: v1}}]\n";
-
-async fn eventually(what: &str, within: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// An HBONE client connection to the mesh's waypoint as productpage, with `window` as its
 /// streams' initial receive window; its connection task's handle tells whether it ended.

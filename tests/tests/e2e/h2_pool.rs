@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use waypoint::hbone::UpstreamLimits;
-use waypoint_tests::{service_yaml, workload_yaml, Mesh};
+use waypoint_tests::{eventually, service_yaml, workload_yaml, Mesh};
 
 const VIP: &str = "10.0.0.41:9090";
 
@@ -39,6 +39,33 @@ async fn h2c(mesh: &Mesh) -> SendRequest<Full<Bytes>> {
             .unwrap();
     tokio::spawn(conn);
     send
+}
+
+/// `total` calls on `send` from `concurrent` tasks, at most 60 s; the failures' descriptions
+/// ("out of time" for a task that ran out).
+async fn calls(send: &SendRequest<Full<Bytes>>, total: usize, concurrent: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let workers = (0..concurrent).map(|_| {
+        let mut send = send.clone();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..total / concurrent {
+                if Instant::now() > deadline {
+                    failures.push("out of time".to_string());
+                    break;
+                }
+                if let Err(e) = call(&mut send, 0).await {
+                    failures.push(e);
+                }
+            }
+            failures
+        })
+    });
+    let mut failures = Vec::new();
+    for w in futures::future::join_all(workers).await {
+        failures.extend(w.unwrap());
+    }
+    failures
 }
 
 /// One unary gRPC call; the app holds it `delay_ms`. Ok when it answers 200 with grpc-status 0.
@@ -70,15 +97,6 @@ async fn call(send: &mut SendRequest<Full<Bytes>>, delay_ms: u64) -> Result<(), 
     match (status.as_u16(), grpc.as_deref()) {
         (200, Some("0")) if &collected.to_bytes()[5..] == b"echo-v1:hello" => Ok(()),
         (code, grpc) => Err(format!("HTTP {code}, grpc-status {grpc:?}")),
-    }
-}
-
-/// Wait (bounded) until `cond` holds; there is no event to wait on for a connection's end.
-async fn eventually(what: &str, within: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -170,27 +188,7 @@ async fn a_loop_of_grpc_calls_has_no_failure() {
     const CONCURRENT: usize = 100;
     let mesh = mesh(Duration::from_secs(60)).await;
     let send = h2c(&mesh).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let workers = (0..CONCURRENT).map(|_| {
-        let mut send = send.clone();
-        tokio::spawn(async move {
-            let mut failures = Vec::new();
-            for _ in 0..CALLS / CONCURRENT {
-                if Instant::now() > deadline {
-                    failures.push("out of time".to_string());
-                    break;
-                }
-                if let Err(e) = call(&mut send, 0).await {
-                    failures.push(e);
-                }
-            }
-            failures
-        })
-    });
-    let mut failures = Vec::new();
-    for w in futures::future::join_all(workers).await {
-        failures.extend(w.unwrap());
-    }
+    let failures = calls(&send, CALLS, CONCURRENT).await;
     if !failures.is_empty() {
         // What the access log says about them (response code, flags, details).
         let mut kinds = std::collections::BTreeMap::<String, u32>::new();
@@ -273,22 +271,7 @@ async fn grpc_calls_do_not_take_idle_http1_tunnels_to_the_same_app() {
     let idle = pool.idle_count();
 
     let send = h2c(&mesh).await;
-    let workers = (0..CONCURRENT).map(|_| {
-        let mut send = send.clone();
-        tokio::spawn(async move {
-            let mut failures = Vec::new();
-            for _ in 0..CALLS / CONCURRENT {
-                if let Err(e) = call(&mut send, 0).await {
-                    failures.push(e);
-                }
-            }
-            failures
-        })
-    });
-    let mut failures = Vec::new();
-    for w in futures::future::join_all(workers).await {
-        failures.extend(w.unwrap());
-    }
+    let failures = calls(&send, CALLS, CONCURRENT).await;
     assert!(
         failures.is_empty(),
         "{} of {CALLS} calls failed: {:?}",

@@ -4,10 +4,10 @@
 //! is found by the keep-alive PING and its connection closed.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use waypoint::hbone::UpstreamLimits;
-use waypoint_tests::{reviews_request, reviews_yaml, Mesh};
+use waypoint_tests::{eventually, reviews_request, reviews_yaml, Mesh};
 
 const TO_V1: &str = "  - route: [{destination: {host: reviews, subset: v1}}]\n";
 
@@ -18,15 +18,6 @@ fn limits() -> UpstreamLimits {
         idle_timeout: Duration::from_millis(400),
         keepalive_interval: Duration::from_millis(100),
         keepalive_timeout: Duration::from_millis(300),
-    }
-}
-
-/// Wait (bounded) until `cond` holds; there is no event to wait on for a connection's end.
-async fn eventually(what: &str, within: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
