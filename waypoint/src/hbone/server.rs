@@ -314,6 +314,17 @@ impl HboneServer {
                     break;
                 }
                 next = conn.accept() => match next {
+                    // The drain has started, maybe before this task sent its GOAWAY (or the
+                    // peer read it): a new stream is refused, never served. REFUSED_STREAM tells
+                    // the peer it was not processed, so it may retry elsewhere.
+                    Some(Ok((_, mut respond))) if *shutdown.borrow() => {
+                        if !draining {
+                            conn.graceful_shutdown();
+                            draining = true;
+                        }
+                        self.stats.rejected_streams.fetch_add(1, Ordering::Relaxed);
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    }
                     Some(Ok((req, respond))) => {
                         let server = self.clone();
                         let info = info.clone();
