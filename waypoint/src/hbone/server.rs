@@ -81,13 +81,15 @@ struct ResetTracker {
 }
 
 impl ResetTracker {
-    /// Record a tunnel's end; true when the connection should now be closed.
+    /// Record a tunnel's end; true when the connection should now be closed. Streams count when
+    /// they end, as Envoy counts closed requests: a stream accepted but not yet ended neither
+    /// counts toward the minimum nor dilutes the share.
     fn ended(&self, reset_by_client: bool, lifetime: Duration) -> bool {
+        let streams = self.streams.fetch_add(1, Ordering::AcqRel) + 1;
         if !(reset_by_client && lifetime < PREMATURE_RESET_LIFETIME) {
             return false;
         }
         let premature = self.premature.fetch_add(1, Ordering::AcqRel) + 1;
-        let streams = self.streams.load(Ordering::Acquire);
         streams >= PREMATURE_RESET_MIN_STREAMS && premature * 2 > streams
     }
 }
@@ -479,7 +481,6 @@ impl HboneServer {
         let end = Arc::new(super::stream::TunnelEnd::default());
         tunnel.track_end(end.clone());
         let accepted = std::time::Instant::now();
-        conn.resets.streams.fetch_add(1, Ordering::AcqRel);
         self.inbound
             .serve_tunnel(tunnel, Arc::new(info), protocol, shutdown)
             .await;
