@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn lb(p: LbPolicy) -> Option<LoadBalancer> {

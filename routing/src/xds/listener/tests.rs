@@ -1,4 +1,3 @@
-
 use super::chain_name;
 
 #[test]

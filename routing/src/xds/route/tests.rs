@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::actions::RetryFailure;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryHostPredicate, RetryPriority};

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::yaml::fields::parse_duration;
 use crate::yaml::tests::files;
