@@ -1,3 +1,4 @@
+use super::forward::{PREVIOUS_HOSTS, PREVIOUS_PRIORITIES};
 use super::*;
 use crate::actions::RetryFailure;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryHostPredicate, RetryPriority};

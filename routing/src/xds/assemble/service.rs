@@ -1,0 +1,340 @@
+//! One model service from its clusters: TCP destinations, the workloads a waypoint serves, per-port traffic policy.
+
+use super::*;
+
+pub(super) fn tcp_destination(
+    cluster: &str,
+    weight: u32,
+    known: &BTreeSet<String>,
+    at: At<'_>,
+    diag: &mut Diag,
+) -> RouteDestination {
+    if !known.contains(cluster) {
+        at.warn(
+            diag,
+            format!("tcp_proxy cluster {cluster} is not (yet) known"),
+        );
+    }
+    let (host, subset, port) = match ClusterName::parse(cluster) {
+        Some(c) => (c.host, c.subset, Some(c.port)),
+        None => (cluster.to_string(), None, None),
+    };
+    RouteDestination {
+        host,
+        subset,
+        port,
+        weight,
+        headers: Default::default(),
+    }
+}
+
+/// Kubernetes namespace of `name.ns.svc…`, else `default`.
+fn namespace_of_host(host: &str) -> String {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() >= 3 && parts[2] == "svc" {
+        parts[1].to_string()
+    } else {
+        "default".to_string()
+    }
+}
+
+/// The waypoint's namespace as `connect_originate` names it (its `spiffe://<td>/ns/<ns>/sa/`
+/// matcher), for pods whose own is not known.
+pub(super) fn waypoint_namespace(sans: &[SanMatcher]) -> Option<String> {
+    sans.iter().find_map(|m| match &m.matcher {
+        StringMatch::Prefix(p) => {
+            let ns = p.split_once("/ns/")?.1.strip_suffix("/sa/")?;
+            (!ns.is_empty() && !ns.contains('/')).then(|| ns.to_string())
+        }
+        _ => None,
+    })
+}
+
+/// The service account of an identity that admits any service account of its namespace (the
+/// waypoint's HBONE client honours it).
+pub const ANY_SERVICE_ACCOUNT: &str = "*";
+
+/// Pods bound to the waypoint (the `direct-*` range): served on every port, with the protocol
+/// the application-protocol matcher allows (a chain it names that the listener lacks cannot
+/// serve). The endpoint is the pod's service endpoint when it has one, else a pod of its own
+/// with the identity the caller knows or the one `connect_originate` verifies.
+pub(super) fn bound_workloads(
+    main: &listener::MainListener,
+    known: &BTreeMap<IpAddr, Arc<Endpoint>>,
+    waypoint_namespace: Option<&str>,
+    opts: &TranslateOptions,
+    diag: &mut Diag,
+    builder: &mut SnapshotBuilder,
+) {
+    for (ip, pc) in &main.pods {
+        let present = |c: &Option<String>| c.as_ref().is_some_and(|c| main.authz.contains_key(c));
+        let protocol = match (present(&pc.http), present(&pc.tcp)) {
+            (true, true) => Protocol::Unknown,
+            (true, false) => Protocol::Http,
+            (false, true) => Protocol::Tcp,
+            (false, false) => {
+                diag.warn(
+                    LISTENER_TYPE,
+                    listener::MAIN_INTERNAL,
+                    format!("pod {ip}: no direct chain to serve it; ignored"),
+                );
+                continue;
+            }
+        };
+        let endpoint = match known.get(ip) {
+            Some(ep) => ep.clone(),
+            None => {
+                // Unknown until the HBONE handshake shows it, like service endpoints; the peer is
+                // verified against `connect_originate`'s SAN matchers.
+                let namespace = waypoint_namespace.unwrap_or("default").to_string();
+                let identity = opts.identities.get(ip).cloned().unwrap_or_default();
+                let (ns, sa) = match identity
+                    .split_once("/ns/")
+                    .and_then(|(_, r)| r.split_once("/sa/"))
+                {
+                    Some((ns, sa)) if sa != ANY_SERVICE_ACCOUNT => (ns.to_string(), sa.to_string()),
+                    Some((ns, _)) => (ns.to_string(), "unknown".to_string()),
+                    None => (namespace, "unknown".to_string()),
+                };
+                Arc::new(Endpoint {
+                    address: *ip,
+                    labels: BTreeMap::new(),
+                    service_account: sa,
+                    namespace: ns,
+                    identity,
+                    name: ip.to_string(),
+                    // A workload that uses the waypoint is in the ambient mesh.
+                    transport: Transport::Hbone,
+                })
+            }
+        };
+        builder.workload(endpoint, protocol);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build_service(
+    host: &str,
+    acc: ServiceAcc,
+    mine: &[(&String, &ServiceCluster)],
+    pods: &BTreeMap<String, Vec<PodEndpoint>>,
+    opts: &TranslateOptions,
+    diag: &mut Diag,
+    builder: &mut SnapshotBuilder,
+) -> Vec<Arc<Endpoint>> {
+    let namespace = acc
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace_of_host(host));
+    // Ports.
+    let mut ports = Vec::new();
+    for (number, p) in &acc.ports {
+        let kinds: BTreeSet<bool> = p
+            .chains
+            .iter()
+            .filter_map(|c| ClusterName::parse(c))
+            .chain(
+                mine.iter()
+                    .filter(|(_, sc)| sc.name.port == *number && sc.name.subset.is_none())
+                    .map(|(_, sc)| sc.name.clone()),
+            )
+            .map(|c| c.is_tcp())
+            .collect();
+        let protocol = match (kinds.contains(&false), kinds.contains(&true)) {
+            (true, true) => Protocol::Unknown,
+            (false, true) => Protocol::Tcp,
+            _ if p.http2
+                || mine
+                    .iter()
+                    .any(|(_, sc)| sc.name.port == *number && sc.http2) =>
+            {
+                Protocol::Http2
+            }
+            _ => Protocol::Http,
+        };
+        if !mine
+            .iter()
+            .any(|(_, sc)| sc.name.port == *number && sc.name.subset.is_none())
+        {
+            let chains: Vec<&String> = p.chains.iter().collect();
+            diag.warn(
+                LISTENER_TYPE,
+                listener::MAIN_INTERNAL,
+                format!("{host}:{number} (chains {chains:?}): its cluster is not in this config (never sent by CDS, or refused); requests to this port get 503 until it is"),
+            );
+        }
+        // Target port: the pods' port in this port's own (no subset) cluster.
+        let mut targets = BTreeSet::new();
+        for (name, sc) in mine {
+            if sc.name.port == *number {
+                targets.extend(pods.get(*name).into_iter().flatten().map(|p| p.addr.port()));
+            }
+        }
+        if targets.len() > 1 {
+            diag.warn(
+                CLUSTER_TYPE,
+                &format!("inbound-vip|{number}|…|{host}"),
+                format!("pods use different target ports {targets:?}; the first is used"),
+            );
+        }
+        let target_port = targets.first().copied().unwrap_or(*number);
+        let name = match protocol {
+            Protocol::Tcp => format!("tcp-{number}"),
+            Protocol::Http2 => format!("http2-{number}"),
+            Protocol::Unknown => format!("port-{number}"),
+            _ => format!("http-{number}"),
+        };
+        ports.push(ServicePort {
+            number: *number,
+            name,
+            protocol,
+            target_port,
+            path: p.path,
+            default_retries: p.default_retries.clone(),
+        });
+    }
+    // Endpoints: union over the service's clusters; subset membership as labels.
+    struct Acc {
+        labels: BTreeMap<String, String>,
+        namespace: Option<String>,
+        workload: Option<String>,
+        tunnel: bool,
+        istio_mtls: bool,
+    }
+    let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
+    for (name, sc) in mine {
+        for p in pods.get(*name).into_iter().flatten() {
+            let e = eps.entry(p.addr.ip()).or_insert_with(|| Acc {
+                labels: BTreeMap::new(),
+                namespace: None,
+                workload: None,
+                tunnel: p.tunnel,
+                istio_mtls: p.istio_mtls,
+            });
+            e.labels.extend(p.labels.clone());
+            if e.namespace.is_none() {
+                e.namespace.clone_from(&p.namespace);
+            }
+            if e.workload.is_none() {
+                e.workload.clone_from(&p.workload);
+            }
+            if let Some(s) = &sc.name.subset {
+                e.labels
+                    .insert(format!("{SUBSET_LABEL_PREFIX}{s}"), "true".to_string());
+            }
+        }
+    }
+    let endpoints: Vec<Arc<Endpoint>> = eps
+        .into_iter()
+        .map(|(ip, a)| {
+            let ns = a.namespace.unwrap_or_else(|| namespace.clone());
+            // The pod's identity when the caller knows it (workload discovery); else unknown
+            // until the HBONE handshake shows it. Either way the peer is verified against
+            // `connect_originate`'s SAN matchers (the snapshot's `hbone_peer_sans`).
+            let identity = opts.identities.get(&ip).cloned().unwrap_or_default();
+            let sa = match identity.rsplit_once("/sa/") {
+                Some((_, sa)) if sa != ANY_SERVICE_ACCOUNT => sa.to_string(),
+                _ => "unknown".to_string(),
+            };
+            Arc::new(Endpoint {
+                address: ip,
+                labels: a.labels,
+                service_account: sa,
+                namespace: ns,
+                identity,
+                name: a.workload.unwrap_or_else(|| ip.to_string()),
+                transport: if a.tunnel {
+                    Transport::Hbone
+                } else if a.istio_mtls {
+                    Transport::IstioMutual
+                } else {
+                    Transport::Direct
+                },
+            })
+        })
+        .collect();
+    // DestinationRule from the clusters' effective policies.
+    let mut top = TrafficPolicy::default();
+    let mut subsets: BTreeMap<String, TrafficPolicy> = BTreeMap::new();
+    for (name, sc) in mine {
+        let placed = endpoint::with_placement(
+            &sc.policy,
+            sc.locality_weighted,
+            pods.get(*name).map_or(&[], Vec::as_slice),
+        );
+        let p = &placed;
+        match &sc.name.subset {
+            None => {
+                if *p != ClusterPolicy::default()
+                    && !top
+                        .port_level_settings
+                        .iter()
+                        .any(|x| x.port == sc.name.port)
+                {
+                    top.port_level_settings.push(port_policy(sc.name.port, p));
+                }
+            }
+            Some(s) => {
+                let tp = subsets.entry(s.clone()).or_default();
+                if !tp
+                    .port_level_settings
+                    .iter()
+                    .any(|x| x.port == sc.name.port)
+                {
+                    tp.port_level_settings.push(port_policy(sc.name.port, p));
+                }
+            }
+        }
+    }
+    if !top.port_level_settings.is_empty() || !subsets.is_empty() {
+        builder.destination_rule(DestinationRule {
+            namespace: namespace.clone(),
+            name: format!("xds-{host}"),
+            host: host.to_string(),
+            traffic_policy: (!top.port_level_settings.is_empty()).then_some(top),
+            subsets: subsets
+                .into_iter()
+                .map(|(name, tp)| Subset {
+                    labels: [(format!("{SUBSET_LABEL_PREFIX}{name}"), "true".to_string())]
+                        .into_iter()
+                        .collect(),
+                    name,
+                    traffic_policy: Some(tp),
+                })
+                .collect(),
+        });
+    }
+    if !acc.http.is_empty() || !acc.tcp.is_empty() {
+        let (vs_ns, vs_name) = acc
+            .virtual_service
+            .clone()
+            .unwrap_or_else(|| (namespace.clone(), format!("xds-{host}")));
+        builder.virtual_service(VirtualService {
+            namespace: vs_ns,
+            name: vs_name,
+            hosts: vec![host.to_string()],
+            http: acc.http,
+            tcp: acc.tcp,
+        });
+    }
+    builder.service(
+        Service {
+            hostname: host.to_string(),
+            namespace,
+            vips: acc.vips.into_iter().collect(),
+            ports,
+        },
+        endpoints.clone(),
+    );
+    endpoints
+}
+
+fn port_policy(port: u16, p: &ClusterPolicy) -> PortTrafficPolicy {
+    PortTrafficPolicy {
+        port,
+        load_balancer: p.load_balancer.clone(),
+        connection_pool: p.connection_pool.clone(),
+        outlier_detection: p.outlier_detection.clone(),
+        tls: p.tls.clone(),
+    }
+}
