@@ -1,0 +1,433 @@
+//! Part 2: push latency through the real binary: the waypoint process, the pods behind each pushed service, first 200 and ACK timing.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: push latency through the real binary
+// ---------------------------------------------------------------------------------------------
+
+/// The simulated pods behind every pushed service (subset v1 at @1, v2 at @2), and the client.
+pub(super) struct Destination {
+    pub(super) net: Net,
+    pub(super) ca: Ca,
+    pub(super) certs: PathBuf,
+    pub(super) _apps: Vec<sim::AppHandle>,
+    pub(super) _pods: Vec<sim::PodHandle>,
+}
+
+impl Destination {
+    pub(super) async fn start() -> anyhow::Result<Destination> {
+        let net = Net::new();
+        let ca = Ca::new("xds bench mesh")?;
+        let certs = std::env::temp_dir().join(format!("waypoint-xds-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&certs)?;
+        ca.issue(&spiffe("waypoint"))?.write_to(&certs)?;
+        let mut apps = Vec::new();
+        let mut pods = Vec::new();
+        for (host, name) in [(1, "pushed-v1"), (2, "pushed-v2")] {
+            let ip = net.ip(host);
+            apps.push(sim::start_app(SocketAddr::new(ip, PORT), name, sim::AppKind::Http).await?);
+            let cert = ca.issue(&spiffe("bench-pushed"))?;
+            pods.push(sim::start_pod(SocketAddr::new(ip, 15008), &cert.workload).await?);
+        }
+        Ok(Destination {
+            net,
+            ca,
+            certs,
+            _apps: apps,
+            _pods: pods,
+        })
+    }
+
+    pub(super) fn pods(&self) -> Vec<IpAddr> {
+        vec![self.net.ip(1), self.net.ip(2)]
+    }
+}
+
+/// A spawned `waypoint`, killed (by its own pid) when dropped.
+pub(super) struct WaypointProcess {
+    pub(super) child: Child,
+    pub(super) hbone: SocketAddr,
+    pub(super) admin: SocketAddr,
+    /// The last lines of its stderr, for error messages.
+    pub(super) tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Drop for WaypointProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Err(e) = self.child.kill() {
+                eprintln!("  note: could not kill waypoint {}: {e}", self.child.id());
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl WaypointProcess {
+    pub(super) fn tail(&self) -> String {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    pub(super) fn rss_mib(&self) -> Option<f64> {
+        status_kib_of(&self.child.id().to_string(), "VmRSS")
+            .ok()
+            .map(|k| k as f64 / 1024.0)
+    }
+}
+
+pub(super) fn waypoint_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    let path = match &args.waypoint {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this program's directory")?
+            .join("waypoint"),
+    };
+    if !path.is_file() {
+        bail!(
+            "the waypoint binary is not at {} — build it into the same target dir:\n  \
+             cargo build --release -p waypoint --bin waypoint\n\
+             (or pass --waypoint PATH, or --no-push to skip the push-latency part)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub(super) async fn spawn_waypoint(
+    exe: &Path,
+    server: &AdsServer,
+    dir: &Path,
+) -> anyhow::Result<WaypointProcess> {
+    let mut cmd = waypoint_tests::xds_run_command(exe, &server.address(), dir, "waypoint-bench-0");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {}", exe.display()))?;
+    let stderr = child.stderr.take().context("waypoint stderr")?;
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(found) = announced(&line) {
+                    let _ = tx.send(found);
+                }
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == 40 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+    }
+    let mut process = WaypointProcess {
+        child,
+        hbone: SocketAddr::from(([0, 0, 0, 0], 0)),
+        admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+        tail,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut hbone, mut admin) = (None, None);
+    while hbone.is_none() || admin.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((what, addr))) if what == "hbone" => hbone = Some(addr),
+            Ok(Some((what, addr))) if what == "admin" => admin = Some(addr),
+            Ok(Some(_)) => {}
+            _ => bail!(
+                "the waypoint did not announce its listeners:\n{}",
+                process.tail()
+            ),
+        }
+    }
+    process.hbone = hbone.unwrap_or(process.hbone);
+    process.admin = admin.unwrap_or(process.admin);
+    Ok(process)
+}
+
+/// `waypoint [<what>] listening on <addr>` (the HBONE one has no `<what>`).
+pub(super) fn announced(line: &str) -> Option<(String, SocketAddr)> {
+    let rest = line.trim().strip_prefix("waypoint ")?;
+    let (what, addr) = match rest.strip_prefix("listening on ") {
+        Some(addr) => ("hbone", addr),
+        None => rest.split_once(" listening on ")?,
+    };
+    Some((what.to_string(), addr.parse().ok()?))
+}
+
+pub(super) async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw);
+        text.split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// One GET through a fresh tunnel to `vip`; its status, or `None` if the tunnel or request
+/// failed.
+pub(super) async fn try_get(
+    client: &sim::ZtunnelClient,
+    vip: SocketAddr,
+    host: &str,
+) -> Option<u16> {
+    let attempt = async {
+        let mut send = client.http1(vip).await.ok()?;
+        let (parts, _) = sim::get(&mut send, host, "/", &[]).await.ok()?;
+        Some(parts.status.as_u16())
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Poll `vip` every [`POLL_EVERY`] until a 200; (time since `t0`, attempts).
+pub(super) async fn first_200(
+    client: &sim::ZtunnelClient,
+    vip: SocketAddr,
+    host: &str,
+    t0: Instant,
+) -> anyhow::Result<(Duration, u32)> {
+    let mut attempts = 0;
+    let mut last = None;
+    while t0.elapsed() < PUSH_DEADLINE {
+        attempts += 1;
+        last = try_get(client, vip, host).await;
+        if last == Some(200) {
+            return Ok((t0.elapsed(), attempts));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    bail!(
+        "no 200 from {host} ({vip}) within {PUSH_DEADLINE:?} ({attempts} attempts, last {last:?})"
+    )
+}
+
+pub(super) struct PushRow {
+    pub(super) n: usize,
+    pub(super) startup: Duration,
+    pub(super) rss_mib: Option<f64>,
+    /// New service: to the first 200, to the LDS ACK.
+    pub(super) first_200: Vec<Duration>,
+    pub(super) new_ack: Vec<Duration>,
+    pub(super) attempts: Vec<u32>,
+    /// Weight-only change of an existing route: to the LDS ACK.
+    pub(super) weight_ack: Vec<Duration>,
+}
+
+pub(super) async fn measure_push(
+    tpl: &Template,
+    n: usize,
+    args: &Args,
+    exe: &Path,
+    dst: &Destination,
+) -> anyhow::Result<PushRow> {
+    let pki = TestPki::new();
+    let server = Arc::new(
+        AdsServer::start(
+            "127.0.0.1:0".parse()?,
+            &pki,
+            AdsServerOptions::with_token(TOKEN),
+        )
+        .await?,
+    );
+    std::fs::write(dst.certs.join("istiod-root.pem"), pki.root_pem())?;
+    std::fs::write(dst.certs.join("token"), TOKEN)?;
+
+    let mut services = baseline(tpl, n, args.endpoints);
+    let world = tpl.resources(&services);
+    let mut lds = String::new();
+    for l in &world.listeners {
+        lds = server.set(type_url::LISTENER, &l.name, any(l));
+    }
+    for c in &world.clusters {
+        server.set(type_url::CLUSTER, &c.name, any(c));
+    }
+    for e in &world.endpoints {
+        server.set(type_url::CLUSTER_LOAD_ASSIGNMENT, &e.cluster_name, any(e));
+    }
+    drop(world);
+
+    let started = Instant::now();
+    let waypoint = spawn_waypoint(exe, &server, &dst.certs).await?;
+    let ready_deadline = Duration::from_secs(120);
+    while admin_status(waypoint.admin, "/ready").await != Some(200) {
+        if started.elapsed() > ready_deadline {
+            bail!(
+                "N={n}: the waypoint was not ready within {ready_deadline:?}:\n{}",
+                waypoint.tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let startup = started.elapsed();
+    if !server
+        .wait_for_ack(type_url::LISTENER, &lds, Duration::from_secs(30))
+        .await
+    {
+        bail!(
+            "N={n}: the initial listeners were never ACKed; NACKs: {:?}",
+            server.nacks()
+        );
+    }
+    let rss_mib = waypoint.rss_mib();
+    eprintln!(
+        "  N={n}: waypoint ready {:.0} ms after spawn, RSS {:.0} MiB",
+        ms(startup),
+        rss_mib.unwrap_or(0.0)
+    );
+
+    let client = sim::ZtunnelClient::new(
+        dst.ca.issue(&spiffe("productpage"))?.workload,
+        waypoint.hbone,
+        spiffe("waypoint"),
+    );
+    // Warm the client's mTLS connection to the waypoint (a VIP nothing serves yet).
+    let warm = SocketAddr::new(IpAddr::V4(vip(n + args.pushes)), PORT);
+    let _ = try_get(&client, warm, "warm-up:9080").await;
+
+    let mut row = PushRow {
+        n,
+        startup,
+        rss_mib,
+        first_200: Vec::new(),
+        new_ack: Vec::new(),
+        attempts: Vec::new(),
+        weight_ack: Vec::new(),
+    };
+    for p in 0..args.pushes {
+        let spec = Spec {
+            name: format!("pushed-{p}"),
+            vip: vip(n + p),
+            pods: dst.pods(),
+            weights: [50, 50],
+        };
+        let svc = tpl.service(&spec);
+        let clusters: Vec<(String, Any)> = svc
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), any(c)))
+            .collect();
+        let assignments: Vec<(String, Any)> = svc
+            .assignments
+            .iter()
+            .map(|e| (e.cluster_name.clone(), any(e)))
+            .collect();
+        services.push(svc);
+        let listener = any(&tpl.main_internal(services.iter()));
+        let vip = SocketAddr::new(IpAddr::V4(spec.vip), PORT);
+        let host = format!("{}:{PORT}", spec.name);
+
+        // CDS, EDS, LDS back to back (microseconds apart), as istiod orders them.
+        let t0 = Instant::now();
+        for (name, a) in clusters {
+            server.set(type_url::CLUSTER, &name, a);
+        }
+        for (name, a) in assignments {
+            server.set(type_url::CLUSTER_LOAD_ASSIGNMENT, &name, a);
+        }
+        let version = server.set(type_url::LISTENER, "main_internal", listener);
+        let ack = ack_timer(server.clone(), version, t0);
+        let (took, attempts) = first_200(&client, vip, &host, t0)
+            .await
+            .with_context(|| format!("N={n} push {p}:\n{}", waypoint.tail()))?;
+        row.first_200.push(took);
+        row.attempts.push(attempts);
+        row.new_ack.push(ack.await??);
+    }
+
+    for p in 0..args.pushes {
+        let mut spec = Spec::baseline(0, args.endpoints);
+        spec.weights = if p % 2 == 0 { [50, 50] } else { [90, 10] };
+        services[0].chain = tpl.chain(&spec);
+        let listener = any(&tpl.main_internal(services.iter()));
+        let t0 = Instant::now();
+        let version = server.set(type_url::LISTENER, "main_internal", listener);
+        row.weight_ack
+            .push(ack_timer(server.clone(), version, t0).await??);
+    }
+    if !server.nacks().is_empty() {
+        eprintln!("  note: N={n}: NACKs: {:?}", server.nacks());
+    }
+    drop(waypoint);
+    server.stop().await;
+    Ok(row)
+}
+
+/// Time from `t0` to the ACK of `version` of the listeners.
+pub(super) fn ack_timer(
+    server: Arc<AdsServer>,
+    version: String,
+    t0: Instant,
+) -> tokio::task::JoinHandle<anyhow::Result<Duration>> {
+    tokio::spawn(async move {
+        if server
+            .wait_for_ack(type_url::LISTENER, &version, PUSH_DEADLINE)
+            .await
+        {
+            Ok(t0.elapsed())
+        } else {
+            bail!(
+                "listener version {version} not ACKed within {PUSH_DEADLINE:?}; NACKs: {:?}",
+                server.nacks()
+            )
+        }
+    })
+}
+
+pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
+    println!();
+    println!("push latency ({pushes} pushes per row; min / median / max, ms):");
+    println!(
+        "{:>6} {:>10} {:>8}  {:>23}  {:>23}  {:>23} {:>9}",
+        "N",
+        "ready ms",
+        "RSS MiB",
+        "new svc → first 200",
+        "new svc → LDS ACK",
+        "weight → LDS ACK",
+        "polls"
+    );
+    for r in rows {
+        let polls: Vec<String> = r.attempts.iter().map(u32::to_string).collect();
+        println!(
+            "{:>6} {:>10.0} {:>8} {:>24} {:>24} {:>24} {:>9}",
+            r.n,
+            ms(r.startup),
+            r.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+            spread(&r.first_200),
+            spread(&r.new_ack),
+            spread(&r.weight_ack),
+            polls.join(","),
+        );
+    }
+}
+
+pub(super) fn spread(v: &[Duration]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    format!(
+        "{:.1} / {:.1} / {:.1}",
+        ms(v[0]),
+        ms(v[v.len() / 2]),
+        ms(v[v.len() - 1])
+    )
+}

@@ -1,0 +1,248 @@
+//! Part 1: translation time and memory per N (memory probed in a child process).
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Part 1: translation
+// ---------------------------------------------------------------------------------------------
+
+pub(super) struct TranslateRow {
+    pub(super) n: usize,
+    pub(super) resources: usize,
+    pub(super) bytes: usize,
+    pub(super) decode: Duration,
+    pub(super) translate: Duration,
+    pub(super) warnings: usize,
+    pub(super) memory: Option<Memory>,
+}
+
+/// KiB of RSS growth, from a [`probe_memory`] child.
+#[derive(Clone, Copy)]
+pub(super) struct Memory {
+    /// Decoded `Resources` (what `from_any` allocates; the `Any`s are already held).
+    pub(super) decoded: u64,
+    /// A second snapshot while the first is alive: ≈ the snapshot's live size (the first
+    /// translation's freed temporaries are reused).
+    pub(super) snapshot: u64,
+    /// The first translation: the snapshot plus the temporaries the allocator kept.
+    pub(super) first: u64,
+}
+
+pub(super) fn measure_translation(
+    tpl: &Template,
+    n: usize,
+    args: &Args,
+    exe: &Path,
+) -> anyhow::Result<TranslateRow> {
+    let services = baseline(tpl, n, args.endpoints);
+    let anys = to_anys(&tpl.resources(&services));
+    drop(services);
+    let bytes = anys.iter().map(|a| a.value.len()).sum();
+    let options = translate_options();
+    let mut decode_times = Vec::new();
+    let mut translate_times = Vec::new();
+    let mut warnings = 0;
+    // One untimed run first: the heap grows and faults its pages in here, not in the timings.
+    let warm = Resources::from_any(anys.iter()).map_err(rejections)?;
+    drop(routing::xds::translate(&warm, &options).map_err(rejections)?);
+    drop(warm);
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        let resources = Resources::from_any(anys.iter()).map_err(rejections)?;
+        decode_times.push(t.elapsed());
+        let t = Instant::now();
+        let translation = routing::xds::translate(&resources, &options).map_err(rejections)?;
+        translate_times.push(t.elapsed());
+        let served = translation.snapshot.services().count();
+        if served < n {
+            bail!("N={n}: the snapshot has {served} services");
+        }
+        if translation.warnings.len() != warnings {
+            warnings = translation.warnings.len();
+            if let Some(w) = translation.warnings.first() {
+                eprintln!("  note: N={n}: {warnings} warning(s), first: {w}");
+            }
+        }
+        drop(translation);
+    }
+    let memory = match memory_in_child(exe, n, &anys) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("  note: memory probe for N={n} failed: {e:#}");
+            None
+        }
+    };
+    Ok(TranslateRow {
+        n,
+        resources: anys.len(),
+        bytes,
+        decode: median(&mut decode_times),
+        translate: median(&mut translate_times),
+        warnings,
+        memory,
+    })
+}
+
+pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Result<Memory> {
+    let mut buf = Vec::new();
+    for a in anys {
+        prost::encoding::message::encode(1, a, &mut buf);
+    }
+    let file =
+        std::env::temp_dir().join(format!("waypoint-xds-bench-{}-{n}.bin", std::process::id()));
+    std::fs::write(&file, &buf)?;
+    drop(buf);
+    let out = Command::new(exe)
+        .arg("--probe-memory")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", exe.display()));
+    if let Err(e) = std::fs::remove_file(&file) {
+        eprintln!("  note: could not remove {}: {e}", file.display());
+    }
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("probe "))
+        .ok_or_else(|| {
+            anyhow!(
+                "no probe line; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let field = |k: &str| -> anyhow::Result<u64> {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .ok_or_else(|| anyhow!("no {k} in {line:?}"))?
+            .parse()
+            .map_err(|e| anyhow!("{k} in {line:?}: {e}"))
+    };
+    Ok(Memory {
+        decoded: field("decoded_kib")?,
+        snapshot: field("snapshot_kib")?,
+        first: field("first_kib")?,
+    })
+}
+
+/// The child side. Reading the file leaves no garbage (one buffer, sized up front, kept), so the
+/// RSS growth of `from_any` is the decoded resources. The first `translate` grows RSS by the
+/// snapshot plus the temporaries glibc keeps after they are freed; a second one, with the first
+/// snapshot still alive, reuses those temporaries, so its growth approximates the live size.
+pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file)?;
+    let list = AnyList::decode(bytes.as_slice())?;
+    let before = status_kib("VmRSS")?;
+    let resources = Resources::from_any(list.items.iter()).map_err(rejections)?;
+    let decoded = status_kib("VmRSS")?;
+    let options = translate_options();
+    let first = routing::xds::translate(&resources, &options).map_err(rejections)?;
+    let after_first = status_kib("VmRSS")?;
+    let second = routing::xds::translate(&resources, &options).map_err(rejections)?;
+    let after_second = status_kib("VmRSS")?;
+    println!(
+        "probe services={} decoded_kib={} first_kib={} snapshot_kib={}",
+        second.snapshot.services().count(),
+        decoded.saturating_sub(before),
+        after_first.saturating_sub(decoded),
+        after_second.saturating_sub(after_first),
+    );
+    drop((first, second, resources, list, bytes));
+    Ok(())
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`self` by default).
+pub(super) fn status_kib(key: &str) -> anyhow::Result<u64> {
+    status_kib_of("self", key)
+}
+
+pub(super) fn status_kib_of(pid: &str, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("no {key} in /proc/{pid}/status"))
+}
+
+pub(super) fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
+    println!();
+    println!("translation (services with {endpoints} endpoints, 3 clusters and 3 assignments each; medians):");
+    println!(
+        "{:>6} {:>6} {:>9} {:>7} {:>10} {:>12} {:>8} {:>11} {:>9} {:>10} {:>9}",
+        "N",
+        "res",
+        "enc MiB",
+        "B/svc",
+        "decode ms",
+        "translate ms",
+        "µs/svc",
+        "decoded MiB",
+        "snap MiB",
+        "snap KiB/s",
+        "1st MiB"
+    );
+    for r in rows {
+        let (decoded, snap, per, first) = match r.memory {
+            Some(m) => (
+                format!("{:.1}", m.decoded as f64 / 1024.0),
+                format!("{:.1}", m.snapshot as f64 / 1024.0),
+                format!("{:.1}", m.snapshot as f64 / r.n as f64),
+                format!("{:.1}", m.first as f64 / 1024.0),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:>6} {:>6} {:>9.2} {:>7} {:>10.1} {:>12.1} {:>8.1} {:>11} {:>9} {:>10} {:>9}",
+            r.n,
+            r.resources,
+            r.bytes as f64 / 1048576.0,
+            r.bytes / r.n,
+            ms(r.decode),
+            ms(r.translate),
+            r.translate.as_secs_f64() * 1e6 / r.n as f64,
+            decoded,
+            snap,
+            per,
+            first,
+        );
+    }
+    let Some(base) = rows.first() else { return };
+    println!();
+    println!("per service, vs N={} (1.00 = scales linearly):", base.n);
+    println!(
+        "{:>6} {:>12} {:>11} {:>13} {:>12}",
+        "N", "translate×", "decode×", "bytes/svc×", "snap/svc×"
+    );
+    let per = |d: Duration, n: usize| d.as_secs_f64() / n as f64;
+    for r in rows {
+        let snap = match (r.memory, base.memory) {
+            (Some(m), Some(b)) if b.snapshot > 0 => format!(
+                "{:.2}",
+                (m.snapshot as f64 / r.n as f64) / (b.snapshot as f64 / base.n as f64)
+            ),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>6} {:>12.2} {:>11.2} {:>13.2} {:>12}",
+            r.n,
+            per(r.translate, r.n) / per(base.translate, base.n),
+            per(r.decode, r.n) / per(base.decode, base.n),
+            (r.bytes as f64 / r.n as f64) / (base.bytes as f64 / base.n as f64),
+            snap,
+        );
+    }
+    if rows.iter().any(|r| r.warnings > 0) {
+        println!("(translation warnings were reported; see the notes above)");
+    }
+}
+
+pub(super) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
