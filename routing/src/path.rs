@@ -23,18 +23,21 @@ pub enum PathNormalization {
     DecodeAndMergeSlashes,
 }
 
-impl std::str::FromStr for PathNormalization {
-    type Err = String;
+/// A `--path-normalization` value that is none of the four.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")]
+pub struct UnknownPathNormalization(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for PathNormalization {
+    type Err = UnknownPathNormalization;
+
+    fn from_str(s: &str) -> Result<Self, UnknownPathNormalization> {
         match s.to_ascii_uppercase().replace('-', "_").as_str() {
             "NONE" => Ok(Self::None),
             "BASE" | "DEFAULT" => Ok(Self::Base),
             "MERGE_SLASHES" => Ok(Self::MergeSlashes),
             "DECODE_AND_MERGE_SLASHES" => Ok(Self::DecodeAndMergeSlashes),
-            _ => Err(format!(
-                "{s:?} is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"
-            )),
+            _ => Err(UnknownPathNormalization(s.to_string())),
         }
     }
 }

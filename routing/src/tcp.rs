@@ -19,6 +19,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+/// Why a `destinationSubnets` / `ipBlocks` entry is not a CIDR block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0} is not a valid IP address or CIDR block")]
+    Address(String),
+    #[error("{0} is not a valid CIDR block")]
+    PrefixLength(String),
+}
+
 /// An IP network (`a.b.c.d/xx`, `2001:db8::/32`) or a single address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -29,20 +38,18 @@ pub struct Cidr {
 impl Cidr {
     /// Parse `ip` or `ip/len` (istiod `ValidateIPSubnet`). Host bits need
     /// not be zero; they are ignored.
-    pub fn parse(s: &str) -> Result<Cidr, String> {
+    pub fn parse(s: &str) -> Result<Cidr, CidrError> {
         let (ip, len) = match s.split_once('/') {
             Some((ip, len)) => (ip, Some(len)),
             None => (s, None),
         };
-        let addr: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{s} is not a valid IP address or CIDR block"))?;
+        let addr: IpAddr = ip.parse().map_err(|_| CidrError::Address(s.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = match len {
             None => max,
             Some(l) => match l.parse::<u8>() {
                 Ok(n) if n <= max && !l.starts_with('+') => n,
-                _ => return Err(format!("{s} is not a valid CIDR block")),
+                _ => return Err(CidrError::PrefixLength(s.to_string())),
             },
         };
         Ok(Cidr { addr, prefix_len })

@@ -255,12 +255,23 @@ pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
+/// Why a `directResponse.body.bytes` value is not base64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Base64Error {
+    #[error("too much padding")]
+    Padding,
+    #[error("invalid base64 character {character:?} at {at}")]
+    Character { character: char, at: usize },
+    #[error("truncated base64 (length is 1 mod 4)")]
+    Truncated,
+}
+
 /// Decode base64 as protobuf's JSON mapping accepts `bytes`: the standard or
 /// the URL-safe alphabet, padded or not (whitespace is not allowed).
-pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, Base64Error> {
     let trimmed = text.trim_end_matches('=');
     if text.len() - trimmed.len() > 2 {
-        return Err("too much padding".into());
+        return Err(Base64Error::Padding);
     }
     let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
     let mut acc = 0u32;
@@ -272,7 +283,12 @@ pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
             b'0'..=b'9' => c - b'0' + 52,
             b'+' | b'-' => 62,
             b'/' | b'_' => 63,
-            _ => return Err(format!("invalid base64 character {:?} at {i}", c as char)),
+            _ => {
+                return Err(Base64Error::Character {
+                    character: c as char,
+                    at: i,
+                })
+            }
         };
         acc = acc << 6 | u32::from(v);
         bits += 6;
@@ -282,7 +298,7 @@ pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
         }
     }
     if bits >= 6 {
-        return Err("truncated base64 (length is 1 mod 4)".into());
+        return Err(Base64Error::Truncated);
     }
     Ok(out)
 }

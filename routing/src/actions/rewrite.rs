@@ -36,17 +36,48 @@ pub struct RegexRewrite {
     replacement: String,
 }
 
+/// Why a `regex_rewrite` / `uriRegexRewrite` cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// The pattern does not compile: the regex engine's reason.
+    #[error("{0}")]
+    Regex(String),
+    #[error(
+        "rewrite {substitution:?} uses \\{group} but the pattern has {groups} capture group{}",
+        plural(*.groups)
+    )]
+    NoSuchGroup {
+        substitution: String,
+        group: usize,
+        groups: usize,
+    },
+    #[error("rewrite {substitution:?}: invalid escape \\{escape} (use \\0-\\9 or \\\\)")]
+    InvalidEscape { substitution: String, escape: char },
+    #[error("rewrite {0:?} ends with a lone backslash")]
+    LoneBackslash(String),
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 impl RegexRewrite {
     /// Compile `pattern` and check `substitution` (RE2 `CheckRewriteString`:
     /// only `\0`…`\9` up to the pattern's group count, and `\\`).
-    pub fn new(pattern: &str, substitution: &str) -> Result<RegexRewrite, String> {
+    pub fn new(pattern: &str, substitution: &str) -> Result<RegexRewrite, RewriteError> {
         let regex = regex::Regex::new(pattern).map_err(|e| {
             let text = e.to_string();
-            text.lines()
-                .rev()
-                .find_map(|l| l.trim().strip_prefix("error: "))
-                .map(str::to_string)
-                .unwrap_or_else(|| text.lines().next().unwrap_or("invalid").trim().to_string())
+            RewriteError::Regex(
+                text.lines()
+                    .rev()
+                    .find_map(|l| l.trim().strip_prefix("error: "))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| text.lines().next().unwrap_or("invalid").trim().to_string()),
+            )
         })?;
         let groups = regex.captures_len() - 1;
         let mut replacement = String::with_capacity(substitution.len() + 8);
@@ -58,23 +89,21 @@ impl RegexRewrite {
                     Some(d @ '0'..='9') => {
                         let n = d.to_digit(10).unwrap_or(0) as usize;
                         if n > groups {
-                            return Err(format!(
-                                "rewrite {substitution:?} uses \\{n} but the pattern has {groups} capture group{}",
-                                if groups == 1 { "" } else { "s" }
-                            ));
+                            return Err(RewriteError::NoSuchGroup {
+                                substitution: substitution.to_string(),
+                                group: n,
+                                groups,
+                            });
                         }
                         replacement.push_str(&format!("${{{n}}}"));
                     }
                     Some(other) => {
-                        return Err(format!(
-                        "rewrite {substitution:?}: invalid escape \\{other} (use \\0-\\9 or \\\\)"
-                    ))
+                        return Err(RewriteError::InvalidEscape {
+                            substitution: substitution.to_string(),
+                            escape: other,
+                        })
                     }
-                    None => {
-                        return Err(format!(
-                            "rewrite {substitution:?} ends with a lone backslash"
-                        ))
-                    }
+                    None => return Err(RewriteError::LoneBackslash(substitution.to_string())),
                 },
                 '$' => replacement.push_str("$$"),
                 c => replacement.push(c),
@@ -317,16 +346,19 @@ mod tests {
     fn regex_rewrite_errors() {
         assert!(RegexRewrite::new("(", "/x")
             .unwrap_err()
+            .to_string()
             .contains("unclosed"));
         assert_eq!(
-            RegexRewrite::new("^/(a)", "/\\2").unwrap_err(),
+            RegexRewrite::new("^/(a)", "/\\2").unwrap_err().to_string(),
             "rewrite \"/\\\\2\" uses \\2 but the pattern has 1 capture group"
         );
         assert!(RegexRewrite::new("a", "\\q")
             .unwrap_err()
+            .to_string()
             .contains("invalid escape \\q"));
         assert!(RegexRewrite::new("a", "x\\")
             .unwrap_err()
+            .to_string()
             .contains("lone backslash"));
         assert_eq!(
             RegexRewrite::new("a", "b").unwrap(),

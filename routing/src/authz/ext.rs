@@ -37,18 +37,32 @@ pub struct BodyBuffer {
     pub pack_as_bytes: bool,
 }
 
+/// Body-buffer settings this proxy cannot honour.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyBufferError {
+    #[error("maxRequestBytes must be at least 1")]
+    Empty,
+    #[error(
+        "maxRequestBytes {0} is more than this proxy can buffer for a check \
+         ({max}: the body read before proxying is replayed from pingora's \
+         64 KiB retry buffer)",
+        max = MAX_BODY_BYTES
+    )]
+    TooLarge(u32),
+}
+
 impl BodyBuffer {
     /// Settings within what this proxy can do, or why not.
-    pub fn new(max_bytes: u32, allow_partial: bool, pack_as_bytes: bool) -> Result<Self, String> {
+    pub fn new(
+        max_bytes: u32,
+        allow_partial: bool,
+        pack_as_bytes: bool,
+    ) -> Result<Self, BodyBufferError> {
         if max_bytes == 0 {
-            return Err("maxRequestBytes must be at least 1".into());
+            return Err(BodyBufferError::Empty);
         }
         if max_bytes > MAX_BODY_BYTES {
-            return Err(format!(
-                "maxRequestBytes {max_bytes} is more than this proxy can buffer for a check \
-                 ({MAX_BODY_BYTES}: the body read before proxying is replayed from pingora's \
-                 64 KiB retry buffer)"
-            ));
+            return Err(BodyBufferError::TooLarge(max_bytes));
         }
         Ok(Self {
             max_bytes,
@@ -80,6 +94,7 @@ mod tests {
         assert!(BodyBuffer::new(0, false, false).is_err());
         assert!(BodyBuffer::new(MAX_BODY_BYTES + 1, true, false)
             .unwrap_err()
+            .to_string()
             .contains("65537"));
         let b = BodyBuffer::new(MAX_BODY_BYTES, true, true).unwrap();
         assert_eq!(

@@ -276,7 +276,7 @@ fn cidr(attr: Attr, c: &CidrRange, cx: &mut Cx) -> Expr {
     };
     match Cidr::parse(&text) {
         Ok(cidr) => Expr::Test(attr, Matcher::Cidr(cidr)),
-        Err(e) => cx.invalid(e),
+        Err(e) => cx.invalid(e.to_string()),
     }
 }
 

@@ -10,19 +10,40 @@ use std::time::Duration;
 /// A scalar field read as-is, checked by hand for precise messages.
 pub(crate) type Scalar = Option<Value>;
 
+/// Why a duration string does not parse (the message follows `invalid duration "…": `).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DurationError {
+    #[error("must not be negative")]
+    Negative,
+    #[error("empty duration")]
+    Empty,
+    #[error("expected a number")]
+    NoNumber,
+    #[error("missing unit (use ms, s, m or h)")]
+    MissingUnit,
+    #[error("unknown unit {0:?} (use ms, s, m or h)")]
+    UnknownUnit(String),
+    #[error("number too large")]
+    NumberTooLarge,
+    #[error("duration too large")]
+    TooLarge,
+    #[error("bad fraction")]
+    BadFraction,
+}
+
 /// Parse a duration in Istio's (Go's) string form: `"1h"`, `"1m30s"`,
 /// `"1.5s"`, `"100ms"`, `"250us"`, `"0"`.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     if t.starts_with('-') {
-        return Err("must not be negative".into());
+        return Err(DurationError::Negative);
     }
     let t = t.strip_prefix('+').unwrap_or(t);
     if t == "0" {
         return Ok(Duration::ZERO);
     }
     if t.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     let mut rest = t;
     let mut total: u128 = 0;
@@ -39,7 +60,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             rest = &r[n..];
         }
         if int.is_empty() && frac.is_empty() {
-            return Err("expected a number".into());
+            return Err(DurationError::NoNumber);
         }
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -51,28 +72,26 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err("missing unit (use ms, s, m or h)".into()),
-            u => return Err(format!("unknown unit {u:?} (use ms, s, m or h)")),
+            "" => return Err(DurationError::MissingUnit),
+            u => return Err(DurationError::UnknownUnit(u.to_string())),
         };
         rest = &rest[unit_len..];
         let whole: u128 = if int.is_empty() {
             0
         } else {
-            int.parse().map_err(|_| "number too large".to_string())?
+            int.parse().map_err(|_| DurationError::NumberTooLarge)?
         };
         let mut part = whole
             .checked_mul(unit_nanos)
-            .ok_or_else(|| "duration too large".to_string())?;
+            .ok_or(DurationError::TooLarge)?;
         if !frac.is_empty() {
             let digits = &frac[..frac.len().min(18)];
-            let f: u128 = digits.parse().map_err(|_| "bad fraction".to_string())?;
+            let f: u128 = digits.parse().map_err(|_| DurationError::BadFraction)?;
             part += f * unit_nanos / 10u128.pow(digits.len() as u32);
         }
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| "duration too large".to_string())?;
+        total = total.checked_add(part).ok_or(DurationError::TooLarge)?;
     }
-    let nanos = u64::try_from(total).map_err(|_| "duration too large".to_string())?;
+    let nanos = u64::try_from(total).map_err(|_| DurationError::TooLarge)?;
     Ok(Duration::from_nanos(nanos))
 }
 

@@ -105,7 +105,7 @@ impl Builder<'_> {
         match Cidr::parse(v) {
             Ok(c) => Some(Expr::Test(attr, Matcher::Cidr(c))),
             Err(e) => {
-                self.error(field.into(), e);
+                self.error(field.into(), e.to_string());
                 None
             }
         }

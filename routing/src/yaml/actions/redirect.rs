@@ -217,7 +217,7 @@ impl Fields<'_, '_> {
                         return None;
                     }
                     Err(e) => {
-                        self.error(&format!("{rf}.rewrite"), e);
+                        self.error(&format!("{rf}.rewrite"), e.to_string());
                         return None;
                     }
                 }

@@ -27,7 +27,11 @@ pub(super) fn parse_tcp_route(
         for (j, s) in m.destination_subnets.unwrap_or_default().iter().enumerate() {
             match Cidr::parse(s.trim()) {
                 Ok(c) => destination_subnets.push(c),
-                Err(e) => diag.error(at, Some(&format!("{mf}.destinationSubnets[{j}]")), e),
+                Err(e) => diag.error(
+                    at,
+                    Some(&format!("{mf}.destinationSubnets[{j}]")),
+                    e.to_string(),
+                ),
             }
         }
         if !destination_subnets.is_empty() {
