@@ -97,7 +97,7 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
                     p.placement = placement.clone();
                     out.push(p)
                 }
-                Err(reason) => at.reject(diag, reason),
+                Err(reason) => at.reject(diag, reason.to_string()),
             }
         }
     }
@@ -155,13 +155,32 @@ pub(crate) fn with_placement(
     out
 }
 
-fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
+/// An `LbEndpoint` this proxy cannot dial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EndpointError {
+    #[error("named endpoint {0} is not supported")]
+    Named(String),
+    #[error("endpoint without address")]
+    NoAddress,
+    #[error("internal address to listener {0:?} (expected connect_originate)")]
+    InternalListener(String),
+    #[error("endpoint_id {0:?} is not ip:port")]
+    EndpointId(String),
+    #[error("endpoint address {0:?} is not an IP")]
+    NotAnIp(String),
+    #[error("endpoint port {0} out of range")]
+    PortRange(u32),
+    #[error("endpoint without a port value")]
+    NoPort,
+    #[error("pipe endpoints are not supported")]
+    Pipe,
+}
+
+fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, EndpointError> {
     let endpoint = match &ep.host_identifier {
         Some(HostIdentifier::Endpoint(e)) => e,
-        Some(HostIdentifier::EndpointName(n)) => {
-            return Err(format!("named endpoint {n} is not supported"))
-        }
-        None => return Err("endpoint without address".into()),
+        Some(HostIdentifier::EndpointName(n)) => return Err(EndpointError::Named(n.clone())),
+        None => return Err(EndpointError::NoAddress),
     };
     let tunnel = matches!(
         endpoint.address.as_ref().and_then(|a| a.address.as_ref()),
@@ -174,29 +193,27 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, String> {
                 None => "",
             };
             if listener != "connect_originate" {
-                return Err(format!(
-                    "internal address to listener {listener:?} (expected connect_originate)"
-                ));
+                return Err(EndpointError::InternalListener(listener.to_string()));
             }
             i.endpoint_id
                 .parse::<SocketAddr>()
-                .map_err(|_| format!("endpoint_id {:?} is not ip:port", i.endpoint_id))?
+                .map_err(|_| EndpointError::EndpointId(i.endpoint_id.clone()))?
         }
         Some(AddressKind::SocketAddress(s)) => {
             let ip: IpAddr = s
                 .address
                 .parse()
-                .map_err(|_| format!("endpoint address {:?} is not an IP", s.address))?;
+                .map_err(|_| EndpointError::NotAnIp(s.address.clone()))?;
             let port = match s.port_specifier {
                 Some(PortSpecifier::PortValue(p)) => {
-                    u16::try_from(p).map_err(|_| format!("endpoint port {p} out of range"))?
+                    u16::try_from(p).map_err(|_| EndpointError::PortRange(p))?
                 }
-                _ => return Err("endpoint without a port value".into()),
+                _ => return Err(EndpointError::NoPort),
             };
             SocketAddr::new(ip, port)
         }
-        Some(AddressKind::Pipe(_)) => return Err("pipe endpoints are not supported".into()),
-        None => return Err("endpoint without address".into()),
+        Some(AddressKind::Pipe(_)) => return Err(EndpointError::Pipe),
+        None => return Err(EndpointError::NoAddress),
     };
     let (workload, namespace, labels) = workload_meta(ep);
     Ok(PodEndpoint {

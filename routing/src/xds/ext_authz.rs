@@ -17,14 +17,35 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher;
 
 use super::names::ClusterName;
-use crate::authz::ext::{BodyBuffer, ExtAuthzKind, ExtAuthzProvider};
+use crate::authz::ext::{BodyBuffer, BodyBufferError, ExtAuthzKind, ExtAuthzProvider};
 
 /// Envoy's default check timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// An ext_authz filter this proxy cannot run as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ExtAuthzError {
+    #[error("no service address (cluster {cluster:?}, uri {uri:?})")]
+    NoAddress {
+        cluster: Option<String>,
+        uri: Option<String>,
+    },
+    /// A header list entry other than exact, prefix or suffix (its protobuf form).
+    #[error("header matcher {0}")]
+    HeaderMatcher(String),
+    #[error("with_request_body: {0}")]
+    Body(BodyBufferError),
+    #[error("http_service without server_uri")]
+    NoServerUri,
+    #[error("a gRPC service that is not an Envoy cluster")]
+    NotEnvoyGrpc,
+    #[error("no authorization service")]
+    NoService,
+}
+
 /// `outbound|9000||ext-authz.foo.svc.cluster.local` → `ext-authz.foo.svc.cluster.local:9000`;
 /// `http://host:port/...` → `host:port`.
-fn address(cluster: Option<&str>, uri: Option<&str>) -> Result<String, String> {
+fn address(cluster: Option<&str>, uri: Option<&str>) -> Result<String, ExtAuthzError> {
     if let Some(c) = cluster.filter(|c| !c.is_empty()) {
         let parts: Vec<&str> = c.split('|').collect();
         if let [_, port, _, host] = parts.as_slice() {
@@ -48,9 +69,10 @@ fn address(cluster: Option<&str>, uri: Option<&str>) -> Result<String, String> {
             return Ok(with_port);
         }
     }
-    Err(format!(
-        "no service address (cluster {cluster:?}, uri {uri:?})"
-    ))
+    Err(ExtAuthzError::NoAddress {
+        cluster: cluster.map(str::to_string),
+        uri: uri.map(str::to_string),
+    })
 }
 
 fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Duration {
@@ -64,21 +86,21 @@ fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Duration
 }
 
 /// Header names in this module's list syntax (`name`, `prefix*`, `*suffix`, lowercased).
-fn names(list: Option<&ListStringMatcher>) -> Result<Vec<String>, String> {
+fn names(list: Option<&ListStringMatcher>) -> Result<Vec<String>, ExtAuthzError> {
     let mut out = Vec::new();
     for m in list.map(|l| l.patterns.as_slice()).unwrap_or_default() {
         let name = match &m.match_pattern {
             Some(MatchPattern::Exact(e)) => e.to_ascii_lowercase(),
             Some(MatchPattern::Prefix(p)) => format!("{}*", p.to_ascii_lowercase()),
             Some(MatchPattern::Suffix(s)) => format!("*{}", s.to_ascii_lowercase()),
-            other => return Err(format!("header matcher {other:?}")),
+            other => return Err(ExtAuthzError::HeaderMatcher(format!("{other:?}"))),
         };
         out.push(name);
     }
     Ok(out)
 }
 
-pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, String> {
+pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, ExtAuthzError> {
     let body = x
         .with_request_body
         .map(|b| {
@@ -89,7 +111,7 @@ pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, Str
             )
         })
         .transpose()
-        .map_err(|e| format!("with_request_body: {e}"))?;
+        .map_err(ExtAuthzError::Body)?;
     let status_on_error = x
         .status_on_error
         .as_ref()
@@ -99,10 +121,7 @@ pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, Str
         .unwrap_or(403);
     let (address, timeout, kind) = match &x.services {
         Some(Services::HttpService(h)) => {
-            let uri = h
-                .server_uri
-                .as_ref()
-                .ok_or("http_service without server_uri")?;
+            let uri = h.server_uri.as_ref().ok_or(ExtAuthzError::NoServerUri)?;
             let cluster = match &uri.http_upstream_type {
                 Some(HttpUpstreamType::Cluster(c)) => Some(c.as_str()),
                 _ => None,
@@ -144,7 +163,7 @@ pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, Str
         Some(Services::GrpcService(g)) => {
             let cluster = match &g.target_specifier {
                 Some(TargetSpecifier::EnvoyGrpc(e)) => e.cluster_name.as_str(),
-                _ => return Err("a gRPC service that is not an Envoy cluster".into()),
+                _ => return Err(ExtAuthzError::NotEnvoyGrpc),
             };
             (
                 address(Some(cluster), None)?,
@@ -152,7 +171,7 @@ pub(crate) fn provider(name: &str, x: &ExtAuthz) -> Result<ExtAuthzProvider, Str
                 ExtAuthzKind::Grpc,
             )
         }
-        None => return Err("no authorization service".into()),
+        None => return Err(ExtAuthzError::NoService),
     };
     Ok(ExtAuthzProvider {
         name: name.to_string(),

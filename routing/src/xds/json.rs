@@ -42,8 +42,8 @@ fn err(path: &str, message: impl Into<String>) -> JsonError {
 }
 
 fn base_pool() -> Result<&'static DescriptorPool, JsonError> {
-    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()))
+    static POOL: OnceLock<Result<DescriptorPool, prost_reflect::DescriptorError>> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS))
         .as_ref()
         .map_err(|e| err("", format!("embedded Envoy descriptors: {e}")))
 }

@@ -16,8 +16,32 @@ use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
 
 use crate::authz::jwt::{Jwks, JwtProvider, TokenLocation, DEFAULT_JWKS_TIMEOUT};
 
+/// A JWT filter whose behaviour this proxy cannot reproduce exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum JwtFilterError {
+    /// A requirement kind other than provider name, allow-missing, any or all (protobuf form).
+    #[error("requirement {0}")]
+    Requirement(String),
+    #[error("a rule that does not match every path")]
+    NotEveryPath,
+    #[error("a rule that requires a token")]
+    RequiresToken,
+    #[error("provider {provider}: payload_in_metadata {payload_in_metadata:?} (istiod uses \"payload\")")]
+    PayloadInMetadata {
+        provider: String,
+        payload_in_metadata: String,
+    },
+    /// A local JWKS source other than an inline string or bytes (protobuf form).
+    #[error("provider {provider}: local_jwks {specifier}")]
+    LocalJwks { provider: String, specifier: String },
+    #[error("provider {0}: remote_jwks without http_uri")]
+    RemoteWithoutUri(String),
+    #[error("provider {0}: no JWKS")]
+    NoJwks(String),
+}
+
 /// Whether a requirement only names providers and lets a missing token through.
-fn allows_missing(r: &JwtRequirement) -> Result<bool, String> {
+fn allows_missing(r: &JwtRequirement) -> Result<bool, JwtFilterError> {
     Ok(match &r.requires_type {
         Some(RequiresType::ProviderName(_)) => false,
         Some(RequiresType::AllowMissing(_)) => true,
@@ -35,22 +59,22 @@ fn allows_missing(r: &JwtRequirement) -> Result<bool, String> {
             }
             all
         }
-        other => return Err(format!("requirement {other:?}")),
+        other => return Err(JwtFilterError::Requirement(format!("{other:?}"))),
     })
 }
 
-pub(crate) fn providers(j: &JwtAuthentication) -> Result<Vec<JwtProvider>, String> {
+pub(crate) fn providers(j: &JwtAuthentication) -> Result<Vec<JwtProvider>, JwtFilterError> {
     for rule in &j.rules {
         let prefix_root = matches!(
             rule.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()),
             Some(PathSpecifier::Prefix(p)) if p == "/"
         );
         if !prefix_root {
-            return Err("a rule that does not match every path".into());
+            return Err(JwtFilterError::NotEveryPath);
         }
         match &rule.requirement_type {
             Some(RequirementType::Requires(r)) if allows_missing(r)? => {}
-            _ => return Err("a rule that requires a token".into()),
+            _ => return Err(JwtFilterError::RequiresToken),
         }
     }
     let mut names: Vec<&String> = j.providers.keys().collect();
@@ -59,10 +83,10 @@ pub(crate) fn providers(j: &JwtAuthentication) -> Result<Vec<JwtProvider>, Strin
     for name in names {
         let p = &j.providers[name];
         if p.payload_in_metadata != "payload" {
-            return Err(format!(
-                "provider {name}: payload_in_metadata {:?} (istiod uses \"payload\")",
-                p.payload_in_metadata
-            ));
+            return Err(JwtFilterError::PayloadInMetadata {
+                provider: name.clone(),
+                payload_in_metadata: p.payload_in_metadata.clone(),
+            });
         }
         let jwks = match &p.jwks_source_specifier {
             Some(JwksSourceSpecifier::LocalJwks(d)) => match &d.specifier {
@@ -70,13 +94,18 @@ pub(crate) fn providers(j: &JwtAuthentication) -> Result<Vec<JwtProvider>, Strin
                 Some(Specifier::InlineBytes(b)) => {
                     Jwks::Inline(String::from_utf8_lossy(b).into_owned())
                 }
-                other => return Err(format!("provider {name}: local_jwks {other:?}")),
+                other => {
+                    return Err(JwtFilterError::LocalJwks {
+                        provider: name.clone(),
+                        specifier: format!("{other:?}"),
+                    })
+                }
             },
             Some(JwksSourceSpecifier::RemoteJwks(r)) => {
                 let uri = r
                     .http_uri
                     .as_ref()
-                    .ok_or(format!("provider {name}: remote_jwks without http_uri"))?;
+                    .ok_or_else(|| JwtFilterError::RemoteWithoutUri(name.clone()))?;
                 let timeout = uri
                     .timeout
                     .as_ref()
@@ -92,7 +121,7 @@ pub(crate) fn providers(j: &JwtAuthentication) -> Result<Vec<JwtProvider>, Strin
                     timeout,
                 }
             }
-            None => return Err(format!("provider {name}: no JWKS")),
+            None => return Err(JwtFilterError::NoJwks(name.clone())),
         };
         let mut locations: Vec<TokenLocation> = p
             .from_headers
@@ -189,6 +218,7 @@ mod tests {
         };
         assert!(providers(&required)
             .unwrap_err()
+            .to_string()
             .contains("requires a token"));
         let elsewhere = JwtAuthentication {
             providers: [("origins-0".to_string(), provider("claims"))].into(),
@@ -196,6 +226,7 @@ mod tests {
         };
         assert!(providers(&elsewhere)
             .unwrap_err()
+            .to_string()
             .contains("payload_in_metadata"));
     }
 }

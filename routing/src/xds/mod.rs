@@ -395,14 +395,27 @@ impl At<'_> {
     }
 }
 
+/// A typed config whose bytes do not decode as the type its URL names.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot decode {type_name}: {reason}")]
+pub(crate) struct DecodeError {
+    type_name: &'static str,
+    reason: prost::DecodeError,
+}
+
 /// Decode a typed config of a known type, or report why not.
 pub(crate) fn decode_any<M: prost::Message + Default + prost::Name>(
     any: &Any,
-) -> Option<Result<M, String>> {
+) -> Option<Result<M, DecodeError>> {
     if any.type_url != M::type_url() {
         return None;
     }
-    Some(M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {}: {e}", M::NAME)))
+    Some(
+        M::decode(any.value.as_slice()).map_err(|reason| DecodeError {
+            type_name: M::NAME,
+            reason,
+        }),
+    )
 }
 
 /// A protobuf `Duration` as a std one (negative → `None`).

@@ -327,7 +327,7 @@ fn uri_template(
     };
     let cfg = match super::decode_any::<UriTemplateMatchConfig>(any) {
         Some(Ok(c)) => c,
-        Some(Err(e)) => return cx.invalid(e),
+        Some(Err(e)) => return cx.invalid(e.to_string()),
         None => return cx.unknown(format!("uri_template of type {}", any.type_url)),
     };
     match template_regex(&cfg.path_template) {

@@ -252,7 +252,7 @@ enum PerFilter {
 
 fn per_filter(any: &Any) -> Result<PerFilter, Issue> {
     if let Some(fc) = decode_any::<FilterConfig>(any) {
-        let fc = fc.map_err(Issue::Invalid)?;
+        let fc = fc.map_err(|e| Issue::Invalid(e.to_string()))?;
         if fc.disabled {
             return Ok(PerFilter::Disabled);
         }
@@ -262,10 +262,14 @@ fn per_filter(any: &Any) -> Result<PerFilter, Issue> {
         };
     }
     if let Some(f) = decode_any::<HttpFault>(any) {
-        return Ok(PerFilter::Fault(fault(&f.map_err(Issue::Invalid)?)?));
+        return Ok(PerFilter::Fault(fault(
+            &f.map_err(|e| Issue::Invalid(e.to_string()))?,
+        )?));
     }
     if let Some(c) = decode_any::<CorsPolicy>(any) {
-        return Ok(PerFilter::Cors(cors(&c.map_err(Issue::Invalid)?)?));
+        return Ok(PerFilter::Cors(cors(
+            &c.map_err(|e| Issue::Invalid(e.to_string()))?,
+        )?));
     }
     Ok(PerFilter::Ignored(any.type_url.clone()))
 }

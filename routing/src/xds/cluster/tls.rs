@@ -5,7 +5,7 @@ use super::*;
 /// The upstream TLS context of a transport socket named `tls` (or `envoy.transport_sockets.tls`).
 fn upstream_tls_context(
     ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
-) -> Option<Result<UpstreamTlsContext, String>> {
+) -> Option<Result<UpstreamTlsContext, crate::xds::DecodeError>> {
     let ConfigType::TypedConfig(any) = ts.config_type.as_ref()?;
     decode_any::<UpstreamTlsContext>(any)
 }
@@ -13,13 +13,27 @@ fn upstream_tls_context(
 /// The SAN matchers of a TLS context's default validation context: the typed ones, then the
 /// untyped (deprecated) ones, which look at every SAN kind. `Err` names a matcher that cannot
 /// be translated (the caller decides whether that fails closed).
-fn issue(e: crate::xds::matchers::Issue) -> String {
+fn issue(e: crate::xds::matchers::Issue) -> SanError {
     match e {
-        crate::xds::matchers::Issue::Unsupported(s) | crate::xds::matchers::Issue::Invalid(s) => s,
+        crate::xds::matchers::Issue::Unsupported(s) | crate::xds::matchers::Issue::Invalid(s) => {
+            SanError::Matcher(s)
+        }
     }
 }
 
-fn san_matchers(vc: &CertificateValidationContext) -> Result<Vec<SanMatcher>, String> {
+/// A SAN matcher that cannot be translated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SanError {
+    #[error("SAN matcher type {0} is not supported")]
+    UnsupportedType(i32),
+    #[error("SAN matcher without a matcher")]
+    NoMatcher,
+    /// The string matcher's own reason.
+    #[error("{0}")]
+    Matcher(String),
+}
+
+fn san_matchers(vc: &CertificateValidationContext) -> Result<Vec<SanMatcher>, SanError> {
     let mut out = Vec::new();
     for m in &vc.match_typed_subject_alt_names {
         let kind = match m.san_type {
@@ -27,9 +41,9 @@ fn san_matchers(vc: &CertificateValidationContext) -> Result<Vec<SanMatcher>, St
             2 => SanKind::Dns,
             3 => SanKind::Uri,
             4 => SanKind::IpAddress,
-            other => return Err(format!("SAN matcher type {other} is not supported")),
+            other => return Err(SanError::UnsupportedType(other)),
         };
-        let sm = m.matcher.as_ref().ok_or("SAN matcher without a matcher")?;
+        let sm = m.matcher.as_ref().ok_or(SanError::NoMatcher)?;
         let matcher = crate::xds::matchers::string_matcher(sm).map_err(issue)?;
         out.push(SanMatcher { kind, matcher });
     }

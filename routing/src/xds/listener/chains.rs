@@ -183,7 +183,10 @@ fn http_chain(
             }
         };
         if let Some(f) = decode_any::<HttpFault>(any) {
-            match f.map_err(Issue::Invalid).and_then(|f| route::fault(&f)) {
+            match f
+                .map_err(|e| Issue::Invalid(e.to_string()))
+                .and_then(|f| route::fault(&f))
+            {
                 Ok(f) => default_fault = f,
                 Err(Issue::Invalid(e)) => {
                     at.reject(diag, format!("chain {chain}: {e}"));

@@ -305,7 +305,7 @@ fn actions(o: &OnMatch, names: &mut BTreeSet<String>, at: At<'_>, diag: &mut Dia
     match &o.on_match {
         Some(OnMatchKind::Action(a)) => {
             if let Some(Some(Err(e))) = a.typed_config.as_ref().map(decode_any::<StringValue>) {
-                at.reject(diag, e);
+                at.reject(diag, e.to_string());
                 return;
             }
             names.insert(chain_name(&action_name(a)).into_owned());

@@ -197,17 +197,30 @@ pub(super) fn route_action(
     Ok(())
 }
 
-pub(super) fn hash_key(h: &HashPolicy) -> Result<HashKey, String> {
+/// A `hash_policy` this proxy cannot hash on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HashPolicyError {
+    #[error("hash_policy header regex_rewrite is not supported")]
+    HeaderRegexRewrite,
+    #[error("hash_policy cookie attributes are not supported")]
+    CookieAttributes,
+    #[error("hash_policy filter_state is not supported")]
+    FilterState,
+    #[error("empty hash_policy")]
+    Empty,
+}
+
+pub(super) fn hash_key(h: &HashPolicy) -> Result<HashKey, HashPolicyError> {
     match &h.policy_specifier {
         Some(PolicySpecifier::Header(hd)) => {
             if hd.regex_rewrite.is_some() {
-                return Err("hash_policy header regex_rewrite is not supported".into());
+                return Err(HashPolicyError::HeaderRegexRewrite);
             }
             Ok(HashKey::Header(hd.header_name.to_ascii_lowercase()))
         }
         Some(PolicySpecifier::Cookie(c)) => {
             if !c.attributes.is_empty() {
-                return Err("hash_policy cookie attributes are not supported".into());
+                return Err(HashPolicyError::CookieAttributes);
             }
             Ok(HashKey::Cookie(HttpCookie {
                 name: c.name.clone(),
@@ -217,10 +230,8 @@ pub(super) fn hash_key(h: &HashPolicy) -> Result<HashKey, String> {
         }
         Some(PolicySpecifier::ConnectionProperties(cp)) if cp.source_ip => Ok(HashKey::SourceIp),
         Some(PolicySpecifier::QueryParameter(q)) => Ok(HashKey::QueryParameter(q.name.clone())),
-        Some(PolicySpecifier::FilterState(_)) => {
-            Err("hash_policy filter_state is not supported".into())
-        }
-        _ => Err("empty hash_policy".into()),
+        Some(PolicySpecifier::FilterState(_)) => Err(HashPolicyError::FilterState),
+        _ => Err(HashPolicyError::Empty),
     }
 }
 
