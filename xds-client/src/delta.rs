@@ -20,7 +20,9 @@ use tonic::transport::Channel;
 use crate::client::StreamError;
 use crate::config::Mode;
 use crate::resource::{Handler, Rejection, Resource};
-use crate::session::{drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome};
+use crate::session::{
+    drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome, PayloadError,
+};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
@@ -145,15 +147,15 @@ impl<H: Handler> Stream<'_, H> {
                 continue;
             };
             if value.type_url != type_url {
-                rejections.push(Rejection::new(
-                    &type_url,
-                    &name,
-                    format!("payload is {} in a {type_url} response", value.type_url),
-                ));
+                let wrong = PayloadError::WrongType {
+                    payload: value.type_url,
+                    response: type_url.clone(),
+                };
+                rejections.push(Rejection::new(&type_url, &name, wrong.to_string()));
                 continue;
             }
             if let Err(reason) = payload_name(&value.value) {
-                rejections.push(Rejection::new(&type_url, &name, reason));
+                rejections.push(Rejection::new(&type_url, &name, reason.to_string()));
                 continue;
             }
             updated.push(name.clone());

@@ -162,13 +162,30 @@ pub(crate) fn nack_detail(rejections: &[Rejection]) -> rpc::Status {
     }
 }
 
+/// Why a resource in a response is rejected before the handler sees it (the NACK's reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PayloadError {
+    #[error("payload does not decode: {0}")]
+    Undecodable(prost::DecodeError),
+    #[error("wrapped resource does not decode: {0}")]
+    WrapperUndecodable(prost::DecodeError),
+    #[error("wrapped resource has no payload")]
+    WrapperWithoutPayload,
+    #[error("wrapped resource has no name")]
+    WrapperWithoutName,
+    #[error("resource has no name")]
+    WithoutName,
+    #[error("payload is {payload} in a {response} response")]
+    WrongType { payload: String, response: String },
+}
+
 /// Field 1 must decode as a string: a cheap check that the payload is a protobuf message of an
 /// xDS resource type, and its name for state-of-the-world responses.
-pub(crate) fn payload_name(bytes: &[u8]) -> Result<String, String> {
+pub(crate) fn payload_name(bytes: &[u8]) -> Result<String, PayloadError> {
     use prost::Message;
     crate::resource::NameField::decode(bytes)
         .map(|f| f.name)
-        .map_err(|e| format!("payload does not decode: {e}"))
+        .map_err(PayloadError::Undecodable)
 }
 
 /// A request type that carries the node on the first request of a stream.

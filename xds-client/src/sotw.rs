@@ -21,7 +21,9 @@ use tonic::transport::Channel;
 use crate::client::StreamError;
 use crate::config::Mode;
 use crate::resource::{type_url as urls, Handler, Rejection, Resource};
-use crate::session::{drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome};
+use crate::session::{
+    drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome, PayloadError,
+};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
@@ -141,7 +143,7 @@ impl<H: Handler> Stream<'_, H> {
                 }
                 Err((name, reason)) => {
                     let name = name.unwrap_or_else(|| format!("#{i}"));
-                    rejections.push(Rejection::new(&type_url, &name, reason));
+                    rejections.push(Rejection::new(&type_url, &name, reason.to_string()));
                 }
             }
         }
@@ -231,26 +233,29 @@ impl<H: Handler> Stream<'_, H> {
 
 /// The name and payload of one state-of-the-world resource: a bare resource of `type_url` (name
 /// read from field 1), or one wrapped in `envoy.service.discovery.v3.Resource`.
-fn unwrap_resource(type_url: &str, any: Any) -> Result<(String, Any), (Option<String>, String)> {
+fn unwrap_resource(
+    type_url: &str,
+    any: Any,
+) -> Result<(String, Any), (Option<String>, PayloadError)> {
     let any = if any.type_url == urls::RESOURCE_WRAPPER {
         let wrapped = WrappedResource::decode(any.value.as_slice())
-            .map_err(|e| (None, format!("wrapped resource does not decode: {e}")))?;
+            .map_err(|e| (None, PayloadError::WrapperUndecodable(e)))?;
         let name = wrapped.name.clone();
-        let inner = wrapped.resource.ok_or_else(|| {
-            (
-                Some(name.clone()),
-                "wrapped resource has no payload".to_string(),
-            )
-        })?;
+        let inner = wrapped
+            .resource
+            .ok_or_else(|| (Some(name.clone()), PayloadError::WrapperWithoutPayload))?;
         if inner.type_url != type_url {
             return Err((
                 Some(name),
-                format!("payload is {} in a {type_url} response", inner.type_url),
+                PayloadError::WrongType {
+                    payload: inner.type_url,
+                    response: type_url.to_string(),
+                },
             ));
         }
         payload_name(&inner.value).map_err(|reason| (Some(name.clone()), reason))?;
         if name.is_empty() {
-            return Err((None, "wrapped resource has no name".into()));
+            return Err((None, PayloadError::WrapperWithoutName));
         }
         return Ok((name, inner));
     } else {
@@ -259,12 +264,15 @@ fn unwrap_resource(type_url: &str, any: Any) -> Result<(String, Any), (Option<St
     if any.type_url != type_url {
         return Err((
             None,
-            format!("payload is {} in a {type_url} response", any.type_url),
+            PayloadError::WrongType {
+                payload: any.type_url,
+                response: type_url.to_string(),
+            },
         ));
     }
     let name = payload_name(&any.value).map_err(|reason| (None, reason))?;
     if name.is_empty() {
-        return Err((None, "resource has no name".into()));
+        return Err((None, PayloadError::WithoutName));
     }
     Ok((name, any))
 }
