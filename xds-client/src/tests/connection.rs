@@ -1,4 +1,5 @@
-//! Authentication, reconnection and shutdown: bad and missing tokens, server restarts, client certificates.
+//! Authentication, reconnection and shutdown: bad and missing tokens, server restarts, client
+//! certificates.
 
 use super::*;
 

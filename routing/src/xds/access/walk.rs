@@ -1,4 +1,5 @@
-//! The walk over one chain's HTTP filters: RBAC, ext_authz and JWT filters in order, ALLOW filters after the first as DENY.
+//! The walk over one chain's HTTP filters: RBAC, ext_authz and JWT filters in order, ALLOW filters
+//! after the first as DENY.
 
 use super::*;
 

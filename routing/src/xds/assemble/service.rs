@@ -1,4 +1,5 @@
-//! One model service from its clusters: TCP destinations, the workloads a waypoint serves, per-port traffic policy.
+//! One model service from its clusters: TCP destinations, the workloads a waypoint serves, per-port
+//! traffic policy.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Cluster TLS: the upstream TLS context, SAN matchers, the CONNECT originator's SANs and `UpstreamTls`.
+//! Cluster TLS: the upstream TLS context, SAN matchers, the CONNECT originator's SANs and
+//! `UpstreamTls`.
 
 use super::*;
 

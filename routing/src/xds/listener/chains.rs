@@ -1,4 +1,5 @@
-//! Filter chains: their kind, the filters that matter, the HTTP connection manager and its per-chain path policy.
+//! Filter chains: their kind, the filters that matter, the HTTP connection manager and its
+//! per-chain path policy.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The `main_internal` listener's filter chain matcher: IP, port, authority and application-protocol trees, and the classic match.
+//! The `main_internal` listener's filter chain matcher: IP, port, authority and
+//! application-protocol trees, and the classic match.
 
 use super::*;
 

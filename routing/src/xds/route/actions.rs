@@ -1,4 +1,5 @@
-//! Route actions other than forwarding: CORS, faults, header operations, redirects and direct responses.
+//! Route actions other than forwarding: CORS, faults, header operations, redirects and direct
+//! responses.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! `http` routes: matches, destinations, actions, mirrors and timeout of one route; unreachable-route warnings.
+//! `http` routes: matches, destinations, actions, mirrors and timeout of one route;
+//! unreachable-route warnings.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The authorization part of the bench: generated AuthorizationPolicy rule sets, the evaluation alone (ns and allocations per decision) and the summary table.
+//! The authorization part of the bench: generated AuthorizationPolicy rule sets, the evaluation
+//! alone (ns and allocations per decision) and the summary table.
 
 use super::*;
 

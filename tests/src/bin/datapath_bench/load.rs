@@ -1,4 +1,5 @@
-//! The load: HTTP/1.1 keep-alive runs at max rate or paced, gRPC calls, idle tunnels, the perf profile.
+//! The load: HTTP/1.1 keep-alive runs at max rate or paced, gRPC calls, idle tunnels, the perf
+//! profile.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The processes: spawning and reading them (CPU, RSS, hop counters), and the mesh of originator, terminator and waypoints with its generated config.
+//! The processes: spawning and reading them (CPU, RSS, hop counters), and the mesh of originator,
+//! terminator and waypoints with its generated config.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Part 2: push latency through the real binary: the waypoint process, the pods behind each pushed service, first 200 and ACK timing.
+//! Part 2: push latency through the real binary: the waypoint process, the pods behind each pushed
+//! service, first 200 and ACK timing.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The xDS state of N istiod-sized services, cloned from the bookinfo fixture's `reviews` with their own names, VIPs and pod IPs.
+//! The xDS state of N istiod-sized services, cloned from the bookinfo fixture's `reviews` with
+//! their own names, VIPs and pod IPs.
 
 use super::*;
 
