@@ -36,11 +36,11 @@ use routing::authz::{AuthzView, Verdict};
 use routing::Snapshot;
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
-use waypoint::access_log::Format;
-use waypoint::demo::{bookinfo_snapshot, Bench, BOOKINFO, TRUST_DOMAIN};
-use waypoint::identity::{install_crypto_provider, Ca, SpiffeId};
-use waypoint::metrics::AuthzLabels;
-use waypoint::sim::{self, AppHandle, AppKind, Http1, PodHandle, ZtunnelClient};
+use waypoint::commands::demo::{bookinfo_snapshot, Bench, BOOKINFO, TRUST_DOMAIN};
+use waypoint::commands::sim::{self, AppHandle, AppKind, Http1, PodHandle, ZtunnelClient};
+use waypoint::control::identity::{install_crypto_provider, Ca, SpiffeId};
+use waypoint::telemetry::access_log::Format;
+use waypoint::telemetry::metrics::AuthzLabels;
 use waypoint_tests::load::{percentile, worker, Get, RunBounds};
 
 #[derive(Parser, Debug)]
