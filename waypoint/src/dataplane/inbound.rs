@@ -15,15 +15,17 @@ use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 use pingora_proxy::HttpProxy;
-use routing::{Destination, Endpoint, Protocol, Service, Snapshot};
+use routing::{Destination, Protocol, Service, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use crate::control::identity::PeerCheck;
 use crate::dataplane::drain::{Drain, Outcome};
 use crate::dataplane::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
 use crate::dataplane::splice::{splice, SpliceEnd, Spliced};
 use crate::dataplane::tunnel::{TunnelData, TunnelInfo};
+use crate::dataplane::upstream::{
+    self, Attempt, ClusterKey, ConnectionHash, Dial, NoPick, PodTarget,
+};
 use crate::telemetry::access_log::{timestamp, AccessLog, Entry};
 use crate::telemetry::metrics::{DestinationLabels, IstioMetrics};
 use crate::telemetry::status::Telemetry;
@@ -139,14 +141,8 @@ impl Inbound {
         let mut dest_service: Option<Service> = None;
         // The service whose policies apply (none for pod-addressed traffic: the waypoint's).
         let mut authz_service: Option<String> = None;
-        let mut policy = TunnelPolicy::default();
-        // How endpoints that do not speak HBONE are dialled: the cluster's TLS, and the SNI of
-        // istiod's ISTIO_MUTUAL socket.
-        let mut direct_tls: Option<routing::UpstreamTls> = None;
-        let mut istio_sni = String::new();
-        let candidates: Vec<(SocketAddr, PeerCheck, Arc<Endpoint>)> = match snapshot
-            .resolve_destination(info.original_dst)
-        {
+        // Where the connection goes, resolved once, through the upstream path the HTTP hooks use.
+        let target: Option<SpliceTarget> = match snapshot.resolve_destination(info.original_dst) {
             Some(Destination::Service { service, port }) => {
                 dest_service = Some(service.clone());
                 authz_service = Some(service.hostname.clone());
@@ -156,38 +152,16 @@ impl Inbound {
                     source_namespace: Some(info.source_identity.namespace.as_str()),
                     source_labels: info.source_workload(&snapshot).map(|e| &e.labels),
                 };
-                let (host, cport, subset) = match snapshot
+                let key = match snapshot
                     .tcp_route(service, port.number, &conn)
                     .and_then(|r| routing::pick_weighted(&r.destinations, &mut rand::thread_rng()))
                 {
-                    Some(d) => (
-                        d.host.as_str(),
-                        d.port.unwrap_or(port.number),
-                        d.subset.as_deref(),
-                    ),
-                    None => (service.hostname.as_str(), port.number, None),
-                };
-                match snapshot.cluster(host, cport, subset) {
-                    Some(cluster) => {
-                        entry.upstream_cluster = cluster.name.clone();
-                        policy = TunnelPolicy::for_cluster(cluster);
-                        direct_tls = cluster.policy.originate_tls().cloned();
-                        istio_sni = crate::dataplane::direct::istio_sni(host, cport, subset);
-                        let mut tried = Vec::new();
-                        let mut out = Vec::new();
-                        while let Some(ep) = cluster.pick(&tried) {
-                            tried.push(ep.target);
-                            if let Ok(id) = PeerCheck::for_endpoint(&snapshot, &ep.endpoint) {
-                                out.push((ep.target, id, ep.endpoint.clone()));
-                            }
-                            if out.len() > DEFAULT_RETRY_ATTEMPTS {
-                                break;
-                            }
-                        }
-                        out
+                    Some(d) => {
+                        ClusterKey::new(&d.host, d.port.unwrap_or(port.number), d.subset.as_deref())
                     }
-                    None => Vec::new(),
-                }
+                    None => ClusterKey::new(&service.hostname, port.number, None),
+                };
+                Some(SpliceTarget::Cluster(key))
             }
             Some(Destination::Pod {
                 endpoint,
@@ -195,19 +169,20 @@ impl Inbound {
                 services,
                 ..
             }) => {
-                entry.upstream_cluster = format!("inbound-pod|{port}||{}", endpoint.address);
                 dest_service = services.first().map(|s| (*s).clone());
-                PeerCheck::for_endpoint(&snapshot, endpoint)
-                    .map(|id| {
-                        vec![(
-                            SocketAddr::new(endpoint.address, port),
-                            id,
-                            Arc::new(endpoint.clone()),
-                        )]
-                    })
-                    .unwrap_or_default()
+                match PodTarget::new(&snapshot, endpoint, port) {
+                    Ok(pod) => {
+                        entry.upstream_cluster = pod.cluster_name();
+                        Some(SpliceTarget::Pod(pod))
+                    }
+                    Err(e) => {
+                        warn!(dst = %info.original_dst, error = %e, "TCP tunnel: pod endpoint unusable");
+                        entry.upstream_cluster = PodTarget::cluster_name_of(endpoint, port);
+                        None
+                    }
+                }
             }
-            None => Vec::new(),
+            None => None,
         };
         let source = info.source_labels().clone();
         let cluster_id = self.telemetry.cluster_id.clone();
@@ -245,58 +220,115 @@ impl Inbound {
                 return;
             }
         }
-        if candidates.is_empty() {
-            entry.response_flags = "UH".into();
-            warn!(dst = %info.original_dst, "TCP tunnel: no endpoint to send it to");
-            unserved("UH");
-            self.access_log.write(&entry);
-            return;
-        }
+        let cluster = match &target {
+            Some(SpliceTarget::Cluster(key)) => match key.lookup(&snapshot) {
+                Some(c) => {
+                    entry.upstream_cluster = c.name.clone();
+                    Some((c, key))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        let policy = cluster
+            .map(|(c, _)| TunnelPolicy::for_cluster(c))
+            .unwrap_or_default();
+        // A consistent-hash cluster hashes a connection on its source address (`useSourceIp`).
+        let hash = cluster.and_then(|(c, _)| {
+            let view = ConnectionHash {
+                source: info.source_addr.ip(),
+            };
+            c.request_hash(&view, info.source_addr, info.original_dst)
+                .hash
+        });
         let mut flags = Vec::new();
+        let mut tried = Vec::new();
         let mut upstream = None;
-        for (target, identity, endpoint) in candidates {
-            let attempt = match endpoint.transport {
-                routing::Transport::Hbone => self
+        // The first attempt and DEFAULT_RETRY_ATTEMPTS more on other endpoints, as before the
+        // HTTP path's retries.
+        while tried.len() <= DEFAULT_RETRY_ATTEMPTS {
+            let pick = match (&target, cluster) {
+                (Some(SpliceTarget::Pod(pod)), _) if tried.is_empty() => Ok(pod.pick()),
+                (_, Some((c, key))) => {
+                    let attempt = Attempt {
+                        hash,
+                        tried: &tried,
+                        avoid_tried: true,
+                        original_dst: Some(info.original_dst),
+                    };
+                    upstream::pick(&snapshot, c, key, attempt)
+                }
+                (Some(SpliceTarget::Cluster(_)), None) if tried.is_empty() => {
+                    Err(NoPick::NoCluster)
+                }
+                _ if tried.is_empty() => Err(NoPick::NoEndpoint { retry: false }),
+                _ => break,
+            };
+            let pick = match pick {
+                Ok(p) => p,
+                Err(NoPick::Identity { target, reason }) => {
+                    warn!(%target, %reason, "TCP upstream: endpoint identity unusable");
+                    tried.push(target);
+                    continue;
+                }
+                Err(NoPick::NoEndpoint { retry: true }) => break,
+                Err(no) => {
+                    flags.push(no.flag());
+                    break;
+                }
+            };
+            let addr = pick.target;
+            tried.push(addr);
+            let attempt = match &pick.dial {
+                Dial::Hbone(identity) => self
                     .pool
-                    .checkout_new(target, &identity, Arc::new(Lease::default()), &policy)
+                    .checkout_new(addr, identity, Arc::new(Lease::default()), &policy)
                     .await
                     .map(Upstream::Tunnel),
-                transport => self
-                    .dial_direct(
-                        target,
-                        transport,
-                        &identity,
-                        &direct_tls,
-                        &istio_sni,
-                        &policy,
-                    )
+                dial => self
+                    .dial_direct(addr, dial, &policy)
                     .await
                     .map(|s| Upstream::Direct(Box::new(s))),
             };
             match attempt {
                 Ok(t) => {
-                    upstream = Some((target, t, endpoint));
+                    // Envoy counts a connect success as a success (no split of local-origin
+                    // errors): it ends a run of consecutive failures.
+                    if let Some((c, _)) = cluster {
+                        upstream::report(c, addr, routing::Outcome::Status(200));
+                    }
+                    upstream = Some((t, pick));
                     break;
                 }
                 Err(e @ ConnectError::Overflow { .. }) => {
-                    warn!(%target, error = %e, "TCP upstream: connection pool overflow");
+                    warn!(target = %addr, error = %e, "TCP upstream: connection pool overflow");
                     entry.upstream_transport_failure_reason = e.short_reason().to_string();
                     flags.push("UO");
                     break;
                 }
                 Err(e) => {
-                    warn!(%target, error = %e, "TCP upstream connect failed");
+                    warn!(target = %addr, error = %e, "TCP upstream connect failed");
                     entry.upstream_transport_failure_reason = e.short_reason().to_string();
+                    if let Some((c, _)) = cluster {
+                        upstream::report(c, addr, routing::Outcome::ConnectFailure);
+                    }
                     flags.push("UF");
                 }
             }
         }
-        let Some((target, up, endpoint)) = upstream else {
+        // One `UF` however many endpoints refused.
+        flags.dedup();
+        let Some((up, pick)) = upstream else {
+            if tried.is_empty() {
+                warn!(dst = %info.original_dst, "TCP tunnel: no endpoint to send it to");
+            }
             entry.response_flags = flags.join(",");
             unserved(&entry.response_flags);
             self.access_log.write(&entry);
             return;
         };
+        let target = pick.target;
+        let endpoint = pick.endpoint.clone();
         entry.upstream_host = target.to_string();
         entry.response_flags = flags.join(",");
         let mut labels = IstioMetrics::tcp_labels(
@@ -376,6 +408,12 @@ impl Inbound {
     }
 }
 
+/// Where a TCP connection was sent: a cluster (its LB picks), or the pod the client addressed.
+enum SpliceTarget {
+    Cluster(ClusterKey),
+    Pod(PodTarget),
+}
+
 /// Where a TCP splice goes: an HBONE tunnel, or a direct connection to an endpoint that does
 /// not speak HBONE.
 enum Upstream {
@@ -410,31 +448,28 @@ impl Inbound {
     async fn dial_direct(
         &self,
         target: SocketAddr,
-        transport: routing::Transport,
-        identity: &PeerCheck,
-        tls: &Option<routing::UpstreamTls>,
-        istio_sni: &str,
+        dial: &Dial,
         policy: &TunnelPolicy,
     ) -> Result<Stream, ConnectError> {
         let tls_failed = |reason: String| ConnectError::Tls {
             addr: target,
             reason,
         };
-        let tls = match (transport, tls) {
-            (routing::Transport::IstioMutual, _) => {
+        let tls = match dial {
+            Dial::IstioMutual { expected, sni } => {
                 let config = crate::dataplane::direct::istio_mutual_config(
                     &self.pool.client().configs(),
-                    identity,
+                    expected,
                     false,
                 )
                 .map_err(tls_failed)?;
-                Some((config, Some(istio_sni.to_string())))
+                Some((config, Some(sni.clone())))
             }
-            (_, Some(tls)) => {
+            Dial::Direct(Some(tls)) => {
                 let config = crate::dataplane::direct::tls_config(tls).map_err(tls_failed)?;
                 Some((config, tls.sni.clone()))
             }
-            (_, None) => None,
+            Dial::Direct(None) | Dial::Hbone(_) => None,
         };
         crate::dataplane::direct::connect_stream(target, tls, policy.connect_timeout)
             .await

@@ -11,3 +11,4 @@ pub mod proxy;
 pub mod source;
 pub mod splice;
 pub mod tunnel;
+pub mod upstream;

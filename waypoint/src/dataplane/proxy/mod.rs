@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::control::identity::PeerCheck;
 use crate::dataplane::tunnel::TunnelInfo;
+use crate::dataplane::upstream::{Attempt, ClusterKey, Dial, NoPick, PodTarget};
 use crate::telemetry::access_log::{timestamp, AccessLog, Entry};
 use crate::telemetry::splits::SplitAudit;
 use crate::telemetry::status::Telemetry;
@@ -62,14 +63,6 @@ pub struct Waypoint {
     pub drain: Arc<crate::dataplane::drain::Drain>,
 }
 
-/// Which cluster a request goes to.
-#[derive(Debug, Clone)]
-struct ClusterKey {
-    host: String,
-    port: u16,
-    subset: Option<String>,
-}
-
 /// Envoy response flags, in Envoy's order of reporting.
 #[derive(Debug, Default, Clone)]
 pub struct Flags(Vec<&'static str>);
@@ -100,7 +93,7 @@ pub struct RequestCtx {
     cluster: Option<ClusterKey>,
     cluster_name: String,
     /// Endpoint to use directly (pod-addressed traffic outside any routed service).
-    direct: Option<(SocketAddr, PeerCheck)>,
+    direct: Option<PodTarget>,
     protocol: Protocol,
     /// (hostname, namespace) of the service the request addressed.
     service: Option<(String, String)>,
@@ -112,7 +105,8 @@ pub struct RequestCtx {
     /// The retry policy of the port's default route, when the request took it.
     default_retries: Option<Arc<routing::RetryPolicy>>,
     /// The weighted destination picked (for its header operations).
-    destination: Option<routing::RouteDestination>,
+    /// Its index in `route.destinations` (no copy per request).
+    destination: Option<usize>,
     /// `rewrite.uri` applied to the request's path.
     rewrite_path: Option<String>,
     /// Headers added to the response (CORS).
@@ -146,6 +140,14 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The weighted destination picked, in `route` (the request's matched route).
+    fn destination_in<'r>(
+        &self,
+        route: &'r routing::HttpRoute,
+    ) -> Option<&'r routing::RouteDestination> {
+        route.destinations.get(self.destination?)
+    }
+
     /// The retry policy of the request's route as configured: the matched route's, or its
     /// port's default route's. `None` for pod-addressed requests outside any routed service.
     fn retry_policy(&self) -> Option<&routing::RetryPolicy> {
@@ -293,11 +295,10 @@ impl ProxyHttp for Waypoint {
                     .first()
                     .map(|s| (s.hostname.clone(), s.namespace.clone()));
                 ctx.endpoint = Some(Arc::new(endpoint.clone()));
-                let identity = PeerCheck::for_endpoint(&ctx.snapshot, endpoint)
-                    .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
-                let target = SocketAddr::new(endpoint.address, port);
-                ctx.direct = Some((target, identity));
-                ctx.cluster_name = format!("inbound-pod|{port}||{}", endpoint.address);
+                let pod = PodTarget::new(&ctx.snapshot, endpoint, port)
+                    .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+                ctx.cluster_name = pod.cluster_name();
+                ctx.direct = Some(pod);
                 ctx.protocol = match bound {
                     // The upstream speaks what the client spoke.
                     Some(_) => Protocol::Unknown,
@@ -426,7 +427,10 @@ impl ProxyHttp for Waypoint {
                         dest,
                     );
                 }
-                ctx.destination = Some(dest.clone());
+                ctx.destination = route
+                    .destinations
+                    .iter()
+                    .position(|d| std::ptr::eq(d, dest));
                 ctx.cluster = Some(ClusterKey {
                     host: dest.host.clone(),
                     port: dest.port.unwrap_or(port.number),
@@ -466,21 +470,22 @@ impl ProxyHttp for Waypoint {
         let mut direct_tls: Option<Option<routing::UpstreamTls>> = None;
         // A sidecar endpoint: Istio mutual TLS (peer check, SNI).
         let mut istio_mtls: Option<(PeerCheck, String)> = None;
-        let (target, identity) = if let Some(direct) = ctx.direct.clone() {
-            if ctx.tried.contains(&direct.0) {
+        let pick = if let Some(pod) = ctx.direct.as_ref() {
+            if ctx.tried.contains(&pod.target) {
                 ctx.flags.add("URX");
                 return Err(status_error(503, "pod endpoint failed"));
             }
-            direct
+            pod.pick()
         } else {
             let key = ctx
                 .cluster
                 .clone()
                 .ok_or_else(|| status_error(500, "no cluster chosen"))?;
             let snapshot = ctx.snapshot.clone();
-            let Some(cluster) = snapshot.cluster(&key.host, key.port, key.subset.as_deref()) else {
-                ctx.flags.add("NC");
-                ctx.details = "cluster_not_found".into();
+            let Some(cluster) = key.lookup(&snapshot) else {
+                let no = NoPick::NoCluster;
+                ctx.flags.add(no.flag());
+                ctx.details = no.details().unwrap_or_default().into();
                 return Err(status_error(503, "no cluster for route destination"));
             };
             ctx.cluster_name = cluster.name.clone();
@@ -502,56 +507,44 @@ impl ProxyHttp for Waypoint {
                     tokio::time::sleep(delay).await;
                 }
             }
-            // PASSTHROUGH: the endpoint the client addressed, when it addressed a pod of this
-            // cluster (a service VIP has no single endpoint: fall back to the cluster's pick).
-            let passthrough = cluster.passthrough().then(|| {
-                let dst = ctx.tunnel.as_ref()?.original_dst;
-                cluster
-                    .endpoints
-                    .iter()
-                    .find(|e| e.target.ip() == dst.ip() && !ctx.tried.contains(&e.target))
-            });
-            // A retry avoids the endpoints tried while others are left (previous_hosts), else
-            // goes back to one of them, as Envoy does.
-            let avoid_tried = ctx
-                .retry_policy()
-                .is_none_or(routing::RetryPolicy::avoids_tried_endpoints);
-            let picked = match passthrough.flatten() {
-                Some(ep) => Some(ep),
-                None => cluster.pick_attempt(ctx.hash, &ctx.tried, avoid_tried),
+            let attempt = Attempt {
+                hash: ctx.hash,
+                tried: &ctx.tried,
+                // A retry avoids the endpoints tried while others are left (previous_hosts),
+                // else goes back to one of them, as Envoy does.
+                avoid_tried: ctx
+                    .retry_policy()
+                    .is_none_or(routing::RetryPolicy::avoids_tried_endpoints),
+                original_dst: ctx.tunnel.as_ref().map(|t| t.original_dst),
             };
-            let Some(ep) = picked else {
-                if ctx.tried.is_empty() {
-                    ctx.flags.add("UH");
-                    ctx.details = "no_healthy_upstream".into();
-                } else {
-                    ctx.flags.add("URX");
+            match crate::dataplane::upstream::pick(&snapshot, cluster, &key, attempt) {
+                Ok(pick) => pick,
+                Err(NoPick::Identity { reason, .. }) => {
+                    return Err(Error::explain(ErrorType::InternalError, reason));
                 }
-                return Err(status_error(503, "no healthy upstream"));
-            };
-            let identity = match ep.endpoint.transport {
-                routing::Transport::Hbone => PeerCheck::for_endpoint(&snapshot, &ep.endpoint)
-                    .map_err(|e| Error::explain(ErrorType::InternalError, e))?,
-                routing::Transport::Direct => {
-                    direct_tls = Some(cluster.policy.originate_tls().cloned());
-                    PeerCheck::Sans(Default::default())
+                Err(no) => {
+                    ctx.flags.add(no.flag());
+                    if let Some(details) = no.details() {
+                        ctx.details = details.into();
+                    }
+                    return Err(status_error(503, "no healthy upstream"));
                 }
-                routing::Transport::IstioMutual => {
-                    let expected = PeerCheck::for_endpoint(&snapshot, &ep.endpoint)
-                        .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
-                    let sni = crate::dataplane::direct::istio_sni(
-                        &key.host,
-                        key.port,
-                        key.subset.as_deref(),
-                    );
-                    istio_mtls = Some((expected, sni));
-                    PeerCheck::Sans(Default::default())
-                }
-            };
-            ctx._active = Some(ep.begin());
-            ctx.endpoint = Some(ep.endpoint.clone());
-            (ep.target, identity)
+            }
         };
+        let target = pick.target;
+        let identity = match pick.dial {
+            Dial::Hbone(identity) => identity,
+            Dial::Direct(tls) => {
+                direct_tls = Some(tls);
+                PeerCheck::Sans(Default::default())
+            }
+            Dial::IstioMutual { expected, sni } => {
+                istio_mtls = Some((expected, sni));
+                PeerCheck::Sans(Default::default())
+            }
+        };
+        ctx._active = Some(pick.active);
+        ctx.endpoint = Some(pick.endpoint);
         ctx.tried.push(target);
         ctx.upstream = Some(target);
         let lease = Arc::new(Lease::default());
@@ -804,7 +797,7 @@ impl ProxyHttp for Waypoint {
             response.append_header("set-cookie", cookie)?;
         }
         if let Some(route) = &ctx.route {
-            route.apply_response_headers(ctx.destination.as_ref(), &mut ResponseSink(response));
+            route.apply_response_headers(ctx.destination_in(route), &mut ResponseSink(response));
         }
         for (k, v) in std::mem::take(&mut ctx.extra_response_headers) {
             response.append_header(k, v.as_str())?;
@@ -862,10 +855,13 @@ impl ProxyHttp for Waypoint {
                 }
             }
         }
-        if let Some(authority) = route.authority_rewrite(ctx.destination.as_ref()) {
+        if let Some(authority) = route.authority_rewrite(ctx.destination_in(&route)) {
             upstream_request.insert_header(http::header::HOST, authority)?;
         }
-        route.apply_request_headers(ctx.destination.as_ref(), &mut RequestSink(upstream_request));
+        route.apply_request_headers(
+            ctx.destination_in(&route),
+            &mut RequestSink(upstream_request),
+        );
         Ok(())
     }
 

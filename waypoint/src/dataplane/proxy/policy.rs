@@ -2,16 +2,15 @@
 //! connection pool and consistent hashing, mirroring, outlier reports and Istio metrics.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use pingora_error::Result;
 use pingora_proxy::Session;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::request::{authority, header_str, HashView};
 use super::{RequestCtx, Waypoint};
-use crate::control::identity::PeerCheck;
 use crate::dataplane::tunnel::TunnelInfo;
+use crate::dataplane::upstream::{Attempt, ClusterKey, Dial};
 use crate::telemetry::metrics::RequestKey;
 use routing::Protocol;
 
@@ -136,7 +135,7 @@ impl Waypoint {
             return Ok(false);
         };
         let snapshot = ctx.snapshot.clone();
-        let Some(cluster) = snapshot.cluster(&key.host, key.port, key.subset.as_deref()) else {
+        let Some(cluster) = key.lookup(&snapshot) else {
             return Ok(false); // upstream_peer answers 503 NC
         };
         match cluster.try_acquire(routing::PoolResource::Request) {
@@ -179,21 +178,23 @@ impl Waypoint {
             if !m.sampled(&mut rand::thread_rng()) {
                 continue;
             }
-            let Some(cluster) =
-                ctx.snapshot
-                    .cluster(&m.host, m.port.unwrap_or(port), m.subset.as_deref())
-            else {
+            let key = ClusterKey::new(&m.host, m.port.unwrap_or(port), m.subset.as_deref());
+            let Some(cluster) = key.lookup(&ctx.snapshot) else {
                 debug!(mirror = %m.host, "mirror destination has no cluster");
                 continue;
             };
-            let Some(ep) = cluster.pick(&[]) else {
+            let attempt = Attempt {
+                hash: None,
+                tried: &[],
+                avoid_tried: false,
+                original_dst: None,
+            };
+            let Ok(pick) = crate::dataplane::upstream::pick(&ctx.snapshot, cluster, &key, attempt)
+            else {
                 continue;
             };
             // Mirrors go over HBONE only; a directly dialled endpoint is not mirrored to.
-            if ep.endpoint.transport != routing::Transport::Hbone {
-                continue;
-            }
-            let Ok(identity) = PeerCheck::for_endpoint(&ctx.snapshot, &ep.endpoint) else {
+            let Dial::Hbone(identity) = pick.dial else {
                 continue;
             };
             let mut headers = req.headers.clone();
@@ -215,7 +216,7 @@ impl Waypoint {
             crate::dataplane::mirror::spawn(
                 self.pool.clone(),
                 self.telemetry.mirrors.clone(),
-                ep.target,
+                pick.target,
                 identity,
                 crate::dataplane::mirror::MirrorRequest {
                     method: req.method.clone(),
@@ -236,20 +237,8 @@ impl Waypoint {
         let Some(key) = &ctx.cluster else {
             return;
         };
-        if let Some(cluster) = ctx
-            .snapshot
-            .cluster(&key.host, key.port, key.subset.as_deref())
-        {
-            if let Some(ejection) = cluster.report(target, outcome, Instant::now()) {
-                warn!(
-                    cluster = %cluster.name,
-                    endpoint = %ejection.target,
-                    kind = ?ejection.kind,
-                    ejections = ejection.ejections,
-                    duration = ?ejection.duration,
-                    "outlier detection ejected an endpoint"
-                );
-            }
+        if let Some(cluster) = key.lookup(&ctx.snapshot) {
+            crate::dataplane::upstream::report(cluster, target, outcome);
         }
     }
 
