@@ -1,45 +1,39 @@
 //! The L7 core: pingora `ProxyHttp` hooks that route each request of a tunnel and send it over
 //! HBONE to the chosen endpoint.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use routing::{Destination, Endpoint, Protocol, RequestView, RouteDecision, Snapshot};
+use routing::Snapshot;
 use tracing::{debug, warn};
 
-use crate::control::identity::PeerCheck;
-use crate::dataplane::tunnel::TunnelInfo;
-use crate::dataplane::upstream::{Attempt, ClusterKey, Dial, NoPick, PodTarget};
 use crate::telemetry::access_log::{timestamp, AccessLog, Entry};
-use crate::telemetry::splits::SplitAudit;
 use crate::telemetry::status::Telemetry;
-use crate::transport::hbone::pool::TUNNEL_IDLE_TIMEOUT;
-use crate::transport::hbone::{Lease, TunnelConnector, TunnelPolicy, TunnelPool};
+use crate::transport::hbone::TunnelPool;
 
 mod authz;
+mod ctx;
 pub mod ext_authz;
 mod http1;
 pub(crate) mod jwt;
+mod peer;
 mod policy;
 mod request;
 mod request_id;
+mod route;
 pub mod sanitize;
 
 pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};
+pub use ctx::{Flags, RequestCtx};
 pub use jwt::JwksCache;
 
-use request::{
-    authority, capture, header_str, retry_failure, status_error, HeaderView, RequestSink,
-    ResponseSink,
-};
+use request::{authority, capture, header_str, RequestSink, ResponseSink};
 
 /// Connect attempts after the first for TCP connections (HTTP requests follow their route's
 /// retry policy, [`RequestCtx::retry_policy`]).
@@ -63,145 +57,12 @@ pub struct Waypoint {
     pub drain: Arc<crate::dataplane::drain::Drain>,
 }
 
-/// Envoy response flags, in Envoy's order of reporting.
-#[derive(Debug, Default, Clone)]
-pub struct Flags(Vec<&'static str>);
-
-impl Flags {
-    pub fn add(&mut self, flag: &'static str) {
-        if !self.0.contains(&flag) {
-            self.0.push(flag);
-        }
-    }
-
-    pub fn render(&self) -> String {
-        self.0.join(",")
-    }
-
-    pub fn has(&self, flag: &str) -> bool {
-        self.0.contains(&flag)
-    }
-}
-
-pub struct RequestCtx {
-    snapshot: Arc<Snapshot>,
-    tunnel: Option<Arc<TunnelInfo>>,
-    started: Instant,
-    start_time: SystemTime,
-    request_id: String,
-    route_name: String,
-    cluster: Option<ClusterKey>,
-    cluster_name: String,
-    /// Endpoint to use directly (pod-addressed traffic outside any routed service).
-    direct: Option<PodTarget>,
-    protocol: Protocol,
-    /// (hostname, namespace) of the service the request addressed.
-    service: Option<(String, String)>,
-    /// The endpoint the request was last sent to.
-    endpoint: Option<Arc<Endpoint>>,
-    grpc_status: Option<String>,
-    /// The matched VirtualService route (its timeout, retries, header operations, CORS).
-    route: Option<Arc<routing::HttpRoute>>,
-    /// The retry policy of the port's default route, when the request took it.
-    default_retries: Option<Arc<routing::RetryPolicy>>,
-    /// The weighted destination picked (for its header operations).
-    /// Its index in `route.destinations` (no copy per request).
-    destination: Option<usize>,
-    /// `rewrite.uri` applied to the request's path.
-    rewrite_path: Option<String>,
-    /// Headers added to the response (CORS).
-    extra_response_headers: Vec<(String, String)>,
-    /// Consistent-hash key of this request, when its cluster hashes.
-    hash: Option<u64>,
-    /// `set-cookie` value for a consistent-hash cookie the client did not send.
-    set_cookie: Option<String>,
-    /// The request's slot in its cluster's connection pool (`http2MaxRequests`).
-    _request_slot: Option<routing::PoolGuard>,
-    /// Retry slots (`maxRetries`), held until the request ends.
-    retry_slots: Vec<routing::PoolGuard>,
-    tried: Vec<SocketAddr>,
-    upstream: Option<SocketAddr>,
-    upstream_h2: bool,
-    upstream_started: Option<Instant>,
-    upstream_time: Option<Duration>,
-    lease: Option<Arc<Lease>>,
-    /// Copies of the request body on their way to mirrors.
-    mirror_taps: Vec<crate::dataplane::mirror::BodyTap>,
-    /// The upstream answered 101: its tunnel carries the upgraded protocol and is never reused.
-    upgraded: bool,
-    failure: Arc<Mutex<Option<String>>>,
-    flags: Flags,
-    details: std::borrow::Cow<'static, str>,
-    /// The authorization decision, for the access log.
-    authz: AuthzNote,
-    _active: Option<routing::ActiveGuard>,
-    /// The tunnel's HTTP/1.1 request-header deadline, restarted when this exchange ends.
-    header_clock: Option<Arc<crate::transport::header_deadline::HeaderClock>>,
-}
-
-impl RequestCtx {
-    /// The weighted destination picked, in `route` (the request's matched route).
-    fn destination_in<'r>(
-        &self,
-        route: &'r routing::HttpRoute,
-    ) -> Option<&'r routing::RouteDestination> {
-        route.destinations.get(self.destination?)
-    }
-
-    /// The retry policy of the request's route as configured: the matched route's, or its
-    /// port's default route's. `None` for pod-addressed requests outside any routed service.
-    fn retry_policy(&self) -> Option<&routing::RetryPolicy> {
-        match (&self.route, &self.default_retries) {
-            (Some(route), _) => Some(&route.retries),
-            (None, Some(p)) => Some(p),
-            (None, None) => None,
-        }
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Waypoint {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            snapshot: self.snapshot.load_full(),
-            tunnel: None,
-            started: Instant::now(),
-            start_time: SystemTime::now(),
-            request_id: String::new(),
-            route_name: String::new(),
-            cluster: None,
-            cluster_name: String::new(),
-            direct: None,
-            protocol: Protocol::Unknown,
-            service: None,
-            endpoint: None,
-            grpc_status: None,
-            route: None,
-            default_retries: None,
-            destination: None,
-            rewrite_path: None,
-            extra_response_headers: Vec::new(),
-            hash: None,
-            set_cookie: None,
-            _request_slot: None,
-            retry_slots: Vec::new(),
-            tried: Vec::new(),
-            upstream: None,
-            upstream_h2: false,
-            upstream_started: None,
-            upstream_time: None,
-            lease: None,
-            mirror_taps: Vec::new(),
-            upgraded: false,
-            failure: Arc::new(Mutex::new(None)),
-            flags: Flags::default(),
-            details: "".into(),
-            authz: AuthzNote::default(),
-            _active: None,
-            header_clock: None,
-        }
+        RequestCtx::new(self.snapshot.load_full())
     }
 
     async fn early_request_filter(
@@ -225,239 +86,7 @@ impl ProxyHttp for Waypoint {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let req = session.req_header_mut();
-        ctx.request_id = match req
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(id) if !id.is_empty() => id.to_string(),
-            _ => {
-                let id = request_id::new_request_id();
-                req.insert_header("x-request-id", &id)?;
-                id
-            }
-        };
-        let Some(tunnel) = ctx.tunnel.clone() else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "request without tunnel metadata",
-            ));
-        };
-        // The overload manager (overload.rs), before any routing or policy: shedding only denies.
-        let overload = &self.telemetry.overload;
-        if overload.keepalive_disabled() {
-            session.set_keepalive(None);
-        }
-        if overload.reject_request() {
-            let text = [("content-type".to_string(), "text/plain".to_string())];
-            let body = Some(bytes::Bytes::from_static(b"waypoint overloaded"));
-            return self
-                .local_reply(session, ctx, 503, &text, body, "OM", "overload")
-                .await;
-        }
-        // Envoy's connection manager: no Host (HTTP/1) / `:authority` (h2) is 400
-        // `missing_host_header`, before any routing or policy.
-        if authority(session.req_header()).is_none_or(str::is_empty) {
-            debug!(dst = %tunnel.original_dst, "request without Host");
-            return self
-                .reply(session, ctx, 400, "", "missing_host_header")
-                .await;
-        }
-        sanitize::request_headers(session.req_header_mut());
-        let snapshot = ctx.snapshot.clone();
-        let (service, port) = match snapshot.resolve_destination(tunnel.original_dst) {
-            Some(Destination::Service { service, port }) => {
-                // The service's own connection manager setting (xDS), else the process-wide one.
-                let policy = port.path.unwrap_or_else(|| self.path_normalization.into());
-                if let Some(replied) = self.normalize_path(session, ctx, &policy).await? {
-                    return Ok(replied);
-                }
-                (service, port)
-            }
-            Some(Destination::Pod {
-                endpoint,
-                port,
-                services,
-                bound,
-            }) => {
-                // istiod's `direct-http` chain serves pod-addressed requests, whatever their Host.
-                let policy = snapshot
-                    .pod_path()
-                    .unwrap_or_else(|| self.path_normalization.into());
-                if let Some(replied) = self.normalize_path(session, ctx, &policy).await? {
-                    return Ok(replied);
-                }
-                // Pod-addressed: istiod's `direct-http` chain forwards to the pod the client
-                // addressed, whatever the Host, under the waypoint-wide policies; a service's
-                // VirtualService never re-routes it.
-                ctx.service = services
-                    .first()
-                    .map(|s| (s.hostname.clone(), s.namespace.clone()));
-                ctx.endpoint = Some(Arc::new(endpoint.clone()));
-                let pod = PodTarget::new(&ctx.snapshot, endpoint, port)
-                    .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
-                ctx.cluster_name = pod.cluster_name();
-                ctx.direct = Some(pod);
-                ctx.protocol = match bound {
-                    // The upstream speaks what the client spoke.
-                    Some(_) => Protocol::Unknown,
-                    None => services
-                        .iter()
-                        .find_map(|s| s.ports.iter().find(|p| p.target_port == port))
-                        .map_or(Protocol::Unknown, |p| p.protocol),
-                };
-                return self.authorize(session, ctx, &tunnel, None).await;
-            }
-            None => {
-                warn!(dst = %tunnel.original_dst, "destination left the configuration while its tunnel was open");
-                return self
-                    .reply(session, ctx, 404, "NR", "destination_not_served")
-                    .await;
-            }
-        };
-        ctx.protocol = port.protocol;
-        ctx.service = Some((service.hostname.clone(), service.namespace.clone()));
-        if self
-            .authorize(session, ctx, &tunnel, Some(&service.hostname))
-            .await?
-        {
-            return Ok(true);
-        }
-        let view = HeaderView {
-            req: session.req_header(),
-            port: port.number,
-            source_namespace: Some(tunnel.source_identity.namespace.as_str()),
-            source_labels: tunnel.source_workload(&snapshot).map(|e| &e.labels),
-        };
-        let (decision, matched) = snapshot.route_with_match(service, port.number, &view);
-        match decision {
-            RouteDecision::Route { route, .. } => {
-                ctx.route_name = route.name.clone();
-                // Everything the actions need from the request, computed before replying.
-                let path = view.path().to_string();
-                let origin = view.header("origin").map(String::from);
-                let preflight = route.cors.as_ref().and_then(|c| c.preflight_request(&view));
-                let fault = route
-                    .fault
-                    .as_ref()
-                    .map(|f| f.decide(&mut rand::thread_rng()));
-                let redirect = match &route.action {
-                    routing::RouteAction::Redirect(r) => Some(r.location(
-                        view.scheme(),
-                        view.authority().unwrap_or(""),
-                        &path,
-                        port.number,
-                        matched.and_then(|m| match &m.uri {
-                            Some(routing::StringMatch::Prefix(p)) => Some(p.as_str()),
-                            _ => None,
-                        }),
-                    )),
-                    _ => None,
-                };
-                ctx.rewrite_path = route.rewritten_path(matched, &path);
-                ctx.route = Some(route.clone());
-                if let Some(cors) = &route.cors {
-                    ctx.extra_response_headers = cors.response_headers(origin.as_deref());
-                }
-                if let Some(headers) = preflight {
-                    return self
-                        .local_reply(session, ctx, 200, &headers, None, "", "cors_preflight")
-                        .await;
-                }
-                if let Some(fault) = fault {
-                    if let Some(delay) = fault.delay {
-                        ctx.flags.add("DI");
-                        tokio::time::sleep(delay).await;
-                    }
-                    match fault.abort {
-                        Some(routing::Abort::Http(code)) => {
-                            return self
-                                .reply(session, ctx, code, "FI", "fault_filter_abort")
-                                .await;
-                        }
-                        Some(routing::Abort::Grpc { code, .. }) => {
-                            let headers = [
-                                ("content-type".to_string(), "application/grpc".to_string()),
-                                ("grpc-status".to_string(), code.to_string()),
-                            ];
-                            return self
-                                .local_reply(
-                                    session,
-                                    ctx,
-                                    200,
-                                    &headers,
-                                    None,
-                                    "FI",
-                                    "fault_filter_abort",
-                                )
-                                .await;
-                        }
-                        None => {}
-                    }
-                }
-                match &route.action {
-                    routing::RouteAction::Redirect(_) => {
-                        let (code, location) = redirect.expect("computed for redirects");
-                        let headers = [("location".to_string(), location)];
-                        return self
-                            .local_reply(session, ctx, code, &headers, None, "", "redirect")
-                            .await;
-                    }
-                    routing::RouteAction::DirectResponse(d) => {
-                        let body = d.body.clone().map(bytes::Bytes::from);
-                        return self
-                            .local_reply(session, ctx, d.status, &[], body, "", "direct_response")
-                            .await;
-                    }
-                    routing::RouteAction::Route => {}
-                }
-                let Some(dest) =
-                    routing::pick_weighted(&route.destinations, &mut rand::thread_rng())
-                else {
-                    return self
-                        .reply(session, ctx, 503, "NR", "route_has_no_destination")
-                        .await;
-                };
-                if SplitAudit::audits(&route.destinations) {
-                    self.telemetry.splits.record(
-                        &service.hostname,
-                        &route.name,
-                        &route.destinations,
-                        dest,
-                    );
-                }
-                ctx.destination = route
-                    .destinations
-                    .iter()
-                    .position(|d| std::ptr::eq(d, dest));
-                ctx.cluster = Some(ClusterKey {
-                    host: dest.host.clone(),
-                    port: dest.port.unwrap_or(port.number),
-                    subset: dest.subset.clone(),
-                });
-                self.mirror(session, ctx, route, port.number);
-            }
-            RouteDecision::Default => {
-                ctx.route_name = "default".into();
-                // The default route's retry policy as the configuration states it (xDS: what
-                // istiod wrote on the route), else Istio's default.
-                ctx.default_retries = Some(
-                    port.default_retries
-                        .clone()
-                        .unwrap_or_else(|| ISTIO_DEFAULT_RETRIES.clone()),
-                );
-                ctx.cluster = Some(ClusterKey {
-                    host: service.hostname.clone(),
-                    port: port.number,
-                    subset: None,
-                });
-            }
-            RouteDecision::NoRoute => {
-                return self.reply(session, ctx, 404, "NR", "route_not_found").await;
-            }
-        }
-        self.admit(session, ctx, &tunnel).await
+        self.route_request(session, ctx).await
     }
 
     async fn upstream_peer(
@@ -465,191 +94,7 @@ impl ProxyHttp for Waypoint {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let mut policy = TunnelPolicy::default();
-        // A workload outside the mesh: dialled directly, with the cluster's DestinationRule TLS.
-        let mut direct_tls: Option<Option<routing::UpstreamTls>> = None;
-        // A sidecar endpoint: Istio mutual TLS (peer check, SNI).
-        let mut istio_mtls: Option<(PeerCheck, String)> = None;
-        let pick = if let Some(pod) = ctx.direct.as_ref() {
-            if ctx.tried.contains(&pod.target) {
-                ctx.flags.add("URX");
-                return Err(status_error(503, "pod endpoint failed"));
-            }
-            pod.pick()
-        } else {
-            let key = ctx
-                .cluster
-                .clone()
-                .ok_or_else(|| status_error(500, "no cluster chosen"))?;
-            let snapshot = ctx.snapshot.clone();
-            let Some(cluster) = key.lookup(&snapshot) else {
-                let no = NoPick::NoCluster;
-                ctx.flags.add(no.flag());
-                ctx.details = no.details().unwrap_or_default().into();
-                return Err(status_error(503, "no cluster for route destination"));
-            };
-            ctx.cluster_name = cluster.name.clone();
-            policy = TunnelPolicy::for_cluster(cluster);
-            if !ctx.tried.is_empty() {
-                // A retry: it needs a slot in the cluster's retry budget (maxRetries).
-                match cluster.try_acquire(routing::PoolResource::Retry) {
-                    Ok(slot) => ctx.retry_slots.push(slot),
-                    Err(overflow) => {
-                        debug!(cluster = %cluster.name, %overflow, "retry budget exhausted");
-                        ctx.flags.add("URX");
-                        return Err(status_error(503, "retry budget exhausted"));
-                    }
-                }
-                // Envoy's fully jittered exponential backoff before each retry (25 ms base, or
-                // the route's `retry_back_off`).
-                if let Some(p) = ctx.retry_policy() {
-                    let delay = p.backoff_delay(ctx.tried.len() as u32, &mut rand::thread_rng());
-                    tokio::time::sleep(delay).await;
-                }
-            }
-            let attempt = Attempt {
-                hash: ctx.hash,
-                tried: &ctx.tried,
-                // A retry avoids the endpoints tried while others are left (previous_hosts),
-                // else goes back to one of them, as Envoy does.
-                avoid_tried: ctx
-                    .retry_policy()
-                    .is_none_or(routing::RetryPolicy::avoids_tried_endpoints),
-                original_dst: ctx.tunnel.as_ref().map(|t| t.original_dst),
-            };
-            match crate::dataplane::upstream::pick(&snapshot, cluster, &key, attempt) {
-                Ok(pick) => pick,
-                Err(NoPick::Identity { reason, .. }) => {
-                    return Err(Error::explain(ErrorType::InternalError, reason));
-                }
-                Err(no) => {
-                    ctx.flags.add(no.flag());
-                    if let Some(details) = no.details() {
-                        ctx.details = details.into();
-                    }
-                    return Err(status_error(503, "no healthy upstream"));
-                }
-            }
-        };
-        let target = pick.target;
-        let identity = match pick.dial {
-            Dial::Hbone(identity) => identity,
-            Dial::Direct(tls) => {
-                direct_tls = Some(tls);
-                PeerCheck::Sans(Default::default())
-            }
-            Dial::IstioMutual { expected, sni } => {
-                istio_mtls = Some((expected, sni));
-                PeerCheck::Sans(Default::default())
-            }
-        };
-        ctx._active = Some(pick.active);
-        ctx.endpoint = Some(pick.endpoint);
-        ctx.tried.push(target);
-        ctx.upstream = Some(target);
-        let lease = Arc::new(Lease::default());
-        ctx.lease = Some(lease.clone());
-        ctx.upstream_h2 = match ctx.protocol {
-            Protocol::Http2 | Protocol::Grpc => true,
-            Protocol::Http | Protocol::Tcp => false,
-            Protocol::Unknown => session.req_header().version == http::Version::HTTP_2,
-        };
-        let mut peer = HttpPeer::new(target, false, String::new());
-        peer.group_key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            identity.hash(&mut h);
-            h.finish()
-        };
-        peer.options.idle_timeout = Some(TUNNEL_IDLE_TIMEOUT);
-        // The route's timeout bounds the wait for the response (504 UT); a per-try timeout
-        // bounds each attempt within it.
-        if let Some(route) = &ctx.route {
-            let remaining = route
-                .timeout
-                .map(|t| t.saturating_sub(ctx.started.elapsed()));
-            let limit = match (remaining, route.retries.per_try_timeout) {
-                (Some(r), Some(p)) => Some(r.min(p)),
-                (r, p) => r.or(p),
-            };
-            if let Some(limit) = limit {
-                if limit.is_zero() {
-                    ctx.flags.add("UT");
-                    return Err(status_error(
-                        504,
-                        "route timeout elapsed before the attempt",
-                    ));
-                }
-                peer.options.read_timeout = Some(limit);
-            }
-        }
-        if let Some((expected, sni)) = istio_mtls {
-            // Dialled directly in Istio mutual TLS with the waypoint's own certificate.
-            if ctx.upstream_h2 {
-                peer.options.set_http_version(2, 2);
-            }
-            let config = crate::dataplane::direct::istio_mutual_config(
-                &self.pool.client().configs(),
-                &expected,
-                ctx.upstream_h2,
-            )
-            .map_err(|e| {
-                *ctx.failure.lock() = Some(e.clone());
-                Error::explain(ErrorType::TLSHandshakeFailure, e)
-            })?;
-            peer.group_key = 0;
-            peer.options.connection_timeout = policy.connect_timeout;
-            peer.options.custom_l4 = Some(Arc::new(crate::dataplane::direct::TlsConnector {
-                config,
-                sni: Some(sni),
-                connect_timeout: policy.connect_timeout,
-                failure: ctx.failure.clone(),
-            }));
-            ctx.upstream_started = Some(Instant::now());
-            return Ok(Box::new(peer));
-        }
-        if let Some(tls) = direct_tls {
-            // No HBONE: pingora dials the endpoint itself, or our TLS connector does.
-            ctx.upstream_h2 |= tls.as_ref().is_some_and(|t| t.alpn_h2);
-            if ctx.upstream_h2 {
-                peer.options.set_http_version(2, 2);
-            }
-            peer.group_key = 0;
-            peer.options.connection_timeout = policy.connect_timeout;
-            if let Some(tls) = tls {
-                let config = crate::dataplane::direct::tls_config(&tls).map_err(|e| {
-                    *ctx.failure.lock() = Some(e.clone());
-                    Error::explain(ErrorType::TLSHandshakeFailure, e)
-                })?;
-                // Envoy's auto_sni: the request's host when the DestinationRule names no sni.
-                let sni = tls.sni.clone().or_else(|| {
-                    authority(session.req_header())
-                        .map(routing::normalize_authority)
-                        .filter(|h| h.parse::<std::net::IpAddr>().is_err())
-                });
-                peer.options.custom_l4 = Some(Arc::new(crate::dataplane::direct::TlsConnector {
-                    config,
-                    sni,
-                    connect_timeout: policy.connect_timeout,
-                    failure: ctx.failure.clone(),
-                }));
-            }
-            ctx.upstream_started = Some(Instant::now());
-            return Ok(Box::new(peer));
-        }
-        if ctx.upstream_h2 {
-            peer.options.set_http_version(2, 2);
-        }
-        peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
-            pool: self.pool.clone(),
-            identity,
-            lease,
-            policy,
-            failure: ctx.failure.clone(),
-            h2: ctx.upstream_h2,
-        }));
-        ctx.upstream_started = Some(Instant::now());
-        Ok(Box::new(peer))
+        self.pick_peer(session, ctx).await
     }
 
     fn fail_to_connect(
@@ -657,35 +102,9 @@ impl ProxyHttp for Waypoint {
         _session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        if matches!(e.etype(), ErrorType::HTTPStatus(503)) {
-            // The connector's answer to tcp.maxConnections / http1MaxPendingRequests overflow
-            // (a failed connect is a connect error type): 503 UO, no retry.
-            ctx.flags.add("UO");
-            ctx.details = "upstream_overflow".into();
-            debug!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "connection pool overflow");
-            return e;
-        }
-        ctx.flags.add("UF");
-        warn!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "upstream connect failed");
-        if let Some(target) = ctx.upstream {
-            self.report(ctx, target, routing::Outcome::ConnectFailure);
-        }
-        // Retry when the route's policy allows: connect-failure, reset-before-request (istiod's
-        // default route), reset, 5xx, gateway-error.
-        let (attempts, retriable) = match ctx.retry_policy() {
-            Some(p) => (
-                p.attempts as usize,
-                p.should_retry(None, routing::RetryFailure::ConnectFailure, None),
-            ),
-            None => (0, false),
-        };
-        if ctx.direct.is_none() && retriable && ctx.tried.len() <= attempts && !self.drain.is_cut()
-        {
-            e.set_retry(true);
-        }
-        e
+        self.on_connect_failure(_session, peer, ctx, e)
     }
 
     /// An error after the upstream connection was made (a reset, a closed connection, a per-try
@@ -702,30 +121,7 @@ impl ProxyHttp for Waypoint {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        let replayable = !session.as_ref().retry_buffer_truncated();
-        let stale_reuse = replayable && session.req_header().method.is_idempotent() && {
-            e.retry.decide_reuse(client_reused);
-            e.retry()
-        };
-        let failure = retry_failure(&e);
-        let by_policy = match (ctx.retry_policy(), failure) {
-            (Some(p), Some(f)) => {
-                ctx.direct.is_none()
-                    // Before the response: once headers are forwarded, nothing can be retried.
-                    && ctx.upstream_time.is_none()
-                    && replayable
-                    && ctx.tried.len() <= p.attempts as usize
-                    && p.should_retry(None, f, None)
-            }
-            _ => false,
-        };
-        if by_policy {
-            debug!(route = %ctx.route_name, ?failure, attempt = ctx.tried.len(), error = %e, "retrying after an upstream reset");
-        }
-        // At the drain deadline the upstream was dropped on purpose: nothing is retried.
-        e.set_retry((stale_reuse || by_policy) && !self.drain.is_cut());
-        e
+        self.on_proxy_error(peer, session, e, ctx, client_reused)
     }
 
     async fn upstream_response_filter(
@@ -883,51 +279,7 @@ impl ProxyHttp for Waypoint {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        use ErrorType::*;
-        if self.drain.is_cut() && e.esource() != &ErrorSource::Downstream {
-            return self.cut_at_drain_deadline(session, ctx).await;
-        }
-        let code = match (e.esource(), e.etype()) {
-            (_, HTTPStatus(code)) => *code,
-            (
-                ErrorSource::Upstream,
-                ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure
-                | ConnectError | ConnectProxyFailure,
-            ) => {
-                ctx.flags.add("UF");
-                503
-            }
-            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
-                ctx.flags.add("UT");
-                if let Some(target) = ctx.upstream {
-                    self.report(ctx, target, routing::Outcome::Timeout);
-                }
-                504
-            }
-            (ErrorSource::Upstream, ReadError | WriteError | ConnectionClosed) => {
-                ctx.flags.add("UC");
-                if let Some(target) = ctx.upstream {
-                    self.report(ctx, target, routing::Outcome::Reset);
-                }
-                503
-            }
-            (ErrorSource::Upstream, _) => 502,
-            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => {
-                ctx.flags.add("DC");
-                0
-            }
-            (ErrorSource::Downstream, _) => 400,
-            _ => 500,
-        };
-        if code > 0 {
-            if let Err(write_err) = session.respond_error(code).await {
-                debug!(error = %write_err, "could not send error response downstream");
-            }
-        }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        self.on_proxy_failure(session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
