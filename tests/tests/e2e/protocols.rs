@@ -192,16 +192,7 @@ async fn virtual_service_tcp_route_picks_the_subset() {
         + "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: mongodb\nspec:\n  hosts: [mongodb]\n  tcp:\n  - match: [{port: 27017}]\n    route:\n    - destination: {host: mongodb, subset: v2}\n";
     let mesh = Mesh::start(&yaml).await;
     for i in 0..4 {
-        let mut tunnel = mesh
-            .client()
-            .tunnel("10.0.0.30:27017".parse().unwrap())
-            .await
-            .unwrap();
-        tunnel.write_all(b"ping").await.unwrap();
-        let mut back = [0u8; 4];
-        tunnel.read_exact(&mut back).await.unwrap();
-        tunnel.shutdown().await.unwrap();
-        let _ = tunnel.read_to_end(&mut Vec::new()).await;
+        tcp_ping(&mesh).await;
         let log = mesh.wait_for_log_lines(i + 1).await;
         assert_eq!(log[i]["upstream_host"], format!("{}:27017", mesh.net.ip(2)));
         assert_eq!(
