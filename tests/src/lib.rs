@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
-use waypoint::access_log::Format;
-use waypoint::demo::{Bench, BenchOptions};
-use waypoint::identity::{ClientConfigs, SpiffeId};
+use waypoint::commands::demo::{Bench, BenchOptions};
+use waypoint::control::identity::{ClientConfigs, SpiffeId};
+use waypoint::telemetry::access_log::Format;
 
-pub use waypoint::demo::TRUST_DOMAIN;
-pub use waypoint::sim;
+pub use waypoint::commands::demo::TRUST_DOMAIN;
+pub use waypoint::commands::sim;
 
 static NEXT_NET: AtomicU8 = AtomicU8::new(0);
 
@@ -129,7 +129,7 @@ impl Mesh {
     }
 
     /// A workload certificate for service account `sa`, from the mesh's CA.
-    pub fn cert(&self, sa: &str) -> waypoint::identity::WorkloadCert {
+    pub fn cert(&self, sa: &str) -> waypoint::control::identity::WorkloadCert {
         self.bench
             .ca
             .issue(&spiffe(sa))
@@ -249,7 +249,7 @@ pub async fn raw_h2_with(
 
 /// A client TLS config carrying `cert`, expecting the waypoint's identity.
 pub fn client_tls(
-    cert: waypoint::identity::WorkloadCert,
+    cert: waypoint::control::identity::WorkloadCert,
     waypoint_id: &SpiffeId,
 ) -> Arc<rustls::ClientConfig> {
     ClientConfigs::new(cert)
@@ -265,7 +265,7 @@ pub struct AdminEndpoint {
 
 impl Mesh {
     pub async fn admin(&self) -> AdminEndpoint {
-        let admin = Arc::new(waypoint::admin::Admin {
+        let admin = Arc::new(waypoint::telemetry::admin::Admin {
             telemetry: self.bench.app.telemetry.clone(),
             logs: None,
             access_log: None,
@@ -276,7 +276,7 @@ impl Mesh {
             .expect("admin listener");
         let addr = listener.local_addr().expect("admin addr");
         let (stop, watch) = tokio::sync::watch::channel(false);
-        tokio::spawn(admin.serve(listener, waypoint::admin::Role::Admin, watch));
+        tokio::spawn(admin.serve(listener, waypoint::telemetry::admin::Role::Admin, watch));
         AdminEndpoint { addr, _stop: stop }
     }
 }
@@ -396,7 +396,7 @@ impl Scrape {
 /// The serial of the certificate the waypoint presents to a new mTLS handshake.
 pub async fn presented_serial(
     waypoint: SocketAddr,
-    client: waypoint::identity::WorkloadCert,
+    client: waypoint::control::identity::WorkloadCert,
     waypoint_id: &SpiffeId,
 ) -> String {
     let tcp = tokio::net::TcpStream::connect(waypoint)
@@ -413,7 +413,7 @@ pub async fn presented_serial(
         .and_then(|c| c.first())
         .expect("server certificate")
         .clone();
-    waypoint::identity::serial(&leaf).expect("parsable serial")
+    waypoint::control::identity::serial(&leaf).expect("parsable serial")
 }
 
 impl Mesh {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Barrier;
-use waypoint::sim::{self, Http1};
+use waypoint::commands::sim::{self, Http1};
 
 /// How much load one run sends and how long it may take: the bounds every benchmark program
 /// takes (flattened into its arguments).

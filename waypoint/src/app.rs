@@ -15,13 +15,13 @@ use routing::Snapshot;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::access_log::AccessLog;
-use crate::hbone::server::HboneServer;
-use crate::hbone::{HboneClient, TunnelPool, HBONE_PORT};
-use crate::identity::{server_config, ClientConfigs, IdentityError, WorkloadCert};
-use crate::inbound::Inbound;
-use crate::proxy::Waypoint;
-use crate::status::{Dataplane, Telemetry};
+use crate::control::identity::{server_config, ClientConfigs, IdentityError, WorkloadCert};
+use crate::dataplane::inbound::Inbound;
+use crate::dataplane::proxy::Waypoint;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::status::{Dataplane, Telemetry};
+use crate::transport::hbone::server::HboneServer;
+use crate::transport::hbone::{HboneClient, TunnelPool, HBONE_PORT};
 
 /// Default bound on a write to a client that keeps its window shut (Envoy's default
 /// `stream_idle_timeout`, 5 min).
@@ -38,7 +38,7 @@ pub struct Settings {
     /// Port of the HBONE listener on endpoint nodes (15008 in a mesh).
     pub upstream_hbone_port: u16,
     /// Connect timeout, per-endpoint connection cap, idle and keep-alive of upstream HBONE.
-    pub upstream: crate::hbone::UpstreamLimits,
+    pub upstream: crate::transport::hbone::UpstreamLimits,
     pub sniff_timeout: Duration,
     /// Total time for an HTTP/1.1 request's headers inside a tunnel; `None`: no total bound.
     pub request_headers_timeout: Option<Duration>,
@@ -50,7 +50,8 @@ pub struct Settings {
     pub path_normalization: routing::path::PathNormalization,
     /// meshConfig `extensionProviders` that CUSTOM policies name.
     #[serde(skip)]
-    pub authorizers: std::collections::HashMap<String, crate::proxy::ext_authz::Provider>,
+    pub authorizers:
+        std::collections::HashMap<String, crate::dataplane::proxy::ext_authz::Provider>,
 }
 
 impl Settings {
@@ -58,11 +59,11 @@ impl Settings {
         Self {
             trust_domains: vec![trust_domain.to_string()],
             upstream_hbone_port: HBONE_PORT,
-            upstream: crate::hbone::UpstreamLimits::default(),
+            upstream: crate::transport::hbone::UpstreamLimits::default(),
             sniff_timeout: Duration::from_secs(5),
             request_headers_timeout: Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
             send_timeout: Some(DEFAULT_SEND_TIMEOUT),
-            handshake_timeout: crate::hbone::server::HANDSHAKE_TIMEOUT,
+            handshake_timeout: crate::transport::hbone::server::HANDSHAKE_TIMEOUT,
             path_normalization: Default::default(),
             authorizers: Default::default(),
         }
@@ -77,7 +78,7 @@ pub struct App {
     pub inbound: Arc<Inbound>,
     pub telemetry: Telemetry,
     /// The SIGTERM drain and its deadline ([`App::start_drain`], [`App::cut_drain`]).
-    pub drain: Arc<crate::drain::Drain>,
+    pub drain: Arc<crate::dataplane::drain::Drain>,
 }
 
 impl App {
@@ -113,14 +114,14 @@ impl App {
         status.set_config(&snapshot, config_source);
         status.attach_access_log(access_log.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-        let drain = Arc::new(crate::drain::Drain::default());
+        let drain = Arc::new(crate::dataplane::drain::Drain::default());
         let client = Arc::new(
             HboneClient::with_limits(Arc::new(ClientConfigs::new(cert)), settings.upstream)
                 .with_drain(drain.clone()),
         );
         let pool = TunnelPool::new(client, settings.upstream_hbone_port);
         let conf = Arc::new(ServerConf::default());
-        let jwks = Arc::new(crate::proxy::JwksCache::default());
+        let jwks = Arc::new(crate::dataplane::proxy::JwksCache::default());
         let authorizers = Arc::new(settings.authorizers.clone());
         let waypoint = || Waypoint {
             snapshot: snapshot.clone(),
@@ -208,7 +209,7 @@ impl App {
     }
 
     /// The drain deadline: what is still in flight is answered 503 or reset, and inbound
-    /// connections still open `force_close_after` later are closed (see [`crate::drain`]).
+    /// connections still open `force_close_after` later are closed (see [`crate::dataplane::drain`]).
     pub fn cut_drain(&self, force_close_after: std::time::Duration) {
         self.drain.cut(force_close_after);
     }
@@ -216,5 +217,5 @@ impl App {
 
 /// Bind a listener before the server starts, so a bad address fails loudly at once.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    crate::listen::bind(addr, crate::listen::ENDPOINT_BACKLOG)
+    crate::transport::listen::bind(addr, crate::transport::listen::ENDPOINT_BACKLOG)
 }

@@ -6,7 +6,7 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    if let Err(e) = waypoint::cli::main_with(waypoint::cli::Cli::parse()) {
+    if let Err(e) = waypoint::commands::cli::main_with(waypoint::commands::cli::Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -30,8 +30,10 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use waypoint::identity::{install_crypto_provider, server_config, ClientConfigs, PeerCheck};
-use waypoint::identity::{SpiffeId, WorkloadCert};
+use waypoint::control::identity::{
+    install_crypto_provider, server_config, ClientConfigs, PeerCheck,
+};
+use waypoint::control::identity::{SpiffeId, WorkloadCert};
 
 #[derive(Parser, Debug)]
 #[command(about = "Lean HBONE hops (ztunnel-like outbound and inbound) for datapath_bench")]

@@ -23,7 +23,7 @@ use clap::Parser;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::spiffe;
 
 #[derive(Parser)]

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::explain::{explain, ExplainArgs, Output};
-use waypoint::sim;
+use waypoint::commands::explain::{explain, ExplainArgs, Output};
+use waypoint::commands::sim;
 use waypoint_tests::{scrape, service_yaml, spiffe, workload_yaml, Mesh, TRUST_DOMAIN};
 
 const POLICIES: &str = "\

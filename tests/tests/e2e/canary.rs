@@ -9,7 +9,7 @@ const VIP: &str = "10.0.0.10:9080";
 
 /// Send `n` requests over `tunnels` keep-alive tunnels; count responses per pod.
 async fn count_by_pod(mesh: &Mesh, n: usize, tunnels: usize) -> BTreeMap<String, u64> {
-    let report = waypoint::demo::drive(
+    let report = waypoint::commands::demo::drive(
         &mesh.client(),
         VIP.parse().unwrap(),
         "reviews:9080",

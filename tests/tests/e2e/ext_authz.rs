@@ -14,8 +14,8 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
 use parking_lot::Mutex;
-use waypoint::demo::BenchOptions;
-use waypoint::proxy::ext_authz::load_providers;
+use waypoint::commands::demo::BenchOptions;
+use waypoint::dataplane::proxy::ext_authz::load_providers;
 use waypoint_tests::{service_yaml, workload_yaml, Mesh};
 
 /// The in-test HTTP authorizer: allows when `x-ext-authz: allow`; records method and path.

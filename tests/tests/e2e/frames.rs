@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
-use waypoint::hbone::UpstreamLimits;
+use waypoint::transport::hbone::UpstreamLimits;
 use waypoint_tests::{client_tls, eventually, raw_h2_with, reviews_request, reviews_yaml, Mesh};
 
 const TO_V1: &str = "  - route: [{destination: {host: reviews, subset: v1}}]\n";

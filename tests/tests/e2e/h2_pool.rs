@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use waypoint::hbone::UpstreamLimits;
+use waypoint::transport::hbone::UpstreamLimits;
 use waypoint_tests::{eventually, service_yaml, workload_yaml, Mesh};
 
 const VIP: &str = "10.0.0.41:9090";
@@ -255,7 +255,8 @@ async fn grpc_calls_do_not_take_idle_http1_tunnels_to_the_same_app() {
         tokio::spawn(async move {
             let mut send = client.http1("10.0.0.42:9080".parse().unwrap()).await?;
             let (parts, _) =
-                waypoint::sim::get(&mut send, "echo-web", "/", &[("x-delay-ms", "200")]).await?;
+                waypoint::commands::sim::get(&mut send, "echo-web", "/", &[("x-delay-ms", "200")])
+                    .await?;
             anyhow::ensure!(parts.status == 200, "HTTP/1 answered {}", parts.status);
             anyhow::Ok(())
         })
@@ -297,7 +298,7 @@ async fn tcp_tunnels_do_not_take_idle_http1_tunnels_to_the_same_app() {
         .http1("10.0.0.42:9080".parse().unwrap())
         .await
         .expect("a tunnel to echo-web");
-    let (parts, _) = waypoint::sim::get(&mut send, "echo-web", "/", &[])
+    let (parts, _) = waypoint::commands::sim::get(&mut send, "echo-web", "/", &[])
         .await
         .expect("an HTTP/1 answer");
     assert_eq!(parts.status, 200);
@@ -316,7 +317,7 @@ async fn tcp_tunnels_do_not_take_idle_http1_tunnels_to_the_same_app() {
         .http1("10.0.0.43:9100".parse().unwrap())
         .await
         .expect("a tunnel to echo-tcp");
-    let (parts, _) = waypoint::sim::get(&mut tcp, "echo-tcp", "/", &[])
+    let (parts, _) = waypoint::commands::sim::get(&mut tcp, "echo-tcp", "/", &[])
         .await
         .expect("an answer through the TCP splice");
     assert_eq!(parts.status, 200);

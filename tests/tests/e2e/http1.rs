@@ -155,7 +155,7 @@ async fn mesh() -> Mesh {
     Mesh::start(&reviews_yaml("ROUND_ROBIN", TO_V1)).await
 }
 
-async fn open(mesh: &Mesh) -> Responses<waypoint::hbone::H2Stream> {
+async fn open(mesh: &Mesh) -> Responses<waypoint::transport::hbone::H2Stream> {
     Responses::new(mesh.client().tunnel(VIP.parse().unwrap()).await.unwrap())
 }
 

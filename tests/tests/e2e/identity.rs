@@ -27,7 +27,7 @@ async fn rotation_under_load_fails_no_request() {
     let load = {
         let client = client.clone();
         tokio::spawn(async move {
-            waypoint::demo::drive(
+            waypoint::commands::demo::drive(
                 &client,
                 "10.0.0.10:9080".parse().unwrap(),
                 "reviews:9080",
@@ -98,7 +98,7 @@ async fn rotation_under_load_fails_no_request() {
     let third = bench.ca.issue(&bench.waypoint_id).unwrap();
     let third_serial = third.workload.summary().serial;
     app.rotate(third.workload).unwrap();
-    let more = waypoint::demo::drive(
+    let more = waypoint::commands::demo::drive(
         &client,
         "10.0.0.10:9080".parse().unwrap(),
         "reviews:9080",
@@ -127,7 +127,7 @@ async fn rotation_under_load_fails_no_request() {
 /// domain are served; the same CA in a domain not accepted, or an unknown CA, are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_roots_and_trust_domain_aliases() {
-    use waypoint::identity::{Ca, SpiffeId, WorkloadCert};
+    use waypoint::control::identity::{Ca, SpiffeId, WorkloadCert};
     let yaml = waypoint_tests::service_yaml("ratings", "10.0.0.20", 9080, "http")
         + &waypoint_tests::workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings");
     let mesh = Mesh::start_with(&yaml, |_, o| {
@@ -161,7 +161,11 @@ async fn several_roots_and_trust_domain_aliases() {
             both.as_bytes(),
         )
         .unwrap();
-        waypoint::sim::ZtunnelClient::new(cert, bench.waypoint_addr, bench.waypoint_id.clone())
+        waypoint::commands::sim::ZtunnelClient::new(
+            cert,
+            bench.waypoint_addr,
+            bench.waypoint_id.clone(),
+        )
     };
     let rejected = || {
         bench
@@ -175,7 +179,7 @@ async fn several_roots_and_trust_domain_aliases() {
         .http1("10.0.0.20:9080".parse().unwrap())
         .await
         .expect("a client of the second root in an accepted alias domain is served");
-    let (parts, _) = waypoint::sim::get(&mut send, "ratings:9080", "/", &[])
+    let (parts, _) = waypoint::commands::sim::get(&mut send, "ratings:9080", "/", &[])
         .await
         .unwrap();
     assert_eq!(parts.status, 200);
@@ -208,7 +212,7 @@ async fn several_roots_and_trust_domain_aliases() {
 /// foreign-trust-domain certificate is refused (503, UF, tls_handshake_failure).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_endpoint_certificates_are_refused() {
-    use waypoint::sim::PodCert;
+    use waypoint::commands::sim::PodCert;
     let cases = [
         PodCert::Expired,
         PodCert::NotYetValid,
@@ -237,7 +241,7 @@ async fn faulty_endpoint_certificates_are_refused() {
     for (i, case) in cases.iter().enumerate() {
         let vip = format!("10.0.0.{}:9080", 60 + i);
         let mut send = client.http1(vip.parse().unwrap()).await.unwrap();
-        let (parts, _) = waypoint::sim::get(&mut send, &format!("svc{i}:9080"), "/", &[])
+        let (parts, _) = waypoint::commands::sim::get(&mut send, &format!("svc{i}:9080"), "/", &[])
             .await
             .unwrap();
         assert_eq!(parts.status, 503, "{case:?}");

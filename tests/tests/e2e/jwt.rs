@@ -210,7 +210,7 @@ async fn request_authentication_verifies_tokens_and_feeds_authorization() {
             Some("jwt_authn_access_denied{Jwt_is_expired}"),
         ),
     ] {
-        let args = waypoint::explain::ExplainArgs {
+        let args = waypoint::commands::explain::ExplainArgs {
             config: Some(std::path::PathBuf::from("(in-process)")),
             xds_dump: None,
             trust_domain: waypoint_tests::TRUST_DOMAIN.into(),
@@ -218,20 +218,20 @@ async fn request_authentication_verifies_tokens_and_feeds_authorization() {
             source: Some(waypoint_tests::spiffe("productpage")),
             source_ip: None,
             headers: vec![("authorization".into(), authorization.into())],
-            output: waypoint::explain::Output::Json,
+            output: waypoint::commands::explain::Output::Json,
             method: "GET".into(),
             url: "http://reviews:9080/reviews/1".into(),
         };
-        let a = waypoint::explain::explain(&snapshot, &args)
+        let a = waypoint::commands::explain::explain(&snapshot, &args)
             .unwrap()
             .authorization
             .unwrap();
         assert_eq!(a.status, status, "{:?}", a.authentication);
         assert_eq!(a.response_code_details.as_deref(), details);
     }
-    let text = waypoint::explain::explain(
+    let text = waypoint::commands::explain::explain(
         &snapshot,
-        &waypoint::explain::ExplainArgs {
+        &waypoint::commands::explain::ExplainArgs {
             config: Some(std::path::PathBuf::from("(in-process)")),
             xds_dump: None,
             trust_domain: waypoint_tests::TRUST_DOMAIN.into(),
@@ -239,7 +239,7 @@ async fn request_authentication_verifies_tokens_and_feeds_authorization() {
             source: None,
             source_ip: None,
             headers: vec![("authorization".into(), alice.clone())],
-            output: waypoint::explain::Output::Text,
+            output: waypoint::commands::explain::Output::Text,
             method: "GET".into(),
             url: "http://reviews:9080/reviews/1".into(),
         },

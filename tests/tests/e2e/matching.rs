@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use waypoint::explain::{explain, ExplainArgs, Output};
+use waypoint::commands::explain::{explain, ExplainArgs, Output};
 use waypoint_tests::{reviews_yaml, Mesh, TRUST_DOMAIN};
 
 /// Each route is told apart by one kind of condition; the subset it routes to names it.
@@ -78,7 +78,7 @@ async fn every_match_kind_routes_live_traffic() {
     // sourceNamespace comes from the tunnel's SPIFFE id.
     let other = mesh
         .bench
-        .client(&waypoint::identity::SpiffeId::new(
+        .client(&waypoint::control::identity::SpiffeId::new(
             TRUST_DOMAIN,
             "other",
             "client",
@@ -88,7 +88,7 @@ async fn every_match_kind_routes_live_traffic() {
         .http1("10.0.0.10:9080".parse().unwrap())
         .await
         .unwrap();
-    let (parts, _) = waypoint::sim::get(&mut send, "reviews:9080", "/reviews/1", &[])
+    let (parts, _) = waypoint::commands::sim::get(&mut send, "reviews:9080", "/reviews/1", &[])
         .await
         .unwrap();
     assert_eq!(

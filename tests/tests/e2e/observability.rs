@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::access_log::Format;
+use waypoint::telemetry::access_log::Format;
 use waypoint_tests::{
     http_request, reviews_yaml, scrape, service_yaml, sim, weighted_routes, workload_yaml, Mesh,
 };
@@ -187,7 +187,7 @@ async fn splits_audit_reports_the_canary() {
     .await;
     let admin = mesh.admin().await;
     let n = 1000;
-    let report = waypoint::demo::drive(
+    let report = waypoint::commands::demo::drive(
         &mesh.client(),
         "10.0.0.10:9080".parse().unwrap(),
         "reviews:9080",

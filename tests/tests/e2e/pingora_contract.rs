@@ -25,8 +25,8 @@ use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::v1::client::HttpSession as H1Session;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
-use waypoint::hbone::{Lease, TunnelConnector, TunnelPolicy};
-use waypoint::identity::PeerCheck;
+use waypoint::control::identity::PeerCheck;
+use waypoint::transport::hbone::{Lease, TunnelConnector, TunnelPolicy};
 use waypoint_tests::{service_yaml, spiffe, workload_yaml, Mesh};
 
 const IDLE: Option<Duration> = Some(Duration::from_secs(60));

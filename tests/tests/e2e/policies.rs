@@ -224,9 +224,10 @@ async fn connect_timeout_bounds_opening_a_tunnel() {
         },
     )
     .await;
-    let black_hole = tokio::net::TcpListener::bind((mesh.net.ip(1), waypoint::hbone::HBONE_PORT))
-        .await
-        .unwrap();
+    let black_hole =
+        tokio::net::TcpListener::bind((mesh.net.ip(1), waypoint::transport::hbone::HBONE_PORT))
+            .await
+            .unwrap();
     let holder = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((socket, _)) = black_hole.accept().await {

@@ -192,16 +192,7 @@ async fn virtual_service_tcp_route_picks_the_subset() {
         + "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: mongodb\nspec:\n  hosts: [mongodb]\n  tcp:\n  - match: [{port: 27017}]\n    route:\n    - destination: {host: mongodb, subset: v2}\n";
     let mesh = Mesh::start(&yaml).await;
     for i in 0..4 {
-        let mut tunnel = mesh
-            .client()
-            .tunnel("10.0.0.30:27017".parse().unwrap())
-            .await
-            .unwrap();
-        tunnel.write_all(b"ping").await.unwrap();
-        let mut back = [0u8; 4];
-        tunnel.read_exact(&mut back).await.unwrap();
-        tunnel.shutdown().await.unwrap();
-        let _ = tunnel.read_to_end(&mut Vec::new()).await;
+        tcp_ping(&mesh).await;
         let log = mesh.wait_for_log_lines(i + 1).await;
         assert_eq!(log[i]["upstream_host"], format!("{}:27017", mesh.net.ip(2)));
         assert_eq!(
@@ -209,4 +200,91 @@ async fn virtual_service_tcp_route_picks_the_subset() {
             "inbound-vip|27017|tcp/v2|mongodb.default.svc.cluster.local"
         );
     }
+}
+
+/// One TCP connection through the waypoint to the mongodb service: `ping` echoed, then closed.
+async fn tcp_ping(mesh: &Mesh) {
+    let mut tunnel = mesh
+        .client()
+        .tunnel("10.0.0.30:27017".parse().unwrap())
+        .await
+        .unwrap();
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    tunnel.shutdown().await.unwrap();
+    let _ = tunnel.read_to_end(&mut Vec::new()).await;
+}
+
+fn mongodb_with_policy(endpoints: u8, policy: &str) -> String {
+    let mut yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo");
+    for i in 1..=endpoints {
+        yaml += &workload_yaml(
+            &format!("mongodb-{i}"),
+            &format!("@{i}"),
+            "mongodb",
+            "v1",
+            "mongodb",
+        );
+    }
+    yaml + "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: mongodb\nspec:\n  host: mongodb\n  trafficPolicy:\n"
+        + policy
+}
+
+/// The TCP splice picks through the same upstream path as HTTP: a consistent-hash cluster
+/// keyed on the source address (`useSourceIp`, istiod's `source_ip` hash policy on the TCP
+/// proxy) sends every connection of one client to one endpoint. (Before, the splice picked at
+/// random: 12 connections over 4 endpoints all land on one with probability 4 × 4⁻¹².)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_consistent_hash_on_the_source_address_is_sticky() {
+    let mesh = Mesh::start(&mongodb_with_policy(
+        4,
+        "    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n",
+    ))
+    .await;
+    for i in 0..12 {
+        tcp_ping(&mesh).await;
+        mesh.wait_for_log_lines(i + 1).await;
+    }
+    let log = mesh.wait_for_log_lines(12).await;
+    let hosts: std::collections::BTreeSet<_> = log
+        .iter()
+        .map(|l| l["upstream_host"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(hosts.len(), 1, "one client, one endpoint: {hosts:?}");
+}
+
+/// TCP connect failures feed the cluster's outlier detection, as the HTTP path's do: an
+/// endpoint whose node refuses HBONE is ejected after `consecutive5xxErrors` and the following
+/// connections go straight to the healthy one. (Before, round robin sent every other
+/// connection to the dead endpoint first: about half the lines carried `UF`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connect_failures_eject_the_endpoint() {
+    let yaml = mongodb_with_policy(
+        2,
+        "    loadBalancer:\n      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 30s\n      baseEjectionTime: 60s\n      maxEjectionPercent: 100\n",
+    );
+    let mesh = Mesh::start_with(&yaml, |net, o| {
+        o.down.insert(net.ip(2));
+    })
+    .await;
+    for i in 0..10 {
+        tcp_ping(&mesh).await;
+        mesh.wait_for_log_lines(i + 1).await;
+    }
+    let log = mesh.wait_for_log_lines(10).await;
+    let healthy = format!("{}:27017", mesh.net.ip(1));
+    assert!(
+        log.iter().all(|l| l["upstream_host"] == healthy.as_str()),
+        "every connection reached the healthy endpoint: {log:?}"
+    );
+    let refused = log
+        .iter()
+        .filter(|l| l["response_flags"].as_str().unwrap().contains("UF"))
+        .count();
+    assert_eq!(
+        refused, 1,
+        "one refusal, then the endpoint is ejected: {log:?}"
+    );
 }

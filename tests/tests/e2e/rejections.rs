@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use waypoint::identity::{Ca, SpiffeId, WorkloadCert};
+use waypoint::control::identity::{Ca, SpiffeId, WorkloadCert};
 use waypoint_tests::{client_tls, raw_h2, service_yaml, spiffe, workload_yaml, Mesh};
 
 fn two_subsets() -> String {
@@ -369,7 +369,7 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         o.send_timeout = Some(std::time::Duration::from_millis(500));
     })
     .await;
-    let before = waypoint::hbone::stream::SEND_TIMEOUTS.load(Ordering::Relaxed);
+    let before = waypoint::transport::hbone::stream::SEND_TIMEOUTS.load(Ordering::Relaxed);
     let cert = mesh.cert("productpage");
     let addr = mesh.bench.waypoint_addr;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -410,6 +410,6 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(waypoint::hbone::stream::SEND_TIMEOUTS.load(Ordering::Relaxed) > before);
+    assert!(waypoint::transport::hbone::stream::SEND_TIMEOUTS.load(Ordering::Relaxed) > before);
     drop(response);
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::explain::{explain, ExplainArgs, Output};
+use waypoint::commands::explain::{explain, ExplainArgs, Output};
 use waypoint_tests::{
     reviews_yaml, scrape, service_yaml, spiffe, workload_yaml, Mesh, TRUST_DOMAIN,
 };
@@ -68,7 +68,7 @@ async fn get_as(
     let mut client = mesh.bench.client(&spiffe(sa)).expect("client cert");
     client.source = claim;
     let mut send = client.http1(vip.parse().unwrap()).await.expect("tunnel");
-    let (parts, _) = waypoint::sim::get(&mut send, host, "/", &[])
+    let (parts, _) = waypoint::commands::sim::get(&mut send, host, "/", &[])
         .await
         .expect("response");
     parts
@@ -249,7 +249,7 @@ async fn a_pod_addressed_request_goes_to_that_pod_whatever_its_host() {
         .await
         .expect("tunnel to the reviews-v1 pod");
     for _ in 0..5 {
-        let (parts, _) = waypoint::sim::get(&mut send, "reviews:9080", "/", &[])
+        let (parts, _) = waypoint::commands::sim::get(&mut send, "reviews:9080", "/", &[])
             .await
             .unwrap();
         assert_eq!(parts.status, 200);

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use waypoint::hbone::UpstreamLimits;
+use waypoint::transport::hbone::UpstreamLimits;
 use waypoint_tests::{eventually, reviews_request, reviews_yaml, Mesh};
 
 const TO_V1: &str = "  - route: [{destination: {host: reviews, subset: v1}}]\n";
@@ -171,5 +171,5 @@ async fn trickled_request_headers_are_cut_at_the_deadline() {
         }
     }
     assert!(cut, "the trickling tunnel was never cut within 10 s");
-    assert!(waypoint::header_deadline::TIMED_OUT.load(Ordering::Relaxed) >= 1);
+    assert!(waypoint::transport::header_deadline::TIMED_OUT.load(Ordering::Relaxed) >= 1);
 }

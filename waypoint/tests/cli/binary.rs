@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{sim, spiffe, Net};
 
 #[test]
@@ -470,7 +470,7 @@ fn istiod_args(
         "--ca-address".into(),
         ca_address.into(),
         "--ca-server-name".into(),
-        waypoint::identity::istio_ca::DEFAULT_CA_SERVER_NAME.into(),
+        waypoint::control::identity::istio_ca::DEFAULT_CA_SERVER_NAME.into(),
         "--ca-root".into(),
         dir.join("root-cert.pem").into(),
         "--ca-token".into(),
@@ -486,7 +486,7 @@ fn istiod_args(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istiod_certificates_are_requested_and_renewed_without_failed_requests() {
-    use waypoint::sim::ca_server;
+    use waypoint::commands::sim::ca_server;
     let net = Net::new();
     let ca = ca_server::start("127.0.0.1:0".parse().unwrap())
         .await
@@ -572,7 +572,7 @@ async fn istiod_certificates_are_requested_and_renewed_without_failed_requests()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_down_at_start_is_retried_and_a_bad_token_is_named() {
-    use waypoint::sim::ca_server;
+    use waypoint::commands::sim::ca_server;
     let net = Net::new();
     let ca = Ca::new("late CA").unwrap();
     let dir = temp_dir("late-ca");

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use crate::common::*;
-use waypoint::identity::WorkloadCert;
+use waypoint::control::identity::WorkloadCert;
 use waypoint_tests::{sim, Net};
 
 fn certs(out: &std::path::Path, ids: &[&str]) -> String {

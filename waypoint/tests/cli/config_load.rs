@@ -45,7 +45,7 @@ async fn loading_8000_service_entries_stays_within_the_memory_bound() {
     std::fs::write(dir.join("services.yaml"), &text).unwrap();
     drop(text);
     let certs = temp_dir("config-load-8000-certs");
-    let ca = waypoint::identity::Ca::new("config load").unwrap();
+    let ca = waypoint::control::identity::Ca::new("config load").unwrap();
     ca.issue(&waypoint_tests::spiffe("waypoint"))
         .unwrap()
         .write_to(&certs)

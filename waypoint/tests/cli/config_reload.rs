@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{service_yaml, sim, spiffe, workload_yaml, Net};
 
 #[test]

@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::hbone::H2Stream;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
+use waypoint::transport::hbone::H2Stream;
 use waypoint_tests::{sim, spiffe, Net};
 
 use crate::common::*;

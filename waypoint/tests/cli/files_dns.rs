@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crate::xds_upstreams::plain_app;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::dns::DnsServer;
 use waypoint_tests::{sim, spiffe, Net};
 

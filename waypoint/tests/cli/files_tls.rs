@@ -16,7 +16,7 @@ use crate::xds_outbound::{sidecar_app, tls_app};
 use crate::xds_upstreams::plain_app;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::Value;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{sim, spiffe, Net};
 
 /// A test CA: its PEM, and an issuer for leaves.
@@ -72,7 +72,7 @@ impl TestCa {
 /// A TLS server config for `ext.example.com` (a client certificate of `clients` required, when
 /// given).
 fn server_config(ca: &TestCa, clients: Option<&TestCa>) -> Arc<rustls::ServerConfig> {
-    let provider = waypoint::identity::provider();
+    let provider = waypoint::control::identity::provider();
     let (cert, key, _, _) = ca.leaf("ext.example.com");
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{sim, spiffe, Net};
 
 fn metric(body: &str, name: &str) -> u64 {
@@ -25,7 +25,7 @@ async fn serial(admin: std::net::SocketAddr) -> String {
 }
 
 /// Write a certificate and its key the way a rotation does (key first).
-fn install(cert: &waypoint::identity::MintedCert, dir: &std::path::Path) {
+fn install(cert: &waypoint::control::identity::MintedCert, dir: &std::path::Path) {
     std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
     std::fs::write(dir.join("cert-chain.pem"), &cert.chain_pem).unwrap();
 }

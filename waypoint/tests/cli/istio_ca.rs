@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::identity::{
+use waypoint::commands::sim::ca_server::{self, CaServerHandle};
+use waypoint::control::identity::{
     client_config, peer_identity, read_token, request_certificate, server_config, Ca, CaError,
     SpiffeId,
 };
-use waypoint::sim::ca_server::{self, CaServerHandle};
 
 const TD: &str = "cluster.local";
 
@@ -210,7 +210,7 @@ async fn nothing_listening_is_a_connect_error() {
         l.local_addr().unwrap()
     };
     let ca = Ca::new("unused").unwrap();
-    let mut cfg = waypoint::identity::CaClientConfig::new(addr.to_string(), ca.root_pem());
+    let mut cfg = waypoint::control::identity::CaClientConfig::new(addr.to_string(), ca.root_pem());
     cfg.server_name = "istiod.istio-system.svc".into();
     let err = request_certificate(&cfg, &id("reviews")).await.unwrap_err();
     assert!(matches!(err, CaError::Connect { .. }), "{err}");
@@ -227,7 +227,7 @@ async fn silent_server_times_out() {
         drop(tcp);
     });
     let ca = Ca::new("unused").unwrap();
-    let mut cfg = waypoint::identity::CaClientConfig::new(addr.to_string(), ca.root_pem());
+    let mut cfg = waypoint::control::identity::CaClientConfig::new(addr.to_string(), ca.root_pem());
     cfg.timeout = Duration::from_millis(300);
     let err = request_certificate(&cfg, &id("reviews")).await.unwrap_err();
     assert!(matches!(err, CaError::Timeout { .. }), "{err}");
@@ -236,13 +236,13 @@ async fn silent_server_times_out() {
 
 #[test]
 fn client_defaults_follow_the_istio_agent() {
-    let cfg = waypoint::identity::CaClientConfig::new("istiod.istio-system.svc:15012", "");
+    let cfg = waypoint::control::identity::CaClientConfig::new("istiod.istio-system.svc:15012", "");
     assert_eq!(cfg.server_name, "istiod.istio-system.svc");
     assert_eq!(cfg.cluster_id, "Kubernetes");
     assert_eq!(cfg.validity, Duration::from_secs(24 * 3600));
-    let cfg = waypoint::identity::CaClientConfig::new("localhost:15012", "");
+    let cfg = waypoint::control::identity::CaClientConfig::new("localhost:15012", "");
     assert_eq!(cfg.server_name, "istiod.istio-system.svc");
-    let with_token = waypoint::identity::CaClientConfig {
+    let with_token = waypoint::control::identity::CaClientConfig {
         token: Some("secret-token".into()),
         ..cfg
     };

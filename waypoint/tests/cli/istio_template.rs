@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use crate::common::*;
-use waypoint::identity::{Ca, SpiffeId};
+use waypoint::control::identity::{Ca, SpiffeId};
 use waypoint_tests::{sim, Net};
 use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 

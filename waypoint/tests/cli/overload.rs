@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{spiffe, Net};
 
 use crate::common::*;
@@ -71,7 +71,10 @@ async fn poll_metric(
 async fn open_probes(
     ca: &Ca,
     hbone: SocketAddr,
-) -> (Vec<waypoint::sim::Http1>, waypoint::sim::Http1) {
+) -> (
+    Vec<waypoint::commands::sim::Http1>,
+    waypoint::commands::sim::Http1,
+) {
     let mut probes = Vec::new();
     for _ in 0..10 {
         probes.push(client(ca, hbone).await);
@@ -85,10 +88,15 @@ async fn get(ca: &Ca, hbone: SocketAddr, path: &str, id: &str) -> (u16, String) 
     get_on(&mut tunnel, path, id).await
 }
 
-async fn get_on(tunnel: &mut waypoint::sim::Http1, path: &str, id: &str) -> (u16, String) {
-    let (parts, body) = waypoint::sim::get(tunnel, "ratings:9080", path, &[("x-request-id", id)])
-        .await
-        .unwrap();
+async fn get_on(
+    tunnel: &mut waypoint::commands::sim::Http1,
+    path: &str,
+    id: &str,
+) -> (u16, String) {
+    let (parts, body) =
+        waypoint::commands::sim::get(tunnel, "ratings:9080", path, &[("x-request-id", id)])
+            .await
+            .unwrap();
     (
         parts.status.as_u16(),
         String::from_utf8_lossy(&body).into_owned(),
@@ -117,14 +125,14 @@ async fn a_memory_budget_sheds_load_resets_slow_readers_and_recovers() {
     let net = Net::new();
     let ca = Ca::new("overload mesh").unwrap();
     let _pod = Pod::start(&net, &ca).await;
-    let _echo = waypoint::sim::start_app(
+    let _echo = waypoint::commands::sim::start_app(
         SocketAddr::new(net.ip(2), 9000),
         "echo-v1",
-        waypoint::sim::AppKind::TcpEcho,
+        waypoint::commands::sim::AppKind::TcpEcho,
     )
     .await
     .unwrap();
-    let _echo_node = waypoint::sim::start_pod(
+    let _echo_node = waypoint::commands::sim::start_pod(
         SocketAddr::new(net.ip(2), 15008),
         &ca.issue(&spiffe("echo")).unwrap().workload,
     )

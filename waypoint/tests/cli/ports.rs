@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::*;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{spiffe, Net};
 
 struct Running {

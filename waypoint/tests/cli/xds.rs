@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::Value;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 use xds_client::testing::{any, AdsServer};
 use xds_client::type_url;

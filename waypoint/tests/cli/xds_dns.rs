@@ -11,7 +11,7 @@ use crate::common::*;
 use crate::xds::{bookinfo, serve, wait_ack};
 use crate::xds_upstreams::plain_app;
 use serde_json::Value;
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::dns::DnsServer;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 
@@ -157,7 +157,7 @@ async fn dns_tasks_follow_the_config() {
     use routing::dns::{DnsFamily, DnsQuery, DnsTarget};
     let server = DnsServer::start().await;
     server.set("one.example.com", &["192.0.2.1".parse().unwrap()], 1);
-    let dns = waypoint::dns::Dns::new(Some(server.addr)).unwrap();
+    let dns = waypoint::control::dns::Dns::new(Some(server.addr)).unwrap();
     let query = DnsQuery {
         hostname: "one.example.com".into(),
         family: DnsFamily::V4,

@@ -14,7 +14,7 @@ use crate::common::*;
 use crate::xds::{bookinfo, reviews_split, serve, tunnel, wait_ack};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 
 const OVERLAY: &str = include_str!("../../../routing/tests/fixtures/xds/outbound_1_24.json");
@@ -73,7 +73,8 @@ pub(crate) async fn sidecar_app(
 /// Istio's ALPN.
 fn sidecar_config(ca: &Ca, sa: &str) -> Arc<rustls::ServerConfig> {
     let cert = ca.issue(&spiffe(sa)).unwrap().workload;
-    let base = waypoint::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
+    let base =
+        waypoint::control::identity::server_config(&cert, &[TRUST_DOMAIN.to_string()]).unwrap();
     let mut config = (*base).clone();
     config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
     Arc::new(config)
@@ -115,7 +116,7 @@ fn handshake_of(conn: &rustls::ServerConnection) -> (Option<String>, Option<Stri
     let sans = conn
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|c| waypoint::identity::cert_sans(c))
+        .map(|c| waypoint::control::identity::cert_sans(c))
         .unwrap_or_default()
         .into_iter()
         .map(|(_, v)| v)

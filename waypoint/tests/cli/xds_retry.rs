@@ -17,7 +17,7 @@ use crate::common::*;
 use crate::xds::{serve, wait_ack};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 
 const FIXTURE: &str = include_str!("../../../routing/tests/fixtures/xds/route_fields.json");

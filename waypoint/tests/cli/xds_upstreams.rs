@@ -12,7 +12,7 @@ use crate::common::*;
 use crate::xds::{bookinfo, serve, wait_ack};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{sim, spiffe, xds_run_command, Net, TRUST_DOMAIN};
 use xds_client::testing::{AdsServer, AdsServerOptions, TestPki};
 
@@ -93,15 +93,16 @@ fn ratings_tls() -> (String, Arc<rustls::ServerConfig>) {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(waypoint::identity::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(waypoint::control::identity::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
     (ca_cert.pem(), Arc::new(config))
 }
 
@@ -152,7 +153,8 @@ async fn xds_upstreams_cross_namespace_direct_and_tls() {
     let ca = Ca::new("xds upstreams mesh").unwrap();
     let dir = temp_dir("xds-upstreams");
     // The waypoint runs in istio-waypoint and serves pods in default.
-    let wp_id = waypoint::identity::SpiffeId::new(TRUST_DOMAIN, "istio-waypoint", "waypoint");
+    let wp_id =
+        waypoint::control::identity::SpiffeId::new(TRUST_DOMAIN, "istio-waypoint", "waypoint");
     ca.issue(&wp_id).unwrap().write_to(&dir).unwrap();
     let pki = TestPki::new();
     let server = AdsServer::start(

@@ -4,7 +4,7 @@
 //! Four kinds of processes, all on loopback with OS-chosen ports:
 //!
 //! - this program: the load generator (HTTP/1.1 keep-alive GETs, or h2c gRPC calls) and the app
-//!   (`waypoint::sim::start_app`, HTTP/1.1 and h2c);
+//!   (`waypoint::commands::sim::start_app`, HTTP/1.1 and h2c);
 //! - `hbone_hop originate` (like ztunnel's outbound): plain TCP from the load generator, one
 //!   mTLS HTTP/2 CONNECT stream per connection, pooled and multiplexed (100 streams a connection);
 //! - `hbone_hop terminate` (like ztunnel's inbound): HBONE in, the app dialled;
@@ -32,8 +32,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
-use waypoint::identity::{install_crypto_provider, Ca, SpiffeId};
-use waypoint::sim::{self, AppKind, Http1};
+use waypoint::control::identity::{install_crypto_provider, Ca, SpiffeId};
+use waypoint::commands::sim::{self, AppKind, Http1};
 use waypoint_tests::load::{percentile, record, worker, Get, RunBounds};
 mod mesh;
 use mesh::{hop_counters, rss_kib, Mesh};

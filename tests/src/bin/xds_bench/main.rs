@@ -46,7 +46,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::matcher::{MatcherType, OnMatch};
 use envoy_types::pb::xds::r#type::matcher::v3::Matcher;
 use prost::{Message, Name};
 use routing::xds::{Resources, TranslateOptions};
-use waypoint::identity::{install_crypto_provider, Ca};
+use waypoint::control::identity::{install_crypto_provider, Ca};
 use waypoint_tests::{sim, spiffe, Net, TRUST_DOMAIN};
 use xds_client::testing::{any, AdsServer, AdsServerOptions, TestPki};
 use xds_client::type_url;

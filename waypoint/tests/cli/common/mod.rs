@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use waypoint::identity::Ca;
+use waypoint::control::identity::Ca;
 use waypoint_tests::{service_yaml, sim, spiffe, workload_yaml, Net};
 
 /// Cargo builds the package's binary before its integration tests and names it here.
@@ -104,7 +104,7 @@ pub async fn client(ca: &Ca, waypoint: SocketAddr) -> sim::Http1 {
 pub async fn client_to(
     ca: &Ca,
     waypoint: SocketAddr,
-    waypoint_id: &waypoint::identity::SpiffeId,
+    waypoint_id: &waypoint::control::identity::SpiffeId,
     dst: &str,
 ) -> sim::Http1 {
     sim::ZtunnelClient::new(
@@ -288,7 +288,7 @@ impl Drop for Waypoint {
 /// (in `dir`), an in-test ADS server asking for istiod's bearer `token`, and istiod's root and
 /// the token written in `dir` where [`waypoint_tests::xds_run_command`] points the waypoint.
 pub struct Istiod {
-    pub ca: waypoint::identity::Ca,
+    pub ca: waypoint::control::identity::Ca,
     pub dir: PathBuf,
     pub pki: xds_client::testing::TestPki,
     pub server: xds_client::testing::AdsServer,
@@ -296,7 +296,7 @@ pub struct Istiod {
 
 impl Istiod {
     pub async fn start(mesh: &str, tag: &str, token: &str) -> Istiod {
-        let ca = waypoint::identity::Ca::new(mesh).unwrap();
+        let ca = waypoint::control::identity::Ca::new(mesh).unwrap();
         let dir = temp_dir(tag);
         ca.issue(&waypoint_tests::spiffe("waypoint"))
             .unwrap()
@@ -375,7 +375,7 @@ impl SlowReaders {
     pub async fn connect(
         ca: &Ca,
         hbone: SocketAddr,
-        waypoint_id: &waypoint::identity::SpiffeId,
+        waypoint_id: &waypoint::control::identity::SpiffeId,
     ) -> Self {
         let send = hbone_connection(ca, hbone, waypoint_id, 0).await;
         Self {
@@ -408,7 +408,7 @@ impl SlowReaders {
 pub async fn hbone_connection(
     ca: &Ca,
     hbone: SocketAddr,
-    waypoint_id: &waypoint::identity::SpiffeId,
+    waypoint_id: &waypoint::control::identity::SpiffeId,
     window: u32,
 ) -> h2::client::SendRequest<bytes::Bytes> {
     let tcp = tokio::net::TcpStream::connect(hbone).await.unwrap();

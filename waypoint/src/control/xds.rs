@@ -1,0 +1,738 @@
+//! Config from istiod over xDS (`waypoint run --xds ADDRESS`): the [`xds_client`] keeps the ADS
+//! stream, [`XdsHandler`] turns each candidate state of the world into a routing snapshot with
+//! [`routing::xds::translate`], and [`SnapshotSink`] hands it to the data path.
+//!
+//! - A resource Envoy would reject (bad regex, weights that do not add up, a typed config that
+//!   does not decode…) is refused alone: NACKed naming it and why, counted and logged once, its
+//!   last good version (if any) standing in; the rest of the candidate serves (Envoy's partial
+//!   acceptance). A rejection naming no resource rejects the candidate whole: the last good
+//!   snapshot keeps serving.
+//! - A state is published once it is complete, as Envoy warms clusters: listeners have arrived and
+//!   every EDS assignment and RDS route configuration they need is there. Until then the previous
+//!   snapshot serves (at start-up: readiness says what is awaited). As Envoy's
+//!   `initial_fetch_timeout` (15 s), an incomplete state is published anyway once it has waited
+//!   that long, with a warning naming what never came (those clusters have no endpoints).
+//! - Disconnects keep the last snapshot serving; the client reconnects with backoff and resyncs.
+//! - The client and the translations run on their own thread (`run.rs`), off the data path's
+//!   workers.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use routing::xds::{Resources, TranslateOptions};
+use routing::Snapshot;
+use tracing::{info, warn};
+use xds_client::{type_url, Applied, Handler, Rejection, ResourceState, Subscriptions, Update};
+
+use crate::app::App;
+use crate::telemetry::status::Status;
+
+/// How long an incomplete state waits for what it lacks before it is published anyway (Envoy's
+/// default `initial_fetch_timeout`).
+pub const WARM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where translated snapshots go: held until the data path exists, then published to it.
+pub struct SnapshotSink {
+    state: Mutex<SinkState>,
+    arrived: tokio::sync::Notify,
+    /// The newest incomplete state, published by [`SnapshotSink::warm_timeouts`] when it has
+    /// waited [`WARM_TIMEOUT`] and nothing complete came.
+    incomplete: Mutex<Option<Incomplete>>,
+    warm_timeout: Duration,
+}
+
+struct Incomplete {
+    snapshot: Snapshot,
+    /// What it lacks, for the warning.
+    missing: String,
+    /// When the first of a run of incomplete states arrived plus the warm timeout: a stream of
+    /// incomplete pushes does not postpone it.
+    deadline: Instant,
+}
+
+impl Default for SnapshotSink {
+    fn default() -> Self {
+        Self::with_warm_timeout(WARM_TIMEOUT)
+    }
+}
+
+#[derive(Default)]
+enum SinkState {
+    #[default]
+    Waiting,
+    Held(Box<Snapshot>),
+    Live(Arc<App>),
+}
+
+impl SnapshotSink {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn with_warm_timeout(warm_timeout: Duration) -> Self {
+        Self {
+            state: Mutex::new(SinkState::Waiting),
+            arrived: tokio::sync::Notify::new(),
+            incomplete: Mutex::new(None),
+            warm_timeout,
+        }
+    }
+
+    /// A state that still lacks `missing`: kept, and published by [`Self::warm_timeouts`] if
+    /// nothing complete replaces it within the warm timeout.
+    pub fn offer_incomplete(&self, snapshot: Snapshot, missing: String) {
+        let mut incomplete = self.incomplete.lock();
+        let deadline = incomplete
+            .as_ref()
+            .map_or_else(|| Instant::now() + self.warm_timeout, |i| i.deadline);
+        *incomplete = Some(Incomplete {
+            snapshot,
+            missing,
+            deadline,
+        });
+    }
+
+    /// Publish an incomplete state that has waited long enough (run for the client's lifetime).
+    pub async fn warm_timeouts(self: Arc<Self>) {
+        let tick = (self.warm_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let due = {
+                let mut incomplete = self.incomplete.lock();
+                match &*incomplete {
+                    Some(i) if Instant::now() >= i.deadline => incomplete.take(),
+                    _ => None,
+                }
+            };
+            if let Some(i) = due {
+                warn!(
+                    missing = %i.missing,
+                    "xDS: published without what istiod has not sent within {:?} (as Envoy's \
+                     initial_fetch_timeout); those clusters have no endpoints",
+                    self.warm_timeout
+                );
+                self.publish(i.snapshot);
+            }
+        }
+    }
+
+    /// A new complete snapshot: published at once when the data path runs, else held (the
+    /// newest one wins). It replaces any incomplete one waiting.
+    pub fn offer(&self, snapshot: Snapshot) {
+        self.incomplete.lock().take();
+        self.publish(snapshot);
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        let mut state = self.state.lock();
+        match &*state {
+            SinkState::Live(app) => app.publish(snapshot, "xds"),
+            _ => {
+                *state = SinkState::Held(Box::new(snapshot));
+                self.arrived.notify_waiters();
+            }
+        }
+    }
+
+    /// The held snapshot, if one arrived (for starting the data path).
+    pub fn take(&self) -> Option<Snapshot> {
+        let mut state = self.state.lock();
+        match std::mem::take(&mut *state) {
+            SinkState::Held(s) => Some(*s),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    /// Wait at most `timeout` for a snapshot to be held.
+    pub async fn wait(&self, timeout: Duration) {
+        let arrived = self.arrived.notified();
+        if matches!(&*self.state.lock(), SinkState::Held(_)) {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, arrived).await;
+    }
+
+    /// The data path runs: publish from now on (and what arrived since it was started).
+    pub fn attach(&self, app: Arc<App>) {
+        let mut state = self.state.lock();
+        if let SinkState::Held(s) = std::mem::take(&mut *state) {
+            app.publish(*s, "xds");
+        }
+        *state = SinkState::Live(app);
+    }
+}
+
+/// The xDS types a waypoint's config is made of.
+const TYPES: [&str; 4] = [
+    type_url::LISTENER,
+    type_url::CLUSTER,
+    type_url::CLUSTER_LOAD_ASSIGNMENT,
+    type_url::ROUTE_CONFIGURATION,
+];
+
+/// Translates candidate states for the xDS client.
+pub struct XdsHandler {
+    pub sink: Arc<SnapshotSink>,
+    pub options: TranslateOptions,
+    pub status: Arc<Status>,
+    /// Warnings already logged (each is logged once, when it first appears).
+    logged: BTreeSet<String>,
+    /// What the last publish was waiting for, to log a change once.
+    awaiting: Option<String>,
+    /// A snapshot was offered: readiness no longer waits for config.
+    published: bool,
+    /// The resources of the last state that translated (refused ones replaced by their
+    /// previous version or left out): a later version of one of them that cannot be used is
+    /// refused alone and the version here serves in its place. Cheap to clone and to keep, it
+    /// shares the resources with the client's state.
+    last_good: ResourceState,
+    /// Resolves the hostnames of DNS clusters; a changed answer rebuilds [`Self::rebuild`]'s.
+    pub dns: Arc<crate::control::dns::Dns>,
+    /// The resources of the last complete state published, translated again when a DNS answer
+    /// changes. Held while a snapshot is translated and offered, so an older state never
+    /// replaces a newer one.
+    pub rebuild: Arc<Mutex<Option<Resources>>>,
+}
+
+impl XdsHandler {
+    pub fn new(
+        sink: Arc<SnapshotSink>,
+        options: TranslateOptions,
+        status: Arc<Status>,
+        dns: Arc<crate::control::dns::Dns>,
+    ) -> Self {
+        Self {
+            sink,
+            options,
+            status,
+            logged: BTreeSet::new(),
+            awaiting: None,
+            published: false,
+            last_good: ResourceState::default(),
+            dns,
+            rebuild: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Translate `state`, refusing alone each resource the translation rejects (or that does
+    /// not decode): its last good version stands in for it, or it is left out, and the rest is
+    /// translated (Envoy applies the valid resources of an update). `Err` when a rejection
+    /// names no resource that can be set aside: the candidate is rejected whole.
+    fn translate_tolerant(
+        &mut self,
+        state: &ResourceState,
+    ) -> Result<
+        (
+            routing::xds::Translation,
+            Resources,
+            Vec<routing::xds::Rejection>,
+        ),
+        Vec<routing::xds::Rejection>,
+    > {
+        let mut set_aside: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut refused = Vec::new();
+        let mut resources = self.decode(state, &set_aside, &mut refused);
+        set_aside.extend(refused.iter().map(|r| (r.type_url.clone(), r.name.clone())));
+        let (mut translation, rejected) =
+            routing::xds::translate_refusing(&resources, &self.options)?;
+        if !set_aside.is_empty() || !rejected.is_empty() {
+            // The refused new versions: their last good versions stand in, translated again.
+            set_aside.extend(
+                rejected
+                    .iter()
+                    .map(|r| (r.type_url.clone(), r.name.clone())),
+            );
+            refused.extend(rejected);
+            resources = self.decode(state, &set_aside, &mut Vec::new());
+            let (again, stale) = routing::xds::translate_refusing(&resources, &self.options)?;
+            // A last good version that no longer fits the rest is left out as well.
+            for r in &stale {
+                resources.remove(&r.type_url, &r.name);
+                set_aside.insert((r.type_url.clone(), r.name.clone()));
+            }
+            refused.extend(stale);
+            translation = again;
+        }
+        // What translated is the new last good.
+        let mut good = state.clone();
+        for (t, n) in &set_aside {
+            match self.last_good.get_shared(t, n) {
+                Some(previous) if resources.names().contains(&(t.as_str(), n.as_str())) => {
+                    good.insert(t, previous.clone())
+                }
+                _ => {
+                    good.remove(t, n);
+                }
+            }
+        }
+        self.last_good = good;
+        Ok((translation, resources, refused))
+    }
+
+    /// Decode `state`'s resources, those in `set_aside` taken from the last good state (or
+    /// left out); one that does not decode is left out and added to `refused`.
+    fn decode(
+        &self,
+        state: &ResourceState,
+        set_aside: &BTreeSet<(String, String)>,
+        refused: &mut Vec<routing::xds::Rejection>,
+    ) -> Resources {
+        let mut resources = Resources::default();
+        for t in TYPES {
+            for r in state.resources(t) {
+                let any = if set_aside.contains(&(t.to_string(), r.name.clone())) {
+                    match self.last_good.get(t, &r.name) {
+                        Some(previous) => &previous.value,
+                        None => continue,
+                    }
+                } else {
+                    &r.value
+                };
+                if let Err(mut rejection) = resources.push_any(any) {
+                    rejection.name.clone_from(&r.name);
+                    refused.push(rejection);
+                }
+            }
+        }
+        resources
+    }
+
+    /// Resources set aside while the rest of the candidate serves: counted, logged once per
+    /// distinct refusal, NACKed.
+    fn refuse(&mut self, refused: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
+        self.status
+            .config_rejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let problems = refused
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.logged.insert(format!("refused: {problems}")) {
+            warn!(
+                "xDS: refused (NACK) {} resource(s); the rest of the update serves, each refused \
+                 resource's last good version (if any) in its place: {problems}",
+                refused.len()
+            );
+        }
+        refused
+            .into_iter()
+            .map(|r| Rejection::new(&r.type_url, &r.name, r.reason))
+            .collect()
+    }
+
+    fn reject(&self, rejections: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
+        self.status
+            .config_rejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let problems: Vec<String> = rejections.iter().map(|r| r.to_string()).collect();
+        warn!(
+            "xDS update rejected (NACK), the last good config keeps serving: {}",
+            problems.join("; ")
+        );
+        rejections
+            .into_iter()
+            .map(|r| Rejection::new(&r.type_url, &r.name, r.reason))
+            .collect()
+    }
+}
+
+/// What a state still lacks before it can serve, if anything.
+fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Option<String> {
+    if state.len(type_url::LISTENER) == 0 {
+        return Some("listeners (LDS)".into());
+    }
+    let absent = |type_url: &str, names: &BTreeSet<String>| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| state.get(type_url, n).is_none())
+            .cloned()
+            .collect()
+    };
+    let eds = absent(type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints);
+    let rds = absent(type_url::ROUTE_CONFIGURATION, &needed.routes);
+    match (eds.is_empty(), rds.is_empty()) {
+        (true, true) => None,
+        _ => Some(
+            [("EDS", eds), ("RDS", rds)]
+                .into_iter()
+                .filter(|(_, names)| !names.is_empty())
+                .map(|(what, names)| format!("{what} {}", names.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+impl Handler for XdsHandler {
+    fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
+        let state = update.state;
+        let rebuild = self.rebuild.clone();
+        let mut rebuild = rebuild.lock();
+        self.options.dns = self.dns.answers();
+        let (translation, resources, refused) = match self.translate_tolerant(state) {
+            Ok(t) => t,
+            Err(rejections) => return Err(self.reject(rejections)),
+        };
+        // The NACK names this response's own resources; one of another type set aside again
+        // (still broken since its own response was NACKed, or broken by this one's content) is
+        // logged, and its last good version keeps serving.
+        let (own, others): (Vec<_>, Vec<_>) = refused
+            .into_iter()
+            .partition(|r| r.type_url == update.type_url);
+        if !others.is_empty() {
+            let line = others
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if self.logged.insert(format!("set aside: {line}")) {
+                warn!("xDS: still set aside, their last good version (if any) serving: {line}");
+            }
+        }
+        let refused = if own.is_empty() {
+            Vec::new()
+        } else {
+            self.refuse(own)
+        };
+        // Resolution starts at once (an incomplete state's DNS clusters warm meanwhile).
+        self.dns.sync(&translation.dns);
+        let needed = routing::xds::required_resources(&resources.listeners, &resources.clusters);
+        let subscriptions = Subscriptions::new()
+            .with(
+                type_url::CLUSTER_LOAD_ASSIGNMENT,
+                needed.endpoints.iter().cloned(),
+            )
+            .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned());
+        let applied = |subscriptions| Applied {
+            subscriptions,
+            refused: refused.clone(),
+        };
+        if let Some(what) = missing(state, &needed) {
+            if self.awaiting.as_deref() != Some(what.as_str()) {
+                info!(awaiting = %what, "xDS config incomplete; the current config keeps serving");
+                if !self.published {
+                    self.status
+                        .waiting_for("config", format!("waiting for istiod to send {what}"));
+                }
+                self.awaiting = Some(what.clone());
+            }
+            self.sink.offer_incomplete(translation.snapshot, what);
+            return Ok(applied(subscriptions));
+        }
+        self.awaiting = None;
+        for w in &translation.warnings {
+            let line = w.to_string();
+            if !self.logged.contains(&line) {
+                warn!("xDS: {line}");
+                self.logged.insert(line);
+            }
+        }
+        let snapshot = translation.snapshot;
+        info!(
+            version = snapshot.version(),
+            services = snapshot.services().count(),
+            listeners = resources.listeners.len(),
+            clusters = resources.clusters.len(),
+            refused = refused.len(),
+            "xDS config translated"
+        );
+        self.sink.offer(snapshot);
+        *rebuild = Some(resources);
+        self.published = true;
+        Ok(applied(subscriptions))
+    }
+}
+
+/// The xDS client of `waypoint run --xds`, ready to run.
+pub struct XdsRuntime {
+    client: xds_client::Client,
+    handler: XdsHandler,
+    pub sink: Arc<SnapshotSink>,
+}
+
+impl XdsRuntime {
+    /// Check the settings (node identity in the environment, istiod's roots) without connecting.
+    pub fn new(
+        args: &crate::commands::cli::RunArgs,
+        telemetry: &crate::telemetry::status::Telemetry,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let address = args.xds.clone().unwrap_or_default();
+        let mut node = xds_client::NodeInfo::from_env()
+            .context("--xds needs the pod's identity in its environment (istiod's waypoint template sets it)")?;
+        match std::fs::read_to_string(&args.xds_pod_labels) {
+            Ok(text) => node.labels = xds_client::labels_from_downward_api(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading the pod's labels {} (--xds-pod-labels / XDS_POD_LABELS)",
+                        args.xds_pod_labels.display()
+                    )
+                })
+            }
+        }
+        let root_path = args.xds_root_ca.as_ref().unwrap_or(&args.ca_root);
+        let root = std::fs::read(root_path).with_context(|| {
+            format!(
+                "reading istiod's root certificate {} (--xds-root-ca / XDS_ROOT_CA)",
+                root_path.display()
+            )
+        })?;
+        let mut cfg = xds_client::ClientConfig::new(address, root, node);
+        if let Some(name) = &args.xds_server_name {
+            cfg.server_name = name.clone();
+        }
+        if args.xds_token.as_os_str() != "none" {
+            cfg.token_path = Some(args.xds_token.clone());
+        }
+        cfg.mode = match args.xds_mode {
+            crate::commands::cli::XdsMode::Delta => xds_client::Mode::Delta,
+            crate::commands::cli::XdsMode::Sotw => xds_client::Mode::StateOfTheWorld,
+            crate::commands::cli::XdsMode::Auto => xds_client::Mode::DeltaWithFallback,
+        };
+        cfg.client_cert = Some(telemetry.own_cert.clone());
+        let client = xds_client::Client::new(cfg).context("xDS client settings")?;
+        telemetry.status.attach_xds(client.status());
+        let sink = SnapshotSink::new();
+        let options = TranslateOptions {
+            trust_domain: args.trust_domain.clone(),
+            ..TranslateOptions::default()
+        };
+        let dns = crate::control::dns::Dns::new_or_unconfigured(args.dns_server);
+        let handler = XdsHandler::new(sink.clone(), options, telemetry.status.clone(), dns);
+        Ok(Self {
+            client,
+            handler,
+            sink,
+        })
+    }
+
+    /// Keep the stream to istiod until `shutdown` turns true.
+    pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let timer = tokio::spawn(self.sink.clone().warm_timeouts());
+        let dns = tokio::spawn(dns_rebuilds(
+            self.handler.dns.clone(),
+            self.handler.rebuild.clone(),
+            self.handler.options.clone(),
+            self.sink.clone(),
+        ));
+        self.client.run(self.handler, shutdown).await;
+        timer.abort();
+        dns.abort();
+    }
+}
+
+/// Translate the last complete state again whenever a DNS answer changes, and publish it.
+async fn dns_rebuilds(
+    dns: Arc<crate::control::dns::Dns>,
+    rebuild: Arc<Mutex<Option<Resources>>>,
+    mut options: TranslateOptions,
+    sink: Arc<SnapshotSink>,
+) {
+    let mut changed = dns.changed();
+    while changed.changed().await.is_ok() {
+        let resources = rebuild.lock();
+        let Some(resources) = resources.as_ref() else {
+            continue;
+        };
+        options.dns = dns.answers();
+        match routing::xds::translate(resources, &options) {
+            Ok(t) => {
+                info!(
+                    version = t.snapshot.version(),
+                    "DNS answers changed; config translated again"
+                );
+                sink.offer(t.snapshot);
+            }
+            Err(rejections) => warn!(
+                ?rejections,
+                "DNS answers changed but the config no longer translates; the current one serves"
+            ),
+        }
+    }
+}
+
+/// Translate Envoy resources saved as JSON (an Envoy waypoint's `/config_dump`, `istioctl
+/// proxy-config all <pod> -o json`, or a list of resources) into a snapshot, offline, as the
+/// xDS client would: a resource Envoy would reject is refused alone and the rest translated.
+/// `Err` only when the file cannot be read or the state cannot be used at all.
+pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let routing::xds::json::Loaded { resources, skipped } =
+        routing::xds::json::load(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let options = TranslateOptions {
+        trust_domain: trust_domain.to_string(),
+        ..TranslateOptions::default()
+    };
+    let (translation, refused) =
+        routing::xds::translate_refusing(&resources, &options).map_err(|rejections| {
+            let lines: Vec<String> = rejections.iter().map(|r| format!("  {r}")).collect();
+            format!(
+                "{}: the config cannot be used; Envoy would reject:\n{}",
+                path.display(),
+                lines.join("\n")
+            )
+        })?;
+    Ok(Dump {
+        resources,
+        skipped,
+        translation,
+        refused,
+    })
+}
+
+/// A saved xDS config, translated.
+pub struct Dump {
+    pub resources: Resources,
+    /// Entries of a config dump that are not istiod's waypoint resources (bootstrap, secrets,
+    /// inline copies…), each with why.
+    pub skipped: Vec<routing::xds::json::Skipped>,
+    pub translation: routing::xds::Translation,
+    /// Resources Envoy would reject, left out of the translation.
+    pub refused: Vec<routing::xds::Rejection>,
+}
+
+impl Dump {
+    /// One line per resource: `translated`, `warned` (with each warning) or `rejected` (why),
+    /// then warnings that name no resource of the file.
+    pub fn report(&self) -> String {
+        use std::fmt::Write as _;
+        let short = |t: &str| t.rsplit('.').next().unwrap_or(t).to_string();
+        let mut out = String::new();
+        let mut named = BTreeSet::new();
+        for (t, name) in self.resources.names() {
+            named.insert((t, name));
+            let rejected: Vec<_> = self
+                .refused
+                .iter()
+                .filter(|r| r.type_url == t && r.name == name)
+                .collect();
+            let warned: Vec<_> = self
+                .translation
+                .warnings
+                .iter()
+                .filter(|w| w.type_url == t && w.name == name)
+                .collect();
+            let status = match (rejected.is_empty(), warned.is_empty()) {
+                (false, _) => "rejected",
+                (true, false) => "warned",
+                (true, true) => "translated",
+            };
+            let _ = writeln!(out, "{status:<10} {} {name}", short(t));
+            for r in rejected {
+                let _ = writeln!(out, "           rejected: {}", r.reason);
+            }
+            for w in warned {
+                let _ = writeln!(out, "           warning: {}", w.message);
+            }
+        }
+        for w in &self.translation.warnings {
+            if !named.contains(&(w.type_url, w.name.as_str())) {
+                let _ = writeln!(out, "warning    {w}");
+            }
+        }
+        for s in &self.skipped {
+            let what = format!("{} {}", s.kind, s.name);
+            let _ = writeln!(out, "skipped    {}", what.trim_end());
+            let _ = writeln!(out, "           why: {}", s.why);
+        }
+        out
+    }
+}
+
+/// `waypoint translate`: print the snapshot a saved xDS config translates to.
+#[derive(Debug, clap::Args)]
+pub struct TranslateArgs {
+    /// Envoy resources as JSON: an Envoy waypoint's `/config_dump`, `istioctl proxy-config all
+    /// <waypoint-pod> -o json`, or a list of typed resources.
+    pub file: std::path::PathBuf,
+    /// Mesh trust domain (when connect_originate names none).
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Exit 1 on any warning too, not only on resources Envoy would reject.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Print the snapshot JSON (the shape of `/config_dump`'s `config.snapshot`) on stdout and, on
+/// stderr, every resource's status: translated, warned (why) or rejected (why). Exit 1 when a
+/// resource would be rejected (with `--strict`: also on a warning); the rest is still printed.
+pub fn translate_command(args: &TranslateArgs) -> i32 {
+    match load_dump(&args.file, &args.trust_domain) {
+        Ok(dump) => {
+            eprint!("{}", dump.report());
+            let warned = !dump.translation.warnings.is_empty();
+            eprintln!(
+                "{} resources: {} rejected, {} warning(s); {} dump entries not translated",
+                dump.resources.len(),
+                dump.refused.len(),
+                dump.translation.warnings.len(),
+                dump.skipped.len()
+            );
+            crate::outln!(
+                "{}",
+                serde_json::to_string_pretty(&dump.translation.snapshot.to_json())
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            );
+            i32::from(!dump.refused.is_empty() || (args.strict && warned))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        routing::SnapshotBuilder::new().build()
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_state_is_published_after_the_warm_timeout() {
+        let sink = Arc::new(SnapshotSink::with_warm_timeout(Duration::from_millis(200)));
+        let timer = tokio::spawn(sink.clone().warm_timeouts());
+        sink.offer_incomplete(snapshot(), "EDS a".into());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A newer incomplete state keeps the first one's deadline.
+        let newer = snapshot();
+        let newer_version = newer.version();
+        sink.offer_incomplete(newer, "EDS a, b".into());
+        assert!(sink.take().is_none(), "not before the timeout");
+        sink.wait(Duration::from_secs(2)).await;
+        let published = sink.take().expect("published at the timeout");
+        assert_eq!(
+            published.version(),
+            newer_version,
+            "the newest incomplete state"
+        );
+        timer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_complete_state_cancels_the_incomplete_one() {
+        let sink = Arc::new(SnapshotSink::with_warm_timeout(Duration::from_millis(100)));
+        let timer = tokio::spawn(sink.clone().warm_timeouts());
+        sink.offer_incomplete(snapshot(), "EDS a".into());
+        let complete = snapshot();
+        let version = complete.version();
+        sink.offer(complete);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(sink.take().map(|s| s.version()), Some(version));
+        assert!(
+            sink.take().is_none(),
+            "nothing published after the complete state"
+        );
+        timer.abort();
+    }
+}

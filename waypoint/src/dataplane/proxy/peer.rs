@@ -1,0 +1,339 @@
+//! `upstream_peer` and the hooks after a failed attempt: which endpoint an attempt goes to, how it is
+//! dialled, and whether a failure is retried.
+
+use super::request::{authority, retry_failure, status_error};
+use super::{RequestCtx, Waypoint};
+use crate::control::identity::PeerCheck;
+use crate::dataplane::upstream::{Attempt, Dial, NoPick};
+use crate::transport::hbone::pool::TUNNEL_IDLE_TIMEOUT;
+use crate::transport::hbone::{Lease, TunnelConnector, TunnelPolicy};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_proxy::{FailToProxy, Session};
+use routing::Protocol;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+impl Waypoint {
+    pub(super) async fn pick_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let mut policy = TunnelPolicy::default();
+        // A workload outside the mesh: dialled directly, with the cluster's DestinationRule TLS.
+        let mut direct_tls: Option<Option<routing::UpstreamTls>> = None;
+        // A sidecar endpoint: Istio mutual TLS (peer check, SNI).
+        let mut istio_mtls: Option<(PeerCheck, String)> = None;
+        let pick = if let Some(pod) = ctx.direct.as_ref() {
+            if ctx.tried.contains(&pod.target) {
+                ctx.flags.add("URX");
+                return Err(status_error(503, "pod endpoint failed"));
+            }
+            pod.pick()
+        } else {
+            let key = ctx
+                .cluster
+                .clone()
+                .ok_or_else(|| status_error(500, "no cluster chosen"))?;
+            let snapshot = ctx.snapshot.clone();
+            let Some(cluster) = key.lookup(&snapshot) else {
+                let no = NoPick::NoCluster;
+                ctx.flags.add(no.flag());
+                ctx.details = no.details().unwrap_or_default().into();
+                return Err(status_error(503, "no cluster for route destination"));
+            };
+            ctx.cluster_name = cluster.name.clone();
+            policy = TunnelPolicy::for_cluster(cluster);
+            if !ctx.tried.is_empty() {
+                // A retry: it needs a slot in the cluster's retry budget (maxRetries).
+                match cluster.try_acquire(routing::PoolResource::Retry) {
+                    Ok(slot) => ctx.retry_slots.push(slot),
+                    Err(overflow) => {
+                        debug!(cluster = %cluster.name, %overflow, "retry budget exhausted");
+                        ctx.flags.add("URX");
+                        return Err(status_error(503, "retry budget exhausted"));
+                    }
+                }
+                // Envoy's fully jittered exponential backoff before each retry (25 ms base, or
+                // the route's `retry_back_off`).
+                if let Some(p) = ctx.retry_policy() {
+                    let delay = p.backoff_delay(ctx.tried.len() as u32, &mut rand::thread_rng());
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            let attempt = Attempt {
+                hash: ctx.hash,
+                tried: &ctx.tried,
+                // A retry avoids the endpoints tried while others are left (previous_hosts),
+                // else goes back to one of them, as Envoy does.
+                avoid_tried: ctx
+                    .retry_policy()
+                    .is_none_or(routing::RetryPolicy::avoids_tried_endpoints),
+                original_dst: ctx.tunnel.as_ref().map(|t| t.original_dst),
+            };
+            match crate::dataplane::upstream::pick(&snapshot, cluster, &key, attempt) {
+                Ok(pick) => pick,
+                Err(NoPick::Identity { reason, .. }) => {
+                    return Err(Error::explain(ErrorType::InternalError, reason));
+                }
+                Err(no) => {
+                    ctx.flags.add(no.flag());
+                    if let Some(details) = no.details() {
+                        ctx.details = details.into();
+                    }
+                    return Err(status_error(503, "no healthy upstream"));
+                }
+            }
+        };
+        let target = pick.target;
+        let identity = match pick.dial {
+            Dial::Hbone(identity) => identity,
+            Dial::Direct(tls) => {
+                direct_tls = Some(tls);
+                PeerCheck::Sans(Default::default())
+            }
+            Dial::IstioMutual { expected, sni } => {
+                istio_mtls = Some((expected, sni));
+                PeerCheck::Sans(Default::default())
+            }
+        };
+        ctx._active = Some(pick.active);
+        ctx.endpoint = Some(pick.endpoint);
+        ctx.tried.push(target);
+        ctx.upstream = Some(target);
+        let lease = Arc::new(Lease::default());
+        ctx.lease = Some(lease.clone());
+        ctx.upstream_h2 = match ctx.protocol {
+            Protocol::Http2 | Protocol::Grpc => true,
+            Protocol::Http | Protocol::Tcp => false,
+            Protocol::Unknown => session.req_header().version == http::Version::HTTP_2,
+        };
+        let mut peer = HttpPeer::new(target, false, String::new());
+        peer.group_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            identity.hash(&mut h);
+            h.finish()
+        };
+        peer.options.idle_timeout = Some(TUNNEL_IDLE_TIMEOUT);
+        // The route's timeout bounds the wait for the response (504 UT); a per-try timeout
+        // bounds each attempt within it.
+        if let Some(route) = &ctx.route {
+            let remaining = route
+                .timeout
+                .map(|t| t.saturating_sub(ctx.started.elapsed()));
+            let limit = match (remaining, route.retries.per_try_timeout) {
+                (Some(r), Some(p)) => Some(r.min(p)),
+                (r, p) => r.or(p),
+            };
+            if let Some(limit) = limit {
+                if limit.is_zero() {
+                    ctx.flags.add("UT");
+                    return Err(status_error(
+                        504,
+                        "route timeout elapsed before the attempt",
+                    ));
+                }
+                peer.options.read_timeout = Some(limit);
+            }
+        }
+        if let Some((expected, sni)) = istio_mtls {
+            // Dialled directly in Istio mutual TLS with the waypoint's own certificate.
+            if ctx.upstream_h2 {
+                peer.options.set_http_version(2, 2);
+            }
+            let config = crate::dataplane::direct::istio_mutual_config(
+                &self.pool.client().configs(),
+                &expected,
+                ctx.upstream_h2,
+            )
+            .map_err(|e| {
+                *ctx.failure.lock() = Some(e.clone());
+                Error::explain(ErrorType::TLSHandshakeFailure, e)
+            })?;
+            peer.group_key = 0;
+            peer.options.connection_timeout = policy.connect_timeout;
+            peer.options.custom_l4 = Some(Arc::new(crate::dataplane::direct::TlsConnector {
+                config,
+                sni: Some(sni),
+                connect_timeout: policy.connect_timeout,
+                failure: ctx.failure.clone(),
+            }));
+            ctx.upstream_started = Some(Instant::now());
+            return Ok(Box::new(peer));
+        }
+        if let Some(tls) = direct_tls {
+            // No HBONE: pingora dials the endpoint itself, or our TLS connector does.
+            ctx.upstream_h2 |= tls.as_ref().is_some_and(|t| t.alpn_h2);
+            if ctx.upstream_h2 {
+                peer.options.set_http_version(2, 2);
+            }
+            peer.group_key = 0;
+            peer.options.connection_timeout = policy.connect_timeout;
+            if let Some(tls) = tls {
+                let config = crate::dataplane::direct::tls_config(&tls).map_err(|e| {
+                    *ctx.failure.lock() = Some(e.clone());
+                    Error::explain(ErrorType::TLSHandshakeFailure, e)
+                })?;
+                // Envoy's auto_sni: the request's host when the DestinationRule names no sni.
+                let sni = tls.sni.clone().or_else(|| {
+                    authority(session.req_header())
+                        .map(routing::normalize_authority)
+                        .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+                });
+                peer.options.custom_l4 = Some(Arc::new(crate::dataplane::direct::TlsConnector {
+                    config,
+                    sni,
+                    connect_timeout: policy.connect_timeout,
+                    failure: ctx.failure.clone(),
+                }));
+            }
+            ctx.upstream_started = Some(Instant::now());
+            return Ok(Box::new(peer));
+        }
+        if ctx.upstream_h2 {
+            peer.options.set_http_version(2, 2);
+        }
+        peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
+            pool: self.pool.clone(),
+            identity,
+            lease,
+            policy,
+            failure: ctx.failure.clone(),
+            h2: ctx.upstream_h2,
+        }));
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    pub(super) fn on_connect_failure(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if matches!(e.etype(), ErrorType::HTTPStatus(503)) {
+            // The connector's answer to tcp.maxConnections / http1MaxPendingRequests overflow
+            // (a failed connect is a connect error type): 503 UO, no retry.
+            ctx.flags.add("UO");
+            ctx.details = "upstream_overflow".into();
+            debug!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "connection pool overflow");
+            return e;
+        }
+        ctx.flags.add("UF");
+        warn!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "upstream connect failed");
+        if let Some(target) = ctx.upstream {
+            self.report(ctx, target, routing::Outcome::ConnectFailure);
+        }
+        // Retry when the route's policy allows: connect-failure, reset-before-request (istiod's
+        // default route), reset, 5xx, gateway-error.
+        let (attempts, retriable) = match ctx.retry_policy() {
+            Some(p) => (
+                p.attempts as usize,
+                p.should_retry(None, routing::RetryFailure::ConnectFailure, None),
+            ),
+            None => (0, false),
+        };
+        if ctx.direct.is_none() && retriable && ctx.tried.len() <= attempts && !self.drain.is_cut()
+        {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// An error after the upstream connection was made (a reset, a closed connection, a per-try
+    /// timeout): retried as the route's `retry_on` says, as Envoy does — `reset` (and `5xx`,
+    /// `gateway-error`, which include it) retries a reset before a response whatever the method,
+    /// `refused-stream` an HTTP/2 `REFUSED_STREAM` — when the body could be replayed (at most
+    /// pingora's 64 KiB retry buffer) and attempts remain. pingora's own rule stays too: an
+    /// idempotent request that failed on a reused (possibly stale) connection is retried.
+    pub(super) fn on_proxy_error(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let stale_reuse = replayable && session.req_header().method.is_idempotent() && {
+            e.retry.decide_reuse(client_reused);
+            e.retry()
+        };
+        let failure = retry_failure(&e);
+        let by_policy = match (ctx.retry_policy(), failure) {
+            (Some(p), Some(f)) => {
+                ctx.direct.is_none()
+                    // Before the response: once headers are forwarded, nothing can be retried.
+                    && ctx.upstream_time.is_none()
+                    && replayable
+                    && ctx.tried.len() <= p.attempts as usize
+                    && p.should_retry(None, f, None)
+            }
+            _ => false,
+        };
+        if by_policy {
+            debug!(route = %ctx.route_name, ?failure, attempt = ctx.tried.len(), error = %e, "retrying after an upstream reset");
+        }
+        // At the drain deadline the upstream was dropped on purpose: nothing is retried.
+        e.set_retry((stale_reuse || by_policy) && !self.drain.is_cut());
+        e
+    }
+
+    pub(super) async fn on_proxy_failure(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        if self.drain.is_cut() && e.esource() != &ErrorSource::Downstream {
+            return self.cut_at_drain_deadline(session, ctx).await;
+        }
+        let code = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(code)) => *code,
+            (
+                ErrorSource::Upstream,
+                ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure
+                | ConnectError | ConnectProxyFailure,
+            ) => {
+                ctx.flags.add("UF");
+                503
+            }
+            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
+                ctx.flags.add("UT");
+                if let Some(target) = ctx.upstream {
+                    self.report(ctx, target, routing::Outcome::Timeout);
+                }
+                504
+            }
+            (ErrorSource::Upstream, ReadError | WriteError | ConnectionClosed) => {
+                ctx.flags.add("UC");
+                if let Some(target) = ctx.upstream {
+                    self.report(ctx, target, routing::Outcome::Reset);
+                }
+                503
+            }
+            (ErrorSource::Upstream, _) => 502,
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => {
+                ctx.flags.add("DC");
+                0
+            }
+            (ErrorSource::Downstream, _) => 400,
+            _ => 500,
+        };
+        if code > 0 {
+            if let Err(write_err) = session.respond_error(code).await {
+                debug!(error = %write_err, "could not send error response downstream");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
