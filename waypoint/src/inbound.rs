@@ -177,7 +177,7 @@ impl Inbound {
                         let mut out = Vec::new();
                         while let Some(ep) = cluster.pick(&tried) {
                             tried.push(ep.target);
-                            if let Ok(id) = PeerCheck::for_endpoint(&snapshot, &ep.endpoint) {
+                            if let Ok(id) = PeerCheck::for_endpoint(&snapshot, ep) {
                                 out.push((ep.target, id, ep.endpoint.clone()));
                             }
                             if out.len() > DEFAULT_RETRY_ATTEMPTS {

@@ -530,14 +530,14 @@ impl ProxyHttp for Waypoint {
                 return Err(status_error(503, "no healthy upstream"));
             };
             let identity = match ep.endpoint.transport {
-                routing::Transport::Hbone => PeerCheck::for_endpoint(&snapshot, &ep.endpoint)
+                routing::Transport::Hbone => PeerCheck::for_endpoint(&snapshot, ep)
                     .map_err(|e| Error::explain(ErrorType::InternalError, e))?,
                 routing::Transport::Direct => {
                     direct_tls = Some(cluster.policy.originate_tls().cloned());
                     PeerCheck::Sans(Default::default())
                 }
                 routing::Transport::IstioMutual => {
-                    let expected = PeerCheck::for_endpoint(&snapshot, &ep.endpoint)
+                    let expected = PeerCheck::for_endpoint(&snapshot, ep)
                         .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
                     let sni = crate::direct::istio_sni(&key.host, key.port, key.subset.as_deref());
                     istio_mtls = Some((expected, sni));

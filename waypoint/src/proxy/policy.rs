@@ -193,7 +193,7 @@ impl Waypoint {
             if ep.endpoint.transport != routing::Transport::Hbone {
                 continue;
             }
-            let Ok(identity) = PeerCheck::for_endpoint(&ctx.snapshot, &ep.endpoint) else {
+            let Ok(identity) = PeerCheck::for_endpoint(&ctx.snapshot, ep) else {
                 continue;
             };
             let mut headers = req.headers.clone();
