@@ -18,7 +18,9 @@ mod outlier;
 pub mod path;
 mod policy;
 mod pool;
+pub mod runtime;
 mod snapshot;
+mod spiffe;
 mod tcp;
 mod upstream;
 mod weighted;
@@ -54,6 +56,7 @@ pub use policy::{
 };
 pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
+pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
 pub use upstream::{ClientTls, SanKind, SanMatcher, TlsMode, Transport, UpstreamTls};
 pub use weighted::pick_weighted;

@@ -7,10 +7,11 @@ use crate::model::{
     DestinationRule, Endpoint, HttpRoute, Protocol, RouteMatch, Service, ServicePort,
     VirtualService,
 };
+use crate::runtime::Registry;
 use crate::tcp::{TcpConnection, TcpRoute};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What the CONNECT authority of an inbound tunnel addresses.
 #[derive(Debug, Clone)]
@@ -111,6 +112,8 @@ pub struct Snapshot {
     /// Hostnames whose answers this snapshot's endpoints were built from (files mode:
     /// ServiceEntries with `resolution: DNS`); the loader's caller keeps them resolved.
     pub(crate) dns_targets: Vec<crate::dns::DnsTarget>,
+    /// The clusters' runtime state by name, for the next snapshot's carry-over.
+    pub(crate) runtime: OnceLock<Registry>,
 }
 
 impl Snapshot {
@@ -350,36 +353,48 @@ impl Snapshot {
 
     /// All clusters, sorted by name.
     pub fn clusters(&self) -> Vec<&Cluster> {
-        let mut v: Vec<&Cluster> = self
-            .clusters
-            .values()
-            .flat_map(|m| m.values())
-            .flat_map(|pc| std::iter::once(&pc.all).chain(pc.subsets.values()))
-            .collect();
+        let mut v: Vec<&Cluster> = self.all_clusters().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// Carry the live cluster state of `previous` (the snapshot this one
     /// replaces) into this one, before publishing it: for every cluster of the
-    /// same name, the circuit-breaker counters and outlier interval grid, and
-    /// per endpoint with the same `ip:port` and identity, the active-request
-    /// counter, the warmup start and the outlier state (ejections survive a
-    /// reload). Endpoints new to a cluster keep their build time and warm up;
-    /// clusters new to the snapshot start fresh.
+    /// same name, the round-robin position, the circuit-breaker counters and
+    /// the outlier interval grid, and per endpoint with the same `ip:port` and
+    /// identity, the active-request counter, the warmup start and the outlier
+    /// state (ejections survive a reload). Endpoints new to a cluster keep
+    /// their build time and warm up; clusters new to the snapshot start fresh;
+    /// state of clusters and endpoints no longer named is left behind with
+    /// `previous`. One hash lookup per cluster and per endpoint in
+    /// `previous`'s [`Snapshot::runtime`] registry, then this snapshot's
+    /// registry is indexed: O(clusters + endpoints).
     pub fn carry_over_state(&mut self, previous: &Snapshot) {
-        let prev: HashMap<&str, &Cluster> = previous
-            .clusters()
-            .into_iter()
-            .map(|c| (c.name.as_str(), c))
-            .collect();
+        let prev = previous.runtime();
         for pc in self.clusters.values_mut().flat_map(|m| m.values_mut()) {
             for c in std::iter::once(&mut pc.all).chain(pc.subsets.values_mut()) {
-                if let Some(p) = prev.get(c.name.as_str()) {
-                    c.carry_over(p);
+                if let Some(p) = prev.cluster(&c.name) {
+                    c.adopt(p);
                 }
             }
         }
+        self.runtime = OnceLock::from(Registry::index(self.all_clusters()));
+    }
+
+    /// The runtime state of this snapshot's clusters, by cluster name (see
+    /// [`crate::runtime`]); indexed on first use when the snapshot was not
+    /// built by [`Snapshot::carry_over_state`].
+    pub fn runtime(&self) -> &Registry {
+        self.runtime
+            .get_or_init(|| Registry::index(self.all_clusters()))
+    }
+
+    /// Every cluster, unordered.
+    fn all_clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters
+            .values()
+            .flat_map(|m| m.values())
+            .flat_map(|pc| std::iter::once(&pc.all).chain(pc.subsets.values()))
     }
 
     /// A JSON dump for `/config_dump`.

@@ -48,7 +48,7 @@ fn peer(mesh: &Mesh, target: SocketAddr, h2: bool) -> (HttpPeer, Arc<Lease>) {
     }
     peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
         pool: mesh.bench.app.pool.clone(),
-        identity: PeerCheck::Identity(spiffe("echo")),
+        identity: PeerCheck::from(spiffe("echo")),
         lease: lease.clone(),
         policy: TunnelPolicy::default(),
         failure: Default::default(),

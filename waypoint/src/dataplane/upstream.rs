@@ -150,7 +150,7 @@ pub fn pick(
 }
 
 fn identity(snapshot: &Snapshot, ep: &routing::ClusterEndpoint) -> Result<PeerCheck, NoPick> {
-    PeerCheck::for_endpoint(snapshot, &ep.endpoint).map_err(|reason| NoPick::Identity {
+    PeerCheck::for_endpoint(snapshot, ep).map_err(|reason| NoPick::Identity {
         target: ep.target,
         reason,
     })

@@ -12,27 +12,54 @@ use super::SpiffeId;
 #[derive(Debug, Clone)]
 pub enum PeerCheck {
     /// Exactly this identity (`…/sa/*`: any service account of the namespace). Files mode, and
-    /// the waypoint's own test clients.
-    Identity(SpiffeId),
+    /// the waypoint's own test clients. Shared: a cluster endpoint's identity is parsed once,
+    /// when its snapshot is built, and each attempt clones the `Arc`.
+    Identity(Arc<SpiffeId>),
     /// istiod's `connect_originate` SAN matchers as written: the peer passes when any matches
     /// any of its SANs; an empty list checks the chain only (Envoy with no SAN matcher).
     Sans(Arc<Vec<SanMatcher>>),
 }
 
+/// An endpoint whose HBONE peer the waypoint checks: what identity the peer must prove.
+pub trait PeerEndpoint {
+    /// The expected identity, or why the endpoint has none (the attempt then fails: never dial
+    /// without a check).
+    fn expected_identity(&self) -> Result<Arc<SpiffeId>, String>;
+}
+
+fn identity_error(address: std::net::IpAddr, e: &super::SpiffeIdError) -> String {
+    format!("endpoint {address} identity: {e}")
+}
+
+/// A cluster's endpoint: its identity was parsed when the snapshot was built.
+impl PeerEndpoint for routing::ClusterEndpoint {
+    fn expected_identity(&self) -> Result<Arc<SpiffeId>, String> {
+        self.spiffe_id()
+            .cloned()
+            .map_err(|e| identity_error(self.endpoint.address, e))
+    }
+}
+
+/// A workload addressed directly (a pod, not through a cluster): parsed here.
+impl PeerEndpoint for routing::Endpoint {
+    fn expected_identity(&self) -> Result<Arc<SpiffeId>, String> {
+        self.identity
+            .parse::<SpiffeId>()
+            .map(Arc::new)
+            .map_err(|e| identity_error(self.address, &e))
+    }
+}
+
 impl PeerCheck {
     /// What `endpoint`'s HBONE peer must prove under `snapshot`: istiod's SAN matchers when the
     /// snapshot carries them (xDS), else the endpoint's own identity (files).
-    pub fn for_endpoint(
+    pub fn for_endpoint<E: PeerEndpoint + ?Sized>(
         snapshot: &routing::Snapshot,
-        endpoint: &routing::Endpoint,
+        endpoint: &E,
     ) -> Result<PeerCheck, String> {
         match snapshot.hbone_peer_sans() {
             Some(m) => Ok(PeerCheck::Sans(m.clone())),
-            None => endpoint
-                .identity
-                .parse::<SpiffeId>()
-                .map(PeerCheck::Identity)
-                .map_err(|e| format!("endpoint {} identity: {e}", endpoint.address)),
+            None => endpoint.expected_identity().map(PeerCheck::Identity),
         }
     }
 
@@ -47,7 +74,7 @@ impl PeerCheck {
 
 impl From<SpiffeId> for PeerCheck {
     fn from(id: SpiffeId) -> Self {
-        PeerCheck::Identity(id)
+        PeerCheck::Identity(Arc::new(id))
     }
 }
 
@@ -122,4 +149,52 @@ pub fn cert_sans(cert: &[u8]) -> Vec<(SanKind, String)> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn endpoint(identity: &str) -> Arc<routing::Endpoint> {
+        Arc::new(routing::Endpoint {
+            address: "10.1.0.1".parse().unwrap(),
+            labels: Default::default(),
+            service_account: "sa".into(),
+            namespace: "default".into(),
+            identity: identity.into(),
+            name: "ep".into(),
+            transport: Default::default(),
+        })
+    }
+
+    fn in_cluster(e: &Arc<routing::Endpoint>) -> routing::ClusterEndpoint {
+        routing::ClusterEndpoint::new(e.clone(), SocketAddr::new(e.address, 80))
+    }
+
+    #[test]
+    fn a_cluster_endpoint_uses_the_identity_parsed_at_build() {
+        let files = routing::Snapshot::empty();
+        let ce = in_cluster(&endpoint("spiffe://cluster.local/ns/default/sa/reviews"));
+        let Ok(PeerCheck::Identity(id)) = PeerCheck::for_endpoint(&files, &ce) else {
+            panic!("files mode checks the endpoint's identity");
+        };
+        // The very identity built with the snapshot: no parse per attempt.
+        assert!(Arc::ptr_eq(&id, ce.spiffe_id().unwrap()));
+        assert_eq!(id.service_account, "reviews");
+    }
+
+    #[test]
+    fn a_bad_identity_fails_the_same_way_parsed_or_not() {
+        let files = routing::Snapshot::empty();
+        for bad in ["", "spiffe://cluster.local/default/sa"] {
+            let e = endpoint(bad);
+            let parsed = PeerCheck::for_endpoint(&files, &in_cluster(&e)).unwrap_err();
+            assert_eq!(parsed, PeerCheck::for_endpoint(&files, &*e).unwrap_err());
+            assert!(
+                parsed.starts_with("endpoint 10.1.0.1 identity: invalid SPIFFE id"),
+                "{parsed}"
+            );
+        }
+    }
 }

@@ -74,7 +74,7 @@ impl Route {
         };
         let refused = |why: String| Route::Refused(format!("{address} at {}: {why}", ep.target));
         match ep.endpoint.transport {
-            routing::Transport::Hbone => match PeerCheck::for_endpoint(snapshot, &ep.endpoint) {
+            routing::Transport::Hbone => match PeerCheck::for_endpoint(snapshot, ep) {
                 Ok(identity) => Route::Hbone {
                     target: ep.target,
                     identity,
@@ -96,7 +96,7 @@ impl Route {
                 }
             }
             routing::Transport::IstioMutual => {
-                let config = PeerCheck::for_endpoint(snapshot, &ep.endpoint)
+                let config = PeerCheck::for_endpoint(snapshot, ep)
                     .map_err(|e| e.to_string())
                     .and_then(|expected| {
                         crate::dataplane::direct::istio_mutual_config(

@@ -1,0 +1,86 @@
+//! Outlier detection on a cluster: reports of attempt outcomes, ejections, what is ejected now.
+
+use super::{lock, Cluster, ClusterEndpoint};
+use crate::outlier::{may_eject, Ejection, EjectionKind, Outcome};
+use crate::policy::OutlierSettings;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+impl ClusterEndpoint {
+    /// Ejected at `now` (after replaying the interval ticks up to `now`).
+    pub(super) fn ejected_at(&self, now: Instant, origin: Instant, s: &OutlierSettings) -> bool {
+        let mut h = lock(&self.runtime.outlier);
+        h.catch_up(now, origin, s);
+        h.is_ejected()
+    }
+}
+
+impl Cluster {
+    /// Outlier detection in force (defaults applied), if configured.
+    pub fn outlier_settings(&self) -> Option<&OutlierSettings> {
+        self.outlier.as_ref()
+    }
+
+    /// Whether `target` is ejected at `now`.
+    pub fn is_ejected(&self, target: SocketAddr, now: Instant) -> bool {
+        match (self.outlier.as_ref(), self.endpoint(target)) {
+            (Some(s), Some(e)) => e.ejected_at(now, self.runtime.origin, s),
+            _ => false,
+        }
+    }
+
+    /// Targets ejected at `now`.
+    pub fn ejected(&self, now: Instant) -> Vec<SocketAddr> {
+        let Some(s) = self.outlier.as_ref() else {
+            return Vec::new();
+        };
+        self.endpoints
+            .iter()
+            .filter(|e| e.ejected_at(now, self.runtime.origin, s))
+            .map(|e| e.target)
+            .collect()
+    }
+
+    /// Feed outlier detection with the outcome of one attempt on `target`.
+    /// Report only what the upstream caused (not local 503s such as `UO`).
+    /// Returns the ejection this outcome caused, if any. A no-op without
+    /// `outlierDetection` or for an unknown target.
+    pub fn report(&self, target: SocketAddr, outcome: Outcome, now: Instant) -> Option<Ejection> {
+        let s = self.outlier.as_ref()?;
+        let origin = self.runtime.origin;
+        let e = self.endpoint(target)?;
+        let fired = {
+            let mut h = lock(&e.runtime.outlier);
+            h.catch_up(now, origin, s);
+            h.record(outcome.status(), s)
+        };
+        let kinds = [
+            (fired.gateway, EjectionKind::ConsecutiveGatewayErrors),
+            (fired.five_xx, EjectionKind::Consecutive5xx),
+        ];
+        let mut result = None;
+        for (_, kind) in kinds.into_iter().filter(|(f, _)| *f) {
+            let _decision = lock(&self.runtime.eject_lock);
+            let ejected = self
+                .endpoints
+                .iter()
+                .filter(|o| o.ejected_at(now, origin, s))
+                .count();
+            let mut h = lock(&e.runtime.outlier);
+            if h.is_ejected() {
+                continue; // Envoy ignores detections on an ejected host
+            }
+            if may_eject(ejected, self.endpoints.len(), s.max_ejection_percent) {
+                let duration = h.eject(now, s);
+                result = Some(Ejection {
+                    target,
+                    kind,
+                    ejections: h.num_ejections(),
+                    duration,
+                });
+            }
+            h.reset(kind);
+        }
+        result
+    }
+}

@@ -1,0 +1,265 @@
+//! Data-plane runtime state, apart from the configuration a snapshot compiles: what requests
+//! change (round-robin position, circuit-breaker counters, active requests, warmup start,
+//! outlier state).
+//!
+//! Per cluster one [`ClusterRuntime`], and per endpoint of it, keyed by (target `ip:port`,
+//! expected identity), one [`EndpointRuntime`]. A [`Cluster`] and its [`ClusterEndpoint`]s hold
+//! `Arc`s to them (a request reaches its state without a lookup); a snapshot's [`Registry`]
+//! indexes the same `Arc`s by cluster name and endpoint key. On a reload
+//! [`crate::Snapshot::carry_over_state`] looks every cluster and endpoint of the new snapshot up
+//! in the previous snapshot's registry — hash lookups, O(clusters + endpoints) — and adopts the
+//! state it finds. What the new config no longer names is not looked up: its state lives on only
+//! while the old snapshot (or a guard taken from it) does, and an endpoint that comes back later
+//! starts fresh.
+
+use crate::lb::{Cluster, ClusterEndpoint};
+use crate::model::Endpoint;
+use crate::outlier::HostOutlier;
+use crate::pool::PoolCounters;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Cluster-wide state that survives reloads (shared by every snapshot's cluster of this name).
+#[derive(Debug)]
+pub struct ClusterRuntime {
+    /// Round-robin position: a reload continues the rotation where it was.
+    pub(crate) rr: AtomicUsize,
+    /// Circuit-breaker counters (guards hold them too).
+    pub(crate) pool: Arc<PoolCounters>,
+    /// Start of the outlier-detection interval grid.
+    pub(crate) origin: Instant,
+    /// Serializes ejection decisions (the max-ejection-percent check).
+    pub(crate) eject_lock: Mutex<()>,
+}
+
+impl ClusterRuntime {
+    /// Fresh state; `origin` starts the outlier interval grid.
+    pub(crate) fn new(origin: Instant) -> Self {
+        ClusterRuntime {
+            rr: AtomicUsize::new(0),
+            pool: Arc::new(PoolCounters::default()),
+            origin,
+            eject_lock: Mutex::new(()),
+        }
+    }
+}
+
+/// Per-endpoint state that survives reloads.
+#[derive(Debug)]
+pub struct EndpointRuntime {
+    /// Requests in flight (LEAST_REQUEST), counted by [`crate::ActiveGuard`]s.
+    pub(crate) active: AtomicUsize,
+    /// When the endpoint joined the cluster (slow start).
+    pub(crate) added: Instant,
+    pub(crate) outlier: Mutex<HostOutlier>,
+}
+
+impl EndpointRuntime {
+    pub(crate) fn new(added: Instant) -> Self {
+        EndpointRuntime {
+            active: AtomicUsize::new(0),
+            added,
+            outlier: Mutex::new(HostOutlier::default()),
+        }
+    }
+}
+
+/// Which endpoint state a cluster endpoint takes over: the same target and the same expected
+/// identity (a pod replaced at the same address by another workload starts fresh).
+#[derive(Debug, Clone)]
+struct EndpointKey {
+    target: SocketAddr,
+    endpoint: Arc<Endpoint>,
+}
+
+impl EndpointKey {
+    fn of(e: &ClusterEndpoint) -> Self {
+        EndpointKey {
+            target: e.target,
+            endpoint: e.endpoint.clone(),
+        }
+    }
+}
+
+impl PartialEq for EndpointKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.target == other.target && self.endpoint.identity == other.endpoint.identity
+    }
+}
+
+impl Eq for EndpointKey {}
+
+/// By target alone (equality still compares the identity): endpoints at one address rarely
+/// differ in identity, and hashing the identity string too would cost a pass over it per
+/// endpoint for nothing.
+impl Hash for EndpointKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.target.hash(state);
+    }
+}
+
+/// The runtime state one cluster of a snapshot uses.
+#[derive(Debug)]
+pub struct ClusterState {
+    runtime: Arc<ClusterRuntime>,
+    endpoints: HashMap<EndpointKey, Arc<EndpointRuntime>>,
+}
+
+impl ClusterState {
+    /// The state `cluster` holds, indexed. Of endpoints with the same key the first is kept.
+    pub(crate) fn of(cluster: &Cluster) -> Self {
+        let mut endpoints = HashMap::with_capacity(cluster.endpoints.len());
+        for e in &cluster.endpoints {
+            endpoints
+                .entry(EndpointKey::of(e))
+                .or_insert_with(|| e.runtime.clone());
+        }
+        ClusterState {
+            runtime: cluster.runtime.clone(),
+            endpoints,
+        }
+    }
+
+    /// The cluster-wide state.
+    pub fn runtime(&self) -> &Arc<ClusterRuntime> {
+        &self.runtime
+    }
+
+    /// The state of the endpoint at `target` expecting `identity`, if the cluster has it (a scan:
+    /// for tests and dumps, not the data path).
+    pub fn endpoint(&self, target: SocketAddr, identity: &str) -> Option<&Arc<EndpointRuntime>> {
+        self.endpoints
+            .iter()
+            .find(|(k, _)| k.target == target && k.endpoint.identity == identity)
+            .map(|(_, r)| r)
+    }
+
+    /// Number of endpoint states held.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The state for `e` when this (previous) cluster had an endpoint with its key.
+    pub(crate) fn endpoint_of(&self, e: &ClusterEndpoint) -> Option<&Arc<EndpointRuntime>> {
+        self.endpoints.get(&EndpointKey::of(e))
+    }
+}
+
+/// The runtime state of a snapshot's clusters, by cluster name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clusters: HashMap<String, ClusterState>,
+}
+
+impl Registry {
+    /// Index the state these clusters hold.
+    pub(crate) fn index<'a>(clusters: impl Iterator<Item = &'a Cluster>) -> Self {
+        let clusters = clusters
+            .map(|c| (c.name.clone(), ClusterState::of(c)))
+            .collect();
+        Registry { clusters }
+    }
+
+    /// The state of the cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterState> {
+        self.clusters.get(name)
+    }
+
+    /// Number of clusters with state.
+    pub fn len(&self) -> usize {
+        self.clusters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{load_str, Snapshot};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    /// ServiceEntry `name` on port 80 with one endpoint per address.
+    fn entry(name: &str, vip: &str, addresses: &[&str]) -> String {
+        let eps: String = addresses
+            .iter()
+            .map(|a| format!("  - address: {a}\n    serviceAccount: sa\n"))
+            .collect();
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  \
+             namespace: default\nspec:\n  hosts:\n  - {name}.default.svc.cluster.local\n  \
+             addresses:\n  - {vip}\n  ports:\n  - number: 80\n    name: http\n    \
+             protocol: HTTP\n  resolution: STATIC\n  endpoints:\n{eps}"
+        )
+    }
+
+    /// Loaded and carried over from `previous`, as a publish does.
+    fn publish(docs: &[String], previous: &Snapshot) -> Snapshot {
+        let mut s = load_str(&[("c.yaml".into(), docs.concat())], "cluster.local").unwrap();
+        s.carry_over_state(previous);
+        s
+    }
+
+    const S1: &str = "inbound-vip|80|http|s1.default.svc.cluster.local";
+    const S2: &str = "inbound-vip|80|http|s2.default.svc.cluster.local";
+    const ID: &str = "spiffe://cluster.local/ns/default/sa/sa";
+
+    #[test]
+    fn removed_endpoints_and_clusters_leave_with_the_old_snapshot() {
+        let e1: SocketAddr = "10.1.0.1:80".parse().unwrap();
+        let e2: SocketAddr = "10.1.0.2:80".parse().unwrap();
+        let both = entry("s1", "10.0.0.1", &["10.1.0.1", "10.1.0.2"]);
+        let a = publish(
+            &[both.clone(), entry("s2", "10.0.0.2", &["10.1.0.3"])],
+            &Snapshot::empty(),
+        );
+        let c1 = a.cluster("s1.default.svc.cluster.local", 80, None).unwrap();
+        let (g1, g2) = (c1.begin(e1), c1.begin(e2));
+        let s2_pool = a.runtime().cluster(S2).unwrap().runtime().clone();
+        let e2_state = Arc::downgrade(a.runtime().cluster(S1).unwrap().endpoint(e2, ID).unwrap());
+
+        // B: e2 and s2 are gone.
+        let b = publish(&[entry("s1", "10.0.0.1", &["10.1.0.1"])], &a);
+        assert!(b.runtime().cluster(S2).is_none());
+        assert_eq!(b.runtime().len(), 1);
+        let b1 = b.runtime().cluster(S1).unwrap();
+        assert_eq!(b1.endpoint_count(), 1);
+        assert!(b1.endpoint(e2, ID).is_none());
+        assert_eq!(
+            b.cluster("s1.default.svc.cluster.local", 80, None)
+                .unwrap()
+                .endpoints[0]
+                .active(),
+            1
+        );
+
+        // C: e2 is back, with fresh state; e1 kept its own all along.
+        let c = publish(&[both], &b);
+        let c1 = c.cluster("s1.default.svc.cluster.local", 80, None).unwrap();
+        assert_eq!(c1.endpoint(e1).unwrap().active(), 1);
+        assert_eq!(c1.endpoint(e2).unwrap().active(), 0, "e2 starts fresh");
+        assert!(c.runtime().cluster(S2).is_none());
+
+        // Nothing of A's removed state outlives A and its guards.
+        drop((a, g2, s2_pool));
+        assert!(e2_state.upgrade().is_none(), "e2's old state leaked");
+        drop(g1);
+        assert_eq!(c1.endpoint(e1).unwrap().active(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_never_carried_over_is_indexed_on_first_use() {
+        let docs = [entry("s1", "10.0.0.1", &["10.1.0.1", "10.1.0.2"])];
+        let first = load_str(&[("c.yaml".into(), docs.concat())], "cluster.local").unwrap();
+        let next = publish(&docs, &first);
+        let state = |s: &Snapshot| s.runtime().cluster(S1).unwrap().runtime().clone();
+        assert!(Arc::ptr_eq(&state(&first), &state(&next)));
+        assert_eq!(next.runtime().cluster(S1).unwrap().endpoint_count(), 2);
+    }
+}
