@@ -13,7 +13,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use routing::Snapshot;
 use tracing::{debug, warn};
 
-use crate::telemetry::access_log::{timestamp, AccessLog, Entry};
+use crate::telemetry::access_log::{AccessLog, Field, Line};
 use crate::telemetry::status::Telemetry;
 use crate::transport::hbone::TunnelPool;
 
@@ -308,69 +308,64 @@ impl ProxyHttp for Waypoint {
             .and_then(|l| l.peer())
             .map(|p| p.to_string());
         self.record_metrics(session, ctx, code, &flags, proved.as_deref());
-        // The line is built only when it is sampled in.
-        self.access_log.log_with(|| {
+        // The line is built only when it is sampled in, borrowing the request's data, and
+        // rendered straight into the log's buffer.
+        if self.access_log.sample() {
             let tunnel = ctx.tunnel.as_deref();
-            Entry {
-                start_time: timestamp(ctx.start_time),
-                method: req.method.to_string(),
-                path: req
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
+            let failure = ctx.failure.lock();
+            let request_headers = capture(&req.headers, self.access_log.request_headers());
+            let response_headers = session
+                .response_written()
+                .map(|r| capture(&r.headers, self.access_log.response_headers()))
+                .unwrap_or_default();
+            self.access_log.emit(&Line {
+                start_time: ctx.start_time.into(),
+                method: req.method.as_str().into(),
+                path: req.uri.path_and_query().map_or("/", |p| p.as_str()).into(),
                 protocol: crate::telemetry::access_log::template::protocol_name(req.version).into(),
                 response_code: code,
-                response_flags: flags,
+                response_flags: (&flags).into(),
                 response_code_details: if ctx.details.is_empty() && ctx.upstream_time.is_some() {
-                    "via_upstream".to_string()
+                    "via_upstream".into()
                 } else {
-                    ctx.details.to_string()
+                    Field::Str(&ctx.details)
                 },
-                upstream_transport_failure_reason: ctx.failure.lock().clone().unwrap_or_default(),
+                upstream_transport_failure_reason: failure.as_deref().unwrap_or_default().into(),
                 bytes_received: session.body_bytes_read() as u64,
                 bytes_sent: session.body_bytes_sent() as u64,
                 duration_ms: ctx.started.elapsed().as_millis() as u64,
                 upstream_service_time_ms: ctx.upstream_time.map(|d| d.as_millis() as u64),
-                x_forwarded_for: header_str(req, "x-forwarded-for").to_string(),
-                user_agent: header_str(req, "user-agent").to_string(),
-                request_id: ctx.request_id.clone(),
-                authority: authority(req).unwrap_or("").to_string(),
-                upstream_host: ctx.upstream.map(|a| a.to_string()).unwrap_or_default(),
-                upstream_cluster: ctx.cluster_name.clone(),
-                downstream_local_address: tunnel
-                    .map(|t| t.original_dst.to_string())
-                    .unwrap_or_default(),
-                downstream_remote_address: tunnel
-                    .map(|t| t.source_addr.to_string())
-                    .unwrap_or_default(),
-                downstream_claimed_address: tunnel
-                    .and_then(|t| t.claimed_source)
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
+                x_forwarded_for: header_str(req, "x-forwarded-for").into(),
+                user_agent: header_str(req, "user-agent").into(),
+                request_id: (&ctx.request_id).into(),
+                authority: authority(req).unwrap_or("").into(),
+                upstream_host: ctx.upstream.into(),
+                upstream_cluster: (&ctx.cluster_name).into(),
+                downstream_local_address: tunnel.map(|t| t.original_dst).into(),
+                downstream_remote_address: tunnel.map(|t| t.source_addr).into(),
+                downstream_claimed_address: tunnel.and_then(|t| t.claimed_source).into(),
                 source_principal: tunnel
-                    .map(|t| t.source_identity.to_string())
-                    .unwrap_or_default(),
+                    .map_or(Field::Str(""), |t| Field::Display(&t.source_identity)),
                 destination_principal: proved
-                    .or_else(|| ctx.endpoint.as_ref().map(|e| e.identity.clone()))
-                    .unwrap_or_default(),
-                route_name: ctx.route_name.clone(),
+                    .as_deref()
+                    .or_else(|| ctx.endpoint.as_ref().map(|e| e.identity.as_str()))
+                    .unwrap_or_default()
+                    .into(),
+                route_name: (&ctx.route_name).into(),
                 tunnel_traceparent: tunnel
-                    .and_then(|t| t.traceparent.clone())
-                    .unwrap_or_default(),
-                request_headers: capture(&req.headers, self.access_log.request_headers()),
-                response_headers: session
-                    .response_written()
-                    .map(|r| capture(&r.headers, self.access_log.response_headers()))
-                    .unwrap_or_default(),
+                    .and_then(|t| t.traceparent.as_deref())
+                    .unwrap_or_default()
+                    .into(),
+                request_headers: &request_headers,
+                response_headers: &response_headers,
                 attempt_count: ctx.tried.len().max(1) as u32,
                 config_version: ctx.snapshot.version(),
-                authz: std::mem::take(&mut ctx.authz.decision),
-                authz_dry_run: std::mem::take(&mut ctx.authz.dry_run),
-                authz_audit: std::mem::take(&mut ctx.authz.audit),
+                authz: (&ctx.authz.decision).into(),
+                authz_dry_run: (&ctx.authz.dry_run).into(),
+                authz_audit: (&ctx.authz.audit).into(),
                 ..Default::default()
-            }
-        });
+            });
+        }
     }
 }
 

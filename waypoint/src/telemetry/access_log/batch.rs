@@ -90,7 +90,15 @@ impl Batcher {
     }
 
     /// Appends one line (a newline is added).
+    #[cfg(test)]
     pub fn push(&self, line: &str) {
+        self.push_with(|buf| buf.extend_from_slice(line.as_bytes()));
+    }
+
+    /// Appends the line `render` writes (a newline is added), rendered straight into the shared
+    /// buffer under its lock: no copy and no allocation once the buffer has grown. Not called
+    /// when the buffer is full.
+    pub fn push_with(&self, render: impl FnOnce(&mut Vec<u8>)) {
         let wake = {
             let mut p = self.shared.pending.lock();
             if p.lines >= QUEUE_LINES {
@@ -98,11 +106,12 @@ impl Batcher {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            p.buf.extend_from_slice(line.as_bytes());
+            let before = p.buf.len();
+            render(&mut p.buf);
             p.buf.push(b'\n');
             p.lines += 1;
             let was_idle = std::mem::take(&mut p.idle);
-            was_idle || p.buf.len() >= FLUSH_BYTES && p.buf.len() - line.len() - 1 < FLUSH_BYTES
+            was_idle || p.buf.len() >= FLUSH_BYTES && before < FLUSH_BYTES
         };
         if wake {
             self.shared.wake.notify_one();

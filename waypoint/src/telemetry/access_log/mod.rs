@@ -10,6 +10,7 @@
 //! ([`FLUSH_INTERVAL`], [`FLUSH_BYTES`]) rather than being woken for every line.
 
 mod batch;
+mod entry;
 pub mod template;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 pub use batch::{FLUSH_BYTES, FLUSH_INTERVAL};
+pub use entry::{Entry, Field, Line};
 use serde::Serialize;
 
 pub use template::{JsonTemplate, Template, TemplateError, ISTIO_DEFAULT_FORMAT};
@@ -29,87 +31,17 @@ pub enum Format {
     Json,
 }
 
-/// What one line is made of. Empty strings are "absent" (`-` in text, `null` for a lone operator
-/// in a json_format value). The default JSON object serializes every field except those marked
-/// `skip`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Entry {
-    pub start_time: String,
-    pub method: String,
-    pub path: String,
-    pub protocol: String,
-    pub response_code: u16,
-    pub response_flags: String,
-    pub response_code_details: String,
-    pub upstream_transport_failure_reason: String,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub duration_ms: u64,
-    pub upstream_service_time_ms: Option<u64>,
-    pub x_forwarded_for: String,
-    pub user_agent: String,
-    pub request_id: String,
-    pub authority: String,
-    pub upstream_host: String,
-    pub upstream_cluster: String,
-    pub downstream_local_address: String,
-    pub downstream_remote_address: String,
-    /// A `forwarded: for=` address the waypoint could not verify against the peer's identity
-    /// (`downstream_remote_address` is then the HBONE peer's own address).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub downstream_claimed_address: String,
-    pub source_principal: String,
-    /// The upstream's identity: the SPIFFE URI SAN its HBONE certificate proved, else the
-    /// endpoint's known identity (Envoy `%UPSTREAM_PEER_URI_SAN%`, Istio `destination_principal`).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub destination_principal: String,
-    pub route_name: String,
-    /// The `traceparent` of the HBONE CONNECT that carried the request: links it to its tunnel.
-    pub tunnel_traceparent: String,
-    /// Version of the routing snapshot the request was served by.
-    pub config_version: u64,
-    /// The authorization decision (`allow|deny|custom_deny <policy>`), when policies applied.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub authz: String,
-    /// What dry-run policies would have decided (`istio.io/dry-run`), when any applied.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub authz_dry_run: String,
-    /// AUDIT rules the request matched.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub authz_audit: String,
-    /// Request headers the template reads (names lowercase; [`AccessLog::request_headers`]).
-    #[serde(skip)]
-    pub request_headers: Vec<(String, String)>,
-    /// Response headers the template reads (names lowercase; [`AccessLog::response_headers`]).
-    #[serde(skip)]
-    pub response_headers: Vec<(String, String)>,
-    #[serde(skip)]
-    pub upstream_local_address: String,
-    /// SNI of the downstream TLS connection, if any.
-    #[serde(skip)]
-    pub requested_server_name: String,
-    /// Why the waypoint closed the connection (a TCP policy denial), Envoy's
-    /// `%CONNECTION_TERMINATION_DETAILS%`.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub connection_termination_details: String,
-    /// Upstream attempts made (1 + retries); 0 when none was made.
-    #[serde(skip)]
-    pub attempt_count: u32,
-}
-
 impl Entry {
     /// Renders with the default template of `format` (Istio's text format, or the built-in JSON
     /// object).
     pub fn render(&self, format: Format) -> String {
+        let mut out = Vec::with_capacity(512);
         match format {
-            Format::Json => self.default_json(),
-            Format::Text => Template::istio_default().render(self),
+            Format::Json => self.line().write_default_json(&mut out),
+            Format::Text => Template::istio_default().write_text(&self.line(), &mut out),
         }
-    }
-
-    fn default_json(&self) -> String {
-        // Plain data: serializing cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -272,10 +204,19 @@ impl AccessLog {
 
     /// The line for `entry` in this log's format (no trailing newline).
     pub fn render(&self, entry: &Entry) -> String {
+        let mut out = Vec::with_capacity(512);
+        self.render_into(&entry.line(), &mut out);
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// Appends the line for `line` in this log's format (no trailing newline) to `out`. Allocates
+    /// nothing but `out`'s growth (see `tests/access_log_alloc.rs`).
+    pub fn render_into(&self, line: &Line<'_>, out: &mut Vec<u8>) {
         match &self.renderer {
-            Renderer::Text(t) => t.render(entry),
-            Renderer::DefaultJson => entry.default_json(),
-            Renderer::Json(j) => j.render(entry),
+            Renderer::Text(t) => t.write_text(line, out),
+            Renderer::DefaultJson => line.write_default_json(out),
+            Renderer::Json(j) => j.write(line, out),
         }
     }
 
@@ -300,38 +241,45 @@ impl AccessLog {
     /// Writes the line `build` makes, calling it only when the line is sampled in.
     pub fn log_with(&self, build: impl FnOnce() -> Entry) {
         if self.sample() {
-            self.emit(&build());
+            self.emit(&build().line());
         }
     }
 
     pub fn write(&self, entry: &Entry) {
         if self.sample() {
-            self.emit(entry);
+            self.emit(&entry.line());
         }
     }
 
-    /// Renders and hands over a line already sampled in.
-    fn emit(&self, entry: &Entry) {
-        let line = self.render(entry);
-        self.written.fetch_add(1, Ordering::Relaxed);
+    /// Renders and hands over a line already sampled in ([`AccessLog::sample`] said yes). For
+    /// stdout the line is rendered straight into the writer's buffer: no `String` per line.
+    pub fn emit(&self, line: &Line<'_>) {
         match &self.sink {
-            Sink::Off => {}
+            Sink::Off => return,
             // Requests never wait on stdout: a full buffer (a reader that stopped reading) drops
             // the line and counts it.
             Sink::Stdout => {
                 if let Some(b) = &self.stdout {
-                    b.push(&line);
+                    b.push_with(|buf| self.render_into(line, buf));
                 }
             }
-            Sink::Memory(lines) => lines.lock().push(line),
+            Sink::Memory(lines) => {
+                let mut out = Vec::with_capacity(512);
+                self.render_into(line, &mut out);
+                let text = String::from_utf8(out)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                lines.lock().push(text);
+            }
         }
+        self.written.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// The timestamp format Envoy uses for `%START_TIME%`.
 pub fn timestamp(t: std::time::SystemTime) -> String {
-    let dt: chrono::DateTime<chrono::Utc> = t.into();
-    dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    let mut out = Vec::with_capacity(24);
+    template::time::write_timestamp(t, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
