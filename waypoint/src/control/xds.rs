@@ -459,7 +459,7 @@ pub struct XdsRuntime {
 impl XdsRuntime {
     /// Check the settings (node identity in the environment, istiod's roots) without connecting.
     pub fn new(
-        args: &crate::commands::cli::RunArgs,
+        args: &crate::config::RunConfig,
         telemetry: &crate::telemetry::status::Telemetry,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -493,9 +493,9 @@ impl XdsRuntime {
             cfg.token_path = Some(args.xds_token.clone());
         }
         cfg.mode = match args.xds_mode {
-            crate::commands::cli::XdsMode::Delta => xds_client::Mode::Delta,
-            crate::commands::cli::XdsMode::Sotw => xds_client::Mode::StateOfTheWorld,
-            crate::commands::cli::XdsMode::Auto => xds_client::Mode::DeltaWithFallback,
+            crate::config::XdsMode::Delta => xds_client::Mode::Delta,
+            crate::config::XdsMode::Sotw => xds_client::Mode::StateOfTheWorld,
+            crate::config::XdsMode::Auto => xds_client::Mode::DeltaWithFallback,
         };
         cfg.client_cert = Some(telemetry.own_cert.clone());
         let client = xds_client::Client::new(cfg).context("xDS client settings")?;

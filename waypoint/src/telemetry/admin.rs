@@ -490,10 +490,7 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(
-            percent_decode("waypoint%3A%3Aproxy"),
-            "waypoint::proxy"
-        );
+        assert_eq!(percent_decode("waypoint%3A%3Aproxy"), "waypoint::proxy");
         assert_eq!(percent_decode("a+b"), "a b");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
