@@ -101,10 +101,10 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 
     /// The parsed value, when set.
-    fn parse<T>(
+    fn parse<T, E: std::fmt::Display>(
         &self,
         name: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, E>,
     ) -> Result<Option<T>, ConfigError> {
         let Some(value) = self.raw(name) else {
             return Ok(None);
@@ -114,17 +114,17 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
             Err(reason) => Err(ConfigError::Invalid {
                 name,
                 value,
-                reason,
+                reason: reason.to_string(),
             }),
         }
     }
 
     /// Overwrite `slot` when the variable is set.
-    fn set<T>(
+    fn set<T, E: std::fmt::Display>(
         &self,
         slot: &mut T,
         name: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, E>,
     ) -> Result<(), ConfigError> {
         if let Some(v) = self.parse(name, parse)? {
             *slot = v;
@@ -133,11 +133,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 
     /// Fill an optional `slot` when the variable is set.
-    fn set_opt<T>(
+    fn set_opt<T, E: std::fmt::Display>(
         &self,
         slot: &mut Option<T>,
         name: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, E>,
     ) -> Result<(), ConfigError> {
         if let Some(v) = self.parse(name, parse)? {
             *slot = Some(v);
@@ -146,11 +146,11 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
     }
 }
 
-fn text(s: &str) -> Result<String, String> {
+fn text(s: &str) -> Result<String, std::convert::Infallible> {
     Ok(s.to_string())
 }
 
-fn path(s: &str) -> Result<std::path::PathBuf, String> {
+fn path(s: &str) -> Result<std::path::PathBuf, std::convert::Infallible> {
     Ok(s.into())
 }
 
@@ -202,7 +202,7 @@ impl RunConfig {
         env.set(
             &mut c.trust_domain_aliases,
             WAYPOINT_TRUST_DOMAIN_ALIASES,
-            |s| Ok(s.split(',').map(String::from).collect()),
+            |s| Ok::<_, std::convert::Infallible>(s.split(',').map(String::from).collect()),
         )?;
         env.set(
             &mut c.upstream_hbone_port,

@@ -18,7 +18,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use parse::{
-    parse_access_log_format, parse_bool, parse_fraction, parse_gateway, parse_positive, ConfigError,
+    parse_access_log_format, parse_bool, parse_fraction, parse_gateway, parse_positive,
+    ConfigError, InvalidValue,
 };
 
 /// `--listen`: the HBONE port on every address.
@@ -272,14 +273,14 @@ impl XdsMode {
 }
 
 impl std::str::FromStr for XdsMode {
-    type Err = String;
+    type Err = InvalidValue;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "delta" => Ok(Self::Delta),
             "sotw" => Ok(Self::Sotw),
             "auto" => Ok(Self::Auto),
-            _ => Err(format!("{s:?} is not delta, sotw or auto")),
+            _ => Err(InvalidValue(format!("{s:?} is not delta, sotw or auto"))),
         }
     }
 }
@@ -310,13 +311,13 @@ impl CertProvider {
 }
 
 impl std::str::FromStr for CertProvider {
-    type Err = String;
+    type Err = InvalidValue;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "files" => Ok(Self::Files),
             "istiod" => Ok(Self::Istiod),
-            _ => Err(format!("{s:?} is not files or istiod")),
+            _ => Err(InvalidValue(format!("{s:?} is not files or istiod"))),
         }
     }
 }
@@ -341,15 +342,15 @@ impl Listen {
 }
 
 impl std::str::FromStr for Listen {
-    type Err = String;
+    type Err = InvalidValue;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "none" | "off" | "" => Ok(Self(None)),
             _ => s
                 .parse()
                 .map(|a| Self(Some(a)))
-                .map_err(|e| format!("{s:?} is not ip:port or `none`: {e}")),
+                .map_err(|e| InvalidValue(format!("{s:?} is not ip:port or `none`: {e}"))),
         }
     }
 }

@@ -15,6 +15,25 @@ use serde::Deserialize;
 
 use crate::config::{env as vars, CertProvider, Listen, RunConfig};
 
+/// Why `proxy waypoint …` cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum IstioError {
+    #[error("`proxy {0}` is not supported: this binary is a waypoint (use `proxy waypoint`)")]
+    Unsupported(String),
+    #[error("unexpected argument {0:?} after `proxy waypoint`")]
+    UnexpectedArgument(String),
+    #[error("--proxyLogLevel {0:?} is not an Envoy log level")]
+    LogLevel(String),
+    #[error("--concurrency {0:?} is not a number")]
+    Concurrency(String),
+    #[error("PROXY_CONFIG is not valid ProxyConfig JSON: {0}")]
+    ProxyConfig(serde_json::Error),
+    #[error("PROXY_CONFIG terminationDrainDuration {0:?} is not a duration")]
+    DrainDuration(String),
+    #[error("`proxy waypoint` settings: {0}")]
+    Settings(#[from] crate::config::ConfigError),
+}
+
 /// What `proxy waypoint …` resolves to.
 #[derive(Debug)]
 pub struct AgentLaunch {
@@ -69,15 +88,13 @@ fn tracing_level(envoy: &str) -> Option<&'static str> {
 const BOOLEAN_FLAGS: [&str; 2] = ["log_as_json", "log_caller"];
 
 /// Split `--k v`, `--k=v` and `-k v` into (name, value) pairs.
-fn agent_flags(args: &[String]) -> Result<Vec<(String, Option<String>)>, String> {
+fn agent_flags(args: &[String]) -> Result<Vec<(String, Option<String>)>, IstioError> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
         let Some(name) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-            return Err(format!(
-                "unexpected argument {arg:?} after `proxy waypoint`"
-            ));
+            return Err(IstioError::UnexpectedArgument(arg.clone()));
         };
         if let Some((k, v)) = name.split_once('=') {
             out.push((k.to_string(), Some(v.to_string())));
@@ -99,17 +116,14 @@ pub fn resolve(
     kind: &str,
     agent_args: &[String],
     env: impl Fn(&str) -> Option<String>,
-) -> Result<AgentLaunch, String> {
+) -> Result<AgentLaunch, IstioError> {
     if kind != "waypoint" {
-        return Err(format!(
-            "`proxy {kind}` is not supported: this binary is a waypoint (use `proxy waypoint`)"
-        ));
+        return Err(IstioError::Unsupported(kind.to_string()));
     }
     let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
     // Every `waypoint run` setting its variable gives (local Istio YAML when
     // WAYPOINT_CONFIG_DIR is set); what follows fills in what no variable set.
-    let mut run =
-        RunConfig::from_env(&env).map_err(|e| format!("`proxy waypoint` settings: {e}"))?;
+    let mut run = RunConfig::from_env(&env)?;
     let mut log_filter = "info".to_string();
     let mut log_json = false;
     let mut ignored = Vec::new();
@@ -118,14 +132,12 @@ pub fn resolve(
         match (name.as_str(), value) {
             ("proxyLogLevel", Some(v)) => {
                 log_filter = tracing_level(&v)
-                    .ok_or_else(|| format!("--proxyLogLevel {v:?} is not an Envoy log level"))?
+                    .ok_or_else(|| IstioError::LogLevel(v.clone()))?
                     .to_string();
             }
             ("log_as_json", _) => log_json = true,
             ("concurrency", Some(v)) if !set(vars::WAYPOINT_THREADS) => {
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| format!("--concurrency {v:?} is not a number"))?;
+                let n: usize = v.parse().map_err(|_| IstioError::Concurrency(v.clone()))?;
                 if n > 0 {
                     run.threads = Some(n);
                     threads_from_flag = true;
@@ -138,12 +150,9 @@ pub fn resolve(
         }
     }
     if let Some(raw) = env(vars::PROXY_CONFIG).filter(|v| !v.trim().is_empty()) {
-        let pc: ProxyConfig = serde_json::from_str(&raw)
-            .map_err(|e| format!("PROXY_CONFIG is not valid ProxyConfig JSON: {e}"))?;
+        let pc: ProxyConfig = serde_json::from_str(&raw).map_err(IstioError::ProxyConfig)?;
         if let Some(d) = &pc.termination_drain_duration {
-            let d = parse_duration(d).ok_or_else(|| {
-                format!("PROXY_CONFIG terminationDrainDuration {d:?} is not a duration")
-            })?;
+            let d = parse_duration(d).ok_or_else(|| IstioError::DrainDuration(d.clone()))?;
             if !set(vars::WAYPOINT_DRAIN_SECONDS) {
                 run.drain_seconds = d.as_secs().max(1);
             }
@@ -285,26 +294,31 @@ mod tests {
         let e = env(&BASE);
         assert!(resolve("sidecar", &[], &e)
             .unwrap_err()
+            .to_string()
             .contains("proxy sidecar"));
         assert!(resolve("waypoint", &args("--proxyLogLevel loud"), &e)
             .unwrap_err()
+            .to_string()
             .contains("loud"));
         assert!(resolve("waypoint", &args("stray"), &e)
             .unwrap_err()
+            .to_string()
             .contains("stray"));
         let mut bad = BASE.to_vec();
         bad.push(("PROXY_CONFIG", "{not json"));
         assert!(resolve("waypoint", &[], env(&bad))
             .unwrap_err()
+            .to_string()
             .contains("PROXY_CONFIG"));
         let mut bad = BASE.to_vec();
         bad.push(("PROXY_CONFIG", r#"{"terminationDrainDuration":"soon"}"#));
         assert!(resolve("waypoint", &[], env(&bad))
             .unwrap_err()
+            .to_string()
             .contains("soon"));
         let mut bad = BASE.to_vec();
         bad.push(("WAYPOINT_ADMIN_LISTEN", "everywhere"));
-        let err = resolve("waypoint", &[], env(&bad)).unwrap_err();
+        let err = resolve("waypoint", &[], env(&bad)).unwrap_err().to_string();
         assert!(
             err.starts_with(
                 "`proxy waypoint` settings: environment variable WAYPOINT_ADMIN_LISTEN=\"everywhere\": "

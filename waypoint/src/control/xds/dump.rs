@@ -8,22 +8,27 @@ use routing::xds::{Resources, TranslateOptions};
 /// proxy-config all <pod> -o json`, or a list of resources) into a snapshot, offline, as the
 /// xDS client would: a resource Envoy would reject is refused alone and the rest translated.
 /// `Err` only when the file cannot be read or the state cannot be used at all.
-pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let routing::xds::json::Loaded { resources, skipped } =
-        routing::xds::json::load(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, DumpError> {
+    let file = path.to_path_buf();
+    let text = std::fs::read_to_string(path).map_err(|source| DumpError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    let routing::xds::json::Loaded { resources, skipped } = routing::xds::json::load(&text)
+        .map_err(|source| DumpError::Json {
+            path: file.clone(),
+            source,
+        })?;
     let options = TranslateOptions {
         trust_domain: trust_domain.to_string(),
         ..TranslateOptions::default()
     };
     let (translation, refused) =
         routing::xds::translate_refusing(&resources, &options).map_err(|rejections| {
-            let lines: Vec<String> = rejections.iter().map(|r| format!("  {r}")).collect();
-            format!(
-                "{}: the config cannot be used; Envoy would reject:\n{}",
-                path.display(),
-                lines.join("\n")
-            )
+            DumpError::Rejected {
+                path: file,
+                rejections,
+            }
         })?;
     Ok(Dump {
         resources,
@@ -31,6 +36,31 @@ pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, Str
         translation,
         refused,
     })
+}
+
+/// Why a saved xDS config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: std::path::PathBuf,
+        source: routing::xds::json::JsonError,
+    },
+    #[error("{}: the config cannot be used; Envoy would reject:\n{}", path.display(), lines(rejections))]
+    Rejected {
+        path: std::path::PathBuf,
+        rejections: Vec<routing::xds::Rejection>,
+    },
+}
+
+fn lines(rejections: &[routing::xds::Rejection]) -> String {
+    let lines: Vec<String> = rejections.iter().map(|r| format!("  {r}")).collect();
+    lines.join("\n")
 }
 
 /// A saved xDS config, translated.

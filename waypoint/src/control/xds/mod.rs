@@ -29,7 +29,7 @@ use crate::telemetry::status::Status;
 mod dump;
 mod sink;
 
-pub use dump::{load_dump, Dump};
+pub use dump::{load_dump, Dump, DumpError};
 pub use sink::{SnapshotSink, WARM_TIMEOUT};
 
 /// The xDS types a waypoint's config is made of.
