@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod commands;
+pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod telemetry;

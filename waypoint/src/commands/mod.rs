@@ -10,5 +10,7 @@ pub mod explain;
 pub mod manifest;
 pub mod output;
 pub mod run;
+pub mod run_args;
 pub mod sim;
+pub mod translate;
 pub mod validate;

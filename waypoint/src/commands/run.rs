@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::app::{bind, App, Settings};
-use crate::commands::cli::{CertProvider, RunArgs};
+use crate::config::{CertProvider, RunConfig};
 use crate::control::identity::WorkloadCert;
 use crate::control::reload::{
     fetch_identity, load_config, load_identity, renew_identity, watch_config, watch_identity,
@@ -36,7 +36,7 @@ use crate::telemetry::status::Telemetry;
 /// How often missing certificate or config files are looked for.
 const WAIT_POLL: Duration = Duration::from_millis(250);
 
-fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+fn settings(args: &RunConfig) -> anyhow::Result<Settings> {
     let mut settings = Settings::new(&args.trust_domain);
     settings
         .trust_domains
@@ -70,7 +70,7 @@ fn announce(what: &str, listener: &std::net::TcpListener) -> anyhow::Result<Sock
     Ok(addr)
 }
 
-pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
+pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
     info!(config = %serde_json::to_string(&args).unwrap_or_default(), "starting waypoint");
     let log = AccessLog::with_template(
         args.access_log_format,
@@ -117,11 +117,7 @@ pub fn run(args: RunArgs, logs: Arc<LogControl>) -> anyhow::Result<()> {
         (CertProvider::Files, Found::Invalid(e)) => anyhow::bail!(e),
     };
     let (snapshot, xds) = match (&args.config, &args.xds) {
-        (Some(dir), _) => match load_config(
-            dir,
-            &args.waypoint.load_options(&args.trust_domain),
-            args.allow_empty_config,
-        ) {
+        (Some(dir), _) => match load_config(dir, &args.load_options(), args.allow_empty_config) {
             Found::Ready(s) => (Some(s), None),
             Found::Missing(why) => {
                 warn!("waiting for config: {why}");
@@ -244,7 +240,7 @@ type Initial = (Option<WorkloadCert>, Option<Snapshot>);
 
 /// Waits for identity and config, then runs the data path on the HBONE listener.
 struct DataplaneService {
-    args: RunArgs,
+    args: RunConfig,
     settings: Settings,
     log: Arc<AccessLog>,
     telemetry: Telemetry,
@@ -311,7 +307,7 @@ impl DataplaneService {
                     (Some(sink), _) => snapshot = sink.take(),
                     (None, Some(dir)) => match load_config(
                         dir,
-                        &self.args.waypoint.load_options(&self.args.trust_domain),
+                        &self.args.load_options(),
                         self.args.allow_empty_config,
                     ) {
                         Found::Ready(s) => snapshot = Some(s),

@@ -8,17 +8,36 @@
 //! `proxy.istio.io/config` annotation turns into container env) win over what is derived from
 //! `PROXY_CONFIG` and the agent flags, which win over defaults.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use clap::Parser;
 use serde::Deserialize;
 
-use crate::commands::cli::{Listen, RunArgs};
+use crate::config::{env as vars, CertProvider, Listen, RunConfig};
+
+/// Why `proxy waypoint …` cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum IstioError {
+    #[error("`proxy {0}` is not supported: this binary is a waypoint (use `proxy waypoint`)")]
+    Unsupported(String),
+    #[error("unexpected argument {0:?} after `proxy waypoint`")]
+    UnexpectedArgument(String),
+    #[error("--proxyLogLevel {0:?} is not an Envoy log level")]
+    LogLevel(String),
+    #[error("--concurrency {0:?} is not a number")]
+    Concurrency(String),
+    #[error("PROXY_CONFIG is not valid ProxyConfig JSON: {0}")]
+    ProxyConfig(serde_json::Error),
+    #[error("PROXY_CONFIG terminationDrainDuration {0:?} is not a duration")]
+    DrainDuration(String),
+    #[error("`proxy waypoint` settings: {0}")]
+    Settings(#[from] crate::config::ConfigError),
+}
 
 /// What `proxy waypoint …` resolves to.
 #[derive(Debug)]
 pub struct AgentLaunch {
-    pub run: RunArgs,
+    pub run: RunConfig,
     /// Log filter from `--proxyLogLevel` (unless `WAYPOINT_LOG` is set).
     pub log_filter: String,
     pub log_json: bool,
@@ -69,15 +88,13 @@ fn tracing_level(envoy: &str) -> Option<&'static str> {
 const BOOLEAN_FLAGS: [&str; 2] = ["log_as_json", "log_caller"];
 
 /// Split `--k v`, `--k=v` and `-k v` into (name, value) pairs.
-fn agent_flags(args: &[String]) -> Result<Vec<(String, Option<String>)>, String> {
+fn agent_flags(args: &[String]) -> Result<Vec<(String, Option<String>)>, IstioError> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
         let Some(name) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-            return Err(format!(
-                "unexpected argument {arg:?} after `proxy waypoint`"
-            ));
+            return Err(IstioError::UnexpectedArgument(arg.clone()));
         };
         if let Some((k, v)) = name.split_once('=') {
             out.push((k.to_string(), Some(v.to_string())));
@@ -94,50 +111,36 @@ fn agent_flags(args: &[String]) -> Result<Vec<(String, Option<String>)>, String>
     Ok(out)
 }
 
-#[derive(Parser)]
-struct RunOnly {
-    #[command(flatten)]
-    run: RunArgs,
-}
-
 /// Resolve `proxy <kind> <agent args…>` with the process environment read through `env`.
 pub fn resolve(
     kind: &str,
     agent_args: &[String],
     env: impl Fn(&str) -> Option<String>,
-) -> Result<AgentLaunch, String> {
+) -> Result<AgentLaunch, IstioError> {
     if kind != "waypoint" {
-        return Err(format!(
-            "`proxy {kind}` is not supported: this binary is a waypoint (use `proxy waypoint`)"
-        ));
+        return Err(IstioError::Unsupported(kind.to_string()));
     }
     let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
-    // Local Istio YAML when WAYPOINT_CONFIG_DIR is set; else istiod over xDS, at XDS_ADDRESS,
-    // PROXY_CONFIG's discoveryAddress or istiod's default address (as the Istio agent).
-    let mut argv: Vec<String> = vec!["waypoint".into()];
-    if set("WAYPOINT_CONFIG_DIR") {
-        argv.extend([
-            "--config".into(),
-            env("WAYPOINT_CONFIG_DIR").unwrap_or_default(),
-        ]);
-    }
+    // Every `waypoint run` setting its variable gives (local Istio YAML when
+    // WAYPOINT_CONFIG_DIR is set); what follows fills in what no variable set.
+    let mut run = RunConfig::from_env(&env)?;
     let mut log_filter = "info".to_string();
     let mut log_json = false;
     let mut ignored = Vec::new();
+    let mut threads_from_flag = false;
     for (name, value) in agent_flags(agent_args)? {
         match (name.as_str(), value) {
             ("proxyLogLevel", Some(v)) => {
                 log_filter = tracing_level(&v)
-                    .ok_or_else(|| format!("--proxyLogLevel {v:?} is not an Envoy log level"))?
+                    .ok_or_else(|| IstioError::LogLevel(v.clone()))?
                     .to_string();
             }
             ("log_as_json", _) => log_json = true,
-            ("concurrency", Some(v)) if !set("WAYPOINT_THREADS") => {
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| format!("--concurrency {v:?} is not a number"))?;
+            ("concurrency", Some(v)) if !set(vars::WAYPOINT_THREADS) => {
+                let n: usize = v.parse().map_err(|_| IstioError::Concurrency(v.clone()))?;
                 if n > 0 {
-                    argv.extend(["--threads".into(), n.to_string()]);
+                    run.threads = Some(n);
+                    threads_from_flag = true;
                 }
             }
             (other, v) => ignored.push(match v {
@@ -146,70 +149,63 @@ pub fn resolve(
             }),
         }
     }
-    if let Some(raw) = env("PROXY_CONFIG").filter(|v| !v.trim().is_empty()) {
-        let pc: ProxyConfig = serde_json::from_str(&raw)
-            .map_err(|e| format!("PROXY_CONFIG is not valid ProxyConfig JSON: {e}"))?;
+    if let Some(raw) = env(vars::PROXY_CONFIG).filter(|v| !v.trim().is_empty()) {
+        let pc: ProxyConfig = serde_json::from_str(&raw).map_err(IstioError::ProxyConfig)?;
         if let Some(d) = &pc.termination_drain_duration {
-            let d = parse_duration(d).ok_or_else(|| {
-                format!("PROXY_CONFIG terminationDrainDuration {d:?} is not a duration")
-            })?;
-            if !set("WAYPOINT_DRAIN_SECONDS") {
-                argv.extend(["--drain-seconds".into(), d.as_secs().max(1).to_string()]);
+            let d = parse_duration(d).ok_or_else(|| IstioError::DrainDuration(d.clone()))?;
+            if !set(vars::WAYPOINT_DRAIN_SECONDS) {
+                run.drain_seconds = d.as_secs().max(1);
             }
         }
         // The agent's status port (15020): merged Prometheus stats and health. Readiness stays
         // on 15021, where istiod's template points the probes.
-        if let (Some(port), false) = (pc.status_port, set("WAYPOINT_STATS_LISTEN")) {
-            argv.extend(["--stats-listen".into(), format!("0.0.0.0:{port}")]);
+        if let (Some(port), false) = (pc.status_port, set(vars::WAYPOINT_STATS_LISTEN)) {
+            run.stats_listen = Listen(Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
         }
-        if let (Some(port), false) = (pc.proxy_admin_port, set("WAYPOINT_ADMIN_LISTEN")) {
-            argv.extend(["--admin-listen".into(), format!("127.0.0.1:{port}")]);
+        if let (Some(port), false) = (pc.proxy_admin_port, set(vars::WAYPOINT_ADMIN_LISTEN)) {
+            run.admin_listen = Listen(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
         }
-        if let (Some(n), false) = (pc.concurrency, set("WAYPOINT_THREADS")) {
-            if n > 0 && !argv.iter().any(|a| a == "--threads") {
-                argv.extend(["--threads".into(), n.to_string()]);
+        if let (Some(n), false) = (pc.concurrency, set(vars::WAYPOINT_THREADS)) {
+            if n > 0 && !threads_from_flag {
+                run.threads = Some(n);
             }
         }
         if let Some(addr) = pc.discovery_address.filter(|a| !a.is_empty()) {
-            if set("WAYPOINT_CONFIG_DIR") {
+            if set(vars::WAYPOINT_CONFIG_DIR) {
                 ignored.push(format!(
                     "PROXY_CONFIG discoveryAddress {addr} (config comes from WAYPOINT_CONFIG_DIR)"
                 ));
-            } else if !set("XDS_ADDRESS") {
-                argv.extend(["--xds".into(), addr]);
+            } else if !set(vars::XDS_ADDRESS) {
+                run.xds = Some(addr);
             }
         }
     }
-    if !set("WAYPOINT_CONFIG_DIR") && !set("XDS_ADDRESS") && !argv.iter().any(|a| a == "--xds") {
-        argv.extend(["--xds".into(), xds_client::DEFAULT_ADDRESS.into()]);
+    if run.config.is_none() && run.xds.is_none() {
+        run.xds = Some(xds_client::DEFAULT_ADDRESS.into());
     }
     // Envoy's Prometheus port in istiod's template; scrapers may point at it.
-    if !set("WAYPOINT_PROM_LISTEN") {
-        argv.extend(["--prom-listen".into(), "0.0.0.0:15090".into()]);
+    if !set(vars::WAYPOINT_PROM_LISTEN) {
+        run.prom_listen = crate::config::ENVOY_PROM_LISTEN;
     }
-    if !set("CLUSTER_ID") {
-        if let Some(id) = env("ISTIO_META_CLUSTER_ID").filter(|v| !v.is_empty()) {
-            argv.extend(["--cluster-id".into(), id]);
+    if !set(vars::CLUSTER_ID) {
+        if let Some(id) = env(vars::ISTIO_META_CLUSTER_ID).filter(|v| !v.is_empty()) {
+            run.cluster_id = id;
         }
     }
-    if !set("WAYPOINT_EXPECTED_IDENTITY") {
-        if let (Some(ns), Some(sa)) = (env("POD_NAMESPACE"), env("SERVICE_ACCOUNT")) {
-            let td = env("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into());
-            argv.extend([
-                "--expected-identity".into(),
-                format!("spiffe://{td}/ns/{ns}/sa/{sa}"),
-            ]);
+    if !set(vars::WAYPOINT_EXPECTED_IDENTITY) {
+        if let (Some(ns), Some(sa)) = (env(vars::POD_NAMESPACE), env(vars::SERVICE_ACCOUNT)) {
+            let td = env(vars::TRUST_DOMAIN)
+                .unwrap_or_else(|| crate::config::DEFAULT_TRUST_DOMAIN.into());
+            run.expected_identity = Some(format!("spiffe://{td}/ns/{ns}/sa/{sa}"));
         }
     }
-    // istiod's template always asks for istiod-issued certificates (PILOT_CERT_PROVIDER, CA_ADDR
-    // read by clap); file-mounted certificates (WAYPOINT_CERT_CHAIN) or an explicit provider win.
-    if !set("WAYPOINT_CERT_PROVIDER") && !set("WAYPOINT_CERT_CHAIN") {
-        argv.extend(["--cert-provider".into(), "istiod".into()]);
+    // istiod's template always asks for istiod-issued certificates (CA_ADDR is read with the
+    // other settings); file-mounted certificates (WAYPOINT_CERT_CHAIN) or an explicit provider
+    // win.
+    if !set(vars::WAYPOINT_CERT_PROVIDER) && !set(vars::WAYPOINT_CERT_CHAIN) {
+        run.cert_provider = CertProvider::Istiod;
     }
-    let run = RunOnly::try_parse_from(&argv)
-        .map_err(|e| format!("`proxy waypoint` settings: {e}"))?
-        .run;
-    if let Some(filter) = env("WAYPOINT_LOG").filter(|v| !v.is_empty()) {
+    if let Some(filter) = env(vars::WAYPOINT_LOG).filter(|v| !v.is_empty()) {
         log_filter = filter;
     }
     Ok(AgentLaunch {
@@ -218,12 +214,6 @@ pub fn resolve(
         log_json,
         ignored,
     })
-}
-
-impl Listen {
-    pub fn addr(&self) -> Option<std::net::SocketAddr> {
-        self.0
-    }
 }
 
 #[cfg(test)]
@@ -286,10 +276,7 @@ mod tests {
             launch.run.expected_identity.as_deref(),
             Some("spiffe://example.org/ns/bookinfo/sa/waypoint")
         );
-        assert_eq!(
-            launch.run.cert_provider,
-            crate::commands::cli::CertProvider::Istiod
-        );
+        assert_eq!(launch.run.cert_provider, CertProvider::Istiod);
         let ignored = launch.ignored.join("\n");
         for flag in [
             "--domain",
@@ -307,23 +294,37 @@ mod tests {
         let e = env(&BASE);
         assert!(resolve("sidecar", &[], &e)
             .unwrap_err()
+            .to_string()
             .contains("proxy sidecar"));
         assert!(resolve("waypoint", &args("--proxyLogLevel loud"), &e)
             .unwrap_err()
+            .to_string()
             .contains("loud"));
         assert!(resolve("waypoint", &args("stray"), &e)
             .unwrap_err()
+            .to_string()
             .contains("stray"));
         let mut bad = BASE.to_vec();
         bad.push(("PROXY_CONFIG", "{not json"));
         assert!(resolve("waypoint", &[], env(&bad))
             .unwrap_err()
+            .to_string()
             .contains("PROXY_CONFIG"));
         let mut bad = BASE.to_vec();
         bad.push(("PROXY_CONFIG", r#"{"terminationDrainDuration":"soon"}"#));
         assert!(resolve("waypoint", &[], env(&bad))
             .unwrap_err()
+            .to_string()
             .contains("soon"));
+        let mut bad = BASE.to_vec();
+        bad.push(("WAYPOINT_ADMIN_LISTEN", "everywhere"));
+        let err = resolve("waypoint", &[], env(&bad)).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "`proxy waypoint` settings: environment variable WAYPOINT_ADMIN_LISTEN=\"everywhere\": "
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use routing::Snapshot;
 use tracing::{debug, info, warn};
 
 use crate::app::App;
-use crate::commands::cli::RunArgs;
+use crate::config::RunConfig;
 use crate::control::identity::{
     read_token, request_certificate, CaClientConfig, IdentityError, SpiffeId, WorkloadCert,
 };
@@ -27,7 +27,7 @@ pub(crate) enum Found<T> {
     Invalid(String),
 }
 
-pub(crate) fn load_identity(args: &RunArgs) -> Found<WorkloadCert> {
+pub(crate) fn load_identity(args: &RunConfig) -> Found<WorkloadCert> {
     match WorkloadCert::from_files(&args.cert_chain, &args.key, &args.trust_bundle) {
         Ok(cert) => match &args.expected_identity {
             Some(expected) if cert.id.to_string() != *expected => Found::Invalid(format!(
@@ -107,7 +107,7 @@ pub(crate) fn load_config(
 /// What the identity files hold now: a hash of each one's contents, or why it cannot be read;
 /// `None` when a read failed for a temporary reason (nothing observed).
 fn identity_fingerprint(
-    args: &RunArgs,
+    args: &RunConfig,
     hashes: &mut Hashes,
 ) -> Option<Vec<Result<u64, std::io::ErrorKind>>> {
     let mut out = Vec::new();
@@ -127,7 +127,7 @@ fn identity_fingerprint(
 /// half-written, mismatched, expired or not yet valid set is rejected, logged once, counted, and
 /// the current identity keeps serving until a valid set appears. Files that come back to what
 /// serves (or a temporary read failure) rotate nothing.
-pub(crate) async fn watch_identity(app: Arc<App>, args: RunArgs) {
+pub(crate) async fn watch_identity(app: Arc<App>, args: RunConfig) {
     let status = app.telemetry.status.clone();
     let interval = Duration::from_millis(args.reload_interval_ms.max(10));
     let changes = Changes::watch(
@@ -210,7 +210,7 @@ impl Backoff {
 }
 
 /// Ask the Istio CA for a certificate for `--expected-identity`.
-pub(crate) async fn fetch_identity(args: &RunArgs) -> Result<WorkloadCert, String> {
+pub(crate) async fn fetch_identity(args: &RunConfig) -> Result<WorkloadCert, String> {
     let id: SpiffeId = args
         .expected_identity
         .as_deref()
@@ -240,7 +240,7 @@ fn unix_now() -> f64 {
 /// istiod mode: renew when `--cert-renew-fraction` of the remaining lifetime has passed; retry
 /// failures with backoff while the current certificate keeps serving (readiness fails only
 /// once it has expired).
-pub(crate) async fn renew_identity(app: Arc<App>, args: RunArgs) {
+pub(crate) async fn renew_identity(app: Arc<App>, args: RunConfig) {
     let status = app.telemetry.status.clone();
     loop {
         let Some(current) = status.certificate() else {
@@ -385,7 +385,7 @@ impl UnreadableReport {
 /// not files do not stop later edits: they are left out and reported. A temporary read
 /// failure changes nothing. The hostnames of ServiceEntries with `resolution: DNS` are kept
 /// resolved ([`crate::control::dns`]); a changed answer loads the files again with it.
-pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
+pub(crate) async fn watch_config(app: Arc<App>, args: RunConfig) {
     let Some(config) = args.config.clone() else {
         return;
     };
@@ -425,10 +425,7 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunArgs) {
         if change != Change::New && !answered {
             continue;
         }
-        let (dir, mut options) = (
-            config.clone(),
-            args.waypoint.load_options(&args.trust_domain),
-        );
+        let (dir, mut options) = (config.clone(), args.load_options());
         options.dns = dns.answers();
         let allow_empty = args.allow_empty_config;
         let loaded =

@@ -162,7 +162,7 @@ impl Admin {
                 tracing::info!(%filter, "log filter changed via admin");
                 text(StatusCode::OK, format!("active filter: {filter}"))
             }
-            Err(e) => text(StatusCode::BAD_REQUEST, e),
+            Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
 

@@ -98,18 +98,18 @@ impl LogControl {
 
     /// Apply `level=<lvl>` (default level; clears per-target levels) and `<target>=<lvl>` pairs.
     /// Nothing changes unless every pair is valid. Returns the new filter.
-    pub fn apply(&self, pairs: &[(String, String)]) -> Result<String, String> {
+    pub fn apply(&self, pairs: &[(String, String)]) -> Result<String, LogFilterError> {
         if pairs.is_empty() {
-            return Err("give level=<level> or <target>=<level>".into());
+            return Err(LogFilterError::Empty);
         }
         let mut next = self.current.lock().clone();
         for (key, level) in pairs {
             let level = level.to_ascii_lowercase();
             if !LEVELS.contains(&level.as_str()) {
-                return Err(format!(
-                    "unknown level {level:?} for {key:?}; use one of {}",
-                    LEVELS.join(", ")
-                ));
+                return Err(LogFilterError::Level {
+                    level,
+                    key: key.clone(),
+                });
             }
             if key == "level" {
                 next.base = level;
@@ -117,19 +117,37 @@ impl LogControl {
             } else if valid_target(key) {
                 next.targets.insert(key.clone(), level);
             } else {
-                return Err(format!("{key:?} is not a log target"));
+                return Err(LogFilterError::Target(key.clone()));
             }
         }
         let rendered = next.render();
-        let filter = EnvFilter::try_new(&rendered).map_err(|e| format!("{rendered}: {e}"))?;
+        let filter = EnvFilter::try_new(&rendered).map_err(|e| LogFilterError::Filter {
+            filter: rendered.clone(),
+            reason: e.to_string(),
+        })?;
         if let Some(handle) = &self.handle {
             handle
                 .reload(filter)
-                .map_err(|e| format!("reloading the log filter: {e}"))?;
+                .map_err(|e| LogFilterError::Reload(e.to_string()))?;
         }
         *self.current.lock() = next;
         Ok(rendered)
     }
+}
+
+/// Why a log filter change was refused (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogFilterError {
+    #[error("give level=<level> or <target>=<level>")]
+    Empty,
+    #[error("unknown level {level:?} for {key:?}; use one of {}", LEVELS.join(", "))]
+    Level { level: String, key: String },
+    #[error("{0:?} is not a log target")]
+    Target(String),
+    #[error("{filter}: {reason}")]
+    Filter { filter: String, reason: String },
+    #[error("reloading the log filter: {0}")]
+    Reload(String),
 }
 
 #[cfg(test)]
@@ -167,6 +185,7 @@ mod tests {
         assert!(c
             .apply(&[kv("level", "loud")])
             .unwrap_err()
+            .to_string()
             .contains("loud"));
         assert!(c
             .apply(&[kv("waypoint", "debug"), kv("a b", "info")])

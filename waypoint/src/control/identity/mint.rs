@@ -73,6 +73,8 @@ impl Ca {
         Ok(params)
     }
 
+    /// The root in DER (tests compare what a CA client received against it).
+    #[cfg(any(test, feature = "testing"))]
     pub fn root_der(&self) -> CertificateDer<'static> {
         self.cert_der.clone()
     }

@@ -18,154 +18,19 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use routing::xds::{Resources, TranslateOptions};
-use routing::Snapshot;
 use tracing::{info, warn};
 use xds_client::{type_url, Applied, Handler, Rejection, ResourceState, Subscriptions, Update};
 
-use crate::app::App;
 use crate::telemetry::status::Status;
 
-/// How long an incomplete state waits for what it lacks before it is published anyway (Envoy's
-/// default `initial_fetch_timeout`).
-pub const WARM_TIMEOUT: Duration = Duration::from_secs(15);
+mod dump;
+mod sink;
 
-/// Where translated snapshots go: held until the data path exists, then published to it.
-pub struct SnapshotSink {
-    state: Mutex<SinkState>,
-    arrived: tokio::sync::Notify,
-    /// The newest incomplete state, published by [`SnapshotSink::warm_timeouts`] when it has
-    /// waited [`WARM_TIMEOUT`] and nothing complete came.
-    incomplete: Mutex<Option<Incomplete>>,
-    warm_timeout: Duration,
-}
-
-struct Incomplete {
-    snapshot: Snapshot,
-    /// What it lacks, for the warning.
-    missing: String,
-    /// When the first of a run of incomplete states arrived plus the warm timeout: a stream of
-    /// incomplete pushes does not postpone it.
-    deadline: Instant,
-}
-
-impl Default for SnapshotSink {
-    fn default() -> Self {
-        Self::with_warm_timeout(WARM_TIMEOUT)
-    }
-}
-
-#[derive(Default)]
-enum SinkState {
-    #[default]
-    Waiting,
-    Held(Box<Snapshot>),
-    Live(Arc<App>),
-}
-
-impl SnapshotSink {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    pub fn with_warm_timeout(warm_timeout: Duration) -> Self {
-        Self {
-            state: Mutex::new(SinkState::Waiting),
-            arrived: tokio::sync::Notify::new(),
-            incomplete: Mutex::new(None),
-            warm_timeout,
-        }
-    }
-
-    /// A state that still lacks `missing`: kept, and published by [`Self::warm_timeouts`] if
-    /// nothing complete replaces it within the warm timeout.
-    pub fn offer_incomplete(&self, snapshot: Snapshot, missing: String) {
-        let mut incomplete = self.incomplete.lock();
-        let deadline = incomplete
-            .as_ref()
-            .map_or_else(|| Instant::now() + self.warm_timeout, |i| i.deadline);
-        *incomplete = Some(Incomplete {
-            snapshot,
-            missing,
-            deadline,
-        });
-    }
-
-    /// Publish an incomplete state that has waited long enough (run for the client's lifetime).
-    pub async fn warm_timeouts(self: Arc<Self>) {
-        let tick = (self.warm_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        loop {
-            tokio::time::sleep(tick).await;
-            let due = {
-                let mut incomplete = self.incomplete.lock();
-                match &*incomplete {
-                    Some(i) if Instant::now() >= i.deadline => incomplete.take(),
-                    _ => None,
-                }
-            };
-            if let Some(i) = due {
-                warn!(
-                    missing = %i.missing,
-                    "xDS: published without what istiod has not sent within {:?} (as Envoy's \
-                     initial_fetch_timeout); those clusters have no endpoints",
-                    self.warm_timeout
-                );
-                self.publish(i.snapshot);
-            }
-        }
-    }
-
-    /// A new complete snapshot: published at once when the data path runs, else held (the
-    /// newest one wins). It replaces any incomplete one waiting.
-    pub fn offer(&self, snapshot: Snapshot) {
-        self.incomplete.lock().take();
-        self.publish(snapshot);
-    }
-
-    fn publish(&self, snapshot: Snapshot) {
-        let mut state = self.state.lock();
-        match &*state {
-            SinkState::Live(app) => app.publish(snapshot, "xds"),
-            _ => {
-                *state = SinkState::Held(Box::new(snapshot));
-                self.arrived.notify_waiters();
-            }
-        }
-    }
-
-    /// The held snapshot, if one arrived (for starting the data path).
-    pub fn take(&self) -> Option<Snapshot> {
-        let mut state = self.state.lock();
-        match std::mem::take(&mut *state) {
-            SinkState::Held(s) => Some(*s),
-            other => {
-                *state = other;
-                None
-            }
-        }
-    }
-
-    /// Wait at most `timeout` for a snapshot to be held.
-    pub async fn wait(&self, timeout: Duration) {
-        let arrived = self.arrived.notified();
-        if matches!(&*self.state.lock(), SinkState::Held(_)) {
-            return;
-        }
-        let _ = tokio::time::timeout(timeout, arrived).await;
-    }
-
-    /// The data path runs: publish from now on (and what arrived since it was started).
-    pub fn attach(&self, app: Arc<App>) {
-        let mut state = self.state.lock();
-        if let SinkState::Held(s) = std::mem::take(&mut *state) {
-            app.publish(*s, "xds");
-        }
-        *state = SinkState::Live(app);
-    }
-}
+pub use dump::{load_dump, Dump, DumpError};
+pub use sink::{SnapshotSink, WARM_TIMEOUT};
 
 /// The xDS types a waypoint's config is made of.
 const TYPES: [&str; 4] = [
@@ -459,7 +324,7 @@ pub struct XdsRuntime {
 impl XdsRuntime {
     /// Check the settings (node identity in the environment, istiod's roots) without connecting.
     pub fn new(
-        args: &crate::commands::cli::RunArgs,
+        args: &crate::config::RunConfig,
         telemetry: &crate::telemetry::status::Telemetry,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -493,9 +358,9 @@ impl XdsRuntime {
             cfg.token_path = Some(args.xds_token.clone());
         }
         cfg.mode = match args.xds_mode {
-            crate::commands::cli::XdsMode::Delta => xds_client::Mode::Delta,
-            crate::commands::cli::XdsMode::Sotw => xds_client::Mode::StateOfTheWorld,
-            crate::commands::cli::XdsMode::Auto => xds_client::Mode::DeltaWithFallback,
+            crate::config::XdsMode::Delta => xds_client::Mode::Delta,
+            crate::config::XdsMode::Sotw => xds_client::Mode::StateOfTheWorld,
+            crate::config::XdsMode::Auto => xds_client::Mode::DeltaWithFallback,
         };
         cfg.client_cert = Some(telemetry.own_cert.clone());
         let client = xds_client::Client::new(cfg).context("xDS client settings")?;
@@ -556,183 +421,5 @@ async fn dns_rebuilds(
                 "DNS answers changed but the config no longer translates; the current one serves"
             ),
         }
-    }
-}
-
-/// Translate Envoy resources saved as JSON (an Envoy waypoint's `/config_dump`, `istioctl
-/// proxy-config all <pod> -o json`, or a list of resources) into a snapshot, offline, as the
-/// xDS client would: a resource Envoy would reject is refused alone and the rest translated.
-/// `Err` only when the file cannot be read or the state cannot be used at all.
-pub fn load_dump(path: &std::path::Path, trust_domain: &str) -> Result<Dump, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let routing::xds::json::Loaded { resources, skipped } =
-        routing::xds::json::load(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let options = TranslateOptions {
-        trust_domain: trust_domain.to_string(),
-        ..TranslateOptions::default()
-    };
-    let (translation, refused) =
-        routing::xds::translate_refusing(&resources, &options).map_err(|rejections| {
-            let lines: Vec<String> = rejections.iter().map(|r| format!("  {r}")).collect();
-            format!(
-                "{}: the config cannot be used; Envoy would reject:\n{}",
-                path.display(),
-                lines.join("\n")
-            )
-        })?;
-    Ok(Dump {
-        resources,
-        skipped,
-        translation,
-        refused,
-    })
-}
-
-/// A saved xDS config, translated.
-pub struct Dump {
-    pub resources: Resources,
-    /// Entries of a config dump that are not istiod's waypoint resources (bootstrap, secrets,
-    /// inline copies…), each with why.
-    pub skipped: Vec<routing::xds::json::Skipped>,
-    pub translation: routing::xds::Translation,
-    /// Resources Envoy would reject, left out of the translation.
-    pub refused: Vec<routing::xds::Rejection>,
-}
-
-impl Dump {
-    /// One line per resource: `translated`, `warned` (with each warning) or `rejected` (why),
-    /// then warnings that name no resource of the file.
-    pub fn report(&self) -> String {
-        use std::fmt::Write as _;
-        let short = |t: &str| t.rsplit('.').next().unwrap_or(t).to_string();
-        let mut out = String::new();
-        let mut named = BTreeSet::new();
-        for (t, name) in self.resources.names() {
-            named.insert((t, name));
-            let rejected: Vec<_> = self
-                .refused
-                .iter()
-                .filter(|r| r.type_url == t && r.name == name)
-                .collect();
-            let warned: Vec<_> = self
-                .translation
-                .warnings
-                .iter()
-                .filter(|w| w.type_url == t && w.name == name)
-                .collect();
-            let status = match (rejected.is_empty(), warned.is_empty()) {
-                (false, _) => "rejected",
-                (true, false) => "warned",
-                (true, true) => "translated",
-            };
-            let _ = writeln!(out, "{status:<10} {} {name}", short(t));
-            for r in rejected {
-                let _ = writeln!(out, "           rejected: {}", r.reason);
-            }
-            for w in warned {
-                let _ = writeln!(out, "           warning: {}", w.message);
-            }
-        }
-        for w in &self.translation.warnings {
-            if !named.contains(&(w.type_url, w.name.as_str())) {
-                let _ = writeln!(out, "warning    {w}");
-            }
-        }
-        for s in &self.skipped {
-            let what = format!("{} {}", s.kind, s.name);
-            let _ = writeln!(out, "skipped    {}", what.trim_end());
-            let _ = writeln!(out, "           why: {}", s.why);
-        }
-        out
-    }
-}
-
-/// `waypoint translate`: print the snapshot a saved xDS config translates to.
-#[derive(Debug, clap::Args)]
-pub struct TranslateArgs {
-    /// Envoy resources as JSON: an Envoy waypoint's `/config_dump`, `istioctl proxy-config all
-    /// <waypoint-pod> -o json`, or a list of typed resources.
-    pub file: std::path::PathBuf,
-    /// Mesh trust domain (when connect_originate names none).
-    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
-    pub trust_domain: String,
-    /// Exit 1 on any warning too, not only on resources Envoy would reject.
-    #[arg(long)]
-    pub strict: bool,
-}
-
-/// Print the snapshot JSON (the shape of `/config_dump`'s `config.snapshot`) on stdout and, on
-/// stderr, every resource's status: translated, warned (why) or rejected (why). Exit 1 when a
-/// resource would be rejected (with `--strict`: also on a warning); the rest is still printed.
-pub fn translate_command(args: &TranslateArgs) -> i32 {
-    match load_dump(&args.file, &args.trust_domain) {
-        Ok(dump) => {
-            eprint!("{}", dump.report());
-            let warned = !dump.translation.warnings.is_empty();
-            eprintln!(
-                "{} resources: {} rejected, {} warning(s); {} dump entries not translated",
-                dump.resources.len(),
-                dump.refused.len(),
-                dump.translation.warnings.len(),
-                dump.skipped.len()
-            );
-            crate::outln!(
-                "{}",
-                serde_json::to_string_pretty(&dump.translation.snapshot.to_json())
-                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-            );
-            i32::from(!dump.refused.is_empty() || (args.strict && warned))
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snapshot() -> Snapshot {
-        routing::SnapshotBuilder::new().build()
-    }
-
-    #[tokio::test]
-    async fn an_incomplete_state_is_published_after_the_warm_timeout() {
-        let sink = Arc::new(SnapshotSink::with_warm_timeout(Duration::from_millis(200)));
-        let timer = tokio::spawn(sink.clone().warm_timeouts());
-        sink.offer_incomplete(snapshot(), "EDS a".into());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // A newer incomplete state keeps the first one's deadline.
-        let newer = snapshot();
-        let newer_version = newer.version();
-        sink.offer_incomplete(newer, "EDS a, b".into());
-        assert!(sink.take().is_none(), "not before the timeout");
-        sink.wait(Duration::from_secs(2)).await;
-        let published = sink.take().expect("published at the timeout");
-        assert_eq!(
-            published.version(),
-            newer_version,
-            "the newest incomplete state"
-        );
-        timer.abort();
-    }
-
-    #[tokio::test]
-    async fn a_complete_state_cancels_the_incomplete_one() {
-        let sink = Arc::new(SnapshotSink::with_warm_timeout(Duration::from_millis(100)));
-        let timer = tokio::spawn(sink.clone().warm_timeouts());
-        sink.offer_incomplete(snapshot(), "EDS a".into());
-        let complete = snapshot();
-        let version = complete.version();
-        sink.offer(complete);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(sink.take().map(|s| s.version()), Some(version));
-        assert!(
-            sink.take().is_none(),
-            "nothing published after the complete state"
-        );
-        timer.abort();
     }
 }
