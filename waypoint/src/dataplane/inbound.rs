@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::dataplane::drain::{Drain, Outcome};
+use crate::dataplane::outcome::UpstreamOutcome;
 use crate::dataplane::proxy::{Waypoint, DEFAULT_RETRY_ATTEMPTS};
 use crate::dataplane::splice::{splice, SpliceEnd, Spliced};
 use crate::dataplane::tunnel::{TunnelData, TunnelInfo};
@@ -142,6 +143,8 @@ impl Inbound {
         // The service whose policies apply (none for pod-addressed traffic: the waypoint's).
         let mut authz_service: Option<String> = None;
         // Where the connection goes, resolved once, through the upstream path the HTTP hooks use.
+        // The upstream side, reported once at the end (access log and metrics).
+        let mut outcome = UpstreamOutcome::default();
         let target: Option<SpliceTarget> = match snapshot.resolve_destination(info.original_dst) {
             Some(Destination::Service { service, port }) => {
                 dest_service = Some(service.clone());
@@ -172,12 +175,12 @@ impl Inbound {
                 dest_service = services.first().map(|s| (*s).clone());
                 match PodTarget::new(&snapshot, endpoint, port) {
                     Ok(pod) => {
-                        entry.upstream_cluster = pod.cluster_name();
+                        outcome.cluster = pod.cluster_name();
                         Some(SpliceTarget::Pod(pod))
                     }
                     Err(e) => {
                         warn!(dst = %info.original_dst, error = %e, "TCP tunnel: pod endpoint unusable");
-                        entry.upstream_cluster = PodTarget::cluster_name_of(endpoint, port);
+                        outcome.cluster = PodTarget::cluster_name_of(endpoint, port);
                         None
                     }
                 }
@@ -223,7 +226,7 @@ impl Inbound {
         let cluster = match &target {
             Some(SpliceTarget::Cluster(key)) => match key.lookup(&snapshot) {
                 Some(c) => {
-                    entry.upstream_cluster = c.name.clone();
+                    outcome.cluster = c.name.clone();
                     Some((c, key))
                 }
                 None => None,
@@ -241,7 +244,6 @@ impl Inbound {
             c.request_hash(&view, info.source_addr, info.original_dst)
                 .hash
         });
-        let mut flags = Vec::new();
         let mut tried = Vec::new();
         let mut upstream = None;
         // The first attempt and DEFAULT_RETRY_ATTEMPTS more on other endpoints, as before the
@@ -273,12 +275,13 @@ impl Inbound {
                 }
                 Err(NoPick::NoEndpoint { retry: true }) => break,
                 Err(no) => {
-                    flags.push(no.flag());
+                    outcome.no_pick(&no);
                     break;
                 }
             };
             let addr = pick.target;
             tried.push(addr);
+            outcome.attempt(&pick);
             let attempt = match &pick.dial {
                 Dial::Hbone(identity) => self
                     .pool
@@ -303,7 +306,7 @@ impl Inbound {
                 Err(e @ ConnectError::Overflow { .. }) => {
                     warn!(target = %addr, error = %e, "TCP upstream: connection pool overflow");
                     entry.upstream_transport_failure_reason = e.short_reason().to_string();
-                    flags.push("UO");
+                    outcome.flags.add("UO");
                     break;
                 }
                 Err(e) => {
@@ -312,35 +315,30 @@ impl Inbound {
                     if let Some((c, _)) = cluster {
                         upstream::report(c, addr, routing::Outcome::ConnectFailure);
                     }
-                    flags.push("UF");
+                    outcome.flags.add("UF");
                 }
             }
         }
-        // One `UF` however many endpoints refused.
-        flags.dedup();
         let Some((up, pick)) = upstream else {
             if tried.is_empty() {
                 warn!(dst = %info.original_dst, "TCP tunnel: no endpoint to send it to");
             }
-            entry.response_flags = flags.join(",");
+            outcome.fill(&mut entry);
             unserved(&entry.response_flags);
             self.access_log.write(&entry);
             return;
         };
         let target = pick.target;
-        let endpoint = pick.endpoint.clone();
-        entry.upstream_host = target.to_string();
-        entry.response_flags = flags.join(",");
+        outcome.fill(&mut entry);
         let mut labels = IstioMetrics::tcp_labels(
             source.clone(),
-            DestinationLabels::new(
+            outcome.destination(
                 dest_service
                     .as_ref()
                     .map(|s| (s.hostname.as_str(), s.namespace.as_str())),
-                Some(&endpoint),
                 &cluster_id,
             ),
-            &flags.join(","),
+            &entry.response_flags,
         );
         metrics.tcp_opened(&labels);
         let limits = policy.splice_limits();
@@ -384,22 +382,20 @@ impl Inbound {
             }
             Some(Spliced { result: Err(e), .. }) => {
                 debug!(%target, error = %e, "TCP tunnel ended with an error");
-                flags.push("UC");
-                entry.response_flags = flags.join(",");
+                outcome.flags.add("UC");
             }
             None => {
-                flags.push("UC");
-                entry.response_flags = flags.join(",");
+                outcome.flags.add("UC");
             }
         }
         if cut {
             // Ended by the drain deadline, not by the endpoint (as `LR` for HTTP requests).
-            flags.retain(|f| *f != "UC");
-            flags.push("LR");
-            entry.response_flags = flags.join(",");
+            outcome.flags.remove("UC");
+            outcome.flags.add("LR");
         }
         entry.duration_ms = started.elapsed().as_millis() as u64;
-        if matches!(flags.last(), Some(&"UC" | &"LR")) {
+        outcome.fill(&mut entry);
+        if matches!(outcome.flags.last(), Some("UC" | "LR")) {
             // Reset mid-stream: the close is reported under the flag it ended with.
             labels = IstioMetrics::tcp_labels(source, labels.destination, &entry.response_flags);
         }

@@ -6,6 +6,7 @@ pub mod direct;
 pub mod drain;
 pub mod inbound;
 pub mod mirror;
+pub mod outcome;
 pub mod overload;
 pub mod proxy;
 pub mod source;

@@ -1,34 +1,15 @@
-//! What the hooks of one request share: [`RequestCtx`] and the response flags.
+//! What the hooks of one request share: [`RequestCtx`].
 
 use super::AuthzNote;
+use crate::dataplane::outcome::UpstreamOutcome;
 use crate::dataplane::tunnel::TunnelInfo;
 use crate::dataplane::upstream::{ClusterKey, PodTarget};
 use crate::transport::hbone::Lease;
 use parking_lot::Mutex;
-use routing::{Endpoint, Protocol, Snapshot};
+use routing::{Protocol, Snapshot};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Envoy response flags, in Envoy's order of reporting.
-#[derive(Debug, Default, Clone)]
-pub struct Flags(Vec<&'static str>);
-
-impl Flags {
-    pub fn add(&mut self, flag: &'static str) {
-        if !self.0.contains(&flag) {
-            self.0.push(flag);
-        }
-    }
-
-    pub fn render(&self) -> String {
-        self.0.join(",")
-    }
-
-    pub fn has(&self, flag: &str) -> bool {
-        self.0.contains(&flag)
-    }
-}
 
 pub struct RequestCtx {
     pub(super) snapshot: Arc<Snapshot>,
@@ -38,14 +19,11 @@ pub struct RequestCtx {
     pub(super) request_id: String,
     pub(super) route_name: String,
     pub(super) cluster: Option<ClusterKey>,
-    pub(super) cluster_name: String,
     /// Endpoint to use directly (pod-addressed traffic outside any routed service).
     pub(super) direct: Option<PodTarget>,
     pub(super) protocol: Protocol,
     /// (hostname, namespace) of the service the request addressed.
     pub(super) service: Option<(String, String)>,
-    /// The endpoint the request was last sent to.
-    pub(super) endpoint: Option<Arc<Endpoint>>,
     pub(super) grpc_status: Option<String>,
     /// The matched VirtualService route (its timeout, retries, header operations, CORS).
     pub(super) route: Option<Arc<routing::HttpRoute>>,
@@ -67,7 +45,6 @@ pub struct RequestCtx {
     /// Retry slots (`maxRetries`), held until the request ends.
     pub(super) retry_slots: Vec<routing::PoolGuard>,
     pub(super) tried: Vec<SocketAddr>,
-    pub(super) upstream: Option<SocketAddr>,
     pub(super) upstream_h2: bool,
     pub(super) upstream_started: Option<Instant>,
     pub(super) upstream_time: Option<Duration>,
@@ -77,8 +54,8 @@ pub struct RequestCtx {
     /// The upstream answered 101: its tunnel carries the upgraded protocol and is never reused.
     pub(super) upgraded: bool,
     pub(super) failure: Arc<Mutex<Option<String>>>,
-    pub(super) flags: Flags,
-    pub(super) details: std::borrow::Cow<'static, str>,
+    /// Cluster, endpoint, flags and details: what the access log and the metrics report.
+    pub(super) outcome: UpstreamOutcome,
     /// The authorization decision, for the access log.
     pub(super) authz: AuthzNote,
     pub(super) _active: Option<routing::ActiveGuard>,
@@ -117,11 +94,9 @@ impl RequestCtx {
             request_id: String::new(),
             route_name: String::new(),
             cluster: None,
-            cluster_name: String::new(),
             direct: None,
             protocol: Protocol::Unknown,
             service: None,
-            endpoint: None,
             grpc_status: None,
             route: None,
             default_retries: None,
@@ -133,7 +108,6 @@ impl RequestCtx {
             _request_slot: None,
             retry_slots: Vec::new(),
             tried: Vec::new(),
-            upstream: None,
             upstream_h2: false,
             upstream_started: None,
             upstream_time: None,
@@ -141,8 +115,7 @@ impl RequestCtx {
             mirror_taps: Vec::new(),
             upgraded: false,
             failure: Arc::new(Mutex::new(None)),
-            flags: Flags::default(),
-            details: "".into(),
+            outcome: UpstreamOutcome::default(),
             authz: AuthzNote::default(),
             _active: None,
             header_clock: None,

@@ -29,8 +29,9 @@ mod request_id;
 mod route;
 pub mod sanitize;
 
+pub use crate::dataplane::outcome::Flags;
 pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};
-pub use ctx::{Flags, RequestCtx};
+pub use ctx::RequestCtx;
 pub use jwt::JwksCache;
 
 use request::{authority, capture, header_str, RequestSink, ResponseSink};
@@ -131,7 +132,7 @@ impl ProxyHttp for Waypoint {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
-        if let Some(target) = ctx.upstream {
+        if let Some(target) = ctx.outcome.host {
             self.report(
                 ctx,
                 target,
@@ -283,7 +284,7 @@ impl ProxyHttp for Waypoint {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if self.drain.is_draining() && !ctx.flags.has("LR") {
+        if self.drain.is_draining() && !ctx.outcome.flags.has("LR") {
             self.drain
                 .record(crate::dataplane::drain::Outcome::Completed);
         }
@@ -300,7 +301,7 @@ impl ProxyHttp for Waypoint {
         }
         let req = session.req_header();
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
-        let flags = ctx.flags.render();
+        let flags = ctx.outcome.flags.render();
         // The identity the upstream proved (beats the one the snapshot knew ahead).
         let proved = ctx
             .lease
@@ -325,10 +326,12 @@ impl ProxyHttp for Waypoint {
                 protocol: crate::telemetry::access_log::template::protocol_name(req.version).into(),
                 response_code: code,
                 response_flags: (&flags).into(),
-                response_code_details: if ctx.details.is_empty() && ctx.upstream_time.is_some() {
+                response_code_details: if ctx.outcome.details.is_empty()
+                    && ctx.upstream_time.is_some()
+                {
                     "via_upstream".into()
                 } else {
-                    Field::Str(&ctx.details)
+                    Field::Str(&ctx.outcome.details)
                 },
                 upstream_transport_failure_reason: failure.as_deref().unwrap_or_default().into(),
                 bytes_received: session.body_bytes_read() as u64,
@@ -339,18 +342,14 @@ impl ProxyHttp for Waypoint {
                 user_agent: header_str(req, "user-agent").into(),
                 request_id: (&ctx.request_id).into(),
                 authority: authority(req).unwrap_or("").into(),
-                upstream_host: ctx.upstream.into(),
-                upstream_cluster: (&ctx.cluster_name).into(),
+                upstream_host: ctx.outcome.host.into(),
+                upstream_cluster: (&ctx.outcome.cluster).into(),
                 downstream_local_address: tunnel.map(|t| t.original_dst).into(),
                 downstream_remote_address: tunnel.map(|t| t.source_addr).into(),
                 downstream_claimed_address: tunnel.and_then(|t| t.claimed_source).into(),
                 source_principal: tunnel
                     .map_or(Field::Str(""), |t| Field::Display(&t.source_identity)),
-                destination_principal: proved
-                    .as_deref()
-                    .or_else(|| ctx.endpoint.as_ref().map(|e| e.identity.as_str()))
-                    .unwrap_or_default()
-                    .into(),
+                destination_principal: ctx.outcome.principal(proved.as_deref()).into(),
                 route_name: (&ctx.route_name).into(),
                 tunnel_traceparent: tunnel
                     .and_then(|t| t.traceparent.as_deref())
@@ -379,8 +378,8 @@ impl Waypoint {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        ctx.flags.add("LR");
-        ctx.details = "drain_deadline".into();
+        ctx.outcome.flags.add("LR");
+        ctx.outcome.details = "drain_deadline".into();
         if session.response_written().is_none() {
             // `respond_error` turns keep-alive off: the 503 carries `connection: close`.
             if let Err(write_err) = session.respond_error(503).await {

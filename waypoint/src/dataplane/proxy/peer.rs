@@ -28,7 +28,7 @@ impl Waypoint {
         let mut istio_mtls: Option<(PeerCheck, String)> = None;
         let pick = if let Some(pod) = ctx.direct.as_ref() {
             if ctx.tried.contains(&pod.target) {
-                ctx.flags.add("URX");
+                ctx.outcome.flags.add("URX");
                 return Err(status_error(503, "pod endpoint failed"));
             }
             pod.pick()
@@ -39,12 +39,10 @@ impl Waypoint {
                 .ok_or_else(|| status_error(500, "no cluster chosen"))?;
             let snapshot = ctx.snapshot.clone();
             let Some(cluster) = key.lookup(&snapshot) else {
-                let no = NoPick::NoCluster;
-                ctx.flags.add(no.flag());
-                ctx.details = no.details().unwrap_or_default().into();
+                ctx.outcome.no_pick(&NoPick::NoCluster);
                 return Err(status_error(503, "no cluster for route destination"));
             };
-            ctx.cluster_name = cluster.name.clone();
+            ctx.outcome.cluster = cluster.name.clone();
             policy = TunnelPolicy::for_cluster(cluster);
             if !ctx.tried.is_empty() {
                 // A retry: it needs a slot in the cluster's retry budget (maxRetries).
@@ -52,7 +50,7 @@ impl Waypoint {
                     Ok(slot) => ctx.retry_slots.push(slot),
                     Err(overflow) => {
                         debug!(cluster = %cluster.name, %overflow, "retry budget exhausted");
-                        ctx.flags.add("URX");
+                        ctx.outcome.flags.add("URX");
                         return Err(status_error(503, "retry budget exhausted"));
                     }
                 }
@@ -79,15 +77,14 @@ impl Waypoint {
                     return Err(Error::explain(ErrorType::InternalError, reason));
                 }
                 Err(no) => {
-                    ctx.flags.add(no.flag());
-                    if let Some(details) = no.details() {
-                        ctx.details = details.into();
-                    }
+                    ctx.outcome.no_pick(&no);
                     return Err(status_error(503, "no healthy upstream"));
                 }
             }
         };
         let target = pick.target;
+        ctx.outcome.attempt(&pick);
+        ctx.tried.push(target);
         let identity = match pick.dial {
             Dial::Hbone(identity) => identity,
             Dial::Direct(tls) => {
@@ -100,9 +97,6 @@ impl Waypoint {
             }
         };
         ctx._active = Some(pick.active);
-        ctx.endpoint = Some(pick.endpoint);
-        ctx.tried.push(target);
-        ctx.upstream = Some(target);
         let lease = Arc::new(Lease::default());
         ctx.lease = Some(lease.clone());
         ctx.upstream_h2 = match ctx.protocol {
@@ -130,7 +124,7 @@ impl Waypoint {
             };
             if let Some(limit) = limit {
                 if limit.is_zero() {
-                    ctx.flags.add("UT");
+                    ctx.outcome.flags.add("UT");
                     return Err(status_error(
                         504,
                         "route timeout elapsed before the attempt",
@@ -218,14 +212,14 @@ impl Waypoint {
         if matches!(e.etype(), ErrorType::HTTPStatus(503)) {
             // The connector's answer to tcp.maxConnections / http1MaxPendingRequests overflow
             // (a failed connect is a connect error type): 503 UO, no retry.
-            ctx.flags.add("UO");
-            ctx.details = "upstream_overflow".into();
-            debug!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "connection pool overflow");
+            ctx.outcome.flags.add("UO");
+            ctx.outcome.details = "upstream_overflow".into();
+            debug!(upstream = %peer._address, cluster = %ctx.outcome.cluster, error = %e, "connection pool overflow");
             return e;
         }
-        ctx.flags.add("UF");
-        warn!(upstream = %peer._address, cluster = %ctx.cluster_name, error = %e, "upstream connect failed");
-        if let Some(target) = ctx.upstream {
+        ctx.outcome.flags.add("UF");
+        warn!(upstream = %peer._address, cluster = %ctx.outcome.cluster, error = %e, "upstream connect failed");
+        if let Some(target) = ctx.outcome.host {
             self.report(ctx, target, routing::Outcome::ConnectFailure);
         }
         // Retry when the route's policy allows: connect-failure, reset-before-request (istiod's
@@ -301,26 +295,26 @@ impl Waypoint {
                 ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure
                 | ConnectError | ConnectProxyFailure,
             ) => {
-                ctx.flags.add("UF");
+                ctx.outcome.flags.add("UF");
                 503
             }
             (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => {
-                ctx.flags.add("UT");
-                if let Some(target) = ctx.upstream {
+                ctx.outcome.flags.add("UT");
+                if let Some(target) = ctx.outcome.host {
                     self.report(ctx, target, routing::Outcome::Timeout);
                 }
                 504
             }
             (ErrorSource::Upstream, ReadError | WriteError | ConnectionClosed) => {
-                ctx.flags.add("UC");
-                if let Some(target) = ctx.upstream {
+                ctx.outcome.flags.add("UC");
+                if let Some(target) = ctx.outcome.host {
                     self.report(ctx, target, routing::Outcome::Reset);
                 }
                 503
             }
             (ErrorSource::Upstream, _) => 502,
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => {
-                ctx.flags.add("DC");
+                ctx.outcome.flags.add("DC");
                 0
             }
             (ErrorSource::Downstream, _) => 400,

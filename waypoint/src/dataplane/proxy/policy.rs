@@ -86,9 +86,9 @@ impl Waypoint {
         details: impl Into<std::borrow::Cow<'static, str>>,
     ) -> Result<bool> {
         if !flag.is_empty() {
-            ctx.flags.add(flag);
+            ctx.outcome.flags.add(flag);
         }
-        ctx.details = details.into();
+        ctx.outcome.details = details.into();
         if !session.is_body_done() {
             // The unread body would be taken for the next request: close after this response.
             // (A body read whole, for an ext_authz check, leaves nothing behind.)
@@ -141,7 +141,7 @@ impl Waypoint {
         match cluster.try_acquire(routing::PoolResource::Request) {
             Ok(slot) => ctx._request_slot = Some(slot),
             Err(overflow) => {
-                ctx.cluster_name = cluster.name.clone();
+                ctx.outcome.cluster = cluster.name.clone();
                 debug!(cluster = %cluster.name, %overflow, "connection pool overflow");
                 return self
                     .reply(session, ctx, 503, "UO", "upstream_overflow")
@@ -261,7 +261,7 @@ impl Waypoint {
                     .service
                     .as_ref()
                     .map(|(host, ns)| (host.as_str(), ns.as_str())),
-                endpoint: ctx.endpoint.as_ref(),
+                endpoint: ctx.outcome.endpoint.as_ref(),
                 principal: proved_principal,
                 cluster_id: &t.cluster_id,
                 grpc,

@@ -85,10 +85,10 @@ impl Waypoint {
                 ctx.service = services
                     .first()
                     .map(|s| (s.hostname.clone(), s.namespace.clone()));
-                ctx.endpoint = Some(Arc::new(endpoint.clone()));
+                ctx.outcome.endpoint = Some(Arc::new(endpoint.clone()));
                 let pod = PodTarget::new(&ctx.snapshot, endpoint, port)
                     .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
-                ctx.cluster_name = pod.cluster_name();
+                ctx.outcome.cluster = pod.cluster_name();
                 ctx.direct = Some(pod);
                 ctx.protocol = match bound {
                     // The upstream speaks what the client spoke.
@@ -158,7 +158,7 @@ impl Waypoint {
                 }
                 if let Some(fault) = fault {
                     if let Some(delay) = fault.delay {
-                        ctx.flags.add("DI");
+                        ctx.outcome.flags.add("DI");
                         tokio::time::sleep(delay).await;
                     }
                     match fault.abort {
