@@ -1,5 +1,5 @@
 //! In-module checks that need no fixtures; the golden tests are in
-//! `tests/xds_translate.rs`.
+//! `tests/xds_translate/` (one module per fixture group).
 
 use super::*;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{

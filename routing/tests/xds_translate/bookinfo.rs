@@ -1,0 +1,235 @@
+//! The bookinfo fixture: services, subsets, identities, parity with the YAML front-end.
+
+use super::*;
+
+#[test]
+fn bookinfo_services_by_vip_and_port() {
+    let t = load("bookinfo.json");
+    let s = &t.snapshot;
+    // The only thing istiod's waypoint config does not say: service accounts.
+    assert!(
+        t.warnings
+            .iter()
+            .all(|w| w.message.contains("without a known identity")),
+        "{:?}",
+        t.warnings
+    );
+    assert_eq!(s.services().count(), 3);
+    for (vip, host) in [
+        ("10.96.0.10:9080", "productpage.default.svc.cluster.local"),
+        ("10.96.0.11:9080", "ratings.default.svc.cluster.local"),
+        ("10.96.0.12:9080", REVIEWS),
+    ] {
+        match s.resolve_destination(addr(vip)) {
+            Some(Destination::Service { service, port }) => {
+                assert_eq!(service.hostname, host);
+                assert_eq!(service.namespace, "default");
+                assert_eq!(port.protocol, Protocol::Http);
+                assert_eq!(port.target_port, 9080);
+            }
+            other => panic!("{vip}: {other:?}"),
+        }
+    }
+    assert!(s.resolve_destination(addr("10.96.0.12:9081")).is_none());
+    assert!(
+        s.service_by_host("reviews").is_some(),
+        "short names resolve"
+    );
+    // Pod IPs resolve through the endpoints (direct pod access).
+    assert!(matches!(
+        s.resolve_destination(addr("10.244.1.8:9080")),
+        Some(Destination::Pod { .. })
+    ));
+    // productpage has only istiod's default route: no VirtualService.
+    assert!(matches!(
+        route_of(s, "10.96.0.10:9080", &SimpleRequest::new("/")),
+        RouteDecision::Default
+    ));
+}
+
+#[test]
+fn bookinfo_reviews_split_subsets_and_identity() {
+    let t = load("bookinfo.json");
+    let s = &t.snapshot;
+    let decision = route_of(s, "10.96.0.12:9080", &SimpleRequest::new("/reviews/1"));
+    let RouteDecision::Route {
+        virtual_service, ..
+    } = decision.clone()
+    else {
+        panic!("{decision:?}");
+    };
+    assert_eq!(
+        virtual_service, "default/reviews",
+        "from the route's istio metadata"
+    );
+    let r = routed(decision);
+    let split: Vec<(Option<&str>, u32)> = r
+        .destinations
+        .iter()
+        .map(|d| (d.subset.as_deref(), d.weight))
+        .collect();
+    assert_eq!(split, vec![(Some("v1"), 90), (Some("v2"), 10)]);
+    assert!(r.retries.is_default);
+    assert_eq!(r.timeout, None);
+    for (subset, ip) in [
+        ("v1", "10.244.1.7"),
+        ("v2", "10.244.1.8"),
+        ("v3", "10.244.1.9"),
+    ] {
+        let c = s.cluster(REVIEWS, 9080, Some(subset)).expect(subset);
+        let ips: Vec<String> = c
+            .endpoints
+            .iter()
+            .map(|e| e.target.ip().to_string())
+            .collect();
+        assert_eq!(ips, vec![ip.to_string()], "{subset}");
+        assert_eq!(c.lb, LbPolicy::Random);
+        assert_eq!(c.name, format!("inbound-vip|9080|http/{subset}|{REVIEWS}"));
+    }
+    assert_eq!(s.cluster(REVIEWS, 9080, None).unwrap().endpoints.len(), 3);
+    // Identity: xDS names no service account, so it is unknown until the handshake; the peer is
+    // verified against connect_originate's SAN matchers, all of them.
+    let ep = &s.endpoints(REVIEWS)[0];
+    assert_eq!(ep.identity, "");
+    assert_eq!(ep.transport, routing::Transport::Hbone);
+    let sans: Vec<String> = s
+        .hbone_peer_sans()
+        .expect("xDS verifies by SAN matchers")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(!sans.is_empty(), "{sans:?}");
+    assert_eq!(ep.service_account, "unknown");
+    assert_eq!(ep.name, "reviews-v1");
+    assert_eq!(ep.labels["service.istio.io/canonical-revision"], "v1");
+    // ... and from the caller when it knows it.
+    let mut opts = TranslateOptions::default();
+    opts.identities.insert(
+        "10.244.1.7".parse().unwrap(),
+        "spiffe://example.org/ns/default/sa/bookinfo-reviews".into(),
+    );
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let t2 = xds::translate(&res, &opts).unwrap();
+    let ep = &t2.snapshot.endpoints(REVIEWS)[0];
+    assert_eq!(ep.service_account, "bookinfo-reviews");
+    assert_eq!(
+        ep.identity,
+        "spiffe://example.org/ns/default/sa/bookinfo-reviews"
+    );
+}
+
+const BOOKINFO_YAML: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [10.96.0.12]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: default}
+spec: {address: 10.244.1.7, labels: {app: reviews, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2, namespace: default}
+spec: {address: 10.244.1.8, labels: {app: reviews, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v3, namespace: default}
+spec: {address: 10.244.1.9, labels: {app: reviews, version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+";
+
+#[test]
+fn bookinfo_matches_the_yaml_front_end() {
+    let x = load("bookinfo.json").snapshot;
+    let y = routing::load_str(&[("b.yaml".into(), BOOKINFO_YAML.into())], "example.org")
+        .unwrap_or_else(|e| panic!("{e}"));
+    for path in ["/", "/reviews/7", "/x?y=1"] {
+        let req = SimpleRequest::new(path);
+        let (xr, yr) = (
+            routed(route_of(&x, "10.96.0.12:9080", &req)),
+            routed(route_of(&y, "10.96.0.12:9080", &req)),
+        );
+        let strip = |r: &routing::HttpRoute| {
+            r.destinations
+                .iter()
+                .map(|d| (d.host.clone(), d.subset.clone(), d.weight))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(xr), strip(yr), "{path}");
+        assert_eq!(xr.retries, yr.retries);
+        assert_eq!(xr.timeout, yr.timeout);
+    }
+    for subset in [None, Some("v1"), Some("v2"), Some("v3")] {
+        let (xc, yc) = (
+            x.cluster(REVIEWS, 9080, subset).unwrap(),
+            y.cluster(REVIEWS, 9080, subset).unwrap(),
+        );
+        assert_eq!(xc.name, yc.name);
+        assert_eq!(xc.lb, yc.lb);
+        assert_eq!(xc.limits(), yc.limits());
+        let ips = |c: &routing::Cluster| {
+            let mut v: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.target).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ips(xc), ips(yc), "{subset:?}");
+    }
+}
+
+#[test]
+fn config_dump_shape_loads_the_same() {
+    let a = load("bookinfo.json");
+    let b = load("bookinfo_config_dump.json");
+    assert_eq!(a.snapshot.services().count(), b.snapshot.services().count());
+    assert_eq!(
+        a.snapshot
+            .clusters()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>(),
+        b.snapshot
+            .clusters()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn subscriptions_list_eds_names() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let s = xds::required_resources(&res.listeners, &res.clusters);
+    assert_eq!(s.endpoints.len(), 6);
+    assert!(s
+        .endpoints
+        .contains(&format!("inbound-vip|9080|http/v2|{REVIEWS}")));
+    assert!(s.routes.is_empty(), "istiod inlines waypoint routes");
+}
