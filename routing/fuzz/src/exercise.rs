@@ -1,5 +1,5 @@
 //! What the `yaml_front_end` fuzz target does with one input, shared with the
-//! stable-Rust harness `routing/tests/proptest_yaml.rs` (included there with
+//! stable-Rust harness `routing/tests/proptest_yaml/` (included in main.rs with
 //! `#[path]`), so the seed corpus runs through the same code on every
 //! `cargo test`.
 //!
