@@ -5,6 +5,7 @@ mod common;
 
 mod abuse;
 mod binary;
+mod binary_identity;
 mod certs_curl;
 mod config_load;
 mod config_reload;
