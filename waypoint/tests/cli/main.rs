@@ -18,6 +18,7 @@ mod identity_reload;
 mod istio_ca;
 mod istio_template;
 mod manifests;
+mod manifests_check;
 mod overload;
 mod ports;
 mod validate;
