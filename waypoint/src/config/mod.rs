@@ -9,7 +9,7 @@
 pub mod env;
 mod parse;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;

@@ -3,7 +3,8 @@ use std::collections::HashMap;
 use super::env::*;
 use super::*;
 
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+/// An environment of these variables only, for the parsers that read one through a closure.
+pub(crate) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

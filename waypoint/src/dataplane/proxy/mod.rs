@@ -108,12 +108,7 @@ impl ProxyHttp for Waypoint {
         self.on_connect_failure(_session, peer, ctx, e)
     }
 
-    /// An error after the upstream connection was made (a reset, a closed connection, a per-try
-    /// timeout): retried as the route's `retry_on` says, as Envoy does — `reset` (and `5xx`,
-    /// `gateway-error`, which include it) retries a reset before a response whatever the method,
-    /// `refused-stream` an HTTP/2 `REFUSED_STREAM` — when the body could be replayed (at most
-    /// pingora's 64 KiB retry buffer) and attempts remain. pingora's own rule stays too: an
-    /// idempotent request that failed on a reused (possibly stale) connection is retried.
+    /// An error after the upstream connection was made: see `Waypoint::on_proxy_error`.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
