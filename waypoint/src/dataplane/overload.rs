@@ -160,16 +160,27 @@ impl Measure {
     /// allocation shows in jemalloc's statistics only when jemalloc is the global allocator
     /// (what was handed out before varies with the build: the access log no longer
     /// preallocates a 16 Ki-slot channel, and the heap at start fell under the old 1 MiB test).
+    ///
+    /// Other threads allocate and free at the same time (start-up frees the parsed config): a
+    /// free of more than the probe between the two reads hides it, and a jemalloc binary would
+    /// then measure its resident set against a heap budget and refuse everything (seen once in
+    /// a loaded test run). So the probe is tried a few times; without jemalloc as the global
+    /// allocator nothing is handed out by jemalloc at all, so retrying cannot make it Heap.
     fn detect() -> Self {
         const PROBE: usize = 1 << 20;
-        let before = heap_allocated();
-        let probe = std::hint::black_box(vec![1u8; PROBE]);
-        let after = heap_allocated();
-        drop(probe);
-        match (before, after) {
-            (Some(b), Some(a)) if a >= b + PROBE as u64 => Measure::Heap,
-            _ => Measure::Rss,
+        const TRIES: usize = 5;
+        for _ in 0..TRIES {
+            let before = heap_allocated();
+            let probe = std::hint::black_box(vec![1u8; PROBE]);
+            let after = heap_allocated();
+            drop(probe);
+            match (before, after) {
+                (Some(b), Some(a)) if a >= b + PROBE as u64 => return Measure::Heap,
+                (None, _) | (_, None) => return Measure::Rss,
+                _ => {}
+            }
         }
+        Measure::Rss
     }
 
     fn sample(self) -> Option<u64> {
