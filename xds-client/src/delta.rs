@@ -19,9 +19,10 @@ use tonic::transport::Channel;
 
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{Handler, Rejection, Resource};
+use crate::resource::{Change, Handler, Rejection, Resource};
 use crate::session::{
-    drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome, PayloadError,
+    drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
+    Refusal,
 };
 
 struct Stream<'a, H> {
@@ -59,8 +60,60 @@ impl<H: Handler> Flavour for Stream<'_, H> {
         self.core.set_connected(Mode::Delta);
     }
 
-    fn on_response(&mut self, response: DeltaDiscoveryResponse) -> Result<(), StreamError> {
-        Stream::on_response(self, response)
+    fn on_responses(&mut self, responses: Vec<DeltaDiscoveryResponse>) -> Result<(), StreamError> {
+        judge(self, responses)
+    }
+}
+
+/// What a Delta response's answer echoes.
+struct Meta {
+    nonce: String,
+    system_version_info: String,
+}
+
+impl<H: Handler> Answer for Stream<'_, H> {
+    type Response = DeltaDiscoveryResponse;
+    type Meta = Meta;
+    type Handler = H;
+
+    fn core(&mut self) -> &mut Core<H> {
+        self.core
+    }
+
+    fn type_of(response: &DeltaDiscoveryResponse) -> &str {
+        &response.type_url
+    }
+
+    fn prepare(&mut self, response: DeltaDiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
+        Stream::prepare(self, response)
+    }
+
+    fn refuse(&mut self, (type_url, nonce, rejections): Refusal) -> Result<(), StreamError> {
+        Stream::nack(self, &type_url, &nonce, &rejections)
+    }
+
+    fn ack(&mut self, p: &Prepared<Meta>) -> Result<(), StreamError> {
+        let type_url = &p.change.type_url;
+        self.out.send(DeltaDiscoveryRequest {
+            type_url: type_url.clone(),
+            response_nonce: p.meta.nonce.clone(),
+            ..Default::default()
+        })?;
+        self.core
+            .record_ack(type_url, &p.meta.system_version_info, &p.meta.nonce);
+        Ok(())
+    }
+
+    fn partial(&mut self, p: &Prepared<Meta>, refused: &[Rejection]) -> Result<(), StreamError> {
+        self.nack(&p.change.type_url, &p.meta.nonce, refused)
+    }
+
+    fn nack(&mut self, p: &Prepared<Meta>, rejections: &[Rejection]) -> Result<(), StreamError> {
+        Stream::nack(self, &p.change.type_url, &p.meta.nonce, rejections)
+    }
+
+    fn sync_subscriptions(&mut self) -> Result<(), StreamError> {
+        Stream::sync_subscriptions(self)
     }
 }
 
@@ -117,16 +170,17 @@ impl<H: Handler> Stream<'_, H> {
         Ok(())
     }
 
-    fn on_response(&mut self, response: DeltaDiscoveryResponse) -> Result<(), StreamError> {
+    /// Check one response and apply it to its type's accepted state; `Err` (type, nonce,
+    /// rejections) NACKs it alone, the accepted state unchanged.
+    fn prepare(&mut self, response: DeltaDiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
         let sent_types: BTreeSet<String> = self.sent.keys().cloned().collect();
         if !self.core.is_known(&type_url, &sent_types) {
             let rejection = Rejection::new(&type_url, "*", "type URL was not subscribed");
-            return self.nack(&type_url, &nonce, &[rejection]);
+            return Err((type_url, nonce, vec![rejection]));
         }
-        let mut candidate = self.core.accepted.clone();
-        let held = candidate.type_mut(&type_url);
+        let mut held = self.core.accepted.type_state(&type_url);
         let mut rejections = Vec::new();
         let mut updated = Vec::new();
         for (i, resource) in response.resources.into_iter().enumerate() {
@@ -168,6 +222,9 @@ impl<H: Handler> Stream<'_, H> {
                 }),
             );
         }
+        if !rejections.is_empty() {
+            return Err((type_url, nonce, rejections));
+        }
         let removed_names = response
             .removed_resources
             .into_iter()
@@ -179,28 +236,18 @@ impl<H: Handler> Stream<'_, H> {
             }
         }
         held.version_info = response.system_version_info.clone();
-        match self
-            .core
-            .offer(&type_url, candidate, &updated, &removed, rejections)
-        {
-            Outcome::Accepted { refused } if !refused.is_empty() => {
-                // Applied in part: what could be used serves, the response is NACKed naming the
-                // rest (Envoy's partial acceptance).
-                self.nack(&type_url, &nonce, &refused)?;
-                self.sync_subscriptions()
-            }
-            Outcome::Accepted { .. } => {
-                self.out.send(DeltaDiscoveryRequest {
-                    type_url: type_url.clone(),
-                    response_nonce: nonce.clone(),
-                    ..Default::default()
-                })?;
-                self.core
-                    .record_ack(&type_url, &response.system_version_info, &nonce);
-                self.sync_subscriptions()
-            }
-            Outcome::Rejected(rejections) => self.nack(&type_url, &nonce, &rejections),
-        }
+        Ok(Prepared {
+            change: Change {
+                type_url,
+                updated,
+                removed,
+            },
+            held,
+            meta: Meta {
+                nonce,
+                system_version_info: response.system_version_info,
+            },
+        })
     }
 
     fn nack(
@@ -218,4 +265,21 @@ impl<H: Handler> Stream<'_, H> {
             ..Default::default()
         })
     }
+}
+
+/// Answer `responses` as if they had arrived back to back on a fresh stream; the requests sent.
+#[cfg(test)]
+pub(crate) fn answer_together<H: Handler>(
+    core: &mut Core<H>,
+    responses: Vec<DeltaDiscoveryResponse>,
+) -> Vec<DeltaDiscoveryRequest> {
+    let (out, mut rx) = Outbox::new(core.cfg.node.to_node());
+    let mut stream = Stream {
+        core,
+        out,
+        sent: BTreeMap::new(),
+    };
+    stream.on_responses(responses).expect("the outbox is open");
+    drop(stream);
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
 }

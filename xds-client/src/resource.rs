@@ -115,6 +115,14 @@ impl ResourceState {
             .collect()
     }
 
+    /// A copy of `type_url`'s state (empty if none), to change into a candidate's.
+    pub(crate) fn type_state(&self, type_url: &str) -> TypeState {
+        self.types
+            .get(type_url)
+            .map(|t| TypeState::clone(t))
+            .unwrap_or_default()
+    }
+
     pub(crate) fn type_mut(&mut self, type_url: &str) -> &mut TypeState {
         Arc::make_mut(self.types.entry(type_url.to_string()).or_default())
     }
@@ -209,16 +217,33 @@ impl Subscriptions {
     }
 }
 
-/// What one response changed, with the candidate state to judge.
+/// What one response changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub type_url: String,
+    /// Names added or changed by the response.
+    pub updated: Vec<String>,
+    /// Names removed by the response.
+    pub removed: Vec<String>,
+}
+
+/// What arrived, with the candidate state to judge.
 #[derive(Debug)]
 pub struct Update<'a> {
-    pub type_url: &'a str,
-    /// Names added or changed by this response.
-    pub updated: &'a [String],
-    /// Names removed by this response.
-    pub removed: &'a [String],
-    /// The candidate: the last accepted state with this response applied.
+    /// What each response changed, in arrival order: one response, or several of different
+    /// types that arrived back to back (istiod pushes CDS, EDS, LDS and RDS of one change in a
+    /// row). They are judged together, so a push costs the handler one translation, not one per
+    /// type; each is still ACKed or NACKed on its own, by the type of what the handler refused.
+    pub changes: &'a [Change],
+    /// The candidate: the last accepted state with these responses applied.
     pub state: &'a ResourceState,
+}
+
+impl Update<'_> {
+    /// Whether one of the responses is of `type_url`.
+    pub fn has_type(&self, type_url: &str) -> bool {
+        self.changes.iter().any(|c| c.type_url == type_url)
+    }
 }
 
 /// A candidate the handler took: the named subscriptions wanted from now on, and the resources
@@ -241,7 +266,8 @@ impl From<Subscriptions> for Applied {
     }
 }
 
-/// Judges candidate states. Called on the client's task after each response, one at a time.
+/// Judges candidate states. Called on the client's task after each response (or group of
+/// responses that arrived together, see [`Update::changes`]), one at a time.
 pub trait Handler: Send + 'static {
     /// Accept the candidate, whole or in part (returning the named subscriptions wanted from now
     /// on, e.g. EDS names = the EDS clusters in the candidate, and the resources it refused), or

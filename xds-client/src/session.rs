@@ -13,7 +13,9 @@ use tonic::metadata::MetadataMap;
 use crate::client::StreamError;
 
 use crate::config::{ClientConfig, Mode};
-use crate::resource::{type_url, Handler, Rejection, ResourceState, Subscriptions, Update};
+use crate::resource::{
+    type_url, Change, Handler, Rejection, ResourceState, Subscriptions, TypeState, Update,
+};
 use crate::status::Status;
 
 /// gRPC `INVALID_ARGUMENT`, the code a NACK's `error_detail` carries.
@@ -60,23 +62,10 @@ impl<H: Handler> Core<H> {
             || sent_named.contains(type_url)
     }
 
-    /// Offer `candidate` (built from the accepted state and one response of `type_url`). Problems
-    /// the client found itself (`rejections`) reject without asking the handler.
-    pub fn offer(
-        &mut self,
-        type_url: &str,
-        candidate: ResourceState,
-        updated: &[String],
-        removed: &[String],
-        rejections: Vec<Rejection>,
-    ) -> Outcome {
-        if !rejections.is_empty() {
-            return Outcome::Rejected(rejections);
-        }
+    /// Offer `candidate`: the accepted state with the responses `changes` describe applied.
+    pub fn offer(&mut self, changes: &[Change], candidate: ResourceState) -> Outcome {
         let update = Update {
-            type_url,
-            updated,
-            removed,
+            changes,
             state: &candidate,
         };
         match self.handler.apply(&update) {
@@ -88,11 +77,14 @@ impl<H: Handler> Core<H> {
                     refused: applied.refused,
                 }
             }
-            Err(rejections) if rejections.is_empty() => Outcome::Rejected(vec![Rejection::new(
-                type_url,
-                "*",
-                "rejected by the handler without a reason",
-            )]),
+            Err(rejections) if rejections.is_empty() => {
+                let type_url = changes.last().map_or("", |c| c.type_url.as_str());
+                Outcome::Rejected(vec![Rejection::new(
+                    type_url,
+                    "*",
+                    "rejected by the handler without a reason",
+                )])
+            }
             Err(rejections) => Outcome::Rejected(rejections),
         }
     }
@@ -240,11 +232,16 @@ pub(crate) trait Flavour {
     fn initial_requests(&mut self) -> Result<(), StreamError>;
     /// The server answered the call.
     fn connected(&mut self);
-    fn on_response(&mut self, response: Self::Response) -> Result<(), StreamError>;
+    /// Responses that arrived back to back, in order (see [`Update::changes`]).
+    fn on_responses(&mut self, responses: Vec<Self::Response>) -> Result<(), StreamError>;
 }
 
+/// At most this many responses already received are judged together.
+pub(crate) const MAX_BATCH: usize = 16;
+
 /// Open the ADS call with the queued requests `rx` and feed every response to `flavour` until the
-/// stream fails (`Err`) or shutdown is asked (`Ok`).
+/// stream fails (`Err`) or shutdown is asked (`Ok`). Responses that are already there when one is
+/// taken go with it (up to [`MAX_BATCH`]).
 pub(crate) async fn drive<F, Req, Fut>(
     flavour: &mut F,
     rx: mpsc::UnboundedReceiver<Req>,
@@ -266,9 +263,140 @@ where
     };
     flavour.connected();
     while let Some(response) = next(&mut inbound, shutdown).await? {
-        flavour.on_response(response)?;
+        let (batch, end) = ready_after(&mut inbound, response);
+        flavour.on_responses(batch)?;
+        if let Some(error) = end {
+            return Err(error);
+        }
     }
     Ok(())
+}
+
+/// `first` and the responses already received after it (up to [`MAX_BATCH`] in all), and the
+/// end of the stream if it came right after them (the batch is still handled first).
+pub(crate) fn ready_after<R, S>(inbound: &mut S, first: R) -> (Vec<R>, Option<StreamError>)
+where
+    S: futures::Stream<Item = Result<R, tonic::Status>> + Unpin,
+{
+    use futures::{FutureExt, StreamExt};
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match inbound.next().now_or_never() {
+            Some(Some(Ok(response))) => batch.push(response),
+            Some(Some(Err(status))) => return (batch, Some(StreamError::from_status(status))),
+            Some(None) => return (batch, Some(StreamError::Closed)),
+            None => break,
+        }
+    }
+    (batch, None)
+}
+
+/// One response of a group, checked by its flavour: the new state of its type and what changed.
+pub(crate) struct Prepared<M> {
+    pub change: Change,
+    pub held: TypeState,
+    /// What the flavour needs to answer it (nonce, versions).
+    pub meta: M,
+}
+
+/// A response the client NACKs before the handler sees it: (type URL, nonce, why).
+pub(crate) type Refusal = (String, String, Vec<Rejection>);
+
+/// How a flavour checks and answers the responses of a group.
+pub(crate) trait Answer {
+    type Response;
+    type Meta;
+    type Handler: Handler;
+    fn core(&mut self) -> &mut Core<Self::Handler>;
+    fn type_of(response: &Self::Response) -> &str;
+    /// Check one response and apply it to a copy of its type's accepted state.
+    fn prepare(&mut self, response: Self::Response) -> Result<Prepared<Self::Meta>, Refusal>;
+    /// NACK a response [`Answer::prepare`] refused.
+    fn refuse(&mut self, refusal: Refusal) -> Result<(), StreamError>;
+    fn ack(&mut self, response: &Prepared<Self::Meta>) -> Result<(), StreamError>;
+    /// Applied in part: what could be used serves, the response is NACKed naming the rest.
+    fn partial(
+        &mut self,
+        response: &Prepared<Self::Meta>,
+        refused: &[Rejection],
+    ) -> Result<(), StreamError>;
+    fn nack(
+        &mut self,
+        response: &Prepared<Self::Meta>,
+        rejections: &[Rejection],
+    ) -> Result<(), StreamError>;
+    fn sync_subscriptions(&mut self) -> Result<(), StreamError>;
+}
+
+/// Judge `responses` (arrived back to back, in order): each run of different types is offered
+/// to the handler at once ([`settle`]); a response the client refuses itself is NACKed alone,
+/// after the run before it.
+pub(crate) fn judge<A: Answer>(
+    answer: &mut A,
+    responses: Vec<A::Response>,
+) -> Result<(), StreamError> {
+    let mut group: Vec<Prepared<A::Meta>> = Vec::new();
+    for response in responses {
+        let type_url = A::type_of(&response);
+        if group.iter().any(|p| p.change.type_url == type_url) {
+            settle(answer, std::mem::take(&mut group))?;
+        }
+        match answer.prepare(response) {
+            Ok(prepared) => group.push(prepared),
+            Err(refusal) => {
+                settle(answer, std::mem::take(&mut group))?;
+                answer.refuse(refusal)?;
+            }
+        }
+    }
+    settle(answer, group)
+}
+
+/// Offer the responses of `group` (different types) together and answer each: ACK, or NACK
+/// naming what the handler refused of its type (what names a type of none of them goes with the
+/// last). When the handler rejects the candidate whole, which response is at fault is not known:
+/// each is offered again alone, in order.
+pub(crate) fn settle<A: Answer>(
+    answer: &mut A,
+    group: Vec<Prepared<A::Meta>>,
+) -> Result<(), StreamError> {
+    let Some(last) = group.last() else {
+        return Ok(());
+    };
+    let last_type = last.change.type_url.clone();
+    let mut candidate = answer.core().accepted.clone();
+    for p in &group {
+        *candidate.type_mut(&p.change.type_url) = p.held.clone();
+    }
+    let changes: Vec<Change> = group.iter().map(|p| p.change.clone()).collect();
+    match answer.core().offer(&changes, candidate) {
+        Outcome::Accepted { refused } => {
+            for p in &group {
+                let own: Vec<Rejection> = refused
+                    .iter()
+                    .filter(|r| {
+                        r.type_url == p.change.type_url
+                            || (p.change.type_url == last_type
+                                && !changes.iter().any(|c| c.type_url == r.type_url))
+                    })
+                    .cloned()
+                    .collect();
+                if own.is_empty() {
+                    answer.ack(p)?;
+                } else {
+                    answer.partial(p, &own)?;
+                }
+            }
+            answer.sync_subscriptions()
+        }
+        Outcome::Rejected(rejections) if group.len() == 1 => answer.nack(last, &rejections),
+        Outcome::Rejected(_) => {
+            for p in group {
+                settle(answer, vec![p])?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Wait for the ADS call to be answered; `Ok(None)` when shutdown comes first.

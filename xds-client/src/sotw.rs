@@ -20,9 +20,10 @@ use tonic::transport::Channel;
 
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{type_url as urls, Handler, Rejection, Resource};
+use crate::resource::{type_url as urls, Change, Handler, Rejection, Resource};
 use crate::session::{
-    drive, nack_detail, payload_name, Core, Flavour, Outbox, Outcome, PayloadError,
+    drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
+    Refusal,
 };
 
 struct Stream<'a, H> {
@@ -62,8 +63,69 @@ impl<H: Handler> Flavour for Stream<'_, H> {
         self.core.set_connected(Mode::StateOfTheWorld);
     }
 
-    fn on_response(&mut self, response: DiscoveryResponse) -> Result<(), StreamError> {
-        Stream::on_response(self, response)
+    fn on_responses(&mut self, responses: Vec<DiscoveryResponse>) -> Result<(), StreamError> {
+        judge(self, responses)
+    }
+}
+
+/// What a state-of-the-world response's answer echoes.
+struct Meta {
+    nonce: String,
+    version_info: String,
+    /// The type's version accepted before (a NACK carries it).
+    previous_version: String,
+}
+
+impl<H: Handler> Answer for Stream<'_, H> {
+    type Response = DiscoveryResponse;
+    type Meta = Meta;
+    type Handler = H;
+
+    fn core(&mut self) -> &mut Core<H> {
+        self.core
+    }
+
+    fn type_of(response: &DiscoveryResponse) -> &str {
+        &response.type_url
+    }
+
+    fn prepare(&mut self, response: DiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
+        Stream::prepare(self, response)
+    }
+
+    fn refuse(&mut self, (type_url, nonce, rejections): Refusal) -> Result<(), StreamError> {
+        Stream::nack(self, &type_url, &nonce, &rejections)
+    }
+
+    fn ack(&mut self, p: &Prepared<Meta>) -> Result<(), StreamError> {
+        let type_url = &p.change.type_url;
+        let request = DiscoveryRequest {
+            version_info: p.meta.version_info.clone(),
+            response_nonce: p.meta.nonce.clone(),
+            resource_names: self.names_for(type_url),
+            type_url: type_url.clone(),
+            ..Default::default()
+        };
+        self.out.send(request)?;
+        self.core
+            .record_ack(type_url, &p.meta.version_info, &p.meta.nonce);
+        Ok(())
+    }
+
+    fn partial(&mut self, p: &Prepared<Meta>, refused: &[Rejection]) -> Result<(), StreamError> {
+        // What could be used serves; the NACK carries the version accepted before, as Envoy's
+        // does after a partly invalid update.
+        let type_url = &p.change.type_url;
+        self.core.accepted.type_mut(type_url).version_info = p.meta.previous_version.clone();
+        self.nack_at(type_url, &p.meta.nonce, &p.meta.previous_version, refused)
+    }
+
+    fn nack(&mut self, p: &Prepared<Meta>, rejections: &[Rejection]) -> Result<(), StreamError> {
+        Stream::nack(self, &p.change.type_url, &p.meta.nonce, rejections)
+    }
+
+    fn sync_subscriptions(&mut self) -> Result<(), StreamError> {
+        Stream::sync_subscriptions(self)
     }
 }
 
@@ -115,18 +177,19 @@ impl<H: Handler> Stream<'_, H> {
         Ok(())
     }
 
-    fn on_response(&mut self, response: DiscoveryResponse) -> Result<(), StreamError> {
+    /// Check one response and apply it to a copy of its type's accepted state; `Err` NACKs it
+    /// alone, the accepted state unchanged.
+    fn prepare(&mut self, response: DiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
         self.nonces.insert(type_url.clone(), nonce.clone());
         let sent_types: BTreeSet<String> = self.sent.keys().cloned().collect();
         if !self.core.is_known(&type_url, &sent_types) {
             let rejection = Rejection::new(&type_url, "*", "type URL was not subscribed");
-            return self.nack(&type_url, &nonce, &[rejection]);
+            return Err((type_url, nonce, vec![rejection]));
         }
         let wildcard = self.core.is_wildcard(&type_url);
-        let mut candidate = self.core.accepted.clone();
-        let held = candidate.type_mut(&type_url);
+        let mut held = self.core.accepted.type_state(&type_url);
         let mut rejections = Vec::new();
         let mut incoming = BTreeMap::new();
         for (i, any) in response.resources.into_iter().enumerate() {
@@ -146,6 +209,9 @@ impl<H: Handler> Stream<'_, H> {
                     rejections.push(Rejection::new(&type_url, &name, reason.to_string()));
                 }
             }
+        }
+        if !rejections.is_empty() {
+            return Err((type_url, nonce, rejections));
         }
         let mut removed = Vec::new();
         if wildcard {
@@ -172,32 +238,19 @@ impl<H: Handler> Stream<'_, H> {
         }
         held.version_info = response.version_info.clone();
         let previous_version = self.core.accepted.version_info(&type_url).to_string();
-        match self
-            .core
-            .offer(&type_url, candidate, &updated, &removed, rejections)
-        {
-            Outcome::Accepted { refused } if !refused.is_empty() => {
-                // Applied in part: what could be used serves; the NACK carries the version
-                // accepted before, as Envoy's does after a partly invalid update.
-                self.core.accepted.type_mut(&type_url).version_info = previous_version.clone();
-                self.nack_at(&type_url, &nonce, &previous_version, &refused)?;
-                self.sync_subscriptions()
-            }
-            Outcome::Accepted { .. } => {
-                let request = DiscoveryRequest {
-                    version_info: response.version_info.clone(),
-                    response_nonce: nonce.clone(),
-                    resource_names: self.names_for(&type_url),
-                    type_url: type_url.clone(),
-                    ..Default::default()
-                };
-                self.out.send(request)?;
-                self.core
-                    .record_ack(&type_url, &response.version_info, &nonce);
-                self.sync_subscriptions()
-            }
-            Outcome::Rejected(rejections) => self.nack(&type_url, &nonce, &rejections),
-        }
+        Ok(Prepared {
+            change: Change {
+                type_url,
+                updated,
+                removed,
+            },
+            held,
+            meta: Meta {
+                nonce,
+                version_info: response.version_info,
+                previous_version,
+            },
+        })
     }
 
     fn nack(
@@ -275,4 +328,22 @@ fn unwrap_resource(
         return Err((None, PayloadError::WithoutName));
     }
     Ok((name, any))
+}
+
+/// Answer `responses` as if they had arrived back to back on a fresh stream; the requests sent.
+#[cfg(test)]
+pub(crate) fn answer_together<H: Handler>(
+    core: &mut Core<H>,
+    responses: Vec<DiscoveryResponse>,
+) -> Vec<DiscoveryRequest> {
+    let (out, mut rx) = Outbox::new(core.cfg.node.to_node());
+    let mut stream = Stream {
+        core,
+        out,
+        sent: BTreeMap::new(),
+        nonces: BTreeMap::new(),
+    };
+    stream.on_responses(responses).expect("the outbox is open");
+    drop(stream);
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
 }

@@ -21,6 +21,7 @@ use crate::{
     ResourceState, Status, StatusHandle, Subscriptions, Update,
 };
 
+mod batch;
 mod connection;
 mod sotw;
 
@@ -32,8 +33,10 @@ const TOKEN: &str = "good-token";
 struct Shared {
     /// Every accepted candidate, in order.
     accepted: Vec<ResourceState>,
-    /// Every update offered: (type, updated, removed).
+    /// Every response offered: (type, updated, removed).
     offered: Vec<(String, Vec<String>, Vec<String>)>,
+    /// How many responses each call of the handler judged together.
+    batches: Vec<usize>,
     /// Cluster names to reject.
     reject: BTreeSet<String>,
     /// Refuse those clusters alone and accept the rest (partial acceptance) instead of
@@ -71,11 +74,13 @@ impl TestHandler {
 impl Handler for TestHandler {
     fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
         let mut shared = self.0.lock();
-        shared.offered.push((
-            update.type_url.to_string(),
-            update.updated.to_vec(),
-            update.removed.to_vec(),
-        ));
+        shared.offered.extend(
+            update
+                .changes
+                .iter()
+                .map(|c| (c.type_url.clone(), c.updated.clone(), c.removed.clone())),
+        );
+        shared.batches.push(update.changes.len());
         let mut rejections = Vec::new();
         let mut eds = Vec::new();
         for resource in update.state.resources(type_url::CLUSTER) {

@@ -58,10 +58,12 @@ pub struct XdsHandler {
     last_good: ResourceState,
     /// Resolves the hostnames of DNS clusters; a changed answer rebuilds [`Self::rebuild`]'s.
     pub dns: Arc<crate::control::dns::Dns>,
-    /// The resources of the last complete state published, translated again when a DNS answer
-    /// changes. Held while a snapshot is translated and offered, so an older state never
-    /// replaces a newer one.
-    pub rebuild: Arc<Mutex<Option<Resources>>>,
+    /// The last complete state published (as it translated: refused resources replaced or left
+    /// out), decoded and translated again when a DNS answer changes. It shares the resources'
+    /// bytes with the client's state; decoded protos are not kept between translations (they
+    /// take about nine times the encoded size). Held while a snapshot is translated and
+    /// offered, so an older state never replaces a newer one.
+    pub rebuild: Arc<Mutex<Option<ResourceState>>>,
 }
 
 impl XdsHandler {
@@ -101,7 +103,7 @@ impl XdsHandler {
     > {
         let mut set_aside: BTreeSet<(String, String)> = BTreeSet::new();
         let mut refused = Vec::new();
-        let mut resources = self.decode(state, &set_aside, &mut refused);
+        let mut resources = decode(state, &self.last_good, &set_aside, &mut refused);
         set_aside.extend(refused.iter().map(|r| (r.type_url.clone(), r.name.clone())));
         let (mut translation, rejected) =
             routing::xds::translate_refusing(&resources, &self.options)?;
@@ -113,7 +115,7 @@ impl XdsHandler {
                     .map(|r| (r.type_url.clone(), r.name.clone())),
             );
             refused.extend(rejected);
-            resources = self.decode(state, &set_aside, &mut Vec::new());
+            resources = decode(state, &self.last_good, &set_aside, &mut Vec::new());
             let (again, stale) = routing::xds::translate_refusing(&resources, &self.options)?;
             // A last good version that no longer fits the rest is left out as well.
             for r in &stale {
@@ -137,34 +139,6 @@ impl XdsHandler {
         }
         self.last_good = good;
         Ok((translation, resources, refused))
-    }
-
-    /// Decode `state`'s resources, those in `set_aside` taken from the last good state (or
-    /// left out); one that does not decode is left out and added to `refused`.
-    fn decode(
-        &self,
-        state: &ResourceState,
-        set_aside: &BTreeSet<(String, String)>,
-        refused: &mut Vec<routing::xds::Rejection>,
-    ) -> Resources {
-        let mut resources = Resources::default();
-        for t in TYPES {
-            for r in state.resources(t) {
-                let any = if set_aside.contains(&(t.to_string(), r.name.clone())) {
-                    match self.last_good.get(t, &r.name) {
-                        Some(previous) => &previous.value,
-                        None => continue,
-                    }
-                } else {
-                    &r.value
-                };
-                if let Err(mut rejection) = resources.push_any(any) {
-                    rejection.name.clone_from(&r.name);
-                    refused.push(rejection);
-                }
-            }
-        }
-        resources
     }
 
     /// Resources set aside while the rest of the candidate serves: counted, logged once per
@@ -207,6 +181,35 @@ impl XdsHandler {
     }
 }
 
+/// Decode `state`'s resources, those in `set_aside` taken from `last_good` (or left out); one
+/// that does not decode is left out and added to `refused`.
+fn decode(
+    state: &ResourceState,
+    last_good: &ResourceState,
+    set_aside: &BTreeSet<(String, String)>,
+    refused: &mut Vec<routing::xds::Rejection>,
+) -> Resources {
+    let mut resources = Resources::default();
+    for t in TYPES {
+        for r in state.resources(t) {
+            let any =
+                if !set_aside.is_empty() && set_aside.contains(&(t.to_string(), r.name.clone())) {
+                    match last_good.get(t, &r.name) {
+                        Some(previous) => &previous.value,
+                        None => continue,
+                    }
+                } else {
+                    &r.value
+                };
+            if let Err(mut rejection) = resources.push_any(any) {
+                rejection.name.clone_from(&r.name);
+                refused.push(rejection);
+            }
+        }
+    }
+    resources
+}
+
 /// What a state still lacks before it can serve, if anything.
 fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Option<String> {
     if state.len(type_url::LISTENER) == 0 {
@@ -244,12 +247,12 @@ impl Handler for XdsHandler {
             Ok(t) => t,
             Err(rejections) => return Err(self.reject(rejections)),
         };
-        // The NACK names this response's own resources; one of another type set aside again
-        // (still broken since its own response was NACKed, or broken by this one's content) is
-        // logged, and its last good version keeps serving.
+        // The NACKs name the resources of these responses' types (each response its own); one
+        // of another type set aside again (still broken since its own response was NACKed, or
+        // broken by this one's content) is logged, and its last good version keeps serving.
         let (own, others): (Vec<_>, Vec<_>) = refused
             .into_iter()
-            .partition(|r| r.type_url == update.type_url);
+            .partition(|r| update.has_type(&r.type_url));
         if !others.is_empty() {
             let line = others
                 .iter()
@@ -308,7 +311,8 @@ impl Handler for XdsHandler {
             "xDS config translated"
         );
         self.sink.offer(snapshot);
-        *rebuild = Some(resources);
+        drop(resources);
+        *rebuild = Some(self.last_good.clone());
         self.published = true;
         Ok(applied(subscriptions))
     }
@@ -397,18 +401,20 @@ impl XdsRuntime {
 /// Translate the last complete state again whenever a DNS answer changes, and publish it.
 async fn dns_rebuilds(
     dns: Arc<crate::control::dns::Dns>,
-    rebuild: Arc<Mutex<Option<Resources>>>,
+    rebuild: Arc<Mutex<Option<ResourceState>>>,
     mut options: TranslateOptions,
     sink: Arc<SnapshotSink>,
 ) {
     let mut changed = dns.changed();
     while changed.changed().await.is_ok() {
-        let resources = rebuild.lock();
-        let Some(resources) = resources.as_ref() else {
+        let state = rebuild.lock();
+        let Some(state) = state.as_ref() else {
             continue;
         };
         options.dns = dns.answers();
-        match routing::xds::translate(resources, &options) {
+        // The state translated when it was published: every resource decodes.
+        let resources = decode(state, state, &BTreeSet::new(), &mut Vec::new());
+        match routing::xds::translate(&resources, &options) {
             Ok(t) => {
                 info!(
                     version = t.snapshot.version(),

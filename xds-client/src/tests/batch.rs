@@ -1,0 +1,322 @@
+//! Responses that arrive back to back are judged together: one handler call, each response
+//! still ACKed or NACKed on its own.
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use tokio::sync::watch;
+
+use super::{cluster, endpoints, listener, node, TestHandler};
+use crate::session::{ready_after, Core, MAX_BATCH};
+use crate::{type_url, ClientConfig, Mode, Status};
+
+fn core(handler: &TestHandler, mode: Mode) -> Core<TestHandler> {
+    let mut cfg = ClientConfig::new("https://127.0.0.1:15012", Vec::new(), node());
+    cfg.mode = mode;
+    let (status, _) = watch::channel(Status::default());
+    Core::new(cfg, handler.clone(), status)
+}
+
+fn delta(
+    type_url: &str,
+    nonce: &str,
+    resources: Vec<(&str, envoy_types::pb::google::protobuf::Any)>,
+) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        type_url: type_url.to_string(),
+        nonce: nonce.to_string(),
+        system_version_info: format!("v-{nonce}"),
+        resources: resources
+            .into_iter()
+            .map(|(name, any)| DeltaResource {
+                name: name.to_string(),
+                version: "1".into(),
+                resource: Some(any),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// (type, nonce, NACK reason) of each answer to a response, in order.
+fn answers(requests: &[DeltaDiscoveryRequest]) -> Vec<(String, String, Option<String>)> {
+    requests
+        .iter()
+        .filter(|r| !r.response_nonce.is_empty())
+        .map(|r| {
+            (
+                type_url::short(&r.type_url).to_string(),
+                r.response_nonce.clone(),
+                r.error_detail.as_ref().map(|d| d.message.clone()),
+            )
+        })
+        .collect()
+}
+
+fn ack(short: &str, nonce: &str) -> (String, String, Option<String>) {
+    (short.to_string(), nonce.to_string(), None)
+}
+
+#[test]
+fn a_push_of_three_types_is_judged_once_and_each_response_acked() {
+    let handler = TestHandler::default();
+    let mut core = core(&handler, Mode::Delta);
+    let requests = crate::delta::answer_together(
+        &mut core,
+        vec![
+            delta(
+                type_url::CLUSTER,
+                "c1",
+                vec![("reviews", cluster("reviews", true))],
+            ),
+            delta(
+                type_url::LISTENER,
+                "l1",
+                vec![("main_internal", listener("main_internal"))],
+            ),
+        ],
+    );
+    assert_eq!(
+        handler.0.lock().batches,
+        vec![2],
+        "one call for both responses"
+    );
+    assert_eq!(
+        answers(&requests),
+        vec![ack("Cluster", "c1"), ack("Listener", "l1")]
+    );
+    // The EDS subscription the handler asked for follows the ACKs, once.
+    let subscribe: Vec<_> = requests
+        .iter()
+        .filter(|r| r.response_nonce.is_empty())
+        .map(|r| {
+            (
+                type_url::short(&r.type_url).to_string(),
+                r.resource_names_subscribe.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        subscribe,
+        vec![(
+            "ClusterLoadAssignment".to_string(),
+            vec!["reviews".to_string()]
+        )]
+    );
+    // EDS arrives next, with a second CDS right behind it: the repeated type starts a new group.
+    let requests = crate::delta::answer_together(
+        &mut core,
+        vec![
+            delta(
+                type_url::CLUSTER_LOAD_ASSIGNMENT,
+                "e1",
+                vec![("reviews", endpoints("reviews"))],
+            ),
+            delta(
+                type_url::CLUSTER,
+                "c2",
+                vec![("ratings", cluster("ratings", true))],
+            ),
+            delta(
+                type_url::CLUSTER,
+                "c3",
+                vec![("details", cluster("details", false))],
+            ),
+        ],
+    );
+    assert_eq!(handler.0.lock().batches, vec![2, 2, 1]);
+    assert_eq!(
+        answers(&requests),
+        vec![
+            ack("ClusterLoadAssignment", "e1"),
+            ack("Cluster", "c2"),
+            ack("Cluster", "c3")
+        ]
+    );
+    assert_eq!(
+        handler.names(type_url::CLUSTER),
+        vec!["details", "ratings", "reviews"]
+    );
+}
+
+#[test]
+fn a_group_rejected_whole_is_judged_again_response_by_response() {
+    let handler = TestHandler::default();
+    handler.reject("bad");
+    let mut core = core(&handler, Mode::Delta);
+    let requests = crate::delta::answer_together(
+        &mut core,
+        vec![
+            delta(
+                type_url::CLUSTER,
+                "c1",
+                vec![("bad", cluster("bad", false))],
+            ),
+            delta(
+                type_url::LISTENER,
+                "l1",
+                vec![("main_internal", listener("main_internal"))],
+            ),
+        ],
+    );
+    // Together (rejected: the cluster), then the cluster alone (NACK), the listener alone (ACK).
+    assert_eq!(handler.0.lock().batches, vec![2, 1, 1]);
+    let answers = answers(&requests);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(
+        (answers[0].0.as_str(), answers[0].1.as_str()),
+        ("Cluster", "c1")
+    );
+    assert!(
+        answers[0]
+            .2
+            .as_deref()
+            .is_some_and(|m| m.contains("bad") && m.contains("refused by the test")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], ack("Listener", "l1"));
+    assert_eq!(handler.names(type_url::LISTENER), vec!["main_internal"]);
+    assert!(handler.names(type_url::CLUSTER).is_empty());
+}
+
+#[test]
+fn what_the_handler_refuses_is_nacked_on_its_own_response_only() {
+    let handler = TestHandler::default();
+    handler.refuse_alone("bad");
+    let mut core = core(&handler, Mode::Delta);
+    let requests = crate::delta::answer_together(
+        &mut core,
+        vec![
+            delta(
+                type_url::CLUSTER,
+                "c1",
+                vec![
+                    ("bad", cluster("bad", false)),
+                    ("good", cluster("good", false)),
+                ],
+            ),
+            delta(
+                type_url::LISTENER,
+                "l1",
+                vec![("main_internal", listener("main_internal"))],
+            ),
+        ],
+    );
+    assert_eq!(handler.0.lock().batches, vec![2]);
+    let answers = answers(&requests);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(
+        answers[0].2.as_deref().is_some_and(|m| m.contains("bad")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], ack("Listener", "l1"));
+}
+
+#[test]
+fn a_response_the_client_refuses_splits_the_group_and_is_nacked_alone() {
+    let handler = TestHandler::default();
+    let mut core = core(&handler, Mode::Delta);
+    let mut nameless = delta(type_url::LISTENER, "l1", vec![]);
+    nameless.resources.push(DeltaResource::default());
+    let requests = crate::delta::answer_together(
+        &mut core,
+        vec![
+            delta(
+                type_url::CLUSTER,
+                "c1",
+                vec![("reviews", cluster("reviews", true))],
+            ),
+            nameless,
+            delta(
+                type_url::LISTENER,
+                "l2",
+                vec![("main_internal", listener("main_internal"))],
+            ),
+        ],
+    );
+    // The cluster is judged before the refused listener response is answered, the next
+    // listener response after it.
+    assert_eq!(handler.0.lock().batches, vec![1, 1]);
+    let answers = answers(&requests);
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0], ack("Cluster", "c1"));
+    assert_eq!(
+        (answers[1].1.as_str(), answers[1].2.as_deref()),
+        ("l1", Some("Listener #0: no name"))
+    );
+    assert_eq!(answers[2], ack("Listener", "l2"));
+}
+
+#[test]
+fn state_of_the_world_acks_each_response_of_a_group_with_its_version() {
+    let handler = TestHandler::default();
+    let mut core = core(&handler, Mode::StateOfTheWorld);
+    let response = |type_url: &str, version: &str, any| DiscoveryResponse {
+        type_url: type_url.to_string(),
+        version_info: version.to_string(),
+        nonce: format!("n-{version}"),
+        resources: vec![any],
+        ..Default::default()
+    };
+    let requests: Vec<DiscoveryRequest> = crate::sotw::answer_together(
+        &mut core,
+        vec![
+            response(type_url::CLUSTER, "c7", cluster("reviews", false)),
+            response(type_url::LISTENER, "l3", listener("main_internal")),
+        ],
+    );
+    assert_eq!(handler.0.lock().batches, vec![2]);
+    let acks: Vec<_> = requests
+        .iter()
+        .map(|r| {
+            (
+                type_url::short(&r.type_url).to_string(),
+                r.version_info.clone(),
+                r.response_nonce.clone(),
+                r.error_detail.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        vec![
+            (
+                "Cluster".to_string(),
+                "c7".to_string(),
+                "n-c7".to_string(),
+                false
+            ),
+            (
+                "Listener".to_string(),
+                "l3".to_string(),
+                "n-l3".to_string(),
+                false
+            ),
+        ]
+    );
+}
+
+#[test]
+fn responses_already_received_are_taken_together_up_to_the_limit() {
+    let items = (0..MAX_BATCH + 3).map(Ok::<usize, tonic::Status>);
+    let mut inbound = futures::stream::iter(items);
+    let (first, end) = ready_after(&mut inbound, 100);
+    assert_eq!(first.len(), MAX_BATCH);
+    assert_eq!(first[..3], [100, 0, 1]);
+    assert!(end.is_none());
+    let (rest, end) = ready_after(&mut inbound, 200);
+    assert_eq!(
+        rest,
+        vec![200, MAX_BATCH - 1, MAX_BATCH, MAX_BATCH + 1, MAX_BATCH + 2]
+    );
+    assert!(
+        matches!(end, Some(crate::StreamError::Closed)),
+        "the end of the stream comes after the batch"
+    );
+    // A response still on its way is not waited for.
+    let mut pending = futures::stream::pending::<Result<usize, tonic::Status>>();
+    let (alone, end) = ready_after(&mut pending, 1);
+    assert_eq!((alone, end.is_none()), (vec![1], true));
+}
