@@ -333,12 +333,21 @@ pub fn translate_refusing(
     resources: &Resources,
     options: &TranslateOptions,
 ) -> Result<(Translation, Vec<Rejection>), Vec<Rejection>> {
+    // Most states translate at once: the resources are copied only when one must be left out.
+    let first = match translate(resources, options) {
+        Ok(translation) => return Ok((translation, Vec::new())),
+        Err(rejections) => rejections,
+    };
     let mut kept = resources.clone();
     let mut refused = Vec::new();
+    let mut pending = Some(first);
     for _ in 0..REFUSAL_ROUNDS {
-        let rejections = match translate(&kept, options) {
-            Ok(translation) => return Ok((translation, refused)),
-            Err(rejections) => rejections,
+        let rejections = match pending.take() {
+            Some(rejections) => rejections,
+            None => match translate(&kept, options) {
+                Ok(translation) => return Ok((translation, refused)),
+                Err(rejections) => rejections,
+            },
         };
         let before = kept.len();
         for r in &rejections {
