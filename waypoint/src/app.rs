@@ -191,7 +191,7 @@ impl App {
     pub fn publish(&self, mut snapshot: Snapshot, source: &str) {
         snapshot.carry_over_state(&self.snapshot.load());
         self.telemetry.status.set_config(&snapshot, source);
-        self.snapshot.store(Arc::new(snapshot));
+        retire(self.snapshot.swap(Arc::new(snapshot)));
     }
 
     pub async fn serve(&self, listener: TcpListener, shutdown: ShutdownWatch) {
@@ -212,6 +212,26 @@ impl App {
     /// connections still open `force_close_after` later are closed (see [`crate::dataplane::drain`]).
     pub fn cut_drain(&self, force_close_after: std::time::Duration) {
         self.drain.cut(force_close_after);
+    }
+}
+
+/// Free a replaced snapshot on a thread of its own. Freeing one of a large mesh takes tens of
+/// milliseconds (every name, map and route of every service), which the config thread's next
+/// xDS response would otherwise wait for; requests still holding it keep it alive as before.
+fn retire(old: Arc<Snapshot>) {
+    static RETIRED: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Arc<Snapshot>>>> =
+        std::sync::OnceLock::new();
+    let tx = RETIRED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Snapshot>>();
+        std::thread::Builder::new()
+            .name("retired snapshots".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
+    // Without the thread (it could not be started) it is freed here, as before.
+    if let Some(tx) = tx {
+        let _ = tx.send(old);
     }
 }
 
