@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{Change, Handler, Rejection, Resource};
+use crate::resource::{Handler, Rejection, Resource, TypeState};
 use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
@@ -68,7 +68,6 @@ impl<H: Handler> Flavour for Stream<'_, H> {
 /// What a Delta response's answer echoes.
 struct Meta {
     nonce: String,
-    system_version_info: String,
 }
 
 impl<H: Handler> Answer for Stream<'_, H> {
@@ -84,8 +83,12 @@ impl<H: Handler> Answer for Stream<'_, H> {
         &response.type_url
     }
 
-    fn prepare(&mut self, response: DeltaDiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
-        Stream::prepare(self, response)
+    fn prepare(
+        &mut self,
+        response: DeltaDiscoveryResponse,
+        before: &TypeState,
+    ) -> Result<Prepared<Meta>, Refusal> {
+        Stream::prepare(self, response, before)
     }
 
     fn refuse(&mut self, (type_url, nonce, rejections): Refusal) -> Result<(), StreamError> {
@@ -93,23 +96,23 @@ impl<H: Handler> Answer for Stream<'_, H> {
     }
 
     fn ack(&mut self, p: &Prepared<Meta>) -> Result<(), StreamError> {
-        let type_url = &p.change.type_url;
+        let type_url = &p.type_url;
         self.out.send(DeltaDiscoveryRequest {
             type_url: type_url.clone(),
             response_nonce: p.meta.nonce.clone(),
             ..Default::default()
         })?;
         self.core
-            .record_ack(type_url, &p.meta.system_version_info, &p.meta.nonce);
+            .record_ack(type_url, &p.version_info, &p.meta.nonce);
         Ok(())
     }
 
     fn partial(&mut self, p: &Prepared<Meta>, refused: &[Rejection]) -> Result<(), StreamError> {
-        self.nack(&p.change.type_url, &p.meta.nonce, refused)
+        self.nack(&p.type_url, &p.meta.nonce, refused)
     }
 
     fn nack(&mut self, p: &Prepared<Meta>, rejections: &[Rejection]) -> Result<(), StreamError> {
-        Stream::nack(self, &p.change.type_url, &p.meta.nonce, rejections)
+        Stream::nack(self, &p.type_url, &p.meta.nonce, rejections)
     }
 
     fn sync_subscriptions(&mut self) -> Result<(), StreamError> {
@@ -170,9 +173,13 @@ impl<H: Handler> Stream<'_, H> {
         Ok(())
     }
 
-    /// Check one response and apply it to its type's accepted state; `Err` (type, nonce,
-    /// rejections) NACKs it alone, the accepted state unchanged.
-    fn prepare(&mut self, response: DeltaDiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
+    /// Check one response against its type's state `before`; `Err` (type, nonce, rejections)
+    /// NACKs it alone.
+    fn prepare(
+        &mut self,
+        response: DeltaDiscoveryResponse,
+        before: &TypeState,
+    ) -> Result<Prepared<Meta>, Refusal> {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
         let sent_types: BTreeSet<String> = self.sent.keys().cloned().collect();
@@ -180,9 +187,8 @@ impl<H: Handler> Stream<'_, H> {
             let rejection = Rejection::new(&type_url, "*", "type URL was not subscribed");
             return Err((type_url, nonce, vec![rejection]));
         }
-        let mut held = self.core.accepted.type_state(&type_url);
         let mut rejections = Vec::new();
-        let mut updated = Vec::new();
+        let mut upserts = Vec::new();
         for (i, resource) in response.resources.into_iter().enumerate() {
             let name = if resource.name.is_empty() {
                 resource.resource_name.map(|n| n.name).unwrap_or_default()
@@ -195,7 +201,7 @@ impl<H: Handler> Stream<'_, H> {
             }
             let Some(value) = resource.resource else {
                 // A TTL heartbeat for something held changes nothing.
-                if !held.resources.contains_key(&name) {
+                if !before.resources.contains_key(&name) {
                     rejections.push(Rejection::new(&type_url, &name, "no resource payload"));
                 }
                 continue;
@@ -212,41 +218,28 @@ impl<H: Handler> Stream<'_, H> {
                 rejections.push(Rejection::new(&type_url, &name, reason.to_string()));
                 continue;
             }
-            updated.push(name.clone());
-            held.resources.insert(
-                name.clone(),
-                Arc::new(Resource {
-                    name,
-                    version: resource.version,
-                    value,
-                }),
-            );
+            upserts.push(Arc::new(Resource {
+                name,
+                version: resource.version,
+                value,
+            }));
         }
         if !rejections.is_empty() {
             return Err((type_url, nonce, rejections));
         }
-        let removed_names = response
+        let removals = response
             .removed_resources
             .into_iter()
-            .chain(response.removed_resource_names.into_iter().map(|n| n.name));
-        let mut removed = Vec::new();
-        for name in removed_names {
-            if held.resources.remove(&name).is_some() {
-                removed.push(name);
-            }
-        }
-        held.version_info = response.system_version_info.clone();
+            .chain(response.removed_resource_names.into_iter().map(|n| n.name))
+            .collect();
         Ok(Prepared {
-            change: Change {
-                type_url,
-                updated,
-                removed,
-            },
-            held,
-            meta: Meta {
-                nonce,
-                system_version_info: response.system_version_info,
-            },
+            type_url,
+            upserts,
+            removals,
+            whole: false,
+            upserts_always_change: true,
+            version_info: response.system_version_info,
+            meta: Meta { nonce },
         })
     }
 

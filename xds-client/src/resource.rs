@@ -230,10 +230,12 @@ pub struct Change {
 /// What arrived, with the candidate state to judge.
 #[derive(Debug)]
 pub struct Update<'a> {
-    /// What each response changed, in arrival order: one response, or several of different
-    /// types that arrived back to back (istiod pushes CDS, EDS, LDS and RDS of one change in a
-    /// row). They are judged together, so a push costs the handler one translation, not one per
-    /// type; each is still ACKed or NACKed on its own, by the type of what the handler refused.
+    /// What each response changed, in arrival order: one response, or several that had all
+    /// arrived when the first was taken (istiod pushes the CDS, EDS, LDS and RDS of one change
+    /// back to back; endpoint churn queues EDS responses while one is judged). Each applies on
+    /// top of the ones before it, the same type possibly more than once. They are judged
+    /// together, so a push costs the handler one translation, not one per response; each is
+    /// still ACKed or NACKed on its own, by what the handler refused of it.
     pub changes: &'a [Change],
     /// The candidate: the last accepted state with these responses applied.
     pub state: &'a ResourceState,

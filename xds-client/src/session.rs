@@ -2,6 +2,7 @@
 //! and the status. Both protocol flavours build a candidate and call [`Core::offer`].
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -14,7 +15,7 @@ use crate::client::StreamError;
 
 use crate::config::{ClientConfig, Mode};
 use crate::resource::{
-    type_url, Change, Handler, Rejection, ResourceState, Subscriptions, TypeState, Update,
+    type_url, Change, Handler, Rejection, Resource, ResourceState, Subscriptions, TypeState, Update,
 };
 use crate::status::Status;
 
@@ -237,7 +238,7 @@ pub(crate) trait Flavour {
 }
 
 /// At most this many responses already received are judged together.
-pub(crate) const MAX_BATCH: usize = 16;
+pub(crate) const MAX_BATCH: usize = 64;
 
 /// Open the ADS call with the queued requests `rx` and feed every response to `flavour` until the
 /// stream fails (`Err`) or shutdown is asked (`Ok`). Responses that are already there when one is
@@ -291,12 +292,78 @@ where
     (batch, None)
 }
 
-/// One response of a group, checked by its flavour: the new state of its type and what changed.
+/// One response of a group, checked by its flavour: what it does to its type's state, applied
+/// on top of whatever state comes before it ([`Prepared::apply`]).
 pub(crate) struct Prepared<M> {
-    pub change: Change,
-    pub held: TypeState,
+    pub type_url: String,
+    /// Resources it adds or replaces.
+    pub upserts: Vec<Arc<Resource>>,
+    /// Names it removes (Delta).
+    pub removals: Vec<String>,
+    /// It holds the type's whole set (state of the world, wildcard type): what it does not
+    /// list is removed.
+    pub whole: bool,
+    /// Delta: an upsert counts as changed even when its bytes are the same (the server says it
+    /// changed). State of the world: only what differs from the state before.
+    pub upserts_always_change: bool,
+    pub version_info: String,
     /// What the flavour needs to answer it (nonce, versions).
     pub meta: M,
+}
+
+impl<M> Prepared<M> {
+    /// The type's state after this response on top of `base`, and what it changed there.
+    pub fn apply(&self, base: &TypeState) -> (TypeState, Change) {
+        let mut held = base.clone();
+        let mut removed = Vec::new();
+        if self.whole {
+            let listed: BTreeSet<&str> = self.upserts.iter().map(|r| r.name.as_str()).collect();
+            removed = held
+                .resources
+                .keys()
+                .filter(|n| !listed.contains(n.as_str()))
+                .cloned()
+                .collect();
+        }
+        removed.extend(
+            self.removals
+                .iter()
+                .filter(|n| held.resources.contains_key(*n))
+                .cloned(),
+        );
+        for name in &removed {
+            held.resources.remove(name);
+        }
+        let mut updated = Vec::new();
+        for r in &self.upserts {
+            let same = !self.upserts_always_change
+                && held
+                    .resources
+                    .get(&r.name)
+                    .is_some_and(|old| old.value == r.value);
+            if !same {
+                updated.push(r.name.clone());
+            }
+            held.resources.insert(r.name.clone(), r.clone());
+        }
+        held.version_info.clone_from(&self.version_info);
+        let change = Change {
+            type_url: self.type_url.clone(),
+            updated,
+            removed,
+        };
+        (held, change)
+    }
+}
+
+/// `type_url`'s accepted state with the responses of `group` of that type applied.
+fn state_before<M, H: Handler>(core: &Core<H>, group: &[Prepared<M>], type_url: &str) -> TypeState {
+    group
+        .iter()
+        .filter(|p| p.type_url == type_url)
+        .fold(core.accepted.type_state(type_url), |base, p| {
+            p.apply(&base).0
+        })
 }
 
 /// A response the client NACKs before the handler sees it: (type URL, nonce, why).
@@ -309,8 +376,12 @@ pub(crate) trait Answer {
     type Handler: Handler;
     fn core(&mut self) -> &mut Core<Self::Handler>;
     fn type_of(response: &Self::Response) -> &str;
-    /// Check one response and apply it to a copy of its type's accepted state.
-    fn prepare(&mut self, response: Self::Response) -> Result<Prepared<Self::Meta>, Refusal>;
+    /// Check one response; `before` is its type's state it will apply to.
+    fn prepare(
+        &mut self,
+        response: Self::Response,
+        before: &TypeState,
+    ) -> Result<Prepared<Self::Meta>, Refusal>;
     /// NACK a response [`Answer::prepare`] refused.
     fn refuse(&mut self, refusal: Refusal) -> Result<(), StreamError>;
     fn ack(&mut self, response: &Prepared<Self::Meta>) -> Result<(), StreamError>;
@@ -328,20 +399,16 @@ pub(crate) trait Answer {
     fn sync_subscriptions(&mut self) -> Result<(), StreamError>;
 }
 
-/// Judge `responses` (arrived back to back, in order): each run of different types is offered
-/// to the handler at once ([`settle`]); a response the client refuses itself is NACKed alone,
-/// after the run before it.
+/// Judge `responses` (arrived back to back, in order) together ([`settle`]); a response the
+/// client refuses itself is NACKed alone, after those before it are settled.
 pub(crate) fn judge<A: Answer>(
     answer: &mut A,
     responses: Vec<A::Response>,
 ) -> Result<(), StreamError> {
     let mut group: Vec<Prepared<A::Meta>> = Vec::new();
     for response in responses {
-        let type_url = A::type_of(&response);
-        if group.iter().any(|p| p.change.type_url == type_url) {
-            settle(answer, std::mem::take(&mut group))?;
-        }
-        match answer.prepare(response) {
+        let before = state_before(answer.core(), &group, A::type_of(&response));
+        match answer.prepare(response, &before) {
             Ok(prepared) => group.push(prepared),
             Err(refusal) => {
                 settle(answer, std::mem::take(&mut group))?;
@@ -352,44 +419,47 @@ pub(crate) fn judge<A: Answer>(
     settle(answer, group)
 }
 
-/// Offer the responses of `group` (different types) together and answer each: ACK, or NACK
-/// naming what the handler refused of its type (what names a type of none of them goes with the
-/// last). When the handler rejects the candidate whole, which response is at fault is not known:
-/// each is offered again alone, in order.
+/// Offer the responses of `group` together, each applied on top of the ones before it, and
+/// answer each: ACK, or NACK naming what the handler refused that is its own (the last response
+/// of its type that changed it; else the last of its type; else the last one). When the handler
+/// rejects the candidate whole, which response is at fault is not known: each is offered again
+/// alone, in order, as if they had come one at a time.
 pub(crate) fn settle<A: Answer>(
     answer: &mut A,
     group: Vec<Prepared<A::Meta>>,
 ) -> Result<(), StreamError> {
-    let Some(last) = group.last() else {
+    if group.is_empty() {
         return Ok(());
-    };
-    let last_type = last.change.type_url.clone();
-    let mut candidate = answer.core().accepted.clone();
-    for p in &group {
-        *candidate.type_mut(&p.change.type_url) = p.held.clone();
     }
-    let changes: Vec<Change> = group.iter().map(|p| p.change.clone()).collect();
+    let mut candidate = answer.core().accepted.clone();
+    let mut changes = Vec::with_capacity(group.len());
+    for p in &group {
+        let (held, change) = p.apply(&candidate.type_state(&p.type_url));
+        *candidate.type_mut(&p.type_url) = held;
+        changes.push(change);
+    }
     match answer.core().offer(&changes, candidate) {
         Outcome::Accepted { refused } => {
-            for p in &group {
-                let own: Vec<Rejection> = refused
-                    .iter()
-                    .filter(|r| {
-                        r.type_url == p.change.type_url
-                            || (p.change.type_url == last_type
-                                && !changes.iter().any(|c| c.type_url == r.type_url))
-                    })
-                    .cloned()
-                    .collect();
+            let mut own: Vec<Vec<Rejection>> = vec![Vec::new(); group.len()];
+            for r in refused {
+                let of_type = |i: &usize| changes[*i].type_url == r.type_url;
+                let owner = (0..group.len())
+                    .rev()
+                    .find(|i| of_type(i) && changes[*i].updated.contains(&r.name))
+                    .or_else(|| (0..group.len()).rev().find(of_type))
+                    .unwrap_or(group.len() - 1);
+                own[owner].push(r);
+            }
+            for (p, own) in group.iter().zip(&own) {
                 if own.is_empty() {
                     answer.ack(p)?;
                 } else {
-                    answer.partial(p, &own)?;
+                    answer.partial(p, own)?;
                 }
             }
             answer.sync_subscriptions()
         }
-        Outcome::Rejected(rejections) if group.len() == 1 => answer.nack(last, &rejections),
+        Outcome::Rejected(rejections) if group.len() == 1 => answer.nack(&group[0], &rejections),
         Outcome::Rejected(_) => {
             for p in group {
                 settle(answer, vec![p])?;

@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{type_url as urls, Change, Handler, Rejection, Resource};
+use crate::resource::{type_url as urls, Handler, Rejection, Resource, TypeState};
 use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
@@ -71,7 +71,6 @@ impl<H: Handler> Flavour for Stream<'_, H> {
 /// What a state-of-the-world response's answer echoes.
 struct Meta {
     nonce: String,
-    version_info: String,
     /// The type's version accepted before (a NACK carries it).
     previous_version: String,
 }
@@ -89,7 +88,11 @@ impl<H: Handler> Answer for Stream<'_, H> {
         &response.type_url
     }
 
-    fn prepare(&mut self, response: DiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
+    fn prepare(
+        &mut self,
+        response: DiscoveryResponse,
+        _before: &TypeState,
+    ) -> Result<Prepared<Meta>, Refusal> {
         Stream::prepare(self, response)
     }
 
@@ -98,9 +101,9 @@ impl<H: Handler> Answer for Stream<'_, H> {
     }
 
     fn ack(&mut self, p: &Prepared<Meta>) -> Result<(), StreamError> {
-        let type_url = &p.change.type_url;
+        let type_url = &p.type_url;
         let request = DiscoveryRequest {
-            version_info: p.meta.version_info.clone(),
+            version_info: p.version_info.clone(),
             response_nonce: p.meta.nonce.clone(),
             resource_names: self.names_for(type_url),
             type_url: type_url.clone(),
@@ -108,20 +111,20 @@ impl<H: Handler> Answer for Stream<'_, H> {
         };
         self.out.send(request)?;
         self.core
-            .record_ack(type_url, &p.meta.version_info, &p.meta.nonce);
+            .record_ack(type_url, &p.version_info, &p.meta.nonce);
         Ok(())
     }
 
     fn partial(&mut self, p: &Prepared<Meta>, refused: &[Rejection]) -> Result<(), StreamError> {
         // What could be used serves; the NACK carries the version accepted before, as Envoy's
         // does after a partly invalid update.
-        let type_url = &p.change.type_url;
+        let type_url = &p.type_url;
         self.core.accepted.type_mut(type_url).version_info = p.meta.previous_version.clone();
         self.nack_at(type_url, &p.meta.nonce, &p.meta.previous_version, refused)
     }
 
     fn nack(&mut self, p: &Prepared<Meta>, rejections: &[Rejection]) -> Result<(), StreamError> {
-        Stream::nack(self, &p.change.type_url, &p.meta.nonce, rejections)
+        Stream::nack(self, &p.type_url, &p.meta.nonce, rejections)
     }
 
     fn sync_subscriptions(&mut self) -> Result<(), StreamError> {
@@ -177,8 +180,7 @@ impl<H: Handler> Stream<'_, H> {
         Ok(())
     }
 
-    /// Check one response and apply it to a copy of its type's accepted state; `Err` NACKs it
-    /// alone, the accepted state unchanged.
+    /// Check one response; `Err` NACKs it alone.
     fn prepare(&mut self, response: DiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
@@ -188,8 +190,6 @@ impl<H: Handler> Stream<'_, H> {
             let rejection = Rejection::new(&type_url, "*", "type URL was not subscribed");
             return Err((type_url, nonce, vec![rejection]));
         }
-        let wildcard = self.core.is_wildcard(&type_url);
-        let mut held = self.core.accepted.type_state(&type_url);
         let mut rejections = Vec::new();
         let mut incoming = BTreeMap::new();
         for (i, any) in response.resources.into_iter().enumerate() {
@@ -213,41 +213,16 @@ impl<H: Handler> Stream<'_, H> {
         if !rejections.is_empty() {
             return Err((type_url, nonce, rejections));
         }
-        let mut removed = Vec::new();
-        if wildcard {
-            removed = held
-                .resources
-                .keys()
-                .filter(|n| !incoming.contains_key(*n))
-                .cloned()
-                .collect();
-            for name in &removed {
-                held.resources.remove(name);
-            }
-        }
-        let mut updated = Vec::new();
-        for (name, resource) in incoming {
-            let same = held
-                .resources
-                .get(&name)
-                .is_some_and(|old| old.value == resource.value);
-            if !same {
-                updated.push(name.clone());
-            }
-            held.resources.insert(name, resource);
-        }
-        held.version_info = response.version_info.clone();
         let previous_version = self.core.accepted.version_info(&type_url).to_string();
         Ok(Prepared {
-            change: Change {
-                type_url,
-                updated,
-                removed,
-            },
-            held,
+            whole: self.core.is_wildcard(&type_url),
+            type_url,
+            upserts: incoming.into_values().collect(),
+            removals: Vec::new(),
+            upserts_always_change: false,
+            version_info: response.version_info,
             meta: Meta {
                 nonce,
-                version_info: response.version_info,
                 previous_version,
             },
         })

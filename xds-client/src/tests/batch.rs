@@ -105,7 +105,8 @@ fn a_push_of_three_types_is_judged_once_and_each_response_acked() {
             vec!["reviews".to_string()]
         )]
     );
-    // EDS arrives next, with a second CDS right behind it: the repeated type starts a new group.
+    // EDS arrives next, with two CDS responses right behind it: all three in one call, the
+    // second CDS applied on top of the first.
     let requests = crate::delta::answer_together(
         &mut core,
         vec![
@@ -126,7 +127,7 @@ fn a_push_of_three_types_is_judged_once_and_each_response_acked() {
             ),
         ],
     );
-    assert_eq!(handler.0.lock().batches, vec![2, 2, 1]);
+    assert_eq!(handler.0.lock().batches, vec![2, 3]);
     assert_eq!(
         answers(&requests),
         vec![
@@ -139,6 +140,56 @@ fn a_push_of_three_types_is_judged_once_and_each_response_acked() {
         handler.names(type_url::CLUSTER),
         vec!["details", "ratings", "reviews"]
     );
+}
+
+#[test]
+fn responses_of_one_type_fold_in_order_and_a_refusal_goes_to_the_response_that_sent_it() {
+    let handler = TestHandler::default();
+    handler.refuse_alone("bad");
+    let mut core = core(&handler, Mode::Delta);
+    let mut removal = delta(type_url::CLUSTER, "c3", vec![]);
+    removal.removed_resources.push("gone".into());
+    let requests = crate::delta::answer_together(
+        &mut core,
+        vec![
+            delta(
+                type_url::CLUSTER,
+                "c1",
+                vec![
+                    ("good", cluster("good", false)),
+                    ("gone", cluster("gone", false)),
+                ],
+            ),
+            delta(
+                type_url::CLUSTER,
+                "c2",
+                vec![("bad", cluster("bad", false))],
+            ),
+            removal,
+        ],
+    );
+    assert_eq!(handler.0.lock().batches, vec![3]);
+    let offered = handler.0.lock().offered.clone();
+    let changed: Vec<(Vec<String>, Vec<String>)> =
+        offered.into_iter().map(|(_, u, r)| (u, r)).collect();
+    assert_eq!(
+        changed,
+        vec![
+            (vec!["good".to_string(), "gone".to_string()], vec![]),
+            (vec!["bad".to_string()], vec![]),
+            (vec![], vec!["gone".to_string()]),
+        ]
+    );
+    let answers = answers(&requests);
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0], ack("Cluster", "c1"));
+    assert_eq!(answers[1].1, "c2");
+    assert!(
+        answers[1].2.as_deref().is_some_and(|m| m.contains("bad")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[2], ack("Cluster", "c3"));
+    assert_eq!(handler.names(type_url::CLUSTER), vec!["bad", "good"]);
 }
 
 #[test]
