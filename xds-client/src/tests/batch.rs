@@ -371,3 +371,84 @@ fn responses_already_received_are_taken_together_up_to_the_limit() {
     let (alone, end) = ready_after(&mut pending, 1);
     assert_eq!((alone, end.is_none()), (vec![1], true));
 }
+
+/// One random Delta response: upserts of (name, content) and removals, for one of two types.
+fn arb_response() -> impl proptest::strategy::Strategy<Value = (bool, Vec<(u8, u8)>, Vec<u8>)> {
+    use proptest::prelude::*;
+    (
+        any::<bool>(),
+        proptest::collection::vec((0u8..6, 0u8..3), 0..4),
+        proptest::collection::vec(0u8..6, 0..3),
+    )
+}
+
+fn to_delta(
+    i: usize,
+    (listeners, upserts, removals): &(bool, Vec<(u8, u8)>, Vec<u8>),
+) -> DeltaDiscoveryResponse {
+    let type_url = if *listeners {
+        type_url::LISTENER
+    } else {
+        type_url::CLUSTER
+    };
+    let mut r = DeltaDiscoveryResponse {
+        type_url: type_url.to_string(),
+        nonce: format!("n{i}"),
+        system_version_info: format!("v{i}"),
+        ..Default::default()
+    };
+    for (name, content) in upserts {
+        let name = format!("r{name}");
+        // The content differs by a field other than the name, so equal names with other
+        // content are other bytes.
+        let any = if *listeners {
+            super::any(&envoy_types::pb::envoy::config::listener::v3::Listener {
+                name: name.clone(),
+                stat_prefix: format!("c{content}"),
+                ..Default::default()
+            })
+        } else {
+            super::any(&envoy_types::pb::envoy::config::cluster::v3::Cluster {
+                name: name.clone(),
+                alt_stat_name: format!("c{content}"),
+                ..Default::default()
+            })
+        };
+        r.resources.push(DeltaResource {
+            name,
+            version: format!("{content}"),
+            resource: Some(any),
+            ..Default::default()
+        });
+    }
+    r.removed_resources = removals.iter().map(|n| format!("r{n}")).collect();
+    r
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+    /// Judged together or one at a time, the same responses leave the same accepted state, and
+    /// every response is ACKed either way (the handler accepts everything here).
+    #[test]
+    fn judged_together_equals_one_at_a_time(
+        responses in proptest::collection::vec(arb_response(), 1..12)
+    ) {
+        let together = TestHandler::default();
+        let mut core_together = core(&together, Mode::Delta);
+        let batch = responses.iter().enumerate().map(|(i, r)| to_delta(i, r)).collect();
+        let acks_together = answers(&crate::delta::answer_together(&mut core_together, batch));
+
+        let alone = TestHandler::default();
+        let mut core_alone = core(&alone, Mode::Delta);
+        let mut acks_alone = Vec::new();
+        for (i, r) in responses.iter().enumerate() {
+            acks_alone.extend(answers(&crate::delta::answer_together(&mut core_alone, vec![to_delta(i, r)])));
+        }
+        proptest::prop_assert_eq!(&core_together.accepted, &core_alone.accepted);
+        proptest::prop_assert_eq!(acks_together, acks_alone);
+        proptest::prop_assert_eq!(together.0.lock().batches.clone(), vec![responses.len()]);
+        // What each response changed is what it changed when it came alone.
+        proptest::prop_assert_eq!(together.0.lock().offered.clone(), alone.0.lock().offered.clone());
+    }
+}
