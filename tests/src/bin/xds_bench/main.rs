@@ -51,11 +51,15 @@ use waypoint_tests::{sim, spiffe, Net, TRUST_DOMAIN};
 use xds_client::testing::{any, AdsServer, AdsServerOptions, TestPki};
 use xds_client::type_url;
 mod template;
-use template::{baseline, rejections, to_anys, translate_options, vip, AnyList, Spec, Template};
+use template::{
+    baseline, rejections, to_anys, translate_options, vip, AnyList, ServiceXds, Spec, Template,
+};
 mod translation;
 use translation::{measure_translation, ms, print_translation, probe_memory, status_kib_of};
 mod push;
 use push::{measure_push, print_push, waypoint_binary, Destination};
+mod churn;
+use churn::{measure_churn, print_churn};
 
 #[derive(Parser, Debug)]
 #[command(about = "xDS translation cost and push-to-first-request latency of the waypoint")]
@@ -78,6 +82,19 @@ struct Args {
     /// Skip the push-latency part.
     #[arg(long)]
     no_push: bool,
+    /// Churn run: services served to the waypoint (0: no churn run). A fixed load runs
+    /// `--churn-secs` without churn, then as long with `--churn-rate` endpoint changes a second.
+    #[arg(long, default_value_t = 0)]
+    churn_services: usize,
+    /// Endpoint changes (EDS pushes of one assignment) per second in the churn phase.
+    #[arg(long, default_value_t = 50)]
+    churn_rate: u32,
+    /// Seconds of each churn-run phase (without churn, then with).
+    #[arg(long, default_value_t = 60)]
+    churn_secs: u64,
+    /// Keep-alive sessions (each its own HBONE tunnel) of the churn run's load.
+    #[arg(long, default_value_t = 8)]
+    churn_connections: usize,
     /// The waypoint binary (default: `waypoint` next to this program).
     #[arg(long)]
     waypoint: Option<PathBuf>,
@@ -107,6 +124,9 @@ fn main() -> anyhow::Result<()> {
     if args.endpoints < 2 {
         bail!("--endpoints must be at least 2 (one per subset)");
     }
+    if args.pushes == 0 && !args.no_push && !args.push_sizes.is_empty() {
+        bail!("--pushes must be at least 1 (or pass --no-push)");
+    }
     if args.sizes.is_empty() {
         bail!("--sizes is empty");
     }
@@ -133,24 +153,33 @@ fn main() -> anyhow::Result<()> {
     }
     print_translation(&rows, args.endpoints);
 
-    if args.no_push || args.push_sizes.is_empty() {
+    let push = !args.no_push && !args.push_sizes.is_empty();
+    if !push && args.churn_services == 0 {
         return Ok(());
     }
     let waypoint = waypoint_binary(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let push_rows = runtime.block_on(async {
+    runtime.block_on(async {
         let dst = Destination::start().await?;
-        let mut out = Vec::new();
-        for &n in &args.push_sizes {
-            out.push(measure_push(&tpl, n, &args, &waypoint, &dst).await?);
+        let result = async {
+            if push {
+                let mut rows = Vec::new();
+                for &n in &args.push_sizes {
+                    rows.push(measure_push(&tpl, n, &args, &waypoint, &dst).await?);
+                }
+                print_push(&rows, args.pushes);
+            }
+            if args.churn_services > 0 {
+                print_churn(&measure_churn(&tpl, &args, &waypoint, &dst).await?);
+            }
+            anyhow::Ok(())
         }
+        .await;
         if let Err(e) = std::fs::remove_dir_all(&dst.certs) {
             eprintln!("  note: could not remove {}: {e}", dst.certs.display());
         }
-        anyhow::Ok(out)
-    })?;
-    print_push(&push_rows, args.pushes);
-    Ok(())
+        result
+    })
 }
