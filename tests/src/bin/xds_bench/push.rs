@@ -7,12 +7,14 @@ use super::*;
 // Part 2: push latency through the real binary
 // ---------------------------------------------------------------------------------------------
 
-/// The simulated pods behind every pushed service (subset v1 at @1, v2 at @2), and the client.
+/// The simulated pods behind every pushed service (subset v1 at @1, v2 at @2; the churn run's
+/// replacements at @3 and @4), and the client. Each app answers with its name, so a response
+/// tells which pod (and subset) served it.
 pub(super) struct Destination {
     pub(super) net: Net,
     pub(super) ca: Ca,
     pub(super) certs: PathBuf,
-    pub(super) _apps: Vec<sim::AppHandle>,
+    pub(super) apps: Vec<sim::AppHandle>,
     pub(super) _pods: Vec<sim::PodHandle>,
 }
 
@@ -25,7 +27,12 @@ impl Destination {
         ca.issue(&spiffe("waypoint"))?.write_to(&certs)?;
         let mut apps = Vec::new();
         let mut pods = Vec::new();
-        for (host, name) in [(1, "pushed-v1"), (2, "pushed-v2")] {
+        for (host, name) in [
+            (1, POD_NAMES[0]),
+            (2, POD_NAMES[1]),
+            (3, POD_NAMES[2]),
+            (4, POD_NAMES[3]),
+        ] {
             let ip = net.ip(host);
             apps.push(sim::start_app(SocketAddr::new(ip, PORT), name, sim::AppKind::Http).await?);
             let cert = ca.issue(&spiffe("bench-pushed"))?;
@@ -35,15 +42,24 @@ impl Destination {
             net,
             ca,
             certs,
-            _apps: apps,
+            apps,
             _pods: pods,
         })
     }
 
+    /// The pods of a pushed service: v1, v2.
     pub(super) fn pods(&self) -> Vec<IpAddr> {
         vec![self.net.ip(1), self.net.ip(2)]
     }
+
+    /// Pods that also serve, to replace v1's and v2's in an endpoint change.
+    pub(super) fn spare(&self) -> Vec<IpAddr> {
+        vec![self.net.ip(3), self.net.ip(4)]
+    }
 }
+
+/// The apps' names at @1..@4 (what [`sim::Echo::pod`] answers).
+pub(super) const POD_NAMES: [&str; 4] = ["pushed-v1", "pushed-v2", "pushed-v1b", "pushed-v2b"];
 
 /// A spawned `waypoint`, killed (by its own pid) when dropped.
 pub(super) struct WaypointProcess {
@@ -197,6 +213,51 @@ pub(super) async fn try_get(
         .flatten()
 }
 
+/// One GET through a fresh tunnel to `vip`: the name of the pod that answered 200, or `None`.
+pub(super) async fn try_pod(
+    client: &sim::ZtunnelClient,
+    vip: SocketAddr,
+    host: &str,
+) -> Option<String> {
+    let attempt = async {
+        let mut send = client.http1(vip).await.ok()?;
+        let (parts, body) = sim::get(&mut send, host, "/", &[]).await.ok()?;
+        if parts.status != 200 {
+            return None;
+        }
+        let echo: sim::Echo = serde_json::from_slice(&body).ok()?;
+        Some(echo.pod)
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Poll `vip` (one request per poll, every [`POLL_EVERY`]) until pod `expect` answers; (time
+/// since `t0`, attempts).
+pub(super) async fn answered_by(
+    client: &sim::ZtunnelClient,
+    vip: SocketAddr,
+    host: &str,
+    expect: &str,
+    t0: Instant,
+) -> anyhow::Result<(Duration, u32)> {
+    let mut attempts = 0;
+    let mut last = None;
+    while t0.elapsed() < PUSH_DEADLINE {
+        attempts += 1;
+        last = try_pod(client, vip, host).await;
+        if last.as_deref() == Some(expect) {
+            return Ok((t0.elapsed(), attempts));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    bail!(
+        "{expect} did not answer {host} ({vip}) within {PUSH_DEADLINE:?} ({attempts} attempts, last {last:?})"
+    )
+}
+
 /// Poll `vip` every [`POLL_EVERY`] until a 200; (time since `t0`, attempts).
 pub(super) async fn first_200(
     client: &sim::ZtunnelClient,
@@ -227,17 +288,29 @@ pub(super) struct PushRow {
     pub(super) first_200: Vec<Duration>,
     pub(super) new_ack: Vec<Duration>,
     pub(super) attempts: Vec<u32>,
-    /// Weight-only change of an existing route: to the LDS ACK.
+    /// Weight-only change of an existing route (100/0 ⇄ 0/100): to the first answer from the
+    /// newly weighted subset, polls until then, to the LDS ACK.
+    pub(super) weight_seen: Vec<Duration>,
+    pub(super) weight_polls: Vec<u32>,
     pub(super) weight_ack: Vec<Duration>,
 }
 
-pub(super) async fn measure_push(
+/// An ADS server serving `services`, and the waypoint spawned against it once it is ready and
+/// has ACKed the listeners.
+pub(super) struct Served {
+    pub(super) server: Arc<AdsServer>,
+    pub(super) waypoint: WaypointProcess,
+    /// Spawn → `/ready` 200.
+    pub(super) startup: Duration,
+}
+
+pub(super) async fn serve(
     tpl: &Template,
-    n: usize,
-    args: &Args,
+    services: &[ServiceXds],
     exe: &Path,
     dst: &Destination,
-) -> anyhow::Result<PushRow> {
+) -> anyhow::Result<Served> {
+    let n = services.len();
     let pki = TestPki::new();
     let server = Arc::new(
         AdsServer::start(
@@ -250,8 +323,7 @@ pub(super) async fn measure_push(
     std::fs::write(dst.certs.join("istiod-root.pem"), pki.root_pem())?;
     std::fs::write(dst.certs.join("token"), TOKEN)?;
 
-    let mut services = baseline(tpl, n, args.endpoints);
-    let world = tpl.resources(&services);
+    let world = tpl.resources(services);
     let mut lds = String::new();
     for l in &world.listeners {
         lds = server.set(type_url::LISTENER, &l.name, any(l));
@@ -286,6 +358,26 @@ pub(super) async fn measure_push(
             server.nacks()
         );
     }
+    Ok(Served {
+        server,
+        waypoint,
+        startup,
+    })
+}
+
+pub(super) async fn measure_push(
+    tpl: &Template,
+    n: usize,
+    args: &Args,
+    exe: &Path,
+    dst: &Destination,
+) -> anyhow::Result<PushRow> {
+    let mut services = baseline(tpl, n, args.endpoints);
+    let Served {
+        server,
+        waypoint,
+        startup,
+    } = serve(tpl, &services, exe, dst).await?;
     let rss_mib = waypoint.rss_mib();
     eprintln!(
         "  N={n}: waypoint ready {:.0} ms after spawn, RSS {:.0} MiB",
@@ -309,6 +401,8 @@ pub(super) async fn measure_push(
         first_200: Vec::new(),
         new_ack: Vec::new(),
         attempts: Vec::new(),
+        weight_seen: Vec::new(),
+        weight_polls: Vec::new(),
         weight_ack: Vec::new(),
     };
     for p in 0..args.pushes {
@@ -352,15 +446,42 @@ pub(super) async fn measure_push(
         row.new_ack.push(ack.await??);
     }
 
-    for p in 0..args.pushes {
-        let mut spec = Spec::baseline(0, args.endpoints);
-        spec.weights = if p % 2 == 0 { [50, 50] } else { [90, 10] };
-        services[0].chain = tpl.chain(&spec);
+    // Weight flips of the first pushed service (v1 at @1, v2 at @2, both serving): 100/0 first,
+    // untimed, until v1 answers and the listener is ACKed; then 0/100 and back, each timed to the
+    // first answer from the newly weighted pod. With all weight on one subset, one answer
+    // decides.
+    let flip = services.len() - args.pushes;
+    let mut spec = Spec {
+        name: "pushed-0".into(),
+        vip: vip(n),
+        pods: dst.pods(),
+        weights: [100, 0],
+    };
+    let target = SocketAddr::new(IpAddr::V4(spec.vip), PORT);
+    let host = format!("{}:{PORT}", spec.name);
+    for p in 0..=args.pushes {
+        if p > 0 {
+            spec.weights = if p % 2 == 1 { [0, 100] } else { [100, 0] };
+        }
+        let expect = if spec.weights[0] > 0 {
+            POD_NAMES[0]
+        } else {
+            POD_NAMES[1]
+        };
+        services[flip].chain = tpl.chain(&spec);
         let listener = any(&tpl.main_internal(services.iter()));
         let t0 = Instant::now();
         let version = server.set(type_url::LISTENER, "main_internal", listener);
-        row.weight_ack
-            .push(ack_timer(server.clone(), version, t0).await??);
+        let ack = ack_timer(server.clone(), version, t0);
+        let (seen, polls) = answered_by(&client, target, &host, expect, t0)
+            .await
+            .with_context(|| format!("N={n} weight flip {p}:\n{}", waypoint.tail()))?;
+        let acked = ack.await??;
+        if p > 0 {
+            row.weight_seen.push(seen);
+            row.weight_polls.push(polls);
+            row.weight_ack.push(acked);
+        }
     }
     if !server.nacks().is_empty() {
         eprintln!("  note: N={n}: NACKs: {:?}", server.nacks());
@@ -393,30 +514,66 @@ pub(super) fn ack_timer(
 
 pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
     println!();
-    println!("push latency ({pushes} pushes per row; min / median / max, ms):");
     println!(
-        "{:>6} {:>10} {:>8}  {:>23}  {:>23}  {:>23} {:>9}",
+        "push latency ({pushes} pushes per row; min / median / max, ms; from the server's set):"
+    );
+    println!(
+        "{:>6} {:>10} {:>8}  {:>23}  {:>23}  {:>23}  {:>23} {:>9} {:>9}",
         "N",
         "ready ms",
         "RSS MiB",
         "new svc → first 200",
         "new svc → LDS ACK",
+        "weight → observable",
         "weight → LDS ACK",
-        "polls"
+        "polls",
+        "w polls"
     );
     for r in rows {
         let polls: Vec<String> = r.attempts.iter().map(u32::to_string).collect();
+        let w_polls: Vec<String> = r.weight_polls.iter().map(u32::to_string).collect();
         println!(
-            "{:>6} {:>10.0} {:>8} {:>24} {:>24} {:>24} {:>9}",
+            "{:>6} {:>10.0} {:>8} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",
             r.n,
             ms(r.startup),
             r.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
             spread(&r.first_200),
             spread(&r.new_ack),
+            spread(&r.weight_seen),
             spread(&r.weight_ack),
             polls.join(","),
+            w_polls.join(","),
         );
     }
+    println!("  (weight: a route flipped between 100/0 and 0/100 over two serving pods; observable = the first answer from the newly weighted pod, one request per poll)");
+    // Flatness: the largest push size's figure over the smallest's (the issue's 10,000 / 1,000).
+    let (Some(small), Some(large)) = (
+        rows.iter().min_by_key(|r| r.n),
+        rows.iter().max_by_key(|r| r.n),
+    ) else {
+        return;
+    };
+    if small.n == large.n {
+        return;
+    }
+    let ratio = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) if !a.is_zero() => format!("×{:.2}", b.as_secs_f64() / a.as_secs_f64()),
+        _ => "-".into(),
+    };
+    println!(
+        "flatness, N={} over N={} (medians; 1.00 is flat): ready {}, new svc → first 200 {}, weight → observable {}",
+        large.n,
+        small.n,
+        ratio(Some(small.startup), Some(large.startup)),
+        ratio(median_of(&small.first_200), median_of(&large.first_200)),
+        ratio(median_of(&small.weight_seen), median_of(&large.weight_seen)),
+    );
+}
+
+pub(super) fn median_of(v: &[Duration]) -> Option<Duration> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied()
 }
 
 pub(super) fn spread(v: &[Duration]) -> String {

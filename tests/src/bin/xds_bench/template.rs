@@ -224,6 +224,7 @@ impl Template {
                     d.operation = rename(&d.operation);
                 }
                 if let Some(Action::Route(action)) = &mut route.action {
+                    let mut lone = None;
                     if let Some(ClusterSpecifier::WeightedClusters(wc)) =
                         &mut action.cluster_specifier
                     {
@@ -231,6 +232,15 @@ impl Template {
                             c.name = rename(&c.name);
                             c.weight = Some(UInt32Value { value: w });
                         }
+                        // istiod drops a 0-weight destination; a lone one is sent as `cluster`.
+                        wc.clusters
+                            .retain(|c| c.weight.as_ref().is_some_and(|w| w.value > 0));
+                        if let [only] = wc.clusters.as_slice() {
+                            lone = Some(only.name.clone());
+                        }
+                    }
+                    if let Some(name) = lone {
+                        action.cluster_specifier = Some(ClusterSpecifier::Cluster(name));
                     }
                 }
             }
