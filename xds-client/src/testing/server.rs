@@ -113,8 +113,13 @@ impl Received {
 #[derive(Default)]
 struct TypeSet {
     version: u64,
-    items: BTreeMap<String, (String, Any)>,
+    /// Shared with the streams' pushes: a push takes it without copying every resource (at
+    /// thousands of resources a copy per change made the server, not the client, the slow side).
+    items: Arc<Items>,
 }
+
+/// A type's resources: name → (resource version, payload).
+pub(super) type Items = BTreeMap<String, (String, Any)>;
 
 pub(super) struct State {
     pub(super) options: Mutex<AdsServerOptions>,
@@ -228,15 +233,14 @@ impl AdsServer {
     /// Add or replace a resource; returns the type's new version (also the resource's version).
     pub fn set(&self, type_url: &str, name: &str, value: Any) -> String {
         self.change(type_url, |set, version| {
-            set.items
-                .insert(name.to_string(), (version.to_string(), value));
+            Arc::make_mut(&mut set.items).insert(name.to_string(), (version.to_string(), value));
         })
     }
 
     /// Remove a resource; returns the type's new version.
     pub fn remove(&self, type_url: &str, name: &str) -> String {
         self.change(type_url, |set, _| {
-            set.items.remove(name);
+            Arc::make_mut(&mut set.items).remove(name);
         })
     }
 
@@ -490,11 +494,11 @@ impl State {
     }
 
     /// `(type version, name -> (version, payload))` of one type.
-    pub(super) fn snapshot(&self, type_url: &str) -> (String, BTreeMap<String, (String, Any)>) {
+    pub(super) fn snapshot(&self, type_url: &str) -> (String, Arc<Items>) {
         let resources = self.resources.lock();
         match resources.get(type_url) {
             Some(set) => (set.version.to_string(), set.items.clone()),
-            None => ("0".to_string(), BTreeMap::new()),
+            None => ("0".to_string(), Arc::default()),
         }
     }
 }

@@ -154,7 +154,7 @@ impl AdsStream for DeltaStream {
         };
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
         let mut resources = Vec::new();
-        for (name, (resource_version, value)) in &items {
+        for (name, (resource_version, value)) in items.iter() {
             if wanted(name) && sub.known.get(name) != Some(resource_version) {
                 resources.push(DeltaResource {
                     name: name.clone(),
@@ -257,9 +257,9 @@ impl AdsStream for SotwStream {
         }
         sub.sent_version = Some(version.clone());
         let resources = items
-            .into_iter()
-            .filter(|(name, _)| sub.names.is_empty() || sub.names.contains(name))
-            .map(|(_, (_, value))| value)
+            .iter()
+            .filter(|(name, _)| sub.names.is_empty() || sub.names.contains(*name))
+            .map(|(_, (_, value))| value.clone())
             .collect();
         let response = DiscoveryResponse {
             version_info: version.clone(),
