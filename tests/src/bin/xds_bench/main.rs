@@ -54,6 +54,7 @@ mod template;
 use template::{baseline, rejections, to_anys, translate_options, vip, AnyList, Spec, Template};
 mod translation;
 use translation::{measure_translation, ms, print_translation, probe_memory, status_kib_of};
+mod heap;
 mod push;
 use push::{measure_push, print_push, waypoint_binary, Destination};
 
@@ -96,6 +97,10 @@ const TOKEN: &str = "istio-token-for-the-bench";
 /// How long one push may take to show before the run is declared failed.
 const PUSH_DEADLINE: Duration = Duration::from_secs(30);
 const POLL_EVERY: Duration = Duration::from_millis(2);
+
+// Counts live heap bytes for the memory probe (`heap.rs`).
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
 
 // ---------------------------------------------------------------------------------------------
 

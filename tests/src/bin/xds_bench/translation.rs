@@ -1,5 +1,6 @@
 //! Part 1: translation time and memory per N (memory probed in a child process).
 
+use super::heap::heap;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -26,6 +27,11 @@ pub(super) struct Memory {
     pub(super) snapshot: u64,
     /// The first translation: the snapshot plus the temporaries the allocator kept.
     pub(super) first: u64,
+    /// Live heap bytes the snapshot holds once the decoded resources are dropped (counting
+    /// allocator, `heap.rs`): what a served snapshot really costs.
+    pub(super) live: u64,
+    /// Allocations one translation makes (freed ones included): a proxy for its work.
+    pub(super) allocs: u64,
 }
 
 pub(super) fn measure_translation(
@@ -123,6 +129,8 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
         decoded: field("decoded_kib")?,
         snapshot: field("snapshot_kib")?,
         first: field("first_kib")?,
+        live: field("live_bytes")?,
+        allocs: field("allocs")?,
     })
 }
 
@@ -130,6 +138,9 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
 /// RSS growth of `from_any` is the decoded resources. The first `translate` grows RSS by the
 /// snapshot plus the temporaries glibc keeps after they are freed; a second one, with the first
 /// snapshot still alive, reuses those temporaries, so its growth approximates the live size.
+/// Then, by the counting allocator: a third translation from freshly decoded resources, the
+/// resources and the translation's warnings dropped; the live heap growth that remains is the
+/// snapshot alone.
 pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file)?;
     let list = AnyList::decode(bytes.as_slice())?;
@@ -141,14 +152,28 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     let after_first = status_kib("VmRSS")?;
     let second = routing::xds::translate(&resources, &options).map_err(rejections)?;
     let after_second = status_kib("VmRSS")?;
+    let services = second.snapshot.services().count();
+    drop((first, second, resources));
+
+    let options = translate_options();
+    let start = heap();
+    let resources = Resources::from_any(list.items.iter()).map_err(rejections)?;
+    let decoded_heap = heap();
+    let snapshot = routing::xds::translate(&resources, &options)
+        .map_err(rejections)?
+        .snapshot;
+    let translated = heap();
+    drop(resources);
+    let live = heap().live - start.live;
     println!(
-        "probe services={} decoded_kib={} first_kib={} snapshot_kib={}",
-        second.snapshot.services().count(),
+        "probe services={services} decoded_kib={} first_kib={} snapshot_kib={} live_bytes={} allocs={}",
         decoded.saturating_sub(before),
         after_first.saturating_sub(decoded),
         after_second.saturating_sub(after_first),
+        live.max(0),
+        translated.allocs - decoded_heap.allocs,
     );
-    drop((first, second, resources, list, bytes));
+    drop((snapshot, options, list, bytes));
     Ok(())
 }
 
@@ -175,7 +200,7 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
     println!();
     println!("translation (services with {endpoints} endpoints, 3 clusters and 3 assignments each; medians):");
     println!(
-        "{:>6} {:>6} {:>9} {:>7} {:>10} {:>12} {:>8} {:>11} {:>9} {:>10} {:>9}",
+        "{:>6} {:>6} {:>9} {:>7} {:>10} {:>12} {:>8} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11}",
         "N",
         "res",
         "enc MiB",
@@ -186,20 +211,27 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
         "decoded MiB",
         "snap MiB",
         "snap KiB/s",
-        "1st MiB"
+        "1st MiB",
+        "live KiB/s",
+        "allocs/svc"
     );
     for r in rows {
-        let (decoded, snap, per, first) = match r.memory {
+        let (decoded, snap, per, first, live, allocs) = match r.memory {
             Some(m) => (
                 format!("{:.1}", m.decoded as f64 / 1024.0),
                 format!("{:.1}", m.snapshot as f64 / 1024.0),
                 format!("{:.1}", m.snapshot as f64 / r.n as f64),
                 format!("{:.1}", m.first as f64 / 1024.0),
+                format!("{:.2}", m.live as f64 / 1024.0 / r.n as f64),
+                format!("{:.0}", m.allocs as f64 / r.n as f64),
             ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            None => {
+                let d = || "-".to_string();
+                (d(), d(), d(), d(), d(), d())
+            }
         };
         println!(
-            "{:>6} {:>6} {:>9.2} {:>7} {:>10.1} {:>12.1} {:>8.1} {:>11} {:>9} {:>10} {:>9}",
+            "{:>6} {:>6} {:>9.2} {:>7} {:>10.1} {:>12.1} {:>8.1} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11}",
             r.n,
             r.resources,
             r.bytes as f64 / 1048576.0,
@@ -211,6 +243,8 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
             snap,
             per,
             first,
+            live,
+            allocs,
         );
     }
     let Some(base) = rows.first() else { return };
