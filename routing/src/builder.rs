@@ -10,7 +10,7 @@ use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
 use crate::policy::{ClusterPolicy, TrafficPolicy};
 use crate::snapshot::{PortClusters, RouteEntry, Snapshot, TcpRouteEntry};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -150,7 +150,10 @@ impl SnapshotBuilder {
             dns_targets: self.dns_targets,
             ..Snapshot::default()
         };
+        let mut interner = Interner::default();
         for (service, endpoints) in self.services {
+            let endpoints: Vec<Arc<Endpoint>> =
+                endpoints.iter().map(|e| interner.endpoint(e)).collect();
             if snap.by_host.contains_key(&service.hostname) {
                 snap.warnings
                     .push(format!("duplicate service {}; ignored", service.hostname));
@@ -176,11 +179,16 @@ impl SnapshotBuilder {
             snap.endpoints.push(endpoints);
         }
         for (ep, protocol) in self.workloads {
-            snap.workloads.entry(ep.address).or_insert((ep, protocol));
+            snap.workloads
+                .entry(ep.address)
+                .or_insert_with(|| (interner.endpoint(&ep), protocol));
         }
         for ep in self.known_workloads {
-            snap.known_workloads.entry(ep.address).or_insert(ep);
+            snap.known_workloads
+                .entry(ep.address)
+                .or_insert_with(|| interner.endpoint(&ep));
         }
+        drop(interner);
         for (host, port) in self.authorities {
             let vip = snap.by_host.get(&host).and_then(|&si| {
                 let s = &snap.services[si];
@@ -268,9 +276,64 @@ impl SnapshotBuilder {
                 .collect();
             snap.clusters.insert(service.hostname.clone(), per_port);
         }
-        snap.virtual_services = self.virtual_services;
-        snap.destination_rules = self.destination_rules;
+        // Kept for explain and the config dump as long as the snapshot: without the spare
+        // capacity the front-ends' pushes left (an `http` list of one route had room for four).
+        let mut virtual_services = self.virtual_services;
+        for vs in &mut virtual_services {
+            vs.hosts.shrink_to_fit();
+            vs.http.shrink_to_fit();
+            vs.tcp.shrink_to_fit();
+        }
+        virtual_services.shrink_to_fit();
+        let mut destination_rules = self.destination_rules;
+        for dr in &mut destination_rules {
+            dr.subsets.shrink_to_fit();
+            let policies = dr.traffic_policy.iter_mut().chain(
+                dr.subsets
+                    .iter_mut()
+                    .filter_map(|s| s.traffic_policy.as_mut()),
+            );
+            for tp in policies {
+                tp.port_level_settings.shrink_to_fit();
+            }
+        }
+        destination_rules.shrink_to_fit();
+        snap.virtual_services = virtual_services;
+        snap.destination_rules = destination_rules;
         snap
+    }
+}
+
+/// Gives endpoints with equal labels one label map (the pods of a subset carry the same labels:
+/// ten endpoints, two maps), while an endpoint `Arc` the front-end shared stays shared: each
+/// input endpoint maps to one output endpoint.
+#[derive(Default)]
+struct Interner {
+    labels: HashSet<Arc<BTreeMap<String, String>>>,
+    /// Input endpoint (by address) → (the input, kept so that its address is not reused while
+    /// the map lives; its output).
+    endpoints: HashMap<*const Endpoint, (Arc<Endpoint>, Arc<Endpoint>)>,
+}
+
+impl Interner {
+    fn endpoint(&mut self, e: &Arc<Endpoint>) -> Arc<Endpoint> {
+        if let Some((_, out)) = self.endpoints.get(&Arc::as_ptr(e)) {
+            return out.clone();
+        }
+        let out = match self.labels.get(&e.labels) {
+            Some(shared) if !Arc::ptr_eq(shared, &e.labels) => Arc::new(Endpoint {
+                labels: shared.clone(),
+                ..(**e).clone()
+            }),
+            Some(_) => e.clone(),
+            None => {
+                self.labels.insert(e.labels.clone());
+                e.clone()
+            }
+        };
+        self.endpoints
+            .insert(Arc::as_ptr(e), (e.clone(), out.clone()));
+        out
     }
 }
 
@@ -315,22 +378,18 @@ fn port_clusters(
             now,
         )
     };
-    let subsets = dr
-        .map(|d| {
-            d.subsets
-                .iter()
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        make(Some(&s.name), s.traffic_policy.as_ref(), Some(&s.labels)),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    // Sorted by name; of a repeated name the last is kept, as a map collected in order would.
+    let mut subsets: Vec<Cluster> = Vec::new();
+    for s in dr.map_or(&[][..], |d| d.subsets.as_slice()) {
+        let cluster = make(Some(&s.name), s.traffic_policy.as_ref(), Some(&s.labels));
+        match subsets.binary_search_by(|c| c.subset.as_deref().unwrap_or("").cmp(&s.name)) {
+            Ok(i) => subsets[i] = cluster,
+            Err(i) => subsets.insert(i, cluster),
+        }
+    }
     PortClusters {
         all: make(None, None, None),
-        subsets,
+        subsets: subsets.into_boxed_slice(),
     }
 }
 

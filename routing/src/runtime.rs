@@ -102,22 +102,47 @@ impl Hash for EndpointKey {
     }
 }
 
+/// Up to this many endpoints a cluster's endpoint states are a slice scanned in order; above, a
+/// hash map. A scan of a few dozen `SocketAddr`s is cheaper than hashing one, and a slice is one
+/// allocation of exactly its size where a map has empty buckets (5,000 clusters × 10 endpoints:
+/// see docs/benchmarks.md, "Carry-over").
+const SCAN_UP_TO: usize = 32;
+
+/// A cluster's endpoint states by key; of endpoints with the same key the first is kept.
+#[derive(Debug)]
+enum EndpointIndex {
+    Few(Box<[(EndpointKey, Arc<EndpointRuntime>)]>),
+    Many(HashMap<EndpointKey, Arc<EndpointRuntime>>),
+}
+
 /// The runtime state one cluster of a snapshot uses.
 #[derive(Debug)]
 pub struct ClusterState {
     runtime: Arc<ClusterRuntime>,
-    endpoints: HashMap<EndpointKey, Arc<EndpointRuntime>>,
+    endpoints: EndpointIndex,
 }
 
 impl ClusterState {
     /// The state `cluster` holds, indexed. Of endpoints with the same key the first is kept.
     pub(crate) fn of(cluster: &Cluster) -> Self {
-        let mut endpoints = HashMap::with_capacity(cluster.endpoints.len());
-        for e in &cluster.endpoints {
-            endpoints
-                .entry(EndpointKey::of(e))
-                .or_insert_with(|| e.runtime.clone());
-        }
+        let endpoints = if cluster.endpoints.len() <= SCAN_UP_TO {
+            let mut few: Vec<(EndpointKey, Arc<EndpointRuntime>)> =
+                Vec::with_capacity(cluster.endpoints.len());
+            for e in &cluster.endpoints {
+                let key = EndpointKey::of(e);
+                if !few.iter().any(|(k, _)| *k == key) {
+                    few.push((key, e.runtime.clone()));
+                }
+            }
+            EndpointIndex::Few(few.into_boxed_slice())
+        } else {
+            let mut many = HashMap::with_capacity(cluster.endpoints.len());
+            for e in &cluster.endpoints {
+                many.entry(EndpointKey::of(e))
+                    .or_insert_with(|| e.runtime.clone());
+            }
+            EndpointIndex::Many(many)
+        };
         ClusterState {
             runtime: cluster.runtime.clone(),
             endpoints,
@@ -129,23 +154,39 @@ impl ClusterState {
         &self.runtime
     }
 
+    /// Every (key, state) held, in no particular order.
+    fn entries(&self) -> Box<dyn Iterator<Item = (&EndpointKey, &Arc<EndpointRuntime>)> + '_> {
+        match &self.endpoints {
+            EndpointIndex::Few(few) => Box::new(few.iter().map(|(k, r)| (k, r))),
+            EndpointIndex::Many(many) => Box::new(many.iter()),
+        }
+    }
+
     /// The state of the endpoint at `target` expecting `identity`, if the cluster has it (a scan:
     /// for tests and dumps, not the data path).
     pub fn endpoint(&self, target: SocketAddr, identity: &str) -> Option<&Arc<EndpointRuntime>> {
-        self.endpoints
-            .iter()
+        self.entries()
             .find(|(k, _)| k.target == target && k.endpoint.identity == identity)
             .map(|(_, r)| r)
     }
 
     /// Number of endpoint states held.
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
+        match &self.endpoints {
+            EndpointIndex::Few(few) => few.len(),
+            EndpointIndex::Many(many) => many.len(),
+        }
     }
 
     /// The state for `e` when this (previous) cluster had an endpoint with its key.
     pub(crate) fn endpoint_of(&self, e: &ClusterEndpoint) -> Option<&Arc<EndpointRuntime>> {
-        self.endpoints.get(&EndpointKey::of(e))
+        match &self.endpoints {
+            EndpointIndex::Few(few) => few
+                .iter()
+                .find(|(k, _)| k.target == e.target && k.endpoint.identity == e.endpoint.identity)
+                .map(|(_, r)| r),
+            EndpointIndex::Many(many) => many.get(&EndpointKey::of(e)),
+        }
     }
 }
 

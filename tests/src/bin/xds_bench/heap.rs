@@ -6,6 +6,27 @@ use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering::Relaxed};
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Live bytes by size class (`size.next_power_of_two()`'s log2), for the probe's breakdown.
+static BY_CLASS: [AtomicIsize; 48] = [const { AtomicIsize::new(0) }; 48];
+
+fn class(size: usize) -> usize {
+    (size.next_power_of_two().trailing_zeros() as usize).min(47)
+}
+
+/// Live blocks by size, in 64-byte steps below 8 KiB (temporary, for finding what is big).
+static BY_STEP: [AtomicIsize; 128] = [const { AtomicIsize::new(0) }; 128];
+
+fn add(size: usize, sign: isize) {
+    LIVE.fetch_add(sign * size as isize, Relaxed);
+    BY_CLASS[class(size)].fetch_add(sign * size as isize, Relaxed);
+    if size < 8192 {
+        BY_STEP[size / 64].fetch_add(sign, Relaxed);
+    }
+}
+
+pub(super) fn by_step() -> Vec<isize> {
+    BY_STEP.iter().map(|c| c.load(Relaxed)).collect()
+}
 
 pub(super) struct Counting;
 
@@ -14,7 +35,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc(layout);
         if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
+            add(layout.size(), 1);
             ALLOCS.fetch_add(1, Relaxed);
         }
         p
@@ -22,7 +43,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc_zeroed(layout);
         if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
+            add(layout.size(), 1);
             ALLOCS.fetch_add(1, Relaxed);
         }
         p
@@ -30,14 +51,15 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = System.realloc(ptr, layout, new_size);
         if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+            add(layout.size(), -1);
+            add(new_size, 1);
             ALLOCS.fetch_add(1, Relaxed);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         System.dealloc(ptr, layout);
-        LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        add(layout.size(), -1);
     }
 }
 
@@ -53,4 +75,9 @@ pub(super) fn heap() -> Heap {
         live: LIVE.load(Relaxed) as i64,
         allocs: ALLOCS.load(Relaxed),
     }
+}
+
+/// Live bytes per size class: entry `i` holds allocations of `2^(i-1) + 1 ..= 2^i` bytes.
+pub(super) fn by_class() -> Vec<isize> {
+    BY_CLASS.iter().map(|c| c.load(Relaxed)).collect()
 }

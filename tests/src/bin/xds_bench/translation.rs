@@ -1,6 +1,6 @@
 //! Part 1: translation time and memory per N (memory probed in a child process).
 
-use super::heap::heap;
+use super::heap::{by_class, heap};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -109,6 +109,9 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
     }
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines().filter(|l| l.starts_with("breakdown ")) {
+        eprintln!("  N={n}: {l}");
+    }
     let line = text
         .lines()
         .find(|l| l.starts_with("probe "))
@@ -156,6 +159,8 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     drop((first, second, resources));
 
     let options = translate_options();
+    let classes = by_class();
+    let steps = super::heap::by_step();
     let start = heap();
     let resources = Resources::from_any(list.items.iter()).map_err(rejections)?;
     let decoded_heap = heap();
@@ -164,7 +169,36 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
         .snapshot;
     let translated = heap();
     drop(resources);
+    // As served: the waypoint's first carry-over indexes the runtime registry.
+    snapshot.runtime();
     let live = heap().live - start.live;
+    if std::env::var_os(BREAKDOWN_ENV).is_some() {
+        for (i, (now, then)) in by_class().into_iter().zip(classes).enumerate() {
+            if now != then {
+                println!(
+                    "breakdown blocks of ≤{} B: {:.0} B/service",
+                    1u64 << i,
+                    (now - then) as f64 / services as f64
+                );
+            }
+        }
+        for (i, (now, then)) in super::heap::by_step().into_iter().zip(steps).enumerate() {
+            if (now - then) as usize >= services / 2 {
+                println!(
+                    "breakdown step {}..{} B: {:.1} blocks/service",
+                    i * 64,
+                    i * 64 + 64,
+                    (now - then) as f64 / services as f64
+                );
+            }
+        }
+        for (part, bytes) in breakdown(&snapshot) {
+            println!(
+                "breakdown {part}: {:.0} B/service",
+                bytes as f64 / services as f64
+            );
+        }
+    }
     println!(
         "probe services={services} decoded_kib={} first_kib={} snapshot_kib={} live_bytes={} allocs={}",
         decoded.saturating_sub(before),
@@ -175,6 +209,73 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     );
     drop((snapshot, options, list, bytes));
     Ok(())
+}
+
+/// Set (to anything) to have the probe child print where the snapshot's bytes go.
+pub(super) const BREAKDOWN_ENV: &str = "XDS_BENCH_BREAKDOWN";
+
+/// Live bytes held by `make`'s result.
+fn held<T>(make: impl FnOnce() -> T) -> (T, i64) {
+    let before = heap().live;
+    let v = make();
+    (v, heap().live - before)
+}
+
+/// Where a snapshot's live bytes go, by copies of its public parts (a copy holds about what the
+/// original does; clusters, which have no `Clone`, are rebuilt from their parts).
+fn breakdown(snapshot: &routing::Snapshot) -> Vec<(&'static str, i64)> {
+    let (_s, services) = held(|| snapshot.services().cloned().collect::<Vec<_>>());
+    let (_e, endpoints) = held(|| {
+        snapshot
+            .services()
+            .map(|s| {
+                snapshot
+                    .endpoints(&s.hostname)
+                    .iter()
+                    .map(|e| Arc::new(routing::Endpoint::clone(e)))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    });
+    let (_v, vs) = held(|| snapshot.virtual_services().to_vec());
+    let (_d, dr) = held(|| snapshot.destination_rules().to_vec());
+    let (_c, clusters) = held(|| {
+        snapshot
+            .clusters()
+            .into_iter()
+            .map(|c| {
+                let eps = c
+                    .endpoints
+                    .iter()
+                    .map(|e| routing::ClusterEndpoint::new(e.endpoint.clone(), e.target))
+                    .collect();
+                routing::Cluster::with_policy(
+                    c.name.clone(),
+                    c.service_hostname.clone(),
+                    c.port,
+                    c.subset.clone(),
+                    c.policy.clone(),
+                    eps,
+                    Instant::now(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let (_p, policies) = held(|| {
+        snapshot
+            .clusters()
+            .into_iter()
+            .map(|c| c.policy.clone())
+            .collect::<Vec<_>>()
+    });
+    vec![
+        ("services", services),
+        ("endpoints", endpoints),
+        ("virtual services", vs),
+        ("destination rules", dr),
+        ("clusters (rebuilt, registry not included)", clusters),
+        ("cluster policies", policies),
+    ]
 }
 
 /// A `kB` line of `/proc/<pid>/status` (`self` by default).
