@@ -7,8 +7,9 @@
 //! `Arc`s to them (a request reaches its state without a lookup); a snapshot's [`Registry`]
 //! indexes the same `Arc`s by cluster name and endpoint key. On a reload
 //! [`crate::Snapshot::carry_over_state`] looks every cluster and endpoint of the new snapshot up
-//! in the previous snapshot's registry — hash lookups, O(clusters + endpoints) — and adopts the
-//! state it finds. What the new config no longer names is not looked up: its state lives on only
+//! in the previous snapshot's registry — a hash lookup per cluster; per endpoint a scan of the
+//! previous cluster's endpoints up to 32 of them, a hash lookup above: O(clusters + endpoints) —
+//! and adopts the state it finds. What the new config no longer names is not looked up: its state lives on only
 //! while the old snapshot (or a guard taken from it) does, and an endpoint that comes back later
 //! starts fresh.
 
@@ -292,6 +293,45 @@ mod tests {
         assert!(e2_state.upgrade().is_none(), "e2's old state leaked");
         drop(g1);
         assert_eq!(c1.endpoint(e1).unwrap().active(), 0);
+    }
+
+    #[test]
+    fn clusters_either_side_of_the_scan_limit_carry_over() {
+        for n in [
+            super::SCAN_UP_TO,
+            super::SCAN_UP_TO + 1,
+            3 * super::SCAN_UP_TO,
+        ] {
+            let ips: Vec<String> = (0..n)
+                .map(|i| format!("10.1.{}.{}", i / 200, i % 200 + 1))
+                .collect();
+            let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+            let docs = [entry("s1", "10.0.0.1", &ips)];
+            let a = publish(&docs, &Snapshot::empty());
+            let last: SocketAddr = format!("{}:80", ips[n - 1]).parse().unwrap();
+            let guard = a
+                .cluster("s1.default.svc.cluster.local", 80, None)
+                .unwrap()
+                .begin(last);
+            let b = publish(&docs, &a);
+            let state = b.runtime().cluster(S1).unwrap();
+            assert_eq!(state.endpoint_count(), n);
+            assert_eq!(
+                state
+                    .endpoint(last, ID)
+                    .unwrap()
+                    .active
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1,
+                "n={n}"
+            );
+            let c1 = b.cluster("s1.default.svc.cluster.local", 80, None).unwrap();
+            assert_eq!(c1.endpoint(last).unwrap().active(), 1, "n={n}");
+            let other: SocketAddr = format!("{}:80", ips[0]).parse().unwrap();
+            assert_eq!(c1.endpoint(other).unwrap().active(), 0, "n={n}");
+            drop(guard);
+            assert_eq!(c1.endpoint(last).unwrap().active(), 0, "n={n}");
+        }
     }
 
     #[test]

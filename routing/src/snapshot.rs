@@ -379,9 +379,10 @@ impl Snapshot {
     /// state (ejections survive a reload). Endpoints new to a cluster keep
     /// their build time and warm up; clusters new to the snapshot start fresh;
     /// state of clusters and endpoints no longer named is left behind with
-    /// `previous`. One hash lookup per cluster and per endpoint in
-    /// `previous`'s [`Snapshot::runtime`] registry, then this snapshot's
-    /// registry is indexed: O(clusters + endpoints).
+    /// `previous`. One hash lookup per cluster in `previous`'s
+    /// [`Snapshot::runtime`] registry and one lookup per endpoint (a scan of
+    /// up to 32, else a hash lookup), then this snapshot's registry is
+    /// indexed: O(clusters + endpoints).
     pub fn carry_over_state(&mut self, previous: &Snapshot) {
         let prev = previous.runtime();
         for pc in self.clusters.values_mut().flat_map(|m| m.values_mut()) {

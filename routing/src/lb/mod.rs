@@ -328,7 +328,7 @@ impl Cluster {
     }
 
     /// [`Cluster::carry_over`] from the previous cluster's indexed state: one
-    /// hash lookup per endpoint.
+    /// lookup per endpoint (a scan of up to 32 entries, else a hash lookup).
     pub(crate) fn adopt(&mut self, previous: &ClusterState) {
         self.runtime = previous.runtime().clone();
         for e in &mut self.endpoints {

@@ -170,8 +170,10 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     let translated = heap();
     drop(resources);
     // As served: the waypoint's first carry-over indexes the runtime registry.
+    let unindexed = heap().live;
     snapshot.runtime();
     let live = heap().live - start.live;
+    let registry = live - (unindexed - start.live);
     if std::env::var_os(BREAKDOWN_ENV).is_some() {
         for (i, (now, then)) in by_class().into_iter().zip(classes).enumerate() {
             if now != then {
@@ -192,7 +194,8 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
                 );
             }
         }
-        for (part, bytes) in breakdown(&snapshot) {
+        let parts = breakdown(&snapshot);
+        for (part, bytes) in std::iter::once(("runtime registry", registry)).chain(parts) {
             println!(
                 "breakdown {part}: {:.0} B/service",
                 bytes as f64 / services as f64
