@@ -10,7 +10,7 @@ use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
 use crate::policy::{ClusterPolicy, TrafficPolicy};
 use crate::snapshot::{PortClusters, RouteEntry, Snapshot, TcpRouteEntry};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -150,7 +150,10 @@ impl SnapshotBuilder {
             dns_targets: self.dns_targets,
             ..Snapshot::default()
         };
+        let mut interner = Interner::default();
         for (service, endpoints) in self.services {
+            let endpoints: Vec<Arc<Endpoint>> =
+                endpoints.iter().map(|e| interner.endpoint(e)).collect();
             if snap.by_host.contains_key(&service.hostname) {
                 snap.warnings
                     .push(format!("duplicate service {}; ignored", service.hostname));
@@ -176,11 +179,16 @@ impl SnapshotBuilder {
             snap.endpoints.push(endpoints);
         }
         for (ep, protocol) in self.workloads {
-            snap.workloads.entry(ep.address).or_insert((ep, protocol));
+            snap.workloads
+                .entry(ep.address)
+                .or_insert_with(|| (interner.endpoint(&ep), protocol));
         }
         for ep in self.known_workloads {
-            snap.known_workloads.entry(ep.address).or_insert(ep);
+            snap.known_workloads
+                .entry(ep.address)
+                .or_insert_with(|| interner.endpoint(&ep));
         }
+        drop(interner);
         for (host, port) in self.authorities {
             let vip = snap.by_host.get(&host).and_then(|&si| {
                 let s = &snap.services[si];
@@ -268,9 +276,64 @@ impl SnapshotBuilder {
                 .collect();
             snap.clusters.insert(service.hostname.clone(), per_port);
         }
-        snap.virtual_services = self.virtual_services;
-        snap.destination_rules = self.destination_rules;
+        // Kept for explain and the config dump as long as the snapshot: without the spare
+        // capacity the front-ends' pushes left (an `http` list of one route had room for four).
+        let mut virtual_services = self.virtual_services;
+        for vs in &mut virtual_services {
+            vs.hosts.shrink_to_fit();
+            vs.http.shrink_to_fit();
+            vs.tcp.shrink_to_fit();
+        }
+        virtual_services.shrink_to_fit();
+        let mut destination_rules = self.destination_rules;
+        for dr in &mut destination_rules {
+            dr.subsets.shrink_to_fit();
+            let policies = dr.traffic_policy.iter_mut().chain(
+                dr.subsets
+                    .iter_mut()
+                    .filter_map(|s| s.traffic_policy.as_mut()),
+            );
+            for tp in policies {
+                tp.port_level_settings.shrink_to_fit();
+            }
+        }
+        destination_rules.shrink_to_fit();
+        snap.virtual_services = virtual_services;
+        snap.destination_rules = destination_rules;
         snap
+    }
+}
+
+/// Gives endpoints with equal labels one label map (the pods of a subset carry the same labels:
+/// ten endpoints, two maps), while an endpoint `Arc` the front-end shared stays shared: each
+/// input endpoint maps to one output endpoint.
+#[derive(Default)]
+struct Interner {
+    labels: HashSet<Arc<BTreeMap<String, String>>>,
+    /// Input endpoint (by address) → (the input, kept so that its address is not reused while
+    /// the map lives; its output).
+    endpoints: HashMap<*const Endpoint, (Arc<Endpoint>, Arc<Endpoint>)>,
+}
+
+impl Interner {
+    fn endpoint(&mut self, e: &Arc<Endpoint>) -> Arc<Endpoint> {
+        if let Some((_, out)) = self.endpoints.get(&Arc::as_ptr(e)) {
+            return out.clone();
+        }
+        let out = match self.labels.get(&e.labels) {
+            Some(shared) if !Arc::ptr_eq(shared, &e.labels) => Arc::new(Endpoint {
+                labels: shared.clone(),
+                ..(**e).clone()
+            }),
+            Some(_) => e.clone(),
+            None => {
+                self.labels.insert(e.labels.clone());
+                e.clone()
+            }
+        };
+        self.endpoints
+            .insert(Arc::as_ptr(e), (e.clone(), out.clone()));
+        out
     }
 }
 
@@ -315,22 +378,18 @@ fn port_clusters(
             now,
         )
     };
-    let subsets = dr
-        .map(|d| {
-            d.subsets
-                .iter()
-                .map(|s| {
-                    (
-                        s.name.clone(),
-                        make(Some(&s.name), s.traffic_policy.as_ref(), Some(&s.labels)),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    // Sorted by name; of a repeated name the last is kept, as a map collected in order would.
+    let mut subsets: Vec<Cluster> = Vec::new();
+    for s in dr.map_or(&[][..], |d| d.subsets.as_slice()) {
+        let cluster = make(Some(&s.name), s.traffic_policy.as_ref(), Some(&s.labels));
+        match subsets.binary_search_by(|c| c.subset.as_deref().unwrap_or("").cmp(&s.name)) {
+            Ok(i) => subsets[i] = cluster,
+            Err(i) => subsets.insert(i, cluster),
+        }
+    }
     PortClusters {
         all: make(None, None, None),
-        subsets,
+        subsets: subsets.into_boxed_slice(),
     }
 }
 
@@ -354,5 +413,106 @@ fn direct_transport(
         })),
         Some(ClientTls::Refused(_)) => None,
         _ => Some(e.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Transport;
+
+    fn endpoint(ip: &str, labels: &[(&str, &str)]) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            address: ip.parse().unwrap(),
+            labels: Arc::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            service_account: "sa".into(),
+            namespace: "default".into(),
+            identity: "spiffe://cluster.local/ns/default/sa/sa".into(),
+            name: ip.into(),
+            transport: Transport::Hbone,
+        })
+    }
+
+    fn service() -> Service {
+        Service {
+            hostname: "r.default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            vips: vec!["10.0.0.1".parse().unwrap()],
+            ports: vec![ServicePort {
+                number: 80,
+                name: "http".into(),
+                protocol: Protocol::Http,
+                target_port: 80,
+                path: None,
+                default_retries: None,
+            }],
+        }
+    }
+
+    fn subset(name: &str) -> crate::model::Subset {
+        crate::model::Subset {
+            name: name.into(),
+            labels: [("version".to_string(), name.to_string())].into(),
+            traffic_policy: None,
+        }
+    }
+
+    #[test]
+    fn equal_labels_are_one_map_and_a_shared_endpoint_stays_shared() {
+        let v1 = [("app", "r"), ("version", "v1")];
+        let (a, b) = (endpoint("10.1.0.1", &v1), endpoint("10.1.0.2", &v1));
+        let c = endpoint("10.1.0.3", &[("app", "r"), ("version", "v2")]);
+        assert!(!Arc::ptr_eq(&a.labels, &b.labels));
+        let mut builder = SnapshotBuilder::new();
+        builder
+            .service(service(), vec![a.clone(), b, c])
+            .workload(a.clone(), Protocol::Unknown)
+            .known_workload(a);
+        let snap = builder.build();
+        let eps = snap.endpoints("r.default.svc.cluster.local");
+        assert_eq!(eps.len(), 3);
+        assert!(Arc::ptr_eq(&eps[0].labels, &eps[1].labels));
+        assert!(!Arc::ptr_eq(&eps[0].labels, &eps[2].labels));
+        assert_eq!(eps[1].labels.get("version").map(String::as_str), Some("v1"));
+        assert_eq!(
+            eps[1].address,
+            "10.1.0.2".parse::<std::net::IpAddr>().unwrap()
+        );
+        // One endpoint for one input, wherever the snapshot holds it.
+        let ip = eps[0].address;
+        assert!(Arc::ptr_eq(&snap.workloads[&ip].0, &eps[0]));
+        assert!(Arc::ptr_eq(&snap.known_workloads[&ip], &eps[0]));
+        assert!(Arc::ptr_eq(&snap.by_pod_ip[&ip][0].1, &eps[0]));
+    }
+
+    #[test]
+    fn subsets_are_found_by_name_whatever_the_rule_order() {
+        let v1 = endpoint("10.1.0.1", &[("version", "v1")]);
+        let v2 = endpoint("10.1.0.2", &[("version", "v2")]);
+        let mut builder = SnapshotBuilder::new();
+        builder
+            .service(service(), vec![v1, v2])
+            .destination_rule(DestinationRule {
+                namespace: "default".into(),
+                name: "r".into(),
+                host: "r.default.svc.cluster.local".into(),
+                traffic_policy: None,
+                subsets: vec![subset("v3"), subset("v2"), subset("v1")],
+            });
+        let snap = builder.build();
+        let host = "r.default.svc.cluster.local";
+        for (name, targets) in [("v1", 1), ("v2", 1), ("v3", 0)] {
+            let c = snap.cluster(host, 80, Some(name)).unwrap();
+            assert_eq!(c.subset.as_deref(), Some(name));
+            assert_eq!(c.endpoints.len(), targets, "{name}");
+        }
+        assert!(snap.cluster(host, 80, Some("v4")).is_none());
+        assert!(snap.cluster(host, 80, Some("")).is_none());
+        assert_eq!(snap.cluster(host, 80, None).unwrap().endpoints.len(), 2);
     }
 }

@@ -11,6 +11,7 @@ use crate::tcp::TcpRoute;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Application protocol of a service port, derived from Istio's port `protocol`
@@ -96,6 +97,10 @@ impl ServicePort {
     }
 }
 
+fn serialize_arc<T: Serialize, S: serde::Serializer>(v: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+    v.as_ref().serialize(s)
+}
+
 fn serialize_opt_arc<T: Serialize, S: serde::Serializer>(
     v: &Option<std::sync::Arc<T>>,
     s: S,
@@ -124,7 +129,10 @@ impl Service {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub address: IpAddr,
-    pub labels: BTreeMap<String, String>,
+    /// Shared: the snapshot builder gives endpoints with equal labels one map (the pods of a
+    /// subset have the same labels). Change one with `Arc::make_mut`.
+    #[serde(serialize_with = "serialize_arc")]
+    pub labels: Arc<BTreeMap<String, String>>,
     pub service_account: String,
     pub namespace: String,
     /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`; empty when not known ahead of the connection

@@ -7,8 +7,9 @@
 //! `Arc`s to them (a request reaches its state without a lookup); a snapshot's [`Registry`]
 //! indexes the same `Arc`s by cluster name and endpoint key. On a reload
 //! [`crate::Snapshot::carry_over_state`] looks every cluster and endpoint of the new snapshot up
-//! in the previous snapshot's registry — hash lookups, O(clusters + endpoints) — and adopts the
-//! state it finds. What the new config no longer names is not looked up: its state lives on only
+//! in the previous snapshot's registry — a hash lookup per cluster; per endpoint a scan of the
+//! previous cluster's endpoints up to 32 of them, a hash lookup above: O(clusters + endpoints) —
+//! and adopts the state it finds. What the new config no longer names is not looked up: its state lives on only
 //! while the old snapshot (or a guard taken from it) does, and an endpoint that comes back later
 //! starts fresh.
 
@@ -102,22 +103,47 @@ impl Hash for EndpointKey {
     }
 }
 
+/// Up to this many endpoints a cluster's endpoint states are a slice scanned in order; above, a
+/// hash map. A scan of a few dozen `SocketAddr`s is cheaper than hashing one, and a slice is one
+/// allocation of exactly its size where a map has empty buckets (5,000 clusters × 10 endpoints:
+/// see docs/benchmarks.md, "Carry-over").
+const SCAN_UP_TO: usize = 32;
+
+/// A cluster's endpoint states by key; of endpoints with the same key the first is kept.
+#[derive(Debug)]
+enum EndpointIndex {
+    Few(Box<[(EndpointKey, Arc<EndpointRuntime>)]>),
+    Many(HashMap<EndpointKey, Arc<EndpointRuntime>>),
+}
+
 /// The runtime state one cluster of a snapshot uses.
 #[derive(Debug)]
 pub struct ClusterState {
     runtime: Arc<ClusterRuntime>,
-    endpoints: HashMap<EndpointKey, Arc<EndpointRuntime>>,
+    endpoints: EndpointIndex,
 }
 
 impl ClusterState {
     /// The state `cluster` holds, indexed. Of endpoints with the same key the first is kept.
     pub(crate) fn of(cluster: &Cluster) -> Self {
-        let mut endpoints = HashMap::with_capacity(cluster.endpoints.len());
-        for e in &cluster.endpoints {
-            endpoints
-                .entry(EndpointKey::of(e))
-                .or_insert_with(|| e.runtime.clone());
-        }
+        let endpoints = if cluster.endpoints.len() <= SCAN_UP_TO {
+            let mut few: Vec<(EndpointKey, Arc<EndpointRuntime>)> =
+                Vec::with_capacity(cluster.endpoints.len());
+            for e in &cluster.endpoints {
+                let key = EndpointKey::of(e);
+                if !few.iter().any(|(k, _)| *k == key) {
+                    few.push((key, e.runtime.clone()));
+                }
+            }
+            EndpointIndex::Few(few.into_boxed_slice())
+        } else {
+            let mut many = HashMap::with_capacity(cluster.endpoints.len());
+            for e in &cluster.endpoints {
+                many.entry(EndpointKey::of(e))
+                    .or_insert_with(|| e.runtime.clone());
+            }
+            EndpointIndex::Many(many)
+        };
         ClusterState {
             runtime: cluster.runtime.clone(),
             endpoints,
@@ -129,23 +155,39 @@ impl ClusterState {
         &self.runtime
     }
 
+    /// Every (key, state) held, in no particular order.
+    fn entries(&self) -> Box<dyn Iterator<Item = (&EndpointKey, &Arc<EndpointRuntime>)> + '_> {
+        match &self.endpoints {
+            EndpointIndex::Few(few) => Box::new(few.iter().map(|(k, r)| (k, r))),
+            EndpointIndex::Many(many) => Box::new(many.iter()),
+        }
+    }
+
     /// The state of the endpoint at `target` expecting `identity`, if the cluster has it (a scan:
     /// for tests and dumps, not the data path).
     pub fn endpoint(&self, target: SocketAddr, identity: &str) -> Option<&Arc<EndpointRuntime>> {
-        self.endpoints
-            .iter()
+        self.entries()
             .find(|(k, _)| k.target == target && k.endpoint.identity == identity)
             .map(|(_, r)| r)
     }
 
     /// Number of endpoint states held.
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
+        match &self.endpoints {
+            EndpointIndex::Few(few) => few.len(),
+            EndpointIndex::Many(many) => many.len(),
+        }
     }
 
     /// The state for `e` when this (previous) cluster had an endpoint with its key.
     pub(crate) fn endpoint_of(&self, e: &ClusterEndpoint) -> Option<&Arc<EndpointRuntime>> {
-        self.endpoints.get(&EndpointKey::of(e))
+        match &self.endpoints {
+            EndpointIndex::Few(few) => few
+                .iter()
+                .find(|(k, _)| k.target == e.target && k.endpoint.identity == e.endpoint.identity)
+                .map(|(_, r)| r),
+            EndpointIndex::Many(many) => many.get(&EndpointKey::of(e)),
+        }
     }
 }
 
@@ -251,6 +293,45 @@ mod tests {
         assert!(e2_state.upgrade().is_none(), "e2's old state leaked");
         drop(g1);
         assert_eq!(c1.endpoint(e1).unwrap().active(), 0);
+    }
+
+    #[test]
+    fn clusters_either_side_of_the_scan_limit_carry_over() {
+        for n in [
+            super::SCAN_UP_TO,
+            super::SCAN_UP_TO + 1,
+            3 * super::SCAN_UP_TO,
+        ] {
+            let ips: Vec<String> = (0..n)
+                .map(|i| format!("10.1.{}.{}", i / 200, i % 200 + 1))
+                .collect();
+            let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+            let docs = [entry("s1", "10.0.0.1", &ips)];
+            let a = publish(&docs, &Snapshot::empty());
+            let last: SocketAddr = format!("{}:80", ips[n - 1]).parse().unwrap();
+            let guard = a
+                .cluster("s1.default.svc.cluster.local", 80, None)
+                .unwrap()
+                .begin(last);
+            let b = publish(&docs, &a);
+            let state = b.runtime().cluster(S1).unwrap();
+            assert_eq!(state.endpoint_count(), n);
+            assert_eq!(
+                state
+                    .endpoint(last, ID)
+                    .unwrap()
+                    .active
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1,
+                "n={n}"
+            );
+            let c1 = b.cluster("s1.default.svc.cluster.local", 80, None).unwrap();
+            assert_eq!(c1.endpoint(last).unwrap().active(), 1, "n={n}");
+            let other: SocketAddr = format!("{}:80", ips[0]).parse().unwrap();
+            assert_eq!(c1.endpoint(other).unwrap().active(), 0, "n={n}");
+            drop(guard);
+            assert_eq!(c1.endpoint(last).unwrap().active(), 0, "n={n}");
+        }
     }
 
     #[test]

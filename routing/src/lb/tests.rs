@@ -9,13 +9,13 @@ use crate::policy::{
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub(super) fn endpoint(i: u8) -> Arc<Endpoint> {
     Arc::new(Endpoint {
         address: format!("127.0.10.{i}").parse().unwrap(),
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         service_account: "sa".into(),
         namespace: "default".into(),
         identity: "spiffe://cluster.local/ns/default/sa/sa".into(),

@@ -192,7 +192,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
                     name: format!("{}-ep{i}-{k}", ctx.name),
                     // Hostnames are reached directly (istiod: no tunnel, TLSMode disabled).
                     transport: crate::upstream::Transport::Direct,
-                    labels: labels.clone(),
+                    labels: labels.clone().into(),
                 });
             }
             continue;
@@ -208,7 +208,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
                 namespace: ctx.namespace.clone(),
                 name: format!("{}-ep{i}", ctx.name),
                 transport: crate::model::transport_of(&labels),
-                labels,
+                labels: labels.into(),
             })
         })();
         endpoints.extend(endpoint);

@@ -153,7 +153,7 @@ impl Inbound {
                 let conn = routing::TcpConnection {
                     destination: Some(info.original_dst.ip()),
                     source_namespace: Some(info.source_identity.namespace.as_str()),
-                    source_labels: info.source_workload(&snapshot).map(|e| &e.labels),
+                    source_labels: info.source_workload(&snapshot).map(|e| &*e.labels),
                 };
                 let key = match snapshot
                     .tcp_route(service, port.number, &conn)

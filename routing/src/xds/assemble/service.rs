@@ -99,7 +99,7 @@ pub(super) fn bound_workloads(
                 };
                 Arc::new(Endpoint {
                     address: *ip,
-                    labels: BTreeMap::new(),
+                    labels: Default::default(),
                     service_account: sa,
                     namespace: ns,
                     identity,
@@ -239,7 +239,7 @@ pub(super) fn build_service(
             };
             Arc::new(Endpoint {
                 address: ip,
-                labels: a.labels,
+                labels: a.labels.into(),
                 service_account: sa,
                 namespace: ns,
                 identity,

@@ -60,6 +60,7 @@ use template::{
 };
 mod translation;
 use translation::{measure_translation, ms, print_translation, probe_memory, status_kib_of};
+mod heap;
 mod push;
 use push::{measure_push, print_push, waypoint_binary, Destination};
 mod churn;
@@ -118,6 +119,10 @@ const TOKEN: &str = "istio-token-for-the-bench";
 /// 10 000 services took over 30 s on a loaded 2-core machine on 2026-12-04).
 const PUSH_DEADLINE: Duration = Duration::from_secs(60);
 const POLL_EVERY: Duration = Duration::from_millis(2);
+
+// Counts live heap bytes for the memory probe (`heap.rs`).
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
 
 // ---------------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 //! Part 1: translation time and memory per N (memory probed in a child process).
 
+use super::heap::{by_class, heap};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -26,6 +27,11 @@ pub(super) struct Memory {
     pub(super) snapshot: u64,
     /// The first translation: the snapshot plus the temporaries the allocator kept.
     pub(super) first: u64,
+    /// Live heap bytes the snapshot holds once the decoded resources are dropped (counting
+    /// allocator, `heap.rs`): what a served snapshot really costs.
+    pub(super) live: u64,
+    /// Allocations one translation makes (freed ones included): a proxy for its work.
+    pub(super) allocs: u64,
 }
 
 pub(super) fn measure_translation(
@@ -103,6 +109,9 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
     }
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines().filter(|l| l.starts_with("breakdown ")) {
+        eprintln!("  N={n}: {l}");
+    }
     let line = text
         .lines()
         .find(|l| l.starts_with("probe "))
@@ -123,6 +132,8 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
         decoded: field("decoded_kib")?,
         snapshot: field("snapshot_kib")?,
         first: field("first_kib")?,
+        live: field("live_bytes")?,
+        allocs: field("allocs")?,
     })
 }
 
@@ -130,6 +141,9 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
 /// RSS growth of `from_any` is the decoded resources. The first `translate` grows RSS by the
 /// snapshot plus the temporaries glibc keeps after they are freed; a second one, with the first
 /// snapshot still alive, reuses those temporaries, so its growth approximates the live size.
+/// Then, by the counting allocator: a third translation from freshly decoded resources, the
+/// resources and the translation's warnings dropped; the live heap growth that remains is the
+/// snapshot alone.
 pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file)?;
     let list = AnyList::decode(bytes.as_slice())?;
@@ -141,15 +155,130 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     let after_first = status_kib("VmRSS")?;
     let second = routing::xds::translate(&resources, &options).map_err(rejections)?;
     let after_second = status_kib("VmRSS")?;
+    let services = second.snapshot.services().count();
+    drop((first, second, resources));
+
+    let options = translate_options();
+    let classes = by_class();
+    let steps = super::heap::by_step();
+    let start = heap();
+    let resources = Resources::from_any(list.items.iter()).map_err(rejections)?;
+    let decoded_heap = heap();
+    let snapshot = routing::xds::translate(&resources, &options)
+        .map_err(rejections)?
+        .snapshot;
+    let translated = heap();
+    drop(resources);
+    // As served: the waypoint's first carry-over indexes the runtime registry.
+    let unindexed = heap().live;
+    snapshot.runtime();
+    let live = heap().live - start.live;
+    let registry = live - (unindexed - start.live);
+    if std::env::var_os(BREAKDOWN_ENV).is_some() {
+        for (i, (now, then)) in by_class().into_iter().zip(classes).enumerate() {
+            if now != then {
+                println!(
+                    "breakdown blocks of ≤{} B: {:.0} B/service",
+                    1u64 << i,
+                    (now - then) as f64 / services as f64
+                );
+            }
+        }
+        for (i, (now, then)) in super::heap::by_step().into_iter().zip(steps).enumerate() {
+            if (now - then) as usize >= services / 2 {
+                println!(
+                    "breakdown step {}..{} B: {:.1} blocks/service",
+                    i * 64,
+                    i * 64 + 64,
+                    (now - then) as f64 / services as f64
+                );
+            }
+        }
+        let parts = breakdown(&snapshot);
+        for (part, bytes) in std::iter::once(("runtime registry", registry)).chain(parts) {
+            println!(
+                "breakdown {part}: {:.0} B/service",
+                bytes as f64 / services as f64
+            );
+        }
+    }
     println!(
-        "probe services={} decoded_kib={} first_kib={} snapshot_kib={}",
-        second.snapshot.services().count(),
+        "probe services={services} decoded_kib={} first_kib={} snapshot_kib={} live_bytes={} allocs={}",
         decoded.saturating_sub(before),
         after_first.saturating_sub(decoded),
         after_second.saturating_sub(after_first),
+        live.max(0),
+        translated.allocs - decoded_heap.allocs,
     );
-    drop((first, second, resources, list, bytes));
+    drop((snapshot, options, list, bytes));
     Ok(())
+}
+
+/// Set (to anything) to have the probe child print where the snapshot's bytes go.
+pub(super) const BREAKDOWN_ENV: &str = "XDS_BENCH_BREAKDOWN";
+
+/// Live bytes held by `make`'s result.
+fn held<T>(make: impl FnOnce() -> T) -> (T, i64) {
+    let before = heap().live;
+    let v = make();
+    (v, heap().live - before)
+}
+
+/// Where a snapshot's live bytes go, by copies of its public parts (a copy holds about what the
+/// original does; clusters, which have no `Clone`, are rebuilt from their parts).
+fn breakdown(snapshot: &routing::Snapshot) -> Vec<(&'static str, i64)> {
+    let (_s, services) = held(|| snapshot.services().cloned().collect::<Vec<_>>());
+    let (_e, endpoints) = held(|| {
+        snapshot
+            .services()
+            .map(|s| {
+                snapshot
+                    .endpoints(&s.hostname)
+                    .iter()
+                    .map(|e| Arc::new(routing::Endpoint::clone(e)))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    });
+    let (_v, vs) = held(|| snapshot.virtual_services().to_vec());
+    let (_d, dr) = held(|| snapshot.destination_rules().to_vec());
+    let (_c, clusters) = held(|| {
+        snapshot
+            .clusters()
+            .into_iter()
+            .map(|c| {
+                let eps = c
+                    .endpoints
+                    .iter()
+                    .map(|e| routing::ClusterEndpoint::new(e.endpoint.clone(), e.target))
+                    .collect();
+                routing::Cluster::with_policy(
+                    c.name.clone(),
+                    c.service_hostname.clone(),
+                    c.port,
+                    c.subset.clone(),
+                    c.policy.clone(),
+                    eps,
+                    Instant::now(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let (_p, policies) = held(|| {
+        snapshot
+            .clusters()
+            .into_iter()
+            .map(|c| c.policy.clone())
+            .collect::<Vec<_>>()
+    });
+    vec![
+        ("services", services),
+        ("endpoints", endpoints),
+        ("virtual services", vs),
+        ("destination rules", dr),
+        ("clusters (rebuilt, registry not included)", clusters),
+        ("cluster policies", policies),
+    ]
 }
 
 /// A `kB` line of `/proc/<pid>/status` (`self` by default).
@@ -175,7 +304,7 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
     println!();
     println!("translation (services with {endpoints} endpoints, 3 clusters and 3 assignments each; medians):");
     println!(
-        "{:>6} {:>6} {:>9} {:>7} {:>10} {:>12} {:>8} {:>11} {:>9} {:>10} {:>9}",
+        "{:>6} {:>6} {:>9} {:>7} {:>10} {:>12} {:>8} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11}",
         "N",
         "res",
         "enc MiB",
@@ -186,20 +315,27 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
         "decoded MiB",
         "snap MiB",
         "snap KiB/s",
-        "1st MiB"
+        "1st MiB",
+        "live KiB/s",
+        "allocs/svc"
     );
     for r in rows {
-        let (decoded, snap, per, first) = match r.memory {
+        let (decoded, snap, per, first, live, allocs) = match r.memory {
             Some(m) => (
                 format!("{:.1}", m.decoded as f64 / 1024.0),
                 format!("{:.1}", m.snapshot as f64 / 1024.0),
                 format!("{:.1}", m.snapshot as f64 / r.n as f64),
                 format!("{:.1}", m.first as f64 / 1024.0),
+                format!("{:.2}", m.live as f64 / 1024.0 / r.n as f64),
+                format!("{:.0}", m.allocs as f64 / r.n as f64),
             ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            None => {
+                let d = || "-".to_string();
+                (d(), d(), d(), d(), d(), d())
+            }
         };
         println!(
-            "{:>6} {:>6} {:>9.2} {:>7} {:>10.1} {:>12.1} {:>8.1} {:>11} {:>9} {:>10} {:>9}",
+            "{:>6} {:>6} {:>9.2} {:>7} {:>10.1} {:>12.1} {:>8.1} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11}",
             r.n,
             r.resources,
             r.bytes as f64 / 1048576.0,
@@ -211,6 +347,8 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
             snap,
             per,
             first,
+            live,
+            allocs,
         );
     }
     let Some(base) = rows.first() else { return };

@@ -119,7 +119,7 @@ impl Waypoint {
             req: session.req_header(),
             port: port.number,
             source_namespace: Some(tunnel.source_identity.namespace.as_str()),
-            source_labels: tunnel.source_workload(&snapshot).map(|e| &e.labels),
+            source_labels: tunnel.source_workload(&snapshot).map(|e| &*e.labels),
         };
         let (decision, matched) = snapshot.route_with_match(service, port.number, &view);
         match decision {

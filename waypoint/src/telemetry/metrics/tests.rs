@@ -54,7 +54,8 @@ fn destination_labels_from_endpoint_labels() {
         labels: BTreeMap::from([
             ("app".to_string(), "reviews".to_string()),
             ("version".to_string(), "v2".to_string()),
-        ]),
+        ])
+        .into(),
         service_account: "bookinfo-reviews".into(),
         namespace: "bookinfo".into(),
         identity: "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
@@ -161,7 +162,7 @@ fn atomic_histogram_matches_prometheus_client() {
 fn ep(name: &str) -> Arc<Endpoint> {
     Arc::new(Endpoint {
         address: "10.1.0.1".parse().unwrap(),
-        labels: BTreeMap::from([("app".to_string(), "reviews".to_string())]),
+        labels: BTreeMap::from([("app".to_string(), "reviews".to_string())]).into(),
         service_account: "reviews".into(),
         namespace: "bookinfo".into(),
         identity: "spiffe://cluster.local/ns/bookinfo/sa/reviews".into(),
