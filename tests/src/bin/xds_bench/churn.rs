@@ -486,5 +486,5 @@ pub(super) fn print_churn(r: &ChurnReport) {
             last.1 - first.1
         );
     }
-    println!("  note: the load generator, the pods and the ADS server share this process (bench CPU) and the machine's cores; the waypoint is its own process. The test ADS server copies its whole resource map per push, so at large N part of the churn phase's cost is the server's, not the waypoint's");
+    println!("  note: the load generator, the pods and the ADS server share this process (bench CPU) and the machine's cores; the waypoint is its own process. The test ADS server compares every resource's version per push (it shares, not copies, its resource map since 2026-12-04), so at large N part of the churn phase's cost is the server's, not the waypoint's");
 }
