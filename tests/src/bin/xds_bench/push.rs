@@ -195,6 +195,24 @@ pub(super) async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
         .flatten()
 }
 
+/// One GET through a fresh tunnel to `vip` (at most 2 s): status and body, or `None` if the
+/// tunnel or request failed.
+async fn get_once(
+    client: &sim::ZtunnelClient,
+    vip: SocketAddr,
+    host: &str,
+) -> Option<(u16, bytes::Bytes)> {
+    let attempt = async {
+        let mut send = client.http1(vip).await.ok()?;
+        let (parts, body) = sim::get(&mut send, host, "/", &[]).await.ok()?;
+        Some((parts.status.as_u16(), body))
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// One GET through a fresh tunnel to `vip`; its status, or `None` if the tunnel or request
 /// failed.
 pub(super) async fn try_get(
@@ -202,15 +220,7 @@ pub(super) async fn try_get(
     vip: SocketAddr,
     host: &str,
 ) -> Option<u16> {
-    let attempt = async {
-        let mut send = client.http1(vip).await.ok()?;
-        let (parts, _) = sim::get(&mut send, host, "/", &[]).await.ok()?;
-        Some(parts.status.as_u16())
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
-        .await
-        .ok()
-        .flatten()
+    get_once(client, vip, host).await.map(|(status, _)| status)
 }
 
 /// One GET through a fresh tunnel to `vip`: the name of the pod that answered 200, or `None`.
@@ -219,19 +229,12 @@ pub(super) async fn try_pod(
     vip: SocketAddr,
     host: &str,
 ) -> Option<String> {
-    let attempt = async {
-        let mut send = client.http1(vip).await.ok()?;
-        let (parts, body) = sim::get(&mut send, host, "/", &[]).await.ok()?;
-        if parts.status != 200 {
-            return None;
-        }
-        let echo: sim::Echo = serde_json::from_slice(&body).ok()?;
-        Some(echo.pod)
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
-        .await
-        .ok()
-        .flatten()
+    let (status, body) = get_once(client, vip, host).await?;
+    if status != 200 {
+        return None;
+    }
+    let echo: sim::Echo = serde_json::from_slice(&body).ok()?;
+    Some(echo.pod)
 }
 
 /// Poll `vip` (one request per poll, every [`POLL_EVERY`]) until pod `expect` answers; (time
