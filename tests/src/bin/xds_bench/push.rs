@@ -237,6 +237,29 @@ pub(super) async fn try_pod(
     Some(echo.pod)
 }
 
+/// Run `probe` every [`POLL_EVERY`] until `done` holds for its answer or [`PUSH_DEADLINE`]
+/// has passed since `t0`: (time since `t0`, attempts), or the attempts and the last answer.
+async fn poll<T, Fut>(
+    t0: Instant,
+    mut probe: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> Result<(Duration, u32), (u32, Option<T>)>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut attempts = 0;
+    let mut last = None;
+    while t0.elapsed() < PUSH_DEADLINE {
+        attempts += 1;
+        last = probe().await;
+        if last.as_ref().is_some_and(&done) {
+            return Ok((t0.elapsed(), attempts));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    Err((attempts, last))
+}
+
 /// Poll `vip` (one request per poll, every [`POLL_EVERY`]) until pod `expect` answers; (time
 /// since `t0`, attempts).
 pub(super) async fn answered_by(
@@ -246,19 +269,11 @@ pub(super) async fn answered_by(
     expect: &str,
     t0: Instant,
 ) -> anyhow::Result<(Duration, u32)> {
-    let mut attempts = 0;
-    let mut last = None;
-    while t0.elapsed() < PUSH_DEADLINE {
-        attempts += 1;
-        last = try_pod(client, vip, host).await;
-        if last.as_deref() == Some(expect) {
-            return Ok((t0.elapsed(), attempts));
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-    bail!(
-        "{expect} did not answer {host} ({vip}) within {PUSH_DEADLINE:?} ({attempts} attempts, last {last:?})"
-    )
+    poll(t0, || try_pod(client, vip, host), |pod| pod == expect)
+        .await
+        .map_err(|(attempts, last)| {
+            anyhow!("{expect} did not answer {host} ({vip}) within {PUSH_DEADLINE:?} ({attempts} attempts, last {last:?})")
+        })
 }
 
 /// Poll `vip` every [`POLL_EVERY`] until a 200; (time since `t0`, attempts).
@@ -268,19 +283,11 @@ pub(super) async fn first_200(
     host: &str,
     t0: Instant,
 ) -> anyhow::Result<(Duration, u32)> {
-    let mut attempts = 0;
-    let mut last = None;
-    while t0.elapsed() < PUSH_DEADLINE {
-        attempts += 1;
-        last = try_get(client, vip, host).await;
-        if last == Some(200) {
-            return Ok((t0.elapsed(), attempts));
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-    bail!(
-        "no 200 from {host} ({vip}) within {PUSH_DEADLINE:?} ({attempts} attempts, last {last:?})"
-    )
+    poll(t0, || try_get(client, vip, host), |status| *status == 200)
+        .await
+        .map_err(|(attempts, last)| {
+            anyhow!("no 200 from {host} ({vip}) within {PUSH_DEADLINE:?} ({attempts} attempts, last {last:?})")
+        })
 }
 
 pub(super) struct PushRow {
