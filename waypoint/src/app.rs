@@ -225,7 +225,12 @@ fn retire(old: Arc<Snapshot>) {
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Snapshot>>();
         std::thread::Builder::new()
             .name("retired snapshots".into())
-            .spawn(move || rx.into_iter().for_each(drop))
+            .spawn(move || {
+                use crate::control::priority::{lower_this_thread, CONFIG_THREAD_NICE};
+                // Freeing is never urgent; a failure leaves it at the process's priority.
+                let _ = lower_this_thread(CONFIG_THREAD_NICE);
+                rx.into_iter().for_each(drop)
+            })
             .ok()
             .map(|_| tx)
     });

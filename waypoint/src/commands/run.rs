@@ -352,10 +352,15 @@ impl BackgroundService for DataplaneService {
         let sink = xds.map(|xds| {
             let sink = xds.sink.clone();
             // Its own thread and runtime: translating a large state takes a while (about 0.9 s
-            // for 10 000 services) and must not hold up a data-path worker.
+            // for 10 000 services) and must not hold up a data-path worker; at a lower priority,
+            // so that a translation yields the cores to requests when both want them.
             let spawned = std::thread::Builder::new()
                 .name("xds".into())
                 .spawn(move || {
+                    use crate::control::priority::{lower_this_thread, CONFIG_THREAD_NICE};
+                    if let Err(e) = lower_this_thread(CONFIG_THREAD_NICE) {
+                        warn!(error = %e, "cannot lower the xDS thread's priority; it competes with the data path");
+                    }
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

@@ -211,12 +211,33 @@ async fn xds_mode_follows_istiod_pushes() {
     let first = serve(&server, &doc);
 
     let mut cmd = xds_run_command(&binary(), &server.address(), &dir, "waypoint-7d4c9b-x2x");
-    let (_child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
+    let (child, addrs, stderr) = spawn_announcing(&mut cmd, 4);
     let logs = collect(stderr);
     let waypoint = addrs["hbone"];
     let admin = addrs["admin"];
     poll_until(admin, "/ready", |s, _| s == 200).await;
     wait_ack(&server, &first).await;
+
+    // Translations run on the `xds` thread at nice 10 (or the process's own, if lower), the
+    // data path's workers at the process's own: a large push yields the cores to requests.
+    let nice = |comm: &str| -> Vec<i64> {
+        let tasks = format!("/proc/{}/task", child.id());
+        std::fs::read_dir(&tasks)
+            .expect("the waypoint's threads")
+            .filter_map(|t| {
+                let dir = t.ok()?.path();
+                let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+                (name.trim() == comm).then_some(())?;
+                // Field 19 of stat is the nice value; fields count after the `(comm)`.
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                let after = stat.rsplit_once(')')?.1;
+                after.split_whitespace().nth(16)?.parse().ok()
+            })
+            .collect()
+    };
+    let own = nice("waypoint");
+    assert!(!own.is_empty(), "the main thread is listed");
+    assert_eq!(nice("xds"), vec![own[0].max(10)], "one xds thread, at nice 10");
 
     // The node istiod sees, on the first request only, with the token's cluster.
     let hello = &server.requests()[0];
