@@ -40,6 +40,18 @@ fn delta(
     }
 }
 
+/// A Delta CDS response of the clusters `names` (EDS clusters if `eds`).
+fn cds(nonce: &str, names: &[&str], eds: bool) -> DeltaDiscoveryResponse {
+    let clusters = names.iter().map(|n| (*n, cluster(n, eds))).collect();
+    delta(type_url::CLUSTER, nonce, clusters)
+}
+
+/// A Delta LDS response of `main_internal`.
+fn lds(nonce: &str) -> DeltaDiscoveryResponse {
+    let main = "main_internal";
+    delta(type_url::LISTENER, nonce, vec![(main, listener(main))])
+}
+
 /// (type, nonce, NACK reason) of each answer to a response, in order.
 fn answers(requests: &[DeltaDiscoveryRequest]) -> Vec<(String, String, Option<String>)> {
     requests
@@ -63,21 +75,8 @@ fn ack(short: &str, nonce: &str) -> (String, String, Option<String>) {
 fn a_push_of_three_types_is_judged_once_and_each_response_acked() {
     let handler = TestHandler::default();
     let mut core = core(&handler, Mode::Delta);
-    let requests = crate::delta::answer_together(
-        &mut core,
-        vec![
-            delta(
-                type_url::CLUSTER,
-                "c1",
-                vec![("reviews", cluster("reviews", true))],
-            ),
-            delta(
-                type_url::LISTENER,
-                "l1",
-                vec![("main_internal", listener("main_internal"))],
-            ),
-        ],
-    );
+    let requests =
+        crate::delta::answer_together(&mut core, vec![cds("c1", &["reviews"], true), lds("l1")]);
     assert_eq!(
         handler.0.lock().batches,
         vec![2],
@@ -115,16 +114,8 @@ fn a_push_of_three_types_is_judged_once_and_each_response_acked() {
                 "e1",
                 vec![("reviews", endpoints("reviews"))],
             ),
-            delta(
-                type_url::CLUSTER,
-                "c2",
-                vec![("ratings", cluster("ratings", true))],
-            ),
-            delta(
-                type_url::CLUSTER,
-                "c3",
-                vec![("details", cluster("details", false))],
-            ),
+            cds("c2", &["ratings"], true),
+            cds("c3", &["details"], false),
         ],
     );
     assert_eq!(handler.0.lock().batches, vec![2, 3]);
@@ -152,19 +143,8 @@ fn responses_of_one_type_fold_in_order_and_a_refusal_goes_to_the_response_that_s
     let requests = crate::delta::answer_together(
         &mut core,
         vec![
-            delta(
-                type_url::CLUSTER,
-                "c1",
-                vec![
-                    ("good", cluster("good", false)),
-                    ("gone", cluster("gone", false)),
-                ],
-            ),
-            delta(
-                type_url::CLUSTER,
-                "c2",
-                vec![("bad", cluster("bad", false))],
-            ),
+            cds("c1", &["good", "gone"], false),
+            cds("c2", &["bad"], false),
             removal,
         ],
     );
@@ -197,21 +177,8 @@ fn a_group_rejected_whole_is_judged_again_response_by_response() {
     let handler = TestHandler::default();
     handler.reject("bad");
     let mut core = core(&handler, Mode::Delta);
-    let requests = crate::delta::answer_together(
-        &mut core,
-        vec![
-            delta(
-                type_url::CLUSTER,
-                "c1",
-                vec![("bad", cluster("bad", false))],
-            ),
-            delta(
-                type_url::LISTENER,
-                "l1",
-                vec![("main_internal", listener("main_internal"))],
-            ),
-        ],
-    );
+    let requests =
+        crate::delta::answer_together(&mut core, vec![cds("c1", &["bad"], false), lds("l1")]);
     // Together (rejected: the cluster), then the cluster alone (NACK), the listener alone (ACK).
     assert_eq!(handler.0.lock().batches, vec![2, 1, 1]);
     let answers = answers(&requests);
@@ -239,21 +206,7 @@ fn what_the_handler_refuses_is_nacked_on_its_own_response_only() {
     let mut core = core(&handler, Mode::Delta);
     let requests = crate::delta::answer_together(
         &mut core,
-        vec![
-            delta(
-                type_url::CLUSTER,
-                "c1",
-                vec![
-                    ("bad", cluster("bad", false)),
-                    ("good", cluster("good", false)),
-                ],
-            ),
-            delta(
-                type_url::LISTENER,
-                "l1",
-                vec![("main_internal", listener("main_internal"))],
-            ),
-        ],
+        vec![cds("c1", &["bad", "good"], false), lds("l1")],
     );
     assert_eq!(handler.0.lock().batches, vec![2]);
     let answers = answers(&requests);
@@ -273,19 +226,7 @@ fn a_response_the_client_refuses_splits_the_group_and_is_nacked_alone() {
     nameless.resources.push(DeltaResource::default());
     let requests = crate::delta::answer_together(
         &mut core,
-        vec![
-            delta(
-                type_url::CLUSTER,
-                "c1",
-                vec![("reviews", cluster("reviews", true))],
-            ),
-            nameless,
-            delta(
-                type_url::LISTENER,
-                "l2",
-                vec![("main_internal", listener("main_internal"))],
-            ),
-        ],
+        vec![cds("c1", &["reviews"], true), nameless, lds("l2")],
     );
     // The cluster is judged before the refused listener response is answered, the next
     // listener response after it.
