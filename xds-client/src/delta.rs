@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{Handler, Rejection, Resource, TypeState};
+use crate::resource::{Handler, Rejection, Resource};
 use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
@@ -86,9 +86,9 @@ impl<H: Handler> Answer for Stream<'_, H> {
     fn prepare(
         &mut self,
         response: DeltaDiscoveryResponse,
-        before: &TypeState,
+        earlier: &dyn Fn(&str) -> Option<bool>,
     ) -> Result<Prepared<Meta>, Refusal> {
-        Stream::prepare(self, response, before)
+        Stream::prepare(self, response, earlier)
     }
 
     fn refuse(&mut self, (type_url, nonce, rejections): Refusal) -> Result<(), StreamError> {
@@ -173,12 +173,12 @@ impl<H: Handler> Stream<'_, H> {
         Ok(())
     }
 
-    /// Check one response against its type's state `before`; `Err` (type, nonce, rejections)
+    /// Check one response (`earlier`: see [`Answer::prepare`]); `Err` (type, nonce, rejections)
     /// NACKs it alone.
     fn prepare(
         &mut self,
         response: DeltaDiscoveryResponse,
-        before: &TypeState,
+        earlier: &dyn Fn(&str) -> Option<bool>,
     ) -> Result<Prepared<Meta>, Refusal> {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
@@ -201,7 +201,9 @@ impl<H: Handler> Stream<'_, H> {
             }
             let Some(value) = resource.resource else {
                 // A TTL heartbeat for something held changes nothing.
-                if !before.resources.contains_key(&name) {
+                let held = earlier(&name)
+                    .unwrap_or_else(|| self.core.accepted.get(&type_url, &name).is_some());
+                if !held {
                     rejections.push(Rejection::new(&type_url, &name, "no resource payload"));
                 }
                 continue;

@@ -356,14 +356,19 @@ impl<M> Prepared<M> {
     }
 }
 
-/// `type_url`'s accepted state with the responses of `group` of that type applied.
-fn state_before<M, H: Handler>(core: &Core<H>, group: &[Prepared<M>], type_url: &str) -> TypeState {
-    group
-        .iter()
-        .filter(|p| p.type_url == type_url)
-        .fold(core.accepted.type_state(type_url), |base, p| {
-            p.apply(&base).0
-        })
+/// Whether the responses of `group` of `type_url` leave `name` held (`Some`), or do not touch it
+/// (`None`: as the accepted state has it). Scans back to the last response that decides.
+fn held_after<M>(group: &[Prepared<M>], type_url: &str, name: &str) -> Option<bool> {
+    for p in group.iter().rev().filter(|p| p.type_url == type_url) {
+        // Within one response removals apply first, then upserts (`Prepared::apply`).
+        if p.upserts.iter().any(|r| r.name == name) {
+            return Some(true);
+        }
+        if p.whole || p.removals.iter().any(|n| n == name) {
+            return Some(false);
+        }
+    }
+    None
 }
 
 /// A response the client NACKs before the handler sees it: (type URL, nonce, why).
@@ -376,11 +381,12 @@ pub(crate) trait Answer {
     type Handler: Handler;
     fn core(&mut self) -> &mut Core<Self::Handler>;
     fn type_of(response: &Self::Response) -> &str;
-    /// Check one response; `before` is its type's state it will apply to.
+    /// Check one response; `earlier(name)` is what the responses before it in the group did to
+    /// `name` of its type (`None`: nothing, the accepted state decides).
     fn prepare(
         &mut self,
         response: Self::Response,
-        before: &TypeState,
+        earlier: &dyn Fn(&str) -> Option<bool>,
     ) -> Result<Prepared<Self::Meta>, Refusal>;
     /// NACK a response [`Answer::prepare`] refused.
     fn refuse(&mut self, refusal: Refusal) -> Result<(), StreamError>;
@@ -407,8 +413,9 @@ pub(crate) fn judge<A: Answer>(
 ) -> Result<(), StreamError> {
     let mut group: Vec<Prepared<A::Meta>> = Vec::new();
     for response in responses {
-        let before = state_before(answer.core(), &group, A::type_of(&response));
-        match answer.prepare(response, &before) {
+        let type_url = A::type_of(&response).to_string();
+        let earlier = |name: &str| held_after(&group, &type_url, name);
+        match answer.prepare(response, &earlier) {
             Ok(prepared) => group.push(prepared),
             Err(refusal) => {
                 settle(answer, std::mem::take(&mut group))?;

@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{type_url as urls, Handler, Rejection, Resource, TypeState};
+use crate::resource::{type_url as urls, Handler, Rejection, Resource};
 use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
@@ -91,7 +91,7 @@ impl<H: Handler> Answer for Stream<'_, H> {
     fn prepare(
         &mut self,
         response: DiscoveryResponse,
-        _before: &TypeState,
+        _earlier: &dyn Fn(&str) -> Option<bool>,
     ) -> Result<Prepared<Meta>, Refusal> {
         Stream::prepare(self, response)
     }

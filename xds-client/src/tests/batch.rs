@@ -393,3 +393,35 @@ proptest::proptest! {
         proptest::prop_assert_eq!(together.0.lock().offered.clone(), alone.0.lock().offered.clone());
     }
 }
+
+#[test]
+fn a_heartbeat_for_what_an_earlier_response_of_the_group_added_is_accepted() {
+    let handler = TestHandler::default();
+    let mut core = core(&handler, Mode::Delta);
+    let heartbeat = |nonce: &str, name: &str| {
+        let mut r = delta(type_url::CLUSTER, nonce, vec![]);
+        r.resources.push(DeltaResource {
+            name: name.to_string(),
+            version: "1".into(),
+            ..Default::default()
+        });
+        r
+    };
+    let requests = crate::delta::answer_together(
+        &mut core,
+        vec![
+            cds("c1", &["kept"], false),
+            heartbeat("c2", "kept"),
+            heartbeat("c3", "never-sent"),
+        ],
+    );
+    let answers = answers(&requests);
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0], ack("Cluster", "c1"));
+    assert_eq!(answers[1], ack("Cluster", "c2"));
+    assert_eq!(
+        (answers[2].1.as_str(), answers[2].2.as_deref()),
+        ("c3", Some("Cluster never-sent: no resource payload"))
+    );
+    assert_eq!(handler.names(type_url::CLUSTER), vec!["kept"]);
+}
