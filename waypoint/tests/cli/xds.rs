@@ -237,7 +237,11 @@ async fn xds_mode_follows_istiod_pushes() {
     };
     let own = nice("waypoint");
     assert!(!own.is_empty(), "the main thread is listed");
-    assert_eq!(nice("xds"), vec![own[0].max(10)], "one xds thread, at nice 10");
+    assert_eq!(
+        nice("xds"),
+        vec![own[0].max(10)],
+        "one xds thread, at nice 10"
+    );
 
     // The node istiod sees, on the first request only, with the token's cluster.
     let hello = &server.requests()[0];
