@@ -220,21 +220,7 @@ async fn xds_mode_follows_istiod_pushes() {
 
     // Translations run on the `xds` thread at nice 10 (or the process's own, if lower), the
     // data path's workers at the process's own: a large push yields the cores to requests.
-    let nice = |comm: &str| -> Vec<i64> {
-        let tasks = format!("/proc/{}/task", child.id());
-        std::fs::read_dir(&tasks)
-            .expect("the waypoint's threads")
-            .filter_map(|t| {
-                let dir = t.ok()?.path();
-                let name = std::fs::read_to_string(dir.join("comm")).ok()?;
-                (name.trim() == comm).then_some(())?;
-                // Field 19 of stat is the nice value; fields count after the `(comm)`.
-                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-                let after = stat.rsplit_once(')')?.1;
-                after.split_whitespace().nth(16)?.parse().ok()
-            })
-            .collect()
-    };
+    let nice = |comm: &str| thread_nice(child.id(), comm);
     let own = nice("waypoint");
     assert!(!own.is_empty(), "the main thread is listed");
     assert_eq!(

@@ -61,6 +61,7 @@ use template::{
 mod translation;
 use translation::{measure_translation, ms, print_translation, probe_memory, status_kib_of};
 mod heap;
+mod probe;
 mod push;
 use push::{measure_push, print_push, waypoint_binary, Destination};
 mod churn;

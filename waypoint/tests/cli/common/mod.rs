@@ -457,3 +457,20 @@ pub async fn open_tunnel(
     }
     (response, stream)
 }
+
+/// The nice values of process `pid`'s threads named `comm` (from `/proc/<pid>/task/*/stat`).
+pub fn thread_nice(pid: u32, comm: &str) -> Vec<i64> {
+    let tasks = format!("/proc/{pid}/task");
+    std::fs::read_dir(&tasks)
+        .expect("the process's threads")
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            (name.trim() == comm).then_some(())?;
+            // Field 19 of stat is the nice value; fields count after the `(comm)`.
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
