@@ -3,15 +3,16 @@
 //! then [`SnapshotBuilder`].
 
 use super::access;
-use super::cluster::{self, EndpointSource, ServiceCluster};
+use super::cluster::{EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
 use super::listener::{self, ChainKind};
-use super::names::{ClusterName, Direction};
+use super::names::ClusterName;
 use super::outbound;
+use super::pieces::{AssignmentPiece, ClusterPiece, ClusterRole};
 use super::route::{self, RouteCtx};
 use super::{
-    At, Diag, Rejection, Resources, TranslateOptions, Translation, CLUSTER_TYPE, ENDPOINT_TYPE,
-    LISTENER_TYPE, ROUTE_TYPE, SUBSET_LABEL_PREFIX,
+    At, Diag, Rejection, TranslateOptions, Translation, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
+    ROUTE_TYPE, SUBSET_LABEL_PREFIX,
 };
 use crate::builder::SnapshotBuilder;
 use crate::model::StringMatch;
@@ -23,32 +24,16 @@ use crate::path::PathPolicy;
 use crate::policy::{ClusterPolicy, HashKey, PortTrafficPolicy, TrafficPolicy};
 use crate::tcp::{TcpMatch, TcpRoute};
 use crate::upstream::{SanMatcher, Transport};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpSpecifier;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 mod service;
 pub use service::ANY_SERVICE_ACCOUNT;
 use service::{bound_workloads, build_service, tcp_destination, waypoint_namespace};
-
-/// Clusters istiod sends a waypoint that are not services.
-const INFRA_CLUSTERS: &[&str] = &[
-    "main_internal",
-    "encap",
-    "connect_originate",
-    "inner_connect_originate",
-    "outer_connect_originate",
-    "forward_inner_connect",
-    "BlackHoleCluster",
-    "PassthroughCluster",
-    "InboundPassthroughCluster",
-    "InboundPassthroughClusterIpv4",
-    "InboundPassthroughClusterIpv6",
-    "agent",
-    "prometheus_stats",
-    "sds-grpc",
-    "xds-grpc",
-];
 
 #[derive(Default)]
 struct PortAcc {
@@ -86,60 +71,66 @@ fn index<'a, T>(
     out
 }
 
+/// One state of the world: listeners and route configurations decoded, clusters and
+/// assignments as their pieces (in the order they came: of a repeated name, the last is used
+/// and the repetition rejected).
+pub(crate) struct Input<'a> {
+    pub(crate) listeners: &'a [Listener],
+    pub(crate) routes: &'a [RouteConfiguration],
+    pub(crate) clusters: &'a [Arc<ClusterPiece>],
+    pub(crate) assignments: &'a [Arc<AssignmentPiece>],
+}
+
+/// The endpoints of each service cluster, by cluster name: an assignment's pods as its piece
+/// holds them, or computed for this translation.
+type Pods<'a> = BTreeMap<String, Cow<'a, [PodEndpoint]>>;
+
 pub(crate) fn translate(
-    res: &Resources,
+    res: &Input<'_>,
     opts: &TranslateOptions,
 ) -> Result<Translation, Vec<Rejection>> {
     let mut diag = Diag::default();
-    let clusters = index(&res.clusters, |c| c.name.as_str(), CLUSTER_TYPE, &mut diag);
+    let clusters = index(res.clusters, |c| c.name.as_str(), CLUSTER_TYPE, &mut diag);
     let clas = index(
-        &res.endpoints,
-        |c| c.cluster_name.as_str(),
+        res.assignments,
+        |c| c.name.as_str(),
         ENDPOINT_TYPE,
         &mut diag,
     );
-    let rcs = index(&res.routes, |r| r.name.as_str(), ROUTE_TYPE, &mut diag);
+    let rcs = index(res.routes, |r| r.name.as_str(), ROUTE_TYPE, &mut diag);
     let known: BTreeSet<String> = clusters.keys().map(|k| k.to_string()).collect();
 
     // Clusters.
     let mut hbone_peer_sans = None;
-    let mut svc_clusters: BTreeMap<String, ServiceCluster> = BTreeMap::new();
+    let mut svc_clusters: BTreeMap<String, Cow<'_, ServiceCluster>> = BTreeMap::new();
     // `outbound|…` clusters' transport socket matches (see [`outbound`]).
-    let mut socket_matches: BTreeMap<String, Vec<outbound::SocketMatch>> = BTreeMap::new();
-    for (name, c) in &clusters {
-        match ClusterName::parse(name) {
-            Some(cn) if cn.direction == Direction::InboundVip => {
-                if let Some(sc) = cluster::service_cluster(c, cn, &mut diag) {
-                    svc_clusters.insert(name.to_string(), sc);
+    let mut socket_matches: BTreeMap<String, &[outbound::SocketMatch]> = BTreeMap::new();
+    let mut subscriptions = super::Subscriptions::default();
+    for (name, piece) in &clusters {
+        diag.replay(&piece.diag);
+        subscriptions.endpoints.extend(piece.eds.clone());
+        match &piece.role {
+            ClusterRole::Service { cluster, matches } => {
+                svc_clusters.insert(name.to_string(), Cow::Borrowed(cluster));
+                if let Some(m) = matches {
+                    socket_matches.insert(name.to_string(), m);
                 }
             }
-            Some(cn) => {
-                if let Some(oc) = outbound::outbound_cluster(c, cn, &mut diag) {
-                    svc_clusters.insert(name.to_string(), oc.cluster);
-                    socket_matches.insert(name.to_string(), oc.matches);
-                }
-            }
-            None if *name == "connect_originate" => {
-                let at = At {
-                    type_url: CLUSTER_TYPE,
-                    name,
-                };
-                hbone_peer_sans = Some(cluster::connect_originate_sans(c, at, &mut diag));
-            }
-            None if INFRA_CLUSTERS.contains(name) => {}
-            None => diag.warn(
-                CLUSTER_TYPE,
-                name,
-                "not an istiod waypoint cluster; ignored",
-            ),
+            ClusterRole::ConnectOriginate(sans) => hbone_peer_sans = Some(sans.clone()),
+            ClusterRole::Other => {}
         }
     }
 
     // Endpoints of each service cluster.
     let mut used_clas = BTreeSet::new();
-    let mut pods: BTreeMap<String, Vec<PodEndpoint>> = BTreeMap::new();
+    let mut pods: Pods<'_> = BTreeMap::new();
     let mut dns_targets = BTreeMap::new();
     for (name, sc) in &svc_clusters {
+        let inline = || {
+            clusters
+                .get(name.as_str())
+                .and_then(|c| c.load_assignment.as_ref())
+        };
         let list = match &sc.source {
             EndpointSource::Eds(eds) => match clas.get(eds.as_str()) {
                 Some(cla) => {
@@ -148,10 +139,16 @@ pub(crate) fn translate(
                         type_url: ENDPOINT_TYPE,
                         name: eds,
                     };
-                    let list = endpoint::pods(cla, at, &mut diag);
+                    diag.replay(&cla.diag);
                     match socket_matches.get(name) {
-                        Some(m) => outbound::reachable(list, cla, m, at, &mut diag),
-                        None => list,
+                        Some(m) => Cow::Owned(outbound::reachable(
+                            cla.pods.clone(),
+                            cla.socket_meta.as_ref(),
+                            m,
+                            at,
+                            &mut diag,
+                        )),
+                        None => Cow::Borrowed(cla.pods.as_slice()),
                     }
                 }
                 None => {
@@ -160,27 +157,22 @@ pub(crate) fn translate(
                         name,
                         format!("endpoints {eds} not received yet"),
                     );
-                    Vec::new()
+                    Cow::Borrowed(&[][..])
                 }
             },
-            EndpointSource::Inline => match clusters
-                .get(name.as_str())
-                .and_then(|c| c.load_assignment.as_ref())
-            {
-                Some(cla) => endpoint::pods(
+            EndpointSource::Inline => match inline() {
+                Some(cla) => Cow::Owned(endpoint::pods(
                     cla,
                     At {
                         type_url: CLUSTER_TYPE,
                         name,
                     },
                     &mut diag,
-                ),
-                None => Vec::new(),
+                )),
+                None => Cow::Borrowed(&[][..]),
             },
-            EndpointSource::Dns(d) => super::dns::endpoints(
-                clusters
-                    .get(name.as_str())
-                    .and_then(|c| c.load_assignment.as_ref()),
+            EndpointSource::Dns(d) => Cow::Owned(super::dns::endpoints(
+                inline(),
                 d,
                 &opts.dns,
                 &mut dns_targets,
@@ -189,8 +181,8 @@ pub(crate) fn translate(
                     name,
                 },
                 &mut diag,
-            ),
-            EndpointSource::None => Vec::new(),
+            )),
+            EndpointSource::None => Cow::Borrowed(&[][..]),
         };
         pods.insert(name.clone(), list);
     }
@@ -205,7 +197,10 @@ pub(crate) fn translate(
     }
 
     // Listeners and routes.
-    let main = listener::translate(&res.listeners, &rcs, &mut diag);
+    let main = listener::translate(res.listeners, &rcs, &mut diag);
+    for l in res.listeners {
+        subscriptions.routes.extend(listener::rds_names(l));
+    }
     let mut services: BTreeMap<String, ServiceAcc> = BTreeMap::new();
     for ((ip, port), chains) in &main.vips {
         for chain in chains {
@@ -361,20 +356,27 @@ pub(crate) fn translate(
 
     // Hash keys from the routes onto consistent-hash clusters.
     for (cluster, key) in hash_keys {
+        let unset = svc_clusters.get(&cluster).is_some_and(|sc| {
+            sc.policy
+                .load_balancer
+                .as_ref()
+                .and_then(|lb| lb.consistent_hash.as_ref())
+                .is_some_and(|ch| ch.key.is_none())
+        });
         if let Some(ch) = svc_clusters
             .get_mut(&cluster)
-            .and_then(|sc| sc.policy.load_balancer.as_mut())
+            .filter(|_| unset)
+            .and_then(|sc| sc.to_mut().policy.load_balancer.as_mut())
             .and_then(|lb| lb.consistent_hash.as_mut())
         {
-            if ch.key.is_none() {
-                ch.key = Some(key);
-            }
+            ch.key = Some(key);
         }
     }
 
     // Each service's clusters, grouped once (a scan per service was quadratic in services).
     let mut by_host: BTreeMap<&str, Vec<(&String, &ServiceCluster)>> = BTreeMap::new();
     for (name, sc) in &svc_clusters {
+        let sc: &ServiceCluster = sc;
         by_host
             .entry(sc.name.host.as_str())
             .or_default()
@@ -440,6 +442,7 @@ pub(crate) fn translate(
         snapshot: builder.build(),
         warnings: diag.warnings,
         dns: dns_targets.into_values().collect(),
+        subscriptions,
     })
 }
 
@@ -448,7 +451,7 @@ pub(crate) fn translate(
 fn is_route_only(
     acc: &ServiceAcc,
     mine: &[(&String, &ServiceCluster)],
-    outbound: &BTreeMap<String, Vec<outbound::SocketMatch>>,
+    outbound: &BTreeMap<String, &[outbound::SocketMatch]>,
 ) -> bool {
     acc.vips.is_empty() && !mine.is_empty() && mine.iter().all(|(n, _)| outbound.contains_key(*n))
 }

@@ -71,7 +71,7 @@ pub(crate) fn eds_name(c: &Cluster) -> Option<String> {
 }
 
 /// How a service cluster gets its endpoints.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum EndpointSource {
     /// From the named EDS assignment.
     Eds(String),
@@ -84,7 +84,7 @@ pub(crate) enum EndpointSource {
 }
 
 /// A translated `inbound-vip` cluster.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ServiceCluster {
     pub(crate) name: ClusterName,
     pub(crate) policy: ClusterPolicy,

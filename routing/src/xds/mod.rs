@@ -66,6 +66,7 @@ mod listener;
 mod matchers;
 mod names;
 mod outbound;
+mod pieces;
 mod rbac;
 mod route;
 
@@ -168,25 +169,26 @@ impl Resources {
 
     /// Decode one resource and add it.
     pub fn push_any(&mut self, any: &Any) -> Result<(), Rejection> {
+        self.push_encoded(&any.type_url, &any.value)
+    }
+
+    /// Decode one resource of type `type_url` from its bytes and add it.
+    pub fn push_encoded(&mut self, type_url: &str, value: &[u8]) -> Result<(), Rejection> {
         use prost::Message;
         let bad = |e: prost::DecodeError| Rejection {
-            type_url: any.type_url.clone(),
+            type_url: type_url.to_string(),
             name: String::new(),
             reason: format!("cannot decode resource: {e}"),
         };
-        match any.type_url.as_str() {
-            LISTENER_TYPE => self
-                .listeners
-                .push(Listener::decode(any.value.as_slice()).map_err(bad)?),
-            CLUSTER_TYPE => self
-                .clusters
-                .push(Cluster::decode(any.value.as_slice()).map_err(bad)?),
+        match type_url {
+            LISTENER_TYPE => self.listeners.push(Listener::decode(value).map_err(bad)?),
+            CLUSTER_TYPE => self.clusters.push(Cluster::decode(value).map_err(bad)?),
             ENDPOINT_TYPE => self
                 .endpoints
-                .push(ClusterLoadAssignment::decode(any.value.as_slice()).map_err(bad)?),
+                .push(ClusterLoadAssignment::decode(value).map_err(bad)?),
             ROUTE_TYPE => self
                 .routes
-                .push(RouteConfiguration::decode(any.value.as_slice()).map_err(bad)?),
+                .push(RouteConfiguration::decode(value).map_err(bad)?),
             other => {
                 return Err(Rejection {
                     type_url: other.to_string(),
@@ -240,6 +242,83 @@ pub struct Translation {
     /// Hostnames of STRICT_DNS / LOGICAL_DNS clusters to keep resolved; their answers go in
     /// [`TranslateOptions::dns`] of the next translation.
     pub dns: Vec<crate::dns::DnsTarget>,
+    /// The EDS assignments and RDS route configurations the translated listeners and clusters
+    /// need (as [`required_resources`]).
+    pub subscriptions: Subscriptions,
+}
+
+/// A resource as it arrives on the wire: its type URL, its xDS name and its encoded bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded<'a> {
+    pub type_url: &'a str,
+    pub name: &'a str,
+    pub value: &'a [u8],
+}
+
+/// Translates states of the world one after the other, reusing what the last one translated:
+/// a cluster or an EDS assignment whose bytes did not change is neither decoded nor translated
+/// again (an EDS push rebuilds one assignment). The result is the same as [`translate`]'s on
+/// the decoded resources (property-tested). It keeps the translated pieces of the last state
+/// only, not its protos.
+#[derive(Debug, Default)]
+pub struct Translator {
+    memo: pieces::Memo,
+}
+
+/// How much of the last translation was reused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reuse {
+    /// Clusters and assignments whose pieces were reused (bytes unchanged).
+    pub reused: usize,
+    /// Clusters and assignments decoded and translated.
+    pub built: usize,
+}
+
+impl Translator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Translate one state of the world (as [`translate`]).
+    pub fn translate(
+        &mut self,
+        resources: &[Encoded<'_>],
+        options: &TranslateOptions,
+    ) -> Result<Translation, Vec<Rejection>> {
+        let decoded = self.memo.pieces(resources)?;
+        assemble::translate(
+            &assemble::Input {
+                listeners: &decoded.resources.listeners,
+                routes: &decoded.resources.routes,
+                clusters: &decoded.clusters,
+                assignments: &decoded.assignments,
+            },
+            options,
+        )
+    }
+
+    /// [`translate_refusing`] on encoded resources: a resource that does not decode, or that
+    /// the translation rejects, is refused alone and the rest translated again.
+    pub fn translate_refusing(
+        &mut self,
+        resources: &[Encoded<'_>],
+        options: &TranslateOptions,
+    ) -> Result<(Translation, Vec<Rejection>), Vec<Rejection>> {
+        refusing(
+            resources.to_vec(),
+            |kept| self.translate(kept, options),
+            |kept| kept.len(),
+            |kept, r| kept.retain(|e| e.type_url != r.type_url || e.name != r.name),
+        )
+    }
+
+    /// What the last translation reused and built.
+    pub fn reuse(&self) -> Reuse {
+        Reuse {
+            reused: self.memo.reused,
+            built: self.memo.built,
+        }
+    }
 }
 
 /// Something the translator could not express; the rest was translated.
@@ -319,7 +398,26 @@ pub fn translate(
     resources: &Resources,
     options: &TranslateOptions,
 ) -> Result<Translation, Vec<Rejection>> {
-    assemble::translate(resources, options)
+    use std::sync::Arc;
+    let clusters: Vec<_> = resources
+        .clusters
+        .iter()
+        .map(|c| Arc::new(pieces::ClusterPiece::build(c)))
+        .collect();
+    let assignments: Vec<_> = resources
+        .endpoints
+        .iter()
+        .map(|c| Arc::new(pieces::AssignmentPiece::build(c)))
+        .collect();
+    assemble::translate(
+        &assemble::Input {
+            listeners: &resources.listeners,
+            routes: &resources.routes,
+            clusters: &clusters,
+            assignments: &assignments,
+        },
+        options,
+    )
 }
 
 /// How many times [`translate_refusing`] translates again with refused resources left out.
@@ -338,22 +436,37 @@ pub fn translate_refusing(
         Ok(translation) => return Ok((translation, Vec::new())),
         Err(rejections) => rejections,
     };
-    let mut kept = resources.clone();
+    let mut first = Some(first);
+    refusing(
+        resources.clone(),
+        |kept| match first.take() {
+            Some(rejections) => Err(rejections),
+            None => translate(kept, options),
+        },
+        Resources::len,
+        |kept, r| kept.remove(&r.type_url, &r.name),
+    )
+}
+
+/// Translate `kept`; while that is rejected, leave out the resources the rejections name and
+/// translate again (at most [`REFUSAL_ROUNDS`] times). `Err` when a round leaves nothing out.
+fn refusing<T>(
+    mut kept: T,
+    mut translate: impl FnMut(&T) -> Result<Translation, Vec<Rejection>>,
+    len: impl Fn(&T) -> usize,
+    remove: impl Fn(&mut T, &Rejection),
+) -> Result<(Translation, Vec<Rejection>), Vec<Rejection>> {
     let mut refused = Vec::new();
-    let mut pending = Some(first);
     for _ in 0..REFUSAL_ROUNDS {
-        let rejections = match pending.take() {
-            Some(rejections) => rejections,
-            None => match translate(&kept, options) {
-                Ok(translation) => return Ok((translation, refused)),
-                Err(rejections) => rejections,
-            },
+        let rejections = match translate(&kept) {
+            Ok(translation) => return Ok((translation, refused)),
+            Err(rejections) => rejections,
         };
-        let before = kept.len();
+        let before = len(&kept);
         for r in &rejections {
-            kept.remove(&r.type_url, &r.name);
+            remove(&mut kept, r);
         }
-        let progress = kept.len() < before;
+        let progress = len(&kept) < before;
         refused.extend(rejections);
         if !progress {
             return Err(refused);
@@ -370,6 +483,12 @@ pub(crate) struct Diag {
 }
 
 impl Diag {
+    /// Report again what `other` found (a reused piece's diagnostics).
+    pub(crate) fn replay(&mut self, other: &Diag) {
+        self.warnings.extend(other.warnings.iter().cloned());
+        self.rejections.extend(other.rejections.iter().cloned());
+    }
+
     pub(crate) fn warn(&mut self, type_url: &'static str, name: &str, message: impl Into<String>) {
         self.warnings.push(Warning {
             type_url,

@@ -144,9 +144,12 @@ fn socket_kind(ts: &TransportSocket) -> Socket {
     }
 }
 
-/// `envoy.transport_socket_match` metadata of each endpoint of an assignment, by address (the
-/// internal address's `endpoint_id` or the socket address).
-fn match_metadata(cla: &ClusterLoadAssignment) -> BTreeMap<SocketAddr, BTreeMap<String, String>> {
+/// `envoy.transport_socket_match` metadata strings of each endpoint of an assignment, by address
+/// (the internal address's `endpoint_id` or the socket address).
+pub(crate) type MatchMetadata = BTreeMap<SocketAddr, BTreeMap<String, String>>;
+
+/// The assignment's [`MatchMetadata`]; `None` when no endpoint has any (every lookup is empty).
+pub(crate) fn match_metadata(cla: &ClusterLoadAssignment) -> Option<MatchMetadata> {
     let mut out = BTreeMap::new();
     for ep in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
         let Some(HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
@@ -174,7 +177,7 @@ fn match_metadata(cla: &ClusterLoadAssignment) -> BTreeMap<SocketAddr, BTreeMap<
             out.insert(addr, keys);
         }
     }
-    out
+    out.values().any(|keys| !keys.is_empty()).then_some(out)
 }
 
 /// The socket Envoy would pick for endpoint metadata `keys`: the first match whose keys it
@@ -192,7 +195,7 @@ fn pick<'m>(
 /// (`tunnel`: HBONE, else direct plaintext); the others left out with a warning.
 pub(crate) fn reachable(
     pods: Vec<PodEndpoint>,
-    cla: &ClusterLoadAssignment,
+    meta: Option<&MatchMetadata>,
     matches: &[SocketMatch],
     at: At<'_>,
     diag: &mut Diag,
@@ -201,11 +204,10 @@ pub(crate) fn reachable(
         // No matches: the cluster's own socket for every endpoint, as for `inbound-vip`.
         return pods;
     }
-    let meta = match_metadata(cla);
     let empty = BTreeMap::new();
     let mut out = Vec::new();
     for mut pod in pods {
-        let keys = meta.get(&pod.addr).unwrap_or(&empty);
+        let keys = meta.and_then(|m| m.get(&pod.addr)).unwrap_or(&empty);
         let (name, socket) = match pick(matches, keys) {
             Some(m) => (m.name.as_str(), &m.socket),
             None => ("(cluster default)", &Socket::Plain),

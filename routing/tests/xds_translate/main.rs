@@ -18,6 +18,7 @@ mod authz_chains;
 mod bookinfo;
 mod dns;
 mod locality;
+mod memo;
 mod outbound;
 mod rules;
 mod upstreams;

@@ -118,7 +118,7 @@ pub(super) fn build_service(
     host: &str,
     acc: ServiceAcc,
     mine: &[(&String, &ServiceCluster)],
-    pods: &BTreeMap<String, Vec<PodEndpoint>>,
+    pods: &Pods<'_>,
     opts: &TranslateOptions,
     diag: &mut Diag,
     builder: &mut SnapshotBuilder,
@@ -168,7 +168,12 @@ pub(super) fn build_service(
         let mut targets = BTreeSet::new();
         for (name, sc) in mine {
             if sc.name.port == *number {
-                targets.extend(pods.get(*name).into_iter().flatten().map(|p| p.addr.port()));
+                targets.extend(
+                    pods.get(*name)
+                        .into_iter()
+                        .flat_map(|l| l.iter())
+                        .map(|p| p.addr.port()),
+                );
             }
         }
         if targets.len() > 1 {
@@ -204,7 +209,7 @@ pub(super) fn build_service(
     }
     let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
     for (name, sc) in mine {
-        for p in pods.get(*name).into_iter().flatten() {
+        for p in pods.get(*name).into_iter().flat_map(|l| l.iter()) {
             let e = eps.entry(p.addr.ip()).or_insert_with(|| Acc {
                 labels: BTreeMap::new(),
                 namespace: None,
@@ -261,7 +266,7 @@ pub(super) fn build_service(
         let placed = endpoint::with_placement(
             &sc.policy,
             sc.locality_weighted,
-            pods.get(*name).map_or(&[], Vec::as_slice),
+            pods.get(*name).map_or(&[][..], |l| l),
         );
         let p = &placed;
         match &sc.name.subset {

@@ -1,6 +1,7 @@
 //! Config from istiod over xDS (`waypoint run --xds ADDRESS`): the [`xds_client`] keeps the ADS
-//! stream, [`XdsHandler`] turns each candidate state of the world into a routing snapshot with
-//! [`routing::xds::translate`], and [`SnapshotSink`] hands it to the data path.
+//! stream, [`XdsHandler`] turns each candidate state of the world into a routing snapshot with a
+//! [`routing::xds::Translator`] (which reuses what unchanged clusters and assignments translated
+//! to), and [`SnapshotSink`] hands it to the data path.
 //!
 //! - A resource Envoy would reject (bad regex, weights that do not add up, a typed config that
 //!   does not decode…) is refused alone: NACKed naming it and why, counted and logged once, its
@@ -20,7 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use routing::xds::{Resources, TranslateOptions};
+use routing::xds::{Encoded, TranslateOptions, Translator};
 use tracing::{info, warn};
 use xds_client::{type_url, Applied, Handler, Rejection, ResourceState, Subscriptions, Update};
 
@@ -58,12 +59,22 @@ pub struct XdsHandler {
     last_good: ResourceState,
     /// Resolves the hostnames of DNS clusters; a changed answer rebuilds [`Self::rebuild`]'s.
     pub dns: Arc<crate::control::dns::Dns>,
-    /// The last complete state published (as it translated: refused resources replaced or left
-    /// out), decoded and translated again when a DNS answer changes. It shares the resources'
-    /// bytes with the client's state; decoded protos are not kept between translations (they
-    /// take about nine times the encoded size). Held while a snapshot is translated and
-    /// offered, so an older state never replaces a newer one.
-    pub rebuild: Arc<Mutex<Option<ResourceState>>>,
+    /// The translator and the last complete state published (as it translated: refused
+    /// resources replaced or left out), translated again when a DNS answer changes. The state
+    /// shares the resources' bytes with the client's; decoded protos are not kept between
+    /// translations (they take about nine times the encoded size), only the translator's pieces.
+    /// Held while a snapshot is translated and offered, so an older state never replaces a
+    /// newer one.
+    pub rebuild: Arc<Mutex<Latest>>,
+}
+
+/// What [`XdsHandler::rebuild`] guards.
+#[derive(Default)]
+pub struct Latest {
+    /// Reuses what the last translation built (unchanged clusters and assignments).
+    translator: Translator,
+    /// The last complete state published.
+    state: Option<ResourceState>,
 }
 
 impl XdsHandler {
@@ -82,7 +93,7 @@ impl XdsHandler {
             published: false,
             last_good: ResourceState::default(),
             dns,
-            rebuild: Arc::new(Mutex::new(None)),
+            rebuild: Arc::new(Mutex::new(Latest::default())),
         }
     }
 
@@ -92,36 +103,24 @@ impl XdsHandler {
     /// names no resource that can be set aside: the candidate is rejected whole.
     fn translate_tolerant(
         &mut self,
+        translator: &mut Translator,
         state: &ResourceState,
     ) -> Result<
-        (
-            routing::xds::Translation,
-            Resources,
-            Vec<routing::xds::Rejection>,
-        ),
+        (routing::xds::Translation, Vec<routing::xds::Rejection>),
         Vec<routing::xds::Rejection>,
     > {
         let mut set_aside: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut refused = Vec::new();
-        let mut resources = decode(state, &self.last_good, &set_aside, &mut refused);
-        set_aside.extend(refused.iter().map(|r| (r.type_url.clone(), r.name.clone())));
-        let (mut translation, rejected) =
-            routing::xds::translate_refusing(&resources, &self.options)?;
-        if !set_aside.is_empty() || !rejected.is_empty() {
+        let (mut translation, mut refused) = translator
+            .translate_refusing(&encoded(state, &self.last_good, &set_aside), &self.options)?;
+        let mut stale_names = BTreeSet::new();
+        if !refused.is_empty() {
             // The refused new versions: their last good versions stand in, translated again.
-            set_aside.extend(
-                rejected
-                    .iter()
-                    .map(|r| (r.type_url.clone(), r.name.clone())),
-            );
-            refused.extend(rejected);
-            resources = decode(state, &self.last_good, &set_aside, &mut Vec::new());
-            let (again, stale) = routing::xds::translate_refusing(&resources, &self.options)?;
+            set_aside.extend(refused.iter().map(|r| (r.type_url.clone(), r.name.clone())));
+            let (again, stale) = translator
+                .translate_refusing(&encoded(state, &self.last_good, &set_aside), &self.options)?;
             // A last good version that no longer fits the rest is left out as well.
-            for r in &stale {
-                resources.remove(&r.type_url, &r.name);
-                set_aside.insert((r.type_url.clone(), r.name.clone()));
-            }
+            stale_names.extend(stale.iter().map(|r| (r.type_url.clone(), r.name.clone())));
+            set_aside.extend(stale_names.iter().cloned());
             refused.extend(stale);
             translation = again;
         }
@@ -129,7 +128,7 @@ impl XdsHandler {
         let mut good = state.clone();
         for (t, n) in &set_aside {
             match self.last_good.get_shared(t, n) {
-                Some(previous) if resources.names().contains(&(t.as_str(), n.as_str())) => {
+                Some(previous) if !stale_names.contains(&(t.clone(), n.clone())) => {
                     good.insert(t, previous.clone())
                 }
                 _ => {
@@ -138,7 +137,7 @@ impl XdsHandler {
             }
         }
         self.last_good = good;
-        Ok((translation, resources, refused))
+        Ok((translation, refused))
     }
 
     /// Resources set aside while the rest of the candidate serves: counted, logged once per
@@ -181,15 +180,14 @@ impl XdsHandler {
     }
 }
 
-/// Decode `state`'s resources, those in `set_aside` taken from `last_good` (or left out); one
-/// that does not decode is left out and added to `refused`.
-fn decode(
-    state: &ResourceState,
-    last_good: &ResourceState,
+/// `state`'s resources as the translator reads them, those in `set_aside` taken from
+/// `last_good` (or left out).
+fn encoded<'a>(
+    state: &'a ResourceState,
+    last_good: &'a ResourceState,
     set_aside: &BTreeSet<(String, String)>,
-    refused: &mut Vec<routing::xds::Rejection>,
-) -> Resources {
-    let mut resources = Resources::default();
+) -> Vec<Encoded<'a>> {
+    let mut out = Vec::new();
     for t in TYPES {
         for r in state.resources(t) {
             let any =
@@ -201,13 +199,14 @@ fn decode(
                 } else {
                     &r.value
                 };
-            if let Err(mut rejection) = resources.push_any(any) {
-                rejection.name.clone_from(&r.name);
-                refused.push(rejection);
-            }
+            out.push(Encoded {
+                type_url: t,
+                name: &r.name,
+                value: &any.value,
+            });
         }
     }
-    resources
+    out
 }
 
 /// What a state still lacks before it can serve, if anything.
@@ -241,12 +240,13 @@ impl Handler for XdsHandler {
     fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
         let state = update.state;
         let rebuild = self.rebuild.clone();
-        let mut rebuild = rebuild.lock();
+        let mut latest = rebuild.lock();
         self.options.dns = self.dns.answers();
-        let (translation, resources, refused) = match self.translate_tolerant(state) {
+        let (translation, refused) = match self.translate_tolerant(&mut latest.translator, state) {
             Ok(t) => t,
             Err(rejections) => return Err(self.reject(rejections)),
         };
+        let reuse = latest.translator.reuse();
         // The NACKs name the resources of these responses' types (each response its own); one
         // of another type set aside again (still broken since its own response was NACKed, or
         // broken by this one's content) is logged, and its last good version keeps serving.
@@ -270,7 +270,7 @@ impl Handler for XdsHandler {
         };
         // Resolution starts at once (an incomplete state's DNS clusters warm meanwhile).
         self.dns.sync(&translation.dns);
-        let needed = routing::xds::required_resources(&resources.listeners, &resources.clusters);
+        let needed = &translation.subscriptions;
         let subscriptions = Subscriptions::new()
             .with(
                 type_url::CLUSTER_LOAD_ASSIGNMENT,
@@ -281,7 +281,7 @@ impl Handler for XdsHandler {
             subscriptions,
             refused: refused.clone(),
         };
-        if let Some(what) = missing(state, &needed) {
+        if let Some(what) = missing(state, needed) {
             if self.awaiting.as_deref() != Some(what.as_str()) {
                 info!(awaiting = %what, "xDS config incomplete; the current config keeps serving");
                 if !self.published {
@@ -305,14 +305,15 @@ impl Handler for XdsHandler {
         info!(
             version = snapshot.version(),
             services = snapshot.services().count(),
-            listeners = resources.listeners.len(),
-            clusters = resources.clusters.len(),
+            listeners = state.len(type_url::LISTENER),
+            clusters = state.len(type_url::CLUSTER),
             refused = refused.len(),
+            reused = reuse.reused,
+            rebuilt = reuse.built,
             "xDS config translated"
         );
         self.sink.offer(snapshot);
-        drop(resources);
-        *rebuild = Some(self.last_good.clone());
+        latest.state = Some(self.last_good.clone());
         self.published = true;
         Ok(applied(subscriptions))
     }
@@ -401,20 +402,21 @@ impl XdsRuntime {
 /// Translate the last complete state again whenever a DNS answer changes, and publish it.
 async fn dns_rebuilds(
     dns: Arc<crate::control::dns::Dns>,
-    rebuild: Arc<Mutex<Option<ResourceState>>>,
+    rebuild: Arc<Mutex<Latest>>,
     mut options: TranslateOptions,
     sink: Arc<SnapshotSink>,
 ) {
     let mut changed = dns.changed();
     while changed.changed().await.is_ok() {
-        let state = rebuild.lock();
+        let mut latest = rebuild.lock();
+        let Latest { translator, state } = &mut *latest;
         let Some(state) = state.as_ref() else {
             continue;
         };
         options.dns = dns.answers();
         // The state translated when it was published: every resource decodes.
-        let resources = decode(state, state, &BTreeSet::new(), &mut Vec::new());
-        match routing::xds::translate(&resources, &options) {
+        let resources = encoded(state, state, &BTreeSet::new());
+        match translator.translate(&resources, &options) {
             Ok(t) => {
                 info!(
                     version = t.snapshot.version(),

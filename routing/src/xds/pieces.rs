@@ -1,0 +1,263 @@
+//! What one cluster or one assignment translates to on its own, before the resources are put
+//! together ([`super::assemble`]): a *piece*. A piece depends on its resource's bytes only, so
+//! [`Memo`] keeps each piece under its resource's name and a digest of its bytes, and the next
+//! translation reuses it when the bytes are the same: an unchanged resource is neither decoded
+//! nor translated again, and an EDS push rebuilds the piece of the one assignment it changed.
+//!
+//! Warnings and rejections found while building a piece are kept with it and reported again
+//! each time the piece is used, where a translation from scratch reports them, so that a
+//! memoized translation is indistinguishable from one from scratch (property-tested in
+//! `super::tests::memo`).
+
+use super::cluster::{self, EndpointSource, ServiceCluster};
+use super::endpoint::{self, PodEndpoint};
+use super::names::{ClusterName, Direction};
+use super::outbound::{self, MatchMetadata, SocketMatch};
+use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE};
+use crate::upstream::SanMatcher;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Clusters istiod sends a waypoint that are not services.
+const INFRA_CLUSTERS: &[&str] = &[
+    "main_internal",
+    "encap",
+    "connect_originate",
+    "inner_connect_originate",
+    "outer_connect_originate",
+    "forward_inner_connect",
+    "BlackHoleCluster",
+    "PassthroughCluster",
+    "InboundPassthroughCluster",
+    "InboundPassthroughClusterIpv4",
+    "InboundPassthroughClusterIpv6",
+    "agent",
+    "prometheus_stats",
+    "sds-grpc",
+    "xds-grpc",
+];
+
+/// What a cluster is to the waypoint.
+// Most clusters are services, and each role lives once in its piece: no box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum ClusterRole {
+    /// A service cluster (`inbound-vip|…`); `matches`: an `outbound|…` cluster's transport
+    /// socket matches (see [`outbound`]), `None` for `inbound-vip`.
+    Service {
+        cluster: ServiceCluster,
+        matches: Option<Vec<SocketMatch>>,
+    },
+    /// `connect_originate`: the SAN matchers HBONE peers are verified against.
+    ConnectOriginate(Vec<SanMatcher>),
+    /// Rejected, infrastructure, or not a waypoint cluster (the piece's diagnostics say which).
+    Other,
+}
+
+/// One translated cluster.
+#[derive(Debug)]
+pub(crate) struct ClusterPiece {
+    /// The cluster's own name.
+    pub(crate) name: String,
+    pub(crate) role: ClusterRole,
+    /// The EDS assignment it needs, if it is an EDS cluster.
+    pub(crate) eds: Option<String>,
+    /// The inline `load_assignment` of a STATIC or DNS cluster (their endpoints are read at
+    /// assembly: DNS answers change without the cluster changing).
+    pub(crate) load_assignment: Option<ClusterLoadAssignment>,
+    pub(crate) diag: Diag,
+}
+
+impl ClusterPiece {
+    pub(crate) fn build(c: &Cluster) -> ClusterPiece {
+        let mut diag = Diag::default();
+        let name = c.name.as_str();
+        let role = match ClusterName::parse(name) {
+            Some(cn) if cn.direction == Direction::InboundVip => {
+                match cluster::service_cluster(c, cn, &mut diag) {
+                    Some(cluster) => ClusterRole::Service {
+                        cluster,
+                        matches: None,
+                    },
+                    None => ClusterRole::Other,
+                }
+            }
+            Some(cn) => match outbound::outbound_cluster(c, cn, &mut diag) {
+                Some(oc) => ClusterRole::Service {
+                    cluster: oc.cluster,
+                    matches: Some(oc.matches),
+                },
+                None => ClusterRole::Other,
+            },
+            None if name == "connect_originate" => {
+                let at = At {
+                    type_url: CLUSTER_TYPE,
+                    name,
+                };
+                ClusterRole::ConnectOriginate(cluster::connect_originate_sans(c, at, &mut diag))
+            }
+            None if INFRA_CLUSTERS.contains(&name) => ClusterRole::Other,
+            None => {
+                diag.warn(
+                    CLUSTER_TYPE,
+                    name,
+                    "not an istiod waypoint cluster; ignored",
+                );
+                ClusterRole::Other
+            }
+        };
+        let inline = matches!(
+            &role,
+            ClusterRole::Service { cluster, .. }
+                if matches!(cluster.source, EndpointSource::Inline | EndpointSource::Dns(_))
+        );
+        ClusterPiece {
+            name: c.name.clone(),
+            role,
+            eds: cluster::eds_name(c),
+            load_assignment: c.load_assignment.clone().filter(|_| inline),
+            diag,
+        }
+    }
+}
+
+/// One translated EDS assignment.
+#[derive(Debug)]
+pub(crate) struct AssignmentPiece {
+    /// The assignment's `cluster_name`.
+    pub(crate) name: String,
+    /// Its routable pods.
+    pub(crate) pods: Vec<PodEndpoint>,
+    /// Its endpoints' transport socket match metadata (read for `outbound|…` clusters).
+    pub(crate) socket_meta: Option<MatchMetadata>,
+    /// What reading the pods found (reported as the assignment's).
+    pub(crate) diag: Diag,
+}
+
+impl AssignmentPiece {
+    pub(crate) fn build(cla: &ClusterLoadAssignment) -> AssignmentPiece {
+        let mut diag = Diag::default();
+        let at = At {
+            type_url: ENDPOINT_TYPE,
+            name: &cla.cluster_name,
+        };
+        let mut pods = endpoint::pods(cla, at, &mut diag);
+        pods.shrink_to_fit();
+        AssignmentPiece {
+            name: cla.cluster_name.clone(),
+            pods,
+            socket_meta: outbound::match_metadata(cla),
+            diag,
+        }
+    }
+}
+
+/// 128 bits of XXH3 over a resource's bytes: equal digests are taken as equal bytes.
+fn digest(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+/// Pieces of one type by resource name, with the digest of the bytes each was built from.
+type Pieces<P> = HashMap<String, (u128, Arc<P>)>;
+
+/// The pieces of the last translation, reused by the next one where the bytes are unchanged.
+/// Holds only what the last translation used: a resource that is gone is forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    clusters: Pieces<ClusterPiece>,
+    assignments: Pieces<AssignmentPiece>,
+    /// Pieces reused and built by the last [`Memo::pieces`].
+    pub(crate) reused: usize,
+    pub(crate) built: usize,
+}
+
+/// The encoded resources of one translation, clusters and assignments as pieces.
+pub(crate) struct Decoded {
+    pub(crate) resources: super::Resources,
+    pub(crate) clusters: Vec<Arc<ClusterPiece>>,
+    pub(crate) assignments: Vec<Arc<AssignmentPiece>>,
+}
+
+impl Memo {
+    /// Decode `resources`: listeners and route configurations in full, clusters and assignments
+    /// only when their bytes differ from the last translation's (else their pieces are reused).
+    /// A resource that does not decode is a rejection naming it.
+    pub(crate) fn pieces(&mut self, resources: &[Encoded<'_>]) -> Result<Decoded, Vec<Rejection>> {
+        use prost::Message;
+        let mut out = Decoded {
+            resources: super::Resources::default(),
+            clusters: Vec::new(),
+            assignments: Vec::new(),
+        };
+        let (mut clusters, mut assignments) = (Pieces::new(), Pieces::new());
+        let (mut reused, mut built) = (0, 0);
+        let mut rejections = Vec::new();
+        for r in resources {
+            let bad = |e: prost::DecodeError| Rejection {
+                type_url: r.type_url.to_string(),
+                name: r.name.to_string(),
+                reason: format!("cannot decode resource: {e}"),
+            };
+            let result = match r.type_url {
+                CLUSTER_TYPE => memoized(&self.clusters, &mut clusters, r, &mut reused, || {
+                    built += 1;
+                    Cluster::decode(r.value)
+                        .map(|c| ClusterPiece::build(&c))
+                        .map_err(bad)
+                })
+                .map(|p| out.clusters.push(p)),
+                ENDPOINT_TYPE => {
+                    memoized(&self.assignments, &mut assignments, r, &mut reused, || {
+                        built += 1;
+                        ClusterLoadAssignment::decode(r.value)
+                            .map(|c| AssignmentPiece::build(&c))
+                            .map_err(bad)
+                    })
+                    .map(|p| out.assignments.push(p))
+                }
+                _ => out
+                    .resources
+                    .push_encoded(r.type_url, r.value)
+                    .map_err(|mut e| {
+                        e.name = r.name.to_string();
+                        e
+                    }),
+            };
+            if let Err(e) = result {
+                rejections.push(e);
+            }
+        }
+        self.clusters = clusters;
+        self.assignments = assignments;
+        self.reused = reused;
+        self.built = built;
+        if rejections.is_empty() {
+            Ok(out)
+        } else {
+            Err(rejections)
+        }
+    }
+}
+
+/// The piece of `r`: the last translation's when its bytes are the same, else `build`'s.
+/// Recorded in `next` either way.
+fn memoized<P>(
+    last: &Pieces<P>,
+    next: &mut Pieces<P>,
+    r: &Encoded<'_>,
+    reused: &mut usize,
+    build: impl FnOnce() -> Result<P, Rejection>,
+) -> Result<Arc<P>, Rejection> {
+    let d = digest(r.value);
+    let piece = match last.get(r.name) {
+        Some((old, piece)) if *old == d => {
+            *reused += 1;
+            piece.clone()
+        }
+        _ => Arc::new(build()?),
+    };
+    next.insert(r.name.to_string(), (d, piece.clone()));
+    Ok(piece)
+}

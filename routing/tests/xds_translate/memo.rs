@@ -1,0 +1,309 @@
+//! `xds::Translator` (which reuses the pieces of unchanged clusters and assignments) against a
+//! translation from scratch: for random sequences of resource updates and removals over the
+//! golden fixtures' resources (istiod's shapes), both give the same snapshot, warnings,
+//! rejections, DNS targets and subscriptions at every step.
+
+use super::*;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+use proptest::prelude::*;
+use prost::Message;
+use routing::xds::{Encoded, Translator, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// Fixtures whose resources make up the pool (istiod's shapes of several releases and features).
+const FIXTURES: &[&str] = &[
+    "bookinfo.json",
+    "authz.json",
+    "dns_serviceentry_1_30.json",
+    "locality_1_24.json",
+    "multinetwork_1_30.json",
+    "outbound_1_24.json",
+    "releases_1_30.json",
+    "route_fields.json",
+    "rules.json",
+    "upstreams.json",
+];
+
+/// A resource's key in a state of the world.
+type Key = (&'static str, String);
+
+/// Every resource of the fixtures, each with a few versions of its bytes: as istiod wrote it,
+/// then changed the way pushes change it (an endpoint gone or unhealthy, another timeout or
+/// balancer, a chain or a route fewer). Also one state per fixture to start from.
+struct Pool {
+    versions: Vec<(Key, Vec<Vec<u8>>)>,
+    starts: Vec<Vec<usize>>,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut versions: BTreeMap<Key, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut starts = Vec::new();
+        for f in FIXTURES {
+            let res = load_resources(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            let mut keys = Vec::new();
+            for l in &res.listeners {
+                keys.push(add(
+                    &mut versions,
+                    LISTENER_TYPE,
+                    &l.name,
+                    listener_versions(l),
+                ));
+            }
+            for c in &res.clusters {
+                keys.push(add(
+                    &mut versions,
+                    CLUSTER_TYPE,
+                    &c.name,
+                    cluster_versions(c),
+                ));
+            }
+            for c in &res.endpoints {
+                keys.push(add(
+                    &mut versions,
+                    ENDPOINT_TYPE,
+                    &c.cluster_name,
+                    cla_versions(c),
+                ));
+            }
+            for r in &res.routes {
+                keys.push(add(&mut versions, ROUTE_TYPE, &r.name, route_versions(r)));
+            }
+            starts.push(keys);
+        }
+        let index: BTreeMap<&Key, usize> =
+            versions.keys().enumerate().map(|(i, k)| (k, i)).collect();
+        let starts = starts
+            .iter()
+            .map(|keys| keys.iter().map(|k| index[k]).collect())
+            .collect();
+        Pool {
+            versions: versions.into_iter().collect(),
+            starts,
+        }
+    })
+}
+
+fn add(
+    versions: &mut BTreeMap<Key, Vec<Vec<u8>>>,
+    type_url: &'static str,
+    name: &str,
+    new: Vec<Vec<u8>>,
+) -> Key {
+    let key = (type_url, name.to_string());
+    let list = versions.entry(key.clone()).or_default();
+    for v in new {
+        if !list.contains(&v) {
+            list.push(v);
+        }
+    }
+    key
+}
+
+fn listener_versions(l: &Listener) -> Vec<Vec<u8>> {
+    let mut fewer = l.clone();
+    fewer.filter_chains.pop();
+    vec![l.encode_to_vec(), fewer.encode_to_vec()]
+}
+
+fn cluster_versions(c: &Cluster) -> Vec<Vec<u8>> {
+    let mut timeout = c.clone();
+    timeout.connect_timeout = Some(ProtoDuration {
+        seconds: 3,
+        nanos: 0,
+    });
+    let mut random = c.clone();
+    random.lb_policy = 3; // RANDOM
+    vec![
+        c.encode_to_vec(),
+        timeout.encode_to_vec(),
+        random.encode_to_vec(),
+    ]
+}
+
+fn cla_versions(c: &ClusterLoadAssignment) -> Vec<Vec<u8>> {
+    let mut fewer = c.clone();
+    if let Some(l) = fewer.endpoints.first_mut() {
+        l.lb_endpoints.pop();
+    }
+    let mut unhealthy = c.clone();
+    if let Some(e) = unhealthy
+        .endpoints
+        .first_mut()
+        .and_then(|l| l.lb_endpoints.first_mut())
+    {
+        e.health_status = 2; // UNHEALTHY
+    }
+    vec![
+        c.encode_to_vec(),
+        fewer.encode_to_vec(),
+        unhealthy.encode_to_vec(),
+    ]
+}
+
+fn route_versions(r: &RouteConfiguration) -> Vec<Vec<u8>> {
+    let mut fewer = r.clone();
+    if let Some(vh) = fewer.virtual_hosts.first_mut() {
+        vh.routes.pop();
+    }
+    vec![r.encode_to_vec(), fewer.encode_to_vec()]
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Set resource `key` (an index into the pool) to its version `version` (modulo its count).
+    Upsert {
+        key: usize,
+        version: usize,
+    },
+    Remove {
+        key: usize,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let n = pool().versions.len();
+    prop_oneof![
+        3 => (0..n, 0..3usize).prop_map(|(key, version)| Step::Upsert { key, version }),
+        1 => (0..n).prop_map(|key| Step::Remove { key }),
+    ]
+}
+
+/// What a translation gave, without what differs between two equal snapshots (the version).
+fn outcome(
+    r: Result<xds::Translation, Vec<xds::Rejection>>,
+) -> Result<String, Vec<xds::Rejection>> {
+    r.map(|t| {
+        let mut json = t.snapshot.to_json();
+        json.as_object_mut().unwrap().remove("version");
+        format!(
+            "{json:#}\nwarnings {:?}\ndns {:?}\nsubscriptions {:?}",
+            t.warnings, t.dns, t.subscriptions
+        )
+    })
+}
+
+fn from_scratch(encoded: &[Encoded<'_>]) -> Result<String, Vec<xds::Rejection>> {
+    let mut res = Resources::default();
+    for e in encoded {
+        res.push_encoded(e.type_url, e.value).unwrap();
+    }
+    let t = xds::translate(&res, &TranslateOptions::default());
+    if let Ok(t) = &t {
+        let wanted = xds::required_resources(&res.listeners, &res.clusters);
+        assert_eq!(t.subscriptions, wanted, "subscriptions");
+    }
+    outcome(t)
+}
+
+fn config() -> ProptestConfig {
+    let mut c = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = 48;
+    }
+    c.failure_persistence = None;
+    c
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn memoized_translation_equals_translation_from_scratch(
+        start in 0..FIXTURES.len(),
+        steps in proptest::collection::vec(step(), 1..10),
+    ) {
+        let pool = pool();
+        // Resource → its version in the current state.
+        let mut state: BTreeMap<usize, usize> =
+            pool.starts[start].iter().map(|&k| (k, 0)).collect();
+        let mut translator = Translator::new();
+        let mut reused_any = false;
+        for (i, s) in std::iter::once(None).chain(steps.iter().map(Some)).enumerate() {
+            match s {
+                Some(Step::Upsert { key, version }) => {
+                    state.insert(*key, version % pool.versions[*key].1.len());
+                }
+                Some(Step::Remove { key }) => {
+                    state.remove(key);
+                }
+                None => {}
+            }
+            let encoded: Vec<Encoded<'_>> = state
+                .iter()
+                .map(|(&k, &v)| {
+                    let ((type_url, name), versions) = &pool.versions[k];
+                    Encoded { type_url, name, value: &versions[v] }
+                })
+                .collect();
+            let memoized = outcome(translator.translate(&encoded, &TranslateOptions::default()));
+            reused_any |= i > 0 && translator.reuse().reused > 0;
+            prop_assert_eq!(&memoized, &from_scratch(&encoded), "step {} {:?}", i, s);
+        }
+        // The property is about reuse: a sequence that changed little reused pieces.
+        prop_assert!(reused_any || steps.len() < 2 || state.len() < 2);
+    }
+}
+
+/// An EDS push rebuilds the one assignment it changed; everything else is reused, and the
+/// snapshot has the new endpoints.
+#[test]
+fn an_eds_change_rebuilds_one_assignment() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let anys: Vec<(&str, String, Vec<u8>)> = res
+        .clusters
+        .iter()
+        .map(|c| (CLUSTER_TYPE, c.name.clone(), c.encode_to_vec()))
+        .chain(
+            res.endpoints
+                .iter()
+                .map(|c| (ENDPOINT_TYPE, c.cluster_name.clone(), c.encode_to_vec())),
+        )
+        .chain(
+            res.listeners
+                .iter()
+                .map(|l| (LISTENER_TYPE, l.name.clone(), l.encode_to_vec())),
+        )
+        .collect();
+    fn as_encoded<'a>(anys: &'a [(&'static str, String, Vec<u8>)]) -> Vec<Encoded<'a>> {
+        anys.iter()
+            .map(|(t, n, v)| Encoded {
+                type_url: t,
+                name: n,
+                value: v,
+            })
+            .collect()
+    }
+    let mut anys: Vec<(&'static str, String, Vec<u8>)> = anys;
+    let mut translator = Translator::new();
+    let first = translator
+        .translate(&as_encoded(&anys), &TranslateOptions::default())
+        .unwrap();
+    let pieces = res.clusters.len() + res.endpoints.len();
+    assert_eq!(translator.reuse().built, pieces);
+    assert_eq!(translator.reuse().reused, 0);
+
+    // ratings' assignment loses its endpoint.
+    let host = "ratings.default.svc.cluster.local";
+    let before = first.snapshot.endpoints(host).len();
+    let i = anys
+        .iter()
+        .position(|(t, n, _)| *t == ENDPOINT_TYPE && n == &format!("inbound-vip|9080|http|{host}"))
+        .expect("ratings' assignment");
+    let mut cla = ClusterLoadAssignment::decode(anys[i].2.as_slice()).unwrap();
+    let gone = cla.endpoints.iter_mut().find_map(|l| l.lb_endpoints.pop());
+    assert!(gone.is_some() && before > 0);
+    anys[i].2 = cla.encode_to_vec();
+    let second = translator
+        .translate(&as_encoded(&anys), &TranslateOptions::default())
+        .unwrap();
+    assert_eq!(translator.reuse().built, 1, "{:?}", translator.reuse());
+    assert_eq!(translator.reuse().reused, pieces - 1);
+    assert_eq!(second.snapshot.endpoints(host).len(), before - 1);
+}
