@@ -238,7 +238,9 @@ pub(crate) fn chain(chain: &FilterChain, at: At<'_>, diag: &mut Diag) -> ChainAu
 /// chains' policies and its TCP chains' (a service with chains of one kind
 /// only uses them for both: the other kind of traffic cannot reach it);
 /// `direct-http` / `direct-tcp` give the waypoint-wide set.
-pub(crate) fn authorization(chains: &BTreeMap<String, ChainAuthz>) -> Authorization {
+pub(crate) fn authorization(
+    chains: &BTreeMap<String, std::sync::Arc<ChainAuthz>>,
+) -> Authorization {
     type PerPort<'a> = Vec<(u16, &'a [Policy])>;
     let mut services: BTreeMap<String, (PerPort<'_>, PerPort<'_>)> = BTreeMap::new();
     let mut direct: (PerPort<'_>, PerPort<'_>) = Default::default();

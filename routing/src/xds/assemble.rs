@@ -3,13 +3,13 @@
 //! then [`SnapshotBuilder`].
 
 use super::access;
+use super::chain::{ChainRole, RoutesKind};
 use super::cluster::{EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
-use super::listener::{self, ChainKind};
+use super::listener::{self, ListenerMemo, ShallowListener};
 use super::names::ClusterName;
 use super::outbound;
 use super::pieces::{AssignmentPiece, ClusterPiece, ClusterRole};
-use super::route::{self, RouteCtx};
 use super::{
     At, Diag, Rejection, TranslateOptions, Translation, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
     ROUTE_TYPE, SUBSET_LABEL_PREFIX,
@@ -17,23 +17,20 @@ use super::{
 use crate::builder::SnapshotBuilder;
 use crate::model::StringMatch;
 use crate::model::{
-    DestinationRule, Endpoint, HttpRoute, Protocol, RouteDestination, Service, ServicePort, Subset,
-    VirtualService,
+    DestinationRule, Endpoint, HttpRoute, Protocol, Service, ServicePort, Subset, VirtualService,
 };
 use crate::path::PathPolicy;
 use crate::policy::{ClusterPolicy, HashKey, PortTrafficPolicy, TrafficPolicy};
-use crate::tcp::{TcpMatch, TcpRoute};
+use crate::tcp::TcpRoute;
 use crate::upstream::{SanMatcher, Transport};
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpSpecifier;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 mod service;
 pub use service::ANY_SERVICE_ACCOUNT;
-use service::{bound_workloads, build_service, tcp_destination, waypoint_namespace};
+use service::{bound_workloads, build_service, waypoint_namespace};
 
 #[derive(Default)]
 struct PortAcc {
@@ -75,7 +72,7 @@ fn index<'a, T>(
 /// assignments as their pieces (in the order they came: of a repeated name, the last is used
 /// and the repetition rejected).
 pub(crate) struct Input<'a> {
-    pub(crate) listeners: &'a [Listener],
+    pub(crate) listeners: &'a [ShallowListener],
     pub(crate) routes: &'a [RouteConfiguration],
     pub(crate) clusters: &'a [Arc<ClusterPiece>],
     pub(crate) assignments: &'a [Arc<AssignmentPiece>],
@@ -88,6 +85,7 @@ type Pods<'a> = BTreeMap<String, Cow<'a, [PodEndpoint]>>;
 pub(crate) fn translate(
     res: &Input<'_>,
     opts: &TranslateOptions,
+    memo: &mut ListenerMemo,
 ) -> Result<Translation, Vec<Rejection>> {
     let mut diag = Diag::default();
     let clusters = index(res.clusters, |c| c.name.as_str(), CLUSTER_TYPE, &mut diag);
@@ -197,12 +195,16 @@ pub(crate) fn translate(
     }
 
     // Listeners and routes.
-    let main = listener::translate(res.listeners, &rcs, &mut diag);
-    for l in res.listeners {
-        subscriptions.routes.extend(listener::rds_names(l));
-    }
+    let main = listener::translate(
+        res.listeners,
+        &rcs,
+        &known,
+        memo,
+        &mut subscriptions.routes,
+        &mut diag,
+    );
     let mut services: BTreeMap<String, ServiceAcc> = BTreeMap::new();
-    for ((ip, port), chains) in &main.vips {
+    for ((ip, port), chains) in &main.matched.vips {
         for chain in chains {
             let Some(cn) = ClusterName::parse(chain) else {
                 continue;
@@ -224,132 +226,42 @@ pub(crate) fn translate(
         acc.ports.entry(sc.name.port).or_default();
     }
     let mut hash_keys: Vec<(String, HashKey)> = Vec::new();
-    for (chain, kind) in &main.chains {
-        let Some(cn) = ClusterName::parse(chain) else {
+    for (chain, piece) in &main.chains {
+        let ChainRole::Service {
+            cluster: cn,
+            routes: Some(routes),
+            ..
+        } = &piece.role
+        else {
             continue;
         };
         let acc = services.entry(cn.host.clone()).or_default();
         let port_acc = acc.ports.entry(cn.port).or_default();
         port_acc.chains.insert(chain.clone());
-        match kind {
-            ChainKind::Http {
-                routes: Some(rc),
-                rds,
-                http2,
-                default_fault,
-                path,
+        match &routes.kind {
+            RoutesKind::Http {
+                http2, path, table, ..
             } => {
                 port_acc.http2 |= *http2;
                 set_path(port_acc, chain, *path, &mut diag);
-                let at = if *rds {
-                    At {
-                        type_url: ROUTE_TYPE,
-                        name: &rc.name,
+                diag.replay(&routes.diag);
+                hash_keys.extend(routes.hash_keys.iter().cloned());
+                if let Some(table) = table {
+                    if acc.virtual_service.is_none() {
+                        acc.virtual_service.clone_from(&table.virtual_service);
                     }
-                } else {
-                    At {
-                        type_url: LISTENER_TYPE,
-                        name: listener::MAIN_INTERNAL,
+                    acc.http.extend(table.routes.iter().cloned());
+                    if let (Some(d), Some(p)) =
+                        (&table.default_retries, acc.ports.get_mut(&cn.port))
+                    {
+                        p.default_retries = Some(d.clone());
                     }
-                };
-                if rc.virtual_hosts.len() > 1 {
-                    at.warn(
-                        &mut diag,
-                        format!("chain {chain}: only the first virtual host is used"),
-                    );
-                }
-                let Some(vh) = rc.virtual_hosts.first() else {
-                    at.warn(
-                        &mut diag,
-                        format!("chain {chain}: no virtual host; no routes"),
-                    );
-                    continue;
-                };
-                let ctx = RouteCtx {
-                    known_clusters: &known,
-                    // Envoy: true for inline route configs unless set; istiod sets false.
-                    validate_clusters: rc.validate_clusters.as_ref().map_or(!*rds, |v| v.value),
-                    port: cn.port,
-                    default_fault: default_fault.as_ref(),
-                    vhost_retry: vh.retry_policy.as_ref(),
-                    vhost_filters: Some(&vh.typed_per_filter_config),
-                };
-                let vhost_authz = vh
-                    .typed_per_filter_config
-                    .iter()
-                    .any(|(f, any)| route::authz_override(f, any).is_some());
-                let mut default_retries = None;
-                for (i, r) in vh.routes.iter().enumerate() {
-                    if route::is_default_route(r, chain) && vh.routes.len() == 1 && !vhost_authz {
-                        if let Some(key) = route::default_route_hash(r) {
-                            hash_keys.push((chain.clone(), key));
-                        }
-                        // Its retry policy as written (istiod 1.24+: reset-before-request).
-                        default_retries =
-                            route::default_route_retries(r, &ctx, at, &mut diag).map(Arc::new);
-                        continue;
-                    }
-                    let fallback = format!("{chain}.{i}");
-                    if let Some(t) = route::translate(r, &fallback, &ctx, at, &mut diag) {
-                        if acc.virtual_service.is_none() {
-                            acc.virtual_service = t.virtual_service;
-                        }
-                        hash_keys.extend(t.hash_keys);
-                        acc.http.push(t.route);
-                    }
-                }
-                if let (Some(d), Some(p)) = (default_retries, acc.ports.get_mut(&cn.port)) {
-                    p.default_retries = Some(d);
                 }
             }
-            ChainKind::Http {
-                routes: None, path, ..
-            } => set_path(port_acc, chain, *path, &mut diag),
-            ChainKind::Tcp(tcp) => {
-                let at = At {
-                    type_url: LISTENER_TYPE,
-                    name: listener::MAIN_INTERNAL,
-                };
-                let mut dests = Vec::new();
-                match &tcp.cluster_specifier {
-                    Some(TcpSpecifier::Cluster(c)) if c == chain => {}
-                    Some(TcpSpecifier::Cluster(c)) => {
-                        dests.push(tcp_destination(c, 100, &known, at, &mut diag))
-                    }
-                    Some(TcpSpecifier::WeightedClusters(w)) => {
-                        let sum: u64 = w.clusters.iter().map(|c| u64::from(c.weight)).sum();
-                        if sum == 0 || sum > u64::from(u32::MAX) {
-                            at.reject(
-                                &mut diag,
-                                format!("chain {chain}: tcp_proxy weights sum to {sum}"),
-                            );
-                        }
-                        for c in w.clusters.iter().filter(|c| c.weight > 0) {
-                            dests.push(tcp_destination(&c.name, c.weight, &known, at, &mut diag));
-                        }
-                    }
-                    None => at.reject(
-                        &mut diag,
-                        format!("chain {chain}: tcp_proxy without cluster"),
-                    ),
-                }
-                if let Some(key) = tcp.hash_policy.first().and_then(|h| {
-                    use envoy_types::pb::envoy::r#type::v3::hash_policy::PolicySpecifier;
-                    matches!(h.policy_specifier, Some(PolicySpecifier::SourceIp(_)))
-                        .then_some(HashKey::SourceIp)
-                }) {
-                    hash_keys.push((chain.clone(), key));
-                }
-                if !dests.is_empty() {
-                    acc.tcp.push(TcpRoute {
-                        name: format!("{chain}.tcp"),
-                        matches: vec![TcpMatch {
-                            port: Some(cn.port),
-                            ..TcpMatch::default()
-                        }],
-                        destinations: dests,
-                    });
-                }
+            RoutesKind::Tcp(route) => {
+                diag.replay(&routes.diag);
+                hash_keys.extend(routes.hash_keys.iter().cloned());
+                acc.tcp.extend(route.iter().cloned());
             }
         }
     }
@@ -415,7 +327,7 @@ pub(crate) fn translate(
         &mut diag,
         &mut builder,
     );
-    for ((host, port), chains) in &main.authorities {
+    for ((host, port), chains) in &main.matched.authorities {
         let other = chains
             .iter()
             .filter(|c| ClusterName::parse(c).is_none_or(|cn| cn.host != *host || cn.port != *port))

@@ -38,13 +38,14 @@ use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::TreeType;
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::on_match::OnMatch as OnMatchKind;
 use envoy_types::pb::xds::r#type::matcher::v3::matcher::{MatcherType, OnMatch};
 use envoy_types::pb::xds::r#type::matcher::v3::Matcher;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 mod matcher;
 use matcher::{classic_match, tree};
-mod chains;
+pub(crate) mod chains;
+use super::chain::{ChainPiece, ChainRole, Known};
 pub(crate) use chains::harmless;
-use chains::{chain_hcm, chain_kind, path_policy};
 
 /// The waypoint's internal listener.
 pub(crate) const MAIN_INTERNAL: &str = "main_internal";
@@ -131,22 +132,56 @@ pub(crate) enum ChainKind {
     Tcp(Box<TcpProxy>),
 }
 
-/// The translated `main_internal` listener.
-#[derive(Debug, Default)]
-pub(crate) struct MainListener {
+/// What `main_internal`'s `filter_chain_matcher` selects.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Matched {
     /// (VIP, port) → chain names (two when the port is sniffed).
     pub(crate) vips: BTreeMap<(IpAddr, u16), BTreeSet<String>>,
-    /// Chain name → content (chains named like istiod's clusters only).
-    pub(crate) chains: BTreeMap<String, ChainKind>,
-    /// Chain name → its authorization (service chains and `direct-*`).
-    pub(crate) authz: BTreeMap<String, ChainAuthz>,
-    /// `direct-http`'s path handling (pod-addressed requests).
-    pub(crate) direct_path: Option<PathPolicy>,
     /// Pod IPs of workloads bound to the waypoint → the direct chains the
     /// application-protocol matcher selects for them (any port).
     pub(crate) pods: BTreeMap<IpAddr, ProtocolChains>,
     /// Multi-network authority map: (`hostname`, port) → chain names.
     pub(crate) authorities: BTreeMap<(String, u16), BTreeSet<String>>,
+    /// What reading the matcher found (reported each time it is used).
+    diag: Diag,
+}
+
+/// The translated `main_internal` listener.
+#[derive(Debug, Default)]
+pub(crate) struct MainListener {
+    /// What the matcher selects (or the chains' classic `filter_chain_match`es).
+    pub(crate) matched: Arc<Matched>,
+    /// Service chains (named like istiod's clusters) that can be used, by name.
+    pub(crate) chains: BTreeMap<String, Arc<ChainPiece>>,
+    /// Chain name → its authorization (service chains and `direct-*`).
+    pub(crate) authz: BTreeMap<String, Arc<ChainAuthz>>,
+    /// `direct-http`'s path handling (pod-addressed requests).
+    pub(crate) direct_path: Option<PathPolicy>,
+}
+
+/// A listener with its filter chains and matcher left encoded: only the chains whose bytes
+/// changed since the last translation are decoded ([`ListenerMemo`]). Field numbers of
+/// `envoy.config.listener.v3.Listener`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ShallowListener {
+    #[prost(string, tag = "1")]
+    pub(crate) name: String,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub(crate) filter_chains: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "25")]
+    pub(crate) default_filter_chain: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "32")]
+    pub(crate) filter_chain_matcher: Option<Vec<u8>>,
+}
+
+/// The chain pieces and the matcher of the last translation, by a digest of their bytes.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerMemo {
+    chains: HashMap<u128, Arc<ChainPiece>>,
+    matcher: Option<(u128, Arc<Matched>)>,
+    /// Chains reused and built by the last translation.
+    pub(crate) reused: usize,
+    pub(crate) built: usize,
 }
 
 /// What an application-protocol matcher selects: the chain for HTTP
@@ -157,20 +192,14 @@ pub(crate) struct ProtocolChains {
     pub(crate) tcp: Option<String>,
 }
 
-/// RDS names the listener's HCMs reference.
-pub(crate) fn rds_names(l: &Listener) -> Vec<String> {
+/// RDS names a chain's connection managers reference.
+pub(crate) fn chain_rds_names(chain: &FilterChain) -> Vec<String> {
     let mut out = Vec::new();
-    for chain in l
-        .filter_chains
-        .iter()
-        .chain(l.default_filter_chain.as_ref())
-    {
-        for f in &chain.filters {
-            if let Some(ConfigType::TypedConfig(any)) = &f.config_type {
-                if let Some(Ok(hcm)) = decode_any::<HttpConnectionManager>(any) {
-                    if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                        out.push(rds.route_config_name);
-                    }
+    for f in &chain.filters {
+        if let Some(ConfigType::TypedConfig(any)) = &f.config_type {
+            if let Some(Ok(hcm)) = decode_any::<HttpConnectionManager>(any) {
+                if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                    out.push(rds.route_config_name);
                 }
             }
         }
@@ -178,26 +207,78 @@ pub(crate) fn rds_names(l: &Listener) -> Vec<String> {
     out
 }
 
-/// Check every listener, translate `main_internal`.
+/// RDS names the listener's HCMs reference.
+pub(crate) fn rds_names(l: &Listener) -> Vec<String> {
+    l.filter_chains
+        .iter()
+        .chain(l.default_filter_chain.as_ref())
+        .flat_map(chain_rds_names)
+        .collect()
+}
+
+/// A chain from its bytes; one that does not decode rejects its listener.
+fn decode_chain(bytes: &[u8], i: usize, at: At<'_>, diag: &mut Diag) -> Option<FilterChain> {
+    use prost::Message;
+    match FilterChain::decode(bytes) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            at.reject(
+                diag,
+                format!("cannot decode resource: filter chain {i}: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// Check every listener, translate `main_internal`; the RDS names they reference go in `rds`.
 pub(crate) fn translate(
-    listeners: &[Listener],
+    listeners: &[ShallowListener],
     routes: &BTreeMap<&str, &RouteConfiguration>,
+    known: &BTreeSet<String>,
+    memo: &mut ListenerMemo,
+    rds: &mut BTreeSet<String>,
     diag: &mut Diag,
 ) -> MainListener {
     let mut out = MainListener::default();
     let mut seen_main = false;
+    let last = std::mem::take(&mut memo.chains);
+    let last_matcher = memo.matcher.take();
+    memo.reused = 0;
+    memo.built = 0;
     for l in listeners {
         let at = At {
             type_url: super::LISTENER_TYPE,
             name: &l.name,
         };
-        if l.name == MAIN_INTERNAL {
-            if seen_main {
-                at.reject(diag, "duplicate listener");
-                continue;
-            }
+        if l.name == MAIN_INTERNAL && !seen_main {
             seen_main = true;
-            main_internal(l, routes, at, diag, &mut out);
+            main_internal(
+                l,
+                routes,
+                known,
+                (&last, &last_matcher),
+                memo,
+                rds,
+                at,
+                diag,
+                &mut out,
+            );
+            continue;
+        }
+        // Other listeners: only the RDS names they would subscribe to.
+        for (i, bytes) in l
+            .filter_chains
+            .iter()
+            .chain(&l.default_filter_chain)
+            .enumerate()
+        {
+            if let Some(chain) = decode_chain(bytes, i, at, diag) {
+                rds.extend(chain_rds_names(&chain));
+            }
+        }
+        if l.name == MAIN_INTERNAL {
+            at.reject(diag, "duplicate listener");
         } else if !INFRA_LISTENERS.contains(&l.name.as_str()) {
             at.warn(
                 diag,
@@ -215,54 +296,105 @@ pub(crate) fn translate(
     out
 }
 
+type LastPieces<'a> = (
+    &'a HashMap<u128, Arc<ChainPiece>>,
+    &'a Option<(u128, Arc<Matched>)>,
+);
+
+#[allow(clippy::too_many_arguments)]
 fn main_internal(
-    l: &Listener,
+    l: &ShallowListener,
     routes: &BTreeMap<&str, &RouteConfiguration>,
+    known: &BTreeSet<String>,
+    (last, last_matcher): LastPieces<'_>,
+    memo: &mut ListenerMemo,
+    rds: &mut BTreeSet<String>,
     at: At<'_>,
     diag: &mut Diag,
     out: &mut MainListener,
 ) {
-    if let Some(m) = &l.filter_chain_matcher {
-        tree(m, at, diag, out, 0);
+    use prost::Message;
+    if let Some(bytes) = &l.filter_chain_matcher {
+        let d = super::pieces::digest(bytes);
+        let matched = match last_matcher {
+            Some((old, m)) if *old == d => Some(m.clone()),
+            _ => match Matcher::decode(bytes.as_slice()) {
+                Ok(m) => {
+                    let mut matched = Matched::default();
+                    let mut found = Diag::default();
+                    tree(&m, at, &mut found, &mut matched, 0);
+                    matched.diag = found;
+                    Some(Arc::new(matched))
+                }
+                Err(e) => {
+                    at.reject(
+                        diag,
+                        format!("cannot decode resource: filter_chain_matcher: {e}"),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(m) = matched {
+            diag.replay(&m.diag);
+            memo.matcher = Some((d, m.clone()));
+            out.matched = m;
+        }
     }
     let mut seen = BTreeSet::new();
-    for chain in &l.filter_chains {
-        let name = chain_name(&chain.name);
+    for (i, bytes) in l.filter_chains.iter().enumerate() {
+        let d = super::pieces::digest(bytes);
+        let mut decoded = None;
+        let piece = match last.get(&d) {
+            Some(p) if p.valid_for(known) => {
+                memo.reused += 1;
+                p.clone()
+            }
+            _ => {
+                let Some(chain) = decode_chain(bytes, i, at, diag) else {
+                    continue;
+                };
+                memo.built += 1;
+                let piece = Arc::new(ChainPiece::build(&chain, routes, &Known::new(known), at));
+                decoded = Some(chain);
+                piece
+            }
+        };
+        memo.chains.insert(d, piece.clone());
+        rds.extend(piece.rds.iter().cloned());
+        let name = piece.name.as_str();
         if !name.is_empty() && !seen.insert(name.to_string()) {
-            at.reject(diag, format!("duplicate filter chain {}", chain.name));
+            at.reject(diag, format!("duplicate filter chain {}", piece.raw_name));
             continue;
         }
         if l.filter_chain_matcher.is_none() {
-            classic_match(chain, &name, at, diag, out);
+            let chain = match decoded {
+                Some(c) => c,
+                None => match decode_chain(bytes, i, at, diag) {
+                    Some(c) => c,
+                    None => continue,
+                },
+            };
+            classic_match(&chain, name, at, diag, Arc::make_mut(&mut out.matched));
         }
-        if name == DIRECT_TCP || name == DIRECT_HTTP {
-            // Pod-IP access: the pods come from the matcher's workload range;
-            // the chain's policies are the waypoint-wide ones.
-            out.authz
-                .insert(name.to_string(), access::chain(chain, at, diag));
-            if name == DIRECT_HTTP {
-                out.direct_path =
-                    chain_hcm(chain).and_then(|hcm| path_policy(&name, &hcm, at, diag));
+        diag.replay(&piece.listener_diag);
+        match &piece.role {
+            ChainRole::Direct { authz, path } => {
+                out.authz.insert(name.to_string(), authz.clone());
+                if name == DIRECT_HTTP {
+                    out.direct_path = *path;
+                }
             }
-            continue;
+            ChainRole::Service { authz, routes, .. } => {
+                if routes.is_some() {
+                    out.chains.insert(name.to_string(), piece.clone());
+                }
+                out.authz.insert(name.to_string(), authz.clone());
+            }
+            ChainRole::Ignored => {}
         }
-        if super::names::ClusterName::parse(&name).is_none() {
-            at.warn(
-                diag,
-                format!(
-                    "filter chain {:?} is not a service chain; ignored",
-                    chain.name
-                ),
-            );
-            continue;
-        }
-        if let Some(kind) = chain_kind(chain, routes, at, diag) {
-            out.chains.insert(name.to_string(), kind);
-        }
-        out.authz
-            .insert(name.to_string(), access::chain(chain, at, diag));
     }
-    for (ip, pc) in &out.pods {
+    for (ip, pc) in &out.matched.pods {
         for c in pc.http.iter().chain(&pc.tcp) {
             if !seen.contains(c) {
                 at.warn(
@@ -274,7 +406,10 @@ fn main_internal(
             }
         }
     }
-    if l.default_filter_chain.is_some() {
+    if let Some(bytes) = &l.default_filter_chain {
+        if let Some(chain) = decode_chain(bytes, l.filter_chains.len(), at, diag) {
+            rds.extend(chain_rds_names(&chain));
+        }
         at.warn(diag, "default_filter_chain is not supported; ignored");
     }
 }

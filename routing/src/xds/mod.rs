@@ -57,6 +57,7 @@
 
 mod access;
 mod assemble;
+mod chain;
 mod cluster;
 mod dns;
 mod endpoint;
@@ -288,12 +289,13 @@ impl Translator {
         let decoded = self.memo.pieces(resources)?;
         assemble::translate(
             &assemble::Input {
-                listeners: &decoded.resources.listeners,
+                listeners: &decoded.listeners,
                 routes: &decoded.resources.routes,
                 clusters: &decoded.clusters,
                 assignments: &decoded.assignments,
             },
             options,
+            &mut self.memo.listener,
         )
     }
 
@@ -315,8 +317,8 @@ impl Translator {
     /// What the last translation reused and built.
     pub fn reuse(&self) -> Reuse {
         Reuse {
-            reused: self.memo.reused,
-            built: self.memo.built,
+            reused: self.memo.reused + self.memo.listener.reused,
+            built: self.memo.built + self.memo.listener.built,
         }
     }
 }
@@ -393,31 +395,45 @@ pub fn required_resources(listeners: &[Listener], clusters: &[Cluster]) -> Subsc
     out
 }
 
-/// Translate one state of the world into a [`Snapshot`].
+/// Translate one state of the world into a [`Snapshot`]: as a [`Translator`] with nothing to
+/// reuse, from the resources encoded again.
 pub fn translate(
     resources: &Resources,
     options: &TranslateOptions,
 ) -> Result<Translation, Vec<Rejection>> {
-    use std::sync::Arc;
-    let clusters: Vec<_> = resources
-        .clusters
+    use prost::Message;
+    let encoded: Vec<(&str, &str, Vec<u8>)> = resources
+        .listeners
         .iter()
-        .map(|c| Arc::new(pieces::ClusterPiece::build(c)))
+        .map(|r| (LISTENER_TYPE, r.name.as_str(), r.encode_to_vec()))
+        .chain(
+            resources
+                .clusters
+                .iter()
+                .map(|r| (CLUSTER_TYPE, r.name.as_str(), r.encode_to_vec())),
+        )
+        .chain(
+            resources
+                .endpoints
+                .iter()
+                .map(|r| (ENDPOINT_TYPE, r.cluster_name.as_str(), r.encode_to_vec())),
+        )
+        .chain(
+            resources
+                .routes
+                .iter()
+                .map(|r| (ROUTE_TYPE, r.name.as_str(), r.encode_to_vec())),
+        )
         .collect();
-    let assignments: Vec<_> = resources
-        .endpoints
+    let encoded: Vec<Encoded<'_>> = encoded
         .iter()
-        .map(|c| Arc::new(pieces::AssignmentPiece::build(c)))
+        .map(|(type_url, name, value)| Encoded {
+            type_url,
+            name,
+            value,
+        })
         .collect();
-    assemble::translate(
-        &assemble::Input {
-            listeners: &resources.listeners,
-            routes: &resources.routes,
-            clusters: &clusters,
-            assignments: &assignments,
-        },
-        options,
-    )
+    Translator::new().translate(&encoded, options)
 }
 
 /// How many times [`translate_refusing`] translates again with refused resources left out.
@@ -476,7 +492,7 @@ fn refusing<T>(
 }
 
 /// Warnings and rejections of one translation.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Diag {
     pub(crate) warnings: Vec<Warning>,
     pub(crate) rejections: Vec<Rejection>,

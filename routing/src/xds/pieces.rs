@@ -11,9 +11,10 @@
 
 use super::cluster::{self, EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
+use super::listener::{ListenerMemo, ShallowListener};
 use super::names::{ClusterName, Direction};
 use super::outbound::{self, MatchMetadata, SocketMatch};
-use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE};
+use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 use crate::upstream::SanMatcher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -155,7 +156,7 @@ impl AssignmentPiece {
 }
 
 /// 128 bits of XXH3 over a resource's bytes: equal digests are taken as equal bytes.
-fn digest(bytes: &[u8]) -> u128 {
+pub(crate) fn digest(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
 }
 
@@ -168,6 +169,8 @@ type Pieces<P> = HashMap<String, (u128, Arc<P>)>;
 pub(crate) struct Memo {
     clusters: Pieces<ClusterPiece>,
     assignments: Pieces<AssignmentPiece>,
+    /// `main_internal`'s chains and matcher.
+    pub(crate) listener: ListenerMemo,
     /// Pieces reused and built by the last [`Memo::pieces`].
     pub(crate) reused: usize,
     pub(crate) built: usize,
@@ -175,7 +178,9 @@ pub(crate) struct Memo {
 
 /// The encoded resources of one translation, clusters and assignments as pieces.
 pub(crate) struct Decoded {
+    /// Route configurations (listeners, clusters and assignments are not decoded into it).
     pub(crate) resources: super::Resources,
+    pub(crate) listeners: Vec<ShallowListener>,
     pub(crate) clusters: Vec<Arc<ClusterPiece>>,
     pub(crate) assignments: Vec<Arc<AssignmentPiece>>,
 }
@@ -188,6 +193,7 @@ impl Memo {
         use prost::Message;
         let mut out = Decoded {
             resources: super::Resources::default(),
+            listeners: Vec::new(),
             clusters: Vec::new(),
             assignments: Vec::new(),
         };
@@ -217,6 +223,9 @@ impl Memo {
                     })
                     .map(|p| out.assignments.push(p))
                 }
+                LISTENER_TYPE => ShallowListener::decode(r.value)
+                    .map(|l| out.listeners.push(l))
+                    .map_err(bad),
                 _ => out
                     .resources
                     .push_encoded(r.type_url, r.value)

@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::E
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::Any;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 mod actions;
 pub(crate) use actions::fault;
@@ -46,7 +46,7 @@ const ENVOY_DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// What the route translation needs to know about clusters.
 pub(crate) struct RouteCtx<'a> {
     /// Every cluster name of the CDS state.
-    pub(crate) known_clusters: &'a BTreeSet<String>,
+    pub(crate) known_clusters: &'a super::chain::Known<'a>,
     /// Unknown clusters are errors (`validate_clusters`).
     pub(crate) validate_clusters: bool,
     /// The service port the route table belongs to.

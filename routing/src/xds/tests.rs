@@ -320,18 +320,18 @@ mod per_service_sets {
 
     const HOST: &str = "s.ns.svc.cluster.local";
 
-    fn chains(p80: Vec<Policy>, p81: Vec<Policy>) -> BTreeMap<String, ChainAuthz> {
+    fn chains(p80: Vec<Policy>, p81: Vec<Policy>) -> BTreeMap<String, std::sync::Arc<ChainAuthz>> {
         [(80, p80), (81, p81)]
             .into_iter()
             .map(|(port, policies)| {
                 (
                     format!("inbound-vip|{port}|http|{HOST}"),
-                    ChainAuthz {
+                    std::sync::Arc::new(ChainAuthz {
                         http: true,
                         policies,
                         jwt: Vec::new(),
                         ext_authz: Vec::new(),
-                    },
+                    }),
                 )
             })
             .collect()

@@ -251,13 +251,11 @@ proptest! {
     }
 }
 
-/// An EDS push rebuilds the one assignment it changed; everything else is reused, and the
-/// snapshot has the new endpoints.
-#[test]
-fn an_eds_change_rebuilds_one_assignment() {
-    let res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let anys: Vec<(&str, String, Vec<u8>)> = res
-        .clusters
+/// bookinfo's clusters, assignments and listeners as istiod sends them: (type, name, bytes).
+type Wire = Vec<(&'static str, String, Vec<u8>)>;
+
+fn bookinfo_wire(res: &Resources) -> Wire {
+    res.clusters
         .iter()
         .map(|c| (CLUSTER_TYPE, c.name.clone(), c.encode_to_vec()))
         .chain(
@@ -270,40 +268,122 @@ fn an_eds_change_rebuilds_one_assignment() {
                 .iter()
                 .map(|l| (LISTENER_TYPE, l.name.clone(), l.encode_to_vec())),
         )
+        .collect()
+}
+
+fn translate_wire(translator: &mut Translator, wire: &Wire) -> xds::Translation {
+    let encoded: Vec<Encoded<'_>> = wire
+        .iter()
+        .map(|(t, n, v)| Encoded {
+            type_url: t,
+            name: n,
+            value: v,
+        })
         .collect();
-    fn as_encoded<'a>(anys: &'a [(&'static str, String, Vec<u8>)]) -> Vec<Encoded<'a>> {
-        anys.iter()
-            .map(|(t, n, v)| Encoded {
-                type_url: t,
-                name: n,
-                value: v,
-            })
-            .collect()
-    }
-    let mut anys: Vec<(&'static str, String, Vec<u8>)> = anys;
+    translator
+        .translate(&encoded, &TranslateOptions::default())
+        .unwrap_or_else(|r| panic!("rejected: {r:?}"))
+}
+
+/// An EDS push rebuilds the one assignment it changed; everything else is reused, and the
+/// snapshot has the new endpoints.
+#[test]
+fn an_eds_change_rebuilds_one_assignment() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let mut wire = bookinfo_wire(&res);
     let mut translator = Translator::new();
-    let first = translator
-        .translate(&as_encoded(&anys), &TranslateOptions::default())
-        .unwrap();
-    let pieces = res.clusters.len() + res.endpoints.len();
+    let first = translate_wire(&mut translator, &wire);
+    // Every cluster, assignment and main_internal chain.
+    let chains: usize = res
+        .listeners
+        .iter()
+        .filter(|l| l.name == "main_internal")
+        .map(|l| l.filter_chains.len())
+        .sum();
+    let pieces = res.clusters.len() + res.endpoints.len() + chains;
     assert_eq!(translator.reuse().built, pieces);
     assert_eq!(translator.reuse().reused, 0);
 
     // ratings' assignment loses its endpoint.
     let host = "ratings.default.svc.cluster.local";
     let before = first.snapshot.endpoints(host).len();
-    let i = anys
+    let i = wire
         .iter()
         .position(|(t, n, _)| *t == ENDPOINT_TYPE && n == &format!("inbound-vip|9080|http|{host}"))
         .expect("ratings' assignment");
-    let mut cla = ClusterLoadAssignment::decode(anys[i].2.as_slice()).unwrap();
+    let mut cla = ClusterLoadAssignment::decode(wire[i].2.as_slice()).unwrap();
     let gone = cla.endpoints.iter_mut().find_map(|l| l.lb_endpoints.pop());
     assert!(gone.is_some() && before > 0);
-    anys[i].2 = cla.encode_to_vec();
-    let second = translator
-        .translate(&as_encoded(&anys), &TranslateOptions::default())
-        .unwrap();
+    wire[i].2 = cla.encode_to_vec();
+    let second = translate_wire(&mut translator, &wire);
     assert_eq!(translator.reuse().built, 1, "{:?}", translator.reuse());
     assert_eq!(translator.reuse().reused, pieces - 1);
     assert_eq!(second.snapshot.endpoints(host).len(), before - 1);
+}
+
+/// A route change (istiod re-sends the whole `main_internal` listener) translates the one chain
+/// it changed; the others are reused, and the snapshot has the new route.
+#[test]
+fn a_route_change_rebuilds_one_chain() {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let mut wire = bookinfo_wire(&res);
+    let mut translator = Translator::new();
+    translate_wire(&mut translator, &wire);
+    let all = translator.reuse().built;
+
+    // reviews' first route gets a 7 s timeout.
+    let chain_name = "inbound-vip|9080|http|reviews.default.svc.cluster.local";
+    let i = wire
+        .iter()
+        .position(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
+        .unwrap();
+    let mut l = Listener::decode(wire[i].2.as_slice()).unwrap();
+    let chain = l
+        .filter_chains
+        .iter_mut()
+        .find(|c| c.name == chain_name)
+        .unwrap();
+    let any = chain
+        .filters
+        .iter_mut()
+        .find_map(|f| match &mut f.config_type {
+            Some(ConfigType::TypedConfig(any))
+                if any.type_url.ends_with("HttpConnectionManager") =>
+            {
+                Some(any)
+            }
+            _ => None,
+        })
+        .unwrap();
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier else {
+        panic!("reviews' chain has an inline route config");
+    };
+    let Some(Action::Route(ra)) = &mut rc.virtual_hosts[0].routes[0].action else {
+        panic!("reviews' first route forwards");
+    };
+    ra.timeout = Some(ProtoDuration {
+        seconds: 7,
+        nanos: 0,
+    });
+    any.value = hcm.encode_to_vec();
+    wire[i].2 = l.encode_to_vec();
+    let second = translate_wire(&mut translator, &wire);
+    assert_eq!(translator.reuse().built, 1, "{:?}", translator.reuse());
+    assert_eq!(translator.reuse().reused, all - 1);
+    let vs = second
+        .snapshot
+        .virtual_services()
+        .iter()
+        .find(|vs| {
+            vs.hosts
+                .iter()
+                .any(|h| h == "reviews.default.svc.cluster.local")
+        })
+        .expect("reviews' routes");
+    assert_eq!(vs.http[0].timeout, Some(std::time::Duration::from_secs(7)));
 }

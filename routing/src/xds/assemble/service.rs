@@ -3,32 +3,6 @@
 
 use super::*;
 
-pub(super) fn tcp_destination(
-    cluster: &str,
-    weight: u32,
-    known: &BTreeSet<String>,
-    at: At<'_>,
-    diag: &mut Diag,
-) -> RouteDestination {
-    if !known.contains(cluster) {
-        at.warn(
-            diag,
-            format!("tcp_proxy cluster {cluster} is not (yet) known"),
-        );
-    }
-    let (host, subset, port) = match ClusterName::parse(cluster) {
-        Some(c) => (c.host, c.subset, Some(c.port)),
-        None => (cluster.to_string(), None, None),
-    };
-    RouteDestination {
-        host,
-        subset,
-        port,
-        weight,
-        headers: Default::default(),
-    }
-}
-
 /// Kubernetes namespace of `name.ns.svc…`, else `default`.
 fn namespace_of_host(host: &str) -> String {
     let parts: Vec<&str> = host.split('.').collect();
@@ -67,7 +41,7 @@ pub(super) fn bound_workloads(
     diag: &mut Diag,
     builder: &mut SnapshotBuilder,
 ) {
-    for (ip, pc) in &main.pods {
+    for (ip, pc) in &main.matched.pods {
         let present = |c: &Option<String>| c.as_ref().is_some_and(|c| main.authz.contains_key(c));
         let protocol = match (present(&pc.http), present(&pc.tcp)) {
             (true, true) => Protocol::Unknown,

@@ -29,7 +29,7 @@ fn policy_filter(name: &str, type_url: &str) -> bool {
     access::access_control(name, type_url)
 }
 
-pub(super) fn chain_kind(
+pub(crate) fn chain_kind(
     chain: &FilterChain,
     routes: &BTreeMap<&str, &RouteConfiguration>,
     at: At<'_>,
@@ -98,7 +98,7 @@ fn other_filter(chain: &str, f: &Filter, any: &Any, at: At<'_>, diag: &mut Diag)
 }
 
 /// The chain's connection manager, if it has one that decodes.
-pub(super) fn chain_hcm(chain: &FilterChain) -> Option<HttpConnectionManager> {
+pub(crate) fn chain_hcm(chain: &FilterChain) -> Option<HttpConnectionManager> {
     chain.filters.iter().find_map(|f| match &f.config_type {
         Some(ConfigType::TypedConfig(any)) => decode_any::<HttpConnectionManager>(any)?.ok(),
         _ => None,
@@ -108,7 +108,7 @@ pub(super) fn chain_hcm(chain: &FilterChain) -> Option<HttpConnectionManager> {
 /// The HCM's `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action`.
 /// `normalize_path` unset is Envoy's runtime default (`false`); istiod always sets it
 /// (`buildHTTPConnectionManager`: `false` only for meshConfig `pathNormalization: NONE`).
-pub(super) fn path_policy(
+pub(crate) fn path_policy(
     chain: &str,
     hcm: &HttpConnectionManager,
     at: At<'_>,

@@ -23,7 +23,7 @@ fn tree_input<'m>(m: &'m Matcher, what: &str, at: At<'_>, diag: &mut Diag) -> Op
 
 /// The listener's matcher: the IP tree, and (multi-network) the authority
 /// map, whichever is the root; each one's `on_no_match` leads to the other.
-pub(super) fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener, depth: usize) {
+pub(super) fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched, depth: usize) {
     if depth > 8 {
         at.warn(diag, "filter_chain_matcher nested too deep; rest ignored");
         return;
@@ -54,7 +54,7 @@ pub(super) fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListe
 
 /// The IP level: the IPMatcher's ranges, each a service's VIPs with a port
 /// tree, or bound pods' IPs with an application-protocol tree.
-fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener) {
+fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched) {
     let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
         return;
     };
@@ -141,13 +141,7 @@ fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener) {
 }
 
 /// Pod IPs (any port) → the direct chains; other chains there are not pod chains.
-fn bind_pods(
-    ips: &[IpAddr],
-    pc: ProtocolChains,
-    at: At<'_>,
-    diag: &mut Diag,
-    out: &mut MainListener,
-) {
+fn bind_pods(ips: &[IpAddr], pc: ProtocolChains, at: At<'_>, diag: &mut Diag, out: &mut Matched) {
     let direct = |c: &Option<String>| {
         c.as_deref()
             .is_none_or(|c| c == DIRECT_HTTP || c == DIRECT_TCP)
@@ -215,7 +209,7 @@ fn app_protocol(m: &Matcher, at: At<'_>, diag: &mut Diag) -> Option<ProtocolChai
 }
 
 /// The multi-network authority map: `"<hostname>:<port>"` → chain(s).
-fn authority_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut MainListener) {
+fn authority_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched) {
     let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
         return;
     };
@@ -333,7 +327,7 @@ pub(super) fn classic_match(
     name: &str,
     at: At<'_>,
     diag: &mut Diag,
-    out: &mut MainListener,
+    out: &mut Matched,
 ) {
     let Some(m) = &chain.filter_chain_match else {
         return;
