@@ -3,7 +3,7 @@
 //! then [`SnapshotBuilder`].
 
 use super::access;
-use super::chain::{ChainRole, RoutesKind};
+use super::chain::{ChainPiece, ChainRole, RoutesKind};
 use super::cluster::{EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
 use super::listener::{self, ListenerMemo, ShallowListener};
@@ -25,12 +25,12 @@ use crate::tcp::TcpRoute;
 use crate::upstream::{SanMatcher, Transport};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 mod service;
 pub use service::ANY_SERVICE_ACCOUNT;
-use service::{bound_workloads, build_service, waypoint_namespace};
+use service::{bound_workloads, build_service, waypoint_namespace, ServiceOut};
 
 #[derive(Default)]
 struct PortAcc {
@@ -42,6 +42,59 @@ struct PortAcc {
     default_retries: Option<Arc<crate::actions::RetryPolicy>>,
 }
 
+/// The last translation's services, by host, each with what it was built from: a service whose
+/// inputs are the same is not built again.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceMemo {
+    services: HashMap<String, (ServiceKey, Arc<ServiceOut>)>,
+    /// Services reused and built by the last translation.
+    pub(crate) reused: usize,
+    pub(crate) built: usize,
+}
+
+/// What a service is built from; equal keys build equal services. Pieces compare by identity:
+/// the memo holds them, so no other piece takes the address while the key lives.
+#[derive(Debug)]
+struct ServiceKey {
+    namespace: Option<String>,
+    vips: BTreeSet<IpAddr>,
+    /// Port → the chains the matcher and the listener name for it.
+    ports: Vec<(u16, BTreeSet<String>)>,
+    chains: Vec<Arc<ChainPiece>>,
+    /// Its clusters, each with the hash key the routes gave it.
+    clusters: Vec<(Arc<ClusterPiece>, Option<HashKey>)>,
+    /// Each EDS cluster's assignment (`None`: not received).
+    assignments: Vec<Option<Arc<AssignmentPiece>>>,
+}
+
+impl PartialEq for ServiceKey {
+    fn eq(&self, other: &Self) -> bool {
+        fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+        }
+        self.namespace == other.namespace
+            && self.vips == other.vips
+            && self.ports == other.ports
+            && same(&self.chains, &other.chains)
+            && self.clusters.len() == other.clusters.len()
+            && self
+                .clusters
+                .iter()
+                .zip(&other.clusters)
+                .all(|((a, ka), (b, kb))| Arc::ptr_eq(a, b) && ka == kb)
+            && self.assignments.len() == other.assignments.len()
+            && self
+                .assignments
+                .iter()
+                .zip(&other.assignments)
+                .all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+    }
+}
+
 #[derive(Default)]
 struct ServiceAcc {
     namespace: Option<String>,
@@ -50,6 +103,8 @@ struct ServiceAcc {
     http: Vec<HttpRoute>,
     tcp: Vec<TcpRoute>,
     virtual_service: Option<(String, String)>,
+    /// The chains its routes came from.
+    chains: Vec<Arc<ChainPiece>>,
 }
 
 fn index<'a, T>(
@@ -86,6 +141,7 @@ pub(crate) fn translate(
     res: &Input<'_>,
     opts: &TranslateOptions,
     memo: &mut ListenerMemo,
+    services_memo: &mut ServiceMemo,
 ) -> Result<Translation, Vec<Rejection>> {
     let mut diag = Diag::default();
     let clusters = index(res.clusters, |c| c.name.as_str(), CLUSTER_TYPE, &mut diag);
@@ -236,6 +292,7 @@ pub(crate) fn translate(
             continue;
         };
         let acc = services.entry(cn.host.clone()).or_default();
+        acc.chains.push(piece.clone());
         let port_acc = acc.ports.entry(cn.port).or_default();
         port_acc.chains.insert(chain.clone());
         match &routes.kind {
@@ -309,14 +366,38 @@ pub(crate) fn translate(
     let waypoint_namespace = waypoint_namespace(&hbone_peer_sans);
     builder.hbone_peer_sans(hbone_peer_sans);
     let mut known_pods: BTreeMap<IpAddr, Arc<Endpoint>> = BTreeMap::new();
+    let last = std::mem::take(&mut services_memo.services);
+    services_memo.reused = 0;
+    services_memo.built = 0;
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
         if is_route_only(&acc, mine, &socket_matches) {
             builder.route_only(&host);
         }
-        let eps = build_service(&host, acc, mine, &pods, opts, &mut diag, &mut builder);
-        for ep in eps {
-            known_pods.entry(ep.address).or_insert(ep);
+        let key = service_key(&acc, mine, &clusters, &clas, opts);
+        let out = match (key, last.get(&host)) {
+            (Some(key), Some((old, out))) if *old == key => {
+                services_memo.reused += 1;
+                services_memo
+                    .services
+                    .insert(host.clone(), (key, out.clone()));
+                out.clone()
+            }
+            (key, _) => {
+                services_memo.built += 1;
+                let out = Arc::new(build_service(&host, &acc, mine, &pods, opts));
+                if let Some(key) = key {
+                    services_memo
+                        .services
+                        .insert(host.clone(), (key, out.clone()));
+                }
+                out
+            }
+        };
+        diag.replay(&out.diag);
+        out.emit(acc, &mut builder);
+        for ep in &out.endpoints {
+            known_pods.entry(ep.address).or_insert_with(|| ep.clone());
         }
     }
     bound_workloads(
@@ -356,6 +437,50 @@ pub(crate) fn translate(
         dns: dns_targets.into_values().collect(),
         subscriptions,
     })
+}
+
+/// What the service `acc` is built from, when it can be reused: not when the caller knows pod
+/// identities, nor for clusters whose endpoints are read at assembly (STATIC, DNS).
+fn service_key(
+    acc: &ServiceAcc,
+    mine: &[(&String, &ServiceCluster)],
+    clusters: &BTreeMap<&str, &Arc<ClusterPiece>>,
+    clas: &BTreeMap<&str, &Arc<AssignmentPiece>>,
+    opts: &TranslateOptions,
+) -> Option<ServiceKey> {
+    if !opts.identities.is_empty() {
+        return None;
+    }
+    let mut key = ServiceKey {
+        namespace: acc.namespace.clone(),
+        vips: acc.vips.clone(),
+        ports: acc
+            .ports
+            .iter()
+            .map(|(port, p)| (*port, p.chains.clone()))
+            .collect(),
+        chains: acc.chains.clone(),
+        clusters: Vec::with_capacity(mine.len()),
+        assignments: Vec::new(),
+    };
+    for (name, sc) in mine {
+        let piece = clusters.get(name.as_str())?;
+        let hash = sc
+            .policy
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.consistent_hash.as_ref())
+            .and_then(|ch| ch.key.clone());
+        key.clusters.push(((*piece).clone(), hash));
+        match &sc.source {
+            EndpointSource::Eds(eds) => key
+                .assignments
+                .push(clas.get(eds.as_str()).map(|a| (*a).clone())),
+            EndpointSource::None => {}
+            EndpointSource::Inline | EndpointSource::Dns(_) => return None,
+        }
+    }
+    Some(key)
 }
 
 /// A service known only from `outbound|…` clusters (no VIP, no `inbound-vip` cluster of it):

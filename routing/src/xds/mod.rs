@@ -269,10 +269,14 @@ pub struct Translator {
 /// How much of the last translation was reused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reuse {
-    /// Clusters and assignments whose pieces were reused (bytes unchanged).
+    /// Clusters, assignments and `main_internal` chains whose pieces were reused.
     pub reused: usize,
-    /// Clusters and assignments decoded and translated.
+    /// Clusters, assignments and chains decoded and translated.
     pub built: usize,
+    /// Services whose inputs were all unchanged (their model objects reused).
+    pub services_reused: usize,
+    /// Services assembled again.
+    pub services_built: usize,
 }
 
 impl Translator {
@@ -296,6 +300,7 @@ impl Translator {
             },
             options,
             &mut self.memo.listener,
+            &mut self.memo.services,
         )
     }
 
@@ -319,6 +324,8 @@ impl Translator {
         Reuse {
             reused: self.memo.reused + self.memo.listener.reused,
             built: self.memo.built + self.memo.listener.built,
+            services_reused: self.memo.services.reused,
+            services_built: self.memo.services.built,
         }
     }
 }

@@ -171,6 +171,8 @@ pub(crate) struct Memo {
     assignments: Pieces<AssignmentPiece>,
     /// `main_internal`'s chains and matcher.
     pub(crate) listener: ListenerMemo,
+    /// The services assembled from the pieces.
+    pub(crate) services: super::assemble::ServiceMemo,
     /// Pieces reused and built by the last [`Memo::pieces`].
     pub(crate) reused: usize,
     pub(crate) built: usize,

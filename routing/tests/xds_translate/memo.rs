@@ -318,6 +318,10 @@ fn an_eds_change_rebuilds_one_assignment() {
     let second = translate_wire(&mut translator, &wire);
     assert_eq!(translator.reuse().built, 1, "{:?}", translator.reuse());
     assert_eq!(translator.reuse().reused, pieces - 1);
+    // Only ratings is assembled again.
+    let services = first.snapshot.services().count();
+    assert_eq!(translator.reuse().services_built, 1);
+    assert_eq!(translator.reuse().services_reused, services - 1);
     assert_eq!(second.snapshot.endpoints(host).len(), before - 1);
 }
 
@@ -375,6 +379,7 @@ fn a_route_change_rebuilds_one_chain() {
     let second = translate_wire(&mut translator, &wire);
     assert_eq!(translator.reuse().built, 1, "{:?}", translator.reuse());
     assert_eq!(translator.reuse().reused, all - 1);
+    assert_eq!(translator.reuse().services_built, 1, "only reviews");
     let vs = second
         .snapshot
         .virtual_services()

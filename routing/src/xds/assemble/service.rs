@@ -87,16 +87,51 @@ pub(super) fn bound_workloads(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one service gives the snapshot builder besides its routes, and what building it found.
+#[derive(Debug)]
+pub(crate) struct ServiceOut {
+    service: Service,
+    pub(super) endpoints: Vec<Arc<Endpoint>>,
+    destination_rule: Option<DestinationRule>,
+    pub(super) diag: Diag,
+}
+
+impl ServiceOut {
+    /// Hand it to `builder` (as many times as translations reuse it), with the service's routes
+    /// as `acc` has them.
+    pub(super) fn emit(&self, acc: ServiceAcc, builder: &mut SnapshotBuilder) {
+        if let Some(dr) = &self.destination_rule {
+            builder.destination_rule(dr.clone());
+        }
+        if !acc.http.is_empty() || !acc.tcp.is_empty() {
+            let (namespace, name) = acc.virtual_service.unwrap_or_else(|| {
+                (
+                    self.service.namespace.clone(),
+                    format!("xds-{}", self.service.hostname),
+                )
+            });
+            builder.virtual_service(VirtualService {
+                namespace,
+                name,
+                hosts: vec![self.service.hostname.clone()],
+                http: acc.http,
+                tcp: acc.tcp,
+            });
+        }
+        builder.service(self.service.clone(), self.endpoints.clone());
+    }
+}
+
+/// One service's model objects but its routes (see [`ServiceOut::emit`]).
 pub(super) fn build_service(
     host: &str,
-    acc: ServiceAcc,
+    acc: &ServiceAcc,
     mine: &[(&String, &ServiceCluster)],
     pods: &Pods<'_>,
     opts: &TranslateOptions,
-    diag: &mut Diag,
-    builder: &mut SnapshotBuilder,
-) -> Vec<Arc<Endpoint>> {
+) -> ServiceOut {
+    let mut diag = Diag::default();
+    let diag = &mut diag;
     let namespace = acc
         .namespace
         .clone()
@@ -204,9 +239,21 @@ pub(super) fn build_service(
             }
         }
     }
+    // Pods of one subset carry the same labels: one map for them (the snapshot builder would
+    // share them anyway; shared here, the reused service and the snapshot hold the same ones).
+    let mut label_maps: std::collections::HashSet<Arc<BTreeMap<String, String>>> =
+        Default::default();
     let endpoints: Vec<Arc<Endpoint>> = eps
         .into_iter()
         .map(|(ip, a)| {
+            let labels = match label_maps.get(&a.labels) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = Arc::new(a.labels);
+                    label_maps.insert(l.clone());
+                    l
+                }
+            };
             let ns = a.namespace.unwrap_or_else(|| namespace.clone());
             // The pod's identity when the caller knows it (workload discovery); else unknown
             // until the HBONE handshake shows it. Either way the peer is verified against
@@ -218,7 +265,7 @@ pub(super) fn build_service(
             };
             Arc::new(Endpoint {
                 address: ip,
-                labels: a.labels.into(),
+                labels,
                 service_account: sa,
                 namespace: ns,
                 identity,
@@ -266,8 +313,9 @@ pub(super) fn build_service(
             }
         }
     }
+    let mut destination_rule = None;
     if !top.port_level_settings.is_empty() || !subsets.is_empty() {
-        builder.destination_rule(DestinationRule {
+        destination_rule = Some(DestinationRule {
             namespace: namespace.clone(),
             name: format!("xds-{host}"),
             host: host.to_string(),
@@ -284,29 +332,17 @@ pub(super) fn build_service(
                 .collect(),
         });
     }
-    if !acc.http.is_empty() || !acc.tcp.is_empty() {
-        let (vs_ns, vs_name) = acc
-            .virtual_service
-            .clone()
-            .unwrap_or_else(|| (namespace.clone(), format!("xds-{host}")));
-        builder.virtual_service(VirtualService {
-            namespace: vs_ns,
-            name: vs_name,
-            hosts: vec![host.to_string()],
-            http: acc.http,
-            tcp: acc.tcp,
-        });
-    }
-    builder.service(
-        Service {
+    ServiceOut {
+        service: Service {
             hostname: host.to_string(),
             namespace,
-            vips: acc.vips.into_iter().collect(),
+            vips: acc.vips.iter().copied().collect(),
             ports,
         },
-        endpoints.clone(),
-    );
-    endpoints
+        endpoints,
+        destination_rule,
+        diag: std::mem::take(diag),
+    }
 }
 
 fn port_policy(port: u16, p: &ClusterPolicy) -> PortTrafficPolicy {
