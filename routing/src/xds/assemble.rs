@@ -52,46 +52,28 @@ pub(crate) struct ServiceMemo {
     pub(crate) built: usize,
 }
 
-/// What a service is built from; equal keys build equal services. Pieces compare by identity:
-/// the memo holds them, so no other piece takes the address while the key lives.
-#[derive(Debug)]
+/// What a service is built from; equal keys build equal services.
+#[derive(Debug, PartialEq)]
 struct ServiceKey {
     namespace: Option<String>,
     vips: BTreeSet<IpAddr>,
     /// Port → the chains the matcher and the listener name for it.
     ports: Vec<(u16, BTreeSet<String>)>,
-    chains: Vec<Arc<ChainPiece>>,
+    chains: Vec<ById<ChainPiece>>,
     /// Its clusters, each with the hash key the routes gave it.
-    clusters: Vec<(Arc<ClusterPiece>, Option<HashKey>)>,
+    clusters: Vec<(ById<ClusterPiece>, Option<HashKey>)>,
     /// Each EDS cluster's assignment (`None`: not received).
-    assignments: Vec<Option<Arc<AssignmentPiece>>>,
+    assignments: Vec<Option<ById<AssignmentPiece>>>,
 }
 
-impl PartialEq for ServiceKey {
+/// A piece compared by identity: the memo holds it, so no other piece takes its address while
+/// the key lives.
+#[derive(Debug)]
+struct ById<T>(Arc<T>);
+
+impl<T> PartialEq for ById<T> {
     fn eq(&self, other: &Self) -> bool {
-        fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
-            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
-        }
-        self.namespace == other.namespace
-            && self.vips == other.vips
-            && self.ports == other.ports
-            && same(&self.chains, &other.chains)
-            && self.clusters.len() == other.clusters.len()
-            && self
-                .clusters
-                .iter()
-                .zip(&other.clusters)
-                .all(|((a, ka), (b, kb))| Arc::ptr_eq(a, b) && ka == kb)
-            && self.assignments.len() == other.assignments.len()
-            && self
-                .assignments
-                .iter()
-                .zip(&other.assignments)
-                .all(|(a, b)| match (a, b) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                })
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -325,20 +307,27 @@ pub(crate) fn translate(
 
     // Hash keys from the routes onto consistent-hash clusters.
     for (cluster, key) in hash_keys {
-        let unset = svc_clusters.get(&cluster).is_some_and(|sc| {
+        let Some(sc) = svc_clusters.get_mut(&cluster) else {
+            continue;
+        };
+        let unset = |sc: &ServiceCluster| {
             sc.policy
                 .load_balancer
                 .as_ref()
                 .and_then(|lb| lb.consistent_hash.as_ref())
                 .is_some_and(|ch| ch.key.is_none())
-        });
-        if let Some(ch) = svc_clusters
-            .get_mut(&cluster)
-            .filter(|_| unset)
-            .and_then(|sc| sc.to_mut().policy.load_balancer.as_mut())
-            .and_then(|lb| lb.consistent_hash.as_mut())
-        {
-            ch.key = Some(key);
+        };
+        // Copied from its piece only when it takes the key.
+        if unset(sc) {
+            if let Some(ch) = sc
+                .to_mut()
+                .policy
+                .load_balancer
+                .as_mut()
+                .and_then(|lb| lb.consistent_hash.as_mut())
+            {
+                ch.key = Some(key);
+            }
         }
     }
 
@@ -375,25 +364,24 @@ pub(crate) fn translate(
             builder.route_only(&host);
         }
         let key = service_key(&acc, mine, &clusters, &clas, opts);
-        let out = match (key, last.get(&host)) {
-            (Some(key), Some((old, out))) if *old == key => {
+        let reusable = key
+            .as_ref()
+            .and_then(|key| last.get(&host).filter(|(old, _)| old == key));
+        let out = match reusable {
+            Some((_, out)) => {
                 services_memo.reused += 1;
-                services_memo
-                    .services
-                    .insert(host.clone(), (key, out.clone()));
                 out.clone()
             }
-            (key, _) => {
+            None => {
                 services_memo.built += 1;
-                let out = Arc::new(build_service(&host, &acc, mine, &pods, opts));
-                if let Some(key) = key {
-                    services_memo
-                        .services
-                        .insert(host.clone(), (key, out.clone()));
-                }
-                out
+                Arc::new(build_service(&host, &acc, mine, &pods, opts))
             }
         };
+        if let Some(key) = key {
+            services_memo
+                .services
+                .insert(host.clone(), (key, out.clone()));
+        }
         diag.replay(&out.diag);
         out.emit(acc, &mut builder);
         for ep in &out.endpoints {
@@ -459,7 +447,7 @@ fn service_key(
             .iter()
             .map(|(port, p)| (*port, p.chains.clone()))
             .collect(),
-        chains: acc.chains.clone(),
+        chains: acc.chains.iter().cloned().map(ById).collect(),
         clusters: Vec::with_capacity(mine.len()),
         assignments: Vec::new(),
     };
@@ -471,11 +459,11 @@ fn service_key(
             .as_ref()
             .and_then(|lb| lb.consistent_hash.as_ref())
             .and_then(|ch| ch.key.clone());
-        key.clusters.push(((*piece).clone(), hash));
+        key.clusters.push((ById((*piece).clone()), hash));
         match &sc.source {
             EndpointSource::Eds(eds) => key
                 .assignments
-                .push(clas.get(eds.as_str()).map(|a| (*a).clone())),
+                .push(clas.get(eds.as_str()).map(|a| ById((*a).clone()))),
             EndpointSource::None => {}
             EndpointSource::Inline | EndpointSource::Dns(_) => return None,
         }

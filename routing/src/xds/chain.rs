@@ -335,7 +335,7 @@ fn http_table(
     Some(table)
 }
 
-pub(super) fn tcp_destination(
+fn tcp_destination(
     cluster: &str,
     weight: u32,
     known: &Known<'_>,

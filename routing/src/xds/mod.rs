@@ -257,10 +257,11 @@ pub struct Encoded<'a> {
 }
 
 /// Translates states of the world one after the other, reusing what the last one translated:
-/// a cluster or an EDS assignment whose bytes did not change is neither decoded nor translated
-/// again (an EDS push rebuilds one assignment). The result is the same as [`translate`]'s on
-/// the decoded resources (property-tested). It keeps the translated pieces of the last state
-/// only, not its protos.
+/// a cluster, an EDS assignment or a `main_internal` filter chain whose bytes did not change is
+/// neither decoded nor translated again (an EDS push rebuilds one assignment, a route change one
+/// chain), and a service whose inputs are unchanged is not assembled again. The result is the
+/// same as [`translate`]'s on the decoded resources (property-tested). It keeps the translated
+/// pieces of the last state only, not its protos.
 #[derive(Debug, Default)]
 pub struct Translator {
     memo: pieces::Memo,

@@ -200,7 +200,8 @@ impl Memo {
             assignments: Vec::new(),
         };
         let (mut clusters, mut assignments) = (Pieces::new(), Pieces::new());
-        let (mut reused, mut built) = (0, 0);
+        // (reused, built)
+        let counts = &mut (0, 0);
         let mut rejections = Vec::new();
         for r in resources {
             let bad = |e: prost::DecodeError| Rejection {
@@ -209,22 +210,18 @@ impl Memo {
                 reason: format!("cannot decode resource: {e}"),
             };
             let result = match r.type_url {
-                CLUSTER_TYPE => memoized(&self.clusters, &mut clusters, r, &mut reused, || {
-                    built += 1;
+                CLUSTER_TYPE => memoized(&self.clusters, &mut clusters, r, counts, || {
                     Cluster::decode(r.value)
                         .map(|c| ClusterPiece::build(&c))
                         .map_err(bad)
                 })
                 .map(|p| out.clusters.push(p)),
-                ENDPOINT_TYPE => {
-                    memoized(&self.assignments, &mut assignments, r, &mut reused, || {
-                        built += 1;
-                        ClusterLoadAssignment::decode(r.value)
-                            .map(|c| AssignmentPiece::build(&c))
-                            .map_err(bad)
-                    })
-                    .map(|p| out.assignments.push(p))
-                }
+                ENDPOINT_TYPE => memoized(&self.assignments, &mut assignments, r, counts, || {
+                    ClusterLoadAssignment::decode(r.value)
+                        .map(|c| AssignmentPiece::build(&c))
+                        .map_err(bad)
+                })
+                .map(|p| out.assignments.push(p)),
                 LISTENER_TYPE => ShallowListener::decode(r.value)
                     .map(|l| out.listeners.push(l))
                     .map_err(bad),
@@ -242,8 +239,7 @@ impl Memo {
         }
         self.clusters = clusters;
         self.assignments = assignments;
-        self.reused = reused;
-        self.built = built;
+        (self.reused, self.built) = *counts;
         if rejections.is_empty() {
             Ok(out)
         } else {
@@ -253,12 +249,12 @@ impl Memo {
 }
 
 /// The piece of `r`: the last translation's when its bytes are the same, else `build`'s.
-/// Recorded in `next` either way.
+/// Recorded in `next` either way, and counted in `(reused, built)`.
 fn memoized<P>(
     last: &Pieces<P>,
     next: &mut Pieces<P>,
     r: &Encoded<'_>,
-    reused: &mut usize,
+    (reused, built): &mut (usize, usize),
     build: impl FnOnce() -> Result<P, Rejection>,
 ) -> Result<Arc<P>, Rejection> {
     let d = digest(r.value);
@@ -267,7 +263,10 @@ fn memoized<P>(
             *reused += 1;
             piece.clone()
         }
-        _ => Arc::new(build()?),
+        _ => {
+            *built += 1;
+            Arc::new(build()?)
+        }
     };
     next.insert(r.name.to_string(), (d, piece.clone()));
     Ok(piece)

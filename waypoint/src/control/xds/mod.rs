@@ -1,7 +1,7 @@
 //! Config from istiod over xDS (`waypoint run --xds ADDRESS`): the [`xds_client`] keeps the ADS
 //! stream, [`XdsHandler`] turns each candidate state of the world into a routing snapshot with a
-//! [`routing::xds::Translator`] (which reuses what unchanged clusters and assignments translated
-//! to), and [`SnapshotSink`] hands it to the data path.
+//! [`routing::xds::Translator`] (which reuses what unchanged clusters, assignments, chains and
+//! services translated to), and [`SnapshotSink`] hands it to the data path.
 //!
 //! - A resource Envoy would reject (bad regex, weights that do not add up, a typed config that
 //!   does not decode…) is refused alone: NACKed naming it and why, counted and logged once, its
@@ -71,7 +71,7 @@ pub struct XdsHandler {
 /// What [`XdsHandler::rebuild`] guards.
 #[derive(Default)]
 pub struct Latest {
-    /// Reuses what the last translation built (unchanged clusters and assignments).
+    /// Reuses what the last translation built (see [`Translator`]).
     translator: Translator,
     /// The last complete state published.
     state: Option<ResourceState>,
