@@ -9,7 +9,7 @@ use crate::hosts::kube_aliases;
 use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
 use crate::policy::{ClusterPolicy, TrafficPolicy};
-use crate::snapshot::{PortClusters, RouteEntry, Snapshot, TcpRouteEntry};
+use crate::snapshot::{PortClusters, PortMap, RouteEntry, Snapshot, TcpRouteEntry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,10 +18,13 @@ use std::time::Instant;
 
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
+/// A service, its endpoints, and its clusters when the caller has them from an earlier snapshot.
+type ServiceInput = (Service, Vec<Arc<Endpoint>>, Option<Arc<PortMap>>);
+
 /// Collects services, routing rules and warnings, then [`build`](Self::build)s.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
-    services: Vec<(Service, Vec<Arc<Endpoint>>)>,
+    services: Vec<ServiceInput>,
     aliases: Vec<(String, String)>,
     virtual_services: Vec<VirtualService>,
     destination_rules: Vec<DestinationRule>,
@@ -42,7 +45,21 @@ impl SnapshotBuilder {
     }
 
     pub fn service(&mut self, service: Service, endpoints: Vec<Arc<Endpoint>>) -> &mut Self {
-        self.services.push((service, endpoints));
+        self.services.push((service, endpoints, None));
+        self
+    }
+
+    /// A service with the clusters an earlier snapshot built for it from the same service,
+    /// endpoints and DestinationRule: shared, not built again, and they keep their runtime
+    /// state (see [`Snapshot::carry_over_state`]). Its endpoints are taken as they are (the
+    /// earlier build shared their label maps).
+    pub(crate) fn service_with_clusters(
+        &mut self,
+        service: Service,
+        endpoints: Vec<Arc<Endpoint>>,
+        clusters: Arc<PortMap>,
+    ) -> &mut Self {
+        self.services.push((service, endpoints, Some(clusters)));
         self
     }
 
@@ -151,9 +168,13 @@ impl SnapshotBuilder {
             ..Snapshot::default()
         };
         let mut interner = Interner::default();
-        for (service, endpoints) in self.services {
-            let endpoints: Vec<Arc<Endpoint>> =
-                endpoints.iter().map(|e| interner.endpoint(e)).collect();
+        // Per service (same index), the clusters it came with.
+        let mut prebuilt: Vec<Option<Arc<PortMap>>> = Vec::with_capacity(self.services.len());
+        for (service, endpoints, clusters) in self.services {
+            let endpoints: Vec<Arc<Endpoint>> = match clusters {
+                Some(_) => endpoints,
+                None => endpoints.iter().map(|e| interner.endpoint(e)).collect(),
+            };
             if snap.by_host.contains_key(&service.hostname) {
                 snap.warnings
                     .push(format!("duplicate service {}; ignored", service.hostname));
@@ -177,6 +198,7 @@ impl SnapshotBuilder {
             }
             snap.services.push(service);
             snap.endpoints.push(endpoints);
+            prebuilt.push(clusters);
         }
         for (ep, protocol) in self.workloads {
             snap.workloads
@@ -262,18 +284,24 @@ impl SnapshotBuilder {
         for dr in &self.destination_rules {
             rules.entry(dr.host.as_str()).or_insert(dr);
         }
-        for (service, endpoints) in snap.services.iter().zip(&snap.endpoints) {
-            let dr = rules.get(service.hostname.as_str()).copied();
-            let per_port = service
-                .ports
-                .iter()
-                .map(|port| {
-                    (
-                        port.number,
-                        Box::new(port_clusters(service, port, endpoints, dr, now)),
-                    )
-                })
-                .collect();
+        for ((service, endpoints), clusters) in
+            snap.services.iter().zip(&snap.endpoints).zip(prebuilt)
+        {
+            let per_port = clusters.unwrap_or_else(|| {
+                let dr = rules.get(service.hostname.as_str()).copied();
+                Arc::new(
+                    service
+                        .ports
+                        .iter()
+                        .map(|port| {
+                            (
+                                port.number,
+                                Box::new(port_clusters(service, port, endpoints, dr, now)),
+                            )
+                        })
+                        .collect(),
+                )
+            });
             snap.clusters.insert(service.hostname.clone(), per_port);
         }
         // Kept for explain and the config dump as long as the snapshot: without the spare

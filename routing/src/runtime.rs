@@ -5,13 +5,14 @@
 //! Per cluster one [`ClusterRuntime`], and per endpoint of it, keyed by (target `ip:port`,
 //! expected identity), one [`EndpointRuntime`]. A [`Cluster`] and its [`ClusterEndpoint`]s hold
 //! `Arc`s to them (a request reaches its state without a lookup); a snapshot's [`Registry`]
-//! indexes the same `Arc`s by cluster name and endpoint key. On a reload
-//! [`crate::Snapshot::carry_over_state`] looks every cluster and endpoint of the new snapshot up
-//! in the previous snapshot's registry — a hash lookup per cluster; per endpoint a scan of the
-//! previous cluster's endpoints up to 32 of them, a hash lookup above: O(clusters + endpoints) —
-//! and adopts the state it finds. What the new config no longer names is not looked up: its state lives on only
-//! while the old snapshot (or a guard taken from it) does, and an endpoint that comes back later
-//! starts fresh.
+//! indexes the same `Arc`s by cluster name and endpoint key (for tests and dumps). On a reload
+//! [`crate::Snapshot::carry_over_state`] looks each cluster built for the new snapshot up in the
+//! previous snapshot (by service, port and subset, with the same name), indexes that cluster's
+//! endpoint states — a scan up to 32 of them, a hash map above — and adopts what it finds:
+//! O(endpoints of the clusters built). Clusters the new snapshot shares with the old one (an
+//! unchanged service under xDS) keep their state untouched. What the new config no longer names
+//! is not looked up: its state lives on only while the old snapshot (or a guard taken from it)
+//! does, and an endpoint that comes back later starts fresh.
 
 use crate::lb::{Cluster, ClusterEndpoint};
 use crate::model::Endpoint;

@@ -86,6 +86,10 @@ impl PortClusters {
     }
 }
 
+/// One service's clusters by service port. Boxed: a `PortClusters` is large and a one-entry map
+/// has room for four (8 000 services held 18 MiB of empty slots).
+pub(crate) type PortMap = HashMap<u16, Box<PortClusters>>;
+
 /// Immutable routing state. `Send + Sync`; share it behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -104,9 +108,9 @@ pub struct Snapshot {
     pub(crate) tcp_routes: HashMap<String, Vec<TcpRouteEntry>>,
     pub(crate) virtual_services: Vec<VirtualService>,
     pub(crate) destination_rules: Vec<DestinationRule>,
-    /// Per service, its ports' clusters. Boxed: a `PortClusters` is large and a one-entry
-    /// map has room for four (8 000 services held 18 MiB of empty slots).
-    pub(crate) clusters: HashMap<String, HashMap<u16, Box<PortClusters>>>,
+    /// Per service, its ports' clusters; shared with the next snapshot when the service did not
+    /// change (see [`Snapshot::carry_over_state`]).
+    pub(crate) clusters: HashMap<String, Arc<PortMap>>,
     pub(crate) warnings: Vec<String>,
     pub(crate) authorization: crate::authz::Authorization,
     /// Path handling for pod-addressed requests; `None` = the process default.
@@ -125,7 +129,7 @@ pub struct Snapshot {
     /// Hostnames whose answers this snapshot's endpoints were built from (files mode:
     /// ServiceEntries with `resolution: DNS`); the loader's caller keeps them resolved.
     pub(crate) dns_targets: Vec<crate::dns::DnsTarget>,
-    /// The clusters' runtime state by name, for the next snapshot's carry-over.
+    /// The clusters' runtime state by name (see [`Snapshot::runtime`]).
     pub(crate) runtime: OnceLock<Registry>,
 }
 
@@ -379,25 +383,34 @@ impl Snapshot {
     /// state (ejections survive a reload). Endpoints new to a cluster keep
     /// their build time and warm up; clusters new to the snapshot start fresh;
     /// state of clusters and endpoints no longer named is left behind with
-    /// `previous`. One hash lookup per cluster in `previous`'s
-    /// [`Snapshot::runtime`] registry and one lookup per endpoint (a scan of
-    /// up to 32, else a hash lookup), then this snapshot's registry is
-    /// indexed: O(clusters + endpoints).
+    /// `previous`.
+    ///
+    /// A service whose clusters this snapshot shares with another (the xDS translator reuses
+    /// an unchanged service's clusters from the snapshot it last published) keeps the state
+    /// they hold: they are the clusters that served, so nothing is looked up for them. Each
+    /// cluster built for this snapshot is looked up in `previous` by service, port and subset
+    /// (and must have the same name) and adopts its state: O(its endpoints and the previous
+    /// cluster's).
     pub fn carry_over_state(&mut self, previous: &Snapshot) {
-        let prev = previous.runtime();
-        for pc in self.clusters.values_mut().flat_map(|m| m.values_mut()) {
-            for c in std::iter::once(&mut pc.all).chain(pc.subsets.iter_mut()) {
-                if let Some(p) = prev.cluster(&c.name) {
-                    c.adopt(p);
+        for ports in self.clusters.values_mut().filter_map(Arc::get_mut) {
+            for pc in ports.values_mut() {
+                for c in std::iter::once(&mut pc.all).chain(pc.subsets.iter_mut()) {
+                    let prev = previous
+                        .cluster(&c.service_hostname, c.port, c.subset.as_deref())
+                        .filter(|p| p.name == c.name);
+                    if let Some(p) = prev {
+                        c.adopt(&crate::runtime::ClusterState::of(p));
+                    }
                 }
             }
         }
-        self.runtime = OnceLock::from(Registry::index(self.all_clusters()));
+        // Indexed again on first use, should it have been before the adoption.
+        self.runtime = OnceLock::new();
     }
 
     /// The runtime state of this snapshot's clusters, by cluster name (see
-    /// [`crate::runtime`]); indexed on first use when the snapshot was not
-    /// built by [`Snapshot::carry_over_state`].
+    /// [`crate::runtime`]), indexed on first use: for tests and dumps, the carry-over does
+    /// not need it.
     pub fn runtime(&self) -> &Registry {
         self.runtime
             .get_or_init(|| Registry::index(self.all_clusters()))

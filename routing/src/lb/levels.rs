@@ -32,6 +32,12 @@ impl Levels {
     /// `None` when there is nothing to choose: one level and no locality weighting.
     pub(super) fn new(endpoints: &[ClusterEndpoint], weighted: bool) -> Option<Self> {
         use std::collections::BTreeMap;
+        // The common case, without grouping by locality (a string comparison per endpoint).
+        let one_level =
+            |first: &ClusterEndpoint| endpoints.iter().all(|e| e.priority == first.priority);
+        if !weighted && endpoints.first().is_none_or(one_level) {
+            return None;
+        }
         let mut by: BTreeMap<u32, BTreeMap<&Locality, (u32, Vec<usize>)>> = BTreeMap::new();
         for (i, e) in endpoints.iter().enumerate() {
             by.entry(e.priority)

@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::path::PathPolicy;
 use crate::policy::{ClusterPolicy, HashKey, PortTrafficPolicy, TrafficPolicy};
+use crate::snapshot::{PortMap, Snapshot};
 use crate::tcp::TcpRoute;
 use crate::upstream::{SanMatcher, Transport};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -43,13 +44,44 @@ struct PortAcc {
 }
 
 /// The last translation's services, by host, each with what it was built from: a service whose
-/// inputs are the same is not built again.
+/// inputs are the same is not built again. Once a snapshot is published, each service also keeps
+/// the clusters that snapshot holds for it, so that the next snapshot shares them.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceMemo {
-    services: HashMap<String, (ServiceKey, Arc<ServiceOut>)>,
-    /// Services reused and built by the last translation.
+    services: HashMap<String, Remembered>,
+    /// The version of the last translation's snapshot.
+    version: u64,
+    /// The services whose clusters that snapshot built (none was remembered).
+    clusters_built: Vec<String>,
+    /// Services reused and built by the last translation, and of the reused those whose
+    /// clusters it shared.
     pub(crate) reused: usize,
     pub(crate) built: usize,
+    pub(crate) shared: usize,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    key: ServiceKey,
+    out: Arc<ServiceOut>,
+    /// Its clusters in a published snapshot (and that snapshot's runtime state).
+    clusters: Option<Arc<PortMap>>,
+}
+
+impl ServiceMemo {
+    /// `published` (carried over and live) came from the last translation: remember the
+    /// clusters it built, for the next snapshot to share. Any other snapshot is ignored (its
+    /// clusters are built again next time).
+    pub(crate) fn published(&mut self, published: &Snapshot) {
+        if published.version() != self.version {
+            return;
+        }
+        for host in std::mem::take(&mut self.clusters_built) {
+            if let Some(r) = self.services.get_mut(&host) {
+                r.clusters = published.clusters.get(&host).cloned();
+            }
+        }
+    }
 }
 
 /// What a service is built from; equal keys build equal services.
@@ -355,35 +387,53 @@ pub(crate) fn translate(
     let waypoint_namespace = waypoint_namespace(&hbone_peer_sans);
     builder.hbone_peer_sans(hbone_peer_sans);
     let mut known_pods: BTreeMap<IpAddr, Arc<Endpoint>> = BTreeMap::new();
-    let last = std::mem::take(&mut services_memo.services);
+    let mut last = std::mem::take(&mut services_memo.services);
     services_memo.reused = 0;
     services_memo.built = 0;
+    services_memo.shared = 0;
+    services_memo.clusters_built.clear();
     for (host, acc) in services {
         let mine = by_host.get(host.as_str()).map_or(&[][..], Vec::as_slice);
         if is_route_only(&acc, mine, &socket_matches) {
             builder.route_only(&host);
         }
         let key = service_key(&acc, mine, &clusters, &clas, opts);
-        let reusable = key
-            .as_ref()
-            .and_then(|key| last.get(&host).filter(|(old, _)| old == key));
-        let out = match reusable {
-            Some((_, out)) => {
+        let reusable = key.as_ref().and_then(|key| {
+            last.remove(&host)
+                .filter(|r| r.key == *key)
+                .map(|r| (r.out, r.clusters))
+        });
+        let (out, built_clusters) = match reusable {
+            Some((out, built)) => {
                 services_memo.reused += 1;
-                out.clone()
+                (out, built)
             }
             None => {
                 services_memo.built += 1;
-                Arc::new(build_service(&host, &acc, mine, &pods, opts))
+                (
+                    Arc::new(build_service(&host, &acc, mine, &pods, opts)),
+                    None,
+                )
             }
         };
+        if built_clusters.is_some() {
+            services_memo.shared += 1;
+        }
         if let Some(key) = key {
-            services_memo
-                .services
-                .insert(host.clone(), (key, out.clone()));
+            if built_clusters.is_none() {
+                services_memo.clusters_built.push(host.clone());
+            }
+            services_memo.services.insert(
+                host.clone(),
+                Remembered {
+                    key,
+                    out: out.clone(),
+                    clusters: built_clusters.clone(),
+                },
+            );
         }
         diag.replay(&out.diag);
-        out.emit(acc, &mut builder);
+        out.emit(acc, built_clusters, &mut builder);
         for ep in &out.endpoints {
             known_pods.entry(ep.address).or_insert_with(|| ep.clone());
         }
@@ -419,8 +469,10 @@ pub(crate) fn translate(
     for t in dns_targets.values() {
         builder.dns_target(t.clone());
     }
+    let snapshot = builder.build();
+    services_memo.version = snapshot.version();
     Ok(Translation {
-        snapshot: builder.build(),
+        snapshot,
         warnings: diag.warnings,
         dns: dns_targets.into_values().collect(),
         subscriptions,

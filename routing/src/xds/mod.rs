@@ -278,6 +278,9 @@ pub struct Reuse {
     pub services_reused: usize,
     /// Services assembled again.
     pub services_built: usize,
+    /// Services whose clusters the snapshot shares with the published one it follows (see
+    /// [`Translator::published`]).
+    pub clusters_shared: usize,
 }
 
 impl Translator {
@@ -320,6 +323,14 @@ impl Translator {
         )
     }
 
+    /// The last translation's snapshot was published: carried over and made live (as
+    /// `published` shows). The clusters it built are remembered, so that the next snapshot
+    /// shares the clusters of every service that did not change, with their runtime state,
+    /// instead of building them again. A snapshot of another translation is ignored.
+    pub fn published(&mut self, published: &Snapshot) {
+        self.memo.services.published(published);
+    }
+
     /// What the last translation reused and built.
     pub fn reuse(&self) -> Reuse {
         Reuse {
@@ -327,6 +338,7 @@ impl Translator {
             built: self.memo.built + self.memo.listener.built,
             services_reused: self.memo.services.reused,
             services_built: self.memo.services.built,
+            clusters_shared: self.memo.services.shared,
         }
     }
 }

@@ -179,14 +179,16 @@ fn step() -> impl Strategy<Value = Step> {
 fn outcome(
     r: Result<xds::Translation, Vec<xds::Rejection>>,
 ) -> Result<String, Vec<xds::Rejection>> {
-    r.map(|t| {
-        let mut json = t.snapshot.to_json();
-        json.as_object_mut().unwrap().remove("version");
-        format!(
-            "{json:#}\nwarnings {:?}\ndns {:?}\nsubscriptions {:?}",
-            t.warnings, t.dns, t.subscriptions
-        )
-    })
+    r.map(|t| describe(&t))
+}
+
+fn describe(t: &xds::Translation) -> String {
+    let mut json = t.snapshot.to_json();
+    json.as_object_mut().unwrap().remove("version");
+    format!(
+        "{json:#}\nwarnings {:?}\ndns {:?}\nsubscriptions {:?}",
+        t.warnings, t.dns, t.subscriptions
+    )
 }
 
 fn from_scratch(encoded: &[Encoded<'_>]) -> Result<String, Vec<xds::Rejection>> {
@@ -225,6 +227,10 @@ proptest! {
             pool.starts[start].iter().map(|&k| (k, 0)).collect();
         let mut translator = Translator::new();
         let mut reused_any = false;
+        // Two of three snapshots are published as the waypoint does (carried over, then shown
+        // to the translator, whose next snapshot shares the clusters of unchanged services);
+        // the third is not (an incomplete state held back).
+        let mut live = routing::Snapshot::empty();
         for (i, s) in std::iter::once(None).chain(steps.iter().map(Some)).enumerate() {
             match s {
                 Some(Step::Upsert { key, version }) => {
@@ -242,7 +248,16 @@ proptest! {
                     Encoded { type_url, name, value: &versions[v] }
                 })
                 .collect();
-            let memoized = outcome(translator.translate(&encoded, &TranslateOptions::default()));
+            let memoized = match translator.translate(&encoded, &TranslateOptions::default()) {
+                Ok(mut t) if i % 3 != 2 => {
+                    t.snapshot.carry_over_state(&live);
+                    translator.published(&t.snapshot);
+                    let d = describe(&t);
+                    live = t.snapshot;
+                    Ok(d)
+                }
+                other => outcome(other),
+            };
             reused_any |= i > 0 && translator.reuse().reused > 0;
             prop_assert_eq!(&memoized, &from_scratch(&encoded), "step {} {:?}", i, s);
         }
@@ -391,4 +406,107 @@ fn a_route_change_rebuilds_one_chain() {
         })
         .expect("reviews' routes");
     assert_eq!(vs.http[0].timeout, Some(std::time::Duration::from_secs(7)));
+}
+
+/// Published (carried over from the live snapshot) and shown to the translator, as the
+/// waypoint does.
+fn publish(
+    translator: &mut Translator,
+    wire: &Wire,
+    live: &routing::Snapshot,
+) -> routing::Snapshot {
+    let mut snapshot = translate_wire(translator, wire).snapshot;
+    snapshot.carry_over_state(live);
+    translator.published(&snapshot);
+    snapshot
+}
+
+/// bookinfo without the pod at `gone` in reviews' assignments (the service's and its subset's).
+fn reviews_without(res: &Resources, gone: std::net::SocketAddr) -> Wire {
+    let mut wire = bookinfo_wire(res);
+    for (t, n, bytes) in &mut wire {
+        if *t != ENDPOINT_TYPE || !n.ends_with(REVIEWS) {
+            continue;
+        }
+        let mut cla = ClusterLoadAssignment::decode(bytes.as_slice()).unwrap();
+        for l in &mut cla.endpoints {
+            // istiod's internal address names the pod as `endpoint_id: "ip:port"`.
+            l.lb_endpoints
+                .retain(|e| !format!("{e:?}").contains(&format!("{gone:?}")));
+        }
+        *bytes = cla.encode_to_vec();
+    }
+    wire
+}
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+const PRODUCTPAGE: &str = "productpage.default.svc.cluster.local";
+
+/// After a publish, a service that did not change keeps the very clusters that served (and
+/// their state: a request in flight stays counted); a changed one is built again and adopts the
+/// state of the cluster it replaces. A snapshot that was not published, or a published one the
+/// translator did not make, gives nothing to share.
+#[test]
+fn unchanged_services_share_their_clusters_with_the_next_snapshot() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let full = bookinfo_wire(&res);
+    let all = |s: &routing::Snapshot, host| s.cluster(host, 9080, None).unwrap().endpoints.len();
+    let mut translator = Translator::new();
+    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    let n = all(&first, REVIEWS);
+    assert!(n >= 2, "reviews has {n} endpoints");
+    let page = first.cluster(PRODUCTPAGE, 9080, None).unwrap();
+    let page_guard = page.begin(page.endpoints[0].target);
+    let reviews = first.cluster(REVIEWS, 9080, None).unwrap();
+    let reviews_target = reviews.endpoints[0].target;
+    let reviews_guard = reviews.begin(reviews_target);
+
+    // reviews loses a pod: only its clusters are built again.
+    let gone = reviews.endpoints[n - 1].target;
+    let fewer = reviews_without(&res, gone);
+    let second = publish(&mut translator, &fewer, &first);
+    let page2 = second.cluster(PRODUCTPAGE, 9080, None).unwrap();
+    assert!(std::ptr::eq(page, page2), "productpage's cluster is shared");
+    assert_eq!(page2.endpoints[0].active(), 1);
+    let reviews2 = second.cluster(REVIEWS, 9080, None).unwrap();
+    assert!(
+        !std::ptr::eq(reviews, reviews2),
+        "reviews' cluster is built again"
+    );
+    assert_eq!(reviews2.endpoints.len(), n - 1);
+    assert_eq!(
+        reviews2.endpoint(reviews_target).unwrap().active(),
+        1,
+        "state adopted"
+    );
+    drop((page_guard, reviews_guard));
+    assert_eq!(page2.endpoints[0].active(), 0);
+    assert_eq!(reviews2.endpoint(reviews_target).unwrap().active(), 0);
+
+    // reviews is whole again, but that snapshot is held back (not published); a snapshot of
+    // another translation shown instead is ignored.
+    let held = translate_wire(&mut translator, &full).snapshot;
+    assert_eq!(all(&held, REVIEWS), n);
+    translator.published(&second);
+    // The same state again: reviews' clusters are built again (never published), with all
+    // its endpoints, not taken from `second`; productpage's are still those that served.
+    let third = publish(&mut translator, &full, &second);
+    let reviews3 = third.cluster(REVIEWS, 9080, None).unwrap();
+    assert!(!std::ptr::eq(reviews2, reviews3));
+    assert!(!std::ptr::eq(
+        held.cluster(REVIEWS, 9080, None).unwrap(),
+        reviews3
+    ));
+    assert_eq!(reviews3.endpoints.len(), n);
+    assert!(std::ptr::eq(
+        page,
+        third.cluster(PRODUCTPAGE, 9080, None).unwrap()
+    ));
+    // Published now: the next snapshot shares them.
+    let fourth = publish(&mut translator, &full, &third);
+    assert!(std::ptr::eq(
+        reviews3,
+        fourth.cluster(REVIEWS, 9080, None).unwrap()
+    ));
+    assert_eq!(third.to_json()["clusters"], fourth.to_json()["clusters"]);
 }

@@ -40,20 +40,6 @@ async fn read_head_and(tunnel: &mut H2Stream, body: usize) -> String {
     }
 }
 
-/// `line` without terminal colour codes (`ESC [ … m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The JSON access log line of the request to `path` (bounded wait).
 async fn line_for(access: &std::sync::Mutex<Vec<String>>, path: &str) -> serde_json::Value {
     line_where(access, "path", path).await

@@ -447,6 +447,25 @@ async fn xds_mode_follows_istiod_pushes() {
 
     // Each refusal is logged once, however many pushes repeated it.
     let logs = logs.lock().unwrap().join("\n");
+    // Once a snapshot was published, the next ones share the clusters of the services that
+    // did not change (productpage's, reviews' across the ratings pushes).
+    let shared = logs
+        .lines()
+        .filter(|l| l.contains("xDS config translated"))
+        .map(strip_ansi)
+        .filter_map(|l| {
+            l.split("clusters_shared=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max();
+    assert!(
+        shared.is_some_and(|n| n >= 2),
+        "clusters shared: {shared:?}\n{logs}"
+    );
     for what in ["main_internal: route reviews-split", "maglev table_size 0"] {
         let lines = logs
             .lines()

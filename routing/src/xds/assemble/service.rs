@@ -98,8 +98,13 @@ pub(crate) struct ServiceOut {
 
 impl ServiceOut {
     /// Hand it to `builder` (as many times as translations reuse it), with the service's routes
-    /// as `acc` has them.
-    pub(super) fn emit(&self, acc: ServiceAcc, builder: &mut SnapshotBuilder) {
+    /// as `acc` has them, and the clusters a published snapshot built from it, if any.
+    pub(super) fn emit(
+        &self,
+        acc: ServiceAcc,
+        clusters: Option<Arc<PortMap>>,
+        builder: &mut SnapshotBuilder,
+    ) {
         if let Some(dr) = &self.destination_rule {
             builder.destination_rule(dr.clone());
         }
@@ -118,7 +123,12 @@ impl ServiceOut {
                 tcp: acc.tcp,
             });
         }
-        builder.service(self.service.clone(), self.endpoints.clone());
+        match clusters {
+            Some(c) => {
+                builder.service_with_clusters(self.service.clone(), self.endpoints.clone(), c)
+            }
+            None => builder.service(self.service.clone(), self.endpoints.clone()),
+        };
     }
 }
 

@@ -310,9 +310,12 @@ impl Handler for XdsHandler {
             refused = refused.len(),
             reused = reuse.reused,
             rebuilt = reuse.built,
+            clusters_shared = reuse.clusters_shared,
             "xDS config translated"
         );
-        self.sink.offer(snapshot);
+        if let Some(live) = self.sink.offer(snapshot) {
+            latest.translator.published(&live);
+        }
         latest.state = Some(self.last_good.clone());
         self.published = true;
         Ok(applied(subscriptions))
@@ -422,7 +425,9 @@ async fn dns_rebuilds(
                     version = t.snapshot.version(),
                     "DNS answers changed; config translated again"
                 );
-                sink.offer(t.snapshot);
+                if let Some(live) = sink.offer(t.snapshot) {
+                    translator.published(&live);
+                }
             }
             Err(rejections) => warn!(
                 ?rejections,

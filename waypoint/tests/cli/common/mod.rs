@@ -474,3 +474,17 @@ pub fn thread_nice(pid: u32, comm: &str) -> Vec<i64> {
         })
         .collect()
 }
+
+/// `line` without terminal colour codes (`ESC [ … m`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
