@@ -3,7 +3,7 @@
 //! then [`SnapshotBuilder`].
 
 use super::access;
-use super::chain::{ChainPiece, ChainRole, RoutesKind};
+use super::chain::{ChainPiece, ChainRole, ClusterNames, RoutesKind};
 use super::cluster::{EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
 use super::listener::{self, ListenerMemo, ShallowListener};
@@ -149,7 +149,7 @@ pub(crate) struct Input<'a> {
 
 /// The endpoints of each service cluster, by cluster name: an assignment's pods as its piece
 /// holds them, or computed for this translation.
-type Pods<'a> = BTreeMap<String, Cow<'a, [PodEndpoint]>>;
+type Pods<'a> = BTreeMap<&'a str, Cow<'a, [PodEndpoint]>>;
 
 pub(crate) fn translate(
     res: &Input<'_>,
@@ -166,22 +166,22 @@ pub(crate) fn translate(
         &mut diag,
     );
     let rcs = index(res.routes, |r| r.name.as_str(), ROUTE_TYPE, &mut diag);
-    let known: BTreeSet<String> = clusters.keys().map(|k| k.to_string()).collect();
+    let known: ClusterNames<'_> = clusters.keys().copied().collect();
 
     // Clusters.
     let mut hbone_peer_sans = None;
-    let mut svc_clusters: BTreeMap<String, Cow<'_, ServiceCluster>> = BTreeMap::new();
+    let mut svc_clusters: BTreeMap<&str, Cow<'_, ServiceCluster>> = BTreeMap::new();
     // `outbound|…` clusters' transport socket matches (see [`outbound`]).
-    let mut socket_matches: BTreeMap<String, &[outbound::SocketMatch]> = BTreeMap::new();
+    let mut socket_matches: BTreeMap<&str, &[outbound::SocketMatch]> = BTreeMap::new();
     let mut subscriptions = super::Subscriptions::default();
     for (name, piece) in &clusters {
         diag.replay(&piece.diag);
         subscriptions.endpoints.extend(piece.eds.clone());
         match &piece.role {
             ClusterRole::Service { cluster, matches } => {
-                svc_clusters.insert(name.to_string(), Cow::Borrowed(cluster));
+                svc_clusters.insert(name, Cow::Borrowed(cluster));
                 if let Some(m) = matches {
-                    socket_matches.insert(name.to_string(), m);
+                    socket_matches.insert(name, m);
                 }
             }
             ClusterRole::ConnectOriginate(sans) => hbone_peer_sans = Some(sans.clone()),
@@ -194,15 +194,11 @@ pub(crate) fn translate(
     let mut pods: Pods<'_> = BTreeMap::new();
     let mut dns_targets = BTreeMap::new();
     for (name, sc) in &svc_clusters {
-        let inline = || {
-            clusters
-                .get(name.as_str())
-                .and_then(|c| c.load_assignment.as_ref())
-        };
+        let inline = || clusters.get(name).and_then(|c| c.load_assignment.as_ref());
         let list = match &sc.source {
             EndpointSource::Eds(eds) => match clas.get(eds.as_str()) {
                 Some(cla) => {
-                    used_clas.insert(eds.clone());
+                    used_clas.insert(eds.as_str());
                     let at = At {
                         type_url: ENDPOINT_TYPE,
                         name: eds,
@@ -252,7 +248,7 @@ pub(crate) fn translate(
             )),
             EndpointSource::None => Cow::Borrowed(&[][..]),
         };
-        pods.insert(name.clone(), list);
+        pods.insert(name, list);
     }
     for name in clas.keys() {
         if !used_clas.contains(*name) {
@@ -279,7 +275,7 @@ pub(crate) fn translate(
             let Some(cn) = ClusterName::parse(chain) else {
                 continue;
             };
-            let acc = services.entry(cn.host.clone()).or_default();
+            let acc = service_acc(&mut services, &cn.host);
             acc.vips.insert(*ip);
             acc.ports
                 .entry(*port)
@@ -289,7 +285,7 @@ pub(crate) fn translate(
         }
     }
     for sc in svc_clusters.values() {
-        let acc = services.entry(sc.name.host.clone()).or_default();
+        let acc = service_acc(&mut services, &sc.name.host);
         if acc.namespace.is_none() {
             acc.namespace.clone_from(&sc.namespace);
         }
@@ -305,7 +301,7 @@ pub(crate) fn translate(
         else {
             continue;
         };
-        let acc = services.entry(cn.host.clone()).or_default();
+        let acc = service_acc(&mut services, &cn.host);
         acc.chains.push(piece.clone());
         let port_acc = acc.ports.entry(cn.port).or_default();
         port_acc.chains.insert(chain.clone());
@@ -339,7 +335,7 @@ pub(crate) fn translate(
 
     // Hash keys from the routes onto consistent-hash clusters.
     for (cluster, key) in hash_keys {
-        let Some(sc) = svc_clusters.get_mut(&cluster) else {
+        let Some(sc) = svc_clusters.get_mut(cluster.as_str()) else {
             continue;
         };
         let unset = |sc: &ServiceCluster| {
@@ -364,7 +360,7 @@ pub(crate) fn translate(
     }
 
     // Each service's clusters, grouped once (a scan per service was quadratic in services).
-    let mut by_host: BTreeMap<&str, Vec<(&String, &ServiceCluster)>> = BTreeMap::new();
+    let mut by_host: BTreeMap<&str, Vec<(&str, &ServiceCluster)>> = BTreeMap::new();
     for (name, sc) in &svc_clusters {
         let sc: &ServiceCluster = sc;
         by_host
@@ -479,11 +475,22 @@ pub(crate) fn translate(
     })
 }
 
+/// The accumulator of service `host` (its name copied only when it is new).
+fn service_acc<'m>(
+    services: &'m mut BTreeMap<String, ServiceAcc>,
+    host: &str,
+) -> &'m mut ServiceAcc {
+    if !services.contains_key(host) {
+        services.insert(host.to_string(), ServiceAcc::default());
+    }
+    services.get_mut(host).expect("inserted")
+}
+
 /// What the service `acc` is built from, when it can be reused: not when the caller knows pod
 /// identities, nor for clusters whose endpoints are read at assembly (STATIC, DNS).
 fn service_key(
     acc: &ServiceAcc,
-    mine: &[(&String, &ServiceCluster)],
+    mine: &[(&str, &ServiceCluster)],
     clusters: &BTreeMap<&str, &Arc<ClusterPiece>>,
     clas: &BTreeMap<&str, &Arc<AssignmentPiece>>,
     opts: &TranslateOptions,
@@ -504,7 +511,7 @@ fn service_key(
         assignments: Vec::new(),
     };
     for (name, sc) in mine {
-        let piece = clusters.get(name.as_str())?;
+        let piece = clusters.get(name)?;
         let hash = sc
             .policy
             .load_balancer
@@ -527,8 +534,8 @@ fn service_key(
 /// this waypoint routes to it but does not serve it.
 fn is_route_only(
     acc: &ServiceAcc,
-    mine: &[(&String, &ServiceCluster)],
-    outbound: &BTreeMap<String, &[outbound::SocketMatch]>,
+    mine: &[(&str, &ServiceCluster)],
+    outbound: &BTreeMap<&str, &[outbound::SocketMatch]>,
 ) -> bool {
     acc.vips.is_empty() && !mine.is_empty() && mine.iter().all(|(n, _)| outbound.contains_key(*n))
 }

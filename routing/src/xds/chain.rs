@@ -24,18 +24,21 @@ use envoy_types::pb::envoy::config::listener::v3::FilterChain;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpSpecifier;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// The names of the clusters a state has.
+pub(crate) type ClusterNames<'a> = std::collections::HashSet<&'a str>;
 
 /// Which clusters exist, remembering what was asked (a chain piece is valid while the same
 /// questions get the same answers).
 pub(crate) struct Known<'a> {
-    set: &'a BTreeSet<String>,
+    set: &'a ClusterNames<'a>,
     asked: RefCell<Vec<(String, bool)>>,
 }
 
 impl<'a> Known<'a> {
-    pub(crate) fn new(set: &'a BTreeSet<String>) -> Self {
+    pub(crate) fn new(set: &'a ClusterNames<'a>) -> Self {
         Known {
             set,
             asked: RefCell::new(Vec::new()),
@@ -172,12 +175,12 @@ impl ChainPiece {
     }
 
     /// Still what a build against `known` would give (the bytes being the same).
-    pub(crate) fn valid_for(&self, known: &BTreeSet<String>) -> bool {
+    pub(crate) fn valid_for(&self, known: &ClusterNames<'_>) -> bool {
         self.rds.is_empty()
             && self
                 .asked
                 .iter()
-                .all(|(c, answer)| known.contains(c) == *answer)
+                .all(|(c, answer)| known.contains(c.as_str()) == *answer)
     }
 }
 

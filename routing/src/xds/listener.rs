@@ -44,7 +44,7 @@ use std::sync::Arc;
 mod matcher;
 use matcher::{classic_match, tree};
 pub(crate) mod chains;
-use super::chain::{ChainPiece, ChainRole, Known};
+use super::chain::{ChainPiece, ChainRole, ClusterNames, Known};
 pub(crate) use chains::harmless;
 
 /// The waypoint's internal listener.
@@ -162,16 +162,26 @@ pub(crate) struct MainListener {
 /// A listener with its filter chains and matcher left encoded: only the chains whose bytes
 /// changed since the last translation are decoded ([`ListenerMemo`]). Field numbers of
 /// `envoy.config.listener.v3.Listener`.
+/// Decoded from a [`bytes::Bytes`] (see [`ShallowListener::from_slice`]), the chains are slices
+/// of it, not an allocation and a copy each.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ShallowListener {
     #[prost(string, tag = "1")]
     pub(crate) name: String,
-    #[prost(bytes = "vec", repeated, tag = "3")]
-    pub(crate) filter_chains: Vec<Vec<u8>>,
-    #[prost(bytes = "vec", optional, tag = "25")]
-    pub(crate) default_filter_chain: Option<Vec<u8>>,
-    #[prost(bytes = "vec", optional, tag = "32")]
-    pub(crate) filter_chain_matcher: Option<Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub(crate) filter_chains: Vec<bytes::Bytes>,
+    #[prost(bytes = "bytes", optional, tag = "25")]
+    pub(crate) default_filter_chain: Option<bytes::Bytes>,
+    #[prost(bytes = "bytes", optional, tag = "32")]
+    pub(crate) filter_chain_matcher: Option<bytes::Bytes>,
+}
+
+impl ShallowListener {
+    /// Decoded from one copy of `encoded`, which its chains share.
+    pub(crate) fn from_slice(encoded: &[u8]) -> Result<Self, prost::DecodeError> {
+        use prost::Message;
+        Self::decode(bytes::Bytes::copy_from_slice(encoded))
+    }
 }
 
 /// The chain pieces and the matcher of the last translation, by a digest of their bytes.
@@ -235,7 +245,7 @@ fn decode_chain(bytes: &[u8], i: usize, at: At<'_>, diag: &mut Diag) -> Option<F
 pub(crate) fn translate(
     listeners: &[ShallowListener],
     routes: &BTreeMap<&str, &RouteConfiguration>,
-    known: &BTreeSet<String>,
+    known: &ClusterNames<'_>,
     memo: &mut ListenerMemo,
     rds: &mut BTreeSet<String>,
     diag: &mut Diag,
@@ -305,7 +315,7 @@ type LastPieces<'a> = (
 fn main_internal(
     l: &ShallowListener,
     routes: &BTreeMap<&str, &RouteConfiguration>,
-    known: &BTreeSet<String>,
+    known: &ClusterNames<'_>,
     (last, last_matcher): LastPieces<'_>,
     memo: &mut ListenerMemo,
     rds: &mut BTreeSet<String>,
@@ -318,7 +328,7 @@ fn main_internal(
         let d = super::pieces::digest(bytes);
         let matched = match last_matcher {
             Some((old, m)) if *old == d => Some(m.clone()),
-            _ => match Matcher::decode(bytes.as_slice()) {
+            _ => match Matcher::decode(bytes.as_ref()) {
                 Ok(m) => {
                     let mut matched = Matched::default();
                     let mut found = Diag::default();

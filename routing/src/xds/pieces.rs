@@ -161,7 +161,15 @@ pub(crate) fn digest(bytes: &[u8]) -> u128 {
 }
 
 /// Pieces of one type by resource name, with the digest of the bytes each was built from.
-type Pieces<P> = HashMap<String, (u128, Arc<P>)>;
+type Pieces<P> = HashMap<String, Remembered<P>>;
+
+#[derive(Debug)]
+struct Remembered<P> {
+    digest: u128,
+    piece: Arc<P>,
+    /// The last translation that used it ([`Memo::generation`]).
+    used: u64,
+}
 
 /// The pieces of the last translation, reused by the next one where the bytes are unchanged.
 /// Holds only what the last translation used: a resource that is gone is forgotten.
@@ -176,6 +184,8 @@ pub(crate) struct Memo {
     /// Pieces reused and built by the last [`Memo::pieces`].
     pub(crate) reused: usize,
     pub(crate) built: usize,
+    /// Counts translations: the pieces a translation did not use are forgotten after it.
+    generation: u64,
 }
 
 /// The encoded resources of one translation, clusters and assignments as pieces.
@@ -199,7 +209,8 @@ impl Memo {
             clusters: Vec::new(),
             assignments: Vec::new(),
         };
-        let (mut clusters, mut assignments) = (Pieces::new(), Pieces::new());
+        self.generation += 1;
+        let generation = self.generation;
         // (reused, built)
         let counts = &mut (0, 0);
         let mut rejections = Vec::new();
@@ -210,19 +221,19 @@ impl Memo {
                 reason: format!("cannot decode resource: {e}"),
             };
             let result = match r.type_url {
-                CLUSTER_TYPE => memoized(&self.clusters, &mut clusters, r, counts, || {
+                CLUSTER_TYPE => memoized(&mut self.clusters, generation, r, counts, || {
                     Cluster::decode(r.value)
                         .map(|c| ClusterPiece::build(&c))
                         .map_err(bad)
                 })
                 .map(|p| out.clusters.push(p)),
-                ENDPOINT_TYPE => memoized(&self.assignments, &mut assignments, r, counts, || {
+                ENDPOINT_TYPE => memoized(&mut self.assignments, generation, r, counts, || {
                     ClusterLoadAssignment::decode(r.value)
                         .map(|c| AssignmentPiece::build(&c))
                         .map_err(bad)
                 })
                 .map(|p| out.assignments.push(p)),
-                LISTENER_TYPE => ShallowListener::decode(r.value)
+                LISTENER_TYPE => ShallowListener::from_slice(r.value)
                     .map(|l| out.listeners.push(l))
                     .map_err(bad),
                 _ => out
@@ -237,8 +248,8 @@ impl Memo {
                 rejections.push(e);
             }
         }
-        self.clusters = clusters;
-        self.assignments = assignments;
+        self.clusters.retain(|_, p| p.used == generation);
+        self.assignments.retain(|_, p| p.used == generation);
         (self.reused, self.built) = *counts;
         if rejections.is_empty() {
             Ok(out)
@@ -249,25 +260,32 @@ impl Memo {
 }
 
 /// The piece of `r`: the last translation's when its bytes are the same, else `build`'s.
-/// Recorded in `next` either way, and counted in `(reused, built)`.
+/// Recorded in `memo` as used by translation `generation` either way (in place: no name is
+/// copied for a piece kept), and counted in `(reused, built)`.
 fn memoized<P>(
-    last: &Pieces<P>,
-    next: &mut Pieces<P>,
+    memo: &mut Pieces<P>,
+    generation: u64,
     r: &Encoded<'_>,
     (reused, built): &mut (usize, usize),
     build: impl FnOnce() -> Result<P, Rejection>,
 ) -> Result<Arc<P>, Rejection> {
-    let d = digest(r.value);
-    let piece = match last.get(r.name) {
-        Some((old, piece)) if *old == d => {
+    let digest = digest(r.value);
+    if let Some(old) = memo.get_mut(r.name) {
+        if old.digest == digest {
             *reused += 1;
-            piece.clone()
+            old.used = generation;
+            return Ok(old.piece.clone());
         }
-        _ => {
-            *built += 1;
-            Arc::new(build()?)
-        }
-    };
-    next.insert(r.name.to_string(), (d, piece.clone()));
+    }
+    let piece = Arc::new(build()?);
+    *built += 1;
+    memo.insert(
+        r.name.to_string(),
+        Remembered {
+            digest,
+            piece: piece.clone(),
+            used: generation,
+        },
+    );
     Ok(piece)
 }

@@ -136,7 +136,7 @@ impl ServiceOut {
 pub(super) fn build_service(
     host: &str,
     acc: &ServiceAcc,
-    mine: &[(&String, &ServiceCluster)],
+    mine: &[(&str, &ServiceCluster)],
     pods: &Pods<'_>,
     opts: &TranslateOptions,
 ) -> ServiceOut {
