@@ -29,7 +29,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+mod key;
 mod service;
+use key::{key_view, ServiceKey};
 pub use service::ANY_SERVICE_ACCOUNT;
 use service::{bound_workloads, build_service, waypoint_namespace, ServiceOut};
 
@@ -81,31 +83,6 @@ impl ServiceMemo {
                 r.clusters = published.clusters.get(&host).cloned();
             }
         }
-    }
-}
-
-/// What a service is built from; equal keys build equal services.
-#[derive(Debug, PartialEq)]
-struct ServiceKey {
-    namespace: Option<String>,
-    vips: BTreeSet<IpAddr>,
-    /// Port → the chains the matcher and the listener name for it.
-    ports: Vec<(u16, BTreeSet<String>)>,
-    chains: Vec<ById<ChainPiece>>,
-    /// Its clusters, each with the hash key the routes gave it.
-    clusters: Vec<(ById<ClusterPiece>, Option<HashKey>)>,
-    /// Each EDS cluster's assignment (`None`: not received).
-    assignments: Vec<Option<ById<AssignmentPiece>>>,
-}
-
-/// A piece compared by identity: the memo holds it, so no other piece takes its address while
-/// the key lives.
-#[derive(Debug)]
-struct ById<T>(Arc<T>);
-
-impl<T> PartialEq for ById<T> {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -393,12 +370,16 @@ pub(crate) fn translate(
         if is_route_only(&acc, mine, &socket_matches) {
             builder.route_only(&host);
         }
-        let key = service_key(&acc, mine, &clusters, &clas, opts);
-        let reusable = key.as_ref().and_then(|key| {
-            last.remove(&host)
-                .filter(|r| r.key == *key)
-                .map(|r| (r.out, r.clusters))
-        });
+        // The last key and its host's name when they still hold, else a new key.
+        let (key, reusable) = match key_view(&acc, mine, &clusters, &clas, opts) {
+            Some(view) => match last.remove_entry(&host) {
+                Some((name, r)) if view.matches(&r.key) => {
+                    (Some((name, r.key)), Some((r.out, r.clusters)))
+                }
+                _ => (Some((host.clone(), view.owned())), None),
+            },
+            None => (None, None),
+        };
         let (out, built_clusters) = match reusable {
             Some((out, built)) => {
                 services_memo.reused += 1;
@@ -415,12 +396,12 @@ pub(crate) fn translate(
         if built_clusters.is_some() {
             services_memo.shared += 1;
         }
-        if let Some(key) = key {
+        if let Some((name, key)) = key {
             if built_clusters.is_none() {
                 services_memo.clusters_built.push(host.clone());
             }
             services_memo.services.insert(
-                host.clone(),
+                name,
                 Remembered {
                     key,
                     out: out.clone(),
@@ -484,50 +465,6 @@ fn service_acc<'m>(
         services.insert(host.to_string(), ServiceAcc::default());
     }
     services.get_mut(host).expect("inserted")
-}
-
-/// What the service `acc` is built from, when it can be reused: not when the caller knows pod
-/// identities, nor for clusters whose endpoints are read at assembly (STATIC, DNS).
-fn service_key(
-    acc: &ServiceAcc,
-    mine: &[(&str, &ServiceCluster)],
-    clusters: &BTreeMap<&str, &Arc<ClusterPiece>>,
-    clas: &BTreeMap<&str, &Arc<AssignmentPiece>>,
-    opts: &TranslateOptions,
-) -> Option<ServiceKey> {
-    if !opts.identities.is_empty() {
-        return None;
-    }
-    let mut key = ServiceKey {
-        namespace: acc.namespace.clone(),
-        vips: acc.vips.clone(),
-        ports: acc
-            .ports
-            .iter()
-            .map(|(port, p)| (*port, p.chains.clone()))
-            .collect(),
-        chains: acc.chains.iter().cloned().map(ById).collect(),
-        clusters: Vec::with_capacity(mine.len()),
-        assignments: Vec::new(),
-    };
-    for (name, sc) in mine {
-        let piece = clusters.get(name)?;
-        let hash = sc
-            .policy
-            .load_balancer
-            .as_ref()
-            .and_then(|lb| lb.consistent_hash.as_ref())
-            .and_then(|ch| ch.key.clone());
-        key.clusters.push((ById((*piece).clone()), hash));
-        match &sc.source {
-            EndpointSource::Eds(eds) => key
-                .assignments
-                .push(clas.get(eds.as_str()).map(|a| ById((*a).clone()))),
-            EndpointSource::None => {}
-            EndpointSource::Inline | EndpointSource::Dns(_) => return None,
-        }
-    }
-    Some(key)
 }
 
 /// A service known only from `outbound|…` clusters (no VIP, no `inbound-vip` cluster of it):

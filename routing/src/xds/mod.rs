@@ -323,10 +323,11 @@ impl Translator {
         )
     }
 
-    /// The last translation's snapshot was published: carried over and made live (as
-    /// `published` shows). The clusters it built are remembered, so that the next snapshot
-    /// shares the clusters of every service that did not change, with their runtime state,
-    /// instead of building them again. A snapshot of another translation is ignored.
+    /// `published` is live (carried over and serving). When it is the last translation's
+    /// snapshot, the clusters it built are remembered, so that the next snapshot shares the
+    /// clusters of every service that did not change, with their runtime state, instead of
+    /// building them again. Any other snapshot is ignored: call it with what is live before
+    /// each translation.
     pub fn published(&mut self, published: &Snapshot) {
         self.memo.services.published(published);
     }

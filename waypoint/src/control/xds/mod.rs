@@ -241,6 +241,11 @@ impl Handler for XdsHandler {
         let state = update.state;
         let rebuild = self.rebuild.clone();
         let mut latest = rebuild.lock();
+        // The last translation's snapshot, if it went live meanwhile (at once, when the data
+        // path attached, or at the warm timeout): the next one shares its unchanged clusters.
+        if let Some(live) = self.sink.live() {
+            latest.translator.published(&live);
+        }
         self.options.dns = self.dns.answers();
         let (translation, refused) = match self.translate_tolerant(&mut latest.translator, state) {
             Ok(t) => t,
@@ -313,9 +318,7 @@ impl Handler for XdsHandler {
             clusters_shared = reuse.clusters_shared,
             "xDS config translated"
         );
-        if let Some(live) = self.sink.offer(snapshot) {
-            latest.translator.published(&live);
-        }
+        self.sink.offer(snapshot);
         latest.state = Some(self.last_good.clone());
         self.published = true;
         Ok(applied(subscriptions))
@@ -416,6 +419,9 @@ async fn dns_rebuilds(
         let Some(state) = state.as_ref() else {
             continue;
         };
+        if let Some(live) = sink.live() {
+            translator.published(&live);
+        }
         options.dns = dns.answers();
         // The state translated when it was published: every resource decodes.
         let resources = encoded(state, state, &BTreeSet::new());
@@ -425,9 +431,7 @@ async fn dns_rebuilds(
                     version = t.snapshot.version(),
                     "DNS answers changed; config translated again"
                 );
-                if let Some(live) = sink.offer(t.snapshot) {
-                    translator.published(&live);
-                }
+                sink.offer(t.snapshot);
             }
             Err(rejections) => warn!(
                 ?rejections,

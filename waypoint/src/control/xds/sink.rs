@@ -94,32 +94,34 @@ impl SnapshotSink {
                      initial_fetch_timeout); those clusters have no endpoints",
                     self.warm_timeout
                 );
-                // Not the translator's: its clusters are built again next time.
                 self.publish(i.snapshot);
             }
         }
     }
 
     /// A new complete snapshot: published at once when the data path runs, else held (the
-    /// newest one wins). It replaces any incomplete one waiting. Returns the snapshot now live
-    /// (carried over) when it was published.
-    pub fn offer(&self, snapshot: Snapshot) -> Option<Arc<Snapshot>> {
+    /// newest one wins). It replaces any incomplete one waiting.
+    pub fn offer(&self, snapshot: Snapshot) {
         self.incomplete.lock().take();
-        self.publish(snapshot)
+        self.publish(snapshot);
     }
 
-    fn publish(&self, snapshot: Snapshot) -> Option<Arc<Snapshot>> {
+    fn publish(&self, snapshot: Snapshot) {
         let mut state = self.state.lock();
         match &*state {
-            SinkState::Live(app) => {
-                app.publish(snapshot, "xds");
-                Some(app.snapshot.load_full())
-            }
+            SinkState::Live(app) => app.publish(snapshot, "xds"),
             _ => {
                 *state = SinkState::Held(Box::new(snapshot));
                 self.arrived.notify_waiters();
-                None
             }
+        }
+    }
+
+    /// The snapshot the data path serves (carried over), once it runs.
+    pub fn live(&self) -> Option<Arc<Snapshot>> {
+        match &*self.state.lock() {
+            SinkState::Live(app) => Some(app.snapshot.load_full()),
+            _ => None,
         }
     }
 

@@ -1,0 +1,119 @@
+//! What a service is built from: compared borrowed with the last translation's key, copied only
+//! when the service is built again.
+
+use super::*;
+
+/// What a service was built from; equal keys build equal services.
+#[derive(Debug)]
+pub(super) struct ServiceKey {
+    namespace: Option<String>,
+    vips: BTreeSet<IpAddr>,
+    /// Port → the chains the matcher and the listener name for it.
+    ports: Vec<(u16, BTreeSet<String>)>,
+    chains: Vec<Arc<ChainPiece>>,
+    /// Its clusters, each with the hash key the routes gave it.
+    clusters: Vec<(Arc<ClusterPiece>, Option<HashKey>)>,
+    /// Each EDS cluster's assignment (`None`: not received).
+    assignments: Vec<Option<Arc<AssignmentPiece>>>,
+}
+
+/// A service's key as this translation has it, borrowed. Pieces compare by identity: the memo
+/// holds them, so no other piece takes their address while a key lives.
+pub(super) struct KeyView<'a> {
+    acc: &'a ServiceAcc,
+    clusters: Vec<(&'a Arc<ClusterPiece>, Option<&'a HashKey>)>,
+    assignments: Vec<Option<&'a Arc<AssignmentPiece>>>,
+}
+
+/// What the service `acc` is built from, when it can be reused: not when the caller knows pod
+/// identities, nor for clusters whose endpoints are read at assembly (STATIC, DNS).
+pub(super) fn key_view<'a>(
+    acc: &'a ServiceAcc,
+    mine: &[(&'a str, &'a ServiceCluster)],
+    clusters: &BTreeMap<&'a str, &'a Arc<ClusterPiece>>,
+    clas: &BTreeMap<&'a str, &'a Arc<AssignmentPiece>>,
+    opts: &TranslateOptions,
+) -> Option<KeyView<'a>> {
+    if !opts.identities.is_empty() {
+        return None;
+    }
+    let mut view = KeyView {
+        acc,
+        clusters: Vec::with_capacity(mine.len()),
+        assignments: Vec::with_capacity(mine.len()),
+    };
+    for (name, sc) in mine {
+        let piece = clusters.get(name)?;
+        let hash = sc
+            .policy
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.consistent_hash.as_ref())
+            .and_then(|ch| ch.key.as_ref());
+        view.clusters.push((piece, hash));
+        match &sc.source {
+            EndpointSource::Eds(eds) => view.assignments.push(clas.get(eds.as_str()).copied()),
+            EndpointSource::None => {}
+            EndpointSource::Inline | EndpointSource::Dns(_) => return None,
+        }
+    }
+    Some(view)
+}
+
+impl KeyView<'_> {
+    /// The same inputs as `key`'s.
+    pub(super) fn matches(&self, key: &ServiceKey) -> bool {
+        let acc = self.acc;
+        key.namespace == acc.namespace
+            && key.vips == acc.vips
+            && key.ports.len() == acc.ports.len()
+            && key
+                .ports
+                .iter()
+                .zip(&acc.ports)
+                .all(|((a, chains), (b, p))| a == b && *chains == p.chains)
+            && key.chains.len() == acc.chains.len()
+            && key
+                .chains
+                .iter()
+                .zip(&acc.chains)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && key.clusters.len() == self.clusters.len()
+            && key
+                .clusters
+                .iter()
+                .zip(&self.clusters)
+                .all(|((a, ha), (b, hb))| Arc::ptr_eq(a, b) && ha.as_ref() == *hb)
+            && key.assignments.len() == self.assignments.len()
+            && key
+                .assignments
+                .iter()
+                .zip(&self.assignments)
+                .all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+    }
+
+    /// The key, copied.
+    pub(super) fn owned(self) -> ServiceKey {
+        let acc = self.acc;
+        ServiceKey {
+            namespace: acc.namespace.clone(),
+            vips: acc.vips.clone(),
+            ports: acc
+                .ports
+                .iter()
+                .map(|(port, p)| (*port, p.chains.clone()))
+                .collect(),
+            chains: acc.chains.clone(),
+            clusters: self
+                .clusters
+                .into_iter()
+                .map(|(p, h)| (p.clone(), h.cloned()))
+                .collect(),
+            assignments: self.assignments.into_iter().map(|a| a.cloned()).collect(),
+        }
+    }
+}
