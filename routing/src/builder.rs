@@ -27,7 +27,7 @@ pub struct SnapshotBuilder {
     services: Vec<ServiceInput>,
     aliases: Vec<(String, String)>,
     virtual_services: Vec<VirtualService>,
-    destination_rules: Vec<DestinationRule>,
+    destination_rules: Vec<Arc<DestinationRule>>,
     warnings: Vec<String>,
     authorization: Authorization,
     pod_path: Option<crate::path::PathPolicy>,
@@ -86,8 +86,8 @@ impl SnapshotBuilder {
     }
 
     /// At most one per host is used (the first).
-    pub fn destination_rule(&mut self, dr: DestinationRule) -> &mut Self {
-        self.destination_rules.push(dr);
+    pub fn destination_rule(&mut self, dr: impl Into<Arc<DestinationRule>>) -> &mut Self {
+        self.destination_rules.push(dr.into());
         self
     }
 
@@ -314,21 +314,27 @@ impl SnapshotBuilder {
         }
         virtual_services.shrink_to_fit();
         let mut destination_rules = self.destination_rules;
-        for dr in &mut destination_rules {
-            dr.subsets.shrink_to_fit();
-            let policies = dr.traffic_policy.iter_mut().chain(
-                dr.subsets
-                    .iter_mut()
-                    .filter_map(|s| s.traffic_policy.as_mut()),
-            );
-            for tp in policies {
-                tp.port_level_settings.shrink_to_fit();
-            }
+        // A rule the front-end shares was made to measure by it (`shrink_rule`).
+        for dr in destination_rules.iter_mut().filter_map(Arc::get_mut) {
+            shrink_rule(dr);
         }
         destination_rules.shrink_to_fit();
         snap.virtual_services = virtual_services;
         snap.destination_rules = destination_rules;
         snap
+    }
+}
+
+/// `dr` without spare capacity, to be kept as long as a snapshot.
+pub(crate) fn shrink_rule(dr: &mut DestinationRule) {
+    dr.subsets.shrink_to_fit();
+    let policies = dr.traffic_policy.iter_mut().chain(
+        dr.subsets
+            .iter_mut()
+            .filter_map(|s| s.traffic_policy.as_mut()),
+    );
+    for tp in policies {
+        tp.port_level_settings.shrink_to_fit();
     }
 }
 

@@ -107,7 +107,8 @@ pub struct Snapshot {
     /// precedence order.
     pub(crate) tcp_routes: HashMap<String, Vec<TcpRouteEntry>>,
     pub(crate) virtual_services: Vec<VirtualService>,
-    pub(crate) destination_rules: Vec<DestinationRule>,
+    /// Shared with the front-end's memo (xDS: a service's rule lives as long as the service).
+    pub(crate) destination_rules: Vec<Arc<DestinationRule>>,
     /// Per service, its ports' clusters; shared with the next snapshot when the service did not
     /// change (see [`Snapshot::carry_over_state`]).
     pub(crate) clusters: HashMap<String, Arc<PortMap>>,
@@ -181,7 +182,7 @@ impl Snapshot {
         &self.virtual_services
     }
 
-    pub fn destination_rules(&self) -> &[DestinationRule] {
+    pub fn destination_rules(&self) -> &[Arc<DestinationRule>] {
         &self.destination_rules
     }
 
@@ -456,7 +457,7 @@ impl Snapshot {
             "version": self.version,
             "services": services,
             "virtual_services": self.virtual_services,
-            "destination_rules": self.destination_rules,
+            "destination_rules": self.destination_rules.iter().map(|d| &**d).collect::<Vec<_>>(),
             "clusters": self.clusters(),
             "authorization": {
                 "policies": self.authorization.policies().iter().map(|p| &**p).collect::<Vec<_>>(),

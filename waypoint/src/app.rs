@@ -218,7 +218,7 @@ impl App {
 /// Free a replaced snapshot on a thread of its own. Freeing one of a large mesh takes tens of
 /// milliseconds (every name, map and route of every service), which the config thread's next
 /// xDS response would otherwise wait for; requests still holding it keep it alive as before.
-fn retire(old: Arc<Snapshot>) {
+pub(crate) fn retire(old: Arc<Snapshot>) {
     static RETIRED: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Arc<Snapshot>>>> =
         std::sync::OnceLock::new();
     let tx = RETIRED.get_or_init(|| {

@@ -92,7 +92,8 @@ pub(super) fn bound_workloads(
 pub(crate) struct ServiceOut {
     service: Service,
     pub(super) endpoints: Vec<Arc<Endpoint>>,
-    destination_rule: Option<DestinationRule>,
+    /// Shared with every snapshot that has the service.
+    destination_rule: Option<Arc<DestinationRule>>,
     pub(super) diag: Diag,
 }
 
@@ -325,7 +326,7 @@ pub(super) fn build_service(
     }
     let mut destination_rule = None;
     if !top.port_level_settings.is_empty() || !subsets.is_empty() {
-        destination_rule = Some(DestinationRule {
+        let mut dr = DestinationRule {
             namespace: namespace.clone(),
             name: format!("xds-{host}"),
             host: host.to_string(),
@@ -340,7 +341,9 @@ pub(super) fn build_service(
                     traffic_policy: Some(tp),
                 })
                 .collect(),
-        });
+        };
+        crate::builder::shrink_rule(&mut dr);
+        destination_rule = Some(Arc::new(dr));
     }
     ServiceOut {
         service: Service {

@@ -312,7 +312,13 @@ fn breakdown(snapshot: &routing::Snapshot) -> Vec<(&'static str, i64)> {
             .collect::<Vec<_>>()
     });
     let (_v, vs) = held(|| snapshot.virtual_services().to_vec());
-    let (_d, dr) = held(|| snapshot.destination_rules().to_vec());
+    let (_d, dr) = held(|| {
+        snapshot
+            .destination_rules()
+            .iter()
+            .map(|d| (**d).clone())
+            .collect::<Vec<_>>()
+    });
     let (_c, clusters) = held(|| {
         snapshot
             .clusters()

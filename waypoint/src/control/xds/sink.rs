@@ -68,11 +68,15 @@ impl SnapshotSink {
         let deadline = incomplete
             .as_ref()
             .map_or_else(|| Instant::now() + self.warm_timeout, |i| i.deadline);
-        *incomplete = Some(Incomplete {
+        let replaced = incomplete.replace(Incomplete {
             snapshot,
             missing,
             deadline,
         });
+        // Freed off the config thread, like a replaced live snapshot.
+        if let Some(old) = replaced {
+            crate::app::retire(Arc::new(old.snapshot));
+        }
     }
 
     /// Publish an incomplete state that has waited long enough (run for the client's lifetime).
@@ -102,7 +106,9 @@ impl SnapshotSink {
     /// A new complete snapshot: published at once when the data path runs, else held (the
     /// newest one wins). It replaces any incomplete one waiting.
     pub fn offer(&self, snapshot: Snapshot) {
-        self.incomplete.lock().take();
+        if let Some(old) = self.incomplete.lock().take() {
+            crate::app::retire(Arc::new(old.snapshot));
+        }
         self.publish(snapshot);
     }
 
