@@ -31,4 +31,5 @@ mod xds_outbound;
 mod xds_path;
 mod xds_releases;
 mod xds_retry;
+mod xds_saved;
 mod xds_upstreams;
