@@ -198,7 +198,7 @@ pub(crate) fn endpoints(
                 addr,
                 workload: None,
                 namespace: None,
-                labels: BTreeMap::new(),
+                labels: Default::default(),
                 tunnel: false,
                 istio_mtls: false,
                 placement: Default::default(),

@@ -31,6 +31,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// One pod of an assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,8 @@ pub(crate) struct PodEndpoint {
     /// From `istio.workload`.
     pub(crate) workload: Option<String>,
     pub(crate) namespace: Option<String>,
-    pub(crate) labels: BTreeMap<String, String>,
+    /// Shared: the translator gives equal maps one allocation ([`super::pieces`]).
+    pub(crate) labels: Arc<BTreeMap<String, String>>,
     /// Reached through `connect_originate` (HBONE), else directly.
     pub(crate) tunnel: bool,
     /// Its group's priority, locality and locality weight.
@@ -220,7 +222,7 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, EndpointError> {
         addr,
         workload,
         namespace,
-        labels,
+        labels: Arc::new(labels),
         tunnel,
         placement: Default::default(),
         istio_mtls: false,
@@ -270,7 +272,7 @@ mod tests {
             addr: format!("{ip}:9080").parse().unwrap(),
             workload: None,
             namespace: None,
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             tunnel: true,
             istio_mtls: false,
             placement: Placement {

@@ -18,7 +18,7 @@ use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_
 use crate::upstream::SanMatcher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Clusters istiod sends a waypoint that are not services.
@@ -137,8 +137,30 @@ pub(crate) struct AssignmentPiece {
     pub(crate) diag: Diag,
 }
 
+/// One allocation per distinct pod label map across the remembered assignments (the pods of a
+/// workload carry the same canonical name and revision, and a pod is in its service's
+/// assignment and its subset's). Maps no piece holds any more are let go after each translation.
+#[derive(Debug, Default)]
+pub(crate) struct Labels(HashSet<Arc<BTreeMap<String, String>>>);
+
+impl Labels {
+    fn share(&mut self, labels: &mut Arc<BTreeMap<String, String>>) {
+        match self.0.get(labels) {
+            Some(shared) => *labels = shared.clone(),
+            None => {
+                self.0.insert(labels.clone());
+            }
+        }
+    }
+
+    /// Forget the maps only this set holds.
+    fn prune(&mut self) {
+        self.0.retain(|l| Arc::strong_count(l) > 1);
+    }
+}
+
 impl AssignmentPiece {
-    pub(crate) fn build(cla: &ClusterLoadAssignment) -> AssignmentPiece {
+    pub(crate) fn build(cla: &ClusterLoadAssignment, labels: &mut Labels) -> AssignmentPiece {
         let mut diag = Diag::default();
         let at = At {
             type_url: ENDPOINT_TYPE,
@@ -146,6 +168,9 @@ impl AssignmentPiece {
         };
         let mut pods = endpoint::pods(cla, at, &mut diag);
         pods.shrink_to_fit();
+        for p in &mut pods {
+            labels.share(&mut p.labels);
+        }
         AssignmentPiece {
             name: cla.cluster_name.clone(),
             pods,
@@ -186,6 +211,8 @@ pub(crate) struct Memo {
     pub(crate) built: usize,
     /// Counts translations: the pieces a translation did not use are forgotten after it.
     generation: u64,
+    /// The assignments' pod label maps.
+    labels: Labels,
 }
 
 /// The encoded resources of one translation, clusters and assignments as pieces.
@@ -229,7 +256,7 @@ impl Memo {
                 .map(|p| out.clusters.push(p)),
                 ENDPOINT_TYPE => memoized(&mut self.assignments, generation, r, counts, || {
                     ClusterLoadAssignment::decode(r.value)
-                        .map(|c| AssignmentPiece::build(&c))
+                        .map(|c| AssignmentPiece::build(&c, &mut self.labels))
                         .map_err(bad)
                 })
                 .map(|p| out.assignments.push(p)),
@@ -250,6 +277,7 @@ impl Memo {
         }
         self.clusters.retain(|_, p| p.used == generation);
         self.assignments.retain(|_, p| p.used == generation);
+        self.labels.prune();
         (self.reused, self.built) = *counts;
         if rejections.is_empty() {
             Ok(out)
@@ -288,4 +316,79 @@ fn memoized<P>(
         },
     );
     Ok(piece)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address, Address, Metadata, SocketAddress,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+
+    /// An assignment of pods `ips` of workload `rev` (istiod's `istio.workload` metadata).
+    fn cla(name: &str, ips: &[&str], rev: &str) -> ClusterLoadAssignment {
+        let pod = |ip: &str| {
+            let workload = format!("reviews-{rev};default;reviews;{rev};Kubernetes");
+            let istio = Struct {
+                fields: [(
+                    "workload".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(workload)),
+                    },
+                )]
+                .into(),
+            };
+            LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: ip.to_string(),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(9080)),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                metadata: Some(Metadata {
+                    filter_metadata: [("istio".to_string(), istio)].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        };
+        ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: ips.iter().map(|ip| pod(ip)).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Pods with the same labels share one map, across assignments (a pod is in its service's
+    /// assignment and its subset's); maps no piece holds are let go.
+    #[test]
+    fn assignments_share_equal_pod_label_maps() {
+        let mut labels = Labels::default();
+        let all = AssignmentPiece::build(
+            &cla("all", &["10.0.0.1", "10.0.0.2", "10.0.0.3"], "v1"),
+            &mut labels,
+        );
+        let v1 = AssignmentPiece::build(&cla("v1", &["10.0.0.1", "10.0.0.2"], "v1"), &mut labels);
+        let v2 = AssignmentPiece::build(&cla("v2", &["10.0.0.4"], "v2"), &mut labels);
+        let map = |p: &AssignmentPiece, i: usize| p.pods[i].labels.clone();
+        assert_eq!(map(&all, 0)["service.istio.io/canonical-revision"], "v1");
+        assert!(Arc::ptr_eq(&map(&all, 0), &map(&all, 2)));
+        assert!(Arc::ptr_eq(&map(&all, 0), &map(&v1, 1)));
+        assert!(!Arc::ptr_eq(&map(&all, 0), &map(&v2, 0)));
+        assert_eq!(labels.0.len(), 2);
+        drop((all, v1));
+        labels.prune();
+        assert_eq!(labels.0.len(), 1, "v1's map is let go, v2's kept");
+    }
 }

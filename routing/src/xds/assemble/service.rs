@@ -237,7 +237,8 @@ pub(super) fn build_service(
                 tunnel: p.tunnel,
                 istio_mtls: p.istio_mtls,
             });
-            e.labels.extend(p.labels.clone());
+            e.labels
+                .extend(p.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
             if e.namespace.is_none() {
                 e.namespace.clone_from(&p.namespace);
             }

@@ -36,6 +36,9 @@ pub(super) struct Memory {
     pub(super) live: u64,
     /// Allocations one translation makes (freed ones included): a proxy for its work.
     pub(super) allocs: u64,
+    /// Live heap bytes `xds::Translator` keeps besides the snapshot it published (its pieces and
+    /// services; the `Any`s it reads are the xDS client's).
+    pub(super) memo: u64,
 }
 
 pub(super) fn measure_translation(
@@ -205,6 +208,7 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
         first: field("first_kib")?,
         live: field("live_bytes")?,
         allocs: field("allocs")?,
+        memo: field("memo_bytes")?,
     })
 }
 
@@ -240,11 +244,38 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
         .snapshot;
     let translated = heap();
     drop(resources);
-    // As served: the waypoint's first carry-over indexes the runtime registry.
+    // As served (the runtime registry is indexed only for tests and dumps).
+    let live = heap().live - start.live;
     let unindexed = heap().live;
     snapshot.runtime();
-    let live = heap().live - start.live;
-    let registry = live - (unindexed - start.live);
+    let registry = heap().live - unindexed;
+    // The translator as the waypoint runs it: its memo beside the snapshot it published.
+    let names: Vec<String> = list
+        .items
+        .iter()
+        .map(resource_name)
+        .collect::<anyhow::Result<_>>()?;
+    let encoded: Vec<routing::xds::Encoded<'_>> = list
+        .items
+        .iter()
+        .zip(&names)
+        .map(|(a, name)| routing::xds::Encoded {
+            type_url: &a.type_url,
+            name,
+            value: &a.value,
+        })
+        .collect();
+    let before_memo = heap().live;
+    let mut translator = routing::xds::Translator::new();
+    let mut published = translator
+        .translate(&encoded, &options)
+        .map_err(rejections)?
+        .snapshot;
+    published.carry_over_state(&routing::Snapshot::empty());
+    translator.published(&published);
+    let memo = (heap().live - before_memo) - live;
+    drop((translator, published, encoded));
+    drop(names);
     if std::env::var_os(BREAKDOWN_ENV).is_some() {
         for (i, (now, then)) in by_class().into_iter().zip(classes).enumerate() {
             if now != then {
@@ -274,12 +305,13 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
         }
     }
     println!(
-        "probe services={services} decoded_kib={} first_kib={} snapshot_kib={} live_bytes={} allocs={}",
+        "probe services={services} decoded_kib={} first_kib={} snapshot_kib={} live_bytes={} allocs={} memo_bytes={}",
         decoded.saturating_sub(before),
         after_first.saturating_sub(decoded),
         after_second.saturating_sub(after_first),
         live.max(0),
         translated.allocs - decoded_heap.allocs,
+        memo.max(0),
     );
     drop((snapshot, options, list, bytes));
     Ok(())
@@ -381,7 +413,7 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
     println!();
     println!("translation (services with {endpoints} endpoints, 3 clusters and 3 assignments each; medians):");
     println!(
-        "{:>6} {:>6} {:>9} {:>7} {:>10} {:>12} {:>8} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11}",
+        "{:>6} {:>6} {:>9} {:>7} {:>10} {:>12} {:>8} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11} {:>11}",
         "N",
         "res",
         "enc MiB",
@@ -394,10 +426,11 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
         "snap KiB/s",
         "1st MiB",
         "live KiB/s",
-        "allocs/svc"
+        "allocs/svc",
+        "memo KiB/s"
     );
     for r in rows {
-        let (decoded, snap, per, first, live, allocs) = match r.memory {
+        let (decoded, snap, per, first, live, allocs, memo) = match r.memory {
             Some(m) => (
                 format!("{:.1}", m.decoded as f64 / 1024.0),
                 format!("{:.1}", m.snapshot as f64 / 1024.0),
@@ -405,14 +438,15 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
                 format!("{:.1}", m.first as f64 / 1024.0),
                 format!("{:.2}", m.live as f64 / 1024.0 / r.n as f64),
                 format!("{:.0}", m.allocs as f64 / r.n as f64),
+                format!("{:.2}", m.memo as f64 / 1024.0 / r.n as f64),
             ),
             None => {
                 let d = || "-".to_string();
-                (d(), d(), d(), d(), d(), d())
+                (d(), d(), d(), d(), d(), d(), d())
             }
         };
         println!(
-            "{:>6} {:>6} {:>9.2} {:>7} {:>10.1} {:>12.1} {:>8.1} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11}",
+            "{:>6} {:>6} {:>9.2} {:>7} {:>10.1} {:>12.1} {:>8.1} {:>11} {:>9} {:>10} {:>9} {:>11} {:>11} {:>11}",
             r.n,
             r.resources,
             r.bytes as f64 / 1048576.0,
@@ -426,6 +460,7 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
             first,
             live,
             allocs,
+            memo,
         );
     }
     let Some(base) = rows.first() else { return };
