@@ -371,6 +371,9 @@ impl Interner {
     }
 }
 
+/// An endpoint identity as parsed for its clusters.
+type IdentityParse = Result<Arc<crate::SpiffeId>, crate::SpiffeIdError>;
+
 fn port_clusters(
     service: &Service,
     port: &ServicePort,
@@ -384,6 +387,8 @@ fn port_clusters(
         "http"
     };
     let top = dr.and_then(|d| d.traffic_policy.as_ref());
+    // Each identity parsed once for the port's clusters (the pods of a subset are in `all` too).
+    let ids: std::cell::RefCell<HashMap<String, IdentityParse>> = Default::default();
     let make = |subset: Option<&str>,
                 subset_policy: Option<&TrafficPolicy>,
                 labels: Option<&BTreeMap<String, String>>| {
@@ -399,7 +404,16 @@ fn port_clusters(
             .filter_map(|e| direct_transport(e, policy.tls.as_ref()))
             .map(|e| {
                 let target = SocketAddr::new(e.address, port.target_port);
-                ClusterEndpoint::new_at(e, target, now)
+                let mut ids = ids.borrow_mut();
+                let id = match ids.get(&e.identity) {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id: IdentityParse = e.identity.parse().map(Arc::new);
+                        ids.insert(e.identity.clone(), id.clone());
+                        id
+                    }
+                };
+                ClusterEndpoint::with_identity(e, target, now, id)
             })
             .collect();
         Cluster::with_policy(
@@ -547,6 +561,12 @@ mod tests {
         }
         assert!(snap.cluster(host, 80, Some("v4")).is_none());
         assert!(snap.cluster(host, 80, Some("")).is_none());
-        assert_eq!(snap.cluster(host, 80, None).unwrap().endpoints.len(), 2);
+        let all = snap.cluster(host, 80, None).unwrap();
+        assert_eq!(all.endpoints.len(), 2);
+        // An identity is parsed once for all of the port's clusters.
+        let v1 = snap.cluster(host, 80, Some("v1")).unwrap();
+        let id = |c: &Cluster| c.endpoints[0].spiffe_id().unwrap().clone();
+        assert!(Arc::ptr_eq(&id(all), &id(v1)));
+        assert_eq!(id(v1).service_account, "sa");
     }
 }

@@ -102,8 +102,20 @@ impl ClusterEndpoint {
 
     /// An endpoint that joined at `added` (the start of its warmup).
     pub fn new_at(endpoint: Arc<Endpoint>, target: SocketAddr, added: Instant) -> Self {
+        let spiffe_id = endpoint.identity.parse().map(Arc::new);
+        Self::with_identity(endpoint, target, added, spiffe_id)
+    }
+
+    /// [`ClusterEndpoint::new_at`] with `endpoint.identity` already parsed (shared by the
+    /// clusters of one service port that have this pod).
+    pub(crate) fn with_identity(
+        endpoint: Arc<Endpoint>,
+        target: SocketAddr,
+        added: Instant,
+        spiffe_id: Result<Arc<SpiffeId>, SpiffeIdError>,
+    ) -> Self {
         ClusterEndpoint {
-            spiffe_id: endpoint.identity.parse().map(Arc::new),
+            spiffe_id,
             endpoint,
             target,
             priority: 0,
