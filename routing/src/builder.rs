@@ -10,7 +10,7 @@ use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
 use crate::policy::{ClusterPolicy, TrafficPolicy};
 use crate::snapshot::{PortClusters, PortMap, RouteEntry, Snapshot, TcpRouteEntry};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -343,7 +343,7 @@ pub(crate) fn shrink_rule(dr: &mut DestinationRule) {
 /// input endpoint maps to one output endpoint.
 #[derive(Default)]
 struct Interner {
-    labels: HashSet<Arc<BTreeMap<String, String>>>,
+    labels: crate::labels::LabelMaps,
     /// Input endpoint (by address) → (the input, kept so that its address is not reused while
     /// the map lives; its output).
     endpoints: HashMap<*const Endpoint, (Arc<Endpoint>, Arc<Endpoint>)>,
@@ -354,16 +354,14 @@ impl Interner {
         if let Some((_, out)) = self.endpoints.get(&Arc::as_ptr(e)) {
             return out.clone();
         }
-        let out = match self.labels.get(&e.labels) {
-            Some(shared) if !Arc::ptr_eq(shared, &e.labels) => Arc::new(Endpoint {
-                labels: shared.clone(),
+        let mut labels = e.labels.clone();
+        let out = if self.labels.share(&mut labels) {
+            Arc::new(Endpoint {
+                labels,
                 ..(**e).clone()
-            }),
-            Some(_) => e.clone(),
-            None => {
-                self.labels.insert(e.labels.clone());
-                e.clone()
-            }
+            })
+        } else {
+            e.clone()
         };
         self.endpoints
             .insert(Arc::as_ptr(e), (e.clone(), out.clone()));
@@ -388,10 +386,10 @@ fn port_clusters(
     };
     let top = dr.and_then(|d| d.traffic_policy.as_ref());
     // Each identity parsed once for the port's clusters (the pods of a subset are in `all` too).
-    let ids: std::cell::RefCell<HashMap<String, IdentityParse>> = Default::default();
-    let make = |subset: Option<&str>,
-                subset_policy: Option<&TrafficPolicy>,
-                labels: Option<&BTreeMap<String, String>>| {
+    let mut ids: HashMap<String, IdentityParse> = HashMap::new();
+    let mut make = |subset: Option<&str>,
+                    subset_policy: Option<&TrafficPolicy>,
+                    labels: Option<&BTreeMap<String, String>>| {
         let mut policy = ClusterPolicy::merge(top, subset_policy, port.number);
         if let Some(crate::upstream::ClientTls::Originate(tls)) = &mut policy.tls {
             // istiod advertises h2 on an HTTP/2 cluster's TLS (`cluster_tls.go`
@@ -404,7 +402,6 @@ fn port_clusters(
             .filter_map(|e| direct_transport(e, policy.tls.as_ref()))
             .map(|e| {
                 let target = SocketAddr::new(e.address, port.target_port);
-                let mut ids = ids.borrow_mut();
                 let id = match ids.get(&e.identity) {
                     Some(id) => id.clone(),
                     None => {

@@ -11,6 +11,7 @@ mod error;
 mod explain;
 mod hash;
 mod hosts;
+mod labels;
 mod lb;
 mod matching;
 mod model;

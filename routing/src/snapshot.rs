@@ -400,7 +400,7 @@ impl Snapshot {
                         .cluster(&c.service_hostname, c.port, c.subset.as_deref())
                         .filter(|p| p.name == c.name);
                     if let Some(p) = prev {
-                        c.adopt(&crate::runtime::ClusterState::of(p));
+                        c.carry_over(p);
                     }
                 }
             }

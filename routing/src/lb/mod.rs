@@ -333,15 +333,10 @@ impl Cluster {
     /// counters, the outlier interval grid and, per endpoint with the same
     /// target and identity, active requests, warmup start and outlier state.
     /// Endpoints new to the cluster keep their own (fresh) state: they are
-    /// warming up. O(endpoints of both).
-    #[cfg(test)]
+    /// warming up. O(endpoints of both): `previous`'s endpoint states are indexed once, then
+    /// one lookup per endpoint (a scan of up to 32 entries, else a hash lookup).
     pub(crate) fn carry_over(&mut self, previous: &Cluster) {
-        self.adopt(&ClusterState::of(previous));
-    }
-
-    /// [`Cluster::carry_over`] from the previous cluster's indexed state: one
-    /// lookup per endpoint (a scan of up to 32 entries, else a hash lookup).
-    pub(crate) fn adopt(&mut self, previous: &ClusterState) {
+        let previous = ClusterState::of(previous);
         self.runtime = previous.runtime().clone();
         for e in &mut self.endpoints {
             if let Some(r) = previous.endpoint_of(e) {

@@ -71,6 +71,18 @@ struct Remembered {
 }
 
 impl ServiceMemo {
+    /// Keep `r` for the next translation; its service and the clusters a published snapshot
+    /// holds for it, if any (else they are built, and taken from the snapshot once published).
+    fn remember(&mut self, host: String, r: Remembered) -> (Arc<ServiceOut>, Option<Arc<PortMap>>) {
+        let shared = (r.out.clone(), r.clusters.clone());
+        match &shared.1 {
+            Some(_) => self.shared += 1,
+            None => self.clusters_built.push(host.clone()),
+        }
+        self.services.insert(host, r);
+        shared
+    }
+
     /// `published` (carried over and live) came from the last translation: remember the
     /// clusters it built, for the next snapshot to share. Any other snapshot is ignored (its
     /// clusters are built again next time).
@@ -370,47 +382,35 @@ pub(crate) fn translate(
         if is_route_only(&acc, mine, &socket_matches) {
             builder.route_only(&host);
         }
-        // The last key and its host's name when they still hold, else a new key.
-        let (key, reusable) = match key_view(&acc, mine, &clusters, &clas, opts) {
-            Some(view) => match last.remove_entry(&host) {
-                Some((name, r)) if view.matches(&r.key) => {
-                    (Some((name, r.key)), Some((r.out, r.clusters)))
-                }
-                _ => (Some((host.clone(), view.owned())), None),
-            },
-            None => (None, None),
-        };
-        let (out, built_clusters) = match reusable {
-            Some((out, built)) => {
+        let view = key_view(&acc, mine, &clusters, &clas, opts);
+        // The last translation's service while what it was built from holds (kept under its
+        // host's name as remembered), else built again.
+        let kept = view
+            .as_ref()
+            .and_then(|v| last.remove_entry(&host).filter(|(_, r)| v.matches(&r.key)));
+        let (out, clusters) = match kept {
+            Some((name, r)) => {
                 services_memo.reused += 1;
-                (out, built)
+                services_memo.remember(name, r)
             }
             None => {
                 services_memo.built += 1;
-                (
-                    Arc::new(build_service(&host, &acc, mine, &pods, opts)),
-                    None,
-                )
+                let out = Arc::new(build_service(&host, &acc, mine, &pods, opts));
+                match view {
+                    Some(v) => services_memo.remember(
+                        host.clone(),
+                        Remembered {
+                            key: v.owned(),
+                            out,
+                            clusters: None,
+                        },
+                    ),
+                    None => (out, None),
+                }
             }
         };
-        if built_clusters.is_some() {
-            services_memo.shared += 1;
-        }
-        if let Some((name, key)) = key {
-            if built_clusters.is_none() {
-                services_memo.clusters_built.push(host.clone());
-            }
-            services_memo.services.insert(
-                name,
-                Remembered {
-                    key,
-                    out: out.clone(),
-                    clusters: built_clusters.clone(),
-                },
-            );
-        }
         diag.replay(&out.diag);
-        out.emit(acc, built_clusters, &mut builder);
+        out.emit(acc, clusters, &mut builder);
         for ep in &out.endpoints {
             known_pods.entry(ep.address).or_insert_with(|| ep.clone());
         }

@@ -162,6 +162,7 @@ pub(crate) struct MainListener {
 /// A listener with its filter chains and matcher left encoded: only the chains whose bytes
 /// changed since the last translation are decoded ([`ListenerMemo`]). Field numbers of
 /// `envoy.config.listener.v3.Listener`.
+///
 /// Decoded from a [`bytes::Bytes`] (see [`ShallowListener::from_slice`]), the chains are slices
 /// of it, not an allocation and a copy each.
 #[derive(Clone, PartialEq, prost::Message)]

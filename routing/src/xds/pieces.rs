@@ -15,10 +15,11 @@ use super::listener::{ListenerMemo, ShallowListener};
 use super::names::{ClusterName, Direction};
 use super::outbound::{self, MatchMetadata, SocketMatch};
 use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use crate::labels::LabelMaps;
 use crate::upstream::SanMatcher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Clusters istiod sends a waypoint that are not services.
@@ -137,30 +138,8 @@ pub(crate) struct AssignmentPiece {
     pub(crate) diag: Diag,
 }
 
-/// One allocation per distinct pod label map across the remembered assignments (the pods of a
-/// workload carry the same canonical name and revision, and a pod is in its service's
-/// assignment and its subset's). Maps no piece holds any more are let go after each translation.
-#[derive(Debug, Default)]
-pub(crate) struct Labels(HashSet<Arc<BTreeMap<String, String>>>);
-
-impl Labels {
-    fn share(&mut self, labels: &mut Arc<BTreeMap<String, String>>) {
-        match self.0.get(labels) {
-            Some(shared) => *labels = shared.clone(),
-            None => {
-                self.0.insert(labels.clone());
-            }
-        }
-    }
-
-    /// Forget the maps only this set holds.
-    fn prune(&mut self) {
-        self.0.retain(|l| Arc::strong_count(l) > 1);
-    }
-}
-
 impl AssignmentPiece {
-    pub(crate) fn build(cla: &ClusterLoadAssignment, labels: &mut Labels) -> AssignmentPiece {
+    pub(crate) fn build(cla: &ClusterLoadAssignment, labels: &mut LabelMaps) -> AssignmentPiece {
         let mut diag = Diag::default();
         let at = At {
             type_url: ENDPOINT_TYPE,
@@ -211,8 +190,10 @@ pub(crate) struct Memo {
     pub(crate) built: usize,
     /// Counts translations: the pieces a translation did not use are forgotten after it.
     generation: u64,
-    /// The assignments' pod label maps.
-    labels: Labels,
+    /// One allocation per distinct pod label map across the remembered assignments (a workload's
+    /// pods carry the same canonical name and revision, and a pod is in its service's assignment
+    /// and its subset's); maps no piece holds any more are let go after each translation.
+    labels: LabelMaps,
 }
 
 /// The encoded resources of one translation, clusters and assignments as pieces.
@@ -374,7 +355,7 @@ mod tests {
     /// assignment and its subset's); maps no piece holds are let go.
     #[test]
     fn assignments_share_equal_pod_label_maps() {
-        let mut labels = Labels::default();
+        let mut labels = LabelMaps::default();
         let all = AssignmentPiece::build(
             &cla("all", &["10.0.0.1", "10.0.0.2", "10.0.0.3"], "v1"),
             &mut labels,
@@ -386,9 +367,9 @@ mod tests {
         assert!(Arc::ptr_eq(&map(&all, 0), &map(&all, 2)));
         assert!(Arc::ptr_eq(&map(&all, 0), &map(&v1, 1)));
         assert!(!Arc::ptr_eq(&map(&all, 0), &map(&v2, 0)));
-        assert_eq!(labels.0.len(), 2);
+        assert_eq!(labels.len(), 2);
         drop((all, v1));
         labels.prune();
-        assert_eq!(labels.0.len(), 1, "v1's map is let go, v2's kept");
+        assert_eq!(labels.len(), 1, "v1's map is let go, v2's kept");
     }
 }

@@ -253,19 +253,11 @@ pub(super) fn build_service(
     }
     // Pods of one subset carry the same labels: one map for them (the snapshot builder would
     // share them anyway; shared here, the reused service and the snapshot hold the same ones).
-    let mut label_maps: std::collections::HashSet<Arc<BTreeMap<String, String>>> =
-        Default::default();
+    let mut label_maps = crate::labels::LabelMaps::default();
     let endpoints: Vec<Arc<Endpoint>> = eps
         .into_iter()
         .map(|(ip, a)| {
-            let labels = match label_maps.get(&a.labels) {
-                Some(l) => l.clone(),
-                None => {
-                    let l = Arc::new(a.labels);
-                    label_maps.insert(l.clone());
-                    l
-                }
-            };
+            let labels = label_maps.intern(a.labels);
             let ns = a.namespace.unwrap_or_else(|| namespace.clone());
             // The pod's identity when the caller knows it (workload discovery); else unknown
             // until the HBONE handshake shows it. Either way the peer is verified against
