@@ -2,7 +2,6 @@
 //! `serve` runs on any tokio runtime (tests run it in-process); `waypoint run` hosts it as a
 //! pingora background service so that pingora's `Server` owns the process and its signals.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,6 +197,14 @@ impl App {
         self.server.clone().serve(listener, shutdown).await
     }
 
+    /// [`App::serve`] on each of `listeners` (a dual-stack address's two sockets) at once.
+    pub async fn serve_all(&self, listeners: Vec<TcpListener>, shutdown: ShutdownWatch) {
+        let each = listeners
+            .into_iter()
+            .map(|l| self.server.clone().serve(l, shutdown.clone()));
+        futures::future::join_all(each).await;
+    }
+
     /// The drain starts (after `serve` returned on shutdown): HTTP/1.1 sessions waiting for
     /// their next request inside tunnels are closed, and responses from now on carry
     /// `connection: close` (pingora's shutdown flag, which `response_filter` reads).
@@ -238,9 +245,4 @@ pub(crate) fn retire(old: Arc<Snapshot>) {
     if let Some(tx) = tx {
         let _ = tx.send(old);
     }
-}
-
-/// Bind a listener before the server starts, so a bad address fails loudly at once.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    crate::transport::listen::bind(addr, crate::transport::listen::ENDPOINT_BACKLOG)
 }

@@ -233,3 +233,81 @@ fn subscriptions_list_eds_names() {
         .contains(&format!("inbound-vip|9080|http/v2|{REVIEWS}")));
     assert!(s.routes.is_empty(), "istiod inlines waypoint routes");
 }
+
+/// bookinfo.json as istiod writes it for an IPv6 (or dual-stack) cluster. The facts, from
+/// istio/istio `pilot/pkg/networking/util/util_test.go` (`TestGetEndpointHost`, "internal
+/// address(ipv6)"): an HBONE endpoint's `endpoint_id` is `[addr]:port`, as Go's
+/// `net.JoinHostPort` writes it; a VIP is a `/128` range. `dual`: each VIP range matcher lists
+/// the IPv4 `/32` and the IPv6 `/128` of the service, as for a `PreferDualStack` Service.
+fn bookinfo_ipv6(dual: bool) -> Translation {
+    let mut text = fixture("bookinfo.json");
+    for vip in 10..=12 {
+        let v4 = format!(
+            "\"address_prefix\": \"10.96.0.{vip}\",\n          \"prefix_len\": 32\n         }}"
+        );
+        assert!(text.contains(&v4), "bookinfo.json changed: {v4}");
+        let v6 = format!(
+            "\"address_prefix\": \"fd00:10:96::{vip}\",\n          \"prefix_len\": 128\n         }}"
+        );
+        let both = if dual {
+            format!("{v4},\n         {{{v6}")
+        } else {
+            v6
+        };
+        text = text.replace(&v4, &both);
+    }
+    for pod in 5..=9 {
+        text = text.replace(
+            &format!("\"10.244.1.{pod}:9080\""),
+            &format!("\"[fd00:10:244:1::{pod}]:9080\""),
+        );
+    }
+    translate(&load_resources(&text).unwrap())
+}
+
+#[test]
+fn an_ipv6_mesh_resolves_vips_and_pods_by_their_ipv6_addresses() {
+    for dual in [false, true] {
+        let t = bookinfo_ipv6(dual);
+        let s = &t.snapshot;
+        assert!(
+            t.warnings
+                .iter()
+                .all(|w| w.message.contains("without a known identity")),
+            "dual={dual}: {:?}",
+            t.warnings
+        );
+        for (vip, host) in [
+            (
+                "[fd00:10:96::10]:9080",
+                "productpage.default.svc.cluster.local",
+            ),
+            ("[fd00:10:96::12]:9080", REVIEWS),
+        ] {
+            match s.resolve_destination(addr(vip)) {
+                Some(Destination::Service { service, .. }) => assert_eq!(service.hostname, host),
+                other => panic!("dual={dual} {vip}: {other:?}"),
+            }
+        }
+        // The IPv4 VIP is served only when istiod lists it too.
+        assert_eq!(
+            s.resolve_destination(addr("10.96.0.12:9080")).is_some(),
+            dual
+        );
+        let mut pods: Vec<String> = s
+            .endpoints(REVIEWS)
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        pods.sort();
+        assert_eq!(
+            pods,
+            ["fd00:10:244:1::7", "fd00:10:244:1::8", "fd00:10:244:1::9"],
+            "dual={dual}"
+        );
+        assert!(matches!(
+            s.resolve_destination(addr("[fd00:10:244:1::8]:9080")),
+            Some(Destination::Pod { .. })
+        ));
+    }
+}

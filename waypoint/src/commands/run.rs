@@ -20,7 +20,7 @@ use routing::Snapshot;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::app::{bind, App, Settings};
+use crate::app::{App, Settings};
 use crate::config::{CertProvider, RunConfig};
 use crate::control::identity::WorkloadCert;
 use crate::control::reload::{
@@ -32,6 +32,7 @@ use crate::telemetry::access_log::{AccessLog, Sink};
 use crate::telemetry::admin::{Admin, Role};
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::status::Telemetry;
+use crate::transport::listen;
 
 /// How often missing certificate or config files are looked for.
 const WAIT_POLL: Duration = Duration::from_millis(250);
@@ -60,6 +61,15 @@ fn settings(args: &RunConfig) -> anyhow::Result<Settings> {
             crate::dataplane::proxy::ext_authz::load_providers(mesh).map_err(anyhow::Error::msg)?;
     }
     Ok(settings)
+}
+
+/// How a listener's second socket (dual stack) is announced: `hbone-ipv6`, `health-ipv6`, ...
+fn family(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv6() {
+        "ipv6"
+    } else {
+        "ipv4"
+    }
 }
 
 fn announce(what: &str, listener: &std::net::TcpListener) -> anyhow::Result<SocketAddr> {
@@ -137,11 +147,16 @@ pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("no config source: give --config DIR or --xds ADDRESS"),
     };
 
-    let hbone = crate::transport::listen::bind(args.listen, args.hbone_backlog)
+    let hbone = listen::bind_all(args.listen, args.hbone_backlog)
         .with_context(|| format!("binding HBONE listener {}", args.listen))?;
-    let addr = hbone.local_addr()?;
-    info!(%addr, "HBONE listener bound");
-    eprintln!("waypoint listening on {addr}");
+    for (i, l) in hbone.iter().enumerate() {
+        let addr = l.local_addr()?;
+        info!(%addr, "HBONE listener bound");
+        match i {
+            0 => eprintln!("waypoint listening on {addr}"),
+            _ => eprintln!("waypoint hbone-{} listening on {addr}", family(addr)),
+        }
+    }
     let mut admin_listeners = Vec::new();
     for (role, what, addr) in [
         (Role::Admin, "admin", args.admin_listen),
@@ -150,9 +165,15 @@ pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
         (Role::Stats, "prometheus", args.prom_listen),
     ] {
         let Some(addr) = addr.0 else { continue };
-        let l = bind(addr).with_context(|| format!("binding {what} listener {addr}"))?;
-        announce(what, &l)?;
-        admin_listeners.push((role, what, l));
+        let all = listen::bind_all(addr, listen::ENDPOINT_BACKLOG)
+            .with_context(|| format!("binding {what} listener {addr}"))?;
+        for (i, l) in all.into_iter().enumerate() {
+            match i {
+                0 => announce(what, &l)?,
+                _ => announce(&format!("{what}-{}", family(l.local_addr()?)), &l)?,
+            };
+            admin_listeners.push((role, what, l));
+        }
     }
 
     let admin = Arc::new(Admin {
@@ -247,7 +268,8 @@ struct DataplaneService {
     initial: Mutex<Option<Initial>>,
     /// In xDS mode: the client (taken when the service starts) and where its snapshots arrive.
     xds: Mutex<Option<XdsRuntime>>,
-    listener: Mutex<Option<std::net::TcpListener>>,
+    /// The HBONE sockets (two for a dual-stack address).
+    listener: Mutex<Option<Vec<std::net::TcpListener>>>,
 }
 
 impl DataplaneService {
@@ -403,7 +425,7 @@ impl BackgroundService for DataplaneService {
                 std::process::exit(1);
             }
         };
-        let listener = match tokio_listener(listener) {
+        let listener = match listener.into_iter().map(tokio_listener).collect() {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "cannot use the HBONE listening socket");
@@ -422,7 +444,7 @@ impl BackgroundService for DataplaneService {
             }
             None => Some(tokio::spawn(watch_config(app.clone(), self.args.clone()))),
         };
-        app.serve(listener, shutdown).await;
+        app.serve_all(listener, shutdown).await;
         watcher.abort();
         if let Some(reloader) = reloader {
             reloader.abort();

@@ -51,7 +51,9 @@ pub struct RunArgs {
     /// `resolution: DNS`); default: the system's (/etc/resolv.conf).
     #[arg(long, env = env::WAYPOINT_DNS_SERVER)]
     pub dns_server: Option<SocketAddr>,
-    /// HBONE listen address.
+    /// HBONE listen address. An unspecified address (`0.0.0.0` or `[::]`) listens on both
+    /// IPv4 and IPv6 on that port when the host has IPv6 (dual stack; also for the admin,
+    /// stats, health and prometheus addresses); a specific address listens only there.
     #[arg(long, env = env::WAYPOINT_LISTEN, default_value_t = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// PEM certificate chain of the waypoint (leaf first, URI SAN = its SPIFFE id).

@@ -3,7 +3,7 @@
 //! per-listener counters the health metrics report.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::telemetry::throttle::LogThrottle;
 
@@ -27,14 +27,77 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Bind `addr` and listen with `backlog` pending connections (the kernel caps it at
-/// `net.core.somaxconn`). Address reuse is on, as the standard library sets it.
+/// `net.core.somaxconn`). Address reuse is on, as the standard library sets it. An IPv6 socket
+/// takes IPv6 only, whatever `net.ipv6.bindv6only` says, so that it can sit beside an IPv4 one
+/// on the same port.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(socket.into())
+}
+
+/// Tries at a port the OS picked for the first family that is free in the other one.
+const DUAL_STACK_PORT_TRIES: usize = 8;
+
+/// Bind `addr` as [`bind`] does; an unspecified address (`0.0.0.0` or `[::]`) stands for every
+/// address of both families, as istiod's `PreferDualStack` Service expects: the other family's
+/// unspecified address is bound on the same port too. A host without that family (no IPv6 in
+/// the kernel, or disabled) gets the one socket and an info line; any other failure of the
+/// second bind (its port taken) is an error naming both addresses.
+pub fn bind_all(addr: SocketAddr, backlog: u32) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if !addr.ip().is_unspecified() {
+        return Ok(vec![bind(addr, backlog)?]);
+    }
+    let other_ip: IpAddr = match addr {
+        SocketAddr::V4(_) => Ipv6Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED.into(),
+    };
+    let tries = if addr.port() == 0 {
+        DUAL_STACK_PORT_TRIES
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..tries {
+        let first = bind(addr, backlog)?;
+        let port = first.local_addr()?.port();
+        let other = SocketAddr::new(other_ip, port);
+        match bind(other, backlog) {
+            Ok(second) => return Ok(vec![first, second]),
+            Err(e) if family_unavailable(&e) => {
+                info!(%addr, %other, error = %e,
+                    "the host has no {} here; listening on {addr} only", family(other));
+                return Ok(vec![first]);
+            }
+            Err(e) => last = Some((other, e)),
+        }
+    }
+    let (other, e) = last.expect("at least one try");
+    Err(std::io::Error::new(
+        e.kind(),
+        format!("{addr} listens on {other} too (dual stack), which failed: {e}"),
+    ))
+}
+
+fn family(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv6() {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
+/// The address family itself is missing (`EAFNOSUPPORT`), or its unspecified address cannot be
+/// bound (`EADDRNOTAVAIL`: IPv6 disabled on every interface).
+fn family_unavailable(e: &std::io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
 }
 
 /// Counters of one listener.
@@ -180,5 +243,37 @@ mod tests {
             .filter_map(Result::ok)
             .count();
         assert_eq!(completed, 3);
+    }
+
+    #[test]
+    fn an_unspecified_address_listens_on_both_families_on_one_port() {
+        // Nothing connects to the unspecified addresses: only the loopback of each family.
+        let all = bind_all("0.0.0.0:0".parse().unwrap(), 8).unwrap();
+        let ports: Vec<u16> = all.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert!(all[0].local_addr().unwrap().is_ipv4());
+        if all.len() == 1 {
+            // A host without IPv6 (this one has it: the assertion below is what runs here).
+            assert!(std::net::TcpListener::bind("[::1]:0").is_err());
+            return;
+        }
+        assert!(all[1].local_addr().unwrap().is_ipv6());
+        assert_eq!(ports[0], ports[1]);
+        for ip in ["127.0.0.1", "::1"] {
+            let to = SocketAddr::new(ip.parse().unwrap(), ports[0]);
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("{to}: {e}"));
+        }
+        // A specific address is that one socket.
+        let one = bind_all("[::1]:0".parse().unwrap(), 8).unwrap();
+        assert_eq!(one.len(), 1);
+        // The other family's port taken: an error that names both addresses.
+        let taken = bind("[::]:0".parse().unwrap(), 8).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = bind_all(SocketAddr::from(([0, 0, 0, 0], port)), 8).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("0.0.0.0:{port} listens on [::]:{port} too")),
+            "{err}"
+        );
     }
 }

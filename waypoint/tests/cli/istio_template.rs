@@ -84,8 +84,17 @@ async fn istiod_waypoint_template_runs_unchanged() {
 
     let mut cmd = Command::new(binary());
     cmd.env_clear().envs(&env).args(&args);
-    // hbone, admin (15000), stats (15020), health (15021), prometheus (15090)
-    let (child, addrs, stderr) = spawn_announcing(&mut cmd, 5);
+    // hbone, admin (15000), stats (15020), health (15021), prometheus (15090); the last three
+    // on `0.0.0.0`, so on IPv6 as well where the host has it (istiod's Service is
+    // `PreferDualStack`).
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let (child, addrs, stderr) = spawn_announcing(&mut cmd, if ipv6 { 8 } else { 5 });
+    if ipv6 {
+        for what in ["stats", "health", "prometheus"] {
+            let (v4, v6) = (addrs[what], addrs[&format!("{what}-ipv6")]);
+            assert!(v6.is_ipv6() && v6.port() == v4.port(), "{what}: {addrs:?}");
+        }
+    }
     let logs = collect(stderr);
     let probe = &container["readinessProbe"]["httpGet"];
     let probe_port = probe["port"].as_u64().unwrap() as u16;

@@ -15,6 +15,7 @@ mod files_dns;
 mod files_tls;
 mod first_contact;
 mod identity_reload;
+mod ipv6;
 mod istio_ca;
 mod istio_template;
 mod manifests;

@@ -244,6 +244,23 @@ pub(crate) fn check(o: &Objects, want: &Expect, origin: &str) {
     let http = readiness.http_get.as_ref().expect("readiness is httpGet");
     assert_eq!(http.path.as_deref(), Some("/healthz/ready"));
     assert_eq!(http.port, IntOrString::Int(15021));
+    // istiod's waypoint template: a startup probe on readiness, every second for 30 s, then
+    // readiness every 15 s (4 failures).
+    let startup = c.startup_probe.as_ref().expect("startup probe");
+    assert_eq!(
+        startup.http_get, readiness.http_get,
+        "{origin}: startup probes readiness"
+    );
+    assert_eq!(
+        (startup.period_seconds, startup.failure_threshold),
+        (Some(1), Some(30)),
+        "{origin}: startup probe"
+    );
+    assert_eq!(
+        (readiness.period_seconds, readiness.failure_threshold),
+        (Some(15), Some(4)),
+        "{origin}: readiness probe"
+    );
     for (what, probe) in [
         ("readiness", &c.readiness_probe),
         ("liveness", &c.liveness_probe),
@@ -351,6 +368,11 @@ pub(crate) fn check(o: &Objects, want: &Expect, origin: &str) {
 
     // Service: selects the pods; its ports reach container ports; HBONE is `mesh`.
     let sspec = o.service.spec.as_ref().expect("Service spec");
+    assert_eq!(
+        sspec.ip_family_policy.as_deref(),
+        Some("PreferDualStack"),
+        "{origin}: as istiod's waypoint Service"
+    );
     assert_eq!(sspec.type_.as_deref(), Some("ClusterIP"));
     let ssel = sspec.selector.clone().unwrap_or_default();
     assert!(!ssel.is_empty(), "{origin}: empty Service selector");

@@ -139,13 +139,25 @@ fn container(args: &ManifestArgs) -> Value {
             { "name": "metrics", "containerPort": STATS_PORT, "protocol": "TCP" },
             { "name": "status-port", "containerPort": HEALTH_PORT, "protocol": "TCP" },
         ],
+        // As istiod's waypoint template (istio/istio
+        // manifests/charts/istio-control/istio-discovery/files/waypoint.yaml): the startup
+        // probe polls readiness every second for up to 30 s (identity and first config), then
+        // the readiness probe takes over at its slower pace. No liveness probe, as there.
+        "startupProbe": {
+            "httpGet": { "path": READINESS_PATH, "port": HEALTH_PORT, "scheme": "HTTP" },
+            "initialDelaySeconds": 1,
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
+            "successThreshold": 1,
+            "failureThreshold": 30,
+        },
         "readinessProbe": {
             "httpGet": { "path": READINESS_PATH, "port": HEALTH_PORT, "scheme": "HTTP" },
             "initialDelaySeconds": 0,
-            "periodSeconds": 5,
+            "periodSeconds": 15,
             "timeoutSeconds": 1,
             "successThreshold": 1,
-            "failureThreshold": 3,
+            "failureThreshold": 4,
         },
         "resources": {
             "requests": { "cpu": CPU_REQUEST, "memory": MEMORY_REQUEST },
@@ -240,6 +252,9 @@ fn service(args: &ManifestArgs) -> Value {
         "metadata": meta,
         "spec": {
             "type": "ClusterIP",
+            // As istiod's waypoint Service: both families where the cluster has them (the
+            // waypoint listens on `0.0.0.0` and `[::]`).
+            "ipFamilyPolicy": "PreferDualStack",
             "selector": app_labels(&name),
             "ports": [
                 {
