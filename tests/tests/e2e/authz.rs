@@ -277,7 +277,7 @@ async fn tcp_connections_are_closed_by_policy() {
         denied["connection_termination_details"],
         "rbac_access_denied_matched_policy[ns[default]-policy[deny-sleep-x]-rule[0]]"
     );
-    assert_eq!(denied["upstream_host"], "");
+    assert_eq!(denied["upstream_host"], serde_json::Value::Null);
     let m = scrape(admin.addr).await;
     assert_eq!(
         m.value(

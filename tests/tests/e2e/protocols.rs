@@ -117,7 +117,35 @@ async fn tcp_port_is_spliced_without_http_parsing() {
     );
     assert_eq!(log[0]["bytes_received"], payload.len() as u64);
     assert_eq!(log[0]["bytes_sent"], payload.len() as u64);
-    assert_eq!(log[0]["method"], "", "a TCP line has no HTTP fields");
+    assert_eq!(
+        log[0]["method"],
+        serde_json::Value::Null,
+        "a TCP line has no HTTP fields"
+    );
+}
+
+/// A client that resets its TCP tunnel instead of ending it: the line keeps the bytes that
+/// flowed and says the downstream ended it (`DC`), not the endpoint (`UC`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_tunnel_the_client_resets_logs_its_bytes_and_dc() {
+    let yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo")
+        + &workload_yaml("mongodb-v1", "@1", "mongodb", "v1", "mongodb");
+    let mesh = Mesh::start(&yaml).await;
+    let mut tunnel = mesh
+        .client()
+        .tunnel("10.0.0.30:27017".parse().unwrap())
+        .await
+        .unwrap();
+    let payload = b"\x3a\x00\x00\x00\xd4\x07\x00\x00ping-then-reset";
+    tunnel.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    tunnel.read_exact(&mut back).await.unwrap();
+    tunnel.reset();
+    drop(tunnel);
+    let log = mesh.wait_for_log_lines(1).await;
+    assert_eq!(log[0]["response_flags"], "DC", "{:?}", log[0]);
+    assert_eq!(log[0]["bytes_received"], payload.len() as u64);
+    assert_eq!(log[0]["bytes_sent"], payload.len() as u64);
 }
 
 /// A TCP service whose endpoint is outside the mesh (`istio.io/dataplane-mode: none`): the

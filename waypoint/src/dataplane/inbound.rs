@@ -367,18 +367,31 @@ impl Inbound {
         } else if self.drain.is_draining() {
             self.drain.record(Outcome::Completed);
         }
+        if let Some(s) = &spliced {
+            // What flowed, however it ended.
+            entry.bytes_received = s.a_to_b + prefix.len() as u64;
+            entry.bytes_sent = s.b_to_a;
+        }
         match spliced {
             Some(Spliced {
-                a_to_b,
-                b_to_a,
                 end,
                 result: Ok(()),
+                ..
             }) => {
-                entry.bytes_received = a_to_b + prefix.len() as u64;
-                entry.bytes_sent = b_to_a;
                 if end != SpliceEnd::Closed {
                     debug!(%target, ?end, "TCP tunnel closed by its DestinationRule limit");
                 }
+            }
+            // The client reset its tunnel (or stopped taking bytes): the downstream ended it,
+            // not the endpoint (Envoy's DC, downstream connection termination).
+            Some(Spliced {
+                result: Err(e),
+                a_failed: true,
+                b_failed: false,
+                ..
+            }) => {
+                debug!(%target, error = %e, "TCP tunnel ended by the client");
+                outcome.flags.add("DC");
             }
             Some(Spliced { result: Err(e), .. }) => {
                 debug!(%target, error = %e, "TCP tunnel ended with an error");
@@ -391,11 +404,12 @@ impl Inbound {
         if cut {
             // Ended by the drain deadline, not by the endpoint (as `LR` for HTTP requests).
             outcome.flags.remove("UC");
+            outcome.flags.remove("DC");
             outcome.flags.add("LR");
         }
         entry.duration_ms = started.elapsed().as_millis() as u64;
         outcome.fill(&mut entry);
-        if matches!(outcome.flags.last(), Some("UC" | "LR")) {
+        if matches!(outcome.flags.last(), Some("UC" | "DC" | "LR")) {
             // Reset mid-stream: the close is reported under the flag it ended with.
             labels = IstioMetrics::tcp_labels(source, labels.destination, &entry.response_flags);
         }

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub struct Spliced {
     pub b_to_a: u64,
     pub end: SpliceEnd,
     pub result: io::Result<()>,
+    /// Which side's read or write failed (a reset peer), when the result is an error.
+    pub a_failed: bool,
+    pub b_failed: bool,
 }
 
 /// Copy both ways between `a` and `b` until both close, one fails or a limit is reached.
@@ -48,15 +51,18 @@ where
     let start = Instant::now();
     let last_byte_ms = AtomicU64::new(0);
     let (a_read, b_read) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (a_failed, b_failed) = (AtomicBool::new(false), AtomicBool::new(false));
     let mut ma = Metered {
         inner: a,
         read: &a_read,
+        failed: &a_failed,
         last_byte_ms: &last_byte_ms,
         start,
     };
     let mut mb = Metered {
         inner: b,
         read: &b_read,
+        failed: &b_failed,
         last_byte_ms: &last_byte_ms,
         start,
     };
@@ -92,13 +98,16 @@ where
         b_to_a: b_read.load(Ordering::Relaxed),
         end,
         result,
+        a_failed: a_failed.load(Ordering::Relaxed),
+        b_failed: b_failed.load(Ordering::Relaxed),
     }
 }
 
-/// Counts what is read from a stream and when the last byte moved.
+/// Counts what is read from a stream and when the last byte moved, and notes its failures.
 struct Metered<'a, S> {
     inner: &'a mut S,
     read: &'a AtomicU64,
+    failed: &'a AtomicBool,
     last_byte_ms: &'a AtomicU64,
     start: Instant,
 }
@@ -117,6 +126,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
             self.last_byte_ms
                 .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
+        self.noted(result)
+    }
+}
+
+impl<S> Metered<'_, S> {
+    fn noted<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &result {
+            self.failed.store(true, Ordering::Relaxed);
+        }
         result
     }
 }
@@ -127,15 +145,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        self.noted(r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
+        let r = Pin::new(&mut *self.inner).poll_flush(cx);
+        self.noted(r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+        let r = Pin::new(&mut *self.inner).poll_shutdown(cx);
+        self.noted(r)
     }
 }
 
@@ -161,6 +182,61 @@ mod tests {
         drop((a_peer, b_peer));
         let s = run.await.unwrap();
         assert_eq!((s.a_to_b, s.b_to_a, s.end), (4, 5, SpliceEnd::Closed));
+    }
+
+    /// A stream whose reads fail once its peer is gone, as an HBONE stream the client reset.
+    struct Resets(tokio::io::DuplexStream);
+
+    impl AsyncRead for Resets {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            match Pin::new(&mut self.0).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before => Poll::Ready(Err(
+                    io::Error::new(io::ErrorKind::ConnectionReset, "stream reset"),
+                )),
+                other => other,
+            }
+        }
+    }
+
+    impl AsyncWrite for Resets {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_side_is_named_and_the_bytes_that_flowed_are_kept() {
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let (mut b, mut b_peer) = tokio::io::duplex(64);
+        let mut a = Resets(a);
+        let run =
+            tokio::spawn(async move { splice(&mut a, &mut b, SpliceLimits::default()).await });
+        a_peer.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        b_peer.read_exact(&mut got).await.unwrap();
+        b_peer.write_all(b"hi").await.unwrap();
+        let mut got = [0u8; 2];
+        a_peer.read_exact(&mut got).await.unwrap();
+        drop(a_peer);
+        let s = run.await.unwrap();
+        assert!(s.result.is_err());
+        assert!(s.a_failed && !s.b_failed, "{s:?}");
+        assert_eq!((s.a_to_b, s.b_to_a), (5, 2));
     }
 
     #[tokio::test(start_paused = true)]

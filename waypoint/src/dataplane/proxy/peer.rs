@@ -320,6 +320,13 @@ impl Waypoint {
             (ErrorSource::Downstream, _) => 400,
             _ => 500,
         };
+        if ctx.outcome.details.is_empty() {
+            let started = session.response_written().is_some();
+            let failure = ctx.failure.lock().clone();
+            if let Some(details) = reset_details(e, started, failure.as_deref()) {
+                ctx.outcome.details = details.into();
+            }
+        }
         if code > 0 {
             if let Err(write_err) = session.respond_error(code).await {
                 debug!(error = %write_err, "could not send error response downstream");
@@ -329,5 +336,80 @@ impl Waypoint {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// Envoy's `%RESPONSE_CODE_DETAILS%` for an upstream that failed or reset (envoyproxy/envoy
+/// `source/common/router/router.cc` `onUpstreamReset`, 1.3x): `upstream_reset_before_response_started`
+/// (or `_after_` once the response began) with the reset reason in braces, then `|` and the
+/// transport failure reason when there is one, spaces made `_`; a timeout is
+/// `upstream_response_timeout`. `None`: not an upstream failure.
+fn reset_details(e: &Error, started: bool, transport: Option<&str>) -> Option<String> {
+    use ErrorType::*;
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    let reason = match e.etype() {
+        ReadTimedout | WriteTimedout if !started => {
+            return Some("upstream_response_timeout".into())
+        }
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | TLSHandshakeFailure | ConnectError
+        | ConnectProxyFailure => "remote_connection_failure",
+        ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => {
+            "connection_termination"
+        }
+        H2Error => "remote_reset",
+        _ => return None,
+    };
+    let when = if started { "after" } else { "before" };
+    let mut details = format!("upstream_reset_{when}_response_started{{{reason}");
+    if let Some(t) = transport.filter(|t| !t.is_empty()) {
+        details.push('|');
+        details.push_str(t);
+    }
+    details.push('}');
+    Some(details.replace(char::is_whitespace, "_"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_get_envoys_details() {
+        let up = Error::new_up;
+        assert_eq!(
+            reset_details(&up(ErrorType::ConnectRefused), false, None).as_deref(),
+            Some("upstream_reset_before_response_started{remote_connection_failure}")
+        );
+        assert_eq!(
+            reset_details(
+                &up(ErrorType::TLSHandshakeFailure),
+                false,
+                Some("TLS error: certificate expired")
+            )
+            .as_deref(),
+            Some(
+                "upstream_reset_before_response_started{remote_connection_failure|TLS_error:_certificate_expired}"
+            )
+        );
+        assert_eq!(
+            reset_details(&up(ErrorType::ConnectionClosed), false, None).as_deref(),
+            Some("upstream_reset_before_response_started{connection_termination}")
+        );
+        assert_eq!(
+            reset_details(&up(ErrorType::ReadError), true, None).as_deref(),
+            Some("upstream_reset_after_response_started{connection_termination}")
+        );
+        assert_eq!(
+            reset_details(&up(ErrorType::H2Error), false, None).as_deref(),
+            Some("upstream_reset_before_response_started{remote_reset}")
+        );
+        assert_eq!(
+            reset_details(&up(ErrorType::ReadTimedout), false, None).as_deref(),
+            Some("upstream_response_timeout")
+        );
+        let down = Error::new_down(ErrorType::ConnectionClosed);
+        assert_eq!(reset_details(&down, false, None), None);
     }
 }

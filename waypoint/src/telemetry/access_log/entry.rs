@@ -104,9 +104,14 @@ impl fmt::Debug for Field<'_> {
     }
 }
 
-/// As the JSON string of its text form, written without an intermediate `String`.
+/// As the JSON string of its text form, written without an intermediate `String`; absent
+/// (empty) is `null`, as Envoy writes a lone command operator without a value in a
+/// `json_format` (Istio's JSON access log is one).
 impl Serialize for Field<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.is_empty() {
+            return s.serialize_none();
+        }
         match self {
             Field::Str(v) => s.serialize_str(v),
             Field::Addr(a) => s.collect_str(a),
@@ -123,9 +128,10 @@ impl Serialize for Field<'_> {
     }
 }
 
-/// One line, borrowing what it logs. Absent text is an empty [`Field`] (`-` in text, `null` for
-/// a lone operator in a json_format value). The default JSON object has one key per field
-/// except those marked `skip` (keys and order as [`Entry`]'s).
+/// One line, borrowing what it logs. Absent text is an empty [`Field`] (`-` in text, `null` in
+/// JSON). The default JSON object is Istio's (`EnvoyJSONLogFormatIstio` in istio/istio
+/// `pilot/pkg/networking/core/accesslog.go`: the same 24 keys, typed as Envoy writes them) plus
+/// the waypoint's own keys after `route_name`, those marked `skip_serializing_if` only when set.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Line<'a> {
     pub start_time: Field<'a>,
@@ -133,12 +139,17 @@ pub struct Line<'a> {
     pub path: Field<'a>,
     pub protocol: Field<'a>,
     pub response_code: u16,
+    /// Envoy writes `-` for no flags (`ResponseFlagUtils::toShortString`), also in JSON.
+    #[serde(serialize_with = "flags_or_dash")]
     pub response_flags: Field<'a>,
     pub response_code_details: Field<'a>,
     pub upstream_transport_failure_reason: Field<'a>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    #[serde(rename = "duration")]
     pub duration_ms: u64,
+    /// Envoy's `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`: a header, so text (`"3"`), or `null`.
+    #[serde(rename = "upstream_service_time", serialize_with = "header_millis")]
     pub upstream_service_time_ms: Option<u64>,
     pub x_forwarded_for: Field<'a>,
     pub user_agent: Field<'a>,
@@ -166,14 +177,26 @@ pub struct Line<'a> {
     pub request_headers: &'a [(String, String)],
     #[serde(skip)]
     pub response_headers: &'a [(String, String)],
-    #[serde(skip)]
     pub upstream_local_address: Field<'a>,
-    #[serde(skip)]
     pub requested_server_name: Field<'a>,
-    #[serde(skip_serializing_if = "Field::is_empty")]
     pub connection_termination_details: Field<'a>,
     #[serde(skip)]
     pub attempt_count: u32,
+}
+
+fn flags_or_dash<S: Serializer>(flags: &Field<'_>, s: S) -> Result<S::Ok, S::Error> {
+    match flags {
+        Field::Str("") => s.serialize_str("-"),
+        other => other.serialize(s),
+    }
+}
+
+/// A duration in milliseconds as a header carries it: its decimal text.
+fn header_millis<S: Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.collect_str(ms),
+        None => s.serialize_none(),
+    }
 }
 
 impl Line<'_> {
@@ -184,10 +207,9 @@ impl Line<'_> {
     }
 }
 
-/// What one line is made of, owned. Empty strings are "absent" (`-` in text, `null` for a lone
-/// operator in a json_format value). The default JSON object serializes every field except
-/// those marked `skip`. Rendered through [`Entry::line`].
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+/// What one line is made of, owned. Empty strings are "absent" (`-` in text, `null` in JSON).
+/// Rendered through [`Entry::line`].
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Entry {
     pub start_time: String,
     pub method: String,
@@ -211,12 +233,10 @@ pub struct Entry {
     pub downstream_remote_address: String,
     /// A `forwarded: for=` address the waypoint could not verify against the peer's identity
     /// (`downstream_remote_address` is then the HBONE peer's own address).
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub downstream_claimed_address: String,
     pub source_principal: String,
     /// The upstream's identity: the SPIFFE URI SAN its HBONE certificate proved, else the
     /// endpoint's known identity (Envoy `%UPSTREAM_PEER_URI_SAN%`, Istio `destination_principal`).
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub destination_principal: String,
     pub route_name: String,
     /// The `traceparent` of the HBONE CONNECT that carried the request: links it to its tunnel.
@@ -224,31 +244,22 @@ pub struct Entry {
     /// Version of the routing snapshot the request was served by.
     pub config_version: u64,
     /// The authorization decision (`allow|deny|custom_deny <policy>`), when policies applied.
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub authz: String,
     /// What dry-run policies would have decided (`istio.io/dry-run`), when any applied.
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub authz_dry_run: String,
     /// AUDIT rules the request matched.
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub authz_audit: String,
     /// Request headers the template reads (names lowercase; [`super::AccessLog::request_headers`]).
-    #[serde(skip)]
     pub request_headers: Vec<(String, String)>,
     /// Response headers the template reads (names lowercase; [`super::AccessLog::response_headers`]).
-    #[serde(skip)]
     pub response_headers: Vec<(String, String)>,
-    #[serde(skip)]
     pub upstream_local_address: String,
     /// SNI of the downstream TLS connection, if any.
-    #[serde(skip)]
     pub requested_server_name: String,
     /// Why the waypoint closed the connection (a TCP policy denial), Envoy's
     /// `%CONNECTION_TERMINATION_DETAILS%`.
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub connection_termination_details: String,
     /// Upstream attempts made (1 + retries); 0 when none was made.
-    #[serde(skip)]
     pub attempt_count: u32,
 }
 

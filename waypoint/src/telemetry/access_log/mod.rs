@@ -311,14 +311,45 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(&e.render(Format::Json)).unwrap();
         assert_eq!(json["response_flags"], "NR");
-        assert_eq!(json["upstream_service_time_ms"], serde_json::Value::Null);
+        assert_eq!(json["upstream_service_time"], serde_json::Value::Null);
     }
 
+    /// Istio's JSON access log keys: `EnvoyJSONLogFormatIstio` in istio/istio
+    /// `pilot/pkg/networking/core/accesslog.go` (1.2x), every value one command operator.
+    const ISTIO_JSON_KEYS: [&str; 24] = [
+        "start_time",
+        "route_name",
+        "method",
+        "path",
+        "protocol",
+        "response_code",
+        "response_flags",
+        "response_code_details",
+        "connection_termination_details",
+        "bytes_received",
+        "bytes_sent",
+        "duration",
+        "upstream_service_time",
+        "x_forwarded_for",
+        "user_agent",
+        "request_id",
+        "authority",
+        "upstream_host",
+        "upstream_cluster",
+        "upstream_local_address",
+        "downstream_local_address",
+        "downstream_remote_address",
+        "requested_server_name",
+        "upstream_transport_failure_reason",
+    ];
+
     #[test]
-    fn default_json_keys_unchanged() {
+    fn default_json_is_istios_keys_typed_as_envoy_writes_them() {
         let e = Entry {
             response_code: 200,
+            duration_ms: 7,
             upstream_service_time_ms: Some(3),
+            upstream_local_address: "10.0.0.5:40123".into(),
             tunnel_traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
             request_headers: vec![("x-a".into(), "b".into())],
             attempt_count: 1,
@@ -330,45 +361,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        let mut want = vec![
-            "start_time",
-            "method",
-            "path",
-            "protocol",
-            "response_code",
-            "response_flags",
-            "response_code_details",
-            "upstream_transport_failure_reason",
-            "bytes_received",
-            "bytes_sent",
-            "duration_ms",
-            "upstream_service_time_ms",
-            "x_forwarded_for",
-            "user_agent",
-            "request_id",
-            "authority",
-            "upstream_host",
-            "upstream_cluster",
-            "downstream_local_address",
-            "downstream_remote_address",
-            "source_principal",
-            "route_name",
-            "tunnel_traceparent",
-            "config_version",
-        ];
+        // Istio's keys, and the waypoint's own three (the others only when set).
+        let mut want: Vec<&str> = ISTIO_JSON_KEYS.to_vec();
+        want.extend(["source_principal", "tunnel_traceparent", "config_version"]);
         want.sort_unstable();
         assert_eq!(keys, want);
+        // Numbers where Envoy's operator is numeric; a header's value is text; absent is null.
         assert_eq!(v["response_code"], 200);
         assert_eq!(v["bytes_sent"], 0);
-        assert_eq!(v["upstream_service_time_ms"], 3);
+        assert_eq!(v["duration"], 7);
+        assert_eq!(v["upstream_service_time"], "3");
+        assert_eq!(v["upstream_local_address"], "10.0.0.5:40123");
+        assert_eq!(v["response_flags"], "-", "Envoy's none");
+        for absent in [
+            "requested_server_name",
+            "connection_termination_details",
+            "method",
+        ] {
+            assert_eq!(v[absent], serde_json::Value::Null, "{absent}");
+        }
         assert_eq!(
             v["tunnel_traceparent"],
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         );
         let v: serde_json::Value =
             serde_json::from_str(&Entry::default().render(Format::Json)).unwrap();
-        assert_eq!(v["upstream_service_time_ms"], serde_json::Value::Null);
-        assert_eq!(v["duration_ms"], 0);
+        assert_eq!(v["upstream_service_time"], serde_json::Value::Null);
+        assert_eq!(v["duration"], 0);
         // Blank templates mean the default.
         let (log, _) = memory(Format::Json, Some("  "));
         assert_eq!(log.render(&e), line);
@@ -423,7 +442,7 @@ mod tests {
         );
         let v: serde_json::Value =
             serde_json::from_str(&AccessLog::new(Format::Json, Sink::Off).render(&e)).unwrap();
-        assert_eq!(v["method"], "");
+        assert_eq!(v["method"], serde_json::Value::Null);
         assert_eq!(v["response_flags"], "UF");
     }
 

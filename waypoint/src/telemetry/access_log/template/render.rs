@@ -211,7 +211,13 @@ impl Op {
             }
             Op::Protocol => field(&e.protocol, out),
             Op::ResponseCode => num(out, u64::from(e.response_code)),
-            Op::ResponseFlags => field(&e.response_flags, out),
+            // Envoy's `ResponseFlagUtils::toShortString`: `-` (a value, not absent) for none.
+            Op::ResponseFlags => {
+                if !e.response_flags.write(out) {
+                    out.push(b'-');
+                }
+                Kind::Str
+            }
             Op::ResponseCodeDetails => field(&e.response_code_details, out),
             Op::ConnectionTerminationDetails => field(&e.connection_termination_details, out),
             Op::UpstreamTransportFailureReason => field(&e.upstream_transport_failure_reason, out),

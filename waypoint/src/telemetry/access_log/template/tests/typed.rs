@@ -176,7 +176,7 @@ fn typed_borrowed_lines_render_as_owned_entries() {
         typed.write_default_json(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            serde_json::to_string(&entry).unwrap(),
+            serde_json::to_string(&entry.line()).unwrap(),
             "{entry:?}"
         );
         lines += 1;
