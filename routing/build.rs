@@ -42,6 +42,10 @@ mod json {
         "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
         "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",
         "envoy/admin/v3/config_dump.proto",
+        "envoy/admin/v3/clusters.proto",
+        "envoy/admin/v3/server_info.proto",
+        "envoy/admin/v3/certs.proto",
+        "envoy/admin/v3/memory.proto",
         "google/protobuf/wrappers.proto",
         "xds/type/matcher/v3/ip.proto",
     ];

@@ -30,7 +30,7 @@ pub struct JsonError {
     pub message: String,
 }
 
-fn err(path: &str, message: impl Into<String>) -> JsonError {
+pub(crate) fn err(path: &str, message: impl Into<String>) -> JsonError {
     JsonError {
         path: if path.is_empty() {
             "$".into()
@@ -41,7 +41,7 @@ fn err(path: &str, message: impl Into<String>) -> JsonError {
     }
 }
 
-fn base_pool() -> Result<&'static DescriptorPool, JsonError> {
+pub(crate) fn base_pool() -> Result<&'static DescriptorPool, JsonError> {
     static POOL: OnceLock<Result<DescriptorPool, prost_reflect::DescriptorError>> = OnceLock::new();
     POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS))
         .as_ref()
@@ -324,7 +324,7 @@ fn unknown_types(v: &Value, pool: &DescriptorPool, out: &mut BTreeSet<String>) {
 }
 
 /// The pool plus an empty message for each unknown type.
-fn with_placeholders(
+pub(crate) fn with_placeholders(
     pool: &DescriptorPool,
     unknown: &BTreeSet<String>,
 ) -> Result<DescriptorPool, JsonError> {

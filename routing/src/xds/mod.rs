@@ -73,6 +73,8 @@ mod route;
 
 #[cfg(feature = "json")]
 pub mod json;
+#[cfg(feature = "json")]
+pub mod json_out;
 
 #[cfg(test)]
 mod tests;

@@ -178,7 +178,8 @@ async fn allow_and_deny_on_live_traffic_agree_with_explain() {
     assert_eq!(log[0]["authz_dry_run"], "allow -");
 
     // /config_dump shows the policies in force and where they apply.
-    let (status, body) = waypoint_tests::http_request(admin.addr, "GET", "/config_dump").await;
+    let (status, body) =
+        waypoint_tests::http_request(admin.addr, "GET", "/config_dump?format=waypoint").await;
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
     let authz = &dump["config"]["snapshot"]["authorization"];

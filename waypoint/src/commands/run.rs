@@ -176,6 +176,13 @@ pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
         }
     }
 
+    // The node istiod would know this pod as, when the pod's environment says (the bootstrap
+    // of `/config_dump`); under `--xds` the client set it already.
+    if telemetry.status.node().is_none() {
+        if let Ok(node) = xds_client::NodeInfo::from_env() {
+            telemetry.status.set_node(node.to_node());
+        }
+    }
     let admin = Arc::new(Admin {
         telemetry: telemetry.clone(),
         logs: Some(logs),

@@ -161,7 +161,8 @@ pub struct RunArgs {
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = env::WAYPOINT_DRAIN_SECONDS, default_value_t = config::DEFAULT_DRAIN_SECONDS)]
     pub drain_seconds: u64,
-    /// Admin endpoints (/ready /config_dump /logging /access_log /splits /stats/prometheus);
+    /// Admin endpoints (/ready /config_dump /clusters /server_info /certs /memory
+    /// /quitquitquit /logging /access_log /splits /stats/prometheus);
     /// keep it on loopback. `none` disables it.
     #[arg(long, env = env::WAYPOINT_ADMIN_LISTEN, default_value_t = config::DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: Listen,

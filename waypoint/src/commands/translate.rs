@@ -17,7 +17,7 @@ pub struct TranslateArgs {
     pub strict: bool,
 }
 
-/// Print the snapshot JSON (the shape of `/config_dump`'s `config.snapshot`) on stdout and, on
+/// Print the snapshot JSON (the shape of `/config_dump?format=waypoint`'s `config.snapshot`) on stdout and, on
 /// stderr, every resource's status: translated, warned (why) or rejected (why). Exit 1 when a
 /// resource would be rejected (with `--strict`: also on a warning); the rest is still printed.
 pub fn run(args: &TranslateArgs) -> i32 {

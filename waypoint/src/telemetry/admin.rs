@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::envoy_admin;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::CONTENT_TYPE;
 use crate::telemetry::status::Telemetry;
@@ -49,7 +50,7 @@ pub struct Admin {
     pub process: serde_json::Value,
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
@@ -59,7 +60,7 @@ fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respon
         .expect("static response parts")
 }
 
-fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut body = body.into();
     if !body.ends_with('\n') {
         body.push('\n');
@@ -67,13 +68,13 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
     reply(code, "text/plain; charset=utf-8", body)
 }
 
-fn json_reply(value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_reply(value: &serde_json::Value) -> Response<Body> {
     let body =
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     reply(StatusCode::OK, "application/json", body)
 }
 
-fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
     let Some(q) = req.uri().query() else {
         return Vec::new();
     };
@@ -84,6 +85,11 @@ fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
             (percent_decode(k), percent_decode(v))
         })
         .collect()
+}
+
+/// Whether the query has `key=value`.
+pub(crate) fn query_has(req: &Request<Incoming>, key: &str, value: &str) -> bool {
+    query_pairs(req).iter().any(|(k, v)| k == key && v == value)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -148,16 +154,20 @@ impl Admin {
                 "log levels are not adjustable in this process",
             );
         };
-        if req.method() != Method::POST {
-            return text(
-                StatusCode::OK,
-                format!(
-                    "active filter: {}\nchange with POST /logging?level=<level> or ?<target>=<level>",
-                    logs.filter()
-                ),
-            );
+        let pairs = query_pairs(req);
+        if req.method() != Method::POST || pairs.is_empty() {
+            // As Envoy lists its loggers (`istioctl proxy-config log`).
+            let mut body = String::from("active loggers:\n");
+            for (target, level) in logs.loggers() {
+                body.push_str(&format!("  {target}: {level}\n"));
+            }
+            body.push_str(&format!(
+                "active filter: {}\nchange with POST /logging?level=<level> or ?<target>=<level>",
+                logs.filter()
+            ));
+            return text(StatusCode::OK, body);
         }
-        match logs.apply(&query_pairs(req)) {
+        match logs.apply(&pairs) {
             Ok(filter) => {
                 tracing::info!(%filter, "log filter changed via admin");
                 text(StatusCode::OK, format!("active filter: {filter}"))
@@ -236,13 +246,29 @@ impl Admin {
                 CONTENT_TYPE,
                 self.telemetry.metrics.render(),
             ),
-            (Role::Admin, "/config_dump") => self.config_dump(),
+            (Role::Admin, "/config_dump") if query_has(req, "format", "waypoint") => {
+                self.config_dump()
+            }
+            (Role::Admin, "/config_dump") => self.envoy_config_dump(req),
+            (Role::Admin, "/clusters") => self.clusters(req),
+            (Role::Admin, "/server_info") => json_reply(&envoy_admin::server_info(
+                self.telemetry.status.node(),
+                self.server_state(),
+                self.telemetry.status.uptime(),
+            )),
+            (Role::Admin, "/certs") => json_reply(&envoy_admin::certs(
+                self.telemetry.status.certificate().as_deref(),
+            )),
+            (Role::Admin, "/memory") => json_reply(&envoy_admin::memory()),
+            (Role::Admin, "/quitquitquit") => self.quit(req),
             (Role::Admin, "/logging") => self.logging(req),
             (Role::Admin, "/access_log") => self.access_log(req),
             (Role::Admin, "/splits") => self.splits(req),
             (Role::Admin, "/") => text(
                 StatusCode::OK,
-                "waypoint admin: /ready /config_dump /logging /access_log /splits /stats/prometheus",
+                "waypoint admin: /ready /config_dump[?mask=…&include_eds|?format=waypoint] \
+                 /clusters[?format=json] /server_info /certs /memory /quitquitquit (POST) \
+                 /logging /access_log /splits /stats/prometheus",
             ),
             _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
         }

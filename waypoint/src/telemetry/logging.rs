@@ -91,6 +91,15 @@ impl LogControl {
         }
     }
 
+    /// The levels in effect: `default` (the base filter) first, then each target set at
+    /// runtime.
+    pub fn loggers(&self) -> Vec<(String, String)> {
+        let current = self.current.lock();
+        std::iter::once(("default".to_string(), current.base.clone()))
+            .chain(current.targets.iter().map(|(t, l)| (t.clone(), l.clone())))
+            .collect()
+    }
+
     /// The filter in effect, in env-filter syntax.
     pub fn filter(&self) -> String {
         self.current.lock().render()

@@ -153,7 +153,8 @@ async fn readiness_follows_certificate_and_config_and_admin_controls_work() {
     assert!(metrics.contains("\nwaypoint_ready 1"), "{metrics}");
 
     // /config_dump: process flags, identity, the routing snapshot.
-    let (status, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    let (status, dump) =
+        waypoint_tests::http_request(admin, "GET", "/config_dump?format=waypoint").await;
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["process"]["listen"], "127.0.0.1:0");

@@ -10,7 +10,8 @@ use waypoint_tests::{sim, spiffe, Net};
 
 /// The identity's serial as `/config_dump` shows it.
 async fn dumped_serial(admin: SocketAddr) -> String {
-    let (status, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    let (status, dump) =
+        waypoint_tests::http_request(admin, "GET", "/config_dump?format=waypoint").await;
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     dump["identity"]["serial"].as_str().unwrap().to_string()

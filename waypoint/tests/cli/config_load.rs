@@ -57,7 +57,8 @@ async fn loading_8000_service_entries_stays_within_the_memory_bound() {
     let peak = peak_kib(child.id());
     eprintln!("run with {SERVICES} ServiceEntries: peak RSS {peak} KiB once ready");
     // Everything loaded: the bound is about the whole config, not a failed load.
-    let (code, dump) = waypoint_tests::http_request(addrs["admin"], "GET", "/config_dump").await;
+    let (code, dump) =
+        waypoint_tests::http_request(addrs["admin"], "GET", "/config_dump?format=waypoint").await;
     assert_eq!(code, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(

@@ -107,7 +107,8 @@ fn metric(body: &str, name: &str) -> u64 {
 }
 
 async fn config_version(admin: std::net::SocketAddr) -> u64 {
-    let (_, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    let (_, dump) =
+        waypoint_tests::http_request(admin, "GET", "/config_dump?format=waypoint").await;
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     dump["config"]["status"]["version"].as_u64().unwrap()
 }
@@ -357,7 +358,8 @@ async fn entries_that_are_not_files_are_reported_and_do_not_freeze_reloads() {
     let (_, m) = waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
     assert_eq!(metric(&m, "waypoint_config_unreadable_reported_total"), 4);
     assert_eq!(metric(&m, "waypoint_config_rejected_total"), 0);
-    let (_, dump) = waypoint_tests::http_request(addrs["admin"], "GET", "/config_dump").await;
+    let (_, dump) =
+        waypoint_tests::http_request(addrs["admin"], "GET", "/config_dump?format=waypoint").await;
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     let listed: Vec<&str> = dump["config"]["unreadable"]
         .as_array()

@@ -343,7 +343,10 @@ async fn files_destination_rule_tls_to_endpoints_outside_the_mesh() {
     }
 
     // /config_dump: each cluster endpoint's transport and the cluster's tls.
-    let (_, dump) = poll_until(addrs["admin"], "/config_dump", |s, _| s == 200).await;
+    let (_, dump) = poll_until(addrs["admin"], "/config_dump?format=waypoint", |s, _| {
+        s == 200
+    })
+    .await;
     let dump: Value = serde_json::from_str(&dump).unwrap();
     let clusters = dump
         .pointer("/config/snapshot/clusters")

@@ -16,7 +16,8 @@ fn metric(body: &str, name: &str) -> u64 {
 }
 
 async fn serial(admin: std::net::SocketAddr) -> String {
-    let (_, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    let (_, dump) =
+        waypoint_tests::http_request(admin, "GET", "/config_dump?format=waypoint").await;
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     dump["identity"]["serial"]
         .as_str()

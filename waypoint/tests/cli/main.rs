@@ -11,6 +11,7 @@ mod config_load;
 mod config_reload;
 mod docker;
 mod drain;
+mod envoy_admin;
 mod files_dns;
 mod files_tls;
 mod first_contact;

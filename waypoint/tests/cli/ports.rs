@@ -210,7 +210,7 @@ async fn half_a_request_header_and_an_idle_connection_are_closed_by_their_deadli
     // server's writes stall once the socket buffers are full (a few MB on loopback); once
     // nothing has moved for the idle timeout the connection is closed.
     let mut stalled = TcpStream::connect(admin).await.unwrap();
-    let pipelined = "GET /config_dump HTTP/1.1\r\nHost: w\r\n\r\n".repeat(2000);
+    let pipelined = "GET /config_dump?format=waypoint HTTP/1.1\r\nHost: w\r\n\r\n".repeat(2000);
     stalled.write_all(pipelined.as_bytes()).await.unwrap();
     metric_reaches(
         admin,

@@ -296,7 +296,8 @@ async fn xds_mode_follows_istiod_pushes() {
     assert!(detail.contains("regex"), "{detail}");
     let seen = reviews_split(&mut reviews, 200).await;
     assert!((0.3..0.7).contains(&share(&seen, "reviews-v2")), "{seen:?}");
-    let (_, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    let (_, dump) =
+        waypoint_tests::http_request(admin, "GET", "/config_dump?format=waypoint").await;
     let dump: Value = serde_json::from_str(&dump).unwrap();
     assert!(
         dump["config"]["xds"]["nacks"].as_u64().unwrap() >= 1,
@@ -304,6 +305,28 @@ async fn xds_mode_follows_istiod_pushes() {
         dump["config"]["xds"]
     );
     assert_eq!(dump["config"]["status"]["source"], "xds");
+    // The Envoy-shaped dump (what istioctl reads) holds what was accepted as istiod sent it:
+    // the refused listener's last good version, which translates (the broken one would not).
+    let (_, envoy) = waypoint_tests::http_request(admin, "GET", "/config_dump?include_eds").await;
+    let loaded = routing::xds::json::load(&envoy).expect("an Envoy ConfigDump");
+    // Only the bootstrap is not translated (the node is this waypoint's own).
+    assert!(
+        loaded.skipped.iter().all(|s| s.kind == "Bootstrap"),
+        "{:?}",
+        loaded.skipped
+    );
+    assert!(!loaded.resources.endpoints.is_empty(), "include_eds");
+    let accepted = routing::xds::translate(&loaded.resources, &Default::default())
+        .expect("the dump is the accepted state");
+    assert!(accepted
+        .snapshot
+        .service_by_host("reviews.default.svc.cluster.local")
+        .is_some());
+    let envoy: Value = serde_json::from_str(&envoy).unwrap();
+    assert!(envoy["configs"][0]["bootstrap"]["node"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("waypoint~"));
     let stats = waypoint_tests::http_request(admin, "GET", "/stats/prometheus")
         .await
         .1;

@@ -137,7 +137,10 @@ async fn xds_locality_failover_to_the_next_priority() {
     assert_eq!(far.requests(), 0);
 
     // The config dump names each endpoint's priority and locality.
-    let (_, dump) = poll_until(addrs["admin"], "/config_dump", |s, _| s == 200).await;
+    let (_, dump) = poll_until(addrs["admin"], "/config_dump?format=waypoint", |s, _| {
+        s == 200
+    })
+    .await;
     assert!(dump.contains("\"priority\": 1"), "{dump}");
     assert!(dump.contains("us-east1/us-east1-c"), "{dump}");
 

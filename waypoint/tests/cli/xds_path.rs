@@ -116,7 +116,8 @@ async fn xds_hcm_path_handling_is_per_service() {
     );
 
     // `/config_dump` shows each port's handling.
-    let (_, dump) = waypoint_tests::http_request(admin, "GET", "/config_dump").await;
+    let (_, dump) =
+        waypoint_tests::http_request(admin, "GET", "/config_dump?format=waypoint").await;
     let dump: Value = serde_json::from_str(&dump).unwrap();
     let p6 = dump["config"]["snapshot"]["services"]
         .as_array()

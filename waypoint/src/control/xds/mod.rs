@@ -320,6 +320,7 @@ impl Handler for XdsHandler {
         );
         self.sink.offer(snapshot);
         latest.state = Some(self.last_good.clone());
+        self.status.set_xds_resources(self.last_good.clone());
         self.published = true;
         Ok(applied(subscriptions))
     }
@@ -361,6 +362,7 @@ impl XdsRuntime {
                 root_path.display()
             )
         })?;
+        telemetry.status.set_node(node.to_node());
         let mut cfg = xds_client::ClientConfig::new(address, root, node);
         if let Some(name) = &args.xds_server_name {
             cfg.server_name = name.clone();

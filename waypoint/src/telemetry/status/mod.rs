@@ -67,6 +67,12 @@ pub struct Status {
     access_log: OnceLock<Arc<crate::telemetry::access_log::AccessLog>>,
     /// The xDS client's state, in xDS mode.
     xds: OnceLock<xds_client::StatusHandle>,
+    /// The last complete xDS state accepted (shares the resources with the client's state).
+    xds_resources: Mutex<Option<xds_client::ResourceState>>,
+    /// The node this waypoint is (sent to istiod; the bootstrap of `/config_dump`).
+    node: OnceLock<xds_client::pb::envoy::config::core::v3::Node>,
+    /// When the process started (`/server_info`'s uptime).
+    started: OnceLock<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Status {
@@ -79,7 +85,35 @@ impl std::fmt::Debug for Status {
 
 impl Status {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let status = Self::default();
+        let _ = status.started.set(std::time::Instant::now());
+        Arc::new(status)
+    }
+
+    /// The last complete xDS state accepted, for `/config_dump`.
+    pub fn set_xds_resources(&self, state: xds_client::ResourceState) {
+        *self.xds_resources.lock() = Some(state);
+    }
+
+    pub fn xds_resources(&self) -> Option<xds_client::ResourceState> {
+        self.xds_resources.lock().clone()
+    }
+
+    pub fn set_node(&self, node: xds_client::pb::envoy::config::core::v3::Node) {
+        let _ = self.node.set(node);
+    }
+
+    pub fn node(&self) -> Option<&xds_client::pb::envoy::config::core::v3::Node> {
+        self.node.get()
+    }
+
+    /// Time since [`Status::new`].
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.get().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn attach_xds(&self, handle: xds_client::StatusHandle) {

@@ -197,25 +197,30 @@ pub fn spawn_announcing(
 }
 
 /// SIGTERM, then the process must exit 0 within 20 s.
-pub async fn sigterm_and_wait(mut child: Waypoint) {
+pub async fn sigterm_and_wait(child: Waypoint) {
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
+    let exit = wait_for_exit(child).await;
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+}
+
+/// The process's exit status, within 20 s (its drain included).
+pub async fn wait_for_exit(mut child: Waypoint) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let exit = loop {
+    loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return s;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "waypoint did not exit after SIGTERM"
+            "waypoint did not exit within 20 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+    }
 }
 
 pub async fn ok_request(send: &mut sim::Http1, id: &str) {

@@ -1,0 +1,522 @@
+//! The admin endpoints in Envoy's formats, for `istioctl proxy-config` and Envoy-based tooling:
+//! `/config_dump` (`envoy.admin.v3.ConfigDump`, with `?mask=` and `?include_eds`),
+//! `/clusters` (text, or `envoy.admin.v3.Clusters` with `?format=json`), `/server_info`,
+//! `/certs` and `/memory`. The messages are envoy-types' prost structs rendered as Envoy's
+//! admin writes JSON (original field names, `@type` on every `Any`).
+//!
+//! Under istiod `/config_dump` holds the resources of the last complete state the waypoint
+//! accepted, as istiod sent them (a refused resource's last good version in its place). On
+//! files it holds the clusters and their endpoints the config became (one EDS cluster per
+//! Istio cluster name); there are no Envoy listeners or routes to show, the config's services
+//! and routes are in `/config_dump?format=waypoint`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::admin::v3 as admin;
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, socket_address, Address, Locality, Node, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::google::protobuf::{Any, Timestamp};
+use prost::{Message, Name};
+use serde_json::Value;
+use xds_client::type_url;
+
+use super::admin::{json_reply, query_has, query_pairs, text, Admin, Body};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// How long `/quitquitquit` leaves its reply to be written before the process starts to drain.
+const QUIT_REPLY_GRACE: Duration = Duration::from_millis(250);
+
+/// Where `/config_dump`'s resources come from.
+pub enum DumpSource<'a> {
+    /// The last complete xDS state accepted.
+    Xds(&'a xds_client::ResourceState),
+    /// The snapshot the files became.
+    Files(&'a routing::Snapshot),
+    /// Nothing accepted yet.
+    Nothing,
+}
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn socket_address(addr: std::net::SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                addr.port(),
+            ))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn locality(l: &routing::Locality) -> Locality {
+    Locality {
+        region: l.region.clone(),
+        zone: l.zone.clone(),
+        sub_zone: l.sub_zone.clone(),
+    }
+}
+
+/// The `ConfigDump` of `source`: bootstrap (the node), clusters, listeners, routes and, with
+/// `include_eds`, endpoints, in Envoy's order.
+pub fn config_dump(
+    node: Option<&Node>,
+    source: DumpSource<'_>,
+    include_eds: bool,
+) -> admin::ConfigDump {
+    let bootstrap = admin::BootstrapConfigDump {
+        bootstrap: Some(Bootstrap {
+            node: node.cloned(),
+            ..Default::default()
+        }),
+        last_updated: None,
+    };
+    let mut clusters = admin::ClustersConfigDump::default();
+    let mut listeners = admin::ListenersConfigDump::default();
+    let mut routes = admin::RoutesConfigDump::default();
+    let mut endpoints = admin::EndpointsConfigDump::default();
+    match source {
+        DumpSource::Xds(state) => {
+            use admin::clusters_config_dump::DynamicCluster;
+            use admin::endpoints_config_dump::DynamicEndpointConfig;
+            use admin::listeners_config_dump::{DynamicListener, DynamicListenerState};
+            use admin::routes_config_dump::DynamicRouteConfig;
+            for r in state.resources(type_url::CLUSTER) {
+                clusters.dynamic_active_clusters.push(DynamicCluster {
+                    version_info: r.version.clone(),
+                    cluster: Some(r.value.clone()),
+                    ..Default::default()
+                });
+            }
+            for r in state.resources(type_url::LISTENER) {
+                listeners.dynamic_listeners.push(DynamicListener {
+                    name: r.name.clone(),
+                    active_state: Some(DynamicListenerState {
+                        version_info: r.version.clone(),
+                        listener: Some(r.value.clone()),
+                        last_updated: None,
+                    }),
+                    ..Default::default()
+                });
+            }
+            for r in state.resources(type_url::ROUTE_CONFIGURATION) {
+                routes.dynamic_route_configs.push(DynamicRouteConfig {
+                    version_info: r.version.clone(),
+                    route_config: Some(r.value.clone()),
+                    ..Default::default()
+                });
+            }
+            if include_eds {
+                for r in state.resources(type_url::CLUSTER_LOAD_ASSIGNMENT) {
+                    endpoints
+                        .dynamic_endpoint_configs
+                        .push(DynamicEndpointConfig {
+                            version_info: r.version.clone(),
+                            endpoint_config: Some(r.value.clone()),
+                            ..Default::default()
+                        });
+                }
+            }
+        }
+        DumpSource::Files(snapshot) => {
+            use admin::clusters_config_dump::DynamicCluster;
+            use admin::endpoints_config_dump::DynamicEndpointConfig;
+            let version = snapshot.version().to_string();
+            for c in snapshot.clusters() {
+                clusters.dynamic_active_clusters.push(DynamicCluster {
+                    version_info: version.clone(),
+                    cluster: Some(any(&files_cluster(c))),
+                    ..Default::default()
+                });
+                if include_eds {
+                    endpoints
+                        .dynamic_endpoint_configs
+                        .push(DynamicEndpointConfig {
+                            version_info: version.clone(),
+                            endpoint_config: Some(any(&assignment(c))),
+                            ..Default::default()
+                        });
+                }
+            }
+        }
+        DumpSource::Nothing => {}
+    }
+    let mut configs = vec![
+        any(&bootstrap),
+        any(&clusters),
+        any(&listeners),
+        any(&routes),
+    ];
+    if include_eds {
+        configs.push(any(&endpoints));
+    }
+    admin::ConfigDump { configs }
+}
+
+/// A files-mode cluster as the EDS cluster Envoy would hold for it.
+fn files_cluster(c: &routing::Cluster) -> Cluster {
+    Cluster {
+        name: c.name.clone(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            service_name: c.name.clone(),
+            eds_config: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A cluster's endpoints as its `ClusterLoadAssignment`, grouped by priority and locality.
+fn assignment(c: &routing::Cluster) -> ClusterLoadAssignment {
+    let mut groups: Vec<LocalityLbEndpoints> = Vec::new();
+    for e in &c.endpoints {
+        let locality = locality(&e.locality);
+        let lb = LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(e.target)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        match groups
+            .iter_mut()
+            .find(|g| g.priority == e.priority && g.locality.as_ref() == Some(&locality))
+        {
+            Some(g) => g.lb_endpoints.push(lb),
+            None => groups.push(LocalityLbEndpoints {
+                locality: Some(locality),
+                priority: e.priority,
+                lb_endpoints: vec![lb],
+                ..Default::default()
+            }),
+        }
+    }
+    ClusterLoadAssignment {
+        cluster_name: c.name.clone(),
+        endpoints: groups,
+        ..Default::default()
+    }
+}
+
+/// Envoy's `?mask=`: a comma-separated list of field paths (`dynamic_active_clusters`,
+/// `bootstrap.node`) kept in each element of `configs`; the others lose every other field.
+pub fn apply_mask(dump: &mut Value, mask: &str) {
+    let paths: Vec<Vec<&str>> = mask
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split('.').collect())
+        .collect();
+    if paths.is_empty() {
+        return;
+    }
+    if let Some(configs) = dump.get_mut("configs").and_then(Value::as_array_mut) {
+        for config in configs {
+            let masked = keep(config, &paths);
+            *config = masked;
+        }
+    }
+}
+
+/// `v` with only `paths` (and an `Any`'s `@type`).
+fn keep(v: &Value, paths: &[Vec<&str>]) -> Value {
+    let Value::Object(map) = v else {
+        return v.clone();
+    };
+    let mut out = serde_json::Map::new();
+    if let Some(t) = map.get("@type") {
+        out.insert("@type".into(), t.clone());
+    }
+    let heads: BTreeSet<&str> = paths.iter().filter_map(|p| p.first().copied()).collect();
+    for head in heads {
+        let Some(field) = map.get(head) else { continue };
+        let rest: Vec<Vec<&str>> = paths
+            .iter()
+            .filter(|p| p.first() == Some(&head))
+            .map(|p| p[1..].to_vec())
+            .collect();
+        if rest.iter().any(Vec::is_empty) {
+            out.insert(head.into(), field.clone());
+        } else {
+            out.insert(head.into(), keep(field, &rest));
+        }
+    }
+    Value::Object(out)
+}
+
+/// The health of one endpoint, as `/clusters` reports it.
+struct Host<'a> {
+    endpoint: &'a routing::ClusterEndpoint,
+    ejected: bool,
+}
+
+fn hosts(c: &routing::Cluster) -> Vec<Host<'_>> {
+    let now = std::time::Instant::now();
+    c.endpoints
+        .iter()
+        .map(|e| Host {
+            endpoint: e,
+            ejected: c.is_ejected(e.target, now),
+        })
+        .collect()
+}
+
+/// `/clusters` as Envoy's text: `cluster::host::stat::value` lines.
+pub fn clusters_text(snapshot: &routing::Snapshot) -> String {
+    let mut out = String::new();
+    for c in snapshot.clusters() {
+        let name = &c.name;
+        out.push_str(&format!("{name}::observability_name::{name}\n"));
+        out.push_str(&format!("{name}::added_via_api::true\n"));
+        for h in hosts(c) {
+            let e = h.endpoint;
+            let t = e.target;
+            let health = if h.ejected {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            for (stat, value) in [
+                ("rq_active", e.active().to_string()),
+                ("health_flags", health.to_string()),
+                ("weight", "1".to_string()),
+                ("region", e.locality.region.clone()),
+                ("zone", e.locality.zone.clone()),
+                ("sub_zone", e.locality.sub_zone.clone()),
+                ("priority", e.priority.to_string()),
+            ] {
+                out.push_str(&format!("{name}::{t}::{stat}::{value}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// `/clusters?format=json`: `envoy.admin.v3.Clusters`.
+pub fn clusters(snapshot: &routing::Snapshot) -> admin::Clusters {
+    let cluster_statuses = snapshot
+        .clusters()
+        .into_iter()
+        .map(|c| admin::ClusterStatus {
+            name: c.name.clone(),
+            observability_name: c.name.clone(),
+            added_via_api: true,
+            host_statuses: hosts(c)
+                .into_iter()
+                .map(|h| {
+                    let e = h.endpoint;
+                    admin::HostStatus {
+                        address: Some(socket_address(e.target)),
+                        stats: vec![admin::SimpleMetric {
+                            r#type: admin::simple_metric::Type::Gauge as i32,
+                            value: e.active() as u64,
+                            name: "rq_active".into(),
+                        }],
+                        health_status: Some(admin::HostHealthStatus {
+                            failed_outlier_check: h.ejected,
+                            eds_health_status:
+                                envoy_types::pb::envoy::config::core::v3::HealthStatus::Healthy
+                                    as i32,
+                            ..Default::default()
+                        }),
+                        weight: 1,
+                        priority: e.priority,
+                        locality: Some(locality(&e.locality)),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    admin::Clusters { cluster_statuses }
+}
+
+/// `/server_info`: `envoy.admin.v3.ServerInfo`.
+pub fn server_info(node: Option<&Node>, state: admin::server_info::State, up: Duration) -> Value {
+    let uptime = envoy_types::pb::google::protobuf::Duration {
+        seconds: up.as_secs() as i64,
+        nanos: 0,
+    };
+    let info = admin::ServerInfo {
+        version: format!("waypoint/{}", env!("CARGO_PKG_VERSION")),
+        state: state as i32,
+        uptime_current_epoch: Some(uptime),
+        uptime_all_epochs: Some(uptime),
+        hot_restart_version: "disabled".into(),
+        command_line_options: None,
+        node: node.cloned(),
+        ..Default::default()
+    };
+    render_all(&info)
+}
+
+/// `/certs`: `envoy.admin.v3.Certificates`, the waypoint's own chain and its roots.
+pub fn certs(summary: Option<&crate::control::identity::IdentitySummary>) -> Value {
+    let certificates = summary
+        .map(|s| {
+            let expiration = UNIX_EPOCH + Duration::from_secs(s.not_after_unix.max(0) as u64);
+            let days = expiration
+                .duration_since(SystemTime::now())
+                .map_or(0, |d| d.as_secs() / 86_400);
+            vec![admin::Certificate {
+                ca_cert: Vec::new(),
+                cert_chain: vec![admin::CertificateDetails {
+                    path: "waypoint".into(),
+                    serial_number: s.serial.clone(),
+                    subject_alt_names: vec![admin::SubjectAlternateName {
+                        name: Some(admin::subject_alternate_name::Name::Uri(
+                            s.spiffe_id.clone(),
+                        )),
+                    }],
+                    days_until_expiration: days,
+                    expiration_time: Some(timestamp(expiration)),
+                    ..Default::default()
+                }],
+            }]
+        })
+        .unwrap_or_default();
+    render(&admin::Certificates { certificates })
+}
+
+/// `/memory`: `envoy.admin.v3.Memory` from jemalloc's statistics.
+pub fn memory() -> Value {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    let _ = epoch::advance();
+    let read = |r: tikv_jemalloc_ctl::Result<usize>| r.unwrap_or(0) as u64;
+    let allocated = read(stats::allocated::read());
+    let resident = read(stats::resident::read());
+    let mapped = read(stats::mapped::read());
+    let retained = read(stats::retained::read());
+    render_all(&admin::Memory {
+        allocated,
+        heap_size: mapped,
+        pageheap_unmapped: retained,
+        pageheap_free: mapped.saturating_sub(resident),
+        total_thread_cache: 0,
+        total_physical_bytes: resident,
+    })
+}
+
+/// `message` as Envoy's admin JSON (`{}` if it cannot be rendered, which the embedded
+/// descriptors rule out for these types).
+pub fn render<M: Message + Name>(message: &M) -> Value {
+    rendered::<M>(routing::xds::json_out::to_json(message))
+}
+
+/// [`render`] with fields at their default value written too.
+pub fn render_all<M: Message + Name>(message: &M) -> Value {
+    rendered::<M>(routing::xds::json_out::to_json_with_defaults(message))
+}
+
+fn rendered<M: Name>(r: Result<Value, routing::xds::json::JsonError>) -> Value {
+    r.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "admin: cannot render {}", M::full_name());
+        Value::Object(Default::default())
+    })
+}
+
+/// The Envoy-format endpoints of the admin listener.
+impl Admin {
+    /// `/config_dump` as Envoy's `ConfigDump` (see [`envoy_admin`]).
+    pub(super) fn envoy_config_dump(&self, req: &Request<Incoming>) -> Response<Body> {
+        let pairs = query_pairs(req);
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, _)| !matches!(k.as_str(), "mask" | "include_eds" | "format"))
+        {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "/config_dump: ?{k}= is not supported (mask, include_eds, format=waypoint are)"
+                ),
+            );
+        }
+        let status = &self.telemetry.status;
+        let xds = status.xds_resources();
+        let snapshot = status.dataplane().map(|dp| dp.snapshot.load_full());
+        let source = match (&xds, &snapshot) {
+            (Some(state), _) => DumpSource::Xds(state),
+            (None, Some(s)) if status.xds().is_none() => DumpSource::Files(s),
+            _ => DumpSource::Nothing,
+        };
+        let include_eds = pairs.iter().any(|(k, _)| k == "include_eds");
+        let dump = config_dump(status.node(), source, include_eds);
+        let mut value = render(&dump);
+        if let Some((_, mask)) = pairs.iter().find(|(k, _)| k == "mask") {
+            apply_mask(&mut value, mask);
+        }
+        json_reply(&value)
+    }
+
+    pub(super) fn clusters(&self, req: &Request<Incoming>) -> Response<Body> {
+        let snapshot = self
+            .telemetry
+            .status
+            .dataplane()
+            .map(|dp| dp.snapshot.load_full())
+            .unwrap_or_else(|| Arc::new(routing::Snapshot::empty()));
+        if query_has(req, "format", "json") {
+            json_reply(&render_all(&clusters(&snapshot)))
+        } else {
+            text(StatusCode::OK, clusters_text(&snapshot))
+        }
+    }
+
+    pub(super) fn server_state(&self) -> envoy_types::pb::envoy::admin::v3::server_info::State {
+        use envoy_types::pb::envoy::admin::v3::server_info::State;
+        let status = &self.telemetry.status;
+        if status.is_draining() {
+            State::Draining
+        } else if status.readiness().is_ok() {
+            State::Live
+        } else {
+            State::Initializing
+        }
+    }
+
+    /// `POST /quitquitquit`: the process drains and exits as on SIGTERM.
+    pub(super) fn quit(&self, req: &Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /quitquitquit");
+        }
+        tracing::warn!("admin: /quitquitquit: draining and exiting");
+        // The signal goes once this reply had time to leave: with no connection to drain the
+        // process exits at once, and the caller must still read "OK".
+        tokio::spawn(async {
+            tokio::time::sleep(QUIT_REPLY_GRACE).await;
+            if let Err(e) = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::TERM,
+            ) {
+                tracing::error!(error = %e, "admin: /quitquitquit: cannot signal the process");
+            }
+        });
+        text(StatusCode::OK, "OK")
+    }
+}
