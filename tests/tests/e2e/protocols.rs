@@ -62,6 +62,51 @@ async fn grpc_over_h2c_inside_a_tunnel() {
     assert_eq!(metrics.value("istio_requests", &grpc), 1.0);
 }
 
+/// Istio's gRPC message counters: a client stream of three messages answered with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_are_counted_each_way() {
+    let yaml = service_yaml("echo", "10.0.0.40", 9090, "grpc")
+        + &workload_yaml("echo-v1", "@1", "echo", "v1", "echo");
+    let mesh = Mesh::start(&yaml).await;
+    let tunnel = mesh
+        .client()
+        .tunnel("10.0.0.40:9090".parse().unwrap())
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tunnel))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut frames = BytesMut::new();
+    for m in [&b"one"[..], b"", b"three"] {
+        frames.put_u8(0);
+        frames.put_u32(m.len() as u32);
+        frames.put_slice(m);
+    }
+    let req = http::Request::post("http://echo:9090/echo.Echo/Collect")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(frames.freeze()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    mesh.wait_for_log_lines(1).await;
+    let admin = mesh.admin().await;
+    let metrics = waypoint_tests::scrape(admin.addr).await;
+    let grpc = [
+        ("request_protocol", "grpc"),
+        ("destination_service", "echo.default.svc.cluster.local"),
+    ];
+    assert_eq!(metrics.value("istio_request_messages", &grpc), 3.0);
+    assert_eq!(metrics.value("istio_response_messages", &grpc), 1.0);
+    // Plain HTTP has no message series.
+    assert!(metrics
+        .samples("istio_request_messages", &[("request_protocol", "http")])
+        .is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_passed_through() {
     let yaml = service_yaml("chat", "10.0.0.50", 8080, "http")

@@ -25,6 +25,11 @@ pub struct RequestCtx {
     /// (hostname, namespace) of the service the request addressed.
     pub(super) service: Option<(String, String)>,
     pub(super) grpc_status: Option<String>,
+    /// A gRPC request's messages in each direction, counted as its bodies pass.
+    pub(super) grpc_messages: Option<(
+        super::grpc_frames::GrpcFrames,
+        super::grpc_frames::GrpcFrames,
+    )>,
     /// The matched VirtualService route (its timeout, retries, header operations, CORS).
     pub(super) route: Option<Arc<routing::HttpRoute>>,
     /// The retry policy of the port's default route, when the request took it.
@@ -98,6 +103,7 @@ impl RequestCtx {
             protocol: Protocol::Unknown,
             service: None,
             grpc_status: None,
+            grpc_messages: None,
             route: None,
             default_retries: None,
             destination: None,

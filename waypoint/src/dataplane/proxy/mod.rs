@@ -20,6 +20,7 @@ use crate::transport::hbone::TunnelPool;
 mod authz;
 mod ctx;
 pub mod ext_authz;
+mod grpc_frames;
 mod http1;
 pub(crate) mod jwt;
 mod peer;
@@ -87,7 +88,15 @@ impl ProxyHttp for Waypoint {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.route_request(session, ctx).await
+        let done = self.route_request(session, ctx).await?;
+        // gRPC (by its port's protocol or its content type): count its messages.
+        if ctx.protocol == routing::Protocol::Grpc
+            || request::header_str(session.req_header(), "content-type")
+                .starts_with("application/grpc")
+        {
+            ctx.grpc_messages = Some(Default::default());
+        }
+        Ok(done)
     }
 
     async fn upstream_peer(
@@ -200,10 +209,13 @@ impl ProxyHttp for Waypoint {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
+        body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let (Some((_, out)), Some(chunk)) = (ctx.grpc_messages.as_mut(), body.as_ref()) {
+            out.feed(chunk);
+        }
         if end_of_stream {
             self.response_complete(ctx);
         }
@@ -217,6 +229,9 @@ impl ProxyHttp for Waypoint {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some((into, _)), Some(chunk)) = (ctx.grpc_messages.as_mut(), body.as_ref()) {
+            into.feed(chunk);
+        }
         if !ctx.mirror_taps.is_empty() {
             if let Some(chunk) = body.as_ref().filter(|c| !c.is_empty()) {
                 ctx.mirror_taps.retain_mut(|tap| tap.push(chunk));

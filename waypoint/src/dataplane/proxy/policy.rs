@@ -272,6 +272,9 @@ impl Waypoint {
             ctx.started.elapsed().as_secs_f64() * 1000.0,
             session.body_bytes_read() as u64,
             session.body_bytes_sent() as u64,
+            ctx.grpc_messages
+                .as_ref()
+                .map(|(into, out)| (into.messages, out.messages)),
         );
     }
 }

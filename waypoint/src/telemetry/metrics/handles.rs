@@ -9,14 +9,26 @@ pub(super) struct RequestHandles {
     pub(super) duration: AtomicHistogram,
     pub(super) request_bytes: AtomicHistogram,
     pub(super) response_bytes: AtomicHistogram,
+    /// gRPC label sets only: `istio_request_messages_total`, `istio_response_messages_total`.
+    pub(super) messages: Option<(Counter, Counter)>,
 }
 
 impl RequestHandles {
-    pub(super) fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+    pub(super) fn record(
+        &self,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+        messages: Option<(u64, u64)>,
+    ) {
         self.requests.inc();
         self.duration.observe(duration_ms);
         self.request_bytes.observe(request_bytes as f64);
         self.response_bytes.observe(response_bytes as f64);
+        if let (Some((into, out)), Some((sent, received))) = (&self.messages, messages) {
+            into.inc_by(sent);
+            out.inc_by(received);
+        }
     }
 }
 

@@ -210,6 +210,8 @@ pub struct IstioMetrics {
     duration: Family<RequestLabels, AtomicHistogram>,
     request_bytes: Family<RequestLabels, AtomicHistogram>,
     response_bytes: Family<RequestLabels, AtomicHistogram>,
+    request_messages: Family<RequestLabels, Counter>,
+    response_messages: Family<RequestLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
@@ -242,6 +244,8 @@ impl IstioMetrics {
             duration: Family::new_with_constructor(istio_histogram),
             request_bytes: Family::new_with_constructor(istio_histogram),
             response_bytes: Family::new_with_constructor(istio_histogram),
+            request_messages: Family::default(),
+            response_messages: Family::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
             tcp_sent: Family::default(),
@@ -275,6 +279,16 @@ impl IstioMetrics {
         for (name, help, family) in histograms {
             registry.register(name, help, family.clone());
         }
+        registry.register(
+            "istio_request_messages",
+            "gRPC messages the client sent (Istio's, as Envoy's gRPC frame counting feeds it)",
+            self.request_messages.clone(),
+        );
+        registry.register(
+            "istio_response_messages",
+            "gRPC messages the server sent",
+            self.response_messages.clone(),
+        );
         let tcp = [
             (
                 "istio_tcp_connections_opened",
@@ -314,7 +328,7 @@ impl IstioMetrics {
             connection_security_policy: MUTUAL_TLS,
         };
         self.handles(&labels)
-            .record(r.duration_ms, r.request_bytes, r.response_bytes);
+            .record(r.duration_ms, r.request_bytes, r.response_bytes, None);
     }
 
     fn handles(&self, labels: &RequestLabels) -> RequestHandles {
@@ -323,6 +337,12 @@ impl IstioMetrics {
             duration: self.duration.get_or_create(labels).clone(),
             request_bytes: self.request_bytes.get_or_create(labels).clone(),
             response_bytes: self.response_bytes.get_or_create(labels).clone(),
+            messages: (labels.request_protocol == "grpc").then(|| {
+                (
+                    self.request_messages.get_or_create(labels).clone(),
+                    self.response_messages.get_or_create(labels).clone(),
+                )
+            }),
         }
     }
 
@@ -335,6 +355,7 @@ impl IstioMetrics {
         duration_ms: f64,
         request_bytes: u64,
         response_bytes: u64,
+        grpc_messages: Option<(u64, u64)>,
     ) {
         let hash = key_hash(self.id, &key);
         let hit = HANDLES.with(|cache| {
@@ -343,7 +364,9 @@ impl IstioMetrics {
                 .get(&hash)?
                 .iter()
                 .find(|(k, _)| k.matches(self.id, &key))?;
-            found.1.record(duration_ms, request_bytes, response_bytes);
+            found
+                .1
+                .record(duration_ms, request_bytes, response_bytes, grpc_messages);
             Some(())
         });
         if hit.is_some() {
@@ -368,7 +391,7 @@ impl IstioMetrics {
             connection_security_policy: MUTUAL_TLS,
         };
         let handles = self.handles(&labels);
-        handles.record(duration_ms, request_bytes, response_bytes);
+        handles.record(duration_ms, request_bytes, response_bytes, grpc_messages);
         HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();
             if cache.len() >= HANDLE_CACHE_ENTRIES {

@@ -199,7 +199,7 @@ fn handles_are_cached_per_key_and_expose_the_same_series() {
     for _ in 0..100 {
         cached
             .istio
-            .record_request_key(key(&t, &e1, 200, ""), 3.0, 10, 20);
+            .record_request_key(key(&t, &e1, 200, ""), 3.0, 10, 20, None);
     }
     assert_eq!(
         cached.istio.label_builds(),
@@ -208,19 +208,19 @@ fn handles_are_cached_per_key_and_expose_the_same_series() {
     );
     cached
         .istio
-        .record_request_key(key(&t, &e2, 200, ""), 3.0, 10, 20);
+        .record_request_key(key(&t, &e2, 200, ""), 3.0, 10, 20, None);
     cached
         .istio
-        .record_request_key(key(&t, &e1, 503, "UF"), 3.0, 10, 20);
+        .record_request_key(key(&t, &e1, 503, "UF"), 3.0, 10, 20, None);
     cached
         .istio
-        .record_request_key(key(&t, &e1, 503, "UF"), 3.0, 10, 20);
+        .record_request_key(key(&t, &e1, 503, "UF"), 3.0, 10, 20, None);
     assert_eq!(cached.istio.label_builds(), 3);
     // Another instance on the same thread does not share handles.
     let other = Metrics::default();
     other
         .istio
-        .record_request_key(key(&t, &e1, 200, ""), 3.0, 10, 20);
+        .record_request_key(key(&t, &e1, 200, ""), 3.0, 10, 20, None);
     assert_eq!(other.istio.label_builds(), 1);
     let text = other.render();
     let total = text
