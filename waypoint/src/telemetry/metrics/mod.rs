@@ -23,6 +23,7 @@ use crate::dataplane::tunnel::TunnelInfo;
 
 mod handles;
 mod histogram;
+pub mod process;
 
 use handles::{key_hash, CachedKey, RequestHandles, HANDLES};
 pub use handles::{RequestKey, HANDLE_CACHE_ENTRIES};

@@ -279,6 +279,7 @@ impl Telemetry {
             Box::new(crate::dataplane::overload::OverloadCollector(
                 overload.clone(),
             )),
+            Box::new(crate::telemetry::metrics::process::ProcessCollector),
         ]));
         Self {
             metrics,
