@@ -42,7 +42,7 @@ pub use hash::{
     SimpleHashRequest,
 };
 pub use hosts::{expand_host, normalize_authority, CLUSTER_DOMAIN};
-pub use lb::{cluster_name, ActiveGuard, Cluster, ClusterEndpoint};
+pub use lb::{cluster_name, ActiveGuard, Cluster, ClusterEndpoint, ClusterStats};
 pub use matching::{query_param, Miss, RequestView, SimpleRequest};
 pub use model::{
     labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, Locality,

@@ -82,15 +82,28 @@ impl fmt::Display for Overflow {
 
 impl std::error::Error for Overflow {}
 
-/// Counters of one cluster.
+/// Counters of one cluster: units in use, and since start the overflows of each resource and
+/// the retries let through (Envoy's `upstream_rq_retry`).
 #[derive(Debug, Default)]
 pub(crate) struct PoolCounters {
     counts: [AtomicU64; 4],
+    overflows: [AtomicU64; 4],
+    retries: AtomicU64,
 }
 
 impl PoolCounters {
     pub(crate) fn in_use(&self, r: PoolResource) -> u64 {
         self.counts[r.index()].load(Ordering::Relaxed)
+    }
+
+    /// Times `r`'s limit refused a unit.
+    pub(crate) fn overflows(&self, r: PoolResource) -> u64 {
+        self.overflows[r.index()].load(Ordering::Relaxed)
+    }
+
+    /// Retries the retry budget let through.
+    pub(crate) fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Take one unit of `r` if fewer than `limit` are in use.
@@ -103,11 +116,19 @@ impl PoolCounters {
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < u64::from(limit)).then_some(n + 1)
             })
-            .map(|_| PoolGuard {
-                counters: Some(self.clone()),
-                resource: r,
+            .map(|_| {
+                if r == PoolResource::Retry {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                PoolGuard {
+                    counters: Some(self.clone()),
+                    resource: r,
+                }
             })
-            .map_err(|_| Overflow { resource: r, limit })
+            .map_err(|_| {
+                self.overflows[r.index()].fetch_add(1, Ordering::Relaxed);
+                Overflow { resource: r, limit }
+            })
     }
 }
 

@@ -36,6 +36,8 @@ pub struct ClusterRuntime {
     pub(crate) origin: Instant,
     /// Serializes ejection decisions (the max-ejection-percent check).
     pub(crate) eject_lock: Mutex<()>,
+    /// Ejections made since start (Envoy's `outlier_detection.ejections_enforced_total`).
+    pub(crate) ejections: std::sync::atomic::AtomicU64,
 }
 
 impl ClusterRuntime {
@@ -46,6 +48,7 @@ impl ClusterRuntime {
             pool: Arc::new(PoolCounters::default()),
             origin,
             eject_lock: Mutex::new(()),
+            ejections: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }

@@ -29,6 +29,24 @@ impl Cluster {
         }
     }
 
+    /// What Envoy's cluster statistics count, since start (they survive reloads with the
+    /// cluster's runtime state).
+    pub fn stats(&self, now: Instant) -> ClusterStats {
+        use crate::pool::PoolResource::*;
+        let pool = &self.runtime.pool;
+        ClusterStats {
+            upstream_rq_retry: pool.retries(),
+            upstream_rq_retry_overflow: pool.overflows(Retry),
+            upstream_cx_overflow: pool.overflows(Connection),
+            upstream_rq_pending_overflow: pool.overflows(PendingRequest) + pool.overflows(Request),
+            ejections_enforced_total: self
+                .runtime
+                .ejections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ejections_active: self.ejected(now).len() as u64,
+        }
+    }
+
     /// Targets ejected at `now`.
     pub fn ejected(&self, now: Instant) -> Vec<SocketAddr> {
         let Some(s) = self.outlier.as_ref() else {
@@ -72,6 +90,9 @@ impl Cluster {
             }
             if may_eject(ejected, self.endpoints.len(), s.max_ejection_percent) {
                 let duration = h.eject(now, s);
+                self.runtime
+                    .ejections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 result = Some(Ejection {
                     target,
                     kind,
@@ -83,4 +104,21 @@ impl Cluster {
         }
         result
     }
+}
+
+/// One cluster's statistics under Envoy's names (`envoy_cluster_<name>{cluster_name}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Retries made.
+    pub upstream_rq_retry: u64,
+    /// Retries not made: `http.maxRetries` was reached.
+    pub upstream_rq_retry_overflow: u64,
+    /// `tcp.maxConnections` refused a connection.
+    pub upstream_cx_overflow: u64,
+    /// `http.http1MaxPendingRequests` or `http.http2MaxRequests` refused a request.
+    pub upstream_rq_pending_overflow: u64,
+    /// Outlier ejections made.
+    pub ejections_enforced_total: u64,
+    /// Endpoints ejected now.
+    pub ejections_active: u64,
 }

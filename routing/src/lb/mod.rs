@@ -47,6 +47,7 @@
 //! [`crate::Snapshot::carry_over_state`] with the old one, then publish it.
 
 mod health;
+pub use health::ClusterStats;
 mod levels;
 mod pick;
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! operations, timeout (504 UT), retries on 5xx landing on another endpoint, faults, CORS
 //! preflight and mirroring.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use waypoint_tests::{reviews_yaml, sim, Mesh};
@@ -109,11 +110,34 @@ async fn route_actions_on_live_traffic() {
     );
 
     // reviews-v1 answers 500: the retry lands on another endpoint and the client sees 200.
+    let v1_before = mesh
+        .app("reviews-v1")
+        .stats
+        .requests
+        .load(Ordering::Relaxed);
     for _ in 0..6 {
         let (p, _) = request(&mesh, "GET", "/flaky", &[("x-fail-on", "reviews-v1")]).await;
         assert_eq!(p.status, 200);
         assert_ne!(p.headers["x-pod"], "reviews-v1");
     }
+    // Each 500 from v1 was retried: Envoy's cluster counter says so, under Envoy's name.
+    let retried = mesh
+        .app("reviews-v1")
+        .stats
+        .requests
+        .load(Ordering::Relaxed)
+        - v1_before;
+    assert!(retried >= 1, "round robin reaches v1 in 6 requests");
+    let scrape = waypoint_tests::scrape(mesh.admin().await.addr).await;
+    let retries: f64 = scrape
+        .samples("envoy_cluster_upstream_rq_retry", &[])
+        .iter()
+        .map(|s| match &s.value {
+            openmetrics_parser::OpenMetricsValue::Unknown(n) => n.as_f64(),
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(retries, retried as f64);
 
     // reviews-v1 reads the whole request, then drops the connection (a reset after the request
     // was sent). `retryOn: reset` retries it on another endpoint, body replayed, whatever the

@@ -126,6 +126,16 @@ async fn connection_pool_overflow_is_503_uo() {
         serde_json::Value::Null,
         "no endpoint was tried"
     );
+    // Envoy's cluster counter of requests the circuit breaker refused.
+    let cluster = overflowed[0]["upstream_cluster"].as_str().unwrap();
+    let scrape = waypoint_tests::scrape(mesh.admin().await.addr).await;
+    assert_eq!(
+        scrape.value(
+            "envoy_cluster_upstream_rq_pending_overflow",
+            &[("cluster_name", cluster)]
+        ),
+        overflowed.len() as f64
+    );
 }
 
 fn reuses(mesh: &Mesh) -> u64 {
@@ -334,6 +344,22 @@ async fn outlier_detection_ejects_and_returns_an_endpoint() {
         *served.entry(pod).or_insert(0) += 1;
     }
     assert!(!served.contains_key("reviews-v2"), "{served:?}");
+    let scrape = waypoint_tests::scrape(mesh.admin().await.addr).await;
+    let cluster = [(
+        "cluster_name",
+        "inbound-vip|9080|http|reviews.default.svc.cluster.local",
+    )];
+    assert_eq!(
+        scrape.value("envoy_cluster_outlier_detection_ejections_active", &cluster),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(
+            "envoy_cluster_outlier_detection_ejections_enforced_total",
+            &cluster
+        ),
+        1.0
+    );
     // After the base ejection time (and the next interval tick) it returns.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let mut back = false;

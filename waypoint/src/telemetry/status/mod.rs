@@ -16,6 +16,7 @@ use crate::telemetry::splits::{SplitAudit, SplitCollector};
 use crate::transport::hbone::server::HboneServer;
 use crate::transport::hbone::TunnelPool;
 
+mod clusters;
 mod health;
 
 pub use health::ProxyHealth;
@@ -272,6 +273,7 @@ impl Telemetry {
         let overload = Arc::new(crate::dataplane::overload::Overload::default());
         let metrics = Arc::new(Metrics::new(vec![
             Box::new(ProxyHealth(status.clone())),
+            Box::new(clusters::ClusterCollector(status.clone())),
             Box::new(SplitCollector(splits.clone())),
             Box::new(crate::transport::listen::ListenerCollector(
                 listeners.clone(),
