@@ -88,6 +88,11 @@ pub struct DemoArgs {
     /// or a free port when 15008 is taken there.
     #[arg(long)]
     pub hbone_port: Option<u16>,
+    /// After the report, keep the demo running with steady traffic and serve the live canary
+    /// page (and the other admin endpoints) on this address; its URL is printed. Ends on
+    /// Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:15000")]
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 pub fn main_with(cli: Cli) -> anyhow::Result<()> {
@@ -118,6 +123,7 @@ pub fn main_with(cli: Cli) -> anyhow::Result<()> {
                 args.concurrency,
                 args.config.as_deref(),
                 args.hbone_port,
+                args.ui,
             ))
         }
         Command::Run(args) => crate::commands::run::run((*args).into(), logs),

@@ -70,6 +70,8 @@ pub struct BenchOptions {
     pub request_headers_timeout: Option<std::time::Duration>,
     /// How long a write to a client may wait for its window.
     pub send_timeout: Option<std::time::Duration>,
+    /// The split audit's window (`/splits`, the canary page).
+    pub split_window: std::time::Duration,
 }
 
 impl Default for BenchOptions {
@@ -86,6 +88,7 @@ impl Default for BenchOptions {
             upstream: Default::default(),
             request_headers_timeout: Some(crate::app::DEFAULT_REQUEST_HEADERS_TIMEOUT),
             send_timeout: Some(crate::app::DEFAULT_SEND_TIMEOUT),
+            split_window: crate::telemetry::status::SPLIT_WINDOW,
         }
     }
 }
@@ -137,6 +140,7 @@ impl Bench {
             upstream,
             request_headers_timeout,
             send_timeout,
+            split_window,
         } = opts;
         crate::control::identity::install_crypto_provider();
         let ca = Ca::new("waypoint demo mesh")?;
@@ -201,7 +205,15 @@ impl Bench {
             access_log_template.as_deref(),
             Sink::Memory(access_lines.clone()),
         )?);
-        let app = Arc::new(App::new(cert.workload, snapshot, &settings, log)?);
+        let telemetry = crate::telemetry::status::Telemetry::new("Kubernetes", split_window);
+        let app = Arc::new(App::with_telemetry(
+            cert.workload,
+            snapshot,
+            &settings,
+            log,
+            telemetry,
+            "files",
+        )?);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let waypoint_addr = listener.local_addr()?;
         let (shutdown, watch) = tokio::sync::watch::channel(false);
@@ -386,6 +398,7 @@ pub async fn run(
     concurrency: usize,
     config: Option<&std::path::Path>,
     hbone_port: Option<u16>,
+    ui: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let snapshot = match config {
         Some(dir) => routing::load_dir(dir, TRUST_DOMAIN).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -418,7 +431,18 @@ pub async fn run(
         _ => vec![SplitRow::new(&snapshot, &host, port, None, 100)],
     };
     let hbone_port = pick_hbone_port(&snapshot, hbone_port)?;
-    let bench = Bench::start(snapshot, hbone_port.port, Format::Text)
+    let opts = BenchOptions {
+        hbone_port: hbone_port.port,
+        format: Format::Text,
+        // The canary page's chart moves every few seconds.
+        split_window: if ui.is_some() {
+            crate::commands::demo_ui::WINDOW
+        } else {
+            crate::telemetry::status::SPLIT_WINDOW
+        },
+        ..Default::default()
+    };
+    let bench = Bench::start_with(snapshot, opts)
         .await
         .context("starting the loopback mesh (are the pods' app ports free?)")?;
     if let Some(note) = hbone_port.note {
@@ -508,6 +532,10 @@ pub async fn run(
     );
     if report.failures > 0 {
         bail!("{} requests failed", report.failures);
+    }
+    if let Some(listen) = ui {
+        let authority = format!("{}:{port}", host.split('.').next().unwrap_or(&host));
+        crate::commands::demo_ui::serve(&bench, &client, vip, &authority, listen).await?;
     }
     Ok(())
 }

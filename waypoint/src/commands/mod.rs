@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cli;
 pub mod curl;
 pub mod demo;
+pub mod demo_ui;
 pub mod explain;
 pub mod manifest;
 pub mod output;

@@ -447,9 +447,7 @@ pub(crate) async fn watch_config(app: Arc<App>, args: RunConfig) {
                 last_error = None;
             }
             Ok(Ok(Found::Missing(why) | Found::Invalid(why))) => {
-                status
-                    .config_rejections
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                status.reject_config(why.replace('\n', "; "));
                 if last_error.as_ref() != Some(&why) {
                     // One log line per rejection, however many problems it has.
                     let problems = why.replace('\n', "; ");

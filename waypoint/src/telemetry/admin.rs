@@ -251,6 +251,7 @@ impl Admin {
             }
             (Role::Admin, "/config_dump") => self.envoy_config_dump(req),
             (Role::Admin, "/clusters") => self.clusters(req),
+            (Role::Admin, "/stats") => self.stats(req),
             (Role::Admin, "/server_info") => json_reply(&envoy_admin::server_info(
                 self.telemetry.status.node(),
                 self.server_state(),
@@ -264,11 +265,17 @@ impl Admin {
             (Role::Admin, "/logging") => self.logging(req),
             (Role::Admin, "/access_log") => self.access_log(req),
             (Role::Admin, "/splits") => self.splits(req),
+            (Role::Admin, "/ui") => reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                crate::telemetry::ui::PAGE,
+            ),
+            (Role::Admin, "/ui/data") => json_reply(&crate::telemetry::ui::data(&self.telemetry)),
             (Role::Admin, "/") => text(
                 StatusCode::OK,
                 "waypoint admin: /ready /config_dump[?mask=…&include_eds|?format=waypoint] \
-                 /clusters[?format=json] /server_info /certs /memory /quitquitquit (POST) \
-                 /logging /access_log /splits /stats/prometheus",
+                 /clusters[?format=json] /stats[?format=json&filter=…&usedonly] /server_info /certs /memory /quitquitquit (POST) \
+                 /logging /access_log /splits /ui /stats/prometheus",
             ),
             _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
         }

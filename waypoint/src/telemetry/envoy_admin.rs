@@ -488,6 +488,81 @@ impl Admin {
         }
     }
 
+    /// `/stats`: Envoy's statistics the waypoint keeps, as Envoy's text (`name: value`, sorted)
+    /// or `?format=json`; `?filter=<regex>` keeps the matching names, `?usedonly` the non-zero.
+    pub(super) fn stats(&self, req: &Request<Incoming>) -> Response<Body> {
+        let pairs = query_pairs(req);
+        let filter = match pairs.iter().find(|(k, _)| k == "filter") {
+            Some((_, f)) => match regex::Regex::new(f) {
+                Ok(r) => Some(r),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("filter {f:?}: {e}")),
+            },
+            None => None,
+        };
+        let used_only = pairs.iter().any(|(k, _)| k == "usedonly");
+        let status = &self.telemetry.status;
+        let mut stats: Vec<(String, u64)> = vec![
+            ("server.live".into(), u64::from(status.readiness().is_ok())),
+            ("server.state".into(), self.server_state() as u64),
+            ("server.uptime".into(), status.uptime().as_secs()),
+        ];
+        {
+            use tikv_jemalloc_ctl::{epoch, stats as je};
+            let _ = epoch::advance();
+            let read = |r: tikv_jemalloc_ctl::Result<usize>| r.unwrap_or(0) as u64;
+            stats.push((
+                "server.memory_allocated".into(),
+                read(je::allocated::read()),
+            ));
+            stats.push(("server.memory_heap_size".into(), read(je::mapped::read())));
+        }
+        if let Some(dp) = status.dataplane() {
+            let snapshot = dp.snapshot.load_full();
+            let clusters = snapshot.clusters();
+            stats.push((
+                "cluster_manager.active_clusters".into(),
+                clusters.len() as u64,
+            ));
+            let now = std::time::Instant::now();
+            for c in clusters {
+                let s = c.stats(now);
+                for (stat, v) in [
+                    ("upstream_rq_retry", s.upstream_rq_retry),
+                    ("upstream_rq_retry_overflow", s.upstream_rq_retry_overflow),
+                    ("upstream_cx_overflow", s.upstream_cx_overflow),
+                    (
+                        "upstream_rq_pending_overflow",
+                        s.upstream_rq_pending_overflow,
+                    ),
+                    (
+                        "outlier_detection.ejections_enforced_total",
+                        s.ejections_enforced_total,
+                    ),
+                    ("outlier_detection.ejections_active", s.ejections_active),
+                    ("membership_total", c.endpoints.len() as u64),
+                ] {
+                    stats.push((format!("cluster.{}.{stat}", c.name), v));
+                }
+            }
+        }
+        stats.retain(|(name, v)| {
+            (!used_only || *v != 0) && filter.as_ref().is_none_or(|f| f.is_match(name))
+        });
+        stats.sort();
+        if query_has(req, "format", "json") {
+            let stats: Vec<Value> = stats
+                .iter()
+                .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                .collect();
+            return json_reply(&serde_json::json!({ "stats": stats }));
+        }
+        let mut out = String::new();
+        for (name, value) in stats {
+            out.push_str(&format!("{name}: {value}\n"));
+        }
+        text(StatusCode::OK, out)
+    }
+
     pub(super) fn server_state(&self) -> envoy_types::pb::envoy::admin::v3::server_info::State {
         use envoy_types::pb::envoy::admin::v3::server_info::State;
         let status = &self.telemetry.status;

@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod splits;
 pub mod status;
 pub mod throttle;
+pub mod ui;

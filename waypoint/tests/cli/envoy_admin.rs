@@ -122,6 +122,30 @@ async fn envoy_admin_endpoints_as_istioctl_reads_them() {
         "{text}"
     );
 
+    // /stats: Envoy's text, filters, JSON.
+    let (_, stats) = waypoint_tests::http_request(admin, "GET", "/stats").await;
+    assert!(stats.contains("server.live: 1\n"), "{stats}");
+    assert!(
+        stats.contains(&format!("cluster.{RATINGS}.membership_total: 1\n")),
+        "{stats}"
+    );
+    let (_, server) =
+        waypoint_tests::http_request(admin, "GET", "/stats?filter=%5Eserver%5C.").await;
+    assert!(
+        !server.is_empty() && server.lines().all(|l| l.starts_with("server.")),
+        "{server}"
+    );
+    let (_, used) = waypoint_tests::http_request(admin, "GET", "/stats?usedonly").await;
+    assert!(used.lines().all(|l| !l.ends_with(": 0")), "{used}");
+    let json = get_json(admin, "/stats?format=json&filter=membership").await;
+    assert!(json["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == format!("cluster.{RATINGS}.membership_total") && s["value"] == 1));
+    let (status, _) = waypoint_tests::http_request(admin, "GET", "/stats?filter=(").await;
+    assert_eq!(status, 400);
+
     // /server_info, /certs, /memory.
     let info = get_json(admin, "/server_info").await;
     assert_eq!(info["state"], "LIVE");

@@ -6,6 +6,7 @@ mod common;
 mod abuse;
 mod binary;
 mod binary_identity;
+mod canary_ui;
 mod certs_curl;
 mod config_load;
 mod config_reload;

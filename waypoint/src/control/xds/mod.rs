@@ -143,14 +143,13 @@ impl XdsHandler {
     /// Resources set aside while the rest of the candidate serves: counted, logged once per
     /// distinct refusal, NACKed.
     fn refuse(&mut self, refused: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
-        self.status
-            .config_rejections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let problems = refused
             .iter()
             .map(|r| r.to_string())
             .collect::<Vec<_>>()
             .join("; ");
+        self.status
+            .reject_config(format!("xDS: refused {problems}"));
         if self.logged.insert(format!("refused: {problems}")) {
             warn!(
                 "xDS: refused (NACK) {} resource(s); the rest of the update serves, each refused \
@@ -165,10 +164,9 @@ impl XdsHandler {
     }
 
     fn reject(&self, rejections: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
-        self.status
-            .config_rejections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let problems: Vec<String> = rejections.iter().map(|r| r.to_string()).collect();
+        self.status
+            .reject_config(format!("xDS: rejected {}", problems.join("; ")));
         warn!(
             "xDS update rejected (NACK), the last good config keeps serving: {}",
             problems.join("; ")

@@ -25,6 +25,8 @@ pub struct RequestCtx {
     /// (hostname, namespace) of the service the request addressed.
     pub(super) service: Option<(String, String)>,
     pub(super) grpc_status: Option<String>,
+    /// A weighted route's pick, finished with the request's outcome (the canary page).
+    pub(super) split: Option<crate::telemetry::splits::SplitTicket>,
     /// A gRPC request's messages in each direction, counted as its bodies pass.
     pub(super) grpc_messages: Option<(
         super::grpc_frames::GrpcFrames,
@@ -104,6 +106,7 @@ impl RequestCtx {
             service: None,
             grpc_status: None,
             grpc_messages: None,
+            split: None,
             route: None,
             default_retries: None,
             destination: None,

@@ -312,6 +312,9 @@ impl ProxyHttp for Waypoint {
         let req = session.req_header();
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
         let flags = ctx.outcome.flags.render();
+        if let Some(split) = ctx.split.take() {
+            split.finish(code, ctx.started.elapsed());
+        }
         // The identity the upstream proved (beats the one the snapshot knew ahead).
         let proved = ctx
             .lease

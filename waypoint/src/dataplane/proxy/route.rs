@@ -211,7 +211,7 @@ impl Waypoint {
                         .await;
                 };
                 if SplitAudit::audits(&route.destinations) {
-                    self.telemetry.splits.record(
+                    ctx.split = self.telemetry.splits.record(
                         &service.hostname,
                         &route.name,
                         &route.destinations,

@@ -72,6 +72,8 @@ pub struct Status {
     xds_resources: Mutex<Option<xds_client::ResourceState>>,
     /// The node this waypoint is (sent to istiod; the bootstrap of `/config_dump`).
     node: OnceLock<xds_client::pb::envoy::config::core::v3::Node>,
+    /// The last config update refused, with when (seconds since the Unix epoch).
+    last_rejection: Mutex<Option<(f64, String)>>,
     /// When the process started (`/server_info`'s uptime).
     started: OnceLock<std::time::Instant>,
 }
@@ -89,6 +91,21 @@ impl Status {
         let status = Self::default();
         let _ = status.started.set(std::time::Instant::now());
         Arc::new(status)
+    }
+
+    /// A config update was refused (the last good config keeps serving): counted, and kept as
+    /// the last rejection (the canary page shows it).
+    pub fn reject_config(&self, why: String) {
+        self.config_rejections.fetch_add(1, Ordering::Relaxed);
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        *self.last_rejection.lock() = Some((at, why));
+    }
+
+    pub fn last_rejection(&self) -> Option<(f64, String)> {
+        self.last_rejection.lock().clone()
     }
 
     /// The last complete xDS state accepted, for `/config_dump`.

@@ -20,10 +20,54 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use routing::RouteDestination;
 use serde::Serialize;
 
+pub mod outcome;
+pub use outcome::SplitTicket;
+
 /// Buckets the window is cut into; the window slides by one bucket width.
 const BUCKETS: u32 = 30;
 /// Ring slots per destination: the window's buckets and the current one.
 const SLOTS: usize = BUCKETS as usize + 1;
+
+/// A ring of per-bucket counts: slot `b % SLOTS` holds bucket `b`, its index (low 32 bits) in
+/// the high half and its count in the low half, swapped in one compare-and-swap when a newer
+/// bucket reuses the slot.
+type Ring = [AtomicU64; SLOTS];
+
+fn ring() -> Ring {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// Count one in `bucket`.
+fn bump(ring: &Ring, bucket: u64) {
+    let slot = &ring[(bucket % SLOTS as u64) as usize];
+    let tag = (bucket as u32 as u64) << 32;
+    let mut cur = slot.load(Ordering::Relaxed);
+    loop {
+        let next = if cur & !0xffff_ffff == tag {
+            cur.wrapping_add(1) & 0xffff_ffff | tag
+        } else if ((cur >> 32) as u32).wrapping_sub(bucket as u32) as i32 > 0 {
+            // This thread stalled for a whole ring: the slot holds a newer bucket already, and
+            // this bucket has left the window.
+            return;
+        } else {
+            tag | 1
+        };
+        match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// The count of `bucket` (0 once its slot holds another bucket).
+fn count(ring: &Ring, bucket: u64) -> u64 {
+    let v = ring[(bucket % SLOTS as u64) as usize].load(Ordering::Relaxed);
+    if v >> 32 == u64::from(bucket as u32) {
+        v & 0xffff_ffff
+    } else {
+        0
+    }
+}
 
 /// One destination's counters: atomics, so that requests never wait on each other.
 #[derive(Debug)]
@@ -32,9 +76,12 @@ struct DestCount {
     subset: Option<String>,
     port: Option<u16>,
     total: AtomicU64,
-    /// Slot `b % SLOTS` holds bucket `b`: its index (low 32 bits) in the high half, its count in
-    /// the low half, swapped in one compare-and-swap when a newer bucket reuses the slot.
-    ring: [AtomicU64; SLOTS],
+    /// Requests the route sent here, per bucket.
+    ring: Ring,
+    /// Of those that finished, the failed ones (5xx or no response) and their latencies by
+    /// Istio's duration buckets, per bucket of their end (see [`outcome`]).
+    errors: Ring,
+    latency: Box<[Ring; outcome::LATENCY_SLOTS]>,
 }
 
 impl DestCount {
@@ -44,7 +91,9 @@ impl DestCount {
             subset: d.subset.clone(),
             port: d.port,
             total: AtomicU64::new(0),
-            ring: std::array::from_fn(|_| AtomicU64::new(0)),
+            ring: ring(),
+            errors: ring(),
+            latency: Box::new(std::array::from_fn(|_| ring())),
         }
     }
 
@@ -54,38 +103,12 @@ impl DestCount {
 
     fn hit(&self, bucket: u64) {
         self.total.fetch_add(1, Ordering::Relaxed);
-        let slot = &self.ring[(bucket % SLOTS as u64) as usize];
-        let tag = (bucket as u32 as u64) << 32;
-        let mut cur = slot.load(Ordering::Relaxed);
-        loop {
-            let next = if cur & !0xffff_ffff == tag {
-                cur.wrapping_add(1) & 0xffff_ffff | tag
-            } else if ((cur >> 32) as u32).wrapping_sub(bucket as u32) as i32 > 0 {
-                // This thread stalled for a whole ring: the slot holds a newer bucket already,
-                // and this bucket has left the window.
-                return;
-            } else {
-                tag | 1
-            };
-            match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(now) => cur = now,
-            }
-        }
+        bump(&self.ring, bucket);
     }
 
     /// Requests in buckets `oldest..=newest`.
     fn in_window(&self, oldest: u64, newest: u64) -> u64 {
-        (oldest..=newest)
-            .map(|b| {
-                let v = self.ring[(b % SLOTS as u64) as usize].load(Ordering::Relaxed);
-                if v >> 32 == u64::from(b as u32) {
-                    v & 0xffff_ffff
-                } else {
-                    0
-                }
-            })
-            .sum()
+        (oldest..=newest).map(|b| count(&self.ring, b)).sum()
     }
 }
 
@@ -210,15 +233,16 @@ impl SplitAudit {
         destinations.len() > 1
     }
 
-    /// `picked` is the destination the route chose among `destinations`.
+    /// `picked` is the destination the route chose among `destinations`. The ticket records
+    /// the request's outcome when it ends ([`SplitTicket::finish`]).
     pub fn record(
         &self,
         service: &str,
         route: &str,
         destinations: &[RouteDestination],
         picked: &RouteDestination,
-    ) {
-        self.record_at(service, route, destinations, picked, Instant::now());
+    ) -> Option<SplitTicket> {
+        self.record_at(service, route, destinations, picked, Instant::now())
     }
 
     fn counts(&self, service: &str, route: &str) -> Arc<RouteCounts> {
@@ -246,7 +270,7 @@ impl SplitAudit {
         destinations: &[RouteDestination],
         picked: &RouteDestination,
         now: Instant,
-    ) {
+    ) -> Option<SplitTicket> {
         let bucket = self.bucket(now);
         let counts = self.counts(service, route);
         let mut layout = counts.layout.load_full();
@@ -261,9 +285,13 @@ impl SplitAudit {
             .position(|d| std::ptr::eq(d, picked))
             .and_then(|i| layout.config.get(i).copied())
             .or_else(|| layout.dests.iter().position(|(c, _)| c.same(picked)));
-        if let Some((c, _)) = index.and_then(|i| layout.dests.get(i)) {
-            c.hit(bucket);
-        }
+        let (c, _) = index.and_then(|i| layout.dests.get(i))?;
+        c.hit(bucket);
+        Some(SplitTicket {
+            dest: c.clone(),
+            started: self.started,
+            width: self.bucket_width(),
+        })
     }
 
     pub fn report(&self) -> SplitReport {
