@@ -9,8 +9,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waypoint_tests::{service_yaml, workload_yaml, Mesh};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_over_h2c_inside_a_tunnel() {
+/// The echo gRPC service (10.0.0.40:9090, one pod) and an h2c connection to it through a
+/// tunnel of the waypoint.
+async fn grpc_echo() -> (Mesh, hyper::client::conn::http2::SendRequest<Full<Bytes>>) {
     let yaml = service_yaml("echo", "10.0.0.40", 9090, "grpc")
         + &workload_yaml("echo-v1", "@1", "echo", "v1", "echo");
     let mesh = Mesh::start(&yaml).await;
@@ -19,20 +20,33 @@ async fn grpc_over_h2c_inside_a_tunnel() {
         .tunnel("10.0.0.40:9090".parse().unwrap())
         .await
         .unwrap();
-    let (mut send, conn) =
+    let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tunnel))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let mut frame = BytesMut::new();
-    frame.put_u8(0);
-    frame.put_u32(5);
-    frame.put_slice(b"hello");
-    let req = http::Request::post("http://echo:9090/echo.Echo/Say")
+    (mesh, send)
+}
+
+/// A gRPC call to `method` whose request body is `messages`, each length-prefixed.
+fn grpc_call(method: &str, messages: &[&[u8]]) -> http::Request<Full<Bytes>> {
+    let mut frames = BytesMut::new();
+    for m in messages {
+        frames.put_u8(0);
+        frames.put_u32(m.len() as u32);
+        frames.put_slice(m);
+    }
+    http::Request::post(format!("http://echo:9090/echo.Echo/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(frame.freeze()))
-        .unwrap();
+        .body(Full::new(frames.freeze()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_inside_a_tunnel() {
+    let (mesh, mut send) = grpc_echo().await;
+    let req = grpc_call("Say", &[b"hello"]);
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
@@ -65,30 +79,8 @@ async fn grpc_over_h2c_inside_a_tunnel() {
 /// Istio's gRPC message counters: a client stream of three messages answered with one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_messages_are_counted_each_way() {
-    let yaml = service_yaml("echo", "10.0.0.40", 9090, "grpc")
-        + &workload_yaml("echo-v1", "@1", "echo", "v1", "echo");
-    let mesh = Mesh::start(&yaml).await;
-    let tunnel = mesh
-        .client()
-        .tunnel("10.0.0.40:9090".parse().unwrap())
-        .await
-        .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tunnel))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut frames = BytesMut::new();
-    for m in [&b"one"[..], b"", b"three"] {
-        frames.put_u8(0);
-        frames.put_u32(m.len() as u32);
-        frames.put_slice(m);
-    }
-    let req = http::Request::post("http://echo:9090/echo.Echo/Collect")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(frames.freeze()))
-        .unwrap();
+    let (mesh, mut send) = grpc_echo().await;
+    let req = grpc_call("Collect", &[b"one", b"", b"three"]);
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
@@ -134,8 +126,9 @@ async fn websocket_upgrade_is_passed_through() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_port_is_spliced_without_http_parsing() {
+/// The mongodb TCP service (10.0.0.30:27017, one pod) and a tunnel to it through which
+/// `payload` (not HTTP: binary bytes an HTTP parser would reject) has gone and come back.
+async fn mongodb_echo(payload: &[u8]) -> (Mesh, waypoint::transport::hbone::H2Stream) {
     let yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo")
         + &workload_yaml("mongodb-v1", "@1", "mongodb", "v1", "mongodb");
     let mesh = Mesh::start(&yaml).await;
@@ -144,12 +137,17 @@ async fn tcp_port_is_spliced_without_http_parsing() {
         .tunnel("10.0.0.30:27017".parse().unwrap())
         .await
         .unwrap();
-    // Not HTTP: binary bytes that an HTTP parser would reject.
-    let payload = b"\x3a\x00\x00\x00\xd4\x07\x00\x00ping-mongo";
     tunnel.write_all(payload).await.unwrap();
     let mut back = vec![0u8; payload.len()];
     tunnel.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, payload);
+    (mesh, tunnel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_port_is_spliced_without_http_parsing() {
+    let payload = b"\x3a\x00\x00\x00\xd4\x07\x00\x00ping-mongo";
+    let (mesh, mut tunnel) = mongodb_echo(payload).await;
     tunnel.shutdown().await.unwrap();
     let mut rest = Vec::new();
     let _ = tunnel.read_to_end(&mut rest).await;
@@ -173,18 +171,8 @@ async fn tcp_port_is_spliced_without_http_parsing() {
 /// flowed and says the downstream ended it (`DC`), not the endpoint (`UC`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_tunnel_the_client_resets_logs_its_bytes_and_dc() {
-    let yaml = service_yaml("mongodb", "10.0.0.30", 27017, "tcp-mongo")
-        + &workload_yaml("mongodb-v1", "@1", "mongodb", "v1", "mongodb");
-    let mesh = Mesh::start(&yaml).await;
-    let mut tunnel = mesh
-        .client()
-        .tunnel("10.0.0.30:27017".parse().unwrap())
-        .await
-        .unwrap();
     let payload = b"\x3a\x00\x00\x00\xd4\x07\x00\x00ping-then-reset";
-    tunnel.write_all(payload).await.unwrap();
-    let mut back = vec![0u8; payload.len()];
-    tunnel.read_exact(&mut back).await.unwrap();
+    let (mesh, mut tunnel) = mongodb_echo(payload).await;
     tunnel.reset();
     drop(tunnel);
     let log = mesh.wait_for_log_lines(1).await;

@@ -298,48 +298,53 @@ impl SplitAudit {
         self.report_at(Instant::now())
     }
 
+    /// `f` of every audited route (service, route, counters), in order.
+    fn each_route<T>(&self, f: impl Fn(&String, &String, &RouteCounts) -> T) -> Vec<T> {
+        let routes = self.routes.load();
+        routes
+            .iter()
+            .flat_map(|(service, routes)| routes.iter().map(move |(r, c)| (service, r, c)))
+            .map(|(service, route, counts)| f(service, route, counts))
+            .collect()
+    }
+
     pub fn report_at(&self, now: Instant) -> SplitReport {
         let newest = self.bucket(now);
         let oldest = newest.saturating_sub(u64::from(BUCKETS));
-        let routes = self.routes.load();
-        let routes = routes
-            .iter()
-            .flat_map(|(service, routes)| routes.iter().map(move |(r, c)| (service, r, c)))
-            .map(|(service, route, counts)| {
-                let layout = counts.layout.load();
-                let counted: Vec<(&DestCount, u32, u64, u64)> = layout
-                    .dests
+        let routes = self.each_route(|service, route, counts| {
+            let layout = counts.layout.load();
+            let counted: Vec<(&DestCount, u32, u64, u64)> = layout
+                .dests
+                .iter()
+                .map(|(c, w)| {
+                    let total = c.total.load(Ordering::Relaxed);
+                    (&**c, *w, total, c.in_window(oldest, newest))
+                })
+                .collect();
+            let requests: u64 = counted.iter().map(|c| c.2).sum();
+            let in_window: u64 = counted.iter().map(|c| c.3).sum();
+            let weights: u64 = counted.iter().map(|c| u64::from(c.1)).sum();
+            RouteReport {
+                service: service.clone(),
+                route: route.clone(),
+                requests,
+                requests_in_window: in_window,
+                destinations: counted
                     .iter()
-                    .map(|(c, w)| {
-                        let total = c.total.load(Ordering::Relaxed);
-                        (&**c, *w, total, c.in_window(oldest, newest))
+                    .map(|&(c, weight, total, w)| DestinationReport {
+                        host: c.host.clone(),
+                        subset: c.subset.clone(),
+                        port: c.port,
+                        weight,
+                        configured_share: share(u64::from(weight), weights).unwrap_or(0.0),
+                        requests: total,
+                        observed_share: share(total, requests),
+                        requests_in_window: w,
+                        observed_share_in_window: share(w, in_window),
                     })
-                    .collect();
-                let requests: u64 = counted.iter().map(|c| c.2).sum();
-                let in_window: u64 = counted.iter().map(|c| c.3).sum();
-                let weights: u64 = counted.iter().map(|c| u64::from(c.1)).sum();
-                RouteReport {
-                    service: service.clone(),
-                    route: route.clone(),
-                    requests,
-                    requests_in_window: in_window,
-                    destinations: counted
-                        .iter()
-                        .map(|&(c, weight, total, w)| DestinationReport {
-                            host: c.host.clone(),
-                            subset: c.subset.clone(),
-                            port: c.port,
-                            weight,
-                            configured_share: share(u64::from(weight), weights).unwrap_or(0.0),
-                            requests: total,
-                            observed_share: share(total, requests),
-                            requests_in_window: w,
-                            observed_share_in_window: share(w, in_window),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
+                    .collect(),
+            }
+        });
         SplitReport {
             window_seconds: self.window.as_secs(),
             routes,
@@ -494,7 +499,8 @@ impl Collector for SplitCollector {
 mod tests {
     use super::*;
 
-    fn dest(subset: &str, weight: u32) -> RouteDestination {
+    /// A reviews subset with `weight` (the outcome tests share it).
+    pub(super) fn dest(subset: &str, weight: u32) -> RouteDestination {
         RouteDestination {
             host: "reviews.default.svc.cluster.local".into(),
             subset: Some(subset.into()),

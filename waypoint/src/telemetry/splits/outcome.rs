@@ -122,47 +122,42 @@ impl SplitAudit {
         let first = newest.saturating_sub(u64::from(BUCKETS));
         let series_bucket = |i: u32| newest.checked_sub(u64::from(BUCKETS - i));
         let window = self.window.as_secs_f64();
-        let routes = self.routes.load();
-        let routes = routes
-            .iter()
-            .flat_map(|(service, routes)| routes.iter().map(move |(r, c)| (service, r, c)))
-            .map(|(service, route, counts)| {
-                let layout = counts.layout.load();
-                let weights: u64 = layout.dests.iter().map(|(_, w)| u64::from(*w)).sum();
-                let per_bucket =
-                    |b: u64| -> u64 { layout.dests.iter().map(|(c, _)| count(&c.ring, b)).sum() };
-                let route_total: u64 = (first..=newest).map(per_bucket).sum();
-                let destinations = layout
-                    .dests
-                    .iter()
-                    .map(|(c, weight)| {
-                        let sent = c.in_window(first, newest);
-                        let finished = c.finished(first, newest);
-                        let done: u64 = finished.iter().sum();
-                        let errors: u64 = (first..=newest).map(|b| count(&c.errors, b)).sum();
-                        CanaryDestination {
-                            name: c.name(),
-                            configured_share: share(u64::from(*weight), weights).unwrap_or(0.0),
-                            observed_share: share(sent, route_total),
-                            rate: sent as f64 / window,
-                            error_rate: share(errors, done),
-                            p99_ms: p99(&finished),
-                            series: (0..BUCKETS)
-                                .map(|i| {
-                                    series_bucket(i)
-                                        .and_then(|b| share(count(&c.ring, b), per_bucket(b)))
-                                })
-                                .collect(),
-                        }
-                    })
-                    .collect();
-                CanaryRoute {
-                    service: service.clone(),
-                    route: route.clone(),
-                    destinations,
-                }
-            })
-            .collect();
+        let routes = self.each_route(|service, route, counts| {
+            let layout = counts.layout.load();
+            let weights: u64 = layout.dests.iter().map(|(_, w)| u64::from(*w)).sum();
+            let per_bucket =
+                |b: u64| -> u64 { layout.dests.iter().map(|(c, _)| count(&c.ring, b)).sum() };
+            let route_total: u64 = (first..=newest).map(per_bucket).sum();
+            let destinations = layout
+                .dests
+                .iter()
+                .map(|(c, weight)| {
+                    let sent = c.in_window(first, newest);
+                    let finished = c.finished(first, newest);
+                    let done: u64 = finished.iter().sum();
+                    let errors: u64 = (first..=newest).map(|b| count(&c.errors, b)).sum();
+                    CanaryDestination {
+                        name: c.name(),
+                        configured_share: share(u64::from(*weight), weights).unwrap_or(0.0),
+                        observed_share: share(sent, route_total),
+                        rate: sent as f64 / window,
+                        error_rate: share(errors, done),
+                        p99_ms: p99(&finished),
+                        series: (0..BUCKETS)
+                            .map(|i| {
+                                series_bucket(i)
+                                    .and_then(|b| share(count(&c.ring, b), per_bucket(b)))
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            CanaryRoute {
+                service: service.clone(),
+                route: route.clone(),
+                destinations,
+            }
+        });
         CanaryReport {
             window_seconds: window,
             bucket_seconds: self.bucket_width().as_secs_f64(),
@@ -173,18 +168,8 @@ impl SplitAudit {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::dest;
     use super::*;
-    use routing::RouteDestination;
-
-    fn dest(subset: &str, weight: u32) -> RouteDestination {
-        RouteDestination {
-            host: "reviews".into(),
-            subset: Some(subset.into()),
-            port: None,
-            weight,
-            headers: Default::default(),
-        }
-    }
 
     #[test]
     fn outcomes_give_rates_errors_p99_and_a_series() {
