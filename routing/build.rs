@@ -38,6 +38,7 @@ mod json {
         "envoy/extensions/path/match/uri_template/v3/uri_template_match.proto",
         "envoy/extensions/transport_sockets/internal_upstream/v3/internal_upstream.proto",
         "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+        "envoy/extensions/transport_sockets/tls/v3/secret.proto",
         "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",
         "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
         "envoy/extensions/matching/common_inputs/network/v3/network_inputs.proto",

@@ -80,10 +80,72 @@ fn locality(l: &routing::Locality) -> Locality {
     }
 }
 
-/// The `ConfigDump` of `source`: bootstrap (the node), clusters, listeners, routes and, with
-/// `include_eds`, endpoints, in Envoy's order.
+/// The waypoint's certificate as Envoy's SDS secrets: `default` (the chain; the key shown as
+/// `[redacted]`, as Envoy writes it) and `ROOTCA` (the trusted roots), what `istioctl
+/// proxy-config secret` lists.
+fn secrets(
+    identity: Option<&crate::control::identity::IdentitySummary>,
+) -> admin::SecretsConfigDump {
+    use admin::secrets_config_dump::DynamicSecret;
+    use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        secret, CertificateValidationContext, Secret, TlsCertificate,
+    };
+    let Some(id) = identity else {
+        return admin::SecretsConfigDump::default();
+    };
+    let pem_of = |ders: &[rustls_pki_types::CertificateDer<'static>]| DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(
+            pem::encode_many(
+                &ders
+                    .iter()
+                    .map(|d| pem::Pem::new("CERTIFICATE", d.to_vec()))
+                    .collect::<Vec<_>>(),
+            )
+            .into_bytes(),
+        )),
+        ..Default::default()
+    };
+    let version = id.serial.clone();
+    let entry = |name: &str, kind: secret::Type| DynamicSecret {
+        name: name.to_string(),
+        version_info: version.clone(),
+        secret: Some(any(&Secret {
+            name: name.to_string(),
+            r#type: Some(kind),
+        })),
+        ..Default::default()
+    };
+    admin::SecretsConfigDump {
+        dynamic_active_secrets: vec![
+            entry(
+                "default",
+                secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: Some(pem_of(&id.chain)),
+                    private_key: Some(DataSource {
+                        specifier: Some(data_source::Specifier::InlineString("[redacted]".into())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            ),
+            entry(
+                "ROOTCA",
+                secret::Type::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(pem_of(&id.trusted)),
+                    ..Default::default()
+                }),
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The `ConfigDump` of `source`: bootstrap (the node), clusters, listeners, routes, the
+/// waypoint's certificate as secrets and, with `include_eds`, endpoints, in Envoy's order.
 pub fn config_dump(
     node: Option<&Node>,
+    identity: Option<&crate::control::identity::IdentitySummary>,
     source: DumpSource<'_>,
     include_eds: bool,
 ) -> admin::ConfigDump {
@@ -169,6 +231,7 @@ pub fn config_dump(
         any(&clusters),
         any(&listeners),
         any(&routes),
+        any(&secrets(identity)),
     ];
     if include_eds {
         configs.push(any(&endpoints));
@@ -466,7 +529,8 @@ impl Admin {
             _ => DumpSource::Nothing,
         };
         let include_eds = pairs.iter().any(|(k, _)| k == "include_eds");
-        let dump = config_dump(status.node(), source, include_eds);
+        let identity = status.certificate();
+        let dump = config_dump(status.node(), identity.as_deref(), source, include_eds);
         let mut value = render(&dump);
         if let Some((_, mask)) = pairs.iter().find(|(k, _)| k == "mask") {
             apply_mask(&mut value, mask);

@@ -53,8 +53,35 @@ async fn envoy_admin_endpoints_as_istioctl_reads_them() {
             "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
             "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
             "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+            "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
             "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
         ]
+    );
+    // The certificate as SDS secrets (`istioctl proxy-config secret`): the chain and the roots
+    // as the files hold them, the key never.
+    assert!(!text.contains("PRIVATE KEY") && text.contains("[redacted]"));
+    let secrets = &dump["configs"][4]["dynamic_active_secrets"];
+    let inline = |i: usize, path: &str| -> Vec<pem::Pem> {
+        let b64 = secrets[i]["secret"]
+            .pointer(path)
+            .and_then(Value::as_str)
+            .unwrap();
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        pem::parse_many(bytes).unwrap()
+    };
+    let file = |name: &str| pem::parse_many(std::fs::read(certs.join(name)).unwrap()).unwrap();
+    assert_eq!(secrets[0]["name"], "default");
+    assert_eq!(
+        inline(0, "/tls_certificate/certificate_chain/inline_bytes"),
+        file("cert-chain.pem")
+    );
+    assert_eq!(secrets[1]["name"], "ROOTCA");
+    assert_eq!(
+        inline(1, "/validation_context/trusted_ca/inline_bytes"),
+        file("root-cert.pem")
     );
     // Decoded with the Envoy protos (the loader `waypoint translate` uses for an Envoy
     // waypoint's dump): the files' cluster and its endpoint.
@@ -88,7 +115,7 @@ async fn envoy_admin_endpoints_as_istioctl_reads_them() {
 
     // Without include_eds no endpoints; a mask keeps only the named fields.
     let plain = get_json(admin, "/config_dump").await;
-    assert_eq!(plain["configs"].as_array().unwrap().len(), 4);
+    assert_eq!(plain["configs"].as_array().unwrap().len(), 5);
     let masked = get_json(admin, "/config_dump?mask=dynamic_active_clusters").await;
     let configs = masked["configs"].as_array().unwrap();
     assert_eq!(

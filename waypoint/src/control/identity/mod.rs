@@ -114,6 +114,12 @@ pub struct IdentitySummary {
     /// `not_after` as seconds since the Unix epoch (0 when unparsable).
     pub not_after_unix: i64,
     pub roots: usize,
+    /// The chain (leaf first) and the trusted roots, for `/config_dump`'s secrets (certificates
+    /// only: the key is never kept here).
+    #[serde(skip)]
+    pub chain: Vec<CertificateDer<'static>>,
+    #[serde(skip)]
+    pub trusted: Vec<CertificateDer<'static>>,
 }
 
 impl WorkloadCert {
@@ -248,6 +254,8 @@ impl WorkloadCert {
             not_after,
             not_after_unix,
             roots: self.roots.len(),
+            chain: self.chain.clone(),
+            trusted: self.roots.clone(),
         }
     }
 }

@@ -346,6 +346,8 @@ mod tests {
             not_after: "Jan  1 00:00:00 2021 +00:00".into(),
             not_after_unix: 1_609_459_200,
             roots: 1,
+            chain: Vec::new(),
+            trusted: Vec::new(),
         });
         let missing = status.readiness().unwrap_err();
         assert_eq!(
