@@ -106,7 +106,7 @@ impl Clone for WorkloadCert {
 }
 
 /// What `/config_dump` and startup logs show about the identity (never the key).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct IdentitySummary {
     pub spiffe_id: String,
     pub serial: String,
@@ -120,6 +120,19 @@ pub struct IdentitySummary {
     pub chain: Vec<CertificateDer<'static>>,
     #[serde(skip)]
     pub trusted: Vec<CertificateDer<'static>>,
+}
+
+/// The fields logs show: the certificates only by count.
+impl std::fmt::Debug for IdentitySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentitySummary")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .field("chain", &self.chain.len())
+            .field("roots", &self.roots)
+            .finish()
+    }
 }
 
 impl WorkloadCert {
