@@ -29,17 +29,28 @@ async fn a_burst_shares_bounded_connections_that_close_when_idle() {
     .await;
     let pod = mesh.node(1);
     let client = mesh.client();
+    let stats = &mesh.bench.app.pool.client().stats;
     // 300 concurrent requests to the cold endpoint, each held 300 ms by the app so they overlap.
+    // The node holds its handshakes until requests have waited on a dial in flight, so the
+    // burst meets the dial whatever the machine's speed.
+    pod.stats.held.send_replace(true);
     let burst = (0..300).map(|_| reviews_request(&client, "GET", "/", &[("x-delay-ms", "300")]));
-    let replies = futures::future::join_all(burst).await;
+    let release = async {
+        eventually(
+            "requests waiting on the dial in flight",
+            Duration::from_secs(10),
+            || stats.dials_coalesced.load(Ordering::Relaxed) > 0,
+        )
+        .await;
+        pod.stats.held.send_replace(false);
+    };
+    let (replies, ()) = futures::join!(futures::future::join_all(burst), release);
     assert!(replies.iter().all(|r| r.status == 200), "all served");
     let opened = pod.stats.connections.load(Ordering::Relaxed);
     assert!(
         (1..=2).contains(&opened),
         "{opened} HBONE connections to one node for 300 concurrent requests (cap 2)"
     );
-    let stats = &mesh.bench.app.pool.client().stats;
-    assert!(stats.dials_coalesced.load(Ordering::Relaxed) > 0);
 
     // Traffic over: idle tunnels and then their connection close after the idle timeout.
     eventually(

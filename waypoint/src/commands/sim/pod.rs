@@ -36,6 +36,9 @@ pub struct PodStats {
     /// `true`: the node stops answering, as a SIGSTOPped ztunnel: open connections are no
     /// longer served (no PING answer, no data) and new ones get no TLS handshake.
     pub frozen: tokio::sync::watch::Sender<bool>,
+    /// `true`: new connections wait for their TLS handshake until it turns `false` again (a
+    /// slow node: dials stay in flight as long as a test needs).
+    pub held: tokio::sync::watch::Sender<bool>,
 }
 
 impl PodStats {
@@ -86,6 +89,7 @@ pub async fn start_pod(hbone_addr: SocketAddr, cert: &WorkloadCert) -> std::io::
                     let _held = tcp;
                     return std::future::pending().await;
                 }
+                let _ = st.held.subscribe().wait_for(|held| !*held).await;
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
