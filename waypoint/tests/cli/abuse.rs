@@ -155,13 +155,18 @@ async fn a_burst_to_a_cold_endpoint_stays_within_the_connection_cap_and_then_clo
     let _logs = collect(stderr);
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
 
-    // 500 tunnels on one client connection, opened at once, each asking for a response the app
-    // holds 300 ms, so that all of them wait for the cold endpoint together.
-    let send = hbone_connection(&ca, addrs["hbone"], &waypoint_id, 65_535).await;
-    // Each tunnel reads its response as it comes (a client that leaves many small DATA frames
-    // unread is closed by its own h2 library with ENHANCE_YOUR_CALM).
-    let tunnels = (0..REQUESTS).map(|_| {
-        let send = send.clone();
+    // 500 tunnels opened at once, each asking for a response the app holds 300 ms, so that all
+    // of them wait for the cold endpoint together. As ztunnel's pool does, a client connection
+    // carries 100 streams: h2 budgets small DATA frames per connection, and a loaded machine
+    // that reads 500 responses late on one connection has its own library close it with
+    // ENHANCE_YOUR_CALM `too_many_data_frames` (seen in CI).
+    let mut sends = Vec::new();
+    for _ in 0..REQUESTS.div_ceil(100) {
+        sends.push(hbone_connection(&ca, addrs["hbone"], &waypoint_id, 65_535).await);
+    }
+    // Each tunnel reads its response as it comes.
+    let tunnels = (0..REQUESTS).map(|i| {
+        let send = sends[i % sends.len()].clone();
         tokio::spawn(async move {
             let (response, stream) = open_tunnel(
                 &send,
@@ -204,7 +209,7 @@ async fn a_burst_to_a_cold_endpoint_stays_within_the_connection_cap_and_then_clo
 
     // Traffic over: within the idle timeout (plus margin) no upstream connection is left open,
     // as the node and the waypoint's own gauge both say.
-    drop(send);
+    drop(sends);
     let outbound = [("direction", "outbound")];
     let deadline = Instant::now() + Duration::from_millis(IDLE_MS * 2) + Duration::from_secs(10);
     loop {
