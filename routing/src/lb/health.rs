@@ -106,6 +106,40 @@ impl Cluster {
     }
 }
 
+impl ClusterStats {
+    /// Each figure with its Envoy stat name (`cluster.<name>.<stat>`) and what it counts.
+    pub fn named(&self) -> [(&'static str, &'static str, u64); 6] {
+        [
+            ("upstream_rq_retry", "Retries made", self.upstream_rq_retry),
+            (
+                "upstream_rq_retry_overflow",
+                "Retries not made: the DestinationRule's http.maxRetries was reached",
+                self.upstream_rq_retry_overflow,
+            ),
+            (
+                "upstream_cx_overflow",
+                "Connections refused by the DestinationRule's tcp.maxConnections",
+                self.upstream_cx_overflow,
+            ),
+            (
+                "upstream_rq_pending_overflow",
+                "Requests refused by http.http1MaxPendingRequests or http.http2MaxRequests",
+                self.upstream_rq_pending_overflow,
+            ),
+            (
+                "outlier_detection.ejections_enforced_total",
+                "Outlier ejections made",
+                self.ejections_enforced_total,
+            ),
+            (
+                "outlier_detection.ejections_active",
+                "Endpoints ejected now",
+                self.ejections_active,
+            ),
+        ]
+    }
+}
+
 /// One cluster's statistics under Envoy's names (`envoy_cluster_<name>{cluster_name}`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClusterStats {

@@ -63,15 +63,6 @@ fn settings(args: &RunConfig) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-/// How a listener's second socket (dual stack) is announced: `hbone-ipv6`, `health-ipv6`, ...
-fn family(addr: SocketAddr) -> &'static str {
-    if addr.is_ipv6() {
-        "ipv6"
-    } else {
-        "ipv4"
-    }
-}
-
 fn announce(what: &str, listener: &std::net::TcpListener) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     info!(%addr, "{what} listener bound");
@@ -154,7 +145,10 @@ pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
         info!(%addr, "HBONE listener bound");
         match i {
             0 => eprintln!("waypoint listening on {addr}"),
-            _ => eprintln!("waypoint hbone-{} listening on {addr}", family(addr)),
+            _ => eprintln!(
+                "waypoint hbone-{} listening on {addr}",
+                listen::family(addr)
+            ),
         }
     }
     let mut admin_listeners = Vec::new();
@@ -170,7 +164,7 @@ pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
         for (i, l) in all.into_iter().enumerate() {
             match i {
                 0 => announce(what, &l)?,
-                _ => announce(&format!("{what}-{}", family(l.local_addr()?)), &l)?,
+                _ => announce(&format!("{what}-{}", listen::family(l.local_addr()?)), &l)?,
             };
             admin_listeners.push((role, what, l));
         }

@@ -85,11 +85,13 @@ pub fn bind_all(addr: SocketAddr, backlog: u32) -> std::io::Result<Vec<std::net:
     ))
 }
 
-fn family(addr: SocketAddr) -> &'static str {
+/// `ipv6` or `ipv4`: how a listener's second (dual-stack) socket is named in logs and in the
+/// `waypoint <what>-ipv6 listening on …` announcement.
+pub fn family(addr: SocketAddr) -> &'static str {
     if addr.is_ipv6() {
-        "IPv6"
+        "ipv6"
     } else {
-        "IPv4"
+        "ipv4"
     }
 }
 

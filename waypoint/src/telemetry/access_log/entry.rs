@@ -109,10 +109,8 @@ impl fmt::Debug for Field<'_> {
 /// `json_format` (Istio's JSON access log is one).
 impl Serialize for Field<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.is_empty() {
-            return s.serialize_none();
-        }
         match self {
+            Field::Str("") => s.serialize_none(),
             Field::Str(v) => s.serialize_str(v),
             Field::Addr(a) => s.collect_str(a),
             Field::Time(t) => {
@@ -123,7 +121,24 @@ impl Serialize for Field<'_> {
                 let len = cursor.position() as usize;
                 s.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
             }
-            Field::Display(d) => s.collect_str(d),
+            // Formatted once, on the stack (an identity fits), to tell empty from not.
+            Field::Display(d) => {
+                let mut buf = [0u8; 256];
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                let long;
+                let text = if write!(cursor, "{d}").is_ok() {
+                    let len = cursor.position() as usize;
+                    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+                } else {
+                    long = d.to_string();
+                    &long
+                };
+                if text.is_empty() {
+                    s.serialize_none()
+                } else {
+                    s.serialize_str(text)
+                }
+            }
         }
     }
 }

@@ -16,47 +16,6 @@ use super::Status;
 #[derive(Debug)]
 pub struct ClusterCollector(pub Arc<Status>);
 
-type Stat = fn(&routing::ClusterStats) -> u64;
-
-const STATS: [(&str, &str, MetricType, Stat); 6] = [
-    (
-        "envoy_cluster_upstream_rq_retry",
-        "Retries made (Envoy's cluster.upstream_rq_retry)",
-        MetricType::Unknown,
-        |s| s.upstream_rq_retry,
-    ),
-    (
-        "envoy_cluster_upstream_rq_retry_overflow",
-        "Retries not made: the DestinationRule's http.maxRetries was reached",
-        MetricType::Unknown,
-        |s| s.upstream_rq_retry_overflow,
-    ),
-    (
-        "envoy_cluster_upstream_cx_overflow",
-        "Connections refused by the DestinationRule's tcp.maxConnections",
-        MetricType::Unknown,
-        |s| s.upstream_cx_overflow,
-    ),
-    (
-        "envoy_cluster_upstream_rq_pending_overflow",
-        "Requests refused by http.http1MaxPendingRequests or http.http2MaxRequests",
-        MetricType::Unknown,
-        |s| s.upstream_rq_pending_overflow,
-    ),
-    (
-        "envoy_cluster_outlier_detection_ejections_enforced_total",
-        "Outlier ejections made",
-        MetricType::Unknown,
-        |s| s.ejections_enforced_total,
-    ),
-    (
-        "envoy_cluster_outlier_detection_ejections_active",
-        "Endpoints ejected now",
-        MetricType::Gauge,
-        |s| s.ejections_active,
-    ),
-];
-
 impl Collector for ClusterCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(dp) = self.0.dataplane() else {
@@ -73,10 +32,18 @@ impl Collector for ClusterCollector {
         if busy.is_empty() {
             return Ok(());
         }
-        for (name, help, kind, stat) in STATS {
-            let mut enc = e.encode_descriptor(name, help, None, kind)?;
-            for (cluster_name, s) in &busy {
-                ConstGauge::new(stat(s) as i64)
+        let stats = busy.iter().map(|(_, s)| s.named()).collect::<Vec<_>>();
+        for (i, (stat, help, _)) in routing::ClusterStats::default().named().iter().enumerate() {
+            let name = format!("envoy_cluster_{}", stat.replace('.', "_"));
+            // A gauge for what is now; the counters keep Envoy's exact name (see above).
+            let kind = if stat.ends_with("_active") {
+                MetricType::Gauge
+            } else {
+                MetricType::Unknown
+            };
+            let mut enc = e.encode_descriptor(&name, help, None, kind)?;
+            for ((cluster_name, _), named) in busy.iter().zip(&stats) {
+                ConstGauge::new(named[i].2 as i64)
                     .encode(enc.encode_family(&[("cluster_name", *cluster_name)])?)?;
             }
         }

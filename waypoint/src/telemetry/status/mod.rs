@@ -244,7 +244,7 @@ impl Status {
                 why("config").unwrap_or_else(|| "not loaded yet".into())
             ));
         }
-        if self.draining.load(Ordering::Relaxed) {
+        if self.is_draining() {
             missing.push("draining: shutting down".into());
         }
         if self.dataplane.get().is_none() && missing.is_empty() {

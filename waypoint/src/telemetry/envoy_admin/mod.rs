@@ -27,13 +27,7 @@ use prost::{Message, Name};
 use serde_json::Value;
 use xds_client::type_url;
 
-use super::admin::{json_reply, query_has, query_pairs, text, Admin, Body};
-use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use std::sync::Arc;
-
-/// How long `/quitquitquit` leaves its reply to be written before the process starts to drain.
-const QUIT_REPLY_GRACE: Duration = Duration::from_millis(250);
+mod handlers;
 
 /// Where `/config_dump`'s resources come from.
 pub enum DumpSource<'a> {
@@ -469,21 +463,24 @@ pub fn certs(summary: Option<&crate::control::identity::IdentitySummary>) -> Val
 
 /// `/memory`: `envoy.admin.v3.Memory` from jemalloc's statistics.
 pub fn memory() -> Value {
+    render_all(&memory_stats())
+}
+
+/// jemalloc's figures as Envoy's `Memory` (`/memory`, and `/stats`'s `server.memory_*`).
+fn memory_stats() -> admin::Memory {
     use tikv_jemalloc_ctl::{epoch, stats};
     let _ = epoch::advance();
     let read = |r: tikv_jemalloc_ctl::Result<usize>| r.unwrap_or(0) as u64;
-    let allocated = read(stats::allocated::read());
     let resident = read(stats::resident::read());
     let mapped = read(stats::mapped::read());
-    let retained = read(stats::retained::read());
-    render_all(&admin::Memory {
-        allocated,
+    admin::Memory {
+        allocated: read(stats::allocated::read()),
         heap_size: mapped,
-        pageheap_unmapped: retained,
+        pageheap_unmapped: read(stats::retained::read()),
         pageheap_free: mapped.saturating_sub(resident),
         total_thread_cache: 0,
         total_physical_bytes: resident,
-    })
+    }
 }
 
 /// `message` as Envoy's admin JSON (`{}` if it cannot be rendered, which the embedded
@@ -502,160 +499,4 @@ fn rendered<M: Name>(r: Result<Value, routing::xds::json::JsonError>) -> Value {
         tracing::warn!(error = %e, "admin: cannot render {}", M::full_name());
         Value::Object(Default::default())
     })
-}
-
-/// The Envoy-format endpoints of the admin listener.
-impl Admin {
-    /// `/config_dump` as Envoy's `ConfigDump` (see [`envoy_admin`]).
-    pub(super) fn envoy_config_dump(&self, req: &Request<Incoming>) -> Response<Body> {
-        let pairs = query_pairs(req);
-        if let Some((k, _)) = pairs
-            .iter()
-            .find(|(k, _)| !matches!(k.as_str(), "mask" | "include_eds" | "format"))
-        {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "/config_dump: ?{k}= is not supported (mask, include_eds, format=waypoint are)"
-                ),
-            );
-        }
-        let status = &self.telemetry.status;
-        let xds = status.xds_resources();
-        let snapshot = status.dataplane().map(|dp| dp.snapshot.load_full());
-        let source = match (&xds, &snapshot) {
-            (Some(state), _) => DumpSource::Xds(state),
-            (None, Some(s)) if status.xds().is_none() => DumpSource::Files(s),
-            _ => DumpSource::Nothing,
-        };
-        let include_eds = pairs.iter().any(|(k, _)| k == "include_eds");
-        let identity = status.certificate();
-        let dump = config_dump(status.node(), identity.as_deref(), source, include_eds);
-        let mut value = render(&dump);
-        if let Some((_, mask)) = pairs.iter().find(|(k, _)| k == "mask") {
-            apply_mask(&mut value, mask);
-        }
-        json_reply(&value)
-    }
-
-    pub(super) fn clusters(&self, req: &Request<Incoming>) -> Response<Body> {
-        let snapshot = self
-            .telemetry
-            .status
-            .dataplane()
-            .map(|dp| dp.snapshot.load_full())
-            .unwrap_or_else(|| Arc::new(routing::Snapshot::empty()));
-        if query_has(req, "format", "json") {
-            json_reply(&render_all(&clusters(&snapshot)))
-        } else {
-            text(StatusCode::OK, clusters_text(&snapshot))
-        }
-    }
-
-    /// `/stats`: Envoy's statistics the waypoint keeps, as Envoy's text (`name: value`, sorted)
-    /// or `?format=json`; `?filter=<regex>` keeps the matching names, `?usedonly` the non-zero.
-    pub(super) fn stats(&self, req: &Request<Incoming>) -> Response<Body> {
-        let pairs = query_pairs(req);
-        let filter = match pairs.iter().find(|(k, _)| k == "filter") {
-            Some((_, f)) => match regex::Regex::new(f) {
-                Ok(r) => Some(r),
-                Err(e) => return text(StatusCode::BAD_REQUEST, format!("filter {f:?}: {e}")),
-            },
-            None => None,
-        };
-        let used_only = pairs.iter().any(|(k, _)| k == "usedonly");
-        let status = &self.telemetry.status;
-        let mut stats: Vec<(String, u64)> = vec![
-            ("server.live".into(), u64::from(status.readiness().is_ok())),
-            ("server.state".into(), self.server_state() as u64),
-            ("server.uptime".into(), status.uptime().as_secs()),
-        ];
-        {
-            use tikv_jemalloc_ctl::{epoch, stats as je};
-            let _ = epoch::advance();
-            let read = |r: tikv_jemalloc_ctl::Result<usize>| r.unwrap_or(0) as u64;
-            stats.push((
-                "server.memory_allocated".into(),
-                read(je::allocated::read()),
-            ));
-            stats.push(("server.memory_heap_size".into(), read(je::mapped::read())));
-        }
-        if let Some(dp) = status.dataplane() {
-            let snapshot = dp.snapshot.load_full();
-            let clusters = snapshot.clusters();
-            stats.push((
-                "cluster_manager.active_clusters".into(),
-                clusters.len() as u64,
-            ));
-            let now = std::time::Instant::now();
-            for c in clusters {
-                let s = c.stats(now);
-                for (stat, v) in [
-                    ("upstream_rq_retry", s.upstream_rq_retry),
-                    ("upstream_rq_retry_overflow", s.upstream_rq_retry_overflow),
-                    ("upstream_cx_overflow", s.upstream_cx_overflow),
-                    (
-                        "upstream_rq_pending_overflow",
-                        s.upstream_rq_pending_overflow,
-                    ),
-                    (
-                        "outlier_detection.ejections_enforced_total",
-                        s.ejections_enforced_total,
-                    ),
-                    ("outlier_detection.ejections_active", s.ejections_active),
-                    ("membership_total", c.endpoints.len() as u64),
-                ] {
-                    stats.push((format!("cluster.{}.{stat}", c.name), v));
-                }
-            }
-        }
-        stats.retain(|(name, v)| {
-            (!used_only || *v != 0) && filter.as_ref().is_none_or(|f| f.is_match(name))
-        });
-        stats.sort();
-        if query_has(req, "format", "json") {
-            let stats: Vec<Value> = stats
-                .iter()
-                .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
-                .collect();
-            return json_reply(&serde_json::json!({ "stats": stats }));
-        }
-        let mut out = String::new();
-        for (name, value) in stats {
-            out.push_str(&format!("{name}: {value}\n"));
-        }
-        text(StatusCode::OK, out)
-    }
-
-    pub(super) fn server_state(&self) -> envoy_types::pb::envoy::admin::v3::server_info::State {
-        use envoy_types::pb::envoy::admin::v3::server_info::State;
-        let status = &self.telemetry.status;
-        if status.is_draining() {
-            State::Draining
-        } else if status.readiness().is_ok() {
-            State::Live
-        } else {
-            State::Initializing
-        }
-    }
-
-    /// `POST /quitquitquit`: the process drains and exits as on SIGTERM.
-    pub(super) fn quit(&self, req: &Request<Incoming>) -> Response<Body> {
-        if req.method() != Method::POST {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /quitquitquit");
-        }
-        tracing::warn!("admin: /quitquitquit: draining and exiting");
-        // The signal goes once this reply had time to leave: with no connection to drain the
-        // process exits at once, and the caller must still read "OK".
-        tokio::spawn(async {
-            tokio::time::sleep(QUIT_REPLY_GRACE).await;
-            if let Err(e) = rustix::process::kill_process(
-                rustix::process::getpid(),
-                rustix::process::Signal::TERM,
-            ) {
-                tracing::error!(error = %e, "admin: /quitquitquit: cannot signal the process");
-            }
-        });
-        text(StatusCode::OK, "OK")
-    }
 }
