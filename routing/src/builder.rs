@@ -37,6 +37,7 @@ pub struct SnapshotBuilder {
     hbone_peer_sans: Option<Vec<crate::upstream::SanMatcher>>,
     route_only: std::collections::HashSet<String>,
     dns_targets: Vec<crate::dns::DnsTarget>,
+    telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 impl SnapshotBuilder {
@@ -150,6 +151,12 @@ impl SnapshotBuilder {
         self
     }
 
+    /// What the Telemetry API declares (see [`crate::telemetry`]).
+    pub fn telemetry(&mut self, telemetry: crate::telemetry::TelemetryConfig) -> &mut Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     pub fn build(self) -> Snapshot {
         self.build_at(Instant::now())
     }
@@ -165,6 +172,7 @@ impl SnapshotBuilder {
             pod_path: self.pod_path,
             hbone_peer_sans: self.hbone_peer_sans.map(Arc::new),
             dns_targets: self.dns_targets,
+            telemetry: std::sync::Arc::new(self.telemetry.unwrap_or_default()),
             ..Snapshot::default()
         };
         let mut interner = Interner::default();

@@ -23,6 +23,7 @@ pub mod runtime;
 mod snapshot;
 mod spiffe;
 mod tcp;
+pub mod telemetry;
 mod upstream;
 mod weighted;
 pub mod xds;
@@ -59,6 +60,7 @@ pub use pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 pub use snapshot::{Destination, RouteDecision, Snapshot};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tcp::{Cidr, TcpConnection, TcpMatch, TcpRoute};
+pub use telemetry::TelemetryConfig;
 pub use upstream::{ClientTls, SanKind, SanMatcher, TlsMode, Transport, UpstreamTls};
 pub use weighted::pick_weighted;
 pub use yaml::{

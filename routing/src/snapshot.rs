@@ -130,6 +130,8 @@ pub struct Snapshot {
     /// Hostnames whose answers this snapshot's endpoints were built from (files mode:
     /// ServiceEntries with `resolution: DNS`); the loader's caller keeps them resolved.
     pub(crate) dns_targets: Vec<crate::dns::DnsTarget>,
+    /// What the Telemetry API declares; shared so that a publish can tell whether it changed.
+    pub(crate) telemetry: Arc<crate::telemetry::TelemetryConfig>,
     /// The clusters' runtime state by name (see [`Snapshot::runtime`]).
     pub(crate) runtime: OnceLock<Registry>,
 }
@@ -171,6 +173,11 @@ impl Snapshot {
     /// Hostnames to keep resolved for this config (see [`crate::dns`]).
     pub fn dns_targets(&self) -> &[crate::dns::DnsTarget] {
         &self.dns_targets
+    }
+
+    /// Access logs and tracing as the config declares them (default: nothing declared).
+    pub fn telemetry(&self) -> &Arc<crate::telemetry::TelemetryConfig> {
+        &self.telemetry
     }
 
     /// The authorization policies in force.
