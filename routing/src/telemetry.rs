@@ -60,9 +60,10 @@ impl LogPath {
 }
 
 /// An access log's line format.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// Istio's default text line (meshConfig `accessLogFormat` unset).
+    #[default]
     IstioText,
     /// Istio's default JSON object (`accessLogEncoding: JSON`, no format).
     IstioJson,

@@ -1,13 +1,12 @@
 //! Cross-document resolution: workload selection, host/subset references,
 //! duplicates; feeds a [`SnapshotBuilder`].
 
-use super::authorization_policy::WaypointRef;
 use super::destination_rule::DestinationRuleIr;
 use super::diag::Diag;
 use super::service_entry::ServiceEntryIr;
 use super::virtual_service::VirtualServiceIr;
 use super::workload_entry::WorkloadEntryIr;
-use super::Parsed;
+use super::{LoadOptions, Parsed};
 use crate::builder::SnapshotBuilder;
 use crate::error::DocRef;
 use crate::hosts::{hosts_overlap, kube_aliases};
@@ -54,8 +53,15 @@ impl Hosts {
     }
 }
 
-pub(super) fn assemble(mut p: Parsed, waypoint: &WaypointRef, diag: &mut Diag) -> SnapshotBuilder {
+pub(super) fn assemble(mut p: Parsed, options: &LoadOptions, diag: &mut Diag) -> SnapshotBuilder {
+    let waypoint = &options.waypoint;
     let mut b = SnapshotBuilder::new();
+    b.telemetry(super::telemetry::resolve(
+        std::mem::take(&mut p.telemetries),
+        waypoint,
+        &options.mesh,
+        diag,
+    ));
     // `namespace/name` and first host of every ServiceEntry (duplicates too), for
     // AuthorizationPolicy `targetRefs`; taken before the entries are moved into the builder.
     let se_names: Vec<(String, String)> = p

@@ -18,6 +18,7 @@ pub(super) const ENFORCED: &[&str] = &[
     "HTTPRoute",
     "AuthorizationPolicy",
     "RequestAuthentication",
+    "Telemetry",
 ];
 
 /// Istio kinds a waypoint does not apply by design, and why.
@@ -35,8 +36,7 @@ const NOT_YET: &[&str] = &[
     // networking.istio.io (`Gateway` only under an Istio group: see `lookup`)
     "EnvoyFilter",
     "ProxyConfig",
-    // telemetry.istio.io, extensions.istio.io
-    "Telemetry",
+    // extensions.istio.io
     "WasmPlugin",
     // gateway.networking.k8s.io
     "GRPCRoute",

@@ -19,9 +19,11 @@ mod fields;
 mod files;
 mod http_route;
 mod kinds;
+pub mod mesh_config;
 mod parallel;
 mod schema;
 mod service_entry;
+mod telemetry;
 mod virtual_service;
 mod workload_entry;
 
@@ -39,6 +41,8 @@ mod tests_http_route;
 mod tests_matching;
 #[cfg(test)]
 mod tests_schema;
+#[cfg(test)]
+mod tests_telemetry;
 #[cfg(test)]
 mod tests_tls;
 
@@ -65,6 +69,9 @@ const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
 /// API versions accepted for `security.istio.io` AuthorizationPolicy.
 const SECURITY_GROUP: &str = "security.istio.io";
 const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+/// API versions accepted for `telemetry.istio.io` Telemetry.
+const TELEMETRY_GROUP: &str = "telemetry.istio.io";
+const TELEMETRY_VERSIONS: [&str; 2] = ["v1", "v1alpha1"];
 /// API versions accepted for Gateway API `HTTPRoute`.
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 const GATEWAY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
@@ -78,6 +85,7 @@ struct Parsed {
     destination_rules: Vec<destination_rule::DestinationRuleIr>,
     http_routes: Vec<http_route::HttpRouteIr>,
     authorization_policies: Vec<authorization_policy::AuthorizationPolicyIr>,
+    telemetries: Vec<telemetry::TelemetryIr>,
 }
 
 /// One document about to be parsed as a known kind.
@@ -196,6 +204,7 @@ impl<'de> DeserializeSeed<'de> for SpecSeed<'_> {
             Some("HTTPRoute") => boxed_spec::<http_route::Spec, D>(d),
             Some("AuthorizationPolicy") => boxed_spec::<AuthorizationPolicySpec, D>(d),
             Some("RequestAuthentication") => boxed_spec::<RequestAuthenticationSpec, D>(d),
+            Some("Telemetry") => boxed_spec::<telemetry::Spec, D>(d),
             _ => IgnoredAny::deserialize(d).map(|_| None),
         }
     }
@@ -295,6 +304,8 @@ pub struct LoadOptions {
     pub dns: crate::dns::DnsAnswers,
     /// How many bytes of config one load reads at most.
     pub limits: InputLimits,
+    /// meshConfig's telemetry providers and defaults, which Telemetry documents name.
+    pub mesh: std::sync::Arc<mesh_config::MeshTelemetry>,
 }
 
 impl LoadOptions {
@@ -305,6 +316,7 @@ impl LoadOptions {
             waypoint: WaypointRef::default(),
             dns: Default::default(),
             limits: InputLimits::default(),
+            mesh: std::sync::Arc::new(mesh_config::MeshTelemetry::builtin()),
         }
     }
 }
@@ -382,7 +394,7 @@ fn check(files: &[(String, String)], warnings: Vec<LoadWarning>, options: &LoadO
         .collect();
     let parsed = parallel::parse_documents(&docs, options, &mut diag);
     drop(docs);
-    let mut builder = assemble::assemble(parsed, &options.waypoint, &mut diag);
+    let mut builder = assemble::assemble(parsed, options, &mut diag);
     let mut warnings = diag.warnings;
     if !diag.errors.is_empty() {
         return Report {
@@ -474,6 +486,16 @@ fn parse_document(
             return;
         }
         Some(Some((GATEWAY_GROUP, v))) if kind == "HTTPRoute" && GATEWAY_VERSIONS.contains(&v) => {}
+        Some(Some((TELEMETRY_GROUP, v)))
+            if kind == "Telemetry" && TELEMETRY_VERSIONS.contains(&v) => {}
+        Some(Some((TELEMETRY_GROUP, v))) if kind == "Telemetry" => {
+            diag.error(
+                &at,
+                Some("apiVersion"),
+                format!("unsupported version {v} (use v1 or v1alpha1)"),
+            );
+            return;
+        }
         Some(Some((GATEWAY_GROUP, v))) if kind == "HTTPRoute" => {
             diag.error(
                 &at,
@@ -547,6 +569,7 @@ fn parse_document(
         "RequestAuthentication" => parsed
             .authorization_policies
             .extend(authorization_policy::parse_authn(&ctx, diag)),
+        "Telemetry" => parsed.telemetries.extend(telemetry::parse(&ctx, diag)),
         _ => parsed
             .destination_rules
             .extend(destination_rule::parse(&ctx, diag)),

@@ -120,7 +120,9 @@ impl Parsed {
             destination_rules,
             http_routes,
             authorization_policies,
+            telemetries,
         } = other;
+        self.telemetries.extend(telemetries);
         self.service_entries.extend(service_entries);
         self.workload_entries.extend(workload_entries);
         self.virtual_services.extend(virtual_services);

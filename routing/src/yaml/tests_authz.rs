@@ -44,6 +44,7 @@ fn load(policies: &[String]) -> Report {
         },
         dns: Default::default(),
         limits: Default::default(),
+        mesh: Default::default(),
     };
     check_str_with(&files(&refs), &options)
 }

@@ -170,7 +170,6 @@ fn kinds_not_supported_yet_are_errors() {
         ("networking.istio.io/v1", "Gateway"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1beta1", "ProxyConfig"),
-        ("telemetry.istio.io/v1", "Telemetry"),
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
         ("gateway.networking.k8s.io/v1", "GRPCRoute"),
         ("gateway.networking.k8s.io/v1alpha2", "TCPRoute"),

@@ -251,6 +251,7 @@ impl WaypointConfig {
                 max_total_bytes: self.config_max_bytes,
                 max_file_bytes: self.config_max_file_bytes,
             },
+            mesh: std::sync::Arc::new(routing::yaml::mesh_config::MeshTelemetry::builtin()),
         }
     }
 }
