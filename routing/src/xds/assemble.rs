@@ -362,6 +362,9 @@ pub(crate) fn translate(
     if let Some(p) = main.direct_path {
         builder.pod_path(p);
     }
+    if let Some(t) = &main.telemetry {
+        builder.telemetry(t.clone());
+    }
     // Without a `connect_originate` cluster, what istiod writes by default: the trust domain.
     let hbone_peer_sans = hbone_peer_sans.unwrap_or_else(|| {
         vec![SanMatcher::uri(StringMatch::Prefix(format!(

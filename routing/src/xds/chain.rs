@@ -15,6 +15,7 @@ use super::listener::{
 };
 use super::names::ClusterName;
 use super::route::{self, RouteCtx};
+use super::telemetry::{self, HcmTelemetry};
 use super::{At, Diag, LISTENER_TYPE, ROUTE_TYPE};
 use crate::model::{HttpRoute, RouteDestination};
 use crate::path::PathPolicy;
@@ -70,6 +71,8 @@ pub(crate) struct ChainPiece {
     pub(crate) listener_diag: Diag,
     /// The clusters the routes were translated against, and whether each existed.
     pub(crate) asked: Vec<(String, bool)>,
+    /// Its connection manager's access logs and tracing (HTTP chains).
+    pub(crate) telemetry: Option<Box<HcmTelemetry>>,
 }
 
 // Most chains are service chains, and each role lives once in its piece: no box.
@@ -135,18 +138,24 @@ impl ChainPiece {
         let mut diag = Diag::default();
         let name = chain_name(&chain.name).into_owned();
         let rds = super::listener::chain_rds_names(chain);
+        let mut hcm_telemetry = None;
         let role = if name == DIRECT_TCP || name == DIRECT_HTTP {
             // Pod-IP access: the pods come from the matcher's workload range; the chain's
             // policies are the waypoint-wide ones.
             let authz = Arc::new(access::chain(chain, at, &mut diag));
-            let path = if name == DIRECT_HTTP {
-                chain_hcm(chain).and_then(|hcm| path_policy(&name, &hcm, at, &mut diag))
-            } else {
-                None
+            let path = match chain_hcm(chain).filter(|_| name == DIRECT_HTTP) {
+                Some(hcm) => {
+                    hcm_telemetry = Some(Box::new(telemetry::from_hcm(&name, &hcm, at, &mut diag)));
+                    path_policy(&name, &hcm, at, &mut diag)
+                }
+                None => None,
             };
             ChainRole::Direct { authz, path }
         } else if let Some(cluster) = ClusterName::parse(&name) {
-            let kind = chain_kind(chain, routes, at, &mut diag);
+            let mut kind = chain_kind(chain, routes, at, &mut diag);
+            if let Some(ChainKind::Http { telemetry, .. }) = &mut kind {
+                hcm_telemetry = telemetry.take();
+            }
             let authz = Arc::new(access::chain(chain, at, &mut diag));
             let routes = kind.map(|k| chain_routes(&name, &cluster, &k, known));
             ChainRole::Service {
@@ -171,6 +180,7 @@ impl ChainPiece {
             role,
             listener_diag: diag,
             asked: known.take(),
+            telemetry: hcm_telemetry,
         }
     }
 
@@ -195,6 +205,7 @@ fn chain_routes(chain: &str, cn: &ClusterName, kind: &ChainKind, known: &Known<'
             http2,
             default_fault,
             path,
+            ..
         } => RoutesKind::Http {
             http2: *http2,
             path: *path,

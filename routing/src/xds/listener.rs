@@ -21,6 +21,7 @@
 use super::access::{self, ChainAuthz};
 use super::matchers::Issue;
 use super::route;
+use super::telemetry::HcmTelemetry;
 use super::{decode_any, At, Diag};
 use crate::actions::Fault;
 use crate::path::{EscapedSlashes, PathPolicy};
@@ -128,6 +129,8 @@ pub(crate) enum ChainKind {
         default_fault: Option<Fault>,
         /// The HCM's path handling.
         path: PathPolicy,
+        /// The HCM's `access_log` and `tracing` (taken by the chain piece).
+        telemetry: Option<Box<HcmTelemetry>>,
     },
     Tcp(Box<TcpProxy>),
 }
@@ -157,6 +160,9 @@ pub(crate) struct MainListener {
     pub(crate) authz: BTreeMap<String, Arc<ChainAuthz>>,
     /// `direct-http`'s path handling (pod-addressed requests).
     pub(crate) direct_path: Option<PathPolicy>,
+    /// The access logs and tracing of its HTTP chains (see [`super::telemetry::choose`]);
+    /// `None` when it has no HTTP chain.
+    pub(crate) telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// A listener with its filter chains and matcher left encoded: only the chains whose bytes
@@ -353,6 +359,7 @@ fn main_internal(
         }
     }
     let mut seen = BTreeSet::new();
+    let mut telemetry: Vec<Arc<ChainPiece>> = Vec::new();
     for (i, bytes) in l.filter_chains.iter().enumerate() {
         let d = super::pieces::digest(bytes);
         let mut decoded = None;
@@ -389,6 +396,9 @@ fn main_internal(
             classic_match(&chain, name, at, diag, Arc::make_mut(&mut out.matched));
         }
         diag.replay(&piece.listener_diag);
+        if piece.telemetry.is_some() {
+            telemetry.push(piece.clone());
+        }
         match &piece.role {
             ChainRole::Direct { authz, path } => {
                 out.authz.insert(name.to_string(), authz.clone());
@@ -405,6 +415,11 @@ fn main_internal(
             ChainRole::Ignored => {}
         }
     }
+    let http: Vec<(&str, &HcmTelemetry)> = telemetry
+        .iter()
+        .filter_map(|p| Some((p.name.as_str(), p.telemetry.as_deref()?)))
+        .collect();
+    out.telemetry = super::telemetry::choose(&http, at, diag);
     for (ip, pc) in &out.matched.pods {
         for c in pc.http.iter().chain(&pc.tcp) {
             if !seen.contains(c) {

@@ -50,6 +50,10 @@
 //!   `direct-*` chains' the waypoint-wide ones (`access.rs`, `rbac.rs`).
 //!   Nothing fails open: untranslatable matchers are unknown (strict), and
 //!   access-control filters the proxy cannot run make their chain deny.
+//! - Telemetry: the HTTP connection managers' `access_log` and `tracing`
+//!   (`accesslog.go`, `tracing.go`, `model/telemetry_logging.go`) become the
+//!   snapshot's [`crate::telemetry::TelemetryConfig`], `direct-http`'s being
+//!   the waypoint's (`telemetry.rs`).
 //!
 //! Anything not expressible becomes a [`Warning`] (also a Snapshot
 //! warning); input Envoy would reject becomes a [`Rejection`] and no
@@ -70,6 +74,7 @@ mod outbound;
 mod pieces;
 mod rbac;
 mod route;
+mod telemetry;
 
 #[cfg(feature = "json")]
 pub mod json;
