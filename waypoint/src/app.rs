@@ -78,6 +78,8 @@ pub struct App {
     pub telemetry: Telemetry,
     /// The SIGTERM drain and its deadline ([`App::start_drain`], [`App::cut_drain`]).
     pub drain: Arc<crate::dataplane::drain::Drain>,
+    /// Access logs and tracing as the snapshot's Telemetry config declares them.
+    pub telemetry_api: Arc<crate::telemetry::spans::TelemetryApi>,
 }
 
 impl App {
@@ -112,6 +114,11 @@ impl App {
         telemetry.own_cert.set(&cert);
         status.set_config(&snapshot, config_source);
         status.attach_access_log(access_log.clone());
+        let telemetry_api = Arc::new(crate::telemetry::spans::TelemetryApi::new(
+            access_log.clone(),
+        ));
+        telemetry_api.apply(snapshot.telemetry());
+        let _first_wins = status.telemetry_api.set(telemetry_api.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let drain = Arc::new(crate::dataplane::drain::Drain::default());
         let client = Arc::new(
@@ -131,6 +138,7 @@ impl App {
             jwks: jwks.clone(),
             authorizers: authorizers.clone(),
             drain: drain.clone(),
+            telemetry_api: telemetry_api.clone(),
         };
         let h1 = http_proxy(&conf, waypoint());
         let mut h2c = http_proxy(&conf, waypoint());
@@ -163,6 +171,7 @@ impl App {
             inbound,
             telemetry,
             drain,
+            telemetry_api,
         })
     }
 
@@ -190,6 +199,7 @@ impl App {
     pub fn publish(&self, mut snapshot: Snapshot, source: &str) {
         snapshot.carry_over_state(&self.snapshot.load());
         self.telemetry.status.set_config(&snapshot, source);
+        self.telemetry_api.apply(snapshot.telemetry());
         retire(self.snapshot.swap(Arc::new(snapshot)));
     }
 

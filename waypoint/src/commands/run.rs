@@ -59,6 +59,11 @@ fn settings(args: &RunConfig) -> anyhow::Result<Settings> {
     if let Some(mesh) = &args.mesh_config {
         settings.authorizers =
             crate::dataplane::proxy::ext_authz::load_providers(mesh).map_err(anyhow::Error::msg)?;
+        // Its telemetry providers are read with each config load; a bad one stops the start.
+        let (_, warnings) = crate::config::mesh_telemetry(mesh).map_err(anyhow::Error::msg)?;
+        for w in warnings {
+            warn!(mesh_config = %mesh.display(), "{w}");
+        }
     }
     Ok(settings)
 }

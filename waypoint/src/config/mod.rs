@@ -207,8 +207,27 @@ impl RunConfig {
 
     /// What the YAML loader needs.
     pub fn load_options(&self) -> routing::LoadOptions {
-        self.waypoint.load_options(&self.trust_domain)
+        let mut options = self.waypoint.load_options(&self.trust_domain);
+        if let Some(path) = &self.mesh_config {
+            match mesh_telemetry(path) {
+                Ok((mesh, _)) => options.mesh = std::sync::Arc::new(mesh),
+                // Checked at start; a file broken since is reported, and Telemetry documents
+                // then find only the built-in `envoy` provider.
+                Err(e) => tracing::error!(error = %e, "mesh config telemetry not read"),
+            }
+        }
+        options
     }
+}
+
+/// The telemetry providers and defaults of the meshConfig file at `path`, with warnings.
+pub fn mesh_telemetry(
+    path: &std::path::Path,
+) -> Result<(routing::yaml::mesh_config::MeshTelemetry, Vec<String>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading mesh config {}: {e}", path.display()))?;
+    routing::yaml::mesh_config::MeshTelemetry::parse(&text)
+        .map_err(|e| format!("mesh config {}: {e}", path.display()))
 }
 
 /// Which waypoint this is, for AuthorizationPolicy `targetRefs` in YAML config, and the YAML

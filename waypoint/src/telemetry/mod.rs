@@ -6,6 +6,7 @@ pub mod admin;
 pub mod envoy_admin;
 pub mod logging;
 pub mod metrics;
+pub mod spans;
 pub mod splits;
 pub mod status;
 pub mod throttle;

@@ -24,6 +24,7 @@ mod manifests;
 mod manifests_check;
 mod overload;
 mod ports;
+mod tracing;
 mod validate;
 mod xds;
 mod xds_authz;

@@ -25,6 +25,8 @@ pub struct RequestCtx {
     /// (hostname, namespace) of the service the request addressed.
     pub(super) service: Option<(String, String)>,
     pub(super) grpc_status: Option<String>,
+    /// The request's span, when tracing is on and the request is sampled.
+    pub(super) span: Option<crate::telemetry::spans::ActiveSpan>,
     /// A weighted route's pick, finished with the request's outcome (the canary page).
     pub(super) split: Option<crate::telemetry::splits::SplitTicket>,
     /// A gRPC request's messages in each direction, counted as its bodies pass.
@@ -105,6 +107,7 @@ impl RequestCtx {
             protocol: Protocol::Unknown,
             service: None,
             grpc_status: None,
+            span: None,
             grpc_messages: None,
             split: None,
             route: None,

@@ -57,6 +57,8 @@ pub struct Waypoint {
     pub authorizers: Arc<std::collections::HashMap<String, ext_authz::Provider>>,
     /// The SIGTERM drain: at its cut, requests in flight are answered 503 `LR` or reset.
     pub drain: Arc<crate::dataplane::drain::Drain>,
+    /// The Telemetry API's tracer (spans) and access logs.
+    pub telemetry_api: Arc<crate::telemetry::spans::TelemetryApi>,
 }
 
 #[async_trait]
@@ -88,6 +90,9 @@ impl ProxyHttp for Waypoint {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(tracer) = self.telemetry_api.tracer.load().as_ref() {
+            ctx.span = tracer.start(session.req_header());
+        }
         let done = self.route_request(session, ctx).await?;
         // gRPC (by its port's protocol or its content type): count its messages.
         if ctx.protocol == routing::Protocol::Grpc
@@ -251,6 +256,9 @@ impl ProxyHttp for Waypoint {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(span) = &ctx.span {
+            span.inject(upstream_request);
+        }
         let Some(route) = ctx.route.clone() else {
             return Ok(());
         };
@@ -324,15 +332,17 @@ impl ProxyHttp for Waypoint {
         self.record_metrics(session, ctx, code, &flags, proved.as_deref());
         // The line is built only when it is sampled in, borrowing the request's data, and
         // rendered straight into the log's buffer.
-        if self.access_log.sample() {
+        let log = self.access_log.sample();
+        if log || ctx.span.is_some() {
+            let view = self.access_log.view();
             let tunnel = ctx.tunnel.as_deref();
             let failure = ctx.failure.lock();
-            let request_headers = capture(&req.headers, self.access_log.request_headers());
+            let request_headers = capture(&req.headers, view.request_headers());
             let response_headers = session
                 .response_written()
-                .map(|r| capture(&r.headers, self.access_log.response_headers()))
+                .map(|r| capture(&r.headers, view.response_headers()))
                 .unwrap_or_default();
-            self.access_log.emit(&Line {
+            let line = Line {
                 start_time: ctx.start_time.into(),
                 method: req.method.as_str().into(),
                 path: req.uri.path_and_query().map_or("/", |p| p.as_str()).into(),
@@ -376,7 +386,13 @@ impl ProxyHttp for Waypoint {
                 authz_dry_run: (&ctx.authz.dry_run).into(),
                 authz_audit: (&ctx.authz.audit).into(),
                 ..Default::default()
-            });
+            };
+            if log {
+                view.emit(&line);
+            }
+            if let Some(span) = ctx.span.take() {
+                span.finish(&line, ctx.start_time, ctx.started.elapsed());
+            }
         }
     }
 }

@@ -11,6 +11,8 @@
 
 mod batch;
 mod entry;
+pub mod filter;
+mod sinks;
 pub mod template;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,8 @@ use parking_lot::Mutex;
 pub use batch::{FLUSH_BYTES, FLUSH_INTERVAL};
 pub use entry::{Entry, Field, Line};
 use serde::Serialize;
+pub use sinks::LogView;
+use sinks::{Configured, ConfiguredSink};
 
 pub use template::{JsonTemplate, Template, TemplateError, ISTIO_DEFAULT_FORMAT};
 
@@ -65,6 +69,11 @@ enum Renderer {
 pub const STDOUT_QUEUE: usize = batch::QUEUE_LINES;
 
 pub struct AccessLog {
+    /// The Telemetry API's logs (meshConfig providers, or istiod's `access_log`); when set they
+    /// replace the default one the flags describe.
+    configured: arc_swap::ArcSwapOption<Configured>,
+    /// Lines a sink's filter left out.
+    filtered_out: AtomicU64,
     format: Format,
     renderer: Renderer,
     sink: Sink,
@@ -128,11 +137,8 @@ impl AccessLog {
     }
 
     fn build(format: Format, renderer: Renderer, sink: Sink) -> Self {
-        let (request_headers, response_headers) = match &renderer {
-            Renderer::Text(t) => (t.request_headers(), t.response_headers()),
-            Renderer::Json(j) => (j.request_headers(), j.response_headers()),
-            Renderer::DefaultJson => (Vec::new(), Vec::new()),
-        };
+        let (request_headers, response_headers) =
+            (renderer.request_headers(), renderer.response_headers());
         let stdout = matches!(sink, Sink::Stdout).then(|| batch::Batcher::spawn(std::io::stdout()));
         Self {
             format,
@@ -144,7 +150,54 @@ impl AccessLog {
             sample_rate: AtomicU64::new(1.0f64.to_bits()),
             written: AtomicU64::new(0),
             sampled_out: AtomicU64::new(0),
+            configured: Default::default(),
+            filtered_out: AtomicU64::new(0),
         }
+    }
+
+    /// Applies the Telemetry API's access logs: `None` restores the default log (the flags);
+    /// `Some(sinks)` replaces it (empty: no lines). A sink whose format or filter cannot be used
+    /// is left out; the errors name it. The sample rate applies to every sink.
+    pub fn configure(&self, sinks: Option<&[routing::telemetry::AccessLogSink]>) -> Vec<String> {
+        let Some(sinks) = sinks else {
+            self.configured.store(None);
+            return Vec::new();
+        };
+        let mut errors = Vec::new();
+        let mut out = Configured::default();
+        for sink in sinks {
+            match ConfiguredSink::new(sink) {
+                Ok(s) => {
+                    for h in s.request_headers() {
+                        if !out.request_headers.contains(&h) {
+                            out.request_headers.push(h);
+                        }
+                    }
+                    for h in s.response_headers() {
+                        if !out.response_headers.contains(&h) {
+                            out.response_headers.push(h);
+                        }
+                    }
+                    out.sinks.push(s);
+                }
+                Err(e) => errors.push(format!("access log provider {}: {e}", sink.provider)),
+            }
+        }
+        self.configured.store(Some(Arc::new(out)));
+        errors
+    }
+
+    /// The logs lines go to now, with the headers they read.
+    pub fn view(&self) -> LogView<'_> {
+        LogView {
+            log: self,
+            configured: self.configured.load_full(),
+        }
+    }
+
+    /// Lines the Telemetry API's filters left out.
+    pub fn filtered_out(&self) -> u64 {
+        self.filtered_out.load(Ordering::Relaxed)
     }
 
     pub fn format(&self) -> Format {
@@ -213,11 +266,7 @@ impl AccessLog {
     /// Appends the line for `line` in this log's format (no trailing newline) to `out`. Allocates
     /// nothing but `out`'s growth (see `tests/access_log_alloc.rs`).
     pub fn render_into(&self, line: &Line<'_>, out: &mut Vec<u8>) {
-        match &self.renderer {
-            Renderer::Text(t) => t.write_text(line, out),
-            Renderer::DefaultJson => line.write_default_json(out),
-            Renderer::Json(j) => j.write(line, out),
-        }
+        self.renderer.write(line, out)
     }
 
     fn sampled_in(&self) -> bool {
@@ -229,6 +278,14 @@ impl AccessLog {
     /// sampled out is counted here. Build the [`Entry`] only when this is true.
     pub fn sample(&self) -> bool {
         if matches!(self.sink, Sink::Off) {
+            return false;
+        }
+        if self
+            .configured
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.sinks.is_empty())
+        {
             return false;
         }
         if !self.sampled_in() {
@@ -254,6 +311,11 @@ impl AccessLog {
     /// Renders and hands over a line already sampled in ([`AccessLog::sample`] said yes). For
     /// stdout the line is rendered straight into the writer's buffer: no `String` per line.
     pub fn emit(&self, line: &Line<'_>) {
+        self.view().emit(line)
+    }
+
+    /// The default log's line (the flags' format).
+    fn emit_default(&self, line: &Line<'_>) {
         match &self.sink {
             Sink::Off => return,
             // Requests never wait on stdout: a full buffer (a reader that stopped reading) drops

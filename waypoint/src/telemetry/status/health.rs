@@ -221,6 +221,26 @@ impl Collector for ProxyHealth {
                         sampled_out,
                     ),
                     (Reason { reason: "dropped" }, log.dropped()),
+                    (
+                        Reason {
+                            reason: "filtered_out",
+                        },
+                        log.filtered_out(),
+                    ),
+                ],
+            )?;
+        }
+        if let Some(api) = status.telemetry_api.get() {
+            let s = &api.export;
+            counter(
+                &mut e,
+                "waypoint_spans",
+                "Spans of sampled requests by outcome (dropped: the export queue was full; \
+                 failed: the collector did not take them)",
+                &[
+                    (Reason { reason: "exported" }, load(&s.exported)),
+                    (Reason { reason: "dropped" }, load(&s.dropped)),
+                    (Reason { reason: "failed" }, load(&s.failed)),
                 ],
             )?;
         }

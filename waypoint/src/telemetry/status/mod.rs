@@ -66,6 +66,8 @@ pub struct Status {
     pub config_unreadable_reports: AtomicU64,
     draining: std::sync::atomic::AtomicBool,
     access_log: OnceLock<Arc<crate::telemetry::access_log::AccessLog>>,
+    /// The Telemetry API's tracer and its span export counters.
+    pub telemetry_api: OnceLock<Arc<crate::telemetry::spans::TelemetryApi>>,
     /// The xDS client's state, in xDS mode.
     xds: OnceLock<xds_client::StatusHandle>,
     /// The last complete xDS state accepted (shares the resources with the client's state).

@@ -1,6 +1,8 @@
 //! Helpers shared by the tests that run the real `waypoint` binary.
 #![allow(dead_code)] // each test module uses its own subset
 
+pub mod collector;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
