@@ -460,7 +460,7 @@ impl Snapshot {
                 serde_json::json!({ "service": s, "endpoints": eps })
             })
             .collect();
-        serde_json::json!({
+        let mut out = serde_json::json!({
             "version": self.version,
             "services": services,
             "virtual_services": self.virtual_services,
@@ -476,6 +476,10 @@ impl Snapshot {
             "dns_targets": self.dns_targets,
             "hbone_peer_sans": self.hbone_peer_sans.as_deref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "warnings": self.warnings,
-        })
+        });
+        if !self.telemetry.is_default() {
+            out["telemetry"] = serde_json::to_value(&*self.telemetry).unwrap_or_default();
+        }
+        out
     }
 }

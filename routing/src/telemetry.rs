@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 /// The telemetry a snapshot's config declares.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct TelemetryConfig {
     /// `None`: the config says nothing about access logs, and the process default (the
     /// `--access-log-*` flags) applies. `Some(empty)`: access logging is switched off.
@@ -29,7 +29,7 @@ impl TelemetryConfig {
 }
 
 /// One access log: every request the filter accepts gets one line in this format.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AccessLogSink {
     /// The provider's name (meshConfig `extensionProviders[].name`, `envoy` for the built-in
     /// one), or the access logger's name under istiod.
@@ -42,7 +42,7 @@ pub struct AccessLogSink {
 }
 
 /// Where lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum LogPath {
     Stdout,
     Stderr,
@@ -60,7 +60,7 @@ impl LogPath {
 }
 
 /// An access log's line format.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub enum LogFormat {
     /// Istio's default text line (meshConfig `accessLogFormat` unset).
     #[default]
@@ -74,7 +74,7 @@ pub enum LogFormat {
 }
 
 /// Spans for the requests the waypoint serves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Tracing {
     /// The provider's name (meshConfig `extensionProviders[].name`).
     pub provider: String,
@@ -93,7 +93,7 @@ pub struct Tracing {
 pub const DEFAULT_MAX_TAG_LENGTH: usize = 256;
 
 /// Where spans are sent, and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Collector {
     pub protocol: CollectorProtocol,
     /// Hostname or IP address.
@@ -107,7 +107,7 @@ pub struct Collector {
     pub headers: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum CollectorProtocol {
     OtlpGrpc,
     OtlpHttp,
@@ -115,13 +115,13 @@ pub enum CollectorProtocol {
 }
 
 /// A tag added to every span.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CustomTag {
     pub name: String,
     pub value: TagValue,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum TagValue {
     Literal(String),
     /// The waypoint process's environment variable, or `default` when unset.

@@ -142,6 +142,9 @@ impl Admin {
                 "unreadable": status.config_unreadable().iter().map(|u| u.to_string()).collect::<Vec<_>>(),
                 "xds": status.xds().map(|x| serde_json::to_value(&x).unwrap_or_default()),
                 "snapshot": snapshot,
+                // What of the snapshot's `telemetry` could not be applied (a format or filter the
+                // data path refused, an export thread that did not start).
+                "telemetry_problems": status.telemetry_api.get().map(|t| t.problems.lock().clone()),
             },
             "ready": status.readiness().is_ok(),
         }))

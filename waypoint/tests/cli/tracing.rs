@@ -145,6 +145,20 @@ async fn spans_reach_each_collector_as_child_of_the_caller_and_parent_of_the_ups
     let access = collect(child.0.stdout.take().unwrap());
     let logs = collect(stderr);
     applied(&logs, 1).await;
+    poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
+    // The waypoint's own view names what applies and where it came from.
+    let (_, dump) =
+        waypoint_tests::http_request(addrs["admin"], "GET", "/config_dump?format=waypoint").await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let t = &dump["config"]["snapshot"]["telemetry"];
+    assert_eq!(
+        t["sources"][0], "Telemetry istio-system/mesh-default",
+        "{}",
+        dump["config"]
+    );
+
+    assert_eq!(t["tracing"]["provider"], "otel", "{t}");
+    assert_eq!(dump["config"]["telemetry_problems"], serde_json::json!([]));
     let mut send = client(&ca, addrs["hbone"]).await;
 
     // W3C parent, sampled by the caller although the Telemetry samples 0 %.
