@@ -269,17 +269,23 @@ async fn spans_reach_each_collector_as_child_of_the_caller_and_parent_of_the_ups
         2,
         "gRPC got no more"
     );
-    // Counted: four spans exported; the three lines the filter left out (the unsampled one was
-    // written; the later requests all passed 200 without x-debug).
+    // Counted: four spans exported (counted once the collector answered, so after it recorded
+    // them); the four lines the filter left out (the x-debug one was written).
     let stats = addrs["stats"];
-    let spans = sample(stats, "waypoint_spans", &[("reason", "exported")]).await;
-    assert_eq!(spans, 4.0);
-    let filtered = sample(
-        stats,
-        "waypoint_access_log_lines",
-        &[("reason", "filtered_out")],
-    )
-    .await;
-    assert_eq!(filtered, 4.0);
+    let counted = |family: &'static str, reason: &'static str| async move {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let v = sample(stats, family, &[("reason", reason)]).await;
+            if v >= 4.0 || std::time::Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(counted("waypoint_spans", "exported").await, 4.0);
+    assert_eq!(
+        counted("waypoint_access_log_lines", "filtered_out").await,
+        4.0
+    );
     sigterm_and_wait(child).await;
 }
