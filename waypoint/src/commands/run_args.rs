@@ -78,8 +78,10 @@ pub struct RunArgs {
     pub trust_domain: String,
     #[command(flatten)]
     pub waypoint: WaypointArgs,
-    /// meshConfig YAML whose `extensionProviders` (envoyExtAuthzHttp, envoyExtAuthzGrpc) CUSTOM
-    /// AuthorizationPolicies name. Without it a request matching a CUSTOM rule is denied.
+    /// meshConfig YAML (the `mesh` key of istiod's `istio` ConfigMap): the `extensionProviders`
+    /// CUSTOM AuthorizationPolicies name (envoyExtAuthzHttp/Grpc; without them a request matching a
+    /// CUSTOM rule is denied) and those Telemetry resources name (envoyFileAccessLog,
+    /// opentelemetry, zipkin), with `defaultProviders` and the default sampling.
     #[arg(long, env = env::WAYPOINT_MESH_CONFIG, value_name = "FILE")]
     pub mesh_config: Option<PathBuf>,
     /// Further trust domains whose clients are accepted.
