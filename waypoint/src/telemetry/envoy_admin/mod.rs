@@ -6,9 +6,11 @@
 //!
 //! Under istiod `/config_dump` holds the resources of the last complete state the waypoint
 //! accepted, as istiod sent them (a refused resource's last good version in its place). On
-//! files it holds the clusters and their endpoints the config became (one EDS cluster per
-//! Istio cluster name); there are no Envoy listeners or routes to show, the config's services
-//! and routes are in `/config_dump?format=waypoint`.
+//! files it holds what istiod would send a waypoint for the config: the clusters and their
+//! endpoints the config became (one EDS cluster per Istio cluster name), the `main_internal`
+//! listener with a filter chain per service port ([`listeners`]) and each HTTP chain's route
+//! configuration with the VirtualService routes ([`routes`]); the config's own model is in
+//! `/config_dump?format=waypoint`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,6 +30,11 @@ use serde_json::Value;
 use xds_client::type_url;
 
 mod handlers;
+mod listeners;
+mod route_match;
+mod routes;
+#[cfg(test)]
+mod tests;
 
 /// Where `/config_dump`'s resources come from.
 pub enum DumpSource<'a> {
@@ -200,7 +207,28 @@ pub fn config_dump(
         DumpSource::Files(snapshot) => {
             use admin::clusters_config_dump::DynamicCluster;
             use admin::endpoints_config_dump::DynamicEndpointConfig;
+            use admin::listeners_config_dump::{DynamicListener, DynamicListenerState};
+            use admin::routes_config_dump::DynamicRouteConfig;
             let version = snapshot.version().to_string();
+            let mut by_host = std::collections::HashMap::new();
+            let ports = listeners::service_ports(snapshot, &mut by_host);
+            let main = listeners::main_internal(snapshot, &ports);
+            listeners.dynamic_listeners.push(DynamicListener {
+                name: main.name.clone(),
+                active_state: Some(DynamicListenerState {
+                    version_info: version.clone(),
+                    listener: Some(any(&main)),
+                    last_updated: None,
+                }),
+                ..Default::default()
+            });
+            for r in routes::route_configs(snapshot, &ports) {
+                routes.dynamic_route_configs.push(DynamicRouteConfig {
+                    version_info: version.clone(),
+                    route_config: Some(any(&r)),
+                    ..Default::default()
+                });
+            }
             for c in snapshot.clusters() {
                 clusters.dynamic_active_clusters.push(DynamicCluster {
                     version_info: version.clone(),
