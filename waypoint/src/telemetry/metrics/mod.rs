@@ -1,9 +1,12 @@
 //! Istio's standard metrics (reporter `waypoint`) and the proxy's own health metrics, in one
 //! prometheus-client registry served on `/stats/prometheus`.
 //!
-//! Label values follow Istio's conventions: `unknown` when a value cannot be known, `latest` for
-//! a canonical revision that is not set, `-` for no response flags. No label carries a request
-//! id, a path or any other per-request value, so cardinality is bounded by workloads × codes.
+//! Label names, their order and their values follow Istio's Envoy waypoint (istio/proxy
+//! `istio_stats.cc`, reporter `SERVER_GATEWAY`; see `labels.rs` and the conformance test against
+//! `waypoint/tests/fixtures/istio_standard_metrics_1_27.json`): `unknown` when a value cannot be
+//! known, `latest` for a known workload's unset canonical revision, `-` for no response flags. No
+//! label carries a request id, a path or any other per-request value, so cardinality is bounded
+//! by workloads × codes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,168 +26,25 @@ use crate::dataplane::tunnel::TunnelInfo;
 
 mod handles;
 mod histogram;
+mod labels;
 pub mod process;
 
 use handles::{key_hash, CachedKey, RequestHandles, HANDLES};
 pub use handles::{RequestKey, HANDLE_CACHE_ENTRIES};
 pub use histogram::AtomicHistogram;
+pub(crate) use labels::label;
+use labels::{flags_label, grpc_status_label};
+pub use labels::{DestinationLabels, RequestLabels, SourceLabels, TcpLabels};
 
-/// Istio's histogram buckets (its bootstrap applies them to every `istio_*` histogram).
+/// Envoy's default histogram buckets (`HistogramSettingsImpl::defaultBuckets`), which Istio's
+/// bootstrap leaves on every `istio_*` histogram (`histogram_bucket_settings` is only written
+/// for a `sidecar.istio.io/statsHistogramBuckets` annotation).
 pub const ISTIO_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
 pub const UNKNOWN: &str = "unknown";
-
-type Label = Arc<str>;
-
-pub(crate) fn label(v: &str) -> Label {
-    Arc::from(v)
-}
-
-fn or_unknown(v: Option<&str>) -> Label {
-    match v {
-        Some(v) if !v.is_empty() => label(v),
-        _ => label(UNKNOWN),
-    }
-}
-
-/// Who sent the request: the tunnel's SPIFFE id and the `baggage` ztunnel attaches.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceLabels {
-    pub source_workload: Label,
-    pub source_workload_namespace: Label,
-    pub source_principal: Label,
-    pub source_app: Label,
-    pub source_version: Label,
-    pub source_cluster: Label,
-    pub source_canonical_service: Label,
-    pub source_canonical_revision: Label,
-}
-
-impl SourceLabels {
-    pub fn unknown() -> Self {
-        Self::from_tunnel(None)
-    }
-
-    pub fn from_tunnel(tunnel: Option<&TunnelInfo>) -> Self {
-        let bag = |k: &str| tunnel.and_then(|t| t.baggage_value(k));
-        // ztunnel names the workload by its kind: k8s.deployment.name, k8s.statefulset.name, …
-        let workload = [
-            "k8s.deployment.name",
-            "k8s.statefulset.name",
-            "k8s.daemonset.name",
-            "k8s.job.name",
-            "k8s.cronjob.name",
-            "k8s.replicaset.name",
-            "k8s.pod.name",
-            "k8s.workload.name",
-        ]
-        .iter()
-        .find_map(|k| bag(k));
-        let id = tunnel.map(|t| &t.source_identity);
-        let app = bag("service.name").or(bag("app.kubernetes.io/name"));
-        let version = bag("service.version");
-        Self {
-            source_workload: or_unknown(workload),
-            source_workload_namespace: or_unknown(
-                bag("k8s.namespace.name").or(id.map(|i| i.namespace.as_str())),
-            ),
-            source_principal: or_unknown(id.map(|i| i.to_string()).as_deref()),
-            source_app: or_unknown(app),
-            source_version: or_unknown(version),
-            source_cluster: or_unknown(bag("k8s.cluster.name")),
-            source_canonical_service: or_unknown(app.or(workload)),
-            source_canonical_revision: label(version.unwrap_or("latest")),
-        }
-    }
-}
-
-/// Where the request went: the service it addressed and the endpoint that served it.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DestinationLabels {
-    pub destination_workload: Label,
-    pub destination_workload_namespace: Label,
-    pub destination_principal: Label,
-    pub destination_app: Label,
-    pub destination_version: Label,
-    pub destination_service: Label,
-    pub destination_service_name: Label,
-    pub destination_service_namespace: Label,
-    pub destination_cluster: Label,
-    pub destination_canonical_service: Label,
-    pub destination_canonical_revision: Label,
-}
-
-impl DestinationLabels {
-    /// `service` is (hostname, namespace) of the addressed service.
-    pub fn new(
-        service: Option<(&str, &str)>,
-        endpoint: Option<&Endpoint>,
-        cluster_id: &str,
-    ) -> Self {
-        let l = |k: &str| endpoint.and_then(|e| e.labels.get(k)).map(String::as_str);
-        let workload = l("service.istio.io/workload-name")
-            .or(endpoint.map(|e| e.name.as_str()))
-            .filter(|w| !w.is_empty());
-        let app = l("app").or(l("app.kubernetes.io/name"));
-        let version = l("version").or(l("app.kubernetes.io/version"));
-        let canonical = l("service.istio.io/canonical-name").or(app).or(workload);
-        let revision = l("service.istio.io/canonical-revision")
-            .or(version)
-            .unwrap_or("latest");
-        Self {
-            destination_workload: or_unknown(workload),
-            destination_workload_namespace: or_unknown(endpoint.map(|e| e.namespace.as_str())),
-            destination_principal: or_unknown(endpoint.map(|e| e.identity.as_str())),
-            destination_app: or_unknown(app),
-            destination_version: or_unknown(version),
-            destination_service: or_unknown(service.map(|(host, _)| host)),
-            destination_service_name: or_unknown(
-                service.and_then(|(host, _)| host.split('.').next()),
-            ),
-            destination_service_namespace: or_unknown(service.map(|(_, ns)| ns)),
-            destination_cluster: if endpoint.is_some() {
-                label(cluster_id)
-            } else {
-                label(UNKNOWN)
-            },
-            destination_canonical_service: or_unknown(canonical),
-            destination_canonical_revision: label(if endpoint.is_some() {
-                revision
-            } else {
-                "latest"
-            }),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub reporter: &'static str,
-    #[prometheus(flatten)]
-    pub source: SourceLabels,
-    #[prometheus(flatten)]
-    pub destination: DestinationLabels,
-    pub request_protocol: &'static str,
-    pub response_code: Label,
-    pub grpc_response_status: Label,
-    pub response_flags: Label,
-    pub connection_security_policy: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    pub reporter: &'static str,
-    #[prometheus(flatten)]
-    pub source: SourceLabels,
-    #[prometheus(flatten)]
-    pub destination: DestinationLabels,
-    pub request_protocol: &'static str,
-    pub response_flags: Label,
-    pub connection_security_policy: &'static str,
-}
 
 /// One finished HTTP request, as the metrics see it.
 pub struct RequestRecord<'a> {
@@ -221,10 +81,6 @@ pub struct IstioMetrics {
 
 fn istio_histogram() -> AtomicHistogram {
     AtomicHistogram::new(ISTIO_BUCKETS)
-}
-
-fn flags_label(flags: &str) -> Label {
-    label(if flags.is_empty() { "-" } else { flags })
 }
 
 pub const REPORTER: &str = "waypoint";
@@ -324,7 +180,7 @@ impl IstioMetrics {
             destination: r.destination,
             request_protocol: if r.grpc { "grpc" } else { "http" },
             response_code: label(&r.response_code.to_string()),
-            grpc_response_status: label(r.grpc_status.unwrap_or("")),
+            grpc_response_status: grpc_status_label(r.grpc, r.grpc_status, r.response_code),
             response_flags: flags_label(r.response_flags),
             connection_security_policy: MUTUAL_TLS,
         };
@@ -387,7 +243,7 @@ impl IstioMetrics {
             destination,
             request_protocol: if key.grpc { "grpc" } else { "http" },
             response_code: label(&key.response_code.to_string()),
-            grpc_response_status: label(key.grpc_status.unwrap_or("")),
+            grpc_response_status: grpc_status_label(key.grpc, key.grpc_status, key.response_code),
             response_flags: flags_label(key.response_flags),
             connection_security_policy: MUTUAL_TLS,
         };
@@ -528,5 +384,7 @@ impl Metrics {
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+#[cfg(test)]
+mod istio_conformance;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 use super::*;
 use std::collections::BTreeMap;
 
-fn tunnel(baggage: Option<&str>) -> TunnelInfo {
+pub(super) fn tunnel(baggage: Option<&str>) -> TunnelInfo {
     TunnelInfo {
         peer: "10.0.0.1:1234".parse().unwrap(),
         source_addr: "10.0.0.2:4000".parse().unwrap(),
@@ -159,7 +159,7 @@ fn atomic_histogram_matches_prometheus_client() {
     assert_eq!(sum, expect_sum, "halves and integers add exactly");
 }
 
-fn ep(name: &str) -> Arc<Endpoint> {
+pub(super) fn ep(name: &str) -> Arc<Endpoint> {
     Arc::new(Endpoint {
         address: "10.1.0.1".parse().unwrap(),
         labels: BTreeMap::from([("app".to_string(), "reviews".to_string())]).into(),
