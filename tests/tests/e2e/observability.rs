@@ -59,7 +59,14 @@ async fn istio_metrics_after_known_traffic() {
             .await
             .unwrap();
         assert_eq!(parts.status, 200);
-        response_bytes += body.len();
+        // Envoy's wire bytes (istio/proxy `istio_stats.cc`): the headers as `HeaderMap::byteSize`
+        // counts them (`:status` and its digits, each name and value) and the body.
+        let headers: usize = parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        response_bytes += ":status".len() + 3 + headers + body.len();
     }
     // 1 × 503: the only details pod is down.
     let mut send = client
@@ -118,7 +125,17 @@ async fn istio_metrics_after_known_traffic() {
         s.histogram("istio_response_bytes", &ok),
         (3, response_bytes as f64, 20)
     );
-    assert_eq!(s.histogram("istio_request_bytes", &ok), (3, 0.0, 20));
+    // No body: the request's headers only, the pseudo headers included (at least `:method GET`,
+    // `:path /ratings/N`, `:authority ratings:9080`, `:scheme http`), the same for the three.
+    let (count, request_bytes, _) = s.histogram("istio_request_bytes", &ok);
+    assert_eq!(count, 3);
+    let least =
+        (":method".len() + 3 + ":path".len() + 10 + ":authority".len() + 12 + ":scheme".len() + 4)
+            as f64;
+    assert!(
+        request_bytes >= 3.0 * least && request_bytes % 3.0 == 0.0,
+        "{request_bytes}"
+    );
 
     let failed = with(&[
         ("destination_service", "details.default.svc.cluster.local"),

@@ -95,10 +95,7 @@ impl ProxyHttp for Waypoint {
         }
         let done = self.route_request(session, ctx).await?;
         // gRPC (by its port's protocol or its content type): count its messages.
-        if ctx.protocol == routing::Protocol::Grpc
-            || request::header_str(session.req_header(), "content-type")
-                .starts_with("application/grpc")
-        {
+        if ctx.protocol == routing::Protocol::Grpc || request::is_grpc(session.req_header()) {
             ctx.grpc_messages = Some(Default::default());
         }
         Ok(done)

@@ -7,12 +7,11 @@ use pingora_error::Result;
 use pingora_proxy::Session;
 use tracing::debug;
 
-use super::request::{authority, header_str, HashView};
+use super::request::{authority, HashView};
 use super::{RequestCtx, Waypoint};
 use crate::dataplane::tunnel::TunnelInfo;
 use crate::dataplane::upstream::{Attempt, ClusterKey, Dial};
 use crate::telemetry::metrics::RequestKey;
-use routing::Protocol;
 
 impl Waypoint {
     /// The request's path as the destination's connection manager leaves it, before
@@ -32,7 +31,7 @@ impl Waypoint {
         let Some(pq) = req.uri.path_and_query() else {
             return Ok(None);
         };
-        let grpc = header_str(req, "content-type").starts_with("application/grpc");
+        let grpc = super::request::is_grpc(req);
         let outcome = routing::path::apply(pq.as_str(), policy);
         let replied = match outcome {
             PathOutcome::Unchanged => return Ok(None),
@@ -251,8 +250,8 @@ impl Waypoint {
         proved_principal: Option<&str>,
     ) {
         let req = session.req_header();
-        let grpc = ctx.protocol == Protocol::Grpc
-            || header_str(req, "content-type").starts_with("application/grpc");
+        // As Istio's stats filter: by the content type only.
+        let grpc = super::request::is_grpc(req);
         let t = &self.telemetry;
         t.metrics.istio.record_request_key(
             RequestKey {
@@ -270,8 +269,12 @@ impl Waypoint {
                 response_flags: flags,
             },
             ctx.started.elapsed().as_secs_f64() * 1000.0,
-            session.body_bytes_read() as u64,
-            session.body_bytes_sent() as u64,
+            // Envoy's wire bytes: headers and body (istio/proxy `istio_stats.cc`).
+            session.body_bytes_read() as u64 + super::request::request_header_bytes(req),
+            session.body_bytes_sent() as u64
+                + session
+                    .response_written()
+                    .map_or(0, super::request::response_header_bytes),
             ctx.grpc_messages
                 .as_ref()
                 .map(|(into, out)| (into.messages, out.messages)),

@@ -68,6 +68,47 @@ pub(super) fn header_str<'a>(req: &'a RequestHeader, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// A gRPC request by its content type, as Envoy tells (`Grpc::Common::hasGrpcContentType`):
+/// `application/grpc`, or followed by `+` (`application/grpc+proto`) or `;`. gRPC-Web is not.
+pub(super) fn is_grpc(req: &RequestHeader) -> bool {
+    let ct = header_str(req, "content-type").as_bytes();
+    const GRPC: &[u8] = b"application/grpc";
+    ct.len() >= GRPC.len()
+        && ct[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
+/// Envoy's `HeaderMap::byteSize()` of a request's headers: each name and value, the pseudo
+/// headers included (`:method`, `:path`, `:authority`, `:scheme`; `host` is `:authority`), no
+/// separators. `istio_request_bytes` is this plus the body (istio/proxy `istio_stats.cc`).
+pub(super) fn request_header_bytes(req: &RequestHeader) -> u64 {
+    let pseudo = ":method".len()
+        + req.method.as_str().len()
+        + ":path".len()
+        + req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + ":authority".len()
+        + authority(req).map_or(0, str::len)
+        + ":scheme".len()
+        + req.uri.scheme_str().map_or("http".len(), str::len);
+    let rest: usize = req
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != http::header::HOST)
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    (pseudo + rest) as u64
+}
+
+/// [`request_header_bytes`] of a response: `:status` and its three digits, and each header.
+pub(super) fn response_header_bytes(resp: &pingora_http::ResponseHeader) -> u64 {
+    let rest: usize = resp
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    (":status".len() + 3 + rest) as u64
+}
+
 /// The headers an access log template asks for, by lowercase name.
 pub(super) fn capture(headers: &http::HeaderMap, names: &[String]) -> Vec<(String, String)> {
     names
@@ -141,5 +182,45 @@ impl routing::HashRequest for HashView<'_> {
 
     fn source_ip(&self) -> Option<IpAddr> {
         Some(self.source)
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_by_content_type_as_envoy() {
+        for (ct, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc;charset=utf-8", true),
+            ("Application/GRPC", true),
+            ("application/grpc-web", false),
+            ("application/grpcx", false),
+            ("application/json", false),
+            ("", false),
+        ] {
+            let mut r = RequestHeader::build("POST", b"/pkg.Svc/Call", None).unwrap();
+            if !ct.is_empty() {
+                r.insert_header("content-type", ct).unwrap();
+            }
+            assert_eq!(is_grpc(&r), grpc, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn header_bytes_count_names_values_and_pseudo_headers() {
+        let mut r = RequestHeader::build("GET", b"/ratings/1", None).unwrap();
+        r.insert_header("host", "ratings:9080").unwrap();
+        r.insert_header("x-a", "bc").unwrap();
+        // :method GET, :path /ratings/1, :authority ratings:9080, :scheme http, x-a bc.
+        assert_eq!(
+            request_header_bytes(&r),
+            7 + 3 + 5 + 10 + 10 + 12 + 7 + 4 + 3 + 2
+        );
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", "12").unwrap();
+        assert_eq!(response_header_bytes(&resp), 7 + 3 + 14 + 2);
     }
 }
