@@ -36,4 +36,5 @@ mod xds_path;
 mod xds_releases;
 mod xds_retry;
 mod xds_saved;
+mod xds_telemetry;
 mod xds_upstreams;
