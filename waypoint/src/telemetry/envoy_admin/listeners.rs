@@ -155,6 +155,11 @@ pub(super) fn destination_cluster(
     }
 }
 
+/// [`destination_cluster`] of a route's destination; `port` when it names none.
+pub(super) fn route_cluster(snapshot: &Snapshot, d: &RouteDestination, port: u16) -> String {
+    destination_cluster(snapshot, &d.host, d.port.unwrap_or(port), d.subset.as_deref())
+}
+
 fn typed<M: prost::Message + prost::Name>(name: &str, m: &M) -> TypedExtensionConfig {
     TypedExtensionConfig {
         name: name.to_string(),
@@ -325,14 +330,7 @@ fn tcp_destinations<'s>(p: &PortChains<'s>) -> Option<&'s [RouteDestination]> {
 fn tcp_chain(snapshot: &Snapshot, p: &PortChains<'_>, name: &str) -> FilterChain {
     let port = p.port.number;
     let own = destination_cluster(snapshot, &p.service.hostname, port, None);
-    let cluster = |d: &RouteDestination| {
-        destination_cluster(
-            snapshot,
-            &d.host,
-            d.port.unwrap_or(port),
-            d.subset.as_deref(),
-        )
-    };
+    let cluster = |d: &RouteDestination| route_cluster(snapshot, d, port);
     let specifier = match tcp_destinations(p) {
         Some([one]) => tcp_proxy::ClusterSpecifier::Cluster(cluster(one)),
         Some(many) if !many.is_empty() => {

@@ -47,7 +47,7 @@ use routing::{
 };
 
 use super::any;
-use super::listeners::{destination_cluster, PortChains};
+use super::listeners::{destination_cluster, route_cluster, PortChains};
 use super::route_match::{is_catch_all, operation_path, route_match};
 
 /// The route configuration of every HTTP chain of `ports`.
@@ -262,14 +262,7 @@ fn route(
 /// The `RouteAction` of a forwarding route (`applyHTTPRouteDestination`); a lone
 /// destination's header operations go on `out`.
 fn forward(snapshot: &Snapshot, r: &HttpRoute, port: u16, out: &mut Route) -> RouteAction {
-    let cluster = |d: &RouteDestination| {
-        destination_cluster(
-            snapshot,
-            &d.host,
-            d.port.unwrap_or(port),
-            d.subset.as_deref(),
-        )
-    };
+    let cluster = |d: &RouteDestination| route_cluster(snapshot, d, port);
     let mut action = RouteAction {
         timeout: Some(duration(r.timeout.unwrap_or_default())),
         retry_policy: retry_policy(&r.retries),
