@@ -17,6 +17,10 @@ pub struct ValidateArgs {
     pub trust_domain: String,
     #[command(flatten)]
     pub waypoint: crate::commands::cli::WaypointArgs,
+    /// meshConfig YAML whose providers Telemetry documents name (as `waypoint run --mesh-config`);
+    /// without it only the built-in `envoy` log provider is known.
+    #[arg(long, env = crate::config::env::WAYPOINT_MESH_CONFIG, value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
     /// `text` (one line per problem) or `json`.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -43,8 +47,22 @@ fn problem(at: &DocRef, field: &Option<String>, message: &str, text: String) -> 
 
 /// Prints the verdict; returns the process exit code.
 pub fn run(args: &ValidateArgs) -> i32 {
-    let report =
-        routing::check_path_with(&args.path, &args.waypoint.load_options(&args.trust_domain));
+    let mut options = args.waypoint.load_options(&args.trust_domain);
+    if let Some(mesh) = &args.mesh_config {
+        match crate::config::mesh_telemetry(mesh) {
+            Ok((m, warnings)) => {
+                for w in warnings {
+                    crate::outln!("warning: {}: {w}", mesh.display());
+                }
+                options.mesh = std::sync::Arc::new(m);
+            }
+            Err(e) => {
+                crate::outln!("error: {e}");
+                return 1;
+            }
+        }
+    }
+    let report = routing::check_path_with(&args.path, &options);
     let path = args.path.display();
     match args.output {
         Output::Text => {

@@ -147,3 +147,40 @@ fn json_warnings_are_objects_like_errors() {
     assert_eq!(v["warnings"][0]["field"], "spec.exportTo", "{v}");
     assert_eq!(v["errors"][0]["kind"], "EnvoyFilter", "{v}");
 }
+
+/// A Telemetry naming meshConfig providers: without `--mesh-config` the provider is unknown
+/// (a warning naming it), with it the config is clean, and a broken meshConfig fails naming the
+/// provider.
+#[test]
+fn telemetry_providers_come_from_the_mesh_config() {
+    let dir = config_dir("validate-telemetry");
+    file(
+        &dir,
+        "telemetry.yaml",
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  tracing: [{providers: [{name: otel}], randomSamplingPercentage: 5}]\n",
+    );
+    let (code, out) = validate(&[], &dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("istio-system/t") && out.contains("provider otel is not in meshConfig"),
+        "{out}"
+    );
+    let mesh = temp_dir("validate-telemetry-mesh").join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "extensionProviders:\n- name: otel\n  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317}\n",
+    )
+    .unwrap();
+    let mesh_arg = mesh.to_str().unwrap();
+    let (code, out) = validate(&["--mesh-config", mesh_arg], &dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("provider otel"), "{out}");
+    std::fs::write(
+        &mesh,
+        "extensionProviders:\n- name: otel\n  opentelemetry: {port: 4317}\n",
+    )
+    .unwrap();
+    let (code, out) = validate(&["--mesh-config", mesh_arg], &dir);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("extensionProviders otel"), "{out}");
+}
