@@ -157,7 +157,12 @@ pub(super) fn destination_cluster(
 
 /// [`destination_cluster`] of a route's destination; `port` when it names none.
 pub(super) fn route_cluster(snapshot: &Snapshot, d: &RouteDestination, port: u16) -> String {
-    destination_cluster(snapshot, &d.host, d.port.unwrap_or(port), d.subset.as_deref())
+    destination_cluster(
+        snapshot,
+        &d.host,
+        d.port.unwrap_or(port),
+        d.subset.as_deref(),
+    )
 }
 
 fn typed<M: prost::Message + prost::Name>(name: &str, m: &M) -> TypedExtensionConfig {
