@@ -187,7 +187,7 @@ impl Inbound {
             }
             None => None,
         };
-        let source = info.source_labels().clone();
+        let source = info.source_labels(&snapshot).clone();
         let cluster_id = self.telemetry.cluster_id.clone();
         let metrics = &self.telemetry.metrics.istio;
         let unserved = |flags: &str| {

@@ -35,10 +35,18 @@ pub struct TunnelInfo {
 }
 
 impl TunnelInfo {
-    /// Istio's source labels for this tunnel's client (computed once per tunnel).
-    pub fn source_labels(&self) -> &crate::telemetry::metrics::SourceLabels {
-        self.metric_labels
-            .get_or_init(|| crate::telemetry::metrics::SourceLabels::from_tunnel(Some(self)))
+    /// Istio's source labels for this tunnel's client (computed once per tunnel, with the
+    /// workload `snapshot` has at the client's address).
+    pub fn source_labels(
+        &self,
+        snapshot: &routing::Snapshot,
+    ) -> &crate::telemetry::metrics::SourceLabels {
+        self.metric_labels.get_or_init(|| {
+            crate::telemetry::metrics::SourceLabels::from_tunnel(
+                Some(self),
+                self.source_workload(snapshot),
+            )
+        })
     }
 
     /// The client's SPIFFE id as a URI (computed once per tunnel).

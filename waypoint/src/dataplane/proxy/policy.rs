@@ -250,6 +250,10 @@ impl Waypoint {
         proved_principal: Option<&str>,
     ) {
         let req = session.req_header();
+        if let Some(t) = &ctx.tunnel {
+            // The tunnel's source labels, with the workload at the client's address.
+            t.source_labels(&ctx.snapshot);
+        }
         // As Istio's stats filter: by the content type only.
         let grpc = super::request::is_grpc(req);
         let t = &self.telemetry;

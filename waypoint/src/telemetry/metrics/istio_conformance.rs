@@ -128,7 +128,7 @@ fn scraped() -> String {
     m.istio
         .record_request_key(key(true, 200, Some("0")), 3.0, 20, 40, Some((3, 1)));
     let tcp = IstioMetrics::tcp_labels(
-        t.source_labels().clone(),
+        t.source_labels(&routing::Snapshot::empty()).clone(),
         DestinationLabels::new(Some(SERVICE), Some(&e), "Kubernetes"),
         "",
     );

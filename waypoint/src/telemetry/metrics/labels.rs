@@ -37,10 +37,15 @@ pub struct SourceLabels {
 
 impl SourceLabels {
     pub fn unknown() -> Self {
-        Self::from_tunnel(None)
+        Self::from_tunnel(None, None)
     }
 
-    pub fn from_tunnel(tunnel: Option<&TunnelInfo>) -> Self {
+    /// From the tunnel's `baggage` first; what it does not say, from `workload`: the config's
+    /// workload at the client's address (carrying the certificate's identity), as Istio's
+    /// waypoint finds its peer by address (istio/proxy `workload_discovery`). A client that sends
+    /// no baggage (a sidecar, a gateway) is then still named.
+    pub fn from_tunnel(tunnel: Option<&TunnelInfo>, at_address: Option<&Endpoint>) -> Self {
+        let peer = at_address.map(Peer::of);
         let bag = |k: &str| {
             tunnel
                 .and_then(|t| t.baggage_value(k))
@@ -58,15 +63,17 @@ impl SourceLabels {
             "k8s.workload.name",
         ]
         .iter()
-        .find_map(|k| bag(k));
+        .find_map(|k| bag(k))
+        .or(peer.as_ref().and_then(|p| p.workload));
         let id = tunnel.map(|t| &t.source_identity);
         // Istio's waypoint takes app and version from the peer's canonical service and revision
         // (istio/proxy `workload_discovery/api.cc` `convert`); istiod names a workload without
         // canonical labels after itself, with revision `latest` (`pkg/kube/labels/labels.go`).
         let canonical = bag("service.name")
             .or(bag("app.kubernetes.io/name"))
+            .or(peer.as_ref().map(|p| p.canonical))
             .or(workload);
-        let version = bag("service.version");
+        let version = bag("service.version").or(peer.as_ref().map(|p| p.revision));
         let known = canonical.is_some();
         Self {
             source_workload: or_unknown(workload),
@@ -76,12 +83,54 @@ impl SourceLabels {
             source_workload_namespace: or_unknown(
                 id.map(|i| i.namespace.as_str())
                     .filter(|ns| !ns.is_empty())
-                    .or(bag("k8s.namespace.name")),
+                    .or(bag("k8s.namespace.name"))
+                    .or(workload_namespace(at_address)),
             ),
             source_principal: or_unknown(id.map(|i| i.to_string()).as_deref()),
             source_app: or_unknown(canonical),
             source_version: or_unknown(version.or(known.then_some("latest"))),
             source_cluster: or_unknown(bag("k8s.cluster.name")),
+        }
+    }
+}
+
+fn workload_namespace(workload: Option<&Endpoint>) -> Option<&str> {
+    workload
+        .map(|w| w.namespace.as_str())
+        .filter(|n| !n.is_empty())
+}
+
+/// A workload's names as istiod derives them (`pkg/kube/labels/labels.go`): its workload name,
+/// canonical service and canonical revision.
+struct Peer<'e> {
+    workload: Option<&'e str>,
+    canonical: &'e str,
+    revision: &'e str,
+}
+
+impl<'e> Peer<'e> {
+    fn of(endpoint: &'e Endpoint) -> Self {
+        let l = |k: &str| {
+            endpoint
+                .labels
+                .get(k)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let workload = l("service.istio.io/workload-name")
+            .or(Some(endpoint.name.as_str()))
+            .filter(|w| !w.is_empty());
+        Self {
+            workload,
+            canonical: l("service.istio.io/canonical-name")
+                .or(l("app.kubernetes.io/name"))
+                .or(l("app"))
+                .or(workload)
+                .unwrap_or(UNKNOWN),
+            revision: l("service.istio.io/canonical-revision")
+                .or(l("app.kubernetes.io/version"))
+                .or(l("version"))
+                .unwrap_or("latest"),
         }
     }
 }
@@ -109,27 +158,13 @@ impl DestinationLabels {
         endpoint: Option<&Endpoint>,
         cluster_id: &str,
     ) -> Self {
-        let l = |k: &str| {
-            endpoint
-                .and_then(|e| e.labels.get(k))
-                .map(String::as_str)
-                .filter(|v| !v.is_empty())
-        };
-        let workload = l("service.istio.io/workload-name")
-            .or(endpoint.map(|e| e.name.as_str()))
-            .filter(|w| !w.is_empty());
         // istiod's canonical service and revision (`pkg/kube/labels/labels.go`), in its order.
-        let canonical = l("service.istio.io/canonical-name")
-            .or(l("app.kubernetes.io/name"))
-            .or(l("app"))
-            .or(workload);
-        let revision = l("service.istio.io/canonical-revision")
-            .or(l("app.kubernetes.io/version"))
-            .or(l("version"))
-            .unwrap_or("latest");
         // Without an endpoint the waypoint knows no destination peer: `unknown` throughout,
         // the canonical revision included (istio_stats.cc, `Reporter::ServerGateway`).
-        let revision = endpoint.is_some().then_some(revision);
+        let peer = endpoint.map(Peer::of);
+        let workload = peer.as_ref().and_then(|p| p.workload);
+        let canonical = peer.as_ref().map(|p| p.canonical);
+        let revision = peer.as_ref().map(|p| p.revision);
         Self {
             destination_workload: or_unknown(workload),
             destination_workload_namespace: or_unknown(endpoint.map(|e| e.namespace.as_str())),

@@ -237,9 +237,13 @@ impl IstioMetrics {
         }
         let labels = RequestLabels {
             reporter: REPORTER,
-            source: key
-                .tunnel
-                .map_or_else(SourceLabels::unknown, |t| t.source_labels().clone()),
+            source: key.tunnel.map_or_else(SourceLabels::unknown, |t| {
+                // Set by the caller with the request's snapshot (`TunnelInfo::source_labels`).
+                t.metric_labels
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| SourceLabels::from_tunnel(Some(t), None))
+            }),
             destination,
             request_protocol: if key.grpc { "grpc" } else { "http" },
             response_code: label(&key.response_code.to_string()),

@@ -24,7 +24,7 @@ fn source_labels_come_from_identity_and_baggage() {
     let t = tunnel(Some(
         "k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=frontend-v2,service.name=frontend,service.version=v2",
     ));
-    let s = SourceLabels::from_tunnel(Some(&t));
+    let s = SourceLabels::from_tunnel(Some(&t), None);
     assert_eq!(&*s.source_workload, "frontend-v2");
     assert_eq!(&*s.source_workload_namespace, "shop");
     assert_eq!(
@@ -36,7 +36,7 @@ fn source_labels_come_from_identity_and_baggage() {
     assert_eq!(&*s.source_cluster, "east");
     assert_eq!(&*s.source_canonical_revision, "v2");
 
-    let bare = SourceLabels::from_tunnel(Some(&tunnel(None)));
+    let bare = SourceLabels::from_tunnel(Some(&tunnel(None)), None);
     assert_eq!(&*bare.source_workload, "unknown");
     assert_eq!(
         &*bare.source_workload_namespace, "shop",
@@ -44,6 +44,36 @@ fn source_labels_come_from_identity_and_baggage() {
     );
     assert_eq!(&*bare.source_canonical_revision, "latest");
     assert_eq!(&*SourceLabels::unknown().source_principal, "unknown");
+}
+
+/// A client that sends no baggage (a sidecar, a gateway) is named by the config's workload at
+/// its address; baggage, when present, still wins.
+#[test]
+fn source_labels_fall_back_to_the_workload_at_the_clients_address() {
+    let mut w = (*ep("productpage-v1")).clone();
+    w.labels = BTreeMap::from([
+        ("app".to_string(), "productpage".to_string()),
+        ("version".to_string(), "v1".to_string()),
+    ])
+    .into();
+    let s = SourceLabels::from_tunnel(Some(&tunnel(None)), Some(&w));
+    assert_eq!(&*s.source_workload, "productpage-v1");
+    assert_eq!(&*s.source_canonical_service, "productpage");
+    assert_eq!(&*s.source_app, "productpage");
+    assert_eq!(&*s.source_canonical_revision, "v1");
+    assert_eq!(&*s.source_version, "v1");
+    assert_eq!(
+        &*s.source_workload_namespace, "shop",
+        "the SPIFFE id's first"
+    );
+    let with_baggage = SourceLabels::from_tunnel(
+        Some(&tunnel(Some(
+            "k8s.deployment.name=fe,service.name=frontend",
+        ))),
+        Some(&w),
+    );
+    assert_eq!(&*with_baggage.source_workload, "fe");
+    assert_eq!(&*with_baggage.source_canonical_service, "frontend");
 }
 
 #[test]
@@ -231,7 +261,7 @@ fn handles_are_cached_per_key_and_expose_the_same_series() {
     let plain = Metrics::default();
     let record = |endpoint: &Arc<Endpoint>, code: u16, flags: &str| {
         plain.istio.record_request(RequestRecord {
-            source: t.source_labels().clone(),
+            source: t.source_labels(&routing::Snapshot::empty()).clone(),
             destination: DestinationLabels::new(
                 Some(("reviews.bookinfo.svc.cluster.local", "bookinfo")),
                 Some(endpoint),
