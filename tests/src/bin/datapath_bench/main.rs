@@ -40,6 +40,8 @@ use mesh::{hop_counters, rss_kib, Mesh};
 mod load;
 use load::{grpc, open_idle, profile, run, Load, Run};
 
+mod tracing;
+
 #[derive(Parser, Debug)]
 #[command(
     about = "The waypoint (release binary, own process) vs an L4 reference path of two lean HBONE \
@@ -70,6 +72,10 @@ struct Args {
     grpc_requests: usize,
     #[arg(long, default_value_t = 100)]
     grpc_streams: usize,
+    /// Max-rate runs with every request traced (a Telemetry at 100 %, spans to an in-process
+    /// Zipkin sink), after the access-log rounds. 0: skip.
+    #[arg(long, default_value_t = 1)]
+    trace_rounds: usize,
     /// Rounds of the access-log comparison (each: log off, then log on, at max rate).
     #[arg(long, default_value_t = 2)]
     access_log_rounds: usize,
@@ -224,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         &args,
     )
     .await?;
+    let mut traced_spans = 0;
     let mut log_on = vec![];
     let mut log_off = vec![];
     for round in 0..args.access_log_rounds {
@@ -231,6 +238,21 @@ async fn main() -> anyhow::Result<()> {
         log_off.push(run(&mesh, &off, "l7nolog", Load::Max(c), n, &args).await?);
         let on = format!("L7 c={c} log on #{}", round + 1);
         log_on.push(run(&mesh, &on, "l7", Load::Max(c), n, &args).await?);
+    }
+    let mut traced = vec![];
+    if args.trace_rounds > 0 {
+        tracing::set_tracing(&mesh, true).await?;
+        let before = mesh.zipkin.spans();
+        for round in 0..args.trace_rounds {
+            let label = format!("L7 c={c} traced #{}", round + 1);
+            traced.push(run(&mesh, &label, "l7", Load::Max(c), n, &args).await?);
+        }
+        tracing::set_tracing(&mesh, false).await?;
+        // One span per request, warm-up included; the last batch leaves within the export
+        // thread's flush interval.
+        let want: u64 = traced.iter().map(|r| r.ok + args.run.warmup as u64).sum();
+        traced_spans = tracing::spans_reaching(&mesh.zipkin, before, want).await;
+        eprintln!("  done: tracing, {traced_spans} of {want} spans at the Zipkin sink");
     }
     let l7_p_off = run(
         &mesh,
@@ -283,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
     let mut all: Vec<&Run> = vec![&l4_1, &l7_1, &l4_c, &l7_c, &l4_p, &l7_p];
     all.extend(log_off.iter());
     all.extend(log_on.iter());
+    all.extend(traced.iter());
     all.push(&l7_p_off);
     print_runs(&all);
 
@@ -361,6 +384,16 @@ async fn main() -> anyhow::Result<()> {
             "  access log CPU share, paced    {pshare:.1} % (on {pon:.1} vs off {poff:.1} ms/1k)   \
              target ≤ 5 %   {}",
             verdict(pshare <= 5.0)
+        );
+    }
+    if !traced.is_empty() && !log_on.is_empty() {
+        let mean =
+            |runs: &[Run]| runs.iter().map(Run::waypoint_cpu).sum::<f64>() / runs.len() as f64;
+        let (t, on) = (mean(&traced), mean(&log_on));
+        println!(
+            "  tracing at 100 %, c={c}          +{:.1} % waypoint CPU (traced {t:.1} vs untraced \
+             {on:.1} ms/1k, access log on in both); {traced_spans} spans exported   (no target)",
+            (t - on) / on * 100.0
         );
     }
     if let Some((ok, tunnels, failures)) = grpc_out {

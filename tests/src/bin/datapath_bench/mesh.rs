@@ -135,6 +135,10 @@ pub(super) struct Mesh {
     /// Originator listeners by route: l4, l7, l7nolog, grpc.
     pub(super) routes: BTreeMap<String, SocketAddr>,
     pub(super) _app: sim::AppHandle,
+    /// The measured waypoint's admin endpoint (the tracing phase reads what it serves).
+    pub(super) waypoint_admin: SocketAddr,
+    /// Where the waypoints send spans when tracing is on.
+    pub(super) zipkin: super::tracing::ZipkinSink,
 }
 
 /// bookinfo-like: reviews (HTTP, VIP 10.0.0.10:9080) with a DestinationRule's subsets and a
@@ -220,6 +224,11 @@ impl Mesh {
             dir.join("config/bench.yaml"),
             config_yaml(args.pod_ip, app.addr.port()),
         )?;
+        let zipkin = super::tracing::ZipkinSink::start().await?;
+        std::fs::write(
+            dir.join("mesh.yaml"),
+            super::tracing::mesh_yaml(zipkin.addr),
+        )?;
         let hop = match &args.hop_bin {
             Some(p) => p.clone(),
             None => sibling("hbone_hop")?,
@@ -266,6 +275,8 @@ impl Mesh {
                 .arg(dir.join("certs/waypoint/root-cert.pem"))
                 .args(["--upstream-hbone-port", &hbone.port().to_string()])
                 .args(["--access-log-sample-rate", sample_rate])
+                .arg("--mesh-config")
+                .arg(dir.join("mesh.yaml"))
                 .args(["--admin-listen", "127.0.0.1:0"])
                 .args(["--stats-listen", "127.0.0.1:0"])
                 .args(["--health-listen", "127.0.0.1:0"])
@@ -329,6 +340,7 @@ impl Mesh {
             5,
         )?;
         let originator_stats = find(&routes, "hop stats")?;
+        let waypoint_admin = find(&w_addrs, "waypoint admin")?;
         let routes = routes
             .into_iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("hop ")?.to_string(), v)))
@@ -343,6 +355,8 @@ impl Mesh {
             originator_stats,
             routes,
             _app: app,
+            waypoint_admin,
+            zipkin,
         })
     }
 
