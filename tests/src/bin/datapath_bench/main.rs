@@ -10,7 +10,8 @@
 //! - `hbone_hop terminate` (like ztunnel's inbound): HBONE in, the app dialled;
 //! - `waypoint run` (the release binary) on a generated bookinfo-like config whose endpoint is
 //!   the app, its node being the terminator (`--upstream-hbone-port`); a second `waypoint run`
-//!   with the access log off (`--access-log-sample-rate 0`) for the access-log comparison.
+//!   with the access log off (`--access-log-sample-rate 0`) for the access-log comparison. Both
+//!   get a meshConfig naming this program's Zipkin sink, for the tracing phase (`tracing.rs`).
 //!
 //! Paths: L4 = client → originator → terminator → app; L7 = client → originator → waypoint →
 //! terminator → app. Each phase runs its load after a warm-up on the same connections and
