@@ -1,7 +1,8 @@
-//! Spans leave the process on one thread of their own: requests hand finished spans to a
-//! bounded queue ([`QUEUE_SPANS`]; beyond it spans are dropped and counted, never waited for),
-//! and the export thread sends them in batches of up to [`BATCH_SPANS`], at the latest
-//! [`FLUSH_INTERVAL`] after the first span of a batch.
+//! Spans leave the process on one thread of their own: requests append finished spans to a
+//! shared, bounded buffer ([`QUEUE_SPANS`]; beyond it spans are dropped and counted, never
+//! waited for) without waking anyone, and the export thread takes the whole buffer every
+//! [`FLUSH_INTERVAL`] and sends it in batches of up to [`BATCH_SPANS`] (as the access log's
+//! writer does: a wake-up per span cost more than the span).
 //!
 //! OTLP (gRPC and HTTP/protobuf) goes through `opentelemetry-otlp`'s exporters, awaited on
 //! this thread's tokio runtime (the SDK's own batch processor cannot drive the async HTTP
@@ -14,15 +15,23 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use parking_lot::Mutex;
 use routing::telemetry::{Collector, CollectorProtocol};
-use tokio::sync::mpsc;
 
 /// Spans waiting for export; more are dropped (and counted).
 pub const QUEUE_SPANS: usize = 4096;
 /// Spans per export call.
 pub const BATCH_SPANS: usize = 512;
-/// How long a span waits for companions before its batch goes.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the export thread takes what requests left.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What requests and the export thread share.
+#[derive(Default)]
+struct Shared {
+    spans: Mutex<Vec<SpanData>>,
+    /// Set when the last [`Exporter`] is dropped: the thread sends what is left and ends.
+    closed: std::sync::atomic::AtomicBool,
+}
 
 /// Export counters, shared with the metrics.
 #[derive(Debug, Default)]
@@ -35,8 +44,14 @@ pub struct ExportStats {
 /// The handle requests send spans through. Dropping the last one ends the thread after it sent
 /// what it holds.
 pub struct Exporter {
-    tx: mpsc::Sender<SpanData>,
+    shared: Arc<Shared>,
     pub stats: Arc<ExportStats>,
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
 }
 
 impl Exporter {
@@ -46,7 +61,8 @@ impl Exporter {
         service_name: &str,
         stats: Arc<ExportStats>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE_SPANS);
+        let shared = Arc::new(Shared::default());
+        let rx = shared.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -56,13 +72,17 @@ impl Exporter {
         std::thread::Builder::new()
             .name("span-export".into())
             .spawn(move || runtime.block_on(run(collector, service, rx, thread_stats)))?;
-        Ok(Self { tx, stats })
+        Ok(Self { shared, stats })
     }
 
-    /// Queues a finished span; a full queue drops it.
+    /// Queues a finished span; a full buffer drops it.
     pub fn send(&self, span: SpanData) {
-        if self.tx.try_send(span).is_err() {
+        let mut spans = self.shared.spans.lock();
+        if spans.len() >= QUEUE_SPANS {
+            drop(spans);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            spans.push(span);
         }
     }
 }
@@ -72,12 +92,10 @@ enum Sender {
     Zipkin(Zipkin),
 }
 
-async fn run(
-    collector: Collector,
-    service: String,
-    mut rx: mpsc::Receiver<SpanData>,
-    stats: Arc<ExportStats>,
-) {
+async fn run(collector: Collector, service: String, shared: Arc<Shared>, stats: Arc<ExportStats>) {
+    let take = |shared: &Shared| std::mem::take(&mut *shared.spans.lock());
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sender = match build(&collector, &service) {
         Ok(s) => s,
         Err(e) => {
@@ -86,42 +104,60 @@ async fn run(
                 error = %e,
                 "cannot build the span exporter; spans are dropped"
             );
-            while rx.recv().await.is_some() {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            loop {
+                tick.tick().await;
+                let closed = shared.closed.load(Ordering::Acquire);
+                let n = take(&shared).len() as u64;
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
+                if closed {
+                    return;
+                }
             }
-            return;
         }
     };
     let log = crate::telemetry::throttle::LogThrottle::new(Duration::from_secs(30));
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + FLUSH_INTERVAL;
-        while batch.len() < BATCH_SPANS {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
-            }
+    loop {
+        tick.tick().await;
+        // Read before taking: what a closing exporter left is in this take.
+        let closed = shared.closed.load(Ordering::Acquire);
+        let mut spans = take(&shared);
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(BATCH_SPANS));
+            let batch = std::mem::replace(&mut spans, rest);
+            export(&sender, batch, &collector, &stats, &log).await;
         }
-        let n = batch.len() as u64;
-        let result = match &sender {
-            Sender::Otlp(e) => e.export(batch).await.map_err(|e| e.to_string()),
-            Sender::Zipkin(z) => z.export(batch).await,
-        };
-        match result {
-            Ok(()) => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                stats.failed.fetch_add(n, Ordering::Relaxed);
-                if let Some(left_out) = log.allow("span export failed") {
-                    tracing::warn!(
-                        collector = %format!("{}:{}", collector.host, collector.port),
-                        spans = n,
-                        failures_not_logged = left_out,
-                        error = %e,
-                        "span export failed; the spans are dropped"
-                    );
-                }
+        if closed {
+            return;
+        }
+    }
+}
+
+async fn export(
+    sender: &Sender,
+    batch: Vec<SpanData>,
+    collector: &Collector,
+    stats: &ExportStats,
+    log: &crate::telemetry::throttle::LogThrottle,
+) {
+    let n = batch.len() as u64;
+    let result = match &sender {
+        Sender::Otlp(e) => e.export(batch).await.map_err(|e| e.to_string()),
+        Sender::Zipkin(z) => z.export(batch).await,
+    };
+    match result {
+        Ok(()) => {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.failed.fetch_add(n, Ordering::Relaxed);
+            if let Some(left_out) = log.allow("span export failed") {
+                tracing::warn!(
+                    collector = %format!("{}:{}", collector.host, collector.port),
+                    spans = n,
+                    failures_not_logged = left_out,
+                    error = %e,
+                    "span export failed; the spans are dropped"
+                );
             }
         }
     }
