@@ -123,13 +123,7 @@ impl AccessLog {
         let template = template.filter(|t| !t.trim().is_empty());
         let renderer = match (format, template) {
             (Format::Text, None) => Renderer::Text(Template::istio_default().clone()),
-            (Format::Text, Some(t)) => {
-                let t = t
-                    .strip_suffix("\r\n")
-                    .or_else(|| t.strip_suffix('\n'))
-                    .unwrap_or(t);
-                Renderer::Text(Template::parse(t)?)
-            }
+            (Format::Text, Some(t)) => Renderer::text(t)?,
             (Format::Json, None) => Renderer::DefaultJson,
             (Format::Json, Some(t)) => Renderer::Json(JsonTemplate::parse(t)?),
         };

@@ -26,13 +26,7 @@ impl ConfiguredSink {
         let renderer = match &sink.format {
             LogFormat::IstioText => Renderer::Text(Template::istio_default().clone()),
             LogFormat::IstioJson => Renderer::DefaultJson,
-            LogFormat::Text(t) => {
-                let t = t
-                    .strip_suffix("\r\n")
-                    .or_else(|| t.strip_suffix('\n'))
-                    .unwrap_or(t);
-                Renderer::Text(Template::parse(t).map_err(|e| format!("format: {e}"))?)
-            }
+            LogFormat::Text(t) => Renderer::text(t).map_err(|e| format!("format: {e}"))?,
             LogFormat::Json(j) => {
                 Renderer::Json(JsonTemplate::parse(j).map_err(|e| format!("JSON format: {e}"))?)
             }
@@ -68,6 +62,15 @@ impl ConfiguredSink {
 }
 
 impl Renderer {
+    /// An Envoy format string's renderer; one trailing newline is dropped (each line gets one).
+    pub(super) fn text(t: &str) -> Result<Self, super::TemplateError> {
+        let t = t
+            .strip_suffix("\r\n")
+            .or_else(|| t.strip_suffix('\n'))
+            .unwrap_or(t);
+        Ok(Renderer::Text(Template::parse(t)?))
+    }
+
     pub(super) fn request_headers(&self) -> Vec<String> {
         match self {
             Renderer::Text(t) => t.request_headers(),
