@@ -165,17 +165,14 @@ impl SnapshotBuilder {
     /// clusters' endpoints joined (warmup start, unless carried over from the
     /// previous snapshot) and the start of their outlier-detection intervals.
     pub fn build_at(self, now: Instant) -> Snapshot {
-        let mut snap = Snapshot {
-            version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
-            warnings: self.warnings,
-            authorization: self.authorization,
-            pod_path: self.pod_path,
-            hbone_peer_sans: self.hbone_peer_sans.map(Arc::new),
-            dns_targets: self.dns_targets,
-            telemetry: std::sync::Arc::new(self.telemetry.unwrap_or_default()),
-            ..Snapshot::default()
-        };
+        let mut warnings = self.warnings;
         let mut interner = Interner::default();
+        let mut services: Vec<Service> = Vec::with_capacity(self.services.len());
+        let mut service_endpoints: Vec<Arc<[Arc<Endpoint>]>> =
+            Vec::with_capacity(self.services.len());
+        let mut by_host: HashMap<String, usize> = HashMap::new();
+        let mut by_vip: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
+        let mut by_pod_ip: HashMap<std::net::IpAddr, Vec<(usize, Arc<Endpoint>)>> = HashMap::new();
         // Per service (same index), the clusters it came with.
         let mut prebuilt: Vec<Option<Arc<PortMap>>> = Vec::with_capacity(self.services.len());
         for (service, endpoints, clusters) in self.services {
@@ -183,45 +180,47 @@ impl SnapshotBuilder {
                 Some(_) => endpoints,
                 None => endpoints.iter().map(|e| interner.endpoint(e)).collect(),
             };
-            if snap.by_host.contains_key(&service.hostname) {
-                snap.warnings
-                    .push(format!("duplicate service {}; ignored", service.hostname));
+            if by_host.contains_key(&service.hostname) {
+                warnings.push(format!("duplicate service {}; ignored", service.hostname));
                 continue;
             }
-            let si = snap.services.len();
-            snap.by_host.insert(service.hostname.clone(), si);
+            let si = services.len();
+            by_host.insert(service.hostname.clone(), si);
             for (pi, port) in service.ports.iter().enumerate() {
                 for vip in &service.vips {
-                    snap.by_vip
+                    by_vip
                         .entry(SocketAddr::new(*vip, port.number))
                         .or_insert((si, pi));
                 }
             }
             let addressable = !self.route_only.contains(&service.hostname);
             for ep in endpoints.iter().filter(|_| addressable) {
-                snap.by_pod_ip
+                by_pod_ip
                     .entry(ep.address)
                     .or_default()
                     .push((si, ep.clone()));
             }
-            snap.services.push(service);
-            snap.endpoints.push(endpoints);
+            services.push(service);
+            service_endpoints.push(endpoints.into());
             prebuilt.push(clusters);
         }
+        let mut workloads = HashMap::new();
         for (ep, protocol) in self.workloads {
-            snap.workloads
+            workloads
                 .entry(ep.address)
                 .or_insert_with(|| (interner.endpoint(&ep), protocol));
         }
+        let mut known_workloads = HashMap::new();
         for ep in self.known_workloads {
-            snap.known_workloads
+            known_workloads
                 .entry(ep.address)
                 .or_insert_with(|| interner.endpoint(&ep));
         }
         drop(interner);
+        let mut by_authority = HashMap::new();
         for (host, port) in self.authorities {
-            let vip = snap.by_host.get(&host).and_then(|&si| {
-                let s = &snap.services[si];
+            let vip = by_host.get(&host).and_then(|&si| {
+                let s = &services[si];
                 let vip = s.vips.first()?;
                 s.ports
                     .iter()
@@ -230,15 +229,15 @@ impl SnapshotBuilder {
             });
             match vip {
                 Some(vip) => {
-                    snap.by_authority.insert((host, port), vip);
+                    by_authority.insert((host, port), vip);
                 }
-                None => snap.warnings.push(format!(
+                None => warnings.push(format!(
                     "authority {host}:{port} names no service port with an address; ignored"
                 )),
             }
         }
         let mut aliases = self.aliases;
-        for s in &snap.services {
+        for s in &services {
             aliases.extend(
                 kube_aliases(&s.hostname)
                     .into_iter()
@@ -246,13 +245,14 @@ impl SnapshotBuilder {
             );
         }
         for (alias, host) in aliases {
-            if let Some(&si) = snap.by_host.get(&host) {
-                snap.by_host.entry(alias).or_insert(si);
+            if let Some(&si) = by_host.get(&host) {
+                by_host.entry(alias).or_insert(si);
             }
         }
         // A waypoint uses the first VirtualService with HTTP routes for a service
         // (istiod, pilot/pkg/networking/core/listener_waypoint.go:
         // buildWaypointInboundHTTPRouteConfig); routes are never merged across them.
+        let mut routes: HashMap<String, Vec<RouteEntry>> = HashMap::new();
         for vs in self
             .virtual_services
             .iter()
@@ -260,7 +260,7 @@ impl SnapshotBuilder {
         {
             let id = vs.id();
             for host in &vs.hosts {
-                snap.routes.entry(host.clone()).or_insert_with(|| {
+                routes.entry(host.clone()).or_insert_with(|| {
                     vs.http
                         .iter()
                         .enumerate()
@@ -275,10 +275,11 @@ impl SnapshotBuilder {
         }
         // TCP routes: every VirtualService naming the service, in precedence
         // order (istiod, listener_waypoint.go: getWaypointTCPRoutes).
+        let mut tcp_routes: HashMap<String, Vec<TcpRouteEntry>> = HashMap::new();
         for vs in &self.virtual_services {
             let id = vs.id();
             for host in &vs.hosts {
-                snap.tcp_routes
+                tcp_routes
                     .entry(host.clone())
                     .or_default()
                     .extend(vs.tcp.iter().map(|route| TcpRouteEntry {
@@ -287,31 +288,20 @@ impl SnapshotBuilder {
                     }));
             }
         }
-        snap.tcp_routes.retain(|_, v| !v.is_empty());
+        tcp_routes.retain(|_, v| !v.is_empty());
         let mut rules: HashMap<&str, &DestinationRule> = HashMap::new();
         for dr in &self.destination_rules {
             rules.entry(dr.host.as_str()).or_insert(dr);
         }
-        for ((service, endpoints), clusters) in
-            snap.services.iter().zip(&snap.endpoints).zip(prebuilt)
-        {
-            let per_port = clusters.unwrap_or_else(|| {
+        let mut clusters = HashMap::with_capacity(services.len());
+        for ((service, endpoints), built) in services.iter().zip(&service_endpoints).zip(prebuilt) {
+            let per_port = built.unwrap_or_else(|| {
                 let dr = rules.get(service.hostname.as_str()).copied();
-                Arc::new(
-                    service
-                        .ports
-                        .iter()
-                        .map(|port| {
-                            (
-                                port.number,
-                                Box::new(port_clusters(service, port, endpoints, dr, now)),
-                            )
-                        })
-                        .collect(),
-                )
+                Arc::new(service_clusters(service, endpoints, dr, now))
             });
-            snap.clusters.insert(service.hostname.clone(), per_port);
+            clusters.insert(Arc::from(service.hostname.as_str()), per_port);
         }
+        drop(rules);
         // Kept for explain and the config dump as long as the snapshot: without the spare
         // capacity the front-ends' pushes left (an `http` list of one route had room for four).
         let mut virtual_services = self.virtual_services;
@@ -327,10 +317,57 @@ impl SnapshotBuilder {
             shrink_rule(dr);
         }
         destination_rules.shrink_to_fit();
-        snap.virtual_services = virtual_services;
-        snap.destination_rules = destination_rules;
-        snap
+        Snapshot {
+            version: next_version(),
+            services: Arc::new(services),
+            endpoints: service_endpoints,
+            by_host: Arc::new(by_host),
+            by_vip: Arc::new(by_vip),
+            by_pod_ip: by_pod_ip
+                .into_iter()
+                .map(|(ip, list)| (ip, list.into()))
+                .collect(),
+            routes: Arc::new(routes),
+            tcp_routes: Arc::new(tcp_routes),
+            virtual_services: Arc::new(virtual_services),
+            destination_rules: Arc::new(destination_rules),
+            clusters,
+            warnings: Arc::new(warnings),
+            authorization: Arc::new(self.authorization),
+            pod_path: self.pod_path,
+            workloads: Arc::new(workloads),
+            known_workloads: Arc::new(known_workloads),
+            by_authority: Arc::new(by_authority),
+            hbone_peer_sans: self.hbone_peer_sans.map(Arc::new),
+            dns_targets: Arc::new(self.dns_targets),
+            telemetry: Arc::new(self.telemetry.unwrap_or_default()),
+            runtime: std::sync::OnceLock::new(),
+        }
     }
+}
+
+/// A new snapshot's version: unique per process, counting from 1.
+pub(crate) fn next_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The clusters of each port of `service`, built over `endpoints` with its rule `dr`.
+pub(crate) fn service_clusters(
+    service: &Service,
+    endpoints: &[Arc<Endpoint>],
+    dr: Option<&DestinationRule>,
+    now: Instant,
+) -> PortMap {
+    service
+        .ports
+        .iter()
+        .map(|port| {
+            (
+                port.number,
+                Box::new(port_clusters(service, port, endpoints, dr, now)),
+            )
+        })
+        .collect()
 }
 
 /// `dr` without spare capacity, to be kept as long as a snapshot.

@@ -12,6 +12,8 @@ use crate::tcp::{TcpConnection, TcpRoute};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
+mod patch;
+pub(crate) use patch::EndpointsPatch;
 
 /// What the CONNECT authority of an inbound tunnel addresses.
 #[derive(Debug, Clone)]
@@ -90,46 +92,52 @@ impl PortClusters {
 /// has room for four (8 000 services held 18 MiB of empty slots).
 pub(crate) type PortMap = HashMap<u16, Box<PortClusters>>;
 
-/// Immutable routing state. `Send + Sync`; share it behind an `Arc`.
+/// The services (by index) that hold a pod, each with its endpoint, in service order.
+pub(crate) type PodServices = Arc<[(usize, Arc<Endpoint>)]>;
+
+/// Immutable routing state. `Send + Sync`; share it behind an `Arc`. Its tables are `Arc`s of
+/// their own, so that a snapshot made from it by a patch (see [`Snapshot::patched`], the xDS
+/// translator's EDS push) shares every table the patch leaves alone.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub(crate) version: u64,
-    pub(crate) services: Vec<Service>,
-    /// Endpoints per service (same index as `services`).
-    pub(crate) endpoints: Vec<Vec<Arc<Endpoint>>>,
+    pub(crate) services: Arc<Vec<Service>>,
+    /// Endpoints per service (same index as `services`), each list shared with the snapshots
+    /// that did not change it.
+    pub(crate) endpoints: Vec<Arc<[Arc<Endpoint>]>>,
     /// FQDNs and aliases → service index.
-    pub(crate) by_host: HashMap<String, usize>,
-    pub(crate) by_vip: HashMap<SocketAddr, (usize, usize)>,
-    pub(crate) by_pod_ip: HashMap<IpAddr, Vec<(usize, Arc<Endpoint>)>>,
+    pub(crate) by_host: Arc<HashMap<String, usize>>,
+    pub(crate) by_vip: Arc<HashMap<SocketAddr, (usize, usize)>>,
+    pub(crate) by_pod_ip: HashMap<IpAddr, PodServices>,
     /// Service FQDN → routes of all its VirtualServices, in load order.
-    pub(crate) routes: HashMap<String, Vec<RouteEntry>>,
+    pub(crate) routes: Arc<HashMap<String, Vec<RouteEntry>>>,
     /// Service FQDN → `tcp` routes of every VirtualService naming it, in
     /// precedence order.
-    pub(crate) tcp_routes: HashMap<String, Vec<TcpRouteEntry>>,
-    pub(crate) virtual_services: Vec<VirtualService>,
+    pub(crate) tcp_routes: Arc<HashMap<String, Vec<TcpRouteEntry>>>,
+    pub(crate) virtual_services: Arc<Vec<VirtualService>>,
     /// Shared with the front-end's memo (xDS: a service's rule lives as long as the service).
-    pub(crate) destination_rules: Vec<Arc<DestinationRule>>,
+    pub(crate) destination_rules: Arc<Vec<Arc<DestinationRule>>>,
     /// Per service, its ports' clusters; shared with the next snapshot when the service did not
     /// change (see [`Snapshot::carry_over_state`]).
-    pub(crate) clusters: HashMap<String, Arc<PortMap>>,
-    pub(crate) warnings: Vec<String>,
-    pub(crate) authorization: crate::authz::Authorization,
+    pub(crate) clusters: HashMap<Arc<str>, Arc<PortMap>>,
+    pub(crate) warnings: Arc<Vec<String>>,
+    pub(crate) authorization: Arc<crate::authz::Authorization>,
     /// Path handling for pod-addressed requests; `None` = the process default.
     pub(crate) pod_path: Option<crate::path::PathPolicy>,
     /// Pods whose workloads use this waypoint, with the protocol their chains allow.
-    pub(crate) workloads: HashMap<IpAddr, (Arc<Endpoint>, Protocol)>,
+    pub(crate) workloads: Arc<HashMap<IpAddr, (Arc<Endpoint>, Protocol)>>,
     /// Every workload the config declares (files mode: each WorkloadEntry, selected or not), for
     /// recognising a request's source.
-    pub(crate) known_workloads: HashMap<IpAddr, Arc<Endpoint>>,
+    pub(crate) known_workloads: Arc<HashMap<IpAddr, Arc<Endpoint>>>,
     /// CONNECT authority `(hostname, port)` → the service VIP:port it stands for.
-    pub(crate) by_authority: HashMap<(String, u16), SocketAddr>,
+    pub(crate) by_authority: Arc<HashMap<(String, u16), SocketAddr>>,
     /// What an HBONE peer's certificate must show: `None` = the endpoint's own identity (files);
     /// `Some(matchers)` = istiod's `connect_originate` SAN matchers, any of them (empty: the
     /// chain only).
     pub(crate) hbone_peer_sans: Option<Arc<Vec<crate::upstream::SanMatcher>>>,
     /// Hostnames whose answers this snapshot's endpoints were built from (files mode:
     /// ServiceEntries with `resolution: DNS`); the loader's caller keeps them resolved.
-    pub(crate) dns_targets: Vec<crate::dns::DnsTarget>,
+    pub(crate) dns_targets: Arc<Vec<crate::dns::DnsTarget>>,
     /// What the Telemetry API declares; shared so that a publish can tell whether it changed.
     pub(crate) telemetry: Arc<crate::telemetry::TelemetryConfig>,
     /// The clusters' runtime state by name (see [`Snapshot::runtime`]).
@@ -154,7 +162,7 @@ impl Snapshot {
     /// Endpoints of a service (by FQDN or alias); empty if unknown.
     pub fn endpoints(&self, host: &str) -> &[Arc<Endpoint>] {
         self.service_index(host)
-            .map(|i| self.endpoints[i].as_slice())
+            .map(|i| &*self.endpoints[i])
             .unwrap_or(&[])
     }
 
@@ -212,7 +220,12 @@ impl Snapshot {
         let port = dst.port();
         if let Some((endpoint, protocol)) = self.workloads.get(&dst.ip()) {
             let mut services: Vec<&Service> = Vec::new();
-            for (si, _) in self.by_pod_ip.get(&dst.ip()).into_iter().flatten() {
+            for (si, _) in self
+                .by_pod_ip
+                .get(&dst.ip())
+                .into_iter()
+                .flat_map(|l| l.iter())
+            {
                 let svc = &self.services[*si];
                 if !services.iter().any(|s| std::ptr::eq(*s, svc)) {
                     services.push(svc);
@@ -228,7 +241,7 @@ impl Snapshot {
         let entries = self.by_pod_ip.get(&dst.ip())?;
         let mut endpoint = None;
         let mut services: Vec<&Service> = Vec::new();
-        for (si, ep) in entries {
+        for (si, ep) in entries.iter() {
             let svc = &self.services[*si];
             if svc
                 .ports
@@ -463,7 +476,7 @@ impl Snapshot {
         let mut out = serde_json::json!({
             "version": self.version,
             "services": services,
-            "virtual_services": self.virtual_services,
+            "virtual_services": *self.virtual_services,
             "destination_rules": self.destination_rules.iter().map(|d| &**d).collect::<Vec<_>>(),
             "clusters": self.clusters(),
             "authorization": {
@@ -473,9 +486,9 @@ impl Snapshot {
             "pod_path": self.pod_path,
             "workloads": self.workloads_json(),
             "authorities": self.authorities_json(),
-            "dns_targets": self.dns_targets,
+            "dns_targets": *self.dns_targets,
             "hbone_peer_sans": self.hbone_peer_sans.as_deref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
-            "warnings": self.warnings,
+            "warnings": *self.warnings,
         });
         if !self.telemetry.is_default() {
             out["telemetry"] = serde_json::to_value(&*self.telemetry).unwrap_or_default();

@@ -29,13 +29,14 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+pub(super) mod eds;
 mod key;
 mod service;
 use key::{key_view, ServiceKey};
 pub use service::ANY_SERVICE_ACCOUNT;
 use service::{bound_workloads, build_service, waypoint_namespace, ServiceOut};
 
-#[derive(Default)]
+#[derive(Debug, Default, Clone)]
 struct PortAcc {
     chains: BTreeSet<String>,
     http2: bool,
@@ -92,13 +93,13 @@ impl ServiceMemo {
         }
         for host in std::mem::take(&mut self.clusters_built) {
             if let Some(r) = self.services.get_mut(&host) {
-                r.clusters = published.clusters.get(&host).cloned();
+                r.clusters = published.clusters.get(host.as_str()).cloned();
             }
         }
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ServiceAcc {
     namespace: Option<String>,
     vips: BTreeSet<IpAddr>,
@@ -108,6 +109,22 @@ struct ServiceAcc {
     virtual_service: Option<(String, String)>,
     /// The chains its routes came from.
     chains: Vec<Arc<ChainPiece>>,
+}
+
+impl ServiceAcc {
+    /// A copy of what the service is built from (its namespace, VIPs, ports and chains), for
+    /// its memo; the routes, which only its VirtualService takes, are left out.
+    fn without_routes(&self) -> ServiceAcc {
+        ServiceAcc {
+            namespace: self.namespace.clone(),
+            vips: self.vips.clone(),
+            ports: self.ports.clone(),
+            http: Vec::new(),
+            tcp: Vec::new(),
+            virtual_service: None,
+            chains: self.chains.clone(),
+        }
+    }
 }
 
 fn index<'a, T>(

@@ -206,6 +206,11 @@ pub(crate) struct Decoded {
 }
 
 impl Memo {
+    /// The last translation's piece of cluster `name`.
+    pub(crate) fn cluster(&self, name: &str) -> Option<&Arc<ClusterPiece>> {
+        self.clusters.get(name).map(|r| &r.piece)
+    }
+
     /// Decode `resources`: listeners and route configurations in full, clusters and assignments
     /// only when their bytes differ from the last translation's (else their pieces are reused).
     /// A resource that does not decode is a rejection naming it.

@@ -230,7 +230,7 @@ proptest! {
         // Two of three snapshots are published as the waypoint does (carried over, then shown
         // to the translator, whose next snapshot shares the clusters of unchanged services);
         // the third is not (an incomplete state held back).
-        let mut live = routing::Snapshot::empty();
+        let mut live = std::sync::Arc::new(routing::Snapshot::empty());
         for (i, s) in std::iter::once(None).chain(steps.iter().map(Some)).enumerate() {
             match s {
                 Some(Step::Upsert { key, version }) => {
@@ -251,9 +251,9 @@ proptest! {
             let memoized = match translator.translate(&encoded, &TranslateOptions::default()) {
                 Ok(mut t) if i % 3 != 2 => {
                     t.snapshot.carry_over_state(&live);
-                    translator.published(&t.snapshot);
                     let d = describe(&t);
-                    live = t.snapshot;
+                    live = std::sync::Arc::new(t.snapshot);
+                    translator.published(&live);
                     Ok(d)
                 }
                 other => outcome(other),
@@ -414,9 +414,10 @@ fn publish(
     translator: &mut Translator,
     wire: &Wire,
     live: &routing::Snapshot,
-) -> routing::Snapshot {
+) -> std::sync::Arc<routing::Snapshot> {
     let mut snapshot = translate_wire(translator, wire).snapshot;
     snapshot.carry_over_state(live);
+    let snapshot = std::sync::Arc::new(snapshot);
     translator.published(&snapshot);
     snapshot
 }
@@ -509,4 +510,90 @@ fn unchanged_services_share_their_clusters_with_the_next_snapshot() {
         fourth.cluster(REVIEWS, 9080, None).unwrap()
     ));
     assert_eq!(third.to_json()["clusters"], fourth.to_json()["clusters"]);
+}
+
+/// An EDS push against the published snapshot patches it: the services its assignments feed
+/// are built again, everything else is the published snapshot's (shared, not copied), and the
+/// result is a translation from scratch's. Not once that snapshot is held back, nor when more
+/// than assignments changed.
+#[test]
+fn an_eds_push_patches_the_published_snapshot() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let full = bookinfo_wire(&res);
+    let mut translator = Translator::new();
+    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    assert!(!translator.reuse().patched, "nothing to patch yet");
+    let reviews = first.cluster(REVIEWS, 9080, None).unwrap();
+    let gone = reviews.endpoints[0].target;
+    let fewer = reviews_without(&res, gone);
+
+    let second = publish(&mut translator, &fewer, &first);
+    let reuse = translator.reuse();
+    assert!(reuse.patched, "{reuse:?}");
+    assert_eq!(reuse.services_built, 1, "reviews only: {reuse:?}");
+    assert_eq!(describe_wire(&second), scratch_wire(&fewer));
+    assert!(std::ptr::eq(
+        first.cluster(PRODUCTPAGE, 9080, None).unwrap(),
+        second.cluster(PRODUCTPAGE, 9080, None).unwrap()
+    ));
+    assert!(std::ptr::eq(
+        first.virtual_services().as_ptr(),
+        second.virtual_services().as_ptr()
+    ));
+    let reviews2 = second.cluster(REVIEWS, 9080, None).unwrap();
+    assert!(reviews2.endpoint(gone).is_none());
+    assert!(second.endpoint_by_ip(gone.ip()).is_none());
+    assert!(first.endpoint_by_ip(gone.ip()).is_some());
+
+    // The pod is back: patched again, from the second snapshot.
+    let third = publish(&mut translator, &full, &second);
+    assert!(translator.reuse().patched);
+    assert_eq!(describe_wire(&third), scratch_wire(&full));
+    assert!(third.endpoint_by_ip(gone.ip()).is_some());
+
+    // Held back (not published): the next one is translated in full.
+    let held = translate_wire(&mut translator, &fewer).snapshot;
+    assert!(translator.reuse().patched, "a patch of the third");
+    drop(held);
+    let _ = publish(&mut translator, &full, &third);
+    assert!(
+        !translator.reuse().patched,
+        "the held-back snapshot was never published"
+    );
+
+    // A cluster changed as well: in full.
+    let live = publish(&mut translator, &full, &third);
+    let mut changed = reviews_without(&res, gone);
+    let (_, _, bytes) = changed
+        .iter_mut()
+        .find(|(t, n, _)| *t == CLUSTER_TYPE && n.ends_with(PRODUCTPAGE))
+        .unwrap();
+    let mut c =
+        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes.as_slice()).unwrap();
+    c.connect_timeout = Some(ProtoDuration {
+        seconds: 3,
+        nanos: 0,
+    });
+    *bytes = c.encode_to_vec();
+    let after = publish(&mut translator, &changed, &live);
+    assert!(!translator.reuse().patched);
+    assert_eq!(describe_wire(&after), scratch_wire(&changed));
+}
+
+fn describe_wire(s: &routing::Snapshot) -> String {
+    let mut json = s.to_json();
+    json.as_object_mut().unwrap().remove("version");
+    format!("{json:#}")
+}
+
+fn scratch_wire(wire: &Wire) -> String {
+    let mut res = Resources::default();
+    for (t, _, bytes) in wire {
+        res.push_encoded(t, bytes).unwrap();
+    }
+    describe_wire(
+        &xds::translate(&res, &TranslateOptions::default())
+            .unwrap()
+            .snapshot,
+    )
 }

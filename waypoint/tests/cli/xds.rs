@@ -492,6 +492,14 @@ async fn xds_mode_follows_istiod_pushes() {
         shared.is_some_and(|n| n >= 2),
         "clusters shared: {shared:?}\n{logs}"
     );
+    // The ratings endpoint pushes (EDS only) patched the live snapshot instead of a full
+    // translation.
+    assert!(
+        logs.lines()
+            .map(strip_ansi)
+            .any(|l| l.contains("xDS config translated") && l.contains("patched=true")),
+        "an EDS push patched the snapshot:\n{logs}"
+    );
     for what in ["main_internal: route reviews-split", "maglev table_size 0"] {
         let lines = logs
             .lines()

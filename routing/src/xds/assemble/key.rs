@@ -6,15 +6,13 @@ use super::*;
 /// What a service was built from; equal keys build equal services.
 #[derive(Debug)]
 pub(super) struct ServiceKey {
-    namespace: Option<String>,
-    vips: BTreeSet<IpAddr>,
-    /// Port → the chains the matcher and the listener name for it.
-    ports: Vec<(u16, BTreeSet<String>)>,
-    chains: Vec<Arc<ChainPiece>>,
+    /// Its namespace, VIPs, ports (each with the chains the matcher and the listener name for
+    /// it) and chains; without its routes (see [`ServiceAcc::without_routes`]).
+    pub(super) acc: ServiceAcc,
     /// Its clusters, each with the hash key the routes gave it.
-    clusters: Vec<(Arc<ClusterPiece>, Option<HashKey>)>,
+    pub(super) clusters: Vec<(Arc<ClusterPiece>, Option<HashKey>)>,
     /// Each EDS cluster's assignment (`None`: not received).
-    assignments: Vec<Option<Arc<AssignmentPiece>>>,
+    pub(super) assignments: Vec<Option<Arc<AssignmentPiece>>>,
 }
 
 /// A service's key as this translation has it, borrowed. Pieces compare by identity: the memo
@@ -64,16 +62,18 @@ impl KeyView<'_> {
     /// The same inputs as `key`'s.
     pub(super) fn matches(&self, key: &ServiceKey) -> bool {
         let acc = self.acc;
-        key.namespace == acc.namespace
-            && key.vips == acc.vips
-            && key.ports.len() == acc.ports.len()
+        key.acc.namespace == acc.namespace
+            && key.acc.vips == acc.vips
+            && key.acc.ports.len() == acc.ports.len()
             && key
+                .acc
                 .ports
                 .iter()
                 .zip(&acc.ports)
-                .all(|((a, chains), (b, p))| a == b && *chains == p.chains)
-            && key.chains.len() == acc.chains.len()
+                .all(|((a, pa), (b, pb))| a == b && pa.chains == pb.chains)
+            && key.acc.chains.len() == acc.chains.len()
             && key
+                .acc
                 .chains
                 .iter()
                 .zip(&acc.chains)
@@ -98,16 +98,8 @@ impl KeyView<'_> {
 
     /// The key, copied.
     pub(super) fn owned(self) -> ServiceKey {
-        let acc = self.acc;
         ServiceKey {
-            namespace: acc.namespace.clone(),
-            vips: acc.vips.clone(),
-            ports: acc
-                .ports
-                .iter()
-                .map(|(port, p)| (*port, p.chains.clone()))
-                .collect(),
-            chains: acc.chains.clone(),
+            acc: self.acc.without_routes(),
             clusters: self
                 .clusters
                 .into_iter()

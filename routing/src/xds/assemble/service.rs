@@ -90,10 +90,10 @@ pub(super) fn bound_workloads(
 /// What one service gives the snapshot builder besides its routes, and what building it found.
 #[derive(Debug)]
 pub(crate) struct ServiceOut {
-    service: Service,
+    pub(super) service: Service,
     pub(super) endpoints: Vec<Arc<Endpoint>>,
     /// Shared with every snapshot that has the service.
-    destination_rule: Option<Arc<DestinationRule>>,
+    pub(super) destination_rule: Option<Arc<DestinationRule>>,
     pub(super) diag: Diag,
 }
 

@@ -134,7 +134,7 @@ fn measure_memo(
         let mut translator = Translator::new();
         // Each snapshot published as the waypoint does: carried over from the live one, then
         // shown to the translator (whose next snapshot shares the unchanged services' clusters).
-        let mut live = routing::Snapshot::empty();
+        let mut live = Arc::new(routing::Snapshot::empty());
         for (slot, input) in [&before, &before, &after].into_iter().enumerate() {
             let t = Instant::now();
             let mut snapshot = translator
@@ -142,6 +142,7 @@ fn measure_memo(
                 .map_err(rejections)?
                 .snapshot;
             snapshot.carry_over_state(&live);
+            let snapshot = Arc::new(snapshot);
             translator.published(&snapshot);
             times[slot].push(t.elapsed());
             live = snapshot;
@@ -272,6 +273,7 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
         .map_err(rejections)?
         .snapshot;
     published.carry_over_state(&routing::Snapshot::empty());
+    let published = Arc::new(published);
     translator.published(&published);
     let memo = (heap().live - before_memo) - live;
     drop((translator, published, encoded));

@@ -314,6 +314,7 @@ impl Handler for XdsHandler {
             reused = reuse.reused,
             rebuilt = reuse.built,
             clusters_shared = reuse.clusters_shared,
+            patched = reuse.patched,
             "xDS config translated"
         );
         self.sink.offer(snapshot);

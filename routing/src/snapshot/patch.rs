@@ -1,0 +1,96 @@
+//! A snapshot made from another by replacing some services' endpoints (an EDS push): every
+//! table the patch does not touch is shared with the snapshot it came from.
+
+use super::Snapshot;
+use crate::model::Endpoint;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// The new endpoints of one service of a snapshot.
+#[derive(Debug)]
+pub(crate) struct EndpointsPatch {
+    /// The service's FQDN (a service of the snapshot patched).
+    pub(crate) host: String,
+    /// Addressable as pods (the service is not route-only).
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Snapshot {
+    /// This snapshot with each patch's service serving its new endpoints: the service's
+    /// clusters are built again over them (`now` as in [`crate::SnapshotBuilder::build_at`]; the
+    /// caller carries their state over), the pod index is updated for the addresses that came
+    /// and went, and everything else is shared. A new version. Costs the patched services'
+    /// endpoints plus one copy of the per-service and per-pod tables' slots (pointers, no deep
+    /// copies). `None` when a patch names a service this snapshot does not have.
+    pub(crate) fn patched(&self, patches: Vec<EndpointsPatch>, now: Instant) -> Option<Snapshot> {
+        let mut endpoints = self.endpoints.clone();
+        let mut by_pod_ip = self.by_pod_ip.clone();
+        let mut clusters = self.clusters.clone();
+        for p in patches {
+            let si = *self.by_host.get(&p.host)?;
+            let service = &self.services[si];
+            if service.hostname != p.host {
+                return None;
+            }
+            // The pod index: this service's entries out of the old addresses, into the new ones,
+            // each address's list kept in service order (as a build from scratch makes it).
+            {
+                let old: HashSet<IpAddr> = endpoints[si].iter().map(|e| e.address).collect();
+                for ip in &old {
+                    let Some(list) = by_pod_ip.get(ip) else {
+                        continue;
+                    };
+                    let kept: Vec<_> = list.iter().filter(|(s, _)| *s != si).cloned().collect();
+                    if kept.is_empty() {
+                        by_pod_ip.remove(ip);
+                    } else {
+                        by_pod_ip.insert(*ip, kept.into());
+                    }
+                }
+                for ep in &p.endpoints {
+                    let mut list: Vec<_> = by_pod_ip
+                        .get(&ep.address)
+                        .map(|l| l.to_vec())
+                        .unwrap_or_default();
+                    let at = list.partition_point(|(s, _)| *s <= si);
+                    list.insert(at, (si, ep.clone()));
+                    by_pod_ip.insert(ep.address, list.into());
+                }
+            }
+            // The service's rule, as a build finds it: the first for its host.
+            let dr = self
+                .destination_rules
+                .iter()
+                .find(|d| d.host == service.hostname)
+                .map(|d| &**d);
+            let built = crate::builder::service_clusters(service, &p.endpoints, dr, now);
+            clusters.insert(Arc::from(service.hostname.as_str()), Arc::new(built));
+            endpoints[si] = p.endpoints.into();
+        }
+        Some(Snapshot {
+            version: crate::builder::next_version(),
+            services: self.services.clone(),
+            endpoints,
+            by_host: self.by_host.clone(),
+            by_vip: self.by_vip.clone(),
+            by_pod_ip,
+            routes: self.routes.clone(),
+            tcp_routes: self.tcp_routes.clone(),
+            virtual_services: self.virtual_services.clone(),
+            destination_rules: self.destination_rules.clone(),
+            clusters,
+            warnings: self.warnings.clone(),
+            authorization: self.authorization.clone(),
+            pod_path: self.pod_path,
+            workloads: self.workloads.clone(),
+            known_workloads: self.known_workloads.clone(),
+            by_authority: self.by_authority.clone(),
+            hbone_peer_sans: self.hbone_peer_sans.clone(),
+            dns_targets: self.dns_targets.clone(),
+            telemetry: self.telemetry.clone(),
+            runtime: OnceLock::new(),
+        })
+    }
+}

@@ -1,0 +1,287 @@
+//! An EDS-only push without a pass over every service: when the only resources that changed
+//! since the last translation are assignments, and the published snapshot is that
+//! translation's, the services those assignments feed are built again and the published
+//! snapshot is patched with their endpoints and clusters ([`Snapshot::patched`]); every other
+//! service, route table and index is shared. Anything the patch could not reproduce exactly as
+//! a translation from scratch would (a changed diagnostic, port, rule or bound workload, an
+//! `outbound|…` cluster, options that changed) falls back to the full translation, so the result
+//! is always the same (property-tested with the rest of the translator).
+
+use super::*;
+use crate::snapshot::EndpointsPatch;
+use crate::xds::pieces::{Decoded, Memo};
+use crate::xds::{Encoded, Warning};
+use std::collections::HashSet;
+use std::time::Instant;
+
+/// What the last full or patched translation was made from and gave.
+#[derive(Debug)]
+pub(crate) struct Last {
+    /// The version of its snapshot.
+    version: u64,
+    /// That snapshot, once published (carried over and live): what a patch starts from.
+    published: Option<Arc<Snapshot>>,
+    /// Whether it was a patch.
+    patched: bool,
+    trust_domain: String,
+    dns: crate::dns::DnsAnswers,
+    /// [`others_digest`] of its resources.
+    others: u128,
+    clusters: Vec<Arc<ClusterPiece>>,
+    assignments: Vec<Arc<AssignmentPiece>>,
+    /// Assignments a patch cannot follow: used by another cluster than the one of their name,
+    /// by two clusters, or by an `outbound|…` cluster (whose endpoints depend on its socket
+    /// matches).
+    irregular: HashSet<String>,
+    warnings: Vec<Warning>,
+    dns_targets: Vec<crate::dns::DnsTarget>,
+    subscriptions: crate::xds::Subscriptions,
+}
+
+/// One digest over every resource that is neither a cluster nor an assignment (listeners,
+/// route configurations), with its type and name, in order.
+pub(crate) fn others_digest(resources: &[Encoded<'_>]) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for r in resources
+        .iter()
+        .filter(|r| r.type_url != CLUSTER_TYPE && r.type_url != ENDPOINT_TYPE)
+    {
+        for part in [r.type_url.as_bytes(), r.name.as_bytes(), r.value] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    h.digest128()
+}
+
+impl Last {
+    pub(crate) fn new(
+        t: &Translation,
+        decoded: Decoded,
+        others: u128,
+        options: &TranslateOptions,
+    ) -> Last {
+        let mut used = HashSet::new();
+        let mut irregular = HashSet::new();
+        for c in &decoded.clusters {
+            if let ClusterRole::Service { cluster, matches } = &c.role {
+                if let EndpointSource::Eds(eds) = &cluster.source {
+                    if !used.insert(eds.as_str()) || *eds != c.name || matches.is_some() {
+                        irregular.insert(eds.clone());
+                    }
+                }
+            }
+        }
+        Last {
+            version: t.snapshot.version(),
+            published: None,
+            patched: false,
+            trust_domain: options.trust_domain.clone(),
+            dns: options.dns.clone(),
+            others,
+            clusters: decoded.clusters,
+            assignments: decoded.assignments,
+            irregular,
+            warnings: t.warnings.clone(),
+            dns_targets: t.dns.clone(),
+            subscriptions: t.subscriptions.clone(),
+        }
+    }
+
+    /// `snapshot` is live: when it is this translation's, the next EDS push may patch it.
+    pub(crate) fn published(&mut self, snapshot: &Arc<Snapshot>) {
+        if snapshot.version() == self.version {
+            self.published = Some(snapshot.clone());
+        }
+    }
+
+    pub(crate) fn patched(&self) -> bool {
+        self.patched
+    }
+}
+
+/// The translation of `decoded` as a patch of the last one's published snapshot, when only
+/// assignments changed and the patch gives what a full translation would; `None` otherwise
+/// (translate in full). On success `last` and the services' memo describe the new snapshot.
+pub(crate) fn patch(
+    last: &mut Option<Last>,
+    memo: &mut Memo,
+    decoded: &Decoded,
+    others: u128,
+    options: &TranslateOptions,
+) -> Option<Translation> {
+    let l = last.as_mut()?;
+    let live = l.published.as_ref()?;
+    if !options.identities.is_empty()
+        || options.trust_domain != l.trust_domain
+        || options.dns != l.dns
+        || others != l.others
+        || decoded.clusters.len() != l.clusters.len()
+        || decoded.assignments.len() != l.assignments.len()
+        || !decoded
+            .clusters
+            .iter()
+            .zip(&l.clusters)
+            .all(|(a, b)| Arc::ptr_eq(a, b))
+    {
+        return None;
+    }
+    // The assignments that changed, each (old, new); the same names in the same order.
+    let mut changed = Vec::new();
+    for (new, old) in decoded.assignments.iter().zip(&l.assignments) {
+        if Arc::ptr_eq(new, old) {
+            continue;
+        }
+        if new.name != old.name || new.diag != old.diag || l.irregular.contains(&new.name) {
+            return None;
+        }
+        changed.push((old, new));
+    }
+    // The services they feed: each assignment's own cluster's.
+    let mut hosts: BTreeMap<&str, Vec<&Arc<AssignmentPiece>>> = BTreeMap::new();
+    for (_, new) in &changed {
+        let cluster = memo.cluster(&new.name)?;
+        let ClusterRole::Service {
+            cluster: sc,
+            matches: None,
+        } = &cluster.role
+        else {
+            return None;
+        };
+        hosts.entry(sc.name.host.as_str()).or_default().push(new);
+    }
+    let now = Instant::now();
+    let mut patches = Vec::with_capacity(hosts.len());
+    let mut rebuilt = Vec::with_capacity(hosts.len());
+    for (host, news) in &hosts {
+        let r = memo.services.services.get(*host)?;
+        let (key, out) = rebuild(r, news, options)?;
+        // Bound workloads are read from the services' endpoints: a patch does not redo them.
+        let bound =
+            |ip: &IpAddr| live.workloads.contains_key(ip) || live.known_workloads.contains_key(ip);
+        if r.out
+            .endpoints
+            .iter()
+            .chain(&out.endpoints)
+            .any(|e| bound(&e.address))
+        {
+            return None;
+        }
+        patches.push(EndpointsPatch {
+            host: host.to_string(),
+            endpoints: out.endpoints.clone(),
+        });
+        rebuilt.push((host.to_string(), key, out));
+    }
+    let snapshot = live.patched(patches, now)?;
+    // What the memo remembers for the next translation.
+    let services = &mut memo.services;
+    services.version = snapshot.version();
+    services.clusters_built.clear();
+    services.built = rebuilt.len();
+    services.reused = services.services.len() - rebuilt.len();
+    services.shared = services.reused;
+    for (host, key, out) in rebuilt {
+        services.clusters_built.push(host.clone());
+        services.services.insert(
+            host,
+            Remembered {
+                key,
+                out: Arc::new(out),
+                clusters: None,
+            },
+        );
+    }
+    l.version = snapshot.version();
+    l.published = None;
+    l.patched = true;
+    l.assignments.clone_from(&decoded.assignments);
+    Some(Translation {
+        snapshot,
+        warnings: l.warnings.clone(),
+        dns: l.dns_targets.clone(),
+        subscriptions: l.subscriptions.clone(),
+    })
+}
+
+/// Service `r` built again with its assignments in `news` replaced, as a full translation
+/// builds it; `None` when anything but its endpoints and their clusters would differ.
+fn rebuild(
+    r: &Remembered,
+    news: &[&Arc<AssignmentPiece>],
+    options: &TranslateOptions,
+) -> Option<(ServiceKey, ServiceOut)> {
+    let assignments: Vec<Option<Arc<AssignmentPiece>>> = r
+        .key
+        .assignments
+        .iter()
+        .map(|a| {
+            let a = a.as_ref()?;
+            Some(
+                news.iter()
+                    .find(|n| n.name == a.name)
+                    .map_or_else(|| a.clone(), |n| (*n).clone()),
+            )
+        })
+        .collect();
+    // Its clusters as the full translation hands them over: with the routes' hash key, and the
+    // endpoints of their assignments.
+    let mut clusters: Vec<(&str, Cow<'_, ServiceCluster>)> = Vec::new();
+    let mut pods: Pods<'_> = BTreeMap::new();
+    let mut eds = assignments.iter();
+    for (piece, hash) in &r.key.clusters {
+        let ClusterRole::Service {
+            cluster,
+            matches: None,
+        } = &piece.role
+        else {
+            return None;
+        };
+        let mut sc = Cow::Borrowed(cluster);
+        let unset = cluster
+            .policy
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.consistent_hash.as_ref())
+            .is_some_and(|ch| ch.key.is_none());
+        if let (true, Some(hash)) = (unset, hash) {
+            if let Some(ch) = sc
+                .to_mut()
+                .policy
+                .load_balancer
+                .as_mut()
+                .and_then(|lb| lb.consistent_hash.as_mut())
+            {
+                ch.key = Some(hash.clone());
+            }
+        }
+        let list = match &cluster.source {
+            EndpointSource::Eds(_) => match eds.next()? {
+                Some(a) => Cow::Borrowed(a.pods.as_slice()),
+                None => Cow::Borrowed(&[][..]),
+            },
+            EndpointSource::None => Cow::Borrowed(&[][..]),
+            EndpointSource::Inline | EndpointSource::Dns(_) => return None,
+        };
+        pods.insert(piece.name.as_str(), list);
+        clusters.push((piece.name.as_str(), sc));
+    }
+    let mine: Vec<(&str, &ServiceCluster)> = clusters.iter().map(|(n, c)| (*n, &**c)).collect();
+    let host = r.out.service.hostname.as_str();
+    let mut out = build_service(host, &r.key.acc, &mine, &pods, options);
+    let old = &r.out;
+    if out.service != old.service
+        || out.diag != old.diag
+        || out.destination_rule.as_deref() != old.destination_rule.as_deref()
+    {
+        return None;
+    }
+    // The rule the snapshots hold stays the one they share.
+    out.destination_rule.clone_from(&old.destination_rule);
+    let key = ServiceKey {
+        acc: r.key.acc.without_routes(),
+        clusters: r.key.clusters.clone(),
+        assignments,
+    };
+    Some((key, out))
+}
