@@ -252,7 +252,7 @@ impl SnapshotBuilder {
         // A waypoint uses the first VirtualService with HTTP routes for a service
         // (istiod, pilot/pkg/networking/core/listener_waypoint.go:
         // buildWaypointInboundHTTPRouteConfig); routes are never merged across them.
-        let mut routes: HashMap<String, Vec<RouteEntry>> = HashMap::new();
+        let mut routes: HashMap<Arc<str>, Arc<[RouteEntry]>> = HashMap::new();
         for vs in self
             .virtual_services
             .iter()
@@ -260,7 +260,7 @@ impl SnapshotBuilder {
         {
             let id = vs.id();
             for host in &vs.hosts {
-                routes.entry(host.clone()).or_insert_with(|| {
+                routes.entry(Arc::from(host.as_str())).or_insert_with(|| {
                     vs.http
                         .iter()
                         .enumerate()
@@ -310,7 +310,8 @@ impl SnapshotBuilder {
             vs.http.shrink_to_fit();
             vs.tcp.shrink_to_fit();
         }
-        virtual_services.shrink_to_fit();
+        let virtual_services: Vec<Arc<VirtualService>> =
+            virtual_services.into_iter().map(Arc::new).collect();
         let mut destination_rules = self.destination_rules;
         // A rule the front-end shares was made to measure by it (`shrink_rule`).
         for dr in destination_rules.iter_mut().filter_map(Arc::get_mut) {
@@ -327,7 +328,7 @@ impl SnapshotBuilder {
                 .into_iter()
                 .map(|(ip, list)| (ip, list.into()))
                 .collect(),
-            routes: Arc::new(routes),
+            routes,
             tcp_routes: Arc::new(tcp_routes),
             virtual_services: Arc::new(virtual_services),
             destination_rules: Arc::new(destination_rules),

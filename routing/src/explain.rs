@@ -143,7 +143,11 @@ impl Snapshot {
             .filter(|vs| vs.hosts.iter().any(|h| h == host))
             .map(|vs| vs.id())
             .collect();
-        let entries = self.routes.get(host).map(Vec::as_slice).unwrap_or(&[]);
+        let entries = self
+            .routes
+            .get(host.as_str())
+            .map(|e| &e[..])
+            .unwrap_or(&[]);
         let applied = entries.first().map(|e| e.virtual_service.clone());
         let mut routes = Vec::new();
         for e in entries {

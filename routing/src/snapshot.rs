@@ -110,11 +110,11 @@ pub struct Snapshot {
     pub(crate) by_vip: Arc<HashMap<SocketAddr, (usize, usize)>>,
     pub(crate) by_pod_ip: HashMap<IpAddr, PodServices>,
     /// Service FQDN → routes of all its VirtualServices, in load order.
-    pub(crate) routes: Arc<HashMap<String, Vec<RouteEntry>>>,
+    pub(crate) routes: HashMap<Arc<str>, Arc<[RouteEntry]>>,
     /// Service FQDN → `tcp` routes of every VirtualService naming it, in
     /// precedence order.
     pub(crate) tcp_routes: Arc<HashMap<String, Vec<TcpRouteEntry>>>,
-    pub(crate) virtual_services: Arc<Vec<VirtualService>>,
+    pub(crate) virtual_services: Arc<Vec<Arc<VirtualService>>>,
     /// Shared with the front-end's memo (xDS: a service's rule lives as long as the service).
     pub(crate) destination_rules: Arc<Vec<Arc<DestinationRule>>>,
     /// Per service, its ports' clusters; shared with the next snapshot when the service did not
@@ -193,7 +193,7 @@ impl Snapshot {
         &self.authorization
     }
 
-    pub fn virtual_services(&self) -> &[VirtualService] {
+    pub fn virtual_services(&self) -> &[Arc<VirtualService>] {
         &self.virtual_services
     }
 
@@ -319,10 +319,10 @@ impl Snapshot {
         port: u16,
         req: &dyn RequestView,
     ) -> (RouteDecision<'_>, Option<&RouteMatch>) {
-        let Some(entries) = self.routes.get(&service.hostname) else {
+        let Some(entries) = self.routes.get(service.hostname.as_str()) else {
             return (RouteDecision::Default, None);
         };
-        for e in entries {
+        for e in entries.iter() {
             let matched = if e.route.matches.is_empty() {
                 Some(None)
             } else {
@@ -476,7 +476,7 @@ impl Snapshot {
         let mut out = serde_json::json!({
             "version": self.version,
             "services": services,
-            "virtual_services": *self.virtual_services,
+            "virtual_services": self.virtual_services.iter().map(|v| &**v).collect::<Vec<_>>(),
             "destination_rules": self.destination_rules.iter().map(|d| &**d).collect::<Vec<_>>(),
             "clusters": self.clusters(),
             "authorization": {

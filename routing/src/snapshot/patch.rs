@@ -1,8 +1,8 @@
 //! A snapshot made from another by replacing some services' endpoints (an EDS push): every
 //! table the patch does not touch is shared with the snapshot it came from.
 
-use super::Snapshot;
-use crate::model::Endpoint;
+use super::{RouteEntry, Snapshot};
+use crate::model::{Endpoint, VirtualService};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -69,18 +69,74 @@ impl Snapshot {
             clusters.insert(Arc::from(service.hostname.as_str()), Arc::new(built));
             endpoints[si] = p.endpoints.into();
         }
-        Some(Snapshot {
+        let mut out = self.shared();
+        out.endpoints = endpoints;
+        out.by_pod_ip = by_pod_ip;
+        out.clusters = clusters;
+        Some(out)
+    }
+}
+
+impl Snapshot {
+    /// This snapshot with each VirtualService of `tables` routing its one host instead of the
+    /// one that does now (which must be the only one naming that host, with HTTP routes and no
+    /// TCP routes); everything else shared. A new version. `None` when one cannot be placed so.
+    pub(crate) fn with_routes(&self, tables: Vec<VirtualService>) -> Option<Snapshot> {
+        let mut virtual_services = (*self.virtual_services).clone();
+        let mut routes = self.routes.clone();
+        for mut vs in tables {
+            let [host] = vs.hosts.as_slice() else {
+                return None;
+            };
+            let mut naming = virtual_services
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.hosts.iter().any(|h| h == host));
+            let (i, old) = naming.next()?;
+            if naming.next().is_some()
+                || old.hosts.len() != 1
+                || old.http.is_empty()
+                || !old.tcp.is_empty()
+                || vs.http.is_empty()
+                || !vs.tcp.is_empty()
+            {
+                return None;
+            }
+            vs.http.shrink_to_fit();
+            let id = vs.id();
+            let entries: Arc<[RouteEntry]> = vs
+                .http
+                .iter()
+                .enumerate()
+                .map(|(index, route)| RouteEntry {
+                    virtual_service: id.clone(),
+                    index,
+                    route: Arc::new(route.clone()),
+                })
+                .collect();
+            routes.insert(Arc::from(host.as_str()), entries);
+            virtual_services[i] = Arc::new(vs);
+        }
+        let mut out = self.shared();
+        out.routes = routes;
+        out.virtual_services = Arc::new(virtual_services);
+        Some(out)
+    }
+
+    /// A new version sharing every table with this one.
+    fn shared(&self) -> Snapshot {
+        Snapshot {
             version: crate::builder::next_version(),
             services: self.services.clone(),
-            endpoints,
+            endpoints: self.endpoints.clone(),
             by_host: self.by_host.clone(),
             by_vip: self.by_vip.clone(),
-            by_pod_ip,
+            by_pod_ip: self.by_pod_ip.clone(),
             routes: self.routes.clone(),
             tcp_routes: self.tcp_routes.clone(),
             virtual_services: self.virtual_services.clone(),
             destination_rules: self.destination_rules.clone(),
-            clusters,
+            clusters: self.clusters.clone(),
             warnings: self.warnings.clone(),
             authorization: self.authorization.clone(),
             pod_path: self.pod_path,
@@ -91,6 +147,6 @@ impl Snapshot {
             dns_targets: self.dns_targets.clone(),
             telemetry: self.telemetry.clone(),
             runtime: OnceLock::new(),
-        })
+        }
     }
 }

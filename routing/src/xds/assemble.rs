@@ -31,6 +31,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 pub(super) mod eds;
 mod key;
+pub(super) mod routes;
 mod service;
 use key::{key_view, ServiceKey};
 pub use service::ANY_SERVICE_ACCOUNT;
@@ -61,6 +62,9 @@ pub(crate) struct ServiceMemo {
     pub(crate) reused: usize,
     pub(crate) built: usize,
     pub(crate) shared: usize,
+    /// The last full translation's `main_internal` listener, with what reading it reported and
+    /// the RDS names it asked for (what a route patch compares against, see [`routes`]).
+    main: Option<routes::MainState>,
 }
 
 #[derive(Debug)]
@@ -164,6 +168,7 @@ pub(crate) fn translate(
     services_memo: &mut ServiceMemo,
 ) -> Result<Translation, Vec<Rejection>> {
     let mut diag = Diag::default();
+    services_memo.main = None;
     let clusters = index(res.clusters, |c| c.name.as_str(), CLUSTER_TYPE, &mut diag);
     let clas = index(
         res.assignments,
@@ -267,6 +272,7 @@ pub(crate) fn translate(
     }
 
     // Listeners and routes.
+    let warned = diag.warnings.len();
     let main = listener::translate(
         res.listeners,
         &rcs,
@@ -275,6 +281,7 @@ pub(crate) fn translate(
         &mut subscriptions.routes,
         &mut diag,
     );
+    let listener_warnings = diag.warnings[warned..].to_vec();
     let mut services: BTreeMap<String, ServiceAcc> = BTreeMap::new();
     for ((ip, port), chains) in &main.matched.vips {
         for chain in chains {
@@ -468,6 +475,11 @@ pub(crate) fn translate(
     }
     let snapshot = builder.build();
     services_memo.version = snapshot.version();
+    services_memo.main = Some(routes::MainState {
+        main,
+        warnings: listener_warnings,
+        rds: subscriptions.routes.clone(),
+    });
     Ok(Translation {
         snapshot,
         warnings: diag.warnings,

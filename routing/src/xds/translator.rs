@@ -2,7 +2,7 @@
 //! last one built; an EDS-only push patches the published snapshot instead (see
 //! [`super::assemble::eds`]).
 
-use super::assemble::{self, eds};
+use super::assemble::{self, eds, routes};
 use super::{pieces, Encoded, Rejection, TranslateOptions, Translation};
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
@@ -53,7 +53,10 @@ impl Translator {
     ) -> Result<Translation, Vec<Rejection>> {
         let others = eds::others_digest(resources);
         let decoded = self.memo.pieces(resources)?;
-        if let Some(t) = eds::patch(&mut self.last, &mut self.memo, &decoded, others, options) {
+        if let Some(t) = eds::patch(&mut self.last, &mut self.memo, &decoded, others.0, options) {
+            return Ok(t);
+        }
+        if let Some(t) = routes::patch(&mut self.last, &mut self.memo, &decoded, others, options) {
             return Ok(t);
         }
         self.last = None;

@@ -20,6 +20,7 @@ mod dns;
 mod locality;
 mod memo;
 mod outbound;
+mod patch;
 mod rules;
 mod upstreams;
 

@@ -109,7 +109,66 @@ fn add(
 fn listener_versions(l: &Listener) -> Vec<Vec<u8>> {
     let mut fewer = l.clone();
     fewer.filter_chains.pop();
-    vec![l.encode_to_vec(), fewer.encode_to_vec()]
+    let mut out = vec![l.encode_to_vec(), fewer.encode_to_vec()];
+    // A VirtualService edit: one chain's first route gets another timeout (all else the same).
+    if let Some(retimed) = retimed(l, None, 7) {
+        out.push(retimed.encode_to_vec());
+    }
+    out
+}
+
+/// `l` with the first route of chain `chain` (else of the first chain with an inline route
+/// config whose first route forwards) timing out after `secs`; `None` if there is none.
+pub(super) fn retimed(l: &Listener, chain: Option<&str>, secs: i64) -> Option<Listener> {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let mut l = l.clone();
+    for c in &mut l.filter_chains {
+        if chain.is_some_and(|n| n != c.name) {
+            continue;
+        }
+        for f in &mut c.filters {
+            let Some(ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                continue;
+            };
+            if !any.type_url.ends_with("HttpConnectionManager") {
+                continue;
+            }
+            let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).ok()?;
+            let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier else {
+                continue;
+            };
+            let Some(Action::Route(ra)) = rc
+                .virtual_hosts
+                .first_mut()
+                .and_then(|vh| vh.routes.first_mut())
+                .and_then(|r| r.action.as_mut())
+            else {
+                continue;
+            };
+            ra.timeout = Some(ProtoDuration {
+                seconds: secs,
+                nanos: 0,
+            });
+            any.value = hcm.encode_to_vec();
+            return Some(l);
+        }
+    }
+    None
+}
+
+/// `wire` with reviews' (or `chain`'s) first route timing out after `secs`.
+pub(super) fn retime_wire(wire: &mut Wire, chain: &str, secs: i64) {
+    let (_, _, bytes) = wire
+        .iter_mut()
+        .find(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
+        .expect("main_internal");
+    let l = Listener::decode(bytes.as_slice()).unwrap();
+    *bytes = retimed(&l, Some(chain), secs)
+        .expect("the chain has a forwarding route")
+        .encode_to_vec();
 }
 
 fn cluster_versions(c: &Cluster) -> Vec<Vec<u8>> {
@@ -182,7 +241,7 @@ fn outcome(
     r.map(|t| describe(&t))
 }
 
-fn describe(t: &xds::Translation) -> String {
+pub(super) fn describe(t: &xds::Translation) -> String {
     let mut json = t.snapshot.to_json();
     json.as_object_mut().unwrap().remove("version");
     format!(
@@ -191,7 +250,7 @@ fn describe(t: &xds::Translation) -> String {
     )
 }
 
-fn from_scratch(encoded: &[Encoded<'_>]) -> Result<String, Vec<xds::Rejection>> {
+pub(super) fn from_scratch(encoded: &[Encoded<'_>]) -> Result<String, Vec<xds::Rejection>> {
     let mut res = Resources::default();
     for e in encoded {
         res.push_encoded(e.type_url, e.value).unwrap();
@@ -267,9 +326,9 @@ proptest! {
 }
 
 /// bookinfo's clusters, assignments and listeners as istiod sends them: (type, name, bytes).
-type Wire = Vec<(&'static str, String, Vec<u8>)>;
+pub(super) type Wire = Vec<(&'static str, String, Vec<u8>)>;
 
-fn bookinfo_wire(res: &Resources) -> Wire {
+pub(super) fn bookinfo_wire(res: &Resources) -> Wire {
     res.clusters
         .iter()
         .map(|c| (CLUSTER_TYPE, c.name.clone(), c.encode_to_vec()))
@@ -286,7 +345,7 @@ fn bookinfo_wire(res: &Resources) -> Wire {
         .collect()
 }
 
-fn translate_wire(translator: &mut Translator, wire: &Wire) -> xds::Translation {
+pub(super) fn translate_wire(translator: &mut Translator, wire: &Wire) -> xds::Translation {
     let encoded: Vec<Encoded<'_>> = wire
         .iter()
         .map(|(t, n, v)| Encoded {
@@ -344,10 +403,6 @@ fn an_eds_change_rebuilds_one_assignment() {
 /// it changed; the others are reused, and the snapshot has the new route.
 #[test]
 fn a_route_change_rebuilds_one_chain() {
-    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-    use envoy_types::pb::envoy::config::route::v3::route::Action;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     let res = load_resources(&fixture("bookinfo.json")).unwrap();
     let mut wire = bookinfo_wire(&res);
     let mut translator = Translator::new();
@@ -356,41 +411,7 @@ fn a_route_change_rebuilds_one_chain() {
 
     // reviews' first route gets a 7 s timeout.
     let chain_name = "inbound-vip|9080|http|reviews.default.svc.cluster.local";
-    let i = wire
-        .iter()
-        .position(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
-        .unwrap();
-    let mut l = Listener::decode(wire[i].2.as_slice()).unwrap();
-    let chain = l
-        .filter_chains
-        .iter_mut()
-        .find(|c| c.name == chain_name)
-        .unwrap();
-    let any = chain
-        .filters
-        .iter_mut()
-        .find_map(|f| match &mut f.config_type {
-            Some(ConfigType::TypedConfig(any))
-                if any.type_url.ends_with("HttpConnectionManager") =>
-            {
-                Some(any)
-            }
-            _ => None,
-        })
-        .unwrap();
-    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
-    let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier else {
-        panic!("reviews' chain has an inline route config");
-    };
-    let Some(Action::Route(ra)) = &mut rc.virtual_hosts[0].routes[0].action else {
-        panic!("reviews' first route forwards");
-    };
-    ra.timeout = Some(ProtoDuration {
-        seconds: 7,
-        nanos: 0,
-    });
-    any.value = hcm.encode_to_vec();
-    wire[i].2 = l.encode_to_vec();
+    retime_wire(&mut wire, chain_name, 7);
     let second = translate_wire(&mut translator, &wire);
     assert_eq!(translator.reuse().built, 1, "{:?}", translator.reuse());
     assert_eq!(translator.reuse().reused, all - 1);
@@ -410,7 +431,7 @@ fn a_route_change_rebuilds_one_chain() {
 
 /// Published (carried over from the live snapshot) and shown to the translator, as the
 /// waypoint does.
-fn publish(
+pub(super) fn publish(
     translator: &mut Translator,
     wire: &Wire,
     live: &routing::Snapshot,
@@ -423,7 +444,7 @@ fn publish(
 }
 
 /// bookinfo without the pod at `gone` in reviews' assignments (the service's and its subset's).
-fn reviews_without(res: &Resources, gone: std::net::SocketAddr) -> Wire {
+pub(super) fn reviews_without(res: &Resources, gone: std::net::SocketAddr) -> Wire {
     let mut wire = bookinfo_wire(res);
     for (t, n, bytes) in &mut wire {
         if *t != ENDPOINT_TYPE || !n.ends_with(REVIEWS) {
@@ -440,8 +461,8 @@ fn reviews_without(res: &Resources, gone: std::net::SocketAddr) -> Wire {
     wire
 }
 
-const REVIEWS: &str = "reviews.default.svc.cluster.local";
-const PRODUCTPAGE: &str = "productpage.default.svc.cluster.local";
+pub(super) const REVIEWS: &str = "reviews.default.svc.cluster.local";
+pub(super) const PRODUCTPAGE: &str = "productpage.default.svc.cluster.local";
 
 /// After a publish, a service that did not change keeps the very clusters that served (and
 /// their state: a request in flight stays counted); a changed one is built again and adopts the
@@ -510,90 +531,4 @@ fn unchanged_services_share_their_clusters_with_the_next_snapshot() {
         fourth.cluster(REVIEWS, 9080, None).unwrap()
     ));
     assert_eq!(third.to_json()["clusters"], fourth.to_json()["clusters"]);
-}
-
-/// An EDS push against the published snapshot patches it: the services its assignments feed
-/// are built again, everything else is the published snapshot's (shared, not copied), and the
-/// result is a translation from scratch's. Not once that snapshot is held back, nor when more
-/// than assignments changed.
-#[test]
-fn an_eds_push_patches_the_published_snapshot() {
-    let res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let full = bookinfo_wire(&res);
-    let mut translator = Translator::new();
-    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
-    assert!(!translator.reuse().patched, "nothing to patch yet");
-    let reviews = first.cluster(REVIEWS, 9080, None).unwrap();
-    let gone = reviews.endpoints[0].target;
-    let fewer = reviews_without(&res, gone);
-
-    let second = publish(&mut translator, &fewer, &first);
-    let reuse = translator.reuse();
-    assert!(reuse.patched, "{reuse:?}");
-    assert_eq!(reuse.services_built, 1, "reviews only: {reuse:?}");
-    assert_eq!(describe_wire(&second), scratch_wire(&fewer));
-    assert!(std::ptr::eq(
-        first.cluster(PRODUCTPAGE, 9080, None).unwrap(),
-        second.cluster(PRODUCTPAGE, 9080, None).unwrap()
-    ));
-    assert!(std::ptr::eq(
-        first.virtual_services().as_ptr(),
-        second.virtual_services().as_ptr()
-    ));
-    let reviews2 = second.cluster(REVIEWS, 9080, None).unwrap();
-    assert!(reviews2.endpoint(gone).is_none());
-    assert!(second.endpoint_by_ip(gone.ip()).is_none());
-    assert!(first.endpoint_by_ip(gone.ip()).is_some());
-
-    // The pod is back: patched again, from the second snapshot.
-    let third = publish(&mut translator, &full, &second);
-    assert!(translator.reuse().patched);
-    assert_eq!(describe_wire(&third), scratch_wire(&full));
-    assert!(third.endpoint_by_ip(gone.ip()).is_some());
-
-    // Held back (not published): the next one is translated in full.
-    let held = translate_wire(&mut translator, &fewer).snapshot;
-    assert!(translator.reuse().patched, "a patch of the third");
-    drop(held);
-    let _ = publish(&mut translator, &full, &third);
-    assert!(
-        !translator.reuse().patched,
-        "the held-back snapshot was never published"
-    );
-
-    // A cluster changed as well: in full.
-    let live = publish(&mut translator, &full, &third);
-    let mut changed = reviews_without(&res, gone);
-    let (_, _, bytes) = changed
-        .iter_mut()
-        .find(|(t, n, _)| *t == CLUSTER_TYPE && n.ends_with(PRODUCTPAGE))
-        .unwrap();
-    let mut c =
-        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes.as_slice()).unwrap();
-    c.connect_timeout = Some(ProtoDuration {
-        seconds: 3,
-        nanos: 0,
-    });
-    *bytes = c.encode_to_vec();
-    let after = publish(&mut translator, &changed, &live);
-    assert!(!translator.reuse().patched);
-    assert_eq!(describe_wire(&after), scratch_wire(&changed));
-}
-
-fn describe_wire(s: &routing::Snapshot) -> String {
-    let mut json = s.to_json();
-    json.as_object_mut().unwrap().remove("version");
-    format!("{json:#}")
-}
-
-fn scratch_wire(wire: &Wire) -> String {
-    let mut res = Resources::default();
-    for (t, _, bytes) in wire {
-        res.push_encoded(t, bytes).unwrap();
-    }
-    describe_wire(
-        &xds::translate(&res, &TranslateOptions::default())
-            .unwrap()
-            .snapshot,
-    )
 }

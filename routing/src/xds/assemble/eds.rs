@@ -20,13 +20,15 @@ pub(crate) struct Last {
     /// The version of its snapshot.
     version: u64,
     /// That snapshot, once published (carried over and live): what a patch starts from.
-    published: Option<Arc<Snapshot>>,
+    pub(super) published: Option<Arc<Snapshot>>,
     /// Whether it was a patch.
     patched: bool,
     trust_domain: String,
     dns: crate::dns::DnsAnswers,
-    /// [`others_digest`] of its resources.
+    /// [`others_digest`] of its resources: all but clusters and assignments, and all but those
+    /// and the `main_internal` listener.
     others: u128,
+    rest: u128,
     clusters: Vec<Arc<ClusterPiece>>,
     assignments: Vec<Arc<AssignmentPiece>>,
     /// Assignments a patch cannot follow: used by another cluster than the one of their name,
@@ -38,27 +40,39 @@ pub(crate) struct Last {
     subscriptions: crate::xds::Subscriptions,
 }
 
-/// One digest over every resource that is neither a cluster nor an assignment (listeners,
-/// route configurations), with its type and name, in order.
-pub(crate) fn others_digest(resources: &[Encoded<'_>]) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+/// Digests over the resources that are neither clusters nor assignments (listeners, route
+/// configurations), each with its type and name, in order: all of them, and all but the
+/// `main_internal` listener (which a route patch reads itself).
+pub(crate) fn others_digest(resources: &[Encoded<'_>]) -> (u128, u128) {
+    let mut all = xxhash_rust::xxh3::Xxh3::new();
+    let mut rest = xxhash_rust::xxh3::Xxh3::new();
     for r in resources
         .iter()
         .filter(|r| r.type_url != CLUSTER_TYPE && r.type_url != ENDPOINT_TYPE)
     {
+        let main = r.type_url == LISTENER_TYPE && r.name == listener::MAIN_INTERNAL;
         for part in [r.type_url.as_bytes(), r.name.as_bytes(), r.value] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part);
+            let len = (part.len() as u64).to_le_bytes();
+            all.update(&len);
+            all.update(part);
+            if !main {
+                rest.update(&len);
+                rest.update(part);
+            }
+        }
+        if main {
+            // Where it stands among the others.
+            rest.update(b"main_internal");
         }
     }
-    h.digest128()
+    (all.digest128(), rest.digest128())
 }
 
 impl Last {
     pub(crate) fn new(
         t: &Translation,
         decoded: Decoded,
-        others: u128,
+        (others, rest): (u128, u128),
         options: &TranslateOptions,
     ) -> Last {
         let mut used = HashSet::new();
@@ -79,6 +93,7 @@ impl Last {
             trust_domain: options.trust_domain.clone(),
             dns: options.dns.clone(),
             others,
+            rest,
             clusters: decoded.clusters,
             assignments: decoded.assignments,
             irregular,
@@ -98,6 +113,53 @@ impl Last {
     pub(crate) fn patched(&self) -> bool {
         self.patched
     }
+
+    /// The same options, clusters and assignments as this translation's, and every other
+    /// resource but the `main_internal` listener.
+    pub(super) fn same_inputs_but_listener(
+        &self,
+        decoded: &Decoded,
+        rest: u128,
+        options: &TranslateOptions,
+    ) -> bool {
+        self.same_options(options)
+            && rest == self.rest
+            && same_pieces(&decoded.clusters, &self.clusters)
+            && same_pieces(&decoded.assignments, &self.assignments)
+    }
+
+    fn same_options(&self, options: &TranslateOptions) -> bool {
+        options.identities.is_empty()
+            && options.trust_domain == self.trust_domain
+            && options.dns == self.dns
+    }
+
+    /// `snapshot` (a patch of the published one, made from `decoded`, whose other resources
+    /// have the digests `others`) is now the last translation's: its translation, with what the
+    /// published one reported.
+    pub(super) fn patched_to(
+        &mut self,
+        snapshot: Snapshot,
+        decoded: &Decoded,
+        (others, rest): (u128, u128),
+    ) -> Translation {
+        self.version = snapshot.version();
+        (self.others, self.rest) = (others, rest);
+        self.published = None;
+        self.patched = true;
+        self.assignments.clone_from(&decoded.assignments);
+        Translation {
+            snapshot,
+            warnings: self.warnings.clone(),
+            dns: self.dns_targets.clone(),
+            subscriptions: self.subscriptions.clone(),
+        }
+    }
+}
+
+/// The same pieces, in the same order.
+fn same_pieces<P>(a: &[Arc<P>], b: &[Arc<P>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
 }
 
 /// The translation of `decoded` as a patch of the last one's published snapshot, when only
@@ -111,18 +173,11 @@ pub(crate) fn patch(
     options: &TranslateOptions,
 ) -> Option<Translation> {
     let l = last.as_mut()?;
-    let live = l.published.as_ref()?;
-    if !options.identities.is_empty()
-        || options.trust_domain != l.trust_domain
-        || options.dns != l.dns
+    let live = l.published.clone()?;
+    if !l.same_options(options)
         || others != l.others
-        || decoded.clusters.len() != l.clusters.len()
+        || !same_pieces(&decoded.clusters, &l.clusters)
         || decoded.assignments.len() != l.assignments.len()
-        || !decoded
-            .clusters
-            .iter()
-            .zip(&l.clusters)
-            .all(|(a, b)| Arc::ptr_eq(a, b))
     {
         return None;
     }
@@ -192,16 +247,7 @@ pub(crate) fn patch(
             },
         );
     }
-    l.version = snapshot.version();
-    l.published = None;
-    l.patched = true;
-    l.assignments.clone_from(&decoded.assignments);
-    Some(Translation {
-        snapshot,
-        warnings: l.warnings.clone(),
-        dns: l.dns_targets.clone(),
-        subscriptions: l.subscriptions.clone(),
-    })
+    Some(l.patched_to(snapshot, decoded, (others, l.rest)))
 }
 
 /// Service `r` built again with its assignments in `news` replaced, as a full translation

@@ -95,7 +95,7 @@ pub(super) fn service_ports<'s>(
     snapshot: &'s Snapshot,
     index: &'s mut HashMap<&'s str, Vec<&'s VirtualService>>,
 ) -> Vec<PortChains<'s>> {
-    for vs in snapshot.virtual_services() {
+    for vs in snapshot.virtual_services().iter().map(|v| &**v) {
         for host in &vs.hosts {
             let list = index.entry(host.as_str()).or_default();
             // A VirtualService naming a host twice counts once.

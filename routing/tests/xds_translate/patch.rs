@@ -1,0 +1,237 @@
+//! The translator's patches of the published snapshot (an EDS push, a route change): what they
+//! share with it, and when they give way to a full translation. That a patch equals a
+//! translation from scratch is also part of `memo`'s property.
+
+use super::memo::{
+    bookinfo_wire, publish, retime_wire, reviews_without, translate_wire, Wire, PRODUCTPAGE,
+    REVIEWS,
+};
+use super::*;
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+use prost::Message;
+use routing::xds::{Translator, CLUSTER_TYPE};
+
+/// An EDS push against the published snapshot patches it: the services its assignments feed
+/// are built again, everything else is the published snapshot's (shared, not copied), and the
+/// result is a translation from scratch's. Not once that snapshot is held back, nor when more
+/// than assignments changed.
+#[test]
+fn an_eds_push_patches_the_published_snapshot() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let full = bookinfo_wire(&res);
+    let mut translator = Translator::new();
+    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    assert!(!translator.reuse().patched, "nothing to patch yet");
+    let reviews = first.cluster(REVIEWS, 9080, None).unwrap();
+    let gone = reviews.endpoints[0].target;
+    let fewer = reviews_without(&res, gone);
+
+    let second = publish(&mut translator, &fewer, &first);
+    let reuse = translator.reuse();
+    assert!(reuse.patched, "{reuse:?}");
+    assert_eq!(reuse.services_built, 1, "reviews only: {reuse:?}");
+    assert_eq!(describe_wire(&second), scratch_wire(&fewer));
+    assert!(std::ptr::eq(
+        first.cluster(PRODUCTPAGE, 9080, None).unwrap(),
+        second.cluster(PRODUCTPAGE, 9080, None).unwrap()
+    ));
+    assert!(std::ptr::eq(
+        first.virtual_services().as_ptr(),
+        second.virtual_services().as_ptr()
+    ));
+    let reviews2 = second.cluster(REVIEWS, 9080, None).unwrap();
+    assert!(reviews2.endpoint(gone).is_none());
+    assert!(second.endpoint_by_ip(gone.ip()).is_none());
+    assert!(first.endpoint_by_ip(gone.ip()).is_some());
+
+    // The pod is back: patched again, from the second snapshot.
+    let third = publish(&mut translator, &full, &second);
+    assert!(translator.reuse().patched);
+    assert_eq!(describe_wire(&third), scratch_wire(&full));
+    assert!(third.endpoint_by_ip(gone.ip()).is_some());
+
+    // Held back (not published): the next one is translated in full.
+    let held = translate_wire(&mut translator, &fewer).snapshot;
+    assert!(translator.reuse().patched, "a patch of the third");
+    drop(held);
+    let _ = publish(&mut translator, &full, &third);
+    assert!(
+        !translator.reuse().patched,
+        "the held-back snapshot was never published"
+    );
+
+    // A cluster changed as well: in full.
+    let live = publish(&mut translator, &full, &third);
+    let mut changed = reviews_without(&res, gone);
+    let (_, _, bytes) = changed
+        .iter_mut()
+        .find(|(t, n, _)| *t == CLUSTER_TYPE && n.ends_with(PRODUCTPAGE))
+        .unwrap();
+    let mut c =
+        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes.as_slice()).unwrap();
+    c.connect_timeout = Some(ProtoDuration {
+        seconds: 3,
+        nanos: 0,
+    });
+    *bytes = c.encode_to_vec();
+    let after = publish(&mut translator, &changed, &live);
+    assert!(!translator.reuse().patched);
+    assert_eq!(describe_wire(&after), scratch_wire(&changed));
+}
+
+fn describe_wire(s: &routing::Snapshot) -> String {
+    let mut json = s.to_json();
+    json.as_object_mut().unwrap().remove("version");
+    format!("{json:#}")
+}
+
+fn scratch_wire(wire: &Wire) -> String {
+    let mut res = Resources::default();
+    for (t, _, bytes) in wire {
+        res.push_encoded(t, bytes).unwrap();
+    }
+    describe_wire(
+        &xds::translate(&res, &TranslateOptions::default())
+            .unwrap()
+            .snapshot,
+    )
+}
+
+/// A route change (a VirtualService edit: istiod re-sends `main_internal` with one chain's
+/// route changed) patches the published snapshot's route table of that service only; the rest
+/// is shared, and the result is a translation from scratch's. Not when the chain changed more
+/// than its routes.
+#[test]
+fn a_route_change_patches_the_published_snapshot() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let full = bookinfo_wire(&res);
+    let mut translator = Translator::new();
+    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    let chain = format!("inbound-vip|9080|http|{REVIEWS}");
+    let mut retimed = full.clone();
+    retime_wire(&mut retimed, &chain, 7);
+
+    let second = publish(&mut translator, &retimed, &first);
+    let reuse = translator.reuse();
+    assert!(reuse.patched, "{reuse:?}");
+    assert_eq!(reuse.services_built, 0, "{reuse:?}");
+    assert_eq!(describe_wire(&second), scratch_wire(&retimed));
+    let vs_of = |s: &routing::Snapshot, host: &str| {
+        s.virtual_services()
+            .iter()
+            .find(|v| v.hosts.iter().any(|h| h == host))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        vs_of(&second, REVIEWS).http[0].timeout,
+        Some(std::time::Duration::from_secs(7))
+    );
+    // Clusters and services are the published snapshot's (one list, shared).
+    assert!(std::ptr::eq(
+        first.services().next().unwrap(),
+        second.services().next().unwrap()
+    ));
+    assert!(std::ptr::eq(
+        first.cluster(REVIEWS, 9080, None).unwrap(),
+        second.cluster(REVIEWS, 9080, None).unwrap()
+    ));
+
+    // And back, patched again.
+    let third = publish(&mut translator, &full, &second);
+    assert!(translator.reuse().patched);
+    assert_eq!(describe_wire(&third), scratch_wire(&full));
+
+    // A chain that loses its routes' table is more than a route change: in full.
+    let mut fewer = full.clone();
+    let (_, _, bytes) = fewer
+        .iter_mut()
+        .find(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && n == "main_internal")
+        .unwrap();
+    let mut l =
+        envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes.as_slice()).unwrap();
+    l.filter_chains.retain(|c| c.name != chain);
+    *bytes = l.encode_to_vec();
+    let fourth = publish(&mut translator, &fewer, &third);
+    assert!(!translator.reuse().patched);
+    assert_eq!(describe_wire(&fourth), scratch_wire(&fewer));
+}
+
+/// bookinfo's resources, each in a few versions as pushes change them (a route's timeout,
+/// an endpoint fewer, a cluster's timeout): random sequences of them, every snapshot published,
+/// patch after patch (and full translations where a patch cannot), always equal to a
+/// translation from scratch.
+mod sequences {
+    use super::super::memo::{describe, from_scratch};
+    use super::*;
+    use proptest::prelude::*;
+    use routing::xds::Encoded;
+
+    /// Each resource (type, name) with its versions.
+    type Versions = Vec<(&'static str, String, Vec<Vec<u8>>)>;
+
+    fn versions() -> &'static Versions {
+        static V: std::sync::OnceLock<Versions> = std::sync::OnceLock::new();
+        V.get_or_init(|| {
+            let res = load_resources(&fixture("bookinfo.json")).unwrap();
+            let full = bookinfo_wire(&res);
+            let chain = format!("inbound-vip|9080|http|{REVIEWS}");
+            full.iter()
+                .map(|(t, n, bytes)| {
+                    let mut list = vec![bytes.clone()];
+                    if *t == routing::xds::LISTENER_TYPE && n == "main_internal" {
+                        for secs in [7, 9] {
+                            let mut w = vec![(*t, n.clone(), bytes.clone())];
+                            retime_wire(&mut w, &chain, secs);
+                            list.push(w.remove(0).2);
+                        }
+                    } else if *t == routing::xds::ENDPOINT_TYPE {
+                        let mut cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(bytes.as_slice()).unwrap();
+                        if let Some(l) = cla.endpoints.first_mut() {
+                            l.lb_endpoints.pop();
+                        }
+                        list.push(cla.encode_to_vec());
+                    } else if *t == CLUSTER_TYPE {
+                        let mut c = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(
+                            bytes.as_slice(),
+                        )
+                        .unwrap();
+                        c.connect_timeout = Some(ProtoDuration { seconds: 3, nanos: 0 });
+                        list.push(c.encode_to_vec());
+                    }
+                    (*t, n.clone(), list)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn patches_equal_translations_from_scratch(
+            steps in proptest::collection::vec((0..64usize, 0..3usize), 1..12),
+        ) {
+            let all = versions();
+            let mut state: Vec<usize> = vec![0; all.len()];
+            let mut translator = Translator::new();
+            let mut live = std::sync::Arc::new(routing::Snapshot::empty());
+            // A third of the steps change the listener (its routes), the rest any resource.
+            let main = all.iter().position(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && n == "main_internal").unwrap();
+            for (i, (key, version)) in std::iter::once((64, 0)).chain(steps).enumerate() {
+                let k = if key < 21 { main } else { key % all.len() };
+                state[k] = version % all[k].2.len();
+                let encoded: Vec<Encoded<'_>> = all
+                    .iter()
+                    .zip(&state)
+                    .map(|((t, n, v), &s)| Encoded { type_url: t, name: n, value: &v[s] })
+                    .collect();
+                let mut t = translator.translate(&encoded, &Default::default()).unwrap();
+                t.snapshot.carry_over_state(&live);
+                let got = describe(&t);
+                live = std::sync::Arc::new(t.snapshot);
+                translator.published(&live);
+                prop_assert_eq!(Ok(got), from_scratch(&encoded), "step {}", i);
+            }
+        }
+    }
+}
