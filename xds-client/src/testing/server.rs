@@ -407,6 +407,12 @@ async fn accept_loop(
 }
 
 async fn serve_connection(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, state: Arc<State>) {
+    // As istiod: Go's TCP connections have Nagle's algorithm off unless asked (`net.TCPConn`
+    // `SetNoDelay`: "The default is true"). With it on, a response's last segment could wait for
+    // the waypoint's delayed ACK (40 ms on Linux) and push latencies would measure that.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!("test ADS server: TCP_NODELAY: {e}");
+    }
     let tls = match acceptor.accept(tcp).await {
         Ok(tls) => tls,
         Err(e) => {
