@@ -11,8 +11,8 @@ use super::names::ClusterName;
 use super::outbound;
 use super::pieces::{AssignmentPiece, ClusterPiece, ClusterRole};
 use super::{
-    At, Diag, Rejection, TranslateOptions, Translation, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
-    ROUTE_TYPE, SUBSET_LABEL_PREFIX,
+    At, Diag, FastHash, Rejection, TranslateOptions, Translation, CLUSTER_TYPE, ENDPOINT_TYPE,
+    LISTENER_TYPE, ROUTE_TYPE, SUBSET_LABEL_PREFIX,
 };
 use crate::builder::SnapshotBuilder;
 use crate::model::StringMatch;
@@ -52,7 +52,7 @@ struct PortAcc {
 /// the clusters that snapshot holds for it, so that the next snapshot shares them.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceMemo {
-    services: HashMap<String, Remembered>,
+    services: HashMap<String, Remembered, FastHash>,
     /// The version of the last translation's snapshot.
     version: u64,
     /// The services whose clusters that snapshot built (none was remembered).
@@ -277,6 +277,7 @@ pub(crate) fn translate(
         res.listeners,
         &rcs,
         &known,
+        false,
         memo,
         &mut subscriptions.routes,
         &mut diag,

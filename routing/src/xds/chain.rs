@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The names of the clusters a state has.
-pub(crate) type ClusterNames<'a> = std::collections::HashSet<&'a str>;
+pub(crate) type ClusterNames<'a> = std::collections::HashSet<&'a str, super::FastHash>;
 
 /// Which clusters exist, remembering what was asked (a chain piece is valid while the same
 /// questions get the same answers).

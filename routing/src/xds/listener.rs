@@ -194,7 +194,7 @@ impl ShallowListener {
 /// The chain pieces and the matcher of the last translation, by a digest of their bytes.
 #[derive(Debug, Default)]
 pub(crate) struct ListenerMemo {
-    chains: HashMap<u128, Arc<ChainPiece>>,
+    chains: HashMap<u128, Arc<ChainPiece>, super::FastHash>,
     matcher: Option<(u128, Arc<Matched>)>,
     /// Chains reused and built by the last translation.
     pub(crate) reused: usize,
@@ -249,10 +249,14 @@ fn decode_chain(bytes: &[u8], i: usize, at: At<'_>, diag: &mut Diag) -> Option<F
 }
 
 /// Check every listener, translate `main_internal`; the RDS names they reference go in `rds`.
+/// `known_unchanged`: the clusters are those of the last call (its chains, remembered in `memo`,
+/// are valid for them without asking again).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn translate(
     listeners: &[ShallowListener],
     routes: &BTreeMap<&str, &RouteConfiguration>,
     known: &ClusterNames<'_>,
+    known_unchanged: bool,
     memo: &mut ListenerMemo,
     rds: &mut BTreeSet<String>,
     diag: &mut Diag,
@@ -273,7 +277,7 @@ pub(crate) fn translate(
             main_internal(
                 l,
                 routes,
-                known,
+                (known, known_unchanged),
                 (&last, &last_matcher),
                 memo,
                 rds,
@@ -314,7 +318,7 @@ pub(crate) fn translate(
 }
 
 type LastPieces<'a> = (
-    &'a HashMap<u128, Arc<ChainPiece>>,
+    &'a HashMap<u128, Arc<ChainPiece>, super::FastHash>,
     &'a Option<(u128, Arc<Matched>)>,
 );
 
@@ -322,7 +326,7 @@ type LastPieces<'a> = (
 fn main_internal(
     l: &ShallowListener,
     routes: &BTreeMap<&str, &RouteConfiguration>,
-    known: &ClusterNames<'_>,
+    (known, known_unchanged): (&ClusterNames<'_>, bool),
     (last, last_matcher): LastPieces<'_>,
     memo: &mut ListenerMemo,
     rds: &mut BTreeSet<String>,
@@ -364,7 +368,7 @@ fn main_internal(
         let d = super::pieces::digest(bytes);
         let mut decoded = None;
         let piece = match last.get(&d) {
-            Some(p) if p.valid_for(known) => {
+            Some(p) if known_unchanged || p.valid_for(known) => {
                 memo.reused += 1;
                 p.clone()
             }

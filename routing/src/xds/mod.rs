@@ -433,6 +433,11 @@ fn refusing<T>(
     Err(refused)
 }
 
+/// The hasher of the translator's maps keyed by resource names and digests: looked up once per
+/// resource per push, where SipHash's cost showed in profiles. The names come from the control
+/// plane, and the seed is still random per process.
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
 /// Warnings and rejections of one translation.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Diag {

@@ -165,7 +165,7 @@ pub(crate) fn digest(bytes: &[u8]) -> u128 {
 }
 
 /// Pieces of one type by resource name, with the digest of the bytes each was built from.
-type Pieces<P> = HashMap<String, Remembered<P>>;
+type Pieces<P> = HashMap<String, Remembered<P>, super::FastHash>;
 
 #[derive(Debug)]
 struct Remembered<P> {

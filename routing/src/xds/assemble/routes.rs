@@ -55,6 +55,9 @@ pub(crate) fn patch(
         &decoded.listeners,
         &rcs,
         &known,
+        // The clusters are the last translation's (`same_inputs_but_listener`), and so are the
+        // listener memo's chains.
+        true,
         &mut memo.listener,
         &mut rds,
         &mut diag,
