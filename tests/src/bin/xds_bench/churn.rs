@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use push::{first_200, serve, Served, WaypointProcess};
+use push::{first_200, heap_mib, serve, Served, WaypointProcess};
 use tokio::sync::Barrier;
 use waypoint_tests::load::{self, Get, WorkerOut};
 
@@ -41,6 +41,8 @@ pub(super) struct Pushed {
     elapsed: Duration,
     /// (seconds into the phase, RSS MiB).
     rss: Vec<(f64, f64)>,
+    /// The live heap ([`heap_mib`]) at the phase's start and end, MiB.
+    heap: (Option<f64>, Option<f64>),
     /// EDS responses (each carries one or more changes) the waypoint ACKed by the phase's end,
     /// and in all.
     acked_at_end: usize,
@@ -315,6 +317,7 @@ impl Churner<'_> {
         let total = u64::from(self.rate) * self.secs;
         let t0 = Instant::now();
         let mut rss = vec![(0.0, self.waypoint.rss_mib().unwrap_or(0.0))];
+        let heap_before = heap_mib(self.waypoint.admin).await;
         let mut next_rss = RSS_EVERY;
         let mut tick =
             tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(self.rate.max(1))));
@@ -345,12 +348,14 @@ impl Churner<'_> {
             elapsed.as_secs_f64(),
             self.waypoint.rss_mib().unwrap_or(0.0),
         ));
+        let heap_after = heap_mib(self.waypoint.admin).await;
         let first: u64 = first_version.and_then(|v| v.parse().ok()).unwrap_or(0);
         let last: u64 = last_version.and_then(|v| v.parse().ok()).unwrap_or(0);
         Pushed {
             sent,
             elapsed,
             rss,
+            heap: (heap_before, heap_after),
             acked_at_end: self.acked_since(first),
             acked_responses: 0,
             last_acked_after: None,
@@ -484,6 +489,12 @@ pub(super) fn print_churn(r: &ChurnReport) {
             "  waypoint RSS MiB during churn: {} (drift {:+.0} MiB)",
             samples.join(", "),
             last.1 - first.1
+        );
+    }
+    if let (Some(before), Some(after)) = pu.heap {
+        println!(
+            "  waypoint heap MiB (allocated, /memory) at the phase's start and end: {before:.0}, {after:.0} (drift {:+.1} MiB)",
+            after - before
         );
     }
     println!("  note: the load generator, the pods and the ADS server share this process (bench CPU) and the machine's cores; the waypoint is its own process. The test ADS server compares every resource's version per push (it shares, not copies, its resource map since 2026-12-04), so at large N part of the churn phase's cost is the server's, not the waypoint's");

@@ -10,8 +10,8 @@
 //!    `routing::xds::translate` times (median of `--runs`), and the memory the decoded resources
 //!    and the snapshot hold (measured in a fresh child process per N, see [`probe_memory`]); and
 //!    what the waypoint runs, `routing::xds::Translator` from the encoded resources to a published
-//!    snapshot (carried over): with nothing to reuse, on the same state again, and after one EDS
-//!    change.
+//!    snapshot (carried over): with nothing to reuse, on the same state again, after one EDS
+//!    change, and after one route's weights changed.
 //! 2. **Push latency.** The in-test ADS server (TLS, bearer token) serves N such services to the
 //!    real `waypoint` binary (`waypoint run --xds`, spawned from the directory this program runs
 //!    from: build both into the same target dir). Then, a handful of times, one new service

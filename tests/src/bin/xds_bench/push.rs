@@ -180,6 +180,11 @@ pub(super) fn announced(line: &str) -> Option<(String, SocketAddr)> {
 }
 
 pub(super) async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
+    admin_get(admin, path).await.map(|(status, _)| status)
+}
+
+/// `GET path` on the admin port: the status and the raw response (head and body).
+async fn admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
@@ -187,8 +192,9 @@ pub(super) async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
         tcp.write_all(req.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         tcp.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw);
-        text.split_whitespace().nth(1)?.parse().ok()
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, text))
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
         .await
@@ -196,10 +202,29 @@ pub(super) async fn admin_status(admin: SocketAddr, path: &str) -> Option<u16> {
         .flatten()
 }
 
+/// The heap the waypoint's allocator has handed out, MiB: `/memory`'s `allocated` (jemalloc's
+/// `stats.allocated`, rendered as Envoy's `Memory`, a 64-bit integer as a JSON string). Unlike
+/// RSS it leaves out the pages the allocator keeps after a free: the live heap.
+pub(super) async fn heap_mib(admin: SocketAddr) -> Option<f64> {
+    let (status, text) = admin_get(admin, "/memory").await?;
+    if status != 200 {
+        return None;
+    }
+    let after = &text[text.find("\"allocated\"")? + "\"allocated\"".len()..];
+    let digits: String = after
+        .trim_start_matches([':', ' ', '"'])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse::<u64>().ok().map(|b| b as f64 / 1048576.0)
+}
+
 pub(super) struct PushRow {
     pub(super) n: usize,
     pub(super) startup: Duration,
     pub(super) rss_mib: Option<f64>,
+    /// The live heap at the same moment ([`heap_mib`]).
+    pub(super) heap_mib: Option<f64>,
     /// New service: to the first 200, to the LDS ACK.
     pub(super) first_200: Vec<Duration>,
     pub(super) new_ack: Vec<Duration>,
@@ -295,10 +320,12 @@ pub(super) async fn measure_push(
         startup,
     } = serve(tpl, &services, exe, dst).await?;
     let rss_mib = waypoint.rss_mib();
+    let heap_mib = heap_mib(waypoint.admin).await;
     eprintln!(
-        "  N={n}: waypoint ready {:.0} ms after spawn, RSS {:.0} MiB",
+        "  N={n}: waypoint ready {:.0} ms after spawn, RSS {:.0} MiB, heap {:.0} MiB",
         ms(startup),
-        rss_mib.unwrap_or(0.0)
+        rss_mib.unwrap_or(0.0),
+        heap_mib.unwrap_or(0.0)
     );
 
     let client = sim::ZtunnelClient::new(
@@ -314,6 +341,7 @@ pub(super) async fn measure_push(
         n,
         startup,
         rss_mib,
+        heap_mib,
         first_200: Vec::new(),
         new_ack: Vec::new(),
         attempts: Vec::new(),
@@ -434,10 +462,11 @@ pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
         "push latency ({pushes} pushes per row; min / median / max, ms; from the server's set):"
     );
     println!(
-        "{:>6} {:>10} {:>8}  {:>23}  {:>23}  {:>23}  {:>23} {:>9} {:>9}",
+        "{:>6} {:>10} {:>8} {:>9}  {:>23}  {:>23}  {:>23}  {:>23} {:>9} {:>9}",
         "N",
         "ready ms",
         "RSS MiB",
+        "heap MiB",
         "new svc → first 200",
         "new svc → LDS ACK",
         "weight → observable",
@@ -449,10 +478,11 @@ pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
         let polls: Vec<String> = r.attempts.iter().map(u32::to_string).collect();
         let w_polls: Vec<String> = r.weight_polls.iter().map(u32::to_string).collect();
         println!(
-            "{:>6} {:>10.0} {:>8} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",
+            "{:>6} {:>10.0} {:>8} {:>9} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",
             r.n,
             ms(r.startup),
             r.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+            r.heap_mib.map_or("-".into(), |m| format!("{m:.0}")),
             spread(&r.first_200),
             spread(&r.new_ack),
             spread(&r.weight_seen),

@@ -18,7 +18,7 @@ pub(super) struct TranslateRow {
     /// `xds::Translator` (what the waypoint runs), from the encoded resources to a snapshot
     /// carried over and published: with nothing to reuse, the same state again, and with one
     /// assignment changed (an EDS push).
-    pub(super) memo: [Duration; 3],
+    pub(super) memo: [Duration; 4],
 }
 
 /// KiB of RSS growth, from a [`probe_memory`] child.
@@ -47,8 +47,14 @@ pub(super) fn measure_translation(
     args: &Args,
     exe: &Path,
 ) -> anyhow::Result<TranslateRow> {
-    let services = baseline(tpl, n, args.endpoints);
+    let mut services = baseline(tpl, n, args.endpoints);
     let anys = to_anys(&tpl.resources(&services));
+    // A weight change of the first service (a VirtualService edit): `main_internal` again.
+    services[0].chain = tpl.chain(&Spec {
+        weights: [50, 50],
+        ..Spec::baseline(0, args.endpoints)
+    });
+    let reweighted = any(&tpl.main_internal(services.iter()));
     drop(services);
     let bytes = anys.iter().map(|a| a.value.len()).sum();
     let options = translate_options();
@@ -78,7 +84,7 @@ pub(super) fn measure_translation(
         }
         drop(translation);
     }
-    let memo = measure_memo(&anys, &options, args.runs.max(1))?;
+    let memo = measure_memo(&anys, &reweighted, &options, args.runs.max(1))?;
     let memory = match memory_in_child(exe, n, &anys) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -98,12 +104,15 @@ pub(super) fn measure_translation(
     })
 }
 
-/// Medians of [`TranslateRow::memo`]'s three translations, `runs` times each.
+/// Medians of [`TranslateRow::memo`]'s four translations, `runs` times each: with nothing to
+/// reuse, the same state, one assignment changed, then `reweighted` in place of
+/// `main_internal` (one route's weights changed).
 fn measure_memo(
     anys: &[Any],
+    reweighted: &Any,
     options: &TranslateOptions,
     runs: usize,
-) -> anyhow::Result<[Duration; 3]> {
+) -> anyhow::Result<[Duration; 4]> {
     use routing::xds::{Encoded, Translator};
     let names: Vec<String> = anys
         .iter()
@@ -117,25 +126,37 @@ fn measure_memo(
     let mut cla = ClusterLoadAssignment::decode(anys[i].value.as_slice())?;
     cla.endpoints.iter_mut().find_map(|l| l.lb_endpoints.pop());
     let changed = cla.encode_to_vec();
-    let encoded = |eds: bool| -> Vec<Encoded<'_>> {
+    let main = names
+        .iter()
+        .position(|n| n == "main_internal")
+        .context("no main_internal")?;
+    let encoded = |eds: bool, route: bool| -> Vec<Encoded<'_>> {
         anys.iter()
             .zip(&names)
             .enumerate()
             .map(|(k, (a, name))| Encoded {
                 type_url: &a.type_url,
                 name,
-                value: if eds && k == i { &changed } else { &a.value },
+                value: match k {
+                    k if eds && k == i => &changed,
+                    k if route && k == main => &reweighted.value,
+                    _ => &a.value,
+                },
             })
             .collect()
     };
-    let (before, after) = (encoded(false), encoded(true));
-    let mut times: [Vec<Duration>; 3] = Default::default();
+    let (before, after, route) = (
+        encoded(false, false),
+        encoded(true, false),
+        encoded(true, true),
+    );
+    let mut times: [Vec<Duration>; 4] = Default::default();
     for _ in 0..runs {
         let mut translator = Translator::new();
         // Each snapshot published as the waypoint does: carried over from the live one, then
         // shown to the translator (whose next snapshot shares the unchanged services' clusters).
         let mut live = Arc::new(routing::Snapshot::empty());
-        for (slot, input) in [&before, &before, &after].into_iter().enumerate() {
+        for (slot, input) in [&before, &before, &after, &route].into_iter().enumerate() {
             let t = Instant::now();
             let mut snapshot = translator
                 .translate(input, options)
@@ -495,16 +516,17 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
         "xds::Translator (what the waypoint runs; from the encoded resources, decode and carry-over included):"
     );
     println!(
-        "{:>6} {:>13} {:>13} {:>13} {:>10}",
-        "N", "nothing ms", "same ms", "1 EDS ms", "1 EDS ÷ nothing"
+        "{:>6} {:>13} {:>13} {:>13} {:>13} {:>10}",
+        "N", "nothing ms", "same ms", "1 EDS ms", "1 route ms", "1 EDS ÷ nothing"
     );
     for r in rows {
         println!(
-            "{:>6} {:>13.1} {:>13.1} {:>13.1} {:>10.2}",
+            "{:>6} {:>13.1} {:>13.1} {:>13.1} {:>13.1} {:>10.2}",
             r.n,
             ms(r.memo[0]),
             ms(r.memo[1]),
             ms(r.memo[2]),
+            ms(r.memo[3]),
             r.memo[2].as_secs_f64() / r.memo[0].as_secs_f64(),
         );
     }
