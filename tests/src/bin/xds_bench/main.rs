@@ -107,6 +107,12 @@ struct Args {
     /// The waypoint binary (default: `waypoint` next to this program).
     #[arg(long)]
     waypoint: Option<PathBuf>,
+    /// After the translator table of each size, translate K more EDS pushes (one assignment
+    /// changed back and forth) and K route changes, and print the mean of each: a loop long
+    /// enough for a profiler (`perf record xds_bench --sizes 5000 --runs 1 --no-push
+    /// --repeat-pushes 300`).
+    #[arg(long, default_value_t = 0)]
+    repeat_pushes: usize,
     /// Internal: measure the memory of decoding and translating the resources in this file (an
     /// `AnyList`) and print one `probe` line (the parent runs this in a fresh child per N).
     #[arg(long, hide = true)]

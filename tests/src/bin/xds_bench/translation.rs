@@ -17,8 +17,10 @@ pub(super) struct TranslateRow {
     pub(super) memory: Option<Memory>,
     /// `xds::Translator` (what the waypoint runs), from the encoded resources to a snapshot
     /// carried over and published: with nothing to reuse, the same state again, and with one
-    /// assignment changed (an EDS push).
-    pub(super) memo: [Duration; 4],
+    /// assignment changed (an EDS push), one route's weights changed (an LDS push), then a new
+    /// service arriving as istiod sends it: its clusters (CDS), their assignments (EDS, which
+    /// the waypoint asks for once it knows the clusters), `main_internal` with its chain (LDS).
+    pub(super) memo: [Duration; MEMO_STEPS],
 }
 
 /// KiB of RSS growth, from a [`probe_memory`] child.
@@ -41,6 +43,17 @@ pub(super) struct Memory {
     pub(super) memo: u64,
 }
 
+/// The translator's steps [`TranslateRow::memo`] times.
+pub(super) const MEMO_STEPS: usize = 7;
+
+/// A service that is not in the baseline, encoded: the steps of its arrival.
+struct NewService {
+    clusters: Vec<(String, Any)>,
+    assignments: Vec<(String, Any)>,
+    /// `main_internal` with the new service's chain.
+    main: Any,
+}
+
 pub(super) fn measure_translation(
     tpl: &Template,
     n: usize,
@@ -49,6 +62,21 @@ pub(super) fn measure_translation(
 ) -> anyhow::Result<TranslateRow> {
     let mut services = baseline(tpl, n, args.endpoints);
     let anys = to_anys(&tpl.resources(&services));
+    let mut spec = Spec::baseline(n, args.endpoints);
+    spec.name = "pushed-new".into();
+    let svc = tpl.service(&spec);
+    let new_service = NewService {
+        clusters: svc
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), any(c)))
+            .collect(),
+        assignments: (svc.assignments.iter())
+            .map(|e| (e.cluster_name.clone(), any(e)))
+            .collect(),
+        main: any(&tpl.main_internal(services.iter().chain([&svc]))),
+    };
+    drop(svc);
     // A weight change of the first service (a VirtualService edit): `main_internal` again.
     services[0].chain = tpl.chain(&Spec {
         weights: [50, 50],
@@ -84,7 +112,13 @@ pub(super) fn measure_translation(
         }
         drop(translation);
     }
-    let memo = measure_memo(&anys, &reweighted, &options, args.runs.max(1))?;
+    let memo = measure_memo(
+        &anys,
+        &reweighted,
+        &new_service,
+        &options,
+        (args.runs.max(1), args.repeat_pushes),
+    )?;
     let memory = match memory_in_child(exe, n, &anys) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -104,16 +138,18 @@ pub(super) fn measure_translation(
     })
 }
 
-/// Medians of [`TranslateRow::memo`]'s four translations, `runs` times each: with nothing to
-/// reuse, the same state, one assignment changed, then `reweighted` in place of
-/// `main_internal` (one route's weights changed).
+/// Medians of [`TranslateRow::memo`]'s translations, `runs` times each: with nothing to reuse,
+/// the same state, one assignment changed, then `reweighted` in place of `main_internal` (one
+/// route's weights changed), then `new`'s clusters, assignments and listener added in turn.
+/// With `repeat` > 0, then `repeat` EDS pushes and as many route changes, each mean printed.
 fn measure_memo(
     anys: &[Any],
     reweighted: &Any,
+    new: &NewService,
     options: &TranslateOptions,
-    runs: usize,
-) -> anyhow::Result<[Duration; 4]> {
-    use routing::xds::{Encoded, Translator};
+    (runs, repeat): (usize, usize),
+) -> anyhow::Result<[Duration; MEMO_STEPS]> {
+    use routing::xds::Encoded;
     let names: Vec<String> = anys
         .iter()
         .map(resource_name)
@@ -150,26 +186,84 @@ fn measure_memo(
         encoded(true, false),
         encoded(true, true),
     );
-    let mut times: [Vec<Duration>; 4] = Default::default();
+    // The new service's arrival, on top of `route`.
+    fn added(list: &[(String, Any)]) -> impl Iterator<Item = Encoded<'_>> {
+        list.iter().map(|(name, a)| Encoded {
+            type_url: &a.type_url,
+            name,
+            value: &a.value,
+        })
+    }
+    let mut cds = route.clone();
+    cds.extend(added(&new.clusters));
+    let mut eds = cds.clone();
+    eds.extend(added(&new.assignments));
+    let mut lds = eds.clone();
+    lds[main].value = &new.main.value;
+    let steps: [&Vec<Encoded<'_>>; MEMO_STEPS] =
+        [&before, &before, &after, &route, &cds, &eds, &lds];
+    let mut times: [Vec<Duration>; MEMO_STEPS] = Default::default();
     for _ in 0..runs {
-        let mut translator = Translator::new();
-        // Each snapshot published as the waypoint does: carried over from the live one, then
-        // shown to the translator (whose next snapshot shares the unchanged services' clusters).
-        let mut live = Arc::new(routing::Snapshot::empty());
-        for (slot, input) in [&before, &before, &after, &route].into_iter().enumerate() {
-            let t = Instant::now();
-            let mut snapshot = translator
-                .translate(input, options)
-                .map_err(rejections)?
-                .snapshot;
-            snapshot.carry_over_state(&live);
-            let snapshot = Arc::new(snapshot);
-            translator.published(&snapshot);
-            times[slot].push(t.elapsed());
-            live = snapshot;
+        let mut publisher = Publisher::new(options);
+        for (slot, input) in steps.into_iter().enumerate() {
+            times[slot].push(publisher.publish(input)?);
+        }
+    }
+    if repeat > 0 {
+        for (what, a, b) in [
+            ("EDS push", &before, &after),
+            ("route change", &after, &route),
+        ] {
+            let mut publisher = Publisher::new(options);
+            publisher.publish(a)?;
+            let mut total = Duration::ZERO;
+            for k in 0..repeat {
+                total += publisher.publish(if k % 2 == 0 { b } else { a })?;
+            }
+            println!(
+                "  repeated: {repeat} × {what}: {:.2} ms each (patched: {})",
+                ms(total) / repeat as f64,
+                publisher.translator.reuse().patched
+            );
         }
     }
     Ok(times.map(|mut v| median(&mut v)))
+}
+
+/// Snapshots translated and published one after the other, as the waypoint does: each carried
+/// over from the live one, then shown to the translator (whose next snapshot shares the
+/// unchanged services' clusters, or patches it).
+struct Publisher<'o> {
+    translator: routing::xds::Translator,
+    live: Arc<routing::Snapshot>,
+    options: &'o TranslateOptions,
+}
+
+impl<'o> Publisher<'o> {
+    fn new(options: &'o TranslateOptions) -> Self {
+        Publisher {
+            translator: routing::xds::Translator::new(),
+            live: Arc::new(routing::Snapshot::empty()),
+            options,
+        }
+    }
+
+    /// Translate and publish `input`: how long that took (the replaced snapshot is freed after
+    /// the clock stops, as the waypoint frees it off the config thread).
+    fn publish(&mut self, input: &[routing::xds::Encoded<'_>]) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut snapshot = self
+            .translator
+            .translate(input, self.options)
+            .map_err(rejections)?
+            .snapshot;
+        snapshot.carry_over_state(&self.live);
+        let snapshot = Arc::new(snapshot);
+        self.translator.published(&snapshot);
+        let took = t.elapsed();
+        drop(std::mem::replace(&mut self.live, snapshot));
+        Ok(took)
+    }
 }
 
 /// The name a resource is known by (what istiod sends it as).
@@ -516,17 +610,28 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
         "xds::Translator (what the waypoint runs; from the encoded resources, decode and carry-over included):"
     );
     println!(
-        "{:>6} {:>13} {:>13} {:>13} {:>13} {:>10}",
-        "N", "nothing ms", "same ms", "1 EDS ms", "1 route ms", "1 EDS ÷ nothing"
+        "{:>6} {:>11} {:>9} {:>9} {:>10} {:>13} {:>13} {:>13} {:>10}",
+        "N",
+        "nothing ms",
+        "same ms",
+        "1 EDS ms",
+        "1 route ms",
+        "new svc: CDS",
+        "+ EDS ms",
+        "+ LDS ms",
+        "1 EDS ÷ nothing"
     );
     for r in rows {
         println!(
-            "{:>6} {:>13.1} {:>13.1} {:>13.1} {:>13.1} {:>10.2}",
+            "{:>6} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>13.1} {:>13.1} {:>13.1} {:>10.2}",
             r.n,
             ms(r.memo[0]),
             ms(r.memo[1]),
             ms(r.memo[2]),
             ms(r.memo[3]),
+            ms(r.memo[4]),
+            ms(r.memo[5]),
+            ms(r.memo[6]),
             r.memo[2].as_secs_f64() / r.memo[0].as_secs_f64(),
         );
     }
