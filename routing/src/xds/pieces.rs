@@ -164,8 +164,17 @@ pub(crate) fn digest(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
 }
 
-/// Pieces of one type by resource name, with the digest of the bytes each was built from.
-type Pieces<P> = HashMap<String, Remembered<P>, super::FastHash>;
+/// Pieces of one type by resource name ([`name_key`]), with the digest of the bytes each was
+/// built from.
+type Pieces<P> = HashMap<u128, Remembered<P>, super::FastHash>;
+
+/// A resource name as its piece's key: 128 bits of XXH3 (equal keys are taken as equal names,
+/// as [`digest`]'s are for bytes). A lookup then compares two integers held in the table instead
+/// of reading the remembered name from the heap: an EDS push at 5 000 services looks up all
+/// 30 000 clusters and assignments, and those names' cache misses were about a third of it.
+fn name_key(name: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(name.as_bytes())
+}
 
 #[derive(Debug)]
 struct Remembered<P> {
@@ -208,7 +217,7 @@ pub(crate) struct Decoded {
 impl Memo {
     /// The last translation's piece of cluster `name`.
     pub(crate) fn cluster(&self, name: &str) -> Option<&Arc<ClusterPiece>> {
-        self.clusters.get(name).map(|r| &r.piece)
+        self.clusters.get(&name_key(name)).map(|r| &r.piece)
     }
 
     /// Decode `resources`: listeners and route configurations in full, clusters and assignments
@@ -274,8 +283,8 @@ impl Memo {
 }
 
 /// The piece of `r`: the last translation's when its bytes are the same, else `build`'s.
-/// Recorded in `memo` as used by translation `generation` either way (in place: no name is
-/// copied for a piece kept), and counted in `(reused, built)`.
+/// Recorded in `memo` as used by translation `generation` either way (in place), and counted in
+/// `(reused, built)`.
 fn memoized<P>(
     memo: &mut Pieces<P>,
     generation: u64,
@@ -284,7 +293,8 @@ fn memoized<P>(
     build: impl FnOnce() -> Result<P, Rejection>,
 ) -> Result<Arc<P>, Rejection> {
     let digest = digest(r.value);
-    if let Some(old) = memo.get_mut(r.name) {
+    let key = name_key(r.name);
+    if let Some(old) = memo.get_mut(&key) {
         if old.digest == digest {
             *reused += 1;
             old.used = generation;
@@ -294,7 +304,7 @@ fn memoized<P>(
     let piece = Arc::new(build()?);
     *built += 1;
     memo.insert(
-        r.name.to_string(),
+        key,
         Remembered {
             digest,
             piece: piece.clone(),
