@@ -41,7 +41,8 @@ pub(super) struct Pushed {
     elapsed: Duration,
     /// (seconds into the phase, RSS MiB).
     rss: Vec<(f64, f64)>,
-    /// The live heap ([`heap_mib`]) at the phase's start and end, MiB.
+    /// The live heap ([`heap_mib`]) at the phase's start and once its last change was ACKed
+    /// (or given up on), MiB.
     heap: (Option<f64>, Option<f64>),
     /// EDS responses (each carries one or more changes) the waypoint ACKed by the phase's end,
     /// and in all.
@@ -348,14 +349,13 @@ impl Churner<'_> {
             elapsed.as_secs_f64(),
             self.waypoint.rss_mib().unwrap_or(0.0),
         ));
-        let heap_after = heap_mib(self.waypoint.admin).await;
         let first: u64 = first_version.and_then(|v| v.parse().ok()).unwrap_or(0);
         let last: u64 = last_version.and_then(|v| v.parse().ok()).unwrap_or(0);
         Pushed {
             sent,
             elapsed,
             rss,
-            heap: (heap_before, heap_after),
+            heap: (heap_before, None),
             acked_at_end: self.acked_since(first),
             acked_responses: 0,
             last_acked_after: None,
@@ -396,6 +396,8 @@ impl Churner<'_> {
                 pushed.last_acked_after = Some(start.elapsed());
             }
         }
+        // Quiescent again: what the pushes left behind.
+        pushed.heap.1 = heap_mib(self.waypoint.admin).await;
         pushed.acked_responses = self.acked_since(pushed.first);
         pushed.nacks = self.server.nacks().len();
         pushed
@@ -493,7 +495,7 @@ pub(super) fn print_churn(r: &ChurnReport) {
     }
     if let (Some(before), Some(after)) = pu.heap {
         println!(
-            "  waypoint heap MiB (allocated, /memory) at the phase's start and end: {before:.0}, {after:.0} (drift {:+.1} MiB)",
+            "  waypoint heap MiB (allocated, /memory) at the phase's start and after its last ACK: {before:.0}, {after:.0} (drift {:+.1} MiB)",
             after - before
         );
     }

@@ -108,9 +108,9 @@ struct Args {
     #[arg(long)]
     waypoint: Option<PathBuf>,
     /// After the translator table of each size, translate K more EDS pushes (one assignment
-    /// changed back and forth) and K route changes, and print the mean of each: a loop long
-    /// enough for a profiler (`perf record xds_bench --sizes 5000 --runs 1 --no-push
-    /// --repeat-pushes 300`).
+    /// changed back and forth), K route changes and K steps of a new service's arrival and
+    /// removal (each a full pass), and print the mean of each: loops long enough for a profiler
+    /// (`perf record xds_bench --sizes 5000 --runs 1 --no-push --repeat-pushes 300`).
     #[arg(long, default_value_t = 0)]
     repeat_pushes: usize,
     /// Internal: measure the memory of decoding and translating the resources in this file (an

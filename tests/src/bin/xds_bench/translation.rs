@@ -210,20 +210,27 @@ fn measure_memo(
         }
     }
     if repeat > 0 {
-        for (what, a, b) in [
-            ("EDS push", &before, &after),
-            ("route change", &after, &route),
-        ] {
+        let cycles: [(&str, &[&Vec<Encoded<'_>>]); 3] = [
+            ("EDS push", &[&before, &after]),
+            ("route change", &[&after, &route]),
+            // Each step a full pass: the service arrives, then is removed.
+            ("new service step", &[&route, &cds, &eds, &lds]),
+        ];
+        for (what, cycle) in cycles {
             let mut publisher = Publisher::new(options);
-            publisher.publish(a)?;
+            publisher.publish(cycle[0])?;
             let mut total = Duration::ZERO;
-            for k in 0..repeat {
-                total += publisher.publish(if k % 2 == 0 { b } else { a })?;
+            for k in 1..=repeat {
+                total += publisher.publish(cycle[k % cycle.len()])?;
             }
+            let reuse = publisher.translator.reuse();
             println!(
-                "  repeated: {repeat} × {what}: {:.2} ms each (patched: {})",
+                "  repeated: {repeat} × {what}: {:.2} ms each (the last: patched {}, services built {}, reused {}, clusters shared {})",
                 ms(total) / repeat as f64,
-                publisher.translator.reuse().patched
+                reuse.patched,
+                reuse.services_built,
+                reuse.services_reused,
+                reuse.clusters_shared
             );
         }
     }
