@@ -11,7 +11,8 @@
 //!    and the snapshot hold (measured in a fresh child process per N, see [`probe_memory`]); and
 //!    what the waypoint runs, `routing::xds::Translator` from the encoded resources to a published
 //!    snapshot (carried over): with nothing to reuse, on the same state again, after one EDS
-//!    change, and after one route's weights changed.
+//!    change, after one route's weights changed, and for each of a new service's three
+//!    responses (CDS, EDS, LDS). `--repeat-pushes K` loops each kind for a profiler.
 //! 2. **Push latency.** The in-test ADS server (TLS, bearer token) serves N such services to the
 //!    real `waypoint` binary (`waypoint run --xds`, spawned from the directory this program runs
 //!    from: build both into the same target dir). Then, a handful of times, one new service
@@ -19,9 +20,11 @@
 //!    the push to the first 200 through the waypoint to the new VIP is measured, with real pods
 //!    behind it; and a weight-only change of an existing route (100/0 ⇄ 0/100 over two serving
 //!    pods) is pushed and timed to the first answer from the newly weighted pod, and to its ACK.
-//!    With several push sizes it prints the largest size's figures over the smallest's.
+//!    With several push sizes it prints the largest size's figures over the smallest's. Beside
+//!    the waypoint's RSS it prints its live heap (`/memory`'s `allocated`, from jemalloc).
 //! 3. **Churn** (`--churn-services N`, off by default): a fixed load through the waypoint, without
-//!    and then with `--churn-rate` endpoint changes a second; latency, failures, RSS drift, ACKs.
+//!    and then with `--churn-rate` endpoint changes a second; latency, failures, RSS and heap
+//!    drift, ACKs.
 //!
 //! The ADS server, the simulated pods and the client run in this process; the waypoint is its own
 //! process. All share the machine's cores.
