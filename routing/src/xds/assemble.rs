@@ -131,7 +131,7 @@ impl ServiceAcc {
     }
 }
 
-fn index<'a, T>(
+pub(crate) fn index<'a, T>(
     items: &'a [T],
     name: impl Fn(&T) -> &str,
     type_url: &str,

@@ -3,7 +3,7 @@
 //! [`super::assemble::eds`]).
 
 use super::assemble::{self, eds, routes};
-use super::{pieces, Encoded, Rejection, TranslateOptions, Translation};
+use super::{pieces, Encoded, Rejection, Subscriptions, TranslateOptions, Translation};
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
 
@@ -73,6 +73,72 @@ impl Translator {
         )?;
         self.last = Some(eds::Last::new(&translation, decoded, others, options));
         Ok(translation)
+    }
+
+    /// What `resources` subscribe to (the EDS assignments of their clusters, the RDS route
+    /// configurations of their listeners), found from their pieces and listeners alone, without
+    /// assembling services or building a snapshot: what a state that is still incomplete needs
+    /// to ask for, as Envoy warms new clusters while the current config serves. Equal to what
+    /// [`Translator::translate`] would give in [`Translation::subscriptions`]; the pieces and
+    /// chains it reads are kept, so the translation that follows reuses them.
+    ///
+    /// `None` when only the translation can tell whether the state is accepted: a resource that
+    /// does not decode, a cluster, assignment or listener with a rejection, or a cluster whose
+    /// endpoints are read at assembly (inline, DNS, `outbound|…`: what can reject them is
+    /// checked there). `resources` are a state's: no name twice per type (a repeated name is
+    /// rejected by the translation, not here).
+    pub fn subscriptions(&mut self, resources: &[Encoded<'_>]) -> Option<Subscriptions> {
+        use super::chain::ChainRole;
+        use super::cluster::EndpointSource;
+        use super::pieces::ClusterRole;
+        let decoded = self.memo.pieces(resources).ok()?;
+        let mut subscriptions = Subscriptions::default();
+        for c in &decoded.clusters {
+            if !c.diag.rejections.is_empty() {
+                return None;
+            }
+            if let ClusterRole::Service { cluster, matches } = &c.role {
+                let assembled = !matches!(
+                    cluster.source,
+                    EndpointSource::Eds(_) | EndpointSource::None
+                );
+                if matches.is_some() || assembled {
+                    return None;
+                }
+            }
+            subscriptions.endpoints.extend(c.eds.iter().cloned());
+        }
+        if decoded
+            .assignments
+            .iter()
+            .any(|a| !a.diag.rejections.is_empty())
+        {
+            return None;
+        }
+        let mut diag = super::Diag::default();
+        let routes = assemble::index(
+            &decoded.resources.routes,
+            |r| r.name.as_str(),
+            super::ROUTE_TYPE,
+            &mut diag,
+        );
+        let known: super::chain::ClusterNames<'_> =
+            decoded.clusters.iter().map(|c| c.name.as_str()).collect();
+        let main = super::listener::translate(
+            &decoded.listeners,
+            &routes,
+            &known,
+            false,
+            &mut self.memo.listener,
+            &mut subscriptions.routes,
+            &mut diag,
+        );
+        // A service chain's routes report at assembly (a bad regex, weights that do not add
+        // up, an unknown cluster).
+        let routes_rejected = main.chains.values().any(|c| {
+            matches!(&c.role, ChainRole::Service { routes: Some(r), .. } if !r.diag.rejections.is_empty())
+        });
+        (diag.rejections.is_empty() && !routes_rejected).then_some(subscriptions)
     }
 
     /// [`translate_refusing`](super::translate_refusing) on encoded resources: a resource that does not decode, or that

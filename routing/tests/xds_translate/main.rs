@@ -22,6 +22,7 @@ mod memo;
 mod outbound;
 mod patch;
 mod rules;
+mod subscriptions;
 mod upstreams;
 
 fn fixture(name: &str) -> String {

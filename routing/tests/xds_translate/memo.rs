@@ -263,6 +263,15 @@ pub(super) fn from_scratch(encoded: &[Encoded<'_>]) -> Result<String, Vec<xds::R
     outcome(t)
 }
 
+/// What `encoded` subscribes to, from its decoded listeners and clusters.
+pub(super) fn required(encoded: &[Encoded<'_>]) -> xds::Subscriptions {
+    let mut res = Resources::default();
+    for e in encoded {
+        res.push_encoded(e.type_url, e.value).unwrap();
+    }
+    xds::required_resources(&res.listeners, &res.clusters)
+}
+
 fn config() -> ProptestConfig {
     let mut c = ProptestConfig::default();
     if std::env::var_os("PROPTEST_CASES").is_none() {
@@ -307,6 +316,9 @@ proptest! {
                     Encoded { type_url, name, value: &versions[v] }
                 })
                 .collect();
+            // Every other state is first asked what it subscribes to, as the waypoint asks of
+            // a state that may be incomplete (before translating it, if ever).
+            let asked = if i % 2 == 1 { translator.subscriptions(&encoded) } else { None };
             let memoized = match translator.translate(&encoded, &TranslateOptions::default()) {
                 Ok(mut t) if i % 3 != 2 => {
                     t.snapshot.carry_over_state(&live);
@@ -319,6 +331,11 @@ proptest! {
             };
             reused_any |= i > 0 && translator.reuse().reused > 0;
             prop_assert_eq!(&memoized, &from_scratch(&encoded), "step {} {:?}", i, s);
+            // An answer is the translation's, for a state it accepts.
+            if let Some(asked) = asked {
+                prop_assert!(memoized.is_ok(), "step {}: answered for a rejected state", i);
+                prop_assert_eq!(asked, required(&encoded), "step {} {:?}", i, s);
+            }
         }
         // The property is about reuse: a sequence that changed little reused pieces.
         prop_assert!(reused_any || steps.len() < 2 || state.len() < 2);
