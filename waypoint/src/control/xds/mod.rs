@@ -12,7 +12,11 @@
 //!   every EDS assignment and RDS route configuration they need is there. Until then the previous
 //!   snapshot serves (at start-up: readiness says what is awaited). As Envoy's
 //!   `initial_fetch_timeout` (15 s), an incomplete state is published anyway once it has waited
-//!   that long, with a warning naming what never came (those clusters have no endpoints).
+//!   that long, with a warning naming what never came (those clusters have no endpoints). A
+//!   response of new clusters is not translated while their assignments are awaited, when what
+//!   the state asks for can be found from its clusters and listeners alone (which judges them as
+//!   the translation would): the state is deferred, and translated once it is complete, or at
+//!   the warm timeout ([`XdsHandler::defer`]).
 //! - Disconnects keep the last snapshot serving; the client reconnects with backoff and resyncs.
 //! - The client and the translations run on their own thread (`run.rs`), off the data path's
 //!   workers.
@@ -29,6 +33,8 @@ use crate::telemetry::status::Status;
 
 mod dump;
 mod sink;
+#[cfg(test)]
+mod tests;
 
 pub use dump::{load_dump, Dump, DumpError};
 pub use sink::{SnapshotSink, WARM_TIMEOUT};
@@ -66,6 +72,9 @@ pub struct XdsHandler {
     /// Held while a snapshot is translated and offered, so an older state never replaces a
     /// newer one.
     pub rebuild: Arc<Mutex<Latest>>,
+    /// What the state deferred last (see [`XdsHandler::defer`]) subscribes to, while the sink
+    /// holds it.
+    deferred: Option<routing::xds::Subscriptions>,
 }
 
 /// What [`XdsHandler::rebuild`] guards.
@@ -94,6 +103,7 @@ impl XdsHandler {
             last_good: ResourceState::default(),
             dns,
             rebuild: Arc::new(Mutex::new(Latest::default())),
+            deferred: None,
         }
     }
 
@@ -161,6 +171,52 @@ impl XdsHandler {
             .into_iter()
             .map(|r| Rejection::new(&r.type_url, &r.name, r.reason))
             .collect()
+    }
+
+    /// Log once, and say in readiness until a config is published, what the state awaits.
+    fn awaiting(&mut self, what: &str) {
+        if self.awaiting.as_deref() != Some(what) {
+            info!(awaiting = %what, "xDS config incomplete; the current config keeps serving");
+            if !self.published {
+                self.status
+                    .waiting_for("config", format!("waiting for istiod to send {what}"));
+            }
+            self.awaiting = Some(what.to_string());
+        }
+    }
+
+    /// An incomplete state is not translated when what it subscribes to can be found without
+    /// (as Envoy warms new clusters while the current config serves): a response of new
+    /// clusters asks for their assignments, and the state is translated when they arrive (or
+    /// at the warm timeout, by the sink). [`Translator::subscriptions`] reads and judges the
+    /// clusters and listeners as the translation would, so a resource the translation would
+    /// refuse is never accepted this way: it answers nothing, and the state is translated as
+    /// any other. Asked only of a response of clusters, or of listeners while a deferred state
+    /// waits (assignments and route configurations do not change what a state asks for): a
+    /// route change or an EDS push never pays for it.
+    fn defer(&mut self, update: &Update<'_>, translator: &mut Translator) -> Option<Applied> {
+        let state = update.state;
+        let waiting = self.deferred.is_some() && self.sink.is_deferred();
+        let needed = if update.has_type(type_url::CLUSTER)
+            || (waiting && update.has_type(type_url::LISTENER))
+        {
+            translator.subscriptions(&encoded(state, &self.last_good, &BTreeSet::new()))?
+        } else if waiting {
+            self.deferred.clone()?
+        } else {
+            return None;
+        };
+        let what = missing(state, &needed)?;
+        self.awaiting(&what);
+        self.sink.defer_incomplete(state.clone(), what);
+        let subscriptions = Subscriptions::new()
+            .with(
+                type_url::CLUSTER_LOAD_ASSIGNMENT,
+                needed.endpoints.iter().cloned(),
+            )
+            .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned());
+        self.deferred = Some(needed);
+        Some(subscriptions.into())
     }
 
     fn reject(&self, rejections: Vec<routing::xds::Rejection>) -> Vec<Rejection> {
@@ -245,6 +301,10 @@ impl Handler for XdsHandler {
             latest.translator.published(&live);
         }
         self.options.dns = self.dns.answers();
+        if let Some(applied) = self.defer(update, &mut latest.translator) {
+            return Ok(applied);
+        }
+        self.deferred = None;
         let (translation, refused) = match self.translate_tolerant(&mut latest.translator, state) {
             Ok(t) => t,
             Err(rejections) => return Err(self.reject(rejections)),
@@ -285,14 +345,7 @@ impl Handler for XdsHandler {
             refused: refused.clone(),
         };
         if let Some(what) = missing(state, needed) {
-            if self.awaiting.as_deref() != Some(what.as_str()) {
-                info!(awaiting = %what, "xDS config incomplete; the current config keeps serving");
-                if !self.published {
-                    self.status
-                        .waiting_for("config", format!("waiting for istiod to send {what}"));
-                }
-                self.awaiting = Some(what.clone());
-            }
+            self.awaiting(&what);
             self.sink.offer_incomplete(translation.snapshot, what);
             return Ok(applied(subscriptions));
         }
@@ -393,7 +446,12 @@ impl XdsRuntime {
 
     /// Keep the stream to istiod until `shutdown` turns true.
     pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
-        let timer = tokio::spawn(self.sink.clone().warm_timeouts());
+        let timer = tokio::spawn(self.sink.clone().warm_timeouts(translate_deferred(
+            self.handler.rebuild.clone(),
+            self.handler.options.clone(),
+            self.handler.dns.clone(),
+            self.sink.clone(),
+        )));
         let dns = tokio::spawn(dns_rebuilds(
             self.handler.dns.clone(),
             self.handler.rebuild.clone(),
@@ -404,6 +462,38 @@ impl XdsRuntime {
         timer.abort();
         dns.abort();
     }
+}
+
+/// How the sink translates a deferred state at its warm timeout (see [`XdsHandler::defer`]):
+/// as the handler would have, with the translator the handler uses.
+fn translate_deferred(
+    rebuild: Arc<Mutex<Latest>>,
+    mut options: TranslateOptions,
+    dns: Arc<crate::control::dns::Dns>,
+    sink: Arc<SnapshotSink>,
+) -> sink::TranslateDeferred {
+    Box::new(move |state| {
+        let mut latest = rebuild.lock();
+        if let Some(live) = sink.live() {
+            latest.translator.published(&live);
+        }
+        options.dns = dns.answers();
+        // Judged as it was deferred: every resource decodes and none is rejected.
+        let resources = encoded(state, state, &BTreeSet::new());
+        match latest.translator.translate(&resources, &options) {
+            Ok(t) => {
+                dns.sync(&t.dns);
+                Some(t.snapshot)
+            }
+            Err(rejections) => {
+                warn!(
+                    ?rejections,
+                    "xDS: an incomplete config at its warm timeout no longer translates; the current one serves"
+                );
+                None
+            }
+        }
+    })
 }
 
 /// Translate the last complete state again whenever a DNS answer changes, and publish it.

@@ -1,0 +1,205 @@
+//! [`XdsHandler`] against istiod's shapes (the bookinfo golden fixture): a state that lacks only
+//! its new clusters' assignments is deferred, not translated, and still published by the warm
+//! timeout; what the translation would refuse is never deferred.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+use xds_client::{type_url, Change, Handler, Resource, ResourceState, Update};
+
+use super::*;
+
+const FIXTURE: &str = include_str!("../../../../routing/tests/fixtures/xds/bookinfo.json");
+const REVIEWS: &str = "inbound-vip|9080|http|reviews.default.svc.cluster.local";
+const NEW: &str = "inbound-vip|9080|http|added.default.svc.cluster.local";
+
+fn resource<M: Message + Name>(name: &str, m: &M) -> Arc<Resource> {
+    Arc::new(Resource {
+        name: name.to_string(),
+        version: "1".into(),
+        value: Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        },
+    })
+}
+
+/// bookinfo as the client holds it once istiod sent it.
+fn bookinfo() -> ResourceState {
+    let res = routing::xds::json::load_resources(FIXTURE).unwrap();
+    let mut state = ResourceState::default();
+    for l in &res.listeners {
+        state.insert(type_url::LISTENER, resource(&l.name, l));
+    }
+    for c in &res.clusters {
+        state.insert(type_url::CLUSTER, resource(&c.name, c));
+    }
+    for e in &res.endpoints {
+        state.insert(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            resource(&e.cluster_name, e),
+        );
+    }
+    state
+}
+
+/// A new service's cluster and assignment: reviews' under another name.
+fn added(state: &ResourceState) -> (Cluster, ClusterLoadAssignment) {
+    let decode = |t: &str| &state.get(t, REVIEWS).unwrap().value.value;
+    let mut cluster = Cluster::decode(decode(type_url::CLUSTER).as_slice()).unwrap();
+    cluster.name = NEW.into();
+    if let Some(eds) = cluster.eds_cluster_config.as_mut() {
+        eds.service_name = NEW.into();
+    }
+    let mut cla =
+        ClusterLoadAssignment::decode(decode(type_url::CLUSTER_LOAD_ASSIGNMENT).as_slice())
+            .unwrap();
+    cla.cluster_name = NEW.into();
+    (cluster, cla)
+}
+
+fn change(type_url: &str, updated: &[&str]) -> Change {
+    Change {
+        type_url: type_url.to_string(),
+        updated: updated.iter().map(|s| s.to_string()).collect(),
+        removed: Vec::new(),
+    }
+}
+
+fn handler(warm_timeout: Duration) -> XdsHandler {
+    XdsHandler::new(
+        Arc::new(SnapshotSink::with_warm_timeout(warm_timeout)),
+        TranslateOptions::default(),
+        crate::telemetry::status::Status::new(),
+        crate::control::dns::Dns::new_or_unconfigured(None),
+    )
+}
+
+/// bookinfo applied and published (held: no data path in these tests).
+fn served(h: &mut XdsHandler) -> ResourceState {
+    let state = bookinfo();
+    let changes = [
+        change(type_url::CLUSTER, &[]),
+        change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[]),
+        change(type_url::LISTENER, &[]),
+    ];
+    let applied = h
+        .apply(&Update {
+            changes: &changes,
+            state: &state,
+        })
+        .unwrap();
+    assert!(applied.refused.is_empty(), "{:?}", applied.refused);
+    let first = h.sink.take().expect("bookinfo is complete");
+    assert!(first
+        .cluster("added.default.svc.cluster.local", 9080, None)
+        .is_none());
+    state
+}
+
+/// A response with a new cluster is ACKed asking for its assignment, without a translation (the
+/// state is held deferred); once the assignment arrives the state is translated and published.
+#[test]
+fn new_clusters_wait_for_their_assignments_untranslated() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = served(&mut h);
+    let (cluster, cla) = added(&state);
+    state.insert(type_url::CLUSTER, resource(NEW, &cluster));
+    let changes = [change(type_url::CLUSTER, &[NEW])];
+    let applied = h
+        .apply(&Update {
+            changes: &changes,
+            state: &state,
+        })
+        .unwrap();
+    let asked = applied
+        .subscriptions
+        .names(type_url::CLUSTER_LOAD_ASSIGNMENT)
+        .unwrap();
+    assert!(asked.contains(NEW) && asked.contains(REVIEWS), "{asked:?}");
+    assert!(h.sink.is_deferred(), "held untranslated");
+    assert!(h.sink.take().is_none(), "nothing published");
+
+    state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource(NEW, &cla));
+    let changes = [change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[NEW])];
+    h.apply(&Update {
+        changes: &changes,
+        state: &state,
+    })
+    .unwrap();
+    assert!(!h.sink.is_deferred());
+    let snapshot = h.sink.take().expect("complete: published");
+    let c = snapshot
+        .cluster("added.default.svc.cluster.local", 9080, None)
+        .expect("the new service");
+    assert!(!c.endpoints.is_empty(), "with the new assignment's pods");
+}
+
+/// A deferred state that nothing completes is translated and published at the warm timeout,
+/// its new cluster without endpoints.
+#[tokio::test]
+async fn a_deferred_state_is_published_at_the_warm_timeout() {
+    let mut h = handler(Duration::from_millis(100));
+    let timer = tokio::spawn(h.sink.clone().warm_timeouts(translate_deferred(
+        h.rebuild.clone(),
+        h.options.clone(),
+        h.dns.clone(),
+        h.sink.clone(),
+    )));
+    let mut state = served(&mut h);
+    let (cluster, _) = added(&state);
+    state.insert(type_url::CLUSTER, resource(NEW, &cluster));
+    let changes = [change(type_url::CLUSTER, &[NEW])];
+    h.apply(&Update {
+        changes: &changes,
+        state: &state,
+    })
+    .unwrap();
+    assert!(h.sink.is_deferred());
+    h.sink.wait(Duration::from_secs(10)).await;
+    let snapshot = h.sink.take().expect("published at the warm timeout");
+    let c = snapshot
+        .cluster("added.default.svc.cluster.local", 9080, None)
+        .expect("the new service, translated");
+    assert!(c.endpoints.is_empty());
+    timer.abort();
+}
+
+/// A new cluster the translation refuses is not deferred: the response is NACKed naming it, as
+/// without deferral, and the rest serves.
+#[test]
+fn a_refused_cluster_is_never_deferred() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = served(&mut h);
+    let (mut cluster, _) = added(&state);
+    // An upstream TLS context that cannot be used (a malformed typed config).
+    cluster.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                Any {
+                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
+                    value: vec![0xff, 0xff, 0xff],
+                },
+            ),
+        ),
+    });
+    state.insert(type_url::CLUSTER, resource(NEW, &cluster));
+    let changes = [change(type_url::CLUSTER, &[NEW])];
+    let applied = h
+        .apply(&Update {
+            changes: &changes,
+            state: &state,
+        })
+        .unwrap();
+    assert!(
+        applied.refused.iter().any(|r| r.name == NEW),
+        "refused: {:?}",
+        applied.refused
+    );
+    assert!(!h.sink.is_deferred());
+}
