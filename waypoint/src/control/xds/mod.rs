@@ -268,27 +268,33 @@ fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Optio
     if state.len(type_url::LISTENER) == 0 {
         return Some("listeners (LDS)".into());
     }
-    let absent = |type_url: &str, names: &BTreeSet<String>| -> Vec<String> {
-        names
-            .iter()
-            .filter(|n| state.get(type_url, n).is_none())
-            .cloned()
-            .collect()
+    // Named up to AWAITED_NAMES, then counted: at start-up every assignment is awaited.
+    let absent = |what: &str, type_url: &str, names: &BTreeSet<String>| -> Option<String> {
+        let mut absent = names.iter().filter(|n| state.get(type_url, n).is_none());
+        let named: Vec<&str> = absent
+            .by_ref()
+            .take(AWAITED_NAMES)
+            .map(String::as_str)
+            .collect();
+        let more = absent.count();
+        match (named.is_empty(), more) {
+            (true, _) => None,
+            (false, 0) => Some(format!("{what} {}", named.join(", "))),
+            (false, more) => Some(format!("{what} {} and {more} more", named.join(", "))),
+        }
     };
-    let eds = absent(type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints);
-    let rds = absent(type_url::ROUTE_CONFIGURATION, &needed.routes);
-    match (eds.is_empty(), rds.is_empty()) {
-        (true, true) => None,
-        _ => Some(
-            [("EDS", eds), ("RDS", rds)]
-                .into_iter()
-                .filter(|(_, names)| !names.is_empty())
-                .map(|(what, names)| format!("{what} {}", names.join(", ")))
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    }
+    let parts: Vec<String> = [
+        absent("EDS", type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints),
+        absent("RDS", type_url::ROUTE_CONFIGURATION, &needed.routes),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
+
+/// How many awaited names [`missing`] lists (in the log line and readiness) before it counts.
+const AWAITED_NAMES: usize = 8;
 
 impl Handler for XdsHandler {
     fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {

@@ -203,3 +203,31 @@ fn a_refused_cluster_is_never_deferred() {
     );
     assert!(!h.sink.is_deferred());
 }
+
+/// What a state awaits names a few assignments and counts the rest: at start-up it awaits all of
+/// them, which is one log line and one readiness message, not thousands of names.
+#[test]
+fn what_is_awaited_names_a_few_and_counts_the_rest() {
+    let mut state = bookinfo();
+    let needed = routing::xds::Subscriptions {
+        endpoints: (0..20).map(|i| format!("eds-{i:02}")).collect(),
+        routes: ["rds-a".to_string()].into(),
+    };
+    let what = missing(&state, &needed).unwrap();
+    assert_eq!(
+        what,
+        "EDS eds-00, eds-01, eds-02, eds-03, eds-04, eds-05, eds-06, eds-07 and 12 more; RDS rds-a"
+    );
+    let (_, cla) = added(&state);
+    for i in 0..18 {
+        state.insert(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            resource(&format!("eds-{i:02}"), &cla),
+        );
+    }
+    let needed = routing::xds::Subscriptions {
+        routes: Default::default(),
+        ..needed
+    };
+    assert_eq!(missing(&state, &needed).unwrap(), "EDS eds-18, eds-19");
+}
