@@ -258,19 +258,10 @@ impl SnapshotBuilder {
             .iter()
             .filter(|vs| !vs.http.is_empty())
         {
-            let id = vs.id();
             for host in &vs.hosts {
-                routes.entry(Arc::from(host.as_str())).or_insert_with(|| {
-                    vs.http
-                        .iter()
-                        .enumerate()
-                        .map(|(index, route)| RouteEntry {
-                            virtual_service: id.clone(),
-                            index,
-                            route: Arc::new(route.clone()),
-                        })
-                        .collect()
-                });
+                routes
+                    .entry(Arc::from(host.as_str()))
+                    .or_insert_with(|| crate::snapshot::route_table(vs));
             }
         }
         // TCP routes: every VirtualService naming the service, in precedence

@@ -496,3 +496,17 @@ impl Snapshot {
         out
     }
 }
+
+/// The route table of a VirtualService's HTTP routes, each entry naming it.
+pub(crate) fn route_table(vs: &crate::model::VirtualService) -> Arc<[RouteEntry]> {
+    let id = vs.id();
+    vs.http
+        .iter()
+        .enumerate()
+        .map(|(index, route)| RouteEntry {
+            virtual_service: id.clone(),
+            index,
+            route: Arc::new(route.clone()),
+        })
+        .collect()
+}

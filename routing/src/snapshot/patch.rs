@@ -1,7 +1,7 @@
 //! A snapshot made from another by replacing some services' endpoints (an EDS push): every
 //! table the patch does not touch is shared with the snapshot it came from.
 
-use super::{RouteEntry, Snapshot};
+use super::Snapshot;
 use crate::model::{Endpoint, VirtualService};
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -103,18 +103,7 @@ impl Snapshot {
                 return None;
             }
             vs.http.shrink_to_fit();
-            let id = vs.id();
-            let entries: Arc<[RouteEntry]> = vs
-                .http
-                .iter()
-                .enumerate()
-                .map(|(index, route)| RouteEntry {
-                    virtual_service: id.clone(),
-                    index,
-                    route: Arc::new(route.clone()),
-                })
-                .collect();
-            routes.insert(Arc::from(host.as_str()), entries);
+            routes.insert(Arc::from(host.as_str()), super::route_table(&vs));
             virtual_services[i] = Arc::new(vs);
         }
         let mut out = self.shared();

@@ -349,27 +349,8 @@ pub(crate) fn translate(
 
     // Hash keys from the routes onto consistent-hash clusters.
     for (cluster, key) in hash_keys {
-        let Some(sc) = svc_clusters.get_mut(cluster.as_str()) else {
-            continue;
-        };
-        let unset = |sc: &ServiceCluster| {
-            sc.policy
-                .load_balancer
-                .as_ref()
-                .and_then(|lb| lb.consistent_hash.as_ref())
-                .is_some_and(|ch| ch.key.is_none())
-        };
-        // Copied from its piece only when it takes the key.
-        if unset(sc) {
-            if let Some(ch) = sc
-                .to_mut()
-                .policy
-                .load_balancer
-                .as_mut()
-                .and_then(|lb| lb.consistent_hash.as_mut())
-            {
-                ch.key = Some(key);
-            }
+        if let Some(sc) = svc_clusters.get_mut(cluster.as_str()) {
+            take_hash_key(sc, key);
         }
     }
 
@@ -487,6 +468,28 @@ pub(crate) fn translate(
         dns: dns_targets.into_values().collect(),
         subscriptions,
     })
+}
+
+/// A consistent-hash cluster without a key takes `key` (its route's); copied from its piece
+/// only then. A cluster with a key keeps it (the first route's).
+fn take_hash_key(sc: &mut Cow<'_, ServiceCluster>, key: HashKey) {
+    let unset = sc
+        .policy
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.consistent_hash.as_ref())
+        .is_some_and(|ch| ch.key.is_none());
+    if unset {
+        if let Some(ch) = sc
+            .to_mut()
+            .policy
+            .load_balancer
+            .as_mut()
+            .and_then(|lb| lb.consistent_hash.as_mut())
+        {
+            ch.key = Some(key);
+        }
+    }
 }
 
 /// The accumulator of service `host` (its name copied only when it is new).

@@ -284,22 +284,8 @@ fn rebuild(
             return None;
         };
         let mut sc = Cow::Borrowed(cluster);
-        let unset = cluster
-            .policy
-            .load_balancer
-            .as_ref()
-            .and_then(|lb| lb.consistent_hash.as_ref())
-            .is_some_and(|ch| ch.key.is_none());
-        if let (true, Some(hash)) = (unset, hash) {
-            if let Some(ch) = sc
-                .to_mut()
-                .policy
-                .load_balancer
-                .as_mut()
-                .and_then(|lb| lb.consistent_hash.as_mut())
-            {
-                ch.key = Some(hash.clone());
-            }
+        if let Some(hash) = hash {
+            take_hash_key(&mut sc, hash.clone());
         }
         let list = match &cluster.source {
             EndpointSource::Eds(_) => match eds.next()? {

@@ -101,6 +101,17 @@ fn served(h: &mut XdsHandler) -> ResourceState {
     state
 }
 
+/// `cluster` added to `state` by a response of clusters, applied.
+fn push_cluster(h: &mut XdsHandler, state: &mut ResourceState, cluster: &Cluster) -> Applied {
+    state.insert(type_url::CLUSTER, resource(NEW, cluster));
+    let changes = [change(type_url::CLUSTER, &[NEW])];
+    h.apply(&Update {
+        changes: &changes,
+        state,
+    })
+    .unwrap()
+}
+
 /// A response with a new cluster is ACKed asking for its assignment, without a translation (the
 /// state is held deferred); once the assignment arrives the state is translated and published.
 #[test]
@@ -108,14 +119,7 @@ fn new_clusters_wait_for_their_assignments_untranslated() {
     let mut h = handler(Duration::from_secs(60));
     let mut state = served(&mut h);
     let (cluster, cla) = added(&state);
-    state.insert(type_url::CLUSTER, resource(NEW, &cluster));
-    let changes = [change(type_url::CLUSTER, &[NEW])];
-    let applied = h
-        .apply(&Update {
-            changes: &changes,
-            state: &state,
-        })
-        .unwrap();
+    let applied = push_cluster(&mut h, &mut state, &cluster);
     let asked = applied
         .subscriptions
         .names(type_url::CLUSTER_LOAD_ASSIGNMENT)
@@ -152,13 +156,7 @@ async fn a_deferred_state_is_published_at_the_warm_timeout() {
     )));
     let mut state = served(&mut h);
     let (cluster, _) = added(&state);
-    state.insert(type_url::CLUSTER, resource(NEW, &cluster));
-    let changes = [change(type_url::CLUSTER, &[NEW])];
-    h.apply(&Update {
-        changes: &changes,
-        state: &state,
-    })
-    .unwrap();
+    push_cluster(&mut h, &mut state, &cluster);
     assert!(h.sink.is_deferred());
     h.sink.wait(Duration::from_secs(10)).await;
     let snapshot = h.sink.take().expect("published at the warm timeout");
@@ -188,14 +186,7 @@ fn a_refused_cluster_is_never_deferred() {
             ),
         ),
     });
-    state.insert(type_url::CLUSTER, resource(NEW, &cluster));
-    let changes = [change(type_url::CLUSTER, &[NEW])];
-    let applied = h
-        .apply(&Update {
-            changes: &changes,
-            state: &state,
-        })
-        .unwrap();
+    let applied = push_cluster(&mut h, &mut state, &cluster);
     assert!(
         applied.refused.iter().any(|r| r.name == NEW),
         "refused: {:?}",
