@@ -191,15 +191,23 @@ impl XdsHandler {
     /// at the warm timeout, by the sink). [`Translator::subscriptions`] reads and judges the
     /// clusters and listeners as the translation would, so a resource the translation would
     /// refuse is never accepted this way: it answers nothing, and the state is translated as
-    /// any other. Asked only of a response of clusters, or of listeners while a deferred state
-    /// waits (assignments and route configurations do not change what a state asks for): a
-    /// route change or an EDS push never pays for it.
+    /// any other. Asked only of a response that brings new clusters, or of clusters or
+    /// listeners while a deferred state waits (assignments and route configurations do not
+    /// change what a state asks for): a route change, a cluster's policy change or an EDS push
+    /// never pays for it.
     fn defer(&mut self, update: &Update<'_>, translator: &mut Translator) -> Option<Applied> {
         let state = update.state;
         let waiting = self.deferred.is_some() && self.sink.is_deferred();
-        let needed = if update.has_type(type_url::CLUSTER)
-            || (waiting && update.has_type(type_url::LISTENER))
-        {
+        // Cluster names the last translated state did not have: a response that only changes
+        // known clusters (a DestinationRule edit) is translated at once, without the question.
+        let new_clusters = update
+            .changes
+            .iter()
+            .filter(|c| c.type_url == type_url::CLUSTER)
+            .flat_map(|c| &c.updated)
+            .any(|name| self.last_good.get(type_url::CLUSTER, name).is_none());
+        let reshaped = update.has_type(type_url::CLUSTER) || update.has_type(type_url::LISTENER);
+        let needed = if new_clusters || (waiting && reshaped) {
             translator.subscriptions(&encoded(state, &self.last_good, &BTreeSet::new()))?
         } else if waiting {
             self.deferred.clone()?

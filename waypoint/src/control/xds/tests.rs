@@ -143,6 +143,36 @@ fn new_clusters_wait_for_their_assignments_untranslated() {
     assert!(!c.endpoints.is_empty(), "with the new assignment's pods");
 }
 
+/// A known cluster changed (its policy, here its EDS name) is translated at once, as before
+/// deferral: only new cluster names are asked about without a translation. The state lacks the
+/// new assignment, so it is held translated, not published.
+#[test]
+fn a_changed_known_cluster_is_translated_at_once() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = served(&mut h);
+    let decode = |t: &str| state.get(t, REVIEWS).unwrap().value.value.clone();
+    let mut reviews = Cluster::decode(decode(type_url::CLUSTER).as_slice()).unwrap();
+    let eds = reviews
+        .eds_cluster_config
+        .get_or_insert_with(Default::default);
+    eds.service_name = "elsewhere".into();
+    state.insert(type_url::CLUSTER, resource(REVIEWS, &reviews));
+    let changes = [change(type_url::CLUSTER, &[REVIEWS])];
+    let applied = h
+        .apply(&Update {
+            changes: &changes,
+            state: &state,
+        })
+        .unwrap();
+    let asked = applied
+        .subscriptions
+        .names(type_url::CLUSTER_LOAD_ASSIGNMENT)
+        .unwrap();
+    assert!(asked.contains("elsewhere"), "{asked:?}");
+    assert!(!h.sink.is_deferred(), "translated, held as incomplete");
+    assert!(h.sink.take().is_none(), "not published: incomplete");
+}
+
 /// A deferred state that nothing completes is translated and published at the warm timeout,
 /// its new cluster without endpoints.
 #[tokio::test]
