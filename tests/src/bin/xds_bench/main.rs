@@ -67,6 +67,7 @@ use template::{
 mod translation;
 use translation::{measure_translation, ms, print_translation, probe_memory, status_kib_of};
 mod heap;
+mod memo;
 mod probe;
 mod push;
 use push::{measure_push, print_push, waypoint_binary, Destination};

@@ -1,6 +1,7 @@
 //! Part 1: translation time and memory per N (memory probed in a child process).
 
 use super::heap::{by_class, heap};
+use super::memo::{measure_memo, resource_name, NewService, MEMO_STEPS};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -41,17 +42,6 @@ pub(super) struct Memory {
     /// Live heap bytes `xds::Translator` keeps besides the snapshot it published (its pieces and
     /// services; the `Any`s it reads are the xDS client's).
     pub(super) memo: u64,
-}
-
-/// The translator's steps [`TranslateRow::memo`] times.
-pub(super) const MEMO_STEPS: usize = 7;
-
-/// A service that is not in the baseline, encoded: the steps of its arrival.
-struct NewService {
-    clusters: Vec<(String, Any)>,
-    assignments: Vec<(String, Any)>,
-    /// `main_internal` with the new service's chain.
-    main: Any,
 }
 
 pub(super) fn measure_translation(
@@ -135,154 +125,6 @@ pub(super) fn measure_translation(
         warnings,
         memory,
         memo,
-    })
-}
-
-/// Medians of [`TranslateRow::memo`]'s translations, `runs` times each: with nothing to reuse,
-/// the same state, one assignment changed, then `reweighted` in place of `main_internal` (one
-/// route's weights changed), then `new`'s clusters, assignments and listener added in turn.
-/// With `repeat` > 0, then `repeat` EDS pushes and as many route changes, each mean printed.
-fn measure_memo(
-    anys: &[Any],
-    reweighted: &Any,
-    new: &NewService,
-    options: &TranslateOptions,
-    (runs, repeat): (usize, usize),
-) -> anyhow::Result<[Duration; MEMO_STEPS]> {
-    use routing::xds::Encoded;
-    let names: Vec<String> = anys
-        .iter()
-        .map(resource_name)
-        .collect::<anyhow::Result<_>>()?;
-    // One assignment with one endpoint fewer: the EDS push.
-    let i = anys
-        .iter()
-        .position(|a| a.type_url == ClusterLoadAssignment::type_url())
-        .context("no assignment")?;
-    let mut cla = ClusterLoadAssignment::decode(anys[i].value.as_slice())?;
-    cla.endpoints.iter_mut().find_map(|l| l.lb_endpoints.pop());
-    let changed = cla.encode_to_vec();
-    let main = names
-        .iter()
-        .position(|n| n == "main_internal")
-        .context("no main_internal")?;
-    let encoded = |eds: bool, route: bool| -> Vec<Encoded<'_>> {
-        anys.iter()
-            .zip(&names)
-            .enumerate()
-            .map(|(k, (a, name))| Encoded {
-                type_url: &a.type_url,
-                name,
-                value: match k {
-                    k if eds && k == i => &changed,
-                    k if route && k == main => &reweighted.value,
-                    _ => &a.value,
-                },
-            })
-            .collect()
-    };
-    let (before, after, route) = (
-        encoded(false, false),
-        encoded(true, false),
-        encoded(true, true),
-    );
-    // The new service's arrival, on top of `route`.
-    fn added(list: &[(String, Any)]) -> impl Iterator<Item = Encoded<'_>> {
-        list.iter().map(|(name, a)| Encoded {
-            type_url: &a.type_url,
-            name,
-            value: &a.value,
-        })
-    }
-    let mut cds = route.clone();
-    cds.extend(added(&new.clusters));
-    let mut eds = cds.clone();
-    eds.extend(added(&new.assignments));
-    let mut lds = eds.clone();
-    lds[main].value = &new.main.value;
-    let steps: [&Vec<Encoded<'_>>; MEMO_STEPS] =
-        [&before, &before, &after, &route, &cds, &eds, &lds];
-    let mut times: [Vec<Duration>; MEMO_STEPS] = Default::default();
-    for _ in 0..runs {
-        let mut publisher = Publisher::new(options);
-        for (slot, input) in steps.into_iter().enumerate() {
-            times[slot].push(publisher.publish(input)?);
-        }
-    }
-    if repeat > 0 {
-        let cycles: [(&str, &[&Vec<Encoded<'_>>]); 3] = [
-            ("EDS push", &[&before, &after]),
-            ("route change", &[&after, &route]),
-            // Each step a full pass: the service arrives, then is removed.
-            ("new service step", &[&route, &cds, &eds, &lds]),
-        ];
-        for (what, cycle) in cycles {
-            let mut publisher = Publisher::new(options);
-            publisher.publish(cycle[0])?;
-            let mut total = Duration::ZERO;
-            for k in 1..=repeat {
-                total += publisher.publish(cycle[k % cycle.len()])?;
-            }
-            let reuse = publisher.translator.reuse();
-            println!(
-                "  repeated: {repeat} × {what}: {:.2} ms each (the last: patched {}, services built {}, reused {}, clusters shared {})",
-                ms(total) / repeat as f64,
-                reuse.patched,
-                reuse.services_built,
-                reuse.services_reused,
-                reuse.clusters_shared
-            );
-        }
-    }
-    Ok(times.map(|mut v| median(&mut v)))
-}
-
-/// Snapshots translated and published one after the other, as the waypoint does: each carried
-/// over from the live one, then shown to the translator (whose next snapshot shares the
-/// unchanged services' clusters, or patches it).
-struct Publisher<'o> {
-    translator: routing::xds::Translator,
-    live: Arc<routing::Snapshot>,
-    options: &'o TranslateOptions,
-}
-
-impl<'o> Publisher<'o> {
-    fn new(options: &'o TranslateOptions) -> Self {
-        Publisher {
-            translator: routing::xds::Translator::new(),
-            live: Arc::new(routing::Snapshot::empty()),
-            options,
-        }
-    }
-
-    /// Translate and publish `input`: how long that took (the replaced snapshot is freed after
-    /// the clock stops, as the waypoint frees it off the config thread).
-    fn publish(&mut self, input: &[routing::xds::Encoded<'_>]) -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        let mut snapshot = self
-            .translator
-            .translate(input, self.options)
-            .map_err(rejections)?
-            .snapshot;
-        snapshot.carry_over_state(&self.live);
-        let snapshot = Arc::new(snapshot);
-        self.translator.published(&snapshot);
-        let took = t.elapsed();
-        drop(std::mem::replace(&mut self.live, snapshot));
-        Ok(took)
-    }
-}
-
-/// The name a resource is known by (what istiod sends it as).
-fn resource_name(any: &Any) -> anyhow::Result<String> {
-    let v = any.value.as_slice();
-    Ok(match any.type_url.as_str() {
-        t if t == Listener::type_url() => Listener::decode(v)?.name,
-        t if t == Cluster::type_url() => Cluster::decode(v)?.name,
-        t if t == ClusterLoadAssignment::type_url() => {
-            ClusterLoadAssignment::decode(v)?.cluster_name
-        }
-        t => bail!("unexpected resource type {t}"),
     })
 }
 

@@ -217,12 +217,7 @@ impl XdsHandler {
         let what = missing(state, &needed)?;
         self.awaiting(&what);
         self.sink.defer_incomplete(state.clone(), what);
-        let subscriptions = Subscriptions::new()
-            .with(
-                type_url::CLUSTER_LOAD_ASSIGNMENT,
-                needed.endpoints.iter().cloned(),
-            )
-            .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned());
+        let subscriptions = client_subscriptions(&needed);
         self.deferred = Some(needed);
         Some(subscriptions.into())
     }
@@ -301,6 +296,16 @@ fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Optio
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// What the client is to subscribe to, by type.
+fn client_subscriptions(needed: &routing::xds::Subscriptions) -> Subscriptions {
+    Subscriptions::new()
+        .with(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            needed.endpoints.iter().cloned(),
+        )
+        .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned())
+}
+
 /// How many awaited names [`missing`] lists (in the log line and readiness) before it counts.
 const AWAITED_NAMES: usize = 8;
 
@@ -348,12 +353,7 @@ impl Handler for XdsHandler {
         // Resolution starts at once (an incomplete state's DNS clusters warm meanwhile).
         self.dns.sync(&translation.dns);
         let needed = &translation.subscriptions;
-        let subscriptions = Subscriptions::new()
-            .with(
-                type_url::CLUSTER_LOAD_ASSIGNMENT,
-                needed.endpoints.iter().cloned(),
-            )
-            .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned());
+        let subscriptions = client_subscriptions(needed);
         let applied = |subscriptions| Applied {
             subscriptions,
             refused: refused.clone(),
@@ -488,13 +488,8 @@ fn translate_deferred(
 ) -> sink::TranslateDeferred {
     Box::new(move |state| {
         let mut latest = rebuild.lock();
-        if let Some(live) = sink.live() {
-            latest.translator.published(&live);
-        }
-        options.dns = dns.answers();
         // Judged as it was deferred: every resource decodes and none is rejected.
-        let resources = encoded(state, state, &BTreeSet::new());
-        match latest.translator.translate(&resources, &options) {
+        match translate_again(&mut latest.translator, state, &mut options, &dns, &sink) {
             Ok(t) => {
                 dns.sync(&t.dns);
                 Some(t.snapshot)
@@ -508,6 +503,22 @@ fn translate_deferred(
             }
         }
     })
+}
+
+/// Translate `state`, which the handler has judged already (every resource decodes), outside
+/// the handler: with its translator, shown the live snapshot first, and the current DNS answers.
+fn translate_again(
+    translator: &mut Translator,
+    state: &ResourceState,
+    options: &mut TranslateOptions,
+    dns: &crate::control::dns::Dns,
+    sink: &SnapshotSink,
+) -> Result<routing::xds::Translation, Vec<routing::xds::Rejection>> {
+    if let Some(live) = sink.live() {
+        translator.published(&live);
+    }
+    options.dns = dns.answers();
+    translator.translate(&encoded(state, state, &BTreeSet::new()), options)
 }
 
 /// Translate the last complete state again whenever a DNS answer changes, and publish it.
@@ -524,13 +535,8 @@ async fn dns_rebuilds(
         let Some(state) = state.as_ref() else {
             continue;
         };
-        if let Some(live) = sink.live() {
-            translator.published(&live);
-        }
-        options.dns = dns.answers();
         // The state translated when it was published: every resource decodes.
-        let resources = encoded(state, state, &BTreeSet::new());
-        match translator.translate(&resources, &options) {
+        match translate_again(translator, state, &mut options, &dns, &sink) {
             Ok(t) => {
                 info!(
                     version = t.snapshot.version(),
