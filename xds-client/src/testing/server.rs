@@ -2,7 +2,7 @@
 //! authentication shape (bearer token, optional client certificate), a mutable resource set per
 //! type URL pushed to connected streams, and a log of every request received.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -116,6 +116,9 @@ struct TypeSet {
     /// Shared with the streams' pushes: a push takes it without copying every resource (at
     /// thousands of resources a copy per change made the server, not the client, the slow side).
     items: Arc<Items>,
+    /// The name each version changed (set or removed): a push walks what changed since the
+    /// version a stream last compared, not every resource (istiod pushes only what changed).
+    changes: BTreeMap<u64, String>,
 }
 
 /// A type's resources: name → (resource version, payload).
@@ -232,25 +235,26 @@ impl AdsServer {
 
     /// Add or replace a resource; returns the type's new version (also the resource's version).
     pub fn set(&self, type_url: &str, name: &str, value: Any) -> String {
-        self.change(type_url, |set, version| {
-            Arc::make_mut(&mut set.items).insert(name.to_string(), (version.to_string(), value));
+        self.change(type_url, name, |items, version| {
+            items.insert(name.to_string(), (version.to_string(), value));
         })
     }
 
     /// Remove a resource; returns the type's new version.
     pub fn remove(&self, type_url: &str, name: &str) -> String {
-        self.change(type_url, |set, _| {
-            Arc::make_mut(&mut set.items).remove(name);
+        self.change(type_url, name, |items, _| {
+            items.remove(name);
         })
     }
 
-    fn change(&self, type_url: &str, f: impl FnOnce(&mut TypeSet, &str)) -> String {
+    fn change(&self, type_url: &str, name: &str, f: impl FnOnce(&mut Items, &str)) -> String {
         let version = {
             let mut resources = self.state.resources.lock();
             let set = resources.entry(type_url.to_string()).or_default();
             set.version += 1;
+            set.changes.insert(set.version, name.to_string());
             let version = set.version.to_string();
-            f(set, &version);
+            f(Arc::make_mut(&mut set.items), &version);
             version
         };
         self.state.generation.send_modify(|g| *g += 1);
@@ -499,14 +503,35 @@ impl State {
         self.nonce_versions.lock().get(nonce).cloned()
     }
 
-    /// `(type version, name -> (version, payload))` of one type.
-    pub(super) fn snapshot(&self, type_url: &str) -> (String, Arc<Items>) {
+    /// One type's version and resources (name -> (version, payload)), and when `since` is
+    /// given, the names changed after that version.
+    pub(super) fn snapshot(&self, type_url: &str, since: Option<u64>) -> TypeSnapshot {
         let resources = self.resources.lock();
-        match resources.get(type_url) {
-            Some(set) => (set.version.to_string(), set.items.clone()),
-            None => ("0".to_string(), Arc::default()),
+        let Some(set) = resources.get(type_url) else {
+            return TypeSnapshot {
+                version: 0,
+                items: Arc::default(),
+                changed: since.map(|_| BTreeSet::new()),
+            };
+        };
+        TypeSnapshot {
+            version: set.version,
+            items: set.items.clone(),
+            changed: since.map(|s| {
+                set.changes
+                    .range(s.saturating_add(1)..)
+                    .map(|(_, name)| name.clone())
+                    .collect()
+            }),
         }
     }
+}
+
+/// See [`State::snapshot`].
+pub(super) struct TypeSnapshot {
+    pub(super) version: u64,
+    pub(super) items: Arc<Items>,
+    pub(super) changed: Option<BTreeSet<String>>,
 }
 
 type ResponseStream<T> = mpsc::UnboundedReceiver<Result<T, Status>>;

@@ -60,6 +60,9 @@ pub(super) struct DeltaSub {
     wildcard: bool,
     names: BTreeSet<String>,
     known: BTreeMap<String, String>,
+    /// The type's version every resource was last compared at, for this subscription: the
+    /// next push compares only what changed after it. `None`: compare everything.
+    synced: Option<u64>,
 }
 
 pub(super) struct DeltaStream {
@@ -126,6 +129,7 @@ impl AdsStream for DeltaStream {
             sub.known.remove(&name);
         }
         if first || changed {
+            sub.synced = None;
             return self.push(&request.type_url, first);
         }
         true
@@ -133,7 +137,6 @@ impl AdsStream for DeltaStream {
 
     /// Send what `type_url`'s subscriber lacks; `always` sends even an empty response.
     fn push(&mut self, type_url: &str, always: bool) -> bool {
-        let (version, items) = self.state.snapshot(type_url);
         if !self.subs.contains_key(type_url)
             && self
                 .state
@@ -152,24 +155,40 @@ impl AdsStream for DeltaStream {
         let Some(sub) = self.subs.get_mut(type_url) else {
             return true;
         };
+        let snapshot = self.state.snapshot(type_url, sub.synced);
+        let (items, version) = (&snapshot.items, snapshot.version.to_string());
         let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
+        // What may differ from what the client holds: what changed since the last comparison,
+        // or everything.
+        let candidates: Box<dyn Iterator<Item = &String>> = match &snapshot.changed {
+            Some(changed) => Box::new(changed.iter()),
+            None => Box::new(items.keys().chain(sub.known.keys())),
+        };
         let mut resources = Vec::new();
-        for (name, (resource_version, value)) in items.iter() {
-            if wanted(name) && sub.known.get(name) != Some(resource_version) {
-                resources.push(DeltaResource {
-                    name: name.clone(),
-                    version: resource_version.clone(),
-                    resource: Some(value.clone()),
-                    ..Default::default()
-                });
+        let mut removed = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in candidates {
+            if !seen.insert(name) {
+                continue;
+            }
+            match items.get(name) {
+                // Held as it is: nothing to send.
+                Some((resource_version, _))
+                    if wanted(name) && sub.known.get(name) == Some(resource_version) => {}
+                Some((resource_version, value)) if wanted(name) => {
+                    resources.push(DeltaResource {
+                        name: name.clone(),
+                        version: resource_version.clone(),
+                        resource: Some(value.clone()),
+                        ..Default::default()
+                    });
+                }
+                _ if sub.known.contains_key(name) => removed.push(name.clone()),
+                _ => {}
             }
         }
-        let removed: Vec<String> = sub
-            .known
-            .keys()
-            .filter(|name| !items.contains_key(*name) || !wanted(name))
-            .cloned()
-            .collect();
+        removed.sort();
+        sub.synced = Some(snapshot.version);
         if resources.is_empty() && removed.is_empty() && !always {
             return true;
         }
@@ -248,7 +267,8 @@ impl AdsStream for SotwStream {
     }
 
     fn push(&mut self, type_url: &str, always: bool) -> bool {
-        let (version, items) = self.state.snapshot(type_url);
+        let snapshot = self.state.snapshot(type_url, None);
+        let (version, items) = (snapshot.version.to_string(), snapshot.items);
         let Some(sub) = self.subs.get_mut(type_url) else {
             return true;
         };
