@@ -29,7 +29,7 @@ struct Stream<'a, H> {
     core: &'a mut Core<H>,
     out: Outbox<DeltaDiscoveryRequest>,
     /// Named types: the names subscribed on this stream.
-    sent: BTreeMap<String, BTreeSet<String>>,
+    sent: BTreeMap<String, Arc<BTreeSet<String>>>,
 }
 
 /// Run one stream until it fails (`Err`) or shutdown is asked (`Ok`).
@@ -142,13 +142,26 @@ impl<H: Handler> Stream<'_, H> {
             if self.core.is_wildcard(&type_url) {
                 continue;
             }
-            let want = self.core.subs.names(&type_url).cloned().unwrap_or_default();
+            let want = self
+                .core
+                .subs
+                .shared(&type_url)
+                .cloned()
+                .unwrap_or_default();
             let first = !self.sent.contains_key(&type_url);
             let had = self.sent.get(&type_url).cloned().unwrap_or_default();
+            // The set asked for last time, unchanged (no name compared).
+            if Arc::ptr_eq(&want, &had) {
+                continue;
+            }
             let subscribe: Vec<String> = want.difference(&had).cloned().collect();
             let unsubscribe: Vec<String> = had.difference(&want).cloned().collect();
             // An empty first subscribe would be a wildcard.
             if subscribe.is_empty() && unsubscribe.is_empty() {
+                if !first {
+                    // The same names in a new set: kept, so the next comparison is by pointer.
+                    self.sent.insert(type_url, want);
+                }
                 continue;
             }
             let initial_resource_versions: HashMap<String, String> = if first {

@@ -72,8 +72,8 @@ impl<H: Handler> Core<H> {
         match self.handler.apply(&update) {
             Ok(applied) => {
                 self.accepted = candidate;
-                self.subs = applied.subscriptions;
-                self.drop_unsubscribed();
+                let before = std::mem::replace(&mut self.subs, applied.subscriptions);
+                self.drop_unsubscribed(&before, changes);
                 Outcome::Accepted {
                     refused: applied.refused,
                 }
@@ -91,17 +91,38 @@ impl<H: Handler> Core<H> {
     }
 
     /// Resources of named types that are no longer subscribed: the handler asked not to have them.
-    fn drop_unsubscribed(&mut self) {
+    /// Where a type's subscriptions are the very set they were (`before`), what was held was
+    /// subscribed, and only the names `changes` brought are looked at.
+    fn drop_unsubscribed(&mut self, before: &Subscriptions, changes: &[Change]) {
         let named: Vec<String> = self
             .accepted
             .type_urls()
             .filter(|t| !self.is_wildcard(t))
             .map(str::to_string)
             .collect();
+        let empty = Arc::default();
         for t in named {
-            let keep = self.subs.names(&t).cloned().unwrap_or_default();
-            let held = self.accepted.type_mut(&t);
-            held.resources.retain(|name, _| keep.contains(name));
+            let keep = self.subs.shared(&t).unwrap_or(&empty).clone();
+            if self.subs.same_set(before, &t) {
+                let brought = changes.iter().filter(|c| c.type_url == t);
+                let unwanted: Vec<&String> = brought
+                    .flat_map(|c| &c.updated)
+                    .filter(|n| !keep.contains(*n) && self.accepted.get(&t, n).is_some())
+                    .collect();
+                for name in unwanted {
+                    self.accepted.remove(&t, name);
+                }
+                continue;
+            }
+            let unwanted: Vec<String> = self
+                .accepted
+                .resources(&t)
+                .filter(|r| !keep.contains(&r.name))
+                .map(|r| r.name.clone())
+                .collect();
+            for name in unwanted {
+                self.accepted.remove(&t, &name);
+            }
         }
     }
 

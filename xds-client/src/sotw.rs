@@ -30,7 +30,7 @@ struct Stream<'a, H> {
     core: &'a mut Core<H>,
     out: Outbox<DiscoveryRequest>,
     /// Named types: the names requested on this stream.
-    sent: BTreeMap<String, BTreeSet<String>>,
+    sent: BTreeMap<String, Arc<BTreeSet<String>>>,
     /// Last nonce received per type (echoed by subscription changes).
     nonces: BTreeMap<String, String>,
 }
@@ -160,9 +160,18 @@ impl<H: Handler> Stream<'_, H> {
             if self.core.is_wildcard(&type_url) {
                 continue;
             }
-            let want = self.core.subs.names(&type_url).cloned().unwrap_or_default();
-            match self.sent.get(&type_url) {
-                Some(had) if *had == want => continue,
+            let want = self
+                .core
+                .subs
+                .shared(&type_url)
+                .cloned()
+                .unwrap_or_default();
+            match self.sent.get_mut(&type_url) {
+                Some(had) if *had == want => {
+                    // The same names in a new set: kept, so the next comparison is by pointer.
+                    *had = want;
+                    continue;
+                }
                 // An empty first request would be a wildcard.
                 None if want.is_empty() => continue,
                 _ => {}

@@ -42,6 +42,9 @@ struct Shared {
     /// Refuse those clusters alone and accept the rest (partial acceptance) instead of
     /// rejecting the whole candidate.
     partial: bool,
+    /// The subscriptions handed back last: handed back again (shared) while unchanged, as the
+    /// waypoint's handler does.
+    subscriptions: Subscriptions,
 }
 
 /// Rejects clusters named in `reject`; subscribes EDS to every EDS cluster.
@@ -104,8 +107,12 @@ impl Handler for TestHandler {
             return Err(rejections);
         }
         shared.accepted.push(update.state.clone());
+        let subscriptions = Subscriptions::new().with(type_url::CLUSTER_LOAD_ASSIGNMENT, eds);
+        if subscriptions != shared.subscriptions {
+            shared.subscriptions = subscriptions;
+        }
         Ok(Applied {
-            subscriptions: Subscriptions::new().with(type_url::CLUSTER_LOAD_ASSIGNMENT, eds),
+            subscriptions: shared.subscriptions.clone(),
             refused: rejections,
         })
     }

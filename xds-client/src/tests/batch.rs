@@ -133,6 +133,34 @@ fn a_push_of_three_types_is_judged_once_and_each_response_acked() {
     );
 }
 
+/// An assignment nobody subscribes to (a response crossing an unsubscribe) is not kept, even
+/// when the subscriptions are the very set they were (only what the response brought is looked
+/// at then).
+#[test]
+fn what_arrives_unsubscribed_is_dropped_when_the_subscriptions_are_unchanged() {
+    let handler = TestHandler::default();
+    let mut core = core(&handler, Mode::Delta);
+    crate::delta::answer_together(&mut core, vec![cds("c1", &["reviews"], true)]);
+    let eds = |nonce: &str, names: &[&str]| {
+        let assignments = names.iter().map(|n| (*n, endpoints(n))).collect();
+        delta(type_url::CLUSTER_LOAD_ASSIGNMENT, nonce, assignments)
+    };
+    let requests =
+        crate::delta::answer_together(&mut core, vec![eds("e1", &["reviews", "ratings"])]);
+    assert_eq!(answers(&requests), vec![ack("ClusterLoadAssignment", "e1")]);
+    let held: Vec<&str> = core
+        .accepted
+        .resources(type_url::CLUSTER_LOAD_ASSIGNMENT)
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(held, ["reviews"]);
+    // The handler was offered both; what it subscribes to is all that is kept.
+    assert_eq!(
+        handler.names(type_url::CLUSTER_LOAD_ASSIGNMENT),
+        ["ratings", "reviews"]
+    );
+}
+
 #[test]
 fn responses_of_one_type_fold_in_order_and_a_refusal_goes_to_the_response_that_sent_it() {
     let handler = TestHandler::default();
