@@ -466,7 +466,7 @@ pub(crate) fn translate(
         snapshot,
         warnings: diag.warnings,
         dns: dns_targets.into_values().collect(),
-        subscriptions,
+        subscriptions: Arc::new(subscriptions),
     })
 }
 

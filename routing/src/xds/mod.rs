@@ -253,8 +253,8 @@ pub struct Translation {
     /// [`TranslateOptions::dns`] of the next translation.
     pub dns: Vec<crate::dns::DnsTarget>,
     /// The EDS assignments and RDS route configurations the translated listeners and clusters
-    /// need (as [`required_resources`]).
-    pub subscriptions: Subscriptions,
+    /// need (as [`required_resources`]); shared by the translations that patch this one.
+    pub subscriptions: std::sync::Arc<Subscriptions>,
 }
 
 /// A resource as it arrives on the wire: its type URL, its xDS name and its encoded bytes.

@@ -19,6 +19,8 @@ pub struct Translator {
     /// What the last translation was made from and gave, while an EDS-only push may patch its
     /// snapshot (see [`eds::Last`]).
     last: Option<eds::Last>,
+    /// Translations made ([`Translator::translations`]).
+    translations: u64,
 }
 
 /// How much of the last translation was reused.
@@ -51,15 +53,20 @@ impl Translator {
         resources: &[Encoded<'_>],
         options: &TranslateOptions,
     ) -> Result<Translation, Vec<Rejection>> {
+        self.translations += 1;
+        // Until it succeeds, the last translation is not one to patch.
+        let mut last = self.last.take();
         let others = eds::others_digest(resources);
         let decoded = self.memo.pieces(resources)?;
-        if let Some(t) = eds::patch(&mut self.last, &mut self.memo, &decoded, others.0, options) {
+        if let Some(t) = eds::patch(&mut last, &mut self.memo, &decoded, others.0, options) {
+            self.last = last;
             return Ok(t);
         }
-        if let Some(t) = routes::patch(&mut self.last, &mut self.memo, &decoded, others, options) {
+        if let Some(t) = routes::patch(&mut last, &mut self.memo, &decoded, others, options) {
+            self.last = last;
             return Ok(t);
         }
-        self.last = None;
+        drop(last);
         let translation = assemble::translate(
             &assemble::Input {
                 listeners: &decoded.listeners,
@@ -73,6 +80,33 @@ impl Translator {
         )?;
         self.last = Some(eds::Last::new(&translation, decoded, others, options));
         Ok(translation)
+    }
+
+    /// An EDS push translated from the assignments it changed alone, without reading the rest
+    /// of the state: `changed` replace the assignments of those names in the state the last
+    /// [`translate`](Self::translate) (or this) translated, and the result is what `translate`
+    /// gives for that whole state (property-tested). The caller vouches that this is the state:
+    /// nothing else changed since, nothing was added or removed. A cost in what changed, not in
+    /// the mesh's size (the published snapshot is patched as by an EDS-only `translate`).
+    ///
+    /// `None` when it cannot be done so (the last translation failed, its snapshot was not
+    /// published, a name it did not have, bytes that do not decode, anything but the endpoints
+    /// of ordinary services changed): translate the whole state instead.
+    pub fn translate_assignments(
+        &mut self,
+        changed: &[Encoded<'_>],
+        options: &TranslateOptions,
+    ) -> Option<Translation> {
+        let t = eds::patch_assignments(&mut self.last, &mut self.memo, changed, options)?;
+        self.translations += 1;
+        Some(t)
+    }
+
+    /// How many translations [`translate`](Self::translate) and
+    /// [`translate_assignments`](Self::translate_assignments) made (or tried): a caller that
+    /// shares the translator tells by it whether the last one was its own.
+    pub fn translations(&self) -> u64 {
+        self.translations
     }
 
     /// What `resources` subscribe to (the EDS assignments of their clusters, the RDS route

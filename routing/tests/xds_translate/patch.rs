@@ -79,6 +79,93 @@ fn an_eds_push_patches_the_published_snapshot() {
     assert_eq!(describe_wire(&after), scratch_wire(&changed));
 }
 
+/// An EDS push of assignments the last state had, read alone (what the waypoint does when only
+/// assignments changed): a patch of the published snapshot equal to a translation from scratch
+/// of the whole state. Not when the last snapshot was held back, nor for a name the state did
+/// not have.
+#[test]
+fn changed_assignments_alone_patch_the_published_snapshot() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let full = bookinfo_wire(&res);
+    let mut translator = Translator::new();
+    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target;
+    let fewer = reviews_without(&res, gone);
+    let changed = |wire: &Wire| -> Vec<(&'static str, String, Vec<u8>)> {
+        wire.iter()
+            .filter(|(t, n, _)| *t == routing::xds::ENDPOINT_TYPE && n.ends_with(REVIEWS))
+            .cloned()
+            .collect()
+    };
+    let encoded =
+        |wire: &[(&'static str, String, Vec<u8>)]| -> Vec<(&'static str, String, Vec<u8>)> {
+            wire.to_vec()
+        };
+    let alone = encoded(&changed(&fewer));
+    assert!(alone.len() > 1, "reviews' assignment and its subsets'");
+    let view: Vec<routing::xds::Encoded<'_>> = alone
+        .iter()
+        .map(|(t, n, b)| routing::xds::Encoded {
+            type_url: t,
+            name: n,
+            value: b,
+        })
+        .collect();
+    let mut t = translator
+        .translate_assignments(&view, &TranslateOptions::default())
+        .expect("known assignments of a published translation");
+    let reuse = translator.reuse();
+    assert!(reuse.patched, "{reuse:?}");
+    // Built: the assignments whose bytes changed (the service's, and the subset's of the pod).
+    let differ = alone.iter().filter(|a| !full.contains(a)).count();
+    assert!(differ > 0);
+    assert_eq!(
+        (reuse.built, reuse.reused, reuse.services_built),
+        (differ, alone.len() - differ, 1),
+        "{reuse:?}"
+    );
+    assert_eq!(describe_wire(&t.snapshot), scratch_wire(&fewer));
+    t.snapshot.carry_over_state(&first);
+    let second = std::sync::Arc::new(t.snapshot);
+    translator.published(&second);
+    assert!(std::ptr::eq(
+        first.cluster(PRODUCTPAGE, 9080, None).unwrap(),
+        second.cluster(PRODUCTPAGE, 9080, None).unwrap()
+    ));
+    assert!(second.endpoint_by_ip(gone.ip()).is_none());
+
+    // Back, alone again: from the second (patched) snapshot.
+    let back = encoded(&changed(&full));
+    let view: Vec<routing::xds::Encoded<'_>> = back
+        .iter()
+        .map(|(t, n, b)| routing::xds::Encoded {
+            type_url: t,
+            name: n,
+            value: b,
+        })
+        .collect();
+    let third = translator
+        .translate_assignments(&view, &TranslateOptions::default())
+        .expect("a patch of a patch");
+    assert_eq!(describe_wire(&third.snapshot), scratch_wire(&full));
+    // Not published: the next push has nothing to patch.
+    drop(third);
+    assert!(translator
+        .translate_assignments(&view, &TranslateOptions::default())
+        .is_none());
+    // A name the state did not have.
+    let live = publish(&mut translator, &full, &second);
+    let unknown = routing::xds::Encoded {
+        type_url: routing::xds::ENDPOINT_TYPE,
+        name: "inbound-vip|9080|http|nowhere.default.svc.cluster.local",
+        value: view[0].value,
+    };
+    assert!(translator
+        .translate_assignments(&[unknown], &TranslateOptions::default())
+        .is_none());
+    drop(live);
+}
+
 fn describe_wire(s: &routing::Snapshot) -> String {
     let mut json = s.to_json();
     json.as_object_mut().unwrap().remove("version");
@@ -225,7 +312,15 @@ mod sequences {
                     .zip(&state)
                     .map(|((t, n, v), &s)| Encoded { type_url: t, name: n, value: &v[s] })
                     .collect();
-                let mut t = translator.translate(&encoded, &Default::default()).unwrap();
+                // An assignment changed: read alone when the translator can, as the waypoint
+                // does for an EDS push of known assignments.
+                let alone = (all[k].0 == routing::xds::ENDPOINT_TYPE)
+                    .then(|| translator.translate_assignments(&encoded[k..=k], &Default::default()))
+                    .flatten();
+                let mut t = match alone {
+                    Some(t) => t,
+                    None => translator.translate(&encoded, &Default::default()).unwrap(),
+                };
                 t.snapshot.carry_over_state(&live);
                 let got = describe(&t);
                 live = std::sync::Arc::new(t.snapshot);

@@ -37,7 +37,7 @@ fn an_incomplete_state_asks_for_what_the_translation_would() {
     let t = translator
         .translate(&encoded(&complete), &TranslateOptions::default())
         .unwrap();
-    assert_eq!(t.subscriptions, asked);
+    assert_eq!(*t.subscriptions, asked);
     let reuse = translator.reuse();
     assert_eq!(
         reuse.built,

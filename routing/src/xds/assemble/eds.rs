@@ -9,9 +9,9 @@
 
 use super::*;
 use crate::snapshot::EndpointsPatch;
-use crate::xds::pieces::{Decoded, Memo};
+use crate::xds::pieces::{name_key, Decoded, Memo};
 use crate::xds::{Encoded, Warning};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// What the last full or patched translation was made from and gave.
@@ -31,13 +31,15 @@ pub(crate) struct Last {
     rest: u128,
     clusters: Vec<Arc<ClusterPiece>>,
     assignments: Vec<Arc<AssignmentPiece>>,
+    /// Where each assignment is in `assignments`, by [`name_key`].
+    at: HashMap<u128, usize, crate::xds::FastHash>,
     /// Assignments a patch cannot follow: used by another cluster than the one of their name,
     /// by two clusters, or by an `outbound|…` cluster (whose endpoints depend on its socket
     /// matches).
     irregular: HashSet<String>,
     warnings: Vec<Warning>,
     dns_targets: Vec<crate::dns::DnsTarget>,
-    subscriptions: crate::xds::Subscriptions,
+    subscriptions: Arc<crate::xds::Subscriptions>,
 }
 
 /// Digests over the resources that are neither clusters nor assignments (listeners, route
@@ -86,6 +88,12 @@ impl Last {
                 }
             }
         }
+        let at = decoded
+            .assignments
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (name_key(&a.name), i))
+            .collect();
         Last {
             version: t.snapshot.version(),
             published: None,
@@ -96,6 +104,7 @@ impl Last {
             rest,
             clusters: decoded.clusters,
             assignments: decoded.assignments,
+            at,
             irregular,
             warnings: t.warnings.clone(),
             dns_targets: t.dns.clone(),
@@ -134,20 +143,18 @@ impl Last {
             && options.dns == self.dns
     }
 
-    /// `snapshot` (a patch of the published one, made from `decoded`, whose other resources
-    /// have the digests `others`) is now the last translation's: its translation, with what the
-    /// published one reported.
+    /// `snapshot` (a patch of the published one, whose other resources have the digests
+    /// `others`, made from this translation's assignments as the caller left them) is now the
+    /// last translation's: its translation, with what the published one reported.
     pub(super) fn patched_to(
         &mut self,
         snapshot: Snapshot,
-        decoded: &Decoded,
         (others, rest): (u128, u128),
     ) -> Translation {
         self.version = snapshot.version();
         (self.others, self.rest) = (others, rest);
         self.published = None;
         self.patched = true;
-        self.assignments.clone_from(&decoded.assignments);
         Translation {
             snapshot,
             warnings: self.warnings.clone(),
@@ -173,28 +180,90 @@ pub(crate) fn patch(
     options: &TranslateOptions,
 ) -> Option<Translation> {
     let l = last.as_mut()?;
-    let live = l.published.clone()?;
-    if !l.same_options(options)
-        || others != l.others
+    if others != l.others
         || !same_pieces(&decoded.clusters, &l.clusters)
         || decoded.assignments.len() != l.assignments.len()
     {
         return None;
     }
     // The assignments that changed, each (old, new); the same names in the same order.
-    let mut changed = Vec::new();
-    for (new, old) in decoded.assignments.iter().zip(&l.assignments) {
-        if Arc::ptr_eq(new, old) {
-            continue;
+    let changed: Vec<_> = decoded
+        .assignments
+        .iter()
+        .zip(&l.assignments)
+        .filter(|(new, old)| !Arc::ptr_eq(new, old))
+        .map(|(new, old)| (old, new))
+        .collect();
+    let snapshot = patch_services(l, memo, &changed, options)?;
+    l.assignments.clone_from(&decoded.assignments);
+    let rest = l.rest;
+    Some(l.patched_to(snapshot, (others, rest)))
+}
+
+/// An EDS push read from the assignments it changed alone (see
+/// [`Translator::translate_assignments`](crate::xds::Translator::translate_assignments)): the
+/// last translation's state with `changed` in place of the assignments of those names, which it
+/// had. `None` when that cannot be patched (translate the whole state instead).
+pub(crate) fn patch_assignments(
+    last: &mut Option<Last>,
+    memo: &mut Memo,
+    changed: &[Encoded<'_>],
+    options: &TranslateOptions,
+) -> Option<Translation> {
+    let l = last.as_mut()?;
+    let mut replaced: Vec<(usize, Arc<AssignmentPiece>)> = Vec::with_capacity(changed.len());
+    for r in changed {
+        let i = *l.at.get(&name_key(r.name))?;
+        let old = &l.assignments[i];
+        // Known, and what the translation read (a name twice is not one push's).
+        if r.type_url != ENDPOINT_TYPE
+            || old.name != r.name
+            || replaced.iter().any(|(j, _)| *j == i)
+        {
+            return None;
         }
+        let new = memo.assignment(r, old)?;
+        if !Arc::ptr_eq(&new, old) {
+            replaced.push((i, new));
+        }
+    }
+    let pairs: Vec<_> = replaced
+        .iter()
+        .map(|(i, new)| (&l.assignments[*i], new))
+        .collect();
+    let snapshot = patch_services(l, memo, &pairs, options)?;
+    // What was read: the changed assignments only.
+    (memo.built, memo.reused) = (replaced.len(), changed.len() - replaced.len());
+    (memo.listener.built, memo.listener.reused) = (0, 0);
+    for (i, new) in replaced {
+        l.assignments[i] = new;
+    }
+    memo.forget_unused_labels();
+    let others = (l.others, l.rest);
+    Some(l.patched_to(snapshot, others))
+}
+
+/// The published snapshot with the services fed by the `changed` assignments (old, new) built
+/// again, when the patch gives what a full translation would (`None` otherwise); the services'
+/// memo then describes it.
+fn patch_services(
+    l: &Last,
+    memo: &mut Memo,
+    changed: &[(&Arc<AssignmentPiece>, &Arc<AssignmentPiece>)],
+    options: &TranslateOptions,
+) -> Option<Snapshot> {
+    let live = l.published.as_ref()?;
+    if !l.same_options(options) {
+        return None;
+    }
+    for (old, new) in changed {
         if new.name != old.name || new.diag != old.diag || l.irregular.contains(&new.name) {
             return None;
         }
-        changed.push((old, new));
     }
     // The services they feed: each assignment's own cluster's.
     let mut hosts: BTreeMap<&str, Vec<&Arc<AssignmentPiece>>> = BTreeMap::new();
-    for (_, new) in &changed {
+    for (_, new) in changed {
         let cluster = memo.cluster(&new.name)?;
         let ClusterRole::Service {
             cluster: sc,
@@ -247,7 +316,7 @@ pub(crate) fn patch(
             },
         );
     }
-    Some(l.patched_to(snapshot, decoded, (others, l.rest)))
+    Some(snapshot)
 }
 
 /// Service `r` built again with its assignments in `news` replaced, as a full translation

@@ -134,7 +134,7 @@ pub(crate) fn patch(
     if let Some(m) = &mut services.main {
         m.main = main;
     }
-    Some(l.patched_to(snapshot, decoded, digests))
+    Some(l.patched_to(snapshot, digests))
 }
 
 /// A chain's authorization that restricts nothing (no policy, token or external check).
