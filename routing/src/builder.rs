@@ -9,6 +9,7 @@ use crate::hosts::kube_aliases;
 use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
 use crate::policy::{ClusterPolicy, TrafficPolicy};
+use crate::shards::Shards;
 use crate::snapshot::{PortClusters, PortMap, RouteEntry, Snapshot, TcpRouteEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -252,16 +253,16 @@ impl SnapshotBuilder {
         // A waypoint uses the first VirtualService with HTTP routes for a service
         // (istiod, pilot/pkg/networking/core/listener_waypoint.go:
         // buildWaypointInboundHTTPRouteConfig); routes are never merged across them.
-        let mut routes: HashMap<Arc<str>, Arc<[RouteEntry]>> = HashMap::new();
+        let mut routes: Shards<Arc<str>, Arc<[RouteEntry]>> = Shards::default();
         for vs in self
             .virtual_services
             .iter()
             .filter(|vs| !vs.http.is_empty())
         {
             for host in &vs.hosts {
-                routes
-                    .entry(Arc::from(host.as_str()))
-                    .or_insert_with(|| crate::snapshot::route_table(vs));
+                if !routes.contains_key(host.as_str()) {
+                    routes.insert(Arc::from(host.as_str()), crate::snapshot::route_table(vs));
+                }
             }
         }
         // TCP routes: every VirtualService naming the service, in precedence
@@ -284,14 +285,18 @@ impl SnapshotBuilder {
         for dr in &self.destination_rules {
             rules.entry(dr.host.as_str()).or_insert(dr);
         }
-        let mut clusters = HashMap::with_capacity(services.len());
-        for ((service, endpoints), built) in services.iter().zip(&service_endpoints).zip(prebuilt) {
-            let per_port = built.unwrap_or_else(|| {
-                let dr = rules.get(service.hostname.as_str()).copied();
-                Arc::new(service_clusters(service, endpoints, dr, now))
-            });
-            clusters.insert(Arc::from(service.hostname.as_str()), per_port);
-        }
+        let clusters: Shards<Arc<str>, Arc<PortMap>> = services
+            .iter()
+            .zip(&service_endpoints)
+            .zip(prebuilt)
+            .map(|((service, endpoints), built)| {
+                let per_port = built.unwrap_or_else(|| {
+                    let dr = rules.get(service.hostname.as_str()).copied();
+                    Arc::new(service_clusters(service, endpoints, dr, now))
+                });
+                (Arc::from(service.hostname.as_str()), per_port)
+            })
+            .collect();
         drop(rules);
         // Kept for explain and the config dump as long as the snapshot: without the spare
         // capacity the front-ends' pushes left (an `http` list of one route had room for four).
@@ -569,7 +574,7 @@ mod tests {
         let ip = eps[0].address;
         assert!(Arc::ptr_eq(&snap.workloads[&ip].0, &eps[0]));
         assert!(Arc::ptr_eq(&snap.known_workloads[&ip], &eps[0]));
-        assert!(Arc::ptr_eq(&snap.by_pod_ip[&ip][0].1, &eps[0]));
+        assert!(Arc::ptr_eq(&snap.by_pod_ip.get(&ip).unwrap()[0].1, &eps[0]));
     }
 
     #[test]

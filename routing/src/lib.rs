@@ -20,6 +20,7 @@ pub mod path;
 mod policy;
 mod pool;
 pub mod runtime;
+mod shards;
 mod snapshot;
 mod spiffe;
 mod tcp;

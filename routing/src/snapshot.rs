@@ -8,6 +8,7 @@ use crate::model::{
     VirtualService,
 };
 use crate::runtime::Registry;
+use crate::shards::Shards;
 use crate::tcp::{TcpConnection, TcpRoute};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -108,9 +109,9 @@ pub struct Snapshot {
     /// FQDNs and aliases → service index.
     pub(crate) by_host: Arc<HashMap<String, usize>>,
     pub(crate) by_vip: Arc<HashMap<SocketAddr, (usize, usize)>>,
-    pub(crate) by_pod_ip: HashMap<IpAddr, PodServices>,
+    pub(crate) by_pod_ip: Shards<IpAddr, PodServices>,
     /// Service FQDN → routes of all its VirtualServices, in load order.
-    pub(crate) routes: HashMap<Arc<str>, Arc<[RouteEntry]>>,
+    pub(crate) routes: Shards<Arc<str>, Arc<[RouteEntry]>>,
     /// Service FQDN → `tcp` routes of every VirtualService naming it, in
     /// precedence order.
     pub(crate) tcp_routes: Arc<HashMap<String, Vec<TcpRouteEntry>>>,
@@ -119,7 +120,7 @@ pub struct Snapshot {
     pub(crate) destination_rules: Arc<Vec<Arc<DestinationRule>>>,
     /// Per service, its ports' clusters; shared with the next snapshot when the service did not
     /// change (see [`Snapshot::carry_over_state`]).
-    pub(crate) clusters: HashMap<Arc<str>, Arc<PortMap>>,
+    pub(crate) clusters: Shards<Arc<str>, Arc<PortMap>>,
     pub(crate) warnings: Arc<Vec<String>>,
     pub(crate) authorization: Arc<crate::authz::Authorization>,
     /// Path handling for pod-addressed requests; `None` = the process default.
@@ -413,7 +414,7 @@ impl Snapshot {
     /// (and must have the same name) and adopts its state: O(its endpoints and the previous
     /// cluster's).
     pub fn carry_over_state(&mut self, previous: &Snapshot) {
-        for ports in self.clusters.values_mut().filter_map(Arc::get_mut) {
+        for ports in self.clusters.unshared_values_mut().filter_map(Arc::get_mut) {
             for pc in ports.values_mut() {
                 for c in std::iter::once(&mut pc.all).chain(pc.subsets.iter_mut()) {
                     let prev = previous

@@ -119,7 +119,7 @@ fn exact_regex_headers_query_method() {
 }
 
 fn first(s: &Snapshot) -> &crate::HttpRoute {
-    &s.routes["web.default.svc.cluster.local"][0].route
+    &s.routes.get("web.default.svc.cluster.local").unwrap()[0].route
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn parents_and_precedence() {
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api-vs}\nspec:\n  hosts: [api.default.svc.cluster.local]\n  http:\n  - route: [{destination: {host: web.default.svc.cluster.local}}]\n";
     let s = try_load(&[doc, vs]).unwrap();
     assert_eq!(
-        s.routes["api.default.svc.cluster.local"][0].virtual_service,
+        s.routes.get("api.default.svc.cluster.local").unwrap()[0].virtual_service,
         "default/api-vs"
     );
     assert!(

@@ -9,9 +9,11 @@ const SERVICES: usize = 8000;
 /// The largest peak RSS, in KiB, the test binary's `waypoint run` (a debug build, jemalloc) may
 /// reach by the time it is ready with the file loaded. Measured on this file: 122.8–123.6 MiB
 /// before the snapshot's per-port clusters were boxed and the parsed entries moved into it,
-/// 99.6–101.6 MiB after (a release build's load alone: 69 → 58 MiB, docs/benchmarks.md). The
-/// bound sits between the two.
-const MAX_PEAK_KIB: i64 = 112 * 1024;
+/// 99.6–101.6 MiB after (a release build's load alone: 69 → 58 MiB, docs/benchmarks.md). By
+/// 2026-12-06 the same run measured 112.3–113.4 MiB on the CI machine type (over the earlier
+/// bound of 112 MiB), and 112.7–117.9 MiB with the snapshot's tables in shards (five runs):
+/// the bound sits under the pre-boxing figure, above the noise of today's.
+const MAX_PEAK_KIB: i64 = 120 * 1024;
 
 /// ServiceEntry `i` as `config_bench` writes it: a VIP, an HTTP port, two inline endpoints.
 fn service_entry(i: usize) -> String {
