@@ -32,6 +32,7 @@ use xds_client::{type_url, Applied, Handler, Rejection, ResourceState, Subscript
 use crate::telemetry::status::Status;
 
 mod dump;
+mod endpoints;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -75,6 +76,8 @@ pub struct XdsHandler {
     /// What the state deferred last (see [`XdsHandler::defer`]) subscribes to, while the sink
     /// holds it.
     deferred: Option<routing::xds::Subscriptions>,
+    /// Set while the next EDS push may be translated from its assignments alone.
+    eds_base: Option<endpoints::EdsBase>,
 }
 
 /// What [`XdsHandler::rebuild`] guards.
@@ -104,6 +107,7 @@ impl XdsHandler {
             dns,
             rebuild: Arc::new(Mutex::new(Latest::default())),
             deferred: None,
+            eds_base: None,
         }
     }
 
@@ -320,6 +324,10 @@ impl Handler for XdsHandler {
             latest.translator.published(&live);
         }
         self.options.dns = self.dns.answers();
+        if let Some(applied) = self.eds_push(update, &mut latest) {
+            return Ok(applied);
+        }
+        self.eds_base = None;
         if let Some(applied) = self.defer(update, &mut latest.translator) {
             return Ok(applied);
         }
@@ -329,6 +337,7 @@ impl Handler for XdsHandler {
             Err(rejections) => return Err(self.reject(rejections)),
         };
         let reuse = latest.translator.reuse();
+        let refused_any = !refused.is_empty();
         // The NACKs name the resources of these responses' types (each response its own); one
         // of another type set aside again (still broken since its own response was NACKed, or
         // broken by this one's content) is logged, and its last good version keeps serving.
@@ -388,6 +397,13 @@ impl Handler for XdsHandler {
         latest.state = Some(self.last_good.clone());
         self.status.set_xds_resources(self.last_good.clone());
         self.published = true;
+        self.remember_eds_base(
+            &latest.translator,
+            state,
+            needed,
+            &subscriptions,
+            refused_any,
+        );
         Ok(applied(subscriptions))
     }
 }
