@@ -102,6 +102,25 @@ impl Translator {
         Some(t)
     }
 
+    /// A route push (a VirtualService edit: istiod sends `main_internal` again) translated from
+    /// that listener alone, without reading the rest of the state: `changed` is the new
+    /// `main_internal`, in place of the one the last [`translate`](Self::translate) (or a
+    /// patch) translated, and the result is what `translate` gives for that whole state
+    /// (property-tested). The caller vouches that nothing else changed. The listener's chains
+    /// are still read (found by digest), but not the clusters and assignments.
+    ///
+    /// `None` when it cannot be done so (as [`translate_assignments`](Self::translate_assignments),
+    /// or more than service chains' routes changed): translate the whole state instead.
+    pub fn translate_listener(
+        &mut self,
+        changed: &[Encoded<'_>],
+        options: &TranslateOptions,
+    ) -> Option<Translation> {
+        let t = routes::patch_listener(&mut self.last, &mut self.memo, changed, options)?;
+        self.translations += 1;
+        Some(t)
+    }
+
     /// How many translations [`translate`](Self::translate) and
     /// [`translate_assignments`](Self::translate_assignments) made (or tried): a caller that
     /// shares the translator tells by it whether the last one was its own.

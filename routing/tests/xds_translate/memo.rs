@@ -328,6 +328,11 @@ proptest! {
                     let at = state.keys().position(|k| k == key).unwrap();
                     translator.translate_assignments(&encoded[at..=at], &TranslateOptions::default())
                 }
+                // `main_internal` changed: read alone when the translator can.
+                Some(Step::Upsert { key, .. }) if pool.versions[*key].0 == (LISTENER_TYPE, "main_internal".to_string()) && had.contains(key) => {
+                    let at = state.keys().position(|k| k == key).unwrap();
+                    translator.translate_listener(&encoded[at..=at], &TranslateOptions::default())
+                }
                 _ => None,
             };
             let translated = match alone {

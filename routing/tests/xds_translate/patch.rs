@@ -314,9 +314,14 @@ mod sequences {
                     .collect();
                 // An assignment changed: read alone when the translator can, as the waypoint
                 // does for an EDS push of known assignments.
-                let alone = (all[k].0 == routing::xds::ENDPOINT_TYPE)
-                    .then(|| translator.translate_assignments(&encoded[k..=k], &Default::default()))
-                    .flatten();
+                // The same for `main_internal`, read alone as the waypoint does for a route push.
+                let alone = if all[k].0 == routing::xds::ENDPOINT_TYPE {
+                    translator.translate_assignments(&encoded[k..=k], &Default::default())
+                } else if k == main {
+                    translator.translate_listener(&encoded[k..=k], &Default::default())
+                } else {
+                    None
+                };
                 let mut t = match alone {
                     Some(t) => t,
                     None => translator.translate(&encoded, &Default::default()).unwrap(),

@@ -25,10 +25,15 @@ pub(crate) struct Last {
     patched: bool,
     trust_domain: String,
     dns: crate::dns::DnsAnswers,
-    /// [`others_digest`] of its resources: all but clusters and assignments, and all but those
-    /// and the `main_internal` listener.
-    others: u128,
-    rest: u128,
+    /// [`others_digest`] of its resources: all but clusters and assignments (`None` after a
+    /// patch that read `main_internal` alone), and all but those and the `main_internal`
+    /// listener.
+    others: Option<u128>,
+    pub(super) rest: u128,
+    /// Its listeners but `main_internal` (`None` in its place), and its route configurations:
+    /// what a route push read alone reads with the new `main_internal`.
+    pub(super) listeners: Vec<Option<ShallowListener>>,
+    pub(super) route_configurations: Vec<RouteConfiguration>,
     clusters: Vec<Arc<ClusterPiece>>,
     assignments: Vec<Arc<AssignmentPiece>>,
     /// Where each assignment is in `assignments`, by [`name_key`].
@@ -100,8 +105,14 @@ impl Last {
             patched: false,
             trust_domain: options.trust_domain.clone(),
             dns: options.dns.clone(),
-            others,
+            others: Some(others),
             rest,
+            listeners: decoded
+                .listeners
+                .into_iter()
+                .map(|l| (l.name != listener::MAIN_INTERNAL).then_some(l))
+                .collect(),
+            route_configurations: decoded.resources.routes,
             clusters: decoded.clusters,
             assignments: decoded.assignments,
             at,
@@ -137,7 +148,12 @@ impl Last {
             && same_pieces(&decoded.assignments, &self.assignments)
     }
 
-    fn same_options(&self, options: &TranslateOptions) -> bool {
+    /// Its clusters' pieces.
+    pub(super) fn clusters(&self) -> &[Arc<ClusterPiece>] {
+        &self.clusters
+    }
+
+    pub(super) fn same_options(&self, options: &TranslateOptions) -> bool {
         options.identities.is_empty()
             && options.trust_domain == self.trust_domain
             && options.dns == self.dns
@@ -149,7 +165,7 @@ impl Last {
     pub(super) fn patched_to(
         &mut self,
         snapshot: Snapshot,
-        (others, rest): (u128, u128),
+        (others, rest): (Option<u128>, u128),
     ) -> Translation {
         self.version = snapshot.version();
         (self.others, self.rest) = (others, rest);
@@ -180,7 +196,7 @@ pub(crate) fn patch(
     options: &TranslateOptions,
 ) -> Option<Translation> {
     let l = last.as_mut()?;
-    if others != l.others
+    if Some(others) != l.others
         || !same_pieces(&decoded.clusters, &l.clusters)
         || decoded.assignments.len() != l.assignments.len()
     {
@@ -197,7 +213,7 @@ pub(crate) fn patch(
     let snapshot = patch_services(l, memo, &changed, options)?;
     l.assignments.clone_from(&decoded.assignments);
     let rest = l.rest;
-    Some(l.patched_to(snapshot, (others, rest)))
+    Some(l.patched_to(snapshot, (Some(others), rest)))
 }
 
 /// An EDS push read from the assignments it changed alone (see

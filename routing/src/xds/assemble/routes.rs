@@ -11,7 +11,7 @@
 use super::eds::Last;
 use super::*;
 use crate::xds::pieces::{Decoded, Memo};
-use crate::xds::Warning;
+use crate::xds::{Encoded, Warning};
 
 /// A service chain as the published snapshot has it, and as the push has it.
 type Swap<'a> = (&'a Arc<ChainPiece>, &'a Arc<ChainPiece>);
@@ -36,23 +36,73 @@ pub(crate) fn patch(
     options: &TranslateOptions,
 ) -> Option<Translation> {
     let l = last.as_mut()?;
-    let live = l.published.clone()?;
     if !l.same_inputs_but_listener(decoded, digests.1, options) {
         return None;
     }
+    let snapshot = patch_listeners(l, memo, &decoded.listeners, &decoded.resources.routes)?;
+    Some(l.patched_to(snapshot, (Some(digests.0), digests.1)))
+}
+
+/// A route push read from the new `main_internal` alone (see
+/// [`Translator::translate_listener`](crate::xds::Translator::translate_listener)): the last
+/// translation's state with `changed`, that one listener, in place of its own. `None` when that
+/// cannot be patched (translate the whole state instead).
+pub(crate) fn patch_listener(
+    last: &mut Option<Last>,
+    memo: &mut Memo,
+    changed: &[Encoded<'_>],
+    options: &TranslateOptions,
+) -> Option<Translation> {
+    let l = last.as_mut()?;
+    let [main] = changed else {
+        return None;
+    };
+    if main.type_url != LISTENER_TYPE || main.name != listener::MAIN_INTERNAL {
+        return None;
+    }
+    let main = listener::ShallowListener::from_slice(main.value).ok()?;
+    // Its place among the last translation's listeners (there once).
+    if main.name != listener::MAIN_INTERNAL
+        || l.listeners.iter().filter(|x| x.is_none()).count() != 1
+    {
+        return None;
+    }
+    let listeners: Vec<_> = l
+        .listeners
+        .iter()
+        .map(|x| x.clone().unwrap_or_else(|| main.clone()))
+        .collect();
+    if !l.same_options(options) {
+        return None;
+    }
+    let snapshot = patch_listeners(l, memo, &listeners, &l.route_configurations)?;
+    // No cluster or assignment was read.
+    (memo.reused, memo.built) = (0, 0);
+    // What the digest of every resource but clusters and assignments would be is not known
+    // without the others' bytes: the next full pass translates rather than patches.
+    let rest = l.rest;
+    Some(l.patched_to(snapshot, (None, rest)))
+}
+
+/// The published snapshot with the route tables of the services whose chains changed in
+/// `listeners` (the last translation's clusters and assignments, `routes` its route
+/// configurations), when only their routes changed; the services' memo then describes it.
+fn patch_listeners(
+    l: &Last,
+    memo: &mut Memo,
+    listeners: &[listener::ShallowListener],
+    routes: &[RouteConfiguration],
+) -> Option<Snapshot> {
+    let live = l.published.clone()?;
     let old = memo.services.main.as_ref()?;
     // The listeners read again: chains found by digest, the changed ones decoded.
-    let rcs: BTreeMap<&str, &RouteConfiguration> = decoded
-        .resources
-        .routes
-        .iter()
-        .map(|r| (r.name.as_str(), r))
-        .collect();
-    let known: ClusterNames<'_> = decoded.clusters.iter().map(|c| c.name.as_str()).collect();
+    let rcs: BTreeMap<&str, &RouteConfiguration> =
+        routes.iter().map(|r| (r.name.as_str(), r)).collect();
+    let known: ClusterNames<'_> = l.clusters().iter().map(|c| c.name.as_str()).collect();
     let mut rds = BTreeSet::new();
     let mut diag = Diag::default();
     let main = listener::translate(
-        &decoded.listeners,
+        listeners,
         &rcs,
         &known,
         // The clusters are the last translation's (`same_inputs_but_listener`), and so are the
@@ -134,7 +184,7 @@ pub(crate) fn patch(
     if let Some(m) = &mut services.main {
         m.main = main;
     }
-    Some(l.patched_to(snapshot, digests))
+    Some(snapshot)
 }
 
 /// A chain's authorization that restricts nothing (no policy, token or external check).
