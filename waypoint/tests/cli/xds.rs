@@ -161,6 +161,18 @@ pub(crate) fn serve(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, S
     versions
 }
 
+/// Serve `doc`'s `main_internal` listener only, as istiod's push of a route change.
+fn serve_listener(server: &AdsServer, doc: &Value) -> BTreeMap<&'static str, String> {
+    let res = routing::xds::json::load_resources(&doc.to_string()).unwrap();
+    let l = res
+        .listeners
+        .iter()
+        .find(|l| l.name == "main_internal")
+        .unwrap();
+    let version = server.set(type_url::LISTENER, &l.name, any(l));
+    BTreeMap::from([(type_url::LISTENER, version)])
+}
+
 /// Serve `doc`'s assignment `name` only, as istiod's incremental EDS push of one service's
 /// endpoint change.
 fn serve_endpoints(server: &AdsServer, doc: &Value, name: &str) -> BTreeMap<&'static str, String> {
@@ -280,7 +292,8 @@ async fn xds_mode_follows_istiod_pushes() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     set_weights(&mut doc, 50, 50);
-    let pushed = serve(&server, &doc);
+    // As istiod pushes a VirtualService edit: `main_internal` again, nothing else.
+    let pushed = serve_listener(&server, &doc);
     wait_ack(&server, &pushed).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
@@ -514,6 +527,13 @@ async fn xds_mode_follows_istiod_pushes() {
             .map(strip_ansi)
             .any(|l| l.contains("xDS endpoints patched") && l.contains("assignments=")),
         "an EDS push was translated from its assignments alone:\n{logs}"
+    );
+    // The 50/50 push (`main_internal` only) was read from that listener alone.
+    assert!(
+        logs.lines()
+            .map(strip_ansi)
+            .any(|l| l.contains("xDS routes patched")),
+        "a route push was translated from main_internal alone:\n{logs}"
     );
     for what in ["main_internal: route reviews-split", "maglev table_size 0"] {
         let lines = logs

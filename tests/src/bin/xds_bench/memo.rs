@@ -5,7 +5,7 @@ use super::translation::{median, ms};
 use super::*;
 
 /// The translator's steps [`TranslateRow::memo`] times.
-pub(super) const MEMO_STEPS: usize = 7;
+pub(super) const MEMO_STEPS: usize = 8;
 
 /// A service that is not in the baseline, encoded: the steps of its arrival.
 pub(super) struct NewService {
@@ -17,7 +17,9 @@ pub(super) struct NewService {
 
 /// Medians of [`TranslateRow::memo`]'s translations, `runs` times each: with nothing to reuse,
 /// the same state, one assignment changed, then `reweighted` in place of `main_internal` (one
-/// route's weights changed), then `new`'s clusters, assignments and listener added in turn.
+/// route's weights changed), then `new`'s clusters, assignments and listener added in turn; and
+/// last, the EDS push read alone (`translate_assignments`, as the waypoint does for an EDS push
+/// of known assignments) after the first state.
 /// With `repeat` > 0, then `repeat` EDS pushes and as many route changes, each mean printed.
 pub(super) fn measure_memo(
     anys: &[Any],
@@ -77,7 +79,7 @@ pub(super) fn measure_memo(
     eds.extend(added(&new.assignments));
     let mut lds = eds.clone();
     lds[main].value = &new.main.value;
-    let steps: [&Vec<Encoded<'_>>; MEMO_STEPS] =
+    let steps: [&Vec<Encoded<'_>>; MEMO_STEPS - 1] =
         [&before, &before, &after, &route, &cds, &eds, &lds];
     let mut times: [Vec<Duration>; MEMO_STEPS] = Default::default();
     for _ in 0..runs {
@@ -85,6 +87,9 @@ pub(super) fn measure_memo(
         for (slot, input) in steps.into_iter().enumerate() {
             times[slot].push(publisher.publish(input)?);
         }
+        let mut alone = Publisher::new(options);
+        alone.publish(&before)?;
+        times[MEMO_STEPS - 1].push(alone.publish_alone(&after[i..=i])?);
     }
     if repeat > 0 {
         let cycles: [(&str, &[&Vec<Encoded<'_>>]); 3] = [
@@ -140,6 +145,24 @@ impl<'o> Publisher<'o> {
             .translator
             .translate(input, self.options)
             .map_err(rejections)?
+            .snapshot;
+        snapshot.carry_over_state(&self.live);
+        let snapshot = Arc::new(snapshot);
+        self.translator.published(&snapshot);
+        let took = t.elapsed();
+        drop(std::mem::replace(&mut self.live, snapshot));
+        Ok(took)
+    }
+}
+
+impl Publisher<'_> {
+    /// Translate and publish the last state with `changed` assignments in place (read alone).
+    fn publish_alone(&mut self, changed: &[routing::xds::Encoded<'_>]) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut snapshot = self
+            .translator
+            .translate_assignments(changed, self.options)
+            .context("the EDS push could not be read alone")?
             .snapshot;
         snapshot.carry_over_state(&self.live);
         let snapshot = Arc::new(snapshot);

@@ -456,14 +456,15 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
     }
     println!();
     println!(
-        "xds::Translator (what the waypoint runs; from the encoded resources, decode and carry-over included):"
+        "xds::Translator (what the waypoint runs; from the encoded resources, decode and carry-over included; alone: the EDS push read from its one assignment):"
     );
     println!(
-        "{:>6} {:>11} {:>9} {:>9} {:>10} {:>13} {:>13} {:>13} {:>10}",
+        "{:>6} {:>11} {:>9} {:>9} {:>10} {:>10} {:>13} {:>13} {:>13} {:>10}",
         "N",
         "nothing ms",
         "same ms",
         "1 EDS ms",
+        "alone ms",
         "1 route ms",
         "new svc: CDS",
         "+ EDS ms",
@@ -472,11 +473,12 @@ pub(super) fn print_translation(rows: &[TranslateRow], endpoints: usize) {
     );
     for r in rows {
         println!(
-            "{:>6} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>13.1} {:>13.1} {:>13.1} {:>10.2}",
+            "{:>6} {:>11.1} {:>9.1} {:>9.1} {:>10.2} {:>10.1} {:>13.1} {:>13.1} {:>13.1} {:>10.2}",
             r.n,
             ms(r.memo[0]),
             ms(r.memo[1]),
             ms(r.memo[2]),
+            ms(r.memo[7]),
             ms(r.memo[3]),
             ms(r.memo[4]),
             ms(r.memo[5]),

@@ -1,7 +1,10 @@
 //! An EDS push of assignments the last published state had, translated from those assignments
 //! alone ([`Translator::translate_assignments`]): at thousands of services, a push of one pod's
 //! change costs what changed, not the size of the mesh. No walk over every resource, no
-//! subscription sets built again, nothing the client has to compare name by name.
+//! subscription sets built again, nothing the client has to compare name by name. A route push
+//! (istiod sends `main_internal` again for a VirtualService edit) is read the same way from that
+//! listener alone ([`Translator::translate_listener`]): its chains are still read, the clusters
+//! and assignments are not.
 
 use super::{Latest, XdsHandler};
 use routing::xds::{Encoded, Translator};
@@ -9,11 +12,11 @@ use std::collections::BTreeSet;
 use tracing::info;
 use xds_client::{type_url, Applied, ResourceState, Subscriptions, Update};
 
-/// What lets the next EDS push be read alone: the handler's last published state, translated
+/// What lets the next EDS or route push be read alone: the handler's last published state, translated
 /// whole or patched, with nothing refused, holding only what it subscribes to (so the client
 /// keeps it as it is), and the translator's last translation (a DNS rebuild or a deferred
 /// state's warm timeout translates on the same translator and ends it).
-pub(super) struct EdsBase {
+pub(super) struct AloneBase {
     /// [`Translator::translations`] after it.
     translations: u64,
     /// What the handler handed back for it: handed back again, shared.
@@ -22,8 +25,8 @@ pub(super) struct EdsBase {
 
 impl XdsHandler {
     /// After a state translated whole was published (`refused_any`: something was set aside),
-    /// whether the next EDS push may be read alone.
-    pub(super) fn remember_eds_base(
+    /// whether the next EDS or route push may be read alone.
+    pub(super) fn remember_alone_base(
         &mut self,
         translator: &Translator,
         state: &ResourceState,
@@ -36,28 +39,34 @@ impl XdsHandler {
         };
         let exact = held_only(type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints)
             && held_only(type_url::ROUTE_CONFIGURATION, &needed.routes);
-        self.eds_base = (!refused_any && exact).then(|| EdsBase {
+        self.alone_base = (!refused_any && exact).then(|| AloneBase {
             translations: translator.translations(),
             subscriptions: subscriptions.clone(),
         });
     }
 
-    /// `update` translated from the assignments it changed alone, when it is an EDS push of
-    /// assignments the last published state had, and that state is still the translator's
-    /// ([`EdsBase`]). `None`: translate the state whole.
-    pub(super) fn eds_push(&mut self, update: &Update<'_>, latest: &mut Latest) -> Option<Applied> {
+    /// `update` translated from what it changed alone, when it is an EDS push of assignments the
+    /// last published state had, or a route push (`main_internal` again, nothing else), and that
+    /// state is still the translator's ([`AloneBase`]). `None`: translate the state whole.
+    pub(super) fn push_alone(
+        &mut self,
+        update: &Update<'_>,
+        latest: &mut Latest,
+    ) -> Option<Applied> {
         const EDS: &str = type_url::CLUSTER_LOAD_ASSIGNMENT;
-        let base = self.eds_base.as_mut()?;
+        const LDS: &str = type_url::LISTENER;
+        let base = self.alone_base.as_mut()?;
         if latest.translator.translations() != base.translations || self.deferred.is_some() {
             return None;
         }
+        let kind = update.changes.first()?.type_url.as_str();
         let mut names = BTreeSet::new();
         for c in update.changes {
-            if c.type_url != EDS || !c.removed.is_empty() {
+            if c.type_url != kind || !c.removed.is_empty() {
                 return None;
             }
             for name in &c.updated {
-                self.last_good.get(EDS, name)?;
+                self.last_good.get(kind, name)?;
                 names.insert(name.as_str());
             }
         }
@@ -65,17 +74,23 @@ impl XdsHandler {
         let changed: Vec<Encoded<'_>> = names
             .iter()
             .map(|name| {
-                let r = state.get(EDS, name)?;
+                let r = state.get(kind, name)?;
                 Some(Encoded {
-                    type_url: EDS,
+                    type_url: if kind == EDS { EDS } else { LDS },
                     name: &r.name,
                     value: &r.value.value,
                 })
             })
             .collect::<Option<_>>()?;
-        let translation = latest
-            .translator
-            .translate_assignments(&changed, &self.options)?;
+        let translation = match kind {
+            EDS => latest
+                .translator
+                .translate_assignments(&changed, &self.options)?,
+            LDS => latest
+                .translator
+                .translate_listener(&changed, &self.options)?,
+            _ => return None,
+        };
         base.translations = latest.translator.translations();
         let subscriptions = base.subscriptions.clone();
         self.last_good = state.clone();
@@ -83,13 +98,21 @@ impl XdsHandler {
         self.status.set_xds_resources(self.last_good.clone());
         let snapshot = translation.snapshot;
         let reuse = latest.translator.reuse();
-        info!(
-            version = snapshot.version(),
-            assignments = changed.len(),
-            services_rebuilt = reuse.services_built,
-            clusters_shared = reuse.clusters_shared,
-            "xDS endpoints patched"
-        );
+        if kind == EDS {
+            info!(
+                version = snapshot.version(),
+                assignments = changed.len(),
+                services_rebuilt = reuse.services_built,
+                clusters_shared = reuse.clusters_shared,
+                "xDS endpoints patched"
+            );
+        } else {
+            info!(
+                version = snapshot.version(),
+                chains_rebuilt = reuse.built,
+                "xDS routes patched"
+            );
+        }
         self.sink.offer(snapshot);
         Some(subscriptions.into())
     }

@@ -31,8 +31,8 @@ use xds_client::{type_url, Applied, Handler, Rejection, ResourceState, Subscript
 
 use crate::telemetry::status::Status;
 
+mod alone;
 mod dump;
-mod endpoints;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -76,8 +76,8 @@ pub struct XdsHandler {
     /// What the state deferred last (see [`XdsHandler::defer`]) subscribes to, while the sink
     /// holds it.
     deferred: Option<routing::xds::Subscriptions>,
-    /// Set while the next EDS push may be translated from its assignments alone.
-    eds_base: Option<endpoints::EdsBase>,
+    /// Set while the next EDS or route push may be translated from what it changed alone.
+    alone_base: Option<alone::AloneBase>,
 }
 
 /// What [`XdsHandler::rebuild`] guards.
@@ -107,7 +107,7 @@ impl XdsHandler {
             dns,
             rebuild: Arc::new(Mutex::new(Latest::default())),
             deferred: None,
-            eds_base: None,
+            alone_base: None,
         }
     }
 
@@ -324,10 +324,10 @@ impl Handler for XdsHandler {
             latest.translator.published(&live);
         }
         self.options.dns = self.dns.answers();
-        if let Some(applied) = self.eds_push(update, &mut latest) {
+        if let Some(applied) = self.push_alone(update, &mut latest) {
             return Ok(applied);
         }
-        self.eds_base = None;
+        self.alone_base = None;
         if let Some(applied) = self.defer(update, &mut latest.translator) {
             return Ok(applied);
         }
@@ -397,7 +397,7 @@ impl Handler for XdsHandler {
         latest.state = Some(self.last_good.clone());
         self.status.set_xds_resources(self.last_good.clone());
         self.published = true;
-        self.remember_eds_base(
+        self.remember_alone_base(
             &latest.translator,
             state,
             needed,
