@@ -97,22 +97,22 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
             .cloned()
             .collect()
     };
-    let encoded =
-        |wire: &[(&'static str, String, Vec<u8>)]| -> Vec<(&'static str, String, Vec<u8>)> {
-            wire.to_vec()
-        };
-    let alone = encoded(&changed(&fewer));
+    let view = |wire: &[(&'static str, String, Vec<u8>)]| -> Vec<(&'static str, String, Vec<u8>)> {
+        wire.to_vec()
+    };
+    fn encoded<'a>(list: &'a [(&'static str, String, Vec<u8>)]) -> Vec<routing::xds::Encoded<'a>> {
+        list.iter()
+            .map(|(t, n, b)| routing::xds::Encoded {
+                type_url: t,
+                name: n,
+                value: b,
+            })
+            .collect()
+    }
+    let alone = view(&changed(&fewer));
     assert!(alone.len() > 1, "reviews' assignment and its subsets'");
-    let view: Vec<routing::xds::Encoded<'_>> = alone
-        .iter()
-        .map(|(t, n, b)| routing::xds::Encoded {
-            type_url: t,
-            name: n,
-            value: b,
-        })
-        .collect();
     let mut t = translator
-        .translate_assignments(&view, &TranslateOptions::default())
+        .translate_assignments(&encoded(&alone), &TranslateOptions::default())
         .expect("known assignments of a published translation");
     let reuse = translator.reuse();
     assert!(reuse.patched, "{reuse:?}");
@@ -135,15 +135,8 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
     assert!(second.endpoint_by_ip(gone.ip()).is_none());
 
     // Back, alone again: from the second (patched) snapshot.
-    let back = encoded(&changed(&full));
-    let view: Vec<routing::xds::Encoded<'_>> = back
-        .iter()
-        .map(|(t, n, b)| routing::xds::Encoded {
-            type_url: t,
-            name: n,
-            value: b,
-        })
-        .collect();
+    let back = changed(&full);
+    let view = encoded(&back);
     let third = translator
         .translate_assignments(&view, &TranslateOptions::default())
         .expect("a patch of a patch");

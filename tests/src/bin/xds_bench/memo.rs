@@ -140,30 +140,30 @@ impl<'o> Publisher<'o> {
     /// Translate and publish `input`: how long that took (the replaced snapshot is freed after
     /// the clock stops, as the waypoint frees it off the config thread).
     fn publish(&mut self, input: &[routing::xds::Encoded<'_>]) -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        let mut snapshot = self
-            .translator
-            .translate(input, self.options)
-            .map_err(rejections)?
-            .snapshot;
-        snapshot.carry_over_state(&self.live);
-        let snapshot = Arc::new(snapshot);
-        self.translator.published(&snapshot);
-        let took = t.elapsed();
-        drop(std::mem::replace(&mut self.live, snapshot));
-        Ok(took)
+        self.publish_by(|translator, options| {
+            translator.translate(input, options).map_err(rejections)
+        })
     }
-}
 
-impl Publisher<'_> {
     /// Translate and publish the last state with `changed` assignments in place (read alone).
     fn publish_alone(&mut self, changed: &[routing::xds::Encoded<'_>]) -> anyhow::Result<Duration> {
+        self.publish_by(|translator, options| {
+            translator
+                .translate_assignments(changed, options)
+                .context("the EDS push could not be read alone")
+        })
+    }
+
+    /// Publish what `translate` gives, timed with it.
+    fn publish_by(
+        &mut self,
+        translate: impl FnOnce(
+            &mut routing::xds::Translator,
+            &TranslateOptions,
+        ) -> anyhow::Result<routing::xds::Translation>,
+    ) -> anyhow::Result<Duration> {
         let t = Instant::now();
-        let mut snapshot = self
-            .translator
-            .translate_assignments(changed, self.options)
-            .context("the EDS push could not be read alone")?
-            .snapshot;
+        let mut snapshot = translate(&mut self.translator, self.options)?.snapshot;
         snapshot.carry_over_state(&self.live);
         let snapshot = Arc::new(snapshot);
         self.translator.published(&snapshot);
