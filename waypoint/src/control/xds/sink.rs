@@ -63,6 +63,9 @@ enum SinkState {
     Waiting,
     Held(Box<Snapshot>),
     Live(Arc<App>),
+    /// Tests: published as to a running data path (carried over), without one.
+    #[cfg(test)]
+    Serving(Arc<arc_swap::ArcSwap<Snapshot>>),
 }
 
 impl SnapshotSink {
@@ -181,6 +184,12 @@ impl SnapshotSink {
         let mut state = self.state.lock();
         match &*state {
             SinkState::Live(app) => app.publish(snapshot, "xds"),
+            #[cfg(test)]
+            SinkState::Serving(live) => {
+                let mut snapshot = snapshot;
+                snapshot.carry_over_state(&live.load());
+                live.store(Arc::new(snapshot));
+            }
             _ => {
                 *state = SinkState::Held(Box::new(snapshot));
                 self.arrived.notify_waiters();
@@ -192,6 +201,8 @@ impl SnapshotSink {
     pub fn live(&self) -> Option<Arc<Snapshot>> {
         match &*self.state.lock() {
             SinkState::Live(app) => Some(app.snapshot.load_full()),
+            #[cfg(test)]
+            SinkState::Serving(live) => Some(live.load_full()),
             _ => None,
         }
     }
@@ -215,6 +226,13 @@ impl SnapshotSink {
             return;
         }
         let _ = tokio::time::timeout(timeout, arrived).await;
+    }
+
+    /// Tests: serve the held snapshot as a running data path would, and publish from now on.
+    #[cfg(test)]
+    pub(crate) fn serve_for_tests(&self) {
+        let held = self.take().unwrap_or_else(Snapshot::empty);
+        *self.state.lock() = SinkState::Serving(Arc::new(arc_swap::ArcSwap::from_pointee(held)));
     }
 
     /// The data path runs: publish from now on (and what arrived since it was started).

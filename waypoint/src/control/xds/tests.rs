@@ -1,6 +1,7 @@
 //! [`XdsHandler`] against istiod's shapes (the bookinfo golden fixture): a state that lacks only
 //! its new clusters' assignments is deferred, not translated, and still published by the warm
-//! timeout; what the translation would refuse is never deferred.
+//! timeout; what the translation would refuse is never deferred; an EDS push of known
+//! assignments is read alone only while the translator's last translation is the handler's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,4 +252,138 @@ fn what_is_awaited_names_a_few_and_counts_the_rest() {
         ..needed
     };
     assert_eq!(missing(&state, &needed).unwrap(), "EDS eds-18, eds-19");
+}
+
+/// bookinfo applied and served as by a running data path: the translator sees it live.
+fn live(h: &mut XdsHandler) -> ResourceState {
+    let state = bookinfo();
+    let changes = [
+        change(type_url::CLUSTER, &[]),
+        change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[]),
+        change(type_url::LISTENER, &[]),
+    ];
+    h.apply(&Update {
+        changes: &changes,
+        state: &state,
+    })
+    .unwrap();
+    h.sink.serve_for_tests();
+    state
+}
+
+/// reviews' pod of `subset` gone from the service's assignment and the subset's (an EDS push of
+/// those two): what the translator reused and built for it, and how many endpoints reviews has
+/// in the live snapshot.
+fn push_reviews_without(
+    h: &mut XdsHandler,
+    state: &mut ResourceState,
+    subset: &str,
+) -> (routing::xds::Reuse, usize) {
+    let cla = |state: &ResourceState, name: &str| {
+        let bytes = &state
+            .get(type_url::CLUSTER_LOAD_ASSIGNMENT, name)
+            .unwrap()
+            .value
+            .value;
+        ClusterLoadAssignment::decode(bytes.as_slice()).unwrap()
+    };
+    let of_subset = REVIEWS.replace("http|", &format!("http/{subset}|"));
+    let gone = cla(state, &of_subset).endpoints[0].lb_endpoints[0]
+        .host_identifier
+        .clone();
+    let mut names = Vec::new();
+    for name in [REVIEWS, of_subset.as_str()] {
+        let mut a = cla(state, name);
+        for l in &mut a.endpoints {
+            l.lb_endpoints.retain(|e| e.host_identifier != gone);
+        }
+        state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource(name, &a));
+        names.push(name);
+    }
+    let changes = [change(type_url::CLUSTER_LOAD_ASSIGNMENT, &names)];
+    h.apply(&Update {
+        changes: &changes,
+        state,
+    })
+    .unwrap();
+    let reuse = h.rebuild.lock().translator.reuse();
+    (reuse, reviews_pods(h))
+}
+
+/// The endpoints of reviews' cluster in the live snapshot.
+fn reviews_pods(h: &XdsHandler) -> usize {
+    let live = h.sink.live().unwrap();
+    let reviews = live.cluster("reviews.default.svc.cluster.local", 9080, None);
+    reviews.unwrap().endpoints.len()
+}
+
+/// An EDS push of a known assignment, after a state published whole, is read alone: one piece
+/// built, nothing else read (a patch through the full path reads every piece), and the live
+/// snapshot has the pod fewer. Twice: the second follows the first patch.
+#[test]
+fn an_eds_push_of_a_known_assignment_is_read_alone() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = live(&mut h);
+    let before = h
+        .sink
+        .live()
+        .unwrap()
+        .endpoints("reviews.default.svc.cluster.local")
+        .len();
+    for (k, subset) in [(1, "v1"), (2, "v2")] {
+        let (reuse, pods) = push_reviews_without(&mut h, &mut state, subset);
+        assert!(reuse.patched, "{reuse:?}");
+        assert_eq!((reuse.built, reuse.reused), (2, 0), "read alone: {reuse:?}");
+        assert_eq!(pods, before - k);
+    }
+}
+
+/// Not read alone when the translator translated something else since (a DNS rebuild, a
+/// deferred state's warm timeout), nor after a state that had a resource refused: translated
+/// through the full path (still patched, every piece read), with the same result.
+#[test]
+fn an_eds_push_is_read_whole_after_another_translation_or_a_refusal() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = live(&mut h);
+    let before = h
+        .sink
+        .live()
+        .unwrap()
+        .endpoints("reviews.default.svc.cluster.local")
+        .len();
+    {
+        let mut latest = h.rebuild.lock();
+        let last = latest.state.clone().unwrap();
+        let mut options = h.options.clone();
+        let (dns, sink) = (h.dns.clone(), h.sink.clone());
+        let t = translate_again(&mut latest.translator, &last, &mut options, &dns, &sink);
+        // Published, as a DNS rebuild publishes what it translated.
+        h.sink.offer(t.unwrap().snapshot);
+    }
+    let (reuse, pods) = push_reviews_without(&mut h, &mut state, "v1");
+    assert!(reuse.reused > 2, "read whole: {reuse:?}");
+    assert_eq!(pods, before - 1);
+    // Read alone again after that full translation.
+    let (reuse, _) = push_reviews_without(&mut h, &mut state, "v2");
+    assert_eq!((reuse.built, reuse.reused), (2, 0), "{reuse:?}");
+
+    // A new cluster refused (a TLS context that does not decode): the state that serves is not
+    // the client's, so the next push is read whole.
+    let (mut cluster, _) = added(&state);
+    cluster.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                Any {
+                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
+                    value: vec![0xff, 0xff, 0xff],
+                },
+            ),
+        ),
+    });
+    let applied = push_cluster(&mut h, &mut state, &cluster);
+    assert!(applied.refused.iter().any(|r| r.name == NEW));
+    let (reuse, pods) = push_reviews_without(&mut h, &mut state, "v3");
+    assert!(reuse.reused > 2, "read whole: {reuse:?}");
+    assert_eq!(pods, before - 3);
 }
