@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 use tracing::info;
 use xds_client::{type_url, Applied, ResourceState, Subscriptions, Update};
 
-/// What lets the next EDS or route push be read alone: the handler's last published state, translated
-/// whole or patched, with nothing refused, holding only what it subscribes to (so the client
-/// keeps it as it is), and the translator's last translation (a DNS rebuild or a deferred
-/// state's warm timeout translates on the same translator and ends it).
+/// What lets the next EDS or route push be read alone: the handler's last published state,
+/// translated whole or patched, with nothing refused, holding only what it subscribes to (so the
+/// client keeps it as it is), and the translator's last translation (a DNS rebuild or a
+/// deferred state's warm timeout translates on the same translator and ends it).
 pub(super) struct AloneBase {
     /// [`Translator::translations`] after it.
     translations: u64,
