@@ -387,3 +387,37 @@ fn an_eds_push_is_read_whole_after_another_translation_or_a_refusal() {
     assert!(reuse.reused > 2, "read whole: {reuse:?}");
     assert_eq!(pods, before - 3);
 }
+
+/// Not read alone after a state that holds an assignment nothing subscribes to: the client drops
+/// it once the state is accepted, so its state is no longer the one translated.
+#[test]
+fn an_eds_push_is_read_whole_after_a_state_with_an_unsubscribed_assignment() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = bookinfo();
+    let (_, mut orphan) = added(&state);
+    orphan.cluster_name = "inbound-vip|9080|http|orphan.default.svc.cluster.local".into();
+    state.insert(
+        type_url::CLUSTER_LOAD_ASSIGNMENT,
+        resource(&orphan.cluster_name, &orphan),
+    );
+    let changes = [
+        change(type_url::CLUSTER, &[]),
+        change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[]),
+        change(type_url::LISTENER, &[]),
+    ];
+    let applied = h
+        .apply(&Update {
+            changes: &changes,
+            state: &state,
+        })
+        .unwrap();
+    let asked = applied
+        .subscriptions
+        .names(type_url::CLUSTER_LOAD_ASSIGNMENT);
+    assert!(!asked.unwrap().contains(&orphan.cluster_name));
+    h.sink.serve_for_tests();
+    let before = reviews_pods(&h);
+    let (reuse, pods) = push_reviews_without(&mut h, &mut state, "v1");
+    assert!(reuse.reused > 2, "read whole: {reuse:?}");
+    assert_eq!(pods, before - 1);
+}
