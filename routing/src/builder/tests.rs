@@ -1,0 +1,105 @@
+//! The builder's indexes and clusters, from hand-made services.
+
+use super::*;
+use crate::upstream::Transport;
+
+fn endpoint(ip: &str, labels: &[(&str, &str)]) -> Arc<Endpoint> {
+    Arc::new(Endpoint {
+        address: ip.parse().unwrap(),
+        labels: Arc::new(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        service_account: "sa".into(),
+        namespace: "default".into(),
+        identity: "spiffe://cluster.local/ns/default/sa/sa".into(),
+        name: ip.into(),
+        transport: Transport::Hbone,
+    })
+}
+
+fn service() -> Service {
+    Service {
+        hostname: "r.default.svc.cluster.local".into(),
+        namespace: "default".into(),
+        vips: vec!["10.0.0.1".parse().unwrap()],
+        ports: vec![ServicePort {
+            number: 80,
+            name: "http".into(),
+            protocol: Protocol::Http,
+            target_port: 80,
+            path: None,
+            default_retries: None,
+        }],
+    }
+}
+
+fn subset(name: &str) -> crate::model::Subset {
+    crate::model::Subset {
+        name: name.into(),
+        labels: [("version".to_string(), name.to_string())].into(),
+        traffic_policy: None,
+    }
+}
+
+#[test]
+fn equal_labels_are_one_map_and_a_shared_endpoint_stays_shared() {
+    let v1 = [("app", "r"), ("version", "v1")];
+    let (a, b) = (endpoint("10.1.0.1", &v1), endpoint("10.1.0.2", &v1));
+    let c = endpoint("10.1.0.3", &[("app", "r"), ("version", "v2")]);
+    assert!(!Arc::ptr_eq(&a.labels, &b.labels));
+    let mut builder = SnapshotBuilder::new();
+    builder
+        .service(service(), vec![a.clone(), b, c])
+        .workload(a.clone(), Protocol::Unknown)
+        .known_workload(a);
+    let snap = builder.build();
+    let eps = snap.endpoints("r.default.svc.cluster.local");
+    assert_eq!(eps.len(), 3);
+    assert!(Arc::ptr_eq(&eps[0].labels, &eps[1].labels));
+    assert!(!Arc::ptr_eq(&eps[0].labels, &eps[2].labels));
+    assert_eq!(eps[1].labels.get("version").map(String::as_str), Some("v1"));
+    assert_eq!(
+        eps[1].address,
+        "10.1.0.2".parse::<std::net::IpAddr>().unwrap()
+    );
+    // One endpoint for one input, wherever the snapshot holds it.
+    let ip = eps[0].address;
+    assert!(Arc::ptr_eq(&snap.workloads[&ip].0, &eps[0]));
+    assert!(Arc::ptr_eq(&snap.known_workloads[&ip], &eps[0]));
+    assert!(Arc::ptr_eq(&snap.by_pod_ip.get(&ip).unwrap()[0].1, &eps[0]));
+}
+
+#[test]
+fn subsets_are_found_by_name_whatever_the_rule_order() {
+    let v1 = endpoint("10.1.0.1", &[("version", "v1")]);
+    let v2 = endpoint("10.1.0.2", &[("version", "v2")]);
+    let mut builder = SnapshotBuilder::new();
+    builder
+        .service(service(), vec![v1, v2])
+        .destination_rule(DestinationRule {
+            namespace: "default".into(),
+            name: "r".into(),
+            host: "r.default.svc.cluster.local".into(),
+            traffic_policy: None,
+            subsets: vec![subset("v3"), subset("v2"), subset("v1")],
+        });
+    let snap = builder.build();
+    let host = "r.default.svc.cluster.local";
+    for (name, targets) in [("v1", 1), ("v2", 1), ("v3", 0)] {
+        let c = snap.cluster(host, 80, Some(name)).unwrap();
+        assert_eq!(c.subset.as_deref(), Some(name));
+        assert_eq!(c.endpoints.len(), targets, "{name}");
+    }
+    assert!(snap.cluster(host, 80, Some("v4")).is_none());
+    assert!(snap.cluster(host, 80, Some("")).is_none());
+    let all = snap.cluster(host, 80, None).unwrap();
+    assert_eq!(all.endpoints.len(), 2);
+    // An identity is parsed once for all of the port's clusters.
+    let v1 = snap.cluster(host, 80, Some("v1")).unwrap();
+    let id = |c: &Cluster| c.endpoints[0].spiffe_id().unwrap().clone();
+    assert!(Arc::ptr_eq(&id(all), &id(v1)));
+    assert_eq!(id(v1).service_account, "sa");
+}
