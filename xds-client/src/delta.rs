@@ -142,12 +142,7 @@ impl<H: Handler> Stream<'_, H> {
             if self.core.is_wildcard(&type_url) {
                 continue;
             }
-            let want = self
-                .core
-                .subs
-                .shared(&type_url)
-                .cloned()
-                .unwrap_or_default();
+            let want = self.core.subs.shared(&type_url);
             let first = !self.sent.contains_key(&type_url);
             let had = self.sent.get(&type_url).cloned().unwrap_or_default();
             // The set asked for last time, unchanged (no name compared).

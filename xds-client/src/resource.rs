@@ -216,9 +216,9 @@ impl Subscriptions {
         self.named.get(type_url).map(|n| &**n)
     }
 
-    /// `type_url`'s names, shared.
-    pub(crate) fn shared(&self, type_url: &str) -> Option<&Arc<BTreeSet<String>>> {
-        self.named.get(type_url)
+    /// `type_url`'s names, shared (empty when none are subscribed).
+    pub(crate) fn shared(&self, type_url: &str) -> Arc<BTreeSet<String>> {
+        self.named.get(type_url).cloned().unwrap_or_default()
     }
 
     /// Whether `type_url`'s names are the very set `other` has (a clone of the same

@@ -100,9 +100,8 @@ impl<H: Handler> Core<H> {
             .filter(|t| !self.is_wildcard(t))
             .map(str::to_string)
             .collect();
-        let empty = Arc::default();
         for t in named {
-            let keep = self.subs.shared(&t).unwrap_or(&empty).clone();
+            let keep = self.subs.shared(&t);
             if self.subs.same_set(before, &t) {
                 let brought = changes.iter().filter(|c| c.type_url == t);
                 let unwanted: Vec<&String> = brought

@@ -160,12 +160,7 @@ impl<H: Handler> Stream<'_, H> {
             if self.core.is_wildcard(&type_url) {
                 continue;
             }
-            let want = self
-                .core
-                .subs
-                .shared(&type_url)
-                .cloned()
-                .unwrap_or_default();
+            let want = self.core.subs.shared(&type_url);
             match self.sent.get_mut(&type_url) {
                 Some(had) if *had == want => {
                     // The same names in a new set: kept, so the next comparison is by pointer.

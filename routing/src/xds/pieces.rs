@@ -138,7 +138,24 @@ pub(crate) struct AssignmentPiece {
     pub(crate) diag: Diag,
 }
 
+/// `r` does not decode: a rejection naming it.
+fn undecodable(r: &Encoded<'_>, e: prost::DecodeError) -> Rejection {
+    Rejection {
+        type_url: r.type_url.to_string(),
+        name: r.name.to_string(),
+        reason: format!("cannot decode resource: {e}"),
+    }
+}
+
 impl AssignmentPiece {
+    /// The piece of the encoded assignment `r`.
+    fn decode(r: &Encoded<'_>, labels: &mut LabelMaps) -> Result<AssignmentPiece, Rejection> {
+        use prost::Message;
+        ClusterLoadAssignment::decode(r.value)
+            .map(|c| AssignmentPiece::build(&c, labels))
+            .map_err(|e| undecodable(r, e))
+    }
+
     pub(crate) fn build(cla: &ClusterLoadAssignment, labels: &mut LabelMaps) -> AssignmentPiece {
         let mut diag = Diag::default();
         let at = At {
@@ -227,17 +244,10 @@ impl Memo {
         if !Arc::ptr_eq(&held.piece, old) || held.used != self.generation {
             return None;
         }
-        use prost::Message;
         let labels = &mut self.labels;
         let counts = &mut (0, 0);
         memoized(&mut self.assignments, self.generation, r, counts, || {
-            ClusterLoadAssignment::decode(r.value)
-                .map(|c| AssignmentPiece::build(&c, labels))
-                .map_err(|e| Rejection {
-                    type_url: ENDPOINT_TYPE.to_string(),
-                    name: r.name.to_string(),
-                    reason: e.to_string(),
-                })
+            AssignmentPiece::decode(r, labels)
         })
         .ok()
     }
@@ -269,11 +279,7 @@ impl Memo {
         let counts = &mut (0, 0);
         let mut rejections = Vec::new();
         for r in resources {
-            let bad = |e: prost::DecodeError| Rejection {
-                type_url: r.type_url.to_string(),
-                name: r.name.to_string(),
-                reason: format!("cannot decode resource: {e}"),
-            };
+            let bad = |e: prost::DecodeError| undecodable(r, e);
             let result = match r.type_url {
                 CLUSTER_TYPE => memoized(&mut self.clusters, generation, r, counts, || {
                     Cluster::decode(r.value)
@@ -282,9 +288,7 @@ impl Memo {
                 })
                 .map(|p| out.clusters.push(p)),
                 ENDPOINT_TYPE => memoized(&mut self.assignments, generation, r, counts, || {
-                    ClusterLoadAssignment::decode(r.value)
-                        .map(|c| AssignmentPiece::build(&c, &mut self.labels))
-                        .map_err(bad)
+                    AssignmentPiece::decode(r, &mut self.labels)
                 })
                 .map(|p| out.assignments.push(p)),
                 LISTENER_TYPE => ShallowListener::from_slice(r.value)

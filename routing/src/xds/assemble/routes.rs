@@ -57,7 +57,10 @@ pub(crate) fn patch_listener(
     let [main] = changed else {
         return None;
     };
-    if main.type_url != LISTENER_TYPE || main.name != listener::MAIN_INTERNAL {
+    if main.type_url != LISTENER_TYPE
+        || main.name != listener::MAIN_INTERNAL
+        || !l.same_options(options)
+    {
         return None;
     }
     let main = listener::ShallowListener::from_slice(main.value).ok()?;
@@ -72,9 +75,6 @@ pub(crate) fn patch_listener(
         .iter()
         .map(|x| x.clone().unwrap_or_else(|| main.clone()))
         .collect();
-    if !l.same_options(options) {
-        return None;
-    }
     let snapshot = patch_listeners(l, memo, &listeners, &l.route_configurations)?;
     // No cluster or assignment was read.
     (memo.reused, memo.built) = (0, 0);

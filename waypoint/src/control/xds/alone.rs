@@ -76,7 +76,7 @@ impl XdsHandler {
             .map(|name| {
                 let r = state.get(kind, name)?;
                 Some(Encoded {
-                    type_url: if kind == EDS { EDS } else { LDS },
+                    type_url: kind,
                     name: &r.name,
                     value: &r.value.value,
                 })

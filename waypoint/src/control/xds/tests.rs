@@ -80,20 +80,41 @@ fn handler(warm_timeout: Duration) -> XdsHandler {
     )
 }
 
-/// bookinfo applied and published (held: no data path in these tests).
-fn served(h: &mut XdsHandler) -> ResourceState {
-    let state = bookinfo();
+/// `state` applied as istiod's first push of it (CDS, EDS and LDS).
+fn apply_whole(h: &mut XdsHandler, state: &ResourceState) -> Applied {
     let changes = [
         change(type_url::CLUSTER, &[]),
         change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[]),
         change(type_url::LISTENER, &[]),
     ];
-    let applied = h
-        .apply(&Update {
-            changes: &changes,
-            state: &state,
-        })
-        .unwrap();
+    h.apply(&Update {
+        changes: &changes,
+        state,
+    })
+    .unwrap()
+}
+
+/// A new cluster the translation refuses: its upstream TLS context is a malformed typed config.
+fn refused_cluster(state: &ResourceState) -> Cluster {
+    let (mut cluster, _) = added(state);
+    cluster.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                Any {
+                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
+                    value: vec![0xff, 0xff, 0xff],
+                },
+            ),
+        ),
+    });
+    cluster
+}
+
+/// bookinfo applied and published (held: no data path in these tests).
+fn served(h: &mut XdsHandler) -> ResourceState {
+    let state = bookinfo();
+    let applied = apply_whole(h, &state);
     assert!(applied.refused.is_empty(), "{:?}", applied.refused);
     let first = h.sink.take().expect("bookinfo is complete");
     assert!(first
@@ -204,19 +225,7 @@ async fn a_deferred_state_is_published_at_the_warm_timeout() {
 fn a_refused_cluster_is_never_deferred() {
     let mut h = handler(Duration::from_secs(60));
     let mut state = served(&mut h);
-    let (mut cluster, _) = added(&state);
-    // An upstream TLS context that cannot be used (a malformed typed config).
-    cluster.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(
-            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
-                Any {
-                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
-                    value: vec![0xff, 0xff, 0xff],
-                },
-            ),
-        ),
-    });
+    let cluster = refused_cluster(&state);
     let applied = push_cluster(&mut h, &mut state, &cluster);
     assert!(
         applied.refused.iter().any(|r| r.name == NEW),
@@ -257,16 +266,7 @@ fn what_is_awaited_names_a_few_and_counts_the_rest() {
 /// bookinfo applied and served as by a running data path: the translator sees it live.
 fn live(h: &mut XdsHandler) -> ResourceState {
     let state = bookinfo();
-    let changes = [
-        change(type_url::CLUSTER, &[]),
-        change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[]),
-        change(type_url::LISTENER, &[]),
-    ];
-    h.apply(&Update {
-        changes: &changes,
-        state: &state,
-    })
-    .unwrap();
+    apply_whole(h, &state);
     h.sink.serve_for_tests();
     state
 }
@@ -369,18 +369,7 @@ fn an_eds_push_is_read_whole_after_another_translation_or_a_refusal() {
 
     // A new cluster refused (a TLS context that does not decode): the state that serves is not
     // the client's, so the next push is read whole.
-    let (mut cluster, _) = added(&state);
-    cluster.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(
-            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
-                Any {
-                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
-                    value: vec![0xff, 0xff, 0xff],
-                },
-            ),
-        ),
-    });
+    let cluster = refused_cluster(&state);
     let applied = push_cluster(&mut h, &mut state, &cluster);
     assert!(applied.refused.iter().any(|r| r.name == NEW));
     let (reuse, pods) = push_reviews_without(&mut h, &mut state, "v3");
@@ -400,17 +389,7 @@ fn an_eds_push_is_read_whole_after_a_state_with_an_unsubscribed_assignment() {
         type_url::CLUSTER_LOAD_ASSIGNMENT,
         resource(&orphan.cluster_name, &orphan),
     );
-    let changes = [
-        change(type_url::CLUSTER, &[]),
-        change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[]),
-        change(type_url::LISTENER, &[]),
-    ];
-    let applied = h
-        .apply(&Update {
-            changes: &changes,
-            state: &state,
-        })
-        .unwrap();
+    let applied = apply_whole(&mut h, &state);
     let asked = applied
         .subscriptions
         .names(type_url::CLUSTER_LOAD_ASSIGNMENT);
