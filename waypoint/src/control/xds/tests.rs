@@ -324,12 +324,7 @@ fn reviews_pods(h: &XdsHandler) -> usize {
 fn an_eds_push_of_a_known_assignment_is_read_alone() {
     let mut h = handler(Duration::from_secs(60));
     let mut state = live(&mut h);
-    let before = h
-        .sink
-        .live()
-        .unwrap()
-        .endpoints("reviews.default.svc.cluster.local")
-        .len();
+    let before = reviews_pods(&h);
     for (k, subset) in [(1, "v1"), (2, "v2")] {
         let (reuse, pods) = push_reviews_without(&mut h, &mut state, subset);
         assert!(reuse.patched, "{reuse:?}");
@@ -345,12 +340,7 @@ fn an_eds_push_of_a_known_assignment_is_read_alone() {
 fn an_eds_push_is_read_whole_after_another_translation_or_a_refusal() {
     let mut h = handler(Duration::from_secs(60));
     let mut state = live(&mut h);
-    let before = h
-        .sink
-        .live()
-        .unwrap()
-        .endpoints("reviews.default.svc.cluster.local")
-        .len();
+    let before = reviews_pods(&h);
     {
         let mut latest = h.rebuild.lock();
         let last = latest.state.clone().unwrap();
