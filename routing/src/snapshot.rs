@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 mod patch;
+mod splice;
 pub(crate) use patch::EndpointsPatch;
+pub(crate) use splice::{ServiceSplice, SplicedService};
 
 /// What the CONNECT authority of an inbound tunnel addresses.
 #[derive(Debug, Clone)]
@@ -462,6 +464,70 @@ impl Snapshot {
             .iter()
             .map(|((h, p), vip)| (format!("{h}:{p}"), vip.to_string()))
             .collect()
+    }
+
+    /// The lookup tables, sorted, each naming what it finds: hosts and their short names,
+    /// VIP:ports, pod addresses (the services and endpoints of each, in order), and the route
+    /// and TCP route tables by host (each route's VirtualService and index). What a request is
+    /// routed by, where [`to_json`](Self::to_json) shows the objects these tables point at: for
+    /// comparing two snapshots (a patched one and one built from scratch).
+    pub fn index_json(&self) -> serde_json::Value {
+        use std::collections::BTreeMap;
+        let host = |si: usize| self.services[si].hostname.as_str();
+        let by_host: BTreeMap<&str, &str> = self
+            .by_host
+            .iter()
+            .map(|(h, &si)| (h.as_str(), host(si)))
+            .collect();
+        let by_vip: BTreeMap<String, (&str, u16)> = self
+            .by_vip
+            .iter()
+            .map(|(a, &(si, pi))| {
+                (
+                    a.to_string(),
+                    (host(si), self.services[si].ports[pi].number),
+                )
+            })
+            .collect();
+        let by_pod_ip: BTreeMap<String, Vec<(&str, &str)>> = self
+            .by_pod_ip
+            .iter()
+            .map(|(ip, list)| {
+                let list = list
+                    .iter()
+                    .map(|(si, e)| (host(*si), e.name.as_str()))
+                    .collect();
+                (ip.to_string(), list)
+            })
+            .collect();
+        let routes: BTreeMap<&str, Vec<(&str, usize)>> = self
+            .routes
+            .iter()
+            .map(|(h, t)| {
+                let t = t
+                    .iter()
+                    .map(|e| (e.virtual_service.as_str(), e.index))
+                    .collect();
+                (&**h, t)
+            })
+            .collect();
+        let tcp_routes: BTreeMap<&str, Vec<&str>> = self
+            .tcp_routes
+            .iter()
+            .map(|(h, t)| {
+                (
+                    h.as_str(),
+                    t.iter().map(|e| e.virtual_service.as_str()).collect(),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "by_host": by_host,
+            "by_vip": by_vip,
+            "by_pod_ip": by_pod_ip,
+            "routes": routes,
+            "tcp_routes": tcp_routes,
+        })
     }
 
     pub fn to_json(&self) -> serde_json::Value {

@@ -113,7 +113,7 @@ impl Snapshot {
     }
 
     /// A new version sharing every table with this one.
-    fn shared(&self) -> Snapshot {
+    pub(super) fn shared(&self) -> Snapshot {
         Snapshot {
             version: crate::builder::next_version(),
             services: self.services.clone(),

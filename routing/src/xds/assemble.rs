@@ -33,6 +33,7 @@ pub(super) mod eds;
 mod key;
 pub(super) mod routes;
 mod service;
+pub(super) mod services;
 use key::{key_view, ServiceKey};
 pub use service::ANY_SERVICE_ACCOUNT;
 use service::{bound_workloads, build_service, waypoint_namespace, ServiceOut};
@@ -307,43 +308,9 @@ pub(crate) fn translate(
     }
     let mut hash_keys: Vec<(String, HashKey)> = Vec::new();
     for (chain, piece) in &main.chains {
-        let ChainRole::Service {
-            cluster: cn,
-            routes: Some(routes),
-            ..
-        } = &piece.role
-        else {
-            continue;
-        };
-        let acc = service_acc(&mut services, &cn.host);
-        acc.chains.push(piece.clone());
-        let port_acc = acc.ports.entry(cn.port).or_default();
-        port_acc.chains.insert(chain.clone());
-        match &routes.kind {
-            RoutesKind::Http {
-                http2, path, table, ..
-            } => {
-                port_acc.http2 |= *http2;
-                set_path(port_acc, chain, *path, &mut diag);
-                diag.replay(&routes.diag);
-                hash_keys.extend(routes.hash_keys.iter().cloned());
-                if let Some(table) = table {
-                    if acc.virtual_service.is_none() {
-                        acc.virtual_service.clone_from(&table.virtual_service);
-                    }
-                    acc.http.extend(table.routes.iter().cloned());
-                    if let (Some(d), Some(p)) =
-                        (&table.default_retries, acc.ports.get_mut(&cn.port))
-                    {
-                        p.default_retries = Some(d.clone());
-                    }
-                }
-            }
-            RoutesKind::Tcp(route) => {
-                diag.replay(&routes.diag);
-                hash_keys.extend(routes.hash_keys.iter().cloned());
-                acc.tcp.extend(route.iter().cloned());
-            }
+        if let Some(cn) = routed_chain(piece) {
+            let acc = service_acc(&mut services, &cn.host);
+            add_chain(acc, chain, piece, &mut diag, &mut hash_keys);
         }
     }
 
@@ -468,6 +435,66 @@ pub(crate) fn translate(
         dns: dns_targets.into_values().collect(),
         subscriptions: Arc::new(subscriptions),
     })
+}
+
+/// The service of `piece` when it is a service chain with routes (one its service is built
+/// from).
+fn routed_chain(piece: &ChainPiece) -> Option<&ClusterName> {
+    match &piece.role {
+        ChainRole::Service {
+            cluster,
+            routes: Some(_),
+            ..
+        } => Some(cluster),
+        _ => None,
+    }
+}
+
+/// Service chain `chain` (with routes, see [`routed_chain`]) added to its service's
+/// accumulator: its port, protocol, path handling and routes; the hash keys its routes ask of
+/// their clusters go in `hash_keys`, what it reports in `diag`.
+fn add_chain(
+    acc: &mut ServiceAcc,
+    chain: &str,
+    piece: &Arc<ChainPiece>,
+    diag: &mut Diag,
+    hash_keys: &mut Vec<(String, HashKey)>,
+) {
+    let ChainRole::Service {
+        cluster: cn,
+        routes: Some(routes),
+        ..
+    } = &piece.role
+    else {
+        return;
+    };
+    acc.chains.push(piece.clone());
+    let port_acc = acc.ports.entry(cn.port).or_default();
+    port_acc.chains.insert(chain.to_string());
+    hash_keys.extend(routes.hash_keys.iter().cloned());
+    match &routes.kind {
+        RoutesKind::Http {
+            http2, path, table, ..
+        } => {
+            port_acc.http2 |= *http2;
+            // Its path warning, then what its routes found.
+            set_path(port_acc, chain, *path, diag);
+            diag.replay(&routes.diag);
+            if let Some(table) = table {
+                if acc.virtual_service.is_none() {
+                    acc.virtual_service.clone_from(&table.virtual_service);
+                }
+                acc.http.extend(table.routes.iter().cloned());
+                if let (Some(d), Some(p)) = (&table.default_retries, acc.ports.get_mut(&cn.port)) {
+                    p.default_retries = Some(d.clone());
+                }
+            }
+        }
+        RoutesKind::Tcp(route) => {
+            diag.replay(&routes.diag);
+            acc.tcp.extend(route.iter().cloned());
+        }
+    }
 }
 
 /// A consistent-hash cluster without a key takes `key` (its route's); copied from its piece

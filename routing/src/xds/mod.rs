@@ -446,6 +446,11 @@ pub(crate) struct Diag {
 }
 
 impl Diag {
+    /// Nothing found: no warning, no rejection.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.warnings.is_empty() && self.rejections.is_empty()
+    }
+
     /// Report again what `other` found (a reused piece's diagnostics).
     pub(crate) fn replay(&mut self, other: &Diag) {
         self.warnings.extend(other.warnings.iter().cloned());

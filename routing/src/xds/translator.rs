@@ -2,7 +2,7 @@
 //! last one built; an EDS-only push patches the published snapshot instead (see
 //! [`super::assemble::eds`]).
 
-use super::assemble::{self, eds, routes};
+use super::assemble::{self, eds, routes, services};
 use super::{pieces, Encoded, Rejection, Subscriptions, TranslateOptions, Translation};
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
@@ -64,6 +64,11 @@ impl Translator {
         }
         if let Some(t) = routes::patch(&mut last, &mut self.memo, &decoded, others, options) {
             self.last = last;
+            return Ok(t);
+        }
+        if let Some(t) = services::patch(last.as_ref(), &mut self.memo, &decoded, others.1, options)
+        {
+            self.last = Some(eds::Last::new(&t, decoded, others, options).patched_from());
             return Ok(t);
         }
         drop(last);

@@ -22,6 +22,7 @@ mod memo;
 mod outbound;
 mod patch;
 mod rules;
+mod splice;
 mod subscriptions;
 mod upstreams;
 

@@ -245,8 +245,11 @@ pub(super) fn describe(t: &xds::Translation) -> String {
     let mut json = t.snapshot.to_json();
     json.as_object_mut().unwrap().remove("version");
     format!(
-        "{json:#}\nwarnings {:?}\ndns {:?}\nsubscriptions {:?}",
-        t.warnings, t.dns, t.subscriptions
+        "{json:#}\nindexes {:#}\nwarnings {:?}\ndns {:?}\nsubscriptions {:?}",
+        t.snapshot.index_json(),
+        t.warnings,
+        t.dns,
+        t.subscriptions
     )
 }
 

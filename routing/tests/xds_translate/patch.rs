@@ -60,7 +60,8 @@ fn an_eds_push_patches_the_published_snapshot() {
         "the held-back snapshot was never published"
     );
 
-    // A cluster changed as well: in full.
+    // A cluster changed as well: more than endpoints, its service is assembled again and
+    // spliced in (the others shared).
     let live = publish(&mut translator, &full, &third);
     let mut changed = reviews_without(&res, gone);
     let (_, _, bytes) = changed
@@ -75,8 +76,20 @@ fn an_eds_push_patches_the_published_snapshot() {
     });
     *bytes = c.encode_to_vec();
     let after = publish(&mut translator, &changed, &live);
-    assert!(!translator.reuse().patched);
+    let reuse = translator.reuse();
+    assert!(reuse.patched, "{reuse:?}");
+    assert_eq!(
+        reuse.services_built, 2,
+        "reviews and productpage: {reuse:?}"
+    );
     assert_eq!(describe_wire(&after), scratch_wire(&changed));
+    assert!(std::ptr::eq(
+        live.cluster("ratings.default.svc.cluster.local", 9080, None)
+            .unwrap(),
+        after
+            .cluster("ratings.default.svc.cluster.local", 9080, None)
+            .unwrap()
+    ));
 }
 
 /// An EDS push of assignments the last state had, read alone (what the waypoint does when only
@@ -159,13 +172,14 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
     drop(live);
 }
 
-fn describe_wire(s: &routing::Snapshot) -> String {
+/// A snapshot's objects and lookup tables, without its version.
+pub(super) fn describe_wire(s: &routing::Snapshot) -> String {
     let mut json = s.to_json();
     json.as_object_mut().unwrap().remove("version");
-    format!("{json:#}")
+    format!("{json:#}\n{:#}", s.index_json())
 }
 
-fn scratch_wire(wire: &Wire) -> String {
+pub(super) fn scratch_wire(wire: &Wire) -> String {
     let mut res = Resources::default();
     for (t, _, bytes) in wire {
         res.push_encoded(t, bytes).unwrap();
@@ -222,7 +236,8 @@ fn a_route_change_patches_the_published_snapshot() {
     assert!(translator.reuse().patched);
     assert_eq!(describe_wire(&third), scratch_wire(&full));
 
-    // A chain that loses its routes' table is more than a route change: in full.
+    // A chain that loses its routes' table is more than a route change: its service is
+    // assembled again and spliced in.
     let mut fewer = full.clone();
     let (_, _, bytes) = fewer
         .iter_mut()
@@ -233,7 +248,8 @@ fn a_route_change_patches_the_published_snapshot() {
     l.filter_chains.retain(|c| c.name != chain);
     *bytes = l.encode_to_vec();
     let fourth = publish(&mut translator, &fewer, &third);
-    assert!(!translator.reuse().patched);
+    assert!(translator.reuse().patched);
+    assert_eq!(translator.reuse().services_built, 1);
     assert_eq!(describe_wire(&fourth), scratch_wire(&fewer));
 }
 

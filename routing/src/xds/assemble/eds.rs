@@ -42,9 +42,9 @@ pub(crate) struct Last {
     /// by two clusters, or by an `outbound|…` cluster (whose endpoints depend on its socket
     /// matches).
     irregular: HashSet<String>,
-    warnings: Vec<Warning>,
-    dns_targets: Vec<crate::dns::DnsTarget>,
-    subscriptions: Arc<crate::xds::Subscriptions>,
+    pub(super) warnings: Vec<Warning>,
+    pub(super) dns_targets: Vec<crate::dns::DnsTarget>,
+    pub(super) subscriptions: Arc<crate::xds::Subscriptions>,
 }
 
 /// Digests over the resources that are neither clusters nor assignments (listeners, route
@@ -151,6 +151,27 @@ impl Last {
     /// Its clusters' pieces.
     pub(super) fn clusters(&self) -> &[Arc<ClusterPiece>] {
         &self.clusters
+    }
+
+    /// Its assignments' pieces.
+    pub(super) fn assignments(&self) -> &[Arc<AssignmentPiece>] {
+        &self.assignments
+    }
+
+    /// Its assignment of [`name_key`] `key`.
+    pub(super) fn assignment(&self, key: u128) -> Option<&Arc<AssignmentPiece>> {
+        self.at.get(&key).map(|&i| &self.assignments[i])
+    }
+
+    /// Whether assignment `name` is one a patch cannot follow (see `irregular`).
+    pub(super) fn irregular(&self, name: &str) -> bool {
+        self.irregular.contains(name)
+    }
+
+    /// This translation, made by a patch (see [`Translator::reuse`](crate::xds::Translator::reuse)).
+    pub(crate) fn patched_from(mut self) -> Last {
+        self.patched = true;
+        self
     }
 
     pub(super) fn same_options(&self, options: &TranslateOptions) -> bool {

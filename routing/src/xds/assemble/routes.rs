@@ -188,7 +188,7 @@ fn patch_listeners(
 }
 
 /// A chain's authorization that restricts nothing (no policy, token or external check).
-fn unrestricted(a: &access::ChainAuthz) -> bool {
+pub(super) fn unrestricted(a: &access::ChainAuthz) -> bool {
     a.policies.is_empty() && a.jwt.is_empty() && a.ext_authz.is_empty()
 }
 

@@ -109,20 +109,8 @@ impl ServiceOut {
         if let Some(dr) = &self.destination_rule {
             builder.destination_rule(dr.clone());
         }
-        if !acc.http.is_empty() || !acc.tcp.is_empty() {
-            let (namespace, name) = acc.virtual_service.unwrap_or_else(|| {
-                (
-                    self.service.namespace.clone(),
-                    format!("xds-{}", self.service.hostname),
-                )
-            });
-            builder.virtual_service(VirtualService {
-                namespace,
-                name,
-                hosts: vec![self.service.hostname.clone()],
-                http: acc.http,
-                tcp: acc.tcp,
-            });
+        if let Some(vs) = self.virtual_service(acc) {
+            builder.virtual_service(vs);
         }
         match clusters {
             Some(c) => {
@@ -130,6 +118,28 @@ impl ServiceOut {
             }
             None => builder.service(self.service.clone(), self.endpoints.clone()),
         };
+    }
+}
+
+impl ServiceOut {
+    /// The service's VirtualService from the routes `acc` has for it (none without routes).
+    pub(super) fn virtual_service(&self, acc: ServiceAcc) -> Option<VirtualService> {
+        if acc.http.is_empty() && acc.tcp.is_empty() {
+            return None;
+        }
+        let (namespace, name) = acc.virtual_service.unwrap_or_else(|| {
+            (
+                self.service.namespace.clone(),
+                format!("xds-{}", self.service.hostname),
+            )
+        });
+        Some(VirtualService {
+            namespace,
+            name,
+            hosts: vec![self.service.hostname.clone()],
+            http: acc.http,
+            tcp: acc.tcp,
+        })
     }
 }
 

@@ -1,0 +1,267 @@
+//! A snapshot made from another by replacing, adding or removing whole services (an xDS push
+//! that changed a few services' clusters, assignments or chains): the per-service tables get
+//! the spliced services' entries, the index tables are made again over the services' order,
+//! and every table a service does not feed (authorization aside, see
+//! [`Snapshot::with_services`]) is shared.
+
+use super::{PodServices, Snapshot};
+use crate::model::{DestinationRule, Endpoint, Service, VirtualService};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One service of a snapshot replaced, added (`new` for a host it does not have) or removed
+/// (`new: None`).
+#[derive(Debug)]
+pub(crate) struct ServiceSplice {
+    /// The service's FQDN.
+    pub(crate) host: String,
+    pub(crate) new: Option<SplicedService>,
+}
+
+/// What a service gives a snapshot, as the xDS assembly hands it to the builder: the service
+/// (addressable as pods: not route-only), its endpoints, its one VirtualService and its one
+/// DestinationRule, each naming the service's host alone.
+#[derive(Debug)]
+pub(crate) struct SplicedService {
+    pub(crate) service: Service,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) virtual_service: Option<VirtualService>,
+    pub(crate) destination_rule: Option<Arc<DestinationRule>>,
+}
+
+impl Snapshot {
+    /// This snapshot with `splices` applied, as [`crate::SnapshotBuilder`] would build it from
+    /// the xDS assembly's services (in host order, each with at most one VirtualService and
+    /// one DestinationRule of its own host, no explicit aliases) with those services changed:
+    /// the spliced services' clusters are built over their endpoints (`now` as in
+    /// [`crate::SnapshotBuilder::build_at`]; the caller carries state over), their routes and
+    /// rules placed in host order, and the host, VIP and pod indexes made again (a service
+    /// added or removed moves the ones after it). `authorization` replaces the snapshot's when
+    /// given. Warnings, workloads, authorities and the rest are shared: the caller vouches that
+    /// the splice does not change them. A new version.
+    ///
+    /// `None` when the snapshot is not one the xDS assembly made (services, routes or rules out
+    /// of host order, a VirtualService of several hosts or with TCP routes next to a spliced
+    /// one), or a splice does not fit (a host twice, a service of another host).
+    pub(crate) fn with_services(
+        &self,
+        mut splices: Vec<ServiceSplice>,
+        authorization: Option<crate::authz::Authorization>,
+        now: Instant,
+    ) -> Option<Snapshot> {
+        splices.sort_by(|a, b| a.host.cmp(&b.host));
+        if splices.windows(2).any(|w| w[0].host == w[1].host)
+            || splices
+                .iter()
+                .any(|s| s.new.as_ref().is_some_and(|n| !fits(&s.host, n)))
+        {
+            return None;
+        }
+        let touched: HashSet<&str> = splices.iter().map(|s| s.host.as_str()).collect();
+        let mut virtual_services = spliced_list(
+            &self.virtual_services,
+            |v| single_host(&v.hosts),
+            &touched,
+            splices.iter().filter_map(|s| {
+                let vs = s.new.as_ref()?.virtual_service.as_ref()?;
+                Some((s.host.as_str(), Arc::new(vs.clone())))
+            }),
+        )?;
+        // TCP routes are not spliced: neither the old nor the new service has any.
+        if self.tcp_routes.keys().any(|h| touched.contains(h.as_str()))
+            || virtual_services
+                .iter()
+                .any(|v| touched.contains(v.hosts[0].as_str()) && !v.tcp.is_empty())
+        {
+            return None;
+        }
+        let destination_rules = spliced_list(
+            &self.destination_rules,
+            |d| Some(d.host.as_str()),
+            &touched,
+            splices.iter().filter_map(|s| {
+                let dr = s.new.as_ref()?.destination_rule.as_ref()?;
+                Some((s.host.as_str(), dr.clone()))
+            }),
+        )?;
+        for vs in &mut virtual_services {
+            if touched.contains(vs.hosts[0].as_str()) {
+                if let Some(vs) = Arc::get_mut(vs) {
+                    vs.http.shrink_to_fit();
+                    vs.tcp.shrink_to_fit();
+                }
+            }
+        }
+
+        // The services in host order; `moved[old index]` is where an untouched one went.
+        let count = self.services.len() + splices.len();
+        let mut services: Vec<Service> = Vec::with_capacity(count);
+        let mut endpoints: Vec<Arc<[Arc<Endpoint>]>> = Vec::with_capacity(count);
+        let mut moved: Vec<Option<usize>> = vec![None; self.services.len()];
+        let mut spliced: Vec<usize> = Vec::with_capacity(splices.len());
+        let mut clusters = self.clusters.clone();
+        let mut routes = self.routes.clone();
+        let mut pending = splices.into_iter().peekable();
+        let mut place = |s: ServiceSplice,
+                         services: &mut Vec<Service>,
+                         endpoints: &mut Vec<Arc<[Arc<Endpoint>]>>| {
+            clusters.remove(s.host.as_str());
+            routes.remove(s.host.as_str());
+            let Some(new) = s.new else { return };
+            let dr = destination_rules
+                .iter()
+                .find(|d| d.host == s.host)
+                .map(|d| &**d);
+            let built = crate::builder::service_clusters(&new.service, &new.endpoints, dr, now);
+            clusters.insert(Arc::from(s.host.as_str()), Arc::new(built));
+            if let Some(vs) = new.virtual_service.filter(|v| !v.http.is_empty()) {
+                routes.insert(Arc::from(s.host.as_str()), super::route_table(&vs));
+            }
+            spliced.push(services.len());
+            services.push(new.service);
+            endpoints.push(new.endpoints.into());
+        };
+        for (si, s) in self.services.iter().enumerate() {
+            if si > 0 && self.services[si - 1].hostname >= s.hostname {
+                return None;
+            }
+            while let Some(p) = pending.next_if(|p| p.host < s.hostname) {
+                place(p, &mut services, &mut endpoints);
+            }
+            if let Some(p) = pending.next_if(|p| p.host == s.hostname) {
+                place(p, &mut services, &mut endpoints);
+                continue;
+            }
+            moved[si] = Some(services.len());
+            services.push(s.clone());
+            endpoints.push(self.endpoints[si].clone());
+        }
+        for p in pending {
+            place(p, &mut services, &mut endpoints);
+        }
+
+        let mut out = self.shared();
+        out.by_host = Arc::new(by_host(&services));
+        out.by_vip = Arc::new(by_vip(&services));
+        out.by_pod_ip = by_pod_ip(self, &moved, &spliced, &endpoints);
+        out.services = Arc::new(services);
+        out.endpoints = endpoints;
+        out.clusters = clusters;
+        out.routes = routes;
+        out.virtual_services = Arc::new(virtual_services);
+        out.destination_rules = Arc::new(destination_rules);
+        if let Some(a) = authorization {
+            out.authorization = Arc::new(a);
+        }
+        Some(out)
+    }
+}
+
+/// A spliced service of `host` names that host, and so do its route and rule.
+fn fits(host: &str, new: &SplicedService) -> bool {
+    new.service.hostname == host
+        && new
+            .virtual_service
+            .as_ref()
+            .is_none_or(|v| single_host(&v.hosts) == Some(host))
+        && new.destination_rule.as_ref().is_none_or(|d| d.host == host)
+}
+
+fn single_host(hosts: &[String]) -> Option<&str> {
+    match hosts {
+        [h] => Some(h.as_str()),
+        _ => None,
+    }
+}
+
+/// `list` (in host order, one item per host) without the items of `touched` hosts and with
+/// `new` ones (in host order) in their places; `None` when `list` is not in host order.
+fn spliced_list<'a, T: Clone + 'a>(
+    list: &[T],
+    host: impl Fn(&T) -> Option<&str>,
+    touched: &HashSet<&str>,
+    new: impl Iterator<Item = (&'a str, T)>,
+) -> Option<Vec<T>> {
+    let mut new = new.peekable();
+    let mut out = Vec::with_capacity(list.len() + touched.len());
+    let mut last: Option<&str> = None;
+    for item in list {
+        let h = host(item)?;
+        if last.is_some_and(|l| l >= h) {
+            return None;
+        }
+        last = Some(h);
+        while let Some((_, n)) = new.next_if(|(nh, _)| *nh < h) {
+            out.push(n);
+        }
+        if !touched.contains(h) {
+            out.push(item.clone());
+        }
+    }
+    out.extend(new.map(|(_, n)| n));
+    out.shrink_to_fit();
+    Some(out)
+}
+
+/// FQDNs and their Kubernetes short names → service index, as the builder makes them (the
+/// first service of a short name wins).
+fn by_host(services: &[Service]) -> HashMap<String, usize> {
+    let mut by_host = HashMap::with_capacity(services.len() * 5);
+    for (si, s) in services.iter().enumerate() {
+        by_host.insert(s.hostname.clone(), si);
+    }
+    for (si, s) in services.iter().enumerate() {
+        for alias in crate::hosts::kube_aliases(&s.hostname) {
+            by_host.entry(alias).or_insert(si);
+        }
+    }
+    by_host
+}
+
+fn by_vip(services: &[Service]) -> HashMap<SocketAddr, (usize, usize)> {
+    let mut by_vip = HashMap::with_capacity(services.len());
+    for (si, s) in services.iter().enumerate() {
+        for (pi, port) in s.ports.iter().enumerate() {
+            for vip in &s.vips {
+                by_vip
+                    .entry(SocketAddr::new(*vip, port.number))
+                    .or_insert((si, pi));
+            }
+        }
+    }
+    by_vip
+}
+
+/// The pod index over the new order: each address's services renumbered (route-only ones stay
+/// out, as they were), the spliced services' endpoints added, each list in service order.
+fn by_pod_ip(
+    old: &Snapshot,
+    moved: &[Option<usize>],
+    spliced: &[usize],
+    endpoints: &[Arc<[Arc<Endpoint>]>],
+) -> crate::shards::Shards<IpAddr, PodServices> {
+    let mut lists: HashMap<IpAddr, Vec<(usize, Arc<Endpoint>)>> =
+        HashMap::with_capacity(old.by_pod_ip.len() + spliced.len() * 4);
+    for (ip, list) in old.by_pod_ip.iter() {
+        let kept: Vec<_> = list
+            .iter()
+            .filter_map(|(si, ep)| Some((moved[*si]?, ep.clone())))
+            .collect();
+        if !kept.is_empty() {
+            lists.insert(*ip, kept);
+        }
+    }
+    for &si in spliced {
+        for ep in endpoints[si].iter() {
+            let list = lists.entry(ep.address).or_default();
+            let at = list.partition_point(|(s, _)| *s <= si);
+            list.insert(at, (si, ep.clone()));
+        }
+    }
+    lists
+        .into_iter()
+        .map(|(ip, list)| (ip, list.into()))
+        .collect()
+}

@@ -1,0 +1,540 @@
+//! A push that changed a few services — their clusters, assignments or `main_internal` chains,
+//! services added or removed (a new service arrives as its clusters and assignments, then a
+//! `main_internal` with its chains) — without assembling every service: the services those
+//! changes feed are assembled again as the full assembly would, and spliced into the published
+//! snapshot ([`Snapshot::with_services`]); the other services, their clusters and tables are
+//! shared. The state is still read whole (each resource found by digest) and `main_internal`
+//! translated, but no other service is visited. Anything the splice could not reproduce
+//! exactly as a translation from scratch would — a diagnostic on a changed piece or service,
+//! a changed matcher for bound pods or authorities, a STATIC, DNS or `outbound|…` cluster,
+//! other listeners or route configurations, options — falls back to the full translation, so
+//! the result is always a translation from scratch's (property-tested with the rest of the
+//! translator).
+
+use super::eds::Last;
+use super::*;
+use crate::snapshot::{ServiceSplice, SplicedService};
+use crate::xds::pieces::{name_key, Decoded, Memo};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// The translation of `decoded` as a splice of the last one's published snapshot, when only a
+/// few services changed; `None` otherwise (translate in full). On success the services' memo
+/// describes the new snapshot (and the caller makes it the last translation).
+pub(crate) fn patch(
+    last: Option<&Last>,
+    memo: &mut Memo,
+    decoded: &Decoded,
+    rest: u128,
+    options: &TranslateOptions,
+) -> Option<Translation> {
+    let l = last?;
+    let live = l.published.clone()?;
+    if !l.same_options(options) || rest != l.rest || memo.services.main.is_none() {
+        return None;
+    }
+    let mut changes = changed_pieces(l, decoded)?;
+
+    // `main_internal` read again (chains found by digest), with the clusters' names.
+    let rcs: BTreeMap<&str, &RouteConfiguration> = decoded
+        .resources
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r))
+        .collect();
+    let known: ClusterNames<'_> = decoded.clusters.iter().map(|c| c.name.as_str()).collect();
+    let mut rds = BTreeSet::new();
+    let mut diag = Diag::default();
+    let main = listener::translate(
+        &decoded.listeners,
+        &rcs,
+        &known,
+        !changes.names_changed,
+        &mut memo.listener,
+        &mut rds,
+        &mut diag,
+    );
+    let old = memo.services.main.as_ref()?;
+    let (m, o) = (&main.matched, &old.main.matched);
+    if !diag.rejections.is_empty()
+        || diag.warnings != old.warnings
+        || rds != old.rds
+        || main.direct_path != old.main.direct_path
+        || main.telemetry != old.main.telemetry
+        || (!Arc::ptr_eq(m, o) && (m.pods != o.pods || m.authorities != o.authorities))
+    {
+        return None;
+    }
+    for direct in ["direct-http", "direct-tcp"] {
+        let same = match (main.authz.get(direct), old.main.authz.get(direct)) {
+            (Some(a), Some(b)) => same_authz(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            return None;
+        }
+    }
+    changed_chains(&main.chains, &old.main.chains, &mut changes.hosts)?;
+    if !Arc::ptr_eq(m, o) {
+        changed_vips(&m.vips, &o.vips, &mut changes.hosts);
+    }
+    // Hash keys the routes give clusters: a service whose clusters get another is built again.
+    let (hash, old_hash) = (first_hash_keys(&main), first_hash_keys(&old.main));
+    let moved = hash
+        .iter()
+        .filter(|(c, k)| old_hash.get(*c) != Some(*k))
+        .chain(old_hash.iter().filter(|(c, _)| !hash.contains_key(*c)));
+    for (cluster, _) in moved {
+        changes.hosts.insert(host_of(cluster)?.to_string());
+    }
+    let hosts = changes.hosts;
+    if hosts.is_empty() {
+        return None;
+    }
+    if m.authorities
+        .keys()
+        .any(|(h, _)| hosts.contains(h.as_str()))
+    {
+        return None;
+    }
+
+    // The changed services assembled again, as the full assembly assembles them.
+    let mut accs = accumulate(&hosts, &main, decoded, &hash)?;
+    let mut splices = Vec::with_capacity(hosts.len());
+    let mut rebuilt = Vec::with_capacity(hosts.len());
+    let bound = |ip: &IpAddr| {
+        live.workloads.contains_key(ip)
+            || live.known_workloads.contains_key(ip)
+            || m.pods.contains_key(ip)
+    };
+    for host in &hosts {
+        let was = memo.services.services.get(host.as_str());
+        if let Some(r) = was {
+            // What the old service reported is in the warnings the new snapshot shares.
+            let complete = r.key.assignments.iter().all(Option::is_some);
+            if !r.out.diag.is_empty()
+                || !complete
+                || path_warns(&r.key.acc.chains)
+                || r.out.endpoints.iter().any(|e| bound(&e.address))
+            {
+                return None;
+            }
+        } else if live.service_by_host(host).is_some() {
+            // A service the memo does not keep (its endpoints read at assembly).
+            return None;
+        }
+        let Some(a) = accs.remove(host.as_str()) else {
+            splices.push(ServiceSplice {
+                host: host.to_string(),
+                new: None,
+            });
+            continue;
+        };
+        let mine: Vec<(&str, &ServiceCluster)> =
+            a.clusters.iter().map(|(n, c)| (*n, &**c)).collect();
+        let pieces: BTreeMap<&str, &Arc<ClusterPiece>> =
+            a.pieces.iter().map(|p| (p.name.as_str(), *p)).collect();
+        let clas: BTreeMap<&str, &Arc<AssignmentPiece>> = a
+            .assignments
+            .iter()
+            .map(|p| (p.name.as_str(), *p))
+            .collect();
+        let view = key_view(&a.acc, &mine, &pieces, &clas, options)?;
+        let mut pods: Pods<'_> = BTreeMap::new();
+        for (name, sc) in &mine {
+            let list = match &sc.source {
+                EndpointSource::Eds(eds) => clas.get(eds.as_str())?.pods.as_slice(),
+                EndpointSource::None => &[][..],
+                EndpointSource::Inline | EndpointSource::Dns(_) => return None,
+            };
+            pods.insert(name, Cow::Borrowed(list));
+        }
+        let out = match was.filter(|r| view.matches(&r.key)) {
+            Some(r) => r.out.clone(),
+            None => Arc::new(build_service(host, &a.acc, &mine, &pods, options)),
+        };
+        if !out.diag.is_empty()
+            || !a.diag.is_empty()
+            || out.endpoints.iter().any(|e| bound(&e.address))
+        {
+            return None;
+        }
+        let key = view.owned();
+        splices.push(ServiceSplice {
+            host: host.to_string(),
+            new: Some(SplicedService {
+                service: out.service.clone(),
+                endpoints: out.endpoints.clone(),
+                virtual_service: out.virtual_service(a.acc),
+                destination_rule: out.destination_rule.clone(),
+            }),
+        });
+        rebuilt.push((host.to_string(), key, out));
+    }
+
+    // Authorization: made again when a chain's changed (a service's chains came or went).
+    let same_authz = main.authz.len() == old.main.authz.len()
+        && main
+            .authz
+            .iter()
+            .zip(&old.main.authz)
+            .all(|((n, a), (o, b))| n == o && same_authz(a, b));
+    let authorization = (!same_authz).then(|| access::authorization(&main.authz));
+    let snapshot = live.with_services(splices, authorization, Instant::now())?;
+
+    let subscriptions = if changes.names_changed || changes.eds_changed {
+        let mut s = super::super::Subscriptions {
+            endpoints: BTreeSet::new(),
+            routes: rds.clone(),
+        };
+        s.endpoints
+            .extend(decoded.clusters.iter().filter_map(|c| c.eds.clone()));
+        Arc::new(s)
+    } else {
+        l.subscriptions.clone()
+    };
+
+    // What the memo remembers for the next translation.
+    let services = &mut memo.services;
+    services.version = snapshot.version();
+    services.clusters_built.clear();
+    services.built = rebuilt.len();
+    for host in &hosts {
+        services.services.remove(host.as_str());
+    }
+    services.reused = services.services.len();
+    services.shared = services.reused;
+    for (host, key, out) in rebuilt {
+        services.clusters_built.push(host.clone());
+        services.services.insert(
+            host,
+            Remembered {
+                key,
+                out,
+                clusters: None,
+            },
+        );
+    }
+    services.main = Some(routes::MainState {
+        main,
+        warnings: diag.warnings,
+        rds,
+    });
+    Some(Translation {
+        snapshot,
+        warnings: l.warnings.clone(),
+        dns: l.dns_targets.clone(),
+        subscriptions,
+    })
+}
+
+/// The hosts of changed services; whether cluster names came or went, and whether the EDS
+/// names the clusters ask for may have changed.
+struct Changes {
+    hosts: BTreeSet<String>,
+    names_changed: bool,
+    eds_changed: bool,
+}
+
+/// A cluster a splice can follow: an ordinary service cluster (its endpoints its own EDS
+/// assignment's, or none) that reported nothing. Its service's host.
+fn spliceable(c: &ClusterPiece) -> Option<&str> {
+    let ClusterRole::Service {
+        cluster,
+        matches: None,
+    } = &c.role
+    else {
+        return None;
+    };
+    let own = match &cluster.source {
+        EndpointSource::Eds(eds) => *eds == c.name,
+        EndpointSource::None => true,
+        EndpointSource::Inline | EndpointSource::Dns(_) => false,
+    };
+    (own && c.diag.is_empty()).then_some(cluster.name.host.as_str())
+}
+
+/// The services whose clusters or assignments differ between the last translation's and
+/// `decoded`'s (by name: changed, added, removed). `None` when a changed piece is not one a
+/// splice can follow, or a name is there twice (the full translation rejects it).
+fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
+    type ByName<'a, P> = HashMap<u128, &'a Arc<P>, crate::xds::FastHash>;
+    let mut changes = Changes {
+        hosts: BTreeSet::new(),
+        names_changed: false,
+        eds_changed: false,
+    };
+    let old: ByName<'_, ClusterPiece> = l
+        .clusters()
+        .iter()
+        .map(|c| (name_key(&c.name), c))
+        .collect();
+    // The names of changed clusters.
+    let mut changed: Vec<u128> = Vec::new();
+    let mut new: ByName<'_, ClusterPiece> = HashMap::default();
+    new.reserve(decoded.clusters.len());
+    for c in &decoded.clusters {
+        let k = name_key(&c.name);
+        if new.insert(k, c).is_some() {
+            return None;
+        }
+        match old.get(&k) {
+            Some(o) if Arc::ptr_eq(o, c) => continue,
+            Some(o) => {
+                changes.eds_changed |= o.eds != c.eds;
+                changes.hosts.insert(spliceable(o)?.to_string());
+            }
+            None => changes.names_changed = true,
+        }
+        changes.hosts.insert(spliceable(c)?.to_string());
+        changed.push(k);
+    }
+    if changes.names_changed || new.len() != old.len() {
+        changes.names_changed = true;
+        for (k, o) in &old {
+            if !new.contains_key(k) {
+                changes.hosts.insert(spliceable(o)?.to_string());
+                changed.push(*k);
+            }
+        }
+    }
+    // An assignment's service: its cluster's (of its name), in the state it is in. One that no
+    // cluster of its name uses, or that another cluster uses too, is not followed.
+    let host = |a: &AssignmentPiece, clusters: &ByName<'_, ClusterPiece>| {
+        if !a.diag.is_empty() || l.irregular(&a.name) {
+            return None;
+        }
+        let c = clusters.get(&name_key(&a.name))?;
+        spliceable(c)
+            .filter(|_| c.eds.as_deref() == Some(a.name.as_str()))
+            .map(str::to_string)
+    };
+    let mut at: HashMap<u128, (), crate::xds::FastHash> = HashMap::default();
+    at.reserve(decoded.assignments.len());
+    let mut added = false;
+    for a in &decoded.assignments {
+        let k = name_key(&a.name);
+        if at.insert(k, ()).is_some() {
+            return None;
+        }
+        match l.assignment(k) {
+            Some(o) if Arc::ptr_eq(o, a) => continue,
+            Some(o) => {
+                changes.hosts.insert(host(o, &old)?);
+            }
+            None => added = true,
+        }
+        changes.hosts.insert(host(a, &new)?);
+    }
+    if added || at.len() != l.assignments().len() {
+        for o in l.assignments() {
+            if !at.contains_key(&name_key(&o.name)) {
+                changes.hosts.insert(host(o, &old)?);
+            }
+        }
+    }
+    // Of a changed cluster's name, each state has an EDS cluster and its assignment, or
+    // neither: else that state warns (endpoints not received yet, an assignment no cluster
+    // uses).
+    for k in changed {
+        let eds = |c: Option<&&Arc<ClusterPiece>>| c.is_some_and(|c| c.eds.is_some());
+        if eds(old.get(&k)) != l.assignment(k).is_some() || eds(new.get(&k)) != at.contains_key(&k)
+        {
+            return None;
+        }
+    }
+    Some(changes)
+}
+
+/// The host of a cluster or chain named as istiod names them.
+fn host_of(name: &str) -> Option<&str> {
+    ClusterName::parse(name)?;
+    name.rsplit_once('|').map(|(_, h)| h)
+}
+
+/// The services of the chains that differ between two `main_internal`s (by name: changed,
+/// added, removed). `None` when one is not a service chain.
+fn changed_chains(
+    new: &BTreeMap<String, Arc<ChainPiece>>,
+    old: &BTreeMap<String, Arc<ChainPiece>>,
+    hosts: &mut BTreeSet<String>,
+) -> Option<()> {
+    let service = |p: &ChainPiece| match &p.role {
+        ChainRole::Service { cluster, .. } => Some(cluster.host.clone()),
+        _ => None,
+    };
+    let (mut a, mut b) = (new.iter().peekable(), old.iter().peekable());
+    loop {
+        let changed = match (a.peek(), b.peek()) {
+            (None, None) => return Some(()),
+            (Some((na, pa)), Some((nb, pb))) if na == nb => {
+                let (pa, pb) = (*pa, *pb);
+                a.next();
+                b.next();
+                if Arc::ptr_eq(pa, pb) {
+                    continue;
+                }
+                hosts.insert(service(pb)?);
+                pa
+            }
+            (Some((na, _)), Some((nb, _))) if na > nb => b.next()?.1,
+            (Some(_), _) => a.next()?.1,
+            (None, Some(_)) => b.next()?.1,
+        };
+        hosts.insert(service(changed)?);
+    }
+}
+
+/// The services of the chains of the (VIP, port) entries that differ between two matchers.
+fn changed_vips(
+    new: &BTreeMap<(IpAddr, u16), BTreeSet<String>>,
+    old: &BTreeMap<(IpAddr, u16), BTreeSet<String>>,
+    hosts: &mut BTreeSet<String>,
+) {
+    let mut add = |chains: &BTreeSet<String>| {
+        hosts.extend(chains.iter().filter_map(|c| host_of(c)).map(str::to_string));
+    };
+    let (mut a, mut b) = (new.iter().peekable(), old.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some((ka, ca)), Some((kb, cb))) if ka == kb => {
+                if ca != cb {
+                    add(ca);
+                    add(cb);
+                }
+                a.next();
+                b.next();
+            }
+            (Some((ka, _)), Some((kb, _))) if ka > kb => add(b.next().expect("peeked").1),
+            (Some(_), _) => add(a.next().expect("peeked").1),
+            (None, Some(_)) => add(b.next().expect("peeked").1),
+        }
+    }
+}
+
+/// The hash key each cluster takes from the routes (the first route's, in chain order, as
+/// [`take_hash_key`] leaves it).
+fn first_hash_keys(main: &listener::MainListener) -> HashMap<&str, &HashKey> {
+    let mut out = HashMap::new();
+    for piece in main.chains.values() {
+        if let ChainRole::Service {
+            routes: Some(r), ..
+        } = &piece.role
+        {
+            for (cluster, key) in &r.hash_keys {
+                out.entry(cluster.as_str()).or_insert(key);
+            }
+        }
+    }
+    out
+}
+
+/// Whether two chains' authorization is the same (the same, or both restricting nothing).
+fn same_authz(a: &Arc<access::ChainAuthz>, b: &Arc<access::ChainAuthz>) -> bool {
+    Arc::ptr_eq(a, b) || (routes::unrestricted(a) && routes::unrestricted(b) && a.http == b.http)
+}
+
+/// Whether a service's chains report anything at assembly (paths that differ on a port, what
+/// their routes found).
+fn path_warns(chains: &[Arc<ChainPiece>]) -> bool {
+    let mut acc = ServiceAcc::default();
+    let mut diag = Diag::default();
+    for c in chains {
+        add_chain(&mut acc, &c.name, c, &mut diag, &mut Vec::new());
+    }
+    !diag.is_empty()
+}
+
+/// One changed service as the full assembly accumulates it.
+#[derive(Default)]
+struct Acc<'a> {
+    acc: ServiceAcc,
+    /// Its clusters by name, with the hash keys the routes give them.
+    clusters: Vec<(&'a str, Cow<'a, ServiceCluster>)>,
+    pieces: Vec<&'a Arc<ClusterPiece>>,
+    assignments: Vec<&'a Arc<AssignmentPiece>>,
+    /// What its chains report at assembly.
+    diag: Diag,
+}
+
+/// The accumulators of the services of `hosts` that the state has (a host without one is
+/// gone), made as the full assembly makes them: VIPs and ports from the matcher, namespace and
+/// ports from the clusters (in name order), then the chains (in name order). `None` when a
+/// cluster of theirs is not one a splice can follow.
+fn accumulate<'a>(
+    hosts: &BTreeSet<String>,
+    main: &listener::MainListener,
+    decoded: &'a Decoded,
+    hash: &HashMap<&str, &HashKey>,
+) -> Option<HashMap<String, Acc<'a>>> {
+    let mut out: HashMap<String, Acc<'a>> = HashMap::new();
+    fn entry<'m, 'a>(out: &'m mut HashMap<String, Acc<'a>>, host: &str) -> &'m mut Acc<'a> {
+        out.entry(host.to_string()).or_default()
+    }
+    let touched = |name: &str| {
+        name.rsplit_once('|')
+            .is_some_and(|(_, h)| hosts.contains(h))
+    };
+    for ((ip, port), chains) in &main.matched.vips {
+        for chain in chains.iter().filter(|c| touched(c)) {
+            let Some(host) = host_of(chain) else {
+                continue;
+            };
+            let acc = &mut entry(&mut out, host).acc;
+            acc.vips.insert(*ip);
+            acc.ports
+                .entry(*port)
+                .or_default()
+                .chains
+                .insert(chain.clone());
+        }
+    }
+    let mut clusters: Vec<(&'a Arc<ClusterPiece>, &'a ServiceCluster)> = Vec::new();
+    for c in &decoded.clusters {
+        if let ClusterRole::Service { cluster, .. } = &c.role {
+            if hosts.contains(cluster.name.host.as_str()) {
+                spliceable(c)?;
+                clusters.push((c, cluster));
+            }
+        }
+    }
+    clusters.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    for (piece, sc) in clusters {
+        let a = entry(&mut out, &sc.name.host);
+        if a.acc.namespace.is_none() {
+            a.acc.namespace.clone_from(&sc.namespace);
+        }
+        a.acc.ports.entry(sc.name.port).or_default();
+        let mut sc = Cow::Borrowed(sc);
+        if let Some(key) = hash.get(piece.name.as_str()) {
+            take_hash_key(&mut sc, (*key).clone());
+        }
+        a.clusters.push((piece.name.as_str(), sc));
+        a.pieces.push(piece);
+    }
+    for (chain, piece) in &main.chains {
+        if let Some(cn) = routed_chain(piece).filter(|cn| hosts.contains(cn.host.as_str())) {
+            let a = entry(&mut out, &cn.host);
+            add_chain(&mut a.acc, chain, piece, &mut a.diag, &mut Vec::new());
+        }
+    }
+    // Their assignments.
+    let wanted: HashMap<&str, &str> = out
+        .iter()
+        .flat_map(|(h, a)| a.pieces.iter().map(move |p| (p.name.as_str(), h.as_str())))
+        .collect();
+    let mut found: Vec<(String, &'a Arc<AssignmentPiece>)> = Vec::new();
+    for a in &decoded.assignments {
+        if let Some(h) = wanted.get(a.name.as_str()) {
+            found.push((h.to_string(), a));
+        }
+    }
+    for (h, a) in found {
+        if let Some(acc) = out.get_mut(&h) {
+            acc.assignments.push(a);
+        }
+    }
+    Some(out)
+}
