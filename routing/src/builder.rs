@@ -10,7 +10,7 @@ use crate::lb::{cluster_name, Cluster, ClusterEndpoint};
 use crate::model::{DestinationRule, Endpoint, Protocol, Service, ServicePort, VirtualService};
 use crate::policy::{ClusterPolicy, TrafficPolicy};
 use crate::shards::Shards;
-use crate::snapshot::{PortClusters, PortMap, RouteEntry, Snapshot, TcpRouteEntry};
+use crate::snapshot::{PodService, PortClusters, PortMap, RouteEntry, Snapshot, TcpRouteEntry};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,7 +173,7 @@ impl SnapshotBuilder {
             Vec::with_capacity(self.services.len());
         let mut by_host: HashMap<String, usize> = HashMap::new();
         let mut by_vip: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
-        let mut by_pod_ip: HashMap<std::net::IpAddr, Vec<(usize, Arc<Endpoint>)>> = HashMap::new();
+        let mut by_pod_ip: HashMap<std::net::IpAddr, Vec<PodService>> = HashMap::new();
         // Per service (same index), the clusters it came with.
         let mut prebuilt: Vec<Option<Arc<PortMap>>> = Vec::with_capacity(self.services.len());
         for (service, endpoints, clusters) in self.services {
@@ -195,11 +195,12 @@ impl SnapshotBuilder {
                 }
             }
             let addressable = !self.route_only.contains(&service.hostname);
+            let host: Arc<str> = Arc::from(service.hostname.as_str());
             for ep in endpoints.iter().filter(|_| addressable) {
                 by_pod_ip
                     .entry(ep.address)
                     .or_default()
-                    .push((si, ep.clone()));
+                    .push((host.clone(), ep.clone()));
             }
             services.push(service);
             service_endpoints.push(endpoints.into());

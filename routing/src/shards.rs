@@ -45,6 +45,7 @@ fn shard<Q: Hash + ?Sized>(key: &Q) -> usize {
 }
 
 impl<K, V> Shards<K, V> {
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.len()).sum()
     }

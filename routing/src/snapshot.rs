@@ -95,8 +95,13 @@ impl PortClusters {
 /// has room for four (8 000 services held 18 MiB of empty slots).
 pub(crate) type PortMap = HashMap<u16, Box<PortClusters>>;
 
-/// The services (by index) that hold a pod, each with its endpoint, in service order.
-pub(crate) type PodServices = Arc<[(usize, Arc<Endpoint>)]>;
+/// The services (by FQDN, a key of `by_host`) that hold a pod, each with its endpoint, in
+/// service order. By name rather than index: a service added or removed (a splice, see
+/// [`Snapshot::with_services`]) moves the indexes of the services after it, not their names.
+pub(crate) type PodServices = Arc<[PodService]>;
+
+/// A service (by FQDN) that holds a pod, and its endpoint there.
+pub(crate) type PodService = (Arc<str>, Arc<Endpoint>);
 
 /// Immutable routing state. `Send + Sync`; share it behind an `Arc`. Its tables are `Arc`s of
 /// their own, so that a snapshot made from it by a patch (see [`Snapshot::patched`], the xDS
@@ -223,13 +228,15 @@ impl Snapshot {
         let port = dst.port();
         if let Some((endpoint, protocol)) = self.workloads.get(&dst.ip()) {
             let mut services: Vec<&Service> = Vec::new();
-            for (si, _) in self
+            for (host, _) in self
                 .by_pod_ip
                 .get(&dst.ip())
                 .into_iter()
                 .flat_map(|l| l.iter())
             {
-                let svc = &self.services[*si];
+                let Some(svc) = self.service_named(host) else {
+                    continue;
+                };
                 if !services.iter().any(|s| std::ptr::eq(*s, svc)) {
                     services.push(svc);
                 }
@@ -244,8 +251,10 @@ impl Snapshot {
         let entries = self.by_pod_ip.get(&dst.ip())?;
         let mut endpoint = None;
         let mut services: Vec<&Service> = Vec::new();
-        for (si, ep) in entries.iter() {
-            let svc = &self.services[*si];
+        for (host, ep) in entries.iter() {
+            let Some(svc) = self.service_named(host) else {
+                continue;
+            };
             if svc
                 .ports
                 .iter()
@@ -263,6 +272,12 @@ impl Snapshot {
             services,
             bound: None,
         })
+    }
+
+    /// The service of FQDN `host` (no alias).
+    fn service_named(&self, host: &str) -> Option<&Service> {
+        let s = &self.services[*self.by_host.get(host)?];
+        (s.hostname == host).then_some(s)
     }
 
     /// The service VIP:port a CONNECT authority `<hostname>:<port>` stands for (xDS
@@ -493,10 +508,7 @@ impl Snapshot {
             .by_pod_ip
             .iter()
             .map(|(ip, list)| {
-                let list = list
-                    .iter()
-                    .map(|(si, e)| (host(*si), e.name.as_str()))
-                    .collect();
+                let list = list.iter().map(|(h, e)| (&**h, e.name.as_str())).collect();
                 (ip.to_string(), list)
             })
             .collect();

@@ -1,8 +1,9 @@
 //! A snapshot made from another by replacing some services' endpoints (an EDS push): every
 //! table the patch does not touch is shared with the snapshot it came from.
 
-use super::Snapshot;
+use super::{PodServices, Snapshot};
 use crate::model::{Endpoint, VirtualService};
+use crate::shards::Shards;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -36,29 +37,14 @@ impl Snapshot {
             }
             // The pod index: this service's entries out of the old addresses, into the new ones,
             // each address's list kept in service order (as a build from scratch makes it).
-            {
-                let old: HashSet<IpAddr> = endpoints[si].iter().map(|e| e.address).collect();
-                for ip in &old {
-                    let Some(list) = by_pod_ip.get(ip) else {
-                        continue;
-                    };
-                    let kept: Vec<_> = list.iter().filter(|(s, _)| *s != si).cloned().collect();
-                    if kept.is_empty() {
-                        by_pod_ip.remove(ip);
-                    } else {
-                        by_pod_ip.insert(*ip, kept.into());
-                    }
-                }
-                for ep in &p.endpoints {
-                    let mut list: Vec<_> = by_pod_ip
-                        .get(&ep.address)
-                        .map(|l| l.to_vec())
-                        .unwrap_or_default();
-                    let at = list.partition_point(|(s, _)| *s <= si);
-                    list.insert(at, (si, ep.clone()));
-                    by_pod_ip.insert(ep.address, list.into());
-                }
-            }
+            let order = |h: &str| self.by_host.get(h).copied().unwrap_or(usize::MAX);
+            repoint_pods(
+                &mut by_pod_ip,
+                &service.hostname,
+                &endpoints[si],
+                &p.endpoints,
+                |h| order(h) <= si,
+            );
             // The service's rule, as a build finds it: the first for its host.
             let dr = self
                 .destination_rules
@@ -74,6 +60,40 @@ impl Snapshot {
         out.by_pod_ip = by_pod_ip;
         out.clusters = clusters;
         Some(out)
+    }
+}
+
+/// The pod index with service `host`'s entries moved from the addresses of `old` to those of
+/// `new` (its endpoints before and after); an entry goes after those of the services `before`
+/// it in service order.
+pub(super) fn repoint_pods(
+    by_pod_ip: &mut Shards<IpAddr, PodServices>,
+    host: &str,
+    old: &[Arc<Endpoint>],
+    new: &[Arc<Endpoint>],
+    before: impl Fn(&str) -> bool,
+) {
+    let gone: HashSet<IpAddr> = old.iter().map(|e| e.address).collect();
+    for ip in &gone {
+        let Some(list) = by_pod_ip.get(ip) else {
+            continue;
+        };
+        let kept: Vec<_> = list.iter().filter(|(s, _)| &**s != host).cloned().collect();
+        if kept.is_empty() {
+            by_pod_ip.remove(ip);
+        } else {
+            by_pod_ip.insert(*ip, kept.into());
+        }
+    }
+    let name: Arc<str> = Arc::from(host);
+    for ep in new {
+        let mut list: Vec<_> = by_pod_ip
+            .get(&ep.address)
+            .map(|l| l.to_vec())
+            .unwrap_or_default();
+        let at = list.partition_point(|(s, _)| before(s));
+        list.insert(at, (name.clone(), ep.clone()));
+        by_pod_ip.insert(ep.address, list.into());
     }
 }
 

@@ -1,15 +1,19 @@
 //! A snapshot made from another by replacing, adding or removing whole services (an xDS push
 //! that changed a few services' clusters, assignments or chains): the per-service tables get
-//! the spliced services' entries, the index tables are made again over the services' order,
-//! and every table a service does not feed (authorization aside, see
-//! [`Snapshot::with_services`]) is shared.
+//! the spliced services' entries, the host and VIP indexes are made again over the services'
+//! order (a service added or removed moves the indexes after it), the pod index (by name) has
+//! the spliced services' entries moved, and every table a service does not feed
+//! (authorization aside, see [`Snapshot::with_services`]) is shared.
 
-use super::{PodServices, Snapshot};
+use super::Snapshot;
 use crate::model::{DestinationRule, Endpoint, Service, VirtualService};
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A service's endpoints as a snapshot holds them.
+type Endpoints = Arc<[Arc<Endpoint>]>;
 
 /// One service of a snapshot replaced, added (`new` for a host it does not have) or removed
 /// (`new: None`).
@@ -37,10 +41,10 @@ impl Snapshot {
     /// one DestinationRule of its own host, no explicit aliases) with those services changed:
     /// the spliced services' clusters are built over their endpoints (`now` as in
     /// [`crate::SnapshotBuilder::build_at`]; the caller carries state over), their routes and
-    /// rules placed in host order, and the host, VIP and pod indexes made again (a service
-    /// added or removed moves the ones after it). `authorization` replaces the snapshot's when
-    /// given. Warnings, workloads, authorities and the rest are shared: the caller vouches that
-    /// the splice does not change them. A new version.
+    /// rules placed in host order, the host and VIP indexes made again (a service added or
+    /// removed moves the ones after it), their pods' entries moved. `authorization` replaces
+    /// the snapshot's when given. Warnings, workloads, authorities and the rest are shared: the
+    /// caller vouches that the splice does not change them. A new version.
     ///
     /// `None` when the snapshot is not one the xDS assembly made (services, routes or rules out
     /// of host order, a VirtualService of several hosts or with TCP routes next to a spliced
@@ -95,21 +99,25 @@ impl Snapshot {
             }
         }
 
-        // The services in host order; `moved[old index]` is where an untouched one went.
+        // The services in host order; of each spliced one, its endpoints before and after.
         let count = self.services.len() + splices.len();
         let mut services: Vec<Service> = Vec::with_capacity(count);
-        let mut endpoints: Vec<Arc<[Arc<Endpoint>]>> = Vec::with_capacity(count);
-        let mut moved: Vec<Option<usize>> = vec![None; self.services.len()];
-        let mut spliced: Vec<usize> = Vec::with_capacity(splices.len());
+        let mut endpoints: Vec<Endpoints> = Vec::with_capacity(count);
+        let mut repoint: Vec<(String, Endpoints, Endpoints)> = Vec::with_capacity(splices.len());
         let mut clusters = self.clusters.clone();
         let mut routes = self.routes.clone();
         let mut pending = splices.into_iter().peekable();
         let mut place = |s: ServiceSplice,
+                         old: Option<&Endpoints>,
                          services: &mut Vec<Service>,
-                         endpoints: &mut Vec<Arc<[Arc<Endpoint>]>>| {
+                         endpoints: &mut Vec<Endpoints>| {
             clusters.remove(s.host.as_str());
             routes.remove(s.host.as_str());
-            let Some(new) = s.new else { return };
+            let old = old.cloned().unwrap_or_else(|| Arc::new([]));
+            let Some(new) = s.new else {
+                repoint.push((s.host, old, Arc::new([])));
+                return;
+            };
             let dr = destination_rules
                 .iter()
                 .find(|d| d.host == s.host)
@@ -119,33 +127,39 @@ impl Snapshot {
             if let Some(vs) = new.virtual_service.filter(|v| !v.http.is_empty()) {
                 routes.insert(Arc::from(s.host.as_str()), super::route_table(&vs));
             }
-            spliced.push(services.len());
+            let list: Endpoints = new.endpoints.into();
+            repoint.push((s.host, old, list.clone()));
             services.push(new.service);
-            endpoints.push(new.endpoints.into());
+            endpoints.push(list);
         };
         for (si, s) in self.services.iter().enumerate() {
             if si > 0 && self.services[si - 1].hostname >= s.hostname {
                 return None;
             }
             while let Some(p) = pending.next_if(|p| p.host < s.hostname) {
-                place(p, &mut services, &mut endpoints);
+                place(p, None, &mut services, &mut endpoints);
             }
             if let Some(p) = pending.next_if(|p| p.host == s.hostname) {
-                place(p, &mut services, &mut endpoints);
+                place(p, Some(&self.endpoints[si]), &mut services, &mut endpoints);
                 continue;
             }
-            moved[si] = Some(services.len());
             services.push(s.clone());
             endpoints.push(self.endpoints[si].clone());
         }
         for p in pending {
-            place(p, &mut services, &mut endpoints);
+            place(p, None, &mut services, &mut endpoints);
         }
 
         let mut out = self.shared();
         out.by_host = Arc::new(by_host(&services));
         out.by_vip = Arc::new(by_vip(&services));
-        out.by_pod_ip = by_pod_ip(self, &moved, &spliced, &endpoints);
+        // The pod index names services: only the spliced ones' entries move. Its lists are in
+        // service order, which is host order here.
+        let mut by_pod_ip = self.by_pod_ip.clone();
+        for (host, old, new) in &repoint {
+            super::patch::repoint_pods(&mut by_pod_ip, host, old, new, |h| h <= host.as_str());
+        }
+        out.by_pod_ip = by_pod_ip;
         out.services = Arc::new(services);
         out.endpoints = endpoints;
         out.clusters = clusters;
@@ -232,36 +246,4 @@ fn by_vip(services: &[Service]) -> HashMap<SocketAddr, (usize, usize)> {
         }
     }
     by_vip
-}
-
-/// The pod index over the new order: each address's services renumbered (route-only ones stay
-/// out, as they were), the spliced services' endpoints added, each list in service order.
-fn by_pod_ip(
-    old: &Snapshot,
-    moved: &[Option<usize>],
-    spliced: &[usize],
-    endpoints: &[Arc<[Arc<Endpoint>]>],
-) -> crate::shards::Shards<IpAddr, PodServices> {
-    let mut lists: HashMap<IpAddr, Vec<(usize, Arc<Endpoint>)>> =
-        HashMap::with_capacity(old.by_pod_ip.len() + spliced.len() * 4);
-    for (ip, list) in old.by_pod_ip.iter() {
-        let kept: Vec<_> = list
-            .iter()
-            .filter_map(|(si, ep)| Some((moved[*si]?, ep.clone())))
-            .collect();
-        if !kept.is_empty() {
-            lists.insert(*ip, kept);
-        }
-    }
-    for &si in spliced {
-        for ep in endpoints[si].iter() {
-            let list = lists.entry(ep.address).or_default();
-            let at = list.partition_point(|(s, _)| *s <= si);
-            list.insert(at, (si, ep.clone()));
-        }
-    }
-    lists
-        .into_iter()
-        .map(|(ip, list)| (ip, list.into()))
-        .collect()
 }
