@@ -150,6 +150,12 @@ impl Translator {
         use super::cluster::EndpointSource;
         use super::pieces::ClusterRole;
         let decoded = self.memo.pieces(resources).ok()?;
+        if let Some(last) = &self.last {
+            let others = eds::others_digest(resources).0;
+            if let Some(s) = last.grown_subscriptions(&decoded, others) {
+                return Some(s);
+            }
+        }
         let mut subscriptions = Subscriptions::default();
         for c in &decoded.clusters {
             if !c.diag.rejections.is_empty() {

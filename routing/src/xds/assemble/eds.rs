@@ -168,6 +168,73 @@ impl Last {
         self.irregular.contains(name)
     }
 
+    /// What `decoded` subscribes to, found from this translation's subscriptions when `decoded`
+    /// only adds clusters and assignments to its state or changes some (every other resource
+    /// the same: `others` is [`others_digest`]'s first): the new clusters' assignments are
+    /// added, nothing else is read again. `None` when that cannot tell (a cluster gone or asking
+    /// for another assignment, a new piece that reported a rejection or whose endpoints are
+    /// read at assembly): ask the whole state. What
+    /// [`Translator::subscriptions`](crate::xds::Translator::subscriptions) answers, and so
+    /// the same answer (property-tested with it).
+    pub(crate) fn grown_subscriptions(
+        &self,
+        decoded: &Decoded,
+        others: u128,
+    ) -> Option<crate::xds::Subscriptions> {
+        if self.others != Some(others) {
+            return None;
+        }
+        let old: HashMap<u128, &Arc<ClusterPiece>, crate::xds::FastHash> = self
+            .clusters
+            .iter()
+            .map(|c| (name_key(&c.name), c))
+            .collect();
+        let mut out = (*self.subscriptions).clone();
+        let mut kept = 0;
+        for c in &decoded.clusters {
+            match old.get(&name_key(&c.name)) {
+                Some(o) if Arc::ptr_eq(o, c) => {
+                    kept += 1;
+                    continue;
+                }
+                Some(o) if o.eds != c.eds => return None,
+                Some(_) => kept += 1,
+                None => {}
+            }
+            if !c.diag.rejections.is_empty() {
+                return None;
+            }
+            if let ClusterRole::Service { cluster, matches } = &c.role {
+                let assembled = !matches!(
+                    cluster.source,
+                    EndpointSource::Eds(_) | EndpointSource::None
+                );
+                if matches.is_some() || assembled {
+                    return None;
+                }
+            }
+            out.endpoints.extend(c.eds.iter().cloned());
+        }
+        // Every cluster of this state is still there (the chains that route to them stay valid).
+        if kept != self.clusters.len() {
+            return None;
+        }
+        let changed = |a: &&Arc<AssignmentPiece>| {
+            self.at
+                .get(&name_key(&a.name))
+                .is_none_or(|&i| !Arc::ptr_eq(&self.assignments[i], a))
+        };
+        if decoded
+            .assignments
+            .iter()
+            .filter(changed)
+            .any(|a| !a.diag.rejections.is_empty())
+        {
+            return None;
+        }
+        Some(out)
+    }
+
     /// This translation, made by a patch (see [`Translator::reuse`](crate::xds::Translator::reuse)).
     pub(crate) fn patched_from(mut self) -> Last {
         self.patched = true;
