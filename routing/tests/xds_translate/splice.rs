@@ -6,7 +6,7 @@
 use super::memo::{bookinfo_wire, publish, Wire, PRODUCTPAGE, REVIEWS};
 use super::patch::{describe_wire, scratch_wire};
 use super::*;
-use routing::xds::{Translator, CLUSTER_TYPE, ENDPOINT_TYPE};
+use routing::xds::{Translator, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 use std::net::SocketAddr;
 
 const RATINGS: &str = "ratings.default.svc.cluster.local";
@@ -18,37 +18,19 @@ const RATINGS_VIP: &str = "10.96.0.11:9080";
 fn without_ratings(full: &Wire) -> Wire {
     full.iter()
         .filter(|(_, n, _)| !n.ends_with(RATINGS))
-        .map(|(t, n, bytes)| match n.as_str() {
-            "main_internal" => (*t, n.clone(), without_chain(bytes, RATINGS, "10.96.0.11")),
+        .map(|(t, n, bytes)| match (*t, n.as_str()) {
+            (LISTENER_TYPE, "main_internal") => {
+                (*t, n.clone(), without_chain(bytes, RATINGS, "10.96.0.11"))
+            }
             _ => (*t, n.clone(), bytes.clone()),
         })
         .collect()
 }
 
-/// Listener `bytes` without the filter chains of `host` and without the matcher's range for
-/// `vip`; its other fields as they were, byte for byte.
-fn without_chain(bytes: &[u8], host: &str, vip: &str) -> Vec<u8> {
-    use envoy_types::pb::envoy::config::listener::v3::FilterChain;
-    use envoy_types::pb::xds::r#type::matcher::v3::{matcher::MatcherType, Matcher};
+/// Listener `bytes` with each top-level field's value mapped by `f(tag, value)` (`None`: the
+/// field dropped); the fields `f` leaves alone keep their bytes.
+fn map_fields(bytes: &[u8], mut f: impl FnMut(u32, &[u8]) -> Option<Vec<u8>>) -> Vec<u8> {
     use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
-    use prost::Message;
-    // xds.type.matcher.v3.IPMatcher's range matchers (field 1), kept encoded; of each, only
-    // the ranges' address prefixes are read.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct IpMatcher {
-        #[prost(bytes = "vec", repeated, tag = "1")]
-        range_matchers: Vec<Vec<u8>>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RangeMatcher {
-        #[prost(message, repeated, tag = "1")]
-        ranges: Vec<Cidr>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Cidr {
-        #[prost(string, tag = "1")]
-        address_prefix: String,
-    }
     let mut buf = bytes;
     let mut out = Vec::new();
     while !buf.is_empty() {
@@ -76,43 +58,96 @@ fn without_chain(bytes: &[u8], host: &str, vip: &str) -> Vec<u8> {
             other => panic!("unexpected wire type {other:?}"),
         };
         let field = &field_start[..field_start.len() - buf.len()];
-        match tag {
-            // filter_chains
-            3 if FilterChain::decode(value).unwrap().name.ends_with(host) => {}
-            // filter_chain_matcher
-            32 => {
-                let mut m = Matcher::decode(value).unwrap();
-                let Some(MatcherType::MatcherTree(tree)) = &mut m.matcher_type else {
-                    panic!("a matcher tree");
-                };
-                let any = tree
-                    .tree_type
-                    .as_mut()
-                    .and_then(|t| match t {
-                        envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::TreeType::CustomMatch(c) => c.typed_config.as_mut(),
-                        _ => None,
-                    })
-                    .expect("an IP matcher");
-                let mut ip = IpMatcher::decode(any.value.as_slice()).unwrap();
-                let before = ip.range_matchers.len();
-                ip.range_matchers.retain(|r| {
-                    let r = RangeMatcher::decode(r.as_slice()).unwrap();
-                    r.ranges.iter().all(|c| c.address_prefix != vip)
-                });
-                assert_eq!(
-                    ip.range_matchers.len(),
-                    before - 1,
-                    "{vip} was in the matcher"
-                );
-                any.value = ip.encode_to_vec();
-                let value = m.encode_to_vec();
-                encode_key(32, WireType::LengthDelimited, &mut out);
-                encode_varint(value.len() as u64, &mut out);
-                out.extend_from_slice(&value);
+        if wire_type != WireType::LengthDelimited {
+            out.extend_from_slice(field);
+            continue;
+        }
+        match f(tag, value) {
+            Some(v) if v == value => out.extend_from_slice(field),
+            Some(v) => {
+                encode_key(tag, WireType::LengthDelimited, &mut out);
+                encode_varint(v.len() as u64, &mut out);
+                out.extend_from_slice(&v);
             }
-            _ => out.extend_from_slice(field),
+            None => {}
         }
     }
+    out
+}
+
+/// Field numbers of `envoy.config.listener.v3.Listener`.
+const FILTER_CHAINS: u32 = 3;
+const FILTER_CHAIN_MATCHER: u32 = 32;
+
+/// Listener `bytes` without the filter chains of `host` and without the matcher's range for
+/// `vip`; its other fields as they were, byte for byte.
+fn without_chain(bytes: &[u8], host: &str, vip: &str) -> Vec<u8> {
+    use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::TreeType;
+    use envoy_types::pb::xds::r#type::matcher::v3::{matcher::MatcherType, Matcher};
+    use prost::Message;
+    // xds.type.matcher.v3.IPMatcher's range matchers (field 1), kept encoded; of each, only
+    // the ranges' address prefixes are read.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct IpMatcher {
+        #[prost(bytes = "vec", repeated, tag = "1")]
+        range_matchers: Vec<Vec<u8>>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RangeMatcher {
+        #[prost(message, repeated, tag = "1")]
+        ranges: Vec<Cidr>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Cidr {
+        #[prost(string, tag = "1")]
+        address_prefix: String,
+    }
+    map_fields(bytes, |tag, value| match tag {
+        FILTER_CHAINS if FilterChain::decode(value).unwrap().name.ends_with(host) => None,
+        FILTER_CHAIN_MATCHER => {
+            let mut m = Matcher::decode(value).unwrap();
+            let Some(MatcherType::MatcherTree(tree)) = &mut m.matcher_type else {
+                panic!("a matcher tree");
+            };
+            let Some(TreeType::CustomMatch(custom)) = &mut tree.tree_type else {
+                panic!("an IP matcher");
+            };
+            let any = custom.typed_config.as_mut().expect("an IP matcher");
+            let mut ip = IpMatcher::decode(any.value.as_slice()).unwrap();
+            let before = ip.range_matchers.len();
+            ip.range_matchers.retain(|r| {
+                let r = RangeMatcher::decode(r.as_slice()).unwrap();
+                r.ranges.iter().all(|c| c.address_prefix != vip)
+            });
+            assert_eq!(
+                ip.range_matchers.len(),
+                before - 1,
+                "{vip} was in the matcher"
+            );
+            any.value = ip.encode_to_vec();
+            Some(m.encode_to_vec())
+        }
+        _ => Some(value.to_vec()),
+    })
+}
+
+/// Listener `bytes` with the matcher's VIP `from` now `to` (a service's address changed: the
+/// chains are the same), an address of the same length, so every other byte stays.
+fn moved_vip(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut moved = 0;
+    let out = map_fields(bytes, |tag, value| {
+        let mut value = value.to_vec();
+        if tag == FILTER_CHAIN_MATCHER {
+            while let Some(at) = value.windows(from.len()).position(|w| w == from.as_bytes()) {
+                value[at..at + from.len()].copy_from_slice(to.as_bytes());
+                moved += 1;
+            }
+        }
+        Some(value)
+    });
+    assert_eq!(moved, 1, "{from} was in the matcher once");
     out
 }
 
@@ -164,6 +199,25 @@ fn a_new_service_is_spliced_in_and_out() {
         second.cluster(REVIEWS, 9080, None).unwrap(),
         third.cluster(REVIEWS, 9080, None).unwrap()
     ));
+
+    // ratings' VIP changes: the matcher alone differs; ratings is assembled again.
+    let mut moved = full.clone();
+    for (t, n, bytes) in &mut moved {
+        if *t == LISTENER_TYPE && n == "main_internal" {
+            *bytes = moved_vip(bytes, "10.96.0.11", "10.96.0.99");
+        }
+    }
+    let elsewhere = publish(&mut translator, &moved, &third);
+    let reuse = translator.reuse();
+    assert!(reuse.patched, "{reuse:?}");
+    assert_eq!(reuse.services_built, 1, "ratings only: {reuse:?}");
+    assert_eq!(describe_wire(&elsewhere), scratch_wire(&moved));
+    assert!(elsewhere.resolve_destination(vip).is_none());
+    assert!(elsewhere
+        .resolve_destination("10.96.0.99:9080".parse().unwrap())
+        .is_some());
+    let third = publish(&mut translator, &full, &elsewhere);
+    assert!(translator.reuse().patched);
 
     // ratings leaves, all of it in one push.
     let fourth = publish(&mut translator, &before, &third);

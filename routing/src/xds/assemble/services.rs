@@ -79,18 +79,22 @@ pub(crate) fn patch(
     if !Arc::ptr_eq(m, o) {
         changed_vips(&m.vips, &o.vips, &mut changes.hosts);
     }
-    // Hash keys the routes give clusters: a service whose clusters get another is built again.
+    let hosts = changes.hosts;
+    if hosts.is_empty() {
+        return None;
+    }
+    // Hash keys the routes give clusters: the changed services' clusters take theirs when built
+    // again; another service's cluster given another key (a route to another service changed)
+    // is not followed.
     let (hash, old_hash) = (first_hash_keys(&main), first_hash_keys(&old.main));
     let moved = hash
         .iter()
         .filter(|(c, k)| old_hash.get(*c) != Some(*k))
         .chain(old_hash.iter().filter(|(c, _)| !hash.contains_key(*c)));
     for (cluster, _) in moved {
-        changes.hosts.insert(host_of(cluster)?.to_string());
-    }
-    let hosts = changes.hosts;
-    if hosts.is_empty() {
-        return None;
+        if !hosts.contains(host_of(cluster)?) {
+            return None;
+        }
     }
     if m.authorities
         .keys()
