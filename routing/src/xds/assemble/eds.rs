@@ -25,9 +25,8 @@ pub(crate) struct Last {
     patched: bool,
     trust_domain: String,
     dns: crate::dns::DnsAnswers,
-    /// [`others_digest`] of its resources: all but clusters and assignments (`None` after a
-    /// patch that read `main_internal` alone), and all but those and the `main_internal`
-    /// listener.
+    /// [`others_digest`] of its resources: all but clusters and assignments (`None`: not known),
+    /// and all but those and the `main_internal` listener.
     others: Option<u128>,
     pub(super) rest: u128,
     /// Its listeners but `main_internal` (`None` in its place), and its route configurations:
@@ -49,30 +48,40 @@ pub(crate) struct Last {
 
 /// Digests over the resources that are neither clusters nor assignments (listeners, route
 /// configurations), each with its type and name, in order: all of them, and all but the
-/// `main_internal` listener (which a route patch reads itself).
+/// `main_internal` listener (which a route patch reads itself). The first is
+/// [`with_main`]`(rest, main_internal's bytes)`, so that a patch that read `main_internal`
+/// alone knows it too.
 pub(crate) fn others_digest(resources: &[Encoded<'_>]) -> (u128, u128) {
-    let mut all = xxhash_rust::xxh3::Xxh3::new();
     let mut rest = xxhash_rust::xxh3::Xxh3::new();
+    let mut main = None;
     for r in resources
         .iter()
         .filter(|r| r.type_url != CLUSTER_TYPE && r.type_url != ENDPOINT_TYPE)
     {
-        let main = r.type_url == LISTENER_TYPE && r.name == listener::MAIN_INTERNAL;
-        for part in [r.type_url.as_bytes(), r.name.as_bytes(), r.value] {
-            let len = (part.len() as u64).to_le_bytes();
-            all.update(&len);
-            all.update(part);
-            if !main {
-                rest.update(&len);
-                rest.update(part);
-            }
-        }
-        if main {
+        if r.type_url == LISTENER_TYPE && r.name == listener::MAIN_INTERNAL {
+            main = Some(r.value);
             // Where it stands among the others.
             rest.update(b"main_internal");
+            continue;
+        }
+        for part in [r.type_url.as_bytes(), r.name.as_bytes(), r.value] {
+            rest.update(&(part.len() as u64).to_le_bytes());
+            rest.update(part);
         }
     }
-    (all.digest128(), rest.digest128())
+    let rest = rest.digest128();
+    (with_main(rest, main), rest)
+}
+
+/// The digest of all the resources but clusters and assignments, from that of all but
+/// `main_internal` and `main_internal`'s bytes (if the state has it).
+pub(crate) fn with_main(rest: u128, main: Option<&[u8]>) -> u128 {
+    let mut all = xxhash_rust::xxh3::Xxh3::new();
+    all.update(&rest.to_le_bytes());
+    if let Some(main) = main {
+        all.update(&crate::xds::pieces::digest(main).to_le_bytes());
+    }
+    all.digest128()
 }
 
 impl Last {

@@ -78,10 +78,10 @@ pub(crate) fn patch_listener(
     let snapshot = patch_listeners(l, memo, &listeners, &l.route_configurations)?;
     // No cluster or assignment was read.
     (memo.reused, memo.built) = (0, 0);
-    // What the digest of every resource but clusters and assignments would be is not known
-    // without the others' bytes: the next full pass translates rather than patches.
+    // The other resources are the last translation's: their digest with the new listener.
     let rest = l.rest;
-    Some(l.patched_to(snapshot, (None, rest)))
+    let others = super::eds::with_main(rest, Some(changed[0].value));
+    Some(l.patched_to(snapshot, (Some(others), rest)))
 }
 
 /// The published snapshot with the route tables of the services whose chains changed in
