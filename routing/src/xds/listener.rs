@@ -201,6 +201,24 @@ pub(crate) struct ListenerMemo {
     pub(crate) built: usize,
 }
 
+impl ListenerMemo {
+    /// Whether `main_internal`'s matcher in `listeners` is surely not the one that selected
+    /// `matched` (the last call read that one, and these bytes differ): what it selects then
+    /// differs. `false` when that cannot be told so.
+    pub(crate) fn matcher_changed(
+        &self,
+        listeners: &[ShallowListener],
+        matched: &Arc<Matched>,
+    ) -> bool {
+        let Some((digest, last)) = &self.matcher else {
+            return false;
+        };
+        let main = listeners.iter().find(|l| l.name == MAIN_INTERNAL);
+        let bytes = main.and_then(|l| l.filter_chain_matcher.as_ref());
+        Arc::ptr_eq(last, matched) && bytes.is_none_or(|b| super::pieces::digest(b) != *digest)
+    }
+}
+
 /// What an application-protocol matcher selects: the chain for HTTP
 /// (`'h2c'`, `'http/1.1'`, `'http/1.0'`) and the one for anything else.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -95,6 +95,11 @@ fn patch_listeners(
 ) -> Option<Snapshot> {
     let live = l.published.clone()?;
     let old = memo.services.main.as_ref()?;
+    // A matcher that changed (a VIP came or went) is more than routes: not worth reading the
+    // chains for.
+    if memo.listener.matcher_changed(listeners, &old.main.matched) {
+        return None;
+    }
     // The listeners read again: chains found by digest, the changed ones decoded.
     let rcs: BTreeMap<&str, &RouteConfiguration> =
         routes.iter().map(|r| (r.name.as_str(), r)).collect();
