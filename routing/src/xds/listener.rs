@@ -147,6 +147,23 @@ pub(crate) struct Matched {
     pub(crate) authorities: BTreeMap<(String, u16), BTreeSet<String>>,
     /// What reading the matcher found (reported each time it is used).
     diag: Diag,
+    /// The digest of the matcher's bytes it was read from (`None`: from the chains' classic
+    /// matches).
+    pub(crate) source: Option<u128>,
+}
+
+impl Matched {
+    /// Whether `listeners`' `main_internal` has a matcher other than the one this was read
+    /// from (`false` when that cannot be told: no matcher on either side).
+    pub(crate) fn replaced_in(&self, listeners: &[ShallowListener]) -> bool {
+        let main = listeners.iter().find(|l| l.name == MAIN_INTERNAL);
+        let bytes = main.and_then(|l| l.filter_chain_matcher.as_ref());
+        match (self.source, bytes) {
+            (Some(d), Some(b)) => super::pieces::digest(b) != d,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 /// The translated `main_internal` listener.
@@ -199,24 +216,6 @@ pub(crate) struct ListenerMemo {
     /// Chains reused and built by the last translation.
     pub(crate) reused: usize,
     pub(crate) built: usize,
-}
-
-impl ListenerMemo {
-    /// Whether `main_internal`'s matcher in `listeners` is surely not the one that selected
-    /// `matched` (the last call read that one, and these bytes differ): what it selects then
-    /// differs. `false` when that cannot be told so.
-    pub(crate) fn matcher_changed(
-        &self,
-        listeners: &[ShallowListener],
-        matched: &Arc<Matched>,
-    ) -> bool {
-        let Some((digest, last)) = &self.matcher else {
-            return false;
-        };
-        let main = listeners.iter().find(|l| l.name == MAIN_INTERNAL);
-        let bytes = main.and_then(|l| l.filter_chain_matcher.as_ref());
-        Arc::ptr_eq(last, matched) && bytes.is_none_or(|b| super::pieces::digest(b) != *digest)
-    }
 }
 
 /// What an application-protocol matcher selects: the chain for HTTP
@@ -363,6 +362,7 @@ fn main_internal(
                     let mut found = Diag::default();
                     tree(&m, at, &mut found, &mut matched, 0);
                     matched.diag = found;
+                    matched.source = Some(d);
                     Some(Arc::new(matched))
                 }
                 Err(e) => {

@@ -96,8 +96,8 @@ fn patch_listeners(
     let live = l.published.clone()?;
     let old = memo.services.main.as_ref()?;
     // A matcher that changed (a VIP came or went) is more than routes: not worth reading the
-    // chains for.
-    if memo.listener.matcher_changed(listeners, &old.main.matched) {
+    // chains for (they would be read again by the translation that follows).
+    if old.main.matched.replaced_in(listeners) {
         return None;
     }
     // The listeners read again: chains found by digest, the changed ones decoded.
