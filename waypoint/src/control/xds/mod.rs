@@ -277,7 +277,16 @@ fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Optio
     }
     // Named up to AWAITED_NAMES, then counted: at start-up every assignment is awaited.
     let absent = |what: &str, type_url: &str, names: &BTreeSet<String>| -> Option<String> {
-        let mut absent = names.iter().filter(|n| state.get(type_url, n).is_none());
+        // The state's names and `names` are both in order: one walk over both, not a lookup
+        // per name (15 000 of them at 5 000 services).
+        let mut held = state
+            .resources(type_url)
+            .map(|r| r.name.as_str())
+            .peekable();
+        let mut absent = names.iter().filter(move |n| {
+            while held.next_if(|h| *h < n.as_str()).is_some() {}
+            held.peek() != Some(&n.as_str())
+        });
         let named: Vec<&str> = absent
             .by_ref()
             .take(AWAITED_NAMES)

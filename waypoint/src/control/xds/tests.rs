@@ -261,6 +261,24 @@ fn what_is_awaited_names_a_few_and_counts_the_rest() {
         ..needed
     };
     assert_eq!(missing(&state, &needed).unwrap(), "EDS eds-18, eds-19");
+    // Held names around an absent one, and one past the last held name.
+    let held = "inbound-vip|9080|http|reviews.default.svc.cluster.local";
+    assert!(state.get(type_url::CLUSTER_LOAD_ASSIGNMENT, held).is_some());
+    let needed = routing::xds::Subscriptions {
+        endpoints: [
+            "eds-00",
+            held,
+            "inbound-vip|9080|http|nowhere.default.svc.cluster.local",
+            "zz-last",
+        ]
+        .map(String::from)
+        .into(),
+        routes: Default::default(),
+    };
+    assert_eq!(
+        missing(&state, &needed).unwrap(),
+        "EDS inbound-vip|9080|http|nowhere.default.svc.cluster.local, zz-last"
+    );
 }
 
 /// bookinfo applied and served as by a running data path: the translator sees it live.
