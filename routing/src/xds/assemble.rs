@@ -89,6 +89,25 @@ impl ServiceMemo {
         shared
     }
 
+    /// A patch made snapshot `version` with the services of `rebuilt` built again (with what
+    /// they were built from) and every other one reused, its clusters shared.
+    fn rebuilt(&mut self, version: u64, rebuilt: Vec<(String, ServiceKey, Arc<ServiceOut>)>) {
+        self.version = version;
+        self.clusters_built.clear();
+        self.built = rebuilt.len();
+        for (host, _, _) in &rebuilt {
+            self.services.remove(host);
+        }
+        self.reused = self.services.len();
+        self.shared = self.reused;
+        for (host, key, out) in rebuilt {
+            self.clusters_built.push(host.clone());
+            let clusters = None;
+            self.services
+                .insert(host, Remembered { key, out, clusters });
+        }
+    }
+
     /// `published` (carried over and live) came from the last translation: remember the
     /// clusters it built, for the next snapshot to share. Any other snapshot is ignored (its
     /// clusters are built again next time).
@@ -117,6 +136,16 @@ struct ServiceAcc {
 }
 
 impl ServiceAcc {
+    /// The matcher sends (VIP, port) to `chain`, one of this service's.
+    fn add_vip(&mut self, ip: IpAddr, port: u16, chain: &str) {
+        self.vips.insert(ip);
+        self.ports
+            .entry(port)
+            .or_default()
+            .chains
+            .insert(chain.to_string());
+    }
+
     /// A copy of what the service is built from (its namespace, VIPs, ports and chains), for
     /// its memo; the routes, which only its VirtualService takes, are left out.
     fn without_routes(&self) -> ServiceAcc {
@@ -290,13 +319,7 @@ pub(crate) fn translate(
             let Some(cn) = ClusterName::parse(chain) else {
                 continue;
             };
-            let acc = service_acc(&mut services, &cn.host);
-            acc.vips.insert(*ip);
-            acc.ports
-                .entry(*port)
-                .or_default()
-                .chains
-                .insert(chain.clone());
+            service_acc(&mut services, &cn.host).add_vip(*ip, *port, chain);
         }
     }
     for sc in svc_clusters.values() {

@@ -73,6 +73,23 @@ pub(crate) struct ClusterPiece {
 }
 
 impl ClusterPiece {
+    /// Whether what a state asks for can be told from this piece without assembling it: it
+    /// reported no rejection, and it is not a service cluster whose endpoints are read at
+    /// assembly (inline, DNS) or by its socket matches (`outbound|…`).
+    pub(crate) fn subscribable(&self) -> bool {
+        let plain = match &self.role {
+            ClusterRole::Service { cluster, matches } => {
+                matches.is_none()
+                    && matches!(
+                        cluster.source,
+                        EndpointSource::Eds(_) | EndpointSource::None
+                    )
+            }
+            _ => true,
+        };
+        plain && self.diag.rejections.is_empty()
+    }
+
     pub(crate) fn build(c: &Cluster) -> ClusterPiece {
         let mut diag = Diag::default();
         let name = c.name.as_str();

@@ -147,8 +147,6 @@ impl Translator {
     /// rejected by the translation, not here).
     pub fn subscriptions(&mut self, resources: &[Encoded<'_>]) -> Option<Subscriptions> {
         use super::chain::ChainRole;
-        use super::cluster::EndpointSource;
-        use super::pieces::ClusterRole;
         let decoded = self.memo.pieces(resources).ok()?;
         if let Some(last) = &self.last {
             let others = eds::others_digest(resources).0;
@@ -158,17 +156,8 @@ impl Translator {
         }
         let mut subscriptions = Subscriptions::default();
         for c in &decoded.clusters {
-            if !c.diag.rejections.is_empty() {
+            if !c.subscribable() {
                 return None;
-            }
-            if let ClusterRole::Service { cluster, matches } = &c.role {
-                let assembled = !matches!(
-                    cluster.source,
-                    EndpointSource::Eds(_) | EndpointSource::None
-                );
-                if matches.is_some() || assembled {
-                    return None;
-                }
             }
             subscriptions.endpoints.extend(c.eds.iter().cloned());
         }

@@ -159,6 +159,22 @@ fn ratings_pieces(full: &Wire) -> Wire {
         .collect()
 }
 
+/// `wire` translated and published after `live`: a splice that built `built` services, equal to
+/// a translation from scratch.
+fn spliced(
+    translator: &mut Translator,
+    wire: &Wire,
+    live: &routing::Snapshot,
+    built: usize,
+) -> std::sync::Arc<routing::Snapshot> {
+    let snapshot = publish(translator, wire, live);
+    let reuse = translator.reuse();
+    assert!(reuse.patched, "{reuse:?}");
+    assert_eq!(reuse.services_built, built, "{reuse:?}");
+    assert_eq!(describe_wire(&snapshot), scratch_wire(wire));
+    snapshot
+}
+
 /// ratings arrives (its clusters and assignment, then `main_internal` with its chain and VIP)
 /// and leaves: each step assembles ratings alone and splices it into the published snapshot,
 /// which equals a translation from scratch; the other services' clusters are shared.
@@ -174,11 +190,7 @@ fn a_new_service_is_spliced_in_and_out() {
     // CDS and EDS: ratings' clusters and assignment; `main_internal` does not route it yet.
     let mut pieces = before.clone();
     pieces.extend(ratings_pieces(&full));
-    let second = publish(&mut translator, &pieces, &first);
-    let reuse = translator.reuse();
-    assert!(reuse.patched, "{reuse:?}");
-    assert_eq!(reuse.services_built, 1, "ratings only: {reuse:?}");
-    assert_eq!(describe_wire(&second), scratch_wire(&pieces));
+    let second = spliced(&mut translator, &pieces, &first, 1);
     assert!(second.service_by_host(RATINGS).is_some());
     assert!(second.resolve_destination(vip).is_none());
     for host in [PRODUCTPAGE, REVIEWS] {
@@ -189,11 +201,7 @@ fn a_new_service_is_spliced_in_and_out() {
     }
 
     // LDS: `main_internal` with ratings' chain and VIP.
-    let third = publish(&mut translator, &full, &second);
-    let reuse = translator.reuse();
-    assert!(reuse.patched, "{reuse:?}");
-    assert_eq!(reuse.services_built, 1, "ratings only: {reuse:?}");
-    assert_eq!(describe_wire(&third), scratch_wire(&full));
+    let third = spliced(&mut translator, &full, &second, 1);
     assert!(third.resolve_destination(vip).is_some());
     assert!(std::ptr::eq(
         second.cluster(REVIEWS, 9080, None).unwrap(),
@@ -207,11 +215,7 @@ fn a_new_service_is_spliced_in_and_out() {
             *bytes = moved_vip(bytes, "10.96.0.11", "10.96.0.99");
         }
     }
-    let elsewhere = publish(&mut translator, &moved, &third);
-    let reuse = translator.reuse();
-    assert!(reuse.patched, "{reuse:?}");
-    assert_eq!(reuse.services_built, 1, "ratings only: {reuse:?}");
-    assert_eq!(describe_wire(&elsewhere), scratch_wire(&moved));
+    let elsewhere = spliced(&mut translator, &moved, &third, 1);
     assert!(elsewhere.resolve_destination(vip).is_none());
     assert!(elsewhere
         .resolve_destination("10.96.0.99:9080".parse().unwrap())
@@ -220,11 +224,7 @@ fn a_new_service_is_spliced_in_and_out() {
     assert!(translator.reuse().patched);
 
     // ratings leaves, all of it in one push.
-    let fourth = publish(&mut translator, &before, &third);
-    let reuse = translator.reuse();
-    assert!(reuse.patched, "{reuse:?}");
-    assert_eq!(reuse.services_built, 0, "nothing to build: {reuse:?}");
-    assert_eq!(describe_wire(&fourth), scratch_wire(&before));
+    let fourth = spliced(&mut translator, &before, &third, 0);
     assert!(fourth.service_by_host(RATINGS).is_none());
     assert!(fourth.resolve_destination(vip).is_none());
 }

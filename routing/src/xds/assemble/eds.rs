@@ -210,17 +210,8 @@ impl Last {
                 Some(_) => kept += 1,
                 None => {}
             }
-            if !c.diag.rejections.is_empty() {
+            if !c.subscribable() {
                 return None;
-            }
-            if let ClusterRole::Service { cluster, matches } = &c.role {
-                let assembled = !matches!(
-                    cluster.source,
-                    EndpointSource::Eds(_) | EndpointSource::None
-                );
-                if matches.is_some() || assembled {
-                    return None;
-                }
             }
             out.endpoints.extend(c.eds.iter().cloned());
         }
@@ -408,27 +399,10 @@ fn patch_services(
             host: host.to_string(),
             endpoints: out.endpoints.clone(),
         });
-        rebuilt.push((host.to_string(), key, out));
+        rebuilt.push((host.to_string(), key, Arc::new(out)));
     }
     let snapshot = live.patched(patches, now)?;
-    // What the memo remembers for the next translation.
-    let services = &mut memo.services;
-    services.version = snapshot.version();
-    services.clusters_built.clear();
-    services.built = rebuilt.len();
-    services.reused = services.services.len() - rebuilt.len();
-    services.shared = services.reused;
-    for (host, key, out) in rebuilt {
-        services.clusters_built.push(host.clone());
-        services.services.insert(
-            host,
-            Remembered {
-                key,
-                out: Arc::new(out),
-                clusters: None,
-            },
-        );
-    }
+    memo.services.rebuilt(snapshot.version(), rebuilt);
     Some(snapshot)
 }
 

@@ -201,25 +201,10 @@ pub(crate) fn patch(
 
     // What the memo remembers for the next translation.
     let services = &mut memo.services;
-    services.version = snapshot.version();
-    services.clusters_built.clear();
-    services.built = rebuilt.len();
     for host in &hosts {
         services.services.remove(host.as_str());
     }
-    services.reused = services.services.len();
-    services.shared = services.reused;
-    for (host, key, out) in rebuilt {
-        services.clusters_built.push(host.clone());
-        services.services.insert(
-            host,
-            Remembered {
-                key,
-                out,
-                clusters: None,
-            },
-        );
-    }
+    services.rebuilt(snapshot.version(), rebuilt);
     services.main = Some(routes::MainState {
         main,
         warnings: diag.warnings,
@@ -486,13 +471,7 @@ fn accumulate<'a>(
             let Some(host) = host_of(chain) else {
                 continue;
             };
-            let acc = &mut entry(&mut out, host).acc;
-            acc.vips.insert(*ip);
-            acc.ports
-                .entry(*port)
-                .or_default()
-                .chains
-                .insert(chain.clone());
+            entry(&mut out, host).acc.add_vip(*ip, *port, chain);
         }
     }
     let mut clusters: Vec<(&'a Arc<ClusterPiece>, &'a ServiceCluster)> = Vec::new();
