@@ -399,6 +399,7 @@ impl Handler for XdsHandler {
             reused = reuse.reused,
             rebuilt = reuse.built,
             clusters_shared = reuse.clusters_shared,
+            services_rebuilt = reuse.services_built,
             patched = reuse.patched,
             "xDS config translated"
         );
