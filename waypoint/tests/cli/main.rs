@@ -37,5 +37,6 @@ mod xds_path;
 mod xds_releases;
 mod xds_retry;
 mod xds_saved;
+mod xds_splice;
 mod xds_telemetry;
 mod xds_upstreams;
