@@ -31,7 +31,7 @@ pub(crate) struct ServiceSplice {
 pub(crate) struct SplicedService {
     pub(crate) service: Service,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
-    pub(crate) virtual_service: Option<VirtualService>,
+    pub(crate) virtual_service: Option<Arc<VirtualService>>,
     pub(crate) destination_rule: Option<Arc<DestinationRule>>,
 }
 
@@ -56,6 +56,14 @@ impl Snapshot {
         now: Instant,
     ) -> Option<Snapshot> {
         splices.sort_by(|a, b| a.host.cmp(&b.host));
+        // Kept as long as the snapshot: without the spare capacity the assembly left.
+        for s in &mut splices {
+            let vs = s.new.as_mut().and_then(|n| n.virtual_service.as_mut());
+            if let Some(vs) = vs.and_then(Arc::get_mut) {
+                vs.http.shrink_to_fit();
+                vs.tcp.shrink_to_fit();
+            }
+        }
         if splices.windows(2).any(|w| w[0].host == w[1].host)
             || splices
                 .iter()
@@ -64,13 +72,13 @@ impl Snapshot {
             return None;
         }
         let touched: HashSet<&str> = splices.iter().map(|s| s.host.as_str()).collect();
-        let mut virtual_services = spliced_list(
+        let virtual_services = spliced_list(
             &self.virtual_services,
             |v| single_host(&v.hosts),
             &touched,
             splices.iter().filter_map(|s| {
                 let vs = s.new.as_ref()?.virtual_service.as_ref()?;
-                Some((s.host.as_str(), Arc::new(vs.clone())))
+                Some((s.host.as_str(), vs.clone()))
             }),
         )?;
         // TCP routes are not spliced: neither the old nor the new service has any.
@@ -90,14 +98,6 @@ impl Snapshot {
                 Some((s.host.as_str(), dr.clone()))
             }),
         )?;
-        for vs in &mut virtual_services {
-            if touched.contains(vs.hosts[0].as_str()) {
-                if let Some(vs) = Arc::get_mut(vs) {
-                    vs.http.shrink_to_fit();
-                    vs.tcp.shrink_to_fit();
-                }
-            }
-        }
 
         // The services in host order; of each spliced one, its endpoints before and after.
         let count = self.services.len() + splices.len();
@@ -118,10 +118,8 @@ impl Snapshot {
                 repoint.push((s.host, old, Arc::new([])));
                 return;
             };
-            let dr = destination_rules
-                .iter()
-                .find(|d| d.host == s.host)
-                .map(|d| &**d);
+            // The one rule of its host (`fits`), as the builder finds it.
+            let dr = new.destination_rule.as_deref();
             let built = crate::builder::service_clusters(&new.service, &new.endpoints, dr, now);
             clusters.insert(Arc::from(s.host.as_str()), Arc::new(built));
             if let Some(vs) = new.virtual_service.filter(|v| !v.http.is_empty()) {

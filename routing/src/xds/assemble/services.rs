@@ -170,7 +170,7 @@ pub(crate) fn patch(
             new: Some(SplicedService {
                 service: out.service.clone(),
                 endpoints: out.endpoints.clone(),
-                virtual_service: out.virtual_service(a.acc),
+                virtual_service: out.virtual_service(a.acc).map(Arc::new),
                 destination_rule: out.destination_rule.clone(),
             }),
         });
