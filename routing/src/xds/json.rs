@@ -17,7 +17,6 @@ use prost_reflect::prost_types::{
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
 
@@ -41,10 +40,12 @@ pub(crate) fn err(path: &str, message: impl Into<String>) -> JsonError {
     }
 }
 
-pub(crate) fn base_pool() -> Result<&'static DescriptorPool, JsonError> {
-    static POOL: OnceLock<Result<DescriptorPool, prost_reflect::DescriptorError>> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS))
-        .as_ref()
+/// The embedded Envoy descriptors, decoded: built for each use and dropped after it. A decoded
+/// pool holds about 11 MiB of heap and takes 12–30 ms to build; the admin's JSON answers and
+/// JSON config are rare, so keeping one for the process's life would cost every waypoint that
+/// memory for an occasional `/config_dump`.
+pub(crate) fn base_pool() -> Result<DescriptorPool, JsonError> {
+    DescriptorPool::decode(DESCRIPTORS)
         .map_err(|e| err("", format!("embedded Envoy descriptors: {e}")))
 }
 
@@ -81,14 +82,14 @@ pub fn load(json: &str) -> Result<Loaded, JsonError> {
     let mut skipped = Vec::new();
     collect(&value, "", &mut found, &mut skipped)?;
     let mut unknown = BTreeSet::new();
-    let pool = base_pool()?;
+    let base = base_pool()?;
     for (_, v) in &found {
-        unknown_types(v, pool, &mut unknown);
+        unknown_types(v, &base, &mut unknown);
     }
-    let pool = with_placeholders(pool, &unknown)?;
+    let pool = with_placeholders(&base, &unknown)?;
     let mut out = Resources::default();
     for (path, v) in found {
-        add(&pool, &path, v, &mut out)?;
+        add(&base, &pool, &path, v, &mut out)?;
     }
     Ok(Loaded {
         resources: out,
@@ -404,13 +405,20 @@ fn strip_unknown(v: &Value, unknown: &dyn Fn(&str) -> bool) -> Value {
     }
 }
 
-fn add(pool: &DescriptorPool, path: &str, v: &Value, out: &mut Resources) -> Result<(), JsonError> {
+/// `v` (at `path`) decoded with `pool` into `out`; fields of types `base` (the embedded
+/// descriptors alone) does not know are left out.
+fn add(
+    base: &DescriptorPool,
+    pool: &DescriptorPool,
+    path: &str,
+    v: &Value,
+    out: &mut Resources,
+) -> Result<(), JsonError> {
     let mut obj = v.clone();
     let type_url = obj.get("@type").and_then(Value::as_str).map(str::to_string);
     if let Value::Object(m) = &mut obj {
         m.remove("@type");
     }
-    let base = base_pool()?;
     let is_unknown = |name: &str| base.get_message_by_name(name).is_none();
     let obj = strip_unknown(&obj, &is_unknown);
     let (type_url, msg_name) = match type_url {

@@ -40,8 +40,8 @@ pub fn encoded_to_json(
         DynamicMessage::decode(desc, bytes).map_err(|e| err("", format!("{full_name}: {e}")))
     };
     let mut unknown = BTreeSet::new();
-    unknown_anys(&decode(base)?, base, &mut unknown);
-    let pool = with_placeholders(base, &unknown)?;
+    unknown_anys(&decode(&base)?, &base, &mut unknown);
+    let pool = with_placeholders(&base, &unknown)?;
     let message = decode(&pool)?;
     let options = SerializeOptions::new()
         .use_proto_field_name(true)

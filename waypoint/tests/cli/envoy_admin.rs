@@ -165,6 +165,15 @@ async fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
+/// `/memory`'s `allocated` (jemalloc's figure for the heap in use).
+async fn allocated(admin: std::net::SocketAddr) -> u64 {
+    let memory = get_json(admin, "/memory").await;
+    memory["allocated"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{memory}"))
+}
+
 fn type_of(v: &Value) -> &str {
     v["@type"].as_str().unwrap_or_default()
 }
@@ -185,6 +194,9 @@ async fn envoy_admin_endpoints_as_istioctl_reads_them() {
     let admin = addrs["admin"];
     poll_until(addrs["health"], "/healthz/ready", |s, _| s == 200).await;
     let pod = format!("{}:9080", net.ip(1));
+    // The heap before any JSON answer: the JSON answers below build the Envoy descriptors
+    // (about 11 MiB) and must let them go (compared at `/memory` below).
+    let allocated_before = allocated(admin).await;
 
     // /config_dump: Envoy's ConfigDump, in Envoy's order.
     let (_, text) = waypoint_tests::http_request(admin, "GET", "/config_dump?include_eds").await;
@@ -459,9 +471,14 @@ async fn envoy_admin_endpoints_as_istioctl_reads_them() {
         spiffe("waypoint").to_string()
     );
     assert!(!chain["serial_number"].as_str().unwrap().is_empty());
-    let memory = get_json(admin, "/memory").await;
-    let allocated: u64 = memory["allocated"].as_str().unwrap().parse().unwrap();
-    assert!(allocated > 0, "{memory}");
+    let allocated = allocated(admin).await;
+    assert!(allocated > 0);
+    // Every JSON answer above built the descriptors and dropped them (a pool kept for the
+    // process's life is about 11 MiB; this allows 4).
+    assert!(
+        allocated < allocated_before + (4 << 20),
+        "heap {allocated_before} → {allocated} bytes across the JSON answers"
+    );
 
     // POST /logging without parameters lists the loggers (istioctl proxy-config log).
     let (status, body) = waypoint_tests::http_request(admin, "POST", "/logging").await;
