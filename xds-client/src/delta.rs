@@ -9,14 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 
+use crate::ads::Ads;
 use crate::client::StreamError;
 use crate::config::Mode;
 use crate::resource::{Handler, Rejection, Resource};
@@ -35,7 +34,7 @@ struct Stream<'a, H> {
 /// Run one stream until it fails (`Err`) or shutdown is asked (`Ok`).
 pub(crate) async fn run<H: Handler>(
     core: &mut Core<H>,
-    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    mut client: Ads,
     metadata: MetadataMap,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), StreamError> {
@@ -45,7 +44,7 @@ pub(crate) async fn run<H: Handler>(
         out,
         sent: BTreeMap::new(),
     };
-    let call = |request| async move { client.delta_aggregated_resources(request).await };
+    let call = |request| async move { client.delta(request).await };
     drive(&mut stream, rx, metadata, call, shutdown).await
 }
 

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse, Resource as WrappedResource,
 };
@@ -16,8 +15,8 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 
+use crate::ads::Ads;
 use crate::client::StreamError;
 use crate::config::Mode;
 use crate::resource::{type_url as urls, Handler, Rejection, Resource};
@@ -37,7 +36,7 @@ struct Stream<'a, H> {
 
 pub(crate) async fn run<H: Handler>(
     core: &mut Core<H>,
-    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    mut client: Ads,
     metadata: MetadataMap,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), StreamError> {
@@ -48,7 +47,7 @@ pub(crate) async fn run<H: Handler>(
         sent: BTreeMap::new(),
         nonces: BTreeMap::new(),
     };
-    let call = |request| async move { client.stream_aggregated_resources(request).await };
+    let call = |request| async move { client.state_of_the_world(request).await };
     drive(&mut stream, rx, metadata, call, shutdown).await
 }
 

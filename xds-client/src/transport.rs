@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig as TlsConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::Channel;
 
+use crate::ads::Ads;
 use crate::config::{ClientConfig, ConfigError};
 
 /// gRPC metadata key for the cluster the token belongs to. istiod reads it lowercased
@@ -107,7 +106,7 @@ pub(crate) async fn connect(
     cfg: &ClientConfig,
     tls: Arc<TlsConfig>,
     name: ServerName<'static>,
-) -> Result<AggregatedDiscoveryServiceClient<Channel>, ConnectError> {
+) -> Result<Ads, ConnectError> {
     let tcp = TcpStream::connect(&cfg.address)
         .await
         .map_err(|source| ConnectError::Connect {
@@ -145,5 +144,5 @@ pub(crate) async fn connect(
             address: cfg.address.clone(),
             reason: e.to_string(),
         })?;
-    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE))
+    Ok(Ads::new(channel))
 }
