@@ -8,21 +8,22 @@
 //! buffer's allocation is shared, so when the stream next needs more room than what is left of
 //! that allocation, `bytes` gives it a new one sized for what it needs instead of growing or
 //! reusing the old; the old one is freed when the next message lets go of the one before.
-//! What stays is the allocation of the last message that did not fit in the room left after
-//! its predecessor (in practice the last push of any size), not the largest message ever.
+//!
+//! The payloads are decoded as slices of the message, and [`Payloads::settle`] keeps a slice
+//! only where it is most of its message (a large `main_internal`): what the client holds then
+//! is the message it received, not a copy of it beside a buffer of the same size.
 
 use std::marker::PhantomData;
 
 use bytes::Buf;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::Message;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, Streaming};
 use tonic::transport::Channel;
 use tonic::{IntoStreamingRequest, Response, Status};
 
 use crate::transport::MAX_MESSAGE_SIZE;
+use crate::wire::{DeltaResponse, Payloads, SotwResponse};
 
 const DELTA: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
@@ -45,7 +46,7 @@ impl Ads {
     pub(crate) async fn delta(
         &mut self,
         requests: impl IntoStreamingRequest<Message = DeltaDiscoveryRequest>,
-    ) -> Result<Response<Streaming<DeltaDiscoveryResponse>>, Status> {
+    ) -> Result<Response<Streaming<DeltaResponse>>, Status> {
         self.call(requests, DELTA).await
     }
 
@@ -53,7 +54,7 @@ impl Ads {
     pub(crate) async fn state_of_the_world(
         &mut self,
         requests: impl IntoStreamingRequest<Message = DiscoveryRequest>,
-    ) -> Result<Response<Streaming<DiscoveryResponse>>, Status> {
+    ) -> Result<Response<Streaming<SotwResponse>>, Status> {
         self.call(requests, STATE_OF_THE_WORLD).await
     }
 
@@ -64,7 +65,7 @@ impl Ads {
     ) -> Result<Response<Streaming<Resp>>, Status>
     where
         Req: Message + Send + 'static,
-        Resp: Message + Default + Send + 'static,
+        Resp: Message + Default + Payloads + Send + 'static,
     {
         self.grpc
             .ready()
@@ -84,7 +85,7 @@ struct AdsCodec<Req, Resp>(PhantomData<fn(Req) -> Resp>);
 impl<Req, Resp> Codec for AdsCodec<Req, Resp>
 where
     Req: Message + Send + 'static,
-    Resp: Message + Default + Send + 'static,
+    Resp: Message + Default + Payloads + Send + 'static,
 {
     type Encode = Req;
     type Decode = Resp;
@@ -116,14 +117,14 @@ impl<M> Default for Releasing<M> {
     }
 }
 
-impl<M: Message + Default> Decoder for Releasing<M> {
+impl<M: Message + Default + Payloads> Decoder for Releasing<M> {
     type Item = M;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
         let bytes = buf.copy_to_bytes(buf.remaining());
-        // Fields are copied out (`Vec<u8>`, `String`): the message does not pin the buffer.
-        let message = M::decode(bytes.as_ref()).map_err(|e| Status::internal(e.to_string()))?;
+        let mut message = M::decode(bytes.clone()).map_err(|e| Status::internal(e.to_string()))?;
+        message.settle(bytes.len());
         self.held = Some(bytes);
         Ok(Some(message))
     }

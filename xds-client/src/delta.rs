@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+#[cfg(test)]
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 
@@ -23,6 +23,7 @@ use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
 };
+use crate::wire::DeltaResponse;
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
@@ -49,7 +50,7 @@ pub(crate) async fn run<H: Handler>(
 }
 
 impl<H: Handler> Flavour for Stream<'_, H> {
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
 
     fn initial_requests(&mut self) -> Result<(), StreamError> {
         Stream::initial_requests(self)
@@ -59,7 +60,7 @@ impl<H: Handler> Flavour for Stream<'_, H> {
         self.core.set_connected(Mode::Delta);
     }
 
-    fn on_responses(&mut self, responses: Vec<DeltaDiscoveryResponse>) -> Result<(), StreamError> {
+    fn on_responses(&mut self, responses: Vec<DeltaResponse>) -> Result<(), StreamError> {
         judge(self, responses)
     }
 }
@@ -70,7 +71,7 @@ struct Meta {
 }
 
 impl<H: Handler> Answer for Stream<'_, H> {
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     type Meta = Meta;
     type Handler = H;
 
@@ -78,13 +79,13 @@ impl<H: Handler> Answer for Stream<'_, H> {
         self.core
     }
 
-    fn type_of(response: &DeltaDiscoveryResponse) -> &str {
+    fn type_of(response: &DeltaResponse) -> &str {
         &response.type_url
     }
 
     fn prepare(
         &mut self,
-        response: DeltaDiscoveryResponse,
+        response: DeltaResponse,
         earlier: &dyn Fn(&str) -> Option<bool>,
     ) -> Result<Prepared<Meta>, Refusal> {
         Stream::prepare(self, response, earlier)
@@ -184,7 +185,7 @@ impl<H: Handler> Stream<'_, H> {
     /// NACKs it alone.
     fn prepare(
         &mut self,
-        response: DeltaDiscoveryResponse,
+        response: DeltaResponse,
         earlier: &dyn Fn(&str) -> Option<bool>,
     ) -> Result<Prepared<Meta>, Refusal> {
         let type_url = response.type_url.clone();
@@ -230,7 +231,7 @@ impl<H: Handler> Stream<'_, H> {
             upserts.push(Arc::new(Resource {
                 name,
                 version: resource.version,
-                value,
+                value: value.into(),
             }));
         }
         if !rejections.is_empty() {
@@ -281,6 +282,7 @@ pub(crate) fn answer_together<H: Handler>(
         out,
         sent: BTreeMap::new(),
     };
+    let responses = responses.iter().map(crate::wire::decoded).collect();
     stream.on_responses(responses).expect("the outbox is open");
     drop(stream);
     std::iter::from_fn(|| rx.try_recv().ok()).collect()

@@ -27,6 +27,7 @@ mod session;
 mod sotw;
 mod status;
 mod transport;
+mod wire;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -45,7 +46,7 @@ pub use node::{
     DEFAULT_LABELS_PATH, WAYPOINT_NODE_TYPE,
 };
 pub use resource::{
-    type_url, Applied, Change, Handler, Rejection, Resource, ResourceState, Subscriptions,
+    type_url, Applied, Change, Handler, Payload, Rejection, Resource, ResourceState, Subscriptions,
     TypeState, Update,
 };
 pub use status::{Status, StatusHandle, TypeStatus};

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 
 /// Type URLs of the resources a waypoint asks istiod for.
@@ -33,7 +34,43 @@ pub struct Resource {
     pub name: String,
     /// Delta: the resource's own version. State-of-the-world: the response's `version_info`.
     pub version: String,
-    pub value: Any,
+    pub value: Payload,
+}
+
+/// A resource's payload, a `google.protobuf.Any`: the bytes may be a slice of the response
+/// they came in (see `wire::Payloads::settle`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Payload {
+    pub type_url: String,
+    pub value: Bytes,
+}
+
+impl Payload {
+    /// As a `google.protobuf.Any` (a copy of the bytes), e.g. for a config dump.
+    pub fn to_any(&self) -> Any {
+        Any {
+            type_url: self.type_url.clone(),
+            value: self.value.to_vec(),
+        }
+    }
+}
+
+impl From<Any> for Payload {
+    fn from(any: Any) -> Self {
+        Self {
+            type_url: any.type_url,
+            value: any.value.into(),
+        }
+    }
+}
+
+impl From<crate::wire::Any> for Payload {
+    fn from(any: crate::wire::Any) -> Self {
+        Self {
+            type_url: any.type_url,
+            value: any.value,
+        }
+    }
 }
 
 impl Resource {
@@ -48,7 +85,7 @@ impl Resource {
                 format!("payload is {}, expected {expected}", self.value.type_url),
             ));
         }
-        M::decode(self.value.value.as_slice()).map_err(|e| {
+        M::decode(self.value.value.as_ref()).map_err(|e| {
             Rejection::new(
                 &self.value.type_url,
                 &self.name,
@@ -336,25 +373,25 @@ mod tests {
         let good = Resource {
             name: "c1".into(),
             version: "1".into(),
-            value: Any {
+            value: Payload {
                 type_url: type_url::CLUSTER.into(),
-                value: cluster.encode_to_vec(),
+                value: cluster.encode_to_vec().into(),
             },
         };
         assert_eq!(good.decode::<Cluster>().unwrap().name, "c1");
         let wrong_type = Resource {
-            value: Any {
+            value: Payload {
                 type_url: type_url::LISTENER.into(),
-                value: vec![],
+                value: Bytes::new(),
             },
             ..good.clone()
         };
         let err = wrong_type.decode::<Cluster>().unwrap_err();
         assert!(err.reason.contains("expected"), "{err}");
         let garbage = Resource {
-            value: Any {
+            value: Payload {
                 type_url: type_url::CLUSTER.into(),
-                value: vec![0x0a, 0xff],
+                value: Bytes::from_static(&[0x0a, 0xff]),
             },
             ..good
         };

@@ -8,10 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DiscoveryRequest, DiscoveryResponse, Resource as WrappedResource,
-};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+#[cfg(test)]
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use prost::Message;
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
@@ -24,6 +23,7 @@ use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
 };
+use crate::wire::{Any, DeltaResource as WrappedResource, SotwResponse};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
@@ -52,7 +52,7 @@ pub(crate) async fn run<H: Handler>(
 }
 
 impl<H: Handler> Flavour for Stream<'_, H> {
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
 
     fn initial_requests(&mut self) -> Result<(), StreamError> {
         Stream::initial_requests(self)
@@ -62,7 +62,7 @@ impl<H: Handler> Flavour for Stream<'_, H> {
         self.core.set_connected(Mode::StateOfTheWorld);
     }
 
-    fn on_responses(&mut self, responses: Vec<DiscoveryResponse>) -> Result<(), StreamError> {
+    fn on_responses(&mut self, responses: Vec<SotwResponse>) -> Result<(), StreamError> {
         judge(self, responses)
     }
 }
@@ -75,7 +75,7 @@ struct Meta {
 }
 
 impl<H: Handler> Answer for Stream<'_, H> {
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
     type Meta = Meta;
     type Handler = H;
 
@@ -83,13 +83,13 @@ impl<H: Handler> Answer for Stream<'_, H> {
         self.core
     }
 
-    fn type_of(response: &DiscoveryResponse) -> &str {
+    fn type_of(response: &SotwResponse) -> &str {
         &response.type_url
     }
 
     fn prepare(
         &mut self,
-        response: DiscoveryResponse,
+        response: SotwResponse,
         _earlier: &dyn Fn(&str) -> Option<bool>,
     ) -> Result<Prepared<Meta>, Refusal> {
         Stream::prepare(self, response)
@@ -184,7 +184,7 @@ impl<H: Handler> Stream<'_, H> {
     }
 
     /// Check one response; `Err` NACKs it alone.
-    fn prepare(&mut self, response: DiscoveryResponse) -> Result<Prepared<Meta>, Refusal> {
+    fn prepare(&mut self, response: SotwResponse) -> Result<Prepared<Meta>, Refusal> {
         let type_url = response.type_url.clone();
         let nonce = response.nonce.clone();
         self.nonces.insert(type_url.clone(), nonce.clone());
@@ -201,7 +201,7 @@ impl<H: Handler> Stream<'_, H> {
                     let resource = Resource {
                         name: name.clone(),
                         version: response.version_info.clone(),
-                        value,
+                        value: value.into(),
                     };
                     if incoming.insert(name.clone(), Arc::new(resource)).is_some() {
                         rejections.push(Rejection::new(&type_url, &name, "duplicate name"));
@@ -269,7 +269,7 @@ fn unwrap_resource(
     any: Any,
 ) -> Result<(String, Any), (Option<String>, PayloadError)> {
     let any = if any.type_url == urls::RESOURCE_WRAPPER {
-        let wrapped = WrappedResource::decode(any.value.as_slice())
+        let wrapped = WrappedResource::decode(any.value.clone())
             .map_err(|e| (None, PayloadError::WrapperUndecodable(e)))?;
         let name = wrapped.name.clone();
         let inner = wrapped
@@ -321,6 +321,7 @@ pub(crate) fn answer_together<H: Handler>(
         sent: BTreeMap::new(),
         nonces: BTreeMap::new(),
     };
+    let responses = responses.iter().map(crate::wire::decoded).collect();
     stream.on_responses(responses).expect("the outbox is open");
     drop(stream);
     std::iter::from_fn(|| rx.try_recv().ok()).collect()

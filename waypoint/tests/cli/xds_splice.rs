@@ -72,12 +72,13 @@ async fn a_new_service_is_spliced_in_and_serves() {
     for c in res.clusters.iter().filter(|c| c.name.ends_with(RATINGS)) {
         server.set(type_url::CLUSTER, &c.name, any(c));
     }
+    let mut assignments = String::new();
     for e in res
         .endpoints
         .iter()
         .filter(|e| e.cluster_name.ends_with(RATINGS))
     {
-        server.set(type_url::CLUSTER_LOAD_ASSIGNMENT, &e.cluster_name, any(e));
+        assignments = server.set(type_url::CLUSTER_LOAD_ASSIGNMENT, &e.cluster_name, any(e));
     }
     let main = res
         .listeners
@@ -85,7 +86,16 @@ async fn a_new_service_is_spliced_in_and_serves() {
         .find(|l| l.name == "main_internal")
         .unwrap();
     let version = server.set(type_url::LISTENER, "main_internal", any(main));
-    wait_ack(&server, &BTreeMap::from([(type_url::LISTENER, version)])).await;
+    // Both: the assignments go out only once the waypoint has subscribed to them (after it
+    // took the clusters), so the listener can be ACKed first, with ratings still held back.
+    wait_ack(
+        &server,
+        &BTreeMap::from([
+            (type_url::LISTENER, version),
+            (type_url::CLUSTER_LOAD_ASSIGNMENT, assignments),
+        ]),
+    )
+    .await;
 
     let mut send = tunnel(&ca, waypoint, RATINGS_VIP).await;
     let (parts, _) = sim::get(&mut send, "ratings:9080", "/ratings/1", &[])

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
-use xds_client::{type_url, Change, Handler, Resource, ResourceState, Update};
+use xds_client::{type_url, Change, Handler, Payload, Resource, ResourceState, Update};
 
 use super::*;
 
@@ -22,9 +22,9 @@ fn resource<M: Message + Name>(name: &str, m: &M) -> Arc<Resource> {
     Arc::new(Resource {
         name: name.to_string(),
         version: "1".into(),
-        value: Any {
+        value: Payload {
             type_url: M::type_url(),
-            value: m.encode_to_vec(),
+            value: m.encode_to_vec().into(),
         },
     })
 }
@@ -51,14 +51,13 @@ fn bookinfo() -> ResourceState {
 /// A new service's cluster and assignment: reviews' under another name.
 fn added(state: &ResourceState) -> (Cluster, ClusterLoadAssignment) {
     let decode = |t: &str| &state.get(t, REVIEWS).unwrap().value.value;
-    let mut cluster = Cluster::decode(decode(type_url::CLUSTER).as_slice()).unwrap();
+    let mut cluster = Cluster::decode(decode(type_url::CLUSTER).as_ref()).unwrap();
     cluster.name = NEW.into();
     if let Some(eds) = cluster.eds_cluster_config.as_mut() {
         eds.service_name = NEW.into();
     }
     let mut cla =
-        ClusterLoadAssignment::decode(decode(type_url::CLUSTER_LOAD_ASSIGNMENT).as_slice())
-            .unwrap();
+        ClusterLoadAssignment::decode(decode(type_url::CLUSTER_LOAD_ASSIGNMENT).as_ref()).unwrap();
     cla.cluster_name = NEW.into();
     (cluster, cla)
 }
@@ -173,7 +172,7 @@ fn a_changed_known_cluster_is_translated_at_once() {
     let mut h = handler(Duration::from_secs(60));
     let mut state = served(&mut h);
     let decode = |t: &str| state.get(t, REVIEWS).unwrap().value.value.clone();
-    let mut reviews = Cluster::decode(decode(type_url::CLUSTER).as_slice()).unwrap();
+    let mut reviews = Cluster::decode(decode(type_url::CLUSTER).as_ref()).unwrap();
     let eds = reviews
         .eds_cluster_config
         .get_or_insert_with(Default::default);
@@ -303,7 +302,7 @@ fn push_reviews_without(
             .unwrap()
             .value
             .value;
-        ClusterLoadAssignment::decode(bytes.as_slice()).unwrap()
+        ClusterLoadAssignment::decode(bytes.as_ref()).unwrap()
     };
     let of_subset = REVIEWS.replace("http|", &format!("http/{subset}|"));
     let gone = cla(state, &of_subset).endpoints[0].lb_endpoints[0]

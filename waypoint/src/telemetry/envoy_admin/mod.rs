@@ -170,7 +170,7 @@ pub fn config_dump(
             for r in state.resources(type_url::CLUSTER) {
                 clusters.dynamic_active_clusters.push(DynamicCluster {
                     version_info: r.version.clone(),
-                    cluster: Some(r.value.clone()),
+                    cluster: Some(r.value.to_any()),
                     ..Default::default()
                 });
             }
@@ -179,7 +179,7 @@ pub fn config_dump(
                     name: r.name.clone(),
                     active_state: Some(DynamicListenerState {
                         version_info: r.version.clone(),
-                        listener: Some(r.value.clone()),
+                        listener: Some(r.value.to_any()),
                         last_updated: None,
                     }),
                     ..Default::default()
@@ -188,7 +188,7 @@ pub fn config_dump(
             for r in state.resources(type_url::ROUTE_CONFIGURATION) {
                 routes.dynamic_route_configs.push(DynamicRouteConfig {
                     version_info: r.version.clone(),
-                    route_config: Some(r.value.clone()),
+                    route_config: Some(r.value.to_any()),
                     ..Default::default()
                 });
             }
@@ -198,7 +198,7 @@ pub fn config_dump(
                         .dynamic_endpoint_configs
                         .push(DynamicEndpointConfig {
                             version_info: r.version.clone(),
-                            endpoint_config: Some(r.value.clone()),
+                            endpoint_config: Some(r.value.to_any()),
                             ..Default::default()
                         });
                 }
