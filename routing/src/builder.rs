@@ -413,7 +413,7 @@ impl Interner {
 }
 
 /// An endpoint identity as parsed for its clusters.
-type IdentityParse = Result<Arc<crate::SpiffeId>, crate::SpiffeIdError>;
+type IdentityParse = Result<Arc<crate::SpiffeId>, Arc<crate::SpiffeIdError>>;
 
 fn port_clusters(
     service: &Service,
@@ -448,7 +448,7 @@ fn port_clusters(
                 let id = match ids.get(&e.identity) {
                     Some(id) => id.clone(),
                     None => {
-                        let id: IdentityParse = e.identity.parse().map(Arc::new);
+                        let id: IdentityParse = e.identity.parse().map(Arc::new).map_err(Arc::new);
                         ids.insert(e.identity.clone(), id.clone());
                         id
                     }

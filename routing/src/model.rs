@@ -97,7 +97,10 @@ impl ServicePort {
     }
 }
 
-fn serialize_arc<T: Serialize, S: serde::Serializer>(v: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_arc<T: Serialize, S: serde::Serializer>(
+    v: &Arc<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     v.as_ref().serialize(s)
 }
 
@@ -150,6 +153,15 @@ pub struct Locality {
     pub region: String,
     pub zone: String,
     pub sub_zone: String,
+}
+
+impl Locality {
+    /// The unknown locality (every part empty), one `Arc` the whole process shares: most
+    /// endpoints of a mesh without zones have it, and each would otherwise be an allocation.
+    pub fn unknown() -> Arc<Locality> {
+        static UNKNOWN: std::sync::OnceLock<Arc<Locality>> = std::sync::OnceLock::new();
+        UNKNOWN.get_or_init(Default::default).clone()
+    }
 }
 
 impl std::fmt::Display for Locality {

@@ -117,14 +117,26 @@ pub struct LocalityLb {
 }
 
 /// One endpoint's place in its cluster's assignment (`LocalityLbEndpoints`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Placement {
     /// 0 = most preferred.
     pub priority: u32,
-    pub locality: crate::model::Locality,
+    /// Shared by the group's endpoints and the cluster endpoints placed from them.
+    #[serde(serialize_with = "crate::model::serialize_arc")]
+    pub locality: std::sync::Arc<crate::model::Locality>,
     /// The locality group's `load_balancing_weight` (0 = the group gets no load when
     /// locality-weighted LB is on).
     pub locality_weight: u32,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            priority: 0,
+            locality: crate::model::Locality::unknown(),
+            locality_weight: 0,
+        }
+    }
 }
 
 impl LoadBalancer {

@@ -86,12 +86,14 @@ pub struct ClusterEndpoint {
     pub target: SocketAddr,
     /// Priority level (0 = preferred; higher levels take the load P0 cannot).
     pub priority: u32,
-    pub locality: Locality,
+    /// Shared with the placement it came from ([`Locality::unknown`] when none).
+    pub locality: Arc<Locality>,
     /// The locality group's weight (used with locality-weighted LB).
     pub locality_weight: u32,
     /// `endpoint.identity` parsed when the cluster was built; the error when it is no SPIFFE id
     /// (then no HBONE peer can be checked against it, and the attempt fails closed).
-    spiffe_id: Result<Arc<SpiffeId>, SpiffeIdError>,
+    /// The error boxed: it is rare, and inline it would make every endpoint 24 bytes larger.
+    spiffe_id: Result<Arc<SpiffeId>, Arc<SpiffeIdError>>,
     pub(crate) runtime: Arc<EndpointRuntime>,
 }
 
@@ -103,7 +105,7 @@ impl ClusterEndpoint {
 
     /// An endpoint that joined at `added` (the start of its warmup).
     pub fn new_at(endpoint: Arc<Endpoint>, target: SocketAddr, added: Instant) -> Self {
-        let spiffe_id = endpoint.identity.parse().map(Arc::new);
+        let spiffe_id = endpoint.identity.parse().map(Arc::new).map_err(Arc::new);
         Self::with_identity(endpoint, target, added, spiffe_id)
     }
 
@@ -113,14 +115,14 @@ impl ClusterEndpoint {
         endpoint: Arc<Endpoint>,
         target: SocketAddr,
         added: Instant,
-        spiffe_id: Result<Arc<SpiffeId>, SpiffeIdError>,
+        spiffe_id: Result<Arc<SpiffeId>, Arc<SpiffeIdError>>,
     ) -> Self {
         ClusterEndpoint {
             spiffe_id,
             endpoint,
             target,
             priority: 0,
-            locality: Locality::default(),
+            locality: Locality::unknown(),
             locality_weight: 1,
             runtime: Arc::new(EndpointRuntime::new(added)),
         }
@@ -130,7 +132,7 @@ impl ClusterEndpoint {
     /// cluster was built), or why it is not a SPIFFE id — empty, for instance, when only the
     /// handshake tells (xDS without workload discovery).
     pub fn spiffe_id(&self) -> Result<&Arc<SpiffeId>, &SpiffeIdError> {
-        self.spiffe_id.as_ref()
+        self.spiffe_id.as_ref().map_err(|e| &**e)
     }
 
     /// Placed in an assignment's priority level and locality.
@@ -168,7 +170,7 @@ impl Serialize for ClusterEndpoint {
         // How this cluster dials it (a DestinationRule ISTIO_MUTUAL makes a direct endpoint
         // istio_mutual here; the cluster's `policy.tls` says which TLS a direct one gets).
         st.serialize_field("transport", &self.endpoint.transport)?;
-        if self.priority == 0 && self.locality == Locality::default() {
+        if self.priority == 0 && *self.locality == Locality::default() {
             st.skip_field("priority")?;
             st.skip_field("locality")?;
             st.skip_field("locality_weight")?;

@@ -57,11 +57,11 @@ fn priority_spill_math() {
 fn placement(priority: u32, zone: &str, locality_weight: u32) -> Placement {
     Placement {
         priority,
-        locality: Locality {
+        locality: std::sync::Arc::new(Locality {
             region: "r1".into(),
             zone: zone.into(),
             sub_zone: String::new(),
-        },
+        }),
         locality_weight,
     }
 }

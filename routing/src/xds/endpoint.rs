@@ -64,15 +64,16 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
     for locality in &cla.endpoints {
         let placement = crate::policy::Placement {
             priority: locality.priority,
-            locality: locality
-                .locality
-                .as_ref()
-                .map(|l| crate::model::Locality {
-                    region: l.region.clone(),
-                    zone: l.zone.clone(),
-                    sub_zone: l.sub_zone.clone(),
-                })
-                .unwrap_or_default(),
+            locality: match &locality.locality {
+                Some(l) if !(l.region.is_empty() && l.zone.is_empty() && l.sub_zone.is_empty()) => {
+                    std::sync::Arc::new(crate::model::Locality {
+                        region: l.region.clone(),
+                        zone: l.zone.clone(),
+                        sub_zone: l.sub_zone.clone(),
+                    })
+                }
+                _ => crate::model::Locality::unknown(),
+            },
             // Unset: Envoy gives the group no load under locality-weighted LB.
             locality_weight: locality
                 .load_balancing_weight
@@ -277,11 +278,11 @@ mod tests {
             istio_mtls: false,
             placement: Placement {
                 priority,
-                locality: Locality {
+                locality: std::sync::Arc::new(Locality {
                     region: "r".into(),
                     zone: zone.into(),
                     sub_zone: String::new(),
-                },
+                }),
                 locality_weight: 1,
             },
         }
