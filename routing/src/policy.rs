@@ -391,6 +391,21 @@ pub struct ClusterPolicy {
 }
 
 impl ClusterPolicy {
+    /// `policy` to hold in a cluster: the default policy is one `Arc` the whole process
+    /// shares (most clusters of a mesh have it; 448 bytes each otherwise).
+    pub fn shared(policy: ClusterPolicy) -> std::sync::Arc<ClusterPolicy> {
+        static DEFAULT: std::sync::OnceLock<std::sync::Arc<ClusterPolicy>> =
+            std::sync::OnceLock::new();
+        let default = DEFAULT.get_or_init(Default::default);
+        if policy == **default {
+            default.clone()
+        } else {
+            std::sync::Arc::new(policy)
+        }
+    }
+}
+
+impl ClusterPolicy {
     /// Istio's merge (`MergeSubsetTrafficPolicy` in
     /// `pilot/pkg/networking/util/util.go`, with `GetPortLevelTrafficPolicy`
     /// and `mergeTrafficPolicy`):

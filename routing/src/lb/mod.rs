@@ -219,8 +219,10 @@ pub struct Cluster {
     pub subset: Option<String>,
     /// The load-balancing algorithm (`policy.lb_policy()`).
     pub lb: LbPolicy,
-    /// The effective DestinationRule policy for this port and subset.
-    pub policy: ClusterPolicy,
+    /// The effective DestinationRule policy for this port and subset; most clusters have the
+    /// default one, which they share ([`ClusterPolicy::shared`]).
+    #[serde(serialize_with = "crate::model::serialize_arc")]
+    pub policy: Arc<ClusterPolicy>,
     pub endpoints: Vec<ClusterEndpoint>,
     #[serde(skip)]
     table: Option<HashTable>,
@@ -324,7 +326,7 @@ impl Cluster {
             outlier: policy.outlier(),
             warmup: policy.warmup(),
             levels,
-            policy,
+            policy: ClusterPolicy::shared(policy),
             endpoints,
             table,
             runtime: Arc::new(ClusterRuntime::new(now)),

@@ -453,3 +453,18 @@ fn a_cluster_endpoint_is_small_and_shares_the_unknown_locality() {
     let placed = e.remove(0).placed(&crate::policy::Placement::default());
     assert!(Arc::ptr_eq(&placed.locality, &e[0].locality));
 }
+
+/// Clusters with the default policy (most of a mesh's) share one; another policy is its own.
+#[test]
+fn clusters_share_the_default_policy() {
+    let now = Instant::now();
+    let a = with_policy(ClusterPolicy::default(), eps(2, now), now);
+    let b = with_policy(ClusterPolicy::default(), eps(3, now), now);
+    assert!(Arc::ptr_eq(&a.policy, &b.policy));
+    let ring = hashed(HashAlgorithm::RingHash {
+        minimum_ring_size: 64,
+    });
+    let c = with_policy(ring.clone(), eps(2, now), now);
+    assert!(!Arc::ptr_eq(&a.policy, &c.policy));
+    assert_eq!(*c.policy, ring);
+}

@@ -235,7 +235,11 @@ pub(crate) fn translate(
     let mut pods: Pods<'_> = BTreeMap::new();
     let mut dns_targets = BTreeMap::new();
     for (name, sc) in &svc_clusters {
-        let inline = || clusters.get(name).and_then(|c| c.load_assignment.as_ref());
+        let inline = || {
+            clusters
+                .get(name)
+                .and_then(|c| c.load_assignment.as_deref())
+        };
         let list = match &sc.source {
             EndpointSource::Eds(eds) => match clas.get(eds.as_str()) {
                 Some(cla) => {

@@ -332,7 +332,7 @@ fn breakdown(snapshot: &routing::Snapshot) -> Vec<(&'static str, i64)> {
                     c.service_hostname.clone(),
                     c.port,
                     c.subset.clone(),
-                    c.policy.clone(),
+                    (*c.policy).clone(),
                     eps,
                     Instant::now(),
                 )
