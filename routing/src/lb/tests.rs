@@ -454,9 +454,10 @@ fn a_cluster_endpoint_is_small_and_shares_the_unknown_locality() {
     assert!(Arc::ptr_eq(&placed.locality, &e[0].locality));
 }
 
-/// Clusters with the default policy (most of a mesh's) share one; another policy is its own.
+/// Clusters with equal policies (istiod gives a waypoint's clusters the same one) share it;
+/// another policy is its own.
 #[test]
-fn clusters_share_the_default_policy() {
+fn clusters_share_equal_policies() {
     let now = Instant::now();
     let a = with_policy(ClusterPolicy::default(), eps(2, now), now);
     let b = with_policy(ClusterPolicy::default(), eps(3, now), now);
@@ -467,4 +468,6 @@ fn clusters_share_the_default_policy() {
     let c = with_policy(ring.clone(), eps(2, now), now);
     assert!(!Arc::ptr_eq(&a.policy, &c.policy));
     assert_eq!(*c.policy, ring);
+    let d = with_policy(ring.clone(), eps(1, now), now);
+    assert!(Arc::ptr_eq(&c.policy, &d.policy));
 }
