@@ -219,8 +219,8 @@ pub struct Cluster {
     pub subset: Option<String>,
     /// The load-balancing algorithm (`policy.lb_policy()`).
     pub lb: LbPolicy,
-    /// The effective DestinationRule policy for this port and subset; most clusters have the
-    /// default one, which they share ([`ClusterPolicy::shared`]).
+    /// The effective DestinationRule policy for this port and subset, shared with the clusters
+    /// that have an equal one ([`ClusterPolicy::shared`]).
     #[serde(serialize_with = "crate::model::serialize_arc")]
     pub policy: Arc<ClusterPolicy>,
     pub endpoints: Vec<ClusterEndpoint>,
