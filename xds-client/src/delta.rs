@@ -231,7 +231,7 @@ impl<H: Handler> Stream<'_, H> {
             upserts.push(Arc::new(Resource {
                 name,
                 version: resource.version,
-                value: value.into(),
+                value,
             }));
         }
         if !rejections.is_empty() {

@@ -37,11 +37,14 @@ pub struct Resource {
     pub value: Payload,
 }
 
-/// A resource's payload, a `google.protobuf.Any`: the bytes may be a slice of the response
-/// they came in (see `wire::Payloads::settle`).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A resource's payload, a `google.protobuf.Any` (decoded as such from the responses,
+/// `wire.rs`): the bytes may be a slice of the response they came in (see
+/// `wire::Payloads::settle`).
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct Payload {
+    #[prost(string, tag = "1")]
     pub type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
     pub value: Bytes,
 }
 
@@ -60,15 +63,6 @@ impl From<Any> for Payload {
         Self {
             type_url: any.type_url,
             value: any.value.into(),
-        }
-    }
-}
-
-impl From<crate::wire::Any> for Payload {
-    fn from(any: crate::wire::Any) -> Self {
-        Self {
-            type_url: any.type_url,
-            value: any.value,
         }
     }
 }

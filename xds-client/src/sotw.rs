@@ -18,12 +18,12 @@ use tonic::metadata::MetadataMap;
 use crate::ads::Ads;
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{type_url as urls, Handler, Rejection, Resource};
+use crate::resource::{type_url as urls, Handler, Payload, Rejection, Resource};
 use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
 };
-use crate::wire::{Any, DeltaResource as WrappedResource, SotwResponse};
+use crate::wire::{DeltaResource as WrappedResource, SotwResponse};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
@@ -201,7 +201,7 @@ impl<H: Handler> Stream<'_, H> {
                     let resource = Resource {
                         name: name.clone(),
                         version: response.version_info.clone(),
-                        value: value.into(),
+                        value,
                     };
                     if incoming.insert(name.clone(), Arc::new(resource)).is_some() {
                         rejections.push(Rejection::new(&type_url, &name, "duplicate name"));
@@ -266,8 +266,8 @@ impl<H: Handler> Stream<'_, H> {
 /// read from field 1), or one wrapped in `envoy.service.discovery.v3.Resource`.
 fn unwrap_resource(
     type_url: &str,
-    any: Any,
-) -> Result<(String, Any), (Option<String>, PayloadError)> {
+    any: Payload,
+) -> Result<(String, Payload), (Option<String>, PayloadError)> {
     let any = if any.type_url == urls::RESOURCE_WRAPPER {
         let wrapped = WrappedResource::decode(any.value.clone())
             .map_err(|e| (None, PayloadError::WrapperUndecodable(e)))?;

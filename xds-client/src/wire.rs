@@ -1,13 +1,15 @@
 //! The discovery responses as the client decodes them: the fields it reads of
-//! `envoy.service.discovery.v3.{Delta,}DiscoveryResponse`, `Resource` and `ResourceName`, and
-//! `google.protobuf.Any` with its payload as [`Bytes`] (field numbers from
-//! `envoy/service/discovery/v3/discovery.proto` and `google/protobuf/any.proto`; fields not
-//! listed are skipped by the decoder).
+//! `envoy.service.discovery.v3.{Delta,}DiscoveryResponse`, `Resource` and `ResourceName`, with
+//! each `google.protobuf.Any` as the [`Payload`] the client keeps (bytes as [`Bytes`]; field
+//! numbers from `envoy/service/discovery/v3/discovery.proto` and `google/protobuf/any.proto`;
+//! fields not listed are skipped by the decoder).
 //!
 //! With `Bytes` a payload can be a slice of the received message instead of a copy: see
 //! [`Payloads::settle`] for when it is.
 
 use bytes::Bytes;
+
+use crate::resource::Payload;
 
 /// `envoy.service.discovery.v3.DeltaDiscoveryResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -37,7 +39,7 @@ pub(crate) struct DeltaResource {
     #[prost(string, tag = "1")]
     pub version: String,
     #[prost(message, optional, tag = "2")]
-    pub resource: Option<Any>,
+    pub resource: Option<Payload>,
 }
 
 /// `envoy.service.discovery.v3.ResourceName`.
@@ -53,20 +55,11 @@ pub(crate) struct SotwResponse {
     #[prost(string, tag = "1")]
     pub version_info: String,
     #[prost(message, repeated, tag = "2")]
-    pub resources: Vec<Any>,
+    pub resources: Vec<Payload>,
     #[prost(string, tag = "4")]
     pub type_url: String,
     #[prost(string, tag = "5")]
     pub nonce: String,
-}
-
-/// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct Any {
-    #[prost(string, tag = "1")]
-    pub type_url: String,
-    #[prost(bytes = "bytes", tag = "2")]
-    pub value: Bytes,
 }
 
 /// A response whose payloads may be slices of the message they were decoded from.

@@ -137,7 +137,11 @@ impl ClusterPiece {
             name: c.name.clone(),
             role,
             eds: cluster::eds_name(c),
-            load_assignment: c.load_assignment.clone().filter(|_| inline).map(Box::new),
+            load_assignment: c
+                .load_assignment
+                .as_ref()
+                .filter(|_| inline)
+                .map(|l| Box::new(l.clone())),
             diag,
         }
     }
