@@ -349,20 +349,25 @@ fn the_translator_reusing_chains_gives_what_a_translation_from_scratch_gives() {
     for (i, doc) in docs.iter().enumerate() {
         let res = load_resources(&doc.to_string()).unwrap();
         let scratch = translate(doc);
-        let listeners: Vec<(String, Vec<u8>)> = res
+        let listeners: Vec<(String, bytes::Bytes)> = res
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), l.encode_to_vec()))
+            .map(|l| (l.name.clone(), bytes::Bytes::from(l.encode_to_vec())))
             .collect();
-        let clusters: Vec<(String, Vec<u8>)> = res
+        let clusters: Vec<(String, bytes::Bytes)> = res
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), c.encode_to_vec()))
+            .map(|c| (c.name.clone(), bytes::Bytes::from(c.encode_to_vec())))
             .collect();
-        let endpoints: Vec<(String, Vec<u8>)> = res
+        let endpoints: Vec<(String, bytes::Bytes)> = res
             .endpoints
             .iter()
-            .map(|e| (e.cluster_name.clone(), e.encode_to_vec()))
+            .map(|e| {
+                (
+                    e.cluster_name.clone(),
+                    bytes::Bytes::from(e.encode_to_vec()),
+                )
+            })
             .collect();
         let encoded: Vec<Encoded<'_>> = listeners
             .iter()

@@ -186,8 +186,8 @@ pub(crate) struct MainListener {
 /// changed since the last translation are decoded ([`ListenerMemo`]). Field numbers of
 /// `envoy.config.listener.v3.Listener`.
 ///
-/// Decoded from a [`bytes::Bytes`] (see [`ShallowListener::from_slice`]), the chains are slices
-/// of it, not an allocation and a copy each.
+/// Decoded from a [`bytes::Bytes`] (the resource's, as the xDS client holds it), the chains are
+/// slices of it, not an allocation and a copy each.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ShallowListener {
     #[prost(string, tag = "1")]
@@ -198,14 +198,6 @@ pub(crate) struct ShallowListener {
     pub(crate) default_filter_chain: Option<bytes::Bytes>,
     #[prost(bytes = "bytes", optional, tag = "32")]
     pub(crate) filter_chain_matcher: Option<bytes::Bytes>,
-}
-
-impl ShallowListener {
-    /// Decoded from one copy of `encoded`, which its chains share.
-    pub(crate) fn from_slice(encoded: &[u8]) -> Result<Self, prost::DecodeError> {
-        use prost::Message;
-        Self::decode(bytes::Bytes::copy_from_slice(encoded))
-    }
 }
 
 /// The chain pieces and the matcher of the last translation, by a digest of their bytes.

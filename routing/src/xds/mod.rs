@@ -258,11 +258,15 @@ pub struct Translation {
 }
 
 /// A resource as it arrives on the wire: its type URL, its xDS name and its encoded bytes.
+///
+/// The bytes are shared, not borrowed: `main_internal`'s chains are kept as slices of them
+/// (not a copy of the listener), and the translator knows an unchanged resource by its bytes
+/// being the very ones it read last time (see `pieces::Memo`).
 #[derive(Debug, Clone, Copy)]
 pub struct Encoded<'a> {
     pub type_url: &'a str,
     pub name: &'a str,
-    pub value: &'a [u8],
+    pub value: &'a bytes::Bytes,
 }
 
 /// Something the translator could not express; the rest was translated.
@@ -344,27 +348,28 @@ pub fn translate(
     options: &TranslateOptions,
 ) -> Result<Translation, Vec<Rejection>> {
     use prost::Message;
-    let encoded: Vec<(&str, &str, Vec<u8>)> = resources
+    let encoded: Vec<(&str, &str, bytes::Bytes)> = resources
         .listeners
         .iter()
-        .map(|r| (LISTENER_TYPE, r.name.as_str(), r.encode_to_vec()))
+        .map(|r| (LISTENER_TYPE, r.name.as_str(), r.encode_to_vec().into()))
         .chain(
             resources
                 .clusters
                 .iter()
-                .map(|r| (CLUSTER_TYPE, r.name.as_str(), r.encode_to_vec())),
+                .map(|r| (CLUSTER_TYPE, r.name.as_str(), r.encode_to_vec().into())),
         )
-        .chain(
-            resources
-                .endpoints
-                .iter()
-                .map(|r| (ENDPOINT_TYPE, r.cluster_name.as_str(), r.encode_to_vec())),
-        )
+        .chain(resources.endpoints.iter().map(|r| {
+            (
+                ENDPOINT_TYPE,
+                r.cluster_name.as_str(),
+                r.encode_to_vec().into(),
+            )
+        }))
         .chain(
             resources
                 .routes
                 .iter()
-                .map(|r| (ROUTE_TYPE, r.name.as_str(), r.encode_to_vec())),
+                .map(|r| (ROUTE_TYPE, r.name.as_str(), r.encode_to_vec().into())),
         )
         .collect();
     let encoded: Vec<Encoded<'_>> = encoded

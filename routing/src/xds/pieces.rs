@@ -173,7 +173,7 @@ impl AssignmentPiece {
     /// The piece of the encoded assignment `r`.
     fn decode(r: &Encoded<'_>, labels: &mut LabelMaps) -> Result<AssignmentPiece, Rejection> {
         use prost::Message;
-        ClusterLoadAssignment::decode(r.value)
+        ClusterLoadAssignment::decode(&r.value[..])
             .map(|c| AssignmentPiece::build(&c, labels))
             .map_err(|e| undecodable(r, e))
     }
@@ -236,12 +236,97 @@ pub(crate) struct Memo {
     /// Pieces reused and built by the last [`Memo::pieces`].
     pub(crate) reused: usize,
     pub(crate) built: usize,
+    /// Of `reused`, those whose bytes were the very ones the call before read ([`Walked`]).
+    pub(crate) same_bytes: usize,
     /// Counts translations: the pieces a translation did not use are forgotten after it.
     generation: u64,
     /// One allocation per distinct pod label map across the remembered assignments (a workload's
     /// pods carry the same canonical name and revision, and a pod is in its service's assignment
     /// and its subset's); maps no piece holds any more are let go after each translation.
     labels: LabelMaps,
+    /// The resources the last [`Memo::pieces`] read, in its order, each with what it gave.
+    walked: Vec<Walked>,
+}
+
+/// A resource [`Memo::pieces`] read, and what it gave.
+///
+/// The next call walks its resources beside the last call's: a resource in the same place
+/// with the same type, the same name and *the very same bytes* (the xDS client shares an
+/// unchanged resource's bytes from one state to the next) gives the same piece, without a
+/// digest of its bytes or a lookup by name: at 10 000 services a state is 60 000 resources,
+/// and digesting and looking them all up was most of what a push of one new service cost.
+/// Holding the bytes keeps that test sound: while they are alive, no other resource's bytes
+/// can be at their address.
+#[derive(Debug)]
+struct Walked {
+    kind: Kind,
+    /// [`name_key`] of its name.
+    key: u128,
+    bytes: bytes::Bytes,
+    gave: Gave,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Cluster,
+    Assignment,
+    Listener,
+    Other,
+}
+
+impl Kind {
+    fn of(type_url: &str) -> Kind {
+        match type_url {
+            CLUSTER_TYPE => Kind::Cluster,
+            ENDPOINT_TYPE => Kind::Assignment,
+            LISTENER_TYPE => Kind::Listener,
+            _ => Kind::Other,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Gave {
+    Cluster(Arc<ClusterPiece>),
+    Assignment(Arc<AssignmentPiece>),
+    Listener(Box<ShallowListener>),
+    /// Read again each time: route configurations (decoded in full), or bytes that did not
+    /// decode (rejected again).
+    Nothing,
+}
+
+/// The last walk, taken in order, with a few entries of look-ahead (resources removed from
+/// the middle of a type's names).
+struct Cursor {
+    rest: std::vec::IntoIter<Walked>,
+    ahead: std::collections::VecDeque<Walked>,
+}
+
+/// How far [`Cursor`] looks for a resource's name past the next one.
+const LOOKAHEAD: usize = 8;
+
+impl Cursor {
+    fn peek(&mut self, d: usize) -> Option<&Walked> {
+        while self.ahead.len() <= d {
+            self.ahead.push_back(self.rest.next()?);
+        }
+        self.ahead.get(d)
+    }
+
+    fn take(&mut self) -> Option<Walked> {
+        self.ahead.pop_front().or_else(|| self.rest.next())
+    }
+
+    /// The last walk's entry for `(kind, key)` if it is next or a few entries on, the ones
+    /// before it (gone from the state) handed to `gone`; `None` (nothing taken) otherwise.
+    fn find(&mut self, kind: Kind, key: u128, mut gone: impl FnMut(Walked)) -> Option<Walked> {
+        let d = (0..=LOOKAHEAD)
+            .find(|&d| self.peek(d).is_some_and(|w| w.kind == kind && w.key == key))?;
+        for _ in 0..d {
+            gone(self.take()?);
+        }
+        self.take()
+    }
 }
 
 /// The encoded resources of one translation, clusters and assignments as pieces.
@@ -263,7 +348,7 @@ impl Memo {
         old: &Arc<AssignmentPiece>,
     ) -> Option<Arc<AssignmentPiece>> {
         let held = self.assignments.get(&name_key(r.name))?;
-        if !Arc::ptr_eq(&held.piece, old) || held.used != self.generation {
+        if !Arc::ptr_eq(&held.piece, old) {
             return None;
         }
         let labels = &mut self.labels;
@@ -287,6 +372,10 @@ impl Memo {
     /// Decode `resources`: listeners and route configurations in full, clusters and assignments
     /// only when their bytes differ from the last translation's (else their pieces are reused).
     /// A resource that does not decode is a rejection naming it.
+    ///
+    /// A resource whose bytes are the very ones the last call read in the same place gives what
+    /// it gave then, with nothing decoded, digested or looked up ([`Walked`]); any other is
+    /// found by name and the digest of its bytes.
     pub(crate) fn pieces(&mut self, resources: &[Encoded<'_>]) -> Result<Decoded, Vec<Rejection>> {
         use prost::Message;
         let mut out = Decoded {
@@ -300,43 +389,117 @@ impl Memo {
         // (reused, built)
         let counts = &mut (0, 0);
         let mut rejections = Vec::new();
+        let mut last = Cursor {
+            rest: std::mem::take(&mut self.walked).into_iter(),
+            ahead: Default::default(),
+        };
+        let mut gone = Vec::new();
+        let mut walked = Vec::with_capacity(resources.len());
+        let mut same_bytes = 0;
         for r in resources {
+            let kind = Kind::of(r.type_url);
+            let key = name_key(r.name);
+            let was = last.find(kind, key, |w| gone.push(w));
+            let same = was.as_ref().is_some_and(|w| {
+                w.bytes.as_ptr() == r.value.as_ptr() && w.bytes.len() == r.value.len()
+            });
+            if let Some(w) = was.filter(|_| same) {
+                let hit = match &w.gave {
+                    Gave::Cluster(p) => {
+                        out.clusters.push(p.clone());
+                        true
+                    }
+                    Gave::Assignment(p) => {
+                        out.assignments.push(p.clone());
+                        true
+                    }
+                    Gave::Listener(l) => {
+                        out.listeners.push((**l).clone());
+                        true
+                    }
+                    Gave::Nothing => false,
+                };
+                if hit {
+                    let piece = usize::from(kind != Kind::Listener);
+                    counts.0 += piece;
+                    same_bytes += piece;
+                    walked.push(w);
+                    continue;
+                }
+            }
             let bad = |e: prost::DecodeError| undecodable(r, e);
-            let result = match r.type_url {
-                CLUSTER_TYPE => memoized(&mut self.clusters, generation, r, counts, || {
-                    Cluster::decode(r.value)
+            let result = match kind {
+                Kind::Cluster => memoized(&mut self.clusters, generation, r, counts, || {
+                    Cluster::decode(&r.value[..])
                         .map(|c| ClusterPiece::build(&c))
                         .map_err(bad)
                 })
-                .map(|p| out.clusters.push(p)),
-                ENDPOINT_TYPE => memoized(&mut self.assignments, generation, r, counts, || {
+                .map(|p| {
+                    out.clusters.push(p.clone());
+                    Gave::Cluster(p)
+                }),
+                Kind::Assignment => memoized(&mut self.assignments, generation, r, counts, || {
                     AssignmentPiece::decode(r, &mut self.labels)
                 })
-                .map(|p| out.assignments.push(p)),
-                LISTENER_TYPE => ShallowListener::from_slice(r.value)
-                    .map(|l| out.listeners.push(l))
+                .map(|p| {
+                    out.assignments.push(p.clone());
+                    Gave::Assignment(p)
+                }),
+                Kind::Listener => ShallowListener::decode(r.value.clone())
+                    .map(|l| {
+                        out.listeners.push(l.clone());
+                        Gave::Listener(Box::new(l))
+                    })
                     .map_err(bad),
-                _ => out
+                Kind::Other => out
                     .resources
                     .push_encoded(r.type_url, r.value)
+                    .map(|()| Gave::Nothing)
                     .map_err(|mut e| {
                         e.name = r.name.to_string();
                         e
                     }),
             };
-            if let Err(e) = result {
+            let gave = result.unwrap_or_else(|e| {
                 rejections.push(e);
+                Gave::Nothing
+            });
+            walked.push(Walked {
+                kind,
+                key,
+                bytes: r.value.clone(),
+                gave,
+            });
+        }
+        gone.extend(last.rest);
+        gone.extend(last.ahead);
+        // What is gone from the state is forgotten, unless read again under its name this time
+        // (elsewhere in the order). Pieces reused from the walk are not marked as used: the maps
+        // are looked up only for bytes the walk did not know, and by the EDS push read alone
+        // (which checks that what it finds is what the last translation read).
+        for w in gone {
+            match w.kind {
+                Kind::Cluster => forget(&mut self.clusters, w.key, generation),
+                Kind::Assignment => forget(&mut self.assignments, w.key, generation),
+                Kind::Listener | Kind::Other => {}
             }
         }
-        self.clusters.retain(|_, p| p.used == generation);
-        self.assignments.retain(|_, p| p.used == generation);
+        self.walked = walked;
         self.labels.prune();
         (self.reused, self.built) = *counts;
+        self.same_bytes = same_bytes;
         if rejections.is_empty() {
             Ok(out)
         } else {
             Err(rejections)
         }
+    }
+}
+
+/// Forget the piece of `key` unless translation `generation` used it.
+fn forget<P>(memo: &mut Pieces<P>, key: u128, generation: u64) {
+    if memo.get(&key).is_some_and(|p| p.used != generation) {
+        memo.remove(&key);
     }
 }
 
@@ -422,6 +585,80 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    fn encoded<'a>(name: &'a str, bytes: &'a bytes::Bytes) -> Encoded<'a> {
+        Encoded {
+            type_url: ENDPOINT_TYPE,
+            name,
+            value: bytes,
+        }
+    }
+
+    /// A resource whose bytes are the very ones the last walk read, in the same place, gives
+    /// the same piece without a digest or a lookup; equal bytes elsewhere in memory are found
+    /// by digest, other bytes rebuilt; what is gone is forgotten, also from the middle.
+    #[test]
+    fn the_walk_knows_the_very_same_bytes() {
+        use prost::Message;
+        let names: Vec<String> = (0..20).map(|i| format!("svc-{i:02}")).collect();
+        let payloads: Vec<bytes::Bytes> = names
+            .iter()
+            .map(|n| cla(n, &["10.0.0.1"], "v1").encode_to_vec().into())
+            .collect();
+        fn state<'a>(
+            (names, payloads): (&'a [String], &'a [bytes::Bytes]),
+            skip: Option<usize>,
+            swap: Option<(usize, &'a bytes::Bytes)>,
+        ) -> Vec<Encoded<'a>> {
+            let mut out = Vec::new();
+            for (i, (n, b)) in names.iter().zip(payloads).enumerate() {
+                if skip != Some(i) {
+                    out.push(match swap {
+                        Some((j, other)) if j == i => encoded(n, other),
+                        _ => encoded(n, b),
+                    });
+                }
+            }
+            out
+        }
+        let all = (&names[..], &payloads[..]);
+        let mut memo = Memo::default();
+        let first = memo.pieces(&state(all, None, None)).unwrap();
+        assert_eq!((memo.built, memo.reused, memo.same_bytes), (20, 0, 0));
+
+        let again = memo.pieces(&state(all, None, None)).unwrap();
+        assert_eq!((memo.built, memo.reused, memo.same_bytes), (0, 20, 20));
+        assert!(first
+            .assignments
+            .iter()
+            .zip(&again.assignments)
+            .all(|(a, b)| Arc::ptr_eq(a, b)));
+
+        // A copy of the same bytes at another address: found by digest, not by the walk.
+        let copy = bytes::Bytes::copy_from_slice(&payloads[7]);
+        let copied = memo.pieces(&state(all, None, Some((7, &copy)))).unwrap();
+        assert_eq!((memo.built, memo.reused, memo.same_bytes), (0, 20, 19));
+        assert!(Arc::ptr_eq(&copied.assignments[7], &first.assignments[7]));
+
+        // Other bytes: rebuilt; the rest still known by the walk.
+        let changed: bytes::Bytes = cla("svc-07", &["10.0.0.2"], "v1").encode_to_vec().into();
+        let rebuilt = memo.pieces(&state(all, None, Some((7, &changed)))).unwrap();
+        assert_eq!((memo.built, memo.reused, memo.same_bytes), (1, 19, 19));
+        assert_eq!(
+            rebuilt.assignments[7].pods[0].addr.ip().to_string(),
+            "10.0.0.2"
+        );
+
+        // One gone from the middle: forgotten; the walk finds the rest past it.
+        memo.pieces(&state(all, Some(3), Some((7, &changed))))
+            .unwrap();
+        assert_eq!((memo.built, memo.reused, memo.same_bytes), (0, 19, 19));
+        assert!(!memo.assignments.contains_key(&name_key("svc-03")));
+        assert_eq!(memo.assignments.len(), 19);
+        // Back: built again (it was forgotten), the others known.
+        memo.pieces(&state(all, None, Some((7, &changed)))).unwrap();
+        assert_eq!((memo.built, memo.reused, memo.same_bytes), (1, 19, 19));
     }
 
     /// Pods with the same labels share one map, across assignments (a pod is in its service's

@@ -4,6 +4,7 @@
 //! public lookups — where useful against the YAML front-end given the
 //! equivalent Istio config.
 
+use bytes::Bytes;
 use routing::xds::{self, json::load_resources, Resources, TranslateOptions, Translation};
 use routing::{
     Abort, Destination, HashKey, HeaderOpKind, LbPolicy, Protocol, RedirectPath, RedirectPort,

@@ -36,14 +36,14 @@ type Key = (&'static str, String);
 /// then changed the way pushes change it (an endpoint gone or unhealthy, another timeout or
 /// balancer, a chain or a route fewer). Also one state per fixture to start from.
 struct Pool {
-    versions: Vec<(Key, Vec<Vec<u8>>)>,
+    versions: Vec<(Key, Vec<Bytes>)>,
     starts: Vec<Vec<usize>>,
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let mut versions: BTreeMap<Key, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut versions: BTreeMap<Key, Vec<Bytes>> = BTreeMap::new();
         let mut starts = Vec::new();
         for f in FIXTURES {
             let res = load_resources(&fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -91,10 +91,10 @@ fn pool() -> &'static Pool {
 }
 
 fn add(
-    versions: &mut BTreeMap<Key, Vec<Vec<u8>>>,
+    versions: &mut BTreeMap<Key, Vec<Bytes>>,
     type_url: &'static str,
     name: &str,
-    new: Vec<Vec<u8>>,
+    new: Vec<Bytes>,
 ) -> Key {
     let key = (type_url, name.to_string());
     let list = versions.entry(key.clone()).or_default();
@@ -106,13 +106,13 @@ fn add(
     key
 }
 
-fn listener_versions(l: &Listener) -> Vec<Vec<u8>> {
+fn listener_versions(l: &Listener) -> Vec<Bytes> {
     let mut fewer = l.clone();
     fewer.filter_chains.pop();
-    let mut out = vec![l.encode_to_vec(), fewer.encode_to_vec()];
+    let mut out = vec![l.encode_to_vec().into(), fewer.encode_to_vec().into()];
     // A VirtualService edit: one chain's first route gets another timeout (all else the same).
     if let Some(retimed) = retimed(l, None, 7) {
-        out.push(retimed.encode_to_vec());
+        out.push(retimed.encode_to_vec().into());
     }
     out
 }
@@ -165,13 +165,14 @@ pub(super) fn retime_wire(wire: &mut Wire, chain: &str, secs: i64) {
         .iter_mut()
         .find(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
         .expect("main_internal");
-    let l = Listener::decode(bytes.as_slice()).unwrap();
+    let l = Listener::decode(&bytes[..]).unwrap();
     *bytes = retimed(&l, Some(chain), secs)
         .expect("the chain has a forwarding route")
-        .encode_to_vec();
+        .encode_to_vec()
+        .into();
 }
 
-fn cluster_versions(c: &Cluster) -> Vec<Vec<u8>> {
+fn cluster_versions(c: &Cluster) -> Vec<Bytes> {
     let mut timeout = c.clone();
     timeout.connect_timeout = Some(ProtoDuration {
         seconds: 3,
@@ -180,13 +181,13 @@ fn cluster_versions(c: &Cluster) -> Vec<Vec<u8>> {
     let mut random = c.clone();
     random.lb_policy = 3; // RANDOM
     vec![
-        c.encode_to_vec(),
-        timeout.encode_to_vec(),
-        random.encode_to_vec(),
+        c.encode_to_vec().into(),
+        timeout.encode_to_vec().into(),
+        random.encode_to_vec().into(),
     ]
 }
 
-fn cla_versions(c: &ClusterLoadAssignment) -> Vec<Vec<u8>> {
+fn cla_versions(c: &ClusterLoadAssignment) -> Vec<Bytes> {
     let mut fewer = c.clone();
     if let Some(l) = fewer.endpoints.first_mut() {
         l.lb_endpoints.pop();
@@ -200,18 +201,18 @@ fn cla_versions(c: &ClusterLoadAssignment) -> Vec<Vec<u8>> {
         e.health_status = 2; // UNHEALTHY
     }
     vec![
-        c.encode_to_vec(),
-        fewer.encode_to_vec(),
-        unhealthy.encode_to_vec(),
+        c.encode_to_vec().into(),
+        fewer.encode_to_vec().into(),
+        unhealthy.encode_to_vec().into(),
     ]
 }
 
-fn route_versions(r: &RouteConfiguration) -> Vec<Vec<u8>> {
+fn route_versions(r: &RouteConfiguration) -> Vec<Bytes> {
     let mut fewer = r.clone();
     if let Some(vh) = fewer.virtual_hosts.first_mut() {
         vh.routes.pop();
     }
-    vec![r.encode_to_vec(), fewer.encode_to_vec()]
+    vec![r.encode_to_vec().into(), fewer.encode_to_vec().into()]
 }
 
 #[derive(Debug, Clone)]
@@ -367,21 +368,23 @@ proptest! {
 }
 
 /// bookinfo's clusters, assignments and listeners as istiod sends them: (type, name, bytes).
-pub(super) type Wire = Vec<(&'static str, String, Vec<u8>)>;
+pub(super) type Wire = Vec<(&'static str, String, Bytes)>;
 
 pub(super) fn bookinfo_wire(res: &Resources) -> Wire {
     res.clusters
         .iter()
-        .map(|c| (CLUSTER_TYPE, c.name.clone(), c.encode_to_vec()))
-        .chain(
-            res.endpoints
-                .iter()
-                .map(|c| (ENDPOINT_TYPE, c.cluster_name.clone(), c.encode_to_vec())),
-        )
+        .map(|c| (CLUSTER_TYPE, c.name.clone(), c.encode_to_vec().into()))
+        .chain(res.endpoints.iter().map(|c| {
+            (
+                ENDPOINT_TYPE,
+                c.cluster_name.clone(),
+                c.encode_to_vec().into(),
+            )
+        }))
         .chain(
             res.listeners
                 .iter()
-                .map(|l| (LISTENER_TYPE, l.name.clone(), l.encode_to_vec())),
+                .map(|l| (LISTENER_TYPE, l.name.clone(), l.encode_to_vec().into())),
         )
         .collect()
 }
@@ -426,10 +429,10 @@ fn an_eds_change_rebuilds_one_assignment() {
         .iter()
         .position(|(t, n, _)| *t == ENDPOINT_TYPE && n == &format!("inbound-vip|9080|http|{host}"))
         .expect("ratings' assignment");
-    let mut cla = ClusterLoadAssignment::decode(wire[i].2.as_slice()).unwrap();
+    let mut cla = ClusterLoadAssignment::decode(&wire[i].2[..]).unwrap();
     let gone = cla.endpoints.iter_mut().find_map(|l| l.lb_endpoints.pop());
     assert!(gone.is_some() && before > 0);
-    wire[i].2 = cla.encode_to_vec();
+    wire[i].2 = cla.encode_to_vec().into();
     let second = translate_wire(&mut translator, &wire);
     assert_eq!(translator.reuse().built, 1, "{:?}", translator.reuse());
     assert_eq!(translator.reuse().reused, pieces - 1);
@@ -491,13 +494,13 @@ pub(super) fn reviews_without(res: &Resources, gone: std::net::SocketAddr) -> Wi
         if *t != ENDPOINT_TYPE || !n.ends_with(REVIEWS) {
             continue;
         }
-        let mut cla = ClusterLoadAssignment::decode(bytes.as_slice()).unwrap();
+        let mut cla = ClusterLoadAssignment::decode(&bytes[..]).unwrap();
         for l in &mut cla.endpoints {
             // istiod's internal address names the pod as `endpoint_id: "ip:port"`.
             l.lb_endpoints
                 .retain(|e| !format!("{e:?}").contains(&format!("{gone:?}")));
         }
-        *bytes = cla.encode_to_vec();
+        *bytes = cla.encode_to_vec().into();
     }
     wire
 }

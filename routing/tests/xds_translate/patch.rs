@@ -68,13 +68,12 @@ fn an_eds_push_patches_the_published_snapshot() {
         .iter_mut()
         .find(|(t, n, _)| *t == CLUSTER_TYPE && n.ends_with(PRODUCTPAGE))
         .unwrap();
-    let mut c =
-        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes.as_slice()).unwrap();
+    let mut c = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&bytes[..]).unwrap();
     c.connect_timeout = Some(ProtoDuration {
         seconds: 3,
         nanos: 0,
     });
-    *bytes = c.encode_to_vec();
+    *bytes = c.encode_to_vec().into();
     let after = publish(&mut translator, &changed, &live);
     let reuse = translator.reuse();
     assert!(reuse.patched, "{reuse:?}");
@@ -104,16 +103,16 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
     let first = publish(&mut translator, &full, &routing::Snapshot::empty());
     let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target;
     let fewer = reviews_without(&res, gone);
-    let changed = |wire: &Wire| -> Vec<(&'static str, String, Vec<u8>)> {
+    let changed = |wire: &Wire| -> Vec<(&'static str, String, Bytes)> {
         wire.iter()
             .filter(|(t, n, _)| *t == routing::xds::ENDPOINT_TYPE && n.ends_with(REVIEWS))
             .cloned()
             .collect()
     };
-    let view = |wire: &[(&'static str, String, Vec<u8>)]| -> Vec<(&'static str, String, Vec<u8>)> {
+    let view = |wire: &[(&'static str, String, Bytes)]| -> Vec<(&'static str, String, Bytes)> {
         wire.to_vec()
     };
-    fn encoded<'a>(list: &'a [(&'static str, String, Vec<u8>)]) -> Vec<routing::xds::Encoded<'a>> {
+    fn encoded<'a>(list: &'a [(&'static str, String, Bytes)]) -> Vec<routing::xds::Encoded<'a>> {
         list.iter()
             .map(|(t, n, b)| routing::xds::Encoded {
                 type_url: t,
@@ -243,10 +242,9 @@ fn a_route_change_patches_the_published_snapshot() {
         .iter_mut()
         .find(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && n == "main_internal")
         .unwrap();
-    let mut l =
-        envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes.as_slice()).unwrap();
+    let mut l = envoy_types::pb::envoy::config::listener::v3::Listener::decode(&bytes[..]).unwrap();
     l.filter_chains.retain(|c| c.name != chain);
-    *bytes = l.encode_to_vec();
+    *bytes = l.encode_to_vec().into();
     let fourth = publish(&mut translator, &fewer, &third);
     assert!(translator.reuse().patched);
     assert_eq!(translator.reuse().services_built, 1);
@@ -264,7 +262,7 @@ mod sequences {
     use routing::xds::Encoded;
 
     /// Each resource (type, name) with its versions.
-    type Versions = Vec<(&'static str, String, Vec<Vec<u8>>)>;
+    type Versions = Vec<(&'static str, String, Vec<Bytes>)>;
 
     fn versions() -> &'static Versions {
         static V: std::sync::OnceLock<Versions> = std::sync::OnceLock::new();
@@ -282,18 +280,18 @@ mod sequences {
                             list.push(w.remove(0).2);
                         }
                     } else if *t == routing::xds::ENDPOINT_TYPE {
-                        let mut cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(bytes.as_slice()).unwrap();
+                        let mut cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&bytes[..]).unwrap();
                         if let Some(l) = cla.endpoints.first_mut() {
                             l.lb_endpoints.pop();
                         }
-                        list.push(cla.encode_to_vec());
+                        list.push(cla.encode_to_vec().into());
                     } else if *t == CLUSTER_TYPE {
                         let mut c = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(
-                            bytes.as_slice(),
+                            &bytes[..],
                         )
                         .unwrap();
                         c.connect_timeout = Some(ProtoDuration { seconds: 3, nanos: 0 });
-                        list.push(c.encode_to_vec());
+                        list.push(c.encode_to_vec().into());
                     }
                     (*t, n.clone(), list)
                 })

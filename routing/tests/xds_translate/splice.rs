@@ -19,9 +19,11 @@ fn without_ratings(full: &Wire) -> Wire {
     full.iter()
         .filter(|(_, n, _)| !n.ends_with(RATINGS))
         .map(|(t, n, bytes)| match (*t, n.as_str()) {
-            (LISTENER_TYPE, "main_internal") => {
-                (*t, n.clone(), without_chain(bytes, RATINGS, "10.96.0.11"))
-            }
+            (LISTENER_TYPE, "main_internal") => (
+                *t,
+                n.clone(),
+                without_chain(bytes, RATINGS, "10.96.0.11").into(),
+            ),
             _ => (*t, n.clone(), bytes.clone()),
         })
         .collect()
@@ -212,7 +214,7 @@ fn a_new_service_is_spliced_in_and_out() {
     let mut moved = full.clone();
     for (t, n, bytes) in &mut moved {
         if *t == LISTENER_TYPE && n == "main_internal" {
-            *bytes = moved_vip(bytes, "10.96.0.11", "10.96.0.99");
+            *bytes = moved_vip(bytes, "10.96.0.11", "10.96.0.99").into();
         }
     }
     let elsewhere = spliced(&mut translator, &moved, &third, 1);

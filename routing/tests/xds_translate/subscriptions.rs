@@ -56,7 +56,7 @@ fn no_answer_where_only_the_translation_can_judge() {
     assert!(translator.subscriptions(&encoded(&wire)).is_some());
 
     let mut broken = wire.clone();
-    broken.push((CLUSTER_TYPE, "broken".into(), vec![0xff, 0xff, 0xff]));
+    broken.push((CLUSTER_TYPE, "broken".into(), vec![0xff, 0xff, 0xff].into()));
     assert_eq!(translator.subscriptions(&encoded(&broken)), None);
 
     // A DNS ServiceEntry's clusters (istiod 1.30's shape) in place of bookinfo's.

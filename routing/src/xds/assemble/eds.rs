@@ -59,12 +59,12 @@ pub(crate) fn others_digest(resources: &[Encoded<'_>]) -> (u128, u128) {
         .filter(|r| r.type_url != CLUSTER_TYPE && r.type_url != ENDPOINT_TYPE)
     {
         if r.type_url == LISTENER_TYPE && r.name == listener::MAIN_INTERNAL {
-            main = Some(r.value);
+            main = Some(&r.value[..]);
             // Where it stands among the others.
             rest.update(b"main_internal");
             continue;
         }
-        for part in [r.type_url.as_bytes(), r.name.as_bytes(), r.value] {
+        for part in [r.type_url.as_bytes(), r.name.as_bytes(), &r.value[..]] {
             rest.update(&(part.len() as u64).to_le_bytes());
             rest.update(part);
         }

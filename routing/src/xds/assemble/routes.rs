@@ -63,7 +63,7 @@ pub(crate) fn patch_listener(
     {
         return None;
     }
-    let main = listener::ShallowListener::from_slice(main.value).ok()?;
+    let main = <listener::ShallowListener as prost::Message>::decode(main.value.clone()).ok()?;
     // Its place among the last translation's listeners (there once).
     if main.name != listener::MAIN_INTERNAL
         || l.listeners.iter().filter(|x| x.is_none()).count() != 1
@@ -80,7 +80,7 @@ pub(crate) fn patch_listener(
     (memo.reused, memo.built) = (0, 0);
     // The other resources are the last translation's: their digest with the new listener.
     let rest = l.rest;
-    let others = super::eds::with_main(rest, Some(changed[0].value));
+    let others = super::eds::with_main(rest, Some(&changed[0].value[..]));
     Some(l.patched_to(snapshot, (Some(others), rest)))
 }
 

@@ -40,7 +40,10 @@ pub(super) fn measure_memo(
         .context("no assignment")?;
     let mut cla = ClusterLoadAssignment::decode(anys[i].value.as_slice())?;
     cla.endpoints.iter_mut().find_map(|l| l.lb_endpoints.pop());
-    let changed = cla.encode_to_vec();
+    let changed = bytes::Bytes::from(cla.encode_to_vec());
+    // The bytes as the xDS client holds them: shared from one state to the next.
+    let payloads: Vec<bytes::Bytes> = anys.iter().map(|a| a.value.clone().into()).collect();
+    let reweighted = bytes::Bytes::from(reweighted.value.clone());
     let main = names
         .iter()
         .position(|n| n == "main_internal")
@@ -48,14 +51,15 @@ pub(super) fn measure_memo(
     let encoded = |eds: bool, route: bool| -> Vec<Encoded<'_>> {
         anys.iter()
             .zip(&names)
+            .zip(&payloads)
             .enumerate()
-            .map(|(k, (a, name))| Encoded {
+            .map(|(k, ((a, name), value))| Encoded {
                 type_url: &a.type_url,
                 name,
                 value: match k {
                     k if eds && k == i => &changed,
-                    k if route && k == main => &reweighted.value,
-                    _ => &a.value,
+                    k if route && k == main => &reweighted,
+                    _ => value,
                 },
             })
             .collect()
@@ -66,19 +70,26 @@ pub(super) fn measure_memo(
         encoded(true, true),
     );
     // The new service's arrival, on top of `route`.
-    fn added(list: &[(String, Any)]) -> impl Iterator<Item = Encoded<'_>> {
-        list.iter().map(|(name, a)| Encoded {
-            type_url: &a.type_url,
+    let shared = |list: &[(String, Any)]| -> Vec<(String, String, bytes::Bytes)> {
+        list.iter()
+            .map(|(name, a)| (name.clone(), a.type_url.clone(), a.value.clone().into()))
+            .collect()
+    };
+    let (new_clusters, new_assignments) = (shared(&new.clusters), shared(&new.assignments));
+    let new_main = bytes::Bytes::from(new.main.value.clone());
+    fn added(list: &[(String, String, bytes::Bytes)]) -> impl Iterator<Item = Encoded<'_>> {
+        list.iter().map(|(name, type_url, value)| Encoded {
+            type_url,
             name,
-            value: &a.value,
+            value,
         })
     }
     let mut cds = route.clone();
-    cds.extend(added(&new.clusters));
+    cds.extend(added(&new_clusters));
     let mut eds = cds.clone();
-    eds.extend(added(&new.assignments));
+    eds.extend(added(&new_assignments));
     let mut lds = eds.clone();
-    lds[main].value = &new.main.value;
+    lds[main].value = &new_main;
     let steps: [&Vec<Encoded<'_>>; MEMO_STEPS - 1] =
         [&before, &before, &after, &route, &cds, &eds, &lds];
     let mut times: [Vec<Duration>; MEMO_STEPS] = Default::default();

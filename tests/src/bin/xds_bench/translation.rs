@@ -220,14 +220,16 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
         .iter()
         .map(resource_name)
         .collect::<anyhow::Result<_>>()?;
+    let payloads: Vec<bytes::Bytes> = list.items.iter().map(|a| a.value.clone().into()).collect();
     let encoded: Vec<routing::xds::Encoded<'_>> = list
         .items
         .iter()
         .zip(&names)
-        .map(|(a, name)| routing::xds::Encoded {
+        .zip(&payloads)
+        .map(|((a, name), value)| routing::xds::Encoded {
             type_url: &a.type_url,
             name,
-            value: &a.value,
+            value,
         })
         .collect();
     let before_memo = heap().live;
