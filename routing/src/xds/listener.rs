@@ -42,6 +42,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::Matcher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+mod again;
 mod matcher;
 use matcher::{classic_match, tree};
 pub(crate) mod chains;
@@ -208,6 +209,8 @@ pub(crate) struct ListenerMemo {
     /// Chains reused and built by the last translation.
     pub(crate) reused: usize,
     pub(crate) built: usize,
+    /// The last call's inputs and answer, given again for the same inputs.
+    last: Option<again::LastCall>,
 }
 
 /// What an application-protocol matcher selects: the chain for HTTP
@@ -259,13 +262,56 @@ fn decode_chain(bytes: &[u8], i: usize, at: At<'_>, diag: &mut Diag) -> Option<F
 
 /// Check every listener, translate `main_internal`; the RDS names they reference go in `rds`.
 /// `known_unchanged`: the clusters are those of the last call (its chains, remembered in `memo`,
-/// are valid for them without asking again).
+/// are valid for them without asking again). The same listeners' bytes, route configurations
+/// and cluster names as the last call's give its answer again, without reading anything
+/// ([`again`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn translate(
     listeners: &[ShallowListener],
     routes: &BTreeMap<&str, &RouteConfiguration>,
     known: &ClusterNames<'_>,
     known_unchanged: bool,
+    memo: &mut ListenerMemo,
+    rds: &mut BTreeSet<String>,
+    diag: &mut Diag,
+) -> Arc<MainListener> {
+    let fingerprint = again::fingerprint(known);
+    if let Some(last) = memo.last.as_ref() {
+        if last.answers(listeners, routes, fingerprint) {
+            rds.extend(last.rds.iter().cloned());
+            diag.replay(&last.diag);
+            (memo.reused, memo.built) = (last.chains, 0);
+            return last.out.clone();
+        }
+    }
+    memo.last = None;
+    let (mut mine, mut found) = (BTreeSet::new(), Diag::default());
+    let out = Arc::new(read(
+        listeners,
+        routes,
+        (known, known_unchanged),
+        memo,
+        &mut mine,
+        &mut found,
+    ));
+    rds.extend(mine.iter().cloned());
+    diag.replay(&found);
+    let chains = memo.reused + memo.built;
+    memo.last = Some(again::LastCall::new(
+        listeners,
+        routes,
+        fingerprint,
+        out.clone(),
+        (mine, found, chains),
+    ));
+    out
+}
+
+/// [`translate`], reading the listeners.
+fn read(
+    listeners: &[ShallowListener],
+    routes: &BTreeMap<&str, &RouteConfiguration>,
+    (known, known_unchanged): (&ClusterNames<'_>, bool),
     memo: &mut ListenerMemo,
     rds: &mut BTreeSet<String>,
     diag: &mut Diag,

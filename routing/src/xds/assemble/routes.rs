@@ -19,7 +19,7 @@ type Swap<'a> = (&'a Arc<ChainPiece>, &'a Arc<ChainPiece>);
 /// What the last full translation's `main_internal` gave.
 #[derive(Debug)]
 pub(crate) struct MainState {
-    pub(super) main: listener::MainListener,
+    pub(super) main: Arc<listener::MainListener>,
     /// The warnings reading the listeners reported.
     pub(super) warnings: Vec<Warning>,
     /// The RDS names the listeners asked for.
