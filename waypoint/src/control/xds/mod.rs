@@ -324,6 +324,27 @@ const AWAITED_NAMES: usize = 8;
 
 impl Handler for XdsHandler {
     fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
+        let started = std::time::Instant::now();
+        let outcome = self.judge(update);
+        tracing::debug!(
+            changes = %update
+                .changes
+                .iter()
+                .map(|c| format!("{} +{} -{}", type_url::short(&c.type_url), c.updated.len(), c.removed.len()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            deferred = self.deferred.is_some(),
+            ok = outcome.is_ok(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "xDS update judged"
+        );
+        outcome
+    }
+}
+
+impl XdsHandler {
+    /// [`Handler::apply`].
+    fn judge(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
         let state = update.state;
         let rebuild = self.rebuild.clone();
         let mut latest = rebuild.lock();
