@@ -253,15 +253,14 @@ pub(crate) fn authorization(
                 .entry(p.name.clone())
                 .or_insert_with(|| Arc::new(p.clone()));
         }
-        let slot = match name.as_str() {
-            "direct-http" | "direct-tcp" => &mut direct,
-            _ => match ClusterName::parse(name) {
-                Some(cn) => services.entry(cn.host).or_default(),
-                None => continue,
-            },
+        // Parsed once: at 10 000 services this runs for every chain whenever one comes or goes.
+        let parsed = ClusterName::parse(name);
+        let slot = match (name.as_str(), &parsed) {
+            ("direct-http" | "direct-tcp", _) => &mut direct,
+            (_, Some(cn)) => services.entry(cn.host.clone()).or_default(),
+            (_, None) => continue,
         };
-        let port = ClusterName::parse(name).map_or(0, |cn| cn.port);
-        let host = ClusterName::parse(name).map_or_else(String::new, |cn| cn.host);
+        let (host, port) = parsed.map_or_else(|| (String::new(), 0), |cn| (cn.host, cn.port));
         let providers = jwt.entry(host).or_default();
         for p in &c.jwt {
             if !providers.iter().any(|q| **q == *p) {

@@ -418,7 +418,9 @@ fn main_internal(
             out.matched = m;
         }
     }
-    let mut seen = BTreeSet::new();
+    // The chains' names, by their 128-bit hashes (no copy of each of 10 000 names).
+    let mut seen: std::collections::HashSet<u128, super::FastHash> = Default::default();
+    seen.reserve(l.filter_chains.len());
     let mut telemetry: Vec<Arc<ChainPiece>> = Vec::new();
     for (i, bytes) in l.filter_chains.iter().enumerate() {
         let d = super::pieces::digest(bytes);
@@ -441,7 +443,7 @@ fn main_internal(
         memo.chains.insert(d, piece.clone());
         rds.extend(piece.rds.iter().cloned());
         let name = piece.name.as_str();
-        if !name.is_empty() && !seen.insert(name.to_string()) {
+        if !name.is_empty() && !seen.insert(super::pieces::name_key(name)) {
             at.reject(diag, format!("duplicate filter chain {}", piece.raw_name));
             continue;
         }
@@ -482,7 +484,7 @@ fn main_internal(
     out.telemetry = super::telemetry::choose(&http, at, diag);
     for (ip, pc) in &out.matched.pods {
         for c in pc.http.iter().chain(&pc.tcp) {
-            if !seen.contains(c) {
+            if !seen.contains(&super::pieces::name_key(c)) {
                 at.warn(
                     diag,
                     format!(
