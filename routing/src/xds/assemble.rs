@@ -29,6 +29,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+mod aligned;
 pub(super) mod eds;
 mod key;
 pub(super) mod routes;

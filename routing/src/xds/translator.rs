@@ -66,10 +66,14 @@ impl Translator {
             self.last = last;
             return Ok(t);
         }
-        if let Some(t) = services::patch(last.as_ref(), &mut self.memo, &decoded, others.1, options)
-        {
-            self.last = Some(eds::Last::new(&t, decoded, others, options).patched_from());
-            return Ok(t);
+        if let Some(from) = &last {
+            if let Some((t, sorted)) =
+                services::patch(from, &mut self.memo, &decoded, others.1, options)
+            {
+                let spliced = eds::Last::spliced(&t, decoded, others, options, (from, sorted));
+                self.last = Some(spliced.patched_from());
+                return Ok(t);
+            }
         }
         drop(last);
         let translation = assemble::translate(

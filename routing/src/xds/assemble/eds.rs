@@ -35,8 +35,13 @@ pub(crate) struct Last {
     pub(super) route_configurations: Vec<RouteConfiguration>,
     clusters: Vec<Arc<ClusterPiece>>,
     assignments: Vec<Arc<AssignmentPiece>>,
-    /// Where each assignment is in `assignments`, by [`name_key`].
-    at: HashMap<u128, usize, crate::xds::FastHash>,
+    /// Whether the names of `clusters` and of `assignments` strictly ascend (as the xDS client
+    /// orders a state): then what a state changed is found by walking both lists side by side
+    /// ([`super::aligned`]).
+    pub(super) sorted: bool,
+    /// Where each assignment is in `assignments`, by [`name_key`]: built when first asked (an
+    /// EDS push read alone, a state not in name order), not by every translation.
+    at: std::cell::OnceCell<HashMap<u128, usize, crate::xds::FastHash>>,
     /// Assignments a patch cannot follow: used by another cluster than the one of their name,
     /// by two clusters, or by an `outbound|…` cluster (whose endpoints depend on its socket
     /// matches).
@@ -88,7 +93,7 @@ impl Last {
     pub(crate) fn new(
         t: &Translation,
         decoded: Decoded,
-        (others, rest): (u128, u128),
+        others: (u128, u128),
         options: &TranslateOptions,
     ) -> Last {
         let mut used = HashSet::new();
@@ -102,12 +107,40 @@ impl Last {
                 }
             }
         }
-        let at = decoded
-            .assignments
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (name_key(&a.name), i))
-            .collect();
+        let sorted = super::aligned::ascending(&decoded.clusters)
+            && super::aligned::ascending(&decoded.assignments);
+        Self::with(t, decoded, others, options, (irregular, sorted))
+    }
+
+    /// The last translation, `t` a splice of `from`'s ([`super::services::patch`]): a splice
+    /// changes only clusters that use their own assignment (not irregular), so `from`'s
+    /// irregular assignments are this one's; `sorted` as the splice found it.
+    pub(crate) fn spliced(
+        t: &Translation,
+        decoded: Decoded,
+        others: (u128, u128),
+        options: &TranslateOptions,
+        (from, sorted): (&Last, bool),
+    ) -> Last {
+        let sorted = sorted
+            || (super::aligned::ascending(&decoded.clusters)
+                && super::aligned::ascending(&decoded.assignments));
+        Self::with(
+            t,
+            decoded,
+            others,
+            options,
+            (from.irregular.clone(), sorted),
+        )
+    }
+
+    fn with(
+        t: &Translation,
+        decoded: Decoded,
+        (others, rest): (u128, u128),
+        options: &TranslateOptions,
+        (irregular, sorted): (HashSet<String>, bool),
+    ) -> Last {
         Last {
             version: t.snapshot.version(),
             published: None,
@@ -124,7 +157,8 @@ impl Last {
             route_configurations: decoded.resources.routes,
             clusters: decoded.clusters,
             assignments: decoded.assignments,
-            at,
+            sorted,
+            at: Default::default(),
             irregular,
             warnings: t.warnings.clone(),
             dns_targets: t.dns.clone(),
@@ -167,9 +201,20 @@ impl Last {
         &self.assignments
     }
 
+    /// Where each assignment is, by [`name_key`] (built on first use).
+    fn at(&self) -> &HashMap<u128, usize, crate::xds::FastHash> {
+        self.at.get_or_init(|| {
+            self.assignments
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (name_key(&a.name), i))
+                .collect()
+        })
+    }
+
     /// Its assignment of [`name_key`] `key`.
     pub(super) fn assignment(&self, key: u128) -> Option<&Arc<AssignmentPiece>> {
-        self.at.get(&key).map(|&i| &self.assignments[i])
+        self.at().get(&key).map(|&i| &self.assignments[i])
     }
 
     /// Whether assignment `name` is one a patch cannot follow (see `irregular`).
@@ -192,6 +237,9 @@ impl Last {
     ) -> Option<crate::xds::Subscriptions> {
         if self.others != Some(others) {
             return None;
+        }
+        if self.sorted {
+            return self.grown_in_order(decoded);
         }
         let old: HashMap<u128, &Arc<ClusterPiece>, crate::xds::FastHash> = self
             .clusters
@@ -220,7 +268,7 @@ impl Last {
             return None;
         }
         let changed = |a: &&Arc<AssignmentPiece>| {
-            self.at
+            self.at()
                 .get(&name_key(&a.name))
                 .is_none_or(|&i| !Arc::ptr_eq(&self.assignments[i], a))
         };
@@ -228,6 +276,37 @@ impl Last {
             .assignments
             .iter()
             .filter(changed)
+            .any(|a| !a.diag.rejections.is_empty())
+        {
+            return None;
+        }
+        Some(out)
+    }
+
+    /// [`Last::grown_subscriptions`] when this translation's lists are in name order: the
+    /// differences found by walking them beside `decoded`'s, not by looking every name up.
+    fn grown_in_order(&self, decoded: &Decoded) -> Option<crate::xds::Subscriptions> {
+        let clusters = super::aligned::diff(&self.clusters, &decoded.clusters)?;
+        // Every cluster of this state is still there (the chains that route to them stay valid).
+        if !clusters.removed.is_empty() {
+            return None;
+        }
+        let mut out = (*self.subscriptions).clone();
+        for (o, c) in &clusters.changed {
+            if o.eds != c.eds || !c.subscribable() {
+                return None;
+            }
+        }
+        for c in &clusters.added {
+            if !c.subscribable() {
+                return None;
+            }
+            out.endpoints.extend(c.eds.iter().cloned());
+        }
+        let assignments = super::aligned::diff(&self.assignments, &decoded.assignments)?;
+        let new = assignments.changed.iter().map(|(_, a)| a);
+        if new
+            .chain(&assignments.added)
             .any(|a| !a.diag.rejections.is_empty())
         {
             return None;
@@ -317,7 +396,7 @@ pub(crate) fn patch_assignments(
     let l = last.as_mut()?;
     let mut replaced: Vec<(usize, Arc<AssignmentPiece>)> = Vec::with_capacity(changed.len());
     for r in changed {
-        let i = *l.at.get(&name_key(r.name))?;
+        let i = *l.at().get(&name_key(r.name))?;
         let old = &l.assignments[i];
         // Known, and what the translation read (a name twice is not one push's).
         if r.type_url != ENDPOINT_TYPE

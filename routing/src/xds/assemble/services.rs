@@ -11,6 +11,7 @@
 //! the result is always a translation from scratch's (property-tested with the rest of the
 //! translator).
 
+use super::aligned;
 use super::eds::Last;
 use super::*;
 use crate::snapshot::{ServiceSplice, SplicedService};
@@ -20,20 +21,21 @@ use std::time::Instant;
 
 /// The translation of `decoded` as a splice of the last one's published snapshot, when only a
 /// few services changed; `None` otherwise (translate in full). On success the services' memo
-/// describes the new snapshot (and the caller makes it the last translation).
+/// describes the new snapshot (and the caller makes it the last translation), and the flag
+/// says whether `decoded`'s clusters and assignments were found in name order.
 pub(crate) fn patch(
-    last: Option<&Last>,
+    l: &Last,
     memo: &mut Memo,
     decoded: &Decoded,
     rest: u128,
     options: &TranslateOptions,
-) -> Option<Translation> {
-    let l = last?;
+) -> Option<(Translation, bool)> {
     let live = l.published.clone()?;
     if !l.same_options(options) || rest != l.rest || memo.services.main.is_none() {
         return None;
     }
     let mut changes = changed_pieces(l, decoded)?;
+    let sorted = changes.sorted;
 
     // `main_internal` read again (chains found by digest), with the clusters' names.
     let rcs: BTreeMap<&str, &RouteConfiguration> = decoded
@@ -210,12 +212,13 @@ pub(crate) fn patch(
         warnings: diag.warnings,
         rds,
     });
-    Some(Translation {
+    let t = Translation {
         snapshot,
         warnings: l.warnings.clone(),
         dns: l.dns_targets.clone(),
         subscriptions,
-    })
+    };
+    Some((t, sorted))
 }
 
 /// The hosts of changed services; whether cluster names came or went, and whether the EDS
@@ -224,6 +227,9 @@ struct Changes {
     hosts: BTreeSet<String>,
     names_changed: bool,
     eds_changed: bool,
+    /// The new state's clusters and assignments are in name order (found so by
+    /// [`super::aligned::diff`]).
+    sorted: bool,
 }
 
 /// A cluster a splice can follow: an ordinary service cluster (its endpoints its own EDS
@@ -249,10 +255,18 @@ fn spliceable(c: &ClusterPiece) -> Option<&str> {
 /// splice can follow, or a name is there twice (the full translation rejects it).
 fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
     type ByName<'a, P> = HashMap<u128, &'a Arc<P>, crate::xds::FastHash>;
+    if l.sorted {
+        let clusters = aligned::diff(l.clusters(), &decoded.clusters);
+        let assignments = aligned::diff(l.assignments(), &decoded.assignments);
+        if let (Some(c), Some(a)) = (clusters, assignments) {
+            return changed_in_order(l, decoded, c, a);
+        }
+    }
     let mut changes = Changes {
         hosts: BTreeSet::new(),
         names_changed: false,
         eds_changed: false,
+        sorted: false,
     };
     let old: ByName<'_, ClusterPiece> = l
         .clusters()
@@ -329,6 +343,65 @@ fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
     for k in changed {
         let eds = |c: Option<&&Arc<ClusterPiece>>| c.is_some_and(|c| c.eds.is_some());
         if eds(old.get(&k)) != l.assignment(k).is_some() || eds(new.get(&k)) != at.contains_key(&k)
+        {
+            return None;
+        }
+    }
+    Some(changes)
+}
+
+/// [`changed_pieces`] when both states' clusters and assignments are in name order, from their
+/// differences ([`aligned::diff`]): names are compared only where the lists differ, and a piece
+/// is found by a binary search.
+fn changed_in_order(
+    l: &Last,
+    decoded: &Decoded,
+    clusters: aligned::Diff<'_, ClusterPiece>,
+    assignments: aligned::Diff<'_, AssignmentPiece>,
+) -> Option<Changes> {
+    let mut changes = Changes {
+        hosts: BTreeSet::new(),
+        names_changed: !clusters.added.is_empty() || !clusters.removed.is_empty(),
+        eds_changed: false,
+        sorted: true,
+    };
+    let mut changed: Vec<&str> = Vec::new();
+    for (o, c) in &clusters.changed {
+        changes.eds_changed |= o.eds != c.eds;
+        changes.hosts.insert(spliceable(o)?.to_string());
+        changes.hosts.insert(spliceable(c)?.to_string());
+        changed.push(&c.name);
+    }
+    for c in clusters.added.iter().chain(&clusters.removed) {
+        changes.hosts.insert(spliceable(c)?.to_string());
+        changed.push(&c.name);
+    }
+    // As `changed_pieces`' `host`.
+    let host = |a: &AssignmentPiece, clusters: &[Arc<ClusterPiece>]| {
+        if !a.diag.is_empty() || l.irregular(&a.name) {
+            return None;
+        }
+        let c = aligned::find(clusters, &a.name)?;
+        spliceable(c)
+            .filter(|_| c.eds.as_deref() == Some(a.name.as_str()))
+            .map(str::to_string)
+    };
+    for (o, a) in &assignments.changed {
+        changes.hosts.insert(host(o, l.clusters())?);
+        changes.hosts.insert(host(a, &decoded.clusters)?);
+    }
+    for a in &assignments.added {
+        changes.hosts.insert(host(a, &decoded.clusters)?);
+    }
+    for o in &assignments.removed {
+        changes.hosts.insert(host(o, l.clusters())?);
+    }
+    // As in `changed_pieces`: an EDS cluster and its assignment, or neither.
+    let eds = |c: Option<&Arc<ClusterPiece>>| c.is_some_and(|c| c.eds.is_some());
+    for name in changed {
+        if eds(aligned::find(l.clusters(), name)) != aligned::find(l.assignments(), name).is_some()
+            || eds(aligned::find(&decoded.clusters, name))
+                != aligned::find(&decoded.assignments, name).is_some()
         {
             return None;
         }
