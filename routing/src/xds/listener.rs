@@ -372,6 +372,17 @@ fn read(
     out
 }
 
+/// `items` into `map`, a later item of a name replacing an earlier one (as inserting them in
+/// turn would): built in bulk when `map` is empty.
+fn into_map<V>(map: &mut BTreeMap<String, V>, items: Vec<(String, V)>) {
+    if map.is_empty() {
+        // `BTreeMap`'s `FromIterator` sorts stably and keeps the last of equal keys.
+        *map = items.into_iter().collect();
+    } else {
+        map.extend(items);
+    }
+}
+
 type LastPieces<'a> = (
     &'a HashMap<u128, Arc<ChainPiece>, super::FastHash>,
     &'a Option<(u128, Arc<Matched>)>,
@@ -421,6 +432,10 @@ fn main_internal(
     // The chains' names, by their 128-bit hashes (no copy of each of 10 000 names).
     let mut seen: std::collections::HashSet<u128, super::FastHash> = Default::default();
     seen.reserve(l.filter_chains.len());
+    // Collected, then put in their maps at once (sorted and built in bulk): at 10 000 chains,
+    // one insert at a time into each map was a third of reading the listener.
+    let mut chains: Vec<(String, Arc<ChainPiece>)> = Vec::with_capacity(l.filter_chains.len());
+    let mut authz: Vec<(String, Arc<ChainAuthz>)> = Vec::with_capacity(l.filter_chains.len());
     let mut telemetry: Vec<Arc<ChainPiece>> = Vec::new();
     for (i, bytes) in l.filter_chains.iter().enumerate() {
         let d = super::pieces::digest(bytes);
@@ -462,21 +477,25 @@ fn main_internal(
             telemetry.push(piece.clone());
         }
         match &piece.role {
-            ChainRole::Direct { authz, path } => {
-                out.authz.insert(name.to_string(), authz.clone());
+            ChainRole::Direct { authz: a, path } => {
+                authz.push((name.to_string(), a.clone()));
                 if name == DIRECT_HTTP {
                     out.direct_path = *path;
                 }
             }
-            ChainRole::Service { authz, routes, .. } => {
+            ChainRole::Service {
+                authz: a, routes, ..
+            } => {
                 if routes.is_some() {
-                    out.chains.insert(name.to_string(), piece.clone());
+                    chains.push((name.to_string(), piece.clone()));
                 }
-                out.authz.insert(name.to_string(), authz.clone());
+                authz.push((name.to_string(), a.clone()));
             }
             ChainRole::Ignored => {}
         }
     }
+    into_map(&mut out.chains, chains);
+    into_map(&mut out.authz, authz);
     let http: Vec<(&str, &HcmTelemetry)> = telemetry
         .iter()
         .filter_map(|p| Some((p.name.as_str(), p.telemetry.as_deref()?)))
