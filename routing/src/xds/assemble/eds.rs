@@ -39,8 +39,8 @@ pub(crate) struct Last {
     /// orders a state): then what a state changed is found by walking both lists side by side
     /// ([`super::aligned`]).
     pub(super) sorted: bool,
-    /// Where each assignment is in `assignments`, by [`name_key`]: built when first asked (an
-    /// EDS push read alone, a state not in name order), not by every translation.
+    /// Where each assignment is in `assignments`, by [`name_key`]: built when first asked (a
+    /// state not in name order), not by every translation.
     at: std::cell::OnceCell<HashMap<u128, usize, crate::xds::FastHash>>,
     /// Assignments a patch cannot follow: used by another cluster than the one of their name,
     /// by two clusters, or by an `outbound|…` cluster (whose endpoints depend on its socket
@@ -210,6 +210,17 @@ impl Last {
                 .map(|(i, a)| (name_key(&a.name), i))
                 .collect()
         })
+    }
+
+    /// Where its assignment `name` is: by a binary search when its assignments are in name
+    /// order, else by [`name_key`].
+    fn position(&self, name: &str) -> Option<usize> {
+        if self.sorted {
+            use super::aligned::Named;
+            let list = &self.assignments;
+            return list.binary_search_by(|a| a.name().cmp(name)).ok();
+        }
+        self.at().get(&name_key(name)).copied()
     }
 
     /// Its assignment of [`name_key`] `key`.
@@ -396,7 +407,7 @@ pub(crate) fn patch_assignments(
     let l = last.as_mut()?;
     let mut replaced: Vec<(usize, Arc<AssignmentPiece>)> = Vec::with_capacity(changed.len());
     for r in changed {
-        let i = *l.at().get(&name_key(r.name))?;
+        let i = l.position(r.name)?;
         let old = &l.assignments[i];
         // Known, and what the translation read (a name twice is not one push's).
         if r.type_url != ENDPOINT_TYPE
