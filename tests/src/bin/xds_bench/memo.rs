@@ -90,6 +90,32 @@ pub(super) fn measure_memo(
     eds.extend(added(&new_assignments));
     let mut lds = eds.clone();
     lds[main].value = &new_main;
+    // In the order the waypoint's xDS client hands a state over: by type, then by name.
+    fn client_order(mut v: Vec<Encoded<'_>>) -> Vec<Encoded<'_>> {
+        let rank = |t: &str| {
+            [
+                routing::xds::LISTENER_TYPE,
+                routing::xds::CLUSTER_TYPE,
+                routing::xds::ENDPOINT_TYPE,
+            ]
+            .iter()
+            .position(|x| *x == t)
+            .unwrap_or(3)
+        };
+        v.sort_by(|a, b| (rank(a.type_url), a.name).cmp(&(rank(b.type_url), b.name)));
+        v
+    }
+    let (before, after, route) = (
+        client_order(before),
+        client_order(after),
+        client_order(route),
+    );
+    let (cds, eds, lds) = (client_order(cds), client_order(eds), client_order(lds));
+    // The changed assignment, in that order.
+    let i = after
+        .iter()
+        .position(|e| std::ptr::eq(e.value, &changed))
+        .context("the changed assignment")?;
     let steps: [&Vec<Encoded<'_>>; MEMO_STEPS - 1] =
         [&before, &before, &after, &route, &cds, &eds, &lds];
     let mut times: [Vec<Duration>; MEMO_STEPS] = Default::default();
