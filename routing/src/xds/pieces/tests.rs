@@ -1,0 +1,145 @@
+use super::*;
+use envoy_types::pb::envoy::config::core::v3::{
+    address, socket_address, Address, Metadata, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+
+/// An assignment of pods `ips` of workload `rev` (istiod's `istio.workload` metadata).
+fn cla(name: &str, ips: &[&str], rev: &str) -> ClusterLoadAssignment {
+    let pod = |ip: &str| {
+        let workload = format!("reviews-{rev};default;reviews;{rev};Kubernetes");
+        let istio = Struct {
+            fields: [(
+                "workload".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue(workload)),
+                },
+            )]
+            .into(),
+        };
+        LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.to_string(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(9080)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            metadata: Some(Metadata {
+                filter_metadata: [("istio".to_string(), istio)].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: ips.iter().map(|ip| pod(ip)).collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn encoded<'a>(name: &'a str, bytes: &'a bytes::Bytes) -> Encoded<'a> {
+    Encoded {
+        type_url: ENDPOINT_TYPE,
+        name,
+        value: bytes,
+    }
+}
+
+/// A resource whose bytes are the very ones the last walk read, in the same place, gives
+/// the same piece without a digest or a lookup; equal bytes elsewhere in memory are found
+/// by digest, other bytes rebuilt; what is gone is forgotten, also from the middle.
+#[test]
+fn the_walk_knows_the_very_same_bytes() {
+    use prost::Message;
+    let names: Vec<String> = (0..20).map(|i| format!("svc-{i:02}")).collect();
+    let payloads: Vec<bytes::Bytes> = names
+        .iter()
+        .map(|n| cla(n, &["10.0.0.1"], "v1").encode_to_vec().into())
+        .collect();
+    fn state<'a>(
+        (names, payloads): (&'a [String], &'a [bytes::Bytes]),
+        skip: Option<usize>,
+        swap: Option<(usize, &'a bytes::Bytes)>,
+    ) -> Vec<Encoded<'a>> {
+        let mut out = Vec::new();
+        for (i, (n, b)) in names.iter().zip(payloads).enumerate() {
+            if skip != Some(i) {
+                out.push(match swap {
+                    Some((j, other)) if j == i => encoded(n, other),
+                    _ => encoded(n, b),
+                });
+            }
+        }
+        out
+    }
+    let all = (&names[..], &payloads[..]);
+    let mut memo = Memo::default();
+    let first = memo.pieces(&state(all, None, None)).unwrap();
+    assert_eq!((memo.built, memo.reused, memo.same_bytes), (20, 0, 0));
+
+    let again = memo.pieces(&state(all, None, None)).unwrap();
+    assert_eq!((memo.built, memo.reused, memo.same_bytes), (0, 20, 20));
+    assert!(first
+        .assignments
+        .iter()
+        .zip(&again.assignments)
+        .all(|(a, b)| Arc::ptr_eq(a, b)));
+
+    // A copy of the same bytes at another address: found by digest, not by the walk.
+    let copy = bytes::Bytes::copy_from_slice(&payloads[7]);
+    let copied = memo.pieces(&state(all, None, Some((7, &copy)))).unwrap();
+    assert_eq!((memo.built, memo.reused, memo.same_bytes), (0, 20, 19));
+    assert!(Arc::ptr_eq(&copied.assignments[7], &first.assignments[7]));
+
+    // Other bytes: rebuilt; the rest still known by the walk.
+    let changed: bytes::Bytes = cla("svc-07", &["10.0.0.2"], "v1").encode_to_vec().into();
+    let rebuilt = memo.pieces(&state(all, None, Some((7, &changed)))).unwrap();
+    assert_eq!((memo.built, memo.reused, memo.same_bytes), (1, 19, 19));
+    assert_eq!(
+        rebuilt.assignments[7].pods[0].addr.ip().to_string(),
+        "10.0.0.2"
+    );
+
+    // One gone from the middle: forgotten; the walk finds the rest past it.
+    memo.pieces(&state(all, Some(3), Some((7, &changed))))
+        .unwrap();
+    assert_eq!((memo.built, memo.reused, memo.same_bytes), (0, 19, 19));
+    assert!(!memo.assignments.contains_key(&name_key("svc-03")));
+    assert_eq!(memo.assignments.len(), 19);
+    // Back: built again (it was forgotten), the others known.
+    memo.pieces(&state(all, None, Some((7, &changed)))).unwrap();
+    assert_eq!((memo.built, memo.reused, memo.same_bytes), (1, 19, 19));
+}
+
+/// Pods with the same labels share one map, across assignments (a pod is in its service's
+/// assignment and its subset's); maps no piece holds are let go.
+#[test]
+fn assignments_share_equal_pod_label_maps() {
+    let mut labels = LabelMaps::default();
+    let all = AssignmentPiece::build(
+        &cla("all", &["10.0.0.1", "10.0.0.2", "10.0.0.3"], "v1"),
+        &mut labels,
+    );
+    let v1 = AssignmentPiece::build(&cla("v1", &["10.0.0.1", "10.0.0.2"], "v1"), &mut labels);
+    let v2 = AssignmentPiece::build(&cla("v2", &["10.0.0.4"], "v2"), &mut labels);
+    let map = |p: &AssignmentPiece, i: usize| p.pods[i].labels.clone();
+    assert_eq!(map(&all, 0)["service.istio.io/canonical-revision"], "v1");
+    assert!(Arc::ptr_eq(&map(&all, 0), &map(&all, 2)));
+    assert!(Arc::ptr_eq(&map(&all, 0), &map(&v1, 1)));
+    assert!(!Arc::ptr_eq(&map(&all, 0), &map(&v2, 0)));
+    assert_eq!(labels.len(), 2);
+    drop((all, v1));
+    labels.prune();
+    assert_eq!(labels.len(), 1, "v1's map is let go, v2's kept");
+}
