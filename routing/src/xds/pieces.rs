@@ -198,6 +198,13 @@ impl AssignmentPiece {
     }
 }
 
+/// The very same bytes: the same address and length (the xDS client shares an unchanged
+/// resource's bytes from one state to the next). Sound while one side holds its `Bytes`: no
+/// other bytes can then be at that address.
+pub(crate) fn same_bytes(a: &bytes::Bytes, b: &bytes::Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
 /// 128 bits of XXH3 over a resource's bytes: equal digests are taken as equal bytes.
 pub(crate) fn digest(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
@@ -395,14 +402,12 @@ impl Memo {
         };
         let mut gone = Vec::new();
         let mut walked = Vec::with_capacity(resources.len());
-        let mut same_bytes = 0;
+        let mut walk_hits = 0;
         for r in resources {
             let kind = Kind::of(r.type_url);
             let key = name_key(r.name);
             let was = last.find(kind, key, |w| gone.push(w));
-            let same = was.as_ref().is_some_and(|w| {
-                w.bytes.as_ptr() == r.value.as_ptr() && w.bytes.len() == r.value.len()
-            });
+            let same = was.as_ref().is_some_and(|w| same_bytes(&w.bytes, r.value));
             if let Some(w) = was.filter(|_| same) {
                 let hit = match &w.gave {
                     Gave::Cluster(p) => {
@@ -422,7 +427,7 @@ impl Memo {
                 if hit {
                     let piece = usize::from(kind != Kind::Listener);
                     counts.0 += piece;
-                    same_bytes += piece;
+                    walk_hits += piece;
                     walked.push(w);
                     continue;
                 }
@@ -487,7 +492,7 @@ impl Memo {
         self.walked = walked;
         self.labels.prune();
         (self.reused, self.built) = *counts;
-        self.same_bytes = same_bytes;
+        self.same_bytes = walk_hits;
         if rejections.is_empty() {
             Ok(out)
         } else {

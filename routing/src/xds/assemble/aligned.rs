@@ -38,11 +38,19 @@ pub(crate) fn ascending<P: Named>(list: &[Arc<P>]) -> bool {
     list.windows(2).all(|w| w[0].name() < w[1].name())
 }
 
+/// Where the piece named `name` is in `list`, whose names strictly ascend.
+pub(crate) fn position<P: Named>(list: &[Arc<P>], name: &str) -> Option<usize> {
+    list.binary_search_by(|p| p.name().cmp(name)).ok()
+}
+
 /// The piece named `name` in `list`, whose names strictly ascend.
 pub(crate) fn find<'a, P: Named>(list: &'a [Arc<P>], name: &str) -> Option<&'a Arc<P>> {
-    list.binary_search_by(|p| p.name().cmp(name))
-        .ok()
-        .map(|i| &list[i])
+    position(list, name).map(|i| &list[i])
+}
+
+/// Whether a state's clusters and assignments are both in name order.
+pub(crate) fn in_name_order(decoded: &crate::xds::pieces::Decoded) -> bool {
+    ascending(&decoded.clusters) && ascending(&decoded.assignments)
 }
 
 /// How `new` differs from `old`, whose names strictly ascend; `None` when `new`'s names do not

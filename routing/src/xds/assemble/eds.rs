@@ -107,8 +107,7 @@ impl Last {
                 }
             }
         }
-        let sorted = super::aligned::ascending(&decoded.clusters)
-            && super::aligned::ascending(&decoded.assignments);
+        let sorted = super::aligned::in_name_order(&decoded);
         Self::with(t, decoded, others, options, (irregular, sorted))
     }
 
@@ -122,9 +121,7 @@ impl Last {
         options: &TranslateOptions,
         (from, sorted): (&Last, bool),
     ) -> Last {
-        let sorted = sorted
-            || (super::aligned::ascending(&decoded.clusters)
-                && super::aligned::ascending(&decoded.assignments));
+        let sorted = sorted || super::aligned::in_name_order(&decoded);
         Self::with(
             t,
             decoded,
@@ -216,9 +213,7 @@ impl Last {
     /// order, else by [`name_key`].
     fn position(&self, name: &str) -> Option<usize> {
         if self.sorted {
-            use super::aligned::Named;
-            let list = &self.assignments;
-            return list.binary_search_by(|a| a.name().cmp(name)).ok();
+            return super::aligned::position(&self.assignments, name);
         }
         self.at().get(&name_key(name)).copied()
     }

@@ -7,6 +7,7 @@
 
 use super::{MainListener, ShallowListener};
 use crate::xds::chain::ClusterNames;
+use crate::xds::pieces::same_bytes;
 use crate::xds::Diag;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,12 +34,6 @@ pub(super) fn fingerprint(known: &ClusterNames<'_>) -> u128 {
     known.iter().fold(known.len() as u128, |acc, n| {
         acc.wrapping_add(crate::xds::pieces::name_key(n))
     })
-}
-
-/// The very same bytes: same lengths and addresses (the client shares an unchanged
-/// resource's bytes from one state to the next).
-fn same_bytes(a: &bytes::Bytes, b: &bytes::Bytes) -> bool {
-    a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
 
 fn same_listener(a: &ShallowListener, b: &ShallowListener) -> bool {
