@@ -78,6 +78,8 @@ pub struct XdsHandler {
     deferred: Option<routing::xds::Subscriptions>,
     /// Set while the next EDS or route push may be translated from what it changed alone.
     alone_base: Option<alone::AloneBase>,
+    /// How many states [`XdsHandler::defer`] asked the translator what they subscribe to.
+    asked: u64,
 }
 
 /// What [`XdsHandler::rebuild`] guards.
@@ -108,6 +110,7 @@ impl XdsHandler {
             rebuild: Arc::new(Mutex::new(Latest::default())),
             deferred: None,
             alone_base: None,
+            asked: 0,
         }
     }
 
@@ -211,7 +214,17 @@ impl XdsHandler {
             .flat_map(|c| &c.updated)
             .any(|name| self.last_good.get(type_url::CLUSTER, name).is_none());
         let reshaped = update.has_type(type_url::CLUSTER) || update.has_type(type_url::LISTENER);
+        // Clusters or listeners changed while a state waits, and what it waited for has come
+        // (in the same update: istiod's listener and the new service's assignments often arrive
+        // together): translated at once. The translation judges them as the question would, and
+        // finds what a changed listener or cluster newly needs; asking first would read the
+        // listener twice (about 40 ms of a new service's 100 at 10 000 services).
+        let arrived = |d: &routing::xds::Subscriptions| missing(state, d).is_none();
+        if !new_clusters && waiting && reshaped && self.deferred.as_ref().is_some_and(arrived) {
+            return None;
+        }
         let needed = if new_clusters || (waiting && reshaped) {
+            self.asked += 1;
             translator.subscriptions(&encoded(state, &self.last_good, &BTreeSet::new()))?
         } else if waiting {
             self.deferred.clone()?
@@ -325,6 +338,7 @@ const AWAITED_NAMES: usize = 8;
 impl Handler for XdsHandler {
     fn apply(&mut self, update: &Update<'_>) -> Result<Applied, Vec<Rejection>> {
         let started = std::time::Instant::now();
+        let asked = self.asked;
         let outcome = self.judge(update);
         tracing::debug!(
             changes = %update
@@ -334,6 +348,7 @@ impl Handler for XdsHandler {
                 .collect::<Vec<_>>()
                 .join(", "),
             deferred = self.deferred.is_some(),
+            asked = self.asked != asked,
             ok = outcome.is_ok(),
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "xDS update judged"

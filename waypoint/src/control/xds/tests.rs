@@ -234,6 +234,84 @@ fn a_refused_cluster_is_never_deferred() {
     assert!(!h.sink.is_deferred());
 }
 
+/// `main_internal` and an assignment, as istiod sends them after a new service's clusters (the
+/// listener again, the assignment if given), applied as one update.
+fn push_listener(
+    h: &mut XdsHandler,
+    state: &mut ResourceState,
+    listener: Arc<Resource>,
+    cla: Option<&ClusterLoadAssignment>,
+) -> Applied {
+    state.insert(type_url::LISTENER, listener);
+    let mut changes = vec![change(type_url::LISTENER, &["main_internal"])];
+    if let Some(cla) = cla {
+        state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource(NEW, cla));
+        changes.push(change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[NEW]));
+    }
+    h.apply(&Update {
+        changes: &changes,
+        state,
+    })
+    .unwrap()
+}
+
+/// A listener that arrives while a state waits is asked about (judged before the ACK, what it
+/// needs subscribed) and the state keeps waiting; one that arrives together with the awaited
+/// assignment is not: the state is translated at once and published.
+#[test]
+fn a_listener_with_the_awaited_assignments_is_translated_without_the_question() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = served(&mut h);
+    let (cluster, cla) = added(&state);
+    push_cluster(&mut h, &mut state, &cluster);
+    assert!(h.sink.is_deferred());
+    let main = state
+        .get(type_url::LISTENER, "main_internal")
+        .expect("istiod's waypoint listener")
+        .clone();
+    let main = Arc::new(main);
+
+    let asked = h.asked;
+    push_listener(&mut h, &mut state, main.clone(), None);
+    assert_eq!(h.asked, asked + 1, "alone: asked");
+    assert!(h.sink.is_deferred(), "still waiting for the assignment");
+
+    let asked = h.asked;
+    let applied = push_listener(&mut h, &mut state, main, Some(&cla));
+    assert!(applied.refused.is_empty(), "{:?}", applied.refused);
+    assert_eq!(h.asked, asked, "with the assignment: not asked");
+    assert!(!h.sink.is_deferred());
+    let snapshot = h.sink.take().expect("complete: published");
+    let c = snapshot
+        .cluster("added.default.svc.cluster.local", 9080, None)
+        .expect("the new service");
+    assert!(!c.endpoints.is_empty(), "with the new assignment's pods");
+}
+
+/// A listener the translation refuses, arriving with the awaited assignment, is still refused
+/// (NACKed naming it) though nobody asked about it first: the translation judged it.
+#[test]
+fn a_refused_listener_with_the_awaited_assignments_is_refused() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = served(&mut h);
+    let (cluster, cla) = added(&state);
+    push_cluster(&mut h, &mut state, &cluster);
+    let broken = Arc::new(Resource {
+        name: "main_internal".into(),
+        version: "2".into(),
+        value: Payload {
+            type_url: type_url::LISTENER.into(),
+            value: bytes::Bytes::from_static(&[0xff, 0xff, 0xff]),
+        },
+    });
+    let applied = push_listener(&mut h, &mut state, broken, Some(&cla));
+    assert!(
+        applied.refused.iter().any(|r| r.name == "main_internal"),
+        "refused: {:?}",
+        applied.refused
+    );
+}
+
 /// What a state awaits names a few assignments and counts the rest: at start-up it awaits all of
 /// them, which is one log line and one readiness message, not thousands of names.
 #[test]
