@@ -225,6 +225,9 @@ pub(super) struct PushRow {
     pub(super) rss_mib: Option<f64>,
     /// The live heap at the same moment ([`heap_mib`]).
     pub(super) heap_mib: Option<f64>,
+    /// RSS and live heap after the pushes.
+    pub(super) rss_after: Option<f64>,
+    pub(super) heap_after: Option<f64>,
     /// New service: to the first 200, to the LDS ACK.
     pub(super) first_200: Vec<Duration>,
     pub(super) new_ack: Vec<Duration>,
@@ -345,6 +348,8 @@ pub(super) async fn measure_push(
         startup,
         rss_mib,
         heap_mib,
+        rss_after: None,
+        heap_after: None,
         first_200: Vec::new(),
         new_ack: Vec::new(),
         attempts: Vec::new(),
@@ -433,6 +438,10 @@ pub(super) async fn measure_push(
     if !server.nacks().is_empty() {
         eprintln!("  note: N={n}: NACKs: {:?}", server.nacks());
     }
+    // After the pushes: what a waypoint holds once nothing is in flight (at ready it also
+    // holds the initial sync's last response, freed when the next one arrives).
+    row.rss_after = waypoint.rss_mib();
+    row.heap_after = self::heap_mib(waypoint.admin).await;
     drop(waypoint);
     server.stop().await;
     Ok(row)
@@ -465,11 +474,12 @@ pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
         "push latency ({pushes} pushes per row; min / median / max, ms; from the server's set):"
     );
     println!(
-        "{:>6} {:>10} {:>8} {:>9}  {:>23}  {:>23}  {:>23}  {:>23} {:>9} {:>9}",
+        "{:>6} {:>10} {:>8} {:>9} {:>10}  {:>23}  {:>23}  {:>23}  {:>23} {:>9} {:>9}",
         "N",
         "ready ms",
         "RSS MiB",
         "heap MiB",
+        "after MiB",
         "new svc → first 200",
         "new svc → LDS ACK",
         "weight → observable",
@@ -481,11 +491,15 @@ pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
         let polls: Vec<String> = r.attempts.iter().map(u32::to_string).collect();
         let w_polls: Vec<String> = r.weight_polls.iter().map(u32::to_string).collect();
         println!(
-            "{:>6} {:>10.0} {:>8} {:>9} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",
+            "{:>6} {:>10.0} {:>8} {:>9} {:>10} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",
             r.n,
             ms(r.startup),
             r.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
             r.heap_mib.map_or("-".into(), |m| format!("{m:.0}")),
+            match (r.rss_after, r.heap_after) {
+                (Some(rss), Some(heap)) => format!("{rss:.0}/{heap:.0}"),
+                _ => "-".into(),
+            },
             spread(&r.first_200),
             spread(&r.new_ack),
             spread(&r.weight_seen),
@@ -495,6 +509,7 @@ pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
         );
     }
     println!("  (weight: a route flipped between 100/0 and 0/100 over two serving pods; observable = the first answer from the newly weighted pod, one request per poll)");
+    println!("  (RSS and heap at ready, and RSS/heap after the pushes: at ready the waypoint also holds the initial sync's last response, until the next one arrives)");
     // Flatness: the largest push size's figure over the smallest's (the 10,000 / 1,000).
     let (Some(small), Some(large)) = (
         rows.iter().min_by_key(|r| r.n),
