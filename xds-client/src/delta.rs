@@ -29,7 +29,7 @@ struct Stream<'a, H> {
     core: &'a mut Core<H>,
     out: Outbox<DeltaDiscoveryRequest>,
     /// Named types: the names subscribed on this stream.
-    sent: BTreeMap<String, Arc<BTreeSet<String>>>,
+    sent: BTreeMap<String, crate::resource::Names>,
 }
 
 /// Run one stream until it fails (`Err`) or shutdown is asked (`Ok`).
@@ -146,11 +146,18 @@ impl<H: Handler> Stream<'_, H> {
             let first = !self.sent.contains_key(&type_url);
             let had = self.sent.get(&type_url).cloned().unwrap_or_default();
             // The set asked for last time, unchanged (no name compared).
-            if Arc::ptr_eq(&want, &had) {
+            if want.ptr_eq(&had) {
                 continue;
             }
-            let subscribe: Vec<String> = want.difference(&had).cloned().collect();
-            let unsubscribe: Vec<String> = had.difference(&want).cloned().collect();
+            // What changed, without visiting what the two sets share (a handler grows the last
+            // set it handed over).
+            let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
+            for change in had.diff(&want) {
+                match change {
+                    imbl::ordset::DiffItem::Add(name) => subscribe.push(name.clone()),
+                    imbl::ordset::DiffItem::Remove(name) => unsubscribe.push(name.clone()),
+                }
+            }
             // An empty first subscribe would be a wildcard.
             if subscribe.is_empty() && unsubscribe.is_empty() {
                 if !first {

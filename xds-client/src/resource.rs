@@ -1,7 +1,7 @@
 //! Resources as the client holds them, the state offered to the handler, and the handler's
 //! contract.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -208,13 +208,19 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// Resource names in order, as a persistent set: a clone shares the set's structure, so a
+/// handler that adds one service's names to the last set of 30 000 hands over a set that cost
+/// those names, and the client finds what changed between two such sets without visiting
+/// what they share ([`imbl::OrdSet::diff`]).
+pub type Names = imbl::OrdSet<String>;
+
 /// Named subscriptions the handler wants: for each non-wildcard type (EDS, RDS), the exact set of
 /// names. Types absent have no names subscribed. Wildcard types are set in the client config.
 /// Cheap to clone: each type's set is shared, so a handler can hand back the same subscriptions
 /// push after push, and the client sees they are the same without comparing every name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscriptions {
-    named: BTreeMap<String, Arc<BTreeSet<String>>>,
+    named: BTreeMap<String, Names>,
 }
 
 impl Subscriptions {
@@ -237,18 +243,25 @@ impl Subscriptions {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.named.insert(
-            type_url.to_string(),
-            Arc::new(names.into_iter().map(Into::into).collect()),
-        );
+        self.set_names(type_url, names.into_iter().map(Into::into).collect());
     }
 
-    pub fn names(&self, type_url: &str) -> Option<&BTreeSet<String>> {
-        self.named.get(type_url).map(|n| &**n)
+    /// Subscribe `type_url` to exactly `names`, a set the caller may share (no name copied).
+    pub fn with_names(mut self, type_url: &str, names: Names) -> Self {
+        self.set_names(type_url, names);
+        self
+    }
+
+    pub fn set_names(&mut self, type_url: &str, names: Names) {
+        self.named.insert(type_url.to_string(), names);
+    }
+
+    pub fn names(&self, type_url: &str) -> Option<&Names> {
+        self.named.get(type_url)
     }
 
     /// `type_url`'s names, shared (empty when none are subscribed).
-    pub(crate) fn shared(&self, type_url: &str) -> Arc<BTreeSet<String>> {
+    pub(crate) fn shared(&self, type_url: &str) -> Names {
         self.named.get(type_url).cloned().unwrap_or_default()
     }
 
@@ -256,14 +269,14 @@ impl Subscriptions {
     /// subscriptions): equal without comparing them.
     pub(crate) fn same_set(&self, other: &Subscriptions, type_url: &str) -> bool {
         match (self.named.get(type_url), other.named.get(type_url)) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => a.ptr_eq(b),
             (None, None) => true,
             _ => false,
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &BTreeSet<String>)> {
-        self.named.iter().map(|(t, n)| (t.as_str(), &**n))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Names)> {
+        self.named.iter().map(|(t, n)| (t.as_str(), n))
     }
 }
 

@@ -29,7 +29,7 @@ struct Stream<'a, H> {
     core: &'a mut Core<H>,
     out: Outbox<DiscoveryRequest>,
     /// Named types: the names requested on this stream.
-    sent: BTreeMap<String, Arc<BTreeSet<String>>>,
+    sent: BTreeMap<String, crate::resource::Names>,
     /// Last nonce received per type (echoed by subscription changes).
     nonces: BTreeMap<String, String>,
 }

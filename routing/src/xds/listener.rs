@@ -272,7 +272,7 @@ pub(crate) fn translate(
     known: &ClusterNames<'_>,
     known_unchanged: bool,
     memo: &mut ListenerMemo,
-    rds: &mut BTreeSet<String>,
+    rds: &mut super::Names,
     diag: &mut Diag,
 ) -> Arc<MainListener> {
     let fingerprint = again::fingerprint(known);
@@ -285,7 +285,7 @@ pub(crate) fn translate(
         }
     }
     memo.last = None;
-    let (mut mine, mut found) = (BTreeSet::new(), Diag::default());
+    let (mut mine, mut found) = (super::Names::new(), Diag::default());
     let out = Arc::new(read(
         listeners,
         routes,
@@ -313,7 +313,7 @@ fn read(
     routes: &BTreeMap<&str, &RouteConfiguration>,
     (known, known_unchanged): (&ClusterNames<'_>, bool),
     memo: &mut ListenerMemo,
-    rds: &mut BTreeSet<String>,
+    rds: &mut super::Names,
     diag: &mut Diag,
 ) -> MainListener {
     let mut out = MainListener::default();
@@ -395,7 +395,7 @@ fn main_internal(
     (known, known_unchanged): (&ClusterNames<'_>, bool),
     (last, last_matcher): LastPieces<'_>,
     memo: &mut ListenerMemo,
-    rds: &mut BTreeSet<String>,
+    rds: &mut super::Names,
     at: At<'_>,
     diag: &mut Diag,
     out: &mut MainListener,

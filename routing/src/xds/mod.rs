@@ -92,7 +92,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -321,10 +321,16 @@ fn short_type(type_url: &str) -> &str {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscriptions {
     /// `ClusterLoadAssignment` names (EDS service names) of EDS clusters.
-    pub endpoints: BTreeSet<String>,
+    pub endpoints: Names,
     /// `RouteConfiguration` names referenced through RDS.
-    pub routes: BTreeSet<String>,
+    pub routes: Names,
 }
+
+/// Resource names in order, as a persistent set: a clone shares the set's structure, so the
+/// names of one more service added to the last state's 30 000 cost that service's names, not a
+/// copy of every name, and the xDS client finds what changed between two such sets without
+/// visiting what they share (`imbl::OrdSet::diff`).
+pub type Names = imbl::OrdSet<String>;
 
 /// Which EDS assignments and RDS route configurations to subscribe to.
 /// Malformed typed configs are skipped (translation reports them).

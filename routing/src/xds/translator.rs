@@ -152,25 +152,35 @@ impl Translator {
     pub fn subscriptions(&mut self, resources: &[Encoded<'_>]) -> Option<Subscriptions> {
         use super::chain::ChainRole;
         let decoded = self.memo.pieces(resources).ok()?;
-        if let Some(last) = &self.last {
-            let others = eds::others_digest(resources).0;
-            if let Some(s) = last.grown_subscriptions(&decoded, others) {
-                return Some(s);
-            }
-        }
         let mut subscriptions = Subscriptions::default();
-        for c in &decoded.clusters {
-            if !c.subscribable() {
+        let grown = match &self.last {
+            Some(last) => {
+                let others = eds::others_digest(resources).0;
+                if let Some(s) = last.grown_subscriptions(&decoded, others) {
+                    return Some(s);
+                }
+                // The listeners changed (a new service's `main_internal`): the clusters' side
+                // still grows from the last translation's, the listeners are read below.
+                last.grown_endpoints(&decoded)
+            }
+            None => None,
+        };
+        if let Some(endpoints) = grown {
+            subscriptions.endpoints = endpoints;
+        } else {
+            for c in &decoded.clusters {
+                if !c.subscribable() {
+                    return None;
+                }
+                subscriptions.endpoints.extend(c.eds.iter().cloned());
+            }
+            if decoded
+                .assignments
+                .iter()
+                .any(|a| !a.diag.rejections.is_empty())
+            {
                 return None;
             }
-            subscriptions.endpoints.extend(c.eds.iter().cloned());
-        }
-        if decoded
-            .assignments
-            .iter()
-            .any(|a| !a.diag.rejections.is_empty())
-        {
-            return None;
         }
         let mut diag = super::Diag::default();
         let routes = assemble::index(

@@ -244,6 +244,16 @@ impl Last {
         if self.others != Some(others) {
             return None;
         }
+        Some(crate::xds::Subscriptions {
+            endpoints: self.grown_endpoints(decoded)?,
+            routes: self.subscriptions.routes.clone(),
+        })
+    }
+
+    /// The assignments `decoded`'s clusters ask for, from this translation's when its clusters
+    /// are all still there (as in [`Last::grown_subscriptions`], whatever else changed: the
+    /// listeners, which the caller reads). `None` when that cannot tell.
+    pub(crate) fn grown_endpoints(&self, decoded: &Decoded) -> Option<crate::xds::Names> {
         if self.sorted {
             return self.grown_in_order(decoded);
         }
@@ -252,7 +262,7 @@ impl Last {
             .iter()
             .map(|c| (name_key(&c.name), c))
             .collect();
-        let mut out = (*self.subscriptions).clone();
+        let mut out = self.subscriptions.endpoints.clone();
         let mut kept = 0;
         for c in &decoded.clusters {
             match old.get(&name_key(&c.name)) {
@@ -267,7 +277,7 @@ impl Last {
             if !c.subscribable() {
                 return None;
             }
-            out.endpoints.extend(c.eds.iter().cloned());
+            out.extend(c.eds.iter().cloned());
         }
         // Every cluster of this state is still there (the chains that route to them stay valid).
         if kept != self.clusters.len() {
@@ -291,13 +301,13 @@ impl Last {
 
     /// [`Last::grown_subscriptions`] when this translation's lists are in name order: the
     /// differences found by walking them beside `decoded`'s, not by looking every name up.
-    fn grown_in_order(&self, decoded: &Decoded) -> Option<crate::xds::Subscriptions> {
+    fn grown_in_order(&self, decoded: &Decoded) -> Option<crate::xds::Names> {
         let clusters = super::aligned::diff(&self.clusters, &decoded.clusters)?;
         // Every cluster of this state is still there (the chains that route to them stay valid).
         if !clusters.removed.is_empty() {
             return None;
         }
-        let mut out = (*self.subscriptions).clone();
+        let mut out = self.subscriptions.endpoints.clone();
         for (o, c) in &clusters.changed {
             if o.eds != c.eds || !c.subscribable() {
                 return None;
@@ -307,7 +317,7 @@ impl Last {
             if !c.subscribable() {
                 return None;
             }
-            out.endpoints.extend(c.eds.iter().cloned());
+            out.extend(c.eds.iter().cloned());
         }
         let assignments = super::aligned::diff(&self.assignments, &decoded.assignments)?;
         let new = assignments.changed.iter().map(|(_, a)| a);

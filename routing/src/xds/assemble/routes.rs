@@ -23,7 +23,7 @@ pub(crate) struct MainState {
     /// The warnings reading the listeners reported.
     pub(super) warnings: Vec<Warning>,
     /// The RDS names the listeners asked for.
-    pub(super) rds: BTreeSet<String>,
+    pub(super) rds: crate::xds::Names,
 }
 
 /// The translation of `decoded` as a patch of the last one's published snapshot, when only
@@ -104,7 +104,7 @@ fn patch_listeners(
     let rcs: BTreeMap<&str, &RouteConfiguration> =
         routes.iter().map(|r| (r.name.as_str(), r)).collect();
     let known: ClusterNames<'_> = l.clusters().iter().map(|c| c.name.as_str()).collect();
-    let mut rds = BTreeSet::new();
+    let mut rds = crate::xds::Names::new();
     let mut diag = Diag::default();
     let main = listener::translate(
         listeners,

@@ -45,7 +45,7 @@ pub(crate) fn patch(
         .map(|r| (r.name.as_str(), r))
         .collect();
     let known: ClusterNames<'_> = decoded.clusters.iter().map(|c| c.name.as_str()).collect();
-    let mut rds = BTreeSet::new();
+    let mut rds = crate::xds::Names::new();
     let mut diag = Diag::default();
     let main = listener::translate(
         &decoded.listeners,
@@ -189,16 +189,23 @@ pub(crate) fn patch(
     let authorization = (!same_authz).then(|| access::authorization(&main.authz));
     let snapshot = live.with_services(splices, authorization, Instant::now())?;
 
-    let subscriptions = if changes.names_changed || changes.eds_changed {
-        let mut s = super::super::Subscriptions {
-            endpoints: BTreeSet::new(),
+    let subscriptions = match &changes.added_eds {
+        _ if !changes.names_changed && !changes.eds_changed => l.subscriptions.clone(),
+        // Clusters only added, none asking for another assignment: the last set, grown.
+        Some(added) if !changes.eds_changed => {
+            let mut endpoints = l.subscriptions.endpoints.clone();
+            endpoints.extend(added.iter().cloned());
+            let routes = rds.clone();
+            Arc::new(super::super::Subscriptions { endpoints, routes })
+        }
+        _ => Arc::new(super::super::Subscriptions {
+            endpoints: decoded
+                .clusters
+                .iter()
+                .filter_map(|c| c.eds.clone())
+                .collect(),
             routes: rds.clone(),
-        };
-        s.endpoints
-            .extend(decoded.clusters.iter().filter_map(|c| c.eds.clone()));
-        Arc::new(s)
-    } else {
-        l.subscriptions.clone()
+        }),
     };
 
     // What the memo remembers for the next translation.
@@ -227,6 +234,9 @@ struct Changes {
     hosts: BTreeSet<String>,
     names_changed: bool,
     eds_changed: bool,
+    /// The EDS names of the clusters added, while none was removed (the last subscriptions
+    /// then grow by them instead of being made again from every cluster).
+    added_eds: Option<Vec<String>>,
     /// The new state's clusters and assignments are in name order (found so by
     /// [`super::aligned::diff`]).
     sorted: bool,
@@ -266,6 +276,7 @@ fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
         hosts: BTreeSet::new(),
         names_changed: false,
         eds_changed: false,
+        added_eds: Some(Vec::new()),
         sorted: false,
     };
     let old: ByName<'_, ClusterPiece> = l
@@ -288,7 +299,12 @@ fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
                 changes.eds_changed |= o.eds != c.eds;
                 changes.hosts.insert(spliceable(o)?.to_string());
             }
-            None => changes.names_changed = true,
+            None => {
+                changes.names_changed = true;
+                if let (Some(added), Some(eds)) = (&mut changes.added_eds, &c.eds) {
+                    added.push(eds.clone());
+                }
+            }
         }
         changes.hosts.insert(spliceable(c)?.to_string());
         changed.push(k);
@@ -298,6 +314,7 @@ fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
         for (k, o) in &old {
             if !new.contains_key(k) {
                 changes.hosts.insert(spliceable(o)?.to_string());
+                changes.added_eds = None;
                 changed.push(*k);
             }
         }
@@ -363,6 +380,13 @@ fn changed_in_order(
         hosts: BTreeSet::new(),
         names_changed: !clusters.added.is_empty() || !clusters.removed.is_empty(),
         eds_changed: false,
+        added_eds: clusters.removed.is_empty().then(|| {
+            clusters
+                .added
+                .iter()
+                .filter_map(|c| c.eds.clone())
+                .collect()
+        }),
         sorted: true,
     };
     let mut changed: Vec<&str> = Vec::new();

@@ -10,7 +10,7 @@ use crate::xds::chain::ClusterNames;
 use crate::xds::pieces::same_bytes;
 use crate::xds::Diag;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What one call read and gave.
@@ -22,7 +22,7 @@ pub(crate) struct LastCall {
     known: u128,
     pub(super) out: Arc<MainListener>,
     /// The RDS names and the diagnostics the call added.
-    pub(super) rds: BTreeSet<String>,
+    pub(super) rds: crate::xds::Names,
     pub(super) diag: Diag,
     /// Chains it read.
     pub(super) chains: usize,
@@ -58,7 +58,7 @@ impl LastCall {
         routes: &BTreeMap<&str, &RouteConfiguration>,
         known: u128,
         out: Arc<MainListener>,
-        (rds, diag, chains): (BTreeSet<String>, Diag, usize),
+        (rds, diag, chains): (crate::xds::Names, Diag, usize),
     ) -> LastCall {
         LastCall {
             listeners: listeners.to_vec(),
@@ -122,9 +122,9 @@ mod tests {
         memo: &mut ListenerMemo,
         listeners: &[ShallowListener],
         names: &[String],
-    ) -> (Arc<MainListener>, BTreeSet<String>, Diag) {
+    ) -> (Arc<MainListener>, crate::xds::Names, Diag) {
         let known: ClusterNames<'_> = names.iter().map(String::as_str).collect();
-        let (mut rds, mut diag) = (BTreeSet::new(), Diag::default());
+        let (mut rds, mut diag) = (crate::xds::Names::new(), Diag::default());
         let out = translate(
             listeners,
             &BTreeMap::new(),

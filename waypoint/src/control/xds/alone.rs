@@ -34,8 +34,13 @@ impl XdsHandler {
         subscriptions: &Subscriptions,
         refused_any: bool,
     ) {
-        let held_only = |t: &str, wanted: &BTreeSet<String>| {
-            state.resources(t).all(|r| wanted.contains(&r.name))
+        // Both in name order: one walk over both, not a lookup per held name.
+        let held_only = |t: &str, wanted: &routing::xds::Names| {
+            let mut wanted = wanted.iter().peekable();
+            state.resources(t).all(|r| {
+                while wanted.next_if(|w| w.as_str() < r.name.as_str()).is_some() {}
+                wanted.peek().is_some_and(|w| **w == r.name)
+            })
         };
         let exact = held_only(type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints)
             && held_only(type_url::ROUTE_CONFIGURATION, &needed.routes);

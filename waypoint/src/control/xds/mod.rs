@@ -289,7 +289,7 @@ fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Optio
         return Some("listeners (LDS)".into());
     }
     // Named up to AWAITED_NAMES, then counted: at start-up every assignment is awaited.
-    let absent = |what: &str, type_url: &str, names: &BTreeSet<String>| -> Option<String> {
+    let absent = |what: &str, type_url: &str, names: &routing::xds::Names| -> Option<String> {
         // The state's names and `names` are both in order: one walk over both, not a lookup
         // per name (15 000 of them at 5 000 services).
         let mut held = state
@@ -322,14 +322,13 @@ fn missing(state: &ResourceState, needed: &routing::xds::Subscriptions) -> Optio
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// What the client is to subscribe to, by type.
+/// What the client is to subscribe to, by type: the translator's sets, shared (a new service's
+/// push hands over the last set grown by its names; the client diffs the two without visiting
+/// what they share).
 fn client_subscriptions(needed: &routing::xds::Subscriptions) -> Subscriptions {
     Subscriptions::new()
-        .with(
-            type_url::CLUSTER_LOAD_ASSIGNMENT,
-            needed.endpoints.iter().cloned(),
-        )
-        .with(type_url::ROUTE_CONFIGURATION, needed.routes.iter().cloned())
+        .with_names(type_url::CLUSTER_LOAD_ASSIGNMENT, needed.endpoints.clone())
+        .with_names(type_url::ROUTE_CONFIGURATION, needed.routes.clone())
 }
 
 /// How many awaited names [`missing`] lists (in the log line and readiness) before it counts.

@@ -319,7 +319,7 @@ fn what_is_awaited_names_a_few_and_counts_the_rest() {
     let mut state = bookinfo();
     let needed = routing::xds::Subscriptions {
         endpoints: (0..20).map(|i| format!("eds-{i:02}")).collect(),
-        routes: ["rds-a".to_string()].into(),
+        routes: ["rds-a".to_string()].into_iter().collect(),
     };
     let what = missing(&state, &needed).unwrap();
     assert_eq!(
@@ -349,7 +349,8 @@ fn what_is_awaited_names_a_few_and_counts_the_rest() {
             "zz-last",
         ]
         .map(String::from)
-        .into(),
+        .into_iter()
+        .collect(),
         routes: Default::default(),
     };
     assert_eq!(
