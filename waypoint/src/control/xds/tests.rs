@@ -156,6 +156,11 @@ fn new_clusters_wait_for_their_assignments_untranslated() {
         state: &state,
     })
     .unwrap();
+    published_with_the_new_service(&mut h);
+}
+
+/// The state is no longer deferred: published, the new service with its assignment's pods.
+fn published_with_the_new_service(h: &mut XdsHandler) {
     assert!(!h.sink.is_deferred());
     let snapshot = h.sink.take().expect("complete: published");
     let c = snapshot
@@ -280,12 +285,7 @@ fn a_listener_with_the_awaited_assignments_is_translated_without_the_question() 
     let applied = push_listener(&mut h, &mut state, main, Some(&cla));
     assert!(applied.refused.is_empty(), "{:?}", applied.refused);
     assert_eq!(h.asked, asked, "with the assignment: not asked");
-    assert!(!h.sink.is_deferred());
-    let snapshot = h.sink.take().expect("complete: published");
-    let c = snapshot
-        .cluster("added.default.svc.cluster.local", 9080, None)
-        .expect("the new service");
-    assert!(!c.endpoints.is_empty(), "with the new assignment's pods");
+    published_with_the_new_service(&mut h);
 }
 
 /// A listener the translation refuses, arriving with the awaited assignment, is still refused
