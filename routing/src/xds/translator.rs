@@ -153,19 +153,16 @@ impl Translator {
         use super::chain::ChainRole;
         let decoded = self.memo.pieces(resources).ok()?;
         let mut subscriptions = Subscriptions::default();
-        let grown = match &self.last {
-            Some(last) => {
-                let others = eds::others_digest(resources).0;
-                if let Some(s) = last.grown_subscriptions(&decoded, others) {
-                    return Some(s);
-                }
-                // The listeners changed (a new service's `main_internal`): the clusters' side
-                // still grows from the last translation's, the listeners are read below.
-                last.grown_endpoints(&decoded)
+        let grown = self
+            .last
+            .as_ref()
+            .and_then(|last| Some((last, last.grown_endpoints(&decoded)?)));
+        if let Some((last, endpoints)) = grown {
+            // Nothing but clusters and assignments changed: the last translation's routes.
+            if let Some(routes) = last.routes_if_others_same(eds::others_digest(resources).0) {
+                return Some(Subscriptions { endpoints, routes });
             }
-            None => None,
-        };
-        if let Some(endpoints) = grown {
+            // The listeners changed (a new service's `main_internal`): read below.
             subscriptions.endpoints = endpoints;
         } else {
             for c in &decoded.clusters {

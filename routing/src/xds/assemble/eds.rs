@@ -228,31 +228,19 @@ impl Last {
         self.irregular.contains(name)
     }
 
-    /// What `decoded` subscribes to, found from this translation's subscriptions when `decoded`
-    /// only adds clusters and assignments to its state or changes some (every other resource
-    /// the same: `others` is [`others_digest`]'s first): the new clusters' assignments are
-    /// added, nothing else is read again. `None` when that cannot tell (a cluster gone or asking
-    /// for another assignment, a new piece that reported a rejection or whose endpoints are
-    /// read at assembly): ask the whole state. What
-    /// [`Translator::subscriptions`](crate::xds::Translator::subscriptions) answers, and so
-    /// the same answer (property-tested with it).
-    pub(crate) fn grown_subscriptions(
-        &self,
-        decoded: &Decoded,
-        others: u128,
-    ) -> Option<crate::xds::Subscriptions> {
-        if self.others != Some(others) {
-            return None;
-        }
-        Some(crate::xds::Subscriptions {
-            endpoints: self.grown_endpoints(decoded)?,
-            routes: self.subscriptions.routes.clone(),
-        })
+    /// The route configurations this translation subscribed to, when every resource but the
+    /// clusters and assignments is the one it read (`others` is [`others_digest`]'s first).
+    pub(crate) fn routes_if_others_same(&self, others: u128) -> Option<crate::xds::Names> {
+        (self.others == Some(others)).then(|| self.subscriptions.routes.clone())
     }
 
-    /// The assignments `decoded`'s clusters ask for, from this translation's when its clusters
-    /// are all still there (as in [`Last::grown_subscriptions`], whatever else changed: the
-    /// listeners, which the caller reads). `None` when that cannot tell.
+    /// The assignments `decoded`'s clusters ask for, found from this translation's when
+    /// `decoded` only adds clusters and assignments or changes some: the new clusters'
+    /// assignments are added, nothing else is read again. `None` when that cannot tell (a
+    /// cluster gone or asking for another assignment, a new piece that reported a rejection or
+    /// whose endpoints are read at assembly): read every cluster. What
+    /// [`Translator::subscriptions`](crate::xds::Translator::subscriptions) answers, and so the
+    /// same answer (property-tested with it).
     pub(crate) fn grown_endpoints(&self, decoded: &Decoded) -> Option<crate::xds::Names> {
         if self.sorted {
             return self.grown_in_order(decoded);
@@ -299,7 +287,7 @@ impl Last {
         Some(out)
     }
 
-    /// [`Last::grown_subscriptions`] when this translation's lists are in name order: the
+    /// [`Last::grown_endpoints`] when this translation's lists are in name order: the
     /// differences found by walking them beside `decoded`'s, not by looking every name up.
     fn grown_in_order(&self, decoded: &Decoded) -> Option<crate::xds::Names> {
         let clusters = super::aligned::diff(&self.clusters, &decoded.clusters)?;

@@ -191,23 +191,19 @@ pub(crate) fn patch(
     let authorization = (!same_authz).then(|| access::authorization(&main.authz));
     let snapshot = live.with_services(splices, authorization, Instant::now())?;
 
-    let subscriptions = match &changes.added_eds {
-        _ if !changes.names_changed && !changes.eds_changed => l.subscriptions.clone(),
-        // Clusters only added, none asking for another assignment: the last set, grown.
-        Some(added) if !changes.eds_changed => {
-            let mut endpoints = l.subscriptions.endpoints.clone();
-            endpoints.extend(added.iter().cloned());
-            let routes = rds.clone();
-            Arc::new(super::super::Subscriptions { endpoints, routes })
-        }
-        _ => Arc::new(super::super::Subscriptions {
-            endpoints: decoded
+    let subscriptions = if changes.names_changed || changes.eds_changed {
+        // Clusters only added (none asking for another assignment): the last set, grown.
+        let endpoints = l.grown_endpoints(decoded).unwrap_or_else(|| {
+            decoded
                 .clusters
                 .iter()
                 .filter_map(|c| c.eds.clone())
-                .collect(),
-            routes: rds.clone(),
-        }),
+                .collect()
+        });
+        let routes = rds.clone();
+        Arc::new(super::super::Subscriptions { endpoints, routes })
+    } else {
+        l.subscriptions.clone()
     };
 
     // What the memo remembers for the next translation.

@@ -34,13 +34,11 @@ impl XdsHandler {
         subscriptions: &Subscriptions,
         refused_any: bool,
     ) {
-        // Both in name order: one walk over both, not a lookup per held name.
         let held_only = |t: &str, wanted: &routing::xds::Names| {
-            let mut wanted = wanted.iter().peekable();
-            state.resources(t).all(|r| {
-                while wanted.next_if(|w| w.as_str() < r.name.as_str()).is_some() {}
-                wanted.peek().is_some_and(|w| **w == r.name)
-            })
+            let held = state.resources(t).map(|r| r.name.as_str());
+            super::state::not_in(held, wanted.iter().map(String::as_str))
+                .next()
+                .is_none()
         };
         let exact = held_only(type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints)
             && held_only(type_url::ROUTE_CONFIGURATION, &needed.routes);

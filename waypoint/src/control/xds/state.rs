@@ -47,21 +47,9 @@ pub(super) fn missing(
     }
     // Named up to AWAITED_NAMES, then counted: at start-up every assignment is awaited.
     let absent = |what: &str, type_url: &str, names: &routing::xds::Names| -> Option<String> {
-        // The state's names and `names` are both in order: one walk over both, not a lookup
-        // per name (15 000 of them at 5 000 services).
-        let mut held = state
-            .resources(type_url)
-            .map(|r| r.name.as_str())
-            .peekable();
-        let mut absent = names.iter().filter(move |n| {
-            while held.next_if(|h| *h < n.as_str()).is_some() {}
-            held.peek() != Some(&n.as_str())
-        });
-        let named: Vec<&str> = absent
-            .by_ref()
-            .take(AWAITED_NAMES)
-            .map(String::as_str)
-            .collect();
+        let held = state.resources(type_url).map(|r| r.name.as_str());
+        let mut absent = not_in(names.iter().map(String::as_str), held);
+        let named: Vec<&str> = absent.by_ref().take(AWAITED_NAMES).collect();
         let more = absent.count();
         match (named.is_empty(), more) {
             (true, _) => None,
@@ -77,6 +65,19 @@ pub(super) fn missing(
     .flatten()
     .collect();
     (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The names of `names` that `of` does not have, both in name order: one walk over both, not
+/// a lookup per name (a state's 30 000 assignments at 10 000 services).
+pub(super) fn not_in<'a>(
+    names: impl Iterator<Item = &'a str>,
+    of: impl Iterator<Item = &'a str>,
+) -> impl Iterator<Item = &'a str> {
+    let mut of = of.peekable();
+    names.filter(move |n| {
+        while of.next_if(|h| h < n).is_some() {}
+        of.peek() != Some(n)
+    })
 }
 
 /// What the client is to subscribe to, by type: the translator's sets, shared (a new service's

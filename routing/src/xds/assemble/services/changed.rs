@@ -1,6 +1,5 @@
 //! What changed between the last translation's clusters and assignments and a new state's,
-//! as far as a splice can follow it (see [`super::patch`]): the services to build again, and
-//! what the subscriptions need.
+//! as far as a splice can follow it (see [`super::patch`]): the services to build again.
 
 use super::super::aligned;
 use super::super::eds::Last;
@@ -14,9 +13,6 @@ pub(super) struct Changes {
     pub(super) hosts: BTreeSet<String>,
     pub(super) names_changed: bool,
     pub(super) eds_changed: bool,
-    /// The EDS names of the clusters added, while none was removed (the last subscriptions
-    /// then grow by them instead of being made again from every cluster).
-    pub(super) added_eds: Option<Vec<String>>,
     /// The new state's clusters and assignments are in name order (found so by
     /// [`aligned::diff`]).
     pub(super) sorted: bool,
@@ -56,7 +52,6 @@ pub(super) fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
         hosts: BTreeSet::new(),
         names_changed: false,
         eds_changed: false,
-        added_eds: Some(Vec::new()),
         sorted: false,
     };
     let old: ByName<'_, ClusterPiece> = l
@@ -79,12 +74,7 @@ pub(super) fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
                 changes.eds_changed |= o.eds != c.eds;
                 changes.hosts.insert(spliceable(o)?.to_string());
             }
-            None => {
-                changes.names_changed = true;
-                if let (Some(added), Some(eds)) = (&mut changes.added_eds, &c.eds) {
-                    added.push(eds.clone());
-                }
-            }
+            None => changes.names_changed = true,
         }
         changes.hosts.insert(spliceable(c)?.to_string());
         changed.push(k);
@@ -94,7 +84,6 @@ pub(super) fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
         for (k, o) in &old {
             if !new.contains_key(k) {
                 changes.hosts.insert(spliceable(o)?.to_string());
-                changes.added_eds = None;
                 changed.push(*k);
             }
         }
@@ -160,13 +149,6 @@ fn changed_in_order(
         hosts: BTreeSet::new(),
         names_changed: !clusters.added.is_empty() || !clusters.removed.is_empty(),
         eds_changed: false,
-        added_eds: clusters.removed.is_empty().then(|| {
-            clusters
-                .added
-                .iter()
-                .filter_map(|c| c.eds.clone())
-                .collect()
-        }),
         sorted: true,
     };
     let mut changed: Vec<&str> = Vec::new();
