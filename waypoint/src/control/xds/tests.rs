@@ -79,6 +79,11 @@ fn handler(warm_timeout: Duration) -> XdsHandler {
     )
 }
 
+/// `changes` applied, leading to `state`.
+fn apply_changes(h: &mut XdsHandler, changes: &[Change], state: &ResourceState) -> Applied {
+    h.apply(&Update { changes, state }).unwrap()
+}
+
 /// `state` applied as istiod's first push of it (CDS, EDS and LDS).
 fn apply_whole(h: &mut XdsHandler, state: &ResourceState) -> Applied {
     let changes = [
@@ -86,11 +91,7 @@ fn apply_whole(h: &mut XdsHandler, state: &ResourceState) -> Applied {
         change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[]),
         change(type_url::LISTENER, &[]),
     ];
-    h.apply(&Update {
-        changes: &changes,
-        state,
-    })
-    .unwrap()
+    apply_changes(h, &changes, state)
 }
 
 /// A new cluster the translation refuses: its upstream TLS context is a malformed typed config.
@@ -126,11 +127,7 @@ fn served(h: &mut XdsHandler) -> ResourceState {
 fn push_cluster(h: &mut XdsHandler, state: &mut ResourceState, cluster: &Cluster) -> Applied {
     state.insert(type_url::CLUSTER, resource(NEW, cluster));
     let changes = [change(type_url::CLUSTER, &[NEW])];
-    h.apply(&Update {
-        changes: &changes,
-        state,
-    })
-    .unwrap()
+    apply_changes(h, &changes, state)
 }
 
 /// A response with a new cluster is ACKed asking for its assignment, without a translation (the
@@ -151,11 +148,7 @@ fn new_clusters_wait_for_their_assignments_untranslated() {
 
     state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource(NEW, &cla));
     let changes = [change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[NEW])];
-    h.apply(&Update {
-        changes: &changes,
-        state: &state,
-    })
-    .unwrap();
+    apply_changes(&mut h, &changes, &state);
     published_with_the_new_service(&mut h);
 }
 
@@ -253,11 +246,7 @@ fn push_listener(
         state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource(NEW, cla));
         changes.push(change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[NEW]));
     }
-    h.apply(&Update {
-        changes: &changes,
-        state,
-    })
-    .unwrap()
+    apply_changes(h, &changes, state)
 }
 
 /// A listener that arrives while a state waits is asked about (judged before the ACK, what it
@@ -397,11 +386,7 @@ fn push_reviews_without(
         names.push(name);
     }
     let changes = [change(type_url::CLUSTER_LOAD_ASSIGNMENT, &names)];
-    h.apply(&Update {
-        changes: &changes,
-        state,
-    })
-    .unwrap();
+    apply_changes(h, &changes, state);
     let reuse = h.rebuild.lock().translator.reuse();
     (reuse, reviews_pods(h))
 }
