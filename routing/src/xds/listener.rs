@@ -206,6 +206,8 @@ pub(crate) struct ShallowListener {
 pub(crate) struct ListenerMemo {
     chains: HashMap<u128, Arc<ChainPiece>, super::FastHash>,
     matcher: Option<(u128, Arc<Matched>)>,
+    /// The IP matcher's ranges the last read of a changed matcher read.
+    pub(crate) ranges: matcher::Ranges,
     /// Chains reused and built by the last translation.
     pub(crate) reused: usize,
     pub(crate) built: usize,
@@ -409,7 +411,7 @@ fn main_internal(
                 Ok(m) => {
                     let mut matched = Matched::default();
                     let mut found = Diag::default();
-                    tree(&m, at, &mut found, &mut matched, 0);
+                    tree(&m, at, &mut found, &mut matched, (&mut memo.ranges, 0));
                     matched.diag = found;
                     matched.source = Some(d);
                     Some(Arc::new(matched))

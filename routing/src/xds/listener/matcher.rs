@@ -23,7 +23,13 @@ fn tree_input<'m>(m: &'m Matcher, what: &str, at: At<'_>, diag: &mut Diag) -> Op
 
 /// The listener's matcher: the IP tree, and (multi-network) the authority
 /// map, whichever is the root; each one's `on_no_match` leads to the other.
-pub(super) fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched, depth: usize) {
+pub(super) fn tree(
+    m: &Matcher,
+    at: At<'_>,
+    diag: &mut Diag,
+    out: &mut Matched,
+    (ranges, depth): (&mut Ranges, usize),
+) {
     if depth > 8 {
         at.warn(diag, "filter_chain_matcher nested too deep; rest ignored");
         return;
@@ -32,7 +38,7 @@ pub(super) fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched, 
         return;
     };
     match input {
-        IP_INPUT => ip_tree(m, at, diag, out),
+        IP_INPUT => ip_tree(m, at, diag, out, ranges),
         FILTER_STATE_INPUT => authority_tree(m, at, diag, out),
         other => at.warn(
             diag,
@@ -40,7 +46,7 @@ pub(super) fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched, 
         ),
     }
     match m.on_no_match.as_ref().and_then(|o| o.on_match.as_ref()) {
-        Some(OnMatchKind::Matcher(next)) => tree(next, at, diag, out, depth + 1),
+        Some(OnMatchKind::Matcher(next)) => tree(next, at, diag, out, (ranges, depth + 1)),
         Some(OnMatchKind::Action(a)) => at.warn(
             diag,
             format!(
@@ -53,8 +59,10 @@ pub(super) fn tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched, 
 }
 
 /// The IP level: the IPMatcher's ranges, each a service's VIPs with a port
-/// tree, or bound pods' IPs with an application-protocol tree.
-fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched) {
+/// tree, or bound pods' IPs with an application-protocol tree. Each range is read from its own
+/// bytes, and a range whose bytes a read of the last matcher had is not decoded again
+/// ([`Ranges`]): a new service changes one range of 10 000.
+fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched, ranges: &mut Ranges) {
     let Some(MatcherType::MatcherTree(tree)) = &m.matcher_type else {
         return;
     };
@@ -73,19 +81,114 @@ fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched) {
         );
         return;
     }
-    let ipm = match <IpMatcher as prost::Message>::decode(any.value.as_slice()) {
-        Ok(m) => m,
-        Err(e) => {
-            at.reject(diag, format!("cannot decode IPMatcher: {e}"));
-            return;
-        }
+    let read = match ranges.read(&any.value, at) {
+        Some(read) => read,
+        // Bytes that do not walk or a range that does not decode: decoded whole, for the
+        // message that names what is wrong.
+        None => match <IpMatcher as prost::Message>::decode(any.value.as_slice()) {
+            Ok(ipm) => ipm
+                .range_matchers
+                .iter()
+                .map(|rm| Arc::new(RangeRead::new(rm, at)))
+                .collect(),
+            Err(e) => {
+                at.reject(diag, format!("cannot decode IPMatcher: {e}"));
+                return;
+            }
+        },
     };
-    for rm in &ipm.range_matchers {
+    for r in &read {
+        r.apply(at, diag, out);
+    }
+}
+
+/// The IPMatcher ranges read by the last read of an IP tree, by a digest of each range's bytes
+/// (and the listener's name, which its diagnostics carry).
+#[derive(Debug, Default)]
+pub(crate) struct Ranges {
+    last: HashMap<u128, Arc<RangeRead>, crate::xds::FastHash>,
+    /// Ranges decoded by the last read (the others were the last's).
+    pub(crate) built: usize,
+}
+
+impl Ranges {
+    /// The ranges of `ip_matcher` (an IPMatcher's bytes), each the last read's when its bytes
+    /// are the same; `None` when the bytes do not walk as a message or a range does not decode.
+    /// The ranges kept from now on are these.
+    fn read(&mut self, ip_matcher: &[u8], at: At<'_>) -> Option<Vec<Arc<RangeRead>>> {
+        use crate::xds::pieces::{digest, name_key};
+        let listener = name_key(at.name);
+        let mut next: HashMap<u128, Arc<RangeRead>, crate::xds::FastHash> = Default::default();
+        let mut out = Vec::new();
+        let mut built = 0;
+        for bytes in range_matchers(ip_matcher)? {
+            let key = digest(bytes) ^ listener;
+            let read = match self.last.get(&key).or_else(|| next.get(&key)) {
+                Some(r) => r.clone(),
+                None => {
+                    let rm = <IpRangeMatcher as prost::Message>::decode(bytes).ok()?;
+                    built += 1;
+                    Arc::new(RangeRead::new(&rm, at))
+                }
+            };
+            next.insert(key, read.clone());
+            out.push(read);
+        }
+        self.last = next;
+        self.built = built;
+        Some(out)
+    }
+}
+
+/// The bytes of each `range_matchers` entry (field 1) of an IPMatcher, in order; `None` when
+/// the bytes are not a well-formed message. Other fields are skipped, as decoding skips them.
+fn range_matchers(mut buf: &[u8]) -> Option<Vec<&[u8]>> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        if tag == 1 && wire == WireType::LengthDelimited {
+            let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+            if len > buf.len() {
+                return None;
+            }
+            let (range, rest) = buf.split_at(len);
+            out.push(range);
+            buf = rest;
+        } else {
+            skip_field(wire, tag, &mut buf, DecodeContext::default()).ok()?;
+        }
+    }
+    Some(out)
+}
+
+/// One IPMatcher range as read: its IPs and what they lead to, with what reading it found.
+/// Applied to a [`Matched`] each time the matcher is read.
+#[derive(Debug)]
+pub(crate) struct RangeRead {
+    ips: Vec<IpAddr>,
+    then: RangeThen,
+    exclusive: bool,
+    diag: Diag,
+}
+
+#[derive(Debug)]
+enum RangeThen {
+    /// Service VIPs: port → chain names.
+    Ports(Vec<(u16, Vec<String>)>),
+    /// Bound pods: the direct chains.
+    Pods(ProtocolChains),
+    Nothing,
+}
+
+impl RangeRead {
+    fn new(rm: &IpRangeMatcher, at: At<'_>) -> RangeRead {
+        let mut diag = Diag::default();
         let mut ips = Vec::new();
         for r in &rm.ranges {
             let Ok(ip) = r.address_prefix.parse::<IpAddr>() else {
                 at.reject(
-                    diag,
+                    &mut diag,
                     format!("IP range {:?} is not an address", r.address_prefix),
                 );
                 continue;
@@ -94,47 +197,75 @@ fn ip_tree(m: &Matcher, at: At<'_>, diag: &mut Diag, out: &mut Matched) {
             let len = r.prefix_len.as_ref().map_or(full, |p| p.value);
             if len != full {
                 at.warn(
-                    diag,
+                    &mut diag,
                     format!("IP range {ip}/{len} is not one address; treated as {ip}"),
                 );
             }
             ips.push(ip);
         }
-        match rm.on_match.as_ref().and_then(|o| o.on_match.as_ref()) {
-            Some(OnMatchKind::Matcher(next)) => match tree_input(next, "IP range", at, diag) {
-                Some(PORT_INPUT) => {
-                    for (port, chains) in port_tree(next, at, diag) {
-                        for ip in &ips {
-                            out.vips
-                                .entry((*ip, port))
-                                .or_default()
-                                .extend(chains.iter().cloned());
-                        }
-                    }
-                }
-                Some(APP_PROTOCOL_INPUT) => {
-                    if let Some(pc) = app_protocol(next, at, diag) {
-                        bind_pods(&ips, pc, at, diag, out);
-                    }
-                }
-                Some(other) => at.warn(
-                    diag,
-                    format!("matcher on input {other:?} under an IP range; ignored"),
+        let then = match rm.on_match.as_ref().and_then(|o| o.on_match.as_ref()) {
+            Some(OnMatchKind::Matcher(next)) => match tree_input(next, "IP range", at, &mut diag) {
+                Some(PORT_INPUT) => RangeThen::Ports(
+                    port_tree(next, at, &mut diag)
+                        .into_iter()
+                        .map(|(port, chains)| (port, chains.into_iter().collect()))
+                        .collect(),
                 ),
-                None => {}
+                Some(APP_PROTOCOL_INPUT) => match app_protocol(next, at, &mut diag) {
+                    Some(pc) => RangeThen::Pods(pc),
+                    None => RangeThen::Nothing,
+                },
+                Some(other) => {
+                    at.warn(
+                        &mut diag,
+                        format!("matcher on input {other:?} under an IP range; ignored"),
+                    );
+                    RangeThen::Nothing
+                }
+                None => RangeThen::Nothing,
             },
             Some(OnMatchKind::Action(a)) => {
                 // No port or protocol level: one chain for every port and protocol.
                 let name = chain_name(&action_name(a)).into_owned();
-                let pc = ProtocolChains {
+                RangeThen::Pods(ProtocolChains {
                     http: (name != DIRECT_TCP).then(|| name.clone()),
                     tcp: (name != DIRECT_HTTP).then_some(name),
-                };
-                bind_pods(&ips, pc, at, diag, out);
+                })
             }
-            None => at.warn(diag, format!("IP range {ips:?} without on_match; ignored")),
+            None => {
+                at.warn(
+                    &mut diag,
+                    format!("IP range {ips:?} without on_match; ignored"),
+                );
+                RangeThen::Nothing
+            }
+        };
+        RangeRead {
+            ips,
+            then,
+            exclusive: rm.exclusive,
+            diag,
         }
-        if rm.exclusive {
+    }
+
+    /// Into `out`, reporting what reading it found, in the order a read reports it.
+    fn apply(&self, at: At<'_>, diag: &mut Diag, out: &mut Matched) {
+        diag.replay(&self.diag);
+        match &self.then {
+            RangeThen::Ports(ports) => {
+                for (port, chains) in ports {
+                    for ip in &self.ips {
+                        out.vips
+                            .entry((*ip, *port))
+                            .or_default()
+                            .extend(chains.iter().cloned());
+                    }
+                }
+            }
+            RangeThen::Pods(pc) => bind_pods(&self.ips, pc.clone(), at, diag, out),
+            RangeThen::Nothing => {}
+        }
+        if self.exclusive {
             at.warn(diag, "IP range `exclusive` is not supported; ignored");
         }
     }

@@ -41,3 +41,135 @@ fn chain_names_of_every_release() {
         assert_eq!(chain_name(&name), want, "{name}");
     }
 }
+
+/// IPMatcher ranges read from their own bytes: a matcher that changed in one range decodes that
+/// range alone, and gives what a read from scratch gives, diagnostics included and in order.
+mod ranges {
+    use super::super::matcher::{tree, Ranges};
+    use super::super::{IpMatcher, Matched, MAIN_INTERNAL};
+    use crate::xds::{At, Diag, LISTENER_TYPE};
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::TreeType;
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::MatcherType;
+    use envoy_types::pb::xds::r#type::matcher::v3::Matcher;
+    use prost::Message;
+
+    const AT: At<'static> = At {
+        type_url: LISTENER_TYPE,
+        name: MAIN_INTERNAL,
+    };
+
+    /// bookinfo's `main_internal` matcher (istiod 1.24+: an IP tree at the root).
+    fn bookinfo_matcher() -> Matcher {
+        let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
+        let res = crate::xds::json::load_resources(json).unwrap();
+        let main = res.listeners.iter().find(|l| l.name == MAIN_INTERNAL);
+        main.and_then(|l| l.filter_chain_matcher.clone()).unwrap()
+    }
+
+    /// The matcher's IPMatcher bytes.
+    fn ip_matcher(m: &mut Matcher) -> &mut Vec<u8> {
+        let Some(MatcherType::MatcherTree(t)) = &mut m.matcher_type else {
+            panic!("no tree")
+        };
+        let Some(TreeType::CustomMatch(c)) = &mut t.tree_type else {
+            panic!("no IPMatcher")
+        };
+        &mut c.typed_config.as_mut().unwrap().value
+    }
+
+    fn edited(m: &Matcher, edit: impl FnOnce(&mut IpMatcher)) -> Matcher {
+        let mut m = m.clone();
+        let bytes = ip_matcher(&mut m);
+        let mut ipm = IpMatcher::decode(bytes.as_slice()).unwrap();
+        edit(&mut ipm);
+        *bytes = ipm.encode_to_vec();
+        m
+    }
+
+    fn read(m: &Matcher, ranges: &mut Ranges) -> (Matched, Diag) {
+        let (mut out, mut diag) = (Matched::default(), Diag::default());
+        tree(m, AT, &mut diag, &mut out, (ranges, 0));
+        (out, diag)
+    }
+
+    fn assert_same(a: &(Matched, Diag), b: &(Matched, Diag)) {
+        assert_eq!(a.0.vips, b.0.vips);
+        assert_eq!(a.0.pods, b.0.pods);
+        assert_eq!(a.0.authorities, b.0.authorities);
+        assert_eq!(a.1, b.1);
+    }
+
+    #[test]
+    fn a_changed_range_is_decoded_alone() {
+        let first = bookinfo_matcher();
+        let count = IpMatcher::decode(ip_matcher(&mut first.clone()).as_slice())
+            .unwrap()
+            .range_matchers
+            .len();
+        assert!(count >= 2, "{count} ranges");
+        let mut ranges = Ranges::default();
+        let before = read(&first, &mut ranges);
+        assert_eq!(ranges.built, count);
+        assert!(!before.0.vips.is_empty());
+
+        // A new service (a copy of the first range at another VIP) and one range that warns.
+        let second = edited(&first, |ipm| {
+            let mut new = ipm.range_matchers[0].clone();
+            new.ranges[0].address_prefix = "10.96.200.1".into();
+            ipm.range_matchers.push(new);
+            let mut wide = ipm.range_matchers[1].clone();
+            wide.ranges[0].address_prefix = "10.96.201.0".into();
+            wide.ranges[0].prefix_len = Some(UInt32Value { value: 24 });
+            wide.exclusive = true;
+            ipm.range_matchers.insert(1, wide);
+        });
+        let after = read(&second, &mut ranges);
+        assert_eq!(ranges.built, 2, "only the two new ranges are decoded");
+        assert_same(&after, &read(&second, &mut Ranges::default()));
+        assert!(after
+            .0
+            .vips
+            .keys()
+            .any(|(ip, _)| ip.to_string() == "10.96.200.1"));
+        let warned: Vec<&str> = after
+            .1
+            .warnings
+            .iter()
+            .map(|w| w.message.as_str())
+            .collect();
+        assert!(
+            warned.iter().any(|w| w.contains("/24 is not one address")),
+            "{warned:?}"
+        );
+        assert!(warned.iter().any(|w| w.contains("exclusive")), "{warned:?}");
+
+        // Read again: nothing decoded, the same answer and the same warnings.
+        let again = read(&second, &mut ranges);
+        assert_eq!(ranges.built, 0);
+        assert_same(&again, &after);
+    }
+
+    #[test]
+    fn a_range_that_does_not_decode_is_rejected_as_a_whole_read_rejects_it() {
+        let mut m = bookinfo_matcher();
+        let mut ranges = Ranges::default();
+        read(&m, &mut ranges);
+        // One range's bytes cut short: field 1 says 40 bytes, 2 follow.
+        ip_matcher(&mut m).extend_from_slice(&[0x0a, 40, 0x0a, 0x00]);
+        let memoized = read(&m, &mut ranges);
+        let fresh = read(&m, &mut Ranges::default());
+        assert_same(&memoized, &fresh);
+        let reasons: Vec<&str> = memoized
+            .1
+            .rejections
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
+        assert!(
+            reasons.len() == 1 && reasons[0].starts_with("cannot decode IPMatcher"),
+            "{reasons:?}"
+        );
+        assert!(memoized.0.vips.is_empty());
+    }
+}
