@@ -171,8 +171,8 @@ impl SnapshotBuilder {
         let mut services: Vec<Service> = Vec::with_capacity(self.services.len());
         let mut service_endpoints: Vec<Arc<[Arc<Endpoint>]>> =
             Vec::with_capacity(self.services.len());
-        let mut by_host: HashMap<String, usize> = HashMap::new();
-        let mut by_vip: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
+        let mut by_host = crate::snapshot::ByHost::default();
+        let mut by_vip = crate::snapshot::ByVip::default();
         let mut by_pod_ip: HashMap<std::net::IpAddr, Vec<PodService>> = HashMap::new();
         // Per service (same index), the clusters it came with.
         let mut prebuilt: Vec<Option<Arc<PortMap>>> = Vec::with_capacity(self.services.len());
@@ -181,12 +181,12 @@ impl SnapshotBuilder {
                 Some(_) => endpoints,
                 None => endpoints.iter().map(|e| interner.endpoint(e)).collect(),
             };
-            if by_host.contains_key(&service.hostname) {
+            if by_host.contains_key(service.hostname.as_str()) {
                 warnings.push(format!("duplicate service {}; ignored", service.hostname));
                 continue;
             }
             let si = services.len();
-            by_host.insert(service.hostname.clone(), si);
+            by_host.insert(Arc::from(service.hostname.as_str()), si);
             for (pi, port) in service.ports.iter().enumerate() {
                 for vip in &service.vips {
                     by_vip
@@ -221,7 +221,7 @@ impl SnapshotBuilder {
         drop(interner);
         let mut by_authority = HashMap::new();
         for (host, port) in self.authorities {
-            let vip = by_host.get(&host).and_then(|&si| {
+            let vip = by_host.get(host.as_str()).and_then(|&si| {
                 let s = &services[si];
                 let vip = s.vips.first()?;
                 s.ports
@@ -247,8 +247,8 @@ impl SnapshotBuilder {
             );
         }
         for (alias, host) in aliases {
-            if let Some(&si) = by_host.get(&host) {
-                by_host.entry(alias).or_insert(si);
+            if let Some(&si) = by_host.get(host.as_str()) {
+                by_host.entry(Arc::from(alias)).or_insert(si);
             }
         }
         // A waypoint uses the first VirtualService with HTTP routes for a service

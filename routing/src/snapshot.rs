@@ -104,6 +104,13 @@ pub(crate) type PodServices = Arc<[PodService]>;
 /// A service (by FQDN) that holds a pod, and its endpoint there.
 pub(crate) type PodService = (Arc<str>, Arc<Endpoint>);
 
+/// FQDNs and their short names → service index. The names shared (`Arc<str>`): a splice
+/// copies the table and moves its indexes without making 50 000 strings again.
+pub(crate) type ByHost = HashMap<Arc<str>, usize, crate::xds::FastHash>;
+
+/// VIP:port → (service index, port index).
+pub(crate) type ByVip = HashMap<SocketAddr, (usize, usize), crate::xds::FastHash>;
+
 /// Immutable routing state. `Send + Sync`; share it behind an `Arc`. Its tables are `Arc`s of
 /// their own, so that a snapshot made from it by a patch (see [`Snapshot::patched`], the xDS
 /// translator's EDS push) shares every table the patch leaves alone.
@@ -115,8 +122,8 @@ pub struct Snapshot {
     /// that did not change it.
     pub(crate) endpoints: Vec<Arc<[Arc<Endpoint>]>>,
     /// FQDNs and aliases → service index.
-    pub(crate) by_host: Arc<HashMap<String, usize>>,
-    pub(crate) by_vip: Arc<HashMap<SocketAddr, (usize, usize)>>,
+    pub(crate) by_host: Arc<ByHost>,
+    pub(crate) by_vip: Arc<ByVip>,
     pub(crate) by_pod_ip: Shards<IpAddr, PodServices>,
     /// Service FQDN → routes of all its VirtualServices, in load order.
     pub(crate) routes: Shards<Arc<str>, Arc<[RouteEntry]>>,
@@ -303,7 +310,9 @@ impl Snapshot {
     }
 
     fn service_index(&self, host: &str) -> Option<usize> {
-        self.by_host.get(&normalize_authority(host)).copied()
+        self.by_host
+            .get(normalize_authority(host).as_str())
+            .copied()
     }
 
     /// Look a service up by FQDN or by the short forms Istio accepts for

@@ -33,7 +33,7 @@ impl Snapshot {
         let by_host: BTreeMap<&str, &str> = self
             .by_host
             .iter()
-            .map(|(h, &si)| (h.as_str(), host(si)))
+            .map(|(h, &si)| (&**h, host(si)))
             .collect();
         let by_vip: BTreeMap<String, (&str, u16)> = self
             .by_vip

@@ -30,7 +30,7 @@ impl Snapshot {
         let mut by_pod_ip = self.by_pod_ip.clone();
         let mut clusters = self.clusters.clone();
         for p in patches {
-            let si = *self.by_host.get(&p.host)?;
+            let si = *self.by_host.get(p.host.as_str())?;
             let service = &self.services[si];
             if service.hostname != p.host {
                 return None;

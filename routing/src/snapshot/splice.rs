@@ -1,13 +1,15 @@
 //! A snapshot made from another by replacing, adding or removing whole services (an xDS push
 //! that changed a few services' clusters, assignments or chains): the per-service tables get
-//! the spliced services' entries, the host and VIP indexes are made again over the services'
-//! order (a service added or removed moves the indexes after it), the pod index (by name) has
+//! the spliced services' entries, the host index has its indexes moved and the added services'
+//! names put in (made again when a name is shared), the VIP index is made again over the
+//! services' order (a service added or removed moves the indexes after it), the pod index (by
+//! name) has
 //! the spliced services' entries moved, and every table a service does not feed
 //! (authorization aside, see [`Snapshot::with_services`]) is shared.
 
-use super::Snapshot;
+use super::{ByHost, ByVip, Snapshot};
 use crate::model::{DestinationRule, Endpoint, Service, VirtualService};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,6 +109,9 @@ impl Snapshot {
         let mut clusters = self.clusters.clone();
         let mut routes = self.routes.clone();
         let mut pending = splices.into_iter().peekable();
+        // Old index → new (`usize::MAX`: gone), and the new indexes of services added.
+        let mut remap = vec![usize::MAX; self.services.len()];
+        let mut added: Vec<usize> = Vec::new();
         let mut place = |s: ServiceSplice,
                          old: Option<&Endpoints>,
                          services: &mut Vec<Service>,
@@ -135,21 +140,31 @@ impl Snapshot {
                 return None;
             }
             while let Some(p) = pending.next_if(|p| p.host < s.hostname) {
+                let at = services.len();
                 place(p, None, &mut services, &mut endpoints);
+                added.extend((services.len() > at).then_some(at));
             }
             if let Some(p) = pending.next_if(|p| p.host == s.hostname) {
+                let at = services.len();
                 place(p, Some(&self.endpoints[si]), &mut services, &mut endpoints);
+                if services.len() > at {
+                    remap[si] = at;
+                }
                 continue;
             }
+            remap[si] = services.len();
             services.push(s.clone());
             endpoints.push(self.endpoints[si].clone());
         }
         for p in pending {
+            let at = services.len();
             place(p, None, &mut services, &mut endpoints);
+            added.extend((services.len() > at).then_some(at));
         }
 
         let mut out = self.shared();
-        out.by_host = Arc::new(by_host(&services));
+        let moved = moved_by_host(&self.by_host, &services, &remap, &added);
+        out.by_host = Arc::new(moved.unwrap_or_else(|| by_host(&services)));
         out.by_vip = Arc::new(by_vip(&services));
         // The pod index names services: only the spliced ones' entries move. Its lists are in
         // service order, which is host order here.
@@ -219,21 +234,71 @@ fn spliced_list<'a, T: Clone + 'a>(
 
 /// FQDNs and their Kubernetes short names → service index, as the builder makes them (the
 /// first service of a short name wins).
-fn by_host(services: &[Service]) -> HashMap<String, usize> {
-    let mut by_host = HashMap::with_capacity(services.len() * 5);
+fn by_host(services: &[Service]) -> ByHost {
+    let mut by_host = ByHost::with_capacity_and_hasher(services.len() * 4, Default::default());
     for (si, s) in services.iter().enumerate() {
-        by_host.insert(s.hostname.clone(), si);
+        by_host.insert(Arc::from(s.hostname.as_str()), si);
     }
     for (si, s) in services.iter().enumerate() {
         for alias in crate::hosts::kube_aliases(&s.hostname) {
-            by_host.entry(alias).or_insert(si);
+            by_host.entry(Arc::from(alias)).or_insert(si);
         }
     }
     by_host
 }
 
-fn by_vip(services: &[Service]) -> HashMap<SocketAddr, (usize, usize)> {
-    let mut by_vip = HashMap::with_capacity(services.len());
+/// What [`by_host`] makes of `services`, from the host index `old` of the services before the
+/// splice (`remap`: old index → new, `usize::MAX` for a service gone; `added`: new indexes of
+/// services added): its names shared, their indexes moved, the added services' names put in.
+/// `None` when a name may have another owner than before: an added name the table has, or a
+/// gone service's name that a remaining FQDN starts with, followed by a dot (a short name is
+/// every such FQDN's, and the first of them in host order owns it).
+fn moved_by_host(
+    old: &ByHost,
+    services: &[Service],
+    remap: &[usize],
+    added: &[usize],
+) -> Option<ByHost> {
+    let mut moved = old.clone();
+    let mut gone: Vec<Arc<str>> = Vec::new();
+    moved.retain(|name, si| match remap.get(*si) {
+        Some(&to) if to != usize::MAX => {
+            *si = to;
+            true
+        }
+        _ => {
+            gone.push(name.clone());
+            false
+        }
+    });
+    for name in gone {
+        let prefix = format!("{name}.");
+        let i = services.partition_point(|s| s.hostname.as_str() < prefix.as_str());
+        if services
+            .get(i)
+            .is_some_and(|s| s.hostname.starts_with(&prefix))
+        {
+            return None;
+        }
+    }
+    for &si in added {
+        let s = &services[si];
+        let names =
+            std::iter::once(s.hostname.clone()).chain(crate::hosts::kube_aliases(&s.hostname));
+        for name in names {
+            match moved.entry(Arc::from(name)) {
+                std::collections::hash_map::Entry::Occupied(_) => return None,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(si);
+                }
+            }
+        }
+    }
+    Some(moved)
+}
+
+fn by_vip(services: &[Service]) -> ByVip {
+    let mut by_vip = ByVip::with_capacity_and_hasher(services.len(), Default::default());
     for (si, s) in services.iter().enumerate() {
         for (pi, port) in s.ports.iter().enumerate() {
             for vip in &s.vips {
@@ -244,4 +309,78 @@ fn by_vip(services: &[Service]) -> HashMap<SocketAddr, (usize, usize)> {
         }
     }
     by_vip
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(host: &str) -> Service {
+        Service {
+            hostname: host.into(),
+            namespace: String::new(),
+            vips: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+
+    /// The services of `hosts`, in host order.
+    fn services(hosts: &[&str]) -> Vec<Service> {
+        let mut hosts = hosts.to_vec();
+        hosts.sort();
+        hosts.into_iter().map(service).collect()
+    }
+
+    /// `moved_by_host` from `before` to `after` (the old index → new, the added ones).
+    fn moved(before: &[Service], after: &[Service]) -> Option<ByHost> {
+        moved_from(&by_host(before), before, after)
+    }
+
+    fn moved_from(old: &ByHost, before: &[Service], after: &[Service]) -> Option<ByHost> {
+        let at = |list: &[Service], h: &str| list.iter().position(|s| s.hostname == h);
+        let remap: Vec<usize> = before
+            .iter()
+            .map(|s| at(after, &s.hostname).unwrap_or(usize::MAX))
+            .collect();
+        let added: Vec<usize> = (0..after.len())
+            .filter(|&i| at(before, &after[i].hostname).is_none())
+            .collect();
+        moved_by_host(old, after, &remap, &added)
+    }
+
+    const A: &str = "reviews.a.svc.cluster.local";
+    const B: &str = "ratings.a.svc.cluster.local";
+    const C: &str = "details.b.svc.cluster.local";
+
+    /// Services added and gone with names of their own: the old table moved, equal to one made
+    /// again, and its names the old table's allocations.
+    #[test]
+    fn names_of_their_own_are_moved() {
+        let before = services(&[A, B, "external.example.com"]);
+        let after = services(&[A, C, "external.example.com"]);
+        let old = by_host(&before);
+        let m = moved_from(&old, &before, &after).expect("moved");
+        assert_eq!(m, by_host(&after));
+        // The kept names are the old table's allocations, not new strings.
+        let (kept, _) = m.get_key_value(A).unwrap();
+        let (was, _) = old.get_key_value(A).unwrap();
+        assert!(Arc::ptr_eq(kept, was));
+        assert_eq!(
+            m["reviews"],
+            after.iter().position(|s| s.hostname == A).unwrap()
+        );
+        assert!(!m.contains_key("ratings"));
+    }
+
+    /// A short name two FQDNs share (`reviews` of two namespaces): made again, whether the
+    /// second comes or the first goes, so that the first in host order owns it.
+    #[test]
+    fn a_shared_short_name_is_made_again() {
+        let other = "reviews.b.svc.cluster.local";
+        assert_eq!(moved(&services(&[A]), &services(&[A, other])), None);
+        assert_eq!(moved(&services(&[A, other]), &services(&[other])), None);
+        // An FQDN that is another's short name.
+        assert_eq!(moved(&services(&[A]), &services(&[A, "reviews"])), None);
+        assert_eq!(moved(&services(&["reviews", A]), &services(&[A])), None);
+    }
 }
