@@ -163,6 +163,26 @@ impl Authorization {
         self
     }
 
+    /// This authorization with the policies of some services replaced (`None`: the service is
+    /// gone), the rest shared.
+    pub(crate) fn with_services_replaced(
+        &self,
+        changed: Vec<(String, Option<ServicePolicies>)>,
+    ) -> Self {
+        let mut out = self.clone();
+        for (host, set) in changed {
+            match set {
+                Some(set) => {
+                    out.by_service.insert(host, set);
+                }
+                None => {
+                    out.by_service.remove(&host);
+                }
+            }
+        }
+        out
+    }
+
     /// The external authorizer named `name`, when the config brought one.
     pub fn provider(&self, name: &str) -> Option<&Arc<ext::ExtAuthzProvider>> {
         self.providers.get(name)

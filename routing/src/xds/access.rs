@@ -241,11 +241,8 @@ pub(crate) fn chain(chain: &FilterChain, at: At<'_>, diag: &mut Diag) -> ChainAu
 pub(crate) fn authorization(
     chains: &BTreeMap<String, std::sync::Arc<ChainAuthz>>,
 ) -> Authorization {
-    type PerPort<'a> = Vec<(u16, &'a [Policy])>;
-    let mut services: BTreeMap<String, (PerPort<'_>, PerPort<'_>)> = BTreeMap::new();
-    let mut direct: (PerPort<'_>, PerPort<'_>) = Default::default();
-    // JWT providers of a service's HTTP chains (the same for each, as istiod builds them).
-    let mut jwt: HashMap<String, Vec<Arc<crate::authz::jwt::JwtProvider>>> = HashMap::new();
+    let mut services: BTreeMap<String, Vec<(u16, &ChainAuthz)>> = BTreeMap::new();
+    let mut direct: Vec<(u16, &ChainAuthz)> = Vec::new();
     let mut ext_authz: HashMap<String, Arc<crate::authz::ext::ExtAuthzProvider>> = HashMap::new();
     for (name, c) in chains {
         for p in &c.ext_authz {
@@ -254,48 +251,116 @@ pub(crate) fn authorization(
                 .or_insert_with(|| Arc::new(p.clone()));
         }
         // Parsed once: at 10 000 services this runs for every chain whenever one comes or goes.
-        let parsed = ClusterName::parse(name);
-        let slot = match (name.as_str(), &parsed) {
-            ("direct-http" | "direct-tcp", _) => &mut direct,
-            (_, Some(cn)) => services.entry(cn.host.clone()).or_default(),
-            (_, None) => continue,
+        match (name.as_str(), ClusterName::parse(name)) {
+            ("direct-http" | "direct-tcp", _) => direct.push((0, c)),
+            (_, Some(cn)) => services.entry(cn.host).or_default().push((cn.port, c)),
+            (_, None) => {}
+        }
+    }
+    let by_service: HashMap<String, ServicePolicies> = services
+        .into_iter()
+        .map(|(host, chains)| (host, service_policies(&chains)))
+        .collect();
+    Authorization::new(service_policies(&direct), by_service).with_providers(ext_authz)
+}
+
+/// [`authorization`] of `now` made from `old`, the authorization of `was`: only the services
+/// whose chains differ (`same` tells which are the same) are made again, from all their chains
+/// in `now`. `None` when more than those services' policies can differ: a pod-addressed chain
+/// (the waypoint-wide set) or one naming an external authorizer (the providers) changed.
+pub(crate) fn authorization_patched(
+    old: &Authorization,
+    was: &BTreeMap<String, Arc<ChainAuthz>>,
+    now: &BTreeMap<String, Arc<ChainAuthz>>,
+    same: impl Fn(&Arc<ChainAuthz>, &Arc<ChainAuthz>) -> bool,
+) -> Option<Authorization> {
+    use std::cmp::Ordering;
+    let mut hosts: std::collections::BTreeSet<String> = Default::default();
+    let mut touch = |name: &str, c: &ChainAuthz| -> Option<()> {
+        if name == "direct-http" || name == "direct-tcp" || !c.ext_authz.is_empty() {
+            return None;
+        }
+        hosts.extend(ClusterName::parse(name).map(|cn| cn.host));
+        Some(())
+    };
+    let (mut a, mut b) = (was.iter().peekable(), now.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((an, _)), Some((bn, _))) => an.cmp(bn),
         };
-        let (host, port) = parsed.map_or_else(|| (String::new(), 0), |cn| (cn.host, cn.port));
-        let providers = jwt.entry(host).or_default();
+        match order {
+            Ordering::Less => {
+                let (n, c) = a.next()?;
+                touch(n, c)?;
+            }
+            Ordering::Greater => {
+                let (n, c) = b.next()?;
+                touch(n, c)?;
+            }
+            Ordering::Equal => {
+                let ((n, was), (_, now)) = (a.next()?, b.next()?);
+                if !same(was, now) {
+                    touch(n, was)?;
+                    touch(n, now)?;
+                }
+            }
+        }
+    }
+    let changed = hosts
+        .into_iter()
+        .map(|host| {
+            let suffix = format!("|{host}");
+            let chains: Vec<(u16, &ChainAuthz)> = now
+                .iter()
+                .filter(|(n, _)| n.ends_with(&suffix))
+                .filter_map(|(n, c)| {
+                    let cn = ClusterName::parse(n)?;
+                    (cn.host == host).then_some((cn.port, &**c))
+                })
+                .collect();
+            let set = (!chains.is_empty()).then(|| service_policies(&chains));
+            (host, set)
+        })
+        .collect();
+    Some(old.with_services_replaced(changed))
+}
+
+/// One destination's policies from its chains `(port, chain)` in chain-name order: its HTTP
+/// chains' set, with the JWT providers of all its chains, and its TCP chains' set (a
+/// destination with chains of one kind uses them for both).
+fn service_policies(chains: &[(u16, &ChainAuthz)]) -> ServicePolicies {
+    type PerPort<'a> = Vec<(u16, &'a [Policy])>;
+    let (mut http, mut tcp): (PerPort<'_>, PerPort<'_>) = Default::default();
+    // JWT providers of a service's HTTP chains (the same for each, as istiod builds them).
+    let mut providers: Vec<Arc<crate::authz::jwt::JwtProvider>> = Vec::new();
+    for (port, c) in chains {
         for p in &c.jwt {
             if !providers.iter().any(|q| **q == *p) {
                 providers.push(Arc::new(p.clone()));
             }
         }
         if c.http {
-            slot.0.push((port, &c.policies));
+            http.push((*port, &c.policies));
         } else {
-            slot.1.push((port, &c.policies));
+            tcp.push((*port, &c.policies));
         }
     }
-    let pair = |host: &str, (http, tcp): (PerPort<'_>, PerPort<'_>)| {
-        let mut http = combine(&http);
-        if let (Some(set), Some(providers)) = (http.as_mut(), jwt.get(host)) {
-            set.jwt = providers.clone();
-        }
-        let tcp = combine(&tcp);
-        match (http, tcp) {
-            (Some(h), Some(t)) => ServicePolicies {
-                http: Arc::new(h),
-                tcp: Arc::new(t),
-            },
-            (Some(s), None) | (None, Some(s)) => ServicePolicies::both(s),
-            (None, None) => ServicePolicies::default(),
-        }
-    };
-    let by_service: HashMap<String, ServicePolicies> = services
-        .into_iter()
-        .map(|(host, v)| {
-            let set = pair(&host, v);
-            (host, set)
-        })
-        .collect();
-    Authorization::new(pair("", direct), by_service).with_providers(ext_authz)
+    let mut http = combine(&http);
+    if let Some(set) = http.as_mut() {
+        set.jwt = providers;
+    }
+    let tcp = combine(&tcp);
+    match (http, tcp) {
+        (Some(h), Some(t)) => ServicePolicies {
+            http: Arc::new(h),
+            tcp: Arc::new(t),
+        },
+        (Some(s), None) | (None, Some(s)) => ServicePolicies::both(s),
+        (None, None) => ServicePolicies::default(),
+    }
 }
 
 /// One set from the chains of one kind. istiod builds a service's policies
@@ -345,3 +410,6 @@ fn combine(chains: &[(u16, &[Policy])]) -> Option<PolicySet> {
     }
     Some(PolicySet::new(out))
 }
+
+#[cfg(test)]
+mod tests;

@@ -182,13 +182,21 @@ pub(crate) fn patch(
     }
 
     // Authorization: made again when a chain's changed (a service's chains came or went).
-    let same_authz = main.authz.len() == old.main.authz.len()
+    let authz_unchanged = main.authz.len() == old.main.authz.len()
         && main
             .authz
             .iter()
             .zip(&old.main.authz)
             .all(|((n, a), (o, b))| n == o && same_authz(a, b));
-    let authorization = (!same_authz).then(|| access::authorization(&main.authz));
+    let authorization = (!authz_unchanged).then(|| {
+        access::authorization_patched(
+            &live.authorization,
+            &old.main.authz,
+            &main.authz,
+            same_authz,
+        )
+        .unwrap_or_else(|| access::authorization(&main.authz))
+    });
     let snapshot = live.with_services(splices, authorization, Instant::now())?;
 
     let subscriptions = if changes.names_changed || changes.eds_changed {
