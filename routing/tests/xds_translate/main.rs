@@ -19,6 +19,7 @@ mod authz_chains;
 mod bookinfo;
 mod dns;
 mod locality;
+mod matcher;
 mod memo;
 mod outbound;
 mod patch;

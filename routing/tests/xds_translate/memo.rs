@@ -115,35 +115,10 @@ fn listener_versions(l: &Listener) -> Vec<Bytes> {
         out.push(retimed.encode_to_vec().into());
     }
     // A service gone from the matcher: its IPMatcher range dropped (the others' bytes the same).
-    if let Some(fewer_ranges) = without_last_range(l) {
+    if let Some(fewer_ranges) = super::matcher::without_last_range(l) {
         out.push(fewer_ranges.encode_to_vec().into());
     }
     out
-}
-
-/// `l` with the last range of its matcher's IPMatcher removed; `None` without an IP tree.
-fn without_last_range(l: &Listener) -> Option<Listener> {
-    use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_tree::TreeType;
-    use envoy_types::pb::xds::r#type::matcher::v3::matcher::MatcherType;
-    /// `xds.type.matcher.v3.IPMatcher`, each range left encoded.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Ranges {
-        #[prost(bytes = "vec", repeated, tag = "1")]
-        range_matchers: Vec<Vec<u8>>,
-    }
-    let mut l = l.clone();
-    let m = l.filter_chain_matcher.as_mut()?;
-    let Some(MatcherType::MatcherTree(tree)) = &mut m.matcher_type else {
-        return None;
-    };
-    let Some(TreeType::CustomMatch(custom)) = &mut tree.tree_type else {
-        return None;
-    };
-    let any = custom.typed_config.as_mut()?;
-    let mut ranges = Ranges::decode(any.value.as_slice()).ok()?;
-    ranges.range_matchers.pop()?;
-    any.value = ranges.encode_to_vec();
-    Some(l)
 }
 
 /// `l` with the first route of chain `chain` (else of the first chain with an inline route
@@ -265,7 +240,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// What a translation gave, without what differs between two equal snapshots (the version).
-fn outcome(
+pub(super) fn outcome(
     r: Result<xds::Translation, Vec<xds::Rejection>>,
 ) -> Result<String, Vec<xds::Rejection>> {
     r.map(|t| describe(&t))
@@ -396,40 +371,6 @@ proptest! {
     }
 }
 
-/// A service gone from `main_internal`'s matcher and back (its IPMatcher range dropped, then
-/// restored): the translator reads the other ranges as its last read had them, and gives what a
-/// translation from scratch gives.
-#[test]
-fn a_matcher_range_dropped_and_restored_translates_as_from_scratch() {
-    let res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let wire = bookinfo_wire(&res);
-    let main = res.listeners.iter().find(|l| l.name == "main_internal");
-    let fewer = without_last_range(main.unwrap()).expect("an IP tree");
-    let i = wire
-        .iter()
-        .position(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
-        .unwrap();
-    let mut dropped = wire.clone();
-    dropped[i].2 = fewer.encode_to_vec().into();
-    let mut translator = Translator::new();
-    let mut seen = Vec::new();
-    for w in [&wire, &dropped, &wire] {
-        let encoded: Vec<Encoded<'_>> = w
-            .iter()
-            .map(|(t, n, v)| Encoded {
-                type_url: t,
-                name: n,
-                value: v,
-            })
-            .collect();
-        let memoized = outcome(translator.translate(&encoded, &TranslateOptions::default()));
-        assert_eq!(memoized, from_scratch(&encoded));
-        seen.push(memoized.unwrap());
-    }
-    assert_ne!(seen[0], seen[1], "the dropped range's VIP is not routed");
-    assert_eq!(seen[0], seen[2]);
-}
-
 /// bookinfo's clusters, assignments and listeners as istiod sends them: (type, name, bytes).
 pub(super) type Wire = Vec<(&'static str, String, Bytes)>;
 
@@ -452,17 +393,20 @@ pub(super) fn bookinfo_wire(res: &Resources) -> Wire {
         .collect()
 }
 
-pub(super) fn translate_wire(translator: &mut Translator, wire: &Wire) -> xds::Translation {
-    let encoded: Vec<Encoded<'_>> = wire
-        .iter()
+/// `wire` as the translator reads it.
+pub(super) fn encoded(wire: &Wire) -> Vec<Encoded<'_>> {
+    wire.iter()
         .map(|(t, n, v)| Encoded {
             type_url: t,
             name: n,
             value: v,
         })
-        .collect();
+        .collect()
+}
+
+pub(super) fn translate_wire(translator: &mut Translator, wire: &Wire) -> xds::Translation {
     translator
-        .translate(&encoded, &TranslateOptions::default())
+        .translate(&encoded(wire), &TranslateOptions::default())
         .unwrap_or_else(|r| panic!("rejected: {r:?}"))
 }
 
