@@ -141,13 +141,18 @@ impl Ranges {
 }
 
 /// The bytes of each `range_matchers` entry (field 1) of an IPMatcher, in order; `None` when
-/// the bytes are not a well-formed message. Other fields are skipped, as decoding skips them.
+/// the bytes are not a well-formed message or field 1 is not length-delimited. Other fields
+/// are skipped, as decoding skips them.
 fn range_matchers(mut buf: &[u8]) -> Option<Vec<&[u8]>> {
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
     let mut out = Vec::new();
     while !buf.is_empty() {
         let (tag, wire) = decode_key(&mut buf).ok()?;
-        if tag == 1 && wire == WireType::LengthDelimited {
+        if tag == 1 {
+            // A range is a message: any other wire type is for decoding to reject.
+            if wire != WireType::LengthDelimited {
+                return None;
+            }
             let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
             if len > buf.len() {
                 return None;

@@ -171,5 +171,12 @@ mod ranges {
             "{reasons:?}"
         );
         assert!(memoized.0.vips.is_empty());
+
+        // Field 1 as a varint, not a message: rejected as decoding the whole matcher rejects it.
+        let mut m = bookinfo_matcher();
+        ip_matcher(&mut m).extend_from_slice(&[0x08, 0x01]);
+        let memoized = read(&m, &mut ranges);
+        assert_same(&memoized, &read(&m, &mut Ranges::default()));
+        assert_eq!(memoized.1.rejections.len(), 1, "{:?}", memoized.1);
     }
 }
