@@ -103,3 +103,37 @@ fn a_changed_pod_chain_is_not_patched() {
     );
     assert!(authorization_patched(&authorization(&was), &was, &now, same).is_none());
 }
+
+/// A changed chain that names an external authorizer (the providers are every chain's):
+/// made from all the chains, not patched.
+#[test]
+fn a_chain_naming_an_external_authorizer_is_not_patched() {
+    let was: BTreeMap<String, Arc<ChainAuthz>> = [(name(80, "http", "a"), chain(true, &["pa"]))]
+        .into_iter()
+        .collect();
+    let mut with_ext = ChainAuthz {
+        http: true,
+        policies: vec![policy("pc")],
+        ..Default::default()
+    };
+    with_ext
+        .ext_authz
+        .push(crate::authz::ext::ExtAuthzProvider {
+            name: "opa".into(),
+            address: "opa.ns.svc.cluster.local:9191".into(),
+            timeout: std::time::Duration::from_secs(1),
+            fail_open: false,
+            status_on_error: 403,
+            body: None,
+            kind: crate::authz::ext::ExtAuthzKind::Grpc,
+        });
+    let mut now = was.clone();
+    now.insert(name(80, "http", "c"), Arc::new(with_ext));
+    let old = authorization(&was);
+    assert!(authorization_patched(&old, &was, &now, same).is_none());
+    // Built from all the chains, the provider is there.
+    assert!(authorization(&now).provider("opa").is_some());
+    // Without the authorizer the same change is patched.
+    now.insert(name(80, "http", "c"), chain(true, &["pc"]));
+    assert!(authorization_patched(&old, &was, &now, same).is_some());
+}
