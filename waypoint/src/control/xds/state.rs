@@ -15,7 +15,9 @@ pub(super) fn encoded<'a>(
     last_good: &'a ResourceState,
     set_aside: &BTreeSet<(String, String)>,
 ) -> Vec<Encoded<'a>> {
-    let mut out = Vec::new();
+    // Sized once: a state at 10 000 services lists 60 000 resources, for every question and
+    // translation.
+    let mut out = Vec::with_capacity(TYPES.iter().map(|t| state.len(t)).sum());
     for t in TYPES {
         for r in state.resources(t) {
             let any =
