@@ -89,6 +89,10 @@ struct Args {
     /// Worker threads of each hop (ztunnel's default is 2).
     #[arg(long, default_value_t = 2)]
     hop_threads: usize,
+    /// Streams the originator puts on one HBONE connection before it opens another (ztunnel's
+    /// pool: 100). Lower: the waypoint gets more inbound connections, spread over its workers.
+    #[arg(long, default_value_t = 100)]
+    originator_max_streams: usize,
     /// `--threads` of the waypoint (default: its own, one per CPU).
     #[arg(long)]
     waypoint_threads: Option<usize>,

@@ -315,6 +315,7 @@ impl Mesh {
                 .arg(dir.join("certs/productpage"))
                 .args(["--threads", &args.hop_threads.to_string()])
                 .arg("originate")
+                .args(["--max-streams", &args.originator_max_streams.to_string()])
                 .args([
                     "--route",
                     &route("l4", hbone, &pod_id, &app_target.to_string()),
