@@ -51,6 +51,10 @@ pub struct Settings {
     #[serde(skip)]
     pub authorizers:
         std::collections::HashMap<String, crate::dataplane::proxy::ext_authz::Provider>,
+    /// The worker threads that serve inbound HBONE connections (`waypoint run`'s default);
+    /// `None`: each connection is a task on the caller's runtime (`--work-stealing`, harnesses).
+    #[serde(skip)]
+    pub workers: Option<Arc<crate::transport::workers::Workers>>,
 }
 
 impl Settings {
@@ -65,6 +69,7 @@ impl Settings {
             handshake_timeout: crate::transport::hbone::server::HANDSHAKE_TIMEOUT,
             path_normalization: Default::default(),
             authorizers: Default::default(),
+            workers: None,
         }
     }
 }
@@ -157,7 +162,12 @@ impl App {
             send_timeout: settings.send_timeout,
             drain: drain.clone(),
         });
-        let server = HboneServer::new(tls, inbound.clone(), settings.handshake_timeout);
+        let server = HboneServer::new(
+            tls,
+            inbound.clone(),
+            settings.handshake_timeout,
+            settings.workers.clone(),
+        );
         status.attach(Dataplane {
             server: server.clone(),
             pool: pool.clone(),

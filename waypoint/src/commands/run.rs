@@ -189,9 +189,8 @@ pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
         process: serde_json::to_value(&args).unwrap_or_default(),
     });
 
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = worker_threads(&args);
+    let work_stealing = args.work_stealing;
     let conf = ServerConf {
         threads,
         // The data path exits the process once drained; this is only the upper bound.
@@ -221,9 +220,17 @@ pub fn run(args: RunConfig, logs: Arc<LogControl>) -> anyhow::Result<()> {
             listener: Mutex::new(Some(hbone)),
         }),
     );
-    service.threads = Some(threads);
+    // With its own workers, the service's runtime only accepts connections and runs the
+    // background tasks (identity, config watch).
+    service.threads = Some(if work_stealing { threads } else { 1 });
     server.add_service(service);
     server.run_forever()
+}
+
+/// `--threads`, else one per CPU.
+fn worker_threads(args: &RunConfig) -> usize {
+    args.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
 fn tokio_listener(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
@@ -416,10 +423,20 @@ impl BackgroundService for DataplaneService {
             services = snapshot.services().count(),
             "config loaded"
         );
+        let mut settings = self.settings.clone();
+        if !self.args.work_stealing {
+            match crate::transport::workers::Workers::start(worker_threads(&self.args)) {
+                Ok(workers) => settings.workers = Some(Arc::new(workers)),
+                Err(e) => {
+                    error!(error = %e, "cannot start the data path's worker threads; exiting");
+                    std::process::exit(1);
+                }
+            }
+        }
         let app = match App::with_telemetry(
             cert,
             snapshot,
-            &self.settings,
+            &settings,
             self.log.clone(),
             self.telemetry.clone(),
             if sink.is_some() { "xds" } else { "files" },

@@ -160,6 +160,12 @@ pub struct RunArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long, env = env::WAYPOINT_THREADS)]
     pub threads: Option<usize>,
+    /// Serve inbound HBONE connections on tokio's multi-thread (work-stealing) scheduler.
+    /// Without it, each worker thread owns the connections it is given (the least loaded one
+    /// gets the next) and everything they carry, as Envoy's workers do: fewer cross-thread
+    /// wake-ups per request, but one HBONE connection uses at most one core.
+    #[arg(long, env = env::WAYPOINT_WORK_STEALING)]
+    pub work_stealing: bool,
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = env::WAYPOINT_DRAIN_SECONDS, default_value_t = config::DEFAULT_DRAIN_SECONDS)]
     pub drain_seconds: u64,
@@ -357,6 +363,7 @@ impl From<RunArgs> for RunConfig {
             access_log_template: a.access_log_template,
             access_log_sample_rate: a.access_log_sample_rate,
             threads: a.threads,
+            work_stealing: a.work_stealing,
             drain_seconds: a.drain_seconds,
             admin_listen: a.admin_listen,
             stats_listen: a.stats_listen,
@@ -426,6 +433,7 @@ mod tests {
         ("access_log_template", "%RESPONSE_CODE%"),
         ("access_log_sample_rate", "0.25"),
         ("threads", "3"),
+        ("work_stealing", "true"),
         ("drain_seconds", "4"),
         ("admin_listen", "127.0.0.1:16000"),
         ("stats_listen", "none"),

@@ -43,6 +43,7 @@ pub const WAYPOINT_ACCESS_LOG_FORMAT: &str = "WAYPOINT_ACCESS_LOG_FORMAT";
 pub const WAYPOINT_ACCESS_LOG_TEMPLATE: &str = "WAYPOINT_ACCESS_LOG_TEMPLATE";
 pub const WAYPOINT_ACCESS_LOG_SAMPLE_RATE: &str = "WAYPOINT_ACCESS_LOG_SAMPLE_RATE";
 pub const WAYPOINT_THREADS: &str = "WAYPOINT_THREADS";
+pub const WAYPOINT_WORK_STEALING: &str = "WAYPOINT_WORK_STEALING";
 pub const WAYPOINT_DRAIN_SECONDS: &str = "WAYPOINT_DRAIN_SECONDS";
 pub const WAYPOINT_ADMIN_LISTEN: &str = "WAYPOINT_ADMIN_LISTEN";
 pub const WAYPOINT_STATS_LISTEN: &str = "WAYPOINT_STATS_LISTEN";
@@ -265,6 +266,7 @@ impl RunConfig {
             crate::telemetry::access_log::parse_sample_rate,
         )?;
         env.set_opt(&mut c.threads, WAYPOINT_THREADS, parse_from_str)?;
+        env.set(&mut c.work_stealing, WAYPOINT_WORK_STEALING, parse_bool)?;
         env.set(&mut c.drain_seconds, WAYPOINT_DRAIN_SECONDS, parse_from_str)?;
         env.set(&mut c.admin_listen, WAYPOINT_ADMIN_LISTEN, parse_from_str)?;
         env.set(&mut c.stats_listen, WAYPOINT_STATS_LISTEN, parse_from_str)?;

@@ -112,6 +112,7 @@ pub struct RunConfig {
     pub access_log_sample_rate: f64,
     /// `None`: one per CPU.
     pub threads: Option<usize>,
+    pub work_stealing: bool,
     pub drain_seconds: u64,
     pub admin_listen: Listen,
     pub stats_listen: Listen,
@@ -169,6 +170,7 @@ impl Default for RunConfig {
             access_log_template: None,
             access_log_sample_rate: DEFAULT_ACCESS_LOG_SAMPLE_RATE,
             threads: None,
+            work_stealing: false,
             drain_seconds: DEFAULT_DRAIN_SECONDS,
             admin_listen: DEFAULT_ADMIN_LISTEN,
             stats_listen: DEFAULT_STATS_LISTEN,

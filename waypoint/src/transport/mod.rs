@@ -4,3 +4,4 @@
 pub mod hbone;
 pub mod header_deadline;
 pub mod listen;
+pub mod workers;

@@ -27,6 +27,7 @@ mod overload;
 mod ports;
 mod tracing;
 mod validate;
+mod workers;
 mod xds;
 mod xds_authz;
 mod xds_dns;

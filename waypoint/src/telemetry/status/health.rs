@@ -42,6 +42,11 @@ struct Outcome {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Worker {
+    worker: usize,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConfigInfo {
     version: String,
     source: String,
@@ -274,6 +279,19 @@ impl Collector for ProxyHealth {
                 (outbound.clone(), out_conns as f64),
             ],
         )?;
+        if let Some(workers) = dp.server.workers() {
+            let open: Vec<_> = (workers.connections().into_iter().enumerate())
+                .map(|(worker, n)| (Worker { worker }, n as f64))
+                .collect();
+            gauge(
+                &mut e,
+                "waypoint_worker_connections",
+                "Inbound HBONE connections open per data-path worker thread (each serves the \
+                 connections it was given, and the next goes to the least loaded; absent with \
+                 --work-stealing)",
+                &open,
+            )?;
+        }
         counter(
             &mut e,
             "waypoint_hbone_streams_opened",

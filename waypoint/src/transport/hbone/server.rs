@@ -23,6 +23,7 @@ use crate::control::identity::peer_identity;
 use crate::dataplane::inbound::Inbound;
 use crate::dataplane::tunnel::{parse_forwarded, TunnelInfo};
 use crate::telemetry::throttle::LogThrottle;
+use crate::transport::workers::Workers;
 
 /// Default time from accept to the end of the handshake: TLS, then the client's HTTP/2 preface.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +104,8 @@ pub struct HboneServer {
     handshake_timeout: Duration,
     /// Failed handshakes are logged at most once per interval per reason.
     log: LogThrottle,
+    /// Where accepted connections are served; `None`: tasks of the accepting runtime.
+    workers: Option<Arc<Workers>>,
 }
 
 struct ConnInfo {
@@ -128,6 +131,7 @@ impl HboneServer {
         tls: Arc<rustls::ServerConfig>,
         inbound: Arc<Inbound>,
         handshake_timeout: Duration,
+        workers: Option<Arc<Workers>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             tls: ArcSwap::new(tls),
@@ -135,7 +139,13 @@ impl HboneServer {
             stats: ServerStats::default(),
             handshake_timeout,
             log: LogThrottle::default(),
+            workers,
         })
+    }
+
+    /// The worker threads serving its connections, if it has its own.
+    pub fn workers(&self) -> Option<&Workers> {
+        self.workers.as_deref()
     }
 
     /// Count a connection refused during its handshake; log it unless `reason` was logged
@@ -161,7 +171,13 @@ impl HboneServer {
                 (tcp, peer) = listeners.accept("hbone", &listener, &stats) => {
                     let server = self.clone();
                     let shutdown = shutdown.clone();
-                    tokio::spawn(async move { server.connection(tcp, peer, shutdown).await });
+                    let connection = async move { server.connection(tcp, peer, shutdown).await };
+                    match &self.workers {
+                        Some(workers) => workers.spawn(connection),
+                        None => {
+                            tokio::spawn(connection);
+                        }
+                    }
                 },
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
