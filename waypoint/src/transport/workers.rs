@@ -18,8 +18,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use tracing::warn;
 
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -95,6 +97,24 @@ impl Workers {
         });
     }
 
+    /// Serve the accepted `tcp` with `serve` on the least loaded worker. The socket is registered
+    /// again with that worker's reactor: left on the accepting runtime's, each of its readiness
+    /// events would wake that runtime first, and it the worker.
+    pub fn spawn_connection<F, Fut>(&self, tcp: TcpStream, serve: F) -> std::io::Result<()>
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let tcp = tcp.into_std()?;
+        self.spawn(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => serve(tcp).await,
+                Err(e) => warn!(error = %e, "a worker cannot register a connection's socket"),
+            }
+        });
+        Ok(())
+    }
+
     /// Open connections per worker, by index.
     pub fn connections(&self) -> Vec<usize> {
         self.workers
@@ -165,6 +185,40 @@ mod tests {
         assert_eq!(reports.recv_timeout(wait).unwrap(), (Some(0), Some(0)));
         assert_eq!(workers.connections(), [1, 1]);
         assert_eq!(current(), None, "the test's own thread is no worker");
+    }
+
+    #[test]
+    fn a_handed_over_socket_is_served_without_the_accepting_runtime() {
+        use std::io::{Read, Write};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let workers = Workers::start(1).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let accepting = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let tcp = accepting.block_on(async {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            listener.accept().await.unwrap().0
+        });
+        workers
+            .spawn_connection(tcp, |mut tcp| async move {
+                let mut hello = [0; 5];
+                tcp.read_exact(&mut hello).await.unwrap();
+                tcp.write_all(&hello).await.unwrap();
+            })
+            .unwrap();
+        // Gone with its reactor: a socket still registered there could not be read.
+        drop(accepting);
+        client.write_all(b"hello").unwrap();
+        let mut echoed = [0; 5];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed, b"hello");
     }
 
     #[test]

@@ -169,13 +169,20 @@ impl HboneServer {
         loop {
             tokio::select! {
                 (tcp, peer) = listeners.accept("hbone", &listener, &stats) => {
-                    let server = self.clone();
                     let shutdown = shutdown.clone();
-                    let connection = async move { server.connection(tcp, peer, shutdown).await };
                     match &self.workers {
-                        Some(workers) => workers.spawn(connection),
+                        Some(workers) => {
+                            let server = self.clone();
+                            let serve = move |tcp| server.connection(tcp, peer, shutdown);
+                            if let Err(e) = workers.spawn_connection(tcp, serve) {
+                                self.refuse("worker", |_| {
+                                    warn!(%peer, error = %e, "cannot hand an HBONE connection to a worker")
+                                });
+                            }
+                        }
                         None => {
-                            tokio::spawn(connection);
+                            let server = self.clone();
+                            tokio::spawn(async move { server.connection(tcp, peer, shutdown).await });
                         }
                     }
                 },
