@@ -69,10 +69,23 @@ fn is_dot(segment: &str) -> bool {
 }
 
 fn is_dot_dot(segment: &str) -> bool {
-    matches!(
-        segment.to_ascii_lowercase().as_str(),
-        ".." | ".%2e" | "%2e." | "%2e%2e"
-    )
+    let s = segment.as_bytes();
+    match s.len() {
+        2 => s == b"..",
+        4 => s.eq_ignore_ascii_case(b".%2e") || s.eq_ignore_ascii_case(b"%2e."),
+        6 => s.eq_ignore_ascii_case(b"%2e%2e"),
+        _ => false,
+    }
+}
+
+/// Dot-segment removal would give `path` (which starts with `/`) back unchanged: no backslash
+/// and no `.` or `..` segment, `%2E` forms included. Most paths are; this look allocates nothing.
+fn is_dot_free(path: &str) -> bool {
+    !path.contains('\\')
+        && path
+            .split('/')
+            .skip(1)
+            .all(|segment| !is_dot(segment) && !is_dot_dot(segment))
 }
 
 /// What Envoy's connection manager does with `%2F`/`%5C` in the path
@@ -191,7 +204,7 @@ pub fn apply(path_and_query: &str, policy: &PathPolicy) -> PathOutcome {
         }
         p = Cow::Owned(decode_slashes(&p));
     }
-    if policy.normalize_path {
+    if policy.normalize_path && !is_dot_free(&p) {
         p = Cow::Owned(remove_dot_segments(&p));
     }
     if policy.merge_slashes && p.contains("//") {
@@ -202,6 +215,10 @@ pub fn apply(path_and_query: &str, policy: &PathPolicy) -> PathOutcome {
             }
         }
         p = Cow::Owned(merged);
+    }
+    if let Cow::Borrowed(_) = p {
+        // Nothing above changed it.
+        return PathOutcome::Unchanged;
     }
     let mut out = p.into_owned();
     out.push_str(query);
@@ -262,6 +279,38 @@ mod tests {
         assert_eq!(normalize("/plain", Base), Option::None);
         assert_eq!("merge-slashes".parse(), Ok(MergeSlashes));
         assert!("weird".parse::<PathNormalization>().is_err());
+    }
+
+    proptest::proptest! {
+        /// The shortcut agrees with the removal: a path it calls dot-free comes back as it was.
+        #[test]
+        fn dot_free_paths_are_left_as_they_are(
+            segments in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "", "a", "b.c", ".", "..", "...", ".a", "%2e", "%2E", ".%2e", "%2E.", "%2e%2E",
+                    "%2e%2e%2e", "a\\b", "\\",
+                ]),
+                1..6,
+            )
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            if is_dot_free(&path) {
+                proptest::prop_assert_eq!(remove_dot_segments(&path), path);
+            }
+        }
+    }
+
+    #[test]
+    fn dot_dot_forms() {
+        for s in ["..", ".%2e", ".%2E", "%2e.", "%2E.", "%2e%2e", "%2E%2e"] {
+            assert!(is_dot_dot(s), "{s}");
+            assert!(!is_dot_free(&format!("/a/{s}/b")), "{s}");
+        }
+        for s in [".", "...", "%2e", ".%2f", "%2e%2e%2e", "a..", ""] {
+            assert!(!is_dot_dot(s), "{s}");
+        }
+        assert!(is_dot_free("/a/b.c/...d/"));
+        assert!(!is_dot_free("/a\\b"));
     }
 
     #[test]
