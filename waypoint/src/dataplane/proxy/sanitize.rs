@@ -33,6 +33,15 @@ pub const ENVOY_CONTROL_HEADERS: &[&str] = &[
 
 /// Remove what a client may not set, before authorization and routing see the request.
 pub fn request_headers(req: &mut RequestHeader) {
+    // One pass over the names first: most requests carry none of these, and each removal below
+    // is a hash lookup.
+    let suspect = req.headers.keys().any(|name| {
+        let name = name.as_str();
+        name.starts_with("x-envoy-") || name == "x-forwarded-client-cert"
+    });
+    if !suspect {
+        return;
+    }
     req.remove_header("x-forwarded-client-cert");
     req.remove_header("x-envoy-internal");
     for name in ENVOY_CONTROL_HEADERS {
