@@ -321,11 +321,7 @@ impl ProxyHttp for Waypoint {
             split.finish(code, ctx.started.elapsed());
         }
         // The identity the upstream proved (beats the one the snapshot knew ahead).
-        let proved = ctx
-            .lease
-            .as_ref()
-            .and_then(|l| l.peer())
-            .map(|p| p.to_string());
+        let proved = ctx.lease.as_ref().and_then(|l| l.peer());
         self.record_metrics(session, ctx, code, &flags, proved.as_deref());
         // The line is built only when it is sampled in, borrowing the request's data, and
         // rendered straight into the log's buffer.

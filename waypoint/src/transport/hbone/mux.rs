@@ -25,9 +25,9 @@ use h2::client::SendRequest;
 use parking_lot::Mutex;
 use tracing::debug;
 
-use super::client::ConnectError;
+use super::client::{ConnectError, Peer};
 use super::pool::{Lease, TunnelHold, TunnelPolicy, TunnelPool};
-use crate::control::identity::{PeerCheck, SpiffeId};
+use crate::control::identity::PeerCheck;
 
 /// Streams on one upstream h2c connection at most (ztunnel's and the 100 per connection).
 pub const MAX_STREAMS: usize = 100;
@@ -63,7 +63,7 @@ pub struct MuxConn {
     opened: Instant,
     /// The driver ended (the app or the tunnel closed it), or a request found it unusable.
     closed: Arc<AtomicBool>,
-    peer: Option<SpiffeId>,
+    peer: Option<Peer>,
     generation: u64,
     idle_timeout: Duration,
     max_requests: Option<u32>,
@@ -124,7 +124,7 @@ impl MuxConn {
     }
 
     /// The app's identity, as its node proved it.
-    pub fn peer(&self) -> Option<&SpiffeId> {
+    pub fn peer(&self) -> Option<&Peer> {
         self.peer.as_ref()
     }
 }

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::stream::H2Stream;
-use crate::control::identity::{ClientConfigs, PeerCheck, SpiffeId};
+use crate::control::identity::{ClientConfigs, PeerCheck};
 
 mod error;
 
@@ -96,16 +96,16 @@ struct Conn {
     usage: Arc<Usage>,
     /// The certificate generation it was dialed with (see [`HboneClient::rotate`]).
     generation: u64,
-    /// The identity the peer's certificate showed.
-    peer: Option<SpiffeId>,
+    /// The identity the peer's certificate showed (its URI, formatted once at the handshake).
+    peer: Option<Peer>,
 }
 
 /// Decrements a connection's active stream count when the tunnel ends.
-pub struct StreamSlot(Arc<Usage>, u64, Option<SpiffeId>, Instant);
+pub struct StreamSlot(Arc<Usage>, u64, Option<Peer>, Instant);
 
 impl StreamSlot {
     /// The SPIFFE identity the connection's peer proved in its handshake.
-    pub fn peer(&self) -> Option<&SpiffeId> {
+    pub fn peer(&self) -> Option<&Peer> {
         self.2.as_ref()
     }
 
@@ -125,6 +125,10 @@ impl Drop for StreamSlot {
 }
 
 type ConnKey = (SocketAddr, PeerCheck);
+
+/// The SPIFFE URI an upstream proved in its handshake: a request's `destination_principal`,
+/// shared by every stream on the connection.
+pub type Peer = Arc<str>;
 
 /// One key's dial gate: dials are made one at a time, and the last failure is shared with the
 /// requests that waited for it.
@@ -378,7 +382,7 @@ impl HboneClient {
         node: SocketAddr,
         identity: &PeerCheck,
         usage: Arc<Usage>,
-    ) -> Result<(SendRequest<Bytes>, Option<SpiffeId>), ConnectError> {
+    ) -> Result<(SendRequest<Bytes>, Option<Peer>), ConnectError> {
         let timeout = self.limits.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(node))
             .await
@@ -412,7 +416,8 @@ impl HboneClient {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| crate::control::identity::peer_identity(c).ok());
+            .and_then(|c| crate::control::identity::peer_identity(c).ok())
+            .map(|id| Peer::from(id.to_string()));
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(ConnectError::Tls {
                 addr: node,

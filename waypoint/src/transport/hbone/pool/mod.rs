@@ -37,9 +37,9 @@ use parking_lot::Mutex;
 use routing::{PoolGuard, PoolHandle, PoolResource};
 use tokio::sync::Notify;
 
-use super::client::{ConnectError, HboneClient, StreamSlot};
+use super::client::{ConnectError, HboneClient, Peer, StreamSlot};
 use super::stream::H2Stream;
-use crate::control::identity::{PeerCheck, SpiffeId};
+use crate::control::identity::PeerCheck;
 
 mod tunnel;
 
@@ -177,18 +177,18 @@ pub struct TunnelPool {
 pub struct Lease {
     loan: Mutex<Weak<Loan>>,
     /// The identity the tunnel's peer proved (its certificate's SPIFFE URI SAN).
-    peer: Mutex<Option<SpiffeId>>,
+    peer: Mutex<Option<Peer>>,
 }
 
 impl Lease {
     /// The identity the upstream proved in the HBONE handshake: the request's
     /// `destination_principal`.
-    pub fn peer(&self) -> Option<SpiffeId> {
+    pub fn peer(&self) -> Option<Peer> {
         self.peer.lock().clone()
     }
 
     /// The identity of the connection a request's stream was put on.
-    pub fn set_peer(&self, peer: Option<SpiffeId>) {
+    pub fn set_peer(&self, peer: Option<Peer>) {
         *self.peer.lock() = peer;
     }
 
