@@ -175,8 +175,9 @@ impl HboneServer {
                             let server = self.clone();
                             let serve = move |tcp| server.connection(tcp, peer, shutdown);
                             if let Err(e) = workers.spawn_connection(tcp, serve) {
-                                self.refuse("worker", |_| {
-                                    warn!(%peer, error = %e, "cannot hand an HBONE connection to a worker")
+                                self.refuse("worker", |suppressed| {
+                                    warn!(%peer, error = %e, suppressed,
+                                        "cannot hand an HBONE connection to a worker")
                                 });
                             }
                         }
