@@ -75,7 +75,7 @@ pub fn run(args: &CurlArgs) -> i32 {
 }
 
 async fn send(args: &CurlArgs) -> anyhow::Result<()> {
-    let url = parse_url(&args.url).map_err(anyhow::Error::msg)?;
+    let url = parse_url(&args.url)?;
     let port = url.port.unwrap_or(80);
     let dst = match (args.to, url.host.parse::<IpAddr>()) {
         (Some(to), _) => to,

@@ -61,29 +61,36 @@ fn authenticate(
     path: &str,
     authority: &str,
     headers: &[(String, String)],
-) -> Result<crate::dataplane::proxy::jwt::Authn, String> {
-    let mut req = pingora_http::RequestHeader::build(method, path.as_bytes(), None)
-        .map_err(|e| e.to_string())?;
-    req.insert_header("host", authority)
-        .map_err(|e| e.to_string())?;
+) -> Result<crate::dataplane::proxy::jwt::Authn, AuthnError> {
+    let mut req = pingora_http::RequestHeader::build(method, path.as_bytes(), None)?;
+    req.insert_header("host", authority)?;
     for (k, v) in headers {
-        req.append_header(k.clone(), v.as_str())
-            .map_err(|e| e.to_string())?;
+        req.append_header(k.clone(), v.as_str())?;
     }
     std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
+                .build()?;
             let cache = crate::dataplane::proxy::JwksCache::default();
             Ok(rt.block_on(crate::dataplane::proxy::jwt::authenticate(
                 providers, &req, &cache,
             )))
         })
         .join()
-        .map_err(|_| "token verification panicked".to_string())?
+        .map_err(|_| AuthnError::Panicked)?
     })
+}
+
+/// Why explain could not check the request's token (the report says "not checked: …").
+#[derive(Debug, thiserror::Error)]
+enum AuthnError {
+    #[error("{0}")]
+    Request(#[from] Box<pingora_error::Error>),
+    #[error("{0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("token verification panicked")]
+    Panicked,
 }
 
 pub(super) fn explain_authz(

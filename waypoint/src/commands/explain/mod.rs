@@ -73,13 +73,56 @@ pub enum Output {
     Json,
 }
 
-pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {
+/// A `-H` header or the URL that `explain` and `curl` could not read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{0:?} is not `name: value`")]
+    NotAHeader(String),
+    #[error("{0:?} has an empty header name")]
+    EmptyHeaderName(String),
+    #[error("{url:?} is not a URL: {source}")]
+    NotAUrl {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("{0:?} has no host (use http://host[:port]/path)")]
+    NoHost(String),
+}
+
+/// Why a request cannot be explained: its URL, or what it addresses is not in the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{0} is a pod that no service covers on that port")]
+    PodWithoutService(SocketAddr),
+    #[error("no port of {host} covers {port}")]
+    NoServicePortFor { host: String, port: u16 },
+    #[error("{address} is neither a service VIP nor a known pod in {config}")]
+    UnknownAddress { address: SocketAddr, config: String },
+    #[error("no service {host:?} in {config} (services: {known})")]
+    UnknownService {
+        host: String,
+        config: String,
+        known: String,
+    },
+    #[error("{host} has no port {port} (ports: {ports})")]
+    UnknownPort {
+        host: String,
+        port: u16,
+        ports: String,
+    },
+    #[error("{0} has several ports; put one in the URL")]
+    SeveralPorts(String),
+}
+
+pub(crate) fn parse_header(s: &str) -> Result<(String, String), InputError> {
     let (k, v) = s
         .split_once(':')
-        .ok_or_else(|| format!("{s:?} is not `name: value`"))?;
+        .ok_or_else(|| InputError::NotAHeader(s.to_string()))?;
     let k = k.trim();
     if k.is_empty() {
-        return Err(format!("{s:?} has an empty header name"));
+        return Err(InputError::EmptyHeaderName(s.to_string()));
     }
     Ok((k.to_ascii_lowercase(), v.trim().to_string()))
 }
@@ -93,13 +136,14 @@ pub(crate) struct Target {
     pub path: String,
 }
 
-pub(crate) fn parse_url(url: &str) -> Result<Target, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+pub(crate) fn parse_url(url: &str) -> Result<Target, InputError> {
+    let uri: http::Uri = url.parse().map_err(|source| InputError::NotAUrl {
+        url: url.to_string(),
+        source,
+    })?;
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("{url:?} has no host (use http://host[:port]/path)"))?;
+        .ok_or_else(|| InputError::NoHost(url.to_string()))?;
     Ok(Target {
         scheme: uri.scheme_str().unwrap_or("http").to_string(),
         host: authority.host().trim_matches(['[', ']']).to_string(),
@@ -165,7 +209,7 @@ pub struct AuthzExplanation {
 }
 
 /// Explain `args` against `snapshot`.
-pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, String> {
+pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, ExplainError> {
     let mut target = parse_url(&args.url)?;
     // Pod-addressed requests get the waypoint-wide policies (istiod's direct chains).
     let mut pod_addressed = false;
@@ -184,51 +228,48 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, S
                 }) => {
                     pod_addressed = true;
                     pod = (endpoint.name.clone(), endpoint.identity.clone());
-                    let service = services.first().ok_or_else(|| {
-                        format!("{ip}:{port} is a pod that no service covers on that port")
-                    })?;
+                    let service = services
+                        .first()
+                        .ok_or(ExplainError::PodWithoutService(SocketAddr::new(ip, port)))?;
                     let sp = service
                         .ports
                         .iter()
                         .find(|p| p.target_port == port || p.number == port)
-                        .ok_or_else(|| format!("no port of {} covers {port}", service.hostname))?;
+                        .ok_or_else(|| ExplainError::NoServicePortFor {
+                            host: service.hostname.clone(),
+                            port,
+                        })?;
                     (*service, sp)
                 }
                 None => {
-                    return Err(format!(
-                        "{ip}:{port} is neither a service VIP nor a known pod in {}",
-                        args.source_name()
-                    ))
+                    return Err(ExplainError::UnknownAddress {
+                        address: SocketAddr::new(ip, port),
+                        config: args.source_name(),
+                    })
                 }
             }
         }
         Err(_) => {
             let service = snapshot.service_by_host(&target.host).ok_or_else(|| {
                 let known: Vec<&str> = snapshot.services().map(|s| s.hostname.as_str()).collect();
-                format!(
-                    "no service {:?} in {} (services: {})",
-                    target.host,
-                    args.source_name(),
-                    known.join(", ")
-                )
+                ExplainError::UnknownService {
+                    host: target.host.clone(),
+                    config: args.source_name(),
+                    known: known.join(", "),
+                }
             })?;
             let port = match target.port {
                 Some(p) => service.port(p).ok_or_else(|| {
                     let ports: Vec<String> =
                         service.ports.iter().map(|p| p.number.to_string()).collect();
-                    format!(
-                        "{} has no port {p} (ports: {})",
-                        service.hostname,
-                        ports.join(", ")
-                    )
+                    ExplainError::UnknownPort {
+                        host: service.hostname.clone(),
+                        port: p,
+                        ports: ports.join(", "),
+                    }
                 })?,
                 None if service.ports.len() == 1 => &service.ports[0],
-                None => {
-                    return Err(format!(
-                        "{} has several ports; put one in the URL",
-                        service.hostname
-                    ))
-                }
+                None => return Err(ExplainError::SeveralPorts(service.hostname.clone())),
             };
             (service, port)
         }
@@ -501,11 +542,18 @@ mod tests {
             }
         );
         assert_eq!(parse_url("http://10.0.0.10").unwrap().port, None);
-        assert!(parse_url("/no/host").unwrap_err().contains("no host"));
+        assert!(matches!(parse_url("/no/host"), Err(InputError::NoHost(_))));
+        assert_eq!(
+            parse_url("/no/host").unwrap_err().to_string(),
+            "\"/no/host\" has no host (use http://host[:port]/path)"
+        );
         assert_eq!(
             parse_header("End-User: jason").unwrap(),
             ("end-user".to_string(), "jason".to_string())
         );
-        assert!(parse_header("nocolon").is_err());
+        assert!(matches!(
+            parse_header("nocolon"),
+            Err(InputError::NotAHeader(_))
+        ));
     }
 }

@@ -152,10 +152,12 @@ impl ManifestArgs {
     /// Every check the command line makes, and those that involve two flags (a derived name).
     /// The message names the flag and the bad value.
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        let bad = |flag: &str, value: &str, why: String| {
-            Err(InvalidInput(format!(
-                "invalid value {value:?} for {flag}: {why}"
-            )))
+        let bad = |flag: &'static str, value: &str, rule: Rule| {
+            Err(InvalidInput::Value {
+                flag,
+                value: value.to_string(),
+                rule,
+            })
         };
         if let Err(why) = parse_dns_label(&self.service_account) {
             return bad("--service-account", &self.service_account, why);
@@ -167,21 +169,17 @@ impl ManifestArgs {
             return bad("--image", &self.image, why);
         }
         if self.replicas < 1 {
-            return bad(
-                "--replicas",
-                &self.replicas.to_string(),
-                "must be at least 1".into(),
-            );
+            return bad("--replicas", &self.replicas.to_string(), Rule::AtLeastOne);
         }
         let name = self.name();
         if let Err(why) = parse_dns1035_label(&name) {
             return match &self.name {
                 Some(_) => bad("--name", &name, why),
-                None => bad(
-                    "--service-account",
-                    &self.service_account,
-                    format!("the derived name {name:?} (Deployment and Service) is invalid: {why}; choose one with --name"),
-                ),
+                None => Err(InvalidInput::DerivedName {
+                    value: self.service_account.clone(),
+                    name,
+                    rule: why,
+                }),
             };
         }
         let config_map = self.config_map_name();
@@ -234,8 +232,52 @@ impl ManifestArgs {
 
 /// Bad input to `waypoint manifest`; the message names the flag and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
+pub enum InvalidInput {
+    #[error("invalid value {value:?} for {flag}: {rule}")]
+    Value {
+        flag: &'static str,
+        value: String,
+        rule: Rule,
+    },
+    /// `--service-account` without `--name`: the name derived from it breaks a rule.
+    #[error(
+        "invalid value {value:?} for --service-account: the derived name {name:?} (Deployment \
+         and Service) is invalid: {rule}; choose one with --name"
+    )]
+    DerivedName {
+        value: String,
+        name: String,
+        rule: Rule,
+    },
+}
+
+/// The rule a flag's value breaks (clap prints it after the flag and the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rule {
+    #[error(
+        "must be a DNS-1123 label: at most 63 characters, lower-case letters, digits and '-', \
+         starting and ending with a letter or digit"
+    )]
+    Dns1123Label,
+    #[error(
+        "must be a DNS-1035 label (it names a Service): at most 63 characters, lower-case \
+         letters, digits and '-', starting with a letter and ending with a letter or digit"
+    )]
+    Dns1035Label,
+    #[error(
+        "must be a DNS-1123 subdomain: at most 253 characters, dot-separated parts of lower-case \
+         letters, digits and '-', each starting and ending with a letter or digit"
+    )]
+    Dns1123Subdomain,
+    #[error("must be a SPIFFE trust domain: lower-case letters, digits, '.', '-' and '_'")]
+    TrustDomain,
+    #[error("must not be empty")]
+    Empty,
+    #[error("must not contain whitespace")]
+    Whitespace,
+    #[error("must be at least 1")]
+    AtLeastOne,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -244,9 +286,6 @@ pub enum ManifestError {
     #[error("writing YAML: {0}")]
     Yaml(#[from] serde_saphyr::SerializeError),
 }
-
-const DNS1123_LABEL_RULE: &str = "must be a DNS-1123 label: at most 63 characters, lower-case \
-     letters, digits and '-', starting and ending with a letter or digit";
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, any length.
 fn is_dns1123_word(s: &str) -> bool {
@@ -263,42 +302,34 @@ fn is_dns1123_label(s: &str) -> bool {
 }
 
 /// A DNS-1123 label (ServiceAccount and namespace names).
-pub fn parse_dns_label(s: &str) -> Result<String, String> {
+pub fn parse_dns_label(s: &str) -> Result<String, Rule> {
     if is_dns1123_label(s) {
         Ok(s.to_string())
     } else {
-        Err(DNS1123_LABEL_RULE.to_string())
+        Err(Rule::Dns1123Label)
     }
 }
 
 /// A DNS-1035 label (Service names: a DNS-1123 label that starts with a letter).
-pub fn parse_dns1035_label(s: &str) -> Result<String, String> {
+pub fn parse_dns1035_label(s: &str) -> Result<String, Rule> {
     if is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase() {
         Ok(s.to_string())
     } else {
-        Err(
-            "must be a DNS-1035 label (it names a Service): at most 63 characters, lower-case \
-             letters, digits and '-', starting with a letter and ending with a letter or digit"
-                .to_string(),
-        )
+        Err(Rule::Dns1035Label)
     }
 }
 
 /// A DNS-1123 subdomain (ConfigMap names).
-pub fn parse_dns_subdomain(s: &str) -> Result<String, String> {
+pub fn parse_dns_subdomain(s: &str) -> Result<String, Rule> {
     if !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_word) {
         Ok(s.to_string())
     } else {
-        Err(
-            "must be a DNS-1123 subdomain: at most 253 characters, dot-separated parts of \
-             lower-case letters, digits and '-', each starting and ending with a letter or digit"
-                .to_string(),
-        )
+        Err(Rule::Dns1123Subdomain)
     }
 }
 
 /// A SPIFFE trust domain name.
-pub fn parse_trust_domain(s: &str) -> Result<String, String> {
+pub fn parse_trust_domain(s: &str) -> Result<String, Rule> {
     let ok = !s.is_empty()
         && s.len() <= 255
         && s.bytes().all(|c| {
@@ -307,23 +338,23 @@ pub fn parse_trust_domain(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.to_string())
     } else {
-        Err("must be a SPIFFE trust domain: lower-case letters, digits, '.', '-' and '_'".into())
+        Err(Rule::TrustDomain)
     }
 }
 
-pub fn parse_image(s: &str) -> Result<String, String> {
+pub fn parse_image(s: &str) -> Result<String, Rule> {
     if s.is_empty() {
-        Err("must not be empty".into())
+        Err(Rule::Empty)
     } else if s.chars().any(char::is_whitespace) {
-        Err("must not contain whitespace".into())
+        Err(Rule::Whitespace)
     } else {
         Ok(s.to_string())
     }
 }
 
-pub fn parse_non_empty(s: &str) -> Result<String, String> {
+pub fn parse_non_empty(s: &str) -> Result<String, Rule> {
     if s.trim().is_empty() {
-        Err("must not be empty".into())
+        Err(Rule::Empty)
     } else {
         Ok(s.to_string())
     }
@@ -394,8 +425,16 @@ mod tests {
     fn derived_name_that_is_too_long_names_the_service_account() {
         let sa = "a".repeat(60);
         let err = ManifestArgs::new(&sa, "ns").validate().unwrap_err();
-        assert!(err.0.contains(&sa), "{err}");
-        assert!(err.0.contains("--name"), "{err}");
+        assert!(
+            matches!(&err, InvalidInput::DerivedName { value, rule: Rule::Dns1035Label, .. } if *value == sa),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&sa) && text.contains("--name"), "{text}");
+        assert!(
+            text.contains("(Deployment and Service) is invalid: must be a DNS-1035 label"),
+            "{text}"
+        );
         let mut args = ManifestArgs::new(&sa, "ns");
         args.name = Some("short".into());
         args.validate().unwrap();
