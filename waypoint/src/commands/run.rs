@@ -320,7 +320,7 @@ impl DataplaneService {
                         Err(why) => {
                             let delay = backoff.delay();
                             next_ca_attempt = std::time::Instant::now() + delay;
-                            report(&mut last_cert, "certificate", why, false);
+                            report(&mut last_cert, "certificate", why.to_string(), false);
                         }
                     }
                 }

@@ -22,6 +22,13 @@ use routing::dns::{DnsAnswers, DnsFamily, DnsQuery, DnsTarget, MAX_ADDRESSES_PER
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+/// The system's resolver configuration cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the system's DNS configuration (/etc/resolv.conf): {source}; set --dns-server")]
+pub struct DnsConfigError {
+    source: hickory_resolver::ResolveError,
+}
+
 /// Keeps the hostnames of the current config resolved.
 pub struct Dns {
     config: ResolverConfig,
@@ -46,7 +53,7 @@ impl Drop for State {
 
 impl Dns {
     /// The system's resolver configuration, or only `server` (UDP, then TCP when truncated).
-    pub fn new(server: Option<SocketAddr>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(server: Option<SocketAddr>) -> Result<Arc<Self>, DnsConfigError> {
         let (config, mut base) = match server {
             Some(s) => (
                 ResolverConfig::from_parts(
@@ -56,9 +63,8 @@ impl Dns {
                 ),
                 ResolverOpts::default(),
             ),
-            None => hickory_resolver::system_conf::read_system_conf().map_err(|e| {
-                anyhow::anyhow!("reading the system's DNS configuration (/etc/resolv.conf): {e}; set --dns-server")
-            })?,
+            None => hickory_resolver::system_conf::read_system_conf()
+                .map_err(|source| DnsConfigError { source })?,
         };
         // Every refresh asks the server (the TTL is honoured by the refresh schedule instead).
         base.cache_size = 0;

@@ -3,7 +3,7 @@
 //! and hot-reloading the config. Invalid updates are rejected, logged once and counted; the last
 //! good identity or config keeps serving.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 use crate::app::App;
 use crate::config::RunConfig;
 use crate::control::identity::{
-    read_token, request_certificate, CaClientConfig, IdentityError, SpiffeId, WorkloadCert,
+    read_token, request_certificate, CaClientConfig, CaError, IdentityError, SpiffeId,
+    SpiffeIdError, WorkloadCert,
 };
 use crate::control::watch::{is_transient, parents, Change, Changes, Hashes, Settled};
 
@@ -51,6 +52,15 @@ pub(crate) fn load_identity(args: &RunConfig) -> Found<WorkloadCert> {
     }
 }
 
+/// A config file that cannot be read for a temporary reason (EMFILE): neither a config nor a
+/// rejection.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {source}")]
+pub(crate) struct TransientReadError {
+    file: String,
+    source: std::io::Error,
+}
+
 /// Load the config directory. A directory that holds no services is `Missing` unless
 /// `allow_empty`: waited for at startup, rejected at a reload. `Err`: a temporary read failure
 /// (EMFILE), which is neither a config nor a rejection.
@@ -58,7 +68,7 @@ pub(crate) fn load_config_checked(
     dir: &Path,
     options: &routing::LoadOptions,
     allow_empty: bool,
-) -> Result<Found<Snapshot>, String> {
+) -> Result<Found<Snapshot>, TransientReadError> {
     if !dir.is_dir() {
         return Ok(Found::Missing(format!(
             "config directory {} does not exist",
@@ -68,7 +78,10 @@ pub(crate) fn load_config_checked(
     let files = match routing::read_config_dir(dir, &options.limits) {
         Ok(files) => files,
         Err(routing::ReadError::Io { file, error }) if is_transient(&error) => {
-            return Err(format!("{file}: {error}"))
+            return Err(TransientReadError {
+                file,
+                source: error,
+            })
         }
         Err(e) => return Ok(invalid(dir, routing::LoadErrors::from(e))),
     };
@@ -209,26 +222,42 @@ impl Backoff {
     }
 }
 
+/// Why no certificate came from the Istio CA.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    #[error("no identity to request (--expected-identity)")]
+    NoIdentity,
+    #[error("--expected-identity: {0}")]
+    Identity(#[source] SpiffeIdError),
+    #[error("mesh root {}: {source}", path.display())]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ca(#[from] CaError),
+}
+
 /// Ask the Istio CA for a certificate for `--expected-identity`.
-pub(crate) async fn fetch_identity(args: &RunConfig) -> Result<WorkloadCert, String> {
+pub(crate) async fn fetch_identity(args: &RunConfig) -> Result<WorkloadCert, FetchError> {
     let id: SpiffeId = args
         .expected_identity
         .as_deref()
-        .ok_or("no identity to request (--expected-identity)")?
+        .ok_or(FetchError::NoIdentity)?
         .parse()
-        .map_err(|e| format!("--expected-identity: {e}"))?;
-    let root = std::fs::read(&args.ca_root)
-        .map_err(|e| format!("mesh root {}: {e}", args.ca_root.display()))?;
+        .map_err(FetchError::Identity)?;
+    let root = std::fs::read(&args.ca_root).map_err(|source| FetchError::Root {
+        path: args.ca_root.clone(),
+        source,
+    })?;
     let mut cfg = CaClientConfig::new(&args.ca_address, root);
     if let Some(name) = &args.ca_server_name {
         cfg.server_name = name.clone();
     }
-    cfg.token = Some(read_token(&args.ca_token).map_err(|e| e.to_string())?);
+    cfg.token = Some(read_token(&args.ca_token)?);
     cfg.cluster_id = args.cluster_id.clone();
     cfg.validity = Duration::from_secs(args.cert_validity_seconds.max(1));
-    request_certificate(&cfg, &id)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(request_certificate(&cfg, &id).await?)
 }
 
 fn unix_now() -> f64 {
@@ -260,7 +289,7 @@ pub(crate) async fn renew_identity(app: Arc<App>, args: RunConfig) {
                         .map(|()| summary)
                         .map_err(|e| e.to_string())
                 }
-                Err(why) => Err(why),
+                Err(why) => Err(why.to_string()),
             };
             match renewed {
                 Ok(new) => {

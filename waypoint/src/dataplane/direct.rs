@@ -18,27 +18,72 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, ErrorType, Result};
 use routing::{SanMatcher, UpstreamTls};
+use rustls::pki_types::pem::Error as PemError;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::control::identity::{cert_sans, provider, ChainVerifier, EndEntityCheck};
+use crate::control::identity::{cert_sans, provider, ChainVerifier, EndEntityCheck, IdentityError};
 
 /// Istio's default connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a direct endpoint's TLS cannot be set up, or the endpoint cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    /// The DestinationRule's `caCertificates` file cannot be read.
+    #[error("caCertificates {path}: {source}")]
+    CaRead {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A certificate of `caCertificates` that rustls refuses as a root.
+    #[error("caCertificates {path}: {source}")]
+    CaCert { path: String, source: rustls::Error },
+    /// The client certificate or key file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The key file holds no usable PEM private key.
+    #[error("{path}: {source}")]
+    Key { path: String, source: PemError },
+    #[error("bad PEM: {0}")]
+    Pem(#[source] PemError),
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    /// Istio mutual TLS: no client config for the peer the endpoint must prove.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("{target}: connect timeout")]
+    Timeout { target: SocketAddr },
+    #[error("{target}: {source}")]
+    Connect {
+        target: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The TLS connection (TCP connect or handshake), as the connector reports it.
+    #[error(transparent)]
+    Tls(Box<Error>),
+}
+
 /// A rustls client config for a cluster's [`UpstreamTls`].
-pub fn tls_config(tls: &UpstreamTls) -> std::result::Result<Arc<ClientConfig>, String> {
+pub fn tls_config(tls: &UpstreamTls) -> std::result::Result<Arc<ClientConfig>, DirectError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     match &tls.ca_certificates {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("caCertificates {path}: {e}"))?;
+            let pem = std::fs::read(path).map_err(|source| DirectError::CaRead {
+                path: path.clone(),
+                source,
+            })?;
             for cert in rustls_pemfile_certs(&pem)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("caCertificates {path}: {e}"))?;
+                roots.add(cert).map_err(|source| DirectError::CaCert {
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
         None => {
@@ -49,8 +94,7 @@ pub fn tls_config(tls: &UpstreamTls) -> std::result::Result<Arc<ClientConfig>, S
     }
     let roots = Arc::new(roots);
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .with_safe_default_protocol_versions()?;
     let builder = if tls.insecure_skip_verify || !tls.subject_alt_names.is_empty() {
         builder
             .dangerous()
@@ -66,15 +110,22 @@ pub fn tls_config(tls: &UpstreamTls) -> std::result::Result<Arc<ClientConfig>, S
     };
     let mut config = match (&tls.client_certificate, &tls.private_key) {
         (Some(chain), Some(key)) => {
-            let chain_pem = std::fs::read(chain).map_err(|e| format!("{chain}: {e}"))?;
-            let key_pem = std::fs::read(key).map_err(|e| format!("{key}: {e}"))?;
+            let read = |path: &String| {
+                std::fs::read(path).map_err(|source| DirectError::Read {
+                    path: path.clone(),
+                    source,
+                })
+            };
+            let chain_pem = read(chain)?;
+            let key_pem = read(key)?;
             let key = {
                 use rustls::pki_types::pem::PemObject;
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("{key}: {e}"))?
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| DirectError::Key {
+                    path: key.clone(),
+                    source,
+                })?
             };
-            builder
-                .with_client_auth_cert(rustls_pemfile_certs(&chain_pem)?, key)
-                .map_err(|e| e.to_string())?
+            builder.with_client_auth_cert(rustls_pemfile_certs(&chain_pem)?, key)?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -95,8 +146,8 @@ pub fn istio_mutual_config(
     configs: &crate::control::identity::ClientConfigs,
     expected: &crate::control::identity::PeerCheck,
     h2: bool,
-) -> std::result::Result<Arc<ClientConfig>, String> {
-    let base = configs.for_peer(expected).map_err(|e| e.to_string())?;
+) -> std::result::Result<Arc<ClientConfig>, DirectError> {
+    let base = configs.for_peer(expected)?;
     let mut config = (*base).clone();
     config.enable_sni = true;
     config.alpn_protocols = ALPN_ISTIO.iter().map(|p| p.to_vec()).collect();
@@ -112,11 +163,13 @@ pub fn istio_sni(host: &str, port: u16, subset: Option<&str>) -> String {
     format!("outbound_.{port}_.{}_.{host}", subset.unwrap_or(""))
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+fn rustls_pemfile_certs(
+    pem: &[u8],
+) -> std::result::Result<Vec<CertificateDer<'static>>, DirectError> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad PEM: {e}"))
+        .map_err(DirectError::Pem)
 }
 
 /// DestinationRule `subjectAltNames` (any of them), checked instead of the host name once the
@@ -141,7 +194,7 @@ pub async fn connect_stream(
     target: SocketAddr,
     tls: Option<(Arc<ClientConfig>, Option<String>)>,
     connect_timeout: Option<Duration>,
-) -> std::result::Result<Stream, String> {
+) -> std::result::Result<Stream, DirectError> {
     match tls {
         Some((config, sni)) => {
             let connector = TlsConnector {
@@ -153,13 +206,13 @@ pub async fn connect_stream(
             connector
                 .connect(&PingoraAddr::Inet(target))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(DirectError::Tls)
         }
         None => {
             let timeout = connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
             match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-                Err(_) => Err(format!("{target}: connect timeout")),
-                Ok(Err(e)) => Err(format!("{target}: {e}")),
+                Err(_) => Err(DirectError::Timeout { target }),
+                Ok(Err(source)) => Err(DirectError::Connect { target, source }),
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
                     Ok(Stream::from(tcp))

@@ -461,9 +461,9 @@ impl Inbound {
         dial: &Dial,
         policy: &TunnelPolicy,
     ) -> Result<Stream, ConnectError> {
-        let tls_failed = |reason: String| ConnectError::Tls {
+        let tls_failed = |e: crate::dataplane::direct::DirectError| ConnectError::Tls {
             addr: target,
-            reason,
+            reason: e.to_string(),
         };
         let tls = match dial {
             Dial::IstioMutual { expected, sni } => {

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::control::identity::PeerCheck;
-use crate::transport::hbone::{Lease, TunnelPolicy, TunnelPool};
+use crate::transport::hbone::{ConnectError, Lease, TunnelPolicy, TunnelPool};
 
 /// A mirrored request may take this long in total; then it is abandoned.
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,12 +168,23 @@ pub fn spawn(
     });
 }
 
+/// Why a copy got no answer.
+#[derive(Debug, thiserror::Error)]
+enum MirrorError {
+    #[error(transparent)]
+    Tunnel(#[from] ConnectError),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Request(#[from] http::Error),
+}
+
 async fn send(
     pool: &Arc<TunnelPool>,
     target: SocketAddr,
     identity: &PeerCheck,
     req: MirrorRequest,
-) -> anyhow::Result<http::StatusCode> {
+) -> Result<http::StatusCode, MirrorError> {
     let tunnel = pool
         .checkout(
             target,

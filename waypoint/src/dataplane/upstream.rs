@@ -12,7 +12,7 @@ use std::time::Instant;
 use routing::{ActiveGuard, Cluster, Endpoint, Snapshot};
 use tracing::warn;
 
-use crate::control::identity::PeerCheck;
+use crate::control::identity::{EndpointIdentityError, PeerCheck};
 
 /// Which cluster a request or a connection goes to: a weighted destination, or the service's
 /// own port when no route names one.
@@ -70,7 +70,10 @@ pub enum NoPick {
     NoEndpoint { retry: bool },
     /// The endpoint's identity cannot be checked: it is not dialled (fail closed).
     #[error("{reason}")]
-    Identity { target: SocketAddr, reason: String },
+    Identity {
+        target: SocketAddr,
+        reason: EndpointIdentityError,
+    },
 }
 
 impl NoPick {

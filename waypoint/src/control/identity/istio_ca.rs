@@ -486,7 +486,7 @@ mod tests {
         let err = Csr::from_pem(&lines.join("\n"))
             .err()
             .expect("tampered CSR accepted");
-        assert!(err.contains("signature"), "{err}");
+        assert!(err.to_string().contains("signature"), "{err}");
     }
 
     #[test]

@@ -9,8 +9,11 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use x509_parser::error::X509Error;
+use x509_parser::oid_registry::Oid;
 
-use super::{IdentityError, SpiffeId, WorkloadCert};
+use super::tls::only_spiffe_uri;
+use super::{IdentityError, SanError, SpiffeId, WorkloadCert};
 
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -158,10 +161,25 @@ impl rcgen::PublicKeyData for CsrPublicKey {
     }
 }
 
+/// Why a certificate signing request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("not a PEM CERTIFICATE REQUEST: {0}")]
+    Pem(#[source] rustls_pki_types::pem::Error),
+    #[error("unparsable certificate request: {0}")]
+    Unparsable(#[source] x509_parser::nom::Err<X509Error>),
+    #[error("certificate request signature does not verify: {0}")]
+    Signature(#[source] X509Error),
+    #[error("unsupported EC curve {0:?}")]
+    Curve(Option<Oid<'static>>),
+    #[error("unsupported public key algorithm {0}")]
+    KeyAlgorithm(Oid<'static>),
+}
+
 impl Csr {
     /// Parse a PEM `CERTIFICATE REQUEST` and verify its signature. Keys: ECDSA P-256/P-384,
     /// Ed25519, RSA.
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
+    pub fn from_pem(pem: &str) -> Result<Self, CsrError> {
         use rustls_pki_types::pem::PemObject;
         use x509_parser::extensions::{GeneralName, ParsedExtension};
         use x509_parser::oid_registry::{
@@ -171,12 +189,11 @@ impl Csr {
         use x509_parser::prelude::FromDer;
 
         let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-            .map_err(|e| format!("not a PEM CERTIFICATE REQUEST: {e}"))?;
+            .map_err(CsrError::Pem)?;
         let (_, csr) =
             x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
-                .map_err(|e| format!("unparsable certificate request: {e}"))?;
-        csr.verify_signature()
-            .map_err(|e| format!("certificate request signature does not verify: {e}"))?;
+                .map_err(CsrError::Unparsable)?;
+        csr.verify_signature().map_err(CsrError::Signature)?;
         let spki = &csr.certification_request_info.subject_pki;
         let key_oid = &spki.algorithm.algorithm;
         let alg = if *key_oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
@@ -188,14 +205,14 @@ impl Csr {
             match curve {
                 Some(c) if c == OID_EC_P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
                 Some(c) if c == OID_NIST_EC_P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-                other => return Err(format!("unsupported EC curve {other:?}")),
+                other => return Err(CsrError::Curve(other.map(|c| c.to_owned()))),
             }
         } else if *key_oid == OID_SIG_ED25519 {
             &rcgen::PKCS_ED25519
         } else if *key_oid == OID_PKCS1_RSAENCRYPTION {
             &rcgen::PKCS_RSA_SHA256
         } else {
-            return Err(format!("unsupported public key algorithm {key_oid}"));
+            return Err(CsrError::KeyAlgorithm(key_oid.to_owned()));
         };
         let mut uri_sans = Vec::new();
         for ext in csr.requested_extensions().into_iter().flatten() {
@@ -222,12 +239,8 @@ impl Csr {
     }
 
     /// The SPIFFE id the request asks for: exactly one URI SAN, a valid SPIFFE id.
-    pub fn spiffe_id(&self) -> Result<SpiffeId, String> {
-        match self.uri_sans.as_slice() {
-            [one] => one.parse::<SpiffeId>().map_err(|e| e.to_string()),
-            [] => Err("no URI SAN".into()),
-            many => Err(format!("{} URI SANs, expected exactly one", many.len())),
-        }
+    pub fn spiffe_id(&self) -> Result<SpiffeId, SanError> {
+        only_spiffe_uri(&self.uri_sans)
     }
 }
 

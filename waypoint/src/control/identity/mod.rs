@@ -15,11 +15,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
 pub use istio_ca::{read_token, request_certificate, CaClientConfig, CaError};
-pub use mint::Csr;
 pub use mint::{Ca, MintedCert};
-pub use peer::{cert_sans, PeerCheck};
+pub use mint::{Csr, CsrError};
+pub use peer::{cert_sans, EndpointIdentityError, PeerCheck};
 pub use spiffe::{SpiffeId, SpiffeIdError};
-pub use tls::{client_config, peer_identity, serial, server_config, ClientConfigs};
+pub use tls::{client_config, peer_identity, serial, server_config, ClientConfigs, SanError};
 pub(crate) use tls::{ChainVerifier, EndEntityCheck};
 
 /// The waypoint's own certificate, offered as a TLS client certificate to other servers (istiod's
@@ -74,7 +74,7 @@ pub enum IdentityError {
         reason: String,
     },
     #[error("certificate {path} carries no usable SPIFFE URI SAN: {reason}")]
-    NoSpiffeId { path: PathBuf, reason: String },
+    NoSpiffeId { path: PathBuf, reason: SanError },
     #[error("certificate and private key do not belong together: {0}")]
     KeyMismatch(String),
     #[error("TLS setup failed: {0}")]
@@ -83,6 +83,23 @@ pub enum IdentityError {
     Mint(#[from] rcgen::Error),
     #[error("{what} is not valid: {reason}")]
     Invalid { what: &'static str, reason: String },
+}
+
+/// Why the waypoint's certificate cannot be put in service now.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidityError {
+    #[error("the certificate cannot be parsed: {0}")]
+    Unparsable(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("certificate {serial} is not valid yet: not before {not_before}")]
+    NotYetValid {
+        serial: String,
+        not_before: x509_parser::time::ASN1Time,
+    },
+    #[error("certificate {serial} expired at {not_after}")]
+    Expired {
+        serial: String,
+        not_after: x509_parser::time::ASN1Time,
+    },
 }
 
 /// The waypoint's own certificate chain, key and the roots it trusts.
@@ -177,9 +194,9 @@ impl WorkloadCert {
                 reason: "no certificate".into(),
             });
         }
-        let id = peer_identity(leaf).map_err(|reason| IdentityError::Invalid {
+        let id = peer_identity(leaf).map_err(|e| IdentityError::Invalid {
             what: "leaf certificate",
-            reason,
+            reason: e.to_string(),
         })?;
         let built = Self {
             id,
@@ -227,26 +244,24 @@ impl WorkloadCert {
 
     /// Whether the leaf certificate is valid at `now`: an expired or not yet valid certificate
     /// would fail every handshake, so it is never put in service.
-    pub fn check_validity(&self, now: std::time::SystemTime) -> Result<(), String> {
+    pub fn check_validity(&self, now: std::time::SystemTime) -> Result<(), ValidityError> {
         let (_, leaf) = x509_parser::parse_x509_certificate(&self.chain[0])
-            .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+            .map_err(ValidityError::Unparsable)?;
         let now = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let validity = leaf.validity();
         if now < validity.not_before.timestamp() {
-            return Err(format!(
-                "certificate {} is not valid yet: not before {}",
-                leaf.raw_serial_as_string(),
-                validity.not_before
-            ));
+            return Err(ValidityError::NotYetValid {
+                serial: leaf.raw_serial_as_string(),
+                not_before: validity.not_before,
+            });
         }
         if now > validity.not_after.timestamp() {
-            return Err(format!(
-                "certificate {} expired at {}",
-                leaf.raw_serial_as_string(),
-                validity.not_after
-            ));
+            return Err(ValidityError::Expired {
+                serial: leaf.raw_serial_as_string(),
+                not_after: validity.not_after,
+            });
         }
         Ok(())
     }

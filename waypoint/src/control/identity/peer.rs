@@ -1,11 +1,12 @@
 //! What the waypoint requires of an upstream HBONE peer's certificate.
 
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use routing::{SanKind, SanMatcher};
 
-use super::SpiffeId;
+use super::{SpiffeId, SpiffeIdError};
 
 /// The check an upstream HBONE peer's certificate must pass (after its chain verifies against
 /// the mesh roots).
@@ -24,29 +25,39 @@ pub enum PeerCheck {
 pub trait PeerEndpoint {
     /// The expected identity, or why the endpoint has none (the attempt then fails: never dial
     /// without a check).
-    fn expected_identity(&self) -> Result<Arc<SpiffeId>, String>;
+    fn expected_identity(&self) -> Result<Arc<SpiffeId>, EndpointIdentityError>;
 }
 
-fn identity_error(address: std::net::IpAddr, e: &super::SpiffeIdError) -> String {
-    format!("endpoint {address} identity: {e}")
+/// An endpoint whose identity is not a SPIFFE id.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("endpoint {address} identity: {source}")]
+pub struct EndpointIdentityError {
+    pub address: IpAddr,
+    pub source: SpiffeIdError,
 }
 
 /// A cluster's endpoint: its identity was parsed when the snapshot was built.
 impl PeerEndpoint for routing::ClusterEndpoint {
-    fn expected_identity(&self) -> Result<Arc<SpiffeId>, String> {
+    fn expected_identity(&self) -> Result<Arc<SpiffeId>, EndpointIdentityError> {
         self.spiffe_id()
             .cloned()
-            .map_err(|e| identity_error(self.endpoint.address, e))
+            .map_err(|e| EndpointIdentityError {
+                address: self.endpoint.address,
+                source: e.clone(),
+            })
     }
 }
 
 /// A workload addressed directly (a pod, not through a cluster): parsed here.
 impl PeerEndpoint for routing::Endpoint {
-    fn expected_identity(&self) -> Result<Arc<SpiffeId>, String> {
+    fn expected_identity(&self) -> Result<Arc<SpiffeId>, EndpointIdentityError> {
         self.identity
             .parse::<SpiffeId>()
             .map(Arc::new)
-            .map_err(|e| identity_error(self.address, &e))
+            .map_err(|source| EndpointIdentityError {
+                address: self.address,
+                source,
+            })
     }
 }
 
@@ -56,7 +67,7 @@ impl PeerCheck {
     pub fn for_endpoint<E: PeerEndpoint + ?Sized>(
         snapshot: &routing::Snapshot,
         endpoint: &E,
-    ) -> Result<PeerCheck, String> {
+    ) -> Result<PeerCheck, EndpointIdentityError> {
         match snapshot.hbone_peer_sans() {
             Some(m) => Ok(PeerCheck::Sans(m.clone())),
             None => endpoint.expected_identity().map(PeerCheck::Identity),
@@ -192,7 +203,9 @@ mod tests {
             let parsed = PeerCheck::for_endpoint(&files, &in_cluster(&e)).unwrap_err();
             assert_eq!(parsed, PeerCheck::for_endpoint(&files, &*e).unwrap_err());
             assert!(
-                parsed.starts_with("endpoint 10.1.0.1 identity: invalid SPIFFE id"),
+                parsed
+                    .to_string()
+                    .starts_with("endpoint 10.1.0.1 identity: invalid SPIFFE id"),
                 "{parsed}"
             );
         }

@@ -14,19 +14,36 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     RootCertStore, ServerConfig, SignatureScheme,
 };
+use x509_parser::error::X509Error;
 
-use super::{cert_sans, provider, IdentityError, PeerCheck, SpiffeId, WorkloadCert};
+use super::{cert_sans, provider, IdentityError, PeerCheck, SpiffeId, SpiffeIdError, WorkloadCert};
 
 pub const ALPN_H2: &[u8] = b"h2";
 
+/// Why a certificate (or a certificate request) shows no usable SPIFFE identity.
+#[derive(Debug, thiserror::Error)]
+pub enum SanError {
+    #[error("unparsable certificate: {0}")]
+    Unparsable(#[source] x509_parser::nom::Err<X509Error>),
+    #[error("bad subjectAltName extension: {0}")]
+    BadExtension(#[source] X509Error),
+    #[error("no subjectAltName extension")]
+    NoExtension,
+    #[error("no URI SAN")]
+    NoUri,
+    #[error("{0} URI SANs, expected exactly one")]
+    ManyUris(usize),
+    #[error(transparent)]
+    NotSpiffe(#[from] SpiffeIdError),
+}
+
 /// The SPIFFE id in a certificate's URI SAN.
-pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| format!("unparsable certificate: {e}"))?;
+pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, SanError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(SanError::Unparsable)?;
     let san = parsed
         .subject_alternative_name()
-        .map_err(|e| format!("bad subjectAltName extension: {e}"))?
-        .ok_or_else(|| "no subjectAltName extension".to_string())?;
+        .map_err(SanError::BadExtension)?
+        .ok_or(SanError::NoExtension)?;
     let uris: Vec<&str> = san
         .value
         .general_names
@@ -36,10 +53,15 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<SpiffeId, String> {
             _ => None,
         })
         .collect();
-    match uris.as_slice() {
-        [one] => one.parse::<SpiffeId>().map_err(|e| e.to_string()),
-        [] => Err("no URI SAN".into()),
-        _ => Err(format!("{} URI SANs, expected exactly one", uris.len())),
+    only_spiffe_uri(&uris)
+}
+
+/// The identity of exactly one URI SAN that is a SPIFFE id.
+pub(super) fn only_spiffe_uri(uris: &[impl AsRef<str>]) -> Result<SpiffeId, SanError> {
+    match uris {
+        [one] => Ok(one.as_ref().parse::<SpiffeId>()?),
+        [] => Err(SanError::NoUri),
+        many => Err(SanError::ManyUris(many.len())),
     }
 }
 

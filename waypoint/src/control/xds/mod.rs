@@ -22,6 +22,7 @@
 //!   workers.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -375,6 +376,28 @@ impl XdsHandler {
     }
 }
 
+/// Why `waypoint run --xds` cannot start its client. Each message is the context alone, and
+/// the cause its source: `main` prints the chain (`context: cause`).
+#[derive(Debug, thiserror::Error)]
+pub enum XdsSetupError {
+    #[error(
+        "--xds needs the pod's identity in its environment (istiod's waypoint template sets it)"
+    )]
+    Node(#[source] xds_client::NodeError),
+    #[error("reading the pod's labels {} (--xds-pod-labels / XDS_POD_LABELS)", path.display())]
+    PodLabels {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading istiod's root certificate {} (--xds-root-ca / XDS_ROOT_CA)", path.display())]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("xDS client settings")]
+    Client(#[source] xds_client::ConfigError),
+}
+
 /// The xDS client of `waypoint run --xds`, ready to run.
 pub struct XdsRuntime {
     client: xds_client::Client,
@@ -387,29 +410,23 @@ impl XdsRuntime {
     pub fn new(
         args: &crate::config::RunConfig,
         telemetry: &crate::telemetry::status::Telemetry,
-    ) -> anyhow::Result<Self> {
-        use anyhow::Context;
+    ) -> Result<Self, XdsSetupError> {
         let address = args.xds.clone().unwrap_or_default();
-        let mut node = xds_client::NodeInfo::from_env()
-            .context("--xds needs the pod's identity in its environment (istiod's waypoint template sets it)")?;
+        let mut node = xds_client::NodeInfo::from_env().map_err(XdsSetupError::Node)?;
         match std::fs::read_to_string(&args.xds_pod_labels) {
             Ok(text) => node.labels = xds_client::labels_from_downward_api(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "reading the pod's labels {} (--xds-pod-labels / XDS_POD_LABELS)",
-                        args.xds_pod_labels.display()
-                    )
+            Err(source) => {
+                return Err(XdsSetupError::PodLabels {
+                    path: args.xds_pod_labels.clone(),
+                    source,
                 })
             }
         }
         let root_path = args.xds_root_ca.as_ref().unwrap_or(&args.ca_root);
-        let root = std::fs::read(root_path).with_context(|| {
-            format!(
-                "reading istiod's root certificate {} (--xds-root-ca / XDS_ROOT_CA)",
-                root_path.display()
-            )
+        let root = std::fs::read(root_path).map_err(|source| XdsSetupError::Root {
+            path: root_path.clone(),
+            source,
         })?;
         telemetry.status.set_node(node.to_node());
         let mut cfg = xds_client::ClientConfig::new(address, root, node);
@@ -425,7 +442,7 @@ impl XdsRuntime {
             crate::config::XdsMode::Auto => xds_client::Mode::DeltaWithFallback,
         };
         cfg.client_cert = Some(telemetry.own_cert.clone());
-        let client = xds_client::Client::new(cfg).context("xDS client settings")?;
+        let client = xds_client::Client::new(cfg).map_err(XdsSetupError::Client)?;
         telemetry.status.attach_xds(client.status());
         let sink = SnapshotSink::new();
         let options = TranslateOptions {

@@ -11,13 +11,14 @@
 //! with `x-envoy-auth-partial-body`.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::auth::v3 as auth;
 use http_body_util::{BodyExt, Full, Limited};
 use pingora_http::RequestHeader;
+use routing::authz::ext::BodyBufferError;
 use serde::Deserialize;
 
 pub mod body;
@@ -101,27 +102,61 @@ struct BodyY {
 
 pub use routing::authz::ext::{BodyBuffer, ExtAuthzKind as Kind, ExtAuthzProvider as Provider};
 
+/// Why the mesh config's providers cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshConfigError {
+    #[error("reading mesh config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mesh config {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: Box<serde_saphyr::Error>,
+    },
+    #[error("mesh config {} extensionProviders {name}: {source}", path.display())]
+    Provider {
+        path: PathBuf,
+        name: String,
+        source: ProviderError,
+    },
+}
+
+/// What is wrong with one ext_authz provider.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("timeout {0:?} is not a duration")]
+    Timeout(String),
+    #[error("statusOnError {0:?} is not an HTTP status")]
+    StatusOnError(String),
+    #[error("includeRequestBodyInCheck: {0}")]
+    Body(#[source] BodyBufferError),
+    #[error("both envoyExtAuthzHttp and envoyExtAuthzGrpc")]
+    BothKinds,
+}
+
 /// The providers of a meshConfig YAML file (`extensionProviders`), by name. Providers of other
 /// kinds (tracing, logging) are ignored; malformed ext_authz ones are errors naming them.
-pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("reading mesh config {}: {e}", path.display()))?;
-    let mesh: MeshConfigY = serde_saphyr::from_str(&text)
-        .map_err(|e| format!("mesh config {}: {e}", path.display()))?;
+pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, MeshConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| MeshConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mesh: MeshConfigY = serde_saphyr::from_str(&text).map_err(|e| MeshConfigError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })?;
     let mut out = HashMap::new();
     for p in mesh.extension_providers {
-        let at = |what: &str| {
-            format!(
-                "mesh config {} extensionProviders {}: {what}",
-                path.display(),
-                p.name
-            )
+        let at = |source: ProviderError| MeshConfigError::Provider {
+            path: path.to_path_buf(),
+            name: p.name.clone(),
+            source,
         };
         let timeout = |t: &Option<String>| match t {
             None => Ok(DEFAULT_TIMEOUT),
-            Some(t) => {
-                parse_seconds(t).ok_or_else(|| at(&format!("timeout {t:?} is not a duration")))
-            }
+            Some(t) => parse_seconds(t).ok_or_else(|| at(ProviderError::Timeout(t.clone()))),
         };
         let status = |s: &Option<String>| match s {
             None => Ok(403),
@@ -129,7 +164,7 @@ pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> 
                 .parse::<u16>()
                 .ok()
                 .filter(|c| (100..600).contains(c))
-                .ok_or_else(|| at(&format!("statusOnError {s:?} is not an HTTP status"))),
+                .ok_or_else(|| at(ProviderError::StatusOnError(s.clone()))),
         };
         let body = |b: &Option<BodyY>| {
             b.as_ref()
@@ -141,7 +176,7 @@ pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> 
                     )
                 })
                 .transpose()
-                .map_err(|e| at(&format!("includeRequestBodyInCheck: {e}")))
+                .map_err(|e| at(ProviderError::Body(e)))
         };
         let provider = match (&p.envoy_ext_authz_http, &p.envoy_ext_authz_grpc) {
             (Some(h), None) => Provider {
@@ -178,7 +213,7 @@ pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, String> 
                 body: body(&g.include_request_body_in_check)?,
                 kind: Kind::Grpc,
             },
-            (Some(_), Some(_)) => return Err(at("both envoyExtAuthzHttp and envoyExtAuthzGrpc")),
+            (Some(_), Some(_)) => return Err(at(ProviderError::BothKinds)),
             (None, None) => {
                 tracing::debug!(provider = %p.name, kinds = ?p.other.keys().collect::<Vec<_>>(), "extension provider is not an authorizer");
                 continue;
@@ -244,7 +279,33 @@ pub enum Check {
         body: Bytes,
     },
     /// The check itself failed (connection, timeout, malformed answer).
-    Error(String),
+    Error(CheckError),
+}
+
+/// Why a check got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("not an HTTP provider")]
+    NotHttp,
+    #[error(transparent)]
+    Dial(#[from] dial::DialError),
+    #[error(transparent)]
+    Handshake(hyper::Error),
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    #[error("check request: {0}")]
+    Send(#[source] hyper::Error),
+    #[error(transparent)]
+    Endpoint(tonic::transport::Error),
+    #[error("connect {address}: {source}")]
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("Check: {0}")]
+    Check(#[source] Box<tonic::Status>),
 }
 
 /// Ask `provider` about `req` (with its body when the provider takes it).
@@ -264,7 +325,7 @@ pub async fn check(
     match tokio::time::timeout(provider.timeout, call).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => Check::Error(e),
-        Err(_) => Check::Error(format!("no answer within {:?}", provider.timeout)),
+        Err(_) => Check::Error(CheckError::Timeout(provider.timeout)),
     }
 }
 
@@ -273,7 +334,7 @@ async fn check_http(
     req: &RequestHeader,
     body: Option<&CheckBody>,
     route: &dial::Route,
-) -> Result<Check, String> {
+) -> Result<Check, CheckError> {
     let Kind::Http {
         path_prefix,
         request_headers,
@@ -283,13 +344,13 @@ async fn check_http(
         downstream_on_allow,
     } = &provider.kind
     else {
-        return Err("not an HTTP provider".into());
+        return Err(CheckError::NotHttp);
     };
     let conn = route.connect(&provider.address).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(CheckError::Handshake)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -329,9 +390,9 @@ async fn check_http(
         None => Bytes::new(),
     };
     let response = sender
-        .send_request(check.body(Full::new(payload)).map_err(|e| e.to_string())?)
+        .send_request(check.body(Full::new(payload))?)
         .await
-        .map_err(|e| format!("check request: {e}"))?;
+        .map_err(CheckError::Send)?;
     let (parts, body) = response.into_parts();
     let pick = |names: &[String]| -> Vec<(String, String)> {
         parts
@@ -365,7 +426,7 @@ async fn check_grpc(
     body: Option<&CheckBody>,
     source: &str,
     route: &dial::Route,
-) -> Result<Check, String> {
+) -> Result<Check, CheckError> {
     let (route, address) = (route.clone(), provider.address.clone());
     let connector = tower::service_fn(move |_: http::Uri| {
         let (route, address) = (route.clone(), address.clone());
@@ -378,10 +439,13 @@ async fn check_grpc(
         }
     });
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", provider.address))
-        .map_err(|e| e.to_string())?
+        .map_err(CheckError::Endpoint)?
         .connect_with_connector(connector)
         .await
-        .map_err(|e| format!("connect {}: {e}", provider.address))?;
+        .map_err(|source| CheckError::Connect {
+            address: provider.address.clone(),
+            source,
+        })?;
     let mut client = auth::authorization_client::AuthorizationClient::new(channel);
     let mut headers: HashMap<String, String> = req
         .headers
@@ -434,7 +498,7 @@ async fn check_grpc(
     let response = client
         .check(request)
         .await
-        .map_err(|e| format!("Check: {e}"))?
+        .map_err(|e| CheckError::Check(Box::new(e)))?
         .into_inner();
     let header_pairs = |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
         hs.iter()
@@ -500,7 +564,7 @@ mod tests {
         assert_eq!(parse_seconds("soon"), None);
     }
 
-    fn load(yaml: &str) -> Result<HashMap<String, Provider>, String> {
+    fn load(yaml: &str) -> Result<HashMap<String, Provider>, MeshConfigError> {
         let path = std::env::temp_dir().join(format!(
             "ext-authz-body-{}-{:?}.yaml",
             std::process::id(),
@@ -544,7 +608,8 @@ mod tests {
                 let e = load(&format!(
                     "extensionProviders:\n- name: big\n  {kind}:\n    service: a\n    port: 80\n    includeRequestBodyInCheck: {body}\n"
                 ))
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
                 assert!(e.contains(why), "{kind} {body}: {e}");
                 if why.contains(' ') {
                     assert!(e.contains("extensionProviders big"), "{e}");

@@ -39,6 +39,63 @@ pub enum Authn {
     Rejected(&'static str),
 }
 
+/// Why no keys are at hand for a provider's JWKS.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("inline jwks is not a JWKS document: {0}")]
+    Inline(#[source] serde_json::Error),
+    /// A fetch failed and no earlier keys stand in.
+    #[error("fetching the keys of {key}: {source}")]
+    Fetch { key: String, source: Box<JwksError> },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{uri}: not a JWKS document: {source}")]
+    NotJwks {
+        uri: String,
+        source: serde_json::Error,
+    },
+    #[error("{uri}: not a JSON document: {source}")]
+    NotJson {
+        uri: String,
+        source: serde_json::Error,
+    },
+    #[error("{uri}: no http(s) jwks_uri in the OpenID configuration (found {found:?})")]
+    NoJwksUri {
+        uri: String,
+        found: Option<serde_json::Value>,
+    },
+    #[error("bad URL: {0}")]
+    BadUrl(#[source] http::uri::InvalidUri),
+    #[error("URL without host")]
+    NoHost,
+    #[error("connect {host}:{port}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    #[error("server name {host}: {source}")]
+    ServerName {
+        host: String,
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    #[error("no system CA certificates to verify https jwksUri")]
+    NoSystemRoots,
+    #[error("TLS to {host}: {source}")]
+    Tls {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("HTTP {0}")]
+    Status(http::StatusCode),
+    #[error("reading the body: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// One fetched JWKS and when it was fetched; the async lock makes concurrent fetches one.
 type RemoteSlot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<JwkSet>)>>>;
 
@@ -51,14 +108,13 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub async fn keys(&self, jwks: &Jwks) -> Result<Arc<JwkSet>, String> {
+    pub async fn keys(&self, jwks: &Jwks) -> Result<Arc<JwkSet>, JwksError> {
         match jwks {
             Jwks::Inline(doc) => {
                 if let Some(k) = self.inline.lock().get(doc) {
                     return Ok(k.clone());
                 }
-                let set: JwkSet = serde_json::from_str(doc)
-                    .map_err(|e| format!("inline jwks is not a JWKS document: {e}"))?;
+                let set: JwkSet = serde_json::from_str(doc).map_err(JwksError::Inline)?;
                 let set = Arc::new(set);
                 self.inline.lock().insert(doc.clone(), set.clone());
                 Ok(set)
@@ -80,8 +136,8 @@ impl JwksCache {
         &self,
         key: &str,
         timeout: Duration,
-        fetch: impl std::future::Future<Output = Result<JwkSet, String>>,
-    ) -> Result<Arc<JwkSet>, String> {
+        fetch: impl std::future::Future<Output = Result<JwkSet, JwksError>>,
+    ) -> Result<Arc<JwkSet>, JwksError> {
         let slot = self
             .remote
             .lock()
@@ -103,58 +159,72 @@ impl JwksCache {
             failed => {
                 let why = match failed {
                     Ok(Err(e)) => e,
-                    _ => format!("no answer within {timeout:?}"),
+                    _ => JwksError::Timeout(timeout),
                 };
                 tracing::warn!(source = %key, error = %why, "JWKS fetch failed");
                 // The last keys stay usable until a fetch succeeds.
                 cached
                     .as_ref()
                     .map(|(_, k)| k.clone())
-                    .ok_or(format!("fetching the keys of {key}: {why}"))
+                    .ok_or_else(|| JwksError::Fetch {
+                        key: key.to_string(),
+                        source: Box::new(why),
+                    })
             }
         }
     }
 }
 
 /// GET `uri` and parse the JWKS.
-async fn fetch_jwks(uri: &str) -> Result<JwkSet, String> {
+async fn fetch_jwks(uri: &str) -> Result<JwkSet, JwksError> {
     let body = fetch(uri).await?;
-    serde_json::from_slice(&body).map_err(|e| format!("{uri}: not a JWKS document: {e}"))
+    serde_json::from_slice(&body).map_err(|source| JwksError::NotJwks {
+        uri: uri.to_string(),
+        source,
+    })
 }
 
 /// The `jwks_uri` of `issuer`'s OpenID configuration (a trailing `/` of the issuer dropped,
 /// as istiod does).
-async fn discover_jwks_uri(issuer: &str) -> Result<String, String> {
+async fn discover_jwks_uri(issuer: &str) -> Result<String, JwksError> {
     let config = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     );
     let body = fetch(&config).await?;
     let doc: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("{config}: not a JSON document: {e}"))?;
+        serde_json::from_slice(&body).map_err(|source| JwksError::NotJson {
+            uri: config.clone(),
+            source,
+        })?;
     match doc.get("jwks_uri") {
         Some(serde_json::Value::String(uri))
             if uri.starts_with("http://") || uri.starts_with("https://") =>
         {
             Ok(uri.clone())
         }
-        other => Err(format!(
-            "{config}: no http(s) jwks_uri in the OpenID configuration (found {other:?})"
-        )),
+        other => Err(JwksError::NoJwksUri {
+            found: other.cloned(),
+            uri: config,
+        }),
     }
 }
 
 /// GET `uri` (http or https, verified against the system's roots): the body of a 2xx answer,
 /// at most [`MAX_JWKS_BYTES`].
-async fn fetch(uri: &str) -> Result<bytes::Bytes, String> {
+async fn fetch(uri: &str) -> Result<bytes::Bytes, JwksError> {
     use http_body_util::{BodyExt, Empty, Limited};
-    let parsed: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let parsed: http::Uri = uri.parse().map_err(JwksError::BadUrl)?;
     let https = parsed.scheme_str() == Some("https");
-    let host = parsed.host().ok_or("URL without host")?.to_string();
+    let host = parsed.host().ok_or(JwksError::NoHost)?.to_string();
     let port = parsed.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        .map_err(|source| JwksError::Connect {
+            host: host.clone(),
+            port,
+            source,
+        })?;
     let path = parsed
         .path_and_query()
         .map_or("/", |p| p.as_str())
@@ -165,52 +235,51 @@ async fn fetch(uri: &str) -> Result<bytes::Bytes, String> {
             parsed.authority().map_or(host.as_str(), |a| a.as_str()),
         )
         .header("accept", "application/json")
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .body(Empty::<bytes::Bytes>::new())?;
     let response = if https {
-        let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| format!("server name {host}: {e}"))?;
+        let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|source| {
+            JwksError::ServerName {
+                host: host.clone(),
+                source,
+            }
+        })?;
         let tls = tokio_rustls::TlsConnector::from(https_config()?)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS to {host}: {e}"))?;
+            .map_err(|source| JwksError::Tls { host, source })?;
         send(tls, request).await?
     } else {
         send(tcp, request).await?
     };
     if !response.status().is_success() {
-        return Err(format!("HTTP {}", response.status()));
+        return Err(JwksError::Status(response.status()));
     }
     Ok(Limited::new(response.into_body(), MAX_JWKS_BYTES)
         .collect()
         .await
-        .map_err(|e| format!("reading the body: {e}"))?
+        .map_err(JwksError::Body)?
         .to_bytes())
 }
 
 async fn send<S>(
     io: S,
     request: http::Request<http_body_util::Empty<bytes::Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
+) -> Result<http::Response<hyper::body::Incoming>, JwksError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(sender.send_request(request).await?)
 }
 
-/// A client config trusting the system's roots (the image ships CA certificates).
-fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+/// A client config trusting the system's roots (the image ships CA certificates). Built once;
+/// `None` when the system has no roots, its one failure.
+fn https_config() -> Result<Arc<rustls::ClientConfig>, JwksError> {
+    static CONFIG: std::sync::OnceLock<Option<Arc<rustls::ClientConfig>>> =
         std::sync::OnceLock::new();
     CONFIG
         .get_or_init(|| {
@@ -219,16 +288,16 @@ fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
             for cert in found.certs {
                 let _ = roots.add(cert);
             }
-            if roots.is_empty() {
-                return Err("no system CA certificates to verify https jwksUri".into());
-            }
-            Ok(Arc::new(
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            ))
+            (!roots.is_empty()).then(|| {
+                Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots)
+                        .with_no_client_auth(),
+                )
+            })
         })
         .clone()
+        .ok_or(JwksError::NoSystemRoots)
 }
 
 /// The token at `location`, if the request carries one there.

@@ -74,7 +74,7 @@ impl Waypoint {
             match crate::dataplane::upstream::pick(&snapshot, cluster, &key, attempt) {
                 Ok(pick) => pick,
                 Err(NoPick::Identity { reason, .. }) => {
-                    return Err(Error::explain(ErrorType::InternalError, reason));
+                    return Err(Error::explain(ErrorType::InternalError, reason.to_string()));
                 }
                 Err(no) => {
                     ctx.outcome.no_pick(&no);
@@ -144,6 +144,7 @@ impl Waypoint {
                 ctx.upstream_h2,
             )
             .map_err(|e| {
+                let e = e.to_string();
                 *ctx.failure.lock() = Some(e.clone());
                 Error::explain(ErrorType::TLSHandshakeFailure, e)
             })?;
@@ -168,6 +169,7 @@ impl Waypoint {
             peer.options.connection_timeout = policy.connect_timeout;
             if let Some(tls) = tls {
                 let config = crate::dataplane::direct::tls_config(&tls).map_err(|e| {
+                    let e = e.to_string();
                     *ctx.failure.lock() = Some(e.clone());
                     Error::explain(ErrorType::TLSHandshakeFailure, e)
                 })?;

@@ -16,8 +16,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::control::identity::PeerCheck;
+use crate::dataplane::direct::DirectError;
 use crate::transport::hbone::pool::TunnelHold;
-use crate::transport::hbone::{H2Stream, Lease, TunnelPolicy, TunnelPool};
+use crate::transport::hbone::{ConnectError, H2Stream, Lease, TunnelPolicy, TunnelPool};
 
 /// How the provider is reached for one check.
 #[derive(Clone)]
@@ -91,7 +92,7 @@ impl Route {
                             config,
                             sni: tls.sni.clone().or_else(|| Some(host.to_string())),
                         },
-                        Err(e) => refused(e),
+                        Err(e) => refused(e.to_string()),
                     },
                 }
             }
@@ -104,6 +105,7 @@ impl Route {
                             &expected,
                             h2,
                         )
+                        .map_err(|e| e.to_string())
                     });
                 match config {
                     Ok(config) => Route::DirectTls {
@@ -118,16 +120,23 @@ impl Route {
     }
 
     /// A connection to the provider (`address` for [`Route::Resolve`]).
-    pub async fn connect(&self, address: &str) -> Result<Conn, String> {
+    pub async fn connect(&self, address: &str) -> Result<Conn, DialError> {
         match self {
             Route::Resolve => tokio::net::TcpStream::connect(address)
                 .await
                 .map(Conn::Tcp)
-                .map_err(|e| format!("connect {address}: {e}")),
+                .map_err(|source| DialError::Resolve {
+                    address: address.to_string(),
+                    source,
+                }),
             Route::Direct(target) => tokio::net::TcpStream::connect(target)
                 .await
                 .map(Conn::Tcp)
-                .map_err(|e| format!("connect {address} at {target}: {e}")),
+                .map_err(|source| DialError::Direct {
+                    address: address.to_string(),
+                    target: *target,
+                    source,
+                }),
             Route::DirectTls {
                 target,
                 config,
@@ -139,8 +148,12 @@ impl Route {
             )
             .await
             .map(|s| Conn::Tls(Box::new(s)))
-            .map_err(|e| format!("connect {address} at {target}: {e}")),
-            Route::Refused(why) => Err(why.clone()),
+            .map_err(|source| DialError::DirectTls {
+                address: address.to_string(),
+                target: *target,
+                source,
+            }),
+            Route::Refused(why) => Err(DialError::Refused(why.clone())),
             Route::Hbone {
                 target,
                 identity,
@@ -156,12 +169,47 @@ impl Route {
                         &TunnelPolicy::default(),
                     )
                     .await
-                    .map_err(|e| format!("HBONE to {address} at {target}: {e}"))?;
+                    .map_err(|source| DialError::Hbone {
+                        address: address.to_string(),
+                        target: *target,
+                        source,
+                    })?;
                 let (stream, hold) = tunnel.into_inner();
                 Ok(Conn::Hbone(stream, hold))
             }
         }
     }
+}
+
+/// Why no connection to the provider was made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("connect {address}: {source}")]
+    Resolve {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("connect {address} at {target}: {source}")]
+    Direct {
+        address: String,
+        target: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect {address} at {target}: {source}")]
+    DirectTls {
+        address: String,
+        target: SocketAddr,
+        source: DirectError,
+    },
+    #[error("HBONE to {address} at {target}: {source}")]
+    Hbone {
+        address: String,
+        target: SocketAddr,
+        source: ConnectError,
+    },
+    /// The route refused the provider when it was chosen ([`Route::Refused`]'s reason).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A connection to the provider; the tunnel's slots are held while it lives.
