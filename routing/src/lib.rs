@@ -48,8 +48,8 @@ pub use lb::{cluster_name, ActiveGuard, Cluster, ClusterEndpoint, ClusterStats};
 pub use matching::{query_param, Miss, RequestView, SimpleRequest};
 pub use model::{
     labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, Locality,
-    MatchRegex, Protocol, RouteDestination, RouteMatch, Service, ServicePort, StringMatch, Subset,
-    VirtualService,
+    MatchRegex, Protocol, RegexError, RouteDestination, RouteMatch, Service, ServicePort,
+    StringMatch, Subset, VirtualService,
 };
 pub use outlier::{Ejection, EjectionKind, Outcome};
 pub use policy::{

@@ -241,11 +241,10 @@ pub struct MatchRegex {
 impl MatchRegex {
     /// Compile `source` for full matching. The error is the regex parser's
     /// reason, without the pattern (e.g. `unclosed group`).
-    pub fn new(source: &str) -> Result<MatchRegex, String> {
+    pub fn new(source: &str) -> Result<MatchRegex, RegexError> {
         // Check the pattern as written first, so a reason never shows our wrapper.
-        regex::Regex::new(source).map_err(|e| regex_reason(&e))?;
-        let anchored =
-            regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| regex_reason(&e))?;
+        regex::Regex::new(source).map_err(RegexError)?;
+        let anchored = regex::Regex::new(&format!("^(?:{source})$")).map_err(RegexError)?;
         Ok(MatchRegex {
             source: source.to_string(),
             anchored,
@@ -262,6 +261,12 @@ impl MatchRegex {
         self.anchored.is_match(value)
     }
 }
+
+/// A regex that does not compile. Shows the regex parser's reason without the pattern
+/// (e.g. `unclosed group`): callers name the pattern themselves.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", regex_reason(.0))]
+pub struct RegexError(regex::Error);
 
 fn regex_reason(e: &regex::Error) -> String {
     let text = e.to_string();

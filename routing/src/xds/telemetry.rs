@@ -203,7 +203,7 @@ fn sink(
             }
             format
         }
-        Err(why) => return skip(diag, why),
+        Err(why) => return skip(diag, why.to_string()),
     };
     let filter = match al
         .filter
@@ -224,8 +224,23 @@ fn sink(
     })
 }
 
+/// Why a file logger's format cannot be expressed (the logger is left out).
+#[derive(Debug, thiserror::Error)]
+enum FormatError {
+    #[error("text_format_source.inline_bytes is not UTF-8")]
+    NotUtf8,
+    #[error("a format read from file {0:?} is not supported")]
+    FromFile(String),
+    #[error("a format read from environment variable {0} is not supported")]
+    FromEnv(String),
+    #[error("text_format_source without a source")]
+    NoSource,
+    #[error("log_format without a format")]
+    NoFormat,
+}
+
 /// A file logger's format and its `omit_empty_values`.
-fn file_format(f: Option<&AccessLogFormat>) -> Result<(LogFormat, bool), String> {
+fn file_format(f: Option<&AccessLogFormat>) -> Result<(LogFormat, bool), FormatError> {
     #[allow(deprecated)]
     let format = match f {
         None => LogFormat::Text(ENVOY_DEFAULT_FORMAT.into()),
@@ -243,7 +258,7 @@ fn file_format(f: Option<&AccessLogFormat>) -> Result<(LogFormat, bool), String>
 
 /// `SubstitutionFormatString`: an inline text or a JSON object (`formatters` enable command
 /// operators inside them and need nothing here; `content_type` is for local replies).
-fn substitution_format(sfs: &SubstitutionFormatString) -> Result<(LogFormat, bool), String> {
+fn substitution_format(sfs: &SubstitutionFormatString) -> Result<(LogFormat, bool), FormatError> {
     #[allow(deprecated)]
     let format = match &sfs.format {
         Some(Format::TextFormat(s)) => LogFormat::Text(s.clone()),
@@ -252,19 +267,13 @@ fn substitution_format(sfs: &SubstitutionFormatString) -> Result<(LogFormat, boo
             Some(Specifier::InlineString(s)) => LogFormat::Text(s.clone()),
             Some(Specifier::InlineBytes(b)) => match String::from_utf8(b.clone()) {
                 Ok(s) => LogFormat::Text(s),
-                Err(_) => return Err("text_format_source.inline_bytes is not UTF-8".into()),
+                Err(_) => return Err(FormatError::NotUtf8),
             },
-            Some(Specifier::Filename(f)) => {
-                return Err(format!("a format read from file {f:?} is not supported"))
-            }
-            Some(Specifier::EnvironmentVariable(v)) => {
-                return Err(format!(
-                    "a format read from environment variable {v} is not supported"
-                ))
-            }
-            None => return Err("text_format_source without a source".into()),
+            Some(Specifier::Filename(f)) => return Err(FormatError::FromFile(f.clone())),
+            Some(Specifier::EnvironmentVariable(v)) => return Err(FormatError::FromEnv(v.clone())),
+            None => return Err(FormatError::NoSource),
         },
-        None => return Err("log_format without a format".into()),
+        None => return Err(FormatError::NoFormat),
     };
     Ok((format, sfs.omit_empty_values))
 }

@@ -12,7 +12,7 @@ pub(crate) type Scalar = Option<Value>;
 
 /// Why a duration string does not parse (the message follows `invalid duration "…": `).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DurationError {
+pub enum DurationError {
     #[error("must not be negative")]
     Negative,
     #[error("empty duration")]

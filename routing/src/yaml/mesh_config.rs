@@ -34,6 +34,47 @@ pub struct MeshTelemetry {
     pub default_sampling_percent: f64,
 }
 
+/// Why a meshConfig's telemetry part cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshTelemetryError {
+    /// Not YAML, or not a meshConfig's shape (boxed: the parser's error is large).
+    #[error(transparent)]
+    Yaml(Box<serde_saphyr::Error>),
+    #[error("accessLogEncoding {0:?}: expected TEXT or JSON")]
+    Encoding(String),
+    #[error("defaultConfig.tracing.sampling {0}: a percentage, 0 to 100")]
+    Sampling(f64),
+    #[error("extensionProviders {name}: {source}")]
+    Provider { name: String, source: ProviderError },
+}
+
+/// What is wrong with one extension provider of a kind the waypoint applies.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("no provider kind")]
+    NoKind,
+    #[error("has two kinds, {0} and {1}")]
+    TwoKinds(String, String),
+    /// The kind's fields do not deserialize.
+    #[error(transparent)]
+    Fields(#[from] serde_json::Error),
+    #[error("path {0:?}: this waypoint writes access logs to /dev/stdout or /dev/stderr")]
+    LogPath(String),
+    #[error("logFormat: either text or labels, not both")]
+    TextAndLabels,
+    #[error("either http or grpc, not both")]
+    HttpAndGrpc,
+    #[error("service is required")]
+    NoService,
+    #[error("port is required")]
+    NoPort,
+    #[error("timeout {value:?}: {source}")]
+    Timeout {
+        value: String,
+        source: super::fields::DurationError,
+    },
+}
+
 /// An extension provider the waypoint can apply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Provider {
@@ -74,8 +115,9 @@ impl MeshTelemetry {
 
     /// Reads the telemetry part of a meshConfig YAML document. A provider of a kind the waypoint
     /// applies but written wrong is an error naming it; the warnings are what is left out.
-    pub fn parse(text: &str) -> Result<(Self, Vec<String>), String> {
-        let mesh: MeshY = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<(Self, Vec<String>), MeshTelemetryError> {
+        let mesh: MeshY =
+            serde_saphyr::from_str(text).map_err(|e| MeshTelemetryError::Yaml(Box::new(e)))?;
         let mut warnings = Vec::new();
         let mut out = Self::builtin();
         out.envoy_format = match (mesh.access_log_encoding.as_deref(), mesh.access_log_format) {
@@ -83,11 +125,7 @@ impl MeshTelemetry {
             (None | Some("TEXT"), Some(f)) => LogFormat::Text(f),
             (Some("JSON"), None) => LogFormat::IstioJson,
             (Some("JSON"), Some(f)) => LogFormat::Json(f),
-            (Some(other), _) => {
-                return Err(format!(
-                    "accessLogEncoding {other:?}: expected TEXT or JSON"
-                ))
-            }
+            (Some(other), _) => return Err(MeshTelemetryError::Encoding(other.to_string())),
         };
         if let Some(file) = mesh.access_log_file.filter(|f| !f.is_empty()) {
             if LogPath::from_path(&file).is_none() {
@@ -104,9 +142,7 @@ impl MeshTelemetry {
             .and_then(|t| t.sampling)
         {
             if !(0.0..=100.0).contains(&s) {
-                return Err(format!(
-                    "defaultConfig.tracing.sampling {s}: a percentage, 0 to 100"
-                ));
+                return Err(MeshTelemetryError::Sampling(s));
             }
             out.default_sampling_percent = s;
         }
@@ -115,24 +151,22 @@ impl MeshTelemetry {
             out.default_tracing = d.tracing;
         }
         for p in mesh.extension_providers {
-            let at = |what: String| format!("extensionProviders {}: {what}", p.name);
+            let at = |source| MeshTelemetryError::Provider {
+                name: p.name.clone(),
+                source,
+            };
             let mut kinds = p.kinds.into_iter();
             let Some((kind, value)) = kinds.next() else {
-                return Err(at("no provider kind".into()));
+                return Err(at(ProviderError::NoKind));
             };
             if let Some((extra, _)) = kinds.next() {
-                return Err(at(format!("has two kinds, {kind} and {extra}")));
+                return Err(at(ProviderError::TwoKinds(kind, extra)));
             }
             let provider = match kind.as_str() {
                 "envoyFileAccessLog" => {
                     let f: FileLogY = from_value(value).map_err(at)?;
-                    let path = LogPath::from_path(&f.path).ok_or_else(|| {
-                        at(format!(
-                            "path {:?}: this waypoint writes access logs to /dev/stdout or \
-                             /dev/stderr",
-                            f.path
-                        ))
-                    })?;
+                    let path = LogPath::from_path(&f.path)
+                        .ok_or_else(|| at(ProviderError::LogPath(f.path.clone())))?;
                     let format = match f.log_format {
                         None => LogFormat::IstioText,
                         Some(LogFormatY {
@@ -150,9 +184,7 @@ impl MeshTelemetry {
                             labels: None,
                             ..
                         }) => LogFormat::IstioText,
-                        Some(_) => {
-                            return Err(at("logFormat: either text or labels, not both".into()))
-                        }
+                        Some(_) => return Err(at(ProviderError::TextAndLabels)),
                     };
                     Provider::AccessLog { path, format }
                 }
@@ -177,9 +209,7 @@ impl MeshTelemetry {
                                     .collect(),
                             )
                         }
-                        (Some(_), Some(_)) => {
-                            return Err(at("either http or grpc, not both".into()))
-                        }
+                        (Some(_), Some(_)) => return Err(at(ProviderError::HttpAndGrpc)),
                     };
                     tracing(o.service, o.port, path, timeout, headers, protocol)
                         .map(|collector| Provider::Tracing {
@@ -238,12 +268,12 @@ fn tracing(
     timeout: Option<String>,
     headers: Vec<(String, String)>,
     protocol: CollectorProtocol,
-) -> Result<Collector, String> {
+) -> Result<Collector, ProviderError> {
     if service.is_empty() {
-        return Err("service is required".into());
+        return Err(ProviderError::NoService);
     }
     if port == 0 {
-        return Err("port is required".into());
+        return Err(ProviderError::NoPort);
     }
     // A service is `[namespace/]hostname`; the host is what is dialled.
     let host = service
@@ -252,7 +282,8 @@ fn tracing(
         .to_string();
     let timeout = match timeout {
         None => Duration::from_secs(10),
-        Some(t) => super::fields::parse_duration(&t).map_err(|e| format!("timeout {t:?}: {e}"))?,
+        Some(t) => super::fields::parse_duration(&t)
+            .map_err(|source| ProviderError::Timeout { value: t, source })?,
     };
     Ok(Collector {
         protocol,
@@ -273,8 +304,8 @@ fn labels_json(labels: &BTreeMap<String, serde_json::Value>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
 
-fn from_value<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(v).map_err(|e| e.to_string())
+fn from_value<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ProviderError> {
+    Ok(serde_json::from_value(v)?)
 }
 
 #[derive(Deserialize)]

@@ -182,14 +182,27 @@ fn custom_tag(name: &str, t: &CustomTagY) -> Option<CustomTag> {
     })
 }
 
+/// Why a Telemetry does not apply to this waypoint (warned, and the Telemetry left out).
+#[derive(Debug, thiserror::Error)]
+enum NotForThisWaypoint {
+    #[error(
+        "selects workloads (sidecars); a waypoint takes a Telemetry of its namespace, of the \
+         root namespace, or one whose targetRefs name it"
+    )]
+    Selector,
+    #[error("applies to namespace {namespace}, not this waypoint's ({waypoint})")]
+    OtherNamespace { namespace: String, waypoint: String },
+    #[error(
+        "its targetRefs do not name this waypoint (Gateway {namespace}/{name}); a Telemetry for \
+         services is not supported yet"
+    )]
+    NotTargeted { namespace: String, name: String },
+}
+
 /// Where a Telemetry applies, from the most general level (0) to this waypoint's own (2).
-fn level(ir: &TelemetryIr, waypoint: &WaypointRef) -> Result<usize, String> {
+fn level(ir: &TelemetryIr, waypoint: &WaypointRef) -> Result<usize, NotForThisWaypoint> {
     if ir.spec.selector.is_some() {
-        return Err(
-            "selects workloads (sidecars); a waypoint takes a Telemetry of its \
-                    namespace, of the root namespace, or one whose targetRefs name it"
-                .into(),
-        );
+        return Err(NotForThisWaypoint::Selector);
     }
     let targets: Vec<&TargetRef> = ir
         .spec
@@ -204,10 +217,10 @@ fn level(ir: &TelemetryIr, waypoint: &WaypointRef) -> Result<usize, String> {
         } else if ir.namespace == waypoint.namespace {
             Ok(1)
         } else {
-            Err(format!(
-                "applies to namespace {}, not this waypoint's ({})",
-                ir.namespace, waypoint.namespace
-            ))
+            Err(NotForThisWaypoint::OtherNamespace {
+                namespace: ir.namespace.clone(),
+                waypoint: waypoint.namespace.clone(),
+            })
         };
     }
     for t in targets {
@@ -228,11 +241,10 @@ fn level(ir: &TelemetryIr, waypoint: &WaypointRef) -> Result<usize, String> {
             _ => {}
         }
     }
-    Err(format!(
-        "its targetRefs do not name this waypoint (Gateway {}/{}); a Telemetry for services \
-         is not supported yet",
-        waypoint.namespace, waypoint.name
-    ))
+    Err(NotForThisWaypoint::NotTargeted {
+        namespace: waypoint.namespace.clone(),
+        name: waypoint.name.clone(),
+    })
 }
 
 fn server_side(m: &Option<MatchY>) -> bool {

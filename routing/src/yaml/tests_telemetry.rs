@@ -286,7 +286,7 @@ fn mesh_config_errors_name_the_provider() {
         ),
         ("accessLogEncoding: XML\n", "accessLogEncoding"),
     ] {
-        let e = MeshTelemetry::parse(mesh).expect_err(mesh);
+        let e = MeshTelemetry::parse(mesh).expect_err(mesh).to_string();
         assert!(e.contains(want), "{e}");
     }
 }

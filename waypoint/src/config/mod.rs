@@ -222,14 +222,35 @@ impl RunConfig {
     }
 }
 
+/// Why the meshConfig file's telemetry part cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshConfigError {
+    #[error("reading mesh config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mesh config {}: {source}", path.display())]
+    Telemetry {
+        path: PathBuf,
+        source: routing::yaml::mesh_config::MeshTelemetryError,
+    },
+}
+
 /// The telemetry providers and defaults of the meshConfig file at `path`, with warnings.
 pub fn mesh_telemetry(
     path: &std::path::Path,
-) -> Result<(routing::yaml::mesh_config::MeshTelemetry, Vec<String>), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("reading mesh config {}: {e}", path.display()))?;
-    routing::yaml::mesh_config::MeshTelemetry::parse(&text)
-        .map_err(|e| format!("mesh config {}: {e}", path.display()))
+) -> Result<(routing::yaml::mesh_config::MeshTelemetry, Vec<String>), MeshConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| MeshConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    routing::yaml::mesh_config::MeshTelemetry::parse(&text).map_err(|source| {
+        MeshConfigError::Telemetry {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Which waypoint this is, for AuthorizationPolicy `targetRefs` in YAML config, and the YAML

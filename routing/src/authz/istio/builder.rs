@@ -174,7 +174,7 @@ impl Builder<'_> {
             match MatchRegex::new(&pattern) {
                 Ok(r) => StrMatch::Regex(r),
                 Err(e) => {
-                    self.error(field.into(), e);
+                    self.error(field.into(), e.to_string());
                     return None;
                 }
             }

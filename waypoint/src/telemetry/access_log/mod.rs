@@ -87,18 +87,25 @@ pub struct AccessLog {
     sampled_out: AtomicU64,
 }
 
+/// Why a sample rate (flag or environment variable) does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SampleRateError {
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    #[error("{0} is not in 0..=1 (0 switches logs off, 1 logs every line)")]
+    OutOfRange(String),
+}
+
 /// Parses a sample rate for a command-line flag: a number in 0..=1.
-pub fn parse_sample_rate(s: &str) -> Result<f64, String> {
+pub fn parse_sample_rate(s: &str) -> Result<f64, SampleRateError> {
     let rate: f64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
+        .map_err(|_| SampleRateError::NotANumber(s.to_string()))?;
     if (0.0..=1.0).contains(&rate) {
         Ok(rate)
     } else {
-        Err(format!(
-            "{s} is not in 0..=1 (0 switches logs off, 1 logs every line)"
-        ))
+        Err(SampleRateError::OutOfRange(s.to_string()))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{filter, AccessLog, JsonTemplate, Line, Renderer, Sink, Template};
+use super::{filter, AccessLog, JsonTemplate, Line, Renderer, Sink, Template, TemplateError};
 
 /// The Telemetry API's logs.
 #[derive(Default)]
@@ -14,6 +14,17 @@ pub(super) struct Configured {
     pub(super) response_headers: Vec<String>,
 }
 
+/// Why a configured sink cannot be used (the caller names its provider).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SinkError {
+    #[error("format: {0}")]
+    Text(#[source] TemplateError),
+    #[error("JSON format: {0}")]
+    Json(#[source] TemplateError),
+    #[error("filter: {0}")]
+    Filter(#[from] filter::FilterError),
+}
+
 pub(super) struct ConfiguredSink {
     renderer: Renderer,
     filter: Option<filter::LogFilter>,
@@ -21,22 +32,19 @@ pub(super) struct ConfiguredSink {
 }
 
 impl ConfiguredSink {
-    pub(super) fn new(sink: &routing::telemetry::AccessLogSink) -> Result<Self, String> {
+    pub(super) fn new(sink: &routing::telemetry::AccessLogSink) -> Result<Self, SinkError> {
         use routing::telemetry::LogFormat;
         let renderer = match &sink.format {
             LogFormat::IstioText => Renderer::Text(Template::istio_default().clone()),
             LogFormat::IstioJson => Renderer::DefaultJson,
-            LogFormat::Text(t) => Renderer::text(t).map_err(|e| format!("format: {e}"))?,
-            LogFormat::Json(j) => {
-                Renderer::Json(JsonTemplate::parse(j).map_err(|e| format!("JSON format: {e}"))?)
-            }
+            LogFormat::Text(t) => Renderer::text(t).map_err(SinkError::Text)?,
+            LogFormat::Json(j) => Renderer::Json(JsonTemplate::parse(j).map_err(SinkError::Json)?),
         };
         let filter = sink
             .filter
             .as_deref()
             .map(filter::LogFilter::compile)
-            .transpose()
-            .map_err(|e| format!("filter: {e}"))?;
+            .transpose()?;
         Ok(Self {
             renderer,
             filter,

@@ -87,6 +87,33 @@ impl Exporter {
     }
 }
 
+/// Why spans cannot leave: the exporter does not build, or a batch is not delivered.
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    #[error("header {name}: {source}")]
+    HeaderName {
+        name: String,
+        source: tonic::metadata::errors::InvalidMetadataKey,
+    },
+    #[error("header {name}: {source}")]
+    HeaderValue {
+        name: String,
+        source: tonic::metadata::errors::InvalidMetadataValue,
+    },
+    #[error(transparent)]
+    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error(transparent)]
+    Otlp(#[from] opentelemetry_sdk::error::OTelSdkError),
+    /// The Zipkin JSON body does not serialize.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// The Zipkin request is not sent or not answered.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error("collector answered {0}")]
+    Status(reqwest::StatusCode),
+}
+
 enum Sender {
     Otlp(Box<opentelemetry_otlp::SpanExporter>),
     Zipkin(Zipkin),
@@ -141,7 +168,7 @@ async fn export(
 ) {
     let n = batch.len() as u64;
     let result = match &sender {
-        Sender::Otlp(e) => e.export(batch).await.map_err(|e| e.to_string()),
+        Sender::Otlp(e) => e.export(batch).await.map_err(ExportError::from),
         Sender::Zipkin(z) => z.export(batch).await,
     };
     match result {
@@ -170,7 +197,7 @@ fn authority(c: &Collector) -> String {
     }
 }
 
-fn build(c: &Collector, service: &str) -> Result<Sender, String> {
+fn build(c: &Collector, service: &str) -> Result<Sender, ExportError> {
     let resource = opentelemetry_sdk::Resource::builder_empty()
         .with_service_name(service.to_string())
         .build();
@@ -187,9 +214,17 @@ fn build(c: &Collector, service: &str) -> Result<Sender, String> {
         CollectorProtocol::OtlpGrpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
             for (k, v) in &c.headers {
-                let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
-                    .map_err(|e| format!("header {k}: {e}"))?;
-                let value = v.parse().map_err(|e| format!("header {k}: {e}"))?;
+                let key =
+                    tonic::metadata::MetadataKey::from_bytes(k.as_bytes()).map_err(|source| {
+                        ExportError::HeaderName {
+                            name: k.clone(),
+                            source,
+                        }
+                    })?;
+                let value = v.parse().map_err(|source| ExportError::HeaderValue {
+                    name: k.clone(),
+                    source,
+                })?;
                 metadata.insert(key, value);
             }
             opentelemetry_otlp::SpanExporter::builder()
@@ -205,8 +240,7 @@ fn build(c: &Collector, service: &str) -> Result<Sender, String> {
             .with_timeout(c.timeout)
             .with_headers(c.headers.iter().cloned().collect())
             .build(),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     exporter.set_resource(&resource);
     Ok(Sender::Otlp(Box::new(exporter)))
 }
@@ -262,9 +296,9 @@ impl Zipkin {
         span
     }
 
-    async fn export(&self, batch: Vec<SpanData>) -> Result<(), String> {
+    async fn export(&self, batch: Vec<SpanData>) -> Result<(), ExportError> {
         let body: Vec<serde_json::Value> = batch.iter().map(|s| self.span(s)).collect();
-        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&body)?;
         let mut req = self
             .client
             .post(&self.url)
@@ -274,11 +308,11 @@ impl Zipkin {
         for (k, v) in &self.headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let resp = req.send().await?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!("collector answered {}", resp.status()))
+            Err(ExportError::Status(resp.status()))
         }
     }
 }

@@ -152,6 +152,18 @@ pub enum FilterError {
     },
 }
 
+/// Why an expression gives no verdict on a line (the line is not written).
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Execution(#[from] cel::ExecutionError),
+    #[error("access log filter {expression:?} evaluated to a {type_name}, not a bool")]
+    NotBool {
+        expression: String,
+        type_name: String,
+    },
+}
+
 /// A compiled access-log filter expression.
 pub struct LogFilter {
     program: Program,
@@ -211,22 +223,20 @@ impl LogFilter {
 
     /// `Ok(true)`: write the line. `Err`: an evaluation error, or a result that is not a bool
     /// (the caller counts it, and does not write the line).
-    pub fn evaluate(&self, line: &Line<'_>) -> Result<bool, String> {
+    pub fn evaluate(&self, line: &Line<'_>) -> Result<bool, EvalError> {
         let attributes = Attributes {
             line,
             roots: self.roots,
         };
         let mut context = Context::with_env(Arc::clone(&ENV));
         context.set_variable_resolver(&attributes);
-        let value =
-            Value::resolve_val(self.program.expression(), &context).map_err(|e| e.to_string())?;
+        let value = Value::resolve_val(self.program.expression(), &context)?;
         match value.downcast_ref::<CelBool>() {
             Some(b) => Ok(*b.inner()),
-            None => Err(format!(
-                "access log filter {:?} evaluated to a {}, not a bool",
-                self.expression,
-                value.get_type().name()
-            )),
+            None => Err(EvalError::NotBool {
+                expression: self.expression.clone(),
+                type_name: value.get_type().name().to_string(),
+            }),
         }
     }
 

@@ -40,7 +40,7 @@ pub(super) fn http() -> Entry {
     }
 }
 
-pub(super) fn eval(expression: &str, e: &Entry) -> Result<bool, String> {
+pub(super) fn eval(expression: &str, e: &Entry) -> Result<bool, EvalError> {
     filter(expression).evaluate(&e.line())
 }
 
@@ -82,7 +82,7 @@ fn istio_example_request_header() {
     assert_eq!(f.evaluate(&e.line()), Ok(false));
     // Absent header: no such key, an evaluation error; the line is not written.
     e.request_headers = vec![("x-other".into(), "on".into())];
-    let err = f.evaluate(&e.line()).unwrap_err();
+    let err = f.evaluate(&e.line()).unwrap_err().to_string();
     assert!(err.contains("x-debug"), "{err}");
     assert!(!f.matches(&e.line()));
     // Envoy lowercases the key; repeated headers are joined with `,`.
@@ -240,7 +240,7 @@ fn unknown_roots_and_fields_do_not_compile() {
 #[test]
 fn non_bool_results_are_errors() {
     let f = filter("response.code");
-    let err = f.evaluate(&http().line()).unwrap_err();
+    let err = f.evaluate(&http().line()).unwrap_err().to_string();
     assert!(err.contains("int"), "{err}");
     assert!(!f.matches(&http().line()));
     for expr in [
@@ -269,7 +269,7 @@ fn absent_attributes_are_errors() {
         "connection.termination_details == ''",
     ] {
         let f = filter(expr);
-        let err = f.evaluate(&e.line()).unwrap_err();
+        let err = f.evaluate(&e.line()).unwrap_err().to_string();
         assert!(err.contains("No such key"), "{expr}: {err}");
         assert!(!f.matches(&e.line()), "{expr}");
     }

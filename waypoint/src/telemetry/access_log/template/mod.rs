@@ -76,7 +76,7 @@ pub enum TemplateError {
     Invalid {
         token: String,
         offset: usize,
-        reason: String,
+        reason: InvalidOperator,
     },
     #[error("json_format: {0}")]
     Json(String),
@@ -85,6 +85,40 @@ pub enum TemplateError {
         key: String,
         source: Box<TemplateError>,
     },
+}
+
+/// What is wrong with a command operator (follows `invalid command operator TOKEN at offset N: `).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidOperator {
+    #[error(
+        "expected an operator name (A-Z, 0-9, _) after '%'; write %% for a literal percent sign"
+    )]
+    NoName,
+    #[error("expected a maximum length (digits) after ':'")]
+    NoMaxLength,
+    #[error("maximum length {0} is too large")]
+    MaxLengthTooLarge(String),
+    #[error("expected '%' to close the operator")]
+    Unclosed,
+    #[error("%{0}% takes no arguments")]
+    NoArguments(String),
+    #[error("%{0}% needs a header name, e.g. %{0}(X-REQUEST-ID)%")]
+    NoHeaderName(String),
+    #[error(transparent)]
+    Header(#[from] HeaderArgError),
+    #[error(transparent)]
+    TimeFormat(#[from] time::UnsupportedTimeFormat),
+}
+
+/// What is wrong with the header names of a `REQ(X?Y)` / `RESP(X?Y)` argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderArgError {
+    #[error("more than one alternative header (X?Y) given")]
+    TooManyAlternatives,
+    #[error("empty header name")]
+    Empty,
+    #[error("header name {name:?} contains {found:?}")]
+    BadChar { name: String, found: char },
 }
 
 /// One piece of a compiled template.
@@ -242,22 +276,25 @@ pub fn hostname() -> Option<&'static str> {
         .as_deref()
 }
 
-fn header_arg(args: &str) -> Result<(String, Option<String>), String> {
+fn header_arg(args: &str) -> Result<(String, Option<String>), HeaderArgError> {
     let mut names = args.split('?');
     let main = names.next().unwrap_or_default();
     let alt = names.next();
     if names.next().is_some() {
-        return Err("more than one alternative header (X?Y) given".into());
+        return Err(HeaderArgError::TooManyAlternatives);
     }
-    let check = |n: &str| -> Result<String, String> {
+    let check = |n: &str| -> Result<String, HeaderArgError> {
         if n.is_empty() {
-            return Err("empty header name".into());
+            return Err(HeaderArgError::Empty);
         }
-        if let Some(c) = n
+        if let Some(found) = n
             .chars()
             .find(|c| c.is_whitespace() || c.is_control() || *c == '%')
         {
-            return Err(format!("header name {n:?} contains {c:?}"));
+            return Err(HeaderArgError::BadChar {
+                name: n.to_string(),
+                found,
+            });
         }
         Ok(n.to_ascii_lowercase())
     };
@@ -398,9 +435,7 @@ fn parse_operator(src: &str, start: usize) -> Result<(Piece, usize), TemplateErr
         return Err(TemplateError::Invalid {
             token: "%".into(),
             offset: start,
-            reason: "expected an operator name (A-Z, 0-9, _) after '%'; \
-                     write %% for a literal percent sign"
-                .into(),
+            reason: InvalidOperator::NoName,
         });
     }
     let mut args = None;
@@ -423,7 +458,7 @@ fn parse_operator(src: &str, start: usize) -> Result<(Piece, usize), TemplateErr
             return Err(TemplateError::Invalid {
                 token: token_until(i),
                 offset: start,
-                reason: "expected a maximum length (digits) after ':'".into(),
+                reason: InvalidOperator::NoMaxLength,
             });
         }
         max_len = Some(
@@ -432,7 +467,7 @@ fn parse_operator(src: &str, start: usize) -> Result<(Piece, usize), TemplateErr
                 .map_err(|_| TemplateError::Invalid {
                     token: token_until(i),
                     offset: start,
-                    reason: format!("maximum length {digits} is too large"),
+                    reason: InvalidOperator::MaxLengthTooLarge(digits.to_string()),
                 })?,
         );
         i = j;
@@ -444,12 +479,12 @@ fn parse_operator(src: &str, start: usize) -> Result<(Piece, usize), TemplateErr
         return Err(TemplateError::Invalid {
             token: token_until(i),
             offset: start,
-            reason: "expected '%' to close the operator".into(),
+            reason: InvalidOperator::Unclosed,
         });
     }
     let end = i + 1;
     let token = &src[start..end];
-    let invalid = |reason: String| TemplateError::Invalid {
+    let invalid = |reason: InvalidOperator| TemplateError::Invalid {
         token: token.to_string(),
         offset: start,
         reason,
@@ -461,18 +496,16 @@ fn parse_operator(src: &str, start: usize) -> Result<(Piece, usize), TemplateErr
         });
     };
     let op = match (shape, args) {
-        (Args::None, Some(_)) => return Err(invalid(format!("%{name}% takes no arguments"))),
-        (Args::Required, None) => {
-            return Err(invalid(format!(
-                "%{name}% needs a header name, e.g. %{name}(X-REQUEST-ID)%"
-            )))
-        }
+        (Args::None, Some(_)) => return Err(invalid(InvalidOperator::NoArguments(name.into()))),
+        (Args::Required, None) => return Err(invalid(InvalidOperator::NoHeaderName(name.into()))),
         (_, None) => op,
         (_, Some(a)) => match op {
             Op::StartTime(_) if a.is_empty() => Op::StartTime(None),
-            Op::StartTime(_) => Op::StartTime(Some(TimeFormat::parse(a).map_err(invalid)?)),
+            Op::StartTime(_) => {
+                Op::StartTime(Some(TimeFormat::parse(a).map_err(|e| invalid(e.into()))?))
+            }
             Op::Req { without_query, .. } => {
-                let (main, alt) = header_arg(a).map_err(invalid)?;
+                let (main, alt) = header_arg(a).map_err(|e| invalid(e.into()))?;
                 Op::Req {
                     main,
                     alt,
@@ -480,7 +513,7 @@ fn parse_operator(src: &str, start: usize) -> Result<(Piece, usize), TemplateErr
                 }
             }
             Op::Resp { .. } => {
-                let (main, alt) = header_arg(a).map_err(invalid)?;
+                let (main, alt) = header_arg(a).map_err(|e| invalid(e.into()))?;
                 Op::Resp { main, alt }
             }
             other => other,

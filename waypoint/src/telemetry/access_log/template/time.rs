@@ -81,8 +81,13 @@ enum TimePiece {
     SecondsFraction(u8),
 }
 
+/// A strftime run of a `START_TIME(...)` format that chrono cannot write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported time format {0:?}")]
+pub struct UnsupportedTimeFormat(String);
+
 impl TimeFormat {
-    pub fn parse(fmt: &str) -> Result<Self, String> {
+    pub fn parse(fmt: &str) -> Result<Self, UnsupportedTimeFormat> {
         let mut pieces = Vec::new();
         let mut run = String::new();
         let mut rest = fmt;
@@ -130,7 +135,7 @@ impl TimeFormat {
                 let bad = chrono::format::StrftimeItems::new(s)
                     .any(|i| matches!(i, chrono::format::Item::Error));
                 if bad {
-                    return Err(format!("unsupported time format {s:?}"));
+                    return Err(UnsupportedTimeFormat(s.clone()));
                 }
             }
         }
