@@ -176,8 +176,12 @@ async fn explain_agrees_with_the_data_path() {
     assert!(text.contains("lb ROUND_ROBIN"), "{text}");
 
     // Bad input names itself.
-    let err = explain(&snapshot, &args("GET", "http://nosuch:9080/", &[])).unwrap_err();
+    let err = explain(&snapshot, &args("GET", "http://nosuch:9080/", &[]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no service \"nosuch\""), "{err}");
-    let err = explain(&snapshot, &args("GET", "http://reviews:1234/", &[])).unwrap_err();
+    let err = explain(&snapshot, &args("GET", "http://reviews:1234/", &[]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("has no port 1234"), "{err}");
 }
