@@ -7,4 +7,6 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod telemetry;
+#[cfg(test)]
+mod tests_layout;
 pub mod transport;
