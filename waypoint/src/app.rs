@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::control::identity::{server_config, ClientConfigs, IdentityError, WorkloadCert};
+use crate::control::memory;
 use crate::dataplane::inbound::Inbound;
 use crate::dataplane::proxy::Waypoint;
 use crate::telemetry::access_log::AccessLog;
@@ -245,6 +246,8 @@ impl App {
 /// Free a replaced snapshot on a thread of its own. Freeing one of a large mesh takes tens of
 /// milliseconds (every name, map and route of every service), which the config thread's next
 /// xDS response would otherwise wait for; requests still holding it keep it alive as before.
+/// Once no snapshot has come for [`memory::QUIET`], the same thread returns the freed pages to
+/// the kernel ([`memory`]).
 pub(crate) fn retire(old: Arc<Snapshot>) {
     static RETIRED: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Arc<Snapshot>>>> =
         std::sync::OnceLock::new();
@@ -256,7 +259,7 @@ pub(crate) fn retire(old: Arc<Snapshot>) {
                 use crate::control::priority::{lower_this_thread, CONFIG_THREAD_NICE};
                 // Freeing is never urgent; a failure leaves it at the process's priority.
                 let _ = lower_this_thread(CONFIG_THREAD_NICE);
-                rx.into_iter().for_each(drop)
+                retire_and_trim(&rx)
             })
             .ok()
             .map(|_| tx)
@@ -264,5 +267,29 @@ pub(crate) fn retire(old: Arc<Snapshot>) {
     // Without the thread (it could not be started) it is freed here, as before.
     if let Some(tx) = tx {
         let _ = tx.send(old);
+    }
+}
+
+/// Drop each snapshot sent; trim once none has come for [`memory::QUIET`] after one was dropped.
+fn retire_and_trim(rx: &std::sync::mpsc::Receiver<Arc<Snapshot>>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut dropped = false;
+    loop {
+        let next = if dropped {
+            rx.recv_timeout(memory::QUIET)
+        } else {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        match next {
+            Ok(old) => {
+                drop(old);
+                dropped = true;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                memory::trim();
+                dropped = false;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod dns;
 pub mod identity;
 pub mod istio;
+pub mod memory;
 pub mod priority;
 pub mod reload;
 pub(crate) mod watch;

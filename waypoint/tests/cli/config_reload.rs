@@ -326,6 +326,31 @@ fn logged(logs: &std::sync::Mutex<Vec<String>>, needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// After a config change has settled, the freed pages go back to the kernel: the binary's trim
+/// is wired to the thread that frees replaced snapshots (the trim itself: main.rs's test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_config_change_returns_freed_pages() {
+    let net = Net::new();
+    let ca = Ca::new("trim test mesh").unwrap();
+    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
+    let config = temp_dir("trim-config");
+    write_config(&config, &ratings_routed_to(&net, "v1"));
+    let (child, addrs, _logs) = start_ready(&ca, &config, "trim-certs", &[]).await;
+    let (_, m) = waypoint_tests::http_request(addrs["stats"], "GET", "/stats/prometheus").await;
+    let before = metric(&m, "waypoint_memory_trims_total");
+    write_config(
+        &config,
+        &format!("# edited\n{}", ratings_routed_to(&net, "v1")),
+    );
+    wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n == 2).await;
+    let trims = wait_metric(addrs["stats"], "waypoint_memory_trims_total", |n| {
+        n > before
+    })
+    .await;
+    assert_eq!(trims, before + 1, "one change, one trim");
+    sigterm_and_wait(child).await;
+}
+
 /// Issue 13 item 10: entries named like config that are not files (a directory `x.yaml`, a
 /// dangling symlink, a symlink loop) used to pin the change fingerprint, so no later edit was
 /// ever applied and nothing was logged. Now each is reported (log, metric, /config_dump) and a

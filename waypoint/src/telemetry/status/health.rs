@@ -156,6 +156,19 @@ impl Collector for ProxyHealth {
             "Config directory entries reported as not files (each time one appears)",
             load(&status.config_unreadable_reports),
         )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_memory_trims",
+            "Times the allocator's freed pages were returned to the kernel once a config change \
+             had settled",
+            load(&crate::control::memory::TRIMS),
+        )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_memory_returned_bytes",
+            "Resident bytes those trims returned to the kernel",
+            load(&crate::control::memory::RETURNED_BYTES),
+        )?;
         if let Some(xds) = status.xds() {
             scalar_gauge(
                 &mut e,
