@@ -219,10 +219,34 @@ pub(super) async fn heap_mib(admin: SocketAddr) -> Option<f64> {
     digits.parse::<u64>().ok().map(|b| b as f64 / 1048576.0)
 }
 
+/// `waypoint_memory_trims_total` from the admin's Prometheus page (0 when absent: a waypoint
+/// built before the trim).
+async fn trims(admin: SocketAddr) -> u64 {
+    let Some((200, text)) = admin_get(admin, "/stats/prometheus").await else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("waypoint_memory_trims_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// The waypoint's RSS once it has returned its freed pages after the last change (its trim
+/// count passed `since`), or after 3 s (a waypoint without the trim).
+async fn settled_rss(waypoint: &WaypointProcess, since: u64) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while trims(waypoint.admin).await <= since && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    waypoint.rss_mib()
+}
+
 pub(super) struct PushRow {
     pub(super) n: usize,
     pub(super) startup: Duration,
     pub(super) rss_mib: Option<f64>,
+    /// RSS at ready once the freed pages went back ([`settled_rss`]).
+    pub(super) rss_settled: Option<f64>,
     /// The live heap at the same moment ([`heap_mib`]).
     pub(super) heap_mib: Option<f64>,
     /// RSS and live heap after the pushes.
@@ -327,10 +351,12 @@ pub(super) async fn measure_push(
     } = serve(tpl, &services, exe, dst).await?;
     let rss_mib = waypoint.rss_mib();
     let heap_mib = heap_mib(waypoint.admin).await;
+    let rss_settled = settled_rss(&waypoint, 0).await;
     eprintln!(
-        "  N={n}: waypoint ready {:.0} ms after spawn, RSS {:.0} MiB, heap {:.0} MiB",
+        "  N={n}: waypoint ready {:.0} ms after spawn, RSS {:.0} MiB ({:.0} settled), heap {:.0} MiB",
         ms(startup),
         rss_mib.unwrap_or(0.0),
+        rss_settled.unwrap_or(0.0),
         heap_mib.unwrap_or(0.0)
     );
 
@@ -347,6 +373,7 @@ pub(super) async fn measure_push(
         n,
         startup,
         rss_mib,
+        rss_settled,
         heap_mib,
         rss_after: None,
         heap_after: None,
@@ -438,9 +465,11 @@ pub(super) async fn measure_push(
     if !server.nacks().is_empty() {
         eprintln!("  note: N={n}: NACKs: {:?}", server.nacks());
     }
-    // After the pushes: what a waypoint holds once nothing is in flight (at ready it also
-    // holds the initial sync's last response, freed when the next one arrives).
-    row.rss_after = waypoint.rss_mib();
+    // After the pushes: what a waypoint holds once nothing is in flight and the freed pages
+    // went back (at ready it also holds the initial sync's last response, freed when the next
+    // one arrives).
+    let since = trims(waypoint.admin).await;
+    row.rss_after = settled_rss(&waypoint, since).await;
     row.heap_after = self::heap_mib(waypoint.admin).await;
     drop(waypoint);
     server.stop().await;
@@ -474,10 +503,11 @@ pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
         "push latency ({pushes} pushes per row; min / median / max, ms; from the server's set):"
     );
     println!(
-        "{:>6} {:>10} {:>8} {:>9} {:>10}  {:>23}  {:>23}  {:>23}  {:>23} {:>9} {:>9}",
+        "{:>6} {:>10} {:>8} {:>8} {:>9} {:>10}  {:>23}  {:>23}  {:>23}  {:>23} {:>9} {:>9}",
         "N",
         "ready ms",
         "RSS MiB",
+        "settled",
         "heap MiB",
         "after MiB",
         "new svc → first 200",
@@ -491,10 +521,11 @@ pub(super) fn print_push(rows: &[PushRow], pushes: usize) {
         let polls: Vec<String> = r.attempts.iter().map(u32::to_string).collect();
         let w_polls: Vec<String> = r.weight_polls.iter().map(u32::to_string).collect();
         println!(
-            "{:>6} {:>10.0} {:>8} {:>9} {:>10} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",
+            "{:>6} {:>10.0} {:>8} {:>8} {:>9} {:>10} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",
             r.n,
             ms(r.startup),
             r.rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+            r.rss_settled.map_or("-".into(), |m| format!("{m:.0}")),
             r.heap_mib.map_or("-".into(), |m| format!("{m:.0}")),
             match (r.rss_after, r.heap_after) {
                 (Some(rss), Some(heap)) => format!("{rss:.0}/{heap:.0}"),
