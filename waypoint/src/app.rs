@@ -126,6 +126,8 @@ impl App {
         telemetry_api.apply(snapshot.telemetry());
         let _first_wins = status.telemetry_api.set(telemetry_api.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        // The first config's scratch (a large mesh's first translation) is returned too.
+        settled_later();
         let drain = Arc::new(crate::dataplane::drain::Drain::default());
         let client = Arc::new(
             HboneClient::with_limits(Arc::new(ClientConfigs::new(cert)), settings.upstream)
@@ -249,10 +251,21 @@ impl App {
 /// Once no snapshot has come for [`memory::QUIET`], the same thread returns the freed pages to
 /// the kernel ([`memory`]).
 pub(crate) fn retire(old: Arc<Snapshot>) {
-    static RETIRED: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Arc<Snapshot>>>> =
+    retired(Some(old));
+}
+
+/// A config was installed without replacing one (the first): trim once it has settled, as
+/// after a [`retire`].
+fn settled_later() {
+    retired(None);
+}
+
+fn retired(old: Option<Arc<Snapshot>>) {
+    type Retired = Option<Arc<Snapshot>>;
+    static RETIRED: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Retired>>> =
         std::sync::OnceLock::new();
     let tx = RETIRED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<Snapshot>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Retired>();
         std::thread::Builder::new()
             .name("retired snapshots".into())
             .spawn(move || {
@@ -270,12 +283,12 @@ pub(crate) fn retire(old: Arc<Snapshot>) {
     }
 }
 
-/// Drop each snapshot sent; trim once none has come for [`memory::QUIET`] after one was dropped.
-fn retire_and_trim(rx: &std::sync::mpsc::Receiver<Arc<Snapshot>>) {
+/// Drop each snapshot sent; trim once nothing has come for [`memory::QUIET`] after something.
+fn retire_and_trim(rx: &std::sync::mpsc::Receiver<Option<Arc<Snapshot>>>) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut dropped = false;
+    let mut pending = false;
     loop {
-        let next = if dropped {
+        let next = if pending {
             rx.recv_timeout(memory::QUIET)
         } else {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
@@ -283,11 +296,11 @@ fn retire_and_trim(rx: &std::sync::mpsc::Receiver<Arc<Snapshot>>) {
         match next {
             Ok(old) => {
                 drop(old);
-                dropped = true;
+                pending = true;
             }
             Err(RecvTimeoutError::Timeout) => {
                 memory::trim();
-                dropped = false;
+                pending = false;
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }
