@@ -33,7 +33,7 @@ pub enum DurationError {
 
 /// Parse a duration in Istio's (Go's) string form: `"1h"`, `"1m30s"`,
 /// `"1.5s"`, `"100ms"`, `"250us"`, `"0"`.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     if t.starts_with('-') {
         return Err(DurationError::Negative);

@@ -16,6 +16,7 @@ mod destination_rule;
 mod diag;
 mod docs;
 mod fields;
+pub use fields::{parse_duration, DurationError};
 mod files;
 mod http_route;
 mod kinds;

@@ -12,7 +12,7 @@ mod parse;
 pub(crate) mod tests;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -222,14 +222,28 @@ impl RunConfig {
     }
 }
 
+/// The meshConfig file cannot be read (its telemetry part and its authorization providers are
+/// read from it apart).
+#[derive(Debug, thiserror::Error)]
+#[error("reading mesh config {}: {source}", path.display())]
+pub struct MeshConfigReadError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// The meshConfig file's text.
+pub fn read_mesh_config(path: &Path) -> Result<String, MeshConfigReadError> {
+    std::fs::read_to_string(path).map_err(|source| MeshConfigReadError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Why the meshConfig file's telemetry part cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshConfigError {
-    #[error("reading mesh config {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] MeshConfigReadError),
     #[error("mesh config {}: {source}", path.display())]
     Telemetry {
         path: PathBuf,
@@ -241,10 +255,7 @@ pub enum MeshConfigError {
 pub fn mesh_telemetry(
     path: &std::path::Path,
 ) -> Result<(routing::yaml::mesh_config::MeshTelemetry, Vec<String>), MeshConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| MeshConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read_mesh_config(path)?;
     routing::yaml::mesh_config::MeshTelemetry::parse(&text).map_err(|source| {
         MeshConfigError::Telemetry {
             path: path.to_path_buf(),

@@ -9,7 +9,6 @@
 //! `PROXY_CONFIG` and the agent flags, which win over defaults.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -54,21 +53,6 @@ struct ProxyConfig {
     proxy_admin_port: Option<u16>,
     concurrency: Option<usize>,
     discovery_address: Option<String>,
-}
-
-/// `"5s"`, `"1.5s"`, `"100ms"`, `"2m"` (protobuf JSON durations and Go duration strings).
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Envoy's `--proxyLogLevel` values as a tracing level.
@@ -152,7 +136,9 @@ pub fn resolve(
     if let Some(raw) = env(vars::PROXY_CONFIG).filter(|v| !v.trim().is_empty()) {
         let pc: ProxyConfig = serde_json::from_str(&raw).map_err(IstioError::ProxyConfig)?;
         if let Some(d) = &pc.termination_drain_duration {
-            let d = parse_duration(d).ok_or_else(|| IstioError::DrainDuration(d.clone()))?;
+            // A Go duration string, as the agent reads it.
+            let d = routing::yaml::parse_duration(d)
+                .map_err(|_| IstioError::DrainDuration(d.clone()))?;
             if !set(vars::WAYPOINT_DRAIN_SECONDS) {
                 run.drain_seconds = d.as_secs().max(1);
             }
@@ -218,6 +204,8 @@ pub fn resolve(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn args(s: &str) -> Vec<String> {
@@ -346,11 +334,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("-1s"), None);
+        let parse = |s| routing::yaml::parse_duration(s).ok();
+        assert_eq!(parse("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse("100ms"), Some(Duration::from_millis(100)));
+        assert_eq!(parse("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("5"), None);
+        assert_eq!(parse("-1s"), None);
     }
 }

@@ -85,11 +85,8 @@ struct BodyY {
 /// Why the mesh config's providers cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshConfigError {
-    #[error("reading mesh config {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::config::MeshConfigReadError),
     #[error("mesh config {}: {source}", path.display())]
     Parse {
         path: PathBuf,
@@ -119,10 +116,7 @@ pub enum ProviderError {
 /// The providers of a meshConfig YAML file (`extensionProviders`), by name. Providers of other
 /// kinds (tracing, logging) are ignored; malformed ext_authz ones are errors naming them.
 pub fn load_providers(path: &Path) -> Result<HashMap<String, Provider>, MeshConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| MeshConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::config::read_mesh_config(path)?;
     let mesh: MeshConfigY = serde_saphyr::from_str(&text).map_err(|e| MeshConfigError::Parse {
         path: path.to_path_buf(),
         source: Box::new(e),
@@ -208,17 +202,9 @@ fn lower(v: &[String]) -> Vec<String> {
     v.iter().map(|s| s.to_ascii_lowercase()).collect()
 }
 
-/// `2s`, `500ms`, `1m` (the forms meshConfig durations take).
+/// A positive meshConfig duration (Go's form: `2s`, `500ms`, `1m30s`).
 pub(super) fn parse_seconds(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);
-    let n: f64 = n.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    routing::yaml::parse_duration(s)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
