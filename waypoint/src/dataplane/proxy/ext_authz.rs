@@ -347,6 +347,7 @@ mod tests {
         assert!(!listed(&p, "cookie"));
         assert_eq!(parse_seconds("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_seconds("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_seconds("0s"), None);
         assert_eq!(parse_seconds("soon"), None);
     }
