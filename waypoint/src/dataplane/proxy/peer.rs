@@ -143,11 +143,7 @@ impl Waypoint {
                 &expected,
                 ctx.upstream_h2,
             )
-            .map_err(|e| {
-                let e = e.to_string();
-                *ctx.failure.lock() = Some(e.clone());
-                Error::explain(ErrorType::TLSHandshakeFailure, e)
-            })?;
+            .map_err(|e| tls_setup_failed(ctx, e))?;
             peer.group_key = 0;
             peer.options.connection_timeout = policy.connect_timeout;
             peer.options.custom_l4 = Some(Arc::new(crate::dataplane::direct::TlsConnector {
@@ -168,11 +164,8 @@ impl Waypoint {
             peer.group_key = 0;
             peer.options.connection_timeout = policy.connect_timeout;
             if let Some(tls) = tls {
-                let config = crate::dataplane::direct::tls_config(&tls).map_err(|e| {
-                    let e = e.to_string();
-                    *ctx.failure.lock() = Some(e.clone());
-                    Error::explain(ErrorType::TLSHandshakeFailure, e)
-                })?;
+                let config = crate::dataplane::direct::tls_config(&tls)
+                    .map_err(|e| tls_setup_failed(ctx, e))?;
                 // Envoy's auto_sni: the request's host when the DestinationRule names no sni.
                 let sni = tls.sni.clone().or_else(|| {
                     authority(session.req_header())
@@ -346,6 +339,14 @@ impl Waypoint {
 /// (or `_after_` once the response began) with the reset reason in braces, then `|` and the
 /// transport failure reason when there is one, spaces made `_`; a timeout is
 /// `upstream_response_timeout`. `None`: not an upstream failure.
+/// A direct endpoint's TLS cannot be set up: the reason is the attempt's transport failure
+/// (for the response details) and the error pingora sees.
+fn tls_setup_failed(ctx: &RequestCtx, e: crate::dataplane::direct::DirectError) -> Box<Error> {
+    let e = e.to_string();
+    *ctx.failure.lock() = Some(e.clone());
+    Error::explain(ErrorType::TLSHandshakeFailure, e)
+}
+
 fn reset_details(e: &Error, started: bool, transport: Option<&str>) -> Option<String> {
     use ErrorType::*;
     if e.esource() != &ErrorSource::Upstream {

@@ -170,9 +170,9 @@ impl HboneServer {
             tokio::select! {
                 (tcp, peer) = listeners.accept("hbone", &listener, &stats) => {
                     let shutdown = shutdown.clone();
+                    let server = self.clone();
                     match &self.workers {
                         Some(workers) => {
-                            let server = self.clone();
                             let serve = move |tcp| server.connection(tcp, peer, shutdown);
                             if let Err(e) = workers.spawn_connection(tcp, serve) {
                                 self.refuse("worker", |suppressed| {
@@ -182,7 +182,6 @@ impl HboneServer {
                             }
                         }
                         None => {
-                            let server = self.clone();
                             tokio::spawn(async move { server.connection(tcp, peer, shutdown).await });
                         }
                     }
