@@ -264,7 +264,14 @@ pub(super) async fn open_idle(mesh: &Mesh, n: usize, max: Duration) -> anyhow::R
 pub(super) async fn profile(mesh: &Mesh, args: &Args) -> anyhow::Result<String> {
     let data = mesh.dir.join("perf.data");
     let mut perf = Command::new("perf")
-        .args(["record", "-F", "999", "-g", "-o"])
+        .args([
+            "record",
+            "-F",
+            "999",
+            "--call-graph",
+            &args.perf_call_graph,
+            "-o",
+        ])
         .arg(&data)
         .args(["-p", &mesh.waypoint.pid().to_string()])
         .stdout(Stdio::null())

@@ -100,6 +100,11 @@ struct Args {
     /// print its top symbols.
     #[arg(long)]
     perf: bool,
+    /// `perf record --call-graph` mode of `--perf` (`fp` needs frame pointers, which release
+    /// builds omit; `dwarf` unwinds any build, at more cost). The recording stays in the run's
+    /// directory (`perf.data`) for `perf report`.
+    #[arg(long, default_value = "fp")]
+    perf_call_graph: String,
     /// Loopback address of the app and its terminator (the endpoint's pod and node).
     #[arg(long, default_value = "127.0.77.1")]
     pod_ip: IpAddr,

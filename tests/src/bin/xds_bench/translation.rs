@@ -143,7 +143,9 @@ pub(super) fn memory_in_child(exe: &Path, n: usize, anys: &[Any]) -> anyhow::Res
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {}", exe.display()));
-    if let Err(e) = std::fs::remove_file(&file) {
+    if std::env::var_os(KEEP_PROBE_ENV).is_some() {
+        eprintln!("  N={n}: probe input kept: {}", file.display());
+    } else if let Err(e) = std::fs::remove_file(&file) {
         eprintln!("  note: could not remove {}: {e}", file.display());
     }
     let out = out?;
@@ -242,6 +244,12 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     let published = Arc::new(published);
     translator.published(&published);
     let memo = (heap().live - before_memo) - live;
+    if std::env::var_os(EXIT_HELD_ENV).is_some() {
+        // What is live now is what a heap profiler reports as leaked: the translator's memo and
+        // its published snapshot (plus the probe's input).
+        drop(snapshot);
+        std::process::exit(0);
+    }
     drop((translator, published, encoded));
     drop(names);
     if std::env::var_os(BREAKDOWN_ENV).is_some() {
@@ -284,6 +292,14 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     drop((snapshot, options, list, bytes));
     Ok(())
 }
+
+/// Set (to anything) to keep the probe child's input, for `xds_bench --probe-memory FILE` under
+/// a heap profiler (`heaptrack`).
+const KEEP_PROBE_ENV: &str = "XDS_BENCH_KEEP_PROBE";
+
+/// Set (to anything) to have the probe child exit while the translator and the snapshot it
+/// published are live, so that a heap profiler reports them as leaked, by call site.
+const EXIT_HELD_ENV: &str = "XDS_BENCH_PROBE_EXIT_HELD";
 
 /// Set (to anything) to have the probe child print where the snapshot's bytes go.
 pub(super) const BREAKDOWN_ENV: &str = "XDS_BENCH_BREAKDOWN";
