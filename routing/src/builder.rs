@@ -376,7 +376,8 @@ pub(crate) fn shrink_rule(dr: &mut DestinationRule) {
             .iter_mut()
             .filter_map(|s| s.traffic_policy.as_mut()),
     );
-    for tp in policies {
+    // A shared policy was shrunk before it was shared ([`TrafficPolicy::shared`]).
+    for tp in policies.filter_map(Arc::get_mut) {
         tp.port_level_settings.shrink_to_fit();
     }
 }
@@ -427,7 +428,7 @@ fn port_clusters(
     } else {
         "http"
     };
-    let top = dr.and_then(|d| d.traffic_policy.as_ref());
+    let top = dr.and_then(|d| d.traffic_policy.as_deref());
     // Each identity parsed once for the port's clusters (the pods of a subset are in `all` too).
     let mut ids: HashMap<String, IdentityParse> = HashMap::new();
     let mut make = |subset: Option<&str>,
@@ -469,7 +470,7 @@ fn port_clusters(
     // Sorted by name; of a repeated name the last is kept, as a map collected in order would.
     let mut subsets: Vec<Cluster> = Vec::new();
     for s in dr.map_or(&[][..], |d| d.subsets.as_slice()) {
-        let cluster = make(Some(&s.name), s.traffic_policy.as_ref(), Some(&s.labels));
+        let cluster = make(Some(&s.name), s.traffic_policy.as_deref(), Some(&s.labels));
         match subsets.binary_search_by(|c| c.subset.as_deref().unwrap_or("").cmp(&s.name)) {
             Ok(i) => subsets[i] = cluster,
             Err(i) => subsets.insert(i, cluster),

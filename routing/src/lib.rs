@@ -19,6 +19,7 @@ mod outlier;
 pub mod path;
 mod policy;
 mod pool;
+mod recent;
 pub mod runtime;
 mod shards;
 mod snapshot;

@@ -509,9 +509,14 @@ impl VirtualService {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Subset {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// Merged over the rule's policy (see [`crate::ClusterPolicy::merge`]).
-    pub traffic_policy: Option<TrafficPolicy>,
+    /// Shared: the xDS front-end gives the subsets of one name one map, whichever service's
+    /// (a subset there is the one label `xds.subset/<name>: "true"`).
+    #[serde(serialize_with = "serialize_arc")]
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// Merged over the rule's policy (see [`crate::ClusterPolicy::merge`]). Shared: the xDS
+    /// front-end gives equal policies one allocation (istiod gives a waypoint's clusters one).
+    #[serde(serialize_with = "serialize_opt_arc")]
+    pub traffic_policy: Option<Arc<TrafficPolicy>>,
 }
 
 /// A compiled DestinationRule (host already resolved to an FQDN).
@@ -520,7 +525,9 @@ pub struct DestinationRule {
     pub namespace: String,
     pub name: String,
     pub host: String,
-    pub traffic_policy: Option<TrafficPolicy>,
+    /// Shared as a subset's is.
+    #[serde(serialize_with = "serialize_opt_arc")]
+    pub traffic_policy: Option<Arc<TrafficPolicy>>,
     pub subsets: Vec<Subset>,
 }
 

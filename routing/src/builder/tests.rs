@@ -39,7 +39,7 @@ fn service() -> Service {
 fn subset(name: &str) -> crate::model::Subset {
     crate::model::Subset {
         name: name.into(),
-        labels: [("version".to_string(), name.to_string())].into(),
+        labels: Arc::new([("version".to_string(), name.to_string())].into()),
         traffic_policy: None,
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 impl ClusterEndpoint {
     /// Ejected at `now` (after replaying the interval ticks up to `now`).
     pub(super) fn ejected_at(&self, now: Instant, origin: Instant, s: &OutlierSettings) -> bool {
-        let mut h = lock(&self.runtime.outlier);
+        let mut h = lock(self.runtime.outlier());
         h.catch_up(now, origin, s);
         h.is_ejected()
     }
@@ -68,7 +68,7 @@ impl Cluster {
         let origin = self.runtime.origin;
         let e = self.endpoint(target)?;
         let fired = {
-            let mut h = lock(&e.runtime.outlier);
+            let mut h = lock(e.runtime.outlier());
             h.catch_up(now, origin, s);
             h.record(outcome.status(), s)
         };
@@ -84,7 +84,7 @@ impl Cluster {
                 .iter()
                 .filter(|o| o.ejected_at(now, origin, s))
                 .count();
-            let mut h = lock(&e.runtime.outlier);
+            let mut h = lock(e.runtime.outlier());
             if h.is_ejected() {
                 continue; // Envoy ignores detections on an ejected host
             }

@@ -181,7 +181,7 @@ impl Serialize for ClusterEndpoint {
         }
         st.serialize_field("identity", &self.endpoint.identity)?;
         st.serialize_field("active", &self.active())?;
-        st.serialize_field("ejections", &lock(&self.runtime.outlier).num_ejections())?;
+        st.serialize_field("ejections", &self.runtime.num_ejections())?;
         st.end()
     }
 }

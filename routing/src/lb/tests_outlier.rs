@@ -197,3 +197,31 @@ fn endpoints_carry_their_parsed_identity() {
     assert_eq!(err, &bad.identity.parse::<crate::SpiffeId>().unwrap_err());
     assert!(err.to_string().contains("invalid SPIFFE id"), "{err}");
 }
+
+/// An endpoint's outlier state is made only when outlier detection looks at it: picks and
+/// reports on a cluster without it leave none (each would be 48 bytes per endpoint of every
+/// cluster), one with it makes it on the first report, and a dump reads 0 ejections without
+/// making it.
+#[test]
+fn outlier_state_is_made_only_where_detection_runs() {
+    let t0 = Instant::now();
+    assert!(std::mem::size_of::<crate::runtime::EndpointRuntime>() <= 40);
+    let plain = cluster(LbPolicy::RoundRobin, 3);
+    let bad = plain.endpoints[0].target;
+    assert_eq!(picked(&plain, t0).len(), 3);
+    assert!(fail(&plain, 0, 5, t0).is_none());
+    assert!(!plain.is_ejected(bad, t0));
+    let dump = serde_json::to_value(&plain.endpoints[0]).unwrap();
+    assert_eq!(dump["ejections"], 0);
+    assert!(plain
+        .endpoints
+        .iter()
+        .all(|e| !e.runtime.has_outlier_state()));
+
+    let detected = with_policy(od(100, 0), eps(3, t0), t0);
+    assert!(!detected.endpoints[0].runtime.has_outlier_state());
+    assert!(fail(&detected, 0, 3, t0).is_some());
+    assert!(detected.endpoints[0].runtime.has_outlier_state());
+    let dump = serde_json::to_value(&detected.endpoints[0]).unwrap();
+    assert_eq!(dump["ejections"], 1);
+}

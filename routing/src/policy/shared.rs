@@ -1,9 +1,11 @@
 //! Cluster policies shared between the clusters that have equal ones.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
-use super::ClusterPolicy;
+use crate::recent::Recent;
+
+use super::{ClusterPolicy, TrafficPolicy};
 
 impl ClusterPolicy {
     /// `policy` to hold in a cluster, shared with the clusters built with an equal one: istiod
@@ -13,23 +15,30 @@ impl ClusterPolicy {
     /// built on one thread); nothing is kept alive for them.
     pub fn shared(policy: ClusterPolicy) -> Arc<ClusterPolicy> {
         thread_local! {
-            static RECENT: RefCell<Vec<Weak<ClusterPolicy>>> = const { RefCell::new(Vec::new()) };
+            static RECENT: RefCell<Recent<ClusterPolicy>> =
+                const { RefCell::new(Recent::new(SHARED_POLICIES)) };
         }
-        RECENT.with_borrow_mut(|recent| {
-            if let Some(found) = recent
-                .iter()
-                .filter_map(Weak::upgrade)
-                .find(|p| **p == policy)
-            {
-                return found;
-            }
-            let policy = Arc::new(policy);
-            recent.retain(|w| w.strong_count() > 0);
-            if recent.len() >= SHARED_POLICIES {
-                recent.remove(0);
-            }
-            recent.push(Arc::downgrade(&policy));
-            policy
+        RECENT.with_borrow_mut(|recent| match recent.find(|p| *p == policy) {
+            Some(found) => found,
+            None => recent.insert(policy),
+        })
+    }
+}
+
+impl TrafficPolicy {
+    /// `policy` without spare capacity, shared with the rules built with an equal one: the
+    /// xDS front-end makes each service's DestinationRule from its clusters' policies, which
+    /// istiod makes alike (a subset's policy is one port's, about 930 bytes). Found as
+    /// [`ClusterPolicy::shared`] finds them.
+    pub fn shared(mut policy: TrafficPolicy) -> Arc<TrafficPolicy> {
+        thread_local! {
+            static RECENT: RefCell<Recent<TrafficPolicy>> =
+                const { RefCell::new(Recent::new(SHARED_POLICIES)) };
+        }
+        policy.port_level_settings.shrink_to_fit();
+        RECENT.with_borrow_mut(|recent| match recent.find(|p| *p == policy) {
+            Some(found) => found,
+            None => recent.insert(policy),
         })
     }
 }

@@ -33,7 +33,7 @@ mod aligned;
 pub(super) mod eds;
 mod key;
 pub(super) mod routes;
-mod service;
+pub(super) mod service;
 pub(super) mod services;
 use key::{key_view, ServiceKey};
 pub use service::ANY_SERVICE_ACCOUNT;
@@ -535,9 +535,7 @@ fn take_hash_key(sc: &mut Cow<'_, ServiceCluster>, key: HashKey) {
         .and_then(|lb| lb.consistent_hash.as_ref())
         .is_some_and(|ch| ch.key.is_none());
     if unset {
-        if let Some(ch) = sc
-            .to_mut()
-            .policy
+        if let Some(ch) = Arc::make_mut(&mut sc.to_mut().policy)
             .load_balancer
             .as_mut()
             .and_then(|lb| lb.consistent_hash.as_mut())

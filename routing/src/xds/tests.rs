@@ -372,3 +372,55 @@ mod per_service_sets {
         assert!(!verdict(&a, Req(81, "/d")).allowed());
     }
 }
+
+/// The subsets of one name share one label map, and equal subset policies one allocation,
+/// across services and translations: a one-entry map is a whole B-tree node, a policy about
+/// 930 bytes, and a mesh has a few of each for thousands of services. Nothing keeps a map
+/// alive once no rule holds it.
+#[test]
+fn subsets_share_their_label_maps_and_policies() {
+    use super::assemble::service::subset_labels;
+    use std::sync::Arc;
+    let json = include_str!("../../tests/fixtures/xds/bookinfo.json");
+    let res = super::json::load_resources(json).unwrap();
+    let one = translate(&res, &TranslateOptions::default())
+        .unwrap()
+        .snapshot;
+    let two = translate(&res, &TranslateOptions::default())
+        .unwrap()
+        .snapshot;
+    let labels = |s: &crate::Snapshot, name: &str| {
+        s.destination_rules()
+            .iter()
+            .flat_map(|d| d.subsets.iter())
+            .find(|s| s.name == name)
+            .map(|s| s.labels.clone())
+            .unwrap()
+    };
+    // Their policies too: a subset's is its port's cluster policy, which istiod makes alike.
+    let policies = |s: &crate::Snapshot| -> Vec<Arc<crate::TrafficPolicy>> {
+        s.destination_rules()
+            .iter()
+            .flat_map(|d| d.subsets.iter())
+            .filter_map(|s| s.traffic_policy.clone())
+            .collect()
+    };
+    let (p1, p2) = (policies(&one), policies(&two));
+    assert!(p1.len() >= 3, "{p1:?}");
+    for (a, b) in p1.iter().zip(&p2) {
+        assert!(Arc::ptr_eq(a, b));
+    }
+    assert!(
+        p1.iter().all(|p| Arc::ptr_eq(p, &p1[0])),
+        "bookinfo's subsets have one policy"
+    );
+    let v1 = labels(&one, "v1");
+    assert_eq!(v1.get("xds.subset/v1").map(String::as_str), Some("true"));
+    assert!(Arc::ptr_eq(&v1, &labels(&two, "v1")));
+    assert!(Arc::ptr_eq(&v1, &subset_labels("v1")));
+    assert!(!Arc::ptr_eq(&v1, &labels(&one, "v2")));
+    let weak = Arc::downgrade(&v1);
+    drop((one, two, v1));
+    assert!(weak.upgrade().is_none(), "the cache holds no map alive");
+    assert_eq!(subset_labels("v1").len(), 1);
+}

@@ -26,6 +26,7 @@ use crate::policy::{
 use crate::upstream::ClientTls;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 mod connection_pool;
 mod load_balancer;
 
@@ -201,14 +202,16 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<DestinationRule
     let host = diag.required(at, "spec.host", spec.host);
     let traffic_policy = spec
         .traffic_policy
-        .map(|tp| Fields { at, diag }.traffic_policy("spec.trafficPolicy", tp));
+        .map(|tp| Fields { at, diag }.traffic_policy("spec.trafficPolicy", tp))
+        .map(Arc::new);
     let mut subsets: Vec<Subset> = Vec::new();
     for (i, s) in spec.subsets.unwrap_or_default().into_iter().enumerate() {
         let f = format!("spec.subsets[{i}]");
         diag.unsupported(at, &format!("{f}."), &s.extra, schema::SUBSET, &[]);
         let traffic_policy = s
             .traffic_policy
-            .map(|tp| Fields { at, diag }.traffic_policy(&format!("{f}.trafficPolicy"), tp));
+            .map(|tp| Fields { at, diag }.traffic_policy(&format!("{f}.trafficPolicy"), tp))
+            .map(Arc::new);
         let Some(name) = diag.required(at, &format!("{f}.name"), s.name) else {
             continue;
         };
@@ -222,7 +225,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<DestinationRule
         }
         subsets.push(Subset {
             name,
-            labels: s.labels.unwrap_or_default(),
+            labels: Arc::new(s.labels.unwrap_or_default()),
             traffic_policy,
         });
     }
@@ -248,10 +251,10 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<DestinationRule
                 dr.host
             ),
         );
-        let refused = Some(TrafficPolicy {
+        let refused = Some(Arc::new(TrafficPolicy {
             tls: Some(ClientTls::Refused(reason)),
             ..Default::default()
-        });
+        }));
         dr.traffic_policy.clone_from(&refused);
         for s in &mut dr.subsets {
             s.traffic_policy.clone_from(&refused);

@@ -2,6 +2,8 @@
 //! traffic policy.
 
 use super::*;
+use crate::recent::Recent;
+use std::cell::RefCell;
 
 /// Kubernetes namespace of `name.ns.svc…`, else `default`.
 fn namespace_of_host(host: &str) -> String {
@@ -333,15 +335,14 @@ pub(super) fn build_service(
             namespace: namespace.clone(),
             name: format!("xds-{host}"),
             host: host.to_string(),
-            traffic_policy: (!top.port_level_settings.is_empty()).then_some(top),
+            traffic_policy: (!top.port_level_settings.is_empty())
+                .then(|| TrafficPolicy::shared(top)),
             subsets: subsets
                 .into_iter()
                 .map(|(name, tp)| Subset {
-                    labels: [(format!("{SUBSET_LABEL_PREFIX}{name}"), "true".to_string())]
-                        .into_iter()
-                        .collect(),
+                    labels: subset_labels(&name),
                     name,
-                    traffic_policy: Some(tp),
+                    traffic_policy: Some(TrafficPolicy::shared(tp)),
                 })
                 .collect(),
         };
@@ -360,6 +361,35 @@ pub(super) fn build_service(
         diag: std::mem::take(diag),
     }
 }
+
+/// The labels of subset `name` (`xds.subset/<name>: "true"`), one map for every service's subset
+/// of that name: a one-entry map is a whole B-tree node (about 570 bytes with its strings), and
+/// a mesh has a handful of subset names (`v1`, `v2`, …) across thousands of services. The last
+/// [`RECENT_SUBSETS`] names this thread made are found again; nothing is kept alive for them.
+pub(crate) fn subset_labels(name: &str) -> Arc<BTreeMap<String, String>> {
+    thread_local! {
+        static RECENT: RefCell<Recent<BTreeMap<String, String>>> =
+            const { RefCell::new(Recent::new(RECENT_SUBSETS)) };
+    }
+    let is = |labels: &BTreeMap<String, String>| {
+        labels.len() == 1
+            && labels
+                .keys()
+                .next()
+                .and_then(|k| k.strip_prefix(SUBSET_LABEL_PREFIX))
+                == Some(name)
+    };
+    RECENT.with_borrow_mut(|recent| match recent.find(is) {
+        Some(found) => found,
+        None => recent.insert(BTreeMap::from([(
+            format!("{SUBSET_LABEL_PREFIX}{name}"),
+            "true".to_string(),
+        )])),
+    })
+}
+
+/// How many subset names [`subset_labels`] remembers.
+const RECENT_SUBSETS: usize = 16;
 
 fn port_policy(port: u16, p: &ClusterPolicy) -> PortTrafficPolicy {
     PortTrafficPolicy {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::ClusterPolicy;
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address, Address, Metadata, SocketAddress,
 };
@@ -142,4 +143,35 @@ fn assignments_share_equal_pod_label_maps() {
     drop((all, v1));
     labels.prune();
     assert_eq!(labels.len(), 1, "v1's map is let go, v2's kept");
+}
+
+/// istiod gives a waypoint's clusters one policy: the pieces of bookinfo's inbound clusters
+/// hold one allocation of it, not a copy each (448 bytes), and a different policy its own.
+#[test]
+fn cluster_pieces_share_equal_policies() {
+    let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
+    let res = crate::xds::json::load_resources(json).unwrap();
+    let policies: Vec<(String, Arc<ClusterPolicy>)> = res
+        .clusters
+        .iter()
+        .map(ClusterPiece::build)
+        .filter_map(|p| match p.role {
+            ClusterRole::Service { cluster, .. } => Some((p.name, cluster.policy)),
+            _ => None,
+        })
+        .collect();
+    assert!(policies.len() >= 4, "{policies:?}");
+    let (first, rest) = policies.split_first().unwrap();
+    for (name, p) in rest.iter().filter(|(_, p)| **p == *first.1) {
+        assert!(Arc::ptr_eq(p, &first.1), "{name} has its own copy");
+    }
+    assert!(rest.iter().any(|(_, p)| Arc::ptr_eq(p, &first.1)));
+    let mut other = res.clusters[0].clone();
+    other.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 77,
+        nanos: 0,
+    });
+    if let ClusterRole::Service { cluster, .. } = ClusterPiece::build(&other).role {
+        assert!(!Arc::ptr_eq(&cluster.policy, &first.1));
+    }
 }
