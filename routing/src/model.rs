@@ -492,7 +492,8 @@ pub struct VirtualService {
     pub namespace: String,
     pub name: String,
     pub hosts: Vec<String>,
-    pub http: Vec<HttpRoute>,
+    /// Shared with the snapshot's route tables (a request holds its route without a copy).
+    pub http: Vec<Arc<HttpRoute>>,
     /// `tcp` routes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpRoute>,

@@ -483,7 +483,7 @@ pub(crate) fn route_table(vs: &crate::model::VirtualService) -> Arc<[RouteEntry]
         .map(|(index, route)| RouteEntry {
             virtual_service: id.clone(),
             index,
-            route: Arc::new(route.clone()),
+            route: route.clone(),
         })
         .collect()
 }

@@ -129,7 +129,7 @@ struct ServiceAcc {
     namespace: Option<String>,
     vips: BTreeSet<IpAddr>,
     ports: BTreeMap<u16, PortAcc>,
-    http: Vec<HttpRoute>,
+    http: Vec<Arc<HttpRoute>>,
     tcp: Vec<TcpRoute>,
     virtual_service: Option<(String, String)>,
     /// The chains its routes came from.

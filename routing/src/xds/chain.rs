@@ -119,7 +119,8 @@ pub(crate) enum RoutesKind {
 /// An HTTP chain's routes.
 #[derive(Debug)]
 pub(crate) struct HttpTable {
-    pub(crate) routes: Vec<HttpRoute>,
+    /// Shared with the VirtualService equivalents and the route tables made from them.
+    pub(crate) routes: Vec<Arc<HttpRoute>>,
     /// The VirtualService the first route that names one belongs to (route metadata).
     pub(crate) virtual_service: Option<(String, String)>,
     /// The retry policy of the default route, when that is the only route.
@@ -342,7 +343,7 @@ fn http_table(
                 table.virtual_service = t.virtual_service;
             }
             hash_keys.extend(t.hash_keys);
-            table.routes.push(t.route);
+            table.routes.push(Arc::new(t.route));
         }
     }
     table.routes.shrink_to_fit();

@@ -340,6 +340,7 @@ fn add_virtual_services(
             }
         };
         for ((route, &i), fields) in vs.http.iter_mut().zip(&source_index).zip(&mirror_fields) {
+            let route = Arc::make_mut(route);
             for (j, d) in route.destinations.iter_mut().enumerate() {
                 let f = format!("spec.http[{i}].route[{j}].destination");
                 check(&f, &mut d.host, &d.subset, d.port);

@@ -364,7 +364,7 @@ pub(super) fn resolve(
             }
             owner.insert(host.clone(), id.clone());
             let http = match &ports {
-                None => http.clone(),
+                None => http.iter().cloned().map(std::sync::Arc::new).collect(),
                 Some(ps) => http
                     .iter()
                     .map(|r| {
@@ -383,7 +383,7 @@ pub(super) fn resolve(
                                 })
                             })
                             .collect();
-                        r
+                        std::sync::Arc::new(r)
                     })
                     .collect(),
             };

@@ -221,7 +221,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<VirtualServiceI
     let mut mirror_fields = Vec::new();
     for (i, h) in spec.http.unwrap_or_default().into_iter().enumerate() {
         if let Some((route, mirrors)) = parse_route(ctx, i, h, applies_to_mesh, diag) {
-            http.push(route);
+            http.push(std::sync::Arc::new(route));
             source_index.push(i);
             mirror_fields.push(mirrors);
         }

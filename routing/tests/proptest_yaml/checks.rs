@@ -113,7 +113,7 @@ pub(crate) fn check_route(s: &Snapshot, r: &Rendered, host: &str, port: u16, req
                 "{virtual_service} does not name {host}"
             );
             assert_eq!(
-                vs.http.get(route_index),
+                vs.http.get(route_index).map(|r| &**r),
                 Some(&**route),
                 "route index {route_index}"
             );

@@ -284,7 +284,7 @@ fn is_catch_all(m: &RouteMatch) -> bool {
 /// `VirtualServiceUnreachableRule`).
 pub(super) fn warn_unreachable(
     at: &DocRef,
-    http: &[HttpRoute],
+    http: &[std::sync::Arc<HttpRoute>],
     source_index: &[usize],
     diag: &mut Diag,
 ) {
