@@ -25,6 +25,7 @@ use crate::snapshot::{PortMap, Snapshot};
 use crate::tcp::TcpRoute;
 use crate::upstream::{SanMatcher, Transport};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use litemap::LiteMap;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -41,7 +42,7 @@ use service::{bound_workloads, build_service, waypoint_namespace, ServiceOut};
 
 #[derive(Debug, Default, Clone)]
 struct PortAcc {
-    chains: BTreeSet<String>,
+    chains: LiteMap<String, ()>,
     http2: bool,
     /// The HTTP chain's path handling.
     path: Option<PathPolicy>,
@@ -127,8 +128,9 @@ impl ServiceMemo {
 #[derive(Debug, Default)]
 struct ServiceAcc {
     namespace: Option<String>,
-    vips: BTreeSet<IpAddr>,
-    ports: BTreeMap<u16, PortAcc>,
+    /// Sorted vectors, not B-trees: one or two entries each, copied into the service's memo.
+    vips: LiteMap<IpAddr, ()>,
+    ports: LiteMap<u16, PortAcc>,
     http: Vec<Arc<HttpRoute>>,
     tcp: Vec<TcpRoute>,
     virtual_service: Option<(String, String)>,
@@ -139,12 +141,12 @@ struct ServiceAcc {
 impl ServiceAcc {
     /// The matcher sends (VIP, port) to `chain`, one of this service's.
     fn add_vip(&mut self, ip: IpAddr, port: u16, chain: &str) {
-        self.vips.insert(ip);
+        self.vips.insert(ip, ());
         self.ports
             .entry(port)
             .or_default()
             .chains
-            .insert(chain.to_string());
+            .insert(chain.to_string(), ());
     }
 
     /// A copy of what the service is built from (its namespace, VIPs, ports and chains), for
@@ -498,7 +500,7 @@ fn add_chain(
     };
     acc.chains.push(piece.clone());
     let port_acc = acc.ports.entry(cn.port).or_default();
-    port_acc.chains.insert(chain.to_string());
+    port_acc.chains.insert(chain.to_string(), ());
     hash_keys.extend(routes.hash_keys.iter().cloned());
     match &routes.kind {
         RoutesKind::Http {

@@ -164,7 +164,7 @@ pub(super) fn build_service(
     for (number, p) in &acc.ports {
         let kinds: BTreeSet<bool> = p
             .chains
-            .iter()
+            .keys()
             .filter_map(|c| ClusterName::parse(c))
             .chain(
                 mine.iter()
@@ -189,7 +189,7 @@ pub(super) fn build_service(
             .iter()
             .any(|(_, sc)| sc.name.port == *number && sc.name.subset.is_none())
         {
-            let chains: Vec<&String> = p.chains.iter().collect();
+            let chains: Vec<&String> = p.chains.keys().collect();
             diag.warn(
                 LISTENER_TYPE,
                 listener::MAIN_INTERNAL,
@@ -353,7 +353,7 @@ pub(super) fn build_service(
         service: Service {
             hostname: host.to_string(),
             namespace,
-            vips: acc.vips.iter().copied().collect(),
+            vips: acc.vips.keys().copied().collect(),
             ports,
         },
         endpoints,
