@@ -353,40 +353,50 @@ pub fn translate(
     resources: &Resources,
     options: &TranslateOptions,
 ) -> Result<Translation, Vec<Rejection>> {
-    use prost::Message;
-    let encoded: Vec<(&str, &str, bytes::Bytes)> = resources
-        .listeners
-        .iter()
-        .map(|r| (LISTENER_TYPE, r.name.as_str(), r.encode_to_vec().into()))
-        .chain(
-            resources
-                .clusters
-                .iter()
-                .map(|r| (CLUSTER_TYPE, r.name.as_str(), r.encode_to_vec().into())),
-        )
-        .chain(resources.endpoints.iter().map(|r| {
-            (
-                ENDPOINT_TYPE,
-                r.cluster_name.as_str(),
-                r.encode_to_vec().into(),
-            )
-        }))
-        .chain(
-            resources
-                .routes
-                .iter()
-                .map(|r| (ROUTE_TYPE, r.name.as_str(), r.encode_to_vec().into())),
-        )
-        .collect();
-    let encoded: Vec<Encoded<'_>> = encoded
+    let owned = encode_all(resources);
+    Translator::new().translate(&as_encoded(&owned), options)
+}
+
+/// [`encode_all`]'s resources as a [`Translator`] takes them.
+pub(crate) fn as_encoded<'a>(
+    owned: &'a [(&'static str, &'a str, bytes::Bytes)],
+) -> Vec<Encoded<'a>> {
+    owned
         .iter()
         .map(|(type_url, name, value)| Encoded {
             type_url,
             name,
             value,
         })
-        .collect();
-    Translator::new().translate(&encoded, options)
+        .collect()
+}
+
+/// Every resource of `resources` encoded, as (type URL, name, bytes): what a [`Translator`]
+/// reads, as the xDS client would hold it.
+pub(crate) fn encode_all(resources: &Resources) -> Vec<(&'static str, &str, bytes::Bytes)> {
+    use prost::Message;
+    let listeners = resources
+        .listeners
+        .iter()
+        .map(|r| (LISTENER_TYPE, r.name.as_str(), r.encode_to_vec()));
+    let clusters = resources
+        .clusters
+        .iter()
+        .map(|r| (CLUSTER_TYPE, r.name.as_str(), r.encode_to_vec()));
+    let endpoints = resources
+        .endpoints
+        .iter()
+        .map(|r| (ENDPOINT_TYPE, r.cluster_name.as_str(), r.encode_to_vec()));
+    let routes = resources
+        .routes
+        .iter()
+        .map(|r| (ROUTE_TYPE, r.name.as_str(), r.encode_to_vec()));
+    listeners
+        .chain(clusters)
+        .chain(endpoints)
+        .chain(routes)
+        .map(|(type_url, name, bytes)| (type_url, name, bytes.into()))
+        .collect()
 }
 
 /// How many times [`translate_refusing`] translates again with refused resources left out.

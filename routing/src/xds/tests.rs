@@ -430,35 +430,11 @@ fn subsets_share_their_label_maps_and_policies() {
 /// route), and a translation that reuses the chain reuses the route.
 #[test]
 fn a_route_is_shared_by_its_chain_piece_its_virtual_service_and_its_route_table() {
-    use prost::Message;
     use std::sync::Arc;
     let json = include_str!("../../tests/fixtures/xds/bookinfo.json");
     let res = super::json::load_resources(json).unwrap();
-    let listeners = res
-        .listeners
-        .iter()
-        .map(|r| (LISTENER_TYPE, r.name.as_str(), r.encode_to_vec()));
-    let clusters = res
-        .clusters
-        .iter()
-        .map(|r| (CLUSTER_TYPE, r.name.as_str(), r.encode_to_vec()));
-    let eds = res
-        .endpoints
-        .iter()
-        .map(|r| (ENDPOINT_TYPE, r.cluster_name.as_str(), r.encode_to_vec()));
-    let owned: Vec<(&str, &str, bytes::Bytes)> = listeners
-        .chain(clusters)
-        .chain(eds)
-        .map(|(t, n, v)| (t, n, v.into()))
-        .collect();
-    let encoded: Vec<Encoded<'_>> = owned
-        .iter()
-        .map(|(type_url, name, value)| Encoded {
-            type_url,
-            name,
-            value,
-        })
-        .collect();
+    let owned = encode_all(&res);
+    let encoded = as_encoded(&owned);
     let options = TranslateOptions::default();
     let mut translator = Translator::new();
     let first = Arc::new(translator.translate(&encoded, &options).unwrap().snapshot);
