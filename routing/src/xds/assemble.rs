@@ -192,7 +192,12 @@ pub(crate) struct Input<'a> {
 
 /// The endpoints of each service cluster, by cluster name: an assignment's pods as its piece
 /// holds them, or computed for this translation.
-type Pods<'a> = BTreeMap<&'a str, Cow<'a, [PodEndpoint]>>;
+type Pods<'a> = BTreeMap<&'a str, Cow<'a, [Arc<PodEndpoint>]>>;
+
+/// Pods read at assembly (inline, DNS) as an assignment piece holds them.
+fn shared(pods: Vec<PodEndpoint>) -> Vec<Arc<PodEndpoint>> {
+    pods.into_iter().map(Arc::new).collect()
+}
 
 pub(crate) fn translate(
     res: &Input<'_>,
@@ -273,17 +278,17 @@ pub(crate) fn translate(
                 }
             },
             EndpointSource::Inline => match inline() {
-                Some(cla) => Cow::Owned(endpoint::pods(
+                Some(cla) => Cow::Owned(shared(endpoint::pods(
                     cla,
                     At {
                         type_url: CLUSTER_TYPE,
                         name,
                     },
                     &mut diag,
-                )),
+                ))),
                 None => Cow::Borrowed(&[][..]),
             },
-            EndpointSource::Dns(d) => Cow::Owned(super::dns::endpoints(
+            EndpointSource::Dns(d) => Cow::Owned(shared(super::dns::endpoints(
                 inline(),
                 d,
                 &opts.dns,
@@ -293,7 +298,7 @@ pub(crate) fn translate(
                     name,
                 },
                 &mut diag,
-            )),
+            ))),
             EndpointSource::None => Cow::Borrowed(&[][..]),
         };
         pods.insert(name, list);

@@ -136,7 +136,7 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
 pub(crate) fn with_placement(
     policy: &ClusterPolicy,
     weighted: bool,
-    pods: &[PodEndpoint],
+    pods: &[Arc<PodEndpoint>],
 ) -> ClusterPolicy {
     let mut out = policy.clone();
     let first = pods.first().map(|p| &p.placement);
@@ -268,8 +268,8 @@ mod tests {
     use crate::model::Locality;
     use crate::policy::Placement;
 
-    fn pod(ip: &str, priority: u32, zone: &str) -> PodEndpoint {
-        PodEndpoint {
+    fn pod(ip: &str, priority: u32, zone: &str) -> Arc<PodEndpoint> {
+        Arc::new(PodEndpoint {
             addr: format!("{ip}:9080").parse().unwrap(),
             workload: None,
             namespace: None,
@@ -285,7 +285,7 @@ mod tests {
                 }),
                 locality_weight: 1,
             },
-        }
+        })
     }
 
     fn locality_of(p: &ClusterPolicy) -> Option<&LocalityLb> {

@@ -36,6 +36,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsC
 use envoy_types::pb::google::protobuf::{value::Kind, Struct};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// The endpoint metadata key a transport socket match looks at.
 const SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
@@ -194,12 +195,12 @@ fn pick<'m>(
 /// The pods of an outbound cluster that can be reached as istiod asks, each with its transport
 /// (`tunnel`: HBONE, else direct plaintext); the others left out with a warning.
 pub(crate) fn reachable(
-    pods: Vec<PodEndpoint>,
+    pods: Vec<Arc<PodEndpoint>>,
     meta: Option<&MatchMetadata>,
     matches: &[SocketMatch],
     at: At<'_>,
     diag: &mut Diag,
-) -> Vec<PodEndpoint> {
+) -> Vec<Arc<PodEndpoint>> {
     if matches.is_empty() {
         // No matches: the cluster's own socket for every endpoint, as for `inbound-vip`.
         return pods;
@@ -221,7 +222,7 @@ pub(crate) fn reachable(
             )),
             (Socket::IstioMutual, true) => None,
             (Socket::IstioMutual, false) => {
-                pod.istio_mtls = true;
+                Arc::make_mut(&mut pod).istio_mtls = true;
                 None
             }
             (Socket::Unsupported(what), _) => {

@@ -152,8 +152,9 @@ impl ClusterPiece {
 pub(crate) struct AssignmentPiece {
     /// The assignment's `cluster_name`.
     pub(crate) name: String,
-    /// Its routable pods.
-    pub(crate) pods: Vec<PodEndpoint>,
+    /// Its routable pods, each shared with the assignments decoded with it that list an
+    /// equal pod (a service's subsets list its pods again: [`PodShare`]).
+    pub(crate) pods: Vec<Arc<PodEndpoint>>,
     /// Its endpoints' transport socket match metadata (read for `outbound|…` clusters).
     pub(crate) socket_meta: Option<MatchMetadata>,
     /// What reading the pods found (reported as the assignment's).
@@ -171,29 +172,61 @@ fn undecodable(r: &Encoded<'_>, e: prost::DecodeError) -> Rejection {
 
 impl AssignmentPiece {
     /// The piece of the encoded assignment `r`.
-    fn decode(r: &Encoded<'_>, labels: &mut LabelMaps) -> Result<AssignmentPiece, Rejection> {
+    fn decode(
+        r: &Encoded<'_>,
+        labels: &mut LabelMaps,
+        share: &mut PodShare,
+    ) -> Result<AssignmentPiece, Rejection> {
         use prost::Message;
         ClusterLoadAssignment::decode(&r.value[..])
-            .map(|c| AssignmentPiece::build(&c, labels))
+            .map(|c| AssignmentPiece::build(&c, labels, share))
             .map_err(|e| undecodable(r, e))
     }
 
-    pub(crate) fn build(cla: &ClusterLoadAssignment, labels: &mut LabelMaps) -> AssignmentPiece {
+    pub(crate) fn build(
+        cla: &ClusterLoadAssignment,
+        labels: &mut LabelMaps,
+        share: &mut PodShare,
+    ) -> AssignmentPiece {
         let mut diag = Diag::default();
         let at = At {
             type_url: ENDPOINT_TYPE,
             name: &cla.cluster_name,
         };
-        let mut pods = endpoint::pods(cla, at, &mut diag);
-        pods.shrink_to_fit();
-        for p in &mut pods {
+        let decoded = endpoint::pods(cla, at, &mut diag);
+        // A new vector of the exact length: collected from `decoded` in place, the pointers
+        // would keep its whole allocation (16 slots of 112 bytes for ten pods).
+        let mut pods = Vec::with_capacity(decoded.len());
+        for mut p in decoded {
             labels.share(&mut p.labels);
+            pods.push(share.pod(p));
         }
         AssignmentPiece {
             name: cla.cluster_name.clone(),
             pods,
             socket_meta: outbound::match_metadata(cla),
             diag,
+        }
+    }
+}
+
+/// Pods decoded together, by address: an assignment's pod equal to one an earlier assignment of
+/// the same decoding listed is that one (`inbound-vip|…|http/v1|…` lists the pods of
+/// `inbound-vip|…|http|…` again: without this each service held every pod twice, 112 bytes and
+/// its strings each). Lives for one decoding: it holds what it shares.
+#[derive(Default)]
+pub(crate) struct PodShare(HashMap<std::net::SocketAddr, Arc<PodEndpoint>, super::FastHash>);
+
+impl PodShare {
+    /// `pod`, or the equal one decoded before it.
+    pub(crate) fn pod(&mut self, pod: PodEndpoint) -> Arc<PodEndpoint> {
+        match self.0.get(&pod.addr) {
+            Some(p) if **p == pod => p.clone(),
+            _ => {
+                let p = Arc::new(pod);
+                self.0.insert(p.addr, p.clone());
+                p
+            }
         }
     }
 }
@@ -361,7 +394,7 @@ impl Memo {
         let labels = &mut self.labels;
         let counts = &mut (0, 0);
         memoized(&mut self.assignments, self.generation, r, counts, || {
-            AssignmentPiece::decode(r, labels)
+            AssignmentPiece::decode(r, labels, &mut PodShare::default())
         })
         .ok()
     }
@@ -402,6 +435,7 @@ impl Memo {
         };
         let mut gone = Vec::new();
         let mut walked = Vec::with_capacity(resources.len());
+        let mut share = PodShare::default();
         let mut walk_hits = 0;
         for r in resources {
             let kind = Kind::of(r.type_url);
@@ -444,7 +478,7 @@ impl Memo {
                     Gave::Cluster(p)
                 }),
                 Kind::Assignment => memoized(&mut self.assignments, generation, r, counts, || {
-                    AssignmentPiece::decode(r, &mut self.labels)
+                    AssignmentPiece::decode(r, &mut self.labels, &mut share)
                 })
                 .map(|p| {
                     out.assignments.push(p.clone());
@@ -482,6 +516,7 @@ impl Memo {
         // (elsewhere in the order). Pieces reused from the walk are not marked as used: the maps
         // are looked up only for bytes the walk did not know, and by the EDS push read alone
         // (which checks that what it finds is what the last translation read).
+        drop(share);
         for w in gone {
             match w.kind {
                 Kind::Cluster => forget(&mut self.clusters, w.key, generation),

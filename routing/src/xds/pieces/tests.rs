@@ -125,15 +125,30 @@ fn the_walk_knows_the_very_same_bytes() {
 
 /// Pods with the same labels share one map, across assignments (a pod is in its service's
 /// assignment and its subset's); maps no piece holds are let go.
+/// Assignments decoded together share equal pods (a service's subsets list its pods again)
+/// and equal label maps; a pod that differs is its own.
 #[test]
-fn assignments_share_equal_pod_label_maps() {
+fn assignments_share_equal_pods_and_pod_label_maps() {
     let mut labels = LabelMaps::default();
+    let mut share = PodShare::default();
     let all = AssignmentPiece::build(
         &cla("all", &["10.0.0.1", "10.0.0.2", "10.0.0.3"], "v1"),
         &mut labels,
+        &mut share,
     );
-    let v1 = AssignmentPiece::build(&cla("v1", &["10.0.0.1", "10.0.0.2"], "v1"), &mut labels);
-    let v2 = AssignmentPiece::build(&cla("v2", &["10.0.0.4"], "v2"), &mut labels);
+    let v1 = AssignmentPiece::build(
+        &cla("v1", &["10.0.0.1", "10.0.0.2"], "v1"),
+        &mut labels,
+        &mut share,
+    );
+    let v2 = AssignmentPiece::build(&cla("v2", &["10.0.0.4"], "v2"), &mut labels, &mut share);
+    // The same address with another workload is another pod.
+    let moved = AssignmentPiece::build(&cla("moved", &["10.0.0.1"], "v2"), &mut labels, &mut share);
+    drop(share);
+    assert!(Arc::ptr_eq(&all.pods[0], &v1.pods[0]));
+    assert!(Arc::ptr_eq(&all.pods[1], &v1.pods[1]));
+    assert!(!Arc::ptr_eq(&all.pods[0], &moved.pods[0]));
+    assert_ne!(all.pods[0].workload, moved.pods[0].workload);
     let map = |p: &AssignmentPiece, i: usize| p.pods[i].labels.clone();
     assert_eq!(map(&all, 0)["service.istio.io/canonical-revision"], "v1");
     assert!(Arc::ptr_eq(&map(&all, 0), &map(&all, 2)));
