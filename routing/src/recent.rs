@@ -25,6 +25,17 @@ impl<T> Recent<T> {
         self.items.iter().filter_map(Weak::upgrade).find(|v| is(v))
     }
 
+    /// A live value equal to `value`, else `value`, remembered from now on.
+    pub(crate) fn shared(&mut self, value: T) -> Arc<T>
+    where
+        T: PartialEq,
+    {
+        match self.find(|v| *v == value) {
+            Some(found) => found,
+            None => self.insert(value),
+        }
+    }
+
     /// `value`, remembered from now on.
     pub(crate) fn insert(&mut self, value: T) -> Arc<T> {
         let made = Arc::new(value);
@@ -44,10 +55,7 @@ mod tests {
     #[test]
     fn equal_values_are_one_allocation_and_none_is_kept_alive() {
         let mut recent = Recent::new(2);
-        let mut shared = |v: &str| match recent.find(|x: &String| x == v) {
-            Some(found) => found,
-            None => recent.insert(v.to_string()),
-        };
+        let mut shared = |v: &str| recent.shared(v.to_string());
         let a = shared("a");
         assert!(Arc::ptr_eq(&a, &shared("a")));
         let b = shared("b");

@@ -18,10 +18,7 @@ impl ClusterPolicy {
             static RECENT: RefCell<Recent<ClusterPolicy>> =
                 const { RefCell::new(Recent::new(SHARED_POLICIES)) };
         }
-        RECENT.with_borrow_mut(|recent| match recent.find(|p| *p == policy) {
-            Some(found) => found,
-            None => recent.insert(policy),
-        })
+        RECENT.with_borrow_mut(|recent| recent.shared(policy))
     }
 }
 
@@ -36,10 +33,7 @@ impl TrafficPolicy {
                 const { RefCell::new(Recent::new(SHARED_POLICIES)) };
         }
         policy.port_level_settings.shrink_to_fit();
-        RECENT.with_borrow_mut(|recent| match recent.find(|p| *p == policy) {
-            Some(found) => found,
-            None => recent.insert(policy),
-        })
+        RECENT.with_borrow_mut(|recent| recent.shared(policy))
     }
 }
 

@@ -334,11 +334,6 @@ impl Waypoint {
     }
 }
 
-/// Envoy's `%RESPONSE_CODE_DETAILS%` for an upstream that failed or reset (envoyproxy/envoy
-/// `source/common/router/router.cc` `onUpstreamReset`, 1.3x): `upstream_reset_before_response_started`
-/// (or `_after_` once the response began) with the reset reason in braces, then `|` and the
-/// transport failure reason when there is one, spaces made `_`; a timeout is
-/// `upstream_response_timeout`. `None`: not an upstream failure.
 /// A direct endpoint's TLS cannot be set up: the reason is the attempt's transport failure
 /// (for the response details) and the error pingora sees.
 fn tls_setup_failed(ctx: &RequestCtx, e: crate::dataplane::direct::DirectError) -> Box<Error> {
@@ -347,6 +342,11 @@ fn tls_setup_failed(ctx: &RequestCtx, e: crate::dataplane::direct::DirectError) 
     Error::explain(ErrorType::TLSHandshakeFailure, e)
 }
 
+/// Envoy's `%RESPONSE_CODE_DETAILS%` for an upstream that failed or reset (envoyproxy/envoy
+/// `source/common/router/router.cc` `onUpstreamReset`, 1.3x): `upstream_reset_before_response_started`
+/// (or `_after_` once the response began) with the reset reason in braces, then `|` and the
+/// transport failure reason when there is one, spaces made `_`; a timeout is
+/// `upstream_response_timeout`. `None`: not an upstream failure.
 fn reset_details(e: &Error, started: bool, transport: Option<&str>) -> Option<String> {
     use ErrorType::*;
     if e.esource() != &ErrorSource::Upstream {
