@@ -184,6 +184,9 @@ pub(crate) fn translate(
             format!("route {name}: route_specifiers are not supported; ignored"),
         );
     }
+    // Kept as long as the snapshot: without the room pushes left (one destination had four
+    // slots of ~128 bytes).
+    route.destinations.shrink_to_fit();
     Some(Translated {
         route,
         virtual_service: virtual_service_of(r),

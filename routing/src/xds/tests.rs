@@ -451,4 +451,15 @@ fn a_route_is_shared_by_its_chain_piece_its_virtual_service_and_its_route_table(
     let table = first.routes.get(reviews).unwrap();
     assert!(Arc::ptr_eq(&table[0].route, &vs_route(&first)));
     assert!(Arc::ptr_eq(&vs_route(&first), &vs_route(&again)));
+    // Kept without spare room: a route of one destination holds one, not four.
+    for vs in first.virtual_services().iter() {
+        for r in &vs.http {
+            assert_eq!(
+                r.destinations.capacity(),
+                r.destinations.len(),
+                "{}",
+                r.name
+            );
+        }
+    }
 }
