@@ -445,7 +445,6 @@ fn port_clusters(
             .filter(|e| labels.is_none_or(|l| e.matches_labels(l)))
             .filter_map(|e| direct_transport(e, policy.tls.as_ref()))
             .map(|e| {
-                let target = SocketAddr::new(e.address, port.target_port);
                 let id = match ids.get(&e.identity) {
                     Some(id) => id.clone(),
                     None => {
@@ -454,7 +453,7 @@ fn port_clusters(
                         id
                     }
                 };
-                ClusterEndpoint::with_identity(e, target, now, id)
+                ClusterEndpoint::with_identity(e, port.target_port, now, id)
             })
             .collect();
         Cluster::with_policy(

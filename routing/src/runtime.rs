@@ -105,7 +105,7 @@ struct EndpointKey {
 impl EndpointKey {
     fn of(e: &ClusterEndpoint) -> Self {
         EndpointKey {
-            target: e.target,
+            target: e.target(),
             endpoint: e.endpoint.clone(),
         }
     }
@@ -209,7 +209,7 @@ impl ClusterState {
         match &self.endpoints {
             EndpointIndex::Few(few) => few
                 .iter()
-                .find(|(k, _)| k.target == e.target && k.endpoint.identity == e.endpoint.identity)
+                .find(|(k, _)| k.target == e.target() && k.endpoint.identity == e.endpoint.identity)
                 .map(|(_, r)| r),
             EndpointIndex::Many(many) => many.get(&EndpointKey::of(e)),
         }

@@ -172,7 +172,7 @@ pub fn exercise_snapshot(s: &Snapshot) {
         let _ = c.passthrough();
         let _ = c.limits();
         let _ = c.outlier_settings();
-        let picked = c.pick(&[]).map(|e| e.target);
+        let picked = c.pick(&[]).map(|e| e.target());
         if let Some(t) = picked {
             assert!(
                 c.endpoint(t).is_some(),

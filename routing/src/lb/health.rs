@@ -55,7 +55,7 @@ impl Cluster {
         self.endpoints
             .iter()
             .filter(|e| e.ejected_at(now, self.runtime.origin, s))
-            .map(|e| e.target)
+            .map(|e| e.target())
             .collect()
     }
 

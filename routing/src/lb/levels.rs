@@ -167,7 +167,7 @@ impl Cluster {
             }
         })?;
         let usable_in = |p: usize, i: usize| panic[p] || healthy[i];
-        let open = |i: &usize| !exclude.contains(&self.endpoints[*i].target);
+        let open = |i: &usize| !exclude.contains(&self.endpoints[*i].target());
         let level = &levels.levels[chosen];
         let mut mask = vec![false; self.endpoints.len()];
         if levels.weighted && !panic[chosen] {

@@ -82,8 +82,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct ClusterEndpoint {
     pub endpoint: Arc<Endpoint>,
-    /// Endpoint IP : service port's target port.
-    pub target: SocketAddr,
+    /// The service port's target port on this endpoint ([`ClusterEndpoint::target`]: with
+    /// `endpoint.address`; a port, not a 32-byte `SocketAddr`, as the address is the
+    /// endpoint's).
+    port: u16,
     /// Priority level (0 = preferred; higher levels take the load P0 cannot).
     pub priority: u32,
     /// Shared with the placement it came from ([`Locality::unknown`] when none).
@@ -99,33 +101,38 @@ pub struct ClusterEndpoint {
 
 impl ClusterEndpoint {
     /// An endpoint that joins now.
-    pub fn new(endpoint: Arc<Endpoint>, target: SocketAddr) -> Self {
-        Self::new_at(endpoint, target, Instant::now())
+    pub fn new(endpoint: Arc<Endpoint>, port: u16) -> Self {
+        Self::new_at(endpoint, port, Instant::now())
     }
 
     /// An endpoint that joined at `added` (the start of its warmup).
-    pub fn new_at(endpoint: Arc<Endpoint>, target: SocketAddr, added: Instant) -> Self {
+    pub fn new_at(endpoint: Arc<Endpoint>, port: u16, added: Instant) -> Self {
         let spiffe_id = endpoint.identity.parse().map(Arc::new).map_err(Arc::new);
-        Self::with_identity(endpoint, target, added, spiffe_id)
+        Self::with_identity(endpoint, port, added, spiffe_id)
     }
 
     /// [`ClusterEndpoint::new_at`] with `endpoint.identity` already parsed (shared by the
     /// clusters of one service port that have this pod).
     pub(crate) fn with_identity(
         endpoint: Arc<Endpoint>,
-        target: SocketAddr,
+        port: u16,
         added: Instant,
         spiffe_id: Result<Arc<SpiffeId>, Arc<SpiffeIdError>>,
     ) -> Self {
         ClusterEndpoint {
             spiffe_id,
             endpoint,
-            target,
+            port,
             priority: 0,
             locality: Locality::unknown(),
             locality_weight: 1,
             runtime: Arc::new(EndpointRuntime::new(added)),
         }
+    }
+
+    /// Where requests go: the endpoint's address at the service port's target port.
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(self.endpoint.address, self.port)
     }
 
     /// The identity this endpoint's peer must prove (`endpoint.identity`, parsed once when the
@@ -166,7 +173,7 @@ impl Serialize for ClusterEndpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("ClusterEndpoint", 9)?;
         st.serialize_field("name", &self.endpoint.name)?;
-        st.serialize_field("target", &self.target.to_string())?;
+        st.serialize_field("target", &self.target().to_string())?;
         // How this cluster dials it (a DestinationRule ISTIO_MUTUAL makes a direct endpoint
         // istio_mutual here; the cluster's `policy.tls` says which TLS a direct one gets).
         st.serialize_field("transport", &self.endpoint.transport)?;
@@ -288,7 +295,7 @@ impl Cluster {
         if let Some(loc) = locality {
             endpoints = endpoints
                 .into_iter()
-                .map(|e| match loc.endpoints.get(&e.target.ip()) {
+                .map(|e| match loc.endpoints.get(&e.target().ip()) {
                     Some(p) => e.placed(p),
                     None => e,
                 })
@@ -298,7 +305,7 @@ impl Cluster {
         // endpoints would take sixteen slots).
         endpoints.shrink_to_fit();
         let levels = Levels::new(&endpoints, locality.is_some_and(|l| l.weighted));
-        let targets: Vec<SocketAddr> = endpoints.iter().map(|e| e.target).collect();
+        let targets: Vec<SocketAddr> = endpoints.iter().map(|e| e.target()).collect();
         let algorithm = policy.consistent_hash().map(|c| c.algorithm);
         let table = match (lb, algorithm) {
             (
@@ -352,7 +359,7 @@ impl Cluster {
 
     /// The endpoint with this target, if any.
     pub fn endpoint(&self, target: SocketAddr) -> Option<&ClusterEndpoint> {
-        self.endpoints.iter().find(|e| e.target == target)
+        self.endpoints.iter().find(|e| e.target() == target)
     }
 
     /// Count one active request to `target` until the guard is dropped; a

@@ -94,7 +94,7 @@ impl Cluster {
             Some(levels) => Some(self.level_candidates(levels, exclude, now, rng)?),
         };
         let allowed = |i: usize| {
-            mask.as_ref().is_none_or(|u| u[i]) && !exclude.contains(&self.endpoints[i].target)
+            mask.as_ref().is_none_or(|u| u[i]) && !exclude.contains(&self.endpoints[i].target())
         };
         if !(0..n).any(allowed) {
             return None;

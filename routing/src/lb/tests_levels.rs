@@ -122,10 +122,10 @@ fn retry_exclusion_stays_in_the_level_then_spills() {
         placement(1, "b", 1),
     ];
     let c = placed_cluster(&places, false, t0);
-    let (a, b) = (c.endpoints[0].target, c.endpoints[1].target);
+    let (a, b) = (c.endpoints[0].target(), c.endpoints[1].target());
     let mut rng = StdRng::seed_from_u64(5);
     for _ in 0..50 {
-        let t = c.pick_at(None, &[a], t0, &mut rng).unwrap().target;
+        let t = c.pick_at(None, &[a], t0, &mut rng).unwrap().target();
         assert_eq!(t, b);
     }
     // Both P0 endpoints tried: another usable endpoint of a loaded level, else none.

@@ -11,7 +11,7 @@ use std::time::Duration;
 fn outlier_ejects_returns_and_grows() {
     let t0 = Instant::now();
     let c = with_policy(od(100, 0), eps(3, t0), t0);
-    let bad = c.endpoints[0].target;
+    let bad = c.endpoints[0].target();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     // two 5xx and a success: no ejection
     assert!(fail(&c, 0, 2, at(100)).is_none());
@@ -49,7 +49,7 @@ fn outlier_respects_max_ejection_percent() {
     let c = with_policy(od(50, 0), eps(3, t0), t0);
     assert!(fail(&c, 0, 3, t0).is_some());
     assert!(fail(&c, 1, 3, t0).is_none());
-    assert_eq!(c.ejected(t0), vec![c.endpoints[0].target]);
+    assert_eq!(c.ejected(t0), vec![c.endpoints[0].target()]);
     // default 10 % with 3 hosts: nothing is ever ejected (Envoy, always_eject_one_host off)
     let d = with_policy(od(0, 0), eps(3, t0), t0);
     assert_eq!(d.outlier_settings().unwrap().max_ejection_percent, 10);
@@ -61,7 +61,7 @@ fn outlier_respects_max_ejection_percent() {
     assert!(fail(&c10, 1, 2, t0).is_none());
     // once the first host is back, the third failure since the reset ejects
     let back = t0 + Duration::from_secs(31);
-    assert!(!c10.is_ejected(c10.endpoints[0].target, back));
+    assert!(!c10.is_ejected(c10.endpoints[0].target(), back));
     assert!(fail(&c10, 1, 1, back).is_some());
 }
 
@@ -96,7 +96,7 @@ fn gateway_errors_detector() {
         o.consecutive_gateway_errors = Some(2);
     }
     let c = with_policy(p, eps(2, t0), t0);
-    let t = c.endpoints[0].target;
+    let t = c.endpoints[0].target();
     for _ in 0..5 {
         assert!(
             c.report(t, Outcome::Status(500), t0).is_none(),
@@ -109,7 +109,7 @@ fn gateway_errors_detector() {
     // no detector configured: reports are ignored
     let plain = cluster(LbPolicy::RoundRobin, 1);
     assert!(fail(&plain, 0, 10, t0).is_none());
-    assert!(!plain.is_ejected(plain.endpoints[0].target, t0));
+    assert!(!plain.is_ejected(plain.endpoints[0].target(), t0));
 }
 
 #[test]
@@ -123,14 +123,14 @@ fn carry_over_keeps_state() {
     // reload: endpoint 2 stays, endpoint 3 is new, endpoint 1 stays ejected
     let mut new = with_policy(od(100, 0), eps(3, later), later);
     new.carry_over(&old);
-    assert!(new.is_ejected(old.endpoints[0].target, later));
-    assert_eq!(new.endpoint(old.endpoints[1].target).unwrap().active(), 1);
-    assert_eq!(new.endpoint(old.endpoints[1].target).unwrap().added(), t0);
+    assert!(new.is_ejected(old.endpoints[0].target(), later));
+    assert_eq!(new.endpoint(old.endpoints[1].target()).unwrap().active(), 1);
+    assert_eq!(new.endpoint(old.endpoints[1].target()).unwrap().added(), t0);
     assert_eq!(new.endpoints[2].added(), later);
     assert_eq!(new.in_use(PoolResource::Request), 1);
     drop((active, pool));
     assert_eq!(new.in_use(PoolResource::Request), 0);
-    assert_eq!(new.endpoint(old.endpoints[1].target).unwrap().active(), 0);
+    assert_eq!(new.endpoint(old.endpoints[1].target()).unwrap().active(), 0);
 }
 
 #[test]
@@ -138,15 +138,15 @@ fn round_robin_continues_across_a_reload() {
     let t0 = Instant::now();
     let rr = || ClusterPolicy::with_lb(LbPolicy::RoundRobin);
     let old = with_policy(rr(), eps(3, t0), t0);
-    let first = old.pick(&[]).unwrap().target;
-    assert_eq!(first, old.endpoints[0].target);
+    let first = old.pick(&[]).unwrap().target();
+    assert_eq!(first, old.endpoints[0].target());
     let mut new = with_policy(rr(), eps(3, t0), t0);
     new.carry_over(&old);
     // The rotation goes on where it was: a reload every request still spreads the load.
-    assert_eq!(new.pick(&[]).unwrap().target, old.endpoints[1].target);
+    assert_eq!(new.pick(&[]).unwrap().target(), old.endpoints[1].target());
     // Requests still on the old snapshot share the same position.
-    assert_eq!(old.pick(&[]).unwrap().target, old.endpoints[2].target);
-    assert_eq!(new.pick(&[]).unwrap().target, old.endpoints[0].target);
+    assert_eq!(old.pick(&[]).unwrap().target(), old.endpoints[2].target());
+    assert_eq!(new.pick(&[]).unwrap().target(), old.endpoints[0].target());
 }
 
 #[test]
@@ -167,16 +167,16 @@ fn carry_over_matches_target_and_identity_in_any_order() {
         identity: "spiffe://cluster.local/ns/default/sa/other".into(),
         ..(*e2.endpoint).clone()
     });
-    reordered[1] = ClusterEndpoint::new_at(other, e2.target, later);
+    reordered[1] = ClusterEndpoint::new_at(other, e2.target().port(), later);
     let mut new = with_policy(od(100, 0), reordered, later);
     new.carry_over(&old);
     let (e3, e2, e1) = (&new.endpoints[0], &new.endpoints[1], &new.endpoints[2]);
     assert_eq!((e1.active(), e1.added()), (1, t0));
     assert_eq!((e3.active(), e3.added()), (3, t0));
-    assert!(new.is_ejected(e3.target, later), "ejection carried over");
+    assert!(new.is_ejected(e3.target(), later), "ejection carried over");
     // changed identity: fresh state
     assert_eq!((e2.active(), e2.added()), (0, later));
-    assert!(!new.is_ejected(e2.target, later));
+    assert!(!new.is_ejected(e2.target(), later));
     drop(guards);
     assert_eq!((e1.active(), e3.active()), (0, 0));
 }
@@ -192,7 +192,7 @@ fn endpoints_carry_their_parsed_identity() {
         identity: "spiffe://cluster.local/default/sa".into(),
         ..(*endpoint(1)).clone()
     });
-    let e = ClusterEndpoint::new_at(bad.clone(), SocketAddr::new(bad.address, 1), t0);
+    let e = ClusterEndpoint::new_at(bad.clone(), 1, t0);
     let err = e.spiffe_id().unwrap_err();
     assert_eq!(err, &bad.identity.parse::<crate::SpiffeId>().unwrap_err());
     assert!(err.to_string().contains("invalid SPIFFE id"), "{err}");
@@ -207,7 +207,7 @@ fn outlier_state_is_made_only_where_detection_runs() {
     let t0 = Instant::now();
     assert!(std::mem::size_of::<crate::runtime::EndpointRuntime>() <= 40);
     let plain = cluster(LbPolicy::RoundRobin, 3);
-    let bad = plain.endpoints[0].target;
+    let bad = plain.endpoints[0].target();
     assert_eq!(picked(&plain, t0).len(), 3);
     assert!(fail(&plain, 0, 5, t0).is_none());
     assert!(!plain.is_ejected(bad, t0));

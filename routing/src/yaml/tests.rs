@@ -199,7 +199,7 @@ fn bookinfo_clusters() {
     );
     assert_eq!(v1.subset.as_deref(), Some("v1"));
     assert_eq!(v1.lb, LbPolicy::Random);
-    let targets: Vec<SocketAddr> = v1.endpoints.iter().map(|e| e.target).collect();
+    let targets: Vec<SocketAddr> = v1.endpoints.iter().map(|e| e.target()).collect();
     assert_eq!(targets, vec![addr("127.0.10.1:9080")]);
     assert_eq!(v1.endpoints[0].endpoint.name, "reviews-v1");
     assert!(s.cluster(FQDN, 9080, Some("v4")).is_none());
@@ -473,7 +473,7 @@ spec:
         .cluster("mongodb.db.svc.cluster.local", 27017, None)
         .unwrap();
     assert_eq!(c.name, "inbound-vip|27017|tcp|mongodb.db.svc.cluster.local");
-    let t: Vec<String> = c.endpoints.iter().map(|e| e.target.to_string()).collect();
+    let t: Vec<String> = c.endpoints.iter().map(|e| e.target().to_string()).collect();
     assert_eq!(t, vec!["127.0.10.5:27018", "[::1]:27018"]);
     assert_eq!(
         c.endpoints[1].endpoint.identity,

@@ -80,7 +80,7 @@ fn bookinfo_reviews_split_subsets_and_identity() {
         let ips: Vec<String> = c
             .endpoints
             .iter()
-            .map(|e| e.target.ip().to_string())
+            .map(|e| e.target().ip().to_string())
             .collect();
         assert_eq!(ips, vec![ip.to_string()], "{subset}");
         assert_eq!(c.lb, LbPolicy::Random);
@@ -196,7 +196,7 @@ fn bookinfo_matches_the_yaml_front_end() {
         assert_eq!(xc.lb, yc.lb);
         assert_eq!(xc.limits(), yc.limits());
         let ips = |c: &routing::Cluster| {
-            let mut v: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.target).collect();
+            let mut v: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.target()).collect();
             v.sort();
             v
         };

@@ -24,7 +24,7 @@ fn dns_endpoints(t: &Translation, host: &str) -> Vec<(String, routing::Transport
     let mut eps: Vec<_> = c
         .endpoints
         .iter()
-        .map(|e| (e.target.to_string(), e.endpoint.transport))
+        .map(|e| (e.target().to_string(), e.endpoint.transport))
         .collect();
     eps.sort();
     eps

@@ -19,7 +19,7 @@ fn pick_counts(
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let mut m = std::collections::BTreeMap::new();
     for _ in 0..n {
-        *m.entry(c.pick_at(None, &[], now, &mut rng).unwrap().target)
+        *m.entry(c.pick_at(None, &[], now, &mut rng).unwrap().target())
             .or_default() += 1;
     }
     m
@@ -34,7 +34,7 @@ fn locality_failover_priorities_spill_by_health() {
     let mut placed: Vec<(String, u32, String)> = c
         .endpoints
         .iter()
-        .map(|e| (e.target.to_string(), e.priority, e.locality.to_string()))
+        .map(|e| (e.target().to_string(), e.priority, e.locality.to_string()))
         .collect();
     placed.sort();
     assert_eq!(

@@ -529,13 +529,13 @@ fn unchanged_services_share_their_clusters_with_the_next_snapshot() {
     let n = all(&first, REVIEWS);
     assert!(n >= 2, "reviews has {n} endpoints");
     let page = first.cluster(PRODUCTPAGE, 9080, None).unwrap();
-    let page_guard = page.begin(page.endpoints[0].target);
+    let page_guard = page.begin(page.endpoints[0].target());
     let reviews = first.cluster(REVIEWS, 9080, None).unwrap();
-    let reviews_target = reviews.endpoints[0].target;
+    let reviews_target = reviews.endpoints[0].target();
     let reviews_guard = reviews.begin(reviews_target);
 
     // reviews loses a pod: only its clusters are built again.
-    let gone = reviews.endpoints[n - 1].target;
+    let gone = reviews.endpoints[n - 1].target();
     let fewer = reviews_without(&res, gone);
     let second = publish(&mut translator, &fewer, &first);
     let page2 = second.cluster(PRODUCTPAGE, 9080, None).unwrap();

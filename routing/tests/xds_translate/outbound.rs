@@ -71,7 +71,7 @@ fn outbound_cluster_is_a_route_destination_with_hbone_and_direct_endpoints() {
         .iter()
         .map(|e| {
             (
-                e.target.to_string(),
+                e.target().to_string(),
                 e.endpoint.transport,
                 e.endpoint.namespace.clone(),
             )
@@ -134,7 +134,7 @@ fn outbound_sidecar_endpoint_is_istio_mutual_and_odd_ones_left_out() {
     let mut eps: Vec<(String, routing::Transport)> = c
         .endpoints
         .iter()
-        .map(|e| (e.target.to_string(), e.endpoint.transport))
+        .map(|e| (e.target().to_string(), e.endpoint.transport))
         .collect();
     eps.sort();
     assert_eq!(

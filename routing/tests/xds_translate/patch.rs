@@ -23,7 +23,7 @@ fn an_eds_push_patches_the_published_snapshot() {
     let first = publish(&mut translator, &full, &routing::Snapshot::empty());
     assert!(!translator.reuse().patched, "nothing to patch yet");
     let reviews = first.cluster(REVIEWS, 9080, None).unwrap();
-    let gone = reviews.endpoints[0].target;
+    let gone = reviews.endpoints[0].target();
     let fewer = reviews_without(&res, gone);
 
     let second = publish(&mut translator, &fewer, &first);
@@ -101,7 +101,7 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
     let full = bookinfo_wire(&res);
     let mut translator = Translator::new();
     let first = publish(&mut translator, &full, &routing::Snapshot::empty());
-    let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target;
+    let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target();
     let fewer = reviews_without(&res, gone);
     let changed = |wire: &Wire| -> Vec<(&'static str, String, Bytes)> {
         wire.iter()

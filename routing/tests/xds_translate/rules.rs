@@ -159,7 +159,7 @@ fn rules_cluster_policies() {
         (3, 2, Duration::from_secs(5), Duration::from_secs(60), 50, 0)
     );
     // Target port from the endpoints, not the service port.
-    assert_eq!(c.endpoints[0].target.port(), 8081);
+    assert_eq!(c.endpoints[0].target().port(), 8081);
     // Subset cluster: its own policy (ring hash keyed by the route's hash_policy).
     let canary = s.cluster(WEB_HOST, 8080, Some("canary")).unwrap();
     assert_eq!(canary.lb, LbPolicy::RingHash);

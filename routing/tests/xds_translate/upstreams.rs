@@ -31,7 +31,7 @@ fn mixed_cluster_dials_plain_endpoints_directly_with_dr_tls() {
     let mut eps: Vec<(String, routing::Transport)> = c
         .endpoints
         .iter()
-        .map(|e| (e.target.to_string(), e.endpoint.transport))
+        .map(|e| (e.target().to_string(), e.endpoint.transport))
         .collect();
     eps.sort();
     assert_eq!(
@@ -101,7 +101,7 @@ spec:
         let mut v: Vec<(String, routing::Transport)> = c
             .endpoints
             .iter()
-            .map(|e| (e.target.to_string(), e.endpoint.transport))
+            .map(|e| (e.target().to_string(), e.endpoint.transport))
             .collect();
         v.sort();
         v

@@ -126,7 +126,7 @@ pub fn pick(
         cluster
             .endpoints
             .iter()
-            .find(|e| e.target.ip() == dst.ip() && !attempt.tried.contains(&e.target))
+            .find(|e| e.target().ip() == dst.ip() && !attempt.tried.contains(&e.target()))
     });
     let ep = match passthrough.flatten() {
         Some(ep) => ep,
@@ -145,7 +145,7 @@ pub fn pick(
         },
     };
     Ok(Pick {
-        target: ep.target,
+        target: ep.target(),
         endpoint: ep.endpoint.clone(),
         dial,
         active: ep.begin(),
@@ -154,7 +154,7 @@ pub fn pick(
 
 fn identity(snapshot: &Snapshot, ep: &routing::ClusterEndpoint) -> Result<PeerCheck, NoPick> {
     PeerCheck::for_endpoint(snapshot, ep).map_err(|reason| NoPick::Identity {
-        target: ep.target,
+        target: ep.target(),
         reason,
     })
 }

@@ -37,7 +37,7 @@ fn example_directory_loads() {
     );
     assert_eq!(s.cluster(FQDN, 9080, None).unwrap().endpoints.len(), 3);
     assert_eq!(
-        s.cluster(FQDN, 9080, Some("v2")).unwrap().endpoints[0].target,
+        s.cluster(FQDN, 9080, Some("v2")).unwrap().endpoints[0].target(),
         addr("127.0.10.2:9080")
     );
     let ratings = s.service_by_host("ratings:9080").unwrap();
@@ -49,7 +49,7 @@ fn example_directory_loads() {
         .cluster("ratings.default.svc.cluster.local", 9080, None)
         .unwrap();
     assert_eq!(c.endpoints.len(), 1);
-    assert_eq!(c.endpoints[0].target, addr("127.0.10.4:9080"));
+    assert_eq!(c.endpoints[0].target(), addr("127.0.10.4:9080"));
     match s.resolve_destination(addr("10.0.0.30:27017")) {
         Some(Destination::Service { service, port }) => {
             assert_eq!(service.hostname, "mongodb.default.svc.cluster.local");
@@ -64,7 +64,7 @@ fn example_directory_loads() {
         m.name,
         "inbound-vip|27017|tcp|mongodb.default.svc.cluster.local"
     );
-    assert_eq!(m.endpoints[0].target, addr("127.0.10.5:27017"));
+    assert_eq!(m.endpoints[0].target(), addr("127.0.10.5:27017"));
     let reviews = s.service_by_host("reviews").unwrap();
     assert!(matches!(
         s.route(reviews, 9080, &SimpleRequest::new("/")),

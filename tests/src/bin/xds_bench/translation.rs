@@ -343,7 +343,7 @@ fn breakdown(snapshot: &routing::Snapshot) -> Vec<(&'static str, i64)> {
                 let eps = c
                     .endpoints
                     .iter()
-                    .map(|e| routing::ClusterEndpoint::new(e.endpoint.clone(), e.target))
+                    .map(|e| routing::ClusterEndpoint::new(e.endpoint.clone(), e.target().port()))
                     .collect();
                 routing::Cluster::with_policy(
                     c.name.clone(),

@@ -165,7 +165,6 @@ pub fn cert_sans(cert: &[u8]) -> Vec<(SanKind, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn endpoint(identity: &str) -> Arc<routing::Endpoint> {
         Arc::new(routing::Endpoint {
@@ -180,7 +179,7 @@ mod tests {
     }
 
     fn in_cluster(e: &Arc<routing::Endpoint>) -> routing::ClusterEndpoint {
-        routing::ClusterEndpoint::new(e.clone(), SocketAddr::new(e.address, 80))
+        routing::ClusterEndpoint::new(e.clone(), 80)
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn assignment(c: &routing::Cluster) -> ClusterLoadAssignment {
         let locality = locality(&e.locality);
         let lb = LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                address: Some(socket_address(e.target)),
+                address: Some(socket_address(e.target())),
                 ..Default::default()
             })),
             ..Default::default()
@@ -366,7 +366,7 @@ fn hosts(c: &routing::Cluster) -> Vec<Host<'_>> {
         .iter()
         .map(|e| Host {
             endpoint: e,
-            ejected: c.is_ejected(e.target, now),
+            ejected: c.is_ejected(e.target(), now),
         })
         .collect()
 }
@@ -380,7 +380,7 @@ pub fn clusters_text(snapshot: &routing::Snapshot) -> String {
         out.push_str(&format!("{name}::added_via_api::true\n"));
         for h in hosts(c) {
             let e = h.endpoint;
-            let t = e.target;
+            let t = e.target();
             let health = if h.ejected {
                 "/failed_outlier_check"
             } else {
@@ -416,7 +416,7 @@ pub fn clusters(snapshot: &routing::Snapshot) -> admin::Clusters {
                 .map(|h| {
                     let e = h.endpoint;
                     admin::HostStatus {
-                        address: Some(socket_address(e.target)),
+                        address: Some(socket_address(e.target())),
                         stats: vec![admin::SimpleMetric {
                             r#type: admin::simple_metric::Type::Gauge as i32,
                             value: e.active() as u64,

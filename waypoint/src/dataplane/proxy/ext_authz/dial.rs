@@ -73,11 +73,11 @@ impl Route {
         let Some(ep) = cluster.pick(&[]) else {
             return Route::Refused(format!("cluster {} has no healthy endpoint", cluster.name));
         };
-        let refused = |why: String| Route::Refused(format!("{address} at {}: {why}", ep.target));
+        let refused = |why: String| Route::Refused(format!("{address} at {}: {why}", ep.target()));
         match ep.endpoint.transport {
             routing::Transport::Hbone => match PeerCheck::for_endpoint(snapshot, ep) {
                 Ok(identity) => Route::Hbone {
-                    target: ep.target,
+                    target: ep.target(),
                     identity,
                     pool: pool.clone(),
                 },
@@ -85,10 +85,10 @@ impl Route {
             },
             routing::Transport::Direct => {
                 match cluster.policy.tls.as_ref().and_then(|t| t.originate()) {
-                    None => Route::Direct(ep.target),
+                    None => Route::Direct(ep.target()),
                     Some(tls) => match crate::dataplane::direct::tls_config(tls) {
                         Ok(config) => Route::DirectTls {
-                            target: ep.target,
+                            target: ep.target(),
                             config,
                             sni: tls.sni.clone().or_else(|| Some(host.to_string())),
                         },
@@ -109,7 +109,7 @@ impl Route {
                     });
                 match config {
                     Ok(config) => Route::DirectTls {
-                        target: ep.target,
+                        target: ep.target(),
                         config,
                         sni: Some(crate::dataplane::direct::istio_sni(host, port, None)),
                     },
