@@ -45,6 +45,7 @@ pub use hash::{
     SimpleHashRequest,
 };
 pub use hosts::{expand_host, normalize_authority, CLUSTER_DOMAIN};
+pub use labels::Labels;
 pub use lb::{cluster_name, ActiveGuard, Cluster, ClusterEndpoint, ClusterStats};
 pub use matching::{query_param, Miss, RequestView, SimpleRequest};
 pub use model::{

@@ -52,7 +52,7 @@ pub trait RequestView {
         0
     }
     /// Labels of the source workload, when known.
-    fn source_labels(&self) -> Option<&BTreeMap<String, String>> {
+    fn source_labels(&self) -> Option<&crate::Labels> {
         None
     }
     /// Namespace of the source workload, when known.
@@ -75,7 +75,7 @@ pub struct SimpleRequest {
     pub authority: Option<String>,
     /// 0 = unknown.
     pub port: u16,
-    pub source_labels: Option<BTreeMap<String, String>>,
+    pub source_labels: Option<crate::Labels>,
     pub source_namespace: Option<String>,
 }
 
@@ -164,7 +164,7 @@ impl RequestView for SimpleRequest {
         self.port
     }
 
-    fn source_labels(&self) -> Option<&BTreeMap<String, String>> {
+    fn source_labels(&self) -> Option<&crate::Labels> {
         self.source_labels.as_ref()
     }
 
@@ -274,7 +274,7 @@ pub enum Miss<'a> {
     },
     SourceLabels {
         want: &'a BTreeMap<String, String>,
-        got: Option<&'a BTreeMap<String, String>>,
+        got: Option<&'a crate::Labels>,
     },
     Uri {
         cond: &'a StringMatch,
@@ -304,19 +304,18 @@ pub enum Miss<'a> {
     },
 }
 
-struct Labels<'a>(&'a BTreeMap<String, String>);
+/// `{k=v, …}`.
+fn show_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let pairs: Vec<String> = labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
+}
 
-impl fmt::Display for Labels<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("{")?;
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{k}={v}")?;
-        }
-        f.write_str("}")
-    }
+/// [`show_labels`] of a selector.
+fn show_selector(selector: &BTreeMap<String, String>) -> String {
+    show_labels(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 fn value_mismatch(
@@ -347,7 +346,11 @@ impl fmt::Display for Miss<'_> {
                 got: Some(got),
             } => write!(f, "sourceNamespace {want:?} does not match {got:?}"),
             Miss::SourceLabels { want, got: None } => {
-                write!(f, "sourceLabels {}: source labels unknown", Labels(want))
+                write!(
+                    f,
+                    "sourceLabels {}: source labels unknown",
+                    show_selector(want)
+                )
             }
             Miss::SourceLabels {
                 want,
@@ -355,8 +358,8 @@ impl fmt::Display for Miss<'_> {
             } => write!(
                 f,
                 "sourceLabels {} not all in source labels {}",
-                Labels(want),
-                Labels(got)
+                show_selector(want),
+                show_labels(got.iter())
             ),
             Miss::Uri {
                 cond,

@@ -135,7 +135,7 @@ pub struct Endpoint {
     /// Shared: the snapshot builder gives endpoints with equal labels one map (the pods of a
     /// subset have the same labels). Change one with `Arc::make_mut`.
     #[serde(serialize_with = "serialize_arc")]
-    pub labels: Arc<BTreeMap<String, String>>,
+    pub labels: Arc<crate::Labels>,
     pub service_account: String,
     pub namespace: String,
     /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`; empty when not known ahead of the connection
@@ -190,11 +190,10 @@ impl Endpoint {
 }
 
 /// `labels ⊇ selector`.
-pub fn labels_superset(
-    labels: &BTreeMap<String, String>,
-    selector: &BTreeMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+pub fn labels_superset(labels: &crate::Labels, selector: &BTreeMap<String, String>) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v.as_str()))
 }
 
 /// Label that takes a workload out of ambient (`istio.io/dataplane-mode: none`).
@@ -567,6 +566,7 @@ mod tests {
         l.insert("app".to_string(), "r".to_string());
         l.insert("version".to_string(), "v1".to_string());
         let mut s = BTreeMap::new();
+        let l = crate::Labels::from(l);
         assert!(labels_superset(&l, &s));
         s.insert("app".to_string(), "r".to_string());
         assert!(labels_superset(&l, &s));

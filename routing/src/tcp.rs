@@ -116,7 +116,7 @@ pub struct TcpConnection<'a> {
     /// Source workload namespace (from its SPIFFE identity).
     pub source_namespace: Option<&'a str>,
     /// Source workload labels, when the config knows the workload.
-    pub source_labels: Option<&'a BTreeMap<String, String>>,
+    pub source_labels: Option<&'a crate::Labels>,
 }
 
 impl TcpMatch {
@@ -205,9 +205,7 @@ mod tests {
 
     #[test]
     fn match_conditions() {
-        let labels: BTreeMap<String, String> = [("app".to_string(), "client".to_string())]
-            .into_iter()
-            .collect();
+        let labels: crate::Labels = [("app", "client")].into_iter().collect();
         let conn = TcpConnection {
             destination: Some(ip("10.0.0.20")),
             source_namespace: Some("default"),

@@ -18,7 +18,6 @@ use routing::{
     pick_weighted, Destination, LoadErrors, Outcome, PoolResource, RequestView, RouteDecision,
     RouteMatch, Service, SimpleHashRequest, SimpleRequest, Snapshot, StringMatch,
 };
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -308,8 +307,7 @@ fn request_matching(m: &RouteMatch, authority: &str, port: u16) -> SimpleRequest
             .map_or_else(|| authority.to_string(), satisfy),
     );
     if !m.source_labels.is_empty() {
-        let labels: BTreeMap<String, String> = m.source_labels.clone();
-        req.source_labels = Some(labels);
+        req.source_labels = Some(m.source_labels.clone().into());
     }
     req.source_namespace = m.source_namespace.clone();
     let _ = req.path();

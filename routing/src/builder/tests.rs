@@ -60,7 +60,7 @@ fn equal_labels_are_one_map_and_a_shared_endpoint_stays_shared() {
     assert_eq!(eps.len(), 3);
     assert!(Arc::ptr_eq(&eps[0].labels, &eps[1].labels));
     assert!(!Arc::ptr_eq(&eps[0].labels, &eps[2].labels));
-    assert_eq!(eps[1].labels.get("version").map(String::as_str), Some("v1"));
+    assert_eq!(eps[1].labels.get("version"), Some("v1"));
     assert_eq!(
         eps[1].address,
         "10.1.0.2".parse::<std::net::IpAddr>().unwrap()

@@ -41,7 +41,7 @@ pub(crate) struct PodEndpoint {
     pub(crate) workload: Option<String>,
     pub(crate) namespace: Option<String>,
     /// Shared: the translator gives equal maps one allocation ([`super::pieces`]).
-    pub(crate) labels: Arc<BTreeMap<String, String>>,
+    pub(crate) labels: Arc<crate::Labels>,
     /// Reached through `connect_originate` (HBONE), else directly.
     pub(crate) tunnel: bool,
     /// Its group's priority, locality and locality weight.
@@ -223,7 +223,7 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, EndpointError> {
         addr,
         workload,
         namespace,
-        labels: Arc::new(labels),
+        labels: Arc::new(labels.into()),
         tunnel,
         placement: Default::default(),
         istio_mtls: false,

@@ -9,6 +9,7 @@ use crate::model::{spiffe_identity, Endpoint, Protocol, ServicePort};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::dns::{normalize_hostname, DnsFamily, DnsQuery, DnsTarget, MAX_ADDRESSES_PER_HOST};
 
@@ -192,7 +193,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
                     name: format!("{}-ep{i}-{k}", ctx.name),
                     // Hostnames are reached directly (istiod: no tunnel, TLSMode disabled).
                     transport: crate::upstream::Transport::Direct,
-                    labels: labels.clone().into(),
+                    labels: Arc::new(labels.clone().into()),
                 });
             }
             continue;
@@ -208,7 +209,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
                 namespace: ctx.namespace.clone(),
                 name: format!("{}-ep{i}", ctx.name),
                 transport: crate::model::transport_of(&labels),
-                labels: labels.into(),
+                labels: Arc::new(labels.into()),
             })
         })();
         endpoints.extend(endpoint);

@@ -9,7 +9,6 @@ use crate::{
     RouteAction, RouteDecision, SimpleRequest, Snapshot, StringMatch, TcpConnection,
     UnmatchedPreflights, UriRewrite,
 };
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 mod errors;

@@ -37,7 +37,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<WorkloadEntryIr
         endpoint: Endpoint {
             address,
             transport: crate::model::transport_of(&labels),
-            labels: labels.into(),
+            labels: std::sync::Arc::new(labels.into()),
             identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa),
             service_account: sa,
             namespace: ctx.namespace.clone(),

@@ -101,7 +101,10 @@ fn bookinfo_reviews_split_subsets_and_identity() {
     assert!(!sans.is_empty(), "{sans:?}");
     assert_eq!(ep.service_account, "unknown");
     assert_eq!(ep.name, "reviews-v1");
-    assert_eq!(ep.labels["service.istio.io/canonical-revision"], "v1");
+    assert_eq!(
+        ep.labels.get("service.istio.io/canonical-revision"),
+        Some("v1")
+    );
     // ... and from the caller when it knows it.
     let mut opts = TranslateOptions::default();
     opts.identities.insert(

@@ -250,7 +250,7 @@ pub(super) fn build_service(
                 istio_mtls: p.istio_mtls,
             });
             e.labels
-                .extend(p.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                .extend(p.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             if e.namespace.is_none() {
                 e.namespace.clone_from(&p.namespace);
             }

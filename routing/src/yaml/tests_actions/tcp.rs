@@ -120,7 +120,7 @@ spec:
     let conn = TcpConnection::default();
     // mongo's catch-all tcp[2] comes first (load order)
     assert_eq!(s.tcp_route(svc, 27018, &conn).unwrap().name, "mongo.tcp.2");
-    let labels: BTreeMap<String, String> = BTreeMap::new();
+    let labels = crate::Labels::default();
     let conn = TcpConnection {
         source_labels: Some(&labels),
         ..conn

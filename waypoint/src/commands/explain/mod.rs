@@ -313,7 +313,7 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, E
                 .as_ref()
                 .is_none_or(|id| crate::dataplane::source::identity_matches(w, id))
         })
-        .map(|e| (*e.labels).clone());
+        .map(|e| e.labels.to_map());
     let mut req = SimpleRequest::new(target.path.clone())
         .with_method(args.method.to_ascii_uppercase())
         .with_scheme(target.scheme.clone())

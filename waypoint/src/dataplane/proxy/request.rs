@@ -13,7 +13,7 @@ pub(super) struct HeaderView<'a> {
     pub(super) req: &'a RequestHeader,
     pub(super) port: u16,
     pub(super) source_namespace: Option<&'a str>,
-    pub(super) source_labels: Option<&'a std::collections::BTreeMap<String, String>>,
+    pub(super) source_labels: Option<&'a routing::Labels>,
 }
 
 impl RequestView for HeaderView<'_> {
@@ -44,7 +44,7 @@ impl RequestView for HeaderView<'_> {
         self.port
     }
 
-    fn source_labels(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+    fn source_labels(&self) -> Option<&routing::Labels> {
         self.source_labels
     }
 

@@ -355,13 +355,8 @@ fn known_peers_get_canonical_app_and_version() {
 #[test]
 fn destination_canonical_labels_follow_istiod_order() {
     let mut e = (*ep("web-7f9")).clone();
-    let with = |pairs: &[(&str, &str)]| -> Arc<BTreeMap<String, String>> {
-        Arc::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+    let with = |pairs: &[(&str, &str)]| -> Arc<routing::Labels> {
+        Arc::new(pairs.iter().copied().collect())
     };
     e.labels = with(&[
         ("app", "a"),

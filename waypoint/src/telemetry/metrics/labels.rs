@@ -110,13 +110,7 @@ struct Peer<'e> {
 
 impl<'e> Peer<'e> {
     fn of(endpoint: &'e Endpoint) -> Self {
-        let l = |k: &str| {
-            endpoint
-                .labels
-                .get(k)
-                .map(String::as_str)
-                .filter(|v| !v.is_empty())
-        };
+        let l = |k: &str| endpoint.labels.get(k).filter(|v| !v.is_empty());
         let workload = l("service.istio.io/workload-name")
             .or(Some(endpoint.name.as_str()))
             .filter(|w| !w.is_empty());

@@ -1,5 +1,4 @@
 use super::*;
-use std::collections::BTreeMap;
 
 pub(super) fn tunnel(baggage: Option<&str>) -> TunnelInfo {
     TunnelInfo {
@@ -51,11 +50,11 @@ fn source_labels_come_from_identity_and_baggage() {
 #[test]
 fn source_labels_fall_back_to_the_workload_at_the_clients_address() {
     let mut w = (*ep("productpage-v1")).clone();
-    w.labels = BTreeMap::from([
-        ("app".to_string(), "productpage".to_string()),
-        ("version".to_string(), "v1".to_string()),
-    ])
-    .into();
+    w.labels = Arc::new(
+        [("app", "productpage"), ("version", "v1")]
+            .into_iter()
+            .collect(),
+    );
     let s = SourceLabels::from_tunnel(Some(&tunnel(None)), Some(&w));
     assert_eq!(&*s.source_workload, "productpage-v1");
     assert_eq!(&*s.source_canonical_service, "productpage");
@@ -81,11 +80,11 @@ fn destination_labels_from_endpoint_labels() {
     let svc = ("reviews.bookinfo.svc.cluster.local", "bookinfo");
     let ep = Endpoint {
         address: "10.1.0.1".parse().unwrap(),
-        labels: BTreeMap::from([
-            ("app".to_string(), "reviews".to_string()),
-            ("version".to_string(), "v2".to_string()),
-        ])
-        .into(),
+        labels: Arc::new(
+            [("app", "reviews"), ("version", "v2")]
+                .into_iter()
+                .collect(),
+        ),
         service_account: "bookinfo-reviews".into(),
         namespace: "bookinfo".into(),
         identity: "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
@@ -192,7 +191,7 @@ fn atomic_histogram_matches_prometheus_client() {
 pub(super) fn ep(name: &str) -> Arc<Endpoint> {
     Arc::new(Endpoint {
         address: "10.1.0.1".parse().unwrap(),
-        labels: BTreeMap::from([("app".to_string(), "reviews".to_string())]).into(),
+        labels: Arc::new([("app", "reviews")].into_iter().collect()),
         service_account: "reviews".into(),
         namespace: "bookinfo".into(),
         identity: "spiffe://cluster.local/ns/bookinfo/sa/reviews".into(),
