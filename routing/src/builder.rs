@@ -430,7 +430,7 @@ fn port_clusters(
     };
     let top = dr.and_then(|d| d.traffic_policy.as_deref());
     // Each identity parsed once for the port's clusters (the pods of a subset are in `all` too).
-    let mut ids: HashMap<String, IdentityParse> = HashMap::new();
+    let mut ids: HashMap<Arc<str>, IdentityParse> = HashMap::new();
     let mut make = |subset: Option<&str>,
                     subset_policy: Option<&TrafficPolicy>,
                     labels: Option<&BTreeMap<String, String>>| {

@@ -85,6 +85,23 @@ impl Serialize for Labels {
     }
 }
 
+/// One `Arc<str>` per distinct name (a namespace, a service account, an identity) among the
+/// endpoints one pass builds: a workload's pods have the same ones.
+#[derive(Debug, Default)]
+pub(crate) struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    /// The set's string equal to `name`, or `name` added to it.
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
 /// A set of shared label maps.
 #[derive(Debug, Default)]
 pub(crate) struct LabelMaps(HashSet<Arc<Labels>>);

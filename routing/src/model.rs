@@ -136,12 +136,14 @@ pub struct Endpoint {
     /// subset have the same labels). Change one with `Arc::make_mut`.
     #[serde(serialize_with = "serialize_arc")]
     pub labels: Arc<crate::Labels>,
-    pub service_account: String,
-    pub namespace: String,
+    /// The names are shared strings: the pods of a workload have the same service account,
+    /// namespace and identity, and a front-end gives them one allocation.
+    pub service_account: Arc<str>,
+    pub namespace: Arc<str>,
     /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`; empty when not known ahead of the connection
     /// (xDS without workload discovery: the peer certificate tells).
-    pub identity: String,
-    pub name: String,
+    pub identity: Arc<str>,
+    pub name: Arc<str>,
     /// HBONE, or a direct connection for a workload outside the mesh.
     pub transport: crate::upstream::Transport,
 }

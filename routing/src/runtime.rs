@@ -192,7 +192,7 @@ impl ClusterState {
     /// for tests and dumps, not the data path).
     pub fn endpoint(&self, target: SocketAddr, identity: &str) -> Option<&Arc<EndpointRuntime>> {
         self.entries()
-            .find(|(k, _)| k.target == target && k.endpoint.identity == identity)
+            .find(|(k, _)| k.target == target && &*k.endpoint.identity == identity)
             .map(|(_, r)| r)
     }
 

@@ -20,7 +20,7 @@ pub(super) fn endpoint(i: u8) -> Arc<Endpoint> {
         namespace: "default".into(),
         identity: "spiffe://cluster.local/ns/default/sa/sa".into(),
         transport: Default::default(),
-        name: format!("ep{i}"),
+        name: format!("ep{i}").into(),
     })
 }
 

@@ -186,7 +186,7 @@ fn endpoints_carry_their_parsed_identity() {
     let t0 = Instant::now();
     let c = with_policy(od(100, 0), eps(1, t0), t0);
     let id = c.endpoints[0].spiffe_id().unwrap();
-    assert_eq!(id.to_string(), c.endpoints[0].endpoint.identity);
+    assert_eq!(id.to_string(), &*c.endpoints[0].endpoint.identity);
     // A bad identity keeps the parser's error (the attempt fails with it; nothing is dialled).
     let bad = Arc::new(Endpoint {
         identity: "spiffe://cluster.local/default/sa".into(),

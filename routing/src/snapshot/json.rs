@@ -49,7 +49,7 @@ impl Snapshot {
             .by_pod_ip
             .iter()
             .map(|(ip, list)| {
-                let list = list.iter().map(|(h, e)| (&**h, e.name.as_str())).collect();
+                let list = list.iter().map(|(h, e)| (&**h, &*e.name)).collect();
                 (ip.to_string(), list)
             })
             .collect();

@@ -187,10 +187,10 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
             for (k, ip) in answers.into_iter().take(take).enumerate() {
                 endpoints.push(Endpoint {
                     address: ip,
-                    identity: String::new(),
-                    service_account: "unknown".to_string(),
-                    namespace: ctx.namespace.clone(),
-                    name: format!("{}-ep{i}-{k}", ctx.name),
+                    identity: "".into(),
+                    service_account: "unknown".into(),
+                    namespace: ctx.namespace.as_str().into(),
+                    name: format!("{}-ep{i}-{k}", ctx.name).into(),
                     // Hostnames are reached directly (istiod: no tunnel, TLSMode disabled).
                     transport: crate::upstream::Transport::Direct,
                     labels: Arc::new(labels.clone().into()),
@@ -204,10 +204,10 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
             let labels = e.labels.unwrap_or_default();
             Some(Endpoint {
                 address,
-                identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa),
-                service_account: sa,
-                namespace: ctx.namespace.clone(),
-                name: format!("{}-ep{i}", ctx.name),
+                identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa).into(),
+                service_account: sa.into(),
+                namespace: ctx.namespace.as_str().into(),
+                name: format!("{}-ep{i}", ctx.name).into(),
                 transport: crate::model::transport_of(&labels),
                 labels: Arc::new(labels.into()),
             })

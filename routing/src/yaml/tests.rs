@@ -119,9 +119,9 @@ fn bookinfo_loads_and_resolves_vip() {
     match s.resolve_destination(addr("10.0.0.10:9080")) {
         Some(Destination::Service { service, port }) => {
             assert_eq!(service.hostname, FQDN);
-            assert_eq!(service.namespace, "default");
+            assert_eq!(&*service.namespace, "default");
             assert_eq!(port.number, 9080);
-            assert_eq!(port.name, "http");
+            assert_eq!(&*port.name, "http");
             assert_eq!(port.protocol, Protocol::Http);
             assert_eq!(port.target_port, 9080);
         }
@@ -142,12 +142,12 @@ fn bookinfo_resolves_pod() {
             services,
             bound: None,
         }) => {
-            assert_eq!(endpoint.name, "reviews-v2");
+            assert_eq!(&*endpoint.name, "reviews-v2");
             assert_eq!(
-                endpoint.identity,
+                &*endpoint.identity,
                 "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
             );
-            assert_eq!(endpoint.service_account, "bookinfo-reviews");
+            assert_eq!(&*endpoint.service_account, "bookinfo-reviews");
             assert_eq!(port, 9080);
             assert_eq!(services.len(), 1);
             assert_eq!(services[0].hostname, FQDN);
@@ -169,7 +169,7 @@ fn bookinfo_route_is_90_10() {
         } => {
             assert_eq!(virtual_service, "default/reviews");
             assert_eq!(route_index, 0);
-            assert_eq!(route.name, "reviews.0");
+            assert_eq!(&*route.name, "reviews.0");
             assert!(route.matches.is_empty());
             let d: Vec<(&str, Option<&str>, u32)> = route
                 .destinations
@@ -187,21 +187,21 @@ fn bookinfo_clusters() {
     let s = load(&[]);
     let all = s.cluster(FQDN, 9080, None).unwrap();
     assert_eq!(
-        all.name,
+        &*all.name,
         "inbound-vip|9080|http|reviews.default.svc.cluster.local"
     );
     assert_eq!(all.endpoints.len(), 3);
     assert_eq!(all.lb, LbPolicy::Random);
     let v1 = s.cluster(FQDN, 9080, Some("v1")).unwrap();
     assert_eq!(
-        v1.name,
+        &*v1.name,
         "inbound-vip|9080|http/v1|reviews.default.svc.cluster.local"
     );
     assert_eq!(v1.subset.as_deref(), Some("v1"));
     assert_eq!(v1.lb, LbPolicy::Random);
     let targets: Vec<SocketAddr> = v1.endpoints.iter().map(|e| e.target()).collect();
     assert_eq!(targets, vec![addr("127.0.10.1:9080")]);
-    assert_eq!(v1.endpoints[0].endpoint.name, "reviews-v1");
+    assert_eq!(&*v1.endpoints[0].endpoint.name, "reviews-v1");
     assert!(s.cluster(FQDN, 9080, Some("v4")).is_none());
     assert!(s.cluster(FQDN, 9081, None).is_none());
     assert_eq!(s.clusters().len(), 4);
@@ -472,11 +472,14 @@ spec:
     let c = s
         .cluster("mongodb.db.svc.cluster.local", 27017, None)
         .unwrap();
-    assert_eq!(c.name, "inbound-vip|27017|tcp|mongodb.db.svc.cluster.local");
+    assert_eq!(
+        &*c.name,
+        "inbound-vip|27017|tcp|mongodb.db.svc.cluster.local"
+    );
     let t: Vec<String> = c.endpoints.iter().map(|e| e.target().to_string()).collect();
     assert_eq!(t, vec!["127.0.10.5:27018", "[::1]:27018"]);
     assert_eq!(
-        c.endpoints[1].endpoint.identity,
+        &*c.endpoints[1].endpoint.identity,
         "spiffe://cluster.local/ns/db/sa/default"
     );
     assert_eq!(c.lb, LbPolicy::LeastRequest);

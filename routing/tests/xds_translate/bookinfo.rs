@@ -23,7 +23,7 @@ fn bookinfo_services_by_vip_and_port() {
         match s.resolve_destination(addr(vip)) {
             Some(Destination::Service { service, port }) => {
                 assert_eq!(service.hostname, host);
-                assert_eq!(service.namespace, "default");
+                assert_eq!(&*service.namespace, "default");
                 assert_eq!(port.protocol, Protocol::Http);
                 assert_eq!(port.target_port, 9080);
             }
@@ -84,13 +84,16 @@ fn bookinfo_reviews_split_subsets_and_identity() {
             .collect();
         assert_eq!(ips, vec![ip.to_string()], "{subset}");
         assert_eq!(c.lb, LbPolicy::Random);
-        assert_eq!(c.name, format!("inbound-vip|9080|http/{subset}|{REVIEWS}"));
+        assert_eq!(
+            &*c.name,
+            format!("inbound-vip|9080|http/{subset}|{REVIEWS}")
+        );
     }
     assert_eq!(s.cluster(REVIEWS, 9080, None).unwrap().endpoints.len(), 3);
     // Identity: xDS names no service account, so it is unknown until the handshake; the peer is
     // verified against connect_originate's SAN matchers, all of them.
     let ep = &s.endpoints(REVIEWS)[0];
-    assert_eq!(ep.identity, "");
+    assert_eq!(&*ep.identity, "");
     assert_eq!(ep.transport, routing::Transport::Hbone);
     let sans: Vec<String> = s
         .hbone_peer_sans()
@@ -99,26 +102,35 @@ fn bookinfo_reviews_split_subsets_and_identity() {
         .map(ToString::to_string)
         .collect();
     assert!(!sans.is_empty(), "{sans:?}");
-    assert_eq!(ep.service_account, "unknown");
-    assert_eq!(ep.name, "reviews-v1");
+    assert_eq!(&*ep.service_account, "unknown");
+    assert_eq!(&*ep.name, "reviews-v1");
     assert_eq!(
         ep.labels.get("service.istio.io/canonical-revision"),
         Some("v1")
     );
     // ... and from the caller when it knows it.
     let mut opts = TranslateOptions::default();
-    opts.identities.insert(
-        "10.244.1.7".parse().unwrap(),
-        "spiffe://example.org/ns/default/sa/bookinfo-reviews".into(),
-    );
+    let reviews_id = "spiffe://example.org/ns/default/sa/bookinfo-reviews";
+    for pod in ["10.244.1.7", "10.244.1.8", "10.244.1.9"] {
+        opts.identities
+            .insert(pod.parse().unwrap(), reviews_id.into());
+    }
     let res = load_resources(&fixture("bookinfo.json")).unwrap();
     let t2 = xds::translate(&res, &opts).unwrap();
-    let ep = &t2.snapshot.endpoints(REVIEWS)[0];
-    assert_eq!(ep.service_account, "bookinfo-reviews");
-    assert_eq!(
-        ep.identity,
-        "spiffe://example.org/ns/default/sa/bookinfo-reviews"
-    );
+    let eps = t2.snapshot.endpoints(REVIEWS);
+    let ep = &eps[0];
+    assert_eq!(&*ep.service_account, "bookinfo-reviews");
+    assert_eq!(&*ep.identity, reviews_id);
+    // The pods of a workload share one string for each name.
+    assert_eq!(eps.len(), 3);
+    for other in &eps[1..] {
+        assert!(std::sync::Arc::ptr_eq(&ep.identity, &other.identity));
+        assert!(std::sync::Arc::ptr_eq(
+            &ep.service_account,
+            &other.service_account
+        ));
+        assert!(std::sync::Arc::ptr_eq(&ep.namespace, &other.namespace));
+    }
 }
 
 const BOOKINFO_YAML: &str = "\
@@ -195,7 +207,7 @@ fn bookinfo_matches_the_yaml_front_end() {
             x.cluster(REVIEWS, 9080, subset).unwrap(),
             y.cluster(REVIEWS, 9080, subset).unwrap(),
         );
-        assert_eq!(xc.name, yc.name);
+        assert_eq!(&*xc.name, yc.name);
         assert_eq!(xc.lb, yc.lb);
         assert_eq!(xc.limits(), yc.limits());
         let ips = |c: &routing::Cluster| {

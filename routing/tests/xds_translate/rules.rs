@@ -196,7 +196,7 @@ fn rules_tcp_proxy() {
         .cluster("db.default.svc.cluster.local", 5432, Some("primary"))
         .unwrap();
     assert_eq!(
-        primary.name,
+        &*primary.name,
         "inbound-vip|5432|tcp/primary|db.default.svc.cluster.local"
     );
     assert_eq!(primary.endpoints.len(), 1);
@@ -238,7 +238,7 @@ fn unsupported_things_are_warnings() {
     );
     // The route with the unsupported header condition is gone; the rest works.
     let r = routed(route_of(s, "10.96.2.1:9080", &SimpleRequest::new("/r")));
-    assert_eq!(r.name, "ok");
+    assert_eq!(&*r.name, "ok");
 }
 
 #[test]

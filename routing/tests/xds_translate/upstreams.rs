@@ -179,7 +179,7 @@ fn route_fields_are_taken_as_written() {
     const WEB: &str = "10.96.6.3:9080";
     // retries {attempts: 3, perTryTimeout: 2s, retryOn: "5xx,503,gateway-error"} + corsPolicy.
     let r = routed(route_of(s, WEB, &SimpleRequest::new("/api/x")));
-    assert_eq!(r.name, "api");
+    assert_eq!(&*r.name, "api");
     assert_eq!(r.retries.attempts, 3);
     assert_eq!(r.retries.per_try_timeout, Some(Duration::from_secs(2)));
     assert_eq!(
@@ -217,7 +217,7 @@ fn route_fields_are_taken_as_written() {
     assert!(r.cors.is_none());
     // retries {attempts: 1, retryOn: "reset,retriable-4xx", retryRemoteLocalities: true}.
     let r = routed(route_of(s, WEB, &SimpleRequest::new("/other")));
-    assert_eq!(r.name, "rest");
+    assert_eq!(&*r.name, "rest");
     assert_eq!(r.retries.attempts, 1);
     assert_eq!(
         r.retries.retry_on,

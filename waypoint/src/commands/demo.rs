@@ -322,7 +322,7 @@ impl SplitRow {
             .map(|c| {
                 c.endpoints
                     .iter()
-                    .map(|e| e.endpoint.name.clone())
+                    .map(|e| e.endpoint.name.to_string())
                     .collect()
             })
             .unwrap_or_default();

@@ -53,7 +53,7 @@ pub struct SourceStats {
 pub fn identity_matches(workload: &Endpoint, identity: &SpiffeId) -> bool {
     !workload.identity.is_empty()
         && !workload.identity.ends_with("/sa/*")
-        && workload.identity == identity.to_string()
+        && *workload.identity == *identity.to_string()
 }
 
 /// Resolve a tunnel's source: `forwarded_for` checked against the workload the snapshot knows

@@ -31,6 +31,9 @@ pub(super) fn waypoint_namespace(sans: &[SanMatcher]) -> Option<String> {
 /// waypoint's HBONE client honours it).
 pub const ANY_SERVICE_ACCOUNT: &str = "*";
 
+/// The service account of an endpoint whose identity is not known ahead of the connection.
+const UNKNOWN_ACCOUNT: &str = "unknown";
+
 /// Pods bound to the waypoint (the `direct-*` range): served on every port, with the protocol
 /// the application-protocol matcher allows (a chain it names that the listener lacks cannot
 /// serve). The endpoint is the pod's service endpoint when it has one, else a pod of its own
@@ -69,17 +72,17 @@ pub(super) fn bound_workloads(
                     .split_once("/ns/")
                     .and_then(|(_, r)| r.split_once("/sa/"))
                 {
-                    Some((ns, sa)) if sa != ANY_SERVICE_ACCOUNT => (ns.to_string(), sa.to_string()),
-                    Some((ns, _)) => (ns.to_string(), "unknown".to_string()),
-                    None => (namespace, "unknown".to_string()),
+                    Some((ns, sa)) if sa != ANY_SERVICE_ACCOUNT => (ns.into(), sa.into()),
+                    Some((ns, _)) => (ns.into(), UNKNOWN_ACCOUNT.into()),
+                    None => (namespace.into(), UNKNOWN_ACCOUNT.into()),
                 };
                 Arc::new(Endpoint {
                     address: *ip,
                     labels: Default::default(),
                     service_account: sa,
                     namespace: ns,
-                    identity,
-                    name: ip.to_string(),
+                    identity: identity.into(),
+                    name: ip.to_string().into(),
                     // A workload that uses the waypoint is in the ambient mesh.
                     transport: Transport::Hbone,
                 })
@@ -266,26 +269,27 @@ pub(super) fn build_service(
     // Pods of one subset carry the same labels: one map for them (the snapshot builder would
     // share them anyway; shared here, the reused service and the snapshot hold the same ones).
     let mut label_maps = crate::labels::LabelMaps::default();
+    let mut names = crate::labels::Names::default();
     let endpoints: Vec<Arc<Endpoint>> = eps
         .into_iter()
         .map(|(ip, a)| {
             let labels = label_maps.intern(a.labels);
-            let ns = a.namespace.unwrap_or_else(|| namespace.clone());
+            let ns = names.get(a.namespace.as_deref().unwrap_or(&namespace));
             // The pod's identity when the caller knows it (workload discovery); else unknown
             // until the HBONE handshake shows it. Either way the peer is verified against
             // `connect_originate`'s SAN matchers (the snapshot's `hbone_peer_sans`).
-            let identity = opts.identities.get(&ip).cloned().unwrap_or_default();
+            let identity = opts.identities.get(&ip).map_or("", String::as_str);
             let sa = match identity.rsplit_once("/sa/") {
-                Some((_, sa)) if sa != ANY_SERVICE_ACCOUNT => sa.to_string(),
-                _ => "unknown".to_string(),
+                Some((_, sa)) if sa != ANY_SERVICE_ACCOUNT => names.get(sa),
+                _ => names.get(UNKNOWN_ACCOUNT),
             };
             Arc::new(Endpoint {
                 address: ip,
                 labels,
                 service_account: sa,
                 namespace: ns,
-                identity,
-                name: a.workload.unwrap_or_else(|| ip.to_string()),
+                identity: names.get(identity),
+                name: a.workload.map_or_else(|| ip.to_string().into(), Arc::from),
                 transport: if a.tunnel {
                     Transport::Hbone
                 } else if a.istio_mtls {

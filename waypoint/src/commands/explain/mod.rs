@@ -227,7 +227,7 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, E
                     ..
                 }) => {
                     pod_addressed = true;
-                    pod = (endpoint.name.clone(), endpoint.identity.clone());
+                    pod = (endpoint.name.to_string(), endpoint.identity.to_string());
                     let service = services
                         .first()
                         .ok_or(ExplainError::PodWithoutService(SocketAddr::new(ip, port)))?;
