@@ -99,7 +99,37 @@ pub(crate) type PortMap = HashMap<u16, Box<PortClusters>>;
 /// The services (by FQDN, a key of `by_host`) that hold a pod, each with its endpoint, in
 /// service order. By name rather than index: a service added or removed (a splice, see
 /// [`Snapshot::with_services`]) moves the indexes of the services after it, not their names.
-pub(crate) type PodServices = Arc<[PodService]>;
+/// Most pods back one service: that one is inline, where a shared list would be an allocation
+/// per pod.
+#[derive(Debug, Clone)]
+pub(crate) enum PodServices {
+    One(PodService),
+    Many(Arc<[PodService]>),
+}
+
+impl std::ops::Deref for PodServices {
+    type Target = [PodService];
+
+    fn deref(&self) -> &[PodService] {
+        match self {
+            PodServices::One(one) => std::slice::from_ref(one),
+            PodServices::Many(many) => many,
+        }
+    }
+}
+
+impl From<Vec<PodService>> for PodServices {
+    fn from(mut list: Vec<PodService>) -> Self {
+        match list.pop() {
+            Some(one) if list.is_empty() => PodServices::One(one),
+            Some(last) => {
+                list.push(last);
+                PodServices::Many(list.into())
+            }
+            None => PodServices::Many(Arc::new([])),
+        }
+    }
+}
 
 /// A service (by FQDN) that holds a pod, and its endpoint there.
 pub(crate) type PodService = (Arc<str>, Arc<Endpoint>);

@@ -72,6 +72,38 @@ fn equal_labels_are_one_map_and_a_shared_endpoint_stays_shared() {
     assert!(Arc::ptr_eq(&snap.by_pod_ip.get(&ip).unwrap()[0].1, &eps[0]));
 }
 
+/// A pod that backs one service keeps it inline in the pod index (no list allocated per pod);
+/// one that backs two lists both, in service order.
+#[test]
+fn the_pod_index_holds_a_lone_service_inline() {
+    use crate::snapshot::PodServices;
+    let (a, b) = (endpoint("10.1.0.1", &[]), endpoint("10.1.0.2", &[]));
+    let other = Service {
+        hostname: "s.default.svc.cluster.local".into(),
+        vips: vec!["10.0.0.2".parse().unwrap()],
+        ..service()
+    };
+    let mut builder = SnapshotBuilder::new();
+    builder
+        .service(service(), vec![a.clone(), b.clone()])
+        .service(other, vec![b.clone()]);
+    let snap = builder.build();
+    let lone = snap.by_pod_ip.get(&a.address).unwrap();
+    assert!(matches!(lone, PodServices::One(_)), "{lone:?}");
+    assert_eq!(&*lone[0].0, "r.default.svc.cluster.local");
+    let both = snap.by_pod_ip.get(&b.address).unwrap();
+    assert!(matches!(both, PodServices::Many(_)), "{both:?}");
+    let hosts: Vec<&str> = both.iter().map(|(h, _)| &**h).collect();
+    assert_eq!(
+        hosts,
+        ["r.default.svc.cluster.local", "s.default.svc.cluster.local"]
+    );
+    assert_eq!(
+        snap.source_workload(b.address).map(|e| e.address),
+        Some(b.address)
+    );
+}
+
 #[test]
 fn subsets_are_found_by_name_whatever_the_rule_order() {
     let v1 = endpoint("10.1.0.1", &[("version", "v1")]);
