@@ -100,6 +100,15 @@ impl Names {
         self.0.insert(shared.clone());
         shared
     }
+
+    /// The set's string equal to `name`, or `name` itself, added to it.
+    pub(crate) fn share(&mut self, name: &Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.0.get(&**name) {
+            return shared.clone();
+        }
+        self.0.insert(name.clone());
+        name.clone()
+    }
 }
 
 /// A set of shared label maps.

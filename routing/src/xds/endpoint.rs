@@ -37,9 +37,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PodEndpoint {
     pub(crate) addr: SocketAddr,
-    /// From `istio.workload`.
-    pub(crate) workload: Option<String>,
-    pub(crate) namespace: Option<String>,
+    /// From `istio.workload`; the workload name is the snapshot endpoint's name, the same
+    /// string.
+    pub(crate) workload: Option<Arc<str>>,
+    pub(crate) namespace: Option<Arc<str>>,
     /// Shared: the translator gives equal maps one allocation ([`super::pieces`]).
     pub(crate) labels: Arc<crate::Labels>,
     /// Reached through `connect_originate` (HBONE), else directly.
@@ -221,8 +222,8 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, EndpointError> {
     let (workload, namespace, labels) = workload_meta(ep);
     Ok(PodEndpoint {
         addr,
-        workload,
-        namespace,
+        workload: workload.map(Arc::from),
+        namespace: namespace.map(Arc::from),
         labels: Arc::new(labels.into()),
         tunnel,
         placement: Default::default(),

@@ -214,17 +214,24 @@ impl AssignmentPiece {
 /// the same decoding listed is that one (`inbound-vip|…|http/v1|…` lists the pods of
 /// `inbound-vip|…|http|…` again: without this each service held every pod twice, 112 bytes and
 /// its strings each). Lives for one decoding: it holds what it shares.
+/// The pods' namespaces are shared the same way.
 #[derive(Default)]
-pub(crate) struct PodShare(HashMap<std::net::SocketAddr, Arc<PodEndpoint>, super::FastHash>);
+pub(crate) struct PodShare {
+    pods: HashMap<std::net::SocketAddr, Arc<PodEndpoint>, super::FastHash>,
+    namespaces: crate::labels::Names,
+}
 
 impl PodShare {
     /// `pod`, or the equal one decoded before it.
-    pub(crate) fn pod(&mut self, pod: PodEndpoint) -> Arc<PodEndpoint> {
-        match self.0.get(&pod.addr) {
+    pub(crate) fn pod(&mut self, mut pod: PodEndpoint) -> Arc<PodEndpoint> {
+        if let Some(ns) = &mut pod.namespace {
+            *ns = self.namespaces.share(ns);
+        }
+        match self.pods.get(&pod.addr) {
             Some(p) if **p == pod => p.clone(),
             _ => {
                 let p = Arc::new(pod);
-                self.0.insert(p.addr, p.clone());
+                self.pods.insert(p.addr, p.clone());
                 p
             }
         }

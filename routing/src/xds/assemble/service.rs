@@ -237,8 +237,8 @@ pub(super) fn build_service(
     // Endpoints: union over the service's clusters; subset membership as labels.
     struct Acc {
         labels: BTreeMap<String, String>,
-        namespace: Option<String>,
-        workload: Option<String>,
+        namespace: Option<Arc<str>>,
+        workload: Option<Arc<str>>,
         tunnel: bool,
         istio_mtls: bool,
     }
@@ -274,7 +274,10 @@ pub(super) fn build_service(
         .into_iter()
         .map(|(ip, a)| {
             let labels = label_maps.intern(a.labels);
-            let ns = names.get(a.namespace.as_deref().unwrap_or(&namespace));
+            let ns = match &a.namespace {
+                Some(ns) => names.share(ns),
+                None => names.get(&namespace),
+            };
             // The pod's identity when the caller knows it (workload discovery); else unknown
             // until the HBONE handshake shows it. Either way the peer is verified against
             // `connect_originate`'s SAN matchers (the snapshot's `hbone_peer_sans`).
@@ -289,7 +292,7 @@ pub(super) fn build_service(
                 service_account: sa,
                 namespace: ns,
                 identity: names.get(identity),
-                name: a.workload.map_or_else(|| ip.to_string().into(), Arc::from),
+                name: a.workload.unwrap_or_else(|| ip.to_string().into()),
                 transport: if a.tunnel {
                     Transport::Hbone
                 } else if a.istio_mtls {

@@ -149,6 +149,12 @@ fn assignments_share_equal_pods_and_pod_label_maps() {
     assert!(Arc::ptr_eq(&all.pods[1], &v1.pods[1]));
     assert!(!Arc::ptr_eq(&all.pods[0], &moved.pods[0]));
     assert_ne!(all.pods[0].workload, moved.pods[0].workload);
+    // One namespace string for the pods of a decoding, whichever workload.
+    let ns = |p: &AssignmentPiece, i: usize| p.pods[i].namespace.clone().unwrap();
+    assert_eq!(&*ns(&all, 0), "default");
+    assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&all, 2)));
+    assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&v2, 0)));
+    assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&moved, 0)));
     let map = |p: &AssignmentPiece, i: usize| p.pods[i].labels.clone();
     assert_eq!(
         map(&all, 0).get("service.istio.io/canonical-revision"),
