@@ -32,16 +32,17 @@ use serde::{Serialize, Serializer};
 use std::fmt;
 
 /// What a matched HTTP route does (Istio: `route`, `redirect` or
-/// `directResponse`, which are mutually exclusive).
+/// `directResponse`, which are mutually exclusive). The rare answers are boxed: inline, every
+/// route (one per service at least) would carry 160 bytes for them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RouteAction {
     /// Forward to one of [`crate::HttpRoute::destinations`] (weighted).
     Route,
     /// Answer with a redirect (Envoy `RedirectAction`).
-    Redirect(Redirect),
+    Redirect(Box<Redirect>),
     /// Answer with a fixed status and body (Envoy `DirectResponseAction`).
-    DirectResponse(DirectResponse),
+    DirectResponse(Box<DirectResponse>),
 }
 
 impl RouteAction {

@@ -120,14 +120,14 @@ pub(crate) fn translate(
         }
         Some(Action::Redirect(redirect)) => match redirect_action(redirect) {
             Ok(rd) => {
-                route.action = RouteAction::Redirect(rd);
+                route.action = RouteAction::Redirect(Box::new(rd));
                 route.retries = RetryPolicy::disabled();
             }
             Err(issue) => return skip(diag, issue),
         },
         Some(Action::DirectResponse(dr)) => match direct_response(dr) {
             Ok(d) => {
-                route.action = RouteAction::DirectResponse(d);
+                route.action = RouteAction::DirectResponse(Box::new(d));
                 route.retries = RetryPolicy::disabled();
             }
             Err(issue) => return skip(diag, issue),
@@ -160,7 +160,7 @@ pub(crate) fn translate(
                         format!("route {name}: CORS {note} is not supported; ignored"),
                     );
                 }
-                route.cors = c.policy;
+                route.cors = c.policy.map(Box::new);
             }
             Ok(PerFilter::Ignored(what)) => at.warn(
                 diag,
@@ -218,10 +218,10 @@ fn deny_route(route: &mut HttpRoute, name: &str, what: &str, at: At<'_>, diag: &
         diag,
         format!("route {name}: {what} cannot be enforced by this proxy; the route answers 403 (never fail open)"),
     );
-    route.action = RouteAction::DirectResponse(DirectResponse {
+    route.action = RouteAction::DirectResponse(Box::new(DirectResponse {
         status: 403,
         body: Some(b"RBAC: access denied".to_vec()),
-    });
+    }));
     route.retries = RetryPolicy::disabled();
     route.fault = None;
 }

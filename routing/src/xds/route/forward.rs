@@ -146,7 +146,7 @@ pub(super) fn route_action(
         return Err(Issue::Unsupported("path_rewrite_policy".into()));
     }
     if rewrite.uri.is_some() || rewrite.authority.is_some() {
-        route.rewrite = Some(rewrite);
+        route.rewrite = Some(Box::new(rewrite));
     }
     for m in &a.request_mirror_policies {
         let d = destination(&m.cluster, ctx, name, at, diag)?;

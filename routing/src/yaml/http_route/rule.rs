@@ -187,10 +187,10 @@ pub(super) fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) 
                     None => None,
                 };
                 if uri.is_some() || u.hostname.is_some() {
-                    route.rewrite = Some(Rewrite {
+                    route.rewrite = Some(Box::new(Rewrite {
                         uri,
                         authority: u.hostname,
-                    });
+                    }));
                 }
             }
             "RequestMirror" => {
@@ -253,7 +253,7 @@ pub(super) fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) 
     }
     let mut dest_fields = Vec::new();
     if let Some(rd) = redirect {
-        route.action = RouteAction::Redirect(rd);
+        route.action = RouteAction::Redirect(Box::new(rd));
         route.retries = crate::actions::RetryPolicy::disabled();
     } else {
         for (j, b) in r.backend_refs.unwrap_or_default().into_iter().enumerate() {
@@ -321,10 +321,10 @@ pub(super) fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) 
         }
         if route.destinations.is_empty() {
             // Gateway API: no (or only zero-weight) backends → HTTP 500.
-            route.action = RouteAction::DirectResponse(DirectResponse {
+            route.action = RouteAction::DirectResponse(Box::new(DirectResponse {
                 status: 500,
                 body: None,
-            });
+            }));
             route.retries = crate::actions::RetryPolicy::disabled();
         }
     }

@@ -101,10 +101,10 @@ pub(super) fn parse_route(
     }
     let action = if let Some(r) = h.redirect {
         fl.redirect(&format!("{f}.redirect"), r, &matches)
-            .map(RouteAction::Redirect)
+            .map(|r| RouteAction::Redirect(Box::new(r)))
     } else if let Some(d) = h.direct_response {
         fl.direct_response(&format!("{f}.directResponse"), d)
-            .map(RouteAction::DirectResponse)
+            .map(|d| RouteAction::DirectResponse(Box::new(d)))
     } else {
         Some(RouteAction::Route)
     };
@@ -210,13 +210,13 @@ pub(super) fn parse_route(
         matches,
         destinations,
         action: action?,
-        rewrite,
+        rewrite: rewrite.map(Box::new),
         headers: headers?,
         timeout,
         retries: retries?,
         fault,
         mirrors,
-        cors,
+        cors: cors.map(Box::new),
     };
     Some((route, mirror_fields))
 }
