@@ -18,7 +18,7 @@ impl ClusterEndpoint {
 impl Cluster {
     /// Outlier detection in force (defaults applied), if configured.
     pub fn outlier_settings(&self) -> Option<&OutlierSettings> {
-        self.outlier.as_ref()
+        self.outlier.as_deref()
     }
 
     /// Whether `target` is ejected at `now`.

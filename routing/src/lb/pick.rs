@@ -175,7 +175,7 @@ impl Cluster {
     /// Slow-start weights of the allowed endpoints (0 for the others), or
     /// `None` when there is no warmup or all allowed weights are equal.
     fn warm_weights(&self, allowed: &dyn Fn(usize) -> bool, now: Instant) -> Option<Vec<f64>> {
-        let warmup = self.warmup?;
+        let warmup = *self.warmup.as_deref()?;
         let w: Vec<f64> = self
             .endpoints
             .iter()
@@ -199,6 +199,7 @@ impl Cluster {
         let e = self.endpoint(target)?;
         Some(
             self.warmup
+                .as_deref()
                 .map_or(1.0, |w| w.weight(now.saturating_duration_since(e.added()))),
         )
     }
