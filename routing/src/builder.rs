@@ -356,13 +356,15 @@ pub(crate) fn service_clusters(
     dr: Option<&DestinationRule>,
     now: Instant,
 ) -> PortMap {
+    // One string for the service's clusters.
+    let host: Arc<str> = Arc::from(service.hostname.as_str());
     service
         .ports
         .iter()
         .map(|port| {
             (
                 port.number,
-                Box::new(port_clusters(service, port, endpoints, dr, now)),
+                Box::new(port_clusters(service, &host, port, endpoints, dr, now)),
             )
         })
         .collect()
@@ -418,6 +420,7 @@ type IdentityParse = Result<Arc<crate::SpiffeId>, Arc<crate::SpiffeIdError>>;
 
 fn port_clusters(
     service: &Service,
+    host: &Arc<str>,
     port: &ServicePort,
     endpoints: &[Arc<Endpoint>],
     dr: Option<&DestinationRule>,
@@ -458,7 +461,7 @@ fn port_clusters(
             .collect();
         Cluster::with_policy(
             cluster_name(&service.hostname, port.number, proto, subset),
-            service.hostname.clone(),
+            host.clone(),
             port.number,
             subset.map(str::to_string),
             policy,

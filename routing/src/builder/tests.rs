@@ -134,4 +134,7 @@ fn subsets_are_found_by_name_whatever_the_rule_order() {
     let id = |c: &Cluster| c.endpoints[0].spiffe_id().unwrap().clone();
     assert!(Arc::ptr_eq(&id(all), &id(v1)));
     assert_eq!(id(v1).service_account, "sa");
+    // And the service's clusters share one hostname string.
+    assert_eq!(&*all.service_hostname, host);
+    assert!(Arc::ptr_eq(&all.service_hostname, &v1.service_hostname));
 }

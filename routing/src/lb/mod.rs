@@ -220,7 +220,8 @@ impl Drop for ActiveGuard {
 pub struct Cluster {
     /// `inbound-vip|<port>|<http|tcp>[/<subset>]|<hostname>`
     pub name: String,
-    pub service_hostname: String,
+    /// One string for the clusters of a service.
+    pub service_hostname: Arc<str>,
     /// Service port.
     pub port: u16,
     pub subset: Option<String>,
@@ -261,7 +262,7 @@ impl Cluster {
     /// A cluster with only a `simple` load-balancer policy, created now.
     pub fn new(
         name: String,
-        service_hostname: String,
+        service_hostname: Arc<str>,
         port: u16,
         subset: Option<String>,
         lb: LbPolicy,
@@ -282,7 +283,7 @@ impl Cluster {
     /// interval grid.
     pub fn with_policy(
         name: String,
-        service_hostname: String,
+        service_hostname: Arc<str>,
         port: u16,
         subset: Option<String>,
         policy: ClusterPolicy,
