@@ -82,8 +82,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct ClusterEndpoint {
     pub endpoint: Arc<Endpoint>,
-    /// The service port's target port on this endpoint ([`ClusterEndpoint::target`]: with
-    /// `endpoint.address`; a port, not a 32-byte `SocketAddr`, as the address is the
+    /// The service port's target port on this endpoint; [`ClusterEndpoint::target`] pairs it
+    /// with `endpoint.address` (a port, not a 32-byte `SocketAddr`: the address is the
     /// endpoint's).
     port: u16,
     /// Priority level (0 = preferred; higher levels take the load P0 cannot).
