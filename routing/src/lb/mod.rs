@@ -298,7 +298,7 @@ impl Cluster {
         if let Some(loc) = locality {
             endpoints = endpoints
                 .into_iter()
-                .map(|e| match loc.endpoints.get(&e.target().ip()) {
+                .map(|e| match loc.endpoints.get(&e.endpoint.address) {
                     Some(p) => e.placed(p),
                     None => e,
                 })

@@ -213,8 +213,8 @@ impl AssignmentPiece {
 /// Pods decoded together, by address: an assignment's pod equal to one an earlier assignment of
 /// the same decoding listed is that one (`inbound-vip|…|http/v1|…` lists the pods of
 /// `inbound-vip|…|http|…` again: without this each service held every pod twice, 112 bytes and
-/// its strings each). Lives for one decoding: it holds what it shares.
-/// The pods' namespaces are shared the same way.
+/// its strings each), and the pods' namespaces one string. Lives for one decoding: it holds
+/// what it shares.
 #[derive(Default)]
 pub(crate) struct PodShare {
     pods: HashMap<std::net::SocketAddr, Arc<PodEndpoint>, super::FastHash>,

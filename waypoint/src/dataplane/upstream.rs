@@ -126,7 +126,7 @@ pub fn pick(
         cluster
             .endpoints
             .iter()
-            .find(|e| e.target().ip() == dst.ip() && !attempt.tried.contains(&e.target()))
+            .find(|e| e.endpoint.address == dst.ip() && !attempt.tried.contains(&e.target()))
     });
     let ep = match passthrough.flatten() {
         Some(ep) => ep,
