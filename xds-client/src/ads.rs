@@ -1,26 +1,22 @@
-//! The two ADS calls on tonic, with a response decoder that lets go of a large response's
-//! receive buffer.
-//!
-//! tonic's `Streaming` reads every message of a stream into one receive buffer, which grows to
-//! the largest message and is never made smaller: after the initial CDS of 5 000 services
-//! (28 MiB) those 28 MiB stayed for the stream's life. [`Releasing`] splits each message off
-//! that buffer (no copy) and holds it until the next message is decoded. While it is held the
-//! buffer's allocation is shared, so when the stream next needs more room than what is left of
-//! that allocation, `bytes` gives it a new one sized for what it needs instead of growing or
-//! reusing the old; the old one is freed when the next message lets go of the one before.
+//! The two ADS calls on tonic's channel. The requests are framed by prost's encoder as tonic
+//! frames them; the responses are read by [`Inbound`], which gives each large message an
+//! allocation of its own (see `inbound.rs` for why not tonic's `Streaming`).
 //!
 //! The payloads are decoded as slices of the message, and [`Payloads::settle`] keeps a slice
 //! only where it is most of its message (a large `main_internal`): what the client holds then
-//! is the message it received, not a copy of it beside a buffer of the same size.
+//! is the message it received, not a copy of it beside it.
 
-use std::marker::PhantomData;
+mod inbound;
 
-use bytes::Buf;
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::{Stream, StreamExt};
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, Streaming};
 use tonic::transport::Channel;
-use tonic::{IntoStreamingRequest, Response, Status};
+use tonic::{Request, Status};
+use tower::{Service, ServiceExt};
+
+pub(crate) use inbound::Inbound;
 
 use crate::transport::MAX_MESSAGE_SIZE;
 use crate::wire::{DeltaResponse, Payloads, SotwResponse};
@@ -32,102 +28,93 @@ const STATE_OF_THE_WORLD: &str =
 
 /// An ADS client on one channel to istiod.
 pub(crate) struct Ads {
-    grpc: tonic::client::Grpc<Channel>,
+    channel: Channel,
 }
 
 impl Ads {
     pub(crate) fn new(channel: Channel) -> Self {
-        Self {
-            grpc: tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE),
-        }
+        Self { channel }
     }
 
     /// `DeltaAggregatedResources`.
-    pub(crate) async fn delta(
+    pub(crate) async fn delta<S>(
         &mut self,
-        requests: impl IntoStreamingRequest<Message = DeltaDiscoveryRequest>,
-    ) -> Result<Response<Streaming<DeltaResponse>>, Status> {
+        requests: Request<S>,
+    ) -> Result<Inbound<DeltaResponse>, Status>
+    where
+        S: Stream<Item = DeltaDiscoveryRequest> + Send + 'static,
+    {
         self.call(requests, DELTA).await
     }
 
     /// `StreamAggregatedResources` (state of the world).
-    pub(crate) async fn state_of_the_world(
+    pub(crate) async fn state_of_the_world<S>(
         &mut self,
-        requests: impl IntoStreamingRequest<Message = DiscoveryRequest>,
-    ) -> Result<Response<Streaming<SotwResponse>>, Status> {
+        requests: Request<S>,
+    ) -> Result<Inbound<SotwResponse>, Status>
+    where
+        S: Stream<Item = DiscoveryRequest> + Send + 'static,
+    {
         self.call(requests, STATE_OF_THE_WORLD).await
     }
 
-    async fn call<Req, Resp>(
+    /// Open the call: the request's metadata as headers, each request message gRPC-framed in
+    /// the body; the answer's headers checked (an HTTP error or a trailers-only error status is
+    /// the call's error), its body read by [`Inbound`].
+    async fn call<S, Req, Resp>(
         &mut self,
-        requests: impl IntoStreamingRequest<Message = Req>,
+        requests: Request<S>,
         path: &'static str,
-    ) -> Result<Response<Streaming<Resp>>, Status>
+    ) -> Result<Inbound<Resp>, Status>
     where
-        Req: Message + Send + 'static,
-        Resp: Message + Default + Payloads + Send + 'static,
+        S: Stream<Item = Req> + Send + 'static,
+        Req: Message + 'static,
+        Resp: Message + Default + Payloads,
     {
-        self.grpc
+        let (metadata, _, requests) = requests.into_parts();
+        let frames = requests.map(|m| Ok::<_, Status>(http_body::Frame::data(framed(&m))));
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(frames));
+        let mut request = http::Request::post(path)
+            .version(http::Version::HTTP_2)
+            .body(body)
+            .map_err(|e| Status::internal(format!("cannot make the ADS request: {e}")))?;
+        let headers = request.headers_mut();
+        *headers = metadata.into_headers();
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        let channel = self
+            .channel
             .ready()
             .await
             .map_err(|e| Status::unknown(format!("the channel to istiod is not ready: {e}")))?;
-        let path = http::uri::PathAndQuery::from_static(path);
-        let codec = AdsCodec::<Req, Resp>(PhantomData);
-        self.grpc
-            .streaming(requests.into_streaming_request(), path, codec)
+        let response = channel
+            .call(request)
             .await
-    }
-}
-
-/// prost's encoder for the requests, [`Releasing`] for the responses.
-struct AdsCodec<Req, Resp>(PhantomData<fn(Req) -> Resp>);
-
-impl<Req, Resp> Codec for AdsCodec<Req, Resp>
-where
-    Req: Message + Send + 'static,
-    Resp: Message + Default + Payloads + Send + 'static,
-{
-    type Encode = Req;
-    type Decode = Resp;
-    type Encoder = tonic_prost::ProstEncoder<Req>;
-    type Decoder = Releasing<Resp>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::new(BufferSettings::default())
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        Releasing::default()
-    }
-}
-
-/// Decodes each message from its own bytes, split off the stream's receive buffer, and holds
-/// those bytes until the next message (see the module's note for why).
-pub(crate) struct Releasing<M> {
-    held: Option<bytes::Bytes>,
-    message: PhantomData<fn() -> M>,
-}
-
-impl<M> Default for Releasing<M> {
-    fn default() -> Self {
-        Self {
-            held: None,
-            message: PhantomData,
+            .map_err(|e| Status::from_error(Box::new(e)))?;
+        if let Some(status) = Status::from_header_map(response.headers()) {
+            if status.code() != tonic::Code::Ok {
+                return Err(status);
+            }
         }
+        if response.status() != http::StatusCode::OK {
+            return Err(inbound::http_status(response.status()));
+        }
+        Ok(Inbound::new(response.into_body(), MAX_MESSAGE_SIZE))
     }
 }
 
-impl<M: Message + Default + Payloads> Decoder for Releasing<M> {
-    type Item = M;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
-        let bytes = buf.copy_to_bytes(buf.remaining());
-        let mut message = M::decode(bytes.clone()).map_err(|e| Status::internal(e.to_string()))?;
-        message.settle(bytes.len());
-        self.held = Some(bytes);
-        Ok(Some(message))
-    }
+/// One request as gRPC frames it: flag 0 (not compressed), the length, the message.
+fn framed<M: Message>(m: &M) -> Bytes {
+    let len = m.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    m.encode(&mut buf)
+        .expect("the buffer has room for the message");
+    buf.freeze()
 }
 
 #[cfg(test)]

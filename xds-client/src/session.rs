@@ -248,7 +248,7 @@ impl<R: NodeRequest> Outbox<R> {
 
 /// How one ADS flavour (Delta, state of the world) handles its stream.
 pub(crate) trait Flavour {
-    type Response;
+    type Response: prost::Message + Default + crate::wire::Payloads;
     /// Queue the requests that open the stream.
     fn initial_requests(&mut self) -> Result<(), StreamError>;
     /// The server answered the call.
@@ -272,9 +272,7 @@ pub(crate) async fn drive<F, Req, Fut>(
 ) -> Result<(), StreamError>
 where
     F: Flavour,
-    Fut: std::future::Future<
-        Output = Result<tonic::Response<tonic::Streaming<F::Response>>, tonic::Status>,
-    >,
+    Fut: std::future::Future<Output = Result<crate::ads::Inbound<F::Response>, tonic::Status>>,
 {
     flavour.initial_requests()?;
     let mut request = tonic::Request::new(rx);
@@ -498,29 +496,33 @@ pub(crate) fn settle<A: Answer>(
 
 /// Wait for the ADS call to be answered; `Ok(None)` when shutdown comes first.
 pub(crate) async fn open<R>(
-    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>>,
+    call: impl std::future::Future<Output = Result<crate::ads::Inbound<R>, tonic::Status>>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<tonic::Streaming<R>>, crate::client::StreamError> {
+) -> Result<Option<crate::ads::Inbound<R>>, crate::client::StreamError> {
     use crate::client::stopped;
     tokio::select! {
         _ = stopped(shutdown) => Ok(None),
-        response = call => Ok(Some(response.map_err(StreamError::from_status)?.into_inner())),
+        response = call => Ok(Some(response.map_err(StreamError::from_status)?)),
     }
 }
 
 /// The next response of the stream; `Ok(None)` when shutdown comes first, an error when the
 /// stream ends or fails.
 pub(crate) async fn next<R>(
-    inbound: &mut tonic::Streaming<R>,
+    inbound: &mut crate::ads::Inbound<R>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<R>, crate::client::StreamError> {
+) -> Result<Option<R>, crate::client::StreamError>
+where
+    crate::ads::Inbound<R>: futures::Stream<Item = Result<R, tonic::Status>>,
+{
     use crate::client::stopped;
+    use futures::StreamExt;
     tokio::select! {
         _ = stopped(shutdown) => Ok(None),
-        message = inbound.message() => match message {
-            Ok(Some(response)) => Ok(Some(response)),
-            Ok(None) => Err(StreamError::Closed),
-            Err(status) => Err(StreamError::from_status(status)),
+        message = inbound.next() => match message {
+            Some(Ok(response)) => Ok(Some(response)),
+            None => Err(StreamError::Closed),
+            Some(Err(status)) => Err(StreamError::from_status(status)),
         },
     }
 }
