@@ -415,9 +415,6 @@ impl Interner {
     }
 }
 
-/// An endpoint identity as parsed for its clusters.
-type IdentityParse = Result<Arc<crate::SpiffeId>, Arc<crate::SpiffeIdError>>;
-
 fn port_clusters(
     service: &Service,
     host: &Arc<str>,
@@ -433,7 +430,7 @@ fn port_clusters(
     };
     let top = dr.and_then(|d| d.traffic_policy.as_deref());
     // Each identity parsed once for the port's clusters (the pods of a subset are in `all` too).
-    let mut ids: HashMap<Arc<str>, IdentityParse> = HashMap::new();
+    let mut ids: HashMap<Arc<str>, crate::lb::IdentityParse> = HashMap::new();
     let mut make = |subset: Option<&str>,
                     subset_policy: Option<&TrafficPolicy>,
                     labels: Option<&BTreeMap<String, String>>| {
@@ -451,7 +448,7 @@ fn port_clusters(
                 let id = match ids.get(&e.identity) {
                     Some(id) => id.clone(),
                     None => {
-                        let id: IdentityParse = e.identity.parse().map(Arc::new).map_err(Arc::new);
+                        let id = ClusterEndpoint::parse_identity(&e.identity);
                         ids.insert(e.identity.clone(), id.clone());
                         id
                     }

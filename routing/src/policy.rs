@@ -112,8 +112,9 @@ pub struct LocalityLb {
     /// picked by its weight first. Otherwise Envoy ignores locality weights.
     pub weighted: bool,
     /// Placement per endpoint address; an endpoint not listed is priority 0 in the unnamed
-    /// locality with weight 1.
-    pub endpoints: std::collections::BTreeMap<std::net::IpAddr, Placement>,
+    /// locality with weight 1. One `Arc` per locality group of the assignment, which its
+    /// cluster endpoints share.
+    pub endpoints: std::collections::BTreeMap<std::net::IpAddr, std::sync::Arc<Placement>>,
 }
 
 /// One endpoint's place in its cluster's assignment (`LocalityLbEndpoints`).
@@ -127,6 +128,29 @@ pub struct Placement {
     /// The locality group's `load_balancing_weight` (0 = the group gets no load when
     /// locality-weighted LB is on).
     pub locality_weight: u32,
+}
+
+impl Placement {
+    /// [`Placement::default`] as one `Arc` the whole process shares.
+    pub fn shared_default() -> std::sync::Arc<Placement> {
+        static DEFAULT: std::sync::OnceLock<std::sync::Arc<Placement>> = std::sync::OnceLock::new();
+        DEFAULT.get_or_init(Default::default).clone()
+    }
+
+    /// Where an endpoint no assignment placed is: priority 0 in the unknown locality with
+    /// weight 1. One `Arc` the whole process shares.
+    pub fn unplaced() -> std::sync::Arc<Placement> {
+        static UNPLACED: std::sync::OnceLock<std::sync::Arc<Placement>> =
+            std::sync::OnceLock::new();
+        UNPLACED
+            .get_or_init(|| {
+                std::sync::Arc::new(Placement {
+                    locality_weight: 1,
+                    ..Default::default()
+                })
+            })
+            .clone()
+    }
 }
 
 impl Default for Placement {

@@ -33,17 +33,20 @@ impl Levels {
     pub(super) fn new(endpoints: &[ClusterEndpoint], weighted: bool) -> Option<Self> {
         use std::collections::BTreeMap;
         // The common case, without grouping by locality (a string comparison per endpoint).
-        let one_level =
-            |first: &ClusterEndpoint| endpoints.iter().all(|e| e.priority == first.priority);
+        let one_level = |first: &ClusterEndpoint| {
+            endpoints
+                .iter()
+                .all(|e| e.placement.priority == first.placement.priority)
+        };
         if !weighted && endpoints.first().is_none_or(one_level) {
             return None;
         }
         let mut by: BTreeMap<u32, BTreeMap<&Locality, (u32, Vec<usize>)>> = BTreeMap::new();
         for (i, e) in endpoints.iter().enumerate() {
-            by.entry(e.priority)
+            by.entry(e.placement.priority)
                 .or_default()
-                .entry(&e.locality)
-                .or_insert((e.locality_weight, Vec::new()))
+                .entry(&e.placement.locality)
+                .or_insert((e.placement.locality_weight, Vec::new()))
                 .1
                 .push(i);
         }

@@ -67,6 +67,10 @@ use crate::pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 use crate::runtime::{ClusterRuntime, ClusterState, EndpointRuntime};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 use levels::Levels;
+
+/// An endpoint's identity parsed as a SPIFFE id, or why it is not one: one `Arc`, shared by
+/// the cluster endpoints of the pods with that identity.
+pub(crate) type IdentityParse = Arc<Result<Arc<SpiffeId>, SpiffeIdError>>;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use std::net::SocketAddr;
@@ -86,16 +90,14 @@ pub struct ClusterEndpoint {
     /// with `endpoint.address` (a port, not a 32-byte `SocketAddr`: the address is the
     /// endpoint's).
     port: u16,
-    /// Priority level (0 = preferred; higher levels take the load P0 cannot).
-    pub priority: u32,
-    /// Shared with the placement it came from ([`Locality::unknown`] when none).
-    pub locality: Arc<Locality>,
-    /// The locality group's weight (used with locality-weighted LB).
-    pub locality_weight: u32,
+    /// Its priority level (0 = preferred; higher levels take the load P0 cannot), locality and
+    /// the locality group's weight (used with locality-weighted LB): the assignment's locality
+    /// group, shared with its other endpoints ([`Placement::unplaced`] when none).
+    pub placement: Arc<Placement>,
     /// `endpoint.identity` parsed when the cluster was built; the error when it is no SPIFFE id
-    /// (then no HBONE peer can be checked against it, and the attempt fails closed).
-    /// The error boxed: it is rare, and inline it would make every endpoint 24 bytes larger.
-    spiffe_id: Result<Arc<SpiffeId>, Arc<SpiffeIdError>>,
+    /// (then no HBONE peer can be checked against it, and the attempt fails closed). One
+    /// pointer, shared by the cluster endpoints of the pods with that identity.
+    spiffe_id: IdentityParse,
     pub(crate) runtime: Arc<EndpointRuntime>,
 }
 
@@ -105,9 +107,14 @@ impl ClusterEndpoint {
         Self::new_at(endpoint, port, Instant::now())
     }
 
+    /// Parse `identity` as a SPIFFE id, for [`ClusterEndpoint::with_identity`].
+    pub(crate) fn parse_identity(identity: &str) -> IdentityParse {
+        Arc::new(identity.parse().map(Arc::new))
+    }
+
     /// An endpoint that joined at `added` (the start of its warmup).
     pub fn new_at(endpoint: Arc<Endpoint>, port: u16, added: Instant) -> Self {
-        let spiffe_id = endpoint.identity.parse().map(Arc::new).map_err(Arc::new);
+        let spiffe_id = Self::parse_identity(&endpoint.identity);
         Self::with_identity(endpoint, port, added, spiffe_id)
     }
 
@@ -117,15 +124,13 @@ impl ClusterEndpoint {
         endpoint: Arc<Endpoint>,
         port: u16,
         added: Instant,
-        spiffe_id: Result<Arc<SpiffeId>, Arc<SpiffeIdError>>,
+        spiffe_id: IdentityParse,
     ) -> Self {
         ClusterEndpoint {
             spiffe_id,
             endpoint,
             port,
-            priority: 0,
-            locality: Locality::unknown(),
-            locality_weight: 1,
+            placement: Placement::unplaced(),
             runtime: Arc::new(EndpointRuntime::new(added)),
         }
     }
@@ -139,14 +144,12 @@ impl ClusterEndpoint {
     /// cluster was built), or why it is not a SPIFFE id — empty, for instance, when only the
     /// handshake tells (xDS without workload discovery).
     pub fn spiffe_id(&self) -> Result<&Arc<SpiffeId>, &SpiffeIdError> {
-        self.spiffe_id.as_ref().map_err(|e| &**e)
+        self.spiffe_id.as_ref().as_ref()
     }
 
     /// Placed in an assignment's priority level and locality.
-    pub fn placed(mut self, p: &Placement) -> Self {
-        self.priority = p.priority;
-        self.locality = p.locality.clone();
-        self.locality_weight = p.locality_weight;
+    pub fn placed(mut self, p: &Arc<Placement>) -> Self {
+        self.placement = p.clone();
         self
     }
 
@@ -177,14 +180,15 @@ impl Serialize for ClusterEndpoint {
         // How this cluster dials it (a DestinationRule ISTIO_MUTUAL makes a direct endpoint
         // istio_mutual here; the cluster's `policy.tls` says which TLS a direct one gets).
         st.serialize_field("transport", &self.endpoint.transport)?;
-        if self.priority == 0 && *self.locality == Locality::default() {
+        let p = &*self.placement;
+        if p.priority == 0 && *p.locality == Locality::default() {
             st.skip_field("priority")?;
             st.skip_field("locality")?;
             st.skip_field("locality_weight")?;
         } else {
-            st.serialize_field("priority", &self.priority)?;
-            st.serialize_field("locality", &self.locality.to_string())?;
-            st.serialize_field("locality_weight", &self.locality_weight)?;
+            st.serialize_field("priority", &p.priority)?;
+            st.serialize_field("locality", &p.locality.to_string())?;
+            st.serialize_field("locality_weight", &p.locality_weight)?;
         }
         st.serialize_field("identity", &self.endpoint.identity)?;
         st.serialize_field("active", &self.active())?;

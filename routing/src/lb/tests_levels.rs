@@ -74,7 +74,12 @@ fn placed_cluster(places: &[Placement], weighted: bool, t0: Instant) -> Cluster 
         endpoints: places
             .iter()
             .enumerate()
-            .map(|(i, p)| (endpoint(i as u8 + 1).address, p.clone()))
+            .map(|(i, p)| {
+                (
+                    endpoint(i as u8 + 1).address,
+                    std::sync::Arc::new(p.clone()),
+                )
+            })
             .collect(),
     });
     with_policy(policy, eps(places.len() as u8, t0), t0)
@@ -131,7 +136,8 @@ fn retry_exclusion_stays_in_the_level_then_spills() {
     // Both P0 endpoints tried: another usable endpoint of a loaded level, else none.
     assert!(c.pick_at(None, &[a, b], t0, &mut rng).is_none());
     assert_eq!(
-        c.pick_attempt(None, &[a, b], true).map(|e| e.priority),
+        c.pick_attempt(None, &[a, b], true)
+            .map(|e| e.placement.priority),
         Some(0)
     );
 }

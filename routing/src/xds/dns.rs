@@ -201,7 +201,7 @@ pub(crate) fn endpoints(
                 labels: Default::default(),
                 tunnel: false,
                 istio_mtls: false,
-                placement: Default::default(),
+                placement: crate::policy::Placement::shared_default(),
             });
         }
     }

@@ -23,7 +23,7 @@
 //! priorities and weighs the localities as Envoy does.
 
 use super::{At, Diag};
-use crate::policy::{ClusterPolicy, LocalityLb};
+use crate::policy::{ClusterPolicy, LocalityLb, Placement};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::envoy_internal_address::AddressNameSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -46,7 +46,7 @@ pub(crate) struct PodEndpoint {
     /// Reached through `connect_originate` (HBONE), else directly.
     pub(crate) tunnel: bool,
     /// Its group's priority, locality and locality weight.
-    pub(crate) placement: crate::policy::Placement,
+    pub(crate) placement: std::sync::Arc<crate::policy::Placement>,
     /// Not tunnelled, dialled in Istio mutual TLS (outbound `tlsMode-istio`, see `outbound.rs`).
     pub(crate) istio_mtls: bool,
 }
@@ -63,7 +63,7 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
     let mut out = Vec::new();
     let mut skipped = 0usize;
     for locality in &cla.endpoints {
-        let placement = crate::policy::Placement {
+        let placement = std::sync::Arc::new(crate::policy::Placement {
             priority: locality.priority,
             locality: match &locality.locality {
                 Some(l) if !(l.region.is_empty() && l.zone.is_empty() && l.sub_zone.is_empty()) => {
@@ -80,7 +80,7 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
                 .load_balancing_weight
                 .as_ref()
                 .map_or(0, |w| w.value),
-        };
+        });
         for ep in &locality.lb_endpoints {
             if !routable(ep.health_status) {
                 skipped += 1;
@@ -96,11 +96,8 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
                     "endpoint load_balancing_weight is not supported; equal weights used",
                 );
             }
-            match pod(ep) {
-                Ok(mut p) => {
-                    p.placement = placement.clone();
-                    out.push(p)
-                }
+            match pod(ep, placement.clone()) {
+                Ok(p) => out.push(p),
                 Err(reason) => at.reject(diag, reason.to_string()),
             }
         }
@@ -180,7 +177,7 @@ pub(crate) enum EndpointError {
     Pipe,
 }
 
-fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, EndpointError> {
+fn pod(ep: &LbEndpoint, placement: Arc<Placement>) -> Result<PodEndpoint, EndpointError> {
     let endpoint = match &ep.host_identifier {
         Some(HostIdentifier::Endpoint(e)) => e,
         Some(HostIdentifier::EndpointName(n)) => return Err(EndpointError::Named(n.clone())),
@@ -226,7 +223,7 @@ fn pod(ep: &LbEndpoint) -> Result<PodEndpoint, EndpointError> {
         namespace: namespace.map(Arc::from),
         labels: Arc::new(labels.into()),
         tunnel,
-        placement: Default::default(),
+        placement,
         istio_mtls: false,
     })
 }
@@ -277,15 +274,15 @@ mod tests {
             labels: Default::default(),
             tunnel: true,
             istio_mtls: false,
-            placement: Placement {
+            placement: Arc::new(Placement {
                 priority,
-                locality: std::sync::Arc::new(Locality {
+                locality: Arc::new(Locality {
                     region: "r".into(),
                     zone: zone.into(),
                     sub_zone: String::new(),
                 }),
                 locality_weight: 1,
-            },
+            }),
         })
     }
 

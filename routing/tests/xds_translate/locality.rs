@@ -34,7 +34,13 @@ fn locality_failover_priorities_spill_by_health() {
     let mut placed: Vec<(String, u32, String)> = c
         .endpoints
         .iter()
-        .map(|e| (e.target().to_string(), e.priority, e.locality.to_string()))
+        .map(|e| {
+            (
+                e.target().to_string(),
+                e.placement.priority,
+                e.placement.locality.to_string(),
+            )
+        })
         .collect();
     placed.sort();
     assert_eq!(
@@ -47,6 +53,18 @@ fn locality_failover_priorities_spill_by_health() {
             ("10.244.4.4:9080".into(), 3, "eu-west1/eu-west1-a".into()),
         ]
     );
+    // The two endpoints of the us-east1-b group share its placement (one `Arc` per locality
+    // group of the assignment, not one per endpoint).
+    let group: Vec<_> = c
+        .endpoints
+        .iter()
+        .filter(|e| e.placement.locality.zone == "us-east1-b")
+        .collect();
+    assert_eq!(group.len(), 2);
+    assert!(std::sync::Arc::ptr_eq(
+        &group[0].placement,
+        &group[1].placement
+    ));
     // Healthy: the waypoint's own zone only.
     let t0 = std::time::Instant::now();
     let m = pick_counts(c, 2000, t0);
@@ -93,5 +111,5 @@ fn locality_distribute_weights_split_picks() {
     let m = pick_counts(c, 20_000, std::time::Instant::now());
     let b = m[&addr("10.244.1.6:9080")] as f64 / 20_000.0;
     assert!((b - 0.8).abs() < 0.02, "{m:?}");
-    assert!(c.endpoints.iter().all(|e| e.priority == 0));
+    assert!(c.endpoints.iter().all(|e| e.placement.priority == 0));
 }

@@ -280,7 +280,7 @@ fn files_cluster(c: &routing::Cluster) -> Cluster {
 fn assignment(c: &routing::Cluster) -> ClusterLoadAssignment {
     let mut groups: Vec<LocalityLbEndpoints> = Vec::new();
     for e in &c.endpoints {
-        let locality = locality(&e.locality);
+        let locality = locality(&e.placement.locality);
         let lb = LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                 address: Some(socket_address(e.target())),
@@ -290,12 +290,12 @@ fn assignment(c: &routing::Cluster) -> ClusterLoadAssignment {
         };
         match groups
             .iter_mut()
-            .find(|g| g.priority == e.priority && g.locality.as_ref() == Some(&locality))
+            .find(|g| g.priority == e.placement.priority && g.locality.as_ref() == Some(&locality))
         {
             Some(g) => g.lb_endpoints.push(lb),
             None => groups.push(LocalityLbEndpoints {
                 locality: Some(locality),
-                priority: e.priority,
+                priority: e.placement.priority,
                 lb_endpoints: vec![lb],
                 ..Default::default()
             }),
@@ -390,10 +390,10 @@ pub fn clusters_text(snapshot: &routing::Snapshot) -> String {
                 ("rq_active", e.active().to_string()),
                 ("health_flags", health.to_string()),
                 ("weight", "1".to_string()),
-                ("region", e.locality.region.clone()),
-                ("zone", e.locality.zone.clone()),
-                ("sub_zone", e.locality.sub_zone.clone()),
-                ("priority", e.priority.to_string()),
+                ("region", e.placement.locality.region.clone()),
+                ("zone", e.placement.locality.zone.clone()),
+                ("sub_zone", e.placement.locality.sub_zone.clone()),
+                ("priority", e.placement.priority.to_string()),
             ] {
                 out.push_str(&format!("{name}::{t}::{stat}::{value}\n"));
             }
@@ -430,8 +430,8 @@ pub fn clusters(snapshot: &routing::Snapshot) -> admin::Clusters {
                             ..Default::default()
                         }),
                         weight: 1,
-                        priority: e.priority,
-                        locality: Some(locality(&e.locality)),
+                        priority: e.placement.priority,
+                        locality: Some(locality(&e.placement.locality)),
                         ..Default::default()
                     }
                 })
