@@ -176,6 +176,9 @@ impl SnapshotBuilder {
         let mut by_pod_ip: HashMap<std::net::IpAddr, Vec<PodService>> = HashMap::new();
         // Per service (same index), the clusters it came with.
         let mut prebuilt: Vec<Option<Arc<PortMap>>> = Vec::with_capacity(self.services.len());
+        // Per service (same index), its hostname: one string for the indexes' keys and its
+        // clusters.
+        let mut hosts: Vec<Arc<str>> = Vec::with_capacity(self.services.len());
         for (service, endpoints, clusters) in self.services {
             let endpoints: Vec<Arc<Endpoint>> = match clusters {
                 Some(_) => endpoints,
@@ -186,7 +189,8 @@ impl SnapshotBuilder {
                 continue;
             }
             let si = services.len();
-            by_host.insert(Arc::from(service.hostname.as_str()), si);
+            let host: Arc<str> = Arc::from(service.hostname.as_str());
+            by_host.insert(host.clone(), si);
             for (pi, port) in service.ports.iter().enumerate() {
                 for vip in &service.vips {
                     by_vip
@@ -195,7 +199,6 @@ impl SnapshotBuilder {
                 }
             }
             let addressable = !self.route_only.contains(&service.hostname);
-            let host: Arc<str> = Arc::from(service.hostname.as_str());
             for ep in endpoints.iter().filter(|_| addressable) {
                 by_pod_ip
                     .entry(ep.address)
@@ -205,6 +208,7 @@ impl SnapshotBuilder {
             services.push(service);
             service_endpoints.push(endpoints.into());
             prebuilt.push(clusters);
+            hosts.push(host);
         }
         let mut workloads = HashMap::new();
         for (ep, protocol) in self.workloads {
@@ -262,7 +266,13 @@ impl SnapshotBuilder {
         {
             for host in &vs.hosts {
                 if !routes.contains_key(host.as_str()) {
-                    routes.insert(Arc::from(host.as_str()), crate::snapshot::route_table(vs));
+                    // A service's own hostname is keyed by its string.
+                    let key = by_host
+                        .get(host.as_str())
+                        .map(|&si| &hosts[si])
+                        .filter(|h| ***h == **host)
+                        .map_or_else(|| Arc::from(host.as_str()), Arc::clone);
+                    routes.insert(key, crate::snapshot::route_table(vs));
                 }
             }
         }
@@ -290,12 +300,13 @@ impl SnapshotBuilder {
             .iter()
             .zip(&service_endpoints)
             .zip(prebuilt)
-            .map(|((service, endpoints), built)| {
+            .zip(&hosts)
+            .map(|(((service, endpoints), built), host)| {
                 let per_port = built.unwrap_or_else(|| {
                     let dr = rules.get(service.hostname.as_str()).copied();
-                    Arc::new(service_clusters(service, endpoints, dr, now))
+                    Arc::new(service_clusters(service, host, endpoints, dr, now))
                 });
-                (Arc::from(service.hostname.as_str()), per_port)
+                (host.clone(), per_port)
             })
             .collect();
         drop(rules);
@@ -350,21 +361,21 @@ pub(crate) fn next_version() -> u64 {
 }
 
 /// The clusters of each port of `service`, built over `endpoints` with its rule `dr`.
+/// `host` is `service.hostname`, the one string its clusters share.
 pub(crate) fn service_clusters(
     service: &Service,
+    host: &Arc<str>,
     endpoints: &[Arc<Endpoint>],
     dr: Option<&DestinationRule>,
     now: Instant,
 ) -> PortMap {
-    // One string for the service's clusters.
-    let host: Arc<str> = Arc::from(service.hostname.as_str());
     service
         .ports
         .iter()
         .map(|port| {
             (
                 port.number,
-                Box::new(port_clusters(service, &host, port, endpoints, dr, now)),
+                Box::new(port_clusters(service, host, port, endpoints, dr, now)),
             )
         })
         .collect()

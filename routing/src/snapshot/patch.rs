@@ -51,7 +51,13 @@ impl Snapshot {
                 .iter()
                 .find(|d| d.host == service.hostname)
                 .map(|d| &**d);
-            let built = crate::builder::service_clusters(service, &p.endpoints, dr, now);
+            let built = crate::builder::service_clusters(
+                service,
+                &Arc::from(service.hostname.as_str()),
+                &p.endpoints,
+                dr,
+                now,
+            );
             clusters.insert(Arc::from(service.hostname.as_str()), Arc::new(built));
             endpoints[si] = p.endpoints.into();
         }

@@ -125,7 +125,13 @@ impl Snapshot {
             };
             // The one rule of its host (`fits`), as the builder finds it.
             let dr = new.destination_rule.as_deref();
-            let built = crate::builder::service_clusters(&new.service, &new.endpoints, dr, now);
+            let built = crate::builder::service_clusters(
+                &new.service,
+                &Arc::from(new.service.hostname.as_str()),
+                &new.endpoints,
+                dr,
+                now,
+            );
             clusters.insert(Arc::from(s.host.as_str()), Arc::new(built));
             if let Some(vs) = new.virtual_service.filter(|v| !v.http.is_empty()) {
                 routes.insert(Arc::from(s.host.as_str()), super::route_table(&vs));

@@ -15,6 +15,15 @@ fn bookinfo_services_by_vip_and_port() {
         t.warnings
     );
     assert_eq!(s.services().count(), 3);
+    // Held as long as the snapshot: no spare room in a service's ports.
+    for service in s.services() {
+        assert_eq!(
+            service.ports.capacity(),
+            service.ports.len(),
+            "{}",
+            service.hostname
+        );
+    }
     for (vip, host) in [
         ("10.96.0.10:9080", "productpage.default.svc.cluster.local"),
         ("10.96.0.11:9080", "ratings.default.svc.cluster.local"),

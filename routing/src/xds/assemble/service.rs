@@ -162,8 +162,9 @@ pub(super) fn build_service(
         .namespace
         .clone()
         .unwrap_or_else(|| namespace_of_host(host));
-    // Ports.
-    let mut ports = Vec::new();
+    // Ports: kept as long as the snapshot, so no spare room (pushed one by one, one port
+    // took four slots).
+    let mut ports = Vec::with_capacity(acc.ports.len());
     for (number, p) in &acc.ports {
         let kinds: BTreeSet<bool> = p
             .chains
