@@ -66,13 +66,13 @@ pub(crate) struct SotwResponse {
 pub(crate) trait Payloads {
     fn payloads(&mut self) -> impl Iterator<Item = &mut Bytes>;
 
-    /// Decoded from `message` (the whole response, a slice of the stream's receive buffer),
-    /// each payload is a slice of it. Keep a slice only where it pins little more than itself:
-    /// the message is at least [`SHARED_MIN`], so it has an allocation of its own (a message
-    /// shares one only when it fits in what the message before left over, at most about one
-    /// HTTP/2 frame), and the payload is more than half of it (one `main_internal` listener;
-    /// never one of 15 000 clusters, whose slice would hold the whole response). Every other
-    /// payload is copied out, so a message is freed once its one large payload is.
+    /// Decoded from `message` (the whole response, in an allocation of its own: the stream
+    /// reads a message of 64 KiB or more into one of exactly its length and copies a shorter
+    /// one out, `ads/inbound.rs`), each payload is a slice of it. Keep a slice only where it
+    /// pins little more than itself: the message is at least [`SHARED_MIN`] and the payload
+    /// is more than half of it (one `main_internal` listener; never one of 15 000 clusters,
+    /// whose slice would hold the whole response). Every other payload is copied out, so a
+    /// message is freed once its one large payload is.
     fn settle(&mut self, message_len: usize) {
         for payload in self.payloads() {
             if message_len < SHARED_MIN || payload.len() * 2 <= message_len {
