@@ -67,16 +67,16 @@ use crate::pool::{Overflow, PoolGuard, PoolHandle, PoolResource};
 use crate::runtime::{ClusterRuntime, ClusterState, EndpointRuntime};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 use levels::Levels;
-
-/// An endpoint's identity parsed as a SPIFFE id, or why it is not one: one `Arc`, shared by
-/// the cluster endpoints of the pods with that identity.
-pub(crate) type IdentityParse = Arc<Result<Arc<SpiffeId>, SpiffeIdError>>;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+/// An endpoint's identity parsed as a SPIFFE id, or why it is not one: one `Arc`, shared by
+/// the cluster endpoints of the pods with that identity.
+pub(crate) type IdentityParse = Arc<Result<Arc<SpiffeId>, SpiffeIdError>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

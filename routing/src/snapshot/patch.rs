@@ -51,14 +51,9 @@ impl Snapshot {
                 .iter()
                 .find(|d| d.host == service.hostname)
                 .map(|d| &**d);
-            let built = crate::builder::service_clusters(
-                service,
-                &Arc::from(service.hostname.as_str()),
-                &p.endpoints,
-                dr,
-                now,
-            );
-            clusters.insert(Arc::from(service.hostname.as_str()), Arc::new(built));
+            let host: Arc<str> = Arc::from(service.hostname.as_str());
+            let built = crate::builder::service_clusters(service, &host, &p.endpoints, dr, now);
+            clusters.insert(host, Arc::new(built));
             endpoints[si] = p.endpoints.into();
         }
         let mut out = self.shared();

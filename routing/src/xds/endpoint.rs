@@ -46,7 +46,7 @@ pub(crate) struct PodEndpoint {
     /// Reached through `connect_originate` (HBONE), else directly.
     pub(crate) tunnel: bool,
     /// Its group's priority, locality and locality weight.
-    pub(crate) placement: std::sync::Arc<crate::policy::Placement>,
+    pub(crate) placement: Arc<Placement>,
     /// Not tunnelled, dialled in Istio mutual TLS (outbound `tlsMode-istio`, see `outbound.rs`).
     pub(crate) istio_mtls: bool,
 }
@@ -63,7 +63,7 @@ pub(crate) fn pods(cla: &ClusterLoadAssignment, at: At<'_>, diag: &mut Diag) -> 
     let mut out = Vec::new();
     let mut skipped = 0usize;
     for locality in &cla.endpoints {
-        let placement = std::sync::Arc::new(crate::policy::Placement {
+        let placement = Arc::new(Placement {
             priority: locality.priority,
             locality: match &locality.locality {
                 Some(l) if !(l.region.is_empty() && l.zone.is_empty() && l.sub_zone.is_empty()) => {
