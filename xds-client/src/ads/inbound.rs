@@ -30,7 +30,9 @@ pub(crate) const OWN_ALLOCATION: usize = 64 << 10;
 const HEADER: usize = 5;
 
 /// The responses of one ADS call, as a stream of decoded `M`. It ends (`None`) when the server
-/// ends the call with status OK, and yields the server's status as an error otherwise.
+/// ends the call with status OK, and yields the server's status as an error otherwise; a call
+/// that ends without a status is an `Unknown` error (gRPC requires `grpc-status` in the
+/// trailers; tonic and grpc-go read its absence the same way).
 pub(crate) struct Inbound<M> {
     body: tonic::body::Body,
     /// Received bytes not yet part of a message read: headers and short messages.
@@ -171,20 +173,26 @@ impl<M: Message + Default + Payloads> Inbound<M> {
                     Err(frame) => {
                         if let Some(trailers) = frame.trailers_ref() {
                             match Status::from_header_map(trailers) {
-                                Some(status) if status.code() != tonic::Code::Ok => {
-                                    return Poll::Ready(Some(Err(status)));
+                                Some(status) if status.code() == tonic::Code::Ok => {
+                                    this.ended = true
                                 }
-                                _ => this.ended = true,
+                                Some(status) => return Poll::Ready(Some(Err(status))),
+                                None => return Poll::Ready(Some(Err(no_status()))),
                             }
                         }
                     }
                 },
                 Some(Err(status)) => return Poll::Ready(Some(Err(status))),
-                // The body ended without trailers: the call ends here too.
-                None => this.ended = true,
+                // The body ended without trailers.
+                None => return Poll::Ready(Some(Err(no_status()))),
             }
         }
     }
+}
+
+/// A call that ended without a `grpc-status`.
+fn no_status() -> Status {
+    Status::unknown("istiod ended the ADS call without a grpc-status")
 }
 
 /// The gRPC status for a response whose HTTP status is not 200 (the mapping gRPC's

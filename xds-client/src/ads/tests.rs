@@ -289,9 +289,19 @@ async fn the_end_of_a_call_and_bad_framing() {
         (status.code(), status.message()),
         (Code::PermissionDenied, "no")
     );
-    // No trailers: the call ends after its messages.
-    let got = outcome(framed(&[1]), None, usize::MAX).await;
-    assert_eq!(got.len(), 1);
+    // No trailers, or trailers without a status: the messages, then an `Unknown` error.
+    let mut silent = http::HeaderMap::new();
+    silent.insert("x-other", http::HeaderValue::from_static("1"));
+    for trailers in [None, Some(silent)] {
+        let got = outcome(framed(&[1]), trailers, usize::MAX).await;
+        assert_eq!(got.len(), 2);
+        let status = got[1].as_ref().unwrap_err();
+        assert_eq!(status.code(), Code::Unknown, "{status:?}");
+        assert!(
+            status.message().contains("without a grpc-status"),
+            "{status:?}"
+        );
+    }
     // The body ends inside a message (a header, then part of a message).
     for cut in [3, 20] {
         let got = outcome(framed(&[100])[..cut].to_vec(), ok(), usize::MAX).await;
