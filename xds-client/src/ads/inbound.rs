@@ -37,8 +37,8 @@ pub(crate) struct Inbound<M> {
     body: tonic::body::Body,
     /// Received bytes not yet part of a message read: headers and short messages.
     pending: BytesMut,
-    /// A long message being read into its own allocation (capacity: its length).
-    long: Option<Vec<u8>>,
+    /// A long message being read into its own allocation: its length and what came of it.
+    long: Option<(usize, Vec<u8>)>,
     /// The largest message accepted.
     max: usize,
     /// The server's trailers said OK: what is pending must still be read, then the stream ends.
@@ -63,11 +63,11 @@ impl<M> Inbound<M> {
 
     /// The next whole message received, if there is one.
     fn take(&mut self) -> Result<Option<Bytes>, Status> {
-        if let Some(long) = &self.long {
-            if long.len() < long.capacity() {
+        if let Some((len, long)) = &self.long {
+            if long.len() < *len {
                 return Ok(None);
             }
-            return Ok(self.long.take().map(Bytes::from));
+            return Ok(self.long.take().map(|(_, long)| Bytes::from(long)));
         }
         if self.pending.len() < HEADER {
             return Ok(None);
@@ -96,7 +96,7 @@ impl<M> Inbound<M> {
             let now = self.pending.len().min(len);
             long.extend_from_slice(&self.pending[..now]);
             self.pending.advance(now);
-            self.long = Some(long);
+            self.long = Some((len, long));
             return self.take();
         }
         if self.pending.len() < HEADER + len {
@@ -109,8 +109,8 @@ impl<M> Inbound<M> {
 
     /// Add one DATA frame's bytes: to the long message being read first, the rest to `pending`.
     fn receive(&mut self, mut data: Bytes) {
-        if let Some(long) = &mut self.long {
-            let now = (long.capacity() - long.len()).min(data.len());
+        if let Some((len, long)) = &mut self.long {
+            let now = (*len - long.len()).min(data.len());
             long.extend_from_slice(&data[..now]);
             data.advance(now);
         }
