@@ -266,12 +266,11 @@ impl SnapshotBuilder {
         {
             for host in &vs.hosts {
                 if !routes.contains_key(host.as_str()) {
-                    // A service's own hostname is keyed by its string.
+                    // Keyed by the host index's string for the same name (a service's own
+                    // hostname is one string).
                     let key = by_host
-                        .get(host.as_str())
-                        .map(|&si| &hosts[si])
-                        .filter(|h| ***h == **host)
-                        .map_or_else(|| Arc::from(host.as_str()), Arc::clone);
+                        .get_key_value(host.as_str())
+                        .map_or_else(|| Arc::from(host.as_str()), |(k, _)| k.clone());
                     routes.insert(key, crate::snapshot::route_table(vs));
                 }
             }

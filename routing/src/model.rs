@@ -191,6 +191,9 @@ impl Endpoint {
     }
 }
 
+/// The service account of an endpoint whose identity is not known ahead of the connection.
+pub(crate) const UNKNOWN_ACCOUNT: &str = "unknown";
+
 /// `labels ⊇ selector`.
 pub fn labels_superset(labels: &crate::Labels, selector: &BTreeMap<String, String>) -> bool {
     selector

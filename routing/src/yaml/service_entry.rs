@@ -188,7 +188,7 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
                 endpoints.push(Endpoint {
                     address: ip,
                     identity: "".into(),
-                    service_account: "unknown".into(),
+                    service_account: crate::model::UNKNOWN_ACCOUNT.into(),
                     namespace: ctx.namespace.as_str().into(),
                     name: format!("{}-ep{i}-{k}", ctx.name).into(),
                     // Hostnames are reached directly (istiod: no tunnel, TLSMode disabled).

@@ -2,6 +2,7 @@
 //! traffic policy.
 
 use super::*;
+use crate::model::UNKNOWN_ACCOUNT;
 use crate::recent::Recent;
 use std::cell::RefCell;
 
@@ -30,9 +31,6 @@ pub(super) fn waypoint_namespace(sans: &[SanMatcher]) -> Option<String> {
 /// The service account of an identity that admits any service account of its namespace (the
 /// waypoint's HBONE client honours it).
 pub const ANY_SERVICE_ACCOUNT: &str = "*";
-
-/// The service account of an endpoint whose identity is not known ahead of the connection.
-const UNKNOWN_ACCOUNT: &str = "unknown";
 
 /// Pods bound to the waypoint (the `direct-*` range): served on every port, with the protocol
 /// the application-protocol matcher allows (a chain it names that the listener lacks cannot
