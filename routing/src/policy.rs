@@ -130,34 +130,6 @@ pub struct Placement {
     pub locality_weight: u32,
 }
 
-type SharedPlacement = std::sync::OnceLock<std::sync::Arc<Placement>>;
-
-impl Placement {
-    /// [`Placement::default`] as one `Arc` the whole process shares.
-    pub fn shared_default() -> std::sync::Arc<Placement> {
-        static DEFAULT: SharedPlacement = SharedPlacement::new();
-        Self::unknown_locality(&DEFAULT, 0)
-    }
-
-    /// Where an endpoint no assignment placed is: priority 0 in the unknown locality with
-    /// weight 1. One `Arc` the whole process shares.
-    pub fn unplaced() -> std::sync::Arc<Placement> {
-        static UNPLACED: SharedPlacement = SharedPlacement::new();
-        Self::unknown_locality(&UNPLACED, 1)
-    }
-
-    /// Priority 0 in the unknown locality with `locality_weight`, made once in `slot`.
-    fn unknown_locality(slot: &SharedPlacement, locality_weight: u32) -> std::sync::Arc<Placement> {
-        slot.get_or_init(|| {
-            std::sync::Arc::new(Placement {
-                locality_weight,
-                ..Default::default()
-            })
-        })
-        .clone()
-    }
-}
-
 impl Default for Placement {
     fn default() -> Self {
         Placement {

@@ -1,11 +1,12 @@
-//! Cluster policies shared between the clusters that have equal ones.
+//! Cluster policies shared between the clusters that have equal ones, and the placements
+//! every unplaced endpoint shares.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::recent::Recent;
 
-use super::{ClusterPolicy, TrafficPolicy};
+use super::{ClusterPolicy, Placement, TrafficPolicy};
 
 impl ClusterPolicy {
     /// `policy` to hold in a cluster, shared with the clusters built with an equal one: istiod
@@ -39,3 +40,31 @@ impl TrafficPolicy {
 
 /// How many distinct cluster policies [`ClusterPolicy::shared`] looks among.
 pub const SHARED_POLICIES: usize = 8;
+
+type SharedPlacement = std::sync::OnceLock<Arc<Placement>>;
+
+impl Placement {
+    /// [`Placement::default`] as one `Arc` the whole process shares.
+    pub fn shared_default() -> Arc<Placement> {
+        static DEFAULT: SharedPlacement = SharedPlacement::new();
+        Self::unknown_locality(&DEFAULT, 0)
+    }
+
+    /// Where an endpoint no assignment placed is: priority 0 in the unknown locality with
+    /// weight 1. One `Arc` the whole process shares.
+    pub fn unplaced() -> Arc<Placement> {
+        static UNPLACED: SharedPlacement = SharedPlacement::new();
+        Self::unknown_locality(&UNPLACED, 1)
+    }
+
+    /// Priority 0 in the unknown locality with `locality_weight`, made once in `slot`.
+    fn unknown_locality(slot: &SharedPlacement, locality_weight: u32) -> Arc<Placement> {
+        slot.get_or_init(|| {
+            Arc::new(Placement {
+                locality_weight,
+                ..Default::default()
+            })
+        })
+        .clone()
+    }
+}
