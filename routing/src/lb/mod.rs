@@ -47,7 +47,9 @@
 //! [`crate::Snapshot::carry_over_state`] with the old one, then publish it.
 
 mod health;
+mod joined;
 pub use health::ClusterStats;
+pub(crate) use joined::Joined;
 mod levels;
 mod pick;
 #[cfg(test)]
@@ -90,6 +92,9 @@ pub struct ClusterEndpoint {
     /// with `endpoint.address` (a port, not a 32-byte `SocketAddr`: the address is the
     /// endpoint's).
     port: u16,
+    /// When it joined the cluster (the start of its slow start), in the 6 bytes after `port`
+    /// that would otherwise be padding.
+    joined: Joined,
     /// Its priority level (0 = preferred; higher levels take the load P0 cannot), locality and
     /// the locality group's weight (used with locality-weighted LB): the assignment's locality
     /// group, shared with its other endpoints ([`Placement::unplaced`] when none).
@@ -130,8 +135,9 @@ impl ClusterEndpoint {
             spiffe_id,
             endpoint,
             port,
+            joined: Joined::at(added),
             placement: Placement::unplaced(),
-            runtime: Arc::new(EndpointRuntime::new(added)),
+            runtime: Arc::new(EndpointRuntime::new()),
         }
     }
 
@@ -158,9 +164,13 @@ impl ClusterEndpoint {
         self.runtime.active.load(Ordering::Relaxed)
     }
 
-    /// When this endpoint joined the cluster (start of its warmup).
+    /// When this endpoint joined the cluster (start of its warmup), to the microsecond.
     pub fn added(&self) -> Instant {
-        self.runtime.added
+        self.joined.instant()
+    }
+
+    pub(crate) fn joined(&self) -> Joined {
+        self.joined
     }
 
     /// Count one active request until the guard is dropped.
@@ -358,8 +368,9 @@ impl Cluster {
         let previous = ClusterState::of(previous);
         self.runtime = previous.runtime().clone();
         for e in &mut self.endpoints {
-            if let Some(r) = previous.endpoint_of(e) {
-                e.runtime = r.clone();
+            if let Some((runtime, joined)) = previous.endpoint_of(e) {
+                e.runtime = runtime.clone();
+                e.joined = *joined;
             }
         }
     }
