@@ -388,9 +388,9 @@ pub struct HttpRoute {
     pub timeout: Option<Duration>,
     /// Effective retry policy: Istio's default when `retries` is unset;
     /// disabled for redirects and direct responses (nothing is forwarded).
-    pub retries: RetryPolicy,
+    pub retries: std::sync::Arc<RetryPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault: Option<Fault>,
+    pub fault: Option<Box<Fault>>,
     /// `mirror` (+ `mirrorPercentage`) or `mirrors`; 0 % mirrors are left out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Mirror>,
@@ -415,7 +415,7 @@ impl HttpRoute {
             rewrite: None,
             headers: Headers::default(),
             timeout: None,
-            retries: RetryPolicy::istio_default(),
+            retries: RetryPolicy::istio_default().shared(),
             fault: None,
             mirrors: Vec::new(),
             cors: None,

@@ -61,7 +61,7 @@ impl HeaderSink for Vec<(String, String)> {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(transparent)]
 pub struct HeaderOps {
-    pub ops: Vec<HeaderOp>,
+    pub ops: Box<[HeaderOp]>,
 }
 
 impl HeaderOps {
@@ -95,7 +95,9 @@ impl HeaderOps {
             list.sort_by(|a, b| a.name.cmp(&b.name));
             ops.extend(list);
         }
-        HeaderOps { ops }
+        HeaderOps {
+            ops: ops.into_boxed_slice(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

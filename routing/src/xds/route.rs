@@ -121,14 +121,14 @@ pub(crate) fn translate(
         Some(Action::Redirect(redirect)) => match redirect_action(redirect) {
             Ok(rd) => {
                 route.action = RouteAction::Redirect(Box::new(rd));
-                route.retries = RetryPolicy::disabled();
+                route.retries = RetryPolicy::disabled().shared();
             }
             Err(issue) => return skip(diag, issue),
         },
         Some(Action::DirectResponse(dr)) => match direct_response(dr) {
             Ok(d) => {
                 route.action = RouteAction::DirectResponse(Box::new(d));
-                route.retries = RetryPolicy::disabled();
+                route.retries = RetryPolicy::disabled().shared();
             }
             Err(issue) => return skip(diag, issue),
         },
@@ -152,7 +152,7 @@ pub(crate) fn translate(
             continue;
         }
         match per_filter(any) {
-            Ok(PerFilter::Fault(f)) => route.fault = f,
+            Ok(PerFilter::Fault(f)) => route.fault = f.map(Box::new),
             Ok(PerFilter::Cors(c)) => {
                 for note in &c.ignored {
                     at.warn(
@@ -173,7 +173,7 @@ pub(crate) fn translate(
         }
     }
     if route.fault.is_none() && r.typed_per_filter_config.is_empty() {
-        route.fault = ctx.default_fault.cloned();
+        route.fault = ctx.default_fault.cloned().map(Box::new);
     }
     if !overrides.is_empty() {
         deny_route(&mut route, &name, &overrides.join(", "), at, diag);
@@ -222,7 +222,7 @@ fn deny_route(route: &mut HttpRoute, name: &str, what: &str, at: At<'_>, diag: &
         status: 403,
         body: Some(b"RBAC: access denied".to_vec()),
     }));
-    route.retries = RetryPolicy::disabled();
+    route.retries = RetryPolicy::disabled().shared();
     route.fault = None;
 }
 

@@ -418,7 +418,7 @@ fn retries_parse() {
         "retries: {attempts: 4, retryRemoteLocalities: true, retryIgnorePreviousHosts: false, backoff: 100ms}",
         true,
     )));
-    let r = &first(&s).retries;
+    let r = &*first(&s).retries;
     assert!(r.retry_remote_localities && !r.retry_ignore_previous_hosts);
     assert_eq!(r.backoff, Some(Duration::from_millis(100)));
     assert_eq!(

@@ -225,3 +225,32 @@ fn backoff_is_jittered_and_capped() {
         assert!(p.backoff_delay(30, &mut rng) < Duration::from_millis(250));
     }
 }
+
+/// Equal policies made one after another share one allocation, also with a few others made in
+/// between (a redirect's disabled policy, a new route's default); an unequal one is its own.
+#[test]
+fn equal_policies_share_one_allocation() {
+    let istiod = || RetryPolicy {
+        retriable_status_codes: vec![503],
+        is_default: false,
+        ..RetryPolicy::istio_default()
+    };
+    let a = istiod().shared();
+    let _ = RetryPolicy::disabled().shared();
+    let _ = RetryPolicy::istio_default().shared();
+    let b = istiod().shared();
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    let other = RetryPolicy {
+        attempts: 3,
+        ..istiod()
+    }
+    .shared();
+    assert!(!std::sync::Arc::ptr_eq(&a, &other));
+    assert_eq!(
+        *other,
+        RetryPolicy {
+            attempts: 3,
+            ..istiod()
+        }
+    );
+}

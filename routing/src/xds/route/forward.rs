@@ -117,8 +117,8 @@ pub(super) fn route_action(
         },
     };
     route.retries = match a.retry_policy.as_ref().or(ctx.vhost_retry) {
-        None => RetryPolicy::disabled(),
-        Some(p) => retry_policy(p, name, at, diag),
+        None => RetryPolicy::disabled().shared(),
+        Some(p) => retry_policy(p, name, at, diag).shared(),
     };
     let mut rewrite = Rewrite {
         uri: None,

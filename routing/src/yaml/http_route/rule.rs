@@ -247,14 +247,16 @@ pub(super) fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) 
             if which == "request" {
                 route.timeout = d;
             } else {
-                route.retries.per_try_timeout = d;
+                let mut retries = (*route.retries).clone();
+                retries.per_try_timeout = d;
+                route.retries = retries.shared();
             }
         }
     }
     let mut dest_fields = Vec::new();
     if let Some(rd) = redirect {
         route.action = RouteAction::Redirect(Box::new(rd));
-        route.retries = crate::actions::RetryPolicy::disabled();
+        route.retries = crate::actions::RetryPolicy::disabled().shared();
     } else {
         for (j, b) in r.backend_refs.unwrap_or_default().into_iter().enumerate() {
             let bf = format!("{f}.backendRefs[{j}]");
@@ -325,7 +327,7 @@ pub(super) fn parse_rule(ctx: &DocCtx<'_>, i: usize, r: RuleY, diag: &mut Diag) 
                 status: 500,
                 body: None,
             }));
-            route.retries = crate::actions::RetryPolicy::disabled();
+            route.retries = crate::actions::RetryPolicy::disabled().shared();
         }
     }
     Some((route, (dest_fields, mirror_fields)))

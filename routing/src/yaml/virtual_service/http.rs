@@ -213,8 +213,8 @@ pub(super) fn parse_route(
         rewrite: rewrite.map(Box::new),
         headers: headers?,
         timeout,
-        retries: retries?,
-        fault,
+        retries: retries?.shared(),
+        fault: fault.map(Box::new),
         mirrors,
         cors: cors.map(Box::new),
     };
