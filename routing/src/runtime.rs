@@ -230,7 +230,7 @@ impl Registry {
     /// Index the state these clusters hold.
     pub(crate) fn index<'a>(clusters: impl Iterator<Item = &'a Cluster>) -> Self {
         let clusters = clusters
-            .map(|c| (c.name.clone(), ClusterState::of(c)))
+            .map(|c| (c.name.to_string(), ClusterState::of(c)))
             .collect();
         Registry { clusters }
     }

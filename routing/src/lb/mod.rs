@@ -233,12 +233,12 @@ impl Drop for ActiveGuard {
 #[derive(Debug, Serialize)]
 pub struct Cluster {
     /// `inbound-vip|<port>|<http|tcp>[/<subset>]|<hostname>`
-    pub name: String,
+    pub name: Box<str>,
     /// One string for the clusters of a service.
     pub service_hostname: Arc<str>,
     /// Service port.
     pub port: u16,
-    pub subset: Option<String>,
+    pub subset: Option<Box<str>>,
     /// The load-balancing algorithm (`policy.lb_policy()`).
     pub lb: LbPolicy,
     /// The effective DestinationRule policy for this port and subset, shared with the clusters
@@ -341,10 +341,10 @@ impl Cluster {
             _ => None,
         };
         Cluster {
-            name,
+            name: name.into(),
             service_hostname,
             port,
-            subset,
+            subset: subset.map(Into::into),
             lb,
             limits: policy.limits(),
             outlier: policy.outlier().map(Box::new),

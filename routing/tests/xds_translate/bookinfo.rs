@@ -216,7 +216,7 @@ fn bookinfo_matches_the_yaml_front_end() {
             x.cluster(REVIEWS, 9080, subset).unwrap(),
             y.cluster(REVIEWS, 9080, subset).unwrap(),
         );
-        assert_eq!(&*xc.name, yc.name);
+        assert_eq!(xc.name, yc.name);
         assert_eq!(xc.lb, yc.lb);
         assert_eq!(xc.limits(), yc.limits());
         let ips = |c: &routing::Cluster| {

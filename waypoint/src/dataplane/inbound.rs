@@ -226,7 +226,7 @@ impl Inbound {
         let cluster = match &target {
             Some(SpliceTarget::Cluster(key)) => match key.lookup(&snapshot) {
                 Some(c) => {
-                    outcome.cluster = c.name.clone();
+                    outcome.cluster = c.name.to_string();
                     Some((c, key))
                 }
                 None => None,

@@ -61,7 +61,7 @@ fn example_directory_loads() {
         .cluster("mongodb.default.svc.cluster.local", 27017, None)
         .unwrap();
     assert_eq!(
-        m.name,
+        &*m.name,
         "inbound-vip|27017|tcp|mongodb.default.svc.cluster.local"
     );
     assert_eq!(m.endpoints[0].target(), addr("127.0.10.5:27017"));

@@ -346,10 +346,10 @@ fn breakdown(snapshot: &routing::Snapshot) -> Vec<(&'static str, i64)> {
                     .map(|e| routing::ClusterEndpoint::new(e.endpoint.clone(), e.target().port()))
                     .collect();
                 routing::Cluster::with_policy(
-                    c.name.clone(),
+                    c.name.to_string(),
                     c.service_hostname.clone(),
                     c.port,
-                    c.subset.clone(),
+                    c.subset.as_deref().map(String::from),
                     (*c.policy).clone(),
                     eps,
                     Instant::now(),

@@ -42,7 +42,7 @@ impl Waypoint {
                 ctx.outcome.no_pick(&NoPick::NoCluster);
                 return Err(status_error(503, "no cluster for route destination"));
             };
-            ctx.outcome.cluster = cluster.name.clone();
+            ctx.outcome.cluster = cluster.name.to_string();
             policy = TunnelPolicy::for_cluster(cluster);
             if !ctx.tried.is_empty() {
                 // A retry: it needs a slot in the cluster's retry budget (maxRetries).

@@ -140,7 +140,7 @@ impl Waypoint {
         match cluster.try_acquire(routing::PoolResource::Request) {
             Ok(slot) => ctx._request_slot = Some(slot),
             Err(overflow) => {
-                ctx.outcome.cluster = cluster.name.clone();
+                ctx.outcome.cluster = cluster.name.to_string();
                 debug!(cluster = %cluster.name, %overflow, "connection pool overflow");
                 return self
                     .reply(session, ctx, 503, "UO", "upstream_overflow")

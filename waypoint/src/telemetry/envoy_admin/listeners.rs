@@ -141,7 +141,7 @@ pub(super) fn destination_cluster(
     subset: Option<&str>,
 ) -> String {
     if let Some(c) = snapshot.cluster(host, port, subset) {
-        return c.name.clone();
+        return c.name.to_string();
     }
     match snapshot.service_by_host(host) {
         Some(service) => {

@@ -264,12 +264,12 @@ pub fn config_dump(
 /// A files-mode cluster as the EDS cluster Envoy would hold for it.
 fn files_cluster(c: &routing::Cluster) -> Cluster {
     Cluster {
-        name: c.name.clone(),
+        name: c.name.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
         )),
         eds_cluster_config: Some(cluster::EdsClusterConfig {
-            service_name: c.name.clone(),
+            service_name: c.name.to_string(),
             eds_config: None,
         }),
         ..Default::default()
@@ -302,7 +302,7 @@ fn assignment(c: &routing::Cluster) -> ClusterLoadAssignment {
         }
     }
     ClusterLoadAssignment {
-        cluster_name: c.name.clone(),
+        cluster_name: c.name.to_string(),
         endpoints: groups,
         ..Default::default()
     }
@@ -408,8 +408,8 @@ pub fn clusters(snapshot: &routing::Snapshot) -> admin::Clusters {
         .clusters()
         .into_iter()
         .map(|c| admin::ClusterStatus {
-            name: c.name.clone(),
-            observability_name: c.name.clone(),
+            name: c.name.to_string(),
+            observability_name: c.name.to_string(),
             added_via_api: true,
             host_statuses: hosts(c)
                 .into_iter()

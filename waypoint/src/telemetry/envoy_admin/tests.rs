@@ -182,7 +182,7 @@ fn chains_per_port_routes_per_http_chain() {
             ("inbound-vip|5432|tcp/b|db.default.svc.cluster.local", 30),
         ]
     );
-    let clusters: Vec<&str> = s.clusters().iter().map(|c| c.name.as_str()).collect();
+    let clusters: Vec<&str> = s.clusters().iter().map(|c| &*c.name).collect();
     assert!(
         split.iter().all(|(c, _)| clusters.contains(c)),
         "{clusters:?}"

@@ -26,7 +26,7 @@ impl Collector for ClusterCollector {
         let busy: Vec<(&str, routing::ClusterStats)> = snapshot
             .clusters()
             .into_iter()
-            .map(|c| (c.name.as_str(), c.stats(now)))
+            .map(|c| (&*c.name, c.stats(now)))
             .filter(|(_, s)| *s != routing::ClusterStats::default())
             .collect();
         if busy.is_empty() {
