@@ -15,7 +15,6 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::control::identity::{server_config, ClientConfigs, IdentityError, WorkloadCert};
-use crate::control::memory;
 use crate::dataplane::inbound::Inbound;
 use crate::dataplane::proxy::Waypoint;
 use crate::telemetry::access_log::AccessLog;
@@ -127,7 +126,7 @@ impl App {
         let _first_wins = status.telemetry_api.set(telemetry_api.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         // The first config's scratch (a large mesh's first translation) is returned too.
-        settled_later();
+        crate::control::retired::settled_later();
         let drain = Arc::new(crate::dataplane::drain::Drain::default());
         let client = Arc::new(
             HboneClient::with_limits(Arc::new(ClientConfigs::new(cert)), settings.upstream)
@@ -213,7 +212,7 @@ impl App {
         snapshot.carry_over_state(&self.snapshot.load());
         self.telemetry.status.set_config(&snapshot, source);
         self.telemetry_api.apply(snapshot.telemetry());
-        retire(self.snapshot.swap(Arc::new(snapshot)));
+        crate::control::retired::retire(self.snapshot.swap(Arc::new(snapshot)));
     }
 
     pub async fn serve(&self, listener: TcpListener, shutdown: ShutdownWatch) {
@@ -242,67 +241,5 @@ impl App {
     /// connections still open `force_close_after` later are closed (see [`crate::dataplane::drain`]).
     pub fn cut_drain(&self, force_close_after: std::time::Duration) {
         self.drain.cut(force_close_after);
-    }
-}
-
-/// Free a replaced snapshot on a thread of its own. Freeing one of a large mesh takes tens of
-/// milliseconds (every name, map and route of every service), which the config thread's next
-/// xDS response would otherwise wait for; requests still holding it keep it alive as before.
-/// Once no snapshot has come for [`memory::QUIET`], the same thread returns the freed pages to
-/// the kernel ([`memory`]).
-pub(crate) fn retire(old: Arc<Snapshot>) {
-    retired(Some(old));
-}
-
-/// A config was installed without replacing one (the first): trim once it has settled, as
-/// after a [`retire`].
-fn settled_later() {
-    retired(None);
-}
-
-fn retired(old: Option<Arc<Snapshot>>) {
-    type Retired = Option<Arc<Snapshot>>;
-    static RETIRED: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Retired>>> =
-        std::sync::OnceLock::new();
-    let tx = RETIRED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Retired>();
-        std::thread::Builder::new()
-            .name("retired snapshots".into())
-            .spawn(move || {
-                use crate::control::priority::{lower_this_thread, CONFIG_THREAD_NICE};
-                // Freeing is never urgent; a failure leaves it at the process's priority.
-                let _ = lower_this_thread(CONFIG_THREAD_NICE);
-                retire_and_trim(&rx)
-            })
-            .ok()
-            .map(|_| tx)
-    });
-    // Without the thread (it could not be started) it is freed here, as before.
-    if let Some(tx) = tx {
-        let _ = tx.send(old);
-    }
-}
-
-/// Drop each snapshot sent; trim once nothing has come for [`memory::QUIET`] after something.
-fn retire_and_trim(rx: &std::sync::mpsc::Receiver<Option<Arc<Snapshot>>>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut pending = false;
-    loop {
-        let next = if pending {
-            rx.recv_timeout(memory::QUIET)
-        } else {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        };
-        match next {
-            Ok(old) => {
-                drop(old);
-                pending = true;
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                memory::trim();
-                pending = false;
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
     }
 }

@@ -7,5 +7,6 @@ pub mod istio;
 pub mod memory;
 pub mod priority;
 pub mod reload;
+pub(crate) mod retired;
 pub(crate) mod watch;
 pub mod xds;

@@ -124,7 +124,7 @@ impl SnapshotSink {
             ..
         }) = replaced
         {
-            crate::app::retire(Arc::new(old));
+            crate::control::retired::retire(Arc::new(old));
         }
     }
 
@@ -150,7 +150,7 @@ impl SnapshotSink {
                     // Not if something newer was offered while it translated.
                     Some(s) if self.offers.load(Ordering::Relaxed) == offers => s,
                     Some(s) => {
-                        crate::app::retire(Arc::new(s));
+                        crate::control::retired::retire(Arc::new(s));
                         continue;
                     }
                     None => continue,
@@ -175,7 +175,7 @@ impl SnapshotSink {
             ..
         }) = self.incomplete.lock().take()
         {
-            crate::app::retire(Arc::new(old));
+            crate::control::retired::retire(Arc::new(old));
         }
         self.publish(snapshot);
     }
