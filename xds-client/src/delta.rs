@@ -238,7 +238,7 @@ impl<H: Handler> Stream<'_, H> {
             upserts.push(Arc::new(Resource {
                 name,
                 version: resource.version,
-                value,
+                value: value.into(),
             }));
         }
         if !rejections.is_empty() {

@@ -46,8 +46,8 @@ pub use node::{
     DEFAULT_LABELS_PATH, WAYPOINT_NODE_TYPE,
 };
 pub use resource::{
-    type_url, Applied, Change, Handler, Names, Payload, Rejection, Resource, ResourceState,
-    Subscriptions, TypeState, Update,
+    intern_type_url, type_url, Applied, Change, Handler, Names, Payload, Rejection, Resource,
+    ResourceState, Subscriptions, TypeState, TypeUrl, Update,
 };
 pub use status::{Status, StatusHandle, TypeStatus};
 pub use transport::{ConnectError, AUTHORIZATION_METADATA, CLUSTER_ID_METADATA};

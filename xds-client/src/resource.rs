@@ -37,22 +37,47 @@ pub struct Resource {
     pub value: Payload,
 }
 
-/// A resource's payload, a `google.protobuf.Any` (decoded as such from the responses,
-/// `wire.rs`): the bytes may be a slice of the response they came in (see
-/// `wire::Payloads::settle`).
-#[derive(Clone, PartialEq, prost::Message)]
+/// A resource's payload, a `google.protobuf.Any` as the client keeps it: the bytes may be a
+/// slice of the response they came in (see `wire::Payloads::settle`), and the type URL is
+/// shared ([`TypeUrl`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Payload {
-    #[prost(string, tag = "1")]
-    pub type_url: String,
-    #[prost(bytes = "bytes", tag = "2")]
+    pub type_url: TypeUrl,
     pub value: Bytes,
+}
+
+/// A payload's type URL. The known ones (the [`type_url`] constants) are one allocation each for
+/// the whole process: a mesh's 60 000 resources each had their own copy of a 52- to 68-byte
+/// string (80 bytes allocated), half a KiB per service.
+pub type TypeUrl = Arc<str>;
+
+/// `type_url` as a [`TypeUrl`]: the process's shared one when it is a known type.
+pub fn intern_type_url(type_url: &str) -> TypeUrl {
+    static KNOWN: std::sync::OnceLock<Vec<TypeUrl>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        [
+            type_url::CLUSTER,
+            type_url::LISTENER,
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            type_url::ROUTE_CONFIGURATION,
+            type_url::SECRET,
+        ]
+        .into_iter()
+        .map(Arc::from)
+        .collect()
+    });
+    known
+        .iter()
+        .find(|k| ***k == *type_url)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(type_url))
 }
 
 impl Payload {
     /// As a `google.protobuf.Any` (a copy of the bytes), e.g. for a config dump.
     pub fn to_any(&self) -> Any {
         Any {
-            type_url: self.type_url.clone(),
+            type_url: self.type_url.to_string(),
             value: self.value.to_vec(),
         }
     }
@@ -61,8 +86,17 @@ impl Payload {
 impl From<Any> for Payload {
     fn from(any: Any) -> Self {
         Self {
-            type_url: any.type_url,
+            type_url: intern_type_url(&any.type_url),
             value: any.value.into(),
+        }
+    }
+}
+
+impl From<crate::wire::WireAny> for Payload {
+    fn from(any: crate::wire::WireAny) -> Self {
+        Self {
+            type_url: intern_type_url(&any.type_url),
+            value: any.value,
         }
     }
 }
@@ -72,7 +106,7 @@ impl Resource {
     /// resource, ready to hand back from [`Handler::apply`].
     pub fn decode<M: prost::Message + prost::Name + Default>(&self) -> Result<M, Rejection> {
         let expected = M::type_url();
-        if self.value.type_url != expected {
+        if *self.value.type_url != *expected {
             return Err(Rejection::new(
                 &self.value.type_url,
                 &self.name,

@@ -23,7 +23,7 @@ use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
 };
-use crate::wire::{DeltaResource as WrappedResource, SotwResponse};
+use crate::wire::{DeltaResource as WrappedResource, SotwResponse, WireAny};
 
 struct Stream<'a, H> {
     core: &'a mut Core<H>,
@@ -266,7 +266,7 @@ impl<H: Handler> Stream<'_, H> {
 /// read from field 1), or one wrapped in `envoy.service.discovery.v3.Resource`.
 fn unwrap_resource(
     type_url: &str,
-    any: Payload,
+    any: WireAny,
 ) -> Result<(String, Payload), (Option<String>, PayloadError)> {
     let any = if any.type_url == urls::RESOURCE_WRAPPER {
         let wrapped = WrappedResource::decode(any.value.clone())
@@ -288,7 +288,7 @@ fn unwrap_resource(
         if name.is_empty() {
             return Err((None, PayloadError::WrapperWithoutName));
         }
-        return Ok((name, inner));
+        return Ok((name, inner.into()));
     } else {
         any
     };
@@ -305,7 +305,7 @@ fn unwrap_resource(
     if name.is_empty() {
         return Err((None, PayloadError::WithoutName));
     }
-    Ok((name, any))
+    Ok((name, any.into()))
 }
 
 /// Answer `responses` as if they had arrived back to back on a fresh stream; the requests sent.

@@ -416,6 +416,22 @@ async fn an_unexpected_type_is_nacked_and_the_others_keep_flowing() {
     let v2 = server.set(type_url::CLUSTER, "c2", cluster("c2", false));
     ack(&server, type_url::CLUSTER, &v2).await;
     assert_eq!(client.handler.names(type_url::CLUSTER), ["c1", "c2"]);
+    // Two responses' payloads, one type URL allocation (the process's).
+    let both = client.handler.current();
+    let url = |name| {
+        both.get(type_url::CLUSTER, name)
+            .unwrap()
+            .value
+            .type_url
+            .clone()
+    };
+    assert!(Arc::ptr_eq(&url("c1"), &url("c2")));
+    assert!(Arc::ptr_eq(
+        &url("c1"),
+        &crate::intern_type_url(type_url::CLUSTER)
+    ));
+    let other = "type.googleapis.com/example.Unknown";
+    assert_eq!(&*crate::intern_type_url(other), other);
     client.shutdown().await;
 }
 

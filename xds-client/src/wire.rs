@@ -1,6 +1,6 @@
 //! The discovery responses as the client decodes them: the fields it reads of
 //! `envoy.service.discovery.v3.{Delta,}DiscoveryResponse`, `Resource` and `ResourceName`, with
-//! each `google.protobuf.Any` as the [`Payload`] the client keeps (bytes as [`Bytes`]; field
+//! each `google.protobuf.Any` as [`WireAny`], kept as a [`crate::Payload`] (bytes as [`Bytes`]; field
 //! numbers from `envoy/service/discovery/v3/discovery.proto` and `google/protobuf/any.proto`;
 //! fields not listed are skipped by the decoder).
 //!
@@ -8,8 +8,6 @@
 //! [`Payloads::settle`] for when it is.
 
 use bytes::Bytes;
-
-use crate::resource::Payload;
 
 /// `envoy.service.discovery.v3.DeltaDiscoveryResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -39,7 +37,7 @@ pub(crate) struct DeltaResource {
     #[prost(string, tag = "1")]
     pub version: String,
     #[prost(message, optional, tag = "2")]
-    pub resource: Option<Payload>,
+    pub resource: Option<WireAny>,
 }
 
 /// `envoy.service.discovery.v3.ResourceName`.
@@ -55,11 +53,20 @@ pub(crate) struct SotwResponse {
     #[prost(string, tag = "1")]
     pub version_info: String,
     #[prost(message, repeated, tag = "2")]
-    pub resources: Vec<Payload>,
+    pub resources: Vec<WireAny>,
     #[prost(string, tag = "4")]
     pub type_url: String,
     #[prost(string, tag = "5")]
     pub nonce: String,
+}
+
+/// `google.protobuf.Any` as the responses carry it; kept as a [`crate::Payload`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WireAny {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
 }
 
 /// A response whose payloads may be slices of the message they were decoded from.

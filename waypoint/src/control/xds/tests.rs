@@ -23,7 +23,7 @@ fn resource<M: Message + Name>(name: &str, m: &M) -> Arc<Resource> {
         name: name.to_string(),
         version: "1".into(),
         value: Payload {
-            type_url: M::type_url(),
+            type_url: M::type_url().into(),
             value: m.encode_to_vec().into(),
         },
     })
