@@ -103,7 +103,15 @@ pub struct ClientConfig {
     pub backoff: Backoff,
     /// Bound on TCP connect + TLS handshake + the server answering the stream call.
     pub connect_timeout: Duration,
+    /// The form payloads are kept in: `None` keeps each as it came; a [`Compact`] is offered
+    /// every payload the client copies out of its response (all but a large response's one
+    /// large payload, which stays a slice of it), and what it returns is kept instead. Readers
+    /// of [`crate::Payload::value`] then read what the hook's owner defines.
+    pub compact: Option<Compact>,
 }
+
+/// A payload's compact form, or `None` to keep it as it came (see [`ClientConfig::compact`]).
+pub type Compact = fn(&[u8]) -> Option<Vec<u8>>;
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,6 +127,7 @@ impl fmt::Debug for ClientConfig {
             .field("wildcard_types", &self.wildcard_types)
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
+            .field("compact", &self.compact.is_some())
             .finish()
     }
 }
@@ -159,6 +168,7 @@ impl ClientConfig {
             ],
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
+            compact: None,
         }
     }
 

@@ -38,7 +38,7 @@ mod tests;
 pub use client::Client;
 pub use client::StreamError;
 pub use config::{
-    istiod_server_name, Backoff, ClientConfig, ConfigError, Mode, DEFAULT_ADDRESS,
+    istiod_server_name, Backoff, ClientConfig, Compact, ConfigError, Mode, DEFAULT_ADDRESS,
     DEFAULT_SERVER_NAME,
 };
 pub use node::{

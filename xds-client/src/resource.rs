@@ -74,7 +74,8 @@ pub fn intern_type_url(type_url: &str) -> TypeUrl {
 }
 
 impl Payload {
-    /// As a `google.protobuf.Any` (a copy of the bytes), e.g. for a config dump.
+    /// As a `google.protobuf.Any` (a copy of the bytes as kept: see
+    /// [`crate::ClientConfig::compact`]).
     pub fn to_any(&self) -> Any {
         Any {
             type_url: self.type_url.to_string(),
@@ -103,7 +104,8 @@ impl From<crate::wire::WireAny> for Payload {
 
 impl Resource {
     /// Decode the payload as `M`, checking its type URL. The error is a [`Rejection`] naming this
-    /// resource, ready to hand back from [`Handler::apply`].
+    /// resource, ready to hand back from [`Handler::apply`]. The bytes are decoded as kept: a
+    /// client with a [`crate::ClientConfig::compact`] hook reads them with its owner's reader.
     pub fn decode<M: prost::Message + prost::Name + Default>(&self) -> Result<M, Rejection> {
         let expected = M::type_url();
         if *self.value.type_url != *expected {

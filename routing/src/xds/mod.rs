@@ -74,6 +74,7 @@ mod outbound;
 mod pieces;
 mod rbac;
 mod route;
+pub mod stored;
 mod telemetry;
 mod translator;
 pub use translator::{Reuse, Translator};
@@ -184,21 +185,16 @@ impl Resources {
 
     /// Decode one resource of type `type_url` from its bytes and add it.
     pub fn push_encoded(&mut self, type_url: &str, value: &[u8]) -> Result<(), Rejection> {
-        use prost::Message;
-        let bad = |e: prost::DecodeError| Rejection {
+        let bad = |e: stored::ReadError| Rejection {
             type_url: type_url.to_string(),
             name: String::new(),
             reason: format!("cannot decode resource: {e}"),
         };
         match type_url {
-            LISTENER_TYPE => self.listeners.push(Listener::decode(value).map_err(bad)?),
-            CLUSTER_TYPE => self.clusters.push(Cluster::decode(value).map_err(bad)?),
-            ENDPOINT_TYPE => self
-                .endpoints
-                .push(ClusterLoadAssignment::decode(value).map_err(bad)?),
-            ROUTE_TYPE => self
-                .routes
-                .push(RouteConfiguration::decode(value).map_err(bad)?),
+            LISTENER_TYPE => self.listeners.push(stored::decode(value).map_err(bad)?),
+            CLUSTER_TYPE => self.clusters.push(stored::decode(value).map_err(bad)?),
+            ENDPOINT_TYPE => self.endpoints.push(stored::decode(value).map_err(bad)?),
+            ROUTE_TYPE => self.routes.push(stored::decode(value).map_err(bad)?),
             other => {
                 return Err(Rejection {
                     type_url: other.to_string(),

@@ -162,7 +162,7 @@ pub(crate) struct AssignmentPiece {
 }
 
 /// `r` does not decode: a rejection naming it.
-fn undecodable(r: &Encoded<'_>, e: prost::DecodeError) -> Rejection {
+fn undecodable(r: &Encoded<'_>, e: super::stored::ReadError) -> Rejection {
     Rejection {
         type_url: r.type_url.to_string(),
         name: r.name.to_string(),
@@ -177,8 +177,7 @@ impl AssignmentPiece {
         labels: &mut LabelMaps,
         share: &mut PodShare,
     ) -> Result<AssignmentPiece, Rejection> {
-        use prost::Message;
-        ClusterLoadAssignment::decode(&r.value[..])
+        super::stored::decode::<ClusterLoadAssignment>(r.value)
             .map(|c| AssignmentPiece::build(&c, labels, share))
             .map_err(|e| undecodable(r, e))
     }
@@ -473,10 +472,10 @@ impl Memo {
                     continue;
                 }
             }
-            let bad = |e: prost::DecodeError| undecodable(r, e);
+            let bad = |e: super::stored::ReadError| undecodable(r, e);
             let result = match kind {
                 Kind::Cluster => memoized(&mut self.clusters, generation, r, counts, || {
-                    Cluster::decode(&r.value[..])
+                    super::stored::decode::<Cluster>(r.value)
                         .map(|c| ClusterPiece::build(&c))
                         .map_err(bad)
                 })
@@ -491,7 +490,8 @@ impl Memo {
                     out.assignments.push(p.clone());
                     Gave::Assignment(p)
                 }),
-                Kind::Listener => ShallowListener::decode(r.value.clone())
+                Kind::Listener => super::stored::expand_bytes(r.value)
+                    .and_then(|b| Ok(ShallowListener::decode(b)?))
                     .map(|l| {
                         out.listeners.push(l.clone());
                         Gave::Listener(Box::new(l))

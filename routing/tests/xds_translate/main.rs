@@ -25,6 +25,7 @@ mod outbound;
 mod patch;
 mod rules;
 mod splice;
+mod stored;
 mod subscriptions;
 mod upstreams;
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 /// Fixtures whose resources make up the pool (istiod's shapes of several releases and features).
-const FIXTURES: &[&str] = &[
+pub(super) const FIXTURES: &[&str] = &[
     "bookinfo.json",
     "authz.json",
     "dns_serviceentry_1_30.json",

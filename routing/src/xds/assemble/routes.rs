@@ -63,7 +63,8 @@ pub(crate) fn patch_listener(
     {
         return None;
     }
-    let main = <listener::ShallowListener as prost::Message>::decode(main.value.clone()).ok()?;
+    let main = crate::xds::stored::expand_bytes(main.value).ok()?;
+    let main = <listener::ShallowListener as prost::Message>::decode(main).ok()?;
     // Its place among the last translation's listeners (there once).
     if main.name != listener::MAIN_INTERNAL
         || l.listeners.iter().filter(|x| x.is_none()).count() != 1

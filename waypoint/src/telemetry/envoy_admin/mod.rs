@@ -53,6 +53,21 @@ fn any<M: Message + Name>(m: &M) -> Any {
     }
 }
 
+/// An xDS payload as the client keeps it, as the `Any` istiod sent: its protobuf bytes again
+/// when it was kept compact ([`routing::xds::stored`]).
+fn any_of(p: &xds_client::Payload) -> Any {
+    let value = match routing::xds::stored::expand(&p.value) {
+        Ok(bytes) => bytes.into_owned(),
+        // Only a compact form this process made can fail to expand, so never in practice; the
+        // kept bytes then show what is held.
+        Err(_) => p.value.to_vec(),
+    };
+    Any {
+        type_url: p.type_url.to_string(),
+        value,
+    }
+}
+
 fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     Timestamp {
@@ -170,7 +185,7 @@ pub fn config_dump(
             for r in state.resources(type_url::CLUSTER) {
                 clusters.dynamic_active_clusters.push(DynamicCluster {
                     version_info: r.version.clone(),
-                    cluster: Some(r.value.to_any()),
+                    cluster: Some(any_of(&r.value)),
                     ..Default::default()
                 });
             }
@@ -179,7 +194,7 @@ pub fn config_dump(
                     name: r.name.clone(),
                     active_state: Some(DynamicListenerState {
                         version_info: r.version.clone(),
-                        listener: Some(r.value.to_any()),
+                        listener: Some(any_of(&r.value)),
                         last_updated: None,
                     }),
                     ..Default::default()
@@ -188,7 +203,7 @@ pub fn config_dump(
             for r in state.resources(type_url::ROUTE_CONFIGURATION) {
                 routes.dynamic_route_configs.push(DynamicRouteConfig {
                     version_info: r.version.clone(),
-                    route_config: Some(r.value.to_any()),
+                    route_config: Some(any_of(&r.value)),
                     ..Default::default()
                 });
             }
@@ -198,7 +213,7 @@ pub fn config_dump(
                         .dynamic_endpoint_configs
                         .push(DynamicEndpointConfig {
                             version_info: r.version.clone(),
-                            endpoint_config: Some(r.value.to_any()),
+                            endpoint_config: Some(any_of(&r.value)),
                             ..Default::default()
                         });
                 }

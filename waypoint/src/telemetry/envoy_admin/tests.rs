@@ -372,3 +372,30 @@ fn source_conditions_show_in_metadata_and_do_not_end_the_routes() {
         "{waypoint:?}"
     );
 }
+
+/// An assignment the xDS client kept compact is dumped as istiod sent it (the protobuf bytes
+/// again, which istioctl decodes); one kept as it came is dumped as it is.
+#[test]
+fn a_payload_kept_compact_is_dumped_as_it_came() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let raw = ClusterLoadAssignment {
+        cluster_name: "inbound-vip|9080|http|reviews.default.svc.cluster.local ".repeat(20),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let kept = routing::xds::stored::compact(&raw).expect("repetitive bytes are kept compact");
+    assert_ne!(kept, raw);
+    let url = xds_client::intern_type_url(xds_client::type_url::CLUSTER_LOAD_ASSIGNMENT);
+    let compact = xds_client::Payload {
+        type_url: url.clone(),
+        value: kept.into(),
+    };
+    let any = super::any_of(&compact);
+    assert_eq!(any.value, raw);
+    assert_eq!(any.type_url, xds_client::type_url::CLUSTER_LOAD_ASSIGNMENT);
+    let plain = xds_client::Payload {
+        type_url: url,
+        value: raw.clone().into(),
+    };
+    assert_eq!(super::any_of(&plain).value, raw);
+}
