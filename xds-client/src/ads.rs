@@ -29,13 +29,11 @@ const STATE_OF_THE_WORLD: &str =
 /// An ADS client on one channel to istiod.
 pub(crate) struct Ads {
     channel: Channel,
-    /// [`crate::ClientConfig::compact`].
-    compact: Option<crate::Compact>,
 }
 
 impl Ads {
-    pub(crate) fn new(channel: Channel, compact: Option<crate::Compact>) -> Self {
-        Self { channel, compact }
+    pub(crate) fn new(channel: Channel) -> Self {
+        Self { channel }
     }
 
     /// `DeltaAggregatedResources`.
@@ -104,7 +102,7 @@ impl Ads {
         if response.status() != http::StatusCode::OK {
             return Err(inbound::http_status(response.status()));
         }
-        Ok(Inbound::new(response.into_body(), MAX_MESSAGE_SIZE).compacting(self.compact))
+        Ok(Inbound::new(response.into_body(), MAX_MESSAGE_SIZE))
     }
 }
 

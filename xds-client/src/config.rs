@@ -104,9 +104,9 @@ pub struct ClientConfig {
     /// Bound on TCP connect + TLS handshake + the server answering the stream call.
     pub connect_timeout: Duration,
     /// The form payloads are kept in: `None` keeps each as it came; a [`Compact`] is offered
-    /// every payload the client copies out of its response (all but a large response's one
-    /// large payload, which stays a slice of it), and what it returns is kept instead. Readers
-    /// of [`crate::Payload::value`] then read what the hook's owner defines.
+    /// every payload under 32 KiB once it passed the client's checks (a larger one may be a
+    /// slice of its response, kept as it is), and what it returns is kept instead. Readers of
+    /// [`crate::Payload::value`] then read what the hook's owner defines.
     pub compact: Option<Compact>,
 }
 

@@ -18,7 +18,7 @@ use tonic::metadata::MetadataMap;
 use crate::ads::Ads;
 use crate::client::StreamError;
 use crate::config::Mode;
-use crate::resource::{Handler, Rejection, Resource};
+use crate::resource::{Handler, Payload, Rejection, Resource};
 use crate::session::{
     drive, judge, nack_detail, payload_name, Answer, Core, Flavour, Outbox, PayloadError, Prepared,
     Refusal,
@@ -238,7 +238,7 @@ impl<H: Handler> Stream<'_, H> {
             upserts.push(Arc::new(Resource {
                 name,
                 version: resource.version,
-                value: value.into(),
+                value: Payload::from(value).kept(self.core.cfg.compact),
             }));
         }
         if !rejections.is_empty() {

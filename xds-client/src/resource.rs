@@ -93,6 +93,26 @@ impl From<Any> for Payload {
     }
 }
 
+impl Payload {
+    /// This payload as the client keeps it: in `compact`'s form when the hook gives one for
+    /// it ([`crate::ClientConfig::compact`]). Offered only below [`COMPACT_BELOW`], where every
+    /// payload is already a copy of its own (`wire::Payloads::settle`), never the large one a
+    /// response may be kept as a slice of (compacting a mesh's `main_internal` would cost a push
+    /// what the slice saves). After the checks that read the payload's bytes (its name).
+    pub(crate) fn kept(mut self, compact: Option<crate::Compact>) -> Self {
+        if let Some(c) = compact.filter(|_| self.value.len() < COMPACT_BELOW) {
+            if let Some(kept) = c(&self.value) {
+                self.value = kept.into();
+            }
+        }
+        self
+    }
+}
+
+/// The size from which a payload is kept as it came (see [`Payload::kept`]): a payload this
+/// large may be the slice of its response that `settle` keeps.
+pub(crate) const COMPACT_BELOW: usize = crate::wire::SHARED_MIN / 2;
+
 impl From<crate::wire::WireAny> for Payload {
     fn from(any: crate::wire::WireAny) -> Self {
         Self {
@@ -403,6 +423,31 @@ mod tests {
             "ClusterLoadAssignment"
         );
         assert_eq!(type_url::short("weird"), "weird");
+    }
+
+    /// A payload under [`COMPACT_BELOW`] is kept in the hook's form when it gives one; a larger
+    /// one, and one the hook declines, as it came.
+    #[test]
+    fn kept_offers_only_payloads_below_the_slice_size() {
+        fn half(raw: &[u8]) -> Option<Vec<u8>> {
+            Some(raw[..raw.len() / 2].to_vec())
+        }
+        fn never(_: &[u8]) -> Option<Vec<u8>> {
+            None
+        }
+        let payload = |len: usize| Payload {
+            type_url: intern_type_url(type_url::CLUSTER),
+            value: vec![7u8; len].into(),
+        };
+        let len = |p: Payload| p.value.len();
+        assert_eq!(len(payload(1000).kept(Some(half))), 500);
+        assert_eq!(
+            len(payload(COMPACT_BELOW - 2).kept(Some(half))),
+            COMPACT_BELOW / 2 - 1
+        );
+        assert_eq!(len(payload(COMPACT_BELOW).kept(Some(half))), COMPACT_BELOW);
+        assert_eq!(len(payload(1000).kept(Some(never))), 1000);
+        assert_eq!(len(payload(1000).kept(None)), 1000);
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl<H: Handler> Stream<'_, H> {
                     let resource = Resource {
                         name: name.clone(),
                         version: response.version_info.clone(),
-                        value,
+                        value: value.kept(self.core.cfg.compact),
                     };
                     if incoming.insert(name.clone(), Arc::new(resource)).is_some() {
                         rejections.push(Rejection::new(&type_url, &name, "duplicate name"));

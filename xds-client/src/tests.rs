@@ -509,3 +509,29 @@ async fn delta_eds_follows_the_handler() {
         .is_empty());
     client.shutdown().await;
 }
+
+/// With a compacting hook the client keeps what the hook gives for each payload (here the
+/// bytes and an unknown field, which decode as the cluster still), after reading the name
+/// from the bytes as they came; in both protocols.
+#[tokio::test]
+async fn payloads_are_kept_in_the_hook_s_form() {
+    fn marked(raw: &[u8]) -> Option<Vec<u8>> {
+        Some([raw, MARK].concat())
+    }
+    // Field 999, varint 1: skipped by a decoder.
+    const MARK: &[u8] = &[0xb8, 0x3e, 0x01];
+    for mode in [Mode::Delta, Mode::StateOfTheWorld] {
+        let (_pki, server) = server(AdsServerOptions::with_token(TOKEN)).await;
+        let v = server.set(type_url::CLUSTER, "c1", cluster("c1", false));
+        let token = TokenFile::new(TOKEN);
+        let mut cfg = config(&server, mode, &token);
+        cfg.compact = Some(marked);
+        let client = start_client(cfg, token);
+        ack(&server, type_url::CLUSTER, &v).await;
+        let state = client.handler.current();
+        let kept = &state.get(type_url::CLUSTER, "c1").unwrap().value.value;
+        assert!(kept.ends_with(MARK), "{mode:?}");
+        assert_eq!(kept.len(), cluster("c1", false).value.len() + MARK.len());
+        client.shutdown().await;
+    }
+}

@@ -144,5 +144,5 @@ pub(crate) async fn connect(
             address: cfg.address.clone(),
             reason: e.to_string(),
         })?;
-    Ok(Ads::new(channel, cfg.compact))
+    Ok(Ads::new(channel))
 }

@@ -80,15 +80,10 @@ pub(crate) trait Payloads {
     /// is more than half of it (one `main_internal` listener; never one of 15 000 clusters,
     /// whose slice would hold the whole response). Every other payload is copied out, so a
     /// message is freed once its one large payload is.
-    ///
-    /// A payload copied out is kept in `compact`'s form when it gives one.
-    fn settle(&mut self, message_len: usize, compact: Option<crate::Compact>) {
+    fn settle(&mut self, message_len: usize) {
         for payload in self.payloads() {
             if message_len < SHARED_MIN || payload.len() * 2 <= message_len {
-                *payload = match compact.and_then(|c| c(payload)) {
-                    Some(kept) => kept.into(),
-                    None => Bytes::copy_from_slice(payload),
-                };
+                *payload = Bytes::copy_from_slice(payload);
             }
         }
     }

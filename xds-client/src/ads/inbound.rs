@@ -45,8 +45,6 @@ pub(crate) struct Inbound<M> {
     ended: bool,
     /// The stream ended or failed: nothing more comes from it.
     done: bool,
-    /// The form payloads copied out of a message are kept in ([`crate::ClientConfig::compact`]).
-    compact: Option<crate::Compact>,
     message: PhantomData<fn() -> M>,
 }
 
@@ -59,15 +57,8 @@ impl<M> Inbound<M> {
             max,
             ended: false,
             done: false,
-            compact: None,
             message: PhantomData,
         }
-    }
-
-    /// Keep the payloads copied out of each message in `compact`'s form.
-    pub(crate) fn compacting(mut self, compact: Option<crate::Compact>) -> Self {
-        self.compact = compact;
-        self
     }
 
     /// The next whole message received, if there is one.
@@ -161,7 +152,7 @@ impl<M: Message + Default + Payloads> Inbound<M> {
                     let mut message = M::decode(bytes).map_err(|e| {
                         Status::internal(format!("a response does not decode: {e}"))
                     })?;
-                    message.settle(len, this.compact);
+                    message.settle(len);
                     return Poll::Ready(Some(Ok(message)));
                 }
                 Ok(None) => {}

@@ -349,28 +349,3 @@ fn http_errors_map_to_grpc_codes() {
         assert!(status.message().contains(&http.to_string()), "{status:?}");
     }
 }
-
-/// With a compacting hook ([`crate::ClientConfig::compact`]) each payload copied out of its
-/// response is kept in the hook's form; the one large payload kept as a slice of its response
-/// is not offered to it (compacting `main_internal` would cost a push what a slice saves).
-#[tokio::test(flavor = "current_thread")]
-async fn payloads_copied_out_are_kept_in_the_hook_s_form() {
-    fn halve(raw: &[u8]) -> Option<Vec<u8>> {
-        Some(raw[..raw.len() / 2].to_vec())
-    }
-    fn never(_: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
-    let many = vec![8 << 10; 64];
-    let (_wire, inbound) = stream(&[framed(&many), framed(&[LARGE])]);
-    let mut inbound = inbound.compacting(Some(halve));
-    let first = inbound.next().await.unwrap().unwrap();
-    assert_eq!(sizes(&first), vec![4 << 10; 64]);
-    let large = inbound.next().await.unwrap().unwrap();
-    assert_eq!(sizes(&large), [LARGE]);
-    // A hook that declines keeps the copy as it came.
-    let (_wire, inbound) = stream(&[framed(&many)]);
-    let mut inbound = inbound.compacting(Some(never));
-    let first = inbound.next().await.unwrap().unwrap();
-    assert_eq!(sizes(&first), many);
-}
