@@ -170,8 +170,8 @@ impl<H: Handler> Stream<'_, H> {
                 self.core
                     .accepted
                     .resources(&type_url)
-                    .filter(|r| want.contains(&r.name))
-                    .map(|r| (r.name.clone(), r.version.clone()))
+                    .filter(|r| want.contains(&*r.name))
+                    .map(|r| (r.name.to_string(), r.version.clone()))
                     .collect()
             } else {
                 HashMap::new()
@@ -236,7 +236,7 @@ impl<H: Handler> Stream<'_, H> {
                 continue;
             }
             upserts.push(Arc::new(Resource {
-                name,
+                name: name.into(),
                 version: resource.version,
                 value: Payload::from(value).kept(self.core.cfg.compact),
             }));

@@ -31,11 +31,14 @@ pub mod type_url {
 /// came (`type_url` + bytes). The caller decodes it, e.g. with [`Resource::decode`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
-    pub name: String,
+    pub name: Name,
     /// Delta: the resource's own version. State-of-the-world: the response's `version_info`.
     pub version: String,
     pub value: Payload,
 }
+
+/// A resource's name: one string for the resource and the key its type's map holds it under.
+pub type Name = Arc<str>;
 
 /// A resource's payload, a `google.protobuf.Any` as the client keeps it: the bytes may be a
 /// slice of the response they came in (see `wire::Payloads::settle`), and the type URL is
@@ -153,7 +156,7 @@ pub struct TypeState {
     pub version_info: String,
     /// A persistent map: a copy shares it, and a change to the copy copies only the path to
     /// what changed (a push of one assignment among 10 000 is cheap to make a candidate of).
-    pub resources: imbl::OrdMap<String, Arc<Resource>>,
+    pub resources: imbl::OrdMap<Name, Arc<Resource>>,
 }
 
 /// Everything the client holds, by type URL. Cheap to clone: each type is shared until changed.
@@ -200,7 +203,7 @@ impl ResourceState {
     /// `name -> version` of `type_url`: Delta's `initial_resource_versions` on reconnect.
     pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
         self.resources(type_url)
-            .map(|r| (r.name.clone(), r.version.clone()))
+            .map(|r| (r.name.to_string(), r.version.clone()))
             .collect()
     }
 

@@ -116,8 +116,8 @@ impl<H: Handler> Core<H> {
             let unwanted: Vec<String> = self
                 .accepted
                 .resources(&t)
-                .filter(|r| !keep.contains(&r.name))
-                .map(|r| r.name.clone())
+                .filter(|r| !keep.contains(&*r.name))
+                .map(|r| r.name.to_string())
                 .collect();
             for name in unwanted {
                 self.accepted.remove(&t, &name);
@@ -335,22 +335,22 @@ impl<M> Prepared<M> {
         let mut held = base.clone();
         let mut removed = Vec::new();
         if self.whole {
-            let listed: BTreeSet<&str> = self.upserts.iter().map(|r| r.name.as_str()).collect();
+            let listed: BTreeSet<&str> = self.upserts.iter().map(|r| &*r.name).collect();
             removed = held
                 .resources
                 .keys()
-                .filter(|n| !listed.contains(n.as_str()))
-                .cloned()
+                .filter(|n| !listed.contains(&***n))
+                .map(|n| n.to_string())
                 .collect();
         }
         removed.extend(
             self.removals
                 .iter()
-                .filter(|n| held.resources.contains_key(*n))
+                .filter(|n| held.resources.contains_key(n.as_str()))
                 .cloned(),
         );
         for name in &removed {
-            held.resources.remove(name);
+            held.resources.remove(name.as_str());
         }
         let mut updated = Vec::new();
         for r in &self.upserts {
@@ -360,7 +360,7 @@ impl<M> Prepared<M> {
                     .get(&r.name)
                     .is_some_and(|old| old.value == r.value);
             if !same {
-                updated.push(r.name.clone());
+                updated.push(r.name.to_string());
             }
             held.resources.insert(r.name.clone(), r.clone());
         }
@@ -379,7 +379,7 @@ impl<M> Prepared<M> {
 fn held_after<M>(group: &[Prepared<M>], type_url: &str, name: &str) -> Option<bool> {
     for p in group.iter().rev().filter(|p| p.type_url == type_url) {
         // Within one response removals apply first, then upserts (`Prepared::apply`).
-        if p.upserts.iter().any(|r| r.name == name) {
+        if p.upserts.iter().any(|r| &*r.name == name) {
             return Some(true);
         }
         if p.whole || p.removals.iter().any(|n| n == name) {

@@ -199,7 +199,7 @@ impl<H: Handler> Stream<'_, H> {
             match unwrap_resource(&type_url, any) {
                 Ok((name, value)) => {
                     let resource = Resource {
-                        name: name.clone(),
+                        name: name.as_str().into(),
                         version: response.version_info.clone(),
                         value: value.kept(self.core.cfg.compact),
                     };

@@ -59,7 +59,7 @@ impl TestHandler {
     fn names(&self, type_url: &str) -> Vec<String> {
         self.current()
             .resources(type_url)
-            .map(|r| r.name.clone())
+            .map(|r| r.name.to_string())
             .collect()
     }
 
@@ -88,11 +88,9 @@ impl Handler for TestHandler {
         let mut eds = Vec::new();
         for resource in update.state.resources(type_url::CLUSTER) {
             match resource.decode::<Cluster>() {
-                Ok(_) if shared.reject.contains(&resource.name) => rejections.push(Rejection::new(
-                    type_url::CLUSTER,
-                    &resource.name,
-                    "refused by the test",
-                )),
+                Ok(_) if shared.reject.contains(&*resource.name) => rejections.push(
+                    Rejection::new(type_url::CLUSTER, &resource.name, "refused by the test"),
+                ),
                 Ok(cluster) => {
                     let is_eds = cluster.cluster_discovery_type
                         == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
@@ -432,6 +430,10 @@ async fn an_unexpected_type_is_nacked_and_the_others_keep_flowing() {
     ));
     let other = "type.googleapis.com/example.Unknown";
     assert_eq!(&*crate::intern_type_url(other), other);
+    // A resource's name is one string, the map's key and the resource's.
+    let clusters = both.type_state(type_url::CLUSTER);
+    let (key, held) = clusters.resources.get_key_value("c2").unwrap();
+    assert!(Arc::ptr_eq(key, &held.name));
     client.shutdown().await;
 }
 

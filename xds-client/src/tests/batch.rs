@@ -151,7 +151,7 @@ fn what_arrives_unsubscribed_is_dropped_when_the_subscriptions_are_unchanged() {
     let held: Vec<&str> = core
         .accepted
         .resources(type_url::CLUSTER_LOAD_ASSIGNMENT)
-        .map(|r| r.name.as_str())
+        .map(|r| &*r.name)
         .collect();
     assert_eq!(held, ["reviews"]);
     // The handler was offered both; what it subscribes to is all that is kept.

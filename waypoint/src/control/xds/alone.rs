@@ -35,7 +35,7 @@ impl XdsHandler {
         refused_any: bool,
     ) {
         let held_only = |t: &str, wanted: &routing::xds::Names| {
-            let held = state.resources(t).map(|r| r.name.as_str());
+            let held = state.resources(t).map(|r| &*r.name);
             super::state::not_in(held, wanted.iter().map(String::as_str))
                 .next()
                 .is_none()

@@ -20,15 +20,16 @@ pub(super) fn encoded<'a>(
     let mut out = Vec::with_capacity(TYPES.iter().map(|t| state.len(t)).sum());
     for t in TYPES {
         for r in state.resources(t) {
-            let any =
-                if !set_aside.is_empty() && set_aside.contains(&(t.to_string(), r.name.clone())) {
-                    match last_good.get(t, &r.name) {
-                        Some(previous) => &previous.value,
-                        None => continue,
-                    }
-                } else {
-                    &r.value
-                };
+            let any = if !set_aside.is_empty()
+                && set_aside.contains(&(t.to_string(), r.name.to_string()))
+            {
+                match last_good.get(t, &r.name) {
+                    Some(previous) => &previous.value,
+                    None => continue,
+                }
+            } else {
+                &r.value
+            };
             out.push(Encoded {
                 type_url: t,
                 name: &r.name,
@@ -49,7 +50,7 @@ pub(super) fn missing(
     }
     // Named up to AWAITED_NAMES, then counted: at start-up every assignment is awaited.
     let absent = |what: &str, type_url: &str, names: &routing::xds::Names| -> Option<String> {
-        let held = state.resources(type_url).map(|r| r.name.as_str());
+        let held = state.resources(type_url).map(|r| &*r.name);
         let mut absent = not_in(names.iter().map(String::as_str), held);
         let named: Vec<&str> = absent.by_ref().take(AWAITED_NAMES).collect();
         let more = absent.count();

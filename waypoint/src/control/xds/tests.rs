@@ -20,7 +20,7 @@ const NEW: &str = "inbound-vip|9080|http|added.default.svc.cluster.local";
 
 fn resource<M: Message + Name>(name: &str, m: &M) -> Arc<Resource> {
     Arc::new(Resource {
-        name: name.to_string(),
+        name: name.into(),
         version: "1".into(),
         value: Payload {
             type_url: M::type_url().into(),

@@ -191,7 +191,7 @@ pub fn config_dump(
             }
             for r in state.resources(type_url::LISTENER) {
                 listeners.dynamic_listeners.push(DynamicListener {
-                    name: r.name.clone(),
+                    name: r.name.to_string(),
                     active_state: Some(DynamicListenerState {
                         version_info: r.version.clone(),
                         listener: Some(any_of(&r.value)),
