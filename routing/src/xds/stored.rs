@@ -7,9 +7,10 @@
 //! The compact form is a zero byte, then the LZ4 block of the bytes with their length before
 //! it (`lz4_flex`'s size-prepended block). A protobuf message never begins with a zero byte (no
 //! field has the number 0), so a payload that does is not a message: [`compact`] keeps it
-//! compact whatever that saves, and the first byte tells the two forms apart. (One the client
-//! does not offer, 32 KiB or more, reads as a compact form that does not expand: rejected
-//! either way, with that reason.) [`expand`] gives the bytes back; every reader of a kept
+//! compact whatever that saves, and the first byte tells the two forms apart. (The xDS client
+//! keeps no such payload as it came: it reads each payload's name from its bytes first, and
+//! rejects one that does not decode, as one beginning with a zero byte does not.) [`expand`]
+//! gives the bytes back; every reader of a kept
 //! payload reads it through it. Digests and comparisons of kept payloads are of the kept form
 //! (the same bytes always give the same compact form).
 
