@@ -10,9 +10,9 @@
 //! compact whatever that saves, and the first byte tells the two forms apart. (The xDS client
 //! keeps no such payload as it came: it reads each payload's name from its bytes first, and
 //! rejects one that does not decode, as one beginning with a zero byte does not.) [`expand`]
-//! gives the bytes back; every reader of a kept
-//! payload reads it through it. Digests and comparisons of kept payloads are of the kept form
-//! (the same bytes always give the same compact form).
+//! gives the bytes back; every reader of a kept payload reads it through it. Digests and
+//! comparisons of kept payloads are of the kept form (the same bytes always give the same
+//! compact form).
 
 use std::borrow::Cow;
 
