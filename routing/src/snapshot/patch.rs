@@ -30,7 +30,9 @@ impl Snapshot {
         let mut by_pod_ip = self.by_pod_ip.clone();
         let mut clusters = self.clusters.clone();
         for p in patches {
-            let si = *self.by_host.get(p.host.as_str())?;
+            // The host index's string for the name: one for the service's indexes and clusters.
+            let (host, &si) = self.by_host.get_key_value(p.host.as_str())?;
+            let host = host.clone();
             let service = &self.services[si];
             if service.hostname != p.host {
                 return None;
@@ -38,20 +40,15 @@ impl Snapshot {
             // The pod index: this service's entries out of the old addresses, into the new ones,
             // each address's list kept in service order (as a build from scratch makes it).
             let order = |h: &str| self.by_host.get(h).copied().unwrap_or(usize::MAX);
-            repoint_pods(
-                &mut by_pod_ip,
-                &service.hostname,
-                &endpoints[si],
-                &p.endpoints,
-                |h| order(h) <= si,
-            );
+            repoint_pods(&mut by_pod_ip, &host, &endpoints[si], &p.endpoints, |h| {
+                order(h) <= si
+            });
             // The service's rule, as a build finds it: the first for its host.
             let dr = self
                 .destination_rules
                 .iter()
                 .find(|d| d.host == service.hostname)
                 .map(|d| &**d);
-            let host: Arc<str> = Arc::from(service.hostname.as_str());
             let built = crate::builder::service_clusters(service, &host, &p.endpoints, dr, now);
             clusters.insert(host, Arc::new(built));
             endpoints[si] = p.endpoints.into();
@@ -69,7 +66,7 @@ impl Snapshot {
 /// it in service order.
 pub(super) fn repoint_pods(
     by_pod_ip: &mut Shards<IpAddr, PodServices>,
-    host: &str,
+    host: &Arc<str>,
     old: &[Arc<Endpoint>],
     new: &[Arc<Endpoint>],
     before: impl Fn(&str) -> bool,
@@ -79,21 +76,20 @@ pub(super) fn repoint_pods(
         let Some(list) = by_pod_ip.get(ip) else {
             continue;
         };
-        let kept: Vec<_> = list.iter().filter(|(s, _)| &**s != host).cloned().collect();
+        let kept: Vec<_> = list.iter().filter(|(s, _)| s != host).cloned().collect();
         if kept.is_empty() {
             by_pod_ip.remove(ip);
         } else {
             by_pod_ip.insert(*ip, kept.into());
         }
     }
-    let name: Arc<str> = Arc::from(host);
     for ep in new {
         let mut list: Vec<_> = by_pod_ip
             .get(&ep.address)
             .map(|l| l.to_vec())
             .unwrap_or_default();
         let at = list.partition_point(|(s, _)| before(s));
-        list.insert(at, (name.clone(), ep.clone()));
+        list.insert(at, (host.clone(), ep.clone()));
         by_pod_ip.insert(ep.address, list.into());
     }
 }

@@ -105,7 +105,7 @@ impl Snapshot {
         let count = self.services.len() + splices.len();
         let mut services: Vec<Service> = Vec::with_capacity(count);
         let mut endpoints: Vec<Endpoints> = Vec::with_capacity(count);
-        let mut repoint: Vec<(String, Endpoints, Endpoints)> = Vec::with_capacity(splices.len());
+        let mut repoint: Vec<(Arc<str>, Endpoints, Endpoints)> = Vec::with_capacity(splices.len());
         let mut clusters = self.clusters.clone();
         let mut routes = self.routes.clone();
         let mut pending = splices.into_iter().peekable();
@@ -118,26 +118,23 @@ impl Snapshot {
                          endpoints: &mut Vec<Endpoints>| {
             clusters.remove(s.host.as_str());
             routes.remove(s.host.as_str());
+            // One string for the service's clusters, its route table and its pod entries.
+            let host: Arc<str> = Arc::from(s.host.as_str());
             let old = old.cloned().unwrap_or_else(|| Arc::new([]));
             let Some(new) = s.new else {
-                repoint.push((s.host, old, Arc::new([])));
+                repoint.push((host, old, Arc::new([])));
                 return;
             };
             // The one rule of its host (`fits`), as the builder finds it.
             let dr = new.destination_rule.as_deref();
-            let built = crate::builder::service_clusters(
-                &new.service,
-                &Arc::from(new.service.hostname.as_str()),
-                &new.endpoints,
-                dr,
-                now,
-            );
-            clusters.insert(Arc::from(s.host.as_str()), Arc::new(built));
+            let built =
+                crate::builder::service_clusters(&new.service, &host, &new.endpoints, dr, now);
+            clusters.insert(host.clone(), Arc::new(built));
             if let Some(vs) = new.virtual_service.filter(|v| !v.http.is_empty()) {
-                routes.insert(Arc::from(s.host.as_str()), super::route_table(&vs));
+                routes.insert(host.clone(), super::route_table(&vs));
             }
             let list: Endpoints = new.endpoints.into();
-            repoint.push((s.host, old, list.clone()));
+            repoint.push((host, old, list.clone()));
             services.push(new.service);
             endpoints.push(list);
         };
@@ -176,7 +173,7 @@ impl Snapshot {
         // service order, which is host order here.
         let mut by_pod_ip = self.by_pod_ip.clone();
         for (host, old, new) in &repoint {
-            super::patch::repoint_pods(&mut by_pod_ip, host, old, new, |h| h <= host.as_str());
+            super::patch::repoint_pods(&mut by_pod_ip, host, old, new, |h| h <= &**host);
         }
         out.by_pod_ip = by_pod_ip;
         out.services = Arc::new(services);
