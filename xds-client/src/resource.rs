@@ -76,17 +76,6 @@ pub fn intern_type_url(type_url: &str) -> TypeUrl {
         .unwrap_or_else(|| Arc::from(type_url))
 }
 
-impl Payload {
-    /// As a `google.protobuf.Any` (a copy of the bytes as kept: see
-    /// [`crate::ClientConfig::compact`]).
-    pub fn to_any(&self) -> Any {
-        Any {
-            type_url: self.type_url.to_string(),
-            value: self.value.to_vec(),
-        }
-    }
-}
-
 impl From<Any> for Payload {
     fn from(any: Any) -> Self {
         Self {
