@@ -8,27 +8,40 @@ use std::sync::Arc;
 
 use crate::xds::FastHash;
 
-/// How many shards a table has once it holds anything: a change copies about 1/64 of it.
-const SHARDS: usize = 64;
+/// The fewest shards a table has once it holds anything (as a power of two).
+const MIN_BITS: u32 = 6;
+/// The most shards a table has (as a power of two): 4 096.
+const MAX_BITS: u32 = 12;
+/// About how many entries a shard holds in a table built at once, so that a change copies about
+/// this many entries whatever the table's size (a pod index of 50 000 addresses: 2 048 shards).
+const PER_SHARD: usize = 16;
 
-/// A hash map in [`SHARDS`] shards, each shared (`Arc`) with the copies that did not change it:
-/// a clone costs 64 pointers, and a change copies the one shard it lands in. A lookup hashes the
-/// key twice (the shard, then in it). Empty tables hold no shards.
+/// A hash map in shards, each shared (`Arc`) with the copies that did not change it: a clone
+/// costs a pointer per shard, and a change copies the one shard it lands in. A table built at
+/// once has about [`PER_SHARD`] entries per shard (at least 64 shards, at most 4 096); one grown
+/// by inserts is split again when it holds four times that. A lookup hashes the key twice (the
+/// shard, then in it). Empty tables hold no shards.
 pub(crate) struct Shards<K, V> {
     shards: Vec<Arc<HashMap<K, V, FastHash>>>,
+    /// Entries in all shards.
+    len: usize,
 }
 
 impl<K, V> Clone for Shards<K, V> {
     fn clone(&self) -> Self {
         Self {
             shards: self.shards.clone(),
+            len: self.len,
         }
     }
 }
 
 impl<K, V> Default for Shards<K, V> {
     fn default() -> Self {
-        Self { shards: Vec::new() }
+        Self {
+            shards: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -38,16 +51,27 @@ impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Shards<K, V> {
     }
 }
 
-/// The shard of a key: the same for a key and its borrowed form (`Borrow` hashes alike).
-fn shard<Q: Hash + ?Sized>(key: &Q) -> usize {
+/// The shard of a key among `count` (a power of two): the same for a key and its borrowed form
+/// (`Borrow` hashes alike).
+fn shard<Q: Hash + ?Sized>(key: &Q, count: usize) -> usize {
     let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key);
-    (hash >> (64 - SHARDS.trailing_zeros())) as usize
+    // The hash's top bits; `count` is at least 2^MIN_BITS, so the shift is below 64.
+    (hash >> (64 - count.trailing_zeros())) as usize
+}
+
+/// How many shards suit `len` entries.
+fn shards_for(len: usize) -> usize {
+    let bits = (len / PER_SHARD)
+        .next_power_of_two()
+        .trailing_zeros()
+        .clamp(MIN_BITS, MAX_BITS);
+    1 << bits
 }
 
 impl<K, V> Shards<K, V> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
+        self.len
     }
 
     /// Every entry, unordered.
@@ -74,7 +98,10 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards.get(shard(key))?.get(key)
+        if self.shards.is_empty() {
+            return None;
+        }
+        self.shards[shard(key, self.shards.len())].get(key)
     }
 
     pub(crate) fn contains_key<Q>(&self, key: &Q) -> bool
@@ -90,9 +117,20 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
     /// Insert, copying the key's shard first if another table shares it.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         if self.shards.is_empty() {
-            self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
+            self.shards = (0..1 << MIN_BITS).map(|_| Arc::default()).collect();
+        } else if self.len >= 4 * PER_SHARD * self.shards.len()
+            && self.shards.len() < shards_for(self.len)
+        {
+            // Grown by inserts: split again (every shard copied once, then shared again).
+            let entries: Vec<(K, V)> = self.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            *self = entries.into_iter().collect();
         }
-        Arc::make_mut(&mut self.shards[shard(&key)]).insert(key, value)
+        let at = shard(&key, self.shards.len());
+        let old = Arc::make_mut(&mut self.shards[at]).insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
     }
 
     /// Remove, copying the key's shard first (only when it holds the key) if another table
@@ -102,11 +140,17 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let s = self.shards.get_mut(shard(key))?;
+        let count = self.shards.len();
+        if count == 0 {
+            return None;
+        }
+        let s = &mut self.shards[shard(key, count)];
         if !s.contains_key(key) {
             return None;
         }
-        Arc::make_mut(s).remove(key)
+        let old = Arc::make_mut(s).remove(key);
+        self.len -= usize::from(old.is_some());
+        old
     }
 }
 
@@ -114,22 +158,26 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
 /// its last value.
 impl<K: Hash + Eq, V> FromIterator<(K, V)> for Shards<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut parts: Vec<Vec<(K, V)>> = (0..SHARDS).map(|_| Vec::new()).collect();
-        for (k, v) in iter {
-            parts[shard(&k)].push((k, v));
-        }
-        if parts.iter().all(Vec::is_empty) {
+        let all: Vec<(K, V)> = iter.into_iter().collect();
+        if all.is_empty() {
             return Self::default();
         }
+        let count = shards_for(all.len());
+        let mut parts: Vec<Vec<(K, V)>> = (0..count).map(|_| Vec::new()).collect();
+        for (k, v) in all {
+            parts[shard(&k, count)].push((k, v));
+        }
+        let mut len = 0;
         let shards = parts
             .into_iter()
             .map(|part| {
                 let mut map = HashMap::with_capacity_and_hasher(part.len(), FastHash::default());
                 map.extend(part);
+                len += map.len();
                 Arc::new(map)
             })
             .collect();
-        Self { shards }
+        Self { shards, len }
     }
 }
 
@@ -155,14 +203,16 @@ mod tests {
             .zip(&b.shards)
             .filter(|(x, y)| Arc::ptr_eq(x, y))
             .count();
-        let touched = if shard("host-7") == shard("host-8") {
+        let n = a.shards.len();
+        assert_eq!(n, 64, "1 000 entries: the fewest shards");
+        let touched = if shard("host-7", n) == shard("host-8", n) {
             1
         } else {
             2
         };
-        assert_eq!(shared, SHARDS - touched);
+        assert_eq!(shared, n - touched);
         // What b may change in place: the entries of the shards it copied.
-        let copied: usize = [shard("host-7"), shard("host-8")]
+        let copied: usize = [shard("host-7", n), shard("host-8", n)]
             .into_iter()
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
@@ -172,5 +222,32 @@ mod tests {
         drop(b);
         let mut a = a;
         assert_eq!(a.unshared_values_mut().count(), 1000, "no other copy");
+    }
+
+    /// A change to a big table copies about [`PER_SHARD`] entries, not 1/64 of the table (the
+    /// pod index of 5 000 services is 50 000 addresses, and an EDS push touches a dozen).
+    #[test]
+    fn a_big_table_has_small_shards_and_one_grown_by_inserts_is_split_again() {
+        let a: Shards<u32, u32> = (0..50_000).map(|i| (i, i)).collect();
+        assert_eq!((a.len(), a.shards.len()), (50_000, 4096));
+        let mut b = a.clone();
+        b.insert(7, 70);
+        let copied = b.unshared_values_mut().count();
+        assert!(
+            copied <= 4 * PER_SHARD,
+            "one change copied {copied} entries"
+        );
+        assert_eq!((a.get(&7), b.get(&7)), (Some(&7), Some(&70)));
+
+        let mut grown: Shards<u32, u32> = Shards::default();
+        for i in 0..20_000 {
+            assert_eq!(grown.insert(i, i), None);
+        }
+        assert_eq!(grown.insert(5, 50), Some(5), "a key again is no new entry");
+        assert_eq!(grown.len(), 20_000);
+        assert!(grown.shards.len() >= 256, "{} shards", grown.shards.len());
+        assert!((0..20_000).all(|i| grown.get(&i) == Some(&if i == 5 { 50 } else { i })));
+        assert_eq!(grown.remove(&5), Some(50));
+        assert_eq!((grown.len(), grown.remove(&5)), (19_999, None));
     }
 }
