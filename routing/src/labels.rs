@@ -111,9 +111,12 @@ impl Names {
     }
 }
 
-/// A set of shared label maps.
+/// Below this many maps, [`LabelMaps::prune_grown`] keeps them all.
+const PRUNE_FROM: usize = 64;
+
+/// A set of shared label maps, and how many the last prune left.
 #[derive(Debug, Default)]
-pub(crate) struct LabelMaps(HashSet<Arc<Labels>>);
+pub(crate) struct LabelMaps(HashSet<Arc<Labels>>, usize);
 
 impl LabelMaps {
     /// Make `labels` the set's map equal to it, adding it when the set has none. True when
@@ -142,6 +145,16 @@ impl LabelMaps {
     /// Forget the maps only the set holds.
     pub(crate) fn prune(&mut self) {
         self.0.retain(|l| Arc::strong_count(l) > 1);
+        self.1 = self.0.len();
+    }
+
+    /// [`prune`](Self::prune) once the set holds twice what the last one left (and more than
+    /// [`PRUNE_FROM`]): a pass over every map costs as much as the maps, so a small change (an
+    /// EDS push) does not pay for it each time, and the set stays within twice what is in use.
+    pub(crate) fn prune_grown(&mut self) {
+        if self.0.len() > PRUNE_FROM.max(2 * self.1) {
+            self.prune();
+        }
     }
 
     #[cfg(test)]
@@ -187,5 +200,26 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(std::mem::size_of_val(&*labels.0), 2 * 32);
+    }
+
+    /// An EDS push does not walk every map: the set is pruned once it doubled, and then only
+    /// the maps something still holds stay.
+    #[test]
+    fn maps_are_pruned_once_the_set_doubled() {
+        let mut set = LabelMaps::default();
+        let map = |i: usize| Labels::from_iter([("app", format!("svc-{i}").as_str())]);
+        let held: Vec<Arc<Labels>> = (0..100).map(|i| set.intern(map(i))).collect();
+        set.prune();
+        assert_eq!(set.len(), 100);
+        // 100 more that nothing holds: not yet twice what the last prune left.
+        for i in 100..200 {
+            set.intern(map(i));
+        }
+        set.prune_grown();
+        assert_eq!(set.len(), 200, "not pruned before it doubled");
+        set.intern(map(200));
+        set.prune_grown();
+        assert_eq!(set.len(), 100, "pruned to what is held");
+        assert!(held.iter().all(|l| Arc::strong_count(l) == 2));
     }
 }

@@ -405,9 +405,10 @@ impl Memo {
         .ok()
     }
 
-    /// Let go of the pod label maps no piece holds any more (after pieces were replaced).
+    /// Let go of the pod label maps no piece holds any more (after pieces were replaced), once
+    /// there are twice as many as the last time ([`LabelMaps::prune_grown`]).
     pub(crate) fn forget_unused_labels(&mut self) {
-        self.labels.prune();
+        self.labels.prune_grown();
     }
 
     /// The last translation's piece of cluster `name`.
