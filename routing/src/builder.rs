@@ -328,7 +328,7 @@ impl SnapshotBuilder {
         Snapshot {
             version: next_version(),
             services: Arc::new(services),
-            endpoints: service_endpoints,
+            endpoints: service_endpoints.into_iter().collect(),
             by_host: Arc::new(by_host),
             by_vip: Arc::new(by_vip),
             by_pod_ip: by_pod_ip

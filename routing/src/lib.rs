@@ -6,6 +6,7 @@
 mod actions;
 pub mod authz;
 mod builder;
+mod chunked;
 pub mod dns;
 mod error;
 mod explain;

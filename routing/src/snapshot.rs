@@ -149,8 +149,8 @@ pub struct Snapshot {
     pub(crate) version: u64,
     pub(crate) services: Arc<Vec<Service>>,
     /// Endpoints per service (same index as `services`), each list shared with the snapshots
-    /// that did not change it.
-    pub(crate) endpoints: Vec<Arc<[Arc<Endpoint>]>>,
+    /// that did not change it, in chunks shared likewise (an EDS push copies one).
+    pub(crate) endpoints: crate::chunked::Chunked<Arc<[Arc<Endpoint>]>>,
     /// FQDNs and aliases → service index.
     pub(crate) by_host: Arc<ByHost>,
     pub(crate) by_vip: Arc<ByVip>,

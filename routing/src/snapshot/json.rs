@@ -88,7 +88,7 @@ impl Snapshot {
         let services: Vec<serde_json::Value> = self
             .services
             .iter()
-            .zip(&self.endpoints)
+            .zip(self.endpoints.iter())
             .map(|(s, eps)| {
                 let eps: Vec<&Endpoint> = eps.iter().map(|e| e.as_ref()).collect();
                 serde_json::json!({ "service": s, "endpoints": eps })

@@ -2,7 +2,7 @@
 //! table the patch does not touch is shared with the snapshot it came from.
 
 use super::{PodServices, Snapshot};
-use crate::model::{Endpoint, VirtualService};
+use crate::model::{DestinationRule, Endpoint, VirtualService};
 use crate::shards::Shards;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -16,6 +16,9 @@ pub(crate) struct EndpointsPatch {
     pub(crate) host: String,
     /// Addressable as pods (the service is not route-only).
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    /// The service's DestinationRule, which must be the snapshot's first for its host (as a
+    /// build finds it; the xDS translation makes one per service, from its own clusters).
+    pub(crate) destination_rule: Option<Arc<DestinationRule>>,
 }
 
 impl Snapshot {
@@ -26,9 +29,9 @@ impl Snapshot {
     /// endpoints plus one copy of the per-service and per-pod tables' slots (pointers, no deep
     /// copies). `None` when a patch names a service this snapshot does not have.
     pub(crate) fn patched(&self, patches: Vec<EndpointsPatch>, now: Instant) -> Option<Snapshot> {
-        let mut endpoints = self.endpoints.clone();
-        let mut by_pod_ip = self.by_pod_ip.clone();
-        let mut clusters = self.clusters.clone();
+        // Every table shared, and the three a patch changes changed in place (each table's
+        // slots copied once).
+        let mut out = self.shared();
         for p in patches {
             // The host index's string for the name: one for the service's indexes and clusters.
             let (host, &si) = self.by_host.get_key_value(p.host.as_str())?;
@@ -40,23 +43,27 @@ impl Snapshot {
             // The pod index: this service's entries out of the old addresses, into the new ones,
             // each address's list kept in service order (as a build from scratch makes it).
             let order = |h: &str| self.by_host.get(h).copied().unwrap_or(usize::MAX);
-            repoint_pods(&mut by_pod_ip, &host, &endpoints[si], &p.endpoints, |h| {
-                order(h) <= si
-            });
-            // The service's rule, as a build finds it: the first for its host.
-            let dr = self
-                .destination_rules
-                .iter()
-                .find(|d| d.host == service.hostname)
-                .map(|d| &**d);
+            repoint_pods(
+                &mut out.by_pod_ip,
+                &host,
+                &self.endpoints[si],
+                &p.endpoints,
+                |h| order(h) <= si,
+            );
+            // The service's rule, as a build finds it (the caller's, checked in tests: a scan
+            // for the first of its host compares every rule's host, per push).
+            let dr = p.destination_rule.as_deref();
+            debug_assert_eq!(
+                dr,
+                self.destination_rules
+                    .iter()
+                    .find(|d| d.host == service.hostname)
+                    .map(|d| &**d)
+            );
             let built = crate::builder::service_clusters(service, &host, &p.endpoints, dr, now);
-            clusters.insert(host, Arc::new(built));
-            endpoints[si] = p.endpoints.into();
+            out.clusters.insert(host, Arc::new(built));
+            out.endpoints.set(si, p.endpoints.into());
         }
-        let mut out = self.shared();
-        out.endpoints = endpoints;
-        out.by_pod_ip = by_pod_ip;
-        out.clusters = clusters;
         Some(out)
     }
 }

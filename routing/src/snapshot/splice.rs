@@ -177,7 +177,7 @@ impl Snapshot {
         }
         out.by_pod_ip = by_pod_ip;
         out.services = Arc::new(services);
-        out.endpoints = endpoints;
+        out.endpoints = endpoints.into_iter().collect();
         out.clusters = clusters;
         out.routes = routes;
         out.virtual_services = Arc::new(virtual_services);

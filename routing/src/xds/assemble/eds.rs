@@ -481,6 +481,7 @@ fn patch_services(
         patches.push(EndpointsPatch {
             host: host.to_string(),
             endpoints: out.endpoints.clone(),
+            destination_rule: out.destination_rule.clone(),
         });
         rebuilt.push((host.to_string(), key, Arc::new(out)));
     }
