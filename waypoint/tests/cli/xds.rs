@@ -522,12 +522,25 @@ async fn xds_mode_follows_istiod_pushes() {
     // The ratings endpoint pushes (EDS only, of assignments the waypoint had) were read alone
     // and patched the live snapshot: no full translation, no walk over the other resources
     // (and the endpoint added, then removed with a request in flight, behaved as above).
+    let patched_at: Vec<f64> = logs
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("xDS endpoints patched") && l.contains("assignments="))
+        .map(|l| seconds_of_day(&l).unwrap_or_else(|| panic!("no time in {l}")))
+        .collect();
     assert!(
-        logs.lines()
-            .map(strip_ansi)
-            .any(|l| l.contains("xDS endpoints patched") && l.contains("assignments=")),
+        !patched_at.is_empty(),
         "an EDS push was translated from its assignments alone:\n{logs}"
     );
+    // Patched pushes (many a second under churn) log one line per 10 s: the two ratings
+    // pushes above, seconds apart, log one (midnight between two lines: not compared).
+    for pair in patched_at.windows(2) {
+        let apart = pair[1] - pair[0];
+        assert!(
+            !(0.0..9.9).contains(&apart),
+            "patched lines {apart:.1} s apart:\n{logs}"
+        );
+    }
     // The 50/50 push (`main_internal` only) was read from that listener alone.
     assert!(
         logs.lines()
@@ -542,4 +555,12 @@ async fn xds_mode_follows_istiod_pushes() {
             .count();
         assert_eq!(lines, 1, "{what}: logged once:\n{logs}");
     }
+}
+
+/// The time of day of a log line (`2026-12-07T05:10:00.123456Z  INFO …`), in seconds.
+fn seconds_of_day(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }

@@ -102,13 +102,17 @@ impl XdsHandler {
         let snapshot = translation.snapshot;
         let reuse = latest.translator.reuse();
         if kind == EDS {
-            info!(
-                version = snapshot.version(),
-                assignments = changed.len(),
-                services_rebuilt = reuse.services_built,
-                clusters_shared = reuse.clusters_shared,
-                "xDS endpoints patched"
-            );
+            // The line's fields describe this push; the count, those patched since the last line.
+            if let Some(left_out) = self.patched_lines.allow("xDS endpoints patched") {
+                info!(
+                    version = snapshot.version(),
+                    assignments = changed.len(),
+                    services_rebuilt = reuse.services_built,
+                    clusters_shared = reuse.clusters_shared,
+                    pushes_not_logged = left_out,
+                    "xDS endpoints patched"
+                );
+            }
         } else {
             info!(
                 version = snapshot.version(),

@@ -83,6 +83,9 @@ pub struct XdsHandler {
     alone_base: Option<alone::AloneBase>,
     /// How many states [`XdsHandler::defer`] asked the translator what they subscribe to.
     asked: u64,
+    /// EDS pushes read alone come many a second under churn: one info line per
+    /// [`crate::telemetry::throttle::PEER_EVENT_INTERVAL`], counting those left out.
+    patched_lines: crate::telemetry::throttle::LogThrottle,
 }
 
 /// What [`XdsHandler::rebuild`] guards.
@@ -114,6 +117,7 @@ impl XdsHandler {
             deferred: None,
             alone_base: None,
             asked: 0,
+            patched_lines: Default::default(),
         }
     }
 
