@@ -4,7 +4,6 @@
 use super::{PodServices, Snapshot};
 use crate::model::{DestinationRule, Endpoint, VirtualService};
 use crate::shards::Shards;
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -70,7 +69,9 @@ impl Snapshot {
 
 /// The pod index with service `host`'s entries moved from the addresses of `old` to those of
 /// `new` (its endpoints before and after); an entry goes after those of the services `before`
-/// it in service order.
+/// it in service order. An address whose entries for `host` are already `new`'s (the same
+/// `Arc`s, in order) is left as it is: an EDS push that changes one pod copies the index's
+/// shards of that pod's addresses only.
 pub(super) fn repoint_pods(
     by_pod_ip: &mut Shards<IpAddr, PodServices>,
     host: &Arc<str>,
@@ -78,26 +79,39 @@ pub(super) fn repoint_pods(
     new: &[Arc<Endpoint>],
     before: impl Fn(&str) -> bool,
 ) {
-    let gone: HashSet<IpAddr> = old.iter().map(|e| e.address).collect();
-    for ip in &gone {
-        let Some(list) = by_pod_ip.get(ip) else {
+    let mut addresses: Vec<IpAddr> = old.iter().chain(new).map(|e| e.address).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    for ip in addresses {
+        let wanted = new.iter().filter(|e| e.address == ip);
+        let list = by_pod_ip.get(&ip);
+        let held = list
+            .into_iter()
+            .flat_map(|l| l.iter())
+            .filter(|(s, _)| s == host)
+            .map(|(_, e)| e)
+            .collect::<Vec<_>>();
+        if held.len() == wanted.clone().count()
+            && held
+                .iter()
+                .zip(wanted.clone())
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+        {
             continue;
-        };
-        let kept: Vec<_> = list.iter().filter(|(s, _)| s != host).cloned().collect();
-        if kept.is_empty() {
-            by_pod_ip.remove(ip);
-        } else {
-            by_pod_ip.insert(*ip, kept.into());
         }
-    }
-    for ep in new {
-        let mut list: Vec<_> = by_pod_ip
-            .get(&ep.address)
-            .map(|l| l.to_vec())
-            .unwrap_or_default();
-        let at = list.partition_point(|(s, _)| before(s));
-        list.insert(at, (host.clone(), ep.clone()));
-        by_pod_ip.insert(ep.address, list.into());
+        let mut entries: Vec<_> = list
+            .into_iter()
+            .flat_map(|l| l.iter())
+            .filter(|(s, _)| s != host)
+            .cloned()
+            .collect();
+        let at = entries.partition_point(|(s, _)| before(s));
+        entries.splice(at..at, wanted.map(|e| (host.clone(), e.clone())));
+        if entries.is_empty() {
+            by_pod_ip.remove(&ip);
+        } else {
+            by_pod_ip.insert(ip, entries.into());
+        }
     }
 }
 
@@ -160,6 +174,53 @@ impl Snapshot {
             dns_targets: self.dns_targets.clone(),
             telemetry: self.telemetry.clone(),
             runtime: OnceLock::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ip: u32) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            address: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + ip)),
+            labels: Default::default(),
+            service_account: "sa".into(),
+            namespace: "default".into(),
+            identity: "".into(),
+            transport: Default::default(),
+            name: format!("pod-{ip}").into(),
+        })
+    }
+
+    /// One pod of a service replaced: the index's entries move for its old and new address
+    /// only; the shards of the nine pods that stayed are still shared with the index before.
+    #[test]
+    fn moving_one_pod_copies_the_shards_of_its_addresses_only() {
+        let host: Arc<str> = "reviews.default.svc.cluster.local".into();
+        let other: Arc<str> = "other.default.svc.cluster.local".into();
+        let old: Vec<Arc<Endpoint>> = (0..10).map(pod).collect();
+        let index: Shards<IpAddr, PodServices> = (100..5_000)
+            .map(|i| (pod(i).address, vec![(other.clone(), pod(i))].into()))
+            .chain(
+                old.iter()
+                    .map(|e| (e.address, vec![(host.clone(), e.clone())].into())),
+            )
+            .collect();
+        let mut new = old.clone();
+        new[3] = pod(50);
+        let mut moved = index.clone();
+        repoint_pods(&mut moved, &host, &old, &new, |h| h <= &*host);
+        // What was copied: the shards of 10.0.0.3 and 10.0.0.50 (one, should they share it).
+        let per_shard = index.len() / index.shard_count();
+        let copied = moved.unshared_values_mut().count();
+        assert!(copied <= 3 * per_shard, "{copied} entries copied");
+        assert!(moved.get(&old[3].address).is_none());
+        let at_new = moved.get(&new[3].address).unwrap();
+        assert!(at_new.len() == 1 && Arc::ptr_eq(&at_new[0].1, &new[3]));
+        for e in &old[..3] {
+            assert!(Arc::ptr_eq(&moved.get(&e.address).unwrap()[0].1, e));
         }
     }
 }

@@ -43,6 +43,24 @@ fn an_eds_push_patches_the_published_snapshot() {
     assert!(reviews2.endpoint(gone).is_none());
     assert!(second.endpoint_by_ip(gone.ip()).is_none());
     assert!(first.endpoint_by_ip(gone.ip()).is_some());
+    // The pods that stayed are the same endpoints, in the service's list and the pod index:
+    // no second copy of them, and the index's shards of their addresses are not copied.
+    let kept = second.endpoints(REVIEWS);
+    assert_eq!(kept.len(), first.endpoints(REVIEWS).len() - 1);
+    for e in kept {
+        let before = first
+            .endpoints(REVIEWS)
+            .iter()
+            .find(|b| b.address == e.address);
+        assert!(
+            before.is_some_and(|b| std::sync::Arc::ptr_eq(b, e)),
+            "{e:?}"
+        );
+        assert!(std::ptr::eq(
+            first.endpoint_by_ip(e.address).unwrap(),
+            second.endpoint_by_ip(e.address).unwrap()
+        ));
+    }
 
     // The pod is back: patched again, from the second snapshot.
     let third = publish(&mut translator, &full, &second);

@@ -466,7 +466,18 @@ fn patch_services(
     let mut rebuilt = Vec::with_capacity(hosts.len());
     for (host, news) in &hosts {
         let r = memo.services.services.get(*host)?;
-        let (key, out) = rebuild(r, news, options)?;
+        let (key, mut out) = rebuild(r, news, options)?;
+        // An endpoint equal to one the service has is that one: the pod index keeps its
+        // entry, and no second copy of it lives on.
+        let live_endpoints = live.endpoints(host);
+        for e in &mut out.endpoints {
+            if let Some(same) = live_endpoints
+                .iter()
+                .find(|o| o.address == e.address && o == &e)
+            {
+                *e = same.clone();
+            }
+        }
         // Bound workloads are read from the services' endpoints: a patch does not redo them.
         let bound =
             |ip: &IpAddr| live.workloads.contains_key(ip) || live.known_workloads.contains_key(ip);
