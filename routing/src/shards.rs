@@ -12,14 +12,11 @@ use crate::xds::FastHash;
 const MIN_BITS: u32 = 6;
 /// The most shards a table has (as a power of two): 4 096.
 const MAX_BITS: u32 = 12;
-/// About how many entries a shard holds in a table built at once, so that a change copies about
-/// this many entries whatever the table's size (a pod index of 50 000 addresses: 2 048 shards).
-const PER_SHARD: usize = 16;
 
 /// A hash map in shards, each shared (`Arc`) with the copies that did not change it: a clone
 /// costs a pointer per shard, and a change copies the one shard it lands in. A table built at
-/// once has about [`PER_SHARD`] entries per shard (at least 64 shards, at most 4 096); one grown
-/// by inserts is split again when it holds four times that. A lookup hashes the key twice (the
+/// once has about √(2n) shards for n entries ([`shards_for`]); one grown by inserts is split
+/// again when it should have four times the shards it has. A lookup hashes the key twice (the
 /// shard, then in it). Empty tables hold no shards.
 pub(crate) struct Shards<K, V> {
     shards: Vec<Arc<HashMap<K, V, FastHash>>>,
@@ -59,9 +56,13 @@ fn shard<Q: Hash + ?Sized>(key: &Q, count: usize) -> usize {
     (hash >> (64 - count.trailing_zeros())) as usize
 }
 
-/// How many shards suit `len` entries.
+/// How many shards suit `len` entries: about √(2·len), so that a patch pays about as much for
+/// copying the shard pointers (a new snapshot's clone, and its drop) as for copying the two or
+/// so shards a small change lands in (an EDS push that moves one pod: its old and new address).
+/// The pod index of 5 000 services (50 000 addresses) has 512 shards of about 100.
 fn shards_for(len: usize) -> usize {
-    let bits = (len / PER_SHARD)
+    let bits = (2 * len)
+        .isqrt()
         .next_power_of_two()
         .trailing_zeros()
         .clamp(MIN_BITS, MAX_BITS);
@@ -72,6 +73,11 @@ impl<K, V> Shards<K, V> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     /// Every entry, unordered.
@@ -118,9 +124,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         if self.shards.is_empty() {
             self.shards = (0..1 << MIN_BITS).map(|_| Arc::default()).collect();
-        } else if self.len >= 4 * PER_SHARD * self.shards.len()
-            && self.shards.len() < shards_for(self.len)
-        {
+        } else if shards_for(self.len) >= 4 * self.shards.len() {
             // Grown by inserts: split again (every shard copied once, then shared again).
             let entries: Vec<(K, V)> = self.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             *self = entries.into_iter().collect();
@@ -224,17 +228,17 @@ mod tests {
         assert_eq!(a.unshared_values_mut().count(), 1000, "no other copy");
     }
 
-    /// A change to a big table copies about [`PER_SHARD`] entries, not 1/64 of the table (the
-    /// pod index of 5 000 services is 50 000 addresses, and an EDS push touches a dozen).
+    /// A change to a big table copies about √(n/2) entries, not 1/64 of the table (the pod
+    /// index of 5 000 services is 50 000 addresses).
     #[test]
     fn a_big_table_has_small_shards_and_one_grown_by_inserts_is_split_again() {
         let a: Shards<u32, u32> = (0..50_000).map(|i| (i, i)).collect();
-        assert_eq!((a.len(), a.shards.len()), (50_000, 4096));
+        assert_eq!((a.len(), a.shards.len()), (50_000, 512));
         let mut b = a.clone();
         b.insert(7, 70);
         let copied = b.unshared_values_mut().count();
         assert!(
-            copied <= 4 * PER_SHARD,
+            copied <= 2 * 50_000 / 512,
             "one change copied {copied} entries"
         );
         assert_eq!((a.get(&7), b.get(&7)), (Some(&7), Some(&70)));
@@ -245,7 +249,7 @@ mod tests {
         }
         assert_eq!(grown.insert(5, 50), Some(5), "a key again is no new entry");
         assert_eq!(grown.len(), 20_000);
-        assert!(grown.shards.len() >= 256, "{} shards", grown.shards.len());
+        assert_eq!(grown.shards.len(), 256, "split again at 8 192");
         assert!((0..20_000).all(|i| grown.get(&i) == Some(&if i == 5 { 50 } else { i })));
         assert_eq!(grown.remove(&5), Some(50));
         assert_eq!((grown.len(), grown.remove(&5)), (19_999, None));
