@@ -23,10 +23,11 @@ pub(crate) struct EndpointsPatch {
 impl Snapshot {
     /// This snapshot with each patch's service serving its new endpoints: the service's
     /// clusters are built again over them (`now` as in [`crate::SnapshotBuilder::build_at`]; the
-    /// caller carries their state over), the pod index is updated for the addresses that came
-    /// and went, and everything else is shared. A new version. Costs the patched services'
-    /// endpoints plus one copy of the per-service and per-pod tables' slots (pointers, no deep
-    /// copies). `None` when a patch names a service this snapshot does not have.
+    /// caller carries their state over), the pod index is updated for the addresses whose
+    /// entries changed, and everything else is shared. A new version. Costs the patched
+    /// services' endpoints, the shards and chunks they land in, and one copy of each changed
+    /// table's shard or chunk pointers. `None` when a patch names a service this snapshot does
+    /// not have.
     pub(crate) fn patched(&self, patches: Vec<EndpointsPatch>, now: Instant) -> Option<Snapshot> {
         // Every table shared, and the three a patch changes changed in place (each table's
         // slots copied once).
@@ -89,14 +90,8 @@ pub(super) fn repoint_pods(
             .into_iter()
             .flat_map(|l| l.iter())
             .filter(|(s, _)| s == host)
-            .map(|(_, e)| e)
-            .collect::<Vec<_>>();
-        if held.len() == wanted.clone().count()
-            && held
-                .iter()
-                .zip(wanted.clone())
-                .all(|(a, b)| Arc::ptr_eq(a, b))
-        {
+            .map(|(_, e)| Arc::as_ptr(e));
+        if held.eq(wanted.clone().map(Arc::as_ptr)) {
             continue;
         }
         let mut entries: Vec<_> = list

@@ -471,10 +471,7 @@ fn patch_services(
         // entry, and no second copy of it lives on.
         let live_endpoints = live.endpoints(host);
         for e in &mut out.endpoints {
-            if let Some(same) = live_endpoints
-                .iter()
-                .find(|o| o.address == e.address && o == &e)
-            {
+            if let Some(same) = live_endpoints.iter().find(|o| **o == *e) {
                 *e = same.clone();
             }
         }
