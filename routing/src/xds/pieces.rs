@@ -14,7 +14,7 @@ use super::endpoint::{self, PodEndpoint};
 use super::listener::{ListenerMemo, ShallowListener};
 use super::names::{ClusterName, Direction};
 use super::outbound::{self, MatchMetadata, SocketMatch};
-use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::labels::LabelMaps;
 use crate::upstream::SanMatcher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -284,6 +284,9 @@ pub(crate) struct Memo {
     pub(crate) built: usize,
     /// Of `reused`, those whose bytes were the very ones the call before read ([`Walked`]).
     pub(crate) same_bytes: usize,
+    /// Listeners whose bytes the last [`Memo::pieces`] digested (not the very bytes the call
+    /// before digested).
+    pub(crate) listeners_digested: usize,
     /// Counts translations: the pieces a translation did not use are forgotten after it.
     generation: u64,
     /// One allocation per distinct pod label map across the remembered assignments (a workload's
@@ -294,87 +297,6 @@ pub(crate) struct Memo {
     walked: Vec<Walked>,
 }
 
-/// A resource [`Memo::pieces`] read, and what it gave.
-///
-/// The next call walks its resources beside the last call's: a resource in the same place
-/// with the same type, the same name and *the very same bytes* (the xDS client shares an
-/// unchanged resource's bytes from one state to the next) gives the same piece, without a
-/// digest of its bytes or a lookup by name: at 10 000 services a state is 60 000 resources,
-/// and digesting and looking them all up was most of what a push of one new service cost.
-/// Holding the bytes keeps that test sound: while they are alive, no other resource's bytes
-/// can be at their address.
-#[derive(Debug)]
-struct Walked {
-    kind: Kind,
-    /// [`name_key`] of its name.
-    key: u128,
-    bytes: bytes::Bytes,
-    gave: Gave,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Cluster,
-    Assignment,
-    Listener,
-    Other,
-}
-
-impl Kind {
-    fn of(type_url: &str) -> Kind {
-        match type_url {
-            CLUSTER_TYPE => Kind::Cluster,
-            ENDPOINT_TYPE => Kind::Assignment,
-            LISTENER_TYPE => Kind::Listener,
-            _ => Kind::Other,
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Gave {
-    Cluster(Arc<ClusterPiece>),
-    Assignment(Arc<AssignmentPiece>),
-    Listener(Box<ShallowListener>),
-    /// Read again each time: route configurations (decoded in full), or bytes that did not
-    /// decode (rejected again).
-    Nothing,
-}
-
-/// The last walk, taken in order, with a few entries of look-ahead (resources removed from
-/// the middle of a type's names).
-struct Cursor {
-    rest: std::vec::IntoIter<Walked>,
-    ahead: std::collections::VecDeque<Walked>,
-}
-
-/// How far [`Cursor`] looks for a resource's name past the next one.
-const LOOKAHEAD: usize = 8;
-
-impl Cursor {
-    fn peek(&mut self, d: usize) -> Option<&Walked> {
-        while self.ahead.len() <= d {
-            self.ahead.push_back(self.rest.next()?);
-        }
-        self.ahead.get(d)
-    }
-
-    fn take(&mut self) -> Option<Walked> {
-        self.ahead.pop_front().or_else(|| self.rest.next())
-    }
-
-    /// The last walk's entry for `(kind, key)` if it is next or a few entries on, the ones
-    /// before it (gone from the state) handed to `gone`; `None` (nothing taken) otherwise.
-    fn find(&mut self, kind: Kind, key: u128, mut gone: impl FnMut(Walked)) -> Option<Walked> {
-        let d = (0..=LOOKAHEAD)
-            .find(|&d| self.peek(d).is_some_and(|w| w.kind == kind && w.key == key))?;
-        for _ in 0..d {
-            gone(self.take()?);
-        }
-        self.take()
-    }
-}
-
 /// The encoded resources of one translation, clusters and assignments as pieces.
 pub(crate) struct Decoded {
     /// Route configurations (listeners, clusters and assignments are not decoded into it).
@@ -382,6 +304,8 @@ pub(crate) struct Decoded {
     pub(crate) listeners: Vec<ShallowListener>,
     pub(crate) clusters: Vec<Arc<ClusterPiece>>,
     pub(crate) assignments: Vec<Arc<AssignmentPiece>>,
+    /// The digests of the other resources ([`others_digest`](super::assemble::eds::others_digest)).
+    pub(crate) others: (u128, u128),
 }
 
 impl Memo {
@@ -430,6 +354,7 @@ impl Memo {
             listeners: Vec::new(),
             clusters: Vec::new(),
             assignments: Vec::new(),
+            others: (0, 0),
         };
         self.generation += 1;
         let generation = self.generation;
@@ -444,11 +369,25 @@ impl Memo {
         let mut walked = Vec::with_capacity(resources.len());
         let mut share = PodShare::default();
         let mut walk_hits = 0;
+        let mut others = walk::Others::default();
         for r in resources {
             let kind = Kind::of(r.type_url);
-            let key = name_key(r.name);
-            let was = last.find(kind, key, |w| gone.push(w));
+            let (key, was) = match last.next_same(kind, r.value) {
+                Some(w) => {
+                    debug_assert_eq!(w.key, name_key(r.name), "{}", r.name);
+                    (w.key, Some(w))
+                }
+                None => {
+                    let key = name_key(r.name);
+                    (key, last.find(kind, key, |w| gone.push(w)))
+                }
+            };
             let same = was.as_ref().is_some_and(|w| same_bytes(&w.bytes, r.value));
+            let listener = (kind == Kind::Listener).then(|| {
+                let known = was.as_ref().filter(|_| same);
+                others.listener_digest(r, known.and_then(Walked::listener_digest))
+            });
+            others.add(kind, r, listener);
             if let Some(w) = was.filter(|_| same) {
                 let hit = match &w.gave {
                     Gave::Cluster(p) => {
@@ -459,7 +398,7 @@ impl Memo {
                         out.assignments.push(p.clone());
                         true
                     }
-                    Gave::Listener(l) => {
+                    Gave::Listener(l, _) => {
                         out.listeners.push((**l).clone());
                         true
                     }
@@ -495,7 +434,7 @@ impl Memo {
                     .and_then(|b| Ok(ShallowListener::decode(b)?))
                     .map(|l| {
                         out.listeners.push(l.clone());
-                        Gave::Listener(Box::new(l))
+                        Gave::Listener(Box::new(l), listener.unwrap_or_default())
                     })
                     .map_err(bad),
                 Kind::Other => out
@@ -533,9 +472,11 @@ impl Memo {
             }
         }
         self.walked = walked;
-        self.labels.prune();
+        self.labels.prune_grown();
         (self.reused, self.built) = *counts;
         self.same_bytes = walk_hits;
+        self.listeners_digested = others.digested;
+        out.others = others.digests();
         if rejections.is_empty() {
             Ok(out)
         } else {
@@ -585,3 +526,5 @@ fn memoized<P>(
 
 #[cfg(test)]
 mod tests;
+mod walk;
+use walk::{Cursor, Gave, Kind, Walked};

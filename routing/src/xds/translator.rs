@@ -56,8 +56,9 @@ impl Translator {
         self.translations += 1;
         // Until it succeeds, the last translation is not one to patch.
         let mut last = self.last.take();
-        let others = eds::others_digest(resources);
         let decoded = self.memo.pieces(resources)?;
+        let others = decoded.others;
+        debug_assert_eq!(others, eds::others_digest(resources));
         if let Some(t) = eds::patch(&mut last, &mut self.memo, &decoded, others.0, options) {
             self.last = last;
             return Ok(t);
@@ -159,7 +160,7 @@ impl Translator {
             .and_then(|last| Some((last, last.grown_endpoints(&decoded)?)));
         if let Some((last, endpoints)) = grown {
             // Nothing but clusters and assignments changed: the last translation's routes.
-            if let Some(routes) = last.routes_if_others_same(eds::others_digest(resources).0) {
+            if let Some(routes) = last.routes_if_others_same(decoded.others.0) {
                 return Some(Subscriptions { endpoints, routes });
             }
             // The listeners changed (a new service's `main_internal`): read below.

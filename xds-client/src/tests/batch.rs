@@ -453,3 +453,35 @@ fn a_heartbeat_for_what_an_earlier_response_of_the_group_added_is_accepted() {
     );
     assert_eq!(handler.names(type_url::CLUSTER), vec!["kept"]);
 }
+
+/// When the subscriptions change, what the new set no longer has is dropped (found from the
+/// two sets' difference), and so is what arrives unsubscribed; what both sets have stays.
+#[test]
+fn what_the_subscriptions_drop_is_forgotten_and_the_rest_kept() {
+    let handler = TestHandler::default();
+    let mut core = core(&handler, Mode::Delta);
+    crate::delta::answer_together(
+        &mut core,
+        vec![cds("c1", &["details", "ratings", "reviews"], true)],
+    );
+    let eds = |nonce: &str, names: &[&str]| {
+        let assignments = names.iter().map(|n| (*n, endpoints(n))).collect();
+        delta(type_url::CLUSTER_LOAD_ASSIGNMENT, nonce, assignments)
+    };
+    crate::delta::answer_together(
+        &mut core,
+        vec![eds("e1", &["details", "ratings", "reviews"])],
+    );
+    let held = |core: &crate::session::Core<TestHandler>| -> Vec<String> {
+        core.accepted
+            .resources(type_url::CLUSTER_LOAD_ASSIGNMENT)
+            .map(|r| r.name.to_string())
+            .collect()
+    };
+    assert_eq!(held(&core), ["details", "ratings", "reviews"]);
+    // `ratings` goes from the clusters while an unsubscribed assignment crosses it.
+    let mut removal = delta(type_url::CLUSTER, "c2", vec![]);
+    removal.removed_resources.push("ratings".into());
+    crate::delta::answer_together(&mut core, vec![removal, eds("e2", &["unasked"])]);
+    assert_eq!(held(&core), ["details", "reviews"]);
+}

@@ -81,10 +81,15 @@ pub(crate) fn others_digest(resources: &[Encoded<'_>]) -> (u128, u128) {
 /// The digest of all the resources but clusters and assignments, from that of all but
 /// `main_internal` and `main_internal`'s bytes (if the state has it).
 pub(crate) fn with_main(rest: u128, main: Option<&[u8]>) -> u128 {
+    with_main_digest(rest, main.map(crate::xds::pieces::digest))
+}
+
+/// [`with_main`] from the [`digest`](crate::xds::pieces::digest) of `main_internal`'s bytes.
+pub(crate) fn with_main_digest(rest: u128, main: Option<u128>) -> u128 {
     let mut all = xxhash_rust::xxh3::Xxh3::new();
     all.update(&rest.to_le_bytes());
     if let Some(main) = main {
-        all.update(&crate::xds::pieces::digest(main).to_le_bytes());
+        all.update(&main.to_le_bytes());
     }
     all.digest128()
 }

@@ -199,3 +199,86 @@ fn cluster_pieces_share_equal_policies() {
         assert!(!Arc::ptr_eq(&cluster.policy, &first.1));
     }
 }
+
+/// The walk gives the digests of the resources that are neither clusters nor assignments, as
+/// `others_digest` computes them from all the bytes, and digests a listener's bytes only when
+/// they are not the very bytes the last walk digested.
+#[test]
+fn the_walk_digests_a_listener_once() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use prost::Message;
+    let bytes = |m: &dyn Fn() -> Vec<u8>| -> bytes::Bytes { m().into() };
+    let main = bytes(&|| {
+        Listener {
+            name: "main_internal".into(),
+            stat_prefix: "a".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    });
+    let other = bytes(&|| {
+        Listener {
+            name: "connect_originate".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    });
+    let routes = bytes(&|| {
+        RouteConfiguration {
+            name: "r".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    });
+    let cla_bytes: bytes::Bytes = cla("svc", &["10.0.0.1"], "v1").encode_to_vec().into();
+    let state = |main: &'_ bytes::Bytes| -> Vec<(&'static str, &'static str, bytes::Bytes)> {
+        vec![
+            (ENDPOINT_TYPE, "svc", cla_bytes.clone()),
+            (
+                crate::xds::LISTENER_TYPE,
+                "connect_originate",
+                other.clone(),
+            ),
+            (crate::xds::LISTENER_TYPE, "main_internal", main.clone()),
+            (crate::xds::ROUTE_TYPE, "r", routes.clone()),
+        ]
+    };
+    let walk = |memo: &mut Memo, main: &bytes::Bytes| {
+        let owned = state(main);
+        let resources: Vec<Encoded<'_>> = owned
+            .iter()
+            .map(|(t, n, b)| Encoded {
+                type_url: t,
+                name: n,
+                value: b,
+            })
+            .collect();
+        let decoded = memo.pieces(&resources).unwrap();
+        assert_eq!(
+            decoded.others,
+            crate::xds::assemble::eds::others_digest(&resources)
+        );
+        (decoded.others, memo.listeners_digested)
+    };
+    let mut memo = Memo::default();
+    let (first, digested) = walk(&mut memo, &main);
+    assert_eq!(digested, 2);
+    assert_eq!(walk(&mut memo, &main), (first, 0));
+    // A copy elsewhere in memory is digested again, to the same digests.
+    let copy = bytes::Bytes::copy_from_slice(&main);
+    assert_eq!(walk(&mut memo, &copy), (first, 1));
+    // Other bytes: other digests, the rest the same.
+    let changed = bytes(&|| {
+        Listener {
+            name: "main_internal".into(),
+            stat_prefix: "b".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    });
+    let (second, digested) = walk(&mut memo, &changed);
+    assert_eq!(digested, 1);
+    assert_ne!(second.0, first.0);
+    assert_eq!(second.1, first.1, "all but main_internal");
+}
