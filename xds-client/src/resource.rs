@@ -189,6 +189,34 @@ impl ResourceState {
         self.types.keys().map(String::as_str)
     }
 
+    /// `type_url`'s resources that differ from `earlier`'s, in name order: each name with its
+    /// resource now, `None` when it is gone. Found without visiting what the two states share (a
+    /// candidate shares every unchanged part of the state it was made from), so a push of one
+    /// service's clusters among 30 000 costs those clusters.
+    pub fn changed_since<'a>(
+        &'a self,
+        earlier: &'a ResourceState,
+        type_url: &str,
+    ) -> Vec<(&'a str, Option<&'a Resource>)> {
+        use imbl::ordmap::DiffItem;
+        let now = self.types.get(type_url).map(|t| &t.resources);
+        let then = earlier.types.get(type_url).map(|t| &t.resources);
+        match (then, now) {
+            (None, None) => Vec::new(),
+            (None, Some(now)) => now.iter().map(|(n, r)| (&**n, Some(&**r))).collect(),
+            (Some(then), None) => then.keys().map(|n| (&**n, None)).collect(),
+            (Some(then), Some(now)) => then
+                .diff(now)
+                .map(|d| match d {
+                    DiffItem::Add(n, r) | DiffItem::Update { new: (n, r), .. } => {
+                        (&**n, Some(&**r))
+                    }
+                    DiffItem::Remove(n, _) => (&**n, None),
+                })
+                .collect(),
+        }
+    }
+
     /// `name -> version` of `type_url`: Delta's `initial_resource_versions` on reconnect.
     pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
         self.resources(type_url)
@@ -476,5 +504,53 @@ mod tests {
             ..good
         };
         assert!(garbage.decode::<Cluster>().is_err());
+    }
+
+    /// What a candidate changed against the state it was made from: the names added, changed
+    /// and gone, and nothing for a type it left alone or for an equal state.
+    #[test]
+    fn changed_since_lists_what_differs() {
+        let resource = |name: &str, bytes: &'static [u8]| {
+            Arc::new(Resource {
+                name: name.into(),
+                version: "1".into(),
+                value: Payload {
+                    type_url: intern_type_url(type_url::CLUSTER),
+                    value: Bytes::from_static(bytes),
+                },
+            })
+        };
+        let mut before = ResourceState::default();
+        for i in 0..500 {
+            before.insert(type_url::CLUSTER, resource(&format!("c{i:03}"), b"a"));
+        }
+        before.insert(type_url::LISTENER, resource("main_internal", b"l"));
+        let mut after = before.clone();
+        after.insert(type_url::CLUSTER, resource("c100", b"b"));
+        after.insert(type_url::CLUSTER, resource("new", b"a"));
+        after.remove(type_url::CLUSTER, "c200");
+        let changed: Vec<(&str, Option<&[u8]>)> = after
+            .changed_since(&before, type_url::CLUSTER)
+            .into_iter()
+            .map(|(n, r)| (n, r.map(|r| &r.value.value[..])))
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                ("c100", Some(&b"b"[..])),
+                ("c200", None),
+                ("new", Some(&b"a"[..]))
+            ]
+        );
+        assert!(after.changed_since(&before, type_url::LISTENER).is_empty());
+        assert!(after
+            .changed_since(&after.clone(), type_url::CLUSTER)
+            .is_empty());
+        let empty = ResourceState::default();
+        assert_eq!(after.changed_since(&empty, type_url::LISTENER).len(), 1);
+        assert_eq!(
+            empty.changed_since(&after, type_url::LISTENER)[0],
+            ("main_internal", None)
+        );
     }
 }

@@ -183,6 +183,17 @@ pub(crate) struct MainListener {
     pub(crate) telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
+impl MainListener {
+    /// Whether a service chain's routes reported a rejection (a bad regex, weights that do not
+    /// add up, an unknown cluster): reported at assembly, so a state with one is judged by the
+    /// translation, not answered by a question.
+    pub(crate) fn routes_rejected(&self) -> bool {
+        self.chains.values().any(|c| {
+            matches!(&c.role, ChainRole::Service { routes: Some(r), .. } if !r.diag.rejections.is_empty())
+        })
+    }
+}
+
 /// A listener with its filter chains and matcher left encoded: only the chains whose bytes
 /// changed since the last translation are decoded ([`ListenerMemo`]). Field numbers of
 /// `envoy.config.listener.v3.Listener`.

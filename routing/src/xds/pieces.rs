@@ -295,6 +295,8 @@ pub(crate) struct Memo {
     labels: LabelMaps,
     /// The resources the last [`Memo::pieces`] read, in its order, each with what it gave.
     walked: Vec<Walked>,
+    /// Clusters whose pieces [`Memo::cluster_piece`] built since the last walk.
+    built_outside: Vec<u128>,
 }
 
 /// The encoded resources of one translation, clusters and assignments as pieces.
@@ -333,6 +335,23 @@ impl Memo {
     /// there are twice as many as the last time ([`LabelMaps::prune_grown`]).
     pub(crate) fn forget_unused_labels(&mut self) {
         self.labels.prune_grown();
+    }
+
+    /// The piece of cluster `r`, outside a walk: the memo's when its bytes are the same, else
+    /// built and kept for the walk that follows (which takes it by digest). One built here that
+    /// the next walk does not read is forgotten after it. `None` when it does not decode.
+    pub(crate) fn cluster_piece(&mut self, r: &Encoded<'_>) -> Option<Arc<ClusterPiece>> {
+        let counts = &mut (0, 0);
+        let piece = memoized(&mut self.clusters, self.generation, r, counts, || {
+            super::stored::decode::<Cluster>(r.value)
+                .map(|c| ClusterPiece::build(&c))
+                .map_err(|e| undecodable(r, e))
+        })
+        .ok()?;
+        if counts.1 > 0 {
+            self.built_outside.push(name_key(r.name));
+        }
+        Some(piece)
     }
 
     /// The last translation's piece of cluster `name`.
@@ -464,6 +483,9 @@ impl Memo {
         // are looked up only for bytes the walk did not know, and by the EDS push read alone
         // (which checks that what it finds is what the last translation read).
         drop(share);
+        for key in std::mem::take(&mut self.built_outside) {
+            forget(&mut self.clusters, key, generation);
+        }
         for w in gone {
             match w.kind {
                 Kind::Cluster => forget(&mut self.clusters, w.key, generation),

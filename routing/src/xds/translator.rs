@@ -151,7 +151,6 @@ impl Translator {
     /// checked there). `resources` are a state's: no name twice per type (a repeated name is
     /// rejected by the translation, not here).
     pub fn subscriptions(&mut self, resources: &[Encoded<'_>]) -> Option<Subscriptions> {
-        use super::chain::ChainRole;
         let decoded = self.memo.pieces(resources).ok()?;
         let mut subscriptions = Subscriptions::default();
         let grown = self
@@ -198,12 +197,26 @@ impl Translator {
             &mut subscriptions.routes,
             &mut diag,
         );
-        // A service chain's routes report at assembly (a bad regex, weights that do not add
-        // up, an unknown cluster).
-        let routes_rejected = main.chains.values().any(|c| {
-            matches!(&c.role, ChainRole::Service { routes: Some(r), .. } if !r.diag.rejections.is_empty())
-        });
-        (diag.rejections.is_empty() && !routes_rejected).then_some(subscriptions)
+        (diag.rejections.is_empty() && !main.routes_rejected()).then_some(subscriptions)
+    }
+
+    /// What [`subscriptions`](Self::subscriptions) answers for the state the last
+    /// [`translate`](Self::translate) (or a patch) translated with the clusters of `clusters`
+    /// added or changed in it and, if given, `main` in place of its `main_internal` listener,
+    /// found from those alone: no walk over the state. The caller vouches that nothing else
+    /// changed: no cluster gone, no other resource changed. A new service's clusters and
+    /// listener at 10 000 services cost those and the listener's chains, not the mesh's
+    /// resources. The pieces read are kept, so the translation that follows reuses them.
+    ///
+    /// `None` when it cannot be told so (no last translation, a resource that does not decode,
+    /// or where [`subscriptions`](Self::subscriptions) would give `None`): ask with the whole
+    /// state.
+    pub fn subscriptions_with(
+        &mut self,
+        clusters: &[Encoded<'_>],
+        main: Option<&Encoded<'_>>,
+    ) -> Option<Subscriptions> {
+        self.last.as_ref()?.asked(&mut self.memo, clusters, main)
     }
 
     /// [`translate_refusing`](super::translate_refusing) on encoded resources: a resource that does not decode, or that

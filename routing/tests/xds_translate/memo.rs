@@ -329,6 +329,19 @@ proptest! {
             // Every other state is first asked what it subscribes to, as the waypoint asks of
             // a state that may be incomplete (before translating it, if ever).
             let asked = if i % 2 == 1 { translator.subscriptions(&encoded) } else { None };
+            // A cluster added or changed, or `main_internal` changed: asked of alone when the
+            // translator can.
+            let cluster_asked = match s {
+                Some(Step::Upsert { key, .. }) => {
+                    let at = state.keys().position(|k| k == key).unwrap();
+                    match &pool.versions[*key].0 {
+                        (t, _) if *t == CLUSTER_TYPE => translator.subscriptions_with(&encoded[at..=at], None),
+                        (t, n) if *t == LISTENER_TYPE && n == "main_internal" && had.contains(key) => translator.subscriptions_with(&[], Some(&encoded[at])),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
             // An assignment the last state had, changed: read alone when the translator can
             // (the last translation was of the state before this step).
             let alone = match s {
@@ -361,7 +374,7 @@ proptest! {
             reused_any |= i > 0 && translator.reuse().reused > 0;
             prop_assert_eq!(&memoized, &from_scratch(&encoded), "step {} {:?}", i, s);
             // An answer is the translation's, for a state it accepts.
-            if let Some(asked) = asked {
+            for asked in [asked, cluster_asked].into_iter().flatten() {
                 prop_assert!(memoized.is_ok(), "step {}: answered for a rejected state", i);
                 prop_assert_eq!(asked, required(&encoded), "step {} {:?}", i, s);
             }

@@ -3,7 +3,7 @@
 
 use super::memo::{bookinfo_wire, required, Wire};
 use super::*;
-use routing::xds::{Encoded, Translator, CLUSTER_TYPE, ENDPOINT_TYPE};
+use routing::xds::{Encoded, Translator, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 
 fn encoded(wire: &Wire) -> Vec<Encoded<'_>> {
     wire.iter()
@@ -84,4 +84,91 @@ fn no_answer_where_only_the_translation_can_judge() {
         let wire = bookinfo_wire(&res);
         assert_eq!(translator.subscriptions(&encoded(&wire)), None, "{case}");
     }
+}
+
+/// A new service's clusters asked of alone, against the last translation: the answer is the
+/// whole state's (its assignments added to the last ones), a cluster whose bytes did not change
+/// adds nothing, and a cluster that would need reading at assembly gets no answer. The
+/// translation that follows reuses the pieces the question built.
+#[test]
+fn new_clusters_are_asked_of_alone() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    // In the client's order (by type, then name).
+    let mut complete = bookinfo_wire(&res);
+    complete.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    // bookinfo without `ratings` translated, then `ratings`' clusters arrive.
+    let is_ratings = |n: &str| n.contains("ratings");
+    let mut before = complete.clone();
+    before.retain(|(t, n, _)| !(is_ratings(n) && (*t == CLUSTER_TYPE || *t == ENDPOINT_TYPE)));
+    let mut translator = Translator::new();
+    let options = TranslateOptions::default();
+    translator.translate(&encoded(&before), &options).unwrap();
+    let mut grown = complete.clone();
+    grown.retain(|(t, n, _)| !(is_ratings(n) && *t == ENDPOINT_TYPE));
+    let new: Wire = grown
+        .iter()
+        .filter(|(t, n, _)| *t == CLUSTER_TYPE && is_ratings(n))
+        .cloned()
+        .collect();
+    assert!(!new.is_empty());
+    let alone = translator
+        .subscriptions_with(&encoded(&new), None)
+        .expect("ratings' clusters are asked of alone");
+    assert_eq!(alone, required(&encoded(&complete)));
+    assert!(alone.endpoints.iter().any(|n| is_ratings(n)), "{alone:?}");
+    // The whole state's question gives the same answer.
+    let mut other = Translator::new();
+    other.translate(&encoded(&before), &options).unwrap();
+    assert_eq!(other.subscriptions(&encoded(&grown)), Some(alone.clone()));
+    // With `main_internal` again (its bytes elsewhere, read): the same answer, and the same
+    // as the whole state's question with that listener.
+    let (t, n, main) = grown
+        .iter()
+        .find(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
+        .unwrap();
+    let copy: bytes::Bytes = main.to_vec().into();
+    let main = Encoded {
+        type_url: t,
+        name: n,
+        value: &copy,
+    };
+    let mut third = Translator::new();
+    third.translate(&encoded(&before), &options).unwrap();
+    assert_eq!(
+        third.subscriptions_with(&encoded(&new), Some(&main)),
+        Some(alone.clone())
+    );
+    assert!(third.reuse().reused > 0, "its chains found by digest");
+    // An unchanged cluster adds nothing.
+    let known: Wire = before
+        .iter()
+        .filter(|(t, _, _)| *t == CLUSTER_TYPE)
+        .take(1)
+        .cloned()
+        .collect();
+    let t = translator.translate(&encoded(&before), &options).unwrap();
+    assert_eq!(
+        translator.subscriptions_with(&encoded(&known), None),
+        Some((*t.subscriptions).clone())
+    );
+    // The grown state translates with the question's pieces.
+    translator.subscriptions_with(&encoded(&new), None).unwrap();
+    let t = translator.translate(&encoded(&complete), &options).unwrap();
+    assert_eq!(*t.subscriptions, alone);
+    let reuse = translator.reuse();
+    assert_eq!(
+        reuse.built,
+        res.endpoints
+            .iter()
+            .filter(|e| is_ratings(&e.cluster_name))
+            .count(),
+        "only ratings' assignments are new: {reuse:?}"
+    );
+    // A DNS cluster's endpoints are read at assembly: no answer.
+    let over = load_resources(&fixture("dns_serviceentry_1_30.json")).unwrap();
+    let dns: Wire = bookinfo_wire(&over)
+        .into_iter()
+        .filter(|(t, _, _)| *t == CLUSTER_TYPE)
+        .collect();
+    assert_eq!(translator.subscriptions_with(&encoded(&dns), None), None);
 }

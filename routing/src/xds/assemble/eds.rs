@@ -13,6 +13,7 @@ use crate::xds::pieces::{name_key, Decoded, Memo};
 use crate::xds::{Encoded, Warning};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
+mod grown;
 
 /// What the last full or patched translation was made from and gave.
 #[derive(Debug)]
@@ -237,90 +238,6 @@ impl Last {
     /// clusters and assignments is the one it read (`others` is [`others_digest`]'s first).
     pub(crate) fn routes_if_others_same(&self, others: u128) -> Option<crate::xds::Names> {
         (self.others == Some(others)).then(|| self.subscriptions.routes.clone())
-    }
-
-    /// The assignments `decoded`'s clusters ask for, found from this translation's when
-    /// `decoded` only adds clusters and assignments or changes some: the new clusters'
-    /// assignments are added, nothing else is read again. `None` when that cannot tell (a
-    /// cluster gone or asking for another assignment, a new piece that reported a rejection or
-    /// whose endpoints are read at assembly): read every cluster. What
-    /// [`Translator::subscriptions`](crate::xds::Translator::subscriptions) answers, and so the
-    /// same answer (property-tested with it).
-    pub(crate) fn grown_endpoints(&self, decoded: &Decoded) -> Option<crate::xds::Names> {
-        if self.sorted {
-            return self.grown_in_order(decoded);
-        }
-        let old: HashMap<u128, &Arc<ClusterPiece>, crate::xds::FastHash> = self
-            .clusters
-            .iter()
-            .map(|c| (name_key(&c.name), c))
-            .collect();
-        let mut out = self.subscriptions.endpoints.clone();
-        let mut kept = 0;
-        for c in &decoded.clusters {
-            match old.get(&name_key(&c.name)) {
-                Some(o) if Arc::ptr_eq(o, c) => {
-                    kept += 1;
-                    continue;
-                }
-                Some(o) if o.eds != c.eds => return None,
-                Some(_) => kept += 1,
-                None => {}
-            }
-            if !c.subscribable() {
-                return None;
-            }
-            out.extend(c.eds.iter().cloned());
-        }
-        // Every cluster of this state is still there (the chains that route to them stay valid).
-        if kept != self.clusters.len() {
-            return None;
-        }
-        let changed = |a: &&Arc<AssignmentPiece>| {
-            self.at()
-                .get(&name_key(&a.name))
-                .is_none_or(|&i| !Arc::ptr_eq(&self.assignments[i], a))
-        };
-        if decoded
-            .assignments
-            .iter()
-            .filter(changed)
-            .any(|a| !a.diag.rejections.is_empty())
-        {
-            return None;
-        }
-        Some(out)
-    }
-
-    /// [`Last::grown_endpoints`] when this translation's lists are in name order: the
-    /// differences found by walking them beside `decoded`'s, not by looking every name up.
-    fn grown_in_order(&self, decoded: &Decoded) -> Option<crate::xds::Names> {
-        let clusters = super::aligned::diff(&self.clusters, &decoded.clusters)?;
-        // Every cluster of this state is still there (the chains that route to them stay valid).
-        if !clusters.removed.is_empty() {
-            return None;
-        }
-        let mut out = self.subscriptions.endpoints.clone();
-        for (o, c) in &clusters.changed {
-            if o.eds != c.eds || !c.subscribable() {
-                return None;
-            }
-        }
-        for c in &clusters.added {
-            if !c.subscribable() {
-                return None;
-            }
-            out.extend(c.eds.iter().cloned());
-        }
-        let assignments = super::aligned::diff(&self.assignments, &decoded.assignments)?;
-        let new = assignments.changed.iter().map(|(_, a)| a);
-        if new
-            .chain(&assignments.added)
-            .any(|a| !a.diag.rejections.is_empty())
-        {
-            return None;
-        }
-        Some(out)
     }
 
     /// This translation, made by a patch (see [`Translator::reuse`](crate::xds::Translator::reuse)).

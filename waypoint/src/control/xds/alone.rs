@@ -48,6 +48,54 @@ impl XdsHandler {
         });
     }
 
+    /// What a state that only adds or changes clusters and `main_internal` since the last
+    /// published one asks for, found from those alone ([`Translator::subscriptions_with`])
+    /// while that state is still the translator's ([`AloneBase`]): a new service's clusters,
+    /// and its listener while the state waits for its assignments, are asked of without a walk
+    /// over the mesh's resources. What changed is found from the client's two states without
+    /// visiting what they share. `None`: ask with the whole state.
+    pub(super) fn clusters_alone(
+        &self,
+        state: &ResourceState,
+        translator: &mut Translator,
+    ) -> Option<routing::xds::Subscriptions> {
+        const CDS: &str = type_url::CLUSTER;
+        let base = self.alone_base.as_ref()?;
+        if translator.translations() != base.translations {
+            return None;
+        }
+        const LDS: &str = type_url::LISTENER;
+        let others_changed = super::TYPES.iter().any(|t| {
+            ![CDS, LDS].contains(t) && !state.changed_since(&self.last_good, t).is_empty()
+        });
+        if others_changed {
+            return None;
+        }
+        // `main_internal` changed (a new service's chains), or no listener.
+        let main = match &state.changed_since(&self.last_good, LDS)[..] {
+            [] => None,
+            [("main_internal", Some(r))] => Some(Encoded {
+                type_url: LDS,
+                name: &r.name,
+                value: &r.value.value,
+            }),
+            _ => return None,
+        };
+        let changed = state.changed_since(&self.last_good, CDS);
+        // A cluster gone: the whole state is asked.
+        let changed: Vec<Encoded<'_>> = changed
+            .iter()
+            .map(|(name, r)| {
+                Some(Encoded {
+                    type_url: CDS,
+                    name,
+                    value: &(*r)?.value.value,
+                })
+            })
+            .collect::<Option<_>>()?;
+        translator.subscriptions_with(&changed, main.as_ref())
+    }
+
     /// `update` translated from what it changed alone, when it is an EDS push of assignments the
     /// last published state had, or a route push (`main_internal` again, nothing else), and that
     /// state is still the translator's ([`AloneBase`]). `None`: translate the state whole.

@@ -81,8 +81,10 @@ pub struct XdsHandler {
     deferred: Option<routing::xds::Subscriptions>,
     /// Set while the next EDS or route push may be translated from what it changed alone.
     alone_base: Option<alone::AloneBase>,
-    /// How many states [`XdsHandler::defer`] asked the translator what they subscribe to.
+    /// How many states [`XdsHandler::defer`] asked the translator what they subscribe to, and
+    /// of those, how many were asked of their changed clusters alone.
     asked: u64,
+    asked_alone: u64,
     /// EDS pushes read alone come many a second under churn: one info line per
     /// [`crate::telemetry::throttle::PEER_EVENT_INTERVAL`], counting those left out.
     patched_lines: crate::telemetry::throttle::LogThrottle,
@@ -117,6 +119,7 @@ impl XdsHandler {
             deferred: None,
             alone_base: None,
             asked: 0,
+            asked_alone: 0,
             patched_lines: Default::default(),
         }
     }
@@ -232,7 +235,15 @@ impl XdsHandler {
         }
         let needed = if new_clusters || (waiting && reshaped) {
             self.asked += 1;
-            translator.subscriptions(&encoded(state, &self.last_good, &BTreeSet::new()))?
+            match self.clusters_alone(state, translator) {
+                Some(needed) => {
+                    self.asked_alone += 1;
+                    needed
+                }
+                None => {
+                    translator.subscriptions(&encoded(state, &self.last_good, &BTreeSet::new()))?
+                }
+            }
         } else if waiting {
             self.deferred.clone()?
         } else {
@@ -298,10 +309,12 @@ impl XdsHandler {
         if let Some(applied) = self.push_alone(update, &mut latest) {
             return Ok(applied);
         }
-        self.alone_base = None;
+        // A deferred state is not translated: the translator's last translation is still the
+        // base's (what a new service's clusters are asked of alone against).
         if let Some(applied) = self.defer(update, &mut latest.translator) {
             return Ok(applied);
         }
+        self.alone_base = None;
         self.deferred = None;
         let (translation, refused) = match self.translate_tolerant(&mut latest.translator, state) {
             Ok(t) => t,

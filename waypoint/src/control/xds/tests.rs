@@ -145,11 +145,44 @@ fn new_clusters_wait_for_their_assignments_untranslated() {
     assert!(asked.contains(NEW) && asked.contains(REVIEWS), "{asked:?}");
     assert!(h.sink.is_deferred(), "held untranslated");
     assert!(h.sink.take().is_none(), "nothing published");
+    // Asked of the new cluster alone: only clusters changed since the published state.
+    assert_eq!((h.asked, h.asked_alone), (1, 1));
 
     state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource(NEW, &cla));
     let changes = [change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[NEW])];
     apply_changes(&mut h, &changes, &state);
     published_with_the_new_service(&mut h);
+}
+
+/// A new cluster that comes with a change of another type (here reviews' assignment) is asked
+/// about with the whole state, not alone: only a state that changed clusters alone since the
+/// published one is asked of them alone. The answer is the same.
+#[test]
+fn new_clusters_with_other_changes_are_asked_with_the_whole_state() {
+    let mut h = handler(Duration::from_secs(60));
+    let mut state = served(&mut h);
+    let (cluster, _) = added(&state);
+    let reviews = &state
+        .get(type_url::CLUSTER_LOAD_ASSIGNMENT, REVIEWS)
+        .unwrap()
+        .value
+        .value;
+    let mut fewer = ClusterLoadAssignment::decode(reviews.as_ref()).unwrap();
+    fewer.endpoints[0].lb_endpoints.pop();
+    state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource(REVIEWS, &fewer));
+    state.insert(type_url::CLUSTER, resource(NEW, &cluster));
+    let changes = [
+        change(type_url::CLUSTER_LOAD_ASSIGNMENT, &[REVIEWS]),
+        change(type_url::CLUSTER, &[NEW]),
+    ];
+    let applied = apply_changes(&mut h, &changes, &state);
+    let asked = applied
+        .subscriptions
+        .names(type_url::CLUSTER_LOAD_ASSIGNMENT)
+        .unwrap();
+    assert!(asked.contains(NEW) && asked.contains(REVIEWS), "{asked:?}");
+    assert!(h.sink.is_deferred(), "held untranslated");
+    assert_eq!((h.asked, h.asked_alone), (1, 0));
 }
 
 /// The state is no longer deferred: published, the new service with its assignment's pods.
@@ -259,15 +292,23 @@ fn a_listener_with_the_awaited_assignments_is_translated_without_the_question() 
     let (cluster, cla) = added(&state);
     push_cluster(&mut h, &mut state, &cluster);
     assert!(h.sink.is_deferred());
-    let main = state
+    let mut main = state
         .get(type_url::LISTENER, "main_internal")
         .expect("istiod's waypoint listener")
         .clone();
+    // Other bytes (an unknown field, field 999 = 1, that readers skip): a listener istiod sent
+    // again.
+    main.value.value = [&main.value.value[..], &[0xb8, 0x3e, 0x01]].concat().into();
     let main = Arc::new(main);
 
-    let asked = h.asked;
+    let (asked, alone) = (h.asked, h.asked_alone);
     push_listener(&mut h, &mut state, main.clone(), None);
     assert_eq!(h.asked, asked + 1, "alone: asked");
+    assert_eq!(
+        h.asked_alone,
+        alone + 1,
+        "of the new cluster and listener alone"
+    );
     assert!(h.sink.is_deferred(), "still waiting for the assignment");
 
     let asked = h.asked;
