@@ -64,6 +64,9 @@ pub(crate) struct ChainPiece {
     pub(crate) raw_name: String,
     /// As istiod 1.24+ names it ([`chain_name`]).
     pub(crate) name: String,
+    /// [`name_key`](crate::xds::pieces::name_key) of `name`, made once: a read of a listener
+    /// of 10 000 chains checks every name for duplicates.
+    pub(crate) name_key: u128,
     /// Route configurations its connection manager takes from RDS.
     pub(crate) rds: Vec<String>,
     pub(crate) role: ChainRole,
@@ -176,6 +179,7 @@ impl ChainPiece {
         };
         ChainPiece {
             raw_name: chain.name.clone(),
+            name_key: crate::xds::pieces::name_key(&name),
             name,
             rds,
             role,

@@ -471,7 +471,7 @@ fn main_internal(
         memo.chains.insert(d, piece.clone());
         rds.extend(piece.rds.iter().cloned());
         let name = piece.name.as_str();
-        if !name.is_empty() && !seen.insert(super::pieces::name_key(name)) {
+        if !name.is_empty() && !seen.insert(piece.name_key) {
             at.reject(diag, format!("duplicate filter chain {}", piece.raw_name));
             continue;
         }

@@ -180,3 +180,64 @@ mod ranges {
         assert_eq!(memoized.1.rejections.len(), 1, "{:?}", memoized.1);
     }
 }
+
+/// Two chains of one name reject the listener, also when one is written in 1.22/1.23's form
+/// and the other in 1.24's (they are read as the same name); distinct names do not.
+#[test]
+fn a_chain_name_twice_rejects_the_listener() {
+    use super::{translate, ListenerMemo, ShallowListener, MAIN_INTERNAL};
+    use crate::xds::chain::ClusterNames;
+    use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+    use prost::Message;
+    use std::collections::BTreeMap;
+    let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
+    let res = crate::xds::json::load_resources(json).unwrap();
+    let main = res
+        .listeners
+        .iter()
+        .find(|l| l.name == MAIN_INTERNAL)
+        .unwrap();
+    let names: Vec<String> = res.clusters.iter().map(|c| c.name.clone()).collect();
+    let read = |l: &Listener| {
+        let shallow = ShallowListener::decode(bytes::Bytes::from(l.encode_to_vec())).unwrap();
+        let known: ClusterNames<'_> = names.iter().map(String::as_str).collect();
+        let mut diag = crate::xds::Diag::default();
+        translate(
+            &[shallow],
+            &BTreeMap::new(),
+            &known,
+            false,
+            &mut ListenerMemo::default(),
+            &mut Default::default(),
+            &mut diag,
+        );
+        diag.rejections
+            .iter()
+            .map(|r| r.reason.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read(main), Vec::<String>::new());
+    let reviews =
+        |c: &&FilterChain| c.name == "inbound-vip|9080|http|reviews.default.svc.cluster.local";
+    let chain = main.filter_chains.iter().find(reviews).unwrap().clone();
+    let mut twice = main.clone();
+    twice.filter_chains.push(chain.clone());
+    let rejected = read(&twice);
+    assert!(
+        rejected
+            .iter()
+            .any(|m| m.contains("duplicate filter chain")),
+        "{rejected:?}"
+    );
+    let mut legacy = main.clone();
+    let mut old = chain.clone();
+    old.name = "inbound-vip|9080||reviews.default.svc.cluster.local-http".into();
+    legacy.filter_chains.push(old);
+    let rejected = read(&legacy);
+    assert!(
+        rejected
+            .iter()
+            .any(|m| m.contains("duplicate filter chain")),
+        "{rejected:?}"
+    );
+}
