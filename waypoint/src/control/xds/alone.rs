@@ -20,7 +20,7 @@ pub(super) struct AloneBase {
     /// [`Translator::translations`] after it.
     translations: u64,
     /// What the handler handed back for it: handed back again, shared.
-    subscriptions: Subscriptions,
+    pub(super) subscriptions: Subscriptions,
 }
 
 impl XdsHandler {
@@ -94,6 +94,22 @@ impl XdsHandler {
             })
             .collect::<Option<_>>()?;
         translator.subscriptions_with(&changed, main.as_ref())
+    }
+
+    /// [`missing`](super::state::missing) for `state`, found from what changed since the
+    /// base's state when there is one ([`super::state::missing_since`]): the base lacked
+    /// nothing it subscribed to.
+    pub(super) fn missing(
+        &self,
+        state: &ResourceState,
+        needed: &routing::xds::Subscriptions,
+    ) -> Option<String> {
+        let base = self.alone_base.as_ref();
+        super::state::missing_from(
+            state,
+            needed,
+            base.map(|b| (&self.last_good, &b.subscriptions)),
+        )
     }
 
     /// `update` translated from what it changed alone, when it is an EDS push of assignments the

@@ -41,7 +41,7 @@ mod tests;
 
 pub use dump::{load_dump, Dump, DumpError};
 pub use sink::{SnapshotSink, WARM_TIMEOUT};
-use state::{client_subscriptions, encoded, missing};
+use state::{client_subscriptions, encoded, missing_from};
 
 /// The xDS types a waypoint's config is made of.
 const TYPES: [&str; 4] = [
@@ -229,7 +229,7 @@ impl XdsHandler {
         // together): translated at once. The translation judges them as the question would, and
         // finds what a changed listener or cluster newly needs; asking first would read the
         // listener twice (about 40 ms of a new service's 100 at 10 000 services).
-        let arrived = |d: &routing::xds::Subscriptions| missing(state, d).is_none();
+        let arrived = |d: &routing::xds::Subscriptions| self.missing(state, d).is_none();
         if !new_clusters && waiting && reshaped && self.deferred.as_ref().is_some_and(arrived) {
             return None;
         }
@@ -249,7 +249,7 @@ impl XdsHandler {
         } else {
             return None;
         };
-        let what = missing(state, &needed)?;
+        let what = self.missing(state, &needed)?;
         self.awaiting(&what);
         self.sink.defer_incomplete(state.clone(), what);
         let subscriptions = client_subscriptions(&needed);
@@ -314,7 +314,8 @@ impl XdsHandler {
         if let Some(applied) = self.defer(update, &mut latest.translator) {
             return Ok(applied);
         }
-        self.alone_base = None;
+        // What the state lacks is found from what changed since the base's state.
+        let base = (self.alone_base.take()).map(|b| (self.last_good.clone(), b.subscriptions));
         self.deferred = None;
         let (translation, refused) = match self.translate_tolerant(&mut latest.translator, state) {
             Ok(t) => t,
@@ -351,7 +352,8 @@ impl XdsHandler {
             subscriptions,
             refused: refused.clone(),
         };
-        if let Some(what) = missing(state, needed) {
+        let base = base.as_ref().map(|(good, subscribed)| (good, subscribed));
+        if let Some(what) = missing_from(state, needed, base) {
             self.awaiting(&what);
             self.sink.offer_incomplete(translation.snapshot, what);
             return Ok(applied(subscriptions));

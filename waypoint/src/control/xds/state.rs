@@ -48,25 +48,77 @@ pub(super) fn missing(
     if state.len(type_url::LISTENER) == 0 {
         return Some("listeners (LDS)".into());
     }
-    // Named up to AWAITED_NAMES, then counted: at start-up every assignment is awaited.
     let absent = |what: &str, type_url: &str, names: &routing::xds::Names| -> Option<String> {
         let held = state.resources(type_url).map(|r| &*r.name);
-        let mut absent = not_in(names.iter().map(String::as_str), held);
-        let named: Vec<&str> = absent.by_ref().take(AWAITED_NAMES).collect();
-        let more = absent.count();
-        match (named.is_empty(), more) {
-            (true, _) => None,
-            (false, 0) => Some(format!("{what} {}", named.join(", "))),
-            (false, more) => Some(format!("{what} {} and {more} more", named.join(", "))),
-        }
+        described(what, not_in(names.iter().map(String::as_str), held))
     };
-    let parts: Vec<String> = [
+    joined([
         absent("EDS", type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints),
         absent("RDS", type_url::ROUTE_CONFIGURATION, &needed.routes),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    ])
+}
+
+/// What [`missing`] gives, found from what changed since `good`: a published state that lacked
+/// nothing of `subscribed` (what the client was subscribed to for it), and that `state` was
+/// made from. Only the names `needed` adds to those and the resources `state` no longer has
+/// are looked at, not every name held (a state's 30 000 assignments at 10 000 services).
+pub(super) fn missing_since(
+    state: &ResourceState,
+    needed: &routing::xds::Subscriptions,
+    (good, subscribed): (&ResourceState, &Subscriptions),
+) -> Option<String> {
+    use imbl::ordset::DiffItem;
+    if state.len(type_url::LISTENER) == 0 {
+        return Some("listeners (LDS)".into());
+    }
+    let absent = |what: &str, type_url: &str, names: &routing::xds::Names| -> Option<String> {
+        let had = subscribed.names(type_url).cloned().unwrap_or_default();
+        let added = had.diff(names).filter_map(|d| match d {
+            DiffItem::Add(name) => Some(name.as_str()),
+            DiffItem::Remove(_) => None,
+        });
+        let mut absent: BTreeSet<&str> =
+            added.filter(|n| state.get(type_url, n).is_none()).collect();
+        let gone = state.changed_since(good, type_url).into_iter();
+        absent
+            .extend(gone.filter_map(|(n, now)| (now.is_none() && names.contains(n)).then_some(n)));
+        described(what, absent.into_iter())
+    };
+    joined([
+        absent("EDS", type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints),
+        absent("RDS", type_url::ROUTE_CONFIGURATION, &needed.routes),
+    ])
+}
+
+/// [`missing_since`] when `base` is given, [`missing`] otherwise (debug builds check that the
+/// two agree).
+pub(super) fn missing_from(
+    state: &ResourceState,
+    needed: &routing::xds::Subscriptions,
+    base: Option<(&ResourceState, &Subscriptions)>,
+) -> Option<String> {
+    let Some(base) = base else {
+        return missing(state, needed);
+    };
+    let found = missing_since(state, needed, base);
+    debug_assert_eq!(found, missing(state, needed));
+    found
+}
+
+/// The names `absent` (in name order) of `what`, named up to [`AWAITED_NAMES`], then counted:
+/// at start-up every assignment is awaited.
+fn described<'a>(what: &str, mut absent: impl Iterator<Item = &'a str>) -> Option<String> {
+    let named: Vec<&str> = absent.by_ref().take(AWAITED_NAMES).collect();
+    let more = absent.count();
+    match (named.is_empty(), more) {
+        (true, _) => None,
+        (false, 0) => Some(format!("{what} {}", named.join(", "))),
+        (false, more) => Some(format!("{what} {} and {more} more", named.join(", "))),
+    }
+}
+
+fn joined(parts: [Option<String>; 2]) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 

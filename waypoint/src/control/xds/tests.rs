@@ -12,6 +12,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use xds_client::{type_url, Change, Handler, Payload, Resource, ResourceState, Update};
 
+use super::state::{missing, missing_since};
 use super::*;
 
 const FIXTURE: &str = include_str!("../../../../routing/tests/fixtures/xds/bookinfo.json");
@@ -387,6 +388,40 @@ fn what_is_awaited_names_a_few_and_counts_the_rest() {
         missing(&state, &needed).unwrap(),
         "EDS inbound-vip|9080|http|nowhere.default.svc.cluster.local, zz-last"
     );
+}
+
+/// What a state made from a published one lacks, found from what changed since (names the
+/// subscriptions added, resources gone), is what a look at every name finds.
+#[test]
+fn what_is_awaited_is_found_from_what_changed() {
+    let good = bookinfo();
+    let held: Vec<String> = good
+        .resources(type_url::CLUSTER_LOAD_ASSIGNMENT)
+        .map(|r| r.name.to_string())
+        .collect();
+    let subscribed = routing::xds::Subscriptions {
+        endpoints: held.iter().cloned().collect(),
+        routes: Default::default(),
+    };
+    let base = state::client_subscriptions(&subscribed);
+    assert_eq!(missing(&good, &subscribed), None, "the base lacks nothing");
+    let mut state = good.clone();
+    let (_, cla) = added(&state);
+    // Two names added, one of them held; one held assignment gone; an RDS name added.
+    state.insert(type_url::CLUSTER_LOAD_ASSIGNMENT, resource("a-held", &cla));
+    state.remove(type_url::CLUSTER_LOAD_ASSIGNMENT, &held[1]);
+    let mut needed = subscribed.clone();
+    needed
+        .endpoints
+        .extend(["a-held".to_string(), NEW.to_string()]);
+    needed.routes.insert("rds-a".to_string());
+    let found = missing_since(&state, &needed, (&good, &base));
+    assert_eq!(found, missing(&state, &needed));
+    assert_eq!(found.unwrap(), format!("EDS {}, {NEW}; RDS rds-a", held[1]));
+    // No longer needed, the gone one is not awaited.
+    needed.endpoints.remove(&held[1]);
+    let found = missing_since(&state, &needed, (&good, &base));
+    assert_eq!(found, missing(&state, &needed));
 }
 
 /// bookinfo applied and served as by a running data path: the translator sees it live.
