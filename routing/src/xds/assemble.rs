@@ -319,7 +319,7 @@ pub(crate) fn translate(
         res.listeners,
         &rcs,
         &known,
-        false,
+        (false, &[]),
         memo,
         &mut subscriptions.routes,
         &mut diag,

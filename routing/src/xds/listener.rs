@@ -221,9 +221,14 @@ pub(crate) struct ListenerMemo {
     pub(crate) ranges: matcher::Ranges,
     /// Chains reused and built by the last translation.
     pub(crate) reused: usize,
+    /// Chains of the last read checked against every cluster name (not known to be valid
+    /// from the names added alone).
+    pub(crate) checked: usize,
     pub(crate) built: usize,
     /// The last call's inputs and answer, given again for the same inputs.
     last: Option<again::LastCall>,
+    /// [`again::fingerprint`] of the cluster names the chains were last read with.
+    read_with: Option<u128>,
 }
 
 /// What an application-protocol matcher selects: the chain for HTTP
@@ -275,20 +280,27 @@ fn decode_chain(bytes: &[u8], i: usize, at: At<'_>, diag: &mut Diag) -> Option<F
 
 /// Check every listener, translate `main_internal`; the RDS names they reference go in `rds`.
 /// `known_unchanged`: the clusters are those of the last call (its chains, remembered in `memo`,
-/// are valid for them without asking again). The same listeners' bytes, route configurations
-/// and cluster names as the last call's give its answer again, without reading anything
+/// are valid for them without asking again). `added`: names of `known` the caller takes to be
+/// new since the clusters the memo's chains were last read with; when `known` without them is
+/// that very set (by [`again::fingerprint`]), a remembered chain is valid unless it asked for
+/// one of them and found it missing, and is not checked against all of `known` (a new
+/// service's listener at 10 000 services). The same listeners' bytes, route configurations and
+/// cluster names as the last call's give its answer again, without reading anything
 /// ([`again`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn translate(
     listeners: &[ShallowListener],
     routes: &BTreeMap<&str, &RouteConfiguration>,
     known: &ClusterNames<'_>,
-    known_unchanged: bool,
+    (known_unchanged, added): (bool, &[&str]),
     memo: &mut ListenerMemo,
     rds: &mut super::Names,
     diag: &mut Diag,
 ) -> Arc<MainListener> {
     let fingerprint = again::fingerprint(known);
+    // The names the memo's chains were read with, if `known` is those and `added`.
+    let before = again::without(fingerprint, added);
+    let grown = (memo.read_with == Some(before)).then_some(added);
     if let Some(last) = memo.last.as_ref() {
         if last.answers(listeners, routes, fingerprint) {
             rds.extend(last.rds.iter().cloned());
@@ -302,11 +314,12 @@ pub(crate) fn translate(
     let out = Arc::new(read(
         listeners,
         routes,
-        (known, known_unchanged),
+        (known, known_unchanged, grown),
         memo,
         &mut mine,
         &mut found,
     ));
+    memo.read_with = Some(fingerprint);
     rds.extend(mine.iter().cloned());
     diag.replay(&found);
     let chains = memo.reused + memo.built;
@@ -324,7 +337,7 @@ pub(crate) fn translate(
 fn read(
     listeners: &[ShallowListener],
     routes: &BTreeMap<&str, &RouteConfiguration>,
-    (known, known_unchanged): (&ClusterNames<'_>, bool),
+    known: KnownNow<'_>,
     memo: &mut ListenerMemo,
     rds: &mut super::Names,
     diag: &mut Diag,
@@ -335,6 +348,7 @@ fn read(
     let last_matcher = memo.matcher.take();
     memo.reused = 0;
     memo.built = 0;
+    memo.checked = 0;
     for l in listeners {
         let at = At {
             type_url: super::LISTENER_TYPE,
@@ -345,7 +359,7 @@ fn read(
             main_internal(
                 l,
                 routes,
-                (known, known_unchanged),
+                known,
                 (&last, &last_matcher),
                 memo,
                 rds,
@@ -396,6 +410,17 @@ fn into_map<V>(map: &mut BTreeMap<String, V>, items: Vec<(String, V)>) {
     }
 }
 
+/// Count one in `n`; `true`.
+fn count(n: &mut usize) -> bool {
+    *n += 1;
+    true
+}
+
+/// The cluster names a read is made with: all of them, whether they are the last call's, and
+/// the names added since the set the memo's chains were read with (when it is known to be that
+/// set and those).
+type KnownNow<'a> = (&'a ClusterNames<'a>, bool, Option<&'a [&'a str]>);
+
 type LastPieces<'a> = (
     &'a HashMap<u128, Arc<ChainPiece>, super::FastHash>,
     &'a Option<(u128, Arc<Matched>)>,
@@ -405,7 +430,7 @@ type LastPieces<'a> = (
 fn main_internal(
     l: &ShallowListener,
     routes: &BTreeMap<&str, &RouteConfiguration>,
-    (known, known_unchanged): (&ClusterNames<'_>, bool),
+    (known, known_unchanged, grown): KnownNow<'_>,
     (last, last_matcher): LastPieces<'_>,
     memo: &mut ListenerMemo,
     rds: &mut super::Names,
@@ -454,7 +479,13 @@ fn main_internal(
         let d = super::pieces::digest(bytes);
         let mut decoded = None;
         let piece = match last.get(&d) {
-            Some(p) if known_unchanged || p.valid_for(known) => {
+            Some(p)
+                if known_unchanged
+                    || match grown {
+                        Some(_) => p.valid_grown(grown),
+                        None => count(&mut memo.checked) && p.valid_for(known),
+                    } =>
+            {
                 memo.reused += 1;
                 p.clone()
             }

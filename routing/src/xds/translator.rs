@@ -192,7 +192,7 @@ impl Translator {
             &decoded.listeners,
             &routes,
             &known,
-            false,
+            (false, &[]),
             &mut self.memo.listener,
             &mut subscriptions.routes,
             &mut diag,

@@ -113,7 +113,7 @@ fn patch_listeners(
         &known,
         // The clusters are the last translation's (`same_inputs_but_listener`), and so are the
         // listener memo's chains.
-        true,
+        (true, &[]),
         &mut memo.listener,
         &mut rds,
         &mut diag,

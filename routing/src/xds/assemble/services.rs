@@ -53,7 +53,10 @@ pub(crate) fn patch(
         &decoded.listeners,
         &rcs,
         &known,
-        !changes.names_changed,
+        (
+            !changes.names_changed,
+            &changes.added.iter().map(String::as_str).collect::<Vec<_>>(),
+        ),
         &mut memo.listener,
         &mut rds,
         &mut diag,

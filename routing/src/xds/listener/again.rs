@@ -36,6 +36,15 @@ pub(super) fn fingerprint(known: &ClusterNames<'_>) -> u128 {
     })
 }
 
+/// The [`fingerprint`] of a set from that of the set with `added` (names it does not have).
+pub(super) fn without(fingerprint: u128, added: &[&str]) -> u128 {
+    added
+        .iter()
+        .fold(fingerprint.wrapping_sub(added.len() as u128), |acc, n| {
+            acc.wrapping_sub(crate::xds::pieces::name_key(n))
+        })
+}
+
 fn same_listener(a: &ShallowListener, b: &ShallowListener) -> bool {
     let same_opt = |a: &Option<bytes::Bytes>, b: &Option<bytes::Bytes>| match (a, b) {
         (Some(a), Some(b)) => same_bytes(a, b),
@@ -123,13 +132,23 @@ mod tests {
         listeners: &[ShallowListener],
         names: &[String],
     ) -> (Arc<MainListener>, crate::xds::Names, Diag) {
+        grown(memo, listeners, names, &[])
+    }
+
+    /// [`call`], `added` named as new since the memo's last read.
+    fn grown(
+        memo: &mut ListenerMemo,
+        listeners: &[ShallowListener],
+        names: &[String],
+        added: &[&str],
+    ) -> (Arc<MainListener>, crate::xds::Names, Diag) {
         let known: ClusterNames<'_> = names.iter().map(String::as_str).collect();
         let (mut rds, mut diag) = (crate::xds::Names::new(), Diag::default());
         let out = translate(
             listeners,
             &BTreeMap::new(),
             &known,
-            false,
+            (false, added),
             memo,
             &mut rds,
             &mut diag,
@@ -171,5 +190,60 @@ mod tests {
         let chains: Vec<&String> = read.0.chains.keys().collect();
         assert!(chains.iter().any(|c| c.contains("reviews") && rebuilt(c)));
         assert!(chains.iter().any(|c| !c.contains("reviews") && !rebuilt(c)));
+    }
+
+    /// Listeners read again with clusters added since the memo's last read: a remembered chain
+    /// is known valid from the added names alone, unless it found one of them missing (then it
+    /// is built again); named wrongly (not the last read's set and those), every chain is
+    /// checked against all the names. Each gives what a read from scratch gives.
+    #[test]
+    fn chains_are_known_valid_from_the_names_added() {
+        let (listeners, names) = bookinfo();
+        let copies = || -> Vec<ShallowListener> {
+            listeners
+                .iter()
+                .map(|l| ShallowListener::decode(bytes::Bytes::from(l.encode_to_vec())).unwrap())
+                .collect()
+        };
+        let scratch = |names: &[String]| call(&mut ListenerMemo::default(), &copies(), names);
+        let same = |a: &(Arc<MainListener>, crate::xds::Names, Diag),
+                    b: &(Arc<MainListener>, crate::xds::Names, Diag)| {
+            assert_eq!(format!("{:?}", a.0.chains), format!("{:?}", b.0.chains));
+            assert_eq!((&a.1, &a.2), (&b.1, &b.2));
+        };
+        // reviews' clusters missing first, then added.
+        let fewer: Vec<String> = names
+            .iter()
+            .filter(|n| !n.contains("reviews"))
+            .cloned()
+            .collect();
+        let added: Vec<&str> = names
+            .iter()
+            .filter(|n| n.contains("reviews"))
+            .map(String::as_str)
+            .collect();
+        let mut memo = ListenerMemo::default();
+        let first = call(&mut memo, &listeners, &fewer);
+        let read = grown(&mut memo, &copies(), &names, &added);
+        assert_eq!(memo.checked, 0, "none checked against every name");
+        assert!(
+            memo.built > 0,
+            "reviews' chains (they found its clusters missing) built again"
+        );
+        assert!(memo.reused > 0, "{} reused", memo.reused);
+        same(&read, &scratch(&names));
+        let rebuilt = |name: &str| !Arc::ptr_eq(&first.0.chains[name], &read.0.chains[name]);
+        let chains: Vec<&String> = first.0.chains.keys().collect();
+        assert!(chains.iter().any(|c| c.contains("reviews") && rebuilt(c)));
+        assert!(chains.iter().any(|c| !c.contains("reviews") && !rebuilt(c)));
+
+        // Other bytes again, nothing added: the same set, no chain checked.
+        grown(&mut memo, &copies(), &names, &[]);
+        assert_eq!((memo.checked, memo.built), (0, 0));
+        // Names said to be added that the last read had: every chain checked.
+        let wrong = grown(&mut memo, &copies(), &names, &added);
+        assert_eq!(memo.checked, memo.reused);
+        assert!(memo.checked > 0);
+        same(&wrong, &scratch(&names));
     }
 }

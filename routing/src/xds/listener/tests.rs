@@ -206,7 +206,7 @@ fn a_chain_name_twice_rejects_the_listener() {
             &[shallow],
             &BTreeMap::new(),
             &known,
-            false,
+            (false, &[]),
             &mut ListenerMemo::default(),
             &mut Default::default(),
             &mut diag,

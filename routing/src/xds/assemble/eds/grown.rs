@@ -176,13 +176,19 @@ impl Last {
             &mut diag,
         );
         let mut known: ClusterNames<'_> = self.clusters.iter().map(|c| c.name.as_str()).collect();
-        known.extend(added.iter().map(|c| c.name.as_str()));
+        // The clusters this translation did not have (the memo's chains were last read with
+        // its clusters, unless a question read them since).
+        let new: Vec<&str> = added
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|n| known.insert(n))
+            .collect();
         let mut asked = crate::xds::Names::new();
         let read = listener::translate(
             &listeners,
             &routes,
             &known,
-            false,
+            (false, &new),
             &mut memo.listener,
             &mut asked,
             &mut diag,

@@ -16,6 +16,9 @@ pub(super) struct Changes {
     /// The new state's clusters and assignments are in name order (found so by
     /// [`aligned::diff`]).
     pub(super) sorted: bool,
+    /// The names of the clusters added, when they are known to be all that changed in the
+    /// names (none gone).
+    pub(super) added: Vec<String>,
 }
 
 /// A cluster a splice can follow: an ordinary service cluster (its endpoints its own EDS
@@ -53,6 +56,7 @@ pub(super) fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
         names_changed: false,
         eds_changed: false,
         sorted: false,
+        added: Vec::new(),
     };
     let old: ByName<'_, ClusterPiece> = l
         .clusters()
@@ -150,6 +154,11 @@ fn changed_in_order(
         names_changed: !clusters.added.is_empty() || !clusters.removed.is_empty(),
         eds_changed: false,
         sorted: true,
+        added: if clusters.removed.is_empty() {
+            clusters.added.iter().map(|c| c.name.clone()).collect()
+        } else {
+            Vec::new()
+        },
     };
     let mut changed: Vec<&str> = Vec::new();
     for (o, c) in &clusters.changed {
