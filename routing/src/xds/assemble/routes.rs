@@ -63,19 +63,7 @@ pub(crate) fn patch_listener(
     {
         return None;
     }
-    let main = crate::xds::stored::expand_bytes(main.value).ok()?;
-    let main = <listener::ShallowListener as prost::Message>::decode(main).ok()?;
-    // Its place among the last translation's listeners (there once).
-    if main.name != listener::MAIN_INTERNAL
-        || l.listeners.iter().filter(|x| x.is_none()).count() != 1
-    {
-        return None;
-    }
-    let listeners: Vec<_> = l
-        .listeners
-        .iter()
-        .map(|x| x.clone().unwrap_or_else(|| main.clone()))
-        .collect();
+    let listeners = l.listeners_with(main)?;
     let snapshot = patch_listeners(l, memo, &listeners, &l.route_configurations)?;
     // No cluster or assignment was read.
     (memo.reused, memo.built) = (0, 0);

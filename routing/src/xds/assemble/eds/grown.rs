@@ -156,18 +156,7 @@ impl Last {
         if main.type_url != LISTENER_TYPE || main.name != MAIN_INTERNAL {
             return None;
         }
-        let bytes = crate::xds::stored::expand_bytes(main.value).ok()?;
-        let main = <ShallowListener as prost::Message>::decode(bytes).ok()?;
-        // Its place among this translation's listeners (there once).
-        if main.name != MAIN_INTERNAL || self.listeners.iter().filter(|x| x.is_none()).count() != 1
-        {
-            return None;
-        }
-        let listeners: Vec<ShallowListener> = self
-            .listeners
-            .iter()
-            .map(|x| x.clone().unwrap_or_else(|| main.clone()))
-            .collect();
+        let listeners = self.listeners_with(main)?;
         let mut diag = Diag::default();
         let routes = index(
             &self.route_configurations,
@@ -194,5 +183,23 @@ impl Last {
             &mut diag,
         );
         (diag.rejections.is_empty() && !read.routes_rejected()).then_some(asked)
+    }
+
+    /// This translation's listeners with `main` (a `main_internal` listener's bytes) in place of
+    /// its own; `None` when the bytes do not decode as one or it had no `main_internal`.
+    pub(crate) fn listeners_with(&self, main: &Encoded<'_>) -> Option<Vec<ShallowListener>> {
+        let bytes = crate::xds::stored::expand_bytes(main.value).ok()?;
+        let main = <ShallowListener as prost::Message>::decode(bytes).ok()?;
+        // Its place among this translation's listeners (there once).
+        if main.name != MAIN_INTERNAL || self.listeners.iter().filter(|x| x.is_none()).count() != 1
+        {
+            return None;
+        }
+        Some(
+            self.listeners
+                .iter()
+                .map(|x| x.clone().unwrap_or_else(|| main.clone()))
+                .collect(),
+        )
     }
 }
