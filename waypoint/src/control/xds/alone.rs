@@ -60,11 +60,11 @@ impl XdsHandler {
         translator: &mut Translator,
     ) -> Option<routing::xds::Subscriptions> {
         const CDS: &str = type_url::CLUSTER;
+        const LDS: &str = type_url::LISTENER;
         let base = self.alone_base.as_ref()?;
         if translator.translations() != base.translations {
             return None;
         }
-        const LDS: &str = type_url::LISTENER;
         let others_changed = super::TYPES.iter().any(|t| {
             ![CDS, LDS].contains(t) && !state.changed_since(&self.last_good, t).is_empty()
         });

@@ -314,8 +314,12 @@ impl XdsHandler {
         if let Some(applied) = self.defer(update, &mut latest.translator) {
             return Ok(applied);
         }
-        // What the state lacks is found from what changed since the base's state.
-        let base = (self.alone_base.take()).map(|b| (self.last_good.clone(), b.subscriptions));
+        // Translated now, so no longer the base; what the state lacks is still found from what
+        // changed since the base's state.
+        let base = self
+            .alone_base
+            .take()
+            .map(|b| (self.last_good.clone(), b.subscriptions));
         self.deferred = None;
         let (translation, refused) = match self.translate_tolerant(&mut latest.translator, state) {
             Ok(t) => t,
