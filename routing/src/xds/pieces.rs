@@ -91,6 +91,13 @@ impl ClusterPiece {
         plain && self.diag.rejections.is_empty()
     }
 
+    /// The piece of cluster resource `r`; a rejection naming it when it does not decode.
+    fn decode(r: &Encoded<'_>) -> Result<ClusterPiece, Rejection> {
+        super::stored::decode::<Cluster>(r.value)
+            .map(|c| ClusterPiece::build(&c))
+            .map_err(|e| undecodable(r, e))
+    }
+
     pub(crate) fn build(c: &Cluster) -> ClusterPiece {
         let mut diag = Diag::default();
         let name = c.name.as_str();
@@ -343,9 +350,7 @@ impl Memo {
     pub(crate) fn cluster_piece(&mut self, r: &Encoded<'_>) -> Option<Arc<ClusterPiece>> {
         let counts = &mut (0, 0);
         let piece = memoized(&mut self.clusters, self.generation, r, counts, || {
-            super::stored::decode::<Cluster>(r.value)
-                .map(|c| ClusterPiece::build(&c))
-                .map_err(|e| undecodable(r, e))
+            ClusterPiece::decode(r)
         })
         .ok()?;
         if counts.1 > 0 {
@@ -434,9 +439,7 @@ impl Memo {
             let bad = |e: super::stored::ReadError| undecodable(r, e);
             let result = match kind {
                 Kind::Cluster => memoized(&mut self.clusters, generation, r, counts, || {
-                    super::stored::decode::<Cluster>(r.value)
-                        .map(|c| ClusterPiece::build(&c))
-                        .map_err(bad)
+                    ClusterPiece::decode(r)
                 })
                 .map(|p| {
                     out.clusters.push(p.clone());

@@ -179,25 +179,16 @@ impl Translator {
                 return None;
             }
         }
-        let mut diag = super::Diag::default();
-        let routes = assemble::index(
-            &decoded.resources.routes,
-            |r| r.name.as_str(),
-            super::ROUTE_TYPE,
-            &mut diag,
-        );
         let known: super::chain::ClusterNames<'_> =
             decoded.clusters.iter().map(|c| c.name.as_str()).collect();
-        let main = super::listener::translate(
+        eds::routes_asked(
             &decoded.listeners,
-            &routes,
-            &known,
-            (false, &[]),
+            &decoded.resources.routes,
+            (&known, &[]),
             &mut self.memo.listener,
             &mut subscriptions.routes,
-            &mut diag,
-        );
-        (diag.rejections.is_empty() && !main.routes_rejected()).then_some(subscriptions)
+        )
+        .then_some(subscriptions)
     }
 
     /// What [`subscriptions`](Self::subscriptions) answers for the state the last

@@ -14,6 +14,7 @@ use crate::xds::{Encoded, Warning};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 mod grown;
+pub(crate) use grown::routes_asked;
 
 /// What the last full or patched translation was made from and gave.
 #[derive(Debug)]

@@ -3,11 +3,13 @@
 //! clusters that stayed.
 
 use super::Last;
-use crate::xds::assemble::{index, listener};
+use crate::xds::assemble::{aligned, index, listener};
 use crate::xds::chain::ClusterNames;
+use crate::xds::listener::ListenerMemo;
 use crate::xds::listener::{ShallowListener, MAIN_INTERNAL};
 use crate::xds::pieces::{name_key, AssignmentPiece, ClusterPiece, Decoded, Memo};
 use crate::xds::{Diag, Encoded, Subscriptions, LISTENER_TYPE, ROUTE_TYPE};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -31,19 +33,9 @@ impl Last {
         let mut out = self.subscriptions.endpoints.clone();
         let mut kept = 0;
         for c in &decoded.clusters {
-            match old.get(&name_key(&c.name)) {
-                Some(o) if Arc::ptr_eq(o, c) => {
-                    kept += 1;
-                    continue;
-                }
-                Some(o) if o.eds != c.eds => return None,
-                Some(_) => kept += 1,
-                None => {}
-            }
-            if !c.subscribable() {
-                return None;
-            }
-            out.extend(c.eds.iter().cloned());
+            let o = old.get(&name_key(&c.name)).copied();
+            kept += usize::from(o.is_some());
+            grow(&mut out, o, c)?;
         }
         // Every cluster of this state is still there (the chains that route to them stay valid).
         if kept != self.clusters.len() {
@@ -75,15 +67,10 @@ impl Last {
         }
         let mut out = self.subscriptions.endpoints.clone();
         for (o, c) in &clusters.changed {
-            if o.eds != c.eds || !c.subscribable() {
-                return None;
-            }
+            grow(&mut out, Some(o), c)?;
         }
         for c in &clusters.added {
-            if !c.subscribable() {
-                return None;
-            }
-            out.extend(c.eds.iter().cloned());
+            grow(&mut out, None, c)?;
         }
         let assignments = super::aligned::diff(&self.assignments, &decoded.assignments)?;
         let new = assignments.changed.iter().map(|(_, a)| a);
@@ -120,20 +107,7 @@ impl Last {
             .collect::<Option<_>>()?;
         let mut endpoints = self.subscriptions.endpoints.clone();
         for c in &pieces {
-            let old = self
-                .clusters
-                .binary_search_by(|o| o.name.as_str().cmp(&c.name))
-                .ok()
-                .map(|i| &self.clusters[i]);
-            match old {
-                Some(o) if Arc::ptr_eq(o, c) => continue,
-                Some(o) if o.eds != c.eds => return None,
-                _ => {}
-            }
-            if !c.subscribable() {
-                return None;
-            }
-            endpoints.extend(c.eds.iter().cloned());
+            grow(&mut endpoints, aligned::find(&self.clusters, &c.name), c)?;
         }
         let Some(main) = main else {
             let routes = self.subscriptions.routes.clone();
@@ -157,13 +131,6 @@ impl Last {
             return None;
         }
         let listeners = self.listeners_with(main)?;
-        let mut diag = Diag::default();
-        let routes = index(
-            &self.route_configurations,
-            |r| r.name.as_str(),
-            ROUTE_TYPE,
-            &mut diag,
-        );
         let mut known: ClusterNames<'_> = self.clusters.iter().map(|c| c.name.as_str()).collect();
         // The clusters this translation did not have (the memo's chains were last read with
         // its clusters, unless a question read them since).
@@ -173,16 +140,14 @@ impl Last {
             .filter(|n| known.insert(n))
             .collect();
         let mut asked = crate::xds::Names::new();
-        let read = listener::translate(
+        routes_asked(
             &listeners,
-            &routes,
-            &known,
-            (false, &new),
+            &self.route_configurations,
+            (&known, &new),
             &mut memo.listener,
             &mut asked,
-            &mut diag,
-        );
-        (diag.rejections.is_empty() && !read.routes_rejected()).then_some(asked)
+        )
+        .then_some(asked)
     }
 
     /// This translation's listeners with `main` (a `main_internal` listener's bytes) in place of
@@ -202,4 +167,49 @@ impl Last {
                 .collect(),
         )
     }
+}
+
+/// Add what cluster `c` asks for to `endpoints`, `old` being the cluster of its name that the
+/// last translation had; `None` when the subscriptions cannot be grown so (it asks for
+/// another assignment than `old`, or it is not [`subscribable`](ClusterPiece::subscribable)).
+fn grow(
+    endpoints: &mut crate::xds::Names,
+    old: Option<&Arc<ClusterPiece>>,
+    c: &Arc<ClusterPiece>,
+) -> Option<()> {
+    match old {
+        Some(o) if Arc::ptr_eq(o, c) => return Some(()),
+        Some(o) if o.eds != c.eds => return None,
+        _ => {}
+    }
+    if !c.subscribable() {
+        return None;
+    }
+    endpoints.extend(c.eds.iter().cloned());
+    Some(())
+}
+
+/// Read `listeners` (with the route configurations `routes`, the cluster names `known`, of
+/// which `added` are new since the listener memo's last read) for the RDS names they ask for,
+/// added to `asked`; whether the state is answered so: `false` when reading them rejects
+/// something, or a service chain's routes do (the translation judges those).
+pub(crate) fn routes_asked(
+    listeners: &[ShallowListener],
+    routes: &[RouteConfiguration],
+    (known, added): (&ClusterNames<'_>, &[&str]),
+    memo: &mut ListenerMemo,
+    asked: &mut crate::xds::Names,
+) -> bool {
+    let mut diag = Diag::default();
+    let routes = index(routes, |r| r.name.as_str(), ROUTE_TYPE, &mut diag);
+    let read = listener::translate(
+        listeners,
+        &routes,
+        known,
+        (false, added),
+        memo,
+        asked,
+        &mut diag,
+    );
+    diag.rejections.is_empty() && !read.routes_rejected()
 }
