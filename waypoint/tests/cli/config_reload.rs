@@ -80,7 +80,7 @@ fn validate_names_every_problem_and_passes_good_config() {
 }
 
 /// ratings with pods v1 (@1) and v2 (@2); the VirtualService sends everything to `subset`.
-fn ratings_routed_to(net: &Net, subset: &str) -> String {
+pub(crate) fn ratings_routed_to(net: &Net, subset: &str) -> String {
     let yaml = service_yaml("ratings", "10.0.0.20", 9080, "http")
         + &workload_yaml("ratings-v1", "@1", "ratings", "v1", "bookinfo-ratings")
         + &workload_yaml("ratings-v2", "@2", "ratings", "v2", "bookinfo-ratings")
@@ -90,7 +90,7 @@ fn ratings_routed_to(net: &Net, subset: &str) -> String {
 }
 
 /// Replace the config file atomically (a rename inside the directory).
-fn write_config(dir: &std::path::Path, yaml: &str) {
+pub(crate) fn write_config(dir: &std::path::Path, yaml: &str) {
     let tmp = dir.join("ratings.yaml.tmp");
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(tmp, dir.join("ratings.yaml")).unwrap();
@@ -268,12 +268,16 @@ async fn fifty_reloads_under_load_fail_nothing_and_bad_edits_keep_the_last_good_
 }
 
 /// The stats endpoint's value of `name` once `done(value)` (bounded: 10 s).
-async fn wait_metric(stats: std::net::SocketAddr, name: &str, done: impl Fn(u64) -> bool) -> u64 {
+pub(crate) async fn wait_metric(
+    stats: std::net::SocketAddr,
+    name: &str,
+    done: impl Fn(u64) -> bool,
+) -> u64 {
     let (_, m) = poll_until(stats, "/stats/prometheus", |_, m| done(metric(m, name))).await;
     metric(&m, name)
 }
 
-type Logs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub(crate) type Logs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// A waypoint on `config` with a fresh certificate (in a new directory named after `tag`),
 /// reloading every 40 ms: the process, its addresses, its stderr lines and its access log lines.
@@ -298,7 +302,7 @@ fn start(
 }
 
 /// [`start`], then ready.
-async fn start_ready(
+pub(crate) async fn start_ready(
     ca: &Ca,
     config: &std::path::Path,
     tag: &str,
@@ -310,7 +314,7 @@ async fn start_ready(
 }
 
 /// The pod a request to ratings is served by, on a new tunnel.
-async fn served_by(ca: &Ca, hbone: std::net::SocketAddr) -> String {
+pub(crate) async fn served_by(ca: &Ca, hbone: std::net::SocketAddr) -> String {
     let mut send = client(ca, hbone).await;
     let (parts, _) = sim::get(&mut send, "ratings:9080", "/", &[]).await.unwrap();
     assert_eq!(parts.status, 200);
@@ -324,27 +328,6 @@ fn logged(logs: &std::sync::Mutex<Vec<String>>, needle: &str) -> Vec<String> {
         .filter(|l| l.contains(needle))
         .cloned()
         .collect()
-}
-
-/// Once the first config and then each change has settled, the freed pages go back to the
-/// kernel: the binary's trim is wired to the thread that frees replaced snapshots (the trim
-/// itself: main.rs's test).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_settled_config_change_returns_freed_pages() {
-    let net = Net::new();
-    let ca = Ca::new("trim test mesh").unwrap();
-    let _v1 = Pod::start_at(&net, &ca, 1, "ratings-v1").await;
-    let config = temp_dir("trim-config");
-    write_config(&config, &ratings_routed_to(&net, "v1"));
-    let (child, addrs, _logs) = start_ready(&ca, &config, "trim-certs", &[]).await;
-    // The first config's trim, then one per settled change.
-    let trims = "waypoint_memory_trims_total";
-    assert_eq!(wait_metric(addrs["stats"], trims, |n| n >= 1).await, 1);
-    let edited = format!("# edited\n{}", ratings_routed_to(&net, "v1"));
-    write_config(&config, &edited);
-    wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n == 2).await;
-    assert_eq!(wait_metric(addrs["stats"], trims, |n| n > 1).await, 2);
-    sigterm_and_wait(child).await;
 }
 
 /// Issue 13 item 10: entries named like config that are not files (a directory `x.yaml`, a

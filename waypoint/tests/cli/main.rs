@@ -22,6 +22,7 @@ mod istio_ca;
 mod istio_template;
 mod manifests;
 mod manifests_check;
+mod memory;
 mod metrics_source;
 mod overload;
 mod ports;

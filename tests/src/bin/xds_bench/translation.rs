@@ -244,10 +244,13 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     let published = Arc::new(published);
     translator.published(&published);
     let memo = (heap().live - before_memo) - live;
-    if std::env::var_os(EXIT_HELD_ENV).is_some() {
+    if let Some(held) = std::env::var_os(EXIT_HELD_ENV) {
         // What is live now is what a heap profiler reports as leaked: the translator's memo and
-        // its published snapshot (plus the probe's input).
+        // its published snapshot (plus the probe's input), or with `memo` the memo alone.
         drop(snapshot);
+        if held == "memo" {
+            drop(published);
+        }
         std::process::exit(0);
     }
     drop((translator, published, encoded));
@@ -298,7 +301,8 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
 const KEEP_PROBE_ENV: &str = "XDS_BENCH_KEEP_PROBE";
 
 /// Set (to anything) to have the probe child exit while the translator and the snapshot it
-/// published are live, so that a heap profiler reports them as leaked, by call site.
+/// published are live, so that a heap profiler reports them as leaked, by call site; set to
+/// `memo`, the snapshot is let go first and what is leaked is what the translator's memo holds.
 const EXIT_HELD_ENV: &str = "XDS_BENCH_PROBE_EXIT_HELD";
 
 /// Set (to anything) to have the probe child print where the snapshot's bytes go.

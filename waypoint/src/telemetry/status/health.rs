@@ -169,6 +169,13 @@ impl Collector for ProxyHealth {
             "Resident bytes those trims returned to the kernel",
             load(&crate::control::memory::RETURNED_BYTES),
         )?;
+        scalar_counter(
+            &mut e,
+            "waypoint_memory_code_released_bytes",
+            "Resident bytes of code and read-only data (clean file pages) those trims took out of \
+             the resident set; the pages that run again come back from the page cache",
+            load(&crate::control::memory::CODE_RELEASED_BYTES),
+        )?;
         if let Some(xds) = status.xds() {
             scalar_gauge(
                 &mut e,
