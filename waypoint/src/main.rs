@@ -6,7 +6,7 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    waypoint::control::memory::set_trim(return_freed_pages);
+    waypoint::control::memory::set_trim(return_freed_pages, release_code_pages);
     if let Err(e) = waypoint::commands::cli::main_with(waypoint::commands::cli::Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -40,12 +40,11 @@ fn return_freed_pages() -> Option<waypoint::control::memory::Resident> {
     Some(waypoint::control::memory::Resident {
         before,
         after: resident()?,
-        code: release_code_pages(),
     })
 }
 
 /// Takes the clean file mappings' pages (code and read-only data no one ran since start-up or
-/// the last change) out of the resident set; the resident bytes of the mappings released.
+/// the last release) out of the resident set; the resident bytes of the mappings released.
 fn release_code_pages() -> u64 {
     let Ok(mappings) = waypoint::control::memory::clean_file_mappings() else {
         return 0;

@@ -6,7 +6,9 @@
 //! the peak of the last change for as long as the config does not change.
 //!
 //! The trim itself belongs to the binary, whose allocator it is ([`set_trim`], from `main.rs`);
-//! without one (tests, another allocator) nothing is trimmed.
+//! without one (tests, another allocator) nothing is trimmed. The same trim takes the clean code
+//! pages out of the resident set ([`clean_file_mappings`]) when they have grown since it last
+//! did.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -16,13 +18,14 @@ use std::time::Duration;
 /// `None` when the allocator could not do it.
 pub type Trim = fn() -> Option<Resident>;
 
-/// The allocator's resident bytes before and after a trim, and the resident bytes of the clean
-/// file mappings it released ([`clean_file_mappings`]).
+/// Takes the [`clean_file_mappings`]' pages out of the resident set; their resident bytes.
+pub type Release = fn() -> u64;
+
+/// The allocator's resident bytes before and after a trim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resident {
     pub before: u64,
     pub after: u64,
-    pub code: u64,
 }
 
 /// How long no replaced snapshot may arrive before the trim: pushes that come back to back
@@ -30,7 +33,13 @@ pub struct Resident {
 /// what they free.
 pub const QUIET: Duration = Duration::from_millis(200);
 
-static TRIM: OnceLock<Trim> = OnceLock::new();
+/// How much the resident file pages must have grown since the last release for a trim to
+/// release them again. A release reads /proc/self/smaps, which walks the page tables of the
+/// whole process (about 5 ms at 300 MiB), and the pages that run fault back in: after start-up
+/// and the first config, the code a config change runs is mostly what the last one ran.
+pub const CODE_GROWTH: u64 = 4 << 20;
+
+static TRIM: OnceLock<(Trim, Release)> = OnceLock::new();
 
 /// Trims done, the bytes they returned (`waypoint_memory_trims`,
 /// `waypoint_memory_returned_bytes`), and the resident code and read-only data they took out of
@@ -39,14 +48,19 @@ pub static TRIMS: AtomicU64 = AtomicU64::new(0);
 pub static RETURNED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static CODE_RELEASED_BYTES: AtomicU64 = AtomicU64::new(0);
 
-/// The binary's trim; the first one set stays.
-pub fn set_trim(trim: Trim) {
-    let _ = TRIM.set(trim);
+/// The resident file pages after the last release (`u64::MAX`: none yet).
+static FILE_AFTER_RELEASE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The binary's trim and code release; the first ones set stay.
+pub fn set_trim(trim: Trim, release: Release) {
+    let _ = TRIM.set((trim, release));
 }
 
 /// Trim now, if the binary set a trim; counted and logged at debug level.
 pub(crate) fn trim() {
-    let Some(trim) = TRIM.get() else { return };
+    let Some((trim, release)) = TRIM.get() else {
+        return;
+    };
     let Some(r) = trim() else {
         tracing::debug!("memory: the allocator could not return its freed pages");
         return;
@@ -54,13 +68,34 @@ pub(crate) fn trim() {
     let returned = r.before.saturating_sub(r.after);
     TRIMS.fetch_add(1, Ordering::Relaxed);
     RETURNED_BYTES.fetch_add(returned, Ordering::Relaxed);
-    CODE_RELEASED_BYTES.fetch_add(r.code, Ordering::Relaxed);
+    let code = match resident_file_pages() {
+        Some(now) if release_due(FILE_AFTER_RELEASE.load(Ordering::Relaxed), now) => {
+            let code = release();
+            let after = resident_file_pages().unwrap_or(now);
+            FILE_AFTER_RELEASE.store(after, Ordering::Relaxed);
+            CODE_RELEASED_BYTES.fetch_add(code, Ordering::Relaxed);
+            code
+        }
+        _ => 0,
+    };
     tracing::debug!(
         before_mib = r.before >> 20,
         after_mib = r.after >> 20,
-        code_kib = r.code >> 10,
+        code_kib = code >> 10,
         "memory: freed pages returned to the kernel after a config change"
     );
+}
+
+/// Whether the resident file pages, `now`, grew enough since `last` (after the last release,
+/// `u64::MAX` before the first) for another release.
+fn release_due(last: u64, now: u64) -> bool {
+    last == u64::MAX || now >= last.saturating_add(CODE_GROWTH)
+}
+
+/// The process's resident file pages (`RssFile`), in bytes.
+fn resident_file_pages() -> Option<u64> {
+    let status = procfs::process::Process::myself().ok()?.status().ok()?;
+    status.rssfile.map(|kib| kib << 10)
 }
 
 /// A mapping whose resident pages can be taken out of the resident set without changing what
@@ -129,6 +164,16 @@ mod tests {
         mappings
             .iter()
             .any(|m| (m.start..m.start + m.len).contains(&addr))
+    }
+
+    #[test]
+    fn code_is_released_first_then_once_it_grew() {
+        assert!(release_due(u64::MAX, 0), "the first trim releases");
+        assert!(!release_due(10 << 20, 10 << 20));
+        assert!(!release_due(10 << 20, (14 << 20) - 1));
+        assert!(release_due(10 << 20, 14 << 20));
+        assert!(!release_due(10 << 20, 1 << 20), "shrunk");
+        assert!(resident_file_pages().is_some_and(|b| b > 0));
     }
 
     #[test]

@@ -32,7 +32,8 @@ async fn a_settled_config_change_returns_freed_pages_and_code() {
     write_config(&config, &edited);
     wait_metric(addrs["stats"], "waypoint_config_updates_total", |n| n == 2).await;
     assert_eq!(wait_metric(addrs["stats"], trims, |n| n > 1).await, 2);
-    assert!(wait_metric(addrs["stats"], code, |_| true).await > released);
+    // Released again only once the resident code has grown by `CODE_GROWTH` since.
+    assert!(wait_metric(addrs["stats"], code, |_| true).await >= released);
     assert_eq!(served_by(&ca, addrs["hbone"]).await, "ratings-v1");
     sigterm_and_wait(child).await;
 }
