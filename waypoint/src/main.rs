@@ -5,7 +5,15 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The files mapped when `main` began: the executable and the libraries it was linked against,
+/// whose clean pages the code release may take out of the resident set.
+static LOADED: std::sync::OnceLock<waypoint::control::memory::LoadedFiles> =
+    std::sync::OnceLock::new();
+
 fn main() {
+    if let Ok(files) = waypoint::control::memory::LoadedFiles::now() {
+        let _ = LOADED.set(files);
+    }
     waypoint::control::memory::set_trim(return_freed_pages, release_code_pages);
     if let Err(e) = waypoint::commands::cli::main_with(waypoint::commands::cli::Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -43,19 +51,26 @@ fn return_freed_pages() -> Option<waypoint::control::memory::Resident> {
     })
 }
 
-/// Takes the clean file mappings' pages (code and read-only data no one ran since start-up or
-/// the last release) out of the resident set; the resident bytes of the mappings released.
+/// Takes the clean pages of the executable and the libraries loaded with it (code and read-only
+/// data no one ran since start-up or the last release) out of the resident set; the resident
+/// bytes of the mappings released.
 fn release_code_pages() -> u64 {
-    let Ok(mappings) = waypoint::control::memory::clean_file_mappings() else {
+    use waypoint::control::memory::{clean_file_mappings, LoadedFiles};
+    let files = match LOADED.get() {
+        Some(files) => clean_file_mappings(files),
+        None => LoadedFiles::executable().and_then(|exe| clean_file_mappings(&exe)),
+    };
+    let Ok(mappings) = files else {
         return 0;
     };
     mappings
         .iter()
         .filter(|m| {
-            // SAFETY: `m` is one whole mapping of this process as /proc/self/smaps listed it:
-            // private, not writable, file-backed, with no anonymous (written) page. For such a
-            // mapping MADV_DONTNEED only unmaps its pages, and the next access maps the file's
-            // same bytes again: no memory the program can observe changes.
+            // SAFETY: `m` is one whole mapping, as /proc/self/smaps listed it, of a file mapped
+            // before `main` (never unloaded, so never unmapped while the process runs): private,
+            // not writable, with no anonymous (written) page. For such a mapping MADV_DONTNEED
+            // only unmaps its pages, and the next access maps the file's same bytes again: no
+            // memory the program can observe changes.
             unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED) == 0 }
         })
         .map(|m| m.resident)
@@ -64,8 +79,8 @@ fn release_code_pages() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    /// The clean file mappings' pages leave the resident set, and the program runs on (the
-    /// pages it runs are mapped again).
+    /// The clean pages of the executable and its libraries leave the resident set, and the
+    /// program runs on (the pages it runs are mapped again).
     #[test]
     fn code_pages_leave_the_resident_set() {
         let rss_file = || {

@@ -65,19 +65,19 @@ pub(crate) fn trim() {
         tracing::debug!("memory: the allocator could not return its freed pages");
         return;
     };
-    let returned = r.before.saturating_sub(r.after);
-    TRIMS.fetch_add(1, Ordering::Relaxed);
-    RETURNED_BYTES.fetch_add(returned, Ordering::Relaxed);
     let code = match resident_file_pages() {
         Some(now) if release_due(FILE_AFTER_RELEASE.load(Ordering::Relaxed), now) => {
             let code = release();
             let after = resident_file_pages().unwrap_or(now);
             FILE_AFTER_RELEASE.store(after, Ordering::Relaxed);
-            CODE_RELEASED_BYTES.fetch_add(code, Ordering::Relaxed);
             code
         }
         _ => 0,
     };
+    // Counted once whole: a trim seen in the metrics has also released what it released.
+    CODE_RELEASED_BYTES.fetch_add(code, Ordering::Relaxed);
+    RETURNED_BYTES.fetch_add(r.before.saturating_sub(r.after), Ordering::Relaxed);
+    TRIMS.fetch_add(1, Ordering::Release);
     tracing::debug!(
         before_mib = r.before >> 20,
         after_mib = r.after >> 20,
@@ -108,19 +108,71 @@ pub struct CleanMapping {
     pub resident: u64,
 }
 
-/// The process's clean file-backed mappings with resident pages: code and read-only data of
-/// the executable and its libraries. Start-up (argument and YAML parsing, TLS set-up) and a
-/// large translation run code the data path never runs again, and the kernel maps code 64 KiB
-/// around each page used: measured, 23 of a release binary's 30 MiB of RSS at 1 000 requests
-/// a second were such pages (docs/benchmarks.md). The binary's trim takes them out of the
-/// resident set (`MADV_DONTNEED`); the ones it runs come back on their next use, from the page
-/// cache.
+/// The files mapped when the process started: the executable and the libraries it was linked
+/// against (device and inode). Those are never unloaded, so their addresses never map anything
+/// else while the process runs; a library loaded later could be unloaded and its addresses
+/// reused between a listing of the mappings and the release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedFiles(Vec<((i32, i32), u64)>);
+
+impl LoadedFiles {
+    /// The files mapped now; called at the start of `main`, before anything can load a library.
+    #[cfg(target_os = "linux")]
+    pub fn now() -> std::io::Result<Self> {
+        let maps = procfs::process::Process::myself()
+            .and_then(|p| p.maps())
+            .map_err(std::io::Error::other)?;
+        let mut files: Vec<_> = maps
+            .into_iter()
+            .filter(|m| matches!(m.pathname, procfs::process::MMapPath::Path(_)) && m.inode != 0)
+            .map(|m| (m.dev, m.inode))
+            .collect();
+        files.sort_unstable();
+        files.dedup();
+        Ok(Self(files))
+    }
+
+    /// The executable alone.
+    #[cfg(target_os = "linux")]
+    pub fn executable() -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let exe = std::fs::metadata("/proc/self/exe")?;
+        let dev = (libc::major(exe.dev()) as i32, libc::minor(exe.dev()) as i32);
+        Ok(Self(vec![(dev, exe.ino())]))
+    }
+
+    /// Not Linux: none.
+    #[cfg(not(target_os = "linux"))]
+    pub fn now() -> std::io::Result<Self> {
+        Ok(Self::default())
+    }
+
+    /// Not Linux: none.
+    #[cfg(not(target_os = "linux"))]
+    pub fn executable() -> std::io::Result<Self> {
+        Ok(Self::default())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn holds(&self, dev: (i32, i32), inode: u64) -> bool {
+        self.0.binary_search(&(dev, inode)).is_ok()
+    }
+}
+
+/// The clean mappings with resident pages of `files`: the code and read-only data of the
+/// executable and of the libraries it was linked against. Start-up (argument and YAML parsing,
+/// TLS set-up) and a large translation run code the data path never runs again, and the kernel
+/// maps code 64 KiB around each page used: measured, 23 of a release binary's 30 MiB of RSS at
+/// 1 000 requests a second were such pages (docs/benchmarks.md). The binary's trim takes them out
+/// of the resident set (`MADV_DONTNEED`); the ones it runs come back on their next use, from
+/// the page cache.
 ///
-/// A mapping is listed only when it is private, cannot be written and holds no page of its own
-/// (`Anonymous: 0`; a relocated read-only segment does, and is left alone). Dropping such a
-/// mapping's pages only unmaps them: the next access maps the file's same bytes again.
+/// A mapping is listed only when it maps one of `files`, is private, cannot be written and holds
+/// no page of its own (`Anonymous: 0`; a relocated read-only segment does, and is left alone).
+/// Dropping such a mapping's pages only unmaps them: the next access maps the file's same bytes
+/// again.
 #[cfg(target_os = "linux")]
-pub fn clean_file_mappings() -> std::io::Result<Vec<CleanMapping>> {
+pub fn clean_file_mappings(files: &LoadedFiles) -> std::io::Result<Vec<CleanMapping>> {
     use procfs::process::{MMPermissions, MMapPath, Process};
     let maps = Process::myself()
         .and_then(|p| p.smaps())
@@ -129,7 +181,7 @@ pub fn clean_file_mappings() -> std::io::Result<Vec<CleanMapping>> {
         .into_iter()
         .filter(|m| {
             matches!(m.pathname, MMapPath::Path(_))
-                && m.inode != 0
+                && files.holds(m.dev, m.inode)
                 && m.perms.contains(MMPermissions::PRIVATE)
                 && !m.perms.contains(MMPermissions::WRITE)
                 && m.extension.map.get("Anonymous") == Some(&0)
@@ -148,7 +200,7 @@ pub fn clean_file_mappings() -> std::io::Result<Vec<CleanMapping>> {
 
 /// Not Linux: none is listed.
 #[cfg(not(target_os = "linux"))]
-pub fn clean_file_mappings() -> std::io::Result<Vec<CleanMapping>> {
+pub fn clean_file_mappings(_: &LoadedFiles) -> std::io::Result<Vec<CleanMapping>> {
     Ok(Vec::new())
 }
 
@@ -178,8 +230,9 @@ mod tests {
 
     #[test]
     fn clean_mappings_are_the_code_and_never_written_pages() {
-        let mappings = clean_file_mappings().expect("/proc/self/smaps");
-        let code = clean_file_mappings as fn() -> _ as usize;
+        let exe = LoadedFiles::executable().unwrap();
+        let mappings = clean_file_mappings(&exe).expect("/proc/self/smaps");
+        let code = clean_file_mappings as fn(_) -> _ as usize;
         assert!(listed(&mappings, code), "the code running: {mappings:?}");
         assert!(mappings.iter().all(|m| m.resident > 0 && m.len > 0));
         let table = std::hint::black_box(RELOCATED).as_ptr() as usize;
@@ -189,5 +242,13 @@ mod tests {
         );
         let data = std::hint::black_box(&TRIMS) as *const AtomicU64 as usize;
         assert!(!listed(&mappings, data), "writable data is not released");
+        let library = std::hint::black_box(libc::getpid as unsafe extern "C" fn() -> _) as usize;
+        assert!(!listed(&mappings, library), "not a file of the set");
+        // The libraries loaded with the executable: libc's code is released too.
+        let loaded = LoadedFiles::now().unwrap();
+        assert!(loaded.holds(exe.0[0].0, exe.0[0].1));
+        let mappings = clean_file_mappings(&loaded).unwrap();
+        assert!(listed(&mappings, library), "libc: {mappings:?}");
+        assert!(!listed(&mappings, table) && !listed(&mappings, data));
     }
 }
