@@ -190,15 +190,13 @@ impl ChainPiece {
     }
 
     /// Still what a build would give against the names it was read with and `added` (names
-    /// those did not have): it found none of `added` missing. `false` without `added`.
-    pub(crate) fn valid_grown(&self, added: Option<&[&str]>) -> bool {
-        added.is_some_and(|added| {
-            self.rds.is_empty()
-                && self
-                    .asked
-                    .iter()
-                    .all(|(c, found)| *found || !added.contains(&c.as_str()))
-        })
+    /// those did not have): it found none of `added` missing.
+    pub(crate) fn valid_grown(&self, added: &[&str]) -> bool {
+        self.rds.is_empty()
+            && self
+                .asked
+                .iter()
+                .all(|(c, found)| *found || !added.contains(&c.as_str()))
     }
 
     /// Still what a build against `known` would give (the bytes being the same).

@@ -482,7 +482,7 @@ fn main_internal(
             Some(p)
                 if known_unchanged
                     || match grown {
-                        Some(_) => p.valid_grown(grown),
+                        Some(added) => p.valid_grown(added),
                         None => count(&mut memo.checked) && p.valid_for(known),
                     } =>
             {

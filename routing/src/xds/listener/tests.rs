@@ -220,24 +220,19 @@ fn a_chain_name_twice_rejects_the_listener() {
     let reviews =
         |c: &&FilterChain| c.name == "inbound-vip|9080|http|reviews.default.svc.cluster.local";
     let chain = main.filter_chains.iter().find(reviews).unwrap().clone();
-    let mut twice = main.clone();
-    twice.filter_chains.push(chain.clone());
-    let rejected = read(&twice);
-    assert!(
-        rejected
-            .iter()
-            .any(|m| m.contains("duplicate filter chain")),
-        "{rejected:?}"
-    );
-    let mut legacy = main.clone();
+    let rejected_with = |extra: FilterChain| {
+        let mut l = main.clone();
+        l.filter_chains.push(extra);
+        let rejected = read(&l);
+        assert!(
+            rejected
+                .iter()
+                .any(|m| m.contains("duplicate filter chain")),
+            "{rejected:?}"
+        );
+    };
+    rejected_with(chain.clone());
     let mut old = chain.clone();
     old.name = "inbound-vip|9080||reviews.default.svc.cluster.local-http".into();
-    legacy.filter_chains.push(old);
-    let rejected = read(&legacy);
-    assert!(
-        rejected
-            .iter()
-            .any(|m| m.contains("duplicate filter chain")),
-        "{rejected:?}"
-    );
+    rejected_with(old);
 }

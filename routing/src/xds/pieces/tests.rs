@@ -208,29 +208,22 @@ fn the_walk_digests_a_listener_once() {
     use envoy_types::pb::envoy::config::listener::v3::Listener;
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use prost::Message;
-    let bytes = |m: &dyn Fn() -> Vec<u8>| -> bytes::Bytes { m().into() };
-    let main = bytes(&|| {
-        Listener {
-            name: "main_internal".into(),
-            stat_prefix: "a".into(),
+    let listener = |name: &str, stat_prefix: &str| -> bytes::Bytes {
+        let l = Listener {
+            name: name.into(),
+            stat_prefix: stat_prefix.into(),
             ..Default::default()
-        }
-        .encode_to_vec()
-    });
-    let other = bytes(&|| {
-        Listener {
-            name: "connect_originate".into(),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    });
-    let routes = bytes(&|| {
-        RouteConfiguration {
-            name: "r".into(),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    });
+        };
+        l.encode_to_vec().into()
+    };
+    let main = listener("main_internal", "a");
+    let other = listener("connect_originate", "");
+    let routes: bytes::Bytes = RouteConfiguration {
+        name: "r".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+    .into();
     let cla_bytes: bytes::Bytes = cla("svc", &["10.0.0.1"], "v1").encode_to_vec().into();
     let state = |main: &'_ bytes::Bytes| -> Vec<(&'static str, &'static str, bytes::Bytes)> {
         vec![
@@ -269,14 +262,7 @@ fn the_walk_digests_a_listener_once() {
     let copy = bytes::Bytes::copy_from_slice(&main);
     assert_eq!(walk(&mut memo, &copy), (first, 1));
     // Other bytes: other digests, the rest the same.
-    let changed = bytes(&|| {
-        Listener {
-            name: "main_internal".into(),
-            stat_prefix: "b".into(),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    });
+    let changed = listener("main_internal", "b");
     let (second, digested) = walk(&mut memo, &changed);
     assert_eq!(digested, 1);
     assert_ne!(second.0, first.0);

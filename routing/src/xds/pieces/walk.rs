@@ -92,9 +92,7 @@ impl Cursor {
         }
         self.take()
     }
-}
 
-impl Cursor {
     /// The last walk's next entry, when it is of `kind` and holds the very same bytes: the same
     /// resource (a payload holds its name), found without a hash of the name.
     pub(super) fn next_same(&mut self, kind: Kind, bytes: &bytes::Bytes) -> Option<Walked> {

@@ -45,17 +45,10 @@ pub(super) fn missing(
     state: &ResourceState,
     needed: &routing::xds::Subscriptions,
 ) -> Option<String> {
-    if state.len(type_url::LISTENER) == 0 {
-        return Some("listeners (LDS)".into());
-    }
-    let absent = |what: &str, type_url: &str, names: &routing::xds::Names| -> Option<String> {
+    reported(state, needed, |what, type_url, names| {
         let held = state.resources(type_url).map(|r| &*r.name);
         described(what, not_in(names.iter().map(String::as_str), held))
-    };
-    joined([
-        absent("EDS", type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints),
-        absent("RDS", type_url::ROUTE_CONFIGURATION, &needed.routes),
-    ])
+    })
 }
 
 /// What [`missing`] gives, found from what changed since `good`: a published state that lacked
@@ -68,10 +61,7 @@ pub(super) fn missing_since(
     (good, subscribed): (&ResourceState, &Subscriptions),
 ) -> Option<String> {
     use imbl::ordset::DiffItem;
-    if state.len(type_url::LISTENER) == 0 {
-        return Some("listeners (LDS)".into());
-    }
-    let absent = |what: &str, type_url: &str, names: &routing::xds::Names| -> Option<String> {
+    reported(state, needed, |what, type_url, names| {
         let had = subscribed.names(type_url).cloned().unwrap_or_default();
         let added = had.diff(names).filter_map(|d| match d {
             DiffItem::Add(name) => Some(name.as_str()),
@@ -83,11 +73,7 @@ pub(super) fn missing_since(
         absent
             .extend(gone.filter_map(|(n, now)| (now.is_none() && names.contains(n)).then_some(n)));
         described(what, absent.into_iter())
-    };
-    joined([
-        absent("EDS", type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints),
-        absent("RDS", type_url::ROUTE_CONFIGURATION, &needed.routes),
-    ])
+    })
 }
 
 /// [`missing_since`] when `base` is given, [`missing`] otherwise (debug builds check that the
@@ -117,8 +103,23 @@ fn described<'a>(what: &str, mut absent: impl Iterator<Item = &'a str>) -> Optio
     }
 }
 
-fn joined(parts: [Option<String>; 2]) -> Option<String> {
-    let parts: Vec<String> = parts.into_iter().flatten().collect();
+/// What `state` lacks of `needed`: no listener at all, or the assignments and route
+/// configurations `absent` describes (`what`, its type URL, the names needed), joined.
+fn reported(
+    state: &ResourceState,
+    needed: &routing::xds::Subscriptions,
+    absent: impl Fn(&str, &str, &routing::xds::Names) -> Option<String>,
+) -> Option<String> {
+    if state.len(type_url::LISTENER) == 0 {
+        return Some("listeners (LDS)".into());
+    }
+    let parts: Vec<String> = [
+        absent("EDS", type_url::CLUSTER_LOAD_ASSIGNMENT, &needed.endpoints),
+        absent("RDS", type_url::ROUTE_CONFIGURATION, &needed.routes),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
