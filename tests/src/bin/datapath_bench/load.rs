@@ -46,6 +46,8 @@ pub(super) struct Run {
     /// program (load generator and app).
     pub(super) cpu_ms_per_1k: [f64; 5],
     pub(super) rss_kib: [u64; 4],
+    /// Of the waypoint's (process 1), its executable's resident code.
+    pub(super) waypoint_code_kib: u64,
     /// Which waypoint carried the run: 1 (log on), 2 (log off); 0 for L4.
     pub(super) waypoint: usize,
 }
@@ -141,6 +143,7 @@ pub(super) async fn run(
             rss_kib(p[2].pid()),
             rss_kib(p[3].pid()),
         ],
+        waypoint_code_kib: code_kib(p[1].pid()),
         waypoint: match route {
             "l7" => 1,
             "l7nolog" => 2,

@@ -37,7 +37,7 @@ use waypoint::commands::sim::{self, AppKind, Http1};
 use waypoint::control::identity::{install_crypto_provider, Ca, SpiffeId};
 use waypoint_tests::load::{percentile, record, worker, Get, RunBounds};
 mod mesh;
-use mesh::{hop_counters, rss_kib, Mesh};
+use mesh::{code_kib, hop_counters, rss_kib, Mesh};
 mod load;
 use load::{grpc, open_idle, profile, run, Load, Run};
 
@@ -369,9 +369,11 @@ async fn main() -> anyhow::Result<()> {
         verdict(tput >= 0.55)
     );
     println!(
-        "  waypoint RSS at {} req/s      {rss:.1} MiB   target ≤ 20 MiB   {}",
+        "  waypoint RSS at {} req/s      {rss:.1} MiB   target ≤ 20 MiB   {}   \
+         ({:.1} MiB of it the executable's code)",
         args.rate,
-        verdict(rss <= 20.0)
+        verdict(rss <= 20.0),
+        l7_p.waypoint_code_kib as f64 / 1024.0
     );
     let max_ratio = ratios.iter().copied().fold(f64::NAN, f64::max);
     println!(

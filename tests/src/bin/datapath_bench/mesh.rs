@@ -107,6 +107,30 @@ pub(super) fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// How much of the executable's code (its `r-xp` mappings, `/proc/<pid>/smaps`) is resident:
+/// the part of the RSS the release build's code layout (`waypoint/link/`) keeps small.
+pub(super) fn code_kib(pid: u32) -> u64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    let mut code = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            // A mapping's header: range, permissions, offset, device, inode, path.
+            [range, perms, _, _, _, path, ..] if range.contains('-') && perms.len() == 4 => {
+                code = *perms == "r-xp" && std::path::Path::new(path) == exe;
+            }
+            [range, ..] if range.contains('-') => code = false,
+            ["Rss:", v, "kB"] if code => kib += v.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    kib
+}
+
 /// The hop's counters line (`h2_connections=… tunnels=… failed=…`) as a map.
 pub(super) fn hop_counters(stats: SocketAddr) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut tcp = std::net::TcpStream::connect(stats)?;
