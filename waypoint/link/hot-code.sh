@@ -30,15 +30,34 @@ trap 'rm -rf "$work"' EXIT
 # it is given instead starts the waypoint under callgrind, with counting off until the waypoint
 # logs that its HBONE listener accepts, and notes its pid: it outlives the killed wrapper, and
 # writes its counts when stopped below.
+#
+# A waypoint in a cluster is also scraped (Prometheus, every 15 s) and probed (the kubelet, every
+# few seconds); their code runs again and again, so it belongs with the hot code. While it
+# counts, the wrapper asks the stats and health listeners the waypoint announces on stdout
+# once a second.
 cat > "$work/wrap.sh" <<WRAP
 #!/usr/bin/env bash
 log="$work/waypoint.\$\$.log"
 valgrind --tool=callgrind --demangle=no --instr-atstart=no --dump-instr=no \
-  --callgrind-out-file="$work/callgrind.%p" "$waypoint" "\$@" 2> >(tee "\$log" >&2) &
+  --callgrind-out-file="$work/callgrind.%p" "$waypoint" "\$@" \
+  > >(tee -a "\$log") 2> >(tee -a "\$log" >&2) &
 wp=\$!
 echo \$wp >> "$work/waypoints"
+get() { # get HOST:PORT PATH: an HTTP/1.0 GET through bash's /dev/tcp, the answer dropped
+  exec 3<> "/dev/tcp/\${1%:*}/\${1##*:}" || return 0
+  printf 'GET %s HTTP/1.0\r\n\r\n' "\$2" >&3
+  cat <&3 > /dev/null
+  exec 3<&-
+}
 (until grep -q "HBONE listener accepting" "\$log"; do sleep 0.2; done
- callgrind_control --instr=on \$wp > /dev/null) &
+ callgrind_control --instr=on \$wp > /dev/null
+ stats=\$(sed -n 's/^waypoint stats listening on //p' "\$log")
+ health=\$(sed -n 's/^waypoint health listening on //p' "\$log")
+ while kill -0 \$wp 2> /dev/null; do
+   get "\$stats" /stats/prometheus
+   get "\$health" /healthz/ready
+   sleep 1
+ done) &
 wait \$wp
 WRAP
 chmod +x "$work/wrap.sh"
