@@ -29,7 +29,7 @@ fn main() {
         other_linker: std::env::var_os(&linker_var).is_some()
             || env("CARGO_ENCODED_RUSTFLAGS")
                 .split('\u{1f}')
-                .any(|f| f.contains("linker")),
+                .any(|f| f.contains("linker") || f.contains("fuse-ld")),
         switch: switch.as_deref(),
     };
     let path = format!("{}/{FILE}", env("CARGO_MANIFEST_DIR"));

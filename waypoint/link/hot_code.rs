@@ -16,8 +16,8 @@ pub struct Build<'a> {
     pub target: &'a str,
     /// `rustc --version`'s first line.
     pub rustc: &'a str,
-    /// Whether a linker other than the target's default was asked for (a `-C linker…` flag in
-    /// `CARGO_ENCODED_RUSTFLAGS`, or `CARGO_TARGET_<TRIPLE>_LINKER`).
+    /// Whether a linker other than the target's default was asked for (a `-C linker…` or
+    /// `-fuse-ld=…` flag in `CARGO_ENCODED_RUSTFLAGS`, or `CARGO_TARGET_<TRIPLE>_LINKER`).
     pub other_linker: bool,
     /// `WAYPOINT_HOT_CODE`, when set.
     pub switch: Option<&'a str>,
