@@ -33,9 +33,10 @@ fn main() {
         switch: switch.as_deref(),
     };
     let path = format!("{}/{FILE}", env("CARGO_MANIFEST_DIR"));
-    match hot_code::link_args(&build, &path) {
-        Ok(args) => {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+    // lld fails the link on a list it cannot open: without one, the layout is left out.
+    let list = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"));
+    match list.and_then(|text| hot_code::link_args(&build, &path).map(|args| (text, args))) {
+        Ok((text, args)) => {
             match hot_code::made_with(&text) {
                 Some(made) if made == rustc => {}
                 made => println!(
