@@ -3,6 +3,7 @@
 pub mod bridge;
 pub mod client;
 pub mod connector;
+pub mod fair;
 pub mod mux;
 pub mod pool;
 pub mod recv;

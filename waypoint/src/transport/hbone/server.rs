@@ -31,7 +31,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub(super) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_FRAME: u32 = 1024 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 1000;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
@@ -268,7 +268,8 @@ impl HboneServer {
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(MAX_HEADER_LIST)
-            .handshake::<_, Bytes>(tls);
+            // Read in slices, so a burst of tiny frames is taken out between them (fair.rs).
+            .handshake::<_, Bytes>(super::fair::Fair::new(tls));
         let mut conn = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
