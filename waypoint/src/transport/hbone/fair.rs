@@ -106,14 +106,27 @@ mod tests {
     use super::*;
     use crate::transport::hbone::H2Stream;
 
-    /// The server's end, whose reads wait while `open` is false.
-    struct Gate {
+    /// One end of the in-memory connection: its reads wait while `open` is false, its writes
+    /// are counted in `written`.
+    struct End {
         io: DuplexStream,
         open: Arc<AtomicBool>,
         waker: Arc<AtomicWaker>,
+        written: Arc<AtomicUsize>,
     }
 
-    impl AsyncRead for Gate {
+    impl End {
+        fn new(io: DuplexStream) -> Self {
+            End {
+                io,
+                open: Arc::new(AtomicBool::new(true)),
+                waker: Arc::default(),
+                written: Arc::default(),
+            }
+        }
+    }
+
+    impl AsyncRead for End {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -127,13 +140,15 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for Gate {
+    impl AsyncWrite for End {
         fn poll_write(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.io).poll_write(cx, buf)
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+            self.written.fetch_add(n, Ordering::Relaxed);
+            Poll::Ready(Ok(n))
         }
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.io).poll_flush(cx)
@@ -143,57 +158,21 @@ mod tests {
         }
     }
 
-    /// The client's end, counting what it wrote.
-    struct Counted(DuplexStream, Arc<AtomicUsize>);
-
-    impl AsyncRead for Counted {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Counted {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let n = std::task::ready!(Pin::new(&mut self.0).poll_write(cx, buf))?;
-            self.1.fetch_add(n, Ordering::Relaxed);
-            Poll::Ready(Ok(n))
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_shutdown(cx)
-        }
-    }
-
     /// 40 000 one-byte DATA frames that reach the server while it is not reading (a worker that
     /// fell behind), on one thread as a worker runs its connections; then a PING. `Ok(bytes)`:
     /// the tunnel's bytes, the connection still up; `Err`: the connection was closed.
     async fn burst(slice: usize) -> Result<usize, h2::Error> {
         const TINY: usize = 40_000;
         let (client_io, server_io) = tokio::io::duplex(16 << 20);
-        let written = Arc::new(AtomicUsize::new(0));
-        let open = Arc::new(AtomicBool::new(true));
-        let waker = Arc::new(AtomicWaker::new());
-        let gate = Gate {
-            io: server_io,
-            open: open.clone(),
-            waker: waker.clone(),
-        };
+        let (client_end, server_end) = (End::new(client_io), End::new(server_io));
+        let written = client_end.written.clone();
+        let (open, waker) = (server_end.open.clone(), server_end.waker.clone());
         // The inbound server's connection window (server.rs), so h2's budget is the same.
         let (client, server) = tokio::join!(
-            h2::client::handshake(Counted(client_io, written.clone())),
+            h2::client::handshake(client_end),
             h2::server::Builder::new()
                 .initial_connection_window_size(super::super::server::CONNECTION_WINDOW)
-                .handshake::<_, Bytes>(Fair::with_slice(gate, slice))
+                .handshake::<_, Bytes>(Fair::with_slice(server_end, slice))
         );
         let (send, mut conn) = client.unwrap();
         let mut server = server.unwrap();
