@@ -110,25 +110,21 @@ pub(super) fn rss_kib(pid: u32) -> u64 {
 /// How much of the executable's code (its `r-xp` mappings, `/proc/<pid>/smaps`) is resident:
 /// the part of the RSS the release build's code layout (`waypoint/link/`) keeps small.
 pub(super) fn code_kib(pid: u32) -> u64 {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+    use procfs::process::{MMPermissions, MMapPath, Process};
+    let Ok(process) = Process::new(pid as i32) else {
         return 0;
     };
-    let mut code = false;
-    let mut kib = 0;
-    for line in smaps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            // A mapping's header: range, permissions, offset, device, inode, path.
-            [range, perms, _, _, _, path, ..] if range.contains('-') && perms.len() == 4 => {
-                code = *perms == "r-xp" && std::path::Path::new(path) == exe;
-            }
-            [range, ..] if range.contains('-') => code = false,
-            ["Rss:", v, "kB"] if code => kib += v.parse::<u64>().unwrap_or(0),
-            _ => {}
-        }
-    }
-    kib
+    let exe = process.exe().unwrap_or_default();
+    let code = process.smaps().map(|maps| {
+        maps.into_iter()
+            .filter(|m| {
+                m.perms.contains(MMPermissions::EXECUTE)
+                    && matches!(&m.pathname, MMapPath::Path(path) if *path == exe)
+            })
+            .filter_map(|m| m.extension.map.get("Rss").copied())
+            .sum::<u64>()
+    });
+    code.unwrap_or(0) >> 10
 }
 
 /// The hop's counters line (`h2_connections=… tunnels=… failed=…`) as a map.
