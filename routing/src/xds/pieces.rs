@@ -11,7 +11,7 @@
 
 use super::cluster::{self, EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
-use super::listener::{ListenerMemo, ShallowListener};
+use super::listener::{ListenerMemo, ShallowListener, MAIN_INTERNAL};
 use super::names::{ClusterName, Direction};
 use super::outbound::{self, MatchMetadata, SocketMatch};
 use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE};
@@ -302,6 +302,11 @@ pub(crate) struct Memo {
     labels: LabelMaps,
     /// The resources the last [`Memo::pieces`] read, in its order, each with what it gave.
     walked: Vec<Walked>,
+    /// Where in `walked` the last walk put each assignment it gave a piece for (the order of
+    /// [`Decoded::assignments`]), and `main_internal`: what a push read alone replaces there
+    /// ([`Memo::walked_assignment`], [`Memo::walked_main`]).
+    assignment_at: Vec<u32>,
+    main_at: Option<u32>,
     /// Clusters whose pieces [`Memo::cluster_piece`] built since the last walk.
     built_outside: Vec<u128>,
 }
@@ -336,6 +341,52 @@ impl Memo {
             AssignmentPiece::decode(r, labels, &mut PodShare::default())
         })
         .ok()
+    }
+
+    /// Assignment `i` of the last walk (`old`, as it gave it) was replaced by `new`, read from
+    /// `r`, in a push read alone: the walk holds `r`'s bytes and `new` in its place, as a walk
+    /// of the new state would. The next walk then takes them as they are, and the bytes and the
+    /// piece replaced are let go now: kept until the next walk, which EDS pushes alone never
+    /// make, each push left one more behind. Nothing is changed when the walk's entry is not
+    /// `old` under `r`'s name (the walk was of another state).
+    pub(crate) fn walked_assignment(
+        &mut self,
+        i: usize,
+        old: &Arc<AssignmentPiece>,
+        r: &Encoded<'_>,
+        new: &Arc<AssignmentPiece>,
+    ) {
+        let Some(&at) = self.assignment_at.get(i) else {
+            return;
+        };
+        let Some(w) = self.walked.get_mut(at as usize) else {
+            return;
+        };
+        if let Gave::Assignment(p) = &mut w.gave {
+            if Arc::ptr_eq(p, old) && w.key == name_key(r.name) {
+                *p = new.clone();
+                w.bytes = r.value.clone();
+            }
+        }
+    }
+
+    /// [`Memo::walked_assignment`] for `main_internal`, replaced by `listener`, read from `r`
+    /// (`digest`: of its bytes) in a route push read alone: the walk no longer holds the
+    /// listener it replaced (about 1.3 KiB per service), and the next walk takes it without a
+    /// digest.
+    pub(crate) fn walked_main(
+        &mut self,
+        r: &Encoded<'_>,
+        listener: &ShallowListener,
+        digest: u128,
+    ) {
+        let Some(w) = self.main_at.and_then(|at| self.walked.get_mut(at as usize)) else {
+            return;
+        };
+        if w.kind == Kind::Listener && r.name == MAIN_INTERNAL && w.key == name_key(MAIN_INTERNAL) {
+            w.gave = Gave::Listener(Box::new(listener.clone()), digest);
+            w.bytes = r.value.clone();
+        }
     }
 
     /// Let go of the pod label maps no piece holds any more (after pieces were replaced), once
@@ -391,6 +442,8 @@ impl Memo {
         };
         let mut gone = Vec::new();
         let mut walked = Vec::with_capacity(resources.len());
+        self.assignment_at.clear();
+        self.main_at = None;
         let mut share = PodShare::default();
         let mut walk_hits = 0;
         let mut others = walk::Others::default();
@@ -412,6 +465,8 @@ impl Memo {
                 others.listener_digest(r, known.and_then(Walked::listener_digest))
             });
             others.add(kind, r, listener);
+            // Where it goes in the walk, if it gives a piece or a listener.
+            let at = walked.len() as u32;
             if let Some(w) = was.filter(|_| same) {
                 let hit = match &w.gave {
                     Gave::Cluster(p) => {
@@ -420,10 +475,12 @@ impl Memo {
                     }
                     Gave::Assignment(p) => {
                         out.assignments.push(p.clone());
+                        self.assignment_at.push(at);
                         true
                     }
                     Gave::Listener(l, _) => {
                         out.listeners.push((**l).clone());
+                        self.main_at = self.main_at.or((r.name == MAIN_INTERNAL).then_some(at));
                         true
                     }
                     Gave::Nothing => false,
@@ -450,12 +507,14 @@ impl Memo {
                 })
                 .map(|p| {
                     out.assignments.push(p.clone());
+                    self.assignment_at.push(at);
                     Gave::Assignment(p)
                 }),
                 Kind::Listener => super::stored::expand_bytes(r.value)
                     .and_then(|b| Ok(ShallowListener::decode(b)?))
                     .map(|l| {
                         out.listeners.push(l.clone());
+                        self.main_at = self.main_at.or((r.name == MAIN_INTERNAL).then_some(at));
                         Gave::Listener(Box::new(l), listener.unwrap_or_default())
                     })
                     .map_err(bad),

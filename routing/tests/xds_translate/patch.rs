@@ -189,6 +189,87 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
     drop(live);
 }
 
+/// A push read alone lets go of what it replaced. The translator held the bytes of every
+/// resource the last full translation read, and kept a replaced assignment's bytes (and its
+/// piece), or `main_internal`'s, until the next full translation: under EDS pushes alone that
+/// never comes, and each push left one more behind. A full translation after the pushes
+/// reuses what they read, without building anything again.
+#[test]
+fn a_push_read_alone_lets_go_of_the_bytes_it_replaced() {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let full = bookinfo_wire(&res);
+    let mut translator = Translator::new();
+    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target();
+    let mut fewer = reviews_without(&res, gone);
+    fn view(list: &Wire) -> Vec<routing::xds::Encoded<'_>> {
+        list.iter()
+            .map(|(t, n, b)| routing::xds::Encoded {
+                type_url: t,
+                name: n,
+                value: b,
+            })
+            .collect()
+    }
+    let changed: Wire = fewer
+        .iter()
+        .filter(|r| r.0 == routing::xds::ENDPOINT_TYPE && !full.contains(r))
+        .cloned()
+        .collect();
+    assert!(!changed.is_empty());
+    let replaced = |wire: &Wire, t: &str, names: &[&str]| -> Vec<(String, Bytes)> {
+        wire.iter()
+            .filter(|(ty, n, _)| *ty == t && names.contains(&n.as_str()))
+            .map(|(_, n, b)| (n.clone(), b.clone()))
+            .collect()
+    };
+    let names: Vec<&str> = changed.iter().map(|(_, n, _)| n.as_str()).collect();
+    let old = replaced(&full, routing::xds::ENDPOINT_TYPE, &names);
+    let old_main = replaced(&full, routing::xds::LISTENER_TYPE, &["main_internal"]);
+    drop(full);
+    // Held by this test (`old`) and by the translator.
+    for (n, b) in old.iter().chain(&old_main) {
+        assert!(!b.is_unique(), "the full translation holds {n}");
+    }
+    let t = translator
+        .translate_assignments(&view(&changed), &TranslateOptions::default())
+        .expect("a patch");
+    for (n, b) in &old {
+        assert!(
+            b.is_unique(),
+            "the EDS push read alone let go of {n}'s bytes"
+        );
+    }
+    let mut snapshot = t.snapshot;
+    snapshot.carry_over_state(&first);
+    let second = std::sync::Arc::new(snapshot);
+    translator.published(&second);
+
+    // A route change read alone (`fewer`'s `main_internal` is `full`'s, encoded again).
+    let chain = format!("inbound-vip|9080|http|{REVIEWS}");
+    retime_wire(&mut fewer, &chain, 7);
+    let main: Wire = fewer
+        .iter()
+        .filter(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && n == "main_internal")
+        .cloned()
+        .collect();
+    translator
+        .translate_listener(&view(&main), &TranslateOptions::default())
+        .expect("a route patch");
+    for (n, b) in &old_main {
+        assert!(
+            b.is_unique(),
+            "the route push read alone let go of {n}'s bytes"
+        );
+    }
+
+    // The full translation that follows reads nothing again.
+    let third = translate_wire(&mut translator, &fewer);
+    let reuse = translator.reuse();
+    assert_eq!((reuse.built, reuse.services_built), (0, 0), "{reuse:?}");
+    assert_eq!(describe_wire(&third.snapshot), scratch_wire(&fewer));
+}
+
 /// A snapshot's objects and lookup tables, without its version.
 pub(super) fn describe_wire(s: &routing::Snapshot) -> String {
     let mut json = s.to_json();

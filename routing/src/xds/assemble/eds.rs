@@ -321,31 +321,33 @@ pub(crate) fn patch_assignments(
     options: &TranslateOptions,
 ) -> Option<Translation> {
     let l = last.as_mut()?;
-    let mut replaced: Vec<(usize, Arc<AssignmentPiece>)> = Vec::with_capacity(changed.len());
+    let mut replaced: Vec<(usize, Arc<AssignmentPiece>, &Encoded<'_>)> =
+        Vec::with_capacity(changed.len());
     for r in changed {
         let i = l.position(r.name)?;
         let old = &l.assignments[i];
         // Known, and what the translation read (a name twice is not one push's).
         if r.type_url != ENDPOINT_TYPE
             || old.name != r.name
-            || replaced.iter().any(|(j, _)| *j == i)
+            || replaced.iter().any(|(j, ..)| *j == i)
         {
             return None;
         }
         let new = memo.assignment(r, old)?;
         if !Arc::ptr_eq(&new, old) {
-            replaced.push((i, new));
+            replaced.push((i, new, r));
         }
     }
     let pairs: Vec<_> = replaced
         .iter()
-        .map(|(i, new)| (&l.assignments[*i], new))
+        .map(|(i, new, _)| (&l.assignments[*i], new))
         .collect();
     let snapshot = patch_services(l, memo, &pairs, options)?;
     // What was read: the changed assignments only.
     (memo.built, memo.reused) = (replaced.len(), changed.len() - replaced.len());
     (memo.listener.built, memo.listener.reused) = (0, 0);
-    for (i, new) in replaced {
+    for (i, new, r) in replaced {
+        memo.walked_assignment(i, &l.assignments[i], r, &new);
         l.assignments[i] = new;
     }
     memo.forget_unused_labels();

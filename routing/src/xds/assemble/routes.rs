@@ -69,7 +69,17 @@ pub(crate) fn patch_listener(
     (memo.reused, memo.built) = (0, 0);
     // The other resources are the last translation's: their digest with the new listener.
     let rest = l.rest;
-    let others = super::eds::with_main(rest, Some(&changed[0].value[..]));
+    let digest = crate::xds::pieces::digest(main.value);
+    let others = super::eds::with_main_digest(rest, Some(digest));
+    // `listeners_with` put the new one where the last translation's listeners have none.
+    if let Some(new) = l
+        .listeners
+        .iter()
+        .zip(&listeners)
+        .find_map(|(was, new)| was.is_none().then_some(new))
+    {
+        memo.walked_main(main, new, digest);
+    }
     Some(l.patched_to(snapshot, (Some(others), rest)))
 }
 
