@@ -343,52 +343,6 @@ impl Memo {
         .ok()
     }
 
-    /// Assignment `i` of the last walk (`old`, as it gave it) was replaced by `new`, read from
-    /// `r`, in a push read alone: the walk holds `r`'s bytes and `new` in its place, as a walk
-    /// of the new state would. The next walk then takes them as they are, and the bytes and the
-    /// piece replaced are let go now: kept until the next walk, which EDS pushes alone never
-    /// make, each push left one more behind. Nothing is changed when the walk's entry is not
-    /// `old` under `r`'s name (the walk was of another state).
-    pub(crate) fn walked_assignment(
-        &mut self,
-        i: usize,
-        old: &Arc<AssignmentPiece>,
-        r: &Encoded<'_>,
-        new: &Arc<AssignmentPiece>,
-    ) {
-        let Some(&at) = self.assignment_at.get(i) else {
-            return;
-        };
-        let Some(w) = self.walked.get_mut(at as usize) else {
-            return;
-        };
-        if let Gave::Assignment(p) = &mut w.gave {
-            if Arc::ptr_eq(p, old) && w.key == name_key(r.name) {
-                *p = new.clone();
-                w.bytes = r.value.clone();
-            }
-        }
-    }
-
-    /// [`Memo::walked_assignment`] for `main_internal`, replaced by `listener`, read from `r`
-    /// (`digest`: of its bytes) in a route push read alone: the walk no longer holds the
-    /// listener it replaced (about 1.3 KiB per service), and the next walk takes it without a
-    /// digest.
-    pub(crate) fn walked_main(
-        &mut self,
-        r: &Encoded<'_>,
-        listener: &ShallowListener,
-        digest: u128,
-    ) {
-        let Some(w) = self.main_at.and_then(|at| self.walked.get_mut(at as usize)) else {
-            return;
-        };
-        if w.kind == Kind::Listener && r.name == MAIN_INTERNAL && w.key == name_key(MAIN_INTERNAL) {
-            w.gave = Gave::Listener(Box::new(listener.clone()), digest);
-            w.bytes = r.value.clone();
-        }
-    }
-
     /// Let go of the pod label maps no piece holds any more (after pieces were replaced), once
     /// there are twice as many as the last time ([`LabelMaps::prune_grown`]).
     pub(crate) fn forget_unused_labels(&mut self) {
