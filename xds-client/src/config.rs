@@ -110,8 +110,9 @@ pub struct ClientConfig {
     pub compact: Option<Compact>,
 }
 
-/// A payload's compact form, or `None` to keep it as it came (see [`ClientConfig::compact`]).
-pub type Compact = fn(&[u8]) -> Option<Vec<u8>>;
+/// A payload's compact form, given its type URL and its bytes, or `None` to keep it as it came
+/// (see [`ClientConfig::compact`]).
+pub type Compact = fn(&str, &[u8]) -> Option<Vec<u8>>;
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

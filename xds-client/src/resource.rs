@@ -93,7 +93,7 @@ impl Payload {
     /// what the slice saves). After the checks that read the payload's bytes (its name).
     pub(crate) fn kept(mut self, compact: Option<crate::Compact>) -> Self {
         if let Some(c) = compact.filter(|_| self.value.len() < COMPACT_BELOW) {
-            if let Some(kept) = c(&self.value) {
+            if let Some(kept) = c(&self.type_url, &self.value) {
                 self.value = kept.into();
             }
         }
@@ -449,10 +449,10 @@ mod tests {
     /// one, and one the hook declines, as it came.
     #[test]
     fn kept_offers_only_payloads_below_the_slice_size() {
-        fn half(raw: &[u8]) -> Option<Vec<u8>> {
+        fn half(_: &str, raw: &[u8]) -> Option<Vec<u8>> {
             Some(raw[..raw.len() / 2].to_vec())
         }
-        fn never(_: &[u8]) -> Option<Vec<u8>> {
+        fn never(_: &str, _: &[u8]) -> Option<Vec<u8>> {
             None
         }
         let payload = |len: usize| Payload {

@@ -1,42 +1,144 @@
 //! The form an xDS payload is kept in between pushes: its protobuf bytes as they came, or, when
 //! that saves enough, a compact form. The xDS client keeps each resource's payload for as long
-//! as the resource exists, beside the snapshot made from it; an assignment's payload (its
-//! endpoints' metadata, labels and addresses, much alike) compresses to about a quarter, a
-//! cluster's to two thirds.
+//! as the resource exists, beside the snapshot made from it.
 //!
-//! The compact form is a zero byte, then the LZ4 block of the bytes with their length before
-//! it (`lz4_flex`'s size-prepended block). A protobuf message never begins with a zero byte (no
-//! field has the number 0), so a payload that does is not a message: [`compact`] keeps it
-//! compact whatever that saves, and the first byte tells the two forms apart. (The xDS client
-//! keeps no such payload as it came: it reads each payload's name from its bytes first, and
-//! rejects one that does not decode, as one beginning with a zero byte does not.) [`expand`]
-//! gives the bytes back; every reader of a kept payload reads it through it. Digests and
-//! comparisons of kept payloads are of the kept form (the same bytes always give the same
-//! compact form).
+//! The compact form is a zero byte, a byte naming the dictionary, then the LZ4 block of the
+//! bytes with their length before it (`lz4_flex`'s size-prepended block). A protobuf message
+//! never begins with a zero byte (no field has the number 0), so a payload that does is not a
+//! message: [`compact`] keeps it compact whatever that saves, and the first byte tells the two
+//! forms apart. (The xDS client keeps no such payload as it came: it reads each payload's name
+//! from its bytes first, and rejects one that does not decode, as one beginning with a zero
+//! byte does not.) [`expand`] gives the bytes back; every reader of a kept payload reads it
+//! through it. Digests and comparisons of kept payloads are of the kept form (the same bytes
+//! give the same compact form once their type's dictionary is known; see [`Dictionaries`]).
 
+use super::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 /// The first byte of a payload kept compact.
 const COMPACT: u8 = 0;
 
+/// The second byte of a compact form when its block was made without a dictionary; dictionary
+/// `i` of [`Dictionaries`] is `i + 1`.
+const PLAIN: u8 = 0;
+
 /// A payload smaller than this is kept as it is: a few bytes would not pay for the call.
 const WORTH_FROM: usize = 64;
 
-/// `raw`'s compact form, when keeping that saves at least a quarter (or when `raw` begins with
-/// a zero byte: see the module's note); `None`: keep `raw` as it is.
-pub fn compact(raw: &[u8]) -> Option<Vec<u8>> {
-    let must = raw.first() == Some(&COMPACT);
-    if !must && raw.len() < WORTH_FROM {
-        return None;
+/// The smallest resource a type's dictionary is learned from: a service's cluster or
+/// assignment as istiod builds it is larger (566 and 1 942 bytes in `xds_bench`'s mesh).
+const LEARN_FROM: usize = 256;
+
+/// What the payloads of clusters and of assignments are compressed against: the first service
+/// resource of each type that this process kept (its name begins `inbound-vip|` or
+/// `outbound|`), learned once and kept for the life of the process. istiod builds every
+/// service's cluster, and every assignment, in one shape (the same fields, metadata keys,
+/// transport socket and policy settings, with other names and addresses), and LZ4 then finds
+/// that shape in the dictionary instead of only within each payload. On `xds_bench`'s 1 000
+/// services (3 000 clusters, 3 000 assignments) the kept clusters took 0.31 MB against 1.19
+/// without it, the assignments 0.70 against 1.06.
+///
+/// A payload of the type kept before the dictionary was learned (the infrastructure clusters
+/// that sort before the first service in the first response) is kept without it; sent again
+/// unchanged, it is then kept with it, and the client sees it changed once.
+pub struct Dictionaries([(&'static str, OnceLock<Box<[u8]>>); 2]);
+
+impl Dictionaries {
+    pub const fn new() -> Self {
+        Self([
+            (CLUSTER_TYPE, OnceLock::new()),
+            (ENDPOINT_TYPE, OnceLock::new()),
+        ])
     }
-    let block = lz4_flex::block::compress_prepend_size(raw);
-    if !must && (block.len() + 1) * 4 > raw.len() * 3 {
-        return None;
+
+    /// `raw`'s compact form, as a payload of `type_url`, when keeping that saves at least a
+    /// quarter (or when `raw` begins with a zero byte: see the module's note); `None`: keep
+    /// `raw` as it is.
+    pub fn compact(&self, type_url: &str, raw: &[u8]) -> Option<Vec<u8>> {
+        let must = raw.first() == Some(&COMPACT);
+        if !must && raw.len() < WORTH_FROM {
+            return None;
+        }
+        let dictionary = self
+            .0
+            .iter()
+            .zip(1u8..)
+            .find(|((t, _), _)| *t == type_url)
+            .and_then(|((_, d), form)| {
+                let d = match d.get() {
+                    Some(d) => d,
+                    None if service_resource(raw) => d.get_or_init(|| raw.into()),
+                    None => return None,
+                };
+                Some((form, &**d))
+            });
+        let (form, block) = match dictionary {
+            Some((form, d)) => (
+                form,
+                lz4_flex::block::compress_prepend_size_with_dict(raw, d),
+            ),
+            None => (PLAIN, lz4_flex::block::compress_prepend_size(raw)),
+        };
+        if !must && (block.len() + 2) * 4 > raw.len() * 3 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(block.len() + 2);
+        out.extend_from_slice(&[COMPACT, form]);
+        out.extend_from_slice(&block);
+        Some(out)
     }
-    let mut out = Vec::with_capacity(block.len() + 1);
-    out.push(COMPACT);
-    out.extend_from_slice(&block);
-    Some(out)
+
+    /// The protobuf bytes of a kept payload: borrowed when it was kept as it came, expanded
+    /// when it was kept compact.
+    pub fn expand<'a>(&self, kept: &'a [u8]) -> Result<Cow<'a, [u8]>, ReadError> {
+        let Some((&COMPACT, rest)) = kept.split_first() else {
+            return Ok(Cow::Borrowed(kept));
+        };
+        let (&form, block) = rest.split_first().ok_or(ReadError::Truncated)?;
+        Ok(Cow::Owned(match form {
+            PLAIN => lz4_flex::block::decompress_size_prepended(block)?,
+            _ => {
+                let d = self
+                    .0
+                    .get(usize::from(form) - 1)
+                    .and_then(|(_, d)| d.get())
+                    .ok_or(ReadError::Dictionary(form))?;
+                lz4_flex::block::decompress_size_prepended_with_dict(block, d)?
+            }
+        }))
+    }
+}
+
+impl Default for Dictionaries {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether `raw` is a service's cluster or assignment as istiod encodes it, large enough to
+/// learn from: its first field is its name (field 1, `Cluster.name` and
+/// `ClusterLoadAssignment.cluster_name` alike), and the name is a service cluster's.
+fn service_resource(raw: &[u8]) -> bool {
+    let Some((&0x0a, mut rest)) = raw.split_first() else {
+        return false;
+    };
+    let Ok(len) = prost::encoding::decode_varint(&mut rest) else {
+        return false;
+    };
+    let name = rest
+        .get(..usize::try_from(len).unwrap_or(usize::MAX))
+        .unwrap_or_default();
+    raw.len() >= LEARN_FROM && (name.starts_with(b"inbound-vip|") || name.starts_with(b"outbound|"))
+}
+
+/// The process's dictionaries: the xDS client's hook ([`compact`]) and every reader of a kept
+/// payload ([`expand`]) use these.
+static PROCESS: Dictionaries = Dictionaries::new();
+
+/// [`Dictionaries::compact`] with the process's dictionaries: the xDS client's hook.
+pub fn compact(type_url: &str, raw: &[u8]) -> Option<Vec<u8>> {
+    PROCESS.compact(type_url, raw)
 }
 
 /// Why a kept payload could not be read.
@@ -44,17 +146,17 @@ pub fn compact(raw: &[u8]) -> Option<Vec<u8>> {
 pub enum ReadError {
     #[error("a compact payload does not expand: {0}")]
     Expand(#[from] lz4_flex::block::DecompressError),
+    #[error("a compact payload ends before its form")]
+    Truncated,
+    #[error("a compact payload names dictionary {0}, which this process has not learned")]
+    Dictionary(u8),
     #[error(transparent)]
     Decode(#[from] prost::DecodeError),
 }
 
-/// The protobuf bytes of a kept payload: borrowed when it was kept as it came, expanded when it
-/// was kept compact.
+/// [`Dictionaries::expand`] with the process's dictionaries.
 pub fn expand(kept: &[u8]) -> Result<Cow<'_, [u8]>, ReadError> {
-    Ok(match kept.split_first() {
-        Some((&COMPACT, block)) => Cow::Owned(lz4_flex::block::decompress_size_prepended(block)?),
-        _ => Cow::Borrowed(kept),
-    })
+    PROCESS.expand(kept)
 }
 
 /// [`expand`] into `Bytes`: the kept ones themselves (no copy) when they are the protobuf bytes.
@@ -76,13 +178,54 @@ mod tests {
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use prost::Message;
 
-    /// An assignment like istiod's: ten endpoints with the same metadata shape.
-    fn assignment() -> Vec<u8> {
-        let text = (0..10)
-            .map(|i| format!("10.1.0.{i} reviews-v1-{i} spiffe://cluster.local/ns/default/sa/reviews app=reviews version=v1 "))
-            .collect::<String>();
+    /// An assignment like istiod's: ten pods, each with its address, port and workload
+    /// metadata (names with a random part, as a ReplicaSet's pods have).
+    fn assignment(service: &str) -> Vec<u8> {
+        use envoy_types::pb::envoy::config::core::v3::{
+            address, socket_address, Address, Metadata, SocketAddress,
+        };
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            lb_endpoint, Endpoint, LbEndpoint, LocalityLbEndpoints,
+        };
+        use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(service.len() as u64);
+        let pod = |i: u32, rng: &mut rand::rngs::StdRng| {
+            let hash: u32 = rng.gen();
+            let workload = format!("{service}-v1-{hash:08x};default;{service};v1;Kubernetes;{i}");
+            let istio = Struct {
+                fields: [(
+                    "workload".to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(workload)),
+                    },
+                )]
+                .into(),
+            };
+            LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: format!("10.{}.{}.{}", rng.gen::<u8>(), i, rng.gen::<u8>()),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(9080)),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                metadata: Some(Metadata {
+                    filter_metadata: [("istio".to_string(), istio)].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        };
         ClusterLoadAssignment {
-            cluster_name: format!("inbound-vip|9080|http|reviews.default.svc.cluster.local {text}"),
+            cluster_name: format!("inbound-vip|9080|http|{service}.default.svc.cluster.local"),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: (0..10).map(|i| pod(i, &mut rng)).collect(),
+                ..Default::default()
+            }],
             ..Default::default()
         }
         .encode_to_vec()
@@ -92,8 +235,8 @@ mod tests {
     /// exactly its bytes; the same bytes give the same compact form.
     #[test]
     fn a_repetitive_payload_is_kept_compact_and_expands_to_its_bytes() {
-        let raw = assignment();
-        let kept = compact(&raw).expect("worth it");
+        let raw = assignment("reviews");
+        let kept = compact(ENDPOINT_TYPE, &raw).expect("worth it");
         assert_eq!(kept[0], COMPACT);
         assert!(
             kept.len() * 4 <= raw.len() * 3,
@@ -102,13 +245,59 @@ mod tests {
             raw.len()
         );
         assert_eq!(&*expand(&kept).unwrap(), raw.as_slice());
-        assert_eq!(compact(&raw), Some(kept.clone()));
+        assert_eq!(compact(ENDPOINT_TYPE, &raw), Some(kept.clone()));
         let decoded: ClusterLoadAssignment = decode(&kept).unwrap();
         assert!(decoded
             .cluster_name
             .starts_with("inbound-vip|9080|http|reviews"));
         let kept = bytes::Bytes::from(kept);
         assert_eq!(expand_bytes(&kept).unwrap(), bytes::Bytes::from(raw));
+    }
+
+    /// A type's payloads are kept against its first service resource: the first one that is
+    /// not a service's (or is small) teaches nothing and is kept without a dictionary; a service
+    /// assignment is learned from, and another service's assignment, alike in shape, is kept
+    /// smaller than without the dictionary (240 bytes against 429 here) and expands to its
+    /// bytes. Another type has learned nothing from them; a form that names a dictionary never
+    /// learned is an error.
+    #[test]
+    fn a_type_s_payloads_are_kept_against_its_first_service_resource() {
+        let d = Dictionaries::new();
+        let infra = ClusterLoadAssignment {
+            cluster_name: "main_internal ".repeat(40),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let kept = d.compact(ENDPOINT_TYPE, &infra).expect("repetitive");
+        assert_eq!(kept[1], PLAIN, "not a service's: nothing learned");
+        let (first, second) = (assignment("reviews"), assignment("ratings"));
+        // Without a dictionary: the block alone.
+        let alone = lz4_flex::block::compress_prepend_size(&second).len() + 2;
+        let one = d.compact(ENDPOINT_TYPE, &first).expect("worth it");
+        assert_eq!(
+            one[1], 2,
+            "against the assignments' dictionary, learned from it"
+        );
+        let two = d.compact(ENDPOINT_TYPE, &second).expect("worth it");
+        assert_eq!(two[1], 2);
+        assert!(
+            two.len() * 4 < alone * 3,
+            "{} bytes with the dictionary, {alone} without",
+            two.len()
+        );
+        assert_eq!(&*d.expand(&two).unwrap(), second.as_slice());
+        assert_eq!(&*d.expand(&one).unwrap(), first.as_slice());
+        assert_eq!(&*d.expand(&kept).unwrap(), infra.as_slice());
+        // The same bytes, the same form.
+        assert_eq!(d.compact(ENDPOINT_TYPE, &second), Some(two.clone()));
+        // Clusters learned nothing from them, and a cluster that is not a service's is kept
+        // without a dictionary.
+        assert!(d.0[0].1.get().is_none());
+        assert_eq!(d.compact(CLUSTER_TYPE, &infra).unwrap()[1], PLAIN);
+        // Another process (here: other dictionaries) cannot read the form.
+        let err = Dictionaries::new().expand(&two).unwrap_err();
+        assert!(matches!(err, ReadError::Dictionary(2)), "{err}");
+        assert!(err.to_string().contains("dictionary 2"), "{err}");
     }
 
     /// What does not shrink by a quarter, and what is small, is kept as it came and read as
@@ -119,13 +308,13 @@ mod tests {
         let mut random = vec![0u8; 4096];
         rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut random);
         random[0] = 1;
-        assert_eq!(compact(&random), None);
+        assert_eq!(compact(CLUSTER_TYPE, &random), None);
         let small = ClusterLoadAssignment {
             cluster_name: "c".into(),
             ..Default::default()
         }
         .encode_to_vec();
-        assert_eq!(compact(&small), None);
+        assert_eq!(compact(ENDPOINT_TYPE, &small), None);
         assert!(matches!(expand(&small).unwrap(), Cow::Borrowed(b) if b == small.as_slice()));
         assert!(matches!(expand(&[]).unwrap(), Cow::Borrowed(b) if b.is_empty()));
     }
@@ -136,12 +325,16 @@ mod tests {
     #[test]
     fn a_leading_zero_byte_is_always_kept_compact() {
         let odd = [0u8, 1, 2];
-        let kept = compact(&odd).expect("always");
+        let kept = compact(ENDPOINT_TYPE, &odd).expect("always");
         assert_eq!(&*expand(&kept).unwrap(), &odd);
         let err = decode::<ClusterLoadAssignment>(&kept).unwrap_err();
         assert!(matches!(err, ReadError::Decode(_)), "{err}");
-        let err = expand(&[COMPACT, 200, 0]).unwrap_err();
+        let err = expand(&[COMPACT, PLAIN, 200, 0]).unwrap_err();
         assert!(matches!(err, ReadError::Expand(_)), "{err}");
         assert!(err.to_string().contains("does not expand"), "{err}");
+        assert!(matches!(
+            expand(&[COMPACT]).unwrap_err(),
+            ReadError::Truncated
+        ));
     }
 }

@@ -383,7 +383,8 @@ fn a_payload_kept_compact_is_dumped_as_it_came() {
         ..Default::default()
     }
     .encode_to_vec();
-    let kept = routing::xds::stored::compact(&raw).expect("repetitive bytes are kept compact");
+    let kept = routing::xds::stored::compact(routing::xds::ENDPOINT_TYPE, &raw)
+        .expect("repetitive bytes are kept compact");
     assert_ne!(kept, raw);
     let url = xds_client::intern_type_url(xds_client::type_url::CLUSTER_LOAD_ASSIGNMENT);
     let compact = xds_client::Payload {
