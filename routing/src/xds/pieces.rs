@@ -563,6 +563,6 @@ fn memoized<P>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod walk;
 use walk::{Cursor, Gave, Kind, Walked};

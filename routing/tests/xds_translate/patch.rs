@@ -11,20 +11,56 @@ use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use prost::Message;
 use routing::xds::{Translator, CLUSTER_TYPE};
 
+/// bookinfo translated and published, and bookinfo without the first pod of reviews (`gone`).
+struct Published {
+    full: Wire,
+    translator: Translator,
+    first: std::sync::Arc<routing::Snapshot>,
+    gone: std::net::SocketAddr,
+    fewer: Wire,
+}
+
+fn bookinfo_published() -> Published {
+    let res = load_resources(&fixture("bookinfo.json")).unwrap();
+    let full = bookinfo_wire(&res);
+    let mut translator = Translator::new();
+    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target();
+    let fewer = reviews_without(&res, gone);
+    Published {
+        full,
+        translator,
+        first,
+        gone,
+        fewer,
+    }
+}
+
+/// `wire`'s resources as the translator reads them.
+fn encoded(wire: &Wire) -> Vec<routing::xds::Encoded<'_>> {
+    wire.iter()
+        .map(|(t, n, b)| routing::xds::Encoded {
+            type_url: t,
+            name: n,
+            value: b,
+        })
+        .collect()
+}
+
 /// An EDS push against the published snapshot patches it: the services its assignments feed
 /// are built again, everything else is the published snapshot's (shared, not copied), and the
 /// result is a translation from scratch's. Not once that snapshot is held back, nor when more
 /// than assignments changed.
 #[test]
 fn an_eds_push_patches_the_published_snapshot() {
-    let res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let full = bookinfo_wire(&res);
-    let mut translator = Translator::new();
-    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
+    let Published {
+        full,
+        mut translator,
+        first,
+        gone,
+        fewer,
+    } = bookinfo_published();
     assert!(!translator.reuse().patched, "nothing to patch yet");
-    let reviews = first.cluster(REVIEWS, 9080, None).unwrap();
-    let gone = reviews.endpoints[0].target();
-    let fewer = reviews_without(&res, gone);
 
     let second = publish(&mut translator, &fewer, &first);
     let reuse = translator.reuse();
@@ -81,7 +117,7 @@ fn an_eds_push_patches_the_published_snapshot() {
     // A cluster changed as well: more than endpoints, its service is assembled again and
     // spliced in (the others shared).
     let live = publish(&mut translator, &full, &third);
-    let mut changed = reviews_without(&res, gone);
+    let mut changed = fewer.clone();
     let (_, _, bytes) = changed
         .iter_mut()
         .find(|(t, n, _)| *t == CLUSTER_TYPE && n.ends_with(PRODUCTPAGE))
@@ -115,12 +151,13 @@ fn an_eds_push_patches_the_published_snapshot() {
 /// not have.
 #[test]
 fn changed_assignments_alone_patch_the_published_snapshot() {
-    let res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let full = bookinfo_wire(&res);
-    let mut translator = Translator::new();
-    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
-    let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target();
-    let fewer = reviews_without(&res, gone);
+    let Published {
+        full,
+        mut translator,
+        first,
+        gone,
+        fewer,
+    } = bookinfo_published();
     let changed = |wire: &Wire| -> Vec<(&'static str, String, Bytes)> {
         wire.iter()
             .filter(|(t, n, _)| *t == routing::xds::ENDPOINT_TYPE && n.ends_with(REVIEWS))
@@ -130,15 +167,6 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
     let view = |wire: &[(&'static str, String, Bytes)]| -> Vec<(&'static str, String, Bytes)> {
         wire.to_vec()
     };
-    fn encoded<'a>(list: &'a [(&'static str, String, Bytes)]) -> Vec<routing::xds::Encoded<'a>> {
-        list.iter()
-            .map(|(t, n, b)| routing::xds::Encoded {
-                type_url: t,
-                name: n,
-                value: b,
-            })
-            .collect()
-    }
     let alone = view(&changed(&fewer));
     assert!(alone.len() > 1, "reviews' assignment and its subsets'");
     let mut t = translator
@@ -196,21 +224,13 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
 /// reuses what they read, without building anything again.
 #[test]
 fn a_push_read_alone_lets_go_of_the_bytes_it_replaced() {
-    let res = load_resources(&fixture("bookinfo.json")).unwrap();
-    let full = bookinfo_wire(&res);
-    let mut translator = Translator::new();
-    let first = publish(&mut translator, &full, &routing::Snapshot::empty());
-    let gone = first.cluster(REVIEWS, 9080, None).unwrap().endpoints[0].target();
-    let mut fewer = reviews_without(&res, gone);
-    fn view(list: &Wire) -> Vec<routing::xds::Encoded<'_>> {
-        list.iter()
-            .map(|(t, n, b)| routing::xds::Encoded {
-                type_url: t,
-                name: n,
-                value: b,
-            })
-            .collect()
-    }
+    let Published {
+        full,
+        mut translator,
+        first,
+        mut fewer,
+        ..
+    } = bookinfo_published();
     let changed: Wire = fewer
         .iter()
         .filter(|r| r.0 == routing::xds::ENDPOINT_TYPE && !full.contains(r))
@@ -232,7 +252,7 @@ fn a_push_read_alone_lets_go_of_the_bytes_it_replaced() {
         assert!(!b.is_unique(), "the full translation holds {n}");
     }
     let t = translator
-        .translate_assignments(&view(&changed), &TranslateOptions::default())
+        .translate_assignments(&encoded(&changed), &TranslateOptions::default())
         .expect("a patch");
     for (n, b) in &old {
         assert!(
@@ -254,7 +274,7 @@ fn a_push_read_alone_lets_go_of_the_bytes_it_replaced() {
         .cloned()
         .collect();
     translator
-        .translate_listener(&view(&main), &TranslateOptions::default())
+        .translate_listener(&encoded(&main), &TranslateOptions::default())
         .expect("a route patch");
     for (n, b) in &old_main {
         assert!(

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
 /// An assignment of pods `ips` of workload `rev` (istiod's `istio.workload` metadata).
-fn cla(name: &str, ips: &[&str], rev: &str) -> ClusterLoadAssignment {
+pub(crate) fn cla(name: &str, ips: &[&str], rev: &str) -> ClusterLoadAssignment {
     let pod = |ip: &str| {
         let workload = format!("reviews-{rev};default;reviews;{rev};Kubernetes");
         let istio = Struct {
