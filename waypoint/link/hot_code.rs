@@ -1,11 +1,12 @@
 //! Whether the release binary is linked with its hot code first, and with which linker
-//! arguments. Shared by `build.rs` and its unit tests (`src/link_tests.rs`), so the decision is
-//! tested where the build cannot be.
+//! arguments. Shared by `build.rs` and the waypoint's lib tests (`src/lib.rs` includes it under
+//! `cfg(test)`), so the decision is tested where the build cannot be.
 //!
 //! The waypoint's `.text` is about 26 MiB, and the kernel maps code 64 KiB around each page that
-//! runs (fault-around), so the few hundred functions a serving waypoint runs, spread over it,
-//! kept 10–11 MiB of it resident. `hot-code.txt` lists them (`hot-code.sh` makes it from
-//! `datapath_bench` under perf); lld's `--symbol-ordering-file` places them first, together.
+//! runs (fault-around), so the functions a serving waypoint runs (about 2 MiB of them), spread
+//! over it, kept 10–11 MiB of it resident. `hot-code.txt` lists them (`hot-code.sh` makes it
+//! from `datapath_bench` under callgrind); lld's `--symbol-ordering-file` places them first,
+//! together.
 
 /// What the build script knows about the build.
 #[derive(Debug, Clone, Copy)]
