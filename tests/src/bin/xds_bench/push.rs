@@ -317,8 +317,10 @@ pub(super) async fn serve(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let startup = started.elapsed();
-    // The admin's first JSON answer builds a descriptor pool (about 11 MiB, kept): asked once
-    // here, so that every heap reading counts it, not only those after the first.
+    // A waypoint before the sixteenth xDS round answered `/memory` through a descriptor pool it
+    // decoded for each answer, which left about 20 MiB of freed pages resident until the next
+    // trim: asked once here, before the first trim, so that an older binary's settled RSS is
+    // read after those pages went back (today's answers allocate next to nothing).
     let _ = heap_mib(waypoint.admin).await;
     if !server
         .wait_for_ack(type_url::LISTENER, &lds, Duration::from_secs(30))

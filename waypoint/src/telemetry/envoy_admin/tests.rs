@@ -400,3 +400,28 @@ fn a_payload_kept_compact_is_dumped_as_it_came() {
     };
     assert_eq!(super::any_of(&plain).value, raw);
 }
+
+/// `/memory` is written by hand (no descriptor pool): the same JSON as the descriptor-driven
+/// rendering of `envoy.admin.v3.Memory`, every field and each `uint64` as a string.
+#[test]
+fn memory_is_written_as_the_descriptors_render_it() {
+    use envoy_types::pb::envoy::admin::v3::Memory;
+    for m in [
+        Memory::default(),
+        Memory {
+            allocated: 1,
+            heap_size: 2,
+            pageheap_unmapped: 3,
+            pageheap_free: 4,
+            total_thread_cache: 5,
+            total_physical_bytes: u64::MAX,
+        },
+    ] {
+        let by_hand = super::memory_json(&m);
+        assert_eq!(by_hand, super::render_all(&m), "{m:?}");
+        assert_eq!(
+            by_hand["total_physical_bytes"],
+            m.total_physical_bytes.to_string()
+        );
+    }
+}
