@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use push::{first_200, heap_mib, serve, Served, WaypointProcess};
+use push::{first_200, heap_mib, serve, settled_rss, trims, Served, WaypointProcess};
 use tokio::sync::Barrier;
 use waypoint_tests::load::{self, Get, WorkerOut};
 
@@ -44,6 +44,9 @@ pub(super) struct Pushed {
     /// The live heap ([`heap_mib`]) at the phase's start and once its last change was ACKed
     /// (or given up on), MiB.
     heap: (Option<f64>, Option<f64>),
+    /// RSS and live heap once the last change has settled (the waypoint's trim after it, or
+    /// 3 s), MiB: what the churn left behind.
+    settled: (Option<f64>, Option<f64>),
     /// EDS responses (each carries one or more changes) the waypoint ACKed by the phase's end,
     /// and in all.
     acked_at_end: usize,
@@ -356,6 +359,7 @@ impl Churner<'_> {
             elapsed,
             rss,
             heap: (heap_before, None),
+            settled: (None, None),
             acked_at_end: self.acked_since(first),
             acked_responses: 0,
             last_acked_after: None,
@@ -396,8 +400,11 @@ impl Churner<'_> {
                 pushed.last_acked_after = Some(start.elapsed());
             }
         }
-        // Quiescent again: what the pushes left behind.
+        // Quiescent again: what the pushes left behind, then once the waypoint has trimmed.
+        let trimmed = trims(self.waypoint.admin).await;
         pushed.heap.1 = heap_mib(self.waypoint.admin).await;
+        pushed.settled.0 = settled_rss(&self.waypoint, trimmed).await;
+        pushed.settled.1 = heap_mib(self.waypoint.admin).await;
         pushed.acked_responses = self.acked_since(pushed.first);
         pushed.nacks = self.server.nacks().len();
         pushed
@@ -497,6 +504,15 @@ pub(super) fn print_churn(r: &ChurnReport) {
         println!(
             "  waypoint heap MiB (allocated, /memory) at the phase's start and after its last ACK: {before:.0}, {after:.0} (drift {:+.1} MiB)",
             after - before
+        );
+    }
+    if let (Some((_, rss0)), Some(heap0), (Some(rss), Some(heap))) =
+        (pu.rss.first(), pu.heap.0, pu.settled)
+    {
+        println!(
+            "  once settled (the trim after the last change): RSS {rss:.0} MiB (drift {:+.0}), heap {heap:.0} MiB (drift {:+.1})",
+            rss - rss0,
+            heap - heap0
         );
     }
     println!("  note: the load generator, the pods and the ADS server share this process (bench CPU) and the machine's cores; the waypoint is its own process. The test ADS server compares only what changed since a stream's last push (since 2026-12-06; before, every resource per push, ~17 ms at 5 000 services); the replaced pods' new tunnels (mTLS handshakes) are part of the churn phase's data-path cost");

@@ -221,7 +221,7 @@ pub(super) async fn heap_mib(admin: SocketAddr) -> Option<f64> {
 
 /// `waypoint_memory_trims_total` from the admin's Prometheus page (0 when absent: a waypoint
 /// built before the trim).
-async fn trims(admin: SocketAddr) -> u64 {
+pub(super) async fn trims(admin: SocketAddr) -> u64 {
     let Some((200, text)) = admin_get(admin, "/stats/prometheus").await else {
         return 0;
     };
@@ -233,7 +233,7 @@ async fn trims(admin: SocketAddr) -> u64 {
 
 /// The waypoint's RSS once it has returned its freed pages after the last change (its trim
 /// count passed `since`), or after 3 s (a waypoint without the trim).
-async fn settled_rss(waypoint: &WaypointProcess, since: u64) -> Option<f64> {
+pub(super) async fn settled_rss(waypoint: &WaypointProcess, since: u64) -> Option<f64> {
     let deadline = Instant::now() + Duration::from_secs(3);
     while trims(waypoint.admin).await <= since && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
