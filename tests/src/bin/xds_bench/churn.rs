@@ -403,7 +403,7 @@ impl Churner<'_> {
         // Quiescent again: what the pushes left behind, then once the waypoint has trimmed.
         let trimmed = trims(self.waypoint.admin).await;
         pushed.heap.1 = heap_mib(self.waypoint.admin).await;
-        pushed.settled.0 = settled_rss(&self.waypoint, trimmed).await;
+        pushed.settled.0 = settled_rss(self.waypoint, trimmed).await;
         pushed.settled.1 = heap_mib(self.waypoint.admin).await;
         pushed.acked_responses = self.acked_since(pushed.first);
         pushed.nacks = self.server.nacks().len();
