@@ -32,12 +32,7 @@ fn service_entry(i: usize) -> String {
 /// used: a child spawned from this (large, multi-test) process inherits its parent's high-water
 /// mark at `exec`.
 fn peak_kib(pid: u32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
+    status_kib(pid, "VmHWM").expect("VmHWM in /proc/PID/status") as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -350,14 +350,19 @@ pub async fn access_line(
     }
 }
 
-/// The process's resident set, in KiB (`VmRSS` of /proc/PID/status).
+/// The process's resident set, in KiB (`VmRSS` of /proc/PID/status; 0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_kib(pid, "VmRSS").unwrap_or(0)
+}
+
+/// Field `name` of /proc/PID/status (`VmRSS`, `VmHWM`, `RssAnon`, …), in KiB; `None` when the
+/// process or the field is not there.
+pub fn status_kib(pid: u32, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// One sample of a metric family with `labels` from the stats port (0 when absent).
