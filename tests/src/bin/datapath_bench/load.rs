@@ -145,7 +145,7 @@ pub(super) async fn run(
         ],
         waypoint_code_kib: code_kib(p[1].pid()),
         waypoint: match route {
-            "l7" => 1,
+            "l7" | "tcp" => 1,
             "l7nolog" => 2,
             _ => 0,
         },

@@ -240,6 +240,27 @@ async fn main() -> anyhow::Result<()> {
         &args,
     )
     .await?;
+    // The same three loads through the waypoint's TCP splice: its HBONE transport, in and out,
+    // without HTTP. What the L7 runs cost above these is the waypoint's HTTP work.
+    let tcp_1 = run(&mesh, "TCP via wp c=1", "tcp", Load::Max(1), n, &args).await?;
+    let tcp_c = run(
+        &mesh,
+        &format!("TCP via wp c={c}"),
+        "tcp",
+        Load::Max(c),
+        n,
+        &args,
+    )
+    .await?;
+    let tcp_p = run(
+        &mesh,
+        &format!("TCP via wp {} req/s", args.rate),
+        "tcp",
+        paced,
+        pr,
+        &args,
+    )
+    .await?;
     let mut traced_spans = 0;
     let mut log_on = vec![];
     let mut log_off = vec![];
@@ -312,7 +333,9 @@ async fn main() -> anyhow::Result<()> {
 
     // ----- the report -----
     println!("\nper run (CPU from /proc/PID/stat utime+stime over the measured part):");
-    let mut all: Vec<&Run> = vec![&l4_1, &l7_1, &l4_c, &l7_c, &l4_p, &l7_p];
+    let mut all: Vec<&Run> = vec![
+        &l4_1, &l7_1, &l4_c, &l7_c, &l4_p, &l7_p, &tcp_1, &tcp_c, &tcp_p,
+    ];
     all.extend(log_off.iter());
     all.extend(log_on.iter());
     all.extend(traced.iter());
@@ -345,6 +368,28 @@ async fn main() -> anyhow::Result<()> {
             r4.hops_cpu(),
             ratio,
             verdict(ratio <= 0.8)
+        );
+    }
+    println!(
+        "\nthe waypoint's transport alone (TCP splice: HBONE in and out, no HTTP), same loads; \
+         L7's HTTP work is the rest:"
+    );
+    for (mode, r4, rt, r7) in [
+        ("1 connection", &l4_1, &tcp_1, &l7_1),
+        ("max rate", &l4_c, &tcp_c, &l7_c),
+        ("paced", &l4_p, &tcp_p, &l7_p),
+    ] {
+        println!(
+            "  {mode:<13} {:<20} waypoint {:>6.1} ms/1k ÷ (orig + term) {:>6.1} → {:.2}; \
+             HTTP adds {:>6.1} ms/1k ({:.2} of orig + term in the L7 run); p50 over the L4 \
+             run's {:.3} ms",
+            rt.label,
+            rt.waypoint_cpu(),
+            rt.hops_cpu(),
+            rt.waypoint_cpu() / rt.hops_cpu(),
+            r7.waypoint_cpu() - rt.waypoint_cpu(),
+            (r7.waypoint_cpu() - rt.waypoint_cpu()) / r7.hops_cpu(),
+            (f64::from(rt.p50_us) - f64::from(r4.p50_us)) / 1000.0,
         );
     }
     let added_p50 = (f64::from(l7_1.p50_us) - f64::from(l4_1.p50_us)) / 1000.0;

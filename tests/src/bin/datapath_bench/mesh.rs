@@ -162,8 +162,12 @@ pub(super) struct Mesh {
 }
 
 /// bookinfo-like: reviews (HTTP, VIP 10.0.0.10:9080) with a DestinationRule's subsets and a
-/// VirtualService routing /reviews to v1; an h2c/gRPC service (VIP 10.0.0.11:9090); one
-/// endpoint for both, the app, whose node is the terminator.
+/// VirtualService routing /reviews to v1; an h2c/gRPC service (VIP 10.0.0.11:9090); the same
+/// app as a TCP service ([`TCP_VIP`]), which the waypoint splices without reading HTTP; one
+/// endpoint for all, the app, whose node is the terminator.
+/// The TCP service's VIP and port: the originator's route `tcp` goes through the waypoint to it.
+const TCP_VIP: &str = "10.0.0.12:9081";
+
 fn config_yaml(pod_ip: IpAddr, app_port: u16) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
@@ -187,6 +191,17 @@ spec:
   - {{number: 9090, name: grpc, targetPort: {app_port}}}
   workloadSelector:
     labels: {{bench: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews-tcp, namespace: default}}
+spec:
+  hosts: [reviews-tcp.default.svc.cluster.local]
+  addresses: [10.0.0.12]
+  ports:
+  - {{number: 9081, name: tcp, targetPort: {app_port}}}
+  workloadSelector:
+    labels: {{app: reviews}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -348,6 +363,8 @@ impl Mesh {
                         &wp_id,
                         "10.0.0.10:9080",
                     ),
+                    "--route",
+                    &route("tcp", find(&w_addrs, "waypoint")?, &wp_id, TCP_VIP),
                     "--route",
                     &route(
                         "grpc",
