@@ -155,7 +155,14 @@ impl Waypoint {
         // RequestAuthentication first (Envoy's jwt_authn runs before the RBAC filters).
         let mut claims = None;
         if !set.jwt.is_empty() {
-            match super::jwt::authenticate(&set.jwt, session.req_header(), &self.jwks).await {
+            // Boxed, as the ext_authz call below: these futures are kilobytes, and unboxed
+            // they would be part of every request's filter future, policy or not.
+            let authn = Box::pin(super::jwt::authenticate(
+                &set.jwt,
+                session.req_header(),
+                &self.jwks,
+            ));
+            match authn.await {
                 super::jwt::Authn::NoToken => {}
                 super::jwt::Authn::Rejected(message) => {
                     let req = session.req_header();
@@ -265,13 +272,13 @@ impl Waypoint {
                     &self.pool,
                     matches!(provider.kind, ext_authz::Kind::Grpc),
                 );
-                let check = ext_authz::check(
+                let check = Box::pin(ext_authz::check(
                     provider,
                     session.req_header(),
                     body.as_ref(),
                     tunnel.principal(),
                     &route,
-                )
+                ))
                 .await;
                 let denial = match check {
                     ext_authz::Check::Allow {

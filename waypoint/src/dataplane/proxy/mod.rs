@@ -29,6 +29,8 @@ mod request;
 mod request_id;
 mod route;
 pub mod sanitize;
+#[cfg(test)]
+mod sizes;
 
 pub use crate::dataplane::outcome::Flags;
 pub use authz::{AuthzNote, HttpAuthz, TcpAuthz, DENIED_BODY};

@@ -198,7 +198,9 @@ impl MuxPool {
             lease.set_peer(slot.conn().peer().cloned());
             return Ok(slot);
         }
-        let conn = Arc::new(self.open(tunnels, target, identity, lease, policy).await?);
+        // Boxed: opening is rare, and its future would otherwise make every checkout's (and
+        // every request's connect) as large as a new connection's handshake.
+        let conn = Arc::new(Box::pin(self.open(tunnels, target, identity, lease, policy)).await?);
         let slot = conn.try_reserve().ok_or_else(|| ConnectError::Overflow {
             target,
             reason: "the app allows no concurrent streams".into(),

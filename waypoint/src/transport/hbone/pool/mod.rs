@@ -447,9 +447,12 @@ impl TunnelPool {
                 }
             }
         };
-        let open = self
-            .client
-            .open(self.node_for(target), identity, target, &[]);
+        // Boxed: a new tunnel is the rare case, and its handshake's future would otherwise be
+        // part of every checkout's, which each request's connect moves (several KiB copied).
+        let open = Box::pin(
+            self.client
+                .open(self.node_for(target), identity, target, &[]),
+        );
         let (stream, slot) =
             match policy.connect_timeout {
                 Some(timeout) => tokio::time::timeout(timeout, open).await.map_err(|_| {
