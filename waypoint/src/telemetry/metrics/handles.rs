@@ -102,8 +102,12 @@ impl CachedKey {
     }
 }
 
+/// foldhash, not std's SipHash (a visible part of each request): the fields are our own config's
+/// and the response's, and a collision only puts two keys in one bucket, told apart by
+/// [`CachedKey::matches`].
 pub(super) fn key_hash(metrics: u64, k: &RequestKey<'_>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::BuildHasher;
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
     metrics.hash(&mut h);
     k.tunnel.map(Arc::as_ptr).hash(&mut h);
     k.endpoint.map(Arc::as_ptr).hash(&mut h);
@@ -117,8 +121,9 @@ pub(super) fn key_hash(metrics: u64, k: &RequestKey<'_>) -> u64 {
 /// Label sets a thread remembers before it starts over (each entry: a few hundred bytes).
 pub const HANDLE_CACHE_ENTRIES: usize = 4096;
 
-pub(super) type HandleCache = HashMap<u64, Vec<(CachedKey, RequestHandles)>>;
+pub(super) type HandleCache =
+    HashMap<u64, Vec<(CachedKey, RequestHandles)>, foldhash::fast::FixedState>;
 
 thread_local! {
-    pub(super) static HANDLES: RefCell<HandleCache> = RefCell::new(HashMap::new());
+    pub(super) static HANDLES: RefCell<HandleCache> = RefCell::new(HashMap::default());
 }

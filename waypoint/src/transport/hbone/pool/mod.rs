@@ -161,7 +161,9 @@ pub struct PoolStats {
 pub struct TunnelPool {
     client: Arc<HboneClient>,
     hbone_port: u16,
-    idle: Mutex<HashMap<TunnelKey, Vec<IdleTunnel>>>,
+    /// Keyed with foldhash: the key is an endpoint and identity from our config, not a peer's
+    /// choice, and std's SipHash of the identity was looked up twice per request.
+    idle: Mutex<HashMap<TunnelKey, Vec<IdleTunnel>, foldhash::fast::RandomState>>,
     /// Signalled when a tunnel goes idle or a connection slot is released.
     freed: Arc<Notify>,
     /// The sweeper of idle tunnels and connections runs (started by the first checkout, on the
@@ -250,7 +252,7 @@ impl TunnelPool {
         Arc::new(Self {
             client,
             hbone_port,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             freed: Arc::new(Notify::new()),
             maintained: AtomicBool::new(false),
             stats: PoolStats::default(),
@@ -348,14 +350,17 @@ impl TunnelPool {
         if slot.generation() != self.client.generation() || terms.retired() {
             return;
         }
+        // One reading of the clock for the whole list (it holds as many tunnels as were in use
+        // at once: one `elapsed()` each was a clock read per idle tunnel, per request).
+        let now = Instant::now();
         let mut idle = self.idle.lock();
         let list = idle.entry(key).or_default();
-        list.retain(|t| t.since.elapsed() < t.terms.idle_timeout);
+        list.retain(|t| now.saturating_duration_since(t.since) < t.terms.idle_timeout);
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(IdleTunnel {
                 stream,
                 slot,
-                since: Instant::now(),
+                since: now,
                 terms,
             });
             self.stats.tunnels_returned.fetch_add(1, Ordering::Relaxed);
