@@ -5,6 +5,23 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, which it reads at its first allocation (`_RJEM_MALLOC_CONF` in the
+/// environment still adds to them). `tcache_max:65536`: pingora reads each HTTP/1 body through
+/// a 64 KiB buffer (`BODY_BUFFER_SIZE`), allocated and freed once per proxied request; above
+/// jemalloc's default thread-cache limit (32 KiB) each of those went to the arena, under its
+/// lock: 2 200 instructions a `malloc` under callgrind, two thirds of all the allocator's work
+/// per request (docs/benchmarks.md, "Per-request copies and allocations").
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+static malloc_conf: MallocConf = MallocConf(c"tcache_max:65536".as_ptr());
+
+/// A C string pointer, as jemalloc declares `malloc_conf` (`const char *`).
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a `'static` C string literal, never written.
+unsafe impl Sync for MallocConf {}
+
 /// The files mapped when `main` began: the executable and the libraries it was linked against,
 /// whose clean pages the code release may take out of the resident set.
 static LOADED: std::sync::OnceLock<waypoint::control::memory::LoadedFiles> =
@@ -125,6 +142,15 @@ mod tests {
             r.before >= r.after + 32 * MIB,
             "the trim returned less than half of 64 MiB freed: {r:?}"
         );
+    }
+
+    /// The binary's jemalloc options are in force: a 64 KiB allocation (pingora's body buffer)
+    /// is served from the thread's cache.
+    #[test]
+    fn jemalloc_caches_pingoras_body_buffers_per_thread() {
+        // SAFETY: `opt.tcache_max` is a `size_t`, the type read.
+        let max: usize = unsafe { tikv_jemalloc_ctl::raw::read(b"opt.tcache_max\0") }.unwrap();
+        assert!(max >= 64 << 10, "opt.tcache_max is {max}");
     }
 
     /// Answering `/memory` allocates next to nothing: it decoded the embedded Envoy descriptors
