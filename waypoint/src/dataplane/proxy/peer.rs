@@ -105,11 +105,11 @@ impl Waypoint {
             Protocol::Unknown => session.req_header().version == http::Version::HTTP_2,
         };
         let mut peer = HttpPeer::new(target, false, String::new());
+        // foldhash, as the tunnel pool's keys: SipHash of the identity was 500 instructions a
+        // request.
         peer.group_key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            identity.hash(&mut h);
-            h.finish()
+            use std::hash::BuildHasher;
+            foldhash::fast::FixedState::default().hash_one(&identity)
         };
         peer.options.idle_timeout = Some(TUNNEL_IDLE_TIMEOUT);
         // The route's timeout bounds the wait for the response (504 UT); a per-try timeout
