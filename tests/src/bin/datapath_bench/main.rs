@@ -222,45 +222,15 @@ async fn main() -> anyhow::Result<()> {
     let l4_c = run(&mesh, &format!("L4 c={c}"), "l4", Load::Max(c), n, &args).await?;
     let l7_c = run(&mesh, &format!("L7 c={c}"), "l7", Load::Max(c), n, &args).await?;
     let pr = args.paced_requests;
-    let l4_p = run(
-        &mesh,
-        &format!("L4 {} req/s", args.rate),
-        "l4",
-        paced,
-        pr,
-        &args,
-    )
-    .await?;
-    let l7_p = run(
-        &mesh,
-        &format!("L7 {} req/s", args.rate),
-        "l7",
-        paced,
-        pr,
-        &args,
-    )
-    .await?;
+    let at_rate = |what: &str| format!("{what} {} req/s", args.rate);
+    let l4_p = run(&mesh, &at_rate("L4"), "l4", paced, pr, &args).await?;
+    let l7_p = run(&mesh, &at_rate("L7"), "l7", paced, pr, &args).await?;
     // The same three loads through the waypoint's TCP splice: its HBONE transport, in and out,
     // without HTTP. What the L7 runs cost above these is the waypoint's HTTP work.
     let tcp_1 = run(&mesh, "TCP via wp c=1", "tcp", Load::Max(1), n, &args).await?;
-    let tcp_c = run(
-        &mesh,
-        &format!("TCP via wp c={c}"),
-        "tcp",
-        Load::Max(c),
-        n,
-        &args,
-    )
-    .await?;
-    let tcp_p = run(
-        &mesh,
-        &format!("TCP via wp {} req/s", args.rate),
-        "tcp",
-        paced,
-        pr,
-        &args,
-    )
-    .await?;
+    let tcp_label = format!("TCP via wp c={c}");
+    let tcp_c = run(&mesh, &tcp_label, "tcp", Load::Max(c), n, &args).await?;
+    let tcp_p = run(&mesh, &at_rate("TCP via wp"), "tcp", paced, pr, &args).await?;
     let mut traced_spans = 0;
     let mut log_on = vec![];
     let mut log_off = vec![];
@@ -285,15 +255,8 @@ async fn main() -> anyhow::Result<()> {
         traced_spans = tracing::spans_reaching(&mesh.zipkin, before, want).await;
         eprintln!("  done: tracing, {traced_spans} of {want} spans at the Zipkin sink");
     }
-    let l7_p_off = run(
-        &mesh,
-        &format!("L7 {} req/s log off", args.rate),
-        "l7nolog",
-        paced,
-        pr,
-        &args,
-    )
-    .await?;
+    let off = format!("{} log off", at_rate("L7"));
+    let l7_p_off = run(&mesh, &off, "l7nolog", paced, pr, &args).await?;
 
     let max = Duration::from_secs(args.run.max_seconds);
     let grpc_out = if args.grpc_requests > 0 {
