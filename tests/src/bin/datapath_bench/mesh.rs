@@ -161,14 +161,15 @@ pub(super) struct Mesh {
     pub(super) zipkin: super::tracing::ZipkinSink,
 }
 
+/// The TCP service's VIP and port: the originator's route `tcp` goes through the waypoint to it.
+const TCP_VIP: (&str, u16) = ("10.0.0.12", 9081);
+
 /// bookinfo-like: reviews (HTTP, VIP 10.0.0.10:9080) with a DestinationRule's subsets and a
 /// VirtualService routing /reviews to v1; an h2c/gRPC service (VIP 10.0.0.11:9090); the same
 /// app as a TCP service ([`TCP_VIP`]), which the waypoint splices without reading HTTP; one
 /// endpoint for all, the app, whose node is the terminator.
-/// The TCP service's VIP and port: the originator's route `tcp` goes through the waypoint to it.
-const TCP_VIP: &str = "10.0.0.12:9081";
-
 fn config_yaml(pod_ip: IpAddr, app_port: u16) -> String {
+    let (tcp_ip, tcp_port) = TCP_VIP;
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -197,9 +198,9 @@ kind: ServiceEntry
 metadata: {{name: reviews-tcp, namespace: default}}
 spec:
   hosts: [reviews-tcp.default.svc.cluster.local]
-  addresses: [10.0.0.12]
+  addresses: [{tcp_ip}]
   ports:
-  - {{number: 9081, name: tcp, targetPort: {app_port}}}
+  - {{number: {tcp_port}, name: tcp, targetPort: {app_port}}}
   workloadSelector:
     labels: {{app: reviews}}
 ---
@@ -364,7 +365,12 @@ impl Mesh {
                         "10.0.0.10:9080",
                     ),
                     "--route",
-                    &route("tcp", find(&w_addrs, "waypoint")?, &wp_id, TCP_VIP),
+                    &route(
+                        "tcp",
+                        find(&w_addrs, "waypoint")?,
+                        &wp_id,
+                        &format!("{}:{}", TCP_VIP.0, TCP_VIP.1),
+                    ),
                     "--route",
                     &route(
                         "grpc",
