@@ -9,8 +9,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// environment still adds to them). `tcache_max:65536`: pingora reads each HTTP/1 body through
 /// a 64 KiB buffer (`BODY_BUFFER_SIZE`), allocated and freed once per proxied request; above
 /// jemalloc's default thread-cache limit (32 KiB) each of those went to the arena, under its
-/// lock: 2 200 instructions a `malloc` under callgrind, two thirds of all the allocator's work
-/// per request (docs/benchmarks.md, "Per-request copies and allocations").
+/// lock: 2 040 instructions a `malloc` with its callees under callgrind, a quarter of all
+/// `malloc` work per request (docs/benchmarks.md, "The transport's floor; per-request copies
+/// and allocations").
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 static malloc_conf: MallocConf = MallocConf(c"tcache_max:65536".as_ptr());
