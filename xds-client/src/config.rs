@@ -104,9 +104,8 @@ pub struct ClientConfig {
     /// Bound on TCP connect + TLS handshake + the server answering the stream call.
     pub connect_timeout: Duration,
     /// The form payloads are kept in: `None` keeps each as it came; a [`Compact`] is offered
-    /// every payload under 32 KiB once it passed the client's checks (a larger one may be a
-    /// slice of its response, kept as it is), and what it returns is kept instead. Readers of
-    /// [`crate::Payload::value`] then read what the hook's owner defines.
+    /// every payload once it passed the client's checks, and what it returns is kept instead.
+    /// Readers of [`crate::Payload::value`] then read what the hook's owner defines.
     pub compact: Option<Compact>,
 }
 

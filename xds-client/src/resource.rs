@@ -87,12 +87,11 @@ impl From<Any> for Payload {
 
 impl Payload {
     /// This payload as the client keeps it: in `compact`'s form when the hook gives one for
-    /// it ([`crate::ClientConfig::compact`]). Offered only below [`COMPACT_BELOW`], where every
-    /// payload is already a copy of its own (`wire::Payloads::settle`), never the large one a
-    /// response may be kept as a slice of (compacting a mesh's `main_internal` would cost a push
-    /// what the slice saves). After the checks that read the payload's bytes (its name).
+    /// it ([`crate::ClientConfig::compact`]). After the checks that read the payload's bytes
+    /// (its name). A large payload kept as a slice of its response (`wire::Payloads::settle`)
+    /// no longer holds the response once the hook gave it a form of its own.
     pub(crate) fn kept(mut self, compact: Option<crate::Compact>) -> Self {
-        if let Some(c) = compact.filter(|_| self.value.len() < COMPACT_BELOW) {
+        if let Some(c) = compact {
             if let Some(kept) = c(&self.type_url, &self.value) {
                 self.value = kept.into();
             }
@@ -100,10 +99,6 @@ impl Payload {
         self
     }
 }
-
-/// The size from which a payload is kept as it came (see [`Payload::kept`]): a payload this
-/// large may be the slice of its response that `settle` keeps.
-pub(crate) const COMPACT_BELOW: usize = crate::wire::SHARED_MIN / 2;
 
 impl From<crate::wire::WireAny> for Payload {
     fn from(any: crate::wire::WireAny) -> Self {
@@ -445,10 +440,10 @@ mod tests {
         assert_eq!(type_url::short("weird"), "weird");
     }
 
-    /// A payload under [`COMPACT_BELOW`] is kept in the hook's form when it gives one; a larger
-    /// one, and one the hook declines, as it came.
+    /// A payload is kept in the hook's form when it gives one, whatever its size (a large one
+    /// too: a mesh's `main_internal`); one the hook declines, as it came.
     #[test]
-    fn kept_offers_only_payloads_below_the_slice_size() {
+    fn kept_offers_every_payload_to_the_hook() {
         fn half(_: &str, raw: &[u8]) -> Option<Vec<u8>> {
             Some(raw[..raw.len() / 2].to_vec())
         }
@@ -461,11 +456,8 @@ mod tests {
         };
         let len = |p: Payload| p.value.len();
         assert_eq!(len(payload(1000).kept(Some(half))), 500);
-        assert_eq!(
-            len(payload(COMPACT_BELOW - 2).kept(Some(half))),
-            COMPACT_BELOW / 2 - 1
-        );
-        assert_eq!(len(payload(COMPACT_BELOW).kept(Some(half))), COMPACT_BELOW);
+        let large = crate::wire::SHARED_MIN * 4;
+        assert_eq!(len(payload(large).kept(Some(half))), large / 2);
         assert_eq!(len(payload(1000).kept(Some(never))), 1000);
         assert_eq!(len(payload(1000).kept(None)), 1000);
     }

@@ -263,10 +263,14 @@ pub(crate) fn rds_names(l: &Listener) -> Vec<String> {
         .collect()
 }
 
-/// A chain from its bytes; one that does not decode rejects its listener.
+/// A chain from its bytes (as kept: a chain of a listener kept chain by chain is a block,
+/// expanded here); one that does not decode rejects its listener.
 fn decode_chain(bytes: &[u8], i: usize, at: At<'_>, diag: &mut Diag) -> Option<FilterChain> {
     use prost::Message;
-    match FilterChain::decode(bytes) {
+    let decoded = super::stored::expand(bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|b| FilterChain::decode(&*b).map_err(|e| e.to_string()));
+    match decoded {
         Ok(c) => Some(c),
         Err(e) => {
             at.reject(
@@ -443,7 +447,10 @@ fn main_internal(
         let d = super::pieces::digest(bytes);
         let matched = match last_matcher {
             Some((old, m)) if *old == d => Some(m.clone()),
-            _ => match Matcher::decode(bytes.as_ref()) {
+            _ => match super::stored::expand(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Matcher::decode(&*b).map_err(|e| e.to_string()))
+            {
                 Ok(m) => {
                     let mut matched = Matched::default();
                     let mut found = Diag::default();

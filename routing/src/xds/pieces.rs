@@ -464,7 +464,7 @@ impl Memo {
                     self.assignment_at.push(at);
                     Gave::Assignment(p)
                 }),
-                Kind::Listener => super::stored::expand_bytes(r.value)
+                Kind::Listener => super::stored::shallow(r.value)
                     .and_then(|b| Ok(ShallowListener::decode(b)?))
                     .map(|l| {
                         out.listeners.push(l.clone());

@@ -6,15 +6,18 @@
 //! bytes with their length before it (`lz4_flex`'s size-prepended block). A protobuf message
 //! never begins with a zero byte (no field has the number 0), so a payload that does is not a
 //! message: [`compact`] keeps it compact whatever that saves, and the first byte tells the two
-//! forms apart. (The xDS client keeps no such payload as it came: it reads each payload's name
+//! forms apart. A large listener is kept chain by chain instead ([`listener`]: its fields as
+//! they came, each chain a block). (The xDS client keeps no such payload as it came: it reads each payload's name
 //! from its bytes first, and rejects one that does not decode, as one beginning with a zero
 //! byte does not.) [`expand`] gives the bytes back; every reader of a kept payload reads it
 //! through it. Digests and comparisons of kept payloads are of the kept form (the same bytes
 //! give the same compact form once their type's dictionary is known; see [`Dictionaries`]).
 
-use super::{CLUSTER_TYPE, ENDPOINT_TYPE};
+use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 use std::borrow::Cow;
 use std::sync::OnceLock;
+
+mod listener;
 
 /// The first byte of a payload kept compact.
 const COMPACT: u8 = 0;
@@ -22,6 +25,9 @@ const COMPACT: u8 = 0;
 /// The second byte of a compact form when its block was made without a dictionary; dictionary
 /// `i` of [`Dictionaries`] is `i + 1`.
 const PLAIN: u8 = 0;
+
+/// The second byte of a listener kept chain by chain ([`listener`]).
+pub const CHAIN_BY_CHAIN: u8 = listener::LISTENER;
 
 /// A payload smaller than this is kept as it is: a few bytes would not pay for the call.
 const WORTH_FROM: usize = 64;
@@ -42,27 +48,48 @@ const LEARN_FROM: usize = 256;
 /// A payload of the type kept before the dictionary was learned (the infrastructure clusters
 /// that sort before the first service in the first response) is kept without it; sent again
 /// unchanged, it is then kept with it, and the client sees it changed once.
-pub struct Dictionaries([(&'static str, OnceLock<Box<[u8]>>); 2]);
+pub struct Dictionaries {
+    types: [(&'static str, OnceLock<Box<[u8]>>); 3],
+    /// The blocks of the last listener kept chain by chain ([`listener`]).
+    chains: std::sync::Mutex<Option<listener::ChainCache>>,
+}
+
+/// What the chains of a listener kept chain by chain are compressed against (the third
+/// dictionary, learned from the first service chain): not a payload type, a name for it.
+const CHAIN_TYPE: &str = "envoy.config.listener.v3.FilterChain";
+
+/// The form of a chain's block against the chains' dictionary.
+const CHAIN_FORM: u8 = 3;
 
 impl Dictionaries {
     pub const fn new() -> Self {
-        Self([
-            (CLUSTER_TYPE, OnceLock::new()),
-            (ENDPOINT_TYPE, OnceLock::new()),
-        ])
+        Self {
+            types: [
+                (CLUSTER_TYPE, OnceLock::new()),
+                (ENDPOINT_TYPE, OnceLock::new()),
+                (CHAIN_TYPE, OnceLock::new()),
+            ],
+            chains: std::sync::Mutex::new(None),
+        }
     }
 
     /// `raw`'s compact form, as a payload of `type_url`, when keeping that saves at least a
     /// quarter (or when `raw` begins with a zero byte: see the module's note); `None`: keep
     /// `raw` as it is.
     pub fn compact(&self, type_url: &str, raw: &[u8]) -> Option<Vec<u8>> {
+        if type_url == LISTENER_TYPE {
+            if let Some(kept) = self.compact_listener(raw, listener::worth_chains(raw)) {
+                return Some(kept);
+            }
+        }
         let must = raw.first() == Some(&COMPACT);
         if !must && raw.len() < WORTH_FROM {
             return None;
         }
         let dictionary = self
-            .0
+            .types
             .iter()
+            .take(2)
             .zip(1u8..)
             .find(|((t, _), _)| *t == type_url)
             .and_then(|((_, d), form)| {
@@ -98,9 +125,10 @@ impl Dictionaries {
         let (&form, block) = rest.split_first().ok_or(ReadError::Truncated)?;
         Ok(Cow::Owned(match form {
             PLAIN => lz4_flex::block::decompress_size_prepended(block)?,
+            listener::LISTENER => self.expand_listener(block)?,
             _ => {
                 let d = self
-                    .0
+                    .types
                     .get(usize::from(form) - 1)
                     .and_then(|(_, d)| d.get())
                     .ok_or(ReadError::Dictionary(form))?;
@@ -150,6 +178,8 @@ pub enum ReadError {
     Truncated,
     #[error("a compact payload names dictionary {0}, which this process has not learned")]
     Dictionary(u8),
+    #[error("a listener kept chain by chain is not a well-formed message")]
+    Listener,
     #[error(transparent)]
     Decode(#[from] prost::DecodeError),
 }
@@ -165,6 +195,16 @@ pub fn expand_bytes(kept: &bytes::Bytes) -> Result<bytes::Bytes, ReadError> {
         Cow::Borrowed(_) => kept.clone(),
         Cow::Owned(v) => v.into(),
     })
+}
+
+/// The bytes to read a kept listener shallowly from (its chains and matcher left encoded): a
+/// listener kept chain by chain as it is kept (its chains and matcher then blocks, which
+/// [`expand`] takes as it takes a payload), else the listener's bytes ([`expand_bytes`]).
+pub fn shallow(kept: &bytes::Bytes) -> Result<bytes::Bytes, ReadError> {
+    match kept.get(..2) {
+        Some(&[COMPACT, listener::LISTENER]) => Ok(kept.slice(2..)),
+        _ => expand_bytes(kept),
+    }
 }
 
 /// A kept payload decoded as `M`.
@@ -252,7 +292,7 @@ mod tests {
         assert_eq!(d.compact(ENDPOINT_TYPE, &second), Some(two.clone()));
         // Clusters learned nothing from them, and a cluster that is not a service's is kept
         // without a dictionary.
-        assert!(d.0[0].1.get().is_none());
+        assert!(d.types[0].1.get().is_none());
         assert_eq!(d.compact(CLUSTER_TYPE, &infra).unwrap()[1], PLAIN);
         // Another process (here: other dictionaries) cannot read the form.
         let err = Dictionaries::new().expand(&two).unwrap_err();

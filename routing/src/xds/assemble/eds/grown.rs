@@ -153,7 +153,7 @@ impl Last {
     /// This translation's listeners with `main` (a `main_internal` listener's bytes) in place of
     /// its own; `None` when the bytes do not decode as one or it had no `main_internal`.
     pub(crate) fn listeners_with(&self, main: &Encoded<'_>) -> Option<Vec<ShallowListener>> {
-        let bytes = crate::xds::stored::expand_bytes(main.value).ok()?;
+        let bytes = crate::xds::stored::shallow(main.value).ok()?;
         let main = <ShallowListener as prost::Message>::decode(bytes).ok()?;
         // Its place among this translation's listeners (there once).
         if main.name != MAIN_INTERNAL || self.listeners.iter().filter(|x| x.is_none()).count() != 1
