@@ -111,7 +111,7 @@ pub struct ClientConfig {
 
 /// A payload's compact form, given its type URL and its bytes, or `None` to keep it as it came
 /// (see [`ClientConfig::compact`]).
-pub type Compact = fn(&str, &[u8]) -> Option<Vec<u8>>;
+pub type Compact = fn(&str, &[u8]) -> Option<bytes::Bytes>;
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -93,7 +93,7 @@ impl Payload {
     pub(crate) fn kept(mut self, compact: Option<crate::Compact>) -> Self {
         if let Some(c) = compact {
             if let Some(kept) = c(&self.type_url, &self.value) {
-                self.value = kept.into();
+                self.value = kept;
             }
         }
         self
@@ -444,10 +444,10 @@ mod tests {
     /// too: a mesh's `main_internal`); one the hook declines, as it came.
     #[test]
     fn kept_offers_every_payload_to_the_hook() {
-        fn half(_: &str, raw: &[u8]) -> Option<Vec<u8>> {
-            Some(raw[..raw.len() / 2].to_vec())
+        fn half(_: &str, raw: &[u8]) -> Option<Bytes> {
+            Some(Bytes::copy_from_slice(&raw[..raw.len() / 2]))
         }
-        fn never(_: &str, _: &[u8]) -> Option<Vec<u8>> {
+        fn never(_: &str, _: &[u8]) -> Option<Bytes> {
             None
         }
         let payload = |len: usize| Payload {

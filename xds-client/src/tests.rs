@@ -517,9 +517,9 @@ async fn delta_eds_follows_the_handler() {
 /// from the bytes as they came; in both protocols.
 #[tokio::test]
 async fn payloads_are_kept_in_the_hook_s_form() {
-    fn marked(type_url: &str, raw: &[u8]) -> Option<Vec<u8>> {
+    fn marked(type_url: &str, raw: &[u8]) -> Option<bytes::Bytes> {
         // Offered with its type.
-        (type_url == type_url::CLUSTER).then(|| [raw, MARK].concat())
+        (type_url == type_url::CLUSTER).then(|| [raw, MARK].concat().into())
     }
     // Field 999, varint 1: skipped by a decoder.
     const MARK: &[u8] = &[0xb8, 0x3e, 0x01];

@@ -48,6 +48,9 @@ const LEARN_FROM: usize = 256;
 /// A payload of the type kept before the dictionary was learned (the infrastructure clusters
 /// that sort before the first service in the first response) is kept without it; sent again
 /// unchanged, it is then kept with it, and the client sees it changed once.
+///
+/// The third is the filter chains' of a listener kept chain by chain ([`listener`]), learned
+/// from the first service chain (named `inbound-vip|…`).
 pub struct Dictionaries {
     types: [(&'static str, OnceLock<Box<[u8]>>); 3],
     /// The blocks of the last listener kept chain by chain ([`listener`]).
@@ -76,7 +79,7 @@ impl Dictionaries {
     /// `raw`'s compact form, as a payload of `type_url`, when keeping that saves at least a
     /// quarter (or when `raw` begins with a zero byte: see the module's note); `None`: keep
     /// `raw` as it is.
-    pub fn compact(&self, type_url: &str, raw: &[u8]) -> Option<Vec<u8>> {
+    pub fn compact(&self, type_url: &str, raw: &[u8]) -> Option<bytes::Bytes> {
         if type_url == LISTENER_TYPE {
             if let Some(kept) = self.compact_listener(raw, listener::worth_chains(raw)) {
                 return Some(kept);
@@ -113,7 +116,7 @@ impl Dictionaries {
         let mut out = Vec::with_capacity(block.len() + 2);
         out.extend_from_slice(&[COMPACT, form]);
         out.extend_from_slice(&block);
-        Some(out)
+        Some(out.into())
     }
 
     /// The protobuf bytes of a kept payload: borrowed when it was kept as it came, expanded
@@ -165,7 +168,7 @@ fn service_resource(raw: &[u8]) -> bool {
 static PROCESS: Dictionaries = Dictionaries::new();
 
 /// [`Dictionaries::compact`] with the process's dictionaries: the xDS client's hook.
-pub fn compact(type_url: &str, raw: &[u8]) -> Option<Vec<u8>> {
+pub fn compact(type_url: &str, raw: &[u8]) -> Option<bytes::Bytes> {
     PROCESS.compact(type_url, raw)
 }
 
@@ -250,7 +253,6 @@ mod tests {
         assert!(decoded
             .cluster_name
             .starts_with("inbound-vip|9080|http|reviews"));
-        let kept = bytes::Bytes::from(kept);
         assert_eq!(expand_bytes(&kept).unwrap(), bytes::Bytes::from(raw));
     }
 

@@ -40,7 +40,7 @@ fn compact_payloads_translate_as_they_came() {
                         } else if c[1] != 0 {
                             against_dictionary.insert(*t);
                         }
-                        c.into()
+                        c
                     }
                     None => v.clone(),
                 };
@@ -70,7 +70,7 @@ fn compact_payloads_translate_as_they_came() {
 fn kept(wire: &Wire) -> Wire {
     wire.iter()
         .map(|(t, n, v)| {
-            let v = stored::compact(t, v).map_or_else(|| v.clone(), Into::into);
+            let v = stored::compact(t, v).unwrap_or_else(|| v.clone());
             (*t, n.clone(), v)
         })
         .collect()

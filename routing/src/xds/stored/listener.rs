@@ -93,33 +93,38 @@ fn fields(mut msg: &[u8]) -> Option<Vec<Field<'_>>> {
     Some(out)
 }
 
-/// Append a length-delimited field: `key`, `value`'s length, `value`.
-fn put_delimited(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+/// Append a length-delimited field: `key`, `value`'s length, `value`; where `value` begins.
+fn put_delimited(out: &mut Vec<u8>, key: &[u8], value: &[u8]) -> usize {
     out.extend_from_slice(key);
     prost::encoding::encode_varint(value.len() as u64, out);
+    let at = out.len();
     out.extend_from_slice(value);
+    at
 }
 
-/// The blocks of the last listener kept chain by chain, by the digest of each chain's bytes.
+/// Where each chain's block is in a listener kept chain by chain, by the digest of the chain's
+/// bytes.
+type Blocks = HashMap<u128, (u32, u32), crate::xds::FastHash>;
+
+/// The last large listener kept chain by chain (the very bytes its holder keeps, not a copy)
+/// and where its blocks are.
 #[derive(Default)]
 pub(super) struct ChainCache {
-    blocks: Vec<u8>,
-    at: HashMap<u128, (u32, u32), crate::xds::FastHash>,
+    kept: bytes::Bytes,
+    at: Blocks,
 }
 
 impl ChainCache {
     fn get(&self, digest: u128) -> Option<&[u8]> {
         let &(from, len) = self.at.get(&digest)?;
-        self.blocks.get(from as usize..(from + len) as usize)
+        self.kept.get(from as usize..from as usize + len as usize)
     }
+}
 
-    fn put(&mut self, digest: u128, block: &[u8]) {
-        let (Ok(from), Ok(len)) = (u32::try_from(self.blocks.len()), u32::try_from(block.len()))
-        else {
-            return;
-        };
-        self.blocks.extend_from_slice(block);
-        self.at.insert(digest, (from, len));
+/// Note that the block of the chain with `digest` is `len` bytes at `at`.
+fn put(blocks: &mut Blocks, digest: u128, at: usize, len: usize) {
+    if let (Ok(at), Ok(len)) = (u32::try_from(at), u32::try_from(len)) {
+        blocks.insert(digest, (at, len));
     }
 }
 
@@ -130,7 +135,7 @@ impl Dictionaries {
     /// (no message does) is a block whatever that saves, so that a chain beginning with a zero
     /// byte is always a block and reads back as the bytes that came. Only a `large` listener's
     /// blocks are remembered for the next ([`ChainCache`]).
-    pub(super) fn compact_listener(&self, raw: &[u8], large: bool) -> Option<Vec<u8>> {
+    pub(super) fn compact_listener(&self, raw: &[u8], large: bool) -> Option<bytes::Bytes> {
         let fields = fields(raw)?;
         let odd = |f: &Field<'_>| {
             f.delimited
@@ -142,10 +147,7 @@ impl Dictionaries {
         }
         let mut cache = self.chains.lock().unwrap_or_else(|e| e.into_inner());
         let last = if large { cache.take() } else { None }.unwrap_or_default();
-        let mut next = ChainCache {
-            blocks: Vec::with_capacity(last.blocks.len() + (last.blocks.len() >> 4)),
-            at: HashMap::with_capacity_and_hasher(last.at.len() + 16, Default::default()),
-        };
+        let mut next = Blocks::with_capacity_and_hasher(last.at.len() + 16, Default::default());
         let mut out = Vec::with_capacity(raw.len() / 8);
         out.extend_from_slice(&[COMPACT, LISTENER]);
         for f in &fields {
@@ -173,22 +175,30 @@ impl Dictionaries {
                             None => f.value,
                         },
                     };
+                    let at = put_delimited(&mut out, f.key, block);
                     if block.first() == Some(&COMPACT) {
-                        next.put(digest, block);
+                        put(&mut next, digest, at, block.len());
                     }
-                    put_delimited(&mut out, f.key, block);
                 }
-                FILTER_CHAIN_MATCHER => match plain_block(f.value) {
-                    Some(b) => put_delimited(&mut out, f.key, &b),
-                    None => put_delimited(&mut out, f.key, f.value),
-                },
-                _ => put_delimited(&mut out, f.key, f.value),
+                FILTER_CHAIN_MATCHER => {
+                    let block = plain_block(f.value);
+                    put_delimited(&mut out, f.key, block.as_deref().unwrap_or(f.value));
+                }
+                _ => {
+                    put_delimited(&mut out, f.key, f.value);
+                }
             }
         }
+        // Held as long as the listener: no spare capacity.
+        out.shrink_to_fit();
+        let kept = bytes::Bytes::from(out);
         if large {
-            *cache = Some(next);
+            *cache = Some(ChainCache {
+                kept: kept.clone(),
+                at: next,
+            });
         }
-        Some(out)
+        Some(kept)
     }
 
     /// A chain's block, against the chains' dictionary (learned from the first service chain,

@@ -389,7 +389,7 @@ fn a_payload_kept_compact_is_dumped_as_it_came() {
     let url = xds_client::intern_type_url(xds_client::type_url::CLUSTER_LOAD_ASSIGNMENT);
     let compact = xds_client::Payload {
         type_url: url.clone(),
-        value: kept.into(),
+        value: kept,
     };
     let any = super::any_of(&compact);
     assert_eq!(any.value, raw);
