@@ -225,7 +225,9 @@ pub(crate) fn translate(
     let mut subscriptions = super::Subscriptions::default();
     for (name, piece) in &clusters {
         diag.replay(&piece.diag);
-        subscriptions.endpoints.extend(piece.eds.clone());
+        subscriptions
+            .endpoints
+            .extend(piece.eds.as_deref().map(str::to_string));
         match &piece.role {
             ClusterRole::Service { cluster, matches } => {
                 svc_clusters.insert(name, Cow::Borrowed(cluster));
@@ -249,9 +251,9 @@ pub(crate) fn translate(
                 .and_then(|c| c.load_assignment.as_deref())
         };
         let list = match &sc.source {
-            EndpointSource::Eds(eds) => match clas.get(eds.as_str()) {
+            EndpointSource::Eds(eds) => match clas.get(&**eds) {
                 Some(cla) => {
-                    used_clas.insert(eds.as_str());
+                    used_clas.insert(&**eds);
                     let at = At {
                         type_url: ENDPOINT_TYPE,
                         name: eds,

@@ -58,14 +58,15 @@ const CLUSTER_PROVIDED: i32 = 6;
 
 /// The EDS assignment name of an EDS cluster (`service_name`, else the
 /// cluster name).
-pub(crate) fn eds_name(c: &Cluster) -> Option<String> {
+pub(crate) fn eds_name(c: &Cluster) -> Option<Arc<str>> {
     match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(EDS)) => Some(
             c.eds_cluster_config
                 .as_ref()
-                .map(|e| e.service_name.clone())
+                .map(|e| e.service_name.as_str())
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| c.name.clone()),
+                .unwrap_or(&c.name)
+                .into(),
         ),
         _ => None,
     }
@@ -74,8 +75,8 @@ pub(crate) fn eds_name(c: &Cluster) -> Option<String> {
 /// How a service cluster gets its endpoints.
 #[derive(Debug, Clone)]
 pub(crate) enum EndpointSource {
-    /// From the named EDS assignment.
-    Eds(String),
+    /// From the named EDS assignment (one string with its piece's [`eds`](super::pieces::ClusterPiece::eds)).
+    Eds(Arc<str>),
     /// Inline `load_assignment` (STATIC).
     Inline,
     /// Inline `load_assignment` of hostnames, resolved by the caller (STRICT_DNS / LOGICAL_DNS).
@@ -113,7 +114,7 @@ pub(crate) fn service_cluster(
     let before = diag.rejections.len();
     let source = match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(EDS)) => {
-            EndpointSource::Eds(eds_name(c).unwrap_or_else(|| c.name.clone()))
+            EndpointSource::Eds(eds_name(c).unwrap_or_else(|| c.name.as_str().into()))
         }
         Some(ClusterDiscoveryType::Type(STATIC)) => EndpointSource::Inline,
         Some(ClusterDiscoveryType::Type(t @ (STRICT_DNS | LOGICAL_DNS))) => {

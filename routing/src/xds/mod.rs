@@ -333,7 +333,7 @@ pub type Names = imbl::OrdSet<String>;
 pub fn required_resources(listeners: &[Listener], clusters: &[Cluster]) -> Subscriptions {
     let mut out = Subscriptions::default();
     for c in clusters {
-        if let Some(name) = cluster::eds_name(c) {
+        if let Some(name) = cluster::eds_name(c).map(|n| n.to_string()) {
             out.endpoints.insert(name);
         }
     }

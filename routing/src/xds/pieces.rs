@@ -64,8 +64,9 @@ pub(crate) struct ClusterPiece {
     /// The cluster's own name.
     pub(crate) name: String,
     pub(crate) role: ClusterRole,
-    /// The EDS assignment it needs, if it is an EDS cluster.
-    pub(crate) eds: Option<String>,
+    /// The EDS assignment it needs, if it is an EDS cluster (the very string of its role's
+    /// [`EndpointSource::Eds`]: at 5 000 services, 15 000 names held once instead of twice).
+    pub(crate) eds: Option<Arc<str>>,
     /// The inline `load_assignment` of a STATIC or DNS cluster (their endpoints are read at
     /// assembly: DNS answers change without the cluster changing). Boxed: most clusters are
     /// EDS, and inline it would make each piece 152 bytes larger.
@@ -135,6 +136,14 @@ impl ClusterPiece {
                 ClusterRole::Other
             }
         };
+        // The role's string, when it has one.
+        let eds = match &role {
+            ClusterRole::Service { cluster, .. } => match &cluster.source {
+                EndpointSource::Eds(eds) => Some(eds.clone()),
+                _ => cluster::eds_name(c),
+            },
+            _ => cluster::eds_name(c),
+        };
         let inline = matches!(
             &role,
             ClusterRole::Service { cluster, .. }
@@ -143,7 +152,7 @@ impl ClusterPiece {
         ClusterPiece {
             name: c.name.clone(),
             role,
-            eds: cluster::eds_name(c),
+            eds,
             load_assignment: c
                 .load_assignment
                 .as_ref()

@@ -169,7 +169,9 @@ impl Translator {
                 if !c.subscribable() {
                     return None;
                 }
-                subscriptions.endpoints.extend(c.eds.iter().cloned());
+                subscriptions
+                    .endpoints
+                    .extend(c.eds.iter().map(|n| n.to_string()));
             }
             if decoded
                 .assignments

@@ -108,8 +108,8 @@ impl Last {
         for c in &decoded.clusters {
             if let ClusterRole::Service { cluster, matches } = &c.role {
                 if let EndpointSource::Eds(eds) = &cluster.source {
-                    if !used.insert(eds.as_str()) || *eds != c.name || matches.is_some() {
-                        irregular.insert(eds.clone());
+                    if !used.insert(&**eds) || **eds != *c.name || matches.is_some() {
+                        irregular.insert(eds.to_string());
                     }
                 }
             }

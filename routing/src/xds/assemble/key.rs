@@ -50,7 +50,7 @@ pub(super) fn key_view<'a>(
             .and_then(|ch| ch.key.as_ref());
         view.clusters.push((piece, hash));
         match &sc.source {
-            EndpointSource::Eds(eds) => view.assignments.push(clas.get(eds.as_str()).copied()),
+            EndpointSource::Eds(eds) => view.assignments.push(clas.get(&**eds).copied()),
             EndpointSource::None => {}
             EndpointSource::Inline | EndpointSource::Dns(_) => return None,
         }

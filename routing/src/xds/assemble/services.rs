@@ -155,7 +155,7 @@ pub(crate) fn patch(
         let mut pods: Pods<'_> = BTreeMap::new();
         for (name, sc) in &mine {
             let list = match &sc.source {
-                EndpointSource::Eds(eds) => clas.get(eds.as_str())?.pods.as_slice(),
+                EndpointSource::Eds(eds) => clas.get(&**eds)?.pods.as_slice(),
                 EndpointSource::None => &[][..],
                 EndpointSource::Inline | EndpointSource::Dns(_) => return None,
             };
@@ -208,7 +208,7 @@ pub(crate) fn patch(
             decoded
                 .clusters
                 .iter()
-                .filter_map(|c| c.eds.clone())
+                .filter_map(|c| c.eds.as_deref().map(str::to_string))
                 .collect()
         });
         let routes = rds.clone();

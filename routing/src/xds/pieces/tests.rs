@@ -200,6 +200,28 @@ fn cluster_pieces_share_equal_policies() {
     }
 }
 
+/// An EDS cluster's piece names the assignment it needs once: the piece's `eds` and its
+/// role's source are one string (at 5 000 services, 15 000 names of some 60 bytes), and the
+/// name is the assignment's.
+#[test]
+fn a_cluster_piece_names_its_assignment_once() {
+    let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
+    let res = crate::xds::json::load_resources(json).unwrap();
+    let mut eds = 0;
+    for c in &res.clusters {
+        let p = ClusterPiece::build(c);
+        if let ClusterRole::Service { cluster, .. } = &p.role {
+            if let crate::xds::cluster::EndpointSource::Eds(source) = &cluster.source {
+                let named = p.eds.as_ref().expect("an EDS cluster's piece names it");
+                assert!(Arc::ptr_eq(named, source), "{}", p.name);
+                assert_eq!(&**named, crate::xds::cluster::eds_name(c).unwrap().as_ref());
+                eds += 1;
+            }
+        }
+    }
+    assert!(eds >= 4, "{eds} EDS service clusters");
+}
+
 /// The walk gives the digests of the resources that are neither clusters nor assignments, as
 /// `others_digest` computes them from all the bytes, and digests a listener's bytes only when
 /// they are not the very bytes the last walk digested.

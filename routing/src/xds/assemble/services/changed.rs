@@ -32,7 +32,7 @@ pub(super) fn spliceable(c: &ClusterPiece) -> Option<&str> {
         return None;
     };
     let own = match &cluster.source {
-        EndpointSource::Eds(eds) => *eds == c.name,
+        EndpointSource::Eds(eds) => **eds == *c.name,
         EndpointSource::None => true,
         EndpointSource::Inline | EndpointSource::Dns(_) => false,
     };
