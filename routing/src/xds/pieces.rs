@@ -414,8 +414,8 @@ impl Memo {
             let kind = Kind::of(r.type_url);
             let (key, was) = match last.next_same(kind, r.value) {
                 Some(w) => {
-                    debug_assert_eq!(w.key, name_key(r.name), "{}", r.name);
-                    (w.key, Some(w))
+                    debug_assert_eq!(w.key.get(), name_key(r.name), "{}", r.name);
+                    (w.key.get(), Some(w))
                 }
                 None => {
                     let key = name_key(r.name);
@@ -441,8 +441,8 @@ impl Memo {
                         self.assignment_at.push(at);
                         true
                     }
-                    Gave::Listener(l, _) => {
-                        out.listeners.push((**l).clone());
+                    Gave::Listener(l) => {
+                        out.listeners.push(l.0.clone());
                         self.main_at = self.main_at.or((r.name == MAIN_INTERNAL).then_some(at));
                         true
                     }
@@ -478,7 +478,7 @@ impl Memo {
                     .map(|l| {
                         out.listeners.push(l.clone());
                         self.main_at = self.main_at.or((r.name == MAIN_INTERNAL).then_some(at));
-                        Gave::Listener(Box::new(l), listener.unwrap_or_default())
+                        Gave::Listener(Box::new((l, listener.unwrap_or_default())))
                     })
                     .map_err(bad),
                 Kind::Other => out
@@ -496,7 +496,7 @@ impl Memo {
             });
             walked.push(Walked {
                 kind,
-                key,
+                key: key.into(),
                 bytes: r.value.clone(),
                 gave,
             });
@@ -513,8 +513,8 @@ impl Memo {
         }
         for w in gone {
             match w.kind {
-                Kind::Cluster => forget(&mut self.clusters, w.key, generation),
-                Kind::Assignment => forget(&mut self.assignments, w.key, generation),
+                Kind::Cluster => forget(&mut self.clusters, w.key.get(), generation),
+                Kind::Assignment => forget(&mut self.assignments, w.key.get(), generation),
                 Kind::Listener | Kind::Other => {}
             }
         }

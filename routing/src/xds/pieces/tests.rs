@@ -290,3 +290,12 @@ fn the_walk_digests_a_listener_once() {
     assert_ne!(second.0, first.0);
     assert_eq!(second.1, first.1, "all but main_internal");
 }
+
+/// A walk entry is 72 bytes (it was 96: a `u128` key and a `u128` digest beside the listener
+/// aligned it to 16): a walk holds every resource of the state, 30 000 at 5 000 services.
+#[test]
+fn a_walk_entry_is_72_bytes() {
+    assert_eq!(std::mem::size_of::<super::walk::Walked>(), 72);
+    let k = name_key("inbound-vip|9080|http|reviews.default.svc.cluster.local");
+    assert_eq!(super::walk::Key::from(k).get(), k);
+}

@@ -20,9 +20,27 @@ use std::sync::Arc;
 pub(super) struct Walked {
     pub(super) kind: Kind,
     /// [`name_key`](super::name_key) of its name.
-    pub(super) key: u128,
+    pub(super) key: Key,
     pub(super) bytes: bytes::Bytes,
     pub(super) gave: Gave,
+}
+
+/// A [`name_key`](super::name_key) in two 8-byte halves: a `u128` field aligns what holds it to
+/// 16 bytes, and a walk entry would be 80 bytes where it is 72 (a walk holds every resource of
+/// the state: 30 000 at 5 000 services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Key([u64; 2]);
+
+impl From<u128> for Key {
+    fn from(k: u128) -> Self {
+        Key([k as u64, (k >> 64) as u64])
+    }
+}
+
+impl Key {
+    pub(super) fn get(self) -> u128 {
+        u128::from(self.0[0]) | (u128::from(self.0[1]) << 64)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +66,9 @@ impl Kind {
 pub(super) enum Gave {
     Cluster(Arc<ClusterPiece>),
     Assignment(Arc<AssignmentPiece>),
-    /// With the [`digest`] of its bytes.
-    Listener(Box<ShallowListener>, u128),
+    /// With the [`digest`] of its bytes (in the box: a `u128` here would align every entry
+    /// to 16 bytes).
+    Listener(Box<(ShallowListener, u128)>),
     /// Read again each time: route configurations (decoded in full), or bytes that did not
     /// decode (rejected again).
     Nothing,
@@ -85,8 +104,10 @@ impl Cursor {
         key: u128,
         mut gone: impl FnMut(Walked),
     ) -> Option<Walked> {
-        let d = (0..=LOOKAHEAD)
-            .find(|&d| self.peek(d).is_some_and(|w| w.kind == kind && w.key == key))?;
+        let d = (0..=LOOKAHEAD).find(|&d| {
+            self.peek(d)
+                .is_some_and(|w| w.kind == kind && w.key.get() == key)
+        })?;
         for _ in 0..d {
             gone(self.take()?);
         }
@@ -106,7 +127,7 @@ impl Walked {
     /// The digest of a listener's bytes, when the walk read it as one.
     pub(super) fn listener_digest(&self) -> Option<u128> {
         match &self.gave {
-            Gave::Listener(_, d) => Some(*d),
+            Gave::Listener(l) => Some(l.1),
             _ => None,
         }
     }
@@ -186,7 +207,7 @@ impl Memo {
             return;
         };
         if let Gave::Assignment(p) = &mut w.gave {
-            if Arc::ptr_eq(p, old) && w.key == name_key(r.name) {
+            if Arc::ptr_eq(p, old) && w.key.get() == name_key(r.name) {
                 *p = new.clone();
                 w.bytes = r.value.clone();
             }
@@ -206,8 +227,11 @@ impl Memo {
         let Some(w) = self.main_at.and_then(|at| self.walked.get_mut(at as usize)) else {
             return;
         };
-        if w.kind == Kind::Listener && r.name == MAIN_INTERNAL && w.key == name_key(MAIN_INTERNAL) {
-            w.gave = Gave::Listener(Box::new(listener.clone()), digest);
+        if w.kind == Kind::Listener
+            && r.name == MAIN_INTERNAL
+            && w.key.get() == name_key(MAIN_INTERNAL)
+        {
+            w.gave = Gave::Listener(Box::new((listener.clone(), digest)));
             w.bytes = r.value.clone();
         }
     }
