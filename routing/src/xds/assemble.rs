@@ -36,7 +36,7 @@ mod key;
 pub(super) mod routes;
 pub(super) mod service;
 pub(super) mod services;
-use key::{key_view, ServiceKey};
+use key::{key_view, Remembered, ServiceKey};
 pub use service::ANY_SERVICE_ACCOUNT;
 use service::{bound_workloads, build_service, waypoint_namespace, ServiceOut};
 
@@ -55,7 +55,7 @@ struct PortAcc {
 /// the clusters that snapshot holds for it, so that the next snapshot shares them.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceMemo {
-    services: HashMap<String, Remembered, FastHash>,
+    services: HashMap<String, Box<Remembered>, FastHash>,
     /// The version of the last translation's snapshot.
     version: u64,
     /// The services whose clusters that snapshot built (none was remembered).
@@ -70,18 +70,14 @@ pub(crate) struct ServiceMemo {
     main: Option<routes::MainState>,
 }
 
-#[derive(Debug)]
-struct Remembered {
-    key: ServiceKey,
-    out: Arc<ServiceOut>,
-    /// Its clusters in a published snapshot (and that snapshot's runtime state).
-    clusters: Option<Arc<PortMap>>,
-}
-
 impl ServiceMemo {
     /// Keep `r` for the next translation; its service and the clusters a published snapshot
     /// holds for it, if any (else they are built, and taken from the snapshot once published).
-    fn remember(&mut self, host: String, r: Remembered) -> (Arc<ServiceOut>, Option<Arc<PortMap>>) {
+    fn remember(
+        &mut self,
+        host: String,
+        r: Box<Remembered>,
+    ) -> (Arc<ServiceOut>, Option<Arc<PortMap>>) {
         let shared = (r.out.clone(), r.clusters.clone());
         match &shared.1 {
             Some(_) => self.shared += 1,
@@ -106,7 +102,7 @@ impl ServiceMemo {
             self.clusters_built.push(host.clone());
             let clusters = None;
             self.services
-                .insert(host, Remembered { key, out, clusters });
+                .insert(host, Box::new(Remembered { key, out, clusters }));
         }
     }
 
@@ -412,11 +408,11 @@ pub(crate) fn translate(
                 match view {
                     Some(v) => services_memo.remember(
                         host.clone(),
-                        Remembered {
+                        Box::new(Remembered {
                             key: v.owned(),
                             out,
                             clusters: None,
-                        },
+                        }),
                     ),
                     None => (out, None),
                 }
