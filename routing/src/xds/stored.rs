@@ -7,10 +7,10 @@
 //! never begins with a zero byte (no field has the number 0), so a payload that does is not a
 //! message: [`compact`] keeps it compact whatever that saves, and the first byte tells the two
 //! forms apart. A large listener is kept chain by chain instead ([`listener`]: its fields as
-//! they came, each chain a block). (The xDS client keeps no such payload as it came: it reads each payload's name
-//! from its bytes first, and rejects one that does not decode, as one beginning with a zero
-//! byte does not.) [`expand`] gives the bytes back; every reader of a kept payload reads it
-//! through it. Digests and comparisons of kept payloads are of the kept form (the same bytes
+//! they came, each chain a block). (The xDS client keeps no such payload as it came: it reads
+//! each payload's name from its bytes first, and rejects one that does not decode, as one
+//! beginning with a zero byte does not.) [`expand`] gives the bytes back; every reader of a
+//! kept payload reads it through it. Digests and comparisons of kept payloads are of the kept form (the same bytes
 //! give the same compact form once their type's dictionary is known; see [`Dictionaries`]).
 
 use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};

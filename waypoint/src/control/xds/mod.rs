@@ -466,7 +466,7 @@ impl XdsRuntime {
         };
         cfg.client_cert = Some(telemetry.own_cert.clone());
         // Assignments and clusters are kept compact between pushes (about a quarter and two
-        // thirds of their size), `main_internal` chain by chain (a twentieth); the translator
+        // thirds of their size), `main_internal` chain by chain (an eighth); the translator
         // reads them through `stored::expand`.
         cfg.compact = Some(routing::xds::stored::compact);
         let client = xds_client::Client::new(cfg).map_err(XdsSetupError::Client)?;
