@@ -2,10 +2,10 @@
 //! chain by chain: its fields as they came, but each filter chain an LZ4 block against the
 //! chains' dictionary (istiod builds every service's chain in one shape: on `xds_bench`'s mesh
 //! 954 bytes become about 150) and its `filter_chain_matcher` an LZ4 block: 13.0 MB kept in
-//! 1.7 MB at 10 000 services. Kept so, the translator reads the listener
-//! without expanding it: the chains are digested as kept (a tenth of the bytes) and only a
-//! chain whose digest it does not know is expanded and decoded ([`super::expand`] takes a
-//! block as it takes a payload).
+//! 1.7 MB at 10 000 services. Kept so, the translator reads the listener without expanding
+//! it: the chains are digested as kept (a sixth of the bytes) and only a chain whose digest it
+//! does not know is expanded and decoded ([`super::expand`] takes a block as it takes a
+//! payload).
 //!
 //! A chain istiod sends again unchanged is not compressed again: the blocks of the last
 //! listener kept so are remembered by the digest of the chain's bytes ([`ChainCache`]), and a
