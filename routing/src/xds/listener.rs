@@ -266,11 +266,7 @@ pub(crate) fn rds_names(l: &Listener) -> Vec<String> {
 /// A chain from its bytes (as kept: a chain of a listener kept chain by chain is a block,
 /// expanded here); one that does not decode rejects its listener.
 fn decode_chain(bytes: &[u8], i: usize, at: At<'_>, diag: &mut Diag) -> Option<FilterChain> {
-    use prost::Message;
-    let decoded = super::stored::expand(bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|b| FilterChain::decode(&*b).map_err(|e| e.to_string()));
-    match decoded {
+    match super::stored::decode::<FilterChain>(bytes) {
         Ok(c) => Some(c),
         Err(e) => {
             at.reject(
@@ -442,15 +438,11 @@ fn main_internal(
     diag: &mut Diag,
     out: &mut MainListener,
 ) {
-    use prost::Message;
     if let Some(bytes) = &l.filter_chain_matcher {
         let d = super::pieces::digest(bytes);
         let matched = match last_matcher {
             Some((old, m)) if *old == d => Some(m.clone()),
-            _ => match super::stored::expand(bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|b| Matcher::decode(&*b).map_err(|e| e.to_string()))
-            {
+            _ => match super::stored::decode::<Matcher>(bytes) {
                 Ok(m) => {
                     let mut matched = Matched::default();
                     let mut found = Diag::default();
