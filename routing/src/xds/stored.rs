@@ -89,20 +89,32 @@ impl Dictionaries {
         if !must && raw.len() < WORTH_FROM {
             return None;
         }
-        let dictionary = self
-            .types
-            .iter()
-            .take(2)
-            .zip(1u8..)
-            .find(|((t, _), _)| *t == type_url)
-            .and_then(|((_, d), form)| {
-                let d = match d.get() {
-                    Some(d) => d,
-                    None if service_resource(raw) => d.get_or_init(|| raw.into()),
-                    None => return None,
-                };
-                Some((form, &**d))
-            });
+        let form = (1u8..)
+            .zip(self.types.iter().take(2))
+            .find_map(|(form, (t, _))| (*t == type_url).then_some(form));
+        self.block(raw, form, service_resource, must)
+            .map(Into::into)
+    }
+
+    /// `raw`'s block, framed (`[COMPACT, form]` before it): against dictionary `form` when it
+    /// is learned, or learned now from `raw` when `learn(raw)`; else without a dictionary.
+    /// `None` when that does not save a quarter, unless `must`.
+    fn block(
+        &self,
+        raw: &[u8],
+        form: Option<u8>,
+        learn: fn(&[u8]) -> bool,
+        must: bool,
+    ) -> Option<Vec<u8>> {
+        let dictionary = form.and_then(|form| {
+            let cell = &self.types.get(usize::from(form).checked_sub(1)?)?.1;
+            let d = match cell.get() {
+                Some(d) => d,
+                None if learn(raw) => cell.get_or_init(|| raw.into()),
+                None => return None,
+            };
+            Some((form, &**d))
+        });
         let (form, block) = match dictionary {
             Some((form, d)) => (
                 form,
@@ -116,7 +128,7 @@ impl Dictionaries {
         let mut out = Vec::with_capacity(block.len() + 2);
         out.extend_from_slice(&[COMPACT, form]);
         out.extend_from_slice(&block);
-        Some(out.into())
+        Some(out)
     }
 
     /// The protobuf bytes of a kept payload: borrowed when it was kept as it came, expanded

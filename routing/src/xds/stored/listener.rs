@@ -20,7 +20,7 @@
 //! chain that begins with a zero byte as a block, reads it back as the bytes that came (and
 //! rejects them as it would have).
 
-use super::{Dictionaries, ReadError, CHAIN_FORM, COMPACT, LEARN_FROM, PLAIN, WORTH_FROM};
+use super::{Dictionaries, ReadError, CHAIN_FORM, COMPACT, LEARN_FROM, WORTH_FROM};
 use std::collections::HashMap;
 
 /// The second byte of a listener kept chain by chain.
@@ -152,8 +152,9 @@ impl Dictionaries {
             }
             match f.number {
                 FILTER_CHAINS | FILTER_CHAIN_MATCHER if odd(f) => {
-                    let block = lz4_flex::block::compress_prepend_size(f.value);
-                    let block = framed(PLAIN, block, None).unwrap_or_default();
+                    let block = self
+                        .block(f.value, None, |_| false, true)
+                        .unwrap_or_default();
                     put_delimited(&mut out, f.key, &block);
                 }
                 FILTER_CHAINS => {
@@ -175,7 +176,9 @@ impl Dictionaries {
                     }
                 }
                 FILTER_CHAIN_MATCHER => {
-                    let block = plain_block(f.value);
+                    let block = (f.value.len() >= WORTH_FROM)
+                        .then(|| self.block(f.value, None, |_| false, false))
+                        .flatten();
                     put_delimited(&mut out, f.key, block.as_deref().unwrap_or(f.value));
                 }
                 _ => {
@@ -201,22 +204,8 @@ impl Dictionaries {
         if raw.len() < WORTH_FROM {
             return None;
         }
-        let dictionary = &self.types[usize::from(CHAIN_FORM) - 1].1;
-        let learned = match dictionary.get() {
-            Some(d) => Some(d),
-            None if raw.len() >= LEARN_FROM && service_chain(raw) => {
-                Some(dictionary.get_or_init(|| raw.into()))
-            }
-            None => None,
-        };
-        let (form, block) = match learned {
-            Some(d) => (
-                CHAIN_FORM,
-                lz4_flex::block::compress_prepend_size_with_dict(raw, d),
-            ),
-            None => (PLAIN, lz4_flex::block::compress_prepend_size(raw)),
-        };
-        framed(form, block, Some(raw.len()))
+        let learn = |raw: &[u8]| raw.len() >= LEARN_FROM && service_chain(raw);
+        self.block(raw, Some(CHAIN_FORM), learn, false)
     }
 
     /// The bytes of a listener kept chain by chain (`inner`: what follows its two bytes).
@@ -241,27 +230,6 @@ impl Dictionaries {
         }
         Ok(out)
     }
-}
-
-/// `raw`'s LZ4 block without a dictionary, framed; `None` when it would not save a quarter.
-fn plain_block(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.len() < WORTH_FROM {
-        return None;
-    }
-    let block = lz4_flex::block::compress_prepend_size(raw);
-    framed(PLAIN, block, Some(raw.len()))
-}
-
-/// `[COMPACT, form]` and `block`; with `raw_len`, only when that is at most three quarters of
-/// it.
-fn framed(form: u8, block: Vec<u8>, raw_len: Option<usize>) -> Option<Vec<u8>> {
-    if raw_len.is_some_and(|raw| (block.len() + 2) * 4 > raw * 3) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(block.len() + 2);
-    out.extend_from_slice(&[COMPACT, form]);
-    out.extend_from_slice(&block);
-    Some(out)
 }
 
 /// Whether `raw` is a service's filter chain as istiod names it (`inbound-vip|…`).

@@ -1,4 +1,4 @@
-use super::super::{expand, shallow, Dictionaries, ReadError};
+use super::super::{expand, shallow, Dictionaries, ReadError, PLAIN};
 use super::*;
 use crate::xds::LISTENER_TYPE;
 use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
@@ -95,7 +95,7 @@ fn an_unchanged_chain_takes_the_last_listener_s_block() {
     let d = Dictionaries::new();
     let first = d.compact(LISTENER_TYPE, &main_internal(20, None)).unwrap();
     let (zero, five) = (chain(0).encode_to_vec(), chain(5).encode_to_vec());
-    let planted = plain_block(&zero).unwrap();
+    let planted = d.block(&zero, None, |_| false, false).unwrap();
     {
         let mut cache = d.chains.lock().unwrap();
         let cache = cache.as_mut().expect("kept");
