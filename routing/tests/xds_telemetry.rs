@@ -349,22 +349,32 @@ fn the_translator_reusing_chains_gives_what_a_translation_from_scratch_gives() {
     for (i, doc) in docs.iter().enumerate() {
         let res = load_resources(&doc.to_string()).unwrap();
         let scratch = translate(doc);
-        let listeners: Vec<(String, bytes::Bytes)> = res
+        let listeners: Vec<(std::sync::Arc<str>, bytes::Bytes)> = res
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), bytes::Bytes::from(l.encode_to_vec())))
+            .map(|l| {
+                (
+                    l.name.as_str().into(),
+                    bytes::Bytes::from(l.encode_to_vec()),
+                )
+            })
             .collect();
-        let clusters: Vec<(String, bytes::Bytes)> = res
+        let clusters: Vec<(std::sync::Arc<str>, bytes::Bytes)> = res
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), bytes::Bytes::from(c.encode_to_vec())))
+            .map(|c| {
+                (
+                    c.name.as_str().into(),
+                    bytes::Bytes::from(c.encode_to_vec()),
+                )
+            })
             .collect();
-        let endpoints: Vec<(String, bytes::Bytes)> = res
+        let endpoints: Vec<(std::sync::Arc<str>, bytes::Bytes)> = res
             .endpoints
             .iter()
             .map(|e| {
                 (
-                    e.cluster_name.clone(),
+                    e.cluster_name.as_str().into(),
                     bytes::Bytes::from(e.encode_to_vec()),
                 )
             })

@@ -231,6 +231,19 @@ impl ResourceState {
         Arc::make_mut(self.types.entry(type_url.to_string()).or_default())
     }
 
+    /// The name string the state already holds for `name` when a resource of `type_url` comes:
+    /// an EDS assignment is named after its cluster, and takes the cluster's string (at 5 000
+    /// services, 15 000 names of 60 to 80 bytes held once instead of twice). `None` for the
+    /// other types. One lookup per assignment.
+    pub(crate) fn held_name(&self, type_url: &str, name: &str) -> Option<Name> {
+        if type_url != type_url::CLUSTER_LOAD_ASSIGNMENT {
+            return None;
+        }
+        let clusters = self.types.get(type_url::CLUSTER)?;
+        let (held, _) = clusters.resources.get_key_value(name)?;
+        Some(held.clone())
+    }
+
     /// The shared resource `name` of `type_url`.
     pub fn get_shared(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
         self.types.get(type_url).and_then(|t| t.resources.get(name))

@@ -330,8 +330,14 @@ pub(crate) struct Prepared<M> {
 }
 
 impl<M> Prepared<M> {
-    /// The type's state after this response on top of `base`, and what it changed there.
-    pub fn apply(&self, base: &TypeState) -> (TypeState, Change) {
+    /// The type's state after this response on top of `base`, and what it changed there. A
+    /// resource takes the name string `held_name` gives for it, when one is held already
+    /// ([`crate::ResourceState::held_name`]).
+    pub fn apply(
+        &self,
+        base: &TypeState,
+        held_name: &dyn Fn(&str) -> Option<crate::resource::Name>,
+    ) -> (TypeState, Change) {
         let mut held = base.clone();
         let mut removed = Vec::new();
         if self.whole {
@@ -362,7 +368,15 @@ impl<M> Prepared<M> {
             if !same {
                 updated.push(r.name.to_string());
             }
-            held.resources.insert(r.name.clone(), r.clone());
+            let r = match held_name(&r.name) {
+                Some(name) if !Arc::ptr_eq(&name, &r.name) => Arc::new(Resource {
+                    name,
+                    version: r.version.clone(),
+                    value: r.value.clone(),
+                }),
+                _ => r.clone(),
+            };
+            held.resources.insert(r.name.clone(), r);
         }
         held.version_info.clone_from(&self.version_info);
         let change = Change {
@@ -459,7 +473,8 @@ pub(crate) fn settle<A: Answer>(
     let mut candidate = answer.core().accepted.clone();
     let mut changes = Vec::with_capacity(group.len());
     for p in &group {
-        let (held, change) = p.apply(&candidate.type_state(&p.type_url));
+        let held_name = |name: &str| candidate.held_name(&p.type_url, name);
+        let (held, change) = p.apply(&candidate.type_state(&p.type_url), &held_name);
         *candidate.type_mut(&p.type_url) = held;
         changes.push(change);
     }

@@ -253,7 +253,10 @@ pub(crate) fn authorization(
         // Parsed once: at 10 000 services this runs for every chain whenever one comes or goes.
         match (name.as_str(), ClusterName::parse(name)) {
             ("direct-http" | "direct-tcp", _) => direct.push((0, c)),
-            (_, Some(cn)) => services.entry(cn.host).or_default().push((cn.port, c)),
+            (_, Some(cn)) => services
+                .entry(cn.host().to_string())
+                .or_default()
+                .push((cn.port, c)),
             (_, None) => {}
         }
     }
@@ -280,7 +283,7 @@ pub(crate) fn authorization_patched(
         if name == "direct-http" || name == "direct-tcp" || !c.ext_authz.is_empty() {
             return None;
         }
-        hosts.extend(ClusterName::parse(name).map(|cn| cn.host));
+        hosts.extend(ClusterName::parse(name).map(|cn| cn.host().to_string()));
         Some(())
     };
     let (mut a, mut b) = (was.iter().peekable(), now.iter().peekable());
@@ -318,7 +321,7 @@ pub(crate) fn authorization_patched(
                 .filter(|(n, _)| n.ends_with(&suffix))
                 .filter_map(|(n, c)| {
                     let cn = ClusterName::parse(n)?;
-                    (cn.host == host).then_some((cn.port, &**c))
+                    (cn.host() == host).then_some((cn.port, &**c))
                 })
                 .collect();
             let set = (!chains.is_empty()).then(|| service_policies(&chains));

@@ -203,14 +203,9 @@ pub(crate) fn translate(
 ) -> Result<Translation, Vec<Rejection>> {
     let mut diag = Diag::default();
     services_memo.main = None;
-    let clusters = index(res.clusters, |c| c.name.as_str(), CLUSTER_TYPE, &mut diag);
-    let clas = index(
-        res.assignments,
-        |c| c.name.as_str(),
-        ENDPOINT_TYPE,
-        &mut diag,
-    );
-    let rcs = index(res.routes, |r| r.name.as_str(), ROUTE_TYPE, &mut diag);
+    let clusters = index(res.clusters, |c| &*c.name, CLUSTER_TYPE, &mut diag);
+    let clas = index(res.assignments, |c| &*c.name, ENDPOINT_TYPE, &mut diag);
+    let rcs = index(res.routes, |r| &*r.name, ROUTE_TYPE, &mut diag);
     let known: ClusterNames<'_> = clusters.keys().copied().collect();
 
     // Clusters.
@@ -329,11 +324,11 @@ pub(crate) fn translate(
             let Some(cn) = ClusterName::parse(chain) else {
                 continue;
             };
-            service_acc(&mut services, &cn.host).add_vip(*ip, *port, chain);
+            service_acc(&mut services, cn.host()).add_vip(*ip, *port, chain);
         }
     }
     for sc in svc_clusters.values() {
-        let acc = service_acc(&mut services, &sc.name.host);
+        let acc = service_acc(&mut services, sc.name.host());
         if acc.namespace.is_none() {
             acc.namespace.clone_from(&sc.namespace);
         }
@@ -342,7 +337,7 @@ pub(crate) fn translate(
     let mut hash_keys: Vec<(String, HashKey)> = Vec::new();
     for (chain, piece) in &main.chains {
         if let Some(cn) = routed_chain(piece) {
-            let acc = service_acc(&mut services, &cn.host);
+            let acc = service_acc(&mut services, cn.host());
             add_chain(acc, chain, piece, &mut diag, &mut hash_keys);
         }
     }
@@ -358,10 +353,7 @@ pub(crate) fn translate(
     let mut by_host: BTreeMap<&str, Vec<(&str, &ServiceCluster)>> = BTreeMap::new();
     for (name, sc) in &svc_clusters {
         let sc: &ServiceCluster = sc;
-        by_host
-            .entry(sc.name.host.as_str())
-            .or_default()
-            .push((name, sc));
+        by_host.entry(sc.name.host()).or_default().push((name, sc));
     }
     let mut builder = SnapshotBuilder::new();
     builder.authorization(access::authorization(&main.authz));
@@ -435,7 +427,10 @@ pub(crate) fn translate(
     for ((host, port), chains) in &main.matched.authorities {
         let other = chains
             .iter()
-            .filter(|c| ClusterName::parse(c).is_none_or(|cn| cn.host != *host || cn.port != *port))
+            .filter(|c| {
+                ClusterName::parse(c)
+                    .is_none_or(|cn| cn.host() != host.as_str() || cn.port != *port)
+            })
             .collect::<Vec<_>>();
         if !other.is_empty() {
             diag.warn(

@@ -378,7 +378,11 @@ fn tcp_destination(
         );
     }
     let (host, subset, port) = match ClusterName::parse(cluster) {
-        Some(c) => (c.host, c.subset, Some(c.port)),
+        Some(c) => (
+            c.host().to_string(),
+            c.subset().map(str::to_string),
+            Some(c.port),
+        ),
         None => (cluster.to_string(), None, None),
     };
     RouteDestination {

@@ -54,7 +54,7 @@ fn address(cluster: Option<&str>, uri: Option<&str>) -> Result<String, ExtAuthzE
             }
         }
         if let Some(cn) = ClusterName::parse(c) {
-            return Ok(format!("{}:{}", cn.host, cn.port));
+            return Ok(format!("{}:{}", cn.host(), cn.port));
         }
     }
     if let Some(uri) = uri {

@@ -261,7 +261,8 @@ pub struct Translation {
 #[derive(Debug, Clone, Copy)]
 pub struct Encoded<'a> {
     pub type_url: &'a str,
-    pub name: &'a str,
+    /// The client's string: the translation's pieces hold it rather than a copy.
+    pub name: &'a std::sync::Arc<str>,
     pub value: &'a bytes::Bytes,
 }
 
@@ -355,7 +356,7 @@ pub fn translate(
 
 /// [`encode_all`]'s resources as a [`Translator`] takes them.
 pub(crate) fn as_encoded<'a>(
-    owned: &'a [(&'static str, &'a str, bytes::Bytes)],
+    owned: &'a [(&'static str, std::sync::Arc<str>, bytes::Bytes)],
 ) -> Vec<Encoded<'a>> {
     owned
         .iter()
@@ -369,7 +370,9 @@ pub(crate) fn as_encoded<'a>(
 
 /// Every resource of `resources` encoded, as (type URL, name, bytes): what a [`Translator`]
 /// reads, as the xDS client would hold it.
-pub(crate) fn encode_all(resources: &Resources) -> Vec<(&'static str, &str, bytes::Bytes)> {
+pub(crate) fn encode_all(
+    resources: &Resources,
+) -> Vec<(&'static str, std::sync::Arc<str>, bytes::Bytes)> {
     use prost::Message;
     let listeners = resources
         .listeners
@@ -391,7 +394,7 @@ pub(crate) fn encode_all(resources: &Resources) -> Vec<(&'static str, &str, byte
         .chain(clusters)
         .chain(endpoints)
         .chain(routes)
-        .map(|(type_url, name, bytes)| (type_url, name, bytes.into()))
+        .map(|(type_url, name, bytes)| (type_url, name.into(), bytes.into()))
         .collect()
 }
 

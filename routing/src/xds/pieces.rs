@@ -61,8 +61,9 @@ pub(crate) enum ClusterRole {
 /// One translated cluster.
 #[derive(Debug)]
 pub(crate) struct ClusterPiece {
-    /// The cluster's own name.
-    pub(crate) name: String,
+    /// The cluster's own name: the xDS client's string for it (an EDS assignment named after
+    /// the cluster holds the same one, [`AssignmentPiece::name`] and `eds` too).
+    pub(crate) name: Arc<str>,
     pub(crate) role: ClusterRole,
     /// The EDS assignment it needs, if it is an EDS cluster (the very string of its role's
     /// [`EndpointSource::Eds`]: at 5 000 services, 15 000 names held once instead of twice).
@@ -95,14 +96,24 @@ impl ClusterPiece {
     /// The piece of cluster resource `r`; a rejection naming it when it does not decode.
     fn decode(r: &Encoded<'_>) -> Result<ClusterPiece, Rejection> {
         super::stored::decode::<Cluster>(r.value)
-            .map(|c| ClusterPiece::build(&c))
+            .map(|c| ClusterPiece::build(&c, r.name))
             .map_err(|e| undecodable(r, e))
     }
 
-    pub(crate) fn build(c: &Cluster) -> ClusterPiece {
+    /// The piece of `c`, held under `shared` (its name as the xDS client holds it) when that is
+    /// its name.
+    pub(crate) fn build(c: &Cluster, shared: &Arc<str>) -> ClusterPiece {
         let mut diag = Diag::default();
         let name = c.name.as_str();
-        let role = match ClusterName::parse(name) {
+        let own: Arc<str> = if **shared == *name {
+            shared.clone()
+        } else {
+            name.into()
+        };
+        // An EDS assignment named after its cluster (istiod's `service_name` is the cluster's
+        // name): the same string.
+        let share = |s: Arc<str>| if *s == *own { own.clone() } else { s };
+        let mut role = match ClusterName::parse_shared(&own) {
             Some(cn) if cn.direction == Direction::InboundVip => {
                 match cluster::service_cluster(c, cn, &mut diag) {
                     Some(cluster) => ClusterRole::Service {
@@ -136,13 +147,18 @@ impl ClusterPiece {
                 ClusterRole::Other
             }
         };
+        if let ClusterRole::Service { cluster, .. } = &mut role {
+            if let EndpointSource::Eds(eds) = &mut cluster.source {
+                *eds = share(eds.clone());
+            }
+        }
         // The role's string, when it has one.
         let eds = match &role {
             ClusterRole::Service { cluster, .. } => match &cluster.source {
                 EndpointSource::Eds(eds) => Some(eds.clone()),
-                _ => cluster::eds_name(c),
+                _ => cluster::eds_name(c).map(share),
             },
-            _ => cluster::eds_name(c),
+            _ => cluster::eds_name(c).map(share),
         };
         let inline = matches!(
             &role,
@@ -150,7 +166,7 @@ impl ClusterPiece {
                 if matches!(cluster.source, EndpointSource::Inline | EndpointSource::Dns(_))
         );
         ClusterPiece {
-            name: c.name.clone(),
+            name: own,
             role,
             eds,
             load_assignment: c
@@ -166,8 +182,9 @@ impl ClusterPiece {
 /// One translated EDS assignment.
 #[derive(Debug)]
 pub(crate) struct AssignmentPiece {
-    /// The assignment's `cluster_name`.
-    pub(crate) name: String,
+    /// The assignment's `cluster_name`: the xDS client's string for it, which is its cluster's
+    /// (`xds_client::ResourceState::held_name`).
+    pub(crate) name: Arc<str>,
     /// Its routable pods, each shared with the assignments decoded with it that list an
     /// equal pod (a service's subsets list its pods again: [`PodShare`]).
     pub(crate) pods: Vec<Arc<PodEndpoint>>,
@@ -194,12 +211,15 @@ impl AssignmentPiece {
         share: &mut PodShare,
     ) -> Result<AssignmentPiece, Rejection> {
         super::stored::decode::<ClusterLoadAssignment>(r.value)
-            .map(|c| AssignmentPiece::build(&c, labels, share))
+            .map(|c| AssignmentPiece::build(&c, r.name, labels, share))
             .map_err(|e| undecodable(r, e))
     }
 
+    /// The piece of `cla`, held under `shared` (its name as the xDS client holds it) when that is
+    /// its name.
     pub(crate) fn build(
         cla: &ClusterLoadAssignment,
+        shared: &Arc<str>,
         labels: &mut LabelMaps,
         share: &mut PodShare,
     ) -> AssignmentPiece {
@@ -217,7 +237,11 @@ impl AssignmentPiece {
             pods.push(share.pod(p));
         }
         AssignmentPiece {
-            name: cla.cluster_name.clone(),
+            name: if **shared == cla.cluster_name {
+                shared.clone()
+            } else {
+                cla.cluster_name.as_str().into()
+            },
             pods,
             socket_meta: outbound::match_metadata(cla),
             diag,
@@ -443,7 +467,7 @@ impl Memo {
                     }
                     Gave::Listener(l) => {
                         out.listeners.push(l.0.clone());
-                        self.main_at = self.main_at.or((r.name == MAIN_INTERNAL).then_some(at));
+                        self.main_at = self.main_at.or((**r.name == *MAIN_INTERNAL).then_some(at));
                         true
                     }
                     Gave::Nothing => false,
@@ -477,7 +501,7 @@ impl Memo {
                     .and_then(|b| Ok(ShallowListener::decode(b)?))
                     .map(|l| {
                         out.listeners.push(l.clone());
-                        self.main_at = self.main_at.or((r.name == MAIN_INTERNAL).then_some(at));
+                        self.main_at = self.main_at.or((**r.name == *MAIN_INTERNAL).then_some(at));
                         Gave::Listener(Box::new((l, listener.unwrap_or_default())))
                     })
                     .map_err(bad),

@@ -182,7 +182,7 @@ impl Translator {
             }
         }
         let known: super::chain::ClusterNames<'_> =
-            decoded.clusters.iter().map(|c| c.name.as_str()).collect();
+            decoded.clusters.iter().map(|c| &*c.name).collect();
         eds::routes_asked(
             &decoded.listeners,
             &decoded.resources.routes,
@@ -223,7 +223,7 @@ impl Translator {
             resources.to_vec(),
             |kept| self.translate(kept, options),
             |kept| kept.len(),
-            |kept, r| kept.retain(|e| e.type_url != r.type_url || e.name != r.name),
+            |kept, r| kept.retain(|e| e.type_url != r.type_url || **e.name != *r.name),
         )
     }
 

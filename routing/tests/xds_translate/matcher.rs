@@ -43,7 +43,7 @@ fn a_matcher_range_dropped_and_restored_translates_as_from_scratch() {
     let fewer = without_last_range(main.unwrap()).expect("an IP tree");
     let i = wire
         .iter()
-        .position(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
+        .position(|(t, n, _)| *t == LISTENER_TYPE && &**n == "main_internal")
         .unwrap();
     let mut dropped = wire.clone();
     dropped[i].2 = fewer.encode_to_vec().into();

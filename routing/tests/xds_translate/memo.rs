@@ -30,7 +30,7 @@ pub(super) const FIXTURES: &[&str] = &[
 ];
 
 /// A resource's key in a state of the world.
-type Key = (&'static str, String);
+type Key = (&'static str, std::sync::Arc<str>);
 
 /// Every resource of the fixtures, each with a few versions of its bytes: as istiod wrote it,
 /// then changed the way pushes change it (an endpoint gone or unhealthy, another timeout or
@@ -96,7 +96,7 @@ fn add(
     name: &str,
     new: Vec<Bytes>,
 ) -> Key {
-    let key = (type_url, name.to_string());
+    let key = (type_url, std::sync::Arc::<str>::from(name));
     let list = versions.entry(key.clone()).or_default();
     for v in new {
         if !list.contains(&v) {
@@ -167,7 +167,7 @@ pub(super) fn retimed(l: &Listener, chain: Option<&str>, secs: i64) -> Option<Li
 pub(super) fn retime_wire(wire: &mut Wire, chain: &str, secs: i64) {
     let (_, _, bytes) = wire
         .iter_mut()
-        .find(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
+        .find(|(t, n, _)| *t == LISTENER_TYPE && &**n == "main_internal")
         .expect("main_internal");
     let l = Listener::decode(&bytes[..]).unwrap();
     *bytes = retimed(&l, Some(chain), secs)
@@ -336,7 +336,7 @@ proptest! {
                     let at = state.keys().position(|k| k == key).unwrap();
                     match &pool.versions[*key].0 {
                         (t, _) if *t == CLUSTER_TYPE => translator.subscriptions_with(&encoded[at..=at], None),
-                        (t, n) if *t == LISTENER_TYPE && n == "main_internal" && had.contains(key) => translator.subscriptions_with(&[], Some(&encoded[at])),
+                        (t, n) if *t == LISTENER_TYPE && &**n == "main_internal" && had.contains(key) => translator.subscriptions_with(&[], Some(&encoded[at])),
                         _ => None,
                     }
                 }
@@ -350,7 +350,7 @@ proptest! {
                     translator.translate_assignments(&encoded[at..=at], &TranslateOptions::default())
                 }
                 // `main_internal` changed: read alone when the translator can.
-                Some(Step::Upsert { key, .. }) if pool.versions[*key].0 == (LISTENER_TYPE, "main_internal".to_string()) && had.contains(key) => {
+                Some(Step::Upsert { key, .. }) if pool.versions[*key].0 == (LISTENER_TYPE, "main_internal".into()) && had.contains(key) => {
                     let at = state.keys().position(|k| k == key).unwrap();
                     translator.translate_listener(&encoded[at..=at], &TranslateOptions::default())
                 }
@@ -385,24 +385,32 @@ proptest! {
 }
 
 /// bookinfo's clusters, assignments and listeners as istiod sends them: (type, name, bytes).
-pub(super) type Wire = Vec<(&'static str, String, Bytes)>;
+pub(super) type Wire = Vec<(&'static str, std::sync::Arc<str>, Bytes)>;
 
 pub(super) fn bookinfo_wire(res: &Resources) -> Wire {
     res.clusters
         .iter()
-        .map(|c| (CLUSTER_TYPE, c.name.clone(), c.encode_to_vec().into()))
+        .map(|c| {
+            (
+                CLUSTER_TYPE,
+                c.name.as_str().into(),
+                c.encode_to_vec().into(),
+            )
+        })
         .chain(res.endpoints.iter().map(|c| {
             (
                 ENDPOINT_TYPE,
-                c.cluster_name.clone(),
+                c.cluster_name.as_str().into(),
                 c.encode_to_vec().into(),
             )
         }))
-        .chain(
-            res.listeners
-                .iter()
-                .map(|l| (LISTENER_TYPE, l.name.clone(), l.encode_to_vec().into())),
-        )
+        .chain(res.listeners.iter().map(|l| {
+            (
+                LISTENER_TYPE,
+                l.name.as_str().into(),
+                l.encode_to_vec().into(),
+            )
+        }))
         .collect()
 }
 
@@ -447,7 +455,9 @@ fn an_eds_change_rebuilds_one_assignment() {
     let before = first.snapshot.endpoints(host).len();
     let i = wire
         .iter()
-        .position(|(t, n, _)| *t == ENDPOINT_TYPE && n == &format!("inbound-vip|9080|http|{host}"))
+        .position(|(t, n, _)| {
+            *t == ENDPOINT_TYPE && **n == *format!("inbound-vip|9080|http|{host}")
+        })
         .expect("ratings' assignment");
     let mut cla = ClusterLoadAssignment::decode(&wire[i].2[..]).unwrap();
     let gone = cla.endpoints.iter_mut().find_map(|l| l.lb_endpoints.pop());

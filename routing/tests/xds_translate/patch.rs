@@ -158,13 +158,13 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
         gone,
         fewer,
     } = bookinfo_published();
-    let changed = |wire: &Wire| -> Vec<(&'static str, String, Bytes)> {
+    let changed = |wire: &Wire| -> Vec<(&'static str, std::sync::Arc<str>, Bytes)> {
         wire.iter()
             .filter(|(t, n, _)| *t == routing::xds::ENDPOINT_TYPE && n.ends_with(REVIEWS))
             .cloned()
             .collect()
     };
-    let view = |wire: &[(&'static str, String, Bytes)]| -> Vec<(&'static str, String, Bytes)> {
+    let view = |wire: &[(&'static str, std::sync::Arc<str>, Bytes)]| -> Vec<(&'static str, std::sync::Arc<str>, Bytes)> {
         wire.to_vec()
     };
     let alone = view(&changed(&fewer));
@@ -206,9 +206,10 @@ fn changed_assignments_alone_patch_the_published_snapshot() {
         .is_none());
     // A name the state did not have.
     let live = publish(&mut translator, &full, &second);
+    let nowhere = "inbound-vip|9080|http|nowhere.default.svc.cluster.local".into();
     let unknown = routing::xds::Encoded {
         type_url: routing::xds::ENDPOINT_TYPE,
-        name: "inbound-vip|9080|http|nowhere.default.svc.cluster.local",
+        name: &nowhere,
         value: view[0].value,
     };
     assert!(translator
@@ -237,13 +238,13 @@ fn a_push_read_alone_lets_go_of_the_bytes_it_replaced() {
         .cloned()
         .collect();
     assert!(!changed.is_empty());
-    let replaced = |wire: &Wire, t: &str, names: &[&str]| -> Vec<(String, Bytes)> {
+    let replaced = |wire: &Wire, t: &str, names: &[&str]| -> Vec<(std::sync::Arc<str>, Bytes)> {
         wire.iter()
-            .filter(|(ty, n, _)| *ty == t && names.contains(&n.as_str()))
+            .filter(|(ty, n, _)| *ty == t && names.contains(&&**n))
             .map(|(_, n, b)| (n.clone(), b.clone()))
             .collect()
     };
-    let names: Vec<&str> = changed.iter().map(|(_, n, _)| n.as_str()).collect();
+    let names: Vec<&str> = changed.iter().map(|(_, n, _)| &**n).collect();
     let old = replaced(&full, routing::xds::ENDPOINT_TYPE, &names);
     let old_main = replaced(&full, routing::xds::LISTENER_TYPE, &["main_internal"]);
     drop(full);
@@ -270,7 +271,7 @@ fn a_push_read_alone_lets_go_of_the_bytes_it_replaced() {
     retime_wire(&mut fewer, &chain, 7);
     let main: Wire = fewer
         .iter()
-        .filter(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && n == "main_internal")
+        .filter(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && &**n == "main_internal")
         .cloned()
         .collect();
     translator
@@ -359,7 +360,7 @@ fn a_route_change_patches_the_published_snapshot() {
     let mut fewer = full.clone();
     let (_, _, bytes) = fewer
         .iter_mut()
-        .find(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && n == "main_internal")
+        .find(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && &**n == "main_internal")
         .unwrap();
     let mut l = envoy_types::pb::envoy::config::listener::v3::Listener::decode(&bytes[..]).unwrap();
     l.filter_chains.retain(|c| c.name != chain);
@@ -381,7 +382,7 @@ mod sequences {
     use routing::xds::Encoded;
 
     /// Each resource (type, name) with its versions.
-    type Versions = Vec<(&'static str, String, Vec<Bytes>)>;
+    type Versions = Vec<(&'static str, std::sync::Arc<str>, Vec<Bytes>)>;
 
     fn versions() -> &'static Versions {
         static V: std::sync::OnceLock<Versions> = std::sync::OnceLock::new();
@@ -392,7 +393,7 @@ mod sequences {
             full.iter()
                 .map(|(t, n, bytes)| {
                     let mut list = vec![bytes.clone()];
-                    if *t == routing::xds::LISTENER_TYPE && n == "main_internal" {
+                    if *t == routing::xds::LISTENER_TYPE && &**n == "main_internal" {
                         for secs in [7, 9] {
                             let mut w = vec![(*t, n.clone(), bytes.clone())];
                             retime_wire(&mut w, &chain, secs);
@@ -429,7 +430,7 @@ mod sequences {
             let mut translator = Translator::new();
             let mut live = std::sync::Arc::new(routing::Snapshot::empty());
             // A third of the steps change the listener (its routes), the rest any resource.
-            let main = all.iter().position(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && n == "main_internal").unwrap();
+            let main = all.iter().position(|(t, n, _)| *t == routing::xds::LISTENER_TYPE && &**n == "main_internal").unwrap();
             for (i, (key, version)) in std::iter::once((64, 0)).chain(steps).enumerate() {
                 let k = if key < 21 { main } else { key % all.len() };
                 state[k] = version % all[k].2.len();

@@ -18,7 +18,7 @@ const RATINGS_VIP: &str = "10.96.0.11:9080";
 fn without_ratings(full: &Wire) -> Wire {
     full.iter()
         .filter(|(_, n, _)| !n.ends_with(RATINGS))
-        .map(|(t, n, bytes)| match (*t, n.as_str()) {
+        .map(|(t, n, bytes)| match (*t, &**n) {
             (LISTENER_TYPE, "main_internal") => (
                 *t,
                 n.clone(),
@@ -213,7 +213,7 @@ fn a_new_service_is_spliced_in_and_out() {
     // ratings' VIP changes: the matcher alone differs; ratings is assembled again.
     let mut moved = full.clone();
     for (t, n, bytes) in &mut moved {
-        if *t == LISTENER_TYPE && n == "main_internal" {
+        if *t == LISTENER_TYPE && &**n == "main_internal" {
             *bytes = moved_vip(bytes, "10.96.0.11", "10.96.0.99").into();
         }
     }

@@ -11,7 +11,7 @@ fn wire_of(name: &str) -> Wire {
     let res = load_resources(&fixture(name)).unwrap();
     let mut wire = bookinfo_wire(&res);
     for r in &res.routes {
-        wire.push((ROUTE_TYPE, r.name.clone(), r.encode_to_vec().into()));
+        wire.push((ROUTE_TYPE, r.name.as_str().into(), r.encode_to_vec().into()));
     }
     wire
 }
@@ -87,7 +87,7 @@ fn a_route_change_kept_chain_by_chain_rebuilds_one_chain() {
     let first = kept(&raw);
     let main = |w: &Wire| {
         w.iter()
-            .find(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
+            .find(|(t, n, _)| *t == LISTENER_TYPE && &**n == "main_internal")
             .map(|(_, _, v)| v.clone())
             .unwrap()
     };

@@ -124,7 +124,7 @@ fn new_clusters_are_asked_of_alone() {
     // as the whole state's question with that listener.
     let (t, n, main) = grown
         .iter()
-        .find(|(t, n, _)| *t == LISTENER_TYPE && n == "main_internal")
+        .find(|(t, n, _)| *t == LISTENER_TYPE && &**n == "main_internal")
         .unwrap();
     let copy: bytes::Bytes = main.to_vec().into();
     let main = Encoded {

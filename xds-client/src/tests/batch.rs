@@ -485,3 +485,34 @@ fn what_the_subscriptions_drop_is_forgotten_and_the_rest_kept() {
     crate::delta::answer_together(&mut core, vec![removal, eds("e2", &["unasked"])]);
     assert_eq!(held(&core), ["details", "reviews"]);
 }
+
+/// An assignment holds its cluster's name string, whether the cluster came before it or in the
+/// same group; a cluster's name is its own.
+#[test]
+fn an_assignment_takes_its_clusters_name_string() {
+    let handler = TestHandler::default();
+    let mut core = core(&handler, Mode::Delta);
+    let eds = |nonce: &str, name: &str| {
+        delta(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            nonce,
+            vec![(name, endpoints(name))],
+        )
+    };
+    crate::delta::answer_together(&mut core, vec![cds("c1", &["reviews"], true)]);
+    crate::delta::answer_together(&mut core, vec![eds("e1", "reviews")]);
+    crate::delta::answer_together(
+        &mut core,
+        vec![cds("c2", &["ratings"], true), eds("e2", "ratings")],
+    );
+    let held = |type_url: &str, name: &str| {
+        let r = core.accepted.get_shared(type_url, name).expect(name);
+        r.name.clone()
+    };
+    for name in ["reviews", "ratings"] {
+        let cluster = held(type_url::CLUSTER, name);
+        let assignment = held(type_url::CLUSTER_LOAD_ASSIGNMENT, name);
+        assert_eq!(*assignment, *name);
+        assert!(std::sync::Arc::ptr_eq(&cluster, &assignment), "{name}");
+    }
+}

@@ -65,7 +65,7 @@ pub(crate) fn others_digest(resources: &[Encoded<'_>]) -> (u128, u128) {
         .iter()
         .filter(|r| r.type_url != CLUSTER_TYPE && r.type_url != ENDPOINT_TYPE)
     {
-        if r.type_url == LISTENER_TYPE && r.name == listener::MAIN_INTERNAL {
+        if r.type_url == LISTENER_TYPE && **r.name == *listener::MAIN_INTERNAL {
             main = Some(&r.value[..]);
             // Where it stands among the others.
             rest.update(b"main_internal");
@@ -328,7 +328,7 @@ pub(crate) fn patch_assignments(
         let old = &l.assignments[i];
         // Known, and what the translation read (a name twice is not one push's).
         if r.type_url != ENDPOINT_TYPE
-            || old.name != r.name
+            || *old.name != **r.name
             || replaced.iter().any(|(j, ..)| *j == i)
         {
             return None;
@@ -369,7 +369,7 @@ fn patch_services(
         return None;
     }
     for (old, new) in changed {
-        if new.name != old.name || new.diag != old.diag || l.irregular.contains(&new.name) {
+        if new.name != old.name || new.diag != old.diag || l.irregular.contains(&*new.name) {
             return None;
         }
     }
@@ -384,7 +384,7 @@ fn patch_services(
         else {
             return None;
         };
-        hosts.entry(sc.name.host.as_str()).or_default().push(new);
+        hosts.entry(sc.name.host()).or_default().push(new);
     }
     let now = Instant::now();
     let mut patches = Vec::with_capacity(hosts.len());
@@ -468,8 +468,8 @@ fn rebuild(
             EndpointSource::None => Cow::Borrowed(&[][..]),
             EndpointSource::Inline | EndpointSource::Dns(_) => return None,
         };
-        pods.insert(piece.name.as_str(), list);
-        clusters.push((piece.name.as_str(), sc));
+        pods.insert(&*piece.name, list);
+        clusters.push((&*piece.name, sc));
     }
     let mine: Vec<(&str, &ServiceCluster)> = clusters.iter().map(|(n, c)| (*n, &**c)).collect();
     let host = r.out.service.hostname.as_str();

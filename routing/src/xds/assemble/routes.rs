@@ -58,7 +58,7 @@ pub(crate) fn patch_listener(
         return None;
     };
     if main.type_url != LISTENER_TYPE
-        || main.name != listener::MAIN_INTERNAL
+        || **main.name != *listener::MAIN_INTERNAL
         || !l.same_options(options)
     {
         return None;
@@ -100,9 +100,8 @@ fn patch_listeners(
         return None;
     }
     // The listeners read again: chains found by digest, the changed ones decoded.
-    let rcs: BTreeMap<&str, &RouteConfiguration> =
-        routes.iter().map(|r| (r.name.as_str(), r)).collect();
-    let known: ClusterNames<'_> = l.clusters().iter().map(|c| c.name.as_str()).collect();
+    let rcs: BTreeMap<&str, &RouteConfiguration> = routes.iter().map(|r| (&*r.name, r)).collect();
+    let known: ClusterNames<'_> = l.clusters().iter().map(|c| &*c.name).collect();
     let mut rds = crate::xds::Names::new();
     let mut diag = Diag::default();
     let main = listener::translate(
@@ -243,7 +242,7 @@ fn routes_only_changed<'a>(was: &ChainPiece, new: &'a ChainPiece) -> Option<&'a 
         && !t2.routes.is_empty()
         && r1.hash_keys == r2.hash_keys
         && r1.diag == r2.diag;
-    same.then_some(c2.host.as_str())
+    same.then_some(c2.host())
 }
 
 /// The VirtualService the full assembly makes for `service` from its `chains` (all HTTP

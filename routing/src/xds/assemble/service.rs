@@ -170,7 +170,7 @@ pub(super) fn build_service(
             .filter_map(|c| ClusterName::parse(c))
             .chain(
                 mine.iter()
-                    .filter(|(_, sc)| sc.name.port == *number && sc.name.subset.is_none())
+                    .filter(|(_, sc)| sc.name.port == *number && sc.name.subset().is_none())
                     .map(|(_, sc)| sc.name.clone()),
             )
             .map(|c| c.is_tcp())
@@ -189,7 +189,7 @@ pub(super) fn build_service(
         };
         if !mine
             .iter()
-            .any(|(_, sc)| sc.name.port == *number && sc.name.subset.is_none())
+            .any(|(_, sc)| sc.name.port == *number && sc.name.subset().is_none())
         {
             let chains: Vec<&String> = p.chains.keys().collect();
             diag.warn(
@@ -259,7 +259,7 @@ pub(super) fn build_service(
             if e.workload.is_none() {
                 e.workload.clone_from(&p.workload);
             }
-            if let Some(s) = &sc.name.subset {
+            if let Some(s) = sc.name.subset() {
                 e.labels
                     .insert(format!("{SUBSET_LABEL_PREFIX}{s}"), "true".to_string());
             }
@@ -312,7 +312,7 @@ pub(super) fn build_service(
             pods.get(*name).map_or(&[][..], |l| l),
         );
         let p = &placed;
-        match &sc.name.subset {
+        match sc.name.subset() {
             None => {
                 if *p != ClusterPolicy::default()
                     && !top
@@ -324,7 +324,7 @@ pub(super) fn build_service(
                 }
             }
             Some(s) => {
-                let tp = subsets.entry(s.clone()).or_default();
+                let tp = subsets.entry(s.to_string()).or_default();
                 if !tp
                     .port_level_settings
                     .iter()

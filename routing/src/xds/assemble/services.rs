@@ -44,9 +44,9 @@ pub(crate) fn patch(
         .resources
         .routes
         .iter()
-        .map(|r| (r.name.as_str(), r))
+        .map(|r| (&*r.name, r))
         .collect();
-    let known: ClusterNames<'_> = decoded.clusters.iter().map(|c| c.name.as_str()).collect();
+    let known: ClusterNames<'_> = decoded.clusters.iter().map(|c| &*c.name).collect();
     let mut rds = crate::xds::Names::new();
     let mut diag = Diag::default();
     let main = listener::translate(
@@ -145,12 +145,9 @@ pub(crate) fn patch(
         let mine: Vec<(&str, &ServiceCluster)> =
             a.clusters.iter().map(|(n, c)| (*n, &**c)).collect();
         let pieces: BTreeMap<&str, &Arc<ClusterPiece>> =
-            a.pieces.iter().map(|p| (p.name.as_str(), *p)).collect();
-        let clas: BTreeMap<&str, &Arc<AssignmentPiece>> = a
-            .assignments
-            .iter()
-            .map(|p| (p.name.as_str(), *p))
-            .collect();
+            a.pieces.iter().map(|p| (&*p.name, *p)).collect();
+        let clas: BTreeMap<&str, &Arc<AssignmentPiece>> =
+            a.assignments.iter().map(|p| (&*p.name, *p)).collect();
         let view = key_view(&a.acc, &mine, &pieces, &clas, options)?;
         let mut pods: Pods<'_> = BTreeMap::new();
         for (name, sc) in &mine {
@@ -251,7 +248,7 @@ fn changed_chains(
     hosts: &mut BTreeSet<String>,
 ) -> Option<()> {
     let service = |p: &ChainPiece| match &p.role {
-        ChainRole::Service { cluster, .. } => Some(cluster.host.clone()),
+        ChainRole::Service { cluster, .. } => Some(cluster.host().to_string()),
         _ => None,
     };
     let (mut a, mut b) = (new.iter().peekable(), old.iter().peekable());
@@ -378,7 +375,7 @@ fn accumulate<'a>(
     let mut clusters: Vec<(&'a Arc<ClusterPiece>, &'a ServiceCluster)> = Vec::new();
     for c in &decoded.clusters {
         if let ClusterRole::Service { cluster, .. } = &c.role {
-            if hosts.contains(cluster.name.host.as_str()) {
+            if hosts.contains(cluster.name.host()) {
                 spliceable(c)?;
                 clusters.push((c, cluster));
             }
@@ -386,32 +383,32 @@ fn accumulate<'a>(
     }
     clusters.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     for (piece, sc) in clusters {
-        let a = entry(&mut out, &sc.name.host);
+        let a = entry(&mut out, sc.name.host());
         if a.acc.namespace.is_none() {
             a.acc.namespace.clone_from(&sc.namespace);
         }
         a.acc.ports.entry(sc.name.port).or_default();
         let mut sc = Cow::Borrowed(sc);
-        if let Some(key) = hash.get(piece.name.as_str()) {
+        if let Some(key) = hash.get(&*piece.name) {
             take_hash_key(&mut sc, (*key).clone());
         }
-        a.clusters.push((piece.name.as_str(), sc));
+        a.clusters.push((&*piece.name, sc));
         a.pieces.push(piece);
     }
     for (chain, piece) in &main.chains {
-        if let Some(cn) = routed_chain(piece).filter(|cn| hosts.contains(cn.host.as_str())) {
-            let a = entry(&mut out, &cn.host);
+        if let Some(cn) = routed_chain(piece).filter(|cn| hosts.contains(cn.host())) {
+            let a = entry(&mut out, cn.host());
             add_chain(&mut a.acc, chain, piece, &mut a.diag, &mut Vec::new());
         }
     }
     // Their assignments.
     let wanted: HashMap<&str, &str> = out
         .iter()
-        .flat_map(|(h, a)| a.pieces.iter().map(move |p| (p.name.as_str(), h.as_str())))
+        .flat_map(|(h, a)| a.pieces.iter().map(move |p| (&*p.name, h.as_str())))
         .collect();
     let mut found: Vec<(String, &'a Arc<AssignmentPiece>)> = Vec::new();
     for a in &decoded.assignments {
-        if let Some(h) = wanted.get(a.name.as_str()) {
+        if let Some(h) = wanted.get(&*a.name) {
             found.push((h.to_string(), a));
         }
     }

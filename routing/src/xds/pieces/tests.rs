@@ -49,7 +49,7 @@ pub(crate) fn cla(name: &str, ips: &[&str], rev: &str) -> ClusterLoadAssignment 
     }
 }
 
-fn encoded<'a>(name: &'a str, bytes: &'a bytes::Bytes) -> Encoded<'a> {
+fn encoded<'a>(name: &'a Arc<str>, bytes: &'a bytes::Bytes) -> Encoded<'a> {
     Encoded {
         type_url: ENDPOINT_TYPE,
         name,
@@ -63,13 +63,13 @@ fn encoded<'a>(name: &'a str, bytes: &'a bytes::Bytes) -> Encoded<'a> {
 #[test]
 fn the_walk_knows_the_very_same_bytes() {
     use prost::Message;
-    let names: Vec<String> = (0..20).map(|i| format!("svc-{i:02}")).collect();
+    let names: Vec<Arc<str>> = (0..20).map(|i| format!("svc-{i:02}").into()).collect();
     let payloads: Vec<bytes::Bytes> = names
         .iter()
         .map(|n| cla(n, &["10.0.0.1"], "v1").encode_to_vec().into())
         .collect();
     fn state<'a>(
-        (names, payloads): (&'a [String], &'a [bytes::Bytes]),
+        (names, payloads): (&'a [Arc<str>], &'a [bytes::Bytes]),
         skip: Option<usize>,
         swap: Option<(usize, &'a bytes::Bytes)>,
     ) -> Vec<Encoded<'a>> {
@@ -131,19 +131,15 @@ fn the_walk_knows_the_very_same_bytes() {
 fn assignments_share_equal_pods_and_pod_label_maps() {
     let mut labels = LabelMaps::default();
     let mut share = PodShare::default();
-    let all = AssignmentPiece::build(
-        &cla("all", &["10.0.0.1", "10.0.0.2", "10.0.0.3"], "v1"),
-        &mut labels,
-        &mut share,
-    );
-    let v1 = AssignmentPiece::build(
-        &cla("v1", &["10.0.0.1", "10.0.0.2"], "v1"),
-        &mut labels,
-        &mut share,
-    );
-    let v2 = AssignmentPiece::build(&cla("v2", &["10.0.0.4"], "v2"), &mut labels, &mut share);
+    let mut build = |name: &str, ips: &[&str], version: &str| {
+        let cla = cla(name, ips, version);
+        AssignmentPiece::build(&cla, &name.into(), &mut labels, &mut share)
+    };
+    let all = build("all", &["10.0.0.1", "10.0.0.2", "10.0.0.3"], "v1");
+    let v1 = build("v1", &["10.0.0.1", "10.0.0.2"], "v1");
+    let v2 = build("v2", &["10.0.0.4"], "v2");
     // The same address with another workload is another pod.
-    let moved = AssignmentPiece::build(&cla("moved", &["10.0.0.1"], "v2"), &mut labels, &mut share);
+    let moved = build("moved", &["10.0.0.1"], "v2");
     drop(share);
     assert!(Arc::ptr_eq(&all.pods[0], &v1.pods[0]));
     assert!(Arc::ptr_eq(&all.pods[1], &v1.pods[1]));
@@ -175,10 +171,10 @@ fn assignments_share_equal_pods_and_pod_label_maps() {
 fn cluster_pieces_share_equal_policies() {
     let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
     let res = crate::xds::json::load_resources(json).unwrap();
-    let policies: Vec<(String, Arc<ClusterPolicy>)> = res
+    let policies: Vec<(Arc<str>, Arc<ClusterPolicy>)> = res
         .clusters
         .iter()
-        .map(ClusterPiece::build)
+        .map(|c| ClusterPiece::build(c, &c.name.as_str().into()))
         .filter_map(|p| match p.role {
             ClusterRole::Service { cluster, .. } => Some((p.name, cluster.policy)),
             _ => None,
@@ -195,31 +191,54 @@ fn cluster_pieces_share_equal_policies() {
         seconds: 77,
         nanos: 0,
     });
-    if let ClusterRole::Service { cluster, .. } = ClusterPiece::build(&other).role {
+    if let ClusterRole::Service { cluster, .. } =
+        ClusterPiece::build(&other, &other.name.as_str().into()).role
+    {
         assert!(!Arc::ptr_eq(&cluster.policy, &first.1));
     }
 }
 
 /// An EDS cluster's piece names the assignment it needs once: the piece's `eds` and its
 /// role's source are one string (at 5 000 services, 15 000 names of some 60 bytes), and the
-/// name is the assignment's.
+/// name is the assignment's. istiod names the assignment after the cluster (its `service_name`
+/// is the cluster's name), and then that string is the one the xDS client holds the cluster
+/// under; an assignment's piece likewise holds the client's string.
 #[test]
 fn a_cluster_piece_names_its_assignment_once() {
     let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
     let res = crate::xds::json::load_resources(json).unwrap();
     let mut eds = 0;
     for c in &res.clusters {
-        let p = ClusterPiece::build(c);
+        let held: Arc<str> = c.name.as_str().into();
+        let p = ClusterPiece::build(c, &held);
+        assert!(Arc::ptr_eq(&p.name, &held), "{held}");
         if let ClusterRole::Service { cluster, .. } = &p.role {
             if let crate::xds::cluster::EndpointSource::Eds(source) = &cluster.source {
                 let named = p.eds.as_ref().expect("an EDS cluster's piece names it");
                 assert!(Arc::ptr_eq(named, source), "{}", p.name);
                 assert_eq!(&**named, crate::xds::cluster::eds_name(c).unwrap().as_ref());
+                assert_eq!(
+                    **named, *held,
+                    "istiod's service_name is the cluster's name"
+                );
+                assert!(Arc::ptr_eq(named, &held), "{held}: the name's string");
                 eds += 1;
             }
         }
     }
     assert!(eds >= 4, "{eds} EDS service clusters");
+    let mut labels = LabelMaps::default();
+    let mut share = PodShare::default();
+    for a in &res.endpoints {
+        let held: Arc<str> = a.cluster_name.as_str().into();
+        let p = AssignmentPiece::build(a, &held, &mut labels, &mut share);
+        assert!(Arc::ptr_eq(&p.name, &held), "{held}");
+    }
+    // Under another name (a client that holds it otherwise), the piece's own.
+    let other: Arc<str> = "other".into();
+    let c = &res.clusters[0];
+    let p = ClusterPiece::build(c, &other);
+    assert_eq!(*p.name, *c.name);
 }
 
 /// The walk gives the digests of the resources that are neither clusters nor assignments, as
@@ -247,16 +266,20 @@ fn the_walk_digests_a_listener_once() {
     .encode_to_vec()
     .into();
     let cla_bytes: bytes::Bytes = cla("svc", &["10.0.0.1"], "v1").encode_to_vec().into();
-    let state = |main: &'_ bytes::Bytes| -> Vec<(&'static str, &'static str, bytes::Bytes)> {
+    let state = |main: &'_ bytes::Bytes| -> Vec<(&'static str, Arc<str>, bytes::Bytes)> {
         vec![
-            (ENDPOINT_TYPE, "svc", cla_bytes.clone()),
+            (ENDPOINT_TYPE, "svc".into(), cla_bytes.clone()),
             (
                 crate::xds::LISTENER_TYPE,
-                "connect_originate",
+                "connect_originate".into(),
                 other.clone(),
             ),
-            (crate::xds::LISTENER_TYPE, "main_internal", main.clone()),
-            (crate::xds::ROUTE_TYPE, "r", routes.clone()),
+            (
+                crate::xds::LISTENER_TYPE,
+                "main_internal".into(),
+                main.clone(),
+            ),
+            (crate::xds::ROUTE_TYPE, "r".into(), routes.clone()),
         ]
     };
     let walk = |memo: &mut Memo, main: &bytes::Bytes| {

@@ -161,7 +161,7 @@ impl Others {
     pub(super) fn add(&mut self, kind: Kind, r: &Encoded<'_>, listener: Option<u128>) {
         match kind {
             Kind::Cluster | Kind::Assignment => {}
-            Kind::Listener if r.name == MAIN_INTERNAL => {
+            Kind::Listener if **r.name == *MAIN_INTERNAL => {
                 // Where it stands among the others.
                 self.rest.update(b"main_internal");
                 self.main = listener;
@@ -228,7 +228,7 @@ impl Memo {
             return;
         };
         if w.kind == Kind::Listener
-            && r.name == MAIN_INTERNAL
+            && **r.name == *MAIN_INTERNAL
             && w.key.get() == name_key(MAIN_INTERNAL)
         {
             w.gave = Gave::Listener(Box::new((listener.clone(), digest)));

@@ -21,7 +21,11 @@ fn destination(
     }
     let (host, subset, port) = match ClusterName::parse(cluster) {
         // `outbound|…` (a service this waypoint does not serve) is routable like its own.
-        Some(c) => (c.host, c.subset, Some(c.port)),
+        Some(c) => (
+            c.host().to_string(),
+            c.subset().map(str::to_string),
+            Some(c.port),
+        ),
         None => {
             at.warn(
                 diag,

@@ -332,7 +332,7 @@ fn dial(
     diag: &mut Diag,
 ) -> Option<(String, u16)> {
     if let Some(cn) = ClusterName::parse(cluster) {
-        return Some((cn.host, cn.port));
+        return Some((cn.host().to_string(), cn.port));
     }
     let from_uri = authority.and_then(|a| {
         let (host, port) = a.rsplit_once(':')?;

@@ -29,9 +29,9 @@ pub(super) fn measure_memo(
     (runs, repeat): (usize, usize),
 ) -> anyhow::Result<[Duration; MEMO_STEPS]> {
     use routing::xds::Encoded;
-    let names: Vec<String> = anys
+    let names: Vec<std::sync::Arc<str>> = anys
         .iter()
-        .map(resource_name)
+        .map(|a| resource_name(a).map(Into::into))
         .collect::<anyhow::Result<_>>()?;
     // One assignment with one endpoint fewer: the EDS push.
     let i = anys
@@ -46,7 +46,7 @@ pub(super) fn measure_memo(
     let reweighted = bytes::Bytes::from(reweighted.value.clone());
     let main = names
         .iter()
-        .position(|n| n == "main_internal")
+        .position(|n| &**n == "main_internal")
         .context("no main_internal")?;
     let encoded = |eds: bool, route: bool| -> Vec<Encoded<'_>> {
         anys.iter()
@@ -70,14 +70,22 @@ pub(super) fn measure_memo(
         encoded(true, true),
     );
     // The new service's arrival, on top of `route`.
-    let shared = |list: &[(String, Any)]| -> Vec<(String, String, bytes::Bytes)> {
+    let shared = |list: &[(String, Any)]| -> Vec<(std::sync::Arc<str>, String, bytes::Bytes)> {
         list.iter()
-            .map(|(name, a)| (name.clone(), a.type_url.clone(), a.value.clone().into()))
+            .map(|(name, a)| {
+                (
+                    name.as_str().into(),
+                    a.type_url.clone(),
+                    a.value.clone().into(),
+                )
+            })
             .collect()
     };
     let (new_clusters, new_assignments) = (shared(&new.clusters), shared(&new.assignments));
     let new_main = bytes::Bytes::from(new.main.value.clone());
-    fn added(list: &[(String, String, bytes::Bytes)]) -> impl Iterator<Item = Encoded<'_>> {
+    fn added(
+        list: &[(std::sync::Arc<str>, String, bytes::Bytes)],
+    ) -> impl Iterator<Item = Encoded<'_>> {
         list.iter().map(|(name, type_url, value)| Encoded {
             type_url,
             name,

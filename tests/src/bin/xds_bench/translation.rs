@@ -217,10 +217,10 @@ pub(super) fn probe_memory(file: &Path) -> anyhow::Result<()> {
     snapshot.runtime();
     let registry = heap().live - unindexed;
     // The translator as the waypoint runs it: its memo beside the snapshot it published.
-    let names: Vec<String> = list
+    let names: Vec<std::sync::Arc<str>> = list
         .items
         .iter()
-        .map(resource_name)
+        .map(|a| resource_name(a).map(Into::into))
         .collect::<anyhow::Result<_>>()?;
     let payloads: Vec<bytes::Bytes> = list.items.iter().map(|a| a.value.clone().into()).collect();
     let encoded: Vec<routing::xds::Encoded<'_>> = list

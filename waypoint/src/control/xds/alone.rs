@@ -85,11 +85,12 @@ impl XdsHandler {
         // A cluster gone: the whole state is asked.
         let changed: Vec<Encoded<'_>> = changed
             .iter()
-            .map(|(name, r)| {
+            .map(|(_, r)| {
+                let r = (*r)?;
                 Some(Encoded {
                     type_url: CDS,
-                    name,
-                    value: &(*r)?.value.value,
+                    name: &r.name,
+                    value: &r.value.value,
                 })
             })
             .collect::<Option<_>>()?;

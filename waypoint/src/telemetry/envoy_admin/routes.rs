@@ -243,7 +243,7 @@ fn route(
     let single = match &out.action {
         Some(route::Action::Route(a)) => match &a.cluster_specifier {
             Some(route_action::ClusterSpecifier::Cluster(c)) => {
-                routing::xds::ClusterName::parse(c).map(|n| format!("{}:{}", n.host, n.port))
+                routing::xds::ClusterName::parse(c).map(|n| format!("{}:{}", n.host(), n.port))
             }
             _ => None,
         },

@@ -127,16 +127,16 @@ impl Last {
         added: &[Arc<ClusterPiece>],
         main: &Encoded<'_>,
     ) -> Option<crate::xds::Names> {
-        if main.type_url != LISTENER_TYPE || main.name != MAIN_INTERNAL {
+        if main.type_url != LISTENER_TYPE || **main.name != *MAIN_INTERNAL {
             return None;
         }
         let listeners = self.listeners_with(main)?;
-        let mut known: ClusterNames<'_> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+        let mut known: ClusterNames<'_> = self.clusters.iter().map(|c| &*c.name).collect();
         // The clusters this translation did not have (the memo's chains were last read with
         // its clusters, unless a question read them since).
         let new: Vec<&str> = added
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| &*c.name)
             .filter(|n| known.insert(n))
             .collect();
         let mut asked = crate::xds::Names::new();
@@ -201,7 +201,7 @@ pub(crate) fn routes_asked(
     asked: &mut crate::xds::Names,
 ) -> bool {
     let mut diag = Diag::default();
-    let routes = index(routes, |r| r.name.as_str(), ROUTE_TYPE, &mut diag);
+    let routes = index(routes, |r| &*r.name, ROUTE_TYPE, &mut diag);
     let read = listener::translate(
         listeners,
         &routes,

@@ -36,7 +36,7 @@ pub(super) fn spliceable(c: &ClusterPiece) -> Option<&str> {
         EndpointSource::None => true,
         EndpointSource::Inline | EndpointSource::Dns(_) => false,
     };
-    (own && c.diag.is_empty()).then_some(cluster.name.host.as_str())
+    (own && c.diag.is_empty()).then_some(cluster.name.host())
 }
 
 /// The services whose clusters or assignments differ between the last translation's and
@@ -100,7 +100,7 @@ pub(super) fn changed_pieces(l: &Last, decoded: &Decoded) -> Option<Changes> {
         }
         let c = clusters.get(&name_key(&a.name))?;
         spliceable(c)
-            .filter(|_| c.eds.as_deref() == Some(a.name.as_str()))
+            .filter(|_| c.eds.as_deref() == Some(&*a.name))
             .map(str::to_string)
     };
     let mut at: HashMap<u128, (), crate::xds::FastHash> = HashMap::default();
@@ -155,7 +155,7 @@ fn changed_in_order(
         eds_changed: false,
         sorted: true,
         added: if clusters.removed.is_empty() {
-            clusters.added.iter().map(|c| c.name.clone()).collect()
+            clusters.added.iter().map(|c| c.name.to_string()).collect()
         } else {
             Vec::new()
         },
@@ -178,7 +178,7 @@ fn changed_in_order(
         }
         let c = aligned::find(clusters, &a.name)?;
         spliceable(c)
-            .filter(|_| c.eds.as_deref() == Some(a.name.as_str()))
+            .filter(|_| c.eds.as_deref() == Some(&*a.name))
             .map(str::to_string)
     };
     for (o, a) in &assignments.changed {
