@@ -494,6 +494,29 @@ impl Diag {
     }
 }
 
+/// A [`Diag`] as a translated piece keeps it: most pieces found nothing, and that is no
+/// allocation (two empty lists inline were 48 bytes in each of 30 000 pieces at 5 000 services).
+/// Reads as the `Diag` it holds (an empty one when none).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct HeldDiag(Option<Box<Diag>>);
+
+impl HeldDiag {
+    pub(crate) fn new(diag: Diag) -> HeldDiag {
+        HeldDiag((!diag.is_empty()).then(|| Box::new(diag)))
+    }
+}
+
+impl std::ops::Deref for HeldDiag {
+    type Target = Diag;
+    fn deref(&self) -> &Diag {
+        static NOTHING: Diag = Diag {
+            warnings: Vec::new(),
+            rejections: Vec::new(),
+        };
+        self.0.as_deref().unwrap_or(&NOTHING)
+    }
+}
+
 /// Where a warning or rejection is reported: the resource being translated.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct At<'a> {

@@ -14,7 +14,7 @@ use super::endpoint::{self, PodEndpoint};
 use super::listener::{ListenerMemo, ShallowListener, MAIN_INTERNAL};
 use super::names::{ClusterName, Direction};
 use super::outbound::{self, MatchMetadata, SocketMatch};
-use super::{At, Diag, Encoded, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE};
+use super::{At, Diag, Encoded, HeldDiag, Rejection, CLUSTER_TYPE, ENDPOINT_TYPE};
 use crate::labels::LabelMaps;
 use crate::upstream::SanMatcher;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -72,7 +72,7 @@ pub(crate) struct ClusterPiece {
     /// assembly: DNS answers change without the cluster changing). Boxed: most clusters are
     /// EDS, and inline it would make each piece 152 bytes larger.
     pub(crate) load_assignment: Option<Box<ClusterLoadAssignment>>,
-    pub(crate) diag: Diag,
+    pub(crate) diag: HeldDiag,
 }
 
 impl ClusterPiece {
@@ -174,7 +174,7 @@ impl ClusterPiece {
                 .as_ref()
                 .filter(|_| inline)
                 .map(|l| Box::new(l.clone())),
-            diag,
+            diag: HeldDiag::new(diag),
         }
     }
 }
@@ -191,7 +191,7 @@ pub(crate) struct AssignmentPiece {
     /// Its endpoints' transport socket match metadata (read for `outbound|…` clusters).
     pub(crate) socket_meta: Option<MatchMetadata>,
     /// What reading the pods found (reported as the assignment's).
-    pub(crate) diag: Diag,
+    pub(crate) diag: HeldDiag,
 }
 
 /// `r` does not decode: a rejection naming it.
@@ -244,7 +244,7 @@ impl AssignmentPiece {
             },
             pods,
             socket_meta: outbound::match_metadata(cla),
-            diag,
+            diag: HeldDiag::new(diag),
         }
     }
 }
