@@ -75,7 +75,7 @@ pub(crate) struct ChainPiece {
     /// The clusters the routes were translated against, and whether each existed.
     pub(crate) asked: Vec<(String, bool)>,
     /// Its connection manager's access logs and tracing (HTTP chains).
-    pub(crate) telemetry: Option<Box<HcmTelemetry>>,
+    pub(crate) telemetry: Option<Arc<HcmTelemetry>>,
 }
 
 // Most chains are service chains, and each role lives once in its piece: no box.
@@ -149,7 +149,7 @@ impl ChainPiece {
             let authz = Arc::new(access::chain(chain, at, &mut diag));
             let path = match chain_hcm(chain).filter(|_| name == DIRECT_HTTP) {
                 Some(hcm) => {
-                    hcm_telemetry = Some(Box::new(telemetry::from_hcm(&name, &hcm, at, &mut diag)));
+                    hcm_telemetry = Some(telemetry::from_hcm(&name, &hcm, at, &mut diag));
                     path_policy(&name, &hcm, at, &mut diag)
                 }
                 None => None,

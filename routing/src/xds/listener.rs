@@ -131,7 +131,7 @@ pub(crate) enum ChainKind {
         /// The HCM's path handling.
         path: PathPolicy,
         /// The HCM's `access_log` and `tracing` (taken by the chain piece).
-        telemetry: Option<Box<HcmTelemetry>>,
+        telemetry: Option<Arc<HcmTelemetry>>,
     },
     Tcp(Box<TcpProxy>),
 }

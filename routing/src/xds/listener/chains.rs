@@ -247,8 +247,6 @@ fn http_chain(
         http2: hcm.http2_protocol_options.is_some(),
         default_fault,
         path,
-        telemetry: Some(Box::new(super::super::telemetry::from_hcm(
-            chain, hcm, at, diag,
-        ))),
+        telemetry: Some(super::super::telemetry::from_hcm(chain, hcm, at, diag)),
     })
 }

@@ -64,9 +64,11 @@ fn cel(expr: &str) -> AccessLogFilter {
     }
 }
 
+/// One connection manager's telemetry, held by nothing else.
 fn translate(hcm: &HttpConnectionManager) -> (HcmTelemetry, Diag) {
     let mut rejections = Diag::default();
     let t = from_hcm("direct-http", hcm, AT, &mut rejections);
+    let t = std::sync::Arc::try_unwrap(t).expect("one translation holds it");
     (t, rejections)
 }
 
@@ -392,4 +394,23 @@ fn the_direct_http_chain_is_chosen_and_differences_named() {
         .message
         .starts_with("chain a: its access_log / tracing differ"));
     assert!(choose(&[], AT, &mut diag).is_none());
+}
+
+/// Chains whose connection managers declare the same telemetry hold one; a chain whose
+/// telemetry found something to warn about (the warning names it) holds its own.
+#[test]
+fn equal_chain_telemetry_is_one() {
+    let hcm = HttpConnectionManager {
+        access_log: vec![file_logger("/dev/stdout", None)],
+        ..Default::default()
+    };
+    let mut rejections = Diag::default();
+    let a = from_hcm("inbound-vip|9080|http|a", &hcm, AT, &mut rejections);
+    let b = from_hcm("inbound-vip|9080|http|b", &hcm, AT, &mut rejections);
+    assert!(a.diag.is_empty(), "{:?}", a.diag);
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    let mut other = hcm.clone();
+    other.access_log.push(file_logger("/dev/stderr", None));
+    let c = from_hcm("inbound-vip|9080|http|c", &other, AT, &mut rejections);
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
 }
