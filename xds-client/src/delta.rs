@@ -154,8 +154,8 @@ impl<H: Handler> Stream<'_, H> {
             let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
             for change in had.diff(&want) {
                 match change {
-                    imbl::ordset::DiffItem::Add(name) => subscribe.push(name.clone()),
-                    imbl::ordset::DiffItem::Remove(name) => unsubscribe.push(name.clone()),
+                    imbl::ordset::DiffItem::Add(name) => subscribe.push(name.to_string()),
+                    imbl::ordset::DiffItem::Remove(name) => unsubscribe.push(name.to_string()),
                 }
             }
             // An empty first subscribe would be a wildcard.

@@ -296,7 +296,7 @@ impl fmt::Display for Rejection {
 /// handler that adds one service's names to the last set of 30 000 hands over a set that cost
 /// those names, and the client finds what changed between two such sets without visiting
 /// what they share ([`imbl::OrdSet::diff`]).
-pub type Names = imbl::OrdSet<String>;
+pub type Names = imbl::OrdSet<std::sync::Arc<str>>;
 
 /// Named subscriptions the handler wants: for each non-wildcard type (EDS, RDS), the exact set of
 /// names. Types absent have no names subscribed. Wildcard types are set in the client config.

@@ -107,13 +107,13 @@ impl<H: Handler> Core<H> {
             let brought = changes.iter().filter(|c| c.type_url == t);
             let mut unwanted: Vec<String> = brought
                 .flat_map(|c| &c.updated)
-                .filter(|n| !keep.contains(*n))
+                .filter(|n| !keep.contains(n.as_str()))
                 .cloned()
                 .collect();
             if !self.subs.same_set(before, &t) {
                 let had = before.shared(&t);
                 unwanted.extend(had.diff(&keep).filter_map(|d| match d {
-                    imbl::ordset::DiffItem::Remove(name) => Some(name.clone()),
+                    imbl::ordset::DiffItem::Remove(name) => Some(name.to_string()),
                     imbl::ordset::DiffItem::Add(_) => None,
                 }));
             }

@@ -135,7 +135,7 @@ impl<H: Handler> Stream<'_, H> {
     fn names_for(&self, type_url: &str) -> Vec<String> {
         self.sent
             .get(type_url)
-            .map(|n| n.iter().cloned().collect())
+            .map(|n| n.iter().map(|n| n.to_string()).collect())
             .unwrap_or_default()
     }
 

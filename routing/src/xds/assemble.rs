@@ -216,9 +216,7 @@ pub(crate) fn translate(
     let mut subscriptions = super::Subscriptions::default();
     for (name, piece) in &clusters {
         diag.replay(&piece.diag);
-        subscriptions
-            .endpoints
-            .extend(piece.eds.as_deref().map(str::to_string));
+        subscriptions.endpoints.extend(piece.eds.clone());
         match &piece.role {
             ClusterRole::Service { cluster, matches } => {
                 svc_clusters.insert(name, Cow::Borrowed(cluster));

@@ -51,6 +51,34 @@ pub(crate) struct PodEndpoint {
     pub(crate) istio_mtls: bool,
 }
 
+/// Pods decoded together, by address: an assignment's pod equal to one an earlier assignment of
+/// the same decoding listed is that one (`inbound-vip|…|http/v1|…` lists the pods of
+/// `inbound-vip|…|http|…` again: without this each service held every pod twice, 112 bytes and
+/// its strings each), and the pods' namespaces one string. Lives for one decoding: it holds
+/// what it shares.
+#[derive(Default)]
+pub(crate) struct PodShare {
+    pods: std::collections::HashMap<SocketAddr, Arc<PodEndpoint>, super::FastHash>,
+    namespaces: crate::labels::Names,
+}
+
+impl PodShare {
+    /// `pod`, or the equal one decoded before it.
+    pub(crate) fn pod(&mut self, mut pod: PodEndpoint) -> Arc<PodEndpoint> {
+        if let Some(ns) = &mut pod.namespace {
+            *ns = self.namespaces.share(ns);
+        }
+        match self.pods.get(&pod.addr) {
+            Some(p) if **p == pod => p.clone(),
+            _ => {
+                let p = Arc::new(pod);
+                self.pods.insert(p.addr, p.clone());
+                p
+            }
+        }
+    }
+}
+
 // HealthStatus: UNKNOWN = 0, HEALTHY = 1, UNHEALTHY = 2, DRAINING = 3,
 // TIMEOUT = 4, DEGRADED = 5.
 fn routable(status: i32) -> bool {

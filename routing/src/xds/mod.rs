@@ -327,14 +327,14 @@ pub struct Subscriptions {
 /// names of one more service added to the last state's 30 000 cost that service's names, not a
 /// copy of every name, and the xDS client finds what changed between two such sets without
 /// visiting what they share (`imbl::OrdSet::diff`).
-pub type Names = imbl::OrdSet<String>;
+pub type Names = imbl::OrdSet<std::sync::Arc<str>>;
 
 /// Which EDS assignments and RDS route configurations to subscribe to.
 /// Malformed typed configs are skipped (translation reports them).
 pub fn required_resources(listeners: &[Listener], clusters: &[Cluster]) -> Subscriptions {
     let mut out = Subscriptions::default();
     for c in clusters {
-        if let Some(name) = cluster::eds_name(c).map(|n| n.to_string()) {
+        if let Some(name) = cluster::eds_name(c) {
             out.endpoints.insert(name);
         }
     }

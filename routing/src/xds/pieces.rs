@@ -10,7 +10,7 @@
 //! `super::tests::memo`).
 
 use super::cluster::{self, EndpointSource, ServiceCluster};
-use super::endpoint::{self, PodEndpoint};
+use super::endpoint::{self, PodEndpoint, PodShare};
 use super::listener::{ListenerMemo, ShallowListener, MAIN_INTERNAL};
 use super::names::{ClusterName, Direction};
 use super::outbound::{self, MatchMetadata, SocketMatch};
@@ -105,11 +105,7 @@ impl ClusterPiece {
     pub(crate) fn build(c: &Cluster, shared: &Arc<str>) -> ClusterPiece {
         let mut diag = Diag::default();
         let name = c.name.as_str();
-        let own: Arc<str> = if **shared == *name {
-            shared.clone()
-        } else {
-            name.into()
-        };
+        let own = held_as(shared, name);
         // An EDS assignment named after its cluster (istiod's `service_name` is the cluster's
         // name): the same string.
         let share = |s: Arc<str>| if *s == *own { own.clone() } else { s };
@@ -194,6 +190,15 @@ pub(crate) struct AssignmentPiece {
     pub(crate) diag: HeldDiag,
 }
 
+/// `shared` when it is `name` (the xDS client's string for the resource), else `name`'s own.
+fn held_as(shared: &Arc<str>, name: &str) -> Arc<str> {
+    if **shared == *name {
+        shared.clone()
+    } else {
+        name.into()
+    }
+}
+
 /// `r` does not decode: a rejection naming it.
 fn undecodable(r: &Encoded<'_>, e: super::stored::ReadError) -> Rejection {
     Rejection {
@@ -237,42 +242,10 @@ impl AssignmentPiece {
             pods.push(share.pod(p));
         }
         AssignmentPiece {
-            name: if **shared == cla.cluster_name {
-                shared.clone()
-            } else {
-                cla.cluster_name.as_str().into()
-            },
+            name: held_as(shared, &cla.cluster_name),
             pods,
             socket_meta: outbound::match_metadata(cla),
             diag: HeldDiag::new(diag),
-        }
-    }
-}
-
-/// Pods decoded together, by address: an assignment's pod equal to one an earlier assignment of
-/// the same decoding listed is that one (`inbound-vip|…|http/v1|…` lists the pods of
-/// `inbound-vip|…|http|…` again: without this each service held every pod twice, 112 bytes and
-/// its strings each), and the pods' namespaces one string. Lives for one decoding: it holds
-/// what it shares.
-#[derive(Default)]
-pub(crate) struct PodShare {
-    pods: HashMap<std::net::SocketAddr, Arc<PodEndpoint>, super::FastHash>,
-    namespaces: crate::labels::Names,
-}
-
-impl PodShare {
-    /// `pod`, or the equal one decoded before it.
-    pub(crate) fn pod(&mut self, mut pod: PodEndpoint) -> Arc<PodEndpoint> {
-        if let Some(ns) = &mut pod.namespace {
-            *ns = self.namespaces.share(ns);
-        }
-        match self.pods.get(&pod.addr) {
-            Some(p) if **p == pod => p.clone(),
-            _ => {
-                let p = Arc::new(pod);
-                self.pods.insert(p.addr, p.clone());
-                p
-            }
         }
     }
 }

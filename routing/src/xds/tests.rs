@@ -53,10 +53,10 @@ fn eds_subscriptions() {
     ];
     let s = required_resources(&[], &clusters);
     assert_eq!(
-        s.endpoints.into_iter().collect::<Vec<_>>(),
+        s.endpoints.iter().map(|n| &**n).collect::<Vec<_>>(),
         vec![
-            "custom".to_string(),
-            "inbound-vip|9080|http|r.default.svc.cluster.local".to_string()
+            "custom",
+            "inbound-vip|9080|http|r.default.svc.cluster.local"
         ]
     );
     assert!(s.routes.is_empty());

@@ -169,9 +169,7 @@ impl Translator {
                 if !c.subscribable() {
                     return None;
                 }
-                subscriptions
-                    .endpoints
-                    .extend(c.eds.iter().map(|n| n.to_string()));
+                subscriptions.endpoints.extend(c.eds.iter().cloned());
             }
             if decoded
                 .assignments

@@ -254,7 +254,7 @@ fn subscriptions_list_eds_names() {
     assert_eq!(s.endpoints.len(), 6);
     assert!(s
         .endpoints
-        .contains(&format!("inbound-vip|9080|http/v2|{REVIEWS}")));
+        .contains(format!("inbound-vip|9080|http/v2|{REVIEWS}").as_str()));
     assert!(s.routes.is_empty(), "istiod inlines waypoint routes");
 }
 

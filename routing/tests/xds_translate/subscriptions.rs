@@ -38,6 +38,18 @@ fn an_incomplete_state_asks_for_what_the_translation_would() {
         .translate(&encoded(&complete), &TranslateOptions::default())
         .unwrap();
     assert_eq!(*t.subscriptions, asked);
+    // Each name asked for is the string its cluster came under (istiod names an assignment
+    // after its cluster): the subscription holds no copy.
+    for (answer, name) in [&asked, &*t.subscriptions]
+        .into_iter()
+        .flat_map(|a| a.endpoints.iter().map(move |n| (a, n)))
+    {
+        let (_, held, _) = complete
+            .iter()
+            .find(|(t, n, _)| *t == CLUSTER_TYPE && n == name)
+            .unwrap_or_else(|| panic!("{name} is a cluster's name"));
+        assert!(std::sync::Arc::ptr_eq(held, name), "{name} in {answer:?}");
+    }
     let reuse = translator.reuse();
     assert_eq!(
         reuse.built,

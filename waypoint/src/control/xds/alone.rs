@@ -36,7 +36,7 @@ impl XdsHandler {
     ) {
         let held_only = |t: &str, wanted: &routing::xds::Names| {
             let held = state.resources(t).map(|r| &*r.name);
-            super::state::not_in(held, wanted.iter().map(String::as_str))
+            super::state::not_in(held, wanted.iter().map(|n| &**n))
                 .next()
                 .is_none()
         };

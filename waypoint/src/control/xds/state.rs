@@ -47,7 +47,7 @@ pub(super) fn missing(
 ) -> Option<String> {
     reported(state, needed, |what, type_url, names| {
         let held = state.resources(type_url).map(|r| &*r.name);
-        described(what, not_in(names.iter().map(String::as_str), held))
+        described(what, not_in(names.iter().map(|n| &**n), held))
     })
 }
 
@@ -64,7 +64,7 @@ pub(super) fn missing_since(
     reported(state, needed, |what, type_url, names| {
         let had = subscribed.names(type_url).cloned().unwrap_or_default();
         let added = had.diff(names).filter_map(|d| match d {
-            DiffItem::Add(name) => Some(name.as_str()),
+            DiffItem::Add(name) => Some(&**name),
             DiffItem::Remove(_) => None,
         });
         let mut absent: BTreeSet<&str> =

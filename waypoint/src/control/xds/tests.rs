@@ -415,12 +415,12 @@ fn what_is_awaited_is_found_from_what_changed() {
     needed
         .endpoints
         .extend(["a-held".to_string(), NEW.to_string()]);
-    needed.routes.insert("rds-a".to_string());
+    needed.routes.insert("rds-a".into());
     let found = missing_since(&state, &needed, (&good, &base));
     assert_eq!(found, missing(&state, &needed));
     assert_eq!(found.unwrap(), format!("EDS {}, {NEW}; RDS rds-a", held[1]));
     // No longer needed, the gone one is not awaited.
-    needed.endpoints.remove(&held[1]);
+    needed.endpoints.remove(held[1].as_str());
     let found = missing_since(&state, &needed, (&good, &base));
     assert_eq!(found, missing(&state, &needed));
 }
@@ -541,7 +541,7 @@ fn an_eds_push_is_read_whole_after_a_state_with_an_unsubscribed_assignment() {
     let asked = applied
         .subscriptions
         .names(type_url::CLUSTER_LOAD_ASSIGNMENT);
-    assert!(!asked.unwrap().contains(&orphan.cluster_name));
+    assert!(!asked.unwrap().contains(orphan.cluster_name.as_str()));
     h.sink.serve_for_tests();
     let before = reviews_pods(&h);
     let (reuse, pods) = push_reviews_without(&mut h, &mut state, "v1");

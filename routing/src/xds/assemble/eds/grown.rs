@@ -185,7 +185,7 @@ fn grow(
     if !c.subscribable() {
         return None;
     }
-    endpoints.extend(c.eds.iter().map(|n| n.to_string()));
+    endpoints.extend(c.eds.iter().cloned());
     Some(())
 }
 
