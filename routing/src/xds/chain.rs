@@ -60,10 +60,11 @@ impl<'a> Known<'a> {
 /// One translated filter chain.
 #[derive(Debug)]
 pub(crate) struct ChainPiece {
-    /// The chain's name as written.
-    pub(crate) raw_name: String,
-    /// As istiod 1.24+ names it ([`chain_name`]).
-    pub(crate) name: String,
+    /// The chain's name as written, when it is not `name` (istiod before 1.24).
+    raw_name: Option<Box<str>>,
+    /// As istiod 1.24+ names it ([`chain_name`]); a service chain's parsed name holds the same
+    /// string.
+    pub(crate) name: Arc<str>,
     /// [`name_key`](crate::xds::pieces::name_key) of `name`, made once: a read of a listener
     /// of 10 000 chains checks every name for duplicates.
     pub(crate) name_key: u128,
@@ -71,7 +72,7 @@ pub(crate) struct ChainPiece {
     pub(crate) rds: Vec<String>,
     pub(crate) role: ChainRole,
     /// Reported while the listener is read.
-    pub(crate) listener_diag: Diag,
+    pub(crate) listener_diag: super::HeldDiag,
     /// The clusters the routes were translated against, and whether each existed.
     pub(crate) asked: Vec<(String, bool)>,
     /// Its connection manager's access logs and tracing (HTTP chains).
@@ -105,7 +106,7 @@ pub(crate) struct ChainRoutes {
     /// Hash keys its routes ask of their destination clusters, in route order.
     pub(crate) hash_keys: Vec<(String, HashKey)>,
     /// Reported while services are assembled.
-    pub(crate) diag: Diag,
+    pub(crate) diag: super::HeldDiag,
 }
 
 #[derive(Debug)]
@@ -140,14 +141,14 @@ impl ChainPiece {
         at: At<'_>,
     ) -> ChainPiece {
         let mut diag = Diag::default();
-        let name = chain_name(&chain.name).into_owned();
+        let name: Arc<str> = chain_name(&chain.name).into();
         let rds = super::listener::chain_rds_names(chain);
         let mut hcm_telemetry = None;
-        let role = if name == DIRECT_TCP || name == DIRECT_HTTP {
+        let role = if *name == *DIRECT_TCP || *name == *DIRECT_HTTP {
             // Pod-IP access: the pods come from the matcher's workload range; the chain's
             // policies are the waypoint-wide ones.
             let authz = Arc::new(access::chain(chain, at, &mut diag));
-            let path = match chain_hcm(chain).filter(|_| name == DIRECT_HTTP) {
+            let path = match chain_hcm(chain).filter(|_| *name == *DIRECT_HTTP) {
                 Some(hcm) => {
                     hcm_telemetry = Some(telemetry::from_hcm(&name, &hcm, at, &mut diag));
                     path_policy(&name, &hcm, at, &mut diag)
@@ -155,7 +156,7 @@ impl ChainPiece {
                 None => None,
             };
             ChainRole::Direct { authz, path }
-        } else if let Some(cluster) = ClusterName::parse(&name) {
+        } else if let Some(cluster) = ClusterName::parse_shared(&name) {
             let mut kind = chain_kind(chain, routes, at, &mut diag);
             if let Some(ChainKind::Http { telemetry, .. }) = &mut kind {
                 hcm_telemetry = telemetry.take();
@@ -178,15 +179,20 @@ impl ChainPiece {
             ChainRole::Ignored
         };
         ChainPiece {
-            raw_name: chain.name.clone(),
+            raw_name: (*name != *chain.name).then(|| chain.name.as_str().into()),
             name_key: crate::xds::pieces::name_key(&name),
             name,
             rds,
             role,
-            listener_diag: diag,
+            listener_diag: super::HeldDiag::new(diag),
             asked: known.take(),
             telemetry: hcm_telemetry,
         }
+    }
+
+    /// The chain's name as written.
+    pub(crate) fn raw_name(&self) -> &str {
+        self.raw_name.as_deref().unwrap_or(&self.name)
     }
 
     /// Still what a build would give against the names it was read with and `added` (names
@@ -297,7 +303,7 @@ fn chain_routes(chain: &str, cn: &ClusterName, kind: &ChainKind, known: &Known<'
     ChainRoutes {
         kind,
         hash_keys,
-        diag,
+        diag: super::HeldDiag::new(diag),
     }
 }
 

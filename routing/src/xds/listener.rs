@@ -500,9 +500,9 @@ fn main_internal(
         };
         memo.chains.insert(d, piece.clone());
         rds.extend(piece.rds.iter().cloned());
-        let name = piece.name.as_str();
+        let name = &*piece.name;
         if !name.is_empty() && !seen.insert(piece.name_key) {
-            at.reject(diag, format!("duplicate filter chain {}", piece.raw_name));
+            at.reject(diag, format!("duplicate filter chain {}", piece.raw_name()));
             continue;
         }
         if l.filter_chain_matcher.is_none() {
@@ -541,7 +541,7 @@ fn main_internal(
     into_map(&mut out.authz, authz);
     let http: Vec<(&str, &HcmTelemetry)> = telemetry
         .iter()
-        .filter_map(|p| Some((p.name.as_str(), p.telemetry.as_deref()?)))
+        .filter_map(|p| Some((&*p.name, p.telemetry.as_deref()?)))
         .collect();
     out.telemetry = super::telemetry::choose(&http, at, diag);
     for (ip, pc) in &out.matched.pods {

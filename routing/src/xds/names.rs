@@ -77,6 +77,12 @@ impl ClusterName {
     pub fn is_tcp(&self) -> bool {
         self.protocol == Protocol::Tcp
     }
+
+    /// Whether this is `name`'s very string (parsed with [`ClusterName::parse_shared`]).
+    #[cfg(test)]
+    pub(crate) fn holds(&self, name: &Arc<str>) -> bool {
+        Arc::ptr_eq(&self.name, name)
+    }
 }
 
 /// Where a name's parts are, found before the name is held.

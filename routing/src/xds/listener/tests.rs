@@ -236,3 +236,52 @@ fn a_chain_name_twice_rejects_the_listener() {
     old.name = "inbound-vip|9080||reviews.default.svc.cluster.local-http".into();
     rejected_with(old);
 }
+
+/// A chain piece holds its name once: a service chain's parsed name is the piece's string, and
+/// the name as written is kept only when it differs (istiod before 1.24); what found nothing
+/// holds no diagnostics.
+#[test]
+fn a_chain_piece_holds_its_name_once() {
+    use super::MAIN_INTERNAL;
+    use crate::xds::chain::{ChainPiece, ChainRole, ClusterNames, Known};
+    use crate::xds::{At, LISTENER_TYPE};
+    use std::collections::BTreeMap;
+    let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
+    let res = crate::xds::json::load_resources(json).unwrap();
+    let main = res
+        .listeners
+        .iter()
+        .find(|l| l.name == MAIN_INTERNAL)
+        .unwrap();
+    let names: ClusterNames<'_> = res.clusters.iter().map(|c| c.name.as_str()).collect();
+    let at = At {
+        type_url: LISTENER_TYPE,
+        name: MAIN_INTERNAL,
+    };
+    let build = |chain| ChainPiece::build(chain, &BTreeMap::new(), &Known::new(&names), at);
+    let mut services = 0;
+    for chain in &main.filter_chains {
+        let piece = build(chain);
+        assert_eq!(piece.raw_name(), chain.name);
+        if let ChainRole::Service { cluster, .. } = &piece.role {
+            assert!(cluster.holds(&piece.name), "{}", piece.name);
+            assert!(piece.listener_diag.is_empty() && piece.telemetry.is_some());
+            services += 1;
+        }
+    }
+    assert!(services >= 3, "{services} service chains");
+    // istiod 1.22's name for reviews' chain: read as 1.24's, written as it came.
+    let mut legacy = main.filter_chains[0].clone();
+    legacy.name = "inbound-vip|9080||reviews.default.svc.cluster.local-http".into();
+    let piece = build(&legacy);
+    assert_eq!(piece.raw_name(), legacy.name);
+    assert_eq!(
+        &*piece.name,
+        "inbound-vip|9080|http|reviews.default.svc.cluster.local"
+    );
+    let size = std::mem::size_of::<ChainPiece>();
+    assert!(
+        size <= 288,
+        "{size} bytes (384 with two names and two diagnostics inline)"
+    );
+}
