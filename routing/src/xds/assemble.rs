@@ -3,7 +3,7 @@
 //! then [`SnapshotBuilder`].
 
 use super::access;
-use super::chain::{ChainPiece, ChainRole, ClusterNames, RoutesKind};
+use super::chain::{ChainPiece, ChainRole, ClusterNames, Named, RoutesKind};
 use super::cluster::{EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint};
 use super::listener::{self, ListenerMemo, ShallowListener};
@@ -206,7 +206,7 @@ pub(crate) fn translate(
     let clusters = index(res.clusters, |c| &*c.name, CLUSTER_TYPE, &mut diag);
     let clas = index(res.assignments, |c| &*c.name, ENDPOINT_TYPE, &mut diag);
     let rcs = index(res.routes, |r| &*r.name, ROUTE_TYPE, &mut diag);
-    let known: ClusterNames<'_> = clusters.keys().copied().collect();
+    let known: ClusterNames<'_> = clusters.values().map(|c| Named(&c.name)).collect();
 
     // Clusters.
     let mut hbone_peer_sans = None;

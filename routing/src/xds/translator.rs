@@ -179,8 +179,11 @@ impl Translator {
                 return None;
             }
         }
-        let known: super::chain::ClusterNames<'_> =
-            decoded.clusters.iter().map(|c| &*c.name).collect();
+        let known: super::chain::ClusterNames<'_> = decoded
+            .clusters
+            .iter()
+            .map(|c| super::chain::Named(&c.name))
+            .collect();
         eds::routes_asked(
             &decoded.listeners,
             &decoded.resources.routes,

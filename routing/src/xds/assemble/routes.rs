@@ -101,7 +101,7 @@ fn patch_listeners(
     }
     // The listeners read again: chains found by digest, the changed ones decoded.
     let rcs: BTreeMap<&str, &RouteConfiguration> = routes.iter().map(|r| (&*r.name, r)).collect();
-    let known: ClusterNames<'_> = l.clusters().iter().map(|c| &*c.name).collect();
+    let known: ClusterNames<'_> = l.clusters().iter().map(|c| Named(&c.name)).collect();
     let mut rds = crate::xds::Names::new();
     let mut diag = Diag::default();
     let main = listener::translate(

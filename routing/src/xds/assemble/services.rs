@@ -46,7 +46,7 @@ pub(crate) fn patch(
         .iter()
         .map(|r| (&*r.name, r))
         .collect();
-    let known: ClusterNames<'_> = decoded.clusters.iter().map(|c| &*c.name).collect();
+    let known: ClusterNames<'_> = decoded.clusters.iter().map(|c| Named(&c.name)).collect();
     let mut rds = crate::xds::Names::new();
     let mut diag = Diag::default();
     let main = listener::translate(

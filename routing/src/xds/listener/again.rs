@@ -32,7 +32,7 @@ pub(crate) struct LastCall {
 /// the translator's digests of bytes are).
 pub(super) fn fingerprint(known: &ClusterNames<'_>) -> u128 {
     known.iter().fold(known.len() as u128, |acc, n| {
-        acc.wrapping_add(crate::xds::pieces::name_key(n))
+        acc.wrapping_add(crate::xds::pieces::name_key(n.0))
     })
 }
 
@@ -142,7 +142,8 @@ mod tests {
         names: &[String],
         added: &[&str],
     ) -> (Arc<MainListener>, crate::xds::Names, Diag) {
-        let known: ClusterNames<'_> = names.iter().map(String::as_str).collect();
+        let held: Vec<Arc<str>> = names.iter().map(|n| n.as_str().into()).collect();
+        let known: ClusterNames<'_> = held.iter().map(crate::xds::chain::Named).collect();
         let (mut rds, mut diag) = (crate::xds::Names::new(), Diag::default());
         let out = translate(
             listeners,

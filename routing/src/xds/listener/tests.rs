@@ -200,7 +200,8 @@ fn a_chain_name_twice_rejects_the_listener() {
     let names: Vec<String> = res.clusters.iter().map(|c| c.name.clone()).collect();
     let read = |l: &Listener| {
         let shallow = ShallowListener::decode(bytes::Bytes::from(l.encode_to_vec())).unwrap();
-        let known: ClusterNames<'_> = names.iter().map(String::as_str).collect();
+        let held: Vec<std::sync::Arc<str>> = names.iter().map(|n| n.as_str().into()).collect();
+        let known: ClusterNames<'_> = held.iter().map(crate::xds::chain::Named).collect();
         let mut diag = crate::xds::Diag::default();
         translate(
             &[shallow],
@@ -238,8 +239,8 @@ fn a_chain_name_twice_rejects_the_listener() {
 }
 
 /// A chain piece holds its name once: a service chain's parsed name is the piece's string, and
-/// the name as written is kept only when it differs (istiod before 1.24); what found nothing
-/// holds no diagnostics.
+/// the name as written is kept only when it differs (istiod before 1.24); the clusters it asked
+/// for are the state's strings; what found nothing holds no diagnostics.
 #[test]
 fn a_chain_piece_holds_its_name_once() {
     use super::MAIN_INTERNAL;
@@ -253,23 +254,37 @@ fn a_chain_piece_holds_its_name_once() {
         .iter()
         .find(|l| l.name == MAIN_INTERNAL)
         .unwrap();
-    let names: ClusterNames<'_> = res.clusters.iter().map(|c| c.name.as_str()).collect();
+    let held: Vec<std::sync::Arc<str>> = res
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str().into())
+        .collect();
+    let names: ClusterNames<'_> = held.iter().map(crate::xds::chain::Named).collect();
     let at = At {
         type_url: LISTENER_TYPE,
         name: MAIN_INTERNAL,
     };
     let build = |chain| ChainPiece::build(chain, &BTreeMap::new(), &Known::new(&names), at);
-    let mut services = 0;
+    let (mut services, mut asked) = (0, 0);
     for chain in &main.filter_chains {
         let piece = build(chain);
         assert_eq!(piece.raw_name(), chain.name);
+        // A cluster it found is remembered by the string the state holds it under.
+        for (name, found) in &piece.asked {
+            let held = held.iter().any(|h| std::sync::Arc::ptr_eq(h, name));
+            assert_eq!(held, *found, "{name}");
+            asked += usize::from(held);
+        }
         if let ChainRole::Service { cluster, .. } = &piece.role {
             assert!(cluster.holds(&piece.name), "{}", piece.name);
             assert!(piece.listener_diag.is_empty() && piece.telemetry.is_some());
             services += 1;
         }
     }
-    assert!(services >= 3, "{services} service chains");
+    assert!(
+        services >= 3 && asked >= 1,
+        "{services} chains, {asked} found"
+    );
     // istiod 1.22's name for reviews' chain: read as 1.24's, written as it came.
     let mut legacy = main.filter_chains[0].clone();
     legacy.name = "inbound-vip|9080||reviews.default.svc.cluster.local-http".into();

@@ -4,7 +4,7 @@
 
 use super::Last;
 use crate::xds::assemble::{aligned, index, listener};
-use crate::xds::chain::ClusterNames;
+use crate::xds::chain::{ClusterNames, Named};
 use crate::xds::listener::ListenerMemo;
 use crate::xds::listener::{ShallowListener, MAIN_INTERNAL};
 use crate::xds::pieces::{name_key, AssignmentPiece, ClusterPiece, Decoded, Memo};
@@ -131,13 +131,13 @@ impl Last {
             return None;
         }
         let listeners = self.listeners_with(main)?;
-        let mut known: ClusterNames<'_> = self.clusters.iter().map(|c| &*c.name).collect();
+        let mut known: ClusterNames<'_> = self.clusters.iter().map(|c| Named(&c.name)).collect();
         // The clusters this translation did not have (the memo's chains were last read with
         // its clusters, unless a question read them since).
         let new: Vec<&str> = added
             .iter()
+            .filter(|c| known.insert(Named(&c.name)))
             .map(|c| &*c.name)
-            .filter(|n| known.insert(n))
             .collect();
         let mut asked = crate::xds::Names::new();
         routes_asked(
