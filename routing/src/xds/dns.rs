@@ -191,11 +191,12 @@ pub(crate) fn endpoints(
         };
         for ip in addrs.into_iter().take(take) {
             let addr = SocketAddr::new(ip, port);
-            if out.iter().any(|p: &PodEndpoint| p.addr == addr) {
+            if out.iter().any(|p: &PodEndpoint| p.addr() == addr) {
                 continue;
             }
             out.push(PodEndpoint {
-                addr,
+                ip,
+                port,
                 workload: None,
                 namespace: None,
                 labels: Default::default(),

@@ -36,7 +36,10 @@ use std::sync::Arc;
 /// One pod of an assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PodEndpoint {
-    pub(crate) addr: SocketAddr,
+    /// Its address, as an IP and a port: a `SocketAddr` is 32 bytes where these take 19, and
+    /// a pod of 104 bytes (112 allocated) would be one of 88 (96); 50 000 at 5 000 services.
+    pub(crate) ip: IpAddr,
+    pub(crate) port: u16,
     /// From `istio.workload`; the workload name is the snapshot endpoint's name, the same
     /// string.
     pub(crate) workload: Option<Arc<str>>,
@@ -68,14 +71,20 @@ impl PodShare {
         if let Some(ns) = &mut pod.namespace {
             *ns = self.namespaces.share(ns);
         }
-        match self.pods.get(&pod.addr) {
+        match self.pods.get(&pod.addr()) {
             Some(p) if **p == pod => p.clone(),
             _ => {
                 let p = Arc::new(pod);
-                self.pods.insert(p.addr, p.clone());
+                self.pods.insert(p.addr(), p.clone());
                 p
             }
         }
+    }
+}
+
+impl PodEndpoint {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
     }
 }
 
@@ -175,10 +184,7 @@ pub(crate) fn with_placement(
             .get_or_insert_with(Default::default)
             .locality = Some(LocalityLb {
             weighted,
-            endpoints: pods
-                .iter()
-                .map(|p| (p.addr.ip(), p.placement.clone()))
-                .collect(),
+            endpoints: pods.iter().map(|p| (p.ip, p.placement.clone())).collect(),
         });
     }
     out
@@ -246,7 +252,8 @@ fn pod(ep: &LbEndpoint, placement: Arc<Placement>) -> Result<PodEndpoint, Endpoi
     };
     let (workload, namespace, labels) = workload_meta(ep);
     Ok(PodEndpoint {
-        addr,
+        ip: addr.ip(),
+        port: addr.port(),
         workload: workload.map(Arc::from),
         namespace: namespace.map(Arc::from),
         labels: Arc::new(labels.into()),
@@ -296,7 +303,8 @@ mod tests {
 
     fn pod(ip: &str, priority: u32, zone: &str) -> Arc<PodEndpoint> {
         Arc::new(PodEndpoint {
-            addr: format!("{ip}:9080").parse().unwrap(),
+            ip: ip.parse().unwrap(),
+            port: 9080,
             workload: None,
             namespace: None,
             labels: Default::default(),

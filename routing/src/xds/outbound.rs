@@ -208,7 +208,7 @@ pub(crate) fn reachable(
     let empty = BTreeMap::new();
     let mut out = Vec::new();
     for mut pod in pods {
-        let keys = meta.and_then(|m| m.get(&pod.addr)).unwrap_or(&empty);
+        let keys = meta.and_then(|m| m.get(&pod.addr())).unwrap_or(&empty);
         let (name, socket) = match pick(matches, keys) {
             Some(m) => (m.name.as_str(), &m.socket),
             None => ("(cluster default)", &Socket::Plain),
@@ -230,7 +230,7 @@ pub(crate) fn reachable(
             }
         };
         match refused {
-            Some(reason) => at.warn(diag, format!("endpoint {} left out: {reason}", pod.addr)),
+            Some(reason) => at.warn(diag, format!("endpoint {} left out: {reason}", pod.addr())),
             None => out.push(pod),
         }
     }

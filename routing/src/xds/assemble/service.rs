@@ -206,7 +206,7 @@ pub(super) fn build_service(
                     pods.get(*name)
                         .into_iter()
                         .flat_map(|l| l.iter())
-                        .map(|p| p.addr.port()),
+                        .map(|p| p.port),
                 );
             }
         }
@@ -244,7 +244,7 @@ pub(super) fn build_service(
     let mut eps: BTreeMap<IpAddr, Acc> = BTreeMap::new();
     for (name, sc) in mine {
         for p in pods.get(*name).into_iter().flat_map(|l| l.iter()) {
-            let e = eps.entry(p.addr.ip()).or_insert_with(|| Acc {
+            let e = eps.entry(p.ip).or_insert_with(|| Acc {
                 labels: BTreeMap::new(),
                 namespace: None,
                 workload: None,

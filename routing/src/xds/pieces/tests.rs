@@ -107,10 +107,7 @@ fn the_walk_knows_the_very_same_bytes() {
     let changed: bytes::Bytes = cla("svc-07", &["10.0.0.2"], "v1").encode_to_vec().into();
     let rebuilt = memo.pieces(&state(all, None, Some((7, &changed)))).unwrap();
     assert_eq!((memo.built, memo.reused, memo.same_bytes), (1, 19, 19));
-    assert_eq!(
-        rebuilt.assignments[7].pods[0].addr.ip().to_string(),
-        "10.0.0.2"
-    );
+    assert_eq!(rebuilt.assignments[7].pods[0].ip.to_string(), "10.0.0.2");
 
     // One gone from the middle: forgotten; the walk finds the rest past it.
     memo.pieces(&state(all, Some(3), Some((7, &changed))))
@@ -325,12 +322,14 @@ fn a_walk_entry_is_72_bytes() {
 
 /// A piece that found nothing holds no diagnostics, and its name is the client's string: an
 /// assignment's piece is 80 bytes (96 allocated with its count, where it was 160), a cluster's
-/// 192 (224, where it was 320).
+/// 192 (224, where it was 320), a pod 72 (96, where it was 112).
 #[test]
 fn pieces_are_small() {
     assert!(std::mem::size_of::<AssignmentPiece>() <= 80);
     assert!(std::mem::size_of::<ClusterPiece>() <= 192);
     assert_eq!(std::mem::size_of::<super::HeldDiag>(), 8);
+    // A pod: its address as an IP and a port (88 bytes with a `SocketAddr`).
+    assert!(std::mem::size_of::<PodEndpoint>() <= 72);
     let nothing = super::HeldDiag::new(Diag::default());
     assert!(nothing.0.is_none() && nothing.is_empty());
     let mut found = Diag::default();
