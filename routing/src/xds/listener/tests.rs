@@ -183,24 +183,38 @@ mod ranges {
 
 /// Two chains of one name reject the listener, also when one is written in 1.22/1.23's form
 /// and the other in 1.24's (they are read as the same name); distinct names do not.
-#[test]
-fn a_chain_name_twice_rejects_the_listener() {
-    use super::{translate, ListenerMemo, ShallowListener, MAIN_INTERNAL};
-    use crate::xds::chain::ClusterNames;
-    use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
-    use prost::Message;
-    use std::collections::BTreeMap;
+/// bookinfo's `main_internal` (istiod's shapes), and its clusters' names as the xDS client
+/// holds them.
+fn bookinfo_main() -> (
+    envoy_types::pb::envoy::config::listener::v3::Listener,
+    Vec<std::sync::Arc<str>>,
+) {
     let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
     let res = crate::xds::json::load_resources(json).unwrap();
     let main = res
         .listeners
         .iter()
-        .find(|l| l.name == MAIN_INTERNAL)
+        .find(|l| l.name == super::MAIN_INTERNAL)
         .unwrap();
-    let names: Vec<String> = res.clusters.iter().map(|c| c.name.clone()).collect();
+    let held = res
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str().into())
+        .collect();
+    (main.clone(), held)
+}
+
+#[test]
+fn a_chain_name_twice_rejects_the_listener() {
+    use super::{translate, ListenerMemo, ShallowListener};
+    use crate::xds::chain::ClusterNames;
+    use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
+    use prost::Message;
+    use std::collections::BTreeMap;
+    let (main, held) = bookinfo_main();
+    let main = &main;
     let read = |l: &Listener| {
         let shallow = ShallowListener::decode(bytes::Bytes::from(l.encode_to_vec())).unwrap();
-        let held: Vec<std::sync::Arc<str>> = names.iter().map(|n| n.as_str().into()).collect();
         let known: ClusterNames<'_> = held.iter().map(crate::xds::chain::Named).collect();
         let mut diag = crate::xds::Diag::default();
         translate(
@@ -247,18 +261,7 @@ fn a_chain_piece_holds_its_name_once() {
     use crate::xds::chain::{ChainPiece, ChainRole, ClusterNames, Known};
     use crate::xds::{At, LISTENER_TYPE};
     use std::collections::BTreeMap;
-    let json = include_str!("../../../tests/fixtures/xds/bookinfo.json");
-    let res = crate::xds::json::load_resources(json).unwrap();
-    let main = res
-        .listeners
-        .iter()
-        .find(|l| l.name == MAIN_INTERNAL)
-        .unwrap();
-    let held: Vec<std::sync::Arc<str>> = res
-        .clusters
-        .iter()
-        .map(|c| c.name.as_str().into())
-        .collect();
+    let (main, held) = bookinfo_main();
     let names: ClusterNames<'_> = held.iter().map(crate::xds::chain::Named).collect();
     let at = At {
         type_url: LISTENER_TYPE,
