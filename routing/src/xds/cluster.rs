@@ -57,17 +57,23 @@ const MAGLEV: i32 = 5;
 const CLUSTER_PROVIDED: i32 = 6;
 
 /// The EDS assignment name of an EDS cluster (`service_name`, else the
-/// cluster name).
-pub(crate) fn eds_name(c: &Cluster) -> Option<Arc<str>> {
+/// cluster name): `held` itself when that is the name (istiod names an assignment after its
+/// cluster, and `held` is the cluster's name as the xDS client holds it).
+pub(crate) fn eds_name(c: &Cluster, held: &Arc<str>) -> Option<Arc<str>> {
     match &c.cluster_discovery_type {
-        Some(ClusterDiscoveryType::Type(EDS)) => Some(
-            c.eds_cluster_config
+        Some(ClusterDiscoveryType::Type(EDS)) => {
+            let name = c
+                .eds_cluster_config
                 .as_ref()
                 .map(|e| e.service_name.as_str())
                 .filter(|s| !s.is_empty())
-                .unwrap_or(&c.name)
-                .into(),
-        ),
+                .unwrap_or(&c.name);
+            Some(if *name == **held {
+                held.clone()
+            } else {
+                name.into()
+            })
+        }
         _ => None,
     }
 }
@@ -114,7 +120,7 @@ pub(crate) fn service_cluster(
     let before = diag.rejections.len();
     let source = match &c.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(EDS)) => {
-            EndpointSource::Eds(eds_name(c).unwrap_or_else(|| c.name.as_str().into()))
+            EndpointSource::Eds(eds_name(c, name.name()).unwrap_or_else(|| name.name().clone()))
         }
         Some(ClusterDiscoveryType::Type(STATIC)) => EndpointSource::Inline,
         Some(ClusterDiscoveryType::Type(t @ (STRICT_DNS | LOGICAL_DNS))) => {

@@ -78,10 +78,9 @@ impl ClusterName {
         self.protocol == Protocol::Tcp
     }
 
-    /// Whether this is `name`'s very string (parsed with [`ClusterName::parse_shared`]).
-    #[cfg(test)]
-    pub(crate) fn holds(&self, name: &Arc<str>) -> bool {
-        Arc::ptr_eq(&self.name, name)
+    /// The whole name (the very string [`ClusterName::parse_shared`] was given).
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
     }
 }
 

@@ -106,10 +106,7 @@ impl ClusterPiece {
         let mut diag = Diag::default();
         let name = c.name.as_str();
         let own = held_as(shared, name);
-        // An EDS assignment named after its cluster (istiod's `service_name` is the cluster's
-        // name): the same string.
-        let share = |s: Arc<str>| if *s == *own { own.clone() } else { s };
-        let mut role = match ClusterName::parse_shared(&own) {
+        let role = match ClusterName::parse_shared(&own) {
             Some(cn) if cn.direction == Direction::InboundVip => {
                 match cluster::service_cluster(c, cn, &mut diag) {
                     Some(cluster) => ClusterRole::Service {
@@ -143,18 +140,13 @@ impl ClusterPiece {
                 ClusterRole::Other
             }
         };
-        if let ClusterRole::Service { cluster, .. } = &mut role {
-            if let EndpointSource::Eds(eds) = &mut cluster.source {
-                *eds = share(eds.clone());
-            }
-        }
         // The role's string, when it has one.
         let eds = match &role {
             ClusterRole::Service { cluster, .. } => match &cluster.source {
                 EndpointSource::Eds(eds) => Some(eds.clone()),
-                _ => cluster::eds_name(c).map(share),
+                _ => cluster::eds_name(c, &own),
             },
-            _ => cluster::eds_name(c).map(share),
+            _ => cluster::eds_name(c, &own),
         };
         let inline = matches!(
             &role,

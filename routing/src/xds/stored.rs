@@ -10,8 +10,9 @@
 //! they came, each chain a block). (The xDS client keeps no such payload as it came: it reads
 //! each payload's name from its bytes first, and rejects one that does not decode, as one
 //! beginning with a zero byte does not.) [`expand`] gives the bytes back; every reader of a
-//! kept payload reads it through it. Digests and comparisons of kept payloads are of the kept form (the same bytes
-//! give the same compact form once their type's dictionary is known; see [`Dictionaries`]).
+//! kept payload reads it through it. Digests and comparisons of kept payloads are of the kept
+//! form (the same bytes give the same compact form once their type's dictionary is known; see
+//! [`Dictionaries`]).
 
 use super::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 use std::borrow::Cow;

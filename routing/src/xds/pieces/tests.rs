@@ -213,7 +213,10 @@ fn a_cluster_piece_names_its_assignment_once() {
             if let crate::xds::cluster::EndpointSource::Eds(source) = &cluster.source {
                 let named = p.eds.as_ref().expect("an EDS cluster's piece names it");
                 assert!(Arc::ptr_eq(named, source), "{}", p.name);
-                assert_eq!(&**named, crate::xds::cluster::eds_name(c).unwrap().as_ref());
+                assert_eq!(
+                    &**named,
+                    crate::xds::cluster::eds_name(c, &held).unwrap().as_ref()
+                );
                 assert_eq!(
                     **named, *held,
                     "istiod's service_name is the cluster's name"
