@@ -15,16 +15,17 @@ pub enum Direction {
     Outbound,
 }
 
-/// A parsed istiod cluster (or filter chain) name. It holds the name itself (one string, shared
-/// with whoever holds the name: [`ClusterName::parse_shared`]) and where its parts are in it: a
-/// service cluster's piece keeps one, at 5 000 services 15 000 of them, and copies of the host,
-/// protocol and subset were three strings each.
+/// A parsed istiod cluster (or filter chain) name. It holds the name itself and where its parts
+/// are in it: kept (a service cluster's piece keeps one, at 5 000 services 15 000 of them),
+/// the name is a string shared with whoever holds it ([`ClusterName::parse_shared`]; copies
+/// of the host, protocol and subset were three strings each); read and dropped, it borrows
+/// the name ([`ClusterName::parse`]: no allocation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterName {
+pub struct ClusterName<S = Arc<str>> {
     pub direction: Direction,
     pub port: u16,
     protocol: Protocol,
-    name: Arc<str>,
+    name: S,
     /// The host is the name from this byte on.
     host_at: u32,
     /// The subset's bytes, when there is one.
@@ -40,19 +41,26 @@ enum Protocol {
     None,
 }
 
-impl ClusterName {
+impl<'a> ClusterName<&'a str> {
     /// `None` when the name is not in istiod's format.
-    pub fn parse(name: &str) -> Option<ClusterName> {
-        let parts = Parts::of(name)?;
-        Some(parts.holding(name.into()))
+    pub fn parse(name: &'a str) -> Option<Self> {
+        Some(Parts::of(name)?.holding(name))
     }
+}
 
-    /// [`ClusterName::parse`], holding `name` itself rather than a copy.
+impl ClusterName {
+    /// [`ClusterName::parse`], holding `name` itself (shared, not a copy).
     pub fn parse_shared(name: &Arc<str>) -> Option<ClusterName> {
-        let parts = Parts::of(name)?;
-        Some(parts.holding(name.clone()))
+        Some(Parts::of(name)?.holding(name.clone()))
     }
 
+    /// The whole name (the very string [`ClusterName::parse_shared`] was given).
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+impl<S: std::ops::Deref<Target = str>> ClusterName<S> {
     /// The service hostname.
     pub fn host(&self) -> &str {
         &self.name[self.host_at as usize..]
@@ -76,11 +84,6 @@ impl ClusterName {
     /// True for `inbound-vip|…|tcp…`.
     pub fn is_tcp(&self) -> bool {
         self.protocol == Protocol::Tcp
-    }
-
-    /// The whole name (the very string [`ClusterName::parse_shared`] was given).
-    pub(crate) fn name(&self) -> &Arc<str> {
-        &self.name
     }
 }
 
@@ -141,7 +144,7 @@ impl Parts {
         })
     }
 
-    fn holding(self, name: Arc<str>) -> ClusterName {
+    fn holding<S>(self, name: S) -> ClusterName<S> {
         ClusterName {
             direction: self.direction,
             port: self.port,
@@ -204,7 +207,23 @@ mod tests {
                     assert_eq!(got.host(), h, "{name}");
                     let shared: Arc<str> = name.as_str().into();
                     let held = ClusterName::parse_shared(&shared).unwrap();
-                    assert_eq!(held, got, "{name}");
+                    assert_eq!(
+                        (
+                            held.direction,
+                            held.port,
+                            held.protocol(),
+                            held.subset(),
+                            held.host()
+                        ),
+                        (
+                            got.direction,
+                            got.port,
+                            got.protocol(),
+                            got.subset(),
+                            got.host()
+                        ),
+                        "{name}"
+                    );
                     assert!(Arc::ptr_eq(&held.name, &shared), "{name}: the name itself");
                 }
             }

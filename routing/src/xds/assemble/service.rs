@@ -167,13 +167,12 @@ pub(super) fn build_service(
         let kinds: BTreeSet<bool> = p
             .chains
             .keys()
-            .filter_map(|c| ClusterName::parse(c))
+            .filter_map(|c| ClusterName::parse(c).map(|c| c.is_tcp()))
             .chain(
                 mine.iter()
                     .filter(|(_, sc)| sc.name.port == *number && sc.name.subset().is_none())
-                    .map(|(_, sc)| sc.name.clone()),
+                    .map(|(_, sc)| sc.name.is_tcp()),
             )
-            .map(|c| c.is_tcp())
             .collect();
         let protocol = match (kinds.contains(&false), kinds.contains(&true)) {
             (true, true) => Protocol::Unknown,
