@@ -23,6 +23,7 @@ mod matcher;
 mod memo;
 mod outbound;
 mod patch;
+mod reuse;
 mod rules;
 mod splice;
 mod stored;

@@ -1,7 +1,8 @@
 //! `main_internal`'s matcher changed in one range (a service gone from the IP tree, then back):
 //! the translator reads the other ranges as its last read had them.
 
-use super::memo::{bookinfo_wire, encoded, from_scratch, outcome};
+use super::memo::{from_scratch, outcome};
+use super::reuse::{bookinfo_wire, encoded};
 use super::*;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use prost::Message;

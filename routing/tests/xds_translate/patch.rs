@@ -2,9 +2,9 @@
 //! share with it, and when they give way to a full translation. That a patch equals a
 //! translation from scratch is also part of `memo`'s property.
 
-use super::memo::{
-    bookinfo_wire, publish, retime_wire, reviews_without, translate_wire, Wire, PRODUCTPAGE,
-    REVIEWS,
+use super::memo::retime_wire;
+use super::reuse::{
+    bookinfo_wire, publish, reviews_without, translate_wire, Wire, PRODUCTPAGE, REVIEWS,
 };
 use super::*;
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;

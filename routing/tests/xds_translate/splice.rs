@@ -3,8 +3,8 @@
 //! services alone and splices them into the published snapshot. That a splice equals a
 //! translation from scratch is also part of `memo`'s property.
 
-use super::memo::{bookinfo_wire, publish, Wire, PRODUCTPAGE, REVIEWS};
 use super::patch::{describe_wire, scratch_wire};
+use super::reuse::{bookinfo_wire, publish, Wire, PRODUCTPAGE, REVIEWS};
 use super::*;
 use routing::xds::{Translator, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! Payloads kept compact (`xds::stored`, as the waypoint's xDS client keeps assignments and
 //! clusters) translate as they came.
 
-use super::memo::{bookinfo_wire, describe, retime_wire, translate_wire, Wire, FIXTURES};
+use super::memo::{describe, retime_wire, FIXTURES};
+use super::reuse::{bookinfo_wire, translate_wire, Wire};
 use super::*;
 use routing::xds::{stored, Translator, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 

@@ -1,7 +1,8 @@
 //! `Translator::subscriptions`: what a state that may be incomplete asks for, found without
 //! assembling it (the waypoint does not translate a state it would only hold back).
 
-use super::memo::{bookinfo_wire, required, Wire};
+use super::memo::required;
+use super::reuse::{bookinfo_wire, Wire};
 use super::*;
 use routing::xds::{Encoded, Translator, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
 
