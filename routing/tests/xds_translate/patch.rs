@@ -4,7 +4,7 @@
 
 use super::memo::retime_wire;
 use super::reuse::{
-    bookinfo_wire, publish, reviews_without, translate_wire, Wire, PRODUCTPAGE, REVIEWS,
+    bookinfo_wire, encoded, publish, reviews_without, translate_wire, Wire, PRODUCTPAGE, REVIEWS,
 };
 use super::*;
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
@@ -34,17 +34,6 @@ fn bookinfo_published() -> Published {
         gone,
         fewer,
     }
-}
-
-/// `wire`'s resources as the translator reads them.
-fn encoded(wire: &Wire) -> Vec<routing::xds::Encoded<'_>> {
-    wire.iter()
-        .map(|(t, n, b)| routing::xds::Encoded {
-            type_url: t,
-            name: n,
-            value: b,
-        })
-        .collect()
 }
 
 /// An EDS push against the published snapshot patches it: the services its assignments feed

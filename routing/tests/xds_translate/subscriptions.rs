@@ -2,19 +2,9 @@
 //! assembling it (the waypoint does not translate a state it would only hold back).
 
 use super::memo::required;
-use super::reuse::{bookinfo_wire, Wire};
+use super::reuse::{bookinfo_wire, encoded, Wire};
 use super::*;
 use routing::xds::{Encoded, Translator, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
-
-fn encoded(wire: &Wire) -> Vec<Encoded<'_>> {
-    wire.iter()
-        .map(|(t, n, v)| Encoded {
-            type_url: t,
-            name: n,
-            value: v,
-        })
-        .collect()
-}
 
 /// bookinfo (istiod's shapes) before its EDS assignments arrived, and once they did: the answer
 /// is every assignment its clusters name, as the translation's, and the translation that
