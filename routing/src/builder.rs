@@ -455,11 +455,11 @@ fn port_clusters(
             .filter(|e| labels.is_none_or(|l| e.matches_labels(l)))
             .filter_map(|e| direct_transport(e, policy.tls.as_ref()))
             .map(|e| {
-                let id = match ids.get(&e.identity) {
+                let id = match ids.get(&e.workload.identity) {
                     Some(id) => id.clone(),
                     None => {
-                        let id = ClusterEndpoint::parse_identity(&e.identity);
-                        ids.insert(e.identity.clone(), id.clone());
+                        let id = ClusterEndpoint::parse_identity(&e.workload.identity);
+                        ids.insert(e.workload.identity.clone(), id.clone());
                         id
                     }
                 };

@@ -52,7 +52,7 @@ pub use matching::{query_param, Miss, RequestView, SimpleRequest};
 pub use model::{
     labels_superset, spiffe_identity, DestinationRule, Endpoint, HttpRoute, LbPolicy, Locality,
     MatchRegex, Protocol, RegexError, RouteDestination, RouteMatch, Service, ServicePort,
-    StringMatch, Subset, VirtualService,
+    StringMatch, Subset, VirtualService, Workload,
 };
 pub use outlier::{Ejection, EjectionKind, Outcome};
 pub use policy::{

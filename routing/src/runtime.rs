@@ -114,7 +114,8 @@ impl EndpointKey {
 
 impl PartialEq for EndpointKey {
     fn eq(&self, other: &Self) -> bool {
-        self.target == other.target && self.endpoint.identity == other.endpoint.identity
+        self.target == other.target
+            && self.endpoint.workload.identity == other.endpoint.workload.identity
     }
 }
 
@@ -195,7 +196,7 @@ impl ClusterState {
     /// for tests and dumps, not the data path).
     pub fn endpoint(&self, target: SocketAddr, identity: &str) -> Option<&Arc<EndpointRuntime>> {
         self.entries()
-            .find(|(k, _)| k.target == target && &*k.endpoint.identity == identity)
+            .find(|(k, _)| k.target == target && &*k.endpoint.workload.identity == identity)
             .map(|(_, r)| r)
     }
 
@@ -213,7 +214,10 @@ impl ClusterState {
         match &self.endpoints {
             EndpointIndex::Few(few) => few
                 .iter()
-                .find(|(k, _)| k.target == e.target() && k.endpoint.identity == e.endpoint.identity)
+                .find(|(k, _)| {
+                    k.target == e.target()
+                        && k.endpoint.workload.identity == e.endpoint.workload.identity
+                })
                 .map(|(_, r)| r),
             EndpointIndex::Many(many) => many.get(&EndpointKey::of(e)),
         }

@@ -43,7 +43,7 @@ fn services(s: &Snapshot) -> Vec<String> {
             let eps: Vec<String> = s
                 .endpoints(&svc.hostname)
                 .iter()
-                .map(|e| format!("{}={}", e.address, e.identity))
+                .map(|e| format!("{}={}", e.address, e.workload.identity))
                 .collect();
             format!("{} {:?} {:?} {:?}", svc.hostname, svc.vips, svc.ports, eps)
         })
@@ -157,8 +157,8 @@ fn bound_workloads_are_served_on_every_port_through_the_direct_chains() {
                 assert_eq!(endpoint.address.to_string(), "10.244.5.9");
                 // Not known until the HBONE handshake shows it (verified against
                 // connect_originate's SAN matchers); the namespace is the waypoint's.
-                assert_eq!(&*endpoint.identity, "", "learned at the handshake");
-                assert_eq!(&*endpoint.namespace, "default");
+                assert_eq!(&*endpoint.workload.identity, "", "learned at the handshake");
+                assert_eq!(&*endpoint.workload.namespace, "default");
                 assert_eq!(port, 7777);
                 assert!(services.is_empty());
                 assert_eq!(bound, Some(Protocol::Unknown), "{name}");

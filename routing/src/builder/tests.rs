@@ -12,10 +12,12 @@ fn endpoint(ip: &str, labels: &[(&str, &str)]) -> Arc<Endpoint> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         ),
-        service_account: "sa".into(),
-        namespace: "default".into(),
-        identity: "spiffe://cluster.local/ns/default/sa/sa".into(),
-        name: ip.into(),
+        workload: Arc::new(crate::model::Workload {
+            name: ip.into(),
+            namespace: "default".into(),
+            service_account: "sa".into(),
+            identity: "spiffe://cluster.local/ns/default/sa/sa".into(),
+        }),
         transport: Transport::Hbone,
     })
 }

@@ -119,7 +119,7 @@ impl ClusterEndpoint {
 
     /// An endpoint that joined at `added` (the start of its warmup).
     pub fn new_at(endpoint: Arc<Endpoint>, port: u16, added: Instant) -> Self {
-        let spiffe_id = Self::parse_identity(&endpoint.identity);
+        let spiffe_id = Self::parse_identity(&endpoint.workload.identity);
         Self::with_identity(endpoint, port, added, spiffe_id)
     }
 
@@ -185,7 +185,7 @@ impl ClusterEndpoint {
 impl Serialize for ClusterEndpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("ClusterEndpoint", 9)?;
-        st.serialize_field("name", &self.endpoint.name)?;
+        st.serialize_field("name", &self.endpoint.workload.name)?;
         st.serialize_field("target", &self.target().to_string())?;
         // How this cluster dials it (a DestinationRule ISTIO_MUTUAL makes a direct endpoint
         // istio_mutual here; the cluster's `policy.tls` says which TLS a direct one gets).
@@ -200,7 +200,7 @@ impl Serialize for ClusterEndpoint {
             st.serialize_field("locality", &p.locality.to_string())?;
             st.serialize_field("locality_weight", &p.locality_weight)?;
         }
-        st.serialize_field("identity", &self.endpoint.identity)?;
+        st.serialize_field("identity", &self.endpoint.workload.identity)?;
         st.serialize_field("active", &self.active())?;
         st.serialize_field("ejections", &self.runtime.num_ejections())?;
         st.end()

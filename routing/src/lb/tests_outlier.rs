@@ -166,7 +166,10 @@ fn carry_over_matches_target_and_identity_in_any_order() {
     let mut reordered: Vec<ClusterEndpoint> = eps(3, later).into_iter().rev().collect();
     let e2 = &reordered[1];
     let other = Arc::new(Endpoint {
-        identity: "spiffe://cluster.local/ns/default/sa/other".into(),
+        workload: Arc::new(crate::model::Workload {
+            identity: "spiffe://cluster.local/ns/default/sa/other".into(),
+            ..(*e2.endpoint.workload).clone()
+        }),
         ..(*e2.endpoint).clone()
     });
     reordered[1] = ClusterEndpoint::new_at(other, e2.target().port(), later);
@@ -188,15 +191,25 @@ fn endpoints_carry_their_parsed_identity() {
     let t0 = Instant::now();
     let c = with_policy(od(100, 0), eps(1, t0), t0);
     let id = c.endpoints[0].spiffe_id().unwrap();
-    assert_eq!(id.to_string(), &*c.endpoints[0].endpoint.identity);
+    assert_eq!(id.to_string(), &*c.endpoints[0].endpoint.workload.identity);
     // A bad identity keeps the parser's error (the attempt fails with it; nothing is dialled).
+    let good = endpoint(1);
     let bad = Arc::new(Endpoint {
-        identity: "spiffe://cluster.local/default/sa".into(),
-        ..(*endpoint(1)).clone()
+        workload: Arc::new(crate::model::Workload {
+            identity: "spiffe://cluster.local/default/sa".into(),
+            ..(*good.workload).clone()
+        }),
+        ..(*good).clone()
     });
     let e = ClusterEndpoint::new_at(bad.clone(), 1, t0);
     let err = e.spiffe_id().unwrap_err();
-    assert_eq!(err, &bad.identity.parse::<crate::SpiffeId>().unwrap_err());
+    assert_eq!(
+        err,
+        &bad.workload
+            .identity
+            .parse::<crate::SpiffeId>()
+            .unwrap_err()
+    );
     assert!(err.to_string().contains("invalid SPIFFE id"), "{err}");
 }
 

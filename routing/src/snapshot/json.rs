@@ -49,7 +49,10 @@ impl Snapshot {
             .by_pod_ip
             .iter()
             .map(|(ip, list)| {
-                let list = list.iter().map(|(h, e)| (&**h, &*e.name)).collect();
+                let list = list
+                    .iter()
+                    .map(|(h, e)| (&**h, &*e.workload.name))
+                    .collect();
                 (ip.to_string(), list)
             })
             .collect();

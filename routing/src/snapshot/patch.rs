@@ -181,11 +181,13 @@ mod tests {
         Arc::new(Endpoint {
             address: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + ip)),
             labels: Default::default(),
-            service_account: "sa".into(),
-            namespace: "default".into(),
-            identity: "".into(),
+            workload: Arc::new(crate::model::Workload {
+                name: format!("pod-{ip}").into(),
+                namespace: "default".into(),
+                service_account: "sa".into(),
+                identity: "".into(),
+            }),
             transport: Default::default(),
-            name: format!("pod-{ip}").into(),
         })
     }
 

@@ -57,19 +57,24 @@ pub(crate) struct PodEndpoint {
 /// Pods decoded together, by address: an assignment's pod equal to one an earlier assignment of
 /// the same decoding listed is that one (`inbound-vip|…|http/v1|…` lists the pods of
 /// `inbound-vip|…|http|…` again: without this each service held every pod twice, 112 bytes and
-/// its strings each), and the pods' namespaces one string. Lives for one decoding: it holds
-/// what it shares.
+/// its strings each); the pods' namespaces one string, and their workload names one string per
+/// workload (istiod names a pod's workload after its Deployment, the same for every replica:
+/// `GetWorkloadMetaFromPod` in `pilot/pkg/serviceregistry/kube/controller/endpoint_builder.go`).
+/// Lives for one decoding: it holds what it shares.
 #[derive(Default)]
 pub(crate) struct PodShare {
     pods: std::collections::HashMap<SocketAddr, Arc<PodEndpoint>, super::FastHash>,
-    namespaces: crate::labels::Names,
+    names: crate::labels::Names,
 }
 
 impl PodShare {
     /// `pod`, or the equal one decoded before it.
     pub(crate) fn pod(&mut self, mut pod: PodEndpoint) -> Arc<PodEndpoint> {
-        if let Some(ns) = &mut pod.namespace {
-            *ns = self.namespaces.share(ns);
+        for name in [&mut pod.namespace, &mut pod.workload]
+            .into_iter()
+            .flatten()
+        {
+            *name = self.names.share(name);
         }
         match self.pods.get(&pod.addr()) {
             Some(p) if **p == pod => p.clone(),

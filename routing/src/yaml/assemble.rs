@@ -180,7 +180,9 @@ fn add_services(
         let endpoints: Vec<Arc<Endpoint>> = match &se.selector {
             Some(sel) => workloads
                 .iter()
-                .filter(|w| *w.namespace == *se.namespace && labels_superset(&w.labels, sel))
+                .filter(|w| {
+                    *w.workload.namespace == *se.namespace && labels_superset(&w.labels, sel)
+                })
                 .cloned()
                 .collect(),
             None => se.endpoints.into_iter().map(Arc::new).collect(),

@@ -142,12 +142,12 @@ fn bookinfo_resolves_pod() {
             services,
             bound: None,
         }) => {
-            assert_eq!(&*endpoint.name, "reviews-v2");
+            assert_eq!(&*endpoint.workload.name, "reviews-v2");
             assert_eq!(
-                &*endpoint.identity,
+                &*endpoint.workload.identity,
                 "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
             );
-            assert_eq!(&*endpoint.service_account, "bookinfo-reviews");
+            assert_eq!(&*endpoint.workload.service_account, "bookinfo-reviews");
             assert_eq!(port, 9080);
             assert_eq!(services.len(), 1);
             assert_eq!(services[0].hostname, FQDN);
@@ -201,7 +201,7 @@ fn bookinfo_clusters() {
     assert_eq!(v1.lb, LbPolicy::Random);
     let targets: Vec<SocketAddr> = v1.endpoints.iter().map(|e| e.target()).collect();
     assert_eq!(targets, vec![addr("127.0.10.1:9080")]);
-    assert_eq!(&*v1.endpoints[0].endpoint.name, "reviews-v1");
+    assert_eq!(&*v1.endpoints[0].endpoint.workload.name, "reviews-v1");
     assert!(s.cluster(FQDN, 9080, Some("v4")).is_none());
     assert!(s.cluster(FQDN, 9081, None).is_none());
     assert_eq!(s.clusters().len(), 4);
@@ -479,7 +479,7 @@ spec:
     let t: Vec<String> = c.endpoints.iter().map(|e| e.target().to_string()).collect();
     assert_eq!(t, vec!["127.0.10.5:27018", "[::1]:27018"]);
     assert_eq!(
-        &*c.endpoints[1].endpoint.identity,
+        &*c.endpoints[1].endpoint.workload.identity,
         "spiffe://cluster.local/ns/db/sa/default"
     );
     assert_eq!(c.lb, LbPolicy::LeastRequest);

@@ -66,7 +66,7 @@ fn endpoints(s: &Snapshot, port: u16, subset: Option<&str>) -> Vec<(String, Tran
         .unwrap()
         .endpoints
         .iter()
-        .map(|e| (e.endpoint.name.to_string(), e.endpoint.transport))
+        .map(|e| (e.endpoint.workload.name.to_string(), e.endpoint.transport))
         .collect()
 }
 

@@ -38,10 +38,12 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<WorkloadEntryIr
             address,
             transport: crate::model::transport_of(&labels),
             labels: std::sync::Arc::new(labels.into()),
-            identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa).into(),
-            service_account: sa.into(),
-            namespace: ctx.namespace.as_str().into(),
-            name: ctx.name.as_str().into(),
+            workload: std::sync::Arc::new(crate::model::Workload {
+                name: ctx.name.as_str().into(),
+                namespace: ctx.namespace.as_str().into(),
+                identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa).into(),
+                service_account: sa.into(),
+            }),
         },
     })
 }

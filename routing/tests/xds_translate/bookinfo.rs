@@ -102,7 +102,7 @@ fn bookinfo_reviews_split_subsets_and_identity() {
     // Identity: xDS names no service account, so it is unknown until the handshake; the peer is
     // verified against connect_originate's SAN matchers, all of them.
     let ep = &s.endpoints(REVIEWS)[0];
-    assert_eq!(&*ep.identity, "");
+    assert_eq!(&*ep.workload.identity, "");
     assert_eq!(ep.transport, routing::Transport::Hbone);
     let sans: Vec<String> = s
         .hbone_peer_sans()
@@ -111,8 +111,8 @@ fn bookinfo_reviews_split_subsets_and_identity() {
         .map(ToString::to_string)
         .collect();
     assert!(!sans.is_empty(), "{sans:?}");
-    assert_eq!(&*ep.service_account, "unknown");
-    assert_eq!(&*ep.name, "reviews-v1");
+    assert_eq!(&*ep.workload.service_account, "unknown");
+    assert_eq!(&*ep.workload.name, "reviews-v1");
     assert_eq!(
         ep.labels.get("service.istio.io/canonical-revision"),
         Some("v1")
@@ -128,17 +128,23 @@ fn bookinfo_reviews_split_subsets_and_identity() {
     let t2 = xds::translate(&res, &opts).unwrap();
     let eps = t2.snapshot.endpoints(REVIEWS);
     let ep = &eps[0];
-    assert_eq!(&*ep.service_account, "bookinfo-reviews");
-    assert_eq!(&*ep.identity, reviews_id);
+    assert_eq!(&*ep.workload.service_account, "bookinfo-reviews");
+    assert_eq!(&*ep.workload.identity, reviews_id);
     // The pods of a workload share one string for each name.
     assert_eq!(eps.len(), 3);
     for other in &eps[1..] {
-        assert!(std::sync::Arc::ptr_eq(&ep.identity, &other.identity));
         assert!(std::sync::Arc::ptr_eq(
-            &ep.service_account,
-            &other.service_account
+            &ep.workload.identity,
+            &other.workload.identity
         ));
-        assert!(std::sync::Arc::ptr_eq(&ep.namespace, &other.namespace));
+        assert!(std::sync::Arc::ptr_eq(
+            &ep.workload.service_account,
+            &other.workload.service_account
+        ));
+        assert!(std::sync::Arc::ptr_eq(
+            &ep.workload.namespace,
+            &other.workload.namespace
+        ));
     }
 }
 
@@ -334,4 +340,43 @@ fn an_ipv6_mesh_resolves_vips_and_pods_by_their_ipv6_addresses() {
             Some(Destination::Pod { .. })
         ));
     }
+}
+
+/// The replicas of one workload are one record: bookinfo with a second `reviews-v1` pod, listed
+/// as istiod lists a Deployment's replicas (the same `istio.workload`, another address), in the
+/// service's assignment and its `v1` subset's. Its endpoints share the record with the first
+/// pod's, and a pod of another workload has its own.
+#[test]
+fn the_replicas_of_a_workload_share_one_record() {
+    let mut json: serde_json::Value = serde_json::from_str(&fixture("bookinfo.json")).unwrap();
+    for r in json.as_array_mut().unwrap() {
+        let cluster = r["cluster_name"].as_str().unwrap_or_default();
+        if !cluster.starts_with("inbound-vip|9080|http|reviews")
+            && !cluster.starts_with("inbound-vip|9080|http/v1|reviews")
+        {
+            continue;
+        }
+        let pods = r["endpoints"][0]["lb_endpoints"].as_array_mut().unwrap();
+        let first = pods
+            .iter()
+            .find(|p| p.to_string().contains("10.244.1.7:9080"));
+        let replica = first
+            .unwrap()
+            .to_string()
+            .replace("10.244.1.7", "10.244.1.10");
+        pods.push(serde_json::from_str(&replica).unwrap());
+    }
+    let t = translate(&load_resources(&json.to_string()).unwrap());
+    let eps = t.snapshot.endpoints(REVIEWS);
+    let at = |ip: &str| eps.iter().find(|e| e.address.to_string() == ip).unwrap();
+    let (first, replica) = (at("10.244.1.7"), at("10.244.1.10"));
+    assert_eq!(&*replica.workload.name, "reviews-v1");
+    assert!(std::sync::Arc::ptr_eq(&first.workload, &replica.workload));
+    assert!(!std::sync::Arc::ptr_eq(
+        &first.workload,
+        &at("10.244.1.8").workload
+    ));
+    // Both are in the subset's cluster.
+    let v1 = t.snapshot.cluster(REVIEWS, 9080, Some("v1")).unwrap();
+    assert_eq!(v1.endpoints.len(), 2);
 }

@@ -73,7 +73,7 @@ fn outbound_cluster_is_a_route_destination_with_hbone_and_direct_endpoints() {
             (
                 e.target().to_string(),
                 e.endpoint.transport,
-                e.endpoint.namespace.to_string(),
+                e.endpoint.workload.namespace.to_string(),
             )
         })
         .collect();

@@ -160,16 +160,18 @@ impl Bench {
                         AppKind::Http
                     };
                     apps.push(
-                        sim::start_app(addr, &endpoint.name, kind)
+                        sim::start_app(addr, &endpoint.workload.name, kind)
                             .await
-                            .with_context(|| format!("starting app {} on {addr}", endpoint.name))?,
+                            .with_context(|| {
+                                format!("starting app {} on {addr}", endpoint.workload.name)
+                            })?,
                     );
                 }
                 let hbone = SocketAddr::new(endpoint.address, hbone_port);
                 if !down.contains(&endpoint.address) && started.insert(hbone) {
                     let id: SpiffeId = match pod_identity.get(&endpoint.address) {
                         Some(id) => id.clone(),
-                        None => endpoint.identity.parse()?,
+                        None => endpoint.workload.identity.parse()?,
                     };
                     let cert = match pod_cert.get(&endpoint.address) {
                         Some(faulty) => faulty.mint(&ca, &id)?,
@@ -181,7 +183,7 @@ impl Bench {
                             .with_context(|| {
                                 format!(
                                     "starting HBONE terminator for {} on {hbone}",
-                                    endpoint.name
+                                    endpoint.workload.name
                                 )
                             })?,
                     );
@@ -322,7 +324,7 @@ impl SplitRow {
             .map(|c| {
                 c.endpoints
                     .iter()
-                    .map(|e| e.endpoint.name.to_string())
+                    .map(|e| e.endpoint.workload.name.to_string())
                     .collect()
             })
             .unwrap_or_default();

@@ -98,7 +98,7 @@ impl UpstreamOutcome {
     /// was known by.
     pub fn principal<'a>(&'a self, proved: Option<&'a str>) -> &'a str {
         proved
-            .or_else(|| self.endpoint.as_ref().map(|e| &*e.identity))
+            .or_else(|| self.endpoint.as_ref().map(|e| &*e.workload.identity))
             .unwrap_or_default()
     }
 }

@@ -51,9 +51,9 @@ pub struct SourceStats {
 /// Whether `workload` may be claimed by a peer proving `identity` (exact SPIFFE id; a
 /// namespace-wide `…/sa/*` identity, as xDS endpoints have, proves nothing about one pod).
 pub fn identity_matches(workload: &Endpoint, identity: &SpiffeId) -> bool {
-    !workload.identity.is_empty()
-        && !workload.identity.ends_with("/sa/*")
-        && *workload.identity == *identity.to_string()
+    !workload.workload.identity.is_empty()
+        && !workload.workload.identity.ends_with("/sa/*")
+        && *workload.workload.identity == *identity.to_string()
 }
 
 /// Resolve a tunnel's source: `forwarded_for` checked against the workload the snapshot knows
@@ -124,8 +124,8 @@ impl SourceStats {
                 %peer,
                 %claimed,
                 peer_identity = %identity,
-                workload = %w.name,
-                workload_identity = %w.identity,
+                workload = %w.workload.name,
+                workload_identity = %w.workload.identity,
                 skipped = self.skipped.swap(0, Ordering::Relaxed),
                 "forwarded source address belongs to a workload of another identity; ignored \
                  (no source labels, no ALLOW on source.ip), the peer's address is used"

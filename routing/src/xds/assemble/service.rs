@@ -2,9 +2,10 @@
 //! traffic policy.
 
 use super::*;
-use crate::model::UNKNOWN_ACCOUNT;
+use crate::model::{Workload, UNKNOWN_ACCOUNT};
 use crate::recent::Recent;
 use std::cell::RefCell;
+use std::collections::HashSet;
 
 /// Kubernetes namespace of `name.ns.svc…`, else `default`.
 fn namespace_of_host(host: &str) -> String {
@@ -77,10 +78,12 @@ pub(super) fn bound_workloads(
                 Arc::new(Endpoint {
                     address: *ip,
                     labels: Default::default(),
-                    service_account: sa,
-                    namespace: ns,
-                    identity: identity.into(),
-                    name: ip.to_string().into(),
+                    workload: Arc::new(Workload {
+                        name: ip.to_string().into(),
+                        namespace: ns,
+                        service_account: sa,
+                        identity: identity.into(),
+                    }),
                     // A workload that uses the waypoint is in the ambient mesh.
                     transport: Transport::Hbone,
                 })
@@ -268,6 +271,7 @@ pub(super) fn build_service(
     // share them anyway; shared here, the reused service and the snapshot hold the same ones).
     let mut label_maps = crate::labels::LabelMaps::default();
     let mut names = crate::labels::Names::default();
+    let mut workloads = HashSet::new();
     let endpoints: Vec<Arc<Endpoint>> = eps
         .into_iter()
         .map(|(ip, a)| {
@@ -284,13 +288,16 @@ pub(super) fn build_service(
                 Some((_, sa)) if sa != ANY_SERVICE_ACCOUNT => names.get(sa),
                 _ => names.get(UNKNOWN_ACCOUNT),
             };
+            let workload = Workload {
+                name: a.workload.unwrap_or_else(|| ip.to_string().into()),
+                namespace: ns,
+                service_account: sa,
+                identity: names.get(identity),
+            };
             Arc::new(Endpoint {
                 address: ip,
                 labels,
-                service_account: sa,
-                namespace: ns,
-                identity: names.get(identity),
-                name: a.workload.unwrap_or_else(|| ip.to_string().into()),
+                workload: workload.shared_in(&mut workloads),
                 transport: if a.tunnel {
                     Transport::Hbone
                 } else if a.istio_mtls {

@@ -122,8 +122,8 @@ fn the_walk_knows_the_very_same_bytes() {
 
 /// Pods with the same labels share one map, across assignments (a pod is in its service's
 /// assignment and its subset's); maps no piece holds are let go.
-/// Assignments decoded together share equal pods (a service's subsets list its pods again)
-/// and equal label maps; a pod that differs is its own.
+/// Assignments decoded together share equal pods (a service's subsets list its pods again),
+/// equal label maps and names; a pod that differs is its own.
 #[test]
 fn assignments_share_equal_pods_and_pod_label_maps() {
     let mut labels = LabelMaps::default();
@@ -148,6 +148,11 @@ fn assignments_share_equal_pods_and_pod_label_maps() {
     assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&all, 2)));
     assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&v2, 0)));
     assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&moved, 0)));
+    // One workload name for the replicas of a workload.
+    let workload = |p: &AssignmentPiece, i: usize| p.pods[i].workload.clone().unwrap();
+    assert_eq!(&*workload(&all, 0), "reviews-v1");
+    assert!(Arc::ptr_eq(&workload(&all, 0), &workload(&all, 2)));
+    assert!(!Arc::ptr_eq(&workload(&all, 0), &workload(&v2, 0)));
     let map = |p: &AssignmentPiece, i: usize| p.pods[i].labels.clone();
     assert_eq!(
         map(&all, 0).get("service.istio.io/canonical-revision"),

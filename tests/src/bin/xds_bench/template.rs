@@ -302,8 +302,8 @@ impl Template {
     ) -> ClusterLoadAssignment {
         let mut endpoints = Vec::new();
         for (pods, version) in groups {
-            for (k, ip) in pods.iter().enumerate() {
-                endpoints.push(self.endpoint(spec, *ip, version, k));
+            for ip in pods.iter() {
+                endpoints.push(self.endpoint(spec, *ip, version));
             }
         }
         let mut cla = self.assignment.clone();
@@ -316,7 +316,10 @@ impl Template {
     }
 
     /// `envoy_internal_address{connect_originate, "ip:9080"}` with istiod's endpoint metadata.
-    pub(super) fn endpoint(&self, spec: &Spec, ip: IpAddr, version: &str, k: usize) -> LbEndpoint {
+    /// The pods of one version are the replicas of one Deployment (`{name}-{version}`), and
+    /// istiod names each pod's workload after it (`GetWorkloadMetaFromPod` in istio/istio's
+    /// `pilot/pkg/serviceregistry/kube/controller/endpoint_builder.go`).
+    pub(super) fn endpoint(&self, spec: &Spec, ip: IpAddr, version: &str) -> LbEndpoint {
         let target = SocketAddr::new(ip, PORT).to_string();
         let mut e = self.endpoint.clone();
         if let Some(HostIdentifier::Endpoint(ep)) = &mut e.host_identifier {
@@ -338,7 +341,7 @@ impl Template {
             md,
             "istio",
             "workload",
-            format!("{name}-{version}-{k};default;{name};{version};Kubernetes"),
+            format!("{name}-{version};default;{name};{version};Kubernetes"),
         );
         e
     }

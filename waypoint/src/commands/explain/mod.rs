@@ -227,7 +227,10 @@ pub fn explain(snapshot: &Snapshot, args: &ExplainArgs) -> Result<Explanation, E
                     ..
                 }) => {
                     pod_addressed = true;
-                    pod = (endpoint.name.to_string(), endpoint.identity.to_string());
+                    pod = (
+                        endpoint.workload.name.to_string(),
+                        endpoint.workload.identity.to_string(),
+                    );
                     let service = services
                         .first()
                         .ok_or(ExplainError::PodWithoutService(SocketAddr::new(ip, port)))?;

@@ -51,7 +51,8 @@ impl PeerEndpoint for routing::ClusterEndpoint {
 /// A workload addressed directly (a pod, not through a cluster): parsed here.
 impl PeerEndpoint for routing::Endpoint {
     fn expected_identity(&self) -> Result<Arc<SpiffeId>, EndpointIdentityError> {
-        self.identity
+        self.workload
+            .identity
             .parse::<SpiffeId>()
             .map(Arc::new)
             .map_err(|source| EndpointIdentityError {
@@ -170,10 +171,12 @@ mod tests {
         Arc::new(routing::Endpoint {
             address: "10.1.0.1".parse().unwrap(),
             labels: Default::default(),
-            service_account: "sa".into(),
-            namespace: "default".into(),
-            identity: identity.into(),
-            name: "ep".into(),
+            workload: std::sync::Arc::new(routing::Workload {
+                name: "ep".into(),
+                namespace: "default".into(),
+                service_account: "sa".into(),
+                identity: identity.into(),
+            }),
             transport: Default::default(),
         })
     }

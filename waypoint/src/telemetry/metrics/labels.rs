@@ -95,7 +95,9 @@ impl SourceLabels {
 }
 
 fn workload_namespace(workload: Option<&Endpoint>) -> Option<&str> {
-    workload.map(|w| &*w.namespace).filter(|n| !n.is_empty())
+    workload
+        .map(|w| &*w.workload.namespace)
+        .filter(|n| !n.is_empty())
 }
 
 /// A workload's names as istiod derives them (`pkg/kube/labels/labels.go`): its workload name,
@@ -110,7 +112,7 @@ impl<'e> Peer<'e> {
     fn of(endpoint: &'e Endpoint) -> Self {
         let l = |k: &str| endpoint.labels.get(k).filter(|v| !v.is_empty());
         let workload = l("service.istio.io/workload-name")
-            .or(Some(&*endpoint.name))
+            .or(Some(&*endpoint.workload.name))
             .filter(|w| !w.is_empty());
         Self {
             workload,
@@ -159,8 +161,8 @@ impl DestinationLabels {
         let revision = peer.as_ref().map(|p| p.revision);
         Self {
             destination_workload: or_unknown(workload),
-            destination_workload_namespace: or_unknown(endpoint.map(|e| &*e.namespace)),
-            destination_principal: or_unknown(endpoint.map(|e| &*e.identity)),
+            destination_workload_namespace: or_unknown(endpoint.map(|e| &*e.workload.namespace)),
+            destination_principal: or_unknown(endpoint.map(|e| &*e.workload.identity)),
             // app and version are the canonical service and revision, as for the source.
             destination_app: or_unknown(canonical),
             destination_version: or_unknown(revision),

@@ -85,11 +85,13 @@ fn destination_labels_from_endpoint_labels() {
                 .into_iter()
                 .collect(),
         ),
-        service_account: "bookinfo-reviews".into(),
-        namespace: "bookinfo".into(),
-        identity: "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
+        workload: std::sync::Arc::new(routing::Workload {
+            name: "reviews-v2".into(),
+            namespace: "bookinfo".into(),
+            service_account: "bookinfo-reviews".into(),
+            identity: "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
+        }),
         transport: Default::default(),
-        name: "reviews-v2".into(),
     };
     let d = DestinationLabels::new(Some(svc), Some(&ep), "Kubernetes");
     assert_eq!(&*d.destination_workload, "reviews-v2");
@@ -192,11 +194,13 @@ pub(super) fn ep(name: &str) -> Arc<Endpoint> {
     Arc::new(Endpoint {
         address: "10.1.0.1".parse().unwrap(),
         labels: Arc::new([("app", "reviews")].into_iter().collect()),
-        service_account: "reviews".into(),
-        namespace: "bookinfo".into(),
-        identity: "spiffe://cluster.local/ns/bookinfo/sa/reviews".into(),
+        workload: std::sync::Arc::new(routing::Workload {
+            name: name.into(),
+            namespace: "bookinfo".into(),
+            service_account: "reviews".into(),
+            identity: "spiffe://cluster.local/ns/bookinfo/sa/reviews".into(),
+        }),
         transport: Default::default(),
-        name: name.into(),
     })
 }
 
