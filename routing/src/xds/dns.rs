@@ -197,8 +197,7 @@ pub(crate) fn endpoints(
             out.push(PodEndpoint {
                 ip,
                 port,
-                workload: None,
-                namespace: None,
+                who: None,
                 labels: Default::default(),
                 tunnel: false,
                 istio_mtls: false,

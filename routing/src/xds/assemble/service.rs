@@ -256,10 +256,10 @@ pub(super) fn build_service(
             e.labels
                 .extend(p.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             if e.namespace.is_none() {
-                e.namespace.clone_from(&p.namespace);
+                e.namespace = p.namespace().cloned();
             }
             if e.workload.is_none() {
-                e.workload.clone_from(&p.workload);
+                e.workload = p.workload().cloned();
             }
             if let Some(s) = sc.name.subset() {
                 e.labels

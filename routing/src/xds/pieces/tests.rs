@@ -141,18 +141,18 @@ fn assignments_share_equal_pods_and_pod_label_maps() {
     assert!(Arc::ptr_eq(&all.pods[0], &v1.pods[0]));
     assert!(Arc::ptr_eq(&all.pods[1], &v1.pods[1]));
     assert!(!Arc::ptr_eq(&all.pods[0], &moved.pods[0]));
-    assert_ne!(all.pods[0].workload, moved.pods[0].workload);
+    assert_ne!(all.pods[0].workload(), moved.pods[0].workload());
     // One namespace string for the pods of a decoding, whichever workload.
-    let ns = |p: &AssignmentPiece, i: usize| p.pods[i].namespace.clone().unwrap();
+    let ns = |p: &AssignmentPiece, i: usize| p.pods[i].namespace().cloned().unwrap();
     assert_eq!(&*ns(&all, 0), "default");
     assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&all, 2)));
     assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&v2, 0)));
     assert!(Arc::ptr_eq(&ns(&all, 0), &ns(&moved, 0)));
-    // One workload name for the replicas of a workload.
-    let workload = |p: &AssignmentPiece, i: usize| p.pods[i].workload.clone().unwrap();
-    assert_eq!(&*workload(&all, 0), "reviews-v1");
-    assert!(Arc::ptr_eq(&workload(&all, 0), &workload(&all, 2)));
-    assert!(!Arc::ptr_eq(&workload(&all, 0), &workload(&v2, 0)));
+    // One record for the replicas of a workload.
+    let who = |p: &AssignmentPiece, i: usize| p.pods[i].who.clone().unwrap();
+    assert_eq!(who(&all, 0).workload.as_deref(), Some("reviews-v1"));
+    assert!(Arc::ptr_eq(&who(&all, 0), &who(&all, 2)));
+    assert!(!Arc::ptr_eq(&who(&all, 0), &who(&v2, 0)));
     let map = |p: &AssignmentPiece, i: usize| p.pods[i].labels.clone();
     assert_eq!(
         map(&all, 0).get("service.istio.io/canonical-revision"),
@@ -330,14 +330,15 @@ fn a_walk_entry_is_72_bytes() {
 
 /// A piece that found nothing holds no diagnostics, and its name is the client's string: an
 /// assignment's piece is 80 bytes (96 allocated with its count, where it was 160), a cluster's
-/// 192 (224, where it was 320), a pod 72 (96, where it was 112).
+/// 192 (224, where it was 320), a pod 48 (64, where it was 112).
 #[test]
 fn pieces_are_small() {
     assert!(std::mem::size_of::<AssignmentPiece>() <= 80);
     assert!(std::mem::size_of::<ClusterPiece>() <= 192);
     assert_eq!(std::mem::size_of::<super::HeldDiag>(), 8);
-    // A pod: its address as an IP and a port (88 bytes with a `SocketAddr`).
-    assert!(std::mem::size_of::<PodEndpoint>() <= 72);
+    // A pod: its address as an IP and a port (88 bytes with a `SocketAddr`), its workload's
+    // names one shared record (72 with the two names inline).
+    assert!(std::mem::size_of::<PodEndpoint>() <= 48);
     let nothing = super::HeldDiag::new(Diag::default());
     assert!(nothing.0.is_none() && nothing.is_empty());
     let mut found = Diag::default();
