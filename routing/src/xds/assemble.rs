@@ -123,7 +123,7 @@ impl ServiceMemo {
 
 #[derive(Debug, Default)]
 struct ServiceAcc {
-    namespace: Option<String>,
+    namespace: Option<Box<str>>,
     /// Sorted vectors, not B-trees: one or two entries each, copied into the service's memo.
     vips: LiteMap<IpAddr, ()>,
     ports: LiteMap<u16, PortAcc>,
@@ -234,11 +234,6 @@ pub(crate) fn translate(
     let mut pods: Pods<'_> = BTreeMap::new();
     let mut dns_targets = BTreeMap::new();
     for (name, sc) in &svc_clusters {
-        let inline = || {
-            clusters
-                .get(name)
-                .and_then(|c| c.load_assignment.as_deref())
-        };
         let list = match &sc.source {
             EndpointSource::Eds(eds) => match clas.get(&**eds) {
                 Some(cla) => {
@@ -268,7 +263,7 @@ pub(crate) fn translate(
                     Cow::Borrowed(&[][..])
                 }
             },
-            EndpointSource::Inline => match inline() {
+            EndpointSource::Inline(inline) => match inline.as_deref() {
                 Some(cla) => Cow::Owned(shared(endpoint::pods(
                     cla,
                     At {
@@ -280,8 +275,8 @@ pub(crate) fn translate(
                 None => Cow::Borrowed(&[][..]),
             },
             EndpointSource::Dns(d) => Cow::Owned(shared(super::dns::endpoints(
-                inline(),
-                d,
+                d.load_assignment.as_ref(),
+                &d.settings,
                 &opts.dns,
                 &mut dns_targets,
                 At {

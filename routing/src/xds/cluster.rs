@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
@@ -83,12 +84,21 @@ pub(crate) fn eds_name(c: &Cluster, held: &Arc<str>) -> Option<Arc<str>> {
 pub(crate) enum EndpointSource {
     /// From the named EDS assignment (one string with its piece's [`eds`](super::pieces::ClusterPiece::eds)).
     Eds(Arc<str>),
-    /// Inline `load_assignment` (STATIC).
-    Inline,
-    /// Inline `load_assignment` of hostnames, resolved by the caller (STRICT_DNS / LOGICAL_DNS).
-    Dns(super::dns::DnsCluster),
+    /// Inline `load_assignment` (STATIC), boxed: most clusters are EDS, and inline it would make
+    /// each cluster's piece 152 bytes larger.
+    Inline(Option<Box<ClusterLoadAssignment>>),
+    /// Inline `load_assignment` of hostnames, resolved by the caller (STRICT_DNS / LOGICAL_DNS)
+    /// (boxed: a source is 16 bytes, and a cluster's piece 144 where it was 192).
+    Dns(Box<DnsSource>),
     /// ORIGINAL_DST (passthrough): none.
     None,
+}
+
+/// A DNS cluster's resolution settings and the hostnames it resolves.
+#[derive(Debug, Clone)]
+pub(crate) struct DnsSource {
+    pub(crate) settings: super::dns::DnsCluster,
+    pub(crate) load_assignment: Option<ClusterLoadAssignment>,
 }
 
 /// A translated `inbound-vip` cluster.
@@ -102,7 +112,7 @@ pub(crate) struct ServiceCluster {
     /// The protocol options ask for HTTP/2 upstream.
     pub(crate) http2: bool,
     /// `istio.services[0].namespace` of the cluster metadata.
-    pub(crate) namespace: Option<String>,
+    pub(crate) namespace: Option<Box<str>>,
     /// `common_lb_config.locality_weighted_lb_config` is set (locality weights count).
     pub(crate) locality_weighted: bool,
 }
@@ -122,9 +132,12 @@ pub(crate) fn service_cluster(
         Some(ClusterDiscoveryType::Type(EDS)) => {
             EndpointSource::Eds(eds_name(c, name.name()).unwrap_or_else(|| name.name().clone()))
         }
-        Some(ClusterDiscoveryType::Type(STATIC)) => EndpointSource::Inline,
+        Some(ClusterDiscoveryType::Type(STATIC)) => inline(c),
         Some(ClusterDiscoveryType::Type(t @ (STRICT_DNS | LOGICAL_DNS))) => {
-            EndpointSource::Dns(super::dns::settings(c, *t == LOGICAL_DNS, at, diag))
+            EndpointSource::Dns(Box::new(DnsSource {
+                settings: super::dns::settings(c, *t == LOGICAL_DNS, at, diag),
+                load_assignment: c.load_assignment.clone(),
+            }))
         }
         Some(ClusterDiscoveryType::Type(ORIGINAL_DST)) => EndpointSource::None,
         Some(ClusterDiscoveryType::Type(t)) => {
@@ -144,7 +157,7 @@ pub(crate) fn service_cluster(
             );
             EndpointSource::None
         }
-        None => EndpointSource::Inline,
+        None => inline(c),
     };
     let passthrough = matches!(
         c.cluster_discovery_type,
@@ -197,7 +210,12 @@ fn locality_weighted(c: &Cluster) -> bool {
     )
 }
 
-fn service_namespace(c: &Cluster) -> Option<String> {
+/// A STATIC cluster's source: its inline assignment.
+fn inline(c: &Cluster) -> EndpointSource {
+    EndpointSource::Inline(c.load_assignment.clone().map(Box::new))
+}
+
+fn service_namespace(c: &Cluster) -> Option<Box<str>> {
     use envoy_types::pb::google::protobuf::value::Kind;
     let istio = c.metadata.as_ref()?.filter_metadata.get("istio")?;
     let Some(Kind::ListValue(list)) = istio.fields.get("services")?.kind.as_ref() else {
@@ -207,7 +225,7 @@ fn service_namespace(c: &Cluster) -> Option<String> {
         return None;
     };
     match svc.fields.get("namespace")?.kind.as_ref()? {
-        Kind::StringValue(ns) => Some(ns.clone()),
+        Kind::StringValue(ns) => Some(ns.as_str().into()),
         _ => None,
     }
 }

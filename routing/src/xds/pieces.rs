@@ -50,7 +50,7 @@ pub(crate) enum ClusterRole {
     /// socket matches (see [`outbound`]), `None` for `inbound-vip`.
     Service {
         cluster: ServiceCluster,
-        matches: Option<Vec<SocketMatch>>,
+        matches: Option<Box<[SocketMatch]>>,
     },
     /// `connect_originate`: the SAN matchers HBONE peers are verified against.
     ConnectOriginate(Vec<SanMatcher>),
@@ -68,10 +68,6 @@ pub(crate) struct ClusterPiece {
     /// The EDS assignment it needs, if it is an EDS cluster (the very string of its role's
     /// [`EndpointSource::Eds`]: at 5 000 services, 15 000 names held once instead of twice).
     pub(crate) eds: Option<Arc<str>>,
-    /// The inline `load_assignment` of a STATIC or DNS cluster (their endpoints are read at
-    /// assembly: DNS answers change without the cluster changing). Boxed: most clusters are
-    /// EDS, and inline it would make each piece 152 bytes larger.
-    pub(crate) load_assignment: Option<Box<ClusterLoadAssignment>>,
     pub(crate) diag: HeldDiag,
 }
 
@@ -119,7 +115,7 @@ impl ClusterPiece {
             Some(cn) => match outbound::outbound_cluster(c, cn, &mut diag) {
                 Some(oc) => ClusterRole::Service {
                     cluster: oc.cluster,
-                    matches: Some(oc.matches),
+                    matches: Some(oc.matches.into_boxed_slice()),
                 },
                 None => ClusterRole::Other,
             },
@@ -148,20 +144,10 @@ impl ClusterPiece {
             },
             _ => cluster::eds_name(c, &own),
         };
-        let inline = matches!(
-            &role,
-            ClusterRole::Service { cluster, .. }
-                if matches!(cluster.source, EndpointSource::Inline | EndpointSource::Dns(_))
-        );
         ClusterPiece {
             name: own,
             role,
             eds,
-            load_assignment: c
-                .load_assignment
-                .as_ref()
-                .filter(|_| inline)
-                .map(|l| Box::new(l.clone())),
             diag: HeldDiag::new(diag),
         }
     }

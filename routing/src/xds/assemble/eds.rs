@@ -466,7 +466,7 @@ fn rebuild(
                 None => Cow::Borrowed(&[][..]),
             },
             EndpointSource::None => Cow::Borrowed(&[][..]),
-            EndpointSource::Inline | EndpointSource::Dns(_) => return None,
+            EndpointSource::Inline(_) | EndpointSource::Dns(_) => return None,
         };
         pods.insert(&*piece.name, list);
         clusters.push((&*piece.name, sc));

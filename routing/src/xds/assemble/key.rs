@@ -52,7 +52,7 @@ pub(super) fn key_view<'a>(
         match &sc.source {
             EndpointSource::Eds(eds) => view.assignments.push(clas.get(&**eds).copied()),
             EndpointSource::None => {}
-            EndpointSource::Inline | EndpointSource::Dns(_) => return None,
+            EndpointSource::Inline(_) | EndpointSource::Dns(_) => return None,
         }
     }
     Some(view)

@@ -161,8 +161,8 @@ pub(super) fn build_service(
     let diag = &mut diag;
     let namespace = acc
         .namespace
-        .clone()
-        .unwrap_or_else(|| namespace_of_host(host));
+        .as_deref()
+        .map_or_else(|| namespace_of_host(host), str::to_string);
     // Ports: kept as long as the snapshot, so no spare room (pushed one by one, one port
     // took four slots).
     let mut ports = Vec::with_capacity(acc.ports.len());

@@ -154,7 +154,7 @@ pub(crate) fn patch(
             let list = match &sc.source {
                 EndpointSource::Eds(eds) => clas.get(&**eds)?.pods.as_slice(),
                 EndpointSource::None => &[][..],
-                EndpointSource::Inline | EndpointSource::Dns(_) => return None,
+                EndpointSource::Inline(_) | EndpointSource::Dns(_) => return None,
             };
             pods.insert(name, Cow::Borrowed(list));
         }

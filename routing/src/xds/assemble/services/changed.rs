@@ -34,7 +34,7 @@ pub(super) fn spliceable(c: &ClusterPiece) -> Option<&str> {
     let own = match &cluster.source {
         EndpointSource::Eds(eds) => **eds == *c.name,
         EndpointSource::None => true,
-        EndpointSource::Inline | EndpointSource::Dns(_) => false,
+        EndpointSource::Inline(_) | EndpointSource::Dns(_) => false,
     };
     (own && c.diag.is_empty()).then_some(cluster.name.host())
 }
