@@ -439,11 +439,9 @@ fn port_clusters(
         "http"
     };
     let top = dr.and_then(|d| d.traffic_policy.as_deref());
-    // Each identity parsed once for the port's clusters (the pods of a subset are in `all` too).
-    let mut ids: HashMap<Arc<str>, crate::lb::IdentityParse> = HashMap::new();
-    let mut make = |subset: Option<&str>,
-                    subset_policy: Option<&TrafficPolicy>,
-                    labels: Option<&BTreeMap<String, String>>| {
+    let make = |subset: Option<&str>,
+                subset_policy: Option<&TrafficPolicy>,
+                labels: Option<&BTreeMap<String, String>>| {
         let mut policy = ClusterPolicy::merge(top, subset_policy, port.number);
         if let Some(crate::upstream::ClientTls::Originate(tls)) = &mut policy.tls {
             // istiod advertises h2 on an HTTP/2 cluster's TLS (`cluster_tls.go`
@@ -454,17 +452,7 @@ fn port_clusters(
             .iter()
             .filter(|e| labels.is_none_or(|l| e.matches_labels(l)))
             .filter_map(|e| direct_transport(e, policy.tls.as_ref()))
-            .map(|e| {
-                let id = match ids.get(&e.workload.identity) {
-                    Some(id) => id.clone(),
-                    None => {
-                        let id = ClusterEndpoint::parse_identity(&e.workload.identity);
-                        ids.insert(e.workload.identity.clone(), id.clone());
-                        id
-                    }
-                };
-                ClusterEndpoint::with_identity(e, port.target_port, now, id)
-            })
+            .map(|e| ClusterEndpoint::new_at(e, port.target_port, now))
             .collect();
         Cluster::with_policy(
             cluster_name(&service.hostname, port.number, proto, subset),

@@ -14,6 +14,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod endpoint;
+pub(crate) use endpoint::UNKNOWN_ACCOUNT;
+pub use endpoint::{labels_superset, spiffe_identity, transport_of, Endpoint, Locality, Workload};
+
 /// Application protocol of a service port, derived from Istio's port `protocol`
 /// field or port-name prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -126,137 +130,6 @@ impl Service {
     pub fn port(&self, number: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.number == number)
     }
-}
-
-/// A workload instance (WorkloadEntry or inline ServiceEntry endpoint).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub address: IpAddr,
-    /// Shared: the snapshot builder gives endpoints with equal labels one map (the pods of a
-    /// subset have the same labels). Change one with `Arc::make_mut`.
-    pub labels: Arc<crate::Labels>,
-    /// Who runs there: shared by the endpoints of one workload (a Deployment's replicas have
-    /// the same name, namespace, service account and identity), 8 bytes here where the four
-    /// names inline were 64 (an endpoint 112 bytes allocated instead of 64; 50 000 of them at
-    /// 5 000 services).
-    pub workload: Arc<Workload>,
-    /// HBONE, or a direct connection for a workload outside the mesh.
-    pub transport: crate::upstream::Transport,
-}
-
-/// Who an [`Endpoint`] is. The names are shared strings: the pods of a workload have the same
-/// service account, namespace and identity, and a front-end gives them one allocation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Workload {
-    /// The workload's name (istiod's `istio.workload`: the Deployment's, the same for its
-    /// replicas), else the pod's address.
-    pub name: Arc<str>,
-    pub namespace: Arc<str>,
-    pub service_account: Arc<str>,
-    /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`; empty when not known ahead of the connection
-    /// (xDS without workload discovery: the peer certificate tells).
-    pub identity: Arc<str>,
-}
-
-impl Workload {
-    /// The record in `set` equal to this one, else this one, added to it.
-    pub(crate) fn shared_in(self, set: &mut std::collections::HashSet<Arc<Workload>>) -> Arc<Self> {
-        if let Some(shared) = set.get(&self) {
-            return shared.clone();
-        }
-        let w = Arc::new(self);
-        set.insert(w.clone());
-        w
-    }
-}
-
-/// An endpoint's fields as they always were written (the workload's names inline, in this
-/// order), whatever holds them.
-impl Serialize for Endpoint {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let w = &*self.workload;
-        let mut st = s.serialize_struct("Endpoint", 7)?;
-        st.serialize_field("address", &self.address)?;
-        st.serialize_field("labels", &*self.labels)?;
-        st.serialize_field("service_account", &w.service_account)?;
-        st.serialize_field("namespace", &w.namespace)?;
-        st.serialize_field("identity", &w.identity)?;
-        st.serialize_field("name", &w.name)?;
-        st.serialize_field("transport", &self.transport)?;
-        st.end()
-    }
-}
-
-/// Where a workload runs (`region/zone/sub_zone`, Envoy's `core.Locality`); empty parts are
-/// unknown.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
-pub struct Locality {
-    pub region: String,
-    pub zone: String,
-    pub sub_zone: String,
-}
-
-impl Locality {
-    /// The unknown locality (every part empty), one `Arc` the whole process shares: most
-    /// endpoints of a mesh without zones have it, and each would otherwise be an allocation.
-    pub fn unknown() -> Arc<Locality> {
-        static UNKNOWN: std::sync::OnceLock<Arc<Locality>> = std::sync::OnceLock::new();
-        UNKNOWN.get_or_init(Default::default).clone()
-    }
-}
-
-impl std::fmt::Display for Locality {
-    /// `region/zone/sub_zone`, as Istio writes a locality (`""` when unknown).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts = [&self.region, &self.zone, &self.sub_zone];
-        let n = parts
-            .iter()
-            .rposition(|p| !p.is_empty())
-            .map_or(0, |i| i + 1);
-        for (i, p) in parts[..n].iter().enumerate() {
-            if i > 0 {
-                f.write_str("/")?;
-            }
-            f.write_str(p)?;
-        }
-        Ok(())
-    }
-}
-
-impl Endpoint {
-    /// True when this endpoint's labels are a superset of `selector`.
-    pub fn matches_labels(&self, selector: &BTreeMap<String, String>) -> bool {
-        labels_superset(&self.labels, selector)
-    }
-}
-
-/// The service account of an endpoint whose identity is not known ahead of the connection.
-pub(crate) const UNKNOWN_ACCOUNT: &str = "unknown";
-
-/// `labels ⊇ selector`.
-pub fn labels_superset(labels: &crate::Labels, selector: &BTreeMap<String, String>) -> bool {
-    selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v.as_str()))
-}
-
-/// Label that takes a workload out of ambient (`istio.io/dataplane-mode: none`).
-pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
-
-/// How the files front-end reaches a WorkloadEntry / ServiceEntry endpoint: over HBONE (the
-/// simulated mesh's default), or directly when its labels opt it out of ambient
-/// (`istio.io/dataplane-mode: none`), as ztunnel leaves such a workload uncaptured.
-pub fn transport_of(labels: &BTreeMap<String, String>) -> crate::upstream::Transport {
-    match labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
-        Some("none") => crate::upstream::Transport::Direct,
-        _ => crate::upstream::Transport::Hbone,
-    }
-}
-
-/// SPIFFE identity of a service account.
-pub fn spiffe_identity(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
 /// A string condition (Istio `StringMatch`). `#[non_exhaustive]`: use

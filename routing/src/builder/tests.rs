@@ -12,12 +12,12 @@ fn endpoint(ip: &str, labels: &[(&str, &str)]) -> Arc<Endpoint> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         ),
-        workload: Arc::new(crate::model::Workload {
-            name: ip.into(),
-            namespace: "default".into(),
-            service_account: "sa".into(),
-            identity: "spiffe://cluster.local/ns/default/sa/sa".into(),
-        }),
+        workload: Arc::new(crate::model::Workload::new(
+            ip.into(),
+            "default".into(),
+            "sa".into(),
+            "spiffe://cluster.local/ns/default/sa/sa".into(),
+        )),
         transport: Transport::Hbone,
     })
 }

@@ -75,6 +75,6 @@ mod tests {
             ),
             (6, 2)
         );
-        assert_eq!(std::mem::size_of::<super::super::ClusterEndpoint>(), 40);
+        assert_eq!(std::mem::size_of::<super::super::ClusterEndpoint>(), 32);
     }
 }

@@ -76,10 +76,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// An endpoint's identity parsed as a SPIFFE id, or why it is not one: one `Arc`, shared by
-/// the cluster endpoints of the pods with that identity.
-pub(crate) type IdentityParse = Arc<Result<Arc<SpiffeId>, SpiffeIdError>>;
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -99,10 +95,6 @@ pub struct ClusterEndpoint {
     /// the locality group's weight (used with locality-weighted LB): the assignment's locality
     /// group, shared with its other endpoints ([`Placement::unplaced`] when none).
     pub placement: Arc<Placement>,
-    /// `endpoint.identity` parsed when the cluster was built; the error when it is no SPIFFE id
-    /// (then no HBONE peer can be checked against it, and the attempt fails closed). One
-    /// pointer, shared by the cluster endpoints of the pods with that identity.
-    spiffe_id: IdentityParse,
     pub(crate) runtime: Arc<EndpointRuntime>,
 }
 
@@ -112,27 +104,9 @@ impl ClusterEndpoint {
         Self::new_at(endpoint, port, Instant::now())
     }
 
-    /// Parse `identity` as a SPIFFE id, for [`ClusterEndpoint::with_identity`].
-    pub(crate) fn parse_identity(identity: &str) -> IdentityParse {
-        Arc::new(identity.parse().map(Arc::new))
-    }
-
     /// An endpoint that joined at `added` (the start of its warmup).
     pub fn new_at(endpoint: Arc<Endpoint>, port: u16, added: Instant) -> Self {
-        let spiffe_id = Self::parse_identity(&endpoint.workload.identity);
-        Self::with_identity(endpoint, port, added, spiffe_id)
-    }
-
-    /// [`ClusterEndpoint::new_at`] with `endpoint.identity` already parsed (shared by the
-    /// clusters of one service port that have this pod).
-    pub(crate) fn with_identity(
-        endpoint: Arc<Endpoint>,
-        port: u16,
-        added: Instant,
-        spiffe_id: IdentityParse,
-    ) -> Self {
         ClusterEndpoint {
-            spiffe_id,
             endpoint,
             port,
             joined: Joined::at(added),
@@ -146,11 +120,12 @@ impl ClusterEndpoint {
         SocketAddr::new(self.endpoint.address, self.port)
     }
 
-    /// The identity this endpoint's peer must prove (`endpoint.identity`, parsed once when the
-    /// cluster was built), or why it is not a SPIFFE id — empty, for instance, when only the
-    /// handshake tells (xDS without workload discovery).
+    /// The identity this endpoint's peer must prove (its workload's identity, parsed once for
+    /// all of the workload's endpoints), or why it is not a SPIFFE id — empty, for instance,
+    /// when only the handshake tells (xDS without workload discovery): then no HBONE peer can be
+    /// checked against it, and the attempt fails closed.
     pub fn spiffe_id(&self) -> Result<&Arc<SpiffeId>, &SpiffeIdError> {
-        self.spiffe_id.as_ref().as_ref()
+        self.endpoint.workload.spiffe_id()
     }
 
     /// Placed in an assignment's priority level and locality.

@@ -166,10 +166,10 @@ fn carry_over_matches_target_and_identity_in_any_order() {
     let mut reordered: Vec<ClusterEndpoint> = eps(3, later).into_iter().rev().collect();
     let e2 = &reordered[1];
     let other = Arc::new(Endpoint {
-        workload: Arc::new(crate::model::Workload {
-            identity: "spiffe://cluster.local/ns/default/sa/other".into(),
-            ..(*e2.endpoint.workload).clone()
-        }),
+        workload: Arc::new(other_identity(
+            &e2.endpoint.workload,
+            "spiffe://cluster.local/ns/default/sa/other",
+        )),
         ..(*e2.endpoint).clone()
     });
     reordered[1] = ClusterEndpoint::new_at(other, e2.target().port(), later);
@@ -195,10 +195,10 @@ fn endpoints_carry_their_parsed_identity() {
     // A bad identity keeps the parser's error (the attempt fails with it; nothing is dialled).
     let good = endpoint(1);
     let bad = Arc::new(Endpoint {
-        workload: Arc::new(crate::model::Workload {
-            identity: "spiffe://cluster.local/default/sa".into(),
-            ..(*good.workload).clone()
-        }),
+        workload: Arc::new(other_identity(
+            &good.workload,
+            "spiffe://cluster.local/default/sa",
+        )),
         ..(*good).clone()
     });
     let e = ClusterEndpoint::new_at(bad.clone(), 1, t0);
@@ -239,4 +239,14 @@ fn outlier_state_is_made_only_where_detection_runs() {
     assert!(detected.endpoints[0].runtime.has_outlier_state());
     let dump = serde_json::to_value(&detected.endpoints[0]).unwrap();
     assert_eq!(dump["ejections"], 1);
+}
+
+/// `w` with another identity.
+fn other_identity(w: &crate::model::Workload, identity: &str) -> crate::model::Workload {
+    crate::model::Workload::new(
+        w.name.clone(),
+        w.namespace.clone(),
+        w.service_account.clone(),
+        identity.into(),
+    )
 }

@@ -181,12 +181,12 @@ mod tests {
         Arc::new(Endpoint {
             address: IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + ip)),
             labels: Default::default(),
-            workload: Arc::new(crate::model::Workload {
-                name: format!("pod-{ip}").into(),
-                namespace: "default".into(),
-                service_account: "sa".into(),
-                identity: "".into(),
-            }),
+            workload: Arc::new(crate::model::Workload::new(
+                format!("pod-{ip}").into(),
+                "default".into(),
+                "sa".into(),
+                "".into(),
+            )),
             transport: Default::default(),
         })
     }

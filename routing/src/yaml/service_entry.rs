@@ -187,12 +187,12 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
             for (k, ip) in answers.into_iter().take(take).enumerate() {
                 endpoints.push(Endpoint {
                     address: ip,
-                    workload: Arc::new(crate::model::Workload {
-                        name: format!("{}-ep{i}-{k}", ctx.name).into(),
-                        namespace: ctx.namespace.as_str().into(),
-                        service_account: crate::model::UNKNOWN_ACCOUNT.into(),
-                        identity: "".into(),
-                    }),
+                    workload: Arc::new(crate::model::Workload::new(
+                        format!("{}-ep{i}-{k}", ctx.name).into(),
+                        ctx.namespace.as_str().into(),
+                        crate::model::UNKNOWN_ACCOUNT.into(),
+                        "".into(),
+                    )),
                     // Hostnames are reached directly (istiod: no tunnel, TLSMode disabled).
                     transport: crate::upstream::Transport::Direct,
                     labels: Arc::new(labels.clone().into()),
@@ -206,12 +206,12 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<ServiceEntryIr>
             let labels = e.labels.unwrap_or_default();
             Some(Endpoint {
                 address,
-                workload: Arc::new(crate::model::Workload {
-                    name: format!("{}-ep{i}", ctx.name).into(),
-                    namespace: ctx.namespace.as_str().into(),
-                    identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa).into(),
-                    service_account: sa.into(),
-                }),
+                workload: Arc::new(crate::model::Workload::new(
+                    format!("{}-ep{i}", ctx.name).into(),
+                    ctx.namespace.as_str().into(),
+                    sa.as_str().into(),
+                    spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa).into(),
+                )),
                 transport: crate::model::transport_of(&labels),
                 labels: Arc::new(labels.into()),
             })

@@ -38,12 +38,12 @@ pub(crate) fn parse(ctx: &DocCtx<'_>, diag: &mut Diag) -> Option<WorkloadEntryIr
             address,
             transport: crate::model::transport_of(&labels),
             labels: std::sync::Arc::new(labels.into()),
-            workload: std::sync::Arc::new(crate::model::Workload {
-                name: ctx.name.as_str().into(),
-                namespace: ctx.namespace.as_str().into(),
-                identity: spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa).into(),
-                service_account: sa.into(),
-            }),
+            workload: std::sync::Arc::new(crate::model::Workload::new(
+                ctx.name.as_str().into(),
+                ctx.namespace.as_str().into(),
+                sa.as_str().into(),
+                spiffe_identity(ctx.trust_domain, &ctx.namespace, &sa).into(),
+            )),
         },
     })
 }

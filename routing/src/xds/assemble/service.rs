@@ -78,12 +78,12 @@ pub(super) fn bound_workloads(
                 Arc::new(Endpoint {
                     address: *ip,
                     labels: Default::default(),
-                    workload: Arc::new(Workload {
-                        name: ip.to_string().into(),
-                        namespace: ns,
-                        service_account: sa,
-                        identity: identity.into(),
-                    }),
+                    workload: Arc::new(Workload::new(
+                        ip.to_string().into(),
+                        ns,
+                        sa,
+                        identity.into(),
+                    )),
                     // A workload that uses the waypoint is in the ambient mesh.
                     transport: Transport::Hbone,
                 })
@@ -288,12 +288,12 @@ pub(super) fn build_service(
                 Some((_, sa)) if sa != ANY_SERVICE_ACCOUNT => names.get(sa),
                 _ => names.get(UNKNOWN_ACCOUNT),
             };
-            let workload = Workload {
-                name: a.workload.unwrap_or_else(|| ip.to_string().into()),
-                namespace: ns,
-                service_account: sa,
-                identity: names.get(identity),
-            };
+            let workload = Workload::new(
+                a.workload.unwrap_or_else(|| ip.to_string().into()),
+                ns,
+                sa,
+                names.get(identity),
+            );
             Arc::new(Endpoint {
                 address: ip,
                 labels,

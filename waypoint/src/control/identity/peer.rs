@@ -48,16 +48,16 @@ impl PeerEndpoint for routing::ClusterEndpoint {
     }
 }
 
-/// A workload addressed directly (a pod, not through a cluster): parsed here.
+/// A workload addressed directly (a pod, not through a cluster): its workload's identity,
+/// parsed once for all of the workload's endpoints.
 impl PeerEndpoint for routing::Endpoint {
     fn expected_identity(&self) -> Result<Arc<SpiffeId>, EndpointIdentityError> {
         self.workload
-            .identity
-            .parse::<SpiffeId>()
-            .map(Arc::new)
-            .map_err(|source| EndpointIdentityError {
+            .spiffe_id()
+            .cloned()
+            .map_err(|e| EndpointIdentityError {
                 address: self.address,
-                source,
+                source: e.clone(),
             })
     }
 }
@@ -171,12 +171,12 @@ mod tests {
         Arc::new(routing::Endpoint {
             address: "10.1.0.1".parse().unwrap(),
             labels: Default::default(),
-            workload: std::sync::Arc::new(routing::Workload {
-                name: "ep".into(),
-                namespace: "default".into(),
-                service_account: "sa".into(),
-                identity: identity.into(),
-            }),
+            workload: std::sync::Arc::new(routing::Workload::new(
+                "ep".into(),
+                "default".into(),
+                "sa".into(),
+                identity.into(),
+            )),
             transport: Default::default(),
         })
     }
@@ -186,15 +186,21 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_endpoint_uses_the_identity_parsed_at_build() {
+    fn an_endpoint_uses_its_workloads_parsed_identity() {
         let files = routing::Snapshot::empty();
-        let ce = in_cluster(&endpoint("spiffe://cluster.local/ns/default/sa/reviews"));
+        let e = endpoint("spiffe://cluster.local/ns/default/sa/reviews");
+        let ce = in_cluster(&e);
         let Ok(PeerCheck::Identity(id)) = PeerCheck::for_endpoint(&files, &ce) else {
             panic!("files mode checks the endpoint's identity");
         };
-        // The very identity built with the snapshot: no parse per attempt.
+        // The workload's one parse: none per attempt.
         assert!(Arc::ptr_eq(&id, ce.spiffe_id().unwrap()));
         assert_eq!(id.service_account, "reviews");
+        // A pod addressed directly (not through a cluster) checks the same parse.
+        let Ok(PeerCheck::Identity(direct)) = PeerCheck::for_endpoint(&files, &*e) else {
+            panic!("files mode checks the endpoint's identity");
+        };
+        assert!(Arc::ptr_eq(&id, &direct));
     }
 
     #[test]

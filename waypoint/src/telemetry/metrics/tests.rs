@@ -85,12 +85,12 @@ fn destination_labels_from_endpoint_labels() {
                 .into_iter()
                 .collect(),
         ),
-        workload: std::sync::Arc::new(routing::Workload {
-            name: "reviews-v2".into(),
-            namespace: "bookinfo".into(),
-            service_account: "bookinfo-reviews".into(),
-            identity: "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
-        }),
+        workload: std::sync::Arc::new(routing::Workload::new(
+            "reviews-v2".into(),
+            "bookinfo".into(),
+            "bookinfo-reviews".into(),
+            "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews".into(),
+        )),
         transport: Default::default(),
     };
     let d = DestinationLabels::new(Some(svc), Some(&ep), "Kubernetes");
@@ -194,12 +194,12 @@ pub(super) fn ep(name: &str) -> Arc<Endpoint> {
     Arc::new(Endpoint {
         address: "10.1.0.1".parse().unwrap(),
         labels: Arc::new([("app", "reviews")].into_iter().collect()),
-        workload: std::sync::Arc::new(routing::Workload {
-            name: name.into(),
-            namespace: "bookinfo".into(),
-            service_account: "reviews".into(),
-            identity: "spiffe://cluster.local/ns/bookinfo/sa/reviews".into(),
-        }),
+        workload: std::sync::Arc::new(routing::Workload::new(
+            name.into(),
+            "bookinfo".into(),
+            "reviews".into(),
+            "spiffe://cluster.local/ns/bookinfo/sa/reviews".into(),
+        )),
         transport: Default::default(),
     })
 }
