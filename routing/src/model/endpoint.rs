@@ -42,6 +42,8 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The record of a workload; its identity is parsed when first asked for
+    /// ([`Workload::spiffe_id`]).
     pub fn new(
         name: Arc<str>,
         namespace: Arc<str>,

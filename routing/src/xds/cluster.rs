@@ -88,7 +88,7 @@ pub(crate) enum EndpointSource {
     /// each cluster's piece 152 bytes larger.
     Inline(Option<Box<ClusterLoadAssignment>>),
     /// Inline `load_assignment` of hostnames, resolved by the caller (STRICT_DNS / LOGICAL_DNS)
-    /// (boxed: a source is 16 bytes, and a cluster's piece 144 where it was 192).
+    /// (boxed with its settings: a source is 24 bytes where the settings inline made it 40).
     Dns(Box<DnsSource>),
     /// ORIGINAL_DST (passthrough): none.
     None,

@@ -51,9 +51,8 @@ pub struct SourceStats {
 /// Whether `workload` may be claimed by a peer proving `identity` (exact SPIFFE id; a
 /// namespace-wide `…/sa/*` identity, as xDS endpoints have, proves nothing about one pod).
 pub fn identity_matches(workload: &Endpoint, identity: &SpiffeId) -> bool {
-    !workload.workload.identity.is_empty()
-        && !workload.workload.identity.ends_with("/sa/*")
-        && *workload.workload.identity == *identity.to_string()
+    let claimed = &*workload.workload.identity;
+    !claimed.is_empty() && !claimed.ends_with("/sa/*") && *claimed == *identity.to_string()
 }
 
 /// Resolve a tunnel's source: `forwarded_for` checked against the workload the snapshot knows

@@ -271,6 +271,7 @@ pub(super) fn build_service(
     // share them anyway; shared here, the reused service and the snapshot hold the same ones).
     let mut label_maps = crate::labels::LabelMaps::default();
     let mut names = crate::labels::Names::default();
+    // The replicas of a workload (the same names) one record.
     let mut workloads = HashSet::new();
     let endpoints: Vec<Arc<Endpoint>> = eps
         .into_iter()
