@@ -85,12 +85,50 @@ impl Serialize for Labels {
     }
 }
 
+/// One `Arc` per distinct value among those one pass builds: the pods of a workload have the
+/// same names and the same workload record, and each is made once.
+#[derive(Debug)]
+pub(crate) struct Records<T: ?Sized>(HashSet<Arc<T>>);
+
+impl<T: ?Sized> Default for Records<T> {
+    fn default() -> Self {
+        Records(HashSet::new())
+    }
+}
+
+impl<T: ?Sized + std::hash::Hash + Eq> Records<T> {
+    /// The set's value equal to `value`, or `value` itself, added to it.
+    pub(crate) fn share(&mut self, value: &Arc<T>) -> Arc<T> {
+        if let Some(shared) = self.0.get(value) {
+            return shared.clone();
+        }
+        self.0.insert(value.clone());
+        value.clone()
+    }
+
+    /// Whether the set has a value equal to `value`.
+    pub(crate) fn contains(&self, value: &T) -> bool {
+        self.0.contains(value)
+    }
+}
+
+impl<T: std::hash::Hash + Eq> Records<T> {
+    /// The set's record equal to `value`, or `value` added to it (allocated only then).
+    pub(crate) fn record(&mut self, value: T) -> Arc<T> {
+        if let Some(shared) = self.0.get(&value) {
+            return shared.clone();
+        }
+        let shared = Arc::new(value);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
 /// One `Arc<str>` per distinct name (a namespace, a service account, an identity) among the
 /// endpoints one pass builds: a workload's pods have the same ones.
-#[derive(Debug, Default)]
-pub(crate) struct Names(HashSet<Arc<str>>);
+pub(crate) type Names = Records<str>;
 
-impl Names {
+impl Records<str> {
     /// The set's string equal to `name`, or `name` added to it.
     pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(shared) = self.0.get(name) {
@@ -99,15 +137,6 @@ impl Names {
         let shared: Arc<str> = Arc::from(name);
         self.0.insert(shared.clone());
         shared
-    }
-
-    /// The set's string equal to `name`, or `name` itself, added to it.
-    pub(crate) fn share(&mut self, name: &Arc<str>) -> Arc<str> {
-        if let Some(shared) = self.0.get(&**name) {
-            return shared.clone();
-        }
-        self.0.insert(name.clone());
-        name.clone()
     }
 }
 

@@ -110,12 +110,16 @@ impl EndpointKey {
             endpoint: e.endpoint.clone(),
         }
     }
+
+    /// Whether it is the key of an endpoint at `target` expecting `identity`.
+    fn is(&self, target: SocketAddr, identity: &str) -> bool {
+        self.target == target && *self.endpoint.workload.identity == *identity
+    }
 }
 
 impl PartialEq for EndpointKey {
     fn eq(&self, other: &Self) -> bool {
-        self.target == other.target
-            && self.endpoint.workload.identity == other.endpoint.workload.identity
+        self.is(other.target, &other.endpoint.workload.identity)
     }
 }
 
@@ -196,7 +200,7 @@ impl ClusterState {
     /// for tests and dumps, not the data path).
     pub fn endpoint(&self, target: SocketAddr, identity: &str) -> Option<&Arc<EndpointRuntime>> {
         self.entries()
-            .find(|(k, _)| k.target == target && &*k.endpoint.workload.identity == identity)
+            .find(|(k, _)| k.is(target, identity))
             .map(|(_, r)| r)
     }
 
@@ -214,10 +218,7 @@ impl ClusterState {
         match &self.endpoints {
             EndpointIndex::Few(few) => few
                 .iter()
-                .find(|(k, _)| {
-                    k.target == e.target()
-                        && k.endpoint.workload.identity == e.endpoint.workload.identity
-                })
+                .find(|(k, _)| k.is(e.target(), &e.endpoint.workload.identity))
                 .map(|(_, r)| r),
             EndpointIndex::Many(many) => many.get(&EndpointKey::of(e)),
         }

@@ -67,16 +67,6 @@ impl Workload {
             .as_ref()
     }
 
-    /// The record in `set` equal to this one, else this one, added to it.
-    pub(crate) fn shared_in(self, set: &mut std::collections::HashSet<Arc<Workload>>) -> Arc<Self> {
-        if let Some(shared) = set.get(&self) {
-            return shared.clone();
-        }
-        let w = Arc::new(self);
-        set.insert(w.clone());
-        w
-    }
-
     fn names(&self) -> [&str; 4] {
         [
             &self.name,

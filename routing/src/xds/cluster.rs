@@ -57,25 +57,32 @@ const RANDOM: i32 = 3;
 const MAGLEV: i32 = 5;
 const CLUSTER_PROVIDED: i32 = 6;
 
-/// The EDS assignment name of an EDS cluster (`service_name`, else the
-/// cluster name): `held` itself when that is the name (istiod names an assignment after its
-/// cluster, and `held` is the cluster's name as the xDS client holds it).
-pub(crate) fn eds_name(c: &Cluster, held: &Arc<str>) -> Option<Arc<str>> {
+/// The EDS assignment name of an EDS cluster (`service_name`, else the cluster name).
+pub(crate) fn eds_service(c: &Cluster) -> Option<&str> {
     match &c.cluster_discovery_type {
-        Some(ClusterDiscoveryType::Type(EDS)) => {
-            let name = c
-                .eds_cluster_config
+        Some(ClusterDiscoveryType::Type(EDS)) => Some(
+            c.eds_cluster_config
                 .as_ref()
                 .map(|e| e.service_name.as_str())
                 .filter(|s| !s.is_empty())
-                .unwrap_or(&c.name);
-            Some(if *name == **held {
-                held.clone()
-            } else {
-                name.into()
-            })
-        }
+                .unwrap_or(&c.name),
+        ),
         _ => None,
+    }
+}
+
+/// [`eds_service`], `held` itself when that is the name (istiod names an assignment after its
+/// cluster, and `held` is the cluster's name as the xDS client holds it).
+pub(crate) fn eds_name(c: &Cluster, held: &Arc<str>) -> Option<Arc<str>> {
+    eds_service(c).map(|name| held_as(held, name))
+}
+
+/// `shared` when it is `name` (the xDS client's string for the resource), else `name`'s own.
+pub(crate) fn held_as(shared: &Arc<str>, name: &str) -> Arc<str> {
+    if **shared == *name {
+        shared.clone()
+    } else {
+        name.into()
     }
 }
 

@@ -334,7 +334,7 @@ pub type Names = imbl::OrdSet<std::sync::Arc<str>>;
 pub fn required_resources(listeners: &[Listener], clusters: &[Cluster]) -> Subscriptions {
     let mut out = Subscriptions::default();
     for c in clusters {
-        if let Some(name) = cluster::eds_name(c, &c.name.as_str().into()) {
+        if let Some(name) = cluster::eds_service(c).map(std::sync::Arc::from) {
             out.endpoints.insert(name);
         }
     }

@@ -9,7 +9,7 @@
 //! memoized translation is indistinguishable from one from scratch (property-tested in
 //! `super::tests::memo`).
 
-use super::cluster::{self, EndpointSource, ServiceCluster};
+use super::cluster::{self, held_as, EndpointSource, ServiceCluster};
 use super::endpoint::{self, PodEndpoint, PodShare};
 use super::listener::{ListenerMemo, ShallowListener, MAIN_INTERNAL};
 use super::names::{ClusterName, Direction};
@@ -166,15 +166,6 @@ pub(crate) struct AssignmentPiece {
     pub(crate) socket_meta: Option<MatchMetadata>,
     /// What reading the pods found (reported as the assignment's).
     pub(crate) diag: HeldDiag,
-}
-
-/// `shared` when it is `name` (the xDS client's string for the resource), else `name`'s own.
-fn held_as(shared: &Arc<str>, name: &str) -> Arc<str> {
-    if **shared == *name {
-        shared.clone()
-    } else {
-        name.into()
-    }
 }
 
 /// `r` does not decode: a rejection naming it.

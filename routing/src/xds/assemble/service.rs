@@ -5,7 +5,6 @@ use super::*;
 use crate::model::{Workload, UNKNOWN_ACCOUNT};
 use crate::recent::Recent;
 use std::cell::RefCell;
-use std::collections::HashSet;
 
 /// Kubernetes namespace of `name.ns.svc…`, else `default`.
 fn namespace_of_host(host: &str) -> String {
@@ -272,7 +271,7 @@ pub(super) fn build_service(
     let mut label_maps = crate::labels::LabelMaps::default();
     let mut names = crate::labels::Names::default();
     // The replicas of a workload (the same names) one record.
-    let mut workloads = HashSet::new();
+    let mut workloads = crate::labels::Records::default();
     let endpoints: Vec<Arc<Endpoint>> = eps
         .into_iter()
         .map(|(ip, a)| {
@@ -298,7 +297,7 @@ pub(super) fn build_service(
             Arc::new(Endpoint {
                 address: ip,
                 labels,
-                workload: workload.shared_in(&mut workloads),
+                workload: workloads.record(workload),
                 transport: if a.tunnel {
                     Transport::Hbone
                 } else if a.istio_mtls {

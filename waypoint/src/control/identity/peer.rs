@@ -36,20 +36,15 @@ pub struct EndpointIdentityError {
     pub source: SpiffeIdError,
 }
 
-/// A cluster's endpoint: its identity was parsed when the snapshot was built.
+/// A cluster's endpoint: its pod's.
 impl PeerEndpoint for routing::ClusterEndpoint {
     fn expected_identity(&self) -> Result<Arc<SpiffeId>, EndpointIdentityError> {
-        self.spiffe_id()
-            .cloned()
-            .map_err(|e| EndpointIdentityError {
-                address: self.endpoint.address,
-                source: e.clone(),
-            })
+        self.endpoint.expected_identity()
     }
 }
 
-/// A workload addressed directly (a pod, not through a cluster): its workload's identity,
-/// parsed once for all of the workload's endpoints.
+/// A pod, addressed directly or through a cluster: its workload's identity, parsed once for
+/// all of the workload's endpoints.
 impl PeerEndpoint for routing::Endpoint {
     fn expected_identity(&self) -> Result<Arc<SpiffeId>, EndpointIdentityError> {
         self.workload
